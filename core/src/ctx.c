@@ -1,0 +1,251 @@
+/* ctx.c - contexts: the tensors they own and their persistent memory. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+struct fw_ctx *fw_ctx_new(void)
+{
+	struct fw_ctx *ctx = fw_calloc(1, sizeof(*ctx));
+	return ctx;
+}
+
+void fw_ctx_free(struct fw_ctx *ctx)
+{
+	if (!ctx)
+		return;
+	for (int i = 0; i < ctx->n_tensors; i++)
+		fw_free(ctx->tensors[i]);
+	fw_free(ctx->tensors);
+	struct fw_block *b = ctx->blocks;
+	while (b) {
+		struct fw_block *next = b->next;
+		fw_free(b->ptr);
+		fw_free(b);
+		b = next;
+	}
+	fw_free(ctx);
+}
+
+struct fw_err *fw_ctx_err(struct fw_ctx *ctx)
+{
+	return &ctx->err;
+}
+
+int fw_ctx_n_tensors(const struct fw_ctx *ctx)
+{
+	return ctx->n_tensors;
+}
+
+struct fw_tensor *fw_ctx_tensor(const struct fw_ctx *ctx, int i)
+{
+	return i >= 0 && i < ctx->n_tensors ? ctx->tensors[i] : NULL;
+}
+
+struct fw_tensor *fw_ctx_find(const struct fw_ctx *ctx, const char *name)
+{
+	for (int i = 0; i < ctx->n_tensors; i++)
+		if (strcmp(ctx->tensors[i]->name, name) == 0)
+			return ctx->tensors[i];
+	return NULL;
+}
+
+void fw_tensor_set_name(struct fw_tensor *t, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(t->name, sizeof(t->name), fmt, ap);
+	va_end(ap);
+}
+
+struct fw_tensor *fw_tensor_new(struct fw_ctx *ctx, enum fw_dtype dt, int ndim,
+				const int64_t *shape)
+{
+	if (ndim < 0 || ndim > FW_MAX_DIMS || (unsigned)dt >= FW_DTYPE_COUNT) {
+		fw_errorf(&ctx->err, FW_ERR_INVALID, "tensor: %d dims or dtype %d unsupported",
+			  ndim, (int)dt);
+		return NULL;
+	}
+	for (int i = 0; i < ndim; i++) {
+		if (shape[i] <= 0) {
+			fw_errorf(&ctx->err, FW_ERR_SHAPE,
+				  "tensor: dimension %d has size %lld", i, (long long)shape[i]);
+			return NULL;
+		}
+	}
+	if (ctx->n_tensors == ctx->cap_tensors) {
+		int cap = ctx->cap_tensors ? 2 * ctx->cap_tensors : 256;
+		struct fw_tensor **nt = fw_malloc((size_t)cap * sizeof(*nt));
+		if (!nt) {
+			fw_errorf(&ctx->err, FW_ERR_NOMEM, "tensor: out of memory");
+			return NULL;
+		}
+		if (ctx->n_tensors)
+			memcpy(nt, ctx->tensors, (size_t)ctx->n_tensors * sizeof(*nt));
+		fw_free(ctx->tensors);
+		ctx->tensors = nt;
+		ctx->cap_tensors = cap;
+	}
+	struct fw_tensor *t = fw_calloc(1, sizeof(*t));
+	if (!t) {
+		fw_errorf(&ctx->err, FW_ERR_NOMEM, "tensor: out of memory");
+		return NULL;
+	}
+	t->dtype = dt;
+	t->ndim = ndim;
+	for (int i = 0; i < ndim; i++)
+		t->ne[i] = shape[i];
+	fw_set_contiguous_strides(t);
+	t->id = ctx->n_tensors;
+	t->segment = ctx->segment_cur;
+	ctx->tensors[ctx->n_tensors++] = t;
+	return t;
+}
+
+static struct fw_tensor *leaf_new(struct fw_ctx *ctx, const char *name, enum fw_dtype dt,
+				  int ndim, const int64_t *shape, uint32_t flags)
+{
+	if (!name || !*name) {
+		fw_errorf(&ctx->err, FW_ERR_INVALID, "tensor: a parameter or input needs a name");
+		return NULL;
+	}
+	if (fw_ctx_find(ctx, name)) {
+		fw_errorf(&ctx->err, FW_ERR_INVALID, "tensor: name '%s' is already used", name);
+		return NULL;
+	}
+	struct fw_tensor *t = fw_tensor_new(ctx, dt, ndim, shape);
+	if (!t)
+		return NULL;
+	t->flags = flags;
+	t->segment = 0;
+	snprintf(t->name, sizeof(t->name), "%s", name);
+	return t;
+}
+
+struct fw_tensor *fw_param(struct fw_ctx *ctx, const char *name, enum fw_dtype dt,
+			   int ndim, const int64_t *shape, bool trainable)
+{
+	if (trainable && dt != FW_F32) {
+		fw_errorf(&ctx->err, FW_ERR_UNSUPPORTED,
+			  "param '%s': trainable parameters must be f32 (got %s)",
+			  name ? name : "?", fw_dtype_name(dt));
+		return NULL;
+	}
+	uint32_t f = FW_FLAG_PARAM | (trainable ? FW_FLAG_TRAINABLE | FW_FLAG_NEEDS_GRAD : 0);
+	return leaf_new(ctx, name, dt, ndim, shape, f);
+}
+
+struct fw_tensor *fw_input(struct fw_ctx *ctx, const char *name, enum fw_dtype dt,
+			   int ndim, const int64_t *shape)
+{
+	return leaf_new(ctx, name, dt, ndim, shape, FW_FLAG_INPUT);
+}
+
+enum fw_status fw_param_set_trainable(struct fw_ctx *ctx, struct fw_tensor *p, bool on)
+{
+	if (!(p->flags & FW_FLAG_PARAM))
+		return fw_errorf(&ctx->err, FW_ERR_INVALID, "'%s' is not a parameter", p->name);
+	if (p->data)
+		return fw_errorf(&ctx->err, FW_ERR_INVALID,
+				 "'%s': trainability is fixed once parameters are allocated",
+				 p->name);
+	if (on && p->dtype != FW_F32)
+		return fw_errorf(&ctx->err, FW_ERR_UNSUPPORTED,
+				 "'%s': trainable parameters must be f32", p->name);
+	if (on)
+		p->flags |= FW_FLAG_TRAINABLE | FW_FLAG_NEEDS_GRAD;
+	else
+		p->flags &= ~(uint32_t)(FW_FLAG_TRAINABLE | FW_FLAG_NEEDS_GRAD);
+	return FW_OK;
+}
+
+void fw_ctx_checkpoint_begin(struct fw_ctx *ctx)
+{
+	ctx->segment_cur = ++ctx->segment_next;
+}
+
+void fw_ctx_checkpoint_end(struct fw_ctx *ctx)
+{
+	ctx->segment_cur = 0;
+}
+
+void *fw_ctx_alloc(struct fw_ctx *ctx, size_t bytes, enum fw_mem_category cat)
+{
+	struct fw_block *b = fw_calloc(1, sizeof(*b));
+	void *p = b ? fw_calloc(1, bytes ? bytes : 1) : NULL;
+	if (!p) {
+		fw_free(b);
+		fw_errorf(&ctx->err, FW_ERR_NOMEM, "out of memory allocating %zu bytes of %s",
+			  bytes, fw_mem_category_name(cat));
+		return NULL;
+	}
+	b->ptr = p;
+	b->bytes = bytes;
+	b->cat = cat;
+	b->next = ctx->blocks;
+	ctx->blocks = b;
+	ctx->mem[cat] += bytes;
+	return p;
+}
+
+static size_t align_up(size_t n)
+{
+	return (n + FW_ALIGN - 1) & ~(size_t)(FW_ALIGN - 1);
+}
+
+enum fw_status fw_ctx_alloc_params(struct fw_ctx *ctx)
+{
+	size_t sz[FW_MEM_CATEGORY_COUNT] = { 0 };
+	int n = ctx->n_tensors;
+
+	for (int i = 0; i < n; i++) {
+		struct fw_tensor *t = ctx->tensors[i];
+		if (t->data || !(t->flags & (FW_FLAG_PARAM | FW_FLAG_INPUT)))
+			continue;
+		size_t b = align_up(fw_nbytes(t));
+		if (t->flags & FW_FLAG_INPUT) {
+			sz[FW_MEM_INPUTS] += b;
+		} else {
+			sz[FW_MEM_WEIGHTS] += b;
+			if (t->flags & FW_FLAG_TRAINABLE)
+				sz[FW_MEM_GRADIENTS] += align_up((size_t)fw_nelem(t) * 4);
+		}
+	}
+	char *base[FW_MEM_CATEGORY_COUNT] = { 0 };
+	for (int c = 0; c < FW_MEM_CATEGORY_COUNT; c++) {
+		if (!sz[c])
+			continue;
+		base[c] = fw_ctx_alloc(ctx, sz[c], c);
+		if (!base[c])
+			return ctx->err.status;
+	}
+	for (int i = 0; i < n; i++) {
+		struct fw_tensor *t = ctx->tensors[i];
+		if (t->data || !(t->flags & (FW_FLAG_PARAM | FW_FLAG_INPUT)))
+			continue;
+		enum fw_mem_category c = (t->flags & FW_FLAG_INPUT) ? FW_MEM_INPUTS : FW_MEM_WEIGHTS;
+		t->data = base[c];
+		base[c] += align_up(fw_nbytes(t));
+		if (!(t->flags & FW_FLAG_TRAINABLE))
+			continue;
+		struct fw_tensor *g = fw_tensor_new(ctx, FW_F32, t->ndim, t->ne);
+		if (!g)
+			return ctx->err.status;
+		g->flags = FW_FLAG_GRAD;
+		g->segment = 0;
+		snprintf(g->name, sizeof(g->name), "%.80s.grad", t->name);
+		g->data = base[FW_MEM_GRADIENTS];
+		base[FW_MEM_GRADIENTS] += align_up((size_t)fw_nelem(t) * 4);
+		t->grad = g;
+	}
+	return FW_OK;
+}
+
+const char *fw_mem_category_name(enum fw_mem_category c)
+{
+	static const char *const names[FW_MEM_CATEGORY_COUNT] = {
+		"weights", "gradients", "optimizer", "activations", "inputs", "workspace",
+	};
+	return (unsigned)c < FW_MEM_CATEGORY_COUNT ? names[c] : "?";
+}

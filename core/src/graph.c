@@ -1,0 +1,704 @@
+/* graph.c - schedule, memory plan and execution of a forward/backward graph.
+ *
+ * The schedule is a list of steps: FWD(node) for every node in topological
+ * order, then for the backward pass BWD(node) in reverse order, preceded by
+ * RECOMP(node) steps that rerun a checkpointed segment's forward just before
+ * its backward needs it. Walking the schedule once tells, for every buffer
+ * (node value, recomputed value, node gradient), the first and last step that
+ * touches it; buffers whose lifetimes do not overlap share memory, and every
+ * buffer gets a fixed offset in one arena. Nothing is allocated while running.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include <omp.h>
+
+#include "internal.h"
+
+enum step_kind { STEP_FWD, STEP_RECOMP, STEP_BWD };
+
+struct step {
+	enum step_kind kind;
+	int node;                   /* index into g->nodes */
+};
+
+struct slot {                      /* one planned buffer */
+	size_t bytes;
+	int first, last;            /* steps that touch it */
+	size_t offset;
+	bool is_grad;               /* zeroed before its first step */
+};
+
+struct fw_graph {
+	struct fw_ctx *ctx;
+	struct fw_graph_opts opts;
+	struct fw_tensor **nodes;   /* non-leaf tensors, topological order */
+	int n_nodes;
+	struct fw_tensor **outputs;
+	int n_outputs;
+	struct fw_tensor **params;  /* trainable parameters reachable */
+	int n_params;
+	struct fw_tensor **leaves;  /* parameters and inputs reachable */
+	int n_leaves;
+
+	struct step *steps;
+	int n_steps, n_fwd_steps;
+
+	struct slot *slots;
+	int n_slots;
+	int *val_slot, *rec_slot;   /* per node: forward and recompute value slots */
+	int *grad_slot;             /* per node: gradient slot, -1 if none */
+	struct fw_tensor **grads;   /* per node: gradient tensor or NULL */
+	int *zero_order;            /* grad slots sorted by first step */
+	int n_zero;
+
+	char *arena;
+	size_t arena_bytes, unplanned_bytes;
+	void *ws;
+	size_t ws_bytes;
+
+	int64_t step;
+	float loss_scale;
+	bool forward_done;
+};
+
+static struct fw_graph *bound_graph;   /* whose pointers the nodes hold now */
+
+static size_t align_up(size_t n)
+{
+	return (n + FW_ALIGN - 1) & ~(size_t)(FW_ALIGN - 1);
+}
+
+static bool is_leaf(const struct fw_tensor *t)
+{
+	return t->op == FW_OP_NONE;
+}
+
+static bool is_view(const struct fw_tensor *t)
+{
+	return t->flags & FW_FLAG_VIEW;
+}
+
+/* --- collecting nodes -------------------------------------------------------- */
+
+/* Post-order DFS from the outputs with an explicit stack; pos[] maps tensor id
+ * to node index (-1 for leaves and unvisited). */
+static enum fw_status collect(struct fw_graph *g, int *pos)
+{
+	struct fw_ctx *ctx = g->ctx;
+	int n = ctx->n_tensors;
+	char *state = fw_calloc((size_t)n, 1);  /* 0 new, 1 open, 2 done */
+	int *stack = fw_malloc((size_t)n * 2 * sizeof(int));
+	enum fw_status s = FW_OK;
+
+	g->nodes = fw_malloc((size_t)n * sizeof(*g->nodes));
+	g->leaves = fw_malloc((size_t)n * sizeof(*g->leaves));
+	if (!state || !stack || !g->nodes || !g->leaves) {
+		s = fw_errorf(&ctx->err, FW_ERR_NOMEM, "graph: out of memory");
+		goto out;
+	}
+	for (int i = 0; i < n; i++)
+		pos[i] = -1;
+	for (int o = 0; o < g->n_outputs; o++) {
+		int sp = 0;
+		stack[sp++] = g->outputs[o]->id;
+		while (sp) {
+			int id = stack[sp - 1];
+			struct fw_tensor *t = ctx->tensors[id];
+			if (state[id] == 2) {
+				sp--;
+				continue;
+			}
+			if (state[id] == 0) {
+				state[id] = 1;
+				for (int k = FW_MAX_SRC - 1; k >= 0; k--)
+					if (t->src[k] && state[t->src[k]->id] == 0)
+						stack[sp++] = t->src[k]->id;
+				continue;
+			}
+			state[id] = 2;
+			sp--;
+			if (is_leaf(t)) {
+				g->leaves[g->n_leaves++] = t;
+			} else {
+				pos[id] = g->n_nodes;
+				g->nodes[g->n_nodes++] = t;
+			}
+		}
+	}
+out:
+	fw_free(state);
+	fw_free(stack);
+	return s;
+}
+
+/* --- schedule ------------------------------------------------------------------ */
+
+/* Marks nodes on a path from a trainable parameter to the loss. */
+static void mark_grad_nodes(struct fw_graph *g, const int *pos, bool *has_grad)
+{
+	bool *reaches = fw_calloc((size_t)g->n_nodes, 1);
+	int li = pos[g->outputs[0]->id];
+	if (!reaches)
+		return;
+	if (li >= 0)
+		reaches[li] = true;
+	for (int i = g->n_nodes - 1; i >= 0; i--) {
+		if (!reaches[i])
+			continue;
+		struct fw_tensor *t = g->nodes[i];
+		for (int k = 0; k < FW_MAX_SRC; k++)
+			if (t->src[k] && pos[t->src[k]->id] >= 0)
+				reaches[pos[t->src[k]->id]] = true;
+	}
+	for (int i = 0; i < g->n_nodes; i++) {
+		struct fw_tensor *t = g->nodes[i];
+		const struct fw_op_i *vt = fw_op_get(t->op);
+		bool need = false;
+		for (int k = 0; k < FW_MAX_SRC && vt->backward; k++) {
+			struct fw_tensor *s = t->src[k];
+			if (!s)
+				continue;
+			if (is_leaf(s) ? (s->flags & FW_FLAG_TRAINABLE) != 0
+				       : has_grad[pos[s->id]])
+				need = true;
+		}
+		has_grad[i] = need && reaches[i];
+	}
+	fw_free(reaches);
+}
+
+static enum fw_status build_schedule(struct fw_graph *g, const bool *has_grad)
+{
+	int n = g->n_nodes;
+	bool recompute = g->opts.backward && g->opts.recompute;
+	g->steps = fw_malloc((size_t)(3 * n + 1) * sizeof(*g->steps));
+	if (!g->steps)
+		return fw_errorf(&g->ctx->err, FW_ERR_NOMEM, "graph: out of memory");
+	for (int i = 0; i < n; i++)
+		g->steps[g->n_steps++] = (struct step){ STEP_FWD, i };
+	g->n_fwd_steps = g->n_steps;
+	if (!g->opts.backward)
+		return FW_OK;
+
+	int max_seg = 0;
+	for (int i = 0; i < n; i++)
+		if (g->nodes[i]->segment > max_seg)
+			max_seg = g->nodes[i]->segment;
+	bool *done = fw_calloc((size_t)max_seg + 1, 1);
+	if (!done)
+		return fw_errorf(&g->ctx->err, FW_ERR_NOMEM, "graph: out of memory");
+	for (int i = n - 1; i >= 0; i--) {
+		struct fw_tensor *t = g->nodes[i];
+		if (!has_grad[i])
+			continue;
+		int seg = t->segment;
+		if (recompute && seg > 0 && !done[seg]) {
+			done[seg] = true;
+			for (int j = 0; j < n; j++)
+				if (g->nodes[j]->segment == seg)
+					g->steps[g->n_steps++] = (struct step){ STEP_RECOMP, j };
+		}
+		if (t->op != FW_OP_RESHAPE)   /* its gradient aliases its source's */
+			g->steps[g->n_steps++] = (struct step){ STEP_BWD, i };
+	}
+	fw_free(done);
+	return FW_OK;
+}
+
+/* --- lifetimes and offsets ------------------------------------------------------ */
+
+static int slot_new(struct fw_graph *g, size_t bytes, bool is_grad)
+{
+	struct slot *s = &g->slots[g->n_slots];
+	s->bytes = align_up(bytes);
+	s->first = -1;
+	s->last = -1;
+	s->is_grad = is_grad;
+	return g->n_slots++;
+}
+
+static void touch(struct fw_graph *g, int slot, int step)
+{
+	if (slot < 0)
+		return;
+	struct slot *s = &g->slots[slot];
+	if (s->first < 0 || step < s->first)
+		s->first = step;
+	if (step > s->last)
+		s->last = step;
+}
+
+/* The slot a tensor's current data lives in, following views; -1 when
+ * persistent (leaves). bound[] is the slot each node was last computed into. */
+static int value_slot(const int *pos, const int *bound, const struct fw_tensor *t)
+{
+	int p = pos[t->id];
+	return p < 0 ? -1 : bound[p];
+}
+
+static int grad_slot_of(const struct fw_graph *g, const int *pos, const struct fw_tensor *t)
+{
+	int p = pos[t->id];
+	return p < 0 ? -1 : g->grad_slot[p];
+}
+
+static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_grad)
+{
+	int n = g->n_nodes;
+	struct fw_ctx *ctx = g->ctx;
+	int *bound = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
+	g->slots = fw_calloc((size_t)3 * n + 1, sizeof(*g->slots));
+	g->val_slot = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
+	g->rec_slot = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
+	g->grad_slot = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
+	g->grads = fw_calloc((size_t)(n ? n : 1), sizeof(*g->grads));
+	if (!bound || !g->slots || !g->val_slot || !g->rec_slot || !g->grad_slot || !g->grads) {
+		fw_free(bound);
+		return fw_errorf(&ctx->err, FW_ERR_NOMEM, "graph: out of memory");
+	}
+
+	/* Value slots: views share their source's; recomputed nodes get a second. */
+	bool recompute = g->opts.backward && g->opts.recompute;
+	for (int i = 0; i < n; i++) {
+		struct fw_tensor *t = g->nodes[i];
+		if (is_view(t)) {
+			g->val_slot[i] = value_slot(pos, g->val_slot, t->view_src);
+			g->rec_slot[i] = -1;
+		} else {
+			g->val_slot[i] = slot_new(g, fw_nbytes(t), false);
+			g->rec_slot[i] = recompute && t->segment > 0 ?
+					 slot_new(g, fw_nbytes(t), false) : -1;
+		}
+		g->grad_slot[i] = -1;
+	}
+	/* Gradient tensors and slots (reshape shares its source's gradient). */
+	for (int i = 0; i < n && g->opts.backward; i++) {
+		struct fw_tensor *t = g->nodes[i];
+		if (!has_grad[i])
+			continue;
+		struct fw_tensor *gt = fw_tensor_new(ctx, FW_F32, t->ndim, t->ne);
+		if (!gt) {
+			fw_free(bound);
+			return ctx->err.status;
+		}
+		gt->flags = FW_FLAG_GRAD;
+		gt->segment = 0;
+		snprintf(gt->name, sizeof(gt->name), "%.80s.grad", t->name);
+		g->grads[i] = gt;
+		struct fw_tensor *src = t->src[0];
+		if (t->op == FW_OP_RESHAPE)
+			g->grad_slot[i] = grad_slot_of(g, pos, src);   /* -1: a param's grad */
+		else
+			g->grad_slot[i] = slot_new(g, fw_nbytes(gt), true);
+	}
+
+	/* Walk the schedule exactly as the executor will. */
+	for (int i = 0; i < n; i++)
+		bound[i] = -1;
+	bool *recomputed = fw_calloc((size_t)n + 1, 1);
+	if (!recomputed) {
+		fw_free(bound);
+		return fw_errorf(&ctx->err, FW_ERR_NOMEM, "graph: out of memory");
+	}
+	for (int si = 0; si < g->n_steps; si++) {
+		struct step *st = &g->steps[si];
+		struct fw_tensor *t = g->nodes[st->node];
+		const struct fw_op_i *vt = fw_op_get(t->op);
+		int i = st->node;
+		if (st->kind != STEP_BWD) {
+			for (int k = 0; k < FW_MAX_SRC; k++)
+				if (t->src[k])
+					touch(g, value_slot(pos, bound, t->src[k]), si);
+			if (is_view(t))
+				bound[i] = value_slot(pos, bound, t->view_src);
+			else
+				bound[i] = st->kind == STEP_RECOMP ? g->rec_slot[i] : g->val_slot[i];
+			touch(g, bound[i], si);
+			continue;
+		}
+		/* BWD: reads its gradient and the saved values, adds into sources'. */
+		if (si == g->n_fwd_steps)
+			touch(g, g->grad_slot[pos[g->outputs[0]->id]], si);
+		touch(g, g->grad_slot[i], si);
+		uint32_t saved = vt->saved ? vt->saved(t) : 0xffffffffu;
+		for (int k = 0; k < FW_MAX_SRC; k++) {
+			if (!t->src[k])
+				continue;
+			if (saved & (1u << k))
+				touch(g, value_slot(pos, bound, t->src[k]), si);
+			touch(g, grad_slot_of(g, pos, t->src[k]), si);
+		}
+		if (saved & FW_SAVE_OUT)
+			touch(g, bound[i], si);
+	}
+	/* The loss gradient is seeded at the start of backward; outputs stay. */
+	if (g->opts.backward && g->n_steps > g->n_fwd_steps)
+		touch(g, g->grad_slot[pos[g->outputs[0]->id]], g->n_fwd_steps);
+	for (int o = 0; o < g->n_outputs; o++)
+		touch(g, g->val_slot[pos[g->outputs[o]->id]], g->n_steps);
+	fw_free(recomputed);
+	fw_free(bound);
+
+	/* Greedy by size: biggest first, lowest offset that fits among the
+	 * already placed slots whose lifetimes overlap. */
+	int ns = g->n_slots;
+	int *order = fw_malloc((size_t)(ns ? ns : 1) * sizeof(int));
+	int *placed = fw_malloc((size_t)(ns ? ns : 1) * sizeof(int));
+	if (!order || !placed) {
+		fw_free(order);
+		fw_free(placed);
+		return fw_errorf(&ctx->err, FW_ERR_NOMEM, "graph: out of memory");
+	}
+	int n_order = 0;
+	for (int s = 0; s < ns; s++) {
+		if (g->slots[s].first < 0)
+			continue;           /* never touched: no memory */
+		g->unplanned_bytes += g->slots[s].bytes;
+		order[n_order++] = s;
+	}
+	for (int a = 1; a < n_order; a++) {      /* insertion sort, size desc */
+		int v = order[a], b = a - 1;
+		while (b >= 0 && g->slots[order[b]].bytes < g->slots[v].bytes) {
+			order[b + 1] = order[b];
+			b--;
+		}
+		order[b + 1] = v;
+	}
+	int n_placed = 0;
+	for (int a = 0; a < n_order; a++) {
+		struct slot *s = &g->slots[order[a]];
+		size_t off = 0;
+		bool moved = true;
+		while (moved) {          /* bump past every overlapping conflict */
+			moved = false;
+			for (int b = 0; b < n_placed; b++) {
+				struct slot *p = &g->slots[placed[b]];
+				if (p->last < s->first || s->last < p->first)
+					continue;
+				if (off < p->offset + p->bytes && p->offset < off + s->bytes) {
+					off = p->offset + p->bytes;
+					moved = true;
+				}
+			}
+		}
+		s->offset = off;
+		if (off + s->bytes > g->arena_bytes)
+			g->arena_bytes = off + s->bytes;
+		placed[n_placed++] = order[a];
+	}
+	/* Gradient slots in order of their first step, for zeroing. */
+	g->zero_order = order;
+	g->n_zero = 0;
+	for (int s = 0; s < ns; s++)
+		if (g->slots[s].is_grad && g->slots[s].first >= 0)
+			g->zero_order[g->n_zero++] = s;
+	for (int a = 1; a < g->n_zero; a++) {
+		int v = g->zero_order[a], b = a - 1;
+		while (b >= 0 && g->slots[g->zero_order[b]].first > g->slots[v].first) {
+			g->zero_order[b + 1] = g->zero_order[b];
+			b--;
+		}
+		g->zero_order[b + 1] = v;
+	}
+	fw_free(placed);
+	return FW_OK;
+}
+
+/* --- construction ---------------------------------------------------------------- */
+
+struct fw_graph *fw_graph_new(struct fw_ctx *ctx, struct fw_tensor **outputs, int n_outputs,
+			      const struct fw_graph_opts *opts)
+{
+	struct fw_graph *g = NULL;
+	int *pos = NULL;
+	bool *has_grad = NULL;
+
+	if (n_outputs < 1 || !outputs) {
+		fw_errorf(&ctx->err, FW_ERR_INVALID, "graph: no outputs");
+		return NULL;
+	}
+	for (int o = 0; o < n_outputs; o++) {
+		if (!outputs[o]) {
+			if (ctx->err.status == FW_OK)
+				fw_errorf(&ctx->err, FW_ERR_INVALID, "graph: output %d is NULL", o);
+			return NULL;
+		}
+		if (is_leaf(outputs[o])) {
+			fw_errorf(&ctx->err, FW_ERR_INVALID,
+				  "graph: output '%s' is a parameter or input, not an op",
+				  outputs[o]->name);
+			return NULL;
+		}
+	}
+	if (opts->backward && fw_nelem(outputs[0]) != 1) {
+		char sh[64];
+		fw_errorf(&ctx->err, FW_ERR_SHAPE, "graph: the loss '%s' has shape %s, not one element",
+			  outputs[0]->name, fw_shape_str(outputs[0], sh, sizeof(sh)));
+		return NULL;
+	}
+	if (fw_ctx_alloc_params(ctx) != FW_OK)
+		return NULL;
+
+	g = fw_calloc(1, sizeof(*g));
+	if (!g)
+		goto nomem;
+	g->ctx = ctx;
+	g->opts = *opts;
+	g->loss_scale = 1.0f;
+	g->outputs = fw_malloc((size_t)n_outputs * sizeof(*outputs));
+	if (!g->outputs)
+		goto nomem;
+	memcpy(g->outputs, outputs, (size_t)n_outputs * sizeof(*outputs));
+	g->n_outputs = n_outputs;
+	pos = fw_malloc((size_t)ctx->n_tensors * sizeof(int));
+	if (!pos)
+		goto nomem;
+	if (collect(g, pos) != FW_OK)
+		goto fail;
+	has_grad = fw_calloc((size_t)g->n_nodes + 1, 1);
+	g->params = fw_malloc((size_t)(g->n_leaves + 1) * sizeof(*g->params));
+	if (!has_grad || !g->params)
+		goto nomem;
+	for (int i = 0; i < g->n_leaves; i++)
+		if ((g->leaves[i]->flags & FW_FLAG_TRAINABLE) && opts->backward)
+			g->params[g->n_params++] = g->leaves[i];
+	if (opts->backward)
+		mark_grad_nodes(g, pos, has_grad);
+	if (build_schedule(g, has_grad) != FW_OK)
+		goto fail;
+	/* The tensor list may grow (gradient tensors): pos covers old ids only,
+	 * and only old tensors are looked up. */
+	if (plan(g, pos, has_grad) != FW_OK)
+		goto fail;
+
+	for (int i = 0; i < g->n_nodes; i++) {
+		const struct fw_op_i *vt = fw_op_get(g->nodes[i]->op);
+		size_t w = vt->workspace ? vt->workspace(g->nodes[i]) : 0;
+		if (w > g->ws_bytes)
+			g->ws_bytes = w;
+	}
+	g->arena = g->arena_bytes ? fw_malloc(g->arena_bytes) : NULL;
+	g->ws = g->ws_bytes ? fw_malloc(g->ws_bytes) : NULL;
+	if ((g->arena_bytes && !g->arena) || (g->ws_bytes && !g->ws)) {
+		fw_errorf(&ctx->err, FW_ERR_NOMEM,
+			  "graph: cannot allocate %zu bytes of activations and %zu of workspace",
+			  g->arena_bytes, g->ws_bytes);
+		goto fail;
+	}
+	for (int o = 0; o < n_outputs; o++)
+		outputs[o]->flags |= FW_FLAG_OUTPUT;
+	fw_free(pos);
+	fw_free(has_grad);
+	return g;
+nomem:
+	fw_errorf(&ctx->err, FW_ERR_NOMEM, "graph: out of memory");
+fail:
+	fw_free(pos);
+	fw_free(has_grad);
+	fw_graph_free(g);
+	return NULL;
+}
+
+void fw_graph_free(struct fw_graph *g)
+{
+	if (!g)
+		return;
+	if (bound_graph == g)
+		bound_graph = NULL;
+	fw_free(g->nodes);
+	fw_free(g->outputs);
+	fw_free(g->params);
+	fw_free(g->leaves);
+	fw_free(g->steps);
+	fw_free(g->slots);
+	fw_free(g->val_slot);
+	fw_free(g->rec_slot);
+	fw_free(g->grad_slot);
+	fw_free(g->grads);
+	fw_free(g->zero_order);
+	fw_free(g->arena);
+	fw_free(g->ws);
+	fw_free(g);
+}
+
+/* --- execution --------------------------------------------------------------------- */
+
+/* Points every node's data and grad at this graph's buffers. */
+static void bind(struct fw_graph *g)
+{
+	if (bound_graph == g)
+		return;
+	for (int i = 0; i < g->n_nodes; i++) {
+		struct fw_tensor *t = g->nodes[i];
+		if (!is_view(t))
+			t->data = g->arena + g->slots[g->val_slot[i]].offset;
+		t->grad = g->grads[i];
+		if (t->grad) {
+			int s = g->grad_slot[i];
+			if (s >= 0)
+				t->grad->data = g->arena + g->slots[s].offset;
+			else   /* reshape of a parameter: share its persistent gradient */
+				t->grad->data = t->src[0]->grad->data;
+		}
+	}
+	bound_graph = g;
+}
+
+static struct fw_exec exec_of(const struct fw_graph *g)
+{
+	return (struct fw_exec){
+		.ws = g->ws, .ws_size = g->ws_bytes, .step = g->step,
+		.training = g->opts.training,
+	};
+}
+
+enum fw_status fw_graph_forward(struct fw_graph *g)
+{
+	bind(g);
+	struct fw_exec ex = exec_of(g);
+	for (int si = 0; si < g->n_fwd_steps; si++) {
+		struct fw_tensor *t = g->nodes[g->steps[si].node];
+		if (!is_view(t))
+			t->data = g->arena + g->slots[g->val_slot[g->steps[si].node]].offset;
+		fw_op_get(t->op)->forward(t, &ex);
+	}
+	g->forward_done = true;
+	return FW_OK;
+}
+
+enum fw_status fw_graph_backward(struct fw_graph *g)
+{
+	if (!g->opts.backward)
+		return fw_errorf(&g->ctx->err, FW_ERR_INVALID,
+				 "graph: built without backward");
+	if (!g->forward_done)
+		return fw_errorf(&g->ctx->err, FW_ERR_INVALID,
+				 "graph: backward called before forward");
+	bind(g);
+	struct fw_exec ex = exec_of(g);
+	int z = 0;
+	struct fw_tensor *loss = g->outputs[0];
+	for (int si = g->n_fwd_steps; si < g->n_steps; si++) {
+		while (z < g->n_zero && g->slots[g->zero_order[z]].first <= si) {
+			struct slot *s = &g->slots[g->zero_order[z++]];
+			memset(g->arena + s->offset, 0, s->bytes);
+		}
+		if (si == g->n_fwd_steps && loss->grad)
+			*(float *)loss->grad->data = g->loss_scale;
+		struct step *st = &g->steps[si];
+		struct fw_tensor *t = g->nodes[st->node];
+		const struct fw_op_i *vt = fw_op_get(t->op);
+		if (st->kind == STEP_BWD) {
+			vt->backward(t, &ex);
+			continue;
+		}
+		if (!is_view(t))
+			t->data = g->arena + g->slots[g->rec_slot[st->node]].offset;
+		vt->forward(t, &ex);
+	}
+	/* Leave value pointers at their forward buffers for reading outputs. */
+	for (int i = 0; i < g->n_nodes; i++)
+		if (g->rec_slot[i] >= 0)
+			g->nodes[i]->data = g->arena + g->slots[g->val_slot[i]].offset;
+	g->forward_done = false;
+	return FW_OK;
+}
+
+void fw_graph_zero_grad(struct fw_graph *g)
+{
+	for (int i = 0; i < g->n_params; i++) {
+		struct fw_tensor *p = g->params[i];
+		memset(p->grad->data, 0, (size_t)fw_nelem(p) * 4);
+	}
+}
+
+void fw_graph_set_step(struct fw_graph *g, int64_t step)
+{
+	g->step = step;
+}
+
+void fw_graph_set_loss_scale(struct fw_graph *g, float scale)
+{
+	g->loss_scale = scale;
+}
+
+int fw_graph_n_nodes(const struct fw_graph *g)
+{
+	return g->n_nodes;
+}
+
+struct fw_tensor *fw_graph_node(const struct fw_graph *g, int i)
+{
+	return i >= 0 && i < g->n_nodes ? g->nodes[i] : NULL;
+}
+
+int fw_graph_n_params(const struct fw_graph *g)
+{
+	return g->n_params;
+}
+
+struct fw_tensor *fw_graph_param(const struct fw_graph *g, int i)
+{
+	return i >= 0 && i < g->n_params ? g->params[i] : NULL;
+}
+
+void fw_graph_memory(const struct fw_graph *g, struct fw_memory_report *r)
+{
+	memset(r, 0, sizeof(*r));
+	for (int c = 0; c < FW_MEM_CATEGORY_COUNT; c++)
+		r->bytes[c] = g->ctx->mem[c];
+	r->bytes[FW_MEM_ACTIVATIONS] = g->arena_bytes;
+	r->bytes[FW_MEM_WORKSPACE] = g->ws_bytes;
+	for (int c = 0; c < FW_MEM_CATEGORY_COUNT; c++)
+		r->total += r->bytes[c];
+	r->activations_unplanned = g->unplanned_bytes;
+	for (int i = 0; i < g->n_leaves; i++) {
+		const struct fw_tensor *t = g->leaves[i];
+		if (!(t->flags & FW_FLAG_PARAM))
+			continue;
+		r->n_params += fw_nelem(t);
+		if (t->flags & FW_FLAG_TRAINABLE)
+			r->n_trainable += fw_nelem(t);
+	}
+	for (int s = 0; s < g->n_slots; s++)
+		if (g->slots[s].first >= 0)
+			r->n_buffers++;
+}
+
+void fw_memory_report_print(const struct fw_memory_report *r, void *file)
+{
+	FILE *f = file;
+	for (int c = 0; c < FW_MEM_CATEGORY_COUNT; c++)
+		fprintf(f, "  %-12s %12.2f MiB\n", fw_mem_category_name(c),
+			r->bytes[c] / 1048576.0);
+	fprintf(f, "  %-12s %12.2f MiB (activations without reuse: %.2f MiB)\n", "total",
+		r->total / 1048576.0, r->activations_unplanned / 1048576.0);
+}
+
+/* --- threads ---------------------------------------------------------------------- */
+
+void fw_set_num_threads(int n)
+{
+	if (n > 0)
+		omp_set_num_threads(n);
+}
+
+int fw_get_num_threads(void)
+{
+	return omp_get_max_threads();
+}
+
+void fw_parallel_for(int64_t n, fw_range_fn fn, void *arg)
+{
+	if (n <= 0)
+		return;
+	#pragma omp parallel
+	{
+		int nt = omp_get_num_threads(), it = omp_get_thread_num();
+		int64_t chunk = (n + nt - 1) / nt;
+		int64_t b = it * chunk, e = b + chunk < n ? b + chunk : n;
+		if (b < e)
+			fn(arg, b, e);
+	}
+}

@@ -1,0 +1,70 @@
+/* internal.h - private to the core: context layout and the built-in op table. */
+#ifndef FW_INTERNAL_H
+#define FW_INTERNAL_H
+
+#include "fw/fw.h"
+
+#define FW_ALIGN 64
+
+struct fw_block {                /* one persistent allocation owned by a ctx */
+	struct fw_block *next;
+	enum fw_mem_category cat;
+	size_t bytes;
+	void *ptr;
+};
+
+struct fw_ctx {
+	struct fw_err err;
+	struct fw_tensor **tensors;  /* every tensor, in creation order */
+	int n_tensors, cap_tensors;
+	struct fw_block *blocks;
+	size_t mem[FW_MEM_CATEGORY_COUNT];
+	int segment_next;            /* next checkpoint segment id */
+	int segment_cur;             /* 0 outside checkpoint_begin/end */
+};
+
+/* Built-in op vtables, one per enum fw_op (defined in the ops_*.c files).
+ * FIXME(dev): weak only while the kernel files land; drop before release. */
+#define FW_BUILTIN_OP extern const struct fw_op_i __attribute__((weak))
+FW_BUILTIN_OP fw_op_matmul_i, fw_op_add_i, fw_op_sub_i, fw_op_mul_i,
+	fw_op_scale_i, fw_op_embedding_i, fw_op_layernorm_i, fw_op_rmsnorm_i,
+	fw_op_gelu_i, fw_op_relu_i, fw_op_silu_i, fw_op_tanh_i, fw_op_sigmoid_i,
+	fw_op_softmax_i, fw_op_dropout_i, fw_op_cross_entropy_i, fw_op_concat_i,
+	fw_op_slice_i, fw_op_reshape_i, fw_op_permute_i, fw_op_cont_i, fw_op_sum_i,
+	fw_op_mean_i, fw_op_cast_i;
+
+/* Creates a bare tensor in ctx (no op); NULL with ctx->err set on failure. */
+struct fw_tensor *fw_tensor_new(struct fw_ctx *ctx, enum fw_dtype dt, int ndim,
+				const int64_t *shape);
+
+/* Broadcasting helpers for element-wise kernels (PyTorch rules). */
+bool fw_broadcastable(const struct fw_tensor *a, const struct fw_tensor *b,
+		      int *ndim, int64_t *shape);
+
+/* oneDNN matmul: C[b] (M,N) (+)= op(A[b]) op(B[b]) for row-major operands with
+ * leading dims lda/ldb/ldc and batch strides (0 = broadcast). dt_ab is FW_F32
+ * or FW_BF16; C is f32. accumulate adds into C. Primitives are cached. */
+struct fw_gemm {
+	int64_t batch, M, N, K;
+	bool trans_a, trans_b;
+	int64_t lda, ldb, ldc;
+	int64_t stride_a, stride_b, stride_c;
+	enum fw_dtype dt_ab;
+	bool accumulate;
+};
+enum fw_status fw_gemm_run(const struct fw_gemm *g, const void *a, const void *b,
+			   float *c);
+void fw_gemm_cache_clear(void);
+
+/* Counter-based RNG: a 32-bit random value for (key, counter), the same on
+ * every thread count (Philox-like mixing, splitmix64 finaliser). */
+static inline uint32_t fw_rng_u32(uint64_t key, uint64_t counter)
+{
+	uint64_t z = key ^ (counter * 0x9E3779B97F4A7C15ull);
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	z ^= z >> 31;
+	return (uint32_t)(z >> 32);
+}
+
+#endif

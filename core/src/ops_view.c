@@ -1,0 +1,291 @@
+/* ops_view.c - reshape, permute and slice views, and the contiguous copy.
+ *
+ * A view shares its source's memory: forward only sets its data pointer.
+ * Gradients are always contiguous in the view's own shape; reshape's gradient
+ * aliases its source's gradient (the planner arranges it), permute and slice
+ * scatter theirs back with a strided add.
+ */
+#include <string.h>
+
+#include "internal.h"
+
+/* Calls fn(dst_off, src_off) over a 4-D index space of shape ne, with
+ * element strides da (destination) and sa (source). */
+struct walk {
+	int64_t ne[FW_MAX_DIMS], da[FW_MAX_DIMS], sa[FW_MAX_DIMS];
+};
+
+static struct walk walk_of(const struct fw_tensor *shape, const int64_t *dst_nb,
+			   const int64_t *src_nb)
+{
+	struct walk w;
+	int off = FW_MAX_DIMS - shape->ndim;
+	for (int i = 0; i < FW_MAX_DIMS; i++) {
+		bool real = i >= off;
+		w.ne[i] = real ? shape->ne[i - off] : 1;
+		w.da[i] = real ? dst_nb[i - off] : 0;
+		w.sa[i] = real ? src_nb[i - off] : 0;
+	}
+	return w;
+}
+
+/* dst[d] (+)= src[s] for f32 data. */
+static void walk_f32(const struct walk *w, float *dst, const float *src, bool add)
+{
+	int64_t outer = w->ne[0] * w->ne[1] * w->ne[2];
+	#pragma omp parallel for schedule(static) if (outer * w->ne[3] > 32768)
+	for (int64_t o = 0; o < outer; o++) {
+		int64_t i0 = o / (w->ne[1] * w->ne[2]);
+		int64_t i1 = (o / w->ne[2]) % w->ne[1];
+		int64_t i2 = o % w->ne[2];
+		float *d = dst + i0 * w->da[0] + i1 * w->da[1] + i2 * w->da[2];
+		const float *s = src + i0 * w->sa[0] + i1 * w->sa[1] + i2 * w->sa[2];
+		int64_t dd = w->da[3], ss = w->sa[3];
+		if (add) {
+			for (int64_t i = 0; i < w->ne[3]; i++)
+				d[i * dd] += s[i * ss];
+		} else {
+			for (int64_t i = 0; i < w->ne[3]; i++)
+				d[i * dd] = s[i * ss];
+		}
+	}
+}
+
+/* Byte copy for any element size (cont of bf16/i32 views). */
+static void walk_bytes(const struct walk *w, char *dst, const char *src, size_t es)
+{
+	int64_t outer = w->ne[0] * w->ne[1] * w->ne[2];
+	#pragma omp parallel for schedule(static) if (outer * w->ne[3] > 32768)
+	for (int64_t o = 0; o < outer; o++) {
+		int64_t i0 = o / (w->ne[1] * w->ne[2]);
+		int64_t i1 = (o / w->ne[2]) % w->ne[1];
+		int64_t i2 = o % w->ne[2];
+		char *d = dst + (i0 * w->da[0] + i1 * w->da[1] + i2 * w->da[2]) * es;
+		const char *s = src + (i0 * w->sa[0] + i1 * w->sa[1] + i2 * w->sa[2]) * es;
+		for (int64_t i = 0; i < w->ne[3]; i++)
+			memcpy(d + i * w->da[3] * es, s + i * w->sa[3] * es, es);
+	}
+}
+
+static void contiguous_strides(const struct fw_tensor *t, int64_t *nb)
+{
+	int64_t s = 1;
+	for (int i = t->ndim - 1; i >= 0; i--) {
+		nb[i] = s;
+		s *= t->ne[i];
+	}
+}
+
+static void view_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *src = out->src[0];
+	out->data = (char *)src->data + out->view_offset * (int64_t)fw_dtype_size(src->dtype);
+}
+
+/* --- reshape --------------------------------------------------------------- */
+
+static enum fw_status reshape_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *x = out->src[0];
+	int nd = out->params[0].i, infer_at = -1;
+	int64_t known = 1, n = fw_nelem(x);
+	char sx[64];
+
+	if (x->dtype == FW_Q4)
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "reshape: q4 tensors cannot be reshaped");
+	for (int i = 0; i < nd; i++) {
+		int64_t d = out->params[1 + i].i;
+		if (d == -1) {
+			if (infer_at >= 0)
+				return fw_errorf(err, FW_ERR_SHAPE, "reshape: more than one -1");
+			infer_at = i;
+		} else {
+			known *= d;
+		}
+		out->ne[i] = d;
+	}
+	if (infer_at >= 0) {
+		if (n % known)
+			return fw_errorf(err, FW_ERR_SHAPE, "reshape: %s cannot take a shape with %lld-element rows",
+					 fw_shape_str(x, sx, sizeof(sx)), (long long)known);
+		out->ne[infer_at] = n / known;
+		known *= out->ne[infer_at];
+	}
+	if (known != n)
+		return fw_errorf(err, FW_ERR_SHAPE, "reshape: %s has %lld elements, new shape has %lld",
+				 fw_shape_str(x, sx, sizeof(sx)), (long long)n, (long long)known);
+	out->ndim = nd;
+	out->dtype = x->dtype;
+	fw_set_contiguous_strides(out);
+	out->view_offset = 0;
+	return FW_OK;
+}
+
+/* The reshape gradient shares its source's gradient buffer: nothing to do. */
+static void reshape_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+}
+
+static uint32_t no_saved(const struct fw_tensor *out)
+{
+	return 0;
+}
+
+const struct fw_op_i fw_op_reshape_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "reshape",
+	.flags = FW_OPF_VIEW,
+	.infer = reshape_infer,
+	.forward = view_forward,
+	.backward = reshape_backward,
+	.saved = no_saved,
+};
+
+/* --- permute --------------------------------------------------------------- */
+
+static enum fw_status permute_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *x = out->src[0];
+	bool seen[FW_MAX_DIMS] = { false };
+
+	if (x->dtype == FW_Q4)
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "permute: q4 tensors cannot be permuted");
+	for (int i = 0; i < x->ndim; i++) {
+		int p = out->params[i].i;
+		if (p < 0 || p >= x->ndim || seen[p])
+			return fw_errorf(err, FW_ERR_SHAPE,
+					 "permute: not a permutation of %d dims", x->ndim);
+		seen[p] = true;
+		out->ne[i] = x->ne[p];
+		out->nb[i] = x->nb[p];
+	}
+	out->ndim = x->ndim;
+	out->dtype = x->dtype;
+	out->view_offset = 0;
+	return FW_OK;
+}
+
+/* x->grad (contiguous, x's shape) += permuted-back out->grad. */
+static void permute_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *x = out->src[0];
+	int64_t xs[FW_MAX_DIMS], dst[FW_MAX_DIMS], srcs[FW_MAX_DIMS];
+	contiguous_strides(x, xs);
+	contiguous_strides(out, srcs);
+	for (int i = 0; i < out->ndim; i++)
+		dst[i] = xs[out->params[i].i];
+	struct walk w = walk_of(out, dst, srcs);
+	walk_f32(&w, x->grad->data, out->grad->data, true);
+}
+
+const struct fw_op_i fw_op_permute_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "permute",
+	.flags = FW_OPF_VIEW | FW_OPF_STRIDED,
+	.infer = permute_infer,
+	.forward = view_forward,
+	.backward = permute_backward,
+	.saved = no_saved,
+};
+
+/* --- slice ----------------------------------------------------------------- */
+
+static enum fw_status slice_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *x = out->src[0];
+	int axis = out->params[0].i;
+	int64_t start = out->params[1].i, len = out->params[2].i;
+	char sx[64];
+
+	if (axis < 0)
+		axis += x->ndim;
+	if (axis < 0 || axis >= x->ndim)
+		return fw_errorf(err, FW_ERR_SHAPE, "slice: axis %d out of range for %s",
+				 out->params[0].i, fw_shape_str(x, sx, sizeof(sx)));
+	if (start < 0 || len < 1 || start + len > x->ne[axis])
+		return fw_errorf(err, FW_ERR_SHAPE,
+				 "slice: [%lld, %lld) out of range on axis %d of %s",
+				 (long long)start, (long long)(start + len), axis,
+				 fw_shape_str(x, sx, sizeof(sx)));
+	if (x->dtype == FW_Q4)
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "slice: q4 tensors cannot be sliced");
+	out->params[0].i = axis;
+	out->ndim = x->ndim;
+	out->dtype = x->dtype;
+	for (int i = 0; i < x->ndim; i++) {
+		out->ne[i] = x->ne[i];
+		out->nb[i] = x->nb[i];
+	}
+	out->ne[axis] = len;
+	out->view_offset = start * x->nb[axis];
+	return FW_OK;
+}
+
+static void slice_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *x = out->src[0];
+	int axis = out->params[0].i;
+	int64_t xs[FW_MAX_DIMS], gs[FW_MAX_DIMS];
+	contiguous_strides(x, xs);
+	contiguous_strides(out, gs);
+	struct walk w = walk_of(out, xs, gs);
+	float *dst = (float *)x->grad->data + out->params[1].i * xs[axis];
+	walk_f32(&w, dst, out->grad->data, true);
+}
+
+const struct fw_op_i fw_op_slice_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "slice",
+	.flags = FW_OPF_VIEW | FW_OPF_STRIDED,
+	.infer = slice_infer,
+	.forward = view_forward,
+	.backward = slice_backward,
+	.saved = no_saved,
+};
+
+/* --- cont: contiguous copy of a strided tensor -------------------------------- */
+
+static enum fw_status cont_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *x = out->src[0];
+	if (x->dtype == FW_Q4)
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "cont: q4 tensors cannot be copied");
+	out->ndim = x->ndim;
+	out->dtype = x->dtype;
+	for (int i = 0; i < x->ndim; i++)
+		out->ne[i] = x->ne[i];
+	return FW_OK;
+}
+
+static void cont_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *x = out->src[0];
+	int64_t os[FW_MAX_DIMS];
+	contiguous_strides(out, os);
+	struct walk w = walk_of(out, os, x->nb);
+	if (x->dtype == FW_F32)
+		walk_f32(&w, out->data, x->data, false);
+	else
+		walk_bytes(&w, out->data, x->data, fw_dtype_size(x->dtype));
+}
+
+/* Both gradients are contiguous in the same shape: a plain add. */
+static void cont_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	float *dx = out->src[0]->grad->data;
+	const float *dy = out->grad->data;
+	int64_t n = fw_nelem(out);
+	#pragma omp parallel for simd schedule(static) if (n > 65536)
+	for (int64_t i = 0; i < n; i++)
+		dx[i] += dy[i];
+}
+
+const struct fw_op_i fw_op_cont_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "cont",
+	.flags = FW_OPF_STRIDED,
+	.infer = cont_infer,
+	.forward = cont_forward,
+	.backward = cont_backward,
+	.saved = no_saved,
+};
