@@ -1,6 +1,7 @@
 /* ctx.c - contexts: the tensors they own and their persistent memory. */
 #include <stdarg.h>
 #include <stdio.h>
+#include <math.h>
 #include <string.h>
 
 #include "internal.h"
@@ -248,4 +249,71 @@ const char *fw_mem_category_name(enum fw_mem_category c)
 		"weights", "gradients", "optimizer", "activations", "inputs", "workspace",
 	};
 	return (unsigned)c < FW_MEM_CATEGORY_COUNT ? names[c] : "?";
+}
+
+/* --- parameter initialisation -------------------------------------------------- */
+
+void fw_param_set_init(struct fw_tensor *p, enum fw_init kind, float value)
+{
+	p->params[0].i = kind;
+	p->params[1].f = value;
+}
+
+uint64_t fw_hash_str(const char *s, uint64_t seed)
+{
+	uint64_t h = 1469598103934665603ull ^ seed;
+	for (; *s; s++)
+		h = (h ^ (unsigned char)*s) * 1099511628211ull;
+	return h;
+}
+
+double fw_rng_uniform(uint64_t key, uint64_t counter)
+{
+	uint64_t hi = fw_rng_u32(key, 2 * counter), lo = fw_rng_u32(key, 2 * counter + 1);
+	return (double)((hi << 21) ^ lo) / 9007199254740992.0;   /* 53 bits */
+}
+
+float fw_rng_normal(uint64_t key, uint64_t counter)
+{
+	/* Box-Muller on two uniforms of this counter. */
+	double u = fw_rng_uniform(key, 2 * counter) + 1e-300;
+	double v = fw_rng_uniform(key, 2 * counter + 1);
+	return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
+}
+
+enum fw_status fw_ctx_init_params(struct fw_ctx *ctx, uint64_t seed)
+{
+	for (int i = 0; i < ctx->n_tensors; i++) {
+		struct fw_tensor *t = ctx->tensors[i];
+		if (!(t->flags & FW_FLAG_PARAM))
+			continue;
+		if (!t->data)
+			return fw_errorf(&ctx->err, FW_ERR_INVALID,
+					 "init: parameter '%s' is not allocated", t->name);
+		if (t->dtype != FW_F32)
+			continue;      /* quantised/bf16 weights come from files */
+		float *d = t->data;
+		int64_t n = fw_nelem(t);
+		uint64_t key = fw_hash_str(t->name, seed);
+		float v = t->params[1].f;
+		switch (t->params[0].i) {
+		case FW_INIT_NORMAL:
+			#pragma omp parallel for schedule(static) if (n > 65536)
+			for (int64_t j = 0; j < n; j++)
+				d[j] = v * fw_rng_normal(key, (uint64_t)j);
+			break;
+		case FW_INIT_UNIFORM:
+			#pragma omp parallel for schedule(static) if (n > 65536)
+			for (int64_t j = 0; j < n; j++)
+				d[j] = v * (float)(2.0 * fw_rng_uniform(key, (uint64_t)j) - 1.0);
+			break;
+		case FW_INIT_CONST:
+			for (int64_t j = 0; j < n; j++)
+				d[j] = v;
+			break;
+		default:
+			memset(d, 0, (size_t)n * 4);
+		}
+	}
+	return FW_OK;
 }

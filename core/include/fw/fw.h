@@ -8,6 +8,8 @@
 #include "fw/op.h"
 #include "fw/graph.h"
 #include "fw/io.h"
+#include "fw/plugin.h"
+#include "fw/loader.h"
 
 #define FW_VERSION_MAJOR 0
 #define FW_VERSION_MINOR 1

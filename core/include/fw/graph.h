@@ -59,6 +59,17 @@ void fw_ctx_checkpoint_end(struct fw_ctx *ctx);
  * fw_graph_new if needed. */
 enum fw_status fw_ctx_alloc_params(struct fw_ctx *ctx);
 
+/* Records how a parameter is initialised (applied by fw_ctx_init_params). */
+void fw_param_set_init(struct fw_tensor *p, enum fw_init kind, float value);
+/* Fills every parameter from its recipe with a counter-based RNG keyed by
+ * (seed, parameter name): the values do not depend on creation order or
+ * thread count. NORMAL: N(0, value^2); UNIFORM: U(-value, value). */
+enum fw_status fw_ctx_init_params(struct fw_ctx *ctx, uint64_t seed);
+/* A standard normal / uniform [0,1) sample for (key, counter). */
+float fw_rng_normal(uint64_t key, uint64_t counter);
+double fw_rng_uniform(uint64_t key, uint64_t counter);
+uint64_t fw_hash_str(const char *s, uint64_t seed);
+
 /* Memory categories of the report. */
 enum fw_mem_category {
 	FW_MEM_WEIGHTS = 0,

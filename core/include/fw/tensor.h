@@ -39,6 +39,10 @@ enum {
 	FW_FLAG_GRAD = 1u << 6,        /* this tensor is another tensor's gradient */
 };
 
+/* Initialisation recipe of a parameter, kept in params[0] (kind) and
+ * params[1] (std or value) of the leaf until fw_ctx_init_params runs. */
+enum fw_init { FW_INIT_ZERO = 0, FW_INIT_NORMAL, FW_INIT_CONST, FW_INIT_UNIFORM };
+
 union fw_param {
 	int32_t i;
 	float f;

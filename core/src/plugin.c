@@ -1,0 +1,350 @@
+/* plugin.c - finding, loading and checking plugins. */
+#include <dirent.h>
+#include <dlfcn.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+
+#ifndef FW_PLUGIN_INSTALL_DIR
+#define FW_PLUGIN_INSTALL_DIR "/usr/local/lib/fw/plugins"
+#endif
+#ifndef FW_PLUGIN_BUILD_DIR
+#define FW_PLUGIN_BUILD_DIR ""
+#endif
+
+const char *fw_plugin_kind_name(int kind)
+{
+	static const char *const names[FW_KIND_COUNT] = {
+		[FW_KIND_ARCH] = "arch", [FW_KIND_ATTENTION] = "attention",
+		[FW_KIND_PEFT] = "peft", [FW_KIND_OPTIM] = "optim",
+	};
+	return kind > 0 && kind < FW_KIND_COUNT ? names[kind] : "?";
+}
+
+/* --- search path ------------------------------------------------------------------ */
+
+char **fw_plugin_search_dirs(void)
+{
+	const char *env = getenv("FW_PLUGIN_PATH");
+	size_t n = 3;
+	for (const char *p = env; p && *p; p++)
+		n += *p == ':';
+	char **dirs = fw_calloc(n + 1, sizeof(char *));
+	if (!dirs)
+		return NULL;
+	size_t k = 0;
+	if (env && *env) {
+		char *copy = fw_strdup(env), *save = NULL;
+		if (!copy) {
+			fw_free(dirs);
+			return NULL;
+		}
+		for (char *tok = strtok_r(copy, ":", &save); tok; tok = strtok_r(NULL, ":", &save))
+			if (*tok)
+				dirs[k++] = fw_strdup(tok);
+		fw_free(copy);
+	}
+	dirs[k++] = fw_strdup(FW_PLUGIN_INSTALL_DIR);
+	if (*FW_PLUGIN_BUILD_DIR)
+		dirs[k++] = fw_strdup(FW_PLUGIN_BUILD_DIR);
+	for (size_t i = 0; i < k; i++) {
+		if (!dirs[i]) {        /* an allocation failed: give up cleanly */
+			for (size_t j = 0; j < k; j++)
+				fw_free(dirs[j]);
+			fw_free(dirs);
+			return NULL;
+		}
+	}
+	return dirs;
+}
+
+static void free_strv(char **v)
+{
+	for (size_t i = 0; v && v[i]; i++)
+		fw_free(v[i]);
+	fw_free(v);
+}
+
+void fw_plugin_paths_free(char **paths, int n)
+{
+	for (int i = 0; i < n; i++)
+		fw_free(paths[i]);
+	fw_free(paths);
+}
+
+static bool is_file(const char *path)
+{
+	struct stat st;
+	return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static char *join3(const char *a, const char *b, const char *c)
+{
+	size_t n = strlen(a) + strlen(b) + strlen(c) + 1;
+	char *s = fw_malloc(n);
+	if (s)
+		snprintf(s, n, "%s%s%s", a, b, c);
+	return s;
+}
+
+enum fw_status fw_plugin_discover(char ***paths, int *n, struct fw_err *err)
+{
+	char **dirs = fw_plugin_search_dirs();
+	int cap = 16, cnt = 0;
+	char **out = fw_malloc((size_t)cap * sizeof(char *));
+	enum fw_status s = FW_OK;
+
+	if (!dirs || !out) {
+		s = fw_errorf(err, FW_ERR_NOMEM, "plugins: out of memory");
+		goto done;
+	}
+	for (size_t d = 0; dirs[d]; d++) {
+		for (int kind = 1; kind < FW_KIND_COUNT; kind++) {
+			char *sub = join3(dirs[d], "/", fw_plugin_kind_name(kind));
+			if (!sub) {
+				s = fw_errorf(err, FW_ERR_NOMEM, "plugins: out of memory");
+				goto done;
+			}
+			DIR *dir = opendir(sub);
+			struct dirent *e;
+			while (dir && (e = readdir(dir))) {
+				size_t l = strlen(e->d_name);
+				if (l < 4 || strcmp(e->d_name + l - 3, ".so"))
+					continue;
+				char *base = join3(sub, "/", e->d_name);
+				if (!base) {
+					s = fw_errorf(err, FW_ERR_NOMEM, "plugins: out of memory");
+					break;
+				}
+				if (cnt == cap) {
+					char **nb = fw_malloc((size_t)cap * 2 * sizeof(char *));
+					if (!nb) {
+						fw_free(base);
+						s = fw_errorf(err, FW_ERR_NOMEM, "plugins: out of memory");
+						break;
+					}
+					memcpy(nb, out, (size_t)cnt * sizeof(char *));
+					fw_free(out);
+					out = nb;
+					cap *= 2;
+				}
+				out[cnt++] = base;
+			}
+			if (dir)
+				closedir(dir);
+			fw_free(sub);
+			if (s != FW_OK)
+				goto done;
+		}
+	}
+done:
+	free_strv(dirs);
+	if (s != FW_OK) {
+		fw_plugin_paths_free(out, out ? cnt : 0);
+		return s;
+	}
+	*paths = out;
+	*n = cnt;
+	return FW_OK;
+}
+
+enum fw_status fw_plugin_resolve(const char *name, char **path, struct fw_err *err)
+{
+	size_t l = strlen(name);
+	if (strchr(name, '/') && l > 3 && strcmp(name + l - 3, ".so") == 0) {
+		if (!is_file(name))
+			return fw_errorf(err, FW_ERR_IO, "%s: no such plugin file", name);
+		*path = fw_strdup(name);
+		return *path ? FW_OK : fw_errorf(err, FW_ERR_NOMEM, "plugins: out of memory");
+	}
+	char **dirs = fw_plugin_search_dirs();
+	if (!dirs)
+		return fw_errorf(err, FW_ERR_NOMEM, "plugins: out of memory");
+	for (size_t d = 0; dirs[d]; d++) {
+		char *p = join3(dirs[d], "/", name);
+		char *so = p ? join3(p, ".so", "") : NULL;
+		fw_free(p);
+		if (!so) {
+			free_strv(dirs);
+			return fw_errorf(err, FW_ERR_NOMEM, "plugins: out of memory");
+		}
+		if (is_file(so)) {
+			free_strv(dirs);
+			*path = so;
+			return FW_OK;
+		}
+		fw_free(so);
+	}
+	free_strv(dirs);
+
+	/* Not found: name what exists. */
+	char **found = NULL;
+	int n = 0;
+	char list[1024] = "";
+	if (fw_plugin_discover(&found, &n, NULL) == FW_OK) {
+		for (int i = 0; i < n; i++) {
+			/* ".../KIND/NAME.so" -> "KIND/NAME" */
+			char *end = found[i] + strlen(found[i]) - 3, *slash = end;
+			int seen = 0;
+			while (slash > found[i] && !(slash[-1] == '/' && ++seen == 2))
+				slash--;
+			size_t used = strlen(list);
+			snprintf(list + used, sizeof(list) - used, "%s%.*s", i ? ", " : "",
+				 (int)(end - slash), slash);
+		}
+		fw_plugin_paths_free(found, n);
+	}
+	return fw_errorf(err, FW_ERR_NOT_FOUND, "unknown plugin '%s'; available: %s", name,
+			 *list ? list : "none (set FW_PLUGIN_PATH)");
+}
+
+/* --- checking -------------------------------------------------------------------- */
+
+enum fw_status fw_plugin_check(const struct fw_plugin *d, const char *path, int expect_kind,
+			       struct fw_err *err)
+{
+	if (!d)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: fw_plugin_entry returned NULL", path);
+	/* Only the fixed-layout head may be read before these checks pass. */
+	if (d->size < offsetof(struct fw_plugin, abi_fingerprint) + sizeof(uint32_t))
+		return fw_errorf(err, FW_ERR_FORMAT,
+				 "%s: descriptor is %u bytes, too small to be an fw plugin",
+				 path, d->size);
+	if (d->abi_major != FW_ABI_MAJOR || d->abi_minor > FW_ABI_MINOR)
+		return fw_errorf(err, FW_ERR_UNSUPPORTED,
+				 "%s: built for ABI %u.%u, fw is %u.%u", path, d->abi_major,
+				 d->abi_minor, FW_ABI_MAJOR, FW_ABI_MINOR);
+	if (d->abi_fingerprint != FW_ABI_FINGERPRINT)
+		return fw_errorf(err, FW_ERR_UNSUPPORTED,
+				 "%s: struct sizes differ (fingerprint %08x, fw has %08x): "
+				 "rebuild against this fw", path, d->abi_fingerprint,
+				 FW_ABI_FINGERPRINT);
+	if (d->size != sizeof(struct fw_plugin))
+		return fw_errorf(err, FW_ERR_UNSUPPORTED,
+				 "%s: descriptor is %u bytes, fw expects %zu for ABI %u.%u",
+				 path, d->size, sizeof(struct fw_plugin), FW_ABI_MAJOR,
+				 FW_ABI_MINOR);
+	if (d->kind <= 0 || d->kind >= FW_KIND_COUNT)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: unknown plugin kind %d", path,
+				 (int)d->kind);
+	const char *kn = fw_plugin_kind_name(d->kind);
+	size_t kl = strlen(kn);
+	if (!d->name || strncmp(d->name, kn, kl) || d->name[kl] != '/' || !d->name[kl + 1] ||
+	    strchr(d->name + kl + 1, '/'))
+		return fw_errorf(err, FW_ERR_FORMAT,
+				 "%s: plugin name '%s' is not of the form '%s/NAME'", path,
+				 d->name ? d->name : "(null)", kn);
+	if (expect_kind && (int)d->kind != expect_kind)
+		return fw_errorf(err, FW_ERR_INVALID,
+				 "%s: plugin '%s' is a %s plugin, but a %s plugin is needed here",
+				 path, d->name, kn, fw_plugin_kind_name(expect_kind));
+	if (!d->version || !d->iface || *(const size_t *)d->iface == 0)
+		return fw_errorf(err, FW_ERR_FORMAT,
+				 "%s: plugin '%s' lacks a version or its %s interface", path,
+				 d->name, kn);
+	if (d->n_options < 0 || (d->n_options > 0 && !d->options))
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: plugin '%s' has a bad option table",
+				 path, d->name);
+	for (int i = 0; i < d->n_options; i++) {
+		const struct fw_option_def *o = &d->options[i];
+		if (!o->name || !*o->name || o->type < FW_OPT_BOOL || o->type > FW_OPT_CHOICE ||
+		    (o->type == FW_OPT_CHOICE && !o->choices))
+			return fw_errorf(err, FW_ERR_FORMAT,
+					 "%s: plugin '%s' option %d is malformed", path, d->name, i);
+	}
+	/* Defaults must pass their own validation. */
+	struct fw_options *opts = fw_options_new(d->options, d->n_options, d->name);
+	if (!opts)
+		return fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+	for (int i = 0; i < d->n_options; i++) {
+		if (d->options[i].def &&
+		    fw_options_set(opts, d->options[i].name, d->options[i].def, err) != FW_OK) {
+			fw_options_free(opts);
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: bad default: %s", path, err->msg);
+		}
+	}
+	fw_options_free(opts);
+	return FW_OK;
+}
+
+/* --- loading ------------------------------------------------------------------------ */
+
+enum fw_status fw_plugin_open(const char *name_or_path, int expect_kind,
+			      struct fw_loaded **out, struct fw_err *err)
+{
+	char *path = NULL;
+	enum fw_status s = fw_plugin_resolve(name_or_path, &path, err);
+	if (s != FW_OK)
+		return s;
+
+	/* dlopen of a non-ELF file or one with missing symbols fails here. */
+	void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	if (!h) {
+		const char *why = dlerror();
+		s = fw_errorf(err, FW_ERR_FORMAT, "%s: cannot load plugin: %s", path,
+			      why ? why : "unknown dlopen error");
+		goto fail;
+	}
+	dlerror();
+	fw_plugin_entry_fn entry = (fw_plugin_entry_fn)dlsym(h, FW_PLUGIN_ENTRY_SYMBOL);
+	if (!entry) {
+		s = fw_errorf(err, FW_ERR_FORMAT,
+			      "%s: no '%s' symbol: not an fw plugin", path, FW_PLUGIN_ENTRY_SYMBOL);
+		goto fail;      /* the handle stays open: we never dlclose */
+	}
+	const struct fw_plugin *d = entry();
+	s = fw_plugin_check(d, path, expect_kind, err);
+	if (s != FW_OK)
+		goto fail;
+
+	struct fw_loaded *p = fw_calloc(1, sizeof(*p));
+	struct fw_options *opts = fw_options_new(d->options, d->n_options, d->name);
+	if (!p || !opts) {
+		fw_free(p);
+		fw_options_free(opts);
+		s = fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+		goto fail;
+	}
+	p->desc = d;
+	p->path = path;
+	p->opts = opts;
+	*out = p;
+	return FW_OK;
+fail:
+	fw_free(path);
+	return s;
+}
+
+enum fw_status fw_plugin_init(struct fw_loaded *p, const struct fw_host *host,
+			      struct fw_err *err)
+{
+	enum fw_status s = fw_options_resolve(p->opts, err);
+	if (s != FW_OK)
+		return s;
+	if (!p->desc->init) {
+		p->initialized = true;
+		return FW_OK;
+	}
+	struct fw_err perr = { 0 };
+	s = p->desc->init(host ? host : fw_host_table(), p->opts, &p->state, &perr);
+	if (s != FW_OK)
+		return fw_errorf(err, s, "%s: init failed: %s", p->desc->name,
+				 perr.msg[0] ? perr.msg : fw_status_str(s));
+	p->initialized = true;
+	return FW_OK;
+}
+
+void fw_plugin_close(struct fw_loaded *p)
+{
+	if (!p)
+		return;
+	if (p->initialized && p->desc->fini)
+		p->desc->fini(p->state);
+	fw_options_free(p->opts);
+	fw_free(p->path);
+	fw_free(p);
+}
