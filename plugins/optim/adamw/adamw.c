@@ -1,0 +1,108 @@
+/* optim/adamw - Adam with decoupled weight decay (Loshchilov & Hutter).
+ * Matches torch.optim.AdamW: p *= 1 - lr*wd; m = b1 m + (1-b1) g;
+ * v = b2 v + (1-b2) g^2; p -= lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps).
+ * The host puts 1-D tensors (biases, norm gains) in a group without decay. */
+#include <math.h>
+
+#include "fw/plugin.h"
+
+struct adamw {
+	const struct fw_host *host;
+	float beta1, beta2, eps;
+};
+
+struct update {
+	float *p, *g, *m, *v;
+	float lr, wd, b1, b2, eps, c1, c2;
+};
+
+static void update_range(void *arg, int64_t begin, int64_t end)
+{
+	const struct update *u = arg;
+	float decay = 1.0f - u->lr * u->wd;
+	for (int64_t i = begin; i < end; i++) {
+		float g = u->g[i];
+		float m = u->b1 * u->m[i] + (1.0f - u->b1) * g;
+		float v = u->b2 * u->v[i] + (1.0f - u->b2) * g * g;
+		u->m[i] = m;
+		u->v[i] = v;
+		float denom = sqrtf(v) / u->c2 + u->eps;
+		u->p[i] = u->p[i] * decay - u->lr * (m / u->c1) / denom;
+	}
+}
+
+static enum fw_status adamw_step(void *state, const struct fw_optim_group *groups, int n_groups,
+				 int64_t step, struct fw_err *err)
+{
+	const struct adamw *a = state;
+	/* Like torch: bias corrections as 1 - beta^t, sqrt(1 - b2^t) on v. */
+	float c1 = 1.0f - powf(a->beta1, (float)step);
+	float c2 = sqrtf(1.0f - powf(a->beta2, (float)step));
+	for (int gi = 0; gi < n_groups; gi++) {
+		const struct fw_optim_group *grp = &groups[gi];
+		for (int i = 0; i < grp->n_params; i++) {
+			struct fw_tensor *p = grp->params[i];
+			struct update u = {
+				.p = p->data, .g = p->grad->data, .m = grp->state[i][0],
+				.v = grp->state[i][1], .lr = grp->lr, .wd = grp->weight_decay,
+				.b1 = a->beta1, .b2 = a->beta2, .eps = a->eps, .c1 = c1, .c2 = c2,
+			};
+			a->host->parallel_for(fw_nelem(p), update_range, &u);
+		}
+	}
+	return FW_OK;
+}
+
+static enum fw_status adamw_init(const struct fw_host *host, const struct fw_options *opts,
+				 void **state, struct fw_err *err)
+{
+	struct adamw *a = host->malloc(sizeof(*a));
+	if (!a)
+		return host->errorf(err, FW_ERR_NOMEM, "optim/adamw: out of memory");
+	a->host = host;
+	a->beta1 = (float)fw_opt_float(opts, "adam-beta1");
+	a->beta2 = (float)fw_opt_float(opts, "adam-beta2");
+	a->eps = (float)fw_opt_float(opts, "adam-eps");
+	*state = a;
+	return FW_OK;
+}
+
+static void adamw_fini(void *state)
+{
+	struct adamw *a = state;
+	if (a)
+		a->host->free(a);
+}
+
+static const char *const state_names[] = { "exp_avg", "exp_avg_sq" };
+
+static const struct fw_optim_i iface = {
+	.size = sizeof(struct fw_optim_i),
+	.n_state = 2,
+	.state_names = state_names,
+	.step = adamw_step,
+};
+
+static const struct fw_option_def options[] = {
+	{ "adam-beta1", FW_OPT_FLOAT, "0.9", 0, 1, NULL, "first-moment decay" },
+	{ "adam-beta2", FW_OPT_FLOAT, "0.999", 0, 1, NULL, "second-moment decay" },
+	{ "adam-eps", FW_OPT_FLOAT, "1e-8", 0, 1, NULL, "added to the denominator" },
+};
+
+static const struct fw_plugin plugin = {
+	FW_PLUGIN_HEADER,
+	.kind = FW_KIND_OPTIM,
+	.name = "optim/adamw",
+	.version = "1.0.0",
+	.description = "AdamW: Adam with decoupled weight decay (torch.optim.AdamW semantics)",
+	.options = options,
+	.n_options = 3,
+	.iface = &iface,
+	.init = adamw_init,
+	.fini = adamw_fini,
+};
+
+FW_PLUGIN_EXPORT const struct fw_plugin *fw_plugin_entry(void)
+{
+	return &plugin;
+}

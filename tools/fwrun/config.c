@@ -1,0 +1,399 @@
+/* config.c - fwrun's options: defaults < config file (INI) < command line.
+ *
+ * Every option has one flat name, like Megatron's flags: fwrun's own
+ * (--micro-batch-size) and each loaded plugin's (--lora-r). A name declared
+ * twice is an error. In an INI file, keys may sit at the top, in [run], or in
+ * a section named after a plugin ([optim/adamw]).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include <ini.h>
+
+#include "fwrun.h"
+
+static const char *const decay_styles[] = { "constant", "linear", "cosine",
+					    "inverse-square-root", "WSD", NULL };
+const char *const *lr_style_choices = decay_styles;
+static const char *const wsd_choices[] = { "exponential", "linear", "cosine", "minus_sqrt",
+					   NULL };
+
+static const struct fw_option_def run_defs[] = {
+	{ "plugins", FW_OPT_STRING, "", 0, -1, NULL,
+	  "comma-separated KIND/NAME plugins or .so paths" },
+	{ "data", FW_OPT_STRING, "", 0, -1, NULL, "training token shards (llm.c .bin), comma-separated" },
+	{ "valid-data", FW_OPT_STRING, "", 0, -1, NULL, "validation token shards" },
+	{ "micro-batch-size", FW_OPT_INT, "4", 1, 1 << 20, NULL, "sequences per forward/backward" },
+	{ "global-batch-size", FW_OPT_INT, "0", 0, 1 << 30, NULL,
+	  "sequences per optimizer step; a multiple of micro-batch-size (0 = micro-batch-size)" },
+	{ "seq-length", FW_OPT_INT, "64", 1, 1 << 24, NULL, "tokens per sequence" },
+	{ "train-iters", FW_OPT_INT, "100", 1, 1e12, NULL, "optimizer steps" },
+	{ "lr", FW_OPT_FLOAT, "3e-4", 0, 10, NULL, "peak learning rate" },
+	{ "min-lr", FW_OPT_FLOAT, "0.0", 0, 10, NULL, "learning-rate floor after decay" },
+	{ "lr-decay-style", FW_OPT_CHOICE, "linear", 0, -1, decay_styles, "learning-rate decay" },
+	{ "lr-decay-iters", FW_OPT_INT, "0", 0, 1e12, NULL, "decay length (0 = train-iters)" },
+	{ "lr-warmup-iters", FW_OPT_INT, "0", 0, 1e12, NULL, "linear warmup iterations" },
+	{ "lr-warmup-fraction", FW_OPT_FLOAT, "0.0", 0, 1, NULL,
+	  "warmup as a fraction of lr-decay-iters (overrides lr-warmup-iters when > 0)" },
+	{ "lr-warmup-init", FW_OPT_FLOAT, "0.0", 0, 10, NULL, "learning rate warmup starts from" },
+	{ "lr-wsd-decay-style", FW_OPT_CHOICE, "exponential", 0, -1, wsd_choices,
+	  "WSD anneal shape" },
+	{ "lr-wsd-decay-iters", FW_OPT_INT, "0", 0, 1e12, NULL, "WSD anneal length" },
+	{ "weight-decay", FW_OPT_FLOAT, "0.01", 0, 10, NULL,
+	  "decoupled weight decay, not applied to 1-D tensors" },
+	{ "clip-grad", FW_OPT_FLOAT, "1.0", -1, 1e9, NULL,
+	  "clip the global gradient L2 norm to this (<= 0 disables)" },
+	{ "seed", FW_OPT_INT, "1234", 0, 4294967295.0, NULL, "random seed (init, dropout, shuffle)" },
+	{ "drop-last", FW_OPT_BOOL, "true", 0, -1, NULL,
+	  "drop an epoch's last partial global batch (--no-drop-last keeps it)" },
+	{ "shuffle", FW_OPT_BOOL, "true", 0, -1, NULL,
+	  "shuffle micro-batches each epoch (--no-shuffle: llm.c order)" },
+	{ "eval-interval", FW_OPT_INT, "0", 0, 1e12, NULL,
+	  "evaluate every N steps (0 = only at the end)" },
+	{ "eval-iters", FW_OPT_INT, "10", 0, 1e9, NULL, "validation micro-batches per evaluation" },
+	{ "run-dir", FW_OPT_STRING, "", 0, -1, NULL,
+	  "run directory: config, metrics.jsonl, checkpoints (default runs/DATE-TIME)" },
+	{ "save", FW_OPT_STRING, "", 0, -1, NULL, "checkpoint directory (default: the run directory)" },
+	{ "save-interval", FW_OPT_INT, "0", 0, 1e12, NULL,
+	  "checkpoint every N steps (0 = only at the end)" },
+	{ "load", FW_OPT_STRING, "", 0, -1, NULL,
+	  "checkpoint to resume from, or a weights file to start from" },
+	{ "threads", FW_OPT_INT, "0", 0, 4096, NULL, "threads (0 = all cores)" },
+	{ "log-interval", FW_OPT_INT, "1", 1, 1e12, NULL, "log every N steps" },
+};
+
+const struct fw_option_def *run_option_defs(int *n)
+{
+	*n = (int)(sizeof(run_defs) / sizeof(run_defs[0]));
+	return run_defs;
+}
+
+/* --- flat-name lookup across fwrun's and the plugins' options ----------------- */
+
+static struct fw_options *owner_of(struct config *c, const char *name)
+{
+	for (int i = 0; i < fw_options_count(c->run); i++)
+		if (!strcmp(fw_options_def(c->run, i)->name, name))
+			return c->run;
+	for (int k = 1; k < FW_KIND_COUNT; k++) {
+		struct fw_options *o = c->plugin[k] ? c->plugin[k]->opts : NULL;
+		for (int i = 0; o && i < fw_options_count(o); i++)
+			if (!strcmp(fw_options_def(o, i)->name, name))
+				return o;
+	}
+	return NULL;
+}
+
+static const struct fw_option_def *def_of(struct fw_options *o, const char *name)
+{
+	for (int i = 0; i < fw_options_count(o); i++)
+		if (!strcmp(fw_options_def(o, i)->name, name))
+			return fw_options_def(o, i);
+	return NULL;
+}
+
+static enum fw_status unknown(struct config *c, const char *name, const char *where,
+			      struct fw_err *err)
+{
+	const char *names[512];
+	int n = 0;
+	struct fw_options *all[FW_KIND_COUNT + 1] = { c->run };
+	for (int k = 1; k < FW_KIND_COUNT; k++)
+		all[k] = c->plugin[k] ? c->plugin[k]->opts : NULL;
+	for (int a = 0; a < FW_KIND_COUNT; a++)
+		for (int i = 0; all[a] && i < fw_options_count(all[a]) && n < 512; i++)
+			names[n++] = fw_options_def(all[a], i)->name;
+	const char *near = fw_nearest_name(name, names, n);
+	return fw_errorf(err, FW_ERR_NOT_FOUND, "%sunknown option '--%s'%s%s%s", where, name,
+			 near ? " (did you mean '--" : "", near ? near : "", near ? "'?)" : "");
+}
+
+static enum fw_status set_flat(struct config *c, const char *name, const char *value,
+			       const char *where, struct fw_err *err)
+{
+	struct fw_options *o = owner_of(c, name);
+	if (!o)
+		return unknown(c, name, where, err);
+	struct fw_err e = { 0 };
+	if (fw_options_set(o, name, value, &e) != FW_OK)
+		return fw_errorf(err, e.status, "%s%s", where, e.msg);
+	return FW_OK;
+}
+
+/* --- INI files ------------------------------------------------------------------ */
+
+struct ini_ctx {
+	struct config *c;
+	const char *path;
+	struct fw_err *err;
+	int line;
+};
+
+static int ini_entry(void *user, const char *section, const char *name, const char *value
+#if INI_HANDLER_LINENO
+		     , int lineno
+#endif
+		     )
+{
+	struct ini_ctx *ic = user;
+	char where[512];
+	if (ic->err->status != FW_OK)
+		return 0;       /* report the first error only */
+#if INI_HANDLER_LINENO
+	ic->line = lineno;
+#endif
+	snprintf(where, sizeof(where), "%s: ", ic->path);
+	if (*section && strcmp(section, "run")) {
+		struct fw_loaded *p = NULL;
+		for (int k = 1; k < FW_KIND_COUNT; k++)
+			if (ic->c->plugin[k] && !strcmp(ic->c->plugin[k]->desc->name, section))
+				p = ic->c->plugin[k];
+		if (!p) {
+			fw_errorf(ic->err, FW_ERR_INVALID,
+				  "%ssection [%s] names a plugin that is not loaded", where,
+				  section);
+			return 0;
+		}
+		struct fw_err e = { 0 };
+		if (fw_options_set(p->opts, name, value, &e) != FW_OK) {
+			fw_errorf(ic->err, e.status, "%s%s", where, e.msg);
+			return 0;
+		}
+		return 1;
+	}
+	if (!strcmp(name, "plugins"))
+		return 1;      /* read before loading plugins */
+	return set_flat(ic->c, name, value, where, ic->err) == FW_OK;
+}
+
+/* Reads "plugins = ..." from the file before anything else. */
+static int ini_plugins(void *user, const char *section, const char *name, const char *value
+#if INI_HANDLER_LINENO
+		       , int lineno
+#endif
+		       )
+{
+	char **out = user;
+	if ((!*section || !strcmp(section, "run")) && !strcmp(name, "plugins")) {
+		free(*out);
+		*out = strdup(value);
+	}
+	return 1;
+}
+
+static enum fw_status ini_apply(struct config *c, const char *path, struct fw_err *err)
+{
+	struct ini_ctx ic = { c, path, err, 0 };
+	fw_err_clear(err);
+	int rc = ini_parse(path, ini_entry, &ic);
+	if (rc == -1)
+		return fw_errorf(err, FW_ERR_IO, "%s: cannot open config file", path);
+	if (rc == -2)
+		return fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+	if (rc > 0 && err->status == FW_OK)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s:%d: malformed line", path, rc);
+	if (rc > 0) {
+		char msg[FW_ERR_MSG_MAX];
+		/* name the line: "run.ini:12: ..." */
+		const char *rest = err->msg + strlen(path) + 2;
+		snprintf(msg, sizeof(msg), "%s:%d: %s", path, rc, rest);
+		return fw_errorf(err, err->status, "%s", msg);
+	}
+	return FW_OK;
+}
+
+/* --- plugins ---------------------------------------------------------------------- */
+
+static enum fw_status load_plugins(struct config *c, const char *list, struct fw_err *err)
+{
+	char *copy = strdup(list), *save = NULL;
+	enum fw_status s = FW_OK;
+	if (!copy)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		while (*tok == ' ')
+			tok++;
+		if (!*tok)
+			continue;
+		struct fw_loaded *p = NULL;
+		s = fw_plugin_open(tok, 0, &p, err);
+		if (s != FW_OK)
+			break;
+		int k = p->desc->kind;
+		if (c->plugin[k]) {
+			if (!strcmp(c->plugin[k]->desc->name, p->desc->name))
+				s = fw_errorf(err, FW_ERR_INVALID,
+					      "two plugins named '%s': %s and %s", p->desc->name,
+					      c->plugin[k]->path, p->path);
+			else
+				s = fw_errorf(err, FW_ERR_INVALID,
+					      "two %s plugins: '%s' and '%s'; choose one",
+					      fw_plugin_kind_name(k), c->plugin[k]->desc->name,
+					      p->desc->name);
+			fw_plugin_close(p);
+			break;
+		}
+		c->plugin[k] = p;
+	}
+	free(copy);
+	if (s != FW_OK)
+		return s;
+	/* A flat option name must have one owner. */
+	for (int k = 1; k < FW_KIND_COUNT; k++) {
+		struct fw_options *o = c->plugin[k] ? c->plugin[k]->opts : NULL;
+		for (int i = 0; o && i < fw_options_count(o); i++) {
+			const char *name = fw_options_def(o, i)->name;
+			if (owner_of(c, name) != o)
+				return fw_errorf(err, FW_ERR_INVALID,
+						 "option '%s' of plugin '%s' is also declared by %s",
+						 name, c->plugin[k]->desc->name,
+						 owner_of(c, name) == c->run ? "fwrun" : "another plugin");
+		}
+	}
+	return FW_OK;
+}
+
+/* --- argv ------------------------------------------------------------------------------ */
+
+static bool is_bool(struct config *c, const char *name)
+{
+	struct fw_options *o = owner_of(c, name);
+	const struct fw_option_def *d = o ? def_of(o, name) : NULL;
+	return d && d->type == FW_OPT_BOOL;
+}
+
+enum fw_status config_load(struct config *c, int argc, char **argv, bool need_plugins,
+			   char **pos, int max_pos, int *n_pos, struct fw_err *err)
+{
+	int nd;
+	const char *plugins = NULL;
+	char *file_plugins = NULL;
+	enum fw_status s;
+
+	memset(c, 0, sizeof(*c));
+	*n_pos = 0;
+	c->run = fw_options_new(run_option_defs(&nd), nd, "fwrun");
+	if (!c->run)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+
+	/* Pass 1: --config and --plugins decide which options exist. */
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strncmp(a, "--config=", 9))
+			c->config_path = strdup(a + 9);
+		else if (!strcmp(a, "--config") && i + 1 < argc)
+			c->config_path = strdup(argv[++i]);
+		else if (!strncmp(a, "--plugins=", 10))
+			plugins = a + 10;
+		else if (!strcmp(a, "--plugins") && i + 1 < argc)
+			plugins = argv[++i];
+	}
+	if (c->config_path) {
+		FILE *f = fopen(c->config_path, "r");
+		if (!f)
+			return fw_errorf(err, FW_ERR_IO, "%s: cannot open config file",
+					 c->config_path);
+		fclose(f);
+		ini_parse(c->config_path, ini_plugins, &file_plugins);
+	}
+	if (!plugins)
+		plugins = file_plugins;
+	if (plugins && *plugins) {
+		s = load_plugins(c, plugins, err);
+		if (s == FW_OK)
+			s = fw_options_set(c->run, "plugins", plugins, err);
+		if (s != FW_OK) {
+			free(file_plugins);
+			return s;
+		}
+	}
+	free(file_plugins);
+	if (need_plugins && !c->plugin[FW_KIND_ARCH])
+		return fw_errorf(err, FW_ERR_INVALID,
+				 "--plugins needs an arch plugin (e.g. --plugins=arch/decoder,...)");
+
+	/* Pass 2: the config file, then the command line on top. */
+	if (c->config_path && (s = ini_apply(c, c->config_path, err)) != FW_OK)
+		return s;
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		if (strncmp(a, "--", 2)) {
+			if (*n_pos >= max_pos)
+				return fw_errorf(err, FW_ERR_INVALID, "unexpected argument '%s'", a);
+			pos[(*n_pos)++] = argv[i];
+			continue;
+		}
+		char name[128];
+		const char *eq = strchr(a, '='), *value;
+		size_t nl = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+		if (nl == 0 || nl >= sizeof(name))
+			return fw_errorf(err, FW_ERR_INVALID, "malformed option '%s'", a);
+		memcpy(name, a + 2, nl);
+		name[nl] = '\0';
+		if (!strcmp(name, "config") || !strcmp(name, "plugins")) {
+			if (!eq)
+				i++;
+			continue;
+		}
+		if (eq) {
+			value = eq + 1;
+		} else if (!strncmp(name, "no-", 3) && is_bool(c, name + 3)) {
+			memmove(name, name + 3, strlen(name + 3) + 1);
+			value = "false";
+		} else if (is_bool(c, name)) {
+			value = "true";
+		} else if (i + 1 < argc) {
+			value = argv[++i];
+		} else if (owner_of(c, name)) {
+			return fw_errorf(err, FW_ERR_INVALID, "option '--%s' needs a value", name);
+		} else {
+			return unknown(c, name, "", err);
+		}
+		if ((s = set_flat(c, name, value, "", err)) != FW_OK)
+			return s;
+	}
+	if ((s = fw_options_resolve(c->run, err)) != FW_OK)
+		return s;
+	for (int k = 1; k < FW_KIND_COUNT; k++)
+		if (c->plugin[k] && (s = fw_options_resolve(c->plugin[k]->opts, err)) != FW_OK)
+			return s;
+	return FW_OK;
+}
+
+void config_free(struct config *c)
+{
+	fw_options_free(c->run);
+	for (int k = 1; k < FW_KIND_COUNT; k++)
+		fw_plugin_close(c->plugin[k]);
+	free(c->config_path);
+	memset(c, 0, sizeof(*c));
+}
+
+/* --- dumping ------------------------------------------------------------------------ */
+
+static void dump_options(FILE *f, const struct fw_options *o)
+{
+	for (int i = 0; i < fw_options_count(o); i++)
+		fprintf(f, "%s = %s\n", fw_options_def(o, i)->name, fw_options_value(o, i));
+}
+
+char *config_dump(const struct config *c)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	if (!f)
+		return NULL;
+	fprintf(f, "# fwrun resolved configuration: every option with its value.\n"
+		"# Reproduce the run with: fwrun train --config=THIS_FILE\n[run]\n");
+	dump_options(f, c->run);
+	for (int k = 1; k < FW_KIND_COUNT; k++) {
+		if (!c->plugin[k])
+			continue;
+		fprintf(f, "\n[%s]\n# version %s, %s\n", c->plugin[k]->desc->name,
+			c->plugin[k]->desc->version, c->plugin[k]->path);
+		dump_options(f, c->plugin[k]->opts);
+	}
+	fclose(f);
+	return buf;
+}

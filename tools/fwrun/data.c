@@ -1,0 +1,162 @@
+/* data.c - llm.c token shards: a header of 256 little-endian int32 (magic
+ * 20240520, version 1, token count) then uint16 tokens. Micro-batch k of a
+ * shard is the B*T+1 tokens at offset k*B*T: inputs are the first B*T,
+ * targets the same shifted by one. Shards follow each other in the order
+ * given; with shuffling, the micro-batches of an epoch are permuted by a
+ * seeded counter-based RNG, so a position (epoch, cursor) is all a checkpoint
+ * needs to resume the exact order. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fwrun.h"
+
+#define SHARD_MAGIC 20240520
+#define SHARD_HEADER_BYTES 1024
+
+static enum fw_status shard_open(struct shard *s, const char *path, int64_t vocab,
+				 int64_t need, struct fw_err *err)
+{
+	int32_t hdr[256];
+	struct stat st;
+	memset(s, 0, sizeof(*s));
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return fw_errorf(err, FW_ERR_IO, "%s: %s", path, strerror(errno));
+	if (fstat(fd, &st) != 0 || read(fd, hdr, sizeof(hdr)) != (ssize_t)sizeof(hdr)) {
+		close(fd);
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: shorter than a token-shard header", path);
+	}
+	if (hdr[0] != SHARD_MAGIC || hdr[1] != 1) {
+		close(fd);
+		return fw_errorf(err, FW_ERR_FORMAT,
+				 "%s: not an llm.c token shard (magic %d version %d, expected %d version 1)",
+				 path, hdr[0], hdr[1], SHARD_MAGIC);
+	}
+	int64_t n = hdr[2];
+	if (n < 0 || st.st_size != SHARD_HEADER_BYTES + 2 * n) {
+		close(fd);
+		return fw_errorf(err, FW_ERR_FORMAT,
+				 "%s: header says %lld tokens but the file holds %lld bytes of tokens",
+				 path, (long long)n, (long long)(st.st_size - SHARD_HEADER_BYTES));
+	}
+	if (n < need) {
+		close(fd);
+		return fw_errorf(err, FW_ERR_FORMAT,
+				 "%s: %lld tokens, fewer than one micro-batch needs (%lld)", path,
+				 (long long)n, (long long)need);
+	}
+	s->map_len = (size_t)st.st_size;
+	s->map = mmap(NULL, s->map_len, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	if (s->map == MAP_FAILED) {
+		s->map = NULL;
+		return fw_errorf(err, FW_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
+	}
+	s->tokens = (uint16_t *)((char *)s->map + SHARD_HEADER_BYTES);
+	s->n_tokens = n;
+	s->path = strdup(path);
+	for (int64_t i = 0; i < n; i++) {
+		if (s->tokens[i] >= vocab) {
+			return fw_errorf(err, FW_ERR_FORMAT,
+					 "%s: token %u at position %lld is outside the vocabulary (%lld)",
+					 path, s->tokens[i], (long long)i, (long long)vocab);
+		}
+	}
+	return FW_OK;
+}
+
+static void shuffle_epoch(struct loader *l)
+{
+	for (int64_t i = 0; i < l->n_micro; i++)
+		l->order[i] = i;
+	if (!l->shuffle)
+		return;
+	uint64_t key = fw_hash_str("data-order", l->seed) ^ (uint64_t)l->epoch * 0x9E3779B97F4A7C15ull;
+	for (int64_t i = l->n_micro - 1; i > 0; i--) {
+		int64_t j = (int64_t)(fw_rng_uniform(key, (uint64_t)i) * (double)(i + 1));
+		int64_t t = l->order[i];
+		l->order[i] = l->order[j];
+		l->order[j] = t;
+	}
+}
+
+enum fw_status loader_open(struct loader *l, const char *paths, int64_t B, int64_t T,
+			   bool shuffle, uint64_t seed, int64_t vocab, struct fw_err *err)
+{
+	memset(l, 0, sizeof(*l));
+	l->B = B;
+	l->T = T;
+	l->shuffle = shuffle;
+	l->seed = seed;
+	char *copy = strdup(paths), *save = NULL;
+	if (!copy)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	for (char *p = strtok_r(copy, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
+		struct shard *ns = realloc(l->shards, sizeof(*ns) * (size_t)(l->n_shards + 1));
+		if (!ns) {
+			free(copy);
+			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		}
+		l->shards = ns;
+		enum fw_status s = shard_open(&l->shards[l->n_shards++], p, vocab, B * T + 1, err);
+		if (s != FW_OK) {
+			free(copy);
+			return s;
+		}
+		l->n_micro += (l->shards[l->n_shards - 1].n_tokens - 1) / (B * T);
+	}
+	free(copy);
+	if (l->n_shards == 0)
+		return fw_errorf(err, FW_ERR_INVALID, "no data files given");
+	l->order = malloc(sizeof(int64_t) * (size_t)l->n_micro);
+	if (!l->order)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	shuffle_epoch(l);
+	return FW_OK;
+}
+
+void loader_close(struct loader *l)
+{
+	for (int i = 0; i < l->n_shards; i++) {
+		if (l->shards[i].map)
+			munmap(l->shards[i].map, l->shards[i].map_len);
+		free(l->shards[i].path);
+	}
+	free(l->shards);
+	free(l->order);
+	memset(l, 0, sizeof(*l));
+}
+
+void loader_seek(struct loader *l, int64_t epoch, int64_t cursor)
+{
+	l->epoch = epoch;
+	l->cursor = cursor;
+	shuffle_epoch(l);
+}
+
+int64_t loader_left(const struct loader *l)
+{
+	return l->n_micro - l->cursor;
+}
+
+void loader_next(struct loader *l, int32_t *tokens, int32_t *targets)
+{
+	if (l->cursor >= l->n_micro)
+		loader_seek(l, l->epoch + 1, 0);
+	int64_t m = l->order[l->cursor++], BT = l->B * l->T;
+	int si = 0;
+	while (m >= (l->shards[si].n_tokens - 1) / BT) {
+		m -= (l->shards[si].n_tokens - 1) / BT;
+		si++;
+	}
+	const uint16_t *src = l->shards[si].tokens + m * BT;
+	for (int64_t i = 0; i < BT; i++) {
+		tokens[i] = src[i];
+		targets[i] = src[i + 1];
+	}
+}

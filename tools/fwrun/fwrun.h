@@ -1,0 +1,86 @@
+/* fwrun.h - shared between the fwrun command's files. */
+#ifndef FWRUN_H
+#define FWRUN_H
+
+#include <stdio.h>
+
+#include "fw/fw.h"
+
+/* Exit codes. */
+enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+
+/* --- configuration: run options + plugins + their options ------------------------ */
+
+struct config {
+	struct fw_options *run;           /* fwrun's own options (Megatron names) */
+	struct fw_loaded *plugin[FW_KIND_COUNT];
+	char *config_path;
+};
+
+/* Parses argv (after the subcommand) and an optional --config INI file,
+ * loads the plugins named by --plugins, and resolves every option. With
+ * need_plugins, an arch plugin is required. Positional arguments are
+ * returned in pos[] (at most max_pos). */
+enum fw_status config_load(struct config *c, int argc, char **argv, bool need_plugins,
+			   char **pos, int max_pos, int *n_pos, struct fw_err *err);
+void config_free(struct config *c);
+/* Writes the fully resolved configuration as INI text (malloc'd). */
+char *config_dump(const struct config *c);
+const struct fw_option_def *run_option_defs(int *n);
+
+/* --- token data (llm.c shards) ---------------------------------------------------- */
+
+struct shard {
+	char *path;
+	int64_t n_tokens;
+	uint16_t *tokens;                 /* mmap'd */
+	size_t map_len;
+	void *map;
+};
+
+struct loader {
+	struct shard *shards;
+	int n_shards;
+	int64_t B, T;
+	bool shuffle;
+	uint64_t seed;
+	/* position: */
+	int64_t epoch, cursor;            /* cursor = micro-batch index in epoch */
+	int64_t *order;                   /* micro-batch order of this epoch */
+	int64_t n_micro;                  /* micro-batches per epoch */
+};
+
+enum fw_status loader_open(struct loader *l, const char *paths, int64_t B, int64_t T,
+			   bool shuffle, uint64_t seed, int64_t vocab, struct fw_err *err);
+void loader_close(struct loader *l);
+/* Fills tokens/targets (B, T) i32 with the next micro-batch. */
+void loader_next(struct loader *l, int32_t *tokens, int32_t *targets);
+/* Micro-batches left in this epoch before it wraps. */
+int64_t loader_left(const struct loader *l);
+void loader_seek(struct loader *l, int64_t epoch, int64_t cursor);
+
+/* --- learning-rate schedule (Megatron semantics) ---------------------------------- */
+
+struct lr_schedule {
+	double max_lr, min_lr, init_lr;
+	int64_t warmup, decay;            /* iterations */
+	int style;                        /* index into lr_styles */
+	int wsd_style;
+	int64_t wsd_decay;
+};
+extern const char *const lr_styles[];
+extern const char *const wsd_styles[];
+/* lr for iteration n (1-based): warmup is n/warmup, reaching max at n = warmup. */
+double lr_at(const struct lr_schedule *s, int64_t n);
+
+/* --- subcommands ------------------------------------------------------------------- */
+
+int cmd_list(int argc, char **argv);
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_plan(int argc, char **argv);
+
+/* Prints "fwrun: MSG" on stderr, returns code. */
+int die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+#endif

@@ -1,0 +1,74 @@
+/* main.c - fwrun: the command line of fw. Only this file turns a status into
+ * an exit code: 0 success, 1 runtime failure, 2 usage error. */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fwrun.h"
+
+int die(int code, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	fputs("fwrun: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	va_end(ap);
+	return code;
+}
+
+static const char usage[] =
+	"usage: fwrun COMMAND [options]\n"
+	"\n"
+	"commands:\n"
+	"  train      train a model from plugins on token shards\n"
+	"  eval       mean loss of a checkpoint on validation shards (JSON on stdout)\n"
+	"  generate   sample tokens from a checkpoint\n"
+	"  plan       memory plan of a configuration, without training\n"
+	"  list       every plugin found, with its options and defaults\n"
+	"  import     Hugging Face model folder to an fw HDF5 file\n"
+	"  export     fw HDF5 file to a Hugging Face model folder\n"
+	"\n"
+	"Plugins are named KIND/NAME (arch/decoder, optim/adamw, ...) and found in\n"
+	"FW_PLUGIN_PATH, the install directory, then the build tree.\n"
+	"'fwrun COMMAND --help' describes each command.\n";
+
+/* Commands whose implementation arrives with later work: a clear message,
+ * never a silent success. */
+static int not_yet(const char *cmd, int argc, char **argv)
+{
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			printf("usage: fwrun %s ...\nnot available in this build of fw yet.\n", cmd);
+			return EXIT_OK;
+		}
+	}
+	return die(EXIT_RUNTIME, "%s: not available in this build of fw yet", cmd);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
+	    !strcmp(argv[1], "help")) {
+		fputs(usage, argc < 2 ? stderr : stdout);
+		return argc < 2 ? EXIT_USAGE : EXIT_OK;
+	}
+	const char *cmd = argv[1];
+	argc -= 2;
+	argv += 2;
+	if (!strcmp(cmd, "train"))
+		return cmd_train(argc, argv);
+	if (!strcmp(cmd, "eval"))
+		return cmd_eval(argc, argv);
+	if (!strcmp(cmd, "plan"))
+		return cmd_plan(argc, argv);
+	if (!strcmp(cmd, "list"))
+		return cmd_list(argc, argv);
+	if (!strcmp(cmd, "generate") || !strcmp(cmd, "import") || !strcmp(cmd, "export"))
+		return not_yet(cmd, argc, argv);
+	static const char *const cmds[] = { "train", "eval", "generate", "plan", "list",
+					    "import", "export" };
+	const char *near = fw_nearest_name(cmd, cmds, 7);
+	return die(EXIT_USAGE, "unknown command '%s'%s%s%s (see fwrun --help)", cmd,
+		   near ? "; did you mean '" : "", near ? near : "", near ? "'?" : "");
+}

@@ -1,0 +1,808 @@
+/* train.c - fwrun train / eval / plan: a model from plugins, the training
+ * loop (accumulation, clipping, schedule), evaluation, metrics, checkpoints,
+ * resume and clean interruption. */
+#include <dirent.h>
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fwrun.h"
+
+struct session {
+	struct config cfg;
+	struct fw_plugin_slots slots;
+	struct fw_model model;
+	struct fw_ctx *ctx;
+	struct fw_graph *g;           /* training (or eval-only) graph */
+	struct fw_graph *eval_g;
+	const struct fw_optim_i *optim;
+	struct fw_tensor **state;     /* n_params * n_state optimizer tensors */
+	struct fw_optim_group groups[2];
+	float ***group_state[2];
+	struct loader train, valid;
+	bool have_train, have_valid;
+	struct lr_schedule sched;
+	int64_t B, T, accum, iters;
+	int64_t step;                 /* completed optimizer steps */
+	int64_t tokens;               /* tokens consumed so far */
+	char run_dir[4096], save_dir[4096];
+	FILE *metrics;
+	struct fw_err err;
+};
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+	stop_requested = sig;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int64_t opt_i(const struct session *s, const char *name)
+{
+	return fw_opt_int(s->cfg.run, name);
+}
+
+static double opt_f(const struct session *s, const char *name)
+{
+	return fw_opt_float(s->cfg.run, name);
+}
+
+static const char *opt_s(const struct session *s, const char *name)
+{
+	return fw_opt_str(s->cfg.run, name);
+}
+
+/* --- model ------------------------------------------------------------------------ */
+
+static enum fw_status build_model(struct session *s, bool training, struct fw_err *err)
+{
+	enum fw_status st;
+	for (int k = 1; k < FW_KIND_COUNT; k++)
+		if (s->cfg.plugin[k] && (st = fw_plugin_init(s->cfg.plugin[k], NULL, err)) != FW_OK)
+			return st;
+	s->slots = (struct fw_plugin_slots){
+		.arch = s->cfg.plugin[FW_KIND_ARCH], .attention = s->cfg.plugin[FW_KIND_ATTENTION],
+		.peft = s->cfg.plugin[FW_KIND_PEFT], .optim = s->cfg.plugin[FW_KIND_OPTIM],
+	};
+	s->ctx = fw_ctx_new();
+	if (!s->ctx)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	s->B = opt_i(s, "micro-batch-size");
+	s->T = opt_i(s, "seq-length");
+	s->model = (struct fw_model){
+		.size = sizeof(struct fw_model), .ctx = s->ctx, .host = fw_host_table(),
+		.opts = s->slots.arch->opts, .batch = s->B, .seq_len = s->T,
+		.head = FW_HEAD_LM, .training = training, .seed = (uint64_t)opt_i(s, "seed"),
+		.host_private = &s->slots,
+	};
+	const struct fw_arch_i *arch = s->slots.arch->desc->iface;
+	struct fw_err e = { 0 };
+	st = arch->build(s->slots.arch->state, &s->model, &e);
+	if (st != FW_OK || !s->model.loss || !s->model.tokens || !s->model.targets) {
+		const struct fw_err *src = e.status ? &e : fw_ctx_err(s->ctx);
+		return fw_errorf(err, src->status ? src->status : FW_ERR_INVALID, "%s: %s",
+				 s->slots.arch->desc->name,
+				 src->msg[0] ? src->msg : "build gave no loss or inputs");
+	}
+	if (s->slots.peft) {
+		const struct fw_peft_i *pi = s->slots.peft->desc->iface;
+		if (pi->freeze && (st = pi->freeze(s->slots.peft->state, &s->model, &e)) != FW_OK)
+			return fw_errorf(err, st, "%s: %s", s->slots.peft->desc->name, e.msg);
+		if (pi->extra_loss) {
+			struct fw_tensor *x = pi->extra_loss(s->slots.peft->state, &s->model, &e);
+			if (!x && e.status)
+				return fw_errorf(err, e.status, "%s: %s", s->slots.peft->desc->name,
+						 e.msg);
+			if (x)
+				s->model.loss = fw_add(s->ctx, s->model.loss, x);
+		}
+	}
+	return FW_OK;
+}
+
+static enum fw_status build_graphs(struct session *s, bool train, struct fw_err *err)
+{
+	struct fw_tensor *loss = s->model.loss;
+	if (train) {
+		s->g = fw_graph_new(s->ctx, &loss, 1, &(struct fw_graph_opts){
+			.backward = true, .training = true });
+		if (!s->g)
+			return fw_errorf(err, fw_ctx_err(s->ctx)->status, "graph: %s",
+					 fw_ctx_err(s->ctx)->msg);
+	}
+	s->eval_g = fw_graph_new(s->ctx, &loss, 1, &(struct fw_graph_opts){ 0 });
+	if (!s->eval_g)
+		return fw_errorf(err, fw_ctx_err(s->ctx)->status, "graph: %s",
+				 fw_ctx_err(s->ctx)->msg);
+	return FW_OK;
+}
+
+/* Optimizer state tensors "optim.<param>.<state>" and the two groups. */
+static enum fw_status setup_optim(struct session *s, struct fw_err *err)
+{
+	if (!s->slots.optim)
+		return fw_errorf(err, FW_ERR_INVALID,
+				 "training needs an optim plugin (e.g. --plugins=...,optim/adamw)");
+	s->optim = s->slots.optim->desc->iface;
+	int np = fw_graph_n_params(s->g), ns = s->optim->n_state;
+	s->state = calloc((size_t)(np * ns + 1), sizeof(*s->state));
+	for (int gi = 0; gi < 2; gi++) {
+		s->groups[gi].params = calloc((size_t)np + 1, sizeof(struct fw_tensor *));
+		s->group_state[gi] = calloc((size_t)np + 1, sizeof(float **));
+		s->groups[gi].state = s->group_state[gi];
+		if (!s->groups[gi].params || !s->group_state[gi])
+			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	}
+	if (!s->state)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	for (int i = 0; i < np; i++) {
+		struct fw_tensor *p = fw_graph_param(s->g, i);
+		int gi = p->ndim >= 2 ? 0 : 1;     /* no weight decay on 1-D tensors */
+		struct fw_optim_group *grp = &s->groups[gi];
+		float **slots = calloc((size_t)ns + 1, sizeof(float *));
+		if (!slots)
+			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		for (int k = 0; k < ns; k++) {
+			struct fw_tensor *t = calloc(1, sizeof(*t));
+			if (!t)
+				return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+			*t = (struct fw_tensor){ .dtype = FW_F32, .ndim = p->ndim };
+			memcpy(t->ne, p->ne, sizeof(t->ne));
+			fw_set_contiguous_strides(t);
+			snprintf(t->name, sizeof(t->name), "optim.%.60s.%.24s", p->name,
+				 s->optim->state_names[k]);
+			t->data = fw_ctx_alloc(s->ctx, fw_nbytes(t), FW_MEM_OPTIMIZER);
+			if (!t->data) {
+				free(t);
+				return fw_errorf(err, FW_ERR_NOMEM, "optimizer state: %s",
+						 fw_ctx_err(s->ctx)->msg);
+			}
+			s->state[i * ns + k] = t;
+			slots[k] = t->data;
+		}
+		grp->state[grp->n_params] = slots;
+		grp->params[grp->n_params++] = p;
+	}
+	return FW_OK;
+}
+
+static void free_session(struct session *s)
+{
+	if (s->metrics)
+		fclose(s->metrics);
+	if (s->state) {
+		int n = s->g && s->optim ? fw_graph_n_params(s->g) * s->optim->n_state : 0;
+		for (int i = 0; i < n; i++)
+			free(s->state[i]);
+		free(s->state);
+	}
+	for (int gi = 0; gi < 2; gi++) {
+		for (int i = 0; s->group_state[gi] && i < s->groups[gi].n_params; i++)
+			free(s->group_state[gi][i]);
+		free(s->group_state[gi]);
+		free(s->groups[gi].params);
+	}
+	if (s->have_train)
+		loader_close(&s->train);
+	if (s->have_valid)
+		loader_close(&s->valid);
+	fw_graph_free(s->eval_g);
+	fw_graph_free(s->g);
+	fw_ctx_free(s->ctx);
+	config_free(&s->cfg);
+}
+
+/* --- checkpoints ---------------------------------------------------------------------- */
+
+static int n_params_all(const struct session *s, struct fw_tensor ***out)
+{
+	int n = 0;
+	struct fw_tensor **v = malloc(sizeof(*v) * (size_t)(fw_ctx_n_tensors(s->ctx) + 1));
+	for (int i = 0; v && i < fw_ctx_n_tensors(s->ctx); i++)
+		if (fw_ctx_tensor(s->ctx, i)->flags & FW_FLAG_PARAM)
+			v[n++] = fw_ctx_tensor(s->ctx, i);
+	*out = v;
+	return v ? n : -1;
+}
+
+static enum fw_status save_checkpoint(struct session *s, const char *path, struct fw_err *err)
+{
+	struct fw_tensor **params = NULL;
+	int np = n_params_all(s, &params);
+	int ns = s->state ? fw_graph_n_params(s->g) * s->optim->n_state : 0;
+	if (np < 0)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	struct fw_tensor **all = malloc(sizeof(*all) * (size_t)(np + ns + 1));
+	char *config = config_dump(&s->cfg);
+	char step[32], epoch[32], cursor[32], tokens[32], seed[32];
+	enum fw_status st;
+	if (!all || !config) {
+		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(all, params, sizeof(*all) * (size_t)np);
+	for (int i = 0; i < ns; i++)
+		all[np + i] = s->state[i];
+	snprintf(step, sizeof(step), "%lld", (long long)s->step);
+	snprintf(epoch, sizeof(epoch), "%lld", (long long)(s->have_train ? s->train.epoch : 0));
+	snprintf(cursor, sizeof(cursor), "%lld", (long long)(s->have_train ? s->train.cursor : 0));
+	snprintf(tokens, sizeof(tokens), "%lld", (long long)s->tokens);
+	snprintf(seed, sizeof(seed), "%lld", (long long)opt_i(s, "seed"));
+	struct fw_h5_attr attrs[] = {
+		{ "fw_checkpoint", "1" }, { "config", config }, { "step", step },
+		{ "data_epoch", epoch }, { "data_cursor", cursor }, { "tokens", tokens },
+		{ "seed", seed }, { "optimizer", s->slots.optim ? s->slots.optim->desc->name : "" },
+	};
+	st = fw_h5_save(path, all, np + ns, attrs, (int)(sizeof(attrs) / sizeof(attrs[0])), err);
+out:
+	free(config);
+	free(all);
+	free(params);
+	return st;
+}
+
+static int64_t attr_int(const char *path, const char *name, struct fw_err *err, bool *ok)
+{
+	char *v = NULL;
+	if (fw_h5_read_attr(path, name, &v, err) != FW_OK) {
+		*ok = false;
+		return 0;
+	}
+	char *end;
+	long long x = strtoll(v, &end, 10);
+	if (*end || !*v) {
+		fw_errorf(err, FW_ERR_FORMAT, "%s: attribute '%s' is not an integer", path, name);
+		*ok = false;
+	}
+	fw_free(v);
+	return x;
+}
+
+/* A checkpoint restores everything; a plain weights file only the weights. */
+static enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
+				      struct fw_err *err)
+{
+	struct fw_tensor **params = NULL;
+	int np = n_params_all(s, &params);
+	enum fw_status st;
+	if (np < 0)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	char *mark = NULL;
+	bool is_ckpt = fw_h5_read_attr(path, "fw_checkpoint", &mark, err) == FW_OK;
+	fw_free(mark);
+	if (!is_ckpt && (err->status == FW_ERR_IO || err->status == FW_ERR_FORMAT)) {
+		free(params);
+		return err->status;
+	}
+	st = fw_h5_load(path, params, np, err);
+	free(params);
+	if (st != FW_OK || !is_ckpt || !full || !s->state)
+		return st;
+	int ns = fw_graph_n_params(s->g) * s->optim->n_state;
+	if ((st = fw_h5_load(path, s->state, ns, err)) != FW_OK)
+		return st;
+	bool ok = true;
+	s->step = attr_int(path, "step", err, &ok);
+	int64_t epoch = attr_int(path, "data_epoch", err, &ok);
+	int64_t cursor = attr_int(path, "data_cursor", err, &ok);
+	s->tokens = attr_int(path, "tokens", err, &ok);
+	if (!ok)
+		return err->status;
+	if (s->have_train)
+		loader_seek(&s->train, epoch, cursor);
+	return FW_OK;
+}
+
+/* --- run directory and metrics ------------------------------------------------------------ */
+
+static enum fw_status make_dir(const char *path, struct fw_err *err)
+{
+	char tmp[4096];
+	snprintf(tmp, sizeof(tmp), "%s", path);
+	for (char *p = tmp + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
+			return fw_errorf(err, FW_ERR_IO, "%s: %s", tmp, strerror(errno));
+		*p = '/';
+	}
+	if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
+		return fw_errorf(err, FW_ERR_IO, "%s: %s", tmp, strerror(errno));
+	return FW_OK;
+}
+
+static enum fw_status write_file_atomic(const char *path, const char *text, struct fw_err *err)
+{
+	char tmp[4200];
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+	FILE *f = fopen(tmp, "w");
+	if (!f)
+		return fw_errorf(err, FW_ERR_IO, "%s: %s", tmp, strerror(errno));
+	bool ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
+	ok = (fclose(f) == 0) && ok;
+	if (!ok || rename(tmp, path) != 0) {
+		unlink(tmp);
+		return fw_errorf(err, FW_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+	}
+	return FW_OK;
+}
+
+static enum fw_status open_run_dir(struct session *s, struct fw_err *err)
+{
+	const char *rd = opt_s(s, "run-dir");
+	if (*rd) {
+		snprintf(s->run_dir, sizeof(s->run_dir), "%s", rd);
+	} else {
+		time_t t = time(NULL);
+		struct tm tm;
+		localtime_r(&t, &tm);
+		strftime(s->run_dir, sizeof(s->run_dir), "runs/%Y%m%d-%H%M%S", &tm);
+	}
+	const char *sv = opt_s(s, "save");
+	snprintf(s->save_dir, sizeof(s->save_dir), "%s", *sv ? sv : s->run_dir);
+	enum fw_status st = make_dir(s->run_dir, err);
+	if (st == FW_OK)
+		st = make_dir(s->save_dir, err);
+	if (st != FW_OK)
+		return st;
+	char path[4200];
+	char *config = config_dump(&s->cfg);
+	if (!config)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	snprintf(path, sizeof(path), "%s/config.ini", s->run_dir);
+	st = write_file_atomic(path, config, err);
+	free(config);
+	if (st != FW_OK)
+		return st;
+	snprintf(path, sizeof(path), "%s/metrics.jsonl", s->run_dir);
+	s->metrics = fopen(path, "a");
+	if (!s->metrics)
+		return fw_errorf(err, FW_ERR_IO, "%s: %s", path, strerror(errno));
+	return FW_OK;
+}
+
+/* --- training ----------------------------------------------------------------------------- */
+
+static double grad_norm(const struct session *s)
+{
+	double sum = 0;
+	for (int i = 0; i < fw_graph_n_params(s->g); i++) {
+		const struct fw_tensor *p = fw_graph_param(s->g, i);
+		const float *g = p->grad->data;
+		int64_t n = fw_nelem(p);
+		double part = 0;
+		#pragma omp parallel for reduction(+:part) schedule(static) if (n > 65536)
+		for (int64_t j = 0; j < n; j++)
+			part += (double)g[j] * g[j];
+		sum += part;
+	}
+	return sqrt(sum);
+}
+
+static void scale_grads(const struct session *s, float c)
+{
+	for (int i = 0; i < fw_graph_n_params(s->g); i++) {
+		const struct fw_tensor *p = fw_graph_param(s->g, i);
+		float *g = p->grad->data;
+		int64_t n = fw_nelem(p);
+		#pragma omp parallel for schedule(static) if (n > 65536)
+		for (int64_t j = 0; j < n; j++)
+			g[j] *= c;
+	}
+}
+
+static enum fw_status evaluate(struct session *s, double *loss, struct fw_err *err)
+{
+	int64_t n = opt_i(s, "eval-iters");
+	struct loader *l = s->have_valid ? &s->valid : NULL;
+	*loss = NAN;
+	if (!l || n <= 0)
+		return FW_OK;
+	loader_seek(l, 0, 0);      /* the same batches at every evaluation */
+	double sum = 0;
+	for (int64_t i = 0; i < n; i++) {
+		loader_next(l, s->model.tokens->data, s->model.targets->data);
+		if (fw_graph_forward(s->eval_g) != FW_OK)
+			return fw_errorf(err, FW_ERR_INTERNAL, "eval: %s", fw_ctx_err(s->ctx)->msg);
+		sum += *(float *)s->model.loss->data;
+	}
+	*loss = sum / (double)n;
+	return FW_OK;
+}
+
+static enum fw_status checkpoint_now(struct session *s, struct fw_err *err)
+{
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/ckpt-%08lld.h5", s->save_dir, (long long)s->step);
+	enum fw_status st = save_checkpoint(s, path, err);
+	if (st == FW_OK)
+		fprintf(stderr, "fwrun: saved %s\n", path);
+	return st;
+}
+
+static void progress(const struct session *s, double loss, double lr, double tps,
+		     double elapsed)
+{
+	bool tty = isatty(fileno(stderr));
+	double eta = s->step < s->iters ? elapsed / (double)s->step * (double)(s->iters - s->step) : 0;
+	if (tty)
+		fprintf(stderr, "\r\033[Kstep %lld/%lld  loss %.4f  lr %.3e  %.0f tok/s  ETA %.0fs",
+			(long long)s->step, (long long)s->iters, loss, lr, tps, eta);
+	else if (s->step % opt_i(s, "log-interval") == 0 || s->step == s->iters)
+		fprintf(stderr, "step %lld/%lld loss %.6f lr %.6e tokens/s %.0f eta_s %.0f\n",
+			(long long)s->step, (long long)s->iters, loss, lr, tps, eta);
+	if (tty && s->step == s->iters)
+		fputc('\n', stderr);
+}
+
+static enum fw_status train_loop(struct session *s, struct fw_err *err)
+{
+	int64_t gbs = opt_i(s, "global-batch-size");
+	if (gbs == 0)
+		gbs = s->B;
+	if (gbs % s->B)
+		return fw_errorf(err, FW_ERR_INVALID,
+				 "--global-batch-size %lld is not a multiple of --micro-batch-size %lld",
+				 (long long)gbs, (long long)s->B);
+	s->accum = gbs / s->B;
+	bool drop_last = fw_opt_bool(s->cfg.run, "drop-last");
+	double clip = opt_f(s, "clip-grad"), wd = opt_f(s, "weight-decay");
+	int64_t eval_every = opt_i(s, "eval-interval"), save_every = opt_i(s, "save-interval");
+	const struct fw_peft_i *peft = s->slots.peft ? s->slots.peft->desc->iface : NULL;
+	double t0 = now_s();
+	int64_t start_tokens = s->tokens;
+
+	if (s->train.n_micro < s->accum && drop_last)
+		return fw_errorf(err, FW_ERR_INVALID,
+				 "%s: %lld micro-batches, fewer than one global batch (%lld) with --drop-last",
+				 s->train.shards[0].path, (long long)s->train.n_micro, (long long)s->accum);
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	while (s->step < s->iters) {
+		int64_t it = s->step + 1;
+		double lr = lr_at(&s->sched, it);
+		if (loader_left(&s->train) < s->accum && (drop_last || loader_left(&s->train) == 0))
+			loader_seek(&s->train, s->train.epoch + 1, 0);
+		int64_t n_micro = loader_left(&s->train) < s->accum ? loader_left(&s->train) : s->accum;
+		double loss = 0;
+		fw_graph_set_loss_scale(s->g, 1.0f / (float)n_micro);
+		for (int64_t m = 0; m < n_micro; m++) {
+			loader_next(&s->train, s->model.tokens->data, s->model.targets->data);
+			fw_graph_set_step(s->g, it * s->accum + m);
+			if (fw_graph_forward(s->g) != FW_OK || fw_graph_backward(s->g) != FW_OK)
+				return fw_errorf(err, FW_ERR_INTERNAL, "step %lld: %s", (long long)it,
+						 fw_ctx_err(s->ctx)->msg);
+			loss += *(float *)s->model.loss->data;
+		}
+		loss /= (double)n_micro;
+		double norm = grad_norm(s);
+		if (!isfinite(loss) || !isfinite(norm))
+			return fw_errorf(err, FW_ERR_INTERNAL,
+					 "step %lld: loss %g, gradient norm %g: training diverged",
+					 (long long)it, loss, norm);
+		if (clip > 0 && clip / (norm + 1e-6) < 1.0)
+			scale_grads(s, (float)(clip / (norm + 1e-6)));
+		s->groups[0].lr = s->groups[1].lr = (float)lr;
+		s->groups[0].weight_decay = (float)wd;
+		s->groups[1].weight_decay = 0.0f;
+		struct fw_err oe = { 0 };
+		if (s->optim->step(s->slots.optim->state, s->groups, 2, it, &oe) != FW_OK)
+			return fw_errorf(err, oe.status, "%s: %s", s->slots.optim->desc->name, oe.msg);
+		if (peft && peft->after_backward &&
+		    peft->after_backward(s->slots.peft->state, &s->model, it, &oe) != FW_OK)
+			return fw_errorf(err, oe.status, "%s: %s", s->slots.peft->desc->name, oe.msg);
+		fw_graph_zero_grad(s->g);
+		s->step = it;
+		s->tokens += n_micro * s->B * s->T;
+
+		double el = now_s() - t0;
+		double tps = el > 0 ? (double)(s->tokens - start_tokens) / el : 0;
+		fprintf(s->metrics,
+			"{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
+			"\"loss_scale\": 1, \"tokens\": %lld, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
+			(long long)it, loss, lr, norm, (long long)s->tokens, tps, el);
+		fflush(s->metrics);
+		progress(s, loss, lr, tps, el);
+
+		if ((eval_every > 0 && it % eval_every == 0) || it == s->iters) {
+			double vl;
+			enum fw_status st = evaluate(s, &vl, err);
+			if (st != FW_OK)
+				return st;
+			if (isfinite(vl)) {
+				fprintf(s->metrics, "{\"step\": %lld, \"eval_loss\": %.9g}\n",
+					(long long)it, vl);
+				fflush(s->metrics);
+				fprintf(stderr, "%sstep %lld: eval loss %.4f\n",
+					isatty(fileno(stderr)) && it != s->iters ? "\n" : "",
+					(long long)it, vl);
+			}
+		}
+		bool stopping = stop_requested != 0;
+		if ((save_every > 0 && it % save_every == 0) || it == s->iters || stopping) {
+			enum fw_status st = checkpoint_now(s, err);
+			if (st != FW_OK)
+				return st;
+		}
+		if (stopping) {
+			fprintf(stderr, "fwrun: %s after step %lld; resume with --load=%s\n",
+				stop_requested == SIGINT ? "interrupted" : "terminated",
+				(long long)it, s->save_dir);
+			break;
+		}
+	}
+	signal(SIGINT, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
+	return FW_OK;
+}
+
+/* --load=DIR picks the newest ckpt-*.h5 in it. */
+static enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
+{
+	struct stat st;
+	if (stat(arg, &st) != 0)
+		return fw_errorf(err, FW_ERR_IO, "%s: %s", arg, strerror(errno));
+	if (!S_ISDIR(st.st_mode)) {
+		snprintf(out, len, "%s", arg);
+		return FW_OK;
+	}
+	long long best = -1;
+	DIR *d = opendir(arg);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		long long n;
+		char tail[2];
+		if (sscanf(e->d_name, "ckpt-%lld.h%1[5]", &n, tail) == 2 && n > best) {
+			best = n;
+			snprintf(out, len, "%s/%s", arg, e->d_name);
+		}
+	}
+	if (d)
+		closedir(d);
+	if (best < 0)
+		return fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no checkpoint (ckpt-*.h5) in directory",
+				 arg);
+	return FW_OK;
+}
+
+static void set_schedule(struct session *s)
+{
+	s->iters = opt_i(s, "train-iters");
+	int64_t decay = opt_i(s, "lr-decay-iters");
+	if (decay == 0)
+		decay = s->iters;
+	int64_t warmup = opt_i(s, "lr-warmup-iters");
+	double frac = opt_f(s, "lr-warmup-fraction");
+	if (frac > 0)
+		warmup = (int64_t)(frac * (double)decay);
+	const char *style = opt_s(s, "lr-decay-style"), *wsd = opt_s(s, "lr-wsd-decay-style");
+	s->sched = (struct lr_schedule){
+		.max_lr = opt_f(s, "lr"), .min_lr = opt_f(s, "min-lr"),
+		.init_lr = opt_f(s, "lr-warmup-init"), .warmup = warmup, .decay = decay,
+		.wsd_decay = opt_i(s, "lr-wsd-decay-iters"),
+	};
+	for (int i = 0; lr_styles[i]; i++)
+		if (!strcmp(style, lr_styles[i]))
+			s->sched.style = i;
+	for (int i = 0; wsd_styles[i]; i++)
+		if (!strcmp(wsd, wsd_styles[i]))
+			s->sched.wsd_style = i;
+}
+
+static int64_t model_vocab(const struct session *s)
+{
+	const struct fw_tensor *lg = s->model.logits;
+	return lg ? lg->ne[lg->ndim - 1] : 65536;
+}
+
+static const char train_usage[] =
+	"usage: fwrun train --plugins=arch/X,optim/Y[,attention/Z,peft/W] --data=SHARDS [options]\n"
+	"Trains a model; every option is listed by 'fwrun list' and 'fwrun train --help --plugins=...'.\n";
+
+static void print_options(const struct fw_options *o)
+{
+	for (int i = 0; i < fw_options_count(o); i++) {
+		const struct fw_option_def *d = fw_options_def(o, i);
+		printf("  --%-24s %s (default: %s)\n", d->name, d->help ? d->help : "",
+		       d->def ? d->def : "required");
+	}
+}
+
+static bool wants_help(int argc, char **argv)
+{
+	for (int i = 0; i < argc; i++)
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+			return true;
+	return false;
+}
+
+static int help(const char *usage, int argc, char **argv)
+{
+	struct config c;
+	struct fw_err err = { 0 };
+	char *pos[8];
+	int np;
+	char **args = malloc(sizeof(char *) * (size_t)(argc + 1));
+	int n = 0;
+	for (int i = 0; i < argc; i++)
+		if (strcmp(argv[i], "--help") && strcmp(argv[i], "-h"))
+			args[n++] = argv[i];
+	fputs(usage, stdout);
+	printf("\nfwrun options:\n");
+	if (config_load(&c, n, args, false, pos, 8, &np, &err) == FW_OK || c.run) {
+		print_options(c.run);
+		for (int k = 1; k < FW_KIND_COUNT; k++) {
+			if (!c.plugin[k])
+				continue;
+			printf("\n%s options:\n", c.plugin[k]->desc->name);
+			print_options(c.plugin[k]->opts);
+		}
+	}
+	config_free(&c);
+	free(args);
+	return EXIT_OK;
+}
+
+static int session_open(struct session *s, int argc, char **argv, bool train, int *rc)
+{
+	char *pos[4];
+	int np = 0;
+	memset(s, 0, sizeof(*s));
+	if (config_load(&s->cfg, argc, argv, true, pos, 0, &np, &s->err) != FW_OK) {
+		*rc = die(s->err.status == FW_ERR_NOMEM || s->err.status == FW_ERR_IO ||
+			  s->err.status == FW_ERR_FORMAT || s->err.status == FW_ERR_UNSUPPORTED ?
+			  EXIT_RUNTIME : EXIT_USAGE, "%s", s->err.msg);
+		return -1;
+	}
+	int threads = (int)opt_i(s, "threads");
+	if (threads > 0)
+		fw_set_num_threads(threads);
+	if (build_model(s, train, &s->err) != FW_OK || build_graphs(s, train, &s->err) != FW_OK) {
+		*rc = die(EXIT_RUNTIME, "%s", s->err.msg);
+		return -1;
+	}
+	return 0;
+}
+
+int cmd_train(int argc, char **argv)
+{
+	struct session s;
+	int rc = EXIT_RUNTIME;
+	if (wants_help(argc, argv))
+		return help(train_usage, argc, argv);
+	if (session_open(&s, argc, argv, true, &rc) != 0)
+		goto out;
+	set_schedule(&s);
+	if (!*opt_s(&s, "data")) {
+		rc = die(EXIT_USAGE, "train needs --data=SHARD.bin[,...]");
+		goto out;
+	}
+	uint64_t seed = (uint64_t)opt_i(&s, "seed");
+	if (loader_open(&s.train, opt_s(&s, "data"), s.B, s.T, fw_opt_bool(s.cfg.run, "shuffle"),
+			seed, model_vocab(&s), &s.err) != FW_OK) {
+		s.have_train = true;
+		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		goto out;
+	}
+	s.have_train = true;
+	if (*opt_s(&s, "valid-data")) {
+		s.have_valid = true;
+		if (loader_open(&s.valid, opt_s(&s, "valid-data"), s.B, s.T, false, seed,
+				model_vocab(&s), &s.err) != FW_OK) {
+			rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+			goto out;
+		}
+	}
+	if (setup_optim(&s, &s.err) != FW_OK || fw_ctx_init_params(s.ctx, seed) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", s.err.msg[0] ? s.err.msg : fw_ctx_err(s.ctx)->msg);
+		goto out;
+	}
+	if (*opt_s(&s, "load")) {
+		char path[4200];
+		if (resolve_load(opt_s(&s, "load"), path, sizeof(path), &s.err) != FW_OK ||
+		    load_checkpoint(&s, path, true, &s.err) != FW_OK) {
+			rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+			goto out;
+		}
+		fprintf(stderr, "fwrun: loaded %s at step %lld\n", path, (long long)s.step);
+	}
+	if (open_run_dir(&s, &s.err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		goto out;
+	}
+	struct fw_memory_report mr;
+	fw_graph_memory(s.g, &mr);
+	fprintf(stderr, "fwrun: %lld parameters, %lld trainable (%.2f%%); run directory %s\n",
+		(long long)mr.n_params, (long long)mr.n_trainable,
+		mr.n_params ? 100.0 * (double)mr.n_trainable / (double)mr.n_params : 0.0, s.run_dir);
+	if (train_loop(&s, &s.err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		goto out;
+	}
+	rc = EXIT_OK;
+out:
+	free_session(&s);
+	return rc;
+}
+
+static const char eval_usage[] =
+	"usage: fwrun eval --plugins=arch/X[,...] --load=CKPT --valid-data=SHARDS [--eval-iters=N]\n"
+	"Prints {\"eval_loss\": ..., \"eval_iters\": N, \"tokens\": ...} on stdout.\n";
+
+int cmd_eval(int argc, char **argv)
+{
+	struct session s;
+	int rc = EXIT_RUNTIME;
+	if (wants_help(argc, argv))
+		return help(eval_usage, argc, argv);
+	if (session_open(&s, argc, argv, false, &rc) != 0)
+		goto out;
+	const char *vd = *opt_s(&s, "valid-data") ? opt_s(&s, "valid-data") : opt_s(&s, "data");
+	if (!*vd || !*opt_s(&s, "load")) {
+		rc = die(EXIT_USAGE, "eval needs --load=CKPT and --valid-data=SHARD.bin");
+		goto out;
+	}
+	char path[4200];
+	s.have_valid = true;
+	if (loader_open(&s.valid, vd, s.B, s.T, false, 0, model_vocab(&s), &s.err) != FW_OK ||
+	    resolve_load(opt_s(&s, "load"), path, sizeof(path), &s.err) != FW_OK ||
+	    load_checkpoint(&s, path, false, &s.err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		goto out;
+	}
+	double loss;
+	if (evaluate(&s, &loss, &s.err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		goto out;
+	}
+	printf("{\"eval_loss\": %.9g, \"eval_iters\": %lld, \"tokens\": %lld}\n", loss,
+	       (long long)opt_i(&s, "eval-iters"),
+	       (long long)(opt_i(&s, "eval-iters") * s.B * s.T));
+	rc = EXIT_OK;
+out:
+	free_session(&s);
+	return rc;
+}
+
+static const char plan_usage[] =
+	"usage: fwrun plan --plugins=arch/X,optim/Y[,...] [options]\n"
+	"Builds the model and its memory plan without training and prints the bytes per category.\n";
+
+int cmd_plan(int argc, char **argv)
+{
+	struct session s;
+	int rc = EXIT_RUNTIME;
+	if (wants_help(argc, argv))
+		return help(plan_usage, argc, argv);
+	if (session_open(&s, argc, argv, true, &rc) != 0)
+		goto out;
+	if (s.slots.optim && setup_optim(&s, &s.err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		goto out;
+	}
+	struct fw_memory_report mr;
+	fw_graph_memory(s.g, &mr);
+	printf("parameters: %lld total, %lld trainable (%.2f%%)\n", (long long)mr.n_params,
+	       (long long)mr.n_trainable,
+	       mr.n_params ? 100.0 * (double)mr.n_trainable / (double)mr.n_params : 0.0);
+	printf("memory plan (micro-batch %lld x %lld tokens):\n", (long long)s.B, (long long)s.T);
+	fw_memory_report_print(&mr, stdout);
+	rc = EXIT_OK;
+out:
+	free_session(&s);
+	return rc;
+}
