@@ -5,8 +5,10 @@
  * twice is an error. In an INI file, keys may sit at the top, in [run], or in
  * a section named after a plugin ([optim/adamw]).
  */
+#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <ini.h>
 
@@ -82,6 +84,14 @@ static struct fw_options *owner_of(struct config *c, const char *name)
 				return o;
 	}
 	return NULL;
+}
+
+static const char *value_of(const struct fw_options *o, const char *name)
+{
+	for (int i = 0; i < fw_options_count(o); i++)
+		if (!strcmp(fw_options_def(o, i)->name, name))
+			return fw_options_value(o, i);
+	return "";
 }
 
 static const struct fw_option_def *def_of(struct fw_options *o, const char *name)
@@ -200,6 +210,57 @@ static enum fw_status ini_apply(struct config *c, const char *path, struct fw_er
 		return fw_errorf(err, err->status, "%s", msg);
 	}
 	return FW_OK;
+}
+
+/* A checkpoint or imported weights file carries the configuration it was
+ * made with: its plugin options fill in whatever the user did not set, so
+ * --load=gpt2.h5 needs no --n-layer etc. */
+static int ini_defaults(void *user, const char *section, const char *name, const char *value
+#if INI_HANDLER_LINENO
+			, int lineno
+#endif
+			)
+{
+	struct config *c = user;
+	for (int k = 1; k < FW_KIND_COUNT; k++) {
+		struct fw_loaded *p = c->plugin[k];
+		if (!p || strcmp(p->desc->name, section) || fw_options_has(p->opts, name))
+			continue;
+		fw_options_set(p->opts, name, value, NULL);   /* unknown keys: ignored */
+	}
+	return 1;
+}
+
+static void apply_file_config(struct config *c, const char *load)
+{
+	char path[4200];
+	struct stat st;
+	if (stat(load, &st) != 0)
+		return;
+	if (S_ISDIR(st.st_mode)) {        /* the newest checkpoint in it */
+		long long best = -1;
+		DIR *d = opendir(load);
+		struct dirent *e;
+		while (d && (e = readdir(d))) {
+			long long n;
+			char tail[2];
+			if (sscanf(e->d_name, "ckpt-%lld.h%1[5]", &n, tail) == 2 && n > best) {
+				best = n;
+				snprintf(path, sizeof(path), "%s/%s", load, e->d_name);
+			}
+		}
+		if (d)
+			closedir(d);
+		if (best < 0)
+			return;
+	} else {
+		snprintf(path, sizeof(path), "%s", load);
+	}
+	char *text = NULL;
+	if (fw_h5_read_attr(path, "config", &text, NULL) != FW_OK)
+		return;
+	ini_parse_string(text, ini_defaults, c);
+	fw_free(text);
 }
 
 /* --- plugins ---------------------------------------------------------------------- */
@@ -352,6 +413,8 @@ enum fw_status config_load(struct config *c, int argc, char **argv, bool need_pl
 		if ((s = set_flat(c, name, value, "", err)) != FW_OK)
 			return s;
 	}
+	if (fw_options_has(c->run, "load"))
+		apply_file_config(c, value_of(c->run, "load"));
 	if ((s = fw_options_resolve(c->run, err)) != FW_OK)
 		return s;
 	for (int k = 1; k < FW_KIND_COUNT; k++)

@@ -79,6 +79,8 @@ int cmd_list(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
+int cmd_import(int argc, char **argv);
+int cmd_export(int argc, char **argv);
 
 /* Prints "fwrun: MSG" on stderr, returns code. */
 int die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

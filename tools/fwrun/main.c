@@ -64,7 +64,11 @@ int main(int argc, char **argv)
 		return cmd_plan(argc, argv);
 	if (!strcmp(cmd, "list"))
 		return cmd_list(argc, argv);
-	if (!strcmp(cmd, "generate") || !strcmp(cmd, "import") || !strcmp(cmd, "export"))
+	if (!strcmp(cmd, "import"))
+		return cmd_import(argc, argv);
+	if (!strcmp(cmd, "export"))
+		return cmd_export(argc, argv);
+	if (!strcmp(cmd, "generate"))
 		return not_yet(cmd, argc, argv);
 	static const char *const cmds[] = { "train", "eval", "generate", "plan", "list",
 					    "import", "export" };

@@ -10,6 +10,7 @@
 #include "fw/io.h"
 #include "fw/plugin.h"
 #include "fw/loader.h"
+#include "fw/safetensors.h"
 
 #define FW_VERSION_MAJOR 0
 #define FW_VERSION_MINOR 1
