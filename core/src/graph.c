@@ -293,6 +293,12 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 			g->grad_slot[i] = slot_new(g, fw_nbytes(gt), true);
 	}
 
+	/* saved() and workspace() look at which sources have gradients: point
+	 * the nodes at this graph's gradient tensors now (data comes with bind). */
+	for (int i = 0; i < n; i++)
+		g->nodes[i]->grad = g->grads[i];
+	bound_graph = NULL;
+
 	/* Walk the schedule exactly as the executor will. */
 	for (int i = 0; i < n; i++)
 		bound[i] = -1;

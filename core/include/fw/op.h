@@ -43,7 +43,10 @@ struct fw_op_i {
 	/* Optional (NULL = no gradient flows through): ADD into src[i]->grad->data
 	 * for every src[i] whose grad is non-NULL, reading out->grad->data. */
 	void (*backward)(struct fw_tensor *out, const struct fw_exec *ex);
-	/* Optional: scratch bytes forward or backward need (0 if NULL). */
+	/* Optional: scratch bytes forward or backward need (0 if NULL). Asked
+	 * once at plan time (threads = fw_get_num_threads() then, gradients of
+	 * the sources already attached); the graph has ONE scratch buffer,
+	 * shared by all ops and not preserved from forward to backward. */
 	size_t (*workspace)(const struct fw_tensor *out);
 	/* Optional: values backward reads, bit i = src[i], FW_SAVE_OUT = output.
 	 * NULL = all sources and the output. Fewer bits = less memory. */

@@ -80,6 +80,8 @@ struct fw_tensor *fw_sub(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_tens
 struct fw_tensor *fw_mul(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_tensor *b);
 struct fw_tensor *fw_scale(struct fw_ctx *ctx, struct fw_tensor *a, float s);
 
+/* Rows of table (V, C) for ids (...) i32 -> (..., C). An id outside [0, V)
+ * gives a zero row and no gradient (data loaders validate ids). */
 struct fw_tensor *fw_embedding(struct fw_ctx *ctx, struct fw_tensor *table,
 			       struct fw_tensor *ids);
 struct fw_tensor *fw_layernorm(struct fw_ctx *ctx, struct fw_tensor *x,
@@ -107,7 +109,8 @@ struct fw_tensor *fw_dropout(struct fw_ctx *ctx, struct fw_tensor *x, float p,
 
 /* Mean cross-entropy of logits (..., V) against targets (...) i32 over the
  * counted tokens: target != ignore_index and (mask == NULL or mask != 0).
- * Returns shape [1]. Zero counted tokens gives loss 0. */
+ * Returns shape [1]. Zero counted tokens gives loss 0. A target outside
+ * [0, V) other than ignore_index is not counted. mask is 0/non-0, not a weight. */
 struct fw_tensor *fw_cross_entropy(struct fw_ctx *ctx, struct fw_tensor *logits,
 				   struct fw_tensor *targets, struct fw_tensor *mask,
 				   int ignore_index);
