@@ -16,6 +16,8 @@ void fw_log_set_level(enum fw_log_level level)
 static void host_log(enum fw_log_level level, const char *fmt, ...)
 {
 	static const char *const tags[] = { "debug", "info", "warning", "error" };
+	if ((unsigned)level > FW_LOG_ERROR)
+		level = FW_LOG_ERROR;          /* a plugin's out-of-range level */
 	if (level < log_threshold)
 		return;
 	va_list ap;

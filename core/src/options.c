@@ -56,7 +56,7 @@ static size_t edit_distance(const char *a, const char *b)
 {
 	size_t la = strlen(a), lb = strlen(b);
 	if (la > 63 || lb > 63)
-		return 64;
+		return (size_t)-1;      /* too long to be a typo of anything */
 	size_t row[64];
 	for (size_t j = 0; j <= lb; j++)
 		row[j] = j;

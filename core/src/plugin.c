@@ -27,6 +27,15 @@ const char *fw_plugin_kind_name(int kind)
 
 /* --- search path ------------------------------------------------------------------ */
 
+/* A directory already in dirs[0..k): searched (and listed) once only. */
+static bool listed(char *const *dirs, size_t k, const char *dir)
+{
+	for (size_t i = 0; i < k; i++)
+		if (dirs[i] && !strcmp(dirs[i], dir))
+			return true;
+	return false;
+}
+
 char **fw_plugin_search_dirs(void)
 {
 	const char *env = getenv("FW_PLUGIN_PATH");
@@ -44,12 +53,13 @@ char **fw_plugin_search_dirs(void)
 			return NULL;
 		}
 		for (char *tok = strtok_r(copy, ":", &save); tok; tok = strtok_r(NULL, ":", &save))
-			if (*tok)
+			if (*tok && !listed(dirs, k, tok))
 				dirs[k++] = fw_strdup(tok);
 		fw_free(copy);
 	}
-	dirs[k++] = fw_strdup(FW_PLUGIN_INSTALL_DIR);
-	if (*FW_PLUGIN_BUILD_DIR)
+	if (!listed(dirs, k, FW_PLUGIN_INSTALL_DIR))
+		dirs[k++] = fw_strdup(FW_PLUGIN_INSTALL_DIR);
+	if (*FW_PLUGIN_BUILD_DIR && !listed(dirs, k, FW_PLUGIN_BUILD_DIR))
 		dirs[k++] = fw_strdup(FW_PLUGIN_BUILD_DIR);
 	for (size_t i = 0; i < k; i++) {
 		if (!dirs[i]) {        /* an allocation failed: give up cleanly */
@@ -255,16 +265,24 @@ enum fw_status fw_plugin_check(const struct fw_plugin *d, const char *path, int 
 		    (o->type == FW_OPT_CHOICE && !o->choices))
 			return fw_errorf(err, FW_ERR_FORMAT,
 					 "%s: plugin '%s' option %d is malformed", path, d->name, i);
+		for (int j = 0; j < i; j++)
+			if (!strcmp(d->options[j].name, o->name))
+				return fw_errorf(err, FW_ERR_FORMAT,
+						 "%s: plugin '%s' option '%s' is declared twice",
+						 path, d->name, o->name);
 	}
 	/* Defaults must pass their own validation. */
 	struct fw_options *opts = fw_options_new(d->options, d->n_options, d->name);
 	if (!opts)
 		return fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
 	for (int i = 0; i < d->n_options; i++) {
+		struct fw_err e = { 0 };
 		if (d->options[i].def &&
-		    fw_options_set(opts, d->options[i].name, d->options[i].def, err) != FW_OK) {
+		    fw_options_set(opts, d->options[i].name, d->options[i].def, &e) != FW_OK) {
 			fw_options_free(opts);
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: bad default: %s", path, err->msg);
+			if (e.status == FW_ERR_NOMEM)
+				return fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: bad default: %s", path, e.msg);
 		}
 	}
 	fw_options_free(opts);
