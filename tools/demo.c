@@ -275,8 +275,8 @@ static int sample(struct model *m, struct fw_graph *eval, const struct cfg *c,
 
 int main(int argc, char **argv)
 {
-	struct cfg c = { .B = 8, .T = 64, .C = 128, .H = 4, .L = 2, .steps = 600,
-			 .lr = 3e-3f, .seed = 1337,
+	struct cfg c = { .B = 16, .T = 128, .C = 128, .H = 4, .L = 4, .steps = 1000,
+			 .lr = 2e-3f, .seed = 1337,
 			 .text = "/usr/share/common-licenses/GPL-3", .threads = 0 };
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--steps") && i + 1 < argc)
@@ -344,15 +344,15 @@ int main(int argc, char **argv)
 
 	double t0 = now();
 	for (int step = 1; step <= c.steps; step++) {
-		float lr = c.lr * (step < 50 ? step / 50.0f :
-			   0.1f + 0.9f * 0.5f * (1 + cosf((float)M_PI * (step - 50) / (c.steps - 50 + 1))));
+		float lr = c.lr * (step < 100 ? step / 100.0f :
+			   0.1f + 0.9f * 0.5f * (1 + cosf((float)M_PI * (step - 100) / (c.steps - 100 + 1))));
 		fill_batch(&m, &c, text, 0, split);
 		fw_graph_set_step(train, step);
 		if (fw_graph_forward(train) != FW_OK || fw_graph_backward(train) != FW_OK)
 			goto fail;
 		adamw_step(&opt, train, lr, step);
 		fw_graph_zero_grad(train);
-		if (step % 50 == 0 || step == 1 || step == c.steps) {
+		if (step % 100 == 0 || step == 1 || step == c.steps) {
 			double el = now() - t0;
 			printf("step %4d/%d  loss %.4f  lr %.2e  %.0f tok/s\n", step, c.steps,
 			       *(float *)m.loss->data, lr, step * (double)c.B * c.T / el);

@@ -266,7 +266,16 @@ static enum fw_status mm_product(struct mm_operand a, struct mm_operand b, struc
 				 float *pc, struct fw_err *err)
 {
 	struct mm_key k;
+	int last = c.ndim - 1;
+	/* oneDNN has fast kernels for row-major destinations only (a column-major
+	 * one falls back to its reference code, ~100x slower): compute
+	 * C^T = B^T A^T instead. */
+	if (c.nb[last] != 1 && c.nb[last - 1] == 1)
+		return mm_product(transposed(b), transposed(a), transposed(c), dt, accumulate,
+				  pb, pa, pc, err);
 	memset(&k, 0, sizeof(k));
+	if (a.ndim == 2 && b.ndim > 2)
+		a = pad_batch(a, b.ndim);
 	if (b.ndim == 2 && a.ndim > 2) {
 		struct mm_operand fa = a, fc = c;
 		if (fold_rows(&fa) && fold_rows(&fc)) {

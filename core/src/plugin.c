@@ -165,7 +165,7 @@ done:
 enum fw_status fw_plugin_resolve(const char *name, char **path, struct fw_err *err)
 {
 	size_t l = strlen(name);
-	if (strchr(name, '/') && l > 3 && strcmp(name + l - 3, ".so") == 0) {
+	if (l > 3 && strcmp(name + l - 3, ".so") == 0) {      /* a path, not a name */
 		if (!is_file(name))
 			return fw_errorf(err, FW_ERR_IO, "%s: no such plugin file", name);
 		*path = fw_strdup(name);
@@ -250,12 +250,24 @@ enum fw_status fw_plugin_check(const struct fw_plugin *d, const char *path, int 
 				 d->name ? d->name : "(null)", kn);
 	if (expect_kind && (int)d->kind != expect_kind)
 		return fw_errorf(err, FW_ERR_INVALID,
-				 "%s: plugin '%s' is a %s plugin, but a %s plugin is needed here",
+				 "%s: plugin '%s' is of kind '%s', but this slot needs kind '%s'",
 				 path, d->name, kn, fw_plugin_kind_name(expect_kind));
 	if (!d->version || !d->iface || *(const size_t *)d->iface == 0)
 		return fw_errorf(err, FW_ERR_FORMAT,
 				 "%s: plugin '%s' lacks a version or its %s interface", path,
 				 d->name, kn);
+	/* The interface starts with its size; ABI 1.0's members must all exist. */
+	static const size_t iface_min[FW_KIND_COUNT] = {
+		[FW_KIND_ARCH] = sizeof(struct fw_arch_i),
+		[FW_KIND_ATTENTION] = sizeof(struct fw_attention_i),
+		[FW_KIND_PEFT] = sizeof(struct fw_peft_i),
+		[FW_KIND_OPTIM] = sizeof(struct fw_optim_i),
+	};
+	if (*(const size_t *)d->iface < iface_min[d->kind])
+		return fw_errorf(err, FW_ERR_UNSUPPORTED,
+				 "%s: %s interface is %zu bytes, fw %u.%u needs %zu", path, kn,
+				 *(const size_t *)d->iface, FW_ABI_MAJOR, FW_ABI_MINOR,
+				 iface_min[d->kind]);
 	if (d->n_options < 0 || (d->n_options > 0 && !d->options))
 		return fw_errorf(err, FW_ERR_FORMAT, "%s: plugin '%s' has a bad option table",
 				 path, d->name);
@@ -349,9 +361,14 @@ enum fw_status fw_plugin_init(struct fw_loaded *p, const struct fw_host *host,
 	}
 	struct fw_err perr = { 0 };
 	s = p->desc->init(host ? host : fw_host_table(), p->opts, &p->state, &perr);
-	if (s != FW_OK)
-		return fw_errorf(err, s, "%s: init failed: %s", p->desc->name,
-				 perr.msg[0] ? perr.msg : fw_status_str(s));
+	if (s != FW_OK) {
+		/* Plugins often name themselves already: do not say it twice. */
+		size_t nl = strlen(p->desc->name);
+		const char *msg = perr.msg[0] ? perr.msg : fw_status_str(s);
+		if (!strncmp(msg, p->desc->name, nl) && msg[nl] == ':')
+			msg += nl + 1 + (msg[nl + 1] == ' ');
+		return fw_errorf(err, s, "%s: init failed: %s", p->desc->name, msg);
+	}
 	p->initialized = true;
 	return FW_OK;
 }

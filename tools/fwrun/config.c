@@ -340,11 +340,13 @@ enum fw_status config_load(struct config *c, int argc, char **argv, bool need_pl
 	/* Pass 1: --config and --plugins decide which options exist. */
 	for (int i = 0; i < argc; i++) {
 		const char *a = argv[i];
-		if (!strncmp(a, "--config=", 9))
-			c->config_path = strdup(a + 9);
-		else if (!strcmp(a, "--config") && i + 1 < argc)
-			c->config_path = strdup(argv[++i]);
-		else if (!strncmp(a, "--plugins=", 10))
+		const char *cp = !strncmp(a, "--config=", 9) ? a + 9 :
+				 !strcmp(a, "--config") && i + 1 < argc ? argv[++i] : NULL;
+		if (cp) {
+			free(c->config_path);     /* the last --config wins */
+			c->config_path = strdup(cp);
+		}
+		if (!strncmp(a, "--plugins=", 10))
 			plugins = a + 10;
 		else if (!strcmp(a, "--plugins") && i + 1 < argc)
 			plugins = argv[++i];

@@ -139,6 +139,8 @@ static enum fw_status setup_optim(struct session *s, struct fw_err *err)
 	s->optim = s->slots.optim->desc->iface;
 	int np = fw_graph_n_params(s->g), ns = s->optim->n_state;
 	s->state = calloc((size_t)(np * ns + 1), sizeof(*s->state));
+	if (!s->state)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	for (int gi = 0; gi < 2; gi++) {
 		s->groups[gi].params = calloc((size_t)np + 1, sizeof(struct fw_tensor *));
 		s->group_state[gi] = calloc((size_t)np + 1, sizeof(float **));
@@ -146,8 +148,6 @@ static enum fw_status setup_optim(struct session *s, struct fw_err *err)
 		if (!s->groups[gi].params || !s->group_state[gi])
 			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	}
-	if (!s->state)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	for (int i = 0; i < np; i++) {
 		struct fw_tensor *p = fw_graph_param(s->g, i);
 		int gi = p->ndim >= 2 ? 0 : 1;     /* no weight decay on 1-D tensors */
@@ -155,6 +155,8 @@ static enum fw_status setup_optim(struct session *s, struct fw_err *err)
 		float **slots = calloc((size_t)ns + 1, sizeof(float *));
 		if (!slots)
 			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		grp->state[grp->n_params] = slots;   /* owned by the group from here */
+		grp->params[grp->n_params++] = p;
 		for (int k = 0; k < ns; k++) {
 			struct fw_tensor *t = calloc(1, sizeof(*t));
 			if (!t)
@@ -173,8 +175,6 @@ static enum fw_status setup_optim(struct session *s, struct fw_err *err)
 			s->state[i * ns + k] = t;
 			slots[k] = t->data;
 		}
-		grp->state[grp->n_params] = slots;
-		grp->params[grp->n_params++] = p;
 	}
 	return FW_OK;
 }
@@ -434,11 +434,12 @@ static enum fw_status checkpoint_now(struct session *s, struct fw_err *err)
 	return st;
 }
 
-static void progress(const struct session *s, double loss, double lr, double tps,
-		     double elapsed)
+static void progress(const struct session *s, int64_t first_step, double loss, double lr,
+		     double tps, double elapsed)
 {
 	bool tty = isatty(fileno(stderr));
-	double eta = s->step < s->iters ? elapsed / (double)s->step * (double)(s->iters - s->step) : 0;
+	int64_t done = s->step - first_step;
+	double eta = done > 0 ? elapsed / (double)done * (double)(s->iters - s->step) : 0;
 	if (tty)
 		fprintf(stderr, "\r\033[Kstep %lld/%lld  loss %.4f  lr %.3e  %.0f tok/s  ETA %.0fs",
 			(long long)s->step, (long long)s->iters, loss, lr, tps, eta);
@@ -464,7 +465,7 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 	int64_t eval_every = opt_i(s, "eval-interval"), save_every = opt_i(s, "save-interval");
 	const struct fw_peft_i *peft = s->slots.peft ? s->slots.peft->desc->iface : NULL;
 	double t0 = now_s();
-	int64_t start_tokens = s->tokens;
+	int64_t start_tokens = s->tokens, first_step = s->step;
 
 	if (s->train.n_micro < s->accum && drop_last)
 		return fw_errorf(err, FW_ERR_INVALID,
@@ -516,7 +517,7 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 			"\"loss_scale\": 1, \"tokens\": %lld, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
 			(long long)it, loss, lr, norm, (long long)s->tokens, tps, el);
 		fflush(s->metrics);
-		progress(s, loss, lr, tps, el);
+		progress(s, first_step, loss, lr, tps, el);
 
 		if ((eval_every > 0 && it % eval_every == 0) || it == s->iters) {
 			double vl;
@@ -641,9 +642,15 @@ static int help(const char *usage, int argc, char **argv)
 	for (int i = 0; i < argc; i++)
 		if (strcmp(argv[i], "--help") && strcmp(argv[i], "-h"))
 			args[n++] = argv[i];
+	if (config_load(&c, n, args, false, pos, 8, &np, &err) != FW_OK &&
+	    err.status != FW_ERR_INVALID) {
+		config_free(&c);
+		free(args);
+		return die(EXIT_USAGE, "%s", err.msg);
+	}
 	fputs(usage, stdout);
 	printf("\nfwrun options:\n");
-	if (config_load(&c, n, args, false, pos, 8, &np, &err) == FW_OK || c.run) {
+	if (c.run) {
 		print_options(c.run);
 		for (int k = 1; k < FW_KIND_COUNT; k++) {
 			if (!c.plugin[k])
