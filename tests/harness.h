@@ -1,5 +1,169 @@
-/* harness.h - shared helpers for the Check test suites. */
+/* harness.h - shared helpers for the Check test suites.
+ *
+ * Linked into every tests/test_*.c executable; depends on fw, Check and the
+ * HDF5 C API only (HDF5 stays inside harness.c).
+ *
+ *   fwt_rng_*         deterministic random data (splitmix64), no global state
+ *   fwt_read_f32      a tensor's values as contiguous f32, any strides/dtype
+ *   fwt_allclose      element-wise |got - exp| <= atol + rtol |exp|, with a
+ *                     report of the worst element
+ *   fwt_gradcheck     finite-difference check of every trainable input of any
+ *                     op, built-in or registered with fw_op_register
+ *   fwt_h5_*          read datasets and attributes of a golden file
+ *   fwt_run_suite     runs a Suite in fork mode, returns the exit code
+ */
 #ifndef FW_TEST_HARNESS_H
 #define FW_TEST_HARNESS_H
+
+#include <check.h>
+#include <stdio.h>
+
 #include "fw/fw.h"
+
+/* --- random data ------------------------------------------------------------- */
+
+struct fwt_rng {
+	uint64_t s;
+};
+
+static inline struct fwt_rng fwt_rng_new(uint64_t seed)
+{
+	return (struct fwt_rng){ seed * 0x9E3779B97F4A7C15ull + 0x632BE59BD9B4E019ull };
+}
+uint64_t fwt_rng_u64(struct fwt_rng *r);
+double fwt_rng_uniform(struct fwt_rng *r);            /* [0, 1) */
+void fwt_fill_uniform(float *x, int64_t n, struct fwt_rng *r, float lo, float hi);
+
+/* --- tensors -------------------------------------------------------------------- */
+
+/* Copies t's n elements into dst as f32 in logical (row-major) order,
+ * following t->nb; f32, bf16, f16 and i32 are converted. */
+void fwt_read_f32(const struct fw_tensor *t, float *dst);
+/* Writes n contiguous values of t's dtype into t->data (a leaf). */
+void fwt_write(struct fw_tensor *t, const void *src);
+
+/* Compares got against exp element-wise: passes where
+ * |got - exp| <= atol + rtol * |exp| (and both are finite, or both the same
+ * non-finite value). Prints the first few failures to stderr, prefixed by
+ * what (and, with FWT_VERBOSE set, how close the worst passing element came).
+ * Returns the number of failing elements. */
+int64_t fwt_allclose(const char *what, const float *got, const float *exp, int64_t n,
+		     double rtol, double atol);
+/* The largest |x| of n values (0 for n == 0). */
+double fwt_maxabs(const float *x, int64_t n);
+
+/* --- finite-difference gradient check ---------------------------------------------
+ *
+ * The checker makes a context, creates one leaf per struct fwt_input (f32
+ * inputs with .grad become trainable fw_param leaves, everything else
+ * fw_input leaves), calls build(ctx, leaves, user) to construct the op under
+ * test, and forms loss = sum(out * R) with R a fixed random tensor of out's
+ * shape. out must be f32 (cast a bf16 result back). It runs forward and
+ * backward once for the analytic gradient, then for every element x_i of
+ * every .grad input the central difference
+ *
+ *     n_i = (L(x_i + h) - L(x_i - h)) / (2h),   L = sum(out * R) in double,
+ *
+ * where L is summed on the host in double from fw's f32 output so the only
+ * rounding noise is that of out itself.
+ *
+ * Tolerance. An element passes when
+ *
+ *     |a_i - n_i| <= tol * max(|a_i|, |n_i|) + tol * 0.1 * G + noise
+ *
+ * with G the largest |n_j| of that input (a floor relative to the gradient's
+ * scale, so elements whose true gradient is ~0 are not held to a relative
+ * bound) and noise = 16 * 2^-24 * sum|out * R| / h, a bound on what f32
+ * rounding of out (a few ulp per element) can move the difference quotient.
+ * The truncation error of the central difference is h^2/6 * f''' per
+ * element: with the default h = 1e-2 and inputs of order 1 it is ~1e-5
+ * relative, well inside tol = 1e-2, while h is large enough that the f32
+ * noise term stays around 1e-4. A missing gradient (a_i = 0, n_i != 0), a
+ * wrong sign or a factor-of-two error all fail this bound.
+ * Ops with kinks (relu) need inputs kept away from the kink (.min_abs);
+ * rounding ops (cast to bf16) need inputs and h on the rounding grid.
+ */
+struct fwt_input {
+	const char *name;            /* NULL: an absent optional source (NULL leaf) */
+	enum fw_dtype dtype;         /* FW_F32 (0), FW_I32, FW_BF16, ... */
+	int ndim;
+	int64_t ne[FW_MAX_DIMS];
+	bool grad;                   /* f32 only: trainable, gradient checked */
+	const void *data;            /* NULL: random; else n values of dtype */
+	float lo, hi;                /* random range, lo == hi: [-1, 1] */
+	float min_abs;               /* random f32: keep |x| >= min_abs */
+	int32_t int_hi;              /* random i32: uniform in [0, int_hi) */
+	double h;                    /* finite-difference step, 0: 1e-2 */
+};
+
+typedef struct fw_tensor *(*fwt_build_fn)(struct fw_ctx *ctx, struct fw_tensor *const *in,
+					  void *user);
+
+struct fwt_gc_opts {
+	double tol;                  /* see above; 0: 1e-2 */
+	uint64_t seed;               /* data and R; 0 is a valid seed */
+	bool eval;                   /* build the graph without training */
+	int64_t step;                /* graph step (dropout masks) */
+	bool quiet;                  /* no per-element report on failure */
+};
+
+#define FWT_MAX_INPUTS 16
+
+/* Returns the number of failing elements (0 = pass), or -1 when the graph
+ * could not be built or run (the reason is printed). At most
+ * FWT_MAX_INPUTS inputs. */
+int fwt_gradcheck(const char *name, int n_inputs, const struct fwt_input *inputs,
+		  fwt_build_fn build, void *user, double tol);
+int fwt_gradcheck_ex(const char *name, int n_inputs, const struct fwt_input *inputs,
+		     fwt_build_fn build, void *user, const struct fwt_gc_opts *opts);
+
+/* Thread-count independence: builds the same graph as fwt_gradcheck (planned
+ * with `threads` threads), runs forward and backward once with 1 thread and
+ * once with `threads`, and compares out and every gradient element-wise with
+ * |a - b| <= rtol |b| + 0.1 rtol max|b|. The serial run is the reference (its
+ * kernels are the ones the torch goldens check at small sizes); inputs should
+ * be big enough to take the kernels' parallel paths. Partial sums may combine
+ * in another order with more threads, hence a tolerance, not bit equality.
+ * Returns the number of differing elements, or -1 if the graph failed. */
+int fwt_threadcheck(const char *name, int n_inputs, const struct fwt_input *inputs,
+		    fwt_build_fn build, void *user, int threads, double rtol);
+
+/* --- golden files (HDF5) ------------------------------------------------------------ */
+
+struct fwt_h5;                   /* an open file */
+
+/* A dataset read into memory: f32 (float classes) or i32 (integer classes). */
+struct fwt_array {
+	enum fw_dtype dtype;
+	int ndim;
+	int64_t ne[FW_MAX_DIMS];
+	int64_t n;
+	void *data;                  /* malloc'd; fwt_array_free */
+};
+
+struct fwt_h5 *fwt_h5_open(const char *path);      /* NULL if missing/unreadable */
+void fwt_h5_close(struct fwt_h5 *f);
+bool fwt_h5_exists(struct fwt_h5 *f, const char *path);
+/* 0 on success, -1 (message on stderr) when missing or of an unsupported
+ * type or rank (scalars are read as shape [1]). */
+int fwt_h5_read(struct fwt_h5 *f, const char *path, struct fwt_array *a);
+void fwt_array_free(struct fwt_array *a);
+/* Numeric attribute of object obj: up to max values into v; returns the
+ * count, or -1 when absent. */
+int fwt_h5_attr_f64(struct fwt_h5 *f, const char *obj, const char *name, double *v,
+		    int max);
+/* String attribute into buf; -1 when absent. */
+int fwt_h5_attr_str(struct fwt_h5 *f, const char *obj, const char *name, char *buf,
+		    size_t len);
+/* Names of the members of group ("/" for the root): fills up to max
+ * malloc'd strings (free() them), returns the count, -1 if no such group. */
+int fwt_h5_list(struct fwt_h5 *f, const char *group, char **names, int max);
+
+/* --- running ----------------------------------------------------------------------- */
+
+/* Runs s in fork mode with CK_NORMAL output; returns 0 if all passed, else 1. */
+int fwt_run_suite(Suite *s);
+/* A TCase with the given timeout in seconds. */
+TCase *fwt_tcase(const char *name, double timeout_s);
+
 #endif

@@ -1,0 +1,640 @@
+/* test_gradcheck.c - finite-difference gradient checks of every built-in op
+ * (fwt_gradcheck in harness.c: central differences, see harness.h for the
+ * tolerance), the checker itself on a registered plugin op (a correct one
+ * passes, a wrong one is caught), dropout's mask statistics and determinism,
+ * and cross-entropy's ignored tokens.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+/* Arguments of the op under test, passed to the builders as user data. */
+struct args {
+	bool ta, tb, causal, keepdim;
+	int axis, form, ignore, nd;
+	float s, eps, p;
+	int64_t start, len;
+	int perm[FW_MAX_DIMS];
+	int64_t shape[FW_MAX_DIMS];
+	uint64_t seed;
+};
+
+#define ARGS(x) ((const struct args *)(x))
+
+static struct fw_tensor *b_matmul(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_matmul(c, in[0], in[1], ARGS(u)->ta, ARGS(u)->tb);
+}
+
+static struct fw_tensor *b_linear(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_linear(c, in[0], in[1], in[2]);
+}
+
+static struct fw_tensor *b_add(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_add(c, in[0], in[1]);
+}
+
+static struct fw_tensor *b_sub(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_sub(c, in[0], in[1]);
+}
+
+static struct fw_tensor *b_mul(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_mul(c, in[0], in[1]);
+}
+
+static struct fw_tensor *b_scale(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_scale(c, in[0], ARGS(u)->s);
+}
+
+static struct fw_tensor *b_embedding(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_embedding(c, in[0], in[1]);
+}
+
+static struct fw_tensor *b_layernorm(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_layernorm(c, in[0], in[1], in[2], ARGS(u)->eps);
+}
+
+static struct fw_tensor *b_rmsnorm(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_rmsnorm(c, in[0], in[1], ARGS(u)->eps);
+}
+
+static struct fw_tensor *b_gelu(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_gelu(c, in[0], ARGS(u)->form);
+}
+
+static struct fw_tensor *b_relu(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_relu(c, in[0]);
+}
+
+static struct fw_tensor *b_silu(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_silu(c, in[0]);
+}
+
+static struct fw_tensor *b_tanh(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_tanh(c, in[0]);
+}
+
+static struct fw_tensor *b_sigmoid(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_sigmoid(c, in[0]);
+}
+
+static struct fw_tensor *b_softmax(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_softmax(c, in[0], in[1], ARGS(u)->causal, ARGS(u)->s);
+}
+
+static struct fw_tensor *b_dropout(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_dropout(c, in[0], ARGS(u)->p, ARGS(u)->seed);
+}
+
+static struct fw_tensor *b_ce(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_cross_entropy(c, in[0], in[1], in[2], ARGS(u)->ignore);
+}
+
+static struct fw_tensor *b_concat(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_concat(c, in[0], in[1], ARGS(u)->axis);
+}
+
+static struct fw_tensor *b_slice(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_slice(c, in[0], ARGS(u)->axis, ARGS(u)->start, ARGS(u)->len);
+}
+
+static struct fw_tensor *b_reshape(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	/* through an op so the reshape's gradient aliases a node's gradient */
+	return fw_tanh(c, fw_reshape(c, fw_scale(c, in[0], 1.5f), ARGS(u)->nd, ARGS(u)->shape));
+}
+
+static struct fw_tensor *b_permute(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_sigmoid(c, fw_permute(c, in[0], ARGS(u)->perm));
+}
+
+static struct fw_tensor *b_transpose_cont(struct fw_ctx *c, struct fw_tensor *const *in,
+					  void *u)
+{
+	return fw_cont(c, fw_transpose(c, in[0], 0, -1));
+}
+
+static struct fw_tensor *b_transpose_mm(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_matmul(c, in[0], fw_transpose(c, in[1], -1, -2), false, false);
+}
+
+static struct fw_tensor *b_reshape_views(struct fw_ctx *c, struct fw_tensor *const *in,
+					 void *u)
+{
+	/* reshape of a transposed (copied) and of a sliced (aliased) view */
+	struct fw_tensor *a = fw_reshape(c, fw_transpose(c, in[0], 0, 1), 1, (int64_t[]){ -1 });
+	struct fw_tensor *b = fw_reshape(c, fw_slice(c, in[0], 0, 1, 2), 1, (int64_t[]){ -1 });
+	return fw_concat(c, fw_tanh(c, a), fw_sigmoid(c, b), 0);
+}
+
+static struct fw_tensor *b_sum(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_sum(c, in[0], ARGS(u)->axis, ARGS(u)->keepdim);
+}
+
+static struct fw_tensor *b_mean(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_mean(c, in[0], ARGS(u)->axis, ARGS(u)->keepdim);
+}
+
+static struct fw_tensor *b_cast(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_cast(c, fw_cast(c, in[0], FW_BF16), FW_F32);
+}
+
+/* --- data for the inputs that are not plain random ------------------------------- */
+
+static const int32_t ids_2x3[] = { 1, 3, 1, 6, 0, 3 };
+static const int32_t ids_oob[] = { 2, -1, 5, 6, 0, 2, 100, 1 };
+static const int32_t tgt_2x3[] = { 1, 6, 0, 3, 3, 2 };
+static const int32_t tgt_ign[] = { 1, FW_IGNORE_INDEX, 4, 0, 5, 3, -1, 2 };
+static const float ce_mask[] = { 1, 1, 1, 0, 1, 1, 1, 1 };
+static const float pad_mask[] = {            /* (2, 1, 5): key padding */
+	0, 0, 0, -INFINITY, -INFINITY,
+	-INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY,
+};
+static const float row_mask[] = {            /* (3, 4): row 1 fully masked */
+	0, 0, -INFINITY, 0,
+	-INFINITY, -INFINITY, -INFINITY, -INFINITY,
+	0, 0, 0, 0,
+};
+/* Multiples of 1/32 with at most 8 significant bits: exact in bf16, and so
+ * are x +- 1/32, so the round trip through bf16 is exact at every probe. */
+static float bf16_grid[24];
+
+/* --- the table ------------------------------------------------------------------- */
+
+#define F(nm, ...) { .name = nm, .ndim = sizeof((int64_t[]){ __VA_ARGS__ }) / 8, \
+		     .ne = { __VA_ARGS__ }, .grad = true }
+#define FR(nm, lo_, hi_, ...) { .name = nm, .ndim = sizeof((int64_t[]){ __VA_ARGS__ }) / 8, \
+				.ne = { __VA_ARGS__ }, .grad = true, .lo = lo_, .hi = hi_ }
+#define CONST(nm, ptr, ...) { .name = nm, .ndim = sizeof((int64_t[]){ __VA_ARGS__ }) / 8, \
+			      .ne = { __VA_ARGS__ }, .data = ptr }
+#define INT(nm, ptr, ...) { .name = nm, .dtype = FW_I32, \
+			    .ndim = sizeof((int64_t[]){ __VA_ARGS__ }) / 8, \
+			    .ne = { __VA_ARGS__ }, .data = ptr }
+#define NONE { .name = NULL }
+
+struct gentry {
+	const char *name;
+	fwt_build_fn build;
+	struct args a;
+	int n;
+	struct fwt_input in[4];
+	double tol;
+};
+
+static struct gentry cases[] = {
+	{ "matmul", b_matmul, { 0 }, 2, { F("a", 3, 4), F("b", 4, 5) }, 0 },
+	{ "matmul_ta", b_matmul, { .ta = true }, 2, { F("a", 4, 3), F("b", 4, 5) }, 0 },
+	{ "matmul_tb", b_matmul, { .tb = true }, 2, { F("a", 3, 4), F("b", 5, 4) }, 0 },
+	{ "matmul_tab", b_matmul, { .ta = true, .tb = true }, 2,
+	  { F("a", 4, 3), F("b", 5, 4) }, 0 },
+	{ "matmul_b3", b_matmul, { 0 }, 2, { F("a", 2, 3, 4), F("b", 2, 4, 2) }, 0 },
+	{ "matmul_b4_tb", b_matmul, { .tb = true }, 2,
+	  { F("a", 2, 2, 3, 4), F("b", 2, 2, 5, 4) }, 0 },
+	{ "matmul_bcast", b_matmul, { 0 }, 2, { F("a", 2, 3, 4), F("b", 4, 3) }, 0 },
+	{ "matmul_bcast_ta", b_matmul, { .ta = true }, 2, { F("a", 2, 4, 3), F("b", 4, 3) }, 0 },
+	{ "linear", b_linear, { 0 }, 3, { F("x", 2, 3, 4), F("w", 5, 4), F("bias", 5) }, 0 },
+	{ "add", b_add, { 0 }, 2, { F("a", 3, 4), F("b", 3, 4) }, 0 },
+	{ "add_row", b_add, { 0 }, 2, { F("a", 2, 3, 4), F("b", 4) }, 0 },
+	{ "add_gen", b_add, { 0 }, 2, { F("a", 2, 1, 4), F("b", 3, 1) }, 0 },
+	{ "sub", b_sub, { 0 }, 2, { F("a", 3, 4), F("b", 3, 4) }, 0 },
+	{ "sub_left", b_sub, { 0 }, 2, { F("a", 3, 1), F("b", 2, 3, 4) }, 0 },
+	{ "sub_gen", b_sub, { 0 }, 2, { F("a", 2, 1, 4), F("b", 3, 1) }, 0 },
+	{ "mul", b_mul, { 0 }, 2, { F("a", 3, 4), F("b", 3, 4) }, 0 },
+	{ "mul_row", b_mul, { 0 }, 2, { F("a", 2, 3, 4), F("b", 4) }, 0 },
+	{ "mul_gen", b_mul, { 0 }, 2, { F("a", 2, 1, 4), F("b", 3, 1) }, 0 },
+	{ "scale", b_scale, { .s = -1.75f }, 1, { F("x", 3, 4) }, 0 },
+	{ "embedding", b_embedding, { 0 }, 2, { F("table", 7, 5), INT("ids", ids_2x3, 2, 3) }, 0 },
+	{ "embedding_oob", b_embedding, { 0 }, 2,
+	  { F("table", 6, 3), INT("ids", ids_oob, 2, 4) }, 0 },
+	{ "layernorm", b_layernorm, { .eps = 1e-5f }, 3,
+	  { FR("x", -2, 2, 3, 6), FR("w", 0.5f, 1.5f, 6), F("b", 6) }, 0 },
+	{ "layernorm_w", b_layernorm, { .eps = 1e-3f }, 2,
+	  { FR("x", -2, 2, 3, 5), FR("w", 0.5f, 1.5f, 5) }, 0 },
+	{ "layernorm_b", b_layernorm, { .eps = 1e-5f }, 3,
+	  { FR("x", -2, 2, 3, 5), NONE, F("b", 5) }, 0 },
+	{ "layernorm_plain", b_layernorm, { .eps = 1e-5f }, 1, { FR("x", -2, 2, 2, 2, 5) }, 0 },
+	{ "rmsnorm", b_rmsnorm, { .eps = 1e-6f }, 2, { FR("x", -2, 2, 3, 6), FR("w", 0.5f, 1.5f, 6) }, 0 },
+	{ "rmsnorm_plain", b_rmsnorm, { .eps = 1e-5f }, 1, { FR("x", -2, 2, 4, 5) }, 0 },
+	{ "gelu_erf", b_gelu, { .form = FW_GELU_ERF }, 1, { FR("x", -4, 4, 3, 7) }, 0 },
+	{ "gelu_tanh", b_gelu, { .form = FW_GELU_TANH }, 1, { FR("x", -4, 4, 3, 7) }, 0 },
+	{ "relu", b_relu, { 0 }, 1,
+	  { { .name = "x", .ndim = 2, .ne = { 3, 7 }, .grad = true, .lo = -2, .hi = 2,
+	      .min_abs = 0.05f } }, 0 },
+	{ "silu", b_silu, { 0 }, 1, { FR("x", -5, 5, 3, 7) }, 0 },
+	{ "tanh", b_tanh, { 0 }, 1, { FR("x", -3, 3, 3, 7) }, 0 },
+	{ "sigmoid", b_sigmoid, { 0 }, 1, { FR("x", -6, 6, 3, 7) }, 0 },
+	{ "softmax", b_softmax, { .s = 1.0f }, 2, { FR("x", -2, 2, 3, 6), NONE }, 0 },
+	{ "softmax_scale", b_softmax, { .s = 0.35f }, 2, { FR("x", -4, 4, 2, 3, 6), NONE }, 0 },
+	{ "softmax_causal", b_softmax, { .causal = true, .s = 1.0f }, 2,
+	  { FR("x", -2, 2, 2, 4, 4), NONE }, 0 },
+	{ "softmax_causal_tq_lt_tk", b_softmax, { .causal = true, .s = 0.5f }, 2,
+	  { FR("x", -2, 2, 2, 3, 5), NONE }, 0 },
+	{ "softmax_bias", b_softmax, { .s = 0.5f }, 2,
+	  { FR("x", -2, 2, 2, 3, 4, 4), F("bias", 4, 4) }, 0 },
+	{ "softmax_bias_bcast_causal", b_softmax, { .causal = true, .s = 1.0f }, 2,
+	  { FR("x", -2, 2, 2, 3, 5), F("bias", 2, 1, 5) }, 0 },
+	{ "softmax_padmask", b_softmax, { .s = 0.7f }, 2,
+	  { FR("x", -2, 2, 2, 3, 5), CONST("mask", pad_mask, 2, 1, 5) }, 0 },
+	{ "softmax_rowmask_causal", b_softmax, { .causal = true, .s = 1.0f }, 2,
+	  { FR("x", -2, 2, 2, 3, 4), CONST("mask", row_mask, 3, 4) }, 0 },
+	{ "dropout", b_dropout, { .p = 0.25f, .seed = 1234 }, 1, { F("x", 4, 8) }, 0 },
+	{ "cross_entropy", b_ce, { .ignore = FW_IGNORE_INDEX }, 3,
+	  { FR("logits", -3, 3, 2, 3, 7), INT("targets", tgt_2x3, 2, 3), NONE }, 0 },
+	{ "cross_entropy_ignore_mask", b_ce, { .ignore = FW_IGNORE_INDEX }, 3,
+	  { FR("logits", -3, 3, 8, 6), INT("targets", tgt_ign, 8), CONST("mask", ce_mask, 8) }, 0 },
+	{ "concat_axis0", b_concat, { .axis = 0 }, 2, { F("a", 2, 3), F("b", 4, 3) }, 0 },
+	{ "concat_last", b_concat, { .axis = 2 }, 2, { F("a", 2, 3, 2), F("b", 2, 3, 4) }, 0 },
+	{ "concat_neg", b_concat, { .axis = -2 }, 2, { F("a", 2, 2, 3), F("b", 2, 1, 3) }, 0 },
+	{ "slice_mid", b_slice, { .axis = 1, .start = 2, .len = 3 }, 1, { F("x", 4, 6) }, 0 },
+	{ "slice_first", b_slice, { .axis = 0, .start = 1, .len = 2 }, 1, { F("x", 4, 3, 2) }, 0 },
+	{ "reshape", b_reshape, { .nd = 2, .shape = { 4, -1 } }, 1, { F("x", 2, 3, 4) }, 0 },
+	{ "reshape_of_views", b_reshape_views, { 0 }, 1, { F("x", 4, 3) }, 0 },
+	{ "permute", b_permute, { .perm = { 2, 0, 1 } }, 1, { F("x", 2, 3, 4) }, 0 },
+	{ "transpose_cont", b_transpose_cont, { 0 }, 1, { F("x", 3, 2, 5) }, 0 },
+	{ "transpose_matmul", b_transpose_mm, { 0 }, 2, { F("q", 2, 3, 4), F("k", 2, 5, 4) }, 0 },
+	{ "sum_axis", b_sum, { .axis = 1 }, 1, { F("x", 3, 4, 5) }, 0 },
+	{ "sum_keepdim", b_sum, { .axis = -1, .keepdim = true }, 1, { F("x", 3, 4, 5) }, 0 },
+	{ "sum_all", b_sum, { .axis = FW_AXIS_ALL }, 1, { F("x", 3, 4) }, 0 },
+	{ "mean_axis", b_mean, { .axis = 0 }, 1, { F("x", 3, 4, 5) }, 0 },
+	{ "mean_keepdim", b_mean, { .axis = 1, .keepdim = true }, 1, { F("x", 3, 4, 5) }, 0 },
+	{ "mean_all", b_mean, { .axis = FW_AXIS_ALL, .keepdim = true }, 1, { F("x", 2, 3, 4) }, 0 },
+	{ "cast_bf16", b_cast, { 0 }, 1,
+	  { { .name = "x", .ndim = 2, .ne = { 4, 6 }, .grad = true, .data = bf16_grid,
+	      .h = 1.0 / 32 } }, 0 },
+};
+
+#define N_CASES ((int)(sizeof(cases) / sizeof(cases[0])))
+
+START_TEST(test_op)
+{
+	struct gentry *e = &cases[_i];
+	for (int k = 0; k < 24; k++)
+		bf16_grid[k] = (float)((k * 37) % 241 - 120) / 32.0f;
+	/* NONE is an absent optional source: the builder gets NULL there */
+	struct fwt_gc_opts o = { .tol = e->tol, .seed = (uint64_t)_i };
+	int r = fwt_gradcheck_ex(e->name, e->n, e->in, e->build, &e->a, &o);
+	ck_assert_msg(r == 0, "%s: gradient check failed (%d elements, details on stderr)",
+		      e->name, r);
+}
+END_TEST
+
+/* --- the checker on a plugin op ------------------------------------------------- */
+
+/* y = x^2 * w (w broadcast over rows of x (R, C), w (C)); the bad variant
+ * forgets the factor 2 in dx. */
+static enum fw_status sq_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *x = out->src[0], *w = out->src[1];
+	if (x->ndim != 2 || w->ndim != 1 || w->ne[0] != x->ne[1])
+		return fw_errorf(err, FW_ERR_SHAPE, "square: bad shapes");
+	out->dtype = FW_F32;
+	out->ndim = 2;
+	out->ne[0] = x->ne[0];
+	out->ne[1] = x->ne[1];
+	return FW_OK;
+}
+
+static void sq_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const float *x = fw_f32(out->src[0]), *w = fw_f32(out->src[1]);
+	int64_t C = out->ne[1];
+	for (int64_t i = 0; i < fw_nelem(out); i++)
+		fw_f32(out)[i] = x[i] * x[i] * w[i % C];
+}
+
+static void sq_backward_k(struct fw_tensor *out, float k)
+{
+	const float *x = fw_f32(out->src[0]), *w = fw_f32(out->src[1]);
+	const float *dy = fw_f32(out->grad);
+	int64_t C = out->ne[1];
+	for (int64_t i = 0; i < fw_nelem(out); i++) {
+		if (out->src[0]->grad)
+			fw_f32(out->src[0]->grad)[i] += k * x[i] * w[i % C] * dy[i];
+		if (out->src[1]->grad)
+			fw_f32(out->src[1]->grad)[i % C] += x[i] * x[i] * dy[i];
+	}
+}
+
+static void sq_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	sq_backward_k(out, 2.0f);
+}
+
+static void sq_backward_bad(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	sq_backward_k(out, 1.0f);
+}
+
+static const struct fw_op_i sq_op = {
+	.size = sizeof(struct fw_op_i), .name = "gradcheck.square",
+	.infer = sq_infer, .forward = sq_forward, .backward = sq_backward,
+};
+static const struct fw_op_i sq_bad_op = {
+	.size = sizeof(struct fw_op_i), .name = "gradcheck.square_bad",
+	.infer = sq_infer, .forward = sq_forward, .backward = sq_backward_bad,
+};
+
+static int op_id(const struct fw_op_i *vt)
+{
+	for (int id = FW_OP_COUNT; fw_op_get(id); id++)
+		if (fw_op_get(id) == vt)
+			return id;
+	struct fw_err err = { 0 };
+	int id = fw_op_register(vt, &err);
+	ck_assert_msg(id >= FW_OP_COUNT, "register %s: %s", vt->name, err.msg);
+	return id;
+}
+
+static struct fw_tensor *b_plugin(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	struct fw_tensor *src[2] = { in[0], in[1] };
+	return fw_op_custom(c, *(int *)u, src, 2, NULL, 0);
+}
+
+START_TEST(test_plugin_op)
+{
+	struct fwt_input in[2] = { F("x", 3, 4), F("w", 4) };
+	int good = op_id(&sq_op), bad = op_id(&sq_bad_op);
+	ck_assert_int_eq(fwt_gradcheck("plugin square", 2, in, b_plugin, &good, 1e-2), 0);
+	struct fwt_gc_opts o = { .quiet = true };
+	int r = fwt_gradcheck_ex("plugin square_bad", 2, in, b_plugin, &bad, &o);
+	/* every dx element is off by a factor 2; dw is right */
+	ck_assert_msg(r >= 10 && r <= 12, "a wrong backward gave %d failing elements, expected 12", r);
+}
+END_TEST
+
+/* --- dropout ------------------------------------------------------------------------ */
+
+#define DN 100000
+
+struct drop {
+	struct fw_ctx *ctx;
+	struct fw_tensor *x, *y, *loss;
+	struct fw_graph *g;
+};
+
+/* y = dropout(x, p, seed), x a trainable (1e5) parameter; with_loss adds
+ * loss = sum(y) and a backward pass. */
+static struct drop drop_new(float p, uint64_t seed, bool training, bool with_loss)
+{
+	struct drop d = { .ctx = fw_ctx_new() };
+	d.x = fw_param(d.ctx, "x", FW_F32, 1, (int64_t[]){ DN }, true);
+	d.y = fw_dropout(d.ctx, d.x, p, seed);
+	ck_assert_msg(d.y != NULL, "dropout: %s", fw_ctx_err(d.ctx)->msg);
+	struct fw_tensor *outs[2] = { d.y, d.y };
+	int n = 1;
+	if (with_loss) {
+		d.loss = fw_sum(d.ctx, d.y, FW_AXIS_ALL, false);
+		outs[0] = d.loss;
+		n = 2;
+	}
+	d.g = fw_graph_new(d.ctx, outs, n, &(struct fw_graph_opts){
+		.backward = with_loss, .training = training });
+	ck_assert_msg(d.g != NULL, "graph: %s", fw_ctx_err(d.ctx)->msg);
+	struct fwt_rng r = fwt_rng_new(7);
+	fwt_fill_uniform(fw_f32(d.x), DN, &r, 0.5f, 1.5f);
+	return d;
+}
+
+static void drop_free(struct drop *d)
+{
+	fw_graph_free(d->g);
+	fw_ctx_free(d->ctx);
+}
+
+START_TEST(test_dropout_stats)
+{
+	const float p = 0.3f;
+	struct drop d = drop_new(p, 42, true, false);
+	ck_assert_int_eq(fw_graph_forward(d.g), FW_OK);
+	const float *x = fw_f32(d.x), *y = fw_f32(d.y);
+	int64_t kept = 0;
+	for (int64_t i = 0; i < DN; i++) {
+		if (y[i] == 0.0f)
+			continue;
+		kept++;
+		double want = x[i] / (1.0 - p);
+		ck_assert_msg(fabs(y[i] - want) <= 1e-6 * want,
+			      "kept element %lld is %.9g, expected x/(1-p) = %.9g",
+			      (long long)i, (double)y[i], want);
+	}
+	double frac = (double)kept / DN, sigma = sqrt(p * (1 - p) / DN);
+	ck_assert_msg(fabs(frac - (1 - p)) <= 4 * sigma,
+		      "kept fraction %.5f, expected %.2f +- %.5f (4 sigma)", frac, 1 - p,
+		      4 * sigma);
+	drop_free(&d);
+}
+END_TEST
+
+START_TEST(test_dropout_threads)
+{
+	struct drop d = drop_new(0.5f, 99, true, false);
+	float *y1 = malloc(DN * sizeof(float));
+	fw_set_num_threads(1);
+	ck_assert_int_eq(fw_graph_forward(d.g), FW_OK);
+	memcpy(y1, fw_f32(d.y), DN * sizeof(float));
+	fw_set_num_threads(2);
+	ck_assert_int_eq(fw_get_num_threads(), 2);
+	ck_assert_int_eq(fw_graph_forward(d.g), FW_OK);
+	ck_assert_msg(memcmp(y1, fw_f32(d.y), DN * sizeof(float)) == 0,
+		      "dropout differs between 1 and 2 threads");
+	/* and the same again on a rerun */
+	ck_assert_int_eq(fw_graph_forward(d.g), FW_OK);
+	ck_assert(memcmp(y1, fw_f32(d.y), DN * sizeof(float)) == 0);
+	free(y1);
+	drop_free(&d);
+}
+END_TEST
+
+START_TEST(test_dropout_backward_mask)
+{
+	const float p = 0.25f;
+	fw_set_num_threads(2);
+	struct drop d = drop_new(p, 5, true, true);
+	fw_graph_set_step(d.g, 3);
+	ck_assert_int_eq(fw_graph_forward(d.g), FW_OK);
+	ck_assert_int_eq(fw_graph_backward(d.g), FW_OK);
+	const float *x = fw_f32(d.x), *y = fw_f32(d.y), *gx = fw_f32(d.x->grad);
+	int64_t bad = 0, zeros = 0;
+	for (int64_t i = 0; i < DN; i++) {
+		/* d sum(y) / dx = mask / (1 - p): the forward's mask */
+		float want = y[i] != 0.0f ? 1.0f / (1.0f - p) : 0.0f;
+		zeros += y[i] == 0.0f;
+		if (fabsf(gx[i] - want) > 1e-6f * want || fabsf(x[i] * gx[i] - y[i]) > 1e-6f * y[i])
+			bad++;
+	}
+	ck_assert_msg(bad == 0, "%lld gradients do not follow the forward mask", (long long)bad);
+	ck_assert(zeros > DN / 5 && zeros < DN / 3);
+	drop_free(&d);
+}
+END_TEST
+
+static int64_t mask_diff(const float *a, const float *b, int64_t n)
+{
+	int64_t k = 0;
+	for (int64_t i = 0; i < n; i++)
+		k += (a[i] == 0.0f) != (b[i] == 0.0f);
+	return k;
+}
+
+START_TEST(test_dropout_step_seed_node)
+{
+	const float p = 0.3f;
+	struct drop d = drop_new(p, 11, true, false);
+	float *a = malloc(DN * sizeof(float));
+	double expect = 2 * p * (1 - p) * DN;     /* mismatches of two independent masks */
+
+	fw_graph_set_step(d.g, 1);
+	fw_graph_forward(d.g);
+	memcpy(a, fw_f32(d.y), DN * sizeof(float));
+	fw_graph_set_step(d.g, 2);
+	fw_graph_forward(d.g);
+	int64_t k = mask_diff(a, fw_f32(d.y), DN);
+	ck_assert_msg(k > 0.8 * expect && k < 1.2 * expect,
+		      "steps 1 and 2: %lld of %d mask entries differ, expected ~%.0f",
+		      (long long)k, DN, expect);
+	fw_graph_set_step(d.g, 1);
+	fw_graph_forward(d.g);
+	ck_assert_msg(memcmp(a, fw_f32(d.y), DN * sizeof(float)) == 0,
+		      "the same step gave another mask");
+	drop_free(&d);
+
+	struct drop e = drop_new(p, 12, true, false);
+	fw_graph_set_step(e.g, 1);
+	fw_graph_forward(e.g);
+	k = mask_diff(a, fw_f32(e.y), DN);
+	ck_assert_msg(k > 0.8 * expect, "seeds 11 and 12 give masks differing in %lld only",
+		      (long long)k);
+	drop_free(&e);
+
+	/* two dropout nodes with the same seed in one graph: different masks */
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_tensor *x = fw_input(ctx, "x", FW_F32, 1, (int64_t[]){ DN });
+	struct fw_tensor *y[2] = { fw_dropout(ctx, x, p, 3), fw_dropout(ctx, x, p, 3) };
+	struct fw_graph *g = fw_graph_new(ctx, y, 2, &(struct fw_graph_opts){ .training = true });
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+	for (int64_t i = 0; i < DN; i++)
+		fw_f32(x)[i] = 1.0f;
+	fw_graph_forward(g);
+	k = mask_diff(fw_f32(y[0]), fw_f32(y[1]), DN);
+	ck_assert_msg(k > 0.8 * expect, "two nodes, one seed: masks differ in %lld only",
+		      (long long)k);
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+	free(a);
+}
+END_TEST
+
+START_TEST(test_dropout_eval_identity)
+{
+	struct drop d = drop_new(0.5f, 42, false, true);
+	ck_assert_int_eq(fw_graph_forward(d.g), FW_OK);
+	ck_assert_msg(memcmp(fw_f32(d.x), fw_f32(d.y), DN * sizeof(float)) == 0,
+		      "dropout without training is not the identity");
+	ck_assert_int_eq(fw_graph_backward(d.g), FW_OK);
+	for (int64_t i = 0; i < DN; i++)
+		ck_assert_msg(fw_f32(d.x->grad)[i] == 1.0f, "eval dropout grad[%lld] = %g",
+			      (long long)i, (double)fw_f32(d.x->grad)[i]);
+	drop_free(&d);
+}
+END_TEST
+
+/* --- cross-entropy: ignored and masked tokens get no gradient ---------------------- */
+
+START_TEST(test_ce_ignored_zero_grad)
+{
+	enum { N = 6, V = 5 };
+	static const int32_t tgt[N] = { 1, FW_IGNORE_INDEX, 3, 0, 7, 2 };   /* 7: out of range */
+	static const float mask[N] = { 1, 1, 0, 1, 1, 1 };
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_tensor *x = fw_param(ctx, "logits", FW_F32, 2, (int64_t[]){ N, V }, true);
+	struct fw_tensor *t = fw_input(ctx, "t", FW_I32, 1, (int64_t[]){ N });
+	struct fw_tensor *m = fw_input(ctx, "m", FW_F32, 1, (int64_t[]){ N });
+	struct fw_tensor *loss = fw_cross_entropy(ctx, x, t, m, FW_IGNORE_INDEX);
+	ck_assert_msg(loss != NULL, "%s", fw_ctx_err(ctx)->msg);
+	struct fw_graph *g = fw_graph_new(ctx, &loss, 1, &(struct fw_graph_opts){
+		.backward = true, .training = true });
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+	struct fwt_rng r = fwt_rng_new(3);
+	fwt_fill_uniform(fw_f32(x), N * V, &r, -3, 3);
+	fwt_write(t, tgt);
+	fwt_write(m, mask);
+	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+	ck_assert_int_eq(fw_graph_backward(g), FW_OK);
+
+	/* the reference on the host, in double: mean over rows 0, 3, 5 */
+	double want = 0;
+	const float *xv = fw_f32(x), *gx = fw_f32(x->grad);
+	int counted[N] = { 1, 0, 0, 1, 0, 1 }, n = 3;
+	for (int i = 0; i < N; i++) {
+		if (!counted[i])
+			continue;
+		double mx = -INFINITY, s = 0;
+		for (int j = 0; j < V; j++)
+			mx = fmax(mx, xv[i * V + j]);
+		for (int j = 0; j < V; j++)
+			s += exp(xv[i * V + j] - mx);
+		want += (mx + log(s) - xv[i * V + tgt[i]]) / n;
+		for (int j = 0; j < V; j++) {
+			double gw = (exp(xv[i * V + j] - mx) / s - (j == tgt[i])) / n;
+			ck_assert_msg(fabs(gx[i * V + j] - gw) <= 1e-6 + 1e-5 * fabs(gw),
+				      "grad[%d][%d] = %.9g, expected %.9g", i, j,
+				      (double)gx[i * V + j], gw);
+		}
+	}
+	ck_assert_msg(fabs(fw_f32(loss)[0] - want) <= 1e-5 * fabs(want),
+		      "loss %.9g, expected %.9g", (double)fw_f32(loss)[0], want);
+	for (int i = 0; i < N; i++)
+		for (int j = 0; j < V && !counted[i]; j++)
+			ck_assert_msg(gx[i * V + j] == 0.0f,
+				      "row %d (ignored/masked/out of range) has grad[%d] = %g", i,
+				      j, (double)gx[i * V + j]);
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("gradcheck");
+	TCase *ops = fwt_tcase("ops", 120);
+	tcase_add_loop_test(ops, test_op, 0, N_CASES);
+	tcase_add_test(ops, test_plugin_op);
+	suite_add_tcase(s, ops);
+	TCase *drop = fwt_tcase("dropout", 120);
+	tcase_add_test(drop, test_dropout_stats);
+	tcase_add_test(drop, test_dropout_threads);
+	tcase_add_test(drop, test_dropout_backward_mask);
+	tcase_add_test(drop, test_dropout_step_seed_node);
+	tcase_add_test(drop, test_dropout_eval_identity);
+	suite_add_tcase(s, drop);
+	TCase *ce = fwt_tcase("cross_entropy", 120);
+	tcase_add_test(ce, test_ce_ignored_zero_grad);
+	suite_add_tcase(s, ce);
+	return fwt_run_suite(s);
+}
