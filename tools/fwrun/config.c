@@ -62,6 +62,11 @@ static const struct fw_option_def run_defs[] = {
 	  "checkpoint to resume from, or a weights file to start from" },
 	{ "threads", FW_OPT_INT, "0", 0, 4096, NULL, "threads (0 = all cores)" },
 	{ "log-interval", FW_OPT_INT, "1", 1, 1e12, NULL, "log every N steps" },
+	{ "prompt-tokens", FW_OPT_STRING, "", 0, -1, NULL, "generate: prompt token ids, comma-separated" },
+	{ "max-new-tokens", FW_OPT_INT, "32", 1, 1 << 20, NULL, "generate: tokens to produce" },
+	{ "temperature", FW_OPT_FLOAT, "1.0", 0, 100, NULL, "generate: sampling temperature (0 = greedy)" },
+	{ "top-k", FW_OPT_INT, "0", 0, 1 << 24, NULL, "generate: keep the k most likely tokens (0 = all)" },
+	{ "top-p", FW_OPT_FLOAT, "1.0", 0, 1, NULL, "generate: nucleus sampling mass" },
 };
 
 const struct fw_option_def *run_option_defs(int *n)

@@ -73,6 +73,9 @@ extern const char *const wsd_styles[];
 /* lr for iteration n (1-based): warmup is n/warmup, reaching max at n = warmup. */
 double lr_at(const struct lr_schedule *s, int64_t n);
 
+/* --load=DIR means the newest ckpt-*.h5 in it; a file is taken as it is. */
+enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err);
+
 /* --- subcommands ------------------------------------------------------------------- */
 
 int cmd_list(int argc, char **argv);
@@ -80,6 +83,7 @@ int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_plan(int argc, char **argv);
 int cmd_import(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 
 /* Prints "fwrun: MSG" on stderr, returns code. */

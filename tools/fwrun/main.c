@@ -33,19 +33,6 @@ static const char usage[] =
 	"FW_PLUGIN_PATH, the install directory, then the build tree.\n"
 	"'fwrun COMMAND --help' describes each command.\n";
 
-/* Commands whose implementation arrives with later work: a clear message,
- * never a silent success. */
-static int not_yet(const char *cmd, int argc, char **argv)
-{
-	for (int i = 0; i < argc; i++) {
-		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-			printf("usage: fwrun %s ...\nnot available in this build of fw yet.\n", cmd);
-			return EXIT_OK;
-		}
-	}
-	return die(EXIT_RUNTIME, "%s: not available in this build of fw yet", cmd);
-}
-
 int main(int argc, char **argv)
 {
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") ||
@@ -69,7 +56,7 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "export"))
 		return cmd_export(argc, argv);
 	if (!strcmp(cmd, "generate"))
-		return not_yet(cmd, argc, argv);
+		return cmd_generate(argc, argv);
 	static const char *const cmds[] = { "train", "eval", "generate", "plan", "list",
 					    "import", "export" };
 	const char *near = fw_nearest_name(cmd, cmds, 7);

@@ -552,7 +552,7 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 }
 
 /* --load=DIR picks the newest ckpt-*.h5 in it. */
-static enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
+enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
 {
 	struct stat st;
 	if (stat(arg, &st) != 0)

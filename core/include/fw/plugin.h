@@ -93,13 +93,16 @@ struct fw_options;
 enum fw_mask_kind { FW_MASK_CAUSAL = 0, FW_MASK_BIDIRECTIONAL, FW_MASK_CROSS };
 enum fw_pos_kind { FW_POS_NONE = 0, FW_POS_ROPE, FW_POS_ALIBI, FW_POS_RELATIVE };
 
-/* Generation cache of one attention layer: k, v are (B, Tmax, Hkv, D)
- * persistent tensors; len is an i32 input [1] holding the number of valid
- * positions before this step. The attention writes the new keys and values
- * at len and attends over [0, len + Tq). */
+/* Generation cache of one attention layer. The host sets max_len, and the
+ * shared inputs len (i32 [1]: valid positions before this step) and mask
+ * (f32 [max_len]: 0 up to and including the new positions, -inf after). The
+ * attention plugin creates k and v itself, as persistent inputs of shape
+ * (B, max_len, Hkv, D), writes the step's keys and values at len, and
+ * attends over all max_len positions under the mask: O(max_len) a token. */
 struct fw_kv_cache {
 	struct fw_tensor *k, *v;
 	struct fw_tensor *len;
+	struct fw_tensor *mask;
 	int64_t max_len;
 };
 

@@ -121,14 +121,24 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 		return h->errorf(err, FW_ERR_INVALID,
 				 "arch/decoder: --seq-length %lld exceeds --n-positions %lld",
 				 (long long)T, (long long)d->n_pos);
+	bool decode = m->caches != NULL;
+	if (decode && (m->n_caches != d->n_layer || m->caches[0].max_len > d->n_pos || T != 1))
+		return h->errorf(err, FW_ERR_INVALID,
+				 "arch/decoder: generating needs %lld caches of at most %lld positions "
+				 "and one token a step", (long long)d->n_layer, (long long)d->n_pos);
 	int64_t bt[2] = { B, T };
 	m->tokens = h->input(m->ctx, "tokens", FW_I32, 2, bt);
-	m->targets = h->input(m->ctx, "targets", FW_I32, 2, bt);
+	if (!decode)
+		m->targets = h->input(m->ctx, "targets", FW_I32, 2, bt);
 	struct fw_tensor *wte = param(d, m, 2, d->vocab, C, "wte.weight", 0);
 	struct fw_tensor *wpe = param(d, m, 2, d->n_pos, C, "wpe.weight", 0);
 	h->init_normal(m, wte, 0.02f);
 	h->init_normal(m, wpe, 0.01f);
-	struct fw_tensor *pos = T == d->n_pos ? wpe : h->slice(m->ctx, wpe, 0, 0, T);
+	struct fw_tensor *pos;
+	if (decode)             /* the position of this step's token: cache length */
+		pos = h->embedding(m->ctx, wpe, m->caches[0].len);
+	else
+		pos = T == d->n_pos ? wpe : h->slice(m->ctx, wpe, 0, 0, T);
 	struct fw_tensor *x = h->add(m->ctx, h->embedding(m->ctx, wte, m->tokens), pos);
 	x = dropout(d, m, h->embed(m, x), -1);
 	for (int l = 0; l < d->n_layer; l++) {
@@ -145,6 +155,9 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 		h->init_normal(m, head, 0.02f);
 	}
 	m->logits = h->matmul(m->ctx, x, head, false, true);      /* (B, T, V) */
+	if (decode)
+		return m->logits ? FW_OK : h->errorf(err, h->ctx_err(m->ctx)->status,
+						     "arch/decoder: %s", h->ctx_err(m->ctx)->msg);
 	m->loss = h->cross_entropy(m->ctx, m->logits, m->targets, m->loss_mask, FW_IGNORE_INDEX);
 	if (!m->loss) {
 		struct fw_err *e = h->ctx_err(m->ctx);
