@@ -8,6 +8,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -740,6 +741,10 @@ int cmd_train(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
+	struct rusage ru;
+	if (getrusage(RUSAGE_SELF, &ru) == 0)
+		fprintf(stderr, "fwrun: peak memory (RSS) %.1f MiB; planned %.1f MiB\n",
+			ru.ru_maxrss / 1024.0, mr.total / 1048576.0);
 	rc = EXIT_OK;
 out:
 	free_session(&s);
