@@ -23,10 +23,8 @@ struct fw_ctx {
 	int segment_cur;             /* 0 outside checkpoint_begin/end */
 };
 
-/* Built-in op vtables, one per enum fw_op (defined in the ops_*.c files).
- * FIXME(dev): weak only while the kernel files land; drop before release. */
-#define FW_BUILTIN_OP extern const struct fw_op_i __attribute__((weak))
-FW_BUILTIN_OP fw_op_matmul_i, fw_op_add_i, fw_op_sub_i, fw_op_mul_i,
+/* Built-in op vtables, one per enum fw_op (defined in the ops_*.c files). */
+extern const struct fw_op_i fw_op_matmul_i, fw_op_add_i, fw_op_sub_i, fw_op_mul_i,
 	fw_op_scale_i, fw_op_embedding_i, fw_op_layernorm_i, fw_op_rmsnorm_i,
 	fw_op_gelu_i, fw_op_relu_i, fw_op_silu_i, fw_op_tanh_i, fw_op_sigmoid_i,
 	fw_op_softmax_i, fw_op_dropout_i, fw_op_cross_entropy_i, fw_op_concat_i,

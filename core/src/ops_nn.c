@@ -11,30 +11,9 @@
 #include <math.h>
 #include <string.h>
 
-#include <omp.h>
+#include "kernel.h"
 
-#include "internal.h"
-
-/* UBSan's checks keep clang from vectorising `omp simd` loops, and -Werror
- * would turn the resulting -Wpass-failed into a failed sanitizer build. */
-#if defined(__clang__) && defined(__has_feature)
-#if __has_feature(undefined_behavior_sanitizer)
-#pragma clang diagnostic ignored "-Wpass-failed"
-#endif
-#endif
-
-#define PAR_MIN 32768        /* elements below which a kernel runs on one thread */
 #define WS_MAX (32u << 20)   /* largest optional scratch a kernel asks for */
-
-static int64_t min64(int64_t a, int64_t b)
-{
-	return a < b ? a : b;
-}
-
-static size_t align64(size_t n)
-{
-	return (n + 63) & ~(size_t)63;
-}
 
 /* exp(x) for x <= 0 (max-subtracted logits), written so that `omp simd`
  * loops vectorise: glibc's expf does not (and clang then warns). Relative
@@ -74,14 +53,6 @@ static float row_max(const float *x, int64_t n)
 	for (int k = 0; k < 16; k++)
 		m = l[k] > m ? l[k] : m;
 	return m;
-}
-
-/* Number of threads whose per-thread scratch of `each` bytes fits in ws. */
-static int ws_threads(const struct fw_exec *ex, size_t each)
-{
-	int nt = omp_get_max_threads();
-	size_t fit = ex && ex->ws ? ex->ws_size / each : 0;
-	return (size_t)nt < fit ? nt : (int)fit;
 }
 
 static const char *dt_name(const struct fw_tensor *t)

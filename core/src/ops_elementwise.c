@@ -1,0 +1,1051 @@
+/* ops_elementwise.c - broadcasting add/sub/mul, scale, activations, dropout.
+ *
+ * All sources and outputs are contiguous f32. Binary ops follow PyTorch
+ * broadcasting: shapes are right-aligned and a dim of size 1 stretches.
+ * Kernels first collapse the broadcast geometry (struct bc): dims of size 1
+ * go, and neighbouring dims that every operand steps through alike merge.
+ * A same-shape add thus becomes one flat loop, and a bias add (N, C) + (C)
+ * becomes N rows of C against a row vector.
+ *
+ * Backward kernels add into the gradients. A broadcast operand's gradient is
+ * a reduction: the row-vector case (bias) sums rows into per-thread double
+ * partials, other patterns give each thread a disjoint part of the gradient.
+ * No atomics, so results are the same from run to run.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "kernel.h"
+
+
+#define WS_MAX (64u << 20)   /* largest scratch the bias gradient asks for */
+#define MAXT 64              /* threads of the scalar-gradient reduction */
+
+static void copy_shape(struct fw_tensor *out, const struct fw_tensor *x)
+{
+	out->dtype = FW_F32;
+	out->ndim = x->ndim;
+	for (int i = 0; i < x->ndim; i++)
+		out->ne[i] = x->ne[i];
+}
+
+/* --- vectorisable math -------------------------------------------------------- */
+
+/* glibc's expf/tanhf/erff do not vectorise (and clang then warns about the
+ * `omp simd` loops). These do; errors measured against double over every
+ * float in [-12, 12]: exp 1.1 ulp, expm1 0.9, sigmoid 2.8, tanh 2.5 and
+ * erf 1.0 (1.2 on targets without FMA). */
+
+/* e^x = 2^n (1 + p) for x <= 0, with x = n ln2 + r, |r| <= ln2/2 and
+ * p = e^r - 1 from its Taylor series to r^7 (truncation < 2e-8 relative).
+ * s = 2^n is built in the exponent bits, as in ARM optimized-routines. */
+struct exp_parts {
+	float s, p;
+};
+
+static inline struct exp_parts exp_split(float x)
+{
+	union { float f; uint32_t u; } z, s;
+	float xc = x < -87.0f ? -87.0f : x;
+	z.f = xc * 0x1.715476p+0f + 0x1.8p23f;          /* n in z's low bits */
+	float n = z.f - 0x1.8p23f;
+	float r = xc - n * 0x1.62e4p-1f;
+	r = r - n * 0x1.7f7d1cp-20f;
+	s.u = (z.u << 23) + 0x3f800000u;                /* 2^n */
+	float p = 1.0f / 5040.0f;
+	p = p * r + 1.0f / 720.0f;
+	p = p * r + 1.0f / 120.0f;
+	p = p * r + 1.0f / 24.0f;
+	p = p * r + 1.0f / 6.0f;
+	p = p * r + 0.5f;
+	p = p * r * r + r;
+	return (struct exp_parts){ s.f, p };
+}
+
+/* e^x for x <= 0; 0 below -87 (where e^x leaves the normal floats). */
+static inline float vexp_neg(float x)
+{
+	struct exp_parts e = exp_split(x);
+	return x < -87.0f ? 0.0f : e.s * e.p + e.s;
+}
+
+/* e^x - 1 for x <= 0, accurate near 0. */
+static inline float vexpm1_neg(float x)
+{
+	struct exp_parts e = exp_split(x);
+	return x < -87.0f ? -1.0f : e.s * e.p + (e.s - 1.0f);
+}
+
+/* 1 / (1 + e^-x), from e^-|x| so that both tails keep relative precision. */
+static inline float vsigmoid(float x)
+{
+	float e = vexp_neg(-fabsf(x));
+	float s = 1.0f / (1.0f + e);
+	return x >= 0.0f ? s : e * s;
+}
+
+/* tanh|x| = -m / (2 + m) with m = e^(-2|x|) - 1. */
+static inline float vtanh(float x)
+{
+	float m = vexpm1_neg(-2.0f * fabsf(x));
+	return copysignf(-m / (2.0f + m), x);
+}
+
+/* erf(x) within 1 ulp: an odd polynomial below |x| = 0.9277, else
+ * 1 - e^q(|x|). Coefficients by N. Juffa (public domain). Written as
+ * a * b + c, which clang contracts to an FMA where the target has one
+ * (fmaf would be a libm call per lane on targets without). */
+static inline float verf(float x)
+{
+	float t = fabsf(x), s = x * x;
+	float tc = t > 4.0f ? 4.0f : t;                 /* erf is 1 beyond */
+	float r = -1.72853470e-5f * tc + 3.83197126e-4f;
+	float u = -3.88396438e-3f * tc + 2.42546219e-2f;
+	r = r * (tc * tc) + u;
+	r = r * tc - 1.06777877e-1f;
+	r = r * tc - 6.34846687e-1f;
+	r = r * tc - 1.28717512e-1f;
+	r = r * tc - tc;
+	float big = copysignf(1.0f - vexp_neg(r), x);
+	float q = -5.96761703e-4f;
+	q = q * s + 4.99119423e-3f;
+	q = q * s - 2.67681349e-2f;
+	q = q * s + 1.12819925e-1f;
+	q = q * s - 3.76125336e-1f;
+	q = q * s + 1.28379166e-1f;
+	q = q * x + x;
+	return t > 0.927734375f ? big : q;
+}
+
+/* --- broadcast geometry ------------------------------------------------------- */
+
+bool fw_broadcastable(const struct fw_tensor *a, const struct fw_tensor *b,
+		      int *ndim, int64_t *shape)
+{
+	int nd = a->ndim > b->ndim ? a->ndim : b->ndim;
+	int64_t ne[FW_MAX_DIMS];
+
+	if (nd > FW_MAX_DIMS)
+		return false;
+	for (int i = 0; i < nd; i++) {
+		int ia = i - (nd - a->ndim), ib = i - (nd - b->ndim);
+		int64_t na = ia >= 0 ? a->ne[ia] : 1, nb = ib >= 0 ? b->ne[ib] : 1;
+		if (na != nb && na != 1 && nb != 1)
+			return false;
+		ne[i] = na == 1 ? nb : na;
+	}
+	if (ndim)
+		*ndim = nd;
+	for (int i = 0; shape && i < nd; i++)
+		shape[i] = ne[i];
+	return true;
+}
+
+/* out's shape and the strides, in elements, with which three operands step
+ * through it: s[0] is out itself (contiguous), s[1] and s[2] are two
+ * broadcast operands (stride 0 along a broadcast dim). The last dim has
+ * stride 0 or 1 for every operand. */
+struct bc {
+	int nd;                          /* collapsed dims, 1..4 */
+	int64_t n;                       /* elements of out */
+	int64_t d[FW_MAX_DIMS];          /* collapsed dims of out */
+	int64_t s[3][FW_MAX_DIMS];
+};
+
+/* Collapses out against p and q, right-aligned; NULL stands for a constant
+ * (stride 0 everywhere). A dim merges into the one inside it when every
+ * operand steps through both as one: s[i] == s[i + 1] d[i + 1]. */
+static void bc_init(struct bc *g, const struct fw_tensor *out,
+		    const struct fw_tensor *p, const struct fw_tensor *q)
+{
+	const struct fw_tensor *t[3] = { out, p, q };
+	int64_t s[3][FW_MAX_DIMS], cd[FW_MAX_DIMS], cs[3][FW_MAX_DIMS];
+	int nd = out->ndim, m = 0;
+
+	for (int k = 0; k < 3; k++) {
+		int64_t st = 1;
+		for (int i = nd - 1; i >= 0; i--) {
+			int j = t[k] ? i - (nd - t[k]->ndim) : -1;
+			int64_t ne = j >= 0 ? t[k]->ne[j] : 1;
+			s[k][i] = ne == 1 ? 0 : st;
+			st *= ne;
+		}
+	}
+	/* Collapse from the innermost dim out: cd[0] is the innermost. */
+	for (int i = nd - 1; i >= 0; i--) {
+		if (out->ne[i] == 1)
+			continue;
+		bool merge = m > 0;
+		for (int k = 0; k < 3 && merge; k++)
+			merge = s[k][i] == cs[k][m - 1] * cd[m - 1];
+		if (merge) {
+			cd[m - 1] *= out->ne[i];
+			continue;
+		}
+		cd[m] = out->ne[i];
+		for (int k = 0; k < 3; k++)
+			cs[k][m] = s[k][i];
+		m++;
+	}
+	if (m == 0) {                    /* one element */
+		cd[0] = 1;
+		for (int k = 0; k < 3; k++)
+			cs[k][0] = 0;
+		m = 1;
+	}
+	g->nd = m;
+	g->n = 1;
+	for (int i = 0; i < m; i++) {
+		g->d[i] = cd[m - 1 - i];
+		g->n *= g->d[i];
+		for (int k = 0; k < 3; k++)
+			g->s[k][i] = cs[k][m - 1 - i];
+	}
+}
+
+/* Offset of operand k at the start of row r (a row is the last dim). */
+static inline int64_t bc_row_off(const struct bc *g, int k, int64_t r)
+{
+	int64_t off = 0;
+	for (int i = g->nd - 2; i >= 0; i--) {
+		off += r % g->d[i] * g->s[k][i];
+		r /= g->d[i];
+	}
+	return off;
+}
+
+/* How operand 1 relates to out: same layout, one element, a row vector
+ * against rows (only the last dim kept), or anything else. */
+enum bc_kind { BC_FULL, BC_SCALAR, BC_ROWVEC, BC_GENERIC };
+
+static enum bc_kind bc_kind_of(const struct bc *g)
+{
+	int kept = 0;
+	for (int i = 0; i < g->nd; i++)
+		kept += g->s[1][i] != 0;
+	if (kept == 0)
+		return BC_SCALAR;
+	if (kept == g->nd)
+		return BC_FULL;
+	if (kept == 1 && g->s[1][g->nd - 1] != 0)
+		return BC_ROWVEC;
+	return BC_GENERIC;
+}
+
+/* --- add, sub, mul -------------------------------------------------------------- */
+
+enum bin_op { BIN_ADD, BIN_SUB, BIN_MUL, BIN_ACC };
+
+/* One loop per stride case (sa, sb each 0 or 1), so that each vectorises;
+ * EXPR reads u = a[j sa] and v = b[j sb]. */
+#define ROW_LOOP(EXPR) do {						\
+	if (sa && sb) {							\
+		_Pragma("omp simd")					\
+		for (int64_t j = 0; j < n; j++) {			\
+			float u = a[j], v = b[j];			\
+			EXPR;						\
+		}							\
+	} else if (sa) {						\
+		float v = b[0];						\
+		_Pragma("omp simd")					\
+		for (int64_t j = 0; j < n; j++) {			\
+			float u = a[j];					\
+			EXPR;						\
+		}							\
+	} else if (sb) {						\
+		float u = a[0];						\
+		_Pragma("omp simd")					\
+		for (int64_t j = 0; j < n; j++) {			\
+			float v = b[j];					\
+			EXPR;						\
+		}							\
+	} else {							\
+		float u = a[0], v = b[0];				\
+		for (int64_t j = 0; j < n; j++)				\
+			EXPR;						\
+	}								\
+} while (0)
+
+/* y (n) = a op b, or y += a b for BIN_ACC. */
+static void bin_row(enum bin_op op, float *y, const float *a, int64_t sa,
+		    const float *b, int64_t sb, int64_t n)
+{
+	switch (op) {
+	case BIN_ADD: ROW_LOOP(y[j] = u + v); break;
+	case BIN_SUB: ROW_LOOP(y[j] = u - v); break;
+	case BIN_MUL: ROW_LOOP(y[j] = u * v); break;
+	case BIN_ACC: ROW_LOOP(y[j] += u * v); break;
+	}
+}
+
+/* sum_j a[j] b[j sb] in double. */
+static double dot_row(const float *a, const float *b, int64_t sb, int64_t n)
+{
+	double s = 0.0;
+	if (sb) {
+		#pragma omp simd reduction(+:s)
+		for (int64_t j = 0; j < n; j++)
+			s += (double)(a[j] * b[j]);
+	} else {
+		float v = b[0];
+		#pragma omp simd reduction(+:s)
+		for (int64_t j = 0; j < n; j++)
+			s += (double)(a[j] * v);
+	}
+	return s;
+}
+
+/* y = a op b over out elements [e0, e1); y is laid out like out, a steps
+ * with s[1], b with s[2]. */
+static void bc_apply_range(const struct bc *g, enum bin_op op, float *y, const float *a,
+			   const float *b, int64_t e0, int64_t e1)
+{
+	int64_t L = g->d[g->nd - 1], sa = g->s[1][g->nd - 1], sb = g->s[2][g->nd - 1];
+	int64_t r = e0 / L, j = e0 % L;
+
+	while (e0 < e1) {
+		int64_t len = L - j < e1 - e0 ? L - j : e1 - e0;
+		bin_row(op, y + e0, a + bc_row_off(g, 1, r) + j * sa, sa,
+			b + bc_row_off(g, 2, r) + j * sb, sb, len);
+		e0 += len;
+		r++;
+		j = 0;
+	}
+}
+
+static void bc_apply(const struct bc *g, enum bin_op op, float *y, const float *a,
+		     const float *b)
+{
+	#pragma omp parallel if (g->n > PAR_MIN)
+	{
+		int nt = omp_get_num_threads(), it = omp_get_thread_num();
+		bc_apply_range(g, op, y, a, b, split_at(g->n, it, nt),
+			       split_at(g->n, it + 1, nt));
+	}
+}
+
+/* x is one element: dx += sum dy w, per-thread double partials summed in
+ * thread order. */
+static void bc_grad_scalar(const struct bc *g, float *dx, const float *dy, const float *w)
+{
+	double part[MAXT] = { 0 };
+	int T = omp_get_max_threads() < MAXT ? omp_get_max_threads() : MAXT;
+	int64_t L = g->d[g->nd - 1], sw = g->s[2][g->nd - 1];
+
+	#pragma omp parallel num_threads(T) if (g->n > PAR_MIN)
+	{
+		int nt = omp_get_num_threads(), it = omp_get_thread_num();
+		int64_t e0 = split_at(g->n, it, nt), e1 = split_at(g->n, it + 1, nt);
+		int64_t r = e0 / L, j = e0 % L;
+		double s = 0.0;
+		while (e0 < e1) {
+			int64_t len = L - j < e1 - e0 ? L - j : e1 - e0;
+			s += dot_row(dy + e0, w + bc_row_off(g, 2, r) + j * sw, sw, len);
+			e0 += len;
+			r++;
+			j = 0;
+		}
+		part[it] = s;
+	}
+	double s = 0.0;
+	for (int t = 0; t < T; t++)
+		s += part[t];
+	dx[0] += (float)s;
+}
+
+/* Scratch of the row-vector gradient: one double row per thread. */
+static size_t rowvec_bytes(const struct bc *g)
+{
+	return align64((size_t)g->d[g->nd - 1] * sizeof(double));
+}
+
+/* x is a row vector (L) against dy (R, L): dx[j] += sum_r dy[r, j] w(r, j).
+ * Threads sum blocks of rows into double partials, then each owns a range
+ * of columns and adds the partials up. False when ws is too small. */
+static bool bc_grad_rowvec(const struct bc *g, float *dx, const float *dy, const float *w,
+			   const struct fw_exec *ex)
+{
+	int64_t L = g->d[g->nd - 1], R = g->n / L, sw = g->s[2][g->nd - 1];
+	size_t each = rowvec_bytes(g);
+	int T = ws_threads(ex, each);
+
+	if (T < 1)
+		return false;
+	#pragma omp parallel num_threads(T) if (g->n > PAR_MIN)
+	{
+		int nt = omp_get_num_threads(), it = omp_get_thread_num();
+		double *p = (double *)((char *)ex->ws + (size_t)it * each);
+		memset(p, 0, (size_t)L * sizeof(double));
+		for (int64_t r = R * it / nt; r < R * (it + 1) / nt; r++) {
+			const float *gr = dy + r * L, *wr = w + bc_row_off(g, 2, r);
+			if (sw) {
+				#pragma omp simd
+				for (int64_t j = 0; j < L; j++)
+					p[j] += (double)(gr[j] * wr[j]);
+			} else {
+				float v = wr[0];
+				#pragma omp simd
+				for (int64_t j = 0; j < L; j++)
+					p[j] += (double)(gr[j] * v);
+			}
+		}
+		#pragma omp barrier
+		/* Thread it owns columns [c0, c1) of every partial. */
+		int64_t c0 = split_at(L, it, nt), c1 = split_at(L, it + 1, nt);
+		double *p0 = (double *)ex->ws;
+		for (int t = 1; t < nt; t++) {
+			const double *q = (const double *)((char *)ex->ws + (size_t)t * each);
+			#pragma omp simd
+			for (int64_t c = c0; c < c1; c++)
+				p0[c] += q[c];
+		}
+		#pragma omp simd
+		for (int64_t c = c0; c < c1; c++)
+			dx[c] += (float)p0[c];
+	}
+	return true;
+}
+
+/* Any other broadcast: threads split the outermost dim along which x is
+ * kept, so each owns a disjoint part of dx and walks its rows in order. */
+static void bc_grad_generic(const struct bc *g, float *dx, const float *dy, const float *w)
+{
+	int64_t d[FW_MAX_DIMS], sy[FW_MAX_DIMS], sx[FW_MAX_DIMS], sw[FW_MAX_DIMS];
+	int off = FW_MAX_DIMS - g->nd, k = 0;
+
+	for (int i = 0; i < FW_MAX_DIMS; i++) {
+		bool real = i >= off;
+		d[i] = real ? g->d[i - off] : 1;
+		sy[i] = real ? g->s[0][i - off] : 0;
+		sx[i] = real ? g->s[1][i - off] : 0;
+		sw[i] = real ? g->s[2][i - off] : 0;
+	}
+	while (k < FW_MAX_DIMS - 1 && sx[k] == 0)
+		k++;
+
+	#pragma omp parallel if (g->n > PAR_MIN)
+	{
+		int nt = omp_get_num_threads(), it = omp_get_thread_num();
+		int64_t lo[FW_MAX_DIMS] = { 0 }, hi[FW_MAX_DIMS];
+		for (int i = 0; i < FW_MAX_DIMS; i++)
+			hi[i] = d[i];
+		lo[k] = k == FW_MAX_DIMS - 1 ? split_at(d[k], it, nt) : d[k] * it / nt;
+		hi[k] = k == FW_MAX_DIMS - 1 ? split_at(d[k], it + 1, nt) : d[k] * (it + 1) / nt;
+		int64_t m = hi[3] - lo[3];
+		for (int64_t i0 = lo[0]; i0 < hi[0]; i0++)
+		for (int64_t i1 = lo[1]; i1 < hi[1]; i1++)
+		for (int64_t i2 = lo[2]; i2 < hi[2] && m > 0; i2++) {
+			int64_t oy = i0 * sy[0] + i1 * sy[1] + i2 * sy[2] + lo[3];
+			int64_t ox = i0 * sx[0] + i1 * sx[1] + i2 * sx[2] + lo[3] * sx[3];
+			int64_t ow = i0 * sw[0] + i1 * sw[1] + i2 * sw[2] + lo[3] * sw[3];
+			if (sx[3])
+				bin_row(BIN_ACC, dx + ox, dy + oy, 1, w + ow, sw[3], m);
+			else
+				dx[ox] += (float)dot_row(dy + oy, w + ow, sw[3], m);
+		}
+	}
+}
+
+/* dx += dy w reduced over the dims along which x is broadcast, where w is
+ * the tensor wt or, when wt is NULL, the constant *w. */
+static void bin_grad(const struct fw_tensor *out, const struct fw_tensor *x,
+		     const struct fw_tensor *wt, const float *w, const struct fw_exec *ex)
+{
+	struct bc g;
+	float *dx = fw_f32(x->grad);
+	const float *dy = fw_f32(out->grad);
+
+	bc_init(&g, out, x, wt);
+	switch (bc_kind_of(&g)) {
+	case BC_FULL:       /* dx is laid out like dy (s[1] == s[0]) */
+		bc_apply(&g, BIN_ACC, dx, dy, w);
+		break;
+	case BC_SCALAR:
+		bc_grad_scalar(&g, dx, dy, w);
+		break;
+	case BC_ROWVEC:
+		if (bc_grad_rowvec(&g, dx, dy, w, ex))
+			break;
+		/* fall through: no scratch, split columns instead */
+	case BC_GENERIC:
+		bc_grad_generic(&g, dx, dy, w);
+		break;
+	}
+}
+
+static enum fw_status bin_infer(struct fw_tensor *out, struct fw_err *err, const char *op)
+{
+	const struct fw_tensor *a = out->src[0], *b = out->src[1];
+	char sa[64], sb[64];
+	enum fw_status st;
+
+	if ((st = check_f32(op, "a", a, err)) != FW_OK ||
+	    (st = check_f32(op, "b", b, err)) != FW_OK)
+		return st;
+	if (!fw_broadcastable(a, b, &out->ndim, out->ne))
+		return fw_errorf(err, FW_ERR_SHAPE, "%s: shapes %s and %s do not broadcast",
+				 op, fw_shape_str(a, sa, sizeof(sa)),
+				 fw_shape_str(b, sb, sizeof(sb)));
+	out->dtype = FW_F32;
+	return FW_OK;
+}
+
+static void bin_forward(struct fw_tensor *out, enum bin_op op)
+{
+	struct bc g;
+	bc_init(&g, out, out->src[0], out->src[1]);
+	bc_apply(&g, op, fw_f32(out), fw_f32(out->src[0]), fw_f32(out->src[1]));
+}
+
+/* add and sub: da += dy, db += +-dy, each reduced to its operand's shape. */
+static void addsub_backward(struct fw_tensor *out, const struct fw_exec *ex, float sign_b)
+{
+	static const float one = 1.0f;
+	const struct fw_tensor *a = out->src[0], *b = out->src[1];
+	if (a->grad)
+		bin_grad(out, a, NULL, &one, ex);
+	if (b->grad)
+		bin_grad(out, b, NULL, &sign_b, ex);
+}
+
+/* Bytes of scratch for the gradient of every row-vector operand with a
+ * gradient (0 when too large: bin_grad then splits columns). with_w: the
+ * other operand weighs the gradient (mul), as in bin_grad's geometry. */
+static size_t bin_workspace(const struct fw_tensor *out, bool with_w)
+{
+	size_t need = 0;
+	for (int k = 0; k < 2; k++) {
+		const struct fw_tensor *x = out->src[k];
+		struct bc g;
+		if (!x->grad)
+			continue;
+		bc_init(&g, out, x, with_w ? out->src[1 - k] : NULL);
+		if (bc_kind_of(&g) != BC_ROWVEC)
+			continue;
+		size_t bytes = (size_t)omp_get_max_threads() * rowvec_bytes(&g);
+		if (bytes <= WS_MAX && bytes > need)
+			need = bytes;
+	}
+	return need;
+}
+
+static size_t addsub_workspace(const struct fw_tensor *out)
+{
+	return bin_workspace(out, false);
+}
+
+static size_t mul_workspace(const struct fw_tensor *out)
+{
+	return bin_workspace(out, true);
+}
+
+/* add and sub read no values in backward. */
+static uint32_t saved_none(const struct fw_tensor *out)
+{
+	return 0;
+}
+
+/* Matches torch.add(a, b) with broadcasting. */
+static enum fw_status add_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	return bin_infer(out, err, "add");
+}
+
+static void add_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	bin_forward(out, BIN_ADD);
+}
+
+static void add_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	addsub_backward(out, ex, 1.0f);
+}
+
+const struct fw_op_i fw_op_add_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "add",
+	.infer = add_infer,
+	.forward = add_forward,
+	.backward = add_backward,
+	.workspace = addsub_workspace,
+	.saved = saved_none,
+};
+
+/* Matches torch.sub(a, b) with broadcasting. */
+static enum fw_status sub_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	return bin_infer(out, err, "sub");
+}
+
+static void sub_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	bin_forward(out, BIN_SUB);
+}
+
+static void sub_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	addsub_backward(out, ex, -1.0f);
+}
+
+const struct fw_op_i fw_op_sub_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "sub",
+	.infer = sub_infer,
+	.forward = sub_forward,
+	.backward = sub_backward,
+	.workspace = addsub_workspace,
+	.saved = saved_none,
+};
+
+/* Matches torch.mul(a, b) with broadcasting. */
+static enum fw_status mul_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	return bin_infer(out, err, "mul");
+}
+
+static void mul_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	bin_forward(out, BIN_MUL);
+}
+
+/* da += dy b, db += dy a, each reduced to its operand's shape. */
+static void mul_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *a = out->src[0], *b = out->src[1];
+	if (a->grad)
+		bin_grad(out, a, b, fw_f32(b), ex);
+	if (b->grad)
+		bin_grad(out, b, a, fw_f32(a), ex);
+}
+
+/* da needs b, db needs a. */
+static uint32_t mul_saved(const struct fw_tensor *out)
+{
+	uint32_t m = 0;
+	if (out->src[0]->grad)
+		m |= 1u << 1;
+	if (out->src[1]->grad)
+		m |= 1u << 0;
+	return m;
+}
+
+const struct fw_op_i fw_op_mul_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "mul",
+	.infer = mul_infer,
+	.forward = mul_forward,
+	.backward = mul_backward,
+	.workspace = mul_workspace,
+	.saved = mul_saved,
+};
+
+/* --- scale ----------------------------------------------------------------------- */
+
+/* Matches x * s for a Python float s. */
+static enum fw_status scale_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	enum fw_status st = check_f32("scale", "x", out->src[0], err);
+	if (st != FW_OK)
+		return st;
+	if (!isfinite(out->params[0].f))
+		return fw_errorf(err, FW_ERR_INVALID, "scale: factor %g is not finite",
+				 (double)out->params[0].f);
+	copy_shape(out, out->src[0]);
+	return FW_OK;
+}
+
+static void scale_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const float *x = fw_f32(out->src[0]);
+	float *y = fw_f32(out), s = out->params[0].f;
+	int64_t n = fw_nelem(out);
+
+	#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+	for (int64_t i = 0; i < n; i++)
+		y[i] = x[i] * s;
+}
+
+static void scale_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *xt = out->src[0];
+	if (!xt->grad)
+		return;
+	const float *dy = fw_f32(out->grad);
+	float *dx = fw_f32(xt->grad), s = out->params[0].f;
+	int64_t n = fw_nelem(out);
+
+	#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+	for (int64_t i = 0; i < n; i++)
+		dx[i] += dy[i] * s;
+}
+
+const struct fw_op_i fw_op_scale_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "scale",
+	.infer = scale_infer,
+	.forward = scale_forward,
+	.backward = scale_backward,
+	.saved = saved_none,
+};
+
+/* --- activations ------------------------------------------------------------------ */
+
+/* Each activation is a pair of loops over n elements: forward y = f(x) and
+ * backward dx += dy f'(.), where f' reads x or y, whichever saved() keeps. */
+
+static enum fw_status unary_infer(struct fw_tensor *out, struct fw_err *err, const char *op)
+{
+	enum fw_status st = check_f32(op, "x", out->src[0], err);
+	if (st != FW_OK)
+		return st;
+	copy_shape(out, out->src[0]);
+	return FW_OK;
+}
+
+/* x, y, dy, dx are (n); backward reads x or y, whichever saved() keeps. */
+struct unary {
+	const float *x, *dy;
+	float *y, *dx;
+	int64_t n;
+};
+
+static struct unary unary_of(struct fw_tensor *out, bool backward)
+{
+	const struct fw_tensor *x = out->src[0];
+	return (struct unary){
+		.x = fw_f32(x), .y = fw_f32(out),
+		.dy = backward ? fw_f32(out->grad) : NULL,
+		.dx = backward && x->grad ? fw_f32(x->grad) : NULL,
+		.n = fw_nelem(out),
+	};
+}
+
+static uint32_t saved_x(const struct fw_tensor *out)
+{
+	return 1u << 0;
+}
+
+static uint32_t saved_y(const struct fw_tensor *out)
+{
+	return FW_SAVE_OUT;
+}
+
+/* gelu: matches torch.nn.functional.gelu(x, approximate='none' | 'tanh'). */
+#define GELU_BETA 0.7978845608028654f      /* sqrt(2 / pi) */
+#define GELU_KAPPA 0.044715f
+#define GELU_PDF 0.3989422804014327f       /* 1 / sqrt(2 pi) */
+#define GELU_SQRT1_2 0.7071067811865476f   /* 1 / sqrt(2) */
+
+static enum fw_status gelu_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	int form = out->params[0].i;
+	if (form != FW_GELU_ERF && form != FW_GELU_TANH)
+		return fw_errorf(err, FW_ERR_INVALID,
+				 "gelu: form %d is neither FW_GELU_ERF (0) nor FW_GELU_TANH (1)",
+				 form);
+	return unary_infer(out, err, "gelu");
+}
+
+static void gelu_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct unary u = unary_of(out, false);
+
+	if (out->params[0].i == FW_GELU_TANH) {
+		#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+		for (int64_t i = 0; i < u.n; i++) {
+			float x = u.x[i];
+			float in = GELU_BETA * (x + GELU_KAPPA * (x * x * x));
+			u.y[i] = 0.5f * x * (1.0f + vtanh(in));
+		}
+	} else {
+		#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+		for (int64_t i = 0; i < u.n; i++) {
+			float x = u.x[i];
+			u.y[i] = x * 0.5f * (1.0f + verf(x * GELU_SQRT1_2));
+		}
+	}
+}
+
+/* erf form: d/dx = Phi(x) + x phi(x); tanh form: 0.5 (1 + t) +
+ * 0.5 x (1 - t^2) beta (1 + 3 kappa x^2), as in ATen's GeluBackward. */
+static void gelu_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct unary u = unary_of(out, true);
+	if (!u.dx)
+		return;
+
+	if (out->params[0].i == FW_GELU_TANH) {
+		#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+		for (int64_t i = 0; i < u.n; i++) {
+			float x = u.x[i], x2 = x * x;
+			float t = vtanh(GELU_BETA * (x + GELU_KAPPA * (x2 * x)));
+			float dt = 0.5f * x * (1.0f - t * t) *
+				   (GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x2));
+			u.dx[i] += u.dy[i] * (0.5f * (1.0f + t) + dt);
+		}
+	} else {
+		#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+		for (int64_t i = 0; i < u.n; i++) {
+			float x = u.x[i];
+			float cdf = 0.5f * (1.0f + verf(x * GELU_SQRT1_2));
+			float pdf = GELU_PDF * vexp_neg(-0.5f * x * x);
+			u.dx[i] += u.dy[i] * (cdf + x * pdf);
+		}
+	}
+}
+
+const struct fw_op_i fw_op_gelu_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "gelu",
+	.infer = gelu_infer,
+	.forward = gelu_forward,
+	.backward = gelu_backward,
+	.saved = saved_x,
+};
+
+/* relu: matches torch.relu (NaN stays NaN; the gradient passes where y > 0
+ * or y is NaN, as threshold_backward does). */
+static enum fw_status relu_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	return unary_infer(out, err, "relu");
+}
+
+static void relu_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct unary u = unary_of(out, false);
+
+	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+	for (int64_t i = 0; i < u.n; i++)
+		u.y[i] = u.x[i] < 0.0f ? 0.0f : u.x[i];
+}
+
+static void relu_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct unary u = unary_of(out, true);
+	if (!u.dx)
+		return;
+
+	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+	for (int64_t i = 0; i < u.n; i++)
+		u.dx[i] += u.y[i] <= 0.0f ? 0.0f : u.dy[i];
+}
+
+const struct fw_op_i fw_op_relu_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "relu",
+	.infer = relu_infer,
+	.forward = relu_forward,
+	.backward = relu_backward,
+	.saved = saved_y,
+};
+
+/* silu: matches torch.nn.functional.silu, x sigmoid(x). */
+static enum fw_status silu_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	return unary_infer(out, err, "silu");
+}
+
+static void silu_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct unary u = unary_of(out, false);
+
+	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+	for (int64_t i = 0; i < u.n; i++)
+		u.y[i] = u.x[i] * vsigmoid(u.x[i]);
+}
+
+/* d/dx = s (1 + x (1 - s)), s = sigmoid(x). */
+static void silu_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct unary u = unary_of(out, true);
+	if (!u.dx)
+		return;
+
+	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+	for (int64_t i = 0; i < u.n; i++) {
+		float x = u.x[i], s = vsigmoid(x);
+		u.dx[i] += u.dy[i] * (s * (1.0f + x * (1.0f - s)));
+	}
+}
+
+const struct fw_op_i fw_op_silu_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "silu",
+	.infer = silu_infer,
+	.forward = silu_forward,
+	.backward = silu_backward,
+	.saved = saved_x,
+};
+
+/* tanh: matches torch.tanh. */
+static enum fw_status tanh_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	return unary_infer(out, err, "tanh");
+}
+
+static void tanh_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct unary u = unary_of(out, false);
+
+	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+	for (int64_t i = 0; i < u.n; i++)
+		u.y[i] = vtanh(u.x[i]);
+}
+
+/* d/dx = 1 - y^2. */
+static void tanh_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct unary u = unary_of(out, true);
+	if (!u.dx)
+		return;
+
+	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+	for (int64_t i = 0; i < u.n; i++)
+		u.dx[i] += u.dy[i] * (1.0f - u.y[i] * u.y[i]);
+}
+
+const struct fw_op_i fw_op_tanh_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "tanh",
+	.infer = tanh_infer,
+	.forward = tanh_forward,
+	.backward = tanh_backward,
+	.saved = saved_y,
+};
+
+/* sigmoid: matches torch.sigmoid. */
+static enum fw_status sigmoid_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	return unary_infer(out, err, "sigmoid");
+}
+
+static void sigmoid_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct unary u = unary_of(out, false);
+
+	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+	for (int64_t i = 0; i < u.n; i++)
+		u.y[i] = vsigmoid(u.x[i]);
+}
+
+/* d/dx = (1 - y) y. */
+static void sigmoid_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct unary u = unary_of(out, true);
+	if (!u.dx)
+		return;
+
+	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+	for (int64_t i = 0; i < u.n; i++)
+		u.dx[i] += u.dy[i] * (1.0f - u.y[i]) * u.y[i];
+}
+
+const struct fw_op_i fw_op_sigmoid_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "sigmoid",
+	.infer = sigmoid_infer,
+	.forward = sigmoid_forward,
+	.backward = sigmoid_backward,
+	.saved = saved_y,
+};
+
+/* --- dropout ------------------------------------------------------------------------ */
+
+/* Inverted dropout, like torch.nn.functional.dropout(x, p, training): kept
+ * elements are scaled by 1/(1 - p). The mask is not drawn from torch's RNG:
+ * element i is kept iff fw_rng_u32(key, i) >= p 2^32, where the key hashes
+ * (seed, graph step, node id). It depends on nothing else, so any thread
+ * count, a recomputed segment and backward all see the same mask, and
+ * backward needs no stored mask. */
+static enum fw_status dropout_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	float p = out->params[0].f;
+	if (!(p >= 0.0f && p < 1.0f))
+		return fw_errorf(err, FW_ERR_INVALID, "dropout: p %g is not in [0, 1)",
+				 (double)p);
+	return unary_infer(out, err, "dropout");
+}
+
+/* splitmix64 (Steele et al.): increment, then the finaliser. */
+static uint64_t mix64(uint64_t z)
+{
+	z += 0x9E3779B97F4A7C15ull;
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+/* key = mix(mix(mix(seed) ^ step) ^ id): each input goes through a full
+ * avalanche, so neighbouring steps or nodes give unrelated masks. */
+static uint64_t dropout_key(const struct fw_tensor *out, const struct fw_exec *ex)
+{
+	uint64_t seed = (uint64_t)(uint32_t)out->params[1].i |
+			(uint64_t)(uint32_t)out->params[2].i << 32;
+	return mix64(mix64(mix64(seed) ^ (uint64_t)ex->step) ^ (uint64_t)(uint32_t)out->id);
+}
+
+static bool dropout_active(const struct fw_tensor *out, const struct fw_exec *ex)
+{
+	return ex->training && out->params[0].f > 0.0f;
+}
+
+/* Kept iff r >= thr; thr = p 2^32 rounded down, at most 2^32 - 1. */
+static uint32_t dropout_threshold(float p)
+{
+	double t = (double)p * 4294967296.0;
+	return t >= 4294967295.0 ? UINT32_MAX : (uint32_t)t;
+}
+
+static float dropout_scale(float p)
+{
+	return (float)(1.0 / (1.0 - (double)p));
+}
+
+static void dropout_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct unary u = unary_of(out, false);
+	float p = out->params[0].f;
+
+	if (!dropout_active(out, ex)) {
+		#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+		for (int64_t i = 0; i < u.n; i++)
+			u.y[i] = u.x[i];
+		return;
+	}
+	uint64_t key = dropout_key(out, ex);
+	uint32_t thr = dropout_threshold(p);
+	float s = dropout_scale(p);
+	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN / 4)
+	for (int64_t i = 0; i < u.n; i++)
+		u.y[i] = fw_rng_u32(key, (uint64_t)i) >= thr ? u.x[i] * s : 0.0f;
+}
+
+static void dropout_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct unary u = unary_of(out, true);
+	float p = out->params[0].f;
+	if (!u.dx)
+		return;
+
+	if (!dropout_active(out, ex)) {
+		#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
+		for (int64_t i = 0; i < u.n; i++)
+			u.dx[i] += u.dy[i];
+		return;
+	}
+	uint64_t key = dropout_key(out, ex);
+	uint32_t thr = dropout_threshold(p);
+	float s = dropout_scale(p);
+	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN / 4)
+	for (int64_t i = 0; i < u.n; i++)
+		u.dx[i] += fw_rng_u32(key, (uint64_t)i) >= thr ? u.dy[i] * s : 0.0f;
+}
+
+const struct fw_op_i fw_op_dropout_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "dropout",
+	.infer = dropout_infer,
+	.forward = dropout_forward,
+	.backward = dropout_backward,
+	.saved = saved_none,
+};
