@@ -17,7 +17,8 @@ Checks, each counted as passed or failed:
   2. fwrun eval against torch's mean cross-entropy (1e-5 relative);
   3. fwrun train (AdamW, accumulation, warmup + cosine, weight decay, clipping)
      against a torch replay: per-step loss and grad norm (1e-4 relative), lr
-     (1e-9 relative), and the final weights of the checkpoint;
+     (1e-9 relative, or the same number at metrics.jsonl's %.9g), and the
+     final weights of the checkpoint;
   4. fwrun generate, greedy, against torch greedy decoding (identical ids);
   5. fwrun export -> HF layout bit-exact, and export -> import bit-exact;
   6. malformed inputs fail cleanly: exit code 1, one "fwrun:" line naming the
@@ -60,7 +61,12 @@ TOL_EVAL = 1e-5
 TOL_LOSS = 1e-4
 TOL_NORM = 1e-4
 TOL_LR = 1e-9            # or the same value at metrics.jsonl's %.9g precision
-TOL_FINAL_W = 5e-6       # max |fw - torch| over the final weights, absolute (not k bias)
+# Final weights: Adam's first step moves an element by lr * g / (|g| + eps), so
+# where a gradient cancels to ~eps (1e-8) the float32 error of g (~1e-9) shows
+# up as ~1e-6 in the weight (measured: 1.8e-6, h.1.mlp.c_fc.weight, whose step-1
+# gradient is 3.1e-8; every other element is within 2e-8). 1e-5 is 1% of the
+# peak lr, far below what a wrong update rule, decay or clip would give.
+TOL_FINAL_W = 1e-5       # max |fw - torch| over the final weights, absolute (not k bias)
 TOL_FINAL_KBIAS = 1e-4   # the k part of c_attn.bias: see check_train
 
 

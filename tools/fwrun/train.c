@@ -514,7 +514,7 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 		double el = now_s() - t0;
 		double tps = el > 0 ? (double)(s->tokens - start_tokens) / el : 0;
 		fprintf(s->metrics,
-			"{\"step\": %lld, \"loss\": %.9g, \"lr\": %.9g, \"grad_norm\": %.9g, "
+			"{\"step\": %lld, \"loss\": %.9g, \"lr\": %.17g, \"grad_norm\": %.9g, "
 			"\"loss_scale\": 1, \"tokens\": %lld, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
 			(long long)it, loss, lr, norm, (long long)s->tokens, tps, el);
 		fflush(s->metrics);
