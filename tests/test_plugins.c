@@ -1031,6 +1031,34 @@ START_TEST(test_nearest_name)
 }
 END_TEST
 
+/* Ops register only while a plugin's init runs: mha registers its kv_write
+ * op there; the same call through the host table outside init is refused. */
+static enum fw_status late_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	return FW_OK;
+}
+
+static void late_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+}
+
+START_TEST(test_register_only_in_init)
+{
+	static const struct fw_op_i late = {
+		.size = sizeof(struct fw_op_i), .name = "test.late", .infer = late_infer,
+		.forward = late_forward,
+	};
+	struct fw_err err = { 0 };
+	ck_assert_int_eq(fw_host_table()->op_register(&late, &err), -1);
+	ck_one_line(err.msg);
+	ck_has(err.msg, "outside plugin init");
+	struct fw_loaded *p = NULL;
+	ck_assert_int_eq(fw_plugin_open("attention/mha", FW_KIND_ATTENTION, &p, &err), FW_OK);
+	ck_assert_int_eq(fw_plugin_init(p, NULL, &err), FW_OK);
+	fw_plugin_close(p);
+}
+END_TEST
+
 static Suite *plugins_suite(void)
 {
 	Suite *s = suite_create("plugins");
@@ -1038,6 +1066,7 @@ static Suite *plugins_suite(void)
 	tcase_set_timeout(tc, 300);
 	tcase_add_checked_fixture(tc, reset_state, NULL);
 	tcase_add_test(tc, test_open_good);
+	tcase_add_test(tc, test_register_only_in_init);
 	tcase_add_test(tc, test_open_by_path);
 	tcase_add_test(tc, test_bad_plugins);
 	tcase_add_test(tc, test_bad_baseline);

@@ -28,6 +28,26 @@ static void host_log(enum fw_log_level level, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* Ops may be registered only while a plugin's init runs (fw_plugin_init
+ * opens this window), as Redis modules register commands only on load. */
+static int registering;
+
+void fw_host_registration(bool open)
+{
+	registering += open ? 1 : -1;
+}
+
+static int host_op_register(const struct fw_op_i *op, struct fw_err *err)
+{
+	if (registering <= 0) {
+		fw_errorf(err, FW_ERR_INVALID,
+			  "op register: '%s' registered outside plugin init",
+			  op && op->name ? op->name : "?");
+		return -1;
+	}
+	return fw_op_register(op, err);
+}
+
 static void *host_malloc(size_t n)
 {
 	return fw_malloc(n);
@@ -129,7 +149,7 @@ static const struct fw_host host = {
 	.free = fw_free,
 	.errorf = fw_errorf,
 	.log = host_log,
-	.op_register = fw_op_register,
+	.op_register = host_op_register,
 	.parallel_for = fw_parallel_for,
 	.param = fw_param,
 	.input = fw_input,

@@ -31,6 +31,9 @@ extern const struct fw_op_i fw_op_matmul_i, fw_op_add_i, fw_op_sub_i, fw_op_mul_
 	fw_op_slice_i, fw_op_reshape_i, fw_op_permute_i, fw_op_cont_i, fw_op_sum_i,
 	fw_op_mean_i, fw_op_cast_i;
 
+/* Opens/closes the window in which plugins may register ops (host.c). */
+void fw_host_registration(bool open);
+
 /* Creates a bare tensor in ctx (no op); NULL with ctx->err set on failure. */
 struct fw_tensor *fw_tensor_new(struct fw_ctx *ctx, enum fw_dtype dt, int ndim,
 				const int64_t *shape);

@@ -360,7 +360,9 @@ enum fw_status fw_plugin_init(struct fw_loaded *p, const struct fw_host *host,
 		return FW_OK;
 	}
 	struct fw_err perr = { 0 };
+	fw_host_registration(true);
 	s = p->desc->init(host ? host : fw_host_table(), p->opts, &p->state, &perr);
+	fw_host_registration(false);
 	if (s != FW_OK) {
 		/* Plugins often name themselves already: do not say it twice. */
 		size_t nl = strlen(p->desc->name);

@@ -118,8 +118,9 @@ static enum fw_status build_graphs(struct session *s, bool train, struct fw_err 
 {
 	struct fw_tensor *loss = s->model.loss;
 	if (train) {
+		/* Segments exist only where the arch asked for recomputation. */
 		s->g = fw_graph_new(s->ctx, &loss, 1, &(struct fw_graph_opts){
-			.backward = true, .training = true });
+			.backward = true, .training = true, .recompute = true });
 		if (!s->g)
 			return fw_errorf(err, fw_ctx_err(s->ctx)->status, "graph: %s",
 					 fw_ctx_err(s->ctx)->msg);
