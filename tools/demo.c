@@ -4,13 +4,15 @@
  * transformer from core ops, plan it once, then train with AdamW, evaluate on
  * a held-out tail of the text and sample from the model.
  *
- * usage: fw-demo [--steps N] [--text FILE] [--seed S] [--threads N]
+ * usage: fw-demo [--steps N] [--text FILE|DIR] [--seed S] [--threads N]
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <dirent.h>
+#include <sys/stat.h>
 
 #include "fw/fw.h"
 
@@ -197,6 +199,46 @@ static void adamw_step(struct adamw *o, struct fw_graph *g, float lr, int t)
 
 /* --- data --- */
 
+static unsigned char *read_file(const char *path, long *len);
+
+/* A directory means all its regular files (not links), in name order,
+ * concatenated: the default is Debian's licence texts (base-files). */
+static int by_name(const struct dirent **a, const struct dirent **b)
+{
+	return strcmp((*a)->d_name, (*b)->d_name);
+}
+
+static unsigned char *read_text(const char *path, long *len)
+{
+	struct stat st;
+	if (lstat(path, &st) != 0)
+		return NULL;
+	if (!S_ISDIR(st.st_mode))
+		return read_file(path, len);
+	struct dirent **ents = NULL;
+	int n = scandir(path, &ents, NULL, by_name);
+	unsigned char *all = NULL;
+	*len = 0;
+	for (int i = 0; i < n; i++) {
+		char p[4096];
+		long l = 0;
+		snprintf(p, sizeof(p), "%s/%s", path, ents[i]->d_name);
+		if (lstat(p, &st) == 0 && S_ISREG(st.st_mode)) {
+			unsigned char *one = read_file(p, &l);
+			unsigned char *grown = one ? realloc(all, (size_t)(*len + l + 1)) : NULL;
+			if (grown) {
+				all = grown;
+				memcpy(all + *len, one, (size_t)l);
+				*len += l;
+			}
+			free(one);
+		}
+		free(ents[i]);
+	}
+	free(ents);
+	return all;
+}
+
 static unsigned char *read_file(const char *path, long *len)
 {
 	FILE *f = fopen(path, "rb");
@@ -277,7 +319,7 @@ int main(int argc, char **argv)
 {
 	struct cfg c = { .B = 16, .T = 128, .C = 128, .H = 4, .L = 4, .steps = 1000,
 			 .lr = 2e-3f, .seed = 1337,
-			 .text = "/usr/share/common-licenses/GPL-3", .threads = 0 };
+			 .text = "/usr/share/common-licenses", .threads = 0 };
 	for (int i = 1; i < argc; i++) {
 		if (!strcmp(argv[i], "--steps") && i + 1 < argc)
 			c.steps = atoi(argv[++i]);
@@ -289,7 +331,7 @@ int main(int argc, char **argv)
 			c.threads = atoi(argv[++i]);
 		else {
 			fprintf(stderr, "fw-demo: unknown option '%s'\n"
-				"usage: fw-demo [--steps N] [--text FILE] [--seed S] [--threads N]\n",
+				"usage: fw-demo [--steps N] [--text FILE|DIR] [--seed S] [--threads N]\n",
 				argv[i]);
 			return 2;
 		}
@@ -303,7 +345,7 @@ int main(int argc, char **argv)
 	rng_state = 0x9E3779B97F4A7C15ull ^ c.seed;
 
 	long len = 0;
-	unsigned char *text = read_file(c.text, &len);
+	unsigned char *text = read_text(c.text, &len);
 	if (!text || len < 4 * c.T + 2) {
 		fprintf(stderr, "fw-demo: %s: cannot read enough text\n", c.text);
 		free(text);
