@@ -177,6 +177,28 @@ void fw_convert(void *dst, enum fw_dtype dt, const void *src, enum fw_dtype st, 
 		memcpy(dst, src, (size_t)n * fw_dtype_size(dt));
 		return;
 	}
+	/* The mixed-precision paths, as branch-free loops the compiler vectorises
+	 * (same rounding as fw_f32_to_bf16: nearest even, NaN kept quiet). */
+	if (st == FW_F32 && dt == FW_BF16) {
+		const uint32_t *in = src;
+		uint16_t *out = dst;
+		#pragma omp parallel for simd schedule(static) if (n > 65536)
+		for (int64_t i = 0; i < n; i++) {
+			uint32_t u = in[i];
+			uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+			uint32_t q = (u >> 16) | 0x40u;
+			out[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
+		}
+		return;
+	}
+	if (st == FW_BF16 && dt == FW_F32) {
+		const uint16_t *in = src;
+		uint32_t *out = dst;
+		#pragma omp parallel for simd schedule(static) if (n > 65536)
+		for (int64_t i = 0; i < n; i++)
+			out[i] = (uint32_t)in[i] << 16;
+		return;
+	}
 	#pragma omp parallel for schedule(static) if (n > 65536)
 	for (int64_t i = 0; i < n; i++) {
 		float v = load_elem(src, st, i);
