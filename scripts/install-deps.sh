@@ -12,10 +12,14 @@ PACKAGES=(
 	libinih-dev                                   # INI config files
 	libpcre2-dev                                  # regexes (tokenizer)
 	python3-torch python3-h5py python3-numpy      # PyTorch oracle for tests
+	nodejs npm                                    # reference GPT-2 encoder for tests
 )
 
 missing=()
 for p in "${PACKAGES[@]}"; do
+	# A newer node (e.g. NodeSource's nodejs, which bundles npm) will do.
+	[ "$p" = nodejs ] && command -v node >/dev/null && continue
+	[ "$p" = npm ] && command -v npm >/dev/null && continue
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
 		missing+=("$p")
 done

@@ -67,6 +67,13 @@ static const struct fw_option_def run_defs[] = {
 	{ "temperature", FW_OPT_FLOAT, "1.0", 0, 100, NULL, "generate: sampling temperature (0 = greedy)" },
 	{ "top-k", FW_OPT_INT, "0", 0, 1 << 24, NULL, "generate: keep the k most likely tokens (0 = all)" },
 	{ "top-p", FW_OPT_FLOAT, "1.0", 0, 1, NULL, "generate: nucleus sampling mass" },
+	{ "adapter", FW_OPT_STRING, "", 0, -1, NULL,
+	  "PEFT adapter files, [NAME=]FILE.h5,...: the one --adapter-name picks is applied "
+	  "on top of --load (its options are the peft plugin's defaults)" },
+	{ "adapter-name", FW_OPT_STRING, "", 0, -1, NULL,
+	  "which --adapter to apply (default: the first)" },
+	{ "merge-adapter", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "eval/generate: fold the adapter into the weights in memory" },
 };
 
 const struct fw_option_def *run_option_defs(int *n)
@@ -420,6 +427,9 @@ enum fw_status config_load(struct config *c, int argc, char **argv, bool need_pl
 		if ((s = set_flat(c, name, value, "", err)) != FW_OK)
 			return s;
 	}
+	if (fw_options_has(c->run, "adapter"))       /* before --load's: more specific */
+		adapter_config_defaults(c, value_of(c->run, "adapter"),
+					value_of(c->run, "adapter-name"));
 	if (fw_options_has(c->run, "load"))
 		apply_file_config(c, value_of(c->run, "load"));
 	if ((s = fw_options_resolve(c->run, err)) != FW_OK)

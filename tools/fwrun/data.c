@@ -1,5 +1,7 @@
 /* data.c - llm.c token shards: a header of 256 little-endian int32 (magic
- * 20240520, version 1, token count) then uint16 tokens. Micro-batch k of a
+ * 20240520, version 1, token count) then uint16 tokens; version 2 (fw's, for
+ * vocabularies over 65536) has uint32 tokens, as has llm.c's Llama-3 format
+ * (magic 20240801, version 7), also read. Micro-batch k of a
  * shard is the B*T+1 tokens at offset k*B*T: inputs are the first B*T,
  * targets the same shifted by one. Shards follow each other in the order
  * given; with shuffling, the micro-batches of an epoch are permuted by a
@@ -16,6 +18,7 @@
 #include "fwrun.h"
 
 #define SHARD_MAGIC 20240520
+#define SHARD_MAGIC_LLAMA3 20240801
 #define SHARD_HEADER_BYTES 1024
 
 static enum fw_status shard_open(struct shard *s, const char *path, int64_t vocab,
@@ -31,18 +34,21 @@ static enum fw_status shard_open(struct shard *s, const char *path, int64_t voca
 		close(fd);
 		return fw_errorf(err, FW_ERR_FORMAT, "%s: shorter than a token-shard header", path);
 	}
-	if (hdr[0] != SHARD_MAGIC || hdr[1] != 1) {
+	int width = hdr[0] == SHARD_MAGIC && hdr[1] == 1 ? 2 :
+		    (hdr[0] == SHARD_MAGIC && hdr[1] == 2) ||
+		    (hdr[0] == SHARD_MAGIC_LLAMA3 && hdr[1] == 7) ? 4 : 0;
+	if (!width) {
 		close(fd);
 		return fw_errorf(err, FW_ERR_FORMAT,
-				 "%s: not an llm.c token shard (magic %d version %d, expected %d version 1)",
-				 path, hdr[0], hdr[1], SHARD_MAGIC);
+				 "%s: not an llm.c token shard (magic %d version %d, expected %d "
+				 "version 1 or 2)", path, hdr[0], hdr[1], SHARD_MAGIC);
 	}
 	int64_t n = hdr[2];
-	if (n < 0 || st.st_size != SHARD_HEADER_BYTES + 2 * n) {
+	if (n < 0 || st.st_size != SHARD_HEADER_BYTES + width * n) {
 		close(fd);
 		return fw_errorf(err, FW_ERR_FORMAT,
 				 "%s: header says %lld tokens but the file holds %lld bytes of tokens",
-				 path, (long long)n, (long long)(st.st_size - SHARD_HEADER_BYTES));
+				 path, (long long)n, (long long)(st.st_size - SHARD_HEADER_BYTES) / width);
 	}
 	if (n < need) {
 		close(fd);
@@ -57,14 +63,18 @@ static enum fw_status shard_open(struct shard *s, const char *path, int64_t voca
 		s->map = NULL;
 		return fw_errorf(err, FW_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
 	}
-	s->tokens = (uint16_t *)((char *)s->map + SHARD_HEADER_BYTES);
+	if (width == 2)
+		s->tokens = (uint16_t *)((char *)s->map + SHARD_HEADER_BYTES);
+	else
+		s->tokens32 = (uint32_t *)((char *)s->map + SHARD_HEADER_BYTES);
 	s->n_tokens = n;
 	s->path = strdup(path);
 	for (int64_t i = 0; i < n; i++) {
-		if (s->tokens[i] >= vocab) {
+		uint32_t t = s->tokens ? s->tokens[i] : s->tokens32[i];
+		if (t >= vocab) {
 			return fw_errorf(err, FW_ERR_FORMAT,
 					 "%s: token %u at position %lld is outside the vocabulary (%lld)",
-					 path, s->tokens[i], (long long)i, (long long)vocab);
+					 path, t, (long long)i, (long long)vocab);
 		}
 	}
 	return FW_OK;
@@ -154,9 +164,18 @@ void loader_next(struct loader *l, int32_t *tokens, int32_t *targets)
 		m -= (l->shards[si].n_tokens - 1) / BT;
 		si++;
 	}
-	const uint16_t *src = l->shards[si].tokens + m * BT;
-	for (int64_t i = 0; i < BT; i++) {
-		tokens[i] = src[i];
-		targets[i] = src[i + 1];
+	const struct shard *sh = &l->shards[si];
+	if (sh->tokens) {
+		const uint16_t *src = sh->tokens + m * BT;
+		for (int64_t i = 0; i < BT; i++) {
+			tokens[i] = src[i];
+			targets[i] = src[i + 1];
+		}
+	} else {
+		const uint32_t *src = sh->tokens32 + m * BT;
+		for (int64_t i = 0; i < BT; i++) {
+			tokens[i] = (int32_t)src[i];
+			targets[i] = (int32_t)src[i + 1];
+		}
 	}
 }

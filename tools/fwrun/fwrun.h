@@ -34,6 +34,7 @@ struct shard {
 	char *path;
 	int64_t n_tokens;
 	uint16_t *tokens;                 /* mmap'd */
+	uint32_t *tokens32;               /* version 2 shards: uint32 tokens, tokens NULL */
 	size_t map_len;
 	void *map;
 };
@@ -85,6 +86,27 @@ int cmd_plan(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
+
+/* --- PEFT adapters (adapter.c) ------------------------------------------------------- */
+
+int cmd_merge(int argc, char **argv);
+int cmd_export_adapter(int argc, char **argv);
+/* Fills the peft plugin's unset options from the config of the adapter that
+ * --adapter (spec) and --adapter-name (name) choose; silent on bad files. */
+void adapter_config_defaults(struct config *c, const char *spec, const char *name);
+/* fw_h5_load of every parameter; with peft, trainable parameters the file
+ * lacks (new adapter tensors) keep their initialisation and are counted. */
+enum fw_status load_params(const char *path, struct fw_tensor **params, int n, bool peft,
+			   int *n_new, struct fw_err *err);
+/* Checks every --adapter file against the model's base and applies the one
+ * --adapter-name picks with the peft plugin's load hook (merge with
+ * --merge-adapter, allowed only when inference). */
+enum fw_status adapter_apply(const struct config *c, const struct fw_plugin_slots *slots,
+			     struct fw_model *m, bool inference, struct fw_err *err);
+/* DIR/adapter-NNNNNNNN.h5 through the peft plugin's save hook (if any). */
+enum fw_status adapter_save(const struct fw_plugin_slots *slots, struct fw_model *m,
+			    const char *dir, int64_t step, struct fw_err *err);
 
 /* Prints "fwrun: MSG" on stderr, returns code. */
 int die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

@@ -151,6 +151,11 @@ int cmd_generate(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", e.msg[0] ? e.msg : fw_ctx_err(ctx)->msg);
 		goto out;
 	}
+	const struct fw_peft_i *peft = slots.peft ? slots.peft->desc->iface : NULL;
+	if (peft && peft->freeze && peft->freeze(slots.peft->state, &m, &e) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", e.msg);     /* checks its options, marks its own */
+		goto out;
+	}
 	g = fw_graph_new(ctx, &m.logits, 1, &(struct fw_graph_opts){ 0 });
 	if (!g) {
 		rc = die(EXIT_RUNTIME, "graph: %s", fw_ctx_err(ctx)->msg);
@@ -163,8 +168,10 @@ int cmd_generate(int argc, char **argv)
 		if (fw_ctx_tensor(ctx, i)->flags & FW_FLAG_PARAM)
 			params[n_params++] = fw_ctx_tensor(ctx, i);
 	char path[4200];
+	int n_new;
 	if (!params || resolve_load(fw_opt_str(o, "load"), path, sizeof(path), &err) != FW_OK ||
-	    fw_h5_load(path, params, n_params, &err) != FW_OK) {
+	    load_params(path, params, n_params, peft != NULL, &n_new, &err) != FW_OK ||
+	    adapter_apply(&cfg, &slots, &m, true, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", params ? err.msg : "out of memory");
 		goto out;
 	}

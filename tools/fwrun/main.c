@@ -28,6 +28,9 @@ static const char usage[] =
 	"  list       every plugin found, with its options and defaults\n"
 	"  import     Hugging Face model folder to an fw HDF5 file\n"
 	"  export     fw HDF5 file to a Hugging Face model folder\n"
+	"  merge      fold a LoRA adapter into its base model's weights file\n"
+	"  export-adapter  LoRA adapter to Hugging Face PEFT's layout\n"
+	"  tokenize   text or JSONL files to token shards (byte or GPT-2 BPE)\n"
 	"\n"
 	"Plugins are named KIND/NAME (arch/decoder, optim/adamw, ...) and found in\n"
 	"FW_PLUGIN_PATH, the install directory, then the build tree.\n"
@@ -57,9 +60,15 @@ int main(int argc, char **argv)
 		return cmd_export(argc, argv);
 	if (!strcmp(cmd, "generate"))
 		return cmd_generate(argc, argv);
+	if (!strcmp(cmd, "merge"))
+		return cmd_merge(argc, argv);
+	if (!strcmp(cmd, "export-adapter"))
+		return cmd_export_adapter(argc, argv);
+	if (!strcmp(cmd, "tokenize"))
+		return cmd_tokenize(argc, argv);
 	static const char *const cmds[] = { "train", "eval", "generate", "plan", "list",
-					    "import", "export" };
-	const char *near = fw_nearest_name(cmd, cmds, 7);
+					    "import", "export", "merge", "export-adapter" };
+	const char *near = fw_nearest_name(cmd, cmds, (int)(sizeof(cmds) / sizeof(cmds[0])));
 	return die(EXIT_USAGE, "unknown command '%s'%s%s%s (see fwrun --help)", cmd,
 		   near ? "; did you mean '" : "", near ? near : "", near ? "'?" : "");
 }

@@ -35,9 +35,24 @@ struct session {
 	char run_dir[4096], save_dir[4096];
 	FILE *metrics;
 	struct fw_err err;
+	size_t base_rss;              /* before the model: code, libraries */
 };
 
 static volatile sig_atomic_t stop_requested;
+
+/* Resident memory of this process now (VmRSS), in bytes; 0 if unknown. */
+static size_t rss_now(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	size_t kb = 0;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmRSS: %zu kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb * 1024;
+}
 
 static void on_signal(int sig)
 {
@@ -100,8 +115,10 @@ static enum fw_status build_model(struct session *s, bool training, struct fw_er
 	}
 	if (s->slots.peft) {
 		const struct fw_peft_i *pi = s->slots.peft->desc->iface;
+		const char *pn = s->slots.peft->desc->name;
 		if (pi->freeze && (st = pi->freeze(s->slots.peft->state, &s->model, &e)) != FW_OK)
-			return fw_errorf(err, st, "%s: %s", s->slots.peft->desc->name, e.msg);
+			return fw_errorf(err, st, "%s%s%s", strncmp(e.msg, pn, strlen(pn)) ? pn : "",
+					 strncmp(e.msg, pn, strlen(pn)) ? ": " : "", e.msg);
 		if (pi->extra_loss) {
 			struct fw_tensor *x = pi->extra_loss(s->slots.peft->state, &s->model, &e);
 			if (!x && e.status)
@@ -117,6 +134,7 @@ static enum fw_status build_model(struct session *s, bool training, struct fw_er
 static enum fw_status build_graphs(struct session *s, bool train, struct fw_err *err)
 {
 	struct fw_tensor *loss = s->model.loss;
+	bool need_eval = !train || *opt_s(s, "valid-data");
 	if (train) {
 		/* Segments exist only where the arch asked for recomputation. */
 		s->g = fw_graph_new(s->ctx, &loss, 1, &(struct fw_graph_opts){
@@ -125,6 +143,8 @@ static enum fw_status build_graphs(struct session *s, bool train, struct fw_err 
 			return fw_errorf(err, fw_ctx_err(s->ctx)->status, "graph: %s",
 					 fw_ctx_err(s->ctx)->msg);
 	}
+	if (!need_eval)
+		return FW_OK;      /* no memory for an evaluation that never runs */
 	s->eval_g = fw_graph_new(s->ctx, &loss, 1, &(struct fw_graph_opts){ 0 });
 	if (!s->eval_g)
 		return fw_errorf(err, fw_ctx_err(s->ctx)->status, "graph: %s",
@@ -289,8 +309,12 @@ static enum fw_status load_checkpoint(struct session *s, const char *path, bool 
 		free(params);
 		return err->status;
 	}
-	st = fw_h5_load(path, params, np, err);
+	int n_new = 0;
+	st = load_params(path, params, np, s->slots.peft != NULL, &n_new, err);
 	free(params);
+	if (st == FW_OK && n_new && full && !*opt_s(s, "adapter"))
+		fprintf(stderr, "fwrun: %d %s tensors are not in %s: they start from their "
+			"initialisation\n", n_new, s->slots.peft->desc->name, path);
 	if (st != FW_OK || !is_ckpt || !full || !s->state)
 		return st;
 	int ns = fw_graph_n_params(s->g) * s->optim->n_state;
@@ -433,6 +457,8 @@ static enum fw_status checkpoint_now(struct session *s, struct fw_err *err)
 	enum fw_status st = save_checkpoint(s, path, err);
 	if (st == FW_OK)
 		fprintf(stderr, "fwrun: saved %s\n", path);
+	if (st == FW_OK)          /* adapter-only file next to it */
+		st = adapter_save(&s->slots, &s->model, s->save_dir, s->step, err);
 	return st;
 }
 
@@ -680,6 +706,7 @@ static int session_open(struct session *s, int argc, char **argv, bool train, in
 	int threads = (int)opt_i(s, "threads");
 	if (threads > 0)
 		fw_set_num_threads(threads);
+	s->base_rss = rss_now();
 	if (build_model(s, train, &s->err) != FW_OK || build_graphs(s, train, &s->err) != FW_OK) {
 		*rc = die(EXIT_RUNTIME, "%s", s->err.msg);
 		return -1;
@@ -723,11 +750,15 @@ int cmd_train(int argc, char **argv)
 	if (*opt_s(&s, "load")) {
 		char path[4200];
 		if (resolve_load(opt_s(&s, "load"), path, sizeof(path), &s.err) != FW_OK ||
-		    load_checkpoint(&s, path, true, &s.err) != FW_OK) {
+		    load_checkpoint(&s, path, true, &s.err) != FW_OK ||
+		    adapter_apply(&s.cfg, &s.slots, &s.model, false, &s.err) != FW_OK) {
 			rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 			goto out;
 		}
 		fprintf(stderr, "fwrun: loaded %s at step %lld\n", path, (long long)s.step);
+	} else if (adapter_apply(&s.cfg, &s.slots, &s.model, false, &s.err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", s.err.msg);   /* --adapter on a fresh model */
+		goto out;
 	}
 	if (open_run_dir(&s, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
@@ -773,7 +804,8 @@ int cmd_eval(int argc, char **argv)
 	s.have_valid = true;
 	if (loader_open(&s.valid, vd, s.B, s.T, false, 0, model_vocab(&s), &s.err) != FW_OK ||
 	    resolve_load(opt_s(&s, "load"), path, sizeof(path), &s.err) != FW_OK ||
-	    load_checkpoint(&s, path, false, &s.err) != FW_OK) {
+	    load_checkpoint(&s, path, false, &s.err) != FW_OK ||
+	    adapter_apply(&s.cfg, &s.slots, &s.model, true, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
@@ -795,6 +827,15 @@ static const char plan_usage[] =
 	"usage: fwrun plan --plugins=arch/X,optim/Y[,...] [options]\n"
 	"Builds the model and its memory plan without training and prints the bytes per category.\n";
 
+static void plan_row(const char *name, double planned, const char *rule, double rule_bytes)
+{
+	printf("  %-12s %10.2f MiB", name, planned / 1048576.0);
+	if (rule)
+		printf("   %-26s %10.2f MiB  %+6.1f%%", rule, rule_bytes / 1048576.0,
+		       rule_bytes > 0 ? 100.0 * (planned - rule_bytes) / rule_bytes : 0.0);
+	printf("\n");
+}
+
 int cmd_plan(int argc, char **argv)
 {
 	struct session s;
@@ -807,13 +848,41 @@ int cmd_plan(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
-	struct fw_memory_report mr;
+	struct fw_memory_report mr, me = { 0 };
 	fw_graph_memory(s.g, &mr);
+	if (s.eval_g)
+		fw_graph_memory(s.eval_g, &me);
+	double P = (double)mr.n_params, Tr = (double)mr.n_trainable;
+	int n_state = s.optim ? s.optim->n_state : 0;
 	printf("parameters: %lld total, %lld trainable (%.2f%%)\n", (long long)mr.n_params,
-	       (long long)mr.n_trainable,
-	       mr.n_params ? 100.0 * (double)mr.n_trainable / (double)mr.n_params : 0.0);
-	printf("memory plan (micro-batch %lld x %lld tokens):\n", (long long)s.B, (long long)s.T);
-	fw_memory_report_print(&mr, stdout);
+	       (long long)mr.n_trainable, P > 0 ? 100.0 * Tr / P : 0.0);
+	printf("memory plan for training, f32, micro-batch %lld x %lld tokens, from the real "
+	       "graph:\n", (long long)s.B, (long long)s.T);
+	printf("  %-12s %14s   %-26s %14s  %7s\n", "category", "planned", "rule of thumb", "",
+	       "diff");
+	plan_row("weights", (double)mr.bytes[FW_MEM_WEIGHTS], "4 B/param (fp32)", 4 * P);
+	plan_row("gradients", (double)mr.bytes[FW_MEM_GRADIENTS], "4 B/trainable param", 4 * Tr);
+	char rule[64];
+	snprintf(rule, sizeof(rule), "%d x 4 B/trainable param", n_state);
+	plan_row("optimizer", (double)mr.bytes[FW_MEM_OPTIMIZER], rule, 4.0 * n_state * Tr);
+	plan_row("activations", (double)mr.bytes[FW_MEM_ACTIVATIONS], NULL, 0);
+	if (s.eval_g)
+		plan_row("eval acts", (double)me.bytes[FW_MEM_ACTIVATIONS], NULL, 0);
+	plan_row("inputs", (double)mr.bytes[FW_MEM_INPUTS], NULL, 0);
+	plan_row("workspace", (double)(mr.bytes[FW_MEM_WORKSPACE] + me.bytes[FW_MEM_WORKSPACE]),
+		 NULL, 0);
+	double total = (double)mr.total + (double)me.bytes[FW_MEM_ACTIVATIONS] +
+		       (double)me.bytes[FW_MEM_WORKSPACE];
+	plan_row("total", total, "16 B/trainable+4 B/frozen", 16 * Tr + 4 * (P - Tr));
+	plan_row("process", (double)s.base_rss, NULL, 0);
+	printf("  %-12s %10.1f MiB   (plan + process; compare with 'fwrun train's peak RSS)\n",
+	       "expected", (total + (double)s.base_rss) / 1048576.0);
+	printf("rules of thumb (docs): fp32 weights 4 B/param = %.1f MiB, fp16/bf16 2 B/param = "
+	       "%.1f MiB;\nmixed-precision Adam 16-20 B/param = %.1f-%.1f MiB (fw keeps no fp16 "
+	       "copy: %.0f B/trainable param here).\n", 4 * P / 1048576.0, 2 * P / 1048576.0,
+	       16 * P / 1048576.0, 20 * P / 1048576.0, Tr > 0 ? (4.0 + 4 + 4.0 * n_state) : 0);
+	printf("activations without reuse would take %.1f MiB (the planner shares buffers "
+	       "whose lifetimes do not overlap)\n", mr.activations_unplanned / 1048576.0);
 	rc = EXIT_OK;
 out:
 	free_session(&s);

@@ -11,6 +11,7 @@
 #include "fw/plugin.h"
 #include "fw/loader.h"
 #include "fw/safetensors.h"
+#include "fw/tokenizer.h"
 
 #define FW_VERSION_MAJOR 0
 #define FW_VERSION_MINOR 1

@@ -1,0 +1,134 @@
+/* fw/tokenizer.h - text to token ids and back: byte-level and GPT-2 byte-level BPE.
+ *
+ *     struct fw_err err;
+ *     struct fw_tokenizer *tok = fw_tokenizer_load_bpe("vocab.json", "merges.txt", &err);
+ *     if (!tok)
+ *             fprintf(stderr, "%s\n", err.msg);      // one line, names the file
+ *     struct fw_token_buf ids = { 0 };
+ *     fw_tokenizer_encode(tok, text, strlen(text), false, &ids, &err);
+ *     char *back;
+ *     size_t len;
+ *     fw_tokenizer_decode(tok, ids.ids, ids.n, &back, &len, &err);  // back == text
+ *     fw_free(back);
+ *     fw_token_buf_free(&ids);
+ *     fw_tokenizer_free(tok);
+ *
+ * Two kinds:
+ *
+ *   byte   ids 0..255 are the bytes, then the special tokens (by default one,
+ *          <|endoftext|> = 256, which is also the EOS token).
+ *   gpt2   GPT-2's byte-level BPE from Hugging Face's vocab.json + merges.txt
+ *          or OpenAI's encoder.json + vocab.bpe (the same formats: a JSON
+ *          object token -> id, written in GPT-2's byte-to-unicode alphabet,
+ *          and one merge "A B" a line, lowest rank first, after an optional
+ *          "#version" line). The output equals OpenAI's reference encoder
+ *          token for token (tests/bpe_reference.py checks it against the npm
+ *          package gpt-3-encoder).
+ *
+ * GPT-2 encoding: the text is split into pieces by GPT-2's pattern
+ *
+ *     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
+ *
+ * (PCRE2, UTF + UCP, JIT-compiled where available), and each piece is
+ * byte-pair merged in rank order. \s is the reference's (ECMAScript's)
+ * whitespace, [\t-\r\p{Z}\x{FEFF}]; OpenAI's Python encoder and tiktoken use
+ * Unicode's White_Space instead, which differs from it at U+0085 and U+FEFF
+ * only. \p{L} and \p{N} come from PCRE2's Unicode tables (Unicode 14 in
+ * PCRE2 10.42): characters assigned in later Unicode versions are symbols
+ * here.
+ *
+ * Invalid UTF-8. Every byte has a token, so any byte string encodes and
+ * decodes back to itself. The regex needs valid UTF-8, so the text is cut at
+ * each byte that does not begin a well-formed UTF-8 sequence (RFC 3629: no
+ * overlong forms, surrogates or code points above U+10FFFF): such a byte
+ * becomes its own byte token, unmerged, and the well-formed stretches between
+ * them are encoded as separate texts, as if each invalid byte were the end of
+ * one text and the start of the next. Valid UTF-8 is never affected.
+ *
+ * Special tokens. With allow_special, occurrences of a special token's text
+ * (the leftmost, longest first) are cut out before the regex runs and become
+ * that token; without it, they are encoded as ordinary text, as the reference
+ * encoder does. A gpt2 tokenizer's specials are the vocabulary entries of the
+ * form <|...|> (GPT-2 has one, <|endoftext|>, the EOS token); others can be
+ * added with fw_tokenizer_add_special.
+ *
+ * Threads. Encoding uses the tokenizer's piece cache and scratch space: one
+ * thread at a time may encode with a tokenizer (give each thread its own).
+ * Decoding and the lookups only read and may run concurrently with each other.
+ *
+ * Errors: constructors return NULL and fill err; actions return enum
+ * fw_status. FW_ERR_IO: a file is missing or unreadable; FW_ERR_FORMAT: its
+ * content is wrong (the message names the file and, for merges, the line);
+ * FW_ERR_INVALID: a token id outside the vocabulary; FW_ERR_NOMEM;
+ * FW_ERR_INTERNAL: PCRE2 failed. Memory comes from fw_malloc.
+ */
+#ifndef FW_TOKENIZER_H
+#define FW_TOKENIZER_H
+
+#include "fw/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct fw_tokenizer;                 /* opaque */
+
+enum fw_tokenizer_kind { FW_TOKENIZER_BYTE = 1, FW_TOKENIZER_GPT2 };
+
+/* A growable array of token ids; zero-initialise it. Encoding appends. */
+struct fw_token_buf {
+	int32_t *ids;                /* fw_malloc'd */
+	size_t n, cap;
+};
+void fw_token_buf_free(struct fw_token_buf *b);
+
+/* Byte-level: 256 byte tokens, then specials[0..n_specials) as ids 256...
+ * specials == NULL gives the default { "<|endoftext|>" }; the first special
+ * is the EOS token (none when n_specials == 0 with specials != NULL). */
+struct fw_tokenizer *fw_tokenizer_new_byte(const char *const *specials, int n_specials,
+					   struct fw_err *err);
+/* GPT-2 BPE from Hugging Face files. Every byte must have a token; every
+ * merge's parts and result must be in the vocabulary; ids must be 0..n-1. */
+struct fw_tokenizer *fw_tokenizer_load_bpe(const char *vocab_json, const char *merges_txt,
+					   struct fw_err *err);
+/* GPT-2 BPE from OpenAI's encoder.json + vocab.bpe. */
+struct fw_tokenizer *fw_tokenizer_load_gpt2(const char *encoder_json, const char *vocab_bpe,
+					    struct fw_err *err);
+void fw_tokenizer_free(struct fw_tokenizer *t);
+
+/* Appends the tokens of text[0..len) to out. Any bytes are accepted (see
+ * the header comment for invalid UTF-8). On error out keeps what it had. */
+enum fw_status fw_tokenizer_encode(struct fw_tokenizer *t, const char *text, size_t len,
+				   bool allow_special, struct fw_token_buf *out,
+				   struct fw_err *err);
+/* The bytes of ids[0..n), concatenated, into *out (fw_malloc'd, with a NUL
+ * after the *len bytes; caller fw_free()s it). An id outside the vocabulary
+ * is FW_ERR_INVALID and *out is NULL. */
+enum fw_status fw_tokenizer_decode(const struct fw_tokenizer *t, const int32_t *ids, size_t n,
+				   char **out, size_t *len, struct fw_err *err);
+
+/* The bytes of one token (not NUL-terminated), or NULL outside the vocabulary. */
+const char *fw_tokenizer_token(const struct fw_tokenizer *t, int32_t id, size_t *len);
+/* The id of the token whose bytes are exactly bytes[0..len), or -1. */
+int32_t fw_tokenizer_find(const struct fw_tokenizer *t, const char *bytes, size_t len);
+int32_t fw_tokenizer_vocab_size(const struct fw_tokenizer *t);
+/* The end-of-text token (<|endoftext|>), or -1 if the vocabulary has none. */
+int32_t fw_tokenizer_eos(const struct fw_tokenizer *t);
+enum fw_tokenizer_kind fw_tokenizer_kind(const struct fw_tokenizer *t);
+/* "byte" or "gpt2": the name fwrun's --tokenizer option uses. */
+const char *fw_tokenizer_name(const struct fw_tokenizer *t);
+bool fw_tokenizer_is_special(const struct fw_tokenizer *t, int32_t id);
+
+/* Makes text[0..len) a special token: an existing token of those bytes, or
+ * a new one appended to the vocabulary. Its id goes to *id (may be NULL). */
+enum fw_status fw_tokenizer_add_special(struct fw_tokenizer *t, const char *text, size_t len,
+					int32_t *id, struct fw_err *err);
+
+/* Caps the piece cache at max_entries pieces (0 disables it; the default is
+ * 65536). The cache only saves time: results are the same with any size. */
+void fw_tokenizer_set_cache_size(struct fw_tokenizer *t, size_t max_entries);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

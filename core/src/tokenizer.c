@@ -1,0 +1,1255 @@
+/* tokenizer.c - byte-level and GPT-2 byte-level BPE tokenizers (fw/tokenizer.h).
+ *
+ * Tokens are held as raw bytes: GPT-2's byte-to-unicode alphabet is undone
+ * once at load time, so encoding never maps bytes to characters. A piece
+ * from the regex starts as its byte tokens and is merged by a hash table
+ * keyed by the (left id, right id) pair, which gives the merge's rank and
+ * result. Merging follows the reference exactly: take the lowest-ranked
+ * adjacent pair, merge all its occurrences left to right, repeat. Short
+ * pieces do that directly on an array (O(n) per round); long ones (runs of
+ * letters or digits) use a heap of pairs ordered by (rank, position), which
+ * yields the same merges in O(n log n). Pieces of up to CACHE_KEY_MAX bytes
+ * are cached, piece bytes -> ids, in an open-addressing table that is
+ * emptied when full.
+ */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "fw/tokenizer.h"
+#include "tokenizer_internal.h"
+
+#define SMALL_PIECE 128                 /* longer pieces merge with the heap */
+#define CACHE_KEY_MAX 64                /* longer pieces are not cached */
+#define CACHE_DEFAULT 65536
+#define NO_RANK INT32_MAX
+#define EMPTY_KEY UINT64_MAX
+
+/* ECMAScript's \s (the reference encoder's): tab..CR, Zs, Zl, Zp, BOM. */
+#define WS "\\t-\\r\\p{Z}\\x{FEFF}"
+static const char gpt2_pattern[] =
+	"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^" WS "\\p{L}\\p{N}]+"
+	"|[" WS "]+(?![^" WS "])|[" WS "]+";
+
+struct tok_str {
+	uint32_t off, len;              /* into blob */
+};
+
+struct merge_slot {
+	uint64_t key;                   /* left << 32 | right; EMPTY_KEY = free */
+	int32_t rank, id;
+};
+
+struct cache_slot {
+	uint64_t hash;
+	uint32_t key_off, ids_off;      /* into ckeys, cids */
+	uint16_t key_len, n_ids;        /* key_len 0 = free */
+};
+
+struct special {
+	int32_t id;
+	uint32_t len;
+};
+
+struct fw_tokenizer {
+	enum fw_tokenizer_kind kind;
+	int32_t n_vocab, cap_vocab;
+	struct tok_str *tok;
+	char *blob;
+	size_t blob_len, blob_cap;
+	int32_t *vtab;                  /* bytes -> id, open addressing, -1 = free */
+	uint64_t vmask;
+	int32_t byte_id[256];
+	struct merge_slot *merges;
+	uint64_t mmask;
+	int mshift;
+	struct special *specials;       /* longest first */
+	int n_specials;
+	uint8_t special_first[32];      /* bitmap of the specials' first bytes */
+	int special_byte;               /* the first byte all specials share, or -1 */
+	int32_t eos;
+	pcre2_general_context *gctx;
+	pcre2_code *re;
+	pcre2_match_data *md;
+	bool jit;
+	size_t heap_threshold;
+	/* piece cache */
+	struct cache_slot *cache;
+	uint64_t cmask;
+	size_t cache_n, cache_max;
+	char *ckeys;
+	size_t ckeys_n, ckeys_cap;
+	int32_t *cids;
+	size_t cids_n, cids_cap;
+};
+
+/* --- small helpers -------------------------------------------------------------- */
+
+static uint64_t hash_bytes(const void *p, size_t n)
+{
+	const unsigned char *s = p;
+	uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xff51afd7ed558ccdull);
+	while (n >= 8) {
+		uint64_t v;
+		memcpy(&v, s, 8);
+		h = (h ^ v) * 0xbf58476d1ce4e5b9ull;
+		h ^= h >> 31;
+		s += 8;
+		n -= 8;
+	}
+	if (n) {
+		uint64_t v = 0;
+		memcpy(&v, s, n);
+		h = (h ^ v) * 0x94d049bb133111ebull;
+		h ^= h >> 29;
+	}
+	h *= 0xbf58476d1ce4e5b9ull;
+	return h ^ (h >> 32);
+}
+
+/* Grows *p (elements of size elem, capacity *cap) to hold need elements. */
+static bool grow(void **p, size_t *cap, size_t need, size_t elem)
+{
+	if (need <= *cap)
+		return true;
+	size_t nc = *cap ? *cap : 16;
+	while (nc < need)
+		nc *= 2;
+	if (nc > SIZE_MAX / elem)
+		return false;
+	void *q = fw_malloc(nc * elem);
+	if (!q)
+		return false;
+	if (*p)
+		memcpy(q, *p, *cap * elem);
+	fw_free(*p);
+	*p = q;
+	*cap = nc;
+	return true;
+}
+
+void fw_token_buf_free(struct fw_token_buf *b)
+{
+	if (!b)
+		return;
+	fw_free(b->ids);
+	b->ids = NULL;
+	b->n = b->cap = 0;
+}
+
+static inline bool buf_reserve(struct fw_token_buf *b, size_t more)
+{
+	if (b->n + more <= b->cap)
+		return true;
+	return grow((void **)&b->ids, &b->cap, b->n + more, sizeof(int32_t));
+}
+
+/* Reads a whole file into an fw_malloc'd, NUL-terminated buffer. */
+static enum fw_status read_file(const char *path, char **out, size_t *len, struct fw_err *err)
+{
+	*out = NULL;
+	int fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return fw_errorf(err, FW_ERR_IO, "%s: %s", path, strerror(errno));
+	struct stat st;
+	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return fw_errorf(err, FW_ERR_IO, "%s: not a regular file", path);
+	}
+	size_t n = (size_t)st.st_size, got = 0;
+	char *buf = fw_malloc(n + 1);
+	if (!buf) {
+		close(fd);
+		return fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+	}
+	while (got < n) {
+		ssize_t r = read(fd, buf + got, n - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			int e = errno;
+			close(fd);
+			fw_free(buf);
+			return fw_errorf(err, FW_ERR_IO, "%s: %s", path,
+					 r < 0 ? strerror(e) : "file shrank while reading");
+		}
+		got += (size_t)r;
+	}
+	close(fd);
+	buf[n] = '\0';
+	*out = buf;
+	*len = n;
+	return FW_OK;
+}
+
+/* Length of the longest well-formed UTF-8 prefix of s[0..n) (RFC 3629). */
+static size_t utf8_valid(const unsigned char *s, size_t n)
+{
+	size_t i = 0;
+	while (i < n) {
+		if (i + 8 <= n) {
+			uint64_t w;
+			memcpy(&w, s + i, 8);
+			if (!(w & 0x8080808080808080ull)) {
+				i += 8;
+				continue;
+			}
+		}
+		unsigned c = s[i];
+		if (c < 0x80) {
+			i++;
+			continue;
+		}
+		size_t k;
+		unsigned lo = 0x80, hi = 0xBF;
+		if (c >= 0xC2 && c <= 0xDF)
+			k = 1;
+		else if (c == 0xE0)
+			k = 2, lo = 0xA0;
+		else if (c == 0xED)
+			k = 2, hi = 0x9F;
+		else if (c >= 0xE1 && c <= 0xEF)
+			k = 2;
+		else if (c == 0xF0)
+			k = 3, lo = 0x90;
+		else if (c == 0xF4)
+			k = 3, hi = 0x8F;
+		else if (c >= 0xF1 && c <= 0xF3)
+			k = 3;
+		else
+			return i;
+		if (n - i <= k || s[i + 1] < lo || s[i + 1] > hi)
+			return i;
+		for (size_t j = 2; j <= k; j++)
+			if ((s[i + j] & 0xC0) != 0x80)
+				return i;
+		i += k + 1;
+	}
+	return n;
+}
+
+/* --- vocabulary ------------------------------------------------------------------ */
+
+static int32_t vocab_find(const struct fw_tokenizer *t, const char *b, size_t len)
+{
+	if (!t->vtab)
+		return -1;
+	for (uint64_t i = hash_bytes(b, len) & t->vmask;; i = (i + 1) & t->vmask) {
+		int32_t id = t->vtab[i];
+		if (id < 0)
+			return -1;
+		if (t->tok[id].len == len && !memcmp(t->blob + t->tok[id].off, b, len))
+			return id;
+	}
+}
+
+static void vocab_insert(struct fw_tokenizer *t, int32_t id)
+{
+	const struct tok_str *s = &t->tok[id];
+	uint64_t i = hash_bytes(t->blob + s->off, s->len) & t->vmask;
+	while (t->vtab[i] >= 0)
+		i = (i + 1) & t->vmask;
+	t->vtab[i] = id;
+}
+
+/* Rebuilds the bytes -> id table for the current tokens (first id wins). */
+static enum fw_status vocab_index(struct fw_tokenizer *t, struct fw_err *err)
+{
+	uint64_t size = 64;
+	while (size < 2 * (uint64_t)t->n_vocab)
+		size *= 2;
+	int32_t *tab = fw_malloc(size * sizeof(int32_t));
+	if (!tab)
+		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	memset(tab, 0xff, size * sizeof(int32_t));
+	fw_free(t->vtab);
+	t->vtab = tab;
+	t->vmask = size - 1;
+	for (int32_t id = 0; id < t->n_vocab; id++)
+		if (vocab_find(t, t->blob + t->tok[id].off, t->tok[id].len) < 0)
+			vocab_insert(t, id);
+	return FW_OK;
+}
+
+/* Appends a token with these bytes as id n_vocab (no index update). */
+static enum fw_status vocab_push(struct fw_tokenizer *t, const char *b, size_t len,
+				 struct fw_err *err)
+{
+	size_t cap = (size_t)t->cap_vocab;
+	if (t->n_vocab == INT32_MAX || len > UINT32_MAX - t->blob_len ||
+	    !grow((void **)&t->tok, &cap, (size_t)t->n_vocab + 1, sizeof(*t->tok)) ||
+	    !grow((void **)&t->blob, &t->blob_cap, t->blob_len + len + 1, 1))
+		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	t->cap_vocab = (int32_t)(cap > INT32_MAX ? INT32_MAX : cap);
+	memcpy(t->blob + t->blob_len, b, len);
+	t->tok[t->n_vocab++] = (struct tok_str){ (uint32_t)t->blob_len, (uint32_t)len };
+	t->blob_len += len;
+	return FW_OK;
+}
+
+static void special_index(struct fw_tokenizer *t)
+{
+	memset(t->special_first, 0, sizeof(t->special_first));
+	t->special_byte = -1;
+	for (int i = 0; i < t->n_specials; i++) {
+		unsigned char c = (unsigned char)t->blob[t->tok[t->specials[i].id].off];
+		t->special_first[c >> 3] |= (uint8_t)(1u << (c & 7));
+		t->special_byte = i == 0 || t->special_byte == c ? c : -2;
+	}
+	if (t->special_byte < 0)
+		t->special_byte = -1;
+}
+
+enum fw_status fw_tokenizer_add_special(struct fw_tokenizer *t, const char *text, size_t len,
+					int32_t *id_out, struct fw_err *err)
+{
+	if (!t || !text || len == 0 || len > 1024)
+		return fw_errorf(err, FW_ERR_INVALID,
+				 "tokenizer: a special token needs 1 to 1024 bytes of text");
+	int32_t id = vocab_find(t, text, len);
+	if (id < 0) {
+		enum fw_status s = vocab_push(t, text, len, err);
+		if (s == FW_OK && 2 * (uint64_t)t->n_vocab > t->vmask + 1)
+			s = vocab_index(t, err);
+		else if (s == FW_OK)
+			vocab_insert(t, t->n_vocab - 1);
+		if (s != FW_OK)
+			return s;
+		id = t->n_vocab - 1;
+	}
+	for (int i = 0; i < t->n_specials; i++)
+		if (t->specials[i].id == id) {
+			if (id_out)
+				*id_out = id;
+			return FW_OK;
+		}
+	struct special *ns = fw_malloc(sizeof(*ns) * (size_t)(t->n_specials + 1));
+	if (!ns)
+		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	int j = 0;                                  /* keep longest first */
+	for (int i = 0; i < t->n_specials; i++) {
+		if (j == i && t->specials[i].len < len)
+			ns[j++] = (struct special){ id, (uint32_t)len };
+		ns[j++] = t->specials[i];
+	}
+	if (j == t->n_specials)
+		ns[j++] = (struct special){ id, (uint32_t)len };
+	fw_free(t->specials);
+	t->specials = ns;
+	t->n_specials = j;
+	special_index(t);
+	if (t->eos < 0 && len == 13 && !memcmp(text, "<|endoftext|>", 13))
+		t->eos = id;
+	if (id_out)
+		*id_out = id;
+	return FW_OK;
+}
+
+/* --- construction ------------------------------------------------------------------ */
+
+static void *pcre_alloc(PCRE2_SIZE n, void *user)
+{
+	(void)user;
+	return fw_malloc(n);
+}
+
+static void pcre_free(void *p, void *user)
+{
+	(void)user;
+	fw_free(p);
+}
+
+static struct fw_tokenizer *tok_new(enum fw_tokenizer_kind kind)
+{
+	struct fw_tokenizer *t = fw_calloc(1, sizeof(*t));
+	if (!t)
+		return NULL;
+	t->kind = kind;
+	t->eos = -1;
+	t->special_byte = -1;
+	t->heap_threshold = SMALL_PIECE;
+	t->cache_max = CACHE_DEFAULT;
+	return t;
+}
+
+void fw_tokenizer_free(struct fw_tokenizer *t)
+{
+	if (!t)
+		return;
+	pcre2_match_data_free(t->md);
+	pcre2_code_free(t->re);
+	pcre2_general_context_free(t->gctx);
+	fw_free(t->tok);
+	fw_free(t->blob);
+	fw_free(t->vtab);
+	fw_free(t->merges);
+	fw_free(t->specials);
+	fw_free(t->cache);
+	fw_free(t->ckeys);
+	fw_free(t->cids);
+	fw_free(t);
+}
+
+struct fw_tokenizer *fw_tokenizer_new_byte(const char *const *specials, int n_specials,
+					   struct fw_err *err)
+{
+	static const char *const def[] = { "<|endoftext|>" };
+	if (!specials) {
+		specials = def;
+		n_specials = 1;
+	}
+	if (n_specials < 0 || n_specials > 1 << 20) {
+		fw_errorf(err, FW_ERR_INVALID, "tokenizer: bad number of special tokens (%d)",
+			  n_specials);
+		return NULL;
+	}
+	struct fw_tokenizer *t = tok_new(FW_TOKENIZER_BYTE);
+	if (!t) {
+		fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		return NULL;
+	}
+	enum fw_status s = FW_OK;
+	for (int b = 0; b < 256 && s == FW_OK; b++) {
+		char c = (char)b;
+		t->byte_id[b] = b;
+		s = vocab_push(t, &c, 1, err);
+	}
+	if (s == FW_OK)
+		s = vocab_index(t, err);
+	for (int i = 0; i < n_specials && s == FW_OK; i++) {
+		size_t len = specials[i] ? strlen(specials[i]) : 0;
+		if (len < 2) {
+			s = fw_errorf(err, FW_ERR_INVALID, "tokenizer: special token %d is %s", i,
+				      len ? "a single byte, which already is a byte token" : "empty");
+			break;
+		}
+		if (vocab_find(t, specials[i], len) >= 0) {
+			s = fw_errorf(err, FW_ERR_INVALID, "tokenizer: special token '%s' given twice",
+				      specials[i]);
+			break;
+		}
+		int32_t id;
+		s = fw_tokenizer_add_special(t, specials[i], len, &id, err);
+		if (s == FW_OK && i == 0)
+			t->eos = id;
+	}
+	if (s != FW_OK) {
+		fw_tokenizer_free(t);
+		return NULL;
+	}
+	return t;
+}
+
+/* GPT-2's bytes_to_unicode(): printable Latin-1 bytes stand for themselves,
+ * the other 68 bytes for U+0100... in byte order. */
+static void byte_alphabet(uint16_t cp_of[256], int16_t byte_of[324])
+{
+	int n = 0;
+	for (int i = 0; i < 324; i++)
+		byte_of[i] = -1;
+	for (int b = 0; b < 256; b++) {
+		bool keep = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) ||
+			    (b >= 0xAE && b <= 0xFF);
+		cp_of[b] = (uint16_t)(keep ? b : 256 + n++);
+		byte_of[cp_of[b]] = (int16_t)b;
+	}
+}
+
+/* Decodes a token written in GPT-2's alphabet (UTF-8 text) to its bytes in
+ * out (at least len bytes). Returns the byte count, or -1 if a character is
+ * outside the alphabet. */
+static long unalphabet(const int16_t byte_of[324], const char *s, size_t len, char *out)
+{
+	const unsigned char *u = (const unsigned char *)s;
+	long n = 0;
+	for (size_t i = 0; i < len;) {
+		unsigned cp;
+		if (u[i] < 0x80) {
+			cp = u[i++];
+		} else if ((u[i] & 0xE0) == 0xC0 && i + 1 < len && (u[i + 1] & 0xC0) == 0x80) {
+			cp = (u[i] & 0x1Fu) << 6 | (u[i + 1] & 0x3Fu);
+			i += 2;
+		} else {
+			return -1;
+		}
+		if (cp >= 324 || byte_of[cp] < 0)
+			return -1;
+		out[n++] = (char)byte_of[cp];
+	}
+	return n;
+}
+
+static int32_t merge_rank(const struct fw_tokenizer *t, int32_t a, int32_t b, int32_t *id)
+{
+	uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+	for (uint64_t i = (key * 0x9E3779B97F4A7C15ull) >> t->mshift;; i = (i + 1) & t->mmask) {
+		const struct merge_slot *s = &t->merges[i];
+		if (s->key == key) {
+			*id = s->id;
+			return s->rank;
+		}
+		if (s->key == EMPTY_KEY)
+			return NO_RANK;
+	}
+}
+
+/* Shows at most 40 bytes of a line in an error message. */
+static const char *excerpt(const char *s, size_t len, char *buf, size_t cap)
+{
+	size_t n = len < 40 ? len : 40;
+	size_t j = 0;
+	for (size_t i = 0; i < n && j + 5 < cap; i++) {
+		unsigned char c = (unsigned char)s[i];
+		if (c < 0x20 || c == 0x7f)
+			j += (size_t)snprintf(buf + j, cap - j, "\\x%02x", c);
+		else
+			buf[j++] = (char)c;
+	}
+	if (n < len && j + 4 < cap)
+		j += (size_t)snprintf(buf + j, cap - j, "...");
+	buf[j < cap ? j : cap - 1] = '\0';
+	return buf;
+}
+
+static int by_length(const void *x, const void *y)
+{
+	const struct special *a = x, *b = y;
+	return a->len != b->len ? (a->len < b->len ? 1 : -1) : (a->id > b->id) - (a->id < b->id);
+}
+
+/* The specials of a loaded vocabulary: entries written <|...|>, printable
+ * ASCII without spaces (GPT-2's <|endoftext|>, reserved tokens). */
+static enum fw_status find_specials(struct fw_tokenizer *t, struct fw_err *err)
+{
+	int n = 0;
+	for (int pass = 0; pass < 2; pass++) {
+		for (int32_t id = 0; id < t->n_vocab; id++) {
+			const char *b = t->blob + t->tok[id].off;
+			size_t l = t->tok[id].len;
+			bool sp = l >= 5 && l <= 1024 && !memcmp(b, "<|", 2) &&
+				  !memcmp(b + l - 2, "|>", 2);
+			for (size_t i = 0; sp && i < l; i++)
+				sp = (unsigned char)b[i] > ' ' && (unsigned char)b[i] < 0x7f;
+			if (!sp)
+				continue;
+			if (pass == 1)
+				t->specials[t->n_specials++] = (struct special){ id, (uint32_t)l };
+			else
+				n++;
+			if (pass == 1 && t->eos < 0 && l == 13 && !memcmp(b, "<|endoftext|>", 13))
+				t->eos = id;
+		}
+		if (pass == 0 && n == 0)
+			return FW_OK;
+		if (pass == 0 && !(t->specials = fw_malloc(sizeof(struct special) * (size_t)n)))
+			return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	}
+	qsort(t->specials, (size_t)n, sizeof(struct special), by_length);
+	special_index(t);
+	return FW_OK;
+}
+
+static enum fw_status load_vocab(struct fw_tokenizer *t, const char *path,
+				 const int16_t byte_of[324], const uint16_t cp_of[256],
+				 struct fw_err *err)
+{
+	char *text = NULL;
+	size_t len = 0;
+	enum fw_status s = read_file(path, &text, &len, err);
+	if (s != FW_OK)
+		return s;
+	json_error_t je;
+	json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+	fw_free(text);
+	if (!root)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s:%d: not valid JSON: %s", path, je.line,
+				 je.text);
+	if (!json_is_object(root) || json_object_size(root) == 0) {
+		s = fw_errorf(err, FW_ERR_FORMAT,
+			      "%s: expected a JSON object of token -> id, got %s", path,
+			      json_is_object(root) ? "an empty object" : "another JSON value");
+		goto out;
+	}
+	size_t n = json_object_size(root);
+	if (n > (size_t)INT32_MAX / 2) {
+		s = fw_errorf(err, FW_ERR_FORMAT, "%s: too many tokens (%zu)", path, n);
+		goto out;
+	}
+	t->tok = fw_calloc(n, sizeof(*t->tok));
+	uint8_t *seen = fw_calloc(n, 1);
+	if (!t->tok || !seen) {
+		fw_free(seen);
+		s = fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+		goto out;
+	}
+	t->cap_vocab = (int32_t)n;
+	t->n_vocab = (int32_t)n;
+	const char *key;
+	size_t klen;
+	json_t *val;
+	json_object_keylen_foreach(root, key, klen, val) {
+		char buf[80];
+		json_int_t id = json_is_integer(val) ? json_integer_value(val) : -1;
+		if (id < 0 || id >= (json_int_t)n || seen[id]) {
+			s = fw_errorf(err, FW_ERR_FORMAT,
+				      "%s: token '%s': %s", path, excerpt(key, klen, buf, sizeof(buf)),
+				      id >= 0 && id < (json_int_t)n ? "id given to two tokens" :
+				      "id is not an integer in [0, number of tokens)");
+			break;
+		}
+		seen[id] = 1;
+		if (!grow((void **)&t->blob, &t->blob_cap, t->blob_len + klen + 1, 1)) {
+			s = fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+			break;
+		}
+		long bl = unalphabet(byte_of, key, klen, t->blob + t->blob_len);
+		if (bl <= 0) {
+			s = fw_errorf(err, FW_ERR_FORMAT,
+				      "%s: token '%s' (id %lld) is %s GPT-2's byte alphabet", path,
+				      excerpt(key, klen, buf, sizeof(buf)), (long long)id,
+				      bl == 0 ? "empty, not in" : "not written in");
+			break;
+		}
+		t->tok[id] = (struct tok_str){ (uint32_t)t->blob_len, (uint32_t)bl };
+		t->blob_len += (size_t)bl;
+	}
+	fw_free(seen);
+	if (s == FW_OK)
+		s = vocab_index(t, err);
+	for (int b = 0; b < 256 && s == FW_OK; b++) {
+		char c = (char)b;
+		t->byte_id[b] = vocab_find(t, &c, 1);
+		if (t->byte_id[b] < 0) {
+			char u[3] = { (char)(0xC0 | cp_of[b] >> 6), (char)(0x80 | (cp_of[b] & 0x3F)), 0 };
+			if (cp_of[b] < 0x80)
+				u[0] = (char)cp_of[b], u[1] = 0;
+			s = fw_errorf(err, FW_ERR_FORMAT,
+				      "%s: no token for byte 0x%02x ('%s'); a byte-level BPE needs all 256",
+				      path, b, u);
+		}
+	}
+	if (s == FW_OK)
+		s = find_specials(t, err);
+out:
+	json_decref(root);
+	return s;
+}
+
+static enum fw_status load_merges(struct fw_tokenizer *t, const char *path,
+				  const int16_t byte_of[324], struct fw_err *err)
+{
+	char *text = NULL, *buf = NULL;
+	size_t len = 0;
+	enum fw_status s = read_file(path, &text, &len, err);
+	if (s != FW_OK)
+		return s;
+	size_t n_lines = 1;
+	for (size_t i = 0; i < len; i++)
+		n_lines += text[i] == '\n';
+	uint64_t size = 64;
+	while (size < 2 * (uint64_t)n_lines)
+		size *= 2;
+	t->merges = fw_malloc(size * sizeof(*t->merges));
+	buf = fw_malloc(len + 1);
+	if (!t->merges || !buf) {
+		s = fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+		goto out;
+	}
+	for (uint64_t i = 0; i < size; i++)
+		t->merges[i].key = EMPTY_KEY;
+	t->mmask = size - 1;
+	t->mshift = 64 - __builtin_ctzll(size);
+	int32_t rank = 0;
+	long line = 0;
+	for (size_t p = 0; p < len;) {
+		char *l = text + p, *nl = memchr(l, '\n', len - p);
+		size_t ll = nl ? (size_t)(nl - l) : len - p;
+		p += ll + 1;
+		line++;
+		if (ll && l[ll - 1] == '\r')
+			ll--;
+		if (ll == 0 || (line == 1 && ll >= 8 && !memcmp(l, "#version", 8)))
+			continue;
+		char ex[80];
+		char *sp = memchr(l, ' ', ll);
+		size_t la = sp ? (size_t)(sp - l) : 0, lb = sp ? ll - la - 1 : 0;
+		if (!sp || la == 0 || lb == 0 || memchr(sp + 1, ' ', lb)) {
+			s = fw_errorf(err, FW_ERR_FORMAT,
+				      "%s:%ld: expected two tokens separated by one space, got '%s'",
+				      path, line, excerpt(l, ll, ex, sizeof(ex)));
+			goto out;
+		}
+		long ba = unalphabet(byte_of, l, la, buf);
+		long bb = ba > 0 ? unalphabet(byte_of, sp + 1, lb, buf + ba) : -1;
+		if (bb <= 0) {
+			s = fw_errorf(err, FW_ERR_FORMAT,
+				      "%s:%ld: '%s' is not written in GPT-2's byte alphabet", path,
+				      line, excerpt(l, ll, ex, sizeof(ex)));
+			goto out;
+		}
+		int32_t a = vocab_find(t, buf, (size_t)ba);
+		int32_t b = vocab_find(t, buf + ba, (size_t)bb);
+		int32_t m = vocab_find(t, buf, (size_t)(ba + bb));
+		if (a < 0 || b < 0 || m < 0) {
+			s = fw_errorf(err, FW_ERR_FORMAT,
+				      "%s:%ld: merge '%s': %s is not in the vocabulary", path, line,
+				      excerpt(l, ll, ex, sizeof(ex)),
+				      a < 0 ? "the left token" : b < 0 ? "the right token" :
+				      "the merged token");
+			goto out;
+		}
+		if (rank == INT32_MAX - 1) {
+			s = fw_errorf(err, FW_ERR_FORMAT, "%s: too many merges", path);
+			goto out;
+		}
+		/* A repeated merge takes its last rank, as in the reference. */
+		uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+		uint64_t i = (key * 0x9E3779B97F4A7C15ull) >> t->mshift;
+		while (t->merges[i].key != EMPTY_KEY && t->merges[i].key != key)
+			i = (i + 1) & t->mmask;
+		t->merges[i] = (struct merge_slot){ key, rank++, m };
+	}
+out:
+	fw_free(text);
+	fw_free(buf);
+	return s;
+}
+
+static enum fw_status compile_pattern(struct fw_tokenizer *t, struct fw_err *err)
+{
+	int code;
+	PCRE2_SIZE at;
+	t->gctx = pcre2_general_context_create(pcre_alloc, pcre_free, NULL);
+	pcre2_compile_context *cc = t->gctx ? pcre2_compile_context_create(t->gctx) : NULL;
+	if (!cc)
+		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	t->re = pcre2_compile((PCRE2_SPTR)gpt2_pattern, PCRE2_ZERO_TERMINATED,
+			      PCRE2_UTF | PCRE2_UCP, &code, &at, cc);
+	pcre2_compile_context_free(cc);
+	if (!t->re) {
+		PCRE2_UCHAR msg[160];
+		pcre2_get_error_message(code, msg, sizeof(msg));
+		return fw_errorf(err, code == PCRE2_ERROR_HEAP_FAILED ? FW_ERR_NOMEM :
+				 FW_ERR_INTERNAL, "tokenizer: PCRE2 cannot compile GPT-2's pattern "
+				 "at %zu: %s", (size_t)at, (const char *)msg);
+	}
+	/* Without JIT (unsupported CPU, no executable memory) the interpreter
+	 * gives the same matches, more slowly. */
+	t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
+	t->md = pcre2_match_data_create_from_pattern(t->re, t->gctx);
+	if (!t->md)
+		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	return FW_OK;
+}
+
+static struct fw_tokenizer *load_bpe(const char *vocab, const char *merges, struct fw_err *err)
+{
+	if (!vocab || !merges) {
+		fw_errorf(err, FW_ERR_INVALID, "tokenizer: GPT-2 BPE needs a vocabulary file and a "
+			  "merges file");
+		return NULL;
+	}
+	struct fw_tokenizer *t = tok_new(FW_TOKENIZER_GPT2);
+	if (!t) {
+		fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		return NULL;
+	}
+	uint16_t cp_of[256];
+	int16_t byte_of[324];
+	byte_alphabet(cp_of, byte_of);
+	enum fw_status s = load_vocab(t, vocab, byte_of, cp_of, err);
+	if (s == FW_OK)
+		s = load_merges(t, merges, byte_of, err);
+	if (s == FW_OK)
+		s = compile_pattern(t, err);
+	if (s != FW_OK) {
+		fw_tokenizer_free(t);
+		return NULL;
+	}
+	return t;
+}
+
+struct fw_tokenizer *fw_tokenizer_load_bpe(const char *vocab_json, const char *merges_txt,
+					   struct fw_err *err)
+{
+	return load_bpe(vocab_json, merges_txt, err);
+}
+
+struct fw_tokenizer *fw_tokenizer_load_gpt2(const char *encoder_json, const char *vocab_bpe,
+					    struct fw_err *err)
+{
+	return load_bpe(encoder_json, vocab_bpe, err);
+}
+
+/* --- byte-pair merging --------------------------------------------------------------- */
+
+/* Merges sym[0..n) in place, the reference's way; returns the new length. */
+static size_t bpe_small(const struct fw_tokenizer *t, int32_t *sym, size_t n)
+{
+	int32_t rank[SMALL_PIECE], mid[SMALL_PIECE];
+	for (size_t i = 0; i + 1 < n; i++)
+		rank[i] = merge_rank(t, sym[i], sym[i + 1], &mid[i]);
+	while (n > 1) {
+		int32_t best = NO_RANK;
+		size_t bi = 0;
+		for (size_t i = 0; i + 1 < n; i++)
+			if (rank[i] < best) {
+				best = rank[i];
+				bi = i;
+			}
+		if (best == NO_RANK)
+			break;
+		/* Every occurrence of the pair, left to right; bi is the first. */
+		int32_t a = sym[bi], b = sym[bi + 1], m = mid[bi];
+		size_t w = bi;
+		for (size_t i = bi; i < n;) {
+			if (i + 1 < n && sym[i] == a && sym[i + 1] == b) {
+				sym[w++] = m;
+				i += 2;
+			} else {
+				sym[w++] = sym[i++];
+			}
+		}
+		n = w;
+		for (size_t i = bi ? bi - 1 : 0; i + 1 < n; i++)
+			rank[i] = merge_rank(t, sym[i], sym[i + 1], &mid[i]);
+	}
+	return n;
+}
+
+struct pair {
+	int32_t rank, id;               /* rank and result of merging left, right */
+	uint32_t left, right;           /* node indices */
+	uint32_t vl, vr;                /* their versions when queued */
+};
+
+static inline bool pair_before(const struct pair *x, const struct pair *y)
+{
+	return x->rank < y->rank || (x->rank == y->rank && x->left < y->left);
+}
+
+static void heap_push(struct pair *h, size_t *n, struct pair p)
+{
+	size_t i = (*n)++;
+	while (i > 0) {
+		size_t up = (i - 1) / 2;
+		if (!pair_before(&p, &h[up]))
+			break;
+		h[i] = h[up];
+		i = up;
+	}
+	h[i] = p;
+}
+
+static struct pair heap_pop(struct pair *h, size_t *n)
+{
+	struct pair top = h[0], last = h[--*n];
+	size_t i = 0;
+	for (;;) {
+		size_t c = 2 * i + 1;
+		if (c >= *n)
+			break;
+		if (c + 1 < *n && pair_before(&h[c + 1], &h[c]))
+			c++;
+		if (!pair_before(&h[c], &last))
+			break;
+		h[i] = h[c];
+		i = c;
+	}
+	if (*n)
+		h[i] = last;
+	return top;
+}
+
+/* The same merges as bpe_small in O(n log n): lowest (rank, position)
+ * first. Merges made while a rank is being applied can create pairs of a
+ * lower rank (only with unusual merge lists); the reference applies those in
+ * a later round, so they wait in `later` until the current rank is done. */
+static enum fw_status bpe_heap(const struct fw_tokenizer *t, int32_t *sym, size_t *np,
+			       struct fw_err *err)
+{
+	size_t n = *np;
+	uint32_t *next = fw_malloc(n * sizeof(uint32_t)), *prev = fw_malloc(n * sizeof(uint32_t));
+	uint32_t *ver = fw_calloc(n, sizeof(uint32_t));
+	struct pair *heap = fw_malloc(3 * n * sizeof(struct pair));
+	struct pair *later = fw_malloc(2 * n * sizeof(struct pair));
+	enum fw_status s = FW_OK;
+	if (!next || !prev || !ver || !heap || !later) {
+		s = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		goto out;
+	}
+	const uint32_t END = UINT32_MAX;
+	size_t nh = 0, nl = 0;
+	for (size_t i = 0; i < n; i++) {
+		next[i] = i + 1 < n ? (uint32_t)i + 1 : END;
+		prev[i] = i ? (uint32_t)i - 1 : END;
+	}
+	for (size_t i = 0; i + 1 < n; i++) {
+		struct pair p = { .left = (uint32_t)i, .right = (uint32_t)i + 1 };
+		p.rank = merge_rank(t, sym[i], sym[i + 1], &p.id);
+		if (p.rank != NO_RANK)
+			heap_push(heap, &nh, p);
+	}
+	int32_t cur = -1;
+	for (;;) {
+		if (nl && (nh == 0 || heap[0].rank != cur)) {
+			for (size_t i = 0; i < nl; i++)
+				heap_push(heap, &nh, later[i]);
+			nl = 0;
+		}
+		if (nh == 0)
+			break;
+		struct pair p = heap_pop(heap, &nh);
+		uint32_t l = p.left, r = p.right;
+		/* ver is odd once a node has been merged away. */
+		if (next[l] != r || ver[l] != p.vl || ver[r] != p.vr || (ver[l] & 1))
+			continue;
+		cur = p.rank;
+		sym[l] = p.id;
+		ver[l] += 2;
+		ver[r] |= 1;
+		next[l] = next[r];
+		if (next[r] != END)
+			prev[next[r]] = l;
+		uint32_t side[2][2] = { { prev[l], l }, { l, next[l] } };
+		for (int k = 0; k < 2; k++) {
+			uint32_t a = side[k][0], b = side[k][1];
+			if (a == END || b == END)
+				continue;
+			struct pair q = { .left = a, .right = b, .vl = ver[a], .vr = ver[b] };
+			q.rank = merge_rank(t, sym[a], sym[b], &q.id);
+			if (q.rank == NO_RANK)
+				continue;
+			if (q.rank <= cur)
+				later[nl++] = q;
+			else
+				heap_push(heap, &nh, q);
+		}
+	}
+	size_t w = 0;
+	for (uint32_t i = 0; i != END; i = next[i])
+		sym[w++] = sym[i];
+	*np = w;
+out:
+	fw_free(next);
+	fw_free(prev);
+	fw_free(ver);
+	fw_free(heap);
+	fw_free(later);
+	return s;
+}
+
+/* --- piece cache -------------------------------------------------------------------- */
+
+void fw_tokenizer_set_cache_size(struct fw_tokenizer *t, size_t max_entries)
+{
+	fw_free(t->cache);
+	t->cache = NULL;
+	t->cache_n = 0;
+	t->ckeys_n = t->cids_n = 0;
+	t->cache_max = max_entries > (1u << 26) ? (1u << 26) : max_entries;
+}
+
+static void cache_clear(struct fw_tokenizer *t)
+{
+	memset(t->cache, 0, (t->cmask + 1) * sizeof(*t->cache));
+	t->cache_n = 0;
+	t->ckeys_n = t->cids_n = 0;
+}
+
+static const struct cache_slot *cache_get(const struct fw_tokenizer *t, const char *s,
+					  size_t n, uint64_t h)
+{
+	for (uint64_t i = h & t->cmask;; i = (i + 1) & t->cmask) {
+		const struct cache_slot *c = &t->cache[i];
+		if (c->key_len == 0)
+			return NULL;
+		if (c->hash == h && c->key_len == n && !memcmp(t->ckeys + c->key_off, s, n))
+			return c;
+	}
+}
+
+/* Best effort: a failed allocation only means the piece is not cached. */
+static void cache_put(struct fw_tokenizer *t, const char *s, size_t n, uint64_t h,
+		      const int32_t *ids, size_t n_ids)
+{
+	if (!t->cache) {
+		uint64_t size = 64;
+		while (size < 2 * (uint64_t)t->cache_max)
+			size *= 2;
+		t->cache = fw_calloc(size, sizeof(*t->cache));
+		if (!t->cache)
+			return;
+		t->cmask = size - 1;
+	}
+	if (t->cache_n >= t->cache_max)
+		cache_clear(t);
+	if (!grow((void **)&t->ckeys, &t->ckeys_cap, t->ckeys_n + n, 1) ||
+	    !grow((void **)&t->cids, &t->cids_cap, t->cids_n + n_ids, sizeof(int32_t)) ||
+	    t->cids_n + n_ids > UINT32_MAX || t->ckeys_n + n > UINT32_MAX)
+		return;
+	uint64_t i = h & t->cmask;
+	while (t->cache[i].key_len)
+		i = (i + 1) & t->cmask;
+	t->cache[i] = (struct cache_slot){ h, (uint32_t)t->ckeys_n, (uint32_t)t->cids_n,
+					   (uint16_t)n, (uint16_t)n_ids };
+	memcpy(t->ckeys + t->ckeys_n, s, n);
+	memcpy(t->cids + t->cids_n, ids, n_ids * sizeof(int32_t));
+	t->ckeys_n += n;
+	t->cids_n += n_ids;
+	t->cache_n++;
+}
+
+/* --- encoding ----------------------------------------------------------------------- */
+
+static enum fw_status encode_piece(struct fw_tokenizer *t, const char *s, size_t n,
+				   struct fw_token_buf *out, struct fw_err *err)
+{
+	if (!buf_reserve(out, n))
+		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	int32_t *sym = out->ids + out->n;
+	if (n == 1) {
+		sym[0] = t->byte_id[(unsigned char)s[0]];
+		out->n++;
+		return FW_OK;
+	}
+	uint64_t h = 0;
+	bool cacheable = n <= CACHE_KEY_MAX && t->cache_max > 0;
+	if (cacheable) {
+		h = hash_bytes(s, n);
+		const struct cache_slot *c = t->cache ? cache_get(t, s, n, h) : NULL;
+		if (c) {
+			memcpy(sym, t->cids + c->ids_off, c->n_ids * sizeof(int32_t));
+			out->n += c->n_ids;
+			return FW_OK;
+		}
+	}
+	for (size_t i = 0; i < n; i++)
+		sym[i] = t->byte_id[(unsigned char)s[i]];
+	size_t m = n;
+	if (n <= t->heap_threshold && n <= SMALL_PIECE) {
+		m = bpe_small(t, sym, n);
+	} else {
+		enum fw_status st = bpe_heap(t, sym, &m, err);
+		if (st != FW_OK)
+			return st;
+	}
+	if (cacheable)
+		cache_put(t, s, n, h, sym, m);
+	out->n += m;
+	return FW_OK;
+}
+
+/* Well-formed UTF-8 text, no specials: the regex's pieces, merged. */
+static enum fw_status encode_valid(struct fw_tokenizer *t, const char *s, size_t n,
+				   struct fw_token_buf *out, struct fw_err *err)
+{
+	PCRE2_SIZE off = 0;
+	PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
+	while (off < n) {
+		int rc = t->jit ? pcre2_jit_match(t->re, (PCRE2_SPTR)s, n, off, 0, t->md, NULL)
+				: pcre2_match(t->re, (PCRE2_SPTR)s, n, off, PCRE2_NO_UTF_CHECK, t->md,
+					      NULL);
+		if (rc < 0) {
+			PCRE2_UCHAR msg[160];
+			pcre2_get_error_message(rc, msg, sizeof(msg));
+			return fw_errorf(err, rc == PCRE2_ERROR_NOMEMORY ? FW_ERR_NOMEM :
+					 FW_ERR_INTERNAL, "tokenizer: PCRE2 match failed at byte %zu: %s",
+					 (size_t)off, (const char *)msg);
+		}
+		PCRE2_SIZE a = ov[0], b = ov[1];
+		enum fw_status st = FW_OK;
+		/* The pattern matches every character, so a == off; be safe anyway. */
+		if (a > off && a <= n)
+			st = encode_piece(t, s + off, a - off, out, err);
+		if (b <= a || b > n) {
+			for (b = a + 1; b < n && ((unsigned char)s[b] & 0xC0) == 0x80; b++)
+				;
+		}
+		if (st == FW_OK)
+			st = encode_piece(t, s + a, b - a, out, err);
+		if (st != FW_OK)
+			return st;
+		off = b;
+	}
+	return FW_OK;
+}
+
+/* Text without specials: bytes that do not start well-formed UTF-8 are
+ * byte tokens, the stretches between them are encoded separately. */
+static enum fw_status encode_plain(struct fw_tokenizer *t, const char *s, size_t n,
+				   struct fw_token_buf *out, struct fw_err *err)
+{
+	if (t->kind == FW_TOKENIZER_BYTE) {
+		if (!buf_reserve(out, n))
+			return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		for (size_t i = 0; i < n; i++)
+			out->ids[out->n++] = (unsigned char)s[i];
+		return FW_OK;
+	}
+	const unsigned char *u = (const unsigned char *)s;
+	size_t i = 0;
+	while (i < n) {
+		size_t v = utf8_valid(u + i, n - i);
+		if (v == 0) {
+			if (!buf_reserve(out, 1))
+				return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+			out->ids[out->n++] = t->byte_id[u[i++]];
+			continue;
+		}
+		enum fw_status st = encode_valid(t, s + i, v, out, err);
+		if (st != FW_OK)
+			return st;
+		i += v;
+	}
+	return FW_OK;
+}
+
+/* The leftmost special in s[0..n) (longest at a position), or NULL; *at is
+ * its offset (n when none). */
+static const struct special *find_special(const struct fw_tokenizer *t, const char *s,
+					  size_t n, size_t *at)
+{
+	const unsigned char *u = (const unsigned char *)s;
+	for (size_t i = 0; i < n; i++) {
+		if (t->special_byte >= 0) {
+			const unsigned char *q = memchr(u + i, t->special_byte, n - i);
+			if (!q)
+				break;
+			i = (size_t)(q - u);
+		} else if (!(t->special_first[u[i] >> 3] & (1u << (u[i] & 7)))) {
+			continue;
+		}
+		for (int k = 0; k < t->n_specials; k++) {
+			const struct special *sp = &t->specials[k];
+			if (sp->len <= n - i && !memcmp(s + i, t->blob + t->tok[sp->id].off, sp->len)) {
+				*at = i;
+				return sp;
+			}
+		}
+	}
+	*at = n;
+	return NULL;
+}
+
+enum fw_status fw_tokenizer_encode(struct fw_tokenizer *t, const char *text, size_t len,
+				   bool allow_special, struct fw_token_buf *out,
+				   struct fw_err *err)
+{
+	if (!t || !out || (!text && len))
+		return fw_errorf(err, FW_ERR_INVALID, "tokenizer: encode needs a tokenizer, text "
+				 "and an output buffer");
+	size_t start = out->n;
+	enum fw_status s = FW_OK;
+	while (len > 0 && s == FW_OK) {
+		size_t at = len;
+		const struct special *sp = allow_special && t->n_specials ?
+			find_special(t, text, len, &at) : NULL;
+		s = encode_plain(t, text, at, out, err);
+		if (s == FW_OK && sp) {
+			if (!buf_reserve(out, 1)) {
+				s = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+				break;
+			}
+			out->ids[out->n++] = sp->id;
+			at += sp->len;
+		}
+		text += at;
+		len -= at;
+	}
+	if (s != FW_OK)
+		out->n = start;
+	return s;
+}
+
+/* --- decoding and lookups -------------------------------------------------------------- */
+
+enum fw_status fw_tokenizer_decode(const struct fw_tokenizer *t, const int32_t *ids, size_t n,
+				   char **out, size_t *len, struct fw_err *err)
+{
+	*out = NULL;
+	if (len)
+		*len = 0;
+	size_t total = 0;
+	for (size_t i = 0; i < n; i++) {
+		if (ids[i] < 0 || ids[i] >= t->n_vocab)
+			return fw_errorf(err, FW_ERR_INVALID,
+					 "tokenizer: token %lld at position %zu is outside the "
+					 "vocabulary (%d)", (long long)ids[i], i, t->n_vocab);
+		total += t->tok[ids[i]].len;
+	}
+	char *b = fw_malloc(total + 1);
+	if (!b)
+		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	size_t w = 0;
+	for (size_t i = 0; i < n; i++) {
+		memcpy(b + w, t->blob + t->tok[ids[i]].off, t->tok[ids[i]].len);
+		w += t->tok[ids[i]].len;
+	}
+	b[w] = '\0';
+	*out = b;
+	if (len)
+		*len = w;
+	return FW_OK;
+}
+
+const char *fw_tokenizer_token(const struct fw_tokenizer *t, int32_t id, size_t *len)
+{
+	if (!t || id < 0 || id >= t->n_vocab)
+		return NULL;
+	if (len)
+		*len = t->tok[id].len;
+	return t->blob + t->tok[id].off;
+}
+
+int32_t fw_tokenizer_find(const struct fw_tokenizer *t, const char *bytes, size_t len)
+{
+	return t && bytes ? vocab_find(t, bytes, len) : -1;
+}
+
+int32_t fw_tokenizer_vocab_size(const struct fw_tokenizer *t)
+{
+	return t->n_vocab;
+}
+
+int32_t fw_tokenizer_eos(const struct fw_tokenizer *t)
+{
+	return t->eos;
+}
+
+enum fw_tokenizer_kind fw_tokenizer_kind(const struct fw_tokenizer *t)
+{
+	return t->kind;
+}
+
+const char *fw_tokenizer_name(const struct fw_tokenizer *t)
+{
+	return t->kind == FW_TOKENIZER_BYTE ? "byte" : "gpt2";
+}
+
+bool fw_tokenizer_is_special(const struct fw_tokenizer *t, int32_t id)
+{
+	for (int i = 0; i < t->n_specials; i++)
+		if (t->specials[i].id == id)
+			return true;
+	return false;
+}
+
+void fw_tokenizer_set_heap_threshold(struct fw_tokenizer *t, size_t n)
+{
+	t->heap_threshold = n;
+}
+
+bool fw_tokenizer_uses_jit(const struct fw_tokenizer *t)
+{
+	return t->jit;
+}
