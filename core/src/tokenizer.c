@@ -72,8 +72,12 @@ struct fw_tokenizer {
 	struct merge_slot *merges;
 	uint64_t mmask;
 	int mshift;
-	struct special *specials;       /* longest first */
-	int n_specials;
+	struct special *specials;       /* in the order they were added */
+	size_t n_specials, cap_specials;
+	uint8_t *sp_flag;               /* sp_flag[id]: id is special (ids < cap_flag) */
+	size_t cap_flag;
+	uint32_t *sp_lens;              /* the specials' distinct lengths, longest first */
+	size_t n_lens, cap_lens;
 	uint8_t special_first[32];      /* bitmap of the specials' first bytes */
 	int special_byte;               /* the first byte all specials share, or -1 */
 	int32_t eos;
@@ -296,17 +300,39 @@ static enum fw_status vocab_push(struct fw_tokenizer *t, const char *b, size_t l
 	return FW_OK;
 }
 
-static void special_index(struct fw_tokenizer *t)
+/* Makes the token id (len bytes) special; it must not be one yet. */
+static enum fw_status special_push(struct fw_tokenizer *t, int32_t id, uint32_t len,
+				   struct fw_err *err)
 {
-	memset(t->special_first, 0, sizeof(t->special_first));
-	t->special_byte = -1;
-	for (int i = 0; i < t->n_specials; i++) {
-		unsigned char c = (unsigned char)t->blob[t->tok[t->specials[i].id].off];
-		t->special_first[c >> 3] |= (uint8_t)(1u << (c & 7));
-		t->special_byte = i == 0 || t->special_byte == c ? c : -2;
+	size_t old = t->cap_flag;
+	if (!grow((void **)&t->specials, &t->cap_specials, t->n_specials + 1,
+		  sizeof(*t->specials)) ||
+	    !grow((void **)&t->sp_flag, &t->cap_flag, (size_t)id + 1, 1) ||
+	    !grow((void **)&t->sp_lens, &t->cap_lens, t->n_lens + 1, sizeof(uint32_t)))
+		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	memset(t->sp_flag + old, 0, t->cap_flag - old);
+	t->specials[t->n_specials++] = (struct special){ id, len };
+	t->sp_flag[id] = 1;
+	size_t k = 0;
+	while (k < t->n_lens && t->sp_lens[k] > len)
+		k++;
+	if (k == t->n_lens || t->sp_lens[k] != len) {
+		memmove(t->sp_lens + k + 1, t->sp_lens + k, (t->n_lens - k) * sizeof(uint32_t));
+		t->sp_lens[k] = len;
+		t->n_lens++;
 	}
-	if (t->special_byte < 0)
-		t->special_byte = -1;
+	const char *b = t->blob + t->tok[id].off;
+	unsigned char c = (unsigned char)b[0];
+	t->special_first[c >> 3] |= (uint8_t)(1u << (c & 7));
+	t->special_byte = t->n_specials == 1 || t->special_byte == c ? c : -1;
+	if (t->eos < 0 && len == 13 && !memcmp(b, "<|endoftext|>", 13))
+		t->eos = id;
+	return FW_OK;
+}
+
+bool fw_tokenizer_is_special(const struct fw_tokenizer *t, int32_t id)
+{
+	return t && id >= 0 && (size_t)id < t->cap_flag && t->sp_flag[id];
 }
 
 enum fw_status fw_tokenizer_add_special(struct fw_tokenizer *t, const char *text, size_t len,
@@ -326,29 +352,11 @@ enum fw_status fw_tokenizer_add_special(struct fw_tokenizer *t, const char *text
 			return s;
 		id = t->n_vocab - 1;
 	}
-	for (int i = 0; i < t->n_specials; i++)
-		if (t->specials[i].id == id) {
-			if (id_out)
-				*id_out = id;
-			return FW_OK;
-		}
-	struct special *ns = fw_malloc(sizeof(*ns) * (size_t)(t->n_specials + 1));
-	if (!ns)
-		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
-	int j = 0;                                  /* keep longest first */
-	for (int i = 0; i < t->n_specials; i++) {
-		if (j == i && t->specials[i].len < len)
-			ns[j++] = (struct special){ id, (uint32_t)len };
-		ns[j++] = t->specials[i];
+	if (!fw_tokenizer_is_special(t, id)) {
+		enum fw_status s = special_push(t, id, (uint32_t)len, err);
+		if (s != FW_OK)
+			return s;
 	}
-	if (j == t->n_specials)
-		ns[j++] = (struct special){ id, (uint32_t)len };
-	fw_free(t->specials);
-	t->specials = ns;
-	t->n_specials = j;
-	special_index(t);
-	if (t->eos < 0 && len == 13 && !memcmp(text, "<|endoftext|>", 13))
-		t->eos = id;
 	if (id_out)
 		*id_out = id;
 	return FW_OK;
@@ -393,6 +401,8 @@ void fw_tokenizer_free(struct fw_tokenizer *t)
 	fw_free(t->vtab);
 	fw_free(t->merges);
 	fw_free(t->specials);
+	fw_free(t->sp_flag);
+	fw_free(t->sp_lens);
 	fw_free(t->cache);
 	fw_free(t->ckeys);
 	fw_free(t->cids);
@@ -520,42 +530,21 @@ static const char *excerpt(const char *s, size_t len, char *buf, size_t cap)
 	return buf;
 }
 
-static int by_length(const void *x, const void *y)
-{
-	const struct special *a = x, *b = y;
-	return a->len != b->len ? (a->len < b->len ? 1 : -1) : (a->id > b->id) - (a->id < b->id);
-}
-
 /* The specials of a loaded vocabulary: entries written <|...|>, printable
  * ASCII without spaces (GPT-2's <|endoftext|>, reserved tokens). */
 static enum fw_status find_specials(struct fw_tokenizer *t, struct fw_err *err)
 {
-	int n = 0;
-	for (int pass = 0; pass < 2; pass++) {
-		for (int32_t id = 0; id < t->n_vocab; id++) {
-			const char *b = t->blob + t->tok[id].off;
-			size_t l = t->tok[id].len;
-			bool sp = l >= 5 && l <= 1024 && !memcmp(b, "<|", 2) &&
-				  !memcmp(b + l - 2, "|>", 2);
-			for (size_t i = 0; sp && i < l; i++)
-				sp = (unsigned char)b[i] > ' ' && (unsigned char)b[i] < 0x7f;
-			if (!sp)
-				continue;
-			if (pass == 1)
-				t->specials[t->n_specials++] = (struct special){ id, (uint32_t)l };
-			else
-				n++;
-			if (pass == 1 && t->eos < 0 && l == 13 && !memcmp(b, "<|endoftext|>", 13))
-				t->eos = id;
-		}
-		if (pass == 0 && n == 0)
-			return FW_OK;
-		if (pass == 0 && !(t->specials = fw_malloc(sizeof(struct special) * (size_t)n)))
-			return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	enum fw_status s = FW_OK;
+	for (int32_t id = 0; id < t->n_vocab && s == FW_OK; id++) {
+		const char *b = t->blob + t->tok[id].off;
+		size_t l = t->tok[id].len;
+		bool sp = l >= 5 && l <= 1024 && !memcmp(b, "<|", 2) && !memcmp(b + l - 2, "|>", 2);
+		for (size_t i = 0; sp && i < l; i++)
+			sp = (unsigned char)b[i] > ' ' && (unsigned char)b[i] < 0x7f;
+		if (sp)
+			s = special_push(t, id, (uint32_t)l, err);
 	}
-	qsort(t->specials, (size_t)n, sizeof(struct special), by_length);
-	special_index(t);
-	return FW_OK;
+	return s;
 }
 
 static enum fw_status load_vocab(struct fw_tokenizer *t, const char *path,
@@ -1114,10 +1103,10 @@ static enum fw_status encode_plain(struct fw_tokenizer *t, const char *s, size_t
 	return FW_OK;
 }
 
-/* The leftmost special in s[0..n) (longest at a position), or NULL; *at is
- * its offset (n when none). */
-static const struct special *find_special(const struct fw_tokenizer *t, const char *s,
-					  size_t n, size_t *at)
+/* The leftmost special in s[0..n) (the longest at that position): its id,
+ * or -1; *at is its offset (n when none), *len its length. */
+static int32_t find_special(const struct fw_tokenizer *t, const char *s, size_t n, size_t *at,
+			    size_t *len)
 {
 	const unsigned char *u = (const unsigned char *)s;
 	for (size_t i = 0; i < n; i++) {
@@ -1129,16 +1118,19 @@ static const struct special *find_special(const struct fw_tokenizer *t, const ch
 		} else if (!(t->special_first[u[i] >> 3] & (1u << (u[i] & 7)))) {
 			continue;
 		}
-		for (int k = 0; k < t->n_specials; k++) {
-			const struct special *sp = &t->specials[k];
-			if (sp->len <= n - i && !memcmp(s + i, t->blob + t->tok[sp->id].off, sp->len)) {
+		for (size_t k = 0; k < t->n_lens; k++) {
+			if (t->sp_lens[k] > n - i)
+				continue;
+			int32_t id = vocab_find(t, s + i, t->sp_lens[k]);
+			if (fw_tokenizer_is_special(t, id)) {
 				*at = i;
-				return sp;
+				*len = t->sp_lens[k];
+				return id;
 			}
 		}
 	}
 	*at = n;
-	return NULL;
+	return -1;
 }
 
 enum fw_status fw_tokenizer_encode(struct fw_tokenizer *t, const char *text, size_t len,
@@ -1151,17 +1143,17 @@ enum fw_status fw_tokenizer_encode(struct fw_tokenizer *t, const char *text, siz
 	size_t start = out->n;
 	enum fw_status s = FW_OK;
 	while (len > 0 && s == FW_OK) {
-		size_t at = len;
-		const struct special *sp = allow_special && t->n_specials ?
-			find_special(t, text, len, &at) : NULL;
+		size_t at = len, sl = 0;
+		int32_t sp = allow_special && t->n_specials ?
+			find_special(t, text, len, &at, &sl) : -1;
 		s = encode_plain(t, text, at, out, err);
-		if (s == FW_OK && sp) {
+		if (s == FW_OK && sp >= 0) {
 			if (!buf_reserve(out, 1)) {
 				s = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 				break;
 			}
-			out->ids[out->n++] = sp->id;
-			at += sp->len;
+			out->ids[out->n++] = sp;
+			at += sl;
 		}
 		text += at;
 		len -= at;
@@ -1234,14 +1226,6 @@ enum fw_tokenizer_kind fw_tokenizer_kind(const struct fw_tokenizer *t)
 const char *fw_tokenizer_name(const struct fw_tokenizer *t)
 {
 	return t->kind == FW_TOKENIZER_BYTE ? "byte" : "gpt2";
-}
-
-bool fw_tokenizer_is_special(const struct fw_tokenizer *t, int32_t id)
-{
-	for (int i = 0; i < t->n_specials; i++)
-		if (t->specials[i].id == id)
-			return true;
-	return false;
 }
 
 void fw_tokenizer_set_heap_threshold(struct fw_tokenizer *t, size_t n)
