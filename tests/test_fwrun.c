@@ -349,7 +349,7 @@ static void reset_env(void)
 START_TEST(test_help)
 {
 	static const char *const cmds[] = { "train", "eval", "generate", "plan", "list",
-					    "import", "export" };
+					    "import", "export", "merge", "export-adapter", "tokenize" };
 	struct result r;
 	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
 		char usage[64];

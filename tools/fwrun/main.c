@@ -67,7 +67,7 @@ int main(int argc, char **argv)
 	if (!strcmp(cmd, "tokenize"))
 		return cmd_tokenize(argc, argv);
 	static const char *const cmds[] = { "train", "eval", "generate", "plan", "list",
-					    "import", "export", "merge", "export-adapter" };
+					    "import", "export", "merge", "export-adapter", "tokenize" };
 	const char *near = fw_nearest_name(cmd, cmds, (int)(sizeof(cmds) / sizeof(cmds[0])));
 	return die(EXIT_USAGE, "unknown command '%s'%s%s%s (see fwrun --help)", cmd,
 		   near ? "; did you mean '" : "", near ? near : "", near ? "'?" : "");
