@@ -793,6 +793,39 @@ START_TEST(test_train_peft_probe)
 }
 END_TEST
 
+/* A checkpoint loaded into a run that trains new tensors (a PEFT adapter)
+ * is refused unless --finetune takes its weights only, from step 0. */
+START_TEST(test_finetune_from_checkpoint)
+{
+	char rd[320], rdarg[400], rd2[320], rd2arg[400], load[400];
+	struct result r;
+	snprintf(rd, sizeof(rd), "%s/rd-ft-base", scratch);
+	snprintf(rdarg, sizeof(rdarg), "--run-dir=%s", rd);
+	snprintf(rd2, sizeof(rd2), "%s/rd-ft", scratch);
+	snprintf(rd2arg, sizeof(rd2arg), "--run-dir=%s", rd2);
+	snprintf(load, sizeof(load), "--load=%s", rd);
+	run(&r, "train", "--plugins=arch/tiny,attention/naive,optim/adamw", "--data", train_bin,
+	    "--train-iters=3", "--micro-batch-size=4", "--seq-length=16", rdarg, NULL);
+	expect_ok(&r);
+	result_free(&r);
+	run(&r, "train", "--plugins=arch/tiny,attention/naive,peft/probe,optim/adamw",
+	    "--data", train_bin, "--train-iters=2", "--micro-batch-size=4", "--seq-length=16",
+	    load, rd2arg, NULL);
+	ck_assert_msg(r.exited && r.code == 1, "%s", diag(&r));
+	ck_has(r.err, "--finetune");
+	result_free(&r);
+	run(&r, "train", "--plugins=arch/tiny,attention/naive,peft/probe,optim/adamw",
+	    "--data", train_bin, "--train-iters=2", "--micro-batch-size=4", "--seq-length=16",
+	    load, rd2arg, "--finetune", NULL);
+	expect_ok(&r);
+	struct metrics m;
+	metrics_read(&m, rd2);
+	check_train_lines(&m, 1, 2);      /* steps 1..2: started from step 0 */
+	free(m.text);
+	result_free(&r);
+}
+END_TEST
+
 /* An error from a plugin hook mid-training: exit 1, the last stderr line says
  * why, and the plugin was still closed (its log written). */
 START_TEST(test_hook_failure)
@@ -1091,6 +1124,7 @@ static Suite *fwrun_suite(void)
 		{ "bad_checkpoints", test_bad_checkpoints },
 		{ "train", test_train_metrics },
 		{ "peft_probe", test_train_peft_probe },
+		{ "finetune", test_finetune_from_checkpoint },
 		{ "hook_failure", test_hook_failure },
 		{ "config", test_config_roundtrip },
 		{ "resume", test_resume_exact },

@@ -60,6 +60,8 @@ static const struct fw_option_def run_defs[] = {
 	  "checkpoint every N steps (0 = only at the end)" },
 	{ "load", FW_OPT_STRING, "", 0, -1, NULL,
 	  "checkpoint to resume from, or a weights file to start from" },
+	{ "finetune", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "with --load of a checkpoint: take its weights only (step 0, new optimizer state)" },
 	{ "threads", FW_OPT_INT, "0", 0, 4096, NULL, "threads (0 = all cores)" },
 	{ "log-interval", FW_OPT_INT, "1", 1, 1e12, NULL, "log every N steps" },
 	{ "prompt-tokens", FW_OPT_STRING, "", 0, -1, NULL, "generate: prompt token ids, comma-separated" },

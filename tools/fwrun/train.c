@@ -317,6 +317,12 @@ static enum fw_status load_checkpoint(struct session *s, const char *path, bool 
 			"initialisation\n", n_new, s->slots.peft->desc->name, path);
 	if (st != FW_OK || !is_ckpt || !full || !s->state)
 		return st;
+	if (fw_opt_bool(s->cfg.run, "finetune"))
+		return FW_OK;      /* weights only: step 0, fresh optimizer, data from the start */
+	if (n_new)
+		return fw_errorf(err, FW_ERR_INVALID,
+				 "%s: this run trains %d tensors the checkpoint has no optimizer "
+				 "state for; add --finetune to start from its weights", path, n_new);
 	int ns = fw_graph_n_params(s->g) * s->optim->n_state;
 	if ((st = fw_h5_load(path, s->state, ns, err)) != FW_OK)
 		return st;
