@@ -1,0 +1,520 @@
+#!/usr/bin/python3
+"""GPT-2 124M training step: fw (fwrun train) against PyTorch, same machine, same run.
+
+Both train GPT-2 124M (12 layers, 12 heads, 768 wide, vocab 50257, 1024
+positions, tied embeddings) in fp32 on the same random llm.c token shard with
+B=4, T=256, AdamW (lr 6e-4 constant, betas 0.9/0.999, eps 1e-8, weight decay
+0.1 on 2-D tensors), gradient clipping at 1.0, for --steps steps. Each runs in
+its own process, so each peak RSS is its own (os.wait4 rusage of that child).
+ms/step is the median of the steps after --warmup warm-up steps.
+
+Run with Debian's interpreter (it has python3-torch 1.13 and numpy):
+
+    /usr/bin/python3 bench/gpt2_train.py [--steps 6] [--build build] [--threads 2]
+
+See bench/README.md ("gpt2_train") for the options and the PyTorch BLAS setup.
+"""
+import argparse
+import ctypes
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+MAGIC, VERSION = 20240520, 1
+VOCAB, N_POS, N_LAYER, N_HEAD, N_EMBD = 50257, 1024, 12, 12, 768
+OPENBLAS_OMP_DIR = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
+REF_BLAS_DIR = "/usr/lib/x86_64-linux-gnu/blas"
+
+# PyTorch configurations: name -> (env additions, torch settings).
+# LD_LIBRARY_PATH picks the libblas.so.3 that libtorch_cpu.so loads, whatever
+# the system alternative points to. mkldnn: torch.backends.mkldnn.enabled
+# (on by default); foreach: AdamW's multi-tensor path (torch 1.13's CPU default
+# is the per-tensor loop).
+_OB_SKX = {"LD_LIBRARY_PATH": OPENBLAS_OMP_DIR, "OPENBLAS_CORETYPE": "SkylakeX"}
+TORCH_CONFIGS = {
+    "openblas-omp-skx": (_OB_SKX, {"mkldnn": True, "foreach": False}),
+    "openblas-omp-skx-nomkldnn": (_OB_SKX, {"mkldnn": False, "foreach": False}),
+    "openblas-omp-skx-foreach": (_OB_SKX, {"mkldnn": True, "foreach": True}),
+    "openblas-omp-auto": ({"LD_LIBRARY_PATH": OPENBLAS_OMP_DIR},
+                          {"mkldnn": True, "foreach": False}),
+    "system-blas": ({"OPENBLAS_CORETYPE": "SkylakeX"}, {"mkldnn": True, "foreach": False}),
+    "reference-blas": ({"LD_LIBRARY_PATH": REF_BLAS_DIR},          # very slow
+                       {"mkldnn": True, "foreach": False}),
+}
+DEFAULT_TORCH_CONFIG = "openblas-omp-skx"
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- data
+
+def write_shard(path, n_tokens, seed=1234):
+    """An llm.c shard of n_tokens random tokens (standard library only)."""
+    import array
+    import random
+    rng = random.Random(seed)
+    header = array.array("i", [MAGIC, VERSION, n_tokens] + [0] * 253)
+    toks = array.array("H", (rng.randrange(VOCAB) for _ in range(n_tokens)))
+    if sys.byteorder != "little":
+        header.byteswap()
+        toks.byteswap()
+    with open(path, "wb") as f:
+        header.tofile(f)
+        toks.tofile(f)
+
+
+def read_shard(path):
+    import numpy as np
+    header = np.fromfile(path, dtype="<i4", count=256)
+    assert header[0] == MAGIC and header[1] == VERSION, "not an llm.c shard"
+    return np.fromfile(path, dtype="<u2", offset=1024, count=int(header[2]))
+
+
+# --------------------------------------------------------------------------- process running
+
+def rss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_busy_s():
+    """Seconds of CPU time all CPUs spent busy (or stolen by the hypervisor)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = v
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def run_child(cmd, env, stdout_path, stderr_path):
+    """Runs cmd; returns a dict: rc, peak_rss_mib (wait4 rusage of this child
+    alone), wall_s, cpu_s (the child's user+system time), others_cores (the
+    average number of cores that everything else kept busy meanwhile: the
+    contention a shared machine added), sampled_peak_mib (VmRSS every 0.2 s)."""
+    with open(stdout_path, "w") as out, open(stderr_path, "w") as err:
+        busy0, t0 = cpu_busy_s(), time.perf_counter()
+        p = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
+        samples, done = [], threading.Event()
+
+        def sample():
+            while not done.wait(0.2):
+                samples.append(rss_kib(p.pid))
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        _, status, ru = os.wait4(p.pid, 0)
+        wall, busy1 = time.perf_counter() - t0, cpu_busy_s()
+        done.set()
+        th.join()
+        p.returncode = os.waitstatus_to_exitcode(status)
+    cpu = ru.ru_utime + ru.ru_stime
+    return {"rc": p.returncode, "peak_rss_mib": ru.ru_maxrss / 1024.0, "wall_s": wall,
+            "cpu_s": cpu, "others_cores": max(0.0, (busy1 - busy0 - cpu) / wall),
+            "sampled_peak_mib": max(samples, default=0) / 1024.0}
+
+
+def busy_cores(window=5.0):
+    """The average number of cores busy over the next `window` seconds (this
+    script sleeps meanwhile, so it is other processes' load). Unlike the load
+    average it does not remember our own previous measurement."""
+    b0 = cpu_busy_s()
+    time.sleep(window)
+    return (cpu_busy_s() - b0) / window
+
+
+def wait_for_quiet(args):
+    """Waits, polling every 30 s for at most --max-wait s, until other
+    processes keep at most --max-others cores busy; returns the load average."""
+    waited = 0
+    busy = busy_cores()
+    while busy > args.max_others and waited < args.max_wait:
+        log(f"  other processes keep {busy:.2f} cores busy (load average "
+            f"{os.getloadavg()[0]:.2f}); waiting ({waited} of at most {args.max_wait} s)")
+        time.sleep(25)
+        waited += 30
+        busy = busy_cores()
+    if busy > args.max_others:
+        log(f"  still {busy:.2f} cores busy after {waited} s; measuring anyway")
+    return os.getloadavg()[0]
+
+
+def step_stats(step_s, warmup):
+    """ms/step: the median of the steps after warm-up, and the fastest of them
+    (the steadier estimate when other jobs share the machine)."""
+    rest = step_s[warmup:] if len(step_s) > warmup else step_s[-1:]
+    return {"ms_step": statistics.median(rest) * 1000.0, "ms_min": min(rest) * 1000.0,
+            "step_ms": [round(x * 1000, 1) for x in step_s]}
+
+
+def measured(args, what, fn):
+    """Runs fn() (one measured process); while other processes kept more than
+    --max-others cores busy during it, waits for a quiet machine and measures
+    again, at most --retries times. The result records the attempts."""
+    for attempt in range(args.retries + 1):
+        r = fn()
+        if r is None:
+            return r
+        r["attempts"] = attempt + 1
+        if r["others_cores"] <= args.max_others:
+            return r
+        log(f"  {what}: other processes kept {r['others_cores']:.2f} cores busy "
+            f"(> {args.max_others})" + ("; measuring again" if attempt < args.retries else
+                                        "; keeping this (contended) result"))
+        if attempt < args.retries:
+            wait_for_quiet(args)
+    return r
+
+
+# --------------------------------------------------------------------------- fw
+
+def run_fw(args, shard, work):
+    build = os.path.abspath(args.build)
+    fwrun = os.path.join(build, "tools", "fwrun")
+    if os.path.isdir(fwrun):          # some generators put the binary in a folder
+        fwrun = os.path.join(fwrun, "fwrun")
+    run_dir = os.path.join(work, "fw-run")
+    shutil.rmtree(run_dir, ignore_errors=True)
+    cmd = [fwrun, "train", "--plugins=arch/decoder,attention/mha,optim/adamw",
+           f"--data={shard}", "--micro-batch-size=4", "--seq-length=256",
+           f"--train-iters={args.steps}", "--lr=6e-4", "--lr-warmup-iters=0",
+           "--lr-decay-style=constant", "--weight-decay=0.1", "--clip-grad=1.0",
+           "--no-shuffle", f"--threads={args.threads}", f"--run-dir={run_dir}"]
+    if not os.access(fwrun, os.X_OK):
+        raise SystemExit(f"{fwrun}: not built (see bench/README.md, gpt2_train)")
+    env = dict(os.environ, FW_PLUGIN_PATH=os.path.join(build, "plugins"),
+               OMP_NUM_THREADS=str(args.threads))
+    log(f"  fw: FW_PLUGIN_PATH={env['FW_PLUGIN_PATH']} OMP_NUM_THREADS={args.threads} " +
+        " ".join(cmd))
+    res = run_child(cmd, env, os.path.join(work, "fw.out"), os.path.join(work, "fw.err"))
+    rc = res["rc"]
+    with open(os.path.join(work, "fw.err")) as f:
+        err_text = f.read()
+    if rc != 0:
+        log(err_text[-3000:])
+        raise SystemExit(f"fwrun failed with exit status {rc}")
+    rows = []
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if "loss" in r:
+                rows.append(r)
+    el = [r["elapsed_s"] for r in rows]
+    step_s = [el[0]] + [b - a for a, b in zip(el, el[1:])]
+    m = re.search(r"peak memory \(RSS\) ([0-9.]+) MiB; planned ([0-9.]+) MiB", err_text)
+    n = re.search(r"fwrun: (\d+) parameters", err_text)
+    res.update(step_stats(step_s, args.warmup))
+    res.update(loss0=rows[0]["loss"], loss_last=rows[-1]["loss"],
+               self_peak_mib=float(m.group(1)) if m else None,
+               planned_mib=float(m.group(2)) if m else None,
+               n_params=int(n.group(1)) if n else None)
+    shutil.rmtree(run_dir, ignore_errors=True)     # the checkpoint is ~1.5 GB
+    return res
+
+
+# --------------------------------------------------------------------------- torch
+
+def run_torch(args, shard, work, config):
+    extra, _ = TORCH_CONFIGS[config]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), **extra)
+    if "LD_LIBRARY_PATH" in extra and os.environ.get("LD_LIBRARY_PATH"):
+        env["LD_LIBRARY_PATH"] = extra["LD_LIBRARY_PATH"] + ":" + os.environ["LD_LIBRARY_PATH"]
+    if "LD_LIBRARY_PATH" in extra and not os.path.isdir(extra["LD_LIBRARY_PATH"]):
+        print(f"torch [{config}]: {extra['LD_LIBRARY_PATH']} is missing (install it once "
+              "with --setup-blas, as root); skipped", flush=True)
+        return None
+    cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", config,
+           "--data", shard, "--steps", str(args.steps), "--threads", str(args.threads)]
+    log(f"  torch [{config}]: " + " ".join(f"{k}={v}" for k, v in extra.items()) +
+        f" OMP_NUM_THREADS={args.threads}")
+    out, errp = os.path.join(work, f"torch-{config}.out"), os.path.join(work, f"torch-{config}.err")
+    res = run_child(cmd, env, out, errp)
+    if res["rc"] != 0:
+        with open(errp) as f:
+            log(f.read()[-3000:])
+        raise SystemExit(f"torch worker failed with exit status {res['rc']}")
+    with open(out) as f:
+        r = json.loads(f.read().strip().splitlines()[-1])
+    r.update(res)
+    r.update(step_stats(r["step_s"], args.warmup))
+    return r
+
+
+def loaded_libs():
+    keep = re.compile(r"blas|lapack|dnnl|mkl|gomp|libomp|libiomp")
+    libs = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and keep.search(os.path.basename(parts[5])):
+                libs.add(os.path.realpath(parts[5]))
+    return sorted(libs)
+
+
+def openblas_core(libs):
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+            fn = lib.openblas_get_corename
+        except (OSError, AttributeError):
+            continue
+        fn.restype = ctypes.c_char_p
+        cfg = lib.openblas_get_config
+        cfg.restype = ctypes.c_char_p
+        return f"{fn().decode()} ({cfg().decode().strip()})"
+    return None
+
+
+def torch_worker(config, data, steps, threads):
+    import numpy as np
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    _, opts = TORCH_CONFIGS[config]
+    torch.set_num_threads(threads)
+    torch.backends.mkldnn.enabled = opts["mkldnn"]
+    torch.manual_seed(1234)
+    B, T, C, H, L = 4, 256, N_EMBD, N_HEAD, N_LAYER
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1 = nn.LayerNorm(C)
+            self.c_attn = nn.Linear(C, 3 * C)
+            self.c_proj = nn.Linear(C, C)
+            self.ln_2 = nn.LayerNorm(C)
+            self.c_fc = nn.Linear(C, 4 * C)
+            self.mlp_proj = nn.Linear(4 * C, C)
+            self.register_buffer("mask", torch.ones(T, T, dtype=torch.bool).triu(1),
+                                 persistent=False)
+
+        def forward(self, x):
+            b, t, _ = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q = q.view(b, t, H, C // H).transpose(1, 2)
+            k = k.view(b, t, H, C // H).transpose(1, 2)
+            v = v.view(b, t, H, C // H).transpose(1, 2)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(C // H))
+            att = att.masked_fill(self.mask[:t, :t], float("-inf")).softmax(dim=-1)
+            y = (att @ v).transpose(1, 2).contiguous().view(b, t, C)
+            x = x + self.c_proj(y)
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT2(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte = nn.Embedding(VOCAB, C)
+            self.wpe = nn.Embedding(N_POS, C)
+            self.h = nn.ModuleList(Block() for _ in range(L))
+            self.ln_f = nn.LayerNorm(C)
+            # the same init as fw's arch/decoder
+            for name, p in self.named_parameters():
+                if p.dim() == 1:
+                    nn.init.zeros_(p) if name.endswith("bias") else nn.init.ones_(p)
+                elif name == "wpe.weight":
+                    nn.init.normal_(p, 0.0, 0.01)
+                elif name.endswith("c_proj.weight") or name.endswith("mlp_proj.weight"):
+                    nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * L))
+                else:
+                    nn.init.normal_(p, 0.0, 0.02)
+
+        def forward(self, idx, targets):
+            t = idx.shape[1]
+            x = self.wte(idx) + self.wpe.weight[:t]
+            for blk in self.h:
+                x = blk(x)
+            logits = self.ln_f(x) @ self.wte.weight.t()          # tied head
+            return F.cross_entropy(logits.view(-1, VOCAB), targets.view(-1))
+
+    model = GPT2()
+    n_params = sum(p.numel() for p in model.parameters())
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=6e-4, betas=(0.9, 0.999), eps=1e-8, foreach=opts["foreach"])
+    toks = torch.from_numpy(read_shard(data).astype(np.int64))
+    step_s, losses = [], []
+    for k in range(steps):
+        t0 = time.perf_counter()
+        chunk = toks[k * B * T: k * B * T + B * T + 1]
+        x, y = chunk[:-1].view(B, T), chunk[1:].view(B, T)
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        lv = loss.item()
+        step_s.append(time.perf_counter() - t0)
+        losses.append(lv)
+        print(f"torch step {k + 1}/{steps} loss {lv:.6f} {step_s[-1] * 1000:.0f} ms",
+              file=sys.stderr, flush=True)
+    libs = loaded_libs()
+    print(json.dumps({
+        "config": config, "torch": torch.__version__, "n_params": n_params,
+        "threads": torch.get_num_threads(), "mkldnn": torch.backends.mkldnn.enabled,
+        "foreach": opts["foreach"],
+        "step_s": step_s, "loss0": losses[0], "loss_last": losses[-1],
+        "libs": libs, "openblas_core": openblas_core(libs),
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+    }))
+
+
+# --------------------------------------------------------------------------- setup / main
+
+def setup_blas():
+    """Installs Debian's OpenMP OpenBLAS. apt makes it the libblas.so.3
+    alternative (auto mode); the benchmark itself selects it with
+    LD_LIBRARY_PATH either way."""
+    if os.geteuid() != 0:
+        raise SystemExit("--setup-blas needs root (apt-get, update-alternatives)")
+    if not os.path.isdir(OPENBLAS_OMP_DIR):
+        subprocess.run(["apt-get", "install", "-y", "-q", "libopenblas0-openmp"], check=True,
+                       env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
+    want = os.path.join(OPENBLAS_OMP_DIR, "libblas.so.3")
+    if os.path.realpath("/usr/lib/x86_64-linux-gnu/libblas.so.3") != os.path.realpath(want):
+        subprocess.run(["update-alternatives", "--set", "libblas.so.3-x86_64-linux-gnu", want],
+                       check=True)
+    subprocess.run(["update-alternatives", "--display", "libblas.so.3-x86_64-linux-gnu"])
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(run, fw, th, load):
+    print(f"\n== run {run}  (load average before: {load[0]:.2f}, after: {load[1]:.2f})")
+    hdr = f"{'':22s} {'fw':>12s} {'torch':>12s} {'fw/torch':>9s}"
+    print(hdr)
+    print("-" * len(hdr))
+
+    def row(name, a, b, spec, with_ratio=True):
+        ratio = a / b if with_ratio and a is not None and b else None
+        print(f"{name:22s} {fmt(a, spec):>12s} {fmt(b, spec):>12s} {fmt(ratio, '.3f'):>9s}")
+    g = (lambda d, k: d.get(k) if d else None)
+    row("ms/step (median)", g(fw, "ms_step"), g(th, "ms_step"), ".1f")
+    row("ms/step (fastest)", g(fw, "ms_min"), g(th, "ms_min"), ".1f")
+    row("peak RSS MiB", g(fw, "peak_rss_mib"), g(th, "peak_rss_mib"), ".1f")
+    row("first-step loss", g(fw, "loss0"), g(th, "loss0"), ".4f", False)
+    row("last-step loss", g(fw, "loss_last"), g(th, "loss_last"), ".4f", False)
+    row("parameters", g(fw, "n_params"), g(th, "n_params"), "d", False)
+    row("others' load (cores)", g(fw, "others_cores"), g(th, "others_cores"), ".2f", False)
+    row("attempts", g(fw, "attempts"), g(th, "attempts"), "d", False)
+    print(f"(ln(50257) = {math.log(VOCAB):.4f})")
+    if fw:
+        print(f"fw    per-step ms: {fw['step_ms']}  wall {fw['wall_s']:.1f} s; "
+              f"fwrun's own peak {fmt(fw['self_peak_mib'], '.1f')} MiB, planned "
+              f"{fmt(fw['planned_mib'], '.1f')} MiB, sampled {fw['sampled_peak_mib']:.1f} MiB")
+    if th:
+        print(f"torch per-step ms: {th['step_ms']}  wall {th['wall_s']:.1f} s; "
+              f"config {th['config']}, torch {th['torch']}, {th['threads']} threads, "
+              f"mkldnn {th['mkldnn']}, AdamW foreach {th['foreach']}, sampled peak "
+              f"{th['sampled_peak_mib']:.1f} MiB")
+    sys.stdout.flush()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
+    ap.add_argument("--build", default="build", help="fw build directory")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=2, help="fw+torch pairs")
+    ap.add_argument("--skip-torch", action="store_true")
+    ap.add_argument("--skip-fw", action="store_true")
+    ap.add_argument("--torch-config", default=DEFAULT_TORCH_CONFIG,
+                    help="comma-separated, of: " + ", ".join(TORCH_CONFIGS) +
+                    "; with several, each runs and the fastest gives the ratio")
+    ap.add_argument("--setup-blas", action="store_true",
+                    help="as root: apt-get install libopenblas0-openmp and select it as "
+                    "libblas.so.3, then exit")
+    ap.add_argument("--max-wait", type=int, default=600, help="seconds to wait for a quiet machine")
+    ap.add_argument("--max-others", type=float, default=0.3,
+                    help="before measuring, wait while other processes keep more cores busy than "
+                    "this; remeasure a process when they did during it")
+    ap.add_argument("--retries", type=int, default=2, help="remeasurements per process")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--torch-worker", metavar="CONFIG", help=argparse.SUPPRESS)
+    ap.add_argument("--data", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.torch_worker:
+        return torch_worker(args.torch_worker, args.data, args.steps, args.threads)
+    if args.setup_blas:
+        return setup_blas()
+    if not args.skip_torch:
+        import importlib.util
+        if importlib.util.find_spec("torch") is None:
+            raise SystemExit(f"{sys.executable} has no torch: run with /usr/bin/python3 "
+                             "(Debian's python3-torch) or pass --skip-torch")
+    configs = [c for c in args.torch_config.split(",") if c]
+    for c in configs:
+        if c not in TORCH_CONFIGS:
+            raise SystemExit(f"unknown --torch-config {c}; one of {', '.join(TORCH_CONFIGS)}")
+
+    work = tempfile.mkdtemp(prefix="fw-gpt2-bench-")
+    shard = os.path.join(work, "train.bin")
+    write_shard(shard, (args.steps + 1) * 4 * 256 + 1)
+    print(f"GPT-2 124M fp32, B=4 T=256, {args.steps} steps (median of steps "
+          f"{args.warmup + 1}..{args.steps}), {args.threads} threads, {os.cpu_count()} CPUs")
+    summary = []
+    try:
+        for run in range(1, args.runs + 1):
+            log(f"run {run}/{args.runs}")
+            before = wait_for_quiet(args)
+            fw = None if args.skip_fw else measured(args, "fw", lambda: run_fw(args, shard, work))
+            th = None
+            for c in ([] if args.skip_torch else configs):
+                r = measured(args, f"torch [{c}]",
+                             lambda c=c: run_torch(args, shard, work, c))
+                if r:
+                    log(f"  torch [{c}]: {r['ms_step']:.1f} ms/step, libs {r['libs']}, "
+                        f"OpenBLAS core {r['openblas_core']}")
+                if r and len(configs) > 1:
+                    print(f"  torch [{c}]: {r['ms_step']:.1f} ms/step median, "
+                          f"{r['ms_min']:.1f} fastest, peak {r['peak_rss_mib']:.0f} MiB, "
+                          f"others' load {r['others_cores']:.2f} cores")
+                if r and (th is None or r["ms_step"] < th["ms_step"]):
+                    th = r
+            after = os.getloadavg()[0]
+            print_table(run, fw, th, (before, after))
+            summary.append((fw, th))
+        if summary and summary[0][1]:
+            th = summary[0][1]
+            print(f"\ntorch BLAS: OPENBLAS_CORETYPE={th['OPENBLAS_CORETYPE']}, "
+                  f"OpenBLAS core {th['openblas_core']}")
+            for lib in th["libs"]:
+                print(f"  loaded: {lib}")
+        ratios = [f["ms_step"] / t["ms_step"] for f, t in summary if f and t]
+        if ratios:
+            print(f"ms/step ratio fw/torch per run: {', '.join(f'{r:.3f}' for r in ratios)}"
+                  f" -> goal < 1.0: {'met' if max(ratios) < 1.0 else 'NOT met'}")
+        rmin = [f["ms_min"] / t["ms_min"] for f, t in summary if f and t]
+        if rmin:
+            print(f"fastest-step ratio fw/torch per run: {', '.join(f'{r:.3f}' for r in rmin)}")
+        mr = [f["peak_rss_mib"] / t["peak_rss_mib"] for f, t in summary if f and t]
+        if mr:
+            print(f"peak RSS ratio fw/torch per run: {', '.join(f'{r:.3f}' for r in mr)}")
+    finally:
+        if args.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
