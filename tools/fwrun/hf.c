@@ -87,14 +87,36 @@ static char *arch_config(const struct gpt2_config *c)
 	return buf;
 }
 
-/* The tensors a GPT-2 with this config must have, in fw names and shapes. */
-static int expected(const struct gpt2_config *c, char names[][FW_NAME_MAX], int64_t shapes[][2],
-		    int *ndims)
+/* The tensors a GPT-2 with this config has, in fw names and shapes (f32,
+ * data allocated): what import fills and export reads. */
+struct gpt2_set {
+	int n;
+	struct fw_tensor *ts;
+	struct fw_tensor **tp;
+};
+
+static void gpt2_set_free(struct gpt2_set *g)
 {
-	int n = 0;
+	for (int i = 0; g->ts && i < g->n; i++)
+		free(g->ts[i].data);
+	free(g->ts);
+	free(g->tp);
+	memset(g, 0, sizeof(*g));
+}
+
+static int gpt2_tensors(const struct gpt2_config *c, struct gpt2_set *g)
+{
+	int cap = 3 + 12 * (int)c->n_layer + 3;
 	int64_t C = c->n_embd;
-#define ADD(nd, a, b, ...) do { snprintf(names[n], FW_NAME_MAX, __VA_ARGS__); \
-	shapes[n][0] = a; shapes[n][1] = b; ndims[n] = nd; n++; } while (0)
+	memset(g, 0, sizeof(*g));
+	g->ts = calloc((size_t)cap, sizeof(*g->ts));
+	g->tp = calloc((size_t)cap, sizeof(*g->tp));
+	if (!g->ts || !g->tp)
+		return -1;
+#define ADD(nd, a, b, ...) do { struct fw_tensor *t = &g->ts[g->n]; \
+	snprintf(t->name, sizeof(t->name), __VA_ARGS__); t->dtype = FW_F32; \
+	t->ndim = nd; t->ne[0] = a; t->ne[1] = b; fw_set_contiguous_strides(t); \
+	g->tp[g->n++] = t; } while (0)
 	ADD(2, c->vocab, C, "wte.weight");
 	ADD(2, c->n_pos, C, "wpe.weight");
 	for (int l = 0; l < c->n_layer; l++) {
@@ -116,7 +138,10 @@ static int expected(const struct gpt2_config *c, char names[][FW_NAME_MAX], int6
 	if (!c->tie)
 		ADD(2, c->vocab, C, "lm_head.weight");
 #undef ADD
-	return n;
+	for (int i = 0; i < g->n; i++)
+		if (!(g->ts[i].data = malloc(fw_nbytes(&g->ts[i]))))
+			return -1;
+	return 0;
 }
 
 /* out (R, Cc) = in^T where in is (Cc, R), any float dtype in, f32 out. */
@@ -165,44 +190,26 @@ int cmd_import(int argc, char **argv)
 	if (fw_st_open(path, &st, &err) != FW_OK)
 		return die(EXIT_RUNTIME, "%s", err.msg);
 
-	int cap = 16 + 12 * (int)c.n_layer;
-	char (*names)[FW_NAME_MAX] = calloc((size_t)cap, FW_NAME_MAX);
-	int64_t (*shapes)[2] = calloc((size_t)cap, sizeof(*shapes));
-	int *nd = calloc((size_t)cap, sizeof(int));
-	struct fw_tensor *ts = calloc((size_t)cap, sizeof(*ts));
-	struct fw_tensor **tp = calloc((size_t)cap, sizeof(*tp));
+	struct gpt2_set g;
 	char *config = arch_config(&c);
-	if (!names || !shapes || !nd || !ts || !tp || !config) {
+	if (gpt2_tensors(&c, &g) != 0 || !config) {
 		rc = die(EXIT_RUNTIME, "import: out of memory");
 		goto out;
 	}
-	int n = expected(&c, names, shapes, nd);
-	for (int i = 0; i < n; i++) {
-		const struct fw_st_entry *e = find_key(&st, names[i]);
-		struct fw_tensor *t = &ts[i];
-		tp[i] = t;
-		snprintf(t->name, sizeof(t->name), "%s", names[i]);
-		t->dtype = FW_F32;
-		t->ndim = nd[i];
-		t->ne[0] = shapes[i][0];
-		t->ne[1] = shapes[i][1];
-		fw_set_contiguous_strides(t);
+	for (int i = 0; i < g.n; i++) {
+		struct fw_tensor *t = &g.ts[i];
+		const struct fw_st_entry *e = find_key(&st, t->name);
 		if (!e) {
-			rc = die(EXIT_RUNTIME, "%s: missing tensor '%s'", path, names[i]);
+			rc = die(EXIT_RUNTIME, "%s: missing tensor '%s'", path, t->name);
 			goto out;
 		}
-		bool conv = is_conv1d(names[i]);
-		int64_t want0 = conv ? shapes[i][1] : shapes[i][0];
-		int64_t want1 = conv ? shapes[i][0] : shapes[i][1];
-		if (e->ndim != nd[i] || e->ne[0] != want0 || (nd[i] == 2 && e->ne[1] != want1) ||
+		bool conv = is_conv1d(t->name);
+		int64_t want0 = conv ? t->ne[1] : t->ne[0];
+		int64_t want1 = conv ? t->ne[0] : t->ne[1];
+		if (e->ndim != t->ndim || e->ne[0] != want0 || (t->ndim == 2 && e->ne[1] != want1) ||
 		    e->dtype == FW_I32) {
 			rc = die(EXIT_RUNTIME, "%s: tensor '%s' has the wrong shape or dtype for "
 				 "this config", path, e->name);
-			goto out;
-		}
-		t->data = malloc(fw_nbytes(t));
-		if (!t->data) {
-			rc = die(EXIT_RUNTIME, "import: out of memory");
 			goto out;
 		}
 		if (conv)
@@ -212,21 +219,15 @@ int cmd_import(int argc, char **argv)
 	}
 	struct fw_h5_attr attrs[] = { { "fw_arch", "arch/decoder" }, { "config", config },
 				      { "source", argv[0] } };
-	if (fw_h5_save(argv[1], tp, n, attrs, 3, &err) != FW_OK) {
+	if (fw_h5_save(argv[1], g.tp, g.n, attrs, 3, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", err.msg);
 		goto out;
 	}
-	fprintf(stderr, "fwrun: imported %d tensors (%lld layers, width %lld) to %s\n", n,
+	fprintf(stderr, "fwrun: imported %d tensors (%lld layers, width %lld) to %s\n", g.n,
 		(long long)c.n_layer, (long long)c.n_embd, argv[1]);
 	rc = EXIT_OK;
 out:
-	for (int i = 0; ts && i < cap; i++)
-		free(ts[i].data);
-	free(ts);
-	free(tp);
-	free(names);
-	free(shapes);
-	free(nd);
+	gpt2_set_free(&g);
 	free(config);
 	fw_st_close(&st);
 	return rc;
@@ -297,39 +298,19 @@ int cmd_export(int argc, char **argv)
 	c.tie = !strcmp(tie, "true");
 	c.eps = strtod(eps, NULL);
 
-	int cap = 16 + 12 * (int)c.n_layer, rc = EXIT_RUNTIME;
-	char (*names)[FW_NAME_MAX] = calloc((size_t)cap, FW_NAME_MAX);
-	int64_t (*shapes)[2] = calloc((size_t)cap, sizeof(*shapes));
-	int *nd = calloc((size_t)cap, sizeof(int));
-	struct fw_tensor *ts = calloc((size_t)cap, sizeof(*ts));
-	struct fw_tensor **tp = calloc((size_t)cap, sizeof(*tp));
-	if (!names || !shapes || !nd || !ts || !tp) {
+	int rc = EXIT_RUNTIME;
+	struct gpt2_set g;
+	if (gpt2_tensors(&c, &g) != 0) {
 		rc = die(EXIT_RUNTIME, "export: out of memory");
 		goto out;
 	}
-	int n = expected(&c, names, shapes, nd);
-	for (int i = 0; i < n; i++) {
-		struct fw_tensor *t = &ts[i];
-		tp[i] = t;
-		snprintf(t->name, sizeof(t->name), "%s", names[i]);
-		t->dtype = FW_F32;
-		t->ndim = nd[i];
-		t->ne[0] = shapes[i][0];
-		t->ne[1] = shapes[i][1];
-		fw_set_contiguous_strides(t);
-		t->data = malloc(fw_nbytes(t));
-		if (!t->data) {
-			rc = die(EXIT_RUNTIME, "export: out of memory");
-			goto out;
-		}
-	}
-	if (fw_h5_load(argv[0], tp, n, &err) != FW_OK) {
+	if (fw_h5_load(argv[0], g.tp, g.n, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", err.msg);
 		goto out;
 	}
 	/* Back to Conv1D layout: (out, in) -> (in, out). */
-	for (int i = 0; i < n; i++) {
-		struct fw_tensor *t = &ts[i];
+	for (int i = 0; i < g.n; i++) {
+		struct fw_tensor *t = &g.ts[i];
 		if (!is_conv1d(t->name))
 			continue;
 		float *tr = malloc(fw_nbytes(t));
@@ -352,7 +333,7 @@ int cmd_export(int argc, char **argv)
 	char path[4200];
 	snprintf(path, sizeof(path), "%s/model.safetensors", argv[1]);
 	const char *meta[] = { "format", "pt", NULL };
-	if (fw_st_save(path, tp, n, meta, &err) != FW_OK) {
+	if (fw_st_save(path, g.tp, g.n, meta, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", err.msg);
 		goto out;
 	}
@@ -377,15 +358,9 @@ int cmd_export(int argc, char **argv)
 		goto out;
 	}
 	json_decref(cfg);
-	fprintf(stderr, "fwrun: exported %d tensors to %s\n", n, argv[1]);
+	fprintf(stderr, "fwrun: exported %d tensors to %s\n", g.n, argv[1]);
 	rc = EXIT_OK;
 out:
-	for (int i = 0; ts && i < cap; i++)
-		free(ts[i].data);
-	free(ts);
-	free(tp);
-	free(names);
-	free(shapes);
-	free(nd);
+	gpt2_set_free(&g);
 	return rc;
 }
