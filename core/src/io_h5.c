@@ -279,33 +279,64 @@ static bool type_fits(hid_t t, enum fw_dtype dt)
 
 /* --- attributes -------------------------------------------------------------- */
 
-/* Reads string attribute name of loc (the root, or tensor's dataset) into an
- * fw_malloc'd string. Variable- and fixed-length strings are both accepted. */
-static enum fw_status read_str_attr(const char *path, hid_t loc, const char *tensor,
-				    const char *name, char **value, struct fw_err *err)
-{
-	hid_t a, ft, sp, mt = H5I_INVALID_HID;
-	char who[FW_NAME_MAX + 16];
-	enum fw_status s = FW_OK;
-	htri_t ex, vl;
+/* An open attribute with its file type and space; attr_close releases it. */
+struct attr {
+	hid_t a, ft, sp;
+};
 
-	*value = NULL;
-	ex = H5Aexists(loc, name);
+static void attr_close(struct attr *at)
+{
+	if (at->sp >= 0)
+		H5Sclose(at->sp);
+	if (at->ft >= 0)
+		H5Tclose(at->ft);
+	if (at->a >= 0)
+		H5Aclose(at->a);
+	at->a = at->ft = at->sp = H5I_INVALID_HID;
+}
+
+/* Opens attribute name of loc (the root, or tensor's dataset). */
+static enum fw_status attr_open(const char *path, hid_t loc, const char *tensor,
+				const char *name, struct attr *at, struct fw_err *err)
+{
+	char who[FW_NAME_MAX + 16];
+	htri_t ex = H5Aexists(loc, name);
+
+	at->a = at->ft = at->sp = H5I_INVALID_HID;
 	if (ex < 0)
 		return corrupt(path, "attribute", name, err);
 	if (!ex)
 		return fw_errorf(err, FW_ERR_NOT_FOUND, "%s: %sattribute '%s' not found", path,
 				 owner(tensor, who, sizeof(who)), name);
-	a = H5Aopen(loc, name, H5P_DEFAULT);
-	if (a < 0)
+	at->a = H5Aopen(loc, name, H5P_DEFAULT);
+	if (at->a < 0)
 		return corrupt(path, "attribute", name, err);
-	ft = H5Aget_type(a);
-	sp = ft < 0 ? H5I_INVALID_HID : H5Aget_space(a);
-	if (sp < 0) {
-		s = corrupt(path, "attribute", name, err);
-		goto close_attr;
+	at->ft = H5Aget_type(at->a);
+	at->sp = at->ft < 0 ? H5I_INVALID_HID : H5Aget_space(at->a);
+	if (at->sp < 0) {
+		enum fw_status s = corrupt(path, "attribute", name, err);
+		attr_close(at);
+		return s;
 	}
-	if (H5Tget_class(ft) != H5T_STRING || H5Sget_simple_extent_npoints(sp) != 1) {
+	return FW_OK;
+}
+
+/* Reads string attribute name of loc (the root, or tensor's dataset) into an
+ * fw_malloc'd string. Variable- and fixed-length strings are both accepted. */
+static enum fw_status read_str_attr(const char *path, hid_t loc, const char *tensor,
+				    const char *name, char **value, struct fw_err *err)
+{
+	hid_t mt = H5I_INVALID_HID;
+	char who[FW_NAME_MAX + 16];
+	struct attr at;
+	htri_t vl;
+
+	*value = NULL;
+	enum fw_status s = attr_open(path, loc, tensor, name, &at, err);
+	if (s != FW_OK)
+		return s;
+	hid_t a = at.a, ft = at.ft;
+	if (H5Tget_class(ft) != H5T_STRING || H5Sget_simple_extent_npoints(at.sp) != 1) {
 		s = fw_errorf(err, FW_ERR_FORMAT, "%s: %sattribute '%s' is not a single string",
 			      path, owner(tensor, who, sizeof(who)), name);
 		goto close_attr;
@@ -347,11 +378,7 @@ static enum fw_status read_str_attr(const char *path, hid_t loc, const char *ten
 close_attr:
 	if (mt >= 0)
 		H5Tclose(mt);
-	if (sp >= 0)
-		H5Sclose(sp);
-	if (ft >= 0)
-		H5Tclose(ft);
-	H5Aclose(a);
+	attr_close(&at);
 	return s;
 }
 
@@ -360,46 +387,21 @@ static enum fw_status read_int_attr(const char *path, hid_t loc, const char *ten
 				    const char *name, int64_t *v, int max, int *count,
 				    struct fw_err *err)
 {
-	hid_t a, ft, sp;
 	char who[FW_NAME_MAX + 16];
-	enum fw_status s = FW_OK;
-	hssize_t np;
-	htri_t ex;
-
-	ex = H5Aexists(loc, name);
-	if (ex < 0)
-		return corrupt(path, "attribute", name, err);
-	if (!ex)
-		return fw_errorf(err, FW_ERR_NOT_FOUND, "%s: %sattribute '%s' not found", path,
-				 owner(tensor, who, sizeof(who)), name);
-	a = H5Aopen(loc, name, H5P_DEFAULT);
-	if (a < 0)
-		return corrupt(path, "attribute", name, err);
-	ft = H5Aget_type(a);
-	sp = ft < 0 ? H5I_INVALID_HID : H5Aget_space(a);
-	if (sp < 0) {
-		s = corrupt(path, "attribute", name, err);
-		goto close_attr;
-	}
-	np = H5Sget_simple_extent_npoints(sp);
-	if (H5Tget_class(ft) != H5T_INTEGER || np < 1 || np > max) {
-		s = fw_errorf(err, FW_ERR_FORMAT,
-			      "%s: %sattribute '%s' is not %s", path,
+	struct attr at;
+	enum fw_status s = attr_open(path, loc, tensor, name, &at, err);
+	if (s != FW_OK)
+		return s;
+	hssize_t np = H5Sget_simple_extent_npoints(at.sp);
+	if (H5Tget_class(at.ft) != H5T_INTEGER || np < 1 || np > max)
+		s = fw_errorf(err, FW_ERR_FORMAT, "%s: %sattribute '%s' is not %s", path,
 			      owner(tensor, who, sizeof(who)), name,
 			      max == 1 ? "an integer" : "a short integer array");
-		goto close_attr;
-	}
-	if (H5Aread(a, H5T_NATIVE_INT64, v) < 0) {
+	else if (H5Aread(at.a, H5T_NATIVE_INT64, v) < 0)
 		s = corrupt(path, "attribute", name, err);
-		goto close_attr;
-	}
-	*count = (int)np;
-close_attr:
-	if (sp >= 0)
-		H5Sclose(sp);
-	if (ft >= 0)
-		H5Tclose(ft);
-	H5Aclose(a);
+	else
+		*count = (int)np;
+	attr_close(&at);
 	return s;
 }
 
