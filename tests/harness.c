@@ -645,3 +645,42 @@ TCase *fwt_tcase(const char *name, double timeout_s)
 	tcase_set_timeout(tc, timeout_s);
 	return tc;
 }
+
+/* --- allocation-failure injection ---------------------------------------------- */
+
+static int alloc_calls, alloc_fail_at, alloc_live;
+
+static void *failing_alloc(void *user, size_t size, size_t align)
+{
+	void *p = NULL;
+	if (++alloc_calls == alloc_fail_at)
+		return NULL;
+	if (posix_memalign(&p, align, size ? size : align))
+		return NULL;
+	alloc_live++;
+	return p;
+}
+
+static void counting_free(void *user, void *ptr)
+{
+	alloc_live--;
+	free(ptr);
+}
+
+void fwt_fail_alloc_at(int n)
+{
+	alloc_calls = 0;
+	alloc_fail_at = n;
+	alloc_live = 0;
+	fw_set_allocator(failing_alloc, counting_free, NULL);
+}
+
+int fwt_alloc_live(void)
+{
+	return alloc_live;
+}
+
+void fwt_alloc_restore(void)
+{
+	fw_set_allocator(NULL, NULL, NULL);
+}

@@ -11,6 +11,7 @@
  *                     op, built-in or registered with fw_op_register
  *   fwt_h5_*          read datasets and attributes of a golden file
  *   fwt_run_suite     runs a Suite in fork mode, returns the exit code
+ *   fwt_fail_alloc_at fail the core's Nth allocation, count live blocks
  */
 #ifndef FW_TEST_HARNESS_H
 #define FW_TEST_HARNESS_H
@@ -165,5 +166,12 @@ int fwt_h5_list(struct fwt_h5 *f, const char *group, char **names, int max);
 int fwt_run_suite(Suite *s);
 /* A TCase with the given timeout in seconds. */
 TCase *fwt_tcase(const char *name, double timeout_s);
+
+/* Allocation-failure injection through fw_set_allocator: allocation number n
+ * (from 1, counted from this call) fails, every other succeeds and is
+ * counted until freed. fwt_alloc_restore() puts malloc/free back. */
+void fwt_fail_alloc_at(int n);
+int fwt_alloc_live(void);
+void fwt_alloc_restore(void);
 
 #endif

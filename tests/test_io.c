@@ -20,6 +20,7 @@
 #include <hdf5.h>
 
 #include "fw/io.h"
+#include "harness.h"
 
 #define PY "/usr/bin/python3"
 
@@ -1123,32 +1124,6 @@ END_TEST
 
 /* --- allocation failures ---------------------------------------------------------- */
 
-static int alloc_calls, alloc_fail_at, alloc_live;
-
-static void *failing_alloc(void *user, size_t size, size_t align)
-{
-	void *p = NULL;
-	if (++alloc_calls == alloc_fail_at)
-		return NULL;
-	if (posix_memalign(&p, align, size ? size : align))
-		return NULL;
-	alloc_live++;
-	return p;
-}
-
-static void counting_free(void *user, void *ptr)
-{
-	alloc_live--;
-	free(ptr);
-}
-
-static void fail_nth(int n)
-{
-	alloc_calls = 0;
-	alloc_fail_at = n;
-	fw_set_allocator(failing_alloc, counting_free, NULL);
-}
-
 static enum fw_status do_save(const char *path, struct fw_err *err)
 {
 	return fw_h5_save(path, sample, N_SAMPLE, sample_attrs, 2, err);
@@ -1173,14 +1148,14 @@ START_TEST(test_alloc_fail)
 		enum fw_status s = FW_ERR_NOMEM;
 		for (n = 1; n < 1000 && s != FW_OK; n++) {
 			long ids = h5_ids();
-			fail_nth(n);
+			fwt_fail_alloc_at(n);
 			s = calls[c](path, &err);
 			ck_assert_int_eq(h5_ids(), ids);
-			fw_set_allocator(NULL, NULL, NULL);
+			fwt_alloc_restore();
 			ck_assert_msg(s == FW_OK || s == FW_ERR_NOMEM, "%s, failing allocation %d: %s",
 				      names[c], n, err.msg);
-			ck_assert_msg(alloc_live == 0, "%s, failing allocation %d: %d leaked",
-				      names[c], n, alloc_live);
+			ck_assert_msg(fwt_alloc_live() == 0, "%s, failing allocation %d: %d leaked",
+				      names[c], n, fwt_alloc_live());
 			ck_assert_int_eq(count_tmp(dir), 0);
 			if (s) {
 				ck_one_line(err.msg);

@@ -619,25 +619,6 @@ END_TEST
 
 /* --- allocation failures -------------------------------------------------------------- */
 
-static int alloc_calls, alloc_fail_at, alloc_live;
-
-static void *failing_alloc(void *user, size_t size, size_t align)
-{
-	void *p = NULL;
-	if (++alloc_calls == alloc_fail_at)
-		return NULL;
-	if (posix_memalign(&p, align, size ? size : align))
-		return NULL;
-	alloc_live++;
-	return p;
-}
-
-static void counting_free(void *user, void *ptr)
-{
-	alloc_live--;
-	free(ptr);
-}
-
 START_TEST(test_alloc_fail)
 {
 	write_small("v.json", "m.txt", NULL, NULL, false);
@@ -649,10 +630,7 @@ START_TEST(test_alloc_fail)
 		enum fw_status s = FW_ERR_NOMEM;
 		for (n = 1; n < 100000 && s != FW_OK; n++) {
 			struct fw_err err = { 0 };
-			alloc_calls = 0;
-			alloc_fail_at = n;
-			alloc_live = 0;
-			fw_set_allocator(failing_alloc, counting_free, NULL);
+			fwt_fail_alloc_at(n);
 			struct fw_tokenizer *t =
 				which == 2 ? fw_tokenizer_new_byte(NULL, 0, &err) :
 				which == 1 ? fw_tokenizer_load_gpt2(path_of("v.json"), path_of("m.txt"), &err) :
@@ -676,10 +654,11 @@ START_TEST(test_alloc_fail)
 			fw_free(out);
 			fw_token_buf_free(&b);
 			fw_tokenizer_free(t);
-			fw_set_allocator(NULL, NULL, NULL);
+			fwt_alloc_restore();
 			ck_assert_msg(s == FW_OK || s == FW_ERR_NOMEM, "failing allocation %d: %s: %s",
 				      n, fw_status_str(s), err.msg);
-			ck_assert_msg(alloc_live == 0, "failing allocation %d: %d leaked", n, alloc_live);
+			ck_assert_msg(fwt_alloc_live() == 0, "failing allocation %d: %d leaked", n,
+				      fwt_alloc_live());
 			if (s != FW_OK)
 				ck_one_line(err.msg);
 		}
