@@ -81,6 +81,8 @@ struct fw_tokenizer {
 	uint8_t special_first[32];      /* bitmap of the specials' first bytes */
 	int special_byte;               /* the first byte all specials share, or -1 */
 	int32_t eos;
+	char *src_vocab, *src_merges;   /* gpt2: the files' texts, for serialising */
+	size_t src_vocab_len, src_merges_len;
 	pcre2_general_context *gctx;
 	pcre2_code *re;
 	pcre2_match_data *md;
@@ -406,6 +408,8 @@ void fw_tokenizer_free(struct fw_tokenizer *t)
 	fw_free(t->cache);
 	fw_free(t->ckeys);
 	fw_free(t->cids);
+	fw_free(t->src_vocab);
+	fw_free(t->src_merges);
 	fw_free(t);
 }
 
@@ -547,18 +551,14 @@ static enum fw_status find_specials(struct fw_tokenizer *t, struct fw_err *err)
 	return s;
 }
 
-static enum fw_status load_vocab(struct fw_tokenizer *t, const char *path,
-				 const int16_t byte_of[324], const uint16_t cp_of[256],
+/* The vocabulary JSON text[0..len) read from path (a name for messages). */
+static enum fw_status load_vocab(struct fw_tokenizer *t, const char *path, const char *text,
+				 size_t len, const int16_t byte_of[324], const uint16_t cp_of[256],
 				 struct fw_err *err)
 {
-	char *text = NULL;
-	size_t len = 0;
-	enum fw_status s = read_file(path, &text, &len, err);
-	if (s != FW_OK)
-		return s;
+	enum fw_status s = FW_OK;
 	json_error_t je;
 	json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
-	fw_free(text);
 	if (!root)
 		return fw_errorf(err, FW_ERR_FORMAT, "%s:%d: not valid JSON: %s", path, je.line,
 				 je.text);
@@ -633,14 +633,11 @@ out:
 	return s;
 }
 
-static enum fw_status load_merges(struct fw_tokenizer *t, const char *path,
-				  const int16_t byte_of[324], struct fw_err *err)
+static enum fw_status load_merges(struct fw_tokenizer *t, const char *path, const char *text,
+				  size_t len, const int16_t byte_of[324], struct fw_err *err)
 {
-	char *text = NULL, *buf = NULL;
-	size_t len = 0;
-	enum fw_status s = read_file(path, &text, &len, err);
-	if (s != FW_OK)
-		return s;
+	char *buf = NULL;
+	enum fw_status s = FW_OK;
 	size_t n_lines = 1;
 	for (size_t i = 0; i < len; i++)
 		n_lines += text[i] == '\n';
@@ -660,7 +657,7 @@ static enum fw_status load_merges(struct fw_tokenizer *t, const char *path,
 	int32_t rank = 0;
 	long line = 0;
 	for (size_t p = 0; p < len;) {
-		char *l = text + p, *nl = memchr(l, '\n', len - p);
+		const char *l = text + p, *nl = memchr(l, '\n', len - p);
 		size_t ll = nl ? (size_t)(nl - l) : len - p;
 		p += ll + 1;
 		line++;
@@ -669,7 +666,7 @@ static enum fw_status load_merges(struct fw_tokenizer *t, const char *path,
 		if (ll == 0 || (line == 1 && ll >= 8 && !memcmp(l, "#version", 8)))
 			continue;
 		char ex[80];
-		char *sp = memchr(l, ' ', ll);
+		const char *sp = memchr(l, ' ', ll);
 		size_t la = sp ? (size_t)(sp - l) : 0, lb = sp ? ll - la - 1 : 0;
 		if (!sp || la == 0 || lb == 0 || memchr(sp + 1, ' ', lb)) {
 			s = fw_errorf(err, FW_ERR_FORMAT,
@@ -708,7 +705,6 @@ static enum fw_status load_merges(struct fw_tokenizer *t, const char *path,
 		t->merges[i] = (struct merge_slot){ key, rank++, m };
 	}
 out:
-	fw_free(text);
 	fw_free(buf);
 	return s;
 }
@@ -740,24 +736,29 @@ static enum fw_status compile_pattern(struct fw_tokenizer *t, struct fw_err *err
 	return FW_OK;
 }
 
-static struct fw_tokenizer *load_bpe(const char *vocab, const char *merges, struct fw_err *err)
+/* A GPT-2 BPE from the texts of its two files (paths name them in messages).
+ * The texts are kept, as they are, for fw_tokenizer_serialize. */
+static struct fw_tokenizer *bpe_from_text(const char *vocab_path, char *vocab, size_t vlen,
+					  const char *merges_path, char *merges, size_t mlen,
+					  struct fw_err *err)
 {
-	if (!vocab || !merges) {
-		fw_errorf(err, FW_ERR_INVALID, "tokenizer: GPT-2 BPE needs a vocabulary file and a "
-			  "merges file");
-		return NULL;
-	}
 	struct fw_tokenizer *t = tok_new(FW_TOKENIZER_GPT2);
 	if (!t) {
+		fw_free(vocab);
+		fw_free(merges);
 		fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 		return NULL;
 	}
+	t->src_vocab = vocab;
+	t->src_vocab_len = vlen;
+	t->src_merges = merges;
+	t->src_merges_len = mlen;
 	uint16_t cp_of[256];
 	int16_t byte_of[324];
 	byte_alphabet(cp_of, byte_of);
-	enum fw_status s = load_vocab(t, vocab, byte_of, cp_of, err);
+	enum fw_status s = load_vocab(t, vocab_path, vocab, vlen, byte_of, cp_of, err);
 	if (s == FW_OK)
-		s = load_merges(t, merges, byte_of, err);
+		s = load_merges(t, merges_path, merges, mlen, byte_of, err);
 	if (s == FW_OK)
 		s = compile_pattern(t, err);
 	if (s != FW_OK) {
@@ -765,6 +766,24 @@ static struct fw_tokenizer *load_bpe(const char *vocab, const char *merges, stru
 		return NULL;
 	}
 	return t;
+}
+
+static struct fw_tokenizer *load_bpe(const char *vocab, const char *merges, struct fw_err *err)
+{
+	if (!vocab || !merges) {
+		fw_errorf(err, FW_ERR_INVALID, "tokenizer: GPT-2 BPE needs a vocabulary file and a "
+			  "merges file");
+		return NULL;
+	}
+	char *vt = NULL, *mt = NULL;
+	size_t vl = 0, ml = 0;
+	if (read_file(vocab, &vt, &vl, err) != FW_OK)
+		return NULL;
+	if (read_file(merges, &mt, &ml, err) != FW_OK) {
+		fw_free(vt);
+		return NULL;
+	}
+	return bpe_from_text(vocab, vt, vl, merges, mt, ml, err);
 }
 
 struct fw_tokenizer *fw_tokenizer_load_bpe(const char *vocab_json, const char *merges_txt,
@@ -777,6 +796,111 @@ struct fw_tokenizer *fw_tokenizer_load_gpt2(const char *encoder_json, const char
 					    struct fw_err *err)
 {
 	return load_bpe(encoder_json, vocab_bpe, err);
+}
+
+/* --- serialisation: one JSON text that rebuilds the tokenizer ------------------------ */
+
+char *fw_tokenizer_serialize(const struct fw_tokenizer *t, struct fw_err *err)
+{
+	json_t *root = json_object(), *sp = json_array();
+	char *out = NULL;
+	bool ok = root && sp && !json_object_set_new(root, "kind",
+						     json_string(fw_tokenizer_name(t)));
+	for (size_t i = 0; ok && i < t->n_specials; i++) {
+		const struct tok_str *ts = &t->tok[t->specials[i].id];
+		json_t *str = json_stringn(t->blob + ts->off, ts->len);
+		if (!str) {
+			fw_errorf(err, FW_ERR_INVALID, "tokenizer: special token %lld is not valid "
+				  "UTF-8 and cannot be stored", (long long)t->specials[i].id);
+			goto out;
+		}
+		ok = !json_array_append_new(sp, str);
+	}
+	ok = ok && !json_object_set(root, "specials", sp);
+	if (ok && t->kind == FW_TOKENIZER_GPT2) {
+		json_t *v = json_stringn(t->src_vocab, t->src_vocab_len);
+		json_t *m = json_stringn(t->src_merges, t->src_merges_len);
+		ok = v && m && !json_object_set_new(root, "vocab", v) &&
+		     !json_object_set_new(root, "merges", m);
+		if (!v || !m) {
+			json_decref(v);
+			json_decref(m);
+		}
+	}
+	char *dump = ok ? json_dumps(root, JSON_COMPACT) : NULL;
+	out = dump ? fw_malloc(strlen(dump) + 1) : NULL;
+	if (out)
+		memcpy(out, dump, strlen(dump) + 1);
+	else
+		fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	free(dump);
+out:
+	json_decref(sp);
+	json_decref(root);
+	return out;
+}
+
+static char *dup_text(json_t *s, size_t *len)
+{
+	*len = json_string_length(s);
+	char *p = fw_malloc(*len + 1);
+	if (p)
+		memcpy(p, json_string_value(s), *len + 1);
+	return p;
+}
+
+struct fw_tokenizer *fw_tokenizer_deserialize(const char *text, size_t len, const char *where,
+					      struct fw_err *err)
+{
+	json_error_t je;
+	json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+	json_t *kind = json_object_get(root, "kind"), *sp = json_object_get(root, "specials");
+	json_t *vocab = json_object_get(root, "vocab"), *merges = json_object_get(root, "merges");
+	struct fw_tokenizer *t = NULL;
+	size_t n = json_array_size(sp), i;
+	const char *k = json_string_value(kind);
+	bool gpt2 = k && !strcmp(k, "gpt2");
+	if (!root || !k || !json_is_array(sp) || (!gpt2 && strcmp(k, "byte")) ||
+	    (gpt2 && (!json_is_string(vocab) || !json_is_string(merges)))) {
+		fw_errorf(err, FW_ERR_FORMAT, "%s: not a stored tokenizer (%s)", where,
+			  root ? "expected kind byte or gpt2 with its specials and files" : je.text);
+		goto out;
+	}
+	for (i = 0; i < n; i++)
+		if (!json_is_string(json_array_get(sp, i))) {
+			fw_errorf(err, FW_ERR_FORMAT, "%s: stored tokenizer: special %zu is not a "
+				  "string", where, i);
+			goto out;
+		}
+	if (gpt2) {
+		size_t vl, ml;
+		char *vt = dup_text(vocab, &vl), *mt = vt ? dup_text(merges, &ml) : NULL;
+		if (!mt) {
+			fw_free(vt);
+			fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+			goto out;
+		}
+		t = bpe_from_text(where, vt, vl, where, mt, ml, err);
+	} else {
+		const char **names = fw_calloc(n + 1, sizeof(*names));
+		for (i = 0; names && i < n; i++)
+			names[i] = json_string_value(json_array_get(sp, i));
+		t = names ? fw_tokenizer_new_byte(names, (int)n, err) : NULL;
+		if (!names)
+			fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		fw_free(names);
+	}
+	for (i = 0; t && gpt2 && i < n; i++) {
+		json_t *s = json_array_get(sp, i);
+		if (fw_tokenizer_add_special(t, json_string_value(s), json_string_length(s), NULL,
+					     err) != FW_OK) {
+			fw_tokenizer_free(t);
+			t = NULL;
+		}
+	}
+out:
+	json_decref(root);
+	return t;
 }
 
 /* --- byte-pair merging --------------------------------------------------------------- */

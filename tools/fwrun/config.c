@@ -20,11 +20,33 @@ const char *const *lr_style_choices = decay_styles;
 static const char *const wsd_choices[] = { "exponential", "linear", "cosine", "minus_sqrt",
 					   NULL };
 
+static const char *const tokenizer_choices[] = { "none", "byte", "gpt2", NULL };
+static const char *const data_formats[] = { "auto", "shards", "text", "jsonl", NULL };
+static const char *const packing_choices[] = { "packed", "padded", NULL };
+static const char *const too_long_choices[] = { "truncate", "drop", NULL };
+
 static const struct fw_option_def run_defs[] = {
 	{ "plugins", FW_OPT_STRING, "", 0, -1, NULL,
 	  "comma-separated KIND/NAME plugins or .so paths" },
 	{ "data", FW_OPT_STRING, "", 0, -1, NULL, "training token shards (llm.c .bin), comma-separated" },
-	{ "valid-data", FW_OPT_STRING, "", 0, -1, NULL, "validation token shards" },
+	{ "valid-data", FW_OPT_STRING, "", 0, -1, NULL, "validation data (same formats as --data)" },
+	{ "data-format", FW_OPT_CHOICE, "auto", 0, -1, data_formats,
+	  "shards (llm.c .bin), text (plain text files) or jsonl (text, prompt/response or "
+	  "messages records); auto goes by extension: .bin, .jsonl/.json, anything else text" },
+	{ "tokenizer", FW_OPT_CHOICE, "none", 0, -1, tokenizer_choices,
+	  "byte or gpt2 (with --vocab-file and --merge-file); stored in checkpoints, so "
+	  "--load brings it back (none: token ids only)" },
+	{ "vocab-file", FW_OPT_STRING, "", 0, -1, NULL,
+	  "gpt2 tokenizer: vocab.json (Hugging Face) or encoder.json (OpenAI)" },
+	{ "merge-file", FW_OPT_STRING, "", 0, -1, NULL,
+	  "gpt2 tokenizer: merges.txt (Hugging Face) or vocab.bpe (OpenAI)" },
+	{ "packing", FW_OPT_CHOICE, "packed", 0, -1, packing_choices,
+	  "SFT examples: several per row, each attending only to itself (packed), or one "
+	  "per row, padded (padded); padding is masked in attention and loss" },
+	{ "too-long", FW_OPT_CHOICE, "truncate", 0, -1, too_long_choices,
+	  "SFT examples longer than seq-length + 1 tokens: cut the end off or drop them" },
+	{ "max-bad-records", FW_OPT_INT, "10", 0, 1e12, NULL,
+	  "JSONL records that are skipped (with file:line) before the run stops" },
 	{ "micro-batch-size", FW_OPT_INT, "4", 1, 1 << 20, NULL, "sequences per forward/backward" },
 	{ "global-batch-size", FW_OPT_INT, "0", 0, 1 << 30, NULL,
 	  "sequences per optimizer step; a multiple of micro-batch-size (0 = micro-batch-size)" },
@@ -69,6 +91,19 @@ static const struct fw_option_def run_defs[] = {
 	{ "temperature", FW_OPT_FLOAT, "1.0", 0, 100, NULL, "generate: sampling temperature (0 = greedy)" },
 	{ "top-k", FW_OPT_INT, "0", 0, 1 << 24, NULL, "generate: keep the k most likely tokens (0 = all)" },
 	{ "top-p", FW_OPT_FLOAT, "1.0", 0, 1, NULL, "generate: nucleus sampling mass" },
+	{ "prompt", FW_OPT_STRING, "", 0, -1, NULL, "generate: prompt text (needs a tokenizer)" },
+	{ "prompt-file", FW_OPT_STRING, "", 0, -1, NULL, "generate: read the prompt text from a file" },
+	{ "repetition-penalty", FW_OPT_FLOAT, "1.0", 0.01, 100, NULL,
+	  "generate: divide positive (multiply negative) logits of tokens already in the "
+	  "context by this (CTRL; 1 = off)" },
+	{ "stop", FW_OPT_STRING, "", 0, -1, NULL,
+	  "generate: stop when the text produced contains this string (a JSON array of "
+	  "strings for several); the EOS token always stops" },
+	{ "interactive", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "generate: read prompts from stdin, one a line, and answer each" },
+	{ "score-data", FW_OPT_STRING, "", 0, -1, NULL,
+	  "eval: JSONL of prompt/response (log-likelihood) or prompt/choices/answer "
+	  "(multiple-choice accuracy) records" },
 	{ "adapter", FW_OPT_STRING, "", 0, -1, NULL,
 	  "PEFT adapter files, [NAME=]FILE.h5,...: the one --adapter-name picks is applied "
 	  "on top of --load (its options are the peft plugin's defaults)" },

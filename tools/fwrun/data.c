@@ -6,7 +6,10 @@
  * targets the same shifted by one. Shards follow each other in the order
  * given; with shuffling, the micro-batches of an epoch are permuted by a
  * seeded counter-based RNG, so a position (epoch, cursor) is all a checkpoint
- * needs to resume the exact order. */
+ * needs to resume the exact order. The same loader serves an in-memory token
+ * stream (plain text) and SFT rows (dataset.c), where the rows themselves
+ * are shuffled and the last micro-batch of an epoch is filled up with empty
+ * rows (all padding, outside the loss). */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
@@ -21,8 +24,8 @@
 #define SHARD_MAGIC_LLAMA3 20240801
 #define SHARD_HEADER_BYTES 1024
 
-static enum fw_status shard_open(struct shard *s, const char *path, int64_t vocab,
-				 int64_t need, struct fw_err *err)
+static enum fw_status shard_open(struct shard *s, const char *path, int64_t need,
+				 struct fw_err *err)
 {
 	int32_t hdr[256];
 	struct stat st;
@@ -69,25 +72,18 @@ static enum fw_status shard_open(struct shard *s, const char *path, int64_t voca
 		s->tokens32 = (uint32_t *)((char *)s->map + SHARD_HEADER_BYTES);
 	s->n_tokens = n;
 	s->path = strdup(path);
-	for (int64_t i = 0; i < n; i++) {
-		uint32_t t = s->tokens ? s->tokens[i] : s->tokens32[i];
-		if (t >= vocab) {
-			return fw_errorf(err, FW_ERR_FORMAT,
-					 "%s: token %u at position %lld is outside the vocabulary (%lld)",
-					 path, t, (long long)i, (long long)vocab);
-		}
-	}
 	return FW_OK;
 }
 
 static void shuffle_epoch(struct loader *l)
 {
-	for (int64_t i = 0; i < l->n_micro; i++)
+	int64_t n = l->rows.n ? l->rows.n : l->n_micro;
+	for (int64_t i = 0; i < n; i++)
 		l->order[i] = i;
 	if (!l->shuffle)
 		return;
 	uint64_t key = fw_hash_str("data-order", l->seed) ^ (uint64_t)l->epoch * 0x9E3779B97F4A7C15ull;
-	for (int64_t i = l->n_micro - 1; i > 0; i--) {
+	for (int64_t i = n - 1; i > 0; i--) {
 		int64_t j = (int64_t)(fw_rng_uniform(key, (uint64_t)i) * (double)(i + 1));
 		int64_t t = l->order[i];
 		l->order[i] = l->order[j];
@@ -96,7 +92,7 @@ static void shuffle_epoch(struct loader *l)
 }
 
 enum fw_status loader_open(struct loader *l, const char *paths, int64_t B, int64_t T,
-			   bool shuffle, uint64_t seed, int64_t vocab, struct fw_err *err)
+			   bool shuffle, uint64_t seed, struct fw_err *err)
 {
 	memset(l, 0, sizeof(*l));
 	l->B = B;
@@ -113,7 +109,7 @@ enum fw_status loader_open(struct loader *l, const char *paths, int64_t B, int64
 			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 		}
 		l->shards = ns;
-		enum fw_status s = shard_open(&l->shards[l->n_shards++], p, vocab, B * T + 1, err);
+		enum fw_status s = shard_open(&l->shards[l->n_shards++], p, B * T + 1, err);
 		if (s != FW_OK) {
 			free(copy);
 			return s;
@@ -130,13 +126,64 @@ enum fw_status loader_open(struct loader *l, const char *paths, int64_t B, int64
 	return FW_OK;
 }
 
+enum fw_status loader_from_rows(struct loader *l, struct rows *rows, int64_t B, bool shuffle,
+				uint64_t seed, struct fw_err *err)
+{
+	memset(l, 0, sizeof(*l));
+	l->rows = *rows;
+	memset(rows, 0, sizeof(*rows));
+	l->B = B;
+	l->T = l->rows.T;
+	l->shuffle = shuffle;
+	l->seed = seed;
+	l->n_micro = (l->rows.n + B - 1) / B;
+	l->order = malloc(sizeof(int64_t) * (size_t)(l->rows.n > 0 ? l->rows.n : 1));
+	if (!l->order)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	shuffle_epoch(l);
+	return FW_OK;
+}
+
+enum fw_status loader_from_stream(struct loader *l, const char *name, uint32_t *tokens32,
+				  int64_t n, int64_t B, int64_t T, bool shuffle, uint64_t seed,
+				  struct fw_err *err)
+{
+	memset(l, 0, sizeof(*l));
+	l->B = B;
+	l->T = T;
+	l->shuffle = shuffle;
+	l->seed = seed;
+	l->shards = calloc(1, sizeof(*l->shards));
+	if (!l->shards) {
+		free(tokens32);
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	}
+	l->n_shards = 1;
+	l->shards[0] = (struct shard){ .path = strdup(name), .n_tokens = n, .tokens32 = tokens32 };
+	if (n < B * T + 1)
+		return fw_errorf(err, FW_ERR_FORMAT,
+				 "%s: %lld tokens, fewer than one micro-batch needs (%lld)", name,
+				 (long long)n, (long long)(B * T + 1));
+	l->n_micro = (n - 1) / (B * T);
+	l->order = malloc(sizeof(int64_t) * (size_t)l->n_micro);
+	if (!l->order)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	shuffle_epoch(l);
+	return FW_OK;
+}
+
 void loader_close(struct loader *l)
 {
 	for (int i = 0; i < l->n_shards; i++) {
 		if (l->shards[i].map)
 			munmap(l->shards[i].map, l->shards[i].map_len);
+		else
+			free(l->shards[i].tokens32);       /* an in-memory stream */
 		free(l->shards[i].path);
 	}
+	free(l->rows.tokens);
+	free(l->rows.targets);
+	free(l->rows.seg);
 	free(l->shards);
 	free(l->order);
 	memset(l, 0, sizeof(*l));
@@ -154,11 +201,39 @@ int64_t loader_left(const struct loader *l)
 	return l->n_micro - l->cursor;
 }
 
-void loader_next(struct loader *l, int32_t *tokens, int32_t *targets)
+static void rows_next(struct loader *l, int32_t *tokens, int32_t *targets, int32_t *seg)
+{
+	int64_t T = l->T, first = l->cursor++ * l->B;
+	for (int64_t b = 0; b < l->B; b++) {
+		int64_t k = first + b, at = b * T;
+		if (k >= l->rows.n) {                   /* filler row: all padding */
+			for (int64_t i = 0; i < T; i++) {
+				tokens[at + i] = 0;
+				targets[at + i] = -1;
+				if (seg)
+					seg[at + i] = 0;
+			}
+			continue;
+		}
+		int64_t r = l->order[k] * T;
+		memcpy(tokens + at, l->rows.tokens + r, sizeof(int32_t) * (size_t)T);
+		memcpy(targets + at, l->rows.targets + r, sizeof(int32_t) * (size_t)T);
+		if (seg)
+			memcpy(seg + at, l->rows.seg + r, sizeof(int32_t) * (size_t)T);
+	}
+}
+
+void loader_next(struct loader *l, int32_t *tokens, int32_t *targets, int32_t *seg)
 {
 	if (l->cursor >= l->n_micro)
 		loader_seek(l, l->epoch + 1, 0);
+	if (l->rows.n) {
+		rows_next(l, tokens, targets, seg);
+		return;
+	}
 	int64_t m = l->order[l->cursor++], BT = l->B * l->T;
+	for (int64_t i = 0; seg && i < BT; i++)
+		seg[i] = 1;                     /* one sequence a row */
 	int si = 0;
 	while (m >= (l->shards[si].n_tokens - 1) / BT) {
 		m -= (l->shards[si].n_tokens - 1) / BT;

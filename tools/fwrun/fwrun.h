@@ -39,9 +39,18 @@ struct shard {
 	void *map;
 };
 
+/* SFT examples laid out in rows of T positions (dataset.c): tokens and
+ * targets (targets -1 = not in the loss: prompt and padding) and seg, the
+ * example each position belongs to (1, 2, ... within the row; 0 = padding). */
+struct rows {
+	int64_t n, T;
+	int32_t *tokens, *targets, *seg;
+};
+
 struct loader {
 	struct shard *shards;
 	int n_shards;
+	struct rows rows;                 /* rows.n > 0: SFT rows instead of shards */
 	int64_t B, T;
 	bool shuffle;
 	uint64_t seed;
@@ -52,10 +61,58 @@ struct loader {
 };
 
 enum fw_status loader_open(struct loader *l, const char *paths, int64_t B, int64_t T,
-			   bool shuffle, uint64_t seed, int64_t vocab, struct fw_err *err);
+			   bool shuffle, uint64_t seed, struct fw_err *err);
 void loader_close(struct loader *l);
-/* Fills tokens/targets (B, T) i32 with the next micro-batch. */
-void loader_next(struct loader *l, int32_t *tokens, int32_t *targets);
+/* Fills tokens/targets (B, T) i32 with the next micro-batch; for SFT rows
+ * also seg (B, T) (may be NULL otherwise). */
+void loader_next(struct loader *l, int32_t *tokens, int32_t *targets, int32_t *seg);
+/* A loader over rows (taken over) or over an in-memory token stream
+ * (tokens32 taken over, n tokens, named name), B rows a micro-batch. */
+enum fw_status loader_from_rows(struct loader *l, struct rows *rows, int64_t B, bool shuffle,
+				uint64_t seed, struct fw_err *err);
+enum fw_status loader_from_stream(struct loader *l, const char *name, uint32_t *tokens32,
+				  int64_t n, int64_t B, int64_t T, bool shuffle, uint64_t seed,
+				  struct fw_err *err);
+
+/* --- datasets: shards, plain text and JSONL (dataset.c) ------------------------------- */
+
+/* Opens paths (comma-separated; label is the option that named them) in
+ * --data-format: shards as they are; plain text packed into a token stream
+ * with EOS between documents; JSONL prompt/response or messages records as
+ * SFT rows (only response tokens in the loss). Prints a one-line summary
+ * on stderr. Token ids are checked against the model by loader_check_vocab. */
+enum fw_status dataset_open(struct loader *l, const struct fw_options *run, const char *paths,
+			    const char *label, bool shuffle, struct fw_tokenizer *tok, int64_t B,
+			    int64_t T, struct fw_err *err);
+/* Every token of the loader's data (and the tokenizer's vocabulary) fits a
+ * model of vocab tokens; names the file and position otherwise. */
+enum fw_status loader_check_vocab(const struct loader *l, const struct fw_tokenizer *tok,
+				  int64_t vocab, struct fw_err *err);
+/* positions (B, T) and attn_bias (B, 1, T, T) for the sequences in seg. */
+void dataset_masks(const int32_t *seg, int64_t B, int64_t T, int32_t *positions, float *bias);
+
+/* A JSONL record of an SFT or scoring file, tokenized: ids[0..n), of which
+ * the ones with loss[i] set are the response (trained on, or scored). */
+struct example {
+	int32_t *ids;
+	uint8_t *loss;
+	int64_t n;
+};
+/* Tokenizes one JSON record: {"prompt", "response"}, {"messages": [...]}
+ * or {"text"} (all tokens in the loss). On a bad record returns false with
+ * why (static text) set. */
+bool example_from_json(struct fw_tokenizer *tok, const void *json_record, struct example *ex,
+		       const char **why);
+void example_free(struct example *ex);
+
+/* --- tokenizer (tok.c) ------------------------------------------------------------- */
+
+#define TOKENIZER_ATTR "tokenizer"
+/* The checkpoint's stored tokenizer (ckpt may be NULL or a file without
+ * one), else the one --tokenizer names; NULL with err clear when neither
+ * gives one. Both given and different is an error. */
+struct fw_tokenizer *run_tokenizer(const struct fw_options *run, const char *ckpt,
+				   struct fw_err *err);
 /* Micro-batches left in this epoch before it wraps. */
 int64_t loader_left(const struct loader *l);
 void loader_seek(struct loader *l, int64_t epoch, int64_t cursor);

@@ -28,6 +28,9 @@ struct session {
 	float ***group_state[2];
 	struct loader train, valid;
 	bool have_train, have_valid;
+	struct fw_tokenizer *tok;     /* NULL: token ids only */
+	char load_path[4200];         /* --load resolved, or "" */
+	int32_t *seg;                 /* (B, T) sequence ids of the batch, when segmented */
 	struct lr_schedule sched;
 	int64_t B, T, accum, iters;
 	int64_t step;                 /* completed optimizer steps */
@@ -103,6 +106,7 @@ static enum fw_status build_model(struct session *s, bool training, struct fw_er
 		.opts = s->slots.arch->opts, .batch = s->B, .seq_len = s->T,
 		.head = FW_HEAD_LM, .training = training, .seed = (uint64_t)opt_i(s, "seed"),
 		.host_private = &s->slots,
+		.segmented = (s->have_train && s->train.rows.n) || (s->have_valid && s->valid.rows.n),
 	};
 	const struct fw_arch_i *arch = s->slots.arch->desc->iface;
 	struct fw_err e = { 0 };
@@ -113,6 +117,12 @@ static enum fw_status build_model(struct session *s, bool training, struct fw_er
 				 s->slots.arch->desc->name,
 				 src->msg[0] ? src->msg : "build gave no loss or inputs");
 	}
+	if (s->model.segmented && (!s->model.positions || !s->model.attn_bias))
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s cannot train on SFT examples: it "
+				 "gives no positions/attn_bias inputs for packed or padded rows",
+				 s->slots.arch->desc->name);
+	if (s->model.segmented && !(s->seg = malloc(sizeof(int32_t) * (size_t)(s->B * s->T))))
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	if (s->slots.peft) {
 		const struct fw_peft_i *pi = s->slots.peft->desc->iface;
 		const char *pn = s->slots.peft->desc->name;
@@ -224,7 +234,18 @@ static void free_session(struct session *s)
 	fw_graph_free(s->eval_g);
 	fw_graph_free(s->g);
 	fw_ctx_free(s->ctx);
+	fw_tokenizer_free(s->tok);
+	free(s->seg);
 	config_free(&s->cfg);
+}
+
+/* The next micro-batch of l into the model's inputs. */
+static void next_batch(struct session *s, struct loader *l)
+{
+	loader_next(l, s->model.tokens->data, s->model.targets->data, s->seg);
+	if (s->seg)
+		dataset_masks(s->seg, s->B, s->T, s->model.positions->data,
+			      s->model.attn_bias->data);
 }
 
 /* --- checkpoints ---------------------------------------------------------------------- */
@@ -250,7 +271,12 @@ static enum fw_status save_checkpoint(struct session *s, const char *path, struc
 	struct fw_tensor **all = malloc(sizeof(*all) * (size_t)(np + ns + 1));
 	char *config = config_dump(&s->cfg);
 	char step[32], epoch[32], cursor[32], tokens[32], seed[32];
+	char *tok = s->tok ? fw_tokenizer_serialize(s->tok, err) : NULL;
 	enum fw_status st;
+	if (s->tok && !tok) {
+		st = err->status;
+		goto out;
+	}
 	if (!all || !config) {
 		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 		goto out;
@@ -267,9 +293,12 @@ static enum fw_status save_checkpoint(struct session *s, const char *path, struc
 		{ "fw_checkpoint", "1" }, { "config", config }, { "step", step },
 		{ "data_epoch", epoch }, { "data_cursor", cursor }, { "tokens", tokens },
 		{ "seed", seed }, { "optimizer", s->slots.optim ? s->slots.optim->desc->name : "" },
+		{ TOKENIZER_ATTR, tok },
 	};
-	st = fw_h5_save(path, all, np + ns, attrs, (int)(sizeof(attrs) / sizeof(attrs[0])), err);
+	int n_attrs = (int)(sizeof(attrs) / sizeof(attrs[0])) - !tok;
+	st = fw_h5_save(path, all, np + ns, attrs, n_attrs, err);
 out:
+	fw_free(tok);
 	free(config);
 	free(all);
 	free(params);
@@ -447,7 +476,7 @@ static enum fw_status evaluate(struct session *s, double *loss, struct fw_err *e
 	loader_seek(l, 0, 0);      /* the same batches at every evaluation */
 	double sum = 0;
 	for (int64_t i = 0; i < n; i++) {
-		loader_next(l, s->model.tokens->data, s->model.targets->data);
+		next_batch(s, l);
 		if (fw_graph_forward(s->eval_g) != FW_OK)
 			return fw_errorf(err, FW_ERR_INTERNAL, "eval: %s", fw_ctx_err(s->ctx)->msg);
 		sum += *(float *)s->model.loss->data;
@@ -504,7 +533,7 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 	if (s->train.n_micro < s->accum && drop_last)
 		return fw_errorf(err, FW_ERR_INVALID,
 				 "%s: %lld micro-batches, fewer than one global batch (%lld) with --drop-last",
-				 s->train.shards[0].path, (long long)s->train.n_micro, (long long)s->accum);
+				 opt_s(s, "data"), (long long)s->train.n_micro, (long long)s->accum);
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	while (s->step < s->iters) {
@@ -516,7 +545,7 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 		double loss = 0;
 		fw_graph_set_loss_scale(s->g, 1.0f / (float)n_micro);
 		for (int64_t m = 0; m < n_micro; m++) {
-			loader_next(&s->train, s->model.tokens->data, s->model.targets->data);
+			next_batch(s, &s->train);
 			fw_graph_set_step(s->g, it * s->accum + m);
 			if (fw_graph_forward(s->g) != FW_OK || fw_graph_backward(s->g) != FW_OK)
 				return fw_errorf(err, FW_ERR_INTERNAL, "step %lld: %s", (long long)it,
@@ -698,10 +727,45 @@ static int help(const char *usage, int argc, char **argv)
 	return EXIT_OK;
 }
 
-static int session_open(struct session *s, int argc, char **argv, bool train, int *rc)
+/* --load, the tokenizer, then the data: train reads --data (and
+ * --valid-data), eval --valid-data (or --data). */
+static enum fw_status open_datasets(struct session *s, bool train, struct fw_err *err)
+{
+	enum fw_status st;
+	const char *load = opt_s(s, "load");
+	if (*load && (st = resolve_load(load, s->load_path, sizeof(s->load_path), err)) != FW_OK)
+		return st;
+	s->tok = run_tokenizer(s->cfg.run, s->load_path, err);
+	if (err->status)
+		return err->status;
+	const char *data = opt_s(s, "data"), *valid = opt_s(s, "valid-data");
+	if (train && !*data)
+		return fw_errorf(err, FW_ERR_INVALID, "train needs --data=FILE[,...] (token shards, "
+				 "text or JSONL)");
+	if (!train && !*valid && !*data)
+		return fw_errorf(err, FW_ERR_INVALID, "eval needs --load=CKPT and "
+				 "--valid-data=FILE[,...]");
+	if (train) {
+		s->have_train = true;
+		st = dataset_open(&s->train, s->cfg.run, data, "data", fw_opt_bool(s->cfg.run, "shuffle"),
+				  s->tok, s->B, s->T, err);
+		if (st != FW_OK)
+			return st;
+	}
+	if (*valid || !train) {
+		s->have_valid = true;
+		st = dataset_open(&s->valid, s->cfg.run, *valid ? valid : data,
+				  *valid ? "valid-data" : "data", false, s->tok, s->B, s->T, err);
+	}
+	return st;
+}
+
+static int session_open(struct session *s, int argc, char **argv, bool train, bool open_data,
+			int *rc)
 {
 	char *pos[4];
 	int np = 0;
+	enum fw_status st;
 	memset(s, 0, sizeof(*s));
 	if (config_load(&s->cfg, argc, argv, true, pos, 0, &np, &s->err) != FW_OK) {
 		*rc = die(s->err.status == FW_ERR_NOMEM || s->err.status == FW_ERR_IO ||
@@ -713,7 +777,15 @@ static int session_open(struct session *s, int argc, char **argv, bool train, in
 	if (threads > 0)
 		fw_set_num_threads(threads);
 	s->base_rss = rss_now();
-	if (build_model(s, train, &s->err) != FW_OK || build_graphs(s, train, &s->err) != FW_OK) {
+	s->B = opt_i(s, "micro-batch-size");
+	s->T = opt_i(s, "seq-length");
+	if (open_data && (st = open_datasets(s, train, &s->err)) != FW_OK) {
+		*rc = die(st == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s->err.msg);
+		return -1;
+	}
+	if (build_model(s, train, &s->err) != FW_OK || build_graphs(s, train, &s->err) != FW_OK ||
+	    (s->have_train && loader_check_vocab(&s->train, s->tok, model_vocab(s), &s->err)) ||
+	    (s->have_valid && loader_check_vocab(&s->valid, s->tok, model_vocab(s), &s->err))) {
 		*rc = die(EXIT_RUNTIME, "%s", s->err.msg);
 		return -1;
 	}
@@ -726,42 +798,21 @@ int cmd_train(int argc, char **argv)
 	int rc = EXIT_RUNTIME;
 	if (wants_help(argc, argv))
 		return help(train_usage, argc, argv);
-	if (session_open(&s, argc, argv, true, &rc) != 0)
+	if (session_open(&s, argc, argv, true, true, &rc) != 0)
 		goto out;
 	set_schedule(&s);
-	if (!*opt_s(&s, "data")) {
-		rc = die(EXIT_USAGE, "train needs --data=SHARD.bin[,...]");
-		goto out;
-	}
 	uint64_t seed = (uint64_t)opt_i(&s, "seed");
-	if (loader_open(&s.train, opt_s(&s, "data"), s.B, s.T, fw_opt_bool(s.cfg.run, "shuffle"),
-			seed, model_vocab(&s), &s.err) != FW_OK) {
-		s.have_train = true;
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
-		goto out;
-	}
-	s.have_train = true;
-	if (*opt_s(&s, "valid-data")) {
-		s.have_valid = true;
-		if (loader_open(&s.valid, opt_s(&s, "valid-data"), s.B, s.T, false, seed,
-				model_vocab(&s), &s.err) != FW_OK) {
-			rc = die(EXIT_RUNTIME, "%s", s.err.msg);
-			goto out;
-		}
-	}
 	if (setup_optim(&s, &s.err) != FW_OK || fw_ctx_init_params(s.ctx, seed) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg[0] ? s.err.msg : fw_ctx_err(s.ctx)->msg);
 		goto out;
 	}
-	if (*opt_s(&s, "load")) {
-		char path[4200];
-		if (resolve_load(opt_s(&s, "load"), path, sizeof(path), &s.err) != FW_OK ||
-		    load_checkpoint(&s, path, true, &s.err) != FW_OK ||
+	if (*s.load_path) {
+		if (load_checkpoint(&s, s.load_path, true, &s.err) != FW_OK ||
 		    adapter_apply(&s.cfg, &s.slots, &s.model, false, &s.err) != FW_OK) {
 			rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 			goto out;
 		}
-		fprintf(stderr, "fwrun: loaded %s at step %lld\n", path, (long long)s.step);
+		fprintf(stderr, "fwrun: loaded %s at step %lld\n", s.load_path, (long long)s.step);
 	} else if (adapter_apply(&s.cfg, &s.slots, &s.model, false, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);   /* --adapter on a fresh model */
 		goto out;
@@ -799,18 +850,13 @@ int cmd_eval(int argc, char **argv)
 	int rc = EXIT_RUNTIME;
 	if (wants_help(argc, argv))
 		return help(eval_usage, argc, argv);
-	if (session_open(&s, argc, argv, false, &rc) != 0)
+	if (session_open(&s, argc, argv, false, true, &rc) != 0)
 		goto out;
-	const char *vd = *opt_s(&s, "valid-data") ? opt_s(&s, "valid-data") : opt_s(&s, "data");
-	if (!*vd || !*opt_s(&s, "load")) {
-		rc = die(EXIT_USAGE, "eval needs --load=CKPT and --valid-data=SHARD.bin");
+	if (!*s.load_path) {
+		rc = die(EXIT_USAGE, "eval needs --load=CKPT and --valid-data=FILE[,...]");
 		goto out;
 	}
-	char path[4200];
-	s.have_valid = true;
-	if (loader_open(&s.valid, vd, s.B, s.T, false, 0, model_vocab(&s), &s.err) != FW_OK ||
-	    resolve_load(opt_s(&s, "load"), path, sizeof(path), &s.err) != FW_OK ||
-	    load_checkpoint(&s, path, false, &s.err) != FW_OK ||
+	if (load_checkpoint(&s, s.load_path, false, &s.err) != FW_OK ||
 	    adapter_apply(&s.cfg, &s.slots, &s.model, true, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
@@ -848,7 +894,7 @@ int cmd_plan(int argc, char **argv)
 	int rc = EXIT_RUNTIME;
 	if (wants_help(argc, argv))
 		return help(plan_usage, argc, argv);
-	if (session_open(&s, argc, argv, true, &rc) != 0)
+	if (session_open(&s, argc, argv, true, false, &rc) != 0)
 		goto out;
 	if (s.slots.optim && setup_optim(&s, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);

@@ -42,7 +42,7 @@ extern "C" {
 #endif
 
 #define FW_ABI_MAJOR 1   /* incompatible changes */
-#define FW_ABI_MINOR 0   /* additions at the end of tables */
+#define FW_ABI_MINOR 1   /* additions at the end of tables */
 
 /* Sizes of the structs that cross the boundary: a plugin built against other
  * struct layouts is refused ("rebuild against this fw"). */
@@ -112,7 +112,8 @@ struct fw_attn_spec {
 	int layer;
 	int n_head, n_kv_head, head_dim;
 	enum fw_mask_kind mask;
-	struct fw_tensor *padding;   /* (B, Tk) additive 0 / -inf, or NULL */
+	struct fw_tensor *bias;      /* (B, 1, Tq, Tk) additive 0 / -inf on top of mask:
+					padding and document boundaries; NULL = none */
 	enum fw_pos_kind pos;
 	float rope_base;             /* 10000 */
 	int rope_dim;                /* rotated dims per head; 0 = head_dim */
@@ -152,6 +153,14 @@ struct fw_model {
 	struct fw_kv_cache *caches;  /* one per attention layer while generating */
 	int n_caches;
 	void *host_private;
+	/* The host sets segmented before build when a row holds several
+	 * sequences or padding (SFT batches). The arch then creates positions
+	 * (B, T) i32 (each token's place in its own sequence) and attn_bias
+	 * (B, 1, T, T) f32 (0 where a query may see a key of the same sequence,
+	 * -inf elsewhere), which the host fills per batch, and passes attn_bias
+	 * to attention as fw_attn_spec.bias. */
+	bool segmented;
+	struct fw_tensor *positions, *attn_bias;
 };
 
 struct fw_arch_i {

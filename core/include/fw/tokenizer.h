@@ -96,6 +96,16 @@ struct fw_tokenizer *fw_tokenizer_load_gpt2(const char *encoder_json, const char
 					    struct fw_err *err);
 void fw_tokenizer_free(struct fw_tokenizer *t);
 
+/* The whole tokenizer as one JSON text, to store with a model (fwrun keeps
+ * it in the checkpoint's "tokenizer" attribute): {"kind": "byte"|"gpt2",
+ * "specials": [text, ...] in the order they were added, and for gpt2
+ * "vocab" and "merges", the files' texts as loaded}. fw_malloc'd; NULL and
+ * err on failure (a special token that is not valid UTF-8). */
+char *fw_tokenizer_serialize(const struct fw_tokenizer *t, struct fw_err *err);
+/* Rebuilds a tokenizer from that text; where names its origin in messages. */
+struct fw_tokenizer *fw_tokenizer_deserialize(const char *text, size_t len, const char *where,
+					      struct fw_err *err);
+
 /* Appends the tokens of text[0..len) to out. Any bytes are accepted (see
  * the header comment for invalid UTF-8). On error out keeps what it had. */
 enum fw_status fw_tokenizer_encode(struct fw_tokenizer *t, const char *text, size_t len,

@@ -96,6 +96,7 @@ static struct fw_tensor *block(const struct decoder *d, struct fw_model *m,
 		.n_kv_head = (int)H, .head_dim = (int)D, .mask = FW_MASK_CAUSAL,
 		.dropout = d->dropout, .seed = m->seed * 7919u + (uint64_t)l,
 		.cache = m->caches && l < m->n_caches ? &m->caches[l] : NULL,
+		.bias = m->attn_bias,
 	};
 	struct fw_tensor *y = h->attention(m, &spec, q, k, v);     /* (B, T, H, D) */
 	int64_t flat[3] = { B, T, C };
@@ -130,6 +131,11 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 	m->tokens = h->input(m->ctx, "tokens", FW_I32, 2, bt);
 	if (!decode)
 		m->targets = h->input(m->ctx, "targets", FW_I32, 2, bt);
+	if (!decode && m->segmented) {
+		int64_t bqk[4] = { B, 1, T, T };
+		m->positions = h->input(m->ctx, "positions", FW_I32, 2, bt);
+		m->attn_bias = h->input(m->ctx, "attn_bias", FW_F32, 4, bqk);
+	}
 	struct fw_tensor *wte = param(d, m, 2, d->vocab, C, "wte.weight", 0);
 	struct fw_tensor *wpe = param(d, m, 2, d->n_pos, C, "wpe.weight", 0);
 	h->init_normal(m, wte, 0.02f);
@@ -137,6 +143,8 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 	struct fw_tensor *pos;
 	if (decode)             /* the position of this step's token: cache length */
 		pos = h->embedding(m->ctx, wpe, m->caches[0].len);
+	else if (m->positions)  /* each token's place in its own sequence */
+		pos = h->embedding(m->ctx, wpe, m->positions);
 	else
 		pos = T == d->n_pos ? wpe : h->slice(m->ctx, wpe, 0, 0, T);
 	struct fw_tensor *x = h->add(m->ctx, h->embedding(m->ctx, wte, m->tokens), pos);

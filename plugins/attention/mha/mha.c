@@ -5,9 +5,11 @@
  * mask fused into the softmax; the output is permuted back to (B, Tq, H, D).
  * While generating, keys and values go through the plugin's own op
  * "mha.kv_write" into a per-layer cache, and the new queries attend over the
- * whole cache under the host's mask.
- * Not yet: grouped-query heads, position hooks, padding masks (each is
- * refused with a clear error).
+ * whole cache under the host's mask. A sequence bias (padding, packed
+ * documents; fw_attn_spec.bias) is added in the same fused softmax, on top
+ * of the causal mask; fully masked query rows give zeros.
+ * Not yet: grouped-query heads, position hooks (each is refused with a
+ * clear error).
  */
 #include <math.h>
 #include <stdio.h>
@@ -89,11 +91,15 @@ static struct fw_tensor *mha_attend(void *state, struct fw_model *m,
 				 "attention/mha: %s has %d KV heads for %d query heads; "
 				 "grouped-query attention is not supported by this plugin",
 				 spec->name, spec->n_kv_head, spec->n_head), NULL;
-	if (spec->pos != FW_POS_NONE || spec->padding)
+	if (spec->pos != FW_POS_NONE)
 		return h->errorf(err, FW_ERR_UNSUPPORTED,
-				 "attention/mha: %s: position hooks and padding masks are not "
+				 "attention/mha: %s: position hooks (RoPE, ALiBi, relative) are not "
 				 "supported by this plugin yet", spec->name), NULL;
-	struct fw_tensor *mask = NULL;
+	if (spec->bias && spec->cache)
+		return h->errorf(err, FW_ERR_UNSUPPORTED,
+				 "attention/mha: %s: a sequence mask while generating with a cache is "
+				 "not supported", spec->name), NULL;
+	struct fw_tensor *mask = spec->bias;     /* (B, 1, Tq, Tk): broadcast over heads */
 	bool causal = spec->mask == FW_MASK_CAUSAL;
 	if (spec->cache) {      /* generating: attend over the whole cache */
 		k = cached(state, m, spec, &spec->cache->k, k, "k");

@@ -44,12 +44,8 @@ static struct fw_tensor *naive_attend(void *state, struct fw_model *m,
 	int64_t D = q->ne[3];
 	float scale = spec->scale != 0.0f ? spec->scale : 1.0f / sqrtf((float)D);
 
-	/* Additive bias: padding (B,Tk) as (B,1,1,Tk), relative bias (H,Tq,Tk). */
-	struct fw_tensor *bias = NULL;
-	if (spec->padding) {
-		int64_t shape[4] = { spec->padding->ne[0], 1, 1, spec->padding->ne[1] };
-		bias = h->reshape(ctx, spec->padding, 4, shape);
-	}
+	/* Additive bias: sequences (B,1,Tq,Tk), relative bias (H,Tq,Tk). */
+	struct fw_tensor *bias = spec->bias;
 	if (spec->pos == FW_POS_RELATIVE && spec->pos_bias)
 		bias = bias ? h->add(ctx, bias, spec->pos_bias) : spec->pos_bias;
 

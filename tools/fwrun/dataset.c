@@ -1,0 +1,541 @@
+/* dataset.c - training and validation data from token shards, plain text
+ * and JSONL (docs/data-formats.md).
+ *
+ * Plain text (text files, or JSONL records {"text": ...}) is pretraining
+ * data: each document becomes the EOS token then its tokens, the documents
+ * follow each other in one stream, and the stream is cut into windows of
+ * seq-length + 1 tokens like a shard.
+ *
+ * JSONL records with "prompt"/"response" or "messages" are SFT examples:
+ * only response tokens (and the EOS that ends each response) are in the
+ * loss. Examples never cross a row: with --packing=packed, consecutive
+ * examples share a row and each attends only to itself (its own positions
+ * from 0, a block-diagonal causal mask); with --packing=padded each example
+ * has a row of its own. Either way the rest of a row is padding, outside
+ * attention and the loss. A {"text"} record in an SFT file is an example
+ * with every token in the loss.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "fwrun.h"
+
+/* --- one record ------------------------------------------------------------------------ */
+
+static bool push(struct fw_tokenizer *tok, struct example *ex, const char *text, bool loss)
+{
+	struct fw_token_buf b = { 0 };
+	struct fw_err e = { 0 };
+	if (fw_tokenizer_encode(tok, text, strlen(text), false, &b, &e) != FW_OK)
+		return false;
+	int32_t *ids = realloc(ex->ids, sizeof(int32_t) * (size_t)(ex->n + (int64_t)b.n + 1));
+	uint8_t *ls = ids ? realloc(ex->loss, (size_t)(ex->n + (int64_t)b.n + 1)) : NULL;
+	if (ids)
+		ex->ids = ids;
+	if (ls)
+		ex->loss = ls;
+	if (!ids || !ls) {
+		fw_token_buf_free(&b);
+		return false;
+	}
+	for (size_t i = 0; i < b.n; i++) {
+		ex->ids[ex->n] = b.ids[i];
+		ex->loss[ex->n++] = loss;
+	}
+	fw_token_buf_free(&b);
+	return true;
+}
+
+static bool push_eos(struct fw_tokenizer *tok, struct example *ex, bool loss)
+{
+	int32_t *ids = realloc(ex->ids, sizeof(int32_t) * (size_t)(ex->n + 1));
+	uint8_t *ls = ids ? realloc(ex->loss, (size_t)(ex->n + 1)) : NULL;
+	if (ids)
+		ex->ids = ids;
+	if (ls)
+		ex->loss = ls;
+	if (!ids || !ls)
+		return false;
+	ex->ids[ex->n] = fw_tokenizer_eos(tok);
+	ex->loss[ex->n++] = loss;
+	return true;
+}
+
+void example_free(struct example *ex)
+{
+	free(ex->ids);
+	free(ex->loss);
+	memset(ex, 0, sizeof(*ex));
+}
+
+/* The chat template: each message is "<Role>:\n<content>", messages are
+ * separated by "\n\n", and each assistant content is followed by EOS.
+ * Assistant contents and their EOS are in the loss, nothing else is. */
+static bool render_messages(struct fw_tokenizer *tok, json_t *msgs, struct example *ex,
+			    const char **why)
+{
+	static const char *const roles[][2] = {
+		{ "system", "System:\n" }, { "user", "User:\n" }, { "assistant", "Assistant:\n" },
+	};
+	static char buf[96];
+	if (!json_is_array(msgs) || json_array_size(msgs) == 0)
+		return *why = "'messages' is not a non-empty array", false;
+	bool any_assistant = false;
+	size_t i;
+	json_t *m;
+	json_array_foreach(msgs, i, m) {
+		json_t *role = json_object_get(m, "role"), *content = json_object_get(m, "content");
+		int r = -1;
+		for (int k = 0; k < 3 && json_is_string(role); k++)
+			if (!strcmp(json_string_value(role), roles[k][0]))
+				r = k;
+		if (!json_is_object(m) || r < 0 || !json_is_string(content)) {
+			snprintf(buf, sizeof(buf), "messages[%zu]: %s", i,
+				 !json_is_object(m) ? "not an object" :
+				 !json_is_string(role) ? "'role' missing or not a string" :
+				 r < 0 ? "role is not system, user or assistant" :
+				 "'content' missing or not a string");
+			return *why = buf, false;
+		}
+		if (!*json_string_value(content)) {
+			snprintf(buf, sizeof(buf), "messages[%zu]: empty 'content'", i);
+			return *why = buf, false;
+		}
+		bool a = r == 2;
+		any_assistant |= a;
+		if ((i && !push(tok, ex, "\n\n", false)) || !push(tok, ex, roles[r][1], false) ||
+		    !push(tok, ex, json_string_value(content), a) || (a && !push_eos(tok, ex, true)))
+			return *why = "out of memory", false;
+	}
+	if (!any_assistant)
+		return *why = "'messages' has no assistant message", false;
+	return true;
+}
+
+bool example_from_json(struct fw_tokenizer *tok, const void *record, struct example *ex,
+		       const char **why)
+{
+	json_t *r = (json_t *)record;
+	memset(ex, 0, sizeof(*ex));
+	*why = NULL;
+	if (!json_is_object(r))
+		return *why = "not a JSON object", false;
+	json_t *prompt = json_object_get(r, "prompt"), *resp = json_object_get(r, "response");
+	json_t *msgs = json_object_get(r, "messages"), *text = json_object_get(r, "text");
+	bool ok;
+	if (msgs) {
+		ok = render_messages(tok, msgs, ex, why);
+	} else if (prompt || resp) {
+		if (!prompt || !resp)
+			*why = prompt ? "'response' is missing" : "'prompt' is missing";
+		else if (!json_is_string(prompt) || !json_is_string(resp))
+			*why = json_is_string(prompt) ? "'response' is not a string" :
+			       "'prompt' is not a string";
+		else if (!*json_string_value(resp))
+			*why = "'response' is empty";
+		else if (!push(tok, ex, json_string_value(prompt), false) ||
+			 !push(tok, ex, json_string_value(resp), true) || !push_eos(tok, ex, true))
+			*why = "out of memory";
+		ok = !*why;
+	} else if (text) {
+		if (!json_is_string(text))
+			*why = "'text' is not a string";
+		else if (!*json_string_value(text))
+			*why = "'text' is empty";
+		else if (!push_eos(tok, ex, false) || !push(tok, ex, json_string_value(text), true))
+			*why = "out of memory";
+		ok = !*why;
+	} else {
+		*why = "no 'prompt'/'response', 'messages' or 'text' field";
+		ok = false;
+	}
+	if (!ok)
+		example_free(ex);
+	return ok;
+}
+
+/* --- reading files ----------------------------------------------------------------------- */
+
+struct collect {
+	struct example *ex;
+	int64_t n, cap;
+	bool sft;                        /* some record is prompt/response or messages */
+	int64_t records, bad, max_bad;
+	uint32_t *stream;                /* plain text: EOS doc EOS doc ... */
+	int64_t n_stream, cap_stream;
+};
+
+static bool add_example(struct collect *c, struct example *ex)
+{
+	if (c->n == c->cap) {
+		int64_t cap = c->cap ? 2 * c->cap : 256;
+		struct example *p = realloc(c->ex, sizeof(*p) * (size_t)cap);
+		if (!p)
+			return false;
+		c->ex = p;
+		c->cap = cap;
+	}
+	c->ex[c->n++] = *ex;
+	return true;
+}
+
+static char *read_all(const char *path, size_t *len, struct fw_err *err)
+{
+	FILE *f = fopen(path, "rb");
+	if (!f) {
+		fw_errorf(err, FW_ERR_IO, "%s: %s", path, strerror(errno));
+		return NULL;
+	}
+	char *buf = NULL;
+	size_t cap = 0;
+	*len = 0;
+	for (;;) {
+		if (*len + 65536 + 1 > cap) {
+			cap = cap ? 2 * cap : 1 << 20;
+			char *p = realloc(buf, cap);
+			if (!p) {
+				free(buf);
+				fclose(f);
+				fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+				return NULL;
+			}
+			buf = p;
+		}
+		size_t got = fread(buf + *len, 1, 65536, f);
+		*len += got;
+		if (got < 65536)
+			break;
+	}
+	bool bad = ferror(f);
+	fclose(f);
+	if (bad) {
+		free(buf);
+		fw_errorf(err, FW_ERR_IO, "%s: read error", path);
+		return NULL;
+	}
+	buf[*len] = '\0';
+	return buf;
+}
+
+static enum fw_status read_text(struct collect *c, struct fw_tokenizer *tok, const char *path,
+				struct fw_err *err)
+{
+	size_t len;
+	char *text = read_all(path, &len, err);
+	if (!text)
+		return err->status;
+	if (len == 0) {
+		free(text);
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: empty file", path);
+	}
+	struct example ex = { 0 };
+	bool ok = push_eos(tok, &ex, true);
+	free(ex.loss);
+	struct fw_token_buf b = { 0 };
+	enum fw_status st = ok ? fw_tokenizer_encode(tok, text, len, false, &b, err) :
+		fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	free(text);
+	if (st == FW_OK) {
+		int64_t need = c->n_stream + 1 + (int64_t)b.n;
+		if (need > c->cap_stream) {
+			uint32_t *p = realloc(c->stream, sizeof(uint32_t) * (size_t)need);
+			if (!p)
+				st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+			else
+				c->stream = p, c->cap_stream = need;
+		}
+	}
+	if (st == FW_OK) {
+		c->stream[c->n_stream++] = (uint32_t)ex.ids[0];
+		for (size_t i = 0; i < b.n; i++)
+			c->stream[c->n_stream++] = (uint32_t)b.ids[i];
+	}
+	free(ex.ids);
+	fw_token_buf_free(&b);
+	return st;
+}
+
+static enum fw_status read_jsonl(struct collect *c, struct fw_tokenizer *tok, const char *path,
+				 struct fw_err *err)
+{
+	size_t len;
+	char *text = read_all(path, &len, err);
+	if (!text)
+		return err->status;
+	enum fw_status st = FW_OK;
+	long line = 0;
+	for (char *p = text; p < text + len && st == FW_OK;) {
+		char *nl = memchr(p, '\n', (size_t)(text + len - p));
+		size_t ll = nl ? (size_t)(nl - p) : (size_t)(text + len - p);
+		char *l = p;
+		p += ll + 1;
+		line++;
+		while (ll && (l[ll - 1] == '\r' || l[ll - 1] == ' ' || l[ll - 1] == '\t'))
+			ll--;
+		size_t lead = strspn(l, " \t");
+		if (lead >= ll)
+			continue;                       /* blank line */
+		c->records++;
+		json_error_t je;
+		json_t *rec = json_loadb(l, ll, JSON_REJECT_DUPLICATES, &je);
+		struct example ex;
+		const char *why = NULL;
+		char msg[256];
+		if (!rec) {
+			snprintf(msg, sizeof(msg), "invalid JSON: %s", je.text);
+			why = msg;
+		} else if (example_from_json(tok, rec, &ex, &why)) {
+			if (json_object_get(rec, "prompt") || json_object_get(rec, "messages"))
+				c->sft = true;
+			if (!add_example(c, &ex)) {
+				example_free(&ex);
+				st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+			}
+		}
+		json_decref(rec);
+		if (!why)
+			continue;
+		if (++c->bad > c->max_bad) {
+			st = fw_errorf(err, FW_ERR_FORMAT, "%s:%ld: %s; that is %lld bad records, more "
+				       "than --max-bad-records=%lld", path, line, why,
+				       (long long)c->bad, (long long)c->max_bad);
+			break;
+		}
+		fprintf(stderr, "fwrun: %s:%ld: %s (record skipped)\n", path, line, why);
+	}
+	free(text);
+	return st;
+}
+
+/* --- rows ---------------------------------------------------------------------------------- */
+
+struct layout_stats {
+	int64_t truncated, dropped, rows, loss_positions;
+};
+
+/* Lays examples out in rows of T: inputs ids[0..n-1), targets ids[1..n)
+ * where in the loss, else -1. */
+static enum fw_status make_rows(struct collect *c, int64_t T, bool packed, bool truncate,
+				bool shuffle, uint64_t seed, struct rows *r,
+				struct layout_stats *ls, struct fw_err *err)
+{
+	int64_t *order = malloc(sizeof(int64_t) * (size_t)(c->n ? c->n : 1));
+	if (!order)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	for (int64_t i = 0; i < c->n; i++)
+		order[i] = i;
+	uint64_t key = fw_hash_str("sft-order", seed);
+	for (int64_t i = c->n - 1; shuffle && i > 0; i--) {
+		int64_t j = (int64_t)(fw_rng_uniform(key, (uint64_t)i) * (double)(i + 1));
+		int64_t t = order[i];
+		order[i] = order[j];
+		order[j] = t;
+	}
+	memset(r, 0, sizeof(*r));
+	r->T = T;
+	int64_t cap = 0, used = T;      /* positions used in the last row */
+	int32_t seg = 0;
+	for (int64_t k = 0; k < c->n; k++) {
+		const struct example *ex = &c->ex[order[k]];
+		int64_t n = ex->n;
+		if (n - 1 > T) {
+			bool any = false;
+			for (int64_t i = 1; i <= T; i++)
+				any |= ex->loss[i];
+			if (!truncate || !any) {
+				ls->dropped++;
+				continue;
+			}
+			ls->truncated++;
+			n = T + 1;
+		}
+		if (n < 2) {
+			ls->dropped++;
+			continue;
+		}
+		if (!packed || used + n - 1 > T) {      /* a new row */
+			if (r->n == cap) {
+				cap = cap ? 2 * cap : 64;
+				int32_t *a = realloc(r->tokens, sizeof(int32_t) * (size_t)(cap * T));
+				int32_t *b = a ? realloc(r->targets, sizeof(int32_t) * (size_t)(cap * T)) : NULL;
+				int32_t *s = b ? realloc(r->seg, sizeof(int32_t) * (size_t)(cap * T)) : NULL;
+				if (a)
+					r->tokens = a;
+				if (b)
+					r->targets = b;
+				if (s)
+					r->seg = s;
+				if (!s) {
+					free(order);
+					return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+				}
+			}
+			int64_t at = r->n++ * T;
+			for (int64_t i = 0; i < T; i++) {
+				r->tokens[at + i] = 0;
+				r->targets[at + i] = -1;
+				r->seg[at + i] = 0;
+			}
+			used = 0;
+			seg = 0;
+		}
+		int64_t at = (r->n - 1) * T + used;
+		seg++;
+		for (int64_t i = 0; i + 1 < n; i++) {
+			r->tokens[at + i] = ex->ids[i];
+			r->targets[at + i] = ex->loss[i + 1] ? ex->ids[i + 1] : -1;
+			r->seg[at + i] = seg;
+			ls->loss_positions += ex->loss[i + 1];
+		}
+		used += n - 1;
+	}
+	free(order);
+	ls->rows = r->n;
+	return FW_OK;
+}
+
+/* --- the dataset ---------------------------------------------------------------------------- */
+
+static const char *file_format(const char *path, const char *opt)
+{
+	if (strcmp(opt, "auto"))
+		return opt;
+	size_t n = strlen(path);
+	if (n >= 4 && !strcmp(path + n - 4, ".bin"))
+		return "shards";
+	if ((n >= 6 && !strcmp(path + n - 6, ".jsonl")) || (n >= 5 && !strcmp(path + n - 5, ".json")))
+		return "jsonl";
+	return "text";
+}
+
+enum fw_status dataset_open(struct loader *l, const struct fw_options *run, const char *paths,
+			    const char *what, bool shuffle, struct fw_tokenizer *tok, int64_t B,
+			    int64_t T, struct fw_err *err)
+{
+	const char *fmt_opt = fw_opt_str(run, "data-format");
+	uint64_t seed = (uint64_t)fw_opt_int(run, "seed");
+	memset(l, 0, sizeof(*l));
+	char *copy = strdup(paths), *save = NULL;
+	if (!copy)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	int n_shards = 0, n_other = 0;
+	for (char *p = strtok_r(copy, ",", &save); p; p = strtok_r(NULL, ",", &save))
+		*(strcmp(file_format(p, fmt_opt), "shards") ? &n_other : &n_shards) += 1;
+	free(copy);
+	if (n_shards && n_other)
+		return fw_errorf(err, FW_ERR_INVALID, "--%s mixes token shards with text or JSONL "
+				 "files", what);
+	if (!n_other)
+		return loader_open(l, paths, B, T, shuffle, seed, err);
+	if (!tok)
+		return fw_errorf(err, FW_ERR_INVALID, "--%s is text or JSONL: it needs a tokenizer "
+				 "(--tokenizer=byte, or gpt2 with --vocab-file and --merge-file)", what);
+	if (fw_tokenizer_eos(tok) < 0)
+		return fw_errorf(err, FW_ERR_INVALID, "the %s tokenizer has no EOS token "
+				 "(<|endoftext|>) to end documents with", fw_tokenizer_name(tok));
+
+	struct collect c = { .max_bad = fw_opt_int(run, "max-bad-records") };
+	enum fw_status st = FW_OK;
+	copy = strdup(paths);
+	if (!copy)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	for (char *p = strtok_r(copy, ",", &save); p && st == FW_OK; p = strtok_r(NULL, ",", &save))
+		st = strcmp(file_format(p, fmt_opt), "jsonl") ? read_text(&c, tok, p, err) :
+			read_jsonl(&c, tok, p, err);
+	if (st == FW_OK && !c.sft) {
+		/* Plain text only: JSONL text records join the stream as documents. */
+		for (int64_t k = 0; k < c.n && st == FW_OK; k++) {
+			const struct example *ex = &c.ex[k];
+			if (c.n_stream + ex->n > c.cap_stream) {
+				int64_t cap = 2 * (c.n_stream + ex->n);
+				uint32_t *p = realloc(c.stream, sizeof(uint32_t) * (size_t)cap);
+				if (!p) {
+					st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+					break;
+				}
+				c.stream = p;
+				c.cap_stream = cap;
+			}
+			for (int64_t i = 0; i < ex->n; i++)
+				c.stream[c.n_stream++] = (uint32_t)ex->ids[i];
+		}
+		if (st == FW_OK) {
+			fprintf(stderr, "fwrun: %s: %lld tokens of plain text (%lld bad records "
+				"skipped), %lld sequences of %lld\n", what, (long long)c.n_stream,
+				(long long)c.bad, (long long)((c.n_stream - 1) / T), (long long)T);
+			st = loader_from_stream(l, paths, c.stream, c.n_stream, B, T, shuffle, seed,
+						err);
+			c.stream = NULL;
+		}
+	} else if (st == FW_OK) {
+		if (c.n_stream)
+			st = fw_errorf(err, FW_ERR_INVALID, "--%s mixes plain text files with SFT "
+				       "JSONL records; give text as {\"text\": ...} records", what);
+		struct rows r;
+		struct layout_stats ls = { 0 };
+		bool packed = !strcmp(fw_opt_str(run, "packing"), "packed");
+		if (st == FW_OK)
+			st = make_rows(&c, T, packed, !strcmp(fw_opt_str(run, "too-long"), "truncate"),
+				       shuffle, seed, &r, &ls, err);
+		if (st == FW_OK && r.n == 0)
+			st = fw_errorf(err, FW_ERR_FORMAT, "--%s: no usable examples (%lld records, "
+				       "%lld bad, %lld longer than --seq-length=%lld dropped)", what,
+				       (long long)c.records, (long long)c.bad, (long long)ls.dropped,
+				       (long long)T);
+		if (st == FW_OK) {
+			fprintf(stderr, "fwrun: %s: %lld examples (%lld bad records skipped, %lld "
+				"truncated, %lld dropped as longer than %lld), %s into %lld rows, "
+				"%.1f%% of positions in the loss\n", what, (long long)c.n,
+				(long long)c.bad, (long long)ls.truncated, (long long)ls.dropped,
+				(long long)T + 1, packed ? "packed" : "padded", (long long)r.n,
+				100.0 * (double)ls.loss_positions / (double)(r.n * T));
+			st = loader_from_rows(l, &r, B, shuffle, seed, err);
+		}
+	}
+	for (int64_t k = 0; k < c.n; k++)
+		example_free(&c.ex[k]);
+	free(c.ex);
+	free(c.stream);
+	free(copy);
+	return st;
+}
+
+enum fw_status loader_check_vocab(const struct loader *l, const struct fw_tokenizer *tok,
+				  int64_t vocab, struct fw_err *err)
+{
+	if (tok && fw_tokenizer_vocab_size(tok) > vocab)
+		return fw_errorf(err, FW_ERR_INVALID, "the %s tokenizer has %d tokens, more than the "
+				 "model's vocabulary (%lld)", fw_tokenizer_name(tok),
+				 fw_tokenizer_vocab_size(tok), (long long)vocab);
+	for (int i = 0; i < l->n_shards; i++) {
+		const struct shard *s = &l->shards[i];
+		for (int64_t k = 0; k < s->n_tokens; k++) {
+			uint32_t t = s->tokens ? s->tokens[k] : s->tokens32[k];
+			if (t >= vocab)
+				return fw_errorf(err, FW_ERR_FORMAT, "%s: token %u at position %lld is "
+						 "outside the vocabulary (%lld)", s->path, t,
+						 (long long)k, (long long)vocab);
+		}
+	}
+	return FW_OK;
+}
+
+void dataset_masks(const int32_t *seg, int64_t B, int64_t T, int32_t *positions, float *bias)
+{
+	for (int64_t b = 0; b < B; b++) {
+		const int32_t *s = seg + b * T;
+		int32_t p = 0;
+		for (int64_t q = 0; q < T; q++) {
+			p = q && s[q] == s[q - 1] ? p + 1 : 0;
+			positions[b * T + q] = s[q] ? p : 0;
+			float *row = bias + (b * T + q) * T;
+			for (int64_t k = 0; k < T; k++)
+				row[k] = s[q] && s[k] == s[q] ? 0.0f : -INFINITY;
+		}
+	}
+}
