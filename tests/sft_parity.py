@@ -1,0 +1,298 @@
+#!/usr/bin/python3
+"""sft_parity.py - SFT data in fwrun against a PyTorch oracle.
+
+Usage: /usr/bin/python3 tests/sft_parity.py --fwrun PATH --plugin-path DIR
+
+A small random GPT-2 (tests/gpt2_parity.py's plain-torch GPT2LMHeadModel) is
+imported into fw, then fine-tuned for one step of plain SGD (lr 1, no
+momentum, decay or clipping) on a JSONL file of prompt/response and chat
+records with the byte tokenizer. One step of SGD with lr 1 moves each weight
+by exactly its gradient, so the checkpoint gives fw's gradient back.
+
+The oracle runs every example on its own in torch (positions from 0, plain
+causal attention, no padding) and averages the cross-entropy over response
+tokens (and the EOS that ends each response) only, as docs/data-formats.md
+specifies. Checks:
+  1. loss and full gradient equal the oracle's, with --packing=packed and
+     --packing=padded (so neither padding nor the other examples of a packed
+     row leak into an example, in attention or in the loss);
+  2. the same oracle with prompt tokens in the loss gives a gradient far from
+     fw's: the masking is what makes 1. pass (prompt tokens contribute no
+     gradient in fw);
+  3. --too-long=truncate and --too-long=drop: counts in the log and the
+     oracle on truncated / dropped examples;
+  4. bad records: FILE:LINE messages, skipping up to --max-bad-records, a
+     clear error past it; 40 randomly damaged files never crash the loader.
+Ends with "sft_parity: N passed, M failed"; exit code 0 only without failures.
+"""
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpt2_parity as gp  # noqa: E402
+
+torch.set_num_threads(2)
+R = gp.Results()
+EOS = 256                 # the byte tokenizer's <|endoftext|>
+T = 64                    # seq-length (n-positions)
+PLUGINS = "--plugins=arch/decoder,attention/mha,optim/sgd"
+TOL_LOSS = 1e-5           # relative
+TOL_GRAD = 1e-4           # max |g_fw - g_torch| / max |g_torch|, per tensor
+
+RECORDS = [
+    {"prompt": "Q: What is 2+2?\nA:", "response": " 4"},
+    {"prompt": "Translate to French: cat\n", "response": "chat"},
+    {"messages": [{"role": "user", "content": "hi"},
+                  {"role": "assistant", "content": "hello"},
+                  {"role": "user", "content": "bye"},
+                  {"role": "assistant", "content": "ciao"}]},
+    {"prompt": "Caf\u00e9 \u2615 ", "response": "na\u00efve \u00fcber"},
+    {"prompt": "", "response": "no prompt at all"},
+    {"messages": [{"role": "system", "content": "Be kind."},
+                  {"role": "user", "content": "2+3?"},
+                  {"role": "assistant", "content": "5"}]},
+    {"text": "plain text in the loss"},
+]
+LONG = {"prompt": "Long prompt here: ", "response": "x" * 40 + " and more " * 3}
+
+
+def encode(rec):
+    """ids and loss flags per docs/data-formats.md, byte tokenizer."""
+    ids, loss = [], []
+
+    def put(s, flag):
+        b = list(s.encode("utf-8"))
+        ids.extend(b)
+        loss.extend([flag] * len(b))
+
+    if "messages" in rec:
+        for i, m in enumerate(rec["messages"]):
+            if i:
+                put("\n\n", False)
+            put(m["role"].capitalize() + ":\n", False)
+            a = m["role"] == "assistant"
+            put(m["content"], a)
+            if a:
+                ids.append(EOS)
+                loss.append(True)
+    elif "text" in rec:
+        ids.append(EOS)
+        loss.append(False)
+        put(rec["text"], True)
+    else:
+        put(rec["prompt"], False)
+        put(rec["response"], True)
+        ids.append(EOS)
+        loss.append(True)
+    return ids, loss
+
+
+def oracle(W, examples, prompt_in_loss=False):
+    """Mean cross-entropy over the flagged targets of every example, each run
+    alone; returns (loss, {name: grad})."""
+    P = {k: v.clone().requires_grad_(True) for k, v in W.items()}
+    total, count = 0.0, 0
+    for ids, loss in examples:
+        x = torch.tensor(ids[:-1]).unsqueeze(0)
+        y = torch.tensor(ids[1:])
+        flags = torch.tensor(loss[1:]) if not prompt_in_loss else torch.ones(len(ids) - 1,
+                                                                            dtype=torch.bool)
+        logits = gp.forward(P, x)[0]
+        nll = F.cross_entropy(logits, y, reduction="none")
+        total = total + nll[flags].sum()
+        count += int(flags.sum())
+    loss = total / count
+    loss.backward()
+    return float(loss), {k: v.grad.detach() for k, v in P.items()}
+
+
+def fw_grad(fw, work, h5, data, tag, extra=()):
+    """One SGD step with lr 1: returns (process, metrics of step 1, grads)."""
+    run = os.path.join(work, "run-" + tag)
+    p = fw("train", PLUGINS, f"--load={h5}", "--finetune", "--tokenizer=byte",
+           f"--data={data}", f"--seq-length={T}", "--micro-batch-size=8", "--train-iters=1",
+           "--lr=1", "--lr-decay-style=constant", "--sgd-momentum=0", "--weight-decay=0",
+           "--clip-grad=0", "--no-shuffle", f"--run-dir={run}", "--threads=2", *extra)
+    if p.returncode != 0:
+        return p, None, None
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        m = [json.loads(l) for l in f if '"lr"' in l][0]
+    after = gp.h5_tensors(os.path.join(run, "ckpt-00000001.h5"))
+    before = gp.h5_tensors(h5)
+    g = {}
+    for n, _ in gp.hf_names():
+        d = torch.from_numpy(before[n].astype(np.float64) - after[n].astype(np.float64))
+        g[n] = d.t() if gp.is_conv1d(n) else d        # back to the torch (Conv1D) layout
+    return p, m, g
+
+
+def grad_error(g_fw, g_ref):
+    worst, where = 0.0, ""
+    for n, r in g_ref.items():
+        r = r.double()
+        e = float((g_fw[n] - r).abs().max() / max(float(r.abs().max()), 1e-12))
+        if n.endswith("attn.c_attn.bias"):       # the k third has an exact zero gradient
+            C = gp.N_EMBD
+            e = float(torch.cat([(g_fw[n] - r)[:C], (g_fw[n] - r)[2 * C:]]).abs().max() /
+                      max(float(r.abs().max()), 1e-12))
+        if e > worst:
+            worst, where = e, n
+    return worst, where
+
+
+def write_jsonl(path, recs, raw_lines=()):
+    with open(path, "w", encoding="utf-8") as f:
+        for r in recs:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+        for l in raw_lines:
+            f.write(l + "\n")
+
+
+def check_parity(fw, work, W, h5):
+    data = os.path.join(work, "sft.jsonl")
+    write_jsonl(data, RECORDS)
+    examples = [encode(r) for r in RECORDS]
+    assert all(len(ids) - 1 <= T for ids, _ in examples)
+    ref_loss, ref_g = oracle(W, examples)
+    _, all_g = oracle(W, examples, prompt_in_loss=True)
+    for packing in ("packed", "padded"):
+        p, m, g = fw_grad(fw, work, h5, data, packing, [f"--packing={packing}"])
+        if not R.check(f"{packing}: fwrun train runs", p.returncode == 0, gp.describe(p)):
+            continue
+        rows = re.search(r"into (\d+) rows", p.stderr)
+        R.check(f"{packing}: {'fewer rows than examples' if packing == 'packed' else 'one row per example'}",
+                rows and (int(rows.group(1)) < len(RECORDS) if packing == "packed"
+                          else int(rows.group(1)) == len(RECORDS)), p.stderr.strip()[-300:])
+        rl = gp.rel(m["loss"], ref_loss)
+        R.check(f"{packing}: loss equals torch's response-only mean within {TOL_LOSS:g}",
+                rl <= TOL_LOSS, f"fw {m['loss']:.8f} torch {ref_loss:.8f} rel {rl:.1e}")
+        e, where = grad_error(g, ref_g)
+        R.check(f"{packing}: gradient equals torch's response-only gradient within {TOL_GRAD:g}",
+                e <= TOL_GRAD, f"max rel error {e:.2e} in {where}")
+        e_all, where_all = grad_error(g, all_g)
+        R.check(f"{packing}: the gradient with prompt tokens in the loss is far from fw's "
+                "(prompt tokens contribute nothing)", e_all > 100 * TOL_GRAD,
+                f"max rel difference {e_all:.2e} in {where_all}")
+        print(f"  {packing}: loss fw {m['loss']:.8f} torch {ref_loss:.8f} (rel {rl:.1e}); "
+              f"gradient max rel error {e:.1e} ({where}); vs all-token gradient {e_all:.2f}")
+
+
+def check_too_long(fw, work, W, h5):
+    recs = RECORDS[:2] + [LONG]
+    data = os.path.join(work, "long.jsonl")
+    write_jsonl(data, recs)
+    ids, loss = encode(LONG)
+    assert len(ids) - 1 > T and any(loss[1:T + 1])
+    short = [encode(r) for r in RECORDS[:2]]
+    for mode, examples in (("truncate", short + [(ids[:T + 1], loss[:T + 1])]),
+                           ("drop", short)):
+        p, m, g = fw_grad(fw, work, h5, data, mode, [f"--too-long={mode}"])
+        if not R.check(f"--too-long={mode}: runs", p.returncode == 0, gp.describe(p)):
+            continue
+        want = "1 truncated, 0 dropped" if mode == "truncate" else "0 truncated, 1 dropped"
+        R.check(f"--too-long={mode}: the log counts it ({want})", want in p.stderr,
+                p.stderr.strip()[-300:])
+        ref_loss, ref_g = oracle(W, examples)
+        e, where = grad_error(g, ref_g)
+        R.check(f"--too-long={mode}: loss and gradient equal torch's on the "
+                f"{'truncated' if mode == 'truncate' else 'remaining'} examples",
+                gp.rel(m["loss"], ref_loss) <= TOL_LOSS and e <= TOL_GRAD,
+                f"loss fw {m['loss']:.8f} torch {ref_loss:.8f}; grad err {e:.1e} in {where}")
+
+
+def check_bad_records(fw, work, h5):
+    bad_lines = ['{"prompt": "a", "response": ', '{"prompt": 3, "response": "x"}',
+                 '{"prompt": "a"}', '{"prompt": "a", "response": ""}', '[1, 2]',
+                 '{"messages": [{"role": "robot", "content": "x"}]}',
+                 '{"messages": [{"role": "user", "content": "only a user"}]}']
+    data = os.path.join(work, "bad.jsonl")
+    write_jsonl(data, RECORDS[:3], bad_lines)
+    p, _, _ = fw_grad(fw, work, h5, data, "bad", ["--max-bad-records=7"])
+    lines = [l for l in p.stderr.splitlines() if "record skipped" in l]
+    nums = [int(re.search(r"bad\.jsonl:(\d+):", l).group(1)) for l in lines
+            if re.search(r"bad\.jsonl:(\d+):", l)]
+    R.check("bad records: each reported with FILE:LINE and skipped, training goes on",
+            p.returncode == 0 and nums == list(range(4, 11)), gp.describe(p))
+    p, _, _ = fw_grad(fw, work, h5, data, "bad2", ["--max-bad-records=6"])
+    last = p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
+    R.check("bad records: one more than --max-bad-records stops the run with a clear error",
+            p.returncode == 1 and last.startswith("fwrun: ") and "bad.jsonl:10:" in last
+            and "max-bad-records" in last, gp.describe(p))
+    p, _, _ = fw_grad(fw, work, h5, os.path.join(work, "missing.jsonl"), "missing")
+    R.check("missing data file: one line naming it, exit 1",
+            p.returncode == 1 and "missing.jsonl" in p.stderr and
+            len(p.stderr.strip().splitlines()) == 1, gp.describe(p))
+    # Damage: random truncation, byte flips, inserted junk. Any outcome but a
+    # crash, a hang or an error without "fwrun:" is a failure.
+    good = open(os.path.join(work, "sft.jsonl"), "rb").read()
+    rnd = random.Random(7)
+    crashes = []
+    for i in range(40):
+        b = bytearray(good)
+        kind = i % 3
+        if kind == 0:
+            b = b[:rnd.randrange(len(b))]
+        elif kind == 1:
+            for _ in range(rnd.randrange(1, 20)):
+                b[rnd.randrange(len(b))] = rnd.randrange(256)
+        else:
+            at = rnd.randrange(len(b))
+            b[at:at] = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 50)))
+        path = os.path.join(work, f"damaged{i}.jsonl")
+        with open(path, "wb") as f:
+            f.write(b)
+        p, _, _ = fw_grad(fw, work, h5, path, f"dmg{i}", ["--max-bad-records=2"])
+        ok = p.returncode == 0 or (p.returncode == 1 and p.stderr.strip().splitlines()[-1]
+                                   .startswith("fwrun: "))
+        if not ok:
+            crashes.append(f"{path}: {gp.describe(p)}")
+    R.check("40 damaged JSONL files: every run trains or stops with an fwrun: line",
+            not crashes, "; ".join(crashes[:3]))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--fwrun", required=True)
+    ap.add_argument("--plugin-path", required=True)
+    ap.add_argument("--keep", action="store_true")
+    a = ap.parse_args()
+    fw = gp.Fw(os.path.abspath(a.fwrun), os.path.abspath(a.plugin_path))
+    work = tempfile.mkdtemp(prefix="sft_parity.")
+    try:
+        W = gp.random_weights(99)
+        hf = os.path.join(work, "hf")
+        gp.write_hf_dir(hf, W, "F32")
+        h5 = os.path.join(work, "model.h5")
+        p = fw("import", hf, h5)
+        if R.check("import the random GPT-2", p.returncode == 0, gp.describe(p)):
+            check_parity(fw, work, W, h5)
+            check_too_long(fw, work, W, h5)
+            check_bad_records(fw, work, h5)
+    except Exception as e:
+        import traceback
+        traceback.print_exc()
+        R.check("test script ran to the end", False, f"{type(e).__name__}: {e}")
+    finally:
+        if a.keep:
+            print(f"work directory kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    for f in R.failures:
+        print(f"FAILED: {f}", file=sys.stderr)
+    print(f"sft_parity: {R.passed} passed, {R.failed} failed")
+    return 1 if R.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
