@@ -88,6 +88,31 @@ class Results:
         sys.stdout.flush()
         return ok
 
+    def run(self, name, keep, body):
+        """Runs body(work) in a new work directory (removed unless keep); an
+        exception in it is a failed check. Prints the failures and "NAME: N
+        passed, M failed"; returns the exit code."""
+        work = tempfile.mkdtemp(prefix=name + ".")
+        t0 = time.time()
+        try:
+            body(work)
+        except Exception as e:       # a bug in the script or an fwrun hang: a clear failure
+            import traceback
+            traceback.print_exc()
+            self.check("test script ran to the end", False, f"{type(e).__name__}: {e}")
+        finally:
+            if keep:
+                print(f"work directory kept: {work}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+        print(f"({time.time() - t0:.1f} s)")
+        for s in self.skipped:
+            print(f"skipped: {s}")
+        for f in self.failures:
+            print(f"FAILED: {f}", file=sys.stderr)
+        print(f"{name}: {self.passed} passed, {self.failed} failed")
+        return 1 if self.failed else 0
+
 
 R = Results()
 
@@ -297,6 +322,28 @@ class Fw:
                            capture_output=True, text=True, timeout=timeout)
         self.seconds += time.time() - t0
         return p
+
+
+def cli(doc, runner=None):
+    """Parses --fwrun, --plugin-path and --keep; returns (args, runner), the
+    runner (default Fw) built from the two paths."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--fwrun", required=True)
+    ap.add_argument("--plugin-path", required=True)
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    a = ap.parse_args()
+    return a, (runner or Fw)(os.path.abspath(a.fwrun), os.path.abspath(a.plugin_path))
+
+
+def import_random(fw, work, W, results):
+    """W as a Hugging Face folder imported by fwrun: the .h5 path, or None
+    (a failed check)."""
+    hf = os.path.join(work, "hf")
+    write_hf_dir(hf, W, "F32")
+    h5 = os.path.join(work, "model.h5")
+    p = fw("import", hf, h5)
+    return h5 if results.check("import the random GPT-2", p.returncode == 0, describe(p)) \
+        else None
 
 
 def describe(p):

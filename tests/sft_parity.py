@@ -25,15 +25,11 @@ specifies. Checks:
      clear error past it; 40 randomly damaged files never crash the loader.
 Ends with "sft_parity: N passed, M failed"; exit code 0 only without failures.
 """
-import argparse
 import json
 import os
 import random
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 
 import numpy as np
 import torch
@@ -211,6 +207,25 @@ def check_too_long(fw, work, W, h5):
                 f"loss fw {m['loss']:.8f} torch {ref_loss:.8f}; grad err {e:.1e} in {where}")
 
 
+def damaged_copies(good, work, n, rnd):
+    """n damaged copies of the bytes good (truncated, bytes overwritten, junk
+    inserted, in turn) written to work/damagedI.jsonl; yields their paths."""
+    for i in range(n):
+        b = bytearray(good)
+        if i % 3 == 0:
+            b = b[:rnd.randrange(len(b))]
+        elif i % 3 == 1:
+            for _ in range(rnd.randrange(1, 20)):
+                b[rnd.randrange(len(b))] = rnd.randrange(256)
+        else:
+            at = rnd.randrange(len(b))
+            b[at:at] = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 50)))
+        path = os.path.join(work, f"damaged{i}.jsonl")
+        with open(path, "wb") as f:
+            f.write(b)
+        yield path
+
+
 def check_bad_records(fw, work, h5):
     bad_lines = ['{"prompt": "a", "response": ', '{"prompt": 3, "response": "x"}',
                  '{"prompt": "a"}', '{"prompt": "a", "response": ""}', '[1, 2]',
@@ -238,20 +253,7 @@ def check_bad_records(fw, work, h5):
     good = open(os.path.join(work, "sft.jsonl"), "rb").read()
     rnd = random.Random(7)
     crashes = []
-    for i in range(40):
-        b = bytearray(good)
-        kind = i % 3
-        if kind == 0:
-            b = b[:rnd.randrange(len(b))]
-        elif kind == 1:
-            for _ in range(rnd.randrange(1, 20)):
-                b[rnd.randrange(len(b))] = rnd.randrange(256)
-        else:
-            at = rnd.randrange(len(b))
-            b[at:at] = bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 50)))
-        path = os.path.join(work, f"damaged{i}.jsonl")
-        with open(path, "wb") as f:
-            f.write(b)
+    for i, path in enumerate(damaged_copies(good, work, 40, rnd)):
         p, _, _ = fw_grad(fw, work, h5, path, f"dmg{i}", ["--max-bad-records=2"])
         ok = p.returncode == 0 or (p.returncode == 1 and p.stderr.strip().splitlines()[-1]
                                    .startswith("fwrun: "))
@@ -262,36 +264,17 @@ def check_bad_records(fw, work, h5):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--fwrun", required=True)
-    ap.add_argument("--plugin-path", required=True)
-    ap.add_argument("--keep", action="store_true")
-    a = ap.parse_args()
-    fw = gp.Fw(os.path.abspath(a.fwrun), os.path.abspath(a.plugin_path))
-    work = tempfile.mkdtemp(prefix="sft_parity.")
-    try:
+    a, fw = gp.cli(__doc__)
+
+    def body(work):
         W = gp.random_weights(99)
-        hf = os.path.join(work, "hf")
-        gp.write_hf_dir(hf, W, "F32")
-        h5 = os.path.join(work, "model.h5")
-        p = fw("import", hf, h5)
-        if R.check("import the random GPT-2", p.returncode == 0, gp.describe(p)):
+        h5 = gp.import_random(fw, work, W, R)
+        if h5:
             check_parity(fw, work, W, h5)
             check_too_long(fw, work, W, h5)
             check_bad_records(fw, work, h5)
-    except Exception as e:
-        import traceback
-        traceback.print_exc()
-        R.check("test script ran to the end", False, f"{type(e).__name__}: {e}")
-    finally:
-        if a.keep:
-            print(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    for f in R.failures:
-        print(f"FAILED: {f}", file=sys.stderr)
-    print(f"sft_parity: {R.passed} passed, {R.failed} failed")
-    return 1 if R.failed else 0
+
+    return R.run("sft_parity", a.keep, body)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@
  * attention and the loss. A {"text"} record in an SFT file is an example
  * with every token in the loss.
  */
+#define _GNU_SOURCE             /* getline */
 #include <errno.h>
 #include <stdint.h>
 #include <math.h>
@@ -166,6 +167,7 @@ struct collect {
 	int64_t n, cap;
 	bool sft;                        /* some record is prompt/response or messages */
 	int64_t records, bad, max_bad;
+	struct fw_tokenizer *tok;
 	uint32_t *stream;                /* plain text: EOS doc EOS doc ... */
 	int64_t n_stream, cap_stream;
 };
@@ -260,56 +262,69 @@ static enum fw_status read_text(struct collect *c, struct fw_tokenizer *tok, con
 	return st;
 }
 
-static enum fw_status read_jsonl(struct collect *c, struct fw_tokenizer *tok, const char *path,
-				 struct fw_err *err)
+enum fw_status jsonl_foreach(const char *path, int64_t max_bad, int64_t *n_bad,
+			     jsonl_fn fn, void *arg, struct fw_err *err)
 {
-	size_t len;
-	char *text = read_all(path, &len, err);
-	if (!text)
-		return err->status;
+	FILE *f = fopen(path, "rb");
+	if (!f)
+		return fw_errorf(err, FW_ERR_IO, "%s: %s", path, strerror(errno));
 	enum fw_status st = FW_OK;
+	char *text = NULL;
+	size_t cap = 0;
+	ssize_t got;
 	long line = 0;
-	for (char *p = text; p < text + len && st == FW_OK;) {
-		char *nl = memchr(p, '\n', (size_t)(text + len - p));
-		size_t ll = nl ? (size_t)(nl - p) : (size_t)(text + len - p);
-		char *l = p;
-		p += ll + 1;
+	while (st == FW_OK && (got = getline(&text, &cap, f)) >= 0) {
+		size_t ll = (size_t)got;
 		line++;
-		while (ll && (l[ll - 1] == '\r' || l[ll - 1] == ' ' || l[ll - 1] == '\t'))
+		while (ll && (text[ll - 1] == '\n' || text[ll - 1] == '\r' || text[ll - 1] == ' ' ||
+			      text[ll - 1] == '\t'))
 			ll--;
-		size_t lead = strspn(l, " \t");
-		if (lead >= ll)
+		if (strspn(text, " \t") >= ll)
 			continue;                       /* blank line */
-		c->records++;
 		json_error_t je;
-		json_t *rec = json_loadb(l, ll, JSON_REJECT_DUPLICATES, &je);
-		struct example ex;
+		json_t *rec = json_loadb(text, ll, JSON_REJECT_DUPLICATES, &je);
 		const char *why = NULL;
 		char msg[256];
 		if (!rec) {
 			snprintf(msg, sizeof(msg), "invalid JSON: %s", je.text);
 			why = msg;
-		} else if (example_from_json(tok, rec, &ex, &why)) {
-			if (json_object_get(rec, "prompt") || json_object_get(rec, "messages"))
-				c->sft = true;
-			if (!add_example(c, &ex)) {
-				example_free(&ex);
-				st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-			}
+		} else {
+			st = fn(arg, rec, line, &why, err);
 		}
 		json_decref(rec);
-		if (!why)
+		if (st != FW_OK || !why)
 			continue;
-		if (++c->bad > c->max_bad) {
+		if (++*n_bad > max_bad) {
 			st = fw_errorf(err, FW_ERR_FORMAT, "%s:%ld: %s; that is %lld bad records, more "
 				       "than --max-bad-records=%lld", path, line, why,
-				       (long long)c->bad, (long long)c->max_bad);
+				       (long long)*n_bad, (long long)max_bad);
 			break;
 		}
 		fprintf(stderr, "fwrun: %s:%ld: %s (record skipped)\n", path, line, why);
 	}
+	if (st == FW_OK && ferror(f))
+		st = fw_errorf(err, FW_ERR_IO, "%s: read error", path);
 	free(text);
+	fclose(f);
 	return st;
+}
+
+static enum fw_status collect_record(void *arg, const void *rec, long line, const char **why,
+				     struct fw_err *err)
+{
+	struct collect *c = arg;
+	struct example ex;
+	(void)line;
+	c->records++;
+	if (!example_from_json(c->tok, rec, &ex, why))
+		return FW_OK;
+	if (json_object_get((json_t *)rec, "prompt") || json_object_get((json_t *)rec, "messages"))
+		c->sft = true;
+	if (!add_example(c, &ex)) {
+		example_free(&ex);
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	}
+	return FW_OK;
 }
 
 /* --- rows ---------------------------------------------------------------------------------- */
@@ -439,14 +454,14 @@ enum fw_status dataset_open(struct loader *l, const struct fw_options *run, cons
 		return fw_errorf(err, FW_ERR_INVALID, "the %s tokenizer has no EOS token "
 				 "(<|endoftext|>) to end documents with", fw_tokenizer_name(tok));
 
-	struct collect c = { .max_bad = fw_opt_int(run, "max-bad-records") };
+	struct collect c = { .max_bad = fw_opt_int(run, "max-bad-records"), .tok = tok };
 	enum fw_status st = FW_OK;
 	copy = strdup(paths);
 	if (!copy)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	for (char *p = strtok_r(copy, ",", &save); p && st == FW_OK; p = strtok_r(NULL, ",", &save))
 		st = strcmp(file_format(p, fmt_opt), "jsonl") ? read_text(&c, tok, p, err) :
-			read_jsonl(&c, tok, p, err);
+			jsonl_foreach(p, c.max_bad, &c.bad, collect_record, &c, err);
 	if (st == FW_OK && !c.sft) {
 		/* Plain text only: JSONL text records join the stream as documents. */
 		for (int64_t k = 0; k < c.n && st == FW_OK; k++) {

@@ -105,6 +105,16 @@ bool example_from_json(struct fw_tokenizer *tok, const void *json_record, struct
 		       const char **why);
 void example_free(struct example *ex);
 
+/* Called with each JSON record (a json_t *) of a JSONL file and its line; sets
+ * why (static text) to reject the record, returns non-FW_OK to stop. */
+typedef enum fw_status (*jsonl_fn)(void *arg, const void *json_record, long line,
+				   const char **why, struct fw_err *err);
+/* Calls fn for each record of path (blank lines skipped). Invalid JSON and
+ * rejected records are reported "fwrun: FILE:LINE: why (record skipped)" and
+ * counted in *n_bad; one more than max_bad stops with that line and the count. */
+enum fw_status jsonl_foreach(const char *path, int64_t max_bad, int64_t *n_bad,
+			     jsonl_fn fn, void *arg, struct fw_err *err);
+
 /* --- tokenizer (tok.c) ------------------------------------------------------------- */
 
 #define TOKENIZER_ATTR "tokenizer"
@@ -167,5 +177,14 @@ enum fw_status adapter_save(const struct fw_plugin_slots *slots, struct fw_model
 
 /* Prints "fwrun: MSG" on stderr, returns code. */
 int die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* --- scoring JSONL records (score.c) ------------------------------------------------- */
+
+/* fwrun eval --score-data (docs/training.md, "Eval"): scores path's prompt/
+ * response and multiple-choice records with g, an eval graph of m whose
+ * outputs include m->logits. *json (malloc'd) gets the results as JSON
+ * object members, without braces. */
+enum fw_status score_file(const char *path, int64_t max_bad, struct fw_tokenizer *tok,
+			  struct fw_model *m, struct fw_graph *g, char **json, struct fw_err *err);
 
 #endif

@@ -3,10 +3,20 @@
  * The arch builds a one-token decoding graph whose attention layers keep
  * their keys and values in per-layer caches, so each new token costs one
  * step over the cache (O(T)), not a forward over the whole sequence.
+ *
+ * Prompts are token ids (--prompt-tokens; the output is ids) or text
+ * (--prompt, --prompt-file, or one a line on stdin with --interactive; the
+ * output is the continuation's text, written token by token as it is
+ * sampled). Text needs a tokenizer: the checkpoint's, or --tokenizer.
  */
+#define _GNU_SOURCE             /* memmem, getline */
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
 
 #include "fwrun.h"
 
@@ -58,19 +68,19 @@ static int sample(const float *logits, int V, double temp, int top_k, double top
 	return c[n - 1].id;
 }
 
-static int parse_tokens(const char *s, int **out, int *n)
+static int parse_tokens(const char *s, int32_t **out, int64_t *n)
 {
-	int cap = 16;
+	int64_t cap = 16;
 	*n = 0;
-	*out = malloc(sizeof(int) * (size_t)cap);
+	*out = malloc(sizeof(int32_t) * (size_t)cap);
 	while (*out && *s) {
 		char *end;
 		long v = strtol(s, &end, 10);
 		if (end == s || v < 0 || v > 1 << 30)
 			return -1;
-		if (*n == cap && !(*out = realloc(*out, sizeof(int) * (size_t)(cap *= 2))))
+		if (*n == cap && !(*out = realloc(*out, sizeof(int32_t) * (size_t)(cap *= 2))))
 			return -1;
-		(*out)[(*n)++] = (int)v;
+		(*out)[(*n)++] = (int32_t)v;
 		s = end;
 		if (*s == ',')
 			s++;
@@ -80,25 +90,342 @@ static int parse_tokens(const char *s, int **out, int *n)
 	return *out ? 0 : -1;
 }
 
+/* --- stop strings and streamed text ------------------------------------------------ */
+
+struct stops {
+	char **s;
+	size_t *len;
+	int n;
+	json_t *json;                     /* owns s[] when --stop is a JSON array */
+};
+
+/* --stop: one string, or a JSON array of non-empty strings when it starts
+ * with '['. An empty --stop is none. */
+static enum fw_status stops_parse(struct stops *st, const char *arg, struct fw_err *err)
+{
+	memset(st, 0, sizeof(*st));
+	if (!*arg)
+		return FW_OK;
+	if (*arg != '[') {
+		st->s = malloc(sizeof(*st->s));
+		st->len = malloc(sizeof(*st->len));
+		if (!st->s || !st->len)
+			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		st->s[0] = (char *)arg;
+		st->len[0] = strlen(arg);
+		st->n = 1;
+		return FW_OK;
+	}
+	json_error_t je;
+	st->json = json_loads(arg, 0, &je);
+	if (!st->json || !json_is_array(st->json))
+		return fw_errorf(err, FW_ERR_INVALID, "--stop: %s (a string, or a JSON array of "
+				 "strings such as [\"\\n\\n\", \"END\"])",
+				 st->json ? "not an array" : je.text);
+	size_t n = json_array_size(st->json);
+	st->s = malloc(sizeof(*st->s) * (n ? n : 1));
+	st->len = malloc(sizeof(*st->len) * (n ? n : 1));
+	if (!st->s || !st->len)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	for (size_t i = 0; i < n; i++) {
+		json_t *v = json_array_get(st->json, i);
+		if (!json_is_string(v) || json_string_length(v) == 0)
+			return fw_errorf(err, FW_ERR_INVALID, "--stop: element %zu is %s", i,
+					 json_is_string(v) ? "an empty string" : "not a string");
+		st->s[i] = (char *)json_string_value(v);
+		st->len[i] = json_string_length(v);
+	}
+	st->n = (int)n;
+	return FW_OK;
+}
+
+static void stops_free(struct stops *st)
+{
+	free(st->s);
+	free(st->len);
+	json_decref(st->json);
+}
+
+/* Generated text on its way to stdout. Bytes are printed as soon as no stop
+ * string can begin in them: held back is only the longest suffix of the
+ * pending bytes that is a proper prefix of a stop string. So every match
+ * lies wholly inside the pending bytes when it completes, even one that
+ * spans tokens or splits a UTF-8 character. */
+struct text_out {
+	const struct stops *stops;
+	char *buf;
+	size_t n, cap;
+};
+
+static void text_print(struct text_out *t, size_t n)
+{
+	if (n == 0)
+		return;
+	fwrite(t->buf, 1, n, stdout);
+	memmove(t->buf, t->buf + n, t->n - n);
+	t->n -= n;
+}
+
+/* Appends one token's bytes; true when the text now holds a stop string
+ * (what precedes it has been printed, the rest dropped). */
+static bool text_push(struct text_out *t, const char *bytes, size_t n)
+{
+	if (t->n + n > t->cap) {
+		size_t cap = 2 * (t->n + n) + 64;
+		char *b = realloc(t->buf, cap);
+		if (!b) {               /* out of memory: print it all, stop matching */
+			text_print(t, t->n);
+			fwrite(bytes, 1, n, stdout);
+			return false;
+		}
+		t->buf = b;
+		t->cap = cap;
+	}
+	memcpy(t->buf + t->n, bytes, n);
+	t->n += n;
+	const struct stops *st = t->stops;
+	size_t first = t->n;
+	for (int i = 0; i < st->n; i++) {
+		const char *at = st->len[i] > t->n ? NULL :
+				 memmem(t->buf, t->n, st->s[i], st->len[i]);
+		if (at && (size_t)(at - t->buf) < first)
+			first = (size_t)(at - t->buf);
+	}
+	if (first < t->n) {
+		text_print(t, first);
+		t->n = 0;
+		return true;
+	}
+	size_t hold = 0;
+	for (int i = 0; i < st->n; i++)
+		for (size_t k = st->len[i] - 1; k > hold; k--)
+			if (k <= t->n && !memcmp(t->buf + t->n - k, st->s[i], k)) {
+				hold = k;
+				break;
+			}
+	text_print(t, t->n - hold);
+	return false;
+}
+
+/* --- the decoding graph and one prompt's completion ----------------------------------- */
+
+struct gen {
+	struct fw_model m;
+	struct fw_graph *g;
+	struct fw_tensor *len, *mask;
+	int64_t max_len;                  /* cache positions */
+	int64_t n_pos;                    /* the arch's n-positions; 0 = not declared */
+	int64_t max_new;
+	int V;                            /* model vocabulary (logits) */
+	int n_sample;                     /* ids that may be sampled */
+	double temp, top_p, penalty;
+	int top_k;
+	uint64_t key;
+	struct cand *cands;
+	float *scores;                    /* the logits after the repetition penalty */
+	uint8_t *seen;                    /* ids in the context so far */
+	struct fw_tokenizer *tok;         /* NULL: print ids */
+	struct text_out text;
+};
+
+/* The arch's n-positions option (an integer), or 0 if it has none. */
+static int64_t arch_positions(const struct fw_options *o)
+{
+	for (int i = 0; i < fw_options_count(o); i++) {
+		const struct fw_option_def *d = fw_options_def(o, i);
+		if (!strcmp(d->name, "n-positions") && d->type == FW_OPT_INT)
+			return fw_opt_int(o, "n-positions");
+	}
+	return 0;
+}
+
+static enum fw_status fits(const struct gen *s, int64_t n_prompt, struct fw_err *err)
+{
+	int64_t need = n_prompt + s->max_new;
+	bool model = s->n_pos > 0 && need > s->n_pos;
+	if (model || need > s->max_len)
+		return fw_errorf(err, FW_ERR_INVALID,
+				 "the prompt is %lld tokens; with --max-new-tokens=%lld that is "
+				 "%lld positions, more than %s (%lld)",
+				 (long long)n_prompt, (long long)s->max_new, (long long)need,
+				 model ? "the model's n-positions" : "the cache holds",
+				 (long long)(model ? s->n_pos : s->max_len));
+	return FW_OK;
+}
+
+/* Runs prompt[0..n) from an empty cache and prints what follows: ids, or
+ * text up to a stop string or EOS, then a newline. The sampling sequence
+ * depends only on the seed and the position, so a prompt always gives the
+ * same completion. */
+static enum fw_status complete(struct gen *s, const int32_t *prompt, int64_t n,
+			       struct fw_err *err)
+{
+	if (fits(s, n, err) != FW_OK)
+		return err->status;
+	for (int64_t i = 0; i < n; i++)
+		if (prompt[i] >= s->V)
+			return fw_errorf(err, FW_ERR_INVALID, "%s: token %d is outside the "
+					 "vocabulary (%d)", s->tok ? "prompt" : "--prompt-tokens",
+					 prompt[i], s->V);
+	float *mk = s->mask->data;
+	for (int64_t j = 0; j < s->max_len; j++)        /* an empty cache */
+		mk[j] = -INFINITY;
+	memset(s->seen, 0, (size_t)s->V);
+	for (int64_t i = 0; i < n; i++)
+		s->seen[prompt[i]] = 1;
+	s->text.n = 0;
+	int32_t eos = s->tok ? fw_tokenizer_eos(s->tok) : -1;
+	int tok = prompt[0], printed = 0;
+	for (int64_t p = 0; p < n + s->max_new - 1; p++) {
+		*(int32_t *)s->len->data = (int32_t)p;
+		mk[p] = 0.0f;
+		*(int32_t *)s->m.tokens->data = tok;
+		if (fw_graph_forward(s->g) != FW_OK)
+			return fw_errorf(err, FW_ERR_INTERNAL, "generate: %s",
+					 fw_ctx_err(s->m.ctx)->msg);
+		if (p + 1 < n) {
+			tok = prompt[p + 1];
+			continue;
+		}
+		/* Repetition penalty (CTRL, as Hugging Face's processor): before
+		 * temperature, on every id already in the context. */
+		const float *logits = s->m.logits->data;
+		for (int i = 0; i < s->n_sample; i++)
+			s->scores[i] = !s->seen[i] ? logits[i] : logits[i] > 0 ?
+				       (float)(logits[i] / s->penalty) :
+				       (float)(logits[i] * s->penalty);
+		tok = sample(s->scores, s->n_sample, s->temp, s->top_k, s->top_p, s->key,
+			     (uint64_t)p, s->cands);
+		s->seen[tok] = 1;
+		if (!s->tok) {
+			printf("%s%d", printed++ ? "," : "", tok);
+		} else {
+			size_t nb = 0;
+			const char *b = tok == eos ? NULL : fw_tokenizer_token(s->tok, tok, &nb);
+			if (!b || text_push(&s->text, b, nb))
+				break;          /* EOS or a stop string */
+		}
+		fflush(stdout);
+	}
+	if (s->tok)
+		text_print(&s->text, s->text.n);
+	printf("\n");
+	fflush(stdout);
+	return FW_OK;
+}
+
+/* --- prompts --------------------------------------------------------------------------- */
+
+static char *read_file(const char *path, size_t *len, struct fw_err *err)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	size_t cap = 0;
+	*len = 0;
+	if (!f) {
+		fw_errorf(err, FW_ERR_IO, "--prompt-file: %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	for (;;) {
+		if (*len + 4096 + 1 > cap) {
+			char *b = realloc(buf, cap = 2 * cap + 4096 + 1);
+			if (!b) {
+				fw_errorf(err, FW_ERR_NOMEM, "--prompt-file: %s: out of memory",
+					  path);
+				break;
+			}
+			buf = b;
+		}
+		size_t got = fread(buf + *len, 1, cap - *len - 1, f);
+		*len += got;
+		if (got == 0)
+			break;
+	}
+	if (!err->status && ferror(f))
+		fw_errorf(err, FW_ERR_IO, "--prompt-file: %s: %s", path, strerror(errno));
+	fclose(f);
+	if (err->status) {
+		free(buf);
+		return NULL;
+	}
+	buf[*len] = '\0';
+	return buf;
+}
+
+static enum fw_status encode(struct fw_tokenizer *tok, const char *text, size_t len,
+			     struct fw_token_buf *ids, struct fw_err *err)
+{
+	ids->n = 0;
+	if (fw_tokenizer_encode(tok, text, len, false, ids, err) != FW_OK)
+		return err->status;
+	if (ids->n == 0)
+		return fw_errorf(err, FW_ERR_INVALID, "the prompt is empty");
+	return FW_OK;
+}
+
+/* --interactive: a completion for each non-empty line of stdin. A prompt
+ * that fails is reported and skipped; returns the number that failed. */
+static int interact(struct gen *s)
+{
+	char *line = NULL;
+	size_t cap = 0;
+	ssize_t n;
+	int failed = 0;
+	struct fw_token_buf ids = { 0 };
+	bool tty = isatty(STDIN_FILENO);
+
+	for (;;) {
+		if (tty) {
+			fputs("> ", stderr);
+			fflush(stderr);
+		}
+		if ((n = getline(&line, &cap, stdin)) < 0)
+			break;
+		while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+			line[--n] = '\0';
+		if (n == 0)
+			continue;
+		struct fw_err err = { 0 };
+		if (encode(s->tok, line, (size_t)n, &ids, &err) != FW_OK ||
+		    complete(s, ids.ids, (int64_t)ids.n, &err) != FW_OK) {
+			die(0, "%s", err.msg);
+			failed++;
+		}
+	}
+	free(line);
+	fw_token_buf_free(&ids);
+	return failed;
+}
+
 int cmd_generate(int argc, char **argv)
 {
 	struct config cfg;
 	struct fw_err err = { 0 };
-	char *pos[2];
-	int np = 0, rc = EXIT_RUNTIME, *prompt = NULL, n_prompt = 0;
+	char *pos[2], *file_text = NULL;
+	int np = 0, rc = EXIT_RUNTIME;
+	int32_t *prompt = NULL;
+	int64_t n_prompt = 0;
+	struct fw_token_buf ids = { 0 };
 	struct fw_ctx *ctx = NULL;
-	struct fw_graph *g = NULL;
 	struct fw_kv_cache *caches = NULL;
 	struct fw_tensor **params = NULL;
-	struct cand *cands = NULL;
+	struct stops stops = { 0 };
+	struct gen s = { 0 };
 
 	for (int i = 0; i < argc; i++) {
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-			printf("usage: fwrun generate --plugins=arch/X,attention/Y --load=CKPT "
-			       "--prompt-tokens=1,2,3 [--max-new-tokens=N] [--temperature=T] "
-			       "[--top-k=K] [--top-p=P] [--seed=S]\n"
-			       "Prints the generated token ids, comma-separated, as they are "
-			       "produced. --temperature=0 is greedy.\n");
+			printf("usage: fwrun generate --plugins=arch/X,attention/Y --load=CKPT\n"
+			       "         (--prompt=TEXT | --prompt-file=PATH | "
+			       "--prompt-tokens=1,2,3 | --interactive)\n"
+			       "         [--max-new-tokens=N] [--temperature=T] [--top-k=K] "
+			       "[--top-p=P] [--repetition-penalty=R] [--seed=S]\n"
+			       "         [--stop=STRING | --stop='[\"A\", \"B\"]'] "
+			       "[--tokenizer=byte|gpt2 ...]\n"
+			       "A text prompt prints the continuation's text as it is produced, "
+			       "until EOS, a stop string\n(not printed) or --max-new-tokens; "
+			       "--interactive answers each line of stdin. Text needs\nthe "
+			       "checkpoint's tokenizer or --tokenizer. --prompt-tokens prints the "
+			       "generated ids,\ncomma-separated. --temperature=0 is greedy.\n");
 			return EXIT_OK;
 		}
 	}
@@ -109,10 +436,87 @@ int cmd_generate(int argc, char **argv)
 		return rc;
 	}
 	const struct fw_options *o = cfg.run;
-	if (!*fw_opt_str(o, "load") || parse_tokens(fw_opt_str(o, "prompt-tokens"), &prompt,
-						   &n_prompt) != 0 || n_prompt == 0) {
-		rc = die(EXIT_USAGE, "generate needs --load=CKPT and --prompt-tokens=ID,ID,... "
-			 "(non-negative integers)");
+	const char *text = fw_opt_str(o, "prompt"), *file = fw_opt_str(o, "prompt-file");
+	const char *token_list = fw_opt_str(o, "prompt-tokens");
+	bool interactive = fw_opt_bool(o, "interactive");
+	int n_given = !!*text + !!*file + !!*token_list;
+	if (!*fw_opt_str(o, "load")) {
+		rc = die(EXIT_USAGE, "generate needs --load=CKPT");
+		goto out;
+	}
+	if (interactive ? n_given > 0 : n_given != 1) {
+		rc = die(EXIT_USAGE, "%s", interactive ? "--interactive reads the prompts from "
+			 "stdin; leave out --prompt, --prompt-file and --prompt-tokens" : n_given ?
+			 "give only one of --prompt, --prompt-file and --prompt-tokens" :
+			 "generate needs a prompt: --prompt=TEXT, --prompt-file=PATH, "
+			 "--prompt-tokens=ID,ID,... or --interactive");
+		goto out;
+	}
+	if (*token_list && (parse_tokens(token_list, &prompt, &n_prompt) != 0 || n_prompt == 0)) {
+		rc = die(EXIT_USAGE, "--prompt-tokens: expected ID,ID,... (non-negative integers)");
+		goto out;
+	}
+	if (*token_list && *fw_opt_str(o, "stop")) {
+		rc = die(EXIT_USAGE, "--stop needs a text prompt (--prompt, --prompt-file or "
+			 "--interactive), not --prompt-tokens");
+		goto out;
+	}
+	if (stops_parse(&stops, fw_opt_str(o, "stop"), &err) != FW_OK) {
+		rc = die(EXIT_USAGE, "%s", err.msg);
+		goto out;
+	}
+	char path[4200];
+	if (resolve_load(fw_opt_str(o, "load"), path, sizeof(path), &err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		goto out;
+	}
+	if (!*token_list) {             /* text: the checkpoint's tokenizer or --tokenizer */
+		s.tok = run_tokenizer(o, path, &err);
+		if (!s.tok && err.status) {
+			rc = die(err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
+				 err.msg);
+			goto out;
+		}
+		if (!s.tok) {
+			rc = die(EXIT_USAGE, "%s needs a tokenizer and %s stores none: pass "
+				 "--tokenizer=byte (or gpt2 with --vocab-file and --merge-file), "
+				 "or use a checkpoint that stores one", *text ? "--prompt" :
+				 *file ? "--prompt-file" : "--interactive", path);
+			goto out;
+		}
+	}
+	size_t text_len = strlen(text);
+	if (*file && !(text = file_text = read_file(file, &text_len, &err))) {
+		rc = die(EXIT_USAGE, "%s", err.msg);
+		goto out;
+	}
+	if (!interactive && s.tok) {
+		if (encode(s.tok, text, text_len, &ids, &err) != FW_OK) {
+			rc = die(EXIT_USAGE, "%s%s%s", *file ? file : "", *file ? ": " : "",
+				 err.msg);
+			goto out;
+		}
+		prompt = ids.ids;
+		n_prompt = (int64_t)ids.n;
+	}
+
+	struct fw_plugin_slots slots = {
+		.arch = cfg.plugin[FW_KIND_ARCH], .attention = cfg.plugin[FW_KIND_ATTENTION],
+		.peft = cfg.plugin[FW_KIND_PEFT],
+	};
+	s.max_new = fw_opt_int(o, "max-new-tokens");
+	s.n_pos = arch_positions(slots.arch->opts);
+	/* The cache: one prompt gets just the positions it needs (each step
+	 * attends over the whole cache); --interactive, whose prompts come
+	 * later, gets the arch's n-positions, the most any prompt may use. */
+	s.max_len = interactive ? s.n_pos : n_prompt + s.max_new;
+	if (interactive && s.n_pos <= 0) {
+		rc = die(EXIT_USAGE, "--interactive sizes its cache by the arch's n-positions, "
+			 "and %s has none", slots.arch->desc->name);
+		goto out;
+	}
+	if (!interactive && fits(&s, n_prompt, &err) != FW_OK) {
+		rc = die(EXIT_USAGE, "%s", err.msg);
 		goto out;
 	}
 	if (fw_opt_int(o, "threads") > 0)
@@ -122,12 +526,7 @@ int cmd_generate(int argc, char **argv)
 			rc = die(EXIT_RUNTIME, "%s", err.msg);
 			goto out;
 		}
-	struct fw_plugin_slots slots = {
-		.arch = cfg.plugin[FW_KIND_ARCH], .attention = cfg.plugin[FW_KIND_ATTENTION],
-		.peft = cfg.plugin[FW_KIND_PEFT],
-	};
 	const struct fw_arch_i *arch = slots.arch->desc->iface;
-	int64_t max_new = fw_opt_int(o, "max-new-tokens"), total = n_prompt + max_new;
 	int layers = arch->n_layers ? arch->n_layers(slots.arch->state, NULL) : 0;
 	ctx = fw_ctx_new();
 	caches = calloc((size_t)(layers > 0 ? layers : 1), sizeof(*caches));
@@ -136,28 +535,29 @@ int cmd_generate(int argc, char **argv)
 			 "the arch plugin does not support generation" : "out of memory");
 		goto out;
 	}
-	struct fw_tensor *len = fw_input(ctx, "gen.len", FW_I32, 1, (int64_t[]){ 1 });
-	struct fw_tensor *mask = fw_input(ctx, "gen.mask", FW_F32, 1, (int64_t[]){ total });
+	s.len = fw_input(ctx, "gen.len", FW_I32, 1, (int64_t[]){ 1 });
+	s.mask = fw_input(ctx, "gen.mask", FW_F32, 1, (int64_t[]){ s.max_len });
 	for (int l = 0; l < layers; l++)
-		caches[l] = (struct fw_kv_cache){ .len = len, .mask = mask, .max_len = total };
-	struct fw_model m = {
-		.size = sizeof(m), .ctx = ctx, .host = fw_host_table(), .opts = slots.arch->opts,
+		caches[l] = (struct fw_kv_cache){ .len = s.len, .mask = s.mask,
+						  .max_len = s.max_len };
+	s.m = (struct fw_model){
+		.size = sizeof(s.m), .ctx = ctx, .host = fw_host_table(), .opts = slots.arch->opts,
 		.batch = 1, .seq_len = 1, .head = FW_HEAD_LM, .training = false,
 		.seed = (uint64_t)fw_opt_int(o, "seed"), .caches = caches, .n_caches = layers,
 		.host_private = &slots,
 	};
 	struct fw_err e = { 0 };
-	if (arch->build(slots.arch->state, &m, &e) != FW_OK || !m.logits) {
+	if (arch->build(slots.arch->state, &s.m, &e) != FW_OK || !s.m.logits) {
 		rc = die(EXIT_RUNTIME, "%s", e.msg[0] ? e.msg : fw_ctx_err(ctx)->msg);
 		goto out;
 	}
 	const struct fw_peft_i *peft = slots.peft ? slots.peft->desc->iface : NULL;
-	if (peft && peft->freeze && peft->freeze(slots.peft->state, &m, &e) != FW_OK) {
+	if (peft && peft->freeze && peft->freeze(slots.peft->state, &s.m, &e) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", e.msg);     /* checks its options, marks its own */
 		goto out;
 	}
-	g = fw_graph_new(ctx, &m.logits, 1, &(struct fw_graph_opts){ 0 });
-	if (!g) {
+	s.g = fw_graph_new(ctx, &s.m.logits, 1, &(struct fw_graph_opts){ 0 });
+	if (!s.g) {
 		rc = die(EXIT_RUNTIME, "graph: %s", fw_ctx_err(ctx)->msg);
 		goto out;
 	}
@@ -167,58 +567,58 @@ int cmd_generate(int argc, char **argv)
 	for (int i = 0; params && i < fw_ctx_n_tensors(ctx); i++)
 		if (fw_ctx_tensor(ctx, i)->flags & FW_FLAG_PARAM)
 			params[n_params++] = fw_ctx_tensor(ctx, i);
-	char path[4200];
 	int n_new;
-	if (!params || resolve_load(fw_opt_str(o, "load"), path, sizeof(path), &err) != FW_OK ||
-	    load_params(path, params, n_params, peft != NULL, &n_new, &err) != FW_OK ||
-	    adapter_apply(&cfg, &slots, &m, true, &err) != FW_OK) {
+	if (!params || load_params(path, params, n_params, peft != NULL, &n_new, &err) != FW_OK ||
+	    adapter_apply(&cfg, &slots, &s.m, true, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", params ? err.msg : "out of memory");
 		goto out;
 	}
-	int V = (int)m.logits->ne[m.logits->ndim - 1];
-	for (int i = 0; i < n_prompt; i++)
-		if (prompt[i] >= V) {
-			rc = die(EXIT_USAGE, "--prompt-tokens: token %d is outside the vocabulary (%d)",
-				 prompt[i], V);
+	s.V = (int)s.m.logits->ne[s.m.logits->ndim - 1];
+	s.n_sample = s.V;
+	if (s.tok) {            /* a padded vocabulary: ids past the tokenizer's never come */
+		int nv = fw_tokenizer_vocab_size(s.tok);
+		if (nv > s.V) {
+			rc = die(EXIT_USAGE, "the tokenizer has %d tokens, more than the model's "
+				 "vocabulary (%d)", nv, s.V);
 			goto out;
 		}
-	cands = malloc(sizeof(*cands) * (size_t)V);
-	if (!cands) {
+		s.n_sample = nv;
+	}
+	s.cands = malloc(sizeof(*s.cands) * (size_t)s.V);
+	s.scores = malloc(sizeof(*s.scores) * (size_t)s.V);
+	s.seen = malloc((size_t)s.V);
+	if (!s.cands || !s.scores || !s.seen) {
 		rc = die(EXIT_RUNTIME, "out of memory");
 		goto out;
 	}
-	double temp = fw_opt_float(o, "temperature"), top_p = fw_opt_float(o, "top-p");
-	int top_k = (int)fw_opt_int(o, "top-k");
-	uint64_t key = fw_hash_str("generate", (uint64_t)fw_opt_int(o, "seed"));
-	float *mk = mask->data;
-	for (int64_t j = 0; j < total; j++)
-		mk[j] = -INFINITY;
-	int tok = prompt[0], printed = 0;
-	for (int64_t p = 0; p < total - 1; p++) {
-		*(int32_t *)len->data = (int32_t)p;
-		mk[p] = 0.0f;
-		*(int32_t *)m.tokens->data = tok;
-		if (fw_graph_forward(g) != FW_OK) {
-			rc = die(EXIT_RUNTIME, "generate: %s", fw_ctx_err(ctx)->msg);
-			goto out;
-		}
-		if (p + 1 < n_prompt) {
-			tok = prompt[p + 1];
-			continue;
-		}
-		tok = sample(m.logits->data, V, temp, top_k, top_p, key, (uint64_t)p, cands);
-		printf("%s%d", printed++ ? "," : "", tok);
-		fflush(stdout);
+	s.temp = fw_opt_float(o, "temperature");
+	s.top_p = fw_opt_float(o, "top-p");
+	s.top_k = (int)fw_opt_int(o, "top-k");
+	s.penalty = fw_opt_float(o, "repetition-penalty");
+	s.key = fw_hash_str("generate", (uint64_t)fw_opt_int(o, "seed"));
+	s.text.stops = &stops;
+	if (interactive) {
+		rc = interact(&s) ? EXIT_RUNTIME : EXIT_OK;
+	} else if (complete(&s, prompt, n_prompt, &err) != FW_OK) {
+		rc = die(err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", err.msg);
+	} else {
+		rc = EXIT_OK;
 	}
-	printf("\n");
-	rc = EXIT_OK;
 out:
-	free(cands);
+	free(s.cands);
+	free(s.scores);
+	free(s.seen);
+	free(s.text.buf);
+	fw_tokenizer_free(s.tok);
 	free(params);
-	fw_graph_free(g);
+	fw_graph_free(s.g);
 	fw_ctx_free(ctx);
 	free(caches);
-	free(prompt);
+	if (prompt != ids.ids)
+		free(prompt);
+	fw_token_buf_free(&ids);
+	free(file_text);
+	stops_free(&stops);
 	config_free(&cfg);
 	return rc;
 }

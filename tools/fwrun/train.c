@@ -8,7 +8,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -43,18 +42,24 @@ struct session {
 
 static volatile sig_atomic_t stop_requested;
 
-/* Resident memory of this process now (VmRSS), in bytes; 0 if unknown. */
-static size_t rss_now(void)
+/* A /proc/self/status field in bytes ("VmRSS: %zu kB"); 0 if unknown. */
+static size_t proc_status_kb(const char *format)
 {
 	FILE *f = fopen("/proc/self/status", "r");
 	char line[256];
 	size_t kb = 0;
 	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmRSS: %zu kB", &kb) == 1)
+		if (sscanf(line, format, &kb) == 1)
 			break;
 	if (f)
 		fclose(f);
 	return kb * 1024;
+}
+
+/* Resident memory of this process now. */
+static size_t rss_now(void)
+{
+	return proc_status_kb("VmRSS: %zu kB");
 }
 
 static void on_signal(int sig)
@@ -113,8 +118,10 @@ static enum fw_status build_model(struct session *s, bool training, struct fw_er
 	st = arch->build(s->slots.arch->state, &s->model, &e);
 	if (st != FW_OK || !s->model.loss || !s->model.tokens || !s->model.targets) {
 		const struct fw_err *src = e.status ? &e : fw_ctx_err(s->ctx);
-		return fw_errorf(err, src->status ? src->status : FW_ERR_INVALID, "%s: %s",
-				 s->slots.arch->desc->name,
+		const char *an = s->slots.arch->desc->name;
+		bool named = !strncmp(src->msg, an, strlen(an));
+		return fw_errorf(err, src->status ? src->status : FW_ERR_INVALID, "%s%s%s",
+				 named ? "" : an, named ? "" : ": ",
 				 src->msg[0] ? src->msg : "build gave no loss or inputs");
 	}
 	if (s->model.segmented && (!s->model.positions || !s->model.attn_bias))
@@ -155,7 +162,10 @@ static enum fw_status build_graphs(struct session *s, bool train, struct fw_err 
 	}
 	if (!need_eval)
 		return FW_OK;      /* no memory for an evaluation that never runs */
-	s->eval_g = fw_graph_new(s->ctx, &loss, 1, &(struct fw_graph_opts){ 0 });
+	/* Scoring (eval --score-data) reads the logits too. */
+	struct fw_tensor *out[2] = { loss, s->model.logits };
+	bool logits = !train && *opt_s(s, "score-data") && s->model.logits;
+	s->eval_g = fw_graph_new(s->ctx, out, logits ? 2 : 1, &(struct fw_graph_opts){ 0 });
 	if (!s->eval_g)
 		return fw_errorf(err, fw_ctx_err(s->ctx)->status, "graph: %s",
 				 fw_ctx_err(s->ctx)->msg);
@@ -466,21 +476,29 @@ static void scale_grads(const struct session *s, float c)
 	}
 }
 
-static enum fw_status evaluate(struct session *s, double *loss, struct fw_err *err)
+/* Mean loss of the first n validation micro-batches; *tokens (may be NULL)
+ * gets how many targets were in the loss. */
+static enum fw_status evaluate(struct session *s, int64_t n, double *loss, int64_t *tokens,
+			       struct fw_err *err)
 {
-	int64_t n = opt_i(s, "eval-iters");
 	struct loader *l = s->have_valid ? &s->valid : NULL;
 	*loss = NAN;
 	if (!l || n <= 0)
 		return FW_OK;
 	loader_seek(l, 0, 0);      /* the same batches at every evaluation */
 	double sum = 0;
+	int64_t counted = 0;
+	const int32_t *targets = s->model.targets->data;
 	for (int64_t i = 0; i < n; i++) {
 		next_batch(s, l);
+		for (int64_t j = 0; j < s->B * s->T; j++)
+			counted += targets[j] >= 0;
 		if (fw_graph_forward(s->eval_g) != FW_OK)
 			return fw_errorf(err, FW_ERR_INTERNAL, "eval: %s", fw_ctx_err(s->ctx)->msg);
 		sum += *(float *)s->model.loss->data;
 	}
+	if (tokens)
+		*tokens = counted;
 	*loss = sum / (double)n;
 	return FW_OK;
 }
@@ -584,7 +602,7 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 
 		if ((eval_every > 0 && it % eval_every == 0) || it == s->iters) {
 			double vl;
-			enum fw_status st = evaluate(s, &vl, err);
+			enum fw_status st = evaluate(s, opt_i(s, "eval-iters"), &vl, NULL, err);
 			if (st != FW_OK)
 				return st;
 			if (isfinite(vl)) {
@@ -742,9 +760,10 @@ static enum fw_status open_datasets(struct session *s, bool train, struct fw_err
 	if (train && !*data)
 		return fw_errorf(err, FW_ERR_INVALID, "train needs --data=FILE[,...] (token shards, "
 				 "text or JSONL)");
-	if (!train && !*valid && !*data)
+	if (!train && !*valid && !*data && !*opt_s(s, "score-data"))
 		return fw_errorf(err, FW_ERR_INVALID, "eval needs --load=CKPT and "
-				 "--valid-data=FILE[,...]");
+				 "--valid-data=FILE[,...] or --score-data=FILE.jsonl");
+	st = FW_OK;
 	if (train) {
 		s->have_train = true;
 		st = dataset_open(&s->train, s->cfg.run, data, "data", fw_opt_bool(s->cfg.run, "shuffle"),
@@ -752,7 +771,7 @@ static enum fw_status open_datasets(struct session *s, bool train, struct fw_err
 		if (st != FW_OK)
 			return st;
 	}
-	if (*valid || !train) {
+	if (*valid || (!train && *data)) {
 		s->have_valid = true;
 		st = dataset_open(&s->valid, s->cfg.run, *valid ? valid : data,
 				  *valid ? "valid-data" : "data", false, s->tok, s->B, s->T, err);
@@ -830,10 +849,10 @@ int cmd_train(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
-	struct rusage ru;
-	if (getrusage(RUSAGE_SELF, &ru) == 0)
-		fprintf(stderr, "fwrun: peak memory (RSS) %.1f MiB; planned %.1f MiB\n",
-			ru.ru_maxrss / 1024.0, mr.total / 1048576.0);
+	/* VmHWM, not getrusage's ru_maxrss, which keeps the peak of the process
+	 * that exec'd fwrun (a Python test harness, say). */
+	fprintf(stderr, "fwrun: peak memory (RSS) %.1f MiB; planned %.1f MiB\n",
+		proc_status_kb("VmHWM: %zu kB") / 1048576.0, mr.total / 1048576.0);
 	rc = EXIT_OK;
 out:
 	free_session(&s);
@@ -841,19 +860,57 @@ out:
 }
 
 static const char eval_usage[] =
-	"usage: fwrun eval --plugins=arch/X[,...] --load=CKPT --valid-data=SHARDS [--eval-iters=N]\n"
-	"Prints {\"eval_loss\": ..., \"eval_iters\": N, \"tokens\": ...} on stdout.\n";
+	"usage: fwrun eval --plugins=arch/X[,...] --load=CKPT [--valid-data=FILES [--eval-iters=N]]\n"
+	"                  [--score-data=FILE.jsonl]\n"
+	"Prints one JSON object on stdout: {\"eval_loss\", \"perplexity\", \"eval_iters\", \"tokens\"}\n"
+	"for --valid-data, and the scores of --score-data's prompt/response and multiple-choice\n"
+	"records (docs/training.md, \"Eval\").\n";
+
+/* Scoring needs a tokenizer with an EOS token and the logits. */
+static enum fw_status eval_can_score(struct session *s, struct fw_err *err)
+{
+	if (!s->tok)
+		return fw_errorf(err, FW_ERR_INVALID, "--score-data needs a tokenizer: a checkpoint "
+				 "that stores one, or --tokenizer=byte (or gpt2 with --vocab-file "
+				 "and --merge-file)");
+	if (fw_tokenizer_eos(s->tok) < 0)
+		return fw_errorf(err, FW_ERR_INVALID, "the %s tokenizer has no EOS token "
+				 "(<|endoftext|>) to end responses with", fw_tokenizer_name(s->tok));
+	struct loader none = { 0 };
+	enum fw_status st = loader_check_vocab(&none, s->tok, model_vocab(s), err);
+	if (st != FW_OK)
+		return st;
+	if (!s->model.logits)
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s gives no logits to score with",
+				 s->slots.arch->desc->name);
+	return FW_OK;
+}
+
+static void put_json_num(double x)
+{
+	if (isfinite(x))
+		printf("%.9g", x);
+	else
+		fputs("null", stdout);
+}
 
 int cmd_eval(int argc, char **argv)
 {
 	struct session s;
 	int rc = EXIT_RUNTIME;
+	char *scores = NULL;
 	if (wants_help(argc, argv))
 		return help(eval_usage, argc, argv);
 	if (session_open(&s, argc, argv, false, true, &rc) != 0)
 		goto out;
+	const char *score = opt_s(&s, "score-data");
 	if (!*s.load_path) {
-		rc = die(EXIT_USAGE, "eval needs --load=CKPT and --valid-data=FILE[,...]");
+		rc = die(EXIT_USAGE, "eval needs --load=CKPT and --valid-data=FILE[,...] or "
+			 "--score-data=FILE.jsonl");
+		goto out;
+	}
+	if (*score && eval_can_score(&s, &s.err) != FW_OK) {
+		rc = die(s.err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
 	if (load_checkpoint(&s, s.load_path, false, &s.err) != FW_OK ||
@@ -861,16 +918,33 @@ int cmd_eval(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
-	double loss;
-	if (evaluate(&s, &loss, &s.err) != FW_OK) {
+	double loss = NAN;
+	int64_t tokens = 0;
+	int64_t iters = opt_i(&s, "eval-iters");
+	if (s.have_valid && (iters == 0 || iters > s.valid.n_micro))
+		iters = s.valid.n_micro;          /* the whole validation set, once */
+	if (s.have_valid && evaluate(&s, iters, &loss, &tokens, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
-	printf("{\"eval_loss\": %.9g, \"eval_iters\": %lld, \"tokens\": %lld}\n", loss,
-	       (long long)opt_i(&s, "eval-iters"),
-	       (long long)(opt_i(&s, "eval-iters") * s.B * s.T));
+	if (*score && score_file(score, opt_i(&s, "max-bad-records"), s.tok, &s.model, s.eval_g,
+				 &scores, &s.err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		goto out;
+	}
+	putchar('{');
+	if (s.have_valid) {
+		fputs("\"eval_loss\": ", stdout);
+		put_json_num(loss);
+		fputs(", \"perplexity\": ", stdout);
+		put_json_num(exp(loss));
+		printf(", \"eval_iters\": %lld, \"tokens\": %lld%s", (long long)iters,
+		       (long long)tokens, scores ? ", " : "");
+	}
+	printf("%s}\n", scores ? scores : "");
 	rc = EXIT_OK;
 out:
+	free(scores);
 	free_session(&s);
 	return rc;
 }
