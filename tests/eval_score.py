@@ -124,6 +124,17 @@ def check_loss(fw, work, W, h5):
                 f"{out['perplexity']} vs exp {math.exp(out['eval_loss'])}")
         R.check("shard: eval_iters and tokens = B*T*iters",
                 out["eval_iters"] == K and out["tokens"] == K * B * Tl, str(out))
+        targets = np.concatenate([gp.micro_batch(tokens, k, B, Tl)[1].numpy().ravel()
+                                  for k in range(K)])
+        freq = np.bincount(targets) / len(targets)
+        h = float(-(freq[freq > 0] * np.log(freq[freq > 0])).sum())
+        R.check("shard: unigram_loss is the entropy of the evaluated targets (numpy)",
+                close(out["unigram_loss"], h, 1e-9), f"fw {out['unigram_loss']} numpy {h}")
+    p = fw("eval", PLUGINS, f"--load={h5}", f"--valid-data={shard}", f"--micro-batch-size={B}",
+           f"--seq-length={Tl}", "--eval-iters=0", "--threads=2")
+    n_micro = (len(tokens) - 1) // (B * Tl)
+    R.check("shard: --eval-iters=0 evaluates every micro-batch once",
+            p.returncode == 0 and json.loads(p.stdout)["eval_iters"] == n_micro, gp.describe(p))
 
     # SFT: one example a row (padded), B rows a micro-batch, no shuffling.
     recs = RESPONSES[:4]

@@ -476,9 +476,16 @@ static void scale_grads(const struct session *s, float c)
 	}
 }
 
-/* Mean loss of the first n validation micro-batches; *tokens (may be NULL)
- * gets how many targets were in the loss. */
-static enum fw_status evaluate(struct session *s, int64_t n, double *loss, int64_t *tokens,
+static int64_t model_vocab(const struct session *s)
+{
+	const struct fw_tensor *lg = s->model.logits;
+	return lg ? lg->ne[lg->ndim - 1] : 65536;
+}
+
+/* Mean loss of the first n validation micro-batches. With stats (eval):
+ * stats[0] = targets in the loss, stats[1] = their unigram entropy in nats
+ * (the loss of the best model that ignores context, fitted to them). */
+static enum fw_status evaluate(struct session *s, int64_t n, double *loss, double *stats,
 			       struct fw_err *err)
 {
 	struct loader *l = s->have_valid ? &s->valid : NULL;
@@ -487,18 +494,34 @@ static enum fw_status evaluate(struct session *s, int64_t n, double *loss, int64
 		return FW_OK;
 	loader_seek(l, 0, 0);      /* the same batches at every evaluation */
 	double sum = 0;
-	int64_t counted = 0;
+	int64_t counted = 0, V = model_vocab(s);
 	const int32_t *targets = s->model.targets->data;
+	int64_t *hist = stats ? calloc((size_t)V, sizeof(int64_t)) : NULL;
+	if (stats && !hist)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	for (int64_t i = 0; i < n; i++) {
 		next_batch(s, l);
-		for (int64_t j = 0; j < s->B * s->T; j++)
-			counted += targets[j] >= 0;
-		if (fw_graph_forward(s->eval_g) != FW_OK)
+		for (int64_t j = 0; hist && j < s->B * s->T; j++)
+			if (targets[j] >= 0 && targets[j] < V) {
+				counted++;
+				hist[targets[j]]++;
+			}
+		if (fw_graph_forward(s->eval_g) != FW_OK) {
+			free(hist);
 			return fw_errorf(err, FW_ERR_INTERNAL, "eval: %s", fw_ctx_err(s->ctx)->msg);
+		}
 		sum += *(float *)s->model.loss->data;
 	}
-	if (tokens)
-		*tokens = counted;
+	if (stats) {
+		double h = 0;
+		for (int64_t v = 0; v < V; v++)
+			if (hist[v])
+				h -= (double)hist[v] / (double)counted *
+				     log((double)hist[v] / (double)counted);
+		stats[0] = (double)counted;
+		stats[1] = counted ? h : NAN;
+		free(hist);
+	}
 	*loss = sum / (double)n;
 	return FW_OK;
 }
@@ -683,12 +706,6 @@ static void set_schedule(struct session *s)
 	for (int i = 0; wsd_styles[i]; i++)
 		if (!strcmp(wsd, wsd_styles[i]))
 			s->sched.wsd_style = i;
-}
-
-static int64_t model_vocab(const struct session *s)
-{
-	const struct fw_tensor *lg = s->model.logits;
-	return lg ? lg->ne[lg->ndim - 1] : 65536;
 }
 
 static const char train_usage[] =
@@ -919,11 +936,11 @@ int cmd_eval(int argc, char **argv)
 		goto out;
 	}
 	double loss = NAN;
-	int64_t tokens = 0;
+	double stats[2] = { 0, NAN };
 	int64_t iters = opt_i(&s, "eval-iters");
 	if (s.have_valid && (iters == 0 || iters > s.valid.n_micro))
 		iters = s.valid.n_micro;          /* the whole validation set, once */
-	if (s.have_valid && evaluate(&s, iters, &loss, &tokens, &s.err) != FW_OK) {
+	if (s.have_valid && evaluate(&s, iters, &loss, stats, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
@@ -938,8 +955,10 @@ int cmd_eval(int argc, char **argv)
 		put_json_num(loss);
 		fputs(", \"perplexity\": ", stdout);
 		put_json_num(exp(loss));
-		printf(", \"eval_iters\": %lld, \"tokens\": %lld%s", (long long)iters,
-		       (long long)tokens, scores ? ", " : "");
+		printf(", \"eval_iters\": %lld, \"tokens\": %lld, \"unigram_loss\": ", (long long)iters,
+		       (long long)stats[0]);
+		put_json_num(stats[1]);
+		fputs(scores ? ", " : "", stdout);
 	}
 	printf("%s}\n", scores ? scores : "");
 	rc = EXIT_OK;
