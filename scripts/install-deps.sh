@@ -13,6 +13,7 @@ PACKAGES=(
 	libpcre2-dev                                  # regexes (tokenizer)
 	python3-torch python3-h5py python3-numpy      # PyTorch oracle for tests
 	nodejs npm                                    # reference GPT-2 encoder for tests
+	fortunes                                      # the demo corpus: English quotations
 )
 
 missing=()
