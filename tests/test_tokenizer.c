@@ -524,6 +524,60 @@ START_TEST(test_gpt2_known_ids)
 }
 END_TEST
 
+/* --- serialisation (what checkpoints store) ---------------------------------------------- */
+
+/* The rebuilt tokenizer encodes a text to the same ids as the original. */
+static void ck_same_after_roundtrip(struct fw_tokenizer *t, const char *text)
+{
+	struct fw_err err = { 0 };
+	char *ser = fw_tokenizer_serialize(t, &err);
+	ck_assert_msg(ser != NULL, "%s", err.msg);
+	struct fw_tokenizer *u = fw_tokenizer_deserialize(ser, strlen(ser), "ckpt.h5", &err);
+	ck_assert_msg(u != NULL, "%s", err.msg);
+	ck_assert_int_eq(fw_tokenizer_vocab_size(u), fw_tokenizer_vocab_size(t));
+	ck_assert_int_eq(fw_tokenizer_eos(u), fw_tokenizer_eos(t));
+	ck_assert_int_eq(fw_tokenizer_kind(u), fw_tokenizer_kind(t));
+	struct fw_token_buf a = { 0 }, b = { 0 };
+	ck_assert(fw_tokenizer_encode(t, text, strlen(text), true, &a, &err) == FW_OK);
+	ck_assert(fw_tokenizer_encode(u, text, strlen(text), true, &b, &err) == FW_OK);
+	ck_assert(a.n > 0 && same_ids(&a, &b));
+	char *again = fw_tokenizer_serialize(u, &err);       /* a fixed point */
+	ck_assert_str_eq(again, ser);
+	fw_free(again);
+	fw_free(ser);
+	fw_token_buf_free(&a);
+	fw_token_buf_free(&b);
+	fw_tokenizer_free(u);
+}
+
+START_TEST(test_serialize)
+{
+	struct fw_err err = { 0 };
+	struct fw_tokenizer *t = small_bpe();
+	ck_assert(fw_tokenizer_add_special(t, "<sep>", 5, NULL, &err) == FW_OK);
+	ck_same_after_roundtrip(t, "hello<sep> world<|endoftext|> caf\xc3\xa9 \xff");
+	fw_tokenizer_free(t);
+	const char *sp[] = { "<|endoftext|>", "<|user|>" };
+	t = fw_tokenizer_new_byte(sp, 2, &err);
+	ck_same_after_roundtrip(t, "a<|user|>b<|endoftext|>");
+	fw_tokenizer_free(t);
+	/* Damaged or foreign text: NULL and one line naming where it came from. */
+	static const char *const bad[] = {
+		"", "{", "[]", "{\"kind\": \"bpe\", \"specials\": []}",
+		"{\"kind\": \"byte\"}", "{\"kind\": \"byte\", \"specials\": [1]}",
+		"{\"kind\": \"gpt2\", \"specials\": []}",
+		"{\"kind\": \"gpt2\", \"specials\": [], \"vocab\": \"{}\", \"merges\": \"\"}",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		memset(&err, 0, sizeof(err));
+		ck_assert_ptr_null(fw_tokenizer_deserialize(bad[i], strlen(bad[i]), "ckpt.h5", &err));
+		ck_assert_int_eq(err.status, FW_ERR_FORMAT);
+		ck_one_line(err.msg);
+		ck_has(err.msg, "ckpt.h5");
+	}
+}
+END_TEST
+
 /* --- errors ------------------------------------------------------------------------------- */
 
 static void ck_load_fails(const char *vocab, const char *merges, enum fw_status want,
@@ -686,6 +740,7 @@ static Suite *tokenizer_suite(void)
 	tcase_add_test(tc, test_bpe_heap_equals_array);
 	tcase_add_test(tc, test_bpe_cache);
 	tcase_add_test(tc, test_gpt2_known_ids);
+	tcase_add_test(tc, test_serialize);
 	suite_add_tcase(s, tc);
 
 	tc = fwt_tcase("errors", 300);
