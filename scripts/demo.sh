@@ -25,7 +25,7 @@ echo "== train: 4-layer GPT, byte tokenizer, $(wc -c <"$out/train.jsonl") bytes 
 	--weight-decay=0.1 --eval-interval=500 --eval-iters=20 --log-interval=100 \
 	--run-dir="$run" "$@"
 
-echo "== eval: every held-out quotation (each 20th of the corpus), nats per byte"
+echo "== eval: the held-out quotations (each 20th of the corpus), nats per byte"
 "$fwrun" eval --plugins=arch/decoder,attention/mha --load="$run" \
 	--valid-data="$out/valid.jsonl" --seq-length=128 --micro-batch-size=16 --eval-iters=0
 
