@@ -94,11 +94,12 @@ def encode(rec):
     return ids, loss
 
 
-def oracle(W, examples, prompt_in_loss=False):
+def oracle(W, examples, prompt_in_loss=False, per_example=False):
     """Mean cross-entropy over the flagged targets of every example, each run
-    alone; returns (loss, {name: grad})."""
+    alone (per_example: the mean of each example's mean); returns (loss,
+    {name: grad})."""
     P = {k: v.clone().requires_grad_(True) for k, v in W.items()}
-    total, count = 0.0, 0
+    total, count, means = 0.0, 0, []
     for ids, loss in examples:
         x = torch.tensor(ids[:-1]).unsqueeze(0)
         y = torch.tensor(ids[1:])
@@ -108,7 +109,8 @@ def oracle(W, examples, prompt_in_loss=False):
         nll = F.cross_entropy(logits, y, reduction="none")
         total = total + nll[flags].sum()
         count += int(flags.sum())
-    loss = total / count
+        means.append(nll[flags].mean())
+    loss = sum(means) / len(means) if per_example else total / count
     loss.backward()
     return float(loss), {k: v.grad.detach() for k, v in P.items()}
 
@@ -182,6 +184,23 @@ def check_parity(fw, work, W, h5):
                 f"max rel difference {e_all:.2e} in {where_all}")
         print(f"  {packing}: loss fw {m['loss']:.8f} torch {ref_loss:.8f} (rel {rl:.1e}); "
               f"gradient max rel error {e:.1e} ({where}); vs all-token gradient {e_all:.2f}")
+    # Accumulation over one-example micro-batches: by default each micro-batch
+    # mean counts equally; --calculate-per-token-loss weighs every loss token
+    # of the step equally, as the full batch above does.
+    ex_loss, ex_g = oracle(W, examples, per_example=True)
+    acc = ["--packing=padded", "--micro-batch-size=1", f"--global-batch-size={len(RECORDS)}"]
+    for tag, extra, (rl_, rg_) in (("mean of micro-batch means", [], (ex_loss, ex_g)),
+                                   ("--calculate-per-token-loss", ["--calculate-per-token-loss"],
+                                    (ref_loss, ref_g))):
+        p, m, g = fw_grad(fw, work, h5, data, "acc" + str(len(extra)), acc + extra)
+        if not R.check(f"accumulation, {tag}: runs", p.returncode == 0, gp.describe(p)):
+            continue
+        e, where = grad_error(g, rg_)
+        R.check(f"accumulation over {len(RECORDS)} micro-batches, {tag}: loss and gradient "
+                "equal torch's", gp.rel(m["loss"], rl_) <= TOL_LOSS and e <= TOL_GRAD,
+                f"loss fw {m['loss']:.8f} torch {rl_:.8f}; grad err {e:.1e} in {where}")
+    R.check("the two accumulation rules differ on this data (the checks above can fail)",
+            gp.rel(ex_loss, ref_loss) > 1e-3, f"{ex_loss:.6f} vs {ref_loss:.6f}")
 
 
 def check_too_long(fw, work, W, h5):

@@ -45,6 +45,10 @@ static const struct fw_option_def run_defs[] = {
 	  "per row, padded (padded); padding is masked in attention and loss" },
 	{ "too-long", FW_OPT_CHOICE, "truncate", 0, -1, too_long_choices,
 	  "SFT examples longer than seq-length + 1 tokens: cut the end off or drop them" },
+	{ "calculate-per-token-loss", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "with accumulation, the loss is the mean over every loss token of the global batch, "
+	  "not the mean of micro-batch means (matters when micro-batches hold different "
+	  "numbers of loss tokens, as SFT ones do)" },
 	{ "max-bad-records", FW_OPT_INT, "10", 0, 1e12, NULL,
 	  "JSONL records that are skipped (with file:line) before the run stops" },
 	{ "micro-batch-size", FW_OPT_INT, "4", 1, 1 << 20, NULL, "sequences per forward/backward" },

@@ -258,6 +258,19 @@ static void next_batch(struct session *s, struct loader *l)
 			      s->model.attn_bias->data);
 }
 
+/* A micro-batch read ahead (tokens, targets, seg of B*T each) into the inputs. */
+static void use_batch(struct session *s, const int32_t *staged)
+{
+	size_t bt = (size_t)(s->B * s->T);
+	memcpy(s->model.tokens->data, staged, sizeof(int32_t) * bt);
+	memcpy(s->model.targets->data, staged + bt, sizeof(int32_t) * bt);
+	if (s->seg) {
+		memcpy(s->seg, staged + 2 * bt, sizeof(int32_t) * bt);
+		dataset_masks(s->seg, s->B, s->T, s->model.positions->data,
+			      s->model.attn_bias->data);
+	}
+}
+
 /* --- checkpoints ---------------------------------------------------------------------- */
 
 static int n_params_all(const struct session *s, struct fw_tensor ***out)
@@ -575,6 +588,18 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 		return fw_errorf(err, FW_ERR_INVALID,
 				 "%s: %lld micro-batches, fewer than one global batch (%lld) with --drop-last",
 				 opt_s(s, "data"), (long long)s->train.n_micro, (long long)s->accum);
+	/* Per-token loss: the step's micro-batches are read ahead to count their
+	 * loss tokens, and micro-batch m's mean is weighted count[m] / total. */
+	bool per_token = fw_opt_bool(s->cfg.run, "calculate-per-token-loss");
+	size_t bt = (size_t)(s->B * s->T);
+	int32_t *staged = per_token ? malloc(sizeof(int32_t) * 3 * bt * (size_t)s->accum) : NULL;
+	int64_t *count = per_token ? malloc(sizeof(int64_t) * (size_t)s->accum) : NULL;
+	if (per_token && (!staged || !count)) {
+		free(staged);
+		free(count);
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	}
+	enum fw_status st = FW_OK;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
 	while (s->step < s->iters) {
@@ -583,33 +608,54 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 		if (loader_left(&s->train) < s->accum && (drop_last || loader_left(&s->train) == 0))
 			loader_seek(&s->train, s->train.epoch + 1, 0);
 		int64_t n_micro = loader_left(&s->train) < s->accum ? loader_left(&s->train) : s->accum;
-		double loss = 0;
-		fw_graph_set_loss_scale(s->g, 1.0f / (float)n_micro);
-		for (int64_t m = 0; m < n_micro; m++) {
-			next_batch(s, &s->train);
-			fw_graph_set_step(s->g, it * s->accum + m);
-			if (fw_graph_forward(s->g) != FW_OK || fw_graph_backward(s->g) != FW_OK)
-				return fw_errorf(err, FW_ERR_INTERNAL, "step %lld: %s", (long long)it,
-						 fw_ctx_err(s->ctx)->msg);
-			loss += *(float *)s->model.loss->data;
+		int64_t total = 0;
+		for (int64_t m = 0; per_token && m < n_micro; m++) {
+			int32_t *b = staged + 3 * bt * (size_t)m;
+			loader_next(&s->train, b, b + bt, b + 2 * bt);
+			count[m] = 0;
+			for (size_t j = 0; j < bt; j++)
+				count[m] += b[bt + j] >= 0;
+			total += count[m];
 		}
-		loss /= (double)n_micro;
+		double loss = 0;
+		for (int64_t m = 0; m < n_micro; m++) {
+			double w = per_token && total ? (double)count[m] / (double)total :
+				   1.0 / (double)n_micro;
+			if (per_token)
+				use_batch(s, staged + 3 * bt * (size_t)m);
+			else
+				next_batch(s, &s->train);
+			fw_graph_set_loss_scale(s->g, (float)w);
+			fw_graph_set_step(s->g, it * s->accum + m);
+			if (fw_graph_forward(s->g) != FW_OK || fw_graph_backward(s->g) != FW_OK) {
+				st = fw_errorf(err, FW_ERR_INTERNAL, "step %lld: %s", (long long)it,
+					       fw_ctx_err(s->ctx)->msg);
+				goto out;
+			}
+			loss += w * *(float *)s->model.loss->data;
+		}
 		double norm = grad_norm(s);
-		if (!isfinite(loss) || !isfinite(norm))
-			return fw_errorf(err, FW_ERR_INTERNAL,
-					 "step %lld: loss %g, gradient norm %g: training diverged",
-					 (long long)it, loss, norm);
+		if (!isfinite(loss) || !isfinite(norm)) {
+			st = fw_errorf(err, FW_ERR_INTERNAL,
+				       "step %lld: loss %g, gradient norm %g: training diverged",
+				       (long long)it, loss, norm);
+			goto out;
+		}
 		if (clip > 0 && clip / (norm + 1e-6) < 1.0)
 			scale_grads(s, (float)(clip / (norm + 1e-6)));
 		s->groups[0].lr = s->groups[1].lr = (float)lr;
 		s->groups[0].weight_decay = (float)wd;
 		s->groups[1].weight_decay = 0.0f;
 		struct fw_err oe = { 0 };
-		if (s->optim->step(s->slots.optim->state, s->groups, 2, it, &oe) != FW_OK)
-			return fw_errorf(err, oe.status, "%s: %s", s->slots.optim->desc->name, oe.msg);
+		if (s->optim->step(s->slots.optim->state, s->groups, 2, it, &oe) != FW_OK) {
+			st = fw_errorf(err, oe.status, "%s: %s", s->slots.optim->desc->name, oe.msg);
+			goto out;
+		}
 		if (peft && peft->after_backward &&
-		    peft->after_backward(s->slots.peft->state, &s->model, it, &oe) != FW_OK)
-			return fw_errorf(err, oe.status, "%s: %s", s->slots.peft->desc->name, oe.msg);
+		    peft->after_backward(s->slots.peft->state, &s->model, it, &oe) != FW_OK) {
+			st = fw_errorf(err, oe.status, "%s: %s", s->slots.peft->desc->name, oe.msg);
+			goto out;
+		}
 		fw_graph_zero_grad(s->g);
 		s->step = it;
 		s->tokens += n_micro * s->B * s->T;
@@ -625,9 +671,8 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 
 		if ((eval_every > 0 && it % eval_every == 0) || it == s->iters) {
 			double vl;
-			enum fw_status st = evaluate(s, opt_i(s, "eval-iters"), &vl, NULL, err);
-			if (st != FW_OK)
-				return st;
+			if ((st = evaluate(s, opt_i(s, "eval-iters"), &vl, NULL, err)) != FW_OK)
+				goto out;
 			if (isfinite(vl)) {
 				fprintf(s->metrics, "{\"step\": %lld, \"eval_loss\": %.9g}\n",
 					(long long)it, vl);
@@ -639,9 +684,8 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 		}
 		bool stopping = stop_requested != 0;
 		if ((save_every > 0 && it % save_every == 0) || it == s->iters || stopping) {
-			enum fw_status st = checkpoint_now(s, err);
-			if (st != FW_OK)
-				return st;
+			if ((st = checkpoint_now(s, err)) != FW_OK)
+				goto out;
 		}
 		if (stopping) {
 			fprintf(stderr, "fwrun: %s after step %lld; resume with --load=%s\n",
@@ -650,9 +694,12 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 			break;
 		}
 	}
+out:
 	signal(SIGINT, SIG_DFL);
 	signal(SIGTERM, SIG_DFL);
-	return FW_OK;
+	free(staged);
+	free(count);
+	return st;
 }
 
 /* --load=DIR picks the newest ckpt-*.h5 in it. */
