@@ -811,7 +811,11 @@ static int help(const char *usage, int argc, char **argv)
 
 /* --load, the tokenizer, then the data: train reads --data (and
  * --valid-data), eval --valid-data (or --data). */
-static enum fw_status open_datasets(struct session *s, bool train, struct fw_err *err)
+/* What session_open does with --data / --valid-data. */
+enum data_use { DATA_NONE, DATA_REQUIRED, DATA_IF_GIVEN };
+
+static enum fw_status open_datasets(struct session *s, bool train, enum data_use use,
+				    struct fw_err *err)
 {
 	enum fw_status st;
 	const char *load = opt_s(s, "load");
@@ -821,6 +825,8 @@ static enum fw_status open_datasets(struct session *s, bool train, struct fw_err
 	if (err->status)
 		return err->status;
 	const char *data = opt_s(s, "data"), *valid = opt_s(s, "valid-data");
+	if (use == DATA_IF_GIVEN && !*data && !*valid)
+		return FW_OK;
 	if (train && !*data)
 		return fw_errorf(err, FW_ERR_INVALID, "train needs --data=FILE[,...] (token shards, "
 				 "text or JSONL)");
@@ -843,7 +849,7 @@ static enum fw_status open_datasets(struct session *s, bool train, struct fw_err
 	return st;
 }
 
-static int session_open(struct session *s, int argc, char **argv, bool train, bool open_data,
+static int session_open(struct session *s, int argc, char **argv, bool train, enum data_use use,
 			int *rc)
 {
 	char *pos[4];
@@ -862,7 +868,7 @@ static int session_open(struct session *s, int argc, char **argv, bool train, bo
 	s->base_rss = rss_now();
 	s->B = opt_i(s, "micro-batch-size");
 	s->T = opt_i(s, "seq-length");
-	if (open_data && (st = open_datasets(s, train, &s->err)) != FW_OK) {
+	if (use != DATA_NONE && (st = open_datasets(s, train, use, &s->err)) != FW_OK) {
 		*rc = die(st == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s->err.msg);
 		return -1;
 	}
@@ -881,7 +887,7 @@ int cmd_train(int argc, char **argv)
 	int rc = EXIT_RUNTIME;
 	if (wants_help(argc, argv))
 		return help(train_usage, argc, argv);
-	if (session_open(&s, argc, argv, true, true, &rc) != 0)
+	if (session_open(&s, argc, argv, true, DATA_REQUIRED, &rc) != 0)
 		goto out;
 	set_schedule(&s);
 	uint64_t seed = (uint64_t)opt_i(&s, "seed");
@@ -965,7 +971,7 @@ int cmd_eval(int argc, char **argv)
 	char *scores = NULL;
 	if (wants_help(argc, argv))
 		return help(eval_usage, argc, argv);
-	if (session_open(&s, argc, argv, false, true, &rc) != 0)
+	if (session_open(&s, argc, argv, false, DATA_REQUIRED, &rc) != 0)
 		goto out;
 	const char *score = opt_s(&s, "score-data");
 	if (!*s.load_path) {
@@ -1034,7 +1040,7 @@ int cmd_plan(int argc, char **argv)
 	int rc = EXIT_RUNTIME;
 	if (wants_help(argc, argv))
 		return help(plan_usage, argc, argv);
-	if (session_open(&s, argc, argv, true, false, &rc) != 0)
+	if (session_open(&s, argc, argv, true, DATA_IF_GIVEN, &rc) != 0)
 		goto out;
 	if (s.slots.optim && setup_optim(&s, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
