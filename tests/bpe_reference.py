@@ -29,7 +29,7 @@ not a skip.
    reference). Python's strict UTF-8 decoder with surrogateescape finds the
    invalid bytes. The ids must decode back to the exact bytes.
 4. The same vocabulary written as Hugging Face's vocab.json + merges.txt
-   (--vocab/--merges) must give the same ids.
+   (vocab.json/merges.txt) must give the same ids.
 
 usage: bpe_reference.py --fwrun PATH --build-dir DIR [--count N] [--seed S] [--keep]
 """
@@ -478,7 +478,7 @@ def main():
 
         # 1. valid strings, token for token, and decoding back
         inp, want = run_reference(mod, strings, tmp, "strings")
-        got = read_ids(run_fw(a.fwrun, [inp], ["--encoder-json", enc_json, "--vocab-bpe",
+        got = read_ids(run_fw(a.fwrun, [inp], ["--vocab-file", enc_json, "--merge-file",
                                                vocab_bpe], tmp, "strings"),
                        len(strings), "fwrun")
         mism = compare("string", strings, got, want, report)
@@ -499,7 +499,7 @@ def main():
         with open(sub_inp, "w") as f:
             for s in sub:
                 f.write(json.dumps({"text": s}) + "\n")
-        hf = read_ids(run_fw(a.fwrun, [sub_inp], ["--vocab", hf_vocab, "--merges", hf_merges],
+        hf = read_ids(run_fw(a.fwrun, [sub_inp], ["--vocab-file", hf_vocab, "--merge-file", hf_merges],
                              tmp, "hf"), len(sub), "fwrun (HF files)")
         hf_mism = compare("HF-files string", sub, hf, want[: len(sub)], report)
 
@@ -515,7 +515,7 @@ def main():
             with open(p, "wb") as f:
                 f.write(b)
             files.append(p)
-        bgot = read_ids(run_fw(a.fwrun, files, ["--encoder-json", enc_json, "--vocab-bpe",
+        bgot = read_ids(run_fw(a.fwrun, files, ["--vocab-file", enc_json, "--merge-file",
                                                 vocab_bpe], tmp, "invalid"),
                         len(cases), "fwrun (invalid UTF-8)")
         bwant = [[x for ok, p in ps for x in (run_ids[p] if ok else [encoder[BYTE_ENC[p]]])]

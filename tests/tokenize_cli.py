@@ -152,17 +152,17 @@ def main():
             for t in texts:
                 f.write(json.dumps({"text": t, "id": 1}) + "\n")
             f.write("\n")
-        p = run("--vocab", vp, "--merges", mp, "--print-ids", jl)
+        p = run("--vocab-file", vp, "--merge-file", mp, "--print-ids", jl)
         ids = [[int(x) for x in l.split()] for l in p.stdout.decode().splitlines()]
         check(p.returncode == 0 and len(ids) == len(texts) and
               ids[0] == [vocab["hello"], vocab["Ġworld"]] and eos not in ids[1],
               "gpt2: --print-ids, <|endoftext|> is text without --allow-special")
-        p = run("--vocab", vp, "--merges", mp, "--print-ids", "--allow-special", jl)
+        p = run("--vocab-file", vp, "--merge-file", mp, "--print-ids", "--allow-special", jl)
         ids2 = [[int(x) for x in l.split()] for l in p.stdout.decode().splitlines()]
         check(p.returncode == 0 and ids2[1] == [vocab["hello"], eos, vocab["Ġworld"]],
               "gpt2: --allow-special turns <|endoftext|> into the EOS token")
         out = os.path.join(tmp, "bpe")
-        p = run("--vocab", vp, "--merges", mp, "--out", out, jl)
+        p = run("--vocab-file", vp, "--merge-file", mp, "--out", out, jl)
         _, v, _, toks = read_shard(out + "_train_000000.bin")
         check(p.returncode == 0 and v == 1 and toks == [x for d in ids for x in [eos] + d],
               "gpt2: shard = EOS + ids of each document (empty documents included)")
@@ -177,7 +177,7 @@ def main():
             for i in range(300):
                 f.write("hello world <|t69999|> %d\n" % i)
         out = os.path.join(d2, "big")
-        p = run("--vocab=" + vp2, "--merges=" + mp2, "--split=line", "--allow-special",
+        p = run("--vocab-file=" + vp2, "--merge-file=" + mp2, "--split=line", "--allow-special",
                 "--out=" + out, txt)
         m, v, n, toks = read_shard(out + "_train_000000.bin")
         check(p.returncode == 0 and (m, v) == (20240520, 2) and toks[0] == eos2 > 65535 and
@@ -239,13 +239,13 @@ def main():
             f.write('["hello"]\n')
         o = os.path.join(bad, "out")
         cases = [
-            ("missing vocab", ["--vocab", os.path.join(bad, "nope.json"), "--merges", mp, jl],
+            ("missing vocab", ["--vocab-file", os.path.join(bad, "nope.json"), "--merge-file", mp, jl],
              1, "nope.json"),
-            ("corrupt vocab", ["--vocab", os.path.join(bad, "corrupt.json"), "--merges", mp, jl],
+            ("corrupt vocab", ["--vocab-file", os.path.join(bad, "corrupt.json"), "--merge-file", mp, jl],
              1, "corrupt.json:1"),
-            ("malformed merges", ["--vocab", vp, "--merges", os.path.join(bad, "merges.txt"), jl],
+            ("malformed merges", ["--vocab-file", vp, "--merge-file", os.path.join(bad, "merges.txt"), jl],
              1, "merges.txt:3:"),
-            ("invalid JSONL line", ["--vocab", vp, "--merges", mp,
+            ("invalid JSONL line", ["--vocab-file", vp, "--merge-file", mp,
                                     os.path.join(bad, "docs.jsonl")], 1, "docs.jsonl:3:"),
             ("JSONL line without the field", ["--tokenizer=byte",
                                               os.path.join(bad, "nofield.jsonl")], 1,
@@ -253,8 +253,8 @@ def main():
             ("JSONL line not an object", ["--tokenizer=byte", os.path.join(bad, "array.jsonl")],
              1, "array.jsonl:1: not a JSON object"),
             ("missing input", ["--tokenizer=byte", os.path.join(bad, "none.txt")], 1, "none.txt"),
-            ("gpt2 without files", [jl], 2, "--vocab"),
-            ("byte with files", ["--tokenizer=byte", "--vocab", vp, jl], 2, "byte"),
+            ("gpt2 without files", [jl], 2, "--vocab-file"),
+            ("byte with files", ["--tokenizer=byte", "--vocab-file", vp, jl], 2, "byte"),
             ("unknown option", ["--tokenizer=byte", "--valid-fraktion=0.1", jl], 2,
              "valid-fraction"),
             ("bad choice", ["--tokenizer=bpe", jl], 2, "tokenizer"),

@@ -36,10 +36,10 @@ static const char *const split_names[] = { "file", "paragraph", "line", NULL };
 static const struct fw_option_def tok_defs[] = {
 	{ "tokenizer", FW_OPT_CHOICE, "gpt2", 0, -1, tokenizer_names,
 	  "byte (256 bytes + <|endoftext|>) or gpt2 (byte-level BPE)" },
-	{ "vocab", FW_OPT_STRING, "", 0, -1, NULL, "gpt2: Hugging Face vocab.json" },
-	{ "merges", FW_OPT_STRING, "", 0, -1, NULL, "gpt2: Hugging Face merges.txt" },
-	{ "encoder-json", FW_OPT_STRING, "", 0, -1, NULL, "gpt2: OpenAI encoder.json" },
-	{ "vocab-bpe", FW_OPT_STRING, "", 0, -1, NULL, "gpt2: OpenAI vocab.bpe" },
+	{ "vocab-file", FW_OPT_STRING, "", 0, -1, NULL,
+	  "gpt2: vocab.json (Hugging Face) or encoder.json (OpenAI)" },
+	{ "merge-file", FW_OPT_STRING, "", 0, -1, NULL,
+	  "gpt2: merges.txt (Hugging Face) or vocab.bpe (OpenAI)" },
 	{ "out", FW_OPT_STRING, "", 0, -1, NULL,
 	  "output prefix: PREFIX_train_NNNNNN.bin and PREFIX_val_NNNNNN.bin" },
 	{ "format", FW_OPT_CHOICE, "auto", 0, -1, format_names,
@@ -376,8 +376,8 @@ static int read_jsonl(struct job *j, const char *path)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: fwrun tokenize [--tokenizer=byte|gpt2] [--vocab=vocab.json "
-		"--merges=merges.txt | --encoder-json=encoder.json --vocab-bpe=vocab.bpe]\n"
+	fprintf(f, "usage: fwrun tokenize [--tokenizer=byte|gpt2] [--vocab-file=vocab.json|encoder.json "
+		"--merge-file=merges.txt|vocab.bpe]\n"
 		"                      --out=PREFIX [options] FILE...\n"
 		"Tokenizes text or JSONL files into llm.c token shards for fwrun train.\n"
 		"Every document starts with the EOS token (<|endoftext|>). Shards hold uint16\n"
@@ -441,26 +441,14 @@ static int parse(struct fw_options *o, int argc, char **argv, char **files, int 
 	return EXIT_OK;
 }
 
+/* The same options, rules and messages as fwrun train's (tok.c). */
 static int load_tokenizer(const struct fw_options *o, struct fw_tokenizer **tok)
 {
 	struct fw_err err = { 0 };
-	const char *v = fw_opt_str(o, "vocab"), *m = fw_opt_str(o, "merges");
-	const char *ej = fw_opt_str(o, "encoder-json"), *vb = fw_opt_str(o, "vocab-bpe");
-	bool hf = *v || *m, openai = *ej || *vb;
-	if (!strcmp(fw_opt_str(o, "tokenizer"), "byte")) {
-		if (hf || openai)
-			return die(EXIT_USAGE, "tokenize: --tokenizer=byte takes no vocabulary files");
-		*tok = fw_tokenizer_new_byte(NULL, 0, &err);
-	} else if (hf == openai || (hf && (!*v || !*m)) || (openai && (!*ej || !*vb))) {
-		return die(EXIT_USAGE, "tokenize: --tokenizer=gpt2 needs --vocab=vocab.json and "
-			   "--merges=merges.txt, or --encoder-json=encoder.json and "
-			   "--vocab-bpe=vocab.bpe");
-	} else {
-		*tok = hf ? fw_tokenizer_load_bpe(v, m, &err) :
-			fw_tokenizer_load_gpt2(ej, vb, &err);
-	}
+	*tok = run_tokenizer(o, NULL, &err);
 	if (!*tok)
-		return die(err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", err.msg);
+		return die(err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "tokenize: %s",
+			   err.msg);
 	return EXIT_OK;
 }
 
