@@ -141,7 +141,7 @@ def check_loss(fw, work, W, h5):
     data = os.path.join(work, "sft.jsonl")
     write_jsonl(data, recs)
     ex = [encode(r) for r in recs]
-    means, count = [], 0
+    means, count, total = [], 0, 0.0
     for k in range(0, len(ex), B):
         s, n = 0.0, 0
         for ids, loss in ex[k:k + B]:
@@ -149,6 +149,7 @@ def check_loss(fw, work, W, h5):
             s, n = s + a, n + b
         means.append(-s / n)
         count += n
+        total -= s
     ref = sum(means) / len(means)
     p, out = run_eval(fw, h5, f"--valid-data={data}", "--tokenizer=byte", "--packing=padded",
                       f"--micro-batch-size={B}", f"--eval-iters={len(means)}")
@@ -157,6 +158,12 @@ def check_loss(fw, work, W, h5):
                 close(out["eval_loss"], ref), f"fw {out['eval_loss']:.9g} torch {ref:.9g}")
         R.check("SFT JSONL: tokens counts the response tokens (and EOS) in the loss",
                 out["tokens"] == count, f"fw {out['tokens']} want {count}")
+    p, out = run_eval(fw, h5, f"--valid-data={data}", "--tokenizer=byte", "--packing=padded",
+                      f"--micro-batch-size={B}", "--eval-iters=0", "--calculate-per-token-loss")
+    R.check("SFT JSONL, --calculate-per-token-loss: eval_loss = mean over every response token",
+            out is not None and close(out["eval_loss"], total / count) and
+            not close(ref, total / count, 1e-4),
+            f"fw {out and out['eval_loss']} torch {total / count:.9g} (per batch {ref:.9g})")
     return shard
 
 

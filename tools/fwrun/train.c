@@ -512,18 +512,24 @@ static enum fw_status evaluate(struct session *s, int64_t n, double *loss, doubl
 	int64_t *hist = stats ? calloc((size_t)V, sizeof(int64_t)) : NULL;
 	if (stats && !hist)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	/* --calculate-per-token-loss: each micro-batch's mean weighted by its
+	 * loss tokens, as in training. */
+	bool per_token = fw_opt_bool(s->cfg.run, "calculate-per-token-loss");
 	for (int64_t i = 0; i < n; i++) {
 		next_batch(s, l);
-		for (int64_t j = 0; hist && j < s->B * s->T; j++)
+		int64_t here = 0;
+		for (int64_t j = 0; j < s->B * s->T; j++)
 			if (targets[j] >= 0 && targets[j] < V) {
-				counted++;
-				hist[targets[j]]++;
+				here++;
+				if (hist)
+					hist[targets[j]]++;
 			}
+		counted += here;
 		if (fw_graph_forward(s->eval_g) != FW_OK) {
 			free(hist);
 			return fw_errorf(err, FW_ERR_INTERNAL, "eval: %s", fw_ctx_err(s->ctx)->msg);
 		}
-		sum += *(float *)s->model.loss->data;
+		sum += *(float *)s->model.loss->data * (per_token ? (double)here : 1.0);
 	}
 	if (stats) {
 		double h = 0;
@@ -535,7 +541,7 @@ static enum fw_status evaluate(struct session *s, int64_t n, double *loss, doubl
 		stats[1] = counted ? h : NAN;
 		free(hist);
 	}
-	*loss = sum / (double)n;
+	*loss = per_token ? (counted ? sum / (double)counted : NAN) : sum / (double)n;
 	return FW_OK;
 }
 
