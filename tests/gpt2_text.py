@@ -15,11 +15,18 @@ alphabet) written out here. Checks:
   2. the checkpoint of that step stores the tokenizer: `fwrun generate
      --prompt=TEXT` without tokenizer flags prints the reference decoding of
      torch's greedy continuation of the reference's ids (checkpoint weights);
-  3. a wrong --vocab-file or --merge-file is one clear error line.
+  3. a wrong --vocab-file or --merge-file is one clear error line;
+  4. a Hugging Face tokenizer.json (written here from the same files, merges as
+     "A B" strings and as ["A", "B"] pairs) tokenizes like the reference; one
+     that is not GPT-2's byte-level BPE is refused in one line;
+  5. `fwrun import` stores a folder's tokenizer.json, so generate needs no
+     tokenizer flags; `fwrun export` writes vocab.json + merges.txt, and
+     importing that folder gives the same generation.
 Ends with "gpt2_text: N passed, M failed".
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -114,6 +121,7 @@ def check_sft_and_generate(fw, work, mod):
     p = subprocess.run([fw.exe, "generate", "--plugins=arch/decoder,attention/mha",
                         f"--load={ckpt}", f"--prompt={PROMPT}", "--temperature=0",
                         "--max-new-tokens=16"], env=fw.env, capture_output=True, timeout=120)
+    GREEDY[0] = want + b"\n"
     R.check("generate with the checkpoint's stored GPT-2 tokenizer (no flags) prints the "
             "reference decoding of torch's greedy ids",
             p.returncode == 0 and p.stdout == want + b"\n",
@@ -124,13 +132,98 @@ def check_sft_and_generate(fw, work, mod):
                         "vocab.bpe"),
                        (["--tokenizer=gpt2", f"--vocab-file={enc}",
                          f"--merge-file={work}/missing.bpe"], "missing.bpe"),
-                       (["--tokenizer=gpt2", f"--vocab-file={enc}"], "--merge-file")):
+                       (["--tokenizer=gpt2", f"--vocab-file={enc}"], "merges file")):
         p = fw("generate", "--plugins=arch/decoder,attention/mha", f"--load={h5}",
                "--prompt=hi", *args)
         lines = [l for l in p.stderr.splitlines() if l.strip()]
         R.check(f"bad tokenizer files ({name}): one fwrun: line naming it, exit != 0",
                 p.returncode != 0 and len(lines) == 1 and lines[0].startswith("fwrun:") and
                 name in lines[0], gp.describe(p))
+    return W
+
+
+def tokenizer_json(enc, bpe, pairs):
+    """GPT-2's files in Hugging Face's tokenizer.json layout."""
+    with open(enc, encoding="utf-8") as f:
+        vocab = json.load(f)
+    with open(bpe, encoding="utf-8") as f:
+        merges = [l for l in f.read().split("\n")[1:] if l]
+    return {"version": "1.0", "truncation": None, "padding": None,
+            "added_tokens": [{"id": EOS, "content": "<|endoftext|>", "single_word": False,
+                              "lstrip": False, "rstrip": False, "normalized": True,
+                              "special": True}],
+            "normalizer": None,
+            "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": False,
+                              "trim_offsets": True, "use_regex": True},
+            "post_processor": {"type": "ByteLevel", "add_prefix_space": True,
+                               "trim_offsets": False, "use_regex": True},
+            "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                        "use_regex": True},
+            "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                      "continuing_subword_prefix": "", "end_of_word_suffix": "",
+                      "fuse_unk": False, "byte_fallback": False, "vocab": vocab,
+                      "merges": [m.split(" ") for m in merges] if pairs else merges}}
+
+
+def check_tokenizer_json(fw, work, mod, W):
+    enc, bpe = os.path.join(mod, "encoder.json"), os.path.join(mod, "vocab.bpe")
+    texts = [r["prompt"] + r["response"] for r in RECORDS] + [PROMPT, "<|endoftext|> x  \n\n"]
+    want = reference_ids(mod, texts, work)
+    docs = os.path.join(work, "docs.jsonl")
+    sp.write_jsonl(docs, [{"text": t} for t in texts])
+    for pairs in (False, True):
+        tj = os.path.join(work, f"tokenizer{int(pairs)}.json")
+        with open(tj, "w", encoding="utf-8") as f:
+            json.dump(tokenizer_json(enc, bpe, pairs), f)
+        p = fw("tokenize", "--tokenizer=gpt2", f"--vocab-file={tj}", "--print-ids", docs)
+        got = [[int(x) for x in l.split()] for l in p.stdout.splitlines()]
+        R.check(f"tokenizer.json (merges as {'pairs' if pairs else 'strings'}) encodes like "
+                "the reference", p.returncode == 0 and got == want, gp.describe(p))
+    for what, change, expect in (
+            ("Metaspace pre-tokenizer", {"pre_tokenizer": {"type": "Metaspace"}}, "pre-tokenizer"),
+            ("byte_fallback", {"model": dict(tokenizer_json(enc, bpe, False)["model"],
+                                             byte_fallback=True)}, "byte_fallback"),
+            ("model WordPiece", {"model": {"type": "WordPiece", "vocab": {}, "merges": []}},
+             "BPE")):
+        bad = os.path.join(work, "bad-tokenizer.json")
+        with open(bad, "w", encoding="utf-8") as f:
+            json.dump(dict(tokenizer_json(enc, bpe, False), **change), f)
+        p = fw("tokenize", "--tokenizer=gpt2", f"--vocab-file={bad}", "--print-ids", docs)
+        lines = [l for l in p.stderr.splitlines() if l.strip()]
+        R.check(f"tokenizer.json with {what}: refused in one line naming the file and why",
+                p.returncode == 1 and len(lines) == 1 and "bad-tokenizer.json" in lines[0] and
+                expect in lines[0], gp.describe(p))
+
+    # import with tokenizer.json, generate without flags, export, re-import
+    hf = os.path.join(work, "hf-tok")
+    gp.write_hf_dir(hf, W, "F32")
+    shutil.copy(os.path.join(work, "tokenizer0.json"), os.path.join(hf, "tokenizer.json"))
+    h5 = os.path.join(work, "with-tok.h5")
+    p = fw("import", hf, h5)
+    if not R.check("import stores the folder's tokenizer.json", p.returncode == 0 and
+                   "tokenizer" in p.stderr, gp.describe(p)):
+        return
+    gen = ["--plugins=arch/decoder,attention/mha", f"--prompt={PROMPT}", "--temperature=0",
+           "--max-new-tokens=16"]
+    a = subprocess.run([fw.exe, "generate", f"--load={h5}", *gen], env=fw.env,
+                       capture_output=True, timeout=120)
+    R.check("generate from the import, no tokenizer flags, prints the reference decoding",
+            a.returncode == 0 and a.stdout == GREEDY[0], f"{a.stdout!r} vs {GREEDY[0]!r}")
+    out = os.path.join(work, "exported")
+    p = fw("export", h5, out)
+    R.check("export writes vocab.json and merges.txt", p.returncode == 0 and all(
+        os.path.exists(os.path.join(out, n)) for n in ("vocab.json", "merges.txt")),
+        gp.describe(p))
+    h5b = os.path.join(work, "reimported.h5")
+    p = fw("import", out, h5b)
+    b = subprocess.run([fw.exe, "generate", f"--load={h5b}", *gen], env=fw.env,
+                       capture_output=True, timeout=120)
+    R.check("re-import of the export (vocab.json + merges.txt) generates the same text",
+            p.returncode == 0 and b.returncode == 0 and b.stdout == a.stdout,
+            f"{b.stdout!r}; {b.stderr[-200:]!r}")
+
+
+GREEDY = [None]
 
 
 def main():
@@ -141,7 +234,9 @@ def main():
     def body(work):
         if R.check("the reference encoder is installed (tests/bpe_reference.py --fetch-only)",
                    os.path.exists(os.path.join(mod, "vocab.bpe")), mod):
-            check_sft_and_generate(fw, work, mod)
+            W = check_sft_and_generate(fw, work, mod)
+            if W is not None:
+                check_tokenizer_json(fw, work, mod, W)
 
     return R.run("gpt2_text", a.keep, body)
 

@@ -798,6 +798,150 @@ struct fw_tokenizer *fw_tokenizer_load_gpt2(const char *encoder_json, const char
 	return load_bpe(encoder_json, vocab_bpe, err);
 }
 
+/* --- Hugging Face tokenizer.json ------------------------------------------------------ */
+
+/* A string field of obj ("" when absent or null). */
+static const char *str_field(json_t *obj, const char *key)
+{
+	json_t *v = json_object_get(obj, key);
+	return json_is_string(v) ? json_string_value(v) : "";
+}
+
+/* Why tokenizer.json is not GPT-2's byte-level BPE, or NULL when it is. */
+static const char *not_gpt2_bpe(json_t *root, json_t *model)
+{
+	json_t *pre = json_object_get(root, "pre_tokenizer");
+	json_t *dec = json_object_get(root, "decoder");
+	json_t *norm = json_object_get(root, "normalizer");
+	if (!json_is_object(model))
+		return "no \"model\" object: not a tokenizer.json (a vocab.json or encoder.json needs "
+		       "its merges file too)";
+	if (!json_is_object(json_object_get(model, "vocab")) ||
+	    !json_is_array(json_object_get(model, "merges")))
+		return "no model.vocab object and model.merges array";
+	if (*str_field(model, "type") && strcmp(str_field(model, "type"), "BPE"))
+		return "model.type is not BPE";
+	if (json_is_true(json_object_get(model, "byte_fallback")))
+		return "model.byte_fallback (a SentencePiece-style BPE) is not supported";
+	if (*str_field(model, "continuing_subword_prefix") || *str_field(model, "end_of_word_suffix"))
+		return "subword prefixes/suffixes are not GPT-2's byte-level BPE";
+	if (json_is_number(json_object_get(model, "dropout")))
+		return "BPE dropout is not supported";
+	if (norm && !json_is_null(norm))
+		return "a normalizer is not supported";
+	if (!json_is_object(pre) || strcmp(str_field(pre, "type"), "ByteLevel"))
+		return "the pre-tokenizer is not GPT-2's ByteLevel (another regex, or Metaspace)";
+	if (json_is_true(json_object_get(pre, "add_prefix_space")))
+		return "ByteLevel add_prefix_space is not supported";
+	if (json_is_false(json_object_get(pre, "use_regex")))
+		return "ByteLevel without GPT-2's regex is not supported";
+	if (dec && !json_is_null(dec) && strcmp(str_field(dec, "type"), "ByteLevel"))
+		return "the decoder is not ByteLevel";
+	return NULL;
+}
+
+/* model.merges as merges.txt text: "A B" strings or ["A", "B"] pairs. */
+static char *merges_text(json_t *merges, size_t *len, const char *path, struct fw_err *err)
+{
+	size_t cap = 64, i;
+	json_t *m;
+	json_array_foreach(merges, i, m)
+		cap += (json_is_string(m) ? json_string_length(m) :
+			json_string_length(json_array_get(m, 0)) +
+			json_string_length(json_array_get(m, 1))) + 2;
+	char *out = fw_malloc(cap);
+	if (!out) {
+		fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+		return NULL;
+	}
+	*len = 0;
+	json_array_foreach(merges, i, m) {
+		json_t *a = json_array_get(m, 0), *b = json_array_get(m, 1);
+		bool pair = json_is_array(m) && json_array_size(m) == 2 && json_is_string(a) &&
+			    json_is_string(b);
+		if (!json_is_string(m) && !pair) {
+			fw_free(out);
+			fw_errorf(err, FW_ERR_FORMAT, "%s: model.merges[%zu] is neither \"A B\" nor "
+				  "[\"A\", \"B\"]", path, i);
+			return NULL;
+		}
+		if (json_is_string(m)) {
+			memcpy(out + *len, json_string_value(m), json_string_length(m));
+			*len += json_string_length(m);
+		} else {
+			memcpy(out + *len, json_string_value(a), json_string_length(a));
+			*len += json_string_length(a);
+			out[(*len)++] = ' ';
+			memcpy(out + *len, json_string_value(b), json_string_length(b));
+			*len += json_string_length(b);
+		}
+		out[(*len)++] = '\n';
+	}
+	out[*len] = '\0';
+	return out;
+}
+
+struct fw_tokenizer *fw_tokenizer_load_hf_json(const char *path, struct fw_err *err)
+{
+	char *text = NULL, *vocab = NULL, *merges = NULL;
+	size_t len = 0, vl = 0, ml = 0;
+	struct fw_tokenizer *t = NULL;
+	if (read_file(path, &text, &len, err) != FW_OK)
+		return NULL;
+	json_error_t je;
+	json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+	fw_free(text);
+	if (!root) {
+		fw_errorf(err, FW_ERR_FORMAT, "%s:%d: not valid JSON: %s", path, je.line, je.text);
+		return NULL;
+	}
+	json_t *model = json_object_get(root, "model"), *added = json_object_get(root, "added_tokens");
+	const char *why = json_is_object(root) ? not_gpt2_bpe(root, model) : "not a JSON object";
+	if (why) {
+		fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: not a GPT-2 byte-level BPE tokenizer: %s", path,
+			  why);
+		goto out;
+	}
+	char *dump = json_dumps(json_object_get(model, "vocab"), JSON_COMPACT);
+	vl = dump ? strlen(dump) : 0;
+	vocab = dump ? fw_malloc(vl + 1) : NULL;
+	if (vocab)
+		memcpy(vocab, dump, vl + 1);
+	free(dump);
+	merges = vocab ? merges_text(json_object_get(model, "merges"), &ml, path, err) : NULL;
+	if (!vocab && !err->status)
+		fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+	if (!merges) {
+		fw_free(vocab);
+		goto out;
+	}
+	t = bpe_from_text(path, vocab, vl, path, merges, ml, err);
+	/* Added tokens: special ones become specials, at the ids the file gives. */
+	size_t i;
+	json_t *a;
+	json_array_foreach(added, i, a) {
+		json_t *id = json_object_get(a, "id"), *content = json_object_get(a, "content");
+		if (!t)
+			break;
+		int32_t got = -1;
+		if (!json_is_integer(id) || !json_is_string(content) ||
+		    fw_tokenizer_add_special(t, json_string_value(content),
+					     json_string_length(content), &got, err) != FW_OK ||
+		    got != json_integer_value(id)) {
+			if (!err->status || got >= 0)
+				fw_errorf(err, FW_ERR_FORMAT, "%s: added_tokens[%zu] %s", path, i,
+					  !json_is_integer(id) || !json_is_string(content) ?
+					  "needs an integer id and a string content" :
+					  "has an id that is neither its vocabulary id nor the next one");
+			fw_tokenizer_free(t);
+			t = NULL;
+		}
+	}
+out:
+	json_decref(root);
+	return t;
+}
+
 /* --- serialisation: one JSON text that rebuilds the tokenizer ------------------------ */
 
 char *fw_tokenizer_serialize(const struct fw_tokenizer *t, struct fw_err *err)

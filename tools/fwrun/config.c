@@ -37,7 +37,8 @@ static const struct fw_option_def run_defs[] = {
 	  "byte or gpt2 (with --vocab-file and --merge-file); stored in checkpoints, so "
 	  "--load brings it back (none: token ids only)" },
 	{ "vocab-file", FW_OPT_STRING, "", 0, -1, NULL,
-	  "gpt2 tokenizer: vocab.json (Hugging Face) or encoder.json (OpenAI)" },
+	  "gpt2 tokenizer: vocab.json (Hugging Face) or encoder.json (OpenAI); without "
+	  "--merge-file, a Hugging Face tokenizer.json" },
 	{ "merge-file", FW_OPT_STRING, "", 0, -1, NULL,
 	  "gpt2 tokenizer: merges.txt (Hugging Face) or vocab.bpe (OpenAI)" },
 	{ "packing", FW_OPT_CHOICE, "packed", 0, -1, packing_choices,

@@ -169,12 +169,36 @@ static const struct fw_st_entry *find_key(const struct fw_st_file *f, const char
 	return e;
 }
 
+/* The tokenizer of a Hugging Face folder: tokenizer.json, else vocab.json +
+ * merges.txt; NULL with err clear when it has neither. One that fw cannot
+ * read is an error (import without it by moving the files away). */
+static struct fw_tokenizer *folder_tokenizer(const char *dir, int64_t vocab, struct fw_err *err)
+{
+	char tj[4200], vj[4200], mt[4200];
+	snprintf(tj, sizeof(tj), "%s/tokenizer.json", dir);
+	snprintf(vj, sizeof(vj), "%s/vocab.json", dir);
+	snprintf(mt, sizeof(mt), "%s/merges.txt", dir);
+	struct fw_tokenizer *t = NULL;
+	if (access(tj, F_OK) == 0)
+		t = fw_tokenizer_load_hf_json(tj, err);
+	else if (access(vj, F_OK) == 0 && access(mt, F_OK) == 0)
+		t = fw_tokenizer_load_bpe(vj, mt, err);
+	if (t && fw_tokenizer_vocab_size(t) > vocab) {
+		fw_errorf(err, FW_ERR_FORMAT, "%s: the tokenizer has %d tokens, more than the "
+			  "model's vocab_size %lld", dir, fw_tokenizer_vocab_size(t), (long long)vocab);
+		fw_tokenizer_free(t);
+		t = NULL;
+	}
+	return t;
+}
+
 int cmd_import(int argc, char **argv)
 {
 	if (argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"))) {
 		printf("usage: fwrun import HF_DIR OUT.h5\nReads a Hugging Face GPT-2 folder "
 		       "(config.json + model.safetensors; F32/F16/BF16) into an fw weights file\n"
-		       "usable with fwrun train/eval/generate --load=OUT.h5.\n");
+		       "usable with fwrun train/eval/generate --load=OUT.h5. The folder's tokenizer\n"
+		       "(tokenizer.json, or vocab.json + merges.txt), if any, is stored with it.\n");
 		return EXIT_OK;
 	}
 	if (argc != 2)
@@ -191,6 +215,8 @@ int cmd_import(int argc, char **argv)
 		return die(EXIT_RUNTIME, "%s", err.msg);
 
 	struct gpt2_set g;
+	struct fw_tokenizer *tok = NULL;
+	char *tok_json = NULL;
 	char *config = arch_config(&c);
 	if (gpt2_tensors(&c, &g) != 0 || !config) {
 		rc = die(EXIT_RUNTIME, "import: out of memory");
@@ -217,16 +243,29 @@ int cmd_import(int argc, char **argv)
 		else
 			fw_convert(t->data, FW_F32, e->data, e->dtype, fw_nelem(t));
 	}
-	struct fw_h5_attr attrs[] = { { "fw_arch", "arch/decoder" }, { "config", config },
-				      { "source", argv[0] } };
-	if (fw_h5_save(argv[1], g.tp, g.n, attrs, 3, &err) != FW_OK) {
+	tok = folder_tokenizer(argv[0], c.vocab, &err);
+	if (!tok && err.status) {
 		rc = die(EXIT_RUNTIME, "%s", err.msg);
 		goto out;
 	}
-	fprintf(stderr, "fwrun: imported %d tensors (%lld layers, width %lld) to %s\n", g.n,
-		(long long)c.n_layer, (long long)c.n_embd, argv[1]);
+	tok_json = tok ? fw_tokenizer_serialize(tok, &err) : NULL;
+	if (tok && !tok_json) {
+		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		goto out;
+	}
+	struct fw_h5_attr attrs[] = { { "fw_arch", "arch/decoder" }, { "config", config },
+				      { "source", argv[0] }, { TOKENIZER_ATTR, tok_json } };
+	if (fw_h5_save(argv[1], g.tp, g.n, attrs, tok_json ? 4 : 3, &err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		goto out;
+	}
+	fprintf(stderr, "fwrun: imported %d tensors (%lld layers, width %lld)%s to %s\n", g.n,
+		(long long)c.n_layer, (long long)c.n_embd,
+		tok ? " and the folder's GPT-2 tokenizer" : "", argv[1]);
 	rc = EXIT_OK;
 out:
+	fw_free(tok_json);
+	fw_tokenizer_free(tok);
 	gpt2_set_free(&g);
 	free(config);
 	fw_st_close(&st);
@@ -260,6 +299,48 @@ static bool config_str(const char *text, const char *key, char *out, size_t len)
 	size_t n = strcspn(p, "\n");
 	snprintf(out, len, "%.*s", (int)(n < len ? n : len - 1), p);
 	return true;
+}
+
+/* text[0..len) to path through a temporary file and a rename. */
+static enum fw_status write_atomic(const char *path, const char *text, size_t len,
+				   struct fw_err *err)
+{
+	char tmp[4300];
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	FILE *f = fopen(tmp, "wb");
+	bool ok = f && fwrite(text, 1, len, f) == len;
+	ok = f && fclose(f) == 0 && ok;
+	if (!ok || rename(tmp, path) != 0) {
+		unlink(tmp);
+		return fw_errorf(err, FW_ERR_IO, "%s: cannot write", path);
+	}
+	return FW_OK;
+}
+
+/* A stored gpt2 tokenizer as Hugging Face's vocab.json + merges.txt in dir. */
+static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *done,
+				       struct fw_err *err)
+{
+	char *stored = NULL, path[4200];
+	struct fw_err e = { 0 };
+	*done = false;
+	if (fw_h5_read_attr(h5, TOKENIZER_ATTR, &stored, &e) != FW_OK)
+		return e.status == FW_ERR_NOT_FOUND ? FW_OK : (*err = e, e.status);
+	json_t *root = json_loads(stored, 0, NULL);
+	json_t *vocab = json_object_get(root, "vocab"), *merges = json_object_get(root, "merges");
+	enum fw_status st = FW_OK;
+	if (json_is_string(vocab) && json_is_string(merges)) {
+		snprintf(path, sizeof(path), "%s/vocab.json", dir);
+		st = write_atomic(path, json_string_value(vocab), json_string_length(vocab), err);
+		snprintf(path, sizeof(path), "%s/merges.txt", dir);
+		if (st == FW_OK)
+			st = write_atomic(path, json_string_value(merges), json_string_length(merges),
+					  err);
+		*done = st == FW_OK;
+	}
+	json_decref(root);
+	fw_free(stored);
+	return st;
 }
 
 int cmd_export(int argc, char **argv)
@@ -358,7 +439,13 @@ int cmd_export(int argc, char **argv)
 		goto out;
 	}
 	json_decref(cfg);
-	fprintf(stderr, "fwrun: exported %d tensors to %s\n", g.n, argv[1]);
+	bool with_tok = false;
+	if (export_tokenizer(argv[0], argv[1], &with_tok, &err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		goto out;
+	}
+	fprintf(stderr, "fwrun: exported %d tensors%s to %s\n", g.n,
+		with_tok ? " and the GPT-2 tokenizer (vocab.json, merges.txt)" : "", argv[1]);
 	rc = EXIT_OK;
 out:
 	gpt2_set_free(&g);

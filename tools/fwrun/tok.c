@@ -1,4 +1,5 @@
-/* tok.c - the run's tokenizer: from --tokenizer/--vocab-file/--merge-file,
+/* tok.c - the run's tokenizer: from --tokenizer/--vocab-file/--merge-file
+ * (a vocab-file without merge-file is a Hugging Face tokenizer.json),
  * or the one a checkpoint stores in its "tokenizer" attribute (the JSON text
  * of fw_tokenizer_serialize), so that a model is always read and written
  * with the tokenizer it was trained with. */
@@ -11,9 +12,10 @@ static struct fw_tokenizer *from_options(const struct fw_options *o, struct fw_e
 {
 	const char *kind = fw_opt_str(o, "tokenizer");
 	const char *vocab = fw_opt_str(o, "vocab-file"), *merges = fw_opt_str(o, "merge-file");
-	if (!strcmp(kind, "gpt2") && (!*vocab || !*merges)) {
+	if (!strcmp(kind, "gpt2") && !*vocab) {
 		fw_errorf(err, FW_ERR_INVALID, "--tokenizer=gpt2 needs --vocab-file (vocab.json or "
-			  "encoder.json) and --merge-file (merges.txt or vocab.bpe)");
+			  "encoder.json, with --merge-file merges.txt or vocab.bpe; or a Hugging "
+			  "Face tokenizer.json alone)");
 		return NULL;
 	}
 	if (strcmp(kind, "gpt2") && (*vocab || *merges)) {
@@ -24,7 +26,8 @@ static struct fw_tokenizer *from_options(const struct fw_options *o, struct fw_e
 	if (!strcmp(kind, "byte"))
 		return fw_tokenizer_new_byte(NULL, 0, err);
 	if (!strcmp(kind, "gpt2"))
-		return fw_tokenizer_load_bpe(vocab, merges, err);
+		return *merges ? fw_tokenizer_load_bpe(vocab, merges, err) :
+			fw_tokenizer_load_hf_json(vocab, err);
 	return NULL;
 }
 

@@ -91,6 +91,12 @@ struct fw_tokenizer *fw_tokenizer_new_byte(const char *const *specials, int n_sp
  * merge's parts and result must be in the vocabulary; ids must be 0..n-1. */
 struct fw_tokenizer *fw_tokenizer_load_bpe(const char *vocab_json, const char *merges_txt,
 					   struct fw_err *err);
+/* GPT-2 byte-level BPE from a Hugging Face tokenizer.json (model BPE, vocab
+ * and merges as "A B" or ["A", "B"], ByteLevel pre-tokenizer with GPT-2's
+ * regex and no prefix space, no normalizer); added_tokens become specials at
+ * their ids. Other tokenizers (SentencePiece, Metaspace, other regexes) are
+ * FW_ERR_UNSUPPORTED, naming what differs. */
+struct fw_tokenizer *fw_tokenizer_load_hf_json(const char *path, struct fw_err *err);
 /* GPT-2 BPE from OpenAI's encoder.json + vocab.bpe. */
 struct fw_tokenizer *fw_tokenizer_load_gpt2(const char *encoder_json, const char *vocab_bpe,
 					    struct fw_err *err);
