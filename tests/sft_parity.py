@@ -28,6 +28,7 @@ Ends with "sft_parity: N passed, M failed"; exit code 0 only without failures.
 import json
 import os
 import random
+import subprocess
 import re
 import sys
 
@@ -63,7 +64,10 @@ RECORDS = [
 LONG = {"prompt": "Long prompt here: ", "response": "x" * 40 + " and more " * 3}
 
 
-def encode(rec):
+IM_START, IM_END = 257, 258  # --chat-template=chatml's specials after the byte tokenizer's EOS
+
+
+def encode(rec, chatml=False):
     """ids and loss flags per docs/data-formats.md, byte tokenizer."""
     ids, loss = [], []
 
@@ -72,7 +76,17 @@ def encode(rec):
         ids.extend(b)
         loss.extend([flag] * len(b))
 
-    if "messages" in rec:
+    if "messages" in rec and chatml:
+        for m in rec["messages"]:
+            a = m["role"] == "assistant"
+            ids.append(IM_START)
+            loss.append(False)
+            put(m["role"] + "\n", False)
+            put(m["content"], a)
+            ids.append(IM_END)
+            loss.append(a)
+            put("\n", False)
+    elif "messages" in rec:
         for i, m in enumerate(rec["messages"]):
             if i:
                 put("\n\n", False)
@@ -204,6 +218,56 @@ def check_parity(fw, work, W, h5):
             gp.rel(ex_loss, ref_loss) > 1e-3, f"{ex_loss:.6f} vs {ref_loss:.6f}")
 
 
+def check_chatml(fw, work, W, h5):
+    """--chat-template=chatml: the oracle on ChatML ids; generation parses the
+    markers in a prompt and stops at <|im_end|>."""
+    recs = [r for r in RECORDS if "messages" in r]
+    data = os.path.join(work, "chat.jsonl")
+    write_jsonl(data, recs)
+    examples = [encode(r, chatml=True) for r in recs]
+    ref_loss, ref_g = oracle(W, examples)
+    p, m, g = fw_grad(fw, work, h5, data, "chatml", ["--chat-template=chatml"])
+    if not R.check("--chat-template=chatml: runs", p.returncode == 0, gp.describe(p)):
+        return
+    e, where = grad_error(g, ref_g)
+    R.check("--chat-template=chatml: loss and gradient equal torch's on the ChatML ids "
+            "(assistant contents and their <|im_end|> in the loss)",
+            gp.rel(m["loss"], ref_loss) <= TOL_LOSS and e <= TOL_GRAD,
+            f"loss fw {m['loss']:.8f} torch {ref_loss:.8f}; grad err {e:.1e} in {where}")
+    # Generation: a model whose first greedy token is <|im_end|> (its output
+    # row set to 1.5 x that of torch's greedy choice t, which needs logit t > 0;
+    # the prompt does not contain <|im_end|>, so nothing else changes).
+    prompt = [IM_START] + list(b"user\nhi")
+    with torch.no_grad():
+        logits = gp.forward(W, torch.tensor([prompt]))[0, -1]
+    t = int(torch.argmax(logits))
+    W2 = dict(W)
+    W2["wte.weight"] = W["wte.weight"].clone()
+    W2["wte.weight"][IM_END] = 1.5 * W["wte.weight"][t]
+    R.check("the ChatML stop model: torch's greedy first token has a positive logit",
+            float(logits[t]) > 0.05, f"logit {float(logits[t]):.4f}")
+    os.makedirs(os.path.join(work, "im"), exist_ok=True)
+    h2 = gp.import_random(fw, os.path.join(work, "im"), W2, R)
+    if not h2:
+        return
+    outs = {}
+    for tmpl in ("chatml", "plain"):
+        run = os.path.join(work, "im", "run-" + tmpl)
+        p = fw("train", PLUGINS, f"--load={h2}", "--finetune", "--tokenizer=byte",
+               f"--data={data}", f"--chat-template={tmpl}", f"--seq-length={T}",
+               "--micro-batch-size=4", "--train-iters=1", "--lr=0", f"--run-dir={run}")
+        g = subprocess.run([fw.exe, "generate", "--plugins=arch/decoder,attention/mha",
+                            f"--load={run}", "--prompt=<|im_start|>user\nhi",
+                            "--temperature=0", "--max-new-tokens=8"], env=fw.env,
+                           capture_output=True, timeout=120)
+        outs[tmpl] = (p.returncode, g.returncode, g.stdout)
+    R.check("generate with a ChatML checkpoint: '<|im_start|>' in the prompt is the special "
+            "token and <|im_end|> ends the answer (nothing printed); without ChatML's "
+            "specials the same weights print other text",
+            outs["chatml"] == (0, 0, b"\n") and outs["plain"][:2] == (0, 0) and
+            outs["plain"][2] != b"\n", str(outs))
+
+
 def check_too_long(fw, work, W, h5):
     recs = RECORDS[:2] + [LONG]
     data = os.path.join(work, "long.jsonl")
@@ -291,6 +355,7 @@ def main():
         h5 = gp.import_random(fw, work, W, R)
         if h5:
             check_parity(fw, work, W, h5)
+            check_chatml(fw, work, W, h5)
             check_too_long(fw, work, W, h5)
             check_bad_records(fw, work, h5)
 

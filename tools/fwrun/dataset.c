@@ -52,7 +52,8 @@ static bool push(struct fw_tokenizer *tok, struct example *ex, const char *text,
 	return true;
 }
 
-static bool push_eos(struct fw_tokenizer *tok, struct example *ex, bool loss)
+/* Appends one token id (a special token: EOS, a chat marker). */
+static bool push_id(struct example *ex, int32_t id, bool loss)
 {
 	int32_t *ids = realloc(ex->ids, sizeof(int32_t) * (size_t)(ex->n + 1));
 	uint8_t *ls = ids ? realloc(ex->loss, (size_t)(ex->n + 1)) : NULL;
@@ -62,9 +63,27 @@ static bool push_eos(struct fw_tokenizer *tok, struct example *ex, bool loss)
 		ex->loss = ls;
 	if (!ids || !ls)
 		return false;
-	ex->ids[ex->n] = fw_tokenizer_eos(tok);
+	ex->ids[ex->n] = id;
 	ex->loss[ex->n++] = loss;
 	return true;
+}
+
+static bool push_eos(struct fw_tokenizer *tok, struct example *ex, bool loss)
+{
+	return push_id(ex, fw_tokenizer_eos(tok), loss);
+}
+
+enum fw_status encoder_init(struct encoder *e, struct fw_tokenizer *tok,
+			    const struct fw_options *run, struct fw_err *err)
+{
+	*e = (struct encoder){ .tok = tok, .im_start = -1, .im_end = -1 };
+	e->chatml = !strcmp(fw_opt_str(run, "chat-template"), "chatml");
+	if (!e->chatml || !tok)
+		return FW_OK;
+	enum fw_status st = fw_tokenizer_add_special(tok, "<|im_start|>", 12, &e->im_start, err);
+	if (st == FW_OK)
+		st = fw_tokenizer_add_special(tok, "<|im_end|>", 10, &e->im_end, err);
+	return st;
 }
 
 void example_free(struct example *ex)
@@ -74,16 +93,20 @@ void example_free(struct example *ex)
 	memset(ex, 0, sizeof(*ex));
 }
 
-/* The chat template: each message is "<Role>:\n<content>", messages are
- * separated by "\n\n", and each assistant content is followed by EOS.
- * Assistant contents and their EOS are in the loss, nothing else is. */
-static bool render_messages(struct fw_tokenizer *tok, json_t *msgs, struct example *ex,
+/* The chat templates. plain: each message is "<Role>:\n<content>",
+ * messages are separated by "\n\n", and each assistant content is followed
+ * by EOS. chatml: each message is <|im_start|> "<role>\n" <content>
+ * <|im_end|> "\n". Assistant contents and the EOS / <|im_end|> after them
+ * are in the loss, nothing else is. */
+static bool render_messages(const struct encoder *enc, json_t *msgs, struct example *ex,
 			    const char **why)
 {
-	static const char *const roles[][2] = {
-		{ "system", "System:\n" }, { "user", "User:\n" }, { "assistant", "Assistant:\n" },
+	static const char *const roles[][3] = {
+		{ "system", "System:\n", "system\n" }, { "user", "User:\n", "user\n" },
+		{ "assistant", "Assistant:\n", "assistant\n" },
 	};
 	static char buf[96];
+	struct fw_tokenizer *tok = enc->tok;
 	if (!json_is_array(msgs) || json_array_size(msgs) == 0)
 		return *why = "'messages' is not a non-empty array", false;
 	bool any_assistant = false;
@@ -107,10 +130,17 @@ static bool render_messages(struct fw_tokenizer *tok, json_t *msgs, struct examp
 			snprintf(buf, sizeof(buf), "messages[%zu]: empty 'content'", i);
 			return *why = buf, false;
 		}
-		bool a = r == 2;
+		bool a = r == 2, ok;
 		any_assistant |= a;
-		if ((i && !push(tok, ex, "\n\n", false)) || !push(tok, ex, roles[r][1], false) ||
-		    !push(tok, ex, json_string_value(content), a) || (a && !push_eos(tok, ex, true)))
+		if (enc->chatml)
+			ok = push_id(ex, enc->im_start, false) && push(tok, ex, roles[r][2], false) &&
+			     push(tok, ex, json_string_value(content), a) &&
+			     push_id(ex, enc->im_end, a) && push(tok, ex, "\n", false);
+		else
+			ok = (!i || push(tok, ex, "\n\n", false)) && push(tok, ex, roles[r][1], false) &&
+			     push(tok, ex, json_string_value(content), a) &&
+			     (!a || push_eos(tok, ex, true));
+		if (!ok)
 			return *why = "out of memory", false;
 	}
 	if (!any_assistant)
@@ -118,9 +148,10 @@ static bool render_messages(struct fw_tokenizer *tok, json_t *msgs, struct examp
 	return true;
 }
 
-bool example_from_json(struct fw_tokenizer *tok, const void *record, struct example *ex,
+bool example_from_json(const struct encoder *enc, const void *record, struct example *ex,
 		       const char **why)
 {
+	struct fw_tokenizer *tok = enc->tok;
 	json_t *r = (json_t *)record;
 	memset(ex, 0, sizeof(*ex));
 	*why = NULL;
@@ -130,7 +161,7 @@ bool example_from_json(struct fw_tokenizer *tok, const void *record, struct exam
 	json_t *msgs = json_object_get(r, "messages"), *text = json_object_get(r, "text");
 	bool ok;
 	if (msgs) {
-		ok = render_messages(tok, msgs, ex, why);
+		ok = render_messages(enc, msgs, ex, why);
 	} else if (prompt || resp) {
 		if (!prompt || !resp)
 			*why = prompt ? "'response' is missing" : "'prompt' is missing";
@@ -167,7 +198,7 @@ struct collect {
 	int64_t n, cap;
 	bool sft;                        /* some record is prompt/response or messages */
 	int64_t records, bad, max_bad;
-	struct fw_tokenizer *tok;
+	struct encoder enc;
 	uint32_t *stream;                /* plain text: EOS doc EOS doc ... */
 	int64_t n_stream, cap_stream;
 };
@@ -316,7 +347,7 @@ static enum fw_status collect_record(void *arg, const void *rec, long line, cons
 	struct example ex;
 	(void)line;
 	c->records++;
-	if (!example_from_json(c->tok, rec, &ex, why))
+	if (!example_from_json(&c->enc, rec, &ex, why))
 		return FW_OK;
 	if (json_object_get((json_t *)rec, "prompt") || json_object_get((json_t *)rec, "messages"))
 		c->sft = true;
@@ -454,8 +485,10 @@ enum fw_status dataset_open(struct loader *l, const struct fw_options *run, cons
 		return fw_errorf(err, FW_ERR_INVALID, "the %s tokenizer has no EOS token "
 				 "(<|endoftext|>) to end documents with", fw_tokenizer_name(tok));
 
-	struct collect c = { .max_bad = fw_opt_int(run, "max-bad-records"), .tok = tok };
-	enum fw_status st = FW_OK;
+	struct collect c = { .max_bad = fw_opt_int(run, "max-bad-records") };
+	enum fw_status st = encoder_init(&c.enc, tok, run, err);
+	if (st != FW_OK)
+		return st;
 	copy = strdup(paths);
 	if (!copy)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");

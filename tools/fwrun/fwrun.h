@@ -98,10 +98,21 @@ struct example {
 	uint8_t *loss;
 	int64_t n;
 };
+/* How records become tokens: the tokenizer and --chat-template (plain, or
+ * chatml with its <|im_start|> and <|im_end|> special tokens). */
+struct encoder {
+	struct fw_tokenizer *tok;
+	bool chatml;
+	int32_t im_start, im_end;
+};
+/* Reads --chat-template; chatml adds its two special tokens to tok (kept if
+ * it has them, as a checkpoint's tokenizer does). */
+enum fw_status encoder_init(struct encoder *e, struct fw_tokenizer *tok,
+			    const struct fw_options *run, struct fw_err *err);
 /* Tokenizes one JSON record: {"prompt", "response"}, {"messages": [...]}
  * or {"text"} (all tokens in the loss). On a bad record returns false with
  * why (static text) set. */
-bool example_from_json(struct fw_tokenizer *tok, const void *json_record, struct example *ex,
+bool example_from_json(const struct encoder *enc, const void *json_record, struct example *ex,
 		       const char **why);
 void example_free(struct example *ex);
 
@@ -184,7 +195,7 @@ int die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
  * response and multiple-choice records with g, an eval graph of m whose
  * outputs include m->logits. *json (malloc'd) gets the results as JSON
  * object members, without braces. */
-enum fw_status score_file(const char *path, int64_t max_bad, struct fw_tokenizer *tok,
+enum fw_status score_file(const char *path, const struct fw_options *run, struct fw_tokenizer *tok,
 			  struct fw_model *m, struct fw_graph *g, char **json, struct fw_err *err);
 
 #endif

@@ -275,6 +275,9 @@ static enum fw_status complete(struct gen *s, const int32_t *prompt, int64_t n,
 		s->seen[prompt[i]] = 1;
 	s->text.n = 0;
 	int32_t eos = s->tok ? fw_tokenizer_eos(s->tok) : -1;
+	int32_t turn_end = s->tok ? fw_tokenizer_find(s->tok, "<|im_end|>", 10) : -1;
+	if (turn_end >= 0 && !fw_tokenizer_is_special(s->tok, turn_end))
+		turn_end = -1;          /* ChatML's end of turn stops like EOS */
 	int tok = prompt[0], printed = 0;
 	for (int64_t p = 0; p < n + s->max_new - 1; p++) {
 		*(int32_t *)s->len->data = (int32_t)p;
@@ -301,7 +304,8 @@ static enum fw_status complete(struct gen *s, const int32_t *prompt, int64_t n,
 			printf("%s%d", printed++ ? "," : "", tok);
 		} else {
 			size_t nb = 0;
-			const char *b = tok == eos ? NULL : fw_tokenizer_token(s->tok, tok, &nb);
+			const char *b = tok == eos || tok == turn_end ? NULL :
+					fw_tokenizer_token(s->tok, tok, &nb);
 			if (!b || text_push(&s->text, b, nb))
 				break;          /* EOS or a stop string */
 		}
@@ -356,7 +360,9 @@ static enum fw_status encode(struct fw_tokenizer *tok, const char *text, size_t 
 			     struct fw_token_buf *ids, struct fw_err *err)
 {
 	ids->n = 0;
-	if (fw_tokenizer_encode(tok, text, len, false, ids, err) != FW_OK)
+	/* Special-token text in a prompt is the special token, as in Hugging
+	 * Face's tokenizers: prompts written in a chat template need it. */
+	if (fw_tokenizer_encode(tok, text, len, true, ids, err) != FW_OK)
 		return err->status;
 	if (ids->n == 0)
 		return fw_errorf(err, FW_ERR_INVALID, "the prompt is empty");

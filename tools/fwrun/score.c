@@ -40,7 +40,7 @@ struct rec {
 };
 
 struct scoring {
-	struct fw_tokenizer *tok;
+	struct encoder enc;
 	int64_t T;
 	struct seq *seq;
 	int64_t n_seq, cap_seq;
@@ -141,7 +141,7 @@ static enum fw_status add_record(void *arg, const void *record, long line, const
 			/* The choice as a response: the same encoding, less the EOS. */
 			json_t *pair = json_pack("{s:O, s:O}", "prompt", json_object_get(r, "prompt"),
 						 "response", c);
-			bool ok = pair && example_from_json(sc->tok, pair, &ex, why);
+			bool ok = pair && example_from_json(&sc->enc, pair, &ex, why);
 			json_decref(pair);
 			if (ok)
 				ex.n--;
@@ -153,7 +153,7 @@ static enum fw_status add_record(void *arg, const void *record, long line, const
 			}
 		}
 	} else {
-		if (!example_from_json(sc->tok, r, &ex, why))
+		if (!example_from_json(&sc->enc, r, &ex, why))
 			return FW_OK;
 		if (ex.loss[0]) {          /* nothing before the first response token */
 			example_free(&ex);
@@ -347,10 +347,14 @@ static char *report(const struct scoring *sc, const char *path, int64_t n_bad)
 	return buf;
 }
 
-enum fw_status score_file(const char *path, int64_t max_bad, struct fw_tokenizer *tok,
+enum fw_status score_file(const char *path, const struct fw_options *run, struct fw_tokenizer *tok,
 			  struct fw_model *m, struct fw_graph *g, char **json, struct fw_err *err)
 {
-	struct scoring sc = { .tok = tok, .T = m->seq_len };
+	struct scoring sc = { .T = m->seq_len };
+	int64_t max_bad = fw_opt_int(run, "max-bad-records");
+	enum fw_status est = encoder_init(&sc.enc, tok, run, err);
+	if (est != FW_OK)
+		return est;
 	int64_t n_bad = 0;
 	*json = NULL;
 	enum fw_status st = jsonl_foreach(path, max_bad, &n_bad, add_record, &sc, err);

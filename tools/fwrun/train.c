@@ -1003,7 +1003,7 @@ int cmd_eval(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
-	if (*score && score_file(score, opt_i(&s, "max-bad-records"), s.tok, &s.model, s.eval_g,
+	if (*score && score_file(score, s.cfg.run, s.tok, &s.model, s.eval_g,
 				 &scores, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
