@@ -217,7 +217,7 @@ static bool add_example(struct collect *c, struct example *ex)
 	return true;
 }
 
-static char *read_all(const char *path, size_t *len, struct fw_err *err)
+char *read_whole_file(const char *path, size_t *len, struct fw_err *err)
 {
 	FILE *f = fopen(path, "rb");
 	if (!f) {
@@ -259,7 +259,7 @@ static enum fw_status read_text(struct collect *c, struct fw_tokenizer *tok, con
 				struct fw_err *err)
 {
 	size_t len;
-	char *text = read_all(path, &len, err);
+	char *text = read_whole_file(path, &len, err);
 	if (!text)
 		return err->status;
 	if (len == 0) {

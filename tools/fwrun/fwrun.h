@@ -88,6 +88,8 @@ enum fw_status dataset_open(struct loader *l, const struct fw_options *run, cons
  * model of vocab tokens; names the file and position otherwise. */
 enum fw_status loader_check_vocab(const struct loader *l, const struct fw_tokenizer *tok,
 				  int64_t vocab, struct fw_err *err);
+/* The bytes of path, NUL-terminated, malloc'd; NULL with err naming the file. */
+char *read_whole_file(const char *path, size_t *len, struct fw_err *err);
 /* positions (B, T) and attn_bias (B, 1, T, T) for the sequences in seg. */
 void dataset_masks(const int32_t *seg, int64_t B, int64_t T, int32_t *positions, float *bias);
 

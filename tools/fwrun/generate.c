@@ -320,42 +320,6 @@ static enum fw_status complete(struct gen *s, const int32_t *prompt, int64_t n,
 
 /* --- prompts --------------------------------------------------------------------------- */
 
-static char *read_file(const char *path, size_t *len, struct fw_err *err)
-{
-	FILE *f = fopen(path, "rb");
-	char *buf = NULL;
-	size_t cap = 0;
-	*len = 0;
-	if (!f) {
-		fw_errorf(err, FW_ERR_IO, "--prompt-file: %s: %s", path, strerror(errno));
-		return NULL;
-	}
-	for (;;) {
-		if (*len + 4096 + 1 > cap) {
-			char *b = realloc(buf, cap = 2 * cap + 4096 + 1);
-			if (!b) {
-				fw_errorf(err, FW_ERR_NOMEM, "--prompt-file: %s: out of memory",
-					  path);
-				break;
-			}
-			buf = b;
-		}
-		size_t got = fread(buf + *len, 1, cap - *len - 1, f);
-		*len += got;
-		if (got == 0)
-			break;
-	}
-	if (!err->status && ferror(f))
-		fw_errorf(err, FW_ERR_IO, "--prompt-file: %s: %s", path, strerror(errno));
-	fclose(f);
-	if (err->status) {
-		free(buf);
-		return NULL;
-	}
-	buf[*len] = '\0';
-	return buf;
-}
-
 static enum fw_status encode(struct fw_tokenizer *tok, const char *text, size_t len,
 			     struct fw_token_buf *ids, struct fw_err *err)
 {
@@ -492,8 +456,8 @@ int cmd_generate(int argc, char **argv)
 		}
 	}
 	size_t text_len = strlen(text);
-	if (*file && !(text = file_text = read_file(file, &text_len, &err))) {
-		rc = die(EXIT_USAGE, "%s", err.msg);
+	if (*file && !(text = file_text = read_whole_file(file, &text_len, &err))) {
+		rc = die(EXIT_USAGE, "--prompt-file: %s", err.msg);
 		goto out;
 	}
 	if (!interactive && s.tok) {
