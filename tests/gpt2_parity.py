@@ -817,9 +817,8 @@ def main():
         print(f"gpt2_parity: {a.fwrun}: not an executable", file=sys.stderr)
         return 2
     fw = Fw(os.path.abspath(a.fwrun), os.path.abspath(a.plugin_path))
-    work = tempfile.mkdtemp(prefix="gpt2_parity.")
-    t0 = time.time()
-    try:
+
+    def body(work):
         torch.manual_seed(0)
         W = random_weights(1234)
         rng = np.random.RandomState(42)
@@ -848,22 +847,8 @@ def main():
                f"lr {train_m['lr']:.2e}, final weights (abs) {train_m.get('final_w', float('nan')):.2e}"
                f" (k bias {train_m.get('final_kbias', float('nan')):.2e})"
                if train_m else ""))
-    except Exception as e:           # a bug in this script or an fwrun hang: a clear failure
-        import traceback
-        traceback.print_exc()
-        R.check("test script ran to the end", False, f"{type(e).__name__}: {e}")
-    finally:
-        if a.keep:
-            print(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print(f"({time.time() - t0:.1f} s, of which fwrun {fw.seconds:.1f} s)")
-    for s in R.skipped:
-        print(f"skipped: {s}")
-    for f in R.failures:
-        print(f"FAILED: {f}", file=sys.stderr)
-    print(f"gpt2_parity: {R.passed} passed, {R.failed} failed")
-    return 1 if R.failed else 0
+
+    return R.run("gpt2_parity", a.keep, body)
 
 
 if __name__ == "__main__":

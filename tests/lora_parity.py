@@ -45,10 +45,7 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
-import time
 
 import h5py
 import numpy as np
@@ -753,10 +750,9 @@ def main():
         print(f"lora_parity: {a.fwrun}: not an executable", file=sys.stderr)
         return 2
     fw = g2.Fw(os.path.abspath(a.fwrun), os.path.abspath(a.plugin_path))
-    work = tempfile.mkdtemp(prefix="lora_parity.")
-    t0 = time.time()
     summary = {}
-    try:
+
+    def body(work):
         W = g2.random_weights(1234)
         rng = np.random.RandomState(42)
         c = TRAIN
@@ -810,20 +806,8 @@ def main():
             if m:
                 print(f"parity [{k}]: max relative difference per-step loss {m['loss']:.2e}, "
                       f"grad norm {m['grad_norm']:.2e}; final adapter (abs) {m['final']:.2e}")
-    except Exception as e:          # a bug here or an fwrun hang: a clear failure
-        import traceback
-        traceback.print_exc()
-        R.check("test script ran to the end", False, f"{type(e).__name__}: {e}")
-    finally:
-        if a.keep:
-            print(f"work directory kept: {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    print(f"({time.time() - t0:.1f} s, of which fwrun {fw.seconds:.1f} s)")
-    for f in R.failures:
-        print(f"FAILED: {f}", file=sys.stderr)
-    print(f"lora_parity: {R.passed} passed, {R.failed} failed")
-    return 1 if R.failed else 0
+
+    return R.run("lora_parity", a.keep, body)
 
 
 if __name__ == "__main__":
