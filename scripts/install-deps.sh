@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
-# Installs every Debian package fw needs to build, test and benchmark.
+# Installs every Debian package fw needs to build, test and benchmark, one a
+# line with the reason. Installed with --no-install-recommends, so anything a
+# package only recommends but the build needs is named here too.
 # Idempotent: does nothing when all are present. Run as root on Debian 12.
 set -euo pipefail
 
 PACKAGES=(
-	clang libomp-dev cmake make pkg-config        # toolchain, LLVM OpenMP
-	libdnnl-dev                                   # oneDNN: matrix multiply
-	libhdf5-dev hdf5-tools                        # weights and checkpoints
-	check                                         # unit tests
-	libjansson-dev                                # JSON (configs, safetensors)
-	libinih-dev                                   # INI config files
-	libpcre2-dev                                  # regexes (tokenizer)
-	python3-torch python3-h5py python3-numpy      # PyTorch oracle for tests
-	nodejs npm                                    # reference GPT-2 encoder for tests
-	fortunes                                      # the demo corpus: English quotations
+	ca-certificates     # npm fetches the reference tokenizer over https
+	clang               # the compiler of the default build and the ASan+UBSan suite
+	gcc                 # the other supported compiler (CI builds with both)
+	g++                 # the installed headers are checked to compile as C++17
+	libomp-dev          # LLVM OpenMP: fw's thread pool (linked before libdnnl's libgomp)
+	cmake               # the build
+	make                # cmake's generator
+	pkg-config          # finds check, jansson, pcre2; the installed fw.pc
+	libdnnl-dev         # oneDNN: matrix multiply
+	ocl-icd-opencl-dev  # only Recommended by libdnnl-dev, but its dnnl-config.cmake finds OpenCL
+	libhdf5-dev         # weights and checkpoints
+	hdf5-tools          # h5dump/h5ls in the HDF5 format docs and checks
+	check               # the C unit test framework
+	libjansson-dev      # JSON: configs, safetensors headers, tokenizer.json
+	libinih-dev         # INI config files
+	libpcre2-dev        # regexes: GPT-2's pre-tokenizer
+	python3             # the oracle scripts run under /usr/bin/python3
+	python3-torch       # PyTorch: the oracle of the parity tests
+	python3-h5py        # the oracle scripts read fw's HDF5 files
+	python3-numpy       # the oracle scripts' arrays
+	nodejs              # runs GPT-2's reference encoder (npm gpt-3-encoder)
+	npm                 # fetches that encoder
+	fortunes            # the demo corpus: English quotations
 )
 
 missing=()
