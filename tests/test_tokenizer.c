@@ -422,7 +422,8 @@ START_TEST(test_bpe_invalid_utf8)
 		for (size_t i = 0; i < n; i++) {
 			uint64_t x = fwt_rng_u64(&r);
 			s[i] = (char)(x % 3 == 0 ? 0x80 | (x >> 8 & 0x7f) : x % 3 == 1 ?
-				      "hello world aab'sxyz\n\t "[x >> 8 & 15] : x >> 16);
+				      (uint64_t)(unsigned char)"hello world aab'sxyz\n\t "[x >> 8 & 15] :
+				      x >> 16);
 		}
 		ck_encode(t, s, n, it & 1, NULL, 0);
 	}

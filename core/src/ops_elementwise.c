@@ -466,7 +466,8 @@ static void bin_grad(const struct fw_tensor *out, const struct fw_tensor *x,
 	case BC_ROWVEC:
 		if (bc_grad_rowvec(&g, dx, dy, w, ex))
 			break;
-		/* fall through: no scratch, split columns instead */
+		/* no scratch: split columns instead */
+		__attribute__((fallthrough));
 	case BC_GENERIC:
 		bc_grad_generic(&g, dx, dy, w);
 		break;

@@ -65,9 +65,11 @@ static enum fw_status parse_adapters(const char *spec, struct adapter_ref *refs,
 		char *eq = strchr(item, '=');
 		if (eq) {
 			*eq = '\0';
-			snprintf(r->name, sizeof(r->name), "%s", item);
-			snprintf(r->path, sizeof(r->path), "%s", eq + 1);
-			if (!good_name(r->name) || strlen(item) >= sizeof(r->name))
+			bool fits = snprintf(r->name, sizeof(r->name), "%s", item) < (int)sizeof(r->name);
+			if (snprintf(r->path, sizeof(r->path), "%s", eq + 1) >= (int)sizeof(r->path))
+				return fw_errorf(err, FW_ERR_INVALID, "--adapter: path of '%s' too long",
+						 item);
+			if (!good_name(r->name) || !fits)
 				return fw_errorf(err, FW_ERR_INVALID,
 						 "--adapter: '%s' is not an adapter name (letters, "
 						 "digits, '_', '-', '.')", item);
@@ -77,8 +79,10 @@ static enum fw_status parse_adapters(const char *spec, struct adapter_ref *refs,
 			size_t bl = strlen(base);
 			if (bl > 3 && !strcmp(base + bl - 3, ".h5"))
 				bl -= 3;
+			if (bl >= sizeof(r->name) ||
+			    snprintf(r->path, sizeof(r->path), "%s", item) >= (int)sizeof(r->path))
+				return fw_errorf(err, FW_ERR_INVALID, "--adapter: '%s' is too long", item);
 			snprintf(r->name, sizeof(r->name), "%.*s", (int)bl, base);
-			snprintf(r->path, sizeof(r->path), "%s", item);
 		}
 		if (!r->path[0])
 			return fw_errorf(err, FW_ERR_INVALID, "--adapter: '%s' names no file", r->name);

@@ -391,7 +391,8 @@ enum fw_status config_load(struct config *c, int argc, char **argv, bool need_pl
 
 	memset(c, 0, sizeof(*c));
 	*n_pos = 0;
-	c->run = fw_options_new(run_option_defs(&nd), nd, "fwrun");
+	const struct fw_option_def *defs = run_option_defs(&nd);   /* sets nd first */
+	c->run = fw_options_new(defs, nd, "fwrun");
 	if (!c->run)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 
