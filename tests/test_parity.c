@@ -602,6 +602,7 @@ END_TEST
 
 int main(void)
 {
+	fw_machine_report(stdout);      /* which matmul kernel each dtype runs on */
 	Suite *s = suite_create("parity");
 	TCase *tc = fwt_tcase("golden", 120);
 	tcase_add_test(tc, test_coverage);

@@ -4,7 +4,18 @@
  * operands: transposes and permuted views are only strides, so attention's
  * q @ k^T runs on the views of the fused qkv projection without a copy.
  * oneDNN primitives are cached by their full descriptor.
+ *
+ * Kernels are chosen per product when its primitive is created: oneDNN's own
+ * for the operands' dtype where it has one for this CPU (f32 everywhere; bf16
+ * with AVX512-BF16 or AMX, or emulated on AVX-512; f16 with AVX512-FP16).
+ * Otherwise, as for bf16 on an AVX2-only CPU, the half-precision operands are
+ * widened to f32 and multiplied by oneDNN's f32 kernel. A product of two
+ * bf16 or two f16 values is exact in f32, and both paths accumulate in f32,
+ * so the two differ only in summation order. FW_MATMUL_FALLBACK=1 in the
+ * environment (or fw_matmul_force_fallback) forces the widening path on any
+ * CPU, so that it is tested everywhere.
  */
+#include <stdlib.h>
 #include <string.h>
 
 #include <oneapi/dnnl/dnnl.h>
@@ -24,9 +35,18 @@ struct mm_key {
 	int accumulate;
 };
 
+/* How a half-precision operand reaches an f32 kernel. */
+struct mm_widen {
+	int64_t n;                   /* elements */
+	bool dense;                  /* a permutation of a packed block: one linear pass */
+	struct mm_operand f32;       /* the widened operand's layout */
+};
+
 struct mm_entry {
 	struct mm_key key;
 	bool used;
+	bool widen;                  /* operands widened to f32 (no native kernel) */
+	struct mm_widen wa, wb;
 	dnnl_primitive_t prim;
 	dnnl_memory_t mem_a, mem_b, mem_c;
 };
@@ -35,10 +55,13 @@ struct mm_entry {
 
 static struct {
 	bool ready;
+	bool force_fallback;
 	dnnl_engine_t engine;
 	dnnl_stream_t stream;
 	struct mm_entry entries[MM_CACHE_SIZE];
 	int n_entries;
+	float *scratch;              /* widened operands: a, then b */
+	size_t scratch_floats;
 } mm;
 
 static enum fw_status dnnl_ready(struct fw_err *err)
@@ -48,6 +71,9 @@ static enum fw_status dnnl_ready(struct fw_err *err)
 	if (dnnl_engine_create(&mm.engine, dnnl_cpu, 0) != dnnl_success ||
 	    dnnl_stream_create(&mm.stream, mm.engine, dnnl_stream_default_flags) != dnnl_success)
 		return fw_errorf(err, FW_ERR_INTERNAL, "matmul: cannot create a oneDNN CPU engine");
+	const char *env = getenv("FW_MATMUL_FALLBACK");
+	if (env && *env && strcmp(env, "0"))
+		mm.force_fallback = true;
 	mm.ready = true;
 	return FW_OK;
 }
@@ -71,6 +97,19 @@ void fw_gemm_cache_clear(void)
 		if (mm.entries[i].used)
 			entry_release(&mm.entries[i]);
 	mm.n_entries = 0;
+	free(mm.scratch);
+	mm.scratch = NULL;
+	mm.scratch_floats = 0;
+}
+
+void fw_matmul_force_fallback(bool force)
+{
+	struct fw_err err;
+	if (dnnl_ready(&err) != FW_OK)
+		return;
+	if (mm.force_fallback != force)
+		fw_gemm_cache_clear();
+	mm.force_fallback = force;
 }
 
 static uint64_t key_hash(const struct mm_key *k)
@@ -89,51 +128,133 @@ static dnnl_data_type_t dnnl_dt(int dt)
 
 static bool md_init(dnnl_memory_desc_t *md, const struct mm_operand *o, int dt)
 {
-	return dnnl_memory_desc_init_by_strides(md, o->ndim, o->ne, dnnl_dt(dt), o->nb) ==
-	       dnnl_success;
+	dnnl_dims_t ne = { 0 }, nb = { 0 };   /* oneDNN's arrays are DNNL_MAX_NDIMS long */
+	for (int i = 0; i < o->ndim; i++) {
+		ne[i] = o->ne[i];
+		nb[i] = o->nb[i];
+	}
+	return dnnl_memory_desc_init_by_strides(md, o->ndim, ne, dnnl_dt(dt), nb) == dnnl_success;
 }
 
-static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
-				   struct fw_err *err)
+/* --- widening half-precision operands to f32 ------------------------------------ */
+
+/* The layout an operand takes in f32: the same strides when its elements
+ * fill a packed block in some dimension order (weights, plain or transposed,
+ * and contiguous activations), else row-major. */
+static struct mm_widen widen_plan(const struct mm_operand *o)
+{
+	struct mm_widen w = { .n = 1, .f32 = *o };
+	int order[FW_MAX_DIMS], m = 0;
+	for (int i = 0; i < o->ndim; i++) {
+		w.n *= o->ne[i];
+		if (o->ne[i] > 1)
+			order[m++] = i;
+	}
+	for (int i = 1; i < m; i++)            /* dims by increasing stride */
+		for (int j = i; j > 0 && o->nb[order[j]] < o->nb[order[j - 1]]; j--) {
+			int t = order[j]; order[j] = order[j - 1]; order[j - 1] = t;
+		}
+	int64_t want = 1;
+	w.dense = true;
+	for (int i = 0; i < m; i++) {
+		if (o->nb[order[i]] != want)
+			w.dense = false;
+		want *= o->ne[order[i]];
+	}
+	if (!w.dense) {
+		int64_t st = 1;
+		for (int i = o->ndim - 1; i >= 0; i--) {
+			w.f32.nb[i] = st;
+			st *= o->ne[i];
+		}
+	}
+	return w;
+}
+
+static float half_to_f32(const void *p, int dt, int64_t i)
+{
+	uint16_t h = ((const uint16_t *)p)[i];
+	return dt == FW_BF16 ? fw_bf16_to_f32(h) : fw_f16_to_f32(h);
+}
+
+/* dst (row-major, o's shape) = o's elements at src, widened to f32. */
+static void widen_gather(float *dst, const struct mm_operand *o, const void *src, int dt)
+{
+	int64_t ne[4] = { 1, 1, 1, 1 }, nb[4] = { 0, 0, 0, 0 };
+	int off = 4 - o->ndim;
+	for (int i = 0; i < o->ndim; i++) {
+		ne[off + i] = o->ne[i];
+		nb[off + i] = o->nb[i];
+	}
+	int64_t rows = ne[0] * ne[1] * ne[2];
+	#pragma omp parallel for schedule(static) if (rows * ne[3] > 65536)
+	for (int64_t r = 0; r < rows; r++) {
+		int64_t i2 = r % ne[2], i1 = (r / ne[2]) % ne[1], i0 = r / (ne[2] * ne[1]);
+		int64_t base = i0 * nb[0] + i1 * nb[1] + i2 * nb[2];
+		float *out = dst + r * ne[3];
+		for (int64_t c = 0; c < ne[3]; c++)
+			out[c] = half_to_f32(src, dt, base + c * nb[3]);
+	}
+}
+
+static void widen(float *dst, const struct mm_widen *w, const struct mm_operand *o,
+		  const void *src, int dt)
+{
+	if (w->dense)
+		fw_convert(dst, FW_F32, src, dt, w->n);
+	else
+		widen_gather(dst, o, src, dt);
+}
+
+static bool scratch_reserve(size_t floats)
+{
+	if (floats <= mm.scratch_floats)
+		return true;
+	float *p = NULL;
+	if (posix_memalign((void **)&p, FW_ALIGN, floats * sizeof(float)) != 0)
+		return false;
+	free(mm.scratch);
+	mm.scratch = p;
+	mm.scratch_floats = floats;
+	return true;
+}
+
+/* --- primitives -------------------------------------------------------------------- */
+
+/* The matmul primitive for a, b (dtype dt) and c (f32); false if oneDNN has
+ * none for them on this CPU. */
+static bool primitive_create(dnnl_primitive_t *prim, const struct mm_operand *a,
+			     const struct mm_operand *b, const struct mm_operand *c, int dt,
+			     bool accumulate, char *impl, size_t impl_len)
 {
 	dnnl_memory_desc_t a_md, b_md, c_md;
 	dnnl_matmul_desc_t desc;
 	dnnl_primitive_attr_t attr = NULL;
 	dnnl_post_ops_t po = NULL;
 	dnnl_primitive_desc_t pd = NULL;
-	enum fw_status s = FW_ERR_INTERNAL;
+	bool ok = false;
 
-	memset(e, 0, sizeof(*e));
-	e->key = *k;
-	if (!md_init(&a_md, &k->a, k->dt) || !md_init(&b_md, &k->b, k->dt) ||
-	    !md_init(&c_md, &k->c, FW_F32))
-		goto fail;
+	*prim = NULL;
+	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, c, FW_F32))
+		goto out;
 	if (dnnl_matmul_desc_init(&desc, &a_md, &b_md, NULL, &c_md) != dnnl_success)
-		goto fail;
+		goto out;
 	if (dnnl_primitive_attr_create(&attr) != dnnl_success)
-		goto fail;
-	if (k->accumulate) {
+		goto out;
+	if (accumulate) {
 		if (dnnl_post_ops_create(&po) != dnnl_success ||
 		    dnnl_post_ops_append_sum(po, 1.0f) != dnnl_success ||
 		    dnnl_primitive_attr_set_post_ops(attr, po) != dnnl_success)
-			goto fail;
+			goto out;
 	}
 	if (dnnl_primitive_desc_create(&pd, &desc, attr, mm.engine, NULL) != dnnl_success)
-		goto fail;
-	if (dnnl_primitive_create(&e->prim, pd) != dnnl_success)
-		goto fail;
-	if (dnnl_memory_create(&e->mem_a, &a_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success ||
-	    dnnl_memory_create(&e->mem_b, &b_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success ||
-	    dnnl_memory_create(&e->mem_c, &c_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success)
-		goto fail;
-	e->used = true;
-	s = FW_OK;
-	goto out;
-fail:
-	entry_release(e);
-	fw_errorf(err, FW_ERR_INTERNAL, "matmul: oneDNN rejected a %dx%dx%d %s product",
-		  (int)k->c.ne[k->c.ndim - 2], (int)k->c.ne[k->c.ndim - 1],
-		  (int)k->a.ne[k->a.ndim - 1], fw_dtype_name(k->dt));
+		goto out;
+	if (impl) {
+		const char *name = NULL;
+		dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &name);
+		snprintf(impl, impl_len, "%s", name ? name : "?");
+	}
+	ok = dnnl_primitive_create(prim, pd) == dnnl_success;
 out:
 	if (pd)
 		dnnl_primitive_desc_destroy(pd);
@@ -141,7 +262,42 @@ out:
 		dnnl_post_ops_destroy(po);
 	if (attr)
 		dnnl_primitive_attr_destroy(attr);
-	return s;
+	return ok;
+}
+
+static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
+				   struct fw_err *err)
+{
+	const struct mm_operand *a = &k->a, *b = &k->b;
+	dnnl_memory_desc_t a_md, b_md, c_md;
+
+	memset(e, 0, sizeof(*e));
+	e->key = *k;
+	bool native = k->dt == FW_F32 || !mm.force_fallback;
+	if (!native || !primitive_create(&e->prim, a, b, &k->c, k->dt, k->accumulate, NULL, 0)) {
+		if (k->dt == FW_F32)
+			goto fail;
+		e->widen = true;
+		e->wa = widen_plan(&k->a);
+		e->wb = widen_plan(&k->b);
+		a = &e->wa.f32;
+		b = &e->wb.f32;
+		if (!primitive_create(&e->prim, a, b, &k->c, FW_F32, k->accumulate, NULL, 0))
+			goto fail;
+	}
+	int dt = e->widen ? FW_F32 : k->dt;
+	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, &k->c, FW_F32) ||
+	    dnnl_memory_create(&e->mem_a, &a_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success ||
+	    dnnl_memory_create(&e->mem_b, &b_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success ||
+	    dnnl_memory_create(&e->mem_c, &c_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success)
+		goto fail;
+	e->used = true;
+	return FW_OK;
+fail:
+	entry_release(e);
+	return fw_errorf(err, FW_ERR_INTERNAL, "matmul: oneDNN rejected a %dx%dx%d %s product",
+			 (int)k->c.ne[k->c.ndim - 2], (int)k->c.ne[k->c.ndim - 1],
+			 (int)k->a.ne[k->a.ndim - 1], fw_dtype_name(k->dt));
 }
 
 static struct mm_entry *entry_get(const struct mm_key *k, struct fw_err *err)
@@ -175,6 +331,16 @@ static enum fw_status mm_run(const struct mm_key *k, const void *a, const void *
 	struct mm_entry *e = entry_get(k, err);
 	if (!e)
 		return err->status;
+	if (e->widen) {
+		if (!scratch_reserve((size_t)(e->wa.n + e->wb.n)))
+			return fw_errorf(err, FW_ERR_NOMEM, "matmul: no memory to widen a %s product",
+					 fw_dtype_name(k->dt));
+		float *wa = mm.scratch, *wb = mm.scratch + e->wa.n;
+		widen(wa, &e->wa, &k->a, a, k->dt);
+		widen(wb, &e->wb, &k->b, b, k->dt);
+		a = wa;
+		b = wb;
+	}
 	dnnl_memory_set_data_handle(e->mem_a, (void *)a);
 	dnnl_memory_set_data_handle(e->mem_b, (void *)b);
 	dnnl_memory_set_data_handle(e->mem_c, c);
@@ -346,8 +512,10 @@ static enum fw_status matmul_infer(struct fw_tensor *out, struct fw_err *err)
 
 	if (!b)
 		return fw_errorf(err, FW_ERR_INVALID, "matmul: second operand missing");
-	if (a->dtype != b->dtype || (a->dtype != FW_F32 && a->dtype != FW_BF16))
-		return fw_errorf(err, FW_ERR_SHAPE, "matmul: operands are %s and %s; need both f32 or both bf16",
+	if (a->dtype != b->dtype ||
+	    (a->dtype != FW_F32 && a->dtype != FW_BF16 && a->dtype != FW_F16))
+		return fw_errorf(err, FW_ERR_SHAPE,
+				 "matmul: operands are %s and %s; need both f32, bf16 or f16",
 				 fw_dtype_name(a->dtype), fw_dtype_name(b->dtype));
 	if (a->ndim < 2 || b->ndim < 2 || (b->ndim != 2 && b->ndim != a->ndim))
 		return fw_errorf(err, FW_ERR_SHAPE,
@@ -402,11 +570,11 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	struct fw_err err;
 	enum fw_status s;
 
-	/* bf16 products take the output gradient rounded to bf16 (as autocast
-	 * does); the products still accumulate in f32. */
-	if (dt == FW_BF16) {
+	/* Half-precision products take the output gradient rounded to their
+	 * dtype (as autocast does); the products still accumulate in f32. */
+	if (dt != FW_F32) {
 		FW_ASSERT(ex->ws_size >= (size_t)fw_nelem(out) * 2);
-		fw_convert(ex->ws, FW_BF16, out->grad->data, FW_F32, fw_nelem(out));
+		fw_convert(ex->ws, dt, out->grad->data, FW_F32, fw_nelem(out));
 		pdc = ex->ws;
 	}
 	if (a->grad) {
@@ -431,7 +599,7 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 
 static size_t matmul_workspace(const struct fw_tensor *out)
 {
-	return out->src[0]->dtype == FW_BF16 ? (size_t)fw_nelem(out) * 2 : 0;
+	return out->src[0]->dtype != FW_F32 ? (size_t)fw_nelem(out) * 2 : 0;
 }
 
 static uint32_t matmul_saved(const struct fw_tensor *out)
@@ -484,4 +652,33 @@ enum fw_status fw_gemm_run(const struct fw_gemm *g, const void *a, const void *b
 	k.dt = g->dt_ab;
 	k.accumulate = g->accumulate;
 	return mm_run(&k, a, b, c, &err);
+}
+
+/* --- which kernel a dtype gets on this CPU ---------------------------------------- */
+
+const char *fw_matmul_kernel(enum fw_dtype dt, char *buf, size_t len)
+{
+	struct fw_err err;
+	struct mm_operand a = { .ndim = 2, .ne = { 256, 256 }, .nb = { 256, 1 } };
+	dnnl_primitive_t prim = NULL;
+	char impl[128];
+
+	if (dnnl_ready(&err) != FW_OK) {
+		snprintf(buf, len, "none (no oneDNN CPU engine)");
+		return buf;
+	}
+	bool native = dt == FW_F32 || !mm.force_fallback;
+	if (native && primitive_create(&prim, &a, &a, &a, dt, false, impl, sizeof(impl))) {
+		snprintf(buf, len, "oneDNN %s", impl);
+	} else if (dt != FW_F32 &&
+		   primitive_create(&prim, &a, &a, &a, FW_F32, false, impl, sizeof(impl))) {
+		snprintf(buf, len, "widened to f32, then oneDNN %s (%s)", impl,
+			 mm.force_fallback ? "forced by FW_MATMUL_FALLBACK"
+					   : "oneDNN has no kernel for this CPU");
+	} else {
+		snprintf(buf, len, "none: oneDNN rejected a %s product", fw_dtype_name(dt));
+	}
+	if (prim)
+		dnnl_primitive_destroy(prim);
+	return buf;
 }

@@ -160,6 +160,7 @@ enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_er
 /* --- subcommands ------------------------------------------------------------------- */
 
 int cmd_list(int argc, char **argv);
+int cmd_info(int argc, char **argv);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_plan(int argc, char **argv);

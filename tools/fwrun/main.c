@@ -31,6 +31,7 @@ static const char usage[] =
 	"  merge      fold a LoRA adapter into its base model's weights file\n"
 	"  export-adapter  LoRA adapter to Hugging Face PEFT's layout\n"
 	"  tokenize   text or JSONL files to token shards (byte or GPT-2 BPE)\n"
+	"  info       version, CPU features, oneDNN ISA, OpenMP threads, kernel per dtype\n"
 	"\n"
 	"Plugins are named KIND/NAME (arch/decoder, optim/adamw, ...) and found in\n"
 	"FW_PLUGIN_PATH, the install directory, then the build tree.\n"
@@ -44,6 +45,11 @@ int main(int argc, char **argv)
 		return argc < 2 ? EXIT_USAGE : EXIT_OK;
 	}
 	const char *cmd = argv[1];
+	if (!strcmp(cmd, "--version")) {
+		printf("fwrun (fw) %d.%d.%d, plugin ABI %d.%d\n", FW_VERSION_MAJOR, FW_VERSION_MINOR,
+		       FW_VERSION_PATCH, FW_ABI_MAJOR, FW_ABI_MINOR);
+		return EXIT_OK;
+	}
 	argc -= 2;
 	argv += 2;
 	if (!strcmp(cmd, "train"))
@@ -66,8 +72,11 @@ int main(int argc, char **argv)
 		return cmd_export_adapter(argc, argv);
 	if (!strcmp(cmd, "tokenize"))
 		return cmd_tokenize(argc, argv);
+	if (!strcmp(cmd, "info"))
+		return cmd_info(argc, argv);
 	static const char *const cmds[] = { "train", "eval", "generate", "plan", "list",
-					    "import", "export", "merge", "export-adapter", "tokenize" };
+					    "import", "export", "merge", "export-adapter", "tokenize",
+					    "info" };
 	const char *near = fw_nearest_name(cmd, cmds, (int)(sizeof(cmds) / sizeof(cmds[0])));
 	return die(EXIT_USAGE, "unknown command '%s'%s%s%s (see fwrun --help)", cmd,
 		   near ? "; did you mean '" : "", near ? near : "", near ? "'?" : "");

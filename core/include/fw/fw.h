@@ -12,6 +12,7 @@
 #include "fw/loader.h"
 #include "fw/safetensors.h"
 #include "fw/tokenizer.h"
+#include "fw/machine.h"
 
 #define FW_VERSION_MAJOR 0
 #define FW_VERSION_MINOR 1

@@ -1,0 +1,23 @@
+/* info.c - fwrun info: the version, and what decides speed on this machine. */
+#include <string.h>
+
+#include "fwrun.h"
+
+int cmd_info(int argc, char **argv)
+{
+	if (argc > 0 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"))) {
+		puts("usage: fwrun info\n"
+		     "\n"
+		     "Prints fw's version and plugin ABI, the CPU and its features, the ISA\n"
+		     "oneDNN dispatches to, the OpenMP runtime and its threads, and the matmul\n"
+		     "kernel each dtype gets. ONEDNN_MAX_CPU_ISA limits oneDNN's ISA;\n"
+		     "FW_MATMUL_FALLBACK=1 forces bf16/f16 products through f32.");
+		return EXIT_OK;
+	}
+	if (argc > 0)
+		return die(EXIT_USAGE, "info: unexpected argument '%s'", argv[0]);
+	printf("fw: %d.%d.%d, plugin ABI %d.%d\n", FW_VERSION_MAJOR, FW_VERSION_MINOR,
+	       FW_VERSION_PATCH, FW_ABI_MAJOR, FW_ABI_MINOR);
+	fw_machine_report(stdout);
+	return EXIT_OK;
+}
