@@ -146,10 +146,10 @@ static void parse_args(int argc, char **argv)
 
 static volatile float sink;
 
-#if defined(__AVX512F__)
-#define PEAK_ISA "AVX-512 _mm512_fmadd_ps"
-#define FMA_FLOPS_PER_ITER (16 * 16 * 2)
-__attribute__((noinline)) static void fma_loop(long n)
+/* Each loop is compiled for its ISA whatever -march the build has, and run
+ * only where /proc/cpuinfo shows that ISA (main). */
+#define FMA512_FLOPS_PER_ITER (16 * 16 * 2)
+__attribute__((noinline, target("avx512f"))) static void fma512_loop(long n)
 {
 	const __m512 m = _mm512_set1_ps(0.9999999f), c = _mm512_set1_ps(1e-7f);
 	__m512 a0 = _mm512_set1_ps(1.0f), a1 = _mm512_set1_ps(1.1f), a2 = _mm512_set1_ps(1.2f),
@@ -176,10 +176,9 @@ __attribute__((noinline)) static void fma_loop(long n)
 							 _mm512_add_ps(a14, a15))));
 	sink = _mm512_reduce_add_ps(s);
 }
-#elif defined(__FMA__)
-#define PEAK_ISA "AVX2 _mm256_fmadd_ps (no AVX-512 in this build)"
-#define FMA_FLOPS_PER_ITER (12 * 8 * 2)
-__attribute__((noinline)) static void fma_loop(long n)
+
+#define FMA256_FLOPS_PER_ITER (12 * 8 * 2)
+__attribute__((noinline, target("avx2,fma"))) static void fma256_loop(long n)
 {
 	const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
 	__m256 a[12];
@@ -196,16 +195,9 @@ __attribute__((noinline)) static void fma_loop(long n)
 	}
 	sink = s;
 }
-#else
-#define PEAK_ISA ""
-#define FMA_FLOPS_PER_ITER 0
-static void fma_loop(long n) { (void)n; }
-#endif
 
-#if defined(__AVX512BF16__)
-#define HAVE_DPBF16 1
 #define DP_FLOPS_PER_ITER (16 * 32 * 2)
-__attribute__((noinline)) static void dpbf16_loop(long n)
+__attribute__((noinline, target("avx512f,avx512bf16"))) static void dpbf16_loop(long n)
 {
 	const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_set1_ps(1e-3f), _mm512_set1_ps(2e-3f));
 	const __m512bh y = _mm512_cvtne2ps_pbh(_mm512_set1_ps(3e-3f), _mm512_set1_ps(1e-3f));
@@ -227,11 +219,6 @@ __attribute__((noinline)) static void dpbf16_loop(long n)
 		s = _mm512_add_ps(s, a[j]);
 	sink = _mm512_reduce_add_ps(s);
 }
-#else
-#define HAVE_DPBF16 0
-#define DP_FLOPS_PER_ITER 0
-static void dpbf16_loop(long n) { (void)n; }
-#endif
 
 /* GFLOP/s of loop() run on every thread at once: the best of a few reps. */
 static double peak_gflops(void (*loop)(long), double flops_per_iter, int threads)
@@ -606,7 +593,7 @@ static void build_graphs(struct bench *b, struct result *r)
 	struct fw_graph_opts go = { .backward = true, .training = true };
 	b->graph = loss ? fw_graph_new(ctx, &loss, 1, &go) : NULL;
 	if (!b->graph) {
-		snprintf(r->note, sizeof(r->note), "; graph n/a: %s", fw_ctx_err(ctx)->msg);
+		snprintf(r->note, sizeof(r->note), "; graph n/a: %.100s", fw_ctx_err(ctx)->msg);
 		return;
 	}
 	/* Same operand values as the bare and fw_gemm_run cases. */
@@ -626,7 +613,7 @@ static void build_graphs(struct bench *b, struct result *r)
 	b->lgraph = lt ? fw_graph_new(lctx, &lt, 1, &go) : NULL;
 	r->have_graph = b->lgraph != NULL;
 	if (!b->lgraph)
-		snprintf(r->note, sizeof(r->note), "; loss graph n/a: %s", fw_ctx_err(lctx)->msg);
+		snprintf(r->note, sizeof(r->note), "; loss graph n/a: %.100s", fw_ctx_err(lctx)->msg);
 	else
 		fill(p->data, FW_F32, fw_nelem(p));
 }
@@ -1029,20 +1016,21 @@ int main(int argc, char **argv)
 	int nt = omp_get_max_threads();
 
 	const dnnl_version_t *v = dnnl_version();
-	char cpu[128] = "?";
-	FILE *f = fopen("/proc/cpuinfo", "r");
-	if (f) {
-		char line[256];
-		while (fgets(line, sizeof(line), f)) {
-			char *c = strchr(line, ':');
-			if (!strncmp(line, "model name", 10) && c) {
-				snprintf(cpu, sizeof(cpu), "%s", c + 2);
-				cpu[strcspn(cpu, "\n")] = 0;
-				break;
-			}
-		}
-		fclose(f);
+	struct fw_cpu cpuf;
+	fw_cpu_detect(&cpuf);
+	const char *cpu = cpuf.model;
+	/* The peak loops and the bf16 rows this CPU can run. */
+	const bool fma512 = cpuf.avx512f, dpbf16 = cpuf.avx512f && cpuf.avx512_bf16;
+	void (*fma_loop)(long) = fma512 ? fma512_loop : fma256_loop;
+	const double fma_flops = fma512 ? FMA512_FLOPS_PER_ITER : FMA256_FLOPS_PER_ITER;
+	const char *peak_isa = fma512 ? "AVX-512 _mm512_fmadd_ps" :
+			       "AVX2 _mm256_fmadd_ps (no AVX-512 on this CPU)";
+	if (opt.do_bf16 && !(cpuf.avx512_bf16 || cpuf.amx_bf16)) {
+		printf("bf16: SKIPPED, this CPU has neither avx512_bf16 nor amx_bf16 (fw widens bf16 "
+		       "products to f32 there; --dtype f32 measures that kernel)\n");
+		opt.do_bf16 = false;
 	}
+	fw_machine_report(stdout);
 	printf("fw gemm benchmark: GPT-2 124M linears, M = B*T = 1024\n");
 	printf("fw %d.%d.%d, oneDNN %d.%d.%d (%s, cpu runtime %s), %d OpenMP threads "
 	       "(omp_get_max_threads), %d cores online, cpu: %s\n",
@@ -1076,9 +1064,9 @@ int main(int argc, char **argv)
 	DNNL_CHECK(dnnl_stream_create(&bare_stream, bare_engine, dnnl_stream_default_flags));
 
 	/* Peaks, before and after the GEMMs: the higher of the two is used. */
-	double fma0 = PEAK_ISA[0] ? peak_gflops(fma_loop, FMA_FLOPS_PER_ITER, nt) : 0;
-	double fma_1t = PEAK_ISA[0] ? peak_gflops(fma_loop, FMA_FLOPS_PER_ITER, 1) : 0;
-	double dp0 = HAVE_DPBF16 ? peak_gflops(dpbf16_loop, DP_FLOPS_PER_ITER, nt) : 0;
+	double fma0 = peak_gflops(fma_loop, fma_flops, nt);
+	double fma_1t = peak_gflops(fma_loop, fma_flops, 1);
+	double dp0 = dpbf16 ? peak_gflops(dpbf16_loop, DP_FLOPS_PER_ITER, nt) : 0;
 
 	static struct result res[2][N_SHAPES];
 	struct summary sum[2] = { 0 };
@@ -1092,23 +1080,20 @@ int main(int argc, char **argv)
 			bench_shape(&shapes[order[j]], dts[d], &res[d][order[j]], &graph_slow);
 	}
 
-	double fma1 = PEAK_ISA[0] ? peak_gflops(fma_loop, FMA_FLOPS_PER_ITER, nt) : 0;
-	double dp1 = HAVE_DPBF16 ? peak_gflops(dpbf16_loop, DP_FLOPS_PER_ITER, nt) : 0;
+	double fma1 = peak_gflops(fma_loop, fma_flops, nt);
+	double dp1 = dpbf16 ? peak_gflops(dpbf16_loop, DP_FLOPS_PER_ITER, nt) : 0;
 	double fma_peak = fmax(fma0, fma1), dp_peak = fmax(dp0, dp1);
-	if (PEAK_ISA[0])
-		printf("peak: FMA %s x16 chains: %.1f GFLOP/s on %d threads = %.1f GFLOP/s per core "
-		       "(best of before %.1f / after %.1f; one thread alone: %.1f)\n",
-		       PEAK_ISA, fma_peak, nt, fma_peak / nt, fma0, fma1, fma_1t);
-	else
-		printf("peak: no FMA in this build (-march without FMA); %%pk columns are 0\n");
-	if (HAVE_DPBF16)
+	printf("peak: FMA %s x%d chains: %.1f GFLOP/s on %d threads = %.1f GFLOP/s per core "
+	       "(best of before %.1f / after %.1f; one thread alone: %.1f)\n",
+	       peak_isa, fma512 ? 16 : 12, fma_peak, nt, fma_peak / nt, fma0, fma1, fma_1t);
+	if (dpbf16)
 		printf("peak: AVX512-BF16 _mm512_dpbf16_ps x16 chains: %.1f GFLOP/s on %d threads "
 		       "= %.1f GFLOP/s per core, %.2fx the FMA peak (before %.1f / after %.1f)\n",
 		       dp_peak, nt, dp_peak / nt, fma_peak > 0 ? dp_peak / fma_peak : 0, dp0, dp1);
 	else
-		printf("peak: AVX512-BF16 not available in this build; bf16 %%pk uses the FMA peak\n");
+		printf("peak: no AVX512-BF16 on this CPU; bf16 %%pk uses the FMA peak\n");
 	printf("peak: AMX-BF16 is not measured by these loops (bf16 %%pk is against dpbf16)\n");
-	if (PEAK_ISA[0] && nt > 1 && fma_peak < 0.9 * nt * fma_1t)
+	if (nt > 1 && fma_peak < 0.9 * nt * fma_1t)
 		printf("peak: WARNING: %d threads reached only %.0f%% of %d x one thread: the cores "
 		       "were not all free (shared machine?); %%pk is then too high\n",
 		       nt, 100 * fma_peak / (nt * fma_1t), nt);
@@ -1124,7 +1109,7 @@ int main(int argc, char **argv)
 	for (int d = 0; d < 2; d++)
 		if (on[d])
 			print_dtype(dts[d], res[d], d ? dp_peak : fma_peak,
-				    d ? (HAVE_DPBF16 ? "AVX512-BF16 dpbf16" : "FMA") : "FMA",
+				    d ? (dpbf16 ? "AVX512-BF16 dpbf16" : "FMA") : "FMA",
 				    &sum[d]);
 
 	printf("\n");
