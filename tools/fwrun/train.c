@@ -1,8 +1,11 @@
 /* train.c - fwrun train / eval / plan: a model from plugins, the training
  * loop (accumulation, clipping, schedule), evaluation, metrics, checkpoints,
  * resume and clean interruption. */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -409,20 +412,115 @@ static enum fw_status make_dir(const char *path, struct fw_err *err)
 	return FW_OK;
 }
 
-static enum fw_status write_file_atomic(const char *path, const char *text, struct fw_err *err)
+/* fsyncs a directory, making a rename in it durable; EINVAL means its file
+ * system cannot. */
+static int sync_dir(const char *dir)
 {
-	char tmp[4200];
+	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	int rc = fsync(fd), e = errno;
+	close(fd);
+	errno = e;
+	return rc && e != EINVAL ? -1 : 0;
+}
+
+/* text to dir/name through dir/name.tmp.PID: written, fsync'd, renamed, and
+ * the rename fsync'd. A failure leaves the old file as it was. */
+static enum fw_status write_file_atomic(const char *dir, const char *name, const char *text,
+					struct fw_err *err)
+{
+	char path[4200], tmp[4300];
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
 	FILE *f = fopen(tmp, "w");
 	if (!f)
 		return fw_errorf(err, FW_ERR_IO, "%s: %s", tmp, strerror(errno));
 	bool ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-	ok = (fclose(f) == 0) && ok;
-	if (!ok || rename(tmp, path) != 0) {
-		unlink(tmp);
-		return fw_errorf(err, FW_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+	int e = errno;
+	if (fclose(f) != 0 && ok) {
+		ok = false;
+		e = errno;
 	}
+	if (ok && rename(tmp, path) != 0) {
+		ok = false;
+		e = errno;
+	}
+	if (!ok) {
+		unlink(tmp);
+		return fw_errorf(err, FW_ERR_IO, "%s: cannot write: %s", path, strerror(e));
+	}
+	if (sync_dir(dir) != 0)
+		return fw_errorf(err, FW_ERR_IO, "%s: written, but syncing directory %s failed: %s",
+				 path, dir, strerror(errno));
 	return FW_OK;
+}
+
+/* The number N if s[0..len) is exactly prefix, decimal digits, suffix
+ * ("ckpt-", N, ".h5"); -1 otherwise (signs, spaces, trailing text). */
+static long long numbered(const char *s, size_t len, const char *prefix, const char *suffix)
+{
+	size_t np = strlen(prefix), ns = strlen(suffix), i = np;
+	long long n = 0;
+	if (len < np + 1 + ns || strncmp(s, prefix, np) || strncmp(s + len - ns, suffix, ns))
+		return -1;
+	for (; i < len - ns; i++) {
+		if (!isdigit((unsigned char)s[i]) || n > (LLONG_MAX - 9) / 10)
+			return -1;
+		n = n * 10 + (s[i] - '0');
+	}
+	return n;
+}
+
+/* The step of a complete checkpoint's file name, exactly ckpt-<digits>.h5;
+ * -1 for anything else, a writer's ckpt-N.h5.tmp.PID included. */
+static long long ckpt_step(const char *name)
+{
+	return numbered(name, strlen(name), "ckpt-", ".h5");
+}
+
+/* The writer's pid if name is a temporary file fwrun writes in a run
+ * directory, FINAL.tmp.PID for FINAL config.ini, ckpt-N.h5 or adapter-N.h5;
+ * 0 otherwise. */
+static long temp_writer(const char *name)
+{
+	const char *t = NULL;
+	for (const char *p = strstr(name, ".tmp."); p; p = strstr(p + 1, ".tmp."))
+		t = p;
+	if (!t || !t[5])
+		return 0;
+	long pid = 0;
+	for (const char *p = t + 5; *p; p++) {
+		if (!isdigit((unsigned char)*p) || pid > INT_MAX / 10)
+			return 0;
+		pid = pid * 10 + (*p - '0');
+	}
+	size_t len = (size_t)(t - name);
+	bool ours = (len == strlen("config.ini") && !strncmp(name, "config.ini", len)) ||
+		    numbered(name, len, "ckpt-", ".h5") >= 0 ||
+		    numbered(name, len, "adapter-", ".h5") >= 0;
+	return ours && pid <= INT_MAX ? pid : 0;
+}
+
+/* Removes the temporary files of writers killed mid-write. Only those whose
+ * pid no process has: a live writer keeps its file. */
+static void remove_stale_temps(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		long pid = temp_writer(e->d_name);
+		if (pid <= 0 || kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+			continue;
+		char path[4400];
+		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
+		if (unlink(path) == 0)
+			fprintf(stderr, "fwrun: removed %s (left by a writer that is gone)\n", path);
+		else if (errno != ENOENT)
+			fprintf(stderr, "fwrun: cannot remove %s: %s\n", path, strerror(errno));
+	}
+	if (d)
+		closedir(d);
 }
 
 static enum fw_status open_run_dir(struct session *s, struct fw_err *err)
@@ -443,12 +541,14 @@ static enum fw_status open_run_dir(struct session *s, struct fw_err *err)
 		st = make_dir(s->save_dir, err);
 	if (st != FW_OK)
 		return st;
+	remove_stale_temps(s->run_dir);
+	if (strcmp(s->save_dir, s->run_dir))
+		remove_stale_temps(s->save_dir);
 	char path[4200];
 	char *config = config_dump(&s->cfg);
 	if (!config)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	snprintf(path, sizeof(path), "%s/config.ini", s->run_dir);
-	st = write_file_atomic(path, config, err);
+	st = write_file_atomic(s->run_dir, "config.ini", config, err);
 	free(config);
 	if (st != FW_OK)
 		return st;
@@ -708,7 +808,8 @@ out:
 	return st;
 }
 
-/* --load=DIR picks the newest ckpt-*.h5 in it. */
+/* --load=DIR picks the newest complete checkpoint in it: the regular file
+ * ckpt-<digits>.h5 with the largest number. Temporary files are not. */
 enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
 {
 	struct stat st;
@@ -722,11 +823,15 @@ enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_er
 	DIR *d = opendir(arg);
 	struct dirent *e;
 	while (d && (e = readdir(d))) {
-		long long n;
-		char tail[2];
-		if (sscanf(e->d_name, "ckpt-%lld.h%1[5]", &n, tail) == 2 && n > best) {
+		long long n = ckpt_step(e->d_name);
+		char path[4400];
+		struct stat fs;
+		if (n <= best)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", arg, e->d_name);
+		if (stat(path, &fs) == 0 && S_ISREG(fs.st_mode)) {
 			best = n;
-			snprintf(out, len, "%s/%s", arg, e->d_name);
+			snprintf(out, len, "%s", path);
 		}
 	}
 	if (d)
