@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "fwrun.h"
+#include "../../plugins/arch/decoder/dims.h"
 
 static const char *const conv1d_suffix[] = { "attn.c_attn.weight", "attn.c_proj.weight",
 					     "mlp.c_fc.weight", "mlp.c_proj.weight" };
@@ -36,37 +37,186 @@ struct gpt2_config {
 	bool tie;
 };
 
+/* A JSON value as it is written, for messages (cut at len). */
+static void json_text(const json_t *v, char *out, size_t len)
+{
+	char *t = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
+	snprintf(out, len, "%s", t ? t : "null");
+	free(t);
+}
+
+/* For a parse error at byte pos of a JSON file: the key whose value it is
+ * in ("KEY": <here>), so that a value jansson cannot read (NaN, Infinity, as
+ * Python writes them) is named. "" when the error is not in a value. */
+static void key_before(const char *path, int pos, char *out, size_t len)
+{
+	struct fw_err e = { 0 };
+	size_t n = 0, colon = 0;
+	char *text = pos > 0 ? read_whole_file(path, &n, &e) : NULL;
+	*out = 0;
+	if (text && (size_t)pos < n)
+		n = (size_t)pos;
+	for (size_t i = 0; text && i < n; i++) {
+		if (text[i] != '"')
+			continue;
+		size_t b = ++i;
+		while (i < n && text[i] != '"')
+			i += text[i] == '\\' ? 2 : 1;
+		size_t j = i + 1;
+		while (j < n && strchr(" \t\r\n", text[j]))
+			j++;
+		if (i < n && j < n && text[j] == ':') {
+			snprintf(out, len, "%.*s", (int)(i - b), text + b);
+			colon = j;
+		}
+	}
+	/* after the key's colon, only the start of the value */
+	for (size_t i = colon + 1; *out && i < n; i++)
+		if (strchr(",{}[]\"", text[i]))
+			*out = 0;
+	free(text);
+}
+
+/* A size key: present and an integer (its range is the decoder's rule). */
+static enum fw_status cfg_int(const char *path, const json_t *root, const char *key,
+			      int64_t *out, struct fw_err *err)
+{
+	json_t *v = json_object_get(root, key);
+	char t[64];
+	if (!v)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: %s is missing", path, key);
+	if (!json_is_integer(v)) {
+		json_text(v, t, sizeof(t));
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: %s %s is not an integer", path, key, t);
+	}
+	*out = json_integer_value(v);
+	return FW_OK;
+}
+
+/* The activations that are arch/decoder's GELU, tanh form (Hugging Face's
+ * ACT2FN names of that one function); "gelu" is the erf form. */
+static const char *const tanh_gelu[] = { "gelu_new", "gelu_pytorch_tanh", "gelu_fast",
+					 "gelu_accurate", NULL };
+
+/* GPT-2 switches: a boolean when present; refused when it is not what
+ * arch/decoder computes (refuse) with why. reorder_and_upcast_attn only
+ * computes attention scores in f32, which fw always does: both values pass. */
+static const struct {
+	const char *key;
+	int refuse;                     /* 0, 1: that value is refused; -1: none is */
+	const char *why;
+} switches[] = {
+	{ "scale_attn_weights", 0, "arch/decoder always scales attention by 1/sqrt(head_dim)" },
+	{ "scale_attn_by_inverse_layer_idx", 1, "arch/decoder does not scale attention by "
+	  "1/(layer+1)" },
+	{ "add_cross_attention", 1, "arch/decoder has no cross-attention" },
+	{ "reorder_and_upcast_attn", -1, NULL },
+};
+
+/* config.json: every value import reads is checked, the sizes by the rules
+ * of arch/decoder (dims.h). The first problem is err, one line naming the
+ * file, the key and the value. */
 static enum fw_status read_config(const char *dir, struct gpt2_config *c, struct fw_err *err)
 {
-	char path[4200];
+	char path[4200], t[64];
 	json_error_t je;
 	snprintf(path, sizeof(path), "%s/config.json", dir);
 	json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-	if (!root)
-		return fw_errorf(err, errno == ENOENT && je.line < 0 ? FW_ERR_IO : FW_ERR_FORMAT,
-				 "%s: %s", path, je.text);
-	const char *keys[] = { "n_layer", "n_head", "n_embd", "vocab_size", "n_positions" };
-	int64_t *dst[] = { &c->n_layer, &c->n_head, &c->n_embd, &c->vocab, &c->n_pos };
-	enum fw_status s = FW_OK;
-	for (int i = 0; i < 5; i++) {
-		json_t *v = json_object_get(root, keys[i]);
-		if (!v && i == 4)
-			v = json_object_get(root, "n_ctx");
-		if (!json_is_integer(v) || json_integer_value(v) <= 0) {
-			s = fw_errorf(err, FW_ERR_FORMAT, "%s: '%s' missing or not a positive integer",
-				      path, keys[i]);
-			break;
-		}
-		*dst[i] = json_integer_value(v);
+	if (!root) {
+		if (errno == ENOENT && je.line < 0)
+			return fw_errorf(err, FW_ERR_IO, "%s: %s", path, je.text);
+		char key[64];
+		key_before(path, je.position, key, sizeof(key));
+		return fw_errorf(err, FW_ERR_FORMAT, "%s:%d:%d: %s%s%s", path, je.line, je.column,
+				 key, *key ? ": " : "", je.text);
 	}
-	json_t *eps = json_object_get(root, "layer_norm_epsilon");
-	c->eps = json_is_number(eps) ? json_number_value(eps) : 1e-5;
-	json_t *tie = json_object_get(root, "tie_word_embeddings");
-	c->tie = tie ? json_is_true(tie) : true;
-	json_t *mt = json_object_get(root, "model_type");
-	if (s == FW_OK && json_is_string(mt) && strcmp(json_string_value(mt), "gpt2"))
-		s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: model_type '%s' is not gpt2", path,
-			      json_string_value(mt));
+	enum fw_status s = FW_OK;
+	json_t *v;
+	*c = (struct gpt2_config){ .eps = 1e-5, .tie = true };
+	if (!json_is_object(root)) {
+		s = fw_errorf(err, FW_ERR_FORMAT, "%s: not a JSON object", path);
+		goto out;
+	}
+	/* n_positions; older files have n_ctx only */
+	const char *pos_key = json_object_get(root, "n_positions") || !json_object_get(root, "n_ctx") ?
+			      "n_positions" : "n_ctx";
+	if ((v = json_object_get(root, "model_type")) &&
+	    (!json_is_string(v) || strcmp(json_string_value(v), "gpt2"))) {
+		json_text(v, t, sizeof(t));
+		s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: model_type %s is not \"gpt2\"", path, t);
+		goto out;
+	}
+	if ((s = cfg_int(path, root, "n_layer", &c->n_layer, err)) ||
+	    (s = cfg_int(path, root, "n_head", &c->n_head, err)) ||
+	    (s = cfg_int(path, root, "n_embd", &c->n_embd, err)) ||
+	    (s = cfg_int(path, root, "vocab_size", &c->vocab, err)) ||
+	    (s = cfg_int(path, root, pos_key, &c->n_pos, err)))
+		goto out;
+	if ((v = json_object_get(root, "layer_norm_epsilon"))) {
+		if (!json_is_number(v)) {
+			json_text(v, t, sizeof(t));
+			s = fw_errorf(err, FW_ERR_FORMAT, "%s: layer_norm_epsilon %s is not a number",
+				      path, t);
+			goto out;
+		}
+		c->eps = json_number_value(v);
+	}
+	static const char *const keys[6] = { "n_layer", "n_head", "n_embd", "vocab_size", NULL,
+					     "layer_norm_epsilon" };
+	const char *k6[6];
+	memcpy(k6, keys, sizeof(k6));
+	k6[4] = pos_key;
+	struct decoder_dims dims = { c->n_layer, c->n_head, c->n_embd, c->vocab, c->n_pos, c->eps };
+	char why[160];
+	if (!decoder_dims_check(&dims, k6, why, sizeof(why))) {
+		s = fw_errorf(err, FW_ERR_FORMAT, "%s: %s", path, why);
+		goto out;
+	}
+	if ((v = json_object_get(root, "tie_word_embeddings"))) {
+		if (!json_is_boolean(v)) {
+			json_text(v, t, sizeof(t));
+			s = fw_errorf(err, FW_ERR_FORMAT, "%s: tie_word_embeddings %s is not true or "
+				      "false", path, t);
+			goto out;
+		}
+		c->tie = json_is_true(v);
+	}
+	if ((v = json_object_get(root, "activation_function"))) {
+		int i = 0;
+		while (json_is_string(v) && tanh_gelu[i] && strcmp(json_string_value(v), tanh_gelu[i]))
+			i++;
+		if (!json_is_string(v) || !tanh_gelu[i]) {
+			json_text(v, t, sizeof(t));
+			s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: activation_function %s is not "
+				      "arch/decoder's GELU, the tanh form (gelu_new, gelu_pytorch_tanh, "
+				      "gelu_fast, gelu_accurate)", path, t);
+			goto out;
+		}
+	}
+	if ((v = json_object_get(root, "n_inner")) && !json_is_null(v) &&
+	    (!json_is_integer(v) || json_integer_value(v) != DECODER_MLP_MULT * c->n_embd)) {
+		json_text(v, t, sizeof(t));
+		s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: n_inner %s is not null or %d * n_embd "
+			      "(%lld), the MLP width of arch/decoder", path, t, DECODER_MLP_MULT,
+			      (long long)(DECODER_MLP_MULT * c->n_embd));
+		goto out;
+	}
+	for (size_t i = 0; i < sizeof(switches) / sizeof(switches[0]); i++) {
+		if (!(v = json_object_get(root, switches[i].key)))
+			continue;
+		json_text(v, t, sizeof(t));
+		if (!json_is_boolean(v)) {
+			s = fw_errorf(err, FW_ERR_FORMAT, "%s: %s %s is not true or false", path,
+				      switches[i].key, t);
+			goto out;
+		}
+		if (json_is_true(v) == switches[i].refuse) {
+			s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: %s %s is not supported: %s", path,
+				      switches[i].key, t, switches[i].why);
+			goto out;
+		}
+	}
+out:
 	json_decref(root);
 	return s;
 }
@@ -88,7 +238,7 @@ static char *arch_config(const struct gpt2_config *c)
 }
 
 /* The tensors a GPT-2 with this config has, in fw names and shapes (f32,
- * data allocated): what import fills and export reads. */
+ * data allocated with alloc): what import fills and export reads. */
 struct gpt2_set {
 	int n;
 	struct fw_tensor *ts;
@@ -104,7 +254,7 @@ static void gpt2_set_free(struct gpt2_set *g)
 	memset(g, 0, sizeof(*g));
 }
 
-static int gpt2_tensors(const struct gpt2_config *c, struct gpt2_set *g)
+static int gpt2_tensors(const struct gpt2_config *c, struct gpt2_set *g, bool alloc)
 {
 	int cap = 3 + 12 * (int)c->n_layer + 3;
 	int64_t C = c->n_embd;
@@ -138,7 +288,7 @@ static int gpt2_tensors(const struct gpt2_config *c, struct gpt2_set *g)
 	if (!c->tie)
 		ADD(2, c->vocab, C, "lm_head.weight");
 #undef ADD
-	for (int i = 0; i < g->n; i++)
+	for (int i = 0; alloc && i < g->n; i++)
 		if (!(g->ts[i].data = malloc(fw_nbytes(&g->ts[i]))))
 			return -1;
 	return 0;
@@ -171,7 +321,8 @@ static const struct fw_st_entry *find_key(const struct fw_st_file *f, const char
 
 /* The tokenizer of a Hugging Face folder: tokenizer.json, else vocab.json +
  * merges.txt; NULL with err clear when it has neither. One that fw cannot
- * read is an error (import without it by moving the files away). */
+ * read is an error (import without it by moving the files away), and so is
+ * one with more tokens than config.json's vocab_size. */
 static struct fw_tokenizer *folder_tokenizer(const char *dir, int64_t vocab, struct fw_err *err)
 {
 	char tj[4200], vj[4200], mt[4200];
@@ -179,17 +330,75 @@ static struct fw_tokenizer *folder_tokenizer(const char *dir, int64_t vocab, str
 	snprintf(vj, sizeof(vj), "%s/vocab.json", dir);
 	snprintf(mt, sizeof(mt), "%s/merges.txt", dir);
 	struct fw_tokenizer *t = NULL;
+	const char *from = tj;
 	if (access(tj, F_OK) == 0)
 		t = fw_tokenizer_load_hf_json(tj, err);
 	else if (access(vj, F_OK) == 0 && access(mt, F_OK) == 0)
-		t = fw_tokenizer_load_bpe(vj, mt, err);
+		t = fw_tokenizer_load_bpe(vj, mt, err), from = vj;
 	if (t && fw_tokenizer_vocab_size(t) > vocab) {
-		fw_errorf(err, FW_ERR_FORMAT, "%s: the tokenizer has %d tokens, more than the "
-			  "model's vocab_size %lld", dir, fw_tokenizer_vocab_size(t), (long long)vocab);
+		fw_errorf(err, FW_ERR_FORMAT, "%s/config.json: vocab_size %lld is less than the %d "
+			  "tokens of the folder's tokenizer (%s)", dir, (long long)vocab,
+			  fw_tokenizer_vocab_size(t), from);
 		fw_tokenizer_free(t);
 		t = NULL;
 	}
 	return t;
+}
+
+static void shape_text(int ndim, const int64_t *ne, char *out, size_t len)
+{
+	size_t n = (size_t)snprintf(out, len, "[");
+	for (int i = 0; i < ndim && n < len; i++)
+		n += (size_t)snprintf(out + n, len - n, "%s%lld", i ? ", " : "", (long long)ne[i]);
+	if (n < len)
+		snprintf(out + n, len - n, "]");
+}
+
+/* Every tensor of the config is in st with its shape (Conv1D weights
+ * transposed) and a float dtype, and no block is past n_layer: err names
+ * the tensor and both shapes otherwise. */
+static enum fw_status check_tensors(const struct fw_st_file *st, const char *path,
+				    const struct gpt2_config *c, const struct gpt2_set *g,
+				    struct fw_err *err)
+{
+	char have[96], want[96], why[96];
+	for (int i = 0; i < g->n; i++) {
+		const struct fw_tensor *t = &g->ts[i];
+		const struct fw_st_entry *e = find_key(st, t->name);
+		if (!e)
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: missing tensor '%s'", path, t->name);
+		int64_t ne[2] = { t->ne[0], t->ne[1] };
+		if (is_conv1d(t->name))
+			ne[0] = t->ne[1], ne[1] = t->ne[0];
+		if (e->ndim != t->ndim || e->ne[0] != ne[0] || (t->ndim == 2 && e->ne[1] != ne[1])) {
+			shape_text(e->ndim, e->ne, have, sizeof(have));
+			shape_text(t->ndim, ne, want, sizeof(want));
+			if (!strcmp(t->name, "wte.weight") || !strcmp(t->name, "lm_head.weight"))
+				snprintf(why, sizeof(why), "vocab_size %lld, n_embd %lld",
+					 (long long)c->vocab, (long long)c->n_embd);
+			else if (!strcmp(t->name, "wpe.weight"))
+				snprintf(why, sizeof(why), "n_positions %lld, n_embd %lld",
+					 (long long)c->n_pos, (long long)c->n_embd);
+			else
+				snprintf(why, sizeof(why), "n_embd %lld", (long long)c->n_embd);
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' has shape %s; config.json "
+					 "(%s) needs %s", path, e->name, have, why, want);
+		}
+		if (e->dtype != FW_F32 && e->dtype != FW_F16 && e->dtype != FW_BF16)
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' has dtype %s, not a float "
+					 "type (F32, F16, BF16)", path, e->name, fw_dtype_name(e->dtype));
+	}
+	for (int i = 0; i < st->n; i++) {
+		const char *n = st->entries[i].name;
+		if (!strncmp(n, "transformer.", 12))
+			n += 12;
+		char *end = NULL;
+		long l = !strncmp(n, "h.", 2) ? strtol(n + 2, &end, 10) : -1;
+		if (l >= c->n_layer && end != n + 2 && *end == '.')
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' is past config.json's "
+					 "n_layer %lld", path, st->entries[i].name, (long long)c->n_layer);
+	}
+	return FW_OK;
 }
 
 int cmd_import(int argc, char **argv)
@@ -198,60 +407,58 @@ int cmd_import(int argc, char **argv)
 		printf("usage: fwrun import HF_DIR OUT.h5\nReads a Hugging Face GPT-2 folder "
 		       "(config.json + model.safetensors; F32/F16/BF16) into an fw weights file\n"
 		       "usable with fwrun train/eval/generate --load=OUT.h5. The folder's tokenizer\n"
-		       "(tokenizer.json, or vocab.json + merges.txt), if any, is stored with it.\n");
+		       "(tokenizer.json, or vocab.json + merges.txt), if any, is stored with it.\n"
+		       "config.json must describe a model arch/decoder computes; nothing is written\n"
+		       "otherwise.\n");
 		return EXIT_OK;
 	}
 	if (argc != 2)
 		return die(EXIT_USAGE, "import: usage: fwrun import HF_DIR OUT.h5");
 	struct gpt2_config c;
 	struct fw_err err = { 0 };
-	struct fw_st_file st;
+	struct fw_st_file st = { 0 };
+	struct gpt2_set g = { 0 };
+	struct fw_tokenizer *tok = NULL;
+	char *tok_json = NULL, *config = NULL;
 	char path[4200];
 	int rc = EXIT_RUNTIME;
+	/* Everything is checked before the output is written (fw_h5_save
+	 * writes a temporary file and renames it). */
 	if (read_config(argv[0], &c, &err) != FW_OK)
 		return die(EXIT_RUNTIME, "%s", err.msg);
-	snprintf(path, sizeof(path), "%s/model.safetensors", argv[0]);
-	if (fw_st_open(path, &st, &err) != FW_OK)
+	tok = folder_tokenizer(argv[0], c.vocab, &err);
+	if (!tok && err.status)
 		return die(EXIT_RUNTIME, "%s", err.msg);
-
-	struct gpt2_set g;
-	struct fw_tokenizer *tok = NULL;
-	char *tok_json = NULL;
-	char *config = arch_config(&c);
-	if (gpt2_tensors(&c, &g) != 0 || !config) {
+	tok_json = tok ? fw_tokenizer_serialize(tok, &err) : NULL;
+	if (tok && !tok_json) {
+		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		goto out;
+	}
+	snprintf(path, sizeof(path), "%s/model.safetensors", argv[0]);
+	if (fw_st_open(path, &st, &err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		goto out;
+	}
+	config = arch_config(&c);
+	if (gpt2_tensors(&c, &g, false) != 0 || !config) {
 		rc = die(EXIT_RUNTIME, "import: out of memory");
+		goto out;
+	}
+	if (check_tensors(&st, path, &c, &g, &err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", err.msg);
 		goto out;
 	}
 	for (int i = 0; i < g.n; i++) {
 		struct fw_tensor *t = &g.ts[i];
 		const struct fw_st_entry *e = find_key(&st, t->name);
-		if (!e) {
-			rc = die(EXIT_RUNTIME, "%s: missing tensor '%s'", path, t->name);
+		if (!(t->data = malloc(fw_nbytes(t)))) {
+			rc = die(EXIT_RUNTIME, "import: out of memory");
 			goto out;
 		}
-		bool conv = is_conv1d(t->name);
-		int64_t want0 = conv ? t->ne[1] : t->ne[0];
-		int64_t want1 = conv ? t->ne[0] : t->ne[1];
-		if (e->ndim != t->ndim || e->ne[0] != want0 || (t->ndim == 2 && e->ne[1] != want1) ||
-		    e->dtype == FW_I32) {
-			rc = die(EXIT_RUNTIME, "%s: tensor '%s' has the wrong shape or dtype for "
-				 "this config", path, e->name);
-			goto out;
-		}
-		if (conv)
+		if (is_conv1d(t->name))
 			transpose_to_f32(t->data, e->data, e->dtype, e->ne[0], e->ne[1]);
 		else
 			fw_convert(t->data, FW_F32, e->data, e->dtype, fw_nelem(t));
-	}
-	tok = folder_tokenizer(argv[0], c.vocab, &err);
-	if (!tok && err.status) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
-		goto out;
-	}
-	tok_json = tok ? fw_tokenizer_serialize(tok, &err) : NULL;
-	if (tok && !tok_json) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
-		goto out;
 	}
 	struct fw_h5_attr attrs[] = { { "fw_arch", "arch/decoder" }, { "config", config },
 				      { "source", argv[0] }, { TOKENIZER_ATTR, tok_json } };
@@ -381,7 +588,7 @@ int cmd_export(int argc, char **argv)
 
 	int rc = EXIT_RUNTIME;
 	struct gpt2_set g;
-	if (gpt2_tensors(&c, &g) != 0) {
+	if (gpt2_tensors(&c, &g, true) != 0) {
 		rc = die(EXIT_RUNTIME, "export: out of memory");
 		goto out;
 	}

@@ -986,7 +986,9 @@ static int session_open(struct session *s, int argc, char **argv, bool train, en
 	if (build_model(s, train, &s->err) != FW_OK || build_graphs(s, train, &s->err) != FW_OK ||
 	    (s->have_train && loader_check_vocab(&s->train, s->tok, model_vocab(s), &s->err)) ||
 	    (s->have_valid && loader_check_vocab(&s->valid, s->tok, model_vocab(s), &s->err))) {
-		*rc = die(EXIT_RUNTIME, "%s", s->err.msg);
+		/* INVALID: flags that cannot make this model (sizes, --seq-length) */
+		*rc = die(s->err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
+			  s->err.msg);
 		return -1;
 	}
 	return 0;

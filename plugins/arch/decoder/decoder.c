@@ -13,6 +13,8 @@
 
 #include "fw/plugin.h"
 
+#include "dims.h"
+
 struct decoder {
 	const struct fw_host *host;
 	int64_t n_layer, n_head, n_embd, vocab, n_pos;
@@ -195,11 +197,16 @@ static enum fw_status decoder_init(const struct fw_host *host, const struct fw_o
 		.bias = fw_opt_bool(o, "bias"), .tie = fw_opt_bool(o, "tie-embeddings"),
 		.recompute = fw_opt_bool(o, "recompute-activations"),
 	};
-	if (d->n_embd % d->n_head) {
+	/* The option ranges hold already; this adds the rules between options
+	 * (the same ones fwrun import applies to a config.json). */
+	static const char *const keys[6] = { "--n-layer", "--n-head", "--n-embd", "--vocab-size",
+					     "--n-positions", "--layer-norm-eps" };
+	struct decoder_dims dims = { d->n_layer, d->n_head, d->n_embd, d->vocab, d->n_pos,
+				     fw_opt_float(o, "layer-norm-eps") };
+	char why[160];
+	if (!decoder_dims_check(&dims, keys, why, sizeof(why))) {
 		host->free(d);
-		return host->errorf(err, FW_ERR_INVALID,
-				    "arch/decoder: --n-embd %lld is not a multiple of --n-head %lld",
-				    (long long)fw_opt_int(o, "n-embd"), (long long)fw_opt_int(o, "n-head"));
+		return host->errorf(err, FW_ERR_INVALID, "arch/decoder: %s", why);
 	}
 	*state = d;
 	return FW_OK;
@@ -215,14 +222,18 @@ static void decoder_fini(void *state)
 static const char *const norms[] = { "layernorm", "rmsnorm", NULL };
 
 static const struct fw_option_def options[] = {
-	{ "n-layer", FW_OPT_INT, "12", 1, 1024, NULL, "transformer blocks" },
-	{ "n-head", FW_OPT_INT, "12", 1, 1024, NULL, "attention heads" },
-	{ "n-embd", FW_OPT_INT, "768", 1, 65536, NULL, "model width" },
-	{ "vocab-size", FW_OPT_INT, "50257", 2, 1 << 24, NULL, "vocabulary size" },
-	{ "n-positions", FW_OPT_INT, "1024", 1, 1 << 20, NULL, "learned positions (max sequence)" },
+	{ "n-layer", FW_OPT_INT, "12", 1, DECODER_LAYER_MAX, NULL, "transformer blocks" },
+	{ "n-head", FW_OPT_INT, "12", 1, DECODER_HEAD_MAX, NULL,
+	  "attention heads (a divisor of n-embd)" },
+	{ "n-embd", FW_OPT_INT, "768", 1, DECODER_EMBD_MAX, NULL, "model width" },
+	{ "vocab-size", FW_OPT_INT, "50257", DECODER_VOCAB_MIN, DECODER_VOCAB_MAX, NULL,
+	  "vocabulary size" },
+	{ "n-positions", FW_OPT_INT, "1024", 1, DECODER_POS_MAX, NULL,
+	  "learned positions (max sequence)" },
 	{ "dropout", FW_OPT_FLOAT, "0.0", 0, 0.99, NULL,
 	  "dropout on embeddings, residual branches and attention (GPT-2 used 0.1)" },
-	{ "layer-norm-eps", FW_OPT_FLOAT, "1e-5", 0, 1, NULL, "norm epsilon" },
+	{ "layer-norm-eps", FW_OPT_FLOAT, "1e-5", 0, DECODER_EPS_MAX, NULL,
+	  "norm epsilon (> 0)" },
 	{ "norm", FW_OPT_CHOICE, "layernorm", 0, -1, norms, "layernorm (GPT-2) or rmsnorm (Llama)" },
 	{ "bias", FW_OPT_BOOL, "true", 0, -1, NULL, "biases in linear layers and norms" },
 	{ "tie-embeddings", FW_OPT_BOOL, "true", 0, -1, NULL,
