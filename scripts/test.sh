@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds fw and runs the whole test suite twice: an optimised build, then
-# one under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Builds fw and runs the whole test suite twice: an optimised build with gcc,
+# then one with clang under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Both builds treat warnings as errors (FW_WERROR, a CI/developer option).
 # Usage: scripts/test.sh [--no-sanitize]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,12 +9,11 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 
 jobs=$(nproc)
-export CC=clang
 
-run_suite() {  # build-dir, extra cmake args...
-	local dir=$1
-	shift
-	cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+run_suite() {  # build-dir, compiler, extra cmake args...
+	local dir=$1 cc=$2
+	shift 2
+	CC=$cc cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release -DFW_WERROR=ON "$@" >/dev/null
 	cmake --build "$dir" -j "$jobs"
 	# PyTorch oracle: regenerate the golden files the parity tests read.
 	/usr/bin/python3 tests/gen_golden.py "$dir/golden"
@@ -22,12 +22,12 @@ run_suite() {  # build-dir, extra cmake args...
 	(cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900)
 }
 
-echo "== tests (Release)"
-run_suite build
+echo "== tests (Release, gcc)"
+run_suite build-gcc gcc
 if [ "${1:-}" != "--no-sanitize" ]; then
-	echo "== tests (AddressSanitizer + UBSan)"
-	export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:suppressions=$PWD/tests/lsan.supp
+	echo "== tests (AddressSanitizer + UBSan, clang)"
+	export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 	export LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp
 	export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
-	run_suite build-asan -DFW_SANITIZE=ON
+	run_suite build-asan clang -DFW_SANITIZE=ON
 fi
