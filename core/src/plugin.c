@@ -1,6 +1,8 @@
 /* plugin.c - finding, loading and checking plugins. */
+#define _GNU_SOURCE            /* dladdr */
 #include <dirent.h>
 #include <dlfcn.h>
+#include <limits.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,11 +11,8 @@
 
 #include "internal.h"
 
-#ifndef FW_PLUGIN_INSTALL_DIR
-#define FW_PLUGIN_INSTALL_DIR "/usr/local/lib/fw/plugins"
-#endif
-#ifndef FW_PLUGIN_BUILD_DIR
-#define FW_PLUGIN_BUILD_DIR ""
+#ifndef FW_BUILD_DIR
+#define FW_BUILD_DIR ""
 #endif
 
 const char *fw_plugin_kind_name(int kind)
@@ -34,6 +33,29 @@ static bool listed(char *const *dirs, size_t k, const char *dir)
 		if (dirs[i] && !strcmp(dirs[i], dir))
 			return true;
 	return false;
+}
+
+/* The plugins that belong to this libfw, into dir: LIBDIR/fw/plugins beside
+ * the installed library, found from where libfw was loaded (so a moved
+ * install still finds its own), or BUILD/plugins for the build tree's libfw.
+ * False when the library's own path cannot be found. */
+static bool own_plugin_dir(char *dir, size_t size)
+{
+	Dl_info info;
+	if (!dladdr((void *)own_plugin_dir, &info) || !info.dli_fname)
+		return false;
+	char *lib = realpath(info.dli_fname, NULL);
+	if (!lib)
+		return false;
+	*strrchr(lib, '/') = 0;
+	char *build = *FW_BUILD_DIR ? realpath(FW_BUILD_DIR, NULL) : NULL;
+	if (build && !strcmp(lib, build))
+		snprintf(dir, size, "%s/plugins", FW_BUILD_DIR);
+	else
+		snprintf(dir, size, "%s/fw/plugins", lib);
+	free(build);
+	free(lib);
+	return true;
 }
 
 char **fw_plugin_search_dirs(void)
@@ -57,10 +79,9 @@ char **fw_plugin_search_dirs(void)
 				dirs[k++] = fw_strdup(tok);
 		fw_free(copy);
 	}
-	if (!listed(dirs, k, FW_PLUGIN_INSTALL_DIR))
-		dirs[k++] = fw_strdup(FW_PLUGIN_INSTALL_DIR);
-	if (*FW_PLUGIN_BUILD_DIR && !listed(dirs, k, FW_PLUGIN_BUILD_DIR))
-		dirs[k++] = fw_strdup(FW_PLUGIN_BUILD_DIR);
+	char own[PATH_MAX + 16];
+	if (own_plugin_dir(own, sizeof(own)) && !listed(dirs, k, own))
+		dirs[k++] = fw_strdup(own);
 	for (size_t i = 0; i < k; i++) {
 		if (!dirs[i]) {        /* an allocation failed: give up cleanly */
 			for (size_t j = 0; j < k; j++)
