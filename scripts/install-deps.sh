@@ -22,6 +22,7 @@ PACKAGES=(
 	libjansson-dev      # JSON: configs, safetensors headers, tokenizer.json
 	libinih-dev         # INI config files
 	libpcre2-dev        # regexes: GPT-2's pre-tokenizer
+	libicu-dev          # Unicode: normalization (NFC/NFKC/NFD), categories, case mapping for tokenizer.json
 	python3             # the oracle scripts run under /usr/bin/python3
 	python3-torch       # PyTorch: the oracle of the parity tests
 	python3-h5py        # the oracle scripts read fw's HDF5 files
