@@ -28,6 +28,9 @@ import tempfile
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import machine_line, openblas_coretype  # noqa: E402
+
 MAGIC, VERSION = 20240520, 1
 VOCAB, N_POS, N_LAYER, N_HEAD, N_EMBD = 50257, 1024, 12, 12, 768
 OPENBLAS_OMP_DIR = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
@@ -38,18 +41,21 @@ REF_BLAS_DIR = "/usr/lib/x86_64-linux-gnu/blas"
 # the system alternative points to. mkldnn: torch.backends.mkldnn.enabled
 # (on by default); foreach: AdamW's multi-tensor path (torch 1.13's CPU default
 # is the per-tensor loop).
-_OB_SKX = {"LD_LIBRARY_PATH": OPENBLAS_OMP_DIR, "OPENBLAS_CORETYPE": "SkylakeX"}
+# OPENBLAS_CORETYPE is this CPU's kernel (machine.py): SkylakeX where there is
+# AVX-512, Haswell otherwise, where SkylakeX dies with an illegal instruction.
+_CORE = {"OPENBLAS_CORETYPE": openblas_coretype()}
+_OB = {"LD_LIBRARY_PATH": OPENBLAS_OMP_DIR, **_CORE}
 TORCH_CONFIGS = {
-    "openblas-omp-skx": (_OB_SKX, {"mkldnn": True, "foreach": False}),
-    "openblas-omp-skx-nomkldnn": (_OB_SKX, {"mkldnn": False, "foreach": False}),
-    "openblas-omp-skx-foreach": (_OB_SKX, {"mkldnn": True, "foreach": True}),
+    "openblas-omp": (_OB, {"mkldnn": True, "foreach": False}),
+    "openblas-omp-nomkldnn": (_OB, {"mkldnn": False, "foreach": False}),
+    "openblas-omp-foreach": (_OB, {"mkldnn": True, "foreach": True}),
     "openblas-omp-auto": ({"LD_LIBRARY_PATH": OPENBLAS_OMP_DIR},
                           {"mkldnn": True, "foreach": False}),
-    "system-blas": ({"OPENBLAS_CORETYPE": "SkylakeX"}, {"mkldnn": True, "foreach": False}),
+    "system-blas": (_CORE, {"mkldnn": True, "foreach": False}),
     "reference-blas": ({"LD_LIBRARY_PATH": REF_BLAS_DIR},          # very slow
                        {"mkldnn": True, "foreach": False}),
 }
-DEFAULT_TORCH_CONFIG = "openblas-omp-skx"
+DEFAULT_TORCH_CONFIG = "openblas-omp"
 
 
 def log(msg):
@@ -469,6 +475,7 @@ def main():
     work = tempfile.mkdtemp(prefix="fw-gpt2-bench-")
     shard = os.path.join(work, "train.bin")
     write_shard(shard, (args.steps + 1) * 4 * 256 + 1)
+    print(machine_line())
     print(f"GPT-2 124M fp32, B=4 T=256, {args.steps} steps (median of steps "
           f"{args.warmup + 1}..{args.steps}), {args.threads} threads, {os.cpu_count()} CPUs")
     summary = []

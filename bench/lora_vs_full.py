@@ -26,6 +26,9 @@ import shutil
 import statistics
 import subprocess
 import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from machine import machine_line  # noqa: E402
 import tempfile
 import time
 
@@ -199,6 +202,7 @@ def main():
 
     # --- report ----------------------------------------------------------------
     print(f"# LoRA vs full fine-tuning (fwrun, {os.cpu_count()} CPU cores)\n")
+    print(machine_line() + "\n")
     print(f"Model: arch/decoder {' '.join(MODEL)} (byte tokenizer), f32.")
     print(f"Task A (pretraining, old task): Debian licence texts, {len(files_a)} files, "
           f"{ntr_a} train / {nva_a} validation tokens; {a.pretrain_steps} steps, lr {a.pretrain_lr} "
