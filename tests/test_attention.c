@@ -282,6 +282,99 @@ START_TEST(test_gqa_equals_repeated)
 }
 END_TEST
 
+/* Where RoPE's positions come from: a positions tensor (SFT rows restart at
+ * 0, where the rotation is the identity) and a cache offset (rows 3, 4 of
+ * a prompt continue at len = 3). Attention itself only sees position
+ * differences, so these are checked on the op's values. */
+START_TEST(test_rope_positions)
+{
+	enum { T = 5, H = 2, D = 8, N = T * H * D, ROW = H * D };
+	static const int32_t pos[T] = { 0, 1, 2, 0, 1 }, three[1] = { 3 };
+	struct rope_args ar = { .dim = D, .base = 100.0f }, ap = ar, ao = ar;
+	ap.mode = 1;
+	ao.mode = 2;
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_tensor *x = fw_input(ctx, "x", FW_F32, 4, (int64_t[]){ 1, T, H, D });
+	struct fw_tensor *xs = fw_input(ctx, "xs", FW_F32, 4, (int64_t[]){ 1, 2, H, D });
+	struct fw_tensor *p = fw_input(ctx, "pos", FW_I32, 2, (int64_t[]){ 1, T });
+	struct fw_tensor *len = fw_input(ctx, "len", FW_I32, 1, (int64_t[]){ 1 });
+	struct fw_tensor *y[3] = { b_rope(ctx, (struct fw_tensor *[]){ x, NULL }, &ar),
+				   b_rope(ctx, (struct fw_tensor *[]){ x, p }, &ap),
+				   b_rope(ctx, (struct fw_tensor *[]){ xs, len }, &ao) };
+	struct fw_graph *g = fw_graph_new(ctx, y, 3, &(struct fw_graph_opts){ 0 });
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+	struct fwt_rng r = fwt_rng_new(4);
+	fwt_fill_uniform(fw_f32(x), N, &r, -1, 1);
+	memcpy(fw_f32(xs), fw_f32(x) + 3 * ROW, sizeof(float) * 2 * ROW);
+	memcpy(fw_i32(p), pos, sizeof(pos));
+	memcpy(fw_i32(len), three, sizeof(three));
+	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+	const float *xv = fw_f32(x), *y_ar = fw_f32(y[0]), *y_pos = fw_f32(y[1]);
+	ck_assert_int_eq(fwt_allclose("positions 0..2", y_pos, y_ar, 3 * ROW, 0, 0), 0);
+	ck_assert_int_eq(fwt_allclose("restart at 0", y_pos + 3 * ROW, xv + 3 * ROW, ROW, 0, 0), 0);
+	double moved = 0;
+	for (int i = 0; i < ROW; i++)
+		moved = fmax(moved, fabs(y_ar[3 * ROW + i] - xv[3 * ROW + i]));
+	ck_assert_msg(moved > 0.01, "position 3 rotated nothing (max change %g)", moved);
+	ck_assert_int_eq(fwt_allclose("cache offset 3", fw_f32(y[2]), y_ar + 3 * ROW, 2 * ROW,
+				      1e-6, 1e-7), 0);
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+}
+END_TEST
+
+/* SFT packing: a row holding two examples [0..2] [3..4], with positions
+ * restarting and the block mask, gives each example what it gets alone
+ * (mask, GQA and RoPE together, forward values; RoPE being relative, the
+ * positions themselves are test_rope_positions' job). */
+START_TEST(test_packed_equals_separate)
+{
+	enum { T = 5, H = 6, G = 3, D = 40 };
+	static const int32_t pos[T] = { 0, 1, 2, 0, 1 };
+	static const int64_t start[2] = { 0, 3 }, len[2] = { 3, 2 };
+	load_mha();
+	fill_seg_bias();
+	struct attend_args packed = AA(H, G, D, FW_POS_ROPE, .causal = true, .with_bias = true,
+				       .with_positions = true);
+	struct attend_args alone = AA(H, G, D, FW_POS_ROPE, .causal = true);
+	struct fwt_rng r = fwt_rng_new(9);
+	static float q[T * H * D], k[T * G * D], v[T * G * D], y[T * H * D];
+	fwt_fill_uniform(q, T * H * D, &r, -1, 1);
+	fwt_fill_uniform(k, T * G * D, &r, -1, 1);
+	fwt_fill_uniform(v, T * G * D, &r, -1, 1);
+	for (int e = -1; e < 2; e++) {          /* -1: the packed row; 0, 1: each example */
+		int64_t t0 = e < 0 ? 0 : start[e], n = e < 0 ? T : len[e];
+		struct fw_ctx *ctx = fw_ctx_new();
+		struct fw_tensor *in[5] = {
+			fw_input(ctx, "q", FW_F32, 4, (int64_t[]){ 1, n, H, D }),
+			fw_input(ctx, "k", FW_F32, 4, (int64_t[]){ 1, n, G, D }),
+			fw_input(ctx, "v", FW_F32, 4, (int64_t[]){ 1, n, G, D }),
+			e < 0 ? fw_input(ctx, "bias", FW_F32, 4, (int64_t[]){ 1, 1, T, T }) : NULL,
+			e < 0 ? fw_input(ctx, "pos", FW_I32, 2, (int64_t[]){ 1, T }) : NULL,
+		};
+		struct fw_tensor *out = b_attend(ctx, in, e < 0 ? &packed : &alone);
+		struct fw_graph *g = out ? fw_graph_new(ctx, &out, 1, &(struct fw_graph_opts){ 0 })
+					 : NULL;
+		ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+		memcpy(fw_f32(in[0]), q + t0 * H * D, sizeof(float) * (size_t)(n * H * D));
+		memcpy(fw_f32(in[1]), k + t0 * G * D, sizeof(float) * (size_t)(n * G * D));
+		memcpy(fw_f32(in[2]), v + t0 * G * D, sizeof(float) * (size_t)(n * G * D));
+		if (e < 0) {
+			memcpy(fw_f32(in[3]), seg_bias, sizeof(float) * T * T);   /* row 0 */
+			memcpy(fw_i32(in[4]), pos, sizeof(pos));
+		}
+		ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+		if (e < 0)
+			memcpy(y, fw_f32(out), sizeof(y));
+		else
+			ck_assert_int_eq(fwt_allclose(e ? "example 1" : "example 0", y + t0 * H * D,
+						      fw_f32(out), n * H * D, 1e-5, 1e-6), 0);
+		fw_graph_free(g);
+		fw_ctx_free(ctx);
+	}
+}
+END_TEST
+
 /* BLOOM's slopes through mha.alibi's forward: zero scores give -slope*(i-j). */
 START_TEST(test_alibi_slopes)
 {
@@ -363,11 +456,13 @@ int main(void)
 	TCase *ops = fwt_tcase("ops", 120);
 	tcase_add_loop_test(ops, test_op_grad, 0, (int)(sizeof(op_cases) / sizeof(op_cases[0])));
 	tcase_add_test(ops, test_alibi_slopes);
+	tcase_add_test(ops, test_rope_positions);
 	suite_add_tcase(s, ops);
 	TCase *att = fwt_tcase("attend", 300);
 	tcase_add_loop_test(att, test_attend_grad, 0,
 			    (int)(sizeof(attend_cases) / sizeof(attend_cases[0])));
 	tcase_add_test(att, test_gqa_equals_repeated);
+	tcase_add_test(att, test_packed_equals_separate);
 	tcase_add_test(att, test_bad_specs);
 	suite_add_tcase(s, att);
 	return fwt_run_suite(s);
