@@ -123,6 +123,14 @@ struct fw_attn_spec {
 	float dropout;               /* on attention probabilities, training only */
 	uint64_t seed;
 	float scale;                 /* 0 = 1/sqrt(head_dim) */
+	/* Appended: read only when size covers them. FW_POS_ROPE frequency
+	 * scaling as Hugging Face's rope_scaling {"rope_type": "llama3"}:
+	 * rope_scale_factor 0 = none; else factor, low_freq_factor,
+	 * high_freq_factor, original_max_position_embeddings. RoPE positions are
+	 * m->positions when the arch made them (SFT rows), else 0..T-1, and the
+	 * cache length onwards while generating. */
+	float rope_scale_factor, rope_scale_low_freq, rope_scale_high_freq;
+	int rope_scale_orig_max_pos;
 };
 
 struct fw_attention_i {

@@ -1,11 +1,17 @@
-/* arch/decoder - GPT-2: a decoder-only causal transformer.
+/* arch/decoder - a decoder-only causal transformer: GPT-2 by default, Llama
+ * by switches.
  *
- * Pre-LayerNorm blocks, learned positions, GELU (tanh) MLP, tied input and
- * output embeddings, as Hugging Face's GPT2LMHeadModel. Parameter names are
- * HF's without the "transformer." prefix; linear weights use torch's Linear
- * layout (out, in), i.e. the transpose of HF GPT-2's Conv1D tensors (import
- * and export transpose them). Llama-style choices are switches: --norm,
- * --bias, --tie-embeddings; attention goes through the attention plugin.
+ * Pre-norm blocks, learned positions, GELU (tanh) MLP, tied input and output
+ * embeddings, as Hugging Face's GPT2LMHeadModel. Parameter names are HF's
+ * without the "transformer." prefix; linear weights use torch's Linear layout
+ * (out, in), i.e. the transpose of HF GPT-2's Conv1D tensors (import and
+ * export transpose them). Llama-style choices use Megatron-LM's flags:
+ * --normalization=RMSNorm, --swiglu, --position-embedding-type=rope (or
+ * alibi, none), --group-query-attention --num-query-groups,
+ * --disable-bias-linear, --untie-embeddings-and-output-weights. The fused
+ * c_attn rows are [q (H*D); k (G*D); v (G*D)] for G KV heads; with --swiglu,
+ * c_fc's rows are [gate (F); up (F)] and the MLP is c_proj(silu(gate) * up).
+ * Attention and its position hooks go through the attention plugin.
  */
 #include <math.h>
 #include <stdio.h>
@@ -15,11 +21,19 @@
 
 #include "dims.h"
 
+enum pos_type { POS_LEARNED = 0, POS_ROPE, POS_ALIBI, POS_NONE };
+
 struct decoder {
 	const struct fw_host *host;
-	int64_t n_layer, n_head, n_embd, vocab, n_pos;
+	int64_t n_layer, n_head, n_kv_head, n_embd, vocab, n_pos, ffn;
 	float dropout, eps;
-	bool rmsnorm, bias, tie, recompute;
+	bool rmsnorm, bias, tie, recompute, swiglu;
+	enum pos_type pos;
+	float rope_base;
+	int rope_dim;
+	bool rope_interleaved;
+	float rope_factor, rope_low, rope_high;
+	int rope_orig;
 };
 
 static struct fw_tensor *param(const struct decoder *d, struct fw_model *m, int nd,
@@ -79,26 +93,32 @@ static struct fw_tensor *block(const struct decoder *d, struct fw_model *m,
 {
 	const struct fw_host *h = d->host;
 	int64_t B = m->batch, T = m->seq_len, C = d->n_embd, H = d->n_head, D = C / H;
+	int64_t G = d->n_kv_head, KV = G * D, F = d->ffn;
 	float proj_std = 0.02f / sqrtf(2.0f * (float)d->n_layer);
 	char name[64];
+	static const enum fw_pos_kind pos_kind[] = { FW_POS_NONE, FW_POS_ROPE, FW_POS_ALIBI,
+						     FW_POS_NONE };
 
 	/* attention */
 	struct fw_tensor *a = norm(d, m, x, "h.%d.ln_1", l);
-	struct fw_tensor *qkv = linear(d, m, a, C, 3 * C, "h.%d.attn.c_attn", l, 0.02f);
+	struct fw_tensor *qkv = linear(d, m, a, C, C + 2 * KV, "h.%d.attn.c_attn", l, 0.02f);
 	struct fw_tensor *q = h->slice(m->ctx, qkv, 2, 0, C);
-	struct fw_tensor *k = h->slice(m->ctx, qkv, 2, C, C);
-	struct fw_tensor *v = h->slice(m->ctx, qkv, 2, 2 * C, C);
-	int64_t heads[4] = { B, T, H, D };
+	struct fw_tensor *k = h->slice(m->ctx, qkv, 2, C, KV);
+	struct fw_tensor *v = h->slice(m->ctx, qkv, 2, C + KV, KV);
+	int64_t heads[4] = { B, T, H, D }, kv_heads[4] = { B, T, G, D };
 	q = h->reshape(m->ctx, q, 4, heads);
-	k = h->reshape(m->ctx, k, 4, heads);
-	v = h->reshape(m->ctx, v, 4, heads);
+	k = h->reshape(m->ctx, k, 4, kv_heads);
+	v = h->reshape(m->ctx, v, 4, kv_heads);
 	snprintf(name, sizeof(name), "h.%d.attn", l);
 	struct fw_attn_spec spec = {
 		.size = sizeof(spec), .name = name, .layer = l, .n_head = (int)H,
-		.n_kv_head = (int)H, .head_dim = (int)D, .mask = FW_MASK_CAUSAL,
+		.n_kv_head = (int)G, .head_dim = (int)D, .mask = FW_MASK_CAUSAL,
 		.dropout = d->dropout, .seed = m->seed * 7919u + (uint64_t)l,
 		.cache = m->caches && l < m->n_caches ? &m->caches[l] : NULL,
-		.bias = m->attn_bias,
+		.bias = m->attn_bias, .pos = pos_kind[d->pos], .rope_base = d->rope_base,
+		.rope_dim = d->rope_dim, .rope_interleaved = d->rope_interleaved,
+		.rope_scale_factor = d->rope_factor, .rope_scale_low_freq = d->rope_low,
+		.rope_scale_high_freq = d->rope_high, .rope_scale_orig_max_pos = d->rope_orig,
 	};
 	struct fw_tensor *y = h->attention(m, &spec, q, k, v);     /* (B, T, H, D) */
 	int64_t flat[3] = { B, T, C };
@@ -108,9 +128,15 @@ static struct fw_tensor *block(const struct decoder *d, struct fw_model *m,
 
 	/* MLP */
 	struct fw_tensor *f = norm(d, m, x, "h.%d.ln_2", l);
-	f = linear(d, m, f, C, 4 * C, "h.%d.mlp.c_fc", l, 0.02f);
-	f = h->gelu(m->ctx, f, FW_GELU_TANH);
-	f = linear(d, m, f, 4 * C, C, "h.%d.mlp.c_proj", l, proj_std);
+	if (d->swiglu) {        /* Llama: down(silu(gate) * up), gate and up fused */
+		f = linear(d, m, f, C, 2 * F, "h.%d.mlp.c_fc", l, 0.02f);
+		struct fw_tensor *gate = h->slice(m->ctx, f, 2, 0, F);
+		f = h->mul(m->ctx, h->silu(m->ctx, gate), h->slice(m->ctx, f, 2, F, F));
+	} else {
+		f = linear(d, m, f, C, F, "h.%d.mlp.c_fc", l, 0.02f);
+		f = h->gelu(m->ctx, f, FW_GELU_TANH);
+	}
+	f = linear(d, m, f, F, C, "h.%d.mlp.c_proj", l, proj_std);
 	return h->add(m->ctx, x, dropout(d, m, f, 2 * l + 1));
 }
 
@@ -139,17 +165,20 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 		m->attn_bias = h->input(m->ctx, "attn_bias", FW_F32, 4, bqk);
 	}
 	struct fw_tensor *wte = param(d, m, 2, d->vocab, C, "wte.weight", 0);
-	struct fw_tensor *wpe = param(d, m, 2, d->n_pos, C, "wpe.weight", 0);
 	h->init_normal(m, wte, 0.02f);
-	h->init_normal(m, wpe, 0.01f);
-	struct fw_tensor *pos;
-	if (decode)             /* the position of this step's token: cache length */
-		pos = h->embedding(m->ctx, wpe, m->caches[0].len);
-	else if (m->positions)  /* each token's place in its own sequence */
-		pos = h->embedding(m->ctx, wpe, m->positions);
-	else
-		pos = T == d->n_pos ? wpe : h->slice(m->ctx, wpe, 0, 0, T);
-	struct fw_tensor *x = h->add(m->ctx, h->embedding(m->ctx, wte, m->tokens), pos);
+	struct fw_tensor *x = h->embedding(m->ctx, wte, m->tokens);
+	if (d->pos == POS_LEARNED) {    /* RoPE and ALiBi act inside attention */
+		struct fw_tensor *wpe = param(d, m, 2, d->n_pos, C, "wpe.weight", 0);
+		h->init_normal(m, wpe, 0.01f);
+		struct fw_tensor *pos;
+		if (decode)             /* the position of this step's token: cache length */
+			pos = h->embedding(m->ctx, wpe, m->caches[0].len);
+		else if (m->positions)  /* each token's place in its own sequence */
+			pos = h->embedding(m->ctx, wpe, m->positions);
+		else
+			pos = T == d->n_pos ? wpe : h->slice(m->ctx, wpe, 0, 0, T);
+		x = h->add(m->ctx, x, pos);
+	}
 	x = dropout(d, m, h->embed(m, x), -1);
 	for (int l = 0; l < d->n_layer; l++) {
 		if (d->recompute)
@@ -182,20 +211,99 @@ static int decoder_layers(void *state, const struct fw_model *m)
 	return (int)((const struct decoder *)state)->n_layer;
 }
 
+/* The rules between the Llama-style options; false with why set. */
+static bool decoder_options_check(struct decoder *d, const struct fw_options *o, char *why,
+				  size_t len)
+{
+	bool gqa = fw_opt_bool(o, "group-query-attention");
+	int64_t groups = fw_opt_int(o, "num-query-groups"), D = d->n_embd / d->n_head;
+	if (!gqa && groups != 1) {
+		snprintf(why, len, "--num-query-groups %lld needs --group-query-attention",
+			 (long long)groups);
+		return false;
+	}
+	d->n_kv_head = gqa ? groups : d->n_head;
+	if (d->n_head % d->n_kv_head) {
+		snprintf(why, len, "--n-head %lld is not a multiple of --num-query-groups %lld",
+			 (long long)d->n_head, (long long)d->n_kv_head);
+		return false;
+	}
+	double pct = fw_opt_float(o, "rotary-percent");
+	if (d->pos != POS_ROPE) {
+		static const char *const rope_only[] = { "rotary-interleaved", "use-rope-scaling" };
+		for (int i = 0; i < 2; i++)
+			if (fw_opt_bool(o, rope_only[i])) {
+				snprintf(why, len, "--%s needs --position-embedding-type=rope",
+					 rope_only[i]);
+				return false;
+			}
+		if (pct != 1.0 || fw_opt_float(o, "rotary-base") != 10000.0) {
+			snprintf(why, len, "--rotary-%s needs --position-embedding-type=rope",
+				 pct != 1.0 ? "percent" : "base");
+			return false;
+		}
+	} else {
+		/* as GPT-NeoX's rotary_ndims and Megatron's int(kv_channels * percent) */
+		d->rope_dim = (int)(D * pct);
+		if (d->rope_dim <= 0 || d->rope_dim % 2 || d->rope_dim > D) {
+			snprintf(why, len, "--rotary-percent %g gives a rotary dim of %d for head dim "
+				 "%lld: it must be even and in [2, %lld]", pct, d->rope_dim,
+				 (long long)D, (long long)D);
+			return false;
+		}
+		if (fw_opt_bool(o, "use-rope-scaling")) {
+			d->rope_factor = (float)fw_opt_float(o, "rope-scaling-factor");
+			d->rope_low = (float)fw_opt_float(o, "rope-scaling-low-freq-factor");
+			d->rope_high = (float)fw_opt_float(o, "rope-scaling-high-freq-factor");
+			d->rope_orig = (int)fw_opt_int(o, "rope-scaling-original-max-position-embeddings");
+			if (!(d->rope_high > d->rope_low)) {
+				snprintf(why, len, "--rope-scaling-high-freq-factor %g must exceed "
+					 "--rope-scaling-low-freq-factor %g", (double)d->rope_high,
+					 (double)d->rope_low);
+				return false;
+			}
+		}
+	}
+	d->ffn = fw_opt_int(o, "ffn-hidden-size");
+	if (d->ffn == 0)        /* Megatron's default: 4h, or 2/3 of it for SwiGLU */
+		d->ffn = d->swiglu ? (int64_t)((DECODER_MLP_MULT * d->n_embd * 2 / 3) / 64) * 64 :
+				     DECODER_MLP_MULT * d->n_embd;
+	if (d->ffn <= 0) {
+		snprintf(why, len, "--swiglu with --n-embd %lld gives no MLP width by Megatron's "
+			 "rule (4h * 2/3, a multiple of 64): set --ffn-hidden-size",
+			 (long long)d->n_embd);
+		return false;
+	}
+	return true;
+}
+
 static enum fw_status decoder_init(const struct fw_host *host, const struct fw_options *o,
 				   void **state, struct fw_err *err)
 {
 	struct decoder *d = host->malloc(sizeof(*d));
 	if (!d)
 		return host->errorf(err, FW_ERR_NOMEM, "arch/decoder: out of memory");
+	static const char *const pos_types[] = { "learned_absolute", "rope", "alibi", "none" };
+	int pos = 0;
+	while (pos < 3 && strcmp(fw_opt_str(o, "position-embedding-type"), pos_types[pos]))
+		pos++;
+	/* --normalization, --disable-bias-linear and --untie-... are Megatron's
+	 * names for --norm, --bias and --tie-embeddings: either spelling of the
+	 * non-default choice selects it. */
 	*d = (struct decoder){
 		.host = host, .n_layer = fw_opt_int(o, "n-layer"), .n_head = fw_opt_int(o, "n-head"),
 		.n_embd = fw_opt_int(o, "n-embd"), .vocab = fw_opt_int(o, "vocab-size"),
 		.n_pos = fw_opt_int(o, "n-positions"), .dropout = (float)fw_opt_float(o, "dropout"),
 		.eps = (float)fw_opt_float(o, "layer-norm-eps"),
-		.rmsnorm = !strcmp(fw_opt_str(o, "norm"), "rmsnorm"),
-		.bias = fw_opt_bool(o, "bias"), .tie = fw_opt_bool(o, "tie-embeddings"),
+		.rmsnorm = !strcmp(fw_opt_str(o, "norm"), "rmsnorm") ||
+			   !strcmp(fw_opt_str(o, "normalization"), "RMSNorm"),
+		.bias = fw_opt_bool(o, "bias") && !fw_opt_bool(o, "disable-bias-linear"),
+		.tie = fw_opt_bool(o, "tie-embeddings") &&
+		       !fw_opt_bool(o, "untie-embeddings-and-output-weights"),
 		.recompute = fw_opt_bool(o, "recompute-activations"),
+		.swiglu = fw_opt_bool(o, "swiglu"), .pos = (enum pos_type)pos,
+		.rope_base = (float)fw_opt_float(o, "rotary-base"),
+		.rope_interleaved = fw_opt_bool(o, "rotary-interleaved"),
 	};
 	/* The option ranges hold already; this adds the rules between options
 	 * (the same ones fwrun import applies to a config.json). */
@@ -203,8 +311,9 @@ static enum fw_status decoder_init(const struct fw_host *host, const struct fw_o
 					     "--n-positions", "--layer-norm-eps" };
 	struct decoder_dims dims = { d->n_layer, d->n_head, d->n_embd, d->vocab, d->n_pos,
 				     fw_opt_float(o, "layer-norm-eps") };
-	char why[160];
-	if (!decoder_dims_check(&dims, keys, why, sizeof(why))) {
+	char why[200];
+	if (!decoder_dims_check(&dims, keys, why, sizeof(why)) ||
+	    !decoder_options_check(d, o, why, sizeof(why))) {
 		host->free(d);
 		return host->errorf(err, FW_ERR_INVALID, "arch/decoder: %s", why);
 	}
@@ -220,6 +329,8 @@ static void decoder_fini(void *state)
 }
 
 static const char *const norms[] = { "layernorm", "rmsnorm", NULL };
+static const char *const normalizations[] = { "LayerNorm", "RMSNorm", NULL };
+static const char *const positions[] = { "learned_absolute", "rope", "alibi", "none", NULL };
 
 static const struct fw_option_def options[] = {
 	{ "n-layer", FW_OPT_INT, "12", 1, DECODER_LAYER_MAX, NULL, "transformer blocks" },
@@ -240,6 +351,37 @@ static const struct fw_option_def options[] = {
 	  "output head shares the token embedding" },
 	{ "recompute-activations", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "recompute each block's activations in backward (less memory, ~1.3x compute)" },
+	/* Megatron-LM's names for the Llama family */
+	{ "normalization", FW_OPT_CHOICE, "LayerNorm", 0, -1, normalizations,
+	  "LayerNorm or RMSNorm (RMSNorm here or --norm=rmsnorm selects RMSNorm)" },
+	{ "disable-bias-linear", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "no biases in linear layers (same as --bias=false)" },
+	{ "untie-embeddings-and-output-weights", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "a separate lm_head.weight (same as --tie-embeddings=false)" },
+	{ "swiglu", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "SwiGLU MLP as Llama: c_proj(silu(gate) * up), c_fc rows [gate; up]" },
+	{ "ffn-hidden-size", FW_OPT_INT, "0", 0, DECODER_EMBD_MAX * DECODER_MLP_MULT, NULL,
+	  "MLP width; 0 = 4 * n-embd, or with --swiglu Megatron's 4h*2/3 rounded down to 64" },
+	{ "group-query-attention", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "grouped-query attention with --num-query-groups KV heads" },
+	{ "num-query-groups", FW_OPT_INT, "1", 1, DECODER_HEAD_MAX, NULL,
+	  "KV heads under --group-query-attention (1 = multi-query); divides n-head" },
+	{ "position-embedding-type", FW_OPT_CHOICE, "learned_absolute", 0, -1, positions,
+	  "learned_absolute (GPT-2), rope (Llama), alibi (BLOOM) or none" },
+	{ "rotary-base", FW_OPT_FLOAT, "10000", 1, 1e12, NULL, "RoPE base (theta)" },
+	{ "rotary-percent", FW_OPT_FLOAT, "1.0", 0, 1, NULL,
+	  "fraction of each head's dims that RoPE rotates (GPT-NeoX rotary_pct)" },
+	{ "rotary-interleaved", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "rotate pairs (2i, 2i+1) as GPT-J, not halves (i, i+R/2) as NeoX/Llama" },
+	{ "use-rope-scaling", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "Llama-3 RoPE frequency scaling (HF rope_scaling rope_type llama3)" },
+	{ "rope-scaling-factor", FW_OPT_FLOAT, "8.0", 1, 1e6, NULL, "llama3 scaling: factor" },
+	{ "rope-scaling-low-freq-factor", FW_OPT_FLOAT, "1.0", 1e-6, 1e6, NULL,
+	  "llama3 scaling: low_freq_factor" },
+	{ "rope-scaling-high-freq-factor", FW_OPT_FLOAT, "4.0", 1e-6, 1e6, NULL,
+	  "llama3 scaling: high_freq_factor" },
+	{ "rope-scaling-original-max-position-embeddings", FW_OPT_INT, "8192", 1, DECODER_POS_MAX,
+	  NULL, "llama3 scaling: original_max_position_embeddings" },
 };
 
 static const struct fw_arch_i iface = {
@@ -252,8 +394,9 @@ static const struct fw_plugin plugin = {
 	FW_PLUGIN_HEADER,
 	.kind = FW_KIND_ARCH,
 	.name = "arch/decoder",
-	.version = "1.0.0",
-	.description = "GPT-2 decoder: pre-LayerNorm, learned positions, GELU, tied embeddings",
+	.version = "1.1.0",
+	.description = "decoder-only transformer: GPT-2 by default; Llama (RMSNorm, SwiGLU, RoPE, "
+		       "GQA) by switches",
 	.options = options,
 	.n_options = (int)(sizeof(options) / sizeof(options[0])),
 	.iface = &iface,
