@@ -105,20 +105,22 @@ struct bad_case {
 
 START_TEST(test_bad_plugins)
 {
-	char abi_major[64], abi_minor[64], size_big[96];
+	char abi_major[64], abi_minor[64], size_big[96], iface_small[96];
+	snprintf(iface_small, sizeof(iface_small), "optim interface is %zu bytes, fw expects %zu",
+		 offsetof(struct fw_optim_i, step), (size_t)FW_OPTIM_I_SIZE_1_0);
 	snprintf(abi_major, sizeof(abi_major), "built for ABI %d.%d, fw is %d.%d",
 		 FW_ABI_MAJOR + 1, FW_ABI_MINOR, FW_ABI_MAJOR, FW_ABI_MINOR);
 	snprintf(abi_minor, sizeof(abi_minor), "built for ABI %d.%d, fw is %d.%d",
 		 FW_ABI_MAJOR, FW_ABI_MINOR + 1, FW_ABI_MAJOR, FW_ABI_MINOR);
-	snprintf(size_big, sizeof(size_big), "descriptor is %zu bytes, fw expects %zu",
-		 sizeof(struct fw_plugin) + 16, sizeof(struct fw_plugin));
+	snprintf(size_big, sizeof(size_big), "descriptor is %zu bytes, fw expects %zu to %zu",
+		 sizeof(struct fw_plugin) + 16, (size_t)FW_PLUGIN_SIZE_1_0,
+		 sizeof(struct fw_plugin));
 	const struct bad_case cases[] = {
 		{ "no_entry", FW_ERR_FORMAT, { "no 'fw_plugin_entry' symbol", "not an fw plugin" } },
-		{ "entry_hidden", FW_ERR_FORMAT, { "no 'fw_plugin_entry' symbol" } },
 		{ "entry_null", FW_ERR_FORMAT, { "fw_plugin_entry returned NULL" } },
 		{ "abi_major", FW_ERR_UNSUPPORTED, { abi_major } },
 		{ "abi_minor", FW_ERR_UNSUPPORTED, { abi_minor } },
-		{ "fingerprint", FW_ERR_UNSUPPORTED, { "struct sizes differ", "rebuild" } },
+		{ "fingerprint", FW_ERR_UNSUPPORTED, { "struct layouts differ", "rebuild" } },
 		{ "size_big", FW_ERR_UNSUPPORTED, { size_big } },
 		{ "size_small", FW_ERR_FORMAT, { "descriptor is 8 bytes", "too small" } },
 		{ "kind", FW_ERR_FORMAT, { "unknown plugin kind 99" } },
@@ -132,6 +134,12 @@ START_TEST(test_bad_plugins)
 		{ "opt_range", FW_ERR_FORMAT, { "bad default", "'bad-count'", "out of range" } },
 		{ "opt_choice_default", FW_ERR_FORMAT, { "bad default", "'bad-shade'", "'blue'" } },
 		{ "opt_dup", FW_ERR_FORMAT, { "'bad-level'", "declared twice" } },
+		/* what the guide promises, checked at load (issue 18) */
+		{ "no_step", FW_ERR_FORMAT, { "'optim/bad'", "no fw_optim_i.step (required)" } },
+		{ "state_names", FW_ERR_FORMAT, { "no fw_optim_i.state_names (required)" } },
+		{ "opt_case", FW_ERR_FORMAT, { "'Lion_Beta1'", "lower case words joined by dashes" } },
+		/* an interface without all of its ABI minor's members */
+		{ "iface_small", FW_ERR_UNSUPPORTED, { iface_small, "ABI 1." } },
 	};
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		const struct bad_case *c = &cases[i];
@@ -164,6 +172,143 @@ START_TEST(test_bad_baseline)
 	ck_assert_int_eq(fw_opt_int(p->opts, "bad-level"), 3);
 	ck_assert_str_eq(fw_opt_str(p->opts, "bad-colour"), "red");
 	fw_plugin_close(p);
+}
+END_TEST
+
+/* fw/plugin.h declares fw_plugin_entry (exported), so a definition needs no
+ * prototype of its own and cannot be hidden by mistake. */
+_Static_assert(__builtin_types_compatible_p(__typeof__(&fw_plugin_entry), fw_plugin_entry_fn),
+	       "fw/plugin.h declares fw_plugin_entry");
+
+START_TEST(test_entry_unmarked_is_exported)
+{
+	struct fw_loaded *p = NULL;
+	struct fw_err err = { 0 };
+	ck_assert_msg(fw_plugin_open(bad_path("entry_unmarked"), FW_KIND_OPTIM, &p, &err) ==
+		      FW_OK, "%s", err.msg);
+	fw_plugin_close(p);
+}
+END_TEST
+
+/* Loaded by name, a plugin must call itself by that name; by path it may not. */
+START_TEST(test_name_must_match_path)
+{
+	char dir[4300], path[4400];
+	snprintf(dir, sizeof(dir), "%s/test-plugins-misnamed", build_dir);
+	snprintf(path, sizeof(path), "%s/optim/foo.so", dir);
+	setenv("FW_PLUGIN_PATH", dir, 1);
+	struct fw_loaded *p = NULL;
+	struct fw_err err = { 0 };
+	ck_assert_int_eq(fw_plugin_open("optim/foo", FW_KIND_OPTIM, &p, &err), FW_ERR_FORMAT);
+	ck_assert_ptr_null(p);
+	ck_one_line(err.msg);
+	ck_has(err.msg, path);
+	ck_has(err.msg, "names itself 'optim/bad', but was loaded as 'optim/foo'");
+	ck_assert_msg(fw_plugin_open(path, FW_KIND_OPTIM, &p, &err) == FW_OK, "%s", err.msg);
+	ck_assert_str_eq(p->desc->name, "optim/bad");
+	fw_plugin_close(p);
+}
+END_TEST
+
+/* A valid descriptor for fw_plugin_check, built here without dlopen. */
+static enum fw_status noop_step(void *state, const struct fw_optim_group *groups, int n_groups,
+				int64_t step, struct fw_err *err)
+{
+	return FW_OK;
+}
+
+static const struct fw_optim_i check_oi = { .size = sizeof(check_oi), .step = noop_step };
+
+static struct fw_plugin check_desc(void)
+{
+	return (struct fw_plugin){
+		FW_PLUGIN_HEADER, .kind = FW_KIND_OPTIM, .name = "optim/x", .version = "1",
+		.iface = &check_oi,
+	};
+}
+
+/* A plugin built against the frozen ABI 1.0 headers loads, and its step runs
+ * in today's fw (tests/abi/plugin-1.0/old10.c). */
+START_TEST(test_abi_1_0_plugin)
+{
+	char path[4400];
+	snprintf(path, sizeof(path), "%s/test-plugins-abi/optim/old10.so", build_dir);
+	struct fw_loaded *p = NULL;
+	struct fw_err err = { 0 };
+	ck_assert_msg(fw_plugin_open(path, FW_KIND_OPTIM, &p, &err) == FW_OK, "%s", err.msg);
+	ck_assert_int_eq(p->desc->abi_major, 1);
+	ck_assert_int_eq(p->desc->abi_minor, 0);
+	ck_assert_uint_eq(p->desc->size, FW_PLUGIN_SIZE_1_0);
+	ck_assert_msg(fw_options_set(p->opts, "old10-momentum", "0.5", &err) == FW_OK, "%s",
+		      err.msg);
+	ck_assert_msg(fw_plugin_init(p, NULL, &err) == FW_OK, "%s", err.msg);
+
+	/* callers read the loader's full-size copies, not the plugin's structs */
+	ck_assert_ptr_eq(p->desc, &p->desc_full);
+	ck_assert_ptr_eq(p->desc->iface, &p->iface_full);
+	const struct fw_optim_i *oi = p->desc->iface;
+	ck_assert_uint_eq(oi->size, FW_OPTIM_I_SIZE_1_0);
+	ck_assert_int_eq(oi->n_state, 1);
+	ck_assert_str_eq(oi->state_names[0], "momentum_buffer");
+	float w[3] = { 1, 2, 3 }, g[3] = { 0.5f, -1, 2 }, buf[3] = { 0 };
+	struct fw_tensor gt = { .dtype = FW_F32, .ndim = 1, .ne = { 3 }, .nb = { 1 }, .data = g };
+	struct fw_tensor wt = { .dtype = FW_F32, .ndim = 1, .ne = { 3 }, .nb = { 1 }, .data = w,
+				.grad = &gt };
+	struct fw_tensor *params[1] = { &wt };
+	float *st[1] = { buf };
+	float **states[1] = { st };
+	struct fw_optim_group grp = { .lr = 0.1f, .weight_decay = 0, .n_params = 1,
+				      .params = params, .state = states };
+	ck_assert_msg(oi->step(p->state, &grp, 1, 1, &err) == FW_OK, "%s", err.msg);
+	ck_assert_msg(oi->step(p->state, &grp, 1, 2, &err) == FW_OK, "%s", err.msg);
+	/* buf = g, then 0.5 g + g; w -= 0.1 (g + 1.5 g) */
+	for (int i = 0; i < 3; i++)
+		ck_assert_float_eq_tol(w[i], (float)(i + 1) - 0.25f * g[i], 1e-6f);
+	ck_assert_int_eq(oi->step(p->state, &grp, 1, 0, &err), FW_ERR_INVALID);
+	ck_has(err.msg, "optim/old10: step 0 < 1");
+	fw_plugin_close(p);
+}
+END_TEST
+
+/* Descriptor and interface sizes are checked against the frozen sizes of
+ * the minor the plugin declares. */
+START_TEST(test_abi_sizes)
+{
+	struct fw_plugin d = check_desc();
+	struct fw_err err = { 0 };
+	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_OK);
+	/* the smallest descriptor and interface of this minor are accepted */
+	d.size = FW_PLUGIN_SIZE_1_0;
+	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_OK);
+	struct fw_optim_i small = check_oi;
+	small.size = FW_OPTIM_I_SIZE_1_0;
+	d.iface = &small;
+	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_OK);
+	/* one byte short of a member is refused, naming the sizes and the minor */
+	small.size = FW_OPTIM_I_SIZE_1_0 - 1;
+	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_ERR_UNSUPPORTED);
+	ck_one_line(err.msg);
+	char want[160];
+	snprintf(want, sizeof(want), "x.so: optim interface is %zu bytes, fw expects %zu to %zu "
+		 "for ABI %d.%d", (size_t)FW_OPTIM_I_SIZE_1_0 - 1, (size_t)FW_OPTIM_I_SIZE_1_0,
+		 sizeof(struct fw_optim_i), FW_ABI_MAJOR, FW_ABI_MINOR);
+	ck_assert_str_eq(err.msg, want);
+	d.iface = &check_oi;
+	d.size = FW_PLUGIN_SIZE_1_0 - 1;
+	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_ERR_UNSUPPORTED);
+	ck_has(err.msg, "descriptor is");
+	d.size = sizeof(d);
+
+	/* a newer minor: one line with both versions */
+	d.abi_minor = FW_ABI_MINOR + 1;
+	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_ERR_UNSUPPORTED);
+	snprintf(want, sizeof(want), "x.so: built for ABI %d.%d, fw is %d.%d", FW_ABI_MAJOR,
+		 FW_ABI_MINOR + 1, FW_ABI_MAJOR, FW_ABI_MINOR);
+	ck_assert_str_eq(err.msg, want);
+	/* an older minor carries the fingerprint of its time: today's is refused */
+	d.abi_minor = 0;
+	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_ERR_UNSUPPORTED);
+	ck_has(err.msg, "for ABI 1.0): rebuild");
 }
 END_TEST
 
@@ -363,11 +508,7 @@ END_TEST
 /* fw_plugin_check on descriptors built here, without dlopen. */
 START_TEST(test_check_descriptor)
 {
-	static const struct fw_optim_i oi = { .size = sizeof(oi) };
-	struct fw_plugin d = {
-		FW_PLUGIN_HEADER, .kind = FW_KIND_OPTIM, .name = "optim/x", .version = "1",
-		.iface = &oi,
-	};
+	struct fw_plugin d = check_desc();
 	struct fw_err err = { 0 };
 	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_OK);
 	ck_assert_int_eq(fw_plugin_check(&d, "x.so", FW_KIND_OPTIM, &err), FW_OK);
@@ -382,9 +523,10 @@ START_TEST(test_check_descriptor)
 		 FW_ABI_MINOR);
 	ck_assert_str_eq(err.msg, want);
 
-	/* an older minor of the same major is accepted */
+	/* an older minor of the same major is accepted (with the fingerprint of
+	 * its time: see test_abi_sizes and test_abi_1_0_plugin) */
 	d.abi_major = FW_ABI_MAJOR;
-	d.abi_minor = 0;
+	d.abi_minor = FW_ABI_MINOR;
 	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_OK);
 
 	d.name = "optim/";
@@ -1070,6 +1212,10 @@ static Suite *plugins_suite(void)
 	tcase_add_test(tc, test_open_by_path);
 	tcase_add_test(tc, test_bad_plugins);
 	tcase_add_test(tc, test_bad_baseline);
+	tcase_add_test(tc, test_entry_unmarked_is_exported);
+	tcase_add_test(tc, test_name_must_match_path);
+	tcase_add_test(tc, test_abi_1_0_plugin);
+	tcase_add_test(tc, test_abi_sizes);
 	tcase_add_test(tc, test_init_fails);
 	tcase_add_test(tc, test_not_a_plugin_file);
 	tcase_add_test(tc, test_unknown_name_lists_available);

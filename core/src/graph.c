@@ -559,15 +559,48 @@ static struct fw_exec exec_of(const struct fw_graph *g)
 	};
 }
 
+/* Where fw_kernel_fail records, while a graph runs (NULL otherwise). */
+static struct fw_err *kernel_err;
+
+void fw_kernel_fail(const struct fw_err *e)
+{
+	FW_ASSERT(kernel_err && "a kernel failed outside a graph run");
+	if (kernel_err->status == FW_OK)
+		*kernel_err = *e;
+}
+
+/* Runs step si's kernel; FW_OK, or the kernel's failure as ctx's error. */
+static enum fw_status run_step(struct fw_graph *g, int si, bool backward,
+			       const struct fw_exec *ex)
+{
+	struct fw_tensor *t = g->nodes[g->steps[si].node];
+	const struct fw_op_i *vt = fw_op_get(t->op);
+	struct fw_err e = { 0 };
+	kernel_err = &e;
+	if (backward)
+		vt->backward(t, ex);
+	else
+		vt->forward(t, ex);
+	kernel_err = NULL;
+	if (e.status == FW_OK)
+		return FW_OK;
+	return fw_errorf(&g->ctx->err, e.status, "graph: %s of '%s' (%s): %s",
+			 backward ? "backward" : "forward", t->name[0] ? t->name : "unnamed",
+			 vt->name, e.msg);
+}
+
 enum fw_status fw_graph_forward(struct fw_graph *g)
 {
 	bind(g);
 	struct fw_exec ex = exec_of(g);
+	g->forward_done = false;
 	for (int si = 0; si < g->n_fwd_steps; si++) {
 		struct fw_tensor *t = g->nodes[g->steps[si].node];
 		if (!is_view(t))
 			t->data = g->arena + g->slots[g->val_slot[g->steps[si].node]].offset;
-		fw_op_get(t->op)->forward(t, &ex);
+		enum fw_status s = run_step(g, si, false, &ex);
+		if (s != FW_OK)
+			return s;
 	}
 	g->forward_done = true;
 	return FW_OK;
@@ -583,6 +616,7 @@ enum fw_status fw_graph_backward(struct fw_graph *g)
 				 "graph: backward called before forward");
 	bind(g);
 	struct fw_exec ex = exec_of(g);
+	enum fw_status rc = FW_OK;
 	int z = 0;
 	struct fw_tensor *loss = g->outputs[0];
 	for (int si = g->n_fwd_steps; si < g->n_steps; si++) {
@@ -594,21 +628,18 @@ enum fw_status fw_graph_backward(struct fw_graph *g)
 			*(float *)loss->grad->data = g->loss_scale;
 		struct step *st = &g->steps[si];
 		struct fw_tensor *t = g->nodes[st->node];
-		const struct fw_op_i *vt = fw_op_get(t->op);
-		if (st->kind == STEP_BWD) {
-			vt->backward(t, &ex);
-			continue;
-		}
-		if (!is_view(t))
+		if (st->kind != STEP_BWD && !is_view(t))
 			t->data = g->arena + g->slots[g->rec_slot[st->node]].offset;
-		vt->forward(t, &ex);
+		rc = run_step(g, si, st->kind == STEP_BWD, &ex);
+		if (rc != FW_OK)
+			break;
 	}
 	/* Leave value pointers at their forward buffers for reading outputs. */
 	for (int i = 0; i < g->n_nodes; i++)
 		if (g->rec_slot[i] >= 0)
 			g->nodes[i]->data = g->arena + g->slots[g->val_slot[i]].offset;
 	g->forward_done = false;
-	return FW_OK;
+	return rc;
 }
 
 void fw_graph_zero_grad(struct fw_graph *g)

@@ -56,6 +56,17 @@ struct fw_gemm {
 enum fw_status fw_gemm_run(const struct fw_gemm *g, const void *a, const void *b,
 			   float *c);
 void fw_gemm_cache_clear(void);
+/* Test hook: oneDNN primitive creation fails (as for a shape or ISA oneDNN
+ * cannot serve) while fail is true; the primitive cache is cleared. */
+void fw_matmul_fail_primitives(bool fail);
+
+/* A kernel that cannot run (a oneDNN primitive it cannot create or execute)
+ * reports it here instead of aborting: the running fw_graph_forward or
+ * fw_graph_backward stops after this step and returns e->status, with the
+ * message in the context's error. Outside a graph run it is a broken
+ * invariant (FW_ASSERT). Kernels call it from the thread that runs the
+ * graph, not from inside a parallel region. */
+void fw_kernel_fail(const struct fw_err *e);
 
 /* Counter-based RNG: a 32-bit random value for (key, counter), the same on
  * every thread count (Philox-like mixing, splitmix64 finaliser). */

@@ -56,6 +56,7 @@ struct mm_entry {
 static struct {
 	bool ready;
 	bool force_fallback;
+	bool fail_primitives;        /* test hook */
 	dnnl_engine_t engine;
 	dnnl_stream_t stream;
 	struct mm_entry entries[MM_CACHE_SIZE];
@@ -110,6 +111,12 @@ void fw_matmul_force_fallback(bool force)
 	if (mm.force_fallback != force)
 		fw_gemm_cache_clear();
 	mm.force_fallback = force;
+}
+
+void fw_matmul_fail_primitives(bool fail)
+{
+	fw_gemm_cache_clear();
+	mm.fail_primitives = fail;
 }
 
 static uint64_t key_hash(const struct mm_key *k)
@@ -235,6 +242,8 @@ static bool primitive_create(dnnl_primitive_t *prim, const struct mm_operand *a,
 	bool ok = false;
 
 	*prim = NULL;
+	if (mm.fail_primitives)
+		return false;
 	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, c, FW_F32))
 		goto out;
 	if (dnnl_matmul_desc_init(&desc, &a_md, &b_md, NULL, &c_md) != dnnl_success)
@@ -557,7 +566,8 @@ static void matmul_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	enum fw_status s = mm_product(operand(a, out->params[0].i), operand(b, out->params[1].i),
 				      operand(out, false), a->dtype, false, a->data, b->data,
 				      out->data, &err);
-	FW_ASSERT(s == FW_OK);
+	if (s != FW_OK)
+		fw_kernel_fail(&err);
 }
 
 static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -582,7 +592,10 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 		struct mm_operand bt = transposed(operand(b, tb));
 		s = mm_product(dc, bt, grad_operand(a, ta), dt, true, pdc, b->data,
 			       a->grad->data, &err);
-		FW_ASSERT(s == FW_OK);
+		if (s != FW_OK) {
+			fw_kernel_fail(&err);
+			return;
+		}
 	}
 	if (b->grad) {
 		/* dB (.., K, N) += A^T (.., K, M) dC (.., M, N) */
@@ -593,7 +606,8 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 				       b->grad->data, &err);
 		else
 			s = mm_reduce_batches(at, dc, db, a->data, pdc, b->grad->data, dt, &err);
-		FW_ASSERT(s == FW_OK);
+		if (s != FW_OK)
+			fw_kernel_fail(&err);
 	}
 }
 

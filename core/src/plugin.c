@@ -183,10 +183,16 @@ done:
 	return FW_OK;
 }
 
+/* A path to a .so file, not a plugin name. */
+static bool is_so_path(const char *s)
+{
+	size_t l = strlen(s);
+	return l > 3 && strcmp(s + l - 3, ".so") == 0;
+}
+
 enum fw_status fw_plugin_resolve(const char *name, char **path, struct fw_err *err)
 {
-	size_t l = strlen(name);
-	if (l > 3 && strcmp(name + l - 3, ".so") == 0) {      /* a path, not a name */
+	if (is_so_path(name)) {
 		if (!is_file(name))
 			return fw_errorf(err, FW_ERR_IO, "%s: no such plugin file", name);
 		*path = fw_strdup(name);
@@ -235,13 +241,46 @@ enum fw_status fw_plugin_resolve(const char *name, char **path, struct fw_err *e
 
 /* --- checking -------------------------------------------------------------------- */
 
-enum fw_status fw_plugin_check(const struct fw_plugin *d, const char *path, int expect_kind,
-			       struct fw_err *err)
+/* The sizes each minor of this major froze (plugin.h): members beyond them
+ * did not exist then. */
+struct abi_sizes {
+	size_t plugin;
+	size_t iface[FW_KIND_COUNT];
+};
+#define SIZES_1_0 { FW_PLUGIN_SIZE_1_0, { \
+	[FW_KIND_ARCH] = FW_ARCH_I_SIZE_1_0, [FW_KIND_ATTENTION] = FW_ATTENTION_I_SIZE_1_0, \
+	[FW_KIND_PEFT] = FW_PEFT_I_SIZE_1_0, [FW_KIND_OPTIM] = FW_OPTIM_I_SIZE_1_0 } }
+static const struct abi_sizes frozen[FW_ABI_MINOR + 1] = {
+	[0] = SIZES_1_0,
+	[1] = SIZES_1_0,             /* 1.1 appended to fw_model only */
+	[2] = SIZES_1_0,             /* 1.2 changed the fingerprint only */
+};
+#undef SIZES_1_0
+_Static_assert(FW_ABI_MINOR == 2, "a new minor needs its row in frozen[] and, if it "
+	       "changes the fingerprint, a case in fingerprint_of()");
+
+/* The fingerprint a plugin of this minor carries. 1.0 and 1.1 hashed the
+ * sizes of fw_tensor and fw_op_i as they were then (both may grow since). */
+static uint32_t fingerprint_of(unsigned minor)
+{
+	if (minor >= 2)
+		return FW_ABI_FINGERPRINT;
+	size_t tensor = FW_SIZE_THROUGH(struct fw_tensor, name);
+	tensor = (tensor + sizeof(int64_t) - 1) / sizeof(int64_t) * sizeof(int64_t);
+	return (uint32_t)(tensor * 1000003u ^ FW_OP_I_SIZE_1_0 * 10007u ^
+			  sizeof(struct fw_err) * 101u ^ sizeof(union fw_param) * 7u ^ FW_MAX_DIMS);
+}
+
+/* The ABI head, then d copied into dc (and its interface into ic) at this
+ * fw's size: only what d's minor and sizes cover, the rest zero. */
+static enum fw_status read_descriptor(const struct fw_plugin *d, const char *path,
+				      struct fw_plugin *dc, union fw_any_iface *ic,
+				      struct fw_err *err)
 {
 	if (!d)
 		return fw_errorf(err, FW_ERR_FORMAT, "%s: fw_plugin_entry returned NULL", path);
 	/* Only the fixed-layout head may be read before these checks pass. */
-	if (d->size < offsetof(struct fw_plugin, abi_fingerprint) + sizeof(uint32_t))
+	if (d->size < FW_SIZE_THROUGH(struct fw_plugin, abi_fingerprint))
 		return fw_errorf(err, FW_ERR_FORMAT,
 				 "%s: descriptor is %u bytes, too small to be an fw plugin",
 				 path, d->size);
@@ -249,19 +288,100 @@ enum fw_status fw_plugin_check(const struct fw_plugin *d, const char *path, int 
 		return fw_errorf(err, FW_ERR_UNSUPPORTED,
 				 "%s: built for ABI %u.%u, fw is %u.%u", path, d->abi_major,
 				 d->abi_minor, FW_ABI_MAJOR, FW_ABI_MINOR);
-	if (d->abi_fingerprint != FW_ABI_FINGERPRINT)
+	if (d->abi_fingerprint != fingerprint_of(d->abi_minor))
 		return fw_errorf(err, FW_ERR_UNSUPPORTED,
-				 "%s: struct sizes differ (fingerprint %08x, fw has %08x): "
-				 "rebuild against this fw", path, d->abi_fingerprint,
-				 FW_ABI_FINGERPRINT);
-	if (d->size != sizeof(struct fw_plugin))
+				 "%s: struct layouts differ (fingerprint %08x, fw %u.%u expects "
+				 "%08x for ABI %u.%u): rebuild against this fw", path,
+				 d->abi_fingerprint, FW_ABI_MAJOR, FW_ABI_MINOR,
+				 fingerprint_of(d->abi_minor), d->abi_major, d->abi_minor);
+	const struct abi_sizes *fz = &frozen[d->abi_minor];
+	if (d->size < fz->plugin || d->size > sizeof(struct fw_plugin))
 		return fw_errorf(err, FW_ERR_UNSUPPORTED,
-				 "%s: descriptor is %u bytes, fw expects %zu for ABI %u.%u",
-				 path, d->size, sizeof(struct fw_plugin), FW_ABI_MAJOR,
-				 FW_ABI_MINOR);
-	if (d->kind <= 0 || d->kind >= FW_KIND_COUNT)
+				 "%s: descriptor is %u bytes, fw expects %zu to %zu for ABI %u.%u",
+				 path, d->size, fz->plugin, sizeof(struct fw_plugin), d->abi_major,
+				 d->abi_minor);
+	memset(dc, 0, sizeof(*dc));
+	memcpy(dc, d, fz->plugin);
+	memset(ic, 0, sizeof(*ic));
+	if (dc->kind <= 0 || dc->kind >= FW_KIND_COUNT)
 		return fw_errorf(err, FW_ERR_FORMAT, "%s: unknown plugin kind %d", path,
-				 (int)d->kind);
+				 (int)dc->kind);
+	const char *kn = fw_plugin_kind_name(dc->kind);
+	if (!dc->iface)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: plugin '%s' lacks its %s interface",
+				 path, dc->name ? dc->name : "(null)", kn);
+	/* The interface starts with its size: all members of the plugin's minor. */
+	size_t isize = *(const size_t *)dc->iface;
+	static const size_t iface_size[FW_KIND_COUNT] = {
+		[FW_KIND_ARCH] = sizeof(struct fw_arch_i),
+		[FW_KIND_ATTENTION] = sizeof(struct fw_attention_i),
+		[FW_KIND_PEFT] = sizeof(struct fw_peft_i),
+		[FW_KIND_OPTIM] = sizeof(struct fw_optim_i),
+	};
+	size_t ours = iface_size[dc->kind], need = fz->iface[dc->kind];
+	if (isize < need || isize > ours)
+		return fw_errorf(err, FW_ERR_UNSUPPORTED,
+				 "%s: %s interface is %zu bytes, fw expects %zu to %zu for ABI %u.%u",
+				 path, kn, isize, need, ours, d->abi_major, d->abi_minor);
+	memcpy(ic, dc->iface, need);
+	dc->iface = ic;
+	return FW_OK;
+}
+
+/* Option names: lower case letters and digits in words joined by single
+ * dashes, starting with a letter ("lora-r", "adam-beta1"). */
+static bool option_name_ok(const char *s)
+{
+	if (!(*s >= 'a' && *s <= 'z'))
+		return false;
+	for (const char *p = s; *p; p++) {
+		bool word = (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9');
+		if (!word && !(*p == '-' && p[1] && p[1] != '-'))
+			return false;
+	}
+	return true;
+}
+
+/* Members without which the host cannot use a plugin of this kind. */
+static enum fw_status check_required(const struct fw_plugin *d, const char *path,
+				     struct fw_err *err)
+{
+	const union fw_any_iface *i = d->iface;
+	const char *missing = NULL;
+	switch (d->kind) {
+	case FW_KIND_ARCH:
+		missing = !i->arch.build ? "fw_arch_i.build" : NULL;
+		break;
+	case FW_KIND_ATTENTION:
+		missing = !i->attention.attend ? "fw_attention_i.attend" : NULL;
+		break;
+	default:                     /* peft: every hook is optional */
+		break;
+	case FW_KIND_OPTIM:
+		if (!i->optim.step)
+			missing = "fw_optim_i.step";
+		else if (i->optim.n_state < 0)
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: plugin '%s' has n_state %d",
+					 path, d->name, i->optim.n_state);
+		else if (i->optim.n_state > 0 && !i->optim.state_names)
+			missing = "fw_optim_i.state_names";
+		for (int k = 0; !missing && k < i->optim.n_state; k++)
+			if (!i->optim.state_names[k] || !*i->optim.state_names[k])
+				return fw_errorf(err, FW_ERR_FORMAT,
+						 "%s: plugin '%s' state name %d is empty", path,
+						 d->name, k);
+		break;
+	}
+	if (missing)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: plugin '%s' has no %s (required)", path,
+				 d->name, missing);
+	return FW_OK;
+}
+
+/* d already read by read_descriptor. */
+static enum fw_status check_read(const struct fw_plugin *d, const char *path, int expect_kind,
+				 struct fw_err *err)
+{
 	const char *kn = fw_plugin_kind_name(d->kind);
 	size_t kl = strlen(kn);
 	if (!d->name || strncmp(d->name, kn, kl) || d->name[kl] != '/' || !d->name[kl + 1] ||
@@ -273,22 +393,12 @@ enum fw_status fw_plugin_check(const struct fw_plugin *d, const char *path, int 
 		return fw_errorf(err, FW_ERR_INVALID,
 				 "%s: plugin '%s' is of kind '%s', but this slot needs kind '%s'",
 				 path, d->name, kn, fw_plugin_kind_name(expect_kind));
-	if (!d->version || !d->iface || *(const size_t *)d->iface == 0)
-		return fw_errorf(err, FW_ERR_FORMAT,
-				 "%s: plugin '%s' lacks a version or its %s interface", path,
-				 d->name, kn);
-	/* The interface starts with its size; ABI 1.0's members must all exist. */
-	static const size_t iface_min[FW_KIND_COUNT] = {
-		[FW_KIND_ARCH] = sizeof(struct fw_arch_i),
-		[FW_KIND_ATTENTION] = sizeof(struct fw_attention_i),
-		[FW_KIND_PEFT] = sizeof(struct fw_peft_i),
-		[FW_KIND_OPTIM] = sizeof(struct fw_optim_i),
-	};
-	if (*(const size_t *)d->iface < iface_min[d->kind])
-		return fw_errorf(err, FW_ERR_UNSUPPORTED,
-				 "%s: %s interface is %zu bytes, fw %u.%u needs %zu", path, kn,
-				 *(const size_t *)d->iface, FW_ABI_MAJOR, FW_ABI_MINOR,
-				 iface_min[d->kind]);
+	if (!d->version)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: plugin '%s' lacks a version", path,
+				 d->name);
+	enum fw_status s = check_required(d, path, err);
+	if (s != FW_OK)
+		return s;
 	if (d->n_options < 0 || (d->n_options > 0 && !d->options))
 		return fw_errorf(err, FW_ERR_FORMAT, "%s: plugin '%s' has a bad option table",
 				 path, d->name);
@@ -298,6 +408,10 @@ enum fw_status fw_plugin_check(const struct fw_plugin *d, const char *path, int 
 		    (o->type == FW_OPT_CHOICE && !o->choices))
 			return fw_errorf(err, FW_ERR_FORMAT,
 					 "%s: plugin '%s' option %d is malformed", path, d->name, i);
+		if (!option_name_ok(o->name))
+			return fw_errorf(err, FW_ERR_FORMAT,
+					 "%s: plugin '%s' option '%s': names are lower case words "
+					 "joined by dashes ('adam-beta1')", path, d->name, o->name);
 		for (int j = 0; j < i; j++)
 			if (!strcmp(d->options[j].name, o->name))
 				return fw_errorf(err, FW_ERR_FORMAT,
@@ -322,12 +436,22 @@ enum fw_status fw_plugin_check(const struct fw_plugin *d, const char *path, int 
 	return FW_OK;
 }
 
+enum fw_status fw_plugin_check(const struct fw_plugin *d, const char *path, int expect_kind,
+			       struct fw_err *err)
+{
+	struct fw_plugin dc;
+	union fw_any_iface ic;
+	enum fw_status s = read_descriptor(d, path, &dc, &ic, err);
+	return s != FW_OK ? s : check_read(&dc, path, expect_kind, err);
+}
+
 /* --- loading ------------------------------------------------------------------------ */
 
 enum fw_status fw_plugin_open(const char *name_or_path, int expect_kind,
 			      struct fw_loaded **out, struct fw_err *err)
 {
 	char *path = NULL;
+	bool by_path = is_so_path(name_or_path);
 	enum fw_status s = fw_plugin_resolve(name_or_path, &path, err);
 	if (s != FW_OK)
 		return s;
@@ -347,17 +471,24 @@ enum fw_status fw_plugin_open(const char *name_or_path, int expect_kind,
 			      "%s: no '%s' symbol: not an fw plugin", path, FW_PLUGIN_ENTRY_SYMBOL);
 		goto fail;      /* the handle stays open: we never dlclose */
 	}
-	const struct fw_plugin *d = entry();
-	s = fw_plugin_check(d, path, expect_kind, err);
-	if (s != FW_OK)
-		goto fail;
-
 	struct fw_loaded *p = fw_calloc(1, sizeof(*p));
-	struct fw_options *opts = fw_options_new(d->options, d->n_options, d->name);
-	if (!p || !opts) {
-		fw_free(p);
-		fw_options_free(opts);
+	if (!p) {
 		s = fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+		goto fail;
+	}
+	const struct fw_plugin *d = &p->desc_full;
+	s = read_descriptor(entry(), path, &p->desc_full, &p->iface_full, err);
+	if (s == FW_OK)
+		s = check_read(d, path, expect_kind, err);
+	if (s == FW_OK && !by_path && strcmp(d->name, name_or_path))
+		s = fw_errorf(err, FW_ERR_FORMAT,
+			      "%s: plugin names itself '%s', but was loaded as '%s' from its path",
+			      path, d->name, name_or_path);
+	struct fw_options *opts = NULL;
+	if (s == FW_OK && !(opts = fw_options_new(d->options, d->n_options, d->name)))
+		s = fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+	if (s != FW_OK) {
+		fw_free(p);
 		goto fail;
 	}
 	p->desc = d;

@@ -98,10 +98,16 @@ struct fw_graph *fw_graph_new(struct fw_ctx *ctx, struct fw_tensor **outputs,
 			      int n_outputs, const struct fw_graph_opts *opts);
 void fw_graph_free(struct fw_graph *g);
 
+/* Runs the forward steps. A kernel that cannot run (a oneDNN primitive that
+ * cannot be created or executed for its shape, dtype or CPU) stops the run:
+ * the status comes back (FW_ERR_INTERNAL, FW_ERR_NOMEM) with one line in
+ * fw_ctx_err naming the node and op, outputs are not valid, and backward
+ * refuses to run until a forward succeeds. The process never aborts. */
 enum fw_status fw_graph_forward(struct fw_graph *g);
 /* Seeds d(loss) = 1 (or the value set by fw_graph_set_loss_scale) and adds
  * parameter gradients into their grad buffers: call once per micro-batch to
- * accumulate, and fw_graph_zero_grad after the optimizer step. */
+ * accumulate, and fw_graph_zero_grad after the optimizer step. Errors as for
+ * fw_graph_forward; after a failed backward the gradients are partial. */
 enum fw_status fw_graph_backward(struct fw_graph *g);
 void fw_graph_zero_grad(struct fw_graph *g);
 void fw_graph_set_step(struct fw_graph *g, int64_t step);

@@ -6,6 +6,9 @@
  * and checked (size, ABI, fingerprint, kind, name) before anything else in
  * it is read. Plugins are never dlclose'd: their code may have run inside
  * the OpenMP runtime.
+ *
+ * This header is for hosts (fwrun, tests, programs embedding fw): plugins
+ * never include it (see the rule in fw/plugin.h).
  */
 #ifndef FW_LOADER_H
 #define FW_LOADER_H
@@ -16,12 +19,28 @@
 extern "C" {
 #endif
 
+/* Any kind's interface, at this fw's size. */
+union fw_any_iface {
+	size_t size;
+	struct fw_arch_i arch;
+	struct fw_attention_i attention;
+	struct fw_peft_i peft;
+	struct fw_optim_i optim;
+};
+
 struct fw_loaded {
+	/* The plugin's descriptor as this fw reads it: desc points at desc_full,
+	 * whose iface points at iface_full, both copied at this fw's size from
+	 * the plugin's. Members the plugin's ABI minor and sizes do not cover
+	 * are NULL (0), so callers read every member without checking sizes;
+	 * the size fields keep the plugin's own values. */
 	const struct fw_plugin *desc;
 	char *path;                  /* resolved .so path */
 	struct fw_options *opts;     /* resolved options (defaults filled) */
 	void *state;                 /* from init */
 	bool initialized;
+	struct fw_plugin desc_full;
+	union fw_any_iface iface_full;
 };
 
 /* The plugins serving one model; fw_model.host_private points here so the
@@ -49,7 +68,8 @@ enum fw_status fw_plugin_init(struct fw_loaded *p, const struct fw_host *host,
 /* fini and free (the shared object stays mapped). */
 void fw_plugin_close(struct fw_loaded *p);
 
-/* Checks a descriptor as the loader does (exposed for tests). */
+/* Checks a descriptor as the loader does (exposed for tests): ABI version
+ * and sizes, kind, name, required members, option table and defaults. */
 enum fw_status fw_plugin_check(const struct fw_plugin *d, const char *path, int expect_kind,
 			       struct fw_err *err);
 
@@ -71,13 +91,9 @@ enum fw_status fw_options_set(struct fw_options *o, const char *name, const char
 bool fw_options_has(const struct fw_options *o, const char *name);
 /* Fills defaults; a required option still unset is an error. */
 enum fw_status fw_options_resolve(struct fw_options *o, struct fw_err *err);
-int fw_options_count(const struct fw_options *o);
-const struct fw_option_def *fw_options_def(const struct fw_options *o, int i);
-/* The value as text ("" if unset). */
-const char *fw_options_value(const struct fw_options *o, int i);
+/* fw_options_count, fw_options_def, fw_options_value and fw_nearest_name
+ * are in fw/plugin.h: plugins use them too. */
 const char *fw_options_owner(const struct fw_options *o);
-/* Name in names[0..n) closest to s by edit distance, or NULL if none is close. */
-const char *fw_nearest_name(const char *s, const char *const *names, int n);
 
 #ifdef __cplusplus
 }

@@ -1,15 +1,14 @@
 /* fw/plugin.h - the one header a plugin author includes.
  *
- * A plugin is a shared object exporting exactly one function:
+ * A plugin is a shared object exporting exactly one function, declared here
+ * (so a definition needs no prototype of its own, and is exported even
+ * without FW_PLUGIN_EXPORT):
  *
- *     FW_PLUGIN_EXPORT const struct fw_plugin *fw_plugin_entry(void);
+ *     const struct fw_plugin *fw_plugin_entry(void);
  *
  * returning a const descriptor. fw reads the descriptor's first fields (size
  * and ABI tag) before anything else and rejects an incompatible plugin with
- * both versions named. Every host service a plugin needs reaches it through
- * struct fw_host, a size-stamped table that only ever grows at the end: a
- * plugin built against an older, smaller table still works, and reads
- * host->size before using a member added later.
+ * both versions named.
  *
  * A minimal optimizer plugin:
  *
@@ -22,6 +21,34 @@
  *             .version = "1.0", .options = opts, .n_options = 1, .iface = &iface,
  *     };
  *     FW_PLUGIN_EXPORT const struct fw_plugin *fw_plugin_entry(void) { return &desc; }
+ *
+ * Versioning (as Redis modules and PostgreSQL's PG_MODULE_MAGIC do it):
+ * - FW_ABI_MAJOR changes on any incompatible change; a plugin of another
+ *   major is refused.
+ * - FW_ABI_MINOR grows when members are appended to a size-stamped struct
+ *   (struct fw_plugin, the kind interfaces, struct fw_host, fw_model,
+ *   fw_attn_spec, fw_op_i). Each struct's size at each minor is frozen below
+ *   (FW_*_SIZE_1_N: the end of the last member it had then). A plugin built
+ *   for an older minor is accepted, and fw reads only the members its
+ *   declared minor and size cover: later ones count as NULL. A plugin built
+ *   for a newer minor is refused ("built for ABI 1.3, fw is 1.2").
+ * - FW_ABI_FINGERPRINT covers only layouts that cannot grow: structs passed
+ *   as arrays or embedded (fw_err, fw_option_def, fw_optim_group,
+ *   fw_kv_cache, fw_param) and the members of fw_tensor. A struct that
+ *   carries its size is not in it.
+ * - A plugin reads a host-owned struct's later member only when the struct
+ *   has it: FW_HAS(host, member) for struct fw_host, fw_model, fw_attn_spec.
+ *
+ * How plugins reach the engine: everything in the fw/ headers that plugin.h
+ * includes (tensor.h, ops.h, op.h, graph.h, io.h, status.h) is libfw's public
+ * API, and plugins link libfw (fw_add_plugin and pkg-config do), so a plugin
+ * may call those functions directly, as it may call host->matmul. struct
+ * fw_host is for what only the running host can do: routing through the
+ * other plugins (linear, attention, embed), registration windows
+ * (op_register), allocation a test can make fail (malloc), logging, init
+ * recipes. A plugin never includes fw/loader.h (the host side of this
+ * protocol: loading, slots, option parsing) or any header outside fw/ that
+ * is not its own.
  *
  * Rules: plugins never free tensors the host owns, never start threads (use
  * host->parallel_for), never call exit(), and report errors through the
@@ -41,14 +68,26 @@
 extern "C" {
 #endif
 
+/* 1.0: first release. 1.1: fw_model.segmented, positions, attn_bias.
+ * 1.2: the fingerprint covers fixed layouts only (1.0 and 1.1 plugins carry
+ * the older one, which fw still accepts); fw_plugin_entry is declared here. */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
-#define FW_ABI_MINOR 1   /* additions at the end of tables */
+#define FW_ABI_MINOR 2   /* additions at the end of size-stamped structs */
 
-/* Sizes of the structs that cross the boundary: a plugin built against other
- * struct layouts is refused ("rebuild against this fw"). */
+/* Layouts that cannot grow without breaking plugins: a plugin built against
+ * other ones is refused ("rebuild against this fw"). */
 #define FW_ABI_FINGERPRINT \
-	((uint32_t)(sizeof(struct fw_tensor) * 1000003u ^ sizeof(struct fw_op_i) * 10007u ^ \
-		    sizeof(struct fw_err) * 101u ^ sizeof(union fw_param) * 7u ^ FW_MAX_DIMS))
+	((uint32_t)((offsetof(struct fw_tensor, name) + FW_NAME_MAX) * 1000003u ^ \
+		    sizeof(struct fw_err) * 10007u ^ sizeof(struct fw_option_def) * 1009u ^ \
+		    sizeof(struct fw_optim_group) * 101u ^ sizeof(struct fw_kv_cache) * 13u ^ \
+		    sizeof(union fw_param) * 7u ^ FW_MAX_DIMS ^ FW_MAX_SRC << 8 ^ \
+		    FW_MAX_PARAMS << 16))
+
+/* Where member m of struct type T ends: a struct's frozen size at a minor is
+ * the end of the last member it had then. */
+#define FW_SIZE_THROUGH(T, m) (offsetof(T, m) + sizeof(((T *)0)->m))
+/* Whether *p (a struct starting with size_t size) has member m. */
+#define FW_HAS(p, m) ((p)->size >= offsetof(__typeof__(*(p)), m) + sizeof((p)->m))
 
 #define FW_PLUGIN_EXPORT __attribute__((visibility("default")))
 
@@ -80,9 +119,17 @@ bool fw_opt_bool(const struct fw_options *o, const char *name);
 int64_t fw_opt_int(const struct fw_options *o, const char *name);
 double fw_opt_float(const struct fw_options *o, const char *name);
 const char *fw_opt_str(const struct fw_options *o, const char *name);
+/* All resolved values in declaration order (a plugin writing its own
+ * settings into an adapter file): the count, each definition, and each
+ * value as text ("" if unset). */
+int fw_options_count(const struct fw_options *o);
+const struct fw_option_def *fw_options_def(const struct fw_options *o, int i);
+const char *fw_options_value(const struct fw_options *o, int i);
+/* Name in names[0..n) closest to s by edit distance, or NULL if none is
+ * close: for "did you mean" hints. */
+const char *fw_nearest_name(const char *s, const char *const *names, int n);
 
 struct fw_model;
-struct fw_options;
 
 /* --- kind-specific interfaces ---------------------------------------------------- */
 
@@ -135,6 +182,8 @@ struct fw_attn_spec {
 
 struct fw_attention_i {
 	size_t size;
+	/* Required. NULL with err set (FW_ERR_UNSUPPORTED) for a spec field the
+	 * plugin cannot honour; spec->cache: see struct fw_kv_cache. */
 	struct fw_tensor *(*attend)(void *state, struct fw_model *m,
 				    const struct fw_attn_spec *spec, struct fw_tensor *q,
 				    struct fw_tensor *k, struct fw_tensor *v, struct fw_err *err);
@@ -173,14 +222,18 @@ struct fw_model {
 
 struct fw_arch_i {
 	size_t size;
-	/* Builds inputs, parameters and the forward graph up to m->loss and
-	 * m->logits. With m->caches set, builds the incremental decoding graph. */
+	/* Required. Builds inputs, parameters and the forward graph up to
+	 * m->loss and m->logits. With m->caches set, builds the incremental
+	 * decoding graph (B = 1, T = 1, position caches[0].len, attention given
+	 * spec.cache = &m->caches[layer]). */
 	enum fw_status (*build)(void *state, struct fw_model *m, struct fw_err *err);
-	/* Number of attention layers, for cache allocation. */
+	/* Optional: number of attention layers, for cache allocation; NULL or 0
+	 * = the arch cannot generate. */
 	int (*n_layers)(void *state, const struct fw_model *m);
 };
 
-/* PEFT: receives hook points while the arch builds, then owns its tensors. */
+/* PEFT: receives hook points while the arch builds, then owns its tensors.
+ * Every member is optional (NULL = nothing to do / not supported). */
 struct fw_peft_i {
 	size_t size;
 	/* Each named linear: return the wrapped y (LoRA, IA3, QLoRA), or NULL
@@ -212,8 +265,9 @@ struct fw_peft_i {
 };
 
 /* Optimizer: the host allocates n_state f32 tensors per parameter (named
- * "optim.<param>.<state_names[i]>", checkpointed) and groups parameters:
- * group 0 decays, group 1 (1-D tensors: biases, norm gains) does not. */
+ * "optim.<param>.<state_names[i]>", checkpointed, zero at the start of a
+ * run, restored on resume) and groups parameters: group 0 decays, group 1
+ * (1-D tensors: biases, norm gains) does not. */
 struct fw_optim_group {
 	float lr, weight_decay;
 	int n_params;
@@ -223,10 +277,10 @@ struct fw_optim_group {
 
 struct fw_optim_i {
 	size_t size;
-	int n_state;
-	const char *const *state_names;
-	/* One update; step counts from 1. Gradients are already unscaled and
-	 * clipped by the host. */
+	int n_state;                 /* >= 0 */
+	const char *const *state_names;  /* required when n_state > 0 */
+	/* Required. One update; step counts from 1 (a resumed run continues
+	 * the count). Gradients are already unscaled and clipped by the host. */
 	enum fw_status (*step)(void *state, const struct fw_optim_group *groups, int n_groups,
 			       int64_t step, struct fw_err *err);
 };
@@ -238,7 +292,8 @@ struct fw_model;
 enum fw_log_level { FW_LOG_DEBUG, FW_LOG_INFO, FW_LOG_WARN, FW_LOG_ERROR };
 
 struct fw_host {
-	size_t size;                 /* sizeof(struct fw_host) of the running fw */
+	size_t size;                 /* sizeof(struct fw_host) of the running fw:
+					FW_HAS(host, member) before a later member */
 	uint16_t abi_major, abi_minor;
 
 	void *(*malloc)(size_t size);
@@ -332,10 +387,27 @@ struct fw_plugin {
 	void (*fini)(void *state);
 };
 
+/* Frozen sizes: each struct's size at each minor, never changed once
+ * released. Append a line when a minor appends members. */
+#define FW_PLUGIN_SIZE_1_0      FW_SIZE_THROUGH(struct fw_plugin, fini)
+#define FW_ARCH_I_SIZE_1_0      FW_SIZE_THROUGH(struct fw_arch_i, n_layers)
+#define FW_ATTENTION_I_SIZE_1_0 FW_SIZE_THROUGH(struct fw_attention_i, attend)
+#define FW_PEFT_I_SIZE_1_0      FW_SIZE_THROUGH(struct fw_peft_i, unmerge)
+#define FW_OPTIM_I_SIZE_1_0     FW_SIZE_THROUGH(struct fw_optim_i, step)
+#define FW_HOST_SIZE_1_0        FW_SIZE_THROUGH(struct fw_host, init_const)
+#define FW_MODEL_SIZE_1_0       FW_SIZE_THROUGH(struct fw_model, host_private)
+#define FW_MODEL_SIZE_1_1       FW_SIZE_THROUGH(struct fw_model, attn_bias)
+#define FW_ATTN_SPEC_SIZE_1_0   FW_SIZE_THROUGH(struct fw_attn_spec, scale)
+#define FW_OP_I_SIZE_1_0        FW_SIZE_THROUGH(struct fw_op_i, saved)
+
 #define FW_PLUGIN_HEADER \
 	.size = sizeof(struct fw_plugin), .abi_major = FW_ABI_MAJOR, \
 	.abi_minor = FW_ABI_MINOR, .abi_fingerprint = FW_ABI_FINGERPRINT
 
+/* The one symbol a plugin exports; each plugin defines it. Declared here
+ * with default visibility, so it is exported under -fvisibility=hidden and
+ * -Wmissing-prototypes has nothing to say. */
+FW_PLUGIN_EXPORT const struct fw_plugin *fw_plugin_entry(void);
 typedef const struct fw_plugin *(*fw_plugin_entry_fn)(void);
 #define FW_PLUGIN_ENTRY_SYMBOL "fw_plugin_entry"
 

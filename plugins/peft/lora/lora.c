@@ -25,7 +25,6 @@
 #include <string.h>
 
 #include "fw/plugin.h"
-#include "fw/loader.h"
 #include "lora_format.h"
 
 enum bias_mode { BIAS_NONE = 0, BIAS_ALL, BIAS_LORA_ONLY };

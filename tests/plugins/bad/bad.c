@@ -5,15 +5,25 @@
  * the name "optim/adamw". */
 #include "fw/plugin.h"
 
-static enum fw_status bad_step(void *state, const struct fw_optim_group *groups, int n_groups,
-			       int64_t step, struct fw_err *err)
+static __attribute__((unused)) enum fw_status
+bad_step(void *state, const struct fw_optim_group *groups, int n_groups, int64_t step,
+	 struct fw_err *err)
 {
 	return FW_OK;
 }
 
 static const struct fw_optim_i iface __attribute__((unused)) = {
+#if defined(BAD_IFACE_SMALL)
+	.size = offsetof(struct fw_optim_i, step),      /* lacks a member of ABI 1.0 */
+#else
 	.size = sizeof(struct fw_optim_i),
+#endif
+#if defined(BAD_STATE_NAMES)
+	.n_state = 1,                                    /* ... but no state_names */
+#endif
+#if !defined(BAD_NO_STEP)
 	.step = bad_step,
+#endif
 };
 
 static const char *const colours[] = { "red", "green", NULL };
@@ -37,6 +47,8 @@ static const struct fw_option_def options[] __attribute__((unused)) = {
 	{ "bad-level", FW_OPT_INT, "4", 0, 10, NULL, "the same name twice" },
 #elif defined(BAD_OPT_COLLIDE)
 	{ "seed", FW_OPT_INT, "1", 0, 10, NULL, "valid here, but fwrun has a --seed" },
+#elif defined(BAD_OPT_CASE)
+	{ "Lion_Beta1", FW_OPT_FLOAT, "0.9", 0, 1, NULL, "upper case and an underscore" },
 #elif defined(BAD_OPT_COLLIDE_PLUGIN)
 	{ "n-embd", FW_OPT_INT, "1", 0, 10, NULL, "valid here, but arch/tiny has one" },
 #endif
@@ -119,12 +131,14 @@ static const struct fw_plugin plugin __attribute__((unused)) = {
 
 #if defined(BAD_NO_ENTRY)
 /* Exports something, but not the entry point. */
+FW_PLUGIN_EXPORT const struct fw_plugin *fw_plugin_entry_point(void);
 FW_PLUGIN_EXPORT const struct fw_plugin *fw_plugin_entry_point(void)
 {
 	return &plugin;
 }
-#elif defined(BAD_ENTRY_HIDDEN)
-/* The entry point without FW_PLUGIN_EXPORT: hidden like everything else. */
+#elif defined(BAD_ENTRY_UNMARKED)
+/* Not a defect since ABI 1.2: the entry point without FW_PLUGIN_EXPORT is
+ * still exported, by fw/plugin.h's declaration. */
 const struct fw_plugin *fw_plugin_entry(void)
 {
 	return &plugin;

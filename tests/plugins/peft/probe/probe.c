@@ -12,7 +12,6 @@
 #include <string.h>
 
 #include "fw/plugin.h"
-#include "fw/loader.h"
 
 #define MAX_WRAPPED 64
 

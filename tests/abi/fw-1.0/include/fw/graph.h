@@ -1,0 +1,130 @@
+/* fw/graph.h - contexts, graphs, memory planning and execution.
+ *
+ * Life of a training step:
+ *
+ *     struct fw_ctx *ctx = fw_ctx_new();
+ *     struct fw_tensor *x = fw_input(ctx, "x", FW_F32, 2, (int64_t[]){B, C});
+ *     struct fw_tensor *w = fw_param(ctx, "w", FW_F32, 2, (int64_t[]){C, C}, true);
+ *     ... build the forward expression up to a scalar loss ...
+ *     struct fw_graph *g = fw_graph_new(ctx, &loss, 1, &(struct fw_graph_opts){
+ *             .backward = true, .training = true });
+ *     for (;;) {            // no allocation inside the loop
+ *             fill x->data;
+ *             fw_graph_forward(g);
+ *             fw_graph_backward(g);   // adds into w->grad->data
+ *             optimizer step; fw_graph_zero_grad(g);
+ *     }
+ *
+ * fw_graph_new derives the backward schedule, decides which activations must
+ * live until their backward, inserts recomputation for checkpointed segments,
+ * and packs every activation and activation-gradient buffer into one arena by
+ * lifetime. Parameters live in the weights arena, their gradients in the
+ * gradient arena (trainable ones only: frozen parameters get no gradient and
+ * no backward work that only they need).
+ */
+#ifndef FW_GRAPH_H
+#define FW_GRAPH_H
+
+#include "fw/ops.h"
+#include "fw/op.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct fw_ctx;
+struct fw_graph;
+
+struct fw_ctx *fw_ctx_new(void);
+void fw_ctx_free(struct fw_ctx *ctx);
+/* The context's last error; never NULL. */
+struct fw_err *fw_ctx_err(struct fw_ctx *ctx);
+
+int fw_ctx_n_tensors(const struct fw_ctx *ctx);
+struct fw_tensor *fw_ctx_tensor(const struct fw_ctx *ctx, int i);
+struct fw_tensor *fw_ctx_find(const struct fw_ctx *ctx, const char *name);
+void fw_tensor_set_name(struct fw_tensor *t, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+/* Marks a parameter trainable or frozen; only before fw_ctx_alloc_params. */
+enum fw_status fw_param_set_trainable(struct fw_ctx *ctx, struct fw_tensor *p, bool on);
+
+/* Nodes created between begin and end form one recompute segment: with
+ * fw_graph_opts.recompute their activations are dropped after forward and
+ * recomputed before the segment's backward (activation checkpointing). */
+void fw_ctx_checkpoint_begin(struct fw_ctx *ctx);
+void fw_ctx_checkpoint_end(struct fw_ctx *ctx);
+
+/* Allocates storage for all parameters not yet allocated (weights arena,
+ * zero-filled) and gradients of trainable ones, and for inputs. Called by
+ * fw_graph_new if needed. */
+enum fw_status fw_ctx_alloc_params(struct fw_ctx *ctx);
+
+/* Records how a parameter is initialised (applied by fw_ctx_init_params). */
+void fw_param_set_init(struct fw_tensor *p, enum fw_init kind, float value);
+/* Fills every parameter from its recipe with a counter-based RNG keyed by
+ * (seed, parameter name): the values do not depend on creation order or
+ * thread count. NORMAL: N(0, value^2); UNIFORM: U(-value, value). */
+enum fw_status fw_ctx_init_params(struct fw_ctx *ctx, uint64_t seed);
+/* A standard normal / uniform [0,1) sample for (key, counter). */
+float fw_rng_normal(uint64_t key, uint64_t counter);
+double fw_rng_uniform(uint64_t key, uint64_t counter);
+uint64_t fw_hash_str(const char *s, uint64_t seed);
+
+/* Memory categories of the report. */
+enum fw_mem_category {
+	FW_MEM_WEIGHTS = 0,
+	FW_MEM_GRADIENTS,
+	FW_MEM_OPTIMIZER,
+	FW_MEM_ACTIVATIONS,   /* planned arena: activations and their gradients */
+	FW_MEM_INPUTS,
+	FW_MEM_WORKSPACE,
+	FW_MEM_CATEGORY_COUNT
+};
+const char *fw_mem_category_name(enum fw_mem_category c);
+
+/* Zeroed persistent storage owned by ctx and counted in a category
+ * (optimizer state uses FW_MEM_OPTIMIZER). NULL on failure with err set. */
+void *fw_ctx_alloc(struct fw_ctx *ctx, size_t bytes, enum fw_mem_category cat);
+
+struct fw_graph_opts {
+	bool backward;     /* derive and plan the backward pass from outputs[0] */
+	bool training;     /* dropout active */
+	bool recompute;    /* honour checkpoint segments */
+};
+
+/* outputs[0] must be a one-element loss when opts->backward. All outputs stay
+ * readable after fw_graph_forward. NULL on failure with fw_ctx_err set. */
+struct fw_graph *fw_graph_new(struct fw_ctx *ctx, struct fw_tensor **outputs,
+			      int n_outputs, const struct fw_graph_opts *opts);
+void fw_graph_free(struct fw_graph *g);
+
+enum fw_status fw_graph_forward(struct fw_graph *g);
+/* Seeds d(loss) = 1 (or the value set by fw_graph_set_loss_scale) and adds
+ * parameter gradients into their grad buffers: call once per micro-batch to
+ * accumulate, and fw_graph_zero_grad after the optimizer step. */
+enum fw_status fw_graph_backward(struct fw_graph *g);
+void fw_graph_zero_grad(struct fw_graph *g);
+void fw_graph_set_step(struct fw_graph *g, int64_t step);
+void fw_graph_set_loss_scale(struct fw_graph *g, float scale);
+
+int fw_graph_n_nodes(const struct fw_graph *g);
+struct fw_tensor *fw_graph_node(const struct fw_graph *g, int i);
+/* Trainable parameters reachable from the outputs, in creation order. */
+int fw_graph_n_params(const struct fw_graph *g);
+struct fw_tensor *fw_graph_param(const struct fw_graph *g, int i);
+
+struct fw_memory_report {
+	size_t bytes[FW_MEM_CATEGORY_COUNT];
+	size_t total;
+	size_t activations_unplanned; /* sum of buffer sizes without reuse */
+	int64_t n_params, n_trainable;
+	int n_buffers;                /* planned buffers */
+};
+void fw_graph_memory(const struct fw_graph *g, struct fw_memory_report *r);
+/* Writes a human-readable report, one category a line. */
+void fw_memory_report_print(const struct fw_memory_report *r, void *file);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,72 @@
+/* fw/op.h - the op interface: how built-in and plugin ops plug into the graph.
+ *
+ * An op is a vtable. Built-in ops fill a closed table indexed by enum fw_op;
+ * plugins add their own with fw_op_register() while they load and get back a
+ * run-time id. Kernels never start threads: they split work with
+ * fw_parallel_for(), and the core owns the OpenMP runtime.
+ */
+#ifndef FW_OP_H
+#define FW_OP_H
+
+#include "fw/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct fw_ctx;
+
+/* What a kernel may use while it runs. */
+struct fw_exec {
+	void *ws;           /* scratch of the size workspace() asked for */
+	size_t ws_size;
+	int64_t step;       /* graph step counter (dropout RNG) */
+	bool training;      /* false in forward-only/eval graphs */
+};
+
+#define FW_SAVE_OUT (1u << FW_MAX_SRC)   /* bit for the output in saved() */
+
+enum {
+	FW_OPF_STRIDED = 1u << 0,  /* forward accepts non-contiguous sources */
+	FW_OPF_VIEW = 1u << 1,     /* output aliases src[0]; forward only sets data */
+};
+
+struct fw_op_i {
+	size_t size;        /* sizeof(struct fw_op_i) the op was built with */
+	const char *name;
+	uint32_t flags;     /* FW_OPF_* */
+	/* Required: set out->dtype, ndim, ne from out->src and out->params.
+	 * Return FW_OK or an error recorded in err. */
+	enum fw_status (*infer)(struct fw_tensor *out, struct fw_err *err);
+	/* Required: compute out->data from the sources. */
+	void (*forward)(struct fw_tensor *out, const struct fw_exec *ex);
+	/* Optional (NULL = no gradient flows through): ADD into src[i]->grad->data
+	 * for every src[i] whose grad is non-NULL, reading out->grad->data. */
+	void (*backward)(struct fw_tensor *out, const struct fw_exec *ex);
+	/* Optional: scratch bytes forward or backward need (0 if NULL). Asked
+	 * once at plan time (threads = fw_get_num_threads() then, gradients of
+	 * the sources already attached); the graph has ONE scratch buffer,
+	 * shared by all ops and not preserved from forward to backward. */
+	size_t (*workspace)(const struct fw_tensor *out);
+	/* Optional: values backward reads, bit i = src[i], FW_SAVE_OUT = output.
+	 * NULL = all sources and the output. Fewer bits = less memory. */
+	uint32_t (*saved)(const struct fw_tensor *out);
+};
+
+/* Registers a plugin op; returns its id (>= FW_OP_COUNT) or -1 with err set. */
+int fw_op_register(const struct fw_op_i *op, struct fw_err *err);
+const struct fw_op_i *fw_op_get(int op);
+/* Adds a node of any op (built-in or registered) to ctx. */
+struct fw_tensor *fw_op_custom(struct fw_ctx *ctx, int op, struct fw_tensor **src,
+			       int n_src, const union fw_param *params, int n_params);
+
+/* Runs fn over [0, n) split into contiguous chunks across the core's threads. */
+typedef void (*fw_range_fn)(void *arg, int64_t begin, int64_t end);
+void fw_parallel_for(int64_t n, fw_range_fn fn, void *arg);
+void fw_set_num_threads(int n);
+int fw_get_num_threads(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

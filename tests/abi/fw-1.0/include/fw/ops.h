@@ -1,0 +1,138 @@
+/* fw/ops.h - the built-in ops and their graph constructors.
+ *
+ * Every constructor adds one node to ctx and returns it, or returns NULL and
+ * records the reason in fw_ctx_err(ctx). A NULL source makes a constructor
+ * return NULL without touching the recorded error, so a model builder can
+ * check once at the end:
+ *
+ *     struct fw_tensor *h = fw_layernorm(ctx, x, g, b, 1e-5f);
+ *     h = fw_gelu(ctx, fw_linear(ctx, h, w, bias), FW_GELU_TANH);
+ *     if (!h) return fw_ctx_err(ctx)->status;
+ *
+ * Each op has a forward and a backward kernel, and each passes the
+ * finite-difference and PyTorch-parity tests in tests/.
+ */
+#ifndef FW_OPS_H
+#define FW_OPS_H
+
+#include "fw/tensor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct fw_ctx;
+
+/* The closed set of built-in ops. Plugin ops get ids >= FW_OP_COUNT. */
+enum fw_op {
+	FW_OP_NONE = 0,     /* leaf: parameter, input or constant */
+	FW_OP_MATMUL,       /* p0 trans_a, p1 trans_b */
+	FW_OP_ADD,          /* broadcasting, PyTorch rules */
+	FW_OP_SUB,
+	FW_OP_MUL,
+	FW_OP_SCALE,        /* p0.f scale */
+	FW_OP_EMBEDDING,    /* src0 table (V,C), src1 ids i32 */
+	FW_OP_LAYERNORM,    /* src1 weight|NULL, src2 bias|NULL, p0.f eps */
+	FW_OP_RMSNORM,      /* src1 weight|NULL, p0.f eps */
+	FW_OP_GELU,         /* p0.i enum fw_gelu_form */
+	FW_OP_RELU,
+	FW_OP_SILU,
+	FW_OP_TANH,
+	FW_OP_SIGMOID,
+	FW_OP_SOFTMAX,      /* src1 bias|NULL, p0.i causal, p1.f scale */
+	FW_OP_DROPOUT,      /* p0.f prob, p1.i seed_lo, p2.i seed_hi */
+	FW_OP_CROSS_ENTROPY,/* src1 targets i32, src2 mask f32|NULL, p0.i ignore_index */
+	FW_OP_CONCAT,       /* p0.i axis */
+	FW_OP_SLICE,        /* view; p0.i axis, p1.i start, p2.i length */
+	FW_OP_RESHAPE,      /* view of a contiguous tensor */
+	FW_OP_PERMUTE,      /* view; p0..p3 permutation */
+	FW_OP_CONT,         /* contiguous copy */
+	FW_OP_SUM,          /* p0.i axis or FW_AXIS_ALL, p1.i keepdim */
+	FW_OP_MEAN,         /* p0.i axis or FW_AXIS_ALL, p1.i keepdim */
+	FW_OP_CAST,         /* p0.i target dtype; gradient passes through as f32 */
+	FW_OP_COUNT
+};
+
+#define FW_AXIS_ALL INT32_MIN
+#define FW_IGNORE_INDEX (-100)
+
+enum fw_gelu_form { FW_GELU_ERF = 0, FW_GELU_TANH = 1 };
+
+const char *fw_op_name(int op);
+
+/* Leaves. */
+struct fw_tensor *fw_param(struct fw_ctx *ctx, const char *name, enum fw_dtype dt,
+			   int ndim, const int64_t *shape, bool trainable);
+struct fw_tensor *fw_input(struct fw_ctx *ctx, const char *name, enum fw_dtype dt,
+			   int ndim, const int64_t *shape);
+
+/* a (..., M, K) x b (..., K, N) -> (..., M, N), f32 out. With trans_a, a is
+ * (..., K, M); with trans_b, b is (..., N, K). b has a's batch dims or none.
+ * a and b are both f32 or both bf16. */
+struct fw_tensor *fw_matmul(struct fw_ctx *ctx, struct fw_tensor *a,
+			    struct fw_tensor *b, bool trans_a, bool trans_b);
+/* x (..., in) @ w(out, in)^T + bias(out); bias may be NULL. Like torch Linear. */
+struct fw_tensor *fw_linear(struct fw_ctx *ctx, struct fw_tensor *x,
+			    struct fw_tensor *w, struct fw_tensor *bias);
+
+struct fw_tensor *fw_add(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_tensor *b);
+struct fw_tensor *fw_sub(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_tensor *b);
+struct fw_tensor *fw_mul(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_tensor *b);
+struct fw_tensor *fw_scale(struct fw_ctx *ctx, struct fw_tensor *a, float s);
+
+/* Rows of table (V, C) for ids (...) i32 -> (..., C). An id outside [0, V)
+ * gives a zero row and no gradient (data loaders validate ids). */
+struct fw_tensor *fw_embedding(struct fw_ctx *ctx, struct fw_tensor *table,
+			       struct fw_tensor *ids);
+struct fw_tensor *fw_layernorm(struct fw_ctx *ctx, struct fw_tensor *x,
+			       struct fw_tensor *w, struct fw_tensor *b, float eps);
+struct fw_tensor *fw_rmsnorm(struct fw_ctx *ctx, struct fw_tensor *x,
+			     struct fw_tensor *w, float eps);
+
+struct fw_tensor *fw_gelu(struct fw_ctx *ctx, struct fw_tensor *x, enum fw_gelu_form form);
+struct fw_tensor *fw_relu(struct fw_ctx *ctx, struct fw_tensor *x);
+struct fw_tensor *fw_silu(struct fw_ctx *ctx, struct fw_tensor *x);
+struct fw_tensor *fw_tanh(struct fw_ctx *ctx, struct fw_tensor *x);
+struct fw_tensor *fw_sigmoid(struct fw_ctx *ctx, struct fw_tensor *x);
+
+/* softmax(scale * x + bias) over the last axis. bias (may be NULL) broadcasts
+ * to x. With causal, x is (..., Tq, Tk) and key j is masked for query i when
+ * j > i + (Tk - Tq). */
+struct fw_tensor *fw_softmax(struct fw_ctx *ctx, struct fw_tensor *x,
+			     struct fw_tensor *bias, bool causal, float scale);
+
+/* Inverted dropout with a counter-based RNG: the mask depends only on
+ * (seed, graph step, node, element), never on thread count. Identity when
+ * the graph is built without training. */
+struct fw_tensor *fw_dropout(struct fw_ctx *ctx, struct fw_tensor *x, float p,
+			     uint64_t seed);
+
+/* Mean cross-entropy of logits (..., V) against targets (...) i32 over the
+ * counted tokens: target != ignore_index and (mask == NULL or mask != 0).
+ * Returns shape [1]. Zero counted tokens gives loss 0. A target outside
+ * [0, V) other than ignore_index is not counted. mask is 0/non-0, not a weight. */
+struct fw_tensor *fw_cross_entropy(struct fw_ctx *ctx, struct fw_tensor *logits,
+				   struct fw_tensor *targets, struct fw_tensor *mask,
+				   int ignore_index);
+
+struct fw_tensor *fw_concat(struct fw_ctx *ctx, struct fw_tensor *a,
+			    struct fw_tensor *b, int axis);
+struct fw_tensor *fw_slice(struct fw_ctx *ctx, struct fw_tensor *x, int axis,
+			   int64_t start, int64_t length);
+/* Splits x along axis into n equal parts written to out[0..n-1]. */
+enum fw_status fw_split(struct fw_ctx *ctx, struct fw_tensor *x, int axis, int n,
+			struct fw_tensor **out);
+/* One dim of shape may be -1. */
+struct fw_tensor *fw_reshape(struct fw_ctx *ctx, struct fw_tensor *x, int ndim,
+			     const int64_t *shape);
+struct fw_tensor *fw_permute(struct fw_ctx *ctx, struct fw_tensor *x, const int *perm);
+struct fw_tensor *fw_transpose(struct fw_ctx *ctx, struct fw_tensor *x, int d0, int d1);
+struct fw_tensor *fw_cont(struct fw_ctx *ctx, struct fw_tensor *x);
+struct fw_tensor *fw_sum(struct fw_ctx *ctx, struct fw_tensor *x, int axis, bool keepdim);
+struct fw_tensor *fw_mean(struct fw_ctx *ctx, struct fw_tensor *x, int axis, bool keepdim);
+struct fw_tensor *fw_cast(struct fw_ctx *ctx, struct fw_tensor *x, enum fw_dtype dt);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

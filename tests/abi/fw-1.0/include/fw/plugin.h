@@ -1,0 +1,328 @@
+/* fw/plugin.h - the one header a plugin author includes.
+ *
+ * A plugin is a shared object exporting exactly one function:
+ *
+ *     FW_PLUGIN_EXPORT const struct fw_plugin *fw_plugin_entry(void);
+ *
+ * returning a const descriptor. fw reads the descriptor's first fields (size
+ * and ABI tag) before anything else and rejects an incompatible plugin with
+ * both versions named. Every host service a plugin needs reaches it through
+ * struct fw_host, a size-stamped table that only ever grows at the end: a
+ * plugin built against an older, smaller table still works, and reads
+ * host->size before using a member added later.
+ *
+ * A minimal optimizer plugin:
+ *
+ *     static const struct fw_option_def opts[] = {
+ *             { "momentum", FW_OPT_FLOAT, "0.0", 0, 1, NULL, "momentum factor" },
+ *     };
+ *     static const struct fw_optim_i iface = { .size = sizeof(iface), .step = my_step };
+ *     static const struct fw_plugin desc = {
+ *             FW_PLUGIN_HEADER, .kind = FW_KIND_OPTIM, .name = "optim/mysgd",
+ *             .version = "1.0", .options = opts, .n_options = 1, .iface = &iface,
+ *     };
+ *     FW_PLUGIN_EXPORT const struct fw_plugin *fw_plugin_entry(void) { return &desc; }
+ *
+ * Rules: plugins never free tensors the host owns, never start threads (use
+ * host->parallel_for), never call exit(), and report errors through the
+ * struct fw_err they are given. Registration (ops) is allowed only in init.
+ */
+#ifndef FW_PLUGIN_H
+#define FW_PLUGIN_H
+
+#include "fw/status.h"
+#include "fw/tensor.h"
+#include "fw/ops.h"
+#include "fw/op.h"
+#include "fw/graph.h"
+#include "fw/io.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FW_ABI_MAJOR 1   /* incompatible changes */
+#define FW_ABI_MINOR 0   /* additions at the end of tables */
+
+/* Sizes of the structs that cross the boundary: a plugin built against other
+ * struct layouts is refused ("rebuild against this fw"). */
+#define FW_ABI_FINGERPRINT \
+	((uint32_t)(sizeof(struct fw_tensor) * 1000003u ^ sizeof(struct fw_op_i) * 10007u ^ \
+		    sizeof(struct fw_err) * 101u ^ sizeof(union fw_param) * 7u ^ FW_MAX_DIMS))
+
+#define FW_PLUGIN_EXPORT __attribute__((visibility("default")))
+
+enum fw_plugin_kind {
+	FW_KIND_ARCH = 1,
+	FW_KIND_ATTENTION,
+	FW_KIND_PEFT,
+	FW_KIND_OPTIM,
+	FW_KIND_COUNT
+};
+const char *fw_plugin_kind_name(int kind);   /* "arch", ... */
+
+/* --- options ------------------------------------------------------------------ */
+
+enum fw_opt_type { FW_OPT_BOOL = 1, FW_OPT_INT, FW_OPT_FLOAT, FW_OPT_STRING, FW_OPT_CHOICE };
+
+struct fw_option_def {
+	const char *name;            /* "lora-r": lower case, dashes */
+	enum fw_opt_type type;
+	const char *def;             /* default as text; NULL = required */
+	double min, max;             /* for INT/FLOAT; min > max = unbounded */
+	const char *const *choices;  /* for CHOICE: NULL-terminated */
+	const char *help;
+};
+
+/* Resolved option values, read by name. */
+struct fw_options;
+bool fw_opt_bool(const struct fw_options *o, const char *name);
+int64_t fw_opt_int(const struct fw_options *o, const char *name);
+double fw_opt_float(const struct fw_options *o, const char *name);
+const char *fw_opt_str(const struct fw_options *o, const char *name);
+
+struct fw_model;
+struct fw_options;
+
+/* --- kind-specific interfaces ---------------------------------------------------- */
+
+/* Attention. q is (B, Tq, Hq, D); k and v are (B, Tk, Hkv, D) with Hq a
+ * multiple of Hkv (MHA: equal, GQA: groups, MQA: Hkv = 1). The output is
+ * (B, Tq, Hq, D). Position hooks apply inside the plugin, which may register
+ * fused ops (flash, sparse). */
+enum fw_mask_kind { FW_MASK_CAUSAL = 0, FW_MASK_BIDIRECTIONAL, FW_MASK_CROSS };
+enum fw_pos_kind { FW_POS_NONE = 0, FW_POS_ROPE, FW_POS_ALIBI, FW_POS_RELATIVE };
+
+/* Generation cache of one attention layer. The host sets max_len, and the
+ * shared inputs len (i32 [1]: valid positions before this step) and mask
+ * (f32 [max_len]: 0 up to and including the new positions, -inf after). The
+ * attention plugin creates k and v itself, as persistent inputs of shape
+ * (B, max_len, Hkv, D), writes the step's keys and values at len, and
+ * attends over all max_len positions under the mask: O(max_len) a token. */
+struct fw_kv_cache {
+	struct fw_tensor *k, *v;
+	struct fw_tensor *len;
+	struct fw_tensor *mask;
+	int64_t max_len;
+};
+
+struct fw_attn_spec {
+	size_t size;                 /* sizeof(struct fw_attn_spec) */
+	const char *name;            /* "h.3.attn": prefix for any parameters */
+	int layer;
+	int n_head, n_kv_head, head_dim;
+	enum fw_mask_kind mask;
+	struct fw_tensor *padding;   /* (B, Tk) additive 0 / -inf, or NULL */
+	enum fw_pos_kind pos;
+	float rope_base;             /* 10000 */
+	int rope_dim;                /* rotated dims per head; 0 = head_dim */
+	bool rope_interleaved;       /* GPT-J pairs (true) or NeoX/Llama halves */
+	struct fw_tensor *pos_bias;  /* FW_POS_RELATIVE: (Hq, Tq, Tk) additive bias */
+	struct fw_kv_cache *cache;   /* non-NULL while generating */
+	float dropout;               /* on attention probabilities, training only */
+	uint64_t seed;
+	float scale;                 /* 0 = 1/sqrt(head_dim) */
+};
+
+struct fw_attention_i {
+	size_t size;
+	struct fw_tensor *(*attend)(void *state, struct fw_model *m,
+				    const struct fw_attn_spec *spec, struct fw_tensor *q,
+				    struct fw_tensor *k, struct fw_tensor *v, struct fw_err *err);
+};
+
+/* Arch: builds the model into m->ctx. Every parameter gets a stable name
+ * ("h.0.attn.c_attn.weight") used by checkpoints, adapters and import. */
+enum fw_head_kind { FW_HEAD_LM = 0, FW_HEAD_MLM, FW_HEAD_CLASSIFY, FW_HEAD_SEQ2SEQ };
+
+struct fw_model {
+	size_t size;                 /* sizeof(struct fw_model) */
+	struct fw_ctx *ctx;
+	const struct fw_host *host;
+	const struct fw_options *opts;   /* the arch plugin's resolved options */
+	int64_t batch, seq_len;      /* micro-batch shape */
+	enum fw_head_kind head;
+	bool training;
+	uint64_t seed;
+	/* Inputs the arch creates: tokens/targets (B, T) i32, loss_mask (B, T)
+	 * f32 or NULL, enc_tokens for encoder-decoder. */
+	struct fw_tensor *tokens, *targets, *loss_mask, *enc_tokens;
+	/* Outputs: loss [1] and logits (B, T, V). */
+	struct fw_tensor *loss, *logits;
+	struct fw_kv_cache *caches;  /* one per attention layer while generating */
+	int n_caches;
+	void *host_private;
+};
+
+struct fw_arch_i {
+	size_t size;
+	/* Builds inputs, parameters and the forward graph up to m->loss and
+	 * m->logits. With m->caches set, builds the incremental decoding graph. */
+	enum fw_status (*build)(void *state, struct fw_model *m, struct fw_err *err);
+	/* Number of attention layers, for cache allocation. */
+	int (*n_layers)(void *state, const struct fw_model *m);
+};
+
+/* PEFT: receives hook points while the arch builds, then owns its tensors. */
+struct fw_peft_i {
+	size_t size;
+	/* Each named linear: return the wrapped y (LoRA, IA3, QLoRA), or NULL
+	 * with err clear to leave it plain. */
+	struct fw_tensor *(*wrap_linear)(void *state, struct fw_model *m, const char *name,
+					 struct fw_tensor *x, struct fw_tensor *w,
+					 struct fw_tensor *bias, struct fw_err *err);
+	/* Input embeddings (B, T, C): prompt tuning / P-tuning prepend tokens. */
+	struct fw_tensor *(*wrap_embed)(void *state, struct fw_model *m, struct fw_tensor *x,
+					struct fw_err *err);
+	/* Each attention's K/V (prefix tuning prepends per-layer prefixes). */
+	enum fw_status (*wrap_kv)(void *state, struct fw_model *m,
+				  const struct fw_attn_spec *spec, struct fw_tensor **k,
+				  struct fw_tensor **v, struct fw_err *err);
+	/* After the arch built: freeze base parameters (before allocation). */
+	enum fw_status (*freeze)(void *state, struct fw_model *m, struct fw_err *err);
+	/* Optional extra loss term added to m->loss (AdaLoRA orthogonality). */
+	struct fw_tensor *(*extra_loss)(void *state, struct fw_model *m, struct fw_err *err);
+	/* Per optimizer step, after backward (AdaLoRA rank reallocation). */
+	enum fw_status (*after_backward)(void *state, struct fw_model *m, int64_t step,
+					 struct fw_err *err);
+	/* Adapter-only files and merging into the base weights. */
+	enum fw_status (*save)(void *state, struct fw_model *m, const char *path,
+			       struct fw_err *err);
+	enum fw_status (*load)(void *state, struct fw_model *m, const char *path,
+			       struct fw_err *err);
+	enum fw_status (*merge)(void *state, struct fw_model *m, struct fw_err *err);
+	enum fw_status (*unmerge)(void *state, struct fw_model *m, struct fw_err *err);
+};
+
+/* Optimizer: the host allocates n_state f32 tensors per parameter (named
+ * "optim.<param>.<state_names[i]>", checkpointed) and groups parameters:
+ * group 0 decays, group 1 (1-D tensors: biases, norm gains) does not. */
+struct fw_optim_group {
+	float lr, weight_decay;
+	int n_params;
+	struct fw_tensor **params;   /* with ->grad */
+	float ***state;              /* state[i][s]: param i's state tensor s */
+};
+
+struct fw_optim_i {
+	size_t size;
+	int n_state;
+	const char *const *state_names;
+	/* One update; step counts from 1. Gradients are already unscaled and
+	 * clipped by the host. */
+	enum fw_status (*step)(void *state, const struct fw_optim_group *groups, int n_groups,
+			       int64_t step, struct fw_err *err);
+};
+
+/* --- host services --------------------------------------------------------------- */
+
+struct fw_model;
+
+enum fw_log_level { FW_LOG_DEBUG, FW_LOG_INFO, FW_LOG_WARN, FW_LOG_ERROR };
+
+struct fw_host {
+	size_t size;                 /* sizeof(struct fw_host) of the running fw */
+	uint16_t abi_major, abi_minor;
+
+	void *(*malloc)(size_t size);
+	void (*free)(void *ptr);
+	enum fw_status (*errorf)(struct fw_err *err, enum fw_status s, const char *fmt, ...)
+		__attribute__((format(printf, 3, 4)));
+	void (*log)(enum fw_log_level level, const char *fmt, ...)
+		__attribute__((format(printf, 2, 3)));
+
+	/* Ops and threads (see fw/op.h). op_register only during init. */
+	int (*op_register)(const struct fw_op_i *op, struct fw_err *err);
+	void (*parallel_for)(int64_t n, fw_range_fn fn, void *arg);
+
+	/* Graph construction (see fw/ops.h and fw/graph.h). */
+	struct fw_tensor *(*param)(struct fw_ctx *ctx, const char *name, enum fw_dtype dt,
+				   int ndim, const int64_t *shape, bool trainable);
+	struct fw_tensor *(*input)(struct fw_ctx *ctx, const char *name, enum fw_dtype dt,
+				   int ndim, const int64_t *shape);
+	struct fw_tensor *(*op)(struct fw_ctx *ctx, int op, struct fw_tensor **src, int n_src,
+				const union fw_param *params, int n_params);
+	struct fw_tensor *(*matmul)(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_tensor *b,
+				    bool trans_a, bool trans_b);
+	struct fw_tensor *(*add)(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_tensor *b);
+	struct fw_tensor *(*mul)(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_tensor *b);
+	struct fw_tensor *(*scale)(struct fw_ctx *ctx, struct fw_tensor *a, float s);
+	struct fw_tensor *(*reshape)(struct fw_ctx *ctx, struct fw_tensor *x, int ndim,
+				     const int64_t *shape);
+	struct fw_tensor *(*permute)(struct fw_ctx *ctx, struct fw_tensor *x, const int *perm);
+	struct fw_tensor *(*slice)(struct fw_ctx *ctx, struct fw_tensor *x, int axis,
+				   int64_t start, int64_t length);
+	struct fw_tensor *(*cont)(struct fw_ctx *ctx, struct fw_tensor *x);
+	struct fw_tensor *(*concat)(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_tensor *b,
+				    int axis);
+	struct fw_tensor *(*softmax)(struct fw_ctx *ctx, struct fw_tensor *x,
+				     struct fw_tensor *bias, bool causal, float scale);
+	struct fw_tensor *(*dropout)(struct fw_ctx *ctx, struct fw_tensor *x, float p,
+				     uint64_t seed);
+	struct fw_tensor *(*embedding)(struct fw_ctx *ctx, struct fw_tensor *table,
+				       struct fw_tensor *ids);
+	struct fw_tensor *(*layernorm)(struct fw_ctx *ctx, struct fw_tensor *x,
+				       struct fw_tensor *w, struct fw_tensor *b, float eps);
+	struct fw_tensor *(*rmsnorm)(struct fw_ctx *ctx, struct fw_tensor *x,
+				     struct fw_tensor *w, float eps);
+	struct fw_tensor *(*gelu)(struct fw_ctx *ctx, struct fw_tensor *x, enum fw_gelu_form f);
+	struct fw_tensor *(*silu)(struct fw_ctx *ctx, struct fw_tensor *x);
+	struct fw_tensor *(*relu)(struct fw_ctx *ctx, struct fw_tensor *x);
+	struct fw_tensor *(*tanh)(struct fw_ctx *ctx, struct fw_tensor *x);
+	struct fw_tensor *(*cross_entropy)(struct fw_ctx *ctx, struct fw_tensor *logits,
+					   struct fw_tensor *targets, struct fw_tensor *mask,
+					   int ignore_index);
+	struct fw_tensor *(*sum)(struct fw_ctx *ctx, struct fw_tensor *x, int axis,
+				 bool keepdim);
+	void (*checkpoint_begin)(struct fw_ctx *ctx);
+	void (*checkpoint_end)(struct fw_ctx *ctx);
+	struct fw_err *(*ctx_err)(struct fw_ctx *ctx);
+	void *(*ctx_alloc)(struct fw_ctx *ctx, size_t bytes, enum fw_mem_category cat);
+
+	/* Routing through the other loaded plugins while an arch builds: a named
+	 * linear layer (peft may wrap it), attention (the attention plugin), the
+	 * input embeddings (peft may prepend virtual tokens). */
+	struct fw_tensor *(*linear)(struct fw_model *m, const char *name, struct fw_tensor *x,
+				    struct fw_tensor *w, struct fw_tensor *bias);
+	struct fw_tensor *(*attention)(struct fw_model *m, const struct fw_attn_spec *spec,
+				       struct fw_tensor *q, struct fw_tensor *k,
+				       struct fw_tensor *v);
+	struct fw_tensor *(*embed)(struct fw_model *m, struct fw_tensor *x);
+	/* Deterministic parameter init helpers (seeded by the run). */
+	void (*init_normal)(struct fw_model *m, struct fw_tensor *p, float std);
+	void (*init_const)(struct fw_model *m, struct fw_tensor *p, float value);
+	/* Append new members here only. */
+};
+
+/* --- the descriptor ------------------------------------------------------------- */
+
+struct fw_plugin {
+	/* These first fields keep their layout in every ABI version. */
+	uint32_t size;               /* sizeof(struct fw_plugin) */
+	uint16_t abi_major, abi_minor;
+	uint32_t abi_fingerprint;
+
+	enum fw_plugin_kind kind;
+	const char *name;            /* "KIND/NAME", e.g. "attention/flash" */
+	const char *version;
+	const char *description;
+	const struct fw_option_def *options;
+	int n_options;
+	const void *iface;           /* struct fw_arch_i, fw_attention_i, ... */
+	/* Optional: per-run state; options are resolved. FW_OK or err set. */
+	enum fw_status (*init)(const struct fw_host *host, const struct fw_options *opts,
+			       void **state, struct fw_err *err);
+	void (*fini)(void *state);
+};
+
+#define FW_PLUGIN_HEADER \
+	.size = sizeof(struct fw_plugin), .abi_major = FW_ABI_MAJOR, \
+	.abi_minor = FW_ABI_MINOR, .abi_fingerprint = FW_ABI_FINGERPRINT
+
+typedef const struct fw_plugin *(*fw_plugin_entry_fn)(void);
+#define FW_PLUGIN_ENTRY_SYMBOL "fw_plugin_entry"
+
+#ifdef __cplusplus
+}
+#endif
+#endif
