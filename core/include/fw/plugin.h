@@ -170,7 +170,7 @@ struct fw_attn_spec {
 	float dropout;               /* on attention probabilities, training only */
 	uint64_t seed;
 	float scale;                 /* 0 = 1/sqrt(head_dim) */
-	/* Appended: read only when size covers them. FW_POS_ROPE frequency
+	/* Since ABI 1.2: read only when FW_HAS(spec, ...). FW_POS_ROPE frequency
 	 * scaling as Hugging Face's rope_scaling {"rope_type": "llama3"}:
 	 * rope_scale_factor 0 = none; else factor, low_freq_factor,
 	 * high_freq_factor, original_max_position_embeddings. RoPE positions are
@@ -398,6 +398,7 @@ struct fw_plugin {
 #define FW_MODEL_SIZE_1_0       FW_SIZE_THROUGH(struct fw_model, host_private)
 #define FW_MODEL_SIZE_1_1       FW_SIZE_THROUGH(struct fw_model, attn_bias)
 #define FW_ATTN_SPEC_SIZE_1_0   FW_SIZE_THROUGH(struct fw_attn_spec, scale)
+#define FW_ATTN_SPEC_SIZE_1_2   FW_SIZE_THROUGH(struct fw_attn_spec, rope_scale_orig_max_pos)
 #define FW_OP_I_SIZE_1_0        FW_SIZE_THROUGH(struct fw_op_i, saved)
 
 #define FW_PLUGIN_HEADER \

@@ -335,16 +335,13 @@ static struct fw_tensor *cached(struct mha *s, struct fw_model *m,
 	return *slot ? h->op(m->ctx, s->kv_write_op, src, 3, NULL, 0) : NULL;
 }
 
-#define SPEC_HAS(spec, member) \
-	((spec)->size >= offsetof(struct fw_attn_spec, member) + sizeof((spec)->member))
-
 static struct fw_tensor *rope(struct mha *s, struct fw_model *m,
 			      const struct fw_attn_spec *spec, struct fw_tensor *x)
 {
 	union fw_param p[8] = { { .i = spec->rope_dim ? spec->rope_dim : spec->head_dim },
 				{ .i = spec->rope_interleaved },
 				{ .f = spec->rope_base > 0 ? spec->rope_base : 10000.0f } };
-	if (SPEC_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0) {
+	if (FW_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0) {
 		p[3].f = spec->rope_scale_factor;
 		p[4].f = spec->rope_scale_low_freq;
 		p[5].f = spec->rope_scale_high_freq;
@@ -392,7 +389,7 @@ static enum fw_status check_spec(const struct fw_host *h, const struct fw_attn_s
 					 "attention/mha: %s: RoPE needs as many keys as queries (%lld "
 					 "vs %lld): prepended keys are not supported", n,
 					 (long long)k->ne[1], (long long)q->ne[1]);
-		if (SPEC_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0 &&
+		if (FW_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0 &&
 		    (spec->rope_scale_factor < 1 || spec->rope_scale_orig_max_pos <= 0 ||
 		     !(spec->rope_scale_low_freq > 0) ||
 		     !(spec->rope_scale_high_freq > spec->rope_scale_low_freq)))
