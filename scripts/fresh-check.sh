@@ -75,7 +75,14 @@ deb $mirror bookworm main
 deb $mirror bookworm-updates main
 deb http://deb.debian.org/debian-security bookworm-security main
 EOF
-[ -f /etc/npmrc ] && grep -q registry /etc/npmrc && cp /etc/npmrc "$root/etc/npmrc"
+# Where this network intercepts TLS, the host trusts an extra CA: hand its
+# bundle to node (npm fetches the reference tokenizers). Not a package fw
+# needs; a machine on the open internet has no such CA.
+extra_ca=
+if [ -n "${NODE_EXTRA_CA_CERTS:-}" ] && [ -f "$NODE_EXTRA_CA_CERTS" ]; then
+	cp "$NODE_EXTRA_CA_CERTS" "$root/etc/fresh-check-host-ca.crt"
+	extra_ca=NODE_EXTRA_CA_CERTS=/etc/fresh-check-host-ca.crt
+fi
 
 echo "== clone $(git -C "$repo" rev-parse --short HEAD) into $root/root/fw"
 git clone -q --no-local "$repo" "$root/root/fw" || { echo "fresh-check: clone failed"; exit 1; }
@@ -96,7 +103,7 @@ run_in_root() {  # name, command: runs it in the chroot as root, log in $logs/na
 	local name=$1 cmd=$2 t=$(date +%s) rc
 	echo "== $name: $cmd"
 	env -i HOME=/root PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-		TERM=dumb LANG=C.UTF-8 CI=true \
+		TERM=dumb LANG=C.UTF-8 CI=true $extra_ca \
 		chroot "$root" /bin/bash -c "cd /root/fw && $cmd" </dev/null >"$logs/$name.log" 2>&1
 	rc=$?
 	echo "-- last lines of $name (exit $rc, $(($(date +%s) - t)) s):"
