@@ -8,6 +8,7 @@ set -euo pipefail
 PACKAGES=(
 	ca-certificates     # npm fetches the reference tokenizer over https
 	clang               # the compiler of the default build and the ASan+UBSan suite
+	libclang-rt-14-dev  # clang's sanitizer runtimes (ASan+UBSan suite); not pulled in by clang
 	gcc                 # the other supported compiler (CI builds with both)
 	g++                 # the installed headers are checked to compile as C++17
 	libomp-dev          # LLVM OpenMP: fw's thread pool (linked before libdnnl's libgomp)
