@@ -151,16 +151,19 @@ void adapter_config_defaults(struct config *c, const char *spec, const char *nam
 
 /* --- base weights ------------------------------------------------------------------ */
 
-enum fw_status load_params(const char *path, struct fw_tensor **params, int n, bool peft,
-			   int *n_new, struct fw_err *err)
+enum fw_status load_params(const char *path, struct fw_tensor **params, int n,
+			   const struct fw_plugin_slots *slots, bool base_only, int *n_new,
+			   struct fw_err *err)
 {
 	*n_new = 0;
-	if (!peft)
+	enum fw_status st = check_foreign_tensors(path, params, n, slots, base_only, err);
+	if (st != FW_OK)
+		return st;
+	if (!slots->peft)
 		return fw_h5_load(path, params, n, err);
 	struct fw_h5_entry *ents = NULL;
 	int ne = 0;
-	enum fw_status st = fw_h5_list(path, &ents, &ne, err);
-	if (st != FW_OK)
+	if ((st = fw_h5_list(path, &ents, &ne, err)) != FW_OK)
 		return st;
 	struct fw_tensor **have = malloc(sizeof(*have) * (size_t)(n + 1));
 	if (!have) {

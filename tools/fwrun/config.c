@@ -5,10 +5,8 @@
  * twice is an error. In an INI file, keys may sit at the top, in [run], or in
  * a section named after a plugin ([optim/adamw]).
  */
-#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <ini.h>
 
@@ -93,6 +91,12 @@ static const struct fw_option_def run_defs[] = {
 	  "checkpoint to resume from, or a weights file to start from" },
 	{ "finetune", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "with --load of a checkpoint: take its weights only (step 0, new optimizer state)" },
+	{ "base-only", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "with --load: drop the file's tensors that no loaded plugin owns (a LoRA run's "
+	  "adapter without peft/lora) instead of refusing the file" },
+	{ "overwrite", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "train: start a new run in a run directory that holds another one, moving its "
+	  "files into a replaced-DATE-TIME folder there" },
 	{ "threads", FW_OPT_INT, "0", 0, 4096, NULL, "threads (0 = all cores)" },
 	{ "log-interval", FW_OPT_INT, "1", 1, 1e12, NULL, "log every N steps" },
 	{ "prompt-tokens", FW_OPT_STRING, "", 0, -1, NULL, "generate: prompt token ids, comma-separated" },
@@ -121,6 +125,97 @@ static const struct fw_option_def run_defs[] = {
 	{ "merge-adapter", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "eval/generate: fold the adapter into the weights in memory" },
 };
+
+/* Which commands each of fwrun's options does something in (plan takes
+ * train's: it plans the run those options describe). */
+enum { C_TRAIN = 1, C_EVAL = 2, C_GEN = 4, C_ALL = 7 };
+static const struct {
+	const char *name;
+	unsigned cmds;
+} run_cmds[] = {
+	{ "plugins", C_ALL }, { "data", C_TRAIN | C_EVAL }, { "valid-data", C_TRAIN | C_EVAL },
+	{ "data-format", C_TRAIN | C_EVAL }, { "tokenizer", C_ALL }, { "vocab-file", C_ALL },
+	{ "merge-file", C_ALL }, { "packing", C_TRAIN | C_EVAL },
+	{ "chat-template", C_TRAIN | C_EVAL }, { "too-long", C_TRAIN | C_EVAL },
+	{ "calculate-per-token-loss", C_TRAIN | C_EVAL }, { "max-bad-records", C_TRAIN | C_EVAL },
+	{ "micro-batch-size", C_TRAIN | C_EVAL }, { "global-batch-size", C_TRAIN },
+	{ "seq-length", C_TRAIN | C_EVAL }, { "train-iters", C_TRAIN }, { "lr", C_TRAIN },
+	{ "min-lr", C_TRAIN }, { "lr-decay-style", C_TRAIN }, { "lr-decay-iters", C_TRAIN },
+	{ "lr-warmup-iters", C_TRAIN }, { "lr-warmup-fraction", C_TRAIN },
+	{ "lr-warmup-init", C_TRAIN }, { "lr-wsd-decay-style", C_TRAIN },
+	{ "lr-wsd-decay-iters", C_TRAIN }, { "weight-decay", C_TRAIN }, { "clip-grad", C_TRAIN },
+	{ "seed", C_TRAIN | C_GEN }, { "drop-last", C_TRAIN }, { "shuffle", C_TRAIN },
+	{ "eval-interval", C_TRAIN }, { "eval-iters", C_TRAIN | C_EVAL }, { "run-dir", C_TRAIN },
+	{ "save", C_TRAIN }, { "save-interval", C_TRAIN }, { "load", C_ALL },
+	{ "finetune", C_TRAIN }, { "base-only", C_ALL }, { "overwrite", C_TRAIN },
+	{ "threads", C_ALL }, { "log-interval", C_TRAIN }, { "prompt-tokens", C_GEN },
+	{ "max-new-tokens", C_GEN }, { "temperature", C_GEN }, { "top-k", C_GEN },
+	{ "top-p", C_GEN }, { "prompt", C_GEN }, { "prompt-file", C_GEN },
+	{ "repetition-penalty", C_GEN }, { "stop", C_GEN }, { "interactive", C_GEN },
+	{ "score-data", C_EVAL }, { "adapter", C_ALL }, { "adapter-name", C_ALL },
+	{ "merge-adapter", C_ALL },       /* train refuses it with its own error */
+};
+
+static unsigned cmd_bit(const char *cmd)
+{
+	return !strcmp(cmd, "eval") ? C_EVAL : !strcmp(cmd, "generate") ? C_GEN : C_TRAIN;
+}
+
+/* The commands an option of owner o does something in. */
+static unsigned option_cmds(const struct config *c, const struct fw_options *o,
+			    const char *name)
+{
+	if (o != c->run)          /* an optimizer's options are for training only */
+		return c->plugin[FW_KIND_OPTIM] && o == c->plugin[FW_KIND_OPTIM]->opts ? C_TRAIN :
+		       C_ALL;
+	for (size_t i = 0; i < sizeof(run_cmds) / sizeof(run_cmds[0]); i++)
+		if (!strcmp(run_cmds[i].name, name))
+			return run_cmds[i].cmds;
+	return C_ALL;
+}
+
+bool option_applies(const struct config *c, const struct fw_options *o, const char *name,
+		    const char *cmd)
+{
+	return option_cmds(c, o, name) & cmd_bit(cmd);
+}
+
+static struct fw_options *owner_of(struct config *c, const char *name);
+static const char *value_of(const struct fw_options *o, const char *name);
+
+void warn_unused_options(struct config *c, const char *cmd, int argc, char **argv)
+{
+	static const char *const names[] = { "train", "eval", "generate" };
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		char name[128];
+		if (strncmp(a, "--", 2))
+			continue;
+		size_t n = strcspn(a + 2, "=");
+		snprintf(name, sizeof(name), "%.*s", (int)(n < sizeof(name) ? n : sizeof(name) - 1),
+			 a + 2);
+		struct fw_options *o = owner_of(c, name);
+		if (!o && !strncmp(name, "no-", 3) && (o = owner_of(c, name + 3)))
+			memmove(name, name + 3, strlen(name + 3) + 1);
+		if (!o)
+			continue;
+		unsigned cmds = option_cmds(c, o, name);
+		if (!(cmds & cmd_bit(cmd))) {
+			char list[64] = "";
+			for (int k = 0; k < 3; k++)
+				if (cmds & (1u << k))
+					snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+						 list[0] ? ", " : "", names[k]);
+			fprintf(stderr, "fwrun: warning: --%s does nothing in %s (it is for %s)\n",
+				name, cmd, list);
+		} else if (!strcmp(cmd, "train") &&
+			   (!strcmp(name, "eval-interval") || !strcmp(name, "eval-iters")) &&
+			   !*value_of(c->run, "valid-data")) {
+			fprintf(stderr, "fwrun: warning: --%s does nothing without --valid-data\n",
+				name);
+		}
+	}
+}
 
 const struct fw_option_def *run_option_defs(int *n)
 {
@@ -292,28 +387,9 @@ static int ini_defaults(void *user, const char *section, const char *name, const
 static void apply_file_config(struct config *c, const char *load)
 {
 	char path[4200];
-	struct stat st;
-	if (stat(load, &st) != 0)
-		return;
-	if (S_ISDIR(st.st_mode)) {        /* the newest checkpoint in it */
-		long long best = -1;
-		DIR *d = opendir(load);
-		struct dirent *e;
-		while (d && (e = readdir(d))) {
-			long long n;
-			char tail[2];
-			if (sscanf(e->d_name, "ckpt-%lld.h%1[5]", &n, tail) == 2 && n > best) {
-				best = n;
-				snprintf(path, sizeof(path), "%s/%s", load, e->d_name);
-			}
-		}
-		if (d)
-			closedir(d);
-		if (best < 0)
-			return;
-	} else {
-		snprintf(path, sizeof(path), "%s", load);
-	}
+	struct fw_err err = { 0 };
+	if (resolve_load(load, path, sizeof(path), &err) != FW_OK)
+		return;           /* reported when the checkpoint is loaded */
 	char *text = NULL;
 	if (fw_h5_read_attr(path, "config", &text, NULL) != FW_OK)
 		return;

@@ -264,6 +264,9 @@ static int document(struct job *j, const char *text, size_t len, const char *whe
 
 static int read_text(struct job *j, const char *path, int split)
 {
+	struct fw_err zerr = { 0 };
+	if (refuse_compressed(path, &zerr) != FW_OK)
+		return die(EXIT_RUNTIME, "%s", zerr.msg);
 	FILE *f = fopen(path, "rb");
 	if (!f)
 		return die(EXIT_RUNTIME, "%s: %s", path, strerror(errno));
@@ -332,6 +335,9 @@ static int read_text(struct job *j, const char *path, int split)
 
 static int read_jsonl(struct job *j, const char *path)
 {
+	struct fw_err zerr = { 0 };
+	if (refuse_compressed(path, &zerr) != FW_OK)
+		return die(EXIT_RUNTIME, "%s", zerr.msg);
 	FILE *f = fopen(path, "rb");
 	if (!f)
 		return die(EXIT_RUNTIME, "%s: %s", path, strerror(errno));
