@@ -15,15 +15,27 @@ struct config {
 	struct fw_options *run;           /* fwrun's own options (Megatron names) */
 	struct fw_loaded *plugin[FW_KIND_COUNT];
 	char *config_path;
+	char *taken;                      /* what --load's checkpoint filled in, or NULL */
 };
 
 /* Parses argv (after the subcommand) and an optional --config INI file,
  * loads the plugins named by --plugins, and resolves every option. With
  * need_plugins, an arch plugin is required. Positional arguments are
- * returned in pos[] (at most max_pos). */
-enum fw_status config_load(struct config *c, int argc, char **argv, bool need_plugins,
-			   char **pos, int max_pos, int *n_pos, struct fw_err *err);
+ * returned in pos[] (at most max_pos). For cmd (train, eval, generate, plan;
+ * NULL for help) a checkpoint named by --load fills what the user left out,
+ * and one stderr line says what: its plugins (eval and generate without the
+ * optimizer), the plugins' options, and its batch shape and data layout
+ * (micro-batch-size, seq-length, packing, chat-template, too-long,
+ * calculate-per-token-loss), or, for a resumed training run (no
+ * --finetune), every option but load, finetune, overwrite, base-only and
+ * the adapter options. --tokenizer=byte sets vocab-size unless it is set. */
+enum fw_status config_load(struct config *c, const char *cmd, int argc, char **argv,
+			   bool need_plugins, char **pos, int max_pos, int *n_pos,
+			   struct fw_err *err);
 void config_free(struct config *c);
+/* Says on stderr what config_load took from --load's checkpoint, if anything;
+ * called once the command is set up, so that an error stays one line. */
+void config_report(const struct config *c);
 /* Whether option name (of fwrun, or of the plugin whose options are o) does
  * something in cmd (train, eval, generate; plan takes train's). */
 bool option_applies(const struct config *c, const struct fw_options *o, const char *name,

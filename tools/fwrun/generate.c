@@ -399,7 +399,7 @@ int cmd_generate(int argc, char **argv)
 			return command_help("generate", "", argc, argv);
 		}
 	}
-	if (config_load(&cfg, argc, argv, true, pos, 0, &np, &err) != FW_OK) {
+	if (config_load(&cfg, "generate", argc, argv, true, pos, 0, &np, &err) != FW_OK) {
 		rc = die(err.status == FW_ERR_INVALID || err.status == FW_ERR_NOT_FOUND ?
 			 EXIT_USAGE : EXIT_RUNTIME, "%s", err.msg);
 		config_free(&cfg);
@@ -544,7 +544,8 @@ int cmd_generate(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", params ? err.msg : "out of memory");
 		goto out;
 	}
-	warn_unused_options(&cfg, "generate", argc, argv);   /* once generation is possible */
+	config_report(&cfg);                                  /* once generation is possible */
+	warn_unused_options(&cfg, "generate", argc, argv);
 	s.V = (int)s.m.logits->ne[s.m.logits->ndim - 1];
 	s.n_sample = s.V;
 	if (s.tok) {            /* a padded vocabulary: ids past the tokenizer's never come */

@@ -97,7 +97,8 @@ static const char *opt_s(const struct session *s, const char *name)
 
 /* --- model ------------------------------------------------------------------------ */
 
-static enum fw_status build_model(struct session *s, bool training, struct fw_err *err)
+/* Initialises every plugin (once) and fills the slots the arch sees. */
+static enum fw_status init_plugins(struct session *s, struct fw_err *err)
 {
 	enum fw_status st;
 	for (int k = 1; k < FW_KIND_COUNT; k++)
@@ -107,50 +108,81 @@ static enum fw_status build_model(struct session *s, bool training, struct fw_er
 		.arch = s->cfg.plugin[FW_KIND_ARCH], .attention = s->cfg.plugin[FW_KIND_ATTENTION],
 		.peft = s->cfg.plugin[FW_KIND_PEFT], .optim = s->cfg.plugin[FW_KIND_OPTIM],
 	};
-	s->ctx = fw_ctx_new();
-	if (!s->ctx)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	s->B = opt_i(s, "micro-batch-size");
-	s->T = opt_i(s, "seq-length");
-	s->model = (struct fw_model){
-		.size = sizeof(struct fw_model), .ctx = s->ctx, .host = fw_host_table(),
-		.opts = s->slots.arch->opts, .batch = s->B, .seq_len = s->T,
+	return FW_OK;
+}
+
+/* The arch's model in ctx, with the peft plugin's freeze and extra loss if
+ * slots has one. */
+static enum fw_status build_in(struct session *s, struct fw_plugin_slots *slots,
+			       struct fw_ctx *ctx, struct fw_model *m, bool training,
+			       bool segmented, struct fw_err *err)
+{
+	enum fw_status st;
+	*m = (struct fw_model){
+		.size = sizeof(struct fw_model), .ctx = ctx, .host = fw_host_table(),
+		.opts = slots->arch->opts, .batch = s->B, .seq_len = s->T,
 		.head = FW_HEAD_LM, .training = training, .seed = (uint64_t)opt_i(s, "seed"),
-		.host_private = &s->slots,
-		.segmented = (s->have_train && s->train.rows.n) || (s->have_valid && s->valid.rows.n),
+		.host_private = slots, .segmented = segmented,
 	};
-	const struct fw_arch_i *arch = s->slots.arch->desc->iface;
+	const struct fw_arch_i *arch = slots->arch->desc->iface;
 	struct fw_err e = { 0 };
-	st = arch->build(s->slots.arch->state, &s->model, &e);
-	if (st != FW_OK || !s->model.loss || !s->model.tokens || !s->model.targets) {
-		const struct fw_err *src = e.status ? &e : fw_ctx_err(s->ctx);
-		const char *an = s->slots.arch->desc->name;
+	st = arch->build(slots->arch->state, m, &e);
+	if (st != FW_OK || !m->loss || !m->tokens || !m->targets) {
+		const struct fw_err *src = e.status ? &e : fw_ctx_err(ctx);
+		const char *an = slots->arch->desc->name;
 		bool named = !strncmp(src->msg, an, strlen(an));
 		return fw_errorf(err, src->status ? src->status : FW_ERR_INVALID, "%s%s%s",
 				 named ? "" : an, named ? "" : ": ",
 				 src->msg[0] ? src->msg : "build gave no loss or inputs");
 	}
-	if (s->model.segmented && (!s->model.positions || !s->model.attn_bias))
+	if (segmented && (!m->positions || !m->attn_bias))
 		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s cannot train on SFT examples: it "
 				 "gives no positions/attn_bias inputs for packed or padded rows",
-				 s->slots.arch->desc->name);
-	if (s->model.segmented && !(s->seg = malloc(sizeof(int32_t) * (size_t)(s->B * s->T))))
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	if (s->slots.peft) {
-		const struct fw_peft_i *pi = s->slots.peft->desc->iface;
-		const char *pn = s->slots.peft->desc->name;
-		if (pi->freeze && (st = pi->freeze(s->slots.peft->state, &s->model, &e)) != FW_OK)
+				 slots->arch->desc->name);
+	if (slots->peft) {
+		const struct fw_peft_i *pi = slots->peft->desc->iface;
+		const char *pn = slots->peft->desc->name;
+		if (pi->freeze && (st = pi->freeze(slots->peft->state, m, &e)) != FW_OK)
 			return fw_errorf(err, st, "%s%s%s", strncmp(e.msg, pn, strlen(pn)) ? pn : "",
 					 strncmp(e.msg, pn, strlen(pn)) ? ": " : "", e.msg);
 		if (pi->extra_loss) {
-			struct fw_tensor *x = pi->extra_loss(s->slots.peft->state, &s->model, &e);
+			struct fw_tensor *x = pi->extra_loss(slots->peft->state, m, &e);
 			if (!x && e.status)
-				return fw_errorf(err, e.status, "%s: %s", s->slots.peft->desc->name,
-						 e.msg);
+				return fw_errorf(err, e.status, "%s: %s", pn, e.msg);
 			if (x)
-				s->model.loss = fw_add(s->ctx, s->model.loss, x);
+				m->loss = fw_add(ctx, m->loss, x);
 		}
 	}
+	return FW_OK;
+}
+
+/* Plugins and the arch's options checked before any data is read: the
+ * model built once without data and without the peft plugin (whose hooks
+ * see one model per run), then thrown away. */
+static enum fw_status check_model(struct session *s, bool training, struct fw_err *err)
+{
+	struct fw_model m;
+	struct fw_plugin_slots base = s->slots;
+	base.peft = NULL;
+	struct fw_ctx *ctx = fw_ctx_new();
+	if (!ctx)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	enum fw_status st = build_in(s, &base, ctx, &m, training, false, err);
+	fw_ctx_free(ctx);
+	return st;
+}
+
+static enum fw_status build_model(struct session *s, bool training, struct fw_err *err)
+{
+	s->ctx = fw_ctx_new();
+	if (!s->ctx)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	bool segmented = (s->have_train && s->train.rows.n) || (s->have_valid && s->valid.rows.n);
+	enum fw_status st = build_in(s, &s->slots, s->ctx, &s->model, training, segmented, err);
+	if (st != FW_OK)
+		return st;
+	if (segmented && !(s->seg = malloc(sizeof(int32_t) * (size_t)(s->B * s->T))))
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	return FW_OK;
 }
 
@@ -1091,7 +1123,7 @@ int command_help(const char *cmd, const char *usage, int argc, char **argv)
 			args[n++] = argv[i];
 	if (!args)
 		return die(EXIT_RUNTIME, "out of memory");
-	if (config_load(&c, n, args, false, pos, 8, &np, &err) != FW_OK &&
+	if (config_load(&c, NULL, n, args, false, pos, 8, &np, &err) != FW_OK &&
 	    err.status != FW_ERR_INVALID) {
 		config_free(&c);
 		free(args);
@@ -1161,7 +1193,7 @@ static int session_open(struct session *s, const char *cmd, int argc, char **arg
 	int np = 0;
 	enum fw_status st;
 	memset(s, 0, sizeof(*s));
-	if (config_load(&s->cfg, argc, argv, true, pos, 0, &np, &s->err) != FW_OK) {
+	if (config_load(&s->cfg, cmd, argc, argv, true, pos, 0, &np, &s->err) != FW_OK) {
 		*rc = die(s->err.status == FW_ERR_NOMEM || s->err.status == FW_ERR_IO ||
 			  s->err.status == FW_ERR_FORMAT || s->err.status == FW_ERR_UNSUPPORTED ?
 			  EXIT_RUNTIME : EXIT_USAGE, "%s", s->err.msg);
@@ -1173,6 +1205,11 @@ static int session_open(struct session *s, const char *cmd, int argc, char **arg
 	s->base_rss = rss_now();
 	s->B = opt_i(s, "micro-batch-size");
 	s->T = opt_i(s, "seq-length");
+	if (init_plugins(s, &s->err) != FW_OK || check_model(s, train, &s->err) != FW_OK) {
+		*rc = die(s->err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
+			  s->err.msg);
+		return -1;
+	}
 	if (use != DATA_NONE && (st = open_datasets(s, train, use, &s->err)) != FW_OK) {
 		*rc = die(st == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s->err.msg);
 		return -1;
@@ -1185,8 +1222,15 @@ static int session_open(struct session *s, const char *cmd, int argc, char **arg
 			  s->err.msg);
 		return -1;
 	}
-	warn_unused_options(&s->cfg, cmd, argc, argv);   /* once the run is possible */
 	return 0;
+}
+
+/* What came from --load's checkpoint and which options do nothing, said
+ * once the command has everything it needs, so that an error stays one line. */
+static void session_ready(struct session *s, const char *cmd, int argc, char **argv)
+{
+	config_report(&s->cfg);
+	warn_unused_options(&s->cfg, cmd, argc, argv);
 }
 
 int cmd_train(int argc, char **argv)
@@ -1214,6 +1258,7 @@ int cmd_train(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);   /* --adapter on a fresh model */
 		goto out;
 	}
+	session_ready(&s, "train", argc, argv);
 	if (open_run_dir(&s, &s.err) != FW_OK) {
 		rc = die(s.err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
@@ -1296,6 +1341,7 @@ int cmd_eval(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
+	session_ready(&s, "eval", argc, argv);
 	double loss = NAN;
 	double stats[2] = { 0, NAN };
 	int64_t iters = opt_i(&s, "eval-iters");
@@ -1354,6 +1400,7 @@ int cmd_plan(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
+	session_ready(&s, "plan", argc, argv);
 	struct fw_memory_report mr, me = { 0 };
 	fw_graph_memory(s.g, &mr);
 	if (s.eval_g)
