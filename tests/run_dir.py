@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Runs and checkpoints a user cannot get wrong (issue 18, items 1, 2 and 6).
+"""Runs and checkpoints a user cannot get wrong (issue 18, items 1, 2, 4 and 6).
 
 With a tiny byte-level GPT (1 layer, 16 wide, 257 tokens) on a few KB of
 text, each check runs fwrun as a user would:
@@ -15,7 +15,14 @@ text, each check runs fwrun as a user would:
    --overwrite sets the old files aside; --load=DIR refuses a directory
    holding checkpoints of two configurations. metrics.jsonl records carry a
    type (train, eval, marker).
-3. Logs and help: the progress line shows the interval's mean loss and the
+3. Checkpoints say what they are: eval, plan and generate --load=DIR alone
+   take the run's plugins and batch shape (eval scores at the trained
+   sequence length); after SIGINT the printed resume hint works as printed;
+   --tokenizer=byte sets the vocabulary; a missing attention plugin or a too
+   small vocabulary is reported before any data is read; merge, export and
+   export-adapter take run directories and merge keeps the tokenizer; token
+   shards record their tokenizer and shards of another one are refused.
+4. Logs and help: the progress line shows the interval's mean loss and the
    gradient norm; --version; per-command --help; integer ranges print as
    integers; one "fwrun: " prefix; did-you-mean only for typos; a warning for
    options that do nothing; compressed inputs refused by name.
@@ -28,7 +35,13 @@ import json
 import os
 import re
 import shutil
+import signal
+import struct
+import subprocess
 import sys
+import time
+
+import h5py
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpt2_parity as gp  # noqa: E402  (Results, the fwrun driver, cli)
@@ -193,8 +206,117 @@ def check_run_dir(fw, work, data):
             and [r.get("type") for r in recs] == ["train", "eval"], gp.describe(p))
 
 
+def check_self_describing(fw, work, data):
+    print("3. checkpoints say what they are; run directories work everywhere")
+    run = os.path.join(work, "long")
+    p = fw("train", BASE, "--n-layer=1", "--n-head=2", "--n-embd=16", "--n-positions=128",
+           "--tokenizer=byte", "--seq-length=128", "--micro-batch-size=2", "--threads=2",
+           f"--data={data}", "--train-iters=2", f"--run-dir={run}")
+    if not R.check("a byte-level run at 128 tokens trains", p.returncode == 0, gp.describe(p)):
+        return
+    with open(os.path.join(run, "config.ini")) as f:
+        R.check("--tokenizer=byte sets the vocabulary (257)", "vocab-size = 257\n" in f.read()
+                and "--vocab-size=257" in p.stderr, gp.describe(p))
+    p = fw("eval", f"--load={run}", f"--valid-data={data}", "--eval-iters=3")
+    try:
+        out = json.loads(p.stdout)
+    except ValueError:
+        out = {}
+    R.check("eval --load=DIR alone takes the plugins and the sequence length from the run",
+            out.get("tokens") == 3 * 2 * 128 and "--seq-length=128" in p.stderr
+            and "--plugins=arch/decoder,attention/mha" in p.stderr, gp.describe(p))
+    p = fw("plan", f"--load={run}")
+    R.check("plan --load=DIR too", p.returncode == 0 and "micro-batch 2 x 128" in p.stdout,
+            gp.describe(p))
+    p = fw("generate", f"--load={run}", "--prompt-tokens=84,104", "--max-new-tokens=2")
+    R.check("generate --load=DIR alone", p.returncode == 0 and p.stdout.count(",") == 1,
+            gp.describe(p))
+    p = fw("train", "--plugins=arch/decoder,optim/adamw", "--tokenizer=byte", f"--data={data}",
+           f"--run-dir={os.path.join(work, 'noattn')}")
+    R.check("a missing attention plugin is reported before any data is read",
+            p.returncode == 2 and "attention" in p.stderr and "data:" not in p.stderr
+            and not os.path.exists(os.path.join(work, "noattn")), gp.describe(p))
+    p = fw("train", BASE, "--tokenizer=byte", "--vocab-size=100", f"--data={data}",
+           f"--run-dir={os.path.join(work, 'smallv')}")
+    R.check("a vocabulary smaller than the tokenizer's is refused before any data is read",
+            p.returncode == 2 and "257" in p.stderr and "data:" not in p.stderr, gp.describe(p))
+
+    # the printed resume hint works as printed
+    hint = os.path.join(work, "hint")
+    proc = subprocess.Popen([fw.exe, "train", BASE, *MODEL, *SIZE, f"--data={data}",
+                             "--train-iters=400", f"--run-dir={hint}"], env=fw.env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(hint, "metrics.jsonl")
+    t0 = time.time()
+    while time.time() - t0 < 60 and proc.poll() is None:
+        if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 3:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=60)[1]
+    m = re.search(r"resume with (--load=\S+)", err)
+    p = fw("train", m.group(1)) if m else None
+    recs = records(hint) if p and p.returncode == 0 else []
+    R.check("after SIGINT, 'fwrun train' with the printed --load=DIR alone finishes the run "
+            "in its directory", p is not None and p.returncode == 0
+            and [r["event"] for r in recs if r["type"] == "marker"] == ["resume"]
+            and os.path.exists(os.path.join(hint, "ckpt-00000400.h5")),
+            (gp.describe(p) if p else err[-400:]))
+
+    # merge, export and export-adapter take run directories; merge keeps the tokenizer
+    base, lora = os.path.join(work, "base"), os.path.join(work, "lora")
+    merged = os.path.join(work, "merged.h5")
+    p = fw("merge", lora, lora, merged)
+    ok = p.returncode == 0
+    if ok:
+        with h5py.File(merged, "r") as f:
+            attrs = {k: f.attrs[k] for k in f.attrs}
+        ok = "tokenizer" in attrs and "peft/lora" not in str(attrs.get("config", ""))
+    R.check("merge RUN_DIR RUN_DIR OUT: the newest checkpoint and adapter; the tokenizer "
+            "kept, peft/lora left out", ok, gp.describe(p))
+    p = fw("eval", f"--load={merged}", f"--valid-data={data}", "--eval-iters=4", *SIZE)
+    q = fw("eval", INFER + ",peft/lora", f"--load={lora}", f"--valid-data={data}",
+           "--eval-iters=4", *SIZE)
+    R.check("the merged model scores as the adapted one, needing no plugins named",
+            eval_loss(p) is not None and eval_loss(q) is not None
+            and abs(eval_loss(p) - eval_loss(q)) < 1e-4, f"{gp.describe(p)}; {gp.describe(q)}")
+    p = subprocess.run([fw.exe, "generate", f"--load={merged}", "--prompt=The",
+                        "--max-new-tokens=2"], env=fw.env, capture_output=True, timeout=60)
+    R.check("the merged model generates text with its tokenizer (bytes, not ids)",
+            p.returncode == 0 and len(p.stdout) >= 2
+            and not re.fullmatch(rb"\d+(,\d+)*\n", p.stdout),
+            f"exit {p.returncode}: {p.stderr[-300:]!r}")
+    p = fw("export", base, os.path.join(work, "hf-base"))
+    R.check("export RUN_DIR", p.returncode == 0, gp.describe(p))
+    p = fw("export-adapter", lora, os.path.join(work, "peft"))
+    R.check("export-adapter RUN_DIR", p.returncode == 0 and os.path.exists(
+        os.path.join(work, "peft", "adapter_model.safetensors")), gp.describe(p))
+
+    # token shards record their tokenizer
+    import tokenize_cli as tc
+    vocab_dir = os.path.join(work, "bpe")
+    os.makedirs(vocab_dir)
+    vp, mp, _ = tc.write_vocab(vocab_dir)
+    p1 = fw("tokenize", "--tokenizer=byte", f"--out={os.path.join(work, 'sb')}", data)
+    p2 = fw("tokenize", "--tokenizer=gpt2", f"--vocab-file={vp}", f"--merge-file={mp}",
+            f"--out={os.path.join(work, 'sg')}", data)
+    sb, sg = os.path.join(work, "sb_train_000000.bin"), os.path.join(work, "sg_train_000000.bin")
+    with open(sb, "rb") as f:
+        hdr = struct.unpack("<7i", f.read(28)) if p1.returncode == 0 else ()
+    R.check("fwrun tokenize records its tokenizer after llm.c's three header words",
+            len(hdr) == 7 and hdr[0] == 20240520 and hdr[3] == 0x6e6b6f74 and hdr[4] == 257,
+            f"{hdr}; {gp.describe(p1)}")
+    p = fw("train", BASE, *MODEL, *SIZE, f"--data={sb}", "--train-iters=1",
+           f"--run-dir={os.path.join(work, 'sb-run')}")
+    R.check("byte shards train with the byte tokenizer", p.returncode == 0, gp.describe(p))
+    p = fw("train", BASE, *MODEL, "--vocab-size=300", *SIZE, f"--data={sg}", "--train-iters=1",
+           f"--run-dir={os.path.join(work, 'sg-run')}")
+    R.check("shards of another tokenizer are refused", p2.returncode == 0
+            and one_line_error(p, sg, "another tokenizer"), gp.describe(p))
+
+
 def check_logs_and_help(fw, work, data):
-    print("3. logs and help")
+    print("4. logs and help")
     run = os.path.join(work, "logs")
     p = fw("train", BASE, *MODEL, *SIZE, f"--data={data}", "--train-iters=4",
            "--log-interval=2", f"--run-dir={run}")
@@ -270,6 +392,7 @@ def main():
         write_text(data, 16000)
         check_foreign_tensors(fw, work, data)
         check_run_dir(fw, work, data)
+        check_self_describing(fw, work, data)
         check_logs_and_help(fw, work, data)
 
     return R.run("run_dir", a.keep, body)

@@ -598,6 +598,14 @@ enum fw_status loader_check_vocab(const struct loader *l, const struct fw_tokeni
 				 fw_tokenizer_vocab_size(tok), (long long)vocab);
 	for (int i = 0; i < l->n_shards; i++) {
 		const struct shard *s = &l->shards[i];
+		if (tok && s->tok_vocab &&
+		    (fw_tokenizer_vocab_size(tok) < s->tok_vocab ||
+		     tokenizer_fingerprint(tok, s->tok_vocab) != s->tok_fingerprint))
+			return fw_errorf(err, FW_ERR_INVALID, "%s was made by another tokenizer (%d "
+					 "tokens) than this run's (%s, %d tokens): tokenize it with the "
+					 "run's, or train with the one that made it", s->path,
+					 s->tok_vocab, fw_tokenizer_name(tok),
+					 fw_tokenizer_vocab_size(tok));
 		for (int64_t k = 0; k < s->n_tokens; k++) {
 			uint32_t t = s->tokens ? s->tokens[k] : s->tokens32[k];
 			if (t >= vocab)

@@ -60,7 +60,18 @@ struct shard {
 	uint32_t *tokens32;               /* version 2 shards: uint32 tokens, tokens NULL */
 	size_t map_len;
 	void *map;
+	int32_t tok_vocab;                /* the tokenizer fwrun tokenize recorded, or 0 */
+	uint64_t tok_fingerprint;
 };
+
+/* fwrun tokenize records its tokenizer in header words 3..6, which llm.c
+ * leaves zero and never reads: SHARD_TOK_MARK, the tokenizer's vocabulary
+ * size, and the low and high halves of tokenizer_fingerprint over it. */
+#define SHARD_TOK_MARK 0x6e6b6f74     /* "tokn" */
+/* FNV-1a over the bytes of tokens 0..n-1 (each preceded by its length):
+ * equal for tokenizers that give those ids the same bytes, so a run whose
+ * tokenizer adds special tokens after them still matches. */
+uint64_t tokenizer_fingerprint(const struct fw_tokenizer *t, int32_t n);
 
 /* SFT examples laid out in rows of T positions (dataset.c): tokens and
  * targets (targets -1 = not in the loss: prompt and padding) and seg, the
@@ -204,6 +215,11 @@ bool config_same_run(const char *a, const char *b, const char *a_name, const cha
 		     char *why, size_t len);
 /* INVALID if dir's checkpoints were written by different configurations. */
 enum fw_status check_dir_checkpoints(const char *dir, struct fw_err *err);
+/* A directory's newest adapter-<digits>.h5 (a file is taken as it is). */
+enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err);
+/* config_dump's INI text without the peft plugin's section and plugins
+ * entry (malloc'd; NULL when out of memory). */
+char *config_without_peft(const char *text);
 
 /* --- subcommands ------------------------------------------------------------------- */
 

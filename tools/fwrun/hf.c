@@ -573,8 +573,12 @@ int cmd_export(int argc, char **argv)
 	}
 	if (np != 2)
 		return die(EXIT_USAGE, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
-	argv = pos;
+	char in_path[4200];
 	struct fw_err err = { 0 };
+	if (resolve_load(pos[0], in_path, sizeof(in_path), &err) != FW_OK)
+		return die(EXIT_RUNTIME, "%s", err.msg);
+	pos[0] = in_path;           /* a run directory: its newest checkpoint */
+	argv = pos;
 	char *config = NULL;
 	if (fw_h5_read_attr(argv[0], "config", &config, &err) != FW_OK)
 		return die(EXIT_RUNTIME, "%s", err.msg);

@@ -298,3 +298,94 @@ enum fw_status check_dir_checkpoints(const char *dir, struct fw_err *err)
 	fw_free(first);
 	return st;
 }
+
+/* --- run directories where a file is expected ---------------------------------------------- */
+
+enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err)
+{
+	struct stat st;
+	if (stat(arg, &st) != 0)
+		return fw_errorf(err, FW_ERR_IO, "%s: %s", arg, strerror(errno));
+	if (!S_ISDIR(st.st_mode)) {
+		snprintf(out, len, "%s", arg);
+		return FW_OK;
+	}
+	long long best = -1;
+	DIR *d = opendir(arg);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		const char *n = e->d_name;
+		size_t l = strlen(n);
+		if (l < 12 || strncmp(n, "adapter-", 8) || strcmp(n + l - 3, ".h5") ||
+		    strspn(n + 8, "0123456789") != l - 11)
+			continue;
+		long long k = strtoll(n + 8, NULL, 10);
+		char path[4400];
+		struct stat fs;
+		snprintf(path, sizeof(path), "%s/%s", arg, n);
+		if (k > best && stat(path, &fs) == 0 && S_ISREG(fs.st_mode)) {
+			best = k;
+			snprintf(out, len, "%s", path);
+		}
+	}
+	if (d)
+		closedir(d);
+	if (best < 0)
+		return fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no adapter (adapter-*.h5) in directory",
+				 arg);
+	return FW_OK;
+}
+
+/* config_dump's INI without the peft plugin: its [peft/...] section and its
+ * entry in [run] plugins (a merged model needs no peft plugin). malloc'd. */
+char *config_without_peft(const char *text)
+{
+	char *out = malloc(strlen(text) + 1);
+	if (!out)
+		return NULL;
+	out[0] = '\0';
+	bool skip = false;
+	for (const char *l = text; *l;) {
+		const char *end = strchr(l, '\n');
+		size_t n = end ? (size_t)(end - l + 1) : strlen(l);
+		if (*l == '[')
+			skip = !strncmp(l, "[peft/", 6);
+		if (!skip && !strncmp(l, "plugins = ", 10)) {
+			char line[4400];
+			snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) ? n : sizeof(line) - 1),
+				 l);
+			line[strcspn(line, "\n")] = '\0';
+			strcat(out, "plugins = ");
+			bool first = true;
+			for (char *save = NULL, *p = strtok_r(line + 10, ",", &save); p;
+			     p = strtok_r(NULL, ",", &save))
+				if (strncmp(p, "peft/", 5)) {
+					strcat(out, first ? "" : ",");
+					strcat(out, p);
+					first = false;
+				}
+			strcat(out, "\n");
+		} else if (!skip) {
+			strncat(out, l, n);
+		}
+		l += n;
+	}
+	return out;
+}
+
+/* --- the tokenizer of a token shard ---------------------------------------------------------- */
+
+uint64_t tokenizer_fingerprint(const struct fw_tokenizer *t, int32_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (int32_t id = 0; id < n; id++) {
+		size_t len = 0;
+		const char *b = fw_tokenizer_token(t, id, &len);
+		uint32_t l32 = b ? (uint32_t)len : 0xffffffffu;
+		for (int k = 0; k < 4; k++)
+			h = (h ^ ((l32 >> (8 * k)) & 0xff)) * 0x100000001b3ull;
+		for (size_t k = 0; b && k < len; k++)
+			h = (h ^ (unsigned char)b[k]) * 0x100000001b3ull;
+	}
+	return h;
+}
