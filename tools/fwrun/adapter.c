@@ -651,7 +651,7 @@ int cmd_merge(int argc, char **argv)
 	fw_h5_read_attr(base_path, "source", &source, NULL);
 	fw_h5_read_attr(base_path, TOKENIZER_ATTR, &tok, NULL);
 	plain = cfg ? config_without_peft(cfg) : NULL;
-	char from[8400];
+	char from[8420];          /* both paths are under 4200 bytes */
 	snprintf(from, sizeof(from), "%s + %s", base_path, ad_path);
 	struct fw_h5_attr attrs[5];
 	int na = 0;
