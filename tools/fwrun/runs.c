@@ -299,42 +299,7 @@ enum fw_status check_dir_checkpoints(const char *dir, struct fw_err *err)
 	return st;
 }
 
-/* --- run directories where a file is expected ---------------------------------------------- */
-
-enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err)
-{
-	struct stat st;
-	if (stat(arg, &st) != 0)
-		return fw_errorf(err, FW_ERR_IO, "%s: %s", arg, strerror(errno));
-	if (!S_ISDIR(st.st_mode)) {
-		snprintf(out, len, "%s", arg);
-		return FW_OK;
-	}
-	long long best = -1;
-	DIR *d = opendir(arg);
-	struct dirent *e;
-	while (d && (e = readdir(d))) {
-		const char *n = e->d_name;
-		size_t l = strlen(n);
-		if (l < 12 || strncmp(n, "adapter-", 8) || strcmp(n + l - 3, ".h5") ||
-		    strspn(n + 8, "0123456789") != l - 11)
-			continue;
-		long long k = strtoll(n + 8, NULL, 10);
-		char path[4400];
-		struct stat fs;
-		snprintf(path, sizeof(path), "%s/%s", arg, n);
-		if (k > best && stat(path, &fs) == 0 && S_ISREG(fs.st_mode)) {
-			best = k;
-			snprintf(out, len, "%s", path);
-		}
-	}
-	if (d)
-		closedir(d);
-	if (best < 0)
-		return fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no adapter (adapter-*.h5) in directory",
-				 arg);
-	return FW_OK;
-}
+/* --- merged models ---------------------------------------------------------------------- */
 
 /* config_dump's INI without the peft plugin: its [peft/...] section and its
  * entry in [run] plugins (a merged model needs no peft plugin). malloc'd. */

@@ -1030,11 +1030,13 @@ out:
 	return st;
 }
 
-/* --load=DIR picks the newest complete checkpoint in it: the regular file
- * ckpt-<digits>.h5 with the largest number. Temporary files are not. */
-enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
+/* arg if it is a file; in a directory, the regular file PREFIX<digits>.h5
+ * with the largest number (temporary files are not), "" if none. */
+static enum fw_status newest_in(const char *arg, const char *prefix, char *out, size_t len,
+				struct fw_err *err)
 {
 	struct stat st;
+	out[0] = '\0';
 	if (stat(arg, &st) != 0)
 		return fw_errorf(err, FW_ERR_IO, "%s: %s", arg, strerror(errno));
 	if (!S_ISDIR(st.st_mode)) {
@@ -1045,7 +1047,7 @@ enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_er
 	DIR *d = opendir(arg);
 	struct dirent *e;
 	while (d && (e = readdir(d))) {
-		long long n = ckpt_step(e->d_name);
+		long long n = numbered(e->d_name, strlen(e->d_name), prefix, ".h5");
 		char path[4400];
 		struct stat fs;
 		if (n <= best)
@@ -1058,10 +1060,28 @@ enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_er
 	}
 	if (d)
 		closedir(d);
-	if (best < 0)
+	return FW_OK;
+}
+
+/* --load=DIR picks the newest complete checkpoint in it. */
+enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
+{
+	enum fw_status st = newest_in(arg, "ckpt-", out, len, err);
+	if (st != FW_OK || strcmp(out, arg) == 0)
+		return st;
+	if (!out[0])
 		return fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no checkpoint (ckpt-*.h5) in directory",
 				 arg);
 	return check_dir_checkpoints(arg, err);
+}
+
+enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err)
+{
+	enum fw_status st = newest_in(arg, "adapter-", out, len, err);
+	if (st == FW_OK && !out[0])
+		st = fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no adapter (adapter-*.h5) in directory",
+			       arg);
+	return st;
 }
 
 static void set_schedule(struct session *s)
