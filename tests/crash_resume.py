@@ -98,11 +98,15 @@ def metric_lines(run):
     """metrics.jsonl as [(key, {field: exact text})]; numbers stay the text
     fwrun printed (parse_float=str), so equal means bit for bit at that text."""
     out = []
+    if not os.path.exists(os.path.join(run, "metrics.jsonl")):
+        return out               # the first run was killed before it opened the file
     with open(os.path.join(run, "metrics.jsonl")) as f:
         for i, line in enumerate(f, 1):
             if not line.endswith("\n"):
                 raise ValueError(f"metrics.jsonl:{i}: a partial line {line!r}")
             rec = json.loads(line, parse_float=str, parse_int=str)
+            if rec.get("type") == "marker":      # where a resumed run's records begin
+                continue
             kind = "eval" if "eval_loss" in rec else "train"
             out.append(((int(rec["step"]), kind), {k: rec[k] for k in FIELDS if k in rec}))
     return out

@@ -52,29 +52,31 @@ static int find(const struct fw_options *o, const char *name)
 	return -1;
 }
 
+/* Optimal string alignment distance: insertions, deletions, substitutions
+ * and swaps of neighbours ("trian" is one edit from "train"). */
 static size_t edit_distance(const char *a, const char *b)
 {
 	size_t la = strlen(a), lb = strlen(b);
 	if (la > 63 || lb > 63)
 		return (size_t)-1;      /* too long to be a typo of anything */
-	size_t row[64];
+	size_t d[64][64];
+	for (size_t i = 0; i <= la; i++)
+		d[i][0] = i;
 	for (size_t j = 0; j <= lb; j++)
-		row[j] = j;
-	for (size_t i = 1; i <= la; i++) {
-		size_t diag = row[0];
-		row[0] = i;
+		d[0][j] = j;
+	for (size_t i = 1; i <= la; i++)
 		for (size_t j = 1; j <= lb; j++) {
-			size_t up = row[j];
-			size_t best = diag + (a[i - 1] != b[j - 1]);
-			if (up + 1 < best)
-				best = up + 1;
-			if (row[j - 1] + 1 < best)
-				best = row[j - 1] + 1;
-			row[j] = best;
-			diag = up;
+			size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+			if (d[i - 1][j] + 1 < best)
+				best = d[i - 1][j] + 1;
+			if (d[i][j - 1] + 1 < best)
+				best = d[i][j - 1] + 1;
+			if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+			    d[i - 2][j - 2] + 1 < best)
+				best = d[i - 2][j - 2] + 1;
+			d[i][j] = best;
 		}
-	}
-	return row[lb];
+	return d[la][lb];
 }
 
 const char *fw_nearest_name(const char *s, const char *const *names, int n)
@@ -88,9 +90,20 @@ const char *fw_nearest_name(const char *s, const char *const *names, int n)
 			best = names[i];
 		}
 	}
-	/* Close enough to be a typo: at most a third of the name, at least 2. */
-	size_t limit = strlen(s) / 3 > 2 ? strlen(s) / 3 : 2;
+	/* Close enough to be a typo: one edit per four characters, at least
+	 * one ("serve" is not "merge", nor "max-length" "seq-length"). */
+	size_t limit = strlen(s) / 4 > 1 ? strlen(s) / 4 : 1;
 	return best_d <= limit ? best : NULL;
+}
+
+/* x as an integer when it is one ("1048576", not "1.04858e+06"). */
+static const char *num_text(double x, char *buf, size_t len)
+{
+	if (x == (double)(long long)x && x > -1e18 && x < 1e18)
+		snprintf(buf, len, "%lld", (long long)x);
+	else
+		snprintf(buf, len, "%g", x);
+	return buf;
 }
 
 static enum fw_status parse_value(const struct fw_option_def *d, const char *owner,
@@ -150,10 +163,11 @@ static enum fw_status parse_value(const struct fw_option_def *d, const char *own
 					 near ? near : "", near ? "'?)" : "");
 		}
 	}
+	char lo[32], hi[32];
 	if (d->min <= d->max && (*num < d->min || *num > d->max))
 		return fw_errorf(err, FW_ERR_INVALID,
-				 "%s: option '%s' = %s is out of range [%g, %g]",
-				 owner, d->name, v, d->min, d->max);
+				 "%s: option '%s' = %s is out of range [%s, %s]", owner, d->name, v,
+				 num_text(d->min, lo, sizeof(lo)), num_text(d->max, hi, sizeof(hi)));
 	return FW_OK;
 }
 

@@ -151,16 +151,19 @@ void adapter_config_defaults(struct config *c, const char *spec, const char *nam
 
 /* --- base weights ------------------------------------------------------------------ */
 
-enum fw_status load_params(const char *path, struct fw_tensor **params, int n, bool peft,
-			   int *n_new, struct fw_err *err)
+enum fw_status load_params(const char *path, struct fw_tensor **params, int n,
+			   const struct fw_plugin_slots *slots, bool base_only, int *n_new,
+			   struct fw_err *err)
 {
 	*n_new = 0;
-	if (!peft)
+	enum fw_status st = check_foreign_tensors(path, params, n, slots, base_only, err);
+	if (st != FW_OK)
+		return st;
+	if (!slots->peft)
 		return fw_h5_load(path, params, n, err);
 	struct fw_h5_entry *ents = NULL;
 	int ne = 0;
-	enum fw_status st = fw_h5_list(path, &ents, &ne, err);
-	if (st != FW_OK)
+	if ((st = fw_h5_list(path, &ents, &ne, err)) != FW_OK)
 		return st;
 	struct fw_tensor **have = malloc(sizeof(*have) * (size_t)(n + 1));
 	if (!have) {
@@ -543,8 +546,17 @@ static bool in_list(const struct fw_h5_entry *e, void *arg)
 	return false;
 }
 
+/* NAME.lora_A.weight or NAME.lora_B.weight: a factor merge folds in. */
+static bool lora_factor(const char *name)
+{
+	size_t l = strlen(name);
+	return l > 14 && (!strcmp(name + l - 14, ".lora_A.weight") ||
+			  !strcmp(name + l - 14, ".lora_B.weight"));
+}
+
 static const char merge_usage[] =
 	"usage: fwrun merge BASE.h5 ADAPTER.h5 OUT.h5\n"
+	"BASE and ADAPTER may be run directories: the newest ckpt-N.h5 and adapter-N.h5 in them.\n"
 	"Folds a LoRA adapter into the base model it was trained on: W += scaling * B A for\n"
 	"every adapted layer (and the adapter's biases, if it trained some). OUT.h5 is a\n"
 	"weights file for --load, without a peft plugin. A base with other tensors or other\n"
@@ -558,8 +570,13 @@ int cmd_merge(int argc, char **argv)
 	}
 	if (argc != 3)
 		return die(EXIT_USAGE, "merge: usage: fwrun merge BASE.h5 ADAPTER.h5 OUT.h5");
-	const char *base_path = argv[0], *ad_path = argv[1], *out_path = argv[2];
+	char base_buf[4200], ad_buf[4200];
 	struct fw_err err = { 0 };
+	if (resolve_load(argv[0], base_buf, sizeof(base_buf), &err) != FW_OK ||
+	    resolve_adapter(argv[1], ad_buf, sizeof(ad_buf), &err) != FW_OK)
+		return die(EXIT_RUNTIME, "%s", err.msg);
+	const char *base_path = base_buf, *ad_path = ad_buf, *out_path = argv[2];
+	char *tok = NULL, *plain = NULL;
 	struct adapter_file a;
 	struct tensor_set base = { 0 };
 	struct fw_h5_entry *ents = NULL;
@@ -611,33 +628,38 @@ int cmd_merge(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "out of memory");
 		goto out;
 	}
+	/* (A base that is a LoRA run's checkpoint holds the factors too: they
+	 * are folded in, not copied.) */
 	int n = 0;
 	for (int i = 0; i < ne; i++) {
 		struct fw_tensor *t = set_find(&base, ents[i].name);
 		struct fw_tensor *b = set_find(&a.t, ents[i].name);
+		if (b && lora_factor(b->name))
+			continue;
 		if (b || t)
 			out[n++] = b ? b : t;
 	}
 	for (int i = 0; i < a.t.n; i++) {
-		size_t l = strlen(a.t.t[i].name);
-		bool lora = l > 14 && (!strcmp(a.t.t[i].name + l - 14, ".lora_A.weight") ||
-				       !strcmp(a.t.t[i].name + l - 14, ".lora_B.weight"));
 		bool listed = false;
 		for (int k = 0; k < n && !listed; k++)
 			listed = out[k] == &a.t.t[i];
-		if (!lora && !listed)
+		if (!lora_factor(a.t.t[i].name) && !listed)
 			out[n++] = &a.t.t[i];
 	}
 	fw_h5_read_attr(base_path, "config", &cfg, NULL);
 	fw_h5_read_attr(base_path, "fw_arch", &arch, NULL);
 	fw_h5_read_attr(base_path, "source", &source, NULL);
-	char from[8400];
+	fw_h5_read_attr(base_path, TOKENIZER_ATTR, &tok, NULL);
+	plain = cfg ? config_without_peft(cfg) : NULL;
+	char from[8420];          /* both paths are under 4200 bytes */
 	snprintf(from, sizeof(from), "%s + %s", base_path, ad_path);
-	struct fw_h5_attr attrs[4];
+	struct fw_h5_attr attrs[5];
 	int na = 0;
 	attrs[na++] = (struct fw_h5_attr){ "merged_from", from };
 	if (cfg)
-		attrs[na++] = (struct fw_h5_attr){ "config", cfg };
+		attrs[na++] = (struct fw_h5_attr){ "config", plain ? plain : cfg };
+	if (tok)                /* the model's tokenizer stays with it */
+		attrs[na++] = (struct fw_h5_attr){ TOKENIZER_ATTR, tok };
 	if (arch)
 		attrs[na++] = (struct fw_h5_attr){ "fw_arch", arch };
 	if (source)
@@ -646,10 +668,12 @@ int cmd_merge(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", err.msg);
 		goto out;
 	}
-	fprintf(stderr, "fwrun: merged %s (%d layers) into %s: %s (%d tensors)\n", ad_path,
-		a.n_mods, base_path, out_path, n);
+	fprintf(stderr, "fwrun: merged %s (%d layers) into %s: %s (%d tensors%s)\n", ad_path,
+		a.n_mods, base_path, out_path, n, tok ? ", the tokenizer" : "");
 	rc = EXIT_OK;
 out:
+	fw_free(tok);
+	free(plain);
 	fw_free(cfg);
 	fw_free(arch);
 	fw_free(source);
@@ -683,6 +707,7 @@ static bool ini_value(const char *text, const char *key, char *out, size_t len)
 
 static const char export_usage[] =
 	"usage: fwrun export-adapter ADAPTER.h5 OUT_DIR [--base-model=NAME]\n"
+	"ADAPTER may be a run directory: its newest adapter-N.h5.\n"
 	"Writes a peft/lora adapter in Hugging Face PEFT's layout: OUT_DIR/adapter_config.json\n"
 	"and OUT_DIR/adapter_model.safetensors with PEFT's key names for GPT-2\n"
 	"(base_model.model.transformer.h.N.attn.c_attn.lora_A.weight (r, in), lora_B.weight\n"
@@ -710,8 +735,11 @@ int cmd_export_adapter(int argc, char **argv)
 	if (np != 2)
 		return die(EXIT_USAGE, "export-adapter: usage: fwrun export-adapter ADAPTER.h5 "
 			   "OUT_DIR [--base-model=NAME]");
-	const char *ad_path = pos[0], *dir = pos[1];
+	char ad_buf[4200];
 	struct fw_err err = { 0 };
+	if (resolve_adapter(pos[0], ad_buf, sizeof(ad_buf), &err) != FW_OK)
+		return die(EXIT_RUNTIME, "%s", err.msg);
+	const char *ad_path = ad_buf, *dir = pos[1];
 	struct adapter_file a;
 	json_t *cfg = NULL;
 	int rc = EXIT_RUNTIME;

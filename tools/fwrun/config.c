@@ -5,10 +5,9 @@
  * twice is an error. In an INI file, keys may sit at the top, in [run], or in
  * a section named after a plugin ([optim/adamw]).
  */
-#include <dirent.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <strings.h>
 
 #include <ini.h>
 
@@ -93,6 +92,12 @@ static const struct fw_option_def run_defs[] = {
 	  "checkpoint to resume from, or a weights file to start from" },
 	{ "finetune", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "with --load of a checkpoint: take its weights only (step 0, new optimizer state)" },
+	{ "base-only", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "with --load: drop the file's tensors that no loaded plugin owns (a LoRA run's "
+	  "adapter without peft/lora) instead of refusing the file" },
+	{ "overwrite", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "train: start a new run in a run directory that holds another one, moving its "
+	  "files into a replaced-DATE-TIME folder there" },
 	{ "threads", FW_OPT_INT, "0", 0, 4096, NULL, "threads (0 = all cores)" },
 	{ "log-interval", FW_OPT_INT, "1", 1, 1e12, NULL, "log every N steps" },
 	{ "prompt-tokens", FW_OPT_STRING, "", 0, -1, NULL, "generate: prompt token ids, comma-separated" },
@@ -121,6 +126,97 @@ static const struct fw_option_def run_defs[] = {
 	{ "merge-adapter", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "eval/generate: fold the adapter into the weights in memory" },
 };
+
+/* Which commands each of fwrun's options does something in (plan takes
+ * train's: it plans the run those options describe). */
+enum { C_TRAIN = 1, C_EVAL = 2, C_GEN = 4, C_ALL = 7 };
+static const struct {
+	const char *name;
+	unsigned cmds;
+} run_cmds[] = {
+	{ "plugins", C_ALL }, { "data", C_TRAIN | C_EVAL }, { "valid-data", C_TRAIN | C_EVAL },
+	{ "data-format", C_TRAIN | C_EVAL }, { "tokenizer", C_ALL }, { "vocab-file", C_ALL },
+	{ "merge-file", C_ALL }, { "packing", C_TRAIN | C_EVAL },
+	{ "chat-template", C_TRAIN | C_EVAL }, { "too-long", C_TRAIN | C_EVAL },
+	{ "calculate-per-token-loss", C_TRAIN | C_EVAL }, { "max-bad-records", C_TRAIN | C_EVAL },
+	{ "micro-batch-size", C_TRAIN | C_EVAL }, { "global-batch-size", C_TRAIN },
+	{ "seq-length", C_TRAIN | C_EVAL }, { "train-iters", C_TRAIN }, { "lr", C_TRAIN },
+	{ "min-lr", C_TRAIN }, { "lr-decay-style", C_TRAIN }, { "lr-decay-iters", C_TRAIN },
+	{ "lr-warmup-iters", C_TRAIN }, { "lr-warmup-fraction", C_TRAIN },
+	{ "lr-warmup-init", C_TRAIN }, { "lr-wsd-decay-style", C_TRAIN },
+	{ "lr-wsd-decay-iters", C_TRAIN }, { "weight-decay", C_TRAIN }, { "clip-grad", C_TRAIN },
+	{ "seed", C_TRAIN | C_GEN }, { "drop-last", C_TRAIN }, { "shuffle", C_TRAIN },
+	{ "eval-interval", C_TRAIN }, { "eval-iters", C_TRAIN | C_EVAL }, { "run-dir", C_TRAIN },
+	{ "save", C_TRAIN }, { "save-interval", C_TRAIN }, { "load", C_ALL },
+	{ "finetune", C_TRAIN }, { "base-only", C_ALL }, { "overwrite", C_TRAIN },
+	{ "threads", C_ALL }, { "log-interval", C_TRAIN }, { "prompt-tokens", C_GEN },
+	{ "max-new-tokens", C_GEN }, { "temperature", C_GEN }, { "top-k", C_GEN },
+	{ "top-p", C_GEN }, { "prompt", C_GEN }, { "prompt-file", C_GEN },
+	{ "repetition-penalty", C_GEN }, { "stop", C_GEN }, { "interactive", C_GEN },
+	{ "score-data", C_EVAL }, { "adapter", C_ALL }, { "adapter-name", C_ALL },
+	{ "merge-adapter", C_ALL },       /* train refuses it with its own error */
+};
+
+static unsigned cmd_bit(const char *cmd)
+{
+	return !strcmp(cmd, "eval") ? C_EVAL : !strcmp(cmd, "generate") ? C_GEN : C_TRAIN;
+}
+
+/* The commands an option of owner o does something in. */
+static unsigned option_cmds(const struct config *c, const struct fw_options *o,
+			    const char *name)
+{
+	if (o != c->run)          /* an optimizer's options are for training only */
+		return c->plugin[FW_KIND_OPTIM] && o == c->plugin[FW_KIND_OPTIM]->opts ? C_TRAIN :
+		       C_ALL;
+	for (size_t i = 0; i < sizeof(run_cmds) / sizeof(run_cmds[0]); i++)
+		if (!strcmp(run_cmds[i].name, name))
+			return run_cmds[i].cmds;
+	return C_ALL;
+}
+
+bool option_applies(const struct config *c, const struct fw_options *o, const char *name,
+		    const char *cmd)
+{
+	return option_cmds(c, o, name) & cmd_bit(cmd);
+}
+
+static struct fw_options *owner_of(struct config *c, const char *name);
+static const char *value_of(const struct fw_options *o, const char *name);
+
+void warn_unused_options(struct config *c, const char *cmd, int argc, char **argv)
+{
+	static const char *const names[] = { "train", "eval", "generate" };
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		char name[128];
+		if (strncmp(a, "--", 2))
+			continue;
+		size_t n = strcspn(a + 2, "=");
+		snprintf(name, sizeof(name), "%.*s", (int)(n < sizeof(name) ? n : sizeof(name) - 1),
+			 a + 2);
+		struct fw_options *o = owner_of(c, name);
+		if (!o && !strncmp(name, "no-", 3) && (o = owner_of(c, name + 3)))
+			memmove(name, name + 3, strlen(name + 3) + 1);
+		if (!o)
+			continue;
+		unsigned cmds = option_cmds(c, o, name);
+		if (!(cmds & cmd_bit(cmd))) {
+			char list[64] = "";
+			for (int k = 0; k < 3; k++)
+				if (cmds & (1u << k))
+					snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+						 list[0] ? ", " : "", names[k]);
+			fprintf(stderr, "fwrun: warning: --%s does nothing in %s (it is for %s)\n",
+				name, cmd, list);
+		} else if (!strcmp(cmd, "train") &&
+			   (!strcmp(name, "eval-interval") || !strcmp(name, "eval-iters")) &&
+			   !*value_of(c->run, "valid-data")) {
+			fprintf(stderr, "fwrun: warning: --%s does nothing without --valid-data\n",
+				name);
+		}
+	}
+}
 
 const struct fw_option_def *run_option_defs(int *n)
 {
@@ -292,28 +388,9 @@ static int ini_defaults(void *user, const char *section, const char *name, const
 static void apply_file_config(struct config *c, const char *load)
 {
 	char path[4200];
-	struct stat st;
-	if (stat(load, &st) != 0)
-		return;
-	if (S_ISDIR(st.st_mode)) {        /* the newest checkpoint in it */
-		long long best = -1;
-		DIR *d = opendir(load);
-		struct dirent *e;
-		while (d && (e = readdir(d))) {
-			long long n;
-			char tail[2];
-			if (sscanf(e->d_name, "ckpt-%lld.h%1[5]", &n, tail) == 2 && n > best) {
-				best = n;
-				snprintf(path, sizeof(path), "%s/%s", load, e->d_name);
-			}
-		}
-		if (d)
-			closedir(d);
-		if (best < 0)
-			return;
-	} else {
-		snprintf(path, sizeof(path), "%s", load);
-	}
+	struct fw_err err = { 0 };
+	if (resolve_load(load, path, sizeof(path), &err) != FW_OK)
+		return;           /* reported when the checkpoint is loaded */
 	char *text = NULL;
 	if (fw_h5_read_attr(path, "config", &text, NULL) != FW_OK)
 		return;
@@ -381,12 +458,143 @@ static bool is_bool(struct config *c, const char *name)
 	return d && d->type == FW_OPT_BOOL;
 }
 
-enum fw_status config_load(struct config *c, int argc, char **argv, bool need_plugins,
-			   char **pos, int max_pos, int *n_pos, struct fw_err *err)
+/* --- what a checkpoint's configuration gives the commands that load it ----------- */
+
+/* Run options eval and plan take from the checkpoint they load when the
+ * user leaves them out: the shape of its batches and how its data is laid out.
+ * A resumed training run (--load without --finetune) takes every option but
+ * these, which belong to this invocation (an adapter applied at the start of
+ * the run is in the checkpoint's weights already). */
+static const char *const shape_options[] = {
+	"micro-batch-size", "seq-length", "packing", "chat-template", "too-long",
+	"calculate-per-token-loss",
+};
+static const char *const not_resumed[] = {
+	"plugins", "load", "finetune", "overwrite", "base-only", "adapter", "adapter-name",
+	"merge-adapter",
+};
+
+static bool listed(const char *name, const char *const *list, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(name, list[i]))
+			return true;
+	return false;
+}
+
+static bool true_text(const char *v)
+{
+	return !strcasecmp(v, "true") || !strcmp(v, "1") || !strcasecmp(v, "yes") ||
+	       !strcasecmp(v, "on");
+}
+
+struct inherit {
+	struct config *c;
+	const char *cmd;
+	bool resume;
+	char taken[1024];
+};
+
+static int inherit_entry(void *user, const char *section, const char *name, const char *value
+#if INI_HANDLER_LINENO
+			 , int lineno
+#endif
+			 )
+{
+	struct inherit *in = user;
+	if ((*section && strcmp(section, "run")) || fw_options_has(in->c->run, name) ||
+	    !def_of(in->c->run, name))
+		return 1;
+	bool take = in->resume ? !listed(name, not_resumed, sizeof(not_resumed) /
+					 sizeof(not_resumed[0])) :
+		    (!strcmp(in->cmd, "eval") || !strcmp(in->cmd, "plan")) &&
+		    listed(name, shape_options, sizeof(shape_options) / sizeof(shape_options[0]));
+	if (!take || !strcmp(value, value_of(in->c->run, name)))
+		return 1;
+	const struct fw_option_def *d = def_of(in->c->run, name);
+	bool is_default = d->def && !strcmp(d->def, value);
+	if (fw_options_set(in->c->run, name, value, NULL) == FW_OK && !is_default)
+		snprintf(in->taken + strlen(in->taken), sizeof(in->taken) - strlen(in->taken),
+			 " --%s=%s", name, value);
+	return 1;
+}
+
+/* The checkpoint's [run] plugins a command loads: eval and generate leave
+ * the optimizer out. malloc'd; NULL if the checkpoint names none. */
+static char *inherited_plugins(const char *config, const char *cmd)
+{
+	char *list = NULL;
+	ini_parse_string(config, ini_plugins, &list);
+	if (!list || (strcmp(cmd, "eval") && strcmp(cmd, "generate")))
+		return list;
+	char *out = calloc(1, strlen(list) + 1), *save = NULL;
+	for (char *p = out ? strtok_r(list, ",", &save) : NULL; p; p = strtok_r(NULL, ",", &save))
+		if (strncmp(p, "optim/", 6))
+			sprintf(out + strlen(out), "%s%s", *out ? "," : "", p);
+	free(list);
+	return out;
+}
+
+/* Fills the run options the user left out from the checkpoint's config
+ * (which ones: shape_options, or all for a resumed training run) and says
+ * on one line what it took. */
+static void inherit_run_options(struct config *c, const char *cmd, const char *ckpt,
+				const char *config, const char *plugins)
+{
+	struct inherit in = { .c = c, .cmd = cmd };
+	in.resume = !strcmp(cmd, "train") && !true_text(value_of(c->run, "finetune"));
+	if (plugins)
+		snprintf(in.taken, sizeof(in.taken), " --plugins=%s", plugins);
+	ini_parse_string(config, inherit_entry, &in);
+	if (!in.taken[0])
+		return;
+	size_t n = strlen(ckpt) + strlen(in.taken) + 64;
+	if ((c->taken = malloc(n)))
+		snprintf(c->taken, n, "from %s:%s (give them to override)", ckpt, in.taken);
+}
+
+void config_report(const struct config *c)
+{
+	if (c->taken)
+		fprintf(stderr, "fwrun: %s\n", c->taken);
+}
+
+/* --tokenizer=byte sets the arch's vocab-size (257, 259 with chatml's two
+ * special tokens) unless it is set; one set smaller is an error. */
+static enum fw_status vocab_from_tokenizer(struct config *c, struct fw_err *err)
+{
+	struct fw_loaded *arch = c->plugin[FW_KIND_ARCH];
+	const struct fw_option_def *d = arch ? def_of(arch->opts, "vocab-size") : NULL;
+	if (!d || d->type != FW_OPT_INT || strcmp(value_of(c->run, "tokenizer"), "byte"))
+		return FW_OK;
+	bool chatml = !strcmp(value_of(c->run, "chat-template"), "chatml");
+	long need = 257 + (chatml ? 2 : 0);
+	if (fw_options_has(arch->opts, "vocab-size")) {
+		long have = strtol(value_of(arch->opts, "vocab-size"), NULL, 10);
+		if (have < need)
+			return fw_errorf(err, FW_ERR_INVALID, "the byte tokenizer's %ld tokens%s do not "
+					 "fit --vocab-size=%ld; leave --vocab-size out to get %ld", need,
+					 chatml ? " (with chatml's two)" : "", have, need);
+		return FW_OK;
+	}
+	char v[16];
+	snprintf(v, sizeof(v), "%ld", need);
+	fprintf(stderr, "fwrun: --vocab-size=%s for --tokenizer=byte%s (give --vocab-size to "
+		"override)\n", v, chatml ? " with chatml's two special tokens" : "");
+	return fw_options_set(arch->opts, "vocab-size", v, err);
+}
+
+static enum fw_status apply_argv(struct config *c, int argc, char **argv, char **pos,
+				 int max_pos, int *n_pos, struct fw_err *err);
+
+enum fw_status config_load(struct config *c, const char *cmd, int argc, char **argv,
+			   bool need_plugins, char **pos, int max_pos, int *n_pos,
+			   struct fw_err *err)
 {
 	int nd;
-	const char *plugins = NULL;
-	char *file_plugins = NULL;
+	const char *plugins = NULL, *load = NULL;
+	char *file_plugins = NULL, *ckpt_config = NULL, ckpt[4200] = "";
+	char *ckpt_plugins = NULL;
 	enum fw_status s;
 
 	memset(c, 0, sizeof(*c));
@@ -409,7 +617,17 @@ enum fw_status config_load(struct config *c, int argc, char **argv, bool need_pl
 			plugins = a + 10;
 		else if (!strcmp(a, "--plugins") && i + 1 < argc)
 			plugins = argv[++i];
+		else if (!strncmp(a, "--load=", 7))
+			load = a + 7;
+		else if (!strcmp(a, "--load") && i + 1 < argc)
+			load = argv[++i];
 	}
+	/* The checkpoint --load names (its directory's newest) says how it was
+	 * made: plugins and options the user leaves out come from it. */
+	struct fw_err le = { 0 };
+	if (cmd && load && *load && resolve_load(load, ckpt, sizeof(ckpt), &le) == FW_OK &&
+	    fw_h5_read_attr(ckpt, "config", &ckpt_config, NULL) == FW_OK)
+		ckpt_plugins = inherited_plugins(ckpt_config, cmd);
 	if (c->config_path) {
 		FILE *f = fopen(c->config_path, "r");
 		if (!f)
@@ -420,23 +638,59 @@ enum fw_status config_load(struct config *c, int argc, char **argv, bool need_pl
 	}
 	if (!plugins)
 		plugins = file_plugins;
+	bool took_plugins = false;
+	if (!plugins && ckpt_plugins && *ckpt_plugins) {
+		plugins = ckpt_plugins;
+		took_plugins = true;
+	}
 	if (plugins && *plugins) {
 		s = load_plugins(c, plugins, err);
 		if (s == FW_OK)
 			s = fw_options_set(c->run, "plugins", plugins, err);
 		if (s != FW_OK) {
 			free(file_plugins);
+			free(ckpt_plugins);
+			fw_free(ckpt_config);
 			return s;
 		}
 	}
 	free(file_plugins);
-	if (need_plugins && !c->plugin[FW_KIND_ARCH])
+	if (need_plugins && !c->plugin[FW_KIND_ARCH]) {
+		free(ckpt_plugins);
+		fw_free(ckpt_config);
 		return fw_errorf(err, FW_ERR_INVALID,
 				 "--plugins needs an arch plugin (e.g. --plugins=arch/decoder,...)");
+	}
 
 	/* Pass 2: the config file, then the command line on top. */
-	if (c->config_path && (s = ini_apply(c, c->config_path, err)) != FW_OK)
+	s = c->config_path ? ini_apply(c, c->config_path, err) : FW_OK;
+	if (s == FW_OK)
+		s = apply_argv(c, argc, argv, pos, max_pos, n_pos, err);
+	if (s == FW_OK && ckpt_config)
+		inherit_run_options(c, cmd, ckpt, ckpt_config, took_plugins ? ckpt_plugins : NULL);
+	free(ckpt_plugins);
+	fw_free(ckpt_config);
+	if (s != FW_OK)
 		return s;
+	if (fw_options_has(c->run, "adapter"))       /* before --load's: more specific */
+		adapter_config_defaults(c, value_of(c->run, "adapter"),
+					value_of(c->run, "adapter-name"));
+	if (fw_options_has(c->run, "load"))
+		apply_file_config(c, value_of(c->run, "load"));
+	if ((s = vocab_from_tokenizer(c, err)) != FW_OK)
+		return s;
+	if ((s = fw_options_resolve(c->run, err)) != FW_OK)
+		return s;
+	for (int k = 1; k < FW_KIND_COUNT; k++)
+		if (c->plugin[k] && (s = fw_options_resolve(c->plugin[k]->opts, err)) != FW_OK)
+			return s;
+	return FW_OK;
+}
+
+static enum fw_status apply_argv(struct config *c, int argc, char **argv, char **pos,
+				 int max_pos, int *n_pos, struct fw_err *err)
+{
+	enum fw_status s;
 	for (int i = 0; i < argc; i++) {
 		const char *a = argv[i];
 		if (strncmp(a, "--", 2)) {
@@ -474,22 +728,13 @@ enum fw_status config_load(struct config *c, int argc, char **argv, bool need_pl
 		if ((s = set_flat(c, name, value, "", err)) != FW_OK)
 			return s;
 	}
-	if (fw_options_has(c->run, "adapter"))       /* before --load's: more specific */
-		adapter_config_defaults(c, value_of(c->run, "adapter"),
-					value_of(c->run, "adapter-name"));
-	if (fw_options_has(c->run, "load"))
-		apply_file_config(c, value_of(c->run, "load"));
-	if ((s = fw_options_resolve(c->run, err)) != FW_OK)
-		return s;
-	for (int k = 1; k < FW_KIND_COUNT; k++)
-		if (c->plugin[k] && (s = fw_options_resolve(c->plugin[k]->opts, err)) != FW_OK)
-			return s;
 	return FW_OK;
 }
 
 void config_free(struct config *c)
 {
 	fw_options_free(c->run);
+	free(c->taken);
 	for (int k = 1; k < FW_KIND_COUNT; k++)
 		fw_plugin_close(c->plugin[k]);
 	free(c->config_path);

@@ -72,6 +72,10 @@ static enum fw_status shard_open(struct shard *s, const char *path, int64_t need
 		s->tokens32 = (uint32_t *)((char *)s->map + SHARD_HEADER_BYTES);
 	s->n_tokens = n;
 	s->path = strdup(path);
+	if (hdr[3] == SHARD_TOK_MARK && hdr[4] > 0) {
+		s->tok_vocab = hdr[4];
+		s->tok_fingerprint = (uint64_t)(uint32_t)hdr[5] | (uint64_t)(uint32_t)hdr[6] << 32;
+	}
 	return FW_OK;
 }
 

@@ -459,6 +459,36 @@ static const char *file_format(const char *path, const char *opt)
 	return "text";
 }
 
+enum fw_status refuse_compressed(const char *path, struct fw_err *err)
+{
+	static const struct {
+		const char *ext, *name;
+		unsigned char magic[6];
+		size_t n;
+	} kinds[] = {
+		{ ".gz", "gzip", { 0x1f, 0x8b }, 2 },
+		{ ".zst", "zstd", { 0x28, 0xb5, 0x2f, 0xfd }, 4 },
+		{ ".xz", "xz", { 0xfd, '7', 'z', 'X', 'Z', 0 }, 6 },
+		{ ".bz2", "bzip2", { 'B', 'Z', 'h' }, 3 },
+	};
+	unsigned char head[6] = { 0 };
+	FILE *f = fopen(path, "rb");
+	size_t got = f ? fread(head, 1, sizeof(head), f) : 0;
+	if (f)
+		fclose(f);
+	size_t len = strlen(path);
+	for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++) {
+		size_t el = strlen(kinds[i].ext);
+		bool ext = len > el && !strcmp(path + len - el, kinds[i].ext);
+		bool magic = got >= kinds[i].n && !memcmp(head, kinds[i].magic, kinds[i].n);
+		if (ext || magic)
+			return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s is %s-compressed: fwrun reads "
+					 "uncompressed files only; decompress it first", path,
+					 kinds[i].name);
+	}
+	return FW_OK;
+}
+
 enum fw_status dataset_open(struct loader *l, const struct fw_options *run, const char *paths,
 			    const char *what, bool shuffle, struct fw_tokenizer *tok, int64_t B,
 			    int64_t T, struct fw_err *err)
@@ -470,9 +500,15 @@ enum fw_status dataset_open(struct loader *l, const struct fw_options *run, cons
 	if (!copy)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	int n_shards = 0, n_other = 0;
-	for (char *p = strtok_r(copy, ",", &save); p; p = strtok_r(NULL, ",", &save))
+	enum fw_status zs = FW_OK;
+	for (char *p = strtok_r(copy, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
 		*(strcmp(file_format(p, fmt_opt), "shards") ? &n_other : &n_shards) += 1;
+		if (zs == FW_OK)
+			zs = refuse_compressed(p, err);
+	}
 	free(copy);
+	if (zs != FW_OK)
+		return zs;
 	if (n_shards && n_other)
 		return fw_errorf(err, FW_ERR_INVALID, "--%s mixes token shards with text or JSONL "
 				 "files", what);
@@ -562,6 +598,14 @@ enum fw_status loader_check_vocab(const struct loader *l, const struct fw_tokeni
 				 fw_tokenizer_vocab_size(tok), (long long)vocab);
 	for (int i = 0; i < l->n_shards; i++) {
 		const struct shard *s = &l->shards[i];
+		if (tok && s->tok_vocab &&
+		    (fw_tokenizer_vocab_size(tok) < s->tok_vocab ||
+		     tokenizer_fingerprint(tok, s->tok_vocab) != s->tok_fingerprint))
+			return fw_errorf(err, FW_ERR_INVALID, "%s was made by another tokenizer (%d "
+					 "tokens) than this run's (%s, %d tokens): tokenize it with the "
+					 "run's, or train with the one that made it", s->path,
+					 s->tok_vocab, fw_tokenizer_name(tok),
+					 fw_tokenizer_vocab_size(tok));
 		for (int64_t k = 0; k < s->n_tokens; k++) {
 			uint32_t t = s->tokens ? s->tokens[k] : s->tokens32[k];
 			if (t >= vocab)

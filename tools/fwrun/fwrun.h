@@ -15,15 +15,38 @@ struct config {
 	struct fw_options *run;           /* fwrun's own options (Megatron names) */
 	struct fw_loaded *plugin[FW_KIND_COUNT];
 	char *config_path;
+	char *taken;                      /* what --load's checkpoint filled in, or NULL */
 };
 
 /* Parses argv (after the subcommand) and an optional --config INI file,
  * loads the plugins named by --plugins, and resolves every option. With
  * need_plugins, an arch plugin is required. Positional arguments are
- * returned in pos[] (at most max_pos). */
-enum fw_status config_load(struct config *c, int argc, char **argv, bool need_plugins,
-			   char **pos, int max_pos, int *n_pos, struct fw_err *err);
+ * returned in pos[] (at most max_pos). For cmd (train, eval, generate, plan;
+ * NULL for help) a checkpoint named by --load fills what the user left out,
+ * and one stderr line says what: its plugins (eval and generate without the
+ * optimizer), the plugins' options, and its batch shape and data layout
+ * (micro-batch-size, seq-length, packing, chat-template, too-long,
+ * calculate-per-token-loss), or, for a resumed training run (no
+ * --finetune), every option but load, finetune, overwrite, base-only and
+ * the adapter options. --tokenizer=byte sets vocab-size unless it is set. */
+enum fw_status config_load(struct config *c, const char *cmd, int argc, char **argv,
+			   bool need_plugins, char **pos, int max_pos, int *n_pos,
+			   struct fw_err *err);
 void config_free(struct config *c);
+/* Says on stderr what config_load took from --load's checkpoint, if anything;
+ * called once the command is set up, so that an error stays one line. */
+void config_report(const struct config *c);
+/* Whether option name (of fwrun, or of the plugin whose options are o) does
+ * something in cmd (train, eval, generate; plan takes train's). */
+bool option_applies(const struct config *c, const struct fw_options *o, const char *name,
+		    const char *cmd);
+/* One warning line for each option of argv that does nothing in cmd
+ * (--temperature in train), or nothing without other options
+ * (--eval-interval without --valid-data). */
+void warn_unused_options(struct config *c, const char *cmd, int argc, char **argv);
+/* 'fwrun CMD --help': usage, then the options of fwrun and of the plugins
+ * named in argv that do something in cmd. */
+int command_help(const char *cmd, const char *usage, int argc, char **argv);
 /* Writes the fully resolved configuration as INI text (malloc'd). */
 char *config_dump(const struct config *c);
 const struct fw_option_def *run_option_defs(int *n);
@@ -37,7 +60,18 @@ struct shard {
 	uint32_t *tokens32;               /* version 2 shards: uint32 tokens, tokens NULL */
 	size_t map_len;
 	void *map;
+	int32_t tok_vocab;                /* the tokenizer fwrun tokenize recorded, or 0 */
+	uint64_t tok_fingerprint;
 };
+
+/* fwrun tokenize records its tokenizer in header words 3..6, which llm.c
+ * leaves zero and never reads: SHARD_TOK_MARK, the tokenizer's vocabulary
+ * size, and the low and high halves of tokenizer_fingerprint over it. */
+#define SHARD_TOK_MARK 0x6e6b6f74     /* "tokn" */
+/* FNV-1a over the bytes of tokens 0..n-1 (each preceded by its length):
+ * equal for tokenizers that give those ids the same bytes, so a run whose
+ * tokenizer adds special tokens after them still matches. */
+uint64_t tokenizer_fingerprint(const struct fw_tokenizer *t, int32_t n);
 
 /* SFT examples laid out in rows of T positions (dataset.c): tokens and
  * targets (targets -1 = not in the loss: prompt and padding) and seg, the
@@ -88,6 +122,9 @@ enum fw_status dataset_open(struct loader *l, const struct fw_options *run, cons
  * model of vocab tokens; names the file and position otherwise. */
 enum fw_status loader_check_vocab(const struct loader *l, const struct fw_tokenizer *tok,
 				  int64_t vocab, struct fw_err *err);
+/* UNSUPPORTED, naming the compression, for a gzip, zstd, xz or bzip2 file (by
+ * its extension or its first bytes): fwrun reads uncompressed data only. */
+enum fw_status refuse_compressed(const char *path, struct fw_err *err);
 /* The bytes of path, NUL-terminated, malloc'd; NULL with err naming the file. */
 char *read_whole_file(const char *path, size_t *len, struct fw_err *err);
 /* positions (B, T) and attn_bias (B, 1, T, T) for the sequences in seg. */
@@ -154,8 +191,35 @@ extern const char *const wsd_styles[];
 /* lr for iteration n (1-based): warmup is n/warmup, reaching max at n = warmup. */
 double lr_at(const struct lr_schedule *s, int64_t n);
 
-/* --load=DIR means the newest ckpt-*.h5 in it; a file is taken as it is. */
+/* --load=DIR means the newest ckpt-*.h5 in it; a file is taken as it is. A
+ * directory holding checkpoints of different configurations is refused. */
 enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err);
+/* The step of a complete checkpoint's file name, exactly ckpt-<digits>.h5; -1
+ * for anything else. */
+long long ckpt_step(const char *name);
+
+/* --- what checkpoints and run directories belong to (runs.c) ------------------------ */
+
+/* Refuses (INVALID, one line naming the first few and the plugins they need)
+ * the tensors of path that are neither in params[0..n) nor optimizer state:
+ * trained tensors this run would silently drop. With base_only, says which
+ * it drops and returns FW_OK. slots NULL: the arch's tensors only (export). */
+enum fw_status check_foreign_tensors(const char *path, struct fw_tensor **params, int n,
+				     const struct fw_plugin_slots *slots, bool base_only,
+				     struct fw_err *err);
+/* Whether two resolved configurations (config_dump's INI) train the same run:
+ * equal but for where a run writes, how often it logs or evaluates, how long
+ * it goes on, and other commands' options. If not, why names the first
+ * option that differs, with a_name and b_name for the two sides. */
+bool config_same_run(const char *a, const char *b, const char *a_name, const char *b_name,
+		     char *why, size_t len);
+/* INVALID if dir's checkpoints were written by different configurations. */
+enum fw_status check_dir_checkpoints(const char *dir, struct fw_err *err);
+/* A directory's newest adapter-<digits>.h5 (a file is taken as it is). */
+enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err);
+/* config_dump's INI text without the peft plugin's section and plugins
+ * entry (malloc'd; NULL when out of memory). */
+char *config_without_peft(const char *text);
 
 /* --- subcommands ------------------------------------------------------------------- */
 
@@ -176,10 +240,13 @@ int cmd_export_adapter(int argc, char **argv);
 /* Fills the peft plugin's unset options from the config of the adapter that
  * --adapter (spec) and --adapter-name (name) choose; silent on bad files. */
 void adapter_config_defaults(struct config *c, const char *spec, const char *name);
-/* fw_h5_load of every parameter; with peft, trainable parameters the file
- * lacks (new adapter tensors) keep their initialisation and are counted. */
-enum fw_status load_params(const char *path, struct fw_tensor **params, int n, bool peft,
-			   int *n_new, struct fw_err *err);
+/* fw_h5_load of every parameter; with a peft plugin, trainable parameters the
+ * file lacks (new adapter tensors) keep their initialisation and are counted.
+ * Tensors of the file that no parameter takes are refused (check_foreign_tensors)
+ * unless base_only. */
+enum fw_status load_params(const char *path, struct fw_tensor **params, int n,
+			   const struct fw_plugin_slots *slots, bool base_only, int *n_new,
+			   struct fw_err *err);
 /* Checks every --adapter file against the model's base and applies the one
  * --adapter-name picks with the peft plugin's load hook (merge with
  * --merge-adapter, allowed only when inference). */
@@ -189,7 +256,9 @@ enum fw_status adapter_apply(const struct config *c, const struct fw_plugin_slot
 enum fw_status adapter_save(const struct fw_plugin_slots *slots, struct fw_model *m,
 			    const char *dir, int64_t step, struct fw_err *err);
 
-/* Prints "fwrun: MSG" on stderr, returns code. */
+/* x as text: an integer when it is one ("1048576", not "1.04858e+06"). */
+const char *num_text(double x, char *buf, size_t len);
+/* Prints "fwrun: MSG" on stderr (once, even if MSG starts with it), returns code. */
 int die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* --- scoring JSONL records (score.c) ------------------------------------------------- */

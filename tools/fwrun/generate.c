@@ -396,10 +396,10 @@ int cmd_generate(int argc, char **argv)
 			       "--interactive answers each line of stdin. Text needs\nthe "
 			       "checkpoint's tokenizer or --tokenizer. --prompt-tokens prints the "
 			       "generated ids,\ncomma-separated. --temperature=0 is greedy.\n");
-			return EXIT_OK;
+			return command_help("generate", "", argc, argv);
 		}
 	}
-	if (config_load(&cfg, argc, argv, true, pos, 0, &np, &err) != FW_OK) {
+	if (config_load(&cfg, "generate", argc, argv, true, pos, 0, &np, &err) != FW_OK) {
 		rc = die(err.status == FW_ERR_INVALID || err.status == FW_ERR_NOT_FOUND ?
 			 EXIT_USAGE : EXIT_RUNTIME, "%s", err.msg);
 		config_free(&cfg);
@@ -538,11 +538,14 @@ int cmd_generate(int argc, char **argv)
 		if (fw_ctx_tensor(ctx, i)->flags & FW_FLAG_PARAM)
 			params[n_params++] = fw_ctx_tensor(ctx, i);
 	int n_new;
-	if (!params || load_params(path, params, n_params, peft != NULL, &n_new, &err) != FW_OK ||
+	if (!params || load_params(path, params, n_params, &slots,
+						       fw_opt_bool(o, "base-only"), &n_new, &err) != FW_OK ||
 	    adapter_apply(&cfg, &slots, &s.m, true, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", params ? err.msg : "out of memory");
 		goto out;
 	}
+	config_report(&cfg);                                  /* once generation is possible */
+	warn_unused_options(&cfg, "generate", argc, argv);
 	s.V = (int)s.m.logits->ne[s.m.logits->ndim - 1];
 	s.n_sample = s.V;
 	if (s.tok) {            /* a padded vocabulary: ids past the tokenizer's never come */

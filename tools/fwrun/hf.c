@@ -553,14 +553,32 @@ static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *do
 int cmd_export(int argc, char **argv)
 {
 	if (argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"))) {
-		printf("usage: fwrun export IN.h5 OUT_DIR\nWrites a Hugging Face GPT-2 folder "
-		       "(config.json + model.safetensors, F32) from an fw checkpoint or weights\n"
-		       "file of arch/decoder; fwrun import reads it back bit-exactly.\n");
+		printf("usage: fwrun export IN.h5 OUT_DIR [--base-only]\nWrites a Hugging Face GPT-2 "
+		       "folder (config.json + model.safetensors, F32) from an fw checkpoint or "
+		       "weights\nfile of arch/decoder; fwrun import reads it back bit-exactly. A "
+		       "file with other\ntrained tensors (a LoRA run's adapter: fwrun merge it "
+		       "first) is refused unless\n--base-only drops them.\n");
 		return EXIT_OK;
 	}
-	if (argc != 2)
-		return die(EXIT_USAGE, "export: usage: fwrun export IN.h5 OUT_DIR");
+	bool base_only = false;
+	char *pos[2];
+	int np = 0;
+	for (int i = 0; i < argc; i++) {
+		if (!strcmp(argv[i], "--base-only"))
+			base_only = true;
+		else if (!strncmp(argv[i], "--", 2) || np == 2)
+			return die(EXIT_USAGE, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
+		else
+			pos[np++] = argv[i];
+	}
+	if (np != 2)
+		return die(EXIT_USAGE, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
+	char in_path[4200];
 	struct fw_err err = { 0 };
+	if (resolve_load(pos[0], in_path, sizeof(in_path), &err) != FW_OK)
+		return die(EXIT_RUNTIME, "%s", err.msg);
+	pos[0] = in_path;           /* a run directory: its newest checkpoint */
+	argv = pos;
 	char *config = NULL;
 	if (fw_h5_read_attr(argv[0], "config", &config, &err) != FW_OK)
 		return die(EXIT_RUNTIME, "%s", err.msg);
@@ -592,7 +610,8 @@ int cmd_export(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "export: out of memory");
 		goto out;
 	}
-	if (fw_h5_load(argv[0], g.tp, g.n, &err) != FW_OK) {
+	if (check_foreign_tensors(argv[0], g.tp, g.n, NULL, base_only, &err) != FW_OK ||
+	    fw_h5_load(argv[0], g.tp, g.n, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", err.msg);
 		goto out;
 	}

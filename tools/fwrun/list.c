@@ -6,14 +6,15 @@
 
 static void print_def(const struct fw_option_def *d)
 {
-	char kind[160] = "";
+	char kind[160] = "", lo[32], hi[32];
 	switch (d->type) {
 	case FW_OPT_BOOL: snprintf(kind, sizeof(kind), "bool"); break;
 	case FW_OPT_INT:
 	case FW_OPT_FLOAT:
 		if (d->min <= d->max)
-			snprintf(kind, sizeof(kind), "%s in [%g, %g]",
-				 d->type == FW_OPT_INT ? "int" : "float", d->min, d->max);
+			snprintf(kind, sizeof(kind), "%s in [%s, %s]",
+				 d->type == FW_OPT_INT ? "int" : "float",
+				 num_text(d->min, lo, sizeof(lo)), num_text(d->max, hi, sizeof(hi)));
 		else
 			snprintf(kind, sizeof(kind), "%s", d->type == FW_OPT_INT ? "int" : "float");
 		break;

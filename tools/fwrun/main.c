@@ -8,13 +8,25 @@
 
 int die(int code, const char *fmt, ...)
 {
+	char msg[8192];
 	va_list ap;
 	va_start(ap, fmt);
-	fputs("fwrun: ", stderr);
-	vfprintf(stderr, fmt, ap);
-	fputc('\n', stderr);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
+	const char *m = msg;
+	while (!strncmp(m, "fwrun: ", 7))     /* messages that already name fwrun */
+		m += 7;
+	fprintf(stderr, "fwrun: %s\n", m);
 	return code;
+}
+
+const char *num_text(double x, char *buf, size_t len)
+{
+	if (x == (double)(long long)x && x > -1e18 && x < 1e18)
+		snprintf(buf, len, "%lld", (long long)x);
+	else
+		snprintf(buf, len, "%g", x);
+	return buf;
 }
 
 static const char usage[] =

@@ -168,6 +168,12 @@ static int shard_open(struct job *j, struct stream *s)
 static int shard_close(struct job *j, struct stream *s)
 {
 	int32_t hdr[256] = { SHARD_MAGIC, j->width == 2 ? 1 : 2, (int32_t)s->n };
+	int32_t v = fw_tokenizer_vocab_size(j->tok);
+	uint64_t fp = tokenizer_fingerprint(j->tok, v);
+	hdr[3] = SHARD_TOK_MARK;             /* which tokenizer made the ids */
+	hdr[4] = v;
+	hdr[5] = (int32_t)(uint32_t)fp;
+	hdr[6] = (int32_t)(uint32_t)(fp >> 32);
 	FILE *f = s->f;
 	s->f = NULL;
 	bool ok = fseek(f, 0, SEEK_SET) == 0 && fwrite(hdr, sizeof(hdr), 1, f) == 1 &&
@@ -264,6 +270,9 @@ static int document(struct job *j, const char *text, size_t len, const char *whe
 
 static int read_text(struct job *j, const char *path, int split)
 {
+	struct fw_err zerr = { 0 };
+	if (refuse_compressed(path, &zerr) != FW_OK)
+		return die(EXIT_RUNTIME, "%s", zerr.msg);
 	FILE *f = fopen(path, "rb");
 	if (!f)
 		return die(EXIT_RUNTIME, "%s: %s", path, strerror(errno));
@@ -332,6 +341,9 @@ static int read_text(struct job *j, const char *path, int split)
 
 static int read_jsonl(struct job *j, const char *path)
 {
+	struct fw_err zerr = { 0 };
+	if (refuse_compressed(path, &zerr) != FW_OK)
+		return die(EXIT_RUNTIME, "%s", zerr.msg);
 	FILE *f = fopen(path, "rb");
 	if (!f)
 		return die(EXIT_RUNTIME, "%s: %s", path, strerror(errno));

@@ -15,6 +15,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "fwrun.h"
 
 struct session {
@@ -30,6 +32,7 @@ struct session {
 	float ***group_state[2];
 	struct loader train, valid;
 	bool have_train, have_valid;
+	bool resumed;                 /* --load restored a checkpoint's whole state */
 	struct fw_tokenizer *tok;     /* NULL: token ids only */
 	char load_path[4200];         /* --load resolved, or "" */
 	int32_t *seg;                 /* (B, T) sequence ids of the batch, when segmented */
@@ -94,7 +97,8 @@ static const char *opt_s(const struct session *s, const char *name)
 
 /* --- model ------------------------------------------------------------------------ */
 
-static enum fw_status build_model(struct session *s, bool training, struct fw_err *err)
+/* Initialises every plugin (once) and fills the slots the arch sees. */
+static enum fw_status init_plugins(struct session *s, struct fw_err *err)
 {
 	enum fw_status st;
 	for (int k = 1; k < FW_KIND_COUNT; k++)
@@ -104,50 +108,81 @@ static enum fw_status build_model(struct session *s, bool training, struct fw_er
 		.arch = s->cfg.plugin[FW_KIND_ARCH], .attention = s->cfg.plugin[FW_KIND_ATTENTION],
 		.peft = s->cfg.plugin[FW_KIND_PEFT], .optim = s->cfg.plugin[FW_KIND_OPTIM],
 	};
-	s->ctx = fw_ctx_new();
-	if (!s->ctx)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	s->B = opt_i(s, "micro-batch-size");
-	s->T = opt_i(s, "seq-length");
-	s->model = (struct fw_model){
-		.size = sizeof(struct fw_model), .ctx = s->ctx, .host = fw_host_table(),
-		.opts = s->slots.arch->opts, .batch = s->B, .seq_len = s->T,
+	return FW_OK;
+}
+
+/* The arch's model in ctx, with the peft plugin's freeze and extra loss if
+ * slots has one. */
+static enum fw_status build_in(struct session *s, struct fw_plugin_slots *slots,
+			       struct fw_ctx *ctx, struct fw_model *m, bool training,
+			       bool segmented, struct fw_err *err)
+{
+	enum fw_status st;
+	*m = (struct fw_model){
+		.size = sizeof(struct fw_model), .ctx = ctx, .host = fw_host_table(),
+		.opts = slots->arch->opts, .batch = s->B, .seq_len = s->T,
 		.head = FW_HEAD_LM, .training = training, .seed = (uint64_t)opt_i(s, "seed"),
-		.host_private = &s->slots,
-		.segmented = (s->have_train && s->train.rows.n) || (s->have_valid && s->valid.rows.n),
+		.host_private = slots, .segmented = segmented,
 	};
-	const struct fw_arch_i *arch = s->slots.arch->desc->iface;
+	const struct fw_arch_i *arch = slots->arch->desc->iface;
 	struct fw_err e = { 0 };
-	st = arch->build(s->slots.arch->state, &s->model, &e);
-	if (st != FW_OK || !s->model.loss || !s->model.tokens || !s->model.targets) {
-		const struct fw_err *src = e.status ? &e : fw_ctx_err(s->ctx);
-		const char *an = s->slots.arch->desc->name;
+	st = arch->build(slots->arch->state, m, &e);
+	if (st != FW_OK || !m->loss || !m->tokens || !m->targets) {
+		const struct fw_err *src = e.status ? &e : fw_ctx_err(ctx);
+		const char *an = slots->arch->desc->name;
 		bool named = !strncmp(src->msg, an, strlen(an));
 		return fw_errorf(err, src->status ? src->status : FW_ERR_INVALID, "%s%s%s",
 				 named ? "" : an, named ? "" : ": ",
 				 src->msg[0] ? src->msg : "build gave no loss or inputs");
 	}
-	if (s->model.segmented && (!s->model.positions || !s->model.attn_bias))
+	if (segmented && (!m->positions || !m->attn_bias))
 		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s cannot train on SFT examples: it "
 				 "gives no positions/attn_bias inputs for packed or padded rows",
-				 s->slots.arch->desc->name);
-	if (s->model.segmented && !(s->seg = malloc(sizeof(int32_t) * (size_t)(s->B * s->T))))
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	if (s->slots.peft) {
-		const struct fw_peft_i *pi = s->slots.peft->desc->iface;
-		const char *pn = s->slots.peft->desc->name;
-		if (pi->freeze && (st = pi->freeze(s->slots.peft->state, &s->model, &e)) != FW_OK)
+				 slots->arch->desc->name);
+	if (slots->peft) {
+		const struct fw_peft_i *pi = slots->peft->desc->iface;
+		const char *pn = slots->peft->desc->name;
+		if (pi->freeze && (st = pi->freeze(slots->peft->state, m, &e)) != FW_OK)
 			return fw_errorf(err, st, "%s%s%s", strncmp(e.msg, pn, strlen(pn)) ? pn : "",
 					 strncmp(e.msg, pn, strlen(pn)) ? ": " : "", e.msg);
 		if (pi->extra_loss) {
-			struct fw_tensor *x = pi->extra_loss(s->slots.peft->state, &s->model, &e);
+			struct fw_tensor *x = pi->extra_loss(slots->peft->state, m, &e);
 			if (!x && e.status)
-				return fw_errorf(err, e.status, "%s: %s", s->slots.peft->desc->name,
-						 e.msg);
+				return fw_errorf(err, e.status, "%s: %s", pn, e.msg);
 			if (x)
-				s->model.loss = fw_add(s->ctx, s->model.loss, x);
+				m->loss = fw_add(ctx, m->loss, x);
 		}
 	}
+	return FW_OK;
+}
+
+/* Plugins and the arch's options checked before any data is read: the
+ * model built once without data and without the peft plugin (whose hooks
+ * see one model per run), then thrown away. */
+static enum fw_status check_model(struct session *s, bool training, struct fw_err *err)
+{
+	struct fw_model m;
+	struct fw_plugin_slots base = s->slots;
+	base.peft = NULL;
+	struct fw_ctx *ctx = fw_ctx_new();
+	if (!ctx)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	enum fw_status st = build_in(s, &base, ctx, &m, training, false, err);
+	fw_ctx_free(ctx);
+	return st;
+}
+
+static enum fw_status build_model(struct session *s, bool training, struct fw_err *err)
+{
+	s->ctx = fw_ctx_new();
+	if (!s->ctx)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	bool segmented = (s->have_train && s->train.rows.n) || (s->have_valid && s->valid.rows.n);
+	enum fw_status st = build_in(s, &s->slots, s->ctx, &s->model, training, segmented, err);
+	if (st != FW_OK)
+		return st;
+	if (segmented && !(s->seg = malloc(sizeof(int32_t) * (size_t)(s->B * s->T))))
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	return FW_OK;
 }
 
@@ -365,7 +400,8 @@ static enum fw_status load_checkpoint(struct session *s, const char *path, bool 
 		return err->status;
 	}
 	int n_new = 0;
-	st = load_params(path, params, np, s->slots.peft != NULL, &n_new, err);
+	st = load_params(path, params, np, &s->slots, fw_opt_bool(s->cfg.run, "base-only"), &n_new,
+			 err);
 	free(params);
 	if (st == FW_OK && n_new && full && !*opt_s(s, "adapter"))
 		fprintf(stderr, "fwrun: %d %s tensors are not in %s: they start from their "
@@ -381,6 +417,7 @@ static enum fw_status load_checkpoint(struct session *s, const char *path, bool 
 	int ns = fw_graph_n_params(s->g) * s->optim->n_state;
 	if ((st = fw_h5_load(path, s->state, ns, err)) != FW_OK)
 		return st;
+	s->resumed = true;
 	bool ok = true;
 	s->step = attr_int(path, "step", err, &ok);
 	int64_t epoch = attr_int(path, "data_epoch", err, &ok);
@@ -474,7 +511,7 @@ static long long numbered(const char *s, size_t len, const char *prefix, const c
 
 /* The step of a complete checkpoint's file name, exactly ckpt-<digits>.h5;
  * -1 for anything else, a writer's ckpt-N.h5.tmp.PID included. */
-static long long ckpt_step(const char *name)
+long long ckpt_step(const char *name)
 {
 	return numbered(name, strlen(name), "ckpt-", ".h5");
 }
@@ -523,6 +560,155 @@ static void remove_stale_temps(const char *dir)
 		closedir(d);
 }
 
+/* What a directory holds of a run: whether it has any of config.ini,
+ * metrics.jsonl, ckpt-N.h5 or adapter-N.h5, and its newest checkpoint (path
+ * and step, -1 if none). */
+static bool holds_run(const char *dir, char *newest, size_t len, long long *step)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	bool any = false;
+	*step = -1;
+	while (d && (e = readdir(d))) {
+		const char *n = e->d_name;
+		long long k = ckpt_step(n);
+		any |= !strcmp(n, "config.ini") || !strcmp(n, "metrics.jsonl") || k >= 0 ||
+		       numbered(n, strlen(n), "adapter-", ".h5") >= 0;
+		if (k > *step) {
+			*step = k;
+			snprintf(newest, len, "%s/%s", dir, n);
+		}
+	}
+	if (d)
+		closedir(d);
+	return any;
+}
+
+/* --overwrite: the previous run's files move to dir/replaced-DATE-TIME. */
+static enum fw_status set_aside(const char *dir, struct fw_err *err)
+{
+	char aside[4200], stamp[64];
+	time_t t = time(NULL);
+	struct tm tm;
+	localtime_r(&t, &tm);
+	strftime(stamp, sizeof(stamp), "replaced-%Y%m%d-%H%M%S", &tm);
+	snprintf(aside, sizeof(aside), "%s/%s", dir, stamp);
+	for (int i = 2; mkdir(aside, 0777) != 0; i++) {
+		if (errno != EEXIST || i > 99)
+			return fw_errorf(err, FW_ERR_IO, "%s: %s", aside, strerror(errno));
+		snprintf(aside, sizeof(aside), "%s/%s-%d", dir, stamp, i);
+	}
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int moved = 0;
+	enum fw_status st = FW_OK;
+	while (d && st == FW_OK && (e = readdir(d))) {
+		const char *n = e->d_name;
+		if (strcmp(n, "config.ini") && strcmp(n, "metrics.jsonl") && ckpt_step(n) < 0 &&
+		    numbered(n, strlen(n), "adapter-", ".h5") < 0)
+			continue;
+		char from[4400], to[4600];
+		snprintf(from, sizeof(from), "%s/%s", dir, n);
+		snprintf(to, sizeof(to), "%s/%s", aside, n);
+		if (rename(from, to) != 0)
+			st = fw_errorf(err, FW_ERR_IO, "--overwrite: cannot move %s to %s: %s", from,
+				       aside, strerror(errno));
+		moved++;
+	}
+	if (d)
+		closedir(d);
+	if (st == FW_OK)
+		fprintf(stderr, "fwrun: --overwrite: moved the previous run's %d files to %s\n",
+			moved, aside);
+	return st;
+}
+
+/* A run directory belongs to one run (docs/training.md, "Run directory"):
+ * one that holds another is refused unless --overwrite sets its files aside;
+ * the same run may continue there when --load resumed one of its checkpoints
+ * (or when it has none yet). *event is NULL for a fresh directory, else the
+ * marker metrics.jsonl gets: "resume" or "restart". */
+static enum fw_status claim_run_dir(struct session *s, const char **event, struct fw_err *err)
+{
+	char newest[4400] = "", prev_path[4400];
+	long long step = -1, step2 = -1;
+	const char *dirs[2] = { s->run_dir, strcmp(s->save_dir, s->run_dir) ? s->save_dir : NULL };
+	bool held = holds_run(s->run_dir, newest, sizeof(newest), &step);
+	if (dirs[1]) {
+		char n2[4400] = "";
+		held |= holds_run(s->save_dir, n2, sizeof(n2), &step2);
+		if (step2 >= 0) {      /* checkpoints live in --save */
+			step = step2;
+			snprintf(newest, sizeof(newest), "%s", n2);
+		}
+	}
+	*event = NULL;
+	if (!held)
+		return FW_OK;
+	if (fw_opt_bool(s->cfg.run, "overwrite")) {
+		enum fw_status st = set_aside(s->run_dir, err);
+		if (st == FW_OK && dirs[1])
+			st = set_aside(s->save_dir, err);
+		return st;
+	}
+	/* Its configuration: config.ini, else its newest checkpoint's. */
+	char *prev = NULL, *here = config_dump(&s->cfg);
+	snprintf(prev_path, sizeof(prev_path), "%s/config.ini", s->run_dir);
+	struct fw_err e = { 0 };
+	size_t n;
+	prev = read_whole_file(prev_path, &n, &e);
+	if (!prev && step >= 0) {
+		char *attr = NULL;
+		if (fw_h5_read_attr(newest, "config", &attr, NULL) == FW_OK) {
+			prev = strdup(attr);
+			snprintf(prev_path, sizeof(prev_path), "%s", newest);
+		}
+		fw_free(attr);
+	}
+	char why[700] = "";
+	enum fw_status st = FW_OK;
+	if (!here) {
+		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	} else if (prev && !config_same_run(prev, here, prev_path, "this run", why, sizeof(why))) {
+		st = fw_errorf(err, FW_ERR_INVALID,
+			       "%s holds another run (%s); choose another --run-dir, resume that "
+			       "run with its configuration, or pass --overwrite to set its files "
+			       "aside", s->run_dir, why);
+	} else if (step >= 0 && !s->resumed) {
+		st = fw_errorf(err, FW_ERR_INVALID,
+			       "%s already holds this run's checkpoints (the newest %s); resume "
+			       "it with --load=%s, or pass --overwrite to set its files aside",
+			       s->run_dir, newest, dirs[1] ? s->save_dir : s->run_dir);
+	} else if (step > s->step) {
+		st = fw_errorf(err, FW_ERR_INVALID,
+			       "%s holds checkpoints past step %lld, which this run resumes from "
+			       "(%s): checkpoints are never overwritten; resume from the newest "
+			       "(--load=%s) or pass --overwrite", s->run_dir, (long long)s->step,
+			       newest, dirs[1] ? s->save_dir : s->run_dir);
+	} else {
+		*event = s->resumed ? "resume" : "restart";
+	}
+	free(prev);
+	free(here);
+	return st;
+}
+
+/* {"type": "marker", ...}: where metrics.jsonl's records of another start of
+ * the same run begin. */
+static void write_marker(struct session *s, const char *event)
+{
+	json_t *m = json_pack("{s:s, s:s, s:I, s:I, s:s}", "type", "marker", "event", event,
+			      "step", (json_int_t)s->step, "tokens", (json_int_t)s->tokens,
+			      "load", s->load_path);
+	char *text = m ? json_dumps(m, JSON_PRESERVE_ORDER) : NULL;
+	if (text) {
+		fprintf(s->metrics, "%s\n", text);
+		fflush(s->metrics);
+	}
+	free(text);
+	json_decref(m);
+}
+
 static enum fw_status open_run_dir(struct session *s, struct fw_err *err)
 {
 	const char *rd = opt_s(s, "run-dir");
@@ -544,6 +730,9 @@ static enum fw_status open_run_dir(struct session *s, struct fw_err *err)
 	remove_stale_temps(s->run_dir);
 	if (strcmp(s->save_dir, s->run_dir))
 		remove_stale_temps(s->save_dir);
+	const char *event;
+	if ((st = claim_run_dir(s, &event, err)) != FW_OK)
+		return st;
 	char path[4200];
 	char *config = config_dump(&s->cfg);
 	if (!config)
@@ -556,6 +745,11 @@ static enum fw_status open_run_dir(struct session *s, struct fw_err *err)
 	s->metrics = fopen(path, "a");
 	if (!s->metrics)
 		return fw_errorf(err, FW_ERR_IO, "%s: %s", path, strerror(errno));
+	if (event) {
+		write_marker(s, event);
+		fprintf(stderr, "fwrun: %s this run in %s at step %lld; metrics.jsonl goes on after "
+			"a marker record\n", strcmp(event, "resume") ? "restarting" : "resuming", s->run_dir, (long long)s->step);
+	}
 	return FW_OK;
 }
 
@@ -649,6 +843,10 @@ static enum fw_status checkpoint_now(struct session *s, struct fw_err *err)
 {
 	char path[4200];
 	snprintf(path, sizeof(path), "%s/ckpt-%08lld.h5", s->save_dir, (long long)s->step);
+	struct stat fs;
+	if (stat(path, &fs) == 0)
+		return fw_errorf(err, FW_ERR_INVALID, "%s exists: checkpoints are never overwritten",
+				 path);
 	enum fw_status st = save_checkpoint(s, path, err);
 	if (st == FW_OK)
 		fprintf(stderr, "fwrun: saved %s\n", path);
@@ -657,20 +855,37 @@ static enum fw_status checkpoint_now(struct session *s, struct fw_err *err)
 	return st;
 }
 
-static void progress(const struct session *s, int64_t first_step, double loss, double lr,
-		     double tps, double elapsed)
+/* The steps since the last log line: their mean loss and gradient norm,
+ * and their tokens and time for the throughput. */
+struct interval {
+	double loss, norm, t0;
+	int64_t steps, tokens;
+};
+
+static void progress(const struct session *s, struct interval *iv, int64_t first_step,
+		     double lr, double now, double elapsed)
 {
 	bool tty = isatty(fileno(stderr));
 	int64_t done = s->step - first_step;
 	double eta = done > 0 ? elapsed / (double)done * (double)(s->iters - s->step) : 0;
+	bool line = s->step % opt_i(s, "log-interval") == 0 || s->step == s->iters;
+	if (!tty && !line)
+		return;
+	double n = iv->steps ? (double)iv->steps : 1, dt = now - iv->t0;
+	double loss = iv->loss / n, norm = iv->norm / n;
+	double tps = dt > 0 ? (double)iv->tokens / dt : 0;
 	if (tty)
-		fprintf(stderr, "\r\033[Kstep %lld/%lld  loss %.4f  lr %.3e  %.0f tok/s  ETA %.0fs",
-			(long long)s->step, (long long)s->iters, loss, lr, tps, eta);
-	else if (s->step % opt_i(s, "log-interval") == 0 || s->step == s->iters)
-		fprintf(stderr, "step %lld/%lld loss %.6f lr %.6e tokens/s %.0f eta_s %.0f\n",
-			(long long)s->step, (long long)s->iters, loss, lr, tps, eta);
+		fprintf(stderr, "\r\033[Kstep %lld/%lld  loss %.4f  grad norm %.3f  lr %.3e  "
+			"%.0f tok/s  ETA %.0fs", (long long)s->step, (long long)s->iters, loss, norm,
+			lr, tps, eta);
+	else
+		fprintf(stderr, "step %lld/%lld loss %.6f grad_norm %.4f lr %.6e tokens/s %.0f "
+			"eta_s %.0f\n", (long long)s->step, (long long)s->iters, loss, norm, lr, tps,
+			eta);
 	if (tty && s->step == s->iters)
 		fputc('\n', stderr);
+	if (line)
+		*iv = (struct interval){ .t0 = now };
 }
 
 static enum fw_status train_loop(struct session *s, struct fw_err *err)
@@ -689,6 +904,7 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 	const struct fw_peft_i *peft = s->slots.peft ? s->slots.peft->desc->iface : NULL;
 	double t0 = now_s();
 	int64_t start_tokens = s->tokens, first_step = s->step;
+	struct interval iv = { .t0 = t0 };
 
 	if (s->train.n_micro < s->accum && drop_last)
 		return fw_errorf(err, FW_ERR_INVALID,
@@ -769,18 +985,24 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 		double el = now_s() - t0;
 		double tps = el > 0 ? (double)(s->tokens - start_tokens) / el : 0;
 		fprintf(s->metrics,
-			"{\"step\": %lld, \"loss\": %.9g, \"lr\": %.17g, \"grad_norm\": %.9g, "
+			"{\"type\": \"train\", \"step\": %lld, \"loss\": %.9g, \"lr\": %.17g, "
+			"\"grad_norm\": %.9g, "
 			"\"loss_scale\": 1, \"tokens\": %lld, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
 			(long long)it, loss, lr, norm, (long long)s->tokens, tps, el);
 		fflush(s->metrics);
-		progress(s, first_step, loss, lr, tps, el);
+		iv.loss += loss;
+		iv.norm += norm;
+		iv.steps++;
+		iv.tokens += n_micro * s->B * s->T;
+		progress(s, &iv, first_step, lr, t0 + el, el);
 
 		if ((eval_every > 0 && it % eval_every == 0) || it == s->iters) {
 			double vl;
 			if ((st = evaluate(s, opt_i(s, "eval-iters"), &vl, NULL, err)) != FW_OK)
 				goto out;
 			if (isfinite(vl)) {
-				fprintf(s->metrics, "{\"step\": %lld, \"eval_loss\": %.9g}\n",
+				fprintf(s->metrics, "{\"type\": \"eval\", \"step\": %lld, "
+					"\"eval_loss\": %.9g}\n",
 					(long long)it, vl);
 				fflush(s->metrics);
 				fprintf(stderr, "%sstep %lld: eval loss %.4f\n",
@@ -808,11 +1030,13 @@ out:
 	return st;
 }
 
-/* --load=DIR picks the newest complete checkpoint in it: the regular file
- * ckpt-<digits>.h5 with the largest number. Temporary files are not. */
-enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
+/* arg if it is a file; in a directory, the regular file PREFIX<digits>.h5
+ * with the largest number (temporary files are not), "" if none. */
+static enum fw_status newest_in(const char *arg, const char *prefix, char *out, size_t len,
+				struct fw_err *err)
 {
 	struct stat st;
+	out[0] = '\0';
 	if (stat(arg, &st) != 0)
 		return fw_errorf(err, FW_ERR_IO, "%s: %s", arg, strerror(errno));
 	if (!S_ISDIR(st.st_mode)) {
@@ -823,7 +1047,7 @@ enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_er
 	DIR *d = opendir(arg);
 	struct dirent *e;
 	while (d && (e = readdir(d))) {
-		long long n = ckpt_step(e->d_name);
+		long long n = numbered(e->d_name, strlen(e->d_name), prefix, ".h5");
 		char path[4400];
 		struct stat fs;
 		if (n <= best)
@@ -836,10 +1060,28 @@ enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_er
 	}
 	if (d)
 		closedir(d);
-	if (best < 0)
+	return FW_OK;
+}
+
+/* --load=DIR picks the newest complete checkpoint in it. */
+enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
+{
+	enum fw_status st = newest_in(arg, "ckpt-", out, len, err);
+	if (st != FW_OK || strcmp(out, arg) == 0)
+		return st;
+	if (!out[0])
 		return fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no checkpoint (ckpt-*.h5) in directory",
 				 arg);
-	return FW_OK;
+	return check_dir_checkpoints(arg, err);
+}
+
+enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err)
+{
+	enum fw_status st = newest_in(arg, "adapter-", out, len, err);
+	if (st == FW_OK && !out[0])
+		st = fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no adapter (adapter-*.h5) in directory",
+			       arg);
+	return st;
 }
 
 static void set_schedule(struct session *s)
@@ -870,12 +1112,13 @@ static const char train_usage[] =
 	"usage: fwrun train --plugins=arch/X,optim/Y[,attention/Z,peft/W] --data=SHARDS [options]\n"
 	"Trains a model; every option is listed by 'fwrun list' and 'fwrun train --help --plugins=...'.\n";
 
-static void print_options(const struct fw_options *o)
+static void print_options(const struct config *c, const struct fw_options *o, const char *cmd)
 {
 	for (int i = 0; i < fw_options_count(o); i++) {
 		const struct fw_option_def *d = fw_options_def(o, i);
-		printf("  --%-24s %s (default: %s)\n", d->name, d->help ? d->help : "",
-		       d->def ? d->def : "required");
+		if (option_applies(c, o, d->name, cmd))
+			printf("  --%-24s %s (default: %s)\n", d->name, d->help ? d->help : "",
+			       d->def ? d->def : "required");
 	}
 }
 
@@ -887,7 +1130,7 @@ static bool wants_help(int argc, char **argv)
 	return false;
 }
 
-static int help(const char *usage, int argc, char **argv)
+int command_help(const char *cmd, const char *usage, int argc, char **argv)
 {
 	struct config c;
 	struct fw_err err = { 0 };
@@ -895,24 +1138,27 @@ static int help(const char *usage, int argc, char **argv)
 	int np;
 	char **args = malloc(sizeof(char *) * (size_t)(argc + 1));
 	int n = 0;
-	for (int i = 0; i < argc; i++)
+	for (int i = 0; args && i < argc; i++)
 		if (strcmp(argv[i], "--help") && strcmp(argv[i], "-h"))
 			args[n++] = argv[i];
-	if (config_load(&c, n, args, false, pos, 8, &np, &err) != FW_OK &&
+	if (!args)
+		return die(EXIT_RUNTIME, "out of memory");
+	if (config_load(&c, NULL, n, args, false, pos, 8, &np, &err) != FW_OK &&
 	    err.status != FW_ERR_INVALID) {
 		config_free(&c);
 		free(args);
 		return die(EXIT_USAGE, "%s", err.msg);
 	}
 	fputs(usage, stdout);
-	printf("\nfwrun options:\n");
+	printf("\nfwrun options for %s:\n", cmd);
 	if (c.run) {
-		print_options(c.run);
+		print_options(&c, c.run, cmd);
 		for (int k = 1; k < FW_KIND_COUNT; k++) {
-			if (!c.plugin[k])
+			if (!c.plugin[k] || (k == FW_KIND_OPTIM && strcmp(cmd, "train") &&
+					     strcmp(cmd, "plan")))
 				continue;
 			printf("\n%s options:\n", c.plugin[k]->desc->name);
-			print_options(c.plugin[k]->opts);
+			print_options(&c, c.plugin[k]->opts, cmd);
 		}
 	}
 	config_free(&c);
@@ -960,14 +1206,14 @@ static enum fw_status open_datasets(struct session *s, bool train, enum data_use
 	return st;
 }
 
-static int session_open(struct session *s, int argc, char **argv, bool train, enum data_use use,
-			int *rc)
+static int session_open(struct session *s, const char *cmd, int argc, char **argv, bool train,
+			enum data_use use, int *rc)
 {
 	char *pos[4];
 	int np = 0;
 	enum fw_status st;
 	memset(s, 0, sizeof(*s));
-	if (config_load(&s->cfg, argc, argv, true, pos, 0, &np, &s->err) != FW_OK) {
+	if (config_load(&s->cfg, cmd, argc, argv, true, pos, 0, &np, &s->err) != FW_OK) {
 		*rc = die(s->err.status == FW_ERR_NOMEM || s->err.status == FW_ERR_IO ||
 			  s->err.status == FW_ERR_FORMAT || s->err.status == FW_ERR_UNSUPPORTED ?
 			  EXIT_RUNTIME : EXIT_USAGE, "%s", s->err.msg);
@@ -979,6 +1225,11 @@ static int session_open(struct session *s, int argc, char **argv, bool train, en
 	s->base_rss = rss_now();
 	s->B = opt_i(s, "micro-batch-size");
 	s->T = opt_i(s, "seq-length");
+	if (init_plugins(s, &s->err) != FW_OK || check_model(s, train, &s->err) != FW_OK) {
+		*rc = die(s->err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
+			  s->err.msg);
+		return -1;
+	}
 	if (use != DATA_NONE && (st = open_datasets(s, train, use, &s->err)) != FW_OK) {
 		*rc = die(st == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s->err.msg);
 		return -1;
@@ -994,13 +1245,21 @@ static int session_open(struct session *s, int argc, char **argv, bool train, en
 	return 0;
 }
 
+/* What came from --load's checkpoint and which options do nothing, said
+ * once the command has everything it needs, so that an error stays one line. */
+static void session_ready(struct session *s, const char *cmd, int argc, char **argv)
+{
+	config_report(&s->cfg);
+	warn_unused_options(&s->cfg, cmd, argc, argv);
+}
+
 int cmd_train(int argc, char **argv)
 {
 	struct session s;
 	int rc = EXIT_RUNTIME;
 	if (wants_help(argc, argv))
-		return help(train_usage, argc, argv);
-	if (session_open(&s, argc, argv, true, DATA_REQUIRED, &rc) != 0)
+		return command_help("train", train_usage, argc, argv);
+	if (session_open(&s, "train", argc, argv, true, DATA_REQUIRED, &rc) != 0)
 		goto out;
 	set_schedule(&s);
 	uint64_t seed = (uint64_t)opt_i(&s, "seed");
@@ -1019,8 +1278,9 @@ int cmd_train(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);   /* --adapter on a fresh model */
 		goto out;
 	}
+	session_ready(&s, "train", argc, argv);
 	if (open_run_dir(&s, &s.err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		rc = die(s.err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
 	struct fw_memory_report mr;
@@ -1083,8 +1343,8 @@ int cmd_eval(int argc, char **argv)
 	int rc = EXIT_RUNTIME;
 	char *scores = NULL;
 	if (wants_help(argc, argv))
-		return help(eval_usage, argc, argv);
-	if (session_open(&s, argc, argv, false, DATA_REQUIRED, &rc) != 0)
+		return command_help("eval", eval_usage, argc, argv);
+	if (session_open(&s, "eval", argc, argv, false, DATA_REQUIRED, &rc) != 0)
 		goto out;
 	const char *score = opt_s(&s, "score-data");
 	if (!*s.load_path) {
@@ -1101,6 +1361,7 @@ int cmd_eval(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
+	session_ready(&s, "eval", argc, argv);
 	double loss = NAN;
 	double stats[2] = { 0, NAN };
 	int64_t iters = opt_i(&s, "eval-iters");
@@ -1152,13 +1413,14 @@ int cmd_plan(int argc, char **argv)
 	struct session s;
 	int rc = EXIT_RUNTIME;
 	if (wants_help(argc, argv))
-		return help(plan_usage, argc, argv);
-	if (session_open(&s, argc, argv, true, DATA_IF_GIVEN, &rc) != 0)
+		return command_help("plan", plan_usage, argc, argv);
+	if (session_open(&s, "plan", argc, argv, true, DATA_IF_GIVEN, &rc) != 0)
 		goto out;
 	if (s.slots.optim && setup_optim(&s, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
+	session_ready(&s, "plan", argc, argv);
 	struct fw_memory_report mr, me = { 0 };
 	fw_graph_memory(s.g, &mr);
 	if (s.eval_g)
