@@ -15,6 +15,10 @@ transformers package):
     feedforward:     y = base(x * ia3_l.flatten())  (ia3_l (1, in); mlp.c_proj)
     GPT-2 defaults: target_modules c_attn, mlp.c_proj; feedforward mlp.c_proj.
     merge: W (Conv1D (in, out)) columns * l, bias * l; feedforward rows * l.
+  Prefix tuning (peft_model.get_prompt, tuners/prefix_tuning/model.py): a table
+    (nvt, L*2*C) (or Embedding -> Linear -> tanh -> Linear with projection),
+    viewed (1, nvt, 2L, H, D), permuted [2, 0, 3, 1, 4], pairs (key, value) per
+    layer prepended to k and v; every query sees the prefix; positions 0..T-1.
 
 Checks per method: 10 AdamW steps (every step's loss and grad norm within
 1e-4 relative, the final trainable tensors within 1e-4), the trainable count
@@ -55,8 +59,10 @@ rel = g2.rel
 
 # --- the reference: GPT-2 with PEFT methods in plain torch ---------------------------
 
-def forward(W, idx, ia3=None):
-    """GPT2LMHeadModel logits. ia3 maps a module ("h.0.attn.c_attn") to (l, ff)."""
+def forward(W, idx, ia3=None, prefix=None):
+    """GPT2LMHeadModel logits. ia3 maps a module ("h.0.attn.c_attn") to (l, ff);
+    prefix is a list of (keys, values) per layer, each (B or 1, H, P, D), as PEFT's
+    past_key_values; the real tokens keep positions 0..T-1 and see every prefix row."""
     ia3 = ia3 or {}
     B, T = idx.shape
     C, H = N_EMBD, N_HEAD
@@ -79,8 +85,14 @@ def forward(W, idx, ia3=None):
         q = q.view(B, T, H, D).transpose(1, 2)
         k = k.view(B, T, H, D).transpose(1, 2)
         v = v.view(B, T, H, D).transpose(1, 2)
+        mask = causal
+        if prefix:
+            pk, pv = prefix[l]
+            k = torch.cat([pk.expand(B, -1, -1, -1), k], dim=2)
+            v = torch.cat([pv.expand(B, -1, -1, -1), v], dim=2)
+            mask = torch.cat([torch.ones(T, pk.shape[2], dtype=torch.bool), causal], dim=1)
         att = (q @ k.transpose(-1, -2)) / math.sqrt(D)
-        att = torch.softmax(att.masked_fill(~causal, torch.finfo(att.dtype).min), dim=-1)
+        att = torch.softmax(att.masked_fill(~mask, torch.finfo(att.dtype).min), dim=-1)
         y = (att @ v).transpose(1, 2).reshape(B, T, C)
         x = x + lin(y, p + "attn.c_proj")
         f = F.layer_norm(x, (C,), W[p + "ln_2.weight"], W[p + "ln_2.bias"], EPS)
@@ -336,12 +348,131 @@ def check_ia3(fw, work, base, W, tokens, train_path, val_tokens, val_path):
           f"final vectors (abs) {wf if wf is not None else float('nan'):.2e}")
 
 
+# --- prefix tuning ---------------------------------------------------------------------------
+
+PREFIX_PLUGINS = "--plugins=arch/decoder,attention/mha,optim/adamw,peft/prefix"
+PREFIX_EVAL = "--plugins=arch/decoder,attention/mha,peft/prefix"
+PREFIX_CONFIGS = [dict(name="prefix", nvt=4, proj=False, hidden=0,
+                       opts=["--prefix-num-virtual-tokens=4"]),
+                  dict(name="prefix-projection", nvt=3, proj=True, hidden=16,
+                       opts=["--prefix-num-virtual-tokens=3", "--prefix-projection",
+                             "--prefix-encoder-hidden-size=16"])]
+
+
+def prefix_table(P, cfg):
+    """PEFT's PrefixEncoder output (nvt, L * 2 * C) from fw's per-layer tensors."""
+    L = N_LAYER
+    if not cfg["proj"]:
+        return torch.cat([P[f"prefix.h.{l}.kv"] for l in range(L)], dim=1)
+    hid = torch.tanh(P["prefix.embedding.weight"] @ P["prefix.transform.0.weight"].t()
+                     + P["prefix.transform.0.bias"])
+    w2 = torch.cat([P[f"prefix.h.{l}.transform.2.weight"] for l in range(L)], dim=0)
+    b2 = torch.cat([P[f"prefix.h.{l}.transform.2.bias"] for l in range(L)], dim=0)
+    return hid @ w2.t() + b2
+
+
+def past_key_values(table, nvt):
+    """PEFT's get_prompt: view (1, nvt, 2L, H, D), permute [2, 0, 3, 1, 4], pairs."""
+    H, D = N_HEAD, N_EMBD // N_HEAD
+    pkv = table.view(1, nvt, 2 * N_LAYER, H, D).permute([2, 0, 3, 1, 4])
+    return [(pkv[2 * l], pkv[2 * l + 1]) for l in range(N_LAYER)]
+
+
+def check_prefix(fw, work, base, W, tokens, train_path, val_tokens, val_path, cfg):
+    tag = cfg["name"]
+    print(f"prefix tuning: {' '.join(cfg['opts'])}")
+    init_run = os.path.join(work, f"init_{tag}")
+    c = TRAIN
+    p = fw("train", PREFIX_PLUGINS, f"--load={base}", f"--data={train_path}", "--no-shuffle",
+           f"--micro-batch-size={c['B']}", f"--seq-length={c['T']}", "--train-iters=1",
+           "--lr=0", "--weight-decay=0", f"--run-dir={init_run}", "--threads=2", *cfg["opts"])
+    init_path = os.path.join(init_run, "adapter-00000001.h5")
+    if not R.check(f"[{tag}] fwrun train --lr=0 saves the initial prefix",
+                   p.returncode == 0 and os.path.exists(init_path), g2.describe(p)):
+        return
+    init = g2.h5_tensors(init_path)
+    C, L, nvt = N_EMBD, N_LAYER, cfg["nvt"]
+    n_train = sum(v.size for v in init.values())
+    want_n = L * nvt * 2 * C if not cfg["proj"] else (
+        nvt * C + cfg["hidden"] * C + cfg["hidden"] + L * (2 * C * cfg["hidden"] + 2 * C))
+    R.check(f"[{tag}] the adapter holds the prefix parameters ({want_n} values)",
+            n_train == want_n, f"{sorted((k, v.shape) for k, v in init.items())}")
+    check_count(tag, p, n_train, sum(int(np.prod(s)) for _, s in g2.hf_names()) + n_train)
+    run = os.path.join(work, f"run_{tag}")
+    p = fw("train", PREFIX_PLUGINS, f"--load={base}", f"--adapter={init_path}",
+           f"--data={train_path}", f"--run-dir={run}", *train_args())
+    if not R.check(f"[{tag}] fwrun train --adapter (options from the file) runs",
+                   p.returncode == 0, g2.describe(p)):
+        return
+    P = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in init.items()}
+    ref, final = torch_train(
+        P, lambda x, y: ce(W, x, y, prefix=past_key_values(prefix_table(P, cfg), nvt)), tokens)
+    got = lp.metrics(run)
+    wl, wn = compare_steps(tag, got, ref)
+    last = os.path.join(run, f"adapter-{c['ITERS']:08d}.h5")
+    fin = g2.h5_tensors(last) if os.path.exists(last) else {}
+    wf = compare_final(tag, fin, final)
+    check_base_unchanged(tag, os.path.join(run, f"ckpt-{c['ITERS']:08d}.h5"), base)
+    if not cfg["proj"]:
+        check_resume(tag, fw, work, run, PREFIX_PLUGINS, train_path, got)
+    # eval against torch, then the PEFT export re-applied in torch
+    E = [f"--valid-data={val_path}"]
+    Pf = {k: torch.from_numpy(v) for k, v in fin.items()}
+    want = eval_loss(W, val_tokens, prefix=past_key_values(prefix_table(Pf, cfg), nvt)) \
+        if fin else None
+    loss, p = lp.eval_fw(fw, PREFIX_EVAL, f"--load={base}", f"--adapter={last}", *E)
+    R.check(f"[{tag}] eval --adapter within {TOL_EVAL:g} of torch", loss is not None and
+            want is not None and rel(loss, want) <= TOL_EVAL, f"fw {loss} torch {want}")
+    out = os.path.join(work, f"export_{tag}")
+    p = fw("export-adapter", last, out)
+    if not R.check(f"[{tag}] export-adapter runs", p.returncode == 0, g2.describe(p)):
+        return
+    with open(os.path.join(out, "adapter_config.json")) as f:
+        ec = json.load(f)
+    R.check(f"[{tag}] adapter_config.json: PREFIX_TUNING, nvt, layers, token_dim",
+            ec.get("peft_type") == "PREFIX_TUNING" and ec.get("num_virtual_tokens") == nvt and
+            ec.get("num_layers") == L and ec.get("token_dim") == C and
+            ec.get("num_attention_heads") == N_HEAD and ec.get("inference_mode") is True,
+            json.dumps(ec)[:300])
+    _, st = g2.read_st(os.path.join(out, "adapter_model.safetensors"))
+    ok = set(st) == {"prompt_embeddings"} and tuple(st["prompt_embeddings"][1]) == (
+        nvt, L * 2 * C)
+    R.check(f"[{tag}] adapter_model.safetensors: prompt_embeddings (nvt, layers*2*kv_dim)", ok,
+            f"{[(k, v[1]) for k, v in st.items()]}")
+    if ok:
+        table = torch.from_numpy(st["prompt_embeddings"][2].copy())
+        ex = eval_loss(W, val_tokens, prefix=past_key_values(table, nvt))
+        R.check(f"[{tag}] the export applied in torch (PEFT's past_key_values layout) "
+                f"reproduces fw's eval loss", loss is not None and rel(ex, loss) <= TOL_EVAL,
+                f"torch {ex} fw {loss}")
+    print(f"  [{tag}] max relative difference: loss {wl:.2e}, grad norm {wn:.2e}; "
+          f"final tensors (abs) {wf if wf is not None else float('nan'):.2e}")
+
+
+def check_prefix_refusals(fw, work, base, train_path):
+    E = [f"--data={train_path}", "--micro-batch-size=2", "--seq-length=32", "--train-iters=1",
+         "--lr=0", "--threads=2", "--prefix-num-virtual-tokens=2"]
+    p = fw("train", PREFIX_PLUGINS, "--position-embedding-type=rope",
+           f"--run-dir={os.path.join(work, 'rope')}", *E, "--n-layer=2", "--n-head=4",
+           "--n-embd=64", "--vocab-size=500")
+    R.check("[prefix] RoPE is refused in one line", p.returncode != 0 and "RoPE" in p.stderr and
+            len(p.stderr.strip().splitlines()) <= 2, p.stderr[-300:])
+    p = fw("generate", "--plugins=arch/decoder,attention/mha,peft/prefix", f"--load={base}",
+           "--prefix-num-virtual-tokens=2", "--prompt-tokens=1,2,3", "--max-new-tokens=2")
+    R.check("[prefix] generation is refused in one line (no room in the KV cache)",
+            p.returncode != 0 and "generation" in p.stderr, p.stderr[-300:])
+    p = fw("train", PREFIX_PLUGINS, f"--load={base}", f"--run-dir={os.path.join(work, 'noopt')}",
+           *E[:-1])
+    R.check("[prefix] --prefix-num-virtual-tokens is required", p.returncode != 0 and
+            "prefix-num-virtual-tokens" in p.stderr, p.stderr[-300:])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fwrun", required=True)
     ap.add_argument("--plugin-path", required=True)
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
-    ap.add_argument("--only", default="", help="comma-separated methods (ia3)")
+    ap.add_argument("--only", default="", help="comma-separated methods (ia3, prefix)")
     a = ap.parse_args()
     fw = g2.Fw(os.path.abspath(a.fwrun), os.path.abspath(a.plugin_path))
     only = set(filter(None, a.only.split(",")))
@@ -365,6 +496,10 @@ def main():
             return
         if not only or "ia3" in only:
             check_ia3(fw, work, base, W, tokens, train_path, val_tokens, val_path)
+        if not only or "prefix" in only:
+            for cfg in PREFIX_CONFIGS:
+                check_prefix(fw, work, base, W, tokens, train_path, val_tokens, val_path, cfg)
+            check_prefix_refusals(fw, work, base, train_path)
 
     return R.run("peft_parity", a.keep, body)
 
