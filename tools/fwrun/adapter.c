@@ -705,6 +705,37 @@ static bool ini_value(const char *text, const char *key, char *out, size_t len)
 	return true;
 }
 
+/* An adapter of another peft plugin than peft/lora: that plugin's
+ * export_peft hook writes it (true, with *rc set); false for LoRA files. */
+static bool export_by_plugin(const char *path, const char *dir, const char *base_model,
+			     int *rc)
+{
+	char *kind = NULL;
+	struct fw_loaded *p = NULL;
+	struct fw_err err = { 0 };
+	if (fw_h5_read_attr(path, "fw_adapter", &kind, NULL) != FW_OK || !strcmp(kind, LORA_KIND)) {
+		fw_free(kind);
+		return false;          /* adapter_read below names what is wrong */
+	}
+	if (fw_plugin_open(kind, FW_KIND_PEFT, &p, &err) != FW_OK)
+		*rc = die(EXIT_RUNTIME, "%s: an adapter of '%.60s': %s", path, kind, err.msg);
+	else if (!p->desc->iface || !((const struct fw_peft_i *)p->desc->iface)->export_peft)
+		*rc = die(EXIT_RUNTIME, "%s: %s cannot export adapters to PEFT's layout", path, kind);
+	else if (mkdir(dir, 0777) != 0 && errno != EEXIST)
+		*rc = die(EXIT_RUNTIME, "%s: %s", dir, strerror(errno));
+	else if (((const struct fw_peft_i *)p->desc->iface)->export_peft(fw_host_table(), path, dir,
+									  base_model, &err) != FW_OK)
+		*rc = die(EXIT_RUNTIME, "%s", err.msg);
+	else {
+		fprintf(stderr, "fwrun: exported %s (%s) to %s\n", path, kind, dir);
+		*rc = EXIT_OK;
+	}
+	if (p)
+		fw_plugin_close(p);
+	fw_free(kind);
+	return true;
+}
+
 static const char export_usage[] =
 	"usage: fwrun export-adapter ADAPTER.h5 OUT_DIR [--base-model=NAME]\n"
 	"ADAPTER may be a run directory: its newest adapter-N.h5.\n"
@@ -743,6 +774,9 @@ int cmd_export_adapter(int argc, char **argv)
 	struct adapter_file a;
 	json_t *cfg = NULL;
 	int rc = EXIT_RUNTIME;
+
+	if (export_by_plugin(ad_path, dir, base_model, &rc))
+		return rc;
 
 	if (adapter_read(ad_path, &a, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", err.msg);

@@ -70,7 +70,8 @@ extern "C" {
 
 /* 1.0: first release. 1.1: fw_model.segmented, positions, attn_bias.
  * 1.2: the fingerprint covers fixed layouts only (1.0 and 1.1 plugins carry
- * the older one, which fw still accepts); fw_plugin_entry is declared here. */
+ * the older one, which fw still accepts); fw_plugin_entry is declared here;
+ * fw_attn_spec.rope_scale_*; fw_peft_i.export_peft. */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
 #define FW_ABI_MINOR 2   /* additions at the end of size-stamped structs */
 
@@ -262,6 +263,14 @@ struct fw_peft_i {
 			       struct fw_err *err);
 	enum fw_status (*merge)(void *state, struct fw_model *m, struct fw_err *err);
 	enum fw_status (*unmerge)(void *state, struct fw_model *m, struct fw_err *err);
+	/* Since ABI 1.2. Writes the adapter file `adapter` (one of this plugin's
+	 * save) in Hugging Face PEFT's layout: dir/adapter_config.json and
+	 * dir/adapter_model.safetensors with PEFT's key names; base_model (may be
+	 * NULL) fills base_model_name_or_path. Needs no model and no init: fwrun
+	 * export-adapter loads the plugin the file names and calls this alone. */
+	enum fw_status (*export_peft)(const struct fw_host *host, const char *adapter,
+				      const char *dir, const char *base_model,
+				      struct fw_err *err);
 };
 
 /* Optimizer: the host allocates n_state f32 tensors per parameter (named
@@ -393,6 +402,7 @@ struct fw_plugin {
 #define FW_ARCH_I_SIZE_1_0      FW_SIZE_THROUGH(struct fw_arch_i, n_layers)
 #define FW_ATTENTION_I_SIZE_1_0 FW_SIZE_THROUGH(struct fw_attention_i, attend)
 #define FW_PEFT_I_SIZE_1_0      FW_SIZE_THROUGH(struct fw_peft_i, unmerge)
+#define FW_PEFT_I_SIZE_1_2      FW_SIZE_THROUGH(struct fw_peft_i, export_peft)
 #define FW_OPTIM_I_SIZE_1_0     FW_SIZE_THROUGH(struct fw_optim_i, step)
 #define FW_HOST_SIZE_1_0        FW_SIZE_THROUGH(struct fw_host, init_const)
 #define FW_MODEL_SIZE_1_0       FW_SIZE_THROUGH(struct fw_model, host_private)

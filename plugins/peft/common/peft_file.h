@@ -1,0 +1,524 @@
+/* peft_file.h - adapter files and PEFT exports shared by peft/ia3, peft/prompt
+ * and peft/prefix (header-only: each plugin stays one self-contained .so).
+ *
+ * An adapter file is an fw HDF5 tensor file (docs/hdf5-format.md) holding
+ * only the tensors the adapter trains, under the model's names, with the
+ * root attributes peft/lora's files have (plugins/peft/lora/lora_format.h):
+ *
+ *     fw_adapter          the plugin's name ("peft/ia3")
+ *     fw_adapter_version  "1"
+ *     config              the plugin's resolved options as INI; fwrun fills
+ *                         unset options from it (--adapter=a.h5 alone works)
+ *     MODULES             one attribute describing the adapter's structure
+ *                         (its name and lines are the plugin's: ia3_modules,
+ *                         prompt_tokens, prefix_layers); compared as text
+ *     base_tensors        every base parameter: "NAME\tDTYPE\tD0,D1\n"
+ *     base_hash           lora_hash_tensor over them from LORA_HASH_SEED
+ *
+ * The fingerprint is lora_format.h's, so a base model is recognised the
+ * same way by every peft plugin.
+ */
+#ifndef PEFT_FILE_H
+#define PEFT_FILE_H
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "fw/plugin.h"
+#include "../lora/lora_format.h"
+
+#define PEFT_FORMAT_VERSION "1"
+
+/* --- text ------------------------------------------------------------------------ */
+
+/* A growing text buffer in host memory; oom sticks. */
+struct peft_text {
+	const struct fw_host *h;
+	char *s;
+	size_t n, cap;
+	bool oom;
+};
+
+static inline void peft_put(struct peft_text *t, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static inline void peft_put(struct peft_text *t, const char *fmt, ...)
+{
+	va_list ap;
+	if (t->oom)
+		return;
+	va_start(ap, fmt);
+	int k = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	if (k < 0) {
+		t->oom = true;
+		return;
+	}
+	if (!t->s || t->n + (size_t)k + 1 > t->cap) {
+		size_t nc = (t->cap ? 2 * t->cap : 4096) + (size_t)k + 1;
+		char *p = t->h->malloc(nc);
+		if (!p) {
+			t->oom = true;
+			return;
+		}
+		if (t->s) {
+			memcpy(p, t->s, t->n + 1);
+			t->h->free(t->s);
+		} else {
+			p[0] = '\0';
+		}
+		t->s = p;
+		t->cap = nc;
+	}
+	va_start(ap, fmt);
+	vsnprintf(t->s + t->n, t->cap - t->n, fmt, ap);
+	va_end(ap);
+	t->n += (size_t)k;
+}
+
+static inline void peft_text_free(struct peft_text *t)
+{
+	if (t->s)
+		t->h->free(t->s);
+	t->s = NULL;
+	t->n = t->cap = 0;
+}
+
+/* A JSON string literal of s. */
+static inline void peft_put_json(struct peft_text *t, const char *s)
+{
+	peft_put(t, "\"");
+	for (; *s; s++) {
+		unsigned char c = (unsigned char)*s;
+		if (c == '"' || c == '\\')
+			peft_put(t, "\\%c", c);
+		else if (c < 0x20)
+			peft_put(t, "\\u%04x", c);
+		else
+			peft_put(t, "%c", c);
+	}
+	peft_put(t, "\"");
+}
+
+/* "key = value" of [section] in an INI text; false if absent. */
+static inline bool peft_ini_get(const char *text, const char *section, const char *key,
+				char *out, size_t len)
+{
+	bool in = false;
+	size_t kl = strlen(key), sl = strlen(section);
+	for (const char *s = text; s && *s;) {
+		const char *eol = strchr(s, '\n');
+		size_t n = eol ? (size_t)(eol - s) : strlen(s);
+		if (n && s[0] == '[')
+			in = n == sl + 2 && !strncmp(s + 1, section, sl) && s[sl + 1] == ']';
+		else if (in && n > kl && !strncmp(s, key, kl) && (s[kl] == ' ' || s[kl] == '=')) {
+			const char *v = s + kl;
+			while (v < s + n && (*v == ' ' || *v == '='))
+				v++;
+			size_t vl = (size_t)(s + n - v);
+			while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\r'))
+				vl--;
+			snprintf(out, len, "%.*s", (int)(vl < len ? vl : len - 1), v);
+			return true;
+		}
+		s = eol ? eol + 1 : NULL;
+	}
+	return false;
+}
+
+/* --- adapter files ------------------------------------------------------------------- */
+
+static inline bool peft_in(struct fw_tensor *const *own, int n, const struct fw_tensor *t)
+{
+	for (int i = 0; i < n; i++)
+		if (own[i] == t)
+			return true;
+	return false;
+}
+
+/* Writes the adapter: own[0..n) and the attributes above. */
+static inline enum fw_status peft_save(const struct fw_host *h, struct fw_ctx *ctx,
+				       const char *path, const char *kind,
+				       const struct fw_options *opts, struct fw_tensor *const *own,
+				       int n_own, const char *mod_attr, const char *mod_text,
+				       struct fw_err *err)
+{
+	struct peft_text cfg = { .h = h }, list = { .h = h };
+	uint64_t hh = LORA_HASH_SEED;
+	peft_put(&cfg, "[%s]\n", kind);
+	for (int i = 0; i < fw_options_count(opts); i++)
+		peft_put(&cfg, "%s = %s\n", fw_options_def(opts, i)->name, fw_options_value(opts, i));
+	peft_put(&list, "%s", "");
+	for (int i = 0; i < fw_ctx_n_tensors(ctx); i++) {
+		struct fw_tensor *t = fw_ctx_tensor(ctx, i);
+		if (!(t->flags & FW_FLAG_PARAM) || peft_in(own, n_own, t))
+			continue;
+		char shape[96];
+		lora_shape_text(t, shape, sizeof(shape));
+		peft_put(&list, "%s\t%s\t%s\n", t->name, fw_dtype_name(t->dtype), shape);
+		hh = lora_hash_tensor(hh, t);
+	}
+	char hex[24];
+	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)hh);
+	enum fw_status st;
+	if (cfg.oom || list.oom) {
+		st = h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind);
+	} else {
+		struct fw_h5_attr attrs[] = {
+			{ "fw_adapter", kind }, { "fw_adapter_version", PEFT_FORMAT_VERSION },
+			{ "config", cfg.s }, { mod_attr, mod_text }, { "base_tensors", list.s },
+			{ "base_hash", hex },
+		};
+		st = fw_h5_save(path, own, n_own, attrs, (int)(sizeof(attrs) / sizeof(attrs[0])),
+				err);
+	}
+	peft_text_free(&cfg);
+	peft_text_free(&list);
+	return st;
+}
+
+static inline enum fw_status peft_attr(const struct fw_host *h, const char *kind,
+				       const char *path, const char *name, char **v,
+				       struct fw_err *err)
+{
+	struct fw_err e = { 0 };
+	enum fw_status st = fw_h5_read_attr(path, name, v, &e);
+	if (st == FW_ERR_NOT_FOUND)
+		return h->errorf(err, FW_ERR_FORMAT, "%s: %s: attribute '%s' missing: not a "
+				 "complete %s adapter file", kind, path, name, kind);
+	if (st != FW_OK)
+		return h->errorf(err, st, "%s: %s", kind, e.msg);
+	return FW_OK;
+}
+
+/* The file is an adapter of kind: FORMAT for models and checkpoints. */
+static inline enum fw_status peft_check_kind(const struct fw_host *h, const char *kind,
+					     const char *path, struct fw_err *err)
+{
+	char *k = NULL;
+	struct fw_err e = { 0 };
+	enum fw_status st = fw_h5_read_attr(path, "fw_adapter", &k, &e);
+	if (st == FW_ERR_NOT_FOUND)
+		st = h->errorf(err, FW_ERR_FORMAT, "%s: %s: not an adapter file (no 'fw_adapter' "
+			       "attribute); a model or checkpoint goes to --load", kind, path);
+	else if (st != FW_OK)
+		st = h->errorf(err, st, "%s: %s", kind, e.msg);
+	else if (strcmp(k, kind))
+		st = h->errorf(err, FW_ERR_INVALID, "%s: %s: an adapter of '%.60s', not %s", kind,
+			       path, k, kind);
+	fw_free(k);
+	return st;
+}
+
+/* The base list and fingerprint of an adapter against the model in ctx. */
+static inline enum fw_status peft_check_base(const struct fw_host *h, const char *kind,
+					     struct fw_ctx *ctx, const char *path,
+					     struct fw_tensor *const *own, int n_own,
+					     const char *list, const char *want,
+					     struct fw_err *err)
+{
+	struct lora_base_entry e;
+	bool ok;
+	int n_list = 0;
+	uint64_t hh = LORA_HASH_SEED;
+	for (const char *s = list, *next; ; s = next, n_list++) {
+		next = lora_base_next(s, &e, &ok);
+		if (!ok)
+			return h->errorf(err, FW_ERR_FORMAT, "%s: %s: attribute 'base_tensors' is "
+					 "malformed (line %d)", kind, path, n_list + 1);
+		if (!next)
+			break;
+		struct fw_tensor *t = fw_ctx_find(ctx, e.name);
+		if (!t || !(t->flags & FW_FLAG_PARAM) || peft_in(own, n_own, t))
+			return h->errorf(err, FW_ERR_SHAPE, "%s: %s: the adapter was trained on a "
+					 "different base model: its base has %s, this model has no "
+					 "such parameter", kind, path, e.name);
+		char shape[96], fshape[96];
+		struct fw_tensor tmp = { .ndim = e.ndim };
+		memcpy(tmp.ne, e.ne, sizeof(tmp.ne));
+		lora_shape_text(&tmp, fshape, sizeof(fshape));
+		lora_shape_text(t, shape, sizeof(shape));
+		if (strcmp(e.dtype, fw_dtype_name(t->dtype)) || strcmp(shape, fshape))
+			return h->errorf(err, FW_ERR_SHAPE, "%s: %s: the adapter was trained on a "
+					 "different base model: its base has %s %s [%s] where this "
+					 "model has %s [%s]", kind, path, e.name, e.dtype, fshape,
+					 fw_dtype_name(t->dtype), shape);
+		if (!t->data)
+			return h->errorf(err, FW_ERR_INVALID, "%s: %s: weights are not allocated",
+					 kind, e.name);
+		hh = lora_hash_tensor(hh, t);
+	}
+	int n_base = 0;
+	for (int i = 0; i < fw_ctx_n_tensors(ctx); i++) {
+		struct fw_tensor *t = fw_ctx_tensor(ctx, i);
+		n_base += (t->flags & FW_FLAG_PARAM) && !peft_in(own, n_own, t);
+	}
+	if (n_base != n_list)
+		return h->errorf(err, FW_ERR_SHAPE, "%s: %s: the adapter was trained on a "
+				 "different base model: %d base tensors there, %d here", kind,
+				 path, n_list, n_base);
+	char hex[24];
+	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)hh);
+	if (strcmp(hex, want))
+		return h->errorf(err, FW_ERR_INVALID, "%s: %s: the adapter was trained on a "
+				 "different base model: same tensors, other weights (base "
+				 "fingerprint %s here, %.20s in the adapter); load the base it was "
+				 "trained on with --load", kind, path, hex, want);
+	return FW_OK;
+}
+
+/* Checks an adapter file against this model and loads own[0..n) from it:
+ * the kind, the options named in structural[] (as this run resolved them:
+ * fwrun fills unset ones from the file), the base, the structure attribute
+ * (text equality with what this model would write), the tensor list. */
+static inline enum fw_status peft_load(const struct fw_host *h, struct fw_ctx *ctx,
+				       const char *path, const char *kind,
+				       const struct fw_options *opts,
+				       const char *const *structural, int n_structural,
+				       struct fw_tensor *const *own, int n_own,
+				       const char *mod_attr, const char *mod_text,
+				       struct fw_err *err)
+{
+	char *cfg = NULL, *mods = NULL, *list = NULL, *hash = NULL;
+	struct fw_h5_entry *ents = NULL;
+	int n_ents = 0;
+	struct fw_err e = { 0 };
+	enum fw_status st;
+	if ((st = peft_check_kind(h, kind, path, err)) != FW_OK ||
+	    (st = peft_attr(h, kind, path, "config", &cfg, err)) != FW_OK ||
+	    (st = peft_attr(h, kind, path, mod_attr, &mods, err)) != FW_OK ||
+	    (st = peft_attr(h, kind, path, "base_tensors", &list, err)) != FW_OK ||
+	    (st = peft_attr(h, kind, path, "base_hash", &hash, err)) != FW_OK)
+		goto out;
+	for (int k = 0; k < n_structural; k++)
+		for (int i = 0; i < fw_options_count(opts); i++) {
+			const struct fw_option_def *d = fw_options_def(opts, i);
+			char v[512];
+			if (strcmp(d->name, structural[k]))
+				continue;
+			if (!peft_ini_get(cfg, kind, d->name, v, sizeof(v)))
+				snprintf(v, sizeof(v), "%s", d->def ? d->def : "");
+			const char *here = fw_options_value(opts, i);
+			bool same = !strcmp(v, here);
+			if (!same && (d->type == FW_OPT_INT || d->type == FW_OPT_FLOAT)) {
+				char *ea, *eb;
+				double x = strtod(v, &ea), y = strtod(here, &eb);
+				same = !*ea && !*eb && x == y;
+			}
+			if (!same) {
+				st = h->errorf(err, FW_ERR_INVALID, "%s: %s: the adapter has %s = %s, "
+					       "this run %s; leave --%s unset to use the adapter's",
+					       kind, path, d->name, v, here, d->name);
+				goto out;
+			}
+		}
+	if ((st = peft_check_base(h, kind, ctx, path, own, n_own, list, hash, err)) != FW_OK)
+		goto out;
+	if (strcmp(mods, mod_text)) {
+		const char *a = mods, *b = mod_text;
+		while (*a && *a == *b)
+			a++, b++;
+		while (a > mods && a[-1] != '\n')
+			a--, b--;
+		st = h->errorf(err, FW_ERR_SHAPE, "%s: %s: the adapter's structure differs from "
+			       "this model's: '%.*s' there, '%.*s' here", kind, path,
+			       (int)strcspn(a, "\n"), a, (int)strcspn(b, "\n"), b);
+		goto out;
+	}
+	if ((st = fw_h5_list(path, &ents, &n_ents, &e)) != FW_OK) {
+		st = h->errorf(err, st, "%s: %s", kind, e.msg);
+		goto out;
+	}
+	for (int i = 0; i < n_ents; i++) {
+		bool known = false;
+		for (int k = 0; k < n_own && !known; k++)
+			known = !strcmp(own[k]->name, ents[i].name);
+		if (!known) {
+			st = h->errorf(err, FW_ERR_SHAPE, "%s: %s: tensor '%s' is not a parameter of "
+				       "this adapter", kind, path, ents[i].name);
+			goto out;
+		}
+	}
+	if ((st = fw_h5_load(path, own, n_own, &e)) != FW_OK)
+		st = h->errorf(err, st, "%s: %s", kind, e.msg);
+out:
+	fw_free(cfg);
+	fw_free(mods);
+	fw_free(list);
+	fw_free(hash);
+	fw_free(ents);
+	return st;
+}
+
+/* --- reading an adapter file without a model (export) ------------------------------------ */
+
+/* Every tensor of an adapter file, f32, in host memory. */
+struct peft_tensors {
+	const struct fw_host *h;
+	struct fw_tensor *t;
+	int n;
+};
+
+static inline void peft_tensors_free(struct peft_tensors *s)
+{
+	for (int i = 0; s->t && i < s->n; i++)
+		if (s->t[i].data)
+			s->h->free(s->t[i].data);
+	if (s->t)
+		s->h->free(s->t);
+	s->t = NULL;
+	s->n = 0;
+}
+
+static inline struct fw_tensor *peft_tensors_find(const struct peft_tensors *s, const char *name)
+{
+	for (int i = 0; i < s->n; i++)
+		if (!strcmp(s->t[i].name, name))
+			return &s->t[i];
+	return NULL;
+}
+
+static inline enum fw_status peft_tensors_read(const struct fw_host *h, const char *kind,
+					       const char *path, struct peft_tensors *s,
+					       struct fw_err *err)
+{
+	struct fw_h5_entry *ents = NULL;
+	struct fw_tensor **ptr = NULL;
+	int ne = 0;
+	struct fw_err e = { 0 };
+	enum fw_status st = fw_h5_list(path, &ents, &ne, &e);
+	*s = (struct peft_tensors){ .h = h };
+	if (st != FW_OK)
+		return h->errorf(err, st, "%s: %s", kind, e.msg);
+	s->t = h->malloc(sizeof(*s->t) * (size_t)(ne + 1));
+	ptr = h->malloc(sizeof(*ptr) * (size_t)(ne + 1));
+	if (!s->t || !ptr) {
+		st = h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind);
+		goto out;
+	}
+	memset(s->t, 0, sizeof(*s->t) * (size_t)(ne + 1));
+	for (int i = 0; i < ne; i++) {
+		struct fw_tensor *t = &s->t[s->n];
+		if (ents[i].dtype != FW_F32) {
+			st = h->errorf(err, FW_ERR_FORMAT, "%s: %s: tensor '%s' is %s, not f32",
+				       kind, path, ents[i].name, fw_dtype_name(ents[i].dtype));
+			goto out;
+		}
+		snprintf(t->name, sizeof(t->name), "%s", ents[i].name);
+		t->dtype = FW_F32;
+		t->ndim = ents[i].ndim;
+		memcpy(t->ne, ents[i].ne, sizeof(t->ne));
+		fw_set_contiguous_strides(t);
+		t->data = h->malloc(fw_nbytes(t) ? fw_nbytes(t) : 1);
+		if (!t->data) {
+			st = h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind);
+			goto out;
+		}
+		ptr[s->n++] = t;
+	}
+	if ((st = fw_h5_load(path, ptr, s->n, &e)) != FW_OK)
+		st = h->errorf(err, st, "%s: %s", kind, e.msg);
+out:
+	if (ptr)
+		h->free(ptr);
+	fw_free(ents);
+	if (st != FW_OK)
+		peft_tensors_free(s);
+	return st;
+}
+
+/* --- PEFT's files ---------------------------------------------------------------------------- */
+
+/* Writes text to path through path.tmp and a rename. */
+static inline enum fw_status peft_write_file(const struct fw_host *h, const char *kind,
+					     const char *path, const void *head, size_t n_head,
+					     const void *const *parts, const size_t *sizes,
+					     int n_parts, struct fw_err *err)
+{
+	char tmp[4200];
+	if (snprintf(tmp, sizeof(tmp), "%s.tmp", path) >= (int)sizeof(tmp))
+		return h->errorf(err, FW_ERR_INVALID, "%s: %s: path too long", kind, path);
+	FILE *f = fopen(tmp, "wb");
+	if (!f)
+		return h->errorf(err, FW_ERR_IO, "%s: %s: cannot write", kind, tmp);
+	bool ok = fwrite(head, 1, n_head, f) == n_head;
+	for (int i = 0; ok && i < n_parts; i++)
+		ok = sizes[i] == 0 || fwrite(parts[i], 1, sizes[i], f) == sizes[i];
+	ok = (fclose(f) == 0) && ok;
+	if (!ok || rename(tmp, path) != 0) {
+		remove(tmp);
+		return h->errorf(err, FW_ERR_IO, "%s: %s: cannot write", kind, path);
+	}
+	return FW_OK;
+}
+
+/* adapter_model.safetensors: tensors t[0..n) (f32, contiguous) under keys[i],
+ * metadata {"format": "pt"}. */
+static inline enum fw_status peft_write_safetensors(const struct fw_host *h, const char *kind,
+						    const char *path,
+						    const struct fw_tensor *const *t,
+						    const char *const *keys, int n,
+						    struct fw_err *err)
+{
+	struct peft_text j = { .h = h };
+	size_t off = 0;
+	const void *parts[64];
+	size_t sizes[64];
+	if (n > 64)
+		return h->errorf(err, FW_ERR_INVALID, "%s: too many tensors to export", kind);
+	peft_put(&j, "{\"__metadata__\":{\"format\":\"pt\"}");
+	for (int i = 0; i < n; i++) {
+		size_t nb = fw_nbytes(t[i]);
+		peft_put(&j, ",");
+		peft_put_json(&j, keys[i]);
+		peft_put(&j, ":{\"dtype\":\"F32\",\"shape\":[");
+		for (int d = 0; d < t[i]->ndim; d++)
+			peft_put(&j, "%s%lld", d ? "," : "", (long long)t[i]->ne[d]);
+		peft_put(&j, "],\"data_offsets\":[%zu,%zu]}", off, off + nb);
+		parts[i] = t[i]->data;
+		sizes[i] = nb;
+		off += nb;
+	}
+	peft_put(&j, "}");
+	while (!j.oom && j.n % 8)
+		peft_put(&j, " ");
+	enum fw_status st;
+	if (j.oom) {
+		st = h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind);
+	} else {
+		size_t hl = j.n;
+		unsigned char head[8];
+		for (int b = 0; b < 8; b++)
+			head[b] = (unsigned char)(hl >> (8 * b));
+		const void *all[66];
+		size_t all_n[66];
+		all[0] = j.s;
+		all_n[0] = j.n;
+		for (int i = 0; i < n; i++) {
+			all[i + 1] = parts[i];
+			all_n[i + 1] = sizes[i];
+		}
+		st = peft_write_file(h, kind, path, head, 8, all, all_n, n + 1, err);
+	}
+	peft_text_free(&j);
+	return st;
+}
+
+/* OUT_DIR/NAME from dir and name. */
+static inline enum fw_status peft_join(const struct fw_host *h, const char *kind, char *out,
+				       size_t len, const char *dir, const char *name,
+				       struct fw_err *err)
+{
+	if (snprintf(out, len, "%s/%s", dir, name) >= (int)len)
+		return h->errorf(err, FW_ERR_INVALID, "%s: %s: path too long", kind, dir);
+	return FW_OK;
+}
+
+/* fw's GPT-2 names (arch/decoder) to Hugging Face GPT2LMHeadModel's modules. */
+static inline void peft_hf_name(const char *fw, char *out, size_t len)
+{
+	snprintf(out, len, "%s%s", strncmp(fw, "lm_head", 7) ? "transformer." : "", fw);
+}
+
+#endif
