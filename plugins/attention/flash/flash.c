@@ -405,9 +405,14 @@ static inline float fexp(float x)
 
 struct dims {
 	int64_t B, Tq, Tk, Hq, Hkv, G, D, BQ, BK, nqt, nkt;
+	int64_t Dp, BQp, BKp;        /* padded: D and BK to 16, BQ to 4 */
 	float scale;
 	bool alibi;
 };
+
+#define MR 4                    /* micro-kernel rows */
+#define NR 16                   /* micro-kernel columns: two AVX2 vectors */
+#define UP(x, m) (((x) + (m) - 1) / (m) * (m))
 
 static struct dims dims_of(const struct fw_tensor *out)
 {
@@ -419,14 +424,19 @@ static struct dims dims_of(const struct fw_tensor *out)
 	d.G = d.Hq / d.Hkv;
 	d.nqt = (d.Tq + d.BQ - 1) / d.BQ;
 	d.nkt = (d.Tk + d.BK - 1) / d.BK;
+	d.Dp = UP(d.D, NR);
+	d.BQp = UP(d.BQ, MR);
+	d.BKp = UP(d.BK, NR);
 	return d;
 }
 
-/* Floats of one thread's tiles: Q, dO, dQ/acc (BQ x D); K, KT, VT/V, dK,
- * dV (BK x D, some transposed); S, dP (BQ x BK); m, l, lse, Dv (BQ). */
+/* Floats of one thread's tiles: Q, dO, dQ or acc (BQp x Dp); K, V, KT, VT,
+ * dK, dV (at most four of them at once; BKp x Dp); S, dP (BQp x BKp); m, l,
+ * lse, Dv (BQp). */
 static size_t slot_floats(const struct dims *d)
 {
-	size_t n = (size_t)(3 * d->BQ * d->D + 5 * d->BK * d->D + 2 * d->BQ * d->BK + 4 * d->BQ);
+	size_t n = (size_t)(3 * d->BQp * d->Dp + 4 * d->BKp * d->Dp + 2 * d->BQp * d->BKp +
+			    4 * d->BQp);
 	return (n + 15) & ~(size_t)15;                  /* 64-byte slots */
 }
 
@@ -461,52 +471,88 @@ static size_t attn_workspace(const struct fw_tensor *out)
 	return (size_t)t * slot_floats(&d) * sizeof(float);
 }
 
-/* rows [t0, t0 + n) of head h of x (B, T, H, D), any strides -> dst[n][D] */
-static void load_rows(const struct fw_tensor *x, const float *base, int64_t b, int64_t h,
-		      int64_t t0, int64_t n, int64_t D, float *dst)
+/* C[i][j] += sum_k A(i, k) B[k][j] for i < M (a multiple of MR), j < N (a
+ * multiple of NR), k < K; A(i, k) = A[i * sai + k * sak]. MR x NR
+ * accumulators stay in registers. */
+static void mm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai, int64_t sak,
+	       const float *B, int64_t ldb, float *C, int64_t ldc)
 {
-	for (int64_t r = 0; r < n; r++) {
-		const float *src = base + b * x->nb[0] + (t0 + r) * x->nb[1] + h * x->nb[2];
-		if (x->nb[3] == 1) {
-			memcpy(dst + r * D, src, sizeof(float) * (size_t)D);
-		} else {
-			for (int64_t e = 0; e < D; e++)
-				dst[r * D + e] = src[e * x->nb[3]];
+	for (int64_t i0 = 0; i0 < M; i0 += MR) {
+		const float *a = A + i0 * sai;
+		for (int64_t j0 = 0; j0 < N; j0 += NR) {
+			float acc[MR][NR];
+			for (int i = 0; i < MR; i++)
+				for (int j = 0; j < NR; j++)
+					acc[i][j] = C[(i0 + i) * ldc + j0 + j];
+			for (int64_t k = 0; k < K; k++) {
+				const float *b = B + k * ldb + j0;
+				for (int i = 0; i < MR; i++) {
+					float ai = a[i * sai + k * sak];
+					for (int j = 0; j < NR; j++)
+						acc[i][j] += ai * b[j];
+				}
+			}
+			for (int i = 0; i < MR; i++)
+				for (int j = 0; j < NR; j++)
+					C[(i0 + i) * ldc + j0 + j] = acc[i][j];
 		}
 	}
 }
 
-/* the same, transposed: dst[D][ld] */
+static void zero_rows(float *x, int64_t rows, int64_t cols, int64_t ld)
+{
+	for (int64_t r = 0; r < rows; r++)
+		memset(x + r * ld, 0, sizeof(float) * (size_t)cols);
+}
+
+/* rows [t0, t0 + n) of head h of x (B, T, H, D), any strides -> dst[n][ld];
+ * columns D..ld and rows n..np are zeroed */
+static void load_rows(const struct fw_tensor *x, int64_t b, int64_t h, int64_t t0, int64_t n,
+		      int64_t np, int64_t D, int64_t ld, float *dst)
+{
+	for (int64_t r = 0; r < n; r++) {
+		const float *src = fw_f32(x) + b * x->nb[0] + (t0 + r) * x->nb[1] + h * x->nb[2];
+		float *o = dst + r * ld;
+		if (x->nb[3] == 1) {
+			memcpy(o, src, sizeof(float) * (size_t)D);
+		} else {
+			for (int64_t e = 0; e < D; e++)
+				o[e] = src[e * x->nb[3]];
+		}
+		memset(o + D, 0, sizeof(float) * (size_t)(ld - D));
+	}
+	zero_rows(dst + n * ld, np - n, ld, ld);
+}
+
+/* the same, transposed: dst[e][r] (ld), columns n..np zeroed */
 static void load_rows_t(const struct fw_tensor *x, int64_t b, int64_t h, int64_t t0, int64_t n,
-			int64_t D, int64_t ld, float *dst)
+			int64_t np, int64_t D, int64_t ld, float *dst)
 {
 	for (int64_t r = 0; r < n; r++) {
 		const float *src = fw_f32(x) + b * x->nb[0] + (t0 + r) * x->nb[1] + h * x->nb[2];
 		for (int64_t e = 0; e < D; e++)
 			dst[e * ld + r] = src[e * x->nb[3]];
 	}
+	for (int64_t e = 0; e < D; e++)
+		memset(dst + e * ld + n, 0, sizeof(float) * (size_t)(np - n));
 }
 
-/* dst[r][c] (ld BK) = scale q_r . k_c - slope (qpos_r - j) for key j = j0 + c
- * inside the row's interval, -inf outside; Q (nr x D), KT (D x BK). */
+/* S[r][c] (ld BKp) = scale q_r . k_c - slope (qpos_r - j) for key j = j0 + c
+ * inside the row's interval, -inf outside (and for c >= nc); Q (nr x Dp,
+ * rows zero-padded to MR), KT (D x BKp, columns zero-padded). */
 static void scores(const struct dims *d, const float *Q, const float *KT, int64_t nr,
 		   int64_t nc, int64_t j0, const int32_t *rg, float slope, float *S)
 {
-	int64_t D = d->D, BK = d->BK;
+	int64_t BKp = d->BKp, nrp = UP(nr, MR), ncp = UP(nc, NR);
+	zero_rows(S, nrp, ncp, BKp);
+	mm(nrp, ncp, d->D, Q, d->Dp, 1, KT, BKp, S, BKp);
 	for (int64_t r = 0; r < nr; r++) {
-		float *s = S + r * BK;
-		const float *qr = Q + r * D;
-		for (int64_t c = 0; c < nc; c++)
-			s[c] = 0.0f;
-		for (int64_t e = 0; e < D; e++) {
-			float a = qr[e];
-			const float *kt = KT + e * BK;
-			for (int64_t c = 0; c < nc; c++)
-				s[c] += a * kt[c];
-		}
+		float *s = S + r * BKp;
 		int64_t lo = rg[3 * r] - j0, hi = rg[3 * r + 1] - j0;
+		if (hi > nc)
+			hi = nc;
 		float qp = (float)(rg[3 * r + 2] - j0), sc = d->scale;
-		for (int64_t c = 0; c < nc; c++) {
+		for (int64_t c = 0; c < ncp; c++) {
 			float v = sc * s[c] - slope * (qp - (float)c);
 			s[c] = c >= lo && c < hi ? v : -INFINITY;
 		}
@@ -545,126 +591,119 @@ static void task_forward(const struct attn_job *j, float *w, int64_t task)
 {
 	const struct dims *d = &j->d;
 	const struct fw_tensor *out = j->out, *q = out->src[0], *k = out->src[1], *v = out->src[2];
-	int64_t D = d->D, BQ = d->BQ, BK = d->BK;
+	int64_t D = d->D, Dp = d->Dp, BQ = d->BQ, BK = d->BK, BKp = d->BKp, BQp = d->BQp;
 	int64_t qt = d->nqt - 1 - task % d->nqt, bh = task / d->nqt;
 	int64_t b = bh / d->Hq, h = bh % d->Hq, hk = h / d->G;
-	int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ;
-	float *Q = w, *acc = Q + BQ * D, *KT = acc + BQ * D, *V = KT + BK * D, *S = V + BK * D;
-	float *m = S + BQ * BK, *l = m + BQ;
+	int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, nrp = UP(nr, MR);
+	float *Q = w, *acc = Q + BQp * Dp, *KT = acc + BQp * Dp, *V = KT + BKp * Dp;
+	float *S = V + BKp * Dp, *m = S + BQp * BKp, *l = m + BQp;
 	const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
 	float slope = d->alibi ? alibi_slope(d->Hq, h) : 0.0f;
 	int64_t klo, khi;
 	tile_keys(rg, nr, &klo, &khi);
-	load_rows(q, fw_f32(q), b, h, r0, nr, D, Q);
-	memset(acc, 0, sizeof(float) * (size_t)(nr * D));
+	load_rows(q, b, h, r0, nr, nrp, D, Dp, Q);
+	zero_rows(acc, nrp, Dp, Dp);
 	for (int64_t r = 0; r < nr; r++) {
 		m[r] = -INFINITY;
 		l[r] = 0.0f;
 	}
 	for (int64_t j0 = klo - klo % BK; j0 < khi; j0 += BK) {
-		int64_t nc = d->Tk - j0 < BK ? d->Tk - j0 : BK;
-		load_rows_t(k, b, hk, j0, nc, D, BK, KT);
-		load_rows(v, fw_f32(v), b, hk, j0, nc, D, V);
+		int64_t nc = d->Tk - j0 < BK ? d->Tk - j0 : BK, ncp = UP(nc, NR);
+		load_rows_t(k, b, hk, j0, nc, ncp, D, BKp, KT);
+		load_rows(v, b, hk, j0, nc, nc, D, Dp, V);
 		scores(d, Q, KT, nr, nc, j0, rg, slope, S);
 		for (int64_t r = 0; r < nr; r++) {
-			float *s = S + r * BK, mx = -INFINITY;
+			float *s = S + r * BKp, mx = -INFINITY;
 			for (int64_t c = 0; c < nc; c++)
 				mx = s[c] > mx ? s[c] : mx;
-			if (mx == -INFINITY)
-				continue;                       /* no key of this tile */
+			if (mx == -INFINITY) {                  /* no key of this tile */
+				memset(s, 0, sizeof(float) * (size_t)ncp);
+				continue;
+			}
 			float mn = mx > m[r] ? mx : m[r];
 			float alpha = fexp(m[r] - mn), sum = 0.0f;
-			for (int64_t c = 0; c < nc; c++)
+			for (int64_t c = 0; c < ncp; c++)
 				s[c] = fexp(s[c] - mn);
 			for (int64_t c = 0; c < nc; c++)
 				sum += s[c];
 			l[r] = alpha * l[r] + sum;
 			m[r] = mn;
-			float *a = acc + r * D;
-			if (alpha != 1.0f)
-				for (int64_t e = 0; e < D; e++)
+			if (alpha != 1.0f) {
+				float *a = acc + r * Dp;
+				for (int64_t e = 0; e < Dp; e++)
 					a[e] *= alpha;
-			for (int64_t c = 0; c < nc; c++) {
-				float p = s[c];
-				const float *vr = V + c * D;
-				if (p == 0.0f)
-					continue;
-				for (int64_t e = 0; e < D; e++)
-					a[e] += p * vr[e];
 			}
 		}
+		mm(nrp, Dp, nc, S, BKp, 1, V, Dp, acc, Dp);      /* acc += P V */
 	}
 	float *o = fw_f32(out), *lse = o + d->B * d->Tq * d->Hq * D;
 	for (int64_t r = 0; r < nr; r++) {
 		float *dst = o + ((b * d->Tq + r0 + r) * d->Hq + h) * D;
 		float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
 		for (int64_t e = 0; e < D; e++)
-			dst[e] = acc[r * D + e] * inv;
+			dst[e] = acc[r * Dp + e] * inv;
 		lse[(b * d->Hq + h) * d->Tq + r0 + r] = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
 	}
 }
 
 /* One (query tile, key tile) step of the backward: P = exp(S - lse) into
- * S, dS = P o (dP - Dv) into dP. Q, dO (nr x D), KT, VT (D x BK). */
+ * S, dS = P o (dP - Dv) into dP, with dP = dO V^T. Q, dO (nr x Dp), KT, VT
+ * (D x BKp). Columns >= nc of P and dS are 0. */
 static void tile_ds(const struct dims *d, const float *Q, const float *dO, const float *KT,
 		    const float *VT, const float *lse, const float *Dv, int64_t nr, int64_t nc,
 		    int64_t j0, const int32_t *rg, float slope, float *S, float *dP)
 {
-	int64_t D = d->D, BK = d->BK;
+	int64_t BKp = d->BKp, nrp = UP(nr, MR), ncp = UP(nc, NR);
 	scores(d, Q, KT, nr, nc, j0, rg, slope, S);
-	for (int64_t r = 0; r < nr; r++) {
-		float *s = S + r * BK, *dp = dP + r * BK, L = lse[r];
+	zero_rows(dP, nrp, ncp, BKp);
+	mm(nrp, ncp, d->D, dO, d->Dp, 1, VT, BKp, dP, BKp);
+	for (int64_t r = 0; r < nrp; r++) {
+		float *s = S + r * BKp, *dp = dP + r * BKp, L = r < nr ? lse[r] : -INFINITY;
 		if (L == -INFINITY) {
-			for (int64_t c = 0; c < nc; c++)
-				s[c] = dp[c] = 0.0f;
+			memset(s, 0, sizeof(float) * (size_t)ncp);
+			memset(dp, 0, sizeof(float) * (size_t)ncp);
 			continue;
 		}
-		for (int64_t c = 0; c < nc; c++)
-			s[c] = fexp(s[c] - L);
-		for (int64_t c = 0; c < nc; c++)
-			dp[c] = 0.0f;
-		const float *g = dO + r * D;
-		for (int64_t e = 0; e < D; e++) {
-			float a = g[e];
-			const float *vt = VT + e * BK;
-			for (int64_t c = 0; c < nc; c++)
-				dp[c] += a * vt[c];
-		}
 		float dv = Dv[r];
-		for (int64_t c = 0; c < nc; c++)
-			dp[c] = s[c] * (dp[c] - dv);
+		for (int64_t c = 0; c < ncp; c++) {
+			float p = fexp(s[c] - L);
+			s[c] = p;
+			dp[c] = p * (dp[c] - dv);
+		}
 	}
 }
 
-/* Q, dO, lse and Dv = rowsum(dO o O) of rows [r0, r0 + nr) of head h. */
+/* Q, dO (padded), lse and Dv = rowsum(dO o O) of rows [r0, r0 + nr) of head h. */
 static void load_query_side(const struct attn_job *j, int64_t b, int64_t h, int64_t r0,
 			    int64_t nr, float *Q, float *dO, float *lse, float *Dv)
 {
 	const struct dims *d = &j->d;
 	const struct fw_tensor *out = j->out;
-	int64_t D = d->D;
+	int64_t D = d->D, Dp = d->Dp, nrp = UP(nr, MR);
 	const float *o = fw_f32(out), *go = fw_f32(out->grad);
 	const float *ls = o + d->B * d->Tq * d->Hq * D + (b * d->Hq + h) * d->Tq + r0;
-	load_rows(out->src[0], fw_f32(out->src[0]), b, h, r0, nr, D, Q);
+	load_rows(out->src[0], b, h, r0, nr, nrp, D, Dp, Q);
 	for (int64_t r = 0; r < nr; r++) {
 		int64_t at = ((b * d->Tq + r0 + r) * d->Hq + h) * D;
-		double acc = 0;
-		memcpy(dO + r * D, go + at, sizeof(float) * (size_t)D);
+		float acc = 0.0f;
+		memcpy(dO + r * Dp, go + at, sizeof(float) * (size_t)D);
+		memset(dO + r * Dp + D, 0, sizeof(float) * (size_t)(Dp - D));
 		for (int64_t e = 0; e < D; e++)
-			acc += (double)go[at + e] * o[at + e];
-		Dv[r] = (float)acc;
+			acc += go[at + e] * o[at + e];
+		Dv[r] = acc;
 		lse[r] = ls[r];
 	}
+	zero_rows(dO + nr * Dp, nrp - nr, Dp, Dp);
 }
 
-/* add n rows x[n][D] * s into head h of g (contiguous (B, T, H, D)) */
+/* add n rows x[n][ld] * s into head h of g (contiguous (B, T, H, D)) */
 static void add_rows(struct fw_tensor *g, int64_t b, int64_t h, int64_t t0, int64_t n,
-		     int64_t D, const float *x, float s)
+		     int64_t D, const float *x, int64_t ld, float s)
 {
 	for (int64_t r = 0; r < n; r++) {
 		float *dst = fw_f32(g) + b * g->nb[0] + (t0 + r) * g->nb[1] + h * g->nb[2];
 		for (int64_t e = 0; e < D; e++)
-			dst[e * g->nb[3]] += s * x[r * D + e];
+			dst[e * g->nb[3]] += s * x[r * ld + e];
 	}
 }
 
@@ -672,17 +711,18 @@ static void task_dkv(const struct attn_job *j, float *w, int64_t task)
 {
 	const struct dims *d = &j->d;
 	const struct fw_tensor *out = j->out, *k = out->src[1], *v = out->src[2];
-	int64_t D = d->D, BQ = d->BQ, BK = d->BK;
+	int64_t D = d->D, Dp = d->Dp, BQ = d->BQ, BK = d->BK, BKp = d->BKp, BQp = d->BQp;
 	int64_t kt = task % d->nkt, bh = task / d->nkt;
 	int64_t b = bh / d->Hkv, hk = bh % d->Hkv;
-	int64_t j0 = kt * BK, nc = d->Tk - j0 < BK ? d->Tk - j0 : BK;
-	float *Q = w, *dO = Q + BQ * D, *KT = dO + BQ * D + BQ * D, *VT = KT + BK * D;
-	float *dK = VT + BK * D, *dV = dK + BK * D, *S = dV + BK * D + BK * D, *dP = S + BQ * BK;
-	float *lse = dP + BQ * BK, *Dv = lse + BQ;
-	load_rows_t(k, b, hk, j0, nc, D, BK, KT);
-	load_rows_t(v, b, hk, j0, nc, D, BK, VT);
-	memset(dK, 0, sizeof(float) * (size_t)(nc * D));
-	memset(dV, 0, sizeof(float) * (size_t)(nc * D));
+	int64_t j0 = kt * BK, nc = d->Tk - j0 < BK ? d->Tk - j0 : BK, ncp = UP(nc, NR);
+	int64_t ncr = UP(nc, MR);
+	float *Q = w, *dO = Q + BQp * Dp, *KT = dO + 2 * BQp * Dp, *VT = KT + BKp * Dp;
+	float *dK = VT + BKp * Dp, *dV = dK + BKp * Dp, *S = dV + BKp * Dp, *dP = S + BQp * BKp;
+	float *lse = dP + BQp * BKp, *Dv = lse + BQp;
+	load_rows_t(k, b, hk, j0, nc, ncp, D, BKp, KT);
+	load_rows_t(v, b, hk, j0, nc, ncp, D, BKp, VT);
+	zero_rows(dK, ncr, Dp, Dp);
+	zero_rows(dV, ncr, Dp, Dp);
 	bool any = false;
 	for (int64_t h = hk * d->G; h < (hk + 1) * d->G; h++) {
 		float slope = d->alibi ? alibi_slope(d->Hq, h) : 0.0f;
@@ -695,68 +735,45 @@ static void task_dkv(const struct attn_job *j, float *w, int64_t task)
 			any = true;
 			load_query_side(j, b, h, r0, nr, Q, dO, lse, Dv);
 			tile_ds(d, Q, dO, KT, VT, lse, Dv, nr, nc, j0, rg, slope, S, dP);
-			for (int64_t r = 0; r < nr; r++) {
-				const float *p = S + r * BK, *ds = dP + r * BK;
-				const float *g = dO + r * D, *qr = Q + r * D;
-				for (int64_t c = 0; c < nc; c++) {
-					float pc = p[c], sc = ds[c];
-					if (pc == 0.0f && sc == 0.0f)
-						continue;
-					float *dv = dV + c * D, *dk = dK + c * D;
-					for (int64_t e = 0; e < D; e++) {
-						dv[e] += pc * g[e];
-						dk[e] += sc * qr[e];
-					}
-				}
-			}
+			mm(ncr, Dp, nr, S, 1, BKp, dO, Dp, dV, Dp);     /* dV += P^T dO */
+			mm(ncr, Dp, nr, dP, 1, BKp, Q, Dp, dK, Dp);     /* dK += dS^T Q */
 		}
 	}
 	if (!any)
 		return;
 	if (k->grad)
-		add_rows(k->grad, b, hk, j0, nc, D, dK, d->scale);
+		add_rows(k->grad, b, hk, j0, nc, D, dK, Dp, d->scale);
 	if (v->grad)
-		add_rows(v->grad, b, hk, j0, nc, D, dV, 1.0f);
+		add_rows(v->grad, b, hk, j0, nc, D, dV, Dp, 1.0f);
 }
 
 static void task_dq(const struct attn_job *j, float *w, int64_t task)
 {
 	const struct dims *d = &j->d;
 	const struct fw_tensor *out = j->out, *q = out->src[0], *k = out->src[1], *v = out->src[2];
-	int64_t D = d->D, BQ = d->BQ, BK = d->BK;
+	int64_t D = d->D, Dp = d->Dp, BQ = d->BQ, BK = d->BK, BKp = d->BKp, BQp = d->BQp;
 	int64_t qt = d->nqt - 1 - task % d->nqt, bh = task / d->nqt;
 	int64_t b = bh / d->Hq, h = bh % d->Hq, hk = h / d->G;
-	int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, klo, khi;
-	float *Q = w, *dO = Q + BQ * D, *dQ = dO + BQ * D, *KT = dQ + BQ * D, *VT = KT + BK * D;
-	float *K = VT + BK * D, *S = K + BK * D + 2 * BK * D, *dP = S + BQ * BK;
-	float *lse = dP + BQ * BK, *Dv = lse + BQ;
+	int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, nrp = UP(nr, MR), klo, khi;
+	float *Q = w, *dO = Q + BQp * Dp, *dQ = dO + BQp * Dp, *KT = dQ + BQp * Dp;
+	float *VT = KT + BKp * Dp, *K = VT + BKp * Dp, *S = K + 2 * BKp * Dp, *dP = S + BQp * BKp;
+	float *lse = dP + BQp * BKp, *Dv = lse + BQp;
 	const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
 	float slope = d->alibi ? alibi_slope(d->Hq, h) : 0.0f;
 	tile_keys(rg, nr, &klo, &khi);
 	if (khi <= klo)
 		return;
 	load_query_side(j, b, h, r0, nr, Q, dO, lse, Dv);
-	memset(dQ, 0, sizeof(float) * (size_t)(nr * D));
+	zero_rows(dQ, nrp, Dp, Dp);
 	for (int64_t j0 = klo - klo % BK; j0 < khi; j0 += BK) {
-		int64_t nc = d->Tk - j0 < BK ? d->Tk - j0 : BK;
-		load_rows_t(k, b, hk, j0, nc, D, BK, KT);
-		load_rows_t(v, b, hk, j0, nc, D, BK, VT);
-		load_rows(k, fw_f32(k), b, hk, j0, nc, D, K);
+		int64_t nc = d->Tk - j0 < BK ? d->Tk - j0 : BK, ncp = UP(nc, NR);
+		load_rows_t(k, b, hk, j0, nc, ncp, D, BKp, KT);
+		load_rows_t(v, b, hk, j0, nc, ncp, D, BKp, VT);
+		load_rows(k, b, hk, j0, nc, nc, D, Dp, K);
 		tile_ds(d, Q, dO, KT, VT, lse, Dv, nr, nc, j0, rg, slope, S, dP);
-		for (int64_t r = 0; r < nr; r++) {
-			const float *ds = dP + r * BK;
-			float *dq = dQ + r * D;
-			for (int64_t c = 0; c < nc; c++) {
-				float sc = ds[c];
-				if (sc == 0.0f)
-					continue;
-				const float *kr = K + c * D;
-				for (int64_t e = 0; e < D; e++)
-					dq[e] += sc * kr[e];
-			}
-		}
+		mm(nrp, Dp, nc, dP, BKp, 1, K, Dp, dQ, Dp);             /* dQ += dS K */
 	}
-	add_rows(q->grad, b, h, r0, nr, D, dQ, d->scale);
+	add_rows(q->grad, b, h, r0, nr, D, dQ, Dp, d->scale);
 }
 
 static void attn_worker(void *arg, int64_t s0, int64_t s1)
