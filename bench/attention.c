@@ -3,7 +3,10 @@
  * and T, interleaved with torch, and prints the table).
  *
  * q, k, v (B, T, H, D) f32 parameters -> attend (causal by default) ->
- * loss = sum(y * r). Times: the median of --iters runs after one warm-up.
+ * loss = sum(y * r). Times: the median of --iters runs after one warm-up;
+ * cpu_ms: the process's CPU time (all threads, user + system) per
+ * forward+backward over those runs, steadier than wall time on a shared
+ * machine.
  * Memory: the graph's planned activations (values and gradients of every node
  * between q, k, v and the loss) and workspace, from fw_graph_memory; peak
  * RSS of the process.
@@ -25,6 +28,14 @@ static double now(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static double cpu_seconds(void)
+{
+	struct rusage ru;
+	getrusage(RUSAGE_SELF, &ru);
+	return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec * 1e-6 +
+	       (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec * 1e-6;
 }
 
 static int cmp(const void *a, const void *b)
@@ -132,8 +143,10 @@ int main(int argc, char **argv)
 			s = s * 1664525u + 1013904223u;
 			xs[t][i] = (float)(s >> 8) / (float)(1u << 24) * 2.0f - 1.0f;
 		}
-	double fwd[1000], all[1000];
+	double fwd[1000], all[1000], cpu0 = 0;
 	for (int it = -1; it < iters; it++) {
+		if (it == 0)
+			cpu0 = cpu_seconds();
 		double t0 = now();
 		if (fw_graph_forward(g) != FW_OK)
 			goto run_fail;
@@ -147,15 +160,16 @@ int main(int argc, char **argv)
 			all[it] = t2 - t0;
 		}
 	}
+	double cpu = (cpu_seconds() - cpu0) / iters;
 	struct fw_memory_report mr;
 	fw_graph_memory(g, &mr);
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
 	printf("{\"plugin\": \"%s\", \"B\": %lld, \"T\": %lld, \"H\": %lld, \"D\": %lld, "
-	       "\"threads\": %d, \"fwd_ms\": %.3f, \"fwd_bwd_ms\": %.3f, "
+	       "\"threads\": %d, \"fwd_ms\": %.3f, \"fwd_bwd_ms\": %.3f, \"cpu_ms\": %.3f, "
 	       "\"planned_activations\": %zu, \"workspace\": %zu, \"peak_rss\": %ld}\n",
 	       plugin, B, T, H, D, fw_get_num_threads(), median(fwd, iters) * 1e3,
-	       median(all, iters) * 1e3, mr.bytes[FW_MEM_ACTIVATIONS],
+	       median(all, iters) * 1e3, cpu * 1e3, mr.bytes[FW_MEM_ACTIVATIONS],
 	       mr.bytes[FW_MEM_WORKSPACE], ru.ru_maxrss * 1024L);
 	fw_graph_free(g);
 	fw_ctx_free(ctx);

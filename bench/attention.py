@@ -11,7 +11,9 @@ is its own: build/attention (bench/attention.c) for the fw plugins, this
 script's --worker mode for torch. Rounds interleave the implementations (the
 order rotates each round); the table keeps each one's best round. Causal,
 B x T x H x D f32 q, k, v, loss = sum(y * r), times of forward and
-forward+backward (median of --iters after a warm-up, inside each run).
+forward+backward (median of --iters after a warm-up, inside each run), and
+"cpu": the CPU time (all threads) per forward+backward, steadier than wall
+time on a shared machine.
 
 Memory columns: "plan" is the fw graph's planned activations + workspace
 (fw_graph_memory: every value and gradient between q, k, v and the loss);
@@ -50,7 +52,10 @@ def torch_worker(a):
         return ((att @ v) * r).sum()
 
     fw_t, all_t = [], []
+    cpu0 = 0.0
     for it in range(a.iters + 1):
+        if it == 1:
+            cpu0 = time.process_time()
         t0 = time.perf_counter()
         loss = fwd()
         t1 = time.perf_counter()
@@ -61,11 +66,13 @@ def torch_worker(a):
         if it:
             fw_t.append(t1 - t0)
             all_t.append(t2 - t0)
+    cpu = (time.process_time() - cpu0) / a.iters
     fw_t.sort()
     all_t.sort()
     plan = 4 * (2 * a.B * a.H * T * T + a.B * a.H * T * a.D)
     print(json.dumps({"plugin": "torch", "T": T, "fwd_ms": fw_t[len(fw_t) // 2] * 1e3,
-                      "fwd_bwd_ms": all_t[len(all_t) // 2] * 1e3, "plan": plan,
+                      "fwd_bwd_ms": all_t[len(all_t) // 2] * 1e3, "cpu_ms": cpu * 1e3,
+                      "plan": plan,
                       "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 
 
@@ -101,7 +108,7 @@ def main():
     impls = ["attention/mha", "attention/flash"] + ([] if a.no_torch else ["torch"])
     print(f"B={a.B} H={a.H} D={a.D} causal, f32, {a.threads} threads, {a.rounds} rounds "
           f"(order rotates), best round kept; times in ms, memory in MiB")
-    print(f"{'T':>6} {'impl':>6} {'fwd':>9} {'fwd+bwd':>9} {'plan':>9} {'rss':>9}")
+    print(f"{'T':>6} {'impl':>6} {'fwd':>9} {'fwd+bwd':>9} {'cpu':>9} {'plan':>9} {'rss':>9}")
     sys.stdout.flush()
     for T in a.T:
         best = {}
@@ -131,12 +138,13 @@ def main():
             if "error" in r:
                 print(f"{T:>6} {name:>6}  failed: {r['error']}")
                 continue
-            print(f"{T:>6} {name:>6} {r['fwd_ms']:>9.1f} {r['fwd_bwd_ms']:>9.1f} "
+            print(f"{T:>6} {name:>6} {r['fwd_ms']:>9.1f} {r['fwd_bwd_ms']:>9.1f} {r['cpu_ms']:>9.1f} "
                   f"{r['plan'] / 2**20:>9.1f} {r['peak_rss'] / 2**20:>9.1f}")
         m, f = best.get("attention/mha", {}), best.get("attention/flash", {})
         if "plan" in m and "plan" in f:
-            print(f"{T:>6} mha/flash: fwd+bwd time {m['fwd_bwd_ms'] / f['fwd_bwd_ms']:.2f} "
-                  f"(> 1: flash faster), planned memory {m['plan'] / f['plan']:.1f}")
+            print(f"{T:>6} mha/flash: fwd+bwd time {m['fwd_bwd_ms'] / f['fwd_bwd_ms']:.2f}, "
+                  f"cpu {m['cpu_ms'] / f['cpu_ms']:.2f} (> 1: flash faster), planned memory "
+                  f"{m['plan'] / f['plan']:.1f}")
         sys.stdout.flush()
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -19,9 +19,10 @@ Usage: /usr/bin/python3 tests/flash_parity.py --fwrun PATH --plugin-path DIR --e
    10 AdamW steps (per-step loss and gradient norm, 1e-4), greedy generation
    through the KV cache (identical ids).
 3. attention/mha vs attention/flash through fwrun: a GPT-2-style model (T 100,
-   several tiles) trained 8 AdamW steps (per-step loss within 1e-4), then
-   greedy generation (identical ids); SFT on packed prompt/response rows
-   (segments and padding from the host's mask) trained 6 steps (1e-4).
+   several tiles) trained 8 AdamW steps (per-step loss within 1e-4), also
+   with --recompute-activations, then greedy generation (identical ids); SFT
+   on packed and on padded prompt/response rows (segments and padding from
+   the host's mask) trained 6 steps (1e-4).
 4. Bad input: attention dropout with flash, a tile size of 0: exit 2, one line.
 Ends with "flash_parity: N passed, M failed"; exit 0 only when none failed.
 """
@@ -248,6 +249,13 @@ def check_vs_mha(fw, work):
         R.check("gpt: greedy 40 tokens identical with mha and flash (each from its own "
                 "trained checkpoint)", ids["mha"] == ids["flash"] and len(ids["mha"]) >= 40,
                 f"mha {ids['mha']} flash {ids['flash']}")
+        # activation recompute (checkpoint segments rerun flash's forward)
+        rc = train_both(fw, work, "gpt_recompute", common + ["--recompute-activations"])
+        if rc:
+            w = max(g2.rel(x["loss"], y["loss"]) for x, y in zip(rc["flash"][1], a)) \
+                if len(rc["flash"][1]) == 8 else float("inf")
+            R.check(f"gpt T 100 with --recompute-activations: flash per-step loss within "
+                    f"{TOL_STEP:g} of mha without", w <= TOL_STEP, f"max rel {w:.2e}")
         # both plugins on the same checkpoint
         p = fw("generate", "--plugins=arch/decoder,attention/flash", f"--load={out['mha'][0]}",
                "--prompt-tokens=5,17,42,300,7", "--max-new-tokens=40", "--temperature=0",

@@ -441,14 +441,9 @@ static inline v8 fexp8(v8 x)
 	return sel(under, splat(0.0f), p * scale);
 }
 
-static inline float fexp(float x)
-{
-	return fexp8(splat(x))[0];
-}
-
 struct dims {
 	int64_t B, Tq, Tk, Hq, Hkv, G, D, BQ, BK, nqt, nkt;
-	int64_t Dp, BQp, BKp;        /* padded: D and BK to 16, BQ to 4 */
+	int64_t Dp, BQp, BKp;        /* padded to NR (16) */
 	float scale;
 	bool alibi;
 };
@@ -468,18 +463,18 @@ static struct dims dims_of(const struct fw_tensor *out)
 	d.nqt = (d.Tq + d.BQ - 1) / d.BQ;
 	d.nkt = (d.Tk + d.BK - 1) / d.BK;
 	d.Dp = UP(d.D, NR);
-	d.BQp = UP(d.BQ, MR);
+	d.BQp = UP(d.BQ, NR);
 	d.BKp = UP(d.BK, NR);
 	return d;
 }
 
-/* Floats of one thread's tiles: Q, dO, dQ or acc (BQp x Dp); K, V, KT, VT,
- * dK, dV (at most four of them at once; BKp x Dp); S, dP (BQp x BKp); m, l,
- * lse, Dv (BQp). */
+/* Floats of one thread's tiles, the most any pass uses: three BQp x Dp
+ * (Q, dO, dQ or acc, some transposed), four BKp x Dp (K, V, KT, VT, dK, dV),
+ * two BQp x BKp (scores, dP) and eight BQp (row statistics and intervals). */
 static size_t slot_floats(const struct dims *d)
 {
 	size_t n = (size_t)(3 * d->BQp * d->Dp + 4 * d->BKp * d->Dp + 2 * d->BQp * d->BKp +
-			    4 * d->BQp);
+			    8 * d->BQp);
 	return (n + 15) & ~(size_t)15;                  /* 64-byte slots */
 }
 
@@ -571,17 +566,71 @@ static void load_rows(const struct fw_tensor *x, int64_t b, int64_t h, int64_t t
 	zero_rows(dst + n * ld, np - n, ld, ld);
 }
 
-/* the same, transposed: dst[e][r] (ld), columns n..np zeroed */
+/* n rows of D elements at src + r * rs + e * es, transposed: dst[e][r]
+ * (ld), columns n..np zeroed */
+static void gather_t(const float *src, int64_t rs, int64_t es, int64_t n, int64_t np, int64_t D,
+		     int64_t ld, float *dst)
+{
+	for (int64_t r = 0; r < n; r++)
+		for (int64_t e = 0; e < D; e++)
+			dst[e * ld + r] = src[r * rs + e * es];
+	for (int64_t e = 0; e < D; e++)
+		memset(dst + e * ld + n, 0, sizeof(float) * (size_t)(np - n));
+}
+
+/* rows [t0, t0 + n) of head h of x (B, T, H, D), transposed: dst[e][r] */
 static void load_rows_t(const struct fw_tensor *x, int64_t b, int64_t h, int64_t t0, int64_t n,
 			int64_t np, int64_t D, int64_t ld, float *dst)
 {
-	for (int64_t r = 0; r < n; r++) {
-		const float *src = fw_f32(x) + b * x->nb[0] + (t0 + r) * x->nb[1] + h * x->nb[2];
-		for (int64_t e = 0; e < D; e++)
-			dst[e * ld + r] = src[e * x->nb[3]];
+	gather_t(fw_f32(x) + b * x->nb[0] + t0 * x->nb[1] + h * x->nb[2], x->nb[1], x->nb[3], n,
+		 np, D, ld, dst);
+}
+
+static inline v8i ld8i(const int32_t *p)
+{
+	v8i v;
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static inline v8 max8(v8 a, v8 b)
+{
+	return sel(a > b, a, b);
+}
+
+/* A query tile's rows: key interval [lo, hi) and position; rows nr..np see
+ * nothing. */
+static void row_info(const int32_t *rg, int64_t nr, int64_t np, int32_t *lo, int32_t *hi,
+		     int32_t *qp)
+{
+	for (int64_t r = 0; r < np; r++) {
+		lo[r] = r < nr ? rg[3 * r] : 0;
+		hi[r] = r < nr ? rg[3 * r + 1] : 0;
+		qp[r] = r < nr ? rg[3 * r + 2] : 0;
 	}
-	for (int64_t e = 0; e < D; e++)
-		memset(dst + e * ld + n, 0, sizeof(float) * (size_t)(np - n));
+}
+
+/* Transposed scores, St[c][r] (ld BQp) = scale k_c . q_r - slope (qpos_r - j)
+ * for key j = j0 + c inside row r's interval, -inf elsewhere and for c >= nc;
+ * K (nc rows of Dp, zeroed to MR), QT (D x BQp, zeroed columns), nrq a
+ * multiple of NR. */
+static void scores_t(const struct dims *d, const float *K, const float *QT, int64_t nc,
+		     int64_t nrq, int64_t j0, const int32_t *lo, const int32_t *hi,
+		     const int32_t *qp, float slope, float *St)
+{
+	int64_t BQp = d->BQp, ncr = UP(nc, MR);
+	zero_rows(St, ncr, nrq, BQp);
+	mm(ncr, nrq, d->D, K, d->Dp, 1, QT, BQp, St, BQp);
+	for (int64_t c = 0; c < ncr; c++) {
+		float *s = St + c * BQp;
+		int32_t j = (int32_t)(j0 + c);
+		for (int64_t r = 0; r < nrq; r += 8) {
+			v8i ok = (ld8i(lo + r) <= j) & (ld8i(hi + r) > j);
+			v8 v = d->scale * ld8(s + r) -
+			       slope * __builtin_convertvector(ld8i(qp + r) - j, v8);
+			st8(s + r, c < nc ? sel(ok, v, splat(-INFINITY)) : splat(-INFINITY));
+		}
+	}
 }
 
 /* S[r][c] (ld BKp) = scale q_r . k_c - slope (qpos_r - j) for key j = j0 + c
@@ -636,6 +685,9 @@ struct attn_job {
 	int64_t n_tasks, next;
 };
 
+/* Forward of one (b, h, query tile), on transposed scores St (keys x
+ * queries): Q^T is gathered once, K and V rows are copied per key tile, and
+ * the row statistics run 8 query rows a vector. */
 static void task_forward(const struct attn_job *j, float *w, int64_t task)
 {
 	const struct dims *d = &j->d;
@@ -643,47 +695,52 @@ static void task_forward(const struct attn_job *j, float *w, int64_t task)
 	int64_t D = d->D, Dp = d->Dp, BQ = d->BQ, BK = d->BK, BKp = d->BKp, BQp = d->BQp;
 	int64_t qt = d->nqt - 1 - task % d->nqt, bh = task / d->nqt;
 	int64_t b = bh / d->Hq, h = bh % d->Hq, hk = h / d->G;
-	int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, nrp = UP(nr, MR);
-	float *Q = w, *acc = Q + BQp * Dp, *KT = acc + BQp * Dp, *V = KT + BKp * Dp;
-	float *S = V + BKp * Dp, *m = S + BQp * BKp, *l = m + BQp;
+	int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, nrq = UP(nr, NR);
+	float *QT = w, *acc = QT + Dp * BQp, *K = acc + BQp * Dp, *V = K + BKp * Dp;
+	float *St = V + BKp * Dp, *m = St + BKp * BQp, *l = m + BQp, *al = l + BQp, *ms = al + BQp;
+	int32_t *lo = (int32_t *)(ms + BQp), *hi = lo + BQp, *qp = hi + BQp;
 	const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
 	float slope = d->alibi ? alibi_slope(d->Hq, h) : 0.0f;
 	int64_t klo, khi;
 	tile_keys(rg, nr, &klo, &khi);
-	load_rows(q, b, h, r0, nr, nrp, D, Dp, Q);
-	zero_rows(acc, nrp, Dp, Dp);
-	for (int64_t r = 0; r < nr; r++) {
+	row_info(rg, nr, nrq, lo, hi, qp);
+	load_rows_t(q, b, h, r0, nr, nrq, D, BQp, QT);
+	zero_rows(acc, nrq, Dp, Dp);
+	for (int64_t r = 0; r < nrq; r++) {
 		m[r] = -INFINITY;
 		l[r] = 0.0f;
 	}
 	for (int64_t j0 = klo - klo % BK; j0 < khi; j0 += BK) {
-		int64_t nc = d->Tk - j0 < BK ? d->Tk - j0 : BK, ncp = UP(nc, NR);
-		load_rows_t(k, b, hk, j0, nc, ncp, D, BKp, KT);
+		int64_t nc = d->Tk - j0 < BK ? d->Tk - j0 : BK, ncr = UP(nc, MR);
+		load_rows(k, b, hk, j0, nc, ncr, D, Dp, K);
 		load_rows(v, b, hk, j0, nc, nc, D, Dp, V);
-		scores(d, Q, KT, nr, nc, j0, rg, slope, S);
-		for (int64_t r = 0; r < nr; r++) {
-			float *s = S + r * BKp, mx = -INFINITY;
-			for (int64_t c = 0; c < nc; c++)
-				mx = s[c] > mx ? s[c] : mx;
-			if (mx == -INFINITY) {                  /* no key of this tile */
-				memset(s, 0, sizeof(float) * (size_t)ncp);
-				continue;
-			}
-			float mn = mx > m[r] ? mx : m[r];
-			float alpha = fexp(m[r] - mn), sum = 0.0f;
-			for (int64_t c = 0; c < ncp; c += 8)
-				st8(s + c, fexp8(ld8(s + c) - mn));
-			for (int64_t c = 0; c < nc; c++)
-				sum += s[c];
-			l[r] = alpha * l[r] + sum;
-			m[r] = mn;
-			if (alpha != 1.0f) {
-				float *a = acc + r * Dp;
-				for (int64_t e = 0; e < Dp; e++)
-					a[e] *= alpha;
-			}
+		scores_t(d, K, QT, nc, nrq, j0, lo, hi, qp, slope, St);
+		for (int64_t r = 0; r < nrq; r += 8) {
+			v8 mx = splat(-INFINITY);
+			for (int64_t c = 0; c < ncr; c++)
+				mx = max8(mx, ld8(St + c * BQp + r));
+			v8 mo = ld8(m + r), mn = max8(mo, mx);
+			v8 safe = sel(mn == -INFINITY, splat(0.0f), mn);  /* rows seeing nothing yet */
+			st8(m + r, mn);
+			st8(ms + r, safe);
+			st8(al + r, fexp8(mo - safe));
 		}
-		mm(nrp, Dp, nc, S, BKp, 1, V, Dp, acc, Dp);      /* acc += P V */
+		for (int64_t c = 0; c < ncr; c++)
+			for (int64_t r = 0; r < nrq; r += 8)
+				st8(St + c * BQp + r, fexp8(ld8(St + c * BQp + r) - ld8(ms + r)));
+		for (int64_t r = 0; r < nrq; r += 8) {
+			v8 sm = splat(0.0f);
+			for (int64_t c = 0; c < nc; c++)
+				sm += ld8(St + c * BQp + r);
+			st8(l + r, ld8(al + r) * ld8(l + r) + sm);
+		}
+		for (int64_t r = 0; r < nr; r++) {
+			float *a = acc + r * Dp, f = al[r];
+			if (f != 1.0f)
+				for (int64_t e = 0; e < Dp; e++)
+					a[e] *= f;
+		}
+		mm(nrq, Dp, nc, St, 1, BQp, V, Dp, acc, Dp);     /* acc += P V */
 	}
 	float *o = fw_f32(out), *lse = o + d->B * d->Tq * d->Hq * D;
 	for (int64_t r = 0; r < nr; r++) {
@@ -796,6 +853,8 @@ static void task_dkv(const struct attn_job *j, float *w, int64_t task)
 		add_rows(v->grad, b, hk, j0, nc, D, dV, Dp, 1.0f);
 }
 
+/* dQ of one (b, h, query tile), on transposed scores as the forward:
+ * St = K Q^T, dPt = V dO^T, dSt = Pt o (dPt - D), dQ += dS K. */
 static void task_dq(const struct attn_job *j, float *w, int64_t task)
 {
 	const struct dims *d = &j->d;
@@ -803,24 +862,44 @@ static void task_dq(const struct attn_job *j, float *w, int64_t task)
 	int64_t D = d->D, Dp = d->Dp, BQ = d->BQ, BK = d->BK, BKp = d->BKp, BQp = d->BQp;
 	int64_t qt = d->nqt - 1 - task % d->nqt, bh = task / d->nqt;
 	int64_t b = bh / d->Hq, h = bh % d->Hq, hk = h / d->G;
-	int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, nrp = UP(nr, MR), klo, khi;
-	float *Q = w, *dO = Q + BQp * Dp, *dQ = dO + BQp * Dp, *KT = dQ + BQp * Dp;
-	float *VT = KT + BKp * Dp, *K = VT + BKp * Dp, *S = K + 2 * BKp * Dp, *dP = S + BQp * BKp;
-	float *lse = dP + BQp * BKp, *Dv = lse + BQp;
+	int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, nrq = UP(nr, NR), klo, khi;
+	float *QT = w, *dOT = QT + Dp * BQp, *dQ = dOT + Dp * BQp, *K = dQ + BQp * Dp;
+	float *V = K + BKp * Dp, *St = V + BKp * Dp, *dPt = St + BKp * BQp, *Ls = dPt + BKp * BQp;
+	float *Dv = Ls + BQp;
+	int32_t *lo = (int32_t *)(Dv + BQp), *hi = lo + BQp, *qp = hi + BQp;
 	const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
 	float slope = d->alibi ? alibi_slope(d->Hq, h) : 0.0f;
 	tile_keys(rg, nr, &klo, &khi);
 	if (khi <= klo)
 		return;
-	load_query_side(j, b, h, r0, nr, Q, dO, lse, Dv);
-	zero_rows(dQ, nrp, Dp, Dp);
+	row_info(rg, nr, nrq, lo, hi, qp);
+	const float *o = fw_f32(out), *go = fw_f32(out->grad);
+	const float *ls = o + d->B * d->Tq * d->Hq * D + (b * d->Hq + h) * d->Tq + r0;
+	int64_t at0 = ((b * d->Tq + r0) * d->Hq + h) * D, rs = d->Hq * D;
+	load_rows_t(q, b, h, r0, nr, nrq, D, BQp, QT);
+	gather_t(go + at0, rs, 1, nr, nrq, D, BQp, dOT);
+	for (int64_t r = 0; r < nrq; r++) {
+		float acc = 0.0f;
+		for (int64_t e = 0; r < nr && e < D; e++)
+			acc += go[at0 + r * rs + e] * o[at0 + r * rs + e];
+		Dv[r] = acc;
+		Ls[r] = r < nr && ls[r] != -INFINITY ? ls[r] : INFINITY;     /* P = 0 */
+	}
+	zero_rows(dQ, nrq, Dp, Dp);
 	for (int64_t j0 = klo - klo % BK; j0 < khi; j0 += BK) {
-		int64_t nc = d->Tk - j0 < BK ? d->Tk - j0 : BK, ncp = UP(nc, NR);
-		load_rows_t(k, b, hk, j0, nc, ncp, D, BKp, KT);
-		load_rows_t(v, b, hk, j0, nc, ncp, D, BKp, VT);
-		load_rows(k, b, hk, j0, nc, nc, D, Dp, K);
-		tile_ds(d, Q, dO, KT, VT, lse, Dv, nr, nc, j0, rg, slope, S, dP);
-		mm(nrp, Dp, nc, dP, BKp, 1, K, Dp, dQ, Dp);             /* dQ += dS K */
+		int64_t nc = d->Tk - j0 < BK ? d->Tk - j0 : BK, ncr = UP(nc, MR);
+		load_rows(k, b, hk, j0, nc, ncr, D, Dp, K);
+		load_rows(v, b, hk, j0, nc, ncr, D, Dp, V);
+		scores_t(d, K, QT, nc, nrq, j0, lo, hi, qp, slope, St);
+		zero_rows(dPt, ncr, nrq, BQp);
+		mm(ncr, nrq, D, V, Dp, 1, dOT, BQp, dPt, BQp);          /* dPt = V dO^T */
+		for (int64_t c = 0; c < ncr; c++)
+			for (int64_t r = 0; r < nrq; r += 8) {
+				v8 p = fexp8(ld8(St + c * BQp + r) - ld8(Ls + r));
+				float *dp = dPt + c * BQp + r;
+				st8(dp, p * (ld8(dp) - ld8(Dv + r)));
+			}
+		mm(nrq, Dp, nc, dPt, 1, BQp, K, Dp, dQ, Dp);            /* dQ += dS K */
 	}
 	add_rows(q->grad, b, h, r0, nr, D, dQ, Dp, d->scale);
 }
