@@ -926,8 +926,7 @@ static void attn_run(struct fw_tensor *out, const struct fw_exec *ex, int pass)
 	struct attn_job j = { .out = out, .d = dims_of(out), .ws = ex->ws, .pass = pass };
 	j.slot = slot_floats(&j.d);
 	int64_t slots = (int64_t)(ex->ws_size / (j.slot * sizeof(float)));
-	if (slots < 1 || !ex->ws)
-		return;                 /* the planner always asks workspace() */
+	FW_ASSERT(slots >= 1 && ex->ws);       /* the planner always asks workspace() */
 	j.n_tasks = pass == PASS_DKV ? j.d.B * j.d.Hkv * j.d.nkt : j.d.B * j.d.Hq * j.d.nqt;
 	if (slots > j.n_tasks)
 		slots = j.n_tasks;
