@@ -1,0 +1,1260 @@
+/* attention/flash - fused CPU flash attention, forward and backward
+ * (FlashAttention-2: Dao 2023, Algorithms 1 and 2), for MHA, GQA and MQA,
+ * with ALiBi in the kernel, RoPE before it, segment masks without a dense
+ * mask, and the generation cache.
+ *
+ * Ops (registered once per process):
+ *   flash.ranges  q (B, Tq, Hq, D) for its shape, then optional positions
+ *                 (B, T) i32, the host's sequence bias (B, 1, T, T) f32 and
+ *                 the cache length i32 [1] -> (B, Tq, 3) i32: for each query
+ *                 row the key interval [lo, hi) it may see and its absolute
+ *                 position (ALiBi, causal alignment). O(T), no gradient.
+ *   flash.attn    q, k (B, Tk, Hkv, D), v, ranges -> one f32 buffer holding
+ *                 O (B, Tq, Hq, D) followed by the logsumexp (B, Hq, Tq).
+ *                 Forward: tiles of BQ queries x BK keys, online softmax
+ *                 (running max m and sum l, rescaled accumulator); key tiles
+ *                 outside a query tile's intervals (above the causal
+ *                 diagonal, other packed examples, padding, beyond the valid
+ *                 cache length) are never visited. Backward recomputes
+ *                 S = scale q k^T (+ ALiBi) per tile and P = exp(S - lse):
+ *                 pass 1, one task per (b, KV head, key tile), owns dK, dV of
+ *                 that tile over all G query heads of the group:
+ *                 dV += P^T dO, dP = dO V^T, D = rowsum(dO o O),
+ *                 dS = P o (dP - D), dK += scale dS^T Q; pass 2, one task
+ *                 per (b, query head, query tile), owns dQ:
+ *                 dQ += scale dS K. No atomics, no (T, T) buffer: the only
+ *                 extra memory is the logsumexp and per-thread tiles.
+ *   flash.out     view of the first B*Tq*Hq*D elements: O (B, Tq, Hq, D).
+ *   flash.rope, flash.kv_write: copies of attention/mha's mha.rope and
+ *                 mha.kv_write (same math, same cache names).
+ * Tasks are handed out through host->parallel_for: one item per workspace
+ * slot (threads at plan time), each pulling task numbers from an atomic
+ * counter, biggest tiles first.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "fw/plugin.h"
+
+struct flash {
+	const struct fw_host *host;
+	int bq, bk;
+};
+
+static const struct fw_host *g_host;
+static int g_ranges_op = -1, g_attn_op = -1, g_out_op = -1, g_rope_op = -1,
+	   g_kv_write_op = -1;
+
+#define MAX_SLOTS 256
+
+/* --- kv_write (copy of mha.kv_write) ------------------------------------------------ */
+
+/* src0 cache (B, Tmax, H, D), src1 new (B, Tq, H, D), src2 len i32 [1]:
+ * copies new into cache rows [len, len + Tq), returns the cache (a view). */
+static enum fw_status kv_write_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *c = out->src[0], *x = out->src[1], *len = out->src[2];
+	if (!x || !len || c->ndim != 4 || x->ndim != 4 || c->ne[0] != x->ne[0] ||
+	    c->ne[2] != x->ne[2] || c->ne[3] != x->ne[3] || x->ne[1] > c->ne[1] ||
+	    c->dtype != FW_F32 || x->dtype != FW_F32 || len->dtype != FW_I32)
+		return fw_errorf(err, FW_ERR_SHAPE, "flash.kv_write: cache and new rows do not fit");
+	out->dtype = FW_F32;
+	out->ndim = 4;
+	for (int i = 0; i < 4; i++) {
+		out->ne[i] = c->ne[i];
+		out->nb[i] = c->nb[i];
+	}
+	out->view_offset = 0;
+	return FW_OK;
+}
+
+static void kv_write_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *c = out->src[0], *x = out->src[1];
+	int64_t pos = *(const int32_t *)out->src[2]->data;
+	int64_t B = c->ne[0], Tmax = c->ne[1], Tq = x->ne[1], row = c->ne[2] * c->ne[3];
+	if (pos < 0 || pos + Tq > Tmax)
+		pos = pos < 0 ? 0 : Tmax - Tq;      /* the host checks; never write outside */
+	for (int64_t b = 0; b < B; b++)
+		memcpy((float *)c->data + (b * Tmax + pos) * row,
+		       (const float *)x->data + b * Tq * row, sizeof(float) * (size_t)(Tq * row));
+	out->data = c->data;
+}
+
+static const struct fw_op_i kv_write_op = {
+	.size = sizeof(struct fw_op_i),
+	.name = "flash.kv_write",
+	.flags = FW_OPF_VIEW,
+	.infer = kv_write_infer,
+	.forward = kv_write_forward,
+};
+
+/* --- rope (copy of mha.rope) ----------------------------------------------------------
+ *
+ * src0 x (B, T, H, D), any strides; src1 (by p7 mode) positions (B, T) i32
+ * (mode 1) or the cache length i32 [1] (mode 2: position len + t); mode 0:
+ * position t. p0.i rotary dim R, p1.i interleaved, p2.f base, p3.f llama3
+ * factor (0 = none), p4.f low_freq_factor, p5.f high_freq_factor,
+ * p6.f original_max_position_embeddings. Pairs (i, i + R/2) (NeoX/Llama) or
+ * (2i, 2i + 1) (GPT-J), angle pos * base^(-2i/R) (HF's float32 recipe). */
+enum { ROPE_ARANGE = 0, ROPE_POSITIONS, ROPE_OFFSET };
+#define ROPE_MAX_PAIRS 4096
+
+static enum fw_status rope_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *x = out->src[0], *p = out->src[1];
+	int R = out->params[0].i, mode = out->params[7].i;
+	if (x->ndim != 4 || x->dtype != FW_F32)
+		return fw_errorf(err, FW_ERR_SHAPE, "flash.rope: x must be f32 (B, T, H, D)");
+	if (R <= 0 || R % 2 || R > x->ne[3] || R / 2 > ROPE_MAX_PAIRS)
+		return fw_errorf(err, FW_ERR_INVALID,
+				 "flash.rope: rotary dim %d must be even, positive and at most the "
+				 "head dim %lld", R, (long long)x->ne[3]);
+	if (mode == ROPE_POSITIONS &&
+	    (!p || p->dtype != FW_I32 || p->ndim != 2 || p->ne[0] != x->ne[0] ||
+	     p->ne[1] != x->ne[1]))
+		return fw_errorf(err, FW_ERR_SHAPE, "flash.rope: positions must be i32 (B, T) of x");
+	if (mode == ROPE_OFFSET && (!p || p->dtype != FW_I32 || fw_nelem(p) != 1))
+		return fw_errorf(err, FW_ERR_SHAPE, "flash.rope: the offset must be i32 [1]");
+	out->dtype = FW_F32;
+	out->ndim = 4;
+	for (int i = 0; i < 4; i++)
+		out->ne[i] = x->ne[i];
+	return FW_OK;
+}
+
+static void rope_inv_freq(const struct fw_tensor *out, float *inv)
+{
+	int R = out->params[0].i;
+	double base = out->params[2].f, factor = out->params[3].f;
+	double lo = out->params[4].f, hi = out->params[5].f, old = out->params[6].f;
+	for (int i = 0; i < R / 2; i++) {
+		float f = (float)(1.0 / pow(base, (double)(2 * i) / R));
+		if (factor > 0) {
+			double low_wavelen = old / lo, high_wavelen = old / hi;
+			double wavelen = 2 * M_PI / f;
+			if (wavelen > low_wavelen) {
+				f = (float)(f / factor);
+			} else if (!(wavelen < high_wavelen)) {
+				double s = (old / wavelen - lo) / (hi - lo);
+				f = (float)((1 - s) * f / factor + s * f);
+			}
+		}
+		inv[i] = f;
+	}
+}
+
+static int64_t rope_pos(const struct fw_tensor *out, int64_t b, int64_t t)
+{
+	const struct fw_tensor *p = out->src[1];
+	switch (out->params[7].i) {
+	case ROPE_POSITIONS:
+		return fw_i32(p)[b * p->nb[0] + t * p->nb[1]];
+	case ROPE_OFFSET:
+		return fw_i32(p)[0] + t;
+	default:
+		return t;
+	}
+}
+
+struct rope_job {
+	const struct fw_tensor *out;
+	const float *src;
+	float *dst;
+	const int64_t *snb;
+	bool backward;
+};
+
+static void rope_rows(void *arg, int64_t r0, int64_t r1)
+{
+	const struct rope_job *j = arg;
+	const struct fw_tensor *out = j->out;
+	int64_t T = out->ne[1], H = out->ne[2], D = out->ne[3];
+	int R = out->params[0].i, P = R / 2;
+	bool inter = out->params[1].i != 0;
+	float inv[ROPE_MAX_PAIRS], c[ROPE_MAX_PAIRS], s[ROPE_MAX_PAIRS];
+	rope_inv_freq(out, inv);
+	float sg = j->backward ? -1.0f : 1.0f;
+	for (int64_t r = r0; r < r1; r++) {
+		int64_t b = r / T, t = r % T;
+		float pos = (float)rope_pos(out, b, t);
+		for (int i = 0; i < P; i++) {
+			float a = pos * inv[i];
+			c[i] = cosf(a);
+			s[i] = sg * sinf(a);
+		}
+		for (int64_t h = 0; h < H; h++) {
+			const float *x = j->src + b * j->snb[0] + t * j->snb[1] + h * j->snb[2];
+			int64_t xs = j->snb[3];
+			float *y = j->dst + ((b * T + t) * H + h) * D;
+			for (int i = 0; i < P; i++) {
+				int64_t i1 = inter ? 2 * i : i, i2 = inter ? 2 * i + 1 : i + P;
+				float x1 = x[i1 * xs], x2 = x[i2 * xs];
+				float y1 = x1 * c[i] - x2 * s[i], y2 = x2 * c[i] + x1 * s[i];
+				if (j->backward) {
+					y[i1] += y1;
+					y[i2] += y2;
+				} else {
+					y[i1] = y1;
+					y[i2] = y2;
+				}
+			}
+			for (int64_t d = R; d < D; d++)
+				y[d] = j->backward ? y[d] + x[d * xs] : x[d * xs];
+		}
+	}
+}
+
+static void rope_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *x = out->src[0];
+	struct rope_job j = { out, fw_f32(x), fw_f32(out), x->nb, false };
+	g_host->parallel_for(out->ne[0] * out->ne[1], rope_rows, &j);
+}
+
+static void rope_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct fw_tensor *x = out->src[0];
+	if (!x->grad)
+		return;
+	struct rope_job j = { out, fw_f32(out->grad), fw_f32(x->grad), out->nb, true };
+	g_host->parallel_for(out->ne[0] * out->ne[1], rope_rows, &j);
+}
+
+static uint32_t rope_saved(const struct fw_tensor *out)
+{
+	return 1u << 1;
+}
+
+static const struct fw_op_i rope_op = {
+	.size = sizeof(struct fw_op_i),
+	.name = "flash.rope",
+	.flags = FW_OPF_STRIDED,
+	.infer = rope_infer,
+	.forward = rope_forward,
+	.backward = rope_backward,
+	.saved = rope_saved,
+};
+
+/* --- ranges ----------------------------------------------------------------------------
+ *
+ * src0 q (shape only), then by p0.i bits: 1 positions (B, T) i32, 2 bias
+ * (B, 1, T, T) f32, 4 cache length i32 [1], in that order. p1.i causal,
+ * p2.i Tk. Out (B, Tq, 3) i32: lo, hi, qpos. Query i sits at qpos = i + len
+ * (cache) or i + Tk - Tq (the causal mask's alignment, as mha's). Keys
+ * visible: [0, Tk), or [0, len + Tq) with a cache; with a bias, the row's
+ * interval of zeros (its example): from the positions in O(1) per row
+ * (start = i - pos[i], checked against the bias at the interval's edges),
+ * else by scanning the row; a row whose diagonal is -inf (padding) sees
+ * nothing. Causal: hi <= qpos + 1. */
+enum { RG_POS = 1, RG_BIAS = 2, RG_LEN = 4 };
+
+static enum fw_status ranges_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *q = out->src[0];
+	int f = out->params[0].i, k = 1;
+	int64_t B = q->ne[0], Tq = q->ne[1];
+	if (f & RG_POS) {
+		const struct fw_tensor *p = out->src[k++];
+		if (!p || p->dtype != FW_I32 || p->ndim != 2 || p->ne[0] != B || p->ne[1] != Tq)
+			return fw_errorf(err, FW_ERR_SHAPE, "flash.ranges: positions must be i32 "
+					 "(B, T) of q");
+	}
+	if (f & RG_BIAS) {
+		const struct fw_tensor *b = out->src[k++];
+		if (!b || b->dtype != FW_F32 || b->ndim != 4 || b->ne[0] != B || b->ne[1] != 1 ||
+		    b->ne[2] != Tq || b->ne[3] != Tq || out->params[2].i != Tq)
+			return fw_errorf(err, FW_ERR_SHAPE, "flash.ranges: the sequence bias must be "
+					 "f32 (B, 1, T, T) with as many keys as queries");
+	}
+	if (f & RG_LEN) {
+		const struct fw_tensor *l = out->src[k++];
+		if (!l || l->dtype != FW_I32 || fw_nelem(l) != 1)
+			return fw_errorf(err, FW_ERR_SHAPE, "flash.ranges: the cache length must be "
+					 "i32 [1]");
+	}
+	out->dtype = FW_I32;
+	out->ndim = 3;
+	out->ne[0] = B;
+	out->ne[1] = Tq;
+	out->ne[2] = 3;
+	return FW_OK;
+}
+
+static bool seen(const float *row, int64_t s, int64_t j)
+{
+	return row[j * s] == 0.0f;
+}
+
+static void ranges_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *q = out->src[0], *pos = NULL, *bias = NULL, *len = NULL;
+	int f = out->params[0].i, k = 1;
+	bool causal = out->params[1].i != 0;
+	if (f & RG_POS)
+		pos = out->src[k++];
+	if (f & RG_BIAS)
+		bias = out->src[k++];
+	if (f & RG_LEN)
+		len = out->src[k++];
+	int64_t B = q->ne[0], Tq = q->ne[1], Tk = out->params[2].i;
+	int64_t off = len ? fw_i32(len)[0] : Tk - Tq;
+	int64_t valid = len ? off + Tq : Tk;
+	if (valid > Tk)
+		valid = Tk;
+	if (valid < 0)
+		valid = 0;
+	int32_t *rg = fw_i32(out);
+	for (int64_t b = 0; b < B; b++) {
+		int32_t *r = rg + b * Tq * 3;
+		for (int64_t i = 0; i < Tq; i++) {
+			r[3 * i] = 0;
+			r[3 * i + 1] = (int32_t)valid;
+			r[3 * i + 2] = (int32_t)(i + off);
+		}
+		if (!bias)
+			continue;
+		/* Tq == Tk (checked at build). Left edges, then right edges from
+		 * the right: a row's example ends where the next row's does when
+		 * both start at the same key. Each guess is checked against the
+		 * bias at the interval's edges, else the row is scanned. */
+		int64_t s = bias->nb[3];
+		for (int64_t i = 0; i < Tq; i++) {
+			const float *row = fw_f32(bias) + b * bias->nb[0] + i * bias->nb[2];
+			int64_t lo = -1;
+			if (!seen(row, s, i)) {            /* padding: sees nothing */
+				r[3 * i] = r[3 * i + 1] = 0;
+				continue;
+			}
+			if (pos)
+				lo = i - fw_i32(pos)[b * pos->nb[0] + i * pos->nb[1]];
+			if (lo < 0 || lo > i || !seen(row, s, lo) || (lo > 0 && seen(row, s, lo - 1)))
+				for (lo = 0; !seen(row, s, lo); lo++)
+					;
+			r[3 * i] = (int32_t)lo;
+		}
+		for (int64_t i = Tq - 1; i >= 0; i--) {
+			const float *row = fw_f32(bias) + b * bias->nb[0] + i * bias->nb[2];
+			if (!seen(row, s, i))
+				continue;
+			int64_t hi = i + 1;
+			if (i + 1 < Tq && r[3 * (i + 1)] == r[3 * i] && r[3 * (i + 1) + 1] > i + 1)
+				hi = r[3 * (i + 1) + 1];
+			if (!seen(row, s, hi - 1) || (hi < Tk && seen(row, s, hi)))
+				for (hi = Tk; !seen(row, s, hi - 1); hi--)
+					;
+			r[3 * i + 1] = (int32_t)hi;
+		}
+	}
+	for (int64_t n = 0; n < B * Tq; n++) {
+		int32_t *r = rg + n * 3;
+		if (causal && r[1] > r[2] + 1)
+			r[1] = r[2] + 1;
+		if (r[1] < r[0])
+			r[1] = r[0];
+	}
+}
+
+static const struct fw_op_i ranges_op = {
+	.size = sizeof(struct fw_op_i),
+	.name = "flash.ranges",
+	.flags = FW_OPF_STRIDED,
+	.infer = ranges_infer,
+	.forward = ranges_forward,
+};
+
+/* --- the fused kernel ------------------------------------------------------------------
+ *
+ * flash.attn: src q (B, Tq, Hq, D), k, v (B, Tk, Hkv, D), any strides;
+ * ranges (B, Tq, 3) i32. p0.f scale, p1.i ALiBi, p2.i BQ, p3.i BK. Out: f32
+ * [B*Tq*Hq*D + B*Hq*Tq]: O (B, Tq, Hq, D), then lse (B, Hq, Tq) (-inf for a
+ * row that sees no key; its O is 0). */
+
+/* BLOOM's build_alibi_tensor slopes (copy of mha's alibi_slope). */
+static float alibi_slope(int64_t H, int64_t h)
+{
+	int64_t n = 1;
+	while (n * 2 <= H)
+		n *= 2;
+	if (h < n)
+		return (float)pow(pow(2.0, -8.0 / (double)n), (double)(h + 1));
+	return (float)pow(pow(2.0, -4.0 / (double)n), (double)(2 * (h - n) + 1));
+}
+
+/* Vectors of 8 floats (GNU vector extensions: gcc and clang both keep them
+ * in registers, AVX2 ymm at -march=x86-64-v3). */
+typedef float v8 __attribute__((vector_size(32)));
+typedef int32_t v8i __attribute__((vector_size(32)));
+
+static inline v8 ld8(const float *p)
+{
+	v8 v;
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static inline void st8(float *p, v8 v)
+{
+	memcpy(p, &v, sizeof(v));
+}
+
+static inline v8 splat(float s)
+{
+	return (v8){ s, s, s, s, s, s, s, s };
+}
+
+/* mask ? a : b, mask lanes all ones or zero (a vector comparison) */
+static inline v8 sel(v8i mask, v8 a, v8 b)
+{
+	v8i ai, bi;
+	memcpy(&ai, &a, sizeof(a));
+	memcpy(&bi, &b, sizeof(b));
+	ai = (mask & ai) | (~mask & bi);
+	memcpy(&a, &ai, sizeof(a));
+	return a;
+}
+
+/* exp(x) (Cephes expf: range reduction, degree-6 polynomial, about 1 ulp),
+ * exactly 0 below -87 and for -inf; x above 88 is clamped. */
+static inline v8 fexp8(v8 x)
+{
+	v8 lo = splat(-87.0f), hi = splat(88.0f);
+	v8i under = x < lo;
+	v8 xc = sel(under, lo, sel(x > hi, hi, x));
+	v8 t = xc * 1.44269504088896341f + 0.5f;
+	v8i n = __builtin_convertvector(t, v8i);             /* truncates */
+	n += (v8i)(__builtin_convertvector(n, v8) > t);      /* -1: floor below 0 */
+	v8 nf = __builtin_convertvector(n, v8);
+	v8 r = xc - nf * 0.693359375f + nf * 2.12194440e-4f;
+	v8 p = splat(1.9875691500E-4f);
+	p = p * r + 1.3981999507E-3f;
+	p = p * r + 8.3334519073E-3f;
+	p = p * r + 4.1665795894E-2f;
+	p = p * r + 1.6666665459E-1f;
+	p = p * r + 5.0000001201E-1f;
+	p = p * r * r + r + 1.0f;
+	v8i e = (n + 127) << 23;
+	v8 scale;
+	memcpy(&scale, &e, sizeof(scale));
+	return sel(under, splat(0.0f), p * scale);
+}
+
+struct dims {
+	int64_t B, Tq, Tk, Hq, Hkv, G, D, BQ, BK, nqt, nkt;
+	int64_t Dp, BQp, BKp;        /* padded to NR (16) */
+	float scale;
+	bool alibi;
+};
+
+#define MR 4                    /* micro-kernel rows */
+#define NR 16                   /* micro-kernel columns: two AVX2 vectors */
+#define UP(x, m) (((x) + (m) - 1) / (m) * (m))
+
+static struct dims dims_of(const struct fw_tensor *out)
+{
+	const struct fw_tensor *q = out->src[0], *k = out->src[1];
+	struct dims d = { .B = q->ne[0], .Tq = q->ne[1], .Hq = q->ne[2], .D = q->ne[3],
+			  .Tk = k->ne[1], .Hkv = k->ne[2], .scale = out->params[0].f,
+			  .alibi = out->params[1].i != 0, .BQ = out->params[2].i,
+			  .BK = out->params[3].i };
+	d.G = d.Hq / d.Hkv;
+	d.nqt = (d.Tq + d.BQ - 1) / d.BQ;
+	d.nkt = (d.Tk + d.BK - 1) / d.BK;
+	d.Dp = UP(d.D, NR);
+	d.BQp = UP(d.BQ, NR);
+	d.BKp = UP(d.BK, NR);
+	return d;
+}
+
+/* Floats of one thread's tiles, the most any pass uses: three BQp x Dp
+ * (Q, dO, dQ or acc, some transposed), four BKp x Dp (K, V, KT, VT, dK, dV),
+ * two BQp x BKp (scores, dP) and eight BQp (row statistics and intervals). */
+static size_t slot_floats(const struct dims *d)
+{
+	size_t n = (size_t)(3 * d->BQp * d->Dp + 4 * d->BKp * d->Dp + 2 * d->BQp * d->BKp +
+			    8 * d->BQp);
+	return (n + 15) & ~(size_t)15;                  /* 64-byte slots */
+}
+
+static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *q = out->src[0], *k = out->src[1], *v = out->src[2],
+			       *rg = out->src[3];
+	if (!k || !v || !rg || q->ndim != 4 || k->ndim != 4 || v->ndim != 4 ||
+	    q->dtype != FW_F32 || k->dtype != FW_F32 || v->dtype != FW_F32 ||
+	    k->ne[0] != q->ne[0] || k->ne[3] != q->ne[3] || v->ne[0] != k->ne[0] ||
+	    v->ne[1] != k->ne[1] || v->ne[2] != k->ne[2] || v->ne[3] != k->ne[3] ||
+	    k->ne[2] <= 0 || q->ne[2] % k->ne[2])
+		return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: q must be f32 (B, Tq, Hq, D) and k, "
+				 "v (B, Tk, Hkv, D) with Hq a multiple of Hkv");
+	if (rg->dtype != FW_I32 || rg->ndim != 3 || rg->ne[0] != q->ne[0] ||
+	    rg->ne[1] != q->ne[1] || rg->ne[2] != 3)
+		return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: ranges must be i32 (B, Tq, 3)");
+	if (out->params[2].i < 1 || out->params[3].i < 1)
+		return fw_errorf(err, FW_ERR_INVALID, "flash.attn: tile sizes must be positive");
+	int64_t n = fw_nelem(q);
+	out->dtype = FW_F32;
+	out->ndim = 1;
+	out->ne[0] = n + q->ne[0] * q->ne[2] * q->ne[1];
+	return FW_OK;
+}
+
+static size_t attn_workspace(const struct fw_tensor *out)
+{
+	struct dims d = dims_of(out);
+	int t = fw_get_num_threads();
+	t = t < 1 ? 1 : t > MAX_SLOTS ? MAX_SLOTS : t;
+	return (size_t)t * slot_floats(&d) * sizeof(float);
+}
+
+/* C[i][j] += sum_k A(i, k) B[k][j] for i < M (a multiple of MR), j < N (a
+ * multiple of NR), k < K; A(i, k) = A[i * sai + k * sak]. The MR x NR
+ * accumulators are vectors of 8 (GNU vector extensions, so that gcc and clang
+ * both keep them in registers: AVX2 ymm at -march=x86-64-v3). */
+static void mm(int64_t M, int64_t N, int64_t K, const float *A, int64_t sai, int64_t sak,
+	       const float *B, int64_t ldb, float *C, int64_t ldc)
+{
+	for (int64_t i0 = 0; i0 < M; i0 += MR) {
+		const float *a = A + i0 * sai;
+		for (int64_t j0 = 0; j0 < N; j0 += NR) {
+			v8 c[MR][2];
+			for (int i = 0; i < MR; i++) {
+				c[i][0] = ld8(C + (i0 + i) * ldc + j0);
+				c[i][1] = ld8(C + (i0 + i) * ldc + j0 + 8);
+			}
+			for (int64_t k = 0; k < K; k++) {
+				v8 b0 = ld8(B + k * ldb + j0), b1 = ld8(B + k * ldb + j0 + 8);
+				for (int i = 0; i < MR; i++) {
+					float s = a[i * sai + k * sak];
+					v8 av = { s, s, s, s, s, s, s, s };
+					c[i][0] += av * b0;
+					c[i][1] += av * b1;
+				}
+			}
+			for (int i = 0; i < MR; i++) {
+				st8(C + (i0 + i) * ldc + j0, c[i][0]);
+				st8(C + (i0 + i) * ldc + j0 + 8, c[i][1]);
+			}
+		}
+	}
+}
+
+static void zero_rows(float *x, int64_t rows, int64_t cols, int64_t ld)
+{
+	for (int64_t r = 0; r < rows; r++)
+		memset(x + r * ld, 0, sizeof(float) * (size_t)cols);
+}
+
+/* rows [t0, t0 + n) of head h of x (B, T, H, D), any strides -> dst[n][ld];
+ * columns D..ld and rows n..np are zeroed */
+static void load_rows(const struct fw_tensor *x, int64_t b, int64_t h, int64_t t0, int64_t n,
+		      int64_t np, int64_t D, int64_t ld, float *dst)
+{
+	for (int64_t r = 0; r < n; r++) {
+		const float *src = fw_f32(x) + b * x->nb[0] + (t0 + r) * x->nb[1] + h * x->nb[2];
+		float *o = dst + r * ld;
+		if (x->nb[3] == 1) {
+			memcpy(o, src, sizeof(float) * (size_t)D);
+		} else {
+			for (int64_t e = 0; e < D; e++)
+				o[e] = src[e * x->nb[3]];
+		}
+		memset(o + D, 0, sizeof(float) * (size_t)(ld - D));
+	}
+	zero_rows(dst + n * ld, np - n, ld, ld);
+}
+
+/* n rows of D elements at src + r * rs + e * es, transposed: dst[e][r]
+ * (ld), columns n..np zeroed */
+static void gather_t(const float *src, int64_t rs, int64_t es, int64_t n, int64_t np, int64_t D,
+		     int64_t ld, float *dst)
+{
+	for (int64_t r = 0; r < n; r++)
+		for (int64_t e = 0; e < D; e++)
+			dst[e * ld + r] = src[r * rs + e * es];
+	for (int64_t e = 0; e < D; e++)
+		memset(dst + e * ld + n, 0, sizeof(float) * (size_t)(np - n));
+}
+
+/* rows [t0, t0 + n) of head h of x (B, T, H, D), transposed: dst[e][r] */
+static void load_rows_t(const struct fw_tensor *x, int64_t b, int64_t h, int64_t t0, int64_t n,
+			int64_t np, int64_t D, int64_t ld, float *dst)
+{
+	gather_t(fw_f32(x) + b * x->nb[0] + t0 * x->nb[1] + h * x->nb[2], x->nb[1], x->nb[3], n,
+		 np, D, ld, dst);
+}
+
+static inline v8i ld8i(const int32_t *p)
+{
+	v8i v;
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static inline v8 max8(v8 a, v8 b)
+{
+	return sel(a > b, a, b);
+}
+
+/* A query tile's rows: key interval [lo, hi) and position; rows nr..np see
+ * nothing. */
+static void row_info(const int32_t *rg, int64_t nr, int64_t np, int32_t *lo, int32_t *hi,
+		     int32_t *qp)
+{
+	for (int64_t r = 0; r < np; r++) {
+		lo[r] = r < nr ? rg[3 * r] : 0;
+		hi[r] = r < nr ? rg[3 * r + 1] : 0;
+		qp[r] = r < nr ? rg[3 * r + 2] : 0;
+	}
+}
+
+/* Transposed scores, St[c][r] (ld BQp) = scale k_c . q_r - slope (qpos_r - j)
+ * for key j = j0 + c inside row r's interval, -inf elsewhere and for c >= nc;
+ * K (nc rows of Dp, zeroed to MR), QT (D x BQp, zeroed columns), nrq a
+ * multiple of NR. */
+static void scores_t(const struct dims *d, const float *K, const float *QT, int64_t nc,
+		     int64_t nrq, int64_t j0, const int32_t *lo, const int32_t *hi,
+		     const int32_t *qp, float slope, float *St)
+{
+	int64_t BQp = d->BQp, ncr = UP(nc, MR);
+	zero_rows(St, ncr, nrq, BQp);
+	mm(ncr, nrq, d->D, K, d->Dp, 1, QT, BQp, St, BQp);
+	for (int64_t c = 0; c < ncr; c++) {
+		float *s = St + c * BQp;
+		int32_t j = (int32_t)(j0 + c);
+		for (int64_t r = 0; r < nrq; r += 8) {
+			v8i ok = (ld8i(lo + r) <= j) & (ld8i(hi + r) > j);
+			v8 v = d->scale * ld8(s + r) -
+			       slope * __builtin_convertvector(ld8i(qp + r) - j, v8);
+			st8(s + r, c < nc ? sel(ok, v, splat(-INFINITY)) : splat(-INFINITY));
+		}
+	}
+}
+
+/* S[r][c] (ld BKp) = scale q_r . k_c - slope (qpos_r - j) for key j = j0 + c
+ * inside the row's interval, -inf outside (and for c >= nc); Q (nr x Dp,
+ * rows zero-padded to MR), KT (D x BKp, columns zero-padded). */
+static void scores(const struct dims *d, const float *Q, const float *KT, int64_t nr,
+		   int64_t nc, int64_t j0, const int32_t *rg, float slope, float *S)
+{
+	int64_t BKp = d->BKp, nrp = UP(nr, MR), ncp = UP(nc, NR);
+	zero_rows(S, nrp, ncp, BKp);
+	mm(nrp, ncp, d->D, Q, d->Dp, 1, KT, BKp, S, BKp);
+	for (int64_t r = 0; r < nr; r++) {
+		float *s = S + r * BKp;
+		int64_t lo = rg[3 * r] - j0, hi = rg[3 * r + 1] - j0;
+		if (hi > nc)
+			hi = nc;
+		float qp = (float)(rg[3 * r + 2] - j0), sc = d->scale;
+		for (int64_t c = 0; c < ncp; c += 8) {
+			v8i ci = (v8i){ 0, 1, 2, 3, 4, 5, 6, 7 } + (int32_t)c;
+			v8 v = sc * ld8(s + c) - slope * (qp - __builtin_convertvector(ci, v8));
+			st8(s + c, sel((ci >= (int32_t)lo) & (ci < (int32_t)hi), v,
+				       splat(-INFINITY)));
+		}
+	}
+}
+
+/* The key interval a query tile's rows see: [*lo, *hi), empty if none. */
+static void tile_keys(const int32_t *rg, int64_t nr, int64_t *lo, int64_t *hi)
+{
+	*lo = INT64_MAX;
+	*hi = 0;
+	for (int64_t r = 0; r < nr; r++) {
+		if (rg[3 * r] >= rg[3 * r + 1])
+			continue;
+		if (rg[3 * r] < *lo)
+			*lo = rg[3 * r];
+		if (rg[3 * r + 1] > *hi)
+			*hi = rg[3 * r + 1];
+	}
+	if (*hi <= *lo)
+		*lo = *hi = 0;
+}
+
+enum { PASS_FWD, PASS_DKV, PASS_DQ };
+
+struct attn_job {
+	struct fw_tensor *out;
+	struct dims d;
+	float *ws;
+	size_t slot;
+	int pass;
+	int64_t n_tasks, next;
+};
+
+/* Forward of one (b, h, query tile), on transposed scores St (keys x
+ * queries): Q^T is gathered once, K and V rows are copied per key tile, and
+ * the row statistics run 8 query rows a vector. */
+static void task_forward(const struct attn_job *j, float *w, int64_t task)
+{
+	const struct dims *d = &j->d;
+	const struct fw_tensor *out = j->out, *q = out->src[0], *k = out->src[1], *v = out->src[2];
+	int64_t D = d->D, Dp = d->Dp, BQ = d->BQ, BK = d->BK, BKp = d->BKp, BQp = d->BQp;
+	int64_t qt = d->nqt - 1 - task % d->nqt, bh = task / d->nqt;
+	int64_t b = bh / d->Hq, h = bh % d->Hq, hk = h / d->G;
+	int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, nrq = UP(nr, NR);
+	float *QT = w, *acc = QT + Dp * BQp, *K = acc + BQp * Dp, *V = K + BKp * Dp;
+	float *St = V + BKp * Dp, *m = St + BKp * BQp, *l = m + BQp, *al = l + BQp, *ms = al + BQp;
+	int32_t *lo = (int32_t *)(ms + BQp), *hi = lo + BQp, *qp = hi + BQp;
+	const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
+	float slope = d->alibi ? alibi_slope(d->Hq, h) : 0.0f;
+	int64_t klo, khi;
+	tile_keys(rg, nr, &klo, &khi);
+	row_info(rg, nr, nrq, lo, hi, qp);
+	load_rows_t(q, b, h, r0, nr, nrq, D, BQp, QT);
+	zero_rows(acc, nrq, Dp, Dp);
+	for (int64_t r = 0; r < nrq; r++) {
+		m[r] = -INFINITY;
+		l[r] = 0.0f;
+	}
+	for (int64_t j0 = klo - klo % BK; j0 < khi; j0 += BK) {
+		int64_t nc = d->Tk - j0 < BK ? d->Tk - j0 : BK, ncr = UP(nc, MR);
+		load_rows(k, b, hk, j0, nc, ncr, D, Dp, K);
+		load_rows(v, b, hk, j0, nc, nc, D, Dp, V);
+		scores_t(d, K, QT, nc, nrq, j0, lo, hi, qp, slope, St);
+		for (int64_t r = 0; r < nrq; r += 8) {
+			v8 mx = splat(-INFINITY);
+			for (int64_t c = 0; c < ncr; c++)
+				mx = max8(mx, ld8(St + c * BQp + r));
+			v8 mo = ld8(m + r), mn = max8(mo, mx);
+			v8 safe = sel(mn == -INFINITY, splat(0.0f), mn);  /* rows seeing nothing yet */
+			st8(m + r, mn);
+			st8(ms + r, safe);
+			st8(al + r, fexp8(mo - safe));
+		}
+		for (int64_t c = 0; c < ncr; c++)
+			for (int64_t r = 0; r < nrq; r += 8)
+				st8(St + c * BQp + r, fexp8(ld8(St + c * BQp + r) - ld8(ms + r)));
+		for (int64_t r = 0; r < nrq; r += 8) {
+			v8 sm = splat(0.0f);
+			for (int64_t c = 0; c < nc; c++)
+				sm += ld8(St + c * BQp + r);
+			st8(l + r, ld8(al + r) * ld8(l + r) + sm);
+		}
+		for (int64_t r = 0; r < nr; r++) {
+			float *a = acc + r * Dp, f = al[r];
+			if (f != 1.0f)
+				for (int64_t e = 0; e < Dp; e++)
+					a[e] *= f;
+		}
+		mm(nrq, Dp, nc, St, 1, BQp, V, Dp, acc, Dp);     /* acc += P V */
+	}
+	float *o = fw_f32(out), *lse = o + d->B * d->Tq * d->Hq * D;
+	for (int64_t r = 0; r < nr; r++) {
+		float *dst = o + ((b * d->Tq + r0 + r) * d->Hq + h) * D;
+		float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+		for (int64_t e = 0; e < D; e++)
+			dst[e] = acc[r * Dp + e] * inv;
+		lse[(b * d->Hq + h) * d->Tq + r0 + r] = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
+	}
+}
+
+/* One (query tile, key tile) step of the backward: P = exp(S - lse) into
+ * S, dS = P o (dP - Dv) into dP, with dP = dO V^T. Q, dO (nr x Dp), KT, VT
+ * (D x BKp). Columns >= nc of P and dS are 0. */
+static void tile_ds(const struct dims *d, const float *Q, const float *dO, const float *KT,
+		    const float *VT, const float *lse, const float *Dv, int64_t nr, int64_t nc,
+		    int64_t j0, const int32_t *rg, float slope, float *S, float *dP)
+{
+	int64_t BKp = d->BKp, nrp = UP(nr, MR), ncp = UP(nc, NR);
+	scores(d, Q, KT, nr, nc, j0, rg, slope, S);
+	zero_rows(dP, nrp, ncp, BKp);
+	mm(nrp, ncp, d->D, dO, d->Dp, 1, VT, BKp, dP, BKp);
+	for (int64_t r = 0; r < nrp; r++) {
+		float *s = S + r * BKp, *dp = dP + r * BKp, L = r < nr ? lse[r] : -INFINITY;
+		if (L == -INFINITY) {
+			memset(s, 0, sizeof(float) * (size_t)ncp);
+			memset(dp, 0, sizeof(float) * (size_t)ncp);
+			continue;
+		}
+		float dv = Dv[r];
+		for (int64_t c = 0; c < ncp; c += 8) {
+			v8 p = fexp8(ld8(s + c) - L);
+			st8(s + c, p);
+			st8(dp + c, p * (ld8(dp + c) - dv));
+		}
+	}
+}
+
+/* Q, dO (padded), lse and Dv = rowsum(dO o O) of rows [r0, r0 + nr) of head h. */
+static void load_query_side(const struct attn_job *j, int64_t b, int64_t h, int64_t r0,
+			    int64_t nr, float *Q, float *dO, float *lse, float *Dv)
+{
+	const struct dims *d = &j->d;
+	const struct fw_tensor *out = j->out;
+	int64_t D = d->D, Dp = d->Dp, nrp = UP(nr, MR);
+	const float *o = fw_f32(out), *go = fw_f32(out->grad);
+	const float *ls = o + d->B * d->Tq * d->Hq * D + (b * d->Hq + h) * d->Tq + r0;
+	load_rows(out->src[0], b, h, r0, nr, nrp, D, Dp, Q);
+	for (int64_t r = 0; r < nr; r++) {
+		int64_t at = ((b * d->Tq + r0 + r) * d->Hq + h) * D;
+		float acc = 0.0f;
+		memcpy(dO + r * Dp, go + at, sizeof(float) * (size_t)D);
+		memset(dO + r * Dp + D, 0, sizeof(float) * (size_t)(Dp - D));
+		for (int64_t e = 0; e < D; e++)
+			acc += go[at + e] * o[at + e];
+		Dv[r] = acc;
+		lse[r] = ls[r];
+	}
+	zero_rows(dO + nr * Dp, nrp - nr, Dp, Dp);
+}
+
+/* add n rows x[n][ld] * s into head h of g (contiguous (B, T, H, D)) */
+static void add_rows(struct fw_tensor *g, int64_t b, int64_t h, int64_t t0, int64_t n,
+		     int64_t D, const float *x, int64_t ld, float s)
+{
+	for (int64_t r = 0; r < n; r++) {
+		float *dst = fw_f32(g) + b * g->nb[0] + (t0 + r) * g->nb[1] + h * g->nb[2];
+		for (int64_t e = 0; e < D; e++)
+			dst[e * g->nb[3]] += s * x[r * ld + e];
+	}
+}
+
+static void task_dkv(const struct attn_job *j, float *w, int64_t task)
+{
+	const struct dims *d = &j->d;
+	const struct fw_tensor *out = j->out, *k = out->src[1], *v = out->src[2];
+	int64_t D = d->D, Dp = d->Dp, BQ = d->BQ, BK = d->BK, BKp = d->BKp, BQp = d->BQp;
+	int64_t kt = task % d->nkt, bh = task / d->nkt;
+	int64_t b = bh / d->Hkv, hk = bh % d->Hkv;
+	int64_t j0 = kt * BK, nc = d->Tk - j0 < BK ? d->Tk - j0 : BK, ncp = UP(nc, NR);
+	int64_t ncr = UP(nc, MR);
+	float *Q = w, *dO = Q + BQp * Dp, *KT = dO + 2 * BQp * Dp, *VT = KT + BKp * Dp;
+	float *dK = VT + BKp * Dp, *dV = dK + BKp * Dp, *S = dV + BKp * Dp, *dP = S + BQp * BKp;
+	float *lse = dP + BQp * BKp, *Dv = lse + BQp;
+	load_rows_t(k, b, hk, j0, nc, ncp, D, BKp, KT);
+	load_rows_t(v, b, hk, j0, nc, ncp, D, BKp, VT);
+	zero_rows(dK, ncr, Dp, Dp);
+	zero_rows(dV, ncr, Dp, Dp);
+	bool any = false;
+	for (int64_t h = hk * d->G; h < (hk + 1) * d->G; h++) {
+		float slope = d->alibi ? alibi_slope(d->Hq, h) : 0.0f;
+		for (int64_t qt = 0; qt < d->nqt; qt++) {
+			int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, klo, khi;
+			const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
+			tile_keys(rg, nr, &klo, &khi);
+			if (khi <= j0 || klo >= j0 + nc)
+				continue;
+			any = true;
+			load_query_side(j, b, h, r0, nr, Q, dO, lse, Dv);
+			tile_ds(d, Q, dO, KT, VT, lse, Dv, nr, nc, j0, rg, slope, S, dP);
+			mm(ncr, Dp, nr, S, 1, BKp, dO, Dp, dV, Dp);     /* dV += P^T dO */
+			mm(ncr, Dp, nr, dP, 1, BKp, Q, Dp, dK, Dp);     /* dK += dS^T Q */
+		}
+	}
+	if (!any)
+		return;
+	if (k->grad)
+		add_rows(k->grad, b, hk, j0, nc, D, dK, Dp, d->scale);
+	if (v->grad)
+		add_rows(v->grad, b, hk, j0, nc, D, dV, Dp, 1.0f);
+}
+
+/* dQ of one (b, h, query tile), on transposed scores as the forward:
+ * St = K Q^T, dPt = V dO^T, dSt = Pt o (dPt - D), dQ += dS K. */
+static void task_dq(const struct attn_job *j, float *w, int64_t task)
+{
+	const struct dims *d = &j->d;
+	const struct fw_tensor *out = j->out, *q = out->src[0], *k = out->src[1], *v = out->src[2];
+	int64_t D = d->D, Dp = d->Dp, BQ = d->BQ, BK = d->BK, BKp = d->BKp, BQp = d->BQp;
+	int64_t qt = d->nqt - 1 - task % d->nqt, bh = task / d->nqt;
+	int64_t b = bh / d->Hq, h = bh % d->Hq, hk = h / d->G;
+	int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, nrq = UP(nr, NR), klo, khi;
+	float *QT = w, *dOT = QT + Dp * BQp, *dQ = dOT + Dp * BQp, *K = dQ + BQp * Dp;
+	float *V = K + BKp * Dp, *St = V + BKp * Dp, *dPt = St + BKp * BQp, *Ls = dPt + BKp * BQp;
+	float *Dv = Ls + BQp;
+	int32_t *lo = (int32_t *)(Dv + BQp), *hi = lo + BQp, *qp = hi + BQp;
+	const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
+	float slope = d->alibi ? alibi_slope(d->Hq, h) : 0.0f;
+	tile_keys(rg, nr, &klo, &khi);
+	if (khi <= klo)
+		return;
+	row_info(rg, nr, nrq, lo, hi, qp);
+	const float *o = fw_f32(out), *go = fw_f32(out->grad);
+	const float *ls = o + d->B * d->Tq * d->Hq * D + (b * d->Hq + h) * d->Tq + r0;
+	int64_t at0 = ((b * d->Tq + r0) * d->Hq + h) * D, rs = d->Hq * D;
+	load_rows_t(q, b, h, r0, nr, nrq, D, BQp, QT);
+	gather_t(go + at0, rs, 1, nr, nrq, D, BQp, dOT);
+	for (int64_t r = 0; r < nrq; r++) {
+		float acc = 0.0f;
+		for (int64_t e = 0; r < nr && e < D; e++)
+			acc += go[at0 + r * rs + e] * o[at0 + r * rs + e];
+		Dv[r] = acc;
+		Ls[r] = r < nr && ls[r] != -INFINITY ? ls[r] : INFINITY;     /* P = 0 */
+	}
+	zero_rows(dQ, nrq, Dp, Dp);
+	for (int64_t j0 = klo - klo % BK; j0 < khi; j0 += BK) {
+		int64_t nc = d->Tk - j0 < BK ? d->Tk - j0 : BK, ncr = UP(nc, MR);
+		load_rows(k, b, hk, j0, nc, ncr, D, Dp, K);
+		load_rows(v, b, hk, j0, nc, ncr, D, Dp, V);
+		scores_t(d, K, QT, nc, nrq, j0, lo, hi, qp, slope, St);
+		zero_rows(dPt, ncr, nrq, BQp);
+		mm(ncr, nrq, D, V, Dp, 1, dOT, BQp, dPt, BQp);          /* dPt = V dO^T */
+		for (int64_t c = 0; c < ncr; c++)
+			for (int64_t r = 0; r < nrq; r += 8) {
+				v8 p = fexp8(ld8(St + c * BQp + r) - ld8(Ls + r));
+				float *dp = dPt + c * BQp + r;
+				st8(dp, p * (ld8(dp) - ld8(Dv + r)));
+			}
+		mm(nrq, Dp, nc, dPt, 1, BQp, K, Dp, dQ, Dp);            /* dQ += dS K */
+	}
+	add_rows(q->grad, b, h, r0, nr, D, dQ, Dp, d->scale);
+}
+
+static void attn_worker(void *arg, int64_t s0, int64_t s1)
+{
+	struct attn_job *j = arg;
+	for (int64_t s = s0; s < s1; s++) {
+		float *w = j->ws + (size_t)s * j->slot;
+		int64_t t;
+		while ((t = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < j->n_tasks) {
+			if (j->pass == PASS_FWD)
+				task_forward(j, w, t);
+			else if (j->pass == PASS_DKV)
+				task_dkv(j, w, t);
+			else
+				task_dq(j, w, t);
+		}
+	}
+}
+
+static void attn_run(struct fw_tensor *out, const struct fw_exec *ex, int pass)
+{
+	struct attn_job j = { .out = out, .d = dims_of(out), .ws = ex->ws, .pass = pass };
+	j.slot = slot_floats(&j.d);
+	int64_t slots = (int64_t)(ex->ws_size / (j.slot * sizeof(float)));
+	FW_ASSERT(slots >= 1 && ex->ws);       /* the planner always asks workspace() */
+	j.n_tasks = pass == PASS_DKV ? j.d.B * j.d.Hkv * j.d.nkt : j.d.B * j.d.Hq * j.d.nqt;
+	if (slots > j.n_tasks)
+		slots = j.n_tasks;
+	g_host->parallel_for(slots, attn_worker, &j);
+}
+
+static void attn_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	attn_run(out, ex, PASS_FWD);
+}
+
+static void attn_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	if (out->src[1]->grad || out->src[2]->grad)
+		attn_run(out, ex, PASS_DKV);
+	if (out->src[0]->grad)
+		attn_run(out, ex, PASS_DQ);
+}
+
+static const struct fw_op_i attn_op = {
+	.size = sizeof(struct fw_op_i),
+	.name = "flash.attn",
+	.flags = FW_OPF_STRIDED,
+	.infer = attn_infer,
+	.forward = attn_forward,
+	.backward = attn_backward,
+	.workspace = attn_workspace,
+};
+
+/* --- out: O as (B, Tq, Hq, D), a view of the fused buffer ------------------------------- */
+
+static enum fw_status out_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *f = out->src[0];
+	int64_t n = 1;
+	out->dtype = FW_F32;
+	out->ndim = 4;
+	for (int i = 3; i >= 0; i--) {
+		out->ne[i] = out->params[i].i;
+		out->nb[i] = n;
+		n *= out->ne[i];
+	}
+	if (f->ndim != 1 || f->dtype != FW_F32 || n > f->ne[0] || n <= 0)
+		return fw_errorf(err, FW_ERR_SHAPE, "flash.out: not a flash.attn buffer");
+	out->view_offset = 0;
+	return FW_OK;
+}
+
+static void out_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	out->data = out->src[0]->data;
+}
+
+static void out_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct fw_tensor *f = out->src[0];
+	if (!f->grad)
+		return;
+	float *dst = fw_f32(f->grad);
+	const float *g = fw_f32(out->grad);
+	int64_t n = fw_nelem(out);
+	for (int64_t i = 0; i < n; i++)
+		dst[i] += g[i];
+}
+
+static uint32_t out_saved(const struct fw_tensor *out)
+{
+	return 0;
+}
+
+static const struct fw_op_i out_op = {
+	.size = sizeof(struct fw_op_i),
+	.name = "flash.out",
+	.flags = FW_OPF_VIEW,
+	.infer = out_infer,
+	.forward = out_forward,
+	.backward = out_backward,
+	.saved = out_saved,
+};
+
+/* --- attend ------------------------------------------------------------------------------ */
+
+#define SPEC_HAS(spec, member) \
+	((spec)->size >= offsetof(struct fw_attn_spec, member) + sizeof((spec)->member))
+
+static struct fw_tensor *cached(struct flash *s, struct fw_model *m,
+				const struct fw_attn_spec *spec, struct fw_tensor **slot,
+				struct fw_tensor *x, const char *what)
+{
+	const struct fw_host *h = s->host;
+	if (!*slot) {
+		char name[FW_NAME_MAX];
+		int64_t shape[4] = { x->ne[0], spec->cache->max_len, x->ne[2], x->ne[3] };
+		snprintf(name, sizeof(name), "kv_cache.%s.%s", spec->name, what);
+		*slot = h->input(m->ctx, name, FW_F32, 4, shape);
+	}
+	struct fw_tensor *src[3] = { *slot, x, spec->cache->len };
+	return *slot ? h->op(m->ctx, g_kv_write_op, src, 3, NULL, 0) : NULL;
+}
+
+static struct fw_tensor *rope(struct flash *s, struct fw_model *m,
+			      const struct fw_attn_spec *spec, struct fw_tensor *x)
+{
+	union fw_param p[8] = { { .i = spec->rope_dim ? spec->rope_dim : spec->head_dim },
+				{ .i = spec->rope_interleaved },
+				{ .f = spec->rope_base > 0 ? spec->rope_base : 10000.0f } };
+	if (SPEC_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0) {
+		p[3].f = spec->rope_scale_factor;
+		p[4].f = spec->rope_scale_low_freq;
+		p[5].f = spec->rope_scale_high_freq;
+		p[6].f = (float)spec->rope_scale_orig_max_pos;
+	}
+	struct fw_tensor *src[2] = { x, NULL };
+	int n = 1;
+	p[7].i = ROPE_ARANGE;
+	if (spec->cache) {
+		src[n++] = spec->cache->len;
+		p[7].i = ROPE_OFFSET;
+	} else if (m->positions) {
+		src[n++] = m->positions;
+		p[7].i = ROPE_POSITIONS;
+	}
+	return s->host->op(m->ctx, g_rope_op, src, n, p, 8);
+}
+
+/* The spec's rules and what flash does not do, each one line naming the
+ * layer; FW_ERR_INVALID, so fwrun exits 2 (shape mismatches: FW_ERR_SHAPE). */
+static enum fw_status check_spec(const struct fw_host *h, const struct fw_model *m,
+				 const struct fw_attn_spec *spec, const struct fw_tensor *q,
+				 const struct fw_tensor *k, const struct fw_tensor *v,
+				 struct fw_err *err)
+{
+	const char *n = spec->name;
+	if (spec->n_head <= 0 || spec->n_kv_head <= 0 || spec->n_head % spec->n_kv_head)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/flash: %s: %d query heads are not a multiple of %d KV "
+				 "heads", n, spec->n_head, spec->n_kv_head);
+	if (!q || !k || !v || q->ndim != 4 || k->ndim != 4 || v->ndim != 4 ||
+	    q->ne[2] != spec->n_head || k->ne[2] != spec->n_kv_head ||
+	    q->ne[3] != spec->head_dim || k->ne[3] != q->ne[3] || v->ne[2] != k->ne[2] ||
+	    v->ne[3] != k->ne[3] || v->ne[1] != k->ne[1] || k->ne[0] != q->ne[0])
+		return h->errorf(err, FW_ERR_SHAPE,
+				 "attention/flash: %s: q must be (B, T, %d, %d) and k, v (B, T, %d, %d)",
+				 n, spec->n_head, spec->head_dim, spec->n_kv_head, spec->head_dim);
+	if (q->dtype != FW_F32 || k->dtype != FW_F32 || v->dtype != FW_F32)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/flash: %s: q, k, v in %s: only f32 is supported", n,
+				 fw_dtype_name(q->dtype != FW_F32 ? q->dtype : k->dtype != FW_F32 ?
+					       k->dtype : v->dtype));
+	if (spec->pos == FW_POS_ROPE) {
+		int r = spec->rope_dim ? spec->rope_dim : spec->head_dim;
+		if (r < 0 || r % 2 || r > spec->head_dim || r / 2 > ROPE_MAX_PAIRS)
+			return h->errorf(err, FW_ERR_INVALID,
+					 "attention/flash: %s: rotary dim %d must be even, positive and "
+					 "at most the head dim %d", n, r, spec->head_dim);
+		if (!(spec->rope_base >= 0) || isinf(spec->rope_base))
+			return h->errorf(err, FW_ERR_INVALID, "attention/flash: %s: rope base %g",
+					 n, (double)spec->rope_base);
+		if (!spec->cache && k->ne[1] != q->ne[1])
+			return h->errorf(err, FW_ERR_INVALID,
+					 "attention/flash: %s: RoPE needs as many keys as queries (%lld "
+					 "vs %lld): prepended keys are not supported", n,
+					 (long long)k->ne[1], (long long)q->ne[1]);
+		if (SPEC_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0 &&
+		    (spec->rope_scale_factor < 1 || spec->rope_scale_orig_max_pos <= 0 ||
+		     !(spec->rope_scale_low_freq > 0) ||
+		     !(spec->rope_scale_high_freq > spec->rope_scale_low_freq)))
+			return h->errorf(err, FW_ERR_INVALID,
+					 "attention/flash: %s: llama3 rope scaling needs factor >= 1, "
+					 "0 < low_freq_factor < high_freq_factor and original max "
+					 "positions > 0", n);
+	}
+	if (spec->pos == FW_POS_RELATIVE)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/flash: %s: a relative position bias (a dense (H, T, T) "
+				 "pos_bias, T5) is not supported; use attention/mha", n);
+	if (spec->pos < FW_POS_NONE || spec->pos > FW_POS_RELATIVE)
+		return h->errorf(err, FW_ERR_INVALID, "attention/flash: %s: unknown position kind %d",
+				 n, (int)spec->pos);
+	if (spec->mask < FW_MASK_CAUSAL || spec->mask > FW_MASK_CROSS)
+		return h->errorf(err, FW_ERR_INVALID, "attention/flash: %s: unknown mask kind %d",
+				 n, (int)spec->mask);
+	if (spec->dropout > 0.0f && m->training)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/flash: %s: attention dropout %g is not supported (set "
+				 "dropout to 0, or use attention/mha)", n, (double)spec->dropout);
+	if (spec->bias && spec->cache)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/flash: %s: a sequence mask while generating with a cache "
+				 "is not supported", n);
+	if (spec->bias && k->ne[1] != q->ne[1])
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/flash: %s: a sequence mask with %lld keys for %lld "
+				 "queries (prepended keys) is not supported", n,
+				 (long long)k->ne[1], (long long)q->ne[1]);
+	if (spec->bias && (spec->bias->ndim != 4 || spec->bias->dtype != FW_F32 ||
+			   spec->bias->ne[0] != q->ne[0] || spec->bias->ne[1] != 1 ||
+			   spec->bias->ne[2] != q->ne[1] || spec->bias->ne[3] != q->ne[1]))
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/flash: %s: the sequence mask must be the host's f32 (B, "
+				 "1, T, T) segment mask; per-head or other shapes are not supported", n);
+	if (m->positions && (m->positions->dtype != FW_I32 || m->positions->ndim != 2 ||
+			     m->positions->ne[0] != q->ne[0] || m->positions->ne[1] != q->ne[1]))
+		return h->errorf(err, FW_ERR_SHAPE,
+				 "attention/flash: %s: positions must be i32 (B, T) of q", n);
+	if (k->ne[1] > INT32_MAX / 2 || (spec->cache && spec->cache->max_len > INT32_MAX / 2))
+		return h->errorf(err, FW_ERR_INVALID, "attention/flash: %s: too many keys", n);
+	return FW_OK;
+}
+
+static struct fw_tensor *flash_attend(void *state, struct fw_model *m,
+				      const struct fw_attn_spec *spec, struct fw_tensor *q,
+				      struct fw_tensor *k, struct fw_tensor *v, struct fw_err *err)
+{
+	struct flash *s = state;
+	const struct fw_host *h = s->host;
+	struct fw_ctx *ctx = m->ctx;
+
+	if (check_spec(h, m, spec, q, k, v, err) != FW_OK)
+		return NULL;
+	int64_t B = q->ne[0], Tq = q->ne[1], Hq = spec->n_head, D = spec->head_dim;
+	if (spec->pos == FW_POS_ROPE) {
+		q = rope(s, m, spec, q);
+		k = rope(s, m, spec, k);
+	}
+	bool causal = spec->mask == FW_MASK_CAUSAL;
+	if (spec->cache) {      /* generating: keys [0, len + Tq) of the cache */
+		k = cached(s, m, spec, &spec->cache->k, k, "k");
+		v = cached(s, m, spec, &spec->cache->v, v, "v");
+	}
+	float scale = spec->scale > 0 ? spec->scale : 1.0f / sqrtf((float)D);
+	struct fw_tensor *rsrc[4] = { q };
+	int nr = 1, flags = 0;
+	bool use_pos = spec->bias && m->positions && !spec->cache;
+	if (use_pos) {
+		rsrc[nr++] = m->positions;
+		flags |= RG_POS;
+	}
+	if (spec->bias) {
+		rsrc[nr++] = spec->bias;
+		flags |= RG_BIAS;
+	}
+	if (spec->cache) {
+		rsrc[nr++] = spec->cache->len;
+		flags |= RG_LEN;
+	}
+	int64_t Tk = k ? k->ne[1] : 0;
+	union fw_param rp[3] = { { .i = flags }, { .i = causal }, { .i = (int32_t)Tk } };
+	struct fw_tensor *rg = q && k ? h->op(ctx, g_ranges_op, rsrc, nr, rp, 3) : NULL;
+	union fw_param ap[4] = { { .f = scale }, { .i = spec->pos == FW_POS_ALIBI },
+				 { .i = s->bq }, { .i = s->bk } };
+	struct fw_tensor *asrc[4] = { q, k, v, rg };
+	struct fw_tensor *f = rg ? h->op(ctx, g_attn_op, asrc, 4, ap, 4) : NULL;
+	union fw_param op[4] = { { .i = (int32_t)B }, { .i = (int32_t)Tq }, { .i = (int32_t)Hq },
+				 { .i = (int32_t)D } };
+	struct fw_tensor *y = f ? h->op(ctx, g_out_op, &f, 1, op, 4) : NULL;
+	if (!y) {
+		struct fw_err *e = h->ctx_err(ctx);
+		return h->errorf(err, e->status ? e->status : FW_ERR_INTERNAL,
+				 "attention/flash: %s: %s", spec->name, e->msg), NULL;
+	}
+	return y;
+}
+
+static int register_once(const struct fw_host *host, const struct fw_op_i *op, int *id,
+			 struct fw_err *err)
+{
+	if (*id < 0)
+		*id = host->op_register(op, err);
+	return *id;
+}
+
+static enum fw_status flash_init(const struct fw_host *host, const struct fw_options *o,
+				 void **state, struct fw_err *err)
+{
+	g_host = host;
+	if (register_once(host, &kv_write_op, &g_kv_write_op, err) < 0 ||
+	    register_once(host, &rope_op, &g_rope_op, err) < 0 ||
+	    register_once(host, &ranges_op, &g_ranges_op, err) < 0 ||
+	    register_once(host, &attn_op, &g_attn_op, err) < 0 ||
+	    register_once(host, &out_op, &g_out_op, err) < 0)
+		return err->status;
+	struct flash *s = host->malloc(sizeof(*s));
+	if (!s)
+		return host->errorf(err, FW_ERR_NOMEM, "attention/flash: out of memory");
+	*s = (struct flash){ .host = host, .bq = 64, .bk = 64 };
+	if (o) {
+		s->bq = (int)fw_opt_int(o, "flash-block-q");
+		s->bk = (int)fw_opt_int(o, "flash-block-k");
+	}
+	*state = s;
+	return FW_OK;
+}
+
+static void flash_fini(void *state)
+{
+	struct flash *s = state;
+	if (s)
+		s->host->free(s);
+}
+
+static const struct fw_option_def options[] = {
+	{ "flash-block-q", FW_OPT_INT, "64", 1, 1024, NULL,
+	  "query rows per tile (a task of the thread pool)" },
+	{ "flash-block-k", FW_OPT_INT, "64", 1, 1024, NULL,
+	  "keys per tile of the online softmax" },
+};
+
+static const struct fw_attention_i iface = {
+	.size = sizeof(struct fw_attention_i),
+	.attend = flash_attend,
+};
+
+static const struct fw_plugin plugin = {
+	FW_PLUGIN_HEADER,
+	.kind = FW_KIND_ATTENTION,
+	.name = "attention/flash",
+	.version = "1.0.0",
+	.description = "fused flash attention (FlashAttention-2 tiles, online softmax, O(T) "
+		       "memory): MHA/GQA/MQA, RoPE, ALiBi, segment masks, KV cache",
+	.options = options,
+	.n_options = 2,
+	.iface = &iface,
+	.init = flash_init,
+	.fini = flash_fini,
+};
+
+FW_PLUGIN_EXPORT const struct fw_plugin *fw_plugin_entry(void)
+{
+	return &plugin;
+}
