@@ -718,9 +718,10 @@ static struct fw_tensor *rope(struct sparse *s, struct fw_model *m,
 	return s->host->op(m->ctx, s->rope_op, src, n, p, 8);
 }
 
-/* The spec's rules and the pattern's, each one line naming the layer (exit 2
- * in fwrun). Tk: the keys a query row may reach (the cache's length while
- * generating). */
+/* The spec's rules and the pattern's, each one line naming the layer. The
+ * combinations this plugin does not support are FW_ERR_INVALID too, not
+ * FW_ERR_UNSUPPORTED: they are the user's configuration, and fwrun exits 2
+ * (usage) only for FW_ERR_INVALID. */
 static enum fw_status check_spec(const struct sparse *s, const struct fw_model *m,
 				 const struct fw_attn_spec *spec, const struct fw_tensor *q,
 				 const struct fw_tensor *k, struct fw_err *err)
@@ -737,7 +738,7 @@ static enum fw_status check_spec(const struct sparse *s, const struct fw_model *
 				 "attention/sparse: %s: q must be (B, T, %d, %d) and k, v (B, T, %d, %d)",
 				 n, spec->n_head, spec->head_dim, spec->n_kv_head, spec->head_dim);
 	if (spec->head_dim > SPARSE_MAX_D)
-		return h->errorf(err, FW_ERR_UNSUPPORTED,
+		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/sparse: %s: head dim %d is above the kernel's %d", n,
 				 spec->head_dim, SPARSE_MAX_D);
 	if (spec->pos == FW_POS_ROPE) {
@@ -750,7 +751,7 @@ static enum fw_status check_spec(const struct sparse *s, const struct fw_model *
 			return h->errorf(err, FW_ERR_INVALID, "attention/sparse: %s: rope base %g",
 					 n, (double)spec->rope_base);
 		if (!spec->cache && k->ne[1] != q->ne[1])
-			return h->errorf(err, FW_ERR_UNSUPPORTED,
+			return h->errorf(err, FW_ERR_INVALID,
 					 "attention/sparse: %s: RoPE needs as many keys as queries (%lld "
 					 "vs %lld): prepended keys are not supported", n,
 					 (long long)k->ne[1], (long long)q->ne[1]);
@@ -764,7 +765,7 @@ static enum fw_status check_spec(const struct sparse *s, const struct fw_model *
 					 "positions > 0", n);
 	}
 	if (spec->pos == FW_POS_RELATIVE)
-		return h->errorf(err, FW_ERR_UNSUPPORTED,
+		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/sparse: %s: a relative position bias (pos_bias) is not "
 				 "supported: use attention/mha", n);
 	if (spec->pos < FW_POS_NONE || spec->pos > FW_POS_RELATIVE)
@@ -772,22 +773,22 @@ static enum fw_status check_spec(const struct sparse *s, const struct fw_model *
 				 n, (int)spec->pos);
 	if (spec->mask == FW_MASK_CROSS || (spec->mask != FW_MASK_CAUSAL &&
 					    spec->mask != FW_MASK_BIDIRECTIONAL))
-		return h->errorf(err, FW_ERR_UNSUPPORTED,
+		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/sparse: %s: cross-attention is not supported (a sparse "
 				 "pattern needs queries and keys of one sequence)", n);
 	if (spec->cache && spec->mask != FW_MASK_CAUSAL)
-		return h->errorf(err, FW_ERR_UNSUPPORTED,
+		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/sparse: %s: generating with a cache needs causal attention", n);
 	if (spec->bias && spec->cache)
-		return h->errorf(err, FW_ERR_UNSUPPORTED,
+		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/sparse: %s: a sequence mask while generating with a cache "
 				 "is not supported", n);
 	if (spec->dropout > 0.0f && m->training)
-		return h->errorf(err, FW_ERR_UNSUPPORTED,
+		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/sparse: %s: dropout on the attention probabilities (%g) "
 				 "is not supported: set it to 0", n, (double)spec->dropout);
 	if (FW_HAS(m, positions) && m->positions && !spec->cache && k->ne[1] != q->ne[1])
-		return h->errorf(err, FW_ERR_UNSUPPORTED,
+		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/sparse: %s: packed rows (positions) need as many keys as "
 				 "queries (%lld vs %lld)", n, (long long)k->ne[1], (long long)q->ne[1]);
 	int64_t Tk = spec->cache ? spec->cache->max_len : k->ne[1];
