@@ -11,6 +11,7 @@
  *    any mask;
  *  - decoding with the KV cache, one token at a time, equals the full causal
  *    forward row by row, for every pattern;
+ *  - 1 and 2 threads give the same values, bit for bit;
  *  - refusals: one line naming the layer or the option.
  * tests/sparse_parity.py checks the same patterns through fwrun against torch.
  */
@@ -301,6 +302,23 @@ START_TEST(test_attend_grad)
 	struct fwt_gc_opts o = { .seed = (uint64_t)_i + 1 };
 	int r = fwt_gradcheck_ex(c->name, a->packed ? 5 : 3, in, b_sparse, &cl, &o);
 	ck_assert_msg(r == 0, "%s: gradient check failed (%d elements)", c->name, r);
+}
+END_TEST
+
+/* The kernels split rows (forward) and KV heads (backward) across threads,
+ * each output and gradient element written by one: the same values with 1
+ * and 2 threads, bit for bit. */
+START_TEST(test_threads)
+{
+	const struct ccase *c = &cases[0];
+	const struct acfg *a = &c->a;
+	struct call cl = { open_sparse(&a->p), a, NULL };
+	struct fwt_input in[3] = {
+		{ .name = "q", .ndim = 4, .ne = { 2, 40, a->hq, a->d }, .grad = true },
+		{ .name = "k", .ndim = 4, .ne = { 2, 40, a->hkv, a->d }, .grad = true },
+		{ .name = "v", .ndim = 4, .ne = { 2, 40, a->hkv, a->d }, .grad = true },
+	};
+	ck_assert_int_eq(fwt_threadcheck(c->name, 3, in, b_sparse, &cl, 2, 0.0), 0);
 }
 END_TEST
 
@@ -611,6 +629,7 @@ int main(void)
 	Suite *s = suite_create("sparse");
 	TCase *gc = fwt_tcase("gradcheck", 600);
 	tcase_add_loop_test(gc, test_attend_grad, 0, NCASES);
+	tcase_add_test(gc, test_threads);
 	suite_add_tcase(s, gc);
 	TCase *ref = fwt_tcase("reference", 300);
 	tcase_add_loop_test(ref, test_equals_mha_masked, 0, NCASES);

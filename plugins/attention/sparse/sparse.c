@@ -466,16 +466,37 @@ struct row {
 	float *dq;                    /* (D), accumulated */
 };
 
-static float dot(const float *a, const float *b, int64_t n)
+/* 8 floats: GCC and Clang vector extensions, unaligned loads through memcpy. */
+typedef float v8f __attribute__((vector_size(32)));
+
+static inline v8f ld8(const float *p)
 {
-	float p[8] = { 0 };
+	v8f v;
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static inline float dot(const float *a, const float *b, int64_t n)
+{
+	v8f s0 = { 0 }, s1 = { 0 };
 	int64_t d = 0;
+	for (; d + 16 <= n; d += 16) {
+		s0 += ld8(a + d) * ld8(b + d);
+		s1 += ld8(a + d + 8) * ld8(b + d + 8);
+	}
 	for (; d + 8 <= n; d += 8)
-		for (int u = 0; u < 8; u++)
-			p[u] += a[d + u] * b[d + u];
+		s0 += ld8(a + d) * ld8(b + d);
+	s0 += s1;
+	float r = ((s0[0] + s0[1]) + (s0[2] + s0[3])) + ((s0[4] + s0[5]) + (s0[6] + s0[7]));
 	for (; d < n; d++)
-		p[0] += a[d] * b[d];
-	return ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+		r += a[d] * b[d];
+	return r;
+}
+
+static inline void axpy(float *y, float a, const float *x, int64_t n)
+{
+	for (int64_t d = 0; d < n; d++)
+		y[d] += a * x[d];
 }
 
 static inline float score(const struct row *r, int64_t j)
@@ -488,28 +509,38 @@ static inline float score(const struct row *r, int64_t j)
 	return sc;
 }
 
+/* Keys are scored CHUNK at a time; the running max moves once a chunk. */
+#define CHUNK 32
+
 static void fwd_visit(void *arg, int64_t a, int64_t b)
 {
 	struct row *r = arg;
 	int64_t D = r->D;
-	for (int64_t j = a + r->shift; j < b + r->shift; j++) {
-		float sc = score(r, j);
-		if (!(sc > -INFINITY))
-			continue;                 /* masked by the bias */
-		if (sc > r->m) {
-			float corr = expf(r->m - sc);
+	float sc[CHUNK];
+	for (int64_t j0 = a + r->shift, end = b + r->shift; j0 < end; j0 += CHUNK) {
+		int n = end - j0 < CHUNK ? (int)(end - j0) : CHUNK;
+		float mx = -INFINITY;
+		for (int t = 0; t < n; t++) {
+			sc[t] = score(r, j0 + t);
+			mx = sc[t] > mx ? sc[t] : mx;
+		}
+		if (!(mx > -INFINITY))
+			continue;                 /* all masked by the bias */
+		if (mx > r->m) {
+			float corr = expf(r->m - mx);
 			r->l *= corr;
 			if (r->acc)
 				for (int64_t d = 0; d < D; d++)
 					r->acc[d] *= corr;
-			r->m = sc;
+			r->m = mx;
 		}
-		float p = expf(sc - r->m);
-		r->l += p;
-		if (r->acc) {
-			const float *vj = r->v + j * r->rs;
-			for (int64_t d = 0; d < D; d++)
-				r->acc[d] += p * vj[d];
+		for (int t = 0; t < n; t++) {
+			if (!(sc[t] > -INFINITY))
+				continue;
+			float p = expf(sc[t] - r->m);
+			r->l += p;
+			if (r->acc)
+				axpy(r->acc, p, r->v + (j0 + t) * r->rs, D);
 		}
 	}
 }
@@ -525,18 +556,11 @@ static void bwd_visit(void *arg, int64_t a, int64_t b)
 		float p = expf(sc - r->lse);
 		const float *kj = r->k + j * r->rs, *vj = r->v + j * r->rs;
 		float ds = p * (dot(r->dout, vj, D) - r->dsum) * r->scale;
-		for (int64_t d = 0; d < D; d++)
-			r->dq[d] += ds * kj[d];
-		if (r->dk) {
-			float *g = r->dk + j * r->rs;
-			for (int64_t d = 0; d < D; d++)
-				g[d] += ds * r->q[d];
-		}
-		if (r->dv) {
-			float *g = r->dv + j * r->rs;
-			for (int64_t d = 0; d < D; d++)
-				g[d] += p * r->dout[d];
-		}
+		axpy(r->dq, ds, kj, D);
+		if (r->dk)
+			axpy(r->dk + j * r->rs, ds, r->q, D);
+		if (r->dv)
+			axpy(r->dv + j * r->rs, p, r->dout, D);
 	}
 }
 
@@ -605,13 +629,14 @@ static void attn_fwd_rows(void *arg, int64_t r0, int64_t r1)
 	int layer = out->params[5].i;
 	float acc[SPARSE_MAX_D];
 	for (int64_t rr = r0; rr < r1; rr++) {
-		int64_t h = rr % Hq, i = (rr / Hq) % Tq, b = rr / (Hq * Tq), n;
+		/* rows in (b, h, i) order: neighbours share most of their keys */
+		int64_t i = rr % Tq, h = (rr / Tq) % Hq, b = rr / (Hq * Tq), n;
 		struct row r;
 		int64_t pos = row_init(&r, out, b, i, h, false, &n);
 		memset(acc, 0, sizeof(float) * (size_t)D);
 		r.acc = acc;
 		visit_row(r.s, pos, n, causal, layer, h, fwd_visit, &r);
-		float *y = fw_f32(out) + rr * D;
+		float *y = fw_f32(out) + ((b * Tq + i) * Hq + h) * D;
 		float inv = r.l > 0 ? 1.0f / r.l : 0.0f;     /* no visible key: zeros, as mha */
 		for (int64_t d = 0; d < D; d++)
 			y[d] = acc[d] * inv;
