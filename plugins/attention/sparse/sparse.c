@@ -1,0 +1,1024 @@
+/* attention/sparse - block-sparse attention: sliding window with global
+ * tokens (Longformer/Mistral), Sparse Transformer's strided and fixed
+ * factorised patterns (Child et al. 2019), and BigBird (window + global +
+ * seeded random blocks).
+ *
+ * Every pattern is a function of (query position i, key position j) that the
+ * kernel never evaluates densely: for each query row, visit_row() lists the
+ * key intervals [a, b) the pattern allows, and only those keys are scored.
+ * Work and memory are O(T * keys per row); no (T, T) mask or score matrix
+ * exists. One fused op, sparse.attn, computes
+ *     y_i = sum_j softmax_j(scale q_i.k_j - alibi + bias_ij) v_j
+ * over the listed keys with an online softmax (running max and sum, as
+ * FlashAttention); the backward recomputes each row's scores twice (once
+ * for the log-sum-exp, once for the gradients) and keeps nothing but the
+ * output: extra memory O(D) a thread.
+ *
+ * Positions: with m->positions (SFT rows) each row's pattern is evaluated in
+ * its own example's coordinates (position p = positions[b, i], example start
+ * i - p), so a packed row gives what each example gives alone; the host's
+ * bias (B, 1, T, T) is read only at the pairs computed. RoPE and the KV
+ * cache write are copies of attention/mha's ops (mha.rope, mha.kv_write),
+ * renamed sparse.rope and sparse.kv_write; ALiBi uses mha's slopes and
+ * alignment inside the kernel.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fw/plugin.h"
+
+#define SPARSE_MAX_D 1024          /* head dim: per-thread row buffers live on the stack */
+#define SPARSE_MAX_GLOBAL 4096     /* listed global positions */
+#define SPARSE_MAX_RANDOM 64
+
+enum pattern { PAT_WINDOW = 0, PAT_STRIDED, PAT_FIXED, PAT_BIGBIRD };
+static const char *const pattern_names[] = { "window", "strided", "fixed", "bigbird", NULL };
+
+struct sparse {
+	const struct fw_host *host;
+	int attn_op, rope_op, kv_write_op;
+	enum pattern pat;
+	int64_t window;            /* window: keys per side, the query included */
+	int64_t stride;            /* strided and fixed: l */
+	int64_t summary;           /* fixed: c summary columns of each block */
+	int64_t block;             /* bigbird: block size */
+	int64_t n_random;          /* bigbird: random key blocks per query block */
+	int64_t global_blocks;     /* bigbird: the first g blocks are global */
+	uint64_t seed;             /* bigbird: random blocks */
+	int64_t n_global;          /* window: sorted, distinct global positions */
+	int64_t *global;
+};
+
+/* Kernels run without state; the host table of the process (one fw). */
+static const struct fw_host *g_host;
+
+/* --- patterns ------------------------------------------------------------------------
+ *
+ * visit_row lists, in increasing order and disjoint, the key intervals
+ * [a, b) that query position i may attend, 0 <= a < b <= n (n: keys of the
+ * example, or of the row). Causal: every key is <= i. h is the query head,
+ * layer the spec's layer (BigBird's random blocks depend on both). */
+typedef void (*visit_fn)(void *arg, int64_t a, int64_t b);
+
+static bool is_global(const struct sparse *s, int64_t i)
+{
+	int64_t lo = 0, hi = s->n_global;
+	while (lo < hi) {
+		int64_t mid = (lo + hi) / 2;
+		if (s->global[mid] < i)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < s->n_global && s->global[lo] == i;
+}
+
+static uint64_t splitmix64(uint64_t x)
+{
+	uint64_t z = x + 0x9E3779B97F4A7C15ull;
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	return z ^ (z >> 31);
+}
+
+/* BigBird's random key blocks of query block qb: r distinct indices of the
+ * nc candidates by Floyd's sampling, each draw u_t = hash(seed, layer, head,
+ * qb, t) mod (j + 1), hash = splitmix64 chained over the values (README). */
+static int bigbird_random(const struct sparse *s, int layer, int64_t h, int64_t qb, int64_t nc,
+			  int64_t *out)
+{
+	int64_t r = s->n_random;
+	if (nc <= r) {
+		for (int64_t t = 0; t < nc; t++)
+			out[t] = t;
+		return (int)nc;
+	}
+	int n = 0;
+	for (int64_t t = 0, j = nc - r; j < nc; t++, j++) {
+		uint64_t x = s->seed;
+		x = splitmix64(x ^ (uint64_t)layer);
+		x = splitmix64(x ^ (uint64_t)h);
+		x = splitmix64(x ^ (uint64_t)qb);
+		x = splitmix64(x ^ (uint64_t)t);
+		int64_t u = (int64_t)(x % (uint64_t)(j + 1));
+		bool seen = false;
+		for (int k = 0; k < n; k++)
+			seen |= out[k] == u;
+		out[n++] = seen ? j : u;
+	}
+	return n;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+	int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+	return (x > y) - (x < y);
+}
+
+static void visit_row(const struct sparse *s, int64_t i, int64_t n, bool causal, int layer,
+		      int64_t h, visit_fn fn, void *arg)
+{
+	int64_t hi = causal ? (i + 1 < n ? i + 1 : n) : n;    /* keys [0, hi) at most */
+	switch (s->pat) {
+	case PAT_WINDOW: {
+		if (s->n_global && is_global(s, i)) {
+			fn(arg, 0, hi);
+			return;
+		}
+		int64_t ws = i - s->window + 1 > 0 ? i - s->window + 1 : 0;
+		int64_t we = causal ? hi : (i + s->window < n ? i + s->window : n);
+		int64_t g = 0;
+		for (; g < s->n_global && s->global[g] < ws && s->global[g] < hi; g++)
+			fn(arg, s->global[g], s->global[g] + 1);
+		if (ws < we)
+			fn(arg, ws, we);
+		for (; g < s->n_global && s->global[g] < hi; g++)
+			if (s->global[g] >= we)
+				fn(arg, s->global[g], s->global[g] + 1);
+		return;
+	}
+	case PAT_STRIDED: {
+		int64_t l = s->stride, ls = i - l > 0 ? i - l : 0;
+		int64_t le = causal ? hi : (i + l + 1 < n ? i + l + 1 : n);
+		for (int64_t j = i % l; j < ls; j += l)
+			fn(arg, j, j + 1);
+		fn(arg, ls, le);
+		if (!causal)
+			for (int64_t j = i + 2 * l; j < n; j += l)
+				fn(arg, j, j + 1);
+		return;
+	}
+	case PAT_FIXED: {
+		int64_t l = s->stride, c = s->summary, bi = i / l, nb = (n + l - 1) / l;
+		for (int64_t k = 0; k < nb && (!causal || k <= bi); k++) {
+			int64_t a = k == bi ? k * l : k * l + l - c;
+			int64_t b = k * l + l < n ? k * l + l : n;
+			if (k == bi && causal)
+				b = hi;
+			if (a < b)
+				fn(arg, a, b);
+		}
+		return;
+	}
+	case PAT_BIGBIRD: {
+		int64_t bs = s->block, qb = i / bs, nb = (n + bs - 1) / bs, g = s->global_blocks;
+		if (qb < g) {
+			fn(arg, 0, hi);
+			return;
+		}
+		int64_t blocks[SPARSE_MAX_RANDOM + 3], cand[SPARSE_MAX_RANDOM], nk = 0;
+		/* the window blocks [wlo, whi]: qb-1, qb, qb+1 (causal: qb-1, qb) that
+		 * are not global; the random candidates are the other blocks >= g
+		 * (causal: below qb-1), numbered in increasing order */
+		int64_t wlo = qb - 1 > g ? qb - 1 : g;
+		int64_t whi = causal ? qb : (qb + 1 < nb - 1 ? qb + 1 : nb - 1);
+		int64_t nc = causal ? wlo - g : nb - g - (whi - wlo + 1);
+		int nr = bigbird_random(s, layer, h, qb, nc, cand);
+		for (int t = 0; t < nr; t++) {
+			int64_t k = g + cand[t];
+			blocks[nk++] = k >= wlo ? k + whi - wlo + 1 : k;
+		}
+		for (int64_t w = wlo; w <= whi; w++)
+			blocks[nk++] = w;
+		qsort(blocks, (size_t)nk, sizeof(blocks[0]), cmp_i64);
+		if (g > 0)
+			fn(arg, 0, g * bs < hi ? g * bs : hi);
+		for (int64_t t = 0; t < nk; t++) {
+			int64_t a = blocks[t] * bs, b = a + bs < hi ? a + bs : hi;
+			if (a < b)
+				fn(arg, a, b);
+		}
+		return;
+	}
+	}
+}
+/* --- kv_write and rope: copies of attention/mha's mha.kv_write and mha.rope ------- */
+
+/* kv_write: src0 cache (B, Tmax, H, D), src1 new (B, Tq, H, D), src2 len i32
+ * [1]. Copies new into cache rows [len, len + Tq) and returns the cache
+ * itself (a view), so readers run after the write. */
+static enum fw_status kv_write_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *c = out->src[0], *x = out->src[1], *len = out->src[2];
+	if (!x || !len || c->ndim != 4 || x->ndim != 4 || c->ne[0] != x->ne[0] ||
+	    c->ne[2] != x->ne[2] || c->ne[3] != x->ne[3] || x->ne[1] > c->ne[1] ||
+	    c->dtype != FW_F32 || x->dtype != FW_F32 || len->dtype != FW_I32)
+		return fw_errorf(err, FW_ERR_SHAPE, "sparse.kv_write: cache and new rows do not fit");
+	out->dtype = FW_F32;
+	out->ndim = 4;
+	for (int i = 0; i < 4; i++) {
+		out->ne[i] = c->ne[i];
+		out->nb[i] = c->nb[i];
+	}
+	out->view_offset = 0;
+	return FW_OK;
+}
+
+static void kv_write_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *c = out->src[0], *x = out->src[1];
+	int64_t pos = *(const int32_t *)out->src[2]->data;
+	int64_t B = c->ne[0], Tmax = c->ne[1], Tq = x->ne[1], row = c->ne[2] * c->ne[3];
+	if (pos < 0 || pos + Tq > Tmax)
+		pos = pos < 0 ? 0 : Tmax - Tq;      /* the host checks; never write outside */
+	for (int64_t b = 0; b < B; b++)
+		memcpy((float *)c->data + (b * Tmax + pos) * row,
+		       (const float *)x->data + b * Tq * row, sizeof(float) * (size_t)(Tq * row));
+	out->data = c->data;
+}
+
+static const struct fw_op_i kv_write_op = {
+	.size = sizeof(struct fw_op_i),
+	.name = "sparse.kv_write",
+	.flags = FW_OPF_VIEW,
+	.infer = kv_write_infer,
+	.forward = kv_write_forward,
+};
+
+/* --- rope --------------------------------------------------------------------------
+ *
+ * mha.rope: src0 x (B, T, H, D), any strides; src1 (by p7 mode) positions
+ * (B, T) i32 (mode 1) or the cache length i32 [1] (mode 2: position len + t);
+ * mode 0: position t. p0.i rotary dim R (even, <= D), p1.i interleaved,
+ * p2.f base, p3.f llama3 factor (0 = none), p4.f low_freq_factor,
+ * p5.f high_freq_factor, p6.f original_max_position_embeddings.
+ * Out (B, T, H, D) contiguous. Pair i (i < R/2) is (i, i + R/2) (NeoX/Llama,
+ * HF rotate_half) or (2i, 2i + 1) (GPT-J), rotated by pos * inv_freq[i] with
+ * inv_freq[i] = base^(-2i/R) (HF's float32 recipe); dims >= R pass through. */
+enum { ROPE_ARANGE = 0, ROPE_POSITIONS, ROPE_OFFSET };
+#define ROPE_MAX_PAIRS 4096
+
+static enum fw_status rope_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *x = out->src[0], *p = out->src[1];
+	int R = out->params[0].i, mode = out->params[7].i;
+	if (x->ndim != 4 || x->dtype != FW_F32)
+		return fw_errorf(err, FW_ERR_SHAPE, "sparse.rope: x must be f32 (B, T, H, D)");
+	if (R <= 0 || R % 2 || R > x->ne[3] || R / 2 > ROPE_MAX_PAIRS)
+		return fw_errorf(err, FW_ERR_INVALID,
+				 "sparse.rope: rotary dim %d must be even, positive and at most the "
+				 "head dim %lld", R, (long long)x->ne[3]);
+	if (mode == ROPE_POSITIONS &&
+	    (!p || p->dtype != FW_I32 || p->ndim != 2 || p->ne[0] != x->ne[0] ||
+	     p->ne[1] != x->ne[1]))
+		return fw_errorf(err, FW_ERR_SHAPE, "sparse.rope: positions must be i32 (B, T) of x");
+	if (mode == ROPE_OFFSET && (!p || p->dtype != FW_I32 || fw_nelem(p) != 1))
+		return fw_errorf(err, FW_ERR_SHAPE, "sparse.rope: the offset must be i32 [1]");
+	out->dtype = FW_F32;
+	out->ndim = 4;
+	for (int i = 0; i < 4; i++)
+		out->ne[i] = x->ne[i];
+	return FW_OK;
+}
+
+/* inv_freq[R/2] as HF computes it (float32), with Llama-3 scaling
+ * (transformers' _compute_llama3_parameters). */
+static void rope_inv_freq(const struct fw_tensor *out, float *inv)
+{
+	int R = out->params[0].i;
+	double base = out->params[2].f, factor = out->params[3].f;
+	double lo = out->params[4].f, hi = out->params[5].f, old = out->params[6].f;
+	for (int i = 0; i < R / 2; i++) {
+		float f = (float)(1.0 / pow(base, (double)(2 * i) / R));
+		if (factor > 0) {
+			double low_wavelen = old / lo, high_wavelen = old / hi;
+			double wavelen = 2 * M_PI / f;
+			if (wavelen > low_wavelen) {
+				f = (float)(f / factor);
+			} else if (!(wavelen < high_wavelen)) {     /* medium: smooth */
+				double s = (old / wavelen - lo) / (hi - lo);
+				f = (float)((1 - s) * f / factor + s * f);
+			}
+		}
+		inv[i] = f;
+	}
+}
+
+static int64_t rope_pos(const struct fw_tensor *out, int64_t b, int64_t t)
+{
+	const struct fw_tensor *p = out->src[1];
+	switch (out->params[7].i) {
+	case ROPE_POSITIONS:
+		return fw_i32(p)[b * p->nb[0] + t * p->nb[1]];
+	case ROPE_OFFSET:
+		return fw_i32(p)[0] + t;
+	default:
+		return t;
+	}
+}
+
+/* One (b, t) row of all heads: y = rot(x) for forward, x = rot^T(y) for
+ * backward (sign -1 and accumulation into dst). */
+struct rope_job {
+	const struct fw_tensor *out;
+	const float *src;             /* forward: x (strided); backward: dy */
+	float *dst;                   /* forward: y; backward: dx (+=) */
+	const int64_t *snb;           /* src strides */
+	bool backward;
+};
+
+static void rope_rows(void *arg, int64_t r0, int64_t r1)
+{
+	const struct rope_job *j = arg;
+	const struct fw_tensor *out = j->out;
+	int64_t T = out->ne[1], H = out->ne[2], D = out->ne[3];
+	int R = out->params[0].i, P = R / 2;
+	bool inter = out->params[1].i != 0;
+	float inv[ROPE_MAX_PAIRS], c[ROPE_MAX_PAIRS], s[ROPE_MAX_PAIRS];
+	rope_inv_freq(out, inv);
+	float sg = j->backward ? -1.0f : 1.0f;
+	for (int64_t r = r0; r < r1; r++) {
+		int64_t b = r / T, t = r % T;
+		float pos = (float)rope_pos(out, b, t);
+		for (int i = 0; i < P; i++) {
+			float a = pos * inv[i];           /* float32, as HF's freqs */
+			c[i] = cosf(a);
+			s[i] = sg * sinf(a);
+		}
+		for (int64_t h = 0; h < H; h++) {
+			const float *x = j->src + b * j->snb[0] + t * j->snb[1] + h * j->snb[2];
+			int64_t xs = j->snb[3];
+			float *y = j->dst + ((b * T + t) * H + h) * D;
+			for (int i = 0; i < P; i++) {
+				int64_t i1 = inter ? 2 * i : i, i2 = inter ? 2 * i + 1 : i + P;
+				float x1 = x[i1 * xs], x2 = x[i2 * xs];
+				float y1 = x1 * c[i] - x2 * s[i], y2 = x2 * c[i] + x1 * s[i];
+				if (j->backward) {
+					y[i1] += y1;
+					y[i2] += y2;
+				} else {
+					y[i1] = y1;
+					y[i2] = y2;
+				}
+			}
+			for (int64_t d = R; d < D; d++)
+				y[d] = j->backward ? y[d] + x[d * xs] : x[d * xs];
+		}
+	}
+}
+
+static void rope_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *x = out->src[0];
+	struct rope_job j = { out, fw_f32(x), fw_f32(out), x->nb, false };
+	g_host->parallel_for(out->ne[0] * out->ne[1], rope_rows, &j);
+}
+
+static void rope_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct fw_tensor *x = out->src[0];
+	if (!x->grad)
+		return;
+	/* the rotation is orthogonal: dx = rot(-angle) dy; gradients are
+	 * contiguous in the source's shape */
+	struct rope_job j = { out, fw_f32(out->grad), fw_f32(x->grad), out->nb, true };
+	g_host->parallel_for(out->ne[0] * out->ne[1], rope_rows, &j);
+}
+
+static uint32_t rope_saved(const struct fw_tensor *out)
+{
+	return 1u << 1;                  /* positions only */
+}
+
+static const struct fw_op_i rope_op = {
+	.size = sizeof(struct fw_op_i),
+	.name = "sparse.rope",
+	.flags = FW_OPF_STRIDED,
+	.infer = rope_infer,
+	.forward = rope_forward,
+	.backward = rope_backward,
+	.saved = rope_saved,
+};
+
+/* --- the fused attention op ------------------------------------------------------------
+ *
+ * sparse.attn, p6 mode:
+ *   SA_TRAIN: src0 q (B, Tq, Hq, D), src1 kv (B, Tk, Hkv, 2D) (k then v in
+ *     each head's row), src2 bias (B, 1, Tq, Tk) f32 or NULL, src3 positions
+ *     (B, Tq) i32 or NULL (then Tq == Tk).
+ *   SA_DECODE: src0 q (B, Tq, Hq, D), src1 k cache and src2 v cache (B, Tk,
+ *     Hkv, D), src3 len i32 [1]: query t sits at position len + t, causal.
+ * p0, p1 the plugin state (struct sparse *, low and high 32 bits), p2
+ * causal, p3.f scale, p4 alibi, p5 layer. Out (B, Tq, Hq, D). Query head h
+ * uses KV head h / (Hq / Hkv). Query i sits at position i + Tk - Tq (mha's
+ * alignment) unless positions or a cache say otherwise. */
+enum { SA_TRAIN = 0, SA_DECODE = 1 };
+
+static const struct sparse *op_state(const struct fw_tensor *out)
+{
+	uintptr_t lo = (uint32_t)out->params[0].i, hi = (uint32_t)out->params[1].i;
+	return (const struct sparse *)(lo | (hi << 16 << 16));
+}
+
+static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *q = out->src[0], *k = out->src[1], *x2 = out->src[2],
+			       *x3 = out->src[3];
+	int mode = out->params[6].i;
+	if (!q || !k || q->ndim != 4 || k->ndim != 4 || q->dtype != FW_F32 || k->dtype != FW_F32 ||
+	    k->ne[0] != q->ne[0] || k->ne[2] <= 0 || q->ne[2] % k->ne[2] ||
+	    q->ne[3] > SPARSE_MAX_D || k->ne[3] != (mode == SA_TRAIN ? 2 : 1) * q->ne[3])
+		return fw_errorf(err, FW_ERR_SHAPE, "sparse.attn: q must be f32 (B, Tq, Hq, D) and "
+				 "k, v (B, Tk, Hkv, D) with Hkv dividing Hq, D <= %d", SPARSE_MAX_D);
+	int64_t B = q->ne[0], Tq = q->ne[1], Tk = k->ne[1];
+	if (mode == SA_TRAIN) {
+		if (x2 && (x2->dtype != FW_F32 || x2->ndim != 4 || x2->ne[0] != B || x2->ne[1] != 1 ||
+			   x2->ne[2] != Tq || x2->ne[3] != Tk))
+			return fw_errorf(err, FW_ERR_SHAPE, "sparse.attn: the bias must be f32 (B, 1, Tq, Tk)");
+		if (x3 && (x3->dtype != FW_I32 || x3->ndim != 2 || x3->ne[0] != B || x3->ne[1] != Tq ||
+			   Tq != Tk))
+			return fw_errorf(err, FW_ERR_SHAPE,
+					 "sparse.attn: positions must be i32 (B, T) with Tq == Tk");
+	} else if (!x2 || !x3 || x2->ndim != 4 || x2->dtype != FW_F32 ||
+		   memcmp(x2->ne, k->ne, sizeof(k->ne)) || x3->dtype != FW_I32 || fw_nelem(x3) != 1) {
+		return fw_errorf(err, FW_ERR_SHAPE, "sparse.attn: decoding needs k, v caches of one "
+				 "shape and the length i32 [1]");
+	}
+	out->dtype = FW_F32;
+	out->ndim = 4;
+	for (int i = 0; i < 4; i++)
+		out->ne[i] = q->ne[i];
+	return FW_OK;
+}
+
+/* What one query row needs while its keys are visited. */
+struct row {
+	const struct sparse *s;
+	const float *q;               /* (D) */
+	const float *k, *v;           /* key/value rows of this (b, kv head) at j = 0 */
+	float *dk, *dv;               /* their gradients, or NULL */
+	int64_t rs;                   /* floats from key j to key j + 1 */
+	int64_t D;
+	const float *bias;            /* (Tk) bias row, or NULL */
+	int64_t shift;                /* row index of the example's position 0 */
+	int64_t ipos;                 /* the query's position in the row (ALiBi) */
+	float scale, slope;
+	/* forward: running max, sum and output; backward: */
+	float m, l;
+	float *acc;
+	int pass;                     /* 0: max and sum; 1: gradients */
+	float lse, dsum;
+	const float *dout;            /* (D) */
+	float *dq;                    /* (D), accumulated */
+};
+
+/* 8 floats: GCC and Clang vector extensions, unaligned loads through memcpy. */
+typedef float v8f __attribute__((vector_size(32)));
+
+static inline v8f ld8(const float *p)
+{
+	v8f v;
+	memcpy(&v, p, sizeof(v));
+	return v;
+}
+
+static inline float dot(const float *a, const float *b, int64_t n)
+{
+	v8f s0 = { 0 }, s1 = { 0 };
+	int64_t d = 0;
+	for (; d + 16 <= n; d += 16) {
+		s0 += ld8(a + d) * ld8(b + d);
+		s1 += ld8(a + d + 8) * ld8(b + d + 8);
+	}
+	for (; d + 8 <= n; d += 8)
+		s0 += ld8(a + d) * ld8(b + d);
+	s0 += s1;
+	float r = ((s0[0] + s0[1]) + (s0[2] + s0[3])) + ((s0[4] + s0[5]) + (s0[6] + s0[7]));
+	for (; d < n; d++)
+		r += a[d] * b[d];
+	return r;
+}
+
+static inline void axpy(float *y, float a, const float *x, int64_t n)
+{
+	for (int64_t d = 0; d < n; d++)
+		y[d] += a * x[d];
+}
+
+static inline float score(const struct row *r, int64_t j)
+{
+	float sc = r->scale * dot(r->q, r->k + j * r->rs, r->D);
+	if (r->slope != 0.0f)
+		sc -= r->slope * (float)(r->ipos - j);
+	if (r->bias)
+		sc += r->bias[j];
+	return sc;
+}
+
+/* Keys are scored CHUNK at a time; the running max moves once a chunk. */
+#define CHUNK 32
+
+static void fwd_visit(void *arg, int64_t a, int64_t b)
+{
+	struct row *r = arg;
+	int64_t D = r->D;
+	float sc[CHUNK];
+	for (int64_t j0 = a + r->shift, end = b + r->shift; j0 < end; j0 += CHUNK) {
+		int n = end - j0 < CHUNK ? (int)(end - j0) : CHUNK;
+		float mx = -INFINITY;
+		for (int t = 0; t < n; t++) {
+			sc[t] = score(r, j0 + t);
+			mx = sc[t] > mx ? sc[t] : mx;
+		}
+		if (!(mx > -INFINITY))
+			continue;                 /* all masked by the bias */
+		if (mx > r->m) {
+			float corr = expf(r->m - mx);
+			r->l *= corr;
+			if (r->acc)
+				for (int64_t d = 0; d < D; d++)
+					r->acc[d] *= corr;
+			r->m = mx;
+		}
+		for (int t = 0; t < n; t++) {
+			if (!(sc[t] > -INFINITY))
+				continue;
+			float p = expf(sc[t] - r->m);
+			r->l += p;
+			if (r->acc)
+				axpy(r->acc, p, r->v + (j0 + t) * r->rs, D);
+		}
+	}
+}
+
+static void bwd_visit(void *arg, int64_t a, int64_t b)
+{
+	struct row *r = arg;
+	int64_t D = r->D;
+	for (int64_t j = a + r->shift; j < b + r->shift; j++) {
+		float sc = score(r, j);
+		if (!(sc > -INFINITY))
+			continue;
+		float p = expf(sc - r->lse);
+		const float *kj = r->k + j * r->rs, *vj = r->v + j * r->rs;
+		float ds = p * (dot(r->dout, vj, D) - r->dsum) * r->scale;
+		axpy(r->dq, ds, kj, D);
+		if (r->dk)
+			axpy(r->dk + j * r->rs, ds, r->q, D);
+		if (r->dv)
+			axpy(r->dv + j * r->rs, p, r->dout, D);
+	}
+}
+
+/* BLOOM's build_alibi_tensor slopes (attention/mha's alibi_slope): 2^(-8k/n)
+ * for k = 1..n with n the largest power of two <= H, then every other slope
+ * of the 2n recipe for the rest. */
+static float alibi_slope(int64_t H, int64_t h)
+{
+	int64_t n = 1;
+	while (n * 2 <= H)
+		n *= 2;
+	if (h < n)
+		return (float)pow(pow(2.0, -8.0 / (double)n), (double)(h + 1));
+	return (float)pow(pow(2.0, -4.0 / (double)n), (double)(2 * (h - n) + 1));
+}
+
+struct attn_job {
+	struct fw_tensor *out;
+};
+
+/* Sets up query row (b, i, h): everything but the pass state. Returns the
+ * query's position in its example and the example's key count in *n. */
+static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, int64_t i,
+			int64_t h, bool grads, int64_t *n)
+{
+	const struct fw_tensor *q = out->src[0], *k = out->src[1];
+	int mode = out->params[6].i;
+	int64_t Tq = q->ne[1], Hq = q->ne[2], D = q->ne[3], Tk = k->ne[1], Hkv = k->ne[2];
+	int64_t hk = h / (Hq / Hkv), kw = mode == SA_TRAIN ? 2 * D : D;
+	*r = (struct row){ .s = op_state(out), .D = D, .scale = out->params[3].f, .m = -INFINITY };
+	r->q = fw_f32(q) + ((b * Tq + i) * Hq + h) * D;
+	r->rs = Hkv * kw;
+	r->k = fw_f32(k) + b * Tk * r->rs + hk * kw;
+	if (mode == SA_TRAIN) {
+		r->v = r->k + D;
+		if (grads && k->grad) {
+			r->dk = fw_f32(k->grad) + b * Tk * r->rs + hk * kw;
+			r->dv = r->dk + D;
+		}
+		if (out->src[2])
+			r->bias = fw_f32(out->src[2]) + (b * Tq + i) * Tk;
+	} else {
+		r->v = fw_f32(out->src[2]) + b * Tk * r->rs + hk * kw;
+	}
+	int64_t off = mode == SA_DECODE ? fw_i32(out->src[3])[0] : Tk - Tq, pos = i + off;
+	r->ipos = pos;
+	if (out->params[4].i)
+		r->slope = alibi_slope(Hq, h);
+	*n = Tk;
+	if (mode == SA_TRAIN && out->src[3]) {       /* SFT rows: the example's coordinates */
+		pos = fw_i32(out->src[3])[b * Tq + i];
+		if (pos < 0 || pos > i)
+			pos = i;                  /* not a position in this row: the row's own */
+		r->shift = i - pos;
+		*n = Tk - r->shift;
+	}
+	return pos;
+}
+
+static void attn_fwd_rows(void *arg, int64_t r0, int64_t r1)
+{
+	const struct attn_job *jb = arg;
+	struct fw_tensor *out = jb->out;
+	int64_t Tq = out->ne[1], Hq = out->ne[2], D = out->ne[3];
+	bool causal = out->params[2].i != 0;
+	int layer = out->params[5].i;
+	float acc[SPARSE_MAX_D];
+	for (int64_t rr = r0; rr < r1; rr++) {
+		/* rows in (b, h, i) order: neighbours share most of their keys */
+		int64_t i = rr % Tq, h = (rr / Tq) % Hq, b = rr / (Hq * Tq), n;
+		struct row r;
+		int64_t pos = row_init(&r, out, b, i, h, false, &n);
+		memset(acc, 0, sizeof(float) * (size_t)D);
+		r.acc = acc;
+		visit_row(r.s, pos, n, causal, layer, h, fwd_visit, &r);
+		float *y = fw_f32(out) + ((b * Tq + i) * Hq + h) * D;
+		float inv = r.l > 0 ? 1.0f / r.l : 0.0f;     /* no visible key: zeros, as mha */
+		for (int64_t d = 0; d < D; d++)
+			y[d] = acc[d] * inv;
+	}
+}
+
+static void attn_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct attn_job j = { out };
+	g_host->parallel_for(out->ne[0] * out->ne[1] * out->ne[2], attn_fwd_rows, &j);
+}
+
+/* One task per (b, kv head): it owns dK and dV of that head and dQ of its
+ * query heads, so no two threads write the same gradient. */
+static void attn_bwd_tasks(void *arg, int64_t t0, int64_t t1)
+{
+	const struct attn_job *jb = arg;
+	struct fw_tensor *out = jb->out;
+	const struct fw_tensor *q = out->src[0], *k = out->src[1];
+	int64_t Tq = out->ne[1], Hq = out->ne[2], D = out->ne[3], Hkv = k->ne[2], G = Hq / Hkv;
+	bool causal = out->params[2].i != 0;
+	int layer = out->params[5].i;
+	float dq[SPARSE_MAX_D];
+	for (int64_t t = t0; t < t1; t++) {
+		int64_t b = t / Hkv, hk = t % Hkv;
+		for (int64_t h = hk * G; h < (hk + 1) * G; h++)
+			for (int64_t i = 0; i < Tq; i++) {
+				struct row r;
+				int64_t n, pos = row_init(&r, out, b, i, h, true, &n);
+				int64_t o = ((b * Tq + i) * Hq + h) * D;
+				visit_row(r.s, pos, n, causal, layer, h, fwd_visit, &r);
+				if (!(r.l > 0))
+					continue;             /* no visible key: output 0, no gradient */
+				r.lse = r.m + logf(r.l);
+				r.dout = fw_f32(out->grad) + o;
+				r.dsum = dot(r.dout, fw_f32(out) + o, D);
+				memset(dq, 0, sizeof(float) * (size_t)D);
+				r.dq = dq;
+				visit_row(r.s, pos, n, causal, layer, h, bwd_visit, &r);
+				if (q->grad) {
+					float *g = fw_f32(q->grad) + o;
+					for (int64_t d = 0; d < D; d++)
+						g[d] += dq[d];
+				}
+			}
+	}
+}
+
+static void attn_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	struct attn_job j = { out };
+	if (out->params[6].i != SA_TRAIN || (!out->src[0]->grad && !out->src[1]->grad))
+		return;
+	g_host->parallel_for(out->ne[0] * out->src[1]->ne[2], attn_bwd_tasks, &j);
+}
+
+static const struct fw_op_i attn_op = {
+	.size = sizeof(struct fw_op_i),
+	.name = "sparse.attn",
+	.infer = attn_infer,
+	.forward = attn_forward,
+	.backward = attn_backward,
+};
+
+/* --- attend ------------------------------------------------------------------------ */
+
+static struct fw_tensor *cached(struct sparse *s, struct fw_model *m,
+				const struct fw_attn_spec *spec, struct fw_tensor **slot,
+				struct fw_tensor *x, const char *what)
+{
+	const struct fw_host *h = s->host;
+	if (!*slot) {
+		char name[FW_NAME_MAX];
+		int64_t shape[4] = { x->ne[0], spec->cache->max_len, x->ne[2], x->ne[3] };
+		snprintf(name, sizeof(name), "kv_cache.%s.%s", spec->name, what);
+		*slot = h->input(m->ctx, name, FW_F32, 4, shape);
+	}
+	struct fw_tensor *src[3] = { *slot, x, spec->cache->len };
+	return *slot ? h->op(m->ctx, s->kv_write_op, src, 3, NULL, 0) : NULL;
+}
+
+static struct fw_tensor *rope(struct sparse *s, struct fw_model *m,
+			      const struct fw_attn_spec *spec, struct fw_tensor *x)
+{
+	union fw_param p[8] = { { .i = spec->rope_dim ? spec->rope_dim : spec->head_dim },
+				{ .i = spec->rope_interleaved },
+				{ .f = spec->rope_base > 0 ? spec->rope_base : 10000.0f } };
+	if (FW_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0) {
+		p[3].f = spec->rope_scale_factor;
+		p[4].f = spec->rope_scale_low_freq;
+		p[5].f = spec->rope_scale_high_freq;
+		p[6].f = (float)spec->rope_scale_orig_max_pos;
+	}
+	struct fw_tensor *src[2] = { x, NULL };
+	int n = 1;
+	p[7].i = ROPE_ARANGE;
+	if (spec->cache) {
+		src[n++] = spec->cache->len;
+		p[7].i = ROPE_OFFSET;
+	} else if (FW_HAS(m, positions) && m->positions) {
+		src[n++] = m->positions;
+		p[7].i = ROPE_POSITIONS;
+	}
+	return s->host->op(m->ctx, s->rope_op, src, n, p, 8);
+}
+
+/* The spec's rules and the pattern's, each one line naming the layer. The
+ * combinations this plugin does not support are FW_ERR_INVALID too, not
+ * FW_ERR_UNSUPPORTED: they are the user's configuration, and fwrun exits 2
+ * (usage) only for FW_ERR_INVALID. */
+static enum fw_status check_spec(const struct sparse *s, const struct fw_model *m,
+				 const struct fw_attn_spec *spec, const struct fw_tensor *q,
+				 const struct fw_tensor *k, struct fw_err *err)
+{
+	const struct fw_host *h = s->host;
+	const char *n = spec->name;
+	if (spec->n_head <= 0 || spec->n_kv_head <= 0 || spec->n_head % spec->n_kv_head)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/sparse: %s: %d query heads are not a multiple of %d KV "
+				 "heads", n, spec->n_head, spec->n_kv_head);
+	if (q->ndim != 4 || k->ndim != 4 || q->ne[2] != spec->n_head ||
+	    k->ne[2] != spec->n_kv_head || q->ne[3] != spec->head_dim || k->ne[3] != q->ne[3])
+		return h->errorf(err, FW_ERR_SHAPE,
+				 "attention/sparse: %s: q must be (B, T, %d, %d) and k, v (B, T, %d, %d)",
+				 n, spec->n_head, spec->head_dim, spec->n_kv_head, spec->head_dim);
+	if (spec->head_dim > SPARSE_MAX_D)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/sparse: %s: head dim %d is above the kernel's %d", n,
+				 spec->head_dim, SPARSE_MAX_D);
+	if (spec->pos == FW_POS_ROPE) {
+		int r = spec->rope_dim ? spec->rope_dim : spec->head_dim;
+		if (r < 0 || r % 2 || r > spec->head_dim || r / 2 > ROPE_MAX_PAIRS)
+			return h->errorf(err, FW_ERR_INVALID,
+					 "attention/sparse: %s: rotary dim %d must be even, positive and "
+					 "at most the head dim %d", n, r, spec->head_dim);
+		if (!(spec->rope_base >= 0) || isinf(spec->rope_base))
+			return h->errorf(err, FW_ERR_INVALID, "attention/sparse: %s: rope base %g",
+					 n, (double)spec->rope_base);
+		if (!spec->cache && k->ne[1] != q->ne[1])
+			return h->errorf(err, FW_ERR_INVALID,
+					 "attention/sparse: %s: RoPE needs as many keys as queries (%lld "
+					 "vs %lld): prepended keys are not supported", n,
+					 (long long)k->ne[1], (long long)q->ne[1]);
+		if (FW_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0 &&
+		    (spec->rope_scale_factor < 1 || spec->rope_scale_orig_max_pos <= 0 ||
+		     !(spec->rope_scale_low_freq > 0) ||
+		     !(spec->rope_scale_high_freq > spec->rope_scale_low_freq)))
+			return h->errorf(err, FW_ERR_INVALID,
+					 "attention/sparse: %s: llama3 rope scaling needs factor >= 1, "
+					 "0 < low_freq_factor < high_freq_factor and original max "
+					 "positions > 0", n);
+	}
+	if (spec->pos == FW_POS_RELATIVE)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/sparse: %s: a relative position bias (pos_bias) is not "
+				 "supported: use attention/mha", n);
+	if (spec->pos < FW_POS_NONE || spec->pos > FW_POS_RELATIVE)
+		return h->errorf(err, FW_ERR_INVALID, "attention/sparse: %s: unknown position kind %d",
+				 n, (int)spec->pos);
+	if (spec->mask == FW_MASK_CROSS || (spec->mask != FW_MASK_CAUSAL &&
+					    spec->mask != FW_MASK_BIDIRECTIONAL))
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/sparse: %s: cross-attention is not supported (a sparse "
+				 "pattern needs queries and keys of one sequence)", n);
+	if (spec->cache && spec->mask != FW_MASK_CAUSAL)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/sparse: %s: generating with a cache needs causal attention", n);
+	if (spec->bias && spec->cache)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/sparse: %s: a sequence mask while generating with a cache "
+				 "is not supported", n);
+	if (spec->dropout > 0.0f && m->training)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/sparse: %s: dropout on the attention probabilities (%g) "
+				 "is not supported: set it to 0", n, (double)spec->dropout);
+	if (FW_HAS(m, positions) && m->positions && !spec->cache && k->ne[1] != q->ne[1])
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/sparse: %s: packed rows (positions) need as many keys as "
+				 "queries (%lld vs %lld)", n, (long long)k->ne[1], (long long)q->ne[1]);
+	int64_t Tk = spec->cache ? spec->cache->max_len : k->ne[1];
+	if (s->pat == PAT_WINDOW && s->n_global && s->global[s->n_global - 1] >= Tk)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/sparse: %s: global token %lld is beyond the sequence "
+				 "(T = %lld): --sparse-global and --sparse-global-first must stay "
+				 "below T", n, (long long)s->global[s->n_global - 1], (long long)Tk);
+	return FW_OK;
+}
+
+static struct fw_tensor *sparse_attend(void *state, struct fw_model *m,
+				       const struct fw_attn_spec *spec, struct fw_tensor *q,
+				       struct fw_tensor *k, struct fw_tensor *v, struct fw_err *err)
+{
+	struct sparse *s = state;
+	const struct fw_host *h = s->host;
+	struct fw_ctx *ctx = m->ctx;
+
+	if (check_spec(s, m, spec, q, k, err) != FW_OK)
+		return NULL;
+	if (spec->pos == FW_POS_ROPE) {
+		q = rope(s, m, spec, q);
+		k = rope(s, m, spec, k);
+	}
+	float scale = spec->scale > 0 ? spec->scale : 1.0f / sqrtf((float)spec->head_dim);
+	uintptr_t p = (uintptr_t)s;
+	union fw_param par[7] = { { .i = (int32_t)(uint32_t)p },
+				  { .i = (int32_t)(uint32_t)(p >> 16 >> 16) },
+				  { .i = spec->mask == FW_MASK_CAUSAL || spec->cache }, { .f = scale },
+				  { .i = spec->pos == FW_POS_ALIBI }, { .i = spec->layer } };
+	struct fw_tensor *src[4];
+	if (spec->cache) {      /* generating: the causal pattern at position len */
+		src[0] = q;
+		src[1] = cached(s, m, spec, &spec->cache->k, k, "k");
+		src[2] = cached(s, m, spec, &spec->cache->v, v, "v");
+		src[3] = spec->cache->len;
+		par[6].i = SA_DECODE;
+	} else {
+		src[0] = q;
+		src[1] = k && v ? h->concat(ctx, k, v, 3) : NULL;       /* (B, Tk, Hkv, 2D) */
+		src[2] = spec->bias;
+		src[3] = FW_HAS(m, positions) ? m->positions : NULL;
+		par[6].i = SA_TRAIN;
+	}
+	bool built = q && src[1] && (!spec->cache || src[2]);
+	struct fw_tensor *y = built ? h->op(ctx, s->attn_op, src, 4, par, 7) : NULL;
+	if (!y) {
+		struct fw_err *e = h->ctx_err(ctx);
+		return h->errorf(err, e->status ? e->status : FW_ERR_INTERNAL,
+				 "attention/sparse: %s: %s", spec->name, e->msg), NULL;
+	}
+	return y;
+}
+
+/* --- plugin ------------------------------------------------------------------------- */
+
+static int register_once(const struct fw_host *host, const struct fw_op_i *op, int *id,
+			 struct fw_err *err)
+{
+	if (*id < 0)
+		*id = host->op_register(op, err);
+	return *id;
+}
+
+/* "0, 7,12": sorted and distinct into s->global (with 0 .. first-1). */
+static enum fw_status parse_global(struct sparse *s, const char *list, int64_t first,
+				   struct fw_err *err)
+{
+	const struct fw_host *h = s->host;
+	int64_t n = 0, cap = first + 1;
+	for (const char *c = list; *c; c++)
+		cap += *c == ',';
+	cap += 1;
+	if (first > SPARSE_MAX_GLOBAL || cap > SPARSE_MAX_GLOBAL + 2)
+		return h->errorf(err, FW_ERR_INVALID, "attention/sparse: at most %d global tokens",
+				 SPARSE_MAX_GLOBAL);
+	s->global = h->malloc(sizeof(int64_t) * (size_t)cap);
+	if (!s->global)
+		return h->errorf(err, FW_ERR_NOMEM, "attention/sparse: out of memory");
+	for (int64_t i = 0; i < first; i++)
+		s->global[n++] = i;
+	for (const char *c = list; *c;) {
+		while (*c == ' ' || *c == ',')
+			c++;
+		if (!*c)
+			break;
+		char *end;
+		long long v = strtoll(c, &end, 10);
+		if (end == c || v < 0 || v >= (1ll << 40) || (*end && *end != ',' && *end != ' '))
+			return h->errorf(err, FW_ERR_INVALID, "attention/sparse: --sparse-global "
+					 "'%s': want positions >= 0 separated by commas", list);
+		s->global[n++] = v;
+		c = end;
+	}
+	qsort(s->global, (size_t)n, sizeof(int64_t), cmp_i64);
+	int64_t u = 0;
+	for (int64_t i = 0; i < n; i++)
+		if (!u || s->global[u - 1] != s->global[i])
+			s->global[u++] = s->global[i];
+	s->n_global = u;
+	return FW_OK;
+}
+
+static void sparse_fini(void *state)
+{
+	struct sparse *s = state;
+	if (s) {
+		s->host->free(s->global);
+		s->host->free(s);
+	}
+}
+
+static enum fw_status sparse_init(const struct fw_host *host, const struct fw_options *o,
+				  void **state, struct fw_err *err)
+{
+	static int attn_id = -1, rope_id = -1, kv_write_id = -1;   /* once per process */
+	g_host = host;
+	if (register_once(host, &attn_op, &attn_id, err) < 0 ||
+	    register_once(host, &rope_op, &rope_id, err) < 0 ||
+	    register_once(host, &kv_write_op, &kv_write_id, err) < 0)
+		return err->status;
+	struct sparse *s = host->malloc(sizeof(*s));
+	if (!s)
+		return host->errorf(err, FW_ERR_NOMEM, "attention/sparse: out of memory");
+	*s = (struct sparse){ .host = host, .attn_op = attn_id, .rope_op = rope_id,
+			      .kv_write_op = kv_write_id };
+	const char *pat = fw_opt_str(o, "sparse-pattern");
+	for (int i = 0; pattern_names[i]; i++)
+		if (pat && !strcmp(pat, pattern_names[i]))
+			s->pat = (enum pattern)i;
+	s->window = fw_opt_int(o, "sparse-window");
+	s->stride = fw_opt_int(o, "sparse-stride");
+	s->summary = fw_opt_int(o, "sparse-summary");
+	s->block = fw_opt_int(o, "sparse-block");
+	s->n_random = fw_opt_int(o, "sparse-random-blocks");
+	s->global_blocks = fw_opt_int(o, "sparse-global-blocks");
+	s->seed = (uint64_t)fw_opt_int(o, "sparse-seed");
+	const char *glist = fw_opt_str(o, "sparse-global");
+	int64_t first = fw_opt_int(o, "sparse-global-first");
+	enum fw_status st = FW_OK;
+	if (s->window < 1 || s->stride < 1 || s->block < 1 || s->summary < 1)
+		st = host->errorf(err, FW_ERR_INVALID, "attention/sparse: --sparse-window, "
+				  "--sparse-stride, --sparse-block and --sparse-summary must be >= 1");
+	else if (s->pat == PAT_FIXED && s->summary > s->stride)
+		st = host->errorf(err, FW_ERR_INVALID, "attention/sparse: --sparse-summary %lld "
+				  "must be at most --sparse-stride %lld (c summary columns of each "
+				  "block of l)", (long long)s->summary, (long long)s->stride);
+	else if (s->pat != PAT_WINDOW && ((glist && *glist) || first > 0))
+		st = host->errorf(err, FW_ERR_INVALID, "attention/sparse: global tokens "
+				  "(--sparse-global, --sparse-global-first) belong to "
+				  "--sparse-pattern=window, not %s (bigbird: --sparse-global-blocks)",
+				  pattern_names[s->pat]);
+	else
+		st = parse_global(s, glist ? glist : "", first, err);
+	if (st != FW_OK) {
+		sparse_fini(s);
+		return st;
+	}
+	*state = s;
+	return FW_OK;
+}
+
+static const struct fw_option_def options[] = {
+	{ "sparse-pattern", FW_OPT_CHOICE, "window", 0, -1, pattern_names,
+	  "window (Longformer/Mistral), strided or fixed (Sparse Transformer), bigbird" },
+	{ "sparse-window", FW_OPT_INT, "256", 1, 1e9, NULL,
+	  "window: keys per side, the query included (causal: i-w < j <= i)" },
+	{ "sparse-global", FW_OPT_STRING, "", 0, -1, NULL,
+	  "window: global token positions, comma-separated (attend and are attended everywhere)" },
+	{ "sparse-global-first", FW_OPT_INT, "0", 0, 1e9, NULL,
+	  "window: the first n positions are global too" },
+	{ "sparse-stride", FW_OPT_INT, "128", 1, 1e9, NULL,
+	  "strided and fixed: the stride / block length l" },
+	{ "sparse-summary", FW_OPT_INT, "8", 1, 1e9, NULL,
+	  "fixed: c summary columns, the last c of each block of l" },
+	{ "sparse-block", FW_OPT_INT, "64", 1, 1e9, NULL, "bigbird: block size" },
+	{ "sparse-random-blocks", FW_OPT_INT, "3", 0, SPARSE_MAX_RANDOM, NULL,
+	  "bigbird: random key blocks per query block" },
+	{ "sparse-global-blocks", FW_OPT_INT, "1", 0, 1e9, NULL,
+	  "bigbird: the first g blocks are global" },
+	{ "sparse-seed", FW_OPT_INT, "0", 0, 2147483647.0, NULL,
+	  "bigbird: seed of the random blocks (kept in checkpoints with the other options)" },
+};
+
+static const struct fw_attention_i iface = {
+	.size = sizeof(struct fw_attention_i),
+	.attend = sparse_attend,
+};
+
+static const struct fw_plugin plugin = {
+	FW_PLUGIN_HEADER,
+	.kind = FW_KIND_ATTENTION,
+	.name = "attention/sparse",
+	.version = "1.0.0",
+	.description = "sparse attention: sliding window + global tokens, strided, fixed, "
+		       "BigBird; fused kernel, O(T * keys per row)",
+	.options = options,
+	.n_options = (int)(sizeof(options) / sizeof(options[0])),
+	.iface = &iface,
+	.init = sparse_init,
+	.fini = sparse_fini,
+};
+
+FW_PLUGIN_EXPORT const struct fw_plugin *fw_plugin_entry(void)
+{
+	return &plugin;
+}
