@@ -288,6 +288,16 @@ def check_self_describing(fw, work, data):
             f"exit {p.returncode}: {p.stderr[-300:]!r}")
     p = fw("export", base, os.path.join(work, "hf-base"))
     R.check("export RUN_DIR", p.returncode == 0, gp.describe(p))
+    try:
+        with open(os.path.join(work, "hf-base", "config.json")) as f:
+            cfg = json.load(f)
+    except (OSError, ValueError) as e:
+        cfg = {"error": str(e)}
+    # the byte tokenizer's end of text is byte value 256, the one id past the bytes
+    R.check("export of a byte-tokenizer model names its own end-of-text id (256), inside its "
+            "257-token vocabulary, not GPT-2's 50256",
+            cfg.get("eos_token_id") == 256 and cfg.get("bos_token_id") == 256
+            and cfg.get("vocab_size") == 257, f"{cfg}")
     p = fw("export-adapter", lora, os.path.join(work, "peft"))
     R.check("export-adapter RUN_DIR", p.returncode == 0 and os.path.exists(
         os.path.join(work, "peft", "adapter_model.safetensors")), gp.describe(p))

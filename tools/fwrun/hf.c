@@ -550,6 +550,26 @@ static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *do
 	return st;
 }
 
+/* The end-of-text id config.json names: the stored tokenizer's, GPT-2's
+ * 50256 for a file without one (an imported GPT-2), and -1 (left out) when
+ * the model's vocabulary has no such id. */
+static json_int_t export_eos(const char *h5, int64_t vocab)
+{
+	char *stored = NULL;
+	struct fw_err e = { 0 };
+	int32_t eos = -1;
+	if (fw_h5_read_attr(h5, TOKENIZER_ATTR, &stored, &e) == FW_OK) {
+		struct fw_tokenizer *t = fw_tokenizer_deserialize(stored, strlen(stored), h5, &e);
+		if (t)
+			eos = fw_tokenizer_eos(t);
+		fw_tokenizer_free(t);
+		fw_free(stored);
+	} else if (e.status == FW_ERR_NOT_FOUND) {
+		eos = 50256;
+	}
+	return eos >= 0 && eos < vocab ? eos : -1;
+}
+
 int cmd_export(int argc, char **argv)
 {
 	if (argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"))) {
@@ -652,8 +672,16 @@ int cmd_export(int argc, char **argv)
 				"vocab_size", (json_int_t)c.vocab, "n_positions", (json_int_t)c.n_pos,
 				"n_ctx", (json_int_t)c.n_pos, "layer_norm_epsilon", c.eps,
 				"tie_word_embeddings", c.tie, "resid_pdrop", 0.0, "embd_pdrop", 0.0,
-				"attn_pdrop", 0.0, "bos_token_id", (json_int_t)50256,
-				"eos_token_id", (json_int_t)50256);
+				"attn_pdrop", 0.0, "bos_token_id", (json_int_t)0,
+				"eos_token_id", (json_int_t)0);
+	json_int_t eos = export_eos(argv[0], c.vocab);
+	if (cfg && eos >= 0) {          /* GPT-2 uses its end-of-text id for both */
+		json_object_set_new(cfg, "bos_token_id", json_integer(eos));
+		json_object_set_new(cfg, "eos_token_id", json_integer(eos));
+	} else if (cfg) {
+		json_object_del(cfg, "bos_token_id");
+		json_object_del(cfg, "eos_token_id");
+	}
 	snprintf(path, sizeof(path), "%s/config.json", argv[1]);
 	char tmp[4300];
 	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
