@@ -394,6 +394,44 @@ def check_logs_and_help(fw, work, data):
     R.check("... also by fwrun tokenize", one_line_error(p, "gzip-compressed"), gp.describe(p))
 
 
+def check_failing_step(fw, work, data):
+    print("5. a plugin's step that fails half-done")
+    tp = os.path.join(os.path.dirname(fw.env["FW_PLUGIN_PATH"]), "test-plugins")
+    env = dict(fw.env, FW_PLUGIN_PATH=fw.env["FW_PLUGIN_PATH"] + ":" + tp)
+    heavy = "--plugins=arch/decoder,attention/mha,optim/heavy"
+
+    def run(run_dir, *extra):
+        return subprocess.run([fw.exe, "train", heavy, *MODEL, *SIZE, f"--data={data}",
+                               "--save-interval=1", f"--run-dir={run_dir}", *extra],
+                              env=env, capture_output=True, text=True, timeout=120)
+    ref, bad = os.path.join(work, "heavy-ref"), os.path.join(work, "heavy-fail")
+    p = run(ref, "--train-iters=5")
+    if not R.check("optim/heavy trains 5 steps", p.returncode == 0, gp.describe(p)):
+        return
+    p = run(bad, "--train-iters=5", "--heavy-fail-step=3")
+    err = [ln for ln in p.stderr.splitlines() if "fails on purpose" in ln]
+    R.check("step 3 fails: non-zero exit, the plugin's error in one line",
+            p.returncode != 0 and len(err) == 1 and err[0].startswith("fwrun: ")
+            and err[0].count("optim/heavy:") == 1,
+            gp.describe(p))
+    names = sorted(os.listdir(bad)) if os.path.isdir(bad) else []
+    R.check("nothing of the half-done step is saved: checkpoints 1 and 2 only, no temporary",
+            [n for n in names if n.startswith("ckpt-")] ==
+            ["ckpt-00000001.h5", "ckpt-00000002.h5"] and not any(".tmp." in n for n in names),
+            f"{names}")
+
+    def tensors(path):
+        with h5py.File(path, "r") as f:
+            return {k: f["tensors"][k][()].tobytes() for k in f["tensors"]}
+    try:
+        same = tensors(os.path.join(bad, "ckpt-00000002.h5")) == \
+            tensors(os.path.join(ref, "ckpt-00000002.h5"))
+    except OSError as e:
+        same = str(e)
+    R.check("the last checkpoint is intact: equal, bit for bit, to step 2 of a run that did not fail",
+            same is True, f"{same}")
+
+
 def main():
     a, fw = gp.cli(__doc__)
 
@@ -404,6 +442,7 @@ def main():
         check_run_dir(fw, work, data)
         check_self_describing(fw, work, data)
         check_logs_and_help(fw, work, data)
+        check_failing_step(fw, work, data)
 
     return R.run("run_dir", a.keep, body)
 

@@ -1,13 +1,16 @@
 /* optim/heavy - plain SGD whose init makes many host allocations (a state,
  * a name copy, --heavy-buffers scratch buffers of growing size, a table of
  * them) and undoes all of them when one fails: the plugin the allocation
- * failure tests drive through every failing call. */
+ * failure tests drive through every failing call. --heavy-fail-step=N makes
+ * step N fail after updating the first parameter only (a half-done step),
+ * for the tests of what fwrun keeps when a plugin's step fails. */
 #include <string.h>
 
 #include "fw/plugin.h"
 
 struct heavy {
 	const struct fw_host *host;
+	int64_t fail_step;
 	char *label;
 	void **bufs;
 	int n_bufs;
@@ -33,6 +36,7 @@ static enum fw_status heavy_init(const struct fw_host *host, const struct fw_opt
 		goto nomem;
 	memset(s, 0, sizeof(*s));
 	s->host = host;
+	s->fail_step = fw_opt_int(opts, "heavy-fail-step");
 	s->label = host->malloc(sizeof(label));
 	if (!s->label)
 		goto undo;
@@ -82,6 +86,10 @@ static enum fw_status heavy_step(void *state, const struct fw_optim_group *group
 			struct fw_tensor *p = groups[gi].params[i];
 			struct update u = { p->data, p->grad->data, groups[gi].lr };
 			s->host->parallel_for(fw_nelem(p), update_range, &u);
+			if (step == s->fail_step)
+				return s->host->errorf(err, FW_ERR_INTERNAL,
+						       "step %lld fails on purpose "
+						       "(--heavy-fail-step)", (long long)step);
 		}
 	}
 	return FW_OK;
@@ -95,6 +103,8 @@ static const struct fw_optim_i iface = {
 
 static const struct fw_option_def options[] = {
 	{ "heavy-buffers", FW_OPT_INT, "6", 1, 64, NULL, "scratch buffers init allocates" },
+	{ "heavy-fail-step", FW_OPT_INT, "0", 0, 1e9, NULL,
+	  "step that fails half-done (0: none)" },
 };
 
 static const struct fw_plugin plugin = {
@@ -104,7 +114,7 @@ static const struct fw_plugin plugin = {
 	.version = "0.0.1",
 	.description = "plain SGD with an allocation-heavy init (allocation failure tests)",
 	.options = options,
-	.n_options = 1,
+	.n_options = 2,
 	.iface = &iface,
 	.init = heavy_init,
 	.fini = heavy_fini,
