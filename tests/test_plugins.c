@@ -52,7 +52,7 @@ START_TEST(test_open_good)
 		{ "arch/tiny", FW_KIND_ARCH, 4 },
 		{ "attention/naive", FW_KIND_ATTENTION, 0 },
 		{ "peft/probe", FW_KIND_PEFT, 6 },
-		{ "optim/heavy", FW_KIND_OPTIM, 1 },
+		{ "optim/heavy", FW_KIND_OPTIM, 2 },
 		{ "optim/adamw", FW_KIND_OPTIM, 3 },
 		{ "optim/sgd", FW_KIND_OPTIM, 2 },
 	};
