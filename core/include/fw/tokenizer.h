@@ -73,7 +73,7 @@ extern "C" {
 
 struct fw_tokenizer;                 /* opaque */
 
-enum fw_tokenizer_kind { FW_TOKENIZER_BYTE = 1, FW_TOKENIZER_GPT2 };
+enum fw_tokenizer_kind { FW_TOKENIZER_BYTE = 1, FW_TOKENIZER_GPT2, FW_TOKENIZER_HF };
 
 /* A growable array of token ids; zero-initialise it. Encoding appends. */
 struct fw_token_buf {
@@ -117,6 +117,16 @@ struct fw_tokenizer *fw_tokenizer_deserialize(const char *text, size_t len, cons
 enum fw_status fw_tokenizer_encode(struct fw_tokenizer *t, const char *text, size_t len,
 				   bool allow_special, struct fw_token_buf *out,
 				   struct fw_err *err);
+/* Flags of fw_tokenizer_encode_ex. SPLIT_SPECIAL: special tokens' text in
+ * the input becomes those tokens (otherwise it is ordinary text; added tokens
+ * that are not special are always matched, as in Hugging Face's library).
+ * ADD_SPECIAL: a tokenizer.json's post-processor adds its tokens (BOS/EOS,
+ * [CLS]/[SEP]), Hugging Face's add_special_tokens. fw_tokenizer_encode with
+ * allow_special is both flags, without it neither. */
+enum { FW_TOKENIZE_SPLIT_SPECIAL = 1, FW_TOKENIZE_ADD_SPECIAL = 2 };
+enum fw_status fw_tokenizer_encode_ex(struct fw_tokenizer *t, const char *text, size_t len,
+				      unsigned flags, struct fw_token_buf *out,
+				      struct fw_err *err);
 /* The bytes of ids[0..n), concatenated, into *out (fw_malloc'd, with a NUL
  * after the *len bytes; caller fw_free()s it). An id outside the vocabulary
  * is FW_ERR_INVALID and *out is NULL. */
