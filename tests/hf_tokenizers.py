@@ -119,8 +119,12 @@ def build_specs(r):
         counts[c] += 1
     pieces = [p for p, _ in counts.most_common(6000)]
     total = sum(counts[p] for p in pieces)
+    # Scores are made distinct: with equal scores, equal-sum segmentations tie,
+    # and the reference's JSON float parsing (serde_json, not always correctly
+    # rounded) can break such a tie by one ulp either way.
     uni = [["<pad>", 0.0], ["</s>", 0.0], ["<unk>", 0.0]] + \
-        [[p, math.log(counts[p] / total)] for p in pieces if p not in ("<pad>", "</s>", "<unk>")]
+        [[p, math.log(counts[p] / total) - k * 1e-7]
+         for k, p in enumerate(pieces) if p not in ("<pad>", "</s>", "<unk>")]
     uni_b = uni + [["<0x%02X>" % b, -30.0] for b in range(256)]
     # RoBERTa-style byte-level BPE: GPT-2's first merges.
     return {"wordpiece": wordpiece, "unigram": uni, "unigram_bytes": uni_b}

@@ -880,7 +880,7 @@ static char *merges_text(json_t *merges, size_t *len, const char *path, struct f
 
 /* A tokenizer.json pipeline from the file's text (kept for serialising). */
 static struct fw_tokenizer *hf_from_text(const char *path, char *text, size_t len,
-					 struct fw_err *err)
+					 json_t *parsed, struct fw_err *err)
 {
 	struct fw_tokenizer *t = tok_new(FW_TOKENIZER_HF);
 	if (!t) {
@@ -890,14 +890,14 @@ static struct fw_tokenizer *hf_from_text(const char *path, char *text, size_t le
 	}
 	t->src_json = text;
 	t->src_json_len = len;
-	if (!(t->hf = hf_load(path, text, len, err))) {
+	if (!(t->hf = hf_load(path, text, len, parsed, err))) {
 		fw_tokenizer_free(t);
 		return NULL;
 	}
 	/* Each token's own bytes, for fw_tokenizer_token. */
 	for (int32_t id = 0; id < t->hf->vocab.n; id++) {
-		char *b;
-		size_t bl;
+		char *b = NULL;
+		size_t bl = 0;
 		enum fw_status s = hf_decode(t->hf, &id, 1, true, &b, &bl, err);
 		if (s == FW_OK)
 			s = vocab_push(t, b, bl, err);
@@ -928,8 +928,9 @@ struct fw_tokenizer *fw_tokenizer_load_hf_json(const char *path, struct fw_err *
 	json_t *model = json_object_get(root, "model"), *added = json_object_get(root, "added_tokens");
 	if (!json_is_object(root) || not_gpt2_bpe(root, model)) {
 		/* Not GPT-2's byte-level BPE: the general pipeline. */
+		t = hf_from_text(path, text, len, root, err);
 		json_decref(root);
-		return hf_from_text(path, text, len, err);
+		return t;
 	}
 	fw_free(text);
 	text = NULL;
@@ -1060,7 +1061,7 @@ struct fw_tokenizer *fw_tokenizer_deserialize(const char *text, size_t len, cons
 			fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 			goto out;
 		}
-		t = hf_from_text(where, jt, jl, err);
+		t = hf_from_text(where, jt, jl, NULL, err);
 	} else if (gpt2) {
 		size_t vl, ml;
 		char *vt = dup_text(vocab, &vl), *mt = vt ? dup_text(merges, &ml) : NULL;

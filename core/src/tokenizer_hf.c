@@ -140,9 +140,10 @@ static enum fw_status dec_parse(json_t *j, struct hf_dec *d, const char *path,
 		if (!json_is_array(a))
 			return fw_errorf(err, FW_ERR_FORMAT, "%s: decoder Sequence without \"decoders\"",
 					 path);
-		d->n_sub = json_array_size(a);
-		if (d->n_sub && !(d->sub = fw_calloc(d->n_sub, sizeof(*d->sub))))
+		size_t ns = json_array_size(a);
+		if (ns && !(d->sub = fw_calloc(ns, sizeof(*d->sub))))
 			return NOMEM(err);
+		d->n_sub = ns;
 		for (size_t i = 0; i < d->n_sub; i++) {
 			enum fw_status s = dec_parse(json_array_get(a, i), &d->sub[i], path, err);
 			if (s != FW_OK)
@@ -601,10 +602,11 @@ static bool set_special(struct hf_tok *h, int32_t id)
 	return true;
 }
 
-struct hf_tok *hf_load(const char *path, const char *text, size_t len, struct fw_err *err)
+struct hf_tok *hf_load(const char *path, const char *text, size_t len, json_t *parsed,
+			struct fw_err *err)
 {
 	json_error_t je;
-	json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+	json_t *root = parsed ? json_incref(parsed) : json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
 	struct hf_tok *h = NULL;
 	enum fw_status st = FW_OK;
 	if (!root) {
@@ -815,6 +817,7 @@ enum fw_status hf_decode(const struct hf_tok *h, const int32_t *ids, size_t n, b
 {
 	struct sbuf *tk = fw_calloc(n + 1, sizeof(*tk));
 	size_t m = 0;
+	*out = NULL;
 	bool ok = tk != NULL;
 	for (size_t i = 0; ok && i < n; i++) {
 		size_t sn;

@@ -83,6 +83,7 @@ void plist_free(struct plist *l);
 struct hf_vocab {
 	uint32_t *off, *len;            /* per id, into blob; len UINT32_MAX = no token */
 	int32_t n;                      /* ids 0..n-1 */
+	size_t cap;                     /* of off and len */
 	char *blob;
 	size_t blob_n, blob_cap;
 	int32_t *tab;                   /* open addressing, -1 = free */
@@ -204,7 +205,9 @@ struct hf_tok {
 };
 
 /* tokenizer_hf.c */
-struct hf_tok *hf_load(const char *path, const char *text, size_t len, struct fw_err *err);
+/* From the file's text, or from parsed (its JSON, when already parsed). */
+struct hf_tok *hf_load(const char *path, const char *text, size_t len, json_t *parsed,
+		       struct fw_err *err);
 void hf_free(struct hf_tok *h);
 enum fw_status hf_encode(struct hf_tok *h, const char *text, size_t len, bool split_special,
 			 bool add_special, struct fw_token_buf *out, struct fw_err *err);

@@ -72,23 +72,13 @@ bool vocab_set(struct hf_vocab *v, int32_t id, const char *s, size_t n)
 	if (id < 0 || id == INT32_MAX || n >= UINT32_MAX || v->blob_n + n >= UINT32_MAX)
 		return false;
 	if (id >= v->n) {
-		size_t nn = (size_t)id + 1;
-		uint32_t *off = fw_malloc(nn * sizeof(uint32_t)), *len = fw_malloc(nn * sizeof(uint32_t));
-		if (!off || !len) {
-			fw_free(off);
-			fw_free(len);
-			return false;
-		}
-		if (v->n) {
-			memcpy(off, v->off, (size_t)v->n * sizeof(uint32_t));
-			memcpy(len, v->len, (size_t)v->n * sizeof(uint32_t));
-		}
+		size_t nn = (size_t)id + 1, cap_off = v->cap, cap_len = v->cap;
+		if (!tok_grow((void **)&v->off, &cap_off, nn, sizeof(uint32_t)) ||
+		    !tok_grow((void **)&v->len, &cap_len, nn, sizeof(uint32_t)))
+			return false;   /* (a grown off is kept: cap covers both) */
+		v->cap = cap_off < cap_len ? cap_off : cap_len;
 		for (size_t i = (size_t)v->n; i < nn; i++)
-			len[i] = UINT32_MAX;
-		fw_free(v->off);
-		fw_free(v->len);
-		v->off = off;
-		v->len = len;
+			v->len[i] = UINT32_MAX;
 		v->n = (int32_t)nn;
 	}
 	if (!tok_grow((void **)&v->blob, &v->blob_cap, v->blob_n + n + 1, 1))
@@ -132,10 +122,16 @@ void vocab_free(struct hf_vocab *v)
 
 /* --- loading ---------------------------------------------------------------------------------- */
 
+static uint64_t merge_slot(uint64_t key, uint64_t mask)
+{
+	key = (key ^ key >> 31) * 0x9E3779B97F4A7C15ull;
+	return (key ^ key >> 32) & mask;
+}
+
 static int32_t merge_get(const struct hf_model *m, int32_t a, int32_t b, int32_t *id)
 {
 	uint64_t key = (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
-	for (uint64_t i = (key * 0x9E3779B97F4A7C15ull) & m->mmask;; i = (i + 1) & m->mmask) {
+	for (uint64_t i = merge_slot(key, m->mmask);; i = (i + 1) & m->mmask) {
 		if (m->merges[i].key == key) {
 			*id = m->merges[i].id;
 			return m->merges[i].rank;
@@ -200,7 +196,7 @@ static enum fw_status load_merges(json_t *merges, struct hf_tok *h, const char *
 			break;
 		}
 		uint64_t key = (uint64_t)(uint32_t)ia << 32 | (uint32_t)ib;
-		uint64_t i = (key * 0x9E3779B97F4A7C15ull) & m->mmask;
+		uint64_t i = merge_slot(key, m->mmask);
 		while (m->merges[i].key != EMPTY && m->merges[i].key != key)
 			i = (i + 1) & m->mmask;
 		m->merges[i] = (struct merge_ent){ key, (int32_t)r, im };   /* the last rank wins */

@@ -280,8 +280,11 @@ struct hf_re *re_new(const char *pat, size_t n, bool literal, const char *where,
 		PCRE2_UCHAR msg[160] = "out of memory";
 		if (!r->re)
 			pcre2_get_error_message(code, msg, sizeof(msg));
-		fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: regular expression not supported: %s", where,
-			  (const char *)msg);
+		if (!r->re && code != PCRE2_ERROR_HEAP_FAILED)
+			fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: regular expression not supported: %s",
+				  where, (const char *)msg);
+		else
+			fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 		re_free(r);
 		return NULL;
 	}
@@ -468,9 +471,10 @@ enum fw_status norm_parse(json_t *j, struct hf_norm *n, const char *path, const 
 		if (!json_is_array(a))
 			return fw_errorf(err, FW_ERR_FORMAT, "%s: %s: Sequence without \"normalizers\"",
 					 path, at);
-		n->n_sub = json_array_size(a);
-		if (n->n_sub && !(n->sub = fw_calloc(n->n_sub, sizeof(*n->sub))))
+		size_t ns = json_array_size(a);
+		if (ns && !(n->sub = fw_calloc(ns, sizeof(*n->sub))))
 			return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		n->n_sub = ns;
 		for (size_t i = 0; i < n->n_sub; i++) {
 			enum fw_status s = norm_parse(json_array_get(a, i), &n->sub[i], path, at, err);
 			if (s != FW_OK)
@@ -815,9 +819,10 @@ enum fw_status pre_parse(json_t *j, struct hf_pre *p, const char *path, const ch
 		if (!json_is_array(a))
 			return fw_errorf(err, FW_ERR_FORMAT, "%s: %s: Sequence without \"pretokenizers\"",
 					 path, at);
-		p->n_sub = json_array_size(a);
-		if (p->n_sub && !(p->sub = fw_calloc(p->n_sub, sizeof(*p->sub))))
+		size_t ns = json_array_size(a);
+		if (ns && !(p->sub = fw_calloc(ns, sizeof(*p->sub))))
 			return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		p->n_sub = ns;
 		for (size_t i = 0; i < p->n_sub; i++) {
 			enum fw_status s = pre_parse(json_array_get(a, i), &p->sub[i], path, at, err);
 			if (s != FW_OK)
