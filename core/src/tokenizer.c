@@ -87,10 +87,7 @@ struct fw_tokenizer {
 	size_t src_json_len;
 	char *src_vocab, *src_merges;   /* gpt2: the files' texts, for serialising */
 	size_t src_vocab_len, src_merges_len;
-	pcre2_general_context *gctx;
-	pcre2_code *re;
-	pcre2_match_data *md;
-	bool jit;
+	struct hf_re *re;               /* gpt2: GPT-2's pattern */
 	size_t heap_threshold;
 	/* piece cache */
 	struct cache_slot *cache;
@@ -380,9 +377,7 @@ void fw_tokenizer_free(struct fw_tokenizer *t)
 {
 	if (!t)
 		return;
-	pcre2_match_data_free(t->md);
-	pcre2_code_free(t->re);
-	pcre2_general_context_free(t->gctx);
+	re_free(t->re);
 	fw_free(t->tok);
 	fw_free(t->blob);
 	fw_free(t->vtab);
@@ -696,31 +691,13 @@ out:
 	return s;
 }
 
+/* GPT-2's pattern, JIT-compiled where PCRE2 can (without JIT, unsupported
+ * CPU or no executable memory, the interpreter gives the same matches). */
 static enum fw_status compile_pattern(struct fw_tokenizer *t, struct fw_err *err)
 {
-	int code;
-	PCRE2_SIZE at;
-	t->gctx = pcre2_general_context_create(pcre_alloc, pcre_free, NULL);
-	pcre2_compile_context *cc = t->gctx ? pcre2_compile_context_create(t->gctx) : NULL;
-	if (!cc)
-		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
-	t->re = pcre2_compile((PCRE2_SPTR)gpt2_pattern, PCRE2_ZERO_TERMINATED,
-			      PCRE2_UTF | PCRE2_UCP, &code, &at, cc);
-	pcre2_compile_context_free(cc);
-	if (!t->re) {
-		PCRE2_UCHAR msg[160];
-		pcre2_get_error_message(code, msg, sizeof(msg));
-		return fw_errorf(err, code == PCRE2_ERROR_HEAP_FAILED ? FW_ERR_NOMEM :
-				 FW_ERR_INTERNAL, "tokenizer: PCRE2 cannot compile GPT-2's pattern "
-				 "at %zu: %s", (size_t)at, (const char *)msg);
-	}
-	/* Without JIT (unsupported CPU, no executable memory) the interpreter
-	 * gives the same matches, more slowly. */
-	t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
-	t->md = pcre2_match_data_create_from_pattern(t->re, t->gctx);
-	if (!t->md)
-		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
-	return FW_OK;
+	t->re = re_new(gpt2_pattern, strlen(gpt2_pattern), false, "tokenizer: GPT-2's pattern",
+		       err);
+	return t->re ? FW_OK : err->status;
 }
 
 /* A GPT-2 BPE from the texts of its two files (paths name them in messages).
@@ -1351,10 +1328,11 @@ static enum fw_status encode_valid(struct fw_tokenizer *t, const char *s, size_t
 				   struct fw_token_buf *out, struct fw_err *err)
 {
 	PCRE2_SIZE off = 0;
-	PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
+	const struct hf_re *re = t->re;
+	PCRE2_SIZE *ov = pcre2_get_ovector_pointer(re->md);
 	while (off < n) {
-		int rc = t->jit ? pcre2_jit_match(t->re, (PCRE2_SPTR)s, n, off, 0, t->md, NULL)
-				: pcre2_match(t->re, (PCRE2_SPTR)s, n, off, PCRE2_NO_UTF_CHECK, t->md,
+		int rc = re->jit ? pcre2_jit_match(re->re, (PCRE2_SPTR)s, n, off, 0, re->md, NULL)
+				 : pcre2_match(re->re, (PCRE2_SPTR)s, n, off, PCRE2_NO_UTF_CHECK, re->md,
 					      NULL);
 		if (rc < 0) {
 			PCRE2_UCHAR msg[160];
@@ -1558,5 +1536,5 @@ void fw_tokenizer_set_heap_threshold(struct fw_tokenizer *t, size_t n)
 
 bool fw_tokenizer_uses_jit(const struct fw_tokenizer *t)
 {
-	return t->jit;
+	return t->re && t->re->jit;
 }

@@ -387,11 +387,14 @@ static bool dec_apply(const struct hf_dec *d, struct sbuf *tk, size_t *n, bool r
 			break;
 		}
 		case DEC_REPLACE: {
-			PCRE2_SIZE *ov = pcre2_get_ovector_pointer(d->re->md);
+			/* Its own match data: decoding may run in several threads. */
+			pcre2_match_data *md = pcre2_match_data_create_from_pattern(d->re->re, NULL);
+			PCRE2_SIZE *ov = md ? pcre2_get_ovector_pointer(md) : NULL;
 			size_t off = 0;
+			ok = md != NULL;
 			while (ok && off <= t->n) {
 				int rc = pcre2_match(d->re->re, (PCRE2_SPTR)(t->b ? t->b : ""), t->n, off,
-						     PCRE2_NO_UTF_CHECK, d->re->md, NULL);
+						     PCRE2_NO_UTF_CHECK, md, NULL);
 				if (rc < 0)
 					break;
 				ok = sb_put(&o, t->b + off, ov[0] - off) && sb_put(&o, d->b, d->nb);
@@ -401,6 +404,7 @@ static bool dec_apply(const struct hf_dec *d, struct sbuf *tk, size_t *n, bool r
 			}
 			if (ok && off < t->n)
 				ok = sb_put(&o, t->b + off, t->n - off);
+			pcre2_match_data_free(md);
 			break;
 		}
 		default:
