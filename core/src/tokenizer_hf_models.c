@@ -16,6 +16,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "tokenizer_hf.h"
@@ -205,6 +206,42 @@ static enum fw_status load_merges(json_t *merges, struct hf_tok *h, const char *
 	return st;
 }
 
+/* A score as the reference reads it. tokenizer.json files are written with
+ * the shortest decimal that gives back each f64; Hugging Face reads them with
+ * serde_json, which (without its float_roundtrip feature) converts the
+ * digits to an f64 first and then multiplies or divides by a power of ten:
+ * two roundings, so a 17-digit score can come out one ulp away from the
+ * correctly rounded d that jansson gives. Segmentations made of the same
+ * pieces in another order tie exactly, and those ulps decide the tie, so
+ * fw redoes that conversion from d's shortest decimal. */
+static double serde_f64(double d)
+{
+	char buf[40];
+	int prec = 0;
+	if (!isfinite(d) || d == 0)
+		return d;
+	do
+		snprintf(buf, sizeof(buf), "%.*e", prec++, d);
+	while (prec < 17 && strtod(buf, NULL) != d);
+	/* buf: [-]D.DDDDe[+-]XX: digits and a decimal exponent */
+	uint64_t sig = 0;
+	int digits = 0;
+	const char *p = buf + (buf[0] == '-');
+	for (; *p && *p != 'e'; p++)
+		if (*p >= '0' && *p <= '9') {
+			sig = sig * 10 + (uint64_t)(*p - '0');
+			digits++;
+		}
+	int exp10 = atoi(p + 1) - (digits - 1);
+	static const double pow10[] = { 1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10,
+		1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22 };
+	double f = (double)sig;
+	if (exp10 < -22 || exp10 > 22)
+		return d;               /* not reached by scores; keep jansson's */
+	f = exp10 >= 0 ? f * pow10[exp10] : f / pow10[-exp10];
+	return d < 0 ? -f : f;
+}
+
 static enum fw_status opt_str(json_t *j, const char *k, char **out, size_t *n, struct fw_err *err)
 {
 	json_t *v = json_object_get(j, k);
@@ -258,7 +295,7 @@ enum fw_status model_parse(json_t *j, struct hf_tok *h, const char *path, struct
 						 "piece", path, i);
 			if (!vocab_set(&h->vocab, (int32_t)i, json_string_value(p), json_string_length(p)))
 				return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
-			m->score[i] = json_number_value(s);
+			m->score[i] = serde_f64(json_number_value(s));
 			if (m->score[i] < m->min_score)
 				m->min_score = m->score[i];
 			if (json_string_length(p) > m->max_piece)
