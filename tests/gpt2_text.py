@@ -18,7 +18,7 @@ alphabet) written out here. Checks:
   3. a wrong --vocab-file or --merge-file is one clear error line;
   4. a Hugging Face tokenizer.json (written here from the same files, merges as
      "A B" strings and as ["A", "B"] pairs) tokenizes like the reference; one
-     that is not GPT-2's byte-level BPE is refused in one line;
+     with a component fw does not implement is refused in one line;
   5. `fwrun import` stores a folder's tokenizer.json, so generate needs no
      tokenizer flags; `fwrun export` writes vocab.json + merges.txt, and
      importing that folder gives the same generation.
@@ -180,11 +180,10 @@ def check_tokenizer_json(fw, work, mod, W):
         R.check(f"tokenizer.json (merges as {'pairs' if pairs else 'strings'}) encodes like "
                 "the reference", p.returncode == 0 and got == want, gp.describe(p))
     for what, change, expect in (
-            ("Metaspace pre-tokenizer", {"pre_tokenizer": {"type": "Metaspace"}}, "pre-tokenizer"),
-            ("byte_fallback", {"model": dict(tokenizer_json(enc, bpe, False)["model"],
-                                             byte_fallback=True)}, "byte_fallback"),
-            ("model WordPiece", {"model": {"type": "WordPiece", "vocab": {}, "merges": []}},
-             "BPE")):
+            ("UnicodeScripts pre-tokenizer", {"pre_tokenizer": {"type": "UnicodeScripts"}},
+             "pre-tokenizer \"UnicodeScripts\""),
+            ("CTC decoder", {"decoder": {"type": "CTC"}}, "decoder \"CTC\""),
+            ("model WordLevel", {"model": {"type": "WordLevel", "vocab": {}}}, "WordLevel")):
         bad = os.path.join(work, "bad-tokenizer.json")
         with open(bad, "w", encoding="utf-8") as f:
             json.dump(dict(tokenizer_json(enc, bpe, False), **change), f)

@@ -15,33 +15,8 @@
 
 #include "fw/tokenizer.h"
 #include "harness.h"
+#include "tokenizer_fixture.h"
 #include "tokenizer_internal.h"
-
-static char root[64];
-
-#define ck_one_line(msg) \
-	ck_assert_msg(!strchr(msg, '\n') && (msg)[0], "not one line: '%s'", msg)
-#define ck_has(msg, s) \
-	ck_assert_msg(strstr(msg, s) != NULL, "'%s' does not contain '%s'", msg, s)
-
-static int rm_entry(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
-{
-	return remove(p);
-}
-
-static void setup_root(void)
-{
-	snprintf(root, sizeof(root), "/tmp/fw-test-tok.XXXXXX");
-	if (!mkdtemp(root)) {
-		perror("mkdtemp");
-		abort();
-	}
-}
-
-static void teardown_root(void)
-{
-	nftw(root, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
-}
 
 static char *path_of(const char *name)
 {

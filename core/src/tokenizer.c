@@ -26,6 +26,7 @@
 #include <jansson.h>
 
 #include "fw/tokenizer.h"
+#include "tokenizer_hf.h"
 #include "tokenizer_internal.h"
 
 #define SMALL_PIECE 128                 /* longer pieces merge with the heap */
@@ -81,12 +82,12 @@ struct fw_tokenizer {
 	uint8_t special_first[32];      /* bitmap of the specials' first bytes */
 	int special_byte;               /* the first byte all specials share, or -1 */
 	int32_t eos;
+	struct hf_tok *hf;              /* hf: the tokenizer.json pipeline */
+	char *src_json;                 /* hf: the file's text, for serialising */
+	size_t src_json_len;
 	char *src_vocab, *src_merges;   /* gpt2: the files' texts, for serialising */
 	size_t src_vocab_len, src_merges_len;
-	pcre2_general_context *gctx;
-	pcre2_code *re;
-	pcre2_match_data *md;
-	bool jit;
+	struct hf_re *re;               /* gpt2: GPT-2's pattern */
 	size_t heap_threshold;
 	/* piece cache */
 	struct cache_slot *cache;
@@ -123,7 +124,7 @@ static uint64_t hash_bytes(const void *p, size_t n)
 }
 
 /* Grows *p (elements of size elem, capacity *cap) to hold need elements. */
-static bool grow(void **p, size_t *cap, size_t need, size_t elem)
+bool tok_grow(void **p, size_t *cap, size_t need, size_t elem)
 {
 	if (need <= *cap)
 		return true;
@@ -156,7 +157,7 @@ static inline bool buf_reserve(struct fw_token_buf *b, size_t more)
 {
 	if (b->n + more <= b->cap)
 		return true;
-	return grow((void **)&b->ids, &b->cap, b->n + more, sizeof(int32_t));
+	return tok_grow((void **)&b->ids, &b->cap, b->n + more, sizeof(int32_t));
 }
 
 /* Reads a whole file into an fw_malloc'd, NUL-terminated buffer. */
@@ -195,52 +196,6 @@ static enum fw_status read_file(const char *path, char **out, size_t *len, struc
 	*out = buf;
 	*len = n;
 	return FW_OK;
-}
-
-/* Length of the longest well-formed UTF-8 prefix of s[0..n) (RFC 3629). */
-static size_t utf8_valid(const unsigned char *s, size_t n)
-{
-	size_t i = 0;
-	while (i < n) {
-		if (i + 8 <= n) {
-			uint64_t w;
-			memcpy(&w, s + i, 8);
-			if (!(w & 0x8080808080808080ull)) {
-				i += 8;
-				continue;
-			}
-		}
-		unsigned c = s[i];
-		if (c < 0x80) {
-			i++;
-			continue;
-		}
-		size_t k;
-		unsigned lo = 0x80, hi = 0xBF;
-		if (c >= 0xC2 && c <= 0xDF)
-			k = 1;
-		else if (c == 0xE0)
-			k = 2, lo = 0xA0;
-		else if (c == 0xED)
-			k = 2, hi = 0x9F;
-		else if (c >= 0xE1 && c <= 0xEF)
-			k = 2;
-		else if (c == 0xF0)
-			k = 3, lo = 0x90;
-		else if (c == 0xF4)
-			k = 3, hi = 0x8F;
-		else if (c >= 0xF1 && c <= 0xF3)
-			k = 3;
-		else
-			return i;
-		if (n - i <= k || s[i + 1] < lo || s[i + 1] > hi)
-			return i;
-		for (size_t j = 2; j <= k; j++)
-			if ((s[i + j] & 0xC0) != 0x80)
-				return i;
-		i += k + 1;
-	}
-	return n;
 }
 
 /* --- vocabulary ------------------------------------------------------------------ */
@@ -292,8 +247,8 @@ static enum fw_status vocab_push(struct fw_tokenizer *t, const char *b, size_t l
 {
 	size_t cap = (size_t)t->cap_vocab;
 	if (t->n_vocab == INT32_MAX || len > UINT32_MAX - t->blob_len ||
-	    !grow((void **)&t->tok, &cap, (size_t)t->n_vocab + 1, sizeof(*t->tok)) ||
-	    !grow((void **)&t->blob, &t->blob_cap, t->blob_len + len + 1, 1))
+	    !tok_grow((void **)&t->tok, &cap, (size_t)t->n_vocab + 1, sizeof(*t->tok)) ||
+	    !tok_grow((void **)&t->blob, &t->blob_cap, t->blob_len + len + 1, 1))
 		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 	t->cap_vocab = (int32_t)(cap > INT32_MAX ? INT32_MAX : cap);
 	memcpy(t->blob + t->blob_len, b, len);
@@ -307,10 +262,10 @@ static enum fw_status special_push(struct fw_tokenizer *t, int32_t id, uint32_t 
 				   struct fw_err *err)
 {
 	size_t old = t->cap_flag;
-	if (!grow((void **)&t->specials, &t->cap_specials, t->n_specials + 1,
+	if (!tok_grow((void **)&t->specials, &t->cap_specials, t->n_specials + 1,
 		  sizeof(*t->specials)) ||
-	    !grow((void **)&t->sp_flag, &t->cap_flag, (size_t)id + 1, 1) ||
-	    !grow((void **)&t->sp_lens, &t->cap_lens, t->n_lens + 1, sizeof(uint32_t)))
+	    !tok_grow((void **)&t->sp_flag, &t->cap_flag, (size_t)id + 1, 1) ||
+	    !tok_grow((void **)&t->sp_lens, &t->cap_lens, t->n_lens + 1, sizeof(uint32_t)))
 		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 	memset(t->sp_flag + old, 0, t->cap_flag - old);
 	t->specials[t->n_specials++] = (struct special){ id, len };
@@ -334,8 +289,13 @@ static enum fw_status special_push(struct fw_tokenizer *t, int32_t id, uint32_t 
 
 bool fw_tokenizer_is_special(const struct fw_tokenizer *t, int32_t id)
 {
+	if (t && t->hf)
+		return id >= 0 && (size_t)id < t->hf->n_is_special && t->hf->is_special[id];
 	return t && id >= 0 && (size_t)id < t->cap_flag && t->sp_flag[id];
 }
+
+static enum fw_status hf_add(struct fw_tokenizer *t, const char *text, size_t len,
+			     int32_t *id_out, struct fw_err *err);
 
 enum fw_status fw_tokenizer_add_special(struct fw_tokenizer *t, const char *text, size_t len,
 					int32_t *id_out, struct fw_err *err)
@@ -343,6 +303,8 @@ enum fw_status fw_tokenizer_add_special(struct fw_tokenizer *t, const char *text
 	if (!t || !text || len == 0 || len > 1024)
 		return fw_errorf(err, FW_ERR_INVALID,
 				 "tokenizer: a special token needs 1 to 1024 bytes of text");
+	if (t->hf)
+		return hf_add(t, text, len, id_out, err);
 	int32_t id = vocab_find(t, text, len);
 	if (id < 0) {
 		enum fw_status s = vocab_push(t, text, len, err);
@@ -364,15 +326,35 @@ enum fw_status fw_tokenizer_add_special(struct fw_tokenizer *t, const char *text
 	return FW_OK;
 }
 
+/* hf: a special added to the pipeline, recorded in t->specials for
+ * serialising, its bytes in t->tok for fw_tokenizer_token. */
+static enum fw_status hf_add(struct fw_tokenizer *t, const char *text, size_t len,
+			     int32_t *id_out, struct fw_err *err)
+{
+	int32_t id;
+	bool was = false;
+	int32_t old = vocab_get(&t->hf->vocab, text, len);
+	if (old >= 0)
+		was = fw_tokenizer_is_special(t, old);
+	enum fw_status s = hf_add_special(t->hf, text, len, &id, err);
+	if (s == FW_OK && id >= t->n_vocab)
+		s = vocab_push(t, text, len, err);
+	if (s == FW_OK && !was)
+		s = special_push(t, id, (uint32_t)len, err);
+	if (s == FW_OK && id_out)
+		*id_out = id;
+	return s;
+}
+
 /* --- construction ------------------------------------------------------------------ */
 
-static void *pcre_alloc(PCRE2_SIZE n, void *user)
+void *pcre_alloc(PCRE2_SIZE n, void *user)
 {
 	(void)user;
 	return fw_malloc(n);
 }
 
-static void pcre_free(void *p, void *user)
+void pcre_free(void *p, void *user)
 {
 	(void)user;
 	fw_free(p);
@@ -395,9 +377,7 @@ void fw_tokenizer_free(struct fw_tokenizer *t)
 {
 	if (!t)
 		return;
-	pcre2_match_data_free(t->md);
-	pcre2_code_free(t->re);
-	pcre2_general_context_free(t->gctx);
+	re_free(t->re);
 	fw_free(t->tok);
 	fw_free(t->blob);
 	fw_free(t->vtab);
@@ -410,6 +390,8 @@ void fw_tokenizer_free(struct fw_tokenizer *t)
 	fw_free(t->cids);
 	fw_free(t->src_vocab);
 	fw_free(t->src_merges);
+	fw_free(t->src_json);
+	hf_free(t->hf);
 	fw_free(t);
 }
 
@@ -596,7 +578,7 @@ static enum fw_status load_vocab(struct fw_tokenizer *t, const char *path, const
 			break;
 		}
 		seen[id] = 1;
-		if (!grow((void **)&t->blob, &t->blob_cap, t->blob_len + klen + 1, 1)) {
+		if (!tok_grow((void **)&t->blob, &t->blob_cap, t->blob_len + klen + 1, 1)) {
 			s = fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
 			break;
 		}
@@ -709,31 +691,13 @@ out:
 	return s;
 }
 
+/* GPT-2's pattern, JIT-compiled where PCRE2 can (without JIT, unsupported
+ * CPU or no executable memory, the interpreter gives the same matches). */
 static enum fw_status compile_pattern(struct fw_tokenizer *t, struct fw_err *err)
 {
-	int code;
-	PCRE2_SIZE at;
-	t->gctx = pcre2_general_context_create(pcre_alloc, pcre_free, NULL);
-	pcre2_compile_context *cc = t->gctx ? pcre2_compile_context_create(t->gctx) : NULL;
-	if (!cc)
-		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
-	t->re = pcre2_compile((PCRE2_SPTR)gpt2_pattern, PCRE2_ZERO_TERMINATED,
-			      PCRE2_UTF | PCRE2_UCP, &code, &at, cc);
-	pcre2_compile_context_free(cc);
-	if (!t->re) {
-		PCRE2_UCHAR msg[160];
-		pcre2_get_error_message(code, msg, sizeof(msg));
-		return fw_errorf(err, code == PCRE2_ERROR_HEAP_FAILED ? FW_ERR_NOMEM :
-				 FW_ERR_INTERNAL, "tokenizer: PCRE2 cannot compile GPT-2's pattern "
-				 "at %zu: %s", (size_t)at, (const char *)msg);
-	}
-	/* Without JIT (unsupported CPU, no executable memory) the interpreter
-	 * gives the same matches, more slowly. */
-	t->jit = pcre2_jit_compile(t->re, PCRE2_JIT_COMPLETE) == 0;
-	t->md = pcre2_match_data_create_from_pattern(t->re, t->gctx);
-	if (!t->md)
-		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
-	return FW_OK;
+	t->re = re_new(gpt2_pattern, strlen(gpt2_pattern), false, "tokenizer: GPT-2's pattern",
+		       err);
+	return t->re ? FW_OK : err->status;
 }
 
 /* A GPT-2 BPE from the texts of its two files (paths name them in messages).
@@ -837,6 +801,16 @@ static const char *not_gpt2_bpe(json_t *root, json_t *model)
 		return "ByteLevel without GPT-2's regex is not supported";
 	if (dec && !json_is_null(dec) && strcmp(str_field(dec, "type"), "ByteLevel"))
 		return "the decoder is not ByteLevel";
+	json_t *post = json_object_get(root, "post_processor"), *a;
+	if (post && !json_is_null(post) && strcmp(str_field(post, "type"), "ByteLevel"))
+		return "a post-processor other than ByteLevel";
+	size_t i;
+	json_array_foreach(json_object_get(root, "added_tokens"), i, a)
+		if (!json_is_true(json_object_get(a, "special")) ||
+		    json_is_true(json_object_get(a, "lstrip")) ||
+		    json_is_true(json_object_get(a, "rstrip")) ||
+		    json_is_true(json_object_get(a, "single_word")))
+			return "added tokens other than plain special tokens";
 	return NULL;
 }
 
@@ -881,6 +855,39 @@ static char *merges_text(json_t *merges, size_t *len, const char *path, struct f
 	return out;
 }
 
+/* A tokenizer.json pipeline from the file's text (kept for serialising). */
+static struct fw_tokenizer *hf_from_text(const char *path, char *text, size_t len,
+					 json_t *parsed, struct fw_err *err)
+{
+	struct fw_tokenizer *t = tok_new(FW_TOKENIZER_HF);
+	if (!t) {
+		fw_free(text);
+		fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		return NULL;
+	}
+	t->src_json = text;
+	t->src_json_len = len;
+	if (!(t->hf = hf_load(path, text, len, parsed, err))) {
+		fw_tokenizer_free(t);
+		return NULL;
+	}
+	/* Each token's own bytes, for fw_tokenizer_token. */
+	for (int32_t id = 0; id < t->hf->vocab.n; id++) {
+		char *b = NULL;
+		size_t bl = 0;
+		enum fw_status s = hf_decode(t->hf, &id, 1, true, &b, &bl, err);
+		if (s == FW_OK)
+			s = vocab_push(t, b, bl, err);
+		fw_free(b);
+		if (s != FW_OK) {
+			fw_tokenizer_free(t);
+			return NULL;
+		}
+	}
+	t->eos = hf_eos(t->hf);
+	return t;
+}
+
 struct fw_tokenizer *fw_tokenizer_load_hf_json(const char *path, struct fw_err *err)
 {
 	char *text = NULL, *vocab = NULL, *merges = NULL;
@@ -890,18 +897,20 @@ struct fw_tokenizer *fw_tokenizer_load_hf_json(const char *path, struct fw_err *
 		return NULL;
 	json_error_t je;
 	json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
-	fw_free(text);
 	if (!root) {
+		fw_free(text);
 		fw_errorf(err, FW_ERR_FORMAT, "%s:%d: not valid JSON: %s", path, je.line, je.text);
 		return NULL;
 	}
 	json_t *model = json_object_get(root, "model"), *added = json_object_get(root, "added_tokens");
-	const char *why = json_is_object(root) ? not_gpt2_bpe(root, model) : "not a JSON object";
-	if (why) {
-		fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: not a GPT-2 byte-level BPE tokenizer: %s", path,
-			  why);
-		goto out;
+	if (!json_is_object(root) || not_gpt2_bpe(root, model)) {
+		/* Not GPT-2's byte-level BPE: the general pipeline. */
+		t = hf_from_text(path, text, len, root, err);
+		json_decref(root);
+		return t;
 	}
+	fw_free(text);
+	text = NULL;
 	char *dump = json_dumps(json_object_get(model, "vocab"), JSON_COMPACT);
 	vl = dump ? strlen(dump) : 0;
 	vocab = dump ? fw_malloc(vl + 1) : NULL;
@@ -971,6 +980,10 @@ char *fw_tokenizer_serialize(const struct fw_tokenizer *t, struct fw_err *err)
 			json_decref(m);
 		}
 	}
+	if (ok && t->hf) {
+		json_t *j = json_stringn(t->src_json, t->src_json_len);
+		ok = j && !json_object_set_new(root, "json", j);
+	}
 	char *dump = ok ? json_dumps(root, JSON_COMPACT) : NULL;
 	out = dump ? fw_malloc(strlen(dump) + 1) : NULL;
 	if (out)
@@ -1000,14 +1013,16 @@ struct fw_tokenizer *fw_tokenizer_deserialize(const char *text, size_t len, cons
 	json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
 	json_t *kind = json_object_get(root, "kind"), *sp = json_object_get(root, "specials");
 	json_t *vocab = json_object_get(root, "vocab"), *merges = json_object_get(root, "merges");
+	json_t *hj = json_object_get(root, "json");
 	struct fw_tokenizer *t = NULL;
 	size_t n = json_array_size(sp), i;
 	const char *k = json_string_value(kind);
-	bool gpt2 = k && !strcmp(k, "gpt2");
-	if (!root || !k || !json_is_array(sp) || (!gpt2 && strcmp(k, "byte")) ||
-	    (gpt2 && (!json_is_string(vocab) || !json_is_string(merges)))) {
+	bool gpt2 = k && !strcmp(k, "gpt2"), hf = k && !strcmp(k, "hf");
+	if (!root || !k || !json_is_array(sp) || (!gpt2 && !hf && strcmp(k, "byte")) ||
+	    (gpt2 && (!json_is_string(vocab) || !json_is_string(merges))) ||
+	    (hf && !json_is_string(hj))) {
 		fw_errorf(err, FW_ERR_FORMAT, "%s: not a stored tokenizer (%s)", where,
-			  root ? "expected kind byte or gpt2 with its specials and files" : je.text);
+			  root ? "expected kind byte, gpt2 or hf with its specials and files" : je.text);
 		goto out;
 	}
 	for (i = 0; i < n; i++)
@@ -1016,7 +1031,15 @@ struct fw_tokenizer *fw_tokenizer_deserialize(const char *text, size_t len, cons
 				  "string", where, i);
 			goto out;
 		}
-	if (gpt2) {
+	if (hf) {
+		size_t jl;
+		char *jt = dup_text(hj, &jl);
+		if (!jt) {
+			fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+			goto out;
+		}
+		t = hf_from_text(where, jt, jl, NULL, err);
+	} else if (gpt2) {
 		size_t vl, ml;
 		char *vt = dup_text(vocab, &vl), *mt = vt ? dup_text(merges, &ml) : NULL;
 		if (!mt) {
@@ -1034,7 +1057,7 @@ struct fw_tokenizer *fw_tokenizer_deserialize(const char *text, size_t len, cons
 			fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 		fw_free(names);
 	}
-	for (i = 0; t && gpt2 && i < n; i++) {
+	for (i = 0; t && (gpt2 || hf) && i < n; i++) {
 		json_t *s = json_array_get(sp, i);
 		if (fw_tokenizer_add_special(t, json_string_value(s), json_string_length(s), NULL,
 					     err) != FW_OK) {
@@ -1083,18 +1106,12 @@ static size_t bpe_small(const struct fw_tokenizer *t, int32_t *sym, size_t n)
 	return n;
 }
 
-struct pair {
-	int32_t rank, id;               /* rank and result of merging left, right */
-	uint32_t left, right;           /* node indices */
-	uint32_t vl, vr;                /* their versions when queued */
-};
-
 static inline bool pair_before(const struct pair *x, const struct pair *y)
 {
 	return x->rank < y->rank || (x->rank == y->rank && x->left < y->left);
 }
 
-static void heap_push(struct pair *h, size_t *n, struct pair p)
+void heap_push(struct pair *h, size_t *n, struct pair p)
 {
 	size_t i = (*n)++;
 	while (i > 0) {
@@ -1107,7 +1124,7 @@ static void heap_push(struct pair *h, size_t *n, struct pair p)
 	h[i] = p;
 }
 
-static struct pair heap_pop(struct pair *h, size_t *n)
+struct pair heap_pop(struct pair *h, size_t *n)
 {
 	struct pair top = h[0], last = h[--*n];
 	size_t i = 0;
@@ -1250,8 +1267,8 @@ static void cache_put(struct fw_tokenizer *t, const char *s, size_t n, uint64_t 
 	}
 	if (t->cache_n >= t->cache_max)
 		cache_clear(t);
-	if (!grow((void **)&t->ckeys, &t->ckeys_cap, t->ckeys_n + n, 1) ||
-	    !grow((void **)&t->cids, &t->cids_cap, t->cids_n + n_ids, sizeof(int32_t)) ||
+	if (!tok_grow((void **)&t->ckeys, &t->ckeys_cap, t->ckeys_n + n, 1) ||
+	    !tok_grow((void **)&t->cids, &t->cids_cap, t->cids_n + n_ids, sizeof(int32_t)) ||
 	    t->cids_n + n_ids > UINT32_MAX || t->ckeys_n + n > UINT32_MAX)
 		return;
 	uint64_t i = h & t->cmask;
@@ -1311,10 +1328,11 @@ static enum fw_status encode_valid(struct fw_tokenizer *t, const char *s, size_t
 				   struct fw_token_buf *out, struct fw_err *err)
 {
 	PCRE2_SIZE off = 0;
-	PCRE2_SIZE *ov = pcre2_get_ovector_pointer(t->md);
+	const struct hf_re *re = t->re;
+	PCRE2_SIZE *ov = pcre2_get_ovector_pointer(re->md);
 	while (off < n) {
-		int rc = t->jit ? pcre2_jit_match(t->re, (PCRE2_SPTR)s, n, off, 0, t->md, NULL)
-				: pcre2_match(t->re, (PCRE2_SPTR)s, n, off, PCRE2_NO_UTF_CHECK, t->md,
+		int rc = re->jit ? pcre2_jit_match(re->re, (PCRE2_SPTR)s, n, off, 0, re->md, NULL)
+				 : pcre2_match(re->re, (PCRE2_SPTR)s, n, off, PCRE2_NO_UTF_CHECK, re->md,
 					      NULL);
 		if (rc < 0) {
 			PCRE2_UCHAR msg[160];
@@ -1356,7 +1374,7 @@ static enum fw_status encode_plain(struct fw_tokenizer *t, const char *s, size_t
 	const unsigned char *u = (const unsigned char *)s;
 	size_t i = 0;
 	while (i < n) {
-		size_t v = utf8_valid(u + i, n - i);
+		size_t v = u8_valid(u + i, n - i, NULL);
 		if (v == 0) {
 			if (!buf_reserve(out, 1))
 				return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
@@ -1405,9 +1423,20 @@ enum fw_status fw_tokenizer_encode(struct fw_tokenizer *t, const char *text, siz
 				   bool allow_special, struct fw_token_buf *out,
 				   struct fw_err *err)
 {
+	return fw_tokenizer_encode_ex(t, text, len, allow_special ? FW_TOKENIZE_SPLIT_SPECIAL |
+				      FW_TOKENIZE_ADD_SPECIAL : 0, out, err);
+}
+
+enum fw_status fw_tokenizer_encode_ex(struct fw_tokenizer *t, const char *text, size_t len,
+				      unsigned flags, struct fw_token_buf *out, struct fw_err *err)
+{
 	if (!t || !out || (!text && len))
 		return fw_errorf(err, FW_ERR_INVALID, "tokenizer: encode needs a tokenizer, text "
 				 "and an output buffer");
+	bool allow_special = flags & FW_TOKENIZE_SPLIT_SPECIAL;
+	if (t->hf)
+		return hf_encode(t->hf, text ? text : "", len, allow_special,
+				 flags & FW_TOKENIZE_ADD_SPECIAL, out, err);
 	size_t start = out->n;
 	enum fw_status s = FW_OK;
 	while (len > 0 && s == FW_OK) {
@@ -1439,6 +1468,8 @@ enum fw_status fw_tokenizer_decode(const struct fw_tokenizer *t, const int32_t *
 	*out = NULL;
 	if (len)
 		*len = 0;
+	if (t->hf)
+		return hf_decode(t->hf, ids, n, false, out, len, err);
 	size_t total = 0;
 	for (size_t i = 0; i < n; i++) {
 		if (ids[i] < 0 || ids[i] >= t->n_vocab)
@@ -1473,6 +1504,8 @@ const char *fw_tokenizer_token(const struct fw_tokenizer *t, int32_t id, size_t 
 
 int32_t fw_tokenizer_find(const struct fw_tokenizer *t, const char *bytes, size_t len)
 {
+	if (t && bytes && t->hf)
+		return vocab_get(&t->hf->vocab, bytes, len);
 	return t && bytes ? vocab_find(t, bytes, len) : -1;
 }
 
@@ -1493,7 +1526,7 @@ enum fw_tokenizer_kind fw_tokenizer_kind(const struct fw_tokenizer *t)
 
 const char *fw_tokenizer_name(const struct fw_tokenizer *t)
 {
-	return t->kind == FW_TOKENIZER_BYTE ? "byte" : "gpt2";
+	return t->kind == FW_TOKENIZER_BYTE ? "byte" : t->kind == FW_TOKENIZER_HF ? "hf" : "gpt2";
 }
 
 void fw_tokenizer_set_heap_threshold(struct fw_tokenizer *t, size_t n)
@@ -1503,5 +1536,5 @@ void fw_tokenizer_set_heap_threshold(struct fw_tokenizer *t, size_t n)
 
 bool fw_tokenizer_uses_jit(const struct fw_tokenizer *t)
 {
-	return t->jit;
+	return t->re && t->re->jit;
 }

@@ -1,5 +1,7 @@
 /* tok.c - the run's tokenizer: from --tokenizer/--vocab-file/--merge-file
- * (a vocab-file without merge-file is a Hugging Face tokenizer.json),
+ * (a vocab-file without merge-file is a Hugging Face tokenizer.json of any
+ * family fw's pipeline implements: BPE, WordPiece, Unigram; fw names those
+ * "hf"),
  * or the one a checkpoint stores in its "tokenizer" attribute (the JSON text
  * of fw_tokenizer_serialize), so that a model is always read and written
  * with the tokenizer it was trained with. */
@@ -52,9 +54,10 @@ struct fw_tokenizer *run_tokenizer(const struct fw_options *o, const char *ckpt,
 	if (t && opt) {
 		char *mine = fw_tokenizer_serialize(opt, err);
 		if (mine && strcmp(mine, stored))
-			fw_errorf(err, FW_ERR_INVALID, "--tokenizer=%s differs from the tokenizer "
-				  "stored in %s (%s); leave --tokenizer out to use the stored one",
-				  fw_tokenizer_name(opt), ckpt, fw_tokenizer_name(t));
+			fw_errorf(err, FW_ERR_INVALID, "the --tokenizer/--vocab-file tokenizer (%s) "
+				  "differs from the tokenizer stored in %s (%s); leave those options out "
+				  "to use the stored one", fw_tokenizer_name(opt), ckpt,
+				  fw_tokenizer_name(t));
 		fw_free(mine);
 		if (err->status) {
 			fw_tokenizer_free(t);

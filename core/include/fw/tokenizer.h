@@ -1,4 +1,5 @@
-/* fw/tokenizer.h - text to token ids and back: byte-level and GPT-2 byte-level BPE.
+/* fw/tokenizer.h - text to token ids and back: byte-level, GPT-2 byte-level BPE,
+ * and Hugging Face tokenizer.json (BPE, WordPiece, Unigram) pipelines.
  *
  *     struct fw_err err;
  *     struct fw_tokenizer *tok = fw_tokenizer_load_bpe("vocab.json", "merges.txt", &err);
@@ -13,7 +14,7 @@
  *     fw_token_buf_free(&ids);
  *     fw_tokenizer_free(tok);
  *
- * Two kinds:
+ * Three kinds:
  *
  *   byte   ids 0..255 are the bytes, then the special tokens (by default one,
  *          <|endoftext|> = 256, which is also the EOS token).
@@ -24,8 +25,19 @@
  *          "#version" line). The output equals OpenAI's reference encoder
  *          token for token (tests/bpe_reference.py checks it against the npm
  *          package gpt-3-encoder).
+ *   hf     any other Hugging Face tokenizer.json: normalizer, pre-tokenizer,
+ *          model (BPE, WordPiece, Unigram), added tokens, post-processor and
+ *          decoder as that file describes them, giving the ids and the
+ *          decoded text of Hugging Face's tokenizers library
+ *          (tests/hf_tokenizers.py checks Llama-2/3, Qwen3, Gemma3, BERT,
+ *          T5-style and RoBERTa tokenizers against the npm package
+ *          tokenizers). docs/tokenizers.md lists the components and where
+ *          fw follows the reference's older Unicode tables. Input that is
+ *          not valid UTF-8 is read with U+FFFD for each ill-formed
+ *          subpart; decoding returns text (U+FFFD where bytes are not
+ *          UTF-8), as the reference does.
  *
- * GPT-2 encoding: the text is split into pieces by GPT-2's pattern
+ * GPT-2 encoding (gpt2 kind): the text is split into pieces by GPT-2's pattern
  *
  *     's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
  *
@@ -73,7 +85,7 @@ extern "C" {
 
 struct fw_tokenizer;                 /* opaque */
 
-enum fw_tokenizer_kind { FW_TOKENIZER_BYTE = 1, FW_TOKENIZER_GPT2 };
+enum fw_tokenizer_kind { FW_TOKENIZER_BYTE = 1, FW_TOKENIZER_GPT2, FW_TOKENIZER_HF };
 
 /* A growable array of token ids; zero-initialise it. Encoding appends. */
 struct fw_token_buf {
@@ -91,11 +103,15 @@ struct fw_tokenizer *fw_tokenizer_new_byte(const char *const *specials, int n_sp
  * merge's parts and result must be in the vocabulary; ids must be 0..n-1. */
 struct fw_tokenizer *fw_tokenizer_load_bpe(const char *vocab_json, const char *merges_txt,
 					   struct fw_err *err);
-/* GPT-2 byte-level BPE from a Hugging Face tokenizer.json (model BPE, vocab
- * and merges as "A B" or ["A", "B"], ByteLevel pre-tokenizer with GPT-2's
- * regex and no prefix space, no normalizer); added_tokens become specials at
- * their ids. Other tokenizers (SentencePiece, Metaspace, other regexes) are
- * FW_ERR_UNSUPPORTED, naming what differs. */
+/* A Hugging Face tokenizer.json. GPT-2's byte-level BPE (model BPE, merges
+ * as "A B" or ["A", "B"], ByteLevel pre-tokenizer with GPT-2's regex and no
+ * prefix space, no normalizer, a ByteLevel or no post-processor, plain
+ * special added tokens) is a gpt2 tokenizer, its added_tokens specials at
+ * their ids; every other file is an hf tokenizer. A component fw does not
+ * implement is FW_ERR_UNSUPPORTED, damaged content FW_ERR_FORMAT, in one
+ * line naming the file and the component. The hf kind's EOS token is the
+ * first special added token among <|endoftext|>, <|end_of_text|>, </s>,
+ * <eos>, [SEP]. */
 struct fw_tokenizer *fw_tokenizer_load_hf_json(const char *path, struct fw_err *err);
 /* GPT-2 BPE from OpenAI's encoder.json + vocab.bpe. */
 struct fw_tokenizer *fw_tokenizer_load_gpt2(const char *encoder_json, const char *vocab_bpe,
@@ -103,9 +119,10 @@ struct fw_tokenizer *fw_tokenizer_load_gpt2(const char *encoder_json, const char
 void fw_tokenizer_free(struct fw_tokenizer *t);
 
 /* The whole tokenizer as one JSON text, to store with a model (fwrun keeps
- * it in the checkpoint's "tokenizer" attribute): {"kind": "byte"|"gpt2",
- * "specials": [text, ...] in the order they were added, and for gpt2
- * "vocab" and "merges", the files' texts as loaded}. fw_malloc'd; NULL and
+ * it in the checkpoint's "tokenizer" attribute): {"kind": "byte"|"gpt2"|"hf",
+ * "specials": [text, ...] in the order they were added (hf: those added
+ * after loading), for gpt2 "vocab" and "merges", the files' texts as loaded,
+ * for hf "json", the tokenizer.json text as loaded}. fw_malloc'd; NULL and
  * err on failure (a special token that is not valid UTF-8). */
 char *fw_tokenizer_serialize(const struct fw_tokenizer *t, struct fw_err *err);
 /* Rebuilds a tokenizer from that text; where names its origin in messages. */
@@ -117,31 +134,47 @@ struct fw_tokenizer *fw_tokenizer_deserialize(const char *text, size_t len, cons
 enum fw_status fw_tokenizer_encode(struct fw_tokenizer *t, const char *text, size_t len,
 				   bool allow_special, struct fw_token_buf *out,
 				   struct fw_err *err);
+/* Flags of fw_tokenizer_encode_ex. SPLIT_SPECIAL: special tokens' text in
+ * the input becomes those tokens (otherwise it is ordinary text; added tokens
+ * that are not special are always matched, as in Hugging Face's library).
+ * ADD_SPECIAL: a tokenizer.json's post-processor adds its tokens (BOS/EOS,
+ * [CLS]/[SEP]), Hugging Face's add_special_tokens. fw_tokenizer_encode with
+ * allow_special is both flags, without it neither. */
+enum { FW_TOKENIZE_SPLIT_SPECIAL = 1, FW_TOKENIZE_ADD_SPECIAL = 2 };
+enum fw_status fw_tokenizer_encode_ex(struct fw_tokenizer *t, const char *text, size_t len,
+				      unsigned flags, struct fw_token_buf *out,
+				      struct fw_err *err);
 /* The bytes of ids[0..n), concatenated, into *out (fw_malloc'd, with a NUL
  * after the *len bytes; caller fw_free()s it). An id outside the vocabulary
  * is FW_ERR_INVALID and *out is NULL. */
 enum fw_status fw_tokenizer_decode(const struct fw_tokenizer *t, const int32_t *ids, size_t n,
 				   char **out, size_t *len, struct fw_err *err);
 
-/* The bytes of one token (not NUL-terminated), or NULL outside the vocabulary. */
+/* The bytes of one token (not NUL-terminated), or NULL outside the vocabulary.
+ * hf: the decoder applied to that token alone, as raw bytes (Llama-2's
+ * "\u2581hi" is " hi", a <0xC3> byte token the byte 0xC3). */
 const char *fw_tokenizer_token(const struct fw_tokenizer *t, int32_t id, size_t *len);
-/* The id of the token whose bytes are exactly bytes[0..len), or -1. */
+/* The id of the token whose bytes are exactly bytes[0..len), or -1 (hf: the
+ * token as the vocabulary writes it, e.g. "\u2581hi"). */
 int32_t fw_tokenizer_find(const struct fw_tokenizer *t, const char *bytes, size_t len);
 int32_t fw_tokenizer_vocab_size(const struct fw_tokenizer *t);
 /* The end-of-text token (<|endoftext|>), or -1 if the vocabulary has none. */
 int32_t fw_tokenizer_eos(const struct fw_tokenizer *t);
 enum fw_tokenizer_kind fw_tokenizer_kind(const struct fw_tokenizer *t);
-/* "byte" or "gpt2": the name fwrun's --tokenizer option uses. */
+/* "byte", "gpt2" or "hf" (fwrun reads an hf tokenizer with --tokenizer=gpt2
+ * --vocab-file=tokenizer.json). */
 const char *fw_tokenizer_name(const struct fw_tokenizer *t);
 bool fw_tokenizer_is_special(const struct fw_tokenizer *t, int32_t id);
 
 /* Makes text[0..len) a special token: an existing token of those bytes, or
- * a new one appended to the vocabulary. Its id goes to *id (may be NULL). */
+ * a new one appended to the vocabulary. Its id goes to *id (may be NULL).
+ * hf: it becomes a special added token (matched before normalization). */
 enum fw_status fw_tokenizer_add_special(struct fw_tokenizer *t, const char *text, size_t len,
 					int32_t *id, struct fw_err *err);
 
 /* Caps the piece cache at max_entries pieces (0 disables it; the default is
- * 65536). The cache only saves time: results are the same with any size. */
+ * 65536). The cache only saves time: results are the same with any size.
+ * (gpt2 kind; the hf pipeline has no cache.) */
 void fw_tokenizer_set_cache_size(struct fw_tokenizer *t, size_t max_entries);
 
 #ifdef __cplusplus

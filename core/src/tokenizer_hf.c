@@ -1,0 +1,855 @@
+/* tokenizer_hf.c - tokenizer.json: loading, added tokens, post-processors, decoders.
+ *
+ * Encoding, as Hugging Face's Tokenizer::encode does it:
+ *   1. added tokens with normalized=false are cut out of the raw text
+ *      (leftmost, longest first; single_word, lstrip, rstrip honoured);
+ *   2. the rest is normalized, then added tokens with normalized=true are
+ *      cut out of it (matched by their normalized content);
+ *   3. the pre-tokenizer splits what is left, the model encodes each piece;
+ *   4. with add_special, the post-processor's tokens go around the ids.
+ * Without split_special, special added tokens are not matched (their text is
+ * ordinary text: Hugging Face's encode_special_tokens).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "tokenizer_hf.h"
+
+#define NOMEM(err) fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory")
+
+/* --- post-processors ------------------------------------------------------------------ */
+
+static bool ids_push(int32_t **v, size_t *n, int32_t id)
+{
+	size_t cap = *n;                /* exact: a few ids at load time */
+	if (!tok_grow((void **)v, &cap, *n + 1, sizeof(int32_t)))
+		return false;
+	(*v)[(*n)++] = id;
+	return true;
+}
+
+/* A [token, id] pair of BertProcessing/RobertaProcessing. */
+static int32_t pair_id(json_t *p)
+{
+	json_t *id = json_array_get(p, 1);
+	return json_is_integer(id) && json_integer_value(id) >= 0 &&
+	       json_integer_value(id) < INT32_MAX ? (int32_t)json_integer_value(id) : -1;
+}
+
+static enum fw_status post_parse(json_t *j, struct hf_tok *h, const char *path,
+				 struct fw_err *err)
+{
+	const char *t = json_string_value(json_object_get(j, "type"));
+	t = t ? t : "";
+	if (!strcmp(t, "Sequence")) {
+		json_t *a = json_object_get(j, "processors");
+		for (size_t i = 0; i < json_array_size(a); i++) {
+			enum fw_status s = post_parse(json_array_get(a, i), h, path, err);
+			if (s != FW_OK)
+				return s;
+		}
+		return json_is_array(a) ? FW_OK : fw_errorf(err, FW_ERR_FORMAT, "%s: post_processor "
+							       "Sequence without \"processors\"", path);
+	}
+	if (!strcmp(t, "ByteLevel"))
+		return FW_OK;           /* offsets only */
+	/* Each wraps what the previous ones produced: before goes in front. */
+	int32_t *pre = NULL, *post = NULL;
+	size_t np = 0, nq = 0;
+	bool ok = true;
+	if (!strcmp(t, "BertProcessing") || !strcmp(t, "RobertaProcessing")) {
+		int32_t cls = pair_id(json_object_get(j, "cls")), sep = pair_id(json_object_get(j, "sep"));
+		if (cls < 0 || sep < 0)
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: post_processor %s needs cls and sep as "
+					 "[token, id]", path, t);
+		ok = ids_push(&pre, &np, cls) && ids_push(&post, &nq, sep);
+	} else if (!strcmp(t, "TemplateProcessing")) {
+		json_t *single = json_object_get(j, "single"), *sp = json_object_get(j, "special_tokens");
+		bool seen_a = false;
+		for (size_t i = 0; ok && i < json_array_size(single); i++) {
+			json_t *e = json_array_get(single, i), *st = json_object_get(e, "SpecialToken");
+			if (json_object_get(e, "Sequence")) {
+				seen_a = true;
+				continue;
+			}
+			json_t *ids = json_object_get(json_object_get(sp, json_string_value(
+				json_object_get(st, "id")) ? json_string_value(json_object_get(st, "id")) : ""),
+				"ids");
+			if (!st || !json_is_array(ids)) {
+				fw_free(pre);
+				fw_free(post);
+				return fw_errorf(err, FW_ERR_FORMAT, "%s: TemplateProcessing: single[%zu] is "
+						 "not a Sequence or a SpecialToken listed in special_tokens",
+						 path, i);
+			}
+			for (size_t k = 0; ok && k < json_array_size(ids); k++) {
+				json_t *x = json_array_get(ids, k);
+				int32_t id = json_is_integer(x) && json_integer_value(x) >= 0 &&
+					json_integer_value(x) < INT32_MAX ? (int32_t)json_integer_value(x) : -1;
+				if (id < 0) {
+					fw_free(pre);
+					fw_free(post);
+					return fw_errorf(err, FW_ERR_FORMAT, "%s: TemplateProcessing: a special "
+							 "token id is not an integer", path);
+				}
+				ok = seen_a ? ids_push(&post, &nq, id) : ids_push(&pre, &np, id);
+			}
+		}
+		if (!json_is_array(single) || !seen_a) {
+			fw_free(pre);
+			fw_free(post);
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: TemplateProcessing: \"single\" has no "
+					 "$A", path);
+		}
+	} else {
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: post_processor \"%s\" is not supported",
+				 path, t);
+	}
+	/* h->bos = pre + h->bos; h->eos = h->eos + post */
+	for (size_t i = 0; ok && i < h->n_bos; i++)
+		ok = ids_push(&pre, &np, h->bos[i]);
+	for (size_t i = 0; ok && i < nq; i++)
+		ok = ids_push(&h->eos, &h->n_eos, post[i]);
+	fw_free(post);
+	if (!ok) {
+		fw_free(pre);
+		return NOMEM(err);
+	}
+	fw_free(h->bos);
+	h->bos = pre;
+	h->n_bos = np;
+	return FW_OK;
+}
+
+/* --- decoders ------------------------------------------------------------------------------ */
+
+static enum fw_status dec_parse(json_t *j, struct hf_dec *d, const char *path,
+				struct fw_err *err)
+{
+	static const char *const names[] = { "ByteLevel", "Metaspace", "WordPiece", "ByteFallback",
+		"Fuse", "Strip", "Replace", "Sequence" };
+	const char *t = json_string_value(json_object_get(j, "type"));
+	t = t ? t : "";
+	int k = name_index(names, 8, t);
+	if (k < 0)
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: decoder \"%s\" is not supported", path, t);
+	d->kind = (enum dec_kind)k;
+	switch (d->kind) {
+	case DEC_SEQ: {
+		json_t *a = json_object_get(j, "decoders");
+		if (!json_is_array(a))
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: decoder Sequence without \"decoders\"",
+					 path);
+		size_t ns = json_array_size(a);
+		if (ns && !(d->sub = fw_calloc(ns, sizeof(*d->sub))))
+			return NOMEM(err);
+		d->n_sub = ns;
+		for (size_t i = 0; i < d->n_sub; i++) {
+			enum fw_status s = dec_parse(json_array_get(a, i), &d->sub[i], path, err);
+			if (s != FW_OK)
+				return s;
+		}
+		return FW_OK;
+	}
+	case DEC_METASPACE: case DEC_STRIP: {
+		json_t *r = json_object_get(j, d->kind == DEC_STRIP ? "content" : "replacement");
+		size_t i = 0;
+		if (!json_is_string(r) || json_string_length(r) == 0)
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: decoder %s needs a character", path, t);
+		d->cp = u8_next(json_string_value(r), json_string_length(r), &i);
+		const char *ps = json_string_value(json_object_get(j, "prepend_scheme"));
+		json_t *aps = json_object_get(j, "add_prefix_space");
+		d->never = ps ? !strcmp(ps, "never") : json_is_false(aps);
+		json_t *a = json_object_get(j, "start"), *b = json_object_get(j, "stop");
+		d->start = json_is_integer(a) ? (int)json_integer_value(a) : 0;
+		d->stop = json_is_integer(b) ? (int)json_integer_value(b) : 0;
+		return FW_OK;
+	}
+	case DEC_WORDPIECE: {
+		json_t *p = json_object_get(j, "prefix");
+		const char *s = json_is_string(p) ? json_string_value(p) : "##";
+		d->na = strlen(s);
+		if (!(d->a = fw_malloc(d->na + 1)))
+			return NOMEM(err);
+		memcpy(d->a, s, d->na + 1);
+		d->cleanup = !json_is_false(json_object_get(j, "cleanup"));
+		return FW_OK;
+	}
+	case DEC_REPLACE: {
+		json_t *pat = json_object_get(j, "pattern"), *c = json_object_get(j, "content");
+		json_t *s = json_object_get(pat, "String"), *r = json_object_get(pat, "Regex");
+		if (!json_is_string(c) || (!json_is_string(s) && !json_is_string(r)))
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: decoder Replace needs a pattern and a "
+					 "content", path);
+		d->nb = json_string_length(c);
+		if (!(d->b = fw_malloc(d->nb + 1)))
+			return NOMEM(err);
+		memcpy(d->b, json_string_value(c), d->nb + 1);
+		json_t *src = json_is_string(s) ? s : r;
+		d->re = re_new(json_string_value(src), json_string_length(src), json_is_string(s), path,
+			       err);
+		return d->re ? FW_OK : err->status;
+	}
+	default:
+		return FW_OK;
+	}
+}
+
+static void dec_free(struct hf_dec *d)
+{
+	if (!d)
+		return;
+	for (size_t i = 0; i < d->n_sub; i++)
+		dec_free(&d->sub[i]);
+	fw_free(d->sub);
+	fw_free(d->a);
+	fw_free(d->b);
+	re_free(d->re);
+}
+
+static const char *const cleanups[][2] = {
+	{ " .", "." }, { " ?", "?" }, { " !", "!" }, { " ,", "," }, { " ' ", "'" },
+	{ " n't", "n't" }, { " 'm", "'m" }, { " do not", " don't" }, { " 's", "'s" },
+	{ " 've", "'ve" }, { " 're", "'re" },
+};
+
+static bool replace_lit(struct sbuf *s, const char *a, const char *b)
+{
+	size_t na = strlen(a), nb = strlen(b);
+	struct sbuf o = { 0 };
+	bool ok = sb_put(&o, NULL, 0);
+	for (size_t i = 0; ok && i < s->n;) {
+		if (i + na <= s->n && !memcmp(s->b + i, a, na)) {
+			ok = sb_put(&o, b, nb);
+			i += na;
+		} else {
+			ok = sb_put(&o, s->b + i, 1);
+			i++;
+		}
+	}
+	sb_free(s);
+	*s = o;
+	return ok;
+}
+
+/* GPT-2's byte alphabet: code point -> byte, -1 outside it. */
+static int cp_byte(uint32_t cp)
+{
+	if ((cp >= '!' && cp <= '~') || (cp >= 0xA1 && cp <= 0xAC) || (cp >= 0xAE && cp <= 0xFF))
+		return (int)cp;
+	if (cp < 256 || cp >= 256 + 68)
+		return -1;
+	unsigned n = 0;
+	for (unsigned b = 0; b < 256; b++)
+		if (!((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE)) && n++ == cp - 256)
+			return (int)b;
+	return -1;
+}
+
+/* One decoder over the token strings tk[0..*n) (decode_chain); may shrink *n. */
+static bool dec_apply(const struct hf_dec *d, struct sbuf *tk, size_t *n, bool raw)
+{
+	bool ok = true;
+	switch (d->kind) {
+	case DEC_SEQ:
+		for (size_t i = 0; ok && i < d->n_sub; i++)
+			ok = dec_apply(&d->sub[i], tk, n, raw);
+		return ok;
+	case DEC_FUSE:
+		for (size_t i = 1; ok && i < *n; i++) {
+			ok = sb_put(&tk[0], tk[i].b, tk[i].n);
+			sb_free(&tk[i]);
+		}
+		*n = *n ? 1 : 0;
+		return ok;
+	case DEC_BYTELEVEL: {
+		struct sbuf bytes = { 0 };
+		for (size_t i = 0; ok && i < *n; i++) {
+			size_t mark = bytes.n;
+			bool inside = true;
+			for (size_t k = 0; ok && inside && k < tk[i].n;) {
+				int b = cp_byte(u8_next(tk[i].b, tk[i].n, &k));
+				char c = (char)b;
+				if (b < 0)
+					inside = false;
+				else
+					ok = sb_put(&bytes, &c, 1);
+			}
+			if (!inside) {
+				bytes.n = mark;
+				ok = sb_put(&bytes, tk[i].b, tk[i].n);
+			}
+			sb_free(&tk[i]);
+		}
+		if (ok && *n) {
+			if (raw)
+				tk[0] = bytes;
+			else {
+				ok = sb_put_lossy(&tk[0], bytes.b ? bytes.b : "", bytes.n) && sb_put(&tk[0], NULL, 0);
+				sb_free(&bytes);
+			}
+			*n = 1;
+		} else {
+			sb_free(&bytes);
+		}
+		return ok;
+	}
+	case DEC_BYTEFALLBACK: {
+		size_t w = 0;
+		struct sbuf pend = { 0 };
+		size_t npend = 0;
+		for (size_t i = 0; ok && i <= *n; i++) {
+			unsigned v;
+			char tail;
+			bool byte = i < *n && tk[i].n == 6 && sscanf(tk[i].b, "<0x%2X%c", &v, &tail) == 2 &&
+				    tail == '>' && tk[i].b[3] != ' ' && tk[i].b[3] != '+' && tk[i].b[3] != '-';
+			if (byte) {
+				char c = (char)v;
+				ok = sb_put(&pend, &c, 1);
+				npend++;
+				sb_free(&tk[i]);
+				continue;
+			}
+			if (npend) {
+				struct sbuf o = { 0 };
+				struct sbuf chk = { 0 };
+				ok = ok && sb_put_lossy(&chk, pend.b, pend.n);
+				bool valid = ok && chk.n == pend.n && !memcmp(chk.b, pend.b, pend.n);
+				sb_free(&chk);
+				if (valid || raw)
+					ok = ok && sb_put(&o, pend.b, pend.n);
+				else
+					for (size_t k = 0; ok && k < npend; k++)
+						ok = sb_cp(&o, 0xFFFD);
+				tk[w++] = o;
+				pend.n = 0;
+				npend = 0;
+			}
+			if (i < *n) {
+				struct sbuf t = tk[i];
+				tk[i] = (struct sbuf){ 0 };
+				tk[w++] = t;
+			}
+		}
+		sb_free(&pend);
+		*n = w;
+		return ok;
+	}
+	default:
+		break;
+	}
+	for (size_t i = 0; ok && i < *n; i++) {
+		struct sbuf *t = &tk[i], o = { 0 };
+		switch (d->kind) {
+		case DEC_METASPACE: {
+			for (size_t k = 0; ok && k < t->n;) {
+				size_t a = k;
+				uint32_t cp = u8_next(t->b, t->n, &k);
+				if (cp != d->cp)
+					ok = sb_put(&o, t->b + a, k - a);
+				else if (!(i == 0 && !d->never && !raw))
+					ok = sb_put(&o, " ", 1);
+			}
+			break;
+		}
+		case DEC_WORDPIECE:
+			if (i != 0 || raw) {
+				if (t->n >= d->na && !memcmp(t->b, d->a, d->na))
+					ok = sb_put(&o, t->b + d->na, t->n - d->na);
+				else
+					ok = sb_put(&o, " ", 1) && sb_put(&o, t->b, t->n);
+			} else {
+				ok = sb_put(&o, t->b, t->n);
+			}
+			for (size_t k = 0; ok && d->cleanup && k < sizeof(cleanups) / sizeof(cleanups[0]); k++)
+				ok = replace_lit(&o, cleanups[k][0], cleanups[k][1]);
+			break;
+		case DEC_STRIP: {
+			size_t a = 0, e = t->n;
+			if (raw)
+				break;
+			for (int k = 0; k < d->start && a < e; k++) {
+				size_t q = a;
+				if (u8_next(t->b, e, &q) != d->cp)
+					break;
+				a = q;
+			}
+			for (int k = 0; k < d->stop && e > a; k++) {
+				size_t p = e - 1;
+				while (p > a && ((unsigned char)t->b[p] & 0xC0) == 0x80)
+					p--;
+				size_t q = p;
+				if (u8_next(t->b, e, &q) != d->cp)
+					break;
+				e = p;
+			}
+			ok = sb_put(&o, t->b + a, e - a);
+			break;
+		}
+		case DEC_REPLACE: {
+			/* Its own match data: decoding may run in several threads. */
+			pcre2_match_data *md = pcre2_match_data_create_from_pattern(d->re->re, NULL);
+			PCRE2_SIZE *ov = md ? pcre2_get_ovector_pointer(md) : NULL;
+			size_t off = 0;
+			ok = md != NULL;
+			while (ok && off <= t->n) {
+				int rc = pcre2_match(d->re->re, (PCRE2_SPTR)(t->b ? t->b : ""), t->n, off,
+						     PCRE2_NO_UTF_CHECK, md, NULL);
+				if (rc < 0)
+					break;
+				ok = sb_put(&o, t->b + off, ov[0] - off) && sb_put(&o, d->b, d->nb);
+				off = ov[1] > ov[0] ? ov[1] : ov[1] + 1;
+				if (ov[1] == ov[0] && ov[0] < t->n)
+					ok = ok && sb_put(&o, t->b + ov[0], 1);
+			}
+			if (ok && off < t->n)
+				ok = sb_put(&o, t->b + off, t->n - off);
+			pcre2_match_data_free(md);
+			break;
+		}
+		default:
+			break;
+		}
+		if (d->kind == DEC_STRIP && raw)
+			continue;
+		ok = ok && sb_put(&o, NULL, 0);
+		sb_free(t);
+		*t = o;
+	}
+	return ok;
+}
+
+/* --- added tokens ---------------------------------------------------------------------------- */
+
+static enum fw_status added_push(struct hf_tok *h, int32_t id, const char *s, size_t n,
+				 bool special, bool single, bool lstrip, bool rstrip, bool normalized,
+				 struct fw_err *err)
+{
+	if (!tok_grow((void **)&h->added, &h->cap_added, h->n_added + 1, sizeof(*h->added)))
+		return NOMEM(err);
+	struct hf_added *a = &h->added[h->n_added];
+	*a = (struct hf_added){ .id = id, .n = n, .special = special, .single_word = single,
+				.lstrip = lstrip, .rstrip = rstrip, .normalized = normalized };
+	if (!(a->s = fw_malloc(n + 1)))
+		return NOMEM(err);
+	memcpy(a->s, s, n);
+	a->s[n] = '\0';
+	h->n_added++;
+	if (normalized && h->norm) {
+		struct sbuf o = { 0 };
+		enum fw_status st = norm_apply(h->norm, s, n, &o, NULL, err);
+		if (st != FW_OK) {
+			sb_free(&o);
+			return st;
+		}
+		a->ns = o.b;
+		a->nn = o.n;
+	}
+	if (!a->ns) {
+		if (!(a->ns = fw_malloc(n + 1)))
+			return NOMEM(err);
+		memcpy(a->ns, s, n + 1);
+		a->nn = n;
+	}
+	if (a->nn == 0)
+		a->id = -1;             /* never matches */
+	return FW_OK;
+}
+
+/* Rebuilds order/start: the added tokens by (normalized, first byte). */
+static bool added_index(struct hf_tok *h)
+{
+	uint32_t *o = fw_malloc((h->n_added + 1) * sizeof(uint32_t));
+	if (!o)
+		return false;
+	memset(h->start, 0, sizeof(h->start));
+	for (size_t k = 0; k < h->n_added; k++) {
+		const struct hf_added *a = &h->added[k];
+		if (a->id >= 0)
+			h->start[a->normalized][(unsigned char)(a->normalized ? a->ns : a->s)[0] + 1]++;
+	}
+	uint32_t base = 0;
+	for (int z = 0; z < 2; z++) {
+		for (int c = 0; c < 257; c++) {
+			base += h->start[z][c];
+			h->start[z][c] = base;
+		}
+	}
+	uint32_t fill[2][256];
+	for (int z = 0; z < 2; z++)
+		memcpy(fill[z], h->start[z], sizeof(fill[z]));
+	for (size_t k = 0; k < h->n_added; k++) {
+		const struct hf_added *a = &h->added[k];
+		if (a->id >= 0)
+			o[fill[a->normalized][(unsigned char)(a->normalized ? a->ns : a->s)[0]]++] = (uint32_t)k;
+	}
+	fw_free(h->order);
+	h->order = o;
+	return true;
+}
+
+static bool word_char(uint32_t cp)
+{
+	return cp == '_' || u_alnum(cp);
+}
+
+/* Splits piece p by the added tokens of one kind (normalized or not). */
+static bool added_split(const struct hf_tok *h, const struct piece *p, bool normalized,
+			bool split_special, struct plist *out)
+{
+	const char *s = p->s;
+	size_t n = p->n, done = 0;
+	for (size_t i = 0; i < n;) {
+		const struct hf_added *best = NULL;
+		unsigned char c0 = (unsigned char)s[i];
+		for (uint32_t o = h->start[normalized][c0]; o < h->start[normalized][c0 + 1]; o++) {
+			const struct hf_added *a = &h->added[h->order[o]];
+			const char *c = normalized ? a->ns : a->s;
+			size_t cn = normalized ? a->nn : a->n;
+			if (a->id < 0 || a->normalized != normalized || cn > n - i || c[0] != s[i] ||
+			    (best && cn <= (normalized ? best->nn : best->n)) || memcmp(c, s + i, cn))
+				continue;
+			best = a;
+		}
+		if (!best) {
+			i++;
+			continue;
+		}
+		size_t start = i, stop = i + (normalized ? best->nn : best->n);
+		i = stop;
+		if (best->special && !split_special)
+			continue;
+		if (best->single_word) {
+			size_t q = start, r = stop;
+			bool before = false, after = false;
+			if (start > 0) {
+				while (q > 0 && ((unsigned char)s[q - 1] & 0xC0) == 0x80)
+					q--;
+				size_t k = q - 1;
+				before = word_char(u8_next(s, n, &k));
+			}
+			if (r < n)
+				after = word_char(u8_next(s, n, &r));
+			if (before || after)
+				continue;
+		}
+		if (best->lstrip) {
+			size_t a = start;
+			while (a > done) {
+				size_t q = a - 1;
+				while (q > done && ((unsigned char)s[q] & 0xC0) == 0x80)
+					q--;
+				size_t k = q;
+				if (!u_whitespace(u8_next(s, n, &k)))
+					break;
+				a = q;
+			}
+			start = a;
+		}
+		if (best->rstrip) {
+			while (stop < n) {
+				size_t k = stop;
+				if (!u_whitespace(u8_next(s, n, &k)))
+					break;
+				stop = k;
+			}
+		}
+		if (done < start && !plist_push(out, s + done, start - done, -1, p->first && done == 0))
+			return false;
+		if (!plist_push(out, s + start, stop - start, best->id, false))
+			return false;
+		done = stop;
+	}
+	return done >= n || plist_push(out, s + done, n - done, -1, p->first && done == 0);
+}
+
+/* --- loading -------------------------------------------------------------------------------- */
+
+void hf_free(struct hf_tok *h)
+{
+	if (!h)
+		return;
+	vocab_free(&h->vocab);
+	norm_free(h->norm);
+	fw_free(h->norm);
+	pre_free(h->pre);
+	fw_free(h->pre);
+	model_free(&h->model);
+	dec_free(h->dec);
+	fw_free(h->dec);
+	fw_free(h->bos);
+	fw_free(h->eos);
+	for (size_t i = 0; i < h->n_added; i++) {
+		fw_free(h->added[i].s);
+		fw_free(h->added[i].ns);
+	}
+	fw_free(h->added);
+	fw_free(h->order);
+	fw_free(h->is_special);
+	fw_free(h);
+}
+
+static bool set_special(struct hf_tok *h, int32_t id)
+{
+	if ((size_t)id >= h->n_is_special) {
+		size_t nn = (size_t)h->vocab.n > (size_t)id ? (size_t)h->vocab.n : (size_t)id + 1;
+		uint8_t *f = fw_calloc(nn, 1);
+		if (!f)
+			return false;
+		if (h->n_is_special)
+			memcpy(f, h->is_special, h->n_is_special);
+		fw_free(h->is_special);
+		h->is_special = f;
+		h->n_is_special = nn;
+	}
+	h->is_special[id] = 1;
+	return true;
+}
+
+struct hf_tok *hf_load(const char *path, const char *text, size_t len, json_t *parsed,
+			struct fw_err *err)
+{
+	json_error_t je;
+	json_t *root = parsed ? json_incref(parsed) : json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
+	struct hf_tok *h = NULL;
+	enum fw_status st = FW_OK;
+	if (!root) {
+		fw_errorf(err, FW_ERR_FORMAT, "%s:%d: not valid JSON: %s", path, je.line, je.text);
+		return NULL;
+	}
+	if (!json_is_object(root) || !json_is_object(json_object_get(root, "model"))) {
+		fw_errorf(err, FW_ERR_FORMAT, "%s: not a tokenizer.json: no \"model\" object (a "
+			  "vocab.json or encoder.json needs its merges file too)", path);
+		goto out;
+	}
+	if (!(h = fw_calloc(1, sizeof(*h)))) {
+		NOMEM(err);
+		goto out;
+	}
+	json_t *n = json_object_get(root, "normalizer"), *p = json_object_get(root, "pre_tokenizer");
+	json_t *pp = json_object_get(root, "post_processor"), *d = json_object_get(root, "decoder");
+	json_t *tr = json_object_get(root, "truncation"), *pad = json_object_get(root, "padding");
+	if ((tr && !json_is_null(tr)) || (pad && !json_is_null(pad))) {
+		st = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: %s is not supported (set it to null)", path,
+			       tr && !json_is_null(tr) ? "truncation" : "padding");
+		goto out;
+	}
+	if (n && !json_is_null(n)) {
+		if (!(h->norm = fw_calloc(1, sizeof(*h->norm))))
+			st = NOMEM(err);
+		else
+			st = norm_parse(n, h->norm, path, "normalizer", err);
+	}
+	if (st == FW_OK && p && !json_is_null(p)) {
+		if (!(h->pre = fw_calloc(1, sizeof(*h->pre))))
+			st = NOMEM(err);
+		else
+			st = pre_parse(p, h->pre, path, "pre_tokenizer", err);
+	}
+	if (st == FW_OK)
+		st = model_parse(json_object_get(root, "model"), h, path, err);
+	if (st == FW_OK && pp && !json_is_null(pp))
+		st = post_parse(pp, h, path, err);
+	if (st == FW_OK && d && !json_is_null(d)) {
+		if (!(h->dec = fw_calloc(1, sizeof(*h->dec))))
+			st = NOMEM(err);
+		else
+			st = dec_parse(d, h->dec, path, err);
+	}
+	json_t *added = json_object_get(root, "added_tokens"), *a;
+	size_t i;
+	if (st == FW_OK && added && !json_is_array(added))
+		st = fw_errorf(err, FW_ERR_FORMAT, "%s: added_tokens is not a list", path);
+	json_array_foreach(added, i, a) {
+		if (st != FW_OK)
+			break;
+		json_t *id = json_object_get(a, "id"), *c = json_object_get(a, "content");
+		bool special = json_is_true(json_object_get(a, "special"));
+		json_t *nz = json_object_get(a, "normalized");
+		if (!json_is_integer(id) || json_integer_value(id) < 0 ||
+		    json_integer_value(id) >= INT32_MAX / 2 || !json_is_string(c) ||
+		    json_string_length(c) == 0) {
+			st = fw_errorf(err, FW_ERR_FORMAT, "%s: added_tokens[%zu] needs an id and a "
+				       "non-empty content", path, i);
+			break;
+		}
+		int32_t k = (int32_t)json_integer_value(id);
+		size_t have_n;
+		const char *have = vocab_str(&h->vocab, k, &have_n);
+		if (have && (have_n != json_string_length(c) || memcmp(have, json_string_value(c), have_n))) {
+			st = fw_errorf(err, FW_ERR_FORMAT, "%s: added_tokens[%zu] (id %d) is another "
+				       "token of the vocabulary", path, i, k);
+			break;
+		}
+		if (!have && !vocab_set(&h->vocab, k, json_string_value(c), json_string_length(c))) {
+			st = NOMEM(err);
+			break;
+		}
+		st = added_push(h, k, json_string_value(c), json_string_length(c), special,
+				json_is_true(json_object_get(a, "single_word")),
+				json_is_true(json_object_get(a, "lstrip")),
+				json_is_true(json_object_get(a, "rstrip")),
+				json_is_boolean(nz) ? json_is_true(nz) : !special, err);
+	}
+	/* Every id the post-processor and the model's unk use must exist. */
+	for (size_t k = 0; st == FW_OK && k < h->n_bos + h->n_eos; k++) {
+		int32_t id = k < h->n_bos ? h->bos[k] : h->eos[k - h->n_bos];
+		size_t dn;
+		if (!vocab_str(&h->vocab, id, &dn))
+			st = fw_errorf(err, FW_ERR_FORMAT, "%s: post_processor: token id %d is not in the "
+				       "vocabulary", path, id);
+	}
+	if (st == FW_OK && h->vocab.n > 0 && !set_special(h, h->vocab.n - 1))
+		st = NOMEM(err);
+	if (st == FW_OK && h->vocab.n > 0)
+		h->is_special[h->vocab.n - 1] = 0;      /* set_special only sized it */
+	for (size_t k = 0; st == FW_OK && k < h->n_added; k++)
+		if (h->added[k].id >= 0)
+			h->is_special[h->added[k].id] = h->added[k].special;
+
+	if (st == FW_OK && !added_index(h))
+		st = NOMEM(err);
+	if (st == FW_OK && h->vocab.n == 0)
+		st = fw_errorf(err, FW_ERR_FORMAT, "%s: the vocabulary is empty", path);
+	for (int32_t k = 0; st == FW_OK && k < h->vocab.n; k++)
+		if (h->vocab.len[k] == UINT32_MAX)
+			st = fw_errorf(err, FW_ERR_FORMAT, "%s: no token has id %d (ids must be 0..%d)",
+				       path, k, h->vocab.n - 1);
+out:
+	json_decref(root);
+	if (st != FW_OK || err->status) {
+		hf_free(h);
+		return NULL;
+	}
+	return h;
+}
+
+enum fw_status hf_add_special(struct hf_tok *h, const char *s, size_t n, int32_t *id,
+			      struct fw_err *err)
+{
+	int32_t k = vocab_get(&h->vocab, s, n);
+	if (k < 0) {
+		k = h->vocab.n;
+		if (!vocab_set(&h->vocab, k, s, n))
+			return NOMEM(err);
+	}
+	if ((size_t)k >= h->n_is_special || !h->is_special[k]) {
+		enum fw_status st = added_push(h, k, s, n, true, false, false, false, false, err);
+		if (st != FW_OK)
+			return st;
+		if (!set_special(h, k) || !added_index(h))
+			return NOMEM(err);
+	}
+	if (id)
+		*id = k;
+	return FW_OK;
+}
+
+int32_t hf_eos(const struct hf_tok *h)
+{
+	static const char *const names[] = { "<|endoftext|>", "<|end_of_text|>", "</s>", "<eos>",
+		"[SEP]" };
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		int32_t id = vocab_get(&h->vocab, names[i], strlen(names[i]));
+		if (id >= 0 && (size_t)id < h->n_is_special && h->is_special[id])
+			return id;
+	}
+	return -1;
+}
+
+/* --- encoding and decoding ------------------------------------------------------------------ */
+
+enum fw_status hf_encode(struct hf_tok *h, const char *text, size_t len, bool split_special,
+			 bool add_special, struct fw_token_buf *out, struct fw_err *err)
+{
+	struct sbuf clean = { 0 };
+	struct plist a = { 0 }, b = { 0 };
+	enum fw_status st = FW_OK;
+	size_t mark = out->n;
+	/* Invalid UTF-8 becomes U+FFFD, as text reaching the reference would. */
+	if (!sb_put_lossy(&clean, text, len) || !sb_put(&clean, NULL, 0)) {
+		st = NOMEM(err);
+		goto out;
+	}
+	struct piece whole = { clean.b, clean.n, -1, true };
+	if (!added_split(h, &whole, false, split_special, &a)) {
+		st = NOMEM(err);
+		goto out;
+	}
+	for (size_t i = 0; i < a.n && st == FW_OK; i++) {
+		if (a.v[i].id >= 0) {
+			if (!plist_push(&b, a.v[i].s, a.v[i].n, a.v[i].id, false))
+				st = NOMEM(err);
+			continue;
+		}
+		struct sbuf nz = { 0 };
+		bool first = a.v[i].first;
+		if (h->norm)
+			st = norm_apply(h->norm, a.v[i].s, a.v[i].n, &nz, &first, err);
+		else if (!sb_put(&nz, a.v[i].s, a.v[i].n))
+			st = NOMEM(err);
+		struct piece q = { nz.b ? nz.b : "", nz.n, -1, first };
+		if (st == FW_OK && !added_split(h, &q, true, split_special, &b))
+			st = NOMEM(err);
+		sb_free(&nz);
+	}
+	if (st == FW_OK && h->pre)
+		st = pre_apply(h->pre, &b, err);
+	for (size_t k = 0; st == FW_OK && add_special && k < h->n_bos; k++)
+		if (!ids_append(out, h->bos[k]))
+			st = NOMEM(err);
+	for (size_t i = 0; i < b.n && st == FW_OK; i++) {
+		if (b.v[i].id < 0)
+			st = model_encode(h, b.v[i].s, b.v[i].n, out, err);
+		else if (!ids_append(out, b.v[i].id))
+			st = NOMEM(err);
+	}
+	for (size_t k = 0; st == FW_OK && add_special && k < h->n_eos; k++)
+		if (!ids_append(out, h->eos[k]))
+			st = NOMEM(err);
+out:
+	if (st != FW_OK)
+		out->n = mark;
+	sb_free(&clean);
+	plist_free(&a);
+	plist_free(&b);
+	return st;
+}
+
+enum fw_status hf_decode(const struct hf_tok *h, const int32_t *ids, size_t n, bool raw,
+			 char **out, size_t *len, struct fw_err *err)
+{
+	struct sbuf *tk = fw_calloc(n + 1, sizeof(*tk));
+	size_t m = 0;
+	*out = NULL;
+	bool ok = tk != NULL;
+	for (size_t i = 0; ok && i < n; i++) {
+		size_t sn;
+		const char *s = vocab_str(&h->vocab, ids[i], &sn);
+		if (!s) {
+			for (size_t k = 0; k < m; k++)
+				sb_free(&tk[k]);
+			fw_free(tk);
+			return fw_errorf(err, FW_ERR_INVALID, "tokenizer: token %lld at position %zu is "
+					 "outside the vocabulary (%d)", (long long)ids[i], i, h->vocab.n);
+		}
+		ok = sb_put(&tk[m++], s, sn);
+	}
+	struct sbuf o = { 0 };
+	if (ok && h->dec)
+		ok = dec_apply(h->dec, tk, &m, raw);
+	for (size_t i = 0; ok && i < m; i++)
+		ok = (h->dec || i == 0 || sb_put(&o, " ", 1)) && sb_put(&o, tk[i].b, tk[i].n);
+	ok = ok && sb_put(&o, NULL, 0);
+	for (size_t i = 0; tk && i < n + 1; i++)
+		sb_free(&tk[i]);
+	fw_free(tk);
+	if (!ok) {
+		sb_free(&o);
+		return NOMEM(err);
+	}
+	*out = o.b;
+	if (len)
+		*len = o.n;
+	return FW_OK;
+}

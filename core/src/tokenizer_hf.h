@@ -1,0 +1,245 @@
+/* tokenizer_hf.h - the Hugging Face tokenizer.json pipeline (private to core/src/tokenizer*.c).
+ *
+ * normalizer -> pre-tokenizer -> model -> post-processor, and the decoder, as
+ * Hugging Face's tokenizers library (Rust, 0.2x) runs them, without offsets:
+ *
+ *   tokenizer_hf.c         loading tokenizer.json, added tokens, post-processors,
+ *                          decoders, encode/decode
+ *   tokenizer_hf_text.c    Unicode (ICU), normalizers, pre-tokenizers (PCRE2)
+ *   tokenizer_hf_models.c  BPE, WordPiece, Unigram
+ *
+ * Every component is a small tagged struct read from its JSON object; what
+ * is not implemented is refused by name when the file is loaded.
+ */
+#ifndef FW_TOKENIZER_HF_H
+#define FW_TOKENIZER_HF_H
+
+#ifndef PCRE2_CODE_UNIT_WIDTH
+#define PCRE2_CODE_UNIT_WIDTH 8
+#endif
+#include <pcre2.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include "fw/tokenizer.h"
+
+/* --- shared with tokenizer.c ------------------------------------------------------ */
+
+/* Grows *p (elements of size elem, capacity *cap) to hold need elements. */
+bool tok_grow(void **p, size_t *cap, size_t need, size_t elem);
+/* Length of the longest well-formed UTF-8 prefix of s[0..n) (RFC 3629); with
+ * bad, the length of the maximal ill-formed subpart found there (>= 1) when
+ * the prefix is not all of s. */
+size_t u8_valid(const unsigned char *s, size_t n, size_t *bad);
+
+/* A candidate merge; the heap orders by (rank, left). */
+struct pair {
+	int32_t rank, id;               /* rank and result of merging left, right */
+	uint32_t left, right;           /* node indices */
+	uint32_t vl, vr;                /* their versions when queued */
+};
+void heap_push(struct pair *h, size_t *n, struct pair p);
+struct pair heap_pop(struct pair *h, size_t *n);
+/* PCRE2's memory from fw_malloc. */
+void *pcre_alloc(PCRE2_SIZE n, void *user);
+void pcre_free(void *p, void *user);
+/* The index of t in names[0..n), or -1. */
+int name_index(const char *const *names, size_t n, const char *t);
+
+/* --- strings ------------------------------------------------------------------ */
+
+struct sbuf {                           /* growable byte string, fw_malloc'd */
+	char *b;
+	size_t n, cap;
+};
+bool sb_reserve(struct sbuf *s, size_t n);  /* room for n more bytes and a NUL */
+bool sb_put(struct sbuf *s, const void *p, size_t n);
+bool sb_cp(struct sbuf *s, uint32_t cp);        /* appends cp as UTF-8 */
+void sb_free(struct sbuf *s);
+/* The code point at s[*i] (valid UTF-8 assumed); advances *i. */
+uint32_t u8_next(const char *s, size_t n, size_t *i);
+size_t u8_len(unsigned char lead);
+
+/* A piece of text on its way through the pipeline. id >= 0: an added token,
+ * already final. first: it starts at offset 0 of the original input. */
+struct piece {
+	char *s;
+	size_t n;
+	int32_t id;
+	bool first;
+};
+struct plist {
+	struct piece *v;
+	size_t n, cap;
+};
+bool plist_push(struct plist *l, const char *s, size_t n, int32_t id, bool first);
+void plist_free(struct plist *l);
+
+/* --- vocabulary: strings <-> ids ------------------------------------------------ */
+
+struct hf_vocab {
+	uint32_t *off, *len;            /* per id, into blob; len UINT32_MAX = no token */
+	int32_t n;                      /* ids 0..n-1 */
+	size_t cap;                     /* of off and len */
+	char *blob;
+	size_t blob_n, blob_cap;
+	int32_t *tab;                   /* open addressing, -1 = free */
+	uint64_t mask;
+};
+int32_t vocab_get(const struct hf_vocab *v, const char *s, size_t n);
+/* Gives id the string s (the id must have none yet; grows n as needed). */
+bool vocab_set(struct hf_vocab *v, int32_t id, const char *s, size_t n);
+const char *vocab_str(const struct hf_vocab *v, int32_t id, size_t *n);
+void vocab_free(struct hf_vocab *v);
+
+/* --- regular expressions (Hugging Face's are Oniguruma's) --------------------------- */
+
+struct hf_re {
+	pcre2_code *re;
+	pcre2_match_data *md;
+	bool jit;
+};
+/* Compiles an Oniguruma-syntax pattern (literal: escape it first). */
+struct hf_re *re_new(const char *pat, size_t n, bool literal, const char *where,
+		     struct fw_err *err);
+void re_free(struct hf_re *r);
+
+/* --- components --------------------------------------------------------------------- */
+
+enum norm_kind {
+	NORM_NFC, NORM_NFD, NORM_NFKC, NORM_NFKD, NORM_LOWER, NORM_STRIP_ACCENTS, NORM_REPLACE,
+	NORM_PREPEND, NORM_STRIP, NORM_BERT, NORM_SEQ
+};
+struct hf_norm {
+	enum norm_kind kind;
+	struct hf_norm *sub;            /* Sequence */
+	size_t n_sub;
+	char *a, *b;                    /* Replace: pattern, content; Prepend: a */
+	size_t na, nb;
+	struct hf_re *re;               /* Replace with a Regex (or literal) pattern */
+	bool left, right;               /* Strip */
+	bool clean, chinese, strip_accents, lower;      /* BertNormalizer */
+};
+
+enum pre_kind {
+	PRE_BYTELEVEL, PRE_METASPACE, PRE_WHITESPACE, PRE_WSSPLIT, PRE_BERT, PRE_PUNCT,
+	PRE_DIGITS, PRE_SPLIT, PRE_SEQ
+};
+enum behavior { B_REMOVED, B_ISOLATED, B_PREV, B_NEXT, B_CONTIGUOUS };
+struct hf_pre {
+	enum pre_kind kind;
+	struct hf_pre *sub;
+	size_t n_sub;
+	struct hf_re *re;               /* Split, ByteLevel's regex, Whitespace */
+	enum behavior behavior;
+	bool invert, add_prefix_space, use_regex, split, individual;
+	int prepend;                    /* Metaspace: 0 always, 1 first, 2 never */
+	char repl[8];                   /* Metaspace replacement, UTF-8 */
+	size_t repl_n;
+	uint32_t repl_cp;
+};
+
+enum model_kind { MODEL_BPE, MODEL_WORDPIECE, MODEL_UNIGRAM };
+struct merge_ent {
+	uint64_t key;                   /* left << 32 | right; UINT64_MAX = free */
+	int32_t rank, id;
+};
+struct hf_model {
+	enum model_kind kind;
+	int32_t unk;                    /* -1: none */
+	int32_t n_model;                /* ids below are the model's vocabulary */
+	char *prefix, *suffix;          /* BPE / WordPiece continuing prefix, BPE suffix */
+	size_t n_prefix, n_suffix;
+	bool fuse_unk, byte_fallback, ignore_merges;
+	int32_t byte_tok[256];          /* <0xXX> tokens, -1 where missing */
+	bool all_bytes;
+	struct merge_ent *merges;       /* BPE */
+	uint64_t mmask;
+	size_t max_chars;               /* WordPiece */
+	double *score, min_score;       /* Unigram, per id < n_score */
+	int32_t n_score;
+	size_t max_piece;               /* Unigram: longest piece in bytes */
+};
+
+enum dec_kind {
+	DEC_BYTELEVEL, DEC_METASPACE, DEC_WORDPIECE, DEC_BYTEFALLBACK, DEC_FUSE, DEC_STRIP,
+	DEC_REPLACE, DEC_SEQ
+};
+struct hf_dec {
+	enum dec_kind kind;
+	struct hf_dec *sub;
+	size_t n_sub;
+	char *a, *b;                    /* Replace pattern/content; WordPiece prefix (a) */
+	size_t na, nb;
+	struct hf_re *re;
+	uint32_t cp;                    /* Metaspace replacement; Strip content */
+	int start, stop;                /* Strip */
+	bool cleanup, never;            /* WordPiece cleanup; Metaspace prepend_scheme never */
+};
+
+struct hf_added {
+	int32_t id;
+	char *s, *ns;                   /* content; normalized content */
+	size_t n, nn;
+	bool special, single_word, lstrip, rstrip, normalized;
+};
+
+struct hf_tok {
+	struct hf_vocab vocab;          /* model vocabulary and added tokens */
+	struct hf_norm *norm;           /* each may be NULL */
+	struct hf_pre *pre;
+	struct hf_model model;
+	struct hf_dec *dec;
+	int32_t *bos, *eos;             /* post-processor: ids before and after the text */
+	size_t n_bos, n_eos;
+	struct hf_added *added;
+	size_t n_added, cap_added;
+	uint32_t *order;                /* added tokens by (normalized, first byte) */
+	uint32_t start[2][257];         /* order[start[z][c] .. start[z][c + 1]) */
+	uint8_t *is_special;            /* per id < n_is_special */
+	size_t n_is_special;
+	const char *path;               /* for messages, during loading only */
+};
+
+/* tokenizer_hf.c */
+/* From the file's text, or from parsed (its JSON, when already parsed). */
+struct hf_tok *hf_load(const char *path, const char *text, size_t len, json_t *parsed,
+		       struct fw_err *err);
+void hf_free(struct hf_tok *h);
+enum fw_status hf_encode(struct hf_tok *h, const char *text, size_t len, bool split_special,
+			 bool add_special, struct fw_token_buf *out, struct fw_err *err);
+/* raw: one token's bytes for fw_tokenizer_token (no UTF-8 repair, not stripped
+ * as a first token). */
+enum fw_status hf_decode(const struct hf_tok *h, const int32_t *ids, size_t n, bool raw,
+			 char **out, size_t *len, struct fw_err *err);
+enum fw_status hf_add_special(struct hf_tok *h, const char *s, size_t n, int32_t *id,
+			      struct fw_err *err);
+int32_t hf_eos(const struct hf_tok *h);
+
+/* tokenizer_hf_text.c */
+enum fw_status norm_parse(json_t *j, struct hf_norm *n, const char *path, const char *at,
+			  struct fw_err *err);
+void norm_free(struct hf_norm *n);
+/* *keep0 (may be NULL) becomes false when the start of s is removed. */
+enum fw_status norm_apply(const struct hf_norm *n, const char *s, size_t len, struct sbuf *out,
+			  bool *keep0, struct fw_err *err);
+enum fw_status pre_parse(json_t *j, struct hf_pre *p, const char *path, const char *at,
+			 struct fw_err *err);
+void pre_free(struct hf_pre *p);
+enum fw_status pre_apply(const struct hf_pre *p, struct plist *l, struct fw_err *err);
+bool u_whitespace(uint32_t cp);
+bool u_alnum(uint32_t cp);
+/* Rust's String::from_utf8_lossy of s[0..n) appended to out. */
+bool sb_put_lossy(struct sbuf *out, const char *s, size_t n);
+
+/* tokenizer_hf_models.c */
+enum fw_status model_parse(json_t *j, struct hf_tok *h, const char *path, struct fw_err *err);
+void model_free(struct hf_model *m);
+bool ids_append(struct fw_token_buf *out, int32_t id);
+enum fw_status model_encode(const struct hf_tok *h, const char *s, size_t n,
+			    struct fw_token_buf *out, struct fw_err *err);
+
+#endif

@@ -1,0 +1,117 @@
+// hf_reference.js - the reference side of tests/hf_tokenizers.py: Hugging
+// Face's tokenizers library (npm tokenizers, Rust with Node bindings).
+//
+//   node hf_reference.js MODULE_DIR encode TOKENIZER_JSON IN.jsonl OUT.jsonl
+//       one line per {"text": ...} of IN: {"plain": ids without special
+//       tokens, "special": ids with them, "decoded": decode(special, false)}
+//   node hf_reference.js MODULE_DIR build SPEC.json OUT_DIR
+//       builds and saves the tokenizers SPEC describes (a BERT WordPiece, a
+//       T5/ALBERT-style Unigram, a RoBERTa byte-level BPE) with the library
+//       itself: OUT_DIR/NAME.json for each.
+'use strict';
+const fs = require('fs');
+const path = require('path');
+
+const [moduleDir, cmd, ...args] = process.argv.slice(2);
+const tk = require(fs.realpathSync(moduleDir));
+
+async function encode(file, inp, out) {
+	const t = tk.Tokenizer.fromFile(file);
+	const lines = fs.readFileSync(inp, 'utf8').split('\n').filter((l) => l);
+	const res = [];
+	for (const l of lines) {
+		const text = JSON.parse(l).text;
+		const plain = (await t.encode(text, null, { addSpecialTokens: false })).getIds();
+		const special = (await t.encode(text, null, { addSpecialTokens: true })).getIds();
+		const decoded = await t.decode(special, false);
+		res.push(JSON.stringify({ plain, special, decoded }));
+	}
+	fs.writeFileSync(out, res.join('\n') + '\n');
+}
+
+function build(specFile, outDir) {
+	const spec = JSON.parse(fs.readFileSync(specFile, 'utf8'));
+	// BERT: WordPiece, BertNormalizer (uncased, accents stripped),
+	// BertPreTokenizer, [CLS] A [SEP], WordPiece decoder.
+	{
+		const t = new tk.Tokenizer(tk.WordPiece.init(spec.wordpiece, { unkToken: '[UNK]' }));
+		t.setNormalizer(tk.bertNormalizer({ cleanText: true, handleChineseChars: true,
+			stripAccents: true, lowercase: true }));
+		t.setPreTokenizer(tk.bertPreTokenizer());
+		t.setPostProcessor(tk.bertProcessing(['[SEP]', spec.wordpiece['[SEP]']],
+			['[CLS]', spec.wordpiece['[CLS]']]));
+		t.setDecoder(tk.wordPieceDecoder('##', true));
+		t.addSpecialTokens(['[UNK]', '[CLS]', '[SEP]', '[PAD]', '[MASK]']);
+		t.addAddedTokens([new tk.AddedToken('<ent>', false, { singleWord: true }),
+			new tk.AddedToken('hello world', false, { normalized: true })]);
+		t.save(path.join(outDir, 'bert.json'));
+	}
+	// T5/ALBERT-style Unigram: NFKC + lowercase, Metaspace, </s> after.
+	{
+		const t = new tk.Tokenizer(tk.Unigram.init(spec.unigram, { unkId: 2, byteFallback: false }));
+		t.setNormalizer(tk.sequenceNormalizer([tk.nfkcNormalizer(), tk.lowercase(),
+			tk.replace('``', '"')]));
+		t.setPreTokenizer(tk.sequencePreTokenizer([tk.whitespaceSplitPreTokenizer(),
+			tk.metaspacePreTokenizer('\u2581', 'always', true)]));
+		t.setPostProcessor(tk.templateProcessing('$A </s>', '$A </s> $B </s>',
+			[['</s>', 1]]));
+		t.setDecoder(tk.metaspaceDecoder('\u2581', 'always', true));
+		t.addSpecialTokens(['<pad>', '</s>', '<unk>']);
+		t.addAddedTokens([new tk.AddedToken('<sep>', true, { leftStrip: true, rightStrip: true })]);
+		t.save(path.join(outDir, 'unigram.json'));
+	}
+	// The same Unigram with byte fallback and Digits/Punctuation splits.
+	{
+		const t = new tk.Tokenizer(tk.Unigram.init(spec.unigram_bytes,
+			{ unkId: 2, byteFallback: true }));
+		t.setNormalizer(tk.sequenceNormalizer([tk.nfdNormalizer(), tk.stripAccentsNormalizer(),
+			tk.stripNormalizer(true, true)]));
+		t.setPreTokenizer(tk.sequencePreTokenizer([tk.digitsPreTokenizer(true),
+			tk.punctuationPreTokenizer('isolated'),
+			tk.metaspacePreTokenizer('\u2581', 'first', true)]));
+		t.setDecoder(tk.sequenceDecoder([tk.metaspaceDecoder('\u2581', 'first', true),
+			tk.byteFallbackDecoder(), tk.fuseDecoder()]));
+		t.addSpecialTokens(['<pad>', '</s>', '<unk>']);
+		t.save(path.join(outDir, 'unigram_bytes.json'));
+	}
+	// RoBERTa: byte-level BPE with <s> A </s>, <mask> with lstrip.
+	{
+		const t = new tk.Tokenizer(tk.BPE.init(spec.bpe_vocab, spec.bpe_merges, {}));
+		t.setPreTokenizer(tk.byteLevelPreTokenizer(true, true));
+		t.setPostProcessor(tk.robertaProcessing(['</s>', spec.bpe_vocab['</s>']],
+			['<s>', spec.bpe_vocab['<s>']]));
+		// (no ByteLevel decoder in the Node bindings: hf_tokenizers.py adds it)
+		t.addSpecialTokens(['<s>', '</s>', '<pad>']);
+		t.addAddedTokens([new tk.AddedToken('<mask>', true, { leftStrip: true })]);
+		t.save(path.join(outDir, 'roberta.json'));
+	}
+	// WordPiece with Whitespace + Split (regex, every behavior), lowercase
+	// NFD StripAccents, Replace, Prepend; its decoder WordPiece without cleanup.
+	{
+		const t = new tk.Tokenizer(tk.WordPiece.init(spec.wordpiece, { unkToken: '[UNK]' }));
+		t.setNormalizer(tk.sequenceNormalizer([tk.nfkdNormalizer(), tk.stripAccentsNormalizer(),
+			tk.lowercase(), tk.replace('  ', ' ')]));
+		t.setPreTokenizer(tk.sequencePreTokenizer([tk.whitespacePreTokenizer(),
+			tk.splitPreTokenizer('-', 'mergedWithNext', false),
+			tk.splitPreTokenizer('\'', 'mergedWithPrevious', false),
+			tk.splitPreTokenizer('.', 'contiguous', false),
+			tk.splitPreTokenizer('a', 'removed', true)]));
+		t.setDecoder(tk.wordPieceDecoder('##', false));
+		t.addSpecialTokens(['[UNK]', '[CLS]', '[SEP]']);
+		t.save(path.join(outDir, 'wordpiece_split.json'));
+	}
+}
+
+(async () => {
+	if (cmd === 'encode')
+		await encode(args[0], args[1], args[2]);
+	else if (cmd === 'build')
+		build(args[0], args[1]);
+	else {
+		process.stderr.write('usage: node hf_reference.js MODULE_DIR encode|build ...\n');
+		process.exit(2);
+	}
+})().catch((e) => {
+	process.stderr.write(String(e && e.stack || e) + '\n');
+	process.exit(1);
+});
