@@ -228,6 +228,39 @@ def run(cmd, who):
     return r
 
 
+def export_check(fwrun, tok_json, tmp, lines):
+    """A model trained with Llama-2's tokenizer.json exports it as it was read,
+    and config.json's eos_token_id is the file's own </s>. Returns failures."""
+    with open(tok_json, encoding="utf-8") as f:
+        text = f.read()
+    j = json.loads(text)
+    eos = next(t["id"] for t in j["added_tokens"] if t["content"] == "</s>")
+    vocab = len(j["model"]["vocab"])
+    data = os.path.join(tmp, "export.txt")
+    with open(data, "w", encoding="utf-8") as f:
+        f.write("Hello, world. Ünïcode text for a tiny model.\n" * 200)
+    run_dir, out = os.path.join(tmp, "export-run"), os.path.join(tmp, "export-hf")
+    run([fwrun, "train", "--plugins=arch/decoder,attention/mha,optim/adamw", "--n-layer=1",
+         "--n-head=2", "--n-embd=16", "--n-positions=32", f"--vocab-size={vocab}",
+         "--tokenizer=gpt2", "--vocab-file=" + tok_json, "--data=" + data, "--seq-length=16",
+         "--micro-batch-size=2", "--train-iters=1", "--run-dir=" + run_dir], "fwrun train (llama2)")
+    run([fwrun, "export", run_dir, out], "fwrun export (llama2)")
+    bad = 0
+    with open(os.path.join(out, "tokenizer.json"), encoding="utf-8") as f:
+        if f.read() != text:
+            bad += 1
+            lines.append("  export: tokenizer.json differs from the file the model was trained with")
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
+    if cfg.get("eos_token_id") != eos:
+        bad += 1
+        lines.append("  export: eos_token_id %r, the tokenizer's </s> is %d" %
+                     (cfg.get("eos_token_id"), eos))
+    lines.insert(0, "hf_tokenizers: export (llama2): tokenizer.json %s, eos_token_id %r (</s> = %d)"
+                 % ("as read" if bad == 0 else "CHECK", cfg.get("eos_token_id"), eos))
+    return bad
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--driver")
@@ -316,13 +349,16 @@ def main():
                          (name, len(strings), nbytes, n_tok, bad["plain"], bad["special"],
                           bad["decoded"], rt_bad, len(sub), cli_bad, len(sub)))
             total_bad += sum(bad.values()) + rt_bad + cli_bad
+        if "llama2" in names:
+            total_bad += export_check(a.fwrun, files["llama2"], tmp, lines)
     finally:
         if a.keep:
             print("hf_tokenizers: work directory kept: " + tmp)
         else:
             shutil.rmtree(tmp, ignore_errors=True)
     heads = [l for l in lines if l.startswith("hf_tokenizers:")]
-    print("\n".join(sorted(heads, key=lambda l: names.index(l.split()[1]))))
+    print("\n".join(sorted(heads, key=lambda l: names.index(l.split()[1])
+                            if l.split()[1] in names else len(names))))
     print("\n".join(l for l in lines if not l.startswith("hf_tokenizers:")))
     if total_bad:
         fail("fw's tokenizer.json pipeline differs from the reference (see above)")

@@ -535,8 +535,13 @@ static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *do
 		return e.status == FW_ERR_NOT_FOUND ? FW_OK : (*err = e, e.status);
 	json_t *root = json_loads(stored, 0, NULL);
 	json_t *vocab = json_object_get(root, "vocab"), *merges = json_object_get(root, "merges");
+	json_t *hf = json_object_get(root, "json");
 	enum fw_status st = FW_OK;
-	if (json_is_string(vocab) && json_is_string(merges)) {
+	if (json_is_string(hf)) {       /* a tokenizer.json pipeline: the file as read */
+		snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
+		st = write_atomic(path, json_string_value(hf), json_string_length(hf), err);
+		*done = st == FW_OK;
+	} else if (json_is_string(vocab) && json_is_string(merges)) {
 		snprintf(path, sizeof(path), "%s/vocab.json", dir);
 		st = write_atomic(path, json_string_value(vocab), json_string_length(vocab), err);
 		snprintf(path, sizeof(path), "%s/merges.txt", dir);
@@ -699,7 +704,7 @@ int cmd_export(int argc, char **argv)
 		goto out;
 	}
 	fprintf(stderr, "fwrun: exported %d tensors%s to %s\n", g.n,
-		with_tok ? " and the GPT-2 tokenizer (vocab.json, merges.txt)" : "", argv[1]);
+		with_tok ? " and the tokenizer" : "", argv[1]);
 	rc = EXIT_OK;
 out:
 	gpt2_set_free(&g);
