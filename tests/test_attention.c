@@ -1,10 +1,10 @@
 /* test_attention.c - attention/mha's position hooks and grouped heads:
- * finite-difference gradient checks (fwt_gradcheck) of its ops mha.rope (NeoX
- * halves and GPT-J pairs, partial rotary dim, Llama-3 scaling, positions from
- * a tensor or a cache offset) and mha.alibi, and of whole attend() calls
- * (GQA, MQA, RoPE, ALiBi, relative bias, sequence mask) on odd shapes: T not a
- * power of two, heads not a power of two, head_dim 40 and 64; then attend's
- * refusals of bad specs, and BLOOM's slopes through the op's forward.
+ * finite-difference gradient checks (fwt_gradcheck) of its op mha.alibi and
+ * of whole attend() calls (GQA, MQA, RoPE, ALiBi, relative bias, sequence
+ * mask) on odd shapes: T not a power of two, heads not a power of two,
+ * head_dim 40 and 64; then attend's refusals of bad specs, BLOOM's slopes
+ * through the op's forward, and where the core's fw_rope takes positions
+ * from (its gradient checks are in test_gradcheck.c).
  * Forward values against torch are tests/llama_parity.py's job.
  */
 #include <math.h>
@@ -39,27 +39,17 @@ static int op_named(const char *name)
 
 /* --- the ops ----------------------------------------------------------------------- */
 
+/* RoPE through the core op, as attention plugins call it (fw_attn_rope) */
 struct rope_args {
-	int dim, interleaved, mode;  /* mode 0 arange, 1 positions (in[1]), 2 offset (in[1]) */
-	float base, factor, low, high, orig;
+	int dim;
+	enum fw_rope_pos mode;       /* positions or offset in in[1] */
+	float base;
 };
 
 static struct fw_tensor *b_rope(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
 {
 	const struct rope_args *a = u;
-	union fw_param p[8] = { { .i = a->dim }, { .i = a->interleaved }, { .f = a->base },
-				{ .f = a->factor }, { .f = a->low }, { .f = a->high },
-				{ .f = a->orig }, { .i = a->mode } };
-	struct fw_tensor *src[2] = { in[0], in[1] };
-	return fw_op_custom(c, op_named("mha.rope"), src, a->mode ? 2 : 1, p, 8);
-}
-
-/* rope reads a strided view in place: x (B, H, T, D) seen as (B, T, H, D) */
-static struct fw_tensor *b_rope_view(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
-{
-	struct fw_tensor *x = fw_permute(c, in[0], (int[]){ 0, 2, 1, 3 });
-	ck_assert(x && !fw_is_contiguous(x));
-	return b_rope(c, (struct fw_tensor *[]){ x, NULL }, u);
+	return fw_rope(c, in[0], in[1], a->mode, a->dim, false, a->base, NULL);
 }
 
 struct alibi_args {
@@ -76,7 +66,6 @@ static struct fw_tensor *b_alibi(struct fw_ctx *c, struct fw_tensor *const *in, 
 }
 
 static const int32_t packed_pos[2 * 5] = { 0, 1, 2, 0, 1, 3, 4, 0, 1, 2 };
-static const int32_t offset_11[1] = { 11 };
 static const int32_t offset_3[1] = { 3 };
 
 #define F(nm, ...) { .name = nm, .ndim = sizeof((int64_t[]){ __VA_ARGS__ }) / 8, \
@@ -94,27 +83,10 @@ struct opcase {
 	struct fwt_input in[2];
 };
 
-static const struct rope_args rope_neox40 = { .dim = 40, .base = 10000.0f };
-static const struct rope_args rope_neox64_part = { .dim = 16, .mode = 1, .base = 500.0f };
-static const struct rope_args rope_gptj40_llama3 = { .dim = 24, .interleaved = 1, .base = 10000.0f,
-							 .factor = 8.0f, .low = 1.0f, .high = 4.0f,
-							 .orig = 16.0f };
-static const struct rope_args rope_gptj64_offset = { .dim = 64, .interleaved = 1, .mode = 2,
-							 .base = 10000.0f };
-static const struct rope_args rope_view = { .dim = 40, .base = 10000.0f };
 static const struct alibi_args alibi_train = { .scale = 0.3f };
 static const struct alibi_args alibi_decode = { .scale = 0.125f, .offset = true };
 
 static const struct opcase op_cases[] = {
-	{ "rope NeoX, D 40, T 5, H 3", b_rope, &rope_neox40, 2,
-	  { F("x", 2, 5, 3, 40), NONE } },
-	{ "rope NeoX partial 16 of 64, packed positions", b_rope, &rope_neox64_part, 2,
-	  { F("x", 2, 5, 3, 64), INT("pos", packed_pos, 2, 5) } },
-	{ "rope GPT-J partial 24 of 40, llama3 scaling", b_rope, &rope_gptj40_llama3, 2,
-	  { F("x", 1, 7, 3, 40), NONE } },
-	{ "rope GPT-J D 64, cache offset 11", b_rope, &rope_gptj64_offset, 2,
-	  { F("x", 2, 3, 5, 64), INT("len", offset_11, 1) } },
-	{ "rope of a strided view", b_rope_view, &rope_view, 1, { F("x", 2, 3, 5, 40) } },
 	{ "alibi 6 heads, T 5", b_alibi, &alibi_train, 2, { F("s", 2, 6, 5, 5), NONE } },
 	{ "alibi 5 heads, decode offset", b_alibi, &alibi_decode, 2,
 	  { F("s", 1, 5, 1, 7), INT("len", offset_3, 1) } },
@@ -291,8 +263,8 @@ START_TEST(test_rope_positions)
 	enum { T = 5, H = 2, D = 8, N = T * H * D, ROW = H * D };
 	static const int32_t pos[T] = { 0, 1, 2, 0, 1 }, three[1] = { 3 };
 	struct rope_args ar = { .dim = D, .base = 100.0f }, ap = ar, ao = ar;
-	ap.mode = 1;
-	ao.mode = 2;
+	ap.mode = FW_ROPE_POSITIONS;
+	ao.mode = FW_ROPE_OFFSET;
 	struct fw_ctx *ctx = fw_ctx_new();
 	struct fw_tensor *x = fw_input(ctx, "x", FW_F32, 4, (int64_t[]){ 1, T, H, D });
 	struct fw_tensor *xs = fw_input(ctx, "xs", FW_F32, 4, (int64_t[]){ 1, 2, H, D });

@@ -1,8 +1,9 @@
 /* test_gradcheck.c - finite-difference gradient checks of every built-in op
  * (fwt_gradcheck in harness.c: central differences, see harness.h for the
- * tolerance), the checker itself on a registered plugin op (a correct one
- * passes, a wrong one is caught), dropout's mask statistics and determinism,
- * and cross-entropy's ignored tokens.
+ * tolerance; kv_write, which has no gradient, gets a value check), the
+ * checker itself on a registered plugin op (a correct one passes, a wrong one
+ * is caught), dropout's mask statistics and determinism, and cross-entropy's
+ * ignored tokens.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -19,6 +20,11 @@ struct args {
 	int perm[FW_MAX_DIMS];
 	int64_t shape[FW_MAX_DIMS];
 	uint64_t seed;
+	/* rope: mode enum fw_rope_pos (in[1] = positions or offset), llama3 if factor > 0 */
+	int rope_dim, rope_mode;
+	bool interleaved;
+	float base;
+	struct fw_rope_llama3 l3;
 };
 
 #define ARGS(x) ((const struct args *)(x))
@@ -164,6 +170,21 @@ static struct fw_tensor *b_cast(struct fw_ctx *c, struct fw_tensor *const *in, v
 	return fw_cast(c, fw_cast(c, in[0], FW_BF16), FW_F32);
 }
 
+static struct fw_tensor *b_rope(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	const struct args *a = u;
+	return fw_rope(c, in[0], in[1], a->rope_mode, a->rope_dim, a->interleaved, a->base,
+		       a->l3.factor > 0 ? &a->l3 : NULL);
+}
+
+/* rope reads a strided view in place: x (B, H, T, D) seen as (B, T, H, D) */
+static struct fw_tensor *b_rope_view(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	struct fw_tensor *x = fw_permute(c, in[0], (int[]){ 0, 2, 1, 3 });
+	ck_assert(x && !fw_is_contiguous(x));
+	return b_rope(c, (struct fw_tensor *[]){ x, in[1] }, u);
+}
+
 /* --- data for the inputs that are not plain random ------------------------------- */
 
 static const int32_t ids_2x3[] = { 1, 3, 1, 6, 0, 3 };
@@ -180,6 +201,8 @@ static const float row_mask[] = {            /* (3, 4): row 1 fully masked */
 	-INFINITY, -INFINITY, -INFINITY, -INFINITY,
 	0, 0, 0, 0,
 };
+static const int32_t packed_pos[2 * 5] = { 0, 1, 2, 0, 1, 3, 4, 0, 1, 2 };
+static const int32_t offset_11[1] = { 11 };
 /* Multiples of 1/32 with at most 8 significant bits: exact in bf16, and so
  * are x +- 1/32, so the round trip through bf16 is exact at every probe. */
 static float bf16_grid[24];
@@ -286,6 +309,29 @@ static struct gentry cases[] = {
 	{ "cast_bf16", b_cast, { 0 }, 1,
 	  { { .name = "x", .ndim = 2, .ne = { 4, 6 }, .grad = true, .data = bf16_grid,
 	      .h = 1.0 / 32 } }, 0 },
+	{ "rope_neox_d40", b_rope, { .rope_dim = 40, .base = 10000.0f }, 2,
+	  { F("x", 2, 5, 3, 40), NONE }, 0 },
+	{ "rope_neox_partial16_d64_positions", b_rope,
+	  { .rope_dim = 16, .rope_mode = FW_ROPE_POSITIONS, .base = 500.0f }, 2,
+	  { F("x", 2, 5, 3, 64), INT("pos", packed_pos, 2, 5) }, 0 },
+	{ "rope_gptj_partial24_d40_llama3", b_rope,
+	  { .rope_dim = 24, .interleaved = true, .base = 10000.0f,
+	    .l3 = { .factor = 8.0f, .low_freq_factor = 1.0f, .high_freq_factor = 4.0f,
+		    .original_max_position_embeddings = 16.0f } }, 2,
+	  { F("x", 1, 7, 3, 40), NONE }, 0 },
+	{ "rope_neox_d64_llama3_offset", b_rope,
+	  { .rope_dim = 64, .rope_mode = FW_ROPE_OFFSET, .base = 500000.0f,
+	    .l3 = { .factor = 8.0f, .low_freq_factor = 1.0f, .high_freq_factor = 4.0f,
+		    .original_max_position_embeddings = 8.0f } }, 2,
+	  { F("x", 1, 3, 2, 64), INT("len", offset_11, 1) }, 0 },
+	{ "rope_gptj_d64_offset", b_rope,
+	  { .rope_dim = 64, .interleaved = true, .rope_mode = FW_ROPE_OFFSET, .base = 10000.0f },
+	  2, { F("x", 2, 3, 5, 64), INT("len", offset_11, 1) }, 0 },
+	{ "rope_gptj_partial8_d40_positions_view", b_rope_view,
+	  { .rope_dim = 8, .interleaved = true, .rope_mode = FW_ROPE_POSITIONS, .base = 100.0f },
+	  2, { F("x", 2, 3, 5, 40), INT("pos", packed_pos, 2, 5) }, 0 },
+	{ "rope_neox_d40_view", b_rope_view, { .rope_dim = 40, .base = 10000.0f }, 2,
+	  { F("x", 2, 3, 5, 40), NONE }, 0 },
 };
 
 #define N_CASES ((int)(sizeof(cases) / sizeof(cases[0])))
@@ -619,12 +665,60 @@ START_TEST(test_ce_ignored_zero_grad)
 }
 END_TEST
 
+/* kv_write has no gradient: a value check. Rows land at [len, len + Tq) of
+ * every batch row, the rest of the cache is kept, a reader of the result sees
+ * the write, and a len past the end is clamped (never writes outside). */
+START_TEST(test_kv_write)
+{
+	enum { B = 2, TMAX = 6, TQ = 2, H = 3, D = 5, ROW = H * D };
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_tensor *cache = fw_input(ctx, "cache", FW_F32, 4,
+					   (int64_t[]){ B, TMAX, H, D });
+	struct fw_tensor *x = fw_param(ctx, "x", FW_F32, 4, (int64_t[]){ B, TQ, H, D }, true);
+	struct fw_tensor *len = fw_input(ctx, "len", FW_I32, 1, (int64_t[]){ 1 });
+	struct fw_tensor *w = fw_kv_write(ctx, cache, x, len);
+	ck_assert_msg(w != NULL, "%s", fw_ctx_err(ctx)->msg);
+	ck_assert(!(w->flags & FW_FLAG_NEEDS_GRAD));
+	struct fw_tensor *y = fw_cont(ctx, w);
+	ck_assert(fw_kv_write(ctx, cache, x, NULL) == NULL);
+	struct fw_tensor *bad = fw_input(ctx, "bad", FW_F32, 4, (int64_t[]){ B, TQ, H, D + 1 });
+	ck_assert(fw_kv_write(ctx, cache, bad, len) == NULL);
+	ck_assert_str_eq(fw_ctx_err(ctx)->msg, "kv_write: cache and new rows do not fit");
+	struct fw_graph *g = fw_graph_new(ctx, &y, 1, &(struct fw_graph_opts){ 0 });
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+	for (int at = 0; at < 2; at++) {
+		int32_t l = at ? 5 : 3, where = at ? TMAX - TQ : 3;   /* 5 + 2 > 6: clamped */
+		for (int i = 0; i < B * TMAX * ROW; i++)
+			fw_f32(cache)[i] = -1.0f - (float)i;
+		for (int i = 0; i < B * TQ * ROW; i++)
+			fw_f32(x)[i] = (float)i;
+		fw_i32(len)[0] = l;
+		ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+		for (int b = 0; b < B; b++)
+			for (int t = 0; t < TMAX; t++)
+				for (int e = 0; e < ROW; e++) {
+					int i = (b * TMAX + t) * ROW + e;
+					float want = t >= where && t < where + TQ ?
+						     (float)((b * TQ + t - where) * ROW + e) :
+						     -1.0f - (float)i;
+					ck_assert_msg(fw_f32(cache)[i] == want && fw_f32(y)[i] == want,
+						      "len %d: b %d t %d e %d: cache %g, read %g, want %g",
+						      l, b, t, e, (double)fw_f32(cache)[i],
+						      (double)fw_f32(y)[i], (double)want);
+				}
+	}
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("gradcheck");
 	TCase *ops = fwt_tcase("ops", 120);
 	tcase_add_loop_test(ops, test_op, 0, N_CASES);
 	tcase_add_test(ops, test_plugin_op);
+	tcase_add_test(ops, test_kv_write);
 	suite_add_tcase(s, ops);
 	TCase *drop = fwt_tcase("dropout", 120);
 	tcase_add_test(drop, test_dropout_stats);

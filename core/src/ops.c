@@ -31,8 +31,10 @@ static const struct fw_op_i *builtin_ops[FW_OP_COUNT] = {
 	[FW_OP_SUM] = &fw_op_sum_i,
 	[FW_OP_MEAN] = &fw_op_mean_i,
 	[FW_OP_CAST] = &fw_op_cast_i,
+	[FW_OP_ROPE] = &fw_op_rope_i,
+	[FW_OP_KV_WRITE] = &fw_op_kv_write_i,
 };
-_Static_assert(FW_OP_COUNT == 25, "update builtin_ops when adding an op");
+_Static_assert(FW_OP_COUNT == 27, "update builtin_ops when adding an op");
 
 static const struct fw_op_i *plugin_ops[FW_MAX_PLUGIN_OPS];
 static int n_plugin_ops;
@@ -353,4 +355,28 @@ struct fw_tensor *fw_mean(struct fw_ctx *ctx, struct fw_tensor *x, int axis, boo
 struct fw_tensor *fw_cast(struct fw_ctx *ctx, struct fw_tensor *x, enum fw_dtype dt)
 {
 	return node(ctx, FW_OP_CAST, 1, x, NULL, NULL, 1, P({ .i = dt }));
+}
+
+struct fw_tensor *fw_rope(struct fw_ctx *ctx, struct fw_tensor *x, struct fw_tensor *pos,
+			  enum fw_rope_pos mode, int rotary_dim, bool interleaved, float base,
+			  const struct fw_rope_llama3 *l3)
+{
+	if (mode != FW_ROPE_ARANGE && !pos)
+		return NULL;
+	const struct fw_rope_llama3 none = { 0 };
+	if (!l3)
+		l3 = &none;
+	return node(ctx, FW_OP_ROPE, mode != FW_ROPE_ARANGE ? 2 : 1, x, pos, NULL, 8,
+		    P({ .i = rotary_dim }, { .i = interleaved }, { .f = base },
+		      { .f = l3->factor }, { .f = l3->low_freq_factor },
+		      { .f = l3->high_freq_factor }, { .f = l3->original_max_position_embeddings },
+		      { .i = mode }));
+}
+
+struct fw_tensor *fw_kv_write(struct fw_ctx *ctx, struct fw_tensor *cache,
+			      struct fw_tensor *rows, struct fw_tensor *len)
+{
+	if (!rows || !len)
+		return NULL;
+	return node(ctx, FW_OP_KV_WRITE, 3, cache, rows, len, 0, NULL);
 }

@@ -50,6 +50,9 @@ enum fw_op {
 	FW_OP_SUM,          /* p0.i axis or FW_AXIS_ALL, p1.i keepdim */
 	FW_OP_MEAN,         /* p0.i axis or FW_AXIS_ALL, p1.i keepdim */
 	FW_OP_CAST,         /* p0.i target dtype; gradient passes through as f32 */
+	FW_OP_ROPE,         /* src1 positions|offset|NULL; p0.i rotary dim, p1.i interleaved,
+			       p2.f base, p3..p6.f llama3 scaling, p7.i enum fw_rope_pos */
+	FW_OP_KV_WRITE,     /* view of src0 cache; src1 new rows, src2 len i32 [1] */
 	FW_OP_COUNT
 };
 
@@ -131,6 +134,47 @@ struct fw_tensor *fw_cont(struct fw_ctx *ctx, struct fw_tensor *x);
 struct fw_tensor *fw_sum(struct fw_ctx *ctx, struct fw_tensor *x, int axis, bool keepdim);
 struct fw_tensor *fw_mean(struct fw_ctx *ctx, struct fw_tensor *x, int axis, bool keepdim);
 struct fw_tensor *fw_cast(struct fw_ctx *ctx, struct fw_tensor *x, enum fw_dtype dt);
+
+/* --- attention building blocks (attention plugins share them) --------------- */
+
+/* Where fw_rope's positions come from. */
+enum fw_rope_pos {
+	FW_ROPE_ARANGE = 0,  /* position t; pos is NULL */
+	FW_ROPE_POSITIONS,   /* pos (B, T) i32: each token's position (packed rows) */
+	FW_ROPE_OFFSET,      /* pos i32 [1]: position pos[0] + t (a KV cache's length) */
+};
+
+/* Llama-3 frequency scaling, as Hugging Face's rope_scaling
+ * {"rope_type": "llama3"} (transformers' _compute_llama3_parameters). */
+struct fw_rope_llama3 {
+	float factor, low_freq_factor, high_freq_factor;
+	float original_max_position_embeddings;
+};
+
+#define FW_ROPE_MAX_PAIRS 4096   /* rotary_dim / 2 at most */
+
+/* Rotary position embedding of x (B, T, H, D) (any strides) -> (B, T, H, D).
+ * Pair i < rotary_dim/2 is (i, i + rotary_dim/2) (NeoX/Llama, HF rotate_half)
+ * or, interleaved, (2i, 2i + 1) (GPT-J), rotated by pos * inv_freq[i] with
+ * inv_freq[i] = base^(-2i/rotary_dim) in HF's float32 recipe, then scaled by
+ * llama3 (NULL = none); dims >= rotary_dim pass through. rotary_dim is even,
+ * positive and at most D. Matches HF apply_rotary_pos_emb. */
+struct fw_tensor *fw_rope(struct fw_ctx *ctx, struct fw_tensor *x, struct fw_tensor *pos,
+			  enum fw_rope_pos mode, int rotary_dim, bool interleaved, float base,
+			  const struct fw_rope_llama3 *llama3);
+
+/* KV-cache write: copies rows (B, Tq, H, D) into cache (B, Tmax, H, D) at
+ * rows [len, len + Tq) (len i32 [1], read when the graph runs; clamped so
+ * nothing is written outside) and returns a view of the cache, so that its
+ * readers run after the write. cache is an f32 input that outlives graphs.
+ * No gradient. */
+struct fw_tensor *fw_kv_write(struct fw_ctx *ctx, struct fw_tensor *cache,
+			      struct fw_tensor *rows, struct fw_tensor *len);
+
+/* ALiBi slope of head h of n_head, as BLOOM's build_alibi_tensor: 2^(-8k/n)
+ * for k = 1..n with n the largest power of two <= n_head, then every other
+ * slope of the 2n recipe for the remaining heads. */
+float fw_alibi_slope(int64_t n_head, int64_t h);
 
 #ifdef __cplusplus
 }

@@ -190,6 +190,28 @@ struct fw_attention_i {
 				    struct fw_tensor *k, struct fw_tensor *v, struct fw_err *err);
 };
 
+/* What every attention plugin does with a spec's position and cache fields,
+ * in libfw so that each exists once (ops: fw_rope, fw_kv_write in fw/ops.h). */
+
+/* With spec->pos == FW_POS_ROPE: checks the rotary dim (even, positive, at
+ * most head_dim), rope_base, the Llama-3 scaling fields, and that k has as
+ * many positions as q unless generating. FW_OK, or FW_ERR_INVALID (status
+ * `prepended` for the last rule) with "<plugin>: <spec name>: ..." in err. */
+enum fw_status fw_attn_check_rope(const struct fw_attn_spec *spec, const struct fw_tensor *q,
+				  const struct fw_tensor *k, const char *plugin,
+				  enum fw_status prepended, struct fw_err *err);
+/* fw_rope of x (B, T, H, D) as spec asks: positions from the cache length
+ * while generating, else m->positions when the arch made them, else 0..T-1. */
+struct fw_tensor *fw_attn_rope(struct fw_model *m, const struct fw_attn_spec *spec,
+			       struct fw_tensor *x);
+/* Generation: writes x (B, Tq, H, D) into *slot (&spec->cache->k or ->v) at
+ * the cache length with fw_kv_write and returns the whole cache. Creates
+ * *slot on first use: the input "kv_cache.<spec name>.<what>" of shape
+ * (B, max_len, H, D) in m->ctx. */
+struct fw_tensor *fw_attn_cache_write(struct fw_model *m, const struct fw_attn_spec *spec,
+				      struct fw_tensor **slot, struct fw_tensor *x,
+				      const char *what);
+
 /* Arch: builds the model into m->ctx. Every parameter gets a stable name
  * ("h.0.attn.c_attn.weight") used by checkpoints, adapters and import. */
 enum fw_head_kind { FW_HEAD_LM = 0, FW_HEAD_MLM, FW_HEAD_CLASSIFY, FW_HEAD_SEQ2SEQ };

@@ -25,8 +25,8 @@
  *                 dQ += scale dS K. No atomics, no (T, T) buffer: the only
  *                 extra memory is the logsumexp and per-thread tiles.
  *   flash.out     view of the first B*Tq*Hq*D elements: O (B, Tq, Hq, D).
- *   flash.rope, flash.kv_write: copies of attention/mha's mha.rope and
- *                 mha.kv_write (same math, same cache names).
+ * RoPE, the cache write and ALiBi's slopes are the core's (fw_attn_rope,
+ * fw_attn_cache_write, fw_alibi_slope), as for attention/mha.
  * Tasks are handed out through host->parallel_for: one item per workspace
  * slot (threads at plan time), each pulling task numbers from an atomic
  * counter, biggest tiles first.
@@ -44,199 +44,9 @@ struct flash {
 };
 
 static const struct fw_host *g_host;
-static int g_ranges_op = -1, g_attn_op = -1, g_out_op = -1, g_rope_op = -1,
-	   g_kv_write_op = -1;
+static int g_ranges_op = -1, g_attn_op = -1, g_out_op = -1;
 
 #define MAX_SLOTS 256
-
-/* --- kv_write (copy of mha.kv_write) ------------------------------------------------ */
-
-/* src0 cache (B, Tmax, H, D), src1 new (B, Tq, H, D), src2 len i32 [1]:
- * copies new into cache rows [len, len + Tq), returns the cache (a view). */
-static enum fw_status kv_write_infer(struct fw_tensor *out, struct fw_err *err)
-{
-	const struct fw_tensor *c = out->src[0], *x = out->src[1], *len = out->src[2];
-	if (!x || !len || c->ndim != 4 || x->ndim != 4 || c->ne[0] != x->ne[0] ||
-	    c->ne[2] != x->ne[2] || c->ne[3] != x->ne[3] || x->ne[1] > c->ne[1] ||
-	    c->dtype != FW_F32 || x->dtype != FW_F32 || len->dtype != FW_I32)
-		return fw_errorf(err, FW_ERR_SHAPE, "flash.kv_write: cache and new rows do not fit");
-	out->dtype = FW_F32;
-	out->ndim = 4;
-	for (int i = 0; i < 4; i++) {
-		out->ne[i] = c->ne[i];
-		out->nb[i] = c->nb[i];
-	}
-	out->view_offset = 0;
-	return FW_OK;
-}
-
-static void kv_write_forward(struct fw_tensor *out, const struct fw_exec *ex)
-{
-	const struct fw_tensor *c = out->src[0], *x = out->src[1];
-	int64_t pos = *(const int32_t *)out->src[2]->data;
-	int64_t B = c->ne[0], Tmax = c->ne[1], Tq = x->ne[1], row = c->ne[2] * c->ne[3];
-	if (pos < 0 || pos + Tq > Tmax)
-		pos = pos < 0 ? 0 : Tmax - Tq;      /* the host checks; never write outside */
-	for (int64_t b = 0; b < B; b++)
-		memcpy((float *)c->data + (b * Tmax + pos) * row,
-		       (const float *)x->data + b * Tq * row, sizeof(float) * (size_t)(Tq * row));
-	out->data = c->data;
-}
-
-static const struct fw_op_i kv_write_op = {
-	.size = sizeof(struct fw_op_i),
-	.name = "flash.kv_write",
-	.flags = FW_OPF_VIEW,
-	.infer = kv_write_infer,
-	.forward = kv_write_forward,
-};
-
-/* --- rope (copy of mha.rope) ----------------------------------------------------------
- *
- * src0 x (B, T, H, D), any strides; src1 (by p7 mode) positions (B, T) i32
- * (mode 1) or the cache length i32 [1] (mode 2: position len + t); mode 0:
- * position t. p0.i rotary dim R, p1.i interleaved, p2.f base, p3.f llama3
- * factor (0 = none), p4.f low_freq_factor, p5.f high_freq_factor,
- * p6.f original_max_position_embeddings. Pairs (i, i + R/2) (NeoX/Llama) or
- * (2i, 2i + 1) (GPT-J), angle pos * base^(-2i/R) (HF's float32 recipe). */
-enum { ROPE_ARANGE = 0, ROPE_POSITIONS, ROPE_OFFSET };
-#define ROPE_MAX_PAIRS 4096
-
-static enum fw_status rope_infer(struct fw_tensor *out, struct fw_err *err)
-{
-	const struct fw_tensor *x = out->src[0], *p = out->src[1];
-	int R = out->params[0].i, mode = out->params[7].i;
-	if (x->ndim != 4 || x->dtype != FW_F32)
-		return fw_errorf(err, FW_ERR_SHAPE, "flash.rope: x must be f32 (B, T, H, D)");
-	if (R <= 0 || R % 2 || R > x->ne[3] || R / 2 > ROPE_MAX_PAIRS)
-		return fw_errorf(err, FW_ERR_INVALID,
-				 "flash.rope: rotary dim %d must be even, positive and at most the "
-				 "head dim %lld", R, (long long)x->ne[3]);
-	if (mode == ROPE_POSITIONS &&
-	    (!p || p->dtype != FW_I32 || p->ndim != 2 || p->ne[0] != x->ne[0] ||
-	     p->ne[1] != x->ne[1]))
-		return fw_errorf(err, FW_ERR_SHAPE, "flash.rope: positions must be i32 (B, T) of x");
-	if (mode == ROPE_OFFSET && (!p || p->dtype != FW_I32 || fw_nelem(p) != 1))
-		return fw_errorf(err, FW_ERR_SHAPE, "flash.rope: the offset must be i32 [1]");
-	out->dtype = FW_F32;
-	out->ndim = 4;
-	for (int i = 0; i < 4; i++)
-		out->ne[i] = x->ne[i];
-	return FW_OK;
-}
-
-static void rope_inv_freq(const struct fw_tensor *out, float *inv)
-{
-	int R = out->params[0].i;
-	double base = out->params[2].f, factor = out->params[3].f;
-	double lo = out->params[4].f, hi = out->params[5].f, old = out->params[6].f;
-	for (int i = 0; i < R / 2; i++) {
-		float f = (float)(1.0 / pow(base, (double)(2 * i) / R));
-		if (factor > 0) {
-			double low_wavelen = old / lo, high_wavelen = old / hi;
-			double wavelen = 2 * M_PI / f;
-			if (wavelen > low_wavelen) {
-				f = (float)(f / factor);
-			} else if (!(wavelen < high_wavelen)) {
-				double s = (old / wavelen - lo) / (hi - lo);
-				f = (float)((1 - s) * f / factor + s * f);
-			}
-		}
-		inv[i] = f;
-	}
-}
-
-static int64_t rope_pos(const struct fw_tensor *out, int64_t b, int64_t t)
-{
-	const struct fw_tensor *p = out->src[1];
-	switch (out->params[7].i) {
-	case ROPE_POSITIONS:
-		return fw_i32(p)[b * p->nb[0] + t * p->nb[1]];
-	case ROPE_OFFSET:
-		return fw_i32(p)[0] + t;
-	default:
-		return t;
-	}
-}
-
-struct rope_job {
-	const struct fw_tensor *out;
-	const float *src;
-	float *dst;
-	const int64_t *snb;
-	bool backward;
-};
-
-static void rope_rows(void *arg, int64_t r0, int64_t r1)
-{
-	const struct rope_job *j = arg;
-	const struct fw_tensor *out = j->out;
-	int64_t T = out->ne[1], H = out->ne[2], D = out->ne[3];
-	int R = out->params[0].i, P = R / 2;
-	bool inter = out->params[1].i != 0;
-	float inv[ROPE_MAX_PAIRS], c[ROPE_MAX_PAIRS], s[ROPE_MAX_PAIRS];
-	rope_inv_freq(out, inv);
-	float sg = j->backward ? -1.0f : 1.0f;
-	for (int64_t r = r0; r < r1; r++) {
-		int64_t b = r / T, t = r % T;
-		float pos = (float)rope_pos(out, b, t);
-		for (int i = 0; i < P; i++) {
-			float a = pos * inv[i];
-			c[i] = cosf(a);
-			s[i] = sg * sinf(a);
-		}
-		for (int64_t h = 0; h < H; h++) {
-			const float *x = j->src + b * j->snb[0] + t * j->snb[1] + h * j->snb[2];
-			int64_t xs = j->snb[3];
-			float *y = j->dst + ((b * T + t) * H + h) * D;
-			for (int i = 0; i < P; i++) {
-				int64_t i1 = inter ? 2 * i : i, i2 = inter ? 2 * i + 1 : i + P;
-				float x1 = x[i1 * xs], x2 = x[i2 * xs];
-				float y1 = x1 * c[i] - x2 * s[i], y2 = x2 * c[i] + x1 * s[i];
-				if (j->backward) {
-					y[i1] += y1;
-					y[i2] += y2;
-				} else {
-					y[i1] = y1;
-					y[i2] = y2;
-				}
-			}
-			for (int64_t d = R; d < D; d++)
-				y[d] = j->backward ? y[d] + x[d * xs] : x[d * xs];
-		}
-	}
-}
-
-static void rope_forward(struct fw_tensor *out, const struct fw_exec *ex)
-{
-	const struct fw_tensor *x = out->src[0];
-	struct rope_job j = { out, fw_f32(x), fw_f32(out), x->nb, false };
-	g_host->parallel_for(out->ne[0] * out->ne[1], rope_rows, &j);
-}
-
-static void rope_backward(struct fw_tensor *out, const struct fw_exec *ex)
-{
-	struct fw_tensor *x = out->src[0];
-	if (!x->grad)
-		return;
-	struct rope_job j = { out, fw_f32(out->grad), fw_f32(x->grad), out->nb, true };
-	g_host->parallel_for(out->ne[0] * out->ne[1], rope_rows, &j);
-}
-
-static uint32_t rope_saved(const struct fw_tensor *out)
-{
-	return 1u << 1;
-}
-
-static const struct fw_op_i rope_op = {
-	.size = sizeof(struct fw_op_i),
-	.name = "flash.rope",
-	.flags = FW_OPF_STRIDED,
-	.infer = rope_infer,
-	.forward = rope_forward,
-	.backward = rope_backward,
-	.saved = rope_saved,
-};
 
 /* --- ranges ----------------------------------------------------------------------------
  *
@@ -371,17 +181,6 @@ static const struct fw_op_i ranges_op = {
  * ranges (B, Tq, 3) i32. p0.f scale, p1.i ALiBi, p2.i BQ, p3.i BK. Out: f32
  * [B*Tq*Hq*D + B*Hq*Tq]: O (B, Tq, Hq, D), then lse (B, Hq, Tq) (-inf for a
  * row that sees no key; its O is 0). */
-
-/* BLOOM's build_alibi_tensor slopes (copy of mha's alibi_slope). */
-static float alibi_slope(int64_t H, int64_t h)
-{
-	int64_t n = 1;
-	while (n * 2 <= H)
-		n *= 2;
-	if (h < n)
-		return (float)pow(pow(2.0, -8.0 / (double)n), (double)(h + 1));
-	return (float)pow(pow(2.0, -4.0 / (double)n), (double)(2 * (h - n) + 1));
-}
 
 /* Vectors of 8 floats (GNU vector extensions: gcc and clang both keep them
  * in registers, AVX2 ymm at -march=x86-64-v3). */
@@ -700,7 +499,7 @@ static void task_forward(const struct attn_job *j, float *w, int64_t task)
 	float *St = V + BKp * Dp, *m = St + BKp * BQp, *l = m + BQp, *al = l + BQp, *ms = al + BQp;
 	int32_t *lo = (int32_t *)(ms + BQp), *hi = lo + BQp, *qp = hi + BQp;
 	const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
-	float slope = d->alibi ? alibi_slope(d->Hq, h) : 0.0f;
+	float slope = d->alibi ? fw_alibi_slope(d->Hq, h) : 0.0f;
 	int64_t klo, khi;
 	tile_keys(rg, nr, &klo, &khi);
 	row_info(rg, nr, nrq, lo, hi, qp);
@@ -831,7 +630,7 @@ static void task_dkv(const struct attn_job *j, float *w, int64_t task)
 	zero_rows(dV, ncr, Dp, Dp);
 	bool any = false;
 	for (int64_t h = hk * d->G; h < (hk + 1) * d->G; h++) {
-		float slope = d->alibi ? alibi_slope(d->Hq, h) : 0.0f;
+		float slope = d->alibi ? fw_alibi_slope(d->Hq, h) : 0.0f;
 		for (int64_t qt = 0; qt < d->nqt; qt++) {
 			int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, klo, khi;
 			const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
@@ -868,7 +667,7 @@ static void task_dq(const struct attn_job *j, float *w, int64_t task)
 	float *Dv = Ls + BQp;
 	int32_t *lo = (int32_t *)(Dv + BQp), *hi = lo + BQp, *qp = hi + BQp;
 	const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
-	float slope = d->alibi ? alibi_slope(d->Hq, h) : 0.0f;
+	float slope = d->alibi ? fw_alibi_slope(d->Hq, h) : 0.0f;
 	tile_keys(rg, nr, &klo, &khi);
 	if (khi <= klo)
 		return;
@@ -1009,49 +808,6 @@ static const struct fw_op_i out_op = {
 
 /* --- attend ------------------------------------------------------------------------------ */
 
-#define SPEC_HAS(spec, member) \
-	((spec)->size >= offsetof(struct fw_attn_spec, member) + sizeof((spec)->member))
-
-static struct fw_tensor *cached(struct flash *s, struct fw_model *m,
-				const struct fw_attn_spec *spec, struct fw_tensor **slot,
-				struct fw_tensor *x, const char *what)
-{
-	const struct fw_host *h = s->host;
-	if (!*slot) {
-		char name[FW_NAME_MAX];
-		int64_t shape[4] = { x->ne[0], spec->cache->max_len, x->ne[2], x->ne[3] };
-		snprintf(name, sizeof(name), "kv_cache.%s.%s", spec->name, what);
-		*slot = h->input(m->ctx, name, FW_F32, 4, shape);
-	}
-	struct fw_tensor *src[3] = { *slot, x, spec->cache->len };
-	return *slot ? h->op(m->ctx, g_kv_write_op, src, 3, NULL, 0) : NULL;
-}
-
-static struct fw_tensor *rope(struct flash *s, struct fw_model *m,
-			      const struct fw_attn_spec *spec, struct fw_tensor *x)
-{
-	union fw_param p[8] = { { .i = spec->rope_dim ? spec->rope_dim : spec->head_dim },
-				{ .i = spec->rope_interleaved },
-				{ .f = spec->rope_base > 0 ? spec->rope_base : 10000.0f } };
-	if (SPEC_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0) {
-		p[3].f = spec->rope_scale_factor;
-		p[4].f = spec->rope_scale_low_freq;
-		p[5].f = spec->rope_scale_high_freq;
-		p[6].f = (float)spec->rope_scale_orig_max_pos;
-	}
-	struct fw_tensor *src[2] = { x, NULL };
-	int n = 1;
-	p[7].i = ROPE_ARANGE;
-	if (spec->cache) {
-		src[n++] = spec->cache->len;
-		p[7].i = ROPE_OFFSET;
-	} else if (m->positions) {
-		src[n++] = m->positions;
-		p[7].i = ROPE_POSITIONS;
-	}
-	return s->host->op(m->ctx, g_rope_op, src, n, p, 8);
-}
-
 /* The spec's rules and what flash does not do, each one line naming the
  * layer; FW_ERR_INVALID, so fwrun exits 2 (shape mismatches: FW_ERR_SHAPE). */
 static enum fw_status check_spec(const struct fw_host *h, const struct fw_model *m,
@@ -1076,29 +832,8 @@ static enum fw_status check_spec(const struct fw_host *h, const struct fw_model 
 				 "attention/flash: %s: q, k, v in %s: only f32 is supported", n,
 				 fw_dtype_name(q->dtype != FW_F32 ? q->dtype : k->dtype != FW_F32 ?
 					       k->dtype : v->dtype));
-	if (spec->pos == FW_POS_ROPE) {
-		int r = spec->rope_dim ? spec->rope_dim : spec->head_dim;
-		if (r < 0 || r % 2 || r > spec->head_dim || r / 2 > ROPE_MAX_PAIRS)
-			return h->errorf(err, FW_ERR_INVALID,
-					 "attention/flash: %s: rotary dim %d must be even, positive and "
-					 "at most the head dim %d", n, r, spec->head_dim);
-		if (!(spec->rope_base >= 0) || isinf(spec->rope_base))
-			return h->errorf(err, FW_ERR_INVALID, "attention/flash: %s: rope base %g",
-					 n, (double)spec->rope_base);
-		if (!spec->cache && k->ne[1] != q->ne[1])
-			return h->errorf(err, FW_ERR_INVALID,
-					 "attention/flash: %s: RoPE needs as many keys as queries (%lld "
-					 "vs %lld): prepended keys are not supported", n,
-					 (long long)k->ne[1], (long long)q->ne[1]);
-		if (SPEC_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0 &&
-		    (spec->rope_scale_factor < 1 || spec->rope_scale_orig_max_pos <= 0 ||
-		     !(spec->rope_scale_low_freq > 0) ||
-		     !(spec->rope_scale_high_freq > spec->rope_scale_low_freq)))
-			return h->errorf(err, FW_ERR_INVALID,
-					 "attention/flash: %s: llama3 rope scaling needs factor >= 1, "
-					 "0 < low_freq_factor < high_freq_factor and original max "
-					 "positions > 0", n);
-	}
+	if (fw_attn_check_rope(spec, q, k, "attention/flash", FW_ERR_INVALID, err) != FW_OK)
+		return err->status;
 	if (spec->pos == FW_POS_RELATIVE)
 		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/flash: %s: a relative position bias (a dense (H, T, T) "
@@ -1149,13 +884,13 @@ static struct fw_tensor *flash_attend(void *state, struct fw_model *m,
 		return NULL;
 	int64_t B = q->ne[0], Tq = q->ne[1], Hq = spec->n_head, D = spec->head_dim;
 	if (spec->pos == FW_POS_ROPE) {
-		q = rope(s, m, spec, q);
-		k = rope(s, m, spec, k);
+		q = fw_attn_rope(m, spec, q);
+		k = fw_attn_rope(m, spec, k);
 	}
 	bool causal = spec->mask == FW_MASK_CAUSAL;
 	if (spec->cache) {      /* generating: keys [0, len + Tq) of the cache */
-		k = cached(s, m, spec, &spec->cache->k, k, "k");
-		v = cached(s, m, spec, &spec->cache->v, v, "v");
+		k = fw_attn_cache_write(m, spec, &spec->cache->k, k, "k");
+		v = fw_attn_cache_write(m, spec, &spec->cache->v, v, "v");
 	}
 	float scale = spec->scale > 0 ? spec->scale : 1.0f / sqrtf((float)D);
 	struct fw_tensor *rsrc[4] = { q };
@@ -1203,9 +938,7 @@ static enum fw_status flash_init(const struct fw_host *host, const struct fw_opt
 				 void **state, struct fw_err *err)
 {
 	g_host = host;
-	if (register_once(host, &kv_write_op, &g_kv_write_op, err) < 0 ||
-	    register_once(host, &rope_op, &g_rope_op, err) < 0 ||
-	    register_once(host, &ranges_op, &g_ranges_op, err) < 0 ||
+	if (register_once(host, &ranges_op, &g_ranges_op, err) < 0 ||
 	    register_once(host, &attn_op, &g_attn_op, err) < 0 ||
 	    register_once(host, &out_op, &g_out_op, err) < 0)
 		return err->status;

@@ -18,9 +18,9 @@
  * its own example's coordinates (position p = positions[b, i], example start
  * i - p), so a packed row gives what each example gives alone; the host's
  * bias (B, 1, T, T) is read only at the pairs computed. RoPE and the KV
- * cache write are copies of attention/mha's ops (mha.rope, mha.kv_write),
- * renamed sparse.rope and sparse.kv_write; ALiBi uses mha's slopes and
- * alignment inside the kernel.
+ * cache write are the core's (fw_attn_rope, fw_attn_cache_write, as for
+ * attention/mha); ALiBi uses the core's fw_alibi_slope and mha's alignment
+ * inside the kernel.
  */
 #include <math.h>
 #include <stddef.h>
@@ -40,7 +40,7 @@ static const char *const pattern_names[] = { "window", "strided", "fixed", "bigb
 
 struct sparse {
 	const struct fw_host *host;
-	int attn_op, rope_op, kv_write_op;
+	int attn_op;
 	enum pattern pat;
 	int64_t window;            /* window: keys per side, the query included */
 	int64_t stride;            /* strided and fixed: l */
@@ -196,204 +196,6 @@ static void visit_row(const struct sparse *s, int64_t i, int64_t n, bool causal,
 	}
 	}
 }
-/* --- kv_write and rope: copies of attention/mha's mha.kv_write and mha.rope ------- */
-
-/* kv_write: src0 cache (B, Tmax, H, D), src1 new (B, Tq, H, D), src2 len i32
- * [1]. Copies new into cache rows [len, len + Tq) and returns the cache
- * itself (a view), so readers run after the write. */
-static enum fw_status kv_write_infer(struct fw_tensor *out, struct fw_err *err)
-{
-	const struct fw_tensor *c = out->src[0], *x = out->src[1], *len = out->src[2];
-	if (!x || !len || c->ndim != 4 || x->ndim != 4 || c->ne[0] != x->ne[0] ||
-	    c->ne[2] != x->ne[2] || c->ne[3] != x->ne[3] || x->ne[1] > c->ne[1] ||
-	    c->dtype != FW_F32 || x->dtype != FW_F32 || len->dtype != FW_I32)
-		return fw_errorf(err, FW_ERR_SHAPE, "sparse.kv_write: cache and new rows do not fit");
-	out->dtype = FW_F32;
-	out->ndim = 4;
-	for (int i = 0; i < 4; i++) {
-		out->ne[i] = c->ne[i];
-		out->nb[i] = c->nb[i];
-	}
-	out->view_offset = 0;
-	return FW_OK;
-}
-
-static void kv_write_forward(struct fw_tensor *out, const struct fw_exec *ex)
-{
-	const struct fw_tensor *c = out->src[0], *x = out->src[1];
-	int64_t pos = *(const int32_t *)out->src[2]->data;
-	int64_t B = c->ne[0], Tmax = c->ne[1], Tq = x->ne[1], row = c->ne[2] * c->ne[3];
-	if (pos < 0 || pos + Tq > Tmax)
-		pos = pos < 0 ? 0 : Tmax - Tq;      /* the host checks; never write outside */
-	for (int64_t b = 0; b < B; b++)
-		memcpy((float *)c->data + (b * Tmax + pos) * row,
-		       (const float *)x->data + b * Tq * row, sizeof(float) * (size_t)(Tq * row));
-	out->data = c->data;
-}
-
-static const struct fw_op_i kv_write_op = {
-	.size = sizeof(struct fw_op_i),
-	.name = "sparse.kv_write",
-	.flags = FW_OPF_VIEW,
-	.infer = kv_write_infer,
-	.forward = kv_write_forward,
-};
-
-/* --- rope --------------------------------------------------------------------------
- *
- * mha.rope: src0 x (B, T, H, D), any strides; src1 (by p7 mode) positions
- * (B, T) i32 (mode 1) or the cache length i32 [1] (mode 2: position len + t);
- * mode 0: position t. p0.i rotary dim R (even, <= D), p1.i interleaved,
- * p2.f base, p3.f llama3 factor (0 = none), p4.f low_freq_factor,
- * p5.f high_freq_factor, p6.f original_max_position_embeddings.
- * Out (B, T, H, D) contiguous. Pair i (i < R/2) is (i, i + R/2) (NeoX/Llama,
- * HF rotate_half) or (2i, 2i + 1) (GPT-J), rotated by pos * inv_freq[i] with
- * inv_freq[i] = base^(-2i/R) (HF's float32 recipe); dims >= R pass through. */
-enum { ROPE_ARANGE = 0, ROPE_POSITIONS, ROPE_OFFSET };
-#define ROPE_MAX_PAIRS 4096
-
-static enum fw_status rope_infer(struct fw_tensor *out, struct fw_err *err)
-{
-	const struct fw_tensor *x = out->src[0], *p = out->src[1];
-	int R = out->params[0].i, mode = out->params[7].i;
-	if (x->ndim != 4 || x->dtype != FW_F32)
-		return fw_errorf(err, FW_ERR_SHAPE, "sparse.rope: x must be f32 (B, T, H, D)");
-	if (R <= 0 || R % 2 || R > x->ne[3] || R / 2 > ROPE_MAX_PAIRS)
-		return fw_errorf(err, FW_ERR_INVALID,
-				 "sparse.rope: rotary dim %d must be even, positive and at most the "
-				 "head dim %lld", R, (long long)x->ne[3]);
-	if (mode == ROPE_POSITIONS &&
-	    (!p || p->dtype != FW_I32 || p->ndim != 2 || p->ne[0] != x->ne[0] ||
-	     p->ne[1] != x->ne[1]))
-		return fw_errorf(err, FW_ERR_SHAPE, "sparse.rope: positions must be i32 (B, T) of x");
-	if (mode == ROPE_OFFSET && (!p || p->dtype != FW_I32 || fw_nelem(p) != 1))
-		return fw_errorf(err, FW_ERR_SHAPE, "sparse.rope: the offset must be i32 [1]");
-	out->dtype = FW_F32;
-	out->ndim = 4;
-	for (int i = 0; i < 4; i++)
-		out->ne[i] = x->ne[i];
-	return FW_OK;
-}
-
-/* inv_freq[R/2] as HF computes it (float32), with Llama-3 scaling
- * (transformers' _compute_llama3_parameters). */
-static void rope_inv_freq(const struct fw_tensor *out, float *inv)
-{
-	int R = out->params[0].i;
-	double base = out->params[2].f, factor = out->params[3].f;
-	double lo = out->params[4].f, hi = out->params[5].f, old = out->params[6].f;
-	for (int i = 0; i < R / 2; i++) {
-		float f = (float)(1.0 / pow(base, (double)(2 * i) / R));
-		if (factor > 0) {
-			double low_wavelen = old / lo, high_wavelen = old / hi;
-			double wavelen = 2 * M_PI / f;
-			if (wavelen > low_wavelen) {
-				f = (float)(f / factor);
-			} else if (!(wavelen < high_wavelen)) {     /* medium: smooth */
-				double s = (old / wavelen - lo) / (hi - lo);
-				f = (float)((1 - s) * f / factor + s * f);
-			}
-		}
-		inv[i] = f;
-	}
-}
-
-static int64_t rope_pos(const struct fw_tensor *out, int64_t b, int64_t t)
-{
-	const struct fw_tensor *p = out->src[1];
-	switch (out->params[7].i) {
-	case ROPE_POSITIONS:
-		return fw_i32(p)[b * p->nb[0] + t * p->nb[1]];
-	case ROPE_OFFSET:
-		return fw_i32(p)[0] + t;
-	default:
-		return t;
-	}
-}
-
-/* One (b, t) row of all heads: y = rot(x) for forward, x = rot^T(y) for
- * backward (sign -1 and accumulation into dst). */
-struct rope_job {
-	const struct fw_tensor *out;
-	const float *src;             /* forward: x (strided); backward: dy */
-	float *dst;                   /* forward: y; backward: dx (+=) */
-	const int64_t *snb;           /* src strides */
-	bool backward;
-};
-
-static void rope_rows(void *arg, int64_t r0, int64_t r1)
-{
-	const struct rope_job *j = arg;
-	const struct fw_tensor *out = j->out;
-	int64_t T = out->ne[1], H = out->ne[2], D = out->ne[3];
-	int R = out->params[0].i, P = R / 2;
-	bool inter = out->params[1].i != 0;
-	float inv[ROPE_MAX_PAIRS], c[ROPE_MAX_PAIRS], s[ROPE_MAX_PAIRS];
-	rope_inv_freq(out, inv);
-	float sg = j->backward ? -1.0f : 1.0f;
-	for (int64_t r = r0; r < r1; r++) {
-		int64_t b = r / T, t = r % T;
-		float pos = (float)rope_pos(out, b, t);
-		for (int i = 0; i < P; i++) {
-			float a = pos * inv[i];           /* float32, as HF's freqs */
-			c[i] = cosf(a);
-			s[i] = sg * sinf(a);
-		}
-		for (int64_t h = 0; h < H; h++) {
-			const float *x = j->src + b * j->snb[0] + t * j->snb[1] + h * j->snb[2];
-			int64_t xs = j->snb[3];
-			float *y = j->dst + ((b * T + t) * H + h) * D;
-			for (int i = 0; i < P; i++) {
-				int64_t i1 = inter ? 2 * i : i, i2 = inter ? 2 * i + 1 : i + P;
-				float x1 = x[i1 * xs], x2 = x[i2 * xs];
-				float y1 = x1 * c[i] - x2 * s[i], y2 = x2 * c[i] + x1 * s[i];
-				if (j->backward) {
-					y[i1] += y1;
-					y[i2] += y2;
-				} else {
-					y[i1] = y1;
-					y[i2] = y2;
-				}
-			}
-			for (int64_t d = R; d < D; d++)
-				y[d] = j->backward ? y[d] + x[d * xs] : x[d * xs];
-		}
-	}
-}
-
-static void rope_forward(struct fw_tensor *out, const struct fw_exec *ex)
-{
-	const struct fw_tensor *x = out->src[0];
-	struct rope_job j = { out, fw_f32(x), fw_f32(out), x->nb, false };
-	g_host->parallel_for(out->ne[0] * out->ne[1], rope_rows, &j);
-}
-
-static void rope_backward(struct fw_tensor *out, const struct fw_exec *ex)
-{
-	struct fw_tensor *x = out->src[0];
-	if (!x->grad)
-		return;
-	/* the rotation is orthogonal: dx = rot(-angle) dy; gradients are
-	 * contiguous in the source's shape */
-	struct rope_job j = { out, fw_f32(out->grad), fw_f32(x->grad), out->nb, true };
-	g_host->parallel_for(out->ne[0] * out->ne[1], rope_rows, &j);
-}
-
-static uint32_t rope_saved(const struct fw_tensor *out)
-{
-	return 1u << 1;                  /* positions only */
-}
-
-static const struct fw_op_i rope_op = {
-	.size = sizeof(struct fw_op_i),
-	.name = "sparse.rope",
-	.flags = FW_OPF_STRIDED,
-	.infer = rope_infer,
-	.forward = rope_forward,
-	.backward = rope_backward,
-	.saved = rope_saved,
-};
-
 /* --- the fused attention op ------------------------------------------------------------
  *
  * sparse.attn, p6 mode:
@@ -564,19 +366,6 @@ static void bwd_visit(void *arg, int64_t a, int64_t b)
 	}
 }
 
-/* BLOOM's build_alibi_tensor slopes (attention/mha's alibi_slope): 2^(-8k/n)
- * for k = 1..n with n the largest power of two <= H, then every other slope
- * of the 2n recipe for the rest. */
-static float alibi_slope(int64_t H, int64_t h)
-{
-	int64_t n = 1;
-	while (n * 2 <= H)
-		n *= 2;
-	if (h < n)
-		return (float)pow(pow(2.0, -8.0 / (double)n), (double)(h + 1));
-	return (float)pow(pow(2.0, -4.0 / (double)n), (double)(2 * (h - n) + 1));
-}
-
 struct attn_job {
 	struct fw_tensor *out;
 };
@@ -608,7 +397,7 @@ static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, i
 	int64_t off = mode == SA_DECODE ? fw_i32(out->src[3])[0] : Tk - Tq, pos = i + off;
 	r->ipos = pos;
 	if (out->params[4].i)
-		r->slope = alibi_slope(Hq, h);
+		r->slope = fw_alibi_slope(Hq, h);
 	*n = Tk;
 	if (mode == SA_TRAIN && out->src[3]) {       /* SFT rows: the example's coordinates */
 		pos = fw_i32(out->src[3])[b * Tq + i];
@@ -703,46 +492,6 @@ static const struct fw_op_i attn_op = {
 
 /* --- attend ------------------------------------------------------------------------ */
 
-static struct fw_tensor *cached(struct sparse *s, struct fw_model *m,
-				const struct fw_attn_spec *spec, struct fw_tensor **slot,
-				struct fw_tensor *x, const char *what)
-{
-	const struct fw_host *h = s->host;
-	if (!*slot) {
-		char name[FW_NAME_MAX];
-		int64_t shape[4] = { x->ne[0], spec->cache->max_len, x->ne[2], x->ne[3] };
-		snprintf(name, sizeof(name), "kv_cache.%s.%s", spec->name, what);
-		*slot = h->input(m->ctx, name, FW_F32, 4, shape);
-	}
-	struct fw_tensor *src[3] = { *slot, x, spec->cache->len };
-	return *slot ? h->op(m->ctx, s->kv_write_op, src, 3, NULL, 0) : NULL;
-}
-
-static struct fw_tensor *rope(struct sparse *s, struct fw_model *m,
-			      const struct fw_attn_spec *spec, struct fw_tensor *x)
-{
-	union fw_param p[8] = { { .i = spec->rope_dim ? spec->rope_dim : spec->head_dim },
-				{ .i = spec->rope_interleaved },
-				{ .f = spec->rope_base > 0 ? spec->rope_base : 10000.0f } };
-	if (FW_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0) {
-		p[3].f = spec->rope_scale_factor;
-		p[4].f = spec->rope_scale_low_freq;
-		p[5].f = spec->rope_scale_high_freq;
-		p[6].f = (float)spec->rope_scale_orig_max_pos;
-	}
-	struct fw_tensor *src[2] = { x, NULL };
-	int n = 1;
-	p[7].i = ROPE_ARANGE;
-	if (spec->cache) {
-		src[n++] = spec->cache->len;
-		p[7].i = ROPE_OFFSET;
-	} else if (FW_HAS(m, positions) && m->positions) {
-		src[n++] = m->positions;
-		p[7].i = ROPE_POSITIONS;
-	}
-	return s->host->op(m->ctx, s->rope_op, src, n, p, 8);
-}
-
 /* The spec's rules and the pattern's, each one line naming the layer. The
  * combinations this plugin does not support are FW_ERR_INVALID too, not
  * FW_ERR_UNSUPPORTED: they are the user's configuration, and fwrun exits 2
@@ -766,29 +515,8 @@ static enum fw_status check_spec(const struct sparse *s, const struct fw_model *
 		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/sparse: %s: head dim %d is above the kernel's %d", n,
 				 spec->head_dim, SPARSE_MAX_D);
-	if (spec->pos == FW_POS_ROPE) {
-		int r = spec->rope_dim ? spec->rope_dim : spec->head_dim;
-		if (r < 0 || r % 2 || r > spec->head_dim || r / 2 > ROPE_MAX_PAIRS)
-			return h->errorf(err, FW_ERR_INVALID,
-					 "attention/sparse: %s: rotary dim %d must be even, positive and "
-					 "at most the head dim %d", n, r, spec->head_dim);
-		if (!(spec->rope_base >= 0) || isinf(spec->rope_base))
-			return h->errorf(err, FW_ERR_INVALID, "attention/sparse: %s: rope base %g",
-					 n, (double)spec->rope_base);
-		if (!spec->cache && k->ne[1] != q->ne[1])
-			return h->errorf(err, FW_ERR_INVALID,
-					 "attention/sparse: %s: RoPE needs as many keys as queries (%lld "
-					 "vs %lld): prepended keys are not supported", n,
-					 (long long)k->ne[1], (long long)q->ne[1]);
-		if (FW_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0 &&
-		    (spec->rope_scale_factor < 1 || spec->rope_scale_orig_max_pos <= 0 ||
-		     !(spec->rope_scale_low_freq > 0) ||
-		     !(spec->rope_scale_high_freq > spec->rope_scale_low_freq)))
-			return h->errorf(err, FW_ERR_INVALID,
-					 "attention/sparse: %s: llama3 rope scaling needs factor >= 1, "
-					 "0 < low_freq_factor < high_freq_factor and original max "
-					 "positions > 0", n);
-	}
+	if (fw_attn_check_rope(spec, q, k, "attention/sparse", FW_ERR_INVALID, err) != FW_OK)
+		return err->status;
 	if (spec->pos == FW_POS_RELATIVE)
 		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/sparse: %s: a relative position bias (pos_bias) is not "
@@ -836,8 +564,8 @@ static struct fw_tensor *sparse_attend(void *state, struct fw_model *m,
 	if (check_spec(s, m, spec, q, k, err) != FW_OK)
 		return NULL;
 	if (spec->pos == FW_POS_ROPE) {
-		q = rope(s, m, spec, q);
-		k = rope(s, m, spec, k);
+		q = fw_attn_rope(m, spec, q);
+		k = fw_attn_rope(m, spec, k);
 	}
 	float scale = spec->scale > 0 ? spec->scale : 1.0f / sqrtf((float)spec->head_dim);
 	uintptr_t p = (uintptr_t)s;
@@ -848,8 +576,8 @@ static struct fw_tensor *sparse_attend(void *state, struct fw_model *m,
 	struct fw_tensor *src[4];
 	if (spec->cache) {      /* generating: the causal pattern at position len */
 		src[0] = q;
-		src[1] = cached(s, m, spec, &spec->cache->k, k, "k");
-		src[2] = cached(s, m, spec, &spec->cache->v, v, "v");
+		src[1] = fw_attn_cache_write(m, spec, &spec->cache->k, k, "k");
+		src[2] = fw_attn_cache_write(m, spec, &spec->cache->v, v, "v");
 		src[3] = spec->cache->len;
 		par[6].i = SA_DECODE;
 	} else {
@@ -930,17 +658,14 @@ static void sparse_fini(void *state)
 static enum fw_status sparse_init(const struct fw_host *host, const struct fw_options *o,
 				  void **state, struct fw_err *err)
 {
-	static int attn_id = -1, rope_id = -1, kv_write_id = -1;   /* once per process */
+	static int attn_id = -1;                    /* once per process */
 	g_host = host;
-	if (register_once(host, &attn_op, &attn_id, err) < 0 ||
-	    register_once(host, &rope_op, &rope_id, err) < 0 ||
-	    register_once(host, &kv_write_op, &kv_write_id, err) < 0)
+	if (register_once(host, &attn_op, &attn_id, err) < 0)
 		return err->status;
 	struct sparse *s = host->malloc(sizeof(*s));
 	if (!s)
 		return host->errorf(err, FW_ERR_NOMEM, "attention/sparse: out of memory");
-	*s = (struct sparse){ .host = host, .attn_op = attn_id, .rope_op = rope_id,
-			      .kv_write_op = kv_write_id };
+	*s = (struct sparse){ .host = host, .attn_op = attn_id };
 	const char *pat = fw_opt_str(o, "sparse-pattern");
 	for (int i = 0; pattern_names[i]; i++)
 		if (pat && !strcmp(pat, pattern_names[i]))
