@@ -1173,7 +1173,7 @@ START_TEST(test_nearest_name)
 }
 END_TEST
 
-/* Ops register only while a plugin's init runs: mha registers its kv_write
+/* Ops register only while a plugin's init runs: mha registers its alibi
  * op there; the same call through the host table outside init is refused. */
 static enum fw_status late_infer(struct fw_tensor *out, struct fw_err *err)
 {
