@@ -456,7 +456,7 @@ int cmd_generate(int argc, char **argv)
 		}
 	}
 	size_t text_len = strlen(text);
-	if (*file && !(text = file_text = read_whole_file(file, &text_len, &err))) {
+	if (*file && !(text = file_text = fw_rt_read_file(file, &text_len, &err))) {
 		rc = die(EXIT_USAGE, "--prompt-file: %s", err.msg);
 		goto out;
 	}
@@ -496,8 +496,7 @@ int cmd_generate(int argc, char **argv)
 			rc = die(EXIT_RUNTIME, "%s", err.msg);
 			goto out;
 		}
-	const struct fw_arch_i *arch = slots.arch->desc->iface;
-	int layers = arch->n_layers ? arch->n_layers(slots.arch->state, NULL) : 0;
+	int layers = fw_rt_model_n_layers(&slots);
 	ctx = fw_ctx_new();
 	caches = calloc((size_t)(layers > 0 ? layers : 1), sizeof(*caches));
 	if (!ctx || !caches || layers <= 0) {
@@ -510,20 +509,11 @@ int cmd_generate(int argc, char **argv)
 	for (int l = 0; l < layers; l++)
 		caches[l] = (struct fw_kv_cache){ .len = s.len, .mask = s.mask,
 						  .max_len = s.max_len };
-	s.m = (struct fw_model){
-		.size = sizeof(s.m), .ctx = ctx, .host = fw_host_table(), .opts = slots.arch->opts,
-		.batch = 1, .seq_len = 1, .head = FW_HEAD_LM, .training = false,
-		.seed = (uint64_t)fw_opt_int(o, "seed"), .caches = caches, .n_caches = layers,
-		.host_private = &slots,
-	};
-	struct fw_err e = { 0 };
-	if (arch->build(slots.arch->state, &s.m, &e) != FW_OK || !s.m.logits) {
-		rc = die(EXIT_RUNTIME, "%s", e.msg[0] ? e.msg : fw_ctx_err(ctx)->msg);
-		goto out;
-	}
-	const struct fw_peft_i *peft = slots.peft ? slots.peft->desc->iface : NULL;
-	if (peft && peft->freeze && peft->freeze(slots.peft->state, &s.m, &e) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", e.msg);     /* checks its options, marks its own */
+	/* the peft plugin checks its options and marks its own tensors (freeze) */
+	if (fw_rt_model_build(&(struct fw_rt_model_spec){
+		    .plugins = &slots, .seed = (uint64_t)fw_opt_int(o, "seed"), .caches = caches,
+		    .n_caches = layers }, ctx, &s.m, &err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", err.msg);
 		goto out;
 	}
 	s.g = fw_graph_new(ctx, &s.m.logits, 1, &(struct fw_graph_opts){ 0 });
@@ -532,11 +522,7 @@ int cmd_generate(int argc, char **argv)
 		goto out;
 	}
 	/* Weights: every parameter by name from the checkpoint. */
-	int n_params = 0;
-	params = malloc(sizeof(*params) * (size_t)fw_ctx_n_tensors(ctx));
-	for (int i = 0; params && i < fw_ctx_n_tensors(ctx); i++)
-		if (fw_ctx_tensor(ctx, i)->flags & FW_FLAG_PARAM)
-			params[n_params++] = fw_ctx_tensor(ctx, i);
+	int n_params = fw_rt_model_params(ctx, &params);
 	int n_new;
 	if (!params || load_params(path, params, n_params, &slots,
 						       fw_opt_bool(o, "base-only"), &n_new, &err) != FW_OK ||

@@ -20,6 +20,15 @@ int die(int code, const char *fmt, ...)
 	return code;
 }
 
+static void log_line(void *user, enum fw_log_level level, const char *line)
+{
+	(void)user;
+	(void)level;
+	fprintf(stderr, "fwrun: %s\n", line);
+}
+
+const struct fw_rt_log fwrun_log = { log_line, NULL };
+
 const char *num_text(double x, char *buf, size_t len)
 {
 	if (x == (double)(long long)x && x > -1e18 && x < 1e18)

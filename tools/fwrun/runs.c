@@ -88,7 +88,7 @@ static void missing_plugins(const char *path, const struct fw_plugin_slots *slot
 {
 	char *config = NULL, *list = NULL;
 	out[0] = '\0';
-	if (fw_h5_read_attr(path, "config", &config, NULL) == FW_OK)
+	if (fw_rt_ckpt_read_config(path, &config, NULL) == FW_OK)
 		list = ini_lookup(config, "run", "plugins");
 	fw_free(config);
 	static const struct fw_plugin_slots none = { 0 };
@@ -279,7 +279,7 @@ enum fw_status check_dir_checkpoints(const char *dir, struct fw_err *err)
 		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
 		char *config = NULL;
 		if (stat(path, &fs) != 0 || !S_ISREG(fs.st_mode) ||
-		    fw_h5_read_attr(path, "config", &config, NULL) != FW_OK)
+		    fw_rt_ckpt_read_config(path, &config, NULL) != FW_OK)
 			continue;      /* unreadable ones are reported when loaded */
 		char why[600];
 		if (!first) {
@@ -338,19 +338,3 @@ char *config_without_peft(const char *text)
 	return out;
 }
 
-/* --- the tokenizer of a token shard ---------------------------------------------------------- */
-
-uint64_t tokenizer_fingerprint(const struct fw_tokenizer *t, int32_t n)
-{
-	uint64_t h = 0xcbf29ce484222325ull;
-	for (int32_t id = 0; id < n; id++) {
-		size_t len = 0;
-		const char *b = fw_tokenizer_token(t, id, &len);
-		uint32_t l32 = b ? (uint32_t)len : 0xffffffffu;
-		for (int k = 0; k < 4; k++)
-			h = (h ^ ((l32 >> (8 * k)) & 0xff)) * 0x100000001b3ull;
-		for (size_t k = 0; b && k < len; k++)
-			h = (h ^ (unsigned char)b[k]) * 0x100000001b3ull;
-	}
-	return h;
-}

@@ -26,17 +26,14 @@ struct session {
 	struct fw_ctx *ctx;
 	struct fw_graph *g;           /* training (or eval-only) graph */
 	struct fw_graph *eval_g;
-	const struct fw_optim_i *optim;
-	struct fw_tensor **state;     /* n_params * n_state optimizer tensors */
-	struct fw_optim_group groups[2];
-	float ***group_state[2];
-	struct loader train, valid;
+	struct fw_rt_optim *optim;    /* training (and plan) only */
+	struct fw_rt_loader train, valid;
 	bool have_train, have_valid;
 	bool resumed;                 /* --load restored a checkpoint's whole state */
 	struct fw_tokenizer *tok;     /* NULL: token ids only */
 	char load_path[4200];         /* --load resolved, or "" */
 	int32_t *seg;                 /* (B, T) sequence ids of the batch, when segmented */
-	struct lr_schedule sched;
+	struct fw_lr_schedule sched;
 	int64_t B, T, accum, iters;
 	int64_t step;                 /* completed optimizer steps */
 	int64_t tokens;               /* tokens consumed so far */
@@ -111,49 +108,14 @@ static enum fw_status init_plugins(struct session *s, struct fw_err *err)
 	return FW_OK;
 }
 
-/* The arch's model in ctx, with the peft plugin's freeze and extra loss if
- * slots has one. */
-static enum fw_status build_in(struct session *s, struct fw_plugin_slots *slots,
-			       struct fw_ctx *ctx, struct fw_model *m, bool training,
-			       bool segmented, struct fw_err *err)
+/* The model spec of this session: its plugins, batch shape and seed. */
+static struct fw_rt_model_spec model_spec(const struct session *s,
+					  const struct fw_plugin_slots *slots, bool training)
 {
-	enum fw_status st;
-	*m = (struct fw_model){
-		.size = sizeof(struct fw_model), .ctx = ctx, .host = fw_host_table(),
-		.opts = slots->arch->opts, .batch = s->B, .seq_len = s->T,
-		.head = FW_HEAD_LM, .training = training, .seed = (uint64_t)opt_i(s, "seed"),
-		.host_private = slots, .segmented = segmented,
+	return (struct fw_rt_model_spec){
+		.plugins = slots, .batch = s->B, .seq_len = s->T, .training = training,
+		.seed = (uint64_t)opt_i(s, "seed"),
 	};
-	const struct fw_arch_i *arch = slots->arch->desc->iface;
-	struct fw_err e = { 0 };
-	st = arch->build(slots->arch->state, m, &e);
-	if (st != FW_OK || !m->loss || !m->tokens || !m->targets) {
-		const struct fw_err *src = e.status ? &e : fw_ctx_err(ctx);
-		const char *an = slots->arch->desc->name;
-		bool named = !strncmp(src->msg, an, strlen(an));
-		return fw_errorf(err, src->status ? src->status : FW_ERR_INVALID, "%s%s%s",
-				 named ? "" : an, named ? "" : ": ",
-				 src->msg[0] ? src->msg : "build gave no loss or inputs");
-	}
-	if (segmented && (!m->positions || !m->attn_bias))
-		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s cannot train on SFT examples: it "
-				 "gives no positions/attn_bias inputs for packed or padded rows",
-				 slots->arch->desc->name);
-	if (slots->peft) {
-		const struct fw_peft_i *pi = slots->peft->desc->iface;
-		const char *pn = slots->peft->desc->name;
-		if (pi->freeze && (st = pi->freeze(slots->peft->state, m, &e)) != FW_OK)
-			return fw_errorf(err, st, "%s%s%s", strncmp(e.msg, pn, strlen(pn)) ? pn : "",
-					 strncmp(e.msg, pn, strlen(pn)) ? ": " : "", e.msg);
-		if (pi->extra_loss) {
-			struct fw_tensor *x = pi->extra_loss(slots->peft->state, m, &e);
-			if (!x && e.status)
-				return fw_errorf(err, e.status, "%s: %s", pn, e.msg);
-			if (x)
-				m->loss = fw_add(ctx, m->loss, x);
-		}
-	}
-	return FW_OK;
 }
 
 /* Plugins and the arch's options checked before any data is read: the
@@ -164,10 +126,11 @@ static enum fw_status check_model(struct session *s, bool training, struct fw_er
 	struct fw_model m;
 	struct fw_plugin_slots base = s->slots;
 	base.peft = NULL;
+	struct fw_rt_model_spec spec = model_spec(s, &base, training);
 	struct fw_ctx *ctx = fw_ctx_new();
 	if (!ctx)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	enum fw_status st = build_in(s, &base, ctx, &m, training, false, err);
+	enum fw_status st = fw_rt_model_build(&spec, ctx, &m, err);
 	fw_ctx_free(ctx);
 	return st;
 }
@@ -177,11 +140,12 @@ static enum fw_status build_model(struct session *s, bool training, struct fw_er
 	s->ctx = fw_ctx_new();
 	if (!s->ctx)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	bool segmented = (s->have_train && s->train.rows.n) || (s->have_valid && s->valid.rows.n);
-	enum fw_status st = build_in(s, &s->slots, s->ctx, &s->model, training, segmented, err);
+	struct fw_rt_model_spec spec = model_spec(s, &s->slots, training);
+	spec.segmented = (s->have_train && s->train.rows.n) || (s->have_valid && s->valid.rows.n);
+	enum fw_status st = fw_rt_model_build(&spec, s->ctx, &s->model, err);
 	if (st != FW_OK)
 		return st;
-	if (segmented && !(s->seg = malloc(sizeof(int32_t) * (size_t)(s->B * s->T))))
+	if (spec.segmented && !(s->seg = malloc(sizeof(int32_t) * (size_t)(s->B * s->T))))
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	return FW_OK;
 }
@@ -210,75 +174,24 @@ static enum fw_status build_graphs(struct session *s, bool train, struct fw_err 
 	return FW_OK;
 }
 
-/* Optimizer state tensors "optim.<param>.<state>" and the two groups. */
+/* The optimizer: state tensors "optim.<param>.<state>", and Megatron's two
+ * groups (no weight decay on 1-D tensors). */
 static enum fw_status setup_optim(struct session *s, struct fw_err *err)
 {
-	if (!s->slots.optim)
-		return fw_errorf(err, FW_ERR_INVALID,
-				 "training needs an optim plugin (e.g. --plugins=...,optim/adamw)");
-	s->optim = s->slots.optim->desc->iface;
-	int np = fw_graph_n_params(s->g), ns = s->optim->n_state;
-	s->state = calloc((size_t)(np * ns + 1), sizeof(*s->state));
-	if (!s->state)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	for (int gi = 0; gi < 2; gi++) {
-		s->groups[gi].params = calloc((size_t)np + 1, sizeof(struct fw_tensor *));
-		s->group_state[gi] = calloc((size_t)np + 1, sizeof(float **));
-		s->groups[gi].state = s->group_state[gi];
-		if (!s->groups[gi].params || !s->group_state[gi])
-			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	}
-	for (int i = 0; i < np; i++) {
-		struct fw_tensor *p = fw_graph_param(s->g, i);
-		int gi = p->ndim >= 2 ? 0 : 1;     /* no weight decay on 1-D tensors */
-		struct fw_optim_group *grp = &s->groups[gi];
-		float **slots = calloc((size_t)ns + 1, sizeof(float *));
-		if (!slots)
-			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-		grp->state[grp->n_params] = slots;   /* owned by the group from here */
-		grp->params[grp->n_params++] = p;
-		for (int k = 0; k < ns; k++) {
-			struct fw_tensor *t = calloc(1, sizeof(*t));
-			if (!t)
-				return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-			*t = (struct fw_tensor){ .dtype = FW_F32, .ndim = p->ndim };
-			memcpy(t->ne, p->ne, sizeof(t->ne));
-			fw_set_contiguous_strides(t);
-			snprintf(t->name, sizeof(t->name), "optim.%.60s.%.24s", p->name,
-				 s->optim->state_names[k]);
-			t->data = fw_ctx_alloc(s->ctx, fw_nbytes(t), FW_MEM_OPTIMIZER);
-			if (!t->data) {
-				free(t);
-				return fw_errorf(err, FW_ERR_NOMEM, "optimizer state: %s",
-						 fw_ctx_err(s->ctx)->msg);
-			}
-			s->state[i * ns + k] = t;
-			slots[k] = t->data;
-		}
-	}
-	return FW_OK;
+	s->optim = fw_rt_optim_new(s->ctx, s->g, s->slots.optim, &(struct fw_rt_optim_config){
+		.weight_decay = opt_f(s, "weight-decay") }, err);
+	return s->optim ? FW_OK : err->status;
 }
 
 static void free_session(struct session *s)
 {
 	if (s->metrics)
 		fclose(s->metrics);
-	if (s->state) {
-		int n = s->g && s->optim ? fw_graph_n_params(s->g) * s->optim->n_state : 0;
-		for (int i = 0; i < n; i++)
-			free(s->state[i]);
-		free(s->state);
-	}
-	for (int gi = 0; gi < 2; gi++) {
-		for (int i = 0; s->group_state[gi] && i < s->groups[gi].n_params; i++)
-			free(s->group_state[gi][i]);
-		free(s->group_state[gi]);
-		free(s->groups[gi].params);
-	}
+	fw_rt_optim_free(s->optim);
 	if (s->have_train)
-		loader_close(&s->train);
+		fw_rt_loader_close(&s->train);
 	if (s->have_valid)
-		loader_close(&s->valid);
+		fw_rt_loader_close(&s->valid);
 	fw_graph_free(s->eval_g);
 	fw_graph_free(s->g);
 	fw_ctx_free(s->ctx);
@@ -288,11 +201,11 @@ static void free_session(struct session *s)
 }
 
 /* The next micro-batch of l into the model's inputs. */
-static void next_batch(struct session *s, struct loader *l)
+static void next_batch(struct session *s, struct fw_rt_loader *l)
 {
-	loader_next(l, s->model.tokens->data, s->model.targets->data, s->seg);
+	fw_rt_loader_next(l, s->model.tokens->data, s->model.targets->data, s->seg);
 	if (s->seg)
-		dataset_masks(s->seg, s->B, s->T, s->model.positions->data,
+		fw_rt_data_masks(s->seg, s->B, s->T, s->model.positions->data,
 			      s->model.attn_bias->data);
 }
 
@@ -304,83 +217,36 @@ static void use_batch(struct session *s, const int32_t *staged)
 	memcpy(s->model.targets->data, staged + bt, sizeof(int32_t) * bt);
 	if (s->seg) {
 		memcpy(s->seg, staged + 2 * bt, sizeof(int32_t) * bt);
-		dataset_masks(s->seg, s->B, s->T, s->model.positions->data,
+		fw_rt_data_masks(s->seg, s->B, s->T, s->model.positions->data,
 			      s->model.attn_bias->data);
 	}
 }
 
 /* --- checkpoints ---------------------------------------------------------------------- */
 
-static int n_params_all(const struct session *s, struct fw_tensor ***out)
-{
-	int n = 0;
-	struct fw_tensor **v = malloc(sizeof(*v) * (size_t)(fw_ctx_n_tensors(s->ctx) + 1));
-	for (int i = 0; v && i < fw_ctx_n_tensors(s->ctx); i++)
-		if (fw_ctx_tensor(s->ctx, i)->flags & FW_FLAG_PARAM)
-			v[n++] = fw_ctx_tensor(s->ctx, i);
-	*out = v;
-	return v ? n : -1;
-}
-
 static enum fw_status save_checkpoint(struct session *s, const char *path, struct fw_err *err)
 {
 	struct fw_tensor **params = NULL;
-	int np = n_params_all(s, &params);
-	int ns = s->state ? fw_graph_n_params(s->g) * s->optim->n_state : 0;
-	if (np < 0)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	struct fw_tensor **all = malloc(sizeof(*all) * (size_t)(np + ns + 1));
+	int np = fw_rt_model_params(s->ctx, &params), ns = 0;
+	struct fw_tensor **state = s->optim ? fw_rt_optim_state(s->optim, &ns) : NULL;
 	char *config = config_dump(&s->cfg);
-	char step[32], epoch[32], cursor[32], tokens[32], seed[32];
 	char *tok = s->tok ? fw_tokenizer_serialize(s->tok, err) : NULL;
 	enum fw_status st;
-	if (s->tok && !tok) {
+	if (s->tok && !tok)
 		st = err->status;
-		goto out;
-	}
-	if (!all || !config) {
+	else if (np < 0 || !config)
 		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	memcpy(all, params, sizeof(*all) * (size_t)np);
-	for (int i = 0; i < ns; i++)
-		all[np + i] = s->state[i];
-	snprintf(step, sizeof(step), "%lld", (long long)s->step);
-	snprintf(epoch, sizeof(epoch), "%lld", (long long)(s->have_train ? s->train.epoch : 0));
-	snprintf(cursor, sizeof(cursor), "%lld", (long long)(s->have_train ? s->train.cursor : 0));
-	snprintf(tokens, sizeof(tokens), "%lld", (long long)s->tokens);
-	snprintf(seed, sizeof(seed), "%lld", (long long)opt_i(s, "seed"));
-	struct fw_h5_attr attrs[] = {
-		{ "fw_checkpoint", "1" }, { "config", config }, { "step", step },
-		{ "data_epoch", epoch }, { "data_cursor", cursor }, { "tokens", tokens },
-		{ "seed", seed }, { "optimizer", s->slots.optim ? s->slots.optim->desc->name : "" },
-		{ TOKENIZER_ATTR, tok },
-	};
-	int n_attrs = (int)(sizeof(attrs) / sizeof(attrs[0])) - !tok;
-	st = fw_h5_save(path, all, np + ns, attrs, n_attrs, err);
-out:
+	else
+		st = fw_rt_ckpt_save(path, params, np, state, ns, &(struct fw_rt_ckpt_meta){
+			.config = config, .tokenizer = tok, .step = s->step, .tokens = s->tokens,
+			.optimizer = s->slots.optim ? s->slots.optim->desc->name : "",
+			.data_epoch = s->have_train ? s->train.epoch : 0,
+			.data_cursor = s->have_train ? s->train.cursor : 0,
+			.seed = opt_i(s, "seed") }, err);
 	fw_free(tok);
 	free(config);
-	free(all);
 	free(params);
 	return st;
-}
-
-static int64_t attr_int(const char *path, const char *name, struct fw_err *err, bool *ok)
-{
-	char *v = NULL;
-	if (fw_h5_read_attr(path, name, &v, err) != FW_OK) {
-		*ok = false;
-		return 0;
-	}
-	char *end;
-	long long x = strtoll(v, &end, 10);
-	if (*end || !*v) {
-		fw_errorf(err, FW_ERR_FORMAT, "%s: attribute '%s' is not an integer", path, name);
-		*ok = false;
-	}
-	fw_free(v);
-	return x;
 }
 
 /* A checkpoint restores everything; a plain weights file only the weights. */
@@ -388,16 +254,14 @@ static enum fw_status load_checkpoint(struct session *s, const char *path, bool 
 				      struct fw_err *err)
 {
 	struct fw_tensor **params = NULL;
-	int np = n_params_all(s, &params);
+	int np = fw_rt_model_params(s->ctx, &params);
 	enum fw_status st;
 	if (np < 0)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	char *mark = NULL;
-	bool is_ckpt = fw_h5_read_attr(path, "fw_checkpoint", &mark, err) == FW_OK;
-	fw_free(mark);
-	if (!is_ckpt && (err->status == FW_ERR_IO || err->status == FW_ERR_FORMAT)) {
+	bool is_ckpt;
+	if ((st = fw_rt_ckpt_probe(path, &is_ckpt, err)) != FW_OK) {
 		free(params);
-		return err->status;
+		return st;
 	}
 	int n_new = 0;
 	st = load_params(path, params, np, &s->slots, fw_opt_bool(s->cfg.run, "base-only"), &n_new,
@@ -406,7 +270,7 @@ static enum fw_status load_checkpoint(struct session *s, const char *path, bool 
 	if (st == FW_OK && n_new && full && !*opt_s(s, "adapter"))
 		fprintf(stderr, "fwrun: %d %s tensors are not in %s: they start from their "
 			"initialisation\n", n_new, s->slots.peft->desc->name, path);
-	if (st != FW_OK || !is_ckpt || !full || !s->state)
+	if (st != FW_OK || !is_ckpt || !full || !s->optim)
 		return st;
 	if (fw_opt_bool(s->cfg.run, "finetune"))
 		return FW_OK;      /* weights only: step 0, fresh optimizer, data from the start */
@@ -414,106 +278,26 @@ static enum fw_status load_checkpoint(struct session *s, const char *path, bool 
 		return fw_errorf(err, FW_ERR_INVALID,
 				 "%s: this run trains %d tensors the checkpoint has no optimizer "
 				 "state for; add --finetune to start from its weights", path, n_new);
-	int ns = fw_graph_n_params(s->g) * s->optim->n_state;
-	if ((st = fw_h5_load(path, s->state, ns, err)) != FW_OK)
+	int ns;
+	struct fw_tensor **state = fw_rt_optim_state(s->optim, &ns);
+	if ((st = fw_h5_load(path, state, ns, err)) != FW_OK)
 		return st;
 	s->resumed = true;
-	bool ok = true;
-	s->step = attr_int(path, "step", err, &ok);
-	int64_t epoch = attr_int(path, "data_epoch", err, &ok);
-	int64_t cursor = attr_int(path, "data_cursor", err, &ok);
-	s->tokens = attr_int(path, "tokens", err, &ok);
-	if (!ok)
-		return err->status;
+	struct fw_rt_ckpt_meta meta = { 0 };
+	if ((st = fw_rt_ckpt_read_progress(path, &meta, err)) != FW_OK)
+		return st;
+	s->step = meta.step;
+	s->tokens = meta.tokens;
 	if (s->have_train)
-		loader_seek(&s->train, epoch, cursor);
+		fw_rt_loader_seek(&s->train, meta.data_epoch, meta.data_cursor);
 	return FW_OK;
 }
 
 /* --- run directory and metrics ------------------------------------------------------------ */
 
-static enum fw_status make_dir(const char *path, struct fw_err *err)
-{
-	char tmp[4096];
-	snprintf(tmp, sizeof(tmp), "%s", path);
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
-			return fw_errorf(err, FW_ERR_IO, "%s: %s", tmp, strerror(errno));
-		*p = '/';
-	}
-	if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
-		return fw_errorf(err, FW_ERR_IO, "%s: %s", tmp, strerror(errno));
-	return FW_OK;
-}
-
-/* fsyncs a directory, making a rename in it durable; EINVAL means its file
- * system cannot. */
-static int sync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int rc = fsync(fd), e = errno;
-	close(fd);
-	errno = e;
-	return rc && e != EINVAL ? -1 : 0;
-}
-
-/* text to dir/name through dir/name.tmp.PID: written, fsync'd, renamed, and
- * the rename fsync'd. A failure leaves the old file as it was. */
-static enum fw_status write_file_atomic(const char *dir, const char *name, const char *text,
-					struct fw_err *err)
-{
-	char path[4200], tmp[4300];
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
-	FILE *f = fopen(tmp, "w");
-	if (!f)
-		return fw_errorf(err, FW_ERR_IO, "%s: %s", tmp, strerror(errno));
-	bool ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-	int e = errno;
-	if (fclose(f) != 0 && ok) {
-		ok = false;
-		e = errno;
-	}
-	if (ok && rename(tmp, path) != 0) {
-		ok = false;
-		e = errno;
-	}
-	if (!ok) {
-		unlink(tmp);
-		return fw_errorf(err, FW_ERR_IO, "%s: cannot write: %s", path, strerror(e));
-	}
-	if (sync_dir(dir) != 0)
-		return fw_errorf(err, FW_ERR_IO, "%s: written, but syncing directory %s failed: %s",
-				 path, dir, strerror(errno));
-	return FW_OK;
-}
-
-/* The number N if s[0..len) is exactly prefix, decimal digits, suffix
- * ("ckpt-", N, ".h5"); -1 otherwise (signs, spaces, trailing text). */
-static long long numbered(const char *s, size_t len, const char *prefix, const char *suffix)
-{
-	size_t np = strlen(prefix), ns = strlen(suffix), i = np;
-	long long n = 0;
-	if (len < np + 1 + ns || strncmp(s, prefix, np) || strncmp(s + len - ns, suffix, ns))
-		return -1;
-	for (; i < len - ns; i++) {
-		if (!isdigit((unsigned char)s[i]) || n > (LLONG_MAX - 9) / 10)
-			return -1;
-		n = n * 10 + (s[i] - '0');
-	}
-	return n;
-}
-
-/* The step of a complete checkpoint's file name, exactly ckpt-<digits>.h5;
- * -1 for anything else, a writer's ckpt-N.h5.tmp.PID included. */
 long long ckpt_step(const char *name)
 {
-	return numbered(name, strlen(name), "ckpt-", ".h5");
+	return fw_rt_numbered_name(name, "ckpt-", ".h5");
 }
 
 /* The writer's pid if name is a temporary file fwrun writes in a run
@@ -532,10 +316,10 @@ static long temp_writer(const char *name)
 			return 0;
 		pid = pid * 10 + (*p - '0');
 	}
-	size_t len = (size_t)(t - name);
-	bool ours = (len == strlen("config.ini") && !strncmp(name, "config.ini", len)) ||
-		    numbered(name, len, "ckpt-", ".h5") >= 0 ||
-		    numbered(name, len, "adapter-", ".h5") >= 0;
+	char final[256];
+	snprintf(final, sizeof(final), "%.*s", (int)(t - name), name);
+	bool ours = !strcmp(final, "config.ini") || fw_rt_numbered_name(final, "ckpt-", ".h5") >= 0 ||
+		    fw_rt_numbered_name(final, "adapter-", ".h5") >= 0;
 	return ours && pid <= INT_MAX ? pid : 0;
 }
 
@@ -573,7 +357,7 @@ static bool holds_run(const char *dir, char *newest, size_t len, long long *step
 		const char *n = e->d_name;
 		long long k = ckpt_step(n);
 		any |= !strcmp(n, "config.ini") || !strcmp(n, "metrics.jsonl") || k >= 0 ||
-		       numbered(n, strlen(n), "adapter-", ".h5") >= 0;
+		       fw_rt_numbered_name(n, "adapter-", ".h5") >= 0;
 		if (k > *step) {
 			*step = k;
 			snprintf(newest, len, "%s/%s", dir, n);
@@ -605,7 +389,7 @@ static enum fw_status set_aside(const char *dir, struct fw_err *err)
 	while (d && st == FW_OK && (e = readdir(d))) {
 		const char *n = e->d_name;
 		if (strcmp(n, "config.ini") && strcmp(n, "metrics.jsonl") && ckpt_step(n) < 0 &&
-		    numbered(n, strlen(n), "adapter-", ".h5") < 0)
+		    fw_rt_numbered_name(n, "adapter-", ".h5") < 0)
 			continue;
 		char from[4400], to[4600];
 		snprintf(from, sizeof(from), "%s/%s", dir, n);
@@ -656,10 +440,10 @@ static enum fw_status claim_run_dir(struct session *s, const char **event, struc
 	snprintf(prev_path, sizeof(prev_path), "%s/config.ini", s->run_dir);
 	struct fw_err e = { 0 };
 	size_t n;
-	prev = read_whole_file(prev_path, &n, &e);
+	prev = fw_rt_read_file(prev_path, &n, &e);
 	if (!prev && step >= 0) {
 		char *attr = NULL;
-		if (fw_h5_read_attr(newest, "config", &attr, NULL) == FW_OK) {
+		if (fw_rt_ckpt_read_config(newest, &attr, NULL) == FW_OK) {
 			prev = strdup(attr);
 			snprintf(prev_path, sizeof(prev_path), "%s", newest);
 		}
@@ -722,9 +506,9 @@ static enum fw_status open_run_dir(struct session *s, struct fw_err *err)
 	}
 	const char *sv = opt_s(s, "save");
 	snprintf(s->save_dir, sizeof(s->save_dir), "%s", *sv ? sv : s->run_dir);
-	enum fw_status st = make_dir(s->run_dir, err);
+	enum fw_status st = fw_dir_make(s->run_dir, err);
 	if (st == FW_OK)
-		st = make_dir(s->save_dir, err);
+		st = fw_dir_make(s->save_dir, err);
 	if (st != FW_OK)
 		return st;
 	remove_stale_temps(s->run_dir);
@@ -737,7 +521,8 @@ static enum fw_status open_run_dir(struct session *s, struct fw_err *err)
 	char *config = config_dump(&s->cfg);
 	if (!config)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	st = write_file_atomic(s->run_dir, "config.ini", config, err);
+	snprintf(path, sizeof(path), "%s/config.ini", s->run_dir);
+	st = fw_file_write_atomic(path, config, strlen(config), err);
 	free(config);
 	if (st != FW_OK)
 		return st;
@@ -755,34 +540,6 @@ static enum fw_status open_run_dir(struct session *s, struct fw_err *err)
 
 /* --- training ----------------------------------------------------------------------------- */
 
-static double grad_norm(const struct session *s)
-{
-	double sum = 0;
-	for (int i = 0; i < fw_graph_n_params(s->g); i++) {
-		const struct fw_tensor *p = fw_graph_param(s->g, i);
-		const float *g = p->grad->data;
-		int64_t n = fw_nelem(p);
-		double part = 0;
-		#pragma omp parallel for reduction(+:part) schedule(static) if (n > 65536)
-		for (int64_t j = 0; j < n; j++)
-			part += (double)g[j] * g[j];
-		sum += part;
-	}
-	return sqrt(sum);
-}
-
-static void scale_grads(const struct session *s, float c)
-{
-	for (int i = 0; i < fw_graph_n_params(s->g); i++) {
-		const struct fw_tensor *p = fw_graph_param(s->g, i);
-		float *g = p->grad->data;
-		int64_t n = fw_nelem(p);
-		#pragma omp parallel for schedule(static) if (n > 65536)
-		for (int64_t j = 0; j < n; j++)
-			g[j] *= c;
-	}
-}
-
 static int64_t model_vocab(const struct session *s)
 {
 	const struct fw_tensor *lg = s->model.logits;
@@ -795,11 +552,11 @@ static int64_t model_vocab(const struct session *s)
 static enum fw_status evaluate(struct session *s, int64_t n, double *loss, double *stats,
 			       struct fw_err *err)
 {
-	struct loader *l = s->have_valid ? &s->valid : NULL;
+	struct fw_rt_loader *l = s->have_valid ? &s->valid : NULL;
 	*loss = NAN;
 	if (!l || n <= 0)
 		return FW_OK;
-	loader_seek(l, 0, 0);      /* the same batches at every evaluation */
+	fw_rt_loader_seek(l, 0, 0);      /* the same batches at every evaluation */
 	double sum = 0;
 	int64_t counted = 0, V = model_vocab(s);
 	const int32_t *targets = s->model.targets->data;
@@ -899,7 +656,7 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 				 (long long)gbs, (long long)s->B);
 	s->accum = gbs / s->B;
 	bool drop_last = fw_opt_bool(s->cfg.run, "drop-last");
-	double clip = opt_f(s, "clip-grad"), wd = opt_f(s, "weight-decay");
+	double clip = opt_f(s, "clip-grad");
 	int64_t eval_every = opt_i(s, "eval-interval"), save_every = opt_i(s, "save-interval");
 	const struct fw_peft_i *peft = s->slots.peft ? s->slots.peft->desc->iface : NULL;
 	double t0 = now_s();
@@ -926,14 +683,14 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 	signal(SIGTERM, on_signal);
 	while (s->step < s->iters) {
 		int64_t it = s->step + 1;
-		double lr = lr_at(&s->sched, it);
-		if (loader_left(&s->train) < s->accum && (drop_last || loader_left(&s->train) == 0))
-			loader_seek(&s->train, s->train.epoch + 1, 0);
-		int64_t n_micro = loader_left(&s->train) < s->accum ? loader_left(&s->train) : s->accum;
+		double lr = fw_lr_at(&s->sched, it);
+		if (fw_rt_loader_left(&s->train) < s->accum && (drop_last || fw_rt_loader_left(&s->train) == 0))
+			fw_rt_loader_seek(&s->train, s->train.epoch + 1, 0);
+		int64_t n_micro = fw_rt_loader_left(&s->train) < s->accum ? fw_rt_loader_left(&s->train) : s->accum;
 		int64_t total = 0;
 		for (int64_t m = 0; per_token && m < n_micro; m++) {
 			int32_t *b = staged + 3 * bt * (size_t)m;
-			loader_next(&s->train, b, b + bt, b + 2 * bt);
+			fw_rt_loader_next(&s->train, b, b + bt, b + 2 * bt);
 			count[m] = 0;
 			for (size_t j = 0; j < bt; j++)
 				count[m] += b[bt + j] >= 0;
@@ -956,23 +713,17 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 			}
 			loss += w * *(float *)s->model.loss->data;
 		}
-		double norm = grad_norm(s);
+		double norm = fw_rt_optim_grad_norm(s->optim);
 		if (!isfinite(loss) || !isfinite(norm)) {
 			st = fw_errorf(err, FW_ERR_INTERNAL,
 				       "step %lld: loss %g, gradient norm %g: training diverged",
 				       (long long)it, loss, norm);
 			goto out;
 		}
-		if (clip > 0 && clip / (norm + 1e-6) < 1.0)
-			scale_grads(s, (float)(clip / (norm + 1e-6)));
-		s->groups[0].lr = s->groups[1].lr = (float)lr;
-		s->groups[0].weight_decay = (float)wd;
-		s->groups[1].weight_decay = 0.0f;
+		fw_rt_optim_clip(s->optim, clip, norm);
 		struct fw_err oe = { 0 };
-		if (s->optim->step(s->slots.optim->state, s->groups, 2, it, &oe) != FW_OK) {
-			st = fw_errorf(err, oe.status, "%s: %s", s->slots.optim->desc->name, oe.msg);
+		if ((st = fw_rt_optim_step(s->optim, lr, it, err)) != FW_OK)
 			goto out;
-		}
 		if (peft && peft->after_backward &&
 		    peft->after_backward(s->slots.peft->state, &s->model, it, &oe) != FW_OK) {
 			st = fw_errorf(err, oe.status, "%s: %s", s->slots.peft->desc->name, oe.msg);
@@ -1030,43 +781,10 @@ out:
 	return st;
 }
 
-/* arg if it is a file; in a directory, the regular file PREFIX<digits>.h5
- * with the largest number (temporary files are not), "" if none. */
-static enum fw_status newest_in(const char *arg, const char *prefix, char *out, size_t len,
-				struct fw_err *err)
-{
-	struct stat st;
-	out[0] = '\0';
-	if (stat(arg, &st) != 0)
-		return fw_errorf(err, FW_ERR_IO, "%s: %s", arg, strerror(errno));
-	if (!S_ISDIR(st.st_mode)) {
-		snprintf(out, len, "%s", arg);
-		return FW_OK;
-	}
-	long long best = -1;
-	DIR *d = opendir(arg);
-	struct dirent *e;
-	while (d && (e = readdir(d))) {
-		long long n = numbered(e->d_name, strlen(e->d_name), prefix, ".h5");
-		char path[4400];
-		struct stat fs;
-		if (n <= best)
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", arg, e->d_name);
-		if (stat(path, &fs) == 0 && S_ISREG(fs.st_mode)) {
-			best = n;
-			snprintf(out, len, "%s", path);
-		}
-	}
-	if (d)
-		closedir(d);
-	return FW_OK;
-}
-
 /* --load=DIR picks the newest complete checkpoint in it. */
 enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
 {
-	enum fw_status st = newest_in(arg, "ckpt-", out, len, err);
+	enum fw_status st = fw_rt_newest_file(arg, "ckpt-", out, len, err);
 	if (st != FW_OK || strcmp(out, arg) == 0)
 		return st;
 	if (!out[0])
@@ -1077,7 +795,7 @@ enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_er
 
 enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err)
 {
-	enum fw_status st = newest_in(arg, "adapter-", out, len, err);
+	enum fw_status st = fw_rt_newest_file(arg, "adapter-", out, len, err);
 	if (st == FW_OK && !out[0])
 		st = fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no adapter (adapter-*.h5) in directory",
 			       arg);
@@ -1095,17 +813,14 @@ static void set_schedule(struct session *s)
 	if (frac > 0)
 		warmup = (int64_t)(frac * (double)decay);
 	const char *style = opt_s(s, "lr-decay-style"), *wsd = opt_s(s, "lr-wsd-decay-style");
-	s->sched = (struct lr_schedule){
+	s->sched = (struct fw_lr_schedule){
 		.max_lr = opt_f(s, "lr"), .min_lr = opt_f(s, "min-lr"),
 		.init_lr = opt_f(s, "lr-warmup-init"), .warmup = warmup, .decay = decay,
 		.wsd_decay = opt_i(s, "lr-wsd-decay-iters"),
 	};
-	for (int i = 0; lr_styles[i]; i++)
-		if (!strcmp(style, lr_styles[i]))
-			s->sched.style = i;
-	for (int i = 0; wsd_styles[i]; i++)
-		if (!strcmp(wsd, wsd_styles[i]))
-			s->sched.wsd_style = i;
+	/* both are choice options with these names: parsed, they cannot fail */
+	fw_lr_style_parse(style, &s->sched.style, NULL);
+	fw_wsd_style_parse(wsd, &s->sched.wsd_style, NULL);
 }
 
 static const char train_usage[] =
@@ -1191,17 +906,25 @@ static enum fw_status open_datasets(struct session *s, bool train, enum data_use
 		return fw_errorf(err, FW_ERR_INVALID, "eval needs --load=CKPT and "
 				 "--valid-data=FILE[,...] or --score-data=FILE.jsonl");
 	st = FW_OK;
+	struct fw_rt_data_config dc = {
+		.format = opt_s(s, "data-format"), .packed = !strcmp(opt_s(s, "packing"), "packed"),
+		.truncate = !strcmp(opt_s(s, "too-long"), "truncate"),
+		.chatml = !strcmp(opt_s(s, "chat-template"), "chatml"),
+		.max_bad = opt_i(s, "max-bad-records"), .seed = (uint64_t)opt_i(s, "seed"),
+		.B = s->B, .T = s->T,
+	};
 	if (train) {
 		s->have_train = true;
-		st = dataset_open(&s->train, s->cfg.run, data, "data", fw_opt_bool(s->cfg.run, "shuffle"),
-				  s->tok, s->B, s->T, err);
+		dc.shuffle = fw_opt_bool(s->cfg.run, "shuffle");
+		st = fw_rt_dataset_open(&s->train, &dc, data, "data", s->tok, &fwrun_log, err);
 		if (st != FW_OK)
 			return st;
 	}
 	if (*valid || (!train && *data)) {
 		s->have_valid = true;
-		st = dataset_open(&s->valid, s->cfg.run, *valid ? valid : data,
-				  *valid ? "valid-data" : "data", false, s->tok, s->B, s->T, err);
+		dc.shuffle = false;
+		st = fw_rt_dataset_open(&s->valid, &dc, *valid ? valid : data,
+					*valid ? "valid-data" : "data", s->tok, &fwrun_log, err);
 	}
 	return st;
 }
@@ -1235,8 +958,8 @@ static int session_open(struct session *s, const char *cmd, int argc, char **arg
 		return -1;
 	}
 	if (build_model(s, train, &s->err) != FW_OK || build_graphs(s, train, &s->err) != FW_OK ||
-	    (s->have_train && loader_check_vocab(&s->train, s->tok, model_vocab(s), &s->err)) ||
-	    (s->have_valid && loader_check_vocab(&s->valid, s->tok, model_vocab(s), &s->err))) {
+	    (s->have_train && fw_rt_loader_check_vocab(&s->train, s->tok, model_vocab(s), &s->err)) ||
+	    (s->have_valid && fw_rt_loader_check_vocab(&s->valid, s->tok, model_vocab(s), &s->err))) {
 		/* INVALID: flags that cannot make this model (sizes, --seq-length) */
 		*rc = die(s->err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
 			  s->err.msg);
@@ -1319,8 +1042,8 @@ static enum fw_status eval_can_score(struct session *s, struct fw_err *err)
 	if (fw_tokenizer_eos(s->tok) < 0)
 		return fw_errorf(err, FW_ERR_INVALID, "the %s tokenizer has no EOS token "
 				 "(<|endoftext|>) to end responses with", fw_tokenizer_name(s->tok));
-	struct loader none = { 0 };
-	enum fw_status st = loader_check_vocab(&none, s->tok, model_vocab(s), err);
+	struct fw_rt_loader none = { 0 };
+	enum fw_status st = fw_rt_loader_check_vocab(&none, s->tok, model_vocab(s), err);
 	if (st != FW_OK)
 		return st;
 	if (!s->model.logits)
@@ -1426,7 +1149,7 @@ int cmd_plan(int argc, char **argv)
 	if (s.eval_g)
 		fw_graph_memory(s.eval_g, &me);
 	double P = (double)mr.n_params, Tr = (double)mr.n_trainable;
-	int n_state = s.optim ? s.optim->n_state : 0;
+	int n_state = s.optim ? fw_rt_optim_n_state(s.optim) : 0;
 	printf("parameters: %lld total, %lld trainable (%.2f%%)\n", (long long)mr.n_params,
 	       (long long)mr.n_trainable, P > 0 ? 100.0 * Tr / P : 0.0);
 	printf("memory plan for training, f32, micro-batch %lld x %lld tokens, from the real "
