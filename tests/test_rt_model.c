@@ -5,7 +5,9 @@
  *   - parameter groups: the default rule, custom groups with their own
  *     weight decay and lr factor (checked against SGD's update by hand);
  *   - clipping: the norm, and gradients scaled to the limit;
- *   - state tensors: names, shapes, zero start, in the optimizer arena. */
+ *   - state tensors: names, shapes, zero start, in the optimizer arena;
+ *   - the trainer: callbacks in order, evaluation and save schedule, a stop
+ *     asked by a callback, resuming. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -282,6 +284,102 @@ START_TEST(test_clip_and_state)
 }
 END_TEST
 
+/* The trainer's callbacks: every step reported in order, evaluations at
+ * eval_every, a stop asked by on_step after step 7 ends the run after that
+ * step's save; the progress counts what ran. */
+struct seen {
+	int64_t steps[16], evals[16], saves[16];
+	int n_steps, n_evals, n_saves;
+	double first_loss, last_loss;
+};
+
+static enum fw_rt_action seen_step(void *user, const struct fw_rt_step_info *in)
+{
+	struct seen *s = user;
+	s->steps[s->n_steps++] = in->step;
+	if (in->step == 1)
+		s->first_loss = in->loss;
+	s->last_loss = in->loss;
+	ck_assert_int_eq(in->step_tokens, 2 * B * T);
+	ck_assert(in->lr > 0 && in->grad_norm > 0);
+	return in->step == 7 ? FW_RT_STOP : FW_RT_CONTINUE;
+}
+
+static enum fw_rt_action seen_eval(void *user, int64_t step, double loss)
+{
+	struct seen *s = user;
+	ck_assert(isfinite(loss));
+	s->evals[s->n_evals++] = step;
+	return FW_RT_CONTINUE;
+}
+
+static enum fw_status seen_save(void *user, int64_t step, struct fw_err *err)
+{
+	struct seen *s = user;
+	s->saves[s->n_saves++] = step;
+	return FW_OK;
+}
+
+START_TEST(test_trainer_callbacks)
+{
+	static const char *const adamw[] = { NULL };
+	struct net n;
+	struct fw_err err = { 0 };
+	net_open(&n, NULL, "optim/adamw", adamw, true);
+	net_graph(&n, true);
+	struct fw_graph *eval_g = fw_graph_new(n.ctx, &n.m.loss, 1, &(struct fw_graph_opts){ 0 });
+	ck_assert_msg(eval_g != NULL, "%s", fw_ctx_err(n.ctx)->msg);
+	ck_assert_int_eq(fw_ctx_init_params(n.ctx, 5), FW_OK);
+	struct fw_rt_loader train, valid;
+	int64_t len = 20 * B * T + 1;
+	uint32_t *a = malloc(sizeof(uint32_t) * (size_t)len), *b = malloc(sizeof(uint32_t) * (size_t)len);
+	for (int64_t i = 0; i < len; i++)
+		a[i] = b[i] = (uint32_t)((i * 7) % 13);           /* a pattern to learn */
+	ck_assert_int_eq(fw_rt_loader_from_stream(&train, "train", a, len, B, T, true, 1, &err),
+			 FW_OK);
+	ck_assert_int_eq(fw_rt_loader_from_stream(&valid, "valid", b, len, B, T, false, 1, &err),
+			 FW_OK);
+	struct fw_rt_optim *o = fw_rt_optim_new(n.ctx, n.g, n.optim,
+						&(struct fw_rt_optim_config){ 0 }, &err);
+	ck_assert_msg(o != NULL, "%s", err.msg);
+	struct seen seen = { 0 };
+	struct fw_rt_trainer t = {
+		.m = &n.m, .g = n.g, .optim = o, .plugins = &n.slots, .data = &train,
+		.sched = { .max_lr = 1e-2, .min_lr = 1e-3, .warmup = 2, .decay = 10,
+			   .style = FW_LR_COSINE },
+		.iters = 10, .accum = 2, .clip = 1.0, .eval_every = 3,
+		.eval = { .m = &n.m, .g = eval_g, .data = &valid, .n = 2 },
+		.hooks = { seen_step, seen_eval, seen_save, &seen },
+	};
+	bool stopped = false;
+	ck_assert_msg(fw_rt_train(&t, &stopped, &err) == FW_OK, "%s", err.msg);
+	ck_assert(stopped);
+	ck_assert_int_eq(t.step, 7);
+	ck_assert_int_eq(t.tokens, 7 * 2 * B * T);
+	ck_assert_int_eq(seen.n_steps, 7);
+	for (int i = 0; i < 7; i++)
+		ck_assert_int_eq(seen.steps[i], i + 1);
+	ck_assert_int_eq(seen.n_evals, 2);
+	ck_assert(seen.evals[0] == 3 && seen.evals[1] == 6);
+	ck_assert_int_eq(seen.n_saves, 1);
+	ck_assert_int_eq(seen.saves[0], 7);
+	ck_assert_msg(seen.last_loss < seen.first_loss, "%g -> %g", seen.first_loss,
+		      seen.last_loss);
+	/* resuming runs the rest: steps 8..10, a save at the last */
+	seen.n_saves = 0;
+	t.hooks.on_step = NULL;
+	ck_assert_int_eq(fw_rt_train(&t, &stopped, &err), FW_OK);
+	ck_assert(!stopped);
+	ck_assert_int_eq(t.step, 10);
+	ck_assert(seen.n_saves == 1 && seen.saves[0] == 10);
+	fw_rt_optim_free(o);
+	fw_rt_loader_close(&train);
+	fw_rt_loader_close(&valid);
+	fw_graph_free(eval_g);
+	net_close(&n);
+}
+END_TEST
+
 /* Errors name the plugin; a missing arch or optimizer is refused. */
 START_TEST(test_build_errors)
 {
@@ -315,6 +413,7 @@ int main(void)
 	tcase_add_test(tc, test_share_too_late);
 	tcase_add_test(tc, test_param_groups);
 	tcase_add_test(tc, test_clip_and_state);
+	tcase_add_test(tc, test_trainer_callbacks);
 	tcase_add_test(tc, test_build_errors);
 	suite_add_tcase(s, tc);
 	return fwt_run_suite(s);

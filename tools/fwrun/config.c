@@ -764,3 +764,59 @@ char *config_dump(const struct config *c)
 	fclose(f);
 	return buf;
 }
+
+/* --- fwrun CMD --help --------------------------------------------------------------------- */
+
+static void print_options(const struct config *c, const struct fw_options *o, const char *cmd)
+{
+	for (int i = 0; i < fw_options_count(o); i++) {
+		const struct fw_option_def *d = fw_options_def(o, i);
+		if (option_applies(c, o, d->name, cmd))
+			printf("  --%-24s %s (default: %s)\n", d->name, d->help ? d->help : "",
+			       d->def ? d->def : "required");
+	}
+}
+
+bool wants_help(int argc, char **argv)
+{
+	for (int i = 0; i < argc; i++)
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+			return true;
+	return false;
+}
+
+int command_help(const char *cmd, const char *usage, int argc, char **argv)
+{
+	struct config c;
+	struct fw_err err = { 0 };
+	char *pos[8];
+	int np;
+	char **args = malloc(sizeof(char *) * (size_t)(argc + 1));
+	int n = 0;
+	for (int i = 0; args && i < argc; i++)
+		if (strcmp(argv[i], "--help") && strcmp(argv[i], "-h"))
+			args[n++] = argv[i];
+	if (!args)
+		return die(EXIT_RUNTIME, "out of memory");
+	if (config_load(&c, NULL, n, args, false, pos, 8, &np, &err) != FW_OK &&
+	    err.status != FW_ERR_INVALID) {
+		config_free(&c);
+		free(args);
+		return die(EXIT_USAGE, "%s", err.msg);
+	}
+	fputs(usage, stdout);
+	printf("\nfwrun options for %s:\n", cmd);
+	if (c.run) {
+		print_options(&c, c.run, cmd);
+		for (int k = 1; k < FW_KIND_COUNT; k++) {
+			if (!c.plugin[k] || (k == FW_KIND_OPTIM && strcmp(cmd, "train") &&
+					     strcmp(cmd, "plan")))
+				continue;
+			printf("\n%s options:\n", c.plugin[k]->desc->name);
+			print_options(&c, c.plugin[k]->opts, cmd);
+		}
+	}
+	config_free(&c);
+	free(args);
+	return EXIT_OK;
+}

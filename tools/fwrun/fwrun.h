@@ -48,6 +48,8 @@ void warn_unused_options(struct config *c, const char *cmd, int argc, char **arg
 /* 'fwrun CMD --help': usage, then the options of fwrun and of the plugins
  * named in argv that do something in cmd. */
 int command_help(const char *cmd, const char *usage, int argc, char **argv);
+/* Whether argv asks for help (--help or -h anywhere). */
+bool wants_help(int argc, char **argv);
 /* Writes the fully resolved configuration as INI text (malloc'd). */
 char *config_dump(const struct config *c);
 const struct fw_option_def *run_option_defs(int *n);

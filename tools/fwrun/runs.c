@@ -338,3 +338,30 @@ char *config_without_peft(const char *text)
 	return out;
 }
 
+/* --- checkpoints and adapters of a directory (--load, --adapter) ----------------------- */
+
+long long ckpt_step(const char *name)
+{
+	return fw_rt_numbered_name(name, "ckpt-", ".h5");
+}
+
+/* --load=DIR picks the newest complete checkpoint in it. */
+enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
+{
+	enum fw_status st = fw_rt_newest_file(arg, "ckpt-", out, len, err);
+	if (st != FW_OK || strcmp(out, arg) == 0)
+		return st;
+	if (!out[0])
+		return fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no checkpoint (ckpt-*.h5) in directory",
+				 arg);
+	return check_dir_checkpoints(arg, err);
+}
+
+enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err)
+{
+	enum fw_status st = fw_rt_newest_file(arg, "adapter-", out, len, err);
+	if (st == FW_OK && !out[0])
+		st = fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no adapter (adapter-*.h5) in directory",
+			       arg);
+	return st;
+}

@@ -200,28 +200,6 @@ static void free_session(struct session *s)
 	config_free(&s->cfg);
 }
 
-/* The next micro-batch of l into the model's inputs. */
-static void next_batch(struct session *s, struct fw_rt_loader *l)
-{
-	fw_rt_loader_next(l, s->model.tokens->data, s->model.targets->data, s->seg);
-	if (s->seg)
-		fw_rt_data_masks(s->seg, s->B, s->T, s->model.positions->data,
-			      s->model.attn_bias->data);
-}
-
-/* A micro-batch read ahead (tokens, targets, seg of B*T each) into the inputs. */
-static void use_batch(struct session *s, const int32_t *staged)
-{
-	size_t bt = (size_t)(s->B * s->T);
-	memcpy(s->model.tokens->data, staged, sizeof(int32_t) * bt);
-	memcpy(s->model.targets->data, staged + bt, sizeof(int32_t) * bt);
-	if (s->seg) {
-		memcpy(s->seg, staged + 2 * bt, sizeof(int32_t) * bt);
-		fw_rt_data_masks(s->seg, s->B, s->T, s->model.positions->data,
-			      s->model.attn_bias->data);
-	}
-}
-
 /* --- checkpoints ---------------------------------------------------------------------- */
 
 static enum fw_status save_checkpoint(struct session *s, const char *path, struct fw_err *err)
@@ -295,10 +273,6 @@ static enum fw_status load_checkpoint(struct session *s, const char *path, bool 
 
 /* --- run directory and metrics ------------------------------------------------------------ */
 
-long long ckpt_step(const char *name)
-{
-	return fw_rt_numbered_name(name, "ckpt-", ".h5");
-}
 
 /* The writer's pid if name is a temporary file fwrun writes in a run
  * directory, FINAL.tmp.PID for FINAL config.ini, ckpt-N.h5 or adapter-N.h5;
@@ -546,54 +520,14 @@ static int64_t model_vocab(const struct session *s)
 	return lg ? lg->ne[lg->ndim - 1] : 65536;
 }
 
-/* Mean loss of the first n validation micro-batches. With stats (eval):
- * stats[0] = targets in the loss, stats[1] = their unigram entropy in nats
- * (the loss of the best model that ignores context, fitted to them). */
-static enum fw_status evaluate(struct session *s, int64_t n, double *loss, double *stats,
-			       struct fw_err *err)
+/* Mean loss of the first n validation micro-batches (fw_rt_evaluate). */
+static struct fw_rt_eval eval_of(struct session *s, int64_t n)
 {
-	struct fw_rt_loader *l = s->have_valid ? &s->valid : NULL;
-	*loss = NAN;
-	if (!l || n <= 0)
-		return FW_OK;
-	fw_rt_loader_seek(l, 0, 0);      /* the same batches at every evaluation */
-	double sum = 0;
-	int64_t counted = 0, V = model_vocab(s);
-	const int32_t *targets = s->model.targets->data;
-	int64_t *hist = stats ? calloc((size_t)V, sizeof(int64_t)) : NULL;
-	if (stats && !hist)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	/* --calculate-per-token-loss: each micro-batch's mean weighted by its
-	 * loss tokens, as in training. */
-	bool per_token = fw_opt_bool(s->cfg.run, "calculate-per-token-loss");
-	for (int64_t i = 0; i < n; i++) {
-		next_batch(s, l);
-		int64_t here = 0;
-		for (int64_t j = 0; j < s->B * s->T; j++)
-			if (targets[j] >= 0 && targets[j] < V) {
-				here++;
-				if (hist)
-					hist[targets[j]]++;
-			}
-		counted += here;
-		if (fw_graph_forward(s->eval_g) != FW_OK) {
-			free(hist);
-			return fw_errorf(err, FW_ERR_INTERNAL, "eval: %s", fw_ctx_err(s->ctx)->msg);
-		}
-		sum += *(float *)s->model.loss->data * (per_token ? (double)here : 1.0);
-	}
-	if (stats) {
-		double h = 0;
-		for (int64_t v = 0; v < V; v++)
-			if (hist[v])
-				h -= (double)hist[v] / (double)counted *
-				     log((double)hist[v] / (double)counted);
-		stats[0] = (double)counted;
-		stats[1] = counted ? h : NAN;
-		free(hist);
-	}
-	*loss = per_token ? (counted ? sum / (double)counted : NAN) : sum / (double)n;
-	return FW_OK;
+	return (struct fw_rt_eval){
+		.m = &s->model, .g = s->eval_g, .data = s->have_valid ? &s->valid : NULL,
+		.seg = s->seg, .n = n,
+		.per_token = fw_opt_bool(s->cfg.run, "calculate-per-token-loss"),
+	};
 }
 
 static enum fw_status checkpoint_now(struct session *s, struct fw_err *err)
@@ -645,6 +579,58 @@ static void progress(const struct session *s, struct interval *iv, int64_t first
 		*iv = (struct interval){ .t0 = now };
 }
 
+/* What fwrun does between the trainer's steps: metrics.jsonl, the progress
+ * line, and SIGINT/SIGTERM mapped to stopping after the step (and its save). */
+struct train_log {
+	struct session *s;
+	struct interval iv;
+	int64_t first_step;
+	double t0;
+};
+
+static enum fw_rt_action on_step(void *user, const struct fw_rt_step_info *in)
+{
+	struct train_log *tl = user;
+	struct session *s = tl->s;
+	double tps = in->elapsed_s > 0 ? (double)in->run_tokens / in->elapsed_s : 0;
+	fprintf(s->metrics,
+		"{\"type\": \"train\", \"step\": %lld, \"loss\": %.9g, \"lr\": %.17g, "
+		"\"grad_norm\": %.9g, "
+		"\"loss_scale\": 1, \"tokens\": %lld, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
+		(long long)in->step, in->loss, in->lr, in->grad_norm, (long long)in->tokens, tps,
+		in->elapsed_s);
+	fflush(s->metrics);
+	tl->iv.loss += in->loss;
+	tl->iv.norm += in->grad_norm;
+	tl->iv.steps++;
+	tl->iv.tokens += in->step_tokens;
+	s->step = in->step;
+	s->tokens = in->tokens;
+	progress(s, &tl->iv, tl->first_step, in->lr, tl->t0 + in->elapsed_s, in->elapsed_s);
+	return stop_requested ? FW_RT_STOP : FW_RT_CONTINUE;
+}
+
+static enum fw_rt_action on_eval(void *user, int64_t step, double vl)
+{
+	struct train_log *tl = user;
+	struct session *s = tl->s;
+	if (isfinite(vl)) {
+		fprintf(s->metrics, "{\"type\": \"eval\", \"step\": %lld, \"eval_loss\": %.9g}\n",
+			(long long)step, vl);
+		fflush(s->metrics);
+		fprintf(stderr, "%sstep %lld: eval loss %.4f\n",
+			isatty(fileno(stderr)) && step != s->iters ? "\n" : "", (long long)step, vl);
+	}
+	return stop_requested ? FW_RT_STOP : FW_RT_CONTINUE;
+}
+
+static enum fw_status on_save(void *user, int64_t step, struct fw_err *err)
+{
+	struct train_log *tl = user;
+	tl->s->step = step;
+	return checkpoint_now(tl->s, err);
+}
+
 static enum fw_status train_loop(struct session *s, struct fw_err *err)
 {
 	int64_t gbs = opt_i(s, "global-batch-size");
@@ -655,150 +641,31 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 				 "--global-batch-size %lld is not a multiple of --micro-batch-size %lld",
 				 (long long)gbs, (long long)s->B);
 	s->accum = gbs / s->B;
-	bool drop_last = fw_opt_bool(s->cfg.run, "drop-last");
-	double clip = opt_f(s, "clip-grad");
-	int64_t eval_every = opt_i(s, "eval-interval"), save_every = opt_i(s, "save-interval");
-	const struct fw_peft_i *peft = s->slots.peft ? s->slots.peft->desc->iface : NULL;
-	double t0 = now_s();
-	int64_t start_tokens = s->tokens, first_step = s->step;
-	struct interval iv = { .t0 = t0 };
-
-	if (s->train.n_micro < s->accum && drop_last)
-		return fw_errorf(err, FW_ERR_INVALID,
-				 "%s: %lld micro-batches, fewer than one global batch (%lld) with --drop-last",
-				 opt_s(s, "data"), (long long)s->train.n_micro, (long long)s->accum);
-	/* Per-token loss: the step's micro-batches are read ahead to count their
-	 * loss tokens, and micro-batch m's mean is weighted count[m] / total. */
-	bool per_token = fw_opt_bool(s->cfg.run, "calculate-per-token-loss");
-	size_t bt = (size_t)(s->B * s->T);
-	int32_t *staged = per_token ? malloc(sizeof(int32_t) * 3 * bt * (size_t)s->accum) : NULL;
-	int64_t *count = per_token ? malloc(sizeof(int64_t) * (size_t)s->accum) : NULL;
-	if (per_token && (!staged || !count)) {
-		free(staged);
-		free(count);
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	}
-	enum fw_status st = FW_OK;
+	struct train_log tl = { .s = s, .first_step = s->step, .t0 = now_s() };
+	tl.iv.t0 = tl.t0;
+	struct fw_rt_trainer t = {
+		.m = &s->model, .g = s->g, .optim = s->optim, .plugins = &s->slots,
+		.data = &s->train, .data_label = opt_s(s, "data"), .seg = s->seg,
+		.sched = s->sched, .iters = s->iters, .accum = s->accum,
+		.clip = opt_f(s, "clip-grad"), .drop_last = fw_opt_bool(s->cfg.run, "drop-last"),
+		.per_token = fw_opt_bool(s->cfg.run, "calculate-per-token-loss"),
+		.eval_every = opt_i(s, "eval-interval"), .save_every = opt_i(s, "save-interval"),
+		.eval = eval_of(s, opt_i(s, "eval-iters")),
+		.hooks = { .on_step = on_step, .on_eval = on_eval, .on_save = on_save, .user = &tl },
+		.step = s->step, .tokens = s->tokens,
+	};
+	bool stopped = false;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
-	while (s->step < s->iters) {
-		int64_t it = s->step + 1;
-		double lr = fw_lr_at(&s->sched, it);
-		if (fw_rt_loader_left(&s->train) < s->accum && (drop_last || fw_rt_loader_left(&s->train) == 0))
-			fw_rt_loader_seek(&s->train, s->train.epoch + 1, 0);
-		int64_t n_micro = fw_rt_loader_left(&s->train) < s->accum ? fw_rt_loader_left(&s->train) : s->accum;
-		int64_t total = 0;
-		for (int64_t m = 0; per_token && m < n_micro; m++) {
-			int32_t *b = staged + 3 * bt * (size_t)m;
-			fw_rt_loader_next(&s->train, b, b + bt, b + 2 * bt);
-			count[m] = 0;
-			for (size_t j = 0; j < bt; j++)
-				count[m] += b[bt + j] >= 0;
-			total += count[m];
-		}
-		double loss = 0;
-		for (int64_t m = 0; m < n_micro; m++) {
-			double w = per_token && total ? (double)count[m] / (double)total :
-				   1.0 / (double)n_micro;
-			if (per_token)
-				use_batch(s, staged + 3 * bt * (size_t)m);
-			else
-				next_batch(s, &s->train);
-			fw_graph_set_loss_scale(s->g, (float)w);
-			fw_graph_set_step(s->g, it * s->accum + m);
-			if (fw_graph_forward(s->g) != FW_OK || fw_graph_backward(s->g) != FW_OK) {
-				st = fw_errorf(err, FW_ERR_INTERNAL, "step %lld: %s", (long long)it,
-					       fw_ctx_err(s->ctx)->msg);
-				goto out;
-			}
-			loss += w * *(float *)s->model.loss->data;
-		}
-		double norm = fw_rt_optim_grad_norm(s->optim);
-		if (!isfinite(loss) || !isfinite(norm)) {
-			st = fw_errorf(err, FW_ERR_INTERNAL,
-				       "step %lld: loss %g, gradient norm %g: training diverged",
-				       (long long)it, loss, norm);
-			goto out;
-		}
-		fw_rt_optim_clip(s->optim, clip, norm);
-		struct fw_err oe = { 0 };
-		if ((st = fw_rt_optim_step(s->optim, lr, it, err)) != FW_OK)
-			goto out;
-		if (peft && peft->after_backward &&
-		    peft->after_backward(s->slots.peft->state, &s->model, it, &oe) != FW_OK) {
-			st = fw_errorf(err, oe.status, "%s: %s", s->slots.peft->desc->name, oe.msg);
-			goto out;
-		}
-		fw_graph_zero_grad(s->g);
-		s->step = it;
-		s->tokens += n_micro * s->B * s->T;
-
-		double el = now_s() - t0;
-		double tps = el > 0 ? (double)(s->tokens - start_tokens) / el : 0;
-		fprintf(s->metrics,
-			"{\"type\": \"train\", \"step\": %lld, \"loss\": %.9g, \"lr\": %.17g, "
-			"\"grad_norm\": %.9g, "
-			"\"loss_scale\": 1, \"tokens\": %lld, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
-			(long long)it, loss, lr, norm, (long long)s->tokens, tps, el);
-		fflush(s->metrics);
-		iv.loss += loss;
-		iv.norm += norm;
-		iv.steps++;
-		iv.tokens += n_micro * s->B * s->T;
-		progress(s, &iv, first_step, lr, t0 + el, el);
-
-		if ((eval_every > 0 && it % eval_every == 0) || it == s->iters) {
-			double vl;
-			if ((st = evaluate(s, opt_i(s, "eval-iters"), &vl, NULL, err)) != FW_OK)
-				goto out;
-			if (isfinite(vl)) {
-				fprintf(s->metrics, "{\"type\": \"eval\", \"step\": %lld, "
-					"\"eval_loss\": %.9g}\n",
-					(long long)it, vl);
-				fflush(s->metrics);
-				fprintf(stderr, "%sstep %lld: eval loss %.4f\n",
-					isatty(fileno(stderr)) && it != s->iters ? "\n" : "",
-					(long long)it, vl);
-			}
-		}
-		bool stopping = stop_requested != 0;
-		if ((save_every > 0 && it % save_every == 0) || it == s->iters || stopping) {
-			if ((st = checkpoint_now(s, err)) != FW_OK)
-				goto out;
-		}
-		if (stopping) {
-			fprintf(stderr, "fwrun: %s after step %lld; resume with --load=%s\n",
-				stop_requested == SIGINT ? "interrupted" : "terminated",
-				(long long)it, s->save_dir);
-			break;
-		}
-	}
-out:
+	enum fw_status st = fw_rt_train(&t, &stopped, err);
 	signal(SIGINT, SIG_DFL);
 	signal(SIGTERM, SIG_DFL);
-	free(staged);
-	free(count);
-	return st;
-}
-
-/* --load=DIR picks the newest complete checkpoint in it. */
-enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
-{
-	enum fw_status st = fw_rt_newest_file(arg, "ckpt-", out, len, err);
-	if (st != FW_OK || strcmp(out, arg) == 0)
-		return st;
-	if (!out[0])
-		return fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no checkpoint (ckpt-*.h5) in directory",
-				 arg);
-	return check_dir_checkpoints(arg, err);
-}
-
-enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err)
-{
-	enum fw_status st = fw_rt_newest_file(arg, "adapter-", out, len, err);
-	if (st == FW_OK && !out[0])
-		st = fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no adapter (adapter-*.h5) in directory",
-			       arg);
+	s->step = t.step;
+	s->tokens = t.tokens;
+	if (st == FW_OK && stopped)
+		fprintf(stderr, "fwrun: %s after step %lld; resume with --load=%s\n",
+			stop_requested == SIGINT ? "interrupted" : "terminated",
+			(long long)s->step, s->save_dir);
 	return st;
 }
 
@@ -827,59 +694,6 @@ static const char train_usage[] =
 	"usage: fwrun train --plugins=arch/X,optim/Y[,attention/Z,peft/W] --data=SHARDS [options]\n"
 	"Trains a model; every option is listed by 'fwrun list' and 'fwrun train --help --plugins=...'.\n";
 
-static void print_options(const struct config *c, const struct fw_options *o, const char *cmd)
-{
-	for (int i = 0; i < fw_options_count(o); i++) {
-		const struct fw_option_def *d = fw_options_def(o, i);
-		if (option_applies(c, o, d->name, cmd))
-			printf("  --%-24s %s (default: %s)\n", d->name, d->help ? d->help : "",
-			       d->def ? d->def : "required");
-	}
-}
-
-static bool wants_help(int argc, char **argv)
-{
-	for (int i = 0; i < argc; i++)
-		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
-			return true;
-	return false;
-}
-
-int command_help(const char *cmd, const char *usage, int argc, char **argv)
-{
-	struct config c;
-	struct fw_err err = { 0 };
-	char *pos[8];
-	int np;
-	char **args = malloc(sizeof(char *) * (size_t)(argc + 1));
-	int n = 0;
-	for (int i = 0; args && i < argc; i++)
-		if (strcmp(argv[i], "--help") && strcmp(argv[i], "-h"))
-			args[n++] = argv[i];
-	if (!args)
-		return die(EXIT_RUNTIME, "out of memory");
-	if (config_load(&c, NULL, n, args, false, pos, 8, &np, &err) != FW_OK &&
-	    err.status != FW_ERR_INVALID) {
-		config_free(&c);
-		free(args);
-		return die(EXIT_USAGE, "%s", err.msg);
-	}
-	fputs(usage, stdout);
-	printf("\nfwrun options for %s:\n", cmd);
-	if (c.run) {
-		print_options(&c, c.run, cmd);
-		for (int k = 1; k < FW_KIND_COUNT; k++) {
-			if (!c.plugin[k] || (k == FW_KIND_OPTIM && strcmp(cmd, "train") &&
-					     strcmp(cmd, "plan")))
-				continue;
-			printf("\n%s options:\n", c.plugin[k]->desc->name);
-			print_options(&c, c.plugin[k]->opts, cmd);
-		}
-	}
-	config_free(&c);
-	free(args);
-	return EXIT_OK;
-}
 
 /* --load, the tokenizer, then the data: train reads --data (and
  * --valid-data), eval --valid-data (or --data). */
@@ -1090,7 +904,8 @@ int cmd_eval(int argc, char **argv)
 	int64_t iters = opt_i(&s, "eval-iters");
 	if (s.have_valid && (iters == 0 || iters > s.valid.n_micro))
 		iters = s.valid.n_micro;          /* the whole validation set, once */
-	if (s.have_valid && evaluate(&s, iters, &loss, stats, &s.err) != FW_OK) {
+	struct fw_rt_eval ev = eval_of(&s, iters);
+	if (s.have_valid && fw_rt_evaluate(&ev, &loss, stats, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}

@@ -21,5 +21,6 @@
 #include "fw/runtime/adapter.h"
 #include "fw/runtime/checkpoint.h"
 #include "fw/runtime/data.h"
+#include "fw/runtime/trainer.h"
 
 #endif
