@@ -4,7 +4,7 @@
 #
 #   core/     libfw: engine, formats/IO, plugin loader  (sees only itself)
 #   runtime/  libfw_runtime                             (sees core's public headers)
-#   tools/    fwrun, fw-demo                            (sees runtime and core's public headers)
+#   tools/    fwrun                                     (sees runtime and core's public headers)
 #   plugins/  one .so each                              (sees fw/plugin.h and core's public
 #                                                        headers, never the loader or runtime)
 #   examples/ built against the installed package       (installed headers only)
