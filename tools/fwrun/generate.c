@@ -20,54 +20,6 @@
 
 #include "fwrun.h"
 
-struct cand {
-	float p;
-	int id;
-};
-
-static int by_prob(const void *a, const void *b)
-{
-	const struct cand *x = a, *y = b;
-	return x->p < y->p ? 1 : x->p > y->p ? -1 : x->id - y->id;
-}
-
-/* Greedy at temperature 0; otherwise temperature, top-k, then top-p. */
-static int sample(const float *logits, int V, double temp, int top_k, double top_p,
-		  uint64_t key, uint64_t counter, struct cand *c)
-{
-	int best = 0;
-	for (int i = 1; i < V; i++)
-		if (logits[i] > logits[best])
-			best = i;
-	if (temp <= 0)
-		return best;
-	for (int i = 0; i < V; i++)
-		c[i] = (struct cand){ (float)((logits[i] - logits[best]) / temp), i };
-	qsort(c, (size_t)V, sizeof(*c), by_prob);
-	int n = top_k > 0 && top_k < V ? top_k : V;
-	double sum = 0;
-	for (int i = 0; i < n; i++)
-		sum += c[i].p = expf(c[i].p);
-	double acc = 0;
-	for (int i = 0; i < n; i++) {           /* nucleus: smallest prefix >= top_p */
-		acc += c[i].p / sum;
-		if (acc >= top_p) {
-			n = i + 1;
-			break;
-		}
-	}
-	double total = 0;
-	for (int i = 0; i < n; i++)
-		total += c[i].p;
-	double r = fw_rng_uniform(key, counter) * total;
-	for (int i = 0; i < n; i++) {
-		r -= c[i].p;
-		if (r <= 0)
-			return c[i].id;
-	}
-	return c[n - 1].id;
-}
-
 static int parse_tokens(const char *s, int32_t **out, int64_t *n)
 {
 	int64_t cap = 16;
@@ -221,7 +173,7 @@ struct gen {
 	double temp, top_p, penalty;
 	int top_k;
 	uint64_t key;
-	struct cand *cands;
+	struct fw_rt_cand *cands;
 	float *scores;                    /* the logits after the repetition penalty */
 	uint8_t *seen;                    /* ids in the context so far */
 	struct fw_tokenizer *tok;         /* NULL: print ids */
@@ -292,13 +244,10 @@ static enum fw_status complete(struct gen *s, const int32_t *prompt, int64_t n,
 		}
 		/* Repetition penalty (CTRL, as Hugging Face's processor): before
 		 * temperature, on every id already in the context. */
-		const float *logits = s->m.logits->data;
-		for (int i = 0; i < s->n_sample; i++)
-			s->scores[i] = !s->seen[i] ? logits[i] : logits[i] > 0 ?
-				       (float)(logits[i] / s->penalty) :
-				       (float)(logits[i] * s->penalty);
-		tok = sample(s->scores, s->n_sample, s->temp, s->top_k, s->top_p, s->key,
-			     (uint64_t)p, s->cands);
+		fw_rt_repetition_penalty(s->m.logits->data, s->seen, s->n_sample, s->penalty,
+					 s->scores);
+		tok = fw_rt_sample(s->scores, s->n_sample, s->temp, s->top_k, s->top_p, s->key,
+				   (uint64_t)p, s->cands);
 		s->seen[tok] = 1;
 		if (!s->tok) {
 			printf("%s%d", printed++ ? "," : "", tok);

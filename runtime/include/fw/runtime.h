@@ -22,5 +22,6 @@
 #include "fw/runtime/checkpoint.h"
 #include "fw/runtime/data.h"
 #include "fw/runtime/trainer.h"
+#include "fw/runtime/sample.h"
 
 #endif
