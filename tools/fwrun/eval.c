@@ -76,8 +76,12 @@ int cmd_eval(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}
-	if (*score && score_file(score, s.cfg.run, s.tok, &s.model, s.eval_g,
-				 &scores, &s.err) != FW_OK) {
+	struct fw_rt_score_config sc = {
+		.max_bad = opt_i(&s, "max-bad-records"),
+		.chatml = !strcmp(opt_s(&s, "chat-template"), "chatml"),
+	};
+	if (*score && fw_rt_score_file(score, &sc, s.tok, &s.model, s.eval_g, &fwrun_log,
+				       &scores, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
 		goto out;
 	}

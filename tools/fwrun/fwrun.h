@@ -140,13 +140,4 @@ int die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* The log of runtime calls: "fwrun: LINE" on stderr. */
 extern const struct fw_rt_log fwrun_log;
 
-/* --- scoring JSONL records (score.c) ------------------------------------------------- */
-
-/* fwrun eval --score-data (docs/training.md, "Eval"): scores path's prompt/
- * response and multiple-choice records with g, an eval graph of m whose
- * outputs include m->logits. *json (malloc'd) gets the results as JSON
- * object members, without braces. */
-enum fw_status score_file(const char *path, const struct fw_options *run, struct fw_tokenizer *tok,
-			  struct fw_model *m, struct fw_graph *g, char **json, struct fw_err *err);
-
 #endif

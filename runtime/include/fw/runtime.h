@@ -23,5 +23,6 @@
 #include "fw/runtime/data.h"
 #include "fw/runtime/trainer.h"
 #include "fw/runtime/sample.h"
+#include "fw/runtime/score.h"
 
 #endif

@@ -1,8 +1,8 @@
-/* score.c - fwrun eval --score-data: log-likelihood of responses and
+/* score.c - scoring JSONL records (fw/runtime/score.h; fwrun eval --score-data): log-likelihood of responses and
  * multiple-choice accuracy from JSONL records (docs/training.md, "Eval").
  *
  * A {"prompt", "response"} record (or "messages", or "text") is tokenized by
- * example_from_json and scored on exactly the tokens the SFT loss uses: the
+ * fw_rt_example_from_json and scored on exactly the tokens the SFT loss uses: the
  * response and the EOS after it. A {"prompt", "choices", "answer"} record
  * gives one sequence per choice, prompt then choice, scored on the choice's
  * tokens (no EOS), as lm-evaluation-harness does.
@@ -19,7 +19,8 @@
 
 #include <jansson.h>
 
-#include "fwrun.h"
+#include "fw/graph.h"
+#include "fw/runtime/score.h"
 
 /* --- reading JSONL ----------------------------------------------------------------------- */
 
@@ -288,7 +289,8 @@ static void put_record(FILE *f, const struct scoring *sc, const struct rec *r)
 }
 
 /* The results as JSON object members: totals first, then one entry a record. */
-static char *report(const struct scoring *sc, const char *path, int64_t n_bad)
+static char *report(const struct scoring *sc, const char *path, int64_t n_bad,
+		    const struct fw_rt_log *log)
 {
 	int64_t n_resp = 0, n_tok = 0, n_choice = 0, acc = 0, acc_norm = 0;
 	double sum = 0;
@@ -307,8 +309,8 @@ static char *report(const struct scoring *sc, const char *path, int64_t n_bad)
 			acc_norm += argmax(s, r->n_choices, true) == r->answer;
 		}
 	}
-	fprintf(stderr, "fwrun: score-data: %lld records scored (%lld responses, %lld multiple "
-		"choice), %lld bad records skipped, %lld longer than %lld tokens skipped\n",
+	fw_rt_logf(log, FW_LOG_INFO, "score-data: %lld records scored (%lld responses, %lld "
+		   "multiple choice), %lld bad records skipped, %lld longer than %lld tokens skipped",
 		(long long)(n_resp + n_choice), (long long)n_resp, (long long)n_choice,
 		(long long)n_bad, (long long)sc->too_long, (long long)sc->T + 1);
 
@@ -347,27 +349,25 @@ static char *report(const struct scoring *sc, const char *path, int64_t n_bad)
 	return buf;
 }
 
-enum fw_status score_file(const char *path, const struct fw_options *run, struct fw_tokenizer *tok,
-			  struct fw_model *m, struct fw_graph *g, char **json, struct fw_err *err)
+enum fw_status fw_rt_score_file(const char *path, const struct fw_rt_score_config *cfg,
+				struct fw_tokenizer *tok, struct fw_model *m, struct fw_graph *g,
+				const struct fw_rt_log *log, char **json, struct fw_err *err)
 {
 	struct scoring sc = { .T = m->seq_len };
-	int64_t max_bad = fw_opt_int(run, "max-bad-records");
-	enum fw_status est = fw_rt_encoder_init(&sc.enc, tok,
-						  !strcmp(fw_opt_str(run, "chat-template"), "chatml"),
-						  err);
+	enum fw_status est = fw_rt_encoder_init(&sc.enc, tok, cfg->chatml, err);
 	if (est != FW_OK)
 		return est;
 	int64_t n_bad = 0;
 	*json = NULL;
-	enum fw_status st = fw_rt_jsonl_foreach(path, max_bad, &n_bad, add_record, &sc,
-						 &fwrun_log, err);
+	enum fw_status st = fw_rt_jsonl_foreach(path, cfg->max_bad, &n_bad, add_record, &sc, log,
+						err);
 	if (st == FW_OK && sc.n_seq == 0)
 		st = fw_errorf(err, FW_ERR_FORMAT, "%s: no records to score (%lld bad, %lld longer "
 			       "than --seq-length=%lld + 1 tokens)", path, (long long)n_bad,
 			       (long long)sc.too_long, (long long)sc.T);
 	if (st == FW_OK)
 		st = run_rows(&sc, m, g, err);
-	if (st == FW_OK && !(*json = report(&sc, path, n_bad)))
+	if (st == FW_OK && !(*json = report(&sc, path, n_bad, log)))
 		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	drop_seqs(&sc, 0);
 	free(sc.seq);
