@@ -148,6 +148,26 @@ START_TEST(test_newest)
 }
 END_TEST
 
+/* The INI text of a stored configuration: keys before any section are
+ * [run]'s; comments, blank lines and spaces are skipped. */
+START_TEST(test_ini)
+{
+	const char *text = "plugins = arch/decoder, peft/lora\n# comment\n\n[run]\n"
+			   "lr = 0.001  \n[peft/lora]\n  lora-r = 8\n; x = 1\n";
+	char *v = fw_rt_ini_lookup(text, "run", "plugins");
+	ck_assert_str_eq(v, "arch/decoder, peft/lora");
+	free(v);
+	v = fw_rt_ini_lookup(text, "run", "lr");
+	ck_assert_str_eq(v, "0.001");
+	free(v);
+	v = fw_rt_ini_lookup(text, "peft/lora", "lora-r");
+	ck_assert_str_eq(v, "8");
+	free(v);
+	ck_assert_ptr_null(fw_rt_ini_lookup(text, "peft/lora", "x"));
+	ck_assert_ptr_null(fw_rt_ini_lookup(text, "run", "lora-r"));
+}
+END_TEST
+
 int main(void)
 {
 	if (!mkdtemp(dir)) {
@@ -159,6 +179,7 @@ int main(void)
 	tcase_add_test(tc, test_round_trip);
 	tcase_add_test(tc, test_names);
 	tcase_add_test(tc, test_newest);
+	tcase_add_test(tc, test_ini);
 	suite_add_tcase(s, tc);
 	int rc = fwt_run_suite(s);
 	char cmd[300];

@@ -149,46 +149,6 @@ void adapter_config_defaults(struct config *c, const char *spec, const char *nam
 	fw_free(text);
 }
 
-/* --- base weights ------------------------------------------------------------------ */
-
-enum fw_status load_params(const char *path, struct fw_tensor **params, int n,
-			   const struct fw_plugin_slots *slots, bool base_only, int *n_new,
-			   struct fw_err *err)
-{
-	*n_new = 0;
-	enum fw_status st = check_foreign_tensors(path, params, n, slots, base_only, err);
-	if (st != FW_OK)
-		return st;
-	if (!slots->peft)
-		return fw_h5_load(path, params, n, err);
-	struct fw_h5_entry *ents = NULL;
-	int ne = 0;
-	if ((st = fw_h5_list(path, &ents, &ne, err)) != FW_OK)
-		return st;
-	struct fw_tensor **have = malloc(sizeof(*have) * (size_t)(n + 1));
-	if (!have) {
-		fw_free(ents);
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	}
-	int nh = 0;
-	for (int i = 0; i < n; i++) {
-		bool in_file = false;
-		for (int k = 0; k < ne && !in_file; k++)
-			in_file = !strcmp(ents[k].name, params[i]->name);
-		/* A trainable tensor the file lacks is new (an adapter's): it keeps
-		 * its initialisation. Anything else goes to fw_h5_load, which names
-		 * what is missing. */
-		if (in_file || !(params[i]->flags & FW_FLAG_TRAINABLE))
-			have[nh++] = params[i];
-		else
-			(*n_new)++;
-	}
-	st = fw_h5_load(path, have, nh, err);
-	free(have);
-	fw_free(ents);
-	return st;
-}
-
 /* --- checks of adapter files against the model or a weights file ------------------------ */
 
 /* Where the base tensors of a check come from. */

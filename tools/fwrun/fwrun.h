@@ -72,13 +72,6 @@ long long ckpt_step(const char *name);
 
 /* --- what checkpoints and run directories belong to (runs.c) ------------------------ */
 
-/* Refuses (INVALID, one line naming the first few and the plugins they need)
- * the tensors of path that are neither in params[0..n) nor optimizer state:
- * trained tensors this run would silently drop. With base_only, says which
- * it drops and returns FW_OK. slots NULL: the arch's tensors only (export). */
-enum fw_status check_foreign_tensors(const char *path, struct fw_tensor **params, int n,
-				     const struct fw_plugin_slots *slots, bool base_only,
-				     struct fw_err *err);
 /* Whether two resolved configurations (config_dump's INI) train the same run:
  * equal but for where a run writes, how often it logs or evaluates, how long
  * it goes on, and other commands' options. If not, why names the first
@@ -112,13 +105,6 @@ int cmd_export_adapter(int argc, char **argv);
 /* Fills the peft plugin's unset options from the config of the adapter that
  * --adapter (spec) and --adapter-name (name) choose; silent on bad files. */
 void adapter_config_defaults(struct config *c, const char *spec, const char *name);
-/* fw_h5_load of every parameter; with a peft plugin, trainable parameters the
- * file lacks (new adapter tensors) keep their initialisation and are counted.
- * Tensors of the file that no parameter takes are refused (check_foreign_tensors)
- * unless base_only. */
-enum fw_status load_params(const char *path, struct fw_tensor **params, int n,
-			   const struct fw_plugin_slots *slots, bool base_only, int *n_new,
-			   struct fw_err *err);
 /* Checks every --adapter file against the model's base and applies the one
  * --adapter-name picks with the peft plugin's load hook (merge with
  * --merge-adapter, allowed only when inference). */

@@ -473,8 +473,9 @@ int cmd_generate(int argc, char **argv)
 	/* Weights: every parameter by name from the checkpoint. */
 	int n_params = fw_rt_model_params(ctx, &params);
 	int n_new;
-	if (!params || load_params(path, params, n_params, &slots,
-						       fw_opt_bool(o, "base-only"), &n_new, &err) != FW_OK ||
+	if (!params || fw_rt_model_load_weights(path, params, n_params, &slots,
+						fw_opt_bool(o, "base-only"), &n_new, &fwrun_log,
+						&err) != FW_OK ||
 	    adapter_apply(&cfg, &slots, &s.m, true, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", params ? err.msg : "out of memory");
 		goto out;

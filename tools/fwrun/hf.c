@@ -594,7 +594,8 @@ int cmd_export(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "export: out of memory");
 		goto out;
 	}
-	if (check_foreign_tensors(argv[0], g.tp, g.n, NULL, base_only, &err) != FW_OK ||
+	if (fw_rt_check_foreign_tensors(argv[0], g.tp, g.n, NULL, base_only, &fwrun_log,
+					&err) != FW_OK ||
 	    fw_h5_load(argv[0], g.tp, g.n, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", err.msg);
 		goto out;

@@ -178,8 +178,8 @@ enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
 		return st;
 	}
 	int n_new = 0;
-	st = load_params(path, params, np, &s->slots, fw_opt_bool(s->cfg.run, "base-only"), &n_new,
-			 err);
+	st = fw_rt_model_load_weights(path, params, np, &s->slots,
+				      fw_opt_bool(s->cfg.run, "base-only"), &n_new, &fwrun_log, err);
 	free(params);
 	if (st == FW_OK && n_new && full && !*opt_s(s, "adapter"))
 		fprintf(stderr, "fwrun: %d %s tensors are not in %s: they start from their "

@@ -15,6 +15,7 @@
 #include "fw/fw.h"
 #include "fw/runtime/log.h"
 #include "fw/runtime/file.h"
+#include "fw/runtime/ini.h"
 #include "fw/runtime/schedule.h"
 #include "fw/runtime/model.h"
 #include "fw/runtime/optim.h"

@@ -23,6 +23,7 @@
 #define FW_RUNTIME_MODEL_H
 
 #include "fw/loader.h"
+#include "fw/runtime/log.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -72,6 +73,27 @@ enum fw_status fw_rt_model_share_weights(struct fw_ctx *dst, const struct fw_ctx
  * dtype and shape); both allocated. *n_copied (may be NULL) counts them. */
 enum fw_status fw_rt_model_copy_weights(struct fw_ctx *dst, const struct fw_ctx *src,
 					int *n_copied, struct fw_err *err);
+
+/* Loads every parameter of params[0..n) by name from path (an fw HDF5 file:
+ * a checkpoint or weights). With a peft plugin in plugins, trainable
+ * parameters the file lacks (a new adapter's) keep their initialisation and
+ * are counted in *n_new. Tensors of the file that no parameter takes, other
+ * than optimizer state, are refused (fw_rt_check_foreign_tensors).
+ * Errors: fw_h5_load's (a missing tensor, a shape) and FW_ERR_INVALID. */
+enum fw_status fw_rt_model_load_weights(const char *path, struct fw_tensor *const *params,
+					int n, const struct fw_plugin_slots *plugins,
+					bool base_only, int *n_new, const struct fw_rt_log *log,
+					struct fw_err *err);
+
+/* FW_ERR_INVALID, one line naming the first few and the plugins the file's
+ * run had that these plugins lack, for the tensors of path that are neither
+ * in params[0..n) nor optimizer state: trained tensors a run would silently
+ * drop. With base_only, logs (warning) which it drops and returns FW_OK.
+ * plugins NULL: the arch's tensors only (an export). */
+enum fw_status fw_rt_check_foreign_tensors(const char *path, struct fw_tensor *const *params,
+					   int n, const struct fw_plugin_slots *plugins,
+					   bool base_only, const struct fw_rt_log *log,
+					   struct fw_err *err);
 
 #ifdef __cplusplus
 }
