@@ -7,7 +7,9 @@
  *   - clipping: the norm, and gradients scaled to the limit;
  *   - state tensors: names, shapes, zero start, in the optimizer arena;
  *   - the trainer: callbacks in order, evaluation and save schedule, a stop
- *     asked by a callback, resuming. */
+ *     asked by a callback, resuming;
+ *   - decoding: greedy tokens through the KV cache equal the argmax of a
+ *     full forward over the same sequence. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -380,6 +382,66 @@ START_TEST(test_trainer_callbacks)
 }
 END_TEST
 
+/* Greedy decoding through the KV cache gives, at every step, the argmax of
+ * a full forward over the same tokens; a callback's stop ends it. */
+struct tokens {
+	int32_t ids[16];
+	int n, stop_after;
+};
+
+static enum fw_rt_action keep_token(void *user, int32_t tok)
+{
+	struct tokens *t = user;
+	t->ids[t->n++] = tok;
+	return t->stop_after && t->n >= t->stop_after ? FW_RT_STOP : FW_RT_CONTINUE;
+}
+
+START_TEST(test_decoder_matches_forward)
+{
+	struct net n;
+	struct fw_err err = { 0 };
+	net_open(&n, NULL, NULL, NULL, false);
+	n.g = fw_graph_new(n.ctx, &n.m.logits, 1, &(struct fw_graph_opts){ 0 });
+	ck_assert_msg(n.g != NULL, "%s", fw_ctx_err(n.ctx)->msg);
+	ck_assert_int_eq(fw_ctx_init_params(n.ctx, 11), FW_OK);
+	struct fw_rt_decoder d;
+	ck_assert_msg(fw_rt_decoder_open(&d, &n.slots, T, 1, &err) == FW_OK, "%s", err.msg);
+	int copied = 0;
+	ck_assert_int_eq(fw_rt_model_copy_weights(d.ctx, n.ctx, &copied, &err), FW_OK);
+	ck_assert_int_gt(copied, 0);
+	const int32_t prompt[3] = { 5, 17, 3 };
+	struct tokens got = { .n = 0 };
+	struct fw_rt_gen_opts o = { .max_new = T - 3, .temperature = 0, .top_p = 1, .penalty = 1 };
+	ck_assert_msg(fw_rt_generate(&d, prompt, 3, &o, keep_token, &got, &err) == FW_OK, "%s",
+		      err.msg);
+	ck_assert_int_eq(got.n, T - 3);
+	/* the same tokens through the full model, row 0 of the batch */
+	int32_t *tok = n.m.tokens->data;
+	memset(tok, 0, sizeof(int32_t) * B * T);
+	memcpy(tok, prompt, sizeof(prompt));
+	memcpy(tok + 3, got.ids, sizeof(int32_t) * (size_t)(T - 3));
+	ck_assert_int_eq(fw_graph_forward(n.g), FW_OK);
+	const float *lg = n.m.logits->data;
+	for (int k = 0; k < T - 3; k++) {
+		const float *row = lg + (int64_t)(2 + k) * V;
+		int best = 0;
+		for (int v = 1; v < V; v++)
+			best = row[v] > row[best] ? v : best;
+		ck_assert_msg(best == got.ids[k], "step %d: decoded %d, full forward %d", k,
+			      got.ids[k], best);
+	}
+	/* a callback's stop */
+	struct tokens two = { .stop_after = 2 };
+	ck_assert_int_eq(fw_rt_generate(&d, prompt, 3, &o, keep_token, &two, &err), FW_OK);
+	ck_assert(two.n == 2 && two.ids[0] == got.ids[0] && two.ids[1] == got.ids[1]);
+	/* more than the cache holds */
+	o.max_new = T;
+	ck_assert_int_eq(fw_rt_generate(&d, prompt, 3, &o, keep_token, &two, &err), FW_ERR_INVALID);
+	fw_rt_decoder_close(&d);
+	net_close(&n);
+}
+END_TEST
+
 /* Errors name the plugin; a missing arch or optimizer is refused. */
 START_TEST(test_build_errors)
 {
@@ -414,6 +476,7 @@ int main(void)
 	tcase_add_test(tc, test_param_groups);
 	tcase_add_test(tc, test_clip_and_state);
 	tcase_add_test(tc, test_trainer_callbacks);
+	tcase_add_test(tc, test_decoder_matches_forward);
 	tcase_add_test(tc, test_build_errors);
 	suite_add_tcase(s, tc);
 	return fwt_run_suite(s);

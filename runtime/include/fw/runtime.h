@@ -24,6 +24,7 @@
 #include "fw/runtime/data.h"
 #include "fw/runtime/trainer.h"
 #include "fw/runtime/sample.h"
+#include "fw/runtime/generate.h"
 #include "fw/runtime/score.h"
 
 #endif
