@@ -1,13 +1,15 @@
 /* finetune.c - LoRA fine-tuning of a small GPT-2 through fw's runtime API
  * alone: plugins opened by name, the model built from a spec, AdamW through
- * fw_rt_optim, Megatron's cosine schedule, clipping, and the adapter saved
- * by the peft plugin's own hook.
+ * fw_rt_optim, the runtime's trainer (Megatron's cosine schedule, clipping,
+ * gradient accumulation, a callback per step), and the adapter saved by the
+ * peft plugin's own hook.
  *
  *   lora-finetune OUT_ADAPTER.h5 [BASE_WEIGHTS.h5]
  *
  * Without base weights the base model starts from its initialisation (a
  * stand-in for a pretrained checkpoint); either way only the LoRA factors
- * train. The data is the bytes of a short text, one token per byte.
+ * train. The data is the bytes of a short text, one token per byte, in
+ * shuffled windows.
  * Exits 0 when the loss fell, 1 on an error or when it did not. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,18 +43,21 @@ fail:
 	return NULL;
 }
 
-/* Micro-batch b: B windows of T + 1 bytes of the text, at a stride. */
-static void batch(struct fw_model *m, int64_t b)
+/* Each step: the loss, now and then a line. */
+struct progress {
+	double first, last;
+};
+
+static enum fw_rt_action on_step(void *user, const struct fw_rt_step_info *in)
 {
-	const int64_t n = (int64_t)sizeof(text) - 1;
-	int32_t *tok = m->tokens->data, *tgt = m->targets->data;
-	for (int64_t r = 0; r < B; r++) {
-		int64_t at = ((b * B + r) * 37) % (n - T - 1);
-		for (int64_t t = 0; t < T; t++) {
-			tok[r * T + t] = (unsigned char)text[at + t];
-			tgt[r * T + t] = (unsigned char)text[at + t + 1];
-		}
-	}
+	struct progress *p = user;
+	if (in->step == 1)
+		p->first = in->loss;
+	p->last = in->loss;
+	if (in->step % 10 == 0 || in->step == 1)
+		printf("step %3lld  loss %.4f  lr %.2e  grad norm %.3f\n", (long long)in->step,
+		       in->loss, in->lr, in->grad_norm);
+	return FW_RT_CONTINUE;
 }
 
 int main(int argc, char **argv)
@@ -65,6 +70,8 @@ int main(int argc, char **argv)
 	struct fw_ctx *ctx = NULL;
 	struct fw_graph *g = NULL;
 	struct fw_rt_optim *opt = NULL;
+	struct fw_rt_loader data;
+	bool have_data = false;
 	struct fw_model m;
 	int rc = 1;
 	if (argc < 2) {
@@ -107,40 +114,45 @@ int main(int argc, char **argv)
 	printf("%lld parameters, %lld trainable (LoRA)\n", (long long)mr.n_params,
 	       (long long)mr.n_trainable);
 
+	/* The data: the text's bytes, one token each, as a stream of windows. */
+	int64_t n_text = (int64_t)sizeof(text) - 1;
+	uint32_t *stream = malloc(sizeof(uint32_t) * (size_t)n_text);
+	for (int64_t i = 0; stream && i < n_text; i++)
+		stream[i] = (unsigned char)text[i];
+	if (!stream) {
+		fw_errorf(&err, FW_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	have_data = true;           /* the loader owns the stream from here */
+	if (fw_rt_loader_from_stream(&data, "text", stream, n_text, B, T, true, spec.seed,
+				     &err) != FW_OK)
+		goto out;
 	/* AdamW, weight decay on matrices only; cosine from 3e-3 to 3e-4. */
 	opt = fw_rt_optim_new(ctx, g, slots.optim, &(struct fw_rt_optim_config){
 		.weight_decay = 0.01 }, &err);
-	struct fw_lr_schedule sched = { .max_lr = 3e-3, .min_lr = 3e-4, .warmup = 5,
-					.decay = STEPS, .style = FW_LR_COSINE };
 	if (!opt)
 		goto out;
-	double first = 0, loss = 0;
-	for (int64_t step = 1; step <= STEPS; step++) {
-		batch(&m, step);
-		fw_graph_set_step(g, step);
-		if (fw_graph_forward(g) != FW_OK || fw_graph_backward(g) != FW_OK) {
-			err = *fw_ctx_err(ctx);
-			goto out;
-		}
-		loss = *(float *)m.loss->data;
-		first = step == 1 ? loss : first;
-		double lr = fw_lr_at(&sched, step);
-		fw_rt_optim_clip(opt, 1.0, fw_rt_optim_grad_norm(opt));
-		if (fw_rt_optim_step(opt, lr, step, &err) != FW_OK)
-			goto out;
-		fw_graph_zero_grad(g);
-		if (step % 10 == 0 || step == 1)
-			printf("step %3lld  loss %.4f  lr %.2e\n", (long long)step, loss, lr);
-	}
+	struct progress prog = { 0 };
+	struct fw_rt_trainer t = {
+		.m = &m, .g = g, .optim = opt, .plugins = &slots, .data = &data,
+		.sched = { .max_lr = 3e-3, .min_lr = 3e-4, .warmup = 5, .decay = STEPS,
+			   .style = FW_LR_COSINE },
+		.iters = STEPS, .accum = 2, .clip = 1.0,
+		.hooks = { .on_step = on_step, .user = &prog },
+	};
+	if (fw_rt_train(&t, NULL, &err) != FW_OK)
+		goto out;
 	bool saved = false;
 	if (fw_rt_adapter_save(&slots, &m, argv[1], &saved, &err) != FW_OK)
 		goto out;
-	printf("loss %.4f -> %.4f; adapter %s%s\n", first, loss, saved ? "saved to " : "not saved",
-	       saved ? argv[1] : "");
-	rc = loss < first - 0.1 ? 0 : 1;
+	printf("loss %.4f -> %.4f; adapter %s%s\n", prog.first, prog.last,
+	       saved ? "saved to " : "not saved", saved ? argv[1] : "");
+	rc = prog.last < prog.first - 0.1 ? 0 : 1;
 out:
 	if (err.status)
 		fprintf(stderr, "lora-finetune: %s\n", err.msg);
+	if (have_data)
+		fw_rt_loader_close(&data);
 	fw_rt_optim_free(opt);
 	fw_graph_free(g);
 	fw_ctx_free(ctx);
