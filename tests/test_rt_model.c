@@ -8,11 +8,14 @@
  *   - state tensors: names, shapes, zero start, in the optimizer arena;
  *   - the trainer: callbacks in order, evaluation and save schedule, a stop
  *     asked by a callback, resuming;
+ *   - weights by name: new adapter tensors kept, foreign tensors refused or
+ *     dropped with a warning;
  *   - decoding: greedy tokens through the KV cache equal the argmax of a
  *     full forward over the same sequence. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
 #include "fw/runtime.h"
@@ -442,6 +445,70 @@ START_TEST(test_decoder_matches_forward)
 }
 END_TEST
 
+/* Weights by name: a LoRA model takes a base file and keeps its new adapter
+ * tensors; a base model refuses a LoRA checkpoint's adapter tensors (named,
+ * with the plugin they need) unless base_only drops them, with a warning. */
+struct warned {
+	char line[512];
+	int n;
+};
+
+static void warn_cb(void *user, enum fw_log_level level, const char *line)
+{
+	struct warned *w = user;
+	ck_assert_int_eq(level, FW_LOG_WARN);
+	snprintf(w->line, sizeof(w->line), "%s", line);
+	w->n++;
+}
+
+START_TEST(test_load_weights)
+{
+	static const char *const adamw[] = { NULL };
+	struct net base, lora;
+	struct fw_err err = { 0 };
+	char dir[] = "/tmp/fw_rt_weights.XXXXXX", bpath[300], lpath[300];
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(bpath, sizeof(bpath), "%s/base.h5", dir);
+	snprintf(lpath, sizeof(lpath), "%s/lora.h5", dir);
+	net_open(&base, NULL, NULL, NULL, false);
+	net_graph(&base, false);
+	ck_assert_int_eq(fw_ctx_init_params(base.ctx, 3), FW_OK);
+	struct fw_tensor **bp = NULL, **lp = NULL;
+	int nb = fw_rt_model_params(base.ctx, &bp);
+	ck_assert_int_eq(fw_h5_save(bpath, bp, nb, NULL, 0, &err), FW_OK);
+
+	net_open(&lora, "peft/lora", "optim/adamw", adamw, true);
+	net_graph(&lora, true);
+	ck_assert_int_eq(fw_ctx_init_params(lora.ctx, 4), FW_OK);
+	int nl = fw_rt_model_params(lora.ctx, &lp), n_new = -1;
+	ck_assert_msg(fw_rt_model_load_weights(bpath, lp, nl, &lora.slots, false, &n_new, NULL,
+					       &err) == FW_OK, "%s", err.msg);
+	ck_assert_int_eq(n_new, nl - nb);                       /* the adapter's, kept */
+	for (int i = 0; i < nb; i++)
+		ck_assert(!memcmp(bp[i]->data, fw_ctx_find(lora.ctx, bp[i]->name)->data,
+				  fw_nbytes(bp[i])));
+	ck_assert_int_eq(fw_h5_save(lpath, lp, nl, NULL, 0, &err), FW_OK);
+
+	ck_assert_int_eq(fw_rt_model_load_weights(lpath, bp, nb, &base.slots, false, &n_new, NULL,
+						  &err), FW_ERR_INVALID);
+	ck_assert_ptr_nonnull(strstr(err.msg, "lora_A"));
+	ck_assert_ptr_nonnull(strstr(err.msg, "no loaded plugin owns"));
+	struct warned w = { .n = 0 };
+	struct fw_rt_log log = { warn_cb, &w };
+	ck_assert_msg(fw_rt_model_load_weights(lpath, bp, nb, &base.slots, true, &n_new, &log,
+					       &err) == FW_OK, "%s", err.msg);
+	ck_assert_int_eq(w.n, 1);
+	ck_assert_ptr_nonnull(strstr(w.line, "dropping"));
+	unlink(bpath);
+	unlink(lpath);
+	rmdir(dir);
+	free(bp);
+	free(lp);
+	net_close(&lora);
+	net_close(&base);
+}
+END_TEST
+
 /* Errors name the plugin; a missing arch or optimizer is refused. */
 START_TEST(test_build_errors)
 {
@@ -477,6 +544,7 @@ int main(void)
 	tcase_add_test(tc, test_clip_and_state);
 	tcase_add_test(tc, test_trainer_callbacks);
 	tcase_add_test(tc, test_decoder_matches_forward);
+	tcase_add_test(tc, test_load_weights);
 	tcase_add_test(tc, test_build_errors);
 	suite_add_tcase(s, tc);
 	return fwt_run_suite(s);
