@@ -684,3 +684,16 @@ void fwt_alloc_restore(void)
 {
 	fw_set_allocator(NULL, NULL, NULL);
 }
+
+struct fw_loaded *fwt_plugin_open(const char *name, int kind, const char *const *opts)
+{
+	struct fw_loaded *p = NULL;
+	struct fw_err err = { 0 };
+	ck_assert_msg(fw_plugin_open(name, kind, &p, &err) == FW_OK, "%s", err.msg);
+	for (int i = 0; opts && opts[i]; i += 2)
+		ck_assert_msg(fw_options_set(p->opts, opts[i], opts[i + 1], &err) == FW_OK, "%s",
+			      err.msg);
+	ck_assert_msg(fw_options_resolve(p->opts, &err) == FW_OK, "%s", err.msg);
+	ck_assert_msg(fw_plugin_init(p, NULL, &err) == FW_OK, "%s", err.msg);
+	return p;
+}

@@ -163,6 +163,9 @@ int fwt_h5_list(struct fwt_h5 *f, const char *group, char **names, int max);
 /* --- running ----------------------------------------------------------------------- */
 
 /* Runs s in fork mode with CK_NORMAL output; returns 0 if all passed, else 1. */
+/* Opens plugin name (of kind), sets opts (name, value, ..., NULL; may be
+ * NULL), resolves and initialises it; fails the test on any error. */
+struct fw_loaded *fwt_plugin_open(const char *name, int kind, const char *const *opts);
 int fwt_run_suite(Suite *s);
 /* A TCase with the given timeout in seconds. */
 TCase *fwt_tcase(const char *name, double timeout_s);

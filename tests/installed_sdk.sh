@@ -5,7 +5,9 @@
 #   2. the install is relocatable: it is made in one prefix and moved to
 #      another, and then fwrun runs, finds its own plugins, and
 #      examples/hello-optim builds out of tree against the moved CMake package
-#      and pkg-config file with gcc and clang, and fwrun loads the plugin.
+#      and pkg-config file with gcc and clang, and fwrun loads the plugin;
+#   3. examples/lora-finetune, a program on the runtime library alone, builds
+#      the same ways and fine-tunes a tiny model with LoRA.
 # Usage: tests/installed_sdk.sh BUILD_DIR SOURCE_DIR
 # Ends with "installed_sdk: N passed, M failed"; exit 0 only without failures.
 set -uo pipefail
@@ -44,14 +46,14 @@ check "fwrun searches the moved prefix's plugin dir, loads arch/decoder from it"
 check "fw.pc points into the moved prefix" \
 	bash -c "[ \"\$(PKG_CONFIG_PATH='$prefix/lib/pkgconfig' pkg-config --variable=includedir fw)\" -ef '$prefix/include' ]"
 
-echo "installed headers ($prefix/include/fw):"
-headers=("$prefix"/include/fw/*.h)
+echo "installed headers ($prefix/include/fw, fw/runtime):"
+headers=("$prefix"/include/fw/*.h "$prefix"/include/fw/runtime/*.h)
 [ ${#headers[@]} -ge 10 ] || { echo "  FAIL  only ${#headers[@]} headers installed"; exit 1; }
 compilers=("gcc -std=c11 -x c" "clang -std=c11 -x c" "g++ -std=c++17 -x c++"
 	   "clang++ -std=c++17 -x c++")
 for cc in "${compilers[@]}"; do
 	for h in "${headers[@]}"; do
-		name=fw/$(basename "$h")
+		name=${h#"$prefix"/include/}
 		# twice: the include guard holds
 		printf '#include <%s>\n#include <%s>\nint main(void) { return 0; }\n' "$name" "$name" \
 			>"$work/one.c"
@@ -61,12 +63,18 @@ for cc in "${compilers[@]}"; do
 	done
 done
 
+cmake_example() {  # example folder, output folder: configure and build with gcc and clang
+	for cc in gcc clang; do
+		check "$cc: configure" cmake -S "$src/examples/$1" -B "$work/$2-$cc" \
+			-DCMAKE_C_COMPILER=$cc -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_FLAGS=-Werror
+		check "$cc: build" cmake --build "$work/$2-$cc"
+	done
+}
+
 echo "examples/hello-optim against the installed package:"
+cmake_example hello-optim hello
 for cc in gcc clang; do
 	out=$work/hello-$cc
-	check "$cc: configure" cmake -S "$src/examples/hello-optim" -B "$out" \
-		-DCMAKE_C_COMPILER=$cc -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_FLAGS=-Werror
-	check "$cc: build" cmake --build "$out"
 	check "$cc: fwrun list shows optim/hello" \
 		bash -c "FW_PLUGIN_PATH='$out/plugins' '$prefix/bin/fwrun' list | grep -q 'optim/hello'"
 done
@@ -81,6 +89,16 @@ for cc in gcc clang; do
 	check "$cc: fwrun list shows optim/hello" \
 		bash -c "FW_PLUGIN_PATH='$work/pc-$cc' '$prefix/bin/fwrun' list | grep -q 'optim/hello'"
 done
+
+echo "examples/lora-finetune (the runtime API alone) against the installed package:"
+cmake_example lora-finetune finetune
+check "lora-finetune trains a tiny LoRA model, its loss falls, the adapter is saved" \
+	bash -c "env -u FW_PLUGIN_PATH '$work/finetune-gcc/lora-finetune' '$work/adapter.h5' && \
+		 [ -s '$work/adapter.h5' ]"
+check "lora-finetune through pkg-config fw-runtime" \
+	bash -c "gcc -Wall -Wextra -Werror -o '$work/finetune-pc' '$src/examples/lora-finetune/finetune.c' \
+		 \$(PKG_CONFIG_PATH='$prefix/lib/pkgconfig' pkg-config --cflags --libs fw-runtime) \
+		 -Wl,-rpath,'$prefix/lib' && '$work/finetune-pc' '$work/adapter2.h5'"
 
 echo "installed_sdk: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "fw/runtime/model.h"
 
 static char plugin_path[4200];
 static char scratch[4200];
@@ -28,19 +29,6 @@ struct rig {
 	const struct fw_peft_i *pi;
 };
 
-static struct fw_loaded *open_with(const char *name, int kind, const char *const *opts)
-{
-	struct fw_loaded *p = NULL;
-	struct fw_err err = { 0 };
-	ck_assert_msg(fw_plugin_open(name, kind, &p, &err) == FW_OK, "%s", err.msg);
-	for (int i = 0; opts && opts[i]; i += 2)
-		ck_assert_msg(fw_options_set(p->opts, opts[i], opts[i + 1], &err) == FW_OK, "%s",
-			      err.msg);
-	ck_assert_msg(fw_options_resolve(p->opts, &err) == FW_OK, "%s", err.msg);
-	ck_assert_msg(fw_plugin_init(p, NULL, &err) == FW_OK, "%s", err.msg);
-	return p;
-}
-
 /* A 2-layer GPT-2 of width 16 with LoRA options lopts (name, value, ..., NULL). */
 static void rig_open(struct rig *r, const char *const *lopts)
 {
@@ -49,19 +37,16 @@ static void rig_open(struct rig *r, const char *const *lopts)
 	struct fw_err err = { 0 };
 	setenv("FW_PLUGIN_PATH", plugin_path, 1);
 	memset(r, 0, sizeof(*r));
-	r->arch = open_with("arch/decoder", FW_KIND_ARCH, arch_opts);
-	r->att = open_with("attention/mha", FW_KIND_ATTENTION, NULL);
-	r->peft = open_with("peft/lora", FW_KIND_PEFT, lopts);
+	r->arch = fwt_plugin_open("arch/decoder", FW_KIND_ARCH, arch_opts);
+	r->att = fwt_plugin_open("attention/mha", FW_KIND_ATTENTION, NULL);
+	r->peft = fwt_plugin_open("peft/lora", FW_KIND_PEFT, lopts);
 	r->slots = (struct fw_plugin_slots){ .arch = r->arch, .attention = r->att, .peft = r->peft };
 	r->ctx = fw_ctx_new();
-	r->m = (struct fw_model){ .size = sizeof(r->m), .ctx = r->ctx, .host = fw_host_table(),
-				  .opts = r->arch->opts, .batch = 2, .seq_len = 8, .training = true,
-				  .seed = 1, .host_private = &r->slots };
 	r->pi = r->peft->desc->iface;
-	const struct fw_arch_i *ai = r->arch->desc->iface;
-	ck_assert_msg(ai->build(r->arch->state, &r->m, &err) == FW_OK, "%s / %s", err.msg,
-		      fw_ctx_err(r->ctx)->msg);
-	ck_assert_msg(r->pi->freeze(r->peft->state, &r->m, &err) == FW_OK, "%s", err.msg);
+	/* the runtime's build: the arch, then peft/lora's freeze */
+	struct fw_rt_model_spec spec = { .plugins = &r->slots, .batch = 2, .seq_len = 8,
+					 .training = true, .seed = 1 };
+	ck_assert_msg(fw_rt_model_build(&spec, r->ctx, &r->m, &err) == FW_OK, "%s", err.msg);
 	r->g = fw_graph_new(r->ctx, &r->m.loss, 1, &(struct fw_graph_opts){
 		.backward = true, .training = true });
 	ck_assert_msg(r->g != NULL, "%s", fw_ctx_err(r->ctx)->msg);

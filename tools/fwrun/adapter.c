@@ -143,50 +143,10 @@ void adapter_config_defaults(struct config *c, const char *spec, const char *nam
 	if (!c->plugin[FW_KIND_PEFT] || !spec || !*spec ||
 	    parse_adapters(spec, refs, &n, &err) != FW_OK || (i = pick(refs, n, name, &err)) < 0)
 		return;
-	if (fw_h5_read_attr(refs[i].path, "config", &text, NULL) != FW_OK)
+	if (fw_rt_ckpt_read_config(refs[i].path, &text, NULL) != FW_OK)
 		return;
 	ini_parse_string(text, ini_fill, c);
 	fw_free(text);
-}
-
-/* --- base weights ------------------------------------------------------------------ */
-
-enum fw_status load_params(const char *path, struct fw_tensor **params, int n,
-			   const struct fw_plugin_slots *slots, bool base_only, int *n_new,
-			   struct fw_err *err)
-{
-	*n_new = 0;
-	enum fw_status st = check_foreign_tensors(path, params, n, slots, base_only, err);
-	if (st != FW_OK)
-		return st;
-	if (!slots->peft)
-		return fw_h5_load(path, params, n, err);
-	struct fw_h5_entry *ents = NULL;
-	int ne = 0;
-	if ((st = fw_h5_list(path, &ents, &ne, err)) != FW_OK)
-		return st;
-	struct fw_tensor **have = malloc(sizeof(*have) * (size_t)(n + 1));
-	if (!have) {
-		fw_free(ents);
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	}
-	int nh = 0;
-	for (int i = 0; i < n; i++) {
-		bool in_file = false;
-		for (int k = 0; k < ne && !in_file; k++)
-			in_file = !strcmp(ents[k].name, params[i]->name);
-		/* A trainable tensor the file lacks is new (an adapter's): it keeps
-		 * its initialisation. Anything else goes to fw_h5_load, which names
-		 * what is missing. */
-		if (in_file || !(params[i]->flags & FW_FLAG_TRAINABLE))
-			have[nh++] = params[i];
-		else
-			(*n_new)++;
-	}
-	st = fw_h5_load(path, have, nh, err);
-	free(have);
-	fw_free(ents);
-	return st;
 }
 
 /* --- checks of adapter files against the model or a weights file ------------------------ */
@@ -347,11 +307,8 @@ enum fw_status adapter_apply(const struct config *c, const struct fw_plugin_slot
 		    (st = check_base(refs[i].path, &src, "this model", err)) != FW_OK)
 			return st;
 	}
-	struct fw_err e = { 0 };
-	if (pi->load(slots->peft->state, m, refs[a].path, &e) != FW_OK)
-		return fw_errorf(err, e.status ? e.status : FW_ERR_INTERNAL, "%s", e.msg);
-	if (merge && pi->merge(slots->peft->state, m, &e) != FW_OK)
-		return fw_errorf(err, e.status ? e.status : FW_ERR_INTERNAL, "%s", e.msg);
+	if ((st = fw_rt_adapter_load(slots, m, refs[a].path, merge, err)) != FW_OK)
+		return st;
 	fprintf(stderr, "fwrun: adapter '%s' (%s) applied%s\n", refs[a].name, refs[a].path,
 		merge ? ", merged into the weights" : "");
 	return FW_OK;
@@ -362,19 +319,13 @@ enum fw_status adapter_save(const struct fw_plugin_slots *slots, struct fw_model
 {
 	if (!slots->peft)
 		return FW_OK;
-	const struct fw_peft_i *pi = slots->peft->desc->iface;
-	if (!pi->save)
-		return FW_OK;
 	char path[4200];
 	snprintf(path, sizeof(path), "%s/adapter-%08lld.h5", dir, (long long)step);
-	struct fw_err e = { 0 };
-	if (pi->save(slots->peft->state, m, path, &e) != FW_OK) {
-		if (e.status == FW_ERR_UNSUPPORTED)
-			return FW_OK;            /* a plugin without adapter files */
-		return fw_errorf(err, e.status, "%s", e.msg);
-	}
-	fprintf(stderr, "fwrun: saved %s\n", path);
-	return FW_OK;
+	bool saved;
+	enum fw_status st = fw_rt_adapter_save(slots, m, path, &saved, err);
+	if (st == FW_OK && saved)
+		fprintf(stderr, "fwrun: saved %s\n", path);
+	return st;
 }
 
 /* --- files of tensors in memory ---------------------------------------------------------------- */
@@ -646,7 +597,7 @@ int cmd_merge(int argc, char **argv)
 		if (!lora_factor(a.t.t[i].name) && !listed)
 			out[n++] = &a.t.t[i];
 	}
-	fw_h5_read_attr(base_path, "config", &cfg, NULL);
+	fw_rt_ckpt_read_config(base_path, &cfg, NULL);
 	fw_h5_read_attr(base_path, "fw_arch", &arch, NULL);
 	fw_h5_read_attr(base_path, "source", &source, NULL);
 	fw_h5_read_attr(base_path, TOKENIZER_ATTR, &tok, NULL);
@@ -884,12 +835,10 @@ int cmd_export_adapter(int argc, char **argv)
 			"modules_to_save", "layers_to_transform", "layers_pattern", "revision",
 			"use_dora", 0, "lora_bias", 0);
 	snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
-	char tmp[4300];
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	if (!cfg || json_dump_file(cfg, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) != 0 ||
-	    rename(tmp, path) != 0) {
-		unlink(tmp);
-		rc = die(EXIT_RUNTIME, "%s: cannot write", path);
+	struct fw_err werr = { 0 };
+	enum fw_status wst = write_json_file(path, cfg, &werr);
+	if (wst != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", werr.msg);
 		goto out;
 	}
 	fprintf(stderr, "fwrun: exported %s (%d layers, %d tensors) to %s\n", ad_path, a.n_mods,

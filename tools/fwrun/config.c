@@ -13,11 +13,6 @@
 
 #include "fwrun.h"
 
-static const char *const decay_styles[] = { "constant", "linear", "cosine",
-					    "inverse-square-root", "WSD", NULL };
-const char *const *lr_style_choices = decay_styles;
-static const char *const wsd_choices[] = { "exponential", "linear", "cosine", "minus_sqrt",
-					   NULL };
 
 static const char *const tokenizer_choices[] = { "none", "byte", "gpt2", NULL };
 static const char *const data_formats[] = { "auto", "shards", "text", "jsonl", NULL };
@@ -62,13 +57,13 @@ static const struct fw_option_def run_defs[] = {
 	{ "train-iters", FW_OPT_INT, "100", 1, 1e12, NULL, "optimizer steps" },
 	{ "lr", FW_OPT_FLOAT, "3e-4", 0, 10, NULL, "peak learning rate" },
 	{ "min-lr", FW_OPT_FLOAT, "0.0", 0, 10, NULL, "learning-rate floor after decay" },
-	{ "lr-decay-style", FW_OPT_CHOICE, "linear", 0, -1, decay_styles, "learning-rate decay" },
+	{ "lr-decay-style", FW_OPT_CHOICE, "linear", 0, -1, fw_lr_style_names, "learning-rate decay" },
 	{ "lr-decay-iters", FW_OPT_INT, "0", 0, 1e12, NULL, "decay length (0 = train-iters)" },
 	{ "lr-warmup-iters", FW_OPT_INT, "0", 0, 1e12, NULL, "linear warmup iterations" },
 	{ "lr-warmup-fraction", FW_OPT_FLOAT, "0.0", 0, 1, NULL,
 	  "warmup as a fraction of lr-decay-iters (overrides lr-warmup-iters when > 0)" },
 	{ "lr-warmup-init", FW_OPT_FLOAT, "0.0", 0, 10, NULL, "learning rate warmup starts from" },
-	{ "lr-wsd-decay-style", FW_OPT_CHOICE, "exponential", 0, -1, wsd_choices,
+	{ "lr-wsd-decay-style", FW_OPT_CHOICE, "exponential", 0, -1, fw_wsd_style_names,
 	  "WSD anneal shape" },
 	{ "lr-wsd-decay-iters", FW_OPT_INT, "0", 0, 1e12, NULL, "WSD anneal length" },
 	{ "weight-decay", FW_OPT_FLOAT, "0.01", 0, 10, NULL,
@@ -392,7 +387,7 @@ static void apply_file_config(struct config *c, const char *load)
 	if (resolve_load(load, path, sizeof(path), &err) != FW_OK)
 		return;           /* reported when the checkpoint is loaded */
 	char *text = NULL;
-	if (fw_h5_read_attr(path, "config", &text, NULL) != FW_OK)
+	if (fw_rt_ckpt_read_config(path, &text, NULL) != FW_OK)
 		return;
 	ini_parse_string(text, ini_defaults, c);
 	fw_free(text);
@@ -626,7 +621,7 @@ enum fw_status config_load(struct config *c, const char *cmd, int argc, char **a
 	 * made: plugins and options the user leaves out come from it. */
 	struct fw_err le = { 0 };
 	if (cmd && load && *load && resolve_load(load, ckpt, sizeof(ckpt), &le) == FW_OK &&
-	    fw_h5_read_attr(ckpt, "config", &ckpt_config, NULL) == FW_OK)
+	    fw_rt_ckpt_read_config(ckpt, &ckpt_config, NULL) == FW_OK)
 		ckpt_plugins = inherited_plugins(ckpt_config, cmd);
 	if (c->config_path) {
 		FILE *f = fopen(c->config_path, "r");
@@ -768,4 +763,60 @@ char *config_dump(const struct config *c)
 	}
 	fclose(f);
 	return buf;
+}
+
+/* --- fwrun CMD --help --------------------------------------------------------------------- */
+
+static void print_options(const struct config *c, const struct fw_options *o, const char *cmd)
+{
+	for (int i = 0; i < fw_options_count(o); i++) {
+		const struct fw_option_def *d = fw_options_def(o, i);
+		if (option_applies(c, o, d->name, cmd))
+			printf("  --%-24s %s (default: %s)\n", d->name, d->help ? d->help : "",
+			       d->def ? d->def : "required");
+	}
+}
+
+bool wants_help(int argc, char **argv)
+{
+	for (int i = 0; i < argc; i++)
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
+			return true;
+	return false;
+}
+
+int command_help(const char *cmd, const char *usage, int argc, char **argv)
+{
+	struct config c;
+	struct fw_err err = { 0 };
+	char *pos[8];
+	int np;
+	char **args = malloc(sizeof(char *) * (size_t)(argc + 1));
+	int n = 0;
+	for (int i = 0; args && i < argc; i++)
+		if (strcmp(argv[i], "--help") && strcmp(argv[i], "-h"))
+			args[n++] = argv[i];
+	if (!args)
+		return die(EXIT_RUNTIME, "out of memory");
+	if (config_load(&c, NULL, n, args, false, pos, 8, &np, &err) != FW_OK &&
+	    err.status != FW_ERR_INVALID) {
+		config_free(&c);
+		free(args);
+		return die(EXIT_USAGE, "%s", err.msg);
+	}
+	fputs(usage, stdout);
+	printf("\nfwrun options for %s:\n", cmd);
+	if (c.run) {
+		print_options(&c, c.run, cmd);
+		for (int k = 1; k < FW_KIND_COUNT; k++) {
+			if (!c.plugin[k] || (k == FW_KIND_OPTIM && strcmp(cmd, "train") &&
+					     strcmp(cmd, "plan")))
+				continue;
+			printf("\n%s options:\n", c.plugin[k]->desc->name);
+			print_options(&c, c.plugin[k]->opts, cmd);
+		}
+	}
+	config_free(&c);
+	free(args);
+	return EXIT_OK;
 }

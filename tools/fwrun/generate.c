@@ -1,8 +1,8 @@
 /* generate.c - fwrun generate: sample tokens from a model with a KV cache.
  *
- * The arch builds a one-token decoding graph whose attention layers keep
- * their keys and values in per-layer caches, so each new token costs one
- * step over the cache (O(T)), not a forward over the whole sequence.
+ * The decoding is the runtime's (fw/runtime/generate.h: a one-token graph
+ * over per-layer KV caches, prefill, penalty and sampler); this file is
+ * prompts, stop strings and printing.
  *
  * Prompts are token ids (--prompt-tokens; the output is ids) or text
  * (--prompt, --prompt-file, or one a line on stdin with --interactive; the
@@ -19,54 +19,6 @@
 #include <jansson.h>
 
 #include "fwrun.h"
-
-struct cand {
-	float p;
-	int id;
-};
-
-static int by_prob(const void *a, const void *b)
-{
-	const struct cand *x = a, *y = b;
-	return x->p < y->p ? 1 : x->p > y->p ? -1 : x->id - y->id;
-}
-
-/* Greedy at temperature 0; otherwise temperature, top-k, then top-p. */
-static int sample(const float *logits, int V, double temp, int top_k, double top_p,
-		  uint64_t key, uint64_t counter, struct cand *c)
-{
-	int best = 0;
-	for (int i = 1; i < V; i++)
-		if (logits[i] > logits[best])
-			best = i;
-	if (temp <= 0)
-		return best;
-	for (int i = 0; i < V; i++)
-		c[i] = (struct cand){ (float)((logits[i] - logits[best]) / temp), i };
-	qsort(c, (size_t)V, sizeof(*c), by_prob);
-	int n = top_k > 0 && top_k < V ? top_k : V;
-	double sum = 0;
-	for (int i = 0; i < n; i++)
-		sum += c[i].p = expf(c[i].p);
-	double acc = 0;
-	for (int i = 0; i < n; i++) {           /* nucleus: smallest prefix >= top_p */
-		acc += c[i].p / sum;
-		if (acc >= top_p) {
-			n = i + 1;
-			break;
-		}
-	}
-	double total = 0;
-	for (int i = 0; i < n; i++)
-		total += c[i].p;
-	double r = fw_rng_uniform(key, counter) * total;
-	for (int i = 0; i < n; i++) {
-		r -= c[i].p;
-		if (r <= 0)
-			return c[i].id;
-	}
-	return c[n - 1].id;
-}
 
 static int parse_tokens(const char *s, int32_t **out, int64_t *n)
 {
@@ -210,22 +162,15 @@ static bool text_push(struct text_out *t, const char *bytes, size_t n)
 /* --- the decoding graph and one prompt's completion ----------------------------------- */
 
 struct gen {
-	struct fw_model m;
-	struct fw_graph *g;
-	struct fw_tensor *len, *mask;
-	int64_t max_len;                  /* cache positions */
+	struct fw_rt_decoder d;           /* the decoding model and its caches */
 	int64_t n_pos;                    /* the arch's n-positions; 0 = not declared */
 	int64_t max_new;
-	int V;                            /* model vocabulary (logits) */
-	int n_sample;                     /* ids that may be sampled */
-	double temp, top_p, penalty;
-	int top_k;
-	uint64_t key;
-	struct cand *cands;
-	float *scores;                    /* the logits after the repetition penalty */
-	uint8_t *seen;                    /* ids in the context so far */
+	struct fw_rt_gen_opts opts;       /* sampling */
 	struct fw_tokenizer *tok;         /* NULL: print ids */
 	struct text_out text;
+	/* one completion's output: */
+	int32_t eos, turn_end;
+	int printed;
 };
 
 /* The arch's n-positions option (an integer), or 0 if it has none. */
@@ -243,14 +188,31 @@ static enum fw_status fits(const struct gen *s, int64_t n_prompt, struct fw_err 
 {
 	int64_t need = n_prompt + s->max_new;
 	bool model = s->n_pos > 0 && need > s->n_pos;
-	if (model || need > s->max_len)
+	if (model || need > s->d.max_len)
 		return fw_errorf(err, FW_ERR_INVALID,
 				 "the prompt is %lld tokens; with --max-new-tokens=%lld that is "
 				 "%lld positions, more than %s (%lld)",
 				 (long long)n_prompt, (long long)s->max_new, (long long)need,
 				 model ? "the model's n-positions" : "the cache holds",
-				 (long long)(model ? s->n_pos : s->max_len));
+				 (long long)(model ? s->n_pos : s->d.max_len));
 	return FW_OK;
+}
+
+/* Each generated token: its id, or its text up to a stop string or EOS. */
+static enum fw_rt_action print_token(void *user, int32_t tok)
+{
+	struct gen *s = user;
+	if (!s->tok) {
+		printf("%s%d", s->printed++ ? "," : "", tok);
+	} else {
+		size_t nb = 0;
+		const char *b = tok == s->eos || tok == s->turn_end ? NULL :
+				fw_tokenizer_token(s->tok, tok, &nb);
+		if (!b || text_push(&s->text, b, nb))
+			return FW_RT_STOP;      /* EOS or a stop string */
+	}
+	fflush(stdout);
+	return FW_RT_CONTINUE;
 }
 
 /* Runs prompt[0..n) from an empty cache and prints what follows: ids, or
@@ -263,54 +225,20 @@ static enum fw_status complete(struct gen *s, const int32_t *prompt, int64_t n,
 	if (fits(s, n, err) != FW_OK)
 		return err->status;
 	for (int64_t i = 0; i < n; i++)
-		if (prompt[i] >= s->V)
+		if (prompt[i] >= s->d.V)
 			return fw_errorf(err, FW_ERR_INVALID, "%s: token %d is outside the "
 					 "vocabulary (%d)", s->tok ? "prompt" : "--prompt-tokens",
-					 prompt[i], s->V);
-	float *mk = s->mask->data;
-	for (int64_t j = 0; j < s->max_len; j++)        /* an empty cache */
-		mk[j] = -INFINITY;
-	memset(s->seen, 0, (size_t)s->V);
-	for (int64_t i = 0; i < n; i++)
-		s->seen[prompt[i]] = 1;
+					 prompt[i], s->d.V);
 	s->text.n = 0;
-	int32_t eos = s->tok ? fw_tokenizer_eos(s->tok) : -1;
-	int32_t turn_end = s->tok ? fw_tokenizer_find(s->tok, "<|im_end|>", 10) : -1;
-	if (turn_end >= 0 && !fw_tokenizer_is_special(s->tok, turn_end))
-		turn_end = -1;          /* ChatML's end of turn stops like EOS */
-	int tok = prompt[0], printed = 0;
-	for (int64_t p = 0; p < n + s->max_new - 1; p++) {
-		*(int32_t *)s->len->data = (int32_t)p;
-		mk[p] = 0.0f;
-		*(int32_t *)s->m.tokens->data = tok;
-		if (fw_graph_forward(s->g) != FW_OK)
-			return fw_errorf(err, FW_ERR_INTERNAL, "generate: %s",
-					 fw_ctx_err(s->m.ctx)->msg);
-		if (p + 1 < n) {
-			tok = prompt[p + 1];
-			continue;
-		}
-		/* Repetition penalty (CTRL, as Hugging Face's processor): before
-		 * temperature, on every id already in the context. */
-		const float *logits = s->m.logits->data;
-		for (int i = 0; i < s->n_sample; i++)
-			s->scores[i] = !s->seen[i] ? logits[i] : logits[i] > 0 ?
-				       (float)(logits[i] / s->penalty) :
-				       (float)(logits[i] * s->penalty);
-		tok = sample(s->scores, s->n_sample, s->temp, s->top_k, s->top_p, s->key,
-			     (uint64_t)p, s->cands);
-		s->seen[tok] = 1;
-		if (!s->tok) {
-			printf("%s%d", printed++ ? "," : "", tok);
-		} else {
-			size_t nb = 0;
-			const char *b = tok == eos || tok == turn_end ? NULL :
-					fw_tokenizer_token(s->tok, tok, &nb);
-			if (!b || text_push(&s->text, b, nb))
-				break;          /* EOS or a stop string */
-		}
-		fflush(stdout);
-	}
+	s->printed = 0;
+	s->eos = s->tok ? fw_tokenizer_eos(s->tok) : -1;
+	s->turn_end = s->tok ? fw_tokenizer_find(s->tok, "<|im_end|>", 10) : -1;
+	if (s->turn_end >= 0 && !fw_tokenizer_is_special(s->tok, s->turn_end))
+		s->turn_end = -1;       /* ChatML's end of turn stops like EOS */
+	s->opts.max_new = s->max_new;
+	enum fw_status st = fw_rt_generate(&s->d, prompt, n, &s->opts, print_token, s, err);
+	if (st != FW_OK)
+		return st;
 	if (s->tok)
 		text_print(&s->text, s->text.n);
 	printf("\n");
@@ -376,8 +304,6 @@ int cmd_generate(int argc, char **argv)
 	int32_t *prompt = NULL;
 	int64_t n_prompt = 0;
 	struct fw_token_buf ids = { 0 };
-	struct fw_ctx *ctx = NULL;
-	struct fw_kv_cache *caches = NULL;
 	struct fw_tensor **params = NULL;
 	struct stops stops = { 0 };
 	struct gen s = { 0 };
@@ -456,7 +382,7 @@ int cmd_generate(int argc, char **argv)
 		}
 	}
 	size_t text_len = strlen(text);
-	if (*file && !(text = file_text = read_whole_file(file, &text_len, &err))) {
+	if (*file && !(text = file_text = fw_rt_read_file(file, &text_len, &err))) {
 		rc = die(EXIT_USAGE, "--prompt-file: %s", err.msg);
 		goto out;
 	}
@@ -479,7 +405,7 @@ int cmd_generate(int argc, char **argv)
 	/* The cache: one prompt gets just the positions it needs (each step
 	 * attends over the whole cache); --interactive, whose prompts come
 	 * later, gets the arch's n-positions, the most any prompt may use. */
-	s.max_len = interactive ? s.n_pos : n_prompt + s.max_new;
+	s.d.max_len = interactive ? s.n_pos : n_prompt + s.max_new;
 	if (interactive && s.n_pos <= 0) {
 		rc = die(EXIT_USAGE, "--interactive sizes its cache by the arch's n-positions, "
 			 "and %s has none", slots.arch->desc->name);
@@ -496,79 +422,39 @@ int cmd_generate(int argc, char **argv)
 			rc = die(EXIT_RUNTIME, "%s", err.msg);
 			goto out;
 		}
-	const struct fw_arch_i *arch = slots.arch->desc->iface;
-	int layers = arch->n_layers ? arch->n_layers(slots.arch->state, NULL) : 0;
-	ctx = fw_ctx_new();
-	caches = calloc((size_t)(layers > 0 ? layers : 1), sizeof(*caches));
-	if (!ctx || !caches || layers <= 0) {
-		rc = die(EXIT_RUNTIME, "generate: %s", layers <= 0 ?
-			 "the arch plugin does not support generation" : "out of memory");
-		goto out;
-	}
-	s.len = fw_input(ctx, "gen.len", FW_I32, 1, (int64_t[]){ 1 });
-	s.mask = fw_input(ctx, "gen.mask", FW_F32, 1, (int64_t[]){ s.max_len });
-	for (int l = 0; l < layers; l++)
-		caches[l] = (struct fw_kv_cache){ .len = s.len, .mask = s.mask,
-						  .max_len = s.max_len };
-	s.m = (struct fw_model){
-		.size = sizeof(s.m), .ctx = ctx, .host = fw_host_table(), .opts = slots.arch->opts,
-		.batch = 1, .seq_len = 1, .head = FW_HEAD_LM, .training = false,
-		.seed = (uint64_t)fw_opt_int(o, "seed"), .caches = caches, .n_caches = layers,
-		.host_private = &slots,
-	};
-	struct fw_err e = { 0 };
-	if (arch->build(slots.arch->state, &s.m, &e) != FW_OK || !s.m.logits) {
-		rc = die(EXIT_RUNTIME, "%s", e.msg[0] ? e.msg : fw_ctx_err(ctx)->msg);
-		goto out;
-	}
-	const struct fw_peft_i *peft = slots.peft ? slots.peft->desc->iface : NULL;
-	if (peft && peft->freeze && peft->freeze(slots.peft->state, &s.m, &e) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", e.msg);     /* checks its options, marks its own */
-		goto out;
-	}
-	s.g = fw_graph_new(ctx, &s.m.logits, 1, &(struct fw_graph_opts){ 0 });
-	if (!s.g) {
-		rc = die(EXIT_RUNTIME, "graph: %s", fw_ctx_err(ctx)->msg);
+	/* the peft plugin checks its options and marks its own tensors (freeze) */
+	if (fw_rt_decoder_open(&s.d, &slots, s.d.max_len, (uint64_t)fw_opt_int(o, "seed"),
+			       &err) != FW_OK) {
+		rc = die(EXIT_RUNTIME, "%s", err.msg);
 		goto out;
 	}
 	/* Weights: every parameter by name from the checkpoint. */
-	int n_params = 0;
-	params = malloc(sizeof(*params) * (size_t)fw_ctx_n_tensors(ctx));
-	for (int i = 0; params && i < fw_ctx_n_tensors(ctx); i++)
-		if (fw_ctx_tensor(ctx, i)->flags & FW_FLAG_PARAM)
-			params[n_params++] = fw_ctx_tensor(ctx, i);
+	int n_params = fw_rt_model_params(s.d.ctx, &params);
 	int n_new;
-	if (!params || load_params(path, params, n_params, &slots,
-						       fw_opt_bool(o, "base-only"), &n_new, &err) != FW_OK ||
-	    adapter_apply(&cfg, &slots, &s.m, true, &err) != FW_OK) {
+	if (!params || fw_rt_model_load_weights(path, params, n_params, &slots,
+						fw_opt_bool(o, "base-only"), &n_new, &fwrun_log,
+						&err) != FW_OK ||
+	    adapter_apply(&cfg, &slots, &s.d.m, true, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", params ? err.msg : "out of memory");
 		goto out;
 	}
 	config_report(&cfg);                                  /* once generation is possible */
 	warn_unused_options(&cfg, "generate", argc, argv);
-	s.V = (int)s.m.logits->ne[s.m.logits->ndim - 1];
-	s.n_sample = s.V;
+	s.opts.n_sample = s.d.V;
 	if (s.tok) {            /* a padded vocabulary: ids past the tokenizer's never come */
 		int nv = fw_tokenizer_vocab_size(s.tok);
-		if (nv > s.V) {
+		if (nv > s.d.V) {
 			rc = die(EXIT_USAGE, "the tokenizer has %d tokens, more than the model's "
-				 "vocabulary (%d)", nv, s.V);
+				 "vocabulary (%d)", nv, s.d.V);
 			goto out;
 		}
-		s.n_sample = nv;
+		s.opts.n_sample = nv;
 	}
-	s.cands = malloc(sizeof(*s.cands) * (size_t)s.V);
-	s.scores = malloc(sizeof(*s.scores) * (size_t)s.V);
-	s.seen = malloc((size_t)s.V);
-	if (!s.cands || !s.scores || !s.seen) {
-		rc = die(EXIT_RUNTIME, "out of memory");
-		goto out;
-	}
-	s.temp = fw_opt_float(o, "temperature");
-	s.top_p = fw_opt_float(o, "top-p");
-	s.top_k = (int)fw_opt_int(o, "top-k");
-	s.penalty = fw_opt_float(o, "repetition-penalty");
-	s.key = fw_hash_str("generate", (uint64_t)fw_opt_int(o, "seed"));
+	s.opts.temperature = fw_opt_float(o, "temperature");
+	s.opts.top_p = fw_opt_float(o, "top-p");
+	s.opts.top_k = (int)fw_opt_int(o, "top-k");
+	s.opts.penalty = fw_opt_float(o, "repetition-penalty");
+	s.opts.key = fw_hash_str("generate", (uint64_t)fw_opt_int(o, "seed"));
 	s.text.stops = &stops;
 	if (interactive) {
 		rc = interact(&s) ? EXIT_RUNTIME : EXIT_OK;
@@ -578,15 +464,10 @@ int cmd_generate(int argc, char **argv)
 		rc = EXIT_OK;
 	}
 out:
-	free(s.cands);
-	free(s.scores);
-	free(s.seen);
+	fw_rt_decoder_close(&s.d);
 	free(s.text.buf);
 	fw_tokenizer_free(s.tok);
 	free(params);
-	fw_graph_free(s.g);
-	fw_ctx_free(ctx);
-	free(caches);
 	if (prompt != ids.ids)
 		free(prompt);
 	fw_token_buf_free(&ids);

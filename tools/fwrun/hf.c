@@ -52,7 +52,7 @@ static void key_before(const char *path, int pos, char *out, size_t len)
 {
 	struct fw_err e = { 0 };
 	size_t n = 0, colon = 0;
-	char *text = pos > 0 ? read_whole_file(path, &n, &e) : NULL;
+	char *text = pos > 0 ? fw_rt_read_file(path, &n, &e) : NULL;
 	*out = 0;
 	if (text && (size_t)pos < n)
 		n = (size_t)pos;
@@ -508,22 +508,6 @@ static bool config_str(const char *text, const char *key, char *out, size_t len)
 	return true;
 }
 
-/* text[0..len) to path through a temporary file and a rename. */
-static enum fw_status write_atomic(const char *path, const char *text, size_t len,
-				   struct fw_err *err)
-{
-	char tmp[4300];
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	FILE *f = fopen(tmp, "wb");
-	bool ok = f && fwrite(text, 1, len, f) == len;
-	ok = f && fclose(f) == 0 && ok;
-	if (!ok || rename(tmp, path) != 0) {
-		unlink(tmp);
-		return fw_errorf(err, FW_ERR_IO, "%s: cannot write", path);
-	}
-	return FW_OK;
-}
-
 /* A stored gpt2 tokenizer as Hugging Face's vocab.json + merges.txt in dir. */
 static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *done,
 				       struct fw_err *err)
@@ -543,10 +527,10 @@ static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *do
 		*done = st == FW_OK;
 	} else if (json_is_string(vocab) && json_is_string(merges)) {
 		snprintf(path, sizeof(path), "%s/vocab.json", dir);
-		st = write_atomic(path, json_string_value(vocab), json_string_length(vocab), err);
+		st = fw_file_write_atomic(path, json_string_value(vocab), json_string_length(vocab), err);
 		snprintf(path, sizeof(path), "%s/merges.txt", dir);
 		if (st == FW_OK)
-			st = write_atomic(path, json_string_value(merges), json_string_length(merges),
+			st = fw_file_write_atomic(path, json_string_value(merges), json_string_length(merges),
 					  err);
 		*done = st == FW_OK;
 	}
@@ -605,7 +589,7 @@ int cmd_export(int argc, char **argv)
 	pos[0] = in_path;           /* a run directory: its newest checkpoint */
 	argv = pos;
 	char *config = NULL;
-	if (fw_h5_read_attr(argv[0], "config", &config, &err) != FW_OK)
+	if (fw_rt_ckpt_read_config(argv[0], &config, &err) != FW_OK)
 		return die(EXIT_RUNTIME, "%s", err.msg);
 	struct gpt2_config c = { .eps = 1e-5, .tie = true };
 	char tie[16] = "true", eps[32] = "1e-5";
@@ -635,7 +619,8 @@ int cmd_export(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "export: out of memory");
 		goto out;
 	}
-	if (check_foreign_tensors(argv[0], g.tp, g.n, NULL, base_only, &err) != FW_OK ||
+	if (fw_rt_check_foreign_tensors(argv[0], g.tp, g.n, NULL, base_only, &fwrun_log,
+					&err) != FW_OK ||
 	    fw_h5_load(argv[0], g.tp, g.n, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", err.msg);
 		goto out;
@@ -688,13 +673,11 @@ int cmd_export(int argc, char **argv)
 		json_object_del(cfg, "eos_token_id");
 	}
 	snprintf(path, sizeof(path), "%s/config.json", argv[1]);
-	char tmp[4300];
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	if (!cfg || json_dump_file(cfg, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) != 0 ||
-	    rename(tmp, path) != 0) {
+	struct fw_err werr = { 0 };
+	enum fw_status wst = write_json_file(path, cfg, &werr);
+	if (wst != FW_OK) {
 		json_decref(cfg);
-		unlink(tmp);
-		rc = die(EXIT_RUNTIME, "%s: cannot write", path);
+		rc = die(EXIT_RUNTIME, "%s", werr.msg);
 		goto out;
 	}
 	json_decref(cfg);

@@ -1,33 +1,9 @@
-/* main.c - fwrun: the command line of fw. Only this file turns a status into
- * an exit code: 0 success, 1 runtime failure, 2 usage error. */
-#include <stdarg.h>
+/* main.c - fwrun: the command line of fw; dispatches to one function per
+ * command (cmd_*). Exit codes: 0 success, 1 runtime failure, 2 usage error. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "fwrun.h"
-
-int die(int code, const char *fmt, ...)
-{
-	char msg[8192];
-	va_list ap;
-	va_start(ap, fmt);
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
-	const char *m = msg;
-	while (!strncmp(m, "fwrun: ", 7))     /* messages that already name fwrun */
-		m += 7;
-	fprintf(stderr, "fwrun: %s\n", m);
-	return code;
-}
-
-const char *num_text(double x, char *buf, size_t len)
-{
-	if (x == (double)(long long)x && x > -1e18 && x < 1e18)
-		snprintf(buf, len, "%lld", (long long)x);
-	else
-		snprintf(buf, len, "%g", x);
-	return buf;
-}
 
 static const char usage[] =
 	"usage: fwrun COMMAND [options]\n"

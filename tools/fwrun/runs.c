@@ -14,161 +14,6 @@
 
 #include "fwrun.h"
 
-/* --- INI text: the value of [section] key ------------------------------------------ */
-
-/* Calls fn(section, key, value) for each "key = value" line of an INI text
- * as config_dump writes it (comments and blank lines skipped). */
-static void ini_each(const char *text, void (*fn)(void *, const char *, const char *,
-						     const char *), void *arg)
-{
-	char section[128] = "";
-	for (const char *l = text; l && *l;) {
-		const char *end = strchr(l, '\n');
-		size_t n = end ? (size_t)(end - l) : strlen(l);
-		char line[4400];
-		snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) ? n : sizeof(line) - 1), l);
-		l = end ? end + 1 : NULL;
-		char *s = line;
-		while (*s == ' ' || *s == '\t')
-			s++;
-		if (!*s || *s == '#' || *s == ';')
-			continue;
-		if (*s == '[') {
-			char *close = strchr(s, ']');
-			if (close)
-				snprintf(section, sizeof(section), "%.*s", (int)(close - s - 1), s + 1);
-			fn(arg, section, NULL, NULL);
-			continue;
-		}
-		char *eq = strchr(s, '=');
-		if (!eq)
-			continue;
-		char *k_end = eq;
-		while (k_end > s && (k_end[-1] == ' ' || k_end[-1] == '\t'))
-			k_end--;
-		*k_end = '\0';
-		char *v = eq + 1;
-		while (*v == ' ' || *v == '\t')
-			v++;
-		size_t vl = strlen(v);
-		while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\r'))
-			v[--vl] = '\0';
-		fn(arg, section, s, v);
-	}
-}
-
-struct ini_find {
-	const char *section, *key;
-	char *value;
-};
-
-static void find_cb(void *arg, const char *section, const char *key, const char *value)
-{
-	struct ini_find *f = arg;
-	bool top = !*section || !strcmp(section, "run");
-	if (key && !f->value && !strcmp(key, f->key) &&
-	    (!strcmp(f->section, "run") ? top : !strcmp(section, f->section)))
-		f->value = strdup(value);
-}
-
-/* [section] key of an INI text, malloc'd; NULL if absent. */
-static char *ini_lookup(const char *text, const char *section, const char *key)
-{
-	struct ini_find f = { section, key, NULL };
-	ini_each(text, find_cb, &f);
-	return f.value;
-}
-
-/* --- tensors no loaded plugin owns -------------------------------------------------------- */
-
-/* The plugins a file's run loaded that this run does not: "peft/lora", or
- * "a plugin this run does not load" when the file does not say. */
-static void missing_plugins(const char *path, const struct fw_plugin_slots *slots, char *out,
-			    size_t len)
-{
-	char *config = NULL, *list = NULL;
-	out[0] = '\0';
-	if (fw_h5_read_attr(path, "config", &config, NULL) == FW_OK)
-		list = ini_lookup(config, "run", "plugins");
-	fw_free(config);
-	static const struct fw_plugin_slots none = { 0 };
-	const struct fw_plugin_slots *sl = slots ? slots : &none;
-	const struct fw_loaded *have[] = { sl->arch, sl->attention, sl->peft, sl->optim };
-	for (char *save = NULL, *p = list ? strtok_r(list, ",", &save) : NULL; p;
-	     p = strtok_r(NULL, ",", &save)) {
-		while (*p == ' ')
-			p++;
-		bool loaded = false;
-		for (size_t i = 0; i < sizeof(have) / sizeof(have[0]); i++)
-			loaded |= have[i] && (!strcmp(have[i]->desc->name, p) ||
-					      !strcmp(have[i]->path, p));
-		/* An optimizer owns no tensor a model loads; without slots (export)
-		 * the arch's and attention's tensors are the ones taken. */
-		loaded |= !strncmp(p, "optim/", 6) ||
-			  (!slots && (!strncmp(p, "arch/", 5) || !strncmp(p, "attention/", 10)));
-		if (!loaded && *p)
-			snprintf(out + strlen(out), len - strlen(out), "%s%s", out[0] ? ", " : "", p);
-	}
-	free(list);
-	if (!out[0])
-		snprintf(out, len, "a plugin this run does not load");
-}
-
-/* "a, b, c and 4 more" of the names[0..n). */
-static void name_list(char **names, int n, char *out, size_t len)
-{
-	out[0] = '\0';
-	int shown = n < 3 ? n : 3;
-	for (int i = 0; i < shown; i++)
-		snprintf(out + strlen(out), len - strlen(out), "%s%s", i ? ", " : "", names[i]);
-	if (n > shown)
-		snprintf(out + strlen(out), len - strlen(out), " and %d more", n - shown);
-}
-
-enum fw_status check_foreign_tensors(const char *path, struct fw_tensor **params, int n,
-				     const struct fw_plugin_slots *slots, bool base_only,
-				     struct fw_err *err)
-{
-	struct fw_h5_entry *ents = NULL;
-	int ne = 0;
-	enum fw_status st = fw_h5_list(path, &ents, &ne, err);
-	if (st != FW_OK)
-		return st;
-	char **foreign = malloc(sizeof(char *) * (size_t)(ne + 1));
-	int nf = 0;
-	if (!foreign) {
-		fw_free(ents);
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	}
-	for (int k = 0; k < ne; k++) {
-		if (!strncmp(ents[k].name, "optim.", 6))
-			continue;      /* optimizer state: the optimizer's business */
-		bool mine = false;
-		for (int i = 0; i < n && !mine; i++)
-			mine = !strcmp(params[i]->name, ents[k].name);
-		if (!mine)
-			foreign[nf++] = ents[k].name;
-	}
-	if (nf) {
-		char names[512], need[512];
-		name_list(foreign, nf, names, sizeof(names));
-		missing_plugins(path, slots, need, sizeof(need));
-		if (base_only)
-			fprintf(stderr, "fwrun: --base-only: dropping %d tensor%s of %s that no "
-				"loaded plugin owns (%s; they belong to %s)\n", nf, nf == 1 ? "" : "s",
-				path, names, need);
-		else
-			st = fw_errorf(err, FW_ERR_INVALID,
-				       "%s holds %d trained tensor%s that no loaded plugin owns (%s); "
-				       "they need %s: %s, or pass --base-only to drop them", path, nf,
-				       nf == 1 ? "" : "s", names, need, slots ? "add it to --plugins" :
-				       "fold them into the weights first (fwrun merge)");
-	}
-	free(foreign);
-	fw_free(ents);
-	return st;
-}
-
 /* --- configuration identity ------------------------------------------------------------------ */
 
 /* Options of [run] that do not change what a run trains: where it writes,
@@ -240,8 +85,8 @@ bool config_same_run(const char *a, const char *b, const char *a_name, const cha
 		     char *why, size_t len)
 {
 	struct ident x = { 0 }, y = { 0 };
-	ini_each(a, ident_cb, &x);
-	ini_each(b, ident_cb, &y);
+	fw_rt_ini_each(a, ident_cb, &x);
+	fw_rt_ini_each(b, ident_cb, &y);
 	bool same = true;
 	for (int pass = 0; pass < 2 && same; pass++) {
 		const struct ident *p = pass ? &y : &x, *q = pass ? &x : &y;
@@ -279,7 +124,7 @@ enum fw_status check_dir_checkpoints(const char *dir, struct fw_err *err)
 		snprintf(path, sizeof(path), "%s/%s", dir, e->d_name);
 		char *config = NULL;
 		if (stat(path, &fs) != 0 || !S_ISREG(fs.st_mode) ||
-		    fw_h5_read_attr(path, "config", &config, NULL) != FW_OK)
+		    fw_rt_ckpt_read_config(path, &config, NULL) != FW_OK)
 			continue;      /* unreadable ones are reported when loaded */
 		char why[600];
 		if (!first) {
@@ -338,19 +183,30 @@ char *config_without_peft(const char *text)
 	return out;
 }
 
-/* --- the tokenizer of a token shard ---------------------------------------------------------- */
+/* --- checkpoints and adapters of a directory (--load, --adapter) ----------------------- */
 
-uint64_t tokenizer_fingerprint(const struct fw_tokenizer *t, int32_t n)
+long long ckpt_step(const char *name)
 {
-	uint64_t h = 0xcbf29ce484222325ull;
-	for (int32_t id = 0; id < n; id++) {
-		size_t len = 0;
-		const char *b = fw_tokenizer_token(t, id, &len);
-		uint32_t l32 = b ? (uint32_t)len : 0xffffffffu;
-		for (int k = 0; k < 4; k++)
-			h = (h ^ ((l32 >> (8 * k)) & 0xff)) * 0x100000001b3ull;
-		for (size_t k = 0; b && k < len; k++)
-			h = (h ^ (unsigned char)b[k]) * 0x100000001b3ull;
-	}
-	return h;
+	return fw_rt_numbered_name(name, "ckpt-", ".h5");
+}
+
+/* --load=DIR picks the newest complete checkpoint in it. */
+enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
+{
+	enum fw_status st = fw_rt_newest_file(arg, "ckpt-", out, len, err);
+	if (st != FW_OK || strcmp(out, arg) == 0)
+		return st;
+	if (!out[0])
+		return fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no checkpoint (ckpt-*.h5) in directory",
+				 arg);
+	return check_dir_checkpoints(arg, err);
+}
+
+enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err)
+{
+	enum fw_status st = fw_rt_newest_file(arg, "adapter-", out, len, err);
+	if (st == FW_OK && !out[0])
+		st = fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no adapter (adapter-*.h5) in directory",
+			       arg);
+	return st;
 }

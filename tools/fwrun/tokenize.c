@@ -169,8 +169,8 @@ static int shard_close(struct job *j, struct stream *s)
 {
 	int32_t hdr[256] = { SHARD_MAGIC, j->width == 2 ? 1 : 2, (int32_t)s->n };
 	int32_t v = fw_tokenizer_vocab_size(j->tok);
-	uint64_t fp = tokenizer_fingerprint(j->tok, v);
-	hdr[3] = SHARD_TOK_MARK;             /* which tokenizer made the ids */
+	uint64_t fp = fw_rt_tokenizer_fingerprint(j->tok, v);
+	hdr[3] = FW_SHARD_TOK_MARK;             /* which tokenizer made the ids */
 	hdr[4] = v;
 	hdr[5] = (int32_t)(uint32_t)fp;
 	hdr[6] = (int32_t)(uint32_t)(fp >> 32);
@@ -271,7 +271,7 @@ static int document(struct job *j, const char *text, size_t len, const char *whe
 static int read_text(struct job *j, const char *path, int split)
 {
 	struct fw_err zerr = { 0 };
-	if (refuse_compressed(path, &zerr) != FW_OK)
+	if (fw_rt_refuse_compressed(path, &zerr) != FW_OK)
 		return die(EXIT_RUNTIME, "%s", zerr.msg);
 	FILE *f = fopen(path, "rb");
 	if (!f)
@@ -342,7 +342,7 @@ static int read_text(struct job *j, const char *path, int split)
 static int read_jsonl(struct job *j, const char *path)
 {
 	struct fw_err zerr = { 0 };
-	if (refuse_compressed(path, &zerr) != FW_OK)
+	if (fw_rt_refuse_compressed(path, &zerr) != FW_OK)
 		return die(EXIT_RUNTIME, "%s", zerr.msg);
 	FILE *f = fopen(path, "rb");
 	if (!f)
@@ -536,14 +536,15 @@ int cmd_tokenize(int argc, char **argv)
 	for (int k = 0; k < 2 && rc == EXIT_OK; k++)
 		if (j.st[k].f)
 			rc = shard_close(&j, &j.st[k]);
-	for (int i = 0; i < j.n_done && rc == EXIT_OK; i++)
-		if (rename(j.tmps[i], j.finals[i]) != 0) {
-			rc = die(EXIT_RUNTIME, "%s: %s", j.finals[i], strerror(errno));
+	for (int i = 0; i < j.n_done && rc == EXIT_OK; i++) {
+		struct fw_err cerr = { 0 };
+		if (fw_file_commit(j.tmps[i], j.finals[i], &cerr) != FW_OK) {
+			rc = die(EXIT_RUNTIME, "%s", cerr.msg);
 			break;
-		} else {
-			free(j.tmps[i]);
-			j.tmps[i] = NULL;
 		}
+		free(j.tmps[i]);
+		j.tmps[i] = NULL;
+	}
 	if (rc != EXIT_OK)
 		goto out;
 	progress(&j, true);

@@ -1,6 +1,7 @@
-/* train.c - fwrun train / eval / plan: a model from plugins, the training
- * loop (accumulation, clipping, schedule), evaluation, metrics, checkpoints,
- * resume and clean interruption. */
+/* train.c - fwrun train: the session's model trained by the runtime's
+ * trainer (fw_rt_train), with fwrun's metrics.jsonl, progress line, run
+ * directory, checkpoints, resume and clean interruption (SIGINT/SIGTERM
+ * mapped to the trainer's stop). */
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -17,56 +18,9 @@
 
 #include <jansson.h>
 
-#include "fwrun.h"
-
-struct session {
-	struct config cfg;
-	struct fw_plugin_slots slots;
-	struct fw_model model;
-	struct fw_ctx *ctx;
-	struct fw_graph *g;           /* training (or eval-only) graph */
-	struct fw_graph *eval_g;
-	const struct fw_optim_i *optim;
-	struct fw_tensor **state;     /* n_params * n_state optimizer tensors */
-	struct fw_optim_group groups[2];
-	float ***group_state[2];
-	struct loader train, valid;
-	bool have_train, have_valid;
-	bool resumed;                 /* --load restored a checkpoint's whole state */
-	struct fw_tokenizer *tok;     /* NULL: token ids only */
-	char load_path[4200];         /* --load resolved, or "" */
-	int32_t *seg;                 /* (B, T) sequence ids of the batch, when segmented */
-	struct lr_schedule sched;
-	int64_t B, T, accum, iters;
-	int64_t step;                 /* completed optimizer steps */
-	int64_t tokens;               /* tokens consumed so far */
-	char run_dir[4096], save_dir[4096];
-	FILE *metrics;
-	struct fw_err err;
-	size_t base_rss;              /* before the model: code, libraries */
-};
+#include "session.h"
 
 static volatile sig_atomic_t stop_requested;
-
-/* A /proc/self/status field in bytes ("VmRSS: %zu kB"); 0 if unknown. */
-static size_t proc_status_kb(const char *format)
-{
-	FILE *f = fopen("/proc/self/status", "r");
-	char line[256];
-	size_t kb = 0;
-	while (f && fgets(line, sizeof(line), f))
-		if (sscanf(line, format, &kb) == 1)
-			break;
-	if (f)
-		fclose(f);
-	return kb * 1024;
-}
-
-/* Resident memory of this process now. */
-static size_t rss_now(void)
-{
-	return proc_status_kb("VmRSS: %zu kB");
-}
 
 static void on_signal(int sig)
 {
@@ -80,441 +34,8 @@ static double now_s(void)
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static int64_t opt_i(const struct session *s, const char *name)
-{
-	return fw_opt_int(s->cfg.run, name);
-}
-
-static double opt_f(const struct session *s, const char *name)
-{
-	return fw_opt_float(s->cfg.run, name);
-}
-
-static const char *opt_s(const struct session *s, const char *name)
-{
-	return fw_opt_str(s->cfg.run, name);
-}
-
-/* --- model ------------------------------------------------------------------------ */
-
-/* Initialises every plugin (once) and fills the slots the arch sees. */
-static enum fw_status init_plugins(struct session *s, struct fw_err *err)
-{
-	enum fw_status st;
-	for (int k = 1; k < FW_KIND_COUNT; k++)
-		if (s->cfg.plugin[k] && (st = fw_plugin_init(s->cfg.plugin[k], NULL, err)) != FW_OK)
-			return st;
-	s->slots = (struct fw_plugin_slots){
-		.arch = s->cfg.plugin[FW_KIND_ARCH], .attention = s->cfg.plugin[FW_KIND_ATTENTION],
-		.peft = s->cfg.plugin[FW_KIND_PEFT], .optim = s->cfg.plugin[FW_KIND_OPTIM],
-	};
-	return FW_OK;
-}
-
-/* The arch's model in ctx, with the peft plugin's freeze and extra loss if
- * slots has one. */
-static enum fw_status build_in(struct session *s, struct fw_plugin_slots *slots,
-			       struct fw_ctx *ctx, struct fw_model *m, bool training,
-			       bool segmented, struct fw_err *err)
-{
-	enum fw_status st;
-	*m = (struct fw_model){
-		.size = sizeof(struct fw_model), .ctx = ctx, .host = fw_host_table(),
-		.opts = slots->arch->opts, .batch = s->B, .seq_len = s->T,
-		.head = FW_HEAD_LM, .training = training, .seed = (uint64_t)opt_i(s, "seed"),
-		.host_private = slots, .segmented = segmented,
-	};
-	const struct fw_arch_i *arch = slots->arch->desc->iface;
-	struct fw_err e = { 0 };
-	st = arch->build(slots->arch->state, m, &e);
-	if (st != FW_OK || !m->loss || !m->tokens || !m->targets) {
-		const struct fw_err *src = e.status ? &e : fw_ctx_err(ctx);
-		const char *an = slots->arch->desc->name;
-		bool named = !strncmp(src->msg, an, strlen(an));
-		return fw_errorf(err, src->status ? src->status : FW_ERR_INVALID, "%s%s%s",
-				 named ? "" : an, named ? "" : ": ",
-				 src->msg[0] ? src->msg : "build gave no loss or inputs");
-	}
-	if (segmented && (!m->positions || !m->attn_bias))
-		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s cannot train on SFT examples: it "
-				 "gives no positions/attn_bias inputs for packed or padded rows",
-				 slots->arch->desc->name);
-	if (slots->peft) {
-		const struct fw_peft_i *pi = slots->peft->desc->iface;
-		const char *pn = slots->peft->desc->name;
-		if (pi->freeze && (st = pi->freeze(slots->peft->state, m, &e)) != FW_OK)
-			return fw_errorf(err, st, "%s%s%s", strncmp(e.msg, pn, strlen(pn)) ? pn : "",
-					 strncmp(e.msg, pn, strlen(pn)) ? ": " : "", e.msg);
-		if (pi->extra_loss) {
-			struct fw_tensor *x = pi->extra_loss(slots->peft->state, m, &e);
-			if (!x && e.status)
-				return fw_errorf(err, e.status, "%s: %s", pn, e.msg);
-			if (x)
-				m->loss = fw_add(ctx, m->loss, x);
-		}
-	}
-	return FW_OK;
-}
-
-/* Plugins and the arch's options checked before any data is read: the
- * model built once without data and without the peft plugin (whose hooks
- * see one model per run), then thrown away. */
-static enum fw_status check_model(struct session *s, bool training, struct fw_err *err)
-{
-	struct fw_model m;
-	struct fw_plugin_slots base = s->slots;
-	base.peft = NULL;
-	struct fw_ctx *ctx = fw_ctx_new();
-	if (!ctx)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	enum fw_status st = build_in(s, &base, ctx, &m, training, false, err);
-	fw_ctx_free(ctx);
-	return st;
-}
-
-static enum fw_status build_model(struct session *s, bool training, struct fw_err *err)
-{
-	s->ctx = fw_ctx_new();
-	if (!s->ctx)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	bool segmented = (s->have_train && s->train.rows.n) || (s->have_valid && s->valid.rows.n);
-	enum fw_status st = build_in(s, &s->slots, s->ctx, &s->model, training, segmented, err);
-	if (st != FW_OK)
-		return st;
-	if (segmented && !(s->seg = malloc(sizeof(int32_t) * (size_t)(s->B * s->T))))
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	return FW_OK;
-}
-
-static enum fw_status build_graphs(struct session *s, bool train, struct fw_err *err)
-{
-	struct fw_tensor *loss = s->model.loss;
-	bool need_eval = !train || *opt_s(s, "valid-data");
-	if (train) {
-		/* Segments exist only where the arch asked for recomputation. */
-		s->g = fw_graph_new(s->ctx, &loss, 1, &(struct fw_graph_opts){
-			.backward = true, .training = true, .recompute = true });
-		if (!s->g)
-			return fw_errorf(err, fw_ctx_err(s->ctx)->status, "graph: %s",
-					 fw_ctx_err(s->ctx)->msg);
-	}
-	if (!need_eval)
-		return FW_OK;      /* no memory for an evaluation that never runs */
-	/* Scoring (eval --score-data) reads the logits too. */
-	struct fw_tensor *out[2] = { loss, s->model.logits };
-	bool logits = !train && *opt_s(s, "score-data") && s->model.logits;
-	s->eval_g = fw_graph_new(s->ctx, out, logits ? 2 : 1, &(struct fw_graph_opts){ 0 });
-	if (!s->eval_g)
-		return fw_errorf(err, fw_ctx_err(s->ctx)->status, "graph: %s",
-				 fw_ctx_err(s->ctx)->msg);
-	return FW_OK;
-}
-
-/* Optimizer state tensors "optim.<param>.<state>" and the two groups. */
-static enum fw_status setup_optim(struct session *s, struct fw_err *err)
-{
-	if (!s->slots.optim)
-		return fw_errorf(err, FW_ERR_INVALID,
-				 "training needs an optim plugin (e.g. --plugins=...,optim/adamw)");
-	s->optim = s->slots.optim->desc->iface;
-	int np = fw_graph_n_params(s->g), ns = s->optim->n_state;
-	s->state = calloc((size_t)(np * ns + 1), sizeof(*s->state));
-	if (!s->state)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	for (int gi = 0; gi < 2; gi++) {
-		s->groups[gi].params = calloc((size_t)np + 1, sizeof(struct fw_tensor *));
-		s->group_state[gi] = calloc((size_t)np + 1, sizeof(float **));
-		s->groups[gi].state = s->group_state[gi];
-		if (!s->groups[gi].params || !s->group_state[gi])
-			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	}
-	for (int i = 0; i < np; i++) {
-		struct fw_tensor *p = fw_graph_param(s->g, i);
-		int gi = p->ndim >= 2 ? 0 : 1;     /* no weight decay on 1-D tensors */
-		struct fw_optim_group *grp = &s->groups[gi];
-		float **slots = calloc((size_t)ns + 1, sizeof(float *));
-		if (!slots)
-			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-		grp->state[grp->n_params] = slots;   /* owned by the group from here */
-		grp->params[grp->n_params++] = p;
-		for (int k = 0; k < ns; k++) {
-			struct fw_tensor *t = calloc(1, sizeof(*t));
-			if (!t)
-				return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-			*t = (struct fw_tensor){ .dtype = FW_F32, .ndim = p->ndim };
-			memcpy(t->ne, p->ne, sizeof(t->ne));
-			fw_set_contiguous_strides(t);
-			snprintf(t->name, sizeof(t->name), "optim.%.60s.%.24s", p->name,
-				 s->optim->state_names[k]);
-			t->data = fw_ctx_alloc(s->ctx, fw_nbytes(t), FW_MEM_OPTIMIZER);
-			if (!t->data) {
-				free(t);
-				return fw_errorf(err, FW_ERR_NOMEM, "optimizer state: %s",
-						 fw_ctx_err(s->ctx)->msg);
-			}
-			s->state[i * ns + k] = t;
-			slots[k] = t->data;
-		}
-	}
-	return FW_OK;
-}
-
-static void free_session(struct session *s)
-{
-	if (s->metrics)
-		fclose(s->metrics);
-	if (s->state) {
-		int n = s->g && s->optim ? fw_graph_n_params(s->g) * s->optim->n_state : 0;
-		for (int i = 0; i < n; i++)
-			free(s->state[i]);
-		free(s->state);
-	}
-	for (int gi = 0; gi < 2; gi++) {
-		for (int i = 0; s->group_state[gi] && i < s->groups[gi].n_params; i++)
-			free(s->group_state[gi][i]);
-		free(s->group_state[gi]);
-		free(s->groups[gi].params);
-	}
-	if (s->have_train)
-		loader_close(&s->train);
-	if (s->have_valid)
-		loader_close(&s->valid);
-	fw_graph_free(s->eval_g);
-	fw_graph_free(s->g);
-	fw_ctx_free(s->ctx);
-	fw_tokenizer_free(s->tok);
-	free(s->seg);
-	config_free(&s->cfg);
-}
-
-/* The next micro-batch of l into the model's inputs. */
-static void next_batch(struct session *s, struct loader *l)
-{
-	loader_next(l, s->model.tokens->data, s->model.targets->data, s->seg);
-	if (s->seg)
-		dataset_masks(s->seg, s->B, s->T, s->model.positions->data,
-			      s->model.attn_bias->data);
-}
-
-/* A micro-batch read ahead (tokens, targets, seg of B*T each) into the inputs. */
-static void use_batch(struct session *s, const int32_t *staged)
-{
-	size_t bt = (size_t)(s->B * s->T);
-	memcpy(s->model.tokens->data, staged, sizeof(int32_t) * bt);
-	memcpy(s->model.targets->data, staged + bt, sizeof(int32_t) * bt);
-	if (s->seg) {
-		memcpy(s->seg, staged + 2 * bt, sizeof(int32_t) * bt);
-		dataset_masks(s->seg, s->B, s->T, s->model.positions->data,
-			      s->model.attn_bias->data);
-	}
-}
-
-/* --- checkpoints ---------------------------------------------------------------------- */
-
-static int n_params_all(const struct session *s, struct fw_tensor ***out)
-{
-	int n = 0;
-	struct fw_tensor **v = malloc(sizeof(*v) * (size_t)(fw_ctx_n_tensors(s->ctx) + 1));
-	for (int i = 0; v && i < fw_ctx_n_tensors(s->ctx); i++)
-		if (fw_ctx_tensor(s->ctx, i)->flags & FW_FLAG_PARAM)
-			v[n++] = fw_ctx_tensor(s->ctx, i);
-	*out = v;
-	return v ? n : -1;
-}
-
-static enum fw_status save_checkpoint(struct session *s, const char *path, struct fw_err *err)
-{
-	struct fw_tensor **params = NULL;
-	int np = n_params_all(s, &params);
-	int ns = s->state ? fw_graph_n_params(s->g) * s->optim->n_state : 0;
-	if (np < 0)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	struct fw_tensor **all = malloc(sizeof(*all) * (size_t)(np + ns + 1));
-	char *config = config_dump(&s->cfg);
-	char step[32], epoch[32], cursor[32], tokens[32], seed[32];
-	char *tok = s->tok ? fw_tokenizer_serialize(s->tok, err) : NULL;
-	enum fw_status st;
-	if (s->tok && !tok) {
-		st = err->status;
-		goto out;
-	}
-	if (!all || !config) {
-		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	memcpy(all, params, sizeof(*all) * (size_t)np);
-	for (int i = 0; i < ns; i++)
-		all[np + i] = s->state[i];
-	snprintf(step, sizeof(step), "%lld", (long long)s->step);
-	snprintf(epoch, sizeof(epoch), "%lld", (long long)(s->have_train ? s->train.epoch : 0));
-	snprintf(cursor, sizeof(cursor), "%lld", (long long)(s->have_train ? s->train.cursor : 0));
-	snprintf(tokens, sizeof(tokens), "%lld", (long long)s->tokens);
-	snprintf(seed, sizeof(seed), "%lld", (long long)opt_i(s, "seed"));
-	struct fw_h5_attr attrs[] = {
-		{ "fw_checkpoint", "1" }, { "config", config }, { "step", step },
-		{ "data_epoch", epoch }, { "data_cursor", cursor }, { "tokens", tokens },
-		{ "seed", seed }, { "optimizer", s->slots.optim ? s->slots.optim->desc->name : "" },
-		{ TOKENIZER_ATTR, tok },
-	};
-	int n_attrs = (int)(sizeof(attrs) / sizeof(attrs[0])) - !tok;
-	st = fw_h5_save(path, all, np + ns, attrs, n_attrs, err);
-out:
-	fw_free(tok);
-	free(config);
-	free(all);
-	free(params);
-	return st;
-}
-
-static int64_t attr_int(const char *path, const char *name, struct fw_err *err, bool *ok)
-{
-	char *v = NULL;
-	if (fw_h5_read_attr(path, name, &v, err) != FW_OK) {
-		*ok = false;
-		return 0;
-	}
-	char *end;
-	long long x = strtoll(v, &end, 10);
-	if (*end || !*v) {
-		fw_errorf(err, FW_ERR_FORMAT, "%s: attribute '%s' is not an integer", path, name);
-		*ok = false;
-	}
-	fw_free(v);
-	return x;
-}
-
-/* A checkpoint restores everything; a plain weights file only the weights. */
-static enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
-				      struct fw_err *err)
-{
-	struct fw_tensor **params = NULL;
-	int np = n_params_all(s, &params);
-	enum fw_status st;
-	if (np < 0)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	char *mark = NULL;
-	bool is_ckpt = fw_h5_read_attr(path, "fw_checkpoint", &mark, err) == FW_OK;
-	fw_free(mark);
-	if (!is_ckpt && (err->status == FW_ERR_IO || err->status == FW_ERR_FORMAT)) {
-		free(params);
-		return err->status;
-	}
-	int n_new = 0;
-	st = load_params(path, params, np, &s->slots, fw_opt_bool(s->cfg.run, "base-only"), &n_new,
-			 err);
-	free(params);
-	if (st == FW_OK && n_new && full && !*opt_s(s, "adapter"))
-		fprintf(stderr, "fwrun: %d %s tensors are not in %s: they start from their "
-			"initialisation\n", n_new, s->slots.peft->desc->name, path);
-	if (st != FW_OK || !is_ckpt || !full || !s->state)
-		return st;
-	if (fw_opt_bool(s->cfg.run, "finetune"))
-		return FW_OK;      /* weights only: step 0, fresh optimizer, data from the start */
-	if (n_new)
-		return fw_errorf(err, FW_ERR_INVALID,
-				 "%s: this run trains %d tensors the checkpoint has no optimizer "
-				 "state for; add --finetune to start from its weights", path, n_new);
-	int ns = fw_graph_n_params(s->g) * s->optim->n_state;
-	if ((st = fw_h5_load(path, s->state, ns, err)) != FW_OK)
-		return st;
-	s->resumed = true;
-	bool ok = true;
-	s->step = attr_int(path, "step", err, &ok);
-	int64_t epoch = attr_int(path, "data_epoch", err, &ok);
-	int64_t cursor = attr_int(path, "data_cursor", err, &ok);
-	s->tokens = attr_int(path, "tokens", err, &ok);
-	if (!ok)
-		return err->status;
-	if (s->have_train)
-		loader_seek(&s->train, epoch, cursor);
-	return FW_OK;
-}
-
 /* --- run directory and metrics ------------------------------------------------------------ */
 
-static enum fw_status make_dir(const char *path, struct fw_err *err)
-{
-	char tmp[4096];
-	snprintf(tmp, sizeof(tmp), "%s", path);
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = '\0';
-		if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
-			return fw_errorf(err, FW_ERR_IO, "%s: %s", tmp, strerror(errno));
-		*p = '/';
-	}
-	if (mkdir(tmp, 0777) != 0 && errno != EEXIST)
-		return fw_errorf(err, FW_ERR_IO, "%s: %s", tmp, strerror(errno));
-	return FW_OK;
-}
-
-/* fsyncs a directory, making a rename in it durable; EINVAL means its file
- * system cannot. */
-static int sync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	if (fd < 0)
-		return -1;
-	int rc = fsync(fd), e = errno;
-	close(fd);
-	errno = e;
-	return rc && e != EINVAL ? -1 : 0;
-}
-
-/* text to dir/name through dir/name.tmp.PID: written, fsync'd, renamed, and
- * the rename fsync'd. A failure leaves the old file as it was. */
-static enum fw_status write_file_atomic(const char *dir, const char *name, const char *text,
-					struct fw_err *err)
-{
-	char path[4200], tmp[4300];
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
-	FILE *f = fopen(tmp, "w");
-	if (!f)
-		return fw_errorf(err, FW_ERR_IO, "%s: %s", tmp, strerror(errno));
-	bool ok = fputs(text, f) >= 0 && fflush(f) == 0 && fsync(fileno(f)) == 0;
-	int e = errno;
-	if (fclose(f) != 0 && ok) {
-		ok = false;
-		e = errno;
-	}
-	if (ok && rename(tmp, path) != 0) {
-		ok = false;
-		e = errno;
-	}
-	if (!ok) {
-		unlink(tmp);
-		return fw_errorf(err, FW_ERR_IO, "%s: cannot write: %s", path, strerror(e));
-	}
-	if (sync_dir(dir) != 0)
-		return fw_errorf(err, FW_ERR_IO, "%s: written, but syncing directory %s failed: %s",
-				 path, dir, strerror(errno));
-	return FW_OK;
-}
-
-/* The number N if s[0..len) is exactly prefix, decimal digits, suffix
- * ("ckpt-", N, ".h5"); -1 otherwise (signs, spaces, trailing text). */
-static long long numbered(const char *s, size_t len, const char *prefix, const char *suffix)
-{
-	size_t np = strlen(prefix), ns = strlen(suffix), i = np;
-	long long n = 0;
-	if (len < np + 1 + ns || strncmp(s, prefix, np) || strncmp(s + len - ns, suffix, ns))
-		return -1;
-	for (; i < len - ns; i++) {
-		if (!isdigit((unsigned char)s[i]) || n > (LLONG_MAX - 9) / 10)
-			return -1;
-		n = n * 10 + (s[i] - '0');
-	}
-	return n;
-}
-
-/* The step of a complete checkpoint's file name, exactly ckpt-<digits>.h5;
- * -1 for anything else, a writer's ckpt-N.h5.tmp.PID included. */
-long long ckpt_step(const char *name)
-{
-	return numbered(name, strlen(name), "ckpt-", ".h5");
-}
 
 /* The writer's pid if name is a temporary file fwrun writes in a run
  * directory, FINAL.tmp.PID for FINAL config.ini, ckpt-N.h5 or adapter-N.h5;
@@ -532,10 +53,10 @@ static long temp_writer(const char *name)
 			return 0;
 		pid = pid * 10 + (*p - '0');
 	}
-	size_t len = (size_t)(t - name);
-	bool ours = (len == strlen("config.ini") && !strncmp(name, "config.ini", len)) ||
-		    numbered(name, len, "ckpt-", ".h5") >= 0 ||
-		    numbered(name, len, "adapter-", ".h5") >= 0;
+	char final[256];
+	snprintf(final, sizeof(final), "%.*s", (int)(t - name), name);
+	bool ours = !strcmp(final, "config.ini") || fw_rt_numbered_name(final, "ckpt-", ".h5") >= 0 ||
+		    fw_rt_numbered_name(final, "adapter-", ".h5") >= 0;
 	return ours && pid <= INT_MAX ? pid : 0;
 }
 
@@ -573,7 +94,7 @@ static bool holds_run(const char *dir, char *newest, size_t len, long long *step
 		const char *n = e->d_name;
 		long long k = ckpt_step(n);
 		any |= !strcmp(n, "config.ini") || !strcmp(n, "metrics.jsonl") || k >= 0 ||
-		       numbered(n, strlen(n), "adapter-", ".h5") >= 0;
+		       fw_rt_numbered_name(n, "adapter-", ".h5") >= 0;
 		if (k > *step) {
 			*step = k;
 			snprintf(newest, len, "%s/%s", dir, n);
@@ -605,7 +126,7 @@ static enum fw_status set_aside(const char *dir, struct fw_err *err)
 	while (d && st == FW_OK && (e = readdir(d))) {
 		const char *n = e->d_name;
 		if (strcmp(n, "config.ini") && strcmp(n, "metrics.jsonl") && ckpt_step(n) < 0 &&
-		    numbered(n, strlen(n), "adapter-", ".h5") < 0)
+		    fw_rt_numbered_name(n, "adapter-", ".h5") < 0)
 			continue;
 		char from[4400], to[4600];
 		snprintf(from, sizeof(from), "%s/%s", dir, n);
@@ -656,10 +177,10 @@ static enum fw_status claim_run_dir(struct session *s, const char **event, struc
 	snprintf(prev_path, sizeof(prev_path), "%s/config.ini", s->run_dir);
 	struct fw_err e = { 0 };
 	size_t n;
-	prev = read_whole_file(prev_path, &n, &e);
+	prev = fw_rt_read_file(prev_path, &n, &e);
 	if (!prev && step >= 0) {
 		char *attr = NULL;
-		if (fw_h5_read_attr(newest, "config", &attr, NULL) == FW_OK) {
+		if (fw_rt_ckpt_read_config(newest, &attr, NULL) == FW_OK) {
 			prev = strdup(attr);
 			snprintf(prev_path, sizeof(prev_path), "%s", newest);
 		}
@@ -722,9 +243,9 @@ static enum fw_status open_run_dir(struct session *s, struct fw_err *err)
 	}
 	const char *sv = opt_s(s, "save");
 	snprintf(s->save_dir, sizeof(s->save_dir), "%s", *sv ? sv : s->run_dir);
-	enum fw_status st = make_dir(s->run_dir, err);
+	enum fw_status st = fw_dir_make(s->run_dir, err);
 	if (st == FW_OK)
-		st = make_dir(s->save_dir, err);
+		st = fw_dir_make(s->save_dir, err);
 	if (st != FW_OK)
 		return st;
 	remove_stale_temps(s->run_dir);
@@ -737,7 +258,8 @@ static enum fw_status open_run_dir(struct session *s, struct fw_err *err)
 	char *config = config_dump(&s->cfg);
 	if (!config)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	st = write_file_atomic(s->run_dir, "config.ini", config, err);
+	snprintf(path, sizeof(path), "%s/config.ini", s->run_dir);
+	st = fw_file_write_atomic(path, config, strlen(config), err);
 	free(config);
 	if (st != FW_OK)
 		return st;
@@ -754,90 +276,6 @@ static enum fw_status open_run_dir(struct session *s, struct fw_err *err)
 }
 
 /* --- training ----------------------------------------------------------------------------- */
-
-static double grad_norm(const struct session *s)
-{
-	double sum = 0;
-	for (int i = 0; i < fw_graph_n_params(s->g); i++) {
-		const struct fw_tensor *p = fw_graph_param(s->g, i);
-		const float *g = p->grad->data;
-		int64_t n = fw_nelem(p);
-		double part = 0;
-		#pragma omp parallel for reduction(+:part) schedule(static) if (n > 65536)
-		for (int64_t j = 0; j < n; j++)
-			part += (double)g[j] * g[j];
-		sum += part;
-	}
-	return sqrt(sum);
-}
-
-static void scale_grads(const struct session *s, float c)
-{
-	for (int i = 0; i < fw_graph_n_params(s->g); i++) {
-		const struct fw_tensor *p = fw_graph_param(s->g, i);
-		float *g = p->grad->data;
-		int64_t n = fw_nelem(p);
-		#pragma omp parallel for schedule(static) if (n > 65536)
-		for (int64_t j = 0; j < n; j++)
-			g[j] *= c;
-	}
-}
-
-static int64_t model_vocab(const struct session *s)
-{
-	const struct fw_tensor *lg = s->model.logits;
-	return lg ? lg->ne[lg->ndim - 1] : 65536;
-}
-
-/* Mean loss of the first n validation micro-batches. With stats (eval):
- * stats[0] = targets in the loss, stats[1] = their unigram entropy in nats
- * (the loss of the best model that ignores context, fitted to them). */
-static enum fw_status evaluate(struct session *s, int64_t n, double *loss, double *stats,
-			       struct fw_err *err)
-{
-	struct loader *l = s->have_valid ? &s->valid : NULL;
-	*loss = NAN;
-	if (!l || n <= 0)
-		return FW_OK;
-	loader_seek(l, 0, 0);      /* the same batches at every evaluation */
-	double sum = 0;
-	int64_t counted = 0, V = model_vocab(s);
-	const int32_t *targets = s->model.targets->data;
-	int64_t *hist = stats ? calloc((size_t)V, sizeof(int64_t)) : NULL;
-	if (stats && !hist)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	/* --calculate-per-token-loss: each micro-batch's mean weighted by its
-	 * loss tokens, as in training. */
-	bool per_token = fw_opt_bool(s->cfg.run, "calculate-per-token-loss");
-	for (int64_t i = 0; i < n; i++) {
-		next_batch(s, l);
-		int64_t here = 0;
-		for (int64_t j = 0; j < s->B * s->T; j++)
-			if (targets[j] >= 0 && targets[j] < V) {
-				here++;
-				if (hist)
-					hist[targets[j]]++;
-			}
-		counted += here;
-		if (fw_graph_forward(s->eval_g) != FW_OK) {
-			free(hist);
-			return fw_errorf(err, FW_ERR_INTERNAL, "eval: %s", fw_ctx_err(s->ctx)->msg);
-		}
-		sum += *(float *)s->model.loss->data * (per_token ? (double)here : 1.0);
-	}
-	if (stats) {
-		double h = 0;
-		for (int64_t v = 0; v < V; v++)
-			if (hist[v])
-				h -= (double)hist[v] / (double)counted *
-				     log((double)hist[v] / (double)counted);
-		stats[0] = (double)counted;
-		stats[1] = counted ? h : NAN;
-		free(hist);
-	}
-	*loss = per_token ? (counted ? sum / (double)counted : NAN) : sum / (double)n;
-	return FW_OK;
-}
 
 static enum fw_status checkpoint_now(struct session *s, struct fw_err *err)
 {
@@ -888,6 +326,58 @@ static void progress(const struct session *s, struct interval *iv, int64_t first
 		*iv = (struct interval){ .t0 = now };
 }
 
+/* What fwrun does between the trainer's steps: metrics.jsonl, the progress
+ * line, and SIGINT/SIGTERM mapped to stopping after the step (and its save). */
+struct train_log {
+	struct session *s;
+	struct interval iv;
+	int64_t first_step;
+	double t0;
+};
+
+static enum fw_rt_action on_step(void *user, const struct fw_rt_step_info *in)
+{
+	struct train_log *tl = user;
+	struct session *s = tl->s;
+	double tps = in->elapsed_s > 0 ? (double)in->run_tokens / in->elapsed_s : 0;
+	fprintf(s->metrics,
+		"{\"type\": \"train\", \"step\": %lld, \"loss\": %.9g, \"lr\": %.17g, "
+		"\"grad_norm\": %.9g, "
+		"\"loss_scale\": 1, \"tokens\": %lld, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
+		(long long)in->step, in->loss, in->lr, in->grad_norm, (long long)in->tokens, tps,
+		in->elapsed_s);
+	fflush(s->metrics);
+	tl->iv.loss += in->loss;
+	tl->iv.norm += in->grad_norm;
+	tl->iv.steps++;
+	tl->iv.tokens += in->step_tokens;
+	s->step = in->step;
+	s->tokens = in->tokens;
+	progress(s, &tl->iv, tl->first_step, in->lr, tl->t0 + in->elapsed_s, in->elapsed_s);
+	return stop_requested ? FW_RT_STOP : FW_RT_CONTINUE;
+}
+
+static enum fw_rt_action on_eval(void *user, int64_t step, double vl)
+{
+	struct train_log *tl = user;
+	struct session *s = tl->s;
+	if (isfinite(vl)) {
+		fprintf(s->metrics, "{\"type\": \"eval\", \"step\": %lld, \"eval_loss\": %.9g}\n",
+			(long long)step, vl);
+		fflush(s->metrics);
+		fprintf(stderr, "%sstep %lld: eval loss %.4f\n",
+			isatty(fileno(stderr)) && step != s->iters ? "\n" : "", (long long)step, vl);
+	}
+	return stop_requested ? FW_RT_STOP : FW_RT_CONTINUE;
+}
+
+static enum fw_status on_save(void *user, int64_t step, struct fw_err *err)
+{
+	struct train_log *tl = user;
+	tl->s->step = step;
+	return checkpoint_now(tl->s, err);
+}
+
 static enum fw_status train_loop(struct session *s, struct fw_err *err)
 {
 	int64_t gbs = opt_i(s, "global-batch-size");
@@ -898,189 +388,31 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 				 "--global-batch-size %lld is not a multiple of --micro-batch-size %lld",
 				 (long long)gbs, (long long)s->B);
 	s->accum = gbs / s->B;
-	bool drop_last = fw_opt_bool(s->cfg.run, "drop-last");
-	double clip = opt_f(s, "clip-grad"), wd = opt_f(s, "weight-decay");
-	int64_t eval_every = opt_i(s, "eval-interval"), save_every = opt_i(s, "save-interval");
-	const struct fw_peft_i *peft = s->slots.peft ? s->slots.peft->desc->iface : NULL;
-	double t0 = now_s();
-	int64_t start_tokens = s->tokens, first_step = s->step;
-	struct interval iv = { .t0 = t0 };
-
-	if (s->train.n_micro < s->accum && drop_last)
-		return fw_errorf(err, FW_ERR_INVALID,
-				 "%s: %lld micro-batches, fewer than one global batch (%lld) with --drop-last",
-				 opt_s(s, "data"), (long long)s->train.n_micro, (long long)s->accum);
-	/* Per-token loss: the step's micro-batches are read ahead to count their
-	 * loss tokens, and micro-batch m's mean is weighted count[m] / total. */
-	bool per_token = fw_opt_bool(s->cfg.run, "calculate-per-token-loss");
-	size_t bt = (size_t)(s->B * s->T);
-	int32_t *staged = per_token ? malloc(sizeof(int32_t) * 3 * bt * (size_t)s->accum) : NULL;
-	int64_t *count = per_token ? malloc(sizeof(int64_t) * (size_t)s->accum) : NULL;
-	if (per_token && (!staged || !count)) {
-		free(staged);
-		free(count);
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	}
-	enum fw_status st = FW_OK;
+	struct train_log tl = { .s = s, .first_step = s->step, .t0 = now_s() };
+	tl.iv.t0 = tl.t0;
+	struct fw_rt_trainer t = {
+		.m = &s->model, .g = s->g, .optim = s->optim, .plugins = &s->slots,
+		.data = &s->train, .data_label = opt_s(s, "data"), .seg = s->seg,
+		.sched = s->sched, .iters = s->iters, .accum = s->accum,
+		.clip = opt_f(s, "clip-grad"), .drop_last = fw_opt_bool(s->cfg.run, "drop-last"),
+		.per_token = fw_opt_bool(s->cfg.run, "calculate-per-token-loss"),
+		.eval_every = opt_i(s, "eval-interval"), .save_every = opt_i(s, "save-interval"),
+		.eval = eval_of(s, opt_i(s, "eval-iters")),
+		.hooks = { .on_step = on_step, .on_eval = on_eval, .on_save = on_save, .user = &tl },
+		.step = s->step, .tokens = s->tokens,
+	};
+	bool stopped = false;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
-	while (s->step < s->iters) {
-		int64_t it = s->step + 1;
-		double lr = lr_at(&s->sched, it);
-		if (loader_left(&s->train) < s->accum && (drop_last || loader_left(&s->train) == 0))
-			loader_seek(&s->train, s->train.epoch + 1, 0);
-		int64_t n_micro = loader_left(&s->train) < s->accum ? loader_left(&s->train) : s->accum;
-		int64_t total = 0;
-		for (int64_t m = 0; per_token && m < n_micro; m++) {
-			int32_t *b = staged + 3 * bt * (size_t)m;
-			loader_next(&s->train, b, b + bt, b + 2 * bt);
-			count[m] = 0;
-			for (size_t j = 0; j < bt; j++)
-				count[m] += b[bt + j] >= 0;
-			total += count[m];
-		}
-		double loss = 0;
-		for (int64_t m = 0; m < n_micro; m++) {
-			double w = per_token && total ? (double)count[m] / (double)total :
-				   1.0 / (double)n_micro;
-			if (per_token)
-				use_batch(s, staged + 3 * bt * (size_t)m);
-			else
-				next_batch(s, &s->train);
-			fw_graph_set_loss_scale(s->g, (float)w);
-			fw_graph_set_step(s->g, it * s->accum + m);
-			if (fw_graph_forward(s->g) != FW_OK || fw_graph_backward(s->g) != FW_OK) {
-				st = fw_errorf(err, FW_ERR_INTERNAL, "step %lld: %s", (long long)it,
-					       fw_ctx_err(s->ctx)->msg);
-				goto out;
-			}
-			loss += w * *(float *)s->model.loss->data;
-		}
-		double norm = grad_norm(s);
-		if (!isfinite(loss) || !isfinite(norm)) {
-			st = fw_errorf(err, FW_ERR_INTERNAL,
-				       "step %lld: loss %g, gradient norm %g: training diverged",
-				       (long long)it, loss, norm);
-			goto out;
-		}
-		if (clip > 0 && clip / (norm + 1e-6) < 1.0)
-			scale_grads(s, (float)(clip / (norm + 1e-6)));
-		s->groups[0].lr = s->groups[1].lr = (float)lr;
-		s->groups[0].weight_decay = (float)wd;
-		s->groups[1].weight_decay = 0.0f;
-		struct fw_err oe = { 0 };
-		if (s->optim->step(s->slots.optim->state, s->groups, 2, it, &oe) != FW_OK) {
-			st = fw_errorf(err, oe.status, "%s: %s", s->slots.optim->desc->name, oe.msg);
-			goto out;
-		}
-		if (peft && peft->after_backward &&
-		    peft->after_backward(s->slots.peft->state, &s->model, it, &oe) != FW_OK) {
-			st = fw_errorf(err, oe.status, "%s: %s", s->slots.peft->desc->name, oe.msg);
-			goto out;
-		}
-		fw_graph_zero_grad(s->g);
-		s->step = it;
-		s->tokens += n_micro * s->B * s->T;
-
-		double el = now_s() - t0;
-		double tps = el > 0 ? (double)(s->tokens - start_tokens) / el : 0;
-		fprintf(s->metrics,
-			"{\"type\": \"train\", \"step\": %lld, \"loss\": %.9g, \"lr\": %.17g, "
-			"\"grad_norm\": %.9g, "
-			"\"loss_scale\": 1, \"tokens\": %lld, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
-			(long long)it, loss, lr, norm, (long long)s->tokens, tps, el);
-		fflush(s->metrics);
-		iv.loss += loss;
-		iv.norm += norm;
-		iv.steps++;
-		iv.tokens += n_micro * s->B * s->T;
-		progress(s, &iv, first_step, lr, t0 + el, el);
-
-		if ((eval_every > 0 && it % eval_every == 0) || it == s->iters) {
-			double vl;
-			if ((st = evaluate(s, opt_i(s, "eval-iters"), &vl, NULL, err)) != FW_OK)
-				goto out;
-			if (isfinite(vl)) {
-				fprintf(s->metrics, "{\"type\": \"eval\", \"step\": %lld, "
-					"\"eval_loss\": %.9g}\n",
-					(long long)it, vl);
-				fflush(s->metrics);
-				fprintf(stderr, "%sstep %lld: eval loss %.4f\n",
-					isatty(fileno(stderr)) && it != s->iters ? "\n" : "",
-					(long long)it, vl);
-			}
-		}
-		bool stopping = stop_requested != 0;
-		if ((save_every > 0 && it % save_every == 0) || it == s->iters || stopping) {
-			if ((st = checkpoint_now(s, err)) != FW_OK)
-				goto out;
-		}
-		if (stopping) {
-			fprintf(stderr, "fwrun: %s after step %lld; resume with --load=%s\n",
-				stop_requested == SIGINT ? "interrupted" : "terminated",
-				(long long)it, s->save_dir);
-			break;
-		}
-	}
-out:
+	enum fw_status st = fw_rt_train(&t, &stopped, err);
 	signal(SIGINT, SIG_DFL);
 	signal(SIGTERM, SIG_DFL);
-	free(staged);
-	free(count);
-	return st;
-}
-
-/* arg if it is a file; in a directory, the regular file PREFIX<digits>.h5
- * with the largest number (temporary files are not), "" if none. */
-static enum fw_status newest_in(const char *arg, const char *prefix, char *out, size_t len,
-				struct fw_err *err)
-{
-	struct stat st;
-	out[0] = '\0';
-	if (stat(arg, &st) != 0)
-		return fw_errorf(err, FW_ERR_IO, "%s: %s", arg, strerror(errno));
-	if (!S_ISDIR(st.st_mode)) {
-		snprintf(out, len, "%s", arg);
-		return FW_OK;
-	}
-	long long best = -1;
-	DIR *d = opendir(arg);
-	struct dirent *e;
-	while (d && (e = readdir(d))) {
-		long long n = numbered(e->d_name, strlen(e->d_name), prefix, ".h5");
-		char path[4400];
-		struct stat fs;
-		if (n <= best)
-			continue;
-		snprintf(path, sizeof(path), "%s/%s", arg, e->d_name);
-		if (stat(path, &fs) == 0 && S_ISREG(fs.st_mode)) {
-			best = n;
-			snprintf(out, len, "%s", path);
-		}
-	}
-	if (d)
-		closedir(d);
-	return FW_OK;
-}
-
-/* --load=DIR picks the newest complete checkpoint in it. */
-enum fw_status resolve_load(const char *arg, char *out, size_t len, struct fw_err *err)
-{
-	enum fw_status st = newest_in(arg, "ckpt-", out, len, err);
-	if (st != FW_OK || strcmp(out, arg) == 0)
-		return st;
-	if (!out[0])
-		return fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no checkpoint (ckpt-*.h5) in directory",
-				 arg);
-	return check_dir_checkpoints(arg, err);
-}
-
-enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err)
-{
-	enum fw_status st = newest_in(arg, "adapter-", out, len, err);
-	if (st == FW_OK && !out[0])
-		st = fw_errorf(err, FW_ERR_NOT_FOUND, "%s: no adapter (adapter-*.h5) in directory",
-			       arg);
+	s->step = t.step;
+	s->tokens = t.tokens;
+	if (st == FW_OK && stopped)
+		fprintf(stderr, "fwrun: %s after step %lld; resume with --load=%s\n",
+			stop_requested == SIGINT ? "interrupted" : "terminated",
+			(long long)s->step, s->save_dir);
 	return st;
 }
 
@@ -1095,163 +427,20 @@ static void set_schedule(struct session *s)
 	if (frac > 0)
 		warmup = (int64_t)(frac * (double)decay);
 	const char *style = opt_s(s, "lr-decay-style"), *wsd = opt_s(s, "lr-wsd-decay-style");
-	s->sched = (struct lr_schedule){
+	s->sched = (struct fw_lr_schedule){
 		.max_lr = opt_f(s, "lr"), .min_lr = opt_f(s, "min-lr"),
 		.init_lr = opt_f(s, "lr-warmup-init"), .warmup = warmup, .decay = decay,
 		.wsd_decay = opt_i(s, "lr-wsd-decay-iters"),
 	};
-	for (int i = 0; lr_styles[i]; i++)
-		if (!strcmp(style, lr_styles[i]))
-			s->sched.style = i;
-	for (int i = 0; wsd_styles[i]; i++)
-		if (!strcmp(wsd, wsd_styles[i]))
-			s->sched.wsd_style = i;
+	/* both are choice options with these names: parsed, they cannot fail */
+	fw_lr_style_parse(style, &s->sched.style, NULL);
+	fw_wsd_style_parse(wsd, &s->sched.wsd_style, NULL);
 }
 
 static const char train_usage[] =
 	"usage: fwrun train --plugins=arch/X,optim/Y[,attention/Z,peft/W] --data=SHARDS [options]\n"
 	"Trains a model; every option is listed by 'fwrun list' and 'fwrun train --help --plugins=...'.\n";
 
-static void print_options(const struct config *c, const struct fw_options *o, const char *cmd)
-{
-	for (int i = 0; i < fw_options_count(o); i++) {
-		const struct fw_option_def *d = fw_options_def(o, i);
-		if (option_applies(c, o, d->name, cmd))
-			printf("  --%-24s %s (default: %s)\n", d->name, d->help ? d->help : "",
-			       d->def ? d->def : "required");
-	}
-}
-
-static bool wants_help(int argc, char **argv)
-{
-	for (int i = 0; i < argc; i++)
-		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h"))
-			return true;
-	return false;
-}
-
-int command_help(const char *cmd, const char *usage, int argc, char **argv)
-{
-	struct config c;
-	struct fw_err err = { 0 };
-	char *pos[8];
-	int np;
-	char **args = malloc(sizeof(char *) * (size_t)(argc + 1));
-	int n = 0;
-	for (int i = 0; args && i < argc; i++)
-		if (strcmp(argv[i], "--help") && strcmp(argv[i], "-h"))
-			args[n++] = argv[i];
-	if (!args)
-		return die(EXIT_RUNTIME, "out of memory");
-	if (config_load(&c, NULL, n, args, false, pos, 8, &np, &err) != FW_OK &&
-	    err.status != FW_ERR_INVALID) {
-		config_free(&c);
-		free(args);
-		return die(EXIT_USAGE, "%s", err.msg);
-	}
-	fputs(usage, stdout);
-	printf("\nfwrun options for %s:\n", cmd);
-	if (c.run) {
-		print_options(&c, c.run, cmd);
-		for (int k = 1; k < FW_KIND_COUNT; k++) {
-			if (!c.plugin[k] || (k == FW_KIND_OPTIM && strcmp(cmd, "train") &&
-					     strcmp(cmd, "plan")))
-				continue;
-			printf("\n%s options:\n", c.plugin[k]->desc->name);
-			print_options(&c, c.plugin[k]->opts, cmd);
-		}
-	}
-	config_free(&c);
-	free(args);
-	return EXIT_OK;
-}
-
-/* --load, the tokenizer, then the data: train reads --data (and
- * --valid-data), eval --valid-data (or --data). */
-/* What session_open does with --data / --valid-data. */
-enum data_use { DATA_NONE, DATA_REQUIRED, DATA_IF_GIVEN };
-
-static enum fw_status open_datasets(struct session *s, bool train, enum data_use use,
-				    struct fw_err *err)
-{
-	enum fw_status st;
-	const char *load = opt_s(s, "load");
-	if (*load && (st = resolve_load(load, s->load_path, sizeof(s->load_path), err)) != FW_OK)
-		return st;
-	s->tok = run_tokenizer(s->cfg.run, s->load_path, err);
-	if (err->status)
-		return err->status;
-	const char *data = opt_s(s, "data"), *valid = opt_s(s, "valid-data");
-	if (use == DATA_IF_GIVEN && !*data && !*valid)
-		return FW_OK;
-	if (train && !*data)
-		return fw_errorf(err, FW_ERR_INVALID, "train needs --data=FILE[,...] (token shards, "
-				 "text or JSONL)");
-	if (!train && !*valid && !*data && !*opt_s(s, "score-data"))
-		return fw_errorf(err, FW_ERR_INVALID, "eval needs --load=CKPT and "
-				 "--valid-data=FILE[,...] or --score-data=FILE.jsonl");
-	st = FW_OK;
-	if (train) {
-		s->have_train = true;
-		st = dataset_open(&s->train, s->cfg.run, data, "data", fw_opt_bool(s->cfg.run, "shuffle"),
-				  s->tok, s->B, s->T, err);
-		if (st != FW_OK)
-			return st;
-	}
-	if (*valid || (!train && *data)) {
-		s->have_valid = true;
-		st = dataset_open(&s->valid, s->cfg.run, *valid ? valid : data,
-				  *valid ? "valid-data" : "data", false, s->tok, s->B, s->T, err);
-	}
-	return st;
-}
-
-static int session_open(struct session *s, const char *cmd, int argc, char **argv, bool train,
-			enum data_use use, int *rc)
-{
-	char *pos[4];
-	int np = 0;
-	enum fw_status st;
-	memset(s, 0, sizeof(*s));
-	if (config_load(&s->cfg, cmd, argc, argv, true, pos, 0, &np, &s->err) != FW_OK) {
-		*rc = die(s->err.status == FW_ERR_NOMEM || s->err.status == FW_ERR_IO ||
-			  s->err.status == FW_ERR_FORMAT || s->err.status == FW_ERR_UNSUPPORTED ?
-			  EXIT_RUNTIME : EXIT_USAGE, "%s", s->err.msg);
-		return -1;
-	}
-	int threads = (int)opt_i(s, "threads");
-	if (threads > 0)
-		fw_set_num_threads(threads);
-	s->base_rss = rss_now();
-	s->B = opt_i(s, "micro-batch-size");
-	s->T = opt_i(s, "seq-length");
-	if (init_plugins(s, &s->err) != FW_OK || check_model(s, train, &s->err) != FW_OK) {
-		*rc = die(s->err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
-			  s->err.msg);
-		return -1;
-	}
-	if (use != DATA_NONE && (st = open_datasets(s, train, use, &s->err)) != FW_OK) {
-		*rc = die(st == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s->err.msg);
-		return -1;
-	}
-	if (build_model(s, train, &s->err) != FW_OK || build_graphs(s, train, &s->err) != FW_OK ||
-	    (s->have_train && loader_check_vocab(&s->train, s->tok, model_vocab(s), &s->err)) ||
-	    (s->have_valid && loader_check_vocab(&s->valid, s->tok, model_vocab(s), &s->err))) {
-		/* INVALID: flags that cannot make this model (sizes, --seq-length) */
-		*rc = die(s->err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
-			  s->err.msg);
-		return -1;
-	}
-	return 0;
-}
-
-/* What came from --load's checkpoint and which options do nothing, said
- * once the command has everything it needs, so that an error stays one line. */
-static void session_ready(struct session *s, const char *cmd, int argc, char **argv)
-{
-	config_report(&s->cfg);
-	warn_unused_options(&s->cfg, cmd, argc, argv);
-}
 
 int cmd_train(int argc, char **argv)
 {
@@ -1302,162 +491,3 @@ out:
 	return rc;
 }
 
-static const char eval_usage[] =
-	"usage: fwrun eval --plugins=arch/X[,...] --load=CKPT [--valid-data=FILES [--eval-iters=N]]\n"
-	"                  [--score-data=FILE.jsonl]\n"
-	"Prints one JSON object on stdout: {\"eval_loss\", \"perplexity\", \"eval_iters\", \"tokens\"}\n"
-	"for --valid-data, and the scores of --score-data's prompt/response and multiple-choice\n"
-	"records (docs/training.md, \"Eval\").\n";
-
-/* Scoring needs a tokenizer with an EOS token and the logits. */
-static enum fw_status eval_can_score(struct session *s, struct fw_err *err)
-{
-	if (!s->tok)
-		return fw_errorf(err, FW_ERR_INVALID, "--score-data needs a tokenizer: a checkpoint "
-				 "that stores one, or --tokenizer=byte (or gpt2 with --vocab-file "
-				 "and --merge-file)");
-	if (fw_tokenizer_eos(s->tok) < 0)
-		return fw_errorf(err, FW_ERR_INVALID, "the %s tokenizer has no EOS token "
-				 "(<|endoftext|>) to end responses with", fw_tokenizer_name(s->tok));
-	struct loader none = { 0 };
-	enum fw_status st = loader_check_vocab(&none, s->tok, model_vocab(s), err);
-	if (st != FW_OK)
-		return st;
-	if (!s->model.logits)
-		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s gives no logits to score with",
-				 s->slots.arch->desc->name);
-	return FW_OK;
-}
-
-static void put_json_num(double x)
-{
-	if (isfinite(x))
-		printf("%.9g", x);
-	else
-		fputs("null", stdout);
-}
-
-int cmd_eval(int argc, char **argv)
-{
-	struct session s;
-	int rc = EXIT_RUNTIME;
-	char *scores = NULL;
-	if (wants_help(argc, argv))
-		return command_help("eval", eval_usage, argc, argv);
-	if (session_open(&s, "eval", argc, argv, false, DATA_REQUIRED, &rc) != 0)
-		goto out;
-	const char *score = opt_s(&s, "score-data");
-	if (!*s.load_path) {
-		rc = die(EXIT_USAGE, "eval needs --load=CKPT and --valid-data=FILE[,...] or "
-			 "--score-data=FILE.jsonl");
-		goto out;
-	}
-	if (*score && eval_can_score(&s, &s.err) != FW_OK) {
-		rc = die(s.err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s.err.msg);
-		goto out;
-	}
-	if (load_checkpoint(&s, s.load_path, false, &s.err) != FW_OK ||
-	    adapter_apply(&s.cfg, &s.slots, &s.model, true, &s.err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
-		goto out;
-	}
-	session_ready(&s, "eval", argc, argv);
-	double loss = NAN;
-	double stats[2] = { 0, NAN };
-	int64_t iters = opt_i(&s, "eval-iters");
-	if (s.have_valid && (iters == 0 || iters > s.valid.n_micro))
-		iters = s.valid.n_micro;          /* the whole validation set, once */
-	if (s.have_valid && evaluate(&s, iters, &loss, stats, &s.err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
-		goto out;
-	}
-	if (*score && score_file(score, s.cfg.run, s.tok, &s.model, s.eval_g,
-				 &scores, &s.err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
-		goto out;
-	}
-	putchar('{');
-	if (s.have_valid) {
-		fputs("\"eval_loss\": ", stdout);
-		put_json_num(loss);
-		fputs(", \"perplexity\": ", stdout);
-		put_json_num(exp(loss));
-		printf(", \"eval_iters\": %lld, \"tokens\": %lld, \"unigram_loss\": ", (long long)iters,
-		       (long long)stats[0]);
-		put_json_num(stats[1]);
-		fputs(scores ? ", " : "", stdout);
-	}
-	printf("%s}\n", scores ? scores : "");
-	rc = EXIT_OK;
-out:
-	free(scores);
-	free_session(&s);
-	return rc;
-}
-
-static const char plan_usage[] =
-	"usage: fwrun plan --plugins=arch/X,optim/Y[,...] [options]\n"
-	"Builds the model and its memory plan without training and prints the bytes per category.\n";
-
-static void plan_row(const char *name, double planned, const char *rule, double rule_bytes)
-{
-	printf("  %-12s %10.2f MiB", name, planned / 1048576.0);
-	if (rule)
-		printf("   %-26s %10.2f MiB  %+6.1f%%", rule, rule_bytes / 1048576.0,
-		       rule_bytes > 0 ? 100.0 * (planned - rule_bytes) / rule_bytes : 0.0);
-	printf("\n");
-}
-
-int cmd_plan(int argc, char **argv)
-{
-	struct session s;
-	int rc = EXIT_RUNTIME;
-	if (wants_help(argc, argv))
-		return command_help("plan", plan_usage, argc, argv);
-	if (session_open(&s, "plan", argc, argv, true, DATA_IF_GIVEN, &rc) != 0)
-		goto out;
-	if (s.slots.optim && setup_optim(&s, &s.err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
-		goto out;
-	}
-	session_ready(&s, "plan", argc, argv);
-	struct fw_memory_report mr, me = { 0 };
-	fw_graph_memory(s.g, &mr);
-	if (s.eval_g)
-		fw_graph_memory(s.eval_g, &me);
-	double P = (double)mr.n_params, Tr = (double)mr.n_trainable;
-	int n_state = s.optim ? s.optim->n_state : 0;
-	printf("parameters: %lld total, %lld trainable (%.2f%%)\n", (long long)mr.n_params,
-	       (long long)mr.n_trainable, P > 0 ? 100.0 * Tr / P : 0.0);
-	printf("memory plan for training, f32, micro-batch %lld x %lld tokens, from the real "
-	       "graph:\n", (long long)s.B, (long long)s.T);
-	printf("  %-12s %14s   %-26s %14s  %7s\n", "category", "planned", "rule of thumb", "",
-	       "diff");
-	plan_row("weights", (double)mr.bytes[FW_MEM_WEIGHTS], "4 B/param (fp32)", 4 * P);
-	plan_row("gradients", (double)mr.bytes[FW_MEM_GRADIENTS], "4 B/trainable param", 4 * Tr);
-	char rule[64];
-	snprintf(rule, sizeof(rule), "%d x 4 B/trainable param", n_state);
-	plan_row("optimizer", (double)mr.bytes[FW_MEM_OPTIMIZER], rule, 4.0 * n_state * Tr);
-	plan_row("activations", (double)mr.bytes[FW_MEM_ACTIVATIONS], NULL, 0);
-	if (s.eval_g)
-		plan_row("eval acts", (double)me.bytes[FW_MEM_ACTIVATIONS], NULL, 0);
-	plan_row("inputs", (double)mr.bytes[FW_MEM_INPUTS], NULL, 0);
-	plan_row("workspace", (double)(mr.bytes[FW_MEM_WORKSPACE] + me.bytes[FW_MEM_WORKSPACE]),
-		 NULL, 0);
-	double total = (double)mr.total + (double)me.bytes[FW_MEM_ACTIVATIONS] +
-		       (double)me.bytes[FW_MEM_WORKSPACE];
-	plan_row("total", total, "16 B/trainable+4 B/frozen", 16 * Tr + 4 * (P - Tr));
-	plan_row("process", (double)s.base_rss, NULL, 0);
-	printf("  %-12s %10.1f MiB   (plan + process; compare with 'fwrun train's peak RSS)\n",
-	       "expected", (total + (double)s.base_rss) / 1048576.0);
-	printf("rules of thumb (docs): fp32 weights 4 B/param = %.1f MiB, fp16/bf16 2 B/param = "
-	       "%.1f MiB;\nmixed-precision Adam 16-20 B/param = %.1f-%.1f MiB (fw keeps no fp16 "
-	       "copy: %.0f B/trainable param here).\n", 4 * P / 1048576.0, 2 * P / 1048576.0,
-	       16 * P / 1048576.0, 20 * P / 1048576.0, Tr > 0 ? (4.0 + 4 + 4.0 * n_state) : 0);
-	printf("activations without reuse would take %.1f MiB (the planner shares buffers "
-	       "whose lifetimes do not overlap)\n", mr.activations_unplanned / 1048576.0);
-	rc = EXIT_OK;
-out:
-	free_session(&s);
-	return rc;
-}

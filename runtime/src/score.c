@@ -1,8 +1,8 @@
-/* score.c - fwrun eval --score-data: log-likelihood of responses and
+/* score.c - scoring JSONL records (fw/runtime/score.h; fwrun eval --score-data): log-likelihood of responses and
  * multiple-choice accuracy from JSONL records (docs/training.md, "Eval").
  *
  * A {"prompt", "response"} record (or "messages", or "text") is tokenized by
- * example_from_json and scored on exactly the tokens the SFT loss uses: the
+ * fw_rt_example_from_json and scored on exactly the tokens the SFT loss uses: the
  * response and the EOS after it. A {"prompt", "choices", "answer"} record
  * gives one sequence per choice, prompt then choice, scored on the choice's
  * tokens (no EOS), as lm-evaluation-harness does.
@@ -19,14 +19,15 @@
 
 #include <jansson.h>
 
-#include "fwrun.h"
+#include "fw/graph.h"
+#include "fw/runtime/score.h"
 
 /* --- reading JSONL ----------------------------------------------------------------------- */
 
 /* --- records ------------------------------------------------------------------------------- */
 
 struct seq {                  /* one row: a response, or one choice */
-	struct example ex;    /* ex.loss marks the scored tokens */
+	struct fw_rt_example ex;    /* ex.loss marks the scored tokens */
 	size_t chars;         /* a choice's characters (code points), for acc_norm */
 	double logprob;       /* sum of log p over the scored tokens */
 	int64_t n_scored;
@@ -40,7 +41,7 @@ struct rec {
 };
 
 struct scoring {
-	struct encoder enc;
+	struct fw_rt_encoder enc;
 	int64_t T;
 	struct seq *seq;
 	int64_t n_seq, cap_seq;
@@ -71,7 +72,7 @@ static size_t utf8_chars(const char *s)
 	return n;
 }
 
-static bool add_seq(struct scoring *sc, struct example *ex, size_t chars)
+static bool add_seq(struct scoring *sc, struct fw_rt_example *ex, size_t chars)
 {
 	if (!grow((void **)&sc->seq, &sc->cap_seq, sc->n_seq, sizeof(*sc->seq)))
 		return false;
@@ -82,7 +83,7 @@ static bool add_seq(struct scoring *sc, struct example *ex, size_t chars)
 static void drop_seqs(struct scoring *sc, int64_t from)
 {
 	while (sc->n_seq > from)
-		example_free(&sc->seq[--sc->n_seq].ex);
+		fw_rt_example_free(&sc->seq[--sc->n_seq].ex);
 }
 
 /* A multiple-choice record's fields, or why it is bad. */
@@ -127,7 +128,7 @@ static enum fw_status add_record(void *arg, const void *record, long line, const
 	json_t *r = (json_t *)record;
 	int64_t first = sc->n_seq;
 	struct rec rc = { .line = line, .first = first };
-	struct example ex;
+	struct fw_rt_example ex;
 	bool choice = json_is_object(r) &&
 		      (json_object_get(r, "choices") || json_object_get(r, "answer"));
 	if (choice) {
@@ -141,26 +142,26 @@ static enum fw_status add_record(void *arg, const void *record, long line, const
 			/* The choice as a response: the same encoding, less the EOS. */
 			json_t *pair = json_pack("{s:O, s:O}", "prompt", json_object_get(r, "prompt"),
 						 "response", c);
-			bool ok = pair && example_from_json(&sc->enc, pair, &ex, why);
+			bool ok = pair && fw_rt_example_from_json(&sc->enc, pair, &ex, why);
 			json_decref(pair);
 			if (ok)
 				ex.n--;
 			if (!ok || !add_seq(sc, &ex, utf8_chars(json_string_value(c)))) {
 				if (ok)
-					example_free(&ex);
+					fw_rt_example_free(&ex);
 				drop_seqs(sc, first);
 				return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 			}
 		}
 	} else {
-		if (!example_from_json(&sc->enc, r, &ex, why))
+		if (!fw_rt_example_from_json(&sc->enc, r, &ex, why))
 			return FW_OK;
 		if (ex.loss[0]) {          /* nothing before the first response token */
-			example_free(&ex);
+			fw_rt_example_free(&ex);
 			return *why = "'prompt' is empty", FW_OK;
 		}
 		if (!add_seq(sc, &ex, 0)) {
-			example_free(&ex);
+			fw_rt_example_free(&ex);
 			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 		}
 	}
@@ -207,7 +208,7 @@ static enum fw_status run_rows(struct scoring *sc, struct fw_model *m, struct fw
 	for (int64_t s0 = 0; s0 < sc->n_seq; s0 += B) {
 		int64_t rows = sc->n_seq - s0 < B ? sc->n_seq - s0 : B;
 		for (int64_t b = 0; b < B; b++) {
-			const struct example *ex = b < rows ? &sc->seq[s0 + b].ex : NULL;
+			const struct fw_rt_example *ex = b < rows ? &sc->seq[s0 + b].ex : NULL;
 			int64_t n = ex ? ex->n - 1 : 0;            /* positions used */
 			for (int64_t i = 0; i < T; i++) {
 				tokens[b * T + i] = i < n ? ex->ids[i] : 0;
@@ -216,7 +217,7 @@ static enum fw_status run_rows(struct scoring *sc, struct fw_model *m, struct fw
 			}
 		}
 		if (m->positions && m->attn_bias)
-			dataset_masks(seg, B, T, m->positions->data, m->attn_bias->data);
+			fw_rt_data_masks(seg, B, T, m->positions->data, m->attn_bias->data);
 		if (fw_graph_forward(g) != FW_OK) {
 			free(seg);
 			return fw_errorf(err, FW_ERR_INTERNAL, "score: %s", fw_ctx_err(m->ctx)->msg);
@@ -288,7 +289,8 @@ static void put_record(FILE *f, const struct scoring *sc, const struct rec *r)
 }
 
 /* The results as JSON object members: totals first, then one entry a record. */
-static char *report(const struct scoring *sc, const char *path, int64_t n_bad)
+static char *report(const struct scoring *sc, const char *path, int64_t n_bad,
+		    const struct fw_rt_log *log)
 {
 	int64_t n_resp = 0, n_tok = 0, n_choice = 0, acc = 0, acc_norm = 0;
 	double sum = 0;
@@ -307,8 +309,8 @@ static char *report(const struct scoring *sc, const char *path, int64_t n_bad)
 			acc_norm += argmax(s, r->n_choices, true) == r->answer;
 		}
 	}
-	fprintf(stderr, "fwrun: score-data: %lld records scored (%lld responses, %lld multiple "
-		"choice), %lld bad records skipped, %lld longer than %lld tokens skipped\n",
+	fw_rt_logf(log, FW_LOG_INFO, "score-data: %lld records scored (%lld responses, %lld "
+		   "multiple choice), %lld bad records skipped, %lld longer than %lld tokens skipped",
 		(long long)(n_resp + n_choice), (long long)n_resp, (long long)n_choice,
 		(long long)n_bad, (long long)sc->too_long, (long long)sc->T + 1);
 
@@ -347,24 +349,25 @@ static char *report(const struct scoring *sc, const char *path, int64_t n_bad)
 	return buf;
 }
 
-enum fw_status score_file(const char *path, const struct fw_options *run, struct fw_tokenizer *tok,
-			  struct fw_model *m, struct fw_graph *g, char **json, struct fw_err *err)
+enum fw_status fw_rt_score_file(const char *path, const struct fw_rt_score_config *cfg,
+				struct fw_tokenizer *tok, struct fw_model *m, struct fw_graph *g,
+				const struct fw_rt_log *log, char **json, struct fw_err *err)
 {
 	struct scoring sc = { .T = m->seq_len };
-	int64_t max_bad = fw_opt_int(run, "max-bad-records");
-	enum fw_status est = encoder_init(&sc.enc, tok, run, err);
+	enum fw_status est = fw_rt_encoder_init(&sc.enc, tok, cfg->chatml, err);
 	if (est != FW_OK)
 		return est;
 	int64_t n_bad = 0;
 	*json = NULL;
-	enum fw_status st = jsonl_foreach(path, max_bad, &n_bad, add_record, &sc, err);
+	enum fw_status st = fw_rt_jsonl_foreach(path, cfg->max_bad, &n_bad, add_record, &sc, log,
+						err);
 	if (st == FW_OK && sc.n_seq == 0)
 		st = fw_errorf(err, FW_ERR_FORMAT, "%s: no records to score (%lld bad, %lld longer "
 			       "than --seq-length=%lld + 1 tokens)", path, (long long)n_bad,
 			       (long long)sc.too_long, (long long)sc.T);
 	if (st == FW_OK)
 		st = run_rows(&sc, m, g, err);
-	if (st == FW_OK && !(*json = report(&sc, path, n_bad)))
+	if (st == FW_OK && !(*json = report(&sc, path, n_bad, log)))
 		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	drop_seqs(&sc, 0);
 	free(sc.seq);

@@ -18,13 +18,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "fwrun.h"
+#include "fw/graph.h"
+#include "fw/runtime/data.h"
 
 #define SHARD_MAGIC 20240520
 #define SHARD_MAGIC_LLAMA3 20240801
 #define SHARD_HEADER_BYTES 1024
 
-static enum fw_status shard_open(struct shard *s, const char *path, int64_t need,
+static enum fw_status shard_open(struct fw_rt_shard *s, const char *path, int64_t need,
 				 struct fw_err *err)
 {
 	int32_t hdr[256];
@@ -72,14 +73,14 @@ static enum fw_status shard_open(struct shard *s, const char *path, int64_t need
 		s->tokens32 = (uint32_t *)((char *)s->map + SHARD_HEADER_BYTES);
 	s->n_tokens = n;
 	s->path = strdup(path);
-	if (hdr[3] == SHARD_TOK_MARK && hdr[4] > 0) {
+	if (hdr[3] == FW_SHARD_TOK_MARK && hdr[4] > 0) {
 		s->tok_vocab = hdr[4];
 		s->tok_fingerprint = (uint64_t)(uint32_t)hdr[5] | (uint64_t)(uint32_t)hdr[6] << 32;
 	}
 	return FW_OK;
 }
 
-static void shuffle_epoch(struct loader *l)
+static void shuffle_epoch(struct fw_rt_loader *l)
 {
 	int64_t n = l->rows.n ? l->rows.n : l->n_micro;
 	for (int64_t i = 0; i < n; i++)
@@ -95,7 +96,7 @@ static void shuffle_epoch(struct loader *l)
 	}
 }
 
-enum fw_status loader_open(struct loader *l, const char *paths, int64_t B, int64_t T,
+enum fw_status fw_rt_loader_open(struct fw_rt_loader *l, const char *paths, int64_t B, int64_t T,
 			   bool shuffle, uint64_t seed, struct fw_err *err)
 {
 	memset(l, 0, sizeof(*l));
@@ -107,7 +108,7 @@ enum fw_status loader_open(struct loader *l, const char *paths, int64_t B, int64
 	if (!copy)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	for (char *p = strtok_r(copy, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
-		struct shard *ns = realloc(l->shards, sizeof(*ns) * (size_t)(l->n_shards + 1));
+		struct fw_rt_shard *ns = realloc(l->shards, sizeof(*ns) * (size_t)(l->n_shards + 1));
 		if (!ns) {
 			free(copy);
 			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
@@ -130,7 +131,7 @@ enum fw_status loader_open(struct loader *l, const char *paths, int64_t B, int64
 	return FW_OK;
 }
 
-enum fw_status loader_from_rows(struct loader *l, struct rows *rows, int64_t B, bool shuffle,
+enum fw_status fw_rt_loader_from_rows(struct fw_rt_loader *l, struct fw_rt_rows *rows, int64_t B, bool shuffle,
 				uint64_t seed, struct fw_err *err)
 {
 	memset(l, 0, sizeof(*l));
@@ -148,7 +149,7 @@ enum fw_status loader_from_rows(struct loader *l, struct rows *rows, int64_t B, 
 	return FW_OK;
 }
 
-enum fw_status loader_from_stream(struct loader *l, const char *name, uint32_t *tokens32,
+enum fw_status fw_rt_loader_from_stream(struct fw_rt_loader *l, const char *name, uint32_t *tokens32,
 				  int64_t n, int64_t B, int64_t T, bool shuffle, uint64_t seed,
 				  struct fw_err *err)
 {
@@ -163,7 +164,7 @@ enum fw_status loader_from_stream(struct loader *l, const char *name, uint32_t *
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	}
 	l->n_shards = 1;
-	l->shards[0] = (struct shard){ .path = strdup(name), .n_tokens = n, .tokens32 = tokens32 };
+	l->shards[0] = (struct fw_rt_shard){ .path = strdup(name), .n_tokens = n, .tokens32 = tokens32 };
 	if (n < B * T + 1)
 		return fw_errorf(err, FW_ERR_FORMAT,
 				 "%s: %lld tokens, fewer than one micro-batch needs (%lld)", name,
@@ -176,7 +177,7 @@ enum fw_status loader_from_stream(struct loader *l, const char *name, uint32_t *
 	return FW_OK;
 }
 
-void loader_close(struct loader *l)
+void fw_rt_loader_close(struct fw_rt_loader *l)
 {
 	for (int i = 0; i < l->n_shards; i++) {
 		if (l->shards[i].map)
@@ -193,19 +194,19 @@ void loader_close(struct loader *l)
 	memset(l, 0, sizeof(*l));
 }
 
-void loader_seek(struct loader *l, int64_t epoch, int64_t cursor)
+void fw_rt_loader_seek(struct fw_rt_loader *l, int64_t epoch, int64_t cursor)
 {
 	l->epoch = epoch;
 	l->cursor = cursor;
 	shuffle_epoch(l);
 }
 
-int64_t loader_left(const struct loader *l)
+int64_t fw_rt_loader_left(const struct fw_rt_loader *l)
 {
 	return l->n_micro - l->cursor;
 }
 
-static void rows_next(struct loader *l, int32_t *tokens, int32_t *targets, int32_t *seg)
+static void rows_next(struct fw_rt_loader *l, int32_t *tokens, int32_t *targets, int32_t *seg)
 {
 	int64_t T = l->T, first = l->cursor++ * l->B;
 	for (int64_t b = 0; b < l->B; b++) {
@@ -227,10 +228,10 @@ static void rows_next(struct loader *l, int32_t *tokens, int32_t *targets, int32
 	}
 }
 
-void loader_next(struct loader *l, int32_t *tokens, int32_t *targets, int32_t *seg)
+void fw_rt_loader_next(struct fw_rt_loader *l, int32_t *tokens, int32_t *targets, int32_t *seg)
 {
 	if (l->cursor >= l->n_micro)
-		loader_seek(l, l->epoch + 1, 0);
+		fw_rt_loader_seek(l, l->epoch + 1, 0);
 	if (l->rows.n) {
 		rows_next(l, tokens, targets, seg);
 		return;
@@ -243,7 +244,7 @@ void loader_next(struct loader *l, int32_t *tokens, int32_t *targets, int32_t *s
 		m -= (l->shards[si].n_tokens - 1) / BT;
 		si++;
 	}
-	const struct shard *sh = &l->shards[si];
+	const struct fw_rt_shard *sh = &l->shards[si];
 	if (sh->tokens) {
 		const uint16_t *src = sh->tokens + m * BT;
 		for (int64_t i = 0; i < BT; i++) {
@@ -257,4 +258,21 @@ void loader_next(struct loader *l, int32_t *tokens, int32_t *targets, int32_t *s
 			targets[i] = (int32_t)src[i + 1];
 		}
 	}
+}
+
+/* --- the tokenizer of a token shard ---------------------------------------------------------- */
+
+uint64_t fw_rt_tokenizer_fingerprint(const struct fw_tokenizer *t, int32_t n)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+	for (int32_t id = 0; id < n; id++) {
+		size_t len = 0;
+		const char *b = fw_tokenizer_token(t, id, &len);
+		uint32_t l32 = b ? (uint32_t)len : 0xffffffffu;
+		for (int k = 0; k < 4; k++)
+			h = (h ^ ((l32 >> (8 * k)) & 0xff)) * 0x100000001b3ull;
+		for (size_t k = 0; b && k < len; k++)
+			h = (h ^ (unsigned char)b[k]) * 0x100000001b3ull;
+	}
+	return h;
 }

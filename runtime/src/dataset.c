@@ -24,11 +24,12 @@
 
 #include <jansson.h>
 
-#include "fwrun.h"
+#include "fw/graph.h"
+#include "fw/runtime/data.h"
 
 /* --- one record ------------------------------------------------------------------------ */
 
-static bool push(struct fw_tokenizer *tok, struct example *ex, const char *text, bool loss)
+static bool push(struct fw_tokenizer *tok, struct fw_rt_example *ex, const char *text, bool loss)
 {
 	struct fw_token_buf b = { 0 };
 	struct fw_err e = { 0 };
@@ -53,7 +54,7 @@ static bool push(struct fw_tokenizer *tok, struct example *ex, const char *text,
 }
 
 /* Appends one token id (a special token: EOS, a chat marker). */
-static bool push_id(struct example *ex, int32_t id, bool loss)
+static bool push_id(struct fw_rt_example *ex, int32_t id, bool loss)
 {
 	int32_t *ids = realloc(ex->ids, sizeof(int32_t) * (size_t)(ex->n + 1));
 	uint8_t *ls = ids ? realloc(ex->loss, (size_t)(ex->n + 1)) : NULL;
@@ -68,16 +69,15 @@ static bool push_id(struct example *ex, int32_t id, bool loss)
 	return true;
 }
 
-static bool push_eos(struct fw_tokenizer *tok, struct example *ex, bool loss)
+static bool push_eos(struct fw_tokenizer *tok, struct fw_rt_example *ex, bool loss)
 {
 	return push_id(ex, fw_tokenizer_eos(tok), loss);
 }
 
-enum fw_status encoder_init(struct encoder *e, struct fw_tokenizer *tok,
-			    const struct fw_options *run, struct fw_err *err)
+enum fw_status fw_rt_encoder_init(struct fw_rt_encoder *e, struct fw_tokenizer *tok,
+				  bool chatml, struct fw_err *err)
 {
-	*e = (struct encoder){ .tok = tok, .im_start = -1, .im_end = -1 };
-	e->chatml = !strcmp(fw_opt_str(run, "chat-template"), "chatml");
+	*e = (struct fw_rt_encoder){ .tok = tok, .chatml = chatml, .im_start = -1, .im_end = -1 };
 	if (!e->chatml || !tok)
 		return FW_OK;
 	enum fw_status st = fw_tokenizer_add_special(tok, "<|im_start|>", 12, &e->im_start, err);
@@ -86,7 +86,7 @@ enum fw_status encoder_init(struct encoder *e, struct fw_tokenizer *tok,
 	return st;
 }
 
-void example_free(struct example *ex)
+void fw_rt_example_free(struct fw_rt_example *ex)
 {
 	free(ex->ids);
 	free(ex->loss);
@@ -98,7 +98,7 @@ void example_free(struct example *ex)
  * by EOS. chatml: each message is <|im_start|> "<role>\n" <content>
  * <|im_end|> "\n". Assistant contents and the EOS / <|im_end|> after them
  * are in the loss, nothing else is. */
-static bool render_messages(const struct encoder *enc, json_t *msgs, struct example *ex,
+static bool render_messages(const struct fw_rt_encoder *enc, json_t *msgs, struct fw_rt_example *ex,
 			    const char **why)
 {
 	static const char *const roles[][3] = {
@@ -148,7 +148,7 @@ static bool render_messages(const struct encoder *enc, json_t *msgs, struct exam
 	return true;
 }
 
-bool example_from_json(const struct encoder *enc, const void *record, struct example *ex,
+bool fw_rt_example_from_json(const struct fw_rt_encoder *enc, const void *record, struct fw_rt_example *ex,
 		       const char **why)
 {
 	struct fw_tokenizer *tok = enc->tok;
@@ -187,27 +187,27 @@ bool example_from_json(const struct encoder *enc, const void *record, struct exa
 		ok = false;
 	}
 	if (!ok)
-		example_free(ex);
+		fw_rt_example_free(ex);
 	return ok;
 }
 
 /* --- reading files ----------------------------------------------------------------------- */
 
 struct collect {
-	struct example *ex;
+	struct fw_rt_example *ex;
 	int64_t n, cap;
 	bool sft;                        /* some record is prompt/response or messages */
 	int64_t records, bad, max_bad;
-	struct encoder enc;
+	struct fw_rt_encoder enc;
 	uint32_t *stream;                /* plain text: EOS doc EOS doc ... */
 	int64_t n_stream, cap_stream;
 };
 
-static bool add_example(struct collect *c, struct example *ex)
+static bool add_example(struct collect *c, struct fw_rt_example *ex)
 {
 	if (c->n == c->cap) {
 		int64_t cap = c->cap ? 2 * c->cap : 256;
-		struct example *p = realloc(c->ex, sizeof(*p) * (size_t)cap);
+		struct fw_rt_example *p = realloc(c->ex, sizeof(*p) * (size_t)cap);
 		if (!p)
 			return false;
 		c->ex = p;
@@ -217,7 +217,7 @@ static bool add_example(struct collect *c, struct example *ex)
 	return true;
 }
 
-char *read_whole_file(const char *path, size_t *len, struct fw_err *err)
+char *fw_rt_read_file(const char *path, size_t *len, struct fw_err *err)
 {
 	FILE *f = fopen(path, "rb");
 	if (!f) {
@@ -259,14 +259,14 @@ static enum fw_status read_text(struct collect *c, struct fw_tokenizer *tok, con
 				struct fw_err *err)
 {
 	size_t len;
-	char *text = read_whole_file(path, &len, err);
+	char *text = fw_rt_read_file(path, &len, err);
 	if (!text)
 		return err->status;
 	if (len == 0) {
 		free(text);
 		return fw_errorf(err, FW_ERR_FORMAT, "%s: empty file", path);
 	}
-	struct example ex = { 0 };
+	struct fw_rt_example ex = { 0 };
 	bool ok = push_eos(tok, &ex, true);
 	free(ex.loss);
 	struct fw_token_buf b = { 0 };
@@ -293,8 +293,9 @@ static enum fw_status read_text(struct collect *c, struct fw_tokenizer *tok, con
 	return st;
 }
 
-enum fw_status jsonl_foreach(const char *path, int64_t max_bad, int64_t *n_bad,
-			     jsonl_fn fn, void *arg, struct fw_err *err)
+enum fw_status fw_rt_jsonl_foreach(const char *path, int64_t max_bad, int64_t *n_bad,
+				   fw_rt_jsonl_fn fn, void *arg, const struct fw_rt_log *log,
+				   struct fw_err *err)
 {
 	FILE *f = fopen(path, "rb");
 	if (!f)
@@ -331,7 +332,7 @@ enum fw_status jsonl_foreach(const char *path, int64_t max_bad, int64_t *n_bad,
 				       (long long)*n_bad, (long long)max_bad);
 			break;
 		}
-		fprintf(stderr, "fwrun: %s:%ld: %s (record skipped)\n", path, line, why);
+		fw_rt_logf(log, FW_LOG_WARN, "%s:%ld: %s (record skipped)", path, line, why);
 	}
 	if (st == FW_OK && ferror(f))
 		st = fw_errorf(err, FW_ERR_IO, "%s: read error", path);
@@ -344,15 +345,15 @@ static enum fw_status collect_record(void *arg, const void *rec, long line, cons
 				     struct fw_err *err)
 {
 	struct collect *c = arg;
-	struct example ex;
+	struct fw_rt_example ex;
 	(void)line;
 	c->records++;
-	if (!example_from_json(&c->enc, rec, &ex, why))
+	if (!fw_rt_example_from_json(&c->enc, rec, &ex, why))
 		return FW_OK;
 	if (json_object_get((json_t *)rec, "prompt") || json_object_get((json_t *)rec, "messages"))
 		c->sft = true;
 	if (!add_example(c, &ex)) {
-		example_free(&ex);
+		fw_rt_example_free(&ex);
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	}
 	return FW_OK;
@@ -360,23 +361,17 @@ static enum fw_status collect_record(void *arg, const void *rec, long line, cons
 
 /* --- rows ---------------------------------------------------------------------------------- */
 
-struct layout_stats {
-	int64_t truncated, dropped, rows, loss_positions;
-};
-
-/* Lays examples out in rows of T: inputs ids[0..n-1), targets ids[1..n)
- * where in the loss, else -1. */
-static enum fw_status make_rows(struct collect *c, int64_t T, bool packed, bool truncate,
-				bool shuffle, uint64_t seed, struct rows *r,
-				struct layout_stats *ls, struct fw_err *err)
+enum fw_status fw_rt_rows_layout(const struct fw_rt_example *examples, int64_t n_ex, int64_t T,
+				 bool packed, bool truncate, bool shuffle, uint64_t seed,
+				 struct fw_rt_rows *r, struct fw_rt_layout_stats *ls, struct fw_err *err)
 {
-	int64_t *order = malloc(sizeof(int64_t) * (size_t)(c->n ? c->n : 1));
+	int64_t *order = malloc(sizeof(int64_t) * (size_t)(n_ex ? n_ex : 1));
 	if (!order)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	for (int64_t i = 0; i < c->n; i++)
+	for (int64_t i = 0; i < n_ex; i++)
 		order[i] = i;
 	uint64_t key = fw_hash_str("sft-order", seed);
-	for (int64_t i = c->n - 1; shuffle && i > 0; i--) {
+	for (int64_t i = n_ex - 1; shuffle && i > 0; i--) {
 		int64_t j = (int64_t)(fw_rng_uniform(key, (uint64_t)i) * (double)(i + 1));
 		int64_t t = order[i];
 		order[i] = order[j];
@@ -386,8 +381,8 @@ static enum fw_status make_rows(struct collect *c, int64_t T, bool packed, bool 
 	r->T = T;
 	int64_t cap = 0, used = T;      /* positions used in the last row */
 	int32_t seg = 0;
-	for (int64_t k = 0; k < c->n; k++) {
-		const struct example *ex = &c->ex[order[k]];
+	for (int64_t k = 0; k < n_ex; k++) {
+		const struct fw_rt_example *ex = &examples[order[k]];
 		int64_t n = ex->n;
 		if (n - 1 > T) {
 			bool any = false;
@@ -459,7 +454,7 @@ static const char *file_format(const char *path, const char *opt)
 	return "text";
 }
 
-enum fw_status refuse_compressed(const char *path, struct fw_err *err)
+enum fw_status fw_rt_refuse_compressed(const char *path, struct fw_err *err)
 {
 	static const struct {
 		const char *ext, *name;
@@ -489,12 +484,14 @@ enum fw_status refuse_compressed(const char *path, struct fw_err *err)
 	return FW_OK;
 }
 
-enum fw_status dataset_open(struct loader *l, const struct fw_options *run, const char *paths,
-			    const char *what, bool shuffle, struct fw_tokenizer *tok, int64_t B,
-			    int64_t T, struct fw_err *err)
+enum fw_status fw_rt_dataset_open(struct fw_rt_loader *l, const struct fw_rt_data_config *cfg,
+				  const char *paths, const char *what, struct fw_tokenizer *tok,
+				  const struct fw_rt_log *log, struct fw_err *err)
 {
-	const char *fmt_opt = fw_opt_str(run, "data-format");
-	uint64_t seed = (uint64_t)fw_opt_int(run, "seed");
+	const char *fmt_opt = cfg->format;
+	uint64_t seed = cfg->seed;
+	bool shuffle = cfg->shuffle;
+	int64_t B = cfg->B, T = cfg->T;
 	memset(l, 0, sizeof(*l));
 	char *copy = strdup(paths), *save = NULL;
 	if (!copy)
@@ -504,7 +501,7 @@ enum fw_status dataset_open(struct loader *l, const struct fw_options *run, cons
 	for (char *p = strtok_r(copy, ",", &save); p; p = strtok_r(NULL, ",", &save)) {
 		*(strcmp(file_format(p, fmt_opt), "shards") ? &n_other : &n_shards) += 1;
 		if (zs == FW_OK)
-			zs = refuse_compressed(p, err);
+			zs = fw_rt_refuse_compressed(p, err);
 	}
 	free(copy);
 	if (zs != FW_OK)
@@ -513,7 +510,7 @@ enum fw_status dataset_open(struct loader *l, const struct fw_options *run, cons
 		return fw_errorf(err, FW_ERR_INVALID, "--%s mixes token shards with text or JSONL "
 				 "files", what);
 	if (!n_other)
-		return loader_open(l, paths, B, T, shuffle, seed, err);
+		return fw_rt_loader_open(l, paths, B, T, shuffle, seed, err);
 	if (!tok)
 		return fw_errorf(err, FW_ERR_INVALID, "--%s is text or JSONL: it needs a tokenizer "
 				 "(--tokenizer=byte, or gpt2 with --vocab-file and --merge-file)", what);
@@ -521,8 +518,8 @@ enum fw_status dataset_open(struct loader *l, const struct fw_options *run, cons
 		return fw_errorf(err, FW_ERR_INVALID, "the %s tokenizer has no EOS token "
 				 "(<|endoftext|>) to end documents with", fw_tokenizer_name(tok));
 
-	struct collect c = { .max_bad = fw_opt_int(run, "max-bad-records") };
-	enum fw_status st = encoder_init(&c.enc, tok, run, err);
+	struct collect c = { .max_bad = cfg->max_bad };
+	enum fw_status st = fw_rt_encoder_init(&c.enc, tok, cfg->chatml, err);
 	if (st != FW_OK)
 		return st;
 	copy = strdup(paths);
@@ -530,11 +527,11 @@ enum fw_status dataset_open(struct loader *l, const struct fw_options *run, cons
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	for (char *p = strtok_r(copy, ",", &save); p && st == FW_OK; p = strtok_r(NULL, ",", &save))
 		st = strcmp(file_format(p, fmt_opt), "jsonl") ? read_text(&c, tok, p, err) :
-			jsonl_foreach(p, c.max_bad, &c.bad, collect_record, &c, err);
+			fw_rt_jsonl_foreach(p, c.max_bad, &c.bad, collect_record, &c, log, err);
 	if (st == FW_OK && !c.sft) {
 		/* Plain text only: JSONL text records join the stream as documents. */
 		for (int64_t k = 0; k < c.n && st == FW_OK; k++) {
-			const struct example *ex = &c.ex[k];
+			const struct fw_rt_example *ex = &c.ex[k];
 			if (c.n_stream + ex->n > c.cap_stream) {
 				int64_t cap = 2 * (c.n_stream + ex->n);
 				uint32_t *p = realloc(c.stream, sizeof(uint32_t) * (size_t)cap);
@@ -549,10 +546,10 @@ enum fw_status dataset_open(struct loader *l, const struct fw_options *run, cons
 				c.stream[c.n_stream++] = (uint32_t)ex->ids[i];
 		}
 		if (st == FW_OK) {
-			fprintf(stderr, "fwrun: %s: %lld tokens of plain text (%lld bad records "
-				"skipped), %lld sequences of %lld\n", what, (long long)c.n_stream,
+			fw_rt_logf(log, FW_LOG_INFO, "%s: %lld tokens of plain text (%lld bad records "
+				   "skipped), %lld sequences of %lld", what, (long long)c.n_stream,
 				(long long)c.bad, (long long)((c.n_stream - 1) / T), (long long)T);
-			st = loader_from_stream(l, paths, c.stream, c.n_stream, B, T, shuffle, seed,
+			st = fw_rt_loader_from_stream(l, paths, c.stream, c.n_stream, B, T, shuffle, seed,
 						err);
 			c.stream = NULL;
 		}
@@ -560,36 +557,36 @@ enum fw_status dataset_open(struct loader *l, const struct fw_options *run, cons
 		if (c.n_stream)
 			st = fw_errorf(err, FW_ERR_INVALID, "--%s mixes plain text files with SFT "
 				       "JSONL records; give text as {\"text\": ...} records", what);
-		struct rows r;
-		struct layout_stats ls = { 0 };
-		bool packed = !strcmp(fw_opt_str(run, "packing"), "packed");
+		struct fw_rt_rows r;
+		struct fw_rt_layout_stats ls = { 0 };
+		bool packed = cfg->packed;
 		if (st == FW_OK)
-			st = make_rows(&c, T, packed, !strcmp(fw_opt_str(run, "too-long"), "truncate"),
-				       shuffle, seed, &r, &ls, err);
+			st = fw_rt_rows_layout(c.ex, c.n, T, packed, cfg->truncate, shuffle, seed, &r,
+					       &ls, err);
 		if (st == FW_OK && r.n == 0)
 			st = fw_errorf(err, FW_ERR_FORMAT, "--%s: no usable examples (%lld records, "
 				       "%lld bad, %lld longer than --seq-length=%lld dropped)", what,
 				       (long long)c.records, (long long)c.bad, (long long)ls.dropped,
 				       (long long)T);
 		if (st == FW_OK) {
-			fprintf(stderr, "fwrun: %s: %lld examples (%lld bad records skipped, %lld "
-				"truncated, %lld dropped as longer than %lld), %s into %lld rows, "
-				"%.1f%% of positions in the loss\n", what, (long long)c.n,
+			fw_rt_logf(log, FW_LOG_INFO, "%s: %lld examples (%lld bad records skipped, %lld "
+				   "truncated, %lld dropped as longer than %lld), %s into %lld rows, "
+				   "%.1f%% of positions in the loss", what, (long long)c.n,
 				(long long)c.bad, (long long)ls.truncated, (long long)ls.dropped,
 				(long long)T + 1, packed ? "packed" : "padded", (long long)r.n,
 				100.0 * (double)ls.loss_positions / (double)(r.n * T));
-			st = loader_from_rows(l, &r, B, shuffle, seed, err);
+			st = fw_rt_loader_from_rows(l, &r, B, shuffle, seed, err);
 		}
 	}
 	for (int64_t k = 0; k < c.n; k++)
-		example_free(&c.ex[k]);
+		fw_rt_example_free(&c.ex[k]);
 	free(c.ex);
 	free(c.stream);
 	free(copy);
 	return st;
 }
 
-enum fw_status loader_check_vocab(const struct loader *l, const struct fw_tokenizer *tok,
+enum fw_status fw_rt_loader_check_vocab(const struct fw_rt_loader *l, const struct fw_tokenizer *tok,
 				  int64_t vocab, struct fw_err *err)
 {
 	if (tok && fw_tokenizer_vocab_size(tok) > vocab)
@@ -597,10 +594,10 @@ enum fw_status loader_check_vocab(const struct loader *l, const struct fw_tokeni
 				 "model's vocabulary (%lld)", fw_tokenizer_name(tok),
 				 fw_tokenizer_vocab_size(tok), (long long)vocab);
 	for (int i = 0; i < l->n_shards; i++) {
-		const struct shard *s = &l->shards[i];
+		const struct fw_rt_shard *s = &l->shards[i];
 		if (tok && s->tok_vocab &&
 		    (fw_tokenizer_vocab_size(tok) < s->tok_vocab ||
-		     tokenizer_fingerprint(tok, s->tok_vocab) != s->tok_fingerprint))
+		     fw_rt_tokenizer_fingerprint(tok, s->tok_vocab) != s->tok_fingerprint))
 			return fw_errorf(err, FW_ERR_INVALID, "%s was made by another tokenizer (%d "
 					 "tokens) than this run's (%s, %d tokens): tokenize it with the "
 					 "run's, or train with the one that made it", s->path,
@@ -617,7 +614,7 @@ enum fw_status loader_check_vocab(const struct loader *l, const struct fw_tokeni
 	return FW_OK;
 }
 
-void dataset_masks(const int32_t *seg, int64_t B, int64_t T, int32_t *positions, float *bias)
+void fw_rt_data_masks(const int32_t *seg, int64_t B, int64_t T, int32_t *positions, float *bias)
 {
 	for (int64_t b = 0; b < B; b++) {
 		const int32_t *s = seg + b * T;

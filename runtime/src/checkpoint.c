@@ -1,0 +1,136 @@
+/* checkpoint.c - the checkpoint schema (fw/runtime/checkpoint.h). */
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fw/io.h"
+#include "fw/runtime/checkpoint.h"
+
+enum fw_status fw_rt_ckpt_save(const char *path, struct fw_tensor *const *params, int n_params,
+			       struct fw_tensor *const *state, int n_state,
+			       const struct fw_rt_ckpt_meta *meta, struct fw_err *err)
+{
+	struct fw_tensor **all = malloc(sizeof(*all) * (size_t)(n_params + n_state + 1));
+	if (!all)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	if (n_params)
+		memcpy(all, params, sizeof(*all) * (size_t)n_params);
+	if (n_state)
+		memcpy(all + n_params, state, sizeof(*all) * (size_t)n_state);
+	char step[32], epoch[32], cursor[32], tokens[32], seed[32];
+	snprintf(step, sizeof(step), "%lld", (long long)meta->step);
+	snprintf(epoch, sizeof(epoch), "%lld", (long long)meta->data_epoch);
+	snprintf(cursor, sizeof(cursor), "%lld", (long long)meta->data_cursor);
+	snprintf(tokens, sizeof(tokens), "%lld", (long long)meta->tokens);
+	snprintf(seed, sizeof(seed), "%lld", (long long)meta->seed);
+	struct fw_h5_attr attrs[] = {
+		{ FW_CKPT_ATTR_MARK, "1" }, { FW_CKPT_ATTR_CONFIG, meta->config ? meta->config : "" },
+		{ "step", step }, { "data_epoch", epoch }, { "data_cursor", cursor },
+		{ "tokens", tokens }, { "seed", seed },
+		{ "optimizer", meta->optimizer ? meta->optimizer : "" },
+		{ FW_CKPT_ATTR_TOKENIZER, meta->tokenizer },
+	};
+	int n_attrs = (int)(sizeof(attrs) / sizeof(attrs[0])) - !meta->tokenizer;
+	enum fw_status st = fw_h5_save(path, all, n_params + n_state, attrs, n_attrs, err);
+	free(all);
+	return st;
+}
+
+enum fw_status fw_rt_ckpt_probe(const char *path, bool *is_ckpt, struct fw_err *err)
+{
+	char *mark = NULL;
+	struct fw_err e = { 0 };
+	*is_ckpt = fw_h5_read_attr(path, FW_CKPT_ATTR_MARK, &mark, &e) == FW_OK;
+	fw_free(mark);
+	if (!*is_ckpt && (e.status == FW_ERR_IO || e.status == FW_ERR_FORMAT)) {
+		if (err)
+			*err = e;
+		return e.status;
+	}
+	return FW_OK;
+}
+
+static enum fw_status attr_int(const char *path, const char *name, int64_t *out,
+			       struct fw_err *err)
+{
+	char *v = NULL;
+	enum fw_status st = fw_h5_read_attr(path, name, &v, err);
+	if (st != FW_OK)
+		return st;
+	char *end;
+	long long x = strtoll(v, &end, 10);
+	if (*end || !*v)
+		st = fw_errorf(err, FW_ERR_FORMAT, "%s: attribute '%s' is not an integer", path,
+			       name);
+	else
+		*out = x;
+	fw_free(v);
+	return st;
+}
+
+enum fw_status fw_rt_ckpt_read_progress(const char *path, struct fw_rt_ckpt_meta *meta,
+					struct fw_err *err)
+{
+	enum fw_status st;
+	if ((st = attr_int(path, "step", &meta->step, err)) != FW_OK ||
+	    (st = attr_int(path, "data_epoch", &meta->data_epoch, err)) != FW_OK ||
+	    (st = attr_int(path, "data_cursor", &meta->data_cursor, err)) != FW_OK ||
+	    (st = attr_int(path, "tokens", &meta->tokens, err)) != FW_OK)
+		return st;
+	return FW_OK;
+}
+
+enum fw_status fw_rt_ckpt_read_config(const char *path, char **config, struct fw_err *err)
+{
+	return fw_h5_read_attr(path, FW_CKPT_ATTR_CONFIG, config, err);
+}
+
+long long fw_rt_numbered_name(const char *s, const char *prefix, const char *suffix)
+{
+	size_t len = strlen(s), np = strlen(prefix), ns = strlen(suffix), i = np;
+	long long n = 0;
+	if (len < np + 1 + ns || strncmp(s, prefix, np) || strncmp(s + len - ns, suffix, ns))
+		return -1;
+	for (; i < len - ns; i++) {
+		if (!isdigit((unsigned char)s[i]) || n > (LLONG_MAX - 9) / 10)
+			return -1;
+		n = n * 10 + (s[i] - '0');
+	}
+	return n;
+}
+
+enum fw_status fw_rt_newest_file(const char *arg, const char *prefix, char *out, size_t len,
+				 struct fw_err *err)
+{
+	struct stat st;
+	out[0] = '\0';
+	if (stat(arg, &st) != 0)
+		return fw_errorf(err, FW_ERR_IO, "%s: %s", arg, strerror(errno));
+	if (!S_ISDIR(st.st_mode)) {
+		snprintf(out, len, "%s", arg);
+		return FW_OK;
+	}
+	long long best = -1;
+	DIR *d = opendir(arg);
+	struct dirent *e;
+	while (d && (e = readdir(d))) {
+		long long n = fw_rt_numbered_name(e->d_name, prefix, ".h5");
+		char path[4400];
+		struct stat fs;
+		if (n <= best)
+			continue;
+		snprintf(path, sizeof(path), "%s/%s", arg, e->d_name);
+		if (stat(path, &fs) == 0 && S_ISREG(fs.st_mode)) {
+			best = n;
+			snprintf(out, len, "%s", path);
+		}
+	}
+	if (d)
+		closedir(d);
+	return FW_OK;
+}

@@ -1,0 +1,551 @@
+/* test_rt_model.c - the runtime's model and optimizer (fw/runtime/model.h,
+ * optim.h) on a 2-layer GPT-2 of width 16 from the real plugins:
+ *   - two models in one process: a frozen reference sharing the base weights
+ *     of a LoRA model that trains; both step, the reference never moves;
+ *   - parameter groups: the default rule, custom groups with their own
+ *     weight decay and lr factor (checked against SGD's update by hand);
+ *   - clipping: the norm, and gradients scaled to the limit;
+ *   - state tensors: names, shapes, zero start, in the optimizer arena;
+ *   - the trainer: callbacks in order, evaluation and save schedule, a stop
+ *     asked by a callback, resuming;
+ *   - weights by name: new adapter tensors kept, foreign tensors refused or
+ *     dropped with a warning;
+ *   - decoding: greedy tokens through the KV cache equal the argmax of a
+ *     full forward over the same sequence. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "fw/runtime.h"
+
+enum { B = 2, T = 8, V = 50 };
+
+/* One model: its own plugin instances, context, graph and inputs. */
+struct net {
+	struct fw_loaded *arch, *att, *peft, *optim;
+	struct fw_plugin_slots slots;
+	struct fw_ctx *ctx;
+	struct fw_model m;
+	struct fw_graph *g;
+};
+
+/* Builds a net; peft and optim (NULL for none) name plugins. */
+static void net_open(struct net *n, const char *peft, const char *optim,
+		     const char *const *optim_opts, bool train)
+{
+	static const char *const arch_opts[] = { "n-layer", "2", "n-head", "2", "n-embd", "16",
+						 "vocab-size", "50", "n-positions", "16", NULL };
+	static const char *const lora_opts[] = { "lora-r", "4", NULL };
+	struct fw_err err = { 0 };
+	memset(n, 0, sizeof(*n));
+	n->arch = fwt_plugin_open("arch/decoder", FW_KIND_ARCH, arch_opts);
+	n->att = fwt_plugin_open("attention/mha", FW_KIND_ATTENTION, NULL);
+	n->peft = peft ? fwt_plugin_open(peft, FW_KIND_PEFT, lora_opts) : NULL;
+	n->optim = optim ? fwt_plugin_open(optim, FW_KIND_OPTIM, optim_opts) : NULL;
+	n->slots = (struct fw_plugin_slots){ .arch = n->arch, .attention = n->att,
+					     .peft = n->peft, .optim = n->optim };
+	n->ctx = fw_ctx_new();
+	struct fw_rt_model_spec spec = { .plugins = &n->slots, .batch = B, .seq_len = T,
+					 .training = train, .seed = 1 };
+	ck_assert_msg(fw_rt_model_build(&spec, n->ctx, &n->m, &err) == FW_OK, "%s", err.msg);
+}
+
+static void net_graph(struct net *n, bool backward)
+{
+	n->g = fw_graph_new(n->ctx, &n->m.loss, 1, &(struct fw_graph_opts){
+		.backward = backward, .training = backward });
+	ck_assert_msg(n->g != NULL, "%s", fw_ctx_err(n->ctx)->msg);
+	int32_t *tok = n->m.tokens->data, *tgt = n->m.targets->data;
+	for (int i = 0; i < B * T; i++) {
+		tok[i] = (i * 7 + 3) % V;
+		tgt[i] = (i * 11 + 5) % V;
+	}
+}
+
+static void net_close(struct net *n)
+{
+	fw_graph_free(n->g);
+	fw_ctx_free(n->ctx);
+	fw_plugin_close(n->optim);
+	fw_plugin_close(n->peft);
+	fw_plugin_close(n->att);
+	fw_plugin_close(n->arch);
+}
+
+static float forward(struct net *n)
+{
+	ck_assert_int_eq(fw_graph_forward(n->g), FW_OK);
+	return *(float *)n->m.loss->data;
+}
+
+/* A frozen reference (no peft) shares the base weights of a LoRA model:
+ * equal losses at the start (LoRA's B is zero), the LoRA model's loss
+ * falls as it trains, the reference's stays exactly where it was. */
+START_TEST(test_two_models_share_base)
+{
+	static const char *const adamw[] = { NULL };
+	struct net pol, ref;
+	struct fw_err err = { 0 };
+	net_open(&pol, "peft/lora", "optim/adamw", adamw, true);
+	net_graph(&pol, true);
+	ck_assert_int_eq(fw_ctx_init_params(pol.ctx, 7), FW_OK);
+	net_open(&ref, NULL, NULL, NULL, false);
+	int n_shared = 0;
+	ck_assert_msg(fw_rt_model_share_weights(ref.ctx, pol.ctx, &n_shared, &err) == FW_OK,
+		      "%s", err.msg);
+	struct fw_tensor **rp = NULL, **pp = NULL;
+	int nr = fw_rt_model_params(ref.ctx, &rp), np = fw_rt_model_params(pol.ctx, &pp);
+	ck_assert_int_eq(n_shared, nr);                 /* every base tensor */
+	ck_assert_int_gt(np, nr);                       /* plus the adapter's */
+	for (int i = 0; i < nr; i++) {
+		ck_assert(rp[i]->data == fw_ctx_find(pol.ctx, rp[i]->name)->data);
+		ck_assert(!(rp[i]->flags & FW_FLAG_TRAINABLE));
+	}
+	net_graph(&ref, false);                         /* no init: the weights are pol's */
+	struct fw_memory_report mr;
+	fw_graph_memory(ref.g, &mr);
+	ck_assert_int_eq(mr.n_trainable, 0);
+
+	float l0 = forward(&pol), r0 = forward(&ref);
+	ck_assert_msg(fabsf(l0 - r0) < 1e-6f, "policy %g, reference %g", l0, r0);
+
+	struct fw_rt_optim *o = fw_rt_optim_new(pol.ctx, pol.g, pol.optim,
+						&(struct fw_rt_optim_config){ .weight_decay = 0 },
+						&err);
+	ck_assert_msg(o != NULL, "%s", err.msg);
+	float l = l0;
+	for (int step = 1; step <= 20; step++) {
+		l = forward(&pol);
+		ck_assert_int_eq(fw_graph_backward(pol.g), FW_OK);
+		ck_assert_int_eq(fw_rt_optim_step(o, 1e-2, step, &err), FW_OK);
+		fw_graph_zero_grad(pol.g);
+		float r = forward(&ref);                /* the reference steps too */
+		ck_assert_msg(r == r0, "step %d: reference loss moved %g -> %g", step, r0, r);
+	}
+	ck_assert_msg(l < l0 - 0.05f, "LoRA did not train: %g -> %g", l0, l);
+	fw_rt_optim_free(o);
+	free(rp);
+	free(pp);
+	net_close(&ref);
+	net_close(&pol);
+}
+END_TEST
+
+/* Sharing after allocation is refused, naming the tensor. */
+START_TEST(test_share_too_late)
+{
+	struct net a, b;
+	struct fw_err err = { 0 };
+	net_open(&a, NULL, NULL, NULL, false);
+	net_graph(&a, false);
+	net_open(&b, NULL, NULL, NULL, false);
+	net_graph(&b, false);
+	ck_assert_int_eq(fw_rt_model_share_weights(b.ctx, a.ctx, NULL, &err), FW_ERR_INVALID);
+	ck_assert_ptr_nonnull(strstr(err.msg, "already allocated"));
+	/* copying works between allocated models */
+	ck_assert_int_eq(fw_ctx_init_params(a.ctx, 3), FW_OK);
+	int n = 0;
+	ck_assert_int_eq(fw_rt_model_copy_weights(b.ctx, a.ctx, &n, &err), FW_OK);
+	ck_assert_int_gt(n, 0);
+	ck_assert(forward(&a) == forward(&b));
+	net_close(&b);
+	net_close(&a);
+}
+END_TEST
+
+/* Group of 2-D weights (decay 0.5, lr x1), embeddings (wte/wpe: decay 0,
+ * lr x0.25), everything else (decay 0, lr x2): one SGD step (momentum 0)
+ * moves each parameter by -lr * scale * (g + wd * p). */
+static int three_groups(void *user, const struct fw_tensor *p)
+{
+	(void)user;
+	if (!strcmp(p->name, "wte.weight") || !strcmp(p->name, "wpe.weight"))
+		return 1;
+	return p->ndim >= 2 ? 0 : 2;
+}
+
+START_TEST(test_param_groups)
+{
+	static const char *const sgd[] = { "sgd-momentum", "0", NULL };
+	static const struct fw_rt_param_group groups[3] = { { 0.5, 1 }, { 0, 0.25 }, { 0, 2 } };
+	struct net n;
+	struct fw_err err = { 0 };
+	net_open(&n, NULL, "optim/sgd", sgd, true);
+	net_graph(&n, true);
+	ck_assert_int_eq(fw_ctx_init_params(n.ctx, 5), FW_OK);
+	/* the default rule first */
+	struct fw_rt_optim *o = fw_rt_optim_new(n.ctx, n.g, n.optim,
+						&(struct fw_rt_optim_config){ .weight_decay = 0.1 },
+						&err);
+	ck_assert_msg(o != NULL, "%s", err.msg);
+	for (int i = 0; i < fw_graph_n_params(n.g); i++)
+		ck_assert_int_eq(fw_rt_optim_group(o, i), fw_graph_param(n.g, i)->ndim >= 2 ? 0 : 1);
+	fw_rt_optim_free(o);
+	/* a group index out of range is refused */
+	ck_assert(fw_rt_optim_new(n.ctx, n.g, n.optim, &(struct fw_rt_optim_config){
+		.groups = groups, .n_groups = 2, .group_of = three_groups }, &err) == NULL);
+	ck_assert_int_eq(err.status, FW_ERR_INVALID);
+
+	o = fw_rt_optim_new(n.ctx, n.g, n.optim, &(struct fw_rt_optim_config){
+		.groups = groups, .n_groups = 3, .group_of = three_groups }, &err);
+	ck_assert_msg(o != NULL, "%s", err.msg);
+	int np = fw_graph_n_params(n.g);
+	float **before = calloc((size_t)np, sizeof(float *));
+	float **grads = calloc((size_t)np, sizeof(float *));
+	forward(&n);
+	ck_assert_int_eq(fw_graph_backward(n.g), FW_OK);
+	for (int i = 0; i < np; i++) {
+		struct fw_tensor *p = fw_graph_param(n.g, i);
+		size_t bytes = sizeof(float) * (size_t)fw_nelem(p);
+		before[i] = malloc(bytes);
+		grads[i] = malloc(bytes);
+		memcpy(before[i], p->data, bytes);
+		memcpy(grads[i], p->grad->data, bytes);
+	}
+	const double lr = 0.1;
+	ck_assert_int_eq(fw_rt_optim_step(o, lr, 1, &err), FW_OK);
+	int seen[3] = { 0 };
+	for (int i = 0; i < np; i++) {
+		struct fw_tensor *p = fw_graph_param(n.g, i);
+		int k = fw_rt_optim_group(o, i);
+		ck_assert_int_eq(k, three_groups(NULL, p));
+		seen[k]++;
+		for (int64_t j = 0; j < fw_nelem(p); j++) {
+			float want = before[i][j] - (float)(lr * groups[k].lr_scale) *
+				     (grads[i][j] + (float)groups[k].weight_decay * before[i][j]);
+			ck_assert_msg(fabsf(fw_f32(p)[j] - want) <= 1e-6f + 1e-6f * fabsf(want),
+				      "%s[%lld]: %g, want %g", p->name, (long long)j,
+				      fw_f32(p)[j], want);
+		}
+		free(before[i]);
+		free(grads[i]);
+	}
+	ck_assert(seen[0] > 0 && seen[1] == 2 && seen[2] > 0);
+	free(before);
+	free(grads);
+	/* state: one momentum buffer per parameter, named for checkpoints */
+	int ns = 0;
+	struct fw_tensor **st = fw_rt_optim_state(o, &ns);
+	ck_assert_int_eq(ns, np * fw_rt_optim_n_state(o));
+	ck_assert_int_eq(fw_rt_optim_n_state(o), 1);
+	char want[2 * FW_NAME_MAX];
+	snprintf(want, sizeof(want), "optim.%s.momentum_buffer", fw_graph_param(n.g, 0)->name);
+	ck_assert_str_eq(st[0]->name, want);
+	ck_assert(fw_same_shape(st[0], fw_graph_param(n.g, 0)));
+	fw_rt_optim_free(o);
+	net_close(&n);
+}
+END_TEST
+
+/* Clipping: the L2 norm over every gradient, scaled to max_norm when above
+ * it, untouched below; adamw's two state tensors start at zero and count in
+ * the optimizer arena. */
+START_TEST(test_clip_and_state)
+{
+	static const char *const adamw[] = { NULL };
+	struct net n;
+	struct fw_err err = { 0 };
+	net_open(&n, NULL, "optim/adamw", adamw, true);
+	net_graph(&n, true);
+	ck_assert_int_eq(fw_ctx_init_params(n.ctx, 5), FW_OK);
+	struct fw_memory_report m0, m1;
+	fw_graph_memory(n.g, &m0);
+	struct fw_rt_optim *o = fw_rt_optim_new(n.ctx, n.g, n.optim,
+						&(struct fw_rt_optim_config){ 0 }, &err);
+	ck_assert_msg(o != NULL, "%s", err.msg);
+	fw_graph_memory(n.g, &m1);
+	ck_assert_int_eq(m1.bytes[FW_MEM_OPTIMIZER] - m0.bytes[FW_MEM_OPTIMIZER],
+			 2 * 4 * m1.n_trainable);
+	int ns;
+	struct fw_tensor **st = fw_rt_optim_state(o, &ns);
+	ck_assert_int_eq(ns, 2 * fw_graph_n_params(n.g));
+	for (int i = 0; i < ns; i++)
+		for (int64_t j = 0; j < fw_nelem(st[i]); j++)
+			ck_assert(fw_f32(st[i])[j] == 0.0f);
+	forward(&n);
+	ck_assert_int_eq(fw_graph_backward(n.g), FW_OK);
+	double sum = 0;
+	for (int i = 0; i < fw_graph_n_params(n.g); i++) {
+		struct fw_tensor *p = fw_graph_param(n.g, i);
+		for (int64_t j = 0; j < fw_nelem(p); j++)
+			sum += (double)fw_f32(p->grad)[j] * fw_f32(p->grad)[j];
+	}
+	double norm = fw_rt_optim_grad_norm(o);
+	ck_assert_msg(fabs(norm - sqrt(sum)) <= 1e-9 * sqrt(sum), "%g vs %g", norm, sqrt(sum));
+	fw_rt_optim_clip(o, 2 * norm, norm);                /* below the limit: untouched */
+	ck_assert(fw_rt_optim_grad_norm(o) == norm);
+	fw_rt_optim_clip(o, norm / 4, norm);
+	double clipped = fw_rt_optim_grad_norm(o);
+	ck_assert_msg(fabs(clipped - norm / 4) < 1e-5 * norm, "%g, want %g", clipped, norm / 4);
+	ck_assert_int_eq(fw_rt_optim_step(o, 1e-3, 1, &err), FW_OK);
+	bool moved = false;
+	for (int i = 0; i < ns; i++)
+		moved |= fw_f32(st[i])[0] != 0.0f;
+	ck_assert(moved);
+	fw_rt_optim_free(o);
+	net_close(&n);
+}
+END_TEST
+
+/* The trainer's callbacks: every step reported in order, evaluations at
+ * eval_every, a stop asked by on_step after step 7 ends the run after that
+ * step's save; the progress counts what ran. */
+struct seen {
+	int64_t steps[16], evals[16], saves[16];
+	int n_steps, n_evals, n_saves;
+	double first_loss, last_loss;
+};
+
+static enum fw_rt_action seen_step(void *user, const struct fw_rt_step_info *in)
+{
+	struct seen *s = user;
+	s->steps[s->n_steps++] = in->step;
+	if (in->step == 1)
+		s->first_loss = in->loss;
+	s->last_loss = in->loss;
+	ck_assert_int_eq(in->step_tokens, 2 * B * T);
+	ck_assert(in->lr > 0 && in->grad_norm > 0);
+	return in->step == 7 ? FW_RT_STOP : FW_RT_CONTINUE;
+}
+
+static enum fw_rt_action seen_eval(void *user, int64_t step, double loss)
+{
+	struct seen *s = user;
+	ck_assert(isfinite(loss));
+	s->evals[s->n_evals++] = step;
+	return FW_RT_CONTINUE;
+}
+
+static enum fw_status seen_save(void *user, int64_t step, struct fw_err *err)
+{
+	struct seen *s = user;
+	s->saves[s->n_saves++] = step;
+	return FW_OK;
+}
+
+START_TEST(test_trainer_callbacks)
+{
+	static const char *const adamw[] = { NULL };
+	struct net n;
+	struct fw_err err = { 0 };
+	net_open(&n, NULL, "optim/adamw", adamw, true);
+	net_graph(&n, true);
+	struct fw_graph *eval_g = fw_graph_new(n.ctx, &n.m.loss, 1, &(struct fw_graph_opts){ 0 });
+	ck_assert_msg(eval_g != NULL, "%s", fw_ctx_err(n.ctx)->msg);
+	ck_assert_int_eq(fw_ctx_init_params(n.ctx, 5), FW_OK);
+	struct fw_rt_loader train, valid;
+	int64_t len = 20 * B * T + 1;
+	uint32_t *a = malloc(sizeof(uint32_t) * (size_t)len), *b = malloc(sizeof(uint32_t) * (size_t)len);
+	for (int64_t i = 0; i < len; i++)
+		a[i] = b[i] = (uint32_t)((i * 7) % 13);           /* a pattern to learn */
+	ck_assert_int_eq(fw_rt_loader_from_stream(&train, "train", a, len, B, T, true, 1, &err),
+			 FW_OK);
+	ck_assert_int_eq(fw_rt_loader_from_stream(&valid, "valid", b, len, B, T, false, 1, &err),
+			 FW_OK);
+	struct fw_rt_optim *o = fw_rt_optim_new(n.ctx, n.g, n.optim,
+						&(struct fw_rt_optim_config){ 0 }, &err);
+	ck_assert_msg(o != NULL, "%s", err.msg);
+	struct seen seen = { 0 };
+	struct fw_rt_trainer t = {
+		.m = &n.m, .g = n.g, .optim = o, .plugins = &n.slots, .data = &train,
+		.sched = { .max_lr = 1e-2, .min_lr = 1e-3, .warmup = 2, .decay = 10,
+			   .style = FW_LR_COSINE },
+		.iters = 10, .accum = 2, .clip = 1.0, .eval_every = 3,
+		.eval = { .m = &n.m, .g = eval_g, .data = &valid, .n = 2 },
+		.hooks = { seen_step, seen_eval, seen_save, &seen },
+	};
+	bool stopped = false;
+	ck_assert_msg(fw_rt_train(&t, &stopped, &err) == FW_OK, "%s", err.msg);
+	ck_assert(stopped);
+	ck_assert_int_eq(t.step, 7);
+	ck_assert_int_eq(t.tokens, 7 * 2 * B * T);
+	ck_assert_int_eq(seen.n_steps, 7);
+	for (int i = 0; i < 7; i++)
+		ck_assert_int_eq(seen.steps[i], i + 1);
+	ck_assert_int_eq(seen.n_evals, 2);
+	ck_assert(seen.evals[0] == 3 && seen.evals[1] == 6);
+	ck_assert_int_eq(seen.n_saves, 1);
+	ck_assert_int_eq(seen.saves[0], 7);
+	ck_assert_msg(seen.last_loss < seen.first_loss, "%g -> %g", seen.first_loss,
+		      seen.last_loss);
+	/* resuming runs the rest: steps 8..10, a save at the last */
+	seen.n_saves = 0;
+	t.hooks.on_step = NULL;
+	ck_assert_int_eq(fw_rt_train(&t, &stopped, &err), FW_OK);
+	ck_assert(!stopped);
+	ck_assert_int_eq(t.step, 10);
+	ck_assert(seen.n_saves == 1 && seen.saves[0] == 10);
+	fw_rt_optim_free(o);
+	fw_rt_loader_close(&train);
+	fw_rt_loader_close(&valid);
+	fw_graph_free(eval_g);
+	net_close(&n);
+}
+END_TEST
+
+/* Greedy decoding through the KV cache gives, at every step, the argmax of
+ * a full forward over the same tokens; a callback's stop ends it. */
+struct tokens {
+	int32_t ids[16];
+	int n, stop_after;
+};
+
+static enum fw_rt_action keep_token(void *user, int32_t tok)
+{
+	struct tokens *t = user;
+	t->ids[t->n++] = tok;
+	return t->stop_after && t->n >= t->stop_after ? FW_RT_STOP : FW_RT_CONTINUE;
+}
+
+START_TEST(test_decoder_matches_forward)
+{
+	struct net n;
+	struct fw_err err = { 0 };
+	net_open(&n, NULL, NULL, NULL, false);
+	n.g = fw_graph_new(n.ctx, &n.m.logits, 1, &(struct fw_graph_opts){ 0 });
+	ck_assert_msg(n.g != NULL, "%s", fw_ctx_err(n.ctx)->msg);
+	ck_assert_int_eq(fw_ctx_init_params(n.ctx, 11), FW_OK);
+	struct fw_rt_decoder d;
+	ck_assert_msg(fw_rt_decoder_open(&d, &n.slots, T, 1, &err) == FW_OK, "%s", err.msg);
+	int copied = 0;
+	ck_assert_int_eq(fw_rt_model_copy_weights(d.ctx, n.ctx, &copied, &err), FW_OK);
+	ck_assert_int_gt(copied, 0);
+	const int32_t prompt[3] = { 5, 17, 3 };
+	struct tokens got = { .n = 0 };
+	struct fw_rt_gen_opts o = { .max_new = T - 3, .temperature = 0, .top_p = 1, .penalty = 1 };
+	ck_assert_msg(fw_rt_generate(&d, prompt, 3, &o, keep_token, &got, &err) == FW_OK, "%s",
+		      err.msg);
+	ck_assert_int_eq(got.n, T - 3);
+	/* the same tokens through the full model, row 0 of the batch */
+	int32_t *tok = n.m.tokens->data;
+	memset(tok, 0, sizeof(int32_t) * B * T);
+	memcpy(tok, prompt, sizeof(prompt));
+	memcpy(tok + 3, got.ids, sizeof(int32_t) * (size_t)(T - 3));
+	ck_assert_int_eq(fw_graph_forward(n.g), FW_OK);
+	const float *lg = n.m.logits->data;
+	for (int k = 0; k < T - 3; k++) {
+		const float *row = lg + (int64_t)(2 + k) * V;
+		int best = 0;
+		for (int v = 1; v < V; v++)
+			best = row[v] > row[best] ? v : best;
+		ck_assert_msg(best == got.ids[k], "step %d: decoded %d, full forward %d", k,
+			      got.ids[k], best);
+	}
+	/* a callback's stop */
+	struct tokens two = { .stop_after = 2 };
+	ck_assert_int_eq(fw_rt_generate(&d, prompt, 3, &o, keep_token, &two, &err), FW_OK);
+	ck_assert(two.n == 2 && two.ids[0] == got.ids[0] && two.ids[1] == got.ids[1]);
+	/* more than the cache holds */
+	o.max_new = T;
+	ck_assert_int_eq(fw_rt_generate(&d, prompt, 3, &o, keep_token, &two, &err), FW_ERR_INVALID);
+	fw_rt_decoder_close(&d);
+	net_close(&n);
+}
+END_TEST
+
+/* Weights by name: a LoRA model takes a base file and keeps its new adapter
+ * tensors; a base model refuses a LoRA checkpoint's adapter tensors (named,
+ * with the plugin they need) unless base_only drops them, with a warning. */
+struct warned {
+	char line[512];
+	int n;
+};
+
+static void warn_cb(void *user, enum fw_log_level level, const char *line)
+{
+	struct warned *w = user;
+	ck_assert_int_eq(level, FW_LOG_WARN);
+	snprintf(w->line, sizeof(w->line), "%s", line);
+	w->n++;
+}
+
+START_TEST(test_load_weights)
+{
+	static const char *const adamw[] = { NULL };
+	struct net base, lora;
+	struct fw_err err = { 0 };
+	char dir[] = "/tmp/fw_rt_weights.XXXXXX", bpath[300], lpath[300];
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(bpath, sizeof(bpath), "%s/base.h5", dir);
+	snprintf(lpath, sizeof(lpath), "%s/lora.h5", dir);
+	net_open(&base, NULL, NULL, NULL, false);
+	net_graph(&base, false);
+	ck_assert_int_eq(fw_ctx_init_params(base.ctx, 3), FW_OK);
+	struct fw_tensor **bp = NULL, **lp = NULL;
+	int nb = fw_rt_model_params(base.ctx, &bp);
+	ck_assert_int_eq(fw_h5_save(bpath, bp, nb, NULL, 0, &err), FW_OK);
+
+	net_open(&lora, "peft/lora", "optim/adamw", adamw, true);
+	net_graph(&lora, true);
+	ck_assert_int_eq(fw_ctx_init_params(lora.ctx, 4), FW_OK);
+	int nl = fw_rt_model_params(lora.ctx, &lp), n_new = -1;
+	ck_assert_msg(fw_rt_model_load_weights(bpath, lp, nl, &lora.slots, false, &n_new, NULL,
+					       &err) == FW_OK, "%s", err.msg);
+	ck_assert_int_eq(n_new, nl - nb);                       /* the adapter's, kept */
+	for (int i = 0; i < nb; i++)
+		ck_assert(!memcmp(bp[i]->data, fw_ctx_find(lora.ctx, bp[i]->name)->data,
+				  fw_nbytes(bp[i])));
+	ck_assert_int_eq(fw_h5_save(lpath, lp, nl, NULL, 0, &err), FW_OK);
+
+	ck_assert_int_eq(fw_rt_model_load_weights(lpath, bp, nb, &base.slots, false, &n_new, NULL,
+						  &err), FW_ERR_INVALID);
+	ck_assert_ptr_nonnull(strstr(err.msg, "lora_A"));
+	ck_assert_ptr_nonnull(strstr(err.msg, "no loaded plugin owns"));
+	struct warned w = { .n = 0 };
+	struct fw_rt_log log = { warn_cb, &w };
+	ck_assert_msg(fw_rt_model_load_weights(lpath, bp, nb, &base.slots, true, &n_new, &log,
+					       &err) == FW_OK, "%s", err.msg);
+	ck_assert_int_eq(w.n, 1);
+	ck_assert_ptr_nonnull(strstr(w.line, "dropping"));
+	unlink(bpath);
+	unlink(lpath);
+	rmdir(dir);
+	free(bp);
+	free(lp);
+	net_close(&lora);
+	net_close(&base);
+}
+END_TEST
+
+/* Errors name the plugin; a missing arch or optimizer is refused. */
+START_TEST(test_build_errors)
+{
+	struct fw_err err = { 0 };
+	struct fw_model m;
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_plugin_slots none = { 0 };
+	ck_assert_int_eq(fw_rt_model_build(&(struct fw_rt_model_spec){ .plugins = &none }, ctx,
+					   &m, &err), FW_ERR_INVALID);
+	ck_assert_ptr_nonnull(strstr(err.msg, "arch"));
+	ck_assert(fw_rt_optim_new(ctx, NULL, NULL, &(struct fw_rt_optim_config){ 0 }, &err) ==
+		  NULL);
+	ck_assert_ptr_nonnull(strstr(err.msg, "optim plugin"));
+	fw_ctx_free(ctx);
+}
+END_TEST
+
+int main(void)
+{
+	const char *b = getenv("FW_BUILD_DIR");
+	if (!b || !*b) {
+		fprintf(stderr, "test_rt_model: FW_BUILD_DIR not set (run through ctest)\n");
+		return 2;
+	}
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/plugins", b);
+	setenv("FW_PLUGIN_PATH", path, 1);
+	Suite *s = suite_create("rt_model");
+	TCase *tc = fwt_tcase("model", 120);
+	tcase_add_test(tc, test_two_models_share_base);
+	tcase_add_test(tc, test_share_too_late);
+	tcase_add_test(tc, test_param_groups);
+	tcase_add_test(tc, test_clip_and_state);
+	tcase_add_test(tc, test_trainer_callbacks);
+	tcase_add_test(tc, test_decoder_matches_forward);
+	tcase_add_test(tc, test_load_weights);
+	tcase_add_test(tc, test_build_errors);
+	suite_add_tcase(s, tc);
+	return fwt_run_suite(s);
+}

@@ -1,0 +1,74 @@
+/* session.h - what fwrun train, eval and plan share: one model from the
+ * configuration's plugins, its graphs, optimizer, data and checkpoints
+ * (session.c, on the runtime library). Private to those three commands. */
+#ifndef FWRUN_SESSION_H
+#define FWRUN_SESSION_H
+
+#include "fwrun.h"
+
+struct session {
+	struct config cfg;
+	struct fw_plugin_slots slots;
+	struct fw_model model;
+	struct fw_ctx *ctx;
+	struct fw_graph *g;           /* training (or eval-only) graph */
+	struct fw_graph *eval_g;
+	struct fw_rt_optim *optim;    /* training (and plan) only */
+	struct fw_rt_loader train, valid;
+	bool have_train, have_valid;
+	bool resumed;                 /* --load restored a checkpoint's whole state */
+	struct fw_tokenizer *tok;     /* NULL: token ids only */
+	char load_path[4200];         /* --load resolved, or "" */
+	int32_t *seg;                 /* (B, T) sequence ids of the batch, when segmented */
+	struct fw_lr_schedule sched;
+	int64_t B, T, accum, iters;
+	int64_t step;                 /* completed optimizer steps */
+	int64_t tokens;               /* tokens consumed so far */
+	char run_dir[4096], save_dir[4096];
+	FILE *metrics;
+	struct fw_err err;
+	size_t base_rss;              /* before the model: code, libraries */
+};
+
+static inline int64_t opt_i(const struct session *s, const char *name)
+{
+	return fw_opt_int(s->cfg.run, name);
+}
+
+static inline double opt_f(const struct session *s, const char *name)
+{
+	return fw_opt_float(s->cfg.run, name);
+}
+
+static inline const char *opt_s(const struct session *s, const char *name)
+{
+	return fw_opt_str(s->cfg.run, name);
+}
+
+/* What session_open does with --data / --valid-data. */
+enum data_use { DATA_NONE, DATA_REQUIRED, DATA_IF_GIVEN };
+
+/* argv and --config into the configuration, the plugins, --load's
+ * checkpoint and tokenizer, the data (as use says), the model and its
+ * graphs. On failure prints the error, sets *rc (usage or runtime) and
+ * returns -1. free_session undoes it either way. */
+int session_open(struct session *s, const char *cmd, int argc, char **argv, bool train,
+		 enum data_use use, int *rc);
+/* What came from --load's checkpoint and which options do nothing, said
+ * once the command has everything it needs, so that an error stays one line. */
+void session_ready(struct session *s, const char *cmd, int argc, char **argv);
+void free_session(struct session *s);
+/* The optimizer: state tensors and Megatron's two groups. */
+enum fw_status setup_optim(struct session *s, struct fw_err *err);
+/* A checkpoint restores everything (full: with the optimizer state and the
+ * data position); a plain weights file only the weights. */
+enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
+			       struct fw_err *err);
+enum fw_status save_checkpoint(struct session *s, const char *path, struct fw_err *err);
+/* The evaluation of the first n validation micro-batches (fw_rt_evaluate). */
+struct fw_rt_eval eval_of(struct session *s, int64_t n);
+int64_t model_vocab(const struct session *s);
+/* A /proc/self/status field in bytes ("VmHWM: %zu kB"); 0 if unknown. */
+size_t proc_status_kb(const char *format);
+
+#endif
