@@ -508,7 +508,8 @@ static bool config_str(const char *text, const char *key, char *out, size_t len)
 	return true;
 }
 
-/* A stored gpt2 tokenizer as Hugging Face's vocab.json + merges.txt in dir. */
+/* A stored tokenizer in dir as Hugging Face has it: tokenizer.json for a
+ * tokenizer.json pipeline, vocab.json + merges.txt for GPT-2 BPE. */
 static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *done,
 				       struct fw_err *err)
 {
@@ -523,7 +524,7 @@ static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *do
 	enum fw_status st = FW_OK;
 	if (json_is_string(hf)) {       /* a tokenizer.json pipeline: the file as read */
 		snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-		st = write_atomic(path, json_string_value(hf), json_string_length(hf), err);
+		st = fw_file_write_atomic(path, json_string_value(hf), json_string_length(hf), err);
 		*done = st == FW_OK;
 	} else if (json_is_string(vocab) && json_is_string(merges)) {
 		snprintf(path, sizeof(path), "%s/vocab.json", dir);
