@@ -113,6 +113,16 @@ static bool ref_allowed(const struct pat *p, int64_t i, int64_t j, int64_t n, bo
 
 /* --- plugins -------------------------------------------------------------------------- */
 
+/* Every plugin a test opened, closed by the fixture after the test. */
+static struct fw_loaded *opened[64];
+static int n_opened;
+
+static void close_opened(void)
+{
+	while (n_opened > 0)
+		fw_plugin_close(opened[--n_opened]);
+}
+
 static struct fw_loaded *open_plugin(const char *name, const char *const *opts,
 				     struct fw_err *err)
 {
@@ -129,6 +139,8 @@ static struct fw_loaded *open_plugin(const char *name, const char *const *opts,
 		fw_plugin_close(p);
 		return NULL;
 	}
+	ck_assert_int_lt(n_opened, (int)(sizeof(opened) / sizeof(opened[0])));
+	opened[n_opened++] = p;
 	return p;
 }
 
@@ -630,16 +642,19 @@ int main(void)
 	TCase *gc = fwt_tcase("gradcheck", 600);
 	tcase_add_loop_test(gc, test_attend_grad, 0, NCASES);
 	tcase_add_test(gc, test_threads);
+	tcase_add_checked_fixture(gc, NULL, close_opened);
 	suite_add_tcase(s, gc);
 	TCase *ref = fwt_tcase("reference", 300);
 	tcase_add_loop_test(ref, test_equals_mha_masked, 0, NCASES);
 	tcase_add_test(ref, test_full_window_is_mha);
 	tcase_add_loop_test(ref, test_decode_equals_full, 0,
 			    (int)(sizeof(decode_cases) / sizeof(decode_cases[0])));
+	tcase_add_checked_fixture(ref, NULL, close_opened);
 	suite_add_tcase(s, ref);
 	TCase *bad = fwt_tcase("refusals", 60);
 	tcase_add_test(bad, test_bad_specs);
 	tcase_add_test(bad, test_bad_options);
+	tcase_add_checked_fixture(bad, NULL, close_opened);
 	suite_add_tcase(s, bad);
 	return fwt_run_suite(s);
 }
