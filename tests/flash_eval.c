@@ -55,6 +55,9 @@ int main(int argc, char **argv)
 
 	struct fw_err err = { 0 };
 	struct fw_loaded *p = NULL;
+	struct fw_ctx *ctx = NULL;
+	struct fw_graph *g = NULL;
+	int rc = 1;
 	if (fw_plugin_open(argv[1], FW_KIND_ATTENTION, &p, &err) != FW_OK)
 		goto fail;
 	if (argc == 6 && (fw_options_set(p->opts, "flash-block-q", argv[4], &err) != FW_OK ||
@@ -64,7 +67,7 @@ int main(int argc, char **argv)
 	if (fw_plugin_init(p, NULL, &err) != FW_OK)
 		goto fail;
 
-	struct fw_ctx *ctx = fw_ctx_new();
+	ctx = fw_ctx_new();
 	int64_t sq[4] = { B, Tq, Hq, D }, sk[4] = { B, Tk, Hkv, D };
 	struct fw_tensor *q = fw_param(ctx, "q", FW_F32, 4, sq, true);
 	struct fw_tensor *k = fw_param(ctx, "k", FW_F32, 4, sk, true);
@@ -87,27 +90,26 @@ int main(int argc, char **argv)
 	const struct fw_attention_i *ai = p->desc->iface;
 	struct fw_tensor *y = ai->attend(p->state, &m, &spec, q, k, v, &err);
 	if (!y) {
-		fprintf(stderr, "flash_eval: %s\n", err.msg);
-		return 2;
+		rc = 2;
+		goto fail;
 	}
 	struct fw_tensor *loss = fw_sum(ctx, fw_mul(ctx, y, dy), FW_AXIS_ALL, false);
-	struct fw_graph *g = loss ? fw_graph_new(ctx, (struct fw_tensor *[]){ loss, y }, 2,
-						 &(struct fw_graph_opts){ .backward = true,
-									  .training = true })
-				  : NULL;
+	g = loss ? fw_graph_new(ctx, (struct fw_tensor *[]){ loss, y }, 2,
+				&(struct fw_graph_opts){ .backward = true, .training = true })
+		 : NULL;
 	if (!g) {
 		fprintf(stderr, "flash_eval: %s\n", fw_ctx_err(ctx)->msg);
-		return 1;
+		goto out;
 	}
 	size_t nq = (size_t)(B * Tq * Hq * D) * 4, nk = (size_t)(B * Tk * Hkv * D) * 4;
 	if (io(dir, "q.f32", q->data, nq, false) || io(dir, "k.f32", k->data, nk, false) ||
 	    io(dir, "v.f32", v->data, nk, false) || io(dir, "dy.f32", dy->data, nq, false) ||
 	    (masks && (io(dir, "bias.f32", bias->data, (size_t)(B * Tq * Tq) * 4, false) ||
 		       io(dir, "pos.i32", positions->data, (size_t)(B * Tq) * 4, false))))
-		return 1;
+		goto out;
 	if (fw_graph_forward(g) != FW_OK || fw_graph_backward(g) != FW_OK) {
 		fprintf(stderr, "flash_eval: %s\n", fw_ctx_err(ctx)->msg);
-		return 1;
+		goto out;
 	}
 	char name[256];
 	const struct { const char *n; void *d; size_t b; } outs[] = {
@@ -117,12 +119,15 @@ int main(int argc, char **argv)
 	for (int i = 0; i < 4; i++) {
 		snprintf(name, sizeof(name), "%s%s.f32", pre, outs[i].n);
 		if (io(dir, name, outs[i].d, outs[i].b, true))
-			return 1;
+			goto out;
 	}
-	fw_graph_free(g);
-	fw_ctx_free(ctx);
-	return 0;
+	rc = 0;
+	goto out;
 fail:
 	fprintf(stderr, "flash_eval: %s\n", err.msg);
-	return 1;
+out:
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+	fw_plugin_close(p);
+	return rc;
 }

@@ -63,16 +63,30 @@ for cc in "${compilers[@]}"; do
 	done
 done
 
-cmake_example() {  # example folder, output folder: configure and build with gcc and clang
-	for cc in gcc clang; do
-		check "$cc: configure" cmake -S "$src/examples/$1" -B "$work/$2-$cc" \
-			-DCMAKE_C_COMPILER=$cc -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_C_FLAGS=-Werror
-		check "$cc: build" cmake --build "$work/$2-$cc"
+# A sanitized fw (FW_SANITIZE) needs the sanitizer runtime of the compiler
+# that built it in every program linking it: programs are then built by clang
+# with the same -fsanitize flags, and the gcc program builds are left to the
+# Release suite (said below). Plugins (modules) need nothing.
+prog_ccs=(gcc clang)
+prog_flags=
+if grep -q '^FW_SANITIZE:BOOL=ON' "$build/CMakeCache.txt" 2>/dev/null; then
+	prog_ccs=(clang)
+	prog_flags="-fsanitize=address,undefined"
+fi
+
+cmake_example() {  # example folder, output folder, extra flags, compilers...: configure, build
+	local ex=$1 out=$2 flags=$3 cc
+	shift 3
+	for cc in "$@"; do
+		check "$cc: configure" cmake -S "$src/examples/$ex" -B "$work/$out-$cc" \
+			-DCMAKE_C_COMPILER=$cc -DCMAKE_PREFIX_PATH="$prefix" \
+			-DCMAKE_C_FLAGS="-Werror $flags" -DCMAKE_EXE_LINKER_FLAGS="$flags"
+		check "$cc: build" cmake --build "$work/$out-$cc"
 	done
 }
 
 echo "examples/hello-optim against the installed package:"
-cmake_example hello-optim hello
+cmake_example hello-optim hello "" gcc clang
 for cc in gcc clang; do
 	out=$work/hello-$cc
 	check "$cc: fwrun list shows optim/hello" \
@@ -91,12 +105,14 @@ for cc in gcc clang; do
 done
 
 echo "examples/lora-finetune (the runtime API alone) against the installed package:"
-cmake_example lora-finetune finetune
+[ ${#prog_ccs[@]} -eq 1 ] && echo "  (sanitized fw: programs built by clang with $prog_flags; gcc's in the Release suite)"
+cmake_example lora-finetune finetune "$prog_flags" "${prog_ccs[@]}"
 check "lora-finetune trains a tiny LoRA model, its loss falls, the adapter is saved" \
-	bash -c "env -u FW_PLUGIN_PATH '$work/finetune-gcc/lora-finetune' '$work/adapter.h5' && \
+	bash -c "env -u FW_PLUGIN_PATH '$work/finetune-${prog_ccs[0]}/lora-finetune' '$work/adapter.h5' && \
 		 [ -s '$work/adapter.h5' ]"
 check "lora-finetune through pkg-config fw-runtime" \
-	bash -c "gcc -Wall -Wextra -Werror -o '$work/finetune-pc' '$src/examples/lora-finetune/finetune.c' \
+	bash -c "${prog_ccs[0]} -Wall -Wextra -Werror $prog_flags -o '$work/finetune-pc' \
+		 '$src/examples/lora-finetune/finetune.c' \
 		 \$(PKG_CONFIG_PATH='$prefix/lib/pkgconfig' pkg-config --cflags --libs fw-runtime) \
 		 -Wl,-rpath,'$prefix/lib' && '$work/finetune-pc' '$work/adapter2.h5'"
 
