@@ -1020,6 +1020,24 @@ static int stop_here(struct parser *p, const char *const *stops)
 	return 0;
 }
 
+/* After body() stopped: the template must not have ended. */
+static int at_tag(struct parser *p, const char *end)
+{
+	if (p->t->tok[p->i].t != T_EOF)
+		return 0;
+	perr(p, "missing {%% %s %%}", end);
+	return -1;
+}
+
+/* Consumes `{% end %}` where body() stopped. */
+static int end_tag(struct parser *p, const char *end)
+{
+	if (at_tag(p, end))
+		return -1;
+	p->i += 2;
+	return expect_close(p);
+}
+
 static struct node *statement(struct parser *p)
 {
 	p->i++; /* {% */
@@ -1042,10 +1060,8 @@ static struct node *statement(struct parser *p)
 			return NULL;
 		struct node *last = n;
 		for (;;) {
-			if (p->t->tok[p->i].t == T_EOF) {
-				perr(p, "missing {%% endif %%}");
+			if (at_tag(p, "endif"))
 				return NULL;
-			}
 			const char *w = p->t->tok[p->i + 1].s;
 			p->i += 2;
 			if (!strcmp(w, "elif")) {
@@ -1059,10 +1075,8 @@ static struct node *statement(struct parser *p)
 				static const char *const st2[] = { "endif", NULL };
 				if (expect_close(p) || body(p, &last->w, &last->nw, st2))
 					return NULL;
-				if (p->t->tok[p->i].t == T_EOF) {
-					perr(p, "missing {%% endif %%}");
+				if (at_tag(p, "endif"))
 					return NULL;
-				}
 			} else {
 				if (expect_close(p))
 					return NULL;
@@ -1090,21 +1104,14 @@ static struct node *statement(struct parser *p)
 		}
 		if (expect_close(p) || body(p, &n->v, &n->nv, st))
 			return NULL;
-		if (p->t->tok[p->i].t == T_EOF) {
-			perr(p, "missing {%% endfor %%}");
+		if (at_tag(p, "endfor"))
 			return NULL;
-		}
 		if (!strcmp(p->t->tok[p->i + 1].s, "else")) {
 			p->i += 2;
 			if (expect_close(p) || body(p, &n->w, &n->nw, st2))
 				return NULL;
-			if (p->t->tok[p->i].t == T_EOF) {
-				perr(p, "missing {%% endfor %%}");
-				return NULL;
-			}
 		}
-		p->i += 2;
-		if (expect_close(p))
+		if (end_tag(p, "endfor"))
 			return NULL;
 	} else if (!strcmp(kw, "set")) {
 		p->i++;
@@ -1124,12 +1131,7 @@ static struct node *statement(struct parser *p)
 			p->i++;
 			if (body(p, &n->v, &n->nv, st))
 				return NULL;
-			if (p->t->tok[p->i].t == T_EOF) {
-				perr(p, "missing {%% endset %%}");
-				return NULL;
-			}
-			p->i += 2;
-			if (expect_close(p))
+			if (end_tag(p, "endset"))
 				return NULL;
 		} else {
 			n = mk(p, N_SET, pos);
@@ -1169,12 +1171,7 @@ static struct node *statement(struct parser *p)
 		/* body in d->v */
 		if (expect_close(p) || !(n->d = mk(p, N_TEXT, pos)) || body(p, &n->d->v, &n->d->nv, st))
 			return NULL;
-		if (p->t->tok[p->i].t == T_EOF) {
-			perr(p, "missing {%% endmacro %%}");
-			return NULL;
-		}
-		p->i += 2;
-		if (expect_close(p))
+		if (end_tag(p, "endmacro"))
 			return NULL;
 	} else if (!strcmp(kw, "break") || !strcmp(kw, "continue")) {
 		n = mk(p, kw[0] == 'b' ? N_BREAK : N_CONTINUE, pos);
@@ -2137,6 +2134,18 @@ static int test(struct rctx *r, struct scope *sc, const struct node *n, json_t *
 	return res;
 }
 
+static json_t *concat(struct rctx *r, const json_t *a, const json_t *b)
+{
+	struct sbuf t = { 0 };
+	js_str(&t, a);
+	js_str(&t, b);
+	json_t *res = t.oom ? NULL : json_stringn_nocheck(t.p ? t.p : "", t.n);
+	free(t.p);
+	if (!res)
+		rerr(r, NULL, "out of memory");
+	return res;
+}
+
 static json_t *binary(struct rctx *r, const struct node *n, json_t *a, json_t *b)
 {
 	const char *op = n->s;
@@ -2162,14 +2171,8 @@ static json_t *binary(struct rctx *r, const struct node *n, json_t *a, json_t *b
 	}
 	int numeric = is_num(a) && is_num(b) && strcmp(op, "~") && strcmp(op, "**");
 	if (!numeric && (!a || !b)) {
-		if (!strcmp(op, "~") && !json_is_null(a ? a : b)) {
-			struct sbuf t = { 0 };
-			js_str(&t, a);
-			js_str(&t, b);
-			json_t *res = mkstr(r, t.p ? t.p : "", t.n);
-			free(t.p);
-			return res;
-		}
+		if (!strcmp(op, "~") && !json_is_null(a ? a : b))
+			return concat(r, a, b);
 		rerr(r, n, "cannot perform operation %s on undefined values", op);
 		return NULL;
 	}
@@ -2177,14 +2180,8 @@ static json_t *binary(struct rctx *r, const struct node *n, json_t *a, json_t *b
 		rerr(r, n, "cannot perform operation %s on null values", op);
 		return NULL;
 	}
-	if (!strcmp(op, "~") || (!strcmp(op, "+") && (json_is_string(a) || json_is_string(b)))) {
-		struct sbuf t = { 0 };
-		js_str(&t, a);
-		js_str(&t, b);
-		json_t *res = mkstr(r, t.p ? t.p : "", t.n);
-		free(t.p);
-		return res;
-	}
+	if (!strcmp(op, "~") || (!strcmp(op, "+") && (json_is_string(a) || json_is_string(b))))
+		return concat(r, a, b);
 	if (!strcmp(op, "+") && json_is_array(a) && json_is_array(b)) {
 		json_t *res = json_copy(a);
 		json_array_extend(res, b);
