@@ -26,6 +26,7 @@
 
 #include "fw/plugin.h"
 #include "lora_format.h"
+#include "../common/peft_file.h"
 
 enum bias_mode { BIAS_NONE = 0, BIAS_ALL, BIAS_LORA_ONLY };
 
@@ -424,54 +425,6 @@ static enum fw_status lora_freeze(void *state, struct fw_model *m, struct fw_err
 /* --- adapter files ------------------------------------------------------------------ */
 
 /* A growing text buffer in host memory. */
-struct text {
-	const struct fw_host *h;
-	char *s;
-	size_t n, cap;
-	bool oom;
-};
-
-static void put(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(struct text *t, const char *fmt, ...)
-{
-	va_list ap;
-	if (t->oom)
-		return;
-	for (;;) {
-		va_start(ap, fmt);
-		int k = vsnprintf(t->s ? t->s + t->n : NULL, t->s ? t->cap - t->n : 0, fmt, ap);
-		va_end(ap);
-		if (k < 0) {
-			t->oom = true;
-			return;
-		}
-		if (t->s && t->n + (size_t)k < t->cap) {
-			t->n += (size_t)k;
-			return;
-		}
-		size_t nc = (t->cap ? 2 * t->cap : 4096) + (size_t)k;
-		char *p = t->h->malloc(nc);
-		if (!p) {
-			t->oom = true;
-			return;
-		}
-		if (t->s) {
-			memcpy(p, t->s, t->n + 1);
-			t->h->free(t->s);
-		} else {
-			p[0] = '\0';
-		}
-		t->s = p;
-		t->cap = nc;
-	}
-}
-
-static void text_free(struct text *t)
-{
-	if (t->s)
-		t->h->free(t->s);
-}
-
 /* The base model: every parameter the adapter does not carry, in model order. */
 static int base_tensors(const struct lora *l, struct fw_ctx *ctx, struct fw_tensor **out)
 {
@@ -487,13 +440,13 @@ static int base_tensors(const struct lora *l, struct fw_ctx *ctx, struct fw_tens
 	return n;
 }
 
-static void describe_base(struct text *list, uint64_t *hash, struct fw_tensor **base, int n)
+static void describe_base(struct peft_text *list, uint64_t *hash, struct fw_tensor **base, int n)
 {
 	uint64_t hh = LORA_HASH_SEED;
 	for (int i = 0; i < n; i++) {
 		char shape[96];
 		lora_shape_text(base[i], shape, sizeof(shape));
-		put(list, "%s\t%s\t%s\n", base[i]->name, fw_dtype_name(base[i]->dtype), shape);
+		peft_put(list, "%s\t%s\t%s\n", base[i]->name, fw_dtype_name(base[i]->dtype), shape);
 		hh = lora_hash_tensor(hh, base[i]);
 	}
 	*hash = hh;
@@ -514,7 +467,7 @@ static enum fw_status lora_save(void *state, struct fw_model *m, const char *pat
 	int nt = fw_ctx_n_tensors(ctx);
 	struct fw_tensor **own = h->malloc(sizeof(*own) * (size_t)(nt + 1));
 	struct fw_tensor **base = h->malloc(sizeof(*base) * (size_t)(nt + 1));
-	struct text cfg = { .h = h }, mods = { .h = h }, list = { .h = h };
+	struct peft_text cfg = { .h = h }, mods = { .h = h }, list = { .h = h };
 	enum fw_status st;
 	if (!own || !base) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
@@ -526,18 +479,18 @@ static enum fw_status lora_save(void *state, struct fw_model *m, const char *pat
 			own[n_own++] = fw_ctx_tensor(ctx, i);
 	int n_base = base_tensors(l, ctx, base);
 
-	put(&cfg, "[%s]\n", LORA_KIND);
+	peft_put(&cfg, "[%s]\n", LORA_KIND);
 	for (int i = 0; i < fw_options_count(l->opts); i++)
-		put(&cfg, "%s = %s\n", fw_options_def(l->opts, i)->name,
+		peft_put(&cfg, "%s = %s\n", fw_options_def(l->opts, i)->name,
 		    fw_options_value(l->opts, i));
 	for (int i = 0; i < l->n_layers; i++) {
 		const struct lora_layer *ly = &l->layers[i];
-		put(&mods, "%s\t%lld\t%lld\t%lld\t%.9g\t%.9g\n", ly->name, (long long)ly->in,
+		peft_put(&mods, "%s\t%lld\t%lld\t%lld\t%.9g\t%.9g\n", ly->name, (long long)ly->in,
 		    (long long)ly->out, (long long)ly->r, ly->alpha, (double)ly->scaling);
 	}
 	uint64_t hash;
 	describe_base(&list, &hash, base, n_base);
-	put(&list, "%s", "");        /* an empty base still gets a string */
+	peft_put(&list, "%s", "");        /* an empty base still gets a string */
 	char hex[24];
 	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)hash);
 	if (cfg.oom || mods.oom || list.oom) {
@@ -551,9 +504,9 @@ static enum fw_status lora_save(void *state, struct fw_model *m, const char *pat
 	};
 	st = fw_h5_save(path, own, n_own, attrs, (int)(sizeof(attrs) / sizeof(attrs[0])), err);
 out:
-	text_free(&cfg);
-	text_free(&mods);
-	text_free(&list);
+	peft_text_free(&cfg);
+	peft_text_free(&mods);
+	peft_text_free(&list);
 	if (own)
 		h->free(own);
 	if (base)
@@ -561,31 +514,6 @@ out:
 	return st;
 }
 
-/* "key = value" of [section] in an INI text; false if absent. */
-static bool ini_get(const char *text, const char *section, const char *key, char *out,
-		    size_t len)
-{
-	bool in = false;
-	size_t kl = strlen(key), sl = strlen(section);
-	for (const char *s = text; s && *s;) {
-		const char *eol = strchr(s, '\n');
-		size_t n = eol ? (size_t)(eol - s) : strlen(s);
-		if (n && s[0] == '[')
-			in = n == sl + 2 && !strncmp(s + 1, section, sl) && s[sl + 1] == ']';
-		else if (in && n > kl && !strncmp(s, key, kl) && (s[kl] == ' ' || s[kl] == '=')) {
-			const char *v = s + kl;
-			while (v < s + n && (*v == ' ' || *v == '='))
-				v++;
-			size_t vl = (size_t)(s + n - v);
-			while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\r'))
-				vl--;
-			snprintf(out, len, "%.*s", (int)(vl < len ? vl : len - 1), v);
-			return true;
-		}
-		s = eol ? eol + 1 : NULL;
-	}
-	return false;
-}
 
 static int bool_value(const char *v)
 {
@@ -627,7 +555,7 @@ static enum fw_status check_config(const struct lora *l, const char *path, const
 			if (strcmp(d->name, structural[k]))
 				continue;
 			char v[512];
-			if (!ini_get(cfg, LORA_KIND, d->name, v, sizeof(v)))
+			if (!peft_ini_get(cfg, LORA_KIND, d->name, v, sizeof(v)))
 				snprintf(v, sizeof(v), "%s", d->def ? d->def : "");
 			const char *here = fw_options_value(l->opts, i);
 			if (!same_value(d, v, here))
