@@ -1112,12 +1112,38 @@ START_TEST(test_hello_optim)
 }
 END_TEST
 
+/* One map from status to exit code (report.c): the same failure exits the
+ * same way in every command, and with --help too. */
+START_TEST(test_exit_codes)
+{
+	static const char *const cmds[] = { "train", "eval", "generate", "plan" };
+	struct result r;
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		for (int help = 0; help < 2; help++) {
+			/* a missing file is a runtime failure (FW_ERR_IO) */
+			run(&r, cmds[i], "--config=/nonexistent/run.ini", help ? "--help" : NULL,
+			    NULL);
+			expect_fail(&r, 1, "/nonexistent/run.ini", NULL, NULL);
+			result_free(&r);
+			/* a name the command line gets wrong is a usage error */
+			run(&r, cmds[i], "--plugins=arch/nope", help ? "--help" : NULL, NULL);
+			expect_fail(&r, 2, "arch/nope", NULL, NULL);
+			result_free(&r);
+			run(&r, cmds[i], PLUGS, "--no-such-option=1", help ? "--help" : NULL, NULL);
+			expect_fail(&r, 2, "--no-such-option", NULL, NULL);
+			result_free(&r);
+		}
+	}
+}
+END_TEST
+
 static Suite *fwrun_suite(void)
 {
 	Suite *s = suite_create("fwrun");
 	struct { const char *name; const TTest *test; } cases[] = {
 		{ "help", test_help },
 		{ "usage", test_usage_errors },
+		{ "exit_codes", test_exit_codes },
 		{ "list", test_list },
 		{ "plan", test_plan },
 		{ "bad_plugins", test_bad_plugins_cli },

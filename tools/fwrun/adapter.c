@@ -520,12 +520,12 @@ int cmd_merge(int argc, char **argv)
 		return EXIT_OK;
 	}
 	if (argc != 3)
-		return die(EXIT_USAGE, "merge: usage: fwrun merge BASE.h5 ADAPTER.h5 OUT.h5");
+		return fail(FW_ERR_INVALID, "merge: usage: fwrun merge BASE.h5 ADAPTER.h5 OUT.h5");
 	char base_buf[4200], ad_buf[4200];
 	struct fw_err err = { 0 };
 	if (resolve_load(argv[0], base_buf, sizeof(base_buf), &err) != FW_OK ||
 	    resolve_adapter(argv[1], ad_buf, sizeof(ad_buf), &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status, "%s", err.msg);
 	const char *base_path = base_buf, *ad_path = ad_buf, *out_path = argv[2];
 	char *tok = NULL, *plain = NULL;
 	struct adapter_file a;
@@ -537,12 +537,12 @@ int cmd_merge(int argc, char **argv)
 
 	if (adapter_read(ad_path, &a, &err) != FW_OK ||
 	    read_tensors(base_path, &base, in_list, a.base_list, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	struct base_src src = { .tensors = base.t, .n = base.n };
 	if (check_base(ad_path, &src, base_path, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	for (int i = 0; i < a.n_mods; i++) {
@@ -552,7 +552,7 @@ int cmd_merge(int argc, char **argv)
 		struct fw_tensor *w = set_find(&base, wn);
 		if (!w || w->dtype != FW_F32 || w->ndim != 2 || w->ne[0] != m->out ||
 		    w->ne[1] != m->in) {
-			rc = die(EXIT_RUNTIME, "%s: '%s' is not an f32 [%lld, %lld] weight, so %s "
+			rc = fail(FW_ERR_SHAPE, "%s: '%s' is not an f32 [%lld, %lld] weight, so %s "
 				 "cannot merge into it", base_path, wn, (long long)m->out,
 				 (long long)m->in, ad_path);
 			goto out;
@@ -571,12 +571,12 @@ int cmd_merge(int argc, char **argv)
 	}
 	/* The output: BASE's order; the adapter's biases replace the base's. */
 	if (fw_h5_list(base_path, &ents, &ne, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	out = calloc((size_t)(ne + a.t.n) + 1, sizeof(*out));
 	if (!out) {
-		rc = die(EXIT_RUNTIME, "out of memory");
+		rc = fail(FW_ERR_NOMEM, "out of memory");
 		goto out;
 	}
 	/* (A base that is a LoRA run's checkpoint holds the factors too: they
@@ -616,7 +616,7 @@ int cmd_merge(int argc, char **argv)
 	if (source)
 		attrs[na++] = (struct fw_h5_attr){ "source", source };
 	if (fw_h5_save(out_path, out, n, attrs, na, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	fprintf(stderr, "fwrun: merged %s (%d layers) into %s: %s (%d tensors%s)\n", ad_path,
@@ -669,14 +669,14 @@ static bool export_by_plugin(const char *path, const char *dir, const char *base
 		return false;          /* adapter_read below names what is wrong */
 	}
 	if (fw_plugin_open(kind, FW_KIND_PEFT, &p, &err) != FW_OK)
-		*rc = die(EXIT_RUNTIME, "%s: an adapter of '%.60s': %s", path, kind, err.msg);
+		*rc = fail(err.status, "%s: an adapter of '%.60s': %s", path, kind, err.msg);
 	else if (!p->desc->iface || !((const struct fw_peft_i *)p->desc->iface)->export_peft)
-		*rc = die(EXIT_RUNTIME, "%s: %s cannot export adapters to PEFT's layout", path, kind);
+		*rc = fail(FW_ERR_UNSUPPORTED, "%s: %s cannot export adapters to PEFT's layout", path, kind);
 	else if (mkdir(dir, 0777) != 0 && errno != EEXIST)
-		*rc = die(EXIT_RUNTIME, "%s: %s", dir, strerror(errno));
+		*rc = fail(FW_ERR_IO, "%s: %s", dir, strerror(errno));
 	else if (((const struct fw_peft_i *)p->desc->iface)->export_peft(fw_host_table(), path, dir,
 									  base_model, &err) != FW_OK)
-		*rc = die(EXIT_RUNTIME, "%s", err.msg);
+		*rc = fail(err.status, "%s", err.msg);
 	else {
 		fprintf(stderr, "fwrun: exported %s (%s) to %s\n", path, kind, dir);
 		*rc = EXIT_OK;
@@ -707,20 +707,20 @@ int cmd_export_adapter(int argc, char **argv)
 		if (!strncmp(argv[i], "--base-model=", 13))
 			base_model = argv[i] + 13;
 		else if (!strncmp(argv[i], "--", 2))
-			return die(EXIT_USAGE, "export-adapter: unknown option '%s' (only "
+			return fail(FW_ERR_INVALID, "export-adapter: unknown option '%s' (only "
 				   "--base-model=NAME)", argv[i]);
 		else if (np < 2)
 			pos[np++] = argv[i];
 		else
-			return die(EXIT_USAGE, "export-adapter: unexpected argument '%s'", argv[i]);
+			return fail(FW_ERR_INVALID, "export-adapter: unexpected argument '%s'", argv[i]);
 	}
 	if (np != 2)
-		return die(EXIT_USAGE, "export-adapter: usage: fwrun export-adapter ADAPTER.h5 "
+		return fail(FW_ERR_INVALID, "export-adapter: usage: fwrun export-adapter ADAPTER.h5 "
 			   "OUT_DIR [--base-model=NAME]");
 	char ad_buf[4200];
 	struct fw_err err = { 0 };
 	if (resolve_adapter(pos[0], ad_buf, sizeof(ad_buf), &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status, "%s", err.msg);
 	const char *ad_path = ad_buf, *dir = pos[1];
 	struct adapter_file a;
 	json_t *cfg = NULL;
@@ -730,7 +730,7 @@ int cmd_export_adapter(int argc, char **argv)
 		return rc;
 
 	if (adapter_read(ad_path, &a, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	char r_s[32] = "8", alpha_s[32] = "8", drop_s[32] = "0", bias_s[32] = "none";
@@ -748,7 +748,7 @@ int cmd_export_adapter(int argc, char **argv)
 	struct fw_tensor **tp = calloc((size_t)a.t.n + 1, sizeof(*tp));
 	if (!tp) {
 		free(tp);
-		rc = die(EXIT_RUNTIME, "out of memory");
+		rc = fail(FW_ERR_NOMEM, "out of memory");
 		goto out;
 	}
 	for (int i = 0; i < a.t.n; i++) {
@@ -770,7 +770,7 @@ int cmd_export_adapter(int argc, char **argv)
 		}
 		if (strlen(key) >= FW_NAME_MAX) {
 			free(tp);
-			rc = die(EXIT_RUNTIME, "export-adapter: key '%s' is too long", key);
+			rc = fail(FW_ERR_FORMAT, "export-adapter: key '%s' is too long", key);
 			goto out;
 		}
 		snprintf(t->name, sizeof(t->name), "%s", key);
@@ -778,7 +778,7 @@ int cmd_export_adapter(int argc, char **argv)
 	}
 	if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
 		free(tp);
-		rc = die(EXIT_RUNTIME, "%s: %s", dir, strerror(errno));
+		rc = fail(FW_ERR_IO, "%s: %s", dir, strerror(errno));
 		goto out;
 	}
 	char path[4200];
@@ -787,7 +787,7 @@ int cmd_export_adapter(int argc, char **argv)
 	enum fw_status st = fw_st_save(path, tp, a.t.n, meta, &err);
 	free(tp);
 	if (st != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 
@@ -838,7 +838,7 @@ int cmd_export_adapter(int argc, char **argv)
 	struct fw_err werr = { 0 };
 	enum fw_status wst = write_json_file(path, cfg, &werr);
 	if (wst != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", werr.msg);
+		rc = fail(werr.status, "%s", werr.msg);
 		goto out;
 	}
 	fprintf(stderr, "fwrun: exported %s (%d layers, %d tensors) to %s\n", ad_path, a.n_mods,

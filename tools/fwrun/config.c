@@ -263,7 +263,7 @@ static enum fw_status unknown(struct config *c, const char *name, const char *wh
 		for (int i = 0; all[a] && i < fw_options_count(all[a]) && n < 512; i++)
 			names[n++] = fw_options_def(all[a], i)->name;
 	const char *near = fw_nearest_name(name, names, n);
-	return fw_errorf(err, FW_ERR_NOT_FOUND, "%sunknown option '--%s'%s%s%s", where, name,
+	return fw_errorf(err, FW_ERR_INVALID, "%sunknown option '--%s'%s%s%s", where, name,
 			 near ? " (did you mean '--" : "", near ? near : "", near ? "'?)" : "");
 }
 
@@ -408,6 +408,8 @@ static enum fw_status load_plugins(struct config *c, const char *list, struct fw
 			continue;
 		struct fw_loaded *p = NULL;
 		s = fw_plugin_open(tok, 0, &p, err);
+		if (s == FW_ERR_NOT_FOUND)        /* a name on the command line: bad input */
+			s = err->status = FW_ERR_INVALID;
 		if (s != FW_OK)
 			break;
 		int k = p->desc->kind;
@@ -672,6 +674,8 @@ enum fw_status config_load(struct config *c, const char *cmd, int argc, char **a
 					value_of(c->run, "adapter-name"));
 	if (fw_options_has(c->run, "load"))
 		apply_file_config(c, value_of(c->run, "load"));
+	if (!cmd)          /* --help: the options exist; values need not be complete */
+		return FW_OK;
 	if ((s = vocab_from_tokenizer(c, err)) != FW_OK)
 		return s;
 	if ((s = fw_options_resolve(c->run, err)) != FW_OK)
@@ -797,12 +801,11 @@ int command_help(const char *cmd, const char *usage, int argc, char **argv)
 		if (strcmp(argv[i], "--help") && strcmp(argv[i], "-h"))
 			args[n++] = argv[i];
 	if (!args)
-		return die(EXIT_RUNTIME, "out of memory");
-	if (config_load(&c, NULL, n, args, false, pos, 8, &np, &err) != FW_OK &&
-	    err.status != FW_ERR_INVALID) {
+		return fail(FW_ERR_NOMEM, "out of memory");
+	if (config_load(&c, NULL, n, args, false, pos, 8, &np, &err) != FW_OK) {
 		config_free(&c);
 		free(args);
-		return die(EXIT_USAGE, "%s", err.msg);
+		return fail(err.status, "%s", err.msg);
 	}
 	fputs(usage, stdout);
 	printf("\nfwrun options for %s:\n", cmd);

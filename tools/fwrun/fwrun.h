@@ -7,7 +7,7 @@
 #include "fw/fw.h"
 #include "fw/runtime.h"
 
-/* Exit codes. */
+/* Exit codes; exit_code() (report.c) is the one map from a status to them. */
 enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 
 /* --- configuration: run options + plugins + their options ------------------------ */
@@ -120,8 +120,17 @@ enum fw_status write_json_file(const char *path, const void *json, struct fw_err
 
 /* x as text: an integer when it is one ("1048576", not "1.04858e+06"). */
 const char *num_text(double x, char *buf, size_t len);
-/* Prints "fwrun: MSG" on stderr (once, even if MSG starts with it), returns code. */
-int die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The exit code of a failure with status st: FW_ERR_INVALID (a bad option,
+ * value, argument or name on the command line or in --config) is a usage
+ * error (2); everything else (files, memory, formats, shapes, what this
+ * build cannot do, library failures) is a runtime failure (1). FW_OK, which
+ * a failure should never carry, counts as a runtime failure. */
+int exit_code(enum fw_status st);
+/* Prints "fwrun: MSG" on stderr (once, even if MSG starts with it) and
+ * returns exit_code(st). */
+int fail(enum fw_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prints "fwrun: MSG" on stderr: an error the command goes on after. */
+void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* The log of runtime calls: "fwrun: LINE" on stderr. */
 extern const struct fw_rt_log fwrun_log;

@@ -413,7 +413,7 @@ int cmd_import(int argc, char **argv)
 		return EXIT_OK;
 	}
 	if (argc != 2)
-		return die(EXIT_USAGE, "import: usage: fwrun import HF_DIR OUT.h5");
+		return fail(FW_ERR_INVALID, "import: usage: fwrun import HF_DIR OUT.h5");
 	struct gpt2_config c;
 	struct fw_err err = { 0 };
 	struct fw_st_file st = { 0 };
@@ -425,34 +425,34 @@ int cmd_import(int argc, char **argv)
 	/* Everything is checked before the output is written (fw_h5_save
 	 * writes a temporary file and renames it). */
 	if (read_config(argv[0], &c, &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status, "%s", err.msg);
 	tok = folder_tokenizer(argv[0], c.vocab, &err);
 	if (!tok && err.status)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status, "%s", err.msg);
 	tok_json = tok ? fw_tokenizer_serialize(tok, &err) : NULL;
 	if (tok && !tok_json) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	snprintf(path, sizeof(path), "%s/model.safetensors", argv[0]);
 	if (fw_st_open(path, &st, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	config = arch_config(&c);
 	if (gpt2_tensors(&c, &g, false) != 0 || !config) {
-		rc = die(EXIT_RUNTIME, "import: out of memory");
+		rc = fail(FW_ERR_NOMEM, "import: out of memory");
 		goto out;
 	}
 	if (check_tensors(&st, path, &c, &g, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	for (int i = 0; i < g.n; i++) {
 		struct fw_tensor *t = &g.ts[i];
 		const struct fw_st_entry *e = find_key(&st, t->name);
 		if (!(t->data = malloc(fw_nbytes(t)))) {
-			rc = die(EXIT_RUNTIME, "import: out of memory");
+			rc = fail(FW_ERR_NOMEM, "import: out of memory");
 			goto out;
 		}
 		if (is_conv1d(t->name))
@@ -463,7 +463,7 @@ int cmd_import(int argc, char **argv)
 	struct fw_h5_attr attrs[] = { { "fw_arch", "arch/decoder" }, { "config", config },
 				      { "source", argv[0] }, { TOKENIZER_ATTR, tok_json } };
 	if (fw_h5_save(argv[1], g.tp, g.n, attrs, tok_json ? 4 : 3, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	fprintf(stderr, "fwrun: imported %d tensors (%lld layers, width %lld)%s to %s\n", g.n,
@@ -577,21 +577,21 @@ int cmd_export(int argc, char **argv)
 		if (!strcmp(argv[i], "--base-only"))
 			base_only = true;
 		else if (!strncmp(argv[i], "--", 2) || np == 2)
-			return die(EXIT_USAGE, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
+			return fail(FW_ERR_INVALID, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
 		else
 			pos[np++] = argv[i];
 	}
 	if (np != 2)
-		return die(EXIT_USAGE, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
+		return fail(FW_ERR_INVALID, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
 	char in_path[4200];
 	struct fw_err err = { 0 };
 	if (resolve_load(pos[0], in_path, sizeof(in_path), &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status, "%s", err.msg);
 	pos[0] = in_path;           /* a run directory: its newest checkpoint */
 	argv = pos;
 	char *config = NULL;
 	if (fw_rt_ckpt_read_config(argv[0], &config, &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status, "%s", err.msg);
 	struct gpt2_config c = { .eps = 1e-5, .tie = true };
 	char tie[16] = "true", eps[32] = "1e-5";
 	bool ok = config_int(config, "n-layer", &c.n_layer) &&
@@ -606,10 +606,10 @@ int cmd_export(int argc, char **argv)
 	config_str(config, "bias", biasv, sizeof(biasv));
 	fw_free(config);
 	if (!ok)
-		return die(EXIT_RUNTIME, "%s: no arch/decoder configuration in its 'config' attribute",
+		return fail(FW_ERR_FORMAT, "%s: no arch/decoder configuration in its 'config' attribute",
 			   argv[0]);
 	if (strcmp(normv, "layernorm") || strcmp(biasv, "true"))
-		return die(EXIT_RUNTIME, "%s: only GPT-2 models (layernorm, biases) export to a "
+		return fail(FW_ERR_UNSUPPORTED, "%s: only GPT-2 models (layernorm, biases) export to a "
 			   "GPT-2 folder", argv[0]);
 	c.tie = !strcmp(tie, "true");
 	c.eps = strtod(eps, NULL);
@@ -617,13 +617,13 @@ int cmd_export(int argc, char **argv)
 	int rc = EXIT_RUNTIME;
 	struct gpt2_set g;
 	if (gpt2_tensors(&c, &g, true) != 0) {
-		rc = die(EXIT_RUNTIME, "export: out of memory");
+		rc = fail(FW_ERR_NOMEM, "export: out of memory");
 		goto out;
 	}
 	if (fw_rt_check_foreign_tensors(argv[0], g.tp, g.n, NULL, base_only, &fwrun_log,
 					&err) != FW_OK ||
 	    fw_h5_load(argv[0], g.tp, g.n, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	/* Back to Conv1D layout: (out, in) -> (in, out). */
@@ -633,7 +633,7 @@ int cmd_export(int argc, char **argv)
 			continue;
 		float *tr = malloc(fw_nbytes(t));
 		if (!tr) {
-			rc = die(EXIT_RUNTIME, "export: out of memory");
+			rc = fail(FW_ERR_NOMEM, "export: out of memory");
 			goto out;
 		}
 		transpose_to_f32(tr, t->data, FW_F32, t->ne[0], t->ne[1]);
@@ -645,14 +645,14 @@ int cmd_export(int argc, char **argv)
 		fw_set_contiguous_strides(t);
 	}
 	if (mkdir(argv[1], 0777) != 0 && errno != EEXIST) {
-		rc = die(EXIT_RUNTIME, "%s: %s", argv[1], strerror(errno));
+		rc = fail(FW_ERR_IO, "%s: %s", argv[1], strerror(errno));
 		goto out;
 	}
 	char path[4200];
 	snprintf(path, sizeof(path), "%s/model.safetensors", argv[1]);
 	const char *meta[] = { "format", "pt", NULL };
 	if (fw_st_save(path, g.tp, g.n, meta, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	json_t *cfg = json_pack("{s:[s], s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b, "
@@ -678,13 +678,13 @@ int cmd_export(int argc, char **argv)
 	enum fw_status wst = write_json_file(path, cfg, &werr);
 	if (wst != FW_OK) {
 		json_decref(cfg);
-		rc = die(EXIT_RUNTIME, "%s", werr.msg);
+		rc = fail(werr.status, "%s", werr.msg);
 		goto out;
 	}
 	json_decref(cfg);
 	bool with_tok = false;
 	if (export_tokenizer(argv[0], argv[1], &with_tok, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	fprintf(stderr, "fwrun: exported %d tensors%s to %s\n", g.n,

@@ -189,7 +189,7 @@ enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
 	if (fw_opt_bool(s->cfg.run, "finetune"))
 		return FW_OK;      /* weights only: step 0, fresh optimizer, data from the start */
 	if (n_new)
-		return fw_errorf(err, FW_ERR_INVALID,
+		return fw_errorf(err, FW_ERR_NOT_FOUND,
 				 "%s: this run trains %d tensors the checkpoint has no optimizer "
 				 "state for; add --finetune to start from its weights", path, n_new);
 	int ns;
@@ -277,9 +277,7 @@ int session_open(struct session *s, const char *cmd, int argc, char **argv, bool
 	enum fw_status st;
 	memset(s, 0, sizeof(*s));
 	if (config_load(&s->cfg, cmd, argc, argv, true, pos, 0, &np, &s->err) != FW_OK) {
-		*rc = die(s->err.status == FW_ERR_NOMEM || s->err.status == FW_ERR_IO ||
-			  s->err.status == FW_ERR_FORMAT || s->err.status == FW_ERR_UNSUPPORTED ?
-			  EXIT_RUNTIME : EXIT_USAGE, "%s", s->err.msg);
+		*rc = fail(s->err.status, "%s", s->err.msg);
 		return -1;
 	}
 	int threads = (int)opt_i(s, "threads");
@@ -289,19 +287,19 @@ int session_open(struct session *s, const char *cmd, int argc, char **argv, bool
 	s->B = opt_i(s, "micro-batch-size");
 	s->T = opt_i(s, "seq-length");
 	if (init_plugins(s, &s->err) != FW_OK || check_model(s, train, &s->err) != FW_OK) {
-		*rc = die(s->err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
+		*rc = fail(s->err.status, "%s",
 			  s->err.msg);
 		return -1;
 	}
 	if (use != DATA_NONE && (st = open_datasets(s, train, use, &s->err)) != FW_OK) {
-		*rc = die(st == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s->err.msg);
+		*rc = fail(st, "%s", s->err.msg);
 		return -1;
 	}
 	if (build_model(s, train, &s->err) != FW_OK || build_graphs(s, train, &s->err) != FW_OK ||
 	    (s->have_train && fw_rt_loader_check_vocab(&s->train, s->tok, model_vocab(s), &s->err)) ||
 	    (s->have_valid && fw_rt_loader_check_vocab(&s->valid, s->tok, model_vocab(s), &s->err))) {
 		/* INVALID: flags that cannot make this model (sizes, --seq-length) */
-		*rc = die(s->err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
+		*rc = fail(s->err.status, "%s",
 			  s->err.msg);
 		return -1;
 	}
