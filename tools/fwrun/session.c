@@ -156,7 +156,7 @@ enum fw_status save_checkpoint(struct session *s, const char *path, struct fw_er
 			.optimizer = s->slots.optim ? s->slots.optim->desc->name : "",
 			.data_epoch = s->have_train ? s->train.epoch : 0,
 			.data_cursor = s->have_train ? s->train.cursor : 0,
-			.seed = opt_i(s, "seed") }, err);
+			.seed = opt_i(s, "seed"), .plugins = &s->slots }, err);
 	fw_free(tok);
 	free(config);
 	free(params);
