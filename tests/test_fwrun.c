@@ -617,6 +617,22 @@ START_TEST(test_bad_data)
 	run(&r, "train", PLUGS, "--data", shortf, rdarg, SMALL, NULL);
 	expect_fail(&r, 1, "short.bin", NULL, NULL);
 	result_free(&r);
+	/* a peft option that only the model's build can check fails before a
+	 * byte of a huge, invalid data file is read */
+	char huge[300], dataarg[400];
+	int fd = open(tmp_path(huge, sizeof(huge), "huge.bin"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ck_assert(fd >= 0 && ftruncate(fd, (off_t)64 << 30) == 0 && close(fd) == 0);
+	snprintf(dataarg, sizeof(dataarg), "--data=%s", huge);
+	static const char *const cmds[] = { "train", "eval" };
+	for (int i = 0; i < 2; i++) {
+		run(&r, cmds[i], "--plugins=arch/decoder,attention/mha,peft/lora,optim/adamw",
+		    "--lora-target-modules=c_atn", dataarg, "--load=", rdarg, "--n-layer=1",
+		    "--n-head=2", "--n-embd=16", "--vocab-size=64", "--seq-length=8",
+		    "--micro-batch-size=2", NULL);
+		expect_fail(&r, 2, "peft/lora", "--lora-target-modules", "'c_atn'");
+		result_free(&r);
+	}
+	unlink(huge);
 	ck_assert(!exists(rd));
 }
 END_TEST

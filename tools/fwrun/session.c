@@ -54,20 +54,25 @@ static struct fw_rt_model_spec model_spec(const struct session *s,
 	};
 }
 
-/* Plugins and the arch's options checked before any data is read: the
- * model built once without data and without the peft plugin (whose hooks
- * see one model per run), then thrown away. */
+/* Plugins and their options checked before any data is read: the model
+ * built once without data, with a twin of the peft plugin (whose state
+ * belongs to one model), then thrown away. */
 static enum fw_status check_model(struct session *s, bool training, struct fw_err *err)
 {
 	struct fw_model m;
-	struct fw_plugin_slots base = s->slots;
-	base.peft = NULL;
-	struct fw_rt_model_spec spec = model_spec(s, &base, training);
-	struct fw_ctx *ctx = fw_ctx_new();
-	if (!ctx)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	enum fw_status st = fw_rt_model_build(&spec, ctx, &m, err);
+	struct fw_plugin_slots check = s->slots;
+	enum fw_status st = FW_OK;
+	if (s->slots.peft)
+		st = fw_rt_plugin_twin(s->slots.peft, &check.peft, err);
+	struct fw_rt_model_spec spec = model_spec(s, &check, training);
+	struct fw_ctx *ctx = st == FW_OK ? fw_ctx_new() : NULL;
+	if (st == FW_OK && !ctx)
+		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	if (st == FW_OK)
+		st = fw_rt_model_build(&spec, ctx, &m, err);
 	fw_ctx_free(ctx);
+	if (check.peft != s->slots.peft)
+		fw_plugin_close(check.peft);
 	return st;
 }
 

@@ -51,6 +51,12 @@ struct fw_rt_model_spec {
 enum fw_status fw_rt_model_build(const struct fw_rt_model_spec *spec, struct fw_ctx *ctx,
 				 struct fw_model *m, struct fw_err *err);
 
+/* A second instance of plugin p (opened from p's path), with p's option
+ * values, initialised: plugin state for another model, or for a model
+ * built once to check options and thrown away. fw_plugin_close frees it. */
+enum fw_status fw_rt_plugin_twin(const struct fw_loaded *p, struct fw_loaded **twin,
+				 struct fw_err *err);
+
 /* The plugin that created parameter p of a model built from plugins: the
  * peft or attention plugin when one of its hooks made it (the host marks
  * those, FW_FLAG_BY_PEFT / FW_FLAG_BY_ATTENTION), else the arch ("kind/name"). */
