@@ -41,9 +41,9 @@ void config_report(const struct config *c);
  * something in cmd (train, eval, generate; plan takes train's). */
 bool option_applies(const struct config *c, const struct fw_options *o, const char *name,
 		    const char *cmd);
-/* One warning line for each option of argv that does nothing in cmd
- * (--temperature in train), or nothing without other options
- * (--eval-interval without --valid-data). */
+/* One warning line for each option of argv, or of the --config file (unless
+ * at its default there), that does nothing in cmd (--temperature in train),
+ * or nothing without other options (--eval-interval without --valid-data). */
 void warn_unused_options(struct config *c, const char *cmd, int argc, char **argv);
 /* 'fwrun CMD --help': usage, then the options of fwrun and of the plugins
  * named in argv that do something in cmd. */
