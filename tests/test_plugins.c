@@ -309,6 +309,21 @@ START_TEST(test_abi_sizes)
 	d.abi_minor = 0;
 	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_ERR_UNSUPPORTED);
 	ck_has(err.msg, "for ABI 1.0): rebuild");
+
+	/* 1.3 appended fw_peft_i.check: a peft plugin of 1.2 without it loads,
+	 * one that says 1.3 must have it */
+	static const struct fw_peft_i peft12 = { .size = FW_PEFT_I_SIZE_1_2 };
+	struct fw_plugin p = { FW_PLUGIN_HEADER, .kind = FW_KIND_PEFT, .name = "peft/x",
+			       .version = "1", .iface = &peft12 };
+	ck_assert_uint_lt(FW_PEFT_I_SIZE_1_2, FW_PEFT_I_SIZE_1_3);
+	p.abi_minor = 2;
+	ck_assert_msg(fw_plugin_check(&p, "x.so", 0, &err) == FW_OK, "%s", err.msg);
+	p.abi_minor = 3;
+	ck_assert_int_eq(fw_plugin_check(&p, "x.so", 0, &err), FW_ERR_UNSUPPORTED);
+	snprintf(want, sizeof(want), "x.so: peft interface is %zu bytes, fw expects %zu to %zu "
+		 "for ABI 1.3", (size_t)FW_PEFT_I_SIZE_1_2, (size_t)FW_PEFT_I_SIZE_1_3,
+		 sizeof(struct fw_peft_i));
+	ck_assert_str_eq(err.msg, want);
 }
 END_TEST
 

@@ -71,9 +71,10 @@ extern "C" {
 /* 1.0: first release. 1.1: fw_model.segmented, positions, attn_bias.
  * 1.2: the fingerprint covers fixed layouts only (1.0 and 1.1 plugins carry
  * the older one, which fw still accepts); fw_plugin_entry is declared here;
- * fw_attn_spec.rope_scale_*; fw_peft_i.export_peft. */
+ * fw_attn_spec.rope_scale_*; fw_peft_i.export_peft.
+ * 1.3: fw_peft_i.check. */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
-#define FW_ABI_MINOR 2   /* additions at the end of size-stamped structs */
+#define FW_ABI_MINOR 3   /* additions at the end of size-stamped structs */
 
 /* Layouts that cannot grow without breaking plugins: a plugin built against
  * other ones is refused ("rebuild against this fw"). */
@@ -293,6 +294,14 @@ struct fw_peft_i {
 	enum fw_status (*export_peft)(const struct fw_host *host, const char *adapter,
 				      const char *dir, const char *base_model,
 				      struct fw_err *err);
+	/* Since ABI 1.3. Whether the adapter file `adapter` (one of this
+	 * plugin's save) was made for model m's base (its tensors and weights),
+	 * as load would check it, changing nothing: FW_OK or load's error. The
+	 * host checks every adapter a run lists, not only the one it loads, and
+	 * the options of the file may differ from this instance's. NULL: the
+	 * host checks only that the file is an adapter of this plugin. */
+	enum fw_status (*check)(void *state, struct fw_model *m, const char *adapter,
+				struct fw_err *err);
 };
 
 /* Optimizer: the host allocates n_state f32 tensors per parameter (named
@@ -425,6 +434,7 @@ struct fw_plugin {
 #define FW_ATTENTION_I_SIZE_1_0 FW_SIZE_THROUGH(struct fw_attention_i, attend)
 #define FW_PEFT_I_SIZE_1_0      FW_SIZE_THROUGH(struct fw_peft_i, unmerge)
 #define FW_PEFT_I_SIZE_1_2      FW_SIZE_THROUGH(struct fw_peft_i, export_peft)
+#define FW_PEFT_I_SIZE_1_3      FW_SIZE_THROUGH(struct fw_peft_i, check)
 #define FW_OPTIM_I_SIZE_1_0     FW_SIZE_THROUGH(struct fw_optim_i, step)
 #define FW_HOST_SIZE_1_0        FW_SIZE_THROUGH(struct fw_host, init_const)
 #define FW_MODEL_SIZE_1_0       FW_SIZE_THROUGH(struct fw_model, host_private)
