@@ -240,34 +240,27 @@ enum fw_status adapter_save(const struct fw_plugin_slots *slots, struct fw_model
 
 /* --- fwrun merge --------------------------------------------------------------------------------- */
 
-/* The plugins that build BASE's model with the adapter of kind: the arch and
- * attention of its run configuration (or its fw_arch attribute and the
- * reference attention/mha, which owns no weights, for an imported file). */
+/* The plugins that build BASE's model with the adapter of kind: its arch
+ * (file_arch_name), the attention of its run configuration or, for an
+ * imported file, the reference attention/mha, which owns no weights. */
 static enum fw_status merge_plugins(const char *base, const char *kind, char *out, size_t len,
 				    struct fw_err *err)
 {
-	char *config = NULL, *list = NULL, *arch_attr = NULL;
-	char arch[256] = "", attention[256] = "attention/mha";
-	if (fw_rt_ckpt_read_config(base, &config, NULL) == FW_OK)
+	char *config = NULL, *list = NULL, arch[256], attention[256] = "attention/mha";
+	enum fw_status st = file_arch_name(base, arch, sizeof(arch), err);
+	if (st == FW_OK && fw_rt_ckpt_read_config(base, &config, NULL) == FW_OK)
 		list = fw_rt_ini_lookup(config, "run", "plugins");
 	for (char *save = NULL, *p = list ? strtok_r(list, ",", &save) : NULL; p;
 	     p = strtok_r(NULL, ",", &save)) {
 		p += strspn(p, " ");
-		if (!strncmp(p, "arch/", 5))
-			snprintf(arch, sizeof(arch), "%s", p);
-		else if (!strncmp(p, "attention/", 10))
+		if (!strncmp(p, "attention/", 10))
 			snprintf(attention, sizeof(attention), "%s", p);
 	}
-	if (!arch[0] && fw_h5_read_attr(base, "fw_arch", &arch_attr, NULL) == FW_OK)
-		snprintf(arch, sizeof(arch), "%s", arch_attr);
 	free(list);
 	fw_free(config);
-	fw_free(arch_attr);
-	if (!arch[0])
-		return fw_errorf(err, FW_ERR_FORMAT, "%s: names no arch plugin (no run "
-				 "configuration, no fw_arch attribute)", base);
-	snprintf(out, len, "--plugins=%s,%s,%s", arch, attention, kind);
-	return FW_OK;
+	if (st == FW_OK)
+		snprintf(out, len, "--plugins=%s,%s,%s", arch, attention, kind);
+	return st;
 }
 
 static const char merge_usage[] =

@@ -82,6 +82,9 @@ bool config_same_run(const char *a, const char *b, const char *a_name, const cha
 enum fw_status check_dir_checkpoints(const char *dir, struct fw_err *err);
 /* A directory's newest adapter-<digits>.h5 (a file is taken as it is). */
 enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err);
+/* The arch plugin of an fw file: its run configuration's, else its
+ * fw_arch attribute (an imported file); FORMAT when it names none. */
+enum fw_status file_arch_name(const char *path, char *out, size_t len, struct fw_err *err);
 /* config_dump's INI text without the peft plugin's section and plugins
  * entry (malloc'd; NULL when out of memory). */
 char *config_without_peft(const char *text);
