@@ -379,6 +379,24 @@ def check_logs_and_help(fw, work, data):
     R.check("options that do nothing get a warning each",
             p.returncode == 0 and "--temperature does nothing in train" in p.stderr
             and "--eval-interval does nothing without --valid-data" in p.stderr, gp.describe(p))
+    ini = os.path.join(work, "warn.ini")
+    with open(ini, "w") as f:
+        f.write("temperature = 0.5\neval-interval = 2\ntop-k = 0\nlr = 0.001\n"
+                "[optim/adamw]\nadam-beta1 = 0.8\n")
+    p = fw("train", BASE, *MODEL, *SIZE, f"--data={data}", "--train-iters=1", f"--config={ini}",
+           f"--run-dir={os.path.join(work, 'warn-ini')}")
+    warns = [l for l in p.stderr.splitlines() if "warning:" in l]
+    R.check("... also when they come from --config (but not those at their default)",
+            p.returncode == 0 and len(warns) == 2
+            and f"--temperature (from {ini}) does nothing in train (it is for generate)" in warns[0]
+            and f"--eval-interval (from {ini}) does nothing without --valid-data" in warns[1],
+            gp.describe(p))
+    p = fw("eval", BASE, *SIZE, f"--load={os.path.join(work, 'warn-ini')}", f"--valid-data={data}", f"--config={ini}",
+           "--eval-iters=1")
+    warns = [l for l in p.stderr.splitlines() if "warning:" in l]
+    R.check("... and an optimizer's option from --config in eval",
+            p.returncode == 0 and any(f"--adam-beta1 (from {ini}) does nothing in eval" in w
+                                      for w in warns), gp.describe(p))
 
     gz = data + ".gz"
     with open(data, "rb") as f, gzip.open(gz, "wb") as g:

@@ -617,6 +617,22 @@ START_TEST(test_bad_data)
 	run(&r, "train", PLUGS, "--data", shortf, rdarg, SMALL, NULL);
 	expect_fail(&r, 1, "short.bin", NULL, NULL);
 	result_free(&r);
+	/* a peft option that only the model's build can check fails before a
+	 * byte of a huge, invalid data file is read */
+	char huge[300], dataarg[400];
+	int fd = open(tmp_path(huge, sizeof(huge), "huge.bin"), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	ck_assert(fd >= 0 && ftruncate(fd, (off_t)64 << 30) == 0 && close(fd) == 0);
+	snprintf(dataarg, sizeof(dataarg), "--data=%s", huge);
+	static const char *const cmds[] = { "train", "eval" };
+	for (int i = 0; i < 2; i++) {
+		run(&r, cmds[i], "--plugins=arch/decoder,attention/mha,peft/lora,optim/adamw",
+		    "--lora-target-modules=c_atn", dataarg, "--load=", rdarg, "--n-layer=1",
+		    "--n-head=2", "--n-embd=16", "--vocab-size=64", "--seq-length=8",
+		    "--micro-batch-size=2", NULL);
+		expect_fail(&r, 2, "peft/lora", "--lora-target-modules", "'c_atn'");
+		result_free(&r);
+	}
+	unlink(huge);
 	ck_assert(!exists(rd));
 }
 END_TEST
@@ -1112,12 +1128,38 @@ START_TEST(test_hello_optim)
 }
 END_TEST
 
+/* One map from status to exit code (report.c): the same failure exits the
+ * same way in every command, and with --help too. */
+START_TEST(test_exit_codes)
+{
+	static const char *const cmds[] = { "train", "eval", "generate", "plan" };
+	struct result r;
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++) {
+		for (int help = 0; help < 2; help++) {
+			/* a missing file is a runtime failure (FW_ERR_IO) */
+			run(&r, cmds[i], "--config=/nonexistent/run.ini", help ? "--help" : NULL,
+			    NULL);
+			expect_fail(&r, 1, "/nonexistent/run.ini", NULL, NULL);
+			result_free(&r);
+			/* a name the command line gets wrong is a usage error */
+			run(&r, cmds[i], "--plugins=arch/nope", help ? "--help" : NULL, NULL);
+			expect_fail(&r, 2, "arch/nope", NULL, NULL);
+			result_free(&r);
+			run(&r, cmds[i], PLUGS, "--no-such-option=1", help ? "--help" : NULL, NULL);
+			expect_fail(&r, 2, "--no-such-option", NULL, NULL);
+			result_free(&r);
+		}
+	}
+}
+END_TEST
+
 static Suite *fwrun_suite(void)
 {
 	Suite *s = suite_create("fwrun");
 	struct { const char *name; const TTest *test; } cases[] = {
 		{ "help", test_help },
 		{ "usage", test_usage_errors },
+		{ "exit_codes", test_exit_codes },
 		{ "list", test_list },
 		{ "plan", test_plan },
 		{ "bad_plugins", test_bad_plugins_cli },

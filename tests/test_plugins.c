@@ -309,6 +309,71 @@ START_TEST(test_abi_sizes)
 	d.abi_minor = 0;
 	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_ERR_UNSUPPORTED);
 	ck_has(err.msg, "for ABI 1.0): rebuild");
+
+	/* 1.3 appended fw_peft_i.check: a peft plugin of 1.2 without it loads,
+	 * one that says 1.3 must have it */
+	static const struct fw_peft_i peft12 = { .size = FW_PEFT_I_SIZE_1_2 };
+	struct fw_plugin p = { FW_PLUGIN_HEADER, .kind = FW_KIND_PEFT, .name = "peft/x",
+			       .version = "1", .iface = &peft12 };
+	ck_assert_uint_lt(FW_PEFT_I_SIZE_1_2, FW_PEFT_I_SIZE_1_3);
+	p.abi_minor = 2;
+	ck_assert_msg(fw_plugin_check(&p, "x.so", 0, &err) == FW_OK, "%s", err.msg);
+	p.abi_minor = 3;
+	ck_assert_int_eq(fw_plugin_check(&p, "x.so", 0, &err), FW_ERR_UNSUPPORTED);
+	snprintf(want, sizeof(want), "x.so: peft interface is %zu bytes, fw expects %zu to %zu "
+		 "for ABI 1.3", (size_t)FW_PEFT_I_SIZE_1_2, (size_t)FW_PEFT_I_SIZE_1_3,
+		 sizeof(struct fw_peft_i));
+	ck_assert_str_eq(err.msg, want);
+}
+END_TEST
+
+/* arch/decoder's Hugging Face map (ABI 1.3 fw_arch_i.hf_maps) is GPT-2 as
+ * transformers has it (GPT2Config, GPT2Model): the config keys of its
+ * sizes (n_ctx an older name of n_positions), the "transformer." prefix,
+ * and Conv1D weights stored (in, out): c_attn, c_proj and c_fc weights
+ * transposed, biases, norms and embeddings not. */
+START_TEST(test_decoder_hf_map)
+{
+	struct fw_loaded *p = fwt_plugin_open("arch/decoder", FW_KIND_ARCH, NULL);
+	const struct fw_arch_i *ai = p->desc->iface;
+	ck_assert_ptr_nonnull(ai->hf_maps);
+	const struct fw_hf_map *m = ai->hf_maps[0];
+	ck_assert_ptr_nonnull(m);
+	ck_assert_ptr_null(ai->hf_maps[1]);
+	ck_assert_str_eq(m->model_type, "gpt2");
+	ck_assert_str_eq(m->architecture, "GPT2LMHeadModel");
+	static const char *const pairs[][2] = {
+		{ "n_layer", "n-layer" }, { "n_head", "n-head" }, { "n_embd", "n-embd" },
+		{ "vocab_size", "vocab-size" }, { "n_positions", "n-positions" },
+		{ "n_ctx", "n-positions" }, { "layer_norm_epsilon", "layer-norm-eps" },
+		{ "tie_word_embeddings", "tie-embeddings" },
+	};
+	ck_assert_int_eq(m->n_keys, 8);
+	for (int i = 0; i < 8; i++) {
+		ck_assert_str_eq(m->keys[i].key, pairs[i][0]);
+		ck_assert_str_eq(m->keys[i].option, pairs[i][1]);
+	}
+	ck_assert_str_eq(m->key_prefixes[0], "transformer.");
+	static const struct { const char *name; bool tr; } t[] = {
+		{ "wte.weight", false }, { "wpe.weight", false }, { "h.3.ln_1.weight", false },
+		{ "h.3.attn.c_attn.weight", true }, { "h.3.attn.c_attn.bias", false },
+		{ "h.3.attn.c_proj.weight", true }, { "h.3.mlp.c_fc.weight", true },
+		{ "h.3.mlp.c_proj.weight", true }, { "h.3.mlp.c_proj.bias", false },
+		{ "ln_f.bias", false }, { "lm_head.weight", false },
+	};
+	for (size_t i = 0; i < sizeof(t) / sizeof(t[0]); i++) {
+		char key[FW_NAME_MAX];
+		bool tr = !t[i].tr;
+		ck_assert(m->tensor_key(p->opts, t[i].name, key, sizeof(key), &tr));
+		ck_assert_str_eq(key, t[i].name);
+		ck_assert_msg(tr == t[i].tr, "%s", t[i].name);
+	}
+	ck_assert(m->describes(p->opts));         /* the defaults are GPT-2's */
+	fw_plugin_close(p);
+	static const char *const llama[] = { "norm", "rmsnorm", NULL };
+	p = fwt_plugin_open("arch/decoder", FW_KIND_ARCH, llama);
+	ck_assert(!((const struct fw_arch_i *)p->desc->iface)->hf_maps[0]->describes(p->opts));
+	fw_plugin_close(p);
 }
 END_TEST
 
@@ -1216,6 +1281,7 @@ static Suite *plugins_suite(void)
 	tcase_add_test(tc, test_name_must_match_path);
 	tcase_add_test(tc, test_abi_1_0_plugin);
 	tcase_add_test(tc, test_abi_sizes);
+	tcase_add_test(tc, test_decoder_hf_map);
 	tcase_add_test(tc, test_init_fails);
 	tcase_add_test(tc, test_not_a_plugin_file);
 	tcase_add_test(tc, test_unknown_name_lists_available);

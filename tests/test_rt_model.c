@@ -499,6 +499,31 @@ START_TEST(test_load_weights)
 					       &err) == FW_OK, "%s", err.msg);
 	ck_assert_int_eq(w.n, 1);
 	ck_assert_ptr_nonnull(strstr(w.line, "dropping"));
+
+	/* A checkpoint records each tensor's owner: the adapter's tensors are
+	 * exactly those the base model lacks (the oracle: a model built without
+	 * the peft plugin), peft/lora's; the rest arch/decoder's. A refusal
+	 * names that owner even where the file has no configuration to say it. */
+	char cpath[300];
+	snprintf(cpath, sizeof(cpath), "%s/ckpt.h5", dir);
+	ck_assert_msg(fw_rt_ckpt_save(cpath, lp, nl, NULL, 0, &(struct fw_rt_ckpt_meta){
+			.plugins = &lora.slots }, &err) == FW_OK, "%s", err.msg);
+	int n_lora = 0;
+	for (int i = 0; i < nl; i++) {
+		char *o = fw_rt_ckpt_owner(cpath, lp[i]->name);
+		bool in_base = fw_ctx_find(base.ctx, lp[i]->name) != NULL;
+		ck_assert_msg(o && !strcmp(o, in_base ? "arch/decoder" : "peft/lora"), "%s: %s",
+			      lp[i]->name, o ? o : "(none)");
+		n_lora += !in_base;
+		fw_free(o);
+	}
+	ck_assert_int_eq(n_lora, nl - nb);
+	ck_assert_ptr_null(fw_rt_ckpt_owner(cpath, "no.such.tensor"));
+	ck_assert_ptr_null(fw_rt_ckpt_owner(lpath, lp[0]->name));     /* no owners recorded */
+	ck_assert_int_eq(fw_rt_model_load_weights(cpath, bp, nb, &base.slots, false, &n_new, NULL,
+						  &err), FW_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "they need peft/lora:"), "%s", err.msg);
+	unlink(cpath);
 	unlink(bpath);
 	unlink(lpath);
 	rmdir(dir);

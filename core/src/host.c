@@ -66,6 +66,16 @@ static struct fw_tensor *fail(struct fw_model *m, const struct fw_err *e)
 	return NULL;
 }
 
+/* Marks the parameters created since tensor index t0 as the hook's (flag). */
+static void owned_since(struct fw_model *m, int t0, uint32_t flag)
+{
+	for (int i = t0; i < fw_ctx_n_tensors(m->ctx); i++) {
+		struct fw_tensor *t = fw_ctx_tensor(m->ctx, i);
+		if (t->flags & FW_FLAG_PARAM)
+			t->flags |= flag;
+	}
+}
+
 static struct fw_tensor *host_linear(struct fw_model *m, const char *name, struct fw_tensor *x,
 				     struct fw_tensor *w, struct fw_tensor *bias)
 {
@@ -76,7 +86,9 @@ static struct fw_tensor *host_linear(struct fw_model *m, const char *name, struc
 		const struct fw_peft_i *pi = ps->peft->desc->iface;
 		if (pi->wrap_linear) {
 			struct fw_err e = { 0 };
+			int t0 = fw_ctx_n_tensors(m->ctx);
 			struct fw_tensor *y = pi->wrap_linear(ps->peft->state, m, name, x, w, bias, &e);
+			owned_since(m, t0, FW_FLAG_BY_PEFT);
 			if (y)
 				return y;
 			if (e.status != FW_OK)
@@ -101,11 +113,17 @@ static struct fw_tensor *host_attention(struct fw_model *m, const struct fw_attn
 	}
 	if (ps->peft) {
 		const struct fw_peft_i *pi = ps->peft->desc->iface;
-		if (pi->wrap_kv && pi->wrap_kv(ps->peft->state, m, spec, &k, &v, &e) != FW_OK)
+		int t0 = fw_ctx_n_tensors(m->ctx);
+		enum fw_status st = pi->wrap_kv ? pi->wrap_kv(ps->peft->state, m, spec, &k, &v, &e) :
+				    FW_OK;
+		owned_since(m, t0, FW_FLAG_BY_PEFT);
+		if (st != FW_OK)
 			return fail(m, &e);
 	}
 	const struct fw_attention_i *ai = ps->attention->desc->iface;
+	int t0 = fw_ctx_n_tensors(m->ctx);
 	struct fw_tensor *y = ai->attend(ps->attention->state, m, spec, q, k, v, &e);
+	owned_since(m, t0, FW_FLAG_BY_ATTENTION);
 	if (!y && e.status != FW_OK)
 		return fail(m, &e);
 	return y;
@@ -120,7 +138,9 @@ static struct fw_tensor *host_embed(struct fw_model *m, struct fw_tensor *x)
 		const struct fw_peft_i *pi = ps->peft->desc->iface;
 		if (pi->wrap_embed) {
 			struct fw_err e = { 0 };
+			int t0 = fw_ctx_n_tensors(m->ctx);
 			struct fw_tensor *y = pi->wrap_embed(ps->peft->state, m, x, &e);
+			owned_since(m, t0, FW_FLAG_BY_PEFT);
 			if (!y && e.status != FW_OK)
 				return fail(m, &e);
 			return y ? y : x;

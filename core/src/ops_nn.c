@@ -12,29 +12,9 @@
 #include <string.h>
 
 #include "kernel.h"
+#include "vmath.h"
 
 #define WS_MAX (32u << 20)   /* largest optional scratch a kernel asks for */
-
-/* exp(x) for x <= 0 (max-subtracted logits), written so that `omp simd`
- * loops vectorise: glibc's expf does not (and clang then warns). Relative
- * error < 2e-7; -inf and x < -87.3 give 0, NaN stays NaN. Range reduction
- * x = n ln2 + r and the polynomial are those of ARM optimized-routines. */
-static inline float exp_neg(float x)
-{
-	union { float f; uint32_t u; } z, s;
-	float xc = x < -87.3f ? -87.3f : x;
-	z.f = xc * 0x1.715476p+0f + 0x1.8p23f;          /* n in z's low bits */
-	float n = z.f - 0x1.8p23f;
-	float r = xc - n * 0x1.62e4p-1f;
-	r = r - n * 0x1.7f7d1cp-20f;
-	s.u = (z.u << 23) + 0x3f800000u;                /* 2^n */
-	float r2 = r * r;
-	float p = 0x1.573e2ep-5f + 0x1.0e4020p-7f * r;
-	float q = 0x1.fffdb6p-2f * r2 + 0x1.ffffecp-1f * r;
-	float poly = q + (0x1.555e66p-3f + p * r) * r2 * r;
-	float e = s.f + poly * s.f;
-	return x < -87.3f ? 0.0f : e;
-}
 
 /* max(x[0..n)), -inf when n == 0 or all are -inf; NaN entries are skipped
  * (they reach the result through exp anyway). Sixteen running maxima,
@@ -568,7 +548,7 @@ static void softmax_row(float *y, const float *x, const float *b, int64_t Tkb,
 	}
 	#pragma omp simd reduction(+:s)
 	for (int64_t j = 0; j < nv; j++) {
-		y[j] = exp_neg(y[j] - m);
+		y[j] = vexp_neg(y[j] - m);
 		s += y[j];
 	}
 	float inv = 1.0f / s;
@@ -823,13 +803,13 @@ static double row_logsumexp(const float *x, int64_t V, float *e, float *bm)
 			float *eb = e + j0;
 			#pragma omp simd reduction(+:sb)
 			for (int64_t j = 0; j < n; j++) {
-				eb[j] = exp_neg(xb[j] - mb);
+				eb[j] = vexp_neg(xb[j] - mb);
 				sb += eb[j];
 			}
 		} else {
 			#pragma omp simd reduction(+:sb)
 			for (int64_t j = 0; j < n; j++)
-				sb += exp_neg(xb[j] - mb);
+				sb += vexp_neg(xb[j] - mb);
 		}
 		if (mb > m) {
 			s = s * exp(m - mb) + sb;
@@ -912,7 +892,7 @@ static void cross_entropy_backward(struct fw_tensor *out, const struct fw_exec *
 				float l = (float)lse;
 				#pragma omp simd
 				for (int64_t j = 0; j < V; j++)
-					d[j] += scale * exp_neg(xr[j] - l);
+					d[j] += scale * vexp_neg(xr[j] - l);
 			}
 			d[c.t[n]] -= scale;
 		}

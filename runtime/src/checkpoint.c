@@ -10,6 +10,46 @@
 
 #include "fw/io.h"
 #include "fw/runtime/checkpoint.h"
+#include "fw/runtime/model.h"
+
+/* "TENSOR PLUGIN\n" per parameter (malloc'd; NULL when out of memory). */
+static char *owners_text(struct fw_tensor *const *params, int n,
+			 const struct fw_plugin_slots *plugins)
+{
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+	if (!f)
+		return NULL;
+	for (int i = 0; i < n; i++)
+		fprintf(f, "%s %s\n", params[i]->name, fw_rt_param_owner(params[i], plugins));
+	if (fclose(f) != 0) {
+		free(buf);
+		return NULL;
+	}
+	return buf;
+}
+
+char *fw_rt_ckpt_owner(const char *path, const char *name)
+{
+	char *text = NULL, *owner = NULL;
+	struct fw_err e = { 0 };
+	if (fw_h5_read_attr(path, FW_CKPT_ATTR_OWNERS, &text, &e) != FW_OK)
+		return NULL;
+	size_t nl = strlen(name);
+	for (const char *l = text; l && *l && !owner; l = strchr(l, '\n'), l = l ? l + 1 : NULL) {
+		if (strncmp(l, name, nl) || l[nl] != ' ')
+			continue;
+		const char *p = l + nl + 1;
+		size_t pl = strcspn(p, "\n");
+		if (pl && (owner = fw_malloc(pl + 1))) {
+			memcpy(owner, p, pl);
+			owner[pl] = '\0';
+		}
+	}
+	fw_free(text);
+	return owner;
+}
 
 enum fw_status fw_rt_ckpt_save(const char *path, struct fw_tensor *const *params, int n_params,
 			       struct fw_tensor *const *state, int n_state,
@@ -28,15 +68,24 @@ enum fw_status fw_rt_ckpt_save(const char *path, struct fw_tensor *const *params
 	snprintf(cursor, sizeof(cursor), "%lld", (long long)meta->data_cursor);
 	snprintf(tokens, sizeof(tokens), "%lld", (long long)meta->tokens);
 	snprintf(seed, sizeof(seed), "%lld", (long long)meta->seed);
-	struct fw_h5_attr attrs[] = {
+	char *owners = meta->plugins ? owners_text(params, n_params, meta->plugins) : NULL;
+	if (meta->plugins && !owners) {
+		free(all);
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	}
+	struct fw_h5_attr attrs[11] = {
 		{ FW_CKPT_ATTR_MARK, "1" }, { FW_CKPT_ATTR_CONFIG, meta->config ? meta->config : "" },
 		{ "step", step }, { "data_epoch", epoch }, { "data_cursor", cursor },
 		{ "tokens", tokens }, { "seed", seed },
 		{ "optimizer", meta->optimizer ? meta->optimizer : "" },
-		{ FW_CKPT_ATTR_TOKENIZER, meta->tokenizer },
 	};
-	int n_attrs = (int)(sizeof(attrs) / sizeof(attrs[0])) - !meta->tokenizer;
+	int n_attrs = 8;
+	if (meta->tokenizer)
+		attrs[n_attrs++] = (struct fw_h5_attr){ FW_CKPT_ATTR_TOKENIZER, meta->tokenizer };
+	if (owners)
+		attrs[n_attrs++] = (struct fw_h5_attr){ FW_CKPT_ATTR_OWNERS, owners };
 	enum fw_status st = fw_h5_save(path, all, n_params + n_state, attrs, n_attrs, err);
+	free(owners);
 	free(all);
 	return st;
 }

@@ -46,6 +46,7 @@ enum fw_status fw_rt_model_build(const struct fw_rt_model_spec *spec, struct fw_
 		return FW_OK;
 	const struct fw_peft_i *pi = slots->peft->desc->iface;
 	const char *pn = slots->peft->desc->name;
+	int t0 = fw_ctx_n_tensors(ctx);     /* what freeze and extra_loss create is peft's */
 	if (pi->freeze && (st = pi->freeze(slots->peft->state, m, &e)) != FW_OK)
 		return named_err(err, st, pn, e.msg);
 	if (pi->extra_loss && m->loss) {
@@ -55,7 +56,38 @@ enum fw_status fw_rt_model_build(const struct fw_rt_model_spec *spec, struct fw_
 		if (x)
 			m->loss = fw_add(ctx, m->loss, x);
 	}
+	for (int i = t0; i < fw_ctx_n_tensors(ctx); i++)
+		if (fw_ctx_tensor(ctx, i)->flags & FW_FLAG_PARAM)
+			fw_ctx_tensor(ctx, i)->flags |= FW_FLAG_BY_PEFT;
 	return FW_OK;
+}
+
+enum fw_status fw_rt_plugin_twin(const struct fw_loaded *p, struct fw_loaded **twin,
+				 struct fw_err *err)
+{
+	enum fw_status st = fw_plugin_open(p->path, p->desc->kind, twin, err);
+	for (int i = 0; st == FW_OK && i < fw_options_count(p->opts); i++) {
+		const char *name = fw_options_def(p->opts, i)->name;
+		if (fw_options_has(p->opts, name))
+			st = fw_options_set((*twin)->opts, name, fw_options_value(p->opts, i), err);
+	}
+	if (st == FW_OK)
+		st = fw_options_resolve((*twin)->opts, err);
+	if (st == FW_OK)
+		st = fw_plugin_init(*twin, NULL, err);
+	if (st != FW_OK && *twin) {
+		fw_plugin_close(*twin);
+		*twin = NULL;
+	}
+	return st;
+}
+
+const char *fw_rt_param_owner(const struct fw_tensor *p, const struct fw_plugin_slots *plugins)
+{
+	const struct fw_loaded *o = p->flags & FW_FLAG_BY_PEFT ? plugins->peft :
+				    p->flags & FW_FLAG_BY_ATTENTION ? plugins->attention :
+				    plugins->arch;
+	return o ? o->desc->name : "";
 }
 
 int fw_rt_model_n_layers(const struct fw_plugin_slots *plugins)

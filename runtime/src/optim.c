@@ -46,7 +46,7 @@ struct fw_rt_optim *fw_rt_optim_new(struct fw_ctx *ctx, struct fw_graph *g,
 				    const struct fw_rt_optim_config *cfg, struct fw_err *err)
 {
 	if (!optim) {
-		fw_errorf(err, FW_ERR_INVALID,
+		fw_errorf(err, FW_ERR_NOT_FOUND,
 			  "training needs an optim plugin (e.g. --plugins=...,optim/adamw)");
 		return NULL;
 	}

@@ -10,13 +10,37 @@
 #include "fw/runtime/ini.h"
 #include "fw/runtime/model.h"
 
-/* The plugins a file's run loaded that this run does not: "peft/lora", or
- * "a plugin this run does not load" when the file does not say. */
-static void missing_plugins(const char *path, const struct fw_plugin_slots *slots, char *out,
-			    size_t len)
+/* The owners the file records for foreign[0..n) ("peft/lora", each once);
+ * false, with out empty, unless it records one for each. */
+static bool recorded_owners(const char *path, char **foreign, int n, char *out, size_t len)
+{
+	out[0] = '\0';
+	for (int i = 0; i < n; i++) {
+		char *o = fw_rt_ckpt_owner(path, foreign[i]);
+		if (!o) {
+			out[0] = '\0';
+			return false;
+		}
+		size_t ol = strlen(o);
+		bool listed = false;
+		for (const char *p = strstr(out, o); p && !listed; p = strstr(p + 1, o))
+			listed = (p == out || p[-1] == ' ') && (!p[ol] || p[ol] == ',');
+		if (!listed)
+			snprintf(out + strlen(out), len - strlen(out), "%s%s", out[0] ? ", " : "", o);
+		fw_free(o);
+	}
+	return n > 0;
+}
+
+/* The plugins that own foreign[0..n): as the file records per tensor, else
+ * those its run loaded and this run does not ("peft/lora"), else "a plugin
+ * this run does not load". */
+static void missing_plugins(const char *path, const struct fw_plugin_slots *slots,
+			    char **foreign, int n, char *out, size_t len)
 {
 	char *config = NULL, *list = NULL;
-	out[0] = '\0';
+	if (recorded_owners(path, foreign, n, out, len))
+		return;
 	if (fw_rt_ckpt_read_config(path, &config, NULL) == FW_OK)
 		list = fw_rt_ini_lookup(config, "run", "plugins");
 	fw_free(config);
@@ -82,7 +106,7 @@ enum fw_status fw_rt_check_foreign_tensors(const char *path, struct fw_tensor *c
 	if (nf) {
 		char names[512], need[512];
 		name_list(foreign, nf, names, sizeof(names));
-		missing_plugins(path, slots, need, sizeof(need));
+		missing_plugins(path, slots, foreign, nf, need, sizeof(need));
 		if (base_only)
 			fw_rt_logf(log, FW_LOG_WARN, "--base-only: dropping %d tensor%s of %s that "
 				   "no loaded plugin owns (%s; they belong to %s)", nf,

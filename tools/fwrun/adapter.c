@@ -7,21 +7,20 @@
  * --adapter=[NAME=]PATH[,[NAME=]PATH...] names one or more adapter files (a
  * bare PATH is named after its file, "a.h5" -> "a"); --adapter-name=NAME
  * picks the one this run applies (default: the first). Every listed adapter
- * is checked against the loaded base model; only the chosen one is applied.
- * The file format is peft/lora's (plugins/peft/lora/lora_format.h).
+ * is checked against the loaded base model (the peft plugin's check hook);
+ * only the chosen one is applied. The file format is the plugin's own: this
+ * file knows only the "fw_adapter" attribute that names the plugin.
  */
+#include <dirent.h>
 #include <errno.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <ini.h>
-#include <jansson.h>
 
 #include "fwrun.h"
-#include "../../plugins/peft/lora/lora_format.h"
 
 #define MAX_ADAPTERS 16
 
@@ -149,35 +148,7 @@ void adapter_config_defaults(struct config *c, const char *spec, const char *nam
 	fw_free(text);
 }
 
-/* --- checks of adapter files against the model or a weights file ------------------------ */
-
-/* Where the base tensors of a check come from. */
-struct base_src {
-	struct fw_ctx *ctx;              /* a built model, or */
-	struct fw_tensor *tensors;       /* tensors read from a file */
-	int n;
-};
-
-static struct fw_tensor *base_find(const struct base_src *b, const char *name)
-{
-	if (b->ctx)
-		return fw_ctx_find(b->ctx, name);
-	for (int i = 0; i < b->n; i++)
-		if (!strcmp(b->tensors[i].name, name))
-			return &b->tensors[i];
-	return NULL;
-}
-
-/* Reads a string attribute; a missing one is a clear FORMAT error. */
-static enum fw_status attr(const char *path, const char *name, char **v, struct fw_err *err)
-{
-	enum fw_status st = fw_h5_read_attr(path, name, v, err);
-	if (st == FW_ERR_NOT_FOUND)
-		return fw_errorf(err, FW_ERR_FORMAT,
-				 "%s: attribute '%s' missing: not a complete %s adapter file", path,
-				 name, LORA_KIND);
-	return st;
-}
+/* --- adapter files ----------------------------------------------------------------------- */
 
 /* The adapter's kind: FORMAT "not an adapter" for models and checkpoints. */
 static enum fw_status adapter_kind(const char *path, char **kind, struct fw_err *err)
@@ -187,65 +158,6 @@ static enum fw_status adapter_kind(const char *path, char **kind, struct fw_err 
 		return fw_errorf(err, FW_ERR_FORMAT,
 				 "%s: not an adapter file (no 'fw_adapter' attribute); a model or "
 				 "checkpoint goes to --load", path);
-	return st;
-}
-
-/* Every tensor of the adapter's base_tensors list is in src with the same
- * dtype and shape, and the fingerprint of their data matches. */
-static enum fw_status check_base(const char *path, const struct base_src *src,
-				 const char *what, struct fw_err *err)
-{
-	char *list = NULL, *hash = NULL;
-	enum fw_status st;
-	if ((st = attr(path, "base_tensors", &list, err)) != FW_OK ||
-	    (st = attr(path, "base_hash", &hash, err)) != FW_OK)
-		goto out;
-	uint64_t h = LORA_HASH_SEED;
-	struct lora_base_entry e;
-	bool ok;
-	int line = 1;
-	for (const char *s = list, *next; ; s = next, line++) {
-		next = lora_base_next(s, &e, &ok);
-		if (!ok) {
-			st = fw_errorf(err, FW_ERR_FORMAT,
-				       "%s: attribute 'base_tensors' is malformed (line %d)", path, line);
-			goto out;
-		}
-		if (!next)
-			break;
-		struct fw_tensor *t = base_find(src, e.name);
-		struct fw_tensor want = { .ndim = e.ndim };
-		memcpy(want.ne, e.ne, sizeof(want.ne));
-		char ws[96], hs[96] = "";
-		lora_shape_text(&want, ws, sizeof(ws));
-		if (t)
-			lora_shape_text(t, hs, sizeof(hs));
-		if (!t) {
-			st = fw_errorf(err, FW_ERR_SHAPE,
-				       "%s: the adapter was trained on a different base model: its "
-				       "base has %s %s [%s], %s has no such tensor", path, e.name,
-				       e.dtype, ws, what);
-			goto out;
-		}
-		if (strcmp(fw_dtype_name(t->dtype), e.dtype) || strcmp(ws, hs)) {
-			st = fw_errorf(err, FW_ERR_SHAPE,
-				       "%s: the adapter was trained on a different base model: its "
-				       "base has %s %s [%s], %s has %s [%s]", path, e.name, e.dtype, ws,
-				       what, fw_dtype_name(t->dtype), hs);
-			goto out;
-		}
-		h = lora_hash_tensor(h, t);
-	}
-	char hex[24];
-	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)h);
-	if (strcmp(hex, hash))
-		st = fw_errorf(err, FW_ERR_INVALID,
-			       "%s: the adapter was trained on a different base model: same "
-			       "tensors, other weights (base fingerprint %s in %s, %.20s in the "
-			       "adapter)", path, hex, what, hash);
-out:
-	fw_free(list);
-	fw_free(hash);
 	return st;
 }
 
@@ -289,7 +201,6 @@ enum fw_status adapter_apply(const struct config *c, const struct fw_plugin_slot
 		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s cannot %s adapters", pname,
 				 pi->load ? "merge" : "load");
 	/* The others: readable adapters of this plugin, for this base. */
-	struct base_src src = { .ctx = m->ctx };
 	for (int i = 0; i < n; i++) {
 		if (i == a)
 			continue;
@@ -303,8 +214,7 @@ enum fw_status adapter_apply(const struct config *c, const struct fw_plugin_slot
 		fw_free(kind);
 		if (!same)
 			return FW_ERR_INVALID;
-		if (!strcmp(pname, LORA_KIND) &&
-		    (st = check_base(refs[i].path, &src, "this model", err)) != FW_OK)
+		if (pi->check && (st = pi->check(slots->peft->state, m, refs[i].path, err)) != FW_OK)
 			return st;
 	}
 	if ((st = fw_rt_adapter_load(slots, m, refs[a].path, merge, err)) != FW_OK)
@@ -328,190 +238,38 @@ enum fw_status adapter_save(const struct fw_plugin_slots *slots, struct fw_model
 	return st;
 }
 
-/* --- files of tensors in memory ---------------------------------------------------------------- */
-
-struct tensor_set {
-	struct fw_tensor *t;
-	int n;
-};
-
-static void set_free(struct tensor_set *s)
-{
-	for (int i = 0; s->t && i < s->n; i++)
-		free(s->t[i].data);
-	free(s->t);
-	s->t = NULL;
-	s->n = 0;
-}
-
-static struct fw_tensor *set_find(const struct tensor_set *s, const char *name)
-{
-	for (int i = 0; i < s->n; i++)
-		if (!strcmp(s->t[i].name, name))
-			return &s->t[i];
-	return NULL;
-}
-
-/* Reads the tensors of path for which keep(entry) is true (all if NULL). */
-static enum fw_status read_tensors(const char *path, struct tensor_set *s,
-				   bool (*keep)(const struct fw_h5_entry *, void *), void *arg,
-				   struct fw_err *err)
-{
-	struct fw_h5_entry *ents = NULL;
-	int ne = 0;
-	enum fw_status st = fw_h5_list(path, &ents, &ne, err);
-	memset(s, 0, sizeof(*s));
-	if (st != FW_OK)
-		return st;
-	s->t = calloc((size_t)ne + 1, sizeof(*s->t));
-	struct fw_tensor **ptr = calloc((size_t)ne + 1, sizeof(*ptr));
-	if (!s->t || !ptr) {
-		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-		goto out;
-	}
-	for (int i = 0; i < ne; i++) {
-		if (keep && !keep(&ents[i], arg))
-			continue;
-		if (ents[i].dtype == FW_Q4) {
-			st = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: tensor '%s' is q4: merging "
-				       "into quantised weights is not supported", path, ents[i].name);
-			goto out;
-		}
-		struct fw_tensor *t = &s->t[s->n];
-		snprintf(t->name, sizeof(t->name), "%s", ents[i].name);
-		t->dtype = ents[i].dtype;
-		t->ndim = ents[i].ndim;
-		memcpy(t->ne, ents[i].ne, sizeof(t->ne));
-		fw_set_contiguous_strides(t);
-		t->data = malloc(fw_nbytes(t) ? fw_nbytes(t) : 1);
-		if (!t->data) {
-			st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-			goto out;
-		}
-		ptr[s->n++] = t;
-	}
-	st = fw_h5_load(path, ptr, s->n, err);
-out:
-	free(ptr);
-	fw_free(ents);
-	if (st != FW_OK)
-		set_free(s);
-	return st;
-}
-
-/* What an adapter file holds, read and checked. */
-struct adapter_file {
-	char *kind, *config, *modules, *base_list;
-	struct lora_module_entry *mods;
-	int n_mods;
-	struct tensor_set t;
-};
-
-static void adapter_file_free(struct adapter_file *a)
-{
-	fw_free(a->kind);
-	fw_free(a->config);
-	fw_free(a->modules);
-	fw_free(a->base_list);
-	free(a->mods);
-	set_free(&a->t);
-	memset(a, 0, sizeof(*a));
-}
-
-static struct fw_tensor *adapter_tensor(const char *path, struct adapter_file *a,
-					const struct lora_module_entry *m, const char *which,
-					int64_t d0, int64_t d1, struct fw_err *err)
-{
-	char name[FW_NAME_MAX + 32];
-	snprintf(name, sizeof(name), "%s.lora_%s.weight", m->name, which);
-	struct fw_tensor *t = set_find(&a->t, name);
-	if (!t)
-		fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' missing", path, name);
-	else if (t->dtype != FW_F32 || t->ndim != 2 || t->ne[0] != d0 || t->ne[1] != d1) {
-		fw_errorf(err, FW_ERR_SHAPE, "%s: tensor '%s' is %s [%lld, %lld], expected f32 "
-			  "[%lld, %lld]", path, name, fw_dtype_name(t->dtype), (long long)t->ne[0],
-			  (long long)(t->ndim > 1 ? t->ne[1] : 0), (long long)d0, (long long)d1);
-		t = NULL;
-	}
-	return t;
-}
-
-static enum fw_status adapter_read(const char *path, struct adapter_file *a, struct fw_err *err)
-{
-	enum fw_status st;
-	memset(a, 0, sizeof(*a));
-	if ((st = adapter_kind(path, &a->kind, err)) != FW_OK)
-		return st;
-	if (strcmp(a->kind, LORA_KIND))
-		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: an adapter of '%.60s'; only %s "
-				 "adapters can be merged or exported", path, a->kind, LORA_KIND);
-	if ((st = attr(path, "config", &a->config, err)) != FW_OK ||
-	    (st = attr(path, "lora_modules", &a->modules, err)) != FW_OK ||
-	    (st = attr(path, "base_tensors", &a->base_list, err)) != FW_OK)
-		return st;
-	int cap = 1;
-	for (const char *s = a->modules; *s; s++)
-		cap += *s == '\n';
-	a->mods = calloc((size_t)cap, sizeof(*a->mods));
-	if (!a->mods)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	bool ok;
-	for (const char *s = a->modules, *next; ; s = next) {
-		next = lora_module_next(s, &a->mods[a->n_mods], &ok);
-		if (!ok)
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: attribute 'lora_modules' is "
-					 "malformed (line %d)", path, a->n_mods + 1);
-		if (!next)
-			break;
-		if (++a->n_mods == cap)
-			break;
-	}
-	if (a->n_mods == 0)
-		return fw_errorf(err, FW_ERR_FORMAT, "%s: the adapter adapts no layer", path);
-	if ((st = read_tensors(path, &a->t, NULL, NULL, err)) != FW_OK)
-		return st;
-	for (int i = 0; i < a->n_mods; i++) {
-		const struct lora_module_entry *m = &a->mods[i];
-		if (!adapter_tensor(path, a, m, "A", m->r, m->in, err) ||
-		    !adapter_tensor(path, a, m, "B", m->out, m->r, err))
-			return err->status;
-		if (!isfinite(m->scaling))
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: %s: scaling %g", path, m->name,
-					 m->scaling);
-	}
-	return FW_OK;
-}
-
 /* --- fwrun merge --------------------------------------------------------------------------------- */
 
-static bool in_list(const struct fw_h5_entry *e, void *arg)
+/* The plugins that build BASE's model with the adapter of kind: its arch
+ * (file_arch_name), the attention of its run configuration or, for an
+ * imported file, the reference attention/mha, which owns no weights. */
+static enum fw_status merge_plugins(const char *base, const char *kind, char *out, size_t len,
+				    struct fw_err *err)
 {
-	const char *list = arg;
-	size_t n = strlen(e->name);
-	for (const char *s = list; s && *s;) {
-		if (!strncmp(s, e->name, n) && s[n] == '\t' && (s == list || s[-1] == '\n'))
-			return true;
-		s = strchr(s, '\n');
-		s = s ? s + 1 : NULL;
+	char *config = NULL, *list = NULL, arch[256], attention[256] = "attention/mha";
+	enum fw_status st = file_arch_name(base, arch, sizeof(arch), err);
+	if (st == FW_OK && fw_rt_ckpt_read_config(base, &config, NULL) == FW_OK)
+		list = fw_rt_ini_lookup(config, "run", "plugins");
+	for (char *save = NULL, *p = list ? strtok_r(list, ",", &save) : NULL; p;
+	     p = strtok_r(NULL, ",", &save)) {
+		p += strspn(p, " ");
+		if (!strncmp(p, "attention/", 10))
+			snprintf(attention, sizeof(attention), "%s", p);
 	}
-	return false;
-}
-
-/* NAME.lora_A.weight or NAME.lora_B.weight: a factor merge folds in. */
-static bool lora_factor(const char *name)
-{
-	size_t l = strlen(name);
-	return l > 14 && (!strcmp(name + l - 14, ".lora_A.weight") ||
-			  !strcmp(name + l - 14, ".lora_B.weight"));
+	free(list);
+	fw_free(config);
+	if (st == FW_OK)
+		snprintf(out, len, "--plugins=%s,%s,%s", arch, attention, kind);
+	return st;
 }
 
 static const char merge_usage[] =
 	"usage: fwrun merge BASE.h5 ADAPTER.h5 OUT.h5\n"
 	"BASE and ADAPTER may be run directories: the newest ckpt-N.h5 and adapter-N.h5 in them.\n"
-	"Folds a LoRA adapter into the base model it was trained on: W += scaling * B A for\n"
-	"every adapted layer (and the adapter's biases, if it trained some). OUT.h5 is a\n"
-	"weights file for --load, without a peft plugin. A base with other tensors or other\n"
-	"weights than the adapter's is refused.\n";
+	"Folds an adapter into the base model it was trained on with its peft plugin's merge\n"
+	"(LoRA: W += scaling * B A for every adapted layer, and the adapter's biases, if it\n"
+	"trained some). OUT.h5 is a weights file for --load, without a peft plugin. A base with\n"
+	"other tensors or other weights than the adapter's is refused.\n";
 
 int cmd_merge(int argc, char **argv)
 {
@@ -520,180 +278,155 @@ int cmd_merge(int argc, char **argv)
 		return EXIT_OK;
 	}
 	if (argc != 3)
-		return die(EXIT_USAGE, "merge: usage: fwrun merge BASE.h5 ADAPTER.h5 OUT.h5");
-	char base_buf[4200], ad_buf[4200];
+		return fail(FW_ERR_INVALID, "merge: usage: fwrun merge BASE.h5 ADAPTER.h5 OUT.h5");
+	char base_path[4200], ad_path[4200], plugins[800], load[4300], adapter[4300];
 	struct fw_err err = { 0 };
-	if (resolve_load(argv[0], base_buf, sizeof(base_buf), &err) != FW_OK ||
-	    resolve_adapter(argv[1], ad_buf, sizeof(ad_buf), &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
-	const char *base_path = base_buf, *ad_path = ad_buf, *out_path = argv[2];
-	char *tok = NULL, *plain = NULL;
-	struct adapter_file a;
-	struct tensor_set base = { 0 };
-	struct fw_h5_entry *ents = NULL;
-	struct fw_tensor **out = NULL;
-	char *cfg = NULL, *arch = NULL, *source = NULL;
-	int rc = EXIT_RUNTIME, ne = 0;
-
-	if (adapter_read(ad_path, &a, &err) != FW_OK ||
-	    read_tensors(base_path, &base, in_list, a.base_list, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
-		goto out;
+	char *kind = NULL;
+	if (resolve_load(argv[0], base_path, sizeof(base_path), &err) != FW_OK ||
+	    resolve_adapter(argv[1], ad_path, sizeof(ad_path), &err) != FW_OK ||
+	    adapter_kind(ad_path, &kind, &err) != FW_OK ||
+	    merge_plugins(base_path, kind, plugins, sizeof(plugins), &err) != FW_OK) {
+		fw_free(kind);
+		return fail(err.status, "%s", err.msg);
 	}
-	struct base_src src = { .tensors = base.t, .n = base.n };
-	if (check_base(ad_path, &src, base_path, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
-		goto out;
+	fw_free(kind);
+	const char *out_path = argv[2];
+	snprintf(load, sizeof(load), "--load=%s", base_path);
+	snprintf(adapter, sizeof(adapter), "--adapter=%s", ad_path);
+	char *args[] = { plugins, load, adapter, "--merge-adapter" }, *pos[1];
+	struct config cfg;
+	struct fw_plugin_slots slots = { 0 };
+	struct fw_ctx *ctx = NULL;
+	struct fw_model m;
+	struct fw_tensor **params = NULL, **out = NULL;
+	char *tok = NULL, *plain = NULL, *conf = NULL, *arch = NULL, *source = NULL;
+	int np = 0, n_params = 0, n = 0, n_new, rc;
+	enum fw_status st = config_load(&cfg, "eval", 4, args, true, pos, 0, &np, &err);
+	for (int k = 1; st == FW_OK && k < FW_KIND_COUNT; k++)
+		if (cfg.plugin[k])
+			st = fw_plugin_init(cfg.plugin[k], NULL, &err);
+	if (st == FW_OK) {
+		/* The model at its smallest: merging needs its weights only. */
+		slots = (struct fw_plugin_slots){ .arch = cfg.plugin[FW_KIND_ARCH],
+						  .attention = cfg.plugin[FW_KIND_ATTENTION],
+						  .peft = cfg.plugin[FW_KIND_PEFT] };
+		struct fw_rt_model_spec spec = { .plugins = &slots, .batch = 1, .seq_len = 1 };
+		st = (ctx = fw_ctx_new()) ? fw_rt_model_build(&spec, ctx, &m, &err) :
+		     fw_errorf(&err, FW_ERR_NOMEM, "out of memory");
 	}
-	for (int i = 0; i < a.n_mods; i++) {
-		const struct lora_module_entry *m = &a.mods[i];
-		char wn[FW_NAME_MAX + 16];
-		snprintf(wn, sizeof(wn), "%s.weight", m->name);
-		struct fw_tensor *w = set_find(&base, wn);
-		if (!w || w->dtype != FW_F32 || w->ndim != 2 || w->ne[0] != m->out ||
-		    w->ne[1] != m->in) {
-			rc = die(EXIT_RUNTIME, "%s: '%s' is not an f32 [%lld, %lld] weight, so %s "
-				 "cannot merge into it", base_path, wn, (long long)m->out,
-				 (long long)m->in, ad_path);
-			goto out;
-		}
-		const float *A = set_find(&a.t, (snprintf(wn, sizeof(wn), "%s.lora_A.weight",
-							   m->name), wn))->data;
-		const float *B = set_find(&a.t, (snprintf(wn, sizeof(wn), "%s.lora_B.weight",
-							   m->name), wn))->data;
-		float *W = w->data, s = (float)m->scaling;
-		for (int64_t o = 0; o < m->out; o++)
-			for (int64_t k = 0; k < m->r; k++) {
-				float c = s * B[o * m->r + k];
-				for (int64_t j = 0; j < m->in && c != 0.0f; j++)
-					W[o * m->in + j] += c * A[k * m->in + j];
-			}
+	if (st == FW_OK && (st = fw_ctx_alloc_params(ctx)) != FW_OK)
+		err = *fw_ctx_err(ctx);
+	if (st == FW_OK && (n_params = fw_rt_model_params(ctx, &params)) < 0)
+		st = fw_errorf(&err, FW_ERR_NOMEM, "out of memory");
+	if (st == FW_OK)
+		st = fw_rt_model_load_weights(base_path, params, n_params, &slots, false, &n_new,
+					      &fwrun_log, &err);
+	if (st == FW_OK)
+		st = adapter_apply(&cfg, &slots, &m, true, &err);
+	/* The output: the model's parameters but the peft plugin's own. */
+	if (st == FW_OK && !(out = calloc((size_t)n_params + 1, sizeof(*out))))
+		st = fw_errorf(&err, FW_ERR_NOMEM, "out of memory");
+	for (int i = 0; st == FW_OK && i < n_params; i++)
+		if (!(params[i]->flags & FW_FLAG_BY_PEFT))
+			out[n++] = params[i];
+	if (st == FW_OK) {
+		fw_rt_ckpt_read_config(base_path, &conf, NULL);
+		fw_h5_read_attr(base_path, "fw_arch", &arch, NULL);
+		fw_h5_read_attr(base_path, "source", &source, NULL);
+		fw_h5_read_attr(base_path, TOKENIZER_ATTR, &tok, NULL);
+		plain = conf ? config_without_peft(conf) : NULL;
+		char from[8420];          /* both paths are under 4200 bytes */
+		snprintf(from, sizeof(from), "%s + %s", base_path, ad_path);
+		struct fw_h5_attr attrs[5];
+		int na = 0;
+		attrs[na++] = (struct fw_h5_attr){ "merged_from", from };
+		if (conf)
+			attrs[na++] = (struct fw_h5_attr){ "config", plain ? plain : conf };
+		if (tok)                /* the model's tokenizer stays with it */
+			attrs[na++] = (struct fw_h5_attr){ TOKENIZER_ATTR, tok };
+		if (arch)
+			attrs[na++] = (struct fw_h5_attr){ "fw_arch", arch };
+		if (source)
+			attrs[na++] = (struct fw_h5_attr){ "source", source };
+		st = fw_h5_save(out_path, out, n, attrs, na, &err);
 	}
-	/* The output: BASE's order; the adapter's biases replace the base's. */
-	if (fw_h5_list(base_path, &ents, &ne, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
-		goto out;
+	if (st == FW_OK) {
+		fprintf(stderr, "fwrun: merged %s into %s: %s (%d tensors%s)\n", ad_path, base_path,
+			out_path, n, tok ? ", the tokenizer" : "");
+		rc = EXIT_OK;
+	} else {
+		rc = fail(err.status ? err.status : st, "%s", err.msg);
 	}
-	out = calloc((size_t)(ne + a.t.n) + 1, sizeof(*out));
-	if (!out) {
-		rc = die(EXIT_RUNTIME, "out of memory");
-		goto out;
-	}
-	/* (A base that is a LoRA run's checkpoint holds the factors too: they
-	 * are folded in, not copied.) */
-	int n = 0;
-	for (int i = 0; i < ne; i++) {
-		struct fw_tensor *t = set_find(&base, ents[i].name);
-		struct fw_tensor *b = set_find(&a.t, ents[i].name);
-		if (b && lora_factor(b->name))
-			continue;
-		if (b || t)
-			out[n++] = b ? b : t;
-	}
-	for (int i = 0; i < a.t.n; i++) {
-		bool listed = false;
-		for (int k = 0; k < n && !listed; k++)
-			listed = out[k] == &a.t.t[i];
-		if (!lora_factor(a.t.t[i].name) && !listed)
-			out[n++] = &a.t.t[i];
-	}
-	fw_rt_ckpt_read_config(base_path, &cfg, NULL);
-	fw_h5_read_attr(base_path, "fw_arch", &arch, NULL);
-	fw_h5_read_attr(base_path, "source", &source, NULL);
-	fw_h5_read_attr(base_path, TOKENIZER_ATTR, &tok, NULL);
-	plain = cfg ? config_without_peft(cfg) : NULL;
-	char from[8420];          /* both paths are under 4200 bytes */
-	snprintf(from, sizeof(from), "%s + %s", base_path, ad_path);
-	struct fw_h5_attr attrs[5];
-	int na = 0;
-	attrs[na++] = (struct fw_h5_attr){ "merged_from", from };
-	if (cfg)
-		attrs[na++] = (struct fw_h5_attr){ "config", plain ? plain : cfg };
-	if (tok)                /* the model's tokenizer stays with it */
-		attrs[na++] = (struct fw_h5_attr){ TOKENIZER_ATTR, tok };
-	if (arch)
-		attrs[na++] = (struct fw_h5_attr){ "fw_arch", arch };
-	if (source)
-		attrs[na++] = (struct fw_h5_attr){ "source", source };
-	if (fw_h5_save(out_path, out, n, attrs, na, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
-		goto out;
-	}
-	fprintf(stderr, "fwrun: merged %s (%d layers) into %s: %s (%d tensors%s)\n", ad_path,
-		a.n_mods, base_path, out_path, n, tok ? ", the tokenizer" : "");
-	rc = EXIT_OK;
-out:
 	fw_free(tok);
 	free(plain);
-	fw_free(cfg);
+	fw_free(conf);
 	fw_free(arch);
 	fw_free(source);
-	fw_free(ents);
 	free(out);
-	set_free(&base);
-	adapter_file_free(&a);
+	free(params);
+	fw_ctx_free(ctx);
+	config_free(&cfg);
 	return rc;
 }
 
 /* --- fwrun export-adapter --------------------------------------------------------------------- */
 
-/* fw's GPT-2 names (arch/decoder) to Hugging Face's GPT2LMHeadModel module names. */
-static void hf_name(const char *fw, char *out, size_t len)
+static const char export_usage[] =
+	"usage: fwrun export-adapter ADAPTER.h5 OUT_DIR [--base-model=NAME]\n"
+	"ADAPTER may be a run directory: its newest adapter-N.h5.\n"
+	"Writes the adapter in Hugging Face PEFT's layout with its peft plugin's export_peft:\n"
+	"OUT_DIR/adapter_config.json and OUT_DIR/adapter_model.safetensors with PEFT's key\n"
+	"names (peft/lora for GPT-2: base_model.model.transformer.h.N.attn.c_attn.lora_A.weight\n"
+	"(r, in), lora_B.weight (out, r); fan_in_fan_out true). --base-model fills\n"
+	"base_model_name_or_path.\n";
+
+/* A directory this command made, with what a failed export left in it. */
+static void remove_made_dir(const char *dir)
 {
-	snprintf(out, len, "%s%s", strncmp(fw, "lm_head", 7) ? "transformer." : "", fw);
+	DIR *d = opendir(dir);
+	for (struct dirent *e; d && (e = readdir(d));) {
+		char path[4400];
+		if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") &&
+		    snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) < (int)sizeof(path))
+			unlink(path);
+	}
+	if (d)
+		closedir(d);
+	rmdir(dir);
 }
 
-static bool ini_value(const char *text, const char *key, char *out, size_t len)
-{
-	char pat[96];
-	snprintf(pat, sizeof(pat), "\n%s = ", key);
-	const char *p = strstr(text, pat);
-	if (!p)
-		return false;
-	p += strlen(pat);
-	size_t n = strcspn(p, "\n");
-	snprintf(out, len, "%.*s", (int)(n < len ? n : len - 1), p);
-	return true;
-}
-
-/* An adapter of another peft plugin than peft/lora: that plugin's
- * export_peft hook writes it (true, with *rc set); false for LoRA files. */
-static bool export_by_plugin(const char *path, const char *dir, const char *base_model,
-			     int *rc)
+/* The adapter's own plugin writes it (export_peft); a directory this made
+ * is removed again when that fails. */
+static int export_by_plugin(const char *path, const char *dir, const char *base_model)
 {
 	char *kind = NULL;
 	struct fw_loaded *p = NULL;
 	struct fw_err err = { 0 };
-	if (fw_h5_read_attr(path, "fw_adapter", &kind, NULL) != FW_OK || !strcmp(kind, LORA_KIND)) {
-		fw_free(kind);
-		return false;          /* adapter_read below names what is wrong */
-	}
-	if (fw_plugin_open(kind, FW_KIND_PEFT, &p, &err) != FW_OK)
-		*rc = die(EXIT_RUNTIME, "%s: an adapter of '%.60s': %s", path, kind, err.msg);
-	else if (!p->desc->iface || !((const struct fw_peft_i *)p->desc->iface)->export_peft)
-		*rc = die(EXIT_RUNTIME, "%s: %s cannot export adapters to PEFT's layout", path, kind);
-	else if (mkdir(dir, 0777) != 0 && errno != EEXIST)
-		*rc = die(EXIT_RUNTIME, "%s: %s", dir, strerror(errno));
-	else if (((const struct fw_peft_i *)p->desc->iface)->export_peft(fw_host_table(), path, dir,
-									  base_model, &err) != FW_OK)
-		*rc = die(EXIT_RUNTIME, "%s", err.msg);
-	else {
+	int rc;
+	bool made = false;
+	const struct fw_peft_i *pi = NULL;
+	if (adapter_kind(path, &kind, &err) != FW_OK)
+		rc = fail(err.status, "%s", err.msg);
+	else if (fw_plugin_open(kind, FW_KIND_PEFT, &p, &err) != FW_OK)
+		rc = fail(err.status, "%s: an adapter of '%.60s': %s", path, kind, err.msg);
+	else if (!(pi = p->desc->iface) || !pi->export_peft)
+		rc = fail(FW_ERR_UNSUPPORTED, "%s: %s cannot export adapters to PEFT's layout", path,
+			  kind);
+	else if (!(made = mkdir(dir, 0777) == 0) && errno != EEXIST)
+		rc = fail(FW_ERR_IO, "%s: %s", dir, strerror(errno));
+	else if (pi->export_peft(fw_host_table(), path, dir, base_model, &err) != FW_OK) {
+		rc = fail(err.status, "%s", err.msg);
+		if (made)
+			remove_made_dir(dir);
+	} else {
 		fprintf(stderr, "fwrun: exported %s (%s) to %s\n", path, kind, dir);
-		*rc = EXIT_OK;
+		rc = EXIT_OK;
 	}
 	if (p)
 		fw_plugin_close(p);
 	fw_free(kind);
-	return true;
+	return rc;
 }
-
-static const char export_usage[] =
-	"usage: fwrun export-adapter ADAPTER.h5 OUT_DIR [--base-model=NAME]\n"
-	"ADAPTER may be a run directory: its newest adapter-N.h5.\n"
-	"Writes a peft/lora adapter in Hugging Face PEFT's layout: OUT_DIR/adapter_config.json\n"
-	"and OUT_DIR/adapter_model.safetensors with PEFT's key names for GPT-2\n"
-	"(base_model.model.transformer.h.N.attn.c_attn.lora_A.weight (r, in), lora_B.weight\n"
-	"(out, r); fan_in_fan_out true). --base-model fills base_model_name_or_path.\n";
 
 int cmd_export_adapter(int argc, char **argv)
 {
@@ -707,145 +440,19 @@ int cmd_export_adapter(int argc, char **argv)
 		if (!strncmp(argv[i], "--base-model=", 13))
 			base_model = argv[i] + 13;
 		else if (!strncmp(argv[i], "--", 2))
-			return die(EXIT_USAGE, "export-adapter: unknown option '%s' (only "
+			return fail(FW_ERR_INVALID, "export-adapter: unknown option '%s' (only "
 				   "--base-model=NAME)", argv[i]);
 		else if (np < 2)
 			pos[np++] = argv[i];
 		else
-			return die(EXIT_USAGE, "export-adapter: unexpected argument '%s'", argv[i]);
+			return fail(FW_ERR_INVALID, "export-adapter: unexpected argument '%s'", argv[i]);
 	}
 	if (np != 2)
-		return die(EXIT_USAGE, "export-adapter: usage: fwrun export-adapter ADAPTER.h5 "
+		return fail(FW_ERR_INVALID, "export-adapter: usage: fwrun export-adapter ADAPTER.h5 "
 			   "OUT_DIR [--base-model=NAME]");
 	char ad_buf[4200];
 	struct fw_err err = { 0 };
 	if (resolve_adapter(pos[0], ad_buf, sizeof(ad_buf), &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
-	const char *ad_path = ad_buf, *dir = pos[1];
-	struct adapter_file a;
-	json_t *cfg = NULL;
-	int rc = EXIT_RUNTIME;
-
-	if (export_by_plugin(ad_path, dir, base_model, &rc))
-		return rc;
-
-	if (adapter_read(ad_path, &a, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
-		goto out;
-	}
-	char r_s[32] = "8", alpha_s[32] = "8", drop_s[32] = "0", bias_s[32] = "none";
-	char rs_s[16] = "false", init_s[32] = "kaiming";
-	ini_value(a.config, "lora-r", r_s, sizeof(r_s));
-	ini_value(a.config, "lora-alpha", alpha_s, sizeof(alpha_s));
-	ini_value(a.config, "lora-dropout", drop_s, sizeof(drop_s));
-	ini_value(a.config, "lora-bias", bias_s, sizeof(bias_s));
-	ini_value(a.config, "lora-use-rslora", rs_s, sizeof(rs_s));
-	ini_value(a.config, "lora-init", init_s, sizeof(init_s));
-	long long r = strtoll(r_s, NULL, 10);
-	double alpha = strtod(alpha_s, NULL);
-
-	/* Tensors under PEFT's keys (the module's bias is base_layer.bias). */
-	struct fw_tensor **tp = calloc((size_t)a.t.n + 1, sizeof(*tp));
-	if (!tp) {
-		free(tp);
-		rc = die(EXIT_RUNTIME, "out of memory");
-		goto out;
-	}
-	for (int i = 0; i < a.t.n; i++) {
-		struct fw_tensor *t = &a.t.t[i];
-		char hf[2 * FW_NAME_MAX], key[3 * FW_NAME_MAX], mod[FW_NAME_MAX];
-		size_t l = strlen(t->name);
-		bool adapted_bias = false;
-		if (l > 5 && !strcmp(t->name + l - 5, ".bias")) {
-			snprintf(mod, sizeof(mod), "%.*s", (int)(l - 5), t->name);
-			for (int k = 0; k < a.n_mods && !adapted_bias; k++)
-				adapted_bias = !strcmp(a.mods[k].name, mod);
-		}
-		if (adapted_bias) {
-			hf_name(mod, hf, sizeof(hf));
-			snprintf(key, sizeof(key), "base_model.model.%s.base_layer.bias", hf);
-		} else {
-			hf_name(t->name, hf, sizeof(hf));
-			snprintf(key, sizeof(key), "base_model.model.%s", hf);
-		}
-		if (strlen(key) >= FW_NAME_MAX) {
-			free(tp);
-			rc = die(EXIT_RUNTIME, "export-adapter: key '%s' is too long", key);
-			goto out;
-		}
-		snprintf(t->name, sizeof(t->name), "%s", key);
-		tp[i] = t;
-	}
-	if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
-		free(tp);
-		rc = die(EXIT_RUNTIME, "%s: %s", dir, strerror(errno));
-		goto out;
-	}
-	char path[4200];
-	snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
-	const char *meta[] = { "format", "pt", NULL };
-	enum fw_status st = fw_st_save(path, tp, a.t.n, meta, &err);
-	free(tp);
-	if (st != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
-		goto out;
-	}
-
-	/* target_modules: a layer kind adapted everywhere is named by its last
-	 * part ("c_attn"); a partial choice by the layers' names. */
-	json_t *targets = json_array(), *rank_pat = json_object(), *alpha_pat = json_object();
-	for (int i = 0; i < a.n_mods; i++) {
-		const char *nm = a.mods[i].name, *dot = strrchr(nm, '.');
-		const char *last = dot ? dot + 1 : nm;
-		int adapted = 0, total = 0;
-		for (int k = 0; k < a.n_mods; k++) {
-			const char *d2 = strrchr(a.mods[k].name, '.');
-			adapted += !strcmp(d2 ? d2 + 1 : a.mods[k].name, last);
-		}
-		struct lora_base_entry e;
-		bool ok;
-		for (const char *s = a.base_list, *next; (next = lora_base_next(s, &e, &ok)); s = next) {
-			size_t el = strlen(e.name), ll = strlen(last);
-			total += e.ndim == 2 && el > ll + 8 && !strcmp(e.name + el - 7, ".weight") &&
-				 !strncmp(e.name + el - 7 - ll, last, ll) && e.name[el - 8 - ll] == '.';
-		}
-		const char *entry = adapted == total ? last : nm;
-		bool dup = false;
-		for (size_t k = 0; k < json_array_size(targets) && !dup; k++)
-			dup = !strcmp(json_string_value(json_array_get(targets, k)), entry);
-		if (!dup)
-			json_array_append_new(targets, json_string(entry));
-		if (a.mods[i].r != r)
-			json_object_set_new(rank_pat, nm, json_integer(a.mods[i].r));
-		if (fabs(a.mods[i].alpha - alpha) > 1e-9 * fabs(alpha))
-			json_object_set_new(alpha_pat, nm, json_real(a.mods[i].alpha));
-	}
-	json_t *alpha_j = alpha == floor(alpha) && fabs(alpha) < 1e15 ?
-			  json_integer((json_int_t)alpha) : json_real(alpha);
-	cfg = json_pack("{s:s, s:s, s:o, s:I, s:o, s:f, s:o, s:s, s:b, s:b, s:o, s:o, s:o, "
-			"s:b, s:n, s:n, s:n, s:n, s:b, s:b}",
-			"peft_type", "LORA", "task_type", "CAUSAL_LM",
-			"base_model_name_or_path", base_model ? json_string(base_model) : json_null(),
-			"r", (json_int_t)r, "lora_alpha", alpha_j, "lora_dropout", strtod(drop_s, NULL),
-			"target_modules", targets, "bias", bias_s, "fan_in_fan_out", 1,
-			"use_rslora", !strcmp(rs_s, "true"),
-			"init_lora_weights", strcmp(init_s, "gaussian") ? json_true() :
-			json_string("gaussian"),
-			"rank_pattern", rank_pat, "alpha_pattern", alpha_pat, "inference_mode", 1,
-			"modules_to_save", "layers_to_transform", "layers_pattern", "revision",
-			"use_dora", 0, "lora_bias", 0);
-	snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
-	struct fw_err werr = { 0 };
-	enum fw_status wst = write_json_file(path, cfg, &werr);
-	if (wst != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", werr.msg);
-		goto out;
-	}
-	fprintf(stderr, "fwrun: exported %s (%d layers, %d tensors) to %s\n", ad_path, a.n_mods,
-		a.t.n, dir);
-	rc = EXIT_OK;
-out:
-	json_decref(cfg);
-	adapter_file_free(&a);
-	return rc;
+		return fail(err.status, "%s", err.msg);
+	return export_by_plugin(ad_buf, pos[1], base_model);
 }

@@ -178,38 +178,93 @@ bool option_applies(const struct config *c, const struct fw_options *o, const ch
 
 static struct fw_options *owner_of(struct config *c, const char *name);
 static const char *value_of(const struct fw_options *o, const char *name);
+static const struct fw_option_def *def_of(struct fw_options *o, const char *name);
+
+/* One warning line when option name (of o, given as said: "--lr" or
+ * "--lr (from run.ini)") does nothing in cmd. */
+static void warn_if_unused(struct config *c, struct fw_options *o, const char *name,
+			   const char *said, const char *cmd)
+{
+	static const char *const names[] = { "train", "eval", "generate" };
+	unsigned cmds = option_cmds(c, o, name);
+	if (!(cmds & cmd_bit(cmd))) {
+		char list[64] = "";
+		for (int k = 0; k < 3; k++)
+			if (cmds & (1u << k))
+				snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
+					 list[0] ? ", " : "", names[k]);
+		fprintf(stderr, "fwrun: warning: %s does nothing in %s (it is for %s)\n", said, cmd,
+			list);
+	} else if (!strcmp(cmd, "train") &&
+		   (!strcmp(name, "eval-interval") || !strcmp(name, "eval-iters")) &&
+		   !*value_of(c->run, "valid-data")) {
+		fprintf(stderr, "fwrun: warning: %s does nothing without --valid-data\n", said);
+	}
+}
+
+/* The option name of argv[i] ("--temperature=0.5": "temperature"), without
+ * a "no-" prefix of a known option; NULL when a[i] is not an option. */
+static struct fw_options *argv_option(struct config *c, const char *a, char *name, size_t len)
+{
+	if (strncmp(a, "--", 2))
+		return NULL;
+	size_t n = strcspn(a + 2, "=");
+	snprintf(name, len, "%.*s", (int)(n < len ? n : len - 1), a + 2);
+	struct fw_options *o = owner_of(c, name);
+	if (!o && !strncmp(name, "no-", 3) && (o = owner_of(c, name + 3)))
+		memmove(name, name + 3, strlen(name + 3) + 1);
+	return o;
+}
+
+struct ini_warn {
+	struct config *c;
+	const char *cmd;
+	int argc;
+	char **argv;
+};
+
+/* An entry of the --config file: warned about unless it holds the option's
+ * default (a dumped configuration lists every option) or argv sets it too. */
+static int ini_warn_entry(void *user, const char *section, const char *name, const char *value
+#if INI_HANDLER_LINENO
+			  , int lineno
+#endif
+			  )
+{
+	struct ini_warn *w = user;
+	struct fw_options *o = NULL;
+	for (int k = 1; k < FW_KIND_COUNT && *section && strcmp(section, "run"); k++)
+		if (w->c->plugin[k] && !strcmp(w->c->plugin[k]->desc->name, section))
+			o = w->c->plugin[k]->opts;
+	if (!*section || !strcmp(section, "run"))
+		o = owner_of(w->c, name);
+	const struct fw_option_def *d = o ? def_of(o, name) : NULL;
+	if (!d || !strcmp(name, "plugins") || (d->def && !strcmp(d->def, value)))
+		return 1;
+	char argv_name[128];
+	for (int i = 0; i < w->argc; i++)
+		if (argv_option(w->c, w->argv[i], argv_name, sizeof(argv_name)) &&
+		    !strcmp(argv_name, name))
+			return 1;
+	char said[512];
+	snprintf(said, sizeof(said), "--%s (from %s)", name, w->c->config_path);
+	warn_if_unused(w->c, o, name, said, w->cmd);
+	return 1;
+}
 
 void warn_unused_options(struct config *c, const char *cmd, int argc, char **argv)
 {
-	static const char *const names[] = { "train", "eval", "generate" };
 	for (int i = 0; i < argc; i++) {
-		const char *a = argv[i];
-		char name[128];
-		if (strncmp(a, "--", 2))
-			continue;
-		size_t n = strcspn(a + 2, "=");
-		snprintf(name, sizeof(name), "%.*s", (int)(n < sizeof(name) ? n : sizeof(name) - 1),
-			 a + 2);
-		struct fw_options *o = owner_of(c, name);
-		if (!o && !strncmp(name, "no-", 3) && (o = owner_of(c, name + 3)))
-			memmove(name, name + 3, strlen(name + 3) + 1);
+		char name[128], said[140];
+		struct fw_options *o = argv_option(c, argv[i], name, sizeof(name));
 		if (!o)
 			continue;
-		unsigned cmds = option_cmds(c, o, name);
-		if (!(cmds & cmd_bit(cmd))) {
-			char list[64] = "";
-			for (int k = 0; k < 3; k++)
-				if (cmds & (1u << k))
-					snprintf(list + strlen(list), sizeof(list) - strlen(list), "%s%s",
-						 list[0] ? ", " : "", names[k]);
-			fprintf(stderr, "fwrun: warning: --%s does nothing in %s (it is for %s)\n",
-				name, cmd, list);
-		} else if (!strcmp(cmd, "train") &&
-			   (!strcmp(name, "eval-interval") || !strcmp(name, "eval-iters")) &&
-			   !*value_of(c->run, "valid-data")) {
-			fprintf(stderr, "fwrun: warning: --%s does nothing without --valid-data\n",
-				name);
-		}
+		snprintf(said, sizeof(said), "--%s", name);
+		warn_if_unused(c, o, name, said, cmd);
+	}
+	if (c->config_path) {
+		struct ini_warn w = { c, cmd, argc, argv };
+		ini_parse(c->config_path, ini_warn_entry, &w);
 	}
 }
 
@@ -263,7 +318,7 @@ static enum fw_status unknown(struct config *c, const char *name, const char *wh
 		for (int i = 0; all[a] && i < fw_options_count(all[a]) && n < 512; i++)
 			names[n++] = fw_options_def(all[a], i)->name;
 	const char *near = fw_nearest_name(name, names, n);
-	return fw_errorf(err, FW_ERR_NOT_FOUND, "%sunknown option '--%s'%s%s%s", where, name,
+	return fw_errorf(err, FW_ERR_INVALID, "%sunknown option '--%s'%s%s%s", where, name,
 			 near ? " (did you mean '--" : "", near ? near : "", near ? "'?)" : "");
 }
 
@@ -408,6 +463,8 @@ static enum fw_status load_plugins(struct config *c, const char *list, struct fw
 			continue;
 		struct fw_loaded *p = NULL;
 		s = fw_plugin_open(tok, 0, &p, err);
+		if (s == FW_ERR_NOT_FOUND)        /* a name on the command line: bad input */
+			s = err->status = FW_ERR_INVALID;
 		if (s != FW_OK)
 			break;
 		int k = p->desc->kind;
@@ -672,6 +729,8 @@ enum fw_status config_load(struct config *c, const char *cmd, int argc, char **a
 					value_of(c->run, "adapter-name"));
 	if (fw_options_has(c->run, "load"))
 		apply_file_config(c, value_of(c->run, "load"));
+	if (!cmd)          /* --help: the options exist; values need not be complete */
+		return FW_OK;
 	if ((s = vocab_from_tokenizer(c, err)) != FW_OK)
 		return s;
 	if ((s = fw_options_resolve(c->run, err)) != FW_OK)
@@ -797,12 +856,11 @@ int command_help(const char *cmd, const char *usage, int argc, char **argv)
 		if (strcmp(argv[i], "--help") && strcmp(argv[i], "-h"))
 			args[n++] = argv[i];
 	if (!args)
-		return die(EXIT_RUNTIME, "out of memory");
-	if (config_load(&c, NULL, n, args, false, pos, 8, &np, &err) != FW_OK &&
-	    err.status != FW_ERR_INVALID) {
+		return fail(FW_ERR_NOMEM, "out of memory");
+	if (config_load(&c, NULL, n, args, false, pos, 8, &np, &err) != FW_OK) {
 		config_free(&c);
 		free(args);
-		return die(EXIT_USAGE, "%s", err.msg);
+		return fail(err.status, "%s", err.msg);
 	}
 	fputs(usage, stdout);
 	printf("\nfwrun options for %s:\n", cmd);

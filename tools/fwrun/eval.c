@@ -52,17 +52,17 @@ int cmd_eval(int argc, char **argv)
 		goto out;
 	const char *score = opt_s(&s, "score-data");
 	if (!*s.load_path) {
-		rc = die(EXIT_USAGE, "eval needs --load=CKPT and --valid-data=FILE[,...] or "
+		rc = fail(FW_ERR_INVALID, "eval needs --load=CKPT and --valid-data=FILE[,...] or "
 			 "--score-data=FILE.jsonl");
 		goto out;
 	}
 	if (*score && eval_can_score(&s, &s.err) != FW_OK) {
-		rc = die(s.err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s.err.msg);
+		rc = fail(s.err.status, "%s", s.err.msg);
 		goto out;
 	}
 	if (load_checkpoint(&s, s.load_path, false, &s.err) != FW_OK ||
 	    adapter_apply(&s.cfg, &s.slots, &s.model, true, &s.err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		rc = fail(s.err.status, "%s", s.err.msg);
 		goto out;
 	}
 	session_ready(&s, "eval", argc, argv);
@@ -73,7 +73,7 @@ int cmd_eval(int argc, char **argv)
 		iters = s.valid.n_micro;          /* the whole validation set, once */
 	struct fw_rt_eval ev = eval_of(&s, iters);
 	if (s.have_valid && fw_rt_evaluate(&ev, &loss, stats, &s.err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		rc = fail(s.err.status, "%s", s.err.msg);
 		goto out;
 	}
 	struct fw_rt_score_config sc = {
@@ -82,7 +82,7 @@ int cmd_eval(int argc, char **argv)
 	};
 	if (*score && fw_rt_score_file(score, &sc, s.tok, &s.model, s.eval_g, &fwrun_log,
 				       &scores, &s.err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		rc = fail(s.err.status, "%s", s.err.msg);
 		goto out;
 	}
 	putchar('{');

@@ -7,7 +7,7 @@
 #include "fw/fw.h"
 #include "fw/runtime.h"
 
-/* Exit codes. */
+/* Exit codes; exit_code() (report.c) is the one map from a status to them. */
 enum { EXIT_OK = 0, EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 
 /* --- configuration: run options + plugins + their options ------------------------ */
@@ -41,9 +41,9 @@ void config_report(const struct config *c);
  * something in cmd (train, eval, generate; plan takes train's). */
 bool option_applies(const struct config *c, const struct fw_options *o, const char *name,
 		    const char *cmd);
-/* One warning line for each option of argv that does nothing in cmd
- * (--temperature in train), or nothing without other options
- * (--eval-interval without --valid-data). */
+/* One warning line for each option of argv, or of the --config file (unless
+ * at its default there), that does nothing in cmd (--temperature in train),
+ * or nothing without other options (--eval-interval without --valid-data). */
 void warn_unused_options(struct config *c, const char *cmd, int argc, char **argv);
 /* 'fwrun CMD --help': usage, then the options of fwrun and of the plugins
  * named in argv that do something in cmd. */
@@ -82,6 +82,9 @@ bool config_same_run(const char *a, const char *b, const char *a_name, const cha
 enum fw_status check_dir_checkpoints(const char *dir, struct fw_err *err);
 /* A directory's newest adapter-<digits>.h5 (a file is taken as it is). */
 enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw_err *err);
+/* The arch plugin of an fw file: its run configuration's, else its
+ * fw_arch attribute (an imported file); FORMAT when it names none. */
+enum fw_status file_arch_name(const char *path, char *out, size_t len, struct fw_err *err);
 /* config_dump's INI text without the peft plugin's section and plugins
  * entry (malloc'd; NULL when out of memory). */
 char *config_without_peft(const char *text);
@@ -120,8 +123,17 @@ enum fw_status write_json_file(const char *path, const void *json, struct fw_err
 
 /* x as text: an integer when it is one ("1048576", not "1.04858e+06"). */
 const char *num_text(double x, char *buf, size_t len);
-/* Prints "fwrun: MSG" on stderr (once, even if MSG starts with it), returns code. */
-int die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The exit code of a failure with status st: FW_ERR_INVALID (a bad option,
+ * value, argument or name on the command line or in --config) is a usage
+ * error (2); everything else (files, memory, formats, shapes, what this
+ * build cannot do, library failures) is a runtime failure (1). FW_OK, which
+ * a failure should never carry, counts as a runtime failure. */
+int exit_code(enum fw_status st);
+/* Prints "fwrun: MSG" on stderr (once, even if MSG starts with it) and
+ * returns exit_code(st). */
+int fail(enum fw_status st, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Prints "fwrun: MSG" on stderr: an error the command goes on after. */
+void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* The log of runtime calls: "fwrun: LINE" on stderr. */
 extern const struct fw_rt_log fwrun_log;

@@ -286,7 +286,7 @@ static int interact(struct gen *s)
 		struct fw_err err = { 0 };
 		if (encode(s->tok, line, (size_t)n, &ids, &err) != FW_OK ||
 		    complete(s, ids.ids, (int64_t)ids.n, &err) != FW_OK) {
-			die(0, "%s", err.msg);
+			say("%s", err.msg);
 			failed++;
 		}
 	}
@@ -326,8 +326,7 @@ int cmd_generate(int argc, char **argv)
 		}
 	}
 	if (config_load(&cfg, "generate", argc, argv, true, pos, 0, &np, &err) != FW_OK) {
-		rc = die(err.status == FW_ERR_INVALID || err.status == FW_ERR_NOT_FOUND ?
-			 EXIT_USAGE : EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		config_free(&cfg);
 		return rc;
 	}
@@ -337,11 +336,11 @@ int cmd_generate(int argc, char **argv)
 	bool interactive = fw_opt_bool(o, "interactive");
 	int n_given = !!*text + !!*file + !!*token_list;
 	if (!*fw_opt_str(o, "load")) {
-		rc = die(EXIT_USAGE, "generate needs --load=CKPT");
+		rc = fail(FW_ERR_INVALID, "generate needs --load=CKPT");
 		goto out;
 	}
 	if (interactive ? n_given > 0 : n_given != 1) {
-		rc = die(EXIT_USAGE, "%s", interactive ? "--interactive reads the prompts from "
+		rc = fail(FW_ERR_INVALID, "%s", interactive ? "--interactive reads the prompts from "
 			 "stdin; leave out --prompt, --prompt-file and --prompt-tokens" : n_given ?
 			 "give only one of --prompt, --prompt-file and --prompt-tokens" :
 			 "generate needs a prompt: --prompt=TEXT, --prompt-file=PATH, "
@@ -349,32 +348,32 @@ int cmd_generate(int argc, char **argv)
 		goto out;
 	}
 	if (*token_list && (parse_tokens(token_list, &prompt, &n_prompt) != 0 || n_prompt == 0)) {
-		rc = die(EXIT_USAGE, "--prompt-tokens: expected ID,ID,... (non-negative integers)");
+		rc = fail(FW_ERR_INVALID, "--prompt-tokens: expected ID,ID,... (non-negative integers)");
 		goto out;
 	}
 	if (*token_list && *fw_opt_str(o, "stop")) {
-		rc = die(EXIT_USAGE, "--stop needs a text prompt (--prompt, --prompt-file or "
+		rc = fail(FW_ERR_INVALID, "--stop needs a text prompt (--prompt, --prompt-file or "
 			 "--interactive), not --prompt-tokens");
 		goto out;
 	}
 	if (stops_parse(&stops, fw_opt_str(o, "stop"), &err) != FW_OK) {
-		rc = die(EXIT_USAGE, "%s", err.msg);
+		rc = fail(FW_ERR_INVALID, "%s", err.msg);
 		goto out;
 	}
 	char path[4200];
 	if (resolve_load(fw_opt_str(o, "load"), path, sizeof(path), &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	if (!*token_list) {             /* text: the checkpoint's tokenizer or --tokenizer */
 		s.tok = run_tokenizer(o, path, &err);
 		if (!s.tok && err.status) {
-			rc = die(err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
+			rc = fail(err.status, "%s",
 				 err.msg);
 			goto out;
 		}
 		if (!s.tok) {
-			rc = die(EXIT_USAGE, "%s needs a tokenizer and %s stores none: pass "
+			rc = fail(FW_ERR_INVALID, "%s needs a tokenizer and %s stores none: pass "
 				 "--tokenizer=byte (or gpt2 with --vocab-file and --merge-file), "
 				 "or use a checkpoint that stores one", *text ? "--prompt" :
 				 *file ? "--prompt-file" : "--interactive", path);
@@ -383,12 +382,12 @@ int cmd_generate(int argc, char **argv)
 	}
 	size_t text_len = strlen(text);
 	if (*file && !(text = file_text = fw_rt_read_file(file, &text_len, &err))) {
-		rc = die(EXIT_USAGE, "--prompt-file: %s", err.msg);
+		rc = fail(FW_ERR_INVALID, "--prompt-file: %s", err.msg);
 		goto out;
 	}
 	if (!interactive && s.tok) {
 		if (encode(s.tok, text, text_len, &ids, &err) != FW_OK) {
-			rc = die(EXIT_USAGE, "%s%s%s", *file ? file : "", *file ? ": " : "",
+			rc = fail(FW_ERR_INVALID, "%s%s%s", *file ? file : "", *file ? ": " : "",
 				 err.msg);
 			goto out;
 		}
@@ -407,25 +406,25 @@ int cmd_generate(int argc, char **argv)
 	 * later, gets the arch's n-positions, the most any prompt may use. */
 	s.d.max_len = interactive ? s.n_pos : n_prompt + s.max_new;
 	if (interactive && s.n_pos <= 0) {
-		rc = die(EXIT_USAGE, "--interactive sizes its cache by the arch's n-positions, "
+		rc = fail(FW_ERR_INVALID, "--interactive sizes its cache by the arch's n-positions, "
 			 "and %s has none", slots.arch->desc->name);
 		goto out;
 	}
 	if (!interactive && fits(&s, n_prompt, &err) != FW_OK) {
-		rc = die(EXIT_USAGE, "%s", err.msg);
+		rc = fail(FW_ERR_INVALID, "%s", err.msg);
 		goto out;
 	}
 	if (fw_opt_int(o, "threads") > 0)
 		fw_set_num_threads((int)fw_opt_int(o, "threads"));
 	for (int k = 1; k < FW_KIND_COUNT; k++)
 		if (cfg.plugin[k] && fw_plugin_init(cfg.plugin[k], NULL, &err) != FW_OK) {
-			rc = die(EXIT_RUNTIME, "%s", err.msg);
+			rc = fail(err.status, "%s", err.msg);
 			goto out;
 		}
 	/* the peft plugin checks its options and marks its own tensors (freeze) */
 	if (fw_rt_decoder_open(&s.d, &slots, s.d.max_len, (uint64_t)fw_opt_int(o, "seed"),
 			       &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	/* Weights: every parameter by name from the checkpoint. */
@@ -435,7 +434,7 @@ int cmd_generate(int argc, char **argv)
 						fw_opt_bool(o, "base-only"), &n_new, &fwrun_log,
 						&err) != FW_OK ||
 	    adapter_apply(&cfg, &slots, &s.d.m, true, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", params ? err.msg : "out of memory");
+		rc = fail(params ? err.status : FW_ERR_NOMEM, "%s", params ? err.msg : "out of memory");
 		goto out;
 	}
 	config_report(&cfg);                                  /* once generation is possible */
@@ -444,7 +443,7 @@ int cmd_generate(int argc, char **argv)
 	if (s.tok) {            /* a padded vocabulary: ids past the tokenizer's never come */
 		int nv = fw_tokenizer_vocab_size(s.tok);
 		if (nv > s.d.V) {
-			rc = die(EXIT_USAGE, "the tokenizer has %d tokens, more than the model's "
+			rc = fail(FW_ERR_INVALID, "the tokenizer has %d tokens, more than the model's "
 				 "vocabulary (%d)", nv, s.d.V);
 			goto out;
 		}
@@ -459,7 +458,7 @@ int cmd_generate(int argc, char **argv)
 	if (interactive) {
 		rc = interact(&s) ? EXIT_RUNTIME : EXIT_OK;
 	} else if (complete(&s, prompt, n_prompt, &err) != FW_OK) {
-		rc = die(err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", err.msg);
+		rc = fail(err.status, "%s", err.msg);
 	} else {
 		rc = EXIT_OK;
 	}

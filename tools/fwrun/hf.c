@@ -1,10 +1,8 @@
-/* hf.c - fwrun import / export: Hugging Face GPT-2 folders <-> fw HDF5.
- *
- * A GPT-2 folder is config.json + model.safetensors. GPT-2 stores its linear
- * layers as Conv1D, weight (in, out); fw's arch/decoder uses torch Linear's
- * (out, in), so those four weights per block are transposed on the way in and
- * out. Keys may carry a "transformer." prefix; the attn.bias / attn.masked_bias
- * buffers of older files are causal-mask constants and are skipped.
+/* hf.c - fwrun import / export: Hugging Face transformers folders <-> fw
+ * HDF5, through the arch plugin's Hugging Face map (fw_arch_i.hf_maps): which
+ * arch reads a config.json's model_type, its check of that file, the keys
+ * that are its options, and each parameter's model.safetensors key, with
+ * the weights Hugging Face stores transposed. This file knows no model.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -12,30 +10,111 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <ini.h>
 #include <jansson.h>
 
 #include "fwrun.h"
-#include "../../plugins/arch/decoder/dims.h"
 
-static const char *const conv1d_suffix[] = { "attn.c_attn.weight", "attn.c_proj.weight",
-					     "mlp.c_fc.weight", "mlp.c_proj.weight" };
+/* An arch plugin, its map and its model at the smallest shape: the
+ * parameters' names and shapes, allocated. */
+struct hf_model {
+	struct fw_loaded *arch, *att;
+	const struct fw_hf_map *map;
+	struct fw_plugin_slots slots;
+	struct fw_ctx *ctx;
+	struct fw_model m;
+	struct fw_tensor **params;
+	int n;
+};
 
-static bool is_conv1d(const char *name)
+static void hf_model_free(struct hf_model *h)
 {
-	size_t n = strlen(name);
-	for (int i = 0; i < 4; i++) {
-		size_t m = strlen(conv1d_suffix[i]);
-		if (n > m && !strcmp(name + n - m, conv1d_suffix[i]) && !strncmp(name, "h.", 2))
-			return true;
-	}
-	return false;
+	free(h->params);
+	fw_ctx_free(h->ctx);
+	fw_plugin_close(h->att);
+	fw_plugin_close(h->arch);
+	memset(h, 0, sizeof(*h));
 }
 
-struct gpt2_config {
-	int64_t n_layer, n_head, n_embd, vocab, n_pos;
-	double eps;
-	bool tie;
-};
+/* p's map of model_type (NULL: the first that describes opts). */
+static const struct fw_hf_map *map_of(const struct fw_loaded *p, const char *model_type,
+				      const struct fw_options *opts)
+{
+	const struct fw_arch_i *ai = p->desc->iface;
+	for (const struct fw_hf_map *const *m = ai->hf_maps; m && *m; m++)
+		if (model_type ? !strcmp((*m)->model_type, model_type) :
+		    !(*m)->describes || (*m)->describes(opts))
+			return *m;
+	return NULL;
+}
+
+/* The first arch plugin found (fw_plugin_discover's order) with a map of
+ * model_type; with model_type NULL, the first whose map's check accepts
+ * path (for a config.json that names none), else that check's error. */
+static enum fw_status find_arch(const char *model_type, const char *path, struct hf_model *h,
+				struct fw_err *err)
+{
+	char **paths = NULL, types[512] = "";
+	int n = 0;
+	enum fw_status st = fw_plugin_discover(&paths, &n, err);
+	struct fw_err first = { 0 };
+	for (int i = 0; st == FW_OK && i < n && !h->map; i++) {
+		struct fw_loaded *p = NULL;
+		struct fw_err e = { 0 };
+		if (fw_plugin_open(paths[i], FW_KIND_ARCH, &p, &e) != FW_OK)
+			continue;
+		const struct fw_arch_i *ai = p->desc->iface;
+		for (const struct fw_hf_map *const *m = ai->hf_maps; m && *m && !h->map; m++) {
+			snprintf(types + strlen(types), sizeof(types) - strlen(types), "%s\"%s\"",
+				 types[0] ? ", " : "", (*m)->model_type);
+			if (model_type && strcmp((*m)->model_type, model_type))
+				continue;
+			if (!model_type && (*m)->check_config && (*m)->check_config(path, &e) != FW_OK) {
+				if (!first.status)
+					first = e;
+				continue;
+			}
+			h->map = *m;
+		}
+		if (h->map)
+			h->arch = p;
+		else
+			fw_plugin_close(p);
+	}
+	fw_plugin_paths_free(paths, n);
+	if (st != FW_OK || h->map)
+		return st;
+	if (first.status)
+		return *err = first, first.status;
+	return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: model_type \"%s\" is not one an arch plugin "
+			 "reads (%s)", path, model_type ? model_type : "", types[0] ? types : "none");
+}
+
+/* h->arch with its options set: initialised, with attention/mha (which
+ * owns no weights) to build its model at (1, 1), parameters allocated. */
+static enum fw_status build(struct hf_model *h, struct fw_err *err)
+{
+	enum fw_status st = fw_options_resolve(h->arch->opts, err);
+	if (st == FW_OK)
+		st = fw_plugin_init(h->arch, NULL, err);
+	if (st == FW_OK)
+		st = fw_plugin_open("attention/mha", FW_KIND_ATTENTION, &h->att, err);
+	if (st == FW_OK && (st = fw_options_resolve(h->att->opts, err)) == FW_OK)
+		st = fw_plugin_init(h->att, NULL, err);
+	if (st != FW_OK)
+		return st;
+	h->slots = (struct fw_plugin_slots){ .arch = h->arch, .attention = h->att };
+	struct fw_rt_model_spec spec = { .plugins = &h->slots, .batch = 1, .seq_len = 1 };
+	if (!(h->ctx = fw_ctx_new()))
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	if ((st = fw_rt_model_build(&spec, h->ctx, &h->m, err)) != FW_OK)
+		return st;
+	if ((st = fw_ctx_alloc_params(h->ctx)) != FW_OK)
+		return fw_errorf(err, st, "%s", fw_ctx_err(h->ctx)->msg);
+	if ((h->n = fw_rt_model_params(h->ctx, &h->params)) < 0)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	return FW_OK;
+}
 
 /* A JSON value as it is written, for messages (cut at len). */
 static void json_text(const json_t *v, char *out, size_t len)
@@ -45,253 +124,147 @@ static void json_text(const json_t *v, char *out, size_t len)
 	free(t);
 }
 
-/* For a parse error at byte pos of a JSON file: the key whose value it is
- * in ("KEY": <here>), so that a value jansson cannot read (NaN, Infinity, as
- * Python writes them) is named. "" when the error is not in a value. */
-static void key_before(const char *path, int pos, char *out, size_t len)
-{
-	struct fw_err e = { 0 };
-	size_t n = 0, colon = 0;
-	char *text = pos > 0 ? fw_rt_read_file(path, &n, &e) : NULL;
-	*out = 0;
-	if (text && (size_t)pos < n)
-		n = (size_t)pos;
-	for (size_t i = 0; text && i < n; i++) {
-		if (text[i] != '"')
-			continue;
-		size_t b = ++i;
-		while (i < n && text[i] != '"')
-			i += text[i] == '\\' ? 2 : 1;
-		size_t j = i + 1;
-		while (j < n && strchr(" \t\r\n", text[j]))
-			j++;
-		if (i < n && j < n && text[j] == ':') {
-			snprintf(out, len, "%.*s", (int)(i - b), text + b);
-			colon = j;
-		}
-	}
-	/* after the key's colon, only the start of the value */
-	for (size_t i = colon + 1; *out && i < n; i++)
-		if (strchr(",{}[]\"", text[i]))
-			*out = 0;
-	free(text);
-}
+/* --- fwrun import --------------------------------------------------------------------------- */
 
-/* A size key: present and an integer (its range is the decoder's rule). */
-static enum fw_status cfg_int(const char *path, const json_t *root, const char *key,
-			      int64_t *out, struct fw_err *err)
-{
-	json_t *v = json_object_get(root, key);
-	char t[64];
-	if (!v)
-		return fw_errorf(err, FW_ERR_FORMAT, "%s: %s is missing", path, key);
-	if (!json_is_integer(v)) {
-		json_text(v, t, sizeof(t));
-		return fw_errorf(err, FW_ERR_FORMAT, "%s: %s %s is not an integer", path, key, t);
-	}
-	*out = json_integer_value(v);
-	return FW_OK;
-}
-
-/* The activations that are arch/decoder's GELU, tanh form (Hugging Face's
- * ACT2FN names of that one function); "gelu" is the erf form. */
-static const char *const tanh_gelu[] = { "gelu_new", "gelu_pytorch_tanh", "gelu_fast",
-					 "gelu_accurate", NULL };
-
-/* GPT-2 switches: a boolean when present; refused when it is not what
- * arch/decoder computes (refuse) with why. reorder_and_upcast_attn only
- * computes attention scores in f32, which fw always does: both values pass. */
-static const struct {
-	const char *key;
-	int refuse;                     /* 0, 1: that value is refused; -1: none is */
-	const char *why;
-} switches[] = {
-	{ "scale_attn_weights", 0, "arch/decoder always scales attention by 1/sqrt(head_dim)" },
-	{ "scale_attn_by_inverse_layer_idx", 1, "arch/decoder does not scale attention by "
-	  "1/(layer+1)" },
-	{ "add_cross_attention", 1, "arch/decoder has no cross-attention" },
-	{ "reorder_and_upcast_attn", -1, NULL },
-};
-
-/* config.json: every value import reads is checked, the sizes by the rules
- * of arch/decoder (dims.h). The first problem is err, one line naming the
- * file, the key and the value. */
-static enum fw_status read_config(const char *dir, struct gpt2_config *c, struct fw_err *err)
-{
-	char path[4200], t[64];
-	json_error_t je;
-	snprintf(path, sizeof(path), "%s/config.json", dir);
-	json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-	if (!root) {
-		if (errno == ENOENT && je.line < 0)
-			return fw_errorf(err, FW_ERR_IO, "%s: %s", path, je.text);
-		char key[64];
-		key_before(path, je.position, key, sizeof(key));
-		return fw_errorf(err, FW_ERR_FORMAT, "%s:%d:%d: %s%s%s", path, je.line, je.column,
-				 key, *key ? ": " : "", je.text);
-	}
-	enum fw_status s = FW_OK;
-	json_t *v;
-	*c = (struct gpt2_config){ .eps = 1e-5, .tie = true };
-	if (!json_is_object(root)) {
-		s = fw_errorf(err, FW_ERR_FORMAT, "%s: not a JSON object", path);
-		goto out;
-	}
-	/* n_positions; older files have n_ctx only */
-	const char *pos_key = json_object_get(root, "n_positions") || !json_object_get(root, "n_ctx") ?
-			      "n_positions" : "n_ctx";
-	if ((v = json_object_get(root, "model_type")) &&
-	    (!json_is_string(v) || strcmp(json_string_value(v), "gpt2"))) {
-		json_text(v, t, sizeof(t));
-		s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: model_type %s is not \"gpt2\"", path, t);
-		goto out;
-	}
-	if ((s = cfg_int(path, root, "n_layer", &c->n_layer, err)) ||
-	    (s = cfg_int(path, root, "n_head", &c->n_head, err)) ||
-	    (s = cfg_int(path, root, "n_embd", &c->n_embd, err)) ||
-	    (s = cfg_int(path, root, "vocab_size", &c->vocab, err)) ||
-	    (s = cfg_int(path, root, pos_key, &c->n_pos, err)))
-		goto out;
-	if ((v = json_object_get(root, "layer_norm_epsilon"))) {
-		if (!json_is_number(v)) {
-			json_text(v, t, sizeof(t));
-			s = fw_errorf(err, FW_ERR_FORMAT, "%s: layer_norm_epsilon %s is not a number",
-				      path, t);
-			goto out;
-		}
-		c->eps = json_number_value(v);
-	}
-	static const char *const keys[6] = { "n_layer", "n_head", "n_embd", "vocab_size", NULL,
-					     "layer_norm_epsilon" };
-	const char *k6[6];
-	memcpy(k6, keys, sizeof(k6));
-	k6[4] = pos_key;
-	struct decoder_dims dims = { c->n_layer, c->n_head, c->n_embd, c->vocab, c->n_pos, c->eps };
-	char why[160];
-	if (!decoder_dims_check(&dims, k6, why, sizeof(why))) {
-		s = fw_errorf(err, FW_ERR_FORMAT, "%s: %s", path, why);
-		goto out;
-	}
-	if ((v = json_object_get(root, "tie_word_embeddings"))) {
-		if (!json_is_boolean(v)) {
-			json_text(v, t, sizeof(t));
-			s = fw_errorf(err, FW_ERR_FORMAT, "%s: tie_word_embeddings %s is not true or "
-				      "false", path, t);
-			goto out;
-		}
-		c->tie = json_is_true(v);
-	}
-	if ((v = json_object_get(root, "activation_function"))) {
-		int i = 0;
-		while (json_is_string(v) && tanh_gelu[i] && strcmp(json_string_value(v), tanh_gelu[i]))
-			i++;
-		if (!json_is_string(v) || !tanh_gelu[i]) {
-			json_text(v, t, sizeof(t));
-			s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: activation_function %s is not "
-				      "arch/decoder's GELU, the tanh form (gelu_new, gelu_pytorch_tanh, "
-				      "gelu_fast, gelu_accurate)", path, t);
-			goto out;
-		}
-	}
-	if ((v = json_object_get(root, "n_inner")) && !json_is_null(v) &&
-	    (!json_is_integer(v) || json_integer_value(v) != DECODER_MLP_MULT * c->n_embd)) {
-		json_text(v, t, sizeof(t));
-		s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: n_inner %s is not null or %d * n_embd "
-			      "(%lld), the MLP width of arch/decoder", path, t, DECODER_MLP_MULT,
-			      (long long)(DECODER_MLP_MULT * c->n_embd));
-		goto out;
-	}
-	for (size_t i = 0; i < sizeof(switches) / sizeof(switches[0]); i++) {
-		if (!(v = json_object_get(root, switches[i].key)))
-			continue;
-		json_text(v, t, sizeof(t));
-		if (!json_is_boolean(v)) {
-			s = fw_errorf(err, FW_ERR_FORMAT, "%s: %s %s is not true or false", path,
-				      switches[i].key, t);
-			goto out;
-		}
-		if (json_is_true(v) == switches[i].refuse) {
-			s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: %s %s is not supported: %s", path,
-				      switches[i].key, t, switches[i].why);
-			goto out;
-		}
-	}
-out:
-	json_decref(root);
-	return s;
-}
-
-static char *arch_config(const struct gpt2_config *c)
+/* config.json's option keys onto the arch's options (the first alias
+ * present of each), and the same as the "config" INI text of the file. */
+static enum fw_status set_options(struct hf_model *h, const char *path, json_t *root,
+				  char **ini, struct fw_err *err)
 {
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&buf, &len);
 	if (!f)
-		return NULL;
-	fprintf(f, "[arch/decoder]\nn-layer = %lld\nn-head = %lld\nn-embd = %lld\n"
-		"vocab-size = %lld\nn-positions = %lld\nlayer-norm-eps = %.9g\n"
-		"tie-embeddings = %s\n", (long long)c->n_layer, (long long)c->n_head,
-		(long long)c->n_embd, (long long)c->vocab, (long long)c->n_pos, c->eps,
-		c->tie ? "true" : "false");
-	fclose(f);
-	return buf;
-}
-
-/* The tensors a GPT-2 with this config has, in fw names and shapes (f32,
- * data allocated with alloc): what import fills and export reads. */
-struct gpt2_set {
-	int n;
-	struct fw_tensor *ts;
-	struct fw_tensor **tp;
-};
-
-static void gpt2_set_free(struct gpt2_set *g)
-{
-	for (int i = 0; g->ts && i < g->n; i++)
-		free(g->ts[i].data);
-	free(g->ts);
-	free(g->tp);
-	memset(g, 0, sizeof(*g));
-}
-
-static int gpt2_tensors(const struct gpt2_config *c, struct gpt2_set *g, bool alloc)
-{
-	int cap = 3 + 12 * (int)c->n_layer + 3;
-	int64_t C = c->n_embd;
-	memset(g, 0, sizeof(*g));
-	g->ts = calloc((size_t)cap, sizeof(*g->ts));
-	g->tp = calloc((size_t)cap, sizeof(*g->tp));
-	if (!g->ts || !g->tp)
-		return -1;
-#define ADD(nd, a, b, ...) do { struct fw_tensor *t = &g->ts[g->n]; \
-	snprintf(t->name, sizeof(t->name), __VA_ARGS__); t->dtype = FW_F32; \
-	t->ndim = nd; t->ne[0] = a; t->ne[1] = b; fw_set_contiguous_strides(t); \
-	g->tp[g->n++] = t; } while (0)
-	ADD(2, c->vocab, C, "wte.weight");
-	ADD(2, c->n_pos, C, "wpe.weight");
-	for (int l = 0; l < c->n_layer; l++) {
-		ADD(1, C, 0, "h.%d.ln_1.weight", l);
-		ADD(1, C, 0, "h.%d.ln_1.bias", l);
-		ADD(2, 3 * C, C, "h.%d.attn.c_attn.weight", l);
-		ADD(1, 3 * C, 0, "h.%d.attn.c_attn.bias", l);
-		ADD(2, C, C, "h.%d.attn.c_proj.weight", l);
-		ADD(1, C, 0, "h.%d.attn.c_proj.bias", l);
-		ADD(1, C, 0, "h.%d.ln_2.weight", l);
-		ADD(1, C, 0, "h.%d.ln_2.bias", l);
-		ADD(2, 4 * C, C, "h.%d.mlp.c_fc.weight", l);
-		ADD(1, 4 * C, 0, "h.%d.mlp.c_fc.bias", l);
-		ADD(2, C, 4 * C, "h.%d.mlp.c_proj.weight", l);
-		ADD(1, C, 0, "h.%d.mlp.c_proj.bias", l);
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	fprintf(f, "[%s]\n", h->arch->desc->name);
+	enum fw_status st = FW_OK;
+	for (int i = 0; st == FW_OK && i < h->map->n_keys; i++) {
+		const struct fw_hf_key *k = &h->map->keys[i];
+		json_t *v = json_object_get(root, k->key);
+		if (!v || fw_options_has(h->arch->opts, k->option))
+			continue;
+		char text[64], shown[64];
+		if (json_is_integer(v))
+			snprintf(text, sizeof(text), "%lld", (long long)json_integer_value(v));
+		else if (json_is_real(v))
+			snprintf(text, sizeof(text), "%.17g", json_real_value(v));
+		else if (json_is_boolean(v))
+			snprintf(text, sizeof(text), "%s", json_is_true(v) ? "true" : "false");
+		else if (json_is_string(v))
+			snprintf(text, sizeof(text), "%s", json_string_value(v));
+		else
+			text[0] = '\0';
+		struct fw_err e = { 0 };
+		if (!text[0] || fw_options_set(h->arch->opts, k->option, text, &e) != FW_OK) {
+			json_text(v, shown, sizeof(shown));
+			st = fw_errorf(err, FW_ERR_FORMAT, "%s: %s %s: %s", path, k->key, shown,
+				       text[0] ? e.msg : "not a number, boolean or string");
+		}
+		fprintf(f, "%s = %s\n", k->option, text);
 	}
-	ADD(1, C, 0, "ln_f.weight");
-	ADD(1, C, 0, "ln_f.bias");
-	if (!c->tie)
-		ADD(2, c->vocab, C, "lm_head.weight");
-#undef ADD
-	for (int i = 0; alloc && i < g->n; i++)
-		if (!(g->ts[i].data = malloc(fw_nbytes(&g->ts[i]))))
-			return -1;
-	return 0;
+	if (fclose(f) != 0 && st == FW_OK)
+		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	if (st == FW_OK)
+		*ini = buf;
+	else
+		free(buf);
+	return st;
+}
+
+static void shape_text(int ndim, const int64_t *ne, char *out, size_t len)
+{
+	size_t n = (size_t)snprintf(out, len, "[");
+	for (int i = 0; i < ndim && n < len; i++)
+		n += (size_t)snprintf(out + n, len - n, "%s%lld", i ? ", " : "", (long long)ne[i]);
+	if (n < len)
+		snprintf(out + n, len - n, "]");
+}
+
+/* "vocab_size 264, n_embd 32": config.json's integer keys whose value is a
+ * size of want (all of them when want is NULL), to say why a shape is. */
+static void sizes_from(json_t *root, const struct fw_hf_map *map, const int64_t *want, int nd,
+		       char *out, size_t len)
+{
+	out[0] = '\0';
+	for (int i = 0; i < map->n_keys; i++) {
+		json_t *v = json_object_get(root, map->keys[i].key);
+		bool hit = json_is_integer(v) && !want;
+		for (int d = 0; json_is_integer(v) && want && d < nd && !hit; d++)
+			hit = json_integer_value(v) == want[d];
+		if (hit)
+			snprintf(out + strlen(out), len - strlen(out), "%s%s %lld", out[0] ? ", " : "",
+				 map->keys[i].key, (long long)json_integer_value(v));
+	}
+}
+
+/* The model.safetensors entry of key, with or without one of the map's
+ * prefixes. */
+static const struct fw_st_entry *find_key(const struct fw_st_file *f, const struct fw_hf_map *map,
+					  const char *key)
+{
+	const struct fw_st_entry *e = fw_st_find(f, key);
+	for (const char *const *p = map->key_prefixes; !e && p && *p; p++) {
+		char pref[2 * FW_NAME_MAX];
+		snprintf(pref, sizeof(pref), "%s%s", *p, key);
+		e = fw_st_find(f, pref);
+	}
+	return e;
+}
+
+static bool ends_with(const char *s, const char *end)
+{
+	size_t n = strlen(s), m = strlen(end);
+	return n >= m && !strcmp(s + n - m, end);
+}
+
+/* Every parameter is in st with its shape (transposed where the map says)
+ * and a float dtype; every tensor of st is a parameter or a buffer. */
+static enum fw_status check_tensors(const struct fw_st_file *st, const char *path,
+				    const char *config, json_t *root, struct hf_model *h,
+				    struct fw_err *err)
+{
+	char have[96], want[96], why[256], key[2 * FW_NAME_MAX];
+	bool tr;
+	for (int i = 0; i < h->n; i++) {
+		const struct fw_tensor *t = h->params[i];
+		if (!h->map->tensor_key(h->arch->opts, t->name, key, sizeof(key), &tr))
+			continue;
+		const struct fw_st_entry *e = find_key(st, h->map, key);
+		if (!e)
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: missing tensor '%s'", path, key);
+		int64_t ne[FW_MAX_DIMS];
+		memcpy(ne, t->ne, sizeof(ne));
+		if (tr && t->ndim == 2)
+			ne[0] = t->ne[1], ne[1] = t->ne[0];
+		bool same = e->ndim == t->ndim;
+		for (int d = 0; same && d < t->ndim; d++)
+			same = e->ne[d] == ne[d];
+		if (!same) {
+			shape_text(e->ndim, e->ne, have, sizeof(have));
+			shape_text(t->ndim, ne, want, sizeof(want));
+			sizes_from(root, h->map, ne, t->ndim, why, sizeof(why));
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' has shape %s; %s (%s) needs "
+					 "%s", path, e->name, have, config, why, want);
+		}
+		if (e->dtype != FW_F32 && e->dtype != FW_F16 && e->dtype != FW_BF16)
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' has dtype %s, not a float "
+					 "type (F32, F16, BF16)", path, e->name, fw_dtype_name(e->dtype));
+	}
+	for (int i = 0; i < st->n; i++) {
+		const struct fw_st_entry *e = &st->entries[i];
+		bool known = false;
+		for (const char *const *b = h->map->buffer_suffixes; b && *b && !known; b++)
+			known = ends_with(e->name, *b);
+		for (int k = 0; k < h->n && !known; k++)
+			known = h->map->tensor_key(h->arch->opts, h->params[k]->name, key, sizeof(key),
+						   &tr) && find_key(st, h->map, key) == e;
+		if (!known) {
+			sizes_from(root, h->map, NULL, 0, why, sizeof(why));
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' is not one of the model "
+					 "%s describes (%s)", path, e->name, config, why);
+		}
+	}
+	return FW_OK;
 }
 
 /* out (R, Cc) = in^T where in is (Cc, R), any float dtype in, f32 out. */
@@ -306,17 +279,6 @@ static void transpose_to_f32(float *out, const void *in, enum fw_dtype dt, int64
 		for (int64_t c = 0; c < cols_in; c++)
 			out[c * rows_in + r] = tmp[r * cols_in + c];
 	free(tmp);
-}
-
-static const struct fw_st_entry *find_key(const struct fw_st_file *f, const char *name)
-{
-	const struct fw_st_entry *e = fw_st_find(f, name);
-	if (!e) {
-		char pref[FW_NAME_MAX + 16];
-		snprintf(pref, sizeof(pref), "transformer.%s", name);
-		e = fw_st_find(f, pref);
-	}
-	return e;
 }
 
 /* The tokenizer of a Hugging Face folder: tokenizer.json, else vocab.json +
@@ -345,167 +307,178 @@ static struct fw_tokenizer *folder_tokenizer(const char *dir, int64_t vocab, str
 	return t;
 }
 
-static void shape_text(int ndim, const int64_t *ne, char *out, size_t len)
+/* config.json, parsed: an error names the line and column; the arch's
+ * check names key and value. */
+static json_t *load_config(const char *path, struct fw_err *err)
 {
-	size_t n = (size_t)snprintf(out, len, "[");
-	for (int i = 0; i < ndim && n < len; i++)
-		n += (size_t)snprintf(out + n, len - n, "%s%lld", i ? ", " : "", (long long)ne[i]);
-	if (n < len)
-		snprintf(out + n, len - n, "]");
-}
-
-/* Every tensor of the config is in st with its shape (Conv1D weights
- * transposed) and a float dtype, and no block is past n_layer: err names
- * the tensor and both shapes otherwise. */
-static enum fw_status check_tensors(const struct fw_st_file *st, const char *path,
-				    const struct gpt2_config *c, const struct gpt2_set *g,
-				    struct fw_err *err)
-{
-	char have[96], want[96], why[96];
-	for (int i = 0; i < g->n; i++) {
-		const struct fw_tensor *t = &g->ts[i];
-		const struct fw_st_entry *e = find_key(st, t->name);
-		if (!e)
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: missing tensor '%s'", path, t->name);
-		int64_t ne[2] = { t->ne[0], t->ne[1] };
-		if (is_conv1d(t->name))
-			ne[0] = t->ne[1], ne[1] = t->ne[0];
-		if (e->ndim != t->ndim || e->ne[0] != ne[0] || (t->ndim == 2 && e->ne[1] != ne[1])) {
-			shape_text(e->ndim, e->ne, have, sizeof(have));
-			shape_text(t->ndim, ne, want, sizeof(want));
-			if (!strcmp(t->name, "wte.weight") || !strcmp(t->name, "lm_head.weight"))
-				snprintf(why, sizeof(why), "vocab_size %lld, n_embd %lld",
-					 (long long)c->vocab, (long long)c->n_embd);
-			else if (!strcmp(t->name, "wpe.weight"))
-				snprintf(why, sizeof(why), "n_positions %lld, n_embd %lld",
-					 (long long)c->n_pos, (long long)c->n_embd);
-			else
-				snprintf(why, sizeof(why), "n_embd %lld", (long long)c->n_embd);
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' has shape %s; config.json "
-					 "(%s) needs %s", path, e->name, have, why, want);
-		}
-		if (e->dtype != FW_F32 && e->dtype != FW_F16 && e->dtype != FW_BF16)
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' has dtype %s, not a float "
-					 "type (F32, F16, BF16)", path, e->name, fw_dtype_name(e->dtype));
+	json_error_t je;
+	json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+	if (!root && errno == ENOENT && je.line < 0)
+		fw_errorf(err, FW_ERR_IO, "%s: %s", path, je.text);
+	else if (!root)
+		fw_errorf(err, FW_ERR_FORMAT, "%s:%d:%d: %s", path, je.line, je.column, je.text);
+	else if (!json_is_object(root)) {
+		fw_errorf(err, FW_ERR_FORMAT, "%s: not a JSON object", path);
+		json_decref(root);
+		root = NULL;
 	}
-	for (int i = 0; i < st->n; i++) {
-		const char *n = st->entries[i].name;
-		if (!strncmp(n, "transformer.", 12))
-			n += 12;
-		char *end = NULL;
-		long l = !strncmp(n, "h.", 2) ? strtol(n + 2, &end, 10) : -1;
-		if (l >= c->n_layer && end != n + 2 && *end == '.')
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' is past config.json's "
-					 "n_layer %lld", path, st->entries[i].name, (long long)c->n_layer);
-	}
-	return FW_OK;
+	return root;
 }
 
 int cmd_import(int argc, char **argv)
 {
 	if (argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"))) {
-		printf("usage: fwrun import HF_DIR OUT.h5\nReads a Hugging Face GPT-2 folder "
-		       "(config.json + model.safetensors; F32/F16/BF16) into an fw weights file\n"
-		       "usable with fwrun train/eval/generate --load=OUT.h5. The folder's tokenizer\n"
-		       "(tokenizer.json, or vocab.json + merges.txt), if any, is stored with it.\n"
-		       "config.json must describe a model arch/decoder computes; nothing is written\n"
+		printf("usage: fwrun import HF_DIR OUT.h5\nReads a Hugging Face folder (config.json + "
+		       "model.safetensors; F32/F16/BF16) into an fw weights file\nusable with fwrun "
+		       "train/eval/generate --load=OUT.h5. The arch plugin whose Hugging Face map\n"
+		       "has config.json's model_type reads it (arch/decoder: gpt2). The folder's\n"
+		       "tokenizer (tokenizer.json, or vocab.json + merges.txt), if any, is stored with\n"
+		       "it. config.json must describe a model the arch computes; nothing is written\n"
 		       "otherwise.\n");
 		return EXIT_OK;
 	}
 	if (argc != 2)
-		return die(EXIT_USAGE, "import: usage: fwrun import HF_DIR OUT.h5");
-	struct gpt2_config c;
-	struct fw_err err = { 0 };
+		return fail(FW_ERR_INVALID, "import: usage: fwrun import HF_DIR OUT.h5");
+	struct fw_err err = { 0 }, perr = { 0 };
 	struct fw_st_file st = { 0 };
-	struct gpt2_set g = { 0 };
+	struct hf_model h = { 0 };
 	struct fw_tokenizer *tok = NULL;
-	char *tok_json = NULL, *config = NULL;
-	char path[4200];
+	char *tok_json = NULL, *config = NULL, cpath[4200], path[4200];
+	const char *model_type = NULL;
 	int rc = EXIT_RUNTIME;
+	json_t *root, *v;
 	/* Everything is checked before the output is written (fw_h5_save
 	 * writes a temporary file and renames it). */
-	if (read_config(argv[0], &c, &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
-	tok = folder_tokenizer(argv[0], c.vocab, &err);
-	if (!tok && err.status)
-		return die(EXIT_RUNTIME, "%s", err.msg);
-	tok_json = tok ? fw_tokenizer_serialize(tok, &err) : NULL;
-	if (tok && !tok_json) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
-		goto out;
-	}
-	snprintf(path, sizeof(path), "%s/model.safetensors", argv[0]);
-	if (fw_st_open(path, &st, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
-		goto out;
-	}
-	config = arch_config(&c);
-	if (gpt2_tensors(&c, &g, false) != 0 || !config) {
-		rc = die(EXIT_RUNTIME, "import: out of memory");
-		goto out;
-	}
-	if (check_tensors(&st, path, &c, &g, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
-		goto out;
-	}
-	for (int i = 0; i < g.n; i++) {
-		struct fw_tensor *t = &g.ts[i];
-		const struct fw_st_entry *e = find_key(&st, t->name);
-		if (!(t->data = malloc(fw_nbytes(t)))) {
-			rc = die(EXIT_RUNTIME, "import: out of memory");
-			goto out;
+	snprintf(cpath, sizeof(cpath), "%s/config.json", argv[0]);
+	if (!(root = load_config(cpath, &perr)) && perr.status == FW_ERR_IO)
+		return fail(perr.status, "%s", perr.msg);
+	if (root && (v = json_object_get(root, "model_type"))) {
+		char t[64];
+		json_text(v, t, sizeof(t));
+		if (!json_is_string(v)) {
+			json_decref(root);
+			return fail(FW_ERR_FORMAT, "%s: model_type %s is not a string", cpath, t);
 		}
-		if (is_conv1d(t->name))
+		model_type = json_string_value(v);
+	}
+	/* A file that does not parse goes to the archs' checks, which name the
+	 * key of a value JSON cannot read (NaN); config.json without a
+	 * model_type to the first arch whose check accepts it. */
+	if (find_arch(root ? model_type : NULL, cpath, &h, &err) != FW_OK ||
+	    (!root && (err = perr).status) ||
+	    (h.map->check_config && h.map->check_config(cpath, &err) != FW_OK) ||
+	    set_options(&h, cpath, root, &config, &err) != FW_OK) {
+		rc = fail(err.status, "%s", err.msg);
+		goto out;
+	}
+	int64_t vocab = fw_options_has(h.arch->opts, "vocab-size") ?
+			fw_opt_int(h.arch->opts, "vocab-size") : INT64_MAX;
+	tok = folder_tokenizer(argv[0], vocab, &err);
+	if (!tok && err.status) {
+		rc = fail(err.status, "%s", err.msg);
+		goto out;
+	}
+	tok_json = tok ? fw_tokenizer_serialize(tok, &err) : NULL;
+	snprintf(path, sizeof(path), "%s/model.safetensors", argv[0]);
+	if ((tok && !tok_json) || fw_st_open(path, &st, &err) != FW_OK || build(&h, &err) != FW_OK ||
+	    check_tensors(&st, path, "config.json", root, &h, &err) != FW_OK) {
+		rc = fail(err.status, "%s", err.msg);
+		goto out;
+	}
+	int n = 0;
+	for (int i = 0; i < h.n; i++) {
+		struct fw_tensor *t = h.params[i];
+		char key[2 * FW_NAME_MAX];
+		bool tr;
+		if (!h.map->tensor_key(h.arch->opts, t->name, key, sizeof(key), &tr))
+			continue;
+		const struct fw_st_entry *e = find_key(&st, h.map, key);
+		if (tr && t->ndim == 2)
 			transpose_to_f32(t->data, e->data, e->dtype, e->ne[0], e->ne[1]);
 		else
 			fw_convert(t->data, FW_F32, e->data, e->dtype, fw_nelem(t));
+		h.params[n++] = t;
 	}
-	struct fw_h5_attr attrs[] = { { "fw_arch", "arch/decoder" }, { "config", config },
+	struct fw_h5_attr attrs[] = { { "fw_arch", h.arch->desc->name }, { "config", config },
 				      { "source", argv[0] }, { TOKENIZER_ATTR, tok_json } };
-	if (fw_h5_save(argv[1], g.tp, g.n, attrs, tok_json ? 4 : 3, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+	if (fw_h5_save(argv[1], h.params, n, attrs, tok_json ? 4 : 3, &err) != FW_OK) {
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
-	fprintf(stderr, "fwrun: imported %d tensors (%lld layers, width %lld)%s to %s\n", g.n,
-		(long long)c.n_layer, (long long)c.n_embd,
-		tok ? " and the folder's GPT-2 tokenizer" : "", argv[1]);
+	fprintf(stderr, "fwrun: imported %d tensors (%s %s as %s)%s to %s\n", n,
+		h.map->model_type, h.map->architecture, h.arch->desc->name,
+		tok ? " and the folder's tokenizer" : "", argv[1]);
 	rc = EXIT_OK;
 out:
+	json_decref(root);
 	fw_free(tok_json);
 	fw_tokenizer_free(tok);
-	gpt2_set_free(&g);
+	hf_model_free(&h);
 	free(config);
 	fw_st_close(&st);
 	return rc;
 }
 
-/* Reads "key = value" from the [arch/decoder] section of a config text. */
-static bool config_int(const char *text, const char *key, int64_t *v)
+/* --- fwrun export --------------------------------------------------------------------------- */
+
+static int set_arch_option(void *user, const char *section, const char *name, const char *value
+#if INI_HANDLER_LINENO
+			   , int lineno
+#endif
+			   )
 {
-	const char *sec = strstr(text, "[arch/decoder]");
-	if (!sec)
-		return false;
-	char pat[64];
-	snprintf(pat, sizeof(pat), "\n%s = ", key);
-	const char *p = strstr(sec, pat);
-	if (!p)
-		return false;
-	*v = strtoll(p + strlen(pat), NULL, 10);
-	return true;
+	struct fw_loaded *p = user;
+	if (!strcmp(section, p->desc->name))
+		fw_options_set(p->opts, name, value, NULL);    /* another fw's keys: ignored */
+	return 1;
 }
 
-static bool config_str(const char *text, const char *key, char *out, size_t len)
+/* The arch of an fw file (its run's, or its fw_arch attribute) with the
+ * file's options, and its Hugging Face map for them. */
+static enum fw_status file_arch(const char *path, struct hf_model *h, struct fw_err *err)
 {
-	const char *sec = strstr(text, "[arch/decoder]");
-	char pat[64];
-	snprintf(pat, sizeof(pat), "\n%s = ", key);
-	const char *p = sec ? strstr(sec, pat) : NULL;
-	if (!p)
-		return false;
-	p += strlen(pat);
-	size_t n = strcspn(p, "\n");
-	snprintf(out, len, "%.*s", (int)(n < len ? n : len - 1), p);
-	return true;
+	char *config = NULL, arch[256];
+	enum fw_status st = fw_rt_ckpt_read_config(path, &config, err);
+	if (st == FW_OK && (st = file_arch_name(path, arch, sizeof(arch), err)) == FW_OK &&
+	    (st = fw_plugin_open(arch, FW_KIND_ARCH, &h->arch, err)) == FW_OK) {
+		ini_parse_string(config, set_arch_option, h->arch);
+		if ((st = fw_options_resolve(h->arch->opts, err)) == FW_OK &&
+		    !(h->map = map_of(h->arch, NULL, h->arch->opts)))
+			st = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: %s has no Hugging Face form for "
+				       "these options (see its README)", path, arch);
+	}
+	fw_free(config);
+	return st;
+}
+
+/* config.json: the map's keys from the arch's options, its constants, and
+ * the end-of-text id (left out when there is none). */
+static json_t *export_config(const struct hf_model *h, json_int_t eos)
+{
+	json_t *cfg = json_pack("{s:[s], s:s}", "architectures", h->map->architecture,
+				"model_type", h->map->model_type);
+	for (int i = 0; cfg && i < h->map->n_keys; i++) {
+		const char *opt = h->map->keys[i].option;
+		const struct fw_option_def *d = NULL;
+		for (int k = 0; k < fw_options_count(h->arch->opts) && !d; k++)
+			if (!strcmp(fw_options_def(h->arch->opts, k)->name, opt))
+				d = fw_options_def(h->arch->opts, k);
+		json_t *v = !d ? NULL :
+			    d->type == FW_OPT_INT ? json_integer(fw_opt_int(h->arch->opts, opt)) :
+			    d->type == FW_OPT_FLOAT ? json_real(fw_opt_float(h->arch->opts, opt)) :
+			    d->type == FW_OPT_BOOL ? json_boolean(fw_opt_bool(h->arch->opts, opt)) :
+			    json_string(fw_opt_str(h->arch->opts, opt));
+		if (v)
+			json_object_set_new(cfg, h->map->keys[i].key, v);
+	}
+	for (int i = 0; cfg && i < h->map->n_consts; i++)
+		json_object_set_new(cfg, h->map->consts[i].key,
+				    json_loads(h->map->consts[i].json, JSON_DECODE_ANY, NULL));
+	if (cfg && eos >= 0) {          /* the end-of-text id for both, as GPT-2 has it */
+		json_object_set_new(cfg, "bos_token_id", json_integer(eos));
+		json_object_set_new(cfg, "eos_token_id", json_integer(eos));
+	}
+	return cfg;
 }
 
 /* A stored tokenizer in dir as Hugging Face has it: tokenizer.json for a
@@ -560,14 +533,15 @@ static json_int_t export_eos(const char *h5, int64_t vocab)
 	return eos >= 0 && eos < vocab ? eos : -1;
 }
 
+
 int cmd_export(int argc, char **argv)
 {
 	if (argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"))) {
-		printf("usage: fwrun export IN.h5 OUT_DIR [--base-only]\nWrites a Hugging Face GPT-2 "
-		       "folder (config.json + model.safetensors, F32) from an fw checkpoint or "
-		       "weights\nfile of arch/decoder; fwrun import reads it back bit-exactly. A "
-		       "file with other\ntrained tensors (a LoRA run's adapter: fwrun merge it "
-		       "first) is refused unless\n--base-only drops them.\n");
+		printf("usage: fwrun export IN.h5 OUT_DIR [--base-only]\nWrites a Hugging Face folder "
+		       "(config.json + model.safetensors, F32) from an fw checkpoint or weights\nfile, "
+		       "through its arch plugin's Hugging Face map (arch/decoder: GPT-2); fwrun import\n"
+		       "reads it back bit-exactly. A file with other trained tensors (a LoRA run's\n"
+		       "adapter: fwrun merge it first) is refused unless --base-only drops them.\n");
 		return EXIT_OK;
 	}
 	bool base_only = false;
@@ -577,120 +551,90 @@ int cmd_export(int argc, char **argv)
 		if (!strcmp(argv[i], "--base-only"))
 			base_only = true;
 		else if (!strncmp(argv[i], "--", 2) || np == 2)
-			return die(EXIT_USAGE, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
+			return fail(FW_ERR_INVALID, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
 		else
 			pos[np++] = argv[i];
 	}
 	if (np != 2)
-		return die(EXIT_USAGE, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
-	char in_path[4200];
+		return fail(FW_ERR_INVALID, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
+	char in[4200], path[4200];
 	struct fw_err err = { 0 };
-	if (resolve_load(pos[0], in_path, sizeof(in_path), &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
-	pos[0] = in_path;           /* a run directory: its newest checkpoint */
-	argv = pos;
-	char *config = NULL;
-	if (fw_rt_ckpt_read_config(argv[0], &config, &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
-	struct gpt2_config c = { .eps = 1e-5, .tie = true };
-	char tie[16] = "true", eps[32] = "1e-5";
-	bool ok = config_int(config, "n-layer", &c.n_layer) &&
-		  config_int(config, "n-head", &c.n_head) &&
-		  config_int(config, "n-embd", &c.n_embd) &&
-		  config_int(config, "vocab-size", &c.vocab) &&
-		  config_int(config, "n-positions", &c.n_pos);
-	config_str(config, "tie-embeddings", tie, sizeof(tie));
-	config_str(config, "layer-norm-eps", eps, sizeof(eps));
-	char normv[32] = "layernorm", biasv[16] = "true";
-	config_str(config, "norm", normv, sizeof(normv));
-	config_str(config, "bias", biasv, sizeof(biasv));
-	fw_free(config);
-	if (!ok)
-		return die(EXIT_RUNTIME, "%s: no arch/decoder configuration in its 'config' attribute",
-			   argv[0]);
-	if (strcmp(normv, "layernorm") || strcmp(biasv, "true"))
-		return die(EXIT_RUNTIME, "%s: only GPT-2 models (layernorm, biases) export to a "
-			   "GPT-2 folder", argv[0]);
-	c.tie = !strcmp(tie, "true");
-	c.eps = strtod(eps, NULL);
-
-	int rc = EXIT_RUNTIME;
-	struct gpt2_set g;
-	if (gpt2_tensors(&c, &g, true) != 0) {
-		rc = die(EXIT_RUNTIME, "export: out of memory");
-		goto out;
-	}
-	if (fw_rt_check_foreign_tensors(argv[0], g.tp, g.n, NULL, base_only, &fwrun_log,
+	struct hf_model h = { 0 };
+	struct fw_tensor *out = NULL, **op = NULL;
+	int rc = EXIT_RUNTIME, n = 0;
+	if (resolve_load(pos[0], in, sizeof(in), &err) != FW_OK)
+		return fail(err.status, "%s", err.msg);
+	const char *dir = pos[1];
+	if (file_arch(in, &h, &err) != FW_OK || build(&h, &err) != FW_OK ||
+	    fw_rt_check_foreign_tensors(in, h.params, h.n, NULL, base_only, &fwrun_log,
 					&err) != FW_OK ||
-	    fw_h5_load(argv[0], g.tp, g.n, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+	    fw_h5_load(in, h.params, h.n, &err) != FW_OK) {
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
-	/* Back to Conv1D layout: (out, in) -> (in, out). */
-	for (int i = 0; i < g.n; i++) {
-		struct fw_tensor *t = &g.ts[i];
-		if (!is_conv1d(t->name))
+	/* Under the map's keys, transposed where Hugging Face stores (in, out). */
+	out = calloc((size_t)h.n + 1, sizeof(*out));
+	op = calloc((size_t)h.n + 1, sizeof(*op));
+	if (!out || !op) {
+		rc = fail(FW_ERR_NOMEM, "export: out of memory");
+		goto out;
+	}
+	for (int i = 0; i < h.n; i++) {
+		const struct fw_tensor *t = h.params[i];
+		struct fw_tensor *o = &out[n];
+		bool tr;
+		if (!h.map->tensor_key(h.arch->opts, t->name, o->name, sizeof(o->name), &tr))
 			continue;
-		float *tr = malloc(fw_nbytes(t));
-		if (!tr) {
-			rc = die(EXIT_RUNTIME, "export: out of memory");
+		o->dtype = FW_F32;
+		o->ndim = t->ndim;
+		memcpy(o->ne, t->ne, sizeof(o->ne));
+		if (tr && t->ndim == 2)
+			o->ne[0] = t->ne[1], o->ne[1] = t->ne[0];
+		fw_set_contiguous_strides(o);
+		if (!(o->data = malloc(fw_nbytes(o) ? fw_nbytes(o) : 1))) {
+			rc = fail(FW_ERR_NOMEM, "export: out of memory");
 			goto out;
 		}
-		transpose_to_f32(tr, t->data, FW_F32, t->ne[0], t->ne[1]);
-		free(t->data);
-		t->data = tr;
-		int64_t x = t->ne[0];
-		t->ne[0] = t->ne[1];
-		t->ne[1] = x;
-		fw_set_contiguous_strides(t);
+		if (tr && t->ndim == 2)
+			transpose_to_f32(o->data, t->data, FW_F32, t->ne[0], t->ne[1]);
+		else
+			memcpy(o->data, t->data, fw_nbytes(o));
+		op[n++] = o;
 	}
-	if (mkdir(argv[1], 0777) != 0 && errno != EEXIST) {
-		rc = die(EXIT_RUNTIME, "%s: %s", argv[1], strerror(errno));
+	if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+		rc = fail(FW_ERR_IO, "%s: %s", dir, strerror(errno));
 		goto out;
 	}
-	char path[4200];
-	snprintf(path, sizeof(path), "%s/model.safetensors", argv[1]);
+	snprintf(path, sizeof(path), "%s/model.safetensors", dir);
 	const char *meta[] = { "format", "pt", NULL };
-	if (fw_st_save(path, g.tp, g.n, meta, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+	if (fw_st_save(path, op, n, meta, &err) != FW_OK) {
+		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
-	json_t *cfg = json_pack("{s:[s], s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b, "
-				"s:f, s:f, s:f, s:I, s:I}",
-				"architectures", "GPT2LMHeadModel", "model_type", "gpt2",
-				"activation_function", "gelu_new", "n_layer", (json_int_t)c.n_layer,
-				"n_head", (json_int_t)c.n_head, "n_embd", (json_int_t)c.n_embd,
-				"vocab_size", (json_int_t)c.vocab, "n_positions", (json_int_t)c.n_pos,
-				"n_ctx", (json_int_t)c.n_pos, "layer_norm_epsilon", c.eps,
-				"tie_word_embeddings", c.tie, "resid_pdrop", 0.0, "embd_pdrop", 0.0,
-				"attn_pdrop", 0.0, "bos_token_id", (json_int_t)0,
-				"eos_token_id", (json_int_t)0);
-	json_int_t eos = export_eos(argv[0], c.vocab);
-	if (cfg && eos >= 0) {          /* GPT-2 uses its end-of-text id for both */
-		json_object_set_new(cfg, "bos_token_id", json_integer(eos));
-		json_object_set_new(cfg, "eos_token_id", json_integer(eos));
-	} else if (cfg) {
-		json_object_del(cfg, "bos_token_id");
-		json_object_del(cfg, "eos_token_id");
-	}
-	snprintf(path, sizeof(path), "%s/config.json", argv[1]);
+	int64_t vocab = fw_options_has(h.arch->opts, "vocab-size") ?
+			fw_opt_int(h.arch->opts, "vocab-size") : INT64_MAX;
+	json_t *cfg = export_config(&h, export_eos(in, vocab));
+	snprintf(path, sizeof(path), "%s/config.json", dir);
 	struct fw_err werr = { 0 };
 	enum fw_status wst = write_json_file(path, cfg, &werr);
-	if (wst != FW_OK) {
-		json_decref(cfg);
-		rc = die(EXIT_RUNTIME, "%s", werr.msg);
-		goto out;
-	}
 	json_decref(cfg);
-	bool with_tok = false;
-	if (export_tokenizer(argv[0], argv[1], &with_tok, &err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", err.msg);
+	if (wst != FW_OK) {
+		rc = fail(werr.status, "%s", werr.msg);
 		goto out;
 	}
-	fprintf(stderr, "fwrun: exported %d tensors%s to %s\n", g.n,
-		with_tok ? " and the tokenizer" : "", argv[1]);
+	bool with_tok = false;
+	if (export_tokenizer(in, dir, &with_tok, &err) != FW_OK) {
+		rc = fail(err.status, "%s", err.msg);
+		goto out;
+	}
+	fprintf(stderr, "fwrun: exported %d tensors%s to %s\n", n,
+		with_tok ? " and the tokenizer" : "", dir);
 	rc = EXIT_OK;
 out:
-	gpt2_set_free(&g);
+	for (int i = 0; out && i < n; i++)
+		free(out[i].data);
+	free(out);
+	free(op);
+	hf_model_free(&h);
 	return rc;
 }

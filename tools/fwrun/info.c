@@ -15,7 +15,7 @@ int cmd_info(int argc, char **argv)
 		return EXIT_OK;
 	}
 	if (argc > 0)
-		return die(EXIT_USAGE, "info: unexpected argument '%s'", argv[0]);
+		return fail(FW_ERR_INVALID, "info: unexpected argument '%s'", argv[0]);
 	printf("fw: %d.%d.%d, plugin ABI %d.%d\n", FW_VERSION_MAJOR, FW_VERSION_MINOR,
 	       FW_VERSION_PATCH, FW_ABI_MAJOR, FW_ABI_MINOR);
 	fw_machine_report(stdout);

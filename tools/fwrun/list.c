@@ -39,7 +39,7 @@ int cmd_list(int argc, char **argv)
 			       "options, with types, defaults and help.\n");
 			return EXIT_OK;
 		}
-		return die(EXIT_USAGE, "list: unexpected argument '%s'", argv[i]);
+		return fail(FW_ERR_INVALID, "list: unexpected argument '%s'", argv[i]);
 	}
 	char **paths = NULL;
 	int n = 0, bad = 0;
@@ -53,7 +53,7 @@ int cmd_list(int argc, char **argv)
 	fw_free(dirs);
 	printf("\n\n");
 	if (fw_plugin_discover(&paths, &n, &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status, "%s", err.msg);
 	for (int i = 0; i < n; i++) {
 		struct fw_loaded *p = NULL;
 		if (fw_plugin_open(paths[i], 0, &p, &err) != FW_OK) {

@@ -66,6 +66,6 @@ int main(int argc, char **argv)
 					    "import", "export", "merge", "export-adapter", "tokenize",
 					    "info" };
 	const char *near = fw_nearest_name(cmd, cmds, (int)(sizeof(cmds) / sizeof(cmds[0])));
-	return die(EXIT_USAGE, "unknown command '%s'%s%s%s (see fwrun --help)", cmd,
+	return fail(FW_ERR_INVALID, "unknown command '%s'%s%s%s (see fwrun --help)", cmd,
 		   near ? "; did you mean '" : "", near ? near : "", near ? "'?" : "");
 }

@@ -27,7 +27,7 @@ int cmd_plan(int argc, char **argv)
 	if (session_open(&s, "plan", argc, argv, true, DATA_IF_GIVEN, &rc) != 0)
 		goto out;
 	if (s.slots.optim && setup_optim(&s, &s.err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		rc = fail(s.err.status, "%s", s.err.msg);
 		goto out;
 	}
 	session_ready(&s, "plan", argc, argv);

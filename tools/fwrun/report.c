@@ -1,24 +1,57 @@
 /* report.c - what every fwrun command prints its errors and the runtime's
- * log lines with: "fwrun: MSG" on stderr. Not a command: main.c dispatches,
- * the command files call these, and nothing here calls back into either. */
+ * log lines with ("fwrun: MSG" on stderr), and the one map from a status to
+ * an exit code. Not a command: main.c dispatches, the command files call
+ * these, and nothing here calls back into either. */
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "fwrun.h"
 
-int die(int code, const char *fmt, ...)
+int exit_code(enum fw_status st)
+{
+	switch (st) {
+	case FW_ERR_INVALID:
+		return EXIT_USAGE;
+	case FW_OK:                /* a failure without a status: still a failure */
+	case FW_ERR_NOMEM:
+	case FW_ERR_IO:
+	case FW_ERR_FORMAT:
+	case FW_ERR_SHAPE:
+	case FW_ERR_NOT_FOUND:
+	case FW_ERR_UNSUPPORTED:
+	case FW_ERR_INTERNAL:
+	case FW_STATUS_COUNT:
+		break;
+	}
+	return EXIT_RUNTIME;
+}
+
+static void vsay(const char *fmt, va_list ap)
 {
 	char msg[8192];
-	va_list ap;
-	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
-	va_end(ap);
 	const char *m = msg;
 	while (!strncmp(m, "fwrun: ", 7))     /* messages that already name fwrun */
 		m += 7;
 	fprintf(stderr, "fwrun: %s\n", m);
-	return code;
+}
+
+void say(const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsay(fmt, ap);
+	va_end(ap);
+}
+
+int fail(enum fw_status st, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsay(fmt, ap);
+	va_end(ap);
+	return exit_code(st);
 }
 
 static void log_line(void *user, enum fw_log_level level, const char *line)

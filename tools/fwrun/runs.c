@@ -148,6 +148,29 @@ enum fw_status check_dir_checkpoints(const char *dir, struct fw_err *err)
 
 /* config_dump's INI without the peft plugin: its [peft/...] section and its
  * entry in [run] plugins (a merged model needs no peft plugin). malloc'd. */
+enum fw_status file_arch_name(const char *path, char *out, size_t len, struct fw_err *err)
+{
+	char *config = NULL, *list = NULL, *attr = NULL;
+	out[0] = '\0';
+	if (fw_rt_ckpt_read_config(path, &config, NULL) == FW_OK)
+		list = fw_rt_ini_lookup(config, "run", "plugins");
+	for (char *save = NULL, *p = list ? strtok_r(list, ",", &save) : NULL; p;
+	     p = strtok_r(NULL, ",", &save)) {
+		p += strspn(p, " ");
+		if (!strncmp(p, "arch/", 5))
+			snprintf(out, len, "%s", p);
+	}
+	if (!out[0] && fw_h5_read_attr(path, "fw_arch", &attr, NULL) == FW_OK)
+		snprintf(out, len, "%s", attr);
+	free(list);
+	fw_free(config);
+	fw_free(attr);
+	if (!out[0])
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: names no arch plugin (no run "
+				 "configuration, no fw_arch attribute)", path);
+	return FW_OK;
+}
+
 char *config_without_peft(const char *text)
 {
 	char *out = malloc(strlen(text) + 1);

@@ -54,20 +54,25 @@ static struct fw_rt_model_spec model_spec(const struct session *s,
 	};
 }
 
-/* Plugins and the arch's options checked before any data is read: the
- * model built once without data and without the peft plugin (whose hooks
- * see one model per run), then thrown away. */
+/* Plugins and their options checked before any data is read: the model
+ * built once without data, with a twin of the peft plugin (whose state
+ * belongs to one model), then thrown away. */
 static enum fw_status check_model(struct session *s, bool training, struct fw_err *err)
 {
 	struct fw_model m;
-	struct fw_plugin_slots base = s->slots;
-	base.peft = NULL;
-	struct fw_rt_model_spec spec = model_spec(s, &base, training);
-	struct fw_ctx *ctx = fw_ctx_new();
-	if (!ctx)
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	enum fw_status st = fw_rt_model_build(&spec, ctx, &m, err);
+	struct fw_plugin_slots check = s->slots;
+	enum fw_status st = FW_OK;
+	if (s->slots.peft)
+		st = fw_rt_plugin_twin(s->slots.peft, &check.peft, err);
+	struct fw_rt_model_spec spec = model_spec(s, &check, training);
+	struct fw_ctx *ctx = st == FW_OK ? fw_ctx_new() : NULL;
+	if (st == FW_OK && !ctx)
+		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	if (st == FW_OK)
+		st = fw_rt_model_build(&spec, ctx, &m, err);
 	fw_ctx_free(ctx);
+	if (check.peft != s->slots.peft)
+		fw_plugin_close(check.peft);
 	return st;
 }
 
@@ -156,7 +161,7 @@ enum fw_status save_checkpoint(struct session *s, const char *path, struct fw_er
 			.optimizer = s->slots.optim ? s->slots.optim->desc->name : "",
 			.data_epoch = s->have_train ? s->train.epoch : 0,
 			.data_cursor = s->have_train ? s->train.cursor : 0,
-			.seed = opt_i(s, "seed") }, err);
+			.seed = opt_i(s, "seed"), .plugins = &s->slots }, err);
 	fw_free(tok);
 	free(config);
 	free(params);
@@ -189,7 +194,7 @@ enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
 	if (fw_opt_bool(s->cfg.run, "finetune"))
 		return FW_OK;      /* weights only: step 0, fresh optimizer, data from the start */
 	if (n_new)
-		return fw_errorf(err, FW_ERR_INVALID,
+		return fw_errorf(err, FW_ERR_NOT_FOUND,
 				 "%s: this run trains %d tensors the checkpoint has no optimizer "
 				 "state for; add --finetune to start from its weights", path, n_new);
 	int ns;
@@ -277,9 +282,7 @@ int session_open(struct session *s, const char *cmd, int argc, char **argv, bool
 	enum fw_status st;
 	memset(s, 0, sizeof(*s));
 	if (config_load(&s->cfg, cmd, argc, argv, true, pos, 0, &np, &s->err) != FW_OK) {
-		*rc = die(s->err.status == FW_ERR_NOMEM || s->err.status == FW_ERR_IO ||
-			  s->err.status == FW_ERR_FORMAT || s->err.status == FW_ERR_UNSUPPORTED ?
-			  EXIT_RUNTIME : EXIT_USAGE, "%s", s->err.msg);
+		*rc = fail(s->err.status, "%s", s->err.msg);
 		return -1;
 	}
 	int threads = (int)opt_i(s, "threads");
@@ -289,19 +292,19 @@ int session_open(struct session *s, const char *cmd, int argc, char **argv, bool
 	s->B = opt_i(s, "micro-batch-size");
 	s->T = opt_i(s, "seq-length");
 	if (init_plugins(s, &s->err) != FW_OK || check_model(s, train, &s->err) != FW_OK) {
-		*rc = die(s->err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
+		*rc = fail(s->err.status, "%s",
 			  s->err.msg);
 		return -1;
 	}
 	if (use != DATA_NONE && (st = open_datasets(s, train, use, &s->err)) != FW_OK) {
-		*rc = die(st == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s->err.msg);
+		*rc = fail(st, "%s", s->err.msg);
 		return -1;
 	}
 	if (build_model(s, train, &s->err) != FW_OK || build_graphs(s, train, &s->err) != FW_OK ||
 	    (s->have_train && fw_rt_loader_check_vocab(&s->train, s->tok, model_vocab(s), &s->err)) ||
 	    (s->have_valid && fw_rt_loader_check_vocab(&s->valid, s->tok, model_vocab(s), &s->err))) {
 		/* INVALID: flags that cannot make this model (sizes, --seq-length) */
-		*rc = die(s->err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
+		*rc = fail(s->err.status, "%s",
 			  s->err.msg);
 		return -1;
 	}

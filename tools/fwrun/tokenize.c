@@ -147,12 +147,12 @@ static int shard_open(struct job *j, struct stream *s)
 	if (!final || asprintf(&s->tmp, "%s.tmp.%d", final, (int)getpid()) < 0) {
 		free(final);
 		s->tmp = NULL;
-		return die(EXIT_RUNTIME, "tokenize: out of memory");
+		return fail(FW_ERR_NOMEM, "tokenize: out of memory");
 	}
 	free(final);
 	s->f = fopen(s->tmp, "wb");
 	if (!s->f) {
-		int rc = die(EXIT_RUNTIME, "%s: %s", s->tmp, strerror(errno));
+		int rc = fail(FW_ERR_IO, "%s: %s", s->tmp, strerror(errno));
 		free(s->tmp);
 		s->tmp = NULL;
 		return rc;
@@ -160,7 +160,7 @@ static int shard_open(struct job *j, struct stream *s)
 	int32_t hdr[256] = { 0 };
 	s->n = 0;
 	if (fwrite(hdr, sizeof(hdr), 1, s->f) != 1)
-		return die(EXIT_RUNTIME, "%s: %s", s->tmp, strerror(errno));
+		return fail(FW_ERR_IO, "%s: %s", s->tmp, strerror(errno));
 	return EXIT_OK;
 }
 
@@ -181,7 +181,7 @@ static int shard_close(struct job *j, struct stream *s)
 	int e = errno;
 	ok = (fclose(f) == 0) && ok;
 	if (!ok)
-		return die(EXIT_RUNTIME, "%s: %s", s->tmp, strerror(e ? e : EIO));
+		return fail(FW_ERR_IO, "%s: %s", s->tmp, strerror(e ? e : EIO));
 	if (j->n_done == j->cap_done) {
 		int nc = j->cap_done ? 2 * j->cap_done : 8;
 		char **a = realloc(j->tmps, sizeof(char *) * (size_t)nc);
@@ -191,12 +191,12 @@ static int shard_close(struct job *j, struct stream *s)
 		if (b)
 			j->finals = b;
 		if (!a || !b)
-			return die(EXIT_RUNTIME, "tokenize: out of memory");
+			return fail(FW_ERR_NOMEM, "tokenize: out of memory");
 		j->cap_done = nc;
 	}
 	char *final = shard_path(j, s);
 	if (!final)
-		return die(EXIT_RUNTIME, "tokenize: out of memory");
+		return fail(FW_ERR_NOMEM, "tokenize: out of memory");
 	j->tmps[j->n_done] = s->tmp;
 	j->finals[j->n_done++] = final;
 	s->tmp = NULL;
@@ -217,7 +217,7 @@ static int stream_write(struct job *j, struct stream *s, const int32_t *ids, siz
 			j->wbuf = malloc(need);
 			j->wcap = j->wbuf ? need : 0;
 			if (!j->wbuf)
-				return die(EXIT_RUNTIME, "tokenize: out of memory");
+				return fail(FW_ERR_NOMEM, "tokenize: out of memory");
 		}
 		unsigned char *w = j->wbuf;
 		for (size_t i = 0; i < k; i++) {           /* little-endian */
@@ -230,7 +230,7 @@ static int stream_write(struct job *j, struct stream *s, const int32_t *ids, siz
 			}
 		}
 		if (fwrite(j->wbuf, 1, need, s->f) != need)
-			return die(EXIT_RUNTIME, "%s: %s", s->tmp, strerror(errno));
+			return fail(FW_ERR_IO, "%s: %s", s->tmp, strerror(errno));
 		s->n += (int64_t)k;
 		s->tokens += (int64_t)k;
 		ids += k;
@@ -249,18 +249,18 @@ static int document(struct job *j, const char *text, size_t len, const char *whe
 	j->ids.n = 0;
 	if (!j->print) {
 		if (!j->ids.cap && !(j->ids.ids = fw_malloc(64 * sizeof(int32_t))))
-			return die(EXIT_RUNTIME, "tokenize: out of memory");
+			return fail(FW_ERR_NOMEM, "tokenize: out of memory");
 		j->ids.cap = j->ids.cap ? j->ids.cap : 64;
 		j->ids.ids[j->ids.n++] = fw_tokenizer_eos(j->tok);
 	}
 	if (fw_tokenizer_encode(j->tok, text, len, j->allow_special, &j->ids, &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s: %s", where, err.msg);
+		return fail(err.status, "%s: %s", where, err.msg);
 	int64_t i = j->doc++;
 	if (j->print) {
 		for (size_t k = 0; k < j->ids.n; k++)
 			printf(k ? " %d" : "%d", j->ids.ids[k]);
 		putchar('\n');
-		return ferror(stdout) ? die(EXIT_RUNTIME, "stdout: write error") : EXIT_OK;
+		return ferror(stdout) ? fail(FW_ERR_IO, "stdout: write error") : EXIT_OK;
 	}
 	bool val = floor((double)(i + 1) * j->valid) > floor((double)i * j->valid);
 	struct stream *s = &j->st[val];
@@ -272,10 +272,10 @@ static int read_text(struct job *j, const char *path, int split)
 {
 	struct fw_err zerr = { 0 };
 	if (fw_rt_refuse_compressed(path, &zerr) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", zerr.msg);
+		return fail(zerr.status, "%s", zerr.msg);
 	FILE *f = fopen(path, "rb");
 	if (!f)
-		return die(EXIT_RUNTIME, "%s: %s", path, strerror(errno));
+		return fail(FW_ERR_IO, "%s: %s", path, strerror(errno));
 	char *buf = NULL;
 	size_t cap = 0, len = 0;
 	int rc = EXIT_OK;
@@ -284,7 +284,7 @@ static int read_text(struct job *j, const char *path, int split)
 			size_t nc = cap ? 2 * cap : 1 << 20;
 			char *nb = realloc(buf, nc);
 			if (!nb) {
-				rc = die(EXIT_RUNTIME, "%s: out of memory", path);
+				rc = fail(FW_ERR_NOMEM, "%s: out of memory", path);
 				break;
 			}
 			buf = nb;
@@ -294,7 +294,7 @@ static int read_text(struct job *j, const char *path, int split)
 		len += r;
 		if (r == 0) {
 			if (ferror(f))
-				rc = die(EXIT_RUNTIME, "%s: %s", path, strerror(errno));
+				rc = fail(FW_ERR_IO, "%s: %s", path, strerror(errno));
 			break;
 		}
 	}
@@ -343,10 +343,10 @@ static int read_jsonl(struct job *j, const char *path)
 {
 	struct fw_err zerr = { 0 };
 	if (fw_rt_refuse_compressed(path, &zerr) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", zerr.msg);
+		return fail(zerr.status, "%s", zerr.msg);
 	FILE *f = fopen(path, "rb");
 	if (!f)
-		return die(EXIT_RUNTIME, "%s: %s", path, strerror(errno));
+		return fail(FW_ERR_IO, "%s: %s", path, strerror(errno));
 	char *line = NULL;
 	size_t cap = 0;
 	ssize_t n;
@@ -366,11 +366,11 @@ static int read_jsonl(struct job *j, const char *path)
 		char where[4200];
 		snprintf(where, sizeof(where), "%s:%ld", path, lineno);
 		if (!o)
-			rc = die(EXIT_RUNTIME, "%s: invalid JSON: %s", where, je.text);
+			rc = fail(FW_ERR_FORMAT, "%s: invalid JSON: %s", where, je.text);
 		else if (!json_is_object(o))
-			rc = die(EXIT_RUNTIME, "%s: not a JSON object", where);
+			rc = fail(FW_ERR_FORMAT, "%s: not a JSON object", where);
 		else if (!json_is_string(v))
-			rc = die(EXIT_RUNTIME, "%s: no string field '%s' (see --text-field)", where,
+			rc = fail(FW_ERR_FORMAT, "%s: no string field '%s' (see --text-field)", where,
 				 j->field);
 		else
 			rc = document(j, json_string_value(v), json_string_length(v), where);
@@ -378,7 +378,7 @@ static int read_jsonl(struct job *j, const char *path)
 		progress(j, false);
 	}
 	if (rc == EXIT_OK && ferror(f))
-		rc = die(EXIT_RUNTIME, "%s: %s", path, strerror(errno));
+		rc = fail(FW_ERR_IO, "%s: %s", path, strerror(errno));
 	free(line);
 	fclose(f);
 	return rc;
@@ -426,7 +426,7 @@ static int parse(struct fw_options *o, int argc, char **argv, char **files, int 
 		const char *eq = strchr(a, '='), *value;
 		size_t nl = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
 		if (nl == 0 || nl >= sizeof(name))
-			return die(EXIT_USAGE, "tokenize: malformed option '%s'", a);
+			return fail(FW_ERR_INVALID, "tokenize: malformed option '%s'", a);
 		memcpy(name, a + 2, nl);
 		name[nl] = '\0';
 		if (eq) {
@@ -444,12 +444,12 @@ static int parse(struct fw_options *o, int argc, char **argv, char **files, int 
 		enum fw_status s = value ? fw_options_set(o, name, value, &err) :
 			fw_options_set(o, name, "", &err);
 		if (s != FW_OK)
-			return die(EXIT_USAGE, "%s", err.msg);   /* names "tokenize" */
+			return fail(FW_ERR_INVALID, "%s", err.msg);   /* names "tokenize" */
 		if (!value)
-			return die(EXIT_USAGE, "tokenize: option '--%s' needs a value", name);
+			return fail(FW_ERR_INVALID, "tokenize: option '--%s' needs a value", name);
 	}
 	if (fw_options_resolve(o, &err) != FW_OK)
-		return die(EXIT_USAGE, "%s", err.msg);
+		return fail(FW_ERR_INVALID, "%s", err.msg);
 	return EXIT_OK;
 }
 
@@ -459,7 +459,7 @@ static int load_tokenizer(const struct fw_options *o, struct fw_tokenizer **tok)
 	struct fw_err err = { 0 };
 	*tok = run_tokenizer(o, NULL, &err);
 	if (!*tok)
-		return die(err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "tokenize: %s",
+		return fail(err.status, "tokenize: %s",
 			   err.msg);
 	return EXIT_OK;
 }
@@ -482,7 +482,7 @@ int cmd_tokenize(int argc, char **argv)
 	struct job j = { .st = { { .name = "train" }, { .name = "val" } } };
 	int n_files = 0, rc;
 	if (!o || !files) {
-		rc = die(EXIT_RUNTIME, "tokenize: out of memory");
+		rc = fail(FW_ERR_NOMEM, "tokenize: out of memory");
 		goto out;
 	}
 	if ((rc = parse(o, argc, argv, files, &n_files)) != EXIT_OK)
@@ -490,14 +490,14 @@ int cmd_tokenize(int argc, char **argv)
 	j.print = fw_opt_bool(o, "print-ids");
 	j.out = fw_opt_str(o, "out");
 	if (n_files == 0 || (!*j.out && !j.print)) {
-		rc = die(EXIT_USAGE, "tokenize: needs --out=PREFIX and at least one input file (see "
+		rc = fail(FW_ERR_INVALID, "tokenize: needs --out=PREFIX and at least one input file (see "
 			 "fwrun tokenize --help)");
 		goto out;
 	}
 	if ((rc = load_tokenizer(o, &j.tok)) != EXIT_OK)
 		goto out;
 	if (!j.print && fw_tokenizer_eos(j.tok) < 0) {
-		rc = die(EXIT_RUNTIME, "tokenize: the vocabulary has no <|endoftext|> token to "
+		rc = fail(FW_ERR_FORMAT, "tokenize: the vocabulary has no <|endoftext|> token to "
 			 "separate documents");
 		goto out;
 	}
@@ -512,7 +512,7 @@ int cmd_tokenize(int argc, char **argv)
 	for (int i = 0; i < n_files; i++) {
 		struct stat st;
 		if (stat(files[i], &st) != 0) {
-			rc = die(EXIT_RUNTIME, "%s: %s", files[i], strerror(errno));
+			rc = fail(FW_ERR_IO, "%s: %s", files[i], strerror(errno));
 			goto out;
 		}
 		j.bytes_total += (uint64_t)st.st_size;
@@ -526,11 +526,11 @@ int cmd_tokenize(int argc, char **argv)
 	if (rc != EXIT_OK)
 		goto out;
 	if (j.print) {
-		rc = fflush(stdout) == 0 ? EXIT_OK : die(EXIT_RUNTIME, "stdout: write error");
+		rc = fflush(stdout) == 0 ? EXIT_OK : fail(FW_ERR_IO, "stdout: write error");
 		goto out;
 	}
 	if (j.st[0].tokens + j.st[1].tokens == 0) {
-		rc = die(EXIT_RUNTIME, "tokenize: the input holds no documents");
+		rc = fail(FW_ERR_FORMAT, "tokenize: the input holds no documents");
 		goto out;
 	}
 	for (int k = 0; k < 2 && rc == EXIT_OK; k++)
@@ -539,7 +539,7 @@ int cmd_tokenize(int argc, char **argv)
 	for (int i = 0; i < j.n_done && rc == EXIT_OK; i++) {
 		struct fw_err cerr = { 0 };
 		if (fw_file_commit(j.tmps[i], j.finals[i], &cerr) != FW_OK) {
-			rc = die(EXIT_RUNTIME, "%s", cerr.msg);
+			rc = fail(cerr.status, "%s", cerr.msg);
 			break;
 		}
 		free(j.tmps[i]);

@@ -453,23 +453,24 @@ int cmd_train(int argc, char **argv)
 	set_schedule(&s);
 	uint64_t seed = (uint64_t)opt_i(&s, "seed");
 	if (setup_optim(&s, &s.err) != FW_OK || fw_ctx_init_params(s.ctx, seed) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg[0] ? s.err.msg : fw_ctx_err(s.ctx)->msg);
+		rc = fail(s.err.msg[0] ? s.err.status : fw_ctx_err(s.ctx)->status, "%s",
+			  s.err.msg[0] ? s.err.msg : fw_ctx_err(s.ctx)->msg);
 		goto out;
 	}
 	if (*s.load_path) {
 		if (load_checkpoint(&s, s.load_path, true, &s.err) != FW_OK ||
 		    adapter_apply(&s.cfg, &s.slots, &s.model, false, &s.err) != FW_OK) {
-			rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+			rc = fail(s.err.status, "%s", s.err.msg);
 			goto out;
 		}
 		fprintf(stderr, "fwrun: loaded %s at step %lld\n", s.load_path, (long long)s.step);
 	} else if (adapter_apply(&s.cfg, &s.slots, &s.model, false, &s.err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg);   /* --adapter on a fresh model */
+		rc = fail(s.err.status, "%s", s.err.msg);   /* --adapter on a fresh model */
 		goto out;
 	}
 	session_ready(&s, "train", argc, argv);
 	if (open_run_dir(&s, &s.err) != FW_OK) {
-		rc = die(s.err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", s.err.msg);
+		rc = fail(s.err.status, "%s", s.err.msg);
 		goto out;
 	}
 	struct fw_memory_report mr;
@@ -478,7 +479,7 @@ int cmd_train(int argc, char **argv)
 		(long long)mr.n_params, (long long)mr.n_trainable,
 		mr.n_params ? 100.0 * (double)mr.n_trainable / (double)mr.n_params : 0.0, s.run_dir);
 	if (train_loop(&s, &s.err) != FW_OK) {
-		rc = die(EXIT_RUNTIME, "%s", s.err.msg);
+		rc = fail(s.err.status, "%s", s.err.msg);
 		goto out;
 	}
 	/* VmHWM, not getrusage's ru_maxrss, which keeps the peak of the process

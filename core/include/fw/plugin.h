@@ -71,9 +71,10 @@ extern "C" {
 /* 1.0: first release. 1.1: fw_model.segmented, positions, attn_bias.
  * 1.2: the fingerprint covers fixed layouts only (1.0 and 1.1 plugins carry
  * the older one, which fw still accepts); fw_plugin_entry is declared here;
- * fw_attn_spec.rope_scale_*; fw_peft_i.export_peft. */
+ * fw_attn_spec.rope_scale_*; fw_peft_i.export_peft.
+ * 1.3: fw_peft_i.check; fw_arch_i.hf_maps (struct fw_hf_map). */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
-#define FW_ABI_MINOR 2   /* additions at the end of size-stamped structs */
+#define FW_ABI_MINOR 3   /* additions at the end of size-stamped structs */
 
 /* Layouts that cannot grow without breaking plugins: a plugin built against
  * other ones is refused ("rebuild against this fw"). */
@@ -253,6 +254,59 @@ struct fw_arch_i {
 	/* Optional: number of attention layers, for cache allocation; NULL or 0
 	 * = the arch cannot generate. */
 	int (*n_layers)(void *state, const struct fw_model *m);
+	/* Since ABI 1.3. The Hugging Face transformers models this arch reads
+	 * and writes (fwrun import / export), one map per model_type,
+	 * NULL-terminated; NULL: none. */
+	const struct fw_hf_map *const *hf_maps;
+};
+
+/* One config.json key that is an arch option (its value as the option's
+ * text: integers and numbers as written, booleans true/false). */
+struct fw_hf_key {
+	const char *key;             /* "n_layer" */
+	const char *option;          /* "n-layer" */
+};
+
+/* One config.json key export writes as it is. */
+struct fw_hf_const {
+	const char *key;             /* "activation_function" */
+	const char *json;            /* its value as JSON text: "\"gelu_new\"", "0.0" */
+};
+
+/* How an arch's model is a Hugging Face transformers model of one
+ * model_type (an encoder's "bert", a decoder's "gpt2"). Size-stamped: later
+ * minors may append members, read only when size covers them. */
+struct fw_hf_map {
+	size_t size;
+	const char *model_type;      /* config.json "model_type" */
+	const char *architecture;    /* "architectures": ["GPT2LMHeadModel"] on export */
+	/* Options from config.json, in order; a key listed again for the same
+	 * option is an older alias (n_ctx after n_positions): the first
+	 * present is read, and export writes every one. */
+	const struct fw_hf_key *keys;
+	int n_keys;
+	const struct fw_hf_const *consts;
+	int n_consts;
+	/* NULL-terminated prefixes a model.safetensors key may carry
+	 * ("transformer."); export writes keys without one. */
+	const char *const *key_prefixes;
+	/* NULL-terminated ends of model.safetensors keys that are buffers, not
+	 * weights (GPT-2's "attn.bias" mask): import skips them. */
+	const char *const *buffer_suffixes;
+	/* Checks the config.json at path as a model this arch computes: it
+	 * parses, every value the arch reads has its type and range, and
+	 * settings the arch cannot compute are refused; one line naming path,
+	 * key and value. NULL: only the keys' types and options' ranges. */
+	enum fw_status (*check_config)(const char *path, struct fw_err *err);
+	/* Whether a model with these (resolved) options is this model_type:
+	 * export picks the first map that says yes. NULL: always. */
+	bool (*describes)(const struct fw_options *opts);
+	/* The model.safetensors key of the arch's parameter param ("h.0.attn.
+	 * c_attn.weight"), and *transpose when Hugging Face stores it as
+	 * (in, out) where the arch has (out, in) (GPT-2's Conv1D). false: the
+	 * parameter has no Hugging Face counterpart. */
+	bool (*tensor_key)(const struct fw_options *opts, const char *param, char *key,
+			   size_t len, bool *transpose);
 };
 
 /* PEFT: receives hook points while the arch builds, then owns its tensors.
@@ -293,6 +347,14 @@ struct fw_peft_i {
 	enum fw_status (*export_peft)(const struct fw_host *host, const char *adapter,
 				      const char *dir, const char *base_model,
 				      struct fw_err *err);
+	/* Since ABI 1.3. Whether the adapter file `adapter` (one of this
+	 * plugin's save) was made for model m's base (its tensors and weights),
+	 * as load would check it, changing nothing: FW_OK or load's error. The
+	 * host checks every adapter a run lists, not only the one it loads, and
+	 * the options of the file may differ from this instance's. NULL: the
+	 * host checks only that the file is an adapter of this plugin. */
+	enum fw_status (*check)(void *state, struct fw_model *m, const char *adapter,
+				struct fw_err *err);
 };
 
 /* Optimizer: the host allocates n_state f32 tensors per parameter (named
@@ -422,9 +484,11 @@ struct fw_plugin {
  * released. Append a line when a minor appends members. */
 #define FW_PLUGIN_SIZE_1_0      FW_SIZE_THROUGH(struct fw_plugin, fini)
 #define FW_ARCH_I_SIZE_1_0      FW_SIZE_THROUGH(struct fw_arch_i, n_layers)
+#define FW_ARCH_I_SIZE_1_3      FW_SIZE_THROUGH(struct fw_arch_i, hf_maps)
 #define FW_ATTENTION_I_SIZE_1_0 FW_SIZE_THROUGH(struct fw_attention_i, attend)
 #define FW_PEFT_I_SIZE_1_0      FW_SIZE_THROUGH(struct fw_peft_i, unmerge)
 #define FW_PEFT_I_SIZE_1_2      FW_SIZE_THROUGH(struct fw_peft_i, export_peft)
+#define FW_PEFT_I_SIZE_1_3      FW_SIZE_THROUGH(struct fw_peft_i, check)
 #define FW_OPTIM_I_SIZE_1_0     FW_SIZE_THROUGH(struct fw_optim_i, step)
 #define FW_HOST_SIZE_1_0        FW_SIZE_THROUGH(struct fw_host, init_const)
 #define FW_MODEL_SIZE_1_0       FW_SIZE_THROUGH(struct fw_model, host_private)

@@ -37,6 +37,10 @@ enum {
 	FW_FLAG_NEEDS_GRAD = 1u << 4,  /* some trainable parameter flows into it */
 	FW_FLAG_VIEW = 1u << 5,        /* aliases the memory of view_src */
 	FW_FLAG_GRAD = 1u << 6,        /* this tensor is another tensor's gradient */
+	/* Who created a parameter, set by the host's routing (fw_host.linear,
+	 * .attention, .embed); neither: the arch. Checkpoints record it. */
+	FW_FLAG_BY_PEFT = 1u << 7,     /* in a peft plugin's hook */
+	FW_FLAG_BY_ATTENTION = 1u << 8,/* in an attention plugin's attend */
 };
 
 /* Initialisation recipe of a parameter, kept in params[0] (kind) and

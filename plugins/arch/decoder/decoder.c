@@ -20,6 +20,7 @@
 #include "fw/plugin.h"
 
 #include "dims.h"
+#include "hf_gpt2.h"
 
 enum pos_type { POS_LEARNED = 0, POS_ROPE, POS_ALIBI, POS_NONE };
 
@@ -388,6 +389,7 @@ static const struct fw_arch_i iface = {
 	.size = sizeof(struct fw_arch_i),
 	.build = decoder_build,
 	.n_layers = decoder_layers,
+	.hf_maps = (const struct fw_hf_map *const[]){ &decoder_hf_gpt2, NULL },
 };
 
 static const struct fw_plugin plugin = {

@@ -463,10 +463,15 @@ static inline enum fw_status peft_write_safetensors(const struct fw_host *h, con
 {
 	struct peft_text j = { .h = h };
 	size_t off = 0;
-	const void *parts[64];
-	size_t sizes[64];
-	if (n > 64)
-		return h->errorf(err, FW_ERR_INVALID, "%s: too many tensors to export", kind);
+	const void **all = h->malloc(sizeof(*all) * (size_t)(n + 1));
+	size_t *all_n = h->malloc(sizeof(*all_n) * (size_t)(n + 1));
+	if (!all || !all_n) {
+		if (all)
+			h->free(all);
+		if (all_n)
+			h->free(all_n);
+		return h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind);
+	}
 	peft_put(&j, "{\"__metadata__\":{\"format\":\"pt\"}");
 	for (int i = 0; i < n; i++) {
 		size_t nb = fw_nbytes(t[i]);
@@ -476,8 +481,8 @@ static inline enum fw_status peft_write_safetensors(const struct fw_host *h, con
 		for (int d = 0; d < t[i]->ndim; d++)
 			peft_put(&j, "%s%lld", d ? "," : "", (long long)t[i]->ne[d]);
 		peft_put(&j, "],\"data_offsets\":[%zu,%zu]}", off, off + nb);
-		parts[i] = t[i]->data;
-		sizes[i] = nb;
+		all[i + 1] = t[i]->data;
+		all_n[i + 1] = nb;
 		off += nb;
 	}
 	peft_put(&j, "}");
@@ -491,16 +496,12 @@ static inline enum fw_status peft_write_safetensors(const struct fw_host *h, con
 		unsigned char head[8];
 		for (int b = 0; b < 8; b++)
 			head[b] = (unsigned char)(hl >> (8 * b));
-		const void *all[66];
-		size_t all_n[66];
 		all[0] = j.s;
 		all_n[0] = j.n;
-		for (int i = 0; i < n; i++) {
-			all[i + 1] = parts[i];
-			all_n[i + 1] = sizes[i];
-		}
 		st = peft_write_file(h, kind, path, head, 8, all, all_n, n + 1, err);
 	}
+	h->free(all);
+	h->free(all_n);
 	peft_text_free(&j);
 	return st;
 }

@@ -606,9 +606,11 @@ static enum fw_status check_modules(const struct lora *l, const char *path, cons
 }
 
 /* The adapter's base list against this model, by name: every tensor there,
- * with its dtype and shape; no other base parameter here; the same data. */
+ * with its dtype and shape; with exact, no other base parameter here; the
+ * same data. */
 static enum fw_status check_base(const struct lora *l, struct fw_ctx *ctx, const char *path,
-				 const char *list, const char *want_hash, struct fw_err *err)
+				 const char *list, const char *want_hash, bool exact,
+				 struct fw_err *err)
 {
 	const struct fw_host *h = l->host;
 	struct lora_base_entry e;
@@ -645,7 +647,7 @@ static enum fw_status check_base(const struct lora *l, struct fw_ctx *ctx, const
 		hh = lora_hash_tensor(hh, t);
 	}
 	/* A base parameter the adapter's base did not have (an untied head...). */
-	for (int i = 0; i < fw_ctx_n_tensors(ctx); i++) {
+	for (int i = 0; exact && i < fw_ctx_n_tensors(ctx); i++) {
 		struct fw_tensor *t = fw_ctx_tensor(ctx, i);
 		if (!(t->flags & FW_FLAG_PARAM) || carried(l, t))
 			continue;
@@ -725,7 +727,7 @@ static enum fw_status lora_load(void *state, struct fw_model *m, const char *pat
 	    (st = read_attr(l, path, "base_tensors", &list, err)) != FW_OK ||
 	    (st = read_attr(l, path, "base_hash", &hash, err)) != FW_OK ||
 	    (st = check_config(l, path, cfg, err)) != FW_OK ||
-	    (st = check_base(l, ctx, path, list, hash, err)) != FW_OK ||
+	    (st = check_base(l, ctx, path, list, hash, true, err)) != FW_OK ||
 	    (st = check_modules(l, path, mods, err)) != FW_OK)
 		goto out;
 
@@ -767,6 +769,22 @@ out:
 	fw_free(ents);
 	if (own)
 		h->free(own);
+	return st;
+}
+
+/* The adapter's base against model m, whatever the file's rank or targets. */
+static enum fw_status lora_check(void *state, struct fw_model *m, const char *path,
+				 struct fw_err *err)
+{
+	struct lora *l = state;
+	char *list = NULL, *hash = NULL;
+	enum fw_status st;
+	if ((st = peft_check_kind(l->host, LORA_KIND, path, err)) == FW_OK &&
+	    (st = read_attr(l, path, "base_tensors", &list, err)) == FW_OK &&
+	    (st = read_attr(l, path, "base_hash", &hash, err)) == FW_OK)
+		st = check_base(l, m->ctx, path, list, hash, false, err);
+	fw_free(list);
+	fw_free(hash);
 	return st;
 }
 
@@ -830,6 +848,222 @@ static enum fw_status lora_unmerge(void *state, struct fw_model *m, struct fw_er
 }
 
 /* --- life cycle --------------------------------------------------------------------------- */
+
+/* --- PEFT export ----------------------------------------------------------------------------- */
+
+/* One lora_modules line per adapted layer, parsed (h->malloc'd array). */
+static enum fw_status read_modules(const struct fw_host *h, const char *path, const char *text,
+				   struct lora_module_entry **mods, int *n, struct fw_err *err)
+{
+	int cap = 1;
+	for (const char *s = text; *s; s++)
+		cap += *s == '\n';
+	*n = 0;
+	if (!(*mods = h->malloc(sizeof(**mods) * (size_t)cap)))
+		return h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
+	bool ok;
+	for (const char *s = text, *next; *n < cap; s = next) {
+		next = lora_module_next(s, &(*mods)[*n], &ok);
+		if (!ok)
+			return h->errorf(err, FW_ERR_FORMAT, "peft/lora: %s: attribute 'lora_modules' "
+					 "is malformed (line %d)", path, *n + 1);
+		if (!next)
+			break;
+		if (!isfinite((*mods)[*n].scaling))
+			return h->errorf(err, FW_ERR_FORMAT, "peft/lora: %s: %s: scaling %g", path,
+					 (*mods)[*n].name, (*mods)[*n].scaling);
+		(*n)++;
+	}
+	if (*n == 0)
+		return h->errorf(err, FW_ERR_FORMAT, "peft/lora: %s: the adapter adapts no layer",
+				 path);
+	return FW_OK;
+}
+
+/* The factor NAME.lora_WHICH.weight of the file, f32 (d0, d1). */
+static enum fw_status factor(const struct fw_host *h, const char *path,
+			     const struct peft_tensors *ts, const char *mod, const char *which,
+			     int64_t d0, int64_t d1, struct fw_err *err)
+{
+	char name[FW_NAME_MAX + 32];
+	snprintf(name, sizeof(name), "%s.lora_%s.weight", mod, which);
+	const struct fw_tensor *t = peft_tensors_find(ts, name);
+	if (!t)
+		return h->errorf(err, FW_ERR_FORMAT, "peft/lora: %s: tensor '%s' missing", path,
+				 name);
+	if (t->ndim != 2 || t->ne[0] != d0 || t->ne[1] != d1)
+		return h->errorf(err, FW_ERR_SHAPE, "peft/lora: %s: tensor '%s' is [%lld, %lld], "
+				 "expected [%lld, %lld]", path, name, (long long)t->ne[0],
+				 (long long)(t->ndim > 1 ? t->ne[1] : 0), (long long)d0,
+				 (long long)d1);
+	return FW_OK;
+}
+
+/* target_modules: a layer kind adapted everywhere in the base is named by
+ * its last part ("c_attn"), a partial choice by the layers' names; with
+ * the layers whose rank or alpha differ from the options' in the patterns. */
+static void export_targets(const struct lora_module_entry *mods, int n, const char *base_list,
+			   int64_t r, double alpha, struct peft_text *tg, struct peft_text *rp,
+			   struct peft_text *ap)
+{
+	for (int i = 0; i < n; i++) {
+		const char *nm = mods[i].name, *dot = strrchr(nm, '.');
+		const char *last = dot ? dot + 1 : nm;
+		int adapted = 0, total = 0;
+		for (int k = 0; k < n; k++) {
+			const char *d2 = strrchr(mods[k].name, '.');
+			adapted += !strcmp(d2 ? d2 + 1 : mods[k].name, last);
+		}
+		struct lora_base_entry e;
+		bool ok;
+		for (const char *s = base_list, *next; (next = lora_base_next(s, &e, &ok)); s = next) {
+			size_t el = strlen(e.name), ll = strlen(last);
+			total += e.ndim == 2 && el > ll + 8 && !strcmp(e.name + el - 7, ".weight") &&
+				 !strncmp(e.name + el - 7 - ll, last, ll) && e.name[el - 8 - ll] == '.';
+		}
+		const char *entry = adapted == total ? last : nm;
+		char quoted[FW_NAME_MAX + 4];
+		snprintf(quoted, sizeof(quoted), "\"%s\"", entry);
+		if (!tg->s || !strstr(tg->s, quoted)) {
+			peft_put(tg, "%s", tg->n ? ", " : "");
+			peft_put_json(tg, entry);
+		}
+		if (mods[i].r != r) {
+			peft_put(rp, "%s", rp->n ? ", " : "");
+			peft_put_json(rp, nm);
+			peft_put(rp, ": %lld", (long long)mods[i].r);
+		}
+		if (fabs(mods[i].alpha - alpha) > 1e-9 * fabs(alpha)) {
+			peft_put(ap, "%s", ap->n ? ", " : "");
+			peft_put_json(ap, nm);
+			peft_put(ap, ": %.17g", mods[i].alpha);
+		}
+	}
+	peft_put(tg, "%s", "");
+	peft_put(rp, "%s", "");
+	peft_put(ap, "%s", "");
+}
+
+/* A LoRA adapter file in PEFT's layout: the factors under PEFT's keys (a
+ * layer's trained bias is its base_layer.bias), adapter_config.json with
+ * the options the adapter was trained with. */
+static enum fw_status lora_export(const struct fw_host *h, const char *adapter, const char *dir,
+				  const char *base_model, struct fw_err *err)
+{
+	char *cfg_ini = NULL, *mods_text = NULL, *base_list = NULL;
+	struct lora_module_entry *mods = NULL;
+	struct peft_tensors ts = { .h = h };
+	struct peft_text cfg = { .h = h }, tg = { .h = h }, rp = { .h = h }, ap = { .h = h };
+	const struct fw_tensor **tp = NULL;
+	char **keys = NULL;
+	int n_mods = 0;
+	enum fw_status st;
+	char path[4300];
+	if ((st = peft_check_kind(h, LORA_KIND, adapter, err)) != FW_OK ||
+	    (st = peft_attr(h, LORA_KIND, adapter, "config", &cfg_ini, err)) != FW_OK ||
+	    (st = peft_attr(h, LORA_KIND, adapter, "lora_modules", &mods_text, err)) != FW_OK ||
+	    (st = peft_attr(h, LORA_KIND, adapter, "base_tensors", &base_list, err)) != FW_OK ||
+	    (st = read_modules(h, adapter, mods_text, &mods, &n_mods, err)) != FW_OK ||
+	    (st = peft_tensors_read(h, LORA_KIND, adapter, &ts, err)) != FW_OK)
+		goto out;
+	for (int i = 0; i < n_mods; i++)
+		if ((st = factor(h, adapter, &ts, mods[i].name, "A", mods[i].r, mods[i].in,
+				 err)) != FW_OK ||
+		    (st = factor(h, adapter, &ts, mods[i].name, "B", mods[i].out, mods[i].r,
+				 err)) != FW_OK)
+			goto out;
+	char r_s[32] = "8", alpha_s[32] = "8", drop_s[32] = "0", bias_s[32] = "none";
+	char rs_s[16] = "false", init_s[32] = "kaiming";
+	peft_ini_get(cfg_ini, LORA_KIND, "lora-r", r_s, sizeof(r_s));
+	peft_ini_get(cfg_ini, LORA_KIND, "lora-alpha", alpha_s, sizeof(alpha_s));
+	peft_ini_get(cfg_ini, LORA_KIND, "lora-dropout", drop_s, sizeof(drop_s));
+	peft_ini_get(cfg_ini, LORA_KIND, "lora-bias", bias_s, sizeof(bias_s));
+	peft_ini_get(cfg_ini, LORA_KIND, "lora-use-rslora", rs_s, sizeof(rs_s));
+	peft_ini_get(cfg_ini, LORA_KIND, "lora-init", init_s, sizeof(init_s));
+	int64_t r = strtoll(r_s, NULL, 10);
+	double alpha = strtod(alpha_s, NULL), drop = strtod(drop_s, NULL);
+
+	tp = h->malloc(sizeof(*tp) * (size_t)(ts.n + 1));
+	keys = h->malloc(sizeof(*keys) * (size_t)(ts.n + 1));
+	if (!tp || !keys) {
+		st = h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
+		goto out;
+	}
+	memset(keys, 0, sizeof(*keys) * (size_t)(ts.n + 1));
+	for (int i = 0; i < ts.n; i++) {
+		const char *tn = ts.t[i].name;
+		char hf[2 * FW_NAME_MAX], mod[FW_NAME_MAX];
+		size_t l = strlen(tn), kl;
+		bool adapted_bias = false;
+		if (l > 5 && !strcmp(tn + l - 5, ".bias")) {
+			snprintf(mod, sizeof(mod), "%.*s", (int)(l - 5), tn);
+			for (int k = 0; k < n_mods && !adapted_bias; k++)
+				adapted_bias = !strcmp(mods[k].name, mod);
+		}
+		peft_hf_name(adapted_bias ? mod : tn, hf, sizeof(hf));
+		kl = strlen(hf) + 40;
+		if (!(keys[i] = h->malloc(kl))) {
+			st = h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
+			goto out;
+		}
+		snprintf(keys[i], kl, "base_model.model.%s%s", hf,
+			 adapted_bias ? ".base_layer.bias" : "");
+		tp[i] = &ts.t[i];
+	}
+	export_targets(mods, n_mods, base_list, r, alpha, &tg, &rp, &ap);
+	peft_put(&cfg, "{\n  \"alpha_pattern\": {%s},\n  \"base_model_name_or_path\": ", ap.s);
+	if (base_model)
+		peft_put_json(&cfg, base_model);
+	else
+		peft_put(&cfg, "null");
+	peft_put(&cfg, ",\n  \"bias\": ");
+	peft_put_json(&cfg, bias_s);
+	peft_put(&cfg, ",\n  \"fan_in_fan_out\": true,\n  \"inference_mode\": true,\n"
+		 "  \"init_lora_weights\": %s,\n  \"layers_pattern\": null,\n"
+		 "  \"layers_to_transform\": null,\n",
+		 strcmp(init_s, "gaussian") ? "true" : "\"gaussian\"");
+	if (alpha == floor(alpha) && fabs(alpha) < 1e15)
+		peft_put(&cfg, "  \"lora_alpha\": %lld,\n", (long long)alpha);
+	else
+		peft_put(&cfg, "  \"lora_alpha\": %.17g,\n", alpha);
+	peft_put(&cfg, "  \"lora_bias\": false,\n  \"lora_dropout\": %.17g%s,\n"
+		 "  \"modules_to_save\": null,\n  \"peft_type\": \"LORA\",\n  \"r\": %lld,\n"
+		 "  \"rank_pattern\": {%s},\n  \"revision\": null,\n  \"target_modules\": [%s],\n"
+		 "  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": false,\n  \"use_rslora\": %s\n}\n",
+		 drop, drop == floor(drop) ? ".0" : "", (long long)r, rp.s, tg.s,
+		 !strcmp(rs_s, "true") ? "true" : "false");
+	if (cfg.oom || tg.oom || rp.oom || ap.oom) {
+		st = h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
+		goto out;
+	}
+	if ((st = peft_join(h, LORA_KIND, path, sizeof(path), dir, "adapter_model.safetensors",
+			    err)) != FW_OK ||
+	    (st = peft_write_safetensors(h, LORA_KIND, path, tp, (const char *const *)keys, ts.n,
+					 err)) != FW_OK ||
+	    (st = peft_join(h, LORA_KIND, path, sizeof(path), dir, "adapter_config.json",
+			    err)) != FW_OK)
+		goto out;
+	st = peft_write_file(h, LORA_KIND, path, cfg.s, cfg.n, NULL, NULL, 0, err);
+out:
+	for (int i = 0; keys && i < ts.n; i++)
+		if (keys[i])
+			h->free(keys[i]);
+	if (keys)
+		h->free(keys);
+	if (tp)
+		h->free(tp);
+	if (mods)
+		h->free(mods);
+	peft_text_free(&cfg);
+	peft_text_free(&tg);
+	peft_text_free(&rp);
+	peft_text_free(&ap);
+	peft_tensors_free(&ts);
+	fw_free(cfg_ini);
+	fw_free(mods_text);
+	fw_free(base_list);
+	return st;
+}
 
 static void lora_fini(void *state)
 {
@@ -920,6 +1154,8 @@ static const struct fw_peft_i iface = {
 	.load = lora_load,
 	.merge = lora_merge,
 	.unmerge = lora_unmerge,
+	.export_peft = lora_export,
+	.check = lora_check,
 };
 
 static const char *const bias_choices[] = { "none", "all", "lora_only", NULL };

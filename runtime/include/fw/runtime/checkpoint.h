@@ -13,6 +13,9 @@
  *   seed           the run's seed
  *   optimizer      the optim plugin's name ("" when none)
  *   tokenizer      fw_tokenizer_serialize of the run's tokenizer (absent: none)
+ *   owners         which plugin made each parameter: one "TENSOR PLUGIN" line
+ *                  each ("h.0.attn.c_attn.lora_A peft/lora"); absent in
+ *                  files written before it or without the plugins
  *
  * Files of a run directory are named ckpt-<8 digits>.h5 (by step) and
  * adapter-<8 digits>.h5 (the peft plugin's adapter-only file); a writer's
@@ -23,6 +26,7 @@
 
 #include <stdint.h>
 
+#include "fw/loader.h"
 #include "fw/tensor.h"
 
 #ifdef __cplusplus
@@ -32,6 +36,7 @@ extern "C" {
 #define FW_CKPT_ATTR_MARK "fw_checkpoint"
 #define FW_CKPT_ATTR_CONFIG "config"
 #define FW_CKPT_ATTR_TOKENIZER "tokenizer"
+#define FW_CKPT_ATTR_OWNERS "owners"
 
 struct fw_rt_ckpt_meta {
 	const char *config;               /* may be NULL: "" is stored */
@@ -39,6 +44,9 @@ struct fw_rt_ckpt_meta {
 	const char *tokenizer;            /* NULL: no tokenizer attribute */
 	int64_t step, data_epoch, data_cursor, tokens;
 	int64_t seed;
+	/* The model's plugins: the owners attribute (fw_rt_param_owner of each
+	 * parameter). NULL: no owners attribute. */
+	const struct fw_plugin_slots *plugins;
 };
 
 /* Writes a checkpoint (atomically, through fw_h5_save): params[0..n_params)
@@ -61,6 +69,10 @@ enum fw_status fw_rt_ckpt_read_progress(const char *path, struct fw_rt_ckpt_meta
 /* The configuration attribute of a checkpoint, weights or adapter file
  * (fw_malloc'd INI text, caller fw_free()s it); FW_ERR_NOT_FOUND without one. */
 enum fw_status fw_rt_ckpt_read_config(const char *path, char **config, struct fw_err *err);
+
+/* The plugin that owns tensor name by path's owners attribute: fw_malloc'd
+ * "kind/name", or NULL when the file does not say (no attribute, no line). */
+char *fw_rt_ckpt_owner(const char *path, const char *name);
 
 /* N when name is exactly prefix, decimal digits, suffix ("ckpt-", N, ".h5");
  * -1 otherwise (signs, spaces, trailing text, a temporary file). */

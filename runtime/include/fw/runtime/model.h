@@ -51,6 +51,17 @@ struct fw_rt_model_spec {
 enum fw_status fw_rt_model_build(const struct fw_rt_model_spec *spec, struct fw_ctx *ctx,
 				 struct fw_model *m, struct fw_err *err);
 
+/* A second instance of plugin p (opened from p's path), with p's option
+ * values, initialised: plugin state for another model, or for a model
+ * built once to check options and thrown away. fw_plugin_close frees it. */
+enum fw_status fw_rt_plugin_twin(const struct fw_loaded *p, struct fw_loaded **twin,
+				 struct fw_err *err);
+
+/* The plugin that created parameter p of a model built from plugins: the
+ * peft or attention plugin when one of its hooks made it (the host marks
+ * those, FW_FLAG_BY_PEFT / FW_FLAG_BY_ATTENTION), else the arch ("kind/name"). */
+const char *fw_rt_param_owner(const struct fw_tensor *p, const struct fw_plugin_slots *plugins);
+
 /* The arch's attention layers, for the caches of a decoding model; 0 when
  * the arch cannot generate. */
 int fw_rt_model_n_layers(const struct fw_plugin_slots *plugins);
@@ -85,8 +96,9 @@ enum fw_status fw_rt_model_load_weights(const char *path, struct fw_tensor *cons
 					bool base_only, int *n_new, const struct fw_rt_log *log,
 					struct fw_err *err);
 
-/* FW_ERR_INVALID, one line naming the first few and the plugins the file's
- * run had that these plugins lack, for the tensors of path that are neither
+/* FW_ERR_INVALID, one line naming the first few and the plugins that own
+ * them (the file's owners attribute; without one, the plugins the file's run
+ * had that these plugins lack), for the tensors of path that are neither
  * in params[0..n) nor optimizer state: trained tensors a run would silently
  * drop. With base_only, logs (warning) which it drops and returns FW_OK.
  * plugins NULL: the arch's tensors only (an export). */
