@@ -31,6 +31,7 @@ PACKAGES=(
 	nodejs              # runs GPT-2's reference encoder (npm gpt-3-encoder)
 	npm                 # fetches that encoder
 	fortunes            # the demo corpus: English quotations
+	openmpi-bin         # mpirun: fwrun sweep --launcher=mpi spreads trials over ranks (tests/sweep_cli.py); 24 s to install here
 )
 
 missing=()
