@@ -481,6 +481,107 @@ def check_slurm(fw, work):
     R.check("slurm: --trial past the end is exit 2", q.returncode == 2, q.stderr.strip())
 
 
+def png_pixels(path):
+    """A PNG (8-bit RGB or RGBA, as Chromium writes) as a numpy array, by zlib."""
+    import struct
+    import zlib
+    data = open(path, "rb").read()
+    pos, idat, w = 8, b"", 0
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            w, h, depth, color = struct.unpack(">IIBB", body[:10])
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    bpp = {2: 3, 6: 4}[color]
+    raw = zlib.decompress(idat)
+    out = np.zeros((h, w * bpp), dtype=np.int64)
+    stride = w * bpp
+    for y in range(h):
+        f, line = raw[y * (stride + 1)], np.frombuffer(raw, np.uint8, stride, y * (stride + 1) + 1)
+        line = line.astype(np.int64)
+        prev = out[y - 1] if y else np.zeros(stride, np.int64)
+        cur = np.zeros(stride, np.int64)
+        for x in range(stride):
+            a = cur[x - bpp] if x >= bpp else 0
+            b, c = prev[x], (prev[x - bpp] if x >= bpp else 0)
+            if f == 0:
+                p = 0
+            elif f == 1:
+                p = a
+            elif f == 2:
+                p = b
+            elif f == 3:
+                p = (a + b) // 2
+            else:
+                pa, pb, pc = abs(b - c), abs(a - c), abs(a + b - 2 * c)
+                p = a if pa <= pb and pa <= pc else (b if pb <= pc else c)
+            cur[x] = (line[x] + p) & 255
+        out[y] = cur
+    return out.reshape(h, w, bpp)
+
+
+def check_report(fw, work):
+    """fwrun report on the sweeps above: table order and aggregates against the
+    records (NumPy), and report.html in headless Chromium."""
+    d = f"{work}/mpi"               # 3 lr values x 2 seeds, metric loss
+    if not os.path.exists(f"{d}/sweep.jsonl"):
+        check_mpi(fw, work)
+    p = fw("report", d)
+    R.check("report: exit 0 and the files", p.returncode == 0 and all(
+        os.path.exists(f"{d}/report/{f}") for f in ("results.md", "results.csv", "report.html",
+                                                   "train_loss.svg", "eval_loss.svg",
+                                                   "metric_vs_lr.svg")), p.stderr.strip())
+    recs = all_records(d)
+    rows = [line.split(",") for line in open(f"{d}/report/results.csv").read().splitlines()]
+    head, rows = rows[0], rows[1:]
+    want = sorted(recs, key=lambda r: r["final"])
+    R.check("report: CSV sorted by the final metric, lr a column, seeds and values from the records",
+            head[:4] == ["rank", "trial", "lr", "seed"] and
+            [(r[2], int(r[3]), float(r[5])) for r in rows] ==
+            [(w["params"]["lr"], w["seed"], float("%.6g" % w["final"])) for w in want],
+            f"{head} {rows[:2]}")
+    md = open(f"{d}/report/results.md").read()
+    ok = True
+    for lr in ("1e-3", "3e-3", "1e-2"):
+        x = [r["final"] for r in recs if r["params"]["lr"] == lr]
+        line = [l for l in md.splitlines() if l.startswith(f"| {lr} | 2 |")]
+        ok &= len(line) == 1 and line[0] == f"| {lr} | 2 | {np.mean(x):.6g} | {np.std(x, ddof=1):.6g} |"
+    R.check("report: mean and sample std per configuration equal NumPy's", ok)
+    R.check("report: the best configuration named", f"Best: t{want[0]['index'] + 1} lr=" in md)
+    # several runs: the options that differ become the axes
+    runs = [f"{d}/{r['dir']}" for r in recs if r["index"] in (0, 2)]     # lr 1e-3, 3e-3
+    p = fw("report", *runs, f"--out={work}/runs-report")
+    md2 = open(f"{work}/runs-report/results.md").read() if p.returncode == 0 else ""
+    R.check("report: two run directories, their differing options as columns",
+            p.returncode == 0 and "| rank | trial | lr | seed |" in md2 and
+            md2.count("\n| 1 |") + md2.count("\n| 2 |") == 2, p.stderr.strip())
+    chromium = shutil.which("chromium")
+    if not R.check("report: chromium (Debian's) is installed", chromium is not None):
+        return
+    html = f"file://{d}/report/report.html"
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             "--enable-logging=stderr", "--v=0"]
+    dom = subprocess.run(flags + ["--dump-dom", html], capture_output=True, text=True, timeout=120)
+    console = [l for l in dom.stderr.splitlines() if "CONSOLE" in l or "Uncaught" in l]
+    R.check("report: the page loads in headless Chromium without console messages",
+            dom.returncode == 0 and "</html>" in dom.stdout and not console, "\n".join(console))
+    figure = dom.stdout.split('<figure id="train-loss">')[1].split("</figure>")[0] \
+        if '<figure id="train-loss">' in dom.stdout else ""
+    series = figure.count('<g id="gnuplot_plot_')
+    R.check("report: the train-loss chart has one series per trial", series == len(recs) == 6,
+            f"{series} series, {len(recs)} trials")
+    shot = f"{work}/report.png"
+    subprocess.run(flags + ["--window-size=1000,1400", f"--screenshot={shot}", html],
+                   capture_output=True, text=True, timeout=120)
+    px = png_pixels(shot) if os.path.exists(shot) else np.zeros((1, 1, 3))
+    dark = np.mean(px[:, :, :3].min(axis=2) < 200)
+    R.check("report: the screenshot is not blank", dark > 0.01 and len(np.unique(px)) > 10,
+            f"{dark:.3f} of the pixels drawn")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fwrun", required=True)
@@ -502,7 +603,8 @@ def main():
                   ("failing_trial", lambda: check_failing_trial(fw, work)),
                   ("kill_resume", lambda: check_kill_resume(fw, work)),
                   ("rules_live", lambda: check_rules_live(fw, work)),
-                  ("mpi", lambda: check_mpi(fw, work)), ("slurm", lambda: check_slurm(fw, work))]
+                  ("mpi", lambda: check_mpi(fw, work)), ("slurm", lambda: check_slurm(fw, work)),
+                  ("report", lambda: check_report(fw, work))]
         for name, check in checks:
             if a.only in name:
                 check()
