@@ -339,6 +339,27 @@ def check_kill_resume(fw, work):
     same = all(curves(f"{work}/ref/trials/{t['id']}") == curves(f"{work}/cut/trials/{t['id']}")
                for t in trials)
     R.check("resume: every step's loss, lr, grad norm and eval loss equal, bit for bit", same)
+    # SIGTERM: the running trial stops after its step and is not recorded; a rerun finishes it
+    first = f"{work}/term/trials/{trials[0]['id']}"
+
+    def mid_first():
+        try:
+            return any(json.loads(l).get("step", 0) >= 12 for l in open(f"{first}/metrics.jsonl"))
+        except (OSError, ValueError):
+            return False
+    p = run_until(fw, ["sweep", path, f"--dir={work}/term"], mid_first)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate()
+    R.check("SIGTERM: exit 1, the running trial left for the rerun, not recorded as done",
+            p.returncode == 1 and "interrupted at step" in err and not records(f"{work}/term"),
+            err[-300:])
+    again = fw("sweep", path, f"--dir={work}/term", timeout=300)
+    c = records(f"{work}/term")
+    R.check("SIGTERM: the rerun's results equal the uninterrupted sweep's",
+            again.returncode == 0 and c.keys() == a.keys() and
+            all({k: a[i][k] for k in keys} == {k: c[i][k] for k in keys} for i in a) and
+            all(curves(f"{work}/ref/trials/{t['id']}") == curves(f"{work}/term/trials/{t['id']}")
+                for t in trials))
     third = fw("sweep", path, f"--dir={work}/cut")
     R.check("resume: a third run has nothing to do", third.returncode == 0 and
             "0 to run, 2 finished before" in third.stderr and len(all_records(f"{work}/cut")) == 2,

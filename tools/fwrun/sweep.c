@@ -44,6 +44,15 @@ static const char sweep_usage[] =
 
 enum { EXIT_FAILED_TRIALS = 10 };
 
+/* SIGINT/SIGTERM: no new trials; the running ones stop after their step
+ * and save (fwrun train's own handling), and are resumed by a rerun. */
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+	interrupted = sig;
+}
+
 static double now_s(void)
 {
 	struct timespec ts;
@@ -405,6 +414,16 @@ static int finish_trial(struct sweep_run *r, struct running *run, int status,
 	struct run_curves c;
 	bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
 	curves_read(run->dir, &c);
+	int64_t last = c.n_train ? c.train_step[c.n_train - 1] : 0;
+	if (run->iters <= 0)
+		run->iters = config_int(run->dir, "train-iters", 0);
+	if ((ok && !run->stop_rule && last < run->iters) || (!ok && interrupted)) {
+		fprintf(stderr, "sweep: trial %lld/%lld %s interrupted at step %lld; the same "
+			"command resumes it\n", (long long)run->t.index + 1, (long long)r->total,
+			run->t.id, (long long)last);
+		curves_free(&c);
+		return 0;
+	}
 	if (ok && run->stop_rule)
 		truncate_curves(&c, run->stop_step);
 	const int64_t *step;
@@ -590,7 +609,16 @@ static int run_trials(struct sweep_run *r, const int64_t *todo, int64_t n_todo, 
 	int64_t next = 0;
 	if (!runs)
 		return die(EXIT_RUNTIME, "out of memory");
+	bool forwarded = false;
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
 	while ((next < n_todo || n_run > 0) && !rc) {
+		if (interrupted && !forwarded) {   /* a terminal's ^C reached them already */
+			for (int i = 0; i < n_run; i++)
+				kill(runs[i].pid, SIGTERM);
+			forwarded = true;
+			next = n_todo;
+		}
 		while (n_run < jobs && next < n_todo && !rc) {
 			struct running *x = &runs[n_run];
 			struct fw_err err = { 0 };
@@ -634,6 +662,8 @@ static int run_trials(struct sweep_run *r, const int64_t *todo, int64_t n_todo, 
 		draw(r, runs, n_run);
 		usleep(200000);
 	}
+	signal(SIGINT, SIG_DFL);
+	signal(SIGTERM, SIG_DFL);
 	clear_drawn(r);
 	for (int i = 0; i < n_run; i++) {      /* only after an error of the sweep itself */
 		kill(runs[i].pid, SIGTERM);
@@ -877,6 +907,9 @@ int cmd_sweep(int argc, char **argv)
 	fw_sweep_free(&r.sw);
 	if (rc)
 		return rc;
+	if (interrupted)
+		return die(EXIT_RUNTIME, "sweep: %s; the same command goes on where it stopped",
+			   interrupted == SIGINT ? "interrupted" : "terminated");
 	fprintf(stderr, "sweep: %d trials run, %d failed; results in %s/sweep.jsonl\n",
 		r.finished, r.failed, dir);
 	return r.failed ? EXIT_FAILED_TRIALS + (r.failed < 100 ? r.failed : 100) : EXIT_OK;
