@@ -59,10 +59,14 @@ def sweep(fw, work, name, text, *extra):
     with open(path, "w") as f:
         f.write(text)
     d = os.path.join(work, name)
-    _, wall = run([fw, "sweep", path, f"--dir={d}"] + list(extra))
+    # 10 + n: n trials failed; they are listed, the others reported
+    _, wall = run([fw, "sweep", path, f"--dir={d}"] + list(extra), ok=range(0, 111))
     run([fw, "report", d])
     recs = [json.loads(line) for line in open(os.path.join(d, "sweep.jsonl"))]
-    return d, recs, wall
+    for r in recs:
+        if r["status"] == "failed":
+            print(f"failed trial {r['index'] + 1} {r['params']}: {r['error']}\n")
+    return d, [r for r in recs if r["status"] != "failed"], wall
 
 
 def results_md(d):

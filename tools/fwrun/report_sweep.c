@@ -117,6 +117,19 @@ static int add_sweep(struct report *r, const char *dir)
 	return 0;
 }
 
+/* config.ini's [run] keys as they are, a plugin's as SECTION.KEY. */
+static void config_entry(void *arg, const char *section, const char *key, const char *value)
+{
+	char k[300];
+	if (!key)
+		return;
+	if (*section && strcmp(section, "run"))
+		snprintf(k, sizeof(k), "%s.%s", section, key);
+	else
+		snprintf(k, sizeof(k), "%s", key);
+	json_object_set_new(arg, k, json_string(value));
+}
+
 /* A run directory: its config.ini's options become axes where runs differ. */
 static int add_run(struct report *r, const char *dir)
 {
@@ -132,23 +145,8 @@ static int add_run(struct report *r, const char *dir)
 	size_t n;
 	snprintf(path, sizeof(path), "%s/config.ini", dir);
 	char *text = fw_rt_read_file(path, &n, NULL);
-	struct fw_err err = { 0 };
-	struct fw_sweep cfg;      /* a config.ini reads as a sweep file's base */
-	char *with_axis = NULL;
-	if (text && asprintf(&with_axis, "%s\n[grid]\nrun = x\n", text) > 0 &&
-	    fw_sweep_parse_text(with_axis, path, &cfg, &err) == FW_OK) {
-		for (int i = 0; i < cfg.n_base; i++) {
-			char key[300];
-			const struct fw_sweep_entry *e = &cfg.base[i];
-			if (*e->section && strcmp(e->section, "run"))
-				snprintf(key, sizeof(key), "%s.%s", e->section, e->key);
-			else
-				snprintf(key, sizeof(key), "%s", e->key);
-			json_object_set_new(t->params, key, json_string(e->value));
-		}
-		fw_sweep_free(&cfg);
-	}
-	free(with_axis);
+	if (text)
+		fw_rt_ini_each(text, config_entry, t->params);
 	free(text);
 	const char *seed = json_string_value(json_object_get(t->params, "seed"));
 	t->seed = seed ? strtoll(seed, NULL, 10) : -1;
