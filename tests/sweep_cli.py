@@ -294,6 +294,25 @@ def check_failing_trial(fw, work):
             r["best"] <= r["final"] and r.get("threads") == 1, json.dumps(r)[:300])
 
 
+def pids_with(arg):
+    """The processes with arg in their command line."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            if d.isdigit() and arg in open(f"/proc/{d}/cmdline", "rb").read().decode().split("\0"):
+                out.append(int(d))
+        except OSError:
+            pass
+    return out
+
+
+def running(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def run_until(fw, args, cond, timeout=120):
     p = subprocess.Popen([fw.exe] + args, env=fw.env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
@@ -319,12 +338,13 @@ def check_kill_resume(fw, work):
             return False
     p = run_until(fw, ["sweep", path, f"--dir={work}/cut"], mid_second)
     alive = p.poll() is None
+    trial_pids = pids_with(f"--run-dir={second}")
     p.send_signal(signal.SIGKILL)
     p.communicate()
     time.sleep(0.5)
-    orphans = subprocess.run(["pgrep", "-f", f"--run-dir={second}"], capture_output=True, text=True)
+    left = [q for q in trial_pids if running(q)]
     R.check("resume: killed -9 mid-trial, and the trial died with it",
-            alive and orphans.stdout.strip() == "", orphans.stdout)
+            alive and len(trial_pids) == 1 and not left, f"trial {trial_pids}, left {left}")
     before = records(f"{work}/cut")
     again = fw("sweep", path, f"--dir={work}/cut", timeout=300)
     log = open(f"{second}/train.log").read()
