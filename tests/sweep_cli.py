@@ -17,6 +17,7 @@ Oracles, none of them fw's output:
     MedianStoppingRule / ASHAScheduler with NumPy (np.median, np.nanpercentile),
     on synthetic curves through tests/sweep_rules_driver, and on the decisions
     a real sweep recorded;
+  - the progress view under script(1)'s pty: redrawn "trial K/N ID step S/M loss L ETA Ts" lines;
   - mpirun -np 2 (Debian's OpenMPI): every trial exactly once, rank r runs trials
     r, r + 2, ...; the Slurm script run by bash as an array task would run it.
 Ends with "sweep_cli: N passed, M failed".
@@ -26,6 +27,7 @@ import itertools
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -623,6 +625,21 @@ def check_report(fw, work):
             f"{dark:.3f} of the pixels drawn")
 
 
+def check_progress(fw, work):
+    """On a terminal (script(1)'s pty): one redrawn line per running trial."""
+    path = write(f"{work}/tty.ini", "[sweep]\nmetric = loss\n" + base(work, iters=200, eval_every=200,
+                                                                       save_every=200) +
+                 "[grid]\nlr = 1e-3, 3e-3\n")
+    cmd = f"'{fw.exe}' sweep '{path}' --dir='{work}/tty' --jobs=2"
+    p = subprocess.run(["script", "-qec", cmd, "/dev/null"], env=fw.env, capture_output=True,
+                       text=True, timeout=300)
+    live = re.findall(r"\x1b\[K  trial [12]/2 [0-9a-f]{16} step (\d+)/200 loss \d+\.\d{4} ETA \d+s",
+                      p.stdout)
+    R.check("progress: on a terminal, lines 'trial K/N ID step S/200 loss L ETA Ts' redrawn in place",
+            p.returncode == 0 and live and all(0 < int(x) <= 200 for x in live) and
+            re.search(r"\x1b\[[12]A", p.stdout) is not None, f"{len(live)} progress lines, rc {p.returncode}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fwrun", required=True)
@@ -645,7 +662,8 @@ def main():
                   ("kill_resume", lambda: check_kill_resume(fw, work)),
                   ("rules_live", lambda: check_rules_live(fw, work)),
                   ("mpi", lambda: check_mpi(fw, work)), ("slurm", lambda: check_slurm(fw, work)),
-                  ("report", lambda: check_report(fw, work))]
+                  ("report", lambda: check_report(fw, work)),
+                  ("progress", lambda: check_progress(fw, work))]
         for name, check in checks:
             if a.only in name:
                 check()

@@ -585,9 +585,13 @@ static void draw(struct sweep_run *r, struct running *runs, int n)
 		double el = now_s() - x->t0;
 		double eta = x->step > 0 && x->iters > x->step ?
 			     el / (double)x->step * (double)(x->iters - x->step) : 0;
-		fprintf(stderr, "\033[K  trial %lld/%lld %s step %lld/%lld loss %.4f ETA %.0fs\n",
-			(long long)x->t.index + 1, (long long)r->total, x->t.id, (long long)x->step,
-			(long long)x->iters, x->loss, eta);
+		if (x->step <= 0 || x->iters <= 0)
+			fprintf(stderr, "\033[K  trial %lld/%lld %s starting\n",
+				(long long)x->t.index + 1, (long long)r->total, x->t.id);
+		else
+			fprintf(stderr, "\033[K  trial %lld/%lld %s step %lld/%lld loss %.4f ETA "
+				"%.0fs\n", (long long)x->t.index + 1, (long long)r->total, x->t.id,
+				(long long)x->step, (long long)x->iters, x->loss, eta);
 	}
 	for (int i = n; i < r->lines_drawn; i++)
 		fprintf(stderr, "\033[K\n");
