@@ -31,6 +31,9 @@ PACKAGES=(
 	nodejs              # runs GPT-2's reference encoder (npm gpt-3-encoder)
 	npm                 # fetches that encoder
 	fortunes            # the demo corpus: English quotations
+	gnuplot-nox         # fwrun report's plots (SVG, inlined in report.html); 6 s to install here
+	chromium            # tests/sweep_cli.py loads report.html headless: console, screenshot, series; 21 s here
+	openmpi-bin         # mpirun: fwrun sweep --launcher=mpi spreads trials over ranks (tests/sweep_cli.py); 24 s to install here
 )
 
 missing=()

@@ -100,6 +100,8 @@ int cmd_import(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
+int cmd_sweep(int argc, char **argv);      /* sweep.c */
+int cmd_report(int argc, char **argv);     /* report_sweep.c */
 
 /* --- PEFT adapters (adapter.c) ------------------------------------------------------- */
 

@@ -20,6 +20,8 @@ static const char usage[] =
 	"  export-adapter  LoRA adapter to Hugging Face PEFT's layout\n"
 	"  tokenize   text or JSONL files to token shards (byte or GPT-2 BPE)\n"
 	"  info       version, CPU features, oneDNN ISA, OpenMP threads, kernel per dtype\n"
+	"  sweep      run a sweep file's trials (grid, random, seeds), parallel and resumable\n"
+	"  report     results table and plots of runs and sweeps (markdown, CSV, HTML)\n"
 	"\n"
 	"Plugins are named KIND/NAME (arch/decoder, optim/adamw, ...) and found in\n"
 	"FW_PLUGIN_PATH, the install directory, then the build tree.\n"
@@ -62,9 +64,13 @@ int main(int argc, char **argv)
 		return cmd_tokenize(argc, argv);
 	if (!strcmp(cmd, "info"))
 		return cmd_info(argc, argv);
+	if (!strcmp(cmd, "sweep"))
+		return cmd_sweep(argc, argv);
+	if (!strcmp(cmd, "report"))
+		return cmd_report(argc, argv);
 	static const char *const cmds[] = { "train", "eval", "generate", "plan", "list",
 					    "import", "export", "merge", "export-adapter", "tokenize",
-					    "info" };
+					    "info", "sweep", "report" };
 	const char *near = fw_nearest_name(cmd, cmds, (int)(sizeof(cmds) / sizeof(cmds[0])));
 	return fail(FW_ERR_INVALID, "unknown command '%s'%s%s%s (see fwrun --help)", cmd,
 		   near ? "; did you mean '" : "", near ? near : "", near ? "'?" : "");
