@@ -135,7 +135,7 @@ static int add_run(struct report *r, const char *dir)
 {
 	struct trial *t = new_trial(r);
 	if (!t)
-		return die(EXIT_RUNTIME, "out of memory");
+		return fail(FW_ERR_NOMEM, "out of memory");
 	const char *base = strrchr(dir, '/') && strrchr(dir, '/')[1] ? strrchr(dir, '/') + 1 : dir;
 	snprintf(t->label, sizeof(t->label), "%.63s", base);
 	snprintf(t->dir, sizeof(t->dir), "%s", dir);
@@ -432,14 +432,14 @@ static int write_data(const char *out, struct report *r, FILE *gp)
 	snprintf(path, sizeof(path), "%s/data", out);
 	struct fw_err err = { 0 };
 	if (fw_dir_make(path, &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status ? err.status : FW_ERR_IO, "%s", err.msg);
 	for (int i = 0; i < r->n; i++) {
 		struct trial *t = &r->t[i];
 		for (int e = 0; e < 2; e++) {
 			snprintf(path, sizeof(path), "%s/data/%d.%s", out, i, e ? "eval" : "train");
 			FILE *f = fopen(path, "w");
 			if (!f)
-				return die(EXIT_RUNTIME, "%s: %s", path, strerror(errno));
+				return fail(FW_ERR_IO, "%s: %s", path, strerror(errno));
 			int n = e ? t->c.n_eval : t->c.n_train;
 			for (int k = 0; k < n; k++)
 				fprintf(f, "%lld %.9g\n", (long long)(e ? t->c.eval_step : t->c.train_step)[k],
@@ -476,7 +476,7 @@ static int write_data(const char *out, struct report *r, FILE *gp)
 		snprintf(path, sizeof(path), "%s/data/axis%d", out, a);
 		FILE *f = fopen(path, "w");
 		if (!f)
-			return die(EXIT_RUNTIME, "%s: %s", path, strerror(errno));
+			return fail(FW_ERR_IO, "%s: %s", path, strerror(errno));
 		bool positive, numeric = all_numeric(r, r->axis[a], &positive);
 		const char *cats[512];
 		int n_cats = 0;
@@ -512,11 +512,11 @@ static int run_gnuplot(const char *script)
 	char *argv[] = { "gnuplot", (char *)script, NULL };
 	int e = posix_spawnp(&pid, "gnuplot", NULL, NULL, argv, environ);
 	if (e)
-		return die(EXIT_RUNTIME, "report: cannot run gnuplot (%s); install Debian's gnuplot-nox",
+		return fail(FW_ERR_IO, "report: cannot run gnuplot (%s); install Debian's gnuplot-nox",
 			   strerror(e));
 	int status;
 	if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status))
-		return die(EXIT_RUNTIME, "report: gnuplot failed on %s", script);
+		return fail(FW_ERR_IO, "report: gnuplot failed on %s", script);
 	return 0;
 }
 
@@ -540,7 +540,7 @@ static int write_file(const char *out, const char *name, const char *text, size_
 	struct fw_err err = { 0 };
 	snprintf(path, sizeof(path), "%s/%s", out, name);
 	if (fw_file_write_atomic(path, text, len, &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status ? err.status : FW_ERR_IO, "%s", err.msg);
 	return 0;
 }
 
@@ -551,7 +551,7 @@ static int write_outputs(const char *out, struct report *r)
 	int rc = 0;
 	struct fw_err err = { 0 };
 	if (fw_dir_make(out, &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status ? err.status : FW_ERR_IO, "%s", err.msg);
 	const struct trial *best = r->n && !isnan(r->t[0].final) ? &r->t[0] : NULL;
 	char best_text[800] = "no trial has the metric";
 	if (best) {
@@ -639,22 +639,22 @@ int cmd_report(int argc, char **argv)
 			out = a + 6;
 		} else if (!strncmp(a, "--metric=", 9)) {
 			if (strcmp(a + 9, "eval_loss") && strcmp(a + 9, "loss"))
-				return die(EXIT_USAGE, "report: --metric=%s: eval_loss or loss", a + 9);
+				return fail(FW_ERR_INVALID, "report: --metric=%s: eval_loss or loss", a + 9);
 			snprintf(r.metric, sizeof(r.metric), "%s", a + 9);
 			r.metric_set = true;
 		} else if (!strncmp(a, "--direction=", 12)) {
 			if (strcmp(a + 12, "min") && strcmp(a + 12, "max"))
-				return die(EXIT_USAGE, "report: --direction=%s: min or max", a + 12);
+				return fail(FW_ERR_INVALID, "report: --direction=%s: min or max", a + 12);
 			r.minimize = !strcmp(a + 12, "min");
 			dir_set = true;
 		} else if (a[0] == '-') {
-			return die(EXIT_USAGE, "report: unknown option '%s' (see fwrun report --help)", a);
+			return fail(FW_ERR_INVALID, "report: unknown option '%s' (see fwrun report --help)", a);
 		} else if (n_dirs < 256) {
 			dirs[n_dirs++] = a;
 		}
 	}
 	if (!n_dirs)
-		return die(EXIT_USAGE, "report: no directory (see fwrun report --help)");
+		return fail(FW_ERR_INVALID, "report: no directory (see fwrun report --help)");
 	for (int i = 0; i < n_dirs && !rc; i++) {
 		if (is_dir_with(dirs[i], "sweep.jsonl")) {
 			bool minimize = r.minimize;
@@ -665,7 +665,7 @@ int cmd_report(int argc, char **argv)
 		} else if (is_dir_with(dirs[i], "metrics.jsonl")) {
 			rc = add_run(&r, dirs[i]);
 		} else {
-			rc = die(EXIT_USAGE, "report: %s holds neither sweep.jsonl (a sweep) nor "
+			rc = fail(FW_ERR_INVALID, "report: %s holds neither sweep.jsonl (a sweep) nor "
 				 "metrics.jsonl (a run)", dirs[i]);
 		}
 	}

@@ -93,17 +93,17 @@ static int open_plugin(struct plugin_set *ps, const char *file, int line, const 
 	struct fw_loaded *p = NULL;
 	struct fw_err err = { 0 };
 	if (fw_plugin_open(name, 0, &p, &err) != FW_OK)
-		return die(EXIT_USAGE, "%s:%d: %s: unknown plugin '%s' (%s)", file, line, key, name,
+		return fail(FW_ERR_INVALID, "%s:%d: %s: unknown plugin '%s' (%s)", file, line, key, name,
 			   err.msg);
 	if (kind && (int)p->desc->kind != kind) {
 		int k = p->desc->kind;
 		fw_plugin_close(p);
-		return die(EXIT_USAGE, "%s:%d: %s: '%s' is of kind %s, not %s", file, line, key,
+		return fail(FW_ERR_INVALID, "%s:%d: %s: '%s' is of kind %s, not %s", file, line, key,
 			   name, fw_plugin_kind_name(k), fw_plugin_kind_name(kind));
 	}
 	if (ps->n == 64) {
 		fw_plugin_close(p);
-		return die(EXIT_USAGE, "%s:%d: %s: more than 64 plugins", file, line, key);
+		return fail(FW_ERR_INVALID, "%s:%d: %s: more than 64 plugins", file, line, key);
 	}
 	ps->p[ps->n++] = p;
 	return 0;
@@ -137,7 +137,7 @@ static int check_option(const struct plugin_set *ps, const char *file, int line,
 			names[n++] = fw_options_def(ps->p[p]->opts, i)->name;
 	}
 	const char *near = fw_nearest_name(key, names, n);
-	return die(EXIT_USAGE, "%s:%d: %s: unknown option (of fwrun and the sweep's plugins)%s%s%s",
+	return fail(FW_ERR_INVALID, "%s:%d: %s: unknown option (of fwrun and the sweep's plugins)%s%s%s",
 		   file, line, key, near ? "; did you mean '" : "", near ? near : "",
 		   near ? "'?" : "");
 }
@@ -161,7 +161,7 @@ static int check_sweep(const struct fw_sweep *sw, struct plugin_set *ps)
 			if (strncmp(x->key[k], "plugins.", 8))
 				continue;
 			if (x->dist != FW_SWEEP_LIST && x->dist != FW_SWEEP_CHOICE)
-				return die(EXIT_USAGE, "%s:%d: %s: a plugin axis takes a list of plugins "
+				return fail(FW_ERR_INVALID, "%s:%d: %s: a plugin axis takes a list of plugins "
 					   "or choice()", f, x->line[k], x->key[k]);
 			for (int v = 0; v < x->n_values && !rc; v++)
 				if (strcmp(x->value[k][v], "-"))
@@ -176,10 +176,10 @@ static int check_sweep(const struct fw_sweep *sw, struct plugin_set *ps)
 		}
 		struct fw_loaded *p = plugin_named(ps, e->section);
 		if (!p)
-			rc = die(EXIT_USAGE, "%s:%d: %s: section [%s] names a plugin the sweep does not "
+			rc = fail(FW_ERR_INVALID, "%s:%d: %s: section [%s] names a plugin the sweep does not "
 				 "load", f, e->line, e->key, e->section);
 		else if (!has_option(p->opts, e->key))
-			rc = die(EXIT_USAGE, "%s:%d: %s: unknown option of %s", f, e->line, e->key,
+			rc = fail(FW_ERR_INVALID, "%s:%d: %s: unknown option of %s", f, e->line, e->key,
 				 e->section);
 	}
 	for (int a = 0; a < sw->n_axes && !rc; a++)
@@ -191,10 +191,10 @@ static int check_sweep(const struct fw_sweep *sw, struct plugin_set *ps)
 		if (!strcmp(sw->setting[i].key, "metric"))
 			line = sw->setting[i].line;
 	if (!rc && !strcmp(sw->metric, "eval_loss") && !fw_sweep_base_value(sw, "valid-data"))
-		rc = die(EXIT_USAGE, "%s:%d: metric: eval_loss needs valid-data in the base run "
+		rc = fail(FW_ERR_INVALID, "%s:%d: metric: eval_loss needs valid-data in the base run "
 			 "(or metric = loss)", f, line);
 	if (!rc && sw->rule.kind != FW_SWEEP_STOP_NONE && strcmp(sw->metric, "eval_loss"))
-		rc = die(EXIT_USAGE, "%s:%d: early-stop: the rules decide at eval steps; they need "
+		rc = fail(FW_ERR_INVALID, "%s:%d: early-stop: the rules decide at eval steps; they need "
 			 "metric = eval_loss", f, line);
 	return rc;
 }
@@ -208,28 +208,28 @@ static int claim_dir(const char *dir, const char *file, const struct fw_sweep *s
 	struct fw_err err = { 0 };
 	char path[4200];
 	if (fw_dir_make(dir, &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status ? err.status : FW_ERR_IO, "%s", err.msg);
 	snprintf(path, sizeof(path), "%s/trials", dir);
 	if (fw_dir_make(path, &err) != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status ? err.status : FW_ERR_IO, "%s", err.msg);
 	snprintf(path, sizeof(path), "%s/sweep.ini", dir);
 	size_t n;
 	struct stat st;
 	if (stat(path, &st) == 0) {
 		struct fw_sweep old;
 		if (fw_sweep_parse(path, &old, &err) != FW_OK)
-			return die(EXIT_RUNTIME, "%s (the sweep directory's copy)", err.msg);
+			return fail(err.status ? err.status : FW_ERR_IO, "%s (the sweep directory's copy)", err.msg);
 		char why[800];
 		bool ok = fw_sweep_compatible(&old, sw, why, sizeof(why));
 		fw_sweep_free(&old);
 		if (!ok)
-			return die(EXIT_USAGE, "%s; %s was made by another definition (%s): use another "
+			return fail(FW_ERR_INVALID, "%s; %s was made by another definition (%s): use another "
 				   "--dir", why, dir, path);
 	}
 	char *text = fw_rt_read_file(file, &n, &err);
 	if (!text || fw_file_write_atomic(path, text, n, &err) != FW_OK) {
 		free(text);
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status ? err.status : FW_ERR_IO, "%s", err.msg);
 	}
 	free(text);
 	return 0;
@@ -252,7 +252,7 @@ static int append_record(const char *dir, json_t *rec)
 	if (fd >= 0)
 		close(fd);
 	free(text);
-	return ok ? 0 : die(EXIT_RUNTIME, "%s: cannot append: %s", path, strerror(errno));
+	return ok ? 0 : fail(FW_ERR_IO, "%s: cannot append: %s", path, strerror(errno));
 }
 
 /* --- running trials ---------------------------------------------------------------------- */
@@ -312,14 +312,14 @@ static pid_t start_trial(struct sweep_run *r, struct running *run)
 	snprintf(run->dir, sizeof(run->dir), "%s/trials/%s", r->dir, run->t.id);
 	struct fw_err err = { 0 };
 	if (fw_dir_make(run->dir, &err) != FW_OK) {
-		die(EXIT_RUNTIME, "%s", err.msg);
+		fail(err.status ? err.status : FW_ERR_IO, "%s", err.msg);
 		return -1;
 	}
 	char *ini = fw_sweep_trial_ini(&r->sw, &run->t);
 	snprintf(ini_path, sizeof(ini_path), "%s/trial.ini", run->dir);
 	if (!ini || fw_file_write_atomic(ini_path, ini, strlen(ini), &err) != FW_OK) {
 		free(ini);
-		die(EXIT_RUNTIME, "%s", ini ? err.msg : "out of memory");
+		fail(FW_ERR_IO, "%s", ini ? err.msg : "out of memory");
 		return -1;
 	}
 	free(ini);
@@ -351,7 +351,7 @@ static pid_t start_trial(struct sweep_run *r, struct running *run)
 		_exit(127);
 	}
 	if (pid < 0)
-		die(EXIT_RUNTIME, "cannot start a trial: %s", strerror(errno));
+		fail(FW_ERR_IO, "cannot start a trial: %s", strerror(errno));
 	run->pid = pid;
 	run->t0 = now_s();
 	return pid;
@@ -612,7 +612,7 @@ static int run_trials(struct sweep_run *r, const int64_t *todo, int64_t n_todo, 
 	int n_run = 0, rc = 0;
 	int64_t next = 0;
 	if (!runs)
-		return die(EXIT_RUNTIME, "out of memory");
+		return fail(FW_ERR_NOMEM, "out of memory");
 	bool forwarded = false;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
@@ -628,7 +628,7 @@ static int run_trials(struct sweep_run *r, const int64_t *todo, int64_t n_todo, 
 			struct fw_err err = { 0 };
 			*x = (struct running){ 0 };
 			if (fw_sweep_trial(&r->sw, todo[next++], &x->t, &err) != FW_OK) {
-				rc = die(EXIT_RUNTIME, "%s", err.msg);
+				rc = fail(err.status ? err.status : FW_ERR_IO, "%s", err.msg);
 				break;
 			}
 			clear_drawn(r);
@@ -701,13 +701,13 @@ static int write_sbatch(const struct sweep_run *r, const char *file, int jobs)
 {
 	char path[4300], dir[4200], abs_file[4200];
 	if (!realpath(r->dir, dir) || !realpath(file, abs_file))
-		return die(EXIT_RUNTIME, "%s: %s", r->dir, strerror(errno));
+		return fail(FW_ERR_IO, "%s: %s", r->dir, strerror(errno));
 	snprintf(path, sizeof(path), "%s/sweep.sbatch", r->dir);
 	char *text = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&text, &len);
 	if (!f)
-		return die(EXIT_RUNTIME, "out of memory");
+		return fail(FW_ERR_NOMEM, "out of memory");
 	fprintf(f, "#!/bin/bash\n"
 		"# fwrun sweep %s: one array task per trial (written by --launcher=slurm)\n"
 		"#SBATCH --job-name=fw-sweep\n"
@@ -725,7 +725,7 @@ static int write_sbatch(const struct sweep_run *r, const char *file, int jobs)
 	enum fw_status st = fw_file_write_atomic(path, text, len, &err);
 	free(text);
 	if (st != FW_OK)
-		return die(EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status ? err.status : FW_ERR_IO, "%s", err.msg);
 	chmod(path, 0755);
 	fprintf(stderr, "fwrun: wrote %s (%lld array tasks); submit it with: sbatch %s\n", path,
 		(long long)r->total, path);
@@ -738,7 +738,7 @@ static int list_trials(const struct sweep_run *r)
 		struct fw_sweep_trial t;
 		struct fw_err err = { 0 };
 		if (fw_sweep_trial(&r->sw, i, &t, &err) != FW_OK)
-			return die(EXIT_RUNTIME, "%s", err.msg);
+			return fail(err.status ? err.status : FW_ERR_IO, "%s", err.msg);
 		char *plugins = fw_sweep_trial_plugins(&r->sw, &t);
 		json_t *j = json_pack("{s:I, s:s, s:I, s:o, s:o, s:s}", "index", (json_int_t)i, "id",
 				      t.id, "config", (json_int_t)t.config, "seed",
@@ -784,35 +784,35 @@ int cmd_sweep(int argc, char **argv)
 			dir = v;
 		} else if ((v = arg_value(a, "--jobs"))) {
 			if (!positive(v, &jobs, 1))
-				return die(EXIT_USAGE, "--jobs=%s: a number of trials >= 1", v);
+				return fail(FW_ERR_INVALID, "--jobs=%s: a number of trials >= 1", v);
 		} else if ((v = arg_value(a, "--threads"))) {
 			if (!positive(v, &threads, 1))
-				return die(EXIT_USAGE, "--threads=%s: a number of threads >= 1", v);
+				return fail(FW_ERR_INVALID, "--threads=%s: a number of threads >= 1", v);
 		} else if ((v = arg_value(a, "--trial"))) {
 			if (!positive(v, &trial, 0))
-				return die(EXIT_USAGE, "--trial=%s: a trial index >= 0", v);
+				return fail(FW_ERR_INVALID, "--trial=%s: a trial index >= 0", v);
 		} else if ((v = arg_value(a, "--launcher"))) {
 			if (strcmp(v, "local") && strcmp(v, "mpi") && strcmp(v, "slurm"))
-				return die(EXIT_USAGE, "--launcher=%s: local, mpi or slurm", v);
+				return fail(FW_ERR_INVALID, "--launcher=%s: local, mpi or slurm", v);
 			launcher = v;
 		} else if (!strcmp(a, "--list")) {
 			list = true;
 		} else if (a[0] == '-') {
-			return die(EXIT_USAGE, "sweep: unknown option '%s' (see fwrun sweep --help)", a);
+			return fail(FW_ERR_INVALID, "sweep: unknown option '%s' (see fwrun sweep --help)", a);
 		} else if (file) {
-			return die(EXIT_USAGE, "sweep: one sweep file, not '%s' and '%s'", file, a);
+			return fail(FW_ERR_INVALID, "sweep: one sweep file, not '%s' and '%s'", file, a);
 		} else {
 			file = a;
 		}
 	}
 	if (!file)
-		return die(EXIT_USAGE, "sweep: no sweep file (see fwrun sweep --help)");
+		return fail(FW_ERR_INVALID, "sweep: no sweep file (see fwrun sweep --help)");
 	if (!dir && !list)
-		return die(EXIT_USAGE, "sweep: --dir=DIR is required");
+		return fail(FW_ERR_INVALID, "sweep: --dir=DIR is required");
 	struct sweep_run r = { .dir = dir, .tty = isatty(2), .rank = -1 };
 	struct fw_err err = { 0 };
 	if (fw_sweep_parse(file, &r.sw, &err) != FW_OK)
-		return die(err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s", err.msg);
+		return fail(err.status ? err.status : FW_ERR_IO, "%s", err.msg);
 	struct plugin_set ps = { .n = 0 };
 	int rc = check_sweep(&r.sw, &ps);
 	for (int i = 0; i < ps.n; i++)
@@ -826,7 +826,7 @@ int cmd_sweep(int argc, char **argv)
 	}
 	if (trial >= r.total) {
 		fw_sweep_free(&r.sw);
-		return die(EXIT_USAGE, "--trial=%lld: %s has %lld trials (0 to %lld)", trial, file,
+		return fail(FW_ERR_INVALID, "--trial=%lld: %s has %lld trials (0 to %lld)", trial, file,
 			   (long long)r.total, (long long)r.total - 1);
 	}
 	/* ranks of one node share its cores */
@@ -836,7 +836,7 @@ int cmd_sweep(int argc, char **argv)
 	int local = mpi ? env_int("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", 1) : 1;
 	if (mpi && (rank < 0 || size < 1)) {
 		fw_sweep_free(&r.sw);
-		return die(EXIT_USAGE, "--launcher=mpi: no MPI rank in the environment; run it "
+		return fail(FW_ERR_INVALID, "--launcher=mpi: no MPI rank in the environment; run it "
 			   "under mpirun (mpirun -np N fwrun sweep ... --launcher=mpi)");
 	}
 	if (mpi)
@@ -847,7 +847,7 @@ int cmd_sweep(int argc, char **argv)
 	r.threads = threads ? (int)threads : (int)(ncores / jobs > 0 ? ncores / jobs : 1);
 	if (jobs * r.threads > ncores && strcmp(launcher, "slurm")) {
 		fw_sweep_free(&r.sw);
-		return die(EXIT_USAGE, "--jobs=%lld x %d threads = %lld threads > %d cores%s: fewer "
+		return fail(FW_ERR_INVALID, "--jobs=%lld x %d threads = %lld threads > %d cores%s: fewer "
 			   "jobs or threads", jobs, r.threads, jobs * r.threads, ncores,
 			   local > 1 ? " of this rank" : "");
 	}
@@ -855,7 +855,7 @@ int cmd_sweep(int argc, char **argv)
 	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
 	if (n <= 0) {
 		fw_sweep_free(&r.sw);
-		return die(EXIT_RUNTIME, "cannot find fwrun's own path: %s", strerror(errno));
+		return fail(FW_ERR_IO, "cannot find fwrun's own path: %s", strerror(errno));
 	}
 	self[n] = '\0';
 	r.self = self;
@@ -894,7 +894,7 @@ int cmd_sweep(int argc, char **argv)
 	sweep_records_free(rec, n_rec);
 	if (!todo) {
 		fw_sweep_free(&r.sw);
-		return die(EXIT_RUNTIME, "out of memory");
+		return fail(FW_ERR_NOMEM, "out of memory");
 	}
 	fprintf(stderr, "sweep: %lld trials in %s; %lld to run%s, %lld finished before; %lld at "
 		"once x %d threads%s\n", (long long)r.total, file, (long long)n_todo,
@@ -912,7 +912,7 @@ int cmd_sweep(int argc, char **argv)
 	if (rc)
 		return rc;
 	if (interrupted)
-		return die(EXIT_RUNTIME, "sweep: %s; the same command goes on where it stopped",
+		return fail(FW_ERR_IO, "sweep: %s; the same command goes on where it stopped",
 			   interrupted == SIGINT ? "interrupted" : "terminated");
 	fprintf(stderr, "sweep: %d trials run, %d failed; results in %s/sweep.jsonl\n",
 		r.finished, r.failed, dir);
