@@ -77,9 +77,9 @@ TOL_KBIAS = 1e-4         # the k third of c_attn.bias: zero exact gradient (gpt2
 
 CONFIGS = [
     dict(name="suffix", opts=["--lora-r=4", "--lora-alpha=8", "--lora-target-modules=c_attn,mlp.c_proj",
-                              "--lora-rank-pattern=h.1.attn.c_attn=2",
+                              "--lora-rank-pattern=h.1.attn.c_attn=1",
                               "--lora-alpha-pattern=mlp.c_proj=4", "--lora-bias=lora_only"],
-         r=4, alpha=8.0, targets=["c_attn", "mlp.c_proj"], rank={"h.1.attn.c_attn": 2},
+         r=4, alpha=8.0, targets=["c_attn", "mlp.c_proj"], rank={"h.1.attn.c_attn": 1},
          alphas={"mlp.c_proj": 4.0}, bias="lora_only", rslora=False, init="kaiming"),
     dict(name="all-linear", opts=["--lora-target-modules=all-linear", "--lora-alpha=16",
                                   "--lora-use-rslora", "--lora-bias=all", "--lora-init=gaussian"],

@@ -136,9 +136,15 @@ static dnnl_data_type_t dnnl_dt(int dt)
 static bool md_init(dnnl_memory_desc_t *md, const struct mm_operand *o, int dt)
 {
 	dnnl_dims_t ne = { 0 }, nb = { 0 };   /* oneDNN's arrays are DNNL_MAX_NDIMS long */
-	for (int i = 0; i < o->ndim; i++) {
+	for (int i = o->ndim - 1; i >= 0; i--) {
 		ne[i] = o->ne[i];
 		nb[i] = o->nb[i];
+		/* A size-1 dim's stride addresses nothing, but oneDNN reads a
+		 * layout from it: (1, K) with strides (1, 1) became a column-major
+		 * operand whose gemm fails at execution (LoRA r=1). Give it the
+		 * row-major value. */
+		if (ne[i] == 1)
+			nb[i] = i == o->ndim - 1 ? 1 : nb[i + 1] * ne[i + 1];
 	}
 	return dnnl_memory_desc_init_by_strides(md, o->ndim, ne, dnnl_dt(dt), nb) == dnnl_success;
 }
