@@ -174,7 +174,7 @@ enum fw_status fw_tokenizer_add_special(struct fw_tokenizer *t, const char *text
 
 /* Caps the piece cache at max_entries pieces (0 disables it; the default is
  * 65536). The cache only saves time: results are the same with any size.
- * (gpt2 kind; the hf pipeline has no cache.) */
+ * (gpt2: regex pieces -> ids; hf: pre-tokens -> the model's ids.) */
 void fw_tokenizer_set_cache_size(struct fw_tokenizer *t, size_t max_entries);
 
 #ifdef __cplusplus
