@@ -208,7 +208,10 @@ def strings_for(r, n, pool, sources, added):
     extra += [" ".join(r.choice(added + br.WORDS) for _ in range(r.randint(1, 8)))
               for _ in range(n // 20)] if added else []
     extra += ["", " ", "  a", "a  ", "\u2581", "\u2581\u2581x", "hello world", "<ent> <ent>x",
-              "A.B", "don't stop", "x ' y", "Straße NAÏVE Ǆ İstanbul ΣΑΣ", "\x00\ufffd\x7f"]
+              "A.B", "don't stop", "x ' y", "Straße NAÏVE Ǆ İstanbul ΣΑΣ", "\x00\ufffd\x7f",
+              # where fw cuts a long BPE word (bpe_cuts), and Gemma's exception ">\u2581</"
+              "<b> </b> <i>x</i> > </ >\u2581</ a\u2581\u2581b  c\u2581 \u2581\u2581\u2581d",
+              "x" * 70 + " " + "y" * 64 + " " + " ".join(["the"] * 40)]
     return out + extra
 
 
