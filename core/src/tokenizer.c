@@ -76,6 +76,8 @@ struct fw_tokenizer {
 	int special_byte;               /* the first byte all specials share, or -1 */
 	int32_t eos;
 	struct hf_tok *hf;              /* hf: the tokenizer.json pipeline */
+	char *config;                   /* tokenizer_config.json's text, or NULL */
+	size_t config_len;
 	char *src_json;                 /* hf: the file's text, for serialising */
 	size_t src_json_len;
 	char *src_vocab, *src_merges;   /* gpt2: the files' texts, for serialising */
@@ -375,6 +377,7 @@ void fw_tokenizer_free(struct fw_tokenizer *t)
 	fw_free(t->src_vocab);
 	fw_free(t->src_merges);
 	fw_free(t->src_json);
+	fw_free(t->config);
 	hf_free(t->hf);
 	fw_free(t);
 }
@@ -872,7 +875,7 @@ static struct fw_tokenizer *hf_from_text(const char *path, char *text, size_t le
 	return t;
 }
 
-struct fw_tokenizer *fw_tokenizer_load_hf_json(const char *path, struct fw_err *err)
+static struct fw_tokenizer *load_hf_file(const char *path, struct fw_err *err)
 {
 	char *text = NULL, *vocab = NULL, *merges = NULL;
 	size_t len = 0, vl = 0, ml = 0;
@@ -935,6 +938,55 @@ out:
 	return t;
 }
 
+struct fw_tokenizer *fw_tokenizer_load_hf_json(const char *path, struct fw_err *err)
+{
+	struct fw_tokenizer *t = load_hf_file(path, err);
+	if (!t)
+		return NULL;
+	/* tokenizer_config.json beside it, kept as it is */
+	size_t n = strlen(path), d = n;
+	while (d && path[d - 1] != '/')
+		d--;
+	char *cp = fw_malloc(d + sizeof("tokenizer_config.json"));
+	if (!cp) {
+		fw_tokenizer_free(t);
+		fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		return NULL;
+	}
+	memcpy(cp, path, d);
+	memcpy(cp + d, "tokenizer_config.json", sizeof("tokenizer_config.json"));
+	if (access(cp, F_OK) == 0 &&
+	    (read_file(cp, &t->config, &t->config_len, err) != FW_OK)) {
+		fw_tokenizer_free(t);
+		t = NULL;
+	}
+	fw_free(cp);
+	return t;
+}
+
+const char *fw_tokenizer_config(const struct fw_tokenizer *t, size_t *len)
+{
+	if (len)
+		*len = t->config ? t->config_len : 0;
+	return t->config;
+}
+
+enum fw_status fw_tokenizer_set_config(struct fw_tokenizer *t, const char *text, size_t len,
+				       struct fw_err *err)
+{
+	char *c = text ? fw_malloc(len + 1) : NULL;
+	if (text && !c)
+		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	if (c) {
+		memcpy(c, text, len);
+		c[len] = '\0';
+	}
+	fw_free(t->config);
+	t->config = c;
+	t->config_len = c ? len : 0;
+	return FW_OK;
+}
+
 /* --- serialisation: one JSON text that rebuilds the tokenizer ------------------------ */
 
 char *fw_tokenizer_serialize(const struct fw_tokenizer *t, struct fw_err *err)
@@ -963,6 +1015,10 @@ char *fw_tokenizer_serialize(const struct fw_tokenizer *t, struct fw_err *err)
 			json_decref(v);
 			json_decref(m);
 		}
+	}
+	if (ok && t->config) {
+		json_t *j = json_stringn(t->config, t->config_len);
+		ok = j && !json_object_set_new(root, "config", j);
 	}
 	if (ok && t->hf) {
 		json_t *j = json_stringn(t->src_json, t->src_json_len);
@@ -1048,6 +1104,12 @@ struct fw_tokenizer *fw_tokenizer_deserialize(const char *text, size_t len, cons
 			fw_tokenizer_free(t);
 			t = NULL;
 		}
+	}
+	json_t *cfg = json_object_get(root, "config");
+	if (t && json_is_string(cfg) && fw_tokenizer_set_config(t, json_string_value(cfg),
+								 json_string_length(cfg), err) != FW_OK) {
+		fw_tokenizer_free(t);
+		t = NULL;
 	}
 out:
 	json_decref(root);

@@ -689,6 +689,8 @@ enum fw_status fw_rt_dataset_open(struct fw_rt_loader *l, const struct fw_rt_dat
 
 	struct collect c = { .max_bad = cfg->max_bad };
 	enum fw_status st = fw_rt_encoder_init(&c.enc, tok, cfg->chatml, err);
+	c.enc.jinja = cfg->jinja;
+	c.enc.jinja_vars = cfg->jinja_vars;
 	if (st != FW_OK)
 		return st;
 	copy = strdup(paths);

@@ -407,7 +407,8 @@ int cmd_import(int argc, char **argv)
 		printf("usage: fwrun import HF_DIR OUT.h5\nReads a Hugging Face GPT-2 folder "
 		       "(config.json + model.safetensors; F32/F16/BF16) into an fw weights file\n"
 		       "usable with fwrun train/eval/generate --load=OUT.h5. The folder's tokenizer\n"
-		       "(tokenizer.json, or vocab.json + merges.txt), if any, is stored with it.\n"
+		       "(tokenizer.json, or vocab.json + merges.txt), if any, is stored with it,\n"
+		       "with tokenizer_config.json (its chat_template) when the folder has one.\n"
 		       "config.json must describe a model arch/decoder computes; nothing is written\n"
 		       "otherwise.\n");
 		return EXIT_OK;
@@ -509,7 +510,8 @@ static bool config_str(const char *text, const char *key, char *out, size_t len)
 }
 
 /* A stored tokenizer in dir as Hugging Face has it: tokenizer.json for a
- * tokenizer.json pipeline, vocab.json + merges.txt for GPT-2 BPE. */
+ * tokenizer.json pipeline, vocab.json + merges.txt for GPT-2 BPE, and the
+ * tokenizer_config.json imported with it. */
 static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *done,
 				       struct fw_err *err)
 {
@@ -520,9 +522,14 @@ static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *do
 		return e.status == FW_ERR_NOT_FOUND ? FW_OK : (*err = e, e.status);
 	json_t *root = json_loads(stored, 0, NULL);
 	json_t *vocab = json_object_get(root, "vocab"), *merges = json_object_get(root, "merges");
-	json_t *hf = json_object_get(root, "json");
+	json_t *hf = json_object_get(root, "json"), *cfg = json_object_get(root, "config");
 	enum fw_status st = FW_OK;
-	if (json_is_string(hf)) {       /* a tokenizer.json pipeline: the file as read */
+	if (json_is_string(cfg)) {      /* tokenizer_config.json as imported */
+		snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
+		st = fw_file_write_atomic(path, json_string_value(cfg), json_string_length(cfg), err);
+	}
+	if (st != FW_OK) {
+	} else if (json_is_string(hf)) {        /* a tokenizer.json pipeline: the file as read */
 		snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
 		st = fw_file_write_atomic(path, json_string_value(hf), json_string_length(hf), err);
 		*done = st == FW_OK;

@@ -172,6 +172,8 @@ struct fw_rt_data_config {
 	bool packed;                      /* SFT rows: packed (else padded) */
 	bool truncate;                    /* too long: truncate (else drop) */
 	bool chatml;                      /* the chatml template (else plain) */
+	const struct fw_chat_template *jinja;   /* else this one, if not NULL (see */
+	const void *jinja_vars;                 /* struct fw_rt_encoder) */
 	int64_t max_bad;                  /* bad JSONL records skipped before failing */
 	uint64_t seed;                    /* shuffling of rows and micro-batches */
 	bool shuffle;
