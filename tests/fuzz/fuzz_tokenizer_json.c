@@ -10,11 +10,19 @@
 
 #include "fw/tokenizer.h"
 
+static char path[64];
+
+static void remove_file(void)
+{
+	unlink(path);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static char path[64];
-	if (!*path)
+	if (!*path) {
 		snprintf(path, sizeof(path), "/dev/shm/fw-fuzz-tok.%d.json", (int)getpid());
+		atexit(remove_file);
+	}
 	FILE *f = fopen(path, "wb");
 	if (!f)
 		abort();
