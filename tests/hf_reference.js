@@ -8,6 +8,11 @@
 //       builds and saves the tokenizers SPEC describes (a BERT WordPiece, a
 //       T5/ALBERT-style Unigram, a RoBERTa byte-level BPE) with the library
 //       itself: OUT_DIR/NAME.json for each.
+//   node hf_reference.js MODULE_DIR bench TOKENIZER_JSON TEXT_FILE
+//       for bench/tokenizer.c: encodes the file as one string (no special
+//       tokens) three times; prints "bytes tokens first_s checksum best_s"
+//       (best_s: the fastest of the two later runs, the cache warm), in
+//       seconds of the process's CPU time (its threads together).
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -27,6 +32,27 @@ async function encode(file, inp, out) {
 		res.push(JSON.stringify({ plain, special, decoded }));
 	}
 	fs.writeFileSync(out, res.join('\n') + '\n');
+}
+
+async function bench(file, textFile) {
+	const t = tk.Tokenizer.fromFile(file);
+	const buf = fs.readFileSync(textFile);
+	const text = buf.toString('utf8');
+	let ids = null, first = 0, best = Infinity;
+	for (let r = 0; r < 3; r++) {
+		const t0 = process.cpuUsage();
+		ids = (await t.encode(text, null, { addSpecialTokens: false })).getIds();
+		const u = process.cpuUsage(t0);
+		const s = (u.user + u.system) / 1e6;
+		if (r === 0)
+			first = s;
+		else
+			best = Math.min(best, s);
+	}
+	let sum = 0;
+	for (const id of ids)
+		sum = (sum * 31 + id) % 1000000007;
+	process.stdout.write(`${buf.length} ${ids.length} ${first} ${sum} ${best}\n`);
 }
 
 function build(specFile, outDir) {
@@ -107,8 +133,10 @@ function build(specFile, outDir) {
 		await encode(args[0], args[1], args[2]);
 	else if (cmd === 'build')
 		build(args[0], args[1]);
+	else if (cmd === 'bench')
+		await bench(args[0], args[1]);
 	else {
-		process.stderr.write('usage: node hf_reference.js MODULE_DIR encode|build ...\n');
+		process.stderr.write('usage: node hf_reference.js MODULE_DIR encode|build|bench ...\n');
 		process.exit(2);
 	}
 })().catch((e) => {

@@ -208,7 +208,10 @@ def strings_for(r, n, pool, sources, added):
     extra += [" ".join(r.choice(added + br.WORDS) for _ in range(r.randint(1, 8)))
               for _ in range(n // 20)] if added else []
     extra += ["", " ", "  a", "a  ", "\u2581", "\u2581\u2581x", "hello world", "<ent> <ent>x",
-              "A.B", "don't stop", "x ' y", "Straße NAÏVE Ǆ İstanbul ΣΑΣ", "\x00\ufffd\x7f"]
+              "A.B", "don't stop", "x ' y", "Straße NAÏVE Ǆ İstanbul ΣΑΣ", "\x00\ufffd\x7f",
+              # where fw cuts a long BPE word (bpe_cuts), and Gemma's exception ">\u2581</"
+              "<b> </b> <i>x</i> > </ >\u2581</ a\u2581\u2581b  c\u2581 \u2581\u2581\u2581d",
+              "x" * 70 + " " + "y" * 64 + " " + " ".join(["the"] * 40)]
     return out + extra
 
 
@@ -257,13 +260,22 @@ def export_check(fwrun, tok_json, tmp, lines):
         if f.read() != text:
             bad += 1
             lines.append("  export: tokenizer.json differs from the file the model was trained with")
+    # tokenizer_config.json beside tokenizer.json travels with the tokenizer
+    with open(os.path.join(os.path.dirname(tok_json), "tokenizer_config.json"), "rb") as f:
+        tc = f.read()
+    exported = os.path.join(out, "tokenizer_config.json")
+    if not os.path.exists(exported) or open(exported, "rb").read() != tc:
+        bad += 1
+        lines.append("  export: tokenizer_config.json %s" % (
+            "missing" if not os.path.exists(exported) else "differs from the one read"))
     with open(os.path.join(out, "config.json")) as f:
         cfg = json.load(f)
     if cfg.get("eos_token_id") != eos:
         bad += 1
         lines.append("  export: eos_token_id %r, the tokenizer's </s> is %d" %
                      (cfg.get("eos_token_id"), eos))
-    lines.insert(0, "hf_tokenizers: export (llama2): tokenizer.json %s, eos_token_id %r (</s> = %d)"
+    lines.insert(0, "hf_tokenizers: export (llama2): tokenizer.json and tokenizer_config.json %s, "
+                 "eos_token_id %r (</s> = %d)"
                  % ("as read" if bad == 0 else "CHECK", cfg.get("eos_token_id"), eos))
     return bad
 

@@ -30,7 +30,6 @@
 #include "tokenizer_internal.h"
 
 #define SMALL_PIECE 128                 /* longer pieces merge with the heap */
-#define CACHE_KEY_MAX 64                /* longer pieces are not cached */
 #define CACHE_DEFAULT 65536
 #define NO_RANK INT32_MAX
 #define EMPTY_KEY UINT64_MAX
@@ -48,12 +47,6 @@ struct tok_str {
 struct merge_slot {
 	uint64_t key;                   /* left << 32 | right; EMPTY_KEY = free */
 	int32_t rank, id;
-};
-
-struct cache_slot {
-	uint64_t hash;
-	uint32_t key_off, ids_off;      /* into ckeys, cids */
-	uint16_t key_len, n_ids;        /* key_len 0 = free */
 };
 
 struct special {
@@ -83,25 +76,20 @@ struct fw_tokenizer {
 	int special_byte;               /* the first byte all specials share, or -1 */
 	int32_t eos;
 	struct hf_tok *hf;              /* hf: the tokenizer.json pipeline */
+	char *config;                   /* tokenizer_config.json's text, or NULL */
+	size_t config_len;
 	char *src_json;                 /* hf: the file's text, for serialising */
 	size_t src_json_len;
 	char *src_vocab, *src_merges;   /* gpt2: the files' texts, for serialising */
 	size_t src_vocab_len, src_merges_len;
 	struct hf_re *re;               /* gpt2: GPT-2's pattern */
 	size_t heap_threshold;
-	/* piece cache */
-	struct cache_slot *cache;
-	uint64_t cmask;
-	size_t cache_n, cache_max;
-	char *ckeys;
-	size_t ckeys_n, ckeys_cap;
-	int32_t *cids;
-	size_t cids_n, cids_cap;
+	struct piece_cache cache;
 };
 
 /* --- small helpers -------------------------------------------------------------- */
 
-static uint64_t hash_bytes(const void *p, size_t n)
+uint64_t hash_bytes(const void *p, size_t n)
 {
 	const unsigned char *s = p;
 	uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xff51afd7ed558ccdull);
@@ -369,7 +357,7 @@ static struct fw_tokenizer *tok_new(enum fw_tokenizer_kind kind)
 	t->eos = -1;
 	t->special_byte = -1;
 	t->heap_threshold = SMALL_PIECE;
-	t->cache_max = CACHE_DEFAULT;
+	t->cache.max = CACHE_DEFAULT;
 	return t;
 }
 
@@ -385,12 +373,11 @@ void fw_tokenizer_free(struct fw_tokenizer *t)
 	fw_free(t->specials);
 	fw_free(t->sp_flag);
 	fw_free(t->sp_lens);
-	fw_free(t->cache);
-	fw_free(t->ckeys);
-	fw_free(t->cids);
+	pcache_set_size(&t->cache, 0);
 	fw_free(t->src_vocab);
 	fw_free(t->src_merges);
 	fw_free(t->src_json);
+	fw_free(t->config);
 	hf_free(t->hf);
 	fw_free(t);
 }
@@ -888,7 +875,7 @@ static struct fw_tokenizer *hf_from_text(const char *path, char *text, size_t le
 	return t;
 }
 
-struct fw_tokenizer *fw_tokenizer_load_hf_json(const char *path, struct fw_err *err)
+static struct fw_tokenizer *load_hf_file(const char *path, struct fw_err *err)
 {
 	char *text = NULL, *vocab = NULL, *merges = NULL;
 	size_t len = 0, vl = 0, ml = 0;
@@ -951,6 +938,55 @@ out:
 	return t;
 }
 
+struct fw_tokenizer *fw_tokenizer_load_hf_json(const char *path, struct fw_err *err)
+{
+	struct fw_tokenizer *t = load_hf_file(path, err);
+	if (!t)
+		return NULL;
+	/* tokenizer_config.json beside it, kept as it is */
+	size_t n = strlen(path), d = n;
+	while (d && path[d - 1] != '/')
+		d--;
+	char *cp = fw_malloc(d + sizeof("tokenizer_config.json"));
+	if (!cp) {
+		fw_tokenizer_free(t);
+		fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		return NULL;
+	}
+	memcpy(cp, path, d);
+	memcpy(cp + d, "tokenizer_config.json", sizeof("tokenizer_config.json"));
+	if (access(cp, F_OK) == 0 &&
+	    (read_file(cp, &t->config, &t->config_len, err) != FW_OK)) {
+		fw_tokenizer_free(t);
+		t = NULL;
+	}
+	fw_free(cp);
+	return t;
+}
+
+const char *fw_tokenizer_config(const struct fw_tokenizer *t, size_t *len)
+{
+	if (len)
+		*len = t->config ? t->config_len : 0;
+	return t->config;
+}
+
+enum fw_status fw_tokenizer_set_config(struct fw_tokenizer *t, const char *text, size_t len,
+				       struct fw_err *err)
+{
+	char *c = text ? fw_malloc(len + 1) : NULL;
+	if (text && !c)
+		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	if (c) {
+		memcpy(c, text, len);
+		c[len] = '\0';
+	}
+	fw_free(t->config);
+	t->config = c;
+	t->config_len = c ? len : 0;
+	return FW_OK;
+}
+
 /* --- serialisation: one JSON text that rebuilds the tokenizer ------------------------ */
 
 char *fw_tokenizer_serialize(const struct fw_tokenizer *t, struct fw_err *err)
@@ -979,6 +1015,10 @@ char *fw_tokenizer_serialize(const struct fw_tokenizer *t, struct fw_err *err)
 			json_decref(v);
 			json_decref(m);
 		}
+	}
+	if (ok && t->config) {
+		json_t *j = json_stringn(t->config, t->config_len);
+		ok = j && !json_object_set_new(root, "config", j);
 	}
 	if (ok && t->hf) {
 		json_t *j = json_stringn(t->src_json, t->src_json_len);
@@ -1064,6 +1104,12 @@ struct fw_tokenizer *fw_tokenizer_deserialize(const char *text, size_t len, cons
 			fw_tokenizer_free(t);
 			t = NULL;
 		}
+	}
+	json_t *cfg = json_object_get(root, "config");
+	if (t && json_is_string(cfg) && fw_tokenizer_set_config(t, json_string_value(cfg),
+								 json_string_length(cfg), err) != FW_OK) {
+		fw_tokenizer_free(t);
+		t = NULL;
 	}
 out:
 	json_decref(root);
@@ -1226,61 +1272,69 @@ out:
 
 void fw_tokenizer_set_cache_size(struct fw_tokenizer *t, size_t max_entries)
 {
-	fw_free(t->cache);
-	t->cache = NULL;
-	t->cache_n = 0;
-	t->ckeys_n = t->cids_n = 0;
-	t->cache_max = max_entries > (1u << 26) ? (1u << 26) : max_entries;
+	pcache_set_size(&t->cache, max_entries);
 }
 
-static void cache_clear(struct fw_tokenizer *t)
+void pcache_set_size(struct piece_cache *c, size_t max_entries)
 {
-	memset(t->cache, 0, (t->cmask + 1) * sizeof(*t->cache));
-	t->cache_n = 0;
-	t->ckeys_n = t->cids_n = 0;
+	fw_free(c->slot);
+	fw_free(c->keys);
+	fw_free(c->ids);
+	*c = (struct piece_cache){ .max = max_entries > (1u << 26) ? (1u << 26) : max_entries };
 }
 
-static const struct cache_slot *cache_get(const struct fw_tokenizer *t, const char *s,
-					  size_t n, uint64_t h)
+static void cache_clear(struct piece_cache *c)
 {
-	for (uint64_t i = h & t->cmask;; i = (i + 1) & t->cmask) {
-		const struct cache_slot *c = &t->cache[i];
-		if (c->key_len == 0)
+	memset(c->slot, 0, (c->mask + 1) * sizeof(*c->slot));
+	c->n = c->keys_n = c->ids_n = 0;
+}
+
+const int32_t *pcache_get(const struct piece_cache *c, const char *s, size_t n, uint64_t h,
+			  size_t *n_ids)
+{
+	if (!c->slot)
+		return NULL;
+	for (uint64_t i = h & c->mask;; i = (i + 1) & c->mask) {
+		const struct cache_slot *e = &c->slot[i];
+		if (e->key_len == 0)
 			return NULL;
-		if (c->hash == h && c->key_len == n && !memcmp(t->ckeys + c->key_off, s, n))
-			return c;
+		if (e->hash == h && e->key_len == n && !memcmp(c->keys + e->key_off, s, n)) {
+			*n_ids = e->n_ids;
+			return c->ids + e->ids_off;
+		}
 	}
 }
 
-/* Best effort: a failed allocation only means the piece is not cached. */
-static void cache_put(struct fw_tokenizer *t, const char *s, size_t n, uint64_t h,
-		      const int32_t *ids, size_t n_ids)
+void pcache_put(struct piece_cache *c, const char *s, size_t n, uint64_t h, const int32_t *ids,
+		size_t n_ids)
 {
-	if (!t->cache) {
-		uint64_t size = 64;
-		while (size < 2 * (uint64_t)t->cache_max)
-			size *= 2;
-		t->cache = fw_calloc(size, sizeof(*t->cache));
-		if (!t->cache)
-			return;
-		t->cmask = size - 1;
-	}
-	if (t->cache_n >= t->cache_max)
-		cache_clear(t);
-	if (!tok_grow((void **)&t->ckeys, &t->ckeys_cap, t->ckeys_n + n, 1) ||
-	    !tok_grow((void **)&t->cids, &t->cids_cap, t->cids_n + n_ids, sizeof(int32_t)) ||
-	    t->cids_n + n_ids > UINT32_MAX || t->ckeys_n + n > UINT32_MAX)
+	if (n == 0 || n > CACHE_KEY_MAX || n_ids > UINT16_MAX || c->max == 0)
 		return;
-	uint64_t i = h & t->cmask;
-	while (t->cache[i].key_len)
-		i = (i + 1) & t->cmask;
-	t->cache[i] = (struct cache_slot){ h, (uint32_t)t->ckeys_n, (uint32_t)t->cids_n,
-					   (uint16_t)n, (uint16_t)n_ids };
-	memcpy(t->ckeys + t->ckeys_n, s, n);
-	memcpy(t->cids + t->cids_n, ids, n_ids * sizeof(int32_t));
-	t->ckeys_n += n;
-	t->cids_n += n_ids;
-	t->cache_n++;
+	if (!c->slot) {
+		uint64_t size = 64;
+		while (size < 2 * (uint64_t)c->max)
+			size *= 2;
+		c->slot = fw_calloc(size, sizeof(*c->slot));
+		if (!c->slot)
+			return;
+		c->mask = size - 1;
+	}
+	if (c->n >= c->max)
+		cache_clear(c);
+	if (!tok_grow((void **)&c->keys, &c->keys_cap, c->keys_n + n, 1) ||
+	    !tok_grow((void **)&c->ids, &c->ids_cap, c->ids_n + n_ids, sizeof(int32_t)) ||
+	    c->ids_n + n_ids > UINT32_MAX || c->keys_n + n > UINT32_MAX)
+		return;
+	uint64_t i = h & c->mask;
+	while (c->slot[i].key_len)
+		i = (i + 1) & c->mask;
+	c->slot[i] = (struct cache_slot){ h, (uint32_t)c->keys_n, (uint32_t)c->ids_n, (uint16_t)n,
+					  (uint16_t)n_ids };
+	memcpy(c->keys + c->keys_n, s, n);
+	memcpy(c->ids + c->ids_n, ids, n_ids * sizeof(int32_t));
+	c->keys_n += n;
+	c->ids_n += n_ids;
+	c->n++;
 }
 
 /* --- encoding ----------------------------------------------------------------------- */
@@ -1297,13 +1351,14 @@ static enum fw_status encode_piece(struct fw_tokenizer *t, const char *s, size_t
 		return FW_OK;
 	}
 	uint64_t h = 0;
-	bool cacheable = n <= CACHE_KEY_MAX && t->cache_max > 0;
+	bool cacheable = n <= CACHE_KEY_MAX && t->cache.max > 0;
 	if (cacheable) {
 		h = hash_bytes(s, n);
-		const struct cache_slot *c = t->cache ? cache_get(t, s, n, h) : NULL;
+		size_t nc;
+		const int32_t *c = pcache_get(&t->cache, s, n, h, &nc);
 		if (c) {
-			memcpy(sym, t->cids + c->ids_off, c->n_ids * sizeof(int32_t));
-			out->n += c->n_ids;
+			memcpy(sym, c, nc * sizeof(int32_t));
+			out->n += nc;
 			return FW_OK;
 		}
 	}
@@ -1318,7 +1373,7 @@ static enum fw_status encode_piece(struct fw_tokenizer *t, const char *s, size_t
 			return st;
 	}
 	if (cacheable)
-		cache_put(t, s, n, h, sym, m);
+		pcache_put(&t->cache, s, n, h, sym, m);
 	out->n += m;
 	return FW_OK;
 }
@@ -1435,7 +1490,7 @@ enum fw_status fw_tokenizer_encode_ex(struct fw_tokenizer *t, const char *text, 
 				 "and an output buffer");
 	bool allow_special = flags & FW_TOKENIZE_SPLIT_SPECIAL;
 	if (t->hf)
-		return hf_encode(t->hf, text ? text : "", len, allow_special,
+		return hf_encode(t->hf, &t->cache, text ? text : "", len, allow_special,
 				 flags & FW_TOKENIZE_ADD_SPECIAL, out, err);
 	size_t start = out->n;
 	enum fw_status s = FW_OK;

@@ -456,36 +456,86 @@ static enum fw_status added_push(struct hf_tok *h, int32_t id, const char *s, si
 	return FW_OK;
 }
 
-/* Rebuilds order/start: the added tokens by (normalized, first byte). */
+static const char *added_text(const struct hf_added *a, size_t *n)
+{
+	*n = a->normalized ? a->nn : a->n;
+	return a->normalized ? a->ns : a->s;
+}
+
+static int cmp_u32_desc(const void *a, const void *b)
+{
+	uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+	return x > y ? -1 : x < y;
+}
+
+/* Rebuilds atab/lens/lstart (see struct hf_tok). */
 static bool added_index(struct hf_tok *h)
 {
-	uint32_t *o = fw_malloc((h->n_added + 1) * sizeof(uint32_t));
-	if (!o)
+	uint64_t size = 16;
+	while (size < 2 * (uint64_t)h->n_added)
+		size *= 2;
+	int32_t *tab[2] = { fw_malloc(size * sizeof(int32_t)), fw_malloc(size * sizeof(int32_t)) };
+	uint32_t *lens = fw_malloc((h->n_added + 1) * sizeof(uint32_t));
+	if (!tab[0] || !tab[1] || !lens) {
+		fw_free(tab[0]);
+		fw_free(tab[1]);
+		fw_free(lens);
 		return false;
-	memset(h->start, 0, sizeof(h->start));
-	for (size_t k = 0; k < h->n_added; k++) {
-		const struct hf_added *a = &h->added[k];
-		if (a->id >= 0)
-			h->start[a->normalized][(unsigned char)(a->normalized ? a->ns : a->s)[0] + 1]++;
 	}
-	uint32_t base = 0;
+	memset(tab[0], 0xFF, size * sizeof(int32_t));
+	memset(tab[1], 0xFF, size * sizeof(int32_t));
+	memset(h->lstart, 0, sizeof(h->lstart));
+	uint32_t nl = 0;
 	for (int z = 0; z < 2; z++) {
-		for (int c = 0; c < 257; c++) {
-			base += h->start[z][c];
-			h->start[z][c] = base;
+		for (int c = 0; c < 256; c++) {
+			h->lstart[z][c] = nl;
+			for (size_t k = 0; k < h->n_added; k++) {
+				size_t n;
+				const char *t = added_text(&h->added[k], &n);
+				if (h->added[k].id < 0 || h->added[k].normalized != z ||
+				    (unsigned char)t[0] != c)
+					continue;
+				uint64_t i = hash_bytes(t, n) & (size - 1);
+				bool dup = false;
+				for (; tab[z][i] >= 0 && !dup; i = (i + 1) & (size - 1)) {
+					size_t m;
+					const char *u = added_text(&h->added[tab[z][i]], &m);
+					dup = m == n && !memcmp(u, t, n);
+				}
+				if (dup)
+					continue;
+				tab[z][i] = (int32_t)k;
+				bool seen = false;
+				for (uint32_t q = h->lstart[z][c]; q < nl && !seen; q++)
+					seen = lens[q] == n;
+				if (!seen)
+					lens[nl++] = (uint32_t)n;
+			}
+			qsort(lens + h->lstart[z][c], nl - h->lstart[z][c], sizeof(*lens), cmp_u32_desc);
 		}
+		h->lstart[z][256] = nl;
 	}
-	uint32_t fill[2][256];
-	for (int z = 0; z < 2; z++)
-		memcpy(fill[z], h->start[z], sizeof(fill[z]));
-	for (size_t k = 0; k < h->n_added; k++) {
-		const struct hf_added *a = &h->added[k];
-		if (a->id >= 0)
-			o[fill[a->normalized][(unsigned char)(a->normalized ? a->ns : a->s)[0]]++] = (uint32_t)k;
+	for (int z = 0; z < 2; z++) {
+		fw_free(h->atab[z]);
+		h->atab[z] = tab[z];
 	}
-	fw_free(h->order);
-	h->order = o;
+	fw_free(h->lens);
+	h->lens = lens;
+	h->amask = size - 1;
 	return true;
+}
+
+/* The first added token (of kind z) whose text is s[0..n), or NULL. */
+static const struct hf_added *added_find(const struct hf_tok *h, int z, const char *s, size_t n)
+{
+	for (uint64_t i = hash_bytes(s, n) & h->amask; h->atab[z][i] >= 0; i = (i + 1) & h->amask) {
+		const struct hf_added *a = &h->added[h->atab[z][i]];
+		size_t m;
+		const char *t = added_text(a, &m);
+		if (m == n && !memcmp(t, s, n))
+			return a;
+	}
+	return NULL;
 }
 
 static bool word_char(uint32_t cp)
@@ -502,15 +552,10 @@ static bool added_split(const struct hf_tok *h, const struct piece *p, bool norm
 	for (size_t i = 0; i < n;) {
 		const struct hf_added *best = NULL;
 		unsigned char c0 = (unsigned char)s[i];
-		for (uint32_t o = h->start[normalized][c0]; o < h->start[normalized][c0 + 1]; o++) {
-			const struct hf_added *a = &h->added[h->order[o]];
-			const char *c = normalized ? a->ns : a->s;
-			size_t cn = normalized ? a->nn : a->n;
-			if (a->id < 0 || a->normalized != normalized || cn > n - i || c[0] != s[i] ||
-			    (best && cn <= (normalized ? best->nn : best->n)) || memcmp(c, s + i, cn))
-				continue;
-			best = a;
-		}
+		for (uint32_t q = h->lstart[normalized][c0]; q < h->lstart[normalized][c0 + 1] && !best;
+		     q++)
+			if (h->lens[q] <= n - i)
+				best = added_find(h, normalized, s + i, h->lens[q]);
 		if (!best) {
 			i++;
 			continue;
@@ -584,7 +629,9 @@ void hf_free(struct hf_tok *h)
 		fw_free(h->added[i].ns);
 	}
 	fw_free(h->added);
-	fw_free(h->order);
+	fw_free(h->atab[0]);
+	fw_free(h->atab[1]);
+	fw_free(h->lens);
 	fw_free(h->is_special);
 	fw_free(h);
 }
@@ -759,8 +806,9 @@ int32_t hf_eos(const struct hf_tok *h)
 
 /* --- encoding and decoding ------------------------------------------------------------------ */
 
-enum fw_status hf_encode(struct hf_tok *h, const char *text, size_t len, bool split_special,
-			 bool add_special, struct fw_token_buf *out, struct fw_err *err)
+enum fw_status hf_encode(struct hf_tok *h, struct piece_cache *cache, const char *text,
+			 size_t len, bool split_special, bool add_special, struct fw_token_buf *out,
+			 struct fw_err *err)
 {
 	struct sbuf clean = { 0 };
 	struct plist a = { 0 }, b = { 0 };
@@ -800,7 +848,7 @@ enum fw_status hf_encode(struct hf_tok *h, const char *text, size_t len, bool sp
 			st = NOMEM(err);
 	for (size_t i = 0; i < b.n && st == FW_OK; i++) {
 		if (b.v[i].id < 0)
-			st = model_encode(h, b.v[i].s, b.v[i].n, out, err);
+			st = model_encode(h, cache, b.v[i].s, b.v[i].n, out, err);
 		else if (!ids_append(out, b.v[i].id))
 			st = NOMEM(err);
 	}

@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include <jansson.h>
 
@@ -43,6 +44,33 @@ struct pair {
 };
 void heap_push(struct pair *h, size_t *n, struct pair p);
 struct pair heap_pop(struct pair *h, size_t *n);
+uint64_t hash_bytes(const void *p, size_t n);
+
+/* Piece bytes -> ids, for pieces of up to CACHE_KEY_MAX bytes: an
+ * open-addressing table of at most max entries, emptied when full. */
+#define CACHE_KEY_MAX 64
+struct cache_slot {
+	uint64_t hash;
+	uint32_t key_off, ids_off;      /* into keys, ids */
+	uint16_t key_len, n_ids;        /* key_len 0 = free */
+};
+struct piece_cache {
+	struct cache_slot *slot;
+	uint64_t mask;
+	size_t n, max;                  /* max 0: no caching */
+	char *keys;
+	size_t keys_n, keys_cap;
+	int32_t *ids;
+	size_t ids_n, ids_cap;
+};
+/* Empties the cache and frees its memory; max_entries 0 disables it. */
+void pcache_set_size(struct piece_cache *c, size_t max_entries);
+/* The ids of piece s[0..n) (hash h = hash_bytes(s, n)), or NULL. */
+const int32_t *pcache_get(const struct piece_cache *c, const char *s, size_t n, uint64_t h,
+			  size_t *n_ids);
+/* Best effort: a failed allocation only means the piece is not cached. */
+void pcache_put(struct piece_cache *c, const char *s, size_t n, uint64_t h, const int32_t *ids,
+		size_t n_ids);
 /* PCRE2's memory from fw_malloc. */
 void *pcre_alloc(PCRE2_SIZE n, void *user);
 void pcre_free(void *p, void *user);
@@ -55,13 +83,53 @@ struct sbuf {                           /* growable byte string, fw_malloc'd */
 	char *b;
 	size_t n, cap;
 };
-bool sb_reserve(struct sbuf *s, size_t n);  /* room for n more bytes and a NUL */
-bool sb_put(struct sbuf *s, const void *p, size_t n);
-bool sb_cp(struct sbuf *s, uint32_t cp);        /* appends cp as UTF-8 */
+bool sb_grow(struct sbuf *s, size_t n);
+bool sb_cp_slow(struct sbuf *s, uint32_t cp);
+uint32_t u8_next_slow(const char *s, size_t n, size_t *i);
 void sb_free(struct sbuf *s);
+
+/* Room for n more bytes and a NUL. */
+static inline bool sb_reserve(struct sbuf *s, size_t n)
+{
+	return s->n + n < s->cap || sb_grow(s, n);
+}
+
+static inline bool sb_put(struct sbuf *s, const void *p, size_t n)
+{
+	if (!sb_reserve(s, n))
+		return false;
+	if (n)
+		memcpy(s->b + s->n, p, n);
+	s->n += n;
+	s->b[s->n] = '\0';
+	return true;
+}
+
+/* Appends cp as UTF-8. */
+static inline bool sb_cp(struct sbuf *s, uint32_t cp)
+{
+	if (cp >= 0x80 || !sb_reserve(s, 1))
+		return cp >= 0x80 && sb_cp_slow(s, cp);
+	s->b[s->n++] = (char)cp;
+	s->b[s->n] = '\0';
+	return true;
+}
+
+static inline size_t u8_len(unsigned char lead)
+{
+	return lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
+}
+
 /* The code point at s[*i] (valid UTF-8 assumed); advances *i. */
-uint32_t u8_next(const char *s, size_t n, size_t *i);
-size_t u8_len(unsigned char lead);
+static inline uint32_t u8_next(const char *s, size_t n, size_t *i)
+{
+	unsigned char c = (unsigned char)s[*i];
+	if (c < 0x80) {
+		(*i)++;
+		return c;
+	}
+	return u8_next_slow(s, n, i);
+}
 
 /* A piece of text on its way through the pipeline. id >= 0: an added token,
  * already final. first: it starts at offset 0 of the original input. */
@@ -71,11 +139,18 @@ struct piece {
 	int32_t id;
 	bool first;
 };
+struct pblock;                          /* the pieces' bytes, in blocks that never move */
 struct plist {
 	struct piece *v;
 	size_t n, cap;
+	struct pblock *blk;
 };
 bool plist_push(struct plist *l, const char *s, size_t n, int32_t id, bool first);
+/* Room for n bytes (and a NUL) at the end of l's current block: fill them,
+ * then plist_push the same pointer to keep them without a copy. */
+char *plist_room(struct plist *l, size_t n);
+/* Empties l, keeping its memory for reuse. */
+void plist_clear(struct plist *l);
 void plist_free(struct plist *l);
 
 /* --- vocabulary: strings <-> ids ------------------------------------------------ */
@@ -137,6 +212,8 @@ struct hf_pre {
 	enum behavior behavior;
 	bool invert, add_prefix_space, use_regex, split, individual;
 	int prepend;                    /* Metaspace: 0 always, 1 first, 2 never */
+	char bytes[256][2];             /* ByteLevel: each byte's character, UTF-8 */
+	uint8_t bytes_n[256];
 	char repl[8];                   /* Metaspace replacement, UTF-8 */
 	size_t repl_n;
 	uint32_t repl_cp;
@@ -162,6 +239,9 @@ struct hf_model {
 	double *score, min_score;       /* Unigram, per id < n_score */
 	int32_t n_score;
 	size_t max_piece;               /* Unigram: longest piece in bytes */
+	uint8_t *cut;                   /* BPE: bitmap of the code points a word may be cut */
+	uint64_t *cut_exc;              /* before, but not after these: (c << 32 | x), sorted */
+	size_t n_cut_exc;
 };
 
 enum dec_kind {
@@ -197,8 +277,14 @@ struct hf_tok {
 	size_t n_bos, n_eos;
 	struct hf_added *added;
 	size_t n_added, cap_added;
-	uint32_t *order;                /* added tokens by (normalized, first byte) */
-	uint32_t start[2][257];         /* order[start[z][c] .. start[z][c + 1]) */
+	/* Finding added tokens in text (z: 1 for the normalized ones, matched in
+	 * normalized text): atab[z] holds the index of the first added token of
+	 * each content; lens[lstart[z][c] .. lstart[z][c + 1]) are the distinct
+	 * lengths of those whose first byte is c, longest first. */
+	int32_t *atab[2];
+	uint64_t amask;
+	uint32_t *lens;
+	uint32_t lstart[2][257];
 	uint8_t *is_special;            /* per id < n_is_special */
 	size_t n_is_special;
 	const char *path;               /* for messages, during loading only */
@@ -209,8 +295,10 @@ struct hf_tok {
 struct hf_tok *hf_load(const char *path, const char *text, size_t len, json_t *parsed,
 		       struct fw_err *err);
 void hf_free(struct hf_tok *h);
-enum fw_status hf_encode(struct hf_tok *h, const char *text, size_t len, bool split_special,
-			 bool add_special, struct fw_token_buf *out, struct fw_err *err);
+/* cache: the tokenizer's piece cache (model ids per pre-token). */
+enum fw_status hf_encode(struct hf_tok *h, struct piece_cache *cache, const char *text,
+			 size_t len, bool split_special, bool add_special, struct fw_token_buf *out,
+			 struct fw_err *err);
 /* raw: one token's bytes for fw_tokenizer_token (no UTF-8 repair, not stripped
  * as a first token). */
 enum fw_status hf_decode(const struct hf_tok *h, const int32_t *ids, size_t n, bool raw,
@@ -239,7 +327,8 @@ bool sb_put_lossy(struct sbuf *out, const char *s, size_t n);
 enum fw_status model_parse(json_t *j, struct hf_tok *h, const char *path, struct fw_err *err);
 void model_free(struct hf_model *m);
 bool ids_append(struct fw_token_buf *out, int32_t id);
-enum fw_status model_encode(const struct hf_tok *h, const char *s, size_t n,
-			    struct fw_token_buf *out, struct fw_err *err);
+/* The model's ids for one pre-token, through the piece cache c. */
+enum fw_status model_encode(const struct hf_tok *h, struct piece_cache *c, const char *s,
+			    size_t n, struct fw_token_buf *out, struct fw_err *err);
 
 #endif

@@ -254,6 +254,103 @@ static enum fw_status opt_str(json_t *j, const char *k, char **out, size_t *n, s
 	return FW_OK;
 }
 
+/* A BPE word can be cut before a code point c that is a token itself and
+ * that no token has right after the code point x before it (x != c): no
+ * merge can join across such a place, so the parts merge exactly as the
+ * whole word would, and each part can be cached. Llama-2's and Gemma's
+ * "\u2581" is one (Gemma's but after ">", for its token ">\u2581</"): their
+ * normalized text has no pre-tokenizer and is one long word. A code point
+ * that follows more than CUT_EXC others in tokens is not a cut. */
+#define CUT_EXC 16
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static enum fw_status bpe_cuts(struct hf_tok *h, struct fw_err *err)
+{
+	struct hf_model *m = &h->model;
+	const size_t bytes = (0x10FFFF >> 3) + 1;
+	uint8_t *cut = fw_calloc(bytes, 1);
+	uint64_t *pair = NULL;
+	size_t np = 0, cap = 0, ne = 0;
+	bool ok = cut != NULL, any = false;
+	for (int pass = 0; ok && pass < 2; pass++) {
+		for (int32_t id = 0; ok && id < m->n_model; id++) {
+			size_t n, i = 0;
+			const char *s = vocab_str(&h->vocab, id, &n);
+			uint32_t prev = UINT32_MAX;
+			while (ok && s && i < n) {
+				uint32_t cp = u8_next(s, n, &i);
+				if (cp > 0x10FFFF)
+					break;
+				if (pass == 0 && i == n && prev == UINT32_MAX)
+					cut[cp >> 3] |= (uint8_t)(1u << (cp & 7));     /* a token alone */
+				if (pass == 1 && prev != UINT32_MAX && prev != cp &&
+				    (cut[cp >> 3] >> (cp & 7) & 1)) {
+					ok = tok_grow((void **)&pair, &cap, np + 1, sizeof(*pair));
+					if (ok)
+						pair[np++] = (uint64_t)prev << 32 | cp;
+				}
+				prev = cp;
+			}
+		}
+	}
+	if (!ok) {
+		fw_free(cut);
+		fw_free(pair);
+		return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	}
+	/* per c, its distinct left neighbours x: (c << 32 | x), sorted */
+	for (size_t k = 0; k < np; k++)
+		pair[k] = (pair[k] & 0xFFFFFFFFu) << 32 | pair[k] >> 32;
+	if (np)
+		qsort(pair, np, sizeof(*pair), cmp_u64);
+	for (size_t k = 0; k < np;) {
+		size_t e = k, d = 0;
+		uint32_t c = (uint32_t)(pair[k] >> 32);
+		for (; e < np && pair[e] >> 32 == c; e++)
+			d += e == k || pair[e] != pair[e - 1];
+		if (d > CUT_EXC)
+			cut[c >> 3] &= (uint8_t)~(1u << (c & 7));
+		else
+			for (size_t q = k; q < e; q++)
+				if (q == k || pair[q] != pair[q - 1])
+					pair[ne++] = pair[q];
+		k = e;
+	}
+	for (size_t k = 0; k < bytes && !any; k++)
+		any = cut[k] != 0;
+	if (!any) {
+		fw_free(cut);
+		fw_free(pair);
+		return FW_OK;
+	}
+	m->cut = cut;
+	m->cut_exc = pair;
+	m->n_cut_exc = ne;
+	return FW_OK;
+}
+
+/* Whether a BPE word may be cut between code points x and c. */
+static bool cut_between(const struct hf_model *m, uint32_t x, uint32_t c)
+{
+	if (x == c || c > 0x10FFFF || !(m->cut[c >> 3] >> (c & 7) & 1))
+		return false;
+	uint64_t key = (uint64_t)c << 32 | x;
+	size_t lo = 0, hi = m->n_cut_exc;
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+		if (m->cut_exc[mid] < key)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo == m->n_cut_exc || m->cut_exc[lo] != key;
+}
+
 enum fw_status model_parse(json_t *j, struct hf_tok *h, const char *path, struct fw_err *err)
 {
 	struct hf_model *m = &h->model;
@@ -365,6 +462,9 @@ enum fw_status model_parse(json_t *j, struct hf_tok *h, const char *path, struct
 		}
 	}
 	m->n_model = h->vocab.n;
+	if (st == FW_OK && m->kind == MODEL_BPE && !m->ignore_merges && !m->n_prefix &&
+	    !m->n_suffix)
+		st = bpe_cuts(h, err);
 	m->all_bytes = true;
 	for (int b = 0; b < 256; b++) {
 		char name[8];
@@ -381,6 +481,8 @@ void model_free(struct hf_model *m)
 	fw_free(m->suffix);
 	fw_free(m->merges);
 	fw_free(m->score);
+	fw_free(m->cut);
+	fw_free(m->cut_exc);
 }
 
 /* A token of the model's own vocabulary (not an added token beyond it). */
@@ -647,11 +749,9 @@ out:
 	return st;
 }
 
-enum fw_status model_encode(const struct hf_tok *h, const char *s, size_t n,
-			    struct fw_token_buf *out, struct fw_err *err)
+static enum fw_status model_word(const struct hf_tok *h, const char *s, size_t n,
+				 struct fw_token_buf *out, struct fw_err *err)
 {
-	if (n == 0)
-		return FW_OK;
 	switch (h->model.kind) {
 	case MODEL_BPE:
 		return bpe_encode(h, s, n, out, err);
@@ -660,4 +760,45 @@ enum fw_status model_encode(const struct hf_tok *h, const char *s, size_t n,
 	default:
 		return unigram_encode(h, s, n, out, err);
 	}
+}
+
+static enum fw_status model_cached(const struct hf_tok *h, struct piece_cache *c, const char *s,
+				   size_t n, struct fw_token_buf *out, struct fw_err *err)
+{
+	if (n > CACHE_KEY_MAX || !c || !c->max)
+		return model_word(h, s, n, out, err);
+	uint64_t hs = hash_bytes(s, n);
+	size_t k;
+	const int32_t *ids = pcache_get(c, s, n, hs, &k);
+	if (ids) {
+		if (!tok_grow((void **)&out->ids, &out->cap, out->n + k, sizeof(int32_t)))
+			return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		memcpy(out->ids + out->n, ids, k * sizeof(int32_t));
+		out->n += k;
+		return FW_OK;
+	}
+	size_t mark = out->n;
+	enum fw_status st = model_word(h, s, n, out, err);
+	if (st == FW_OK)
+		pcache_put(c, s, n, hs, out->ids + mark, out->n - mark);
+	return st;
+}
+
+enum fw_status model_encode(const struct hf_tok *h, struct piece_cache *c, const char *s,
+			    size_t n, struct fw_token_buf *out, struct fw_err *err)
+{
+	size_t a = 0;
+	uint32_t prev = UINT32_MAX;
+	for (size_t i = 0; h->model.cut && i < n;) {
+		size_t at = i;
+		uint32_t cp = u8_next(s, n, &i);
+		if (at > a && cut_between(&h->model, prev, cp)) {
+			enum fw_status st = model_cached(h, c, s + a, at - a, out, err);
+			if (st != FW_OK)
+				return st;
+			a = at;
+		}
+		prev = cp;
+	}
+	return n > a ? model_cached(h, c, s + a, n - a, out, err) : FW_OK;
 }

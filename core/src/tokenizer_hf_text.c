@@ -16,30 +16,16 @@
 
 /* --- strings -------------------------------------------------------------------- */
 
-bool sb_reserve(struct sbuf *s, size_t n)
+bool sb_grow(struct sbuf *s, size_t n)
 {
 	return tok_grow((void **)&s->b, &s->cap, s->n + n + 1, 1);
 }
 
-bool sb_put(struct sbuf *s, const void *p, size_t n)
-{
-	if (!sb_reserve(s, n))
-		return false;
-	if (n)
-		memcpy(s->b + s->n, p, n);
-	s->n += n;
-	s->b[s->n] = '\0';
-	return true;
-}
-
-bool sb_cp(struct sbuf *s, uint32_t cp)
+bool sb_cp_slow(struct sbuf *s, uint32_t cp)
 {
 	char u[4];
 	size_t k;
-	if (cp < 0x80) {
-		u[0] = (char)cp;
-		k = 1;
-	} else if (cp < 0x800) {
+	if (cp < 0x800) {
 		u[0] = (char)(0xC0 | cp >> 6);
 		u[1] = (char)(0x80 | (cp & 0x3F));
 		k = 2;
@@ -65,12 +51,7 @@ void sb_free(struct sbuf *s)
 	s->n = s->cap = 0;
 }
 
-size_t u8_len(unsigned char c)
-{
-	return c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
-}
-
-uint32_t u8_next(const char *s, size_t n, size_t *i)
+uint32_t u8_next_slow(const char *s, size_t n, size_t *i)
 {
 	const unsigned char *u = (const unsigned char *)s + *i;
 	size_t k = u8_len(u[0]);
@@ -83,22 +64,62 @@ uint32_t u8_next(const char *s, size_t n, size_t *i)
 	return cp;
 }
 
+struct pblock {
+	struct pblock *next;            /* older blocks */
+	size_t used, cap;
+	char b[];
+};
+
+char *plist_room(struct plist *l, size_t n)
+{
+	struct pblock *k = l->blk;
+	if (k && k->cap - k->used > n)
+		return k->b + k->used;
+	size_t cap = n + 1 > 65536 ? n + 1 : 65536;
+	for (struct pblock **q = &l->blk; *q; q = &(*q)->next)    /* a cleared block that fits */
+		if ((*q)->used == 0 && (*q)->cap >= cap) {
+			struct pblock *f = *q;
+			*q = f->next;
+			f->next = l->blk;
+			l->blk = f;
+			return f->b;
+		}
+	if (!(k = fw_malloc(sizeof(*k) + cap)))
+		return NULL;
+	*k = (struct pblock){ l->blk, 0, cap };
+	l->blk = k;
+	return k->b;
+}
+
 bool plist_push(struct plist *l, const char *s, size_t n, int32_t id, bool first)
 {
-	char *c = tok_grow((void **)&l->v, &l->cap, l->n + 1, sizeof(*l->v)) ? fw_malloc(n + 1) :
-		NULL;
+	if (!tok_grow((void **)&l->v, &l->cap, l->n + 1, sizeof(*l->v)))
+		return false;
+	char *c = plist_room(l, n);
 	if (!c)
 		return false;
-	memcpy(c, s, n);
+	if (c != s)
+		memmove(c, s, n);
 	c[n] = '\0';
+	l->blk->used += n + 1;
 	l->v[l->n++] = (struct piece){ c, n, id, first };
 	return true;
 }
 
+void plist_clear(struct plist *l)
+{
+	for (struct pblock *k = l->blk; k; k = k->next)
+		k->used = 0;
+	l->n = 0;
+}
+
 void plist_free(struct plist *l)
 {
-	for (size_t i = 0; i < l->n; i++)
-		fw_free(l->v[i].s);
+	while (l->blk) {
+		struct pblock *k = l->blk;
+		l->blk = k->next;
+		fw_free(k);
+	}
 	fw_free(l->v);
 	l->v = NULL;
 	l->n = l->cap = 0;
@@ -643,6 +664,18 @@ static enum fw_status map_cps(int step, const char *s, size_t len, struct sbuf *
 	size_t start = out->n;
 	for (size_t i = 0; ok && i < len;) {
 		bool first_cp = i == 0;
+		unsigned char c = (unsigned char)s[i];
+		if (c < 0x80) {         /* ASCII: no marks, Chinese or non-ASCII case */
+			i++;
+			if (step == 0 && (c == 0x7F || (c < 0x20 && c != '\t' && c != '\n' && c != '\r')))
+				;       /* a control character goes */
+			else
+				ok = sb_cp(out, step == 0 && u_whitespace(c) ? ' ' :
+					   step == 4 && c >= 'A' && c <= 'Z' ? c + 32u : c);
+			if (first_cp && out->n == start && keep0)
+				*keep0 = false;
+			continue;
+		}
 		uint32_t cp = u8_next(s, len, &i);
 		uint32_t m = U_GET_GC_MASK((UChar32)cp);
 		switch (step) {
@@ -788,6 +821,17 @@ enum fw_status norm_apply(const struct hf_norm *n, const char *s, size_t len, st
 
 /* --- pre-tokenizers ---------------------------------------------------------------------- */
 
+/* GPT-2's bytes_to_unicode(): the code point standing for byte b. */
+static uint32_t byte_cp(unsigned b)
+{
+	if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE))
+		return b;
+	unsigned n = 0;
+	for (unsigned c = 0; c < b; c++)
+		n += !((c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE));
+	return 256 + n;
+}
+
 static const char gpt2_re[] = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+"
 	"|\\s+(?!\\S)|\\s+";
 
@@ -833,6 +877,12 @@ enum fw_status pre_parse(json_t *j, struct hf_pre *p, const char *path, const ch
 	case PRE_BYTELEVEL:
 		p->add_prefix_space = bool_field(j, "add_prefix_space", true);
 		p->use_regex = bool_field(j, "use_regex", true);
+		for (unsigned c = 0; c < 256; c++) {
+			uint32_t cp = byte_cp(c);       /* below U+0800: two bytes at most */
+			p->bytes_n[c] = (uint8_t)(cp < 0x80 ? 1 : 2);
+			p->bytes[c][0] = (char)(cp < 0x80 ? cp : 0xC0 | cp >> 6);
+			p->bytes[c][1] = (char)(0x80 | (cp & 0x3F));
+		}
 		if (p->use_regex && !(p->re = re_new(gpt2_re, strlen(gpt2_re), false, path, err)))
 			return err->status;
 		return FW_OK;
@@ -909,141 +959,156 @@ static bool pred_eq(uint32_t cp, const void *a)
 	return cp == *(const uint32_t *)a;
 }
 
-/* GPT-2's bytes_to_unicode(): the code point standing for byte b. */
-static uint32_t byte_cp(unsigned b)
+/* Scratch space of pre_one, kept across pieces. */
+struct pre_scratch {
+	struct spans sp;
+	struct sbuf t;
+	struct plist tmp;
+};
+
+/* Appends s[0..n) to out in GPT-2's byte alphabet. */
+static bool byte_level(const struct hf_pre *p, const char *s, size_t n, bool first,
+		       struct plist *out)
 {
-	if ((b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE))
-		return b;
-	unsigned n = 0;
-	for (unsigned c = 0; c < b; c++)
-		n += !((c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE));
-	return 256 + n;
+	char *d = plist_room(out, 2 * n);
+	if (!d)
+		return false;
+	size_t m = 0;
+	for (size_t k = 0; k < n; k++) {
+		unsigned char c = (unsigned char)s[k];
+		d[m] = p->bytes[c][0];
+		d[m + 1] = p->bytes[c][1];
+		m += p->bytes_n[c];
+	}
+	return plist_push(out, d, m, -1, first);
 }
 
 /* One pre-tokenizer (not Sequence) on one piece, appending to out. */
 static enum fw_status pre_one(const struct hf_pre *p, const struct piece *pc, struct plist *out,
-			      struct fw_err *err)
+			      struct pre_scratch *x, struct fw_err *err)
 {
-	struct spans sp = { 0 };
-	struct sbuf t = { 0 };
+	struct spans *sp = &x->sp;
+	struct sbuf *t = &x->t;
 	enum fw_status st = FW_OK;
 	bool ok = true;
+	sp->n = 0;
+	t->n = 0;
 	switch (p->kind) {
 	case PRE_BYTELEVEL: {
 		struct piece q = *pc;
 		if (p->add_prefix_space && (pc->n == 0 || pc->s[0] != ' ')) {
-			ok = sb_put(&t, " ", 1) && sb_put(&t, pc->s, pc->n);
-			q.s = t.b;
-			q.n = t.n;
+			ok = sb_put(t, " ", 1) && sb_put(t, pc->s, pc->n);
+			q.s = t->b;
+			q.n = t->n;
 		}
-		struct plist tmp = { 0 };
 		if (ok && p->use_regex) {
-			st = find_regex(p->re, q.s, q.n, &sp, err);
-			ok = st != FW_OK || split_by(&q, &sp, B_ISOLATED, false, &tmp);
-		} else if (ok) {
-			ok = q.n == 0 || plist_push(&tmp, q.s, q.n, -1, q.first);
+			st = find_regex(p->re, q.s, q.n, sp, err);
+			for (size_t i = 0; ok && st == FW_OK && i < sp->n; i++)
+				if (sp->v[i].b > sp->v[i].a)
+					ok = byte_level(p, q.s + sp->v[i].a, sp->v[i].b - sp->v[i].a,
+							q.first && sp->v[i].a == 0, out);
+		} else if (ok && q.n) {
+			ok = byte_level(p, q.s, q.n, q.first, out);
 		}
-		for (size_t i = 0; ok && st == FW_OK && i < tmp.n; i++) {
-			struct sbuf m = { 0 };
-			for (size_t k = 0; ok && k < tmp.v[i].n; k++)
-				ok = sb_cp(&m, byte_cp((unsigned char)tmp.v[i].s[k]));
-			ok = ok && plist_push(out, m.b, m.n, -1, tmp.v[i].first);
-			sb_free(&m);
-		}
-		plist_free(&tmp);
 		break;
 	}
 	case PRE_METASPACE: {
 		/* spaces become the replacement, then it is prepended per the scheme
 		 * unless the piece starts with it */
-		for (size_t i = 0; ok && i < pc->n; i++)
-			ok = pc->s[i] == ' ' ? sb_put(&t, p->repl, p->repl_n) : sb_put(&t, pc->s + i, 1);
 		bool pre = p->prepend == 0 || (p->prepend == 1 && pc->first);
-		if (ok && pre && !(t.n >= p->repl_n && !memcmp(t.b, p->repl, p->repl_n))) {
-			struct sbuf u = { 0 };
-			ok = sb_put(&u, p->repl, p->repl_n) && sb_put(&u, t.b, t.n);
-			sb_free(&t);
-			t = u;
-		}
-		struct piece q = { t.b ? t.b : "", t.n, -1, pc->first };
+		if (pre && !(pc->n && pc->s[0] == ' ') &&
+		    !(pc->n >= p->repl_n && !memcmp(pc->s, p->repl, p->repl_n)))
+			ok = sb_put(t, p->repl, p->repl_n);
+		for (size_t i = 0; ok && i < pc->n; i++)
+			ok = pc->s[i] == ' ' ? sb_put(t, p->repl, p->repl_n) : sb_put(t, pc->s + i, 1);
+		struct piece q = { t->b ? t->b : "", t->n, -1, pc->first };
 		if (!ok)
 			break;
 		if (p->split) {
-			ok = find_char(pred_eq, &p->repl_cp, q.s, q.n, &sp) &&
-			     split_by(&q, &sp, B_NEXT, false, out);
+			ok = find_char(pred_eq, &p->repl_cp, q.s, q.n, sp) &&
+			     split_by(&q, sp, B_NEXT, false, out);
 		} else {
 			ok = q.n == 0 || plist_push(out, q.s, q.n, -1, q.first);
 		}
 		break;
 	}
 	case PRE_WHITESPACE:
-		st = find_regex(p->re, pc->s, pc->n, &sp, err);
-		ok = st != FW_OK || split_by(pc, &sp, B_REMOVED, true, out);
+		st = find_regex(p->re, pc->s, pc->n, sp, err);
+		ok = st != FW_OK || split_by(pc, sp, B_REMOVED, true, out);
 		break;
 	case PRE_WSSPLIT:
-		ok = find_char(pred_ws, NULL, pc->s, pc->n, &sp) &&
-		     split_by(pc, &sp, B_REMOVED, false, out);
+		ok = find_char(pred_ws, NULL, pc->s, pc->n, sp) &&
+		     split_by(pc, sp, B_REMOVED, false, out);
 		break;
 	case PRE_BERT: {
-		struct plist tmp = { 0 };
-		ok = find_char(pred_ws, NULL, pc->s, pc->n, &sp) &&
-		     split_by(pc, &sp, B_REMOVED, false, &tmp);
-		for (size_t i = 0; ok && i < tmp.n; i++) {
-			sp.n = 0;
-			ok = find_char(pred_punct, NULL, tmp.v[i].s, tmp.v[i].n, &sp) &&
-			     split_by(&tmp.v[i], &sp, B_ISOLATED, false, out);
+		struct plist *tmp = &x->tmp;
+		plist_clear(tmp);
+		ok = find_char(pred_ws, NULL, pc->s, pc->n, sp) &&
+		     split_by(pc, sp, B_REMOVED, false, tmp);
+		for (size_t i = 0; ok && i < tmp->n; i++) {
+			sp->n = 0;
+			ok = find_char(pred_punct, NULL, tmp->v[i].s, tmp->v[i].n, sp) &&
+			     split_by(&tmp->v[i], sp, B_ISOLATED, false, out);
 		}
-		plist_free(&tmp);
 		break;
 	}
 	case PRE_PUNCT:
-		ok = find_char(pred_punct, NULL, pc->s, pc->n, &sp) &&
-		     split_by(pc, &sp, p->behavior, false, out);
+		ok = find_char(pred_punct, NULL, pc->s, pc->n, sp) &&
+		     split_by(pc, sp, p->behavior, false, out);
 		break;
 	case PRE_DIGITS:
-		ok = find_char(pred_num, NULL, pc->s, pc->n, &sp) &&
-		     split_by(pc, &sp, p->individual ? B_ISOLATED : B_CONTIGUOUS, false, out);
+		ok = find_char(pred_num, NULL, pc->s, pc->n, sp) &&
+		     split_by(pc, sp, p->individual ? B_ISOLATED : B_CONTIGUOUS, false, out);
 		break;
 	case PRE_SPLIT:
-		st = find_regex(p->re, pc->s, pc->n, &sp, err);
-		ok = st != FW_OK || split_by(pc, &sp, p->behavior, p->invert, out);
+		st = find_regex(p->re, pc->s, pc->n, sp, err);
+		ok = st != FW_OK || split_by(pc, sp, p->behavior, p->invert, out);
 		break;
 	case PRE_SEQ:
 		break;
 	}
-	fw_free(sp.v);
-	sb_free(&t);
 	if (st == FW_OK && !ok)
 		st = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 	return st;
 }
 
-/* Replaces the pieces of l (those without an id) by their pre-tokens. */
-enum fw_status pre_apply(const struct hf_pre *p, struct plist *l, struct fw_err *err)
+/* Replaces the pieces of l (those without an id) by their pre-tokens; spare
+ * is scratch space (its memory is kept for the next call). */
+static enum fw_status pre_run(const struct hf_pre *p, struct plist *l, struct plist *spare,
+			      struct pre_scratch *x, struct fw_err *err)
 {
 	if (p->kind == PRE_SEQ) {
 		for (size_t i = 0; i < p->n_sub; i++) {
-			enum fw_status s = pre_apply(&p->sub[i], l, err);
+			enum fw_status s = pre_run(&p->sub[i], l, spare, x, err);
 			if (s != FW_OK)
 				return s;
 		}
 		return FW_OK;
 	}
-	struct plist out = { 0 };
+	struct plist out = *spare;
 	enum fw_status st = FW_OK;
+	plist_clear(&out);
 	for (size_t i = 0; i < l->n && st == FW_OK; i++) {
 		if (l->v[i].id >= 0) {
 			if (!plist_push(&out, l->v[i].s, l->v[i].n, l->v[i].id, l->v[i].first))
 				st = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 		} else {
-			st = pre_one(p, &l->v[i], &out, err);
+			st = pre_one(p, &l->v[i], &out, x, err);
 		}
 	}
-	if (st != FW_OK) {
-		plist_free(&out);
-		return st;
-	}
-	plist_free(l);
+	*spare = *l;
 	*l = out;
-	return FW_OK;
+	return st;
+}
+
+enum fw_status pre_apply(const struct hf_pre *p, struct plist *l, struct fw_err *err)
+{
+	struct pre_scratch x = { 0 };
+	struct plist spare = { 0 };
+	enum fw_status st = pre_run(p, l, &spare, &x, err);
+	plist_free(&spare);
+	plist_free(&x.tmp);
+	fw_free(x.sp.v);
+	sb_free(&x.t);
+	return st;
 }

@@ -24,16 +24,19 @@
 
 #include <jansson.h>
 
+#include "fw/chat_template.h"
 #include "fw/graph.h"
 #include "fw/runtime/data.h"
 
 /* --- one record ------------------------------------------------------------------------ */
 
-static bool push(struct fw_tokenizer *tok, struct fw_rt_example *ex, const char *text, bool loss)
+/* Appends the tokens of text[0..len) (flags: FW_TOKENIZE_*). */
+static bool push_n(struct fw_tokenizer *tok, struct fw_rt_example *ex, const char *text,
+		   size_t len, bool loss, unsigned flags)
 {
 	struct fw_token_buf b = { 0 };
 	struct fw_err e = { 0 };
-	if (fw_tokenizer_encode(tok, text, strlen(text), false, &b, &e) != FW_OK)
+	if (fw_tokenizer_encode_ex(tok, text, len, flags, &b, &e) != FW_OK)
 		return false;
 	int32_t *ids = realloc(ex->ids, sizeof(int32_t) * (size_t)(ex->n + (int64_t)b.n + 1));
 	uint8_t *ls = ids ? realloc(ex->loss, (size_t)(ex->n + (int64_t)b.n + 1)) : NULL;
@@ -51,6 +54,11 @@ static bool push(struct fw_tokenizer *tok, struct fw_rt_example *ex, const char 
 	}
 	fw_token_buf_free(&b);
 	return true;
+}
+
+static bool push(struct fw_tokenizer *tok, struct fw_rt_example *ex, const char *text, bool loss)
+{
+	return push_n(tok, ex, text, strlen(text), loss, 0);
 }
 
 /* Appends one token id (a special token: EOS, a chat marker). */
@@ -148,6 +156,167 @@ static bool render_messages(const struct fw_rt_encoder *enc, json_t *msgs, struc
 	return true;
 }
 
+enum fw_status fw_rt_chat_template_from_config(const char *config_json, const char *where,
+					       struct fw_chat_template **tmpl, void **vars,
+					       struct fw_err *err)
+{
+	*tmpl = NULL;
+	*vars = NULL;
+	json_error_t je;
+	json_t *cfg = json_loads(config_json, JSON_DECODE_INT_AS_REAL, &je);   /* model_max_length 1e30 */
+	if (!json_is_object(cfg)) {
+		json_decref(cfg);
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: not a JSON object (line %d: %s)", where,
+				 je.line, cfg ? "not an object" : je.text);
+	}
+	json_t *t = json_object_get(cfg, "chat_template");
+	if (json_is_array(t)) {         /* [{"name", "template"}]: the default one */
+		size_t i;
+		json_t *e, *def = NULL;
+		json_array_foreach(t, i, e)
+			if (!def || !strcmp(json_string_value(json_object_get(e, "name")) ?
+					    json_string_value(json_object_get(e, "name")) : "", "default"))
+				def = json_object_get(e, "template");
+		t = def;
+	}
+	enum fw_status st = FW_OK;
+	if (json_is_string(t)) {
+		json_t *v = json_object();
+		static const char *const keys[] = { "bos_token", "eos_token", "unk_token",
+			"pad_token" };
+		for (size_t k = 0; v && k < sizeof(keys) / sizeof(keys[0]); k++) {
+			json_t *x = json_object_get(cfg, keys[k]);
+			if (json_is_object(x))  /* {"content": ..., "special": ...} */
+				x = json_object_get(x, "content");
+			if (json_is_string(x))
+				json_object_set(v, keys[k], x);
+		}
+		struct fw_err e = { 0 };
+		*tmpl = v ? fw_chat_template_compile(json_string_value(t), &e) : NULL;
+		if (!*tmpl) {
+			json_decref(v);
+			st = v ? fw_errorf(err, e.status, "%s: chat_template: %s", where, e.msg) :
+				fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", where);
+		} else {
+			*vars = v;
+		}
+	}
+	json_decref(cfg);
+	return st;
+}
+
+/* messages[0..n) rendered by the Jinja template, or NULL with why. */
+static char *render_upto(const struct fw_rt_encoder *enc, json_t *msgs, size_t n, bool gen,
+			 char *buf, size_t nbuf, const char **why)
+{
+	json_t *part = json_array();
+	for (size_t i = 0; part && i < n; i++)
+		json_array_append(part, json_array_get(msgs, i));
+	struct fw_err e = { 0 };
+	char *s = part ? fw_chat_template_render(enc->jinja, part, gen, enc->jinja_vars, &e) : NULL;
+	json_decref(part);
+	if (!s) {
+		snprintf(buf, nbuf, "chat template: %.500s", part ? e.msg : "out of memory");
+		*why = buf;
+	}
+	return s;
+}
+
+/* A tokenizer_config.json chat template (docs/tokenizers.md, "SFT with a
+ * chat template"): the whole conversation is rendered once (T), and for
+ * each assistant message i the conversation before it with the generation
+ * prompt (P_i), which must be a prefix of T. Its content is the first
+ * place in T after P_i (and after the previous one) that shows it as given,
+ * else stripped of its leading, trailing, or both whitespace. The text between contents is tokenized without loss (special
+ * tokens recognized, none added); each content is tokenized alone into the
+ * loss, and so is the special token that follows it (after whitespace):
+ * the end of the turn (<|eot_id|>, <|im_end|>, </s>, ...). */
+static bool render_jinja(const struct fw_rt_encoder *enc, json_t *msgs, struct fw_rt_example *ex,
+			 const char **why)
+{
+	static char buf[600];
+	const unsigned SPLIT = FW_TOKENIZE_SPLIT_SPECIAL;
+	struct fw_tokenizer *tok = enc->tok;
+	if (!json_is_array(msgs) || json_array_size(msgs) == 0)
+		return *why = "'messages' is not a non-empty array", false;
+	char *all = render_upto(enc, msgs, json_array_size(msgs), false, buf, sizeof(buf), why);
+	if (!all)
+		return false;
+	size_t at = 0, n_all = strlen(all);
+	bool ok = true, any = false;
+	for (size_t i = 0; ok && i < json_array_size(msgs); i++) {
+		json_t *m = json_array_get(msgs, i), *content = json_object_get(m, "content");
+		const char *role = json_string_value(json_object_get(m, "role"));
+		if (!role || strcmp(role, "assistant"))
+			continue;
+		if (!json_is_string(content) || !*json_string_value(content)) {
+			snprintf(buf, sizeof(buf), "messages[%zu]: an assistant 'content' must be a "
+				 "non-empty string", i);
+			ok = !(*why = buf);
+			break;
+		}
+		char *pre = render_upto(enc, msgs, i, true, buf, sizeof(buf), why);
+		if (!pre) {
+			ok = false;
+			break;
+		}
+		size_t np = strlen(pre);
+		bool prefix = np <= n_all && !memcmp(pre, all, np);
+		fw_free(pre);
+		const char *c0 = json_string_value(content), *found = NULL, *c = c0;
+		size_t n0 = json_string_length(content), from = np > at ? np : at, nc = n0;
+		size_t lead = strspn(c0, " \t\n\r"), trail = 0;
+		while (trail < n0 - lead && strchr(" \t\n\r", c0[n0 - 1 - trail]))
+			trail++;
+		/* as given, else as the template may strip it: left, right, both */
+		for (int k = 0; prefix && !found && k < 4; k++) {
+			c = c0 + (k & 1 ? lead : 0);
+			nc = n0 - (k & 1 ? lead : 0) - (k & 2 ? trail : 0);
+			if (nc && (k == 0 || (k & 1 ? lead : 0) + (k & 2 ? trail : 0)))
+				found = memmem(all + from, n_all - from, c, nc);
+		}
+		if (!found) {
+			snprintf(buf, sizeof(buf), "messages[%zu]: %s", i, prefix ?
+				 "the chat template does not show the assistant's content" :
+				 "the chat template renders the conversation before this message "
+				 "differently alone (it is not a prefix): the loss cannot be placed");
+			ok = !(*why = buf);
+			break;
+		}
+		size_t a = (size_t)(found - all), e = a + nc, w = e;
+		while (w < n_all && strchr(" \t\n\r", all[w]))
+			w++;
+		ok = push_n(tok, ex, all + at, a - at, false, SPLIT) &&
+		     push_n(tok, ex, all + a, nc, true, 0) &&
+		     push_n(tok, ex, all + e, w - e, false, SPLIT);
+		/* the end of the turn: a special token right after the content */
+		struct fw_token_buf t = { 0 };
+		struct fw_err er = { 0 };
+		size_t next = w;
+		if (ok && w < n_all && fw_tokenizer_encode_ex(tok, all + w, n_all - w > 64 ? 64 :
+							      n_all - w, SPLIT, &t, &er) == FW_OK &&
+		    t.n && fw_tokenizer_is_special(tok, t.ids[0])) {
+			size_t len = 0;
+			const char *sp = fw_tokenizer_token(tok, t.ids[0], &len);
+			if (sp && len <= n_all - w && !memcmp(all + w, sp, len)) {
+				ok = push_id(ex, t.ids[0], true);
+				next = w + len;
+			}
+		}
+		fw_token_buf_free(&t);
+		at = next;
+		any = true;
+		if (!ok && !*why)
+			*why = "out of memory";
+	}
+	if (ok && !any)
+		ok = !(*why = "'messages' has no assistant message");
+	if (ok && !push_n(tok, ex, all + at, n_all - at, false, SPLIT))
+		ok = !(*why = "out of memory");
+	fw_free(all);
+	return ok;
+}
+
 bool fw_rt_example_from_json(const struct fw_rt_encoder *enc, const void *record, struct fw_rt_example *ex,
 		       const char **why)
 {
@@ -161,7 +330,7 @@ bool fw_rt_example_from_json(const struct fw_rt_encoder *enc, const void *record
 	json_t *msgs = json_object_get(r, "messages"), *text = json_object_get(r, "text");
 	bool ok;
 	if (msgs) {
-		ok = render_messages(enc, msgs, ex, why);
+		ok = enc->jinja ? render_jinja(enc, msgs, ex, why) : render_messages(enc, msgs, ex, why);
 	} else if (prompt || resp) {
 		if (!prompt || !resp)
 			*why = prompt ? "'response' is missing" : "'prompt' is missing";
@@ -520,6 +689,8 @@ enum fw_status fw_rt_dataset_open(struct fw_rt_loader *l, const struct fw_rt_dat
 
 	struct collect c = { .max_bad = cfg->max_bad };
 	enum fw_status st = fw_rt_encoder_init(&c.enc, tok, cfg->chatml, err);
+	c.enc.jinja = cfg->jinja;
+	c.enc.jinja_vars = cfg->jinja_vars;
 	if (st != FW_OK)
 		return st;
 	copy = strdup(paths);

@@ -18,7 +18,7 @@ static const char *const tokenizer_choices[] = { "none", "byte", "gpt2", NULL };
 static const char *const data_formats[] = { "auto", "shards", "text", "jsonl", NULL };
 static const char *const packing_choices[] = { "packed", "padded", NULL };
 static const char *const too_long_choices[] = { "truncate", "drop", NULL };
-static const char *const chat_templates[] = { "plain", "chatml", NULL };
+static const char *const chat_templates[] = { "auto", "plain", "chatml", NULL };
 
 static const struct fw_option_def run_defs[] = {
 	{ "plugins", FW_OPT_STRING, "", 0, -1, NULL,
@@ -39,9 +39,11 @@ static const struct fw_option_def run_defs[] = {
 	{ "packing", FW_OPT_CHOICE, "packed", 0, -1, packing_choices,
 	  "SFT examples: several per row, each attending only to itself (packed), or one "
 	  "per row, padded (padded); padding is masked in attention and loss" },
-	{ "chat-template", FW_OPT_CHOICE, "plain", 0, -1, chat_templates,
-	  "messages records: plain (Role:\\n text, EOS after assistant turns) or chatml "
-	  "(<|im_start|>role\\n text <|im_end|>, two special tokens added to the tokenizer)" },
+	{ "chat-template", FW_OPT_CHOICE, "auto", 0, -1, chat_templates,
+	  "messages records: auto (the tokenizer's own chat_template from its "
+	  "tokenizer_config.json, else plain), plain (Role:\\n text, EOS after assistant "
+	  "turns) or chatml (<|im_start|>role\\n text <|im_end|>, two special tokens added to "
+	  "the tokenizer)" },
 	{ "too-long", FW_OPT_CHOICE, "truncate", 0, -1, too_long_choices,
 	  "SFT examples longer than seq-length + 1 tokens: cut the end off or drop them" },
 	{ "calculate-per-token-loss", FW_OPT_BOOL, "false", 0, -1, NULL,

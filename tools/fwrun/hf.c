@@ -333,7 +333,8 @@ int cmd_import(int argc, char **argv)
 		       "train/eval/generate --load=OUT.h5. The arch plugin whose Hugging Face map\n"
 		       "has config.json's model_type reads it (arch/decoder: gpt2). The folder's\n"
 		       "tokenizer (tokenizer.json, or vocab.json + merges.txt), if any, is stored with\n"
-		       "it. config.json must describe a model the arch computes; nothing is written\n"
+		       "it, with tokenizer_config.json (its chat_template) when the folder has one.\n"
+		       "config.json must describe a model the arch computes; nothing is written\n"
 		       "otherwise.\n");
 		return EXIT_OK;
 	}
@@ -482,7 +483,8 @@ static json_t *export_config(const struct hf_model *h, json_int_t eos)
 }
 
 /* A stored tokenizer in dir as Hugging Face has it: tokenizer.json for a
- * tokenizer.json pipeline, vocab.json + merges.txt for GPT-2 BPE. */
+ * tokenizer.json pipeline, vocab.json + merges.txt for GPT-2 BPE, and the
+ * tokenizer_config.json imported with it. */
 static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *done,
 				       struct fw_err *err)
 {
@@ -493,9 +495,14 @@ static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *do
 		return e.status == FW_ERR_NOT_FOUND ? FW_OK : (*err = e, e.status);
 	json_t *root = json_loads(stored, 0, NULL);
 	json_t *vocab = json_object_get(root, "vocab"), *merges = json_object_get(root, "merges");
-	json_t *hf = json_object_get(root, "json");
+	json_t *hf = json_object_get(root, "json"), *cfg = json_object_get(root, "config");
 	enum fw_status st = FW_OK;
-	if (json_is_string(hf)) {       /* a tokenizer.json pipeline: the file as read */
+	if (json_is_string(cfg)) {      /* tokenizer_config.json as imported */
+		snprintf(path, sizeof(path), "%s/tokenizer_config.json", dir);
+		st = fw_file_write_atomic(path, json_string_value(cfg), json_string_length(cfg), err);
+	}
+	if (st != FW_OK) {
+	} else if (json_is_string(hf)) {        /* a tokenizer.json pipeline: the file as read */
 		snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
 		st = fw_file_write_atomic(path, json_string_value(hf), json_string_length(hf), err);
 		*done = st == FW_OK;

@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
+#include "fw/chat_template.h"
 #include "session.h"
 
 /* A /proc/self/status field in bytes ("VmRSS: %zu kB"); 0 if unknown. */
@@ -250,27 +253,38 @@ static enum fw_status open_datasets(struct session *s, bool train, enum data_use
 	if (!train && !*valid && !*data && !*opt_s(s, "score-data"))
 		return fw_errorf(err, FW_ERR_INVALID, "eval needs --load=CKPT and "
 				 "--valid-data=FILE[,...] or --score-data=FILE.jsonl");
+	/* auto: the chat_template of the tokenizer's tokenizer_config.json */
+	struct fw_chat_template *jinja = NULL;
+	void *jinja_vars = NULL;
+	const char *cfg = s->tok && !strcmp(opt_s(s, "chat-template"), "auto") ?
+		fw_tokenizer_config(s->tok, NULL) : NULL;
+	if (cfg && fw_rt_chat_template_from_config(cfg, "the tokenizer's tokenizer_config.json",
+						   &jinja, &jinja_vars, err) != FW_OK)
+		return err->status;
+	if (jinja && (*data || *valid))
+		fprintf(stderr, "fwrun: messages records through the tokenizer's own chat template "
+			"(tokenizer_config.json); --chat-template=plain or chatml for fw's\n");
 	st = FW_OK;
 	struct fw_rt_data_config dc = {
 		.format = opt_s(s, "data-format"), .packed = !strcmp(opt_s(s, "packing"), "packed"),
 		.truncate = !strcmp(opt_s(s, "too-long"), "truncate"),
 		.chatml = !strcmp(opt_s(s, "chat-template"), "chatml"),
 		.max_bad = opt_i(s, "max-bad-records"), .seed = (uint64_t)opt_i(s, "seed"),
-		.B = s->B, .T = s->T,
+		.B = s->B, .T = s->T, .jinja = jinja, .jinja_vars = jinja_vars,
 	};
 	if (train) {
 		s->have_train = true;
 		dc.shuffle = fw_opt_bool(s->cfg.run, "shuffle");
 		st = fw_rt_dataset_open(&s->train, &dc, data, "data", s->tok, &fwrun_log, err);
-		if (st != FW_OK)
-			return st;
 	}
-	if (*valid || (!train && *data)) {
+	if (st == FW_OK && (*valid || (!train && *data))) {
 		s->have_valid = true;
 		dc.shuffle = false;
 		st = fw_rt_dataset_open(&s->valid, &dc, *valid ? valid : data,
 					*valid ? "valid-data" : "data", s->tok, &fwrun_log, err);
 	}
+	fw_chat_template_free(jinja);       /* the records are tokenized by now */
+	json_decref(jinja_vars);
 	return st;
 }
 

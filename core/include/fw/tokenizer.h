@@ -113,6 +113,13 @@ struct fw_tokenizer *fw_tokenizer_load_bpe(const char *vocab_json, const char *m
  * first special added token among <|endoftext|>, <|end_of_text|>, </s>,
  * <eos>, [SEP]. */
 struct fw_tokenizer *fw_tokenizer_load_hf_json(const char *path, struct fw_err *err);
+/* The tokenizer_config.json that came with it (fw_tokenizer_load_hf_json
+ * reads the one beside tokenizer.json, if any; fw_tokenizer_serialize keeps
+ * it): its text as read, NUL-terminated, or NULL. */
+const char *fw_tokenizer_config(const struct fw_tokenizer *t, size_t *len);
+/* Replaces it (text NULL: none). */
+enum fw_status fw_tokenizer_set_config(struct fw_tokenizer *t, const char *text, size_t len,
+				       struct fw_err *err);
 /* GPT-2 BPE from OpenAI's encoder.json + vocab.bpe. */
 struct fw_tokenizer *fw_tokenizer_load_gpt2(const char *encoder_json, const char *vocab_bpe,
 					    struct fw_err *err);
@@ -174,7 +181,7 @@ enum fw_status fw_tokenizer_add_special(struct fw_tokenizer *t, const char *text
 
 /* Caps the piece cache at max_entries pieces (0 disables it; the default is
  * 65536). The cache only saves time: results are the same with any size.
- * (gpt2 kind; the hf pipeline has no cache.) */
+ * (gpt2: regex pieces -> ids; hf: pre-tokens -> the model's ids.) */
 void fw_tokenizer_set_cache_size(struct fw_tokenizer *t, size_t max_entries);
 
 #ifdef __cplusplus

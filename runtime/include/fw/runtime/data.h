@@ -18,6 +18,8 @@
 #include "fw/tokenizer.h"
 #include "fw/runtime/log.h"
 
+struct fw_chat_template;
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -108,12 +110,26 @@ struct fw_rt_example {
 	int64_t n;
 };
 /* How records become tokens: the tokenizer and the chat template (plain,
- * or chatml with its <|im_start|> and <|im_end|> special tokens). */
+ * or chatml with its <|im_start|> and <|im_end|> special tokens, or jinja:
+ * a tokenizer_config.json chat_template rendered with jinja_vars, a json_t
+ * object of bos_token, eos_token, ...; set after fw_rt_encoder_init, owned
+ * by the caller). */
 struct fw_rt_encoder {
 	struct fw_tokenizer *tok;
 	bool chatml;
 	int32_t im_start, im_end;
+	const struct fw_chat_template *jinja;
+	const void *jinja_vars;
 };
+/* The chat_template of a tokenizer_config.json text (where names it in
+ * messages): compiled into *tmpl (fw_chat_template_free), with *vars the
+ * variables it is rendered with (a json_t object: bos_token, eos_token,
+ * unk_token, pad_token as the config gives them; json_decref). A list of
+ * named templates gives its "default" (else its first). No template: both
+ * NULL and FW_OK. Damaged JSON or a template fw cannot parse: one line. */
+enum fw_status fw_rt_chat_template_from_config(const char *config_json, const char *where,
+					       struct fw_chat_template **tmpl, void **vars,
+					       struct fw_err *err);
 /* chatml adds its two special tokens to tok (kept if it has them, as a
  * checkpoint's tokenizer does). */
 enum fw_status fw_rt_encoder_init(struct fw_rt_encoder *e, struct fw_tokenizer *tok,
@@ -156,6 +172,8 @@ struct fw_rt_data_config {
 	bool packed;                      /* SFT rows: packed (else padded) */
 	bool truncate;                    /* too long: truncate (else drop) */
 	bool chatml;                      /* the chatml template (else plain) */
+	const struct fw_chat_template *jinja;   /* else this one, if not NULL (see */
+	const void *jinja_vars;                 /* struct fw_rt_encoder) */
 	int64_t max_bad;                  /* bad JSONL records skipped before failing */
 	uint64_t seed;                    /* shuffling of rows and micro-batches */
 	bool shuffle;
