@@ -253,14 +253,19 @@ struct abi_sizes {
 #define SIZES_1_2 { FW_PLUGIN_SIZE_1_0, { \
 	[FW_KIND_ARCH] = FW_ARCH_I_SIZE_1_0, [FW_KIND_ATTENTION] = FW_ATTENTION_I_SIZE_1_0, \
 	[FW_KIND_PEFT] = FW_PEFT_I_SIZE_1_2, [FW_KIND_OPTIM] = FW_OPTIM_I_SIZE_1_0 } }
+#define SIZES_1_3 { FW_PLUGIN_SIZE_1_0, { \
+	[FW_KIND_ARCH] = FW_ARCH_I_SIZE_1_0, [FW_KIND_ATTENTION] = FW_ATTENTION_I_SIZE_1_0, \
+	[FW_KIND_PEFT] = FW_PEFT_I_SIZE_1_3, [FW_KIND_OPTIM] = FW_OPTIM_I_SIZE_1_0 } }
 static const struct abi_sizes frozen[FW_ABI_MINOR + 1] = {
 	[0] = SIZES_1_0,
 	[1] = SIZES_1_0,             /* 1.1 appended to fw_model only */
 	[2] = SIZES_1_2,             /* 1.2: the fingerprint; fw_peft_i.export_peft */
+	[3] = SIZES_1_3,             /* 1.3: fw_model.n_virtual; fw_peft_i.init_from_base */
 };
 #undef SIZES_1_0
 #undef SIZES_1_2
-_Static_assert(FW_ABI_MINOR == 2, "a new minor needs its row in frozen[] and, if it "
+#undef SIZES_1_3
+_Static_assert(FW_ABI_MINOR == 3, "a new minor needs its row in frozen[] and, if it "
 	       "changes the fingerprint, a case in fingerprint_of()");
 
 /* The fingerprint a plugin of this minor carries. 1.0 and 1.1 hashed the

@@ -71,9 +71,10 @@ extern "C" {
 /* 1.0: first release. 1.1: fw_model.segmented, positions, attn_bias.
  * 1.2: the fingerprint covers fixed layouts only (1.0 and 1.1 plugins carry
  * the older one, which fw still accepts); fw_plugin_entry is declared here;
- * fw_attn_spec.rope_scale_*; fw_peft_i.export_peft. */
+ * fw_attn_spec.rope_scale_*; fw_peft_i.export_peft. 1.3: virtual tokens
+ * (fw_model.n_virtual, virtual_select; fw_peft_i.init_from_base). */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
-#define FW_ABI_MINOR 2   /* additions at the end of size-stamped structs */
+#define FW_ABI_MINOR 3   /* additions at the end of size-stamped structs */
 
 /* Layouts that cannot grow without breaking plugins: a plugin built against
  * other ones is refused ("rebuild against this fw"). */
@@ -241,6 +242,21 @@ struct fw_model {
 	 * to attention as fw_attn_spec.bias. */
 	bool segmented;
 	struct fw_tensor *positions, *attn_bias;
+	/* Since ABI 1.3: virtual tokens (prompt tuning, P-tuning), as PEFT
+	 * prepends them: host->embed may return (B, P + T, C) for word
+	 * embeddings (B, T, C), the P virtual rows first; the host sets
+	 * n_virtual = P. An arch that calls host->embed on its word embeddings
+	 * then runs the blocks over P + T rows: learned positions 0..P+T-1 (the
+	 * real tokens at P.., under segmented rows P + m->positions), the causal
+	 * mask over all of them, attn_bias widened so that every query sees the
+	 * virtual rows, and drops the P rows before the head, so logits, targets
+	 * and loss_mask stay (B, T). While decoding (T = 1) host->embed keeps
+	 * the shape; the peft plugin creates virtual_select (1, P + 1) f32, which
+	 * the host fills each step: one-hot column p for virtual token p (the
+	 * token input is then ignored), column P for a real token. The host runs
+	 * the P virtual steps first, at cache positions 0..P-1. */
+	int64_t n_virtual;
+	struct fw_tensor *virtual_select;
 };
 
 struct fw_arch_i {
@@ -293,6 +309,11 @@ struct fw_peft_i {
 	enum fw_status (*export_peft)(const struct fw_host *host, const char *adapter,
 				      const char *dir, const char *base_model,
 				      struct fw_err *err);
+	/* Since ABI 1.3. Initialisation that reads the base weights (prompt
+	 * tuning's text and sample_vocab init copy word embeddings): called once
+	 * the base weights are in place, only for a new adapter (not one loaded
+	 * from an adapter file or a checkpoint). */
+	enum fw_status (*init_from_base)(void *state, struct fw_model *m, struct fw_err *err);
 };
 
 /* Optimizer: the host allocates n_state f32 tensors per parameter (named
@@ -425,10 +446,12 @@ struct fw_plugin {
 #define FW_ATTENTION_I_SIZE_1_0 FW_SIZE_THROUGH(struct fw_attention_i, attend)
 #define FW_PEFT_I_SIZE_1_0      FW_SIZE_THROUGH(struct fw_peft_i, unmerge)
 #define FW_PEFT_I_SIZE_1_2      FW_SIZE_THROUGH(struct fw_peft_i, export_peft)
+#define FW_PEFT_I_SIZE_1_3      FW_SIZE_THROUGH(struct fw_peft_i, init_from_base)
 #define FW_OPTIM_I_SIZE_1_0     FW_SIZE_THROUGH(struct fw_optim_i, step)
 #define FW_HOST_SIZE_1_0        FW_SIZE_THROUGH(struct fw_host, init_const)
 #define FW_MODEL_SIZE_1_0       FW_SIZE_THROUGH(struct fw_model, host_private)
 #define FW_MODEL_SIZE_1_1       FW_SIZE_THROUGH(struct fw_model, attn_bias)
+#define FW_MODEL_SIZE_1_3       FW_SIZE_THROUGH(struct fw_model, virtual_select)
 #define FW_ATTN_SPEC_SIZE_1_0   FW_SIZE_THROUGH(struct fw_attn_spec, scale)
 #define FW_ATTN_SPEC_SIZE_1_2   FW_SIZE_THROUGH(struct fw_attn_spec, rope_scale_orig_max_pos)
 #define FW_OP_I_SIZE_1_0        FW_SIZE_THROUGH(struct fw_op_i, saved)
