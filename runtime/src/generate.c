@@ -99,32 +99,33 @@ enum fw_status fw_rt_generate(struct fw_rt_decoder *d, const int32_t *prompt, in
 	memset(d->seen, 0, (size_t)d->V);
 	for (int64_t i = 0; i < n; i++)
 		d->seen[prompt[i]] = 1;
-	for (int64_t p = 0; p < P; p++) {               /* the virtual tokens first */
-		*(int32_t *)d->len->data = (int32_t)p;
-		mk[p] = 0.0f;
-		*(int32_t *)d->m.tokens->data = 0;
-		memset(sel, 0, sizeof(float) * (size_t)(P + 1));
-		sel[p] = 1.0f;
-		if (fw_graph_forward(d->g) != FW_OK)
-			return fw_errorf(err, FW_ERR_INTERNAL, "generate: %s",
-					 fw_ctx_err(d->ctx)->msg);
-	}
-	if (P) {
-		memset(sel, 0, sizeof(float) * (size_t)(P + 1));
-		sel[P] = 1.0f;
-	}
+	/* The virtual tokens stand before prompt token K (0: in front); they
+	 * take cache positions K..K+P-1. */
+	int64_t K = P ? d->m.virtual_at : 0;
+	if (K > n)
+		return fw_errorf(err, FW_ERR_INVALID, "generate: the virtual tokens stand after "
+				 "prompt token %lld, and the prompt has %lld", (long long)K,
+				 (long long)n);
 	int32_t tok = prompt[0];
-	for (int64_t p = 0; p < n + o->max_new - 1; p++) {
-		*(int32_t *)d->len->data = (int32_t)(P + p);
-		mk[P + p] = 0.0f;
-		*(int32_t *)d->m.tokens->data = tok;
+	for (int64_t q = 0; q < n + P + o->max_new - 1; q++) {
+		bool virt = q >= K && q < K + P;
+		*(int32_t *)d->len->data = (int32_t)q;
+		mk[q] = 0.0f;
+		*(int32_t *)d->m.tokens->data = virt ? 0 : tok;
+		if (P) {
+			memset(sel, 0, sizeof(float) * (size_t)(P + 1));
+			sel[virt ? q - K : P] = 1.0f;
+		}
 		if (fw_graph_forward(d->g) != FW_OK)
 			return fw_errorf(err, FW_ERR_INTERNAL, "generate: %s",
 					 fw_ctx_err(d->ctx)->msg);
-		if (p + 1 < n) {                         /* prefill */
-			tok = prompt[p + 1];
+		int64_t next = q + 1;
+		if (next < n + P) {                      /* prefill */
+			if (next < K || next >= K + P)
+				tok = prompt[next < K ? next : next - P];
 			continue;
 		}
+		int64_t p = q - P;                       /* the position without virtual tokens */
 		/* Repetition penalty (CTRL, as Hugging Face's processor): before
 		 * temperature, on every id already in the context. */
 		fw_rt_repetition_penalty(d->m.logits->data, d->seen, n_sample, o->penalty,

@@ -254,9 +254,16 @@ struct fw_model {
 	 * the shape; the peft plugin creates virtual_select (1, P + 1) f32, which
 	 * the host fills each step: one-hot column p for virtual token p (the
 	 * token input is then ignored), column P for a real token. The host runs
-	 * the P virtual steps first, at cache positions 0..P-1. */
+	 * the P virtual steps first, at cache positions 0..P-1.
+	 * virtual_at (set by the peft plugin; 0 = in front, as above) puts the
+	 * virtual rows before real token K = virtual_at instead (P-tuning's
+	 * template): rows [K, K + P) of P + T. The arch then keeps rows [0, K-1)
+	 * and [K-1+P, P+T) for the head (the last virtual row predicts token K),
+	 * and refuses segmented rows; the host runs the virtual steps after the
+	 * first K prompt tokens. */
 	int64_t n_virtual;
 	struct fw_tensor *virtual_select;
+	int64_t virtual_at;
 };
 
 struct fw_arch_i {
@@ -451,7 +458,7 @@ struct fw_plugin {
 #define FW_HOST_SIZE_1_0        FW_SIZE_THROUGH(struct fw_host, init_const)
 #define FW_MODEL_SIZE_1_0       FW_SIZE_THROUGH(struct fw_model, host_private)
 #define FW_MODEL_SIZE_1_1       FW_SIZE_THROUGH(struct fw_model, attn_bias)
-#define FW_MODEL_SIZE_1_3       FW_SIZE_THROUGH(struct fw_model, virtual_select)
+#define FW_MODEL_SIZE_1_3       FW_SIZE_THROUGH(struct fw_model, virtual_at)
 #define FW_ATTN_SPEC_SIZE_1_0   FW_SIZE_THROUGH(struct fw_attn_spec, scale)
 #define FW_ATTN_SPEC_SIZE_1_2   FW_SIZE_THROUGH(struct fw_attn_spec, rope_scale_orig_max_pos)
 #define FW_OP_I_SIZE_1_0        FW_SIZE_THROUGH(struct fw_op_i, saved)

@@ -208,8 +208,14 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 	/* virtual tokens (prompt tuning) come in front, as PEFT concatenates them */
 	struct fw_tensor *x = h->embed(m, h->embedding(m->ctx, wte, m->tokens));
 	int64_t P = FW_HAS(m, n_virtual) && !decode ? m->n_virtual : 0;
+	int64_t K = P ? m->virtual_at : 0;       /* the virtual rows stand before token K */
 	if (!x)
 		return fail(d, m, err);
+	if (K < 0 || K >= T || (K && m->positions))
+		return h->errorf(err, FW_ERR_UNSUPPORTED, "arch/decoder: virtual tokens before "
+				 "token %lld: %s", (long long)K, K && m->positions ?
+				 "segmented (SFT) rows take them only in front" :
+				 "outside the sequence");
 	if (P && T + P > d->n_pos)
 		return h->errorf(err, FW_ERR_INVALID, "arch/decoder: --seq-length %lld plus %lld "
 				 "virtual tokens exceeds --n-positions %lld", (long long)T,
@@ -242,7 +248,12 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 		if (d->recompute)
 			h->checkpoint_end(m->ctx);
 	}
-	if (P)                          /* the head sees the real tokens only */
+	/* The head sees the rows that predict real tokens: the last virtual row
+	 * predicts token K, the row of token K-1 (which precedes them) nothing. */
+	if (P && K > 1)
+		x = h->concat(m->ctx, h->slice(m->ctx, x, 1, 0, K - 1),
+			      h->slice(m->ctx, x, 1, K - 1 + P, T - K + 1), 1);
+	else if (P)
 		x = h->slice(m->ctx, x, 1, P, T);
 	x = norm(d, m, x, "ln_f", 0);
 	struct fw_tensor *head = wte;

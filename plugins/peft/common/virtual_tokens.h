@@ -11,13 +11,14 @@
 
 #include "fw/plugin.h"
 
-/* The word embeddings x (B, T, C) with the virtual tokens v (P, C) in front:
- * (B, P + T, C). While decoding (T = 1) the shape stays and the host picks
- * the row with m->virtual_select (1, P + 1), created here: v[p] for column
- * p, x for column P. NULL with err set on failure. */
-static inline struct fw_tensor *vt_prepend(const struct fw_host *h, const char *kind,
-					   struct fw_model *m, struct fw_tensor *x,
-					   struct fw_tensor *v, struct fw_err *err)
+/* The word embeddings x (B, T, C) with the virtual tokens v (P, C) before
+ * token at (0: in front): (B, P + T, C). While decoding (T = 1) the shape
+ * stays and the host picks the row with m->virtual_select (1, P + 1),
+ * created here: v[p] for column p, x for column P. NULL with err set on
+ * failure. */
+static inline struct fw_tensor *vt_insert(const struct fw_host *h, const char *kind,
+					  struct fw_model *m, struct fw_tensor *x,
+					  struct fw_tensor *v, int64_t at, struct fw_err *err)
 {
 	struct fw_ctx *c = m->ctx;
 	int64_t P = v->ne[0], C = v->ne[1];
@@ -32,6 +33,7 @@ static inline struct fw_tensor *vt_prepend(const struct fw_host *h, const char *
 			  "%lld", kind, (long long)(x->ndim == 3 ? x->ne[2] : -1), (long long)C);
 		return NULL;
 	}
+	m->virtual_at = at;
 	if (m->caches) {
 		if (x->ne[0] != 1 || x->ne[1] != 1) {
 			h->errorf(err, FW_ERR_UNSUPPORTED, "%s: decoding with virtual tokens needs "
@@ -49,9 +51,17 @@ static inline struct fw_tensor *vt_prepend(const struct fw_host *h, const char *
 	} else {
 		/* zeros (B, 1, C) from x, so that v broadcasts over the batch */
 		struct fw_tensor *zero = h->scale(c, h->slice(c, x, 1, 0, 1), 0.0f);
-		y = h->concat(c, h->add(c, zero, v), x, 1);
+		y = h->add(c, zero, v);
+		if (at > 0 && at < x->ne[1])
+			y = h->concat(c, h->concat(c, h->slice(c, x, 1, 0, at), y, 1),
+				      h->slice(c, x, 1, at, x->ne[1] - at), 1);
+		else if (at == 0)
+			y = h->concat(c, y, x, 1);
+		else
+			y = NULL, h->errorf(err, FW_ERR_INVALID, "%s: virtual tokens before token "
+					    "%lld of %lld", kind, (long long)at, (long long)x->ne[1]);
 	}
-	if (!y) {
+	if (!y && !err->status) {
 		const struct fw_err *ce = h->ctx_err(c);
 		h->errorf(err, ce->status ? ce->status : FW_ERR_INTERNAL, "%s: %s", kind, ce->msg);
 	}

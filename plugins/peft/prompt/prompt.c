@@ -44,25 +44,18 @@ struct prompt {
 	int64_t heads;
 };
 
-static void reset(struct prompt *s, struct fw_ctx *ctx)
-{
-	if (s->ctx != ctx) {
-		s->ctx = ctx;
-		s->emb = s->words = NULL;
-		s->layers = 0;
-		s->heads = 0;
-	}
-}
-
 static struct fw_tensor *prompt_wrap_embed(void *state, struct fw_model *m, struct fw_tensor *x,
 					   struct fw_err *err)
 {
 	struct prompt *s = state;
 	const struct fw_host *h = s->host;
-	reset(s, m->ctx);
-	if (s->emb)
+	/* by name: a new model's context may reuse a freed one's address */
+	if (fw_ctx_find(m->ctx, "prompt.embedding.weight"))
 		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prompt: the arch embeds twice "
 				 "(an encoder-decoder); prompt tuning supports one input"), NULL;
+	s->ctx = m->ctx;
+	s->layers = 0;
+	s->heads = 0;
 	s->words = vt_word_table(x);
 	int64_t shape[2] = { s->nvt, x->ne[x->ndim - 1] };
 	s->emb = h->param(m->ctx, "prompt.embedding.weight", FW_F32, 2, shape, true);
@@ -71,7 +64,7 @@ static struct fw_tensor *prompt_wrap_embed(void *state, struct fw_model *m, stru
 		return h->errorf(err, ce->status, "peft/prompt: %s", ce->msg), NULL;
 	}
 	h->init_normal(m, s->emb, 1.0f);          /* nn.Embedding: N(0, 1) */
-	return vt_prepend(h, PROMPT_KIND, m, x, s->emb, err);
+	return vt_insert(h, PROMPT_KIND, m, x, s->emb, 0, err);
 }
 
 /* Nothing changes in attention: the layers and heads are counted for the
