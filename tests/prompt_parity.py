@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import subprocess
 import sys
 
 import numpy as np
@@ -314,6 +315,18 @@ def check_generate(fw, work, train_path):
         got = got[len(g2.PROMPT):]
     R.check(f"[{tag}] greedy {g2.GEN_NEW} tokens identical to torch's (virtual tokens at "
             "positions 0..nvt-1)", got == ref, f"fw {got} torch {ref}")
+    n = g2.N_POS - NVT - 3
+    p = fw("generate", EVAL, f"--load={h5}", f"--adapter={ap}",
+           "--prompt-tokens=" + ",".join(["5"] * n), "--max-new-tokens=4", "--threads=2")
+    R.check(f"[{tag}] a prompt that fits n-positions but not with the virtual tokens: usage "
+            "error, one line", p.returncode == 2 and "less its virtual tokens" in p.stderr and
+            len(p.stderr.strip().splitlines()) == 1, g2.describe(p))
+    p = subprocess.run([fw.exe, "generate", EVAL, f"--load={h5}", f"--adapter={ap}",
+                        "--interactive", "--tokenizer=byte", "--max-new-tokens=3",
+                        "--threads=2"], env=fw.env, input=b"hi\n", capture_output=True,
+                       timeout=60)        # bytes: the random model writes any bytes
+    R.check(f"[{tag}] --interactive (a cache of n-positions less the virtual tokens) runs",
+            p.returncode == 0, p.stderr.decode(errors="replace")[-300:])
 
 
 def check_sft(fw, work, base, W, train_path):

@@ -38,6 +38,17 @@ static enum fw_status build(struct fw_rt_decoder *d, const struct fw_plugin_slot
 		d->ctx, &d->m, err);
 }
 
+enum fw_status fw_rt_decoder_virtual(const struct fw_plugin_slots *plugins, int64_t *n_virtual,
+				     struct fw_err *err)
+{
+	struct fw_rt_decoder d;
+	memset(&d, 0, sizeof(d));
+	enum fw_status st = build(&d, plugins, 1, 0, err);
+	*n_virtual = st == FW_OK && d.m.virtual_select ? d.m.virtual_select->ne[1] - 1 : 0;
+	fw_rt_decoder_close(&d);
+	return st;
+}
+
 enum fw_status fw_rt_decoder_open(struct fw_rt_decoder *d, const struct fw_plugin_slots *plugins,
 				  int64_t max_len, uint64_t seed, struct fw_err *err)
 {

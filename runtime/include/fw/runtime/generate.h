@@ -49,6 +49,10 @@ struct fw_rt_decoder {
 enum fw_status fw_rt_decoder_open(struct fw_rt_decoder *d, const struct fw_plugin_slots *plugins,
 				  int64_t max_len, uint64_t seed, struct fw_err *err);
 void fw_rt_decoder_close(struct fw_rt_decoder *d);
+/* The virtual tokens a decoder of plugins runs first (0 without a
+ * prompt-tuning peft plugin): positions the prompt cannot use. */
+enum fw_status fw_rt_decoder_virtual(const struct fw_plugin_slots *plugins, int64_t *n_virtual,
+				     struct fw_err *err);
 
 struct fw_rt_gen_opts {
 	int64_t max_new;                  /* tokens to generate at most */
