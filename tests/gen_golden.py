@@ -653,6 +653,58 @@ def _(c):
     return f
 
 
+def lstm_ref(x, params, layers, bidirectional):
+    """torch.nn.LSTM (batch_first) itself, run on the given tensors."""
+    m = torch.nn.LSTM(x.shape[2], params["weight_hh_l0"].shape[1], num_layers=layers,
+                      bidirectional=bidirectional, batch_first=True).to(F64)
+    for k, v in params.items():          # the inputs themselves, so gradients reach them
+        m._parameters[k] = v
+    m._flat_weights = [m._parameters[n] for n in m._flat_weights_names]
+    return m(x)[0]
+
+
+def lstm_case(c, H, I, layers, dirs, zero_hh=False):
+    """Inputs named as torch's parameters for the directions dirs ("" forward,
+    "_reverse"); a bidirectional module's other direction gets zeros. fw's
+    bias is b_ih + b_hh: with zero_hh only b_ih is an input, b_hh is zero."""
+    c.p("x", (2, 5, I), -2, 2)
+    bidir = "_reverse" in dirs
+    names, zeros = [], {}
+    for l in range(layers):
+        for sfx in ("", "_reverse")[:2 if bidir else 1]:
+            n_in = I if l == 0 else H * (2 if bidir else 1)
+            for w, shape in (("weight_ih", (4 * H, n_in)), ("weight_hh", (4 * H, H)),
+                             ("bias_ih", (4 * H,)), ("bias_hh", (4 * H,))):
+                n = f"{w}_l{l}{sfx}"
+                if sfx in dirs and not (zero_hh and w == "bias_hh"):
+                    names.append(n)
+                    c.p(n, shape)
+                else:
+                    zeros[n] = torch.zeros(shape, dtype=F64)
+
+    def f(x, *ws):
+        return lstm_ref(x, dict(zip(names, ws), **zeros), layers, bidir)
+    return f
+
+
+@case("lstm", reverse=0)
+def _(c):
+    return lstm_case(c, 3, 4, 1, ("",), zero_hh=True)
+
+
+@case("lstm_reverse", reverse=1)
+def _(c):
+    # the reverse direction of a bidirectional layer: torch's second half
+    f = lstm_case(c, 3, 4, 1, ("_reverse",), zero_hh=True)
+    return lambda *a: f(*a)[..., 3:]
+
+
+@case("lstm_bidir_2layer", hidden=3)
+def _(c):
+    # P-tuning's encoder: LSTM(I, H, num_layers=2, bidirectional=True)
+    return lstm_case(c, 3, 4, 2, ("", "_reverse"))
+
+
 def run_case(name, fn, attrs):
     c = Case(name)
     c.attrs.update(attrs)

@@ -467,6 +467,27 @@ def check_prefix_refusals(fw, work, base, train_path):
             "prefix-num-virtual-tokens" in p.stderr, p.stderr[-300:])
 
 
+def fixture(fw, work):
+    """The random GPT-2 imported as base.h5, train and validation shards: (W,
+    tokens, train_path, val_tokens, val_path, base path or None)."""
+    W = g2.random_weights(1234)
+    rng = np.random.RandomState(42)
+    c = TRAIN
+    need = c["ITERS"] * (c["GBS"] // c["B"]) * c["B"] * c["T"] + 1
+    tokens = rng.randint(0, VOCAB, size=need + 37).astype(np.uint16)
+    val_tokens = rng.randint(0, VOCAB, size=lp.EVAL_K * lp.EVAL_B * lp.EVAL_T + 51) \
+        .astype(np.uint16)
+    train_path, val_path = os.path.join(work, "train.bin"), os.path.join(work, "val.bin")
+    g2.write_shard(train_path, tokens)
+    g2.write_shard(val_path, val_tokens)
+    d = os.path.join(work, "hf_base")
+    g2.write_hf_dir(d, W, "F32")
+    base = os.path.join(work, "base.h5")
+    p = fw("import", d, base)
+    ok = R.check("import of the base model", p.returncode == 0, g2.describe(p))
+    return W, tokens, train_path, val_tokens, val_path, base if ok else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fwrun", required=True)
@@ -478,21 +499,8 @@ def main():
     only = set(filter(None, a.only.split(",")))
 
     def body(work):
-        W = g2.random_weights(1234)
-        rng = np.random.RandomState(42)
-        c = TRAIN
-        need = c["ITERS"] * (c["GBS"] // c["B"]) * c["B"] * c["T"] + 1
-        tokens = rng.randint(0, VOCAB, size=need + 37).astype(np.uint16)
-        val_tokens = rng.randint(0, VOCAB, size=lp.EVAL_K * lp.EVAL_B * lp.EVAL_T + 51) \
-            .astype(np.uint16)
-        train_path, val_path = os.path.join(work, "train.bin"), os.path.join(work, "val.bin")
-        g2.write_shard(train_path, tokens)
-        g2.write_shard(val_path, val_tokens)
-        d = os.path.join(work, "hf_base")
-        g2.write_hf_dir(d, W, "F32")
-        base = os.path.join(work, "base.h5")
-        p = fw("import", d, base)
-        if not R.check("import of the base model", p.returncode == 0, g2.describe(p)):
+        W, tokens, train_path, val_tokens, val_path, base = fixture(fw, work)
+        if not base:
             return
         if not only or "ia3" in only:
             check_ia3(fw, work, base, W, tokens, train_path, val_tokens, val_path)

@@ -13,7 +13,7 @@
 
 /* Arguments of the op under test, passed to the builders as user data. */
 struct args {
-	bool ta, tb, causal, keepdim;
+	bool ta, tb, causal, keepdim, reverse;
 	int axis, form, ignore, nd;
 	float s, eps, p;
 	int64_t start, len;
@@ -28,6 +28,11 @@ struct args {
 };
 
 #define ARGS(x) ((const struct args *)(x))
+
+static struct fw_tensor *b_lstm(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_lstm(c, in[0], in[1], in[2], in[3], ARGS(u)->reverse);
+}
 
 static struct fw_tensor *b_matmul(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
 {
@@ -332,6 +337,11 @@ static struct gentry cases[] = {
 	  2, { F("x", 2, 3, 5, 40), INT("pos", packed_pos, 2, 5) }, 0 },
 	{ "rope_neox_d40_view", b_rope_view, { .rope_dim = 40, .base = 10000.0f }, 2,
 	  { F("x", 2, 3, 5, 40), NONE }, 0 },
+	/* H = 3: w_ih (12, I), w_hh (12, 3); both directions */
+	{ "lstm", b_lstm, { 0 }, 4,
+	  { F("x", 2, 4, 5), F("w_ih", 12, 5), F("w_hh", 12, 3), F("bias", 12) }, 0 },
+	{ "lstm_reverse", b_lstm, { .reverse = true }, 4,
+	  { F("x", 2, 4, 5), F("w_ih", 12, 5), F("w_hh", 12, 3), F("bias", 12) }, 0 },
 };
 
 #define N_CASES ((int)(sizeof(cases) / sizeof(cases[0])))

@@ -19,7 +19,7 @@
 
 #include "harness.h"
 
-#define MAX_IN 12
+#define MAX_IN 20
 
 struct pcase {
 	struct fwt_h5 *h5;
@@ -332,6 +332,34 @@ static struct fw_tensor *b_mlp_block(struct pcase *c)
 	return fw_add(x, h, in(c, "x"));
 }
 
+/* One direction of torch.nn.LSTM: the golden case names torch's parameters
+ * (weight_ih_l0, ..., _reverse); fw's bias is b_ih + b_hh. */
+static struct fw_tensor *lstm_dir(struct pcase *c, struct fw_tensor *x, int layer,
+				  bool reverse)
+{
+	char n[4][40];
+	static const char *const what[4] = { "weight_ih", "weight_hh", "bias_ih", "bias_hh" };
+	for (int i = 0; i < 4; i++)
+		snprintf(n[i], sizeof(n[i]), "%s_l%d%s", what[i], layer, reverse ? "_reverse" : "");
+	struct fw_tensor *b = in(c, n[2]), *bh = in_opt(c, n[3]);
+	if (bh)
+		b = fw_add(c->ctx, b, bh);
+	return fw_lstm(c->ctx, x, in(c, n[0]), in(c, n[1]), b, reverse);
+}
+
+static struct fw_tensor *b_lstm(struct pcase *c)
+{
+	return lstm_dir(c, in(c, "x"), 0, attr_i(c, "reverse"));
+}
+
+static struct fw_tensor *b_lstm_bidir_2layer(struct pcase *c)
+{
+	struct fw_tensor *x = in(c, "x");
+	for (int l = 0; l < 2; l++)
+		x = fw_concat(c->ctx, lstm_dir(c, x, l, false), lstm_dir(c, x, l, true), 2);
+	return x;
+}
+
 /* --- the case table ---------------------------------------------------------------- */
 
 struct pentry {
@@ -432,6 +460,9 @@ static const struct pentry cases[] = {
 	{ "cast_bf16", b_cast_bf16, EXACT, EXACT },
 	{ "attention", b_attention, 0, 0 },
 	{ "mlp_block", b_mlp_block, 0, 0 },
+	{ "lstm", b_lstm, 0, 0 },
+	{ "lstm_reverse", b_lstm, 0, 0 },
+	{ "lstm_bidir_2layer", b_lstm_bidir_2layer, 0, 0 },
 };
 
 #define N_CASES ((int)(sizeof(cases) / sizeof(cases[0])))

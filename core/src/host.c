@@ -143,6 +143,16 @@ static struct fw_tensor *host_embed(struct fw_model *m, struct fw_tensor *x)
 			owned_since(m, t0, FW_FLAG_BY_PEFT);
 			if (!y && e.status != FW_OK)
 				return fail(m, &e);
+			if (y && (y->ndim != 3 || y->ne[0] != x->ne[0] || y->ne[2] != x->ne[2] ||
+				  y->ne[1] < x->ne[1])) {
+				fw_errorf(&e, FW_ERR_SHAPE, "%s: wrap_embed returned %lld x %lld x %lld "
+					  "for embeddings %lld x %lld x %lld (only rows may be added)",
+					  ps->peft->desc->name, (long long)y->ne[0],
+					  (long long)y->ne[1], (long long)y->ne[2], (long long)x->ne[0],
+					  (long long)x->ne[1], (long long)x->ne[2]);
+				return fail(m, &e);
+			}
+			m->n_virtual = y ? y->ne[1] - x->ne[1] : 0;
 			return y ? y : x;
 		}
 	}

@@ -29,7 +29,7 @@ extern const struct fw_op_i fw_op_matmul_i, fw_op_add_i, fw_op_sub_i, fw_op_mul_
 	fw_op_gelu_i, fw_op_relu_i, fw_op_silu_i, fw_op_tanh_i, fw_op_sigmoid_i,
 	fw_op_softmax_i, fw_op_dropout_i, fw_op_cross_entropy_i, fw_op_concat_i,
 	fw_op_slice_i, fw_op_reshape_i, fw_op_permute_i, fw_op_cont_i, fw_op_sum_i,
-	fw_op_mean_i, fw_op_cast_i, fw_op_rope_i, fw_op_kv_write_i;
+	fw_op_mean_i, fw_op_cast_i, fw_op_rope_i, fw_op_kv_write_i, fw_op_lstm_i;
 
 /* Opens/closes the window in which plugins may register ops (host.c). */
 void fw_host_registration(bool open);

@@ -33,8 +33,9 @@ static const struct fw_op_i *builtin_ops[FW_OP_COUNT] = {
 	[FW_OP_CAST] = &fw_op_cast_i,
 	[FW_OP_ROPE] = &fw_op_rope_i,
 	[FW_OP_KV_WRITE] = &fw_op_kv_write_i,
+	[FW_OP_LSTM] = &fw_op_lstm_i,
 };
-_Static_assert(FW_OP_COUNT == 27, "update builtin_ops when adding an op");
+_Static_assert(FW_OP_COUNT == 28, "update builtin_ops when adding an op");
 
 static const struct fw_op_i *plugin_ops[FW_MAX_PLUGIN_OPS];
 static int n_plugin_ops;
@@ -379,4 +380,13 @@ struct fw_tensor *fw_kv_write(struct fw_ctx *ctx, struct fw_tensor *cache,
 	if (!rows || !len)
 		return NULL;
 	return node(ctx, FW_OP_KV_WRITE, 3, cache, rows, len, 0, NULL);
+}
+
+struct fw_tensor *fw_lstm(struct fw_ctx *ctx, struct fw_tensor *x, struct fw_tensor *w_ih,
+			  struct fw_tensor *w_hh, struct fw_tensor *bias, bool reverse)
+{
+	struct fw_tensor *src[4] = { x, w_ih, w_hh, bias };
+	if (!x || !w_ih || !w_hh || !bias)
+		return NULL;
+	return fw_op_custom(ctx, FW_OP_LSTM, src, 4, P({ .i = reverse }), 1);
 }

@@ -260,7 +260,7 @@ static const struct abi_sizes frozen[FW_ABI_MINOR + 1] = {
 	[0] = SIZES_1_0,
 	[1] = SIZES_1_0,             /* 1.1 appended to fw_model only */
 	[2] = SIZES_1_2,             /* 1.2: the fingerprint; fw_peft_i.export_peft */
-	[3] = SIZES_1_3,             /* 1.3: fw_peft_i.check, fw_arch_i.hf_maps */
+	[3] = SIZES_1_3,             /* 1.3: fw_peft_i.check, init_from_base; fw_arch_i.hf_maps; fw_model.n_virtual */
 };
 #undef SIZES_1_0
 #undef SIZES_1_2

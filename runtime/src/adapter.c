@@ -39,3 +39,13 @@ enum fw_status fw_rt_adapter_load(const struct fw_plugin_slots *plugins, struct 
 		return fw_errorf(err, e.status ? e.status : FW_ERR_INTERNAL, "%s", e.msg);
 	return FW_OK;
 }
+
+enum fw_status fw_rt_adapter_init(const struct fw_plugin_slots *plugins, struct fw_model *m,
+				  struct fw_err *err)
+{
+	const struct fw_peft_i *pi = plugins->peft ? plugins->peft->desc->iface : NULL;
+	struct fw_err e = { 0 };
+	if (pi && pi->init_from_base && pi->init_from_base(plugins->peft->state, m, &e) != FW_OK)
+		return fw_errorf(err, e.status ? e.status : FW_ERR_INTERNAL, "%s", e.msg);
+	return FW_OK;
+}

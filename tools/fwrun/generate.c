@@ -193,7 +193,8 @@ static enum fw_status fits(const struct gen *s, int64_t n_prompt, struct fw_err 
 				 "the prompt is %lld tokens; with --max-new-tokens=%lld that is "
 				 "%lld positions, more than %s (%lld)",
 				 (long long)n_prompt, (long long)s->max_new, (long long)need,
-				 model ? "the model's n-positions" : "the cache holds",
+				 model ? "the model's n-positions (less its virtual tokens)" :
+				 "the cache holds",
 				 (long long)(model ? s->n_pos : s->d.max_len));
 	return FW_OK;
 }
@@ -401,17 +402,9 @@ int cmd_generate(int argc, char **argv)
 	};
 	s.max_new = fw_opt_int(o, "max-new-tokens");
 	s.n_pos = arch_positions(slots.arch->opts);
-	/* The cache: one prompt gets just the positions it needs (each step
-	 * attends over the whole cache); --interactive, whose prompts come
-	 * later, gets the arch's n-positions, the most any prompt may use. */
-	s.d.max_len = interactive ? s.n_pos : n_prompt + s.max_new;
 	if (interactive && s.n_pos <= 0) {
 		rc = fail(FW_ERR_INVALID, "--interactive sizes its cache by the arch's n-positions, "
 			 "and %s has none", slots.arch->desc->name);
-		goto out;
-	}
-	if (!interactive && fits(&s, n_prompt, &err) != FW_OK) {
-		rc = fail(FW_ERR_INVALID, "%s", err.msg);
 		goto out;
 	}
 	if (fw_opt_int(o, "threads") > 0)
@@ -421,6 +414,22 @@ int cmd_generate(int argc, char **argv)
 			rc = fail(err.status, "%s", err.msg);
 			goto out;
 		}
+	/* Virtual tokens (prompt tuning) take positions of their own. */
+	int64_t n_virtual = 0;
+	if (slots.peft && fw_rt_decoder_virtual(&slots, &n_virtual, &err) != FW_OK) {
+		rc = fail(err.status, "%s", err.msg);
+		goto out;
+	}
+	if (s.n_pos > 0)
+		s.n_pos = s.n_pos > n_virtual ? s.n_pos - n_virtual : 1;
+	/* The cache: one prompt gets just the positions it needs (each step
+	 * attends over the whole cache); --interactive, whose prompts come
+	 * later, gets the arch's n-positions, the most any prompt may use. */
+	s.d.max_len = interactive ? s.n_pos : n_prompt + s.max_new;
+	if (!interactive && fits(&s, n_prompt, &err) != FW_OK) {
+		rc = fail(FW_ERR_INVALID, "%s", err.msg);
+		goto out;
+	}
 	/* the peft plugin checks its options and marks its own tensors (freeze) */
 	if (fw_rt_decoder_open(&s.d, &slots, s.d.max_len, (uint64_t)fw_opt_int(o, "seed"),
 			       &err) != FW_OK) {

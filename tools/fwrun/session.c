@@ -188,6 +188,7 @@ enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
 	int n_new = 0;
 	st = fw_rt_model_load_weights(path, params, np, &s->slots,
 				      fw_opt_bool(s->cfg.run, "base-only"), &n_new, &fwrun_log, err);
+	s->n_new = n_new;
 	free(params);
 	if (st == FW_OK && n_new && full && !*opt_s(s, "adapter"))
 		fprintf(stderr, "fwrun: %d %s tensors are not in %s: they start from their "

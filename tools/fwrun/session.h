@@ -16,6 +16,7 @@ struct session {
 	struct fw_rt_optim *optim;    /* training (and plan) only */
 	struct fw_rt_loader train, valid;
 	bool have_train, have_valid;
+	int n_new;                    /* peft tensors --load lacked (a new adapter) */
 	bool resumed;                 /* --load restored a checkpoint's whole state */
 	struct fw_tokenizer *tok;     /* NULL: token ids only */
 	char load_path[4200];         /* --load resolved, or "" */

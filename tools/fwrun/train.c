@@ -468,6 +468,12 @@ int cmd_train(int argc, char **argv)
 		rc = fail(s.err.status, "%s", s.err.msg);   /* --adapter on a fresh model */
 		goto out;
 	}
+	/* a new adapter (not from --adapter or the checkpoint) on its base */
+	if (!*opt_s(&s, "adapter") && (!*s.load_path || s.n_new) &&
+	    fw_rt_adapter_init(&s.slots, &s.model, &s.err) != FW_OK) {
+		rc = fail(s.err.status, "%s", s.err.msg);
+		goto out;
+	}
 	session_ready(&s, "train", argc, argv);
 	if (open_run_dir(&s, &s.err) != FW_OK) {
 		rc = fail(s.err.status, "%s", s.err.msg);

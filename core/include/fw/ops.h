@@ -53,6 +53,7 @@ enum fw_op {
 	FW_OP_ROPE,         /* src1 positions|offset|NULL; p0.i rotary dim, p1.i interleaved,
 			       p2.f base, p3..p6.f llama3 scaling, p7.i enum fw_rope_pos */
 	FW_OP_KV_WRITE,     /* view of src0 cache; src1 new rows, src2 len i32 [1] */
+	FW_OP_LSTM,         /* src1 w_ih, src2 w_hh, src3 bias; p0.i reverse */
 	FW_OP_COUNT
 };
 
@@ -170,6 +171,14 @@ struct fw_tensor *fw_rope(struct fw_ctx *ctx, struct fw_tensor *x, struct fw_ten
  * No gradient. */
 struct fw_tensor *fw_kv_write(struct fw_ctx *ctx, struct fw_tensor *cache,
 			      struct fw_tensor *rows, struct fw_tensor *len);
+
+/* One LSTM layer in one direction, as torch.nn.LSTM (batch_first) with gate
+ * order (i, f, g, o) and a zero initial state: x (B, T, I), w_ih (4H, I),
+ * w_hh (4H, H), bias (4H) = torch's b_ih + b_hh; returns h (B, T, H). With
+ * reverse the steps run T-1..0 (the second direction of a bidirectional
+ * layer; h[:, t] is still time t). Differentiable in every input. */
+struct fw_tensor *fw_lstm(struct fw_ctx *ctx, struct fw_tensor *x, struct fw_tensor *w_ih,
+			  struct fw_tensor *w_hh, struct fw_tensor *bias, bool reverse);
 
 /* ALiBi slope of head h of n_head, as BLOOM's build_alibi_tensor: 2^(-8k/n)
  * for k = 1..n with n the largest power of two <= n_head, then every other

@@ -72,7 +72,8 @@ extern "C" {
  * 1.2: the fingerprint covers fixed layouts only (1.0 and 1.1 plugins carry
  * the older one, which fw still accepts); fw_plugin_entry is declared here;
  * fw_attn_spec.rope_scale_*; fw_peft_i.export_peft.
- * 1.3: fw_peft_i.check; fw_arch_i.hf_maps (struct fw_hf_map). */
+ * 1.3: fw_peft_i.check; fw_arch_i.hf_maps (struct fw_hf_map); virtual tokens
+ * (fw_model.n_virtual, virtual_select, virtual_at; fw_peft_i.init_from_base). */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
 #define FW_ABI_MINOR 3   /* additions at the end of size-stamped structs */
 
@@ -242,6 +243,28 @@ struct fw_model {
 	 * to attention as fw_attn_spec.bias. */
 	bool segmented;
 	struct fw_tensor *positions, *attn_bias;
+	/* Since ABI 1.3: virtual tokens (prompt tuning, P-tuning), as PEFT
+	 * prepends them: host->embed may return (B, P + T, C) for word
+	 * embeddings (B, T, C), the P virtual rows first; the host sets
+	 * n_virtual = P. An arch that calls host->embed on its word embeddings
+	 * then runs the blocks over P + T rows: learned positions 0..P+T-1 (the
+	 * real tokens at P.., under segmented rows P + m->positions), the causal
+	 * mask over all of them, attn_bias widened so that every query sees the
+	 * virtual rows, and drops the P rows before the head, so logits, targets
+	 * and loss_mask stay (B, T). While decoding (T = 1) host->embed keeps
+	 * the shape; the peft plugin creates virtual_select (1, P + 1) f32, which
+	 * the host fills each step: one-hot column p for virtual token p (the
+	 * token input is then ignored), column P for a real token. The host runs
+	 * the P virtual steps first, at cache positions 0..P-1.
+	 * virtual_at (set by the peft plugin; 0 = in front, as above) puts the
+	 * virtual rows before real token K = virtual_at instead (P-tuning's
+	 * template): rows [K, K + P) of P + T. The arch then keeps rows [0, K-1)
+	 * and [K-1+P, P+T) for the head (the last virtual row predicts token K),
+	 * and refuses segmented rows; the host runs the virtual steps after the
+	 * first K prompt tokens. */
+	int64_t n_virtual;
+	struct fw_tensor *virtual_select;
+	int64_t virtual_at;
 };
 
 struct fw_arch_i {
@@ -355,6 +378,11 @@ struct fw_peft_i {
 	 * host checks only that the file is an adapter of this plugin. */
 	enum fw_status (*check)(void *state, struct fw_model *m, const char *adapter,
 				struct fw_err *err);
+	/* Since ABI 1.3. Initialisation that reads the base weights (prompt
+	 * tuning's text and sample_vocab init copy word embeddings): called once
+	 * the base weights are in place, only for a new adapter (not one loaded
+	 * from an adapter file or a checkpoint). */
+	enum fw_status (*init_from_base)(void *state, struct fw_model *m, struct fw_err *err);
 };
 
 /* Optimizer: the host allocates n_state f32 tensors per parameter (named
@@ -488,11 +516,12 @@ struct fw_plugin {
 #define FW_ATTENTION_I_SIZE_1_0 FW_SIZE_THROUGH(struct fw_attention_i, attend)
 #define FW_PEFT_I_SIZE_1_0      FW_SIZE_THROUGH(struct fw_peft_i, unmerge)
 #define FW_PEFT_I_SIZE_1_2      FW_SIZE_THROUGH(struct fw_peft_i, export_peft)
-#define FW_PEFT_I_SIZE_1_3      FW_SIZE_THROUGH(struct fw_peft_i, check)
+#define FW_PEFT_I_SIZE_1_3      FW_SIZE_THROUGH(struct fw_peft_i, init_from_base)
 #define FW_OPTIM_I_SIZE_1_0     FW_SIZE_THROUGH(struct fw_optim_i, step)
 #define FW_HOST_SIZE_1_0        FW_SIZE_THROUGH(struct fw_host, init_const)
 #define FW_MODEL_SIZE_1_0       FW_SIZE_THROUGH(struct fw_model, host_private)
 #define FW_MODEL_SIZE_1_1       FW_SIZE_THROUGH(struct fw_model, attn_bias)
+#define FW_MODEL_SIZE_1_3       FW_SIZE_THROUGH(struct fw_model, virtual_at)
 #define FW_ATTN_SPEC_SIZE_1_0   FW_SIZE_THROUGH(struct fw_attn_spec, scale)
 #define FW_ATTN_SPEC_SIZE_1_2   FW_SIZE_THROUGH(struct fw_attn_spec, rope_scale_orig_max_pos)
 #define FW_OP_I_SIZE_1_0        FW_SIZE_THROUGH(struct fw_op_i, saved)

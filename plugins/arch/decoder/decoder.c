@@ -90,10 +90,12 @@ static struct fw_tensor *dropout(const struct decoder *d, struct fw_model *m,
 }
 
 static struct fw_tensor *block(const struct decoder *d, struct fw_model *m,
-			       struct fw_tensor *x, int l)
+			       struct fw_tensor *x, struct fw_tensor *bias, int l)
 {
 	const struct fw_host *h = d->host;
-	int64_t B = m->batch, T = m->seq_len, C = d->n_embd, H = d->n_head, D = C / H;
+	if (!x)                 /* an earlier layer failed: the context has the error */
+		return NULL;
+	int64_t B = m->batch, T = x->ne[1], C = d->n_embd, H = d->n_head, D = C / H;
 	int64_t G = d->n_kv_head, KV = G * D, F = d->ffn;
 	float proj_std = 0.02f / sqrtf(2.0f * (float)d->n_layer);
 	char name[64];
@@ -116,7 +118,7 @@ static struct fw_tensor *block(const struct decoder *d, struct fw_model *m,
 		.n_kv_head = (int)G, .head_dim = (int)D, .mask = FW_MASK_CAUSAL,
 		.dropout = d->dropout, .seed = m->seed * 7919u + (uint64_t)l,
 		.cache = m->caches && l < m->n_caches ? &m->caches[l] : NULL,
-		.bias = m->attn_bias, .pos = pos_kind[d->pos], .rope_base = d->rope_base,
+		.bias = bias, .pos = pos_kind[d->pos], .rope_base = d->rope_base,
 		.rope_dim = d->rope_dim, .rope_interleaved = d->rope_interleaved,
 		.rope_scale_factor = d->rope_factor, .rope_scale_low_freq = d->rope_low,
 		.rope_scale_high_freq = d->rope_high, .rope_scale_orig_max_pos = d->rope_orig,
@@ -139,6 +141,43 @@ static struct fw_tensor *block(const struct decoder *d, struct fw_model *m,
 	}
 	f = linear(d, m, f, F, C, "h.%d.mlp.c_proj", l, proj_std);
 	return h->add(m->ctx, x, dropout(d, m, f, 2 * l + 1));
+}
+
+static enum fw_status fail(const struct decoder *d, struct fw_model *m, struct fw_err *err)
+{
+	struct fw_err *e = d->host->ctx_err(m->ctx);
+	return d->host->errorf(err, e->status ? e->status : FW_ERR_INTERNAL, "arch/decoder: %s",
+			       e->msg);
+}
+
+/* (B, P + T, ...) from virtual rows v (P, ...), broadcast over the batch, and
+ * real rows r (B, T, ...); like is any finite (B, P + T, ...) tensor. */
+static struct fw_tensor *virtual_rows(const struct decoder *d, struct fw_model *m,
+				      struct fw_tensor *like, int64_t P, struct fw_tensor *v,
+				      struct fw_tensor *r)
+{
+	const struct fw_host *h = d->host;
+	struct fw_tensor *zero = h->scale(m->ctx, h->slice(m->ctx, like, 1, 0, P), 0.0f);
+	return h->concat(m->ctx, h->add(m->ctx, zero, v), r, 1);
+}
+
+/* attn_bias (B, 1, T, T) widened to (B, 1, P + T, P + T): every query may
+ * see the P virtual keys (the causal mask keeps virtual queries off the
+ * real keys). x is the (B, P + T, C) input, finite. */
+static struct fw_tensor *widen_bias(const struct decoder *d, struct fw_model *m,
+				    struct fw_tensor *x, int64_t P)
+{
+	const struct fw_host *h = d->host;
+	struct fw_ctx *c = m->ctx;
+	int64_t B = x->ne[0], N = x->ne[1], T = N - P;
+	/* zeros (B, 1, N, N): a column of x and a row of x, times 0 */
+	struct fw_tensor *col = h->reshape(c, h->slice(c, x, 2, 0, 1), 4, (int64_t[]){ B, 1, N, 1 });
+	struct fw_tensor *row = h->reshape(c, h->cont(c, h->slice(c, h->slice(c, x, 0, 0, 1), 2, 0, 1)),
+					   4, (int64_t[]){ 1, 1, 1, N });
+	struct fw_tensor *zero = h->scale(c, h->add(c, col, row), 0.0f);
+	struct fw_tensor *real = h->concat(c, h->slice(c, h->slice(c, zero, 2, 0, T), 3, 0, P),
+					   m->attn_bias, 3);
+	return h->concat(c, h->slice(c, zero, 2, 0, P), real, 2);
 }
 
 static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_err *err)
@@ -167,27 +206,56 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 	}
 	struct fw_tensor *wte = param(d, m, 2, d->vocab, C, "wte.weight", 0);
 	h->init_normal(m, wte, 0.02f);
-	struct fw_tensor *x = h->embedding(m->ctx, wte, m->tokens);
+	/* virtual tokens (prompt tuning) come in front, as PEFT concatenates them */
+	struct fw_tensor *x = h->embed(m, h->embedding(m->ctx, wte, m->tokens));
+	int64_t P = FW_HAS(m, n_virtual) && !decode ? m->n_virtual : 0;
+	int64_t K = P ? m->virtual_at : 0;       /* the virtual rows stand before token K */
+	if (!x)
+		return fail(d, m, err);
+	if (K < 0 || K >= T || (K && m->positions))
+		return h->errorf(err, FW_ERR_UNSUPPORTED, "arch/decoder: virtual tokens before "
+				 "token %lld: %s", (long long)K, K && m->positions ?
+				 "segmented (SFT) rows take them only in front" :
+				 "outside the sequence");
+	if (P && T + P > d->n_pos)
+		return h->errorf(err, FW_ERR_INVALID, "arch/decoder: --seq-length %lld plus %lld "
+				 "virtual tokens exceeds --n-positions %lld", (long long)T,
+				 (long long)P, (long long)d->n_pos);
 	if (d->pos == POS_LEARNED) {    /* RoPE and ALiBi act inside attention */
 		struct fw_tensor *wpe = param(d, m, 2, d->n_pos, C, "wpe.weight", 0);
 		h->init_normal(m, wpe, 0.01f);
 		struct fw_tensor *pos;
 		if (decode)             /* the position of this step's token: cache length */
 			pos = h->embedding(m->ctx, wpe, m->caches[0].len);
-		else if (m->positions)  /* each token's place in its own sequence */
+		else if (m->positions && !P)    /* each token's place in its own sequence */
 			pos = h->embedding(m->ctx, wpe, m->positions);
+		else if (m->positions)  /* the same, after the P virtual tokens */
+			pos = virtual_rows(d, m, x, P, h->slice(m->ctx, wpe, 0, 0, P),
+					   h->embedding(m->ctx, h->slice(m->ctx, wpe, 0, P, d->n_pos - P),
+							m->positions));
 		else
-			pos = T == d->n_pos ? wpe : h->slice(m->ctx, wpe, 0, 0, T);
+			pos = T + P == d->n_pos ? wpe : h->slice(m->ctx, wpe, 0, 0, T + P);
 		x = h->add(m->ctx, x, pos);
+	} else if (P && d->pos == POS_ROPE && m->positions) {
+		return h->errorf(err, FW_ERR_UNSUPPORTED, "arch/decoder: virtual tokens with RoPE "
+				 "and segmented (SFT) rows are not supported");
 	}
-	x = dropout(d, m, h->embed(m, x), -1);
+	x = dropout(d, m, x, -1);
+	struct fw_tensor *bias = P && m->attn_bias ? widen_bias(d, m, x, P) : m->attn_bias;
 	for (int l = 0; l < d->n_layer; l++) {
 		if (d->recompute)
 			h->checkpoint_begin(m->ctx);
-		x = block(d, m, x, l);
+		x = block(d, m, x, bias, l);
 		if (d->recompute)
 			h->checkpoint_end(m->ctx);
 	}
+	/* The head sees the rows that predict real tokens: the last virtual row
+	 * predicts token K, the row of token K-1 (which precedes them) nothing. */
+	if (P && K > 1)
+		x = h->concat(m->ctx, h->slice(m->ctx, x, 1, 0, K - 1),
+			      h->slice(m->ctx, x, 1, K - 1 + P, T - K + 1), 1);
+	else if (P)
+		x = h->slice(m->ctx, x, 1, P, T);
 	x = norm(d, m, x, "ln_f", 0);
 	struct fw_tensor *head = wte;
 	if (!d->tie) {
@@ -196,15 +264,9 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 	}
 	m->logits = h->matmul(m->ctx, x, head, false, true);      /* (B, T, V) */
 	if (decode)
-		return m->logits ? FW_OK : h->errorf(err, h->ctx_err(m->ctx)->status,
-						     "arch/decoder: %s", h->ctx_err(m->ctx)->msg);
+		return m->logits ? FW_OK : fail(d, m, err);
 	m->loss = h->cross_entropy(m->ctx, m->logits, m->targets, m->loss_mask, FW_IGNORE_INDEX);
-	if (!m->loss) {
-		struct fw_err *e = h->ctx_err(m->ctx);
-		return h->errorf(err, e->status ? e->status : FW_ERR_INTERNAL, "arch/decoder: %s",
-				 e->msg);
-	}
-	return FW_OK;
+	return m->loss ? FW_OK : fail(d, m, err);
 }
 
 static int decoder_layers(void *state, const struct fw_model *m)

@@ -27,6 +27,13 @@ enum fw_status fw_rt_adapter_save(const struct fw_plugin_slots *plugins, struct 
 enum fw_status fw_rt_adapter_load(const struct fw_plugin_slots *plugins, struct fw_model *m,
 				  const char *path, bool merge, struct fw_err *err);
 
+/* A new adapter's initialisation from the base weights (the peft plugin's
+ * init_from_base: prompt tuning's text and sample_vocab init), once they are
+ * in place; nothing without a peft plugin or hook. Not for an adapter
+ * loaded from a file or checkpoint. */
+enum fw_status fw_rt_adapter_init(const struct fw_plugin_slots *plugins, struct fw_model *m,
+				  struct fw_err *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -32,7 +32,8 @@ struct fw_rt_decoder {
 	struct fw_kv_cache *caches;
 	int n_layers;
 	struct fw_tensor *len, *mask;     /* the position, and which cache slots are seen */
-	int64_t max_len;                  /* cache positions */
+	int64_t max_len;                  /* cache positions for real tokens */
+	int64_t n_virtual;                /* virtual tokens (prompt tuning) in front of them */
 	int V;                            /* the logits' vocabulary */
 	struct fw_rt_cand *cands;         /* scratch of V */
 	float *scores;
@@ -40,12 +41,18 @@ struct fw_rt_decoder {
 };
 
 /* Builds the decoding model of plugins (arch, attention, optional peft:
- * its freeze runs) with caches of max_len positions. Its parameters are
+ * its freeze runs) with caches of max_len positions, plus the virtual
+ * tokens of a prompt-tuning peft plugin (fw_model.n_virtual), which
+ * fw_rt_generate runs first. Its parameters are
  * uninitialised: load them (fw_rt_model_load_weights) or init them.
  * FW_ERR_UNSUPPORTED: the arch cannot generate (no n_layers). */
 enum fw_status fw_rt_decoder_open(struct fw_rt_decoder *d, const struct fw_plugin_slots *plugins,
 				  int64_t max_len, uint64_t seed, struct fw_err *err);
 void fw_rt_decoder_close(struct fw_rt_decoder *d);
+/* The virtual tokens a decoder of plugins runs first (0 without a
+ * prompt-tuning peft plugin): positions the prompt cannot use. */
+enum fw_status fw_rt_decoder_virtual(const struct fw_plugin_slots *plugins, int64_t *n_virtual,
+				     struct fw_err *err);
 
 struct fw_rt_gen_opts {
 	int64_t max_new;                  /* tokens to generate at most */
