@@ -124,11 +124,11 @@ enum fw_status fw_rt_model_load_weights(const char *path, struct fw_tensor *cons
 		for (int k = 0; k < ne && !in_file; k++)
 			in_file = !strcmp(ents[k].name, params[i]->name);
 		/* A trainable tensor the file lacks is new (an adapter's): it keeps
-		 * its initialisation. Anything else goes to fw_h5_load, which names
+		 * its initialisation, as does a plugin's state tensor. Anything else goes to fw_h5_load, which names
 		 * what is missing. */
-		if (in_file || !(params[i]->flags & FW_FLAG_TRAINABLE))
+		if (in_file || !(params[i]->flags & (FW_FLAG_TRAINABLE | FW_FLAG_STATE)))
 			have[nh++] = params[i];
-		else
+		else if (!(params[i]->flags & FW_FLAG_STATE))
 			(*n_new)++;
 	}
 	st = fw_h5_load(path, have, nh, err);

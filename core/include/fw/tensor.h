@@ -37,6 +37,10 @@ enum {
 	FW_FLAG_NEEDS_GRAD = 1u << 4,  /* some trainable parameter flows into it */
 	FW_FLAG_VIEW = 1u << 5,        /* aliases the memory of view_src */
 	FW_FLAG_GRAD = 1u << 6,        /* this tensor is another tensor's gradient */
+	FW_FLAG_STATE = 1u << 7,       /* non-trainable parameter holding a plugin's running
+					  state (AdaLoRA's importance EMAs): checkpointed and
+					  restored, but no model weight: a weights file may
+					  lack it (it keeps its init), no base fingerprint */
 };
 
 /* Initialisation recipe of a parameter, kept in params[0] (kind) and
