@@ -184,6 +184,16 @@ static void dq_rows(void *arg, int64_t lo, int64_t hi)
 			  fw_nelem(j->codes), (j->row0 + lo) * in, (hi - lo) * in, j->dst + lo * in);
 }
 
+/* Rows [r0, r0 + tr) of the op's weight (fewer at the end) dequantized into
+ * tile; returns how many. */
+static int64_t load_tile(const struct fw_tensor *out, float *tile, int64_t r0, int64_t tr)
+{
+	int64_t rows = min64(tr, out->src[1]->ne[0] - r0);
+	struct dq_job j = { out->src[1], out->src[2], out->src[3], r0, tile };
+	fw_parallel_for(rows, dq_rows, &j);
+	return rows;
+}
+
 static enum fw_status nf4_infer(struct fw_tensor *out, struct fw_err *err)
 {
 	const struct fw_tensor *x = out->src[0], *c = out->src[1], *qa = out->src[2],
@@ -221,9 +231,7 @@ static void nf4_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	int64_t in = c->ne[1], nout = c->ne[0], M = fw_nelem(x) / in, tr = tile_rows(c);
 	float *tile = ex->ws;
 	for (int64_t r0 = 0; r0 < nout; r0 += tr) {
-		int64_t rows = min64(tr, nout - r0);
-		struct dq_job j = { c, out->src[2], out->src[3], r0, tile };
-		fw_parallel_for(rows, dq_rows, &j);
+		int64_t rows = load_tile(out, tile, r0, tr);
 		struct fw_gemm g = { .batch = 1, .M = M, .N = rows, .K = in, .trans_b = true,
 				     .lda = in, .ldb = in, .ldc = nout, .dt_ab = FW_F32 };
 		gemm_or_fail(&g, fw_f32(x), tile, fw_f32(out) + r0);
@@ -238,9 +246,7 @@ static void nf4_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	int64_t in = c->ne[1], nout = c->ne[0], M = fw_nelem(x) / in, tr = tile_rows(c);
 	float *tile = ex->ws;
 	for (int64_t r0 = 0; r0 < nout; r0 += tr) {
-		int64_t rows = min64(tr, nout - r0);
-		struct dq_job j = { c, out->src[2], out->src[3], r0, tile };
-		fw_parallel_for(rows, dq_rows, &j);
+		int64_t rows = load_tile(out, tile, r0, tr);
 		struct fw_gemm g = { .batch = 1, .M = M, .N = in, .K = rows, .lda = nout,
 				     .ldb = in, .ldc = in, .dt_ab = FW_F32, .accumulate = true };
 		gemm_or_fail(&g, fw_f32(out->grad) + r0, tile, fw_f32(x->grad));

@@ -20,6 +20,7 @@
 #include <ini.h>
 #include <jansson.h>
 
+#include "fw/quant.h"
 #include "fwrun.h"
 #include "../../plugins/peft/lora/lora_format.h"
 
@@ -372,11 +373,6 @@ static enum fw_status read_tensors(const char *path, struct tensor_set *s,
 	for (int i = 0; i < ne; i++) {
 		if (keep && !keep(&ents[i], arg))
 			continue;
-		if (ents[i].dtype == FW_Q4) {
-			st = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: tensor '%s' is q4: merging "
-				       "into quantised weights is not supported", path, ents[i].name);
-			goto out;
-		}
 		struct fw_tensor *t = &s->t[s->n];
 		snprintf(t->name, sizeof(t->name), "%s", ents[i].name);
 		t->dtype = ents[i].dtype;
@@ -397,6 +393,40 @@ out:
 	if (st != FW_OK)
 		set_free(s);
 	return st;
+}
+
+/* A QLoRA base: every NF4 weight (q4 codes with NAME.nf4_absmax and
+ * NAME.nf4_stats, fw/quant.h) becomes the f32 weight it stands for; the
+ * statistics leave the set (their names are cleared). */
+static enum fw_status dequantize_set(struct tensor_set *s, const char *path, struct fw_err *err)
+{
+	for (int i = 0; i < s->n; i++) {
+		struct fw_tensor *c = &s->t[i];
+		size_t l = strlen(c->name), la = strlen(FW_NF4_ABSMAX_SUFFIX);
+		if (c->dtype != FW_Q4 || !l || (l > la && !strcmp(c->name + l - la,
+								     FW_NF4_ABSMAX_SUFFIX)))
+			continue;
+		char an[FW_NAME_MAX + 16], sn[FW_NAME_MAX + 16];
+		snprintf(an, sizeof(an), "%s%s", c->name, FW_NF4_ABSMAX_SUFFIX);
+		snprintf(sn, sizeof(sn), "%s%s", c->name, FW_NF4_STATS_SUFFIX);
+		struct fw_tensor *qa = set_find(s, an), *st = set_find(s, sn);
+		int64_t n = fw_nelem(c);
+		if (!qa || !st || qa->dtype != FW_Q4 || fw_nelem(qa) != 2 * fw_nf4_n_blocks(n) ||
+		    st->dtype != FW_F32 || fw_nelem(st) != fw_nf4_n_stats(n))
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: q4 tensor '%s' lacks its NF4 "
+					 "statistics %s (q4 [%lld]) and %s (f32 [%lld])", path,
+					 c->name, an, (long long)(2 * fw_nf4_n_blocks(n)), sn,
+					 (long long)fw_nf4_n_stats(n));
+		float *w = malloc(sizeof(float) * (size_t)n + 1);
+		if (!w)
+			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		fw_nf4_dequantize(c->data, qa->data, fw_f32(st), n, 0, n, w);
+		free(c->data);
+		c->data = w;
+		c->dtype = FW_F32;
+		qa->name[0] = st->name[0] = '\0';
+	}
+	return FW_OK;
 }
 
 /* What an adapter file holds, read and checked. */
@@ -509,7 +539,8 @@ static const char merge_usage[] =
 	"usage: fwrun merge BASE.h5 ADAPTER.h5 OUT.h5\n"
 	"BASE and ADAPTER may be run directories: the newest ckpt-N.h5 and adapter-N.h5 in them.\n"
 	"Folds a LoRA adapter into the base model it was trained on: W += scaling * B A for\n"
-	"every adapted layer (and the adapter's biases, if it trained some). OUT.h5 is a\n"
+	"every adapted layer (and the adapter's biases, if it trained some); a QLoRA base's\n"
+	"4-bit weights are dequantized first, so OUT.h5 is all f32. OUT.h5 is a\n"
 	"weights file for --load, without a peft plugin. A base with other tensors or other\n"
 	"weights than the adapter's is refused.\n";
 
@@ -541,7 +572,8 @@ int cmd_merge(int argc, char **argv)
 		goto out;
 	}
 	struct base_src src = { .tensors = base.t, .n = base.n };
-	if (check_base(ad_path, &src, base_path, &err) != FW_OK) {
+	if (check_base(ad_path, &src, base_path, &err) != FW_OK ||
+	    dequantize_set(&base, base_path, &err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", err.msg);
 		goto out;
 	}
