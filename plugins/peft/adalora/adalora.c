@@ -353,6 +353,8 @@ static struct fw_tensor *ada_extra_loss(void *state, struct fw_model *m, struct 
 	struct ada *s = state;
 	const struct fw_host *h = s->host;
 	struct fw_tensor *sum = NULL;
+	if (s->orth_w == 0)
+		return NULL;                     /* fw's "none" (PEFT refuses 0) */
 	for (int i = 0; i < s->n_layers; i++)
 		for (int k = P_A; k <= P_B; k++) {
 			union fw_param rows = { .i = k == P_A };
@@ -887,7 +889,8 @@ static const struct fw_option_def options[] = {
 	{ "adalora-beta2", FW_OPT_FLOAT, "0.85", 0, 1, NULL,
 	  "EMA factor of the uncertainty (PEFT beta2)" },
 	{ "adalora-orth-reg-weight", FW_OPT_FLOAT, "0.5", 0, 1e6, NULL,
-	  "weight of the orthogonality regulariser mean ||P^T P - I||_F (PEFT orth_reg_weight)" },
+	  "weight of the orthogonality regulariser mean ||P^T P - I||_F; 0 = none, e.g. to "
+	  "evaluate the plain loss (PEFT orth_reg_weight, which must be > 0 there)" },
 	{ "adalora-total-step", FW_OPT_INT, "0", 0, 1e12, NULL,
 	  "steps of the schedule; 0 = fwrun's --train-iters (PEFT total_step)" },
 	{ "adalora-lora-alpha", FW_OPT_FLOAT, "8", 0, 1e6, NULL,
