@@ -203,23 +203,6 @@ static const struct fw_op_i orth_op = {
 
 /* --- hooks ----------------------------------------------------------------------------- */
 
-static bool grow(const struct fw_host *h, void **arr, int n, int *cap, size_t elem)
-{
-	if (n < *cap)
-		return true;
-	int nc = *cap ? 2 * *cap : 16;
-	void *p = h->malloc((size_t)nc * elem);
-	if (!p)
-		return false;
-	if (*arr) {
-		memcpy(p, *arr, (size_t)n * elem);
-		h->free(*arr);
-	}
-	*arr = p;
-	*cap = nc;
-	return true;
-}
-
 /* A non-trainable tensor of the plugin's running state. */
 static struct fw_tensor *state_tensor(struct ada *s, struct fw_model *m, const char *layer,
 				      const char *what, int64_t d0, int64_t d1, float init)
@@ -259,7 +242,7 @@ static struct fw_tensor *ada_wrap_linear(void *state, struct fw_model *m, const 
 			  "tensors", name);
 		return NULL;
 	}
-	if (!grow(h, (void **)&s->layers, s->n_layers, &s->cap_layers, sizeof(*s->layers))) {
+	if (!peft_grow(h, (void **)&s->layers, s->n_layers, &s->cap_layers, sizeof(*s->layers))) {
 		h->errorf(err, FW_ERR_NOMEM, "peft/adalora: out of memory");
 		return NULL;
 	}

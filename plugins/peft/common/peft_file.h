@@ -138,6 +138,24 @@ static inline bool peft_in(struct fw_tensor *const *own, int n, const struct fw_
 	return false;
 }
 
+/* Grows a host-allocated array to hold one more element. */
+static inline bool peft_grow(const struct fw_host *h, void **arr, int n, int *cap, size_t elem)
+{
+	if (n < *cap)
+		return true;
+	int nc = *cap ? 2 * *cap : 16;
+	void *p = h->malloc((size_t)nc * elem);
+	if (!p)
+		return false;
+	if (*arr) {
+		memcpy(p, *arr, (size_t)n * elem);
+		h->free(*arr);
+	}
+	*arr = p;
+	*cap = nc;
+	return true;
+}
+
 /* A base model parameter: neither the adapter's nor a plugin's state. */
 static inline bool peft_is_base(struct fw_tensor *const *own, int n, const struct fw_tensor *t)
 {

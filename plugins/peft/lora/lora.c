@@ -121,24 +121,6 @@ static struct fw_tensor *ctx_fail(const struct lora *l, struct fw_ctx *ctx, stru
 	return NULL;
 }
 
-/* Grows a host-allocated array to hold one more element. */
-static bool grow(const struct fw_host *h, void **arr, int n, int *cap, size_t elem)
-{
-	if (n < *cap)
-		return true;
-	int nc = *cap ? 2 * *cap : 16;
-	void *p = h->malloc((size_t)nc * elem);
-	if (!p)
-		return false;
-	if (*arr) {
-		memcpy(p, *arr, (size_t)n * elem);
-		h->free(*arr);
-	}
-	*arr = p;
-	*cap = nc;
-	return true;
-}
-
 /* --- option lists ---------------------------------------------------------------- */
 
 /* Splits a comma-separated option value (copied into dst) into entries;
@@ -251,7 +233,7 @@ static struct fw_tensor *lora_wrap_linear(void *state, struct fw_model *m, const
 		forget_model(l);
 		l->ctx = ctx;
 	}
-	if (!grow(h, (void **)&l->linears, l->n_linears, &l->cap_linears, FW_NAME_MAX)) {
+	if (!peft_grow(h, (void **)&l->linears, l->n_linears, &l->cap_linears, FW_NAME_MAX)) {
 		h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
 		return NULL;
 	}
@@ -288,7 +270,7 @@ static struct fw_tensor *lora_wrap_linear(void *state, struct fw_model *m, const
 			  name);
 		return NULL;
 	}
-	if (!grow(h, (void **)&l->layers, l->n_layers, &l->cap_layers, sizeof(*l->layers))) {
+	if (!peft_grow(h, (void **)&l->layers, l->n_layers, &l->cap_layers, sizeof(*l->layers))) {
 		h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
 		return NULL;
 	}
