@@ -111,9 +111,11 @@ def eval_loss(W, tokens, **kw):
                    for k in range(lp.EVAL_K)) / lp.EVAL_K
 
 
-def torch_train(P, loss_fn, tokens):
+def torch_train(P, loss_fn, tokens, after_step=None):
     """fwrun train's loop (AdamW, decay on >= 2-D tensors, clip, cosine lr) over the
-    trainable tensors P: per-step loss and grad norm, final P."""
+    trainable tensors P: per-step loss and grad norm, final P. after_step(n) runs
+    after each optimizer step, before the gradients are cleared (a peft plugin's
+    after_backward)."""
     c = TRAIN
     params = list(P.values())
     decay = [p for p in params if p.dim() >= 2]
@@ -136,6 +138,8 @@ def torch_train(P, loss_fn, tokens):
         for gr in opt.param_groups:
             gr["lr"] = g2.lr_at(n, c)
         opt.step()
+        if after_step:
+            after_step(n)
         steps.append(dict(step=n, loss=loss / accum, grad_norm=norm))
     return steps, {k: v.detach().numpy().copy() for k, v in P.items()}
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "fw/io.h"
+#include "fw/quant.h"
 #include "fw/runtime/checkpoint.h"
 #include "fw/runtime/ini.h"
 #include "fw/runtime/model.h"
@@ -123,6 +124,60 @@ enum fw_status fw_rt_check_foreign_tensors(const char *path, struct fw_tensor *c
 	return st;
 }
 
+static struct fw_tensor *param_named(struct fw_tensor *const *params, int n, const char *stem,
+				      const char *suffix)
+{
+	size_t ls = strlen(stem);
+	for (int i = 0; i < n; i++)
+		if (!strncmp(params[i]->name, stem, ls) && !strcmp(params[i]->name + ls, suffix))
+			return params[i];
+	return NULL;
+}
+
+/* An NF4 weight (fw/quant.h: the q4 codes and their two statistics tensors)
+ * that the file holds in f32, bf16 or f16 (a plain model, an import) is read
+ * and quantized at load; done[] marks the three tensors. */
+static enum fw_status quantize_at_load(const char *path, const struct fw_h5_entry *ents, int ne,
+				       struct fw_tensor *const *params, int n, bool *done,
+				       struct fw_err *err)
+{
+	for (int i = 0; i < n; i++) {
+		struct fw_tensor *c = params[i];
+		struct fw_tensor *qa = param_named(params, n, c->name, FW_NF4_ABSMAX_SUFFIX);
+		struct fw_tensor *st = param_named(params, n, c->name, FW_NF4_STATS_SUFFIX);
+		const struct fw_h5_entry *e = NULL;
+		for (int k = 0; k < ne && !e; k++)
+			e = !strcmp(ents[k].name, c->name) ? &ents[k] : NULL;
+		if (c->dtype != FW_Q4 || !qa || !st || !e || e->dtype == FW_Q4)
+			continue;
+		struct fw_tensor tmp = { .dtype = e->dtype, .ndim = e->ndim };
+		memcpy(tmp.ne, e->ne, sizeof(tmp.ne));
+		snprintf(tmp.name, sizeof(tmp.name), "%s", e->name);
+		fw_set_contiguous_strides(&tmp);
+		if (!fw_same_shape(&tmp, c) || (e->dtype != FW_F32 && e->dtype != FW_BF16 &&
+						e->dtype != FW_F16))
+			return fw_errorf(err, FW_ERR_SHAPE, "%s: '%s' is %s with another shape than "
+					 "this model's 4-bit weight, so it cannot be quantized into "
+					 "it", path, e->name, fw_dtype_name(e->dtype));
+		int64_t m = fw_nelem(c);
+		tmp.data = malloc(fw_nbytes(&tmp) + 1);
+		float *w = malloc(sizeof(float) * (size_t)m + 1);
+		enum fw_status s = !tmp.data || !w ? fw_errorf(err, FW_ERR_NOMEM, "out of memory") :
+				   fw_h5_load(path, (struct fw_tensor *[]){ &tmp }, 1, err);
+		if (s == FW_OK) {
+			fw_convert(w, FW_F32, tmp.data, tmp.dtype, m);
+			fw_nf4_quantize(w, m, c->data, qa->data, fw_f32(st));
+			for (int k = 0; k < n; k++)
+				done[k] |= params[k] == c || params[k] == qa || params[k] == st;
+		}
+		free(tmp.data);
+		free(w);
+		if (s != FW_OK)
+			return s;
+	}
+	return FW_OK;
+}
+
 enum fw_status fw_rt_model_load_weights(const char *path, struct fw_tensor *const *params,
 					int n, const struct fw_plugin_slots *slots, bool base_only,
 					int *n_new, const struct fw_rt_log *log, struct fw_err *err)
@@ -138,25 +193,32 @@ enum fw_status fw_rt_model_load_weights(const char *path, struct fw_tensor *cons
 	if ((st = fw_h5_list(path, &ents, &ne, err)) != FW_OK)
 		return st;
 	struct fw_tensor **have = malloc(sizeof(*have) * (size_t)(n + 1));
-	if (!have) {
+	bool *done = calloc((size_t)n + 1, sizeof(bool));
+	if (!have || !done ||
+	    (st = quantize_at_load(path, ents, ne, params, n, done, err)) != FW_OK) {
+		free(have);
+		free(done);
 		fw_free(ents);
-		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		return st != FW_OK ? st : fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	}
 	int nh = 0;
 	for (int i = 0; i < n; i++) {
+		if (done[i])
+			continue;
 		bool in_file = false;
 		for (int k = 0; k < ne && !in_file; k++)
 			in_file = !strcmp(ents[k].name, params[i]->name);
 		/* A trainable tensor the file lacks is new (an adapter's): it keeps
-		 * its initialisation. Anything else goes to fw_h5_load, which names
+		 * its initialisation, as does a plugin's state tensor. Anything else goes to fw_h5_load, which names
 		 * what is missing. */
-		if (in_file || !(params[i]->flags & FW_FLAG_TRAINABLE))
+		if (in_file || !(params[i]->flags & (FW_FLAG_TRAINABLE | FW_FLAG_STATE)))
 			have[nh++] = params[i];
-		else
+		else if (!(params[i]->flags & FW_FLAG_STATE))
 			(*n_new)++;
 	}
 	st = fw_h5_load(path, have, nh, err);
 	free(have);
+	free(done);
 	fw_free(ents);
 	return st;
 }

@@ -308,6 +308,25 @@ static const struct fw_option_def *def_of(struct fw_options *o, const char *name
 	return NULL;
 }
 
+/* Plugin options that take a run option's value when left unset (AdaLoRA's
+ * schedule length is the run's). */
+static const char *const from_run[][2] = { { "adalora-total-step", "train-iters" } };
+
+static enum fw_status inherit_from_run(struct config *c, struct fw_err *err)
+{
+	for (size_t i = 0; i < sizeof(from_run) / sizeof(from_run[0]); i++) {
+		struct fw_options *o = owner_of(c, from_run[i][0]);
+		if (!o || o == c->run || fw_options_has(o, from_run[i][0]) ||
+		    !fw_options_has(c->run, from_run[i][1]))
+			continue;
+		enum fw_status s = fw_options_set(o, from_run[i][0],
+						  value_of(c->run, from_run[i][1]), err);
+		if (s != FW_OK)
+			return s;
+	}
+	return FW_OK;
+}
+
 static enum fw_status unknown(struct config *c, const char *name, const char *where,
 			      struct fw_err *err)
 {
@@ -734,6 +753,8 @@ enum fw_status config_load(struct config *c, const char *cmd, int argc, char **a
 	if (!cmd)          /* --help: the options exist; values need not be complete */
 		return FW_OK;
 	if ((s = vocab_from_tokenizer(c, err)) != FW_OK)
+		return s;
+	if ((s = inherit_from_run(c, err)) != FW_OK)
 		return s;
 	if ((s = fw_options_resolve(c->run, err)) != FW_OK)
 		return s;

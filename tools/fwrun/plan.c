@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fw/quant.h"
 #include "session.h"
 
 static const char plan_usage[] =
@@ -64,6 +65,23 @@ int cmd_plan(int argc, char **argv)
 	       "%.1f MiB;\nmixed-precision Adam 16-20 B/param = %.1f-%.1f MiB (fw keeps no fp16 "
 	       "copy: %.0f B/trainable param here).\n", 4 * P / 1048576.0, 2 * P / 1048576.0,
 	       16 * P / 1048576.0, 20 * P / 1048576.0, Tr > 0 ? (4.0 + 4 + 4.0 * n_state) : 0);
+	/* QLoRA: the storage of the 4-bit weights, statistics included. */
+	int64_t q_n = 0;
+	double q_bytes = 0;
+	for (int i = 0; i < fw_ctx_n_tensors(s.ctx); i++) {
+		const struct fw_tensor *t = fw_ctx_tensor(s.ctx, i);
+		size_t l = strlen(t->name), la = strlen(FW_NF4_ABSMAX_SUFFIX),
+		       ls = strlen(FW_NF4_STATS_SUFFIX);
+		bool stat = (l > la && !strcmp(t->name + l - la, FW_NF4_ABSMAX_SUFFIX)) ||
+			    (l > ls && !strcmp(t->name + l - ls, FW_NF4_STATS_SUFFIX));
+		if (!(t->flags & FW_FLAG_PARAM) || (t->dtype != FW_Q4 && !stat))
+			continue;
+		q_n += stat ? 0 : fw_nelem(t);
+		q_bytes += (double)fw_nbytes(t);
+	}
+	if (q_n)
+		printf("4-bit weights: %lld in %.2f MiB with their statistics: %.3f bits a weight\n",
+		       (long long)q_n, q_bytes / 1048576.0, 8.0 * q_bytes / (double)q_n);
 	printf("activations without reuse would take %.1f MiB (the planner shares buffers "
 	       "whose lifetimes do not overlap)\n", mr.activations_unplanned / 1048576.0);
 	rc = EXIT_OK;

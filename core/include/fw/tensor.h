@@ -41,6 +41,10 @@ enum {
 	 * .attention, .embed); neither: the arch. Checkpoints record it. */
 	FW_FLAG_BY_PEFT = 1u << 7,     /* in a peft plugin's hook */
 	FW_FLAG_BY_ATTENTION = 1u << 8,/* in an attention plugin's attend */
+	FW_FLAG_STATE = 1u << 9 ,       /* non-trainable parameter holding a plugin's running
+					  state (AdaLoRA's importance EMAs): checkpointed and
+					  restored, but no model weight: a weights file may
+					  lack it (it keeps its init), no base fingerprint */
 };
 
 /* Initialisation recipe of a parameter, kept in params[0] (kind) and

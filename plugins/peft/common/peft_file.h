@@ -21,6 +21,7 @@
 #ifndef PEFT_FILE_H
 #define PEFT_FILE_H
 
+#include <fnmatch.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -137,6 +138,40 @@ static inline bool peft_in(struct fw_tensor *const *own, int n, const struct fw_
 	return false;
 }
 
+/* Grows a host-allocated array to hold one more element. */
+static inline bool peft_grow(const struct fw_host *h, void **arr, int n, int *cap, size_t elem)
+{
+	if (n < *cap)
+		return true;
+	int nc = *cap ? 2 * *cap : 16;
+	void *p = h->malloc((size_t)nc * elem);
+	if (!p)
+		return false;
+	if (*arr) {
+		memcpy(p, *arr, (size_t)n * elem);
+		h->free(*arr);
+	}
+	*arr = p;
+	*cap = nc;
+	return true;
+}
+
+/* A base model parameter: neither the adapter's nor a plugin's state. */
+static inline bool peft_is_base(struct fw_tensor *const *own, int n, const struct fw_tensor *t)
+{
+	return (t->flags & FW_FLAG_PARAM) && !(t->flags & FW_FLAG_STATE) && !peft_in(own, n, t);
+}
+
+/* PEFT's list matching: the whole name or a dotted suffix ("c_attn" matches
+ * "h.3.attn.c_attn"); with *, ? or [ a glob over the whole name. */
+static inline bool peft_match(const char *pat, const char *name)
+{
+	if (strpbrk(pat, "*?["))
+		return fnmatch(pat, name, 0) == 0;
+	size_t n = strlen(name), m = strlen(pat);
+	return !strcmp(name, pat) || (n > m && name[n - m - 1] == '.' && !strcmp(name + n - m, pat));
+}
+
 /* Writes the adapter: own[0..n) and the attributes above. */
 static inline enum fw_status peft_save(const struct fw_host *h, struct fw_ctx *ctx,
 				       const char *path, const char *kind,
@@ -152,7 +187,7 @@ static inline enum fw_status peft_save(const struct fw_host *h, struct fw_ctx *c
 	peft_put(&list, "%s", "");
 	for (int i = 0; i < fw_ctx_n_tensors(ctx); i++) {
 		struct fw_tensor *t = fw_ctx_tensor(ctx, i);
-		if (!(t->flags & FW_FLAG_PARAM) || peft_in(own, n_own, t))
+		if (!peft_is_base(own, n_own, t))
 			continue;
 		char shape[96];
 		lora_shape_text(t, shape, sizeof(shape));
@@ -230,7 +265,7 @@ static inline enum fw_status peft_check_base(const struct fw_host *h, const char
 		if (!next)
 			break;
 		struct fw_tensor *t = fw_ctx_find(ctx, e.name);
-		if (!t || !(t->flags & FW_FLAG_PARAM) || peft_in(own, n_own, t))
+		if (!t || !peft_is_base(own, n_own, t))
 			return h->errorf(err, FW_ERR_SHAPE, "%s: %s: the adapter was trained on a "
 					 "different base model: its base has %s, this model has no "
 					 "such parameter", kind, path, e.name);
@@ -252,7 +287,7 @@ static inline enum fw_status peft_check_base(const struct fw_host *h, const char
 	int n_base = 0;
 	for (int i = 0; i < fw_ctx_n_tensors(ctx); i++) {
 		struct fw_tensor *t = fw_ctx_tensor(ctx, i);
-		n_base += (t->flags & FW_FLAG_PARAM) && !peft_in(own, n_own, t);
+		n_base += peft_is_base(own, n_own, t);
 	}
 	if (n_base != n_list)
 		return h->errorf(err, FW_ERR_SHAPE, "%s: %s: the adapter was trained on a "

@@ -88,23 +88,6 @@ static bool in_list(struct pattern *p, int n, const char *const *autos, size_t n
 	return hit;
 }
 
-static bool grow(const struct fw_host *h, void **arr, int n, int *cap, size_t elem)
-{
-	if (n < *cap)
-		return true;
-	int nc = *cap ? 2 * *cap : 16;
-	void *p = h->malloc((size_t)nc * elem);
-	if (!p)
-		return false;
-	if (*arr) {
-		memcpy(p, *arr, (size_t)n * elem);
-		h->free(*arr);
-	}
-	*arr = p;
-	*cap = nc;
-	return true;
-}
-
 static void forget_model(struct ia3 *s)
 {
 	for (int i = 0; i < s->n_layers; i++)
@@ -155,7 +138,7 @@ static struct fw_tensor *ia3_wrap_linear(void *state, struct fw_model *m, const 
 		h->errorf(err, FW_ERR_INVALID, "peft/ia3: %s: name too long for its vector", name);
 		return NULL;
 	}
-	if (!grow(h, (void **)&s->layers, s->n_layers, &s->cap_layers, sizeof(*s->layers))) {
+	if (!peft_grow(h, (void **)&s->layers, s->n_layers, &s->cap_layers, sizeof(*s->layers))) {
 		h->errorf(err, FW_ERR_NOMEM, "peft/ia3: out of memory");
 		return NULL;
 	}

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "fw/plugin.h"
+#include "fw/quant.h"
 #include "lora_format.h"
 #include "../common/peft_file.h"
 
@@ -53,7 +54,7 @@ struct lora {
 	int64_t r;
 	double alpha;
 	float dropout;
-	bool rslora, gaussian, auto_targets, all_linear, merged;
+	bool rslora, gaussian, auto_targets, all_linear, merged, nf4;
 	enum bias_mode bias;
 	char *text;                      /* the list options, split in place */
 	struct pattern *targets, *ranks, *alphas;
@@ -120,24 +121,6 @@ static struct fw_tensor *ctx_fail(const struct lora *l, struct fw_ctx *ctx, stru
 	return NULL;
 }
 
-/* Grows a host-allocated array to hold one more element. */
-static bool grow(const struct fw_host *h, void **arr, int n, int *cap, size_t elem)
-{
-	if (n < *cap)
-		return true;
-	int nc = *cap ? 2 * *cap : 16;
-	void *p = h->malloc((size_t)nc * elem);
-	if (!p)
-		return false;
-	if (*arr) {
-		memcpy(p, *arr, (size_t)n * elem);
-		h->free(*arr);
-	}
-	*arr = p;
-	*cap = nc;
-	return true;
-}
-
 /* --- option lists ---------------------------------------------------------------- */
 
 /* Splits a comma-separated option value (copied into dst) into entries;
@@ -200,6 +183,43 @@ static void forget_model(struct lora *l)
 		l->alphas[i].matched = false;
 }
 
+/* --lora-quantize-base=nf4: the arch's f32 weight becomes the q4 codes of
+ * an NF4 weight (fw/quant.h) with its two statistics tensors, filled when
+ * the weights load (quantized there from an f32/bf16 file); the layer is
+ * the fused dequantize-matmul, plus the bias. */
+static struct fw_tensor *nf4_base(struct lora *l, struct fw_model *m, const char *name,
+				  struct fw_tensor *x, struct fw_tensor *w, struct fw_tensor *bias,
+				  struct fw_err *err)
+{
+	const struct fw_host *h = l->host;
+	char an[FW_NAME_MAX + 16], sn[FW_NAME_MAX + 16];
+	if (w->ndim != 2 || w->dtype != FW_F32 || w->data || !(w->flags & FW_FLAG_PARAM)) {
+		h->errorf(err, FW_ERR_UNSUPPORTED, "peft/lora: %s: --lora-quantize-base=nf4 needs "
+			  "an unallocated 2-D f32 weight parameter, not %s with %d dimensions",
+			  name, fw_dtype_name(w->dtype), w->ndim);
+		return NULL;
+	}
+	snprintf(an, sizeof(an), "%s%s", w->name, FW_NF4_ABSMAX_SUFFIX);
+	snprintf(sn, sizeof(sn), "%s%s", w->name, FW_NF4_STATS_SUFFIX);
+	if (strlen(sn) >= FW_NAME_MAX) {
+		h->errorf(err, FW_ERR_INVALID, "peft/lora: %s: name too long for its 4-bit "
+			  "statistics", name);
+		return NULL;
+	}
+	int64_t n = fw_nelem(w);
+	if (fw_param_set_trainable(m->ctx, w, false) != FW_OK)
+		return ctx_fail(l, m->ctx, err);
+	w->dtype = FW_Q4;
+	struct fw_tensor *qa = h->param(m->ctx, an, FW_Q4, 1,
+					(int64_t[]){ 2 * fw_nf4_n_blocks(n) }, false);
+	struct fw_tensor *st = h->param(m->ctx, sn, FW_F32, 1, (int64_t[]){ fw_nf4_n_stats(n) },
+					false);
+	struct fw_tensor *y = fw_nf4_linear(m->ctx, x, w, qa, st);
+	if (y && bias)
+		y = h->add(m->ctx, y, bias);
+	return y ? y : ctx_fail(l, m->ctx, err);
+}
+
 static struct fw_tensor *lora_wrap_linear(void *state, struct fw_model *m, const char *name,
 					  struct fw_tensor *x, struct fw_tensor *w,
 					  struct fw_tensor *bias, struct fw_err *err)
@@ -213,14 +233,17 @@ static struct fw_tensor *lora_wrap_linear(void *state, struct fw_model *m, const
 		forget_model(l);
 		l->ctx = ctx;
 	}
-	if (!grow(h, (void **)&l->linears, l->n_linears, &l->cap_linears, FW_NAME_MAX)) {
+	if (!peft_grow(h, (void **)&l->linears, l->n_linears, &l->cap_linears, FW_NAME_MAX)) {
 		h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
 		return NULL;
 	}
 	snprintf(l->linears[l->n_linears++], FW_NAME_MAX, "%s", name);
-	if (!targeted(l, name))
+	struct fw_tensor *base = NULL;             /* QLoRA: the 4-bit base layer */
+	if (l->nf4 && !is_head(name) && !(base = nf4_base(l, m, name, x, w, bias, err)))
 		return NULL;
-	if (w->ndim != 2 || w->dtype != FW_F32) {
+	if (!targeted(l, name))
+		return base;
+	if (w->ndim != 2 || (w->dtype != FW_F32 && !base)) {
 		h->errorf(err, FW_ERR_UNSUPPORTED,
 			  "peft/lora: %s: the base weight is %s with %d dimensions; LoRA needs a "
 			  "2-D f32 weight", name, fw_dtype_name(w->dtype), w->ndim);
@@ -247,7 +270,7 @@ static struct fw_tensor *lora_wrap_linear(void *state, struct fw_model *m, const
 			  name);
 		return NULL;
 	}
-	if (!grow(h, (void **)&l->layers, l->n_layers, &l->cap_layers, sizeof(*l->layers))) {
+	if (!peft_grow(h, (void **)&l->layers, l->n_layers, &l->cap_layers, sizeof(*l->layers))) {
 		h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
 		return NULL;
 	}
@@ -262,7 +285,7 @@ static struct fw_tensor *lora_wrap_linear(void *state, struct fw_model *m, const
 	h->init_const(m, b, 0.0f);
 	float scaling = (float)(l->rslora ? alpha / sqrt((double)r) : alpha / (double)r);
 
-	struct fw_tensor *y = fw_linear(ctx, x, w, bias);              /* the base layer */
+	struct fw_tensor *y = base ? base : fw_linear(ctx, x, w, bias);   /* the base layer */
 	struct fw_tensor *xd = x;
 	if (l->dropout > 0.0f)
 		xd = h->dropout(ctx, x, l->dropout, fw_hash_str(name, m->seed ^ 0x4c6f5241ull));
@@ -822,6 +845,11 @@ static enum fw_status fold_all(struct lora *l, struct fw_model *m, float sign, b
 	if (l->merged == merging)
 		return l->host->errorf(err, FW_ERR_INVALID, "peft/lora: the adapter is %s",
 				       merging ? "already merged" : "not merged");
+	if (l->nf4)
+		return l->host->errorf(err, FW_ERR_UNSUPPORTED, "peft/lora: the base is 4-bit "
+				       "(--lora-quantize-base=nf4): merging into it would "
+				       "quantize the update away, and a merge into a dequantized "
+				       "f32 model is not implemented yet");
 	for (int i = 0; i < l->n_layers; i++) {
 		const struct lora_layer *ly = &l->layers[i];
 		if (!ly->w->data || !ly->a->data || !ly->b->data)
@@ -1090,6 +1118,7 @@ static enum fw_status lora_init(const struct fw_host *host, const struct fw_opti
 		.alpha = fw_opt_float(opts, "lora-alpha"),
 		.dropout = (float)fw_opt_float(opts, "lora-dropout"),
 		.rslora = fw_opt_bool(opts, "lora-use-rslora"),
+		.nf4 = !strcmp(fw_opt_str(opts, "lora-quantize-base"), "nf4"),
 		.gaussian = !strcmp(fw_opt_str(opts, "lora-init"), "gaussian"),
 		.bias = !strcmp(bias, "all") ? BIAS_ALL :
 			!strcmp(bias, "lora_only") ? BIAS_LORA_ONLY : BIAS_NONE,
@@ -1160,6 +1189,7 @@ static const struct fw_peft_i iface = {
 
 static const char *const bias_choices[] = { "none", "all", "lora_only", NULL };
 static const char *const init_choices[] = { "kaiming", "gaussian", NULL };
+static const char *const quant_choices[] = { "none", "nf4", NULL };
 
 static const struct fw_option_def options[] = {
 	{ "lora-r", FW_OPT_INT, "8", 1, 65536, NULL, "rank of the adapters (PEFT r)" },
@@ -1184,6 +1214,9 @@ static const struct fw_option_def options[] = {
 	  "(N(0, 1/r^2)); B starts at 0" },
 	{ "lora-use-rslora", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "rank-stabilised LoRA: scaling = alpha / sqrt(r)" },
+	{ "lora-quantize-base", FW_OPT_CHOICE, "none", 0, -1, quant_choices,
+	  "QLoRA: nf4 stores every linear weight of the base but the output head as 4-bit "
+	  "NF4 (blocks of 64, double-quantized absmax), quantized when the weights load" },
 };
 
 static const struct fw_plugin plugin = {

@@ -1,0 +1,299 @@
+/* ops_quant.c - NF4 weights (fw/quant.h): bitsandbytes' 4-bit NF4 blocks with
+ * double-quantized absmax, and the fused dequantize-matmul op. */
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fw/quant.h"
+#include "kernel.h"
+
+const float fw_nf4_code[16] = {
+	-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+	-0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+	0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f,
+	0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
+	0.7229568362236023f, 1.0f,
+};
+
+int64_t fw_nf4_n_blocks(int64_t n)
+{
+	return (n + FW_NF4_BLOCK - 1) / FW_NF4_BLOCK;
+}
+
+int64_t fw_nf4_n_stats(int64_t n)
+{
+	return (fw_nf4_n_blocks(n) + FW_NF4_STATS_BLOCK - 1) / FW_NF4_STATS_BLOCK + 1;
+}
+
+/* torch.linspace(0.1, 1, steps)[k] in float32 (ATen's CPU kernel: from the
+ * start up to half way, from the end after). */
+static float linspace_at(int64_t steps, int64_t k)
+{
+	float start = 0.1f, end = 1.0f, step = (end - start) / (float)(steps - 1);
+	return k < steps / 2 ? start + step * (float)k : end - step * (float)(steps - k - 1);
+}
+
+static int cmp_float(const void *a, const void *b)
+{
+	float x = *(const float *)a, y = *(const float *)b;
+	return (x > y) - (x < y);
+}
+
+void fw_nf4_dynamic_map(float map[256])
+{
+	int n = 0;
+	for (int i = 0; i < 7; i++) {            /* max_exponent_bits 7, signed */
+		int64_t items = ((int64_t)1 << i) + 1;
+		float p10 = (float)pow(10.0, -6 + i);
+		for (int64_t k = 0; k + 1 < items; k++) {
+			float mean = (linspace_at(items, k) + linspace_at(items, k + 1)) / 2.0f;
+			map[n++] = p10 * mean;
+			map[n++] = -(p10 * mean);
+		}
+	}
+	map[n++] = 0.0f;
+	map[n++] = 1.0f;
+	qsort(map, 256, sizeof(float), cmp_float);
+}
+
+static float g_map8[256];
+static pthread_once_t g_map8_once = PTHREAD_ONCE_INIT;
+
+static void map8_init(void)
+{
+	fw_nf4_dynamic_map(g_map8);
+}
+
+static const float *map8(void)
+{
+	pthread_once(&g_map8_once, map8_init);
+	return g_map8;
+}
+
+/* Index of the NF4 value nearest to x: how many midpoints x is above (NaN: 0). */
+static unsigned nf4_index(float x)
+{
+	unsigned q = 0;
+	for (int k = 0; k < 15; k++)
+		q += x > (float)(((double)fw_nf4_code[k] + fw_nf4_code[k + 1]) / 2.0);
+	return q;
+}
+
+/* Index of the nearest value of the ascending map (the left one on a tie). */
+static unsigned map_index(const float *map, float x)
+{
+	int lo = 0, hi = 255;
+	while (lo < hi) {                /* the last index with map[i] <= x, or 0 */
+		int mid = (lo + hi + 1) / 2;
+		if (map[mid] <= x)
+			lo = mid;
+		else
+			hi = mid - 1;
+	}
+	if (lo < 255 && fabsf(x - map[lo + 1]) < fabsf(x - map[lo]))
+		lo++;
+	return (unsigned)lo;
+}
+
+void fw_nf4_quantize(const float *w, int64_t n, uint8_t *codes, uint8_t *qabsmax,
+		     float *stats)
+{
+	int64_t nb = fw_nf4_n_blocks(n), nb2 = fw_nf4_n_stats(n) - 1;
+	float *absmax = malloc(sizeof(float) * (size_t)(nb + 1));
+	FW_ASSERT(absmax);
+	memset(codes, 0, (size_t)(n + 1) / 2);
+	double sum = 0;
+	for (int64_t b = 0; b < nb; b++) {
+		int64_t lo = b * FW_NF4_BLOCK, hi = min64(n, lo + FW_NF4_BLOCK);
+		float m = 0.0f;
+		for (int64_t i = lo; i < hi; i++)
+			m = fmaxf(m, fabsf(w[i]));
+		absmax[b] = m;
+		sum += m;
+		float inv = 1.0f / m;
+		for (int64_t i = lo; i < hi; i++) {
+			unsigned q = nf4_index(w[i] * inv);
+			codes[i / 2] |= (uint8_t)(i % 2 ? q : q << 4);
+		}
+	}
+	/* Double quantization: absmax - mean, 8-bit dynamic map in blocks of 256. */
+	const float *map = map8();
+	float offset = (float)(sum / (double)nb);
+	for (int64_t b = 0; b < nb; b++)
+		absmax[b] -= offset;
+	for (int64_t j = 0; j < nb2; j++) {
+		int64_t lo = j * FW_NF4_STATS_BLOCK, hi = min64(nb, lo + FW_NF4_STATS_BLOCK);
+		float m = 0.0f;
+		for (int64_t b = lo; b < hi; b++)
+			m = fmaxf(m, fabsf(absmax[b]));
+		stats[j] = m;
+		float inv = 1.0f / m;
+		for (int64_t b = lo; b < hi; b++)
+			qabsmax[b] = (uint8_t)map_index(map, absmax[b] * inv);
+	}
+	stats[nb2] = offset;
+	free(absmax);
+}
+
+void fw_nf4_absmax(const uint8_t *qabsmax, const float *stats, int64_t n, int64_t b0,
+		   int64_t nb, float *absmax)
+{
+	const float *map = map8();
+	float offset = stats[fw_nf4_n_stats(n) - 1];
+	for (int64_t b = b0; b < b0 + nb; b++)
+		absmax[b - b0] = map[qabsmax[b]] * stats[b / FW_NF4_STATS_BLOCK] + offset;
+}
+
+void fw_nf4_dequantize(const uint8_t *codes, const uint8_t *qabsmax, const float *stats,
+		       int64_t n, int64_t i0, int64_t m, float *out)
+{
+	int64_t i = i0, end = i0 + m;
+	while (i < end) {
+		int64_t b = i / FW_NF4_BLOCK, stop = min64(end, (b + 1) * FW_NF4_BLOCK);
+		float a;
+		fw_nf4_absmax(qabsmax, stats, n, b, 1, &a);
+		for (; i < stop; i++) {
+			unsigned q = i % 2 ? codes[i / 2] & 15u : codes[i / 2] >> 4;
+			out[i - i0] = fw_nf4_code[q] * a;
+		}
+	}
+}
+
+/* --- the fused op: y = x W^T, W dequantized a tile of rows at a time ------------- */
+
+#define TILE_ELEMS 65536   /* weights dequantized at once (256 KiB of f32) */
+
+static int64_t tile_rows(const struct fw_tensor *codes)
+{
+	int64_t in = codes->ne[1], r = TILE_ELEMS / in;
+	return r < 1 ? 1 : r > codes->ne[0] ? codes->ne[0] : r;
+}
+
+struct dq_job {
+	const struct fw_tensor *codes, *qabsmax, *stats;
+	int64_t row0;
+	float *dst;
+};
+
+static void dq_rows(void *arg, int64_t lo, int64_t hi)
+{
+	const struct dq_job *j = arg;
+	int64_t in = j->codes->ne[1];
+	fw_nf4_dequantize(j->codes->data, j->qabsmax->data, fw_f32(j->stats),
+			  fw_nelem(j->codes), (j->row0 + lo) * in, (hi - lo) * in, j->dst + lo * in);
+}
+
+/* Rows [r0, r0 + tr) of the op's weight (fewer at the end) dequantized into
+ * tile; returns how many. */
+static int64_t load_tile(const struct fw_tensor *out, float *tile, int64_t r0, int64_t tr)
+{
+	int64_t rows = min64(tr, out->src[1]->ne[0] - r0);
+	struct dq_job j = { out->src[1], out->src[2], out->src[3], r0, tile };
+	fw_parallel_for(rows, dq_rows, &j);
+	return rows;
+}
+
+static enum fw_status nf4_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *x = out->src[0], *c = out->src[1], *qa = out->src[2],
+			       *st = out->src[3];
+	if (x->dtype != FW_F32 || !fw_is_contiguous(x))
+		return fw_errorf(err, FW_ERR_SHAPE, "nf4_linear: x must be contiguous f32");
+	if (c->dtype != FW_Q4 || c->ndim != 2 || c->ne[1] != x->ne[x->ndim - 1])
+		return fw_errorf(err, FW_ERR_SHAPE, "nf4_linear: the codes must be a q4 (out, %lld) "
+				 "weight", (long long)x->ne[x->ndim - 1]);
+	int64_t n = fw_nelem(c);
+	if (qa->dtype != FW_Q4 || fw_nelem(qa) != 2 * fw_nf4_n_blocks(n) ||
+	    st->dtype != FW_F32 || fw_nelem(st) != fw_nf4_n_stats(n))
+		return fw_errorf(err, FW_ERR_SHAPE, "nf4_linear: the statistics of a %lld-weight "
+				 "tensor are q4 [%lld] and f32 [%lld]", (long long)n,
+				 (long long)(2 * fw_nf4_n_blocks(n)), (long long)fw_nf4_n_stats(n));
+	out->dtype = FW_F32;
+	out->ndim = x->ndim;
+	memcpy(out->ne, x->ne, sizeof(out->ne));
+	out->ne[out->ndim - 1] = c->ne[0];
+	return FW_OK;
+}
+
+static void gemm_or_fail(const struct fw_gemm *g, const float *a, const float *b, float *c)
+{
+	if (fw_gemm_run(g, a, b, c) != FW_OK) {
+		struct fw_err e = { 0 };
+		fw_errorf(&e, FW_ERR_INTERNAL, "nf4_linear: the matrix product failed");
+		fw_kernel_fail(&e);
+	}
+}
+
+static void nf4_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *x = out->src[0], *c = out->src[1];
+	int64_t in = c->ne[1], nout = c->ne[0], M = fw_nelem(x) / in, tr = tile_rows(c);
+	float *tile = ex->ws;
+	for (int64_t r0 = 0; r0 < nout; r0 += tr) {
+		int64_t rows = load_tile(out, tile, r0, tr);
+		struct fw_gemm g = { .batch = 1, .M = M, .N = rows, .K = in, .trans_b = true,
+				     .lda = in, .ldb = in, .ldc = nout, .dt_ab = FW_F32 };
+		gemm_or_fail(&g, fw_f32(x), tile, fw_f32(out) + r0);
+	}
+}
+
+static void nf4_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *x = out->src[0], *c = out->src[1];
+	if (!x->grad)
+		return;
+	int64_t in = c->ne[1], nout = c->ne[0], M = fw_nelem(x) / in, tr = tile_rows(c);
+	float *tile = ex->ws;
+	for (int64_t r0 = 0; r0 < nout; r0 += tr) {
+		int64_t rows = load_tile(out, tile, r0, tr);
+		struct fw_gemm g = { .batch = 1, .M = M, .N = in, .K = rows, .lda = nout,
+				     .ldb = in, .ldc = in, .dt_ab = FW_F32, .accumulate = true };
+		gemm_or_fail(&g, fw_f32(out->grad) + r0, tile, fw_f32(x->grad));
+	}
+}
+
+static size_t nf4_workspace(const struct fw_tensor *out)
+{
+	const struct fw_tensor *c = out->src[1];
+	return sizeof(float) * (size_t)(tile_rows(c) * c->ne[1]);
+}
+
+static uint32_t nf4_saved(const struct fw_tensor *out)
+{
+	(void)out;
+	return 1u << 1 | 1u << 2 | 1u << 3;      /* the weight; x only for its shape */
+}
+
+static const struct fw_op_i nf4_op = {
+	.size = sizeof(struct fw_op_i), .name = "nf4_linear", .infer = nf4_infer,
+	.forward = nf4_forward, .backward = nf4_backward, .workspace = nf4_workspace,
+	.saved = nf4_saved,
+};
+
+static int g_nf4_id = -1;
+static pthread_once_t g_nf4_once = PTHREAD_ONCE_INIT;
+
+static void nf4_register(void)
+{
+	struct fw_err e = { 0 };
+	g_nf4_id = fw_op_register(&nf4_op, &e);
+}
+
+struct fw_tensor *fw_nf4_linear(struct fw_ctx *ctx, struct fw_tensor *x,
+				struct fw_tensor *codes, struct fw_tensor *qabsmax,
+				struct fw_tensor *stats)
+{
+	if (!x || !codes || !qabsmax || !stats)
+		return NULL;
+	pthread_once(&g_nf4_once, nf4_register);
+	if (g_nf4_id < 0) {
+		fw_errorf(fw_ctx_err(ctx), FW_ERR_INTERNAL, "nf4_linear: the op could not be "
+			  "registered");
+		return NULL;
+	}
+	if (!fw_is_contiguous(x))
+		x = fw_cont(ctx, x);
+	struct fw_tensor *src[4] = { x, codes, qabsmax, stats };
+	return fw_op_custom(ctx, g_nf4_id, src, 4, NULL, 0);
+}
