@@ -133,6 +133,7 @@ void free_session(struct session *s)
 	fw_ctx_free(s->ctx);
 	fw_tokenizer_free(s->tok);
 	free(s->seg);
+	free(s->inject);
 	config_free(&s->cfg);
 }
 
@@ -156,7 +157,8 @@ enum fw_status save_checkpoint(struct session *s, const char *path, struct fw_er
 			.optimizer = s->slots.optim ? s->slots.optim->desc->name : "",
 			.data_epoch = s->have_train ? s->train.epoch : 0,
 			.data_cursor = s->have_train ? s->train.cursor : 0,
-			.seed = opt_i(s, "seed") }, err);
+			.seed = opt_i(s, "seed"), .skipped = s->skipped,
+			.scaler = s->have_scaler ? &s->scaler : NULL }, err);
 	fw_free(tok);
 	free(config);
 	free(params);
@@ -202,6 +204,13 @@ enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
 		return st;
 	s->step = meta.step;
 	s->tokens = meta.tokens;
+	s->skipped = meta.skipped;
+	struct fw_err se = { 0 };
+	if (s->have_scaler && (st = fw_rt_ckpt_read_scaler(path, &s->scaler, &se)) != FW_OK &&
+	    st != FW_ERR_NOT_FOUND) {      /* none: a run without a scaler, which starts one */
+		*err = se;
+		return st;
+	}
 	if (s->have_train)
 		fw_rt_loader_seek(&s->train, meta.data_epoch, meta.data_cursor);
 	return FW_OK;
@@ -280,6 +289,11 @@ int session_open(struct session *s, const char *cmd, int argc, char **argv, bool
 		*rc = die(s->err.status == FW_ERR_NOMEM || s->err.status == FW_ERR_IO ||
 			  s->err.status == FW_ERR_FORMAT || s->err.status == FW_ERR_UNSUPPORTED ?
 			  EXIT_RUNTIME : EXIT_USAGE, "%s", s->err.msg);
+		return -1;
+	}
+	if (precision_setup(s, &s->err) != FW_OK) {
+		*rc = die(s->err.status == FW_ERR_INVALID ? EXIT_USAGE : EXIT_RUNTIME, "%s",
+			  s->err.msg);
 		return -1;
 	}
 	int threads = (int)opt_i(s, "threads");
