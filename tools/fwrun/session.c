@@ -76,6 +76,7 @@ static enum fw_status build_model(struct session *s, bool training, struct fw_er
 	s->ctx = fw_ctx_new();
 	if (!s->ctx)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	fw_ctx_set_autocast(s->ctx, s->precision);      /* --bf16, --fp16: matmuls in half */
 	struct fw_rt_model_spec spec = model_spec(s, &s->slots, training);
 	spec.segmented = (s->have_train && s->train.rows.n) || (s->have_valid && s->valid.rows.n);
 	enum fw_status st = fw_rt_model_build(&spec, s->ctx, &s->model, err);
