@@ -32,7 +32,9 @@ fp32). Checks, per step:
   5. fw --fp16 (dynamic scaling from --initial-loss-scale=1024) stays
      within 1e-3 of torch fp32 (fp16 rounds at 2^-12 = 2.4e-4; measured
      ~6.5e-5) (there is no CPU fp16 autocast in torch 1.13)
-     and differs from fw fp32.
+     and differs from fw fp32;
+  6. fwrun eval --bf16: one micro-batch's loss within 2e-3 of torch autocast's
+     forward, and not the fp32 number.
 Ends with "mixed_precision: N passed, M failed"; exit 0 only without failures.
 """
 import json
@@ -132,6 +134,32 @@ def fw_losses(fw, work, h5, data, name, *flags):
     return [r["loss"] for r in recs if r.get("type") == "train"]
 
 
+def check_eval(fw, h5, W, work):
+    """fwrun eval --bf16: one micro-batch's loss against torch autocast's forward."""
+    tokens = np.random.RandomState(11).randint(0, gp.VOCAB, size=4 * 32 + 1).astype(np.uint16)
+    data = os.path.join(work, "eval.bin")
+    gp.write_shard(data, tokens)
+    x, y = gp.micro_batch(tokens, 0, 4, 32)
+    with torch.no_grad():
+        ref32 = float(gp.ce(W, x, y))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ref16 = float(gp.ce(W, x, y))
+    got = {}
+    for mode in ("", "--bf16"):
+        p = fw("eval", "--plugins=arch/decoder,attention/mha", f"--load={h5}",
+               f"--valid-data={data}", "--micro-batch-size=4", "--seq-length=32",
+               "--eval-iters=1", *([mode] if mode else []))
+        if not R.check(f"fwrun eval {mode or '(fp32)'} exits 0", p.returncode == 0,
+                       gp.describe(p) if p.returncode else ""):
+            return
+        got[mode] = json.loads(p.stdout.strip().splitlines()[-1])["eval_loss"]
+    R.check(f"fwrun eval --bf16 vs torch bf16 autocast forward within {TOL_BF16:g}, and not "
+            "fp32's number", gp.rel(got["--bf16"], ref16) <= TOL_BF16 and
+            got["--bf16"] != got[""],
+            f"fw {got['--bf16']:.7f}, torch bf16 {ref16:.7f}, torch fp32 {ref32:.7f}, fw fp32 "
+            f"{got['']:.7f}")
+
+
 def main():
     args, fw = gp.cli(__doc__)
 
@@ -161,6 +189,8 @@ def main():
                   f"{'torch bf16':>11} {'fw bf16':>11} {'fw fp16':>11} {'torch rule':>11}")
             for k in range(C["ITERS"]):
                 print(f"  {k + 1:>4} " + " ".join(f"{r[k]:>11.7f}" for r in runs[-1]))
+
+        check_eval(fw, h5, W, work)
 
         def worst(i, j):
             return max(gp.rel(a, b) for r in runs for a, b in zip(r[i], r[j]))
