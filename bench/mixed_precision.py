@@ -40,7 +40,12 @@ def main():
     ap.add_argument("--max-wait", type=int, default=0, help="seconds to wait for a quiet machine")
     ap.add_argument("--max-others", type=float, default=0.3)
     ap.add_argument("--retries", type=int, default=0, help="remeasurements of a busy run")
+    ap.add_argument("--openblas-dir", default=gt.OPENBLAS_OMP_DIR,
+                    help="the OpenMP OpenBLAS folder torch loads (libopenblas0-openmp's; "
+                    "'apt-get download' + 'dpkg -x' give one without installing it)")
     args = ap.parse_args()
+    env, opts = gt.TORCH_CONFIGS[TORCH]
+    gt.TORCH_CONFIGS[TORCH] = (dict(env, LD_LIBRARY_PATH=os.path.abspath(args.openblas_dir)), opts)
 
     fwrun = os.path.join(os.path.abspath(args.build), "tools", "fwrun")
     print(machine_line())
@@ -69,6 +74,8 @@ def main():
                   f"{load0[1]:.2f} {load0[2]:.2f})")
             for n in order:
                 res = gt.measured(args, n, runners[n])
+                if res is None:
+                    raise SystemExit(f"{n} did not run")
                 results[n].append(res)
                 print(f"  {n:11s} {res['ms_step']:9.1f} ms/step median ({res['ms_min']:.1f} "
                       f"fastest), peak RSS {res['peak_rss_mib']:7.1f} MiB"

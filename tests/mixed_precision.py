@@ -34,7 +34,10 @@ fp32). Checks, per step:
      ~6.5e-5) (there is no CPU fp16 autocast in torch 1.13)
      and differs from fw fp32;
   6. fwrun eval --bf16: one micro-batch's loss within 2e-3 of torch autocast's
-     forward, and not the fp32 number.
+     forward, and not the fp32 number;
+  7. fwrun export --dtype=bf16|f16 of the --bf16 run: every tensor is
+     torch's .to(dtype) of the --dtype=f32 export, bit for bit, and
+     config.json's torch_dtype names it; a bad --dtype exits 2.
 Ends with "mixed_precision: N passed, M failed"; exit 0 only without failures.
 """
 import json
@@ -160,6 +163,35 @@ def check_eval(fw, h5, W, work):
             f"{got['']:.7f}")
 
 
+def check_export(fw, work, run):
+    """fwrun export --dtype: each tensor is torch's rounding of the f32 export."""
+    outs = {}
+    for dt in ("f32", "bf16", "f16"):
+        d = os.path.join(work, f"export-{dt}")
+        p = fw("export", run, d, f"--dtype={dt}")
+        if not R.check(f"fwrun export --dtype={dt} exits 0", p.returncode == 0,
+                       gp.describe(p) if p.returncode else ""):
+            return
+        with open(os.path.join(d, "config.json")) as f:
+            cfg = json.load(f)
+        outs[dt] = (cfg.get("torch_dtype"), gp.read_st(os.path.join(d, "model.safetensors"))[1])
+    ref = outs["f32"][1]
+    for dt, tdt, st, name in (("bf16", torch.bfloat16, "BF16", "bfloat16"),
+                              ("f16", torch.float16, "F16", "float16")):
+        cfg_dt, got = outs[dt]
+        bad = [k for k, (_, _, a) in ref.items()
+               if got[k][0] != st or got[k][2].tobytes() !=
+               torch.from_numpy(a.copy()).to(tdt).view(torch.int16).numpy().tobytes()]
+        R.check(f"export --dtype={dt}: {len(ref)} tensors {st}, each torch's rounding of the "
+                f"f32 export; config.json torch_dtype {name}",
+                not bad and cfg_dt == name and outs["f32"][0] == "float32",
+                f"differ: {bad[:3]}; torch_dtype {cfg_dt}")
+    p = fw("export", run, os.path.join(work, "export-bad"), "--dtype=int8")
+    R.check("export --dtype=int8: exit 2, one line", p.returncode == 2 and
+            len(p.stderr.strip().splitlines()) == 1 and "--dtype=int8" in p.stderr,
+            p.stderr.strip())
+
+
 def main():
     args, fw = gp.cli(__doc__)
 
@@ -191,6 +223,7 @@ def main():
                 print(f"  {k + 1:>4} " + " ".join(f"{r[k]:>11.7f}" for r in runs[-1]))
 
         check_eval(fw, h5, W, work)
+        check_export(fw, work, os.path.join(work, f"bf16-{SEEDS[0]}"))
 
         def worst(i, j):
             return max(gp.rel(a, b) for r in runs for a, b in zip(r[i], r[j]))

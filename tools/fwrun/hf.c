@@ -560,22 +560,45 @@ static json_int_t export_eos(const char *h5, int64_t vocab)
 	return eos >= 0 && eos < vocab ? eos : -1;
 }
 
+/* --dtype's value: f32, bf16 or f16 (Hugging Face's names too); -1 otherwise. */
+static int export_dtype(const char *v, enum fw_dtype *dt)
+{
+	if (!strcmp(v, "f32") || !strcmp(v, "float32"))
+		*dt = FW_F32;
+	else if (!strcmp(v, "bf16") || !strcmp(v, "bfloat16"))
+		*dt = FW_BF16;
+	else if (!strcmp(v, "f16") || !strcmp(v, "float16"))
+		*dt = FW_F16;
+	else
+		return -1;
+	return 0;
+}
+
 int cmd_export(int argc, char **argv)
 {
 	if (argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"))) {
-		printf("usage: fwrun export IN.h5 OUT_DIR [--base-only]\nWrites a Hugging Face GPT-2 "
+		printf("usage: fwrun export IN.h5 OUT_DIR [--base-only] [--dtype=f32|bf16|f16]\n"
+		       "Writes a Hugging Face GPT-2 "
 		       "folder (config.json + model.safetensors, F32) from an fw checkpoint or "
 		       "weights\nfile of arch/decoder; fwrun import reads it back bit-exactly. A "
 		       "file with other\ntrained tensors (a LoRA run's adapter: fwrun merge it "
-		       "first) is refused unless\n--base-only drops them.\n");
+		       "first) is refused unless\n--base-only drops them. --dtype=bf16 or f16 "
+		       "rounds the (fp32 master) weights to\nthat dtype (nearest even) and sets "
+		       "config.json's torch_dtype.\n");
 		return EXIT_OK;
 	}
 	bool base_only = false;
 	char *pos[2];
 	int np = 0;
+	enum fw_dtype dt = FW_F32;
 	for (int i = 0; i < argc; i++) {
 		if (!strcmp(argv[i], "--base-only"))
 			base_only = true;
+		else if (!strncmp(argv[i], "--dtype=", 8) && export_dtype(argv[i] + 8, &dt) != 0)
+			return die(EXIT_USAGE, "export: --dtype=%s: expected f32, bf16 or f16",
+				   argv[i] + 8);
+		else if (!strncmp(argv[i], "--dtype=", 8))
+			continue;
 		else if (!strncmp(argv[i], "--", 2) || np == 2)
 			return die(EXIT_USAGE, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
 		else
@@ -644,6 +667,18 @@ int cmd_export(int argc, char **argv)
 		t->ne[1] = x;
 		fw_set_contiguous_strides(t);
 	}
+	for (int i = 0; dt != FW_F32 && i < g.n; i++) {
+		struct fw_tensor *t = &g.ts[i];
+		void *half = malloc((size_t)fw_nelem(t) * 2);
+		if (!half) {
+			rc = die(EXIT_RUNTIME, "export: out of memory");
+			goto out;
+		}
+		fw_convert(half, dt, t->data, FW_F32, fw_nelem(t));
+		free(t->data);
+		t->data = half;
+		t->dtype = dt;
+	}
 	if (mkdir(argv[1], 0777) != 0 && errno != EEXIST) {
 		rc = die(EXIT_RUNTIME, "%s: %s", argv[1], strerror(errno));
 		goto out;
@@ -665,6 +700,10 @@ int cmd_export(int argc, char **argv)
 				"tie_word_embeddings", c.tie, "resid_pdrop", 0.0, "embd_pdrop", 0.0,
 				"attn_pdrop", 0.0, "bos_token_id", (json_int_t)0,
 				"eos_token_id", (json_int_t)0);
+	if (cfg)
+		json_object_set_new(cfg, "torch_dtype", json_string(dt == FW_BF16 ? "bfloat16" :
+								      dt == FW_F16 ? "float16" :
+								      "float32"));
 	json_int_t eos = export_eos(argv[0], c.vocab);
 	if (cfg && eos >= 0) {          /* GPT-2 uses its end-of-text id for both */
 		json_object_set_new(cfg, "bos_token_id", json_integer(eos));
