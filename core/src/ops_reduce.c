@@ -456,8 +456,7 @@ static void cast_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	int64_t cols = x->ne[nd - 1], rows = fw_nelem(out) / cols, cs = x->nb[nd - 1];
 	size_t xs = fw_dtype_size(x->dtype), os = fw_dtype_size(out->dtype);
 
-	#pragma omp parallel for schedule(static) if (rows * cols > PAR_MIN)
-	for (int64_t r = 0; r < rows; r++) {
+	for (int64_t r = 0; r < rows; r++) {      /* serial: fw_convert has its own threads */
 		int64_t off = 0, rem = r;
 		for (int d = nd - 2; d >= 0; d--) {
 			off += rem % x->ne[d] * x->nb[d];
