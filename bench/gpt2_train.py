@@ -49,6 +49,8 @@ TORCH_CONFIGS = {
     "openblas-omp": (_OB, {"mkldnn": True, "foreach": False}),
     "openblas-omp-nomkldnn": (_OB, {"mkldnn": False, "foreach": False}),
     "openblas-omp-foreach": (_OB, {"mkldnn": True, "foreach": True}),
+    # torch.autocast("cpu", dtype=torch.bfloat16) around the forward (bench/mixed_precision.py)
+    "openblas-omp-bf16": (_OB, {"mkldnn": True, "foreach": False, "bf16": True}),
     "openblas-omp-auto": ({"LD_LIBRARY_PATH": OPENBLAS_OMP_DIR},
                           {"mkldnn": True, "foreach": False}),
     "system-blas": (_CORE, {"mkldnn": True, "foreach": False}),
@@ -187,7 +189,7 @@ def measured(args, what, fn):
 
 # --------------------------------------------------------------------------- fw
 
-def run_fw(args, shard, work):
+def run_fw(args, shard, work, flags=()):
     build = os.path.abspath(args.build)
     fwrun = os.path.join(build, "tools", "fwrun")
     if os.path.isdir(fwrun):          # some generators put the binary in a folder
@@ -198,7 +200,7 @@ def run_fw(args, shard, work):
            f"--data={shard}", "--micro-batch-size=4", "--seq-length=256",
            f"--train-iters={args.steps}", "--lr=6e-4", "--lr-warmup-iters=0",
            "--lr-decay-style=constant", "--weight-decay=0.1", "--clip-grad=1.0",
-           "--no-shuffle", f"--threads={args.threads}", f"--run-dir={run_dir}"]
+           "--no-shuffle", f"--threads={args.threads}", f"--run-dir={run_dir}", *flags]
     if not os.access(fwrun, os.X_OK):
         raise SystemExit(f"{fwrun}: not built (see bench/README.md, gpt2_train)")
     env = dict(os.environ, FW_PLUGIN_PATH=os.path.join(build, "plugins"),
@@ -359,7 +361,8 @@ def torch_worker(config, data, steps, threads):
         t0 = time.perf_counter()
         chunk = toks[k * B * T: k * B * T + B * T + 1]
         x, y = chunk[:-1].view(B, T), chunk[1:].view(B, T)
-        loss = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.get("bf16", False)):
+            loss = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -373,7 +376,7 @@ def torch_worker(config, data, steps, threads):
     print(json.dumps({
         "config": config, "torch": torch.__version__, "n_params": n_params,
         "threads": torch.get_num_threads(), "mkldnn": torch.backends.mkldnn.enabled,
-        "foreach": opts["foreach"],
+        "foreach": opts["foreach"], "bf16_autocast": opts.get("bf16", False),
         "step_s": step_s, "loss0": losses[0], "loss_last": losses[-1],
         "libs": libs, "openblas_core": openblas_core(libs),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),

@@ -12,6 +12,20 @@ struct fw_ctx *fw_ctx_new(void)
 	return ctx;
 }
 
+enum fw_status fw_ctx_set_autocast(struct fw_ctx *ctx, enum fw_dtype dt)
+{
+	if (dt != FW_F32 && dt != FW_BF16 && dt != FW_F16)
+		return fw_errorf(&ctx->err, FW_ERR_INVALID, "autocast: %s is not f32, bf16 or f16",
+				 fw_dtype_name(dt));
+	ctx->autocast = dt;
+	return FW_OK;
+}
+
+enum fw_dtype fw_ctx_autocast(const struct fw_ctx *ctx)
+{
+	return ctx->autocast;
+}
+
 void fw_ctx_free(struct fw_ctx *ctx)
 {
 	if (!ctx)

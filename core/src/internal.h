@@ -21,6 +21,7 @@ struct fw_ctx {
 	size_t mem[FW_MEM_CATEGORY_COUNT];
 	int segment_next;            /* next checkpoint segment id */
 	int segment_cur;             /* 0 outside checkpoint_begin/end */
+	enum fw_dtype autocast;      /* fw_ctx_set_autocast: F32 = off */
 };
 
 /* Built-in op vtables, one per enum fw_op (defined in the ops_*.c files). */

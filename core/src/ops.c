@@ -163,8 +163,12 @@ static struct fw_tensor *node(struct fw_ctx *ctx, int op, int n_src,
 struct fw_tensor *fw_matmul(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_tensor *b,
 			    bool ta, bool tb)
 {
-	if (!b)
+	if (!a || !b)
 		return NULL;
+	if (ctx->autocast != FW_F32 && a->dtype == FW_F32 && b->dtype == FW_F32) {
+		a = fw_cast(ctx, a, ctx->autocast);
+		b = fw_cast(ctx, b, ctx->autocast);
+	}
 	return node(ctx, FW_OP_MATMUL, 2, a, b, NULL, 2, P({ .i = ta }, { .i = tb }));
 }
 

@@ -443,10 +443,34 @@ static enum fw_status cast_infer(struct fw_tensor *out, struct fw_err *err)
 	return FW_OK;
 }
 
+/* x may be a strided view (autocast casts attention's q, k, v views): each
+ * row of its last dim converted in one call when that dim is unit-stride. */
 static void cast_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *x = out->src[0];
-	fw_convert(out->data, out->dtype, x->data, x->dtype, fw_nelem(out));
+	if (fw_is_contiguous(x)) {
+		fw_convert(out->data, out->dtype, x->data, x->dtype, fw_nelem(out));
+		return;
+	}
+	int nd = x->ndim;
+	int64_t cols = x->ne[nd - 1], rows = fw_nelem(out) / cols, cs = x->nb[nd - 1];
+	size_t xs = fw_dtype_size(x->dtype), os = fw_dtype_size(out->dtype);
+
+	for (int64_t r = 0; r < rows; r++) {      /* serial: fw_convert has its own threads */
+		int64_t off = 0, rem = r;
+		for (int d = nd - 2; d >= 0; d--) {
+			off += rem % x->ne[d] * x->nb[d];
+			rem /= x->ne[d];
+		}
+		const char *src = (const char *)x->data + (size_t)off * xs;
+		char *dst = (char *)out->data + (size_t)(r * cols) * os;
+		if (cs == 1)
+			fw_convert(dst, out->dtype, src, x->dtype, cols);
+		else
+			for (int64_t c = 0; c < cols; c++)
+				fw_convert(dst + (size_t)c * os, out->dtype,
+					   src + (size_t)(c * cs) * xs, x->dtype, 1);
+	}
 }
 
 /* dx += dy, both f32. */
@@ -467,6 +491,7 @@ static void cast_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_cast_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "cast",
+	.flags = FW_OPF_STRIDED,
 	.infer = cast_infer,
 	.forward = cast_forward,
 	.backward = cast_backward,

@@ -62,7 +62,8 @@ enum fw_status fw_rt_ckpt_save(const char *path, struct fw_tensor *const *params
 		memcpy(all, params, sizeof(*all) * (size_t)n_params);
 	if (n_state)
 		memcpy(all + n_params, state, sizeof(*all) * (size_t)n_state);
-	char step[32], epoch[32], cursor[32], tokens[32], seed[32];
+	char step[32], epoch[32], cursor[32], tokens[32], seed[32], skipped[32];
+	char scale[32] = "", growth[32] = "", hyst[32] = "";
 	snprintf(step, sizeof(step), "%lld", (long long)meta->step);
 	snprintf(epoch, sizeof(epoch), "%lld", (long long)meta->data_epoch);
 	snprintf(cursor, sizeof(cursor), "%lld", (long long)meta->data_cursor);
@@ -73,17 +74,29 @@ enum fw_status fw_rt_ckpt_save(const char *path, struct fw_tensor *const *params
 		free(all);
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	}
-	struct fw_h5_attr attrs[11] = {
+	snprintf(skipped, sizeof(skipped), "%lld", (long long)meta->skipped);
+	const struct fw_rt_grad_scaler *sc = meta->scaler;
+	if (sc) {      /* %.9g gives an f32 back exactly */
+		snprintf(scale, sizeof(scale), "%.9g", (double)sc->scale);
+		snprintf(growth, sizeof(growth), "%lld", (long long)sc->growth_tracker);
+		snprintf(hyst, sizeof(hyst), "%lld", (long long)sc->hysteresis_tracker);
+	}
+	struct fw_h5_attr attrs[14] = {
 		{ FW_CKPT_ATTR_MARK, "1" }, { FW_CKPT_ATTR_CONFIG, meta->config ? meta->config : "" },
 		{ "step", step }, { "data_epoch", epoch }, { "data_cursor", cursor },
 		{ "tokens", tokens }, { "seed", seed },
-		{ "optimizer", meta->optimizer ? meta->optimizer : "" },
+		{ "optimizer", meta->optimizer ? meta->optimizer : "" }, { "skipped_iters", skipped },
 	};
-	int n_attrs = 8;
+	int n_attrs = 9;
 	if (meta->tokenizer)
 		attrs[n_attrs++] = (struct fw_h5_attr){ FW_CKPT_ATTR_TOKENIZER, meta->tokenizer };
 	if (owners)
 		attrs[n_attrs++] = (struct fw_h5_attr){ FW_CKPT_ATTR_OWNERS, owners };
+	if (sc) {
+		attrs[n_attrs++] = (struct fw_h5_attr){ "loss_scale", scale };
+		attrs[n_attrs++] = (struct fw_h5_attr){ "growth_tracker", growth };
+		attrs[n_attrs++] = (struct fw_h5_attr){ "hysteresis_tracker", hyst };
+	}
 	enum fw_status st = fw_h5_save(path, all, n_params + n_state, attrs, n_attrs, err);
 	free(owners);
 	free(all);
@@ -131,6 +144,37 @@ enum fw_status fw_rt_ckpt_read_progress(const char *path, struct fw_rt_ckpt_meta
 	    (st = attr_int(path, "data_cursor", &meta->data_cursor, err)) != FW_OK ||
 	    (st = attr_int(path, "tokens", &meta->tokens, err)) != FW_OK)
 		return st;
+	struct fw_err e = { 0 };
+	meta->skipped = 0;          /* older checkpoints: none */
+	if ((st = attr_int(path, "skipped_iters", &meta->skipped, &e)) != FW_OK &&
+	    st != FW_ERR_NOT_FOUND) {
+		*err = e;
+		return st;
+	}
+	return FW_OK;
+}
+
+enum fw_status fw_rt_ckpt_read_scaler(const char *path, struct fw_rt_grad_scaler *s,
+				      struct fw_err *err)
+{
+	char *v = NULL;
+	enum fw_status st = fw_h5_read_attr(path, "loss_scale", &v, err);
+	if (st != FW_OK)
+		return st;
+	char *end;
+	float scale = strtof(v, &end);
+	bool bad = !*v || *end || !(scale > 0);
+	fw_free(v);
+	if (bad)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: attribute 'loss_scale' is not a positive "
+				 "number", path);
+	int64_t growth = 0, hyst = 0;
+	if ((st = attr_int(path, "growth_tracker", &growth, err)) != FW_OK ||
+	    (st = attr_int(path, "hysteresis_tracker", &hyst, err)) != FW_OK)
+		return st;
+	s->scale = scale;
+	s->growth_tracker = growth;
+	s->hysteresis_tracker = hyst;
 	return FW_OK;
 }
 

@@ -157,6 +157,24 @@ double fw_rt_optim_grad_norm(const struct fw_rt_optim *o)
 	return sqrt(sum);
 }
 
+double fw_rt_optim_unscale_norm(struct fw_rt_optim *o, float inv_scale)
+{
+	double sum = 0;
+	for (int i = 0; i < o->n_params; i++) {
+		const struct fw_tensor *p = fw_graph_param(o->g, i);
+		float *g = p->grad->data;
+		int64_t n = fw_nelem(p);
+		double part = 0;
+		#pragma omp parallel for reduction(+:part) schedule(static) if (n > 65536)
+		for (int64_t j = 0; j < n; j++) {
+			g[j] *= inv_scale;
+			part += (double)g[j] * g[j];
+		}
+		sum += part;
+	}
+	return sqrt(sum);
+}
+
 void fw_rt_optim_scale_grads(struct fw_rt_optim *o, float c)
 {
 	for (int i = 0; i < o->n_params; i++) {

@@ -91,7 +91,8 @@ enum fw_status fw_rt_evaluate(const struct fw_rt_eval *e, double *loss, double *
 
 /* One optimizer step over n_micro micro-batches: *loss their weighted mean. */
 static enum fw_status one_step(struct fw_rt_trainer *t, int64_t it, int64_t n_micro,
-			       int32_t *staged, int64_t *count, double *loss, struct fw_err *err)
+			       float scale, int32_t *staged, int64_t *count, double *loss,
+			       struct fw_err *err)
 {
 	struct fw_model *m = t->m;
 	size_t bt = (size_t)(m->batch * m->seq_len);
@@ -114,7 +115,7 @@ static enum fw_status one_step(struct fw_rt_trainer *t, int64_t it, int64_t n_mi
 			use_batch(m, t->seg, staged + 3 * bt * (size_t)k);
 		else
 			fw_rt_batch_next(t->data, m, t->seg);
-		fw_graph_set_loss_scale(t->g, (float)w);
+		fw_graph_set_loss_scale(t->g, (float)(w * scale));
 		fw_graph_set_step(t->g, it * t->accum + k);
 		if (fw_graph_forward(t->g) != FW_OK || fw_graph_backward(t->g) != FW_OK)
 			return fw_errorf(err, FW_ERR_INTERNAL, "step %lld: %s", (long long)it,
@@ -122,6 +123,16 @@ static enum fw_status one_step(struct fw_rt_trainer *t, int64_t it, int64_t n_mi
 		*loss += w * *(float *)m->loss->data;
 	}
 	return FW_OK;
+}
+
+/* --debug-inject-overflow: an inf in the first gradient of step it. */
+static void inject(const struct fw_rt_trainer *t, int64_t it)
+{
+	for (int i = 0; i < t->n_inject_overflow; i++)
+		if (t->inject_overflow[i] == it && fw_graph_n_params(t->g) > 0) {
+			*(float *)fw_graph_param(t->g, 0)->grad->data = INFINITY;
+			return;
+		}
 }
 
 enum fw_status fw_rt_train(struct fw_rt_trainer *t, bool *stopped, struct fw_err *err)
@@ -148,27 +159,38 @@ enum fw_status fw_rt_train(struct fw_rt_trainer *t, bool *stopped, struct fw_err
 	int64_t start_tokens = t->tokens;
 	enum fw_status st = FW_OK;
 	while (t->step < t->iters) {
-		int64_t it = t->step + 1;
-		double lr = fw_lr_at(&t->sched, it);
+		int64_t it = t->step + 1, update = t->step - t->skipped + 1;
+		double lr = fw_lr_at(&t->sched, update);
 		if (fw_rt_loader_left(d) < t->accum && (t->drop_last || fw_rt_loader_left(d) == 0))
 			fw_rt_loader_seek(d, d->epoch + 1, 0);
 		int64_t n_micro = fw_rt_loader_left(d) < t->accum ? fw_rt_loader_left(d) : t->accum;
 		double loss;
-		if ((st = one_step(t, it, n_micro, staged, count, &loss, err)) != FW_OK)
+		float scale = t->scaler ? t->scaler->scale : 1.0f;
+		if ((st = one_step(t, it, n_micro, scale, staged, count, &loss, err)) != FW_OK)
 			break;
-		double norm = fw_rt_optim_grad_norm(t->optim);
-		if (!isfinite(loss) || !isfinite(norm)) {
+		inject(t, it);
+		double norm = t->scaler ? fw_rt_optim_unscale_norm(t->optim, fw_rt_scaler_inv(t->scaler)) :
+				fw_rt_optim_grad_norm(t->optim);
+		bool skip = t->scaler && !isfinite(norm);
+		if (!isfinite(loss) || (!isfinite(norm) && !skip)) {
 			st = fw_errorf(err, FW_ERR_INTERNAL,
 				       "step %lld: loss %g, gradient norm %g: training diverged",
 				       (long long)it, loss, norm);
 			break;
 		}
-		fw_rt_optim_clip(t->optim, t->clip, norm);
-		if ((st = fw_rt_optim_step(t->optim, lr, it, err)) != FW_OK)
-			break;
+		if (t->scaler)
+			fw_rt_scaler_update(t->scaler, skip);
+		if (skip) {
+			t->skipped++;
+			norm = NAN;
+		} else {
+			fw_rt_optim_clip(t->optim, t->clip, norm);
+			if ((st = fw_rt_optim_step(t->optim, lr, update, err)) != FW_OK)
+				break;
+		}
 		struct fw_err pe = { 0 };
-		if (peft && peft->after_backward &&
-		    peft->after_backward(pp->state, t->m, it, &pe) != FW_OK) {
+		if (!skip && peft && peft->after_backward &&
+		    peft->after_backward(pp->state, t->m, update, &pe) != FW_OK) {
 			st = fw_errorf(err, pe.status, "%s: %s", pp->desc->name, pe.msg);
 			break;
 		}
@@ -179,6 +201,8 @@ enum fw_status fw_rt_train(struct fw_rt_trainer *t, bool *stopped, struct fw_err
 
 		struct fw_rt_step_info info = {
 			.step = it, .iters = t->iters, .loss = loss, .lr = lr, .grad_norm = norm,
+			.loss_scale = t->scaler ? t->scaler->scale : 1.0f, .skipped = skip,
+			.skipped_total = t->skipped,
 			.step_tokens = step_tokens, .tokens = t->tokens,
 			.run_tokens = t->tokens - start_tokens, .elapsed_s = now_s() - t0,
 		};

@@ -72,6 +72,29 @@ static const struct fw_option_def run_defs[] = {
 	  "decoupled weight decay, not applied to 1-D tensors" },
 	{ "clip-grad", FW_OPT_FLOAT, "1.0", -1, 1e9, NULL,
 	  "clip the global gradient L2 norm to this (<= 0 disables)" },
+	{ "bf16", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "mixed precision with bf16 (docs/mixed-precision.md); fp32 master weights, "
+	  "gradients and optimizer state; no loss scaling unless --loss-scale" },
+	{ "fp16", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "mixed precision with fp16 (docs/mixed-precision.md) and loss scaling (dynamic "
+	  "unless --loss-scale)" },
+	{ "loss-scale", FW_OPT_STRING, "", 0, -1, NULL,
+	  "a positive static loss scale; unset: dynamic scaling with --fp16, none with --bf16" },
+	{ "initial-loss-scale", FW_OPT_FLOAT, "4294967296", 1e-30, 3.4e38, NULL,
+	  "dynamic loss scaling: the starting scale (2^32)" },
+	{ "min-loss-scale", FW_OPT_FLOAT, "1.0", 1e-30, 3.4e38, NULL,
+	  "dynamic loss scaling: the scale never falls below this" },
+	{ "loss-scale-window", FW_OPT_INT, "1000", 1, 1e12, NULL,
+	  "dynamic loss scaling: steps without overflow before the scale doubles" },
+	{ "hysteresis", FW_OPT_INT, "2", 1, 1e12, NULL,
+	  "dynamic loss scaling: overflows (since the last growth) before the scale halves" },
+	{ "attention-softmax-in-fp32", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "Megatron's flag, accepted: fw computes softmax in fp32 in every mode" },
+	{ "accumulate-allreduce-grads-in-fp32", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "Megatron's flag, accepted: fw keeps main gradients in fp32 in every mode" },
+	{ "debug-inject-overflow", FW_OPT_STRING, "", 0, -1, NULL,
+	  "testing: STEP[,STEP...] whose gradients get an inf after the backward (a "
+	  "scaled run skips them; an unscaled one stops as diverged)" },
 	{ "seed", FW_OPT_INT, "1234", 0, 4294967295.0, NULL, "random seed (init, dropout, shuffle)" },
 	{ "drop-last", FW_OPT_BOOL, "true", 0, -1, NULL,
 	  "drop an epoch's last partial global batch (--no-drop-last keeps it)" },
@@ -152,6 +175,11 @@ static const struct {
 	{ "repetition-penalty", C_GEN }, { "stop", C_GEN }, { "interactive", C_GEN },
 	{ "score-data", C_EVAL }, { "adapter", C_ALL }, { "adapter-name", C_ALL },
 	{ "merge-adapter", C_ALL },       /* train refuses it with its own error */
+	{ "bf16", C_TRAIN | C_EVAL }, { "fp16", C_TRAIN | C_EVAL }, { "loss-scale", C_TRAIN },
+	{ "initial-loss-scale", C_TRAIN }, { "min-loss-scale", C_TRAIN },
+	{ "loss-scale-window", C_TRAIN }, { "hysteresis", C_TRAIN },
+	{ "attention-softmax-in-fp32", C_TRAIN }, { "accumulate-allreduce-grads-in-fp32", C_TRAIN },
+	{ "debug-inject-overflow", C_TRAIN },
 };
 
 static unsigned cmd_bit(const char *cmd)

@@ -540,30 +540,51 @@ static json_int_t export_eos(const char *h5, int64_t vocab)
 	return eos >= 0 && eos < vocab ? eos : -1;
 }
 
+/* --dtype's value: f32, bf16 or f16 (Hugging Face's names too); -1 otherwise. */
+static int export_dtype(const char *v, enum fw_dtype *dt)
+{
+	if (!strcmp(v, "f32") || !strcmp(v, "float32"))
+		*dt = FW_F32;
+	else if (!strcmp(v, "bf16") || !strcmp(v, "bfloat16"))
+		*dt = FW_BF16;
+	else if (!strcmp(v, "f16") || !strcmp(v, "float16"))
+		*dt = FW_F16;
+	else
+		return -1;
+	return 0;
+}
 
 int cmd_export(int argc, char **argv)
 {
 	if (argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"))) {
-		printf("usage: fwrun export IN.h5 OUT_DIR [--base-only]\nWrites a Hugging Face folder "
-		       "(config.json + model.safetensors, F32) from an fw checkpoint or weights\nfile, "
-		       "through its arch plugin's Hugging Face map (arch/decoder: GPT-2); fwrun import\n"
-		       "reads it back bit-exactly. A file with other trained tensors (a LoRA run's\n"
-		       "adapter: fwrun merge it first) is refused unless --base-only drops them.\n");
+		printf("usage: fwrun export IN.h5 OUT_DIR [--base-only] [--dtype=f32|bf16|f16]\n"
+		       "Writes a Hugging Face folder (config.json + model.safetensors) from an fw\n"
+		       "checkpoint or weights file, through its arch plugin's Hugging Face map\n"
+		       "(arch/decoder: GPT-2); fwrun import reads it back bit-exactly. A file with other\n"
+		       "trained tensors (a LoRA run's adapter: fwrun merge it first) is refused unless\n"
+		       "--base-only drops them. --dtype=bf16 or f16 rounds the (fp32 master) weights to\n"
+		       "that dtype (nearest even) and sets config.json's torch_dtype (default f32).\n");
 		return EXIT_OK;
 	}
 	bool base_only = false;
 	char *pos[2];
 	int np = 0;
+	enum fw_dtype dt = FW_F32;
 	for (int i = 0; i < argc; i++) {
 		if (!strcmp(argv[i], "--base-only"))
 			base_only = true;
+		else if (!strncmp(argv[i], "--dtype=", 8) && export_dtype(argv[i] + 8, &dt) != 0)
+			return fail(FW_ERR_INVALID, "export: --dtype=%s: expected f32, bf16 or f16",
+				    argv[i] + 8);
+		else if (!strncmp(argv[i], "--dtype=", 8))
+			continue;
 		else if (!strncmp(argv[i], "--", 2) || np == 2)
-			return fail(FW_ERR_INVALID, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
+			return fail(FW_ERR_INVALID, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only] [--dtype=f32|bf16|f16]");
 		else
 			pos[np++] = argv[i];
 	}
 	if (np != 2)
-		return fail(FW_ERR_INVALID, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only]");
+		return fail(FW_ERR_INVALID, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only] [--dtype=f32|bf16|f16]");
 	char in[4200], path[4200];
 	struct fw_err err = { 0 };
 	struct hf_model h = { 0 };
@@ -608,6 +629,18 @@ int cmd_export(int argc, char **argv)
 			memcpy(o->data, t->data, fw_nbytes(o));
 		op[n++] = o;
 	}
+	for (int i = 0; dt != FW_F32 && i < n; i++) {
+		struct fw_tensor *t = op[i];
+		void *half = malloc((size_t)fw_nelem(t) * 2 + 1);
+		if (!half) {
+			rc = fail(FW_ERR_NOMEM, "export: out of memory");
+			goto out;
+		}
+		fw_convert(half, dt, t->data, FW_F32, fw_nelem(t));
+		free(t->data);
+		t->data = half;
+		t->dtype = dt;
+	}
 	if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
 		rc = fail(FW_ERR_IO, "%s: %s", dir, strerror(errno));
 		goto out;
@@ -622,6 +655,10 @@ int cmd_export(int argc, char **argv)
 			fw_opt_int(h.arch->opts, "vocab-size") : INT64_MAX;
 	json_t *cfg = export_config(&h, export_eos(in, vocab));
 	snprintf(path, sizeof(path), "%s/config.json", dir);
+	if (cfg)
+		json_object_set_new(cfg, "torch_dtype", json_string(dt == FW_BF16 ? "bfloat16" :
+								      dt == FW_F16 ? "float16" :
+								      "float32"));
 	struct fw_err werr = { 0 };
 	enum fw_status wst = write_json_file(path, cfg, &werr);
 	json_decref(cfg);

@@ -19,6 +19,20 @@ static void plan_row(const char *name, double planned, const char *rule, double 
 	printf("\n");
 }
 
+/* Bytes of the half-precision copies of parameters that --bf16/--fp16's
+ * matmuls cast (planned with the activations: they live from the forward to
+ * the backward). */
+static double half_weight_copies(const struct fw_ctx *ctx)
+{
+	double bytes = 0;
+	for (int i = 0; i < fw_ctx_n_tensors(ctx); i++) {
+		const struct fw_tensor *t = fw_ctx_tensor(ctx, i);
+		if (t->op == FW_OP_CAST && t->src[0] && (t->src[0]->flags & FW_FLAG_PARAM))
+			bytes += (double)fw_nbytes(t);
+	}
+	return bytes;
+}
+
 int cmd_plan(int argc, char **argv)
 {
 	struct session s;
@@ -40,8 +54,10 @@ int cmd_plan(int argc, char **argv)
 	int n_state = s.optim ? fw_rt_optim_n_state(s.optim) : 0;
 	printf("parameters: %lld total, %lld trainable (%.2f%%)\n", (long long)mr.n_params,
 	       (long long)mr.n_trainable, P > 0 ? 100.0 * Tr / P : 0.0);
-	printf("memory plan for training, f32, micro-batch %lld x %lld tokens, from the real "
-	       "graph:\n", (long long)s.B, (long long)s.T);
+	const char *mode = s.precision == FW_F32 ? "f32" : s.precision == FW_BF16 ?
+			   "--bf16 (fp32 master, bf16 matmuls)" : "--fp16 (fp32 master, f16 matmuls)";
+	printf("memory plan for training, %s, micro-batch %lld x %lld tokens, from the real "
+	       "graph:\n", mode, (long long)s.B, (long long)s.T);
 	printf("  %-12s %14s   %-26s %14s  %7s\n", "category", "planned", "rule of thumb", "",
 	       "diff");
 	plan_row("weights", (double)mr.bytes[FW_MEM_WEIGHTS], "4 B/param (fp32)", 4 * P);
@@ -50,6 +66,11 @@ int cmd_plan(int argc, char **argv)
 	snprintf(rule, sizeof(rule), "%d x 4 B/trainable param", n_state);
 	plan_row("optimizer", (double)mr.bytes[FW_MEM_OPTIMIZER], rule, 4.0 * n_state * Tr);
 	plan_row("activations", (double)mr.bytes[FW_MEM_ACTIVATIONS], NULL, 0);
+	double copies = s.precision == FW_F32 ? 0 : half_weight_copies(s.ctx);
+	if (copies > 0)
+		printf("  (activations hold the %s copies of the weights the matmuls read: %.2f MiB, "
+		       "%.1f B/param)\n", fw_dtype_name(s.precision), copies / 1048576.0,
+		       P > 0 ? copies / P : 0.0);
 	if (s.eval_g)
 		plan_row("eval acts", (double)me.bytes[FW_MEM_ACTIVATIONS], NULL, 0);
 	plan_row("inputs", (double)mr.bytes[FW_MEM_INPUTS], NULL, 0);
@@ -61,10 +82,17 @@ int cmd_plan(int argc, char **argv)
 	plan_row("process", (double)s.base_rss, NULL, 0);
 	printf("  %-12s %10.1f MiB   (plan + process; compare with 'fwrun train's peak RSS)\n",
 	       "expected", (total + (double)s.base_rss) / 1048576.0);
+	double per = Tr > 0 ? 4.0 + 4 + 4.0 * n_state : 0;
 	printf("rules of thumb (docs): fp32 weights 4 B/param = %.1f MiB, fp16/bf16 2 B/param = "
-	       "%.1f MiB;\nmixed-precision Adam 16-20 B/param = %.1f-%.1f MiB (fw keeps no fp16 "
-	       "copy: %.0f B/trainable param here).\n", 4 * P / 1048576.0, 2 * P / 1048576.0,
-	       16 * P / 1048576.0, 20 * P / 1048576.0, Tr > 0 ? (4.0 + 4 + 4.0 * n_state) : 0);
+	       "%.1f MiB;\nmixed-precision Adam 16-20 B/param = %.1f-%.1f MiB (fw: fp32 master 4 + "
+	       "fp32 grads 4 + optimizer %d x 4", 4 * P / 1048576.0, 2 * P / 1048576.0,
+	       16 * P / 1048576.0, 20 * P / 1048576.0, n_state);
+	if (copies > 0)
+		printf(" + %s copy %.1f = %.1f B/trainable param here).\n",
+		       fw_dtype_name(s.precision), copies / P, per + copies / P);
+	else
+		printf(" = %.0f B/trainable param here%s).\n", per,
+		       s.precision == FW_F32 ? "; --bf16 adds a 2 B/param weight copy" : "");
 	/* QLoRA: the storage of the 4-bit weights, statistics included. */
 	int64_t q_n = 0;
 	double q_bytes = 0;

@@ -84,6 +84,7 @@ static enum fw_status build_model(struct session *s, bool training, struct fw_er
 	s->ctx = fw_ctx_new();
 	if (!s->ctx)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	fw_ctx_set_autocast(s->ctx, s->precision);      /* --bf16, --fp16: matmuls in half */
 	struct fw_rt_model_spec spec = model_spec(s, &s->slots, training);
 	spec.segmented = (s->have_train && s->train.rows.n) || (s->have_valid && s->valid.rows.n);
 	enum fw_status st = fw_rt_model_build(&spec, s->ctx, &s->model, err);
@@ -141,6 +142,7 @@ void free_session(struct session *s)
 	fw_ctx_free(s->ctx);
 	fw_tokenizer_free(s->tok);
 	free(s->seg);
+	free(s->inject);
 	config_free(&s->cfg);
 }
 
@@ -164,7 +166,8 @@ enum fw_status save_checkpoint(struct session *s, const char *path, struct fw_er
 			.optimizer = s->slots.optim ? s->slots.optim->desc->name : "",
 			.data_epoch = s->have_train ? s->train.epoch : 0,
 			.data_cursor = s->have_train ? s->train.cursor : 0,
-			.seed = opt_i(s, "seed"), .plugins = &s->slots }, err);
+			.seed = opt_i(s, "seed"), .plugins = &s->slots, .skipped = s->skipped,
+			.scaler = s->have_scaler ? &s->scaler : NULL }, err);
 	fw_free(tok);
 	free(config);
 	free(params);
@@ -211,6 +214,13 @@ enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
 		return st;
 	s->step = meta.step;
 	s->tokens = meta.tokens;
+	s->skipped = meta.skipped;
+	struct fw_err se = { 0 };
+	if (s->have_scaler && (st = fw_rt_ckpt_read_scaler(path, &s->scaler, &se)) != FW_OK &&
+	    st != FW_ERR_NOT_FOUND) {      /* none: a run without a scaler, which starts one */
+		*err = se;
+		return st;
+	}
 	if (s->have_train)
 		fw_rt_loader_seek(&s->train, meta.data_epoch, meta.data_cursor);
 	return FW_OK;
@@ -297,6 +307,10 @@ int session_open(struct session *s, const char *cmd, int argc, char **argv, bool
 	enum fw_status st;
 	memset(s, 0, sizeof(*s));
 	if (config_load(&s->cfg, cmd, argc, argv, true, pos, 0, &np, &s->err) != FW_OK) {
+		*rc = fail(s->err.status, "%s", s->err.msg);
+		return -1;
+	}
+	if (precision_setup(s, &s->err) != FW_OK) {
 		*rc = fail(s->err.status, "%s", s->err.msg);
 		return -1;
 	}

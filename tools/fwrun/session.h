@@ -25,6 +25,12 @@ struct session {
 	int64_t B, T, accum, iters;
 	int64_t step;                 /* completed optimizer steps */
 	int64_t tokens;               /* tokens consumed so far */
+	int64_t skipped;              /* steps skipped on overflow so far */
+	enum fw_dtype precision;      /* --bf16: FW_BF16, --fp16: FW_F16, else FW_F32 */
+	struct fw_rt_grad_scaler scaler;
+	bool have_scaler;             /* --fp16 or --loss-scale */
+	int64_t *inject;              /* --debug-inject-overflow steps */
+	int n_inject;
 	char run_dir[4096], save_dir[4096];
 	FILE *metrics;
 	struct fw_err err;
@@ -41,10 +47,19 @@ static inline double opt_f(const struct session *s, const char *name)
 	return fw_opt_float(s->cfg.run, name);
 }
 
+static inline bool opt_b(const struct session *s, const char *name)
+{
+	return fw_opt_bool(s->cfg.run, name);
+}
+
 static inline const char *opt_s(const struct session *s, const char *name)
 {
 	return fw_opt_str(s->cfg.run, name);
 }
+
+/* --bf16/--fp16 and the loss-scale options checked (FW_ERR_INVALID naming
+ * the option) and set into precision, scaler and inject (precision.c). */
+enum fw_status precision_setup(struct session *s, struct fw_err *err);
 
 /* What session_open does with --data / --valid-data. */
 enum data_use { DATA_NONE, DATA_REQUIRED, DATA_IF_GIVEN };

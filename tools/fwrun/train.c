@@ -297,7 +297,7 @@ static enum fw_status checkpoint_now(struct session *s, struct fw_err *err)
  * and their tokens and time for the throughput. */
 struct interval {
 	double loss, norm, t0;
-	int64_t steps, tokens;
+	int64_t steps, normed, tokens;    /* normed: steps not skipped, whose norm counts */
 };
 
 static void progress(const struct session *s, struct interval *iv, int64_t first_step,
@@ -310,7 +310,7 @@ static void progress(const struct session *s, struct interval *iv, int64_t first
 	if (!tty && !line)
 		return;
 	double n = iv->steps ? (double)iv->steps : 1, dt = now - iv->t0;
-	double loss = iv->loss / n, norm = iv->norm / n;
+	double loss = iv->loss / n, norm = iv->normed ? iv->norm / (double)iv->normed : NAN;
 	double tps = dt > 0 ? (double)iv->tokens / dt : 0;
 	if (tty)
 		fprintf(stderr, "\r\033[Kstep %lld/%lld  loss %.4f  grad norm %.3f  lr %.3e  "
@@ -318,8 +318,13 @@ static void progress(const struct session *s, struct interval *iv, int64_t first
 			lr, tps, eta);
 	else
 		fprintf(stderr, "step %lld/%lld loss %.6f grad_norm %.4f lr %.6e tokens/s %.0f "
-			"eta_s %.0f\n", (long long)s->step, (long long)s->iters, loss, norm, lr, tps,
+			"eta_s %.0f", (long long)s->step, (long long)s->iters, loss, norm, lr, tps,
 			eta);
+	if (s->have_scaler)
+		fprintf(stderr, tty ? "  loss scale %.6g  skipped %lld" : " loss_scale %.9g skipped %lld",
+			(double)s->scaler.scale, (long long)s->skipped);
+	if (!tty)
+		fputc('\n', stderr);
 	if (tty && s->step == s->iters)
 		fputc('\n', stderr);
 	if (line)
@@ -340,16 +345,24 @@ static enum fw_rt_action on_step(void *user, const struct fw_rt_step_info *in)
 	struct train_log *tl = user;
 	struct session *s = tl->s;
 	double tps = in->elapsed_s > 0 ? (double)in->run_tokens / in->elapsed_s : 0;
+	char norm[32] = "null";          /* a skipped step has none */
+	if (!in->skipped)
+		snprintf(norm, sizeof(norm), "%.9g", in->grad_norm);
 	fprintf(s->metrics,
 		"{\"type\": \"train\", \"step\": %lld, \"loss\": %.9g, \"lr\": %.17g, "
-		"\"grad_norm\": %.9g, "
-		"\"loss_scale\": 1, \"tokens\": %lld, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
-		(long long)in->step, in->loss, in->lr, in->grad_norm, (long long)in->tokens, tps,
-		in->elapsed_s);
+		"\"grad_norm\": %s, \"loss_scale\": %.9g, \"skipped\": %s, \"skipped_iters\": %lld, "
+		"\"tokens\": %lld, \"tokens_per_s\": %.1f, \"elapsed_s\": %.3f}\n",
+		(long long)in->step, in->loss, in->lr, norm, (double)in->loss_scale,
+		in->skipped ? "true" : "false", (long long)in->skipped_total, (long long)in->tokens,
+		tps, in->elapsed_s);
 	fflush(s->metrics);
 	tl->iv.loss += in->loss;
-	tl->iv.norm += in->grad_norm;
+	if (!in->skipped) {
+		tl->iv.norm += in->grad_norm;
+		tl->iv.normed++;
+	}
 	tl->iv.steps++;
+	s->skipped = in->skipped_total;
 	tl->iv.tokens += in->step_tokens;
 	s->step = in->step;
 	s->tokens = in->tokens;
@@ -399,7 +412,9 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 		.eval_every = opt_i(s, "eval-interval"), .save_every = opt_i(s, "save-interval"),
 		.eval = eval_of(s, opt_i(s, "eval-iters")),
 		.hooks = { .on_step = on_step, .on_eval = on_eval, .on_save = on_save, .user = &tl },
-		.step = s->step, .tokens = s->tokens,
+		.scaler = s->have_scaler ? &s->scaler : NULL,
+		.inject_overflow = s->inject, .n_inject_overflow = s->n_inject,
+		.step = s->step, .skipped = s->skipped, .tokens = s->tokens,
 	};
 	bool stopped = false;
 	signal(SIGINT, on_signal);
@@ -409,6 +424,10 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 	signal(SIGTERM, SIG_DFL);
 	s->step = t.step;
 	s->tokens = t.tokens;
+	s->skipped = t.skipped;
+	if (s->have_scaler)
+		fprintf(stderr, "fwrun: %lld of %lld steps skipped on overflow; loss scale %.9g\n",
+			(long long)s->skipped, (long long)s->step, (double)s->scaler.scale);
 	if (st == FW_OK && stopped)
 		fprintf(stderr, "fwrun: %s after step %lld; resume with --load=%s\n",
 			stop_requested == SIGINT ? "interrupted" : "terminated",

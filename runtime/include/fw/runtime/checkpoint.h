@@ -16,6 +16,9 @@
  *   owners         which plugin made each parameter: one "TENSOR PLUGIN" line
  *                  each ("h.0.attn.c_attn.lora_A peft/lora"); absent in
  *                  files written before it or without the plugins
+ *   skipped_iters  steps skipped on overflow so far (absent in older files: 0)
+ *   loss_scale, growth_tracker, hysteresis_tracker
+ *                  a loss scaler's state (fw/runtime/scaler.h); absent: no scaler
  *
  * Files of a run directory are named ckpt-<8 digits>.h5 (by step) and
  * adapter-<8 digits>.h5 (the peft plugin's adapter-only file); a writer's
@@ -28,6 +31,7 @@
 
 #include "fw/loader.h"
 #include "fw/tensor.h"
+#include "fw/runtime/scaler.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -47,6 +51,8 @@ struct fw_rt_ckpt_meta {
 	/* The model's plugins: the owners attribute (fw_rt_param_owner of each
 	 * parameter). NULL: no owners attribute. */
 	const struct fw_plugin_slots *plugins;
+	int64_t skipped;                  /* steps skipped on overflow */
+	const struct fw_rt_grad_scaler *scaler;   /* NULL: no scaler attributes */
 };
 
 /* Writes a checkpoint (atomically, through fw_h5_save): params[0..n_params)
@@ -60,11 +66,16 @@ enum fw_status fw_rt_ckpt_save(const char *path, struct fw_tensor *const *params
  * fw HDF5 file at all. */
 enum fw_status fw_rt_ckpt_probe(const char *path, bool *is_ckpt, struct fw_err *err);
 
-/* Reads step, data_epoch, data_cursor and tokens into meta (the other
+/* Reads step, data_epoch, data_cursor, tokens and skipped into meta (the other
  * members are left as they are). FW_ERR_NOT_FOUND for a missing attribute,
  * FW_ERR_FORMAT naming one that is not an integer. */
 enum fw_status fw_rt_ckpt_read_progress(const char *path, struct fw_rt_ckpt_meta *meta,
 					struct fw_err *err);
+
+/* A loss scaler's scale and trackers into s (its settings are left as
+ * they are); FW_ERR_NOT_FOUND when the file has none. */
+enum fw_status fw_rt_ckpt_read_scaler(const char *path, struct fw_rt_grad_scaler *s,
+				      struct fw_err *err);
 
 /* The configuration attribute of a checkpoint, weights or adapter file
  * (fw_malloc'd INI text, caller fw_free()s it); FW_ERR_NOT_FOUND without one. */

@@ -62,6 +62,11 @@ int fw_rt_optim_group(const struct fw_rt_optim *o, int param);
 
 /* L2 norm of every trainable parameter's gradient. */
 double fw_rt_optim_grad_norm(const struct fw_rt_optim *o);
+/* Multiplies every gradient by inv_scale (a loss scaler's 1/scale) and
+ * returns their L2 norm after it, in one pass: inf or NaN when any unscaled
+ * gradient is (an f32's square always fits a double, so only a non-finite
+ * gradient makes the sum non-finite). */
+double fw_rt_optim_unscale_norm(struct fw_rt_optim *o, float inv_scale);
 /* Scales the gradients by max_norm / (norm + 1e-6) when that is below 1
  * (Megatron's clip_grad); max_norm <= 0 does nothing. */
 void fw_rt_optim_clip(struct fw_rt_optim *o, double max_norm, double norm);

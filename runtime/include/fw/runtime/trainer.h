@@ -6,7 +6,13 @@
  * schedule's lr, the peft plugin's after_backward; then on_step with the
  * step's metrics, an evaluation when due (every eval_every steps and at the
  * last) reported to on_eval, and a save when due (every save_every steps,
- * the last, or when a callback asked to stop) through on_save. A callback
+ * the last, or when a callback asked to stop) through on_save. With a loss
+ * scaler (fw/runtime/scaler.h) the backward is seeded with the scale, the
+ * gradients are unscaled and checked for inf/nan in the pass that takes
+ * their norm, and a step that overflowed is skipped: no optimizer step, no
+ * scheduler step, no after_backward; it is still a step (iteration) of the
+ * run, as in Megatron, and counted in skipped. The lr and the optimizer's
+ * step number are those of the (step - skipped + 1)-th update. A callback
  * returning FW_RT_STOP ends the loop after that step's save. The trainer
  * installs no signal handlers and prints nothing: a program maps its
  * signals and log lines onto the callbacks (fwrun: tools/fwrun/train.c).
@@ -16,6 +22,7 @@
 
 #include "fw/runtime/data.h"
 #include "fw/runtime/optim.h"
+#include "fw/runtime/scaler.h"
 #include "fw/runtime/schedule.h"
 
 #ifdef __cplusplus
@@ -47,7 +54,10 @@ enum fw_rt_action { FW_RT_CONTINUE, FW_RT_STOP };
 
 struct fw_rt_step_info {
 	int64_t step, iters;              /* this step (from 1) of iters */
-	double loss, lr, grad_norm;
+	double loss, lr, grad_norm;       /* grad_norm: of the unscaled gradients; NaN when skipped */
+	float loss_scale;                 /* the scale after this step's update (1: no scaler) */
+	bool skipped;                     /* overflow: no optimizer or scheduler step */
+	int64_t skipped_total;            /* skipped steps so far (a resumed run's included) */
 	int64_t step_tokens;              /* this step's tokens */
 	int64_t tokens;                   /* all tokens so far (a resumed run's included) */
 	int64_t run_tokens;               /* tokens since fw_rt_train began */
@@ -81,8 +91,14 @@ struct fw_rt_trainer {
 	int64_t eval_every, save_every;    /* 0: only at the last step */
 	struct fw_rt_eval eval;            /* eval.data NULL: no evaluation */
 	struct fw_rt_trainer_hooks hooks;
-	/* progress, read and updated: completed steps and tokens consumed */
-	int64_t step, tokens;
+	struct fw_rt_grad_scaler *scaler;  /* NULL: none (a non-finite gradient stops the run) */
+	/* Fault injection (--debug-inject-overflow): the gradients of these
+	 * steps get an inf after the backward. */
+	const int64_t *inject_overflow;
+	int n_inject_overflow;
+	/* progress, read and updated: completed steps (skipped ones included),
+	 * skipped steps, and tokens consumed */
+	int64_t step, skipped, tokens;
 };
 
 /* Runs steps step+1 .. iters. *stopped (may be NULL) tells whether a
