@@ -120,6 +120,15 @@ static const struct fw_option_def run_defs[] = {
 	  "which --adapter to apply (default: the first)" },
 	{ "merge-adapter", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "eval/generate: fold the adapter into the weights in memory" },
+	{ "labels", FW_OPT_STRING, "", 0, -1, NULL,
+	  "arch/encoder classification: the label names in id order, comma-separated (empty: "
+	  "collected from --data, sorted; stored in the checkpoint)" },
+	{ "mlm-probability", FW_OPT_FLOAT, "0.15", 0.001, 1, NULL,
+	  "arch/encoder --head=mlm: share of tokens masked (BERT: 0.15; 80% [MASK], 10% random, "
+	  "10% kept)" },
+	{ "output", FW_OPT_STRING, "", 0, -1, NULL,
+	  "eval, arch/encoder classification: JSONL of each record's predicted label and "
+	  "probabilities" },
 };
 
 /* Which commands each of fwrun's options does something in (plan takes
@@ -150,6 +159,8 @@ static const struct {
 	{ "repetition-penalty", C_GEN }, { "stop", C_GEN }, { "interactive", C_GEN },
 	{ "score-data", C_EVAL }, { "adapter", C_ALL }, { "adapter-name", C_ALL },
 	{ "merge-adapter", C_ALL },       /* train refuses it with its own error */
+	{ "labels", C_TRAIN | C_EVAL }, { "mlm-probability", C_TRAIN | C_EVAL },
+	{ "output", C_EVAL },
 };
 
 static unsigned cmd_bit(const char *cmd)
@@ -462,7 +473,7 @@ static bool is_bool(struct config *c, const char *name)
  * the run is in the checkpoint's weights already). */
 static const char *const shape_options[] = {
 	"micro-batch-size", "seq-length", "packing", "chat-template", "too-long",
-	"calculate-per-token-loss",
+	"calculate-per-token-loss", "labels", "mlm-probability",
 };
 static const char *const not_resumed[] = {
 	"plugins", "load", "finetune", "overwrite", "base-only", "adapter", "adapter-name",
@@ -563,7 +574,9 @@ static enum fw_status vocab_from_tokenizer(struct config *c, struct fw_err *err)
 	if (!d || d->type != FW_OPT_INT || strcmp(value_of(c->run, "tokenizer"), "byte"))
 		return FW_OK;
 	bool chatml = !strcmp(value_of(c->run, "chat-template"), "chatml");
-	long need = 257 + (chatml ? 2 : 0);
+	/* arch/encoder adds [CLS], [SEP], [MASK] and [PAD] */
+	bool encoder = !strcmp(arch->desc->name, "arch/encoder");
+	long need = 257 + (chatml ? 2 : 0) + (encoder ? 4 : 0);
 	if (fw_options_has(arch->opts, "vocab-size")) {
 		long have = strtol(value_of(arch->opts, "vocab-size"), NULL, 10);
 		if (have < need)

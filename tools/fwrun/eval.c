@@ -71,6 +71,10 @@ int cmd_eval(int argc, char **argv)
 	int64_t iters = opt_i(&s, "eval-iters");
 	if (s.have_valid && (iters == 0 || iters > s.valid.n_micro))
 		iters = s.valid.n_micro;          /* the whole validation set, once */
+	if (s.task && !*score) {
+		rc = task_eval(&s, iters);
+		goto out;
+	}
 	struct fw_rt_eval ev = eval_of(&s, iters);
 	if (s.have_valid && fw_rt_evaluate(&ev, &loss, stats, &s.err) != FW_OK) {
 		rc = die(EXIT_RUNTIME, "%s", s.err.msg);

@@ -67,6 +67,7 @@ static enum fw_status check_model(struct session *s, bool training, struct fw_er
 	if (!ctx)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	enum fw_status st = fw_rt_model_build(&spec, ctx, &m, err);
+	s->task = st == FW_OK ? fw_rt_task_of_head(m.head) : 0;
 	fw_ctx_free(ctx);
 	return st;
 }
@@ -102,7 +103,7 @@ static enum fw_status build_graphs(struct session *s, bool train, struct fw_err 
 		return FW_OK;      /* no memory for an evaluation that never runs */
 	/* Scoring (eval --score-data) reads the logits too. */
 	struct fw_tensor *out[2] = { loss, s->model.logits };
-	bool logits = !train && *opt_s(s, "score-data") && s->model.logits;
+	bool logits = !train && (*opt_s(s, "score-data") || s->task) && s->model.logits;
 	s->eval_g = fw_graph_new(s->ctx, out, logits ? 2 : 1, &(struct fw_graph_opts){ 0 });
 	if (!s->eval_g)
 		return fw_errorf(err, fw_ctx_err(s->ctx)->status, "graph: %s",
@@ -133,6 +134,7 @@ void free_session(struct session *s)
 	fw_ctx_free(s->ctx);
 	fw_tokenizer_free(s->tok);
 	free(s->seg);
+	fw_rt_labels_free(&s->labels);
 	config_free(&s->cfg);
 }
 
@@ -210,6 +212,8 @@ enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
 int64_t model_vocab(const struct session *s)
 {
 	const struct fw_tensor *lg = s->model.logits;
+	if (s->task && s->task != FW_RT_TASK_MLM)     /* logits over labels, not tokens */
+		return fw_opt_int(s->cfg.plugin[FW_KIND_ARCH]->opts, "vocab-size");
 	return lg ? lg->ne[lg->ndim - 1] : 65536;
 }
 
@@ -245,6 +249,8 @@ static enum fw_status open_datasets(struct session *s, bool train, enum data_use
 	if (!train && !*valid && !*data && !*opt_s(s, "score-data"))
 		return fw_errorf(err, FW_ERR_INVALID, "eval needs --load=CKPT and "
 				 "--valid-data=FILE[,...] or --score-data=FILE.jsonl");
+	if (s->task)
+		return task_open_data(s, train, data, valid, err);
 	st = FW_OK;
 	struct fw_rt_data_config dc = {
 		.format = opt_s(s, "data-format"), .packed = !strcmp(opt_s(s, "packing"), "packed"),

@@ -26,5 +26,6 @@
 #include "fw/runtime/sample.h"
 #include "fw/runtime/generate.h"
 #include "fw/runtime/score.h"
+#include "fw/runtime/tasks.h"
 
 #endif
