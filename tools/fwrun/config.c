@@ -149,7 +149,7 @@ static const struct {
 	{ "lr-warmup-iters", C_TRAIN }, { "lr-warmup-fraction", C_TRAIN },
 	{ "lr-warmup-init", C_TRAIN }, { "lr-wsd-decay-style", C_TRAIN },
 	{ "lr-wsd-decay-iters", C_TRAIN }, { "weight-decay", C_TRAIN }, { "clip-grad", C_TRAIN },
-	{ "seed", C_TRAIN | C_GEN }, { "drop-last", C_TRAIN }, { "shuffle", C_TRAIN },
+	{ "seed", C_ALL }, { "drop-last", C_TRAIN }, { "shuffle", C_TRAIN },
 	{ "eval-interval", C_TRAIN }, { "eval-iters", C_TRAIN | C_EVAL }, { "run-dir", C_TRAIN },
 	{ "save", C_TRAIN }, { "save-interval", C_TRAIN }, { "load", C_ALL },
 	{ "finetune", C_TRAIN }, { "base-only", C_ALL }, { "overwrite", C_TRAIN },

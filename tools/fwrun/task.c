@@ -92,8 +92,9 @@ static void put_string(FILE *f, const char *s)
 	fputc('"', f);
 }
 
-/* One line per validation row: the label and its probabilities (sequence
- * classification), or the label of each word (token classification). */
+/* One line per validation row: the label, its probabilities and the
+ * logits (sequence classification), or the label and logits of each word
+ * (token classification). */
 static enum fw_status predictions(struct session *s, const char *path, struct fw_err *err)
 {
 	struct fw_model *m = &s->model;
@@ -133,23 +134,38 @@ static enum fw_status predictions(struct session *s, const char *path, struct fw
 					fputs(": ", f);
 					put_num(f, exp((double)x[c] - mx) / z);
 				}
-				fputs("}}\n", f);
+				fputs("}, \"logits\": [", f);
+				for (int64_t c = 0; c < L; c++) {
+					fputs(c ? ", " : "", f);
+					put_num(f, x[c]);
+				}
+				fputs("]}\n", f);
 				continue;
 			}
-			fputs("{\"labels\": [", f);
-			int words = 0;
-			for (int64_t t = 0; t < T; t++) {
-				if (tg[b * T + t] < 0)
-					continue;
-				const float *x = lg + (b * T + t) * L;
-				int64_t best = 0;
-				for (int64_t c = 1; c < L; c++)
-					if (x[c] > x[best])
-						best = c;
-				fputs(words++ ? ", " : "", f);
-				put_string(f, s->labels.names[best]);
+			for (int pass = 0; pass < 2; pass++) {     /* labels, then logits */
+				fputs(pass ? ", \"logits\": [" : "{\"labels\": [", f);
+				int words = 0;
+				for (int64_t t = 0; t < T; t++) {
+					if (tg[b * T + t] < 0)
+						continue;
+					const float *x = lg + (b * T + t) * L;
+					int64_t best = 0;
+					for (int64_t c = 1; c < L; c++)
+						if (x[c] > x[best])
+							best = c;
+					fputs(words++ ? ", " : "", f);
+					if (!pass) {
+						put_string(f, s->labels.names[best]);
+						continue;
+					}
+					for (int64_t c = 0; c < L; c++) {
+						fputs(c ? ", " : "[", f);
+						put_num(f, x[c]);
+					}
+					fputc(']', f);
+				}
+				fputs(pass ? "]}\n" : "]", f);
 			}
-			fputs("]}\n", f);
 		}
 	}
 	fclose(f);
