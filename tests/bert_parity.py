@@ -23,8 +23,14 @@ Checks:
     which tokens are masked and how;
   - padding: changing [PAD]'s embedding changes no logit of a real token,
     while changing a real token's does;
+  - Hugging Face folders (HF keys, the tied decoder included, config.json
+    with id2label) of BertForSequenceClassification, BertForTokenClassification,
+    BertForMaskedLM, RobertaForMaskedLM and BertModel: fwrun import, eval
+    against the transcription on the folder's weights (1e-5), export back bit
+    for bit with the same config values; BertModel fine-tunes as a classifier;
   - bad input: a label outside the stored list, tokens and labels of
-    different lengths: one "fwrun:" line, exit 1 or 2, no --output file.
+    different lengths, a config.json whose model_type disagrees with its
+    class: one "fwrun:" line, exit 1 or 2, no output file.
 Ends with "bert_parity: N passed, M failed"; exit 0 only when none failed.
 """
 import json
@@ -453,6 +459,152 @@ def check_bad(fw, work, ck_seq, ck_tok):
                 not os.path.exists(out), g2.describe(p))
 
 
+# --- Hugging Face folders -------------------------------------------------------------------
+
+HF_CLASSES = {          # class: (model_type, fw head, config of the test model)
+    "BertForSequenceClassification": ("bert", "seq-cls", BERT),
+    "BertForTokenClassification": ("bert", "token-cls", BERT),
+    "BertForMaskedLM": ("bert", "mlm", BERT),
+    "RobertaForMaskedLM": ("roberta", "mlm", ROBERTA),
+    "BertModel": ("bert", "base", BERT),
+}
+LABEL_NAMES = ["neg", "neutral", "pos"]
+
+
+def hf_key(cls, name):
+    """Hugging Face's key of a module path of this test's names."""
+    mt = HF_CLASSES[cls][0]
+    if mt == "roberta":
+        for a, b in (("cls.predictions.transform.dense.", "lm_head.dense."),
+                     ("cls.predictions.transform.LayerNorm.", "lm_head.layer_norm."),
+                     ("cls.predictions.bias", "lm_head.bias")):
+            if name.startswith(a):
+                return b + name[len(a):]
+    if name.startswith(("cls.", "classifier.")) or cls == "BertModel":
+        return name                            # a base model saves no prefix
+    return f"{mt}.{name}"
+
+
+def hf_state(cls, W):
+    """The state dict HF would save: the tied decoder too (import must skip it);
+    a BertModel's every other key with the "bert." prefix a model saved from
+    a task class has."""
+    out = {("bert." if cls == "BertModel" and i % 2 else "") + hf_key(cls, n): t
+           for i, (n, t) in enumerate(W.items())}
+    if "cls.predictions.bias" in W:
+        dec = "lm_head.decoder" if HF_CLASSES[cls][0] == "roberta" else "cls.predictions.decoder"
+        out[dec + ".weight"] = W["embeddings.word_embeddings.weight"]
+        out[dec + ".bias"] = W["cls.predictions.bias"]
+    return out
+
+
+def hf_config(cls, m):
+    mt = HF_CLASSES[cls][0]
+    c = {"architectures": [cls], "model_type": mt, "num_hidden_layers": m["L"],
+         "num_attention_heads": m["H"], "hidden_size": m["C"], "intermediate_size": m["F"],
+         "vocab_size": VOCAB, "max_position_embeddings": m["P"], "type_vocab_size": m["types"],
+         "layer_norm_eps": m["eps"], "hidden_act": "gelu", "position_embedding_type": "absolute",
+         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    if mt == "roberta":
+        c["pad_token_id"] = 1                  # positions start at padding_idx + 1 = 2
+    if cls in ("BertForSequenceClassification", "BertForTokenClassification"):
+        c["id2label"] = {str(i): n for i, n in enumerate(LABEL_NAMES)}
+        c["label2id"] = {n: i for i, n in enumerate(LABEL_NAMES)}
+    return c
+
+
+def write_hf(d, cls, m, W, config=None):
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(config or hf_config(cls, m), f)
+    st = hf_state(cls, W)
+    header, data = g2.st_header([(k, "F32", list(t.shape), g2.to_bytes(t, "F32"))
+                                 for k, t in sorted(st.items())])
+    g2.write_st(os.path.join(d, "model.safetensors"), header, data)
+
+
+def check_hf(fw, work, rng):
+    seq = [dict(r, label=LABEL_NAMES[r["label"]]) for r in seq_records(rng, 8)]
+    seq_path = os.path.join(work, "hf_seq.jsonl")
+    write_jsonl(seq_path, seq)
+    tok = [dict(r, labels=[LABEL_NAMES[y] for y in r["labels"]]) for r in tok_records(rng, 8)]
+    tok_path = os.path.join(work, "hf_tok.jsonl")
+    write_jsonl(tok_path, tok)
+    docs = mlm_docs(rng, 2 * B)
+    mlm_path = os.path.join(work, "hf_mlm.jsonl")
+    write_jsonl(mlm_path, [{"text": d} for d in docs])
+    for i, (cls, (mt, head, m)) in enumerate(HF_CLASSES.items()):
+        W = random_weights(m, "seq-cls" if head == "base" else head, 50 + i)
+        if head == "base":
+            del W["classifier.weight"], W["classifier.bias"]
+        d = os.path.join(work, "hf_" + cls)
+        write_hf(d, cls, m, W)
+        h5 = os.path.join(work, cls + ".h5")
+        p = fw("import", d, h5)
+        if not R.check(f"{cls}: import", p.returncode == 0, g2.describe(p)):
+            continue
+        with torch.no_grad():
+            if head == "seq-cls":
+                ref = F.cross_entropy(seq_reference(m, W, seq),
+                                      torch.tensor([LABEL_NAMES.index(r["label"]) for r in seq]))
+                q, got = fw_eval(fw, h5, seq_path)
+            elif head == "token-cls":
+                lg, y = tok_reference(m, W, [dict(r, labels=[LABEL_NAMES.index(x) for x in
+                                                             r["labels"]]) for r in tok])
+                ref = F.cross_entropy(lg, y)
+                q, got = fw_eval(fw, h5, tok_path)
+            elif head == "mlm":
+                s, c = 0.0, 0
+                for k, batch in enumerate(mlm_micro_batches(docs, 2)):
+                    l, cnt = mlm_loss(m, W, batch, k)
+                    s, c = s + l.item(), c + cnt
+                ref = torch.tensor(s / c)
+                q, got = fw_eval(fw, h5, mlm_path, f"--mlm-probability={MLM_PROB}",
+                                 f"--seed={SEED}")
+        if head != "base" and R.check(f"{cls}: eval of the import runs (labels from id2label)",
+                                      got is not None, g2.describe(q)):
+            r = g2.rel(got["eval_loss"], ref.item())
+            R.check(f"{cls}: eval loss fw {got['eval_loss']:.9g} vs torch on the HF folder "
+                    f"{ref.item():.9g}", r <= TOL_EVAL, f"rel {r:.2e}")
+        if head == "base":
+            run = os.path.join(work, "base_run")
+            q = fw("train", TRAIN_PLUG, f"--load={h5}", "--finetune", f"--data={seq_path}",
+                   "--tokenizer=byte", f"--micro-batch-size={B}", f"--seq-length={T}",
+                   "--train-iters=2", "--num-labels=3", f"--run-dir={run}", "--threads=2")
+            R.check("BertModel: fine-tunes as a classifier, the classifier initialised fresh",
+                    q.returncode == 0 and "task head tensors are not in" in q.stderr,
+                    g2.describe(q))
+        out = os.path.join(work, "export_" + cls)
+        p = fw("export", h5, out)
+        if not R.check(f"{cls}: export", p.returncode == 0, g2.describe(p)):
+            continue
+        _, back = g2.read_st(os.path.join(out, "model.safetensors"))
+        want = {hf_key(cls, n): t for n, t in W.items()}
+        same = set(back) == set(want) and all(
+            np.array_equal(back[k][2], want[k].numpy()) for k in want)
+        R.check(f"{cls}: export gives back every tensor bit for bit under HF's keys", same,
+                f"keys only in export {sorted(set(back) - set(want))[:3]}, missing "
+                f"{sorted(set(want) - set(back))[:3]}")
+        cfg = json.load(open(os.path.join(out, "config.json")))
+        orig = hf_config(cls, m)
+        diff = [k for k in orig if k != "label2id" and cfg.get(k) != orig[k]]
+        if head == "base":
+            diff = [k for k in diff if k != "architectures"]
+        R.check(f"{cls}: exported config.json has the original's values", not diff,
+                f"differs: {[(k, cfg.get(k), orig[k]) for k in diff]}")
+    # model_type that disagrees with the class
+    d = os.path.join(work, "hf_mismatch")
+    W = random_weights(BERT, "mlm", 60)
+    write_hf(d, "BertForMaskedLM", BERT, W,
+             dict(hf_config("BertForMaskedLM", BERT), model_type="roberta"))
+    h5 = os.path.join(work, "mismatch.h5")
+    p = fw("import", d, h5)
+    lines = [l for l in p.stderr.strip().splitlines() if l]
+    R.check("bad input: config.json model_type disagreeing with the class: one line, exit 2, "
+            "no output", p.returncode == 2 and len(lines) == 1 and "model_type" in lines[0] and
+            "config.json" in lines[0] and not os.path.exists(h5), g2.describe(p))
+
+
 def main():
     a, fw = g2.cli(__doc__)
 
@@ -509,6 +661,7 @@ def main():
             return s / c
         check_train(fw, work, "mlm", BERT, "mlm", Wm, ck, train_mlm, mlm_step)
         check_bad(fw, work, ck_seq, ck_tok)
+        check_hf(fw, work, rng)
 
     return R.run("bert_parity", a.keep, body)
 

@@ -98,6 +98,12 @@ int cmd_generate(int argc, char **argv);
 int cmd_export(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 
+/* Hugging Face BERT / RoBERTa folders <-> arch/encoder files (hf_bert.c). */
+bool hf_is_encoder_folder(const char *dir);
+int bert_import(const char *dir, const char *out);
+/* config: IN's stored configuration (config_dump's INI text). */
+int bert_export(const char *in, const char *dir, const char *config, bool base_only);
+
 /* --- PEFT adapters (adapter.c) ------------------------------------------------------- */
 
 int cmd_merge(int argc, char **argv);

@@ -414,6 +414,8 @@ int cmd_import(int argc, char **argv)
 	}
 	if (argc != 2)
 		return die(EXIT_USAGE, "import: usage: fwrun import HF_DIR OUT.h5");
+	if (hf_is_encoder_folder(argv[0]))          /* BERT, RoBERTa: hf_bert.c */
+		return bert_import(argv[0], argv[1]);
 	struct gpt2_config c;
 	struct fw_err err = { 0 };
 	struct fw_st_file st = { 0 };
@@ -592,6 +594,11 @@ int cmd_export(int argc, char **argv)
 	char *config = NULL;
 	if (fw_rt_ckpt_read_config(argv[0], &config, &err) != FW_OK)
 		return die(EXIT_RUNTIME, "%s", err.msg);
+	if (!strncmp(config, "[arch/encoder]", 14) || strstr(config, "\n[arch/encoder]")) {    /* BERT, RoBERTa: hf_bert.c */
+		int rc = bert_export(argv[0], argv[1], config, base_only);
+		fw_free(config);
+		return rc;
+	}
 	struct gpt2_config c = { .eps = 1e-5, .tie = true };
 	char tie[16] = "true", eps[32] = "1e-5";
 	bool ok = config_int(config, "n-layer", &c.n_layer) &&

@@ -183,9 +183,10 @@ enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
 	st = fw_rt_model_load_weights(path, params, np, &s->slots,
 				      fw_opt_bool(s->cfg.run, "base-only"), &n_new, &fwrun_log, err);
 	free(params);
-	if (st == FW_OK && n_new && full && !*opt_s(s, "adapter"))
+	if (st == FW_OK && n_new && (full || !s->slots.peft) && !*opt_s(s, "adapter"))
 		fprintf(stderr, "fwrun: %d %s tensors are not in %s: they start from their "
-			"initialisation\n", n_new, s->slots.peft->desc->name, path);
+			"initialisation\n", n_new, s->slots.peft ? s->slots.peft->desc->name :
+			"task head", path);
 	if (st != FW_OK || !is_ckpt || !full || !s->optim)
 		return st;
 	if (fw_opt_bool(s->cfg.run, "finetune"))
