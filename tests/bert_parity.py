@@ -129,8 +129,9 @@ def write_ckpt(path, m, head, W):
 
 # --- the reference: Hugging Face modeling_bert, transcribed -----------------------------
 
-def encoder(m, W, ids, types, mask):
-    """BertModel's sequence output for ids (N, S), types (N, S), mask (N, S) 1/0."""
+def encoder(m, W, ids, types, mask, lora=None):
+    """BertModel's sequence output for ids (N, S), types (N, S), mask (N, S) 1/0;
+    lora: {module: (A, B, scaling)} adds PEFT's scaling * B(A(x)) to those."""
     N, S = ids.shape
     C, H = m["C"], m["H"]
     D = C // H
@@ -139,7 +140,12 @@ def encoder(m, W, ids, types, mask):
          W["embeddings.position_embeddings.weight"][pos][None] +
          W["embeddings.token_type_embeddings.weight"][types])
     ln = lambda x, n: F.layer_norm(x, (C,), W[n + ".weight"], W[n + ".bias"], m["eps"])  # noqa
-    lin = lambda x, n: F.linear(x, W[n + ".weight"], W[n + ".bias"])  # noqa
+    def lin(x, n):
+        y = F.linear(x, W[n + ".weight"], W[n + ".bias"])
+        if lora and n in lora:
+            A, Bm, s = lora[n]
+            y = y + s * F.linear(F.linear(x, A), Bm)
+        return y
     x = ln(x, "embeddings.LayerNorm")
     ext = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
     for l in range(m["L"]):
@@ -172,10 +178,10 @@ def tok_logits(W, x):
     return F.linear(x, W["classifier.weight"], W["classifier.bias"])
 
 
-def one(m, W, ids, types):
+def one(m, W, ids, types, lora=None):
     """The encoder on one record alone: no padding."""
     t = torch.tensor([ids])
-    return encoder(m, W, t, torch.tensor([types]), torch.ones_like(t))
+    return encoder(m, W, t, torch.tensor([types]), torch.ones_like(t), lora)
 
 
 # --- records and their inputs, as BERT lays them out ------------------------------------
@@ -282,8 +288,8 @@ def fw_eval(fw, ck, data, *extra):
     return p, (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None)
 
 
-def seq_reference(m, W, recs):
-    logits = [seq_logits(W, one(m, W, *seq_inputs(r)))[0] for r in recs]
+def seq_reference(m, W, recs, lora=None):
+    logits = [seq_logits(W, one(m, W, *seq_inputs(r), lora))[0] for r in recs]
     return torch.stack(logits)
 
 
@@ -459,6 +465,105 @@ def check_bad(fw, work, ck_seq, ck_tok):
                 not os.path.exists(out), g2.describe(p))
 
 
+# --- LoRA (PEFT's) on sequence classification ---------------------------------------------
+
+LORA_R, LORA_ALPHA = 4, 8.0
+LORA_PLUG = TRAIN_PLUG + ",peft/lora"
+
+
+def check_lora(fw, work, m, W, ck, train_recs, train_path, recs, path):
+    """fw's initial adapter (A random, B = 0, the classifier as the base has it),
+    then 10 AdamW steps replayed in torch on A, B of query and value and the
+    whole classifier (modules_to_save); the PEFT export re-applied in torch."""
+    c = TRAIN
+    common = [f"--load={ck}", f"--data={train_path}", "--no-shuffle", "--tokenizer=byte",
+              f"--micro-batch-size={B}", f"--seq-length={T}", "--labels=0,1,2", "--threads=2",
+              "--clip-grad=0", f"--adam-beta1={c['BETA1']}", f"--adam-beta2={c['BETA2']}",
+              f"--adam-eps={c['ADAM_EPS']}", "--lr-decay-style=constant"]
+    init_run = os.path.join(work, "lora_init")
+    p = fw("train", LORA_PLUG, *common, "--train-iters=1", "--lr=0", "--weight-decay=0",
+           f"--lora-r={LORA_R}", f"--lora-alpha={LORA_ALPHA}", f"--run-dir={init_run}")
+    init = os.path.join(init_run, "adapter-00000001.h5")
+    if not R.check("lora: the initial adapter", p.returncode == 0 and os.path.exists(init),
+                   g2.describe(p)):
+        return
+    with h5py.File(init, "r") as f:
+        A0 = {k: torch.from_numpy(np.array(v)) for k, v in f["tensors"].items()}
+    mods = sorted({k.rsplit(".lora_", 1)[0] for k in A0 if ".lora_" in k})
+    want = [f"encoder.layer.{l}.attention.self.{n}" for l in range(m["L"])
+            for n in ("query", "value")]
+    R.check("lora on BERT: PEFT's default targets query, value; the classifier carried",
+            mods == sorted(want) and "classifier.weight" in A0 and "classifier.bias" in A0,
+            f"{mods}, {sorted(k for k in A0 if '.lora_' not in k)}")
+    run = os.path.join(work, "lora_run")
+    p = fw("train", LORA_PLUG, *common, f"--adapter={init}", f"--train-iters={c['ITERS']}",
+           f"--lr={c['LR']}", f"--weight-decay={c['WD']}", f"--run-dir={run}")
+    if not R.check("lora: train runs", p.returncode == 0, g2.describe(p)):
+        return
+    s = LORA_ALPHA / LORA_R
+    P = {k: t.clone().requires_grad_(True) for k, t in A0.items()}
+    order = list(P)
+    Wb = dict(W)
+    opt = torch.optim.AdamW([{"params": [P[n] for n in order if P[n].dim() >= 2],
+                              "weight_decay": c["WD"]},
+                             {"params": [P[n] for n in order if P[n].dim() < 2],
+                              "weight_decay": 0.0}],
+                            lr=c["LR"], betas=(c["BETA1"], c["BETA2"]), eps=c["ADAM_EPS"])
+    ref = []
+    for k in range(c["ITERS"]):
+        opt.zero_grad()
+        Wk = dict(Wb, **{n: P[n] for n in ("classifier.weight", "classifier.bias")})
+        lora = {md: (P[md + ".lora_A.weight"], P[md + ".lora_B.weight"], s) for md in mods}
+        batch = train_recs[k * B:(k + 1) * B]
+        loss = F.cross_entropy(seq_reference(m, Wk, batch, lora),
+                               torch.tensor([r["label"] for r in batch]))
+        loss.backward()
+        ref.append((loss.item(), math.sqrt(sum(float((P[n].grad.double() ** 2).sum())
+                                               for n in order))))
+        opt.step()
+    got = [o for o in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if "lr" in o]
+    wl = max(g2.rel(g["loss"], r[0]) for g, r in zip(got, ref)) if len(got) == len(ref) else 1
+    wn = max(g2.rel(g["grad_norm"], r[1]) for g, r in zip(got, ref)) if len(got) == len(ref) else 1
+    R.check(f"lora seq-cls: {c['ITERS']} AdamW steps, per-step loss within {TOL_STEP:g}",
+            wl <= TOL_STEP, f"max rel {wl:.2e}")
+    R.check(f"lora seq-cls: per-step gradient norm within {TOL_STEP:g}", wn <= TOL_STEP,
+            f"max rel {wn:.2e}")
+    # the PEFT export, applied in torch to the HF-named base
+    final = os.path.join(run, "adapter-00000010.h5")
+    out = os.path.join(work, "peft_export")
+    p = fw("export-adapter", final, out)
+    if not R.check("lora: export-adapter", p.returncode == 0, g2.describe(p)):
+        return
+    cfg = json.load(open(os.path.join(out, "adapter_config.json")))
+    R.check("lora export: task_type SEQ_CLS, targets query/value, modules_to_save classifier, "
+            "fan_in_fan_out false", cfg["task_type"] == "SEQ_CLS" and
+            sorted(cfg["target_modules"]) == ["query", "value"] and
+            cfg["modules_to_save"] == ["classifier"] and cfg["fan_in_fan_out"] is False and
+            cfg["r"] == LORA_R and cfg["lora_alpha"] == LORA_ALPHA, json.dumps(cfg)[:300])
+    _, st = g2.read_st(os.path.join(out, "adapter_model.safetensors"))
+    pre = "base_model.model."
+    keys_ok = all(k.startswith(pre + "bert.encoder.layer.") or k.startswith(pre + "classifier.")
+                  for k in st)
+    R.check("lora export: PEFT's keys (base_model.model.bert.encoder.layer.N....lora_A.weight, "
+            "base_model.model.classifier.weight)", keys_ok and len(st) == 2 * len(mods) + 2,
+            f"{sorted(st)[:3]}")
+    T2 = {k[len(pre):]: torch.from_numpy(v[2].copy()) for k, v in st.items()}
+    lora = {md: (T2[f"bert.{md}.lora_A.weight"], T2[f"bert.{md}.lora_B.weight"],
+                 cfg["lora_alpha"] / cfg["r"]) for md in mods if f"bert.{md}.lora_A.weight" in T2}
+    We = dict(W, **{n: T2[n] for n in ("classifier.weight", "classifier.bias") if n in T2})
+    with torch.no_grad():
+        ref_loss = F.cross_entropy(seq_reference(m, We, recs, lora),
+                                   torch.tensor([r["label"] for r in recs])).item()
+    q = fw("eval", PLUG + ",peft/lora", f"--load={ck}", f"--adapter={final}",
+           f"--valid-data={path}", "--tokenizer=byte", f"--micro-batch-size={B}",
+           f"--seq-length={T}", "--labels=0,1,2", "--threads=2")
+    if R.check("lora: eval with the adapter runs", q.returncode == 0, g2.describe(q)):
+        got = json.loads(q.stdout.strip().splitlines()[-1])["eval_loss"]
+        r = g2.rel(got, ref_loss)
+        R.check(f"lora: the PEFT export applied in torch {ref_loss:.9g} vs fw eval {got:.9g}",
+                r <= TOL_EVAL, f"rel {r:.2e}")
+
+
 # --- Hugging Face folders -------------------------------------------------------------------
 
 HF_CLASSES = {          # class: (model_type, fw head, config of the test model)
@@ -627,6 +732,7 @@ def main():
             return F.cross_entropy(seq_reference(BERT, P, recs),
                                    torch.tensor([r["label"] for r in recs]))
         check_train(fw, work, "seq-cls", BERT, "seq-cls", W, ck_seq, train_seq_path, seq_step)
+        check_lora(fw, work, BERT, W, ck_seq, train_seq, train_seq_path, seq, seq_path)
 
         # token classification
         tok = tok_records(rng, 8)

@@ -693,7 +693,9 @@ static const char export_usage[] =
 	"Writes a peft/lora adapter in Hugging Face PEFT's layout: OUT_DIR/adapter_config.json\n"
 	"and OUT_DIR/adapter_model.safetensors with PEFT's key names for GPT-2\n"
 	"(base_model.model.transformer.h.N.attn.c_attn.lora_A.weight (r, in), lora_B.weight\n"
-	"(out, r); fan_in_fan_out true). --base-model fills base_model_name_or_path.\n";
+	"(out, r); fan_in_fan_out true), or for arch/encoder BERT's (base_model.model.bert.encoder.\n"
+	"layer.N.attention.self.query.lora_A.weight; task_type SEQ_CLS or TOKEN_CLS; a classifier\n"
+	"trained next to the adapter in modules_to_save). --base-model fills base_model_name_or_path.\n";
 
 int cmd_export_adapter(int argc, char **argv)
 {
@@ -743,6 +745,8 @@ int cmd_export_adapter(int argc, char **argv)
 	ini_value(a.config, "lora-init", init_s, sizeof(init_s));
 	long long r = strtoll(r_s, NULL, 10);
 	double alpha = strtod(alpha_s, NULL);
+	/* An arch/encoder base: BERT's keys; the task from its head's tensors. */
+	const char *task = bert_adapter_task(a.base_list);
 
 	/* Tensors under PEFT's keys (the module's bias is base_layer.bias). */
 	struct fw_tensor **tp = calloc((size_t)a.t.n + 1, sizeof(*tp));
@@ -751,10 +755,19 @@ int cmd_export_adapter(int argc, char **argv)
 		rc = die(EXIT_RUNTIME, "out of memory");
 		goto out;
 	}
+	json_t *saves = json_array();   /* modules_to_save: the modules whose weight it carries */
 	for (int i = 0; i < a.t.n; i++) {
 		struct fw_tensor *t = &a.t.t[i];
 		char hf[2 * FW_NAME_MAX], key[3 * FW_NAME_MAX], mod[FW_NAME_MAX];
 		size_t l = strlen(t->name);
+		if (l > 7 && !strcmp(t->name + l - 7, ".weight") && !lora_factor(t->name)) {
+			snprintf(mod, sizeof(mod), "%.*s", (int)(l - 7), t->name);
+			if (task)
+				bert_peft_name(task, mod, hf, sizeof(hf));
+			else
+				hf_name(mod, hf, sizeof(hf));
+			json_array_append_new(saves, json_string(hf));
+		}
 		bool adapted_bias = false;
 		if (l > 5 && !strcmp(t->name + l - 5, ".bias")) {
 			snprintf(mod, sizeof(mod), "%.*s", (int)(l - 5), t->name);
@@ -762,10 +775,16 @@ int cmd_export_adapter(int argc, char **argv)
 				adapted_bias = !strcmp(a.mods[k].name, mod);
 		}
 		if (adapted_bias) {
-			hf_name(mod, hf, sizeof(hf));
+			if (task)
+				bert_peft_name(task, mod, hf, sizeof(hf));
+			else
+				hf_name(mod, hf, sizeof(hf));
 			snprintf(key, sizeof(key), "base_model.model.%s.base_layer.bias", hf);
 		} else {
-			hf_name(t->name, hf, sizeof(hf));
+			if (task)
+				bert_peft_name(task, t->name, hf, sizeof(hf));
+			else
+				hf_name(t->name, hf, sizeof(hf));
 			snprintf(key, sizeof(key), "base_model.model.%s", hf);
 		}
 		if (strlen(key) >= FW_NAME_MAX) {
@@ -822,17 +841,20 @@ int cmd_export_adapter(int argc, char **argv)
 	}
 	json_t *alpha_j = alpha == floor(alpha) && fabs(alpha) < 1e15 ?
 			  json_integer((json_int_t)alpha) : json_real(alpha);
-	cfg = json_pack("{s:s, s:s, s:o, s:I, s:o, s:f, s:o, s:s, s:b, s:b, s:o, s:o, s:o, "
-			"s:b, s:n, s:n, s:n, s:n, s:b, s:b}",
-			"peft_type", "LORA", "task_type", "CAUSAL_LM",
+	cfg = json_pack("{s:s, s:o, s:o, s:I, s:o, s:f, s:o, s:s, s:b, s:b, s:o, s:o, s:o, "
+			"s:b, s:o, s:n, s:n, s:n, s:b, s:b}",
+			"peft_type", "LORA", "task_type",
+			!task ? json_string("CAUSAL_LM") : !strcmp(task, "mlm") ? json_null() :
+			json_string(!strcmp(task, "seq-cls") ? "SEQ_CLS" : "TOKEN_CLS"),
 			"base_model_name_or_path", base_model ? json_string(base_model) : json_null(),
 			"r", (json_int_t)r, "lora_alpha", alpha_j, "lora_dropout", strtod(drop_s, NULL),
-			"target_modules", targets, "bias", bias_s, "fan_in_fan_out", 1,
+			"target_modules", targets, "bias", bias_s, "fan_in_fan_out", !task,
 			"use_rslora", !strcmp(rs_s, "true"),
 			"init_lora_weights", strcmp(init_s, "gaussian") ? json_true() :
 			json_string("gaussian"),
 			"rank_pattern", rank_pat, "alpha_pattern", alpha_pat, "inference_mode", 1,
-			"modules_to_save", "layers_to_transform", "layers_pattern", "revision",
+			"modules_to_save", json_array_size(saves) ? saves : (json_decref(saves), json_null()),
+			"layers_to_transform", "layers_pattern", "revision",
 			"use_dora", 0, "lora_bias", 0);
 	snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
 	struct fw_err werr = { 0 };

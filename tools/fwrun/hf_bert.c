@@ -146,7 +146,8 @@ static void hf_key(const struct bert_config *c, const char *name, char *out, siz
 				snprintf(out, len, "%s%s", rob[i][1], name + strlen(rob[i][0]));
 				return;
 			}
-	if (!strncmp(name, "cls.", 4) || !strncmp(name, "classifier.", 11) || c->cls == BERT_BASE)
+	bool head = !strncmp(name, "cls.", 4) || !strncmp(name, "classifier", 10);
+	if (head || c->cls == BERT_BASE)
 		snprintf(out, len, "%s", name);
 	else
 		snprintf(out, len, "%s.%s", classes[c->cls].model_type, name);
@@ -517,4 +518,31 @@ out:
 	json_decref(cfg);
 	set_free(&g);
 	return rc;
+}
+
+/* --- PEFT adapters of arch/encoder models ------------------------------------------------- */
+
+static bool listed(const char *list, const char *name)
+{
+	size_t n = strlen(name);
+	for (const char *s = list; s && *s; s = strchr(s, '\n') ? strchr(s, '\n') + 1 : NULL)
+		if (!strncmp(s, name, n) && s[n] == '\t')
+			return true;
+	return false;
+}
+
+const char *bert_adapter_task(const char *base_list)
+{
+	if (!base_list || !listed(base_list, "embeddings.word_embeddings.weight"))
+		return NULL;
+	if (listed(base_list, "cls.predictions.bias"))
+		return "mlm";
+	return listed(base_list, "pooler.dense.weight") ? "seq-cls" : "token-cls";
+}
+
+void bert_peft_name(const char *task, const char *name, char *out, size_t len)
+{
+	struct bert_config c = { .cls = !strcmp(task, "mlm") ? BERT_MLM :
+				 !strcmp(task, "seq-cls") ? BERT_SEQ : BERT_TOK };
+	hf_key(&c, name, out, len);
 }

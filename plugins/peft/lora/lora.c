@@ -56,8 +56,9 @@ struct lora {
 	bool rslora, gaussian, auto_targets, all_linear, merged;
 	enum bias_mode bias;
 	char *text;                      /* the list options, split in place */
-	struct pattern *targets, *ranks, *alphas;
-	int n_targets, n_ranks, n_alphas;
+	struct pattern *targets, *ranks, *alphas, *saves;
+	int n_targets, n_ranks, n_alphas, n_saves;
+	bool auto_saves;                 /* --lora-modules-to-save=auto */
 
 	struct fw_ctx *ctx;              /* the model being built */
 	struct lora_layer *layers;
@@ -371,10 +372,30 @@ static bool carried_bias(const struct lora *l, const struct fw_tensor *t)
 	return false;
 }
 
-/* In the adapter file: A, B and the carried biases. */
+/* A parameter of a module that trains fully next to the adapter (PEFT's
+ * modules_to_save): its module is the name without ".weight" / ".bias". auto
+ * is what PEFT adds for SEQ_CLS and TOKEN_CLS: classifier and score. */
+static bool saved_module(const struct lora *l, const struct fw_tensor *t)
+{
+	char mod[FW_NAME_MAX];
+	const char *dot = strrchr(t->name, '.');
+	if (!dot)
+		return false;
+	snprintf(mod, sizeof(mod), "%.*s", (int)(dot - t->name), t->name);
+	if (l->auto_saves)
+		return !strcmp(last_part(mod), "classifier") || !strcmp(last_part(mod), "score");
+	bool hit = false;
+	for (int i = 0; i < l->n_saves; i++)
+		if (match(l->saves[i].key, mod))
+			hit = l->saves[i].matched = true;
+	return hit;
+}
+
+/* In the adapter file: A, B, the carried biases and the saved modules. */
 static bool carried(const struct lora *l, const struct fw_tensor *t)
 {
-	return (t->flags & FW_FLAG_PARAM) && (is_own(l, t) || carried_bias(l, t));
+	return (t->flags & FW_FLAG_PARAM) &&
+	       (is_own(l, t) || carried_bias(l, t) || saved_module(l, t));
 }
 
 static enum fw_status lora_freeze(void *state, struct fw_model *m, struct fw_err *err)
@@ -415,6 +436,10 @@ static enum fw_status lora_freeze(void *state, struct fw_model *m, struct fw_err
 					 h->ctx_err(m->ctx)->msg);
 		n_train += on ? fw_nelem(t) : 0;
 	}
+	for (int i = 0; i < l->n_saves; i++)
+		if (!l->saves[i].matched)
+			return h->errorf(err, FW_ERR_INVALID, "peft/lora: --lora-modules-to-save: '%s' "
+					 "matches no module with parameters", l->saves[i].key);
 	const struct lora_layer *f = &l->layers[0];
 	h->log(FW_LOG_DEBUG, "peft/lora: %d linear layers adapted (first %s: r %lld, scaling %g); "
 	       "%lld trainable values", l->n_layers, f->name, (long long)f->r, (double)f->scaling,
@@ -837,7 +862,8 @@ static void lora_fini(void *state)
 	if (!l)
 		return;
 	const struct fw_host *h = l->host;
-	void *arrays[] = { l->text, l->targets, l->ranks, l->alphas, l->layers, l->linears };
+	void *arrays[] = { l->text, l->targets, l->ranks, l->alphas, l->saves, l->layers,
+			   l->linears };
 	for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++)
 		if (arrays[i])
 			h->free(arrays[i]);
@@ -864,13 +890,14 @@ static enum fw_status lora_init(const struct fw_host *host, const struct fw_opti
 	const char *tg = fw_opt_str(opts, "lora-target-modules");
 	const char *rp = fw_opt_str(opts, "lora-rank-pattern");
 	const char *ap = fw_opt_str(opts, "lora-alpha-pattern");
-	size_t lt = strlen(tg) + 1, lr = strlen(rp) + 1, la = strlen(ap) + 1;
+	const char *ms = fw_opt_str(opts, "lora-modules-to-save");
+	size_t lt = strlen(tg) + 1, lr = strlen(rp) + 1, la = strlen(ap) + 1, lm = strlen(ms) + 1;
 	if (!(l->alpha > 0)) {
 		st = host->errorf(err, FW_ERR_INVALID, "peft/lora: --lora-alpha must be > 0, not %g",
 				  l->alpha);
 		goto fail;
 	}
-	l->text = host->malloc(lt + lr + la);
+	l->text = host->malloc(lt + lr + la + lm);
 	if (!l->text) {
 		st = host->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
 		goto fail;
@@ -878,13 +905,20 @@ static enum fw_status lora_init(const struct fw_host *host, const struct fw_opti
 	memcpy(l->text, tg, lt);
 	memcpy(l->text + lt, rp, lr);
 	memcpy(l->text + lt + lr, ap, la);
+	memcpy(l->text + lt + lr + la, ms, lm);
 	if ((st = parse_list(l, "lora-target-modules", l->text, &l->targets, &l->n_targets,
 			     false, false, err)) != FW_OK ||
 	    (st = parse_list(l, "lora-rank-pattern", l->text + lt, &l->ranks, &l->n_ranks, true,
 			     true, err)) != FW_OK ||
 	    (st = parse_list(l, "lora-alpha-pattern", l->text + lt + lr, &l->alphas,
-			     &l->n_alphas, true, false, err)) != FW_OK)
+			     &l->n_alphas, true, false, err)) != FW_OK ||
+	    (st = parse_list(l, "lora-modules-to-save", l->text + lt + lr + la, &l->saves,
+			     &l->n_saves, false, false, err)) != FW_OK)
 		goto fail;
+	if (l->n_saves == 1 && !strcmp(l->saves[0].key, "auto")) {
+		l->auto_saves = true;
+		l->n_saves = 0;
+	}
 	for (int i = 0; i < l->n_targets; i++) {
 		const char *k = l->targets[i].key;
 		if (strcmp(k, "all-linear") && strcmp(k, "auto"))
@@ -940,6 +974,10 @@ static const struct fw_option_def options[] = {
 	  "(PEFT rank_pattern)" },
 	{ "lora-alpha-pattern", FW_OPT_STRING, "", 0, -1, NULL,
 	  "per-layer alphas, NAME=ALPHA,... (PEFT alpha_pattern)" },
+	{ "lora-modules-to-save", FW_OPT_STRING, "auto", 0, -1, NULL,
+	  "modules that train fully and are saved with the adapter (PEFT modules_to_save), "
+	  "matched like the targets; auto: classifier and score where the model has them "
+	  "(what PEFT adds for SEQ_CLS and TOKEN_CLS); empty: none" },
 	{ "lora-bias", FW_OPT_CHOICE, "none", 0, -1, bias_choices,
 	  "biases trained and saved with the adapter: none, all (every .bias), lora_only "
 	  "(those of the adapted layers)" },
