@@ -282,8 +282,8 @@ PLUG = "--plugins=arch/encoder,attention/mha"
 TRAIN_PLUG = PLUG + ",optim/adamw"
 
 
-def fw_eval(fw, ck, data, *extra):
-    p = fw("eval", PLUG, f"--load={ck}", f"--valid-data={data}", "--tokenizer=byte",
+def fw_eval(fw, ck, data, *extra, plug=PLUG):
+    p = fw("eval", plug, f"--load={ck}", f"--valid-data={data}", "--tokenizer=byte",
            f"--micro-batch-size={B}", f"--seq-length={T}", "--threads=2", *extra)
     return p, (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None)
 
@@ -346,6 +346,17 @@ def check_tok_eval(fw, work, m, W, ck, recs, path):
     err = ((lg - ref.double()).abs().max() / ref.double().abs().max()).item() if ok else math.inf
     R.check("token-cls: logits on first sub-tokens within 1e-5", ok and err <= TOL_EVAL,
             f"max err / max |logit| {err:.2e}")
+    # attention/flash serves the encoder too: bidirectional, the padding mask as bias
+    fout = os.path.join(work, "tok_pred_flash.jsonl")
+    p, gf = fw_eval(fw, ck, path, "--labels=0,1,2", f"--output={fout}",
+                    plug="--plugins=arch/encoder,attention/flash")
+    if R.check("token-cls with attention/flash: eval runs", gf is not None, g2.describe(p)):
+        lf = torch.tensor([w for q in map(json.loads, open(fout)) for w in q["logits"]],
+                          dtype=torch.float64)
+        ef = ((lf - ref.double()).abs().max() / ref.double().abs().max()).item() \
+            if lf.shape == ref.shape else math.inf
+        R.check("token-cls with attention/flash: logits within 1e-5 of torch", ef <= TOL_EVAL,
+                f"max err / max |logit| {ef:.2e}")
     return pred
 
 
