@@ -431,6 +431,30 @@ def check_train(fw, work, name, m, head, W, ck, path, step_loss):
             wl <= TOL_STEP, f"max rel {wl:.2e}; last fw {got[-1]['loss']:.7f} torch {ref[-1][0]:.7f}")
     R.check(f"{name}: per-step gradient norm within {TOL_STEP:g}", wn <= TOL_STEP,
             f"max rel {wn:.2e}")
+    if head != "mlm":
+        return
+    # resume: 4 steps, then --load the run and go on to 10 (shuffled data,
+    # so the masking's micro-batch index must come back from the checkpoint)
+    runs = {}
+    for tag, legs in (("straight", [c["ITERS"]]), ("resumed", [4, c["ITERS"]])):
+        d = os.path.join(work, f"{name}_{tag}")
+        for it in legs:
+            first = it == legs[0]            # a resumed leg takes the stored tokenizer
+            p = fw("train", TRAIN_PLUG, f"--load={ck}" if first else f"--load={d}",
+                   f"--data={path}", *(["--tokenizer=byte"] if first else []),
+                   f"--micro-batch-size={B}",
+                   f"--seq-length={T}", f"--train-iters={it}", f"--lr={c['LR']}",
+                   "--lr-decay-style=constant", "--save-interval=4", f"--run-dir={d}",
+                   f"--seed={SEED + 1}", "--threads=2")
+            if not R.check(f"{name}: {tag} run to step {it}", p.returncode == 0, g2.describe(p)):
+                return
+        runs[tag] = {o["step"]: o["loss"] for o in map(json.loads,
+                                                         open(os.path.join(d, "metrics.jsonl")))
+                     if "lr" in o}
+    same = [runs["resumed"].get(k) == runs["straight"][k] for k in range(5, c["ITERS"] + 1)]
+    R.check(f"{name}: a resumed run masks and trains exactly as the uninterrupted one "
+            f"(steps 5-{c['ITERS']} bit-identical losses)", all(same),
+            f"straight {runs['straight']}, resumed {runs['resumed']}")
 
 
 def check_padding(fw, work, m, W, recs, path, base_pred):
