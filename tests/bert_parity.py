@@ -305,8 +305,7 @@ def check_seq_eval(fw, work, m, W, ck, recs, path):
     R.check(f"seq-cls (pairs, padding): eval loss fw {got['eval_loss']:.9g} vs torch {loss:.9g}",
             r <= TOL_EVAL, f"rel {r:.2e}")
     pred = [json.loads(l) for l in open(out)]
-    lg = torch.tensor([q["logits"] for q in pred], dtype=torch.float64)
-    err = ((lg - ref.double()).abs().max() / ref.double().abs().max()).item()
+    err = logit_err([q["logits"] for q in pred], ref)
     R.check(f"seq-cls: logits of {len(pred)} records within {TOL_EVAL:g}",
             len(pred) == len(recs) and err <= TOL_EVAL, f"max err / max |logit| {err:.2e}")
     acc = float((ref.argmax(-1) == torch.tensor([r["label"] for r in recs])).double().mean())
@@ -341,20 +340,15 @@ def check_tok_eval(fw, work, m, W, ck, recs, path):
     R.check(f"token-cls: eval loss fw {got['eval_loss']:.9g} vs torch {loss:.9g}",
             r <= TOL_EVAL, f"rel {r:.2e}")
     pred = [json.loads(l) for l in open(out)]
-    lg = torch.tensor([w for q in pred for w in q["logits"]], dtype=torch.float64)
-    ok = lg.shape == ref.shape
-    err = ((lg - ref.double()).abs().max() / ref.double().abs().max()).item() if ok else math.inf
-    R.check("token-cls: logits on first sub-tokens within 1e-5", ok and err <= TOL_EVAL,
+    err = logit_err([w for q in pred for w in q["logits"]], ref)
+    R.check("token-cls: logits on first sub-tokens within 1e-5", err <= TOL_EVAL,
             f"max err / max |logit| {err:.2e}")
     # attention/flash serves the encoder too: bidirectional, the padding mask as bias
     fout = os.path.join(work, "tok_pred_flash.jsonl")
     p, gf = fw_eval(fw, ck, path, "--labels=0,1,2", f"--output={fout}",
                     plug="--plugins=arch/encoder,attention/flash")
     if R.check("token-cls with attention/flash: eval runs", gf is not None, g2.describe(p)):
-        lf = torch.tensor([w for q in map(json.loads, open(fout)) for w in q["logits"]],
-                          dtype=torch.float64)
-        ef = ((lf - ref.double()).abs().max() / ref.double().abs().max()).item() \
-            if lf.shape == ref.shape else math.inf
+        ef = logit_err([w for q in map(json.loads, open(fout)) for w in q["logits"]], ref)
         R.check("token-cls with attention/flash: logits within 1e-5 of torch", ef <= TOL_EVAL,
                 f"max err / max |logit| {ef:.2e}")
     return pred
@@ -395,6 +389,48 @@ def check_mlm_eval(fw, work, name, m, W, ck, docs, path):
             f"rel {r:.2e}, fw targets {got['targets']}")
 
 
+def adamw_replay(P, order, step_loss):
+    """torch.optim.AdamW with Megatron's groups (no decay on 1-D tensors) as fw
+    sets it up, for TRAIN's steps: [(loss, gradient norm)] per step."""
+    c = TRAIN
+    opt = torch.optim.AdamW([{"params": [P[n] for n in order if P[n].dim() >= 2],
+                              "weight_decay": c["WD"]},
+                             {"params": [P[n] for n in order if P[n].dim() < 2],
+                              "weight_decay": 0.0}],
+                            lr=c["LR"], betas=(c["BETA1"], c["BETA2"]), eps=c["ADAM_EPS"])
+    ref = []
+    for k in range(c["ITERS"]):
+        opt.zero_grad()
+        loss = step_loss(P, k)
+        loss.backward()
+        ref.append((loss.item(), math.sqrt(sum(float((P[n].grad.double() ** 2).sum())
+                                               for n in order))))
+        opt.step()
+    return ref
+
+
+def compare_steps(name, run, ref):
+    """fwrun's metrics.jsonl against the replay: per-step loss and gradient norm."""
+    c = TRAIN
+    got = [o for o in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if "lr" in o]
+    if not R.check(f"{name}: {c['ITERS']} steps logged", len(got) == c["ITERS"], f"{len(got)}"):
+        return
+    wl = max(g2.rel(g["loss"], r[0]) for g, r in zip(got, ref))
+    wn = max(g2.rel(g["grad_norm"], r[1]) for g, r in zip(got, ref))
+    R.check(f"{name}: {c['ITERS']} AdamW steps, per-step loss within {TOL_STEP:g}",
+            wl <= TOL_STEP, f"max rel {wl:.2e}; last fw {got[-1]['loss']:.7f} torch {ref[-1][0]:.7f}")
+    R.check(f"{name}: per-step gradient norm within {TOL_STEP:g}", wn <= TOL_STEP,
+            f"max rel {wn:.2e}")
+
+
+def logit_err(got, ref):
+    """max |got - ref| / max |ref| (inf when the shapes differ)."""
+    got = torch.tensor(got, dtype=torch.float64)
+    if got.shape != ref.shape:
+        return math.inf
+    return ((got - ref.double()).abs().max() / ref.double().abs().max()).item()
+
+
 def check_train(fw, work, name, m, head, W, ck, path, step_loss):
     c = TRAIN
     run = os.path.join(work, name + "_run")
@@ -408,29 +444,7 @@ def check_train(fw, work, name, m, head, W, ck, path, step_loss):
     if not R.check(f"{name}: train runs", p.returncode == 0, g2.describe(p)):
         return
     P = {n: t.clone().requires_grad_(True) for n, t in W.items()}
-    order = [n for n, _ in names(m, head)]
-    opt = torch.optim.AdamW([{"params": [P[n] for n in order if P[n].dim() >= 2],
-                              "weight_decay": c["WD"]},
-                             {"params": [P[n] for n in order if P[n].dim() < 2],
-                              "weight_decay": 0.0}],
-                            lr=c["LR"], betas=(c["BETA1"], c["BETA2"]), eps=c["ADAM_EPS"])
-    ref = []
-    for k in range(c["ITERS"]):
-        opt.zero_grad()
-        loss = step_loss(P, k)
-        loss.backward()
-        norm = math.sqrt(sum(float((P[n].grad.double() ** 2).sum()) for n in order))
-        ref.append((loss.item(), norm))
-        opt.step()
-    got = [o for o in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if "lr" in o]
-    if not R.check(f"{name}: {c['ITERS']} steps logged", len(got) == c["ITERS"], f"{len(got)}"):
-        return
-    wl = max(g2.rel(g["loss"], r[0]) for g, r in zip(got, ref))
-    wn = max(g2.rel(g["grad_norm"], r[1]) for g, r in zip(got, ref))
-    R.check(f"{name}: {c['ITERS']} AdamW steps, per-step loss within {TOL_STEP:g}",
-            wl <= TOL_STEP, f"max rel {wl:.2e}; last fw {got[-1]['loss']:.7f} torch {ref[-1][0]:.7f}")
-    R.check(f"{name}: per-step gradient norm within {TOL_STEP:g}", wn <= TOL_STEP,
-            f"max rel {wn:.2e}")
+    compare_steps(name, run, adamw_replay(P, [n for n, _ in names(m, head)], step_loss))
     if head != "mlm":
         return
     # resume: 4 steps, then --load the run and go on to 10 (shuffled data,
@@ -537,32 +551,14 @@ def check_lora(fw, work, m, W, ck, train_recs, train_path, recs, path):
         return
     s = LORA_ALPHA / LORA_R
     P = {k: t.clone().requires_grad_(True) for k, t in A0.items()}
-    order = list(P)
-    Wb = dict(W)
-    opt = torch.optim.AdamW([{"params": [P[n] for n in order if P[n].dim() >= 2],
-                              "weight_decay": c["WD"]},
-                             {"params": [P[n] for n in order if P[n].dim() < 2],
-                              "weight_decay": 0.0}],
-                            lr=c["LR"], betas=(c["BETA1"], c["BETA2"]), eps=c["ADAM_EPS"])
-    ref = []
-    for k in range(c["ITERS"]):
-        opt.zero_grad()
-        Wk = dict(Wb, **{n: P[n] for n in ("classifier.weight", "classifier.bias")})
+
+    def step_loss(P, k):
+        Wk = dict(W, **{n: P[n] for n in ("classifier.weight", "classifier.bias")})
         lora = {md: (P[md + ".lora_A.weight"], P[md + ".lora_B.weight"], s) for md in mods}
         batch = train_recs[k * B:(k + 1) * B]
-        loss = F.cross_entropy(seq_reference(m, Wk, batch, lora),
+        return F.cross_entropy(seq_reference(m, Wk, batch, lora),
                                torch.tensor([r["label"] for r in batch]))
-        loss.backward()
-        ref.append((loss.item(), math.sqrt(sum(float((P[n].grad.double() ** 2).sum())
-                                               for n in order))))
-        opt.step()
-    got = [o for o in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if "lr" in o]
-    wl = max(g2.rel(g["loss"], r[0]) for g, r in zip(got, ref)) if len(got) == len(ref) else 1
-    wn = max(g2.rel(g["grad_norm"], r[1]) for g, r in zip(got, ref)) if len(got) == len(ref) else 1
-    R.check(f"lora seq-cls: {c['ITERS']} AdamW steps, per-step loss within {TOL_STEP:g}",
-            wl <= TOL_STEP, f"max rel {wl:.2e}")
-    R.check(f"lora seq-cls: per-step gradient norm within {TOL_STEP:g}", wn <= TOL_STEP,
-            f"max rel {wn:.2e}")
+    compare_steps("lora seq-cls", run, adamw_replay(P, list(P), step_loss))
     # the PEFT export, applied in torch to the HF-named base
     final = os.path.join(run, "adapter-00000010.h5")
     out = os.path.join(work, "peft_export")
