@@ -384,7 +384,8 @@ static enum fw_status token_record(struct builder *b, json_t *r, long line, cons
 				break;
 			}
 			tk[p] = tb.ids[k];
-			tg[p] = k == 0 ? (labels ? id : 0) : -1;   /* the first sub-token */
+			/* the label on the first sub-token */
+			tg[p] = k == 0 ? (labels ? id : FW_RT_WORD_START) : -1;
 			sg[p++] = 1;
 		}
 		fw_token_buf_free(&tb);

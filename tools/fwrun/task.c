@@ -146,7 +146,7 @@ static enum fw_status predictions(struct session *s, const char *path, struct fw
 				fputs(pass ? ", \"logits\": [" : "{\"labels\": [", f);
 				int words = 0;
 				for (int64_t t = 0; t < T; t++) {
-					if (tg[b * T + t] < 0)
+					if (tg[b * T + t] == -1)      /* not a first sub-token */
 						continue;
 					const float *x = lg + (b * T + t) * L;
 					int64_t best = 0;

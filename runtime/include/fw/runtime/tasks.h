@@ -21,6 +21,11 @@ extern "C" {
 
 enum fw_rt_task_kind { FW_RT_TASK_MLM = 1, FW_RT_TASK_SEQ_CLS, FW_RT_TASK_TOKEN_CLS };
 
+/* Token classification records without "labels" (input to predict): the
+ * target of each word's first sub-token, outside every label id, so outside
+ * the loss and the metrics, but it marks where the words start. */
+#define FW_RT_WORD_START INT32_MAX
+
 /* The task an encoder's head trains on; 0 for a head that is not an
  * encoder's (the causal LM). */
 enum fw_rt_task_kind fw_rt_task_of_head(enum fw_head_kind head);
