@@ -343,6 +343,16 @@ def check_tok_eval(fw, work, m, W, ck, recs, path):
     err = logit_err([w for q in pred for w in q["logits"]], ref)
     R.check("token-cls: logits on first sub-tokens within 1e-5", err <= TOL_EVAL,
             f"max err / max |logit| {err:.2e}")
+    # predictions for records without labels: the same words, the same logits
+    bare = os.path.join(work, "tok_bare.jsonl")
+    write_jsonl(bare, [{"tokens": r["tokens"]} for r in recs])
+    bout = os.path.join(work, "tok_bare_pred.jsonl")
+    p, gb = fw_eval(fw, ck, bare, "--labels=0,1,2", f"--output={bout}")
+    if R.check("token-cls without labels: eval --output runs", gb is not None, g2.describe(p)):
+        eb = logit_err([w for q in map(json.loads, open(bout)) for w in q["logits"]], ref)
+        R.check("token-cls without labels: a prediction per word, logits within 1e-5, "
+                "no targets counted", eb <= TOL_EVAL and gb["targets"] == 0,
+                f"err {eb:.2e}, targets {gb['targets']}")
     # attention/flash serves the encoder too: bidirectional, the padding mask as bias
     fout = os.path.join(work, "tok_pred_flash.jsonl")
     p, gf = fw_eval(fw, ck, path, "--labels=0,1,2", f"--output={fout}",
