@@ -48,8 +48,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--fwrun", required=True)
     ap.add_argument("--work", default="runs/bert_fortunes")
-    ap.add_argument("--mlm-iters", type=int, default=600)
-    ap.add_argument("--cls-iters", type=int, default=300)
+    ap.add_argument("--mlm-iters", type=int, default=400)
+    ap.add_argument("--cls-iters", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args()
     os.makedirs(a.work, exist_ok=True)
@@ -69,9 +69,9 @@ def main():
     write_jsonl(p["mlm"], mlm)
     print(json.dumps({"records": n, "train": len(train), "dev": len(dev), "test": len(test),
                       "mlm_documents": len(mlm), "other_files": len(others)}))
-    model = ["--vocab-size=261", "--hidden-size=128", "--num-hidden-layers=4",
-             "--num-attention-heads=4", "--intermediate-size=512",
-             "--max-position-embeddings=128", "--seq-length=128", f"--threads={a.threads}"]
+    model = ["--vocab-size=261", "--hidden-size=96", "--num-hidden-layers=3",
+             "--num-attention-heads=4", "--intermediate-size=384",
+             "--max-position-embeddings=96", "--seq-length=96", f"--threads={a.threads}"]
     plug = "--plugins=arch/encoder,attention/mha,optim/adamw"
 
     def run(*args):
@@ -83,7 +83,7 @@ def main():
 
     mlm_dir = os.path.join(a.work, "mlm")
     _, s = run("train", plug, *model, "--tokenizer=byte", "--head=mlm", f"--data={p['mlm']}",
-               "--micro-batch-size=32", f"--train-iters={a.mlm_iters}", "--lr=1e-3",
+               "--micro-batch-size=16", f"--train-iters={a.mlm_iters}", "--lr=1e-3",
                "--lr-warmup-iters=50", "--lr-decay-style=cosine", "--weight-decay=0.01",
                "--eval-interval=100000", f"--run-dir={mlm_dir}", "--overwrite")
     print(json.dumps({"stage": "mlm pretraining", "iters": a.mlm_iters, "seconds": round(s, 1)}))
@@ -93,12 +93,13 @@ def main():
         d = os.path.join(a.work, "cls_" + name.replace(" ", "_"))
         _, s = run("train", plug, *model, *extra, "--head=seq-cls",
                    f"--num-labels={len(CLASSES)}", f"--labels={','.join(CLASSES)}",
-                   f"--data={p['train']}", f"--valid-data={p['dev']}", "--micro-batch-size=32",
+                   f"--data={p['train']}", f"--valid-data={p['dev']}", "--micro-batch-size=16",
                    f"--train-iters={a.cls_iters}", "--lr=5e-4", "--lr-warmup-iters=30",
                    "--lr-decay-style=linear", "--weight-decay=0.01", "--eval-interval=100000",
                    f"--run-dir={d}", "--overwrite")
         r, _ = run("eval", "--plugins=arch/encoder,attention/mha", f"--load={d}",
-                   f"--valid-data={p['test']}", "--micro-batch-size=32", "--seq-length=128",
+                   f"--valid-data={p['test']}", "--eval-iters=0", "--micro-batch-size=16",
+                   "--seq-length=96",
                    f"--threads={a.threads}", f"--output={os.path.join(a.work, name[:4] + '.jsonl')}")
         m = json.loads(r.stdout.strip().splitlines()[-1])
         results[name] = m
