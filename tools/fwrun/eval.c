@@ -11,7 +11,9 @@ static const char eval_usage[] =
 	"                  [--score-data=FILE.jsonl]\n"
 	"Prints one JSON object on stdout: {\"eval_loss\", \"perplexity\", \"eval_iters\", \"tokens\"}\n"
 	"for --valid-data, and the scores of --score-data's prompt/response and multiple-choice\n"
-	"records (docs/training.md, \"Eval\").\n";
+	"records (docs/training.md, \"Eval\"). An arch/encoder model prints its task's metrics\n"
+	"(loss, accuracy; macro-F1 and the confusion matrix for classifiers) and --output=FILE\n"
+	"writes each record's predicted label, probabilities and logits (docs/data-formats.md).\n";
 
 /* Scoring needs a tokenizer with an EOS token and the logits. */
 static enum fw_status eval_can_score(struct session *s, struct fw_err *err)

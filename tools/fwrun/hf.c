@@ -409,7 +409,9 @@ int cmd_import(int argc, char **argv)
 		       "usable with fwrun train/eval/generate --load=OUT.h5. The folder's tokenizer\n"
 		       "(tokenizer.json, or vocab.json + merges.txt), if any, is stored with it.\n"
 		       "config.json must describe a model arch/decoder computes; nothing is written\n"
-		       "otherwise.\n");
+		       "otherwise. A BERT or RoBERTa folder (BertModel, BertForMaskedLM,\n"
+		       "BertForSequenceClassification, BertForTokenClassification, RobertaForMaskedLM)\n"
+		       "becomes an arch/encoder file (plugins/arch/encoder/README.md).\n");
 		return EXIT_OK;
 	}
 	if (argc != 2)
@@ -569,7 +571,8 @@ int cmd_export(int argc, char **argv)
 		       "folder (config.json + model.safetensors, F32) from an fw checkpoint or "
 		       "weights\nfile of arch/decoder; fwrun import reads it back bit-exactly. A "
 		       "file with other\ntrained tensors (a LoRA run's adapter: fwrun merge it "
-		       "first) is refused unless\n--base-only drops them.\n");
+		       "first) is refused unless\n--base-only drops them. An arch/encoder file "
+		       "becomes the BERT (or RoBERTa)\nclass of its head.\n");
 		return EXIT_OK;
 	}
 	bool base_only = false;
