@@ -63,6 +63,8 @@ ROBERTA = dict(L=2, H=2, C=24, F=48, P=40, types=1, offset=2, eps=1e-5)
 
 
 def flags(m, head, labels=3):
+    if head == "seq-cls-mean":
+        return flags(m, "seq-cls", labels) + ["--pooling=mean"]
     return [f"--num-hidden-layers={m['L']}", f"--num-attention-heads={m['H']}",
             f"--hidden-size={m['C']}", f"--intermediate-size={m['F']}",
             f"--max-position-embeddings={m['P']}", f"--type-vocab-size={m['types']}",
@@ -95,6 +97,8 @@ def names(m, head, labels=3):
     elif head == "seq-cls":
         out += [("pooler.dense.weight", (C, C)), ("pooler.dense.bias", (C,)),
                 ("classifier.weight", (labels, C)), ("classifier.bias", (labels,))]
+    elif head == "seq-cls-mean":               # mean pooling: no pooler
+        out += [("classifier.weight", (labels, C)), ("classifier.bias", (labels,))]
     else:
         out += [("classifier.weight", (labels, C)), ("classifier.bias", (labels,))]
     return out
@@ -291,6 +295,22 @@ def fw_eval(fw, ck, data, *extra, plug=PLUG):
 def seq_reference(m, W, recs, lora=None):
     logits = [seq_logits(W, one(m, W, *seq_inputs(r), lora))[0] for r in recs]
     return torch.stack(logits)
+
+
+def check_mean_pooling(fw, work, m, recs, path):
+    """--pooling=mean: the classifier on the mean of the real tokens' outputs
+    (sentence-transformers' mean pooling), against torch on unpadded records."""
+    W = random_weights(m, "seq-cls-mean", 21)
+    ck = os.path.join(work, "seq_mean.h5")
+    write_ckpt(ck, m, "seq-cls-mean", W)
+    with torch.no_grad():
+        ref = torch.stack([tok_logits(W, one(m, W, *seq_inputs(r))[0].mean(0)) for r in recs])
+    out = os.path.join(work, "mean_pred.jsonl")
+    p, got = fw_eval(fw, ck, path, "--labels=0,1,2", f"--output={out}")
+    if R.check("seq-cls --pooling=mean: eval runs", got is not None, g2.describe(p)):
+        err = logit_err([q["logits"] for q in map(json.loads, open(out))], ref)
+        R.check("seq-cls --pooling=mean: logits within 1e-5 of torch", err <= TOL_EVAL,
+                f"max err / max |logit| {err:.2e}")
 
 
 def check_seq_eval(fw, work, m, W, ck, recs, path):
@@ -764,6 +784,7 @@ def main():
         ck_seq = os.path.join(work, "seq.h5")
         write_ckpt(ck_seq, BERT, "seq-cls", W)
         check_seq_eval(fw, work, BERT, W, ck_seq, seq, seq_path)
+        check_mean_pooling(fw, work, BERT, seq, seq_path)
         train_seq = seq_records(rng, B * TRAIN["ITERS"])
         train_seq_path = os.path.join(work, "seq_train.jsonl")
         write_jsonl(train_seq_path, train_seq)

@@ -156,10 +156,12 @@ static void head(const struct encoder *e, struct fw_model *m, struct fw_tensor *
 		h->init_const(m, bias, 0.0f);
 		m->logits = h->add(m->ctx, h->matmul(m->ctx, x, wte, false, true), bias);
 	} else if (e->head == HEAD_SEQ_CLS) {
-		if (e->mean_pool) {     /* weights 1/n on the n real tokens, from the host */
+		if (e->mean_pool && m->segmented) {  /* 1/n on the n real tokens, from the host */
 			int64_t b1t[3] = { B, 1, T };
 			struct fw_tensor *w = h->input(m->ctx, "pool_weights", FW_F32, 3, b1t);
 			x = h->matmul(m->ctx, w, x, false, false);          /* (B, 1, C) */
+		} else if (e->mean_pool) {   /* no padding: every position is a token */
+			x = h->scale(m->ctx, h->sum(m->ctx, x, 1, true), 1.0f / (float)T);
 		} else {
 			x = h->slice(m->ctx, x, 1, 0, 1);                   /* [CLS]: (B, 1, C) */
 			x = h->tanh(m->ctx, linear(e, m, x, C, C, "pooler.dense"));
@@ -186,9 +188,6 @@ static enum fw_status encoder_build(void *state, struct fw_model *m, struct fw_e
 		return h->errorf(err, FW_ERR_INVALID, "arch/encoder: --seq-length %lld with "
 				 "--position-offset %lld exceeds --n-positions %lld", (long long)T,
 				 (long long)e->pos_offset, (long long)e->n_pos);
-	if (e->mean_pool && e->head == HEAD_SEQ_CLS && !m->segmented)
-		return h->errorf(err, FW_ERR_UNSUPPORTED, "arch/encoder: --pooling=mean needs task "
-				 "batches (classification JSONL) that mark the padding");
 	static const enum fw_head_kind kinds[] = { FW_HEAD_MLM, FW_HEAD_CLASSIFY,
 						   FW_HEAD_TOKEN_CLASSIFY };
 	m->head = kinds[e->head];
