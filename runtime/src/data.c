@@ -20,6 +20,7 @@
 
 #include "fw/graph.h"
 #include "fw/runtime/data.h"
+#include "fw/runtime/tasks.h"
 
 #define SHARD_MAGIC 20240520
 #define SHARD_MAGIC_LLAMA3 20240801
@@ -233,7 +234,10 @@ void fw_rt_loader_next(struct fw_rt_loader *l, int32_t *tokens, int32_t *targets
 	if (l->cursor >= l->n_micro)
 		fw_rt_loader_seek(l, l->epoch + 1, 0);
 	if (l->rows.n) {
+		uint64_t index = (uint64_t)(l->epoch * l->n_micro + l->cursor);
 		rows_next(l, tokens, targets, seg);
+		if (l->mlm)
+			fw_rt_mlm_mask(l->mlm, index, tokens, targets, seg, l->B * l->T);
 		return;
 	}
 	int64_t m = l->order[l->cursor++], BT = l->B * l->T;

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fw/runtime/tasks.h"
 #include "fw/runtime/trainer.h"
 
 static double now_s(void)
@@ -16,7 +17,9 @@ static double now_s(void)
 /* seg (B, T) into m's positions and attn_bias. */
 static void masks(struct fw_model *m, const int32_t *seg)
 {
-	if (seg)
+	if (seg && fw_rt_task_of_head(m->head))
+		fw_rt_encoder_fill(m, seg);     /* an encoder: padding mask, token types */
+	else if (seg)
 		fw_rt_data_masks(seg, m->batch, m->seq_len, m->positions->data, m->attn_bias->data);
 }
 

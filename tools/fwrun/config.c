@@ -145,6 +145,15 @@ static const struct fw_option_def run_defs[] = {
 	  "which --adapter to apply (default: the first)" },
 	{ "merge-adapter", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "eval/generate: fold the adapter into the weights in memory" },
+	{ "labels", FW_OPT_STRING, "", 0, -1, NULL,
+	  "arch/encoder classification: the label names in id order, comma-separated (empty: "
+	  "collected from --data, sorted; stored in the checkpoint)" },
+	{ "mlm-probability", FW_OPT_FLOAT, "0.15", 0.001, 1, NULL,
+	  "arch/encoder --head=mlm: share of tokens masked (BERT: 0.15; 80% [MASK], 10% random, "
+	  "10% kept)" },
+	{ "output", FW_OPT_STRING, "", 0, -1, NULL,
+	  "eval, arch/encoder classification: JSONL of each record's predicted label and "
+	  "probabilities" },
 };
 
 /* Which commands each of fwrun's options does something in (plan takes
@@ -165,7 +174,7 @@ static const struct {
 	{ "lr-warmup-iters", C_TRAIN }, { "lr-warmup-fraction", C_TRAIN },
 	{ "lr-warmup-init", C_TRAIN }, { "lr-wsd-decay-style", C_TRAIN },
 	{ "lr-wsd-decay-iters", C_TRAIN }, { "weight-decay", C_TRAIN }, { "clip-grad", C_TRAIN },
-	{ "seed", C_TRAIN | C_GEN }, { "drop-last", C_TRAIN }, { "shuffle", C_TRAIN },
+	{ "seed", C_ALL }, { "drop-last", C_TRAIN }, { "shuffle", C_TRAIN },
 	{ "eval-interval", C_TRAIN }, { "eval-iters", C_TRAIN | C_EVAL }, { "run-dir", C_TRAIN },
 	{ "save", C_TRAIN }, { "save-interval", C_TRAIN }, { "load", C_ALL },
 	{ "finetune", C_TRAIN }, { "base-only", C_ALL }, { "overwrite", C_TRAIN },
@@ -180,6 +189,8 @@ static const struct {
 	{ "loss-scale-window", C_TRAIN }, { "hysteresis", C_TRAIN },
 	{ "attention-softmax-in-fp32", C_TRAIN }, { "accumulate-allreduce-grads-in-fp32", C_TRAIN },
 	{ "debug-inject-overflow", C_TRAIN },
+	{ "labels", C_TRAIN | C_EVAL }, { "mlm-probability", C_TRAIN | C_EVAL },
+	{ "output", C_EVAL },
 };
 
 static unsigned cmd_bit(const char *cmd)
@@ -568,7 +579,7 @@ static bool is_bool(struct config *c, const char *name)
  * the run is in the checkpoint's weights already). */
 static const char *const shape_options[] = {
 	"micro-batch-size", "seq-length", "packing", "chat-template", "too-long",
-	"calculate-per-token-loss",
+	"calculate-per-token-loss", "labels", "mlm-probability",
 };
 static const char *const not_resumed[] = {
 	"plugins", "load", "finetune", "overwrite", "base-only", "adapter", "adapter-name",
@@ -669,7 +680,9 @@ static enum fw_status vocab_from_tokenizer(struct config *c, struct fw_err *err)
 	if (!d || d->type != FW_OPT_INT || strcmp(value_of(c->run, "tokenizer"), "byte"))
 		return FW_OK;
 	bool chatml = !strcmp(value_of(c->run, "chat-template"), "chatml");
-	long need = 257 + (chatml ? 2 : 0);
+	/* arch/encoder adds [CLS], [SEP], [MASK] and [PAD] */
+	bool encoder = !strcmp(arch->desc->name, "arch/encoder");
+	long need = 257 + (chatml ? 2 : 0) + (encoder ? 4 : 0);
 	if (fw_options_has(arch->opts, "vocab-size")) {
 		long have = strtol(value_of(arch->opts, "vocab-size"), NULL, 10);
 		if (have < need)

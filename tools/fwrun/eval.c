@@ -11,7 +11,9 @@ static const char eval_usage[] =
 	"                  [--score-data=FILE.jsonl]\n"
 	"Prints one JSON object on stdout: {\"eval_loss\", \"perplexity\", \"eval_iters\", \"tokens\"}\n"
 	"for --valid-data, and the scores of --score-data's prompt/response and multiple-choice\n"
-	"records (docs/training.md, \"Eval\").\n";
+	"records (docs/training.md, \"Eval\"). An arch/encoder model prints its task's metrics\n"
+	"(loss, accuracy; macro-F1 and the confusion matrix for classifiers) and --output=FILE\n"
+	"writes each record's predicted label, probabilities and logits (docs/data-formats.md).\n";
 
 /* Scoring needs a tokenizer with an EOS token and the logits. */
 static enum fw_status eval_can_score(struct session *s, struct fw_err *err)
@@ -71,6 +73,10 @@ int cmd_eval(int argc, char **argv)
 	int64_t iters = opt_i(&s, "eval-iters");
 	if (s.have_valid && (iters == 0 || iters > s.valid.n_micro))
 		iters = s.valid.n_micro;          /* the whole validation set, once */
+	if (s.task && !*score) {
+		rc = task_eval(&s, iters);
+		goto out;
+	}
 	struct fw_rt_eval ev = eval_of(&s, iters);
 	if (s.have_valid && fw_rt_evaluate(&ev, &loss, stats, &s.err) != FW_OK) {
 		rc = fail(s.err.status, "%s", s.err.msg);

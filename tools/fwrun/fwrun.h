@@ -103,6 +103,18 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_sweep(int argc, char **argv);      /* sweep.c */
 int cmd_report(int argc, char **argv);     /* report_sweep.c */
 
+/* Hugging Face BERT / RoBERTa folders <-> arch/encoder files (hf_bert.c). */
+bool hf_is_encoder_folder(const char *dir);
+int bert_import(const char *dir, const char *out);
+/* config: IN's stored configuration (config_dump's INI text). */
+int bert_export(const char *in, const char *dir, const char *config, bool base_only);
+/* An adapter's base_tensors list (lora_format.h) of an arch/encoder model:
+ * its head, "seq-cls", "token-cls" or "mlm"; NULL for another arch. */
+const char *bert_adapter_task(const char *base_list);
+/* Hugging Face's module path of fw name in the BERT class of task (PEFT's
+ * key without "base_model.model."). */
+void bert_peft_name(const char *task, const char *name, char *out, size_t len);
+
 /* --- PEFT adapters (adapter.c) ------------------------------------------------------- */
 
 int cmd_merge(int argc, char **argv);

@@ -73,6 +73,7 @@ static enum fw_status check_model(struct session *s, bool training, struct fw_er
 		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	if (st == FW_OK)
 		st = fw_rt_model_build(&spec, ctx, &m, err);
+	s->task = st == FW_OK ? fw_rt_task_of_head(m.head) : 0;
 	fw_ctx_free(ctx);
 	if (check.peft != s->slots.peft)
 		fw_plugin_close(check.peft);
@@ -111,7 +112,7 @@ static enum fw_status build_graphs(struct session *s, bool train, struct fw_err 
 		return FW_OK;      /* no memory for an evaluation that never runs */
 	/* Scoring (eval --score-data) reads the logits too. */
 	struct fw_tensor *out[2] = { loss, s->model.logits };
-	bool logits = !train && *opt_s(s, "score-data") && s->model.logits;
+	bool logits = !train && (*opt_s(s, "score-data") || s->task) && s->model.logits;
 	s->eval_g = fw_graph_new(s->ctx, out, logits ? 2 : 1, &(struct fw_graph_opts){ 0 });
 	if (!s->eval_g)
 		return fw_errorf(err, fw_ctx_err(s->ctx)->status, "graph: %s",
@@ -143,6 +144,7 @@ void free_session(struct session *s)
 	fw_tokenizer_free(s->tok);
 	free(s->seg);
 	free(s->inject);
+	fw_rt_labels_free(&s->labels);
 	config_free(&s->cfg);
 }
 
@@ -193,9 +195,10 @@ enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
 				      fw_opt_bool(s->cfg.run, "base-only"), &n_new, &fwrun_log, err);
 	s->n_new = n_new;
 	free(params);
-	if (st == FW_OK && n_new && full && !*opt_s(s, "adapter"))
+	if (st == FW_OK && n_new && (full || !s->slots.peft) && !*opt_s(s, "adapter"))
 		fprintf(stderr, "fwrun: %d %s tensors are not in %s: they start from their "
-			"initialisation\n", n_new, s->slots.peft->desc->name, path);
+			"initialisation\n", n_new, s->slots.peft ? s->slots.peft->desc->name :
+			"task head", path);
 	if (st != FW_OK || !is_ckpt || !full || !s->optim)
 		return st;
 	if (fw_opt_bool(s->cfg.run, "finetune"))
@@ -229,6 +232,8 @@ enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
 int64_t model_vocab(const struct session *s)
 {
 	const struct fw_tensor *lg = s->model.logits;
+	if (s->task && s->task != FW_RT_TASK_MLM)     /* logits over labels, not tokens */
+		return fw_opt_int(s->cfg.plugin[FW_KIND_ARCH]->opts, "vocab-size");
 	return lg ? lg->ne[lg->ndim - 1] : 65536;
 }
 
@@ -264,6 +269,8 @@ static enum fw_status open_datasets(struct session *s, bool train, enum data_use
 	if (!train && !*valid && !*data && !*opt_s(s, "score-data"))
 		return fw_errorf(err, FW_ERR_INVALID, "eval needs --load=CKPT and "
 				 "--valid-data=FILE[,...] or --score-data=FILE.jsonl");
+	if (s->task)
+		return task_open_data(s, train, data, valid, err);
 	/* auto: the chat_template of the tokenizer's tokenizer_config.json */
 	struct fw_chat_template *jinja = NULL;
 	void *jinja_vars = NULL;

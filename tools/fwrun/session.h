@@ -35,6 +35,9 @@ struct session {
 	FILE *metrics;
 	struct fw_err err;
 	size_t base_rss;              /* before the model: code, libraries */
+	enum fw_rt_task_kind task;    /* arch/encoder's task; 0: the causal LM */
+	struct fw_rt_task task_cfg;
+	struct fw_rt_labels labels;
 };
 
 static inline int64_t opt_i(const struct session *s, const char *name)
@@ -81,6 +84,14 @@ enum fw_status setup_optim(struct session *s, struct fw_err *err);
 enum fw_status load_checkpoint(struct session *s, const char *path, bool full,
 			       struct fw_err *err);
 enum fw_status save_checkpoint(struct session *s, const char *path, struct fw_err *err);
+/* arch/encoder's data (task.c): --data / --valid-data as task rows, the
+ * label list collected or checked against --labels. */
+enum fw_status task_open_data(struct session *s, bool train, const char *data,
+			      const char *valid, struct fw_err *err);
+/* eval of a task: its metrics as one JSON object on stdout and --output's
+ * predictions. An exit code. */
+int task_eval(struct session *s, int64_t iters);
+
 /* The evaluation of the first n validation micro-batches (fw_rt_evaluate). */
 struct fw_rt_eval eval_of(struct session *s, int64_t n);
 int64_t model_vocab(const struct session *s);

@@ -10,6 +10,21 @@
 
 #include "fwrun.h"
 
+/* Whether stored is mine with special tokens appended (chatml's markers,
+ * arch/encoder's [CLS] [SEP] [MASK] [PAD]): the same bytes for every id of
+ * mine, only specials after. */
+static bool extends(const struct fw_tokenizer *stored, const struct fw_tokenizer *mine)
+{
+	int32_t n = fw_tokenizer_vocab_size(mine), all = fw_tokenizer_vocab_size(stored);
+	if (strcmp(fw_tokenizer_name(stored), fw_tokenizer_name(mine)) || all < n ||
+	    fw_rt_tokenizer_fingerprint(stored, n) != fw_rt_tokenizer_fingerprint(mine, n))
+		return false;
+	for (int32_t id = n; id < all; id++)
+		if (!fw_tokenizer_is_special(stored, id))
+			return false;
+	return true;
+}
+
 static struct fw_tokenizer *from_options(const struct fw_options *o, struct fw_err *err)
 {
 	const char *kind = fw_opt_str(o, "tokenizer");
@@ -53,7 +68,7 @@ struct fw_tokenizer *run_tokenizer(const struct fw_options *o, const char *ckpt,
 	struct fw_tokenizer *t = fw_tokenizer_deserialize(stored, strlen(stored), ckpt, err);
 	if (t && opt) {
 		char *mine = fw_tokenizer_serialize(opt, err);
-		if (mine && strcmp(mine, stored))
+		if (mine && strcmp(mine, stored) && !extends(t, opt))
 			fw_errorf(err, FW_ERR_INVALID, "the --tokenizer/--vocab-file tokenizer (%s) "
 				  "differs from the tokenizer stored in %s (%s); leave those options out "
 				  "to use the stored one", fw_tokenizer_name(opt), ckpt,

@@ -216,7 +216,10 @@ struct fw_tensor *fw_attn_cache_write(struct fw_model *m, const struct fw_attn_s
 
 /* Arch: builds the model into m->ctx. Every parameter gets a stable name
  * ("h.0.attn.c_attn.weight") used by checkpoints, adapters and import. */
-enum fw_head_kind { FW_HEAD_LM = 0, FW_HEAD_MLM, FW_HEAD_CLASSIFY, FW_HEAD_SEQ2SEQ };
+/* CLASSIFY: one label per sequence, logits (B, 1, L) against targets[:, 0];
+ * TOKEN_CLASSIFY (appended in 1.2): one per position, logits (B, T, L). */
+enum fw_head_kind { FW_HEAD_LM = 0, FW_HEAD_MLM, FW_HEAD_CLASSIFY, FW_HEAD_SEQ2SEQ,
+		    FW_HEAD_TOKEN_CLASSIFY };
 
 struct fw_model {
 	size_t size;                 /* sizeof(struct fw_model) */

@@ -78,6 +78,16 @@ static inline void peft_put(struct peft_text *t, const char *fmt, ...)
 	t->n += (size_t)k;
 }
 
+/* Whether a base list ("NAME\t..." lines, lora_format.h) names name. */
+static inline bool peft_listed(const char *list, const char *name)
+{
+	size_t n = strlen(name);
+	for (const char *s = list; s && *s; s = strchr(s, '\n') ? strchr(s, '\n') + 1 : NULL)
+		if (!strncmp(s, name, n) && s[n] == '\t')
+			return true;
+	return false;
+}
+
 static inline void peft_text_free(struct peft_text *t)
 {
 	if (t->s)

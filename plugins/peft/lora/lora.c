@@ -57,8 +57,9 @@ struct lora {
 	bool rslora, gaussian, auto_targets, all_linear, merged, nf4;
 	enum bias_mode bias;
 	char *text;                      /* the list options, split in place */
-	struct pattern *targets, *ranks, *alphas;
-	int n_targets, n_ranks, n_alphas;
+	struct pattern *targets, *ranks, *alphas, *saves;
+	int n_targets, n_ranks, n_alphas, n_saves;
+	bool auto_saves;                 /* --lora-modules-to-save=auto */
 
 	struct fw_ctx *ctx;              /* the model being built */
 	struct lora_layer *layers;
@@ -394,10 +395,30 @@ static bool carried_bias(const struct lora *l, const struct fw_tensor *t)
 	return false;
 }
 
-/* In the adapter file: A, B and the carried biases. */
+/* A parameter of a module that trains fully next to the adapter (PEFT's
+ * modules_to_save): its module is the name without ".weight" / ".bias". auto
+ * is what PEFT adds for SEQ_CLS and TOKEN_CLS: classifier and score. */
+static bool saved_module(const struct lora *l, const struct fw_tensor *t)
+{
+	char mod[FW_NAME_MAX];
+	const char *dot = strrchr(t->name, '.');
+	if (!dot)
+		return false;
+	snprintf(mod, sizeof(mod), "%.*s", (int)(dot - t->name), t->name);
+	if (l->auto_saves)
+		return !strcmp(last_part(mod), "classifier") || !strcmp(last_part(mod), "score");
+	bool hit = false;
+	for (int i = 0; i < l->n_saves; i++)
+		if (match(l->saves[i].key, mod))
+			hit = l->saves[i].matched = true;
+	return hit;
+}
+
+/* In the adapter file: A, B, the carried biases and the saved modules. */
 static bool carried(const struct lora *l, const struct fw_tensor *t)
 {
-	return (t->flags & FW_FLAG_PARAM) && (is_own(l, t) || carried_bias(l, t));
+	return (t->flags & FW_FLAG_PARAM) &&
+	       (is_own(l, t) || carried_bias(l, t) || saved_module(l, t));
 }
 
 static enum fw_status lora_freeze(void *state, struct fw_model *m, struct fw_err *err)
@@ -438,6 +459,10 @@ static enum fw_status lora_freeze(void *state, struct fw_model *m, struct fw_err
 					 h->ctx_err(m->ctx)->msg);
 		n_train += on ? fw_nelem(t) : 0;
 	}
+	for (int i = 0; i < l->n_saves; i++)
+		if (!l->saves[i].matched)
+			return h->errorf(err, FW_ERR_INVALID, "peft/lora: --lora-modules-to-save: '%s' "
+					 "matches no module with parameters", l->saves[i].key);
 	const struct lora_layer *f = &l->layers[0];
 	h->log(FW_LOG_DEBUG, "peft/lora: %d linear layers adapted (first %s: r %lld, scaling %g); "
 	       "%lld trainable values", l->n_layers, f->name, (long long)f->r, (double)f->scaling,
@@ -972,6 +997,36 @@ static void export_targets(const struct lora_module_entry *mods, int n, const ch
 	peft_put(ap, "%s", "");
 }
 
+/* An arch/encoder (BERT) base, from its adapter's base list: PEFT's task
+ * ("mlm", "seq-cls", "token-cls"); NULL for a decoder (GPT-2) base. */
+static const char *encoder_task(const char *base_list)
+{
+	if (!peft_listed(base_list, "embeddings.word_embeddings.weight"))
+		return NULL;
+	if (peft_listed(base_list, "cls.predictions.bias"))
+		return "mlm";
+	return peft_listed(base_list, "pooler.dense.weight") ? "seq-cls" : "token-cls";
+}
+
+/* Hugging Face's name of an fw parameter: GPT-2's (peft_hf_name), or BERT's
+ * ("bert." + name, heads as they are). */
+static void hf_param_name(const char *task, const char *fw, char *out, size_t len)
+{
+	if (!task)
+		peft_hf_name(fw, out, len);
+	else if (!strncmp(fw, "cls.", 4) || !strncmp(fw, "classifier", 10))
+		snprintf(out, len, "%s", fw);
+	else
+		snprintf(out, len, "bert.%s", fw);
+}
+
+static bool is_factor(const char *name)
+{
+	size_t l = strlen(name);
+	return l > 14 && (!strcmp(name + l - 14, ".lora_A.weight") ||
+			  !strcmp(name + l - 14, ".lora_B.weight"));
+}
+
 /* A LoRA adapter file in PEFT's layout: the factors under PEFT's keys (a
  * layer's trained bias is its base_layer.bias), adapter_config.json with
  * the options the adapter was trained with. */
@@ -982,6 +1037,7 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 	struct lora_module_entry *mods = NULL;
 	struct peft_tensors ts = { .h = h };
 	struct peft_text cfg = { .h = h }, tg = { .h = h }, rp = { .h = h }, ap = { .h = h };
+	struct peft_text saves = { .h = h };
 	const struct fw_tensor **tp = NULL;
 	char **keys = NULL;
 	int n_mods = 0;
@@ -1010,6 +1066,7 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 	peft_ini_get(cfg_ini, LORA_KIND, "lora-init", init_s, sizeof(init_s));
 	int64_t r = strtoll(r_s, NULL, 10);
 	double alpha = strtod(alpha_s, NULL), drop = strtod(drop_s, NULL);
+	const char *task = encoder_task(base_list);
 
 	tp = h->malloc(sizeof(*tp) * (size_t)(ts.n + 1));
 	keys = h->malloc(sizeof(*keys) * (size_t)(ts.n + 1));
@@ -1028,7 +1085,15 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 			for (int k = 0; k < n_mods && !adapted_bias; k++)
 				adapted_bias = !strcmp(mods[k].name, mod);
 		}
-		peft_hf_name(adapted_bias ? mod : tn, hf, sizeof(hf));
+		hf_param_name(task, adapted_bias ? mod : tn, hf, sizeof(hf));
+		if (l > 7 && !strcmp(tn + l - 7, ".weight") && !is_factor(tn)) {
+			/* a module trained in full next to the adapter (a classifier) */
+			char m2[FW_NAME_MAX], hm[2 * FW_NAME_MAX];
+			snprintf(m2, sizeof(m2), "%.*s", (int)(l - 7), tn);
+			hf_param_name(task, m2, hm, sizeof(hm));
+			peft_put(&saves, "%s", saves.n ? ", " : "");
+			peft_put_json(&saves, hm);
+		}
 		kl = strlen(hf) + 40;
 		if (!(keys[i] = h->malloc(kl))) {
 			st = h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
@@ -1046,21 +1111,25 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 		peft_put(&cfg, "null");
 	peft_put(&cfg, ",\n  \"bias\": ");
 	peft_put_json(&cfg, bias_s);
-	peft_put(&cfg, ",\n  \"fan_in_fan_out\": true,\n  \"inference_mode\": true,\n"
+	peft_put(&saves, "%s", "");
+	peft_put(&cfg, ",\n  \"fan_in_fan_out\": %s,\n  \"inference_mode\": true,\n"
 		 "  \"init_lora_weights\": %s,\n  \"layers_pattern\": null,\n"
-		 "  \"layers_to_transform\": null,\n",
+		 "  \"layers_to_transform\": null,\n", task ? "false" : "true",
 		 strcmp(init_s, "gaussian") ? "true" : "\"gaussian\"");
 	if (alpha == floor(alpha) && fabs(alpha) < 1e15)
 		peft_put(&cfg, "  \"lora_alpha\": %lld,\n", (long long)alpha);
 	else
 		peft_put(&cfg, "  \"lora_alpha\": %.17g,\n", alpha);
 	peft_put(&cfg, "  \"lora_bias\": false,\n  \"lora_dropout\": %.17g%s,\n"
-		 "  \"modules_to_save\": null,\n  \"peft_type\": \"LORA\",\n  \"r\": %lld,\n"
+		 "  \"modules_to_save\": %s%s%s,\n  \"peft_type\": \"LORA\",\n  \"r\": %lld,\n"
 		 "  \"rank_pattern\": {%s},\n  \"revision\": null,\n  \"target_modules\": [%s],\n"
-		 "  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": false,\n  \"use_rslora\": %s\n}\n",
-		 drop, drop == floor(drop) ? ".0" : "", (long long)r, rp.s, tg.s,
+		 "  \"task_type\": %s,\n  \"use_dora\": false,\n  \"use_rslora\": %s\n}\n",
+		 drop, drop == floor(drop) ? ".0" : "", saves.n ? "[" : "null",
+		 saves.n ? saves.s : "", saves.n ? "]" : "", (long long)r, rp.s, tg.s,
+		 !task ? "\"CAUSAL_LM\"" : !strcmp(task, "mlm") ? "null" :
+		 !strcmp(task, "seq-cls") ? "\"SEQ_CLS\"" : "\"TOKEN_CLS\"",
 		 !strcmp(rs_s, "true") ? "true" : "false");
-	if (cfg.oom || tg.oom || rp.oom || ap.oom) {
+	if (cfg.oom || tg.oom || rp.oom || ap.oom || saves.oom) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
 		goto out;
 	}
@@ -1086,6 +1155,7 @@ out:
 	peft_text_free(&tg);
 	peft_text_free(&rp);
 	peft_text_free(&ap);
+	peft_text_free(&saves);
 	peft_tensors_free(&ts);
 	fw_free(cfg_ini);
 	fw_free(mods_text);
@@ -1099,7 +1169,8 @@ static void lora_fini(void *state)
 	if (!l)
 		return;
 	const struct fw_host *h = l->host;
-	void *arrays[] = { l->text, l->targets, l->ranks, l->alphas, l->layers, l->linears };
+	void *arrays[] = { l->text, l->targets, l->ranks, l->alphas, l->saves, l->layers,
+			   l->linears };
 	for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++)
 		if (arrays[i])
 			h->free(arrays[i]);
@@ -1127,13 +1198,14 @@ static enum fw_status lora_init(const struct fw_host *host, const struct fw_opti
 	const char *tg = fw_opt_str(opts, "lora-target-modules");
 	const char *rp = fw_opt_str(opts, "lora-rank-pattern");
 	const char *ap = fw_opt_str(opts, "lora-alpha-pattern");
-	size_t lt = strlen(tg) + 1, lr = strlen(rp) + 1, la = strlen(ap) + 1;
+	const char *ms = fw_opt_str(opts, "lora-modules-to-save");
+	size_t lt = strlen(tg) + 1, lr = strlen(rp) + 1, la = strlen(ap) + 1, lm = strlen(ms) + 1;
 	if (!(l->alpha > 0)) {
 		st = host->errorf(err, FW_ERR_INVALID, "peft/lora: --lora-alpha must be > 0, not %g",
 				  l->alpha);
 		goto fail;
 	}
-	l->text = host->malloc(lt + lr + la);
+	l->text = host->malloc(lt + lr + la + lm);
 	if (!l->text) {
 		st = host->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
 		goto fail;
@@ -1141,13 +1213,20 @@ static enum fw_status lora_init(const struct fw_host *host, const struct fw_opti
 	memcpy(l->text, tg, lt);
 	memcpy(l->text + lt, rp, lr);
 	memcpy(l->text + lt + lr, ap, la);
+	memcpy(l->text + lt + lr + la, ms, lm);
 	if ((st = parse_list(l, "lora-target-modules", l->text, &l->targets, &l->n_targets,
 			     false, false, err)) != FW_OK ||
 	    (st = parse_list(l, "lora-rank-pattern", l->text + lt, &l->ranks, &l->n_ranks, true,
 			     true, err)) != FW_OK ||
 	    (st = parse_list(l, "lora-alpha-pattern", l->text + lt + lr, &l->alphas,
-			     &l->n_alphas, true, false, err)) != FW_OK)
+			     &l->n_alphas, true, false, err)) != FW_OK ||
+	    (st = parse_list(l, "lora-modules-to-save", l->text + lt + lr + la, &l->saves,
+			     &l->n_saves, false, false, err)) != FW_OK)
 		goto fail;
+	if (l->n_saves == 1 && !strcmp(l->saves[0].key, "auto")) {
+		l->auto_saves = true;
+		l->n_saves = 0;
+	}
 	for (int i = 0; i < l->n_targets; i++) {
 		const char *k = l->targets[i].key;
 		if (strcmp(k, "all-linear") && strcmp(k, "auto"))
@@ -1206,6 +1285,10 @@ static const struct fw_option_def options[] = {
 	  "(PEFT rank_pattern)" },
 	{ "lora-alpha-pattern", FW_OPT_STRING, "", 0, -1, NULL,
 	  "per-layer alphas, NAME=ALPHA,... (PEFT alpha_pattern)" },
+	{ "lora-modules-to-save", FW_OPT_STRING, "auto", 0, -1, NULL,
+	  "modules that train fully and are saved with the adapter (PEFT modules_to_save), "
+	  "matched like the targets; auto: classifier and score where the model has them "
+	  "(what PEFT adds for SEQ_CLS and TOKEN_CLS); empty: none" },
 	{ "lora-bias", FW_OPT_CHOICE, "none", 0, -1, bias_choices,
 	  "biases trained and saved with the adapter: none, all (every .bias), lora_only "
 	  "(those of the adapted layers)" },

@@ -27,5 +27,6 @@
 #include "fw/runtime/generate.h"
 #include "fw/runtime/score.h"
 #include "fw/runtime/sweep.h"
+#include "fw/runtime/tasks.h"
 
 #endif

@@ -51,6 +51,8 @@ uint64_t fw_rt_tokenizer_fingerprint(const struct fw_tokenizer *t, int32_t n);
 
 /* SFT examples laid out in rows of T positions: tokens and targets (targets
  * -1 = not in the loss: prompt and padding) and seg (above). */
+struct fw_rt_mlm;
+
 struct fw_rt_rows {
 	int64_t n, T;
 	int32_t *tokens, *targets, *seg;
@@ -67,6 +69,9 @@ struct fw_rt_loader {
 	int64_t epoch, cursor;            /* cursor = micro-batch index in epoch */
 	int64_t *order;                   /* micro-batch order of this epoch */
 	int64_t n_micro;                  /* micro-batches per epoch */
+	/* Masked-LM rows: each micro-batch is masked (fw_rt_mlm_mask, keyed by
+	 * its index epoch * n_micro + cursor) as it is served. */
+	const struct fw_rt_mlm *mlm;
 };
 
 /* Token shards (comma-separated paths), micro-batches of B rows of T. */

@@ -1,0 +1,640 @@
+/* tasks.c - encoder tasks: MLM, sequence and token classification rows,
+ * BERT's dynamic masking, the padding mask and the metrics
+ * (fw/runtime/tasks.h). */
+#define _GNU_SOURCE             /* getline */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <jansson.h>
+
+#include "fw/runtime/tasks.h"
+#include "fw/runtime/trainer.h"
+
+enum fw_rt_task_kind fw_rt_task_of_head(enum fw_head_kind head)
+{
+	switch (head) {
+	case FW_HEAD_MLM:
+		return FW_RT_TASK_MLM;
+	case FW_HEAD_CLASSIFY:
+		return FW_RT_TASK_SEQ_CLS;
+	case FW_HEAD_TOKEN_CLASSIFY:
+		return FW_RT_TASK_TOKEN_CLS;
+	default:
+		return 0;
+	}
+}
+
+/* --- special tokens and labels -------------------------------------------------------- */
+
+enum fw_status fw_rt_specials_find(struct fw_tokenizer *tok, struct fw_rt_specials *sp,
+				   struct fw_err *err)
+{
+	static const char *const bert[4] = { "[CLS]", "[SEP]", "[MASK]", "[PAD]" };
+	static const char *const roberta[4] = { "<s>", "</s>", "<mask>", "<pad>" };
+	int32_t *ids[4] = { &sp->cls, &sp->sep, &sp->mask, &sp->pad };
+	const char *const *set = fw_tokenizer_find(tok, bert[0], strlen(bert[0])) < 0 &&
+				 fw_tokenizer_find(tok, roberta[0], strlen(roberta[0])) >= 0 ?
+				 roberta : bert;
+	for (int i = 0; i < 4; i++) {
+		*ids[i] = fw_tokenizer_find(tok, set[i], strlen(set[i]));
+		if (*ids[i] < 0 && fw_tokenizer_add_special(tok, set[i], strlen(set[i]), ids[i],
+							    err) != FW_OK)
+			return err->status;
+	}
+	return FW_OK;
+}
+
+static bool labels_add(struct fw_rt_labels *l, const char *name, size_t len)
+{
+	char **v = realloc(l->names, sizeof(char *) * (size_t)(l->n + 1));
+	if (!v)
+		return false;
+	l->names = v;
+	if (!(v[l->n] = strndup(name, len)))
+		return false;
+	l->n++;
+	return true;
+}
+
+static int labels_find(const struct fw_rt_labels *l, const char *name)
+{
+	for (int i = 0; i < l->n; i++)
+		if (!strcmp(l->names[i], name))
+			return i;
+	return -1;
+}
+
+enum fw_status fw_rt_labels_parse(struct fw_rt_labels *l, const char *text, struct fw_err *err)
+{
+	memset(l, 0, sizeof(*l));
+	for (const char *p = text; *p;) {
+		size_t n = strcspn(p, ",");
+		if (!n || labels_find(l, "") >= 0)
+			return fw_errorf(err, FW_ERR_INVALID, "labels \"%s\": an empty label", text);
+		if (!labels_add(l, p, n))
+			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		if (labels_find(l, l->names[l->n - 1]) != l->n - 1)
+			return fw_errorf(err, FW_ERR_INVALID, "labels \"%s\": \"%s\" twice", text,
+					 l->names[l->n - 1]);
+		p += n + (p[n] == ',');
+	}
+	return FW_OK;
+}
+
+char *fw_rt_labels_join(const struct fw_rt_labels *l)
+{
+	size_t len = 1;
+	for (int i = 0; i < l->n; i++)
+		len += strlen(l->names[i]) + 1;
+	char *s = malloc(len), *p = s;
+	for (int i = 0; s && i < l->n; i++)
+		p += sprintf(p, "%s%s", i ? "," : "", l->names[i]);
+	if (s)
+		*p = 0;
+	return s;
+}
+
+void fw_rt_labels_free(struct fw_rt_labels *l)
+{
+	for (int i = 0; i < l->n; i++)
+		free(l->names[i]);
+	free(l->names);
+	memset(l, 0, sizeof(*l));
+}
+
+/* --- masking ----------------------------------------------------------------------------- */
+
+static uint64_t mix(uint64_t x)        /* splitmix64's finaliser */
+{
+	x += 0x9e3779b97f4a7c15ull;
+	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+static double unit(uint64_t h)          /* [0, 1) from 53 bits */
+{
+	return (double)(h >> 11) * (1.0 / 9007199254740992.0);
+}
+
+void fw_rt_mlm_mask(const struct fw_rt_mlm *c, uint64_t index, int32_t *tokens,
+		    int32_t *targets, const int32_t *seg, int64_t n)
+{
+	uint64_t base = mix(mix(c->seed) ^ index);
+	for (int64_t i = 0; i < n; i++) {
+		targets[i] = -1;
+		int32_t t = tokens[i];
+		if ((seg && !seg[i]) || t == c->sp.cls || t == c->sp.sep || t == c->sp.pad)
+			continue;
+		uint64_t h = mix(base ^ (uint64_t)i);
+		if (unit(h) >= c->prob)
+			continue;
+		targets[i] = t;
+		double r = unit(mix(h ^ 0x6d6c6d));
+		if (r < 0.8)
+			tokens[i] = c->sp.mask;
+		else if (r < 0.9)
+			tokens[i] = (int32_t)(mix(h ^ 0x72616e64) % (uint64_t)c->vocab);
+	}
+}
+
+/* --- rows ---------------------------------------------------------------------------------- */
+
+struct builder {
+	struct fw_rt_task *task;
+	struct fw_tokenizer *tok;
+	int64_t T;
+	struct fw_rt_rows rows;
+	int64_t cap, truncated, records;
+	const char *path;
+};
+
+/* A new row of T positions, all padding; NULL when out of memory. */
+static int64_t new_row(struct builder *b)
+{
+	int64_t T = b->T;
+	if (b->rows.n == b->cap) {
+		int64_t cap = b->cap ? 2 * b->cap : 64;
+		int32_t *p[3] = { b->rows.tokens, b->rows.targets, b->rows.seg };
+		for (int k = 0; k < 3; k++) {
+			int32_t *q = realloc(p[k], sizeof(int32_t) * (size_t)(cap * T));
+			if (!q)
+				return -1;
+			p[k] = q;
+			if (k == 0)
+				b->rows.tokens = q;
+			else if (k == 1)
+				b->rows.targets = q;
+			else
+				b->rows.seg = q;
+		}
+		b->cap = cap;
+	}
+	int64_t at = b->rows.n++ * T;
+	for (int64_t i = 0; i < T; i++) {
+		b->rows.tokens[at + i] = b->task->sp.pad;
+		b->rows.targets[at + i] = -1;
+		b->rows.seg[at + i] = 0;
+	}
+	return at;
+}
+
+static bool encode(struct builder *b, const char *text, struct fw_token_buf *out)
+{
+	struct fw_err e = { 0 };
+	return fw_tokenizer_encode(b->tok, text, strlen(text), false, out, &e) == FW_OK;
+}
+
+/* One MLM document: rows of [CLS] up to T - 2 tokens [SEP]. */
+static enum fw_status mlm_document(struct builder *b, const char *text, struct fw_err *err)
+{
+	struct fw_token_buf tb = { 0 };
+	if (!encode(b, text, &tb))
+		return fw_errorf(err, FW_ERR_NOMEM, "%s: cannot tokenize", b->path);
+	int64_t per = b->T - 2;
+	for (size_t i = 0; i < tb.n; i += (size_t)per) {
+		int64_t at = new_row(b);
+		if (at < 0) {
+			fw_token_buf_free(&tb);
+			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		}
+		int64_t n = (int64_t)(tb.n - i) < per ? (int64_t)(tb.n - i) : per;
+		b->rows.tokens[at] = b->task->sp.cls;
+		for (int64_t k = 0; k < n; k++)
+			b->rows.tokens[at + 1 + k] = tb.ids[i + (size_t)k];
+		b->rows.tokens[at + 1 + n] = b->task->sp.sep;
+		for (int64_t k = 0; k < n + 2; k++)
+			b->rows.seg[at + k] = 1;
+	}
+	fw_token_buf_free(&tb);
+	return FW_OK;
+}
+
+/* A text file: documents separated by blank lines (or lines of "%", as
+ * fortune files). */
+static enum fw_status mlm_text(struct builder *b, struct fw_err *err)
+{
+	size_t len;
+	char *text = fw_rt_read_file(b->path, &len, err);
+	if (!text)
+		return err->status;
+	enum fw_status st = FW_OK;
+	char *doc = text;
+	for (char *p = text; st == FW_OK && p <= text + len;) {
+		char *end = strchr(p, '\n');
+		if (!end)
+			end = text + len;
+		bool sep = strspn(p, " \t\r") == (size_t)(end - p) ||
+			   (end - p == 1 && *p == '%');
+		bool last = end == text + len;
+		if (sep || last) {
+			char *stop = sep ? p : end;
+			char keep = *stop;
+			*stop = 0;
+			if (strspn(doc, " \t\r\n") < strlen(doc))
+				st = mlm_document(b, doc, err);
+			*stop = keep;
+			doc = end + 1;
+		}
+		if (last)
+			break;
+		p = end + 1;
+	}
+	free(text);
+	return st;
+}
+
+/* The label of a record as text: a string, or an integer's digits. */
+static bool label_text(json_t *v, char *buf, size_t len)
+{
+	if (json_is_string(v))
+		return snprintf(buf, len, "%s", json_string_value(v)) < (int)len &&
+		       *json_string_value(v) && !strchr(buf, ',');
+	if (json_is_integer(v))
+		return snprintf(buf, len, "%lld", (long long)json_integer_value(v)) < (int)len;
+	return false;
+}
+
+/* The id of label v: looked up, or added when the list is not fixed. -1
+ * with err set for a label outside a fixed list, -2 (why set) for a value
+ * that is no label. */
+static int label_id(struct builder *b, json_t *v, long line, const char **why, struct fw_err *err)
+{
+	char name[256];
+	if (!label_text(v, name, sizeof(name))) {
+		*why = "the label is not a non-empty string (without commas) or an integer";
+		return -2;
+	}
+	struct fw_rt_labels *l = b->task->labels;
+	int id = labels_find(l, name);
+	if (id >= 0)
+		return id;
+	if (b->task->fixed) {
+		char *all = fw_rt_labels_join(l);
+		fw_errorf(err, FW_ERR_INVALID, "%s:%ld: label \"%s\" is not in the model's label list "
+			  "(%s)", b->path, line, name, all ? all : "?");
+		free(all);
+		return -1;
+	}
+	if (!labels_add(l, name, strlen(name))) {
+		fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		return -1;
+	}
+	return l->n - 1;
+}
+
+static enum fw_status seq_record(struct builder *b, json_t *r, long line, const char **why,
+				 struct fw_err *err)
+{
+	json_t *text = json_object_get(r, "text"), *pair = json_object_get(r, "text_pair");
+	json_t *label = json_object_get(r, "label");
+	if (!json_is_string(text) || (pair && !json_is_string(pair))) {
+		*why = !json_is_string(text) ? "'text' missing or not a string" :
+					       "'text_pair' is not a string";
+		return FW_OK;
+	}
+	int id = -1;
+	if (label && (id = label_id(b, label, line, why, err)) < 0)
+		return id == -1 ? err->status : FW_OK;
+	struct fw_token_buf ta = { 0 }, tb = { 0 };
+	if (!encode(b, json_string_value(text), &ta) ||
+	    (pair && !encode(b, json_string_value(pair), &tb))) {
+		fw_token_buf_free(&ta);
+		fw_token_buf_free(&tb);
+		return fw_errorf(err, FW_ERR_NOMEM, "%s:%ld: cannot tokenize", b->path, line);
+	}
+	/* Hugging Face's longest_first truncation to T - 2 (or T - 3 with a pair) */
+	int64_t room = b->T - (pair ? 3 : 2), na = (int64_t)ta.n, nb = (int64_t)tb.n;
+	if (na + nb > room)
+		b->truncated++;
+	while (na + nb > room) {
+		if (na > nb)
+			na--;
+		else
+			nb--;
+	}
+	int64_t at = new_row(b);
+	if (at < 0) {
+		fw_token_buf_free(&ta);
+		fw_token_buf_free(&tb);
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	}
+	int32_t *tk = b->rows.tokens + at, *sg = b->rows.seg + at;
+	int64_t p = 0;
+	tk[p] = b->task->sp.cls;
+	sg[p++] = 1;
+	for (int64_t k = 0; k < na; k++, p++)
+		tk[p] = ta.ids[k], sg[p] = 1;
+	tk[p] = b->task->sp.sep;
+	sg[p++] = 1;
+	for (int64_t k = 0; pair && k < nb; k++, p++)
+		tk[p] = tb.ids[k], sg[p] = 2;
+	if (pair) {
+		tk[p] = b->task->sp.sep;
+		sg[p++] = 2;
+	}
+	b->rows.targets[at] = id;
+	fw_token_buf_free(&ta);
+	fw_token_buf_free(&tb);
+	return FW_OK;
+}
+
+static enum fw_status token_record(struct builder *b, json_t *r, long line, const char **why,
+				   struct fw_err *err)
+{
+	json_t *words = json_object_get(r, "tokens"), *labels = json_object_get(r, "labels");
+	if (!json_is_array(words) || (labels && !json_is_array(labels))) {
+		*why = !json_is_array(words) ? "'tokens' missing or not an array" :
+					       "'labels' is not an array";
+		return FW_OK;
+	}
+	if (labels && json_array_size(labels) != json_array_size(words))
+		return fw_errorf(err, FW_ERR_INVALID, "%s:%ld: %zu tokens but %zu labels", b->path,
+				 line, json_array_size(words), json_array_size(labels));
+	int64_t at = new_row(b);
+	if (at < 0)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	int32_t *tk = b->rows.tokens + at, *tg = b->rows.targets + at, *sg = b->rows.seg + at;
+	int64_t p = 0;
+	tk[p] = b->task->sp.cls;
+	sg[p++] = 1;
+	size_t i;
+	json_t *w;
+	bool cut = false;
+	json_array_foreach(words, i, w) {
+		if (!json_is_string(w)) {
+			b->rows.n--;
+			*why = "a token is not a string";
+			return FW_OK;
+		}
+		int id = -1;
+		if (labels && (id = label_id(b, json_array_get(labels, i), line, why, err)) < 0) {
+			b->rows.n--;
+			return id == -1 ? err->status : FW_OK;
+		}
+		struct fw_token_buf tb = { 0 };
+		if (!encode(b, json_string_value(w), &tb))
+			return fw_errorf(err, FW_ERR_NOMEM, "%s:%ld: cannot tokenize", b->path, line);
+		for (size_t k = 0; k < tb.n; k++) {
+			if (p >= b->T - 1) {
+				cut = true;
+				break;
+			}
+			tk[p] = tb.ids[k];
+			/* the label on the first sub-token */
+			tg[p] = k == 0 ? (labels ? id : FW_RT_WORD_START) : -1;
+			sg[p++] = 1;
+		}
+		fw_token_buf_free(&tb);
+	}
+	tk[p] = b->task->sp.sep;
+	sg[p] = 1;
+	b->truncated += cut;
+	return FW_OK;
+}
+
+static enum fw_status task_record(void *arg, const void *rec, long line, const char **why,
+				  struct fw_err *err)
+{
+	struct builder *b = arg;
+	json_t *r = (json_t *)rec;
+	b->records++;
+	if (!json_is_object(r)) {
+		*why = "not a JSON object";
+		return FW_OK;
+	}
+	if (b->task->kind == FW_RT_TASK_SEQ_CLS)
+		return seq_record(b, r, line, why, err);
+	if (b->task->kind == FW_RT_TASK_TOKEN_CLS)
+		return token_record(b, r, line, why, err);
+	json_t *text = json_object_get(r, "text");
+	if (!json_is_string(text)) {
+		*why = "'text' missing or not a string";
+		return FW_OK;
+	}
+	return mlm_document(b, json_string_value(text), err);
+}
+
+static bool is_jsonl(const char *path)
+{
+	size_t n = strlen(path);
+	return (n > 6 && !strcmp(path + n - 6, ".jsonl")) || (n > 5 && !strcmp(path + n - 5, ".json"));
+}
+
+/* Label ids in sorted order of their names (numerically when all are
+ * integers), so that a list collected from data does not depend on the
+ * order of records. */
+static enum fw_status sort_labels(struct builder *b, struct fw_err *err)
+{
+	struct fw_rt_labels *l = b->task->labels;
+	int n = l->n;
+	bool numeric = true;
+	for (int i = 0; i < n; i++) {
+		char *end;
+		strtoll(l->names[i], &end, 10);
+		numeric = numeric && *end == 0;
+	}
+	int *order = malloc(sizeof(int) * (size_t)n), *to = malloc(sizeof(int) * (size_t)n);
+	char **names = malloc(sizeof(char *) * (size_t)n);
+	if (n && (!order || !to || !names)) {
+		free(order);
+		free(to);
+		free(names);
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	}
+	for (int i = 0; i < n; i++)
+		order[i] = i;
+	for (int i = 1; i < n; i++)         /* insertion sort: label lists are short */
+		for (int j = i; j > 0; j--) {
+			const char *x = l->names[order[j - 1]], *y = l->names[order[j]];
+			bool gt = numeric ? strtoll(x, NULL, 10) > strtoll(y, NULL, 10) :
+					    strcmp(x, y) > 0;
+			if (!gt)
+				break;
+			int t = order[j];
+			order[j] = order[j - 1];
+			order[j - 1] = t;
+		}
+	for (int i = 0; i < n; i++) {
+		to[order[i]] = i;
+		names[i] = l->names[order[i]];
+	}
+	for (int i = 0; i < n; i++)
+		l->names[i] = names[i];
+	int64_t all = b->rows.n * b->T;
+	for (int64_t i = 0; i < all; i++)
+		if (b->rows.targets[i] >= 0)
+			b->rows.targets[i] = to[b->rows.targets[i]];
+	free(order);
+	free(to);
+	free(names);
+	return FW_OK;
+}
+
+enum fw_status fw_rt_task_open(struct fw_rt_loader *l, struct fw_rt_task *task, const char *paths,
+			       const char *label, struct fw_tokenizer *tok, int64_t B, int64_t T,
+			       bool shuffle, uint64_t seed, int64_t max_bad,
+			       const struct fw_rt_log *log, struct fw_err *err)
+{
+	memset(l, 0, sizeof(*l));
+	if (!tok)
+		return fw_errorf(err, FW_ERR_INVALID, "--%s: an encoder task needs a tokenizer "
+				 "(--tokenizer, or a checkpoint that stores one)", label);
+	if (T < 4)
+		return fw_errorf(err, FW_ERR_INVALID, "--seq-length %lld is too short for [CLS] and "
+				 "[SEP] around text", (long long)T);
+	bool sorted_before = task->labels && task->labels->n == 0 && !task->fixed;
+	struct builder b = { .task = task, .tok = tok, .T = T };
+	char *copy = strdup(paths);
+	if (!copy)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	enum fw_status st = FW_OK;
+	int64_t bad = 0;
+	char *save = NULL;
+	for (char *p = strtok_r(copy, ",", &save); p && st == FW_OK; p = strtok_r(NULL, ",", &save)) {
+		b.path = p;
+		if ((st = fw_rt_refuse_compressed(p, err)) != FW_OK)
+			break;
+		if (is_jsonl(p))
+			st = fw_rt_jsonl_foreach(p, max_bad, &bad, task_record, &b, log, err);
+		else if (task->kind == FW_RT_TASK_MLM)
+			st = mlm_text(&b, err);
+		else
+			st = fw_errorf(err, FW_ERR_INVALID, "--%s: %s: classification data must be JSONL "
+				       "(.jsonl) records", label, p);
+	}
+	if (st == FW_OK && sorted_before)
+		st = sort_labels(&b, err);
+	if (st == FW_OK && b.rows.n == 0)
+		st = fw_errorf(err, FW_ERR_FORMAT, "--%s: no usable records in %s", label, paths);
+	if (st == FW_OK) {
+		static const char *const kinds[] = { "", "masked-LM", "classification",
+						     "token-classification" };
+		fw_rt_logf(log, FW_LOG_INFO, "%s: %lld %s rows of %lld (%lld records, %lld bad, %lld "
+			   "truncated)", label, (long long)b.rows.n, kinds[task->kind], (long long)T,
+			   (long long)b.records, (long long)bad, (long long)b.truncated);
+		b.rows.T = T;
+		st = fw_rt_loader_from_rows(l, &b.rows, B, shuffle, seed, err);
+		memset(&b.rows, 0, sizeof(b.rows));
+		if (task->kind == FW_RT_TASK_MLM)
+			l->mlm = &task->mlm;
+	}
+	free(b.rows.tokens);
+	free(b.rows.targets);
+	free(b.rows.seg);
+	free(copy);
+	return st;
+}
+
+/* --- masks --------------------------------------------------------------------------------- */
+
+void fw_rt_encoder_masks(const int32_t *seg, int64_t B, int64_t T, int32_t *positions,
+			 float *bias, int32_t *token_types, float *pool_weights)
+{
+	for (int64_t b = 0; b < B; b++) {
+		const int32_t *s = seg + b * T;
+		int64_t real = 0;
+		for (int64_t k = 0; k < T; k++)
+			real += s[k] != 0;
+		for (int64_t q = 0; q < T; q++) {
+			if (positions)
+				positions[b * T + q] = (int32_t)q;
+			if (token_types)
+				token_types[b * T + q] = s[q] == 2;
+			if (pool_weights)
+				pool_weights[b * T + q] = s[q] && real ? 1.0f / (float)real : 0.0f;
+			float *row = bias ? bias + (b * T + q) * T : NULL;
+			for (int64_t k = 0; row && k < T; k++)
+				row[k] = s[k] ? 0.0f : -INFINITY;
+		}
+	}
+}
+
+void fw_rt_encoder_fill(struct fw_model *m, const int32_t *seg)
+{
+	struct fw_tensor *types = fw_ctx_find(m->ctx, "token_types");
+	struct fw_tensor *pool = fw_ctx_find(m->ctx, "pool_weights");
+	fw_rt_encoder_masks(seg, m->batch, m->seq_len, m->positions ? m->positions->data : NULL,
+			    m->attn_bias ? m->attn_bias->data : NULL, types ? types->data : NULL,
+			    pool ? pool->data : NULL);
+}
+
+/* --- metrics ------------------------------------------------------------------------------- */
+
+static int64_t argmax(const float *x, int64_t n)
+{
+	int64_t best = 0;
+	for (int64_t i = 1; i < n; i++)
+		if (x[i] > x[best])
+			best = i;
+	return best;
+}
+
+enum fw_status fw_rt_task_evaluate(const struct fw_rt_eval *e, struct fw_rt_task_metrics *out,
+				   struct fw_err *err)
+{
+	struct fw_model *m = e->m;
+	enum fw_rt_task_kind kind = fw_rt_task_of_head(m->head);
+	memset(out, 0, sizeof(*out));
+	out->loss = out->accuracy = out->macro_f1 = NAN;
+	if (!kind || !m->logits || !e->data || e->n <= 0)
+		return FW_OK;
+	int64_t B = m->batch, T = m->seq_len, V = m->logits->ne[m->logits->ndim - 1];
+	int L = kind == FW_RT_TASK_MLM ? 0 : (int)V;
+	if (L && !(out->confusion = calloc((size_t)L * (size_t)L, sizeof(int64_t))))
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	out->n_labels = L;
+	fw_rt_loader_seek(e->data, 0, 0);
+	const int32_t *tg = m->targets->data;
+	double loss = 0;
+	int64_t right = 0;
+	for (int64_t it = 0; it < e->n; it++) {
+		fw_rt_batch_next(e->data, m, e->seg);
+		if (fw_graph_forward(e->g) != FW_OK) {
+			free(out->confusion);
+			out->confusion = NULL;
+			return fw_errorf(err, FW_ERR_INTERNAL, "eval: %s", fw_ctx_err(m->ctx)->msg);
+		}
+		const float *lg = m->logits->data;
+		int64_t here = 0;
+		for (int64_t b = 0; b < B; b++)
+			for (int64_t t = 0; t < (kind == FW_RT_TASK_SEQ_CLS ? 1 : T); t++) {
+				int32_t y = tg[b * T + t];
+				if (y < 0 || y >= V)
+					continue;
+				int64_t row = kind == FW_RT_TASK_SEQ_CLS ? b : b * T + t;
+				int64_t p = argmax(lg + row * V, V);
+				here++;
+				right += p == y;
+				if (L)
+					out->confusion[(int64_t)y * L + p]++;
+			}
+		if (here)
+			loss += *(float *)m->loss->data * (double)here;
+		out->targets += here;
+	}
+	if (!out->targets)
+		return FW_OK;
+	out->loss = loss / (double)out->targets;
+	out->accuracy = (double)right / (double)out->targets;
+	if (!L)
+		return FW_OK;
+	double f1 = 0;
+	int present = 0;
+	for (int c = 0; c < L; c++) {     /* sklearn's macro F1 over present labels */
+		int64_t tp = out->confusion[(int64_t)c * L + c], row = 0, col = 0;
+		for (int k = 0; k < L; k++) {
+			row += out->confusion[(int64_t)c * L + k];
+			col += out->confusion[(int64_t)k * L + c];
+		}
+		if (!row && !col)
+			continue;
+		present++;
+		f1 += row + col ? 2.0 * (double)tp / (double)(row + col) : 0.0;
+	}
+	out->macro_f1 = present ? f1 / present : NAN;
+	return FW_OK;
+}
