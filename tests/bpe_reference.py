@@ -302,7 +302,7 @@ def adversarial(r, pool):
 
 def load_sources():
     out = []
-    for pat in ("core/src/*.c", "tools/fwrun/*.c", "tests/*.py", "docs/*.md"):
+    for pat in ("core/*/src/*.c", "tools/fwrun/*.c", "tests/*.py", "docs/*.md"):
         for p in sorted(glob.glob(os.path.join(HERE, "..", pat))):
             with open(p, encoding="utf-8", errors="replace") as f:
                 out.append(f.read())

@@ -2,18 +2,23 @@
 # check_layers.sh - refuses an #include that crosses fw's layers the wrong way
 # (docs/architecture.md, "Layers"):
 #
-#   core/     libfw: engine, formats/IO, plugin loader  (sees only itself)
-#   runtime/  libfw_runtime                             (sees core's public headers)
-#   tools/    fwrun                                     (sees runtime and core's public headers)
-#   plugins/  one .so each                              (sees fw/plugin.h and core's public
-#                                                        headers, never the loader or runtime)
-#   examples/ built against the installed package       (installed headers only)
+#   core/engine/   libfw's engine: tensors, graph, ops     (sees only itself)
+#   core/formats/  libfw's formats/IO                       (sees the engine's public headers)
+#   core/loader/   libfw's plugin loader                    (sees engine and formats public headers)
+#   runtime/       libfw_runtime                            (sees libfw's public headers)
+#   tools/         fwrun                                    (sees runtime and libfw's public headers)
+#   plugins/       one .so each                             (sees fw/plugin.h and what it includes,
+#                                                            never the loader or runtime)
+#   examples/      built against the installed package      (installed headers only)
 #
-# Include directories already stop most wrong-way includes at compile time
-# (runtime/include is seen only by what links fw_runtime; core/src and
-# tools/fwrun by nobody else); this script catches the rest: relative paths
-# into another layer's folder, and public headers of a higher layer that sit
-# on a lower layer's include path (fw/loader.h for plugins).
+# Include directories stop most wrong-way includes at compile time: each of
+# libfw's layers is an object library that sees only its own folder and the
+# include/ folders of the layers below (core/CMakeLists.txt; ctest's
+# layers_compile_* build probes that must fail); runtime/include is seen only
+# by what links fw_runtime; core/*/src and tools/fwrun by nobody else. This
+# script catches the rest: relative paths into another layer's folder, and
+# public headers of a higher layer that sit on a lower layer's include path
+# (fw/loader.h for plugins).
 #
 # Usage: tests/check_layers.sh SOURCE_DIR      check the tree
 #        tests/check_layers.sh --self-test      each rule refuses a planted include
@@ -24,11 +29,14 @@ set -uo pipefail
 allowed=
 
 # rule: LAYER_GLOB<TAB>FORBIDDEN_REGEX<TAB>WHY
-rules=$'core/\tfw/runtime|runtime/|tools/|plugins/|fwrun\\.h\tcore (engine, formats, loader) is the bottom layer
-runtime/\ttools/|fwrun\\.h|plugins/|core/src|internal\\.h|kernel\\.h\tthe runtime sees core\'s public headers only
-tools/\tcore/src|(^|/)internal\\.h|(^|/)kernel\\.h|tokenizer_internal\\.h|plugins/|runtime/src\ttools see the public headers of core and runtime only
-plugins/\tfw/runtime|fw/loader\\.h|fw/fw\\.h|core/src|(^|/)internal\\.h|runtime/|tools/|fwrun\\.h\tplugins see fw/plugin.h and the engine\'s headers, never the loader, runtime or tools
-examples/\t^\\.\\./|core/src|(^|/)internal\\.h|fw/loader\\.h|tools/\texamples use the installed headers only'
+rules=$'core/\tfw/runtime|runtime/|tools/|plugins/|fwrun\\.h\tlibfw (engine, formats, loader) is below the runtime, tools and plugins
+core/engine/\tfw/(io|safetensors|tokenizer|chat_template|plugin|loader|fw)\\.h|formats/|loader/|tokenizer_(internal|hf)\\.h|loader_internal\\.h\tthe engine is the bottom layer: it sees no header of formats or the loader
+core/formats/\tfw/(plugin|loader|fw)\\.h|loader/|engine/src|(^|/)internal\\.h|(^|/)kernel\\.h|vmath\\.h|loader_internal\\.h\tformats/IO sees the engine\'s public headers only, nothing of the loader
+core/loader/\tengine/src|formats/src|(^|/)internal\\.h|(^|/)kernel\\.h|vmath\\.h|tokenizer_(internal|hf)\\.h\tthe loader sees the public headers of the engine and formats only
+runtime/\ttools/|fwrun\\.h|plugins/|core/[a-z]+/src|core/src|(^|/)internal\\.h|(^|/)kernel\\.h|loader_internal\\.h\tthe runtime sees libfw\'s public headers only
+tools/\tcore/[a-z]+/src|core/src|(^|/)internal\\.h|(^|/)kernel\\.h|tokenizer_internal\\.h|loader_internal\\.h|plugins/|runtime/src\ttools see the public headers of libfw and the runtime only
+plugins/\tfw/runtime|fw/loader\\.h|fw/fw\\.h|core/[a-z]+/src|core/src|(^|/)internal\\.h|loader_internal\\.h|runtime/|tools/|fwrun\\.h\tplugins see fw/plugin.h and the engine\'s headers, never the loader, runtime or tools
+examples/\t^\\.\\./|core/[a-z]+/src|core/src|(^|/)internal\\.h|fw/loader\\.h|tools/\texamples use the installed headers only'
 
 check_tree() {  # root: prints violations, returns their count (capped)
 	local root=$1 bad=0
@@ -65,23 +73,45 @@ if [ "${1:-}" = "--self-test" ]; then
 			fails=$((fails + 1))
 		fi
 	}
-	plant core/src fw/runtime.h
-	plant core/src ../../tools/fwrun/fwrun.h
+	plant core/engine/src fw/runtime.h
+	plant core/loader/src ../../../tools/fwrun/fwrun.h
+	plant core/engine/src fw/io.h
+	plant core/engine/src fw/plugin.h
+	plant core/engine/src fw/fw.h
+	plant core/engine/src ../../formats/src/tokenizer_hf.h
+	plant core/engine/src loader_internal.h
+	plant core/formats/src fw/plugin.h
+	plant core/formats/src fw/loader.h
+	plant core/formats/src internal.h
+	plant core/formats/src ../../engine/src/kernel.h
+	plant core/loader/src internal.h
+	plant core/loader/src tokenizer_internal.h
+	plant core/loader/src ../../engine/src/vmath.h
+	plant runtime/src ../../core/engine/src/internal.h
+	plant runtime/src loader_internal.h
 	plant runtime/src ../../tools/fwrun/fwrun.h
 	plant runtime/src internal.h
-	plant tools/fwrun ../../core/src/internal.h
+	plant tools/fwrun ../../core/engine/src/internal.h
+	plant plugins/attention/x ../../../core/loader/src/loader_internal.h
 	plant tools/fwrun ../../plugins/peft/lora/other.h
 	plant plugins/peft/x fw/runtime.h
 	plant plugins/peft/x fw/runtime/schedule.h
 	plant plugins/peft/x fw/loader.h
 	plant plugins/arch/x ../../../runtime/src/a.h
-	plant examples/x ../../core/include/fw/fw.h
+	plant examples/x ../../core/loader/include/fw/fw.h
 	plant tools/fwrun ../../plugins/peft/lora/lora_format.h
 	plant tools/fwrun ../../plugins/arch/decoder/dims.h
 	# and the public headers stay allowed
 	rm -rf "${work:?}"/*
 	mkdir -p "$work/tools/fwrun"
 	printf '#include "fw/runtime.h"\n#include "fw/plugin.h"\n' >"$work/tools/fwrun/ok.c"
+	mkdir -p "$work/core/engine/src" "$work/core/formats/src" "$work/core/loader/src"
+	printf '#include "internal.h"\n#include "kernel.h"\n#include "vmath.h"\n#include "fw/graph.h"\n' \
+		>"$work/core/engine/src/ok.c"
+	printf '#include "fw/tensor.h"\n#include "fw/io.h"\n#include "tokenizer_internal.h"\n' \
+		>"$work/core/formats/src/ok.c"
+	printf '#include "fw/fw.h"\n#include "fw/plugin.h"\n#include "loader_internal.h"\n' \
+		>"$work/core/loader/src/ok.c"
 	if ! check_tree "$work"; then
 		echo "check_layers self-test: an allowed include was refused"
 		fails=$((fails + 1))

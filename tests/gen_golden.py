@@ -15,7 +15,7 @@ case name; the reference math then runs in float64 on those exact values and
 the results are rounded once to float32, so the golden values are the
 correctly rounded answers and fw's float32 error is what the test measures.
 
-Semantics follow core/include/fw/ops.h where it differs from PyTorch: a fully
+Semantics follow core/engine/include/fw/ops.h where it differs from PyTorch: a fully
 masked softmax row gives zeros (torch: NaN), an out-of-range embedding id gives
 a zero row, cross-entropy over zero counted tokens is 0 (torch: NaN), targets
 outside [0, V) other than ignore_index are not counted.

@@ -128,7 +128,7 @@ def build_specs(r):
     total = sum(counts[p] for p in pieces)
     # Many pieces share a score (equal counts): segmentations tie often, and
     # the reference's float parsing decides ties (see serde_f64 in
-    # core/src/tokenizer_hf_models.c).
+    # core/formats/src/tokenizer_hf_models.c).
     uni = [["<pad>", 0.0], ["</s>", 0.0], ["<unk>", 0.0]] + \
         [[p, math.log(counts[p] / total)] for p in pieces if p not in ("<pad>", "</s>", "<unk>")]
     uni_b = uni + [["<0x%02X>" % b, -30.0] for b in range(256)]

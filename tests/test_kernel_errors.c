@@ -1,6 +1,6 @@
 /* test_kernel_errors.c - a kernel that cannot run is an error, not an abort.
  *
- * fw_matmul_fail_primitives (a test hook in core/src/matmul.c) makes every
+ * fw_matmul_fail_primitives (a test hook in core/engine/src/matmul.c) makes every
  * oneDNN primitive creation fail, as it would for a shape, dtype or CPU that
  * oneDNN cannot serve. fw_graph_forward and fw_graph_backward must then
  * return the status with one line in the context's error that names the

@@ -1,7 +1,7 @@
 /* test_matmul_half.c - bf16 and f16 products on every CPU, by both kernels.
  *
  * A bf16 or f16 matmul runs on oneDNN's own kernel where this CPU has one,
- * and otherwise widens its operands to f32 (core/src/matmul.c). Both paths
+ * and otherwise widens its operands to f32 (core/engine/src/matmul.c). Both paths
  * are checked here on every machine: the native one as found, and the
  * widening one forced with fw_matmul_force_fallback. The oracle is plain
  * double-precision math on the operands' half-precision values: a product

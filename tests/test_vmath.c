@@ -1,4 +1,4 @@
-/* test_vmath.c - core/src/vmath.h, the one home of fw's vectorisable exp,
+/* test_vmath.c - core/engine/src/vmath.h, the one home of fw's vectorisable exp,
  * expm1, sigmoid, tanh and erf (softmax, cross-entropy, GELU and the other
  * kernels of ops_nn.c and ops_elementwise.c), against glibc's double
  * functions across each range. Bounds in float ulps of the

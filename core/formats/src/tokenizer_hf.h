@@ -1,4 +1,4 @@
-/* tokenizer_hf.h - the Hugging Face tokenizer.json pipeline (private to core/src/tokenizer*.c).
+/* tokenizer_hf.h - the Hugging Face tokenizer.json pipeline (private to core/formats/src/tokenizer*.c).
  *
  * normalizer -> pre-tokenizer -> model -> post-processor, and the decoder, as
  * Hugging Face's tokenizers library (Rust, 0.2x) runs them, without offsets:

@@ -9,7 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "internal.h"
+#include "loader_internal.h"
 
 #ifndef FW_BUILD_DIR
 #define FW_BUILD_DIR ""

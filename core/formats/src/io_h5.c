@@ -16,7 +16,6 @@
 
 #include <hdf5.h>
 
-#include "internal.h"
 #include "fw/io.h"
 
 #define FW_H5_FORMAT "fw-tensors"

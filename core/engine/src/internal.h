@@ -2,7 +2,13 @@
 #ifndef FW_INTERNAL_H
 #define FW_INTERNAL_H
 
-#include "fw/fw.h"
+/* The engine's own public headers only: nothing of formats, loader or above. */
+#include "fw/status.h"
+#include "fw/tensor.h"
+#include "fw/ops.h"
+#include "fw/op.h"
+#include "fw/graph.h"
+#include "fw/machine.h"
 
 #define FW_ALIGN 64
 
@@ -31,9 +37,6 @@ extern const struct fw_op_i fw_op_matmul_i, fw_op_add_i, fw_op_sub_i, fw_op_mul_
 	fw_op_softmax_i, fw_op_dropout_i, fw_op_cross_entropy_i, fw_op_concat_i,
 	fw_op_slice_i, fw_op_reshape_i, fw_op_permute_i, fw_op_cont_i, fw_op_sum_i,
 	fw_op_mean_i, fw_op_cast_i, fw_op_rope_i, fw_op_kv_write_i, fw_op_lstm_i;
-
-/* Opens/closes the window in which plugins may register ops (host.c). */
-void fw_host_registration(bool open);
 
 /* Creates a bare tensor in ctx (no op); NULL with ctx->err set on failure. */
 struct fw_tensor *fw_tensor_new(struct fw_ctx *ctx, enum fw_dtype dt, int ndim,

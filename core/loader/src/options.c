@@ -1,11 +1,12 @@
 /* options.c - typed plugin options: parse, validate, suggest, resolve. */
 #include <errno.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
-#include "internal.h"
+#include "fw/loader.h"
 
 struct fw_options {
 	const struct fw_option_def *defs;

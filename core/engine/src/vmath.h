@@ -1,6 +1,6 @@
 /* vmath.h - the one home of fw's vectorisable float math (exp, expm1,
  * sigmoid, tanh, erf), for kernels whose `omp simd` loops must vectorise.
- * Internal to libfw (core/src); tests/test_vmath.c checks the errors below
+ * Internal to libfw's engine (core/engine/src); tests/test_vmath.c checks the errors below
  * against libm in double.
  */
 #ifndef FW_VMATH_H

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "internal.h"
+#include "loader_internal.h"
 
 static enum fw_log_level log_threshold = FW_LOG_INFO;
 

@@ -2,7 +2,7 @@
  *
  * A tokenizer_config.json's "chat_template" is a Jinja template that turns a
  * conversation into the prompt text a model was trained on. fw renders it
- * with its own small Jinja interpreter (core/src/chat_template.c): no Jinja
+ * with its own small Jinja interpreter (core/formats/src/chat_template.c): no Jinja
  * library for C is packaged in Debian, so the subset real templates use is
  * written here, and tests/chat_templates.py checks it byte for byte against
  * @huggingface/jinja (the JavaScript implementation transformers.js uses) on

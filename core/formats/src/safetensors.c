@@ -10,7 +10,6 @@
 
 #include <jansson.h>
 
-#include "internal.h"
 #include "fw/safetensors.h"
 
 static int st_dtype(const char *s)
