@@ -307,6 +307,23 @@ struct fw_hf_map {
 	 * parameter has no Hugging Face counterpart. */
 	bool (*tensor_key)(const struct fw_options *opts, const char *param, char *key,
 			   size_t len, bool *transpose);
+	/* Optional, read only when size covers them (FW_HAS). A parameter that
+	 * Hugging Face stores as several tensors stacked along dim 0 (Llama's
+	 * q_proj, k_proj, v_proj of a fused c_attn): the key of part `part` and
+	 * its rows; false past the last part, and for a parameter of one
+	 * tensor (tensor_key's). */
+	bool (*tensor_part)(const struct fw_options *opts, const char *param, int part,
+			    char *key, size_t len, int64_t *rows);
+	/* Options that are not one config.json key each (Llama's rope_scaling,
+	 * its fixed RMSNorm and SwiGLU, defaults that differ from the arch's):
+	 * "option = value" lines into ini (len bytes) for the config.json at
+	 * path that check_config accepted; import applies those the keys did
+	 * not set. false: ini too short. */
+	bool (*import_options)(const char *path, char *ini, size_t len);
+	/* The config.json keys that are not one option each, for export: a JSON
+	 * object's text into json (len bytes), merged into the file. false:
+	 * json too short. */
+	bool (*export_keys)(const struct fw_options *opts, char *json, size_t len);
 };
 
 /* PEFT: receives hook points while the arch builds, then owns its tensors.
