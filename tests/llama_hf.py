@@ -6,17 +6,19 @@ Usage: /usr/bin/python3 tests/llama_hf.py --fwrun PATH --plugin-path DIR
 Each model is a random-weight Hugging Face folder written here by hand
 (config.json as transformers writes it, safetensors; llama sharded into
 model-0000N-of-00002.safetensors with model.safetensors.index.json; mistral
-in BF16), and the same weights, under Hugging Face's names, run in a
+in BF16 with sliding_window 8), and the same weights, under Hugging Face's names, run in a
 plain-torch transcription of modeling_llama / modeling_mistral /
 modeling_qwen2 (separate q/k/v/o, gate/up/down projections, Qwen2's q/k/v
-biases, LlamaRMSNorm, rotate_half RoPE with rope_theta and llama3
+biases, Mistral's window mask (i - j < sliding_window, as current
+modeling_mistral), LlamaRMSNorm, rotate_half RoPE with rope_theta and llama3
 rope_scaling, repeat_kv), written from the published code, not from fw.
 Checks: fwrun import; fwrun eval against torch's mean cross-entropy (1e-5
-relative); fwrun generate greedy ids identical to torch's; fwrun export
+relative; Mistral also under attention/sparse's equal window, and refused by
+attention/flash); fwrun generate greedy ids identical to torch's; fwrun export
 (Hugging Face's names and shapes, values bit-exact, config.json keys that
 transformers reads back) and import of the export bit-exact to the first
 import; bad folders (rope_scaling yarn, a missing shard, an index that puts
-a tensor in the wrong shard, Mistral's sliding window, attention_bias):
+a tensor in the wrong shard, sliding_window 0, attention_bias):
 one "fwrun:" line naming the file, a non-zero exit, no output file.
 Ends with "llama_hf: N passed, M failed"; exit 0 only when none failed.
 """
@@ -59,7 +61,7 @@ MODELS = {
     "mistral": dict(BASE, model_type="mistral", architectures=["MistralForCausalLM"],
                     num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1,
                     hidden_size=64, intermediate_size=96, rms_norm_eps=1e-6, rope_theta=10000.0,
-                    sliding_window=None, tie_word_embeddings=True, torch_dtype="bfloat16"),
+                    sliding_window=8, tie_word_embeddings=True, torch_dtype="bfloat16"),
     "qwen2": dict(BASE, model_type="qwen2", architectures=["Qwen2ForCausalLM"],
                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                   hidden_size=64, intermediate_size=72, rms_norm_eps=1e-6, rope_theta=1000000,
@@ -219,7 +221,36 @@ def check_model(fw, work, name, c, seed, val, val_path):
             got = got[len(PROMPT):]
         R.check(f"{name}: greedy {GEN_NEW} tokens identical to torch", got == want,
                 f"fw {got} torch {want}; smallest torch top-2 margin {margin:.2e}")
+    if c.get("sliding_window") and name == "mistral":
+        check_window_plugins(fw, name, c, h5, ref, val_path)
     check_export(fw, work, name, c, Wr, h5)
+
+
+def check_window_plugins(fw, name, c, h5, ref, val_path):
+    """The window through attention/sparse's equal window; refused by flash and by
+    sparse with another window: one line, exit 2."""
+    w = c["sliding_window"]
+    ev = [f"--load={h5}", f"--valid-data={val_path}", f"--micro-batch-size={EVAL_B}",
+          f"--seq-length={EVAL_T}", f"--eval-iters={EVAL_K}", "--threads=2"]
+    p = fw("eval", "--plugins=arch/decoder,attention/sparse", "--sparse-pattern=window",
+           f"--sparse-window={w}", *ev)
+    if R.check(f"{name}: eval under attention/sparse --sparse-window={w} runs",
+               p.returncode == 0, g2.describe(p)):
+        got = json.loads(p.stdout.strip().splitlines()[-1])["eval_loss"]
+        r = g2.rel(got, ref)
+        R.check(f"{name}: sparse window eval fw {got:.9g} vs torch {ref:.9g}", r <= TOL_EVAL,
+                f"rel {r:.2e}")
+    for what, args, expect in (
+            ("attention/flash", ["--plugins=arch/decoder,attention/flash"],
+             "sliding window .* is not supported"),
+            (f"attention/sparse --sparse-window={w + 1}",
+             ["--plugins=arch/decoder,attention/sparse", f"--sparse-window={w + 1}"],
+             f"--sparse-window={w}")):
+        p = fw("eval", *args, *ev)
+        lines = [l for l in p.stderr.splitlines() if l.strip()]
+        R.check(f"{name}: window {w} under {what}: one line, exit 2",
+                p.returncode == 2 and len(lines) == 1 and re.search(expect, lines[0]) is not None,
+                g2.describe(p))
 
 
 def check_export(fw, work, name, c, Wr, h5):
@@ -239,8 +270,7 @@ def check_export(fw, work, name, c, Wr, h5):
             f"{bad[:4]}")
     with open(os.path.join(ex, "config.json")) as f:
         cfg = json.load(f)
-    # a Mistral without a window is written as the Llama it computes
-    mt = "llama" if c["model_type"] == "mistral" else c["model_type"]
+    mt = c["model_type"]
     keys = ["num_hidden_layers", "num_attention_heads", "num_key_value_heads", "hidden_size",
             "intermediate_size", "vocab_size", "max_position_embeddings", "tie_word_embeddings",
             "hidden_act"]
@@ -249,7 +279,8 @@ def check_export(fw, work, name, c, Wr, h5):
         if cfg.get(k) is None or abs(cfg[k] - c[k]) > 1e-12 * abs(c[k]):
             diff[k] = (cfg.get(k), c[k])
     if cfg.get("model_type") != mt or cfg.get("architectures") != [
-            {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[mt]]:
+            {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+             "mistral": "MistralForCausalLM"}[mt]]:
         diff["model_type"] = (cfg.get("model_type"), cfg.get("architectures"))
     if cfg.get("torch_dtype") != "float32":
         diff["torch_dtype"] = cfg.get("torch_dtype")
@@ -257,6 +288,8 @@ def check_export(fw, work, name, c, Wr, h5):
     got_rs = cfg.get("rope_scaling", "absent")
     if want_rs != got_rs:
         diff["rope_scaling"] = (got_rs, want_rs)
+    if mt == "mistral" and cfg.get("sliding_window") != c["sliding_window"]:
+        diff["sliding_window"] = cfg.get("sliding_window")
     if mt == "llama" and cfg.get("attention_bias") is not False:
         diff["attention_bias"] = cfg.get("attention_bias")
     R.check(f"{name}: export config.json has the keys transformers reads", not diff, f"{diff}")
@@ -306,11 +339,8 @@ def check_bad(fw, work):
          r"model\.safetensors\.index\.json"),
         ("an index that puts a tensor in the wrong shard", "llama", None, 2, wrong_shard,
          "model.safetensors.index.json", r"model\.norm\.weight"),
-        ("mistral sliding_window 16 < max_position_embeddings", "mistral",
-         dict(sliding_window=16), 1, None, "config.json", r"sliding_window 16"),
-        ("mistral without sliding_window (HF's default 4096 < 8192 positions)", "mistral",
-         dict(max_position_embeddings=8192, sliding_window="drop"), 1, None, "config.json",
-         r"sliding_window 4096"),
+        ("mistral sliding_window 0", "mistral", dict(sliding_window=0), 1, None,
+         "config.json", r"sliding_window 0 is not null or an integer"),
         ("llama attention_bias true", "llama", dict(attention_bias=True), 1, None,
          "config.json", r"attention_bias true"),
         ("qwen2 use_sliding_window true", "qwen2", dict(use_sliding_window=True), 1, None,
@@ -319,12 +349,7 @@ def check_bad(fw, work):
          "config.json", r"num_key_value_heads 4"),
     ]
     for i, (what, name, over, shards, after, named, expect) in enumerate(cases):
-        if over and over.get("sliding_window") == "drop":
-            over = {k: v for k, v in over.items() if k != "sliding_window"}
-            d = bad_folder(work, str(i), name, over, shards,
-                           lambda d: strip_key(d, "sliding_window"))
-        else:
-            d = bad_folder(work, str(i), name, over, shards, after)
+        d = bad_folder(work, str(i), name, over, shards, after)
         out = os.path.join(work, "bad_out.h5")
         p = fw("import", d, out)
         lines = [l for l in p.stderr.splitlines() if l.strip()]
@@ -339,15 +364,6 @@ def check_bad(fw, work):
             problems.append("output written")
         R.check(f"bad folder: {what}: one line, exit 1/2, no output", not problems,
                 f"{problems}: {g2.describe(p)}")
-
-
-def strip_key(d, key):
-    path = os.path.join(d, "config.json")
-    with open(path) as f:
-        c = json.load(f)
-    c.pop(key, None)
-    with open(path, "w") as f:
-        json.dump(c, f)
 
 
 def main():

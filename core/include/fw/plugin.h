@@ -180,6 +180,11 @@ struct fw_attn_spec {
 	 * cache length onwards while generating. */
 	float rope_scale_factor, rope_scale_low_freq, rope_scale_high_freq;
 	int rope_scale_orig_max_pos;
+	/* Read only when FW_HAS(spec, window). FW_MASK_CAUSAL with a sliding
+	 * window (Mistral's sliding_window): query position i sees keys j with
+	 * i - window < j <= i, while generating too; 0 = none. A plugin that
+	 * cannot honour it fails attend (FW_ERR_INVALID, one line). */
+	int64_t window;
 };
 
 struct fw_attention_i {

@@ -35,6 +35,7 @@ struct decoder {
 	bool rope_interleaved;
 	float rope_factor, rope_low, rope_high;
 	int rope_orig;
+	int64_t window;
 };
 
 static struct fw_tensor *param(const struct decoder *d, struct fw_model *m, int nd,
@@ -128,6 +129,7 @@ static struct fw_tensor *block(const struct decoder *d, struct fw_model *m,
 		.rope_dim = d->rope_dim, .rope_interleaved = d->rope_interleaved,
 		.rope_scale_factor = d->rope_factor, .rope_scale_low_freq = d->rope_low,
 		.rope_scale_high_freq = d->rope_high, .rope_scale_orig_max_pos = d->rope_orig,
+		.window = d->window,
 	};
 	struct fw_tensor *y = h->attention(m, &spec, q, k, v);     /* (B, T, H, D) */
 	int64_t flat[3] = { B, T, C };
@@ -311,6 +313,7 @@ static enum fw_status decoder_init(const struct fw_host *host, const struct fw_o
 		.swiglu = fw_opt_bool(o, "swiglu"), .pos = (enum pos_type)pos,
 		.rope_base = (float)fw_opt_float(o, "rotary-base"),
 		.rope_interleaved = fw_opt_bool(o, "rotary-interleaved"),
+		.window = fw_opt_int(o, "sliding-window"),
 	};
 	/* The option ranges hold already; this adds the rules between options
 	 * (the same ones fwrun import applies to a config.json). */
@@ -375,6 +378,9 @@ static const struct fw_option_def options[] = {
 	  "grouped-query attention with --num-query-groups KV heads" },
 	{ "num-query-groups", FW_OPT_INT, "1", 1, DECODER_HEAD_MAX, NULL,
 	  "KV heads under --group-query-attention (1 = multi-query); divides n-head" },
+	{ "sliding-window", FW_OPT_INT, "0", 0, DECODER_POS_MAX, NULL,
+	  "causal sliding window as Mistral: position i sees i-w < j <= i; 0 = none (the "
+	  "attention plugin must support it: mha, or sparse with the same window)" },
 	{ "position-embedding-type", FW_OPT_CHOICE, "learned_absolute", 0, -1, positions,
 	  "learned_absolute (GPT-2), rope (Llama), alibi (BLOOM) or none" },
 	{ "rotary-base", FW_OPT_FLOAT, "10000", 1, 1e12, NULL, "RoPE base (theta)" },

@@ -267,6 +267,7 @@ static bool gpt2_describes(const struct fw_options *o)
 	       !strcmp(fw_opt_str(o, "normalization"), "LayerNorm") && fw_opt_bool(o, "bias") &&
 	       !fw_opt_bool(o, "disable-bias-linear") && !fw_opt_bool(o, "swiglu") &&
 	       !fw_opt_bool(o, "group-query-attention") && fw_opt_int(o, "ffn-hidden-size") == 0 &&
+	       fw_opt_int(o, "sliding-window") == 0 &&
 	       !strcmp(fw_opt_str(o, "position-embedding-type"), "learned_absolute");
 }
 

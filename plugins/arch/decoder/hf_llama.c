@@ -3,8 +3,7 @@
  * SwiGLU, RoPE with rotate_half halves, GQA, no biases but Qwen2's q/k/v
  * ones). The decoder fuses q_proj, k_proj, v_proj into c_attn and gate_proj,
  * up_proj into c_fc (rows stacked in that order): those are tensor parts.
- * Mistral's sliding window is refused unless it covers every position
- * (null, or at least max_position_embeddings): the decoder has none.
+ * Mistral's sliding_window is the decoder's --sliding-window (null: 0).
  */
 #include <stdio.h>
 #include <string.h>
@@ -77,6 +76,7 @@ static enum fw_status check_rope_scaling(const char *path, const json_t *rs, boo
 
 struct llama_config {
 	int64_t n_layer, n_head, n_embd, vocab, n_pos, ffn, n_kv;
+	int64_t window;
 	double eps, theta, scale[4];
 	bool tie, llama3;
 };
@@ -182,14 +182,12 @@ static enum fw_status check_family(enum family fam, const char *path, struct lla
 	}
 	if (fam == MISTRAL) {   /* HF's default window is 4096 */
 		v = json_object_get(root, "sliding_window");
-		int64_t w = !v ? 4096 : json_is_integer(v) ? json_integer_value(v) : -1;
-		if ((v && !json_is_null(v) && !json_is_integer(v)) ||
-		    ((!v || json_is_integer(v)) && w < c->n_pos)) {
+		c->window = !v ? 4096 : json_is_integer(v) ? json_integer_value(v) : 0;
+		if ((v && !json_is_null(v) && !json_is_integer(v)) || c->window < 0 ||
+		    c->window > DECODER_POS_MAX || (json_is_integer(v) && !c->window)) {
 			decoder_hf_json_text(v, t, sizeof(t));
-			s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: sliding_window %s%s is not supported: "
-				      "arch/decoder attends over every earlier position (null or >= "
-				      "max_position_embeddings %lld is)", path, v ? t : "4096",
-				      v ? "" : " (the default)", (long long)c->n_pos);
+			s = fw_errorf(err, FW_ERR_FORMAT, "%s: sliding_window %s is not null or an "
+				      "integer in [1, %d]", path, t, DECODER_POS_MAX);
 			goto out;
 		}
 	}
@@ -229,9 +227,9 @@ static bool family_options(enum family fam, const char *path, char *ini, size_t 
 	int n = snprintf(ini, len, "normalization = RMSNorm\nswiglu = true\n"
 			 "position-embedding-type = rope\ngroup-query-attention = true\n"
 			 "disable-bias-linear = true\nadd-qkv-bias = %s\ntie-embeddings = %s\n"
-			 "layer-norm-eps = %.17g\nnum-query-groups = %lld\n",
+			 "layer-norm-eps = %.17g\nnum-query-groups = %lld\nsliding-window = %lld\n",
 			 fam == QWEN2 ? "true" : "false", c.tie ? "true" : "false", c.eps,
-			 (long long)c.n_kv);
+			 (long long)c.n_kv, (long long)c.window);
 	if (c.llama3 && n > 0 && (size_t)n < len)
 		n += snprintf(ini + n, len - (size_t)n, "use-rope-scaling = true\n"
 			      "rope-scaling-factor = %.17g\nrope-scaling-low-freq-factor = %.17g\n"
@@ -287,6 +285,8 @@ static bool llama_keys(const struct fw_options *o, char *json, size_t len)
 			       (json_int_t)fw_opt_int(o, "rope-scaling-original-max-position-"
 						      "embeddings"));
 	json_object_set_new(k, "rope_scaling", rs);
+	if (fw_opt_int(o, "sliding-window"))
+		json_object_set_new(k, "sliding_window", json_integer(fw_opt_int(o, "sliding-window")));
 	char *t = json_dumps(k, JSON_COMPACT);
 	json_decref(k);
 	bool ok = t && strlen(t) < len;
@@ -298,25 +298,32 @@ static bool llama_keys(const struct fw_options *o, char *json, size_t len)
 
 
 /* RMSNorm, SwiGLU, RoPE over whole heads in halves, no biases but
- * optionally q/k/v ones (Qwen2: qkv_bias true). */
-static bool family_describes(const struct fw_options *o, bool qkv_bias)
+ * optionally q/k/v ones (Qwen2: qkv_bias true), a sliding window or not
+ * (Mistral: window true). */
+static bool family_describes(const struct fw_options *o, bool qkv_bias, bool window)
 {
 	bool bias = fw_opt_bool(o, "bias") && !fw_opt_bool(o, "disable-bias-linear");
 	return (!strcmp(fw_opt_str(o, "norm"), "rmsnorm") ||
 		!strcmp(fw_opt_str(o, "normalization"), "RMSNorm")) &&
 	       fw_opt_bool(o, "swiglu") && !bias && fw_opt_bool(o, "add-qkv-bias") == qkv_bias &&
 	       !strcmp(fw_opt_str(o, "position-embedding-type"), "rope") &&
-	       !fw_opt_bool(o, "rotary-interleaved") && fw_opt_float(o, "rotary-percent") == 1.0;
+	       !fw_opt_bool(o, "rotary-interleaved") && fw_opt_float(o, "rotary-percent") == 1.0 &&
+	       (fw_opt_int(o, "sliding-window") > 0) == window;
 }
 
 static bool llama_describes(const struct fw_options *o)
 {
-	return family_describes(o, false);
+	return family_describes(o, false, false);
+}
+
+static bool mistral_describes(const struct fw_options *o)
+{
+	return family_describes(o, false, true);
 }
 
 static bool qwen2_describes(const struct fw_options *o)
 {
-	return family_describes(o, true);
+	return family_describes(o, true, false);
 }
 
 /* fw names -> model.layers.N.*; c_attn and c_fc are parts. */
@@ -395,6 +402,11 @@ static const struct fw_hf_const llama_consts[] = {
 	{ "attention_dropout", "0.0" }, { "torch_dtype", "\"float32\"" },
 };
 
+static const struct fw_hf_const mistral_consts[] = {
+	{ "hidden_act", "\"silu\"" }, { "attention_dropout", "0.0" },
+	{ "torch_dtype", "\"float32\"" },
+};
+
 static const struct fw_hf_const qwen2_consts[] = {
 	{ "hidden_act", "\"silu\"" }, { "use_sliding_window", "false" },
 	{ "attention_dropout", "0.0" }, { "torch_dtype", "\"float32\"" },
@@ -419,4 +431,5 @@ const struct fw_hf_map decoder_hf_qwen2 = FAMILY_MAP(qwen2, "qwen2", "Qwen2ForCa
 						     qwen2_consts, qwen2_describes, llama_keys);
 /* A Mistral without a window is a Llama: export writes the Llama map. */
 const struct fw_hf_map decoder_hf_mistral = FAMILY_MAP(mistral, "mistral", "MistralForCausalLM",
-						       llama_consts, llama_describes, llama_keys);
+						       mistral_consts, mistral_describes,
+						       llama_keys);
