@@ -72,7 +72,9 @@ extern "C" {
  * 1.2: the fingerprint covers fixed layouts only (1.0 and 1.1 plugins carry
  * the older one, which fw still accepts); fw_plugin_entry is declared here;
  * fw_attn_spec.rope_scale_*; fw_peft_i.export_peft.
- * 1.3: fw_peft_i.check; fw_arch_i.hf_maps (struct fw_hf_map). */
+ * 1.3: fw_peft_i.check; fw_arch_i.hf_maps (struct fw_hf_map, with
+ * tensor_part, import_options, export_keys); fw_attn_spec.window (a plugin
+ * built before it ignores the field). */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
 #define FW_ABI_MINOR 3   /* additions at the end of size-stamped structs */
 
