@@ -747,9 +747,9 @@ def check_bad_inputs(fw, work, W, valid_tokens):
     def m_cfg_type(d):
         ok_st(d)
         with open(os.path.join(d, "config.json"), "w") as f:
-            json.dump(hf_config(model_type="llama"), f)
+            json.dump(hf_config(model_type="falcon"), f)
     cases.append(("config.json of another model_type", "cfg", m_cfg_type,
-                  r"config\.json.*llama"))
+                  r"config\.json.*falcon"))
 
     for i, (name, kind, mutate, expect) in enumerate(cases):
         d = os.path.join(work, f"bad{i}")

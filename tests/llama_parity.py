@@ -334,17 +334,23 @@ def check_train(fw, work, name, m, W, ck, tokens, path):
             f"max rel {wn:.2e}")
 
 
+def greedy(logits_of, prompt, n):
+    """n greedy ids after prompt from logits_of(idx (1, T)) (B, T, V), and the
+    smallest top-2 logit margin on the way."""
+    with torch.no_grad():
+        ids, margin = list(prompt), 1e9
+        for _ in range(n):
+            top = torch.topk(logits_of(torch.tensor([ids]))[0, -1], 2)
+            margin = min(margin, float(top.values[0] - top.values[1]))
+            ids.append(int(top.indices[0]))
+    return ids[len(prompt):], margin
+
+
 def check_generate(fw, work, name, m):
     W = random_weights(m, 99, std=0.25)      # blocks that matter for the argmax
     ck = os.path.join(work, name + "_gen.h5")
     write_ckpt(ck, m, W)
-    with torch.no_grad():
-        ids, margin = list(PROMPT), 1e9
-        for _ in range(GEN_NEW):
-            top = torch.topk(forward(m, W, torch.tensor([ids]))[0, -1], 2)
-            margin = min(margin, float(top.values[0] - top.values[1]))
-            ids.append(int(top.indices[0]))
-    ref = ids[len(PROMPT):]
+    ref, margin = greedy(lambda idx: forward(m, W, idx), PROMPT, GEN_NEW)
     p = fw("generate", plugins(), f"--load={ck}",
            "--prompt-tokens=" + ",".join(map(str, PROMPT)), f"--max-new-tokens={GEN_NEW}",
            "--temperature=0", "--threads=2")

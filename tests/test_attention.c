@@ -109,6 +109,7 @@ struct attend_args {
 	enum fw_pos_kind pos;
 	int rope_dim;
 	bool interleaved, causal, with_bias, with_positions;
+	int window;
 };
 
 #define AA(hq, hkv, d, p, ...) \
@@ -127,6 +128,7 @@ static struct fw_tensor *b_attend(struct fw_ctx *c, struct fw_tensor *const *in,
 		.n_kv_head = a->n_kv_head, .head_dim = a->head_dim,
 		.mask = a->causal ? FW_MASK_CAUSAL : FW_MASK_BIDIRECTIONAL, .pos = a->pos,
 		.rope_base = 10000.0f, .rope_dim = a->rope_dim, .rope_interleaved = a->interleaved,
+		.window = a->window,
 	};
 	int k = 3;
 	if (a->with_bias)
@@ -181,6 +183,13 @@ static const struct acase attend_cases[] = {
 	  AA(6, 3, 40, FW_POS_ROPE, .causal = true, .with_bias = true, .with_positions = true), 5,
 	  { F("q", 2, 5, 6, 40), F("k", 2, 5, 3, 40), F("v", 2, 5, 3, 40),
 	    CONSTF("bias", seg_bias, 2, 1, 5, 5), INT("pos", packed_pos, 2, 5) } },
+	{ "GQA 6/2 + RoPE + sliding window 3 (op mha.window), D 40, T 7",
+	  AA(6, 2, 40, FW_POS_ROPE, .causal = true, .window = 3), 3,
+	  { F("q", 2, 7, 6, 40), F("k", 2, 7, 2, 40), F("v", 2, 7, 2, 40) } },
+	{ "MQA 5/1 + ALiBi + window 2 + packed mask, D 40",
+	  AA(5, 1, 40, FW_POS_ALIBI, .causal = true, .with_bias = true, .window = 2), 4,
+	  { F("q", 2, 5, 5, 40), F("k", 2, 5, 1, 40), F("v", 2, 5, 1, 40),
+	    CONSTF("bias", seg_bias, 2, 1, 5, 5) } },
 	{ "relative bias (H, T, T), 3 heads, learned", AA(3, 3, 8, FW_POS_RELATIVE, .causal = true),
 	  4, { F("q", 1, 5, 3, 8), F("k", 1, 5, 3, 8), F("v", 1, 5, 3, 8), F("pb", 3, 5, 5) } },
 };

@@ -339,7 +339,11 @@ START_TEST(test_decoder_hf_map)
 	ck_assert_ptr_nonnull(ai->hf_maps);
 	const struct fw_hf_map *m = ai->hf_maps[0];
 	ck_assert_ptr_nonnull(m);
-	ck_assert_ptr_null(ai->hf_maps[1]);
+	/* then the Llama family (hf_llama.c; tests/llama_hf.py runs them) */
+	static const char *const family[] = { "llama", "qwen2", "mistral" };
+	for (int i = 0; i < 3; i++)
+		ck_assert_str_eq(ai->hf_maps[1 + i]->model_type, family[i]);
+	ck_assert_ptr_null(ai->hf_maps[4]);
 	ck_assert_str_eq(m->model_type, "gpt2");
 	ck_assert_str_eq(m->architecture, "GPT2LMHeadModel");
 	static const char *const pairs[][2] = {

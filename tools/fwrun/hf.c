@@ -162,6 +162,27 @@ static enum fw_status set_options(struct hf_model *h, const char *path, json_t *
 		}
 		fprintf(f, "%s = %s\n", k->option, text);
 	}
+	/* the options that are not one key each, where the keys set none */
+	char extra[2048], *save = NULL;
+	if (st == FW_OK && FW_HAS(h->map, import_options) && h->map->import_options &&
+	    !h->map->import_options(path, extra, sizeof(extra)))
+		st = fw_errorf(err, FW_ERR_INTERNAL, "%s: %s's options from it are too long", path,
+			       h->arch->desc->name);
+	else if (st == FW_OK && FW_HAS(h->map, import_options) && h->map->import_options) {
+		for (char *line = strtok_r(extra, "\n", &save); line && st == FW_OK;
+		     line = strtok_r(NULL, "\n", &save)) {
+			char *eq = strstr(line, " = ");
+			struct fw_err e = { 0 };
+			if (!eq)
+				continue;
+			*eq = '\0';
+			if (fw_options_has(h->arch->opts, line))
+				continue;
+			if (fw_options_set(h->arch->opts, line, eq + 3, &e) != FW_OK)
+				st = fw_errorf(err, FW_ERR_FORMAT, "%s: %s", path, e.msg);
+			fprintf(f, "%s = %s\n", line, eq + 3);
+		}
+	}
 	if (fclose(f) != 0 && st == FW_OK)
 		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	if (st == FW_OK)
@@ -205,8 +226,8 @@ static const struct fw_st_entry *find_key(const struct fw_st_file *f, const stru
 	const struct fw_st_entry *e = fw_st_find(f, key);
 	for (const char *const *p = map->key_prefixes; !e && p && *p; p++) {
 		char pref[2 * FW_NAME_MAX];
-		snprintf(pref, sizeof(pref), "%s%s", *p, key);
-		e = fw_st_find(f, pref);
+		if (snprintf(pref, sizeof(pref), "%s%s", *p, key) < (int)sizeof(pref))
+			e = fw_st_find(f, pref);
 	}
 	return e;
 }
@@ -217,47 +238,86 @@ static bool ends_with(const char *s, const char *end)
 	return n >= m && !strcmp(s + n - m, end);
 }
 
+/* A parameter's Hugging Face tensors: one (tensor_key's, maybe transposed)
+ * or parts stacked along dim 0 (the map's tensor_part). */
+#define HF_PARTS_MAX 8
+struct hf_part {
+	char key[2 * FW_NAME_MAX];
+	int64_t rows;
+};
+
+/* The parts of t (0: no Hugging Face counterpart); *tr: stored (in, out). */
+static int parts_of(const struct hf_model *h, const struct fw_tensor *t, struct hf_part *p,
+		    bool *tr)
+{
+	const struct fw_hf_map *m = h->map;
+	int n = 0;
+	*tr = false;
+	while (FW_HAS(m, tensor_part) && m->tensor_part && n < HF_PARTS_MAX &&
+	       m->tensor_part(h->arch->opts, t->name, n, p[n].key, sizeof(p[n].key), &p[n].rows))
+		n++;
+	if (n)
+		return n;
+	p[0].rows = t->ne[0];
+	return m->tensor_key(h->arch->opts, t->name, p[0].key, sizeof(p[0].key), tr) ? 1 : 0;
+}
+
+/* The elements before row `row` of t, and in rows rows of it. */
+static int64_t row_elems(const struct fw_tensor *t, int64_t rows)
+{
+	return t->ndim ? fw_nelem(t) / t->ne[0] * rows : rows;
+}
+
 /* Every parameter is in st with its shape (transposed where the map says)
  * and a float dtype; every tensor of st is a parameter or a buffer. */
 static enum fw_status check_tensors(const struct fw_st_file *st, const char *path,
 				    const char *config, json_t *root, struct hf_model *h,
 				    struct fw_err *err)
 {
-	char have[96], want[96], why[256], key[2 * FW_NAME_MAX];
+	char have[96], want[96], why[256];
+	struct hf_part parts[HF_PARTS_MAX];
 	bool tr;
 	for (int i = 0; i < h->n; i++) {
 		const struct fw_tensor *t = h->params[i];
-		if (!h->map->tensor_key(h->arch->opts, t->name, key, sizeof(key), &tr))
-			continue;
-		const struct fw_st_entry *e = find_key(st, h->map, key);
-		if (!e)
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: missing tensor '%s'", path, key);
-		int64_t ne[FW_MAX_DIMS];
-		memcpy(ne, t->ne, sizeof(ne));
-		if (tr && t->ndim == 2)
-			ne[0] = t->ne[1], ne[1] = t->ne[0];
-		bool same = e->ndim == t->ndim;
-		for (int d = 0; same && d < t->ndim; d++)
-			same = e->ne[d] == ne[d];
-		if (!same) {
-			shape_text(e->ndim, e->ne, have, sizeof(have));
-			shape_text(t->ndim, ne, want, sizeof(want));
-			sizes_from(root, h->map, ne, t->ndim, why, sizeof(why));
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' has shape %s; %s (%s) needs "
-					 "%s", path, e->name, have, config, why, want);
+		int np = parts_of(h, t, parts, &tr);
+		for (int j = 0; j < np; j++) {
+			const char *key = parts[j].key;
+			const struct fw_st_entry *e = find_key(st, h->map, key);
+			if (!e)
+				return fw_errorf(err, FW_ERR_FORMAT, "%s: missing tensor '%s'", path,
+						 key);
+			int64_t ne[FW_MAX_DIMS];
+			memcpy(ne, t->ne, sizeof(ne));
+			ne[0] = parts[j].rows;
+			if (tr && t->ndim == 2)
+				ne[0] = t->ne[1], ne[1] = t->ne[0];
+			bool same = e->ndim == t->ndim;
+			for (int d = 0; same && d < t->ndim; d++)
+				same = e->ne[d] == ne[d];
+			if (!same) {
+				shape_text(e->ndim, e->ne, have, sizeof(have));
+				shape_text(t->ndim, ne, want, sizeof(want));
+				sizes_from(root, h->map, ne, t->ndim, why, sizeof(why));
+				return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' has shape %s; %s "
+						 "(%s) needs %s", path, e->name, have, config, why,
+						 want);
+			}
+			if (e->dtype != FW_F32 && e->dtype != FW_F16 && e->dtype != FW_BF16)
+				return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' has dtype %s, not a "
+						 "float type (F32, F16, BF16)", path, e->name,
+						 fw_dtype_name(e->dtype));
 		}
-		if (e->dtype != FW_F32 && e->dtype != FW_F16 && e->dtype != FW_BF16)
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' has dtype %s, not a float "
-					 "type (F32, F16, BF16)", path, e->name, fw_dtype_name(e->dtype));
 	}
 	for (int i = 0; i < st->n; i++) {
 		const struct fw_st_entry *e = &st->entries[i];
 		bool known = false;
 		for (const char *const *b = h->map->buffer_suffixes; b && *b && !known; b++)
 			known = ends_with(e->name, *b);
-		for (int k = 0; k < h->n && !known; k++)
-			known = h->map->tensor_key(h->arch->opts, h->params[k]->name, key, sizeof(key),
-						   &tr) && find_key(st, h->map, key) == e;
+		for (int k = 0; k < h->n && !known; k++) {
+			int np = parts_of(h, h->params[k], parts, &tr);
+			for (int j = 0; j < np && !known; j++)
+				known = find_key(st, h->map, parts[j].key) == e;
+		}
 		if (!known) {
 			sizes_from(root, h->map, NULL, 0, why, sizeof(why));
 			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' is not one of the model "
@@ -307,6 +367,112 @@ static struct fw_tokenizer *folder_tokenizer(const char *dir, int64_t vocab, str
 	return t;
 }
 
+/* A folder's weights: model.safetensors, else the shards that
+ * model.safetensors.index.json's weight_map names, as one list of entries
+ * (all; its path is the file read). */
+struct hf_weights {
+	struct fw_st_file *shards;
+	int n;
+	struct fw_st_file all;
+};
+
+static void weights_close(struct hf_weights *w)
+{
+	for (int i = 0; i < w->n; i++)
+		fw_st_close(&w->shards[i]);
+	free(w->shards);
+	free(w->all.entries);
+	free(w->all.path);
+	memset(w, 0, sizeof(*w));
+}
+
+/* The shard of the index's weight_map entry (key, file), opened once; the
+ * key must be in it. */
+static enum fw_status weights_shard(struct hf_weights *w, const char *dir, const char *idx,
+				    const char *key, json_t *file, struct fw_err *err)
+{
+	char path[4200], t[128];
+	if (!json_is_string(file) || strchr(json_string_value(file), '/')) {
+		json_text(file, t, sizeof(t));
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: weight_map '%s': %s is not a file name in "
+				 "the folder", idx, key, t);
+	}
+	snprintf(path, sizeof(path), "%s/%s", dir, json_string_value(file));
+	int i = 0;
+	while (i < w->n && strcmp(w->shards[i].path, path))
+		i++;
+	if (i == w->n) {
+		struct fw_err e = { 0 };
+		enum fw_status st = fw_st_open(path, &w->shards[i], &e);
+		if (st != FW_OK)
+			return fw_errorf(err, st, "%s (a shard of %s)", e.msg, idx);
+		w->n++;
+	}
+	if (!fw_st_find(&w->shards[i], key))
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: weight_map puts '%s' in %s, which has no "
+				 "such tensor", idx, key, path);
+	return FW_OK;
+}
+
+static enum fw_status weights_open(const char *dir, struct hf_weights *w, struct fw_err *err)
+{
+	char path[4200], idx[4200];
+	snprintf(path, sizeof(path), "%s/model.safetensors", dir);
+	snprintf(idx, sizeof(idx), "%s/model.safetensors.index.json", dir);
+	json_t *root = NULL, *map = NULL, *file;
+	enum fw_status st = FW_OK;
+	const char *key, *from = path;
+	if (access(path, F_OK) != 0 && access(idx, F_OK) == 0) {
+		json_error_t je;
+		from = idx;
+		if (!(root = json_load_file(idx, JSON_REJECT_DUPLICATES, &je)))
+			return fw_errorf(err, FW_ERR_FORMAT, "%s:%d:%d: %s", idx, je.line, je.column,
+					 je.text);
+		map = json_object_get(root, "weight_map");
+		if (!json_is_object(map) || !json_object_size(map)) {
+			json_decref(root);
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: weight_map is not an object of tensor "
+					 "names to shard files", idx);
+		}
+	}
+	if (!(w->shards = calloc(map ? json_object_size(map) : 1, sizeof(*w->shards)))) {
+		json_decref(root);
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	}
+	if (!map && (st = fw_st_open(path, &w->shards[0], err)) == FW_OK)
+		w->n = 1;
+	json_object_foreach(map, key, file) {
+		if (st == FW_OK)
+			st = weights_shard(w, dir, idx, key, file, err);
+	}
+	int total = 0;
+	for (int i = 0; i < w->n; i++)
+		total += w->shards[i].n;
+	if (st == FW_OK && (!(w->all.path = strdup(from)) ||
+			    !(w->all.entries = calloc((size_t)total + 1, sizeof(*w->all.entries)))))
+		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	/* every tensor of a shard is the index's, in that shard */
+	for (int i = 0; st == FW_OK && i < w->n; i++) {
+		for (int j = 0; st == FW_OK && j < w->shards[i].n; j++) {
+			const struct fw_st_entry *e = &w->shards[i].entries[j];
+			file = map ? json_object_get(map, e->name) : NULL;
+			char at[4200];
+			snprintf(at, sizeof(at), "%s/%s", dir, json_string_value(file) ?
+				 json_string_value(file) : "");
+			if (map && (!file || strcmp(at, w->shards[i].path)))
+				st = fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' of %s is %s", idx,
+					       e->name, w->shards[i].path, file ? "in weight_map under "
+					       "another shard" : "not in weight_map");
+			else
+				w->all.entries[w->all.n++] = *e;
+		}
+	}
+	json_decref(root);
+	if (st != FW_OK)
+		weights_close(w);
+	return st;
+}
+
 /* config.json, parsed: an error names the line and column; the arch's
  * check names key and value. */
 static json_t *load_config(const char *path, struct fw_err *err)
@@ -329,9 +495,10 @@ int cmd_import(int argc, char **argv)
 {
 	if (argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"))) {
 		printf("usage: fwrun import HF_DIR OUT.h5\nReads a Hugging Face folder (config.json + "
-		       "model.safetensors; F32/F16/BF16) into an fw weights file\nusable with fwrun "
-		       "train/eval/generate --load=OUT.h5. The arch plugin whose Hugging Face map\n"
-		       "has config.json's model_type reads it (arch/decoder: gpt2). The folder's\n"
+		       "model.safetensors, or shards named by\nmodel.safetensors.index.json; "
+		       "F32/F16/BF16) into an fw weights file usable with\nfwrun train/eval/generate "
+		       "--load=OUT.h5. The arch plugin whose Hugging Face map\nhas config.json's "
+		       "model_type reads it (arch/decoder: gpt2, llama, mistral, qwen2).\nThe folder's "
 		       "tokenizer (tokenizer.json, or vocab.json + merges.txt), if any, is stored with\n"
 		       "it, with tokenizer_config.json (its chat_template) when the folder has one.\n"
 		       "config.json must describe a model the arch computes; nothing is written\n"
@@ -345,10 +512,10 @@ int cmd_import(int argc, char **argv)
 	if (hf_is_encoder_folder(argv[0]))          /* BERT, RoBERTa: hf_bert.c */
 		return bert_import(argv[0], argv[1]);
 	struct fw_err err = { 0 }, perr = { 0 };
-	struct fw_st_file st = { 0 };
+	struct hf_weights w = { 0 };
 	struct hf_model h = { 0 };
 	struct fw_tokenizer *tok = NULL;
-	char *tok_json = NULL, *config = NULL, cpath[4200], path[4200];
+	char *tok_json = NULL, *config = NULL, cpath[4200];
 	const char *model_type = NULL;
 	int rc = EXIT_RUNTIME;
 	json_t *root, *v;
@@ -384,25 +551,29 @@ int cmd_import(int argc, char **argv)
 		goto out;
 	}
 	tok_json = tok ? fw_tokenizer_serialize(tok, &err) : NULL;
-	snprintf(path, sizeof(path), "%s/model.safetensors", argv[0]);
-	if ((tok && !tok_json) || fw_st_open(path, &st, &err) != FW_OK || build(&h, &err) != FW_OK ||
-	    check_tensors(&st, path, "config.json", root, &h, &err) != FW_OK) {
+	if ((tok && !tok_json) || weights_open(argv[0], &w, &err) != FW_OK ||
+	    build(&h, &err) != FW_OK ||
+	    check_tensors(&w.all, w.all.path, "config.json", root, &h, &err) != FW_OK) {
 		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	int n = 0;
 	for (int i = 0; i < h.n; i++) {
 		struct fw_tensor *t = h.params[i];
-		char key[2 * FW_NAME_MAX];
+		struct hf_part parts[HF_PARTS_MAX];
 		bool tr;
-		if (!h.map->tensor_key(h.arch->opts, t->name, key, sizeof(key), &tr))
-			continue;
-		const struct fw_st_entry *e = find_key(&st, h.map, key);
-		if (tr && t->ndim == 2)
-			transpose_to_f32(t->data, e->data, e->dtype, e->ne[0], e->ne[1]);
-		else
-			fw_convert(t->data, FW_F32, e->data, e->dtype, fw_nelem(t));
-		h.params[n++] = t;
+		int np = parts_of(&h, t, parts, &tr);
+		float *to = t->data;
+		for (int j = 0; j < np; j++) {
+			const struct fw_st_entry *e = find_key(&w.all, h.map, parts[j].key);
+			if (tr && t->ndim == 2)
+				transpose_to_f32(to, e->data, e->dtype, e->ne[0], e->ne[1]);
+			else
+				fw_convert(to, FW_F32, e->data, e->dtype, row_elems(t, parts[j].rows));
+			to += row_elems(t, parts[j].rows);
+		}
+		if (np)
+			h.params[n++] = t;
 	}
 	struct fw_h5_attr attrs[] = { { "fw_arch", h.arch->desc->name }, { "config", config },
 				      { "source", argv[0] }, { TOKENIZER_ATTR, tok_json } };
@@ -420,7 +591,7 @@ out:
 	fw_tokenizer_free(tok);
 	hf_model_free(&h);
 	free(config);
-	fw_st_close(&st);
+	weights_close(&w);
 	return rc;
 }
 
@@ -479,6 +650,13 @@ static json_t *export_config(const struct hf_model *h, json_int_t eos)
 	for (int i = 0; cfg && i < h->map->n_consts; i++)
 		json_object_set_new(cfg, h->map->consts[i].key,
 				    json_loads(h->map->consts[i].json, JSON_DECODE_ANY, NULL));
+	char extra[2048];
+	if (cfg && FW_HAS(h->map, export_keys) && h->map->export_keys &&
+	    h->map->export_keys(h->arch->opts, extra, sizeof(extra))) {
+		json_t *x = json_loads(extra, 0, NULL);
+		json_object_update(cfg, x);
+		json_decref(x);
+	}
 	if (cfg && eos >= 0) {          /* the end-of-text id for both, as GPT-2 has it */
 		json_object_set_new(cfg, "bos_token_id", json_integer(eos));
 		json_object_set_new(cfg, "eos_token_id", json_integer(eos));
@@ -564,7 +742,8 @@ int cmd_export(int argc, char **argv)
 		printf("usage: fwrun export IN.h5 OUT_DIR [--base-only] [--dtype=f32|bf16|f16]\n"
 		       "Writes a Hugging Face folder (config.json + model.safetensors) from an fw\n"
 		       "checkpoint or weights file, through its arch plugin's Hugging Face map\n"
-		       "(arch/decoder: GPT-2); fwrun import reads it back bit-exactly. A file with other\n"
+		       "(arch/decoder: GPT-2, Llama, Mistral,\n"
+		       "Qwen2); fwrun import reads it back bit-exactly. A file with other\n"
 		       "trained tensors (a LoRA run's adapter: fwrun merge it first) is refused unless\n"
 		       "--base-only drops them. --dtype=bf16 or f16 rounds the (fp32 master) weights to\n"
 		       "that dtype (nearest even) and sets config.json's torch_dtype (default f32).\n"
@@ -617,34 +796,47 @@ int cmd_export(int argc, char **argv)
 		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
-	/* Under the map's keys, transposed where Hugging Face stores (in, out). */
-	out = calloc((size_t)h.n + 1, sizeof(*out));
-	op = calloc((size_t)h.n + 1, sizeof(*op));
+	/* Under the map's keys, transposed where Hugging Face stores (in, out),
+	 * a parameter of parts as one tensor each. */
+	out = calloc((size_t)h.n * HF_PARTS_MAX + 1, sizeof(*out));
+	op = calloc((size_t)h.n * HF_PARTS_MAX + 1, sizeof(*op));
 	if (!out || !op) {
 		rc = fail(FW_ERR_NOMEM, "export: out of memory");
 		goto out;
 	}
 	for (int i = 0; i < h.n; i++) {
 		const struct fw_tensor *t = h.params[i];
-		struct fw_tensor *o = &out[n];
+		struct hf_part parts[HF_PARTS_MAX];
 		bool tr;
-		if (!h.map->tensor_key(h.arch->opts, t->name, o->name, sizeof(o->name), &tr))
-			continue;
-		o->dtype = FW_F32;
-		o->ndim = t->ndim;
-		memcpy(o->ne, t->ne, sizeof(o->ne));
-		if (tr && t->ndim == 2)
-			o->ne[0] = t->ne[1], o->ne[1] = t->ne[0];
-		fw_set_contiguous_strides(o);
-		if (!(o->data = malloc(fw_nbytes(o) ? fw_nbytes(o) : 1))) {
-			rc = fail(FW_ERR_NOMEM, "export: out of memory");
-			goto out;
+		int np = parts_of(&h, t, parts, &tr);
+		const float *from = t->data;
+		for (int j = 0; j < np; j++) {
+			struct fw_tensor *o = &out[n];
+			size_t kl = strlen(parts[j].key);
+			if (kl >= sizeof(o->name)) {
+				rc = fail(FW_ERR_UNSUPPORTED, "export: key '%s' is longer than %zu bytes",
+					  parts[j].key, sizeof(o->name) - 1);
+				goto out;
+			}
+			memcpy(o->name, parts[j].key, kl + 1);
+			o->dtype = FW_F32;
+			o->ndim = t->ndim;
+			memcpy(o->ne, t->ne, sizeof(o->ne));
+			o->ne[0] = parts[j].rows;
+			if (tr && t->ndim == 2)
+				o->ne[0] = t->ne[1], o->ne[1] = t->ne[0];
+			fw_set_contiguous_strides(o);
+			if (!(o->data = malloc(fw_nbytes(o) ? fw_nbytes(o) : 1))) {
+				rc = fail(FW_ERR_NOMEM, "export: out of memory");
+				goto out;
+			}
+			if (tr && t->ndim == 2)
+				transpose_to_f32(o->data, t->data, FW_F32, t->ne[0], t->ne[1]);
+			else
+				memcpy(o->data, from, fw_nbytes(o));
+			from += row_elems(t, parts[j].rows);
+			op[n++] = o;
 		}
-		if (tr && t->ndim == 2)
-			transpose_to_f32(o->data, t->data, FW_F32, t->ne[0], t->ne[1]);
-		else
-			memcpy(o->data, t->data, fw_nbytes(o));
-		op[n++] = o;
 	}
 	for (int i = 0; dt != FW_F32 && i < n; i++) {
 		struct fw_tensor *t = op[i];

@@ -20,7 +20,7 @@
 #include "fw/plugin.h"
 
 #include "dims.h"
-#include "hf_gpt2.h"
+#include "hf.h"
 
 enum pos_type { POS_LEARNED = 0, POS_ROPE, POS_ALIBI, POS_NONE };
 
@@ -28,13 +28,14 @@ struct decoder {
 	const struct fw_host *host;
 	int64_t n_layer, n_head, n_kv_head, n_embd, vocab, n_pos, ffn;
 	float dropout, eps;
-	bool rmsnorm, bias, tie, recompute, swiglu;
+	bool rmsnorm, bias, qkv_bias, tie, recompute, swiglu;
 	enum pos_type pos;
 	float rope_base;
 	int rope_dim;
 	bool rope_interleaved;
 	float rope_factor, rope_low, rope_high;
 	int rope_orig;
+	int64_t window;
 };
 
 static struct fw_tensor *param(const struct decoder *d, struct fw_model *m, int nd,
@@ -61,11 +62,11 @@ static struct fw_tensor *norm(const struct decoder *d, struct fw_model *m,
 	return d->host->layernorm(m->ctx, x, g, bb, d->eps);
 }
 
-/* A named linear layer (weight (out, in), optional bias), routed through the
- * host so a PEFT plugin can wrap it. */
-static struct fw_tensor *linear(const struct decoder *d, struct fw_model *m,
-				struct fw_tensor *x, int64_t in, int64_t out,
-				const char *name, int layer, float std)
+/* A named linear layer (weight (out, in), a bias with d->bias or with_bias),
+ * routed through the host so a PEFT plugin can wrap it. */
+static struct fw_tensor *linear_b(const struct decoder *d, struct fw_model *m,
+				  struct fw_tensor *x, int64_t in, int64_t out,
+				  const char *name, int layer, float std, bool with_bias)
 {
 	char n[64], w[80], b[80];
 	snprintf(n, sizeof(n), name, layer);
@@ -74,11 +75,18 @@ static struct fw_tensor *linear(const struct decoder *d, struct fw_model *m,
 	struct fw_tensor *wt = param(d, m, 2, out, in, w, 0);
 	d->host->init_normal(m, wt, std);
 	struct fw_tensor *bt = NULL;
-	if (d->bias) {
+	if (d->bias || with_bias) {
 		bt = param(d, m, 1, out, 0, b, 0);
 		d->host->init_const(m, bt, 0.0f);
 	}
 	return d->host->linear(m, n, x, wt, bt);
+}
+
+static struct fw_tensor *linear(const struct decoder *d, struct fw_model *m,
+				struct fw_tensor *x, int64_t in, int64_t out,
+				const char *name, int layer, float std)
+{
+	return linear_b(d, m, x, in, out, name, layer, std, false);
 }
 
 static struct fw_tensor *dropout(const struct decoder *d, struct fw_model *m,
@@ -104,7 +112,8 @@ static struct fw_tensor *block(const struct decoder *d, struct fw_model *m,
 
 	/* attention */
 	struct fw_tensor *a = norm(d, m, x, "h.%d.ln_1", l);
-	struct fw_tensor *qkv = linear(d, m, a, C, C + 2 * KV, "h.%d.attn.c_attn", l, 0.02f);
+	struct fw_tensor *qkv = linear_b(d, m, a, C, C + 2 * KV, "h.%d.attn.c_attn", l, 0.02f,
+					 d->qkv_bias);
 	struct fw_tensor *q = h->slice(m->ctx, qkv, 2, 0, C);
 	struct fw_tensor *k = h->slice(m->ctx, qkv, 2, C, KV);
 	struct fw_tensor *v = h->slice(m->ctx, qkv, 2, C + KV, KV);
@@ -122,6 +131,7 @@ static struct fw_tensor *block(const struct decoder *d, struct fw_model *m,
 		.rope_dim = d->rope_dim, .rope_interleaved = d->rope_interleaved,
 		.rope_scale_factor = d->rope_factor, .rope_scale_low_freq = d->rope_low,
 		.rope_scale_high_freq = d->rope_high, .rope_scale_orig_max_pos = d->rope_orig,
+		.window = d->window,
 	};
 	struct fw_tensor *y = h->attention(m, &spec, q, k, v);     /* (B, T, H, D) */
 	int64_t flat[3] = { B, T, C };
@@ -327,10 +337,7 @@ static bool decoder_options_check(struct decoder *d, const struct fw_options *o,
 			}
 		}
 	}
-	d->ffn = fw_opt_int(o, "ffn-hidden-size");
-	if (d->ffn == 0)        /* Megatron's default: 4h, or 2/3 of it for SwiGLU */
-		d->ffn = d->swiglu ? (int64_t)((DECODER_MLP_MULT * d->n_embd * 2 / 3) / 64) * 64 :
-				     DECODER_MLP_MULT * d->n_embd;
+	d->ffn = decoder_ffn(fw_opt_int(o, "ffn-hidden-size"), d->n_embd, d->swiglu);
 	if (d->ffn <= 0) {
 		snprintf(why, len, "--swiglu with --n-embd %lld gives no MLP width by Megatron's "
 			 "rule (4h * 2/3, a multiple of 64): set --ffn-hidden-size",
@@ -361,12 +368,14 @@ static enum fw_status decoder_init(const struct fw_host *host, const struct fw_o
 		.rmsnorm = !strcmp(fw_opt_str(o, "norm"), "rmsnorm") ||
 			   !strcmp(fw_opt_str(o, "normalization"), "RMSNorm"),
 		.bias = fw_opt_bool(o, "bias") && !fw_opt_bool(o, "disable-bias-linear"),
+		.qkv_bias = fw_opt_bool(o, "add-qkv-bias"),
 		.tie = fw_opt_bool(o, "tie-embeddings") &&
 		       !fw_opt_bool(o, "untie-embeddings-and-output-weights"),
 		.recompute = fw_opt_bool(o, "recompute-activations"),
 		.swiglu = fw_opt_bool(o, "swiglu"), .pos = (enum pos_type)pos,
 		.rope_base = (float)fw_opt_float(o, "rotary-base"),
 		.rope_interleaved = fw_opt_bool(o, "rotary-interleaved"),
+		.window = fw_opt_int(o, "sliding-window"),
 	};
 	/* The option ranges hold already; this adds the rules between options
 	 * (the same ones fwrun import applies to a config.json). */
@@ -419,6 +428,8 @@ static const struct fw_option_def options[] = {
 	  "LayerNorm or RMSNorm (RMSNorm here or --norm=rmsnorm selects RMSNorm)" },
 	{ "disable-bias-linear", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "no biases in linear layers (same as --bias=false)" },
+	{ "add-qkv-bias", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "a bias on c_attn (q, k, v) even without other biases, as Qwen2" },
 	{ "untie-embeddings-and-output-weights", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "a separate lm_head.weight (same as --tie-embeddings=false)" },
 	{ "swiglu", FW_OPT_BOOL, "false", 0, -1, NULL,
@@ -429,6 +440,9 @@ static const struct fw_option_def options[] = {
 	  "grouped-query attention with --num-query-groups KV heads" },
 	{ "num-query-groups", FW_OPT_INT, "1", 1, DECODER_HEAD_MAX, NULL,
 	  "KV heads under --group-query-attention (1 = multi-query); divides n-head" },
+	{ "sliding-window", FW_OPT_INT, "0", 0, DECODER_POS_MAX, NULL,
+	  "causal sliding window as Mistral: position i sees i-w < j <= i; 0 = none (the "
+	  "attention plugin must support it: mha, or sparse with the same window)" },
 	{ "position-embedding-type", FW_OPT_CHOICE, "learned_absolute", 0, -1, positions,
 	  "learned_absolute (GPT-2), rope (Llama), alibi (BLOOM) or none" },
 	{ "rotary-base", FW_OPT_FLOAT, "10000", 1, 1e12, NULL, "RoPE base (theta)" },
@@ -451,7 +465,8 @@ static const struct fw_arch_i iface = {
 	.size = sizeof(struct fw_arch_i),
 	.build = decoder_build,
 	.n_layers = decoder_layers,
-	.hf_maps = (const struct fw_hf_map *const[]){ &decoder_hf_gpt2, NULL },
+	.hf_maps = (const struct fw_hf_map *const[]){ &decoder_hf_gpt2, &decoder_hf_llama,
+							     &decoder_hf_qwen2, &decoder_hf_mistral, NULL },
 };
 
 static const struct fw_plugin plugin = {

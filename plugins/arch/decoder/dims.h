@@ -60,4 +60,13 @@ static inline bool decoder_dims_check(const struct decoder_dims *d, const char *
 	return true;
 }
 
+/* The MLP width: ffn if set, else Megatron's default, 4h, or 2/3 of it
+ * rounded down to a multiple of 64 for SwiGLU (0 when that is none). */
+static inline int64_t decoder_ffn(int64_t ffn, int64_t n_embd, bool swiglu)
+{
+	if (ffn)
+		return ffn;
+	return swiglu ? (DECODER_MLP_MULT * n_embd * 2 / 3) / 64 * 64 : DECODER_MLP_MULT * n_embd;
+}
+
 #endif

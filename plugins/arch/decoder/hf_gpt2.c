@@ -15,7 +15,7 @@
 #include "fw/plugin.h"
 
 #include "dims.h"
-#include "hf_gpt2.h"
+#include "hf.h"
 
 struct gpt2_config {
 	int64_t n_layer, n_head, n_embd, vocab, n_pos;
@@ -24,7 +24,7 @@ struct gpt2_config {
 };
 
 /* The whole file (malloc'd, NUL-terminated), NULL when unreadable. */
-static char *read_text(const char *path, size_t *n)
+char *decoder_hf_read_text(const char *path, size_t *n)
 {
 	FILE *f = fopen(path, "rb");
 	char *buf = NULL;
@@ -48,7 +48,7 @@ static char *read_text(const char *path, size_t *n)
 }
 
 /* A JSON value as it is written, for messages (cut at len). */
-static void json_text(const json_t *v, char *out, size_t len)
+void decoder_hf_json_text(const json_t *v, char *out, size_t len)
 {
 	char *t = v ? json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT) : NULL;
 	snprintf(out, len, "%s", t ? t : "null");
@@ -61,7 +61,7 @@ static void json_text(const json_t *v, char *out, size_t len)
 static void key_before(const char *path, int pos, char *out, size_t len)
 {
 	size_t n = 0, colon = 0;
-	char *text = pos > 0 ? read_text(path, &n) : NULL;
+	char *text = pos > 0 ? decoder_hf_read_text(path, &n) : NULL;
 	*out = 0;
 	if (text && (size_t)pos < n)
 		n = (size_t)pos;
@@ -86,16 +86,38 @@ static void key_before(const char *path, int pos, char *out, size_t len)
 	free(text);
 }
 
+/* config.json at path parsed into *root, a JSON object; else one line
+ * naming the file (and the key of a value jansson cannot read). */
+enum fw_status decoder_hf_load(const char *path, json_t **root, struct fw_err *err)
+{
+	json_error_t je;
+	*root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+	if (!*root) {
+		if (errno == ENOENT && je.line < 0)
+			return fw_errorf(err, FW_ERR_IO, "%s: %s", path, je.text);
+		char key[64];
+		key_before(path, je.position, key, sizeof(key));
+		return fw_errorf(err, FW_ERR_FORMAT, "%s:%d:%d: %s%s%s", path, je.line, je.column,
+				 key, *key ? ": " : "", je.text);
+	}
+	if (!json_is_object(*root)) {
+		json_decref(*root);
+		*root = NULL;
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: not a JSON object", path);
+	}
+	return FW_OK;
+}
+
 /* A size key: present and an integer (its range is the decoder's rule). */
-static enum fw_status cfg_int(const char *path, const json_t *root, const char *key,
-			      int64_t *out, struct fw_err *err)
+enum fw_status decoder_hf_int(const char *path, const json_t *root, const char *key,
+			     int64_t *out, struct fw_err *err)
 {
 	json_t *v = json_object_get(root, key);
 	char t[64];
 	if (!v)
 		return fw_errorf(err, FW_ERR_FORMAT, "%s: %s is missing", path, key);
 	if (!json_is_integer(v)) {
-		json_text(v, t, sizeof(t));
+		decoder_hf_json_text(v, t, sizeof(t));
 		return fw_errorf(err, FW_ERR_FORMAT, "%s: %s %s is not an integer", path, key, t);
 	}
 	*out = json_integer_value(v);
@@ -128,42 +150,31 @@ static const struct {
 static enum fw_status gpt2_check_config(const char *path, struct fw_err *err)
 {
 	char t[64];
-	json_error_t je;
 	struct gpt2_config cfg, *c = &cfg;
-	json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
-	if (!root) {
-		if (errno == ENOENT && je.line < 0)
-			return fw_errorf(err, FW_ERR_IO, "%s: %s", path, je.text);
-		char key[64];
-		key_before(path, je.position, key, sizeof(key));
-		return fw_errorf(err, FW_ERR_FORMAT, "%s:%d:%d: %s%s%s", path, je.line, je.column,
-				 key, *key ? ": " : "", je.text);
-	}
-	enum fw_status s = FW_OK;
+	json_t *root;
+	enum fw_status s = decoder_hf_load(path, &root, err);
+	if (s != FW_OK)
+		return s;
 	json_t *v;
 	*c = (struct gpt2_config){ .eps = 1e-5, .tie = true };
-	if (!json_is_object(root)) {
-		s = fw_errorf(err, FW_ERR_FORMAT, "%s: not a JSON object", path);
-		goto out;
-	}
 	/* n_positions; older files have n_ctx only */
 	const char *pos_key = json_object_get(root, "n_positions") || !json_object_get(root, "n_ctx") ?
 			      "n_positions" : "n_ctx";
 	if ((v = json_object_get(root, "model_type")) &&
 	    (!json_is_string(v) || strcmp(json_string_value(v), "gpt2"))) {
-		json_text(v, t, sizeof(t));
+		decoder_hf_json_text(v, t, sizeof(t));
 		s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: model_type %s is not \"gpt2\"", path, t);
 		goto out;
 	}
-	if ((s = cfg_int(path, root, "n_layer", &c->n_layer, err)) ||
-	    (s = cfg_int(path, root, "n_head", &c->n_head, err)) ||
-	    (s = cfg_int(path, root, "n_embd", &c->n_embd, err)) ||
-	    (s = cfg_int(path, root, "vocab_size", &c->vocab, err)) ||
-	    (s = cfg_int(path, root, pos_key, &c->n_pos, err)))
+	if ((s = decoder_hf_int(path, root, "n_layer", &c->n_layer, err)) ||
+	    (s = decoder_hf_int(path, root, "n_head", &c->n_head, err)) ||
+	    (s = decoder_hf_int(path, root, "n_embd", &c->n_embd, err)) ||
+	    (s = decoder_hf_int(path, root, "vocab_size", &c->vocab, err)) ||
+	    (s = decoder_hf_int(path, root, pos_key, &c->n_pos, err)))
 		goto out;
 	if ((v = json_object_get(root, "layer_norm_epsilon"))) {
 		if (!json_is_number(v)) {
-			json_text(v, t, sizeof(t));
+			decoder_hf_json_text(v, t, sizeof(t));
 			s = fw_errorf(err, FW_ERR_FORMAT, "%s: layer_norm_epsilon %s is not a number",
 				      path, t);
 			goto out;
@@ -183,7 +194,7 @@ static enum fw_status gpt2_check_config(const char *path, struct fw_err *err)
 	}
 	if ((v = json_object_get(root, "tie_word_embeddings"))) {
 		if (!json_is_boolean(v)) {
-			json_text(v, t, sizeof(t));
+			decoder_hf_json_text(v, t, sizeof(t));
 			s = fw_errorf(err, FW_ERR_FORMAT, "%s: tie_word_embeddings %s is not true or "
 				      "false", path, t);
 			goto out;
@@ -195,7 +206,7 @@ static enum fw_status gpt2_check_config(const char *path, struct fw_err *err)
 		while (json_is_string(v) && tanh_gelu[i] && strcmp(json_string_value(v), tanh_gelu[i]))
 			i++;
 		if (!json_is_string(v) || !tanh_gelu[i]) {
-			json_text(v, t, sizeof(t));
+			decoder_hf_json_text(v, t, sizeof(t));
 			s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: activation_function %s is not "
 				      "arch/decoder's GELU, the tanh form (gelu_new, gelu_pytorch_tanh, "
 				      "gelu_fast, gelu_accurate)", path, t);
@@ -204,7 +215,7 @@ static enum fw_status gpt2_check_config(const char *path, struct fw_err *err)
 	}
 	if ((v = json_object_get(root, "n_inner")) && !json_is_null(v) &&
 	    (!json_is_integer(v) || json_integer_value(v) != DECODER_MLP_MULT * c->n_embd)) {
-		json_text(v, t, sizeof(t));
+		decoder_hf_json_text(v, t, sizeof(t));
 		s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: n_inner %s is not null or %d * n_embd "
 			      "(%lld), the MLP width of arch/decoder", path, t, DECODER_MLP_MULT,
 			      (long long)(DECODER_MLP_MULT * c->n_embd));
@@ -213,7 +224,7 @@ static enum fw_status gpt2_check_config(const char *path, struct fw_err *err)
 	for (size_t i = 0; i < sizeof(switches) / sizeof(switches[0]); i++) {
 		if (!(v = json_object_get(root, switches[i].key)))
 			continue;
-		json_text(v, t, sizeof(t));
+		decoder_hf_json_text(v, t, sizeof(t));
 		if (!json_is_boolean(v)) {
 			s = fw_errorf(err, FW_ERR_FORMAT, "%s: %s %s is not true or false", path,
 				      switches[i].key, t);
@@ -256,6 +267,7 @@ static bool gpt2_describes(const struct fw_options *o)
 	       !strcmp(fw_opt_str(o, "normalization"), "LayerNorm") && fw_opt_bool(o, "bias") &&
 	       !fw_opt_bool(o, "disable-bias-linear") && !fw_opt_bool(o, "swiglu") &&
 	       !fw_opt_bool(o, "group-query-attention") && fw_opt_int(o, "ffn-hidden-size") == 0 &&
+	       fw_opt_int(o, "sliding-window") == 0 &&
 	       !strcmp(fw_opt_str(o, "position-embedding-type"), "learned_absolute");
 }
 

@@ -848,6 +848,11 @@ static enum fw_status check_spec(const struct fw_host *h, const struct fw_model 
 		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/flash: %s: attention dropout %g is not supported (set "
 				 "dropout to 0, or use attention/mha)", n, (double)spec->dropout);
+	if (FW_HAS(spec, window) && spec->window)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/flash: %s: a sliding window (%lld) is not supported; use "
+				 "attention/mha, or attention/sparse --sparse-window=%lld", n,
+				 (long long)spec->window, (long long)spec->window);
 	if (spec->bias && spec->cache)
 		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/flash: %s: a sequence mask while generating with a cache "

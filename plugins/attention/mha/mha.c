@@ -24,7 +24,7 @@
 
 struct mha {
 	const struct fw_host *host;
-	int alibi_op;
+	int alibi_op, window_op;
 };
 
 /* Kernels run without state; the host table of the process (one fw). */
@@ -36,13 +36,14 @@ static const struct fw_host *g_host;
  * p0.f scale. out = scale * x - slope_h * (i' - j) with i' = i + len (cache)
  * or i + Tk - Tq (the causal mask's alignment) and BLOOM's slopes. */
 
-static enum fw_status alibi_infer(struct fw_tensor *out, struct fw_err *err)
+/* mha.alibi and mha.window: scores (B, H, Tq, Tk) in and out. */
+static enum fw_status scores_infer(struct fw_tensor *out, struct fw_err *err)
 {
 	const struct fw_tensor *x = out->src[0], *len = out->src[1];
 	if (x->ndim != 4 || x->dtype != FW_F32)
-		return fw_errorf(err, FW_ERR_SHAPE, "mha.alibi: scores must be f32 (B, H, Tq, Tk)");
+		return fw_errorf(err, FW_ERR_SHAPE, "mha: scores must be f32 (B, H, Tq, Tk)");
 	if (len && (len->dtype != FW_I32 || fw_nelem(len) != 1))
-		return fw_errorf(err, FW_ERR_SHAPE, "mha.alibi: the offset must be i32 [1]");
+		return fw_errorf(err, FW_ERR_SHAPE, "mha: the offset must be i32 [1]");
 	out->dtype = FW_F32;
 	out->ndim = 4;
 	for (int i = 0; i < 4; i++)
@@ -79,17 +80,23 @@ static void alibi_rows(void *arg, int64_t r0, int64_t r1)
 	}
 }
 
+/* rows over every score row, forward or (when the scores need one) backward */
+static void score_rows(struct fw_tensor *out, bool backward,
+		       void (*rows)(void *, int64_t, int64_t))
+{
+	struct alibi_job j = { out, backward };
+	if (!backward || out->src[0]->grad)
+		g_host->parallel_for(out->ne[0] * out->ne[1] * out->ne[2], rows, &j);
+}
+
 static void alibi_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	struct alibi_job j = { out, false };
-	g_host->parallel_for(out->ne[0] * out->ne[1] * out->ne[2], alibi_rows, &j);
+	score_rows(out, false, alibi_rows);
 }
 
 static void alibi_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	struct alibi_job j = { out, true };
-	if (out->src[0]->grad)
-		g_host->parallel_for(out->ne[0] * out->ne[1] * out->ne[2], alibi_rows, &j);
+	score_rows(out, true, alibi_rows);
 }
 
 static uint32_t alibi_saved(const struct fw_tensor *out)
@@ -100,9 +107,54 @@ static uint32_t alibi_saved(const struct fw_tensor *out)
 static const struct fw_op_i alibi_op = {
 	.size = sizeof(struct fw_op_i),
 	.name = "mha.alibi",
-	.infer = alibi_infer,
+	.infer = scores_infer,
 	.forward = alibi_forward,
 	.backward = alibi_backward,
+	.saved = alibi_saved,
+};
+
+/* --- sliding window -----------------------------------------------------------------
+ *
+ * mha.window: src0 scores (B, H, Tq, Tk), optional src1 cache length i32 [1];
+ * p0.i the window w. out = x where i' - j < w, -inf elsewhere (i' as in
+ * mha.alibi); the gradient flows through the kept scores only. */
+
+static void window_rows(void *arg, int64_t r0, int64_t r1)
+{
+	const struct alibi_job *j = arg;
+	struct fw_tensor *out = j->out;
+	int64_t Tq = out->ne[2], Tk = out->ne[3], w = out->params[0].i;
+	int64_t off = out->src[1] ? fw_i32(out->src[1])[0] : Tk - Tq;
+	for (int64_t r = r0; r < r1; r++) {
+		int64_t i = r % Tq + off;
+		const float *x = fw_f32(j->backward ? out->grad : out->src[0]) + r * Tk;
+		float *y = fw_f32(j->backward ? out->src[0]->grad : out) + r * Tk;
+		for (int64_t k = 0; k < Tk; k++) {
+			bool kept = i - k < w;
+			if (j->backward)
+				y[k] += kept ? x[k] : 0.0f;
+			else
+				y[k] = kept ? x[k] : -INFINITY;
+		}
+	}
+}
+
+static void window_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	score_rows(out, false, window_rows);
+}
+
+static void window_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	score_rows(out, true, window_rows);
+}
+
+static const struct fw_op_i window_op = {
+	.size = sizeof(struct fw_op_i),
+	.name = "mha.window",
+	.infer = scores_infer,
+	.forward = window_forward,
+	.backward = window_backward,
 	.saved = alibi_saved,
 };
 
@@ -131,6 +183,11 @@ static enum fw_status check_spec(const struct fw_host *h, const struct fw_attn_s
 	if (spec->pos < FW_POS_NONE || spec->pos > FW_POS_RELATIVE)
 		return h->errorf(err, FW_ERR_INVALID, "attention/mha: %s: unknown position kind %d",
 				 n, (int)spec->pos);
+	if (FW_HAS(spec, window) && (spec->window < 0 ||
+				     (spec->window > 0 && spec->mask != FW_MASK_CAUSAL)))
+		return h->errorf(err, FW_ERR_INVALID, "attention/mha: %s: a sliding window (%lld) "
+				 "needs causal attention and a positive width", n,
+				 (long long)spec->window);
 	if (spec->bias && spec->cache)
 		return h->errorf(err, FW_ERR_UNSUPPORTED,
 				 "attention/mha: %s: a sequence mask while generating with a cache is "
@@ -183,6 +240,12 @@ static struct fw_tensor *mha_attend(void *state, struct fw_model *m,
 		att = h->op(ctx, s->alibi_op, src, spec->cache ? 2 : 1, &p, 1);
 		scale = 1.0f;
 	}
+	if (FW_HAS(spec, window) && spec->window > 0) {
+		struct fw_tensor *src[2] = { att, spec->cache ? spec->cache->len : NULL };
+		union fw_param p = { .i = (int32_t)(spec->window < INT32_MAX ? spec->window :
+						     INT32_MAX) };
+		att = h->op(ctx, s->window_op, src, spec->cache ? 2 : 1, &p, 1);
+	}
 	att = h->softmax(ctx, att, mask, causal, scale);
 	if (spec->dropout > 0.0f)
 		att = h->dropout(ctx, att, spec->dropout, spec->seed);
@@ -212,14 +275,15 @@ static int register_once(const struct fw_host *host, const struct fw_op_i *op, i
 static enum fw_status mha_init(const struct fw_host *host, const struct fw_options *o,
 			       void **state, struct fw_err *err)
 {
-	static int alibi_id = -1;                   /* once per process */
+	static int alibi_id = -1, window_id = -1;   /* once per process */
 	g_host = host;
-	if (register_once(host, &alibi_op, &alibi_id, err) < 0)
+	if (register_once(host, &alibi_op, &alibi_id, err) < 0 ||
+	    register_once(host, &window_op, &window_id, err) < 0)
 		return err->status;
 	struct mha *s = host->malloc(sizeof(*s));
 	if (!s)
 		return host->errorf(err, FW_ERR_NOMEM, "attention/mha: out of memory");
-	*s = (struct mha){ .host = host, .alibi_op = alibi_id };
+	*s = (struct mha){ .host = host, .alibi_op = alibi_id, .window_op = window_id };
 	*state = s;
 	return FW_OK;
 }

@@ -544,6 +544,14 @@ static enum fw_status check_spec(const struct sparse *s, const struct fw_model *
 		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/sparse: %s: packed rows (positions) need as many keys as "
 				 "queries (%lld vs %lld)", n, (long long)k->ne[1], (long long)q->ne[1]);
+	/* the arch's window is this plugin's when they are the same mask */
+	if (FW_HAS(spec, window) && spec->window &&
+	    (s->pat != PAT_WINDOW || s->n_global || s->window != spec->window ||
+	     spec->mask != FW_MASK_CAUSAL))
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/sparse: %s: the model's sliding window (%lld) needs "
+				 "--sparse-pattern=window --sparse-window=%lld without global tokens",
+				 n, (long long)spec->window, (long long)spec->window);
 	int64_t Tk = spec->cache ? spec->cache->max_len : k->ne[1];
 	if (s->pat == PAT_WINDOW && s->n_global && s->global[s->n_global - 1] >= Tk)
 		return h->errorf(err, FW_ERR_INVALID,

@@ -72,8 +72,10 @@ extern "C" {
  * 1.2: the fingerprint covers fixed layouts only (1.0 and 1.1 plugins carry
  * the older one, which fw still accepts); fw_plugin_entry is declared here;
  * fw_attn_spec.rope_scale_*; fw_peft_i.export_peft.
- * 1.3: fw_peft_i.check; fw_arch_i.hf_maps (struct fw_hf_map); virtual tokens
- * (fw_model.n_virtual, virtual_select, virtual_at; fw_peft_i.init_from_base). */
+ * 1.3: fw_peft_i.check; fw_arch_i.hf_maps (struct fw_hf_map, with
+ * tensor_part, import_options, export_keys); fw_attn_spec.window (a plugin
+ * built before it ignores the field); virtual tokens (fw_model.n_virtual,
+ * virtual_select, virtual_at; fw_peft_i.init_from_base). */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
 #define FW_ABI_MINOR 3   /* additions at the end of size-stamped structs */
 
@@ -181,6 +183,11 @@ struct fw_attn_spec {
 	 * cache length onwards while generating. */
 	float rope_scale_factor, rope_scale_low_freq, rope_scale_high_freq;
 	int rope_scale_orig_max_pos;
+	/* Read only when FW_HAS(spec, window). FW_MASK_CAUSAL with a sliding
+	 * window (Mistral's sliding_window): query position i sees keys j with
+	 * i - window < j <= i, while generating too; 0 = none. A plugin that
+	 * cannot honour it fails attend (FW_ERR_INVALID, one line). */
+	int64_t window;
 };
 
 struct fw_attention_i {
@@ -333,6 +340,23 @@ struct fw_hf_map {
 	 * parameter has no Hugging Face counterpart. */
 	bool (*tensor_key)(const struct fw_options *opts, const char *param, char *key,
 			   size_t len, bool *transpose);
+	/* Optional, read only when size covers them (FW_HAS). A parameter that
+	 * Hugging Face stores as several tensors stacked along dim 0 (Llama's
+	 * q_proj, k_proj, v_proj of a fused c_attn): the key of part `part` and
+	 * its rows; false past the last part, and for a parameter of one
+	 * tensor (tensor_key's). */
+	bool (*tensor_part)(const struct fw_options *opts, const char *param, int part,
+			    char *key, size_t len, int64_t *rows);
+	/* Options that are not one config.json key each (Llama's rope_scaling,
+	 * its fixed RMSNorm and SwiGLU, defaults that differ from the arch's):
+	 * "option = value" lines into ini (len bytes) for the config.json at
+	 * path that check_config accepted; import applies those the keys did
+	 * not set. false: ini too short. */
+	bool (*import_options)(const char *path, char *ini, size_t len);
+	/* The config.json keys that are not one option each, for export: a JSON
+	 * object's text into json (len bytes), merged into the file. false:
+	 * json too short. */
+	bool (*export_keys)(const struct fw_options *opts, char *json, size_t len);
 };
 
 /* PEFT: receives hook points while the arch builds, then owns its tensors.
