@@ -24,6 +24,7 @@ usage: chat_generate.py --driver PATH --fwrun PATH --plugin-path DIR --build-dir
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -118,9 +119,9 @@ MODEL = dict(n_layer=1, n_head=2, n_kv=2, C=16, ffn=32, eps=1e-5, norm="rms", ml
              bias=False, tie=False, pos="rope", base=10000.0, pct=1.0, inter=False, scaling=None)
 
 
-def chain_ckpt(path, chain):
+def chain_ckpt(path, chain, vocab=128256):
     """Zero blocks; after token chain[i] the greedy token is chain[i + 1]."""
-    lp.VOCAB = 128256
+    lp.VOCAB = vocab
     W = {n: np.zeros(shape, np.float32) for n, shape in lp.names(MODEL)}
     for n in W:
         if ".ln_" in n or n.startswith("ln_f"):
@@ -176,6 +177,48 @@ def check_generate(a, tmp, hf_mods, jinja_mods):
           r.returncode != 0 and len(err) == 1 and err[0].startswith("fwrun:"), "%d %s" % (r.returncode, err))
 
 
+TRAIN_CONV = [{"role": "system", "content": "Answer briefly."},
+              {"role": "user", "content": "What is the capital of France?"},
+              {"role": "assistant", "content": "  Paris, the city of light. "},
+              {"role": "user", "content": "And of Japan?"},
+              {"role": "assistant", "content": "Tokyo.\n"}]
+T_TRAIN = 100
+
+
+def check_train(a, tmp, hf_mods, jinja_mods):
+    """fwrun train on one conversation under auto, plain and chatml: the
+    loss share it logs is, to the token, npm tokenizers' ids of the
+    assistant contents (as each format shows them) plus one end-of-turn token
+    each; auto, and only auto, says in one line that it uses the template."""
+    said = [m["content"] for m in TRAIN_CONV if m["role"] == "assistant"]
+    _, ids, tj = reference_prompts(tmp, hf_mods, jinja_mods, "llama3", [TRAIN_CONV[:2]],
+                                   [s.strip() for s in said] + said)
+    n = len(said)
+    want = {"auto": sum(map(len, ids[:n])) + n,           # Llama-3 trims; <|eot_id|>
+            "plain": sum(map(len, ids[n:])) + n,          # as given; EOS
+            "chatml": sum(map(len, ids[n:])) + n}         # as given; <|im_end|>
+    data = os.path.join(tmp, "conv.jsonl")
+    jsonl(data, [{"messages": TRAIN_CONV}])
+    ck = os.path.join(tmp, "train.h5")
+    chain_ckpt(ck, [0, 1], vocab=128264)                  # room for chatml's two tokens
+    env = dict(os.environ, FW_PLUGIN_PATH=a.plugin_path, OMP_NUM_THREADS="2")
+    for tmpl, n_loss in want.items():
+        r = subprocess.run([a.fwrun, "train", "--plugins=arch/decoder,attention/mha,optim/adamw",
+                            "--load=" + ck, "--tokenizer=gpt2", "--vocab-file=" + tj,
+                            "--data=" + data, "--valid-data=" + data, "--micro-batch-size=1",
+                            "--seq-length=%d" % T_TRAIN, "--packing=padded", "--train-iters=1",
+                            "--threads=2", "--run-dir=" + os.path.join(tmp, "run_" + tmpl)] +
+                           ([] if tmpl == "auto" else ["--chat-template=" + tmpl]),
+                           capture_output=True, env=env)
+        out = (r.stdout + r.stderr).decode(errors="replace")
+        said_tmpl = [l for l in out.splitlines() if "own chat template" in l]
+        pct = [float(x) for x in re.findall(r"(?m)^.*data: .*?([0-9.]+)% of positions in the loss", out)]
+        check("train --chat-template=%s: %d loss positions (%s%% logged), %s" %
+              (tmpl, n_loss, pct, "one line says the template is used" if tmpl == "auto" else "no template line"),
+              r.returncode == 0 and len(pct) == 2 and all(round(p * T_TRAIN / 100) == n_loss for p in pct) and
+              len(said_tmpl) == (1 if tmpl == "auto" else 0), out[-600:])
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--driver", required=True)
@@ -189,6 +232,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         check_prompts(a, tmp, hf_mods, jinja_mods)
         check_generate(a, tmp, hf_mods, jinja_mods)
+        check_train(a, tmp, hf_mods, jinja_mods)
     print("chat_generate: %d passed, %d failed" % (R["passed"], R["failed"]))
     sys.exit(1 if R["failed"] else 0)
 
