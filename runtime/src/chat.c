@@ -50,16 +50,16 @@ static int32_t template_turn_end(const struct fw_rt_chat *c)
 }
 
 enum fw_status fw_rt_chat_open(struct fw_rt_chat *c, struct fw_tokenizer *tok,
-			       const char *template, struct fw_err *err)
+			       const char *format, struct fw_err *err)
 {
 	*c = (struct fw_rt_chat){ .tok = tok, .im_start = -1, .im_end = -1 };
 	enum fw_status st = FW_OK;
 	const char *cfg = fw_tokenizer_config(tok, NULL);
-	if (!strcmp(template, "auto") && cfg &&
+	if (!strcmp(format, "auto") && cfg &&
 	    (st = fw_rt_chat_template_from_config(cfg, "the tokenizer's tokenizer_config.json",
 						  &c->jinja, &c->vars, err)) != FW_OK)
 		return st;
-	if (!strcmp(template, "chatml")) {
+	if (!strcmp(format, "chatml")) {
 		struct fw_rt_encoder enc;
 		if ((st = fw_rt_encoder_init(&enc, tok, true, err)) != FW_OK)
 			return st;

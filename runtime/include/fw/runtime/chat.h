@@ -50,11 +50,11 @@ struct fw_rt_chat {
 	int n_stop;
 };
 
-/* template: "auto", "plain" or "chatml" (chatml adds its two special tokens
+/* format: "auto", "plain" or "chatml" (chatml adds its two special tokens
  * to tok when it lacks them). A template fw cannot parse, or damaged
  * tokenizer_config.json: one line. */
 enum fw_status fw_rt_chat_open(struct fw_rt_chat *c, struct fw_tokenizer *tok,
-			       const char *template, struct fw_err *err);
+			       const char *format, struct fw_err *err);
 /* Appends the prompt ids of a conversation to ids: messages_json is a JSON
  * array of {"role", "content"} messages (for the template, any members it
  * reads). Bad JSON or messages, or the template raising: one line. */
