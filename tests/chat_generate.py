@@ -23,6 +23,7 @@ usage: chat_generate.py --driver PATH --fwrun PATH --plugin-path DIR --build-dir
 """
 import argparse
 import json
+import math
 import os
 import re
 import subprocess
@@ -217,6 +218,29 @@ def check_train(a, tmp, hf_mods, jinja_mods):
               (tmpl, n_loss, pct, "one line says the template is used" if tmpl == "auto" else "no template line"),
               r.returncode == 0 and len(pct) == 2 and all(round(p * T_TRAIN / 100) == n_loss for p in pct) and
               len(said_tmpl) == (1 if tmpl == "auto" else 0), out[-600:])
+    check_score(a, tmp, tj, ck, want)
+
+
+def check_score(a, tmp, tj, ck, want):
+    """fwrun eval --score-data on the conversation: under auto the scored
+    tokens are the template's (count as for train), under plain fw's; the
+    model (zero blocks, wte row 0 only) gives every token -ln(V)."""
+    env = dict(os.environ, FW_PLUGIN_PATH=a.plugin_path, OMP_NUM_THREADS="2")
+    data = os.path.join(tmp, "conv.jsonl")
+    for tmpl in ("auto", "plain"):
+        r = subprocess.run([a.fwrun, "eval", "--plugins=arch/decoder,attention/mha", "--load=" + ck,
+                            "--tokenizer=gpt2", "--vocab-file=" + tj, "--score-data=" + data,
+                            "--seq-length=%d" % T_TRAIN, "--threads=2"] +
+                           ([] if tmpl == "auto" else ["--chat-template=" + tmpl]),
+                           capture_output=True, env=env)
+        try:
+            resp = json.loads(r.stdout)["response"]
+        except (ValueError, KeyError):
+            resp = {}
+        lp = -math.log(128264)
+        check("eval --score-data --chat-template=%s: %d tokens, each log p = -ln(V)" % (tmpl, want[tmpl]),
+              r.returncode == 0 and resp.get("tokens") == want[tmpl] and
+              abs(resp.get("mean_logprob", 0) - lp) <= 1e-5 * abs(lp), "%r %r" % (resp, r.stderr[-400:]))
 
 
 def main():
