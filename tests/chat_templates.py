@@ -78,6 +78,18 @@ FEATURES = """{#- a template that uses the rest of the subset -#}
 {{ "x" if messages|length > 2 else "y" }}{{ (messages|first).role|default('none') }}{{ (messages|last)['role'] }}
 """
 
+FILTERS = """{#- the list filters real templates use #}
+users: {{ messages | selectattr('role', 'equalto', 'user') | map(attribute='content') | join(' | ') }}
+not system: {{ messages | rejectattr('role', 'equalto', 'system') | list | length }}
+roles: {{ messages | map(attribute='role') | unique | join(',') }}
+with content: {{ messages | selectattr('content') | list | length }}
+names: {{ messages | map(attribute='name', default='anon') | join(',') }}
+{%- for m in messages | rejectattr('role', 'eq', 'assistant') %}
+{{ loop.index }}:{{ m.role }}
+{%- endfor %}
+{{ messages | selectattr('role', 'equalto', 'nobody') | list | tojson }}
+"""
+
 WORDS = ["hello", "world", "the", "model", "Hi", "why?", "ça va", "日本語", "emoji 🙂", "tab\tx",
          "{{ not jinja }}", "{% if %}", "<|im_end|>", "</s>", "  spaced  ", "\n\nnewlines\n",
          "a\\b", "quote\"d", "it's", "x" * 50, "1 + 2 = 3", "<think>reason</think>answer",
@@ -113,6 +125,7 @@ def templates(mods):
     out["llama2-chat"] = (LLAMA2, {"bos_token": "<s>", "eos_token": "</s>"})
     out["chatml"] = (CHATML, {})
     out["features"] = (FEATURES, {"bos_token": "<s>", "eos_token": "</s>"})
+    out["filters"] = (FILTERS, {})
     return out
 
 

@@ -222,6 +222,110 @@ static char *render_upto(const struct fw_rt_encoder *enc, json_t *msgs, size_t n
 	return s;
 }
 
+/* One assistant turn of a rendered conversation: its content at
+ * all[at..at+n), and the end-of-turn id after it (-1: none). */
+struct turn {
+	size_t at, n;
+	int32_t eot;
+};
+
+/* Whether a token's bytes are all whitespace (or Metaspace's "▁"). */
+static bool blank_token(const char *b, size_t len)
+{
+	for (size_t i = 0; b && i < len; i++) {
+		if (i + 3 <= len && !memcmp(b + i, "\xe2\x96\x81", 3))
+			i += 2;
+		else if (!strchr(" \t\n\r", b[i]) || !b[i])
+			return false;
+	}
+	return b != NULL;
+}
+
+/* Whether b[0..nb) occurs in a[from..na): its index, or -1. */
+static int64_t find_ids(const int32_t *a, size_t na, size_t from, const int32_t *b, size_t nb)
+{
+	for (size_t i = from; nb && i + nb <= na; i++)
+		if (!memcmp(a + i, b, nb * sizeof(int32_t)))
+			return (int64_t)i;
+	return -1;
+}
+
+/* When the pieces tokenized apart differ from the whole render tokenized at
+ * once (a normalizer that prepends "▁" to each piece, as Llama-2's and
+ * Mistral's: the space before a content is its own token when the content
+ * is cut out, part of it in the whole), the example becomes the whole
+ * render's ids, and each content's own ids are found in them: the first
+ * place at or after the tokens of the text before it, less one (the
+ * token the content's first may absorb), and after the previous content.
+ * Whitespace tokens may stand between a content and its end of turn. False
+ * with why when a content's ids are not in the whole (the loss cannot be
+ * placed exactly). */
+static bool align_whole(struct fw_tokenizer *tok, const char *all, const struct turn *turns,
+			size_t n_turns, struct fw_rt_example *ex, const char **why)
+{
+	const unsigned SPLIT = FW_TOKENIZE_SPLIT_SPECIAL;
+	struct fw_token_buf w = { 0 }, c = { 0 }, pre = { 0 };
+	struct fw_err e = { 0 };
+	if (fw_tokenizer_encode_ex(tok, all, strlen(all), SPLIT, &w, &e) != FW_OK)
+		return *why = "out of memory", false;
+	bool same = w.n == (size_t)ex->n && !memcmp(w.ids, ex->ids, w.n * sizeof(int32_t));
+	bool ok = true;
+	uint8_t *loss = same ? NULL : calloc(w.n ? w.n : 1, 1);
+	if (!same && !loss)
+		ok = !(*why = "out of memory");
+	size_t from = 0;
+	for (size_t k = 0; !same && ok && k < n_turns; k++) {
+		c.n = pre.n = 0;
+		if (fw_tokenizer_encode_ex(tok, all + turns[k].at, turns[k].n, 0, &c, &e) != FW_OK ||
+		    fw_tokenizer_encode_ex(tok, all, turns[k].at, SPLIT, &pre, &e) != FW_OK) {
+			ok = !(*why = "out of memory");
+			break;
+		}
+		size_t lb = pre.n ? pre.n - 1 : 0;
+		int64_t i = find_ids(w.ids, w.n, lb > from ? lb : from, c.ids, c.n);
+		if (i < 0) {
+			ok = !(*why = "the assistant's content tokenizes differently inside the "
+				      "rendered conversation: the loss cannot be placed exactly");
+			break;
+		}
+		size_t j = (size_t)i + c.n;
+		memset(loss + i, 1, c.n);
+		for (size_t q = j; turns[k].eot >= 0 && q < w.n; q++) {
+			size_t len = 0;
+			const char *b = fw_tokenizer_token(tok, w.ids[q], &len);
+			if (w.ids[q] == turns[k].eot) {
+				loss[q] = 1;
+				j = q + 1;
+				break;
+			}
+			if (!blank_token(b, len) || fw_tokenizer_is_special(tok, w.ids[q]))
+				break;
+		}
+		from = j;
+	}
+	if (!same && ok) {
+		free(ex->ids);
+		free(ex->loss);
+		ex->ids = malloc(sizeof(int32_t) * (w.n ? w.n : 1));
+		if (!ex->ids) {
+			ex->loss = loss;
+			ex->n = 0;
+			loss = NULL;
+			ok = !(*why = "out of memory");
+		} else {
+			memcpy(ex->ids, w.ids, sizeof(int32_t) * w.n);
+			ex->loss = loss;
+			ex->n = (int64_t)w.n;
+			loss = NULL;
+		}
+	}
+	free(loss);
+	fw_token_buf_free(&w);
+	fw_token_buf_free(&c);
+	fw_token_buf_free(&pre);
+	return ok;
+}
+
 /* A tokenizer_config.json chat template (docs/tokenizers.md, "SFT with a
  * chat template"): the whole conversation is rendered once (T), and for
  * each assistant message i the conversation before it with the generation
@@ -230,7 +334,8 @@ static char *render_upto(const struct fw_rt_encoder *enc, json_t *msgs, size_t n
  * else stripped of its leading, trailing, or both whitespace. The text between contents is tokenized without loss (special
  * tokens recognized, none added); each content is tokenized alone into the
  * loss, and so is the special token that follows it (after whitespace):
- * the end of the turn (<|eot_id|>, <|im_end|>, </s>, ...). */
+ * the end of the turn (<|eot_id|>, <|im_end|>, </s>, ...). The pieces'
+ * ids must be the whole render's (align_whole otherwise). */
 static bool render_jinja(const struct fw_rt_encoder *enc, json_t *msgs, struct fw_rt_example *ex,
 			 const char **why)
 {
@@ -242,8 +347,11 @@ static bool render_jinja(const struct fw_rt_encoder *enc, json_t *msgs, struct f
 	char *all = render_upto(enc, msgs, json_array_size(msgs), false, buf, sizeof(buf), why);
 	if (!all)
 		return false;
-	size_t at = 0, n_all = strlen(all);
+	size_t at = 0, n_all = strlen(all), n_turns = 0;
 	bool ok = true, any = false;
+	struct turn *turns = calloc(json_array_size(msgs), sizeof(*turns));
+	if (!turns)
+		ok = !(*why = "out of memory");
 	for (size_t i = 0; ok && i < json_array_size(msgs); i++) {
 		json_t *m = json_array_get(msgs, i), *content = json_object_get(m, "content");
 		const char *role = json_string_value(json_object_get(m, "role"));
@@ -293,6 +401,7 @@ static bool render_jinja(const struct fw_rt_encoder *enc, json_t *msgs, struct f
 		struct fw_token_buf t = { 0 };
 		struct fw_err er = { 0 };
 		size_t next = w;
+		turns[n_turns] = (struct turn){ .at = a, .n = nc, .eot = -1 };
 		if (ok && w < n_all && fw_tokenizer_encode_ex(tok, all + w, n_all - w > 64 ? 64 :
 							      n_all - w, SPLIT, &t, &er) == FW_OK &&
 		    t.n && fw_tokenizer_is_special(tok, t.ids[0])) {
@@ -301,11 +410,13 @@ static bool render_jinja(const struct fw_rt_encoder *enc, json_t *msgs, struct f
 			if (sp && len <= n_all - w && !memcmp(all + w, sp, len)) {
 				ok = push_id(ex, t.ids[0], true);
 				next = w + len;
+				turns[n_turns].eot = t.ids[0];
 			}
 		}
 		fw_token_buf_free(&t);
 		at = next;
 		any = true;
+		n_turns++;
 		if (!ok && !*why)
 			*why = "out of memory";
 	}
@@ -313,6 +424,9 @@ static bool render_jinja(const struct fw_rt_encoder *enc, json_t *msgs, struct f
 		ok = !(*why = "'messages' has no assistant message");
 	if (ok && !push_n(tok, ex, all + at, n_all - at, false, SPLIT))
 		ok = !(*why = "out of memory");
+	if (ok)
+		ok = align_whole(tok, all, turns, n_turns, ex, why);
+	free(turns);
 	fw_free(all);
 	return ok;
 }

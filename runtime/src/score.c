@@ -357,6 +357,8 @@ enum fw_status fw_rt_score_file(const char *path, const struct fw_rt_score_confi
 	enum fw_status est = fw_rt_encoder_init(&sc.enc, tok, cfg->chatml, err);
 	if (est != FW_OK)
 		return est;
+	sc.enc.jinja = cfg->jinja;
+	sc.enc.jinja_vars = cfg->jinja_vars;
 	int64_t n_bad = 0;
 	*json = NULL;
 	enum fw_status st = fw_rt_jsonl_foreach(path, cfg->max_bad, &n_bad, add_record, &sc, log,

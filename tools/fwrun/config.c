@@ -135,6 +135,10 @@ static const struct fw_option_def run_defs[] = {
 	  "strings for several); the EOS token always stops" },
 	{ "interactive", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "generate: read prompts from stdin, one a line, and answer each" },
+	{ "chat", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "generate: the prompt is a user message (or a JSON array of messages), put in "
+	  "--chat-template's format with the assistant's header; the template's end of turn "
+	  "stops" },
 	{ "score-data", FW_OPT_STRING, "", 0, -1, NULL,
 	  "eval: JSONL of prompt/response (log-likelihood) or prompt/choices/answer "
 	  "(multiple-choice accuracy) records" },
@@ -166,7 +170,7 @@ static const struct {
 	{ "plugins", C_ALL }, { "data", C_TRAIN | C_EVAL }, { "valid-data", C_TRAIN | C_EVAL },
 	{ "data-format", C_TRAIN | C_EVAL }, { "tokenizer", C_ALL }, { "vocab-file", C_ALL },
 	{ "merge-file", C_ALL }, { "packing", C_TRAIN | C_EVAL },
-	{ "chat-template", C_TRAIN | C_EVAL }, { "too-long", C_TRAIN | C_EVAL },
+	{ "chat-template", C_ALL }, { "too-long", C_TRAIN | C_EVAL },
 	{ "calculate-per-token-loss", C_TRAIN | C_EVAL }, { "max-bad-records", C_TRAIN | C_EVAL },
 	{ "micro-batch-size", C_TRAIN | C_EVAL }, { "global-batch-size", C_TRAIN },
 	{ "seq-length", C_TRAIN | C_EVAL }, { "train-iters", C_TRAIN }, { "lr", C_TRAIN },
@@ -181,7 +185,7 @@ static const struct {
 	{ "threads", C_ALL }, { "log-interval", C_TRAIN }, { "prompt-tokens", C_GEN },
 	{ "max-new-tokens", C_GEN }, { "temperature", C_GEN }, { "top-k", C_GEN },
 	{ "top-p", C_GEN }, { "prompt", C_GEN }, { "prompt-file", C_GEN },
-	{ "repetition-penalty", C_GEN }, { "stop", C_GEN }, { "interactive", C_GEN },
+	{ "repetition-penalty", C_GEN }, { "stop", C_GEN }, { "interactive", C_GEN }, { "chat", C_GEN },
 	{ "score-data", C_EVAL }, { "adapter", C_ALL }, { "adapter-name", C_ALL },
 	{ "merge-adapter", C_ALL },       /* train refuses it with its own error */
 	{ "bf16", C_TRAIN | C_EVAL }, { "fp16", C_TRAIN | C_EVAL }, { "loss-scale", C_TRAIN },

@@ -4,6 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
+#include "fw/chat_template.h"
 #include "session.h"
 
 static const char eval_usage[] =
@@ -86,8 +89,23 @@ int cmd_eval(int argc, char **argv)
 		.max_bad = opt_i(&s, "max-bad-records"),
 		.chatml = !strcmp(opt_s(&s, "chat-template"), "chatml"),
 	};
-	if (*score && fw_rt_score_file(score, &sc, s.tok, &s.model, s.eval_g, &fwrun_log,
-				       &scores, &s.err) != FW_OK) {
+	/* auto: messages records through the tokenizer's own template, as train's */
+	struct fw_chat_template *jinja = NULL;
+	void *vars = NULL;
+	const char *cfg = *score && s.tok && !strcmp(opt_s(&s, "chat-template"), "auto") ?
+		fw_tokenizer_config(s.tok, NULL) : NULL;
+	if (cfg && fw_rt_chat_template_from_config(cfg, "the tokenizer's tokenizer_config.json",
+						   &jinja, &vars, &s.err) != FW_OK) {
+		rc = fail(s.err.status, "%s", s.err.msg);
+		goto out;
+	}
+	sc.jinja = jinja;
+	sc.jinja_vars = vars;
+	enum fw_status st = *score ? fw_rt_score_file(score, &sc, s.tok, &s.model, s.eval_g,
+						      &fwrun_log, &scores, &s.err) : FW_OK;
+	fw_chat_template_free(jinja);
+	json_decref(vars);
+	if (st != FW_OK) {
 		rc = fail(s.err.status, "%s", s.err.msg);
 		goto out;
 	}

@@ -8,6 +8,9 @@
  * (--prompt, --prompt-file, or one a line on stdin with --interactive; the
  * output is the continuation's text, written token by token as it is
  * sampled). Text needs a tokenizer: the checkpoint's, or --tokenizer.
+ * With --chat a text prompt is a user message, or a JSON array of messages,
+ * put in --chat-template's format (fw/runtime/chat.h); the tokenizer's EOS
+ * and the template's end-of-turn tokens stop the answer.
  */
 #define _GNU_SOURCE             /* memmem, getline */
 #include <errno.h>
@@ -167,6 +170,8 @@ struct gen {
 	int64_t max_new;
 	struct fw_rt_gen_opts opts;       /* sampling */
 	struct fw_tokenizer *tok;         /* NULL: print ids */
+	struct fw_rt_chat chat;           /* the prompt format and the stop tokens */
+	bool chat_prompts;                /* --chat */
 	struct text_out text;
 	/* one completion's output: */
 	int32_t eos, turn_end;
@@ -207,7 +212,8 @@ static enum fw_rt_action print_token(void *user, int32_t tok)
 		printf("%s%d", s->printed++ ? "," : "", tok);
 	} else {
 		size_t nb = 0;
-		const char *b = tok == s->eos || tok == s->turn_end ? NULL :
+		const char *b = tok == s->eos || tok == s->turn_end ||
+				fw_rt_chat_is_stop(&s->chat, tok) ? NULL :
 				fw_tokenizer_token(s->tok, tok, &nb);
 		if (!b || text_push(&s->text, b, nb))
 			return FW_RT_STOP;      /* EOS or a stop string */
@@ -249,13 +255,31 @@ static enum fw_status complete(struct gen *s, const int32_t *prompt, int64_t n,
 
 /* --- prompts --------------------------------------------------------------------------- */
 
-static enum fw_status encode(struct fw_tokenizer *tok, const char *text, size_t len,
+/* --chat: a JSON array is the messages, other text one user message. */
+static enum fw_status encode_chat(struct gen *s, const char *text, size_t len,
+				  struct fw_token_buf *ids, struct fw_err *err)
+{
+	json_t *msgs = json_loadb(text, len, 0, NULL);
+	if (!json_is_array(msgs)) {
+		json_decref(msgs);
+		msgs = json_pack("[{s:s%, s:s}]", "content", text, len, "role", "user");
+	}
+	char *m = msgs ? json_dumps(msgs, 0) : NULL;
+	enum fw_status st = m ? fw_rt_chat_prompt(&s->chat, m, ids, err) :
+		fw_errorf(err, FW_ERR_INVALID, "the prompt is not UTF-8 text");
+	free(m);
+	json_decref(msgs);
+	return st;
+}
+
+static enum fw_status encode(struct gen *s, const char *text, size_t len,
 			     struct fw_token_buf *ids, struct fw_err *err)
 {
 	ids->n = 0;
 	/* Special-token text in a prompt is the special token, as in Hugging
 	 * Face's tokenizers: prompts written in a chat template need it. */
-	if (fw_tokenizer_encode(tok, text, len, true, ids, err) != FW_OK)
+	if (s->chat_prompts ? encode_chat(s, text, len, ids, err) != FW_OK :
+	    fw_tokenizer_encode(s->tok, text, len, true, ids, err) != FW_OK)
 		return err->status;
 	if (ids->n == 0)
 		return fw_errorf(err, FW_ERR_INVALID, "the prompt is empty");
@@ -285,7 +309,7 @@ static int interact(struct gen *s)
 		if (n == 0)
 			continue;
 		struct fw_err err = { 0 };
-		if (encode(s->tok, line, (size_t)n, &ids, &err) != FW_OK ||
+		if (encode(s, line, (size_t)n, &ids, &err) != FW_OK ||
 		    complete(s, ids.ids, (int64_t)ids.n, &err) != FW_OK) {
 			say("%s", err.msg);
 			failed++;
@@ -318,11 +342,14 @@ int cmd_generate(int argc, char **argv)
 			       "[--top-p=P] [--repetition-penalty=R] [--seed=S]\n"
 			       "         [--stop=STRING | --stop='[\"A\", \"B\"]'] "
 			       "[--tokenizer=byte|gpt2 ...]\n"
+			       "         [--chat [--chat-template=auto|plain|chatml]]\n"
 			       "A text prompt prints the continuation's text as it is produced, "
 			       "until EOS, a stop string\n(not printed) or --max-new-tokens; "
 			       "--interactive answers each line of stdin. Text needs\nthe "
 			       "checkpoint's tokenizer or --tokenizer. --prompt-tokens prints the "
-			       "generated ids,\ncomma-separated. --temperature=0 is greedy.\n");
+			       "generated ids,\ncomma-separated. --temperature=0 is greedy. --chat: the prompt is a user "
+			       "message\n(or a JSON array of messages) in the chat template's format "
+			       "(auto: the tokenizer's own),\nanswered until its end of turn.\n");
 			return command_help("generate", "", argc, argv);
 		}
 	}
@@ -386,8 +413,20 @@ int cmd_generate(int argc, char **argv)
 		rc = fail(FW_ERR_INVALID, "--prompt-file: %s", err.msg);
 		goto out;
 	}
+	s.chat_prompts = fw_opt_bool(o, "chat");
+	if (s.chat_prompts && !s.tok) {
+		rc = fail(FW_ERR_INVALID, "--chat needs a text prompt (--prompt, --prompt-file or "
+			 "--interactive), not --prompt-tokens");
+		goto out;
+	}
+	/* the stop tokens always; --chat's prompts fail on a template fw cannot use */
+	if (s.tok && fw_rt_chat_open(&s.chat, s.tok, fw_opt_str(o, "chat-template"), &err) != FW_OK &&
+	    (s.chat_prompts || fw_rt_chat_open(&s.chat, s.tok, "plain", &err) != FW_OK)) {
+		rc = fail(err.status, "%s", err.msg);
+		goto out;
+	}
 	if (!interactive && s.tok) {
-		if (encode(s.tok, text, text_len, &ids, &err) != FW_OK) {
+		if (encode(&s, text, text_len, &ids, &err) != FW_OK) {
 			rc = fail(FW_ERR_INVALID, "%s%s%s", *file ? file : "", *file ? ": " : "",
 				 err.msg);
 			goto out;
@@ -474,6 +513,7 @@ int cmd_generate(int argc, char **argv)
 out:
 	fw_rt_decoder_close(&s.d);
 	free(s.text.buf);
+	fw_rt_chat_close(&s.chat);
 	fw_tokenizer_free(s.tok);
 	free(params);
 	if (prompt != ids.ids)

@@ -22,7 +22,7 @@ static const char *const incidental[] = {
 	"load", "finetune", "run-dir", "save", "save-interval", "threads", "log-interval",
 	"eval-interval", "eval-iters", "valid-data", "train-iters", "overwrite", "base-only",
 	"prompt-tokens", "max-new-tokens", "temperature", "top-k", "top-p", "prompt",
-	"prompt-file", "repetition-penalty", "stop", "interactive", "score-data",
+	"prompt-file", "repetition-penalty", "stop", "interactive", "chat", "score-data",
 	"merge-adapter", "max-bad-records", "plugins",
 };
 

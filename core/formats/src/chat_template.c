@@ -1980,6 +1980,65 @@ static long long length_of(struct rctx *r, const struct node *n, const json_t *v
 	return 0;
 }
 
+static int test_value(struct rctx *r, const struct node *n, const char *t, json_t *v,
+		      json_t *other);
+
+/* selectattr/rejectattr(attr[, test[, value]]) on a list of objects, as
+ * @huggingface/jinja: an item without attr is rejected by selectattr. */
+static json_t *select_attr(struct rctx *r, const struct node *n, json_t *v, struct args *a,
+			   bool select)
+{
+	json_t *attr = arg(a, 0, "attr"), *t = arg(a, 1, "test"), *res = json_array();
+	if (!json_is_string(attr) || (t && !json_is_string(t))) {
+		rerr(r, n, "%s: the attribute and the test must be strings", n->s);
+		json_decref(res);
+		return NULL;
+	}
+	for (size_t i = 0; res && !r->failed && i < json_array_size(v); i++) {
+		json_t *item = json_array_get(v, i);
+		if (!json_is_object(item)) {
+			rerr(r, n, "%s can only be applied to a list of objects", n->s);
+			break;
+		}
+		json_t *x = json_object_get(item, json_string_value(attr));
+		int ok = x && (t ? test_value(r, n, json_string_value(t), x, arg(a, 2, "value")) :
+			       truthy(x));
+		if (ok == select && json_array_append(res, item))
+			rerr(r, n, "out of memory");
+	}
+	if (r->failed) {
+		json_decref(res);
+		return NULL;
+	}
+	return res;
+}
+
+/* map(attribute=name[, default=value]) on a list of objects. */
+static json_t *map_attr(struct rctx *r, const struct node *n, json_t *v, struct args *a)
+{
+	json_t *attr = kwarg(a, "attribute"), *def = kwarg(a, "default"), *res = json_array();
+	if (!json_is_string(attr)) {
+		rerr(r, n, "map: only map(attribute='name') is supported");
+		json_decref(res);
+		return NULL;
+	}
+	for (size_t i = 0; res && !r->failed && i < json_array_size(v); i++) {
+		json_t *item = json_array_get(v, i);
+		json_t *x = json_is_object(item) ? json_object_get(item, json_string_value(attr)) : NULL;
+		if (!json_is_object(item))
+			rerr(r, n, "map: the items must be objects");
+		else if (!x && !def)
+			rerr(r, n, "map: an item has no '%s' (and no default)", json_string_value(attr));
+		else if (json_array_append(res, x ? x : def))
+			rerr(r, n, "out of memory");
+	}
+	if (r->failed) {
+		json_decref(res);
+		return NULL;
+	}
+	return res;
+}
+
 static json_t *filter(struct rctx *r, struct scope *sc, const struct node *n, json_t *v)
 {
 	const char *f = n->s;
@@ -2047,12 +2106,35 @@ static json_t *filter(struct rctx *r, struct scope *sc, const struct node *n, js
 		json_t *sep = arg(&a, 0, "d");
 		struct sbuf b = { 0 };
 		for (size_t i = 0; i < json_array_size(v); i++) {
+			json_t *x = json_array_get(v, i);
 			if (i && sep)
 				to_str(&b, sep);
-			to_str(&b, json_array_get(v, i));
+			if (json_is_array(x))   /* JavaScript's Array join: its items, ',' */
+				for (size_t k = 0; k < json_array_size(x); k++) {
+					if (k)
+						sb_str(&b, ",");
+					to_str(&b, json_array_get(x, k));
+				}
+			else
+				to_str(&b, x);
 		}
 		res = mkstr(r, b.p ? b.p : "", b.n);
 		free(b.p);
+	} else if ((!strcmp(f, "selectattr") || !strcmp(f, "rejectattr")) && json_is_array(v)) {
+		res = select_attr(r, n, v, &a, f[0] == 's');
+	} else if (!strcmp(f, "map") && json_is_array(v)) {
+		res = map_attr(r, n, v, &a);
+	} else if (!strcmp(f, "unique") && json_is_array(v)) {
+		res = json_array();
+		for (size_t i = 0; res && i < json_array_size(v); i++) {
+			json_t *x = json_array_get(v, i);
+			int seen = 0;
+			for (size_t k = 0; k < json_array_size(res) && !seen; k++)
+				seen = json_equal(json_array_get(res, k), x) && !json_is_object(x) &&
+				       !json_is_array(x);
+			if (!seen)
+				json_array_append(res, x);
+		}
 	} else if (!strcmp(f, "replace") && json_is_string(v)) {
 		res = replace(r, n, v, arg(&a, 0, "old"), arg(&a, 1, "new"), arg(&a, 2, "count"));
 	} else if (!strcmp(f, "items")) {
@@ -2078,15 +2160,10 @@ done:
 	return res;
 }
 
-static int test(struct rctx *r, struct scope *sc, const struct node *n, json_t *v)
+/* The test named t on v (other: its argument, if any); n for errors. */
+static int test_value(struct rctx *r, const struct node *n, const char *t, json_t *v, json_t *other)
 {
-	const char *t = n->s;
-	struct args a;
 	int res = 0;
-	if (args_eval(r, sc, n, &a)) {
-		args_free(&a);
-		return 0;
-	}
 	if (!strcmp(t, "defined"))
 		res = v != NULL;
 	else if (!strcmp(t, "undefined"))
@@ -2127,9 +2204,18 @@ static int test(struct rctx *r, struct scope *sc, const struct node *n, json_t *
 			json_decref(c);
 		}
 	} else if (!strcmp(t, "equalto") || !strcmp(t, "eq") || !strcmp(t, "sameas"))
-		res = values_equal(v, arg(&a, 0, "other"));
+		res = values_equal(v, other);
 	else
 		rerr(r, n, "unknown test '%s'", t);
+	return res;
+}
+
+static int test(struct rctx *r, struct scope *sc, const struct node *n, json_t *v)
+{
+	struct args a;
+	int res = 0;
+	if (!args_eval(r, sc, n, &a))
+		res = test_value(r, n, n->s, v, arg(&a, 0, "other"));
 	args_free(&a);
 	return res;
 }

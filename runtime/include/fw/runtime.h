@@ -25,6 +25,7 @@
 #include "fw/runtime/trainer.h"
 #include "fw/runtime/sample.h"
 #include "fw/runtime/generate.h"
+#include "fw/runtime/chat.h"
 #include "fw/runtime/score.h"
 #include "fw/runtime/sweep.h"
 #include "fw/runtime/tasks.h"

@@ -19,6 +19,8 @@ extern "C" {
 struct fw_rt_score_config {
 	int64_t max_bad;                  /* bad records skipped before failing */
 	bool chatml;                      /* messages records: the chatml template */
+	const struct fw_chat_template *jinja;   /* else this one, if not NULL (see */
+	const void *jinja_vars;                 /* struct fw_rt_encoder) */
 };
 
 /* Scores path's records with g, a forward graph of m whose outputs include
