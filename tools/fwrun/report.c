@@ -65,7 +65,7 @@ const struct fw_rt_log fwrun_log = { log_line, NULL };
 
 const char *num_text(double x, char *buf, size_t len)
 {
-	if (x == (double)(long long)x && x > -1e18 && x < 1e18)
+	if (x > -1e18 && x < 1e18 && x == (double)(long long)x)   /* range first: the cast is UB outside */
 		snprintf(buf, len, "%lld", (long long)x);
 	else
 		snprintf(buf, len, "%g", x);
