@@ -412,7 +412,10 @@ static int finish_trial(struct sweep_run *r, struct running *run, int status,
 			const struct rusage *ru)
 {
 	struct run_curves c;
-	bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0;
+	/* A trial the rule stopped may take the SIGTERM after its training loop,
+	 * where fwrun train no longer catches it: stopped all the same. */
+	bool ok = (WIFEXITED(status) && WEXITSTATUS(status) == 0) ||
+		  (run->stop_rule && WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM);
 	curves_read(run->dir, &c);
 	int64_t last = c.n_train ? c.train_step[c.n_train - 1] : 0;
 	if (run->iters <= 0)
