@@ -609,7 +609,7 @@ static void clear_drawn(struct sweep_run *r)
 	}
 }
 
-static int run_trials(struct sweep_run *r, const int64_t *todo, int64_t n_todo, int jobs)
+static int run_trials(struct sweep_run *r, const int64_t *pending, int64_t n_pending, int jobs)
 {
 	struct running *runs = calloc((size_t)jobs, sizeof(*runs));
 	int n_run = 0, rc = 0;
@@ -619,18 +619,18 @@ static int run_trials(struct sweep_run *r, const int64_t *todo, int64_t n_todo, 
 	bool forwarded = false;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
-	while ((next < n_todo || n_run > 0) && !rc) {
+	while ((next < n_pending || n_run > 0) && !rc) {
 		if (interrupted && !forwarded) {   /* a terminal's ^C reached them already */
 			for (int i = 0; i < n_run; i++)
 				kill(runs[i].pid, SIGTERM);
 			forwarded = true;
-			next = n_todo;
+			next = n_pending;
 		}
-		while (n_run < jobs && next < n_todo && !rc) {
+		while (n_run < jobs && next < n_pending && !rc) {
 			struct running *x = &runs[n_run];
 			struct fw_err err = { 0 };
 			*x = (struct running){ 0 };
-			if (fw_sweep_trial(&r->sw, todo[next++], &x->t, &err) != FW_OK) {
+			if (fw_sweep_trial(&r->sw, pending[next++], &x->t, &err) != FW_OK) {
 				rc = fail(err.status ? err.status : FW_ERR_IO, "%s", err.msg);
 				break;
 			}
@@ -874,8 +874,8 @@ int cmd_sweep(int argc, char **argv)
 	/* what is left: not finished (done or stopped) in sweep.jsonl */
 	int n_rec = 0;
 	json_t **rec = sweep_records(dir, &n_rec);
-	int64_t *todo = calloc((size_t)r.total + 1, sizeof(int64_t)), n_todo = 0, skipped = 0;
-	for (int64_t i = 0; todo && i < r.total; i++) {
+	int64_t *pending = calloc((size_t)r.total + 1, sizeof(int64_t)), n_pending = 0, skipped = 0;
+	for (int64_t i = 0; pending && i < r.total; i++) {
 		if ((trial >= 0 && i != trial) || (trial < 0 && i % size != rank))
 			continue;
 		struct fw_sweep_trial t;
@@ -890,23 +890,23 @@ int cmd_sweep(int argc, char **argv)
 			json_t *ss = json_object_get(old, "stop_step");
 			remember_done(&r, i, d, ss ? json_integer_value(ss) : -1);
 		} else {
-			todo[n_todo++] = i;
+			pending[n_pending++] = i;
 		}
 		fw_sweep_trial_free(&t);
 	}
 	sweep_records_free(rec, n_rec);
-	if (!todo) {
+	if (!pending) {
 		fw_sweep_free(&r.sw);
 		return fail(FW_ERR_NOMEM, "out of memory");
 	}
 	fprintf(stderr, "sweep: %lld trials in %s; %lld to run%s, %lld finished before; %lld at "
-		"once x %d threads%s\n", (long long)r.total, file, (long long)n_todo,
+		"once x %d threads%s\n", (long long)r.total, file, (long long)n_pending,
 		mpi ? " on this rank" : "", (long long)skipped, jobs, r.threads,
 		r.sw.rule.kind == FW_SWEEP_STOP_NONE ? "" :
 		r.sw.rule.kind == FW_SWEEP_STOP_MEDIAN ? "; early stopping: median" :
 		"; early stopping: asha");
-	rc = run_trials(&r, todo, n_todo, (int)jobs);
-	free(todo);
+	rc = run_trials(&r, pending, n_pending, (int)jobs);
+	free(pending);
 	for (int i = 0; i < r.n_done; i++)
 		curves_free(&r.done[i]);
 	free(r.done);
