@@ -21,7 +21,6 @@ PACKAGES=(
 	hdf5-tools          # h5dump/h5ls in the HDF5 format docs and checks
 	check               # the C unit test framework
 	libjansson-dev      # JSON: configs, safetensors headers, tokenizer.json
-	libinih-dev         # INI config files
 	libpcre2-dev        # regexes: GPT-2's pre-tokenizer
 	libicu-dev          # Unicode: normalization (NFC/NFKC/NFD), categories, case mapping for tokenizer.json
 	python3             # the oracle scripts run under /usr/bin/python3

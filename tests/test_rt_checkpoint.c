@@ -168,6 +168,65 @@ START_TEST(test_ini)
 }
 END_TEST
 
+struct ini_seen {
+	char got[16][3][1100];
+	int line[16];
+	int n;
+	int refuse_line;            /* the callback refuses this line */
+};
+
+static int ini_record(void *arg, const char *section, const char *key, const char *value,
+		      int line)
+{
+	struct ini_seen *s = arg;
+	ck_assert_int_lt(s->n, 16);
+	snprintf(s->got[s->n][0], 1100, "%s", section);
+	snprintf(s->got[s->n][1], 1100, "%s", key ? key : "(section)");
+	snprintf(s->got[s->n][2], 1100, "%s", value ? value : "");
+	s->line[s->n++] = line;
+	return line != s->refuse_line;
+}
+
+/* The reader's syntax as fw/runtime/ini.h states it (libinih's): line
+ * numbers, section lines, "key: value", inline " ;" comments, a BOM, values
+ * far longer than libinih's 199 bytes, and the first bad line's number. */
+START_TEST(test_ini_parse)
+{
+	char long_value[1001];
+	memset(long_value, 'x', 1000);
+	long_value[1000] = '\0';
+	char text[1400];
+	snprintf(text, sizeof(text), "\xEF\xBB\xBFtop = 1\r\n[ run ]\nprompt = %s\n"
+		 "data: a.txt ; the corpus\nsemi = a;b\n\n  [peft/lora]  \n"
+		 "no separator here\nlora-r=8\n[broken\n", long_value);
+	struct ini_seen s = { .refuse_line = 0 };
+	ck_assert_int_eq(fw_rt_ini_parse(text, ini_record, &s), 8);   /* first bad line */
+	ck_assert_int_eq(s.n, 7);
+	const char *want[6][3] = { { "", "top", "1" }, { "run", "(section)", "" },
+				   { "run", "prompt", long_value }, { "run", "data", "a.txt" },
+				   { "run", "semi", "a;b" }, { "peft/lora", "(section)", "" } };
+	const int want_line[6] = { 1, 2, 3, 4, 5, 7 };
+	for (int i = 0; i < 5; i++) {
+		ck_assert_str_eq(s.got[i][0], want[i][0]);
+		ck_assert_str_eq(s.got[i][1], want[i][1]);
+		ck_assert_str_eq(s.got[i][2], want[i][2]);
+		ck_assert_int_eq(s.line[i], want_line[i]);
+	}
+	ck_assert_str_eq(s.got[5][0], "peft/lora");
+	ck_assert_int_eq(s.line[5], 7);
+	ck_assert_str_eq(s.got[6][1], "lora-r");      /* read after the bad line 8 */
+	ck_assert_str_eq(s.got[6][2], "8");
+	ck_assert_int_eq(s.line[6], 9);
+	struct ini_seen t = { .refuse_line = 4 };
+	ck_assert_int_eq(fw_rt_ini_parse(text, ini_record, &t), 4);   /* refused by the callback */
+	ck_assert_int_eq(t.n, 7);
+	struct ini_seen u = { 0 };
+	char missing[600];
+	snprintf(missing, sizeof(missing), "%s/no-such.ini", dir);
+	ck_assert_int_eq(fw_rt_ini_parse_file(missing, ini_record, &u), -1);
+}
+END_TEST
+
 int main(void)
 {
 	if (!mkdtemp(dir)) {
@@ -180,6 +239,7 @@ int main(void)
 	tcase_add_test(tc, test_names);
 	tcase_add_test(tc, test_newest);
 	tcase_add_test(tc, test_ini);
+	tcase_add_test(tc, test_ini_parse);
 	suite_add_tcase(s, tc);
 	int rc = fwt_run_suite(s);
 	char cmd[300];

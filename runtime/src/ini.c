@@ -1,48 +1,107 @@
-/* ini.c - INI text of configurations (fw/runtime/ini.h). */
+/* ini.c - the INI reader (fw/runtime/ini.h). Hand-written because Debian's
+ * libinih (r55) cuts lines at 199 bytes, reads the remainder as another
+ * line, and gives its callbacks no line numbers. */
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "fw/runtime/data.h"
 #include "fw/runtime/ini.h"
 
-void fw_rt_ini_each(const char *text, void (*fn)(void *, const char *, const char *,
-						     const char *), void *arg)
+static char *trim(char *s)
 {
-	char section[128] = "";
+	while (*s == ' ' || *s == '\t' || *s == '\r')
+		s++;
+	size_t n = strlen(s);
+	while (n && (s[n - 1] == ' ' || s[n - 1] == '\t' || s[n - 1] == '\r'))
+		s[--n] = '\0';
+	return s;
+}
+
+/* Cuts s at an inline comment: ';' after whitespace. */
+static void cut_comment(char *s)
+{
+	for (char *p = s; *p; p++)
+		if (*p == ';' && p > s && (p[-1] == ' ' || p[-1] == '\t')) {
+			*p = '\0';
+			return;
+		}
+}
+
+int fw_rt_ini_parse(const char *text, fw_rt_ini_fn fn, void *arg)
+{
+	char *section = strdup(""), *buf = NULL;
+	size_t cap = 0;
+	int first_error = 0, line_no = 0;
+	if (!section)
+		return -2;
+	if (text && !strncmp(text, "\xEF\xBB\xBF", 3))
+		text += 3;
 	for (const char *l = text; l && *l;) {
 		const char *end = strchr(l, '\n');
 		size_t n = end ? (size_t)(end - l) : strlen(l);
-		char line[4400];
-		snprintf(line, sizeof(line), "%.*s", (int)(n < sizeof(line) ? n : sizeof(line) - 1), l);
+		if (n + 1 > cap) {
+			char *b = realloc(buf, n + 1);
+			if (!b) {
+				first_error = -2;
+				break;
+			}
+			buf = b;
+			cap = n + 1;
+		}
+		memcpy(buf, l, n);
+		buf[n] = '\0';
 		l = end ? end + 1 : NULL;
-		char *s = line;
-		while (*s == ' ' || *s == '\t')
-			s++;
-		if (!*s || *s == '#' || *s == ';')
+		line_no++;
+		char *s = trim(buf);
+		bool ok = true;
+		if (!*s || *s == ';' || *s == '#')
 			continue;
 		if (*s == '[') {
 			char *close = strchr(s, ']');
-			if (close)
-				snprintf(section, sizeof(section), "%.*s", (int)(close - s - 1), s + 1);
-			fn(arg, section, NULL, NULL);
-			continue;
+			if (close) {
+				*close = '\0';
+				char *name = strdup(trim(s + 1));
+				if (!name) {
+					first_error = -2;
+					break;
+				}
+				free(section);
+				section = name;
+				ok = fn(arg, section, NULL, NULL, line_no) != 0;
+			} else {
+				ok = false;
+			}
+		} else {
+			char *eq = strpbrk(s, "=:");
+			if (eq) {
+				*eq = '\0';
+				char *value = eq + 1;
+				cut_comment(value);
+				ok = fn(arg, section, trim(s), trim(value), line_no) != 0;
+			} else {
+				ok = false;
+			}
 		}
-		char *eq = strchr(s, '=');
-		if (!eq)
-			continue;
-		char *k_end = eq;
-		while (k_end > s && (k_end[-1] == ' ' || k_end[-1] == '\t'))
-			k_end--;
-		*k_end = '\0';
-		char *v = eq + 1;
-		while (*v == ' ' || *v == '\t')
-			v++;
-		size_t vl = strlen(v);
-		while (vl && (v[vl - 1] == ' ' || v[vl - 1] == '\r'))
-			v[--vl] = '\0';
-		fn(arg, section, s, v);
+		if (!ok && !first_error)
+			first_error = line_no;
 	}
+	free(buf);
+	free(section);
+	return first_error;
+}
+
+int fw_rt_ini_parse_file(const char *path, fw_rt_ini_fn fn, void *arg)
+{
+	struct fw_err err = { 0 };
+	size_t len;
+	char *text = fw_rt_read_file(path, &len, &err);
+	if (!text)
+		return err.status == FW_ERR_NOMEM ? -2 : -1;
+	int rc = fw_rt_ini_parse(text, fn, arg);
+	free(text);
+	return rc;
 }
 
 struct ini_find {
@@ -50,19 +109,20 @@ struct ini_find {
 	char *value;
 };
 
-static void find_cb(void *arg, const char *section, const char *key, const char *value)
+static int find_cb(void *arg, const char *section, const char *key, const char *value, int line)
 {
 	struct ini_find *f = arg;
 	bool top = !*section || !strcmp(section, "run");
+	(void)line;
 	if (key && !f->value && !strcmp(key, f->key) &&
 	    (!strcmp(f->section, "run") ? top : !strcmp(section, f->section)))
 		f->value = strdup(value);
+	return 1;
 }
 
 char *fw_rt_ini_lookup(const char *text, const char *section, const char *key)
 {
 	struct ini_find f = { section, key, NULL };
-	fw_rt_ini_each(text, find_cb, &f);
+	fw_rt_ini_parse(text, find_cb, &f);
 	return f.value;
 }
-

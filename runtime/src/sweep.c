@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <ini.h>
 
 #include "fw/runtime/data.h"
+#include "fw/runtime/ini.h"
 #include "fw/runtime/sweep.h"
 
 /* --- small helpers ------------------------------------------------------------------ */
@@ -76,34 +76,10 @@ static bool parse_int(const char *s, int64_t *x)
 
 struct parse {
 	struct fw_sweep *sw;
-	const char *text;
-	const char *cursor;           /* where the next key is looked for */
-	int cursor_line;
 	struct fw_err *err;
 	bool bad;
 	bool repeats;                 /* seeds are offsets from the base run's seed */
 };
-
-/* libinih (Debian's) passes no line numbers: the line of key is the next
- * one from the cursor that starts with it. */
-static int line_of(struct parse *p, const char *key)
-{
-	size_t kl = strlen(key);
-	for (const char *l = p->cursor; l && *l;) {
-		const char *end = strchr(l, '\n');
-		const char *s = l;
-		int line = p->cursor_line;
-		while (*s == ' ' || *s == '\t')
-			s++;
-		p->cursor = end ? end + 1 : NULL;
-		p->cursor_line++;
-		if (!strncmp(s, key, kl) && (s[kl] == '=' || s[kl] == ':' || s[kl] == ' ' ||
-					      s[kl] == '\t'))
-			return line;
-		l = p->cursor;
-	}
-	return 0;
-}
 
 __attribute__((format(printf, 4, 5)))
 static int fail(struct parse *p, int line, const char *key, const char *fmt, ...)
@@ -319,13 +295,15 @@ static bool axis_key_ok(const char *key)
 	return false;
 }
 
-static int entry(void *user, const char *section, const char *key, const char *value)
+static int entry(void *user, const char *section, const char *key, const char *value,
+		 int line)
 {
 	struct parse *p = user;
 	struct fw_sweep *sw = p->sw;
 	if (p->bad)
 		return 0;
-	int line = line_of(p, key);
+	if (!key)
+		return 1;
 	if (!strcmp(section, "sweep"))
 		return setting(p, key, value, line);
 	bool grid = !strcmp(section, "grid"), link = !strncmp(section, "link", 4) &&
@@ -382,9 +360,9 @@ enum fw_status fw_sweep_parse_text(const char *text, const char *path, struct fw
 	*sw = (struct fw_sweep){ .path = strdup(path), .minimize = true, .draws = 1,
 				 .rule = { FW_SWEEP_STOP_NONE, 0, 3, 1, 3 } };
 	snprintf(sw->metric, sizeof(sw->metric), "eval_loss");
-	struct parse p = { sw, text, text, 1, err, false, false };
+	struct parse p = { sw, err, false, false };
 	fw_err_clear(err);
-	int rc = sw->path ? ini_parse_string(text, entry, &p) : -2;
+	int rc = sw->path ? fw_rt_ini_parse(text, entry, &p) : -2;
 	if (rc == -2 && !p.bad)
 		fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
 	else if (rc > 0 && !p.bad)

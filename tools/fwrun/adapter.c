@@ -18,7 +18,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <ini.h>
 
 #include "fwrun.h"
 
@@ -120,13 +119,13 @@ static int pick(const struct adapter_ref *refs, int n, const char *want, struct 
 /* Fills the peft plugin's unset options from the chosen adapter's config,
  * so that --adapter=a.h5 needs no --lora-r etc. Problems with the file are
  * reported later, when the adapter is applied. */
-static int ini_fill(void *user, const char *section, const char *name, const char *value
-#if INI_HANDLER_LINENO
-		    , int lineno
-#endif
-		    )
+static int ini_fill(void *user, const char *section, const char *name, const char *value,
+		    int line)
 {
 	struct config *c = user;
+	if (!name)
+		return 1;        /* a section line */
+	(void)line;
 	struct fw_loaded *p = c->plugin[FW_KIND_PEFT];
 	if (p && !strcmp(p->desc->name, section) && !fw_options_has(p->opts, name))
 		fw_options_set(p->opts, name, value, NULL);     /* unknown keys: ignored */
@@ -144,7 +143,7 @@ void adapter_config_defaults(struct config *c, const char *spec, const char *nam
 		return;
 	if (fw_rt_ckpt_read_config(refs[i].path, &text, NULL) != FW_OK)
 		return;
-	ini_parse_string(text, ini_fill, c);
+	fw_rt_ini_parse(text, ini_fill, c);
 	fw_free(text);
 }
 

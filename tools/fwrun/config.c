@@ -9,7 +9,6 @@
 #include <string.h>
 #include <strings.h>
 
-#include <ini.h>
 
 #include "fwrun.h"
 
@@ -270,13 +269,13 @@ struct ini_warn {
 
 /* An entry of the --config file: warned about unless it holds the option's
  * default (a dumped configuration lists every option) or argv sets it too. */
-static int ini_warn_entry(void *user, const char *section, const char *name, const char *value
-#if INI_HANDLER_LINENO
-			  , int lineno
-#endif
-			  )
+static int ini_warn_entry(void *user, const char *section, const char *name, const char *value,
+			  int line)
 {
 	struct ini_warn *w = user;
+	if (!name)
+		return 1;        /* a section line */
+	(void)line;
 	struct fw_options *o = NULL;
 	for (int k = 1; k < FW_KIND_COUNT && *section && strcmp(section, "run"); k++)
 		if (w->c->plugin[k] && !strcmp(w->c->plugin[k]->desc->name, section))
@@ -309,7 +308,7 @@ void warn_unused_options(struct config *c, const char *cmd, int argc, char **arg
 	}
 	if (c->config_path) {
 		struct ini_warn w = { c, cmd, argc, argv };
-		ini_parse(c->config_path, ini_warn_entry, &w);
+		fw_rt_ini_parse_file(c->config_path, ini_warn_entry, &w);
 	}
 }
 
@@ -407,19 +406,16 @@ struct ini_ctx {
 	int line;
 };
 
-static int ini_entry(void *user, const char *section, const char *name, const char *value
-#if INI_HANDLER_LINENO
-		     , int lineno
-#endif
-		     )
+static int ini_entry(void *user, const char *section, const char *name, const char *value,
+		     int line)
 {
 	struct ini_ctx *ic = user;
 	char where[512];
 	if (ic->err->status != FW_OK)
 		return 0;       /* report the first error only */
-#if INI_HANDLER_LINENO
-	ic->line = lineno;
-#endif
+	if (!name)
+		return 1;
+	ic->line = line;
 	snprintf(where, sizeof(where), "%s: ", ic->path);
 	if (*section && strcmp(section, "run")) {
 		struct fw_loaded *p = NULL;
@@ -445,13 +441,13 @@ static int ini_entry(void *user, const char *section, const char *name, const ch
 }
 
 /* Reads "plugins = ..." from the file before anything else. */
-static int ini_plugins(void *user, const char *section, const char *name, const char *value
-#if INI_HANDLER_LINENO
-		       , int lineno
-#endif
-		       )
+static int ini_plugins(void *user, const char *section, const char *name, const char *value,
+		       int line)
 {
 	char **out = user;
+	if (!name)
+		return 1;        /* a section line */
+	(void)line;
 	if ((!*section || !strcmp(section, "run")) && !strcmp(name, "plugins")) {
 		free(*out);
 		*out = strdup(value);
@@ -463,7 +459,7 @@ static enum fw_status ini_apply(struct config *c, const char *path, struct fw_er
 {
 	struct ini_ctx ic = { c, path, err, 0 };
 	fw_err_clear(err);
-	int rc = ini_parse(path, ini_entry, &ic);
+	int rc = fw_rt_ini_parse_file(path, ini_entry, &ic);
 	if (rc == -1)
 		return fw_errorf(err, FW_ERR_IO, "%s: cannot open config file", path);
 	if (rc == -2)
@@ -483,13 +479,13 @@ static enum fw_status ini_apply(struct config *c, const char *path, struct fw_er
 /* A checkpoint or imported weights file carries the configuration it was
  * made with: its plugin options fill in whatever the user did not set, so
  * --load=gpt2.h5 needs no --n-layer etc. */
-static int ini_defaults(void *user, const char *section, const char *name, const char *value
-#if INI_HANDLER_LINENO
-			, int lineno
-#endif
-			)
+static int ini_defaults(void *user, const char *section, const char *name, const char *value,
+			int line)
 {
 	struct config *c = user;
+	if (!name)
+		return 1;        /* a section line */
+	(void)line;
 	for (int k = 1; k < FW_KIND_COUNT; k++) {
 		struct fw_loaded *p = c->plugin[k];
 		if (!p || strcmp(p->desc->name, section) || fw_options_has(p->opts, name))
@@ -508,7 +504,7 @@ static void apply_file_config(struct config *c, const char *load)
 	char *text = NULL;
 	if (fw_rt_ckpt_read_config(path, &text, NULL) != FW_OK)
 		return;
-	ini_parse_string(text, ini_defaults, c);
+	fw_rt_ini_parse(text, ini_defaults, c);
 	fw_free(text);
 }
 
@@ -611,13 +607,13 @@ struct inherit {
 	char taken[1024];
 };
 
-static int inherit_entry(void *user, const char *section, const char *name, const char *value
-#if INI_HANDLER_LINENO
-			 , int lineno
-#endif
-			 )
+static int inherit_entry(void *user, const char *section, const char *name, const char *value,
+			 int line)
 {
 	struct inherit *in = user;
+	if (!name)
+		return 1;        /* a section line */
+	(void)line;
 	if ((*section && strcmp(section, "run")) || fw_options_has(in->c->run, name) ||
 	    !def_of(in->c->run, name))
 		return 1;
@@ -640,7 +636,7 @@ static int inherit_entry(void *user, const char *section, const char *name, cons
 static char *inherited_plugins(const char *config, const char *cmd)
 {
 	char *list = NULL;
-	ini_parse_string(config, ini_plugins, &list);
+	fw_rt_ini_parse(config, ini_plugins, &list);
 	if (!list || (strcmp(cmd, "eval") && strcmp(cmd, "generate")))
 		return list;
 	char *out = calloc(1, strlen(list) + 1), *save = NULL;
@@ -661,7 +657,7 @@ static void inherit_run_options(struct config *c, const char *cmd, const char *c
 	in.resume = !strcmp(cmd, "train") && !true_text(value_of(c->run, "finetune"));
 	if (plugins)
 		snprintf(in.taken, sizeof(in.taken), " --plugins=%s", plugins);
-	ini_parse_string(config, inherit_entry, &in);
+	fw_rt_ini_parse(config, inherit_entry, &in);
 	if (!in.taken[0])
 		return;
 	size_t n = strlen(ckpt) + strlen(in.taken) + 64;
@@ -752,7 +748,7 @@ enum fw_status config_load(struct config *c, const char *cmd, int argc, char **a
 			return fw_errorf(err, FW_ERR_IO, "%s: cannot open config file",
 					 c->config_path);
 		fclose(f);
-		ini_parse(c->config_path, ini_plugins, &file_plugins);
+		fw_rt_ini_parse_file(c->config_path, ini_plugins, &file_plugins);
 	}
 	if (!plugins)
 		plugins = file_plugins;

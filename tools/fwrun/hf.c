@@ -10,7 +10,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <ini.h>
 #include <jansson.h>
 
 #include "fwrun.h"
@@ -597,13 +596,13 @@ out:
 
 /* --- fwrun export --------------------------------------------------------------------------- */
 
-static int set_arch_option(void *user, const char *section, const char *name, const char *value
-#if INI_HANDLER_LINENO
-			   , int lineno
-#endif
-			   )
+static int set_arch_option(void *user, const char *section, const char *name, const char *value,
+			   int line)
 {
 	struct fw_loaded *p = user;
+	if (!name)
+		return 1;        /* a section line */
+	(void)line;
 	if (!strcmp(section, p->desc->name))
 		fw_options_set(p->opts, name, value, NULL);    /* another fw's keys: ignored */
 	return 1;
@@ -617,7 +616,7 @@ static enum fw_status file_arch(const char *path, struct hf_model *h, struct fw_
 	enum fw_status st = fw_rt_ckpt_read_config(path, &config, err);
 	if (st == FW_OK && (st = file_arch_name(path, arch, sizeof(arch), err)) == FW_OK &&
 	    (st = fw_plugin_open(arch, FW_KIND_ARCH, &h->arch, err)) == FW_OK) {
-		ini_parse_string(config, set_arch_option, h->arch);
+		fw_rt_ini_parse(config, set_arch_option, h->arch);
 		if ((st = fw_options_resolve(h->arch->opts, err)) == FW_OK &&
 		    !(h->map = map_of(h->arch, NULL, h->arch->opts)))
 			st = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: %s has no Hugging Face form for "

@@ -118,16 +118,19 @@ static int add_sweep(struct report *r, const char *dir)
 }
 
 /* config.ini's [run] keys as they are, a plugin's as SECTION.KEY. */
-static void config_entry(void *arg, const char *section, const char *key, const char *value)
+static int config_entry(void *arg, const char *section, const char *key, const char *value,
+			int line)
 {
 	char k[300];
+	(void)line;
 	if (!key)
-		return;
+		return 1;
 	if (*section && strcmp(section, "run"))
 		snprintf(k, sizeof(k), "%s.%s", section, key);
 	else
 		snprintf(k, sizeof(k), "%s", key);
 	json_object_set_new(arg, k, json_string(value));
+	return 1;
 }
 
 /* A run directory: its config.ini's options become axes where runs differ. */
@@ -146,7 +149,7 @@ static int add_run(struct report *r, const char *dir)
 	snprintf(path, sizeof(path), "%s/config.ini", dir);
 	char *text = fw_rt_read_file(path, &n, NULL);
 	if (text)
-		fw_rt_ini_each(text, config_entry, t->params);
+		fw_rt_ini_parse(text, config_entry, t->params);
 	free(text);
 	const char *seed = json_string_value(json_object_get(t->params, "seed"));
 	t->seed = seed ? strtoll(seed, NULL, 10) : -1;

@@ -31,16 +31,18 @@ struct ident {
 	int n, cap;
 };
 
-static void ident_cb(void *arg, const char *section, const char *key, const char *value)
+static int ident_cb(void *arg, const char *section, const char *key, const char *value,
+		    int line)
 {
 	struct ident *id = arg;
+	(void)line;
 	bool run = !*section || !strcmp(section, "run");
 	char k[300];
 	if (run && !key)
-		return;
+		return 1;
 	for (size_t i = 0; run && i < sizeof(incidental) / sizeof(incidental[0]); i++)
 		if (!strcmp(key, incidental[i]))
-			return;
+			return 1;
 	if (run)
 		snprintf(k, sizeof(k), "--%s", key);
 	else if (key)
@@ -56,11 +58,12 @@ static void ident_cb(void *arg, const char *section, const char *key, const char
 		if (nv)
 			id->value = nv;
 		if (!nk || !nv)
-			return;
+			return 1;
 		id->cap = cap;
 	}
 	id->key[id->n] = strdup(k);
 	id->value[id->n++] = strdup(value ? value : "loaded");
+	return 1;
 }
 
 static void ident_free(struct ident *id)
@@ -85,8 +88,8 @@ bool config_same_run(const char *a, const char *b, const char *a_name, const cha
 		     char *why, size_t len)
 {
 	struct ident x = { 0 }, y = { 0 };
-	fw_rt_ini_each(a, ident_cb, &x);
-	fw_rt_ini_each(b, ident_cb, &y);
+	fw_rt_ini_parse(a, ident_cb, &x);
+	fw_rt_ini_parse(b, ident_cb, &y);
 	bool same = true;
 	for (int pass = 0; pass < 2 && same; pass++) {
 		const struct ident *p = pass ? &y : &x, *q = pass ? &x : &y;

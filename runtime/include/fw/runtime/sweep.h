@@ -2,7 +2,7 @@
  * early-stopping rules and the aggregates. Pure logic (no processes, no
  * plugins): fwrun sweep runs the trials, fwrun report reads the results.
  *
- * A sweep file is INI (libinih), with these sections:
+ * A sweep file is INI (fw/runtime/ini.h), with these sections:
  *
  *   [sweep]        metric = eval_loss | loss   direction = min | max
  *                  trials = N (random draws)   seed = S (of the draws)
