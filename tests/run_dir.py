@@ -185,6 +185,26 @@ def check_run_dir(fw, work, data):
             p.returncode == 2 and one_line_error(p, "never overwritten") and same,
             gp.describe(p))
 
+    # A run written by an older fw lacks the options added since: each reads
+    # as its default, so the run resumes unless this run sets it otherwise.
+    ini = os.path.join(run, "config.ini")
+    with open(ini) as f:
+        text = f.read()
+    dropped = [line for line in text.splitlines()
+               if line.startswith(("hysteresis = ", "adam-beta2 = "))]
+    with open(ini, "w") as f:
+        f.write("\n".join(line for line in text.splitlines() if line not in dropped) + "\n")
+    p = fw(*first, "--train-iters=5", "--hysteresis=3", f"--load={run}")
+    R.check("an option an older run's config.ini lacks, set here to another value, is refused",
+            len(dropped) == 2 and p.returncode == 2
+            and one_line_error(p, "holds another run", "--hysteresis", "not set"),
+            gp.describe(p))
+    p = fw(*first, "--train-iters=5", f"--load={run}")
+    R.check("... and at their defaults (fwrun's and a plugin's), the older run resumes",
+            p.returncode == 0 and [r["step"] for r in records(run)
+                                   if r.get("type") == "train"] == [1, 2, 3, 4, 5],
+            gp.describe(p))
+
     other = os.path.join(work, "other")
     p = fw("train", BASE, *MODEL, "--n-embd=32", *SIZE, f"--data={data}", "--train-iters=1",
            f"--run-dir={other}")
@@ -202,7 +222,8 @@ def check_run_dir(fw, work, data):
     R.check("--overwrite starts the new run, the old files set aside",
             p.returncode == 0 and len(aside) == 1
             and sorted(os.listdir(aside[0])) == ["ckpt-00000002.h5", "ckpt-00000004.h5",
-                                                 "config.ini", "metrics.jsonl"]
+                                                 "ckpt-00000005.h5", "config.ini",
+                                                 "metrics.jsonl"]
             and [r.get("type") for r in recs] == ["train", "eval"], gp.describe(p))
 
 

@@ -318,6 +318,25 @@ const struct fw_option_def *run_option_defs(int *n)
 	return run_defs;
 }
 
+const char *config_option_default(const struct config *c, const char *section, const char *name)
+{
+	if (!*section || !strcmp(section, "run")) {
+		for (size_t i = 0; i < sizeof(run_defs) / sizeof(run_defs[0]); i++)
+			if (!strcmp(run_defs[i].name, name))
+				return run_defs[i].def;
+		return NULL;
+	}
+	for (int k = 1; c && k < FW_KIND_COUNT; k++) {
+		const struct fw_loaded *p = c->plugin[k];
+		if (!p || strcmp(p->desc->name, section))
+			continue;
+		for (int i = 0; i < fw_options_count(p->opts); i++)
+			if (!strcmp(fw_options_def(p->opts, i)->name, name))
+				return fw_options_def(p->opts, i)->def;
+	}
+	return NULL;
+}
+
 /* --- flat-name lookup across fwrun's and the plugins' options ----------------- */
 
 static struct fw_options *owner_of(struct config *c, const char *name)

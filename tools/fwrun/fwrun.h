@@ -53,6 +53,10 @@ bool wants_help(int argc, char **argv);
 /* Writes the fully resolved configuration as INI text (malloc'd). */
 char *config_dump(const struct config *c);
 const struct fw_option_def *run_option_defs(int *n);
+/* The default text of option name in a configuration's section ("" or "run":
+ * fwrun's; else the loaded plugin of that name in c, which may be NULL);
+ * NULL when unknown or required. */
+const char *config_option_default(const struct config *c, const char *section, const char *name);
 
 /* --- tokenizer (tok.c) ------------------------------------------------------------- */
 
@@ -74,10 +78,13 @@ long long ckpt_step(const char *name);
 
 /* Whether two resolved configurations (config_dump's INI) train the same run:
  * equal but for where a run writes, how often it logs or evaluates, how long
- * it goes on, and other commands' options. If not, why names the first
- * option that differs, with a_name and b_name for the two sides. */
+ * it goes on, and other commands' options. An option only one side lists (one
+ * added to fw after the other was written) counts as equal when it holds its
+ * default: fwrun's own options always, a plugin's when c has that plugin
+ * loaded (c may be NULL). If not, why names the first option that differs,
+ * with a_name and b_name for the two sides. */
 bool config_same_run(const char *a, const char *b, const char *a_name, const char *b_name,
-		     char *why, size_t len);
+		     const struct config *c, char *why, size_t len);
 /* INVALID if dir's checkpoints were written by different configurations. */
 enum fw_status check_dir_checkpoints(const char *dir, struct fw_err *err);
 /* A directory's newest adapter-<digits>.h5 (a file is taken as it is). */

@@ -27,7 +27,9 @@ static const char *const incidental[] = {
 };
 
 struct ident {
+	const struct config *c;      /* for plugin options' defaults; may be NULL */
 	char **key, **value;
+	const char **def;            /* the option's default; NULL: none known */
 	int n, cap;
 };
 
@@ -57,11 +59,15 @@ static int ident_cb(void *arg, const char *section, const char *key, const char 
 		char **nv = realloc(id->value, sizeof(char *) * (size_t)cap);
 		if (nv)
 			id->value = nv;
-		if (!nk || !nv)
+		const char **nd = realloc(id->def, sizeof(char *) * (size_t)cap);
+		if (nd)
+			id->def = nd;
+		if (!nk || !nv || !nd)
 			return 1;
 		id->cap = cap;
 	}
 	id->key[id->n] = strdup(k);
+	id->def[id->n] = key ? config_option_default(id->c, section, key) : NULL;
 	id->value[id->n++] = strdup(value ? value : "loaded");
 	return 1;
 }
@@ -74,6 +80,7 @@ static void ident_free(struct ident *id)
 	}
 	free(id->key);
 	free(id->value);
+	free(id->def);
 }
 
 static const char *ident_get(const struct ident *id, const char *key)
@@ -85,9 +92,9 @@ static const char *ident_get(const struct ident *id, const char *key)
 }
 
 bool config_same_run(const char *a, const char *b, const char *a_name, const char *b_name,
-		     char *why, size_t len)
+		     const struct config *c, char *why, size_t len)
 {
-	struct ident x = { 0 }, y = { 0 };
+	struct ident x = { .c = c }, y = { .c = c };
 	fw_rt_ini_parse(a, ident_cb, &x);
 	fw_rt_ini_parse(b, ident_cb, &y);
 	bool same = true;
@@ -99,6 +106,8 @@ bool config_same_run(const char *a, const char *b, const char *a_name, const cha
 			const char *other = ident_get(q, p->key[i]);
 			if (other && !strcmp(other, p->value[i]))
 				continue;
+			if (!other && p->def[i] && !strcmp(p->def[i], p->value[i]))
+				continue;      /* an option newer than the other side, at its default */
 			same = false;
 			const char *va = pass ? other : p->value[i], *vb = pass ? p->value[i] : other;
 			snprintf(why, len, "%s is %s%s%s in %s, %s%s%s in %s", p->key[i],
@@ -135,7 +144,7 @@ enum fw_status check_dir_checkpoints(const char *dir, struct fw_err *err)
 			snprintf(first_path, sizeof(first_path), "%s", path);
 			continue;
 		}
-		if (!config_same_run(first, config, first_path, path, why, sizeof(why)))
+		if (!config_same_run(first, config, first_path, path, NULL, why, sizeof(why)))
 			st = fw_errorf(err, FW_ERR_INVALID,
 				       "%s holds checkpoints of different configurations (%s); "
 				       "name one with --load=FILE", dir, why);

@@ -190,7 +190,8 @@ static enum fw_status claim_run_dir(struct session *s, const char **event, struc
 	enum fw_status st = FW_OK;
 	if (!here) {
 		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	} else if (prev && !config_same_run(prev, here, prev_path, "this run", why, sizeof(why))) {
+	} else if (prev && !config_same_run(prev, here, prev_path, "this run", &s->cfg, why,
+					     sizeof(why))) {
 		st = fw_errorf(err, FW_ERR_INVALID,
 			       "%s holds another run (%s); choose another --run-dir, resume that "
 			       "run with its configuration, or pass --overwrite to set its files "
