@@ -17,8 +17,8 @@
 # layers_compile_* build probes that must fail); runtime/include is seen only
 # by what links fw_runtime; core/*/src and tools/fwrun by nobody else. This
 # script catches the rest: relative paths into another layer's folder, and
-# public headers of a higher layer that sit on a lower layer's include path
-# (fw/loader.h for plugins).
+# public headers of a higher layer that share an installed include path
+# (fw/loader.h for plugins built against the installed package).
 #
 # Usage: tests/check_layers.sh SOURCE_DIR      check the tree
 #        tests/check_layers.sh --self-test      each rule refuses a planted include
