@@ -113,7 +113,7 @@ static bool render_messages(const struct fw_rt_encoder *enc, json_t *msgs, struc
 		{ "system", "System:\n", "system\n" }, { "user", "User:\n", "user\n" },
 		{ "assistant", "Assistant:\n", "assistant\n" },
 	};
-	static char buf[96];
+	static _Thread_local char buf[96];    /* why a record is bad */
 	struct fw_tokenizer *tok = enc->tok;
 	if (!json_is_array(msgs) || json_array_size(msgs) == 0)
 		return *why = "'messages' is not a non-empty array", false;
@@ -339,7 +339,7 @@ static bool align_whole(struct fw_tokenizer *tok, const char *all, const struct 
 static bool render_jinja(const struct fw_rt_encoder *enc, json_t *msgs, struct fw_rt_example *ex,
 			 const char **why)
 {
-	static char buf[600];
+	static _Thread_local char buf[600];   /* why a record is bad */
 	const unsigned SPLIT = FW_TOKENIZE_SPLIT_SPECIAL;
 	struct fw_tokenizer *tok = enc->tok;
 	if (!json_is_array(msgs) || json_array_size(msgs) == 0)

@@ -89,7 +89,7 @@ static void drop_seqs(struct scoring *sc, int64_t from)
 /* A multiple-choice record's fields, or why it is bad. */
 static bool choice_fields(json_t *r, const char **why)
 {
-	static char buf[96];
+	static _Thread_local char buf[96];    /* why a record is bad */
 	json_t *prompt = json_object_get(r, "prompt"), *choices = json_object_get(r, "choices");
 	json_t *answer = json_object_get(r, "answer");
 	size_t i;

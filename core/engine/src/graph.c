@@ -62,8 +62,6 @@ struct fw_graph {
 	bool forward_done;
 };
 
-static struct fw_graph *bound_graph;   /* whose pointers the nodes hold now */
-
 static size_t align_up(size_t n)
 {
 	return (n + FW_ALIGN - 1) & ~(size_t)(FW_ALIGN - 1);
@@ -297,7 +295,7 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 	 * the nodes at this graph's gradient tensors now (data comes with bind). */
 	for (int i = 0; i < n; i++)
 		g->nodes[i]->grad = g->grads[i];
-	bound_graph = NULL;
+	g->ctx->bound = NULL;
 
 	/* Walk the schedule exactly as the executor will. */
 	for (int i = 0; i < n; i++)
@@ -510,8 +508,8 @@ void fw_graph_free(struct fw_graph *g)
 {
 	if (!g)
 		return;
-	if (bound_graph == g)
-		bound_graph = NULL;
+	if (g->ctx->bound == g)
+		g->ctx->bound = NULL;
 	fw_free(g->nodes);
 	fw_free(g->outputs);
 	fw_free(g->params);
@@ -533,7 +531,7 @@ void fw_graph_free(struct fw_graph *g)
 /* Points every node's data and grad at this graph's buffers. */
 static void bind(struct fw_graph *g)
 {
-	if (bound_graph == g)
+	if (g->ctx->bound == g)
 		return;
 	for (int i = 0; i < g->n_nodes; i++) {
 		struct fw_tensor *t = g->nodes[i];
@@ -548,7 +546,7 @@ static void bind(struct fw_graph *g)
 				t->grad->data = t->src[0]->grad->data;
 		}
 	}
-	bound_graph = g;
+	g->ctx->bound = g;
 }
 
 static struct fw_exec exec_of(const struct fw_graph *g)
@@ -559,8 +557,10 @@ static struct fw_exec exec_of(const struct fw_graph *g)
 	};
 }
 
-/* Where fw_kernel_fail records, while a graph runs (NULL otherwise). */
-static struct fw_err *kernel_err;
+/* Where fw_kernel_fail records while this thread runs a graph (NULL
+ * otherwise): kernels report from the thread that runs the graph, outside
+ * their parallel regions. */
+static _Thread_local struct fw_err *kernel_err;
 
 void fw_kernel_fail(const struct fw_err *e)
 {

@@ -28,6 +28,7 @@ struct fw_ctx {
 	int segment_next;            /* next checkpoint segment id */
 	int segment_cur;             /* 0 outside checkpoint_begin/end */
 	enum fw_dtype autocast;      /* fw_ctx_set_autocast: F32 = off */
+	struct fw_graph *bound;      /* whose buffers the tensors point at now */
 };
 
 /* Built-in op vtables, one per enum fw_op (defined in the ops_*.c files). */
