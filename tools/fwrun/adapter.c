@@ -268,8 +268,8 @@ static const char merge_usage[] =
 	"BASE and ADAPTER may be run directories: the newest ckpt-N.h5 and adapter-N.h5 in them.\n"
 	"Folds an adapter into the base model it was trained on with its peft plugin's merge\n"
 	"(LoRA: W += scaling * B A for every adapted layer, and the adapter's biases, if it\n"
-	"trained some; not yet a QLoRA adapter on its 4-bit base). OUT.h5 is a weights file\n"
-	"for --load, without a peft plugin. A base with\n"
+	"trained some; QLoRA: every 4-bit weight dequantized to f32 first, so OUT is all f32).\n"
+	"OUT.h5 is a weights file for --load, without a peft plugin. A base with\n"
 	"other tensors or other weights than the adapter's is refused.\n";
 
 int cmd_merge(int argc, char **argv)
