@@ -259,7 +259,7 @@ static struct fw_tensor *lora_wrap_linear(void *state, struct fw_model *m, const
 	struct fw_ctx *ctx = m->ctx;
 	char an[FW_NAME_MAX + 16], bn[FW_NAME_MAX + 16];
 
-	if (l->ctx != ctx) {
+	if (peft_new_model(l->ctx, ctx, l->n_linears, l->n_linears ? l->linears[0] : "", name)) {
 		forget_model(l);
 		l->ctx = ctx;
 	}
