@@ -176,6 +176,12 @@ enum fw_status adapter_apply(const struct config *c, const struct fw_plugin_slot
 		if (merge || *want)
 			return fw_errorf(err, FW_ERR_INVALID, "--%s needs --adapter=FILE.h5",
 					 merge ? "merge-adapter" : "adapter-name");
+		/* P-tuning's inference model holds the prompt encoder's frozen
+		 * output instead of the encoder, and only its load fills it. */
+		if (inference && slots->peft && !strcmp(slots->peft->desc->name, "peft/ptuning"))
+			return fw_errorf(err, FW_ERR_INVALID, "peft/ptuning: eval and generate use the "
+					 "prompt encoder's output frozen from an adapter file: pass "
+					 "--adapter=FILE.h5 (a run's adapter-N.h5)");
 		return FW_OK;
 	}
 	if (merge && !inference)
