@@ -3,8 +3,10 @@
 
 The task of lora_vs_full.py (pretrain a small GPT on Debian's licence texts,
 task A; fine-tune on Vim's help files, task B) with one row per method:
-full fine-tuning, LoRA, AdaLoRA, QLoRA, IA3, prefix tuning (a method is a
-row of METHODS; a plugin that is not built is skipped with a note). Columns:
+full fine-tuning, LoRA, AdaLoRA, QLoRA, IA3, prefix tuning, prompt tuning,
+P-tuning with an MLP and with an LSTM encoder (a method is a row of
+methods(); a plugin that is not built is skipped with a note; --only picks
+rows by a part of their names, --base skips pretraining). Columns:
 trainable parameters, peak RSS measured and planned, median ms/step, the
 held-out loss on B (new task) and on A (forgetting). Then GPT-2 124M:
 fwrun plan of full fine-tuning, LoRA, QLoRA and AdaLoRA, and peak RSS and
@@ -12,6 +14,7 @@ ms/step of a few measured steps of full fine-tuning and QLoRA.
 
     FW_PLUGIN_PATH=build/plugins /usr/bin/python3 bench/peft_compare.py [--fwrun build/tools/fwrun]
         [--pretrain-steps 600] [--finetune-steps 300] [--gpt2-steps 3] [--keep DIR]
+        [--only NAME,...] [--base PRETRAINED.h5]
 
 Uses only the fwrun binary and the standard library.
 """
@@ -50,6 +53,16 @@ def methods(steps):
         ("IA3 (PEFT's GPT-2 targets)", "peft/ia3", [], 5e-3, []),
         ("prefix tuning (16 virtual tokens)", "peft/prefix",
          ["--prefix-num-virtual-tokens=16"], 5e-3, []),
+        # the virtual tokens take positions: 112 tokens + 16 = n-positions
+        ("prompt tuning (16 virtual tokens, T 112)", "peft/prompt",
+         ["--prompt-num-virtual-tokens=16", "--seq-length=112"], 5e-3, ["--seq-length=112"]),
+        ("P-tuning MLP (16 virtual tokens, h 128, T 112)", "peft/ptuning",
+         ["--ptuning-num-virtual-tokens=16", "--ptuning-encoder-hidden-size=128",
+          "--seq-length=112"], 5e-3, ["--seq-length=112"]),
+        ("P-tuning LSTM (16 virtual tokens, h 128, T 112)", "peft/ptuning",
+         ["--ptuning-num-virtual-tokens=16", "--ptuning-encoder-hidden-size=128",
+          "--ptuning-encoder-reparameterization-type=LSTM", "--seq-length=112"], 5e-3,
+         ["--seq-length=112"]),
     ]
 
 
@@ -101,6 +114,8 @@ def main():
                     help="measured GPT-2 124M steps per configuration (0: plan only)")
     ap.add_argument("--max-eval-batches", type=int, default=60)
     ap.add_argument("--keep", default=None, help="work in DIR and keep it")
+    ap.add_argument("--only", default="", help="rows whose name contains one of these")
+    ap.add_argument("--base", default=None, help="pretrained weights (skips pretraining)")
     a = ap.parse_args()
     fw = a.fwrun
     if "FW_PLUGIN_PATH" not in os.environ:
@@ -121,18 +136,22 @@ def main():
         tr_b, va_b, nva_b, _ = lvf.tokenize(fw, "b", files_b, "paragraph", work)
         it_a = max(1, min(a.max_eval_batches, (nva_a - 1) // (B * T)))
         it_b = max(1, min(a.max_eval_batches, (nva_b - 1) // (B * T)))
-        pre_dir = os.path.join(work, "pretrain")
-        lvf.train(fw, BASE + ",optim/adamw", tr_a, pre_dir, a.pretrain_steps, a.pretrain_lr,
-                  [], work)
-        ckpt = sorted(glob.glob(os.path.join(pre_dir, "ckpt-*.h5")))[-1]
-        hf = os.path.join(work, "pretrain_hf")
-        weights = os.path.join(work, "pretrained.h5")
-        lvf.run([fw, "export", ckpt, hf])
-        lvf.run([fw, "import", hf, weights])
+        weights = a.base or os.path.join(work, "pretrained.h5")
+        if not a.base:
+            pre_dir = os.path.join(work, "pretrain")
+            lvf.train(fw, BASE + ",optim/adamw", tr_a, pre_dir, a.pretrain_steps,
+                      a.pretrain_lr, [], work)
+            ckpt = sorted(glob.glob(os.path.join(pre_dir, "ckpt-*.h5")))[-1]
+            hf = os.path.join(work, "pretrain_hf")
+            lvf.run([fw, "export", ckpt, hf])
+            lvf.run([fw, "import", hf, weights])
         base_a = lvf.evaluate(fw, weights, va_a, it_a, work)
         base_b = lvf.evaluate(fw, weights, va_b, it_b, work)
 
+        only = [w for w in a.only.split(",") if w]
         for i, (name, peft, opts, lr, eval_opts) in enumerate(methods(a.finetune_steps)):
+            if only and not any(w in name for w in only):
+                continue
             if peft and not have_plugin(fw, peft):
                 skipped.append(f"{name}: {peft} is not built")
                 continue
@@ -166,12 +185,12 @@ def main():
                  ["--lora-quantize-base=nf4", "--lora-target-modules=all-linear"]),
                 ("AdaLoRA auto (c_attn), init_r 12", "peft/adalora",
                  ["--adalora-total-step=100"])]
-        for name, peft, opts in cfgs:
+        for name, peft, opts in cfgs if not only else []:     # --only: the rows alone
             if peft and not have_plugin(fw, peft):
                 continue
             plugins = BASE + ",optim/adamw" + (f",{peft}" if peft else "")
             plans.append((name, lvf.plan(fw, plugins, gpt2 + opts)))
-        if a.gpt2_steps > 0:
+        if a.gpt2_steps > 0 and not only:
             write_gpt2_data(os.path.join(work, "gpt2_data.bin"),
                             (a.gpt2_steps + 1) * 4 * 256 + 1)
             measured.append(("full fine-tuning",

@@ -190,6 +190,38 @@ def eval_loss(W, P, tokens):
 
 # --- the checks ---------------------------------------------------------------------------
 
+def check_merge_file(fw, work, base, last, fin, W, val_tokens, E):
+    """fwrun merge of the trained adapter with its singular values made larger (x50,
+    so that the update shows): the merged model's logits (torch on the merged file)
+    equal the adapter model's (torch, PEFT's forward: B (A * E) alpha / (ranknum +
+    1e-5)), and fwrun eval of the merged file (no peft plugin) equals torch's
+    cross-entropy of the adapter model (the orthogonality term is training's)."""
+    strong = {k: v * 50.0 if k.endswith(".lora_E") else v for k, v in fin.items()}
+    sp = os.path.join(work, "strong.h5")
+    lp.write_adapter(last, sp, strong)
+    merged = os.path.join(work, "merged.h5")
+    p = fw("merge", base, sp, merged)
+    if not R.check("[adalora] fwrun merge runs", p.returncode == 0 and os.path.exists(merged),
+                   g2.describe(p)):
+        return
+    mw = g2.h5_tensors(merged)
+    Wm = {k: torch.from_numpy(v.T.copy() if g2.is_conv1d(k) else v) for k, v in mw.items()}
+    Ps = {k: torch.from_numpy(v) for k, v in strong.items() if not k.endswith("pattern")}
+    L = lora_map(Ps, CFG["init_r"])
+    x, _ = g2.micro_batch(val_tokens, 0, lp.EVAL_B, lp.EVAL_T)
+    with torch.no_grad():
+        lm, la, lb = lp.forward(Wm, {}, x), lp.forward(W, L, x), lp.forward(W, {}, x)
+    d, effect = float((lm - la).abs().max()), float((la - lb).abs().max())
+    R.check("[adalora] the merged file's logits equal the adapter model's within 1e-5 (torch "
+            "on both), and differ from the base's", set(mw) == set(W) and d <= 1e-5 and
+            effect > 1e-2, f"max |diff| {d:.2e}; adapter effect {effect:.2e}")
+    want = lp.eval_loss(W, L, val_tokens)
+    mg, p = lp.eval_fw(fw, "--plugins=arch/decoder,attention/mha", f"--load={merged}", *E)
+    R.check(f"[adalora] eval of the merged file (no peft plugin) within {pp.TOL_EVAL:g} of "
+            "torch's cross-entropy of the adapter model", mg is not None and
+            rel(mg, want) <= pp.TOL_EVAL, f"fw {mg} torch {want}; {g2.describe(p)[-200:]}")
+
+
 def check_all(fw, work, base, W, tokens, train_path, val_tokens, val_path):
     tag = "adalora"
     # The initial adapter: the same run with lr 0 saves it at step 1 (no allocation
@@ -269,6 +301,7 @@ def check_all(fw, work, base, W, tokens, train_path, val_tokens, val_path):
     R.check(f"[{tag}] eval --merge-adapter gives the unmerged loss within {pp.TOL_EVAL:g}",
             merged is not None and loss is not None and rel(merged, loss) <= pp.TOL_EVAL,
             f"merged {merged} unmerged {loss}")
+    check_merge_file(fw, work, base, last, fin, W, val_tokens, E)
     out = os.path.join(work, "export")
     p = fw("export-adapter", last, out, "--base-model=gpt2-tiny-test")
     if not R.check(f"[{tag}] export-adapter runs", p.returncode == 0, g2.describe(p)):

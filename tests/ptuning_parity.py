@@ -252,6 +252,19 @@ def check_generate(fw, work, cfg, W_unused, train_path):
     R.check(f"[{tag}] greedy {g2.GEN_NEW} tokens identical to torch's (virtual tokens after "
             f"prompt token {cfg['at']}, through the KV cache)", got == ref,
             f"fw {got} torch {ref}; {g2.describe(p)}")
+    # Without --adapter the frozen encoder output would be empty: refused.
+    for cmd in (["generate", EVAL, f"--load={h5}", "--prompt-tokens=1,2", "--max-new-tokens=2",
+                 *opts(cfg)],
+                ["generate", EVAL, f"--load={os.path.join(run, 'ckpt-00000001.h5')}",
+                 "--prompt-tokens=1,2", "--max-new-tokens=2"],
+                ["eval", EVAL, f"--load={os.path.join(run, 'ckpt-00000001.h5')}",
+                 f"--valid-data={train_path}", "--micro-batch-size=1", "--seq-length=16",
+                 "--eval-iters=1"]):
+        p = fw(*cmd)
+        R.check(f"[{tag}] {cmd[0]} {os.path.basename(cmd[2])} without --adapter is refused in "
+                "one line (exit 2) that asks for it",
+                p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and
+                "--adapter" in p.stderr and not p.stdout.strip(), g2.describe(p))
 
 
 def main():

@@ -23,8 +23,11 @@ dequantized absmax within fp32 rounding; 10 AdamW steps of LoRA (c_attn)
 against torch running GPT-2 on the transcription's dequantized weights
 (loss and grad norm within 1e-4 relative, final A and B within 1e-4);
 resume from the quantized step-5 checkpoint bit for bit; eval on the
-quantized checkpoint; fwrun plan counts 4.127 bits a weight; merging (in
-memory or with fwrun merge) is refused in one line, not yet implemented.
+quantized checkpoint; fwrun plan counts 4.127 bits a weight; fwrun merge
+(from the 4-bit checkpoint and from the f32 base) writes f32 weights equal to
+a torch NF4 dequantization (REFERENCE.md's table) + B A, whose logits equal
+the unmerged QLoRA model's, and eval/generate agree unmerged, merged in
+memory and merged into a file; another base is refused by the fingerprint.
 Ends with "qlora_parity: N passed, M failed"; exit 0 only when nothing failed.
 """
 import os
@@ -37,6 +40,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpt2_parity as g2          # noqa: E402
 import lora_parity as lp          # noqa: E402
+import mixed_precision as mp      # noqa: E402
 import peft_parity as pp          # noqa: E402
 
 torch.set_num_threads(2)
@@ -48,6 +52,7 @@ PLUGINS = "--plugins=arch/decoder,attention/mha,optim/adamw,peft/lora"
 EVAL = "--plugins=arch/decoder,attention/mha,peft/lora"
 Q = "--lora-quantize-base=nf4"
 ULP4 = 4 * 2.0 ** -23
+FW_ABSMAX, FW_STATS = ".nf4_absmax", ".nf4_stats"
 LINEARS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 
 # --- bitsandbytes in numpy ----------------------------------------------------------------
@@ -206,6 +211,192 @@ def check_quantization(ck, W):
     return Wq
 
 
+def torch_nf4_dequantize(codes, qabs, stats, shape):
+    """NF4 dequantization in torch from REFERENCE.md's code table: the absmax of
+    each 64-block is map8[qabs] * scale(its 256-block) + offset (stats = the
+    scales then the offset), a weight NF4[its nibble, high first] * absmax."""
+    table = torch.tensor([-1.0, -0.6961928009986877, -0.5250730514526367,
+                          -0.39491748809814453, -0.28444138169288635, -0.18477343022823334,
+                          -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                          0.24611230194568634, 0.33791524171829224, 0.44070982933044434,
+                          0.5626170039176941, 0.7229568362236023, 1.0], dtype=torch.float32)
+    n = int(np.prod(shape))
+    c = torch.from_numpy(codes.astype(np.int64))
+    q = torch.stack([c >> 4, c & 15], dim=1).reshape(-1)[:n]
+    st = torch.from_numpy(stats)
+    scale = st[:-1].repeat_interleave(256)[:qabs.size]
+    absmax = torch.from_numpy(create_dynamic_map())[torch.from_numpy(qabs.astype(np.int64))] \
+        * scale + st[-1]
+    return (table[q] * absmax.repeat_interleave(64)[:n]).reshape(shape)
+
+
+def check_merge(fw, work, base, ckpt, adapter, fin, ck, Wq, W, val_tokens, E):
+    """fwrun merge and --merge-adapter of a QLoRA adapter: the merged weights are
+    the NF4 dequantization (torch, from the table) + scaling B A, all f32; the
+    merged model's logits and loss equal the unmerged QLoRA model's."""
+    strong = {k: v * 40.0 if ".lora_B." in k else v for k, v in fin.items()}
+    sp = os.path.join(work, "strong.h5")
+    lp.write_adapter(adapter, sp, strong)
+    merged = os.path.join(work, "merged.h5")
+    p = fw("merge", ckpt, sp, merged)
+    if not R.check("fwrun merge of a QLoRA adapter on its 4-bit checkpoint runs",
+                   p.returncode == 0 and os.path.exists(merged), g2.describe(p)):
+        return
+    mw = g2.h5_tensors(merged)
+    worst, worst_plain, bad = 0.0, 0.0, []
+    for m in modules():
+        n = m + ".weight"
+        shape = W[n].shape[::-1]                                # fw layout (out, in)
+        want = torch_nf4_dequantize(ck[n], ck[n + FW_ABSMAX], ck[n + FW_STATS], shape)
+        if m + ".lora_A.weight" in strong:
+            delta = torch.from_numpy(strong[m + ".lora_B.weight"]) @ \
+                torch.from_numpy(strong[m + ".lora_A.weight"])
+            want = want + delta                                 # scaling 1 (alpha = r = 8)
+        if n not in mw or mw[n].dtype != np.float32 or mw[n].shape != tuple(shape):
+            bad.append(n)
+            continue
+        d = float(np.abs(mw[n] - want.numpy()).max())
+        if m + ".lora_A.weight" in strong:
+            worst = max(worst, d)
+        else:
+            worst_plain = max(worst_plain, d)
+    extra = sorted(k for k in mw if "nf4" in k or "lora" in k)
+    R.check("the merged file holds every linear weight in f32: torch's NF4 dequantization "
+            "+ scaling B A (1e-6), the unadapted ones dequantized (1e-7)",
+            not bad and not extra and worst <= 1e-6 and worst_plain <= 1e-7 and
+            set(mw) == {n for n, _ in g2.hf_names()},
+            f"adapted {worst:.2e}, unadapted {worst_plain:.2e}; bad {bad[:3]} extra {extra[:3]}")
+    # the merged model's logits against the unmerged QLoRA model's (torch on both)
+    Wm = {k: torch.from_numpy(v.T.copy() if g2.is_conv1d(k) else v) for k, v in mw.items()
+          if k in W}
+    Ls = {m: (torch.from_numpy(strong[m + ".lora_A.weight"]),
+              torch.from_numpy(strong[m + ".lora_B.weight"]), 1.0) for m in modules()
+          if m + ".lora_A.weight" in strong}
+    x, _ = g2.micro_batch(val_tokens, 0, lp.EVAL_B, lp.EVAL_T)
+    with torch.no_grad():
+        lm = lp.forward(Wm, {}, x)
+        lq = lp.forward(Wq, Ls, x)
+        lb = lp.forward(Wq, {}, x)
+    dl = float((lm - lq).abs().max())
+    R.check("the merged model's logits (torch on the merged file) equal the unmerged "
+            "QLoRA model's within 1e-5, and differ from the base's",
+            dl <= 1e-5 and float((lq - lb).abs().max()) > 1e-2,
+            f"max |diff| {dl:.2e}; adapter effect {float((lq - lb).abs().max()):.2e}")
+    want = lp.eval_loss(Wq, Ls, val_tokens)
+    unm, p1 = lp.eval_fw(fw, EVAL, Q, f"--load={ckpt}", f"--adapter={sp}", *E)
+    mem, p2 = lp.eval_fw(fw, EVAL, Q, f"--load={ckpt}", f"--adapter={sp}", "--merge-adapter", *E)
+    mg, p3 = lp.eval_fw(fw, "--plugins=arch/decoder,attention/mha", f"--load={merged}", *E)
+    R.check(f"eval: the merged file (no peft plugin), --merge-adapter in memory and the "
+            f"unmerged adapter agree within {pp.TOL_EVAL:g}, and equal torch's",
+            None not in (unm, mem, mg) and rel(mg, unm) <= pp.TOL_EVAL and
+            rel(mem, unm) <= pp.TOL_EVAL and rel(unm, want) <= pp.TOL_EVAL,
+            f"merged {mg} in memory {mem} unmerged {unm} torch {want}; "
+            f"{[g2.describe(q)[-200:] for q in (p1, p2, p3) if q.returncode]}")
+    prompt, gen = "5,17,42,300,7", []
+    for args in ([EVAL, Q, f"--load={ckpt}", f"--adapter={sp}"],
+                 [EVAL, Q, f"--load={ckpt}", f"--adapter={sp}", "--merge-adapter"],
+                 ["--plugins=arch/decoder,attention/mha", f"--load={merged}"]):
+        p = fw("generate", *args, f"--prompt-tokens={prompt}", "--max-new-tokens=12",
+               "--temperature=0", "--threads=2")
+        gen.append(p.stdout.strip() if p.returncode == 0 else f"failed: {g2.describe(p)}")
+    R.check("generate: unmerged, merged in memory and the merged file give the same greedy "
+            "tokens", gen[0] == gen[1] == gen[2] and not gen[0].startswith("failed"), f"{gen}")
+    # The f32 base quantizes at load to the same 4-bit weights: the fingerprint
+    # matches and the merge is the same file's weights.
+    merged2 = os.path.join(work, "merged_from_f32.h5")
+    p = fw("merge", base, sp, merged2)
+    m2 = g2.h5_tensors(merged2) if p.returncode == 0 else {}
+    R.check("fwrun merge with the f32 base (quantized at load, fingerprint checked on it) "
+            "writes the same weights",
+            p.returncode == 0 and set(m2) == set(mw) and
+            all(np.array_equal(m2[k], mw[k]) for k in mw), g2.describe(p))
+    # Another base: refused in one line, nothing written.
+    other = g2.random_weights(99)
+    od = os.path.join(work, "other")
+    os.makedirs(od, exist_ok=True)
+    ob = g2.import_random(fw, od, other, R)
+    merged3 = os.path.join(work, "merged_other.h5")
+    p = fw("merge", ob, sp, merged3)
+    R.check("fwrun merge of the QLoRA adapter onto another base is refused in one line "
+            "(fingerprint of the 4-bit weights) and writes nothing",
+            p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and
+            "fingerprint" in p.stderr and not os.path.exists(merged3), g2.describe(p))
+
+
+def dequantized(W):
+    """W with every linear weight through the transcription's quantize/dequantize."""
+    Wq = dict(W)
+    for m in modules():
+        w = W[m + ".weight"].numpy().T.copy().reshape(-1)
+        deq = dequantize_4bit(*quantize_4bit(w), w.size)
+        Wq[m + ".weight"] = torch.from_numpy(deq.reshape(W[m + ".weight"].shape[::-1]).T.copy())
+    return Wq
+
+
+def check_bf16(fw, work, train_path, tokens):
+    """QLoRA under --bf16 against torch with docs/mixed-precision.md's matmul rule
+    (mixed_precision.RoundedMatmul: operands rounded to bf16, f32 products, the
+    output gradient rounded to bf16) on the dequantized weights, with oneDNN's
+    kernel for this CPU and with FW_MATMUL_FALLBACK=1 (operands widened to f32).
+    A base with large weights and logits (std 0.2, wte x25), so that the loss is
+    far from uniform and bf16 rounding shows: at step 1 (the same weights) fw's
+    own fp32 run is ~4e-4 from the torch bf16 reference, the bf16 runs ~1e-5;
+    later steps drift by rounding noise (clipped updates), hence 2e-3 there."""
+    W = g2.random_weights(77, linear_std=0.2)
+    W["wte.weight"] = W["wte.weight"] * 25.0
+    d = os.path.join(work, "big")
+    os.makedirs(d, exist_ok=True)
+    base = g2.import_random(fw, d, W, R)
+    init_run = os.path.join(d, "init")
+    p = fw("train", PLUGINS, Q, f"--load={base}", f"--data={train_path}",
+           f"--run-dir={init_run}", *pp.train_args(), "--lr=0", "--min-lr=0",
+           "--weight-decay=0", "--train-iters=1", "--save-interval=1")
+    if not base or not R.check("[bf16] the initial adapter on the large base", p.returncode == 0,
+                               g2.describe(p)):
+        return
+    init = g2.h5_tensors(os.path.join(init_run, "adapter-00000001.h5"))
+    Wq = dequantized(W)
+    P = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in init.items()}
+    L = {m[:-len(".lora_A.weight")]: (P[m], P[m.replace("lora_A", "lora_B")], 1.0)
+         for m in P if m.endswith("lora_A.weight")}
+    torch.Tensor.__matmul__ = lambda x, y: mp.RoundedMatmul.apply(x, y)
+    try:
+        ref, _ = pp.torch_train(P, lambda x, y: lp.ce(Wq, L, x, y), tokens)
+    finally:
+        torch.Tensor.__matmul__ = mp.MATMUL
+    gaps = {}
+    for tag, flags, env in (("fp32", [], {}), ("bf16", ["--bf16"], {}),
+                            ("bf16 fallback", ["--bf16"], {"FW_MATMUL_FALLBACK": "1"})):
+        run = os.path.join(d, tag.replace(" ", "_"))
+        saved = fw.env
+        fw.env = dict(saved, **env)
+        try:
+            p = fw("train", PLUGINS, Q, *flags, f"--load={base}", f"--data={train_path}",
+                   f"--run-dir={run}", *pp.train_args(), f"--adapter={os.path.join(init_run, 'adapter-00000001.h5')}")
+        finally:
+            fw.env = saved
+        if not R.check(f"[{tag}] fwrun train {' '.join(flags)} (QLoRA) on the large base runs",
+                       p.returncode == 0, g2.describe(p)):
+            return
+        got = lp.metrics(run)
+        gaps[tag] = (max((rel(g["loss"], r["loss"]) for g, r in zip(got, ref)), default=np.inf),
+                     max((rel(g["grad_norm"], r["grad_norm"]) for g, r in zip(got, ref)),
+                         default=np.inf), len(got),
+                     rel(got[0]["loss"], ref[0]["loss"]) if got else np.inf,
+                     rel(got[0]["grad_norm"], ref[0]["grad_norm"]) if got else np.inf)
+        print(f"  [qlora {tag}] against torch's bf16 rule: loss max rel {gaps[tag][0]:.2e}, "
+              f"grad norm {gaps[tag][1]:.2e}; step 1 (same weights): loss {gaps[tag][3]:.2e}, "
+              f"grad norm {gaps[tag][4]:.2e}")
+    for tag in ("bf16", "bf16 fallback"):
+        wl, wn, n, l1, _ = gaps[tag]
+        R.check(f"[{tag}] step 1 (the same weights on both sides) within 1e-4 of torch's bf16 "
+                f"rule, 4x closer than fw fp32 ({gaps['fp32'][3]:.2e}); every step's loss "
+                f"within {mp.TOL_BF16:g} (one bf16 rounding), grad norm within 1e-2",
+                n == pp.TRAIN["ITERS"] and l1 <= 1e-4 and 4 * l1 < gaps["fp32"][3] and
+                wl <= mp.TOL_BF16 and wn <= 1e-2,
+                f"step 1 {l1:.2e}; all steps: loss {wl:.2e}, grad norm {wn:.2e}")
+
+
 def main():
     a, fw = g2.cli(__doc__)
 
@@ -259,6 +450,7 @@ def main():
         wf = pp.compare_final("qlora", fin, final)
         pp.check_resume("qlora", fw, work, run, PLUGINS, train_path, got)
 
+        check_bf16(fw, work, train_path, tokens)
         E = [f"--valid-data={val_path}"]
         ckpt = os.path.join(run, f"ckpt-{c['ITERS']:08d}.h5")
         Lf = {m: (torch.from_numpy(fin[m + ".lora_A.weight"]),
@@ -269,17 +461,7 @@ def main():
         R.check(f"eval on the quantized checkpoint within {pp.TOL_EVAL:g} of torch",
                 loss is not None and rel(loss, want) <= pp.TOL_EVAL,
                 f"fw {loss} torch {want}; {g2.describe(p)[-300:]}")
-        # Merging a QLoRA adapter is not implemented since fwrun merge goes
-        # through the peft plugin's merge hook on the model (issue 16 note).
-        merged = os.path.join(work, "merged.h5")
-        p = fw("merge", ckpt, last, merged)
-        R.check("fwrun merge of a 4-bit base is refused in one line and writes nothing",
-                p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1
-                and "4-bit" in p.stderr and not os.path.exists(merged), g2.describe(p))
-        p = fw("eval", EVAL, Q, f"--load={ckpt}", "--merge-adapter", f"--adapter={last}", *E,
-               "--micro-batch-size=2", "--seq-length=32", "--eval-iters=1")
-        R.check("--merge-adapter on a 4-bit base is refused in one line",
-                p.returncode != 0 and "4-bit" in p.stderr, p.stderr[-300:])
+        check_merge(fw, work, base, ckpt, last, fin, ck, Wq, W, val_tokens, E)
         p = fw("plan", PLUGINS, Q, f"--load={base}", "--micro-batch-size=2",
                "--seq-length=32")
         mb = re.search(r"4-bit weights: (\d+) in [\d.]+ MiB with their statistics: "

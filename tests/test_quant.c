@@ -124,7 +124,6 @@ END_TEST
 
 static struct nf4 g_q;
 
-/* y = nf4(x) + 2 * (x A^T) B^T: the QLoRA layer. */
 static struct fw_tensor *b_qlora(struct fw_ctx *ctx, struct fw_tensor *const *in, void *u)
 {
 	(void)u;
@@ -154,6 +153,107 @@ START_TEST(test_gradcheck)
 }
 END_TEST
 
+/* bf16 rounding to nearest even, written from the format (not fw's helper). */
+static double bf16_round(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+/* Under bf16 autocast (QLoRA's compute dtype) the op multiplies the bf16
+ * roundings of x and of each dequantized weight, and in the backward of the
+ * output gradient, accumulating in f32: against that product in double
+ * (sum of |terms| as the scale), and farther from the f32 product. */
+START_TEST(test_bf16_tiles)
+{
+	struct nf4 q = nf4_make(200, 1000, 5);        /* 4 tiles */
+	struct fw_ctx *ctx = fw_ctx_new();
+	ck_assert_int_eq(fw_ctx_set_autocast(ctx, FW_BF16), FW_OK);
+	int64_t M = 5;
+	struct fw_tensor *x = fw_param(ctx, "x", FW_F32, 2, (int64_t[]){ M, q.in }, true);
+	struct fw_tensor *c = fw_input(ctx, "w", FW_Q4, 2, (int64_t[]){ q.out, q.in });
+	struct fw_tensor *a = fw_input(ctx, "w.nf4_absmax", FW_Q4, 1,
+				       (int64_t[]){ 2 * fw_nf4_n_blocks(q.n) });
+	struct fw_tensor *s = fw_input(ctx, "w.nf4_stats", FW_F32, 1,
+				       (int64_t[]){ fw_nf4_n_stats(q.n) });
+	struct fw_tensor *rt = fw_input(ctx, "r", FW_F32, 2, (int64_t[]){ M, q.out });
+	struct fw_tensor *y = fw_nf4_linear(ctx, x, c, a, s);
+	struct fw_tensor *loss = fw_sum(ctx, fw_mul(ctx, y, rt), FW_AXIS_ALL, false);
+	ck_assert_msg(loss != NULL, "%s", fw_ctx_err(ctx)->msg);
+	ck_assert_int_eq(fw_ctx_alloc_params(ctx), FW_OK);
+	struct fw_tensor *outs[2] = { loss, y };
+	struct fw_graph *g = fw_graph_new(ctx, outs, 2, &(struct fw_graph_opts){
+		.backward = true });
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+	struct fwt_rng r = fwt_rng_new(6);
+	fwt_fill_uniform(fw_f32(x), M * q.in, &r, -1.0f, 1.0f);
+	fwt_fill_uniform(fw_f32(rt), M * q.out, &r, -1.0f, 1.0f);
+	fwt_write(c, q.codes);
+	fwt_write(a, q.qabs);
+	fwt_write(s, q.stats);
+	fw_graph_zero_grad(g);
+	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+	ck_assert_int_eq(fw_graph_backward(g), FW_OK);
+	double worst = 0, worst_f32 = 0, worst_dx = 0;
+	for (int64_t m = 0; m < M; m++)
+		for (int64_t o = 0; o < q.out; o++) {
+			double acc = 0, acc32 = 0, mag = 0;
+			for (int64_t i = 0; i < q.in; i++) {
+				float xv = fw_f32(x)[m * q.in + i], wv = q.deq[o * q.in + i];
+				acc += bf16_round(xv) * bf16_round(wv);
+				acc32 += (double)xv * wv;
+				mag += fabs((double)xv * wv);
+			}
+			double yv = fw_f32(y)[m * q.out + o];
+			worst = fmax(worst, fabs(yv - acc) / mag);
+			worst_f32 = fmax(worst_f32, fabs(yv - acc32) / mag);
+		}
+	for (int64_t m = 0; m < M; m++)
+		for (int64_t i = 0; i < q.in; i++) {
+			double acc = 0, mag = 0;
+			for (int64_t o = 0; o < q.out; o++) {
+				double t = bf16_round(fw_f32(rt)[m * q.out + o]) *
+					   bf16_round(q.deq[o * q.in + i]);
+				acc += t;
+				mag += fabs(t);
+			}
+			worst_dx = fmax(worst_dx, fabs(fw_f32(x->grad)[m * q.in + i] - acc) / mag);
+		}
+	ck_assert_msg(worst < 1e-6 && worst_dx < 1e-6 && worst_f32 > 1e-4,
+		      "y: %g from the bf16 product, %g from the f32 one; dx: %g", worst, worst_f32,
+		      worst_dx);
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+	nf4_free(&q);
+}
+END_TEST
+
+/* peft/lora's merge hands the op an f32 weight in place of the codes: it
+ * multiplies that weight as it is (forward and input gradient). */
+START_TEST(test_dense_weight)
+{
+	g_q = nf4_make(70, 96, 7);
+	int64_t nb = fw_nf4_n_blocks(g_q.n);
+	struct fwt_input in[6] = {
+		{ .name = "x", .ndim = 3, .ne = { 2, 3, 96 }, .grad = true },
+		{ .name = "A", .ndim = 2, .ne = { 4, 96 }, .grad = true },
+		{ .name = "B", .ndim = 2, .ne = { 70, 4 }, .grad = true },
+		{ .name = "w", .ndim = 2, .ne = { 70, 96 }, .data = g_q.deq },
+		{ .name = "w.nf4_absmax", .dtype = FW_Q4, .ndim = 1, .ne = { 2 * nb },
+		  .data = g_q.qabs },
+		{ .name = "w.nf4_stats", .ndim = 1, .ne = { fw_nf4_n_stats(g_q.n) },
+		  .data = g_q.stats },
+	};
+	ck_assert_int_eq(fwt_gradcheck("nf4_linear (dense) + LoRA", 6, in, b_qlora, NULL, 1e-2),
+			 0);
+	nf4_free(&g_q);
+}
+END_TEST
+
+/* y = nf4(x) + 2 * (x A^T) B^T: the QLoRA layer. */
 START_TEST(test_bad_shapes)
 {
 	struct fw_ctx *ctx = fw_ctx_new();
@@ -174,6 +274,8 @@ int main(void)
 	tcase_add_test(t, test_round_trip);
 	tcase_add_test(t, test_forward_tiles);
 	tcase_add_test(t, test_gradcheck);
+	tcase_add_test(t, test_bf16_tiles);
+	tcase_add_test(t, test_dense_weight);
 	tcase_add_test(t, test_bad_shapes);
 	suite_add_tcase(s, t);
 	return fwt_run_suite(s);

@@ -11,7 +11,10 @@
  *   - weights by name: new adapter tensors kept, foreign tensors refused or
  *     dropped with a warning;
  *   - decoding: greedy tokens through the KV cache equal the argmax of a
- *     full forward over the same sequence. */
+ *     full forward over the same sequence;
+ *   - a peft plugin building a second model whose context has the freed
+ *     first one's address (as fwrun generate's builds may): it starts
+ *     afresh, and its adapter file holds the new model's tensors. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -551,6 +554,112 @@ START_TEST(test_build_errors)
 }
 END_TEST
 
+/* An allocator that gives a freed context's memory to the next allocation
+ * of its size, as malloc may (and does, often, outside ASan). */
+static struct {
+	void *watch, *keep;
+	size_t size, last;
+} g_re;
+
+static void *re_alloc(void *user, size_t size, size_t align)
+{
+	(void)user;
+	if (g_re.keep && size == g_re.size) {
+		void *p = g_re.keep;
+		g_re.keep = NULL;
+		return p;
+	}
+	void *p = NULL;
+	if (posix_memalign(&p, align, size ? size : align) != 0)
+		return NULL;
+	g_re.last = size;
+	return p;
+}
+
+static void re_free(void *user, void *p)
+{
+	(void)user;
+	if (p && p == g_re.watch) {
+		g_re.keep = p;
+		g_re.watch = NULL;
+		return;
+	}
+	free(p);
+}
+
+START_TEST(test_peft_rebuild_same_address)
+{
+	static const char *const prefix_opts[] = { "prefix-num-virtual-tokens", "3", NULL };
+	static const char *const lora_opts[] = { "lora-r", "4", NULL };
+	static const char *const ada_opts[] = { "adalora-total-step", "10", NULL };
+	static const struct {
+		const char *name, *const *opts, *first;
+	} cases[] = {
+		{ "peft/prefix", prefix_opts, "prefix.h.0.kv" },
+		{ "peft/lora", lora_opts, "h.0.attn.c_attn.lora_A.weight" },
+		{ "peft/ia3", NULL, "h.0.mlp.c_proj.ia3_l" },
+		{ "peft/adalora", ada_opts, "h.0.attn.c_attn.lora_E" },
+	};
+	static const char *const arch_opts[] = { "n-layer", "2", "n-head", "2", "n-embd", "16",
+						 "vocab-size", "50", "n-positions", "16", NULL };
+	char dir[] = "/tmp/fw_rt_rebuild.XXXXXX", path[300];
+	ck_assert_ptr_nonnull(mkdtemp(dir));
+	snprintf(path, sizeof(path), "%s/adapter.h5", dir);
+	for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+		struct fw_err err = { 0 };
+		struct fw_plugin_slots slots = {
+			.arch = fwt_plugin_open("arch/decoder", FW_KIND_ARCH, arch_opts),
+			.attention = fwt_plugin_open("attention/mha", FW_KIND_ATTENTION, NULL),
+			.peft = fwt_plugin_open(cases[c].name, FW_KIND_PEFT, cases[c].opts),
+		};
+		struct fw_rt_model_spec spec = { .plugins = &slots, .batch = B, .seq_len = T,
+						 .training = true, .seed = 1 };
+		struct fw_model m;
+		fw_set_allocator(re_alloc, re_free, NULL);
+		struct fw_ctx *first = fw_ctx_new();
+		g_re.size = g_re.last;
+		ck_assert_msg(fw_rt_model_build(&spec, first, &m, &err) == FW_OK, "%s", err.msg);
+		g_re.watch = first;
+		fw_ctx_free(first);
+		struct fw_ctx *ctx = fw_ctx_new();
+		fw_set_allocator(NULL, NULL, NULL);
+		ck_assert_msg(ctx == first, "%s: the second context did not get the first's address",
+			      cases[c].name);
+		ck_assert_msg(fw_rt_model_build(&spec, ctx, &m, &err) == FW_OK, "%s: %s",
+			      cases[c].name, err.msg);
+		ck_assert_msg(fw_ctx_find(ctx, cases[c].first) != NULL, "%s: no %s in the rebuilt "
+			      "model", cases[c].name, cases[c].first);
+		ck_assert_int_eq(fw_ctx_alloc_params(ctx), FW_OK);
+		ck_assert_int_eq(fw_ctx_init_params(ctx, 3), FW_OK);
+		bool saved = false;
+		ck_assert_msg(fw_rt_adapter_save(&slots, &m, path, &saved, &err) == FW_OK && saved,
+			      "%s: %s", cases[c].name, err.msg);
+		/* the file: the rebuilt model's tensors, every trainable one among them */
+		struct fw_h5_entry *ents = NULL;
+		int ne = 0;
+		ck_assert_int_eq(fw_h5_list(path, &ents, &ne, &err), FW_OK);
+		for (int i = 0; i < ne; i++)
+			ck_assert_msg(fw_ctx_find(ctx, ents[i].name) != NULL, "%s: saved %s, which "
+				      "the rebuilt model lacks", cases[c].name, ents[i].name);
+		for (int i = 0; i < fw_ctx_n_tensors(ctx); i++) {
+			const struct fw_tensor *t = fw_ctx_tensor(ctx, i);
+			bool listed = false;
+			for (int k = 0; k < ne && !listed; k++)
+				listed = !strcmp(ents[k].name, t->name);
+			ck_assert_msg(listed || !(t->flags & FW_FLAG_TRAINABLE), "%s: trainable %s "
+				      "not saved", cases[c].name, t->name);
+		}
+		fw_free(ents);
+		fw_ctx_free(ctx);
+		fw_plugin_close(slots.peft);
+		fw_plugin_close(slots.attention);
+		fw_plugin_close(slots.arch);
+		unlink(path);
+	}
+	rmdir(dir);
+}
+END_TEST
+
 int main(void)
 {
 	const char *b = getenv("FW_BUILD_DIR");
@@ -571,6 +680,7 @@ int main(void)
 	tcase_add_test(tc, test_decoder_matches_forward);
 	tcase_add_test(tc, test_load_weights);
 	tcase_add_test(tc, test_build_errors);
+	tcase_add_test(tc, test_peft_rebuild_same_address);
 	suite_add_tcase(s, tc);
 	return fwt_run_suite(s);
 }

@@ -175,6 +175,12 @@ enum fw_status adapter_apply(const struct config *c, const struct fw_plugin_slot
 		if (merge || *want)
 			return fw_errorf(err, FW_ERR_INVALID, "--%s needs --adapter=FILE.h5",
 					 merge ? "merge-adapter" : "adapter-name");
+		/* P-tuning's inference model holds the prompt encoder's frozen
+		 * output instead of the encoder, and only its load fills it. */
+		if (inference && slots->peft && !strcmp(slots->peft->desc->name, "peft/ptuning"))
+			return fw_errorf(err, FW_ERR_INVALID, "peft/ptuning: eval and generate use the "
+					 "prompt encoder's output frozen from an adapter file: pass "
+					 "--adapter=FILE.h5 (a run's adapter-N.h5)");
 		return FW_OK;
 	}
 	if (merge && !inference)
@@ -267,8 +273,8 @@ static const char merge_usage[] =
 	"BASE and ADAPTER may be run directories: the newest ckpt-N.h5 and adapter-N.h5 in them.\n"
 	"Folds an adapter into the base model it was trained on with its peft plugin's merge\n"
 	"(LoRA: W += scaling * B A for every adapted layer, and the adapter's biases, if it\n"
-	"trained some; not yet a QLoRA adapter on its 4-bit base). OUT.h5 is a weights file\n"
-	"for --load, without a peft plugin. A base with\n"
+	"trained some; QLoRA: every 4-bit weight dequantized to f32 first, so OUT is all f32).\n"
+	"OUT.h5 is a weights file for --load, without a peft plugin. A base with\n"
 	"other tensors or other weights than the adapter's is refused.\n";
 
 int cmd_merge(int argc, char **argv)

@@ -162,7 +162,16 @@ void fw_nf4_dequantize(const uint8_t *codes, const uint8_t *qabsmax, const float
 
 /* --- the fused op: y = x W^T, W dequantized a tile of rows at a time ------------- */
 
+/* params[0]: the dtype the products run in: f32, or bf16/f16 under autocast
+ * (QLoRA's compute dtype). In half precision the tile is dequantized in f32
+ * and rounded to the half type (as bitsandbytes' dequantize_4bit into a bf16
+ * weight), x and the output gradient are rounded once per call, and the
+ * products accumulate in f32 (fw_gemm: oneDNN's AVX512-BF16 / AMX kernels
+ * where the CPU has them, else the operands widened to f32). A codes tensor
+ * that is f32 is a dequantized weight (peft/lora's merge) used as is. */
+
 #define TILE_ELEMS 65536   /* weights dequantized at once (256 KiB of f32) */
+#define DQ_CHUNK 256       /* f32 scratch per thread on the way to a half tile */
 
 static int64_t tile_rows(const struct fw_tensor *codes)
 {
@@ -170,26 +179,50 @@ static int64_t tile_rows(const struct fw_tensor *codes)
 	return r < 1 ? 1 : r > codes->ne[0] ? codes->ne[0] : r;
 }
 
+static enum fw_dtype compute_dt(const struct fw_tensor *out)
+{
+	return (enum fw_dtype)out->params[0].i;
+}
+
+static bool dense_weight(const struct fw_tensor *out)
+{
+	return out->src[1]->dtype == FW_F32;
+}
+
 struct dq_job {
 	const struct fw_tensor *codes, *qabsmax, *stats;
 	int64_t row0;
-	float *dst;
+	enum fw_dtype dt;
+	void *dst;
 };
 
 static void dq_rows(void *arg, int64_t lo, int64_t hi)
 {
 	const struct dq_job *j = arg;
-	int64_t in = j->codes->ne[1];
-	fw_nf4_dequantize(j->codes->data, j->qabsmax->data, fw_f32(j->stats),
-			  fw_nelem(j->codes), (j->row0 + lo) * in, (hi - lo) * in, j->dst + lo * in);
+	int64_t in = j->codes->ne[1], n = fw_nelem(j->codes);
+	const uint8_t *c = j->codes->data, *qa = j->qabsmax->data;
+	const float *st = fw_f32(j->stats);
+	if (j->dt == FW_F32) {
+		fw_nf4_dequantize(c, qa, st, n, (j->row0 + lo) * in, (hi - lo) * in,
+				  (float *)j->dst + lo * in);
+		return;
+	}
+	uint16_t *h = (uint16_t *)j->dst + lo * in;
+	float buf[DQ_CHUNK];
+	for (int64_t i = 0, m = (hi - lo) * in; i < m; i += DQ_CHUNK) {
+		int64_t k = min64(DQ_CHUNK, m - i);
+		fw_nf4_dequantize(c, qa, st, n, (j->row0 + lo) * in + i, k, buf);
+		for (int64_t e = 0; e < k; e++)
+			h[i + e] = j->dt == FW_BF16 ? fw_f32_to_bf16(buf[e]) : fw_f32_to_f16(buf[e]);
+	}
 }
 
 /* Rows [r0, r0 + tr) of the op's weight (fewer at the end) dequantized into
- * tile; returns how many. */
-static int64_t load_tile(const struct fw_tensor *out, float *tile, int64_t r0, int64_t tr)
+ * tile in the compute dtype; returns how many. */
+static int64_t load_tile(const struct fw_tensor *out, void *tile, int64_t r0, int64_t tr)
 {
 	int64_t rows = min64(tr, out->src[1]->ne[0] - r0);
-	struct dq_job j = { out->src[1], out->src[2], out->src[3], r0, tile };
+	struct dq_job j = { out->src[1], out->src[2], out->src[3], r0, compute_dt(out), tile };
 	fw_parallel_for(rows, dq_rows, &j);
 	return rows;
 }
@@ -198,9 +231,14 @@ static enum fw_status nf4_infer(struct fw_tensor *out, struct fw_err *err)
 {
 	const struct fw_tensor *x = out->src[0], *c = out->src[1], *qa = out->src[2],
 			       *st = out->src[3];
+	enum fw_dtype dt = compute_dt(out);
 	if (x->dtype != FW_F32 || !fw_is_contiguous(x))
 		return fw_errorf(err, FW_ERR_SHAPE, "nf4_linear: x must be contiguous f32");
-	if (c->dtype != FW_Q4 || c->ndim != 2 || c->ne[1] != x->ne[x->ndim - 1])
+	if (dt != FW_F32 && dt != FW_BF16 && dt != FW_F16)
+		return fw_errorf(err, FW_ERR_SHAPE, "nf4_linear: compute dtype %s is not f32, "
+				 "bf16 or f16", fw_dtype_name(dt));
+	if ((c->dtype != FW_Q4 && c->dtype != FW_F32) || c->ndim != 2 ||
+	    c->ne[1] != x->ne[x->ndim - 1])
 		return fw_errorf(err, FW_ERR_SHAPE, "nf4_linear: the codes must be a q4 (out, %lld) "
 				 "weight", (long long)x->ne[x->ndim - 1]);
 	int64_t n = fw_nelem(c);
@@ -216,7 +254,7 @@ static enum fw_status nf4_infer(struct fw_tensor *out, struct fw_err *err)
 	return FW_OK;
 }
 
-static void gemm_or_fail(const struct fw_gemm *g, const float *a, const float *b, float *c)
+static void gemm_or_fail(const struct fw_gemm *g, const void *a, const void *b, float *c)
 {
 	if (fw_gemm_run(g, a, b, c) != FW_OK) {
 		struct fw_err e = { 0 };
@@ -225,16 +263,42 @@ static void gemm_or_fail(const struct fw_gemm *g, const float *a, const float *b
 	}
 }
 
+/* The workspace: [the tile][x or the output gradient in the half dtype]. */
+static size_t tile_bytes(const struct fw_tensor *out)
+{
+	const struct fw_tensor *c = out->src[1];
+	size_t el = compute_dt(out) == FW_F32 ? sizeof(float) : sizeof(uint16_t);
+	return (el * (size_t)(tile_rows(c) * c->ne[1]) + 63) / 64 * 64;
+}
+
+/* a (M, K) f32 as the compute dtype: itself, or rounded into ws. */
+static const void *operand(const struct fw_tensor *out, const float *a, int64_t n, void *ws)
+{
+	enum fw_dtype dt = compute_dt(out);
+	if (dt == FW_F32)
+		return a;
+	fw_convert(ws, dt, a, FW_F32, n);
+	return ws;
+}
+
 static void nf4_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *x = out->src[0], *c = out->src[1];
 	int64_t in = c->ne[1], nout = c->ne[0], M = fw_nelem(x) / in, tr = tile_rows(c);
-	float *tile = ex->ws;
+	enum fw_dtype dt = compute_dt(out);
+	if (dense_weight(out)) {
+		struct fw_gemm g = { .batch = 1, .M = M, .N = nout, .K = in, .trans_b = true,
+				     .lda = in, .ldb = in, .ldc = nout, .dt_ab = FW_F32 };
+		gemm_or_fail(&g, fw_f32(x), fw_f32(c), fw_f32(out));
+		return;
+	}
+	void *tile = ex->ws;
+	const void *a = operand(out, fw_f32(x), M * in, (char *)ex->ws + tile_bytes(out));
 	for (int64_t r0 = 0; r0 < nout; r0 += tr) {
 		int64_t rows = load_tile(out, tile, r0, tr);
 		struct fw_gemm g = { .batch = 1, .M = M, .N = rows, .K = in, .trans_b = true,
-				     .lda = in, .ldb = in, .ldc = nout, .dt_ab = FW_F32 };
-		gemm_or_fail(&g, fw_f32(x), tile, fw_f32(out) + r0);
+				     .lda = in, .ldb = in, .ldc = nout, .dt_ab = dt };
+		gemm_or_fail(&g, a, tile, fw_f32(out) + r0);
 	}
 }
 
@@ -244,19 +308,33 @@ static void nf4_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	if (!x->grad)
 		return;
 	int64_t in = c->ne[1], nout = c->ne[0], M = fw_nelem(x) / in, tr = tile_rows(c);
-	float *tile = ex->ws;
+	enum fw_dtype dt = compute_dt(out);
+	if (dense_weight(out)) {
+		struct fw_gemm g = { .batch = 1, .M = M, .N = in, .K = nout, .lda = nout,
+				     .ldb = in, .ldc = in, .dt_ab = FW_F32, .accumulate = true };
+		gemm_or_fail(&g, fw_f32(out->grad), fw_f32(c), fw_f32(x->grad));
+		return;
+	}
+	void *tile = ex->ws;
+	const void *dy = operand(out, fw_f32(out->grad), M * nout,
+				 (char *)ex->ws + tile_bytes(out));
+	size_t el = dt == FW_F32 ? sizeof(float) : sizeof(uint16_t);
 	for (int64_t r0 = 0; r0 < nout; r0 += tr) {
 		int64_t rows = load_tile(out, tile, r0, tr);
 		struct fw_gemm g = { .batch = 1, .M = M, .N = in, .K = rows, .lda = nout,
-				     .ldb = in, .ldc = in, .dt_ab = FW_F32, .accumulate = true };
-		gemm_or_fail(&g, fw_f32(out->grad) + r0, tile, fw_f32(x->grad));
+				     .ldb = in, .ldc = in, .dt_ab = dt, .accumulate = true };
+		gemm_or_fail(&g, (const char *)dy + (size_t)r0 * el, tile, fw_f32(x->grad));
 	}
 }
 
 static size_t nf4_workspace(const struct fw_tensor *out)
 {
-	const struct fw_tensor *c = out->src[1];
-	return sizeof(float) * (size_t)(tile_rows(c) * c->ne[1]);
+	const struct fw_tensor *x = out->src[0], *c = out->src[1];
+	if (compute_dt(out) == FW_F32)
+		return tile_bytes(out);
+	int64_t M = fw_nelem(x) / c->ne[1];
+	return tile_bytes(out) + sizeof(uint16_t) * (size_t)(M * (c->ne[1] > c->ne[0] ?
+								   c->ne[1] : c->ne[0]));
 }
 
 static uint32_t nf4_saved(const struct fw_tensor *out)
@@ -295,5 +373,6 @@ struct fw_tensor *fw_nf4_linear(struct fw_ctx *ctx, struct fw_tensor *x,
 	if (!fw_is_contiguous(x))
 		x = fw_cont(ctx, x);
 	struct fw_tensor *src[4] = { x, codes, qabsmax, stats };
-	return fw_op_custom(ctx, g_nf4_id, src, 4, NULL, 0);
+	union fw_param dt = { .i = (int32_t)fw_ctx_autocast(ctx) };
+	return fw_op_custom(ctx, g_nf4_id, src, 4, &dt, 1);
 }

@@ -71,6 +71,7 @@ struct ada {
 	struct fw_ctx *ctx;
 	struct ada_layer *layers;
 	int n_layers, cap_layers, n_linears;
+	char first[FW_NAME_MAX];         /* the model's first routed linear layer */
 	float *scores;                           /* init_bgt triplet scores, then sorted */
 };
 
@@ -224,11 +225,12 @@ static struct fw_tensor *ada_wrap_linear(void *state, struct fw_model *m, const 
 	struct ada *s = state;
 	const struct fw_host *h = s->host;
 	struct fw_ctx *ctx = m->ctx;
-	if (s->ctx != ctx) {
+	if (peft_new_model(s->ctx, ctx, s->n_linears, s->first, name)) {
 		forget_model(s);
 		s->ctx = ctx;
 	}
-	s->n_linears++;
+	if (s->n_linears++ == 0)
+		snprintf(s->first, sizeof(s->first), "%s", name);
 	if (!targeted(s, name))
 		return NULL;
 	if (w->ndim != 2 || w->dtype != FW_F32) {

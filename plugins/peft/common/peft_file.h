@@ -148,6 +148,17 @@ static inline bool peft_in(struct fw_tensor *const *own, int n, const struct fw_
 	return false;
 }
 
+/* Whether a wrap hook's call for layer name starts another model: another
+ * context, or the first layer of the last build met again. The address
+ * alone does not tell: a context made after one is freed may get its
+ * address (fwrun generate builds, frees and builds again), and the state
+ * of the freed model (its tensors) must not be taken for the new one's. */
+static inline bool peft_new_model(const struct fw_ctx *have, const struct fw_ctx *ctx,
+				  int n_seen, const char *first, const char *name)
+{
+	return have != ctx || (n_seen > 0 && !strcmp(first, name));
+}
+
 /* Grows a host-allocated array to hold one more element. */
 static inline bool peft_grow(const struct fw_host *h, void **arr, int n, int *cap, size_t elem)
 {

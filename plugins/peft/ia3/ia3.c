@@ -55,6 +55,7 @@ struct ia3 {
 	struct ia3_layer *layers;
 	int n_layers, cap_layers;
 	int n_linears;
+	char first[FW_NAME_MAX];         /* the model's first routed linear layer */
 };
 
 /* PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING and
@@ -116,11 +117,12 @@ static struct fw_tensor *ia3_wrap_linear(void *state, struct fw_model *m, const 
 	struct ia3 *s = state;
 	const struct fw_host *h = s->host;
 	struct fw_ctx *ctx = m->ctx;
-	if (s->ctx != ctx) {
+	if (peft_new_model(s->ctx, ctx, s->n_linears, s->first, name)) {
 		forget_model(s);
 		s->ctx = ctx;
 	}
-	s->n_linears++;
+	if (s->n_linears++ == 0)
+		snprintf(s->first, sizeof(s->first), "%s", name);
 	if (!in_list(s->targets, s->n_targets, auto_targets,
 		     sizeof(auto_targets) / sizeof(auto_targets[0]), s->auto_targets, name))
 		return NULL;

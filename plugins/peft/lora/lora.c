@@ -46,6 +46,15 @@ struct lora_layer {
 	int64_t in, out, r;
 	double alpha;
 	float scaling;
+	bool nf4;                        /* the base weight is 4-bit */
+};
+
+/* A 4-bit base weight (--lora-quantize-base=nf4): its three tensors, and
+ * while merged the f32 weight that stands in for the codes. */
+struct nf4_weight {
+	struct fw_tensor *w, *qabsmax, *stats;
+	void *codes;                     /* w's q4 data while merged */
+	float *dense;                    /* the dequantized weight (+ the update) while merged */
 };
 
 struct lora {
@@ -66,6 +75,8 @@ struct lora {
 	int n_layers, cap_layers;
 	char (*linears)[FW_NAME_MAX];    /* every routed linear layer, for messages */
 	int n_linears, cap_linears;
+	struct nf4_weight *quant;        /* the 4-bit base weights */
+	int n_quant, cap_quant;
 };
 
 /* PEFT's default targets per model family: GPT-2; Llama; BERT; T5. */
@@ -171,8 +182,19 @@ static enum fw_status parse_list(struct lora *l, const char *opt, char *dst,
 
 /* --- hooks ----------------------------------------------------------------------- */
 
+static void free_dense(struct lora *l)
+{
+	for (int i = 0; i < l->n_quant; i++)
+		if (l->quant[i].dense) {
+			l->host->free(l->quant[i].dense);
+			l->quant[i].dense = NULL;
+		}
+}
+
 static void forget_model(struct lora *l)
 {
+	free_dense(l);             /* the old model's tensors are not touched */
+	l->n_quant = 0;
 	l->n_layers = 0;
 	l->n_linears = 0;
 	l->merged = false;
@@ -215,6 +237,13 @@ static struct fw_tensor *nf4_base(struct lora *l, struct fw_model *m, const char
 					(int64_t[]){ 2 * fw_nf4_n_blocks(n) }, false);
 	struct fw_tensor *st = h->param(m->ctx, sn, FW_F32, 1, (int64_t[]){ fw_nf4_n_stats(n) },
 					false);
+	if (!qa || !st)
+		return ctx_fail(l, m->ctx, err);
+	if (!peft_grow(h, (void **)&l->quant, l->n_quant, &l->cap_quant, sizeof(*l->quant))) {
+		h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
+		return NULL;
+	}
+	l->quant[l->n_quant++] = (struct nf4_weight){ .w = w, .qabsmax = qa, .stats = st };
 	struct fw_tensor *y = fw_nf4_linear(m->ctx, x, w, qa, st);
 	if (y && bias)
 		y = h->add(m->ctx, y, bias);
@@ -230,7 +259,7 @@ static struct fw_tensor *lora_wrap_linear(void *state, struct fw_model *m, const
 	struct fw_ctx *ctx = m->ctx;
 	char an[FW_NAME_MAX + 16], bn[FW_NAME_MAX + 16];
 
-	if (l->ctx != ctx) {
+	if (peft_new_model(l->ctx, ctx, l->n_linears, l->n_linears ? l->linears[0] : "", name)) {
 		forget_model(l);
 		l->ctx = ctx;
 	}
@@ -299,7 +328,7 @@ static struct fw_tensor *lora_wrap_linear(void *state, struct fw_model *m, const
 	struct lora_layer *ly = &l->layers[l->n_layers++];
 	*ly = (struct lora_layer){ .w = w, .bias = bias, .a = a, .b = b, .gate = gate,
 				   .in = in, .out = out, .r = r, .alpha = alpha,
-				   .scaling = scaling };
+				   .scaling = scaling, .nf4 = base != NULL };
 	snprintf(ly->name, sizeof(ly->name), "%s", name);
 	return y;
 }
@@ -862,6 +891,55 @@ static void fold_rows(void *arg, int64_t lo, int64_t hi)
 	}
 }
 
+struct dequant {
+	const struct nf4_weight *q;
+	int64_t in;
+};
+
+static void dequant_rows(void *arg, int64_t lo, int64_t hi)
+{
+	const struct dequant *d = arg;
+	const struct nf4_weight *q = d->q;
+	fw_nf4_dequantize(q->codes, q->qabsmax->data, fw_f32(q->stats), fw_nelem(q->w),
+			  lo * d->in, (hi - lo) * d->in, q->dense + lo * d->in);
+}
+
+/* QLoRA's merge: every 4-bit weight becomes its f32 dequantization (the
+ * codes stay aside; nf4_linear multiplies an f32 weight as it is), so the
+ * update folds in at full precision; unmerging puts the codes back, which
+ * restores the 4-bit base exactly. */
+static enum fw_status nf4_dense(struct lora *l, bool merging, struct fw_err *err)
+{
+	const struct fw_host *h = l->host;
+	for (int i = 0; merging && i < l->n_quant; i++) {
+		struct nf4_weight *q = &l->quant[i];
+		if (!q->w->data || !q->qabsmax->data || !q->stats->data)
+			return h->errorf(err, FW_ERR_INVALID, "peft/lora: %s: weights are not "
+					 "allocated", q->w->name);
+		if (!(q->dense = h->malloc(sizeof(float) * (size_t)fw_nelem(q->w)))) {
+			free_dense(l);
+			return h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory for the "
+					 "dequantized %s", q->w->name);
+		}
+	}
+	for (int i = 0; i < l->n_quant; i++) {
+		struct nf4_weight *q = &l->quant[i];
+		if (merging) {
+			q->codes = q->w->data;
+			struct dequant d = { q, q->w->ne[1] };
+			h->parallel_for(q->w->ne[0], dequant_rows, &d);
+			q->w->data = q->dense;
+			q->w->dtype = FW_F32;
+		} else {
+			q->w->data = q->codes;
+			q->w->dtype = FW_Q4;
+		}
+	}
+	if (!merging)
+		free_dense(l);
+	return FW_OK;
+}
+
 static enum fw_status fold_all(struct lora *l, struct fw_model *m, float sign, bool merging,
 			       struct fw_err *err)
 {
@@ -870,22 +948,23 @@ static enum fw_status fold_all(struct lora *l, struct fw_model *m, float sign, b
 	if (l->merged == merging)
 		return l->host->errorf(err, FW_ERR_INVALID, "peft/lora: the adapter is %s",
 				       merging ? "already merged" : "not merged");
-	if (l->nf4)
-		return l->host->errorf(err, FW_ERR_UNSUPPORTED, "peft/lora: the base is 4-bit "
-				       "(--lora-quantize-base=nf4): merging into it would "
-				       "quantize the update away, and a merge into a dequantized "
-				       "f32 model is not implemented yet");
 	for (int i = 0; i < l->n_layers; i++) {
 		const struct lora_layer *ly = &l->layers[i];
 		if (!ly->w->data || !ly->a->data || !ly->b->data)
 			return l->host->errorf(err, FW_ERR_INVALID,
 					       "peft/lora: %s: weights are not allocated", ly->name);
 	}
+	enum fw_status st;
+	if (l->nf4 && merging && (st = nf4_dense(l, true, err)) != FW_OK)
+		return st;
 	for (int i = 0; i < l->n_layers; i++) {
 		struct fold f = { &l->layers[i], sign };
-		l->host->parallel_for(l->layers[i].out, fold_rows, &f);
+		if (merging || !l->layers[i].nf4)    /* a 4-bit weight unmerges by its codes */
+			l->host->parallel_for(l->layers[i].out, fold_rows, &f);
 		l->layers[i].gate->params[0].f = merging ? 0.0f : l->layers[i].scaling;
 	}
+	if (l->nf4 && !merging)
+		nf4_dense(l, false, err);
 	l->merged = merging;
 	return FW_OK;
 }
@@ -1169,8 +1248,9 @@ static void lora_fini(void *state)
 	if (!l)
 		return;
 	const struct fw_host *h = l->host;
+	free_dense(l);
 	void *arrays[] = { l->text, l->targets, l->ranks, l->alphas, l->saves, l->layers,
-			   l->linears };
+			   l->linears, l->quant };
 	for (size_t i = 0; i < sizeof(arrays) / sizeof(arrays[0]); i++)
 		if (arrays[i])
 			h->free(arrays[i]);

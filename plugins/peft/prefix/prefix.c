@@ -41,6 +41,7 @@ struct prefix {
 	bool projection;
 
 	struct fw_ctx *ctx;
+	char first[FW_NAME_MAX];             /* the model's first attention layer */
 	int n_layers;
 	int64_t kv, c, heads;                /* kv_dim, token dim, query heads */
 	struct fw_tensor *emb, *w0, *b0;     /* projection */
@@ -78,10 +79,10 @@ static enum fw_status prefix_wrap_kv(void *state, struct fw_model *m,
 	struct prefix *s = state;
 	const struct fw_host *h = s->host;
 	struct fw_ctx *ctx = m->ctx;
-	if (s->ctx != ctx) {
+	if (peft_new_model(s->ctx, ctx, s->n_layers, s->first, spec->name)) {
 		s->ctx = ctx;
 		s->n_layers = s->n_own = 0;
-		s->emb = s->hid = NULL;
+		s->emb = s->w0 = s->b0 = s->hid = NULL;
 	}
 	if (spec->pos == FW_POS_ROPE || spec->pos == FW_POS_ALIBI)
 		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: prefix tuning with %s "
@@ -115,6 +116,8 @@ static enum fw_status prefix_wrap_kv(void *state, struct fw_model *m,
 	}
 	char n[FW_NAME_MAX];
 	int l = s->n_layers;
+	if (l == 0)
+		snprintf(s->first, sizeof(s->first), "%s", spec->name);
 	struct fw_tensor *blk;                            /* (P, 2 KV): [keys | values] */
 	if (!s->projection) {
 		snprintf(n, sizeof(n), "prefix.h.%d.kv", l);

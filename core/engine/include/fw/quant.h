@@ -62,7 +62,10 @@ void fw_nf4_dequantize(const uint8_t *codes, const uint8_t *qabsmax, const float
 /* y = x W^T for x (..., in) f32 and W (out, in) in NF4: the weight is
  * dequantized a tile of rows at a time into the workspace (never whole)
  * and multiplied there; backward gives x its gradient (W is frozen: no
- * gradient flows to codes or statistics). */
+ * gradient flows to codes or statistics). Under ctx's autocast (bf16/f16)
+ * the tiles, x and the output gradient are rounded to that dtype and the
+ * products accumulate in f32. Codes that are f32 when it runs (peft/lora's
+ * merge swaps in the dequantized weight) are multiplied as they are. */
 struct fw_tensor *fw_nf4_linear(struct fw_ctx *ctx, struct fw_tensor *x,
 				struct fw_tensor *codes, struct fw_tensor *qabsmax,
 				struct fw_tensor *stats);
