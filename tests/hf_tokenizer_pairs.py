@@ -209,7 +209,7 @@ def main():
     ap.add_argument("--driver", required=True)
     ap.add_argument("--rows-driver", required=True)
     ap.add_argument("--build-dir", required=True)
-    ap.add_argument("--count", type=int, default=600)
+    ap.add_argument("--count", type=int, default=400)
     ap.add_argument("--only", default="")
     ap.add_argument("--seed", type=int, default=15)
     a = ap.parse_args()
