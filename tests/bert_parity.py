@@ -18,6 +18,10 @@ Checks:
     1e-5; RoBERTa options (position offset 2, one token type) on MLM;
   - 10 AdamW steps (sequence classification, MLM) per-step loss and
     gradient norm within 1e-4;
+  - LoRA on token classification and MLM: 3 trained steps exported with
+    export-adapter (task_type TOKEN_CLS with the classifier in
+    modules_to_save; none for MLM) and re-applied in torch: eval loss
+    within 1e-5 of fw's with the adapter;
   - the MLM masking: fw's documented draw (splitmix64 of seed, micro-batch
     index, position; tasks.h) replayed here, so the MLM losses above also pin
     which tokens are masked and how;
@@ -337,11 +341,11 @@ def check_seq_eval(fw, work, m, W, ck, recs, path):
     R.check("seq-cls: confusion matrix", got["confusion"] == cm.tolist(), f"{got['confusion']}")
 
 
-def tok_reference(m, W, recs):
+def tok_reference(m, W, recs, lora=None):
     logits, labels = [], []
     for r in recs:
         ids, first = tok_inputs(r)
-        x = tok_logits(W, one(m, W, ids, [0] * len(ids)))[0]
+        x = tok_logits(W, one(m, W, ids, [0] * len(ids), lora))[0]
         for j, y in first:
             logits.append(x[j])
             labels.append(y)
@@ -390,10 +394,10 @@ def mlm_micro_batches(docs, n):
     return [rows[k * B:(k + 1) * B] for k in range(n)]
 
 
-def mlm_loss(m, W, batch, index):
+def mlm_loss(m, W, batch, index, lora=None):
     logits, targets = [], []
     for x, y in mlm_mask(batch, index):
-        lg = mlm_logits(m, W, one(m, W, x, [0] * len(x)))[0]
+        lg = mlm_logits(m, W, one(m, W, x, [0] * len(x), lora))[0]
         for j, t in enumerate(y):
             if t >= 0:
                 logits.append(lg[j])
@@ -625,6 +629,49 @@ def check_lora(fw, work, m, W, ck, train_recs, train_path, recs, path):
                 r <= TOL_EVAL, f"rel {r:.2e}")
 
 
+def check_lora_export(fw, work, name, ck, train_path, eval_path, flags_, task_type, saves,
+                      ref_loss):
+    """LoRA trained 3 steps on a token-classification or MLM base, its PEFT
+    export (export-adapter) re-applied in torch to the base weights: the
+    loss must equal fw's eval with the adapter."""
+    run = os.path.join(work, "lora_" + name)
+    p = fw("train", LORA_PLUG, f"--load={ck}", f"--data={train_path}", "--no-shuffle",
+           "--tokenizer=byte", f"--micro-batch-size={B}", f"--seq-length={T}", "--threads=2",
+           "--train-iters=3", "--lr=0.05", "--lr-decay-style=constant", "--clip-grad=0",
+           f"--lora-r={LORA_R}", f"--lora-alpha={LORA_ALPHA}", f"--run-dir={run}", *flags_)
+    final = os.path.join(run, "adapter-00000003.h5")
+    if not R.check(f"lora {name}: train runs", p.returncode == 0 and os.path.exists(final),
+                   g2.describe(p)):
+        return
+    out = os.path.join(work, "peft_" + name)
+    p = fw("export-adapter", final, out)
+    if not R.check(f"lora {name}: export-adapter", p.returncode == 0, g2.describe(p)):
+        return
+    cfg = json.load(open(os.path.join(out, "adapter_config.json")))
+    R.check(f"lora {name} export: task_type {task_type}, targets query/value, modules_to_save "
+            f"{saves}", cfg["task_type"] == task_type and
+            sorted(cfg["target_modules"]) == ["query", "value"] and cfg["modules_to_save"] == saves,
+            json.dumps(cfg)[:300])
+    _, st = g2.read_st(os.path.join(out, "adapter_model.safetensors"))
+    pre = "base_model.model."
+    T2 = {k[len(pre):]: torch.from_numpy(v[2].copy()) for k, v in st.items()}
+    lora = {k[len("bert."):-len(".lora_A.weight")]:
+            (T2[k], T2[k.replace("lora_A", "lora_B")], cfg["lora_alpha"] / cfg["r"])
+            for k in T2 if k.startswith("bert.") and k.endswith(".lora_A.weight")}
+    full = {k: t for k, t in T2.items() if ".lora_" not in k}
+    moved = max(float(Bm.abs().max()) for _, Bm, _ in lora.values()) if lora else 0.0
+    R.check(f"lora {name} export: PEFT's keys, {len(lora)} adapted modules, B trained (not 0)",
+            all(k.startswith("bert.encoder.layer.") or k.split(".")[0] in (saves or []) for k in T2) and
+            len(lora) == 2 * BERT["L"] and moved > 0, f"{sorted(T2)[:3]}, max |B| {moved:.2e}")
+    with torch.no_grad():
+        ref = ref_loss(full, lora)
+    q, got = fw_eval(fw, ck, eval_path, f"--adapter={final}", *flags_, plug=PLUG + ",peft/lora")
+    if R.check(f"lora {name}: eval with the adapter runs", got is not None, g2.describe(q)):
+        r = g2.rel(got["eval_loss"], ref)
+        R.check(f"lora {name}: the PEFT export applied in torch {ref:.9g} vs fw eval "
+                f"{got['eval_loss']:.9g}", r <= TOL_EVAL, f"rel {r:.2e}")
+
+
 # --- Hugging Face folders -------------------------------------------------------------------
 
 HF_CLASSES = {          # class: (model_type, fw head, config of the test model)
@@ -806,6 +853,11 @@ def main():
         pred = check_tok_eval(fw, work, BERT, Wt, ck_tok, tok, tok_path)
         if pred:
             check_padding(fw, work, BERT, Wt, tok, tok_path, pred)
+        check_lora_export(
+            fw, work, "token-cls", ck_tok, tok_path, tok_path, ["--labels=0,1,2"], "TOKEN_CLS",
+            ["classifier"],
+            lambda full, lora: F.cross_entropy(*tok_reference(BERT, dict(Wt, **full), tok,
+                                                              lora)).item())
 
         # masked LM, BERT and RoBERTa options
         docs = mlm_docs(rng, 4 * B)
@@ -828,6 +880,14 @@ def main():
             s, c = mlm_loss(BERT, P, batches[k], k)
             return s / c
         check_train(fw, work, "mlm", BERT, "mlm", Wm, ck, train_mlm, mlm_step)
+
+        def mlm_ref(full, lora):
+            n = len(docs) // B
+            tot = [mlm_loss(BERT, dict(Wm, **full), b, k, lora)
+                   for k, b in enumerate(mlm_micro_batches(docs, n))]
+            return sum(float(x) for x, _ in tot) / sum(c for _, c in tot)
+        check_lora_export(fw, work, "mlm", ck, train_mlm, mlm_path,
+                          [f"--mlm-probability={MLM_PROB}", f"--seed={SEED}"], None, None, mlm_ref)
         check_bad(fw, work, ck_seq, ck_tok)
         check_hf(fw, work, rng)
 

@@ -88,6 +88,13 @@ names: {{ messages | map(attribute='name', default='anon') | join(',') }}
 {{ loop.index }}:{{ m.role }}
 {%- endfor %}
 {{ messages | selectattr('role', 'equalto', 'nobody') | list | tojson }}
+sorted: {{ messages | map(attribute='role') | sort | join(',') }}
+by role: {% for m in messages | sort(attribute='role') %}{{ m.role }}{{ loop.index0 }} {% endfor %}
+by content: {{ messages | selectattr('content', 'string') | sort(attribute='content', reverse=true) | map(attribute='content') | join('|') }}
+cased: {{ messages | selectattr('content', 'string') | sort(false, true, 'content') | map(attribute='content') | join('|') }}
+case: {{ ['b', 'A', 'a', 'B', 'é', '日', '🙂', 'ﬀ'] | sort | join }} {{ ['b', 'A', 'a', 'B'] | sort(case_sensitive=true) | join }}
+nums: {{ [3, 1.5, true, 2, false, -1] | sort(reverse=true) | tojson }}
+nested: {{ [{'k': [2, 'x']}, {'k': [1, 'y']}, {'k': [1, 'a']}] | sort(attribute='k.0') | map(attribute='k') | tojson }}
 """
 
 WORDS = ["hello", "world", "the", "model", "Hi", "why?", "ça va", "日本語", "emoji 🙂", "tab\tx",

@@ -4,6 +4,14 @@
 //   node hf_reference.js MODULE_DIR encode TOKENIZER_JSON IN.jsonl OUT.jsonl
 //       one line per {"text": ...} of IN: {"plain": ids without special
 //       tokens, "special": ids with them, "decoded": decode(special, false)}
+//   node hf_reference.js MODULE_DIR pairs TOKENIZER_JSON IN.jsonl OUT.jsonl
+//       one line per {"a", "b" (null: single), "add", "trunc": null or
+//       {"max", "strategy", "direction"}, "pad": null or {"max",
+//       "direction", "multiple", "id", "type_id", "token"}} of IN:
+//       {"ids", "type_ids", "attention_mask", "special_tokens_mask",
+//       "offsets", "seq": sequence ids, "full": {"ids", "type_ids", "seq",
+//       "special_tokens_mask"} untruncated and unpadded}, or {"error":
+//       message} where the library refuses
 //   node hf_reference.js MODULE_DIR build SPEC.json OUT_DIR
 //       builds and saves the tokenizers SPEC describes (a BERT WordPiece, a
 //       T5/ALBERT-style Unigram, a RoBERTa byte-level BPE) with the library
@@ -30,6 +38,37 @@ async function encode(file, inp, out) {
 		const special = (await t.encode(text, null, { addSpecialTokens: true })).getIds();
 		const decoded = await t.decode(special, false);
 		res.push(JSON.stringify({ plain, special, decoded }));
+	}
+	fs.writeFileSync(out, res.join('\n') + '\n');
+}
+
+async function pairs(file, inp, out) {
+	const lines = fs.readFileSync(inp, 'utf8').split('\n').filter((l) => l);
+	const res = [];
+	const t = tk.Tokenizer.fromFile(file);
+	for (const l of lines) {
+		const r = JSON.parse(l);
+		t.disableTruncation();
+		t.disablePadding();
+		try {
+			// the pair untruncated, for the test's account of truncation
+			const f = await t.encode(r.a, r.b, { addSpecialTokens: r.add });
+			const full = { ids: f.getIds(), type_ids: f.getTypeIds(), seq: f.getSequenceIds(),
+				special_tokens_mask: f.getSpecialTokensMask() };
+			if (r.trunc)
+				t.setTruncation(r.trunc.max, { strategy: r.trunc.strategy,
+					direction: r.trunc.direction });
+			if (r.pad)
+				t.setPadding({ maxLength: r.pad.max, direction: r.pad.direction,
+					padToMultipleOf: r.pad.multiple, padId: r.pad.id,
+					padTypeId: r.pad.type_id, padToken: r.pad.token });
+			const e = await t.encode(r.a, r.b, { addSpecialTokens: r.add });
+			res.push(JSON.stringify({ ids: e.getIds(), type_ids: e.getTypeIds(),
+				attention_mask: e.getAttentionMask(),
+				special_tokens_mask: e.getSpecialTokensMask(), offsets: e.getOffsets(), seq: e.getSequenceIds(), full }));
+		} catch (err) {
+			res.push(JSON.stringify({ error: String(err && err.message || err) }));
+		}
 	}
 	fs.writeFileSync(out, res.join('\n') + '\n');
 }
@@ -131,12 +170,14 @@ function build(specFile, outDir) {
 (async () => {
 	if (cmd === 'encode')
 		await encode(args[0], args[1], args[2]);
+	else if (cmd === 'pairs')
+		await pairs(args[0], args[1], args[2]);
 	else if (cmd === 'build')
 		build(args[0], args[1]);
 	else if (cmd === 'bench')
 		await bench(args[0], args[1]);
 	else {
-		process.stderr.write('usage: node hf_reference.js MODULE_DIR encode|build|bench ...\n');
+		process.stderr.write('usage: node hf_reference.js MODULE_DIR encode|pairs|build|bench ...\n');
 		process.exit(2);
 	}
 })().catch((e) => {

@@ -9,6 +9,15 @@
  * encode(text, add_special_tokens=False) (specials matched, no
  * post-processor), special is add_special_tokens=True, decoded is
  * decode(special, skip_special_tokens=False). Exit 1 with one line on error.
+ *
+ *   hf_tok_driver TOKENIZER_JSON IN.jsonl OUT.jsonl --pairs
+ *
+ * For each {"a", "b" (null: single), "add", "trunc": null or {"max",
+ * "strategy": "LongestFirst"|"OnlyFirst"|"OnlySecond", "direction":
+ * "left"|"right"}, "pad": null or {"max" (absent: longest), "direction",
+ * "multiple", "id", "type_id"}} line: fw_tokenizer_encode_pair's
+ * {"ids", "type_ids", "attention_mask", "special_tokens_mask"}, or
+ * {"error": message}.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,10 +35,71 @@ static json_t *ids_json(const struct fw_token_buf *b)
 	return a;
 }
 
+static json_t *u32_json(const uint32_t *v, size_t n)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; a && i < n; i++)
+		json_array_append_new(a, json_integer(v[i]));
+	return a;
+}
+
+static json_t *u8_json(const uint8_t *v, size_t n)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; a && i < n; i++)
+		json_array_append_new(a, json_integer(v[i]));
+	return a;
+}
+
+static json_t *pair_line(struct fw_tokenizer *t, json_t *rec)
+{
+	struct fw_encode_options o = { 0 };
+	json_t *a = json_object_get(rec, "a"), *b = json_object_get(rec, "b");
+	json_t *tr = json_object_get(rec, "trunc"), *pd = json_object_get(rec, "pad");
+	o.flags = FW_TOKENIZE_SPLIT_SPECIAL |
+		  (json_is_true(json_object_get(rec, "add")) ? FW_TOKENIZE_ADD_SPECIAL : 0);
+	if (json_is_object(tr)) {
+		const char *s = json_string_value(json_object_get(tr, "strategy"));
+		const char *d = json_string_value(json_object_get(tr, "direction"));
+		s = s ? s : "";
+		o.truncation = !strcmp(s, "OnlyFirst") ? FW_TRUNCATE_ONLY_FIRST :
+			       !strcmp(s, "OnlySecond") ? FW_TRUNCATE_ONLY_SECOND :
+			       FW_TRUNCATE_LONGEST_FIRST;
+		o.max_length = (size_t)json_integer_value(json_object_get(tr, "max"));
+		o.truncate_left = d && !strcmp(d, "left");
+	}
+	/* the reference's Fixed(0) pads nothing, even to a multiple */
+	json_t *fixed = json_object_get(pd, "max");
+	if (json_is_object(pd) && !(fixed && json_integer_value(fixed) == 0)) {
+		const char *d = json_string_value(json_object_get(pd, "direction"));
+		o.pad = true;
+		o.pad_length = (size_t)json_integer_value(json_object_get(pd, "max"));
+		o.pad_multiple = (size_t)json_integer_value(json_object_get(pd, "multiple"));
+		o.pad_left = d && !strcmp(d, "left");
+		o.pad_id = (int32_t)json_integer_value(json_object_get(pd, "id"));
+		o.pad_type_id = (uint32_t)json_integer_value(json_object_get(pd, "type_id"));
+	}
+	struct fw_encoding e = { 0 };
+	struct fw_err err = { 0 };
+	json_t *res = json_object();
+	if (fw_tokenizer_encode_pair(t, json_string_value(a), json_string_length(a),
+				     json_is_string(b) ? json_string_value(b) : NULL,
+				     json_string_length(b), &o, &e, &err) != FW_OK) {
+		json_object_set_new(res, "error", json_string(err.msg));
+		return res;
+	}
+	json_object_set_new(res, "ids", ids_json(&(struct fw_token_buf){ e.ids, e.n, e.n }));
+	json_object_set_new(res, "type_ids", u32_json(e.type_ids, e.n));
+	json_object_set_new(res, "attention_mask", u8_json(e.attention_mask, e.n));
+	json_object_set_new(res, "special_tokens_mask", u8_json(e.special_tokens_mask, e.n));
+	fw_encoding_free(&e);
+	return res;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 4) {
-		fprintf(stderr, "usage: hf_tok_driver TOKENIZER_JSON IN.jsonl OUT.jsonl [--roundtrip]\n");
+		fprintf(stderr, "usage: hf_tok_driver TOKENIZER_JSON IN.jsonl OUT.jsonl [--roundtrip|--pairs]\n");
 		return 2;
 	}
 	struct fw_err err = { 0 };
@@ -58,9 +128,19 @@ int main(int argc, char **argv)
 	size_t cap = 0;
 	ssize_t n;
 	int rc = 0;
+	bool pairs = argc > 4 && !strcmp(argv[4], "--pairs");
 	while ((n = getline(&line, &cap, in)) > 0) {
 		json_error_t je;
 		json_t *rec = json_loadb(line, (size_t)n, JSON_ALLOW_NUL, &je);
+		if (pairs) {
+			json_t *o = rec ? pair_line(t, rec) : NULL;
+			char *txt = o ? json_dumps(o, JSON_COMPACT) : NULL;
+			fprintf(out, "%s\n", txt ? txt : "{}");
+			free(txt);
+			json_decref(o);
+			json_decref(rec);
+			continue;
+		}
 		json_t *tx = json_object_get(rec, "text");
 		if (!json_is_string(tx)) {
 			fprintf(stderr, "hf_tok_driver: bad input line: %s\n", je.text);

@@ -166,6 +166,10 @@ START_TEST(test_runtime_errors)
 	ck_error("{{ messages['a':] }}", CONV, "slice");
 	ck_error("{{ nofunc(1) }}", CONV, "not a function");
 	ck_error("{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}", CONV, "too deeply");
+	ck_error("{{ messages | join(',', attribute='role') }}", CONV, "attribute= is not supported");
+	ck_error("{{ [1, 'a'] | sort }}", CONV, "sort: cannot compare");
+	ck_error("{{ [[1], [2]] | sort }}", CONV, "sort: cannot compare");
+	ck_error("{{ [1, 2] | sort(reverse='yes') }}", CONV, "must be booleans");
 	ck_error("{% for m in messages %}{{ m.content | trim }}{% endfor %}",
 		 "[{\"role\": \"user\", \"content\": [1]}]", "trim");
 }

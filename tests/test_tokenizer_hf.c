@@ -258,6 +258,79 @@ static char *bert_with(const char *from, const char *to)
 	return made[n_made++] = buf;
 }
 
+/* fw_tokenizer_encode_pair: BERT's pair layout and type ids (Hugging Face's
+ * BertProcessing: [CLS] A [SEP] B:1 [SEP]:1), padding, refusals. The
+ * reference library checks the rest (tests/hf_tokenizer_pairs.py). */
+START_TEST(test_pairs)
+{
+	struct fw_err err;
+	struct fw_tokenizer *t = load_text(bert_json, &err);
+	ck_assert_msg(t != NULL, "%s", err.msg);
+	ck_assert_int_eq(fw_tokenizer_n_added(t, false), 2);
+	ck_assert_int_eq(fw_tokenizer_n_added(t, true), 3);
+	struct fw_encode_options o = { .flags = FW_TOKENIZE_ADD_SPECIAL, .pad = true,
+				       .pad_length = 9, .pad_id = 0, .pad_type_id = 0 };
+	struct fw_encoding e = { 0 };
+	ck_assert_int_eq(fw_tokenizer_encode_pair(t, "unaffable", 9, "hello !", 7, &o, &e, &err),
+			 FW_OK);
+	static const int32_t ids[] = { 1, 3, 4, 5, 2, 6, 8, 2, 0 };
+	static const uint32_t ty[] = { 0, 0, 0, 0, 0, 1, 1, 1, 0 };
+	static const uint8_t am[] = { 1, 1, 1, 1, 1, 1, 1, 1, 0 }, sm[] = { 1, 0, 0, 0, 1, 0, 0, 1, 1 };
+	ck_assert_uint_eq(e.n, 9);
+	ck_assert(!memcmp(e.ids, ids, sizeof(ids)) && !memcmp(e.type_ids, ty, sizeof(ty)) &&
+		  !memcmp(e.attention_mask, am, sizeof(am)) &&
+		  !memcmp(e.special_tokens_mask, sm, sizeof(sm)));
+	/* longest_first to 6: 3 specials, 3 tokens left: "hello !" (2) cannot
+	 * stay whole (the longer text never gets fewer), so 1 and 2, the odd
+	 * one to the longer */
+	o = (struct fw_encode_options){ .flags = FW_TOKENIZE_ADD_SPECIAL,
+					.truncation = FW_TRUNCATE_LONGEST_FIRST, .max_length = 6 };
+	ck_assert_int_eq(fw_tokenizer_encode_pair(t, "unaffable", 9, "hello !", 7, &o, &e, &err),
+			 FW_OK);
+	static const int32_t cut[] = { 1, 3, 4, 2, 6, 2 };
+	ck_assert(e.n == 6 && !memcmp(e.ids, cut, sizeof(cut)));
+	o.max_length = 2;                       /* below the 3 specials */
+	ck_assert_int_eq(fw_tokenizer_encode_pair(t, "a", 1, "b", 1, &o, &e, &err), FW_ERR_INVALID);
+	ck_one_line(err.msg);
+	ck_has(err.msg, "max_length 2");
+	ck_assert_uint_eq(e.n, 0);
+	o.max_length = 4;
+	o.truncation = FW_TRUNCATE_ONLY_SECOND;
+	ck_assert_int_eq(fw_tokenizer_encode_pair(t, "hello hello", 11, NULL, 0, &o, &e, &err), FW_OK);
+	o.max_length = 3;                       /* now it must cut, and has no second text */
+	ck_assert_int_eq(fw_tokenizer_encode_pair(t, "hello hello", 11, NULL, 0, &o, &e, &err),
+			 FW_ERR_INVALID);
+	ck_has(err.msg, "only_second needs a second text");
+	o.truncation = (enum fw_truncation)9;
+	ck_assert_int_eq(fw_tokenizer_encode_pair(t, "a", 1, NULL, 0, &o, &e, &err), FW_ERR_INVALID);
+	ck_assert_int_eq(fw_tokenizer_encode_pair(NULL, "a", 1, NULL, 0, NULL, &e, &err),
+			 FW_ERR_INVALID);
+	fw_encoding_free(&e);
+	fw_tokenizer_free(t);
+	/* a Sequence of two processors that add tokens: singles only */
+	const char *bp = "{\"type\": \"BertProcessing\", \"sep\": [\"[SEP]\", 2],   \"cls\": "
+			 "[\"[CLS]\", 1]}";
+	char two[256];
+	snprintf(two, sizeof(two), "{\"type\": \"Sequence\", \"processors\": [%s, %s]}", bp, bp);
+	t = load_text(bert_with(bp, two), &err);
+	ck_assert_msg(t != NULL, "%s", err.msg);
+	ck_ids(t, "hello", FW_TOKENIZE_ADD_SPECIAL, IDS(1, 1, 6, 2, 2));
+	ck_assert_int_eq(fw_tokenizer_n_added(t, true), -1);
+	ck_assert_int_eq(fw_tokenizer_encode_pair(t, "a", 1, "b", 1, NULL, &e, &err),
+			 FW_ERR_UNSUPPORTED);
+	ck_one_line(err.msg);
+	fw_tokenizer_free(t);
+	/* no post-processor (the byte kind): the second text's type id is 1 */
+	t = fw_tokenizer_new_byte(NULL, 0, &err);
+	ck_assert_int_eq(fw_tokenizer_encode_pair(t, "ab", 2, "c", 1, NULL, &e, &err), FW_OK);
+	ck_assert(e.n == 3 && e.ids[2] == 'c' && e.type_ids[1] == 0 && e.type_ids[2] == 1);
+	fw_encoding_free(&e);
+	fw_tokenizer_free(t);
+	while (n_made > 0)
+		free(made[--n_made]);
+}
+END_TEST
+
 START_TEST(test_refusals)
 {
 	struct {
@@ -320,6 +393,23 @@ START_TEST(test_refusals)
 		  FW_ERR_FORMAT },
 		{ bert_with("\"sep\": [\"[SEP]\", 2]", "\"sep\": [\"[SEP]\", 99]"),
 		  "token id 99 is not in the vocabulary", FW_ERR_FORMAT },
+		{ bert_with("\"type\": \"BertProcessing\"", "\"type\": \"TemplateProcessing\", "
+			    "\"single\": [{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], \"pair\": "
+			    "[{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], \"special_tokens\": {}"),
+		  "\"pair\" has no $B", FW_ERR_FORMAT },
+		{ bert_with("\"type\": \"BertProcessing\"", "\"type\": \"TemplateProcessing\", "
+			    "\"single\": [{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}], \"pair\": "
+			    "[{\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}, {\"SpecialToken\": "
+			    "{\"id\": \"[X]\", \"type_id\": 1}}, {\"Sequence\": {\"id\": \"B\", "
+			    "\"type_id\": 1}}], \"special_tokens\": {}"),
+		  "pair[1] (\"[X]\") is not listed in special_tokens", FW_ERR_FORMAT },
+		{ bert_with("\"type\": \"BertProcessing\"", "\"type\": \"TemplateProcessing\", "
+			    "\"single\": [{\"Sequence\": {\"id\": \"C\", \"type_id\": 0}}]"),
+		  "single[0] is sequence \"C\"", FW_ERR_FORMAT },
+		{ bert_with("\"type\": \"BertProcessing\"", "\"type\": \"TemplateProcessing\", "
+			    "\"single\": [{\"Sequence\": {\"id\": \"A\"}}]"),
+		  "single[0] is not a Sequence or a SpecialToken with an id and a type_id",
+		  FW_ERR_FORMAT },
 		{ bert_with("\"truncation\": null", "\"truncation\": {\"max_length\": 5}"),
 		  "truncation", FW_ERR_UNSUPPORTED },
 		{ bert_with("{\"id\": 9, \"content\": \"<ent>\"", "{\"id\": 3, \"content\": \"<ent>\""),
@@ -429,6 +519,14 @@ START_TEST(test_hf_alloc_fail)
 					s = fw_tokenizer_add_special(t, "<x>", 3, NULL, &err);
 				if (s == FW_OK && !(ser = fw_tokenizer_serialize(t, &err)))
 					s = err.status;
+				struct fw_encode_options o = { .flags = 3, .pad = true, .pad_length = 40,
+							       .truncation = FW_TRUNCATE_LONGEST_FIRST,
+							       .max_length = 30 };
+				struct fw_encoding e = { 0 };
+				if (s == FW_OK)
+					s = fw_tokenizer_encode_pair(t, in, strlen(in),
+						fw_tokenizer_n_added(t, true) >= 0 ? in : NULL, 9, &o, &e, &err);
+				fw_encoding_free(&e);
 			}
 			fw_free(ser);
 			fw_free(out);
@@ -453,6 +551,7 @@ static Suite *suite(void)
 	TCase *tc = fwt_tcase("pipeline", 60);
 	tcase_add_unchecked_fixture(tc, setup_root, teardown_root);
 	tcase_add_test(tc, test_wordpiece);
+	tcase_add_test(tc, test_pairs);
 	tcase_add_test(tc, test_unigram);
 	tcase_add_test(tc, test_bpe_byte_fallback);
 	tcase_add_test(tc, test_hf_serialize);

@@ -286,6 +286,44 @@ static int label_id(struct builder *b, json_t *v, long line, const char **why, s
 	return l->n - 1;
 }
 
+/* A classification row from the tokenizer's own post-processor (BERT's,
+ * RoBERTa's or a template): Hugging Face's tokenizer(text, text_pair,
+ * truncation="longest_first", max_length=T); seg is the type id + 1. */
+static enum fw_status seq_template(struct builder *b, const char *sa, const char *sb, int id,
+				   long line, struct fw_err *err)
+{
+	struct fw_encode_options o = { .flags = FW_TOKENIZE_ADD_SPECIAL };
+	struct fw_encoding e = { 0 };
+	enum fw_status st = fw_tokenizer_encode_pair(b->tok, sa, strlen(sa), sb, sb ? strlen(sb) : 0,
+						     &o, &e, err);
+	if (st == FW_OK && (int64_t)e.n > b->T) {
+		b->truncated++;
+		o.truncation = FW_TRUNCATE_LONGEST_FIRST;
+		o.max_length = (size_t)b->T;
+		st = fw_tokenizer_encode_pair(b->tok, sa, strlen(sa), sb, sb ? strlen(sb) : 0, &o, &e,
+					      err);
+	}
+	int64_t at = st == FW_OK ? new_row(b) : -1;
+	if (st == FW_OK && at < 0)
+		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	for (size_t k = 0; st == FW_OK && k < e.n; k++) {
+		b->rows.tokens[at + (int64_t)k] = e.ids[k];
+		b->rows.seg[at + (int64_t)k] = (int32_t)e.type_ids[k] + 1;
+		if (e.type_ids[k] > 1)
+			st = fw_errorf(err, FW_ERR_UNSUPPORTED, "the tokenizer's post-processor gives "
+				       "type id %u (BERT's token types are 0 and 1)", e.type_ids[k]);
+	}
+	if (st == FW_OK) {
+		b->rows.targets[at] = id;
+	} else if (st != FW_ERR_NOMEM) {
+		char why[sizeof(err->msg)];
+		snprintf(why, sizeof(why), "%s", err->msg);
+		fw_errorf(err, st, "%s:%ld: %s", b->path, line, why);
+	}
+	fw_encoding_free(&e);
+	return st;
+}
+
 static enum fw_status seq_record(struct builder *b, json_t *r, long line, const char **why,
 				 struct fw_err *err)
 {
@@ -299,9 +337,11 @@ static enum fw_status seq_record(struct builder *b, json_t *r, long line, const 
 	int id = -1;
 	if (label && (id = label_id(b, label, line, why, err)) < 0)
 		return id == -1 ? err->status : FW_OK;
+	const char *sa = json_string_value(text), *sb = pair ? json_string_value(pair) : NULL;
+	if (fw_tokenizer_n_added(b->tok, pair != NULL) > 0)
+		return seq_template(b, sa, sb, id, line, err);
 	struct fw_token_buf ta = { 0 }, tb = { 0 };
-	if (!encode(b, json_string_value(text), &ta) ||
-	    (pair && !encode(b, json_string_value(pair), &tb))) {
+	if (!encode(b, sa, &ta) || (pair && !encode(b, sb, &tb))) {
 		fw_token_buf_free(&ta);
 		fw_token_buf_free(&tb);
 		return fw_errorf(err, FW_ERR_NOMEM, "%s:%ld: cannot tokenize", b->path, line);

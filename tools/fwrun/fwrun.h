@@ -61,6 +61,8 @@ const char *config_option_default(const struct config *c, const char *section, c
 /* --- tokenizer (tok.c) ------------------------------------------------------------- */
 
 #define TOKENIZER_ATTR FW_CKPT_ATTR_TOKENIZER   /* the checkpoint schema's */
+/* generation_config.json as imported (fwrun generate's defaults) */
+#define GENCONFIG_ATTR "generation_config"
 /* The checkpoint's stored tokenizer (ckpt may be NULL or a file without
  * one), else the one --tokenizer names; NULL with err clear when neither
  * gives one. Both given and different is an error. */

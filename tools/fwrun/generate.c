@@ -11,6 +11,10 @@
  * With --chat a text prompt is a user message, or a JSON array of messages,
  * put in --chat-template's format (fw/runtime/chat.h); the tokenizer's EOS
  * and the template's end-of-turn tokens stop the answer.
+ *
+ * A generation_config.json (the checkpoint's, kept by fwrun import, else the
+ * file beside the checkpoint) gives the defaults of what the command line
+ * leaves out, as Hugging Face's generate reads it (docs/tokenizers.md).
  */
 #define _GNU_SOURCE             /* memmem, getline */
 #include <errno.h>
@@ -19,6 +23,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <ini.h>
 #include <jansson.h>
 
 #include "fwrun.h"
@@ -173,6 +178,8 @@ struct gen {
 	struct fw_rt_chat chat;           /* the prompt format and the stop tokens */
 	bool chat_prompts;                /* --chat */
 	struct text_out text;
+	int32_t stop_ids[FW_RT_GENCONFIG_MAX_EOS];      /* generation_config's eos_token_id */
+	int n_stop_ids;
 	/* one completion's output: */
 	int32_t eos, turn_end;
 	int printed;
@@ -208,8 +215,15 @@ static enum fw_status fits(const struct gen *s, int64_t n_prompt, struct fw_err 
 static enum fw_rt_action print_token(void *user, int32_t tok)
 {
 	struct gen *s = user;
+	bool stop = false;              /* ids: printed, as Hugging Face keeps it; text: not */
+	for (int i = 0; i < s->n_stop_ids; i++)
+		stop = stop || tok == s->stop_ids[i];
+	if (stop && s->tok)
+		return FW_RT_STOP;
 	if (!s->tok) {
 		printf("%s%d", s->printed++ ? "," : "", tok);
+		if (stop)
+			return FW_RT_STOP;
 	} else {
 		size_t nb = 0;
 		const char *b = tok == s->eos || tok == s->turn_end ||
@@ -251,6 +265,116 @@ static enum fw_status complete(struct gen *s, const int32_t *prompt, int64_t n,
 	printf("\n");
 	fflush(stdout);
 	return FW_OK;
+}
+
+/* --- generation_config.json ------------------------------------------------------------ */
+
+/* The checkpoint's generation_config (fwrun import keeps the folder's), else
+ * generation_config.json beside the checkpoint; *have false when neither. */
+static enum fw_status genconfig_load(const char *ckpt, struct fw_rt_genconfig *g, bool *have,
+				     char *where, size_t where_len, struct fw_err *err)
+{
+	char *text = NULL;
+	size_t len = 0;
+	struct fw_err e = { 0 };
+	*have = false;
+	if (fw_h5_read_attr(ckpt, GENCONFIG_ATTR, &text, &e) == FW_OK) {
+		snprintf(where, where_len, "%s (its generation_config)", ckpt);
+		len = strlen(text);
+	} else {
+		const char *slash = strrchr(ckpt, '/');
+		snprintf(where, where_len, "%.*sgeneration_config.json",
+			 slash ? (int)(slash - ckpt + 1) : 0, ckpt);
+		if (access(where, F_OK) != 0)
+			return FW_OK;
+		char *t = fw_rt_read_file(where, &len, err);
+		if (!t)
+			return err->status;
+		text = fw_strdup(t);
+		free(t);
+		if (!text)
+			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	}
+	enum fw_status st = fw_rt_genconfig_parse(text, len, where, g, err);
+	fw_free(text);
+	*have = st == FW_OK;
+	return st;
+}
+
+struct given {
+	const char *name;
+	bool found;
+};
+
+static int ini_given(void *user, const char *section, const char *name, const char *value
+#if INI_HANDLER_LINENO
+		     , int lineno
+#endif
+		     )
+{
+	struct given *g = user;
+	(void)value;
+#if INI_HANDLER_LINENO
+	(void)lineno;
+#endif
+	g->found |= (!*section || !strcmp(section, "run")) && !strcmp(name, g->name);
+	return 1;
+}
+
+/* Whether the user set option name: on the command line or in --config. */
+static bool given(const struct config *c, int argc, char **argv, const char *name)
+{
+	size_t n = strlen(name);
+	for (int i = 0; i < argc; i++)
+		if (!strncmp(argv[i], "--", 2) && !strncmp(argv[i] + 2, name, n) &&
+		    (argv[i][2 + n] == '=' || argv[i][2 + n] == '\0'))
+			return true;
+	struct given g = { name, false };
+	if (c->config_path)
+		ini_parse(c->config_path, ini_given, &g);
+	return g.found;
+}
+
+/* Hugging Face's generate on that file: do_sample false (or absent) is
+ * greedy; sampling takes its temperature, top_k and top_p, else 1.0, 50 and
+ * 1.0; max_new_tokens, else max_length less the prompt; eos_token_id stops.
+ * Only for what the command line leaves out. */
+static void genconfig_apply(struct gen *s, const struct fw_rt_genconfig *g,
+			    const struct config *c, int argc, char **argv, int64_t n_prompt,
+			    const char *where)
+{
+	char said[256] = "";
+	size_t k = 0;
+	if (!given(c, argc, argv, "max-new-tokens") && (g->max_new_tokens >= 0 || g->max_length >= 0)) {
+		s->max_new = g->max_new_tokens >= 0 ? g->max_new_tokens :
+			     g->max_length > n_prompt ? g->max_length - n_prompt : 0;
+		k += (size_t)snprintf(said + k, sizeof(said) - k, " --max-new-tokens=%lld",
+				      (long long)s->max_new);
+	}
+	if (!given(c, argc, argv, "temperature")) {
+		s->opts.temperature = !g->do_sample ? 0 : g->has_temperature ? g->temperature : 1.0;
+		k += (size_t)snprintf(said + k, sizeof(said) - k, " --temperature=%g",
+				      s->opts.temperature);
+	}
+	if (g->do_sample && !given(c, argc, argv, "top-k")) {
+		s->opts.top_k = g->has_top_k ? g->top_k : 50;
+		k += (size_t)snprintf(said + k, sizeof(said) - k, " --top-k=%d", s->opts.top_k);
+	}
+	if (g->do_sample && !given(c, argc, argv, "top-p")) {
+		s->opts.top_p = g->has_top_p ? g->top_p : 1.0;
+		k += (size_t)snprintf(said + k, sizeof(said) - k, " --top-p=%g", s->opts.top_p);
+	}
+	if (g->has_penalty && !given(c, argc, argv, "repetition-penalty")) {
+		s->opts.penalty = g->penalty;
+		k += (size_t)snprintf(said + k, sizeof(said) - k, " --repetition-penalty=%g",
+				      g->penalty);
+	}
+	memcpy(s->stop_ids, g->eos, sizeof(g->eos));
+	s->n_stop_ids = g->n_eos;
+	if (k < sizeof(said) && g->n_eos)
+		snprintf(said + k, sizeof(said) - k, " and %d end-of-sequence id%s", g->n_eos,
+			 g->n_eos > 1 ? "s" : "");
+	fprintf(stderr, "fwrun: generate: from %s:%s\n", where, *said ? said : " nothing");
 }
 
 /* --- prompts --------------------------------------------------------------------------- */
@@ -440,6 +564,19 @@ int cmd_generate(int argc, char **argv)
 		.peft = cfg.plugin[FW_KIND_PEFT],
 	};
 	s.max_new = fw_opt_int(o, "max-new-tokens");
+	s.opts.temperature = fw_opt_float(o, "temperature");
+	s.opts.top_p = fw_opt_float(o, "top-p");
+	s.opts.top_k = (int)fw_opt_int(o, "top-k");
+	s.opts.penalty = fw_opt_float(o, "repetition-penalty");
+	struct fw_rt_genconfig gc;
+	bool have_gc;
+	char gc_where[4400];
+	if (genconfig_load(path, &gc, &have_gc, gc_where, sizeof(gc_where), &err) != FW_OK) {
+		rc = fail(err.status, "%s", err.msg);
+		goto out;
+	}
+	if (have_gc)
+		genconfig_apply(&s, &gc, &cfg, argc, argv, n_prompt, gc_where);
 	s.n_pos = arch_positions(slots.arch->opts);
 	if (interactive && s.n_pos <= 0) {
 		rc = fail(FW_ERR_INVALID, "--interactive sizes its cache by the arch's n-positions, "
@@ -497,10 +634,6 @@ int cmd_generate(int argc, char **argv)
 		}
 		s.opts.n_sample = nv;
 	}
-	s.opts.temperature = fw_opt_float(o, "temperature");
-	s.opts.top_p = fw_opt_float(o, "top-p");
-	s.opts.top_k = (int)fw_opt_int(o, "top-k");
-	s.opts.penalty = fw_opt_float(o, "repetition-penalty");
 	s.opts.key = fw_hash_str("generate", (uint64_t)fw_opt_int(o, "seed"));
 	s.text.stops = &stops;
 	if (interactive) {

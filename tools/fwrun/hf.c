@@ -490,6 +490,24 @@ static json_t *load_config(const char *path, struct fw_err *err)
 	return root;
 }
 
+/* dir/generation_config.json as read, checked (fw/runtime/genconfig.h);
+ * NULL with err clear when the folder has none. */
+static char *folder_genconfig(const char *dir, struct fw_err *err)
+{
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/generation_config.json", dir);
+	if (access(path, F_OK) != 0)
+		return NULL;
+	size_t len;
+	struct fw_rt_genconfig g;
+	char *text = fw_rt_read_file(path, &len, err);
+	if (text && fw_rt_genconfig_parse(text, len, path, &g, err) != FW_OK) {
+		free(text);
+		return NULL;
+	}
+	return text;
+}
+
 int cmd_import(int argc, char **argv)
 {
 	if (argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"))) {
@@ -499,7 +517,8 @@ int cmd_import(int argc, char **argv)
 		       "--load=OUT.h5. The arch plugin whose Hugging Face map\nhas config.json's "
 		       "model_type reads it (arch/decoder: gpt2, llama, mistral, qwen2).\nThe folder's "
 		       "tokenizer (tokenizer.json, or vocab.json + merges.txt), if any, is stored with\n"
-		       "it, with tokenizer_config.json (its chat_template) when the folder has one.\n"
+		       "it, with tokenizer_config.json (its chat_template) when the folder has one,\n"
+		       "and generation_config.json (fwrun generate's defaults) likewise.\n"
 		       "config.json must describe a model the arch computes; nothing is written\n"
 		       "otherwise. A BERT or RoBERTa folder (BertModel, BertForMaskedLM,\n"
 		       "BertForSequenceClassification, BertForTokenClassification, RobertaForMaskedLM)\n"
@@ -514,7 +533,7 @@ int cmd_import(int argc, char **argv)
 	struct hf_weights w = { 0 };
 	struct hf_model h = { 0 };
 	struct fw_tokenizer *tok = NULL;
-	char *tok_json = NULL, *config = NULL, cpath[4200];
+	char *tok_json = NULL, *gen_json = NULL, *config = NULL, cpath[4200];
 	const char *model_type = NULL;
 	int rc = EXIT_RUNTIME;
 	json_t *root, *v;
@@ -550,7 +569,9 @@ int cmd_import(int argc, char **argv)
 		goto out;
 	}
 	tok_json = tok ? fw_tokenizer_serialize(tok, &err) : NULL;
-	if ((tok && !tok_json) || weights_open(argv[0], &w, &err) != FW_OK ||
+	if (!(tok && !tok_json))
+		gen_json = folder_genconfig(argv[0], &err);
+	if ((tok && !tok_json) || err.status || weights_open(argv[0], &w, &err) != FW_OK ||
 	    build(&h, &err) != FW_OK ||
 	    check_tensors(&w.all, w.all.path, "config.json", root, &h, &err) != FW_OK) {
 		rc = fail(err.status, "%s", err.msg);
@@ -574,9 +595,14 @@ int cmd_import(int argc, char **argv)
 		if (np)
 			h.params[n++] = t;
 	}
-	struct fw_h5_attr attrs[] = { { "fw_arch", h.arch->desc->name }, { "config", config },
-				      { "source", argv[0] }, { TOKENIZER_ATTR, tok_json } };
-	if (fw_h5_save(argv[1], h.params, n, attrs, tok_json ? 4 : 3, &err) != FW_OK) {
+	struct fw_h5_attr attrs[5] = { { "fw_arch", h.arch->desc->name }, { "config", config },
+				       { "source", argv[0] } };
+	int n_attrs = 3;
+	if (tok_json)
+		attrs[n_attrs++] = (struct fw_h5_attr){ TOKENIZER_ATTR, tok_json };
+	if (gen_json)
+		attrs[n_attrs++] = (struct fw_h5_attr){ GENCONFIG_ATTR, gen_json };
+	if (fw_h5_save(argv[1], h.params, n, attrs, n_attrs, &err) != FW_OK) {
 		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
@@ -587,6 +613,7 @@ int cmd_import(int argc, char **argv)
 out:
 	json_decref(root);
 	fw_free(tok_json);
+	free(gen_json);
 	fw_tokenizer_free(tok);
 	hf_model_free(&h);
 	free(config);
@@ -875,6 +902,17 @@ int cmd_export(int argc, char **argv)
 		goto out;
 	}
 	bool with_tok = false;
+	char *gen = NULL;
+	struct fw_err gerr = { 0 };
+	if (fw_h5_read_attr(in, GENCONFIG_ATTR, &gen, &gerr) == FW_OK) {
+		snprintf(path, sizeof(path), "%s/generation_config.json", dir);
+		enum fw_status gst = fw_file_write_atomic(path, gen, strlen(gen), &err);
+		fw_free(gen);
+		if (gst != FW_OK) {
+			rc = fail(err.status, "%s", err.msg);
+			goto out;
+		}
+	}
 	if (export_tokenizer(in, dir, &with_tok, &err) != FW_OK) {
 		rc = fail(err.status, "%s", err.msg);
 		goto out;

@@ -2039,6 +2039,140 @@ static json_t *map_attr(struct rctx *r, const struct node *n, json_t *v, struct 
 	return res;
 }
 
+/* The next UTF-16 unit of s[*i..n) (*low: a pending low surrogate). */
+static unsigned utf16_next(const char *s, size_t n, size_t *i, unsigned *low, bool fold)
+{
+	if (*low) {
+		unsigned u = *low;
+		*low = 0;
+		return u;
+	}
+	const unsigned char *p = (const unsigned char *)s + *i;
+	unsigned cp = p[0], k = cp < 0x80 ? 1 : cp < 0xE0 ? 2 : cp < 0xF0 ? 3 : 4;
+	if (*i + k > n)
+		k = 1;
+	if (k > 1)
+		cp &= 0x3Fu >> (k - 1);
+	for (unsigned j = 1; j < k; j++)
+		cp = cp << 6 | (p[j] & 0x3F);
+	*i += k;
+	if (fold && cp < 0x80)
+		cp = (unsigned)tolower((int)cp);
+	if (cp < 0x10000)
+		return cp;
+	*low = 0xDC00 + ((cp - 0x10000) & 0x3FF);
+	return 0xD800 + ((cp - 0x10000) >> 10);
+}
+
+/* JavaScript's string order (UTF-16 units); fold: ASCII letters lowered. */
+static int utf16_cmp(const json_t *a, const json_t *b, bool fold)
+{
+	const char *x = json_string_value(a), *y = json_string_value(b);
+	size_t nx = json_string_length(a), ny = json_string_length(b), i = 0, j = 0;
+	unsigned lx = 0, ly = 0;
+	while ((i < nx || lx) && (j < ny || ly)) {
+		unsigned u = utf16_next(x, nx, &i, &lx, fold), w = utf16_next(y, ny, &j, &ly, fold);
+		if (u != w)
+			return u < w ? -1 : 1;
+	}
+	return (i < nx || lx) ? 1 : (j < ny || ly) ? -1 : 0;
+}
+
+/* The reference's compareRuntimeValues: numbers and booleans by value,
+ * strings by UTF-16 units, none with none and undefined with undefined
+ * equal; anything else an error. */
+static int sort_cmp(struct rctx *r, const struct node *n, const json_t *a, const json_t *b,
+		    bool case_sensitive)
+{
+	bool na = a && json_is_null(a), nb = b && json_is_null(b);
+	if (na || nb || !a || !b) {
+		if ((na && nb) || (!a && !b))
+			return 0;
+		rerr(r, n, "sort: cannot compare a %s with a %s", tname(a), tname(b));
+		return 0;
+	}
+	if ((is_num(a) || json_is_boolean(a)) && (is_num(b) || json_is_boolean(b))) {
+		double x = json_is_boolean(a) ? json_is_true(a) : json_number_value(a);
+		double y = json_is_boolean(b) ? json_is_true(b) : json_number_value(b);
+		return x < y ? -1 : x > y;
+	}
+	if (json_is_string(a) && json_is_string(b))
+		return utf16_cmp(a, b, !case_sensitive);
+	rerr(r, n, "sort: cannot compare a %s with a %s", tname(a), tname(b));
+	return 0;
+}
+
+/* item's attribute path ("a.b", "k.0": dict keys and list indexes), or
+ * NULL (undefined). */
+static json_t *attr_path(json_t *item, const char *path)
+{
+	char part[256];
+	while (item && *path) {
+		size_t k = strcspn(path, ".");
+		snprintf(part, sizeof(part), "%.*s", (int)k, path);
+		if (json_is_object(item)) {
+			item = json_object_get(item, part);
+		} else if (json_is_array(item)) {
+			char *end;
+			long i = strtol(part, &end, 10);
+			item = *part && !*end && i >= 0 ? json_array_get(item, (size_t)i) : NULL;
+		} else {
+			item = NULL;
+		}
+		path += k + (path[k] == '.');
+	}
+	return item;
+}
+
+/* sort(reverse=false, case_sensitive=false, attribute=none), stable as
+ * JavaScript's Array sort. */
+static json_t *sort_list(struct rctx *r, const struct node *n, json_t *v, struct args *a)
+{
+	json_t *rev = arg(a, 0, "reverse"), *cs = arg(a, 1, "case_sensitive");
+	json_t *at = arg(a, 2, "attribute");
+	if ((rev && !json_is_boolean(rev)) || (cs && !json_is_boolean(cs)) ||
+	    (at && !json_is_string(at) && !json_is_integer(at) && !json_is_null(at))) {
+		rerr(r, n, "sort: reverse and case_sensitive must be booleans, attribute a string, "
+		     "an integer or none");
+		return NULL;
+	}
+	char path[32];
+	const char *key = at && json_is_string(at) ? json_string_value(at) : NULL;
+	if (at && json_is_integer(at)) {
+		snprintf(path, sizeof(path), "%lld", (long long)json_integer_value(at));
+		key = path;
+	}
+	size_t m = json_array_size(v);
+	json_t **item = malloc(sizeof(json_t *) * (m ? m : 1));
+	if (!item) {
+		rerr(r, n, "out of memory");
+		return NULL;
+	}
+	for (size_t i = 0; i < m; i++) {
+		item[i] = json_array_get(v, i);
+		for (size_t j = i; j > 0 && !r->failed; j--) {  /* insertion: stable */
+			json_t *x = key ? attr_path(item[j - 1], key) : item[j - 1];
+			json_t *y = key ? attr_path(item[j], key) : item[j];
+			int c = sort_cmp(r, n, x, y, cs && json_is_true(cs));
+			if ((rev && json_is_true(rev) ? -c : c) <= 0)
+				break;
+			json_t *t = item[j];
+			item[j] = item[j - 1];
+			item[j - 1] = t;
+		}
+	}
+	json_t *res = r->failed ? NULL : json_array();
+	for (size_t i = 0; res && i < m; i++)
+		if (json_array_append(res, item[i]))
+			rerr(r, n, "out of memory");
+	free(item);
+	if (r->failed) {
+		json_decref(res);
+		return NULL;
+	}
+	return res;
+}
+
 static json_t *filter(struct rctx *r, struct scope *sc, const struct node *n, json_t *v)
 {
 	const char *f = n->s;
@@ -2102,6 +2236,8 @@ static json_t *filter(struct rctx *r, struct scope *sc, const struct node *n, js
 		json_t *k = json_integer(f[0] == 'f' ? 0 : L - 1);
 		res = L ? subscript(r, n, v, k) : NULL;
 		json_decref(k);
+	} else if (!strcmp(f, "join") && json_is_array(v) && kwarg(&a, "attribute")) {
+		rerr(r, n, "join: attribute= is not supported (use map(attribute=...) | join)");
 	} else if (!strcmp(f, "join") && json_is_array(v)) {
 		json_t *sep = arg(&a, 0, "d");
 		struct sbuf b = { 0 };
@@ -2124,6 +2260,8 @@ static json_t *filter(struct rctx *r, struct scope *sc, const struct node *n, js
 		res = select_attr(r, n, v, &a, f[0] == 's');
 	} else if (!strcmp(f, "map") && json_is_array(v)) {
 		res = map_attr(r, n, v, &a);
+	} else if (!strcmp(f, "sort") && json_is_array(v)) {
+		res = sort_list(r, n, v, &a);
 	} else if (!strcmp(f, "unique") && json_is_array(v)) {
 		res = json_array();
 		for (size_t i = 0; res && i < json_array_size(v); i++) {

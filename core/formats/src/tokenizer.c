@@ -1574,6 +1574,11 @@ int32_t fw_tokenizer_eos(const struct fw_tokenizer *t)
 	return t->eos;
 }
 
+struct hf_tok *tok_hf(const struct fw_tokenizer *t)
+{
+	return t ? t->hf : NULL;
+}
+
 enum fw_tokenizer_kind fw_tokenizer_kind(const struct fw_tokenizer *t)
 {
 	return t->kind;

@@ -36,6 +36,98 @@ static int32_t pair_id(json_t *p)
 	       json_integer_value(id) < INT32_MAX ? (int32_t)json_integer_value(id) : -1;
 }
 
+void tmpl_free(struct hf_tmpl *t)
+{
+	for (size_t i = 0; i < t->n; i++)
+		fw_free(t->v[i].ids);
+	fw_free(t->v);
+	memset(t, 0, sizeof(*t));
+}
+
+/* Appends a piece: a sequence (seq 0 or 1), or the special ids[0..n). */
+static bool tmpl_add(struct hf_tmpl *t, int seq, uint32_t type_id, const int32_t *ids, size_t n)
+{
+	size_t cap = t->n;              /* exact: a few pieces at load time */
+	if (!tok_grow((void **)&t->v, &cap, t->n + 1, sizeof(*t->v)))
+		return false;
+	struct hf_tpiece *p = &t->v[t->n];
+	memset(p, 0, sizeof(*p));
+	p->seq = seq;
+	p->type_id = type_id;
+	if (n && !(p->ids = fw_malloc(n * sizeof(int32_t))))
+		return false;
+	if (n)
+		memcpy(p->ids, ids, n * sizeof(int32_t));
+	p->n_ids = n;
+	t->n++;
+	return true;
+}
+
+/* BertProcessing: [CLS] A [SEP] (B:1 [SEP]:1); RobertaProcessing: <s> A </s>
+ * (</s> B </s>), every type id 0, as the reference gives them. */
+static bool tmpl_bert(struct hf_tmpl t[2], int32_t cls, int32_t sep, bool roberta)
+{
+	uint32_t b = roberta ? 0 : 1;
+	return tmpl_add(&t[0], -1, 0, &cls, 1) && tmpl_add(&t[0], 0, 0, NULL, 0) &&
+	       tmpl_add(&t[0], -1, 0, &sep, 1) &&
+	       tmpl_add(&t[1], -1, 0, &cls, 1) && tmpl_add(&t[1], 0, 0, NULL, 0) &&
+	       tmpl_add(&t[1], -1, 0, &sep, 1) &&
+	       (!roberta || tmpl_add(&t[1], -1, 0, &sep, 1)) &&
+	       tmpl_add(&t[1], 1, b, NULL, 0) && tmpl_add(&t[1], -1, b, &sep, 1);
+}
+
+/* One of TemplateProcessing's "single" or "pair" lists. */
+static enum fw_status tmpl_parse(json_t *list, json_t *sp, const char *which,
+				 struct hf_tmpl *t, const char *path, struct fw_err *err)
+{
+	bool seen[2] = { false, false };
+	if (!json_is_array(list))
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: TemplateProcessing: \"%s\" is not a list",
+				 path, which);
+	for (size_t i = 0; i < json_array_size(list); i++) {
+		json_t *e = json_array_get(list, i), *sq = json_object_get(e, "Sequence");
+		json_t *st = json_object_get(e, "SpecialToken");
+		json_t *piece = sq ? sq : st, *ty = json_object_get(piece, "type_id");
+		const char *id = json_string_value(json_object_get(piece, "id"));
+		json_int_t type = json_is_integer(ty) ? json_integer_value(ty) : -1;
+		if (!id || type < 0 || type > UINT32_MAX)
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: TemplateProcessing: %s[%zu] is not a "
+					 "Sequence or a SpecialToken with an id and a type_id", path,
+					 which, i);
+		if (sq) {
+			int seq = !strcmp(id, "A") ? 0 : !strcmp(id, "B") ? 1 : -1;
+			if (seq < 0 || (seq == 1 && !strcmp(which, "single")))
+				return fw_errorf(err, FW_ERR_FORMAT, "%s: TemplateProcessing: %s[%zu] is "
+						 "sequence \"%s\"", path, which, i, id);
+			seen[seq] = true;
+			if (!tmpl_add(t, seq, (uint32_t)type, NULL, 0))
+				return NOMEM(err);
+			continue;
+		}
+		json_t *ids = json_object_get(json_object_get(sp, id), "ids");
+		if (!json_is_array(ids))
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: TemplateProcessing: %s[%zu] (\"%s\") is "
+					 "not listed in special_tokens", path, which, i, id);
+		int32_t v[64];
+		size_t n = json_array_size(ids);
+		for (size_t k = 0; k < n; k++) {
+			json_t *x = json_array_get(ids, k);
+			if (n > 64 || !json_is_integer(x) || json_integer_value(x) < 0 ||
+			    json_integer_value(x) >= INT32_MAX)
+				return fw_errorf(err, FW_ERR_FORMAT, "%s: TemplateProcessing: special token "
+						 "\"%s\" has an id that is not an integer (or over 64 "
+						 "ids)", path, id);
+			v[k] = (int32_t)json_integer_value(x);
+		}
+		if (!tmpl_add(t, -1, (uint32_t)type, v, n))
+			return NOMEM(err);
+	}
+	if (!seen[0] || (!strcmp(which, "pair") && !seen[1]))
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: TemplateProcessing: \"%s\" has no $%s", path,
+				 which, seen[0] ? "B" : "A");
+	return FW_OK;
+}
+
 static enum fw_status post_parse(json_t *j, struct hf_tok *h, const char *path,
 				 struct fw_err *err)
 {
@@ -53,71 +145,68 @@ static enum fw_status post_parse(json_t *j, struct hf_tok *h, const char *path,
 	}
 	if (!strcmp(t, "ByteLevel"))
 		return FW_OK;           /* offsets only */
-	/* Each wraps what the previous ones produced: before goes in front. */
-	int32_t *pre = NULL, *post = NULL;
-	size_t np = 0, nq = 0;
-	bool ok = true;
+	struct hf_tmpl tm[2] = { { 0 }, { 0 } };
+	enum fw_status st = FW_OK;
 	if (!strcmp(t, "BertProcessing") || !strcmp(t, "RobertaProcessing")) {
 		int32_t cls = pair_id(json_object_get(j, "cls")), sep = pair_id(json_object_get(j, "sep"));
 		if (cls < 0 || sep < 0)
 			return fw_errorf(err, FW_ERR_FORMAT, "%s: post_processor %s needs cls and sep as "
 					 "[token, id]", path, t);
-		ok = ids_push(&pre, &np, cls) && ids_push(&post, &nq, sep);
+		if (!tmpl_bert(tm, cls, sep, t[0] == 'R'))
+			st = NOMEM(err);
 	} else if (!strcmp(t, "TemplateProcessing")) {
-		json_t *single = json_object_get(j, "single"), *sp = json_object_get(j, "special_tokens");
-		bool seen_a = false;
-		for (size_t i = 0; ok && i < json_array_size(single); i++) {
-			json_t *e = json_array_get(single, i), *st = json_object_get(e, "SpecialToken");
-			if (json_object_get(e, "Sequence")) {
-				seen_a = true;
-				continue;
-			}
-			json_t *ids = json_object_get(json_object_get(sp, json_string_value(
-				json_object_get(st, "id")) ? json_string_value(json_object_get(st, "id")) : ""),
-				"ids");
-			if (!st || !json_is_array(ids)) {
-				fw_free(pre);
-				fw_free(post);
-				return fw_errorf(err, FW_ERR_FORMAT, "%s: TemplateProcessing: single[%zu] is "
-						 "not a Sequence or a SpecialToken listed in special_tokens",
-						 path, i);
-			}
-			for (size_t k = 0; ok && k < json_array_size(ids); k++) {
-				json_t *x = json_array_get(ids, k);
-				int32_t id = json_is_integer(x) && json_integer_value(x) >= 0 &&
-					json_integer_value(x) < INT32_MAX ? (int32_t)json_integer_value(x) : -1;
-				if (id < 0) {
-					fw_free(pre);
-					fw_free(post);
-					return fw_errorf(err, FW_ERR_FORMAT, "%s: TemplateProcessing: a special "
-							 "token id is not an integer", path);
-				}
-				ok = seen_a ? ids_push(&post, &nq, id) : ids_push(&pre, &np, id);
-			}
-		}
-		if (!json_is_array(single) || !seen_a) {
-			fw_free(pre);
-			fw_free(post);
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: TemplateProcessing: \"single\" has no "
-					 "$A", path);
-		}
+		json_t *sp = json_object_get(j, "special_tokens"), *pair = json_object_get(j, "pair");
+		st = tmpl_parse(json_object_get(j, "single"), sp, "single", &tm[0], path, err);
+		if (st == FW_OK && pair && !json_is_null(pair))
+			st = tmpl_parse(pair, sp, "pair", &tm[1], path, err);
 	} else {
 		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: post_processor \"%s\" is not supported",
 				 path, t);
 	}
-	/* h->bos = pre + h->bos; h->eos = h->eos + post */
+	/* Each wraps what the previous ones produced: h->bos = before + h->bos,
+	 * h->eos = h->eos + after. */
+	int32_t *pre = NULL;
+	size_t np = 0;
+	bool ok = st == FW_OK, after = false;
+	for (size_t i = 0; ok && i < tm[0].n; i++) {
+		after |= tm[0].v[i].seq == 0;
+		for (size_t k = 0; ok && k < tm[0].v[i].n_ids; k++)
+			ok = after ? ids_push(&h->eos, &h->n_eos, tm[0].v[i].ids[k]) :
+				     ids_push(&pre, &np, tm[0].v[i].ids[k]);
+	}
 	for (size_t i = 0; ok && i < h->n_bos; i++)
 		ok = ids_push(&pre, &np, h->bos[i]);
-	for (size_t i = 0; ok && i < nq; i++)
-		ok = ids_push(&h->eos, &h->n_eos, post[i]);
-	fw_free(post);
-	if (!ok) {
-		fw_free(pre);
-		return NOMEM(err);
+	if (ok) {
+		fw_free(h->bos);
+		h->bos = pre;
+		h->n_bos = np;
+		pre = NULL;
+		/* pairs and type ids follow the first processor that adds tokens */
+		if (h->n_adders++ == 0) {
+			h->tmpl[0] = tm[0];
+			h->tmpl[1] = tm[1];
+			memset(tm, 0, sizeof(tm));
+		}
 	}
-	fw_free(h->bos);
-	h->bos = pre;
-	h->n_bos = np;
+	fw_free(pre);
+	tmpl_free(&tm[0]);
+	tmpl_free(&tm[1]);
+	return st != FW_OK ? st : ok ? FW_OK : NOMEM(err);
+}
+
+enum fw_status hf_template(const struct hf_tok *h, bool pair, const struct hf_tmpl **t,
+			   struct fw_err *err)
+{
+	*t = NULL;
+	if (h->n_adders > 1)
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "tokenizer: a post_processor Sequence with "
+				 "%d processors that add tokens: only single texts without type ids "
+				 "are supported", h->n_adders);
+	if (h->n_adders == 1 && pair && !h->tmpl[1].n)
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "tokenizer: the post_processor has no "
+				 "\"pair\" template");
+	if (h->n_adders == 1)
+		*t = &h->tmpl[pair];
 	return FW_OK;
 }
 
@@ -624,6 +713,8 @@ void hf_free(struct hf_tok *h)
 	fw_free(h->dec);
 	fw_free(h->bos);
 	fw_free(h->eos);
+	tmpl_free(&h->tmpl[0]);
+	tmpl_free(&h->tmpl[1]);
 	for (size_t i = 0; i < h->n_added; i++) {
 		fw_free(h->added[i].s);
 		fw_free(h->added[i].ns);

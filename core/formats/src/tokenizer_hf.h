@@ -77,6 +77,9 @@ void pcre_free(void *p, void *user);
 /* The index of t in names[0..n), or -1. */
 int name_index(const char *const *names, size_t n, const char *t);
 
+/* The hf pipeline of an hf tokenizer, else NULL (tokenizer.c). */
+struct hf_tok *tok_hf(const struct fw_tokenizer *t);
+
 /* --- strings ------------------------------------------------------------------ */
 
 struct sbuf {                           /* growable byte string, fw_malloc'd */
@@ -267,6 +270,20 @@ struct hf_added {
 	bool special, single_word, lstrip, rstrip, normalized;
 };
 
+/* A post-processor's template: special ids, or a sequence (A or B), each
+ * piece with its type id. */
+struct hf_tpiece {
+	int seq;                        /* -1: the special ids, 0: A, 1: B */
+	uint32_t type_id;
+	int32_t *ids;
+	size_t n_ids;
+};
+struct hf_tmpl {
+	struct hf_tpiece *v;
+	size_t n;
+};
+void tmpl_free(struct hf_tmpl *t);
+
 struct hf_tok {
 	struct hf_vocab vocab;          /* model vocabulary and added tokens */
 	struct hf_norm *norm;           /* each may be NULL */
@@ -275,6 +292,8 @@ struct hf_tok {
 	struct hf_dec *dec;
 	int32_t *bos, *eos;             /* post-processor: ids before and after the text */
 	size_t n_bos, n_eos;
+	struct hf_tmpl tmpl[2];         /* the first adding processor's single and pair */
+	int n_adders;                   /* post-processors that add tokens */
 	struct hf_added *added;
 	size_t n_added, cap_added;
 	/* Finding added tokens in text (z: 1 for the normalized ones, matched in
@@ -306,6 +325,10 @@ enum fw_status hf_decode(const struct hf_tok *h, const int32_t *ids, size_t n, b
 enum fw_status hf_add_special(struct hf_tok *h, const char *s, size_t n, int32_t *id,
 			      struct fw_err *err);
 int32_t hf_eos(const struct hf_tok *h);
+/* The template for single texts or pairs, NULL when no post-processor adds
+ * tokens; FW_ERR_UNSUPPORTED when they cannot be applied to them. */
+enum fw_status hf_template(const struct hf_tok *h, bool pair, const struct hf_tmpl **t,
+			   struct fw_err *err);
 
 /* tokenizer_hf_text.c */
 enum fw_status norm_parse(json_t *j, struct hf_norm *n, const char *path, const char *at,

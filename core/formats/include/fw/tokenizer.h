@@ -151,6 +151,61 @@ enum { FW_TOKENIZE_SPLIT_SPECIAL = 1, FW_TOKENIZE_ADD_SPECIAL = 2 };
 enum fw_status fw_tokenizer_encode_ex(struct fw_tokenizer *t, const char *text, size_t len,
 				      unsigned flags, struct fw_token_buf *out,
 				      struct fw_err *err);
+/* Hugging Face's Encoding of a text or a pair of texts: n tokens, each with
+ * its id, type id (segment), attention mask bit (0 on padding) and special
+ * tokens mask bit (1 on what the post-processor or padding added; special
+ * tokens found in the text are 0, as in the reference). Zero-initialise it;
+ * encoding replaces what it held. */
+struct fw_encoding {
+	int32_t *ids;                /* fw_malloc'd, as the others */
+	uint32_t *type_ids;
+	uint8_t *attention_mask, *special_tokens_mask;
+	size_t n, cap;
+};
+void fw_encoding_free(struct fw_encoding *e);
+
+/* Hugging Face's truncation strategies (TruncationStrategy). */
+enum fw_truncation {
+	FW_TRUNCATE_NONE = 0, FW_TRUNCATE_LONGEST_FIRST, FW_TRUNCATE_ONLY_FIRST,
+	FW_TRUNCATE_ONLY_SECOND
+};
+struct fw_encode_options {
+	unsigned flags;                 /* FW_TOKENIZE_* */
+	/* With a strategy, the encoding keeps at most max_length tokens, the
+	 * post-processor's included: the texts are cut to max_length less those
+	 * (fewer than them is FW_ERR_INVALID; the reference wraps around there),
+	 * from the end, or from the start with truncate_left. */
+	enum fw_truncation truncation;
+	size_t max_length;
+	bool truncate_left;
+	/* With pad, the encoding is padded to pad_length tokens (0: its own
+	 * length), rounded up to a multiple of pad_multiple (0: none), with
+	 * pad_id and pad_type_id, at the end or, with pad_left, the start. */
+	bool pad, pad_left;
+	size_t pad_length, pad_multiple;
+	int32_t pad_id;
+	uint32_t pad_type_id;
+};
+/* Hugging Face's Tokenizer.encode(a, b): each text is encoded (specials in
+ * it matched with FW_TOKENIZE_SPLIT_SPECIAL), truncated, then the
+ * post-processor's single or pair template (TemplateProcessing,
+ * BertProcessing, RobertaProcessing) puts its tokens around them with
+ * FW_TOKENIZE_ADD_SPECIAL, and gives the type ids (with or without that
+ * flag; with no such post-processor, and for the byte and gpt2 kinds: a's
+ * tokens 0, b's 1). b == NULL: a single text. A post_processor Sequence
+ * with two processors that add tokens, or a template without "pair" for
+ * a pair, is FW_ERR_UNSUPPORTED. Truncation errors are the reference's:
+ * FW_ERR_INVALID when only_second has no b, or the text to cut is too
+ * short. o may be NULL (no flags, no truncation, no padding). */
+enum fw_status fw_tokenizer_encode_pair(struct fw_tokenizer *t, const char *a, size_t na,
+					const char *b, size_t nb,
+					const struct fw_encode_options *o,
+					struct fw_encoding *out, struct fw_err *err);
+/* The number of tokens the post-processor adds to a single text or a pair
+ * (Hugging Face's num_special_tokens_to_add), or -1 where encode_pair
+ * refuses. */
+int fw_tokenizer_n_added(const struct fw_tokenizer *t, bool pair);
+
 /* The bytes of ids[0..n), concatenated, into *out (fw_malloc'd, with a NUL
  * after the *len bytes; caller fw_free()s it). An id outside the vocabulary
  * is FW_ERR_INVALID and *out is NULL. */

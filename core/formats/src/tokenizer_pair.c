@@ -1,0 +1,209 @@
+/* tokenizer_pair.c - Hugging Face's Tokenizer.encode(a, b) (fw/tokenizer.h):
+ * each text on its own, then truncation, the post-processor's template and
+ * padding, as the reference's post_process does them. */
+#include <string.h>
+
+#include "tokenizer_hf.h"
+
+#define NOMEM(err) fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory")
+
+void fw_encoding_free(struct fw_encoding *e)
+{
+	if (!e)
+		return;
+	fw_free(e->ids);
+	fw_free(e->type_ids);
+	fw_free(e->attention_mask);
+	fw_free(e->special_tokens_mask);
+	memset(e, 0, sizeof(*e));
+}
+
+static bool enc_reserve(struct fw_encoding *e, size_t need)
+{
+	if (need <= e->cap)
+		return true;
+	/* each array grows to the same capacity; e->cap moves once all have */
+	size_t c[4] = { e->cap, e->cap, e->cap, e->cap };
+	bool ok = tok_grow((void **)&e->ids, &c[0], need, sizeof(*e->ids)) &&
+		  tok_grow((void **)&e->type_ids, &c[1], need, sizeof(*e->type_ids)) &&
+		  tok_grow((void **)&e->attention_mask, &c[2], need, 1) &&
+		  tok_grow((void **)&e->special_tokens_mask, &c[3], need, 1);
+	if (ok)
+		e->cap = c[0];
+	return ok;
+}
+
+static bool enc_push(struct fw_encoding *e, const int32_t *ids, size_t n, uint32_t type,
+		     uint8_t attention, uint8_t special)
+{
+	if (!enc_reserve(e, e->n + n))
+		return false;
+	for (size_t i = 0; i < n; i++, e->n++) {
+		e->ids[e->n] = ids[i];
+		e->type_ids[e->n] = type;
+		e->attention_mask[e->n] = attention;
+		e->special_tokens_mask[e->n] = special;
+	}
+	return true;
+}
+
+/* Keeps n of b's ids: its first n, or its last with left. */
+static void cut(struct fw_token_buf *b, size_t n, bool left)
+{
+	if (n >= b->n)
+		return;
+	if (left)
+		memmove(b->ids, b->ids + (b->n - n), n * sizeof(int32_t));
+	b->n = n;
+}
+
+/* The reference's truncate_encodings (utils/truncation.rs), stride 0. */
+static enum fw_status truncate(struct fw_token_buf *a, struct fw_token_buf *b, size_t max,
+			       const struct fw_encode_options *o, struct fw_err *err)
+{
+	bool left = o->truncate_left;
+	if (max == 0) {
+		cut(a, 0, left);
+		if (b)
+			cut(b, 0, left);
+		return FW_OK;
+	}
+	size_t total = a->n + (b ? b->n : 0);
+	if (total <= max)
+		return FW_OK;
+	size_t remove = total - max;
+	if (o->truncation == FW_TRUNCATE_LONGEST_FIRST) {
+		if (!b) {
+			cut(a, max, left);
+			return FW_OK;
+		}
+		/* n1 the shorter: kept whole when the longer can take the rest,
+		 * else both halves of max (the second gets the odd one) */
+		size_t n1 = a->n, n2 = b->n;
+		bool swap = n1 > n2;
+		if (swap) {
+			n1 = b->n;
+			n2 = a->n;
+		}
+		n2 = n1 > max ? n1 : (n1 > max - n1 ? n1 : max - n1);
+		if (n1 + n2 > max) {
+			n1 = max / 2;
+			n2 = n1 + max % 2;
+		}
+		cut(a, swap ? n2 : n1, left);
+		cut(b, swap ? n1 : n2, left);
+		return FW_OK;
+	}
+	bool first = o->truncation == FW_TRUNCATE_ONLY_FIRST;
+	struct fw_token_buf *t = first ? a : b;
+	if (!t)
+		return fw_errorf(err, FW_ERR_INVALID, "tokenizer: truncation only_second needs a "
+				 "second text");
+	if (t->n <= remove)
+		return fw_errorf(err, FW_ERR_INVALID, "tokenizer: the %s text (%zu tokens) is too "
+				 "short to cut the pair to max_length %zu with truncation %s",
+				 first ? "first" : "second", t->n, max,
+				 first ? "only_first" : "only_second");
+	cut(t, t->n - remove, left);
+	return FW_OK;
+}
+
+static int n_special(const struct hf_tmpl *tm)
+{
+	size_t n = 0;
+	for (size_t i = 0; tm && i < tm->n; i++)
+		n += tm->v[i].n_ids;
+	return (int)n;
+}
+
+int fw_tokenizer_n_added(const struct fw_tokenizer *t, bool pair)
+{
+	const struct hf_tmpl *tm = NULL;
+	struct fw_err e = { 0 };
+	struct hf_tok *h = tok_hf(t);
+	if (h && hf_template(h, pair, &tm, &e) != FW_OK)
+		return -1;
+	return n_special(tm);
+}
+
+static enum fw_status pad(struct fw_encoding *e, const struct fw_encode_options *o,
+			  struct fw_err *err)
+{
+	size_t want = o->pad_length ? o->pad_length : e->n;
+	if (o->pad_multiple && want % o->pad_multiple)
+		want += o->pad_multiple - want % o->pad_multiple;
+	if (want <= e->n)
+		return FW_OK;
+	size_t k = want - e->n, n = e->n;
+	if (!enc_reserve(e, want))
+		return NOMEM(err);
+	if (o->pad_left) {
+		memmove(e->ids + k, e->ids, n * sizeof(*e->ids));
+		memmove(e->type_ids + k, e->type_ids, n * sizeof(*e->type_ids));
+		memmove(e->attention_mask + k, e->attention_mask, n);
+		memmove(e->special_tokens_mask + k, e->special_tokens_mask, n);
+	}
+	size_t at = o->pad_left ? 0 : n;
+	for (size_t i = at; i < at + k; i++) {
+		e->ids[i] = o->pad_id;
+		e->type_ids[i] = o->pad_type_id;
+		e->attention_mask[i] = 0;
+		e->special_tokens_mask[i] = 1;
+	}
+	e->n = want;
+	return FW_OK;
+}
+
+enum fw_status fw_tokenizer_encode_pair(struct fw_tokenizer *t, const char *a, size_t na,
+					const char *b, size_t nb,
+					const struct fw_encode_options *o,
+					struct fw_encoding *out, struct fw_err *err)
+{
+	static const struct fw_encode_options none;
+	if (!t || !out || (!a && na))
+		return fw_errorf(err, FW_ERR_INVALID, "tokenizer: encode_pair needs a tokenizer, text "
+				 "and an output");
+	o = o ? o : &none;
+	if (o->truncation > FW_TRUNCATE_ONLY_SECOND)
+		return fw_errorf(err, FW_ERR_INVALID, "tokenizer: unknown truncation strategy %d",
+				 (int)o->truncation);
+	out->n = 0;
+	bool add = o->flags & FW_TOKENIZE_ADD_SPECIAL;
+	unsigned flags = o->flags & FW_TOKENIZE_SPLIT_SPECIAL;
+	const struct hf_tmpl *tm = NULL;
+	struct hf_tok *h = tok_hf(t);
+	enum fw_status st = h ? hf_template(h, b != NULL, &tm, err) : FW_OK;
+	if (st != FW_OK)
+		return st;
+	struct fw_token_buf sa = { 0 }, sb = { 0 };
+	st = fw_tokenizer_encode_ex(t, a ? a : "", na, flags, &sa, err);
+	if (st == FW_OK && b)
+		st = fw_tokenizer_encode_ex(t, b, nb, flags, &sb, err);
+	size_t added = add ? (size_t)n_special(tm) : 0;
+	if (st == FW_OK && o->truncation && o->max_length < added)
+		st = fw_errorf(err, FW_ERR_INVALID, "tokenizer: max_length %zu is less than the %zu "
+			       "special tokens the post-processor adds", o->max_length, added);
+	if (st == FW_OK && o->truncation)
+		st = truncate(&sa, b ? &sb : NULL, o->max_length - added, o, err);
+	const struct fw_token_buf *seq[2] = { &sa, &sb };
+	if (st == FW_OK && tm) {
+		for (size_t i = 0; st == FW_OK && i < tm->n; i++) {
+			const struct hf_tpiece *p = &tm->v[i];
+			bool ok = p->seq < 0 ? !add || enc_push(out, p->ids, p->n_ids, p->type_id, 1, 1) :
+				  enc_push(out, seq[p->seq]->ids, seq[p->seq]->n, p->type_id, 1, 0);
+			if (!ok)
+				st = NOMEM(err);
+		}
+	} else if (st == FW_OK) {
+		if (!enc_push(out, sa.ids, sa.n, 0, 1, 0) ||
+		    (b && !enc_push(out, sb.ids, sb.n, 1, 1, 0)))
+			st = NOMEM(err);
+	}
+	if (st == FW_OK && o->pad)
+		st = pad(out, o, err);
+	if (st != FW_OK)
+		out->n = 0;
+	fw_token_buf_free(&sa);
+	fw_token_buf_free(&sb);
+	return st;
+}
