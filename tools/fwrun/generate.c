@@ -23,7 +23,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#include <ini.h>
 #include <jansson.h>
 
 #include "fwrun.h"
@@ -306,17 +305,14 @@ struct given {
 	bool found;
 };
 
-static int ini_given(void *user, const char *section, const char *name, const char *value
-#if INI_HANDLER_LINENO
-		     , int lineno
-#endif
-		     )
+static int ini_given(void *user, const char *section, const char *name, const char *value,
+		     int line)
 {
 	struct given *g = user;
 	(void)value;
-#if INI_HANDLER_LINENO
-	(void)lineno;
-#endif
+	(void)line;
+	if (!name)
+		return 1;        /* a section line */
 	g->found |= (!*section || !strcmp(section, "run")) && !strcmp(name, g->name);
 	return 1;
 }
@@ -331,7 +327,7 @@ static bool given(const struct config *c, int argc, char **argv, const char *nam
 			return true;
 	struct given g = { name, false };
 	if (c->config_path)
-		ini_parse(c->config_path, ini_given, &g);
+		fw_rt_ini_parse_file(c->config_path, ini_given, &g);
 	return g.found;
 }
 
