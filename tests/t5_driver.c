@@ -1,0 +1,152 @@
+/* t5_driver - fw's side of tests/t5_parity.py: one forward and backward of
+ * arch/encdec on arrays from files, and the buckets of t5_bucket.h.
+ *
+ *   t5_driver ARCH.so ATTENTION.so DIR [OPTION=VALUE ...]
+ *
+ * DIR/case.txt "B T training"; DIR/weights.h5 (an fw tensors file);
+ * DIR/enc.i32, dec.i32, tgt.i32 (B, T) and enc_bias.f32 (B, 1, 1, T). Writes
+ * DIR/loss.f32, logits.f32 (B, T, V), grads.f32 (every parameter's gradient
+ * in creation order) and names.txt ("name elements" a line).
+ *
+ *   t5_driver --buckets LO HI BIDIRECTIONAL NUM_BUCKETS MAX_DISTANCE
+ *
+ * prints the bucket of each relative position in [LO, HI], one a line.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fw/loader.h"
+#include "fw/runtime/model.h"
+#include "../plugins/arch/encdec/t5_bucket.h"
+
+static int io(const char *dir, const char *name, void *data, size_t bytes, bool write)
+{
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	FILE *f = fopen(path, write ? "wb" : "rb");
+	size_t n = 0;
+	if (f) {
+		n = write ? fwrite(data, 1, bytes, f) : fread(data, 1, bytes, f);
+		fclose(f);
+	}
+	if (n != bytes) {
+		fprintf(stderr, "t5_driver: %s: cannot %s %zu bytes\n", path,
+			write ? "write" : "read", bytes);
+		return -1;
+	}
+	return 0;
+}
+
+static int buckets(char **argv)
+{
+	long lo = atol(argv[2]), hi = atol(argv[3]);
+	for (long r = lo; r <= hi; r++)
+		printf("%d\n", t5_relative_bucket(r, atoi(argv[4]) != 0, atoi(argv[5]),
+						  atoi(argv[6])));
+	return 0;
+}
+
+static enum fw_status open_arch(const char *so, char **opts, int n, struct fw_loaded **p,
+				struct fw_err *err)
+{
+	enum fw_status st = fw_plugin_open(so, FW_KIND_ARCH, p, err);
+	for (int i = 0; st == FW_OK && i < n; i++) {
+		char name[128];
+		const char *eq = strchr(opts[i], '=');
+		if (!eq || (size_t)(eq - opts[i]) >= sizeof(name))
+			return fw_errorf(err, FW_ERR_INVALID, "bad option %s", opts[i]);
+		memcpy(name, opts[i], (size_t)(eq - opts[i]));
+		name[eq - opts[i]] = 0;
+		st = fw_options_set((*p)->opts, name, eq + 1, err);
+	}
+	if (st == FW_OK)
+		st = fw_options_resolve((*p)->opts, err);
+	return st == FW_OK ? fw_plugin_init(*p, NULL, err) : st;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 7 && !strcmp(argv[1], "--buckets"))
+		return buckets(argv);
+	if (argc < 4) {
+		fprintf(stderr, "usage: t5_driver ARCH.so ATTENTION.so DIR [OPTION=VALUE ...]\n");
+		return 2;
+	}
+	const char *dir = argv[3];
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/case.txt", dir);
+	FILE *f = fopen(path, "r");
+	long long B, T;
+	int training;
+	if (!f || fscanf(f, "%lld %lld %d", &B, &T, &training) != 3) {
+		fprintf(stderr, "t5_driver: %s: bad case file\n", path);
+		return 1;
+	}
+	fclose(f);
+	struct fw_err err = { 0 };
+	struct fw_plugin_slots slots = { 0 };
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_graph *g = NULL;
+	struct fw_tensor **params = NULL;
+	struct fw_model m;
+	int rc = 1, n = 0, n_new = 0;
+	if (open_arch(argv[1], argv + 4, argc - 4, &slots.arch, &err) != FW_OK ||
+	    fw_plugin_open(argv[2], FW_KIND_ATTENTION, &slots.attention, &err) != FW_OK ||
+	    fw_plugin_init(slots.attention, NULL, &err) != FW_OK)
+		goto fail;
+	struct fw_rt_model_spec spec = { .plugins = &slots, .batch = B, .seq_len = T, .seed = 1,
+					 .training = training != 0 };
+	if (fw_rt_model_build(&spec, ctx, &m, &err) != FW_OK)
+		goto fail;
+	g = fw_graph_new(ctx, (struct fw_tensor *[]){ m.loss, m.logits }, 2,
+			 &(struct fw_graph_opts){ .backward = true, .training = training != 0 });
+	if (!g) {
+		fprintf(stderr, "t5_driver: %s\n", fw_ctx_err(ctx)->msg);
+		goto out;
+	}
+	n = fw_rt_model_params(ctx, &params);
+	snprintf(path, sizeof(path), "%s/weights.h5", dir);
+	if (n < 0 || fw_rt_model_load_weights(path, params, n, &slots, false, &n_new, NULL, &err))
+		goto fail;
+	size_t bt = (size_t)(B * T) * 4;
+	if (io(dir, "enc.i32", m.enc_tokens->data, bt, false) ||
+	    io(dir, "dec.i32", m.tokens->data, bt, false) ||
+	    io(dir, "tgt.i32", m.targets->data, bt, false) ||
+	    io(dir, "enc_bias.f32", fw_ctx_find(ctx, "enc_bias")->data, bt, false))
+		goto out;
+	fw_graph_zero_grad(g);
+	if (fw_graph_forward(g) != FW_OK || fw_graph_backward(g) != FW_OK) {
+		fprintf(stderr, "t5_driver: %s\n", fw_ctx_err(ctx)->msg);
+		goto out;
+	}
+	snprintf(path, sizeof(path), "%s/names.txt", dir);
+	FILE *names = fopen(path, "w");
+	snprintf(path, sizeof(path), "%s/grads.f32", dir);
+	FILE *grads = fopen(path, "wb");
+	if (!names || !grads) {
+		fprintf(stderr, "t5_driver: cannot write in %s\n", dir);
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		size_t k = (size_t)fw_nelem(params[i]);
+		fprintf(names, "%s %zu\n", params[i]->name, k);
+		fwrite(params[i]->grad->data, 4, k, grads);
+	}
+	fclose(names);
+	fclose(grads);
+	if (io(dir, "loss.f32", m.loss->data, 4, true) ||
+	    io(dir, "logits.f32", m.logits->data, (size_t)fw_nelem(m.logits) * 4, true))
+		goto out;
+	rc = 0;
+	goto out;
+fail:
+	fprintf(stderr, "t5_driver: %s\n", err.msg);
+out:
+	free(params);
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+	fw_plugin_close(slots.arch);
+	fw_plugin_close(slots.attention);
+	return rc;
+}
