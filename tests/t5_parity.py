@@ -24,6 +24,7 @@ Checks:
 Ends with "t5_parity: N passed, M failed"; exit 0 only when none failed.
 """
 import argparse
+import json
 import math
 import os
 import shutil
@@ -234,10 +235,14 @@ def batch(seed):
     return enc, mask, dec, tgt
 
 
-def run_fw(args, work, c, W, enc, mask, dec, tgt):
-    """fw's loss, logits (B, T, V) and {name: gradient}, or None."""
+def run_fw(args, work, c, W, enc, mask, dec, tgt, h5=None):
+    """fw's loss, logits (B, T, V) and {name: gradient}, or None; the weights
+    W, or the fw file h5."""
     d = tempfile.mkdtemp(dir=work)
-    write_weights(os.path.join(d, "weights.h5"), c, W)
+    if h5:
+        shutil.copy(h5, os.path.join(d, "weights.h5"))
+    else:
+        write_weights(os.path.join(d, "weights.h5"), c, W)
     with open(os.path.join(d, "case.txt"), "w") as f:
         f.write(f"{B} {T} 0\n")
     enc.tofile(os.path.join(d, "enc.i32"))
@@ -274,6 +279,90 @@ def reference(c, W, enc, mask, dec, tgt):
 def err(a, b):
     a, b = torch.as_tensor(np.asarray(a), dtype=torch.float64).reshape(-1), b.double().reshape(-1)
     return ((a - b).abs().max() / b.abs().max().clamp_min(1e-30)).item()
+
+
+# --- Hugging Face folders -----------------------------------------------------------------
+
+CONFIG_KEYS = ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
+               "relative_attention_num_buckets", "relative_attention_max_distance",
+               "feed_forward_proj", "tie_word_embeddings", "layer_norm_epsilon")
+
+
+def hf_config(c):
+    return dict(architectures=["T5ForConditionalGeneration"], model_type="t5", vocab_size=V,
+                dropout_rate=0.0, is_encoder_decoder=True, decoder_start_token_id=0,
+                pad_token_id=0, eos_token_id=1, **c)
+
+
+def write_hf(d, c, W, copies=False, drop=None, **config):
+    """W under HF's keys in d (config.json, model.safetensors); copies: the
+    embed_tokens.weight copies of shared.weight older files carry; drop: a key
+    left out."""
+    os.makedirs(d, exist_ok=True)
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(dict(hf_config(c), **config), f, indent=2)
+    keys = [n for n, _ in names(c) if n != drop]
+    if copies:
+        keys += ["encoder.embed_tokens.weight", "decoder.embed_tokens.weight"]
+    ents = [(k, "F32", list(W[k if "embed_tokens" not in k else "shared.weight"].shape),
+             W[k if "embed_tokens" not in k else "shared.weight"].numpy().astype("<f4").tobytes())
+            for k in keys]
+    g2.write_st(os.path.join(d, "model.safetensors"), *g2.st_header(ents))
+
+
+def check_hf(args, fw, work, name, c, seed, copies):
+    """Import a random HF folder, the loss and gradients of fw on it against
+    torch, export it back bit for bit."""
+    W = random_weights(c, seed)
+    hf, h5 = os.path.join(work, f"hf_{seed}"), os.path.join(work, f"hf_{seed}.h5")
+    write_hf(hf, c, W, copies)
+    p = fw("import", hf, h5)
+    if not R.check(f"HF {name}: fwrun import", p.returncode == 0, g2.describe(p)):
+        return
+    enc, mask, dec, tgt = batch(seed)
+    got = run_fw(args, work, c, W, enc, mask, dec, tgt, h5=h5)
+    if got is None:
+        return
+    rl, _, rg = reference(c, W, enc, mask, dec, tgt)
+    worst = max(err(got[2][n], rg[n]) for n in rg)
+    R.check(f"HF {name}: imported model's loss (rel {g2.rel(got[0], rl):.1e}) and gradients "
+            f"(worst {worst:.1e}) match torch", g2.rel(got[0], rl) <= TOL_LOSS and
+            worst <= TOL_GRAD)
+    out = os.path.join(work, f"hf_{seed}_export")
+    p = fw("export", h5, out)
+    if not R.check(f"HF {name}: fwrun export", p.returncode == 0, g2.describe(p)):
+        return
+    _, st = g2.read_st(os.path.join(out, "model.safetensors"))
+    want = {n for n, _ in names(c)}
+    same = set(st) == want and all(
+        st[n][0] == "F32" and np.array_equal(st[n][2].view("<u4"), W[n].numpy().view("<u4"))
+        for n in want)
+    R.check(f"HF {name}: export writes every tensor under HF's key, bit for bit", same,
+            f"keys differ: {sorted(set(st) ^ want)[:4]}")
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    bad = [k for k in CONFIG_KEYS + ("vocab_size", "model_type") if cfg.get(k) != hf_config(c)[k]]
+    R.check(f"HF {name}: exported config.json has T5Config's values", not bad and
+            cfg.get("architectures") == ["T5ForConditionalGeneration"], f"differ: {bad}")
+
+
+def check_hf_refusals(fw, work):
+    c = RELU_TIED
+    W = random_weights(c, 3)
+    cases = (("no relative attention table",
+              dict(drop="encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"),
+              "relative_attention_bias"),
+             ("feed_forward_proj gated-silu", dict(feed_forward_proj="gated-silu"),
+              "feed_forward_proj"),
+             ("model_type bart with T5 tensors", dict(model_type="bart"), "model_type"))
+    for i, (what, kw, needle) in enumerate(cases):
+        d, h5 = os.path.join(work, f"bad_hf_{i}"), os.path.join(work, f"bad_hf_{i}.h5")
+        drop = kw.pop("drop", None)
+        write_hf(d, c, W, drop=drop, **kw)
+        p = fw("import", d, h5)
+        lines = p.stderr.strip().splitlines()
+        R.check(f"HF import refuses {what}: one line naming it, exit 1 or 2, no file",
+                p.returncode in (1, 2) and len(lines) == 1 and needle in lines[0] and
+                not os.path.exists(h5), g2.describe(p))
 
 
 # --- checks -------------------------------------------------------------------------------
@@ -352,6 +441,11 @@ def main():
                     GATED_ODD, 11)
         if untied:
             check_padding(args, work, GATED_UNTIED, *untied)
+        fw = g2.Fw(os.path.abspath(args.fwrun), args.plugin_path)
+        check_hf(args, fw, work, "relu, tied, embed_tokens copies", RELU_TIED, 21, True)
+        check_hf(args, fw, work, "gated-gelu, untied (Flan-T5 layout)", GATED_UNTIED, 22, False)
+        check_hf(args, fw, work, "gated-gelu, 3 decoder blocks", GATED_ODD, 23, False)
+        check_hf_refusals(fw, work)
     finally:
         if args.keep:
             print(f"work directory kept: {work}")

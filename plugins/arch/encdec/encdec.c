@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "fw/plugin.h"
+#include "hf_t5.h"
 #include "t5_bucket.h"
 
 enum ffn_kind { FFN_RELU = 0, FFN_GATED_GELU, FFN_GATED_RELU, FFN_GELU };
@@ -423,6 +424,7 @@ static const struct fw_option_def options[] = {
 static const struct fw_arch_i iface = {
 	.size = sizeof(struct fw_arch_i),
 	.build = encdec_build,
+	.hf_maps = (const struct fw_hf_map *const[]){ &encdec_hf_t5, NULL },
 };
 
 static const struct fw_plugin plugin = {
