@@ -11,6 +11,10 @@
  *   t5_driver --buckets LO HI BIDIRECTIONAL NUM_BUCKETS MAX_DISTANCE
  *
  * prints the bucket of each relative position in [LO, HI], one a line.
+ *
+ *   t5_driver --spans LENGTH KEY DENSITY MEAN
+ *
+ * prints fw_rt_span_noise_mask of a row of LENGTH tokens as 0s and 1s.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -18,6 +22,7 @@
 
 #include "fw/loader.h"
 #include "fw/runtime/model.h"
+#include "fw/runtime/tasks.h"
 #include "../plugins/arch/encdec/t5_bucket.h"
 
 static int io(const char *dir, const char *name, void *data, size_t bytes, bool write)
@@ -47,6 +52,20 @@ static int buckets(char **argv)
 	return 0;
 }
 
+static int spans(char **argv)
+{
+	int64_t n = atoll(argv[2]);
+	uint8_t *noise = malloc((size_t)n);
+	if (n < 2 || !noise)
+		return 2;
+	fw_rt_span_noise_mask(n, atof(argv[4]), atof(argv[5]), strtoull(argv[3], NULL, 10), noise);
+	for (int64_t i = 0; i < n; i++)
+		putchar('0' + noise[i]);
+	putchar('\n');
+	free(noise);
+	return 0;
+}
+
 static enum fw_status open_arch(const char *so, char **opts, int n, struct fw_loaded **p,
 				struct fw_err *err)
 {
@@ -69,6 +88,8 @@ int main(int argc, char **argv)
 {
 	if (argc == 7 && !strcmp(argv[1], "--buckets"))
 		return buckets(argv);
+	if (argc == 6 && !strcmp(argv[1], "--spans"))
+		return spans(argv);
 	if (argc < 4) {
 		fprintf(stderr, "usage: t5_driver ARCH.so ATTENTION.so DIR [OPTION=VALUE ...]\n");
 		return 2;

@@ -21,6 +21,21 @@ Checks:
   - padding: changing the pad token's embedding changes no logit of a real
     decoder position (encoder self-attention and cross-attention mask it),
     while changing a real token's embedding does.
+  - Hugging Face folders of the three models (one with the embed_tokens
+    copies): fwrun import, loss and gradients of the imported file against
+    torch, fwrun export bit for bit with T5Config's values; import refusals
+    (no relative attention table, feed_forward_proj gated-silu, a model_type
+    no arch reads): one line, no output file;
+  - seq2seq data through fwrun ({"input", "target"} JSONL, padded): eval
+    loss within 1e-5, 10 AdamW steps (loss and gradient norm per step within
+    1e-4) against torch.optim.AdamW on the transcription, ReLU/tied and
+    gated-GELU/untied; such records for a decoder-only arch are refused;
+  - span corruption: the noise masks against a transcription of
+    run_t5_mlm_flax's random_spans_noise_mask (numpy's shuffle replaced by
+    fw's documented one) for many lengths and keys, with the 0.15 / 3
+    statistics; text documents through fwrun eval (loss within 1e-5 against
+    HF's create_sentinel_ids / filter_input_ids transcribed) and 10 AdamW
+    steps; a resumed run bit-identical to an uninterrupted one.
 Ends with "t5_parity: N passed, M failed"; exit 0 only when none failed.
 """
 import argparse
@@ -48,7 +63,7 @@ PAD = V - 1           # padding id of the test batches (the start token is 0)
 B, T = 3, 12
 TOL_LOSS, TOL_GRAD = 1e-5, 2e-5
 
-RELU_TIED = dict(d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
+RELU_TIED = dict(vocab_size=V, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
                  relative_attention_num_buckets=32, relative_attention_max_distance=128,
                  feed_forward_proj="relu", tie_word_embeddings=True, layer_norm_epsilon=1e-6)
 GATED_UNTIED = dict(RELU_TIED, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
@@ -58,14 +73,14 @@ GATED_ODD = dict(RELU_TIED, d_kv=6, num_decoder_layers=3, feed_forward_proj="gat
 
 def flags(c):
     return [f"{k.replace('_', '-')}={str(v).lower() if isinstance(v, bool) else v}"
-            for k, v in c.items()] + [f"vocab-size={V}"]
+            for k, v in c.items()]
 
 
 def names(c):
     C, H, D, Fd, nb = c["d_model"], c["num_heads"], c["d_kv"], c["d_ff"], \
         c["relative_attention_num_buckets"]
     gated = c["feed_forward_proj"].startswith("gated")
-    out = [("shared.weight", (V, C))]
+    out = [("shared.weight", (c["vocab_size"], C))]
 
     def attn(p):
         return [(p + ".q.weight", (H * D, C)), (p + ".k.weight", (H * D, C)),
@@ -88,7 +103,7 @@ def names(c):
             out += ffn(f"{p}.{parts - 1}") + [(f"{p}.{parts - 1}.layer_norm.weight", (C,))]
         out.append((f"{stack}.final_layer_norm.weight", (C,)))
     if not c["tie_word_embeddings"]:
-        out.append(("lm_head.weight", (V, C)))
+        out.append(("lm_head.weight", (c["vocab_size"], C)))
     return out
 
 
@@ -257,7 +272,7 @@ def run_fw(args, work, c, W, enc, mask, dec, tgt, h5=None):
     if not R.check("t5_driver runs", p.returncode == 0, g2.describe(p)):
         return None
     loss = float(np.fromfile(os.path.join(d, "loss.f32"), np.float32)[0])
-    logits = np.fromfile(os.path.join(d, "logits.f32"), np.float32).reshape(B, T, V)
+    logits = np.fromfile(os.path.join(d, "logits.f32"), np.float32).reshape(B, T, -1)
     flat = np.fromfile(os.path.join(d, "grads.f32"), np.float32)
     grads, at = {}, 0
     for line in open(os.path.join(d, "names.txt")):
@@ -270,7 +285,7 @@ def run_fw(args, work, c, W, enc, mask, dec, tgt, h5=None):
 def reference(c, W, enc, mask, dec, tgt):
     P = {n: t.double().clone().requires_grad_(True) for n, t in W.items()}
     logits = t5_forward(c, P, torch.tensor(enc).long(), torch.tensor(mask), torch.tensor(dec).long())
-    loss = F.cross_entropy(logits.reshape(-1, V), torch.tensor(tgt).long().reshape(-1),
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.tensor(tgt).long().reshape(-1),
                            ignore_index=-1)
     loss.backward()
     return loss.item(), logits.detach(), {n: t.grad for n, t in P.items()}
@@ -289,7 +304,7 @@ CONFIG_KEYS = ("d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "n
 
 
 def hf_config(c):
-    return dict(architectures=["T5ForConditionalGeneration"], model_type="t5", vocab_size=V,
+    return dict(architectures=["T5ForConditionalGeneration"], model_type="t5",
                 dropout_rate=0.0, is_encoder_decoder=True, decoder_start_token_id=0,
                 pad_token_id=0, eos_token_id=1, **c)
 
@@ -363,6 +378,314 @@ def check_hf_refusals(fw, work):
         R.check(f"HF import refuses {what}: one line naming it, exit 1 or 2, no file",
                 p.returncode in (1, 2) and len(lines) == 1 and needle in lines[0] and
                 not os.path.exists(h5), g2.describe(p))
+
+
+# --- seq2seq data and training through fwrun ----------------------------------------------
+
+SEQ_V = 300                      # bytes, <|endoftext|> 256, </s> 257 (added), sentinels 299 down
+EOS, START = 257, 0
+TB, TT = 4, 16                   # fwrun's micro-batch and --seq-length
+SEQ = dict(RELU_TIED, vocab_size=SEQ_V)
+SEQ_GATED = dict(GATED_UNTIED, vocab_size=SEQ_V)
+TRAIN = dict(ITERS=10, LR=2e-3, WD=0.1, BETA1=0.9, BETA2=0.95, ADAM_EPS=1e-8)
+SEED = 1234
+M64 = (1 << 64) - 1
+
+
+def write_ckpt(path, c, W):
+    """W as an fw checkpoint of arch/encdec with c's options (its config INI)."""
+    write_weights(path, c, W)
+    with h5py.File(path, "a") as f:
+        f.attrs["config"] = "[arch/encdec]\n" + "".join(
+            f"{a.partition('=')[0]} = {a.partition('=')[2]}\n" for a in flags(c))
+
+
+def pair_records(rng, n):
+    words = lambda: "".join(chr(97 + rng.randint(8)) for _ in range(rng.randint(2, 9)))  # noqa
+    return [{"input": words() + " " + words(), "target": words()} for _ in range(n)]
+
+
+def pair_row(r):
+    """fw's documented seq2seq row: ids + </s> (cut to TT), the decoder's
+    input = start + target shifted right."""
+    enc = (list(r["input"].encode())[:TT - 1]) + [EOS]
+    tgt = (list(r["target"].encode())[:TT - 1]) + [EOS]
+    return enc, [START] + tgt[:-1], tgt
+
+
+def padded(rows):
+    """[(enc, dec, tgt)] as padded arrays (pad 0, targets -1)."""
+    n = len(rows)
+    enc, mask = np.zeros((n, TT), np.int64), np.zeros((n, TT), np.int64)
+    dec, tgt = np.zeros((n, TT), np.int64), np.full((n, TT), -1, np.int64)
+    for i, (e, d, t) in enumerate(rows):
+        enc[i, :len(e)], mask[i, :len(e)] = e, 1
+        dec[i, :len(d)], tgt[i, :len(t)] = d, t
+    return enc, mask, dec, tgt
+
+
+def batch_loss(c, P, rows):
+    enc, mask, dec, tgt = padded(rows)
+    logits = t5_forward(c, P, torch.tensor(enc), torch.tensor(mask), torch.tensor(dec))
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.tensor(tgt).reshape(-1),
+                           ignore_index=-1, reduction="sum"), int((tgt >= 0).sum())
+
+
+def adamw_replay(c, W, micro):
+    """torch.optim.AdamW with Megatron's groups (no decay on 1-D tensors), as
+    fwrun sets it up: [(loss, gradient norm)] a step; micro(k) the rows of step k."""
+    P = {n: t.double().clone().requires_grad_(True) for n, t in W.items()}
+    order = [n for n, _ in names(c)]
+    opt = torch.optim.AdamW([{"params": [P[n] for n in order if P[n].dim() >= 2],
+                              "weight_decay": TRAIN["WD"]},
+                             {"params": [P[n] for n in order if P[n].dim() < 2],
+                              "weight_decay": 0.0}],
+                            lr=TRAIN["LR"], betas=(TRAIN["BETA1"], TRAIN["BETA2"]),
+                            eps=TRAIN["ADAM_EPS"])
+    out = []
+    for k in range(TRAIN["ITERS"]):
+        opt.zero_grad()
+        total, count = batch_loss(c, P, micro(k))
+        loss = total / count
+        loss.backward()
+        out.append((loss.item(), math.sqrt(sum(float((P[n].grad ** 2).sum()) for n in order))))
+        opt.step()
+    return out
+
+
+def fw_train(fw, run, ck, data, *extra):
+    return fw("train", "--plugins=arch/encdec,attention/mha,optim/adamw", f"--load={ck}",
+              f"--data={data}", "--tokenizer=byte", f"--micro-batch-size={TB}",
+              f"--seq-length={TT}", f"--lr={TRAIN['LR']}", "--lr-decay-style=constant",
+              f"--weight-decay={TRAIN['WD']}", "--clip-grad=0", f"--adam-beta1={TRAIN['BETA1']}",
+              f"--adam-beta2={TRAIN['BETA2']}", f"--adam-eps={TRAIN['ADAM_EPS']}",
+              f"--run-dir={run}", f"--seed={SEED}", "--threads=2", *extra)
+
+
+def compare_steps(name, run, ref):
+    got = [o for o in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if "lr" in o]
+    if not R.check(f"{name}: {len(ref)} steps logged", len(got) == len(ref), f"{len(got)}"):
+        return
+    wl = max(g2.rel(g["loss"], r[0]) for g, r in zip(got, ref))
+    wn = max(g2.rel(g["grad_norm"], r[1]) for g, r in zip(got, ref))
+    R.check(f"{name}: {len(ref)} AdamW steps, per-step loss and gradient norm within 1e-4 of "
+            f"torch", wl <= 1e-4 and wn <= 1e-4, f"max rel loss {wl:.2e}, norm {wn:.2e}; last "
+            f"fw {got[-1]['loss']:.7f} torch {ref[-1][0]:.7f}")
+
+
+def check_sft(fw, work, c, name, seed):
+    """fwrun train on {"input", "target"} JSONL vs the torch replay; fwrun eval."""
+    rng = np.random.RandomState(seed)
+    recs = pair_records(rng, 18)         # 5 micro-batches a pass, the last one padded
+    path = os.path.join(work, f"pairs_{seed}.jsonl")
+    with open(path, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in recs)
+    W = random_weights(c, seed)
+    ck = os.path.join(work, f"s2s_{seed}.h5")
+    write_ckpt(ck, c, W)
+    rows = [pair_row(r) for r in recs]
+    per = (len(rows) + TB - 1) // TB
+    micro = lambda k: rows[(k % per) * TB:(k % per + 1) * TB]  # noqa: E731
+    with torch.no_grad():
+        s, n = 0.0, 0
+        for k in range(per):
+            l, cnt = batch_loss(c, {k2: v.double() for k2, v in W.items()}, micro(k))
+            s, n = s + l.item(), n + cnt
+    p = fw("eval", "--plugins=arch/encdec,attention/mha", f"--load={ck}",
+           f"--valid-data={path}", "--tokenizer=byte", f"--micro-batch-size={TB}",
+           f"--seq-length={TT}", "--threads=2")
+    got = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
+    if R.check(f"seq2seq {name}: fwrun eval runs", got is not None, g2.describe(p)):
+        r = g2.rel(got["eval_loss"], s / n)
+        R.check(f"seq2seq {name}: eval loss over {n} target tokens fw {got['eval_loss']:.9g} "
+                f"vs torch {s / n:.9g}", r <= TOL_LOSS and got["targets"] == n, f"rel {r:.2e}")
+    run = os.path.join(work, f"sft_{seed}")
+    p = fw_train(fw, run, ck, path, "--no-shuffle", f"--train-iters={TRAIN['ITERS']}")
+    if R.check(f"seq2seq {name}: fwrun train runs", p.returncode == 0, g2.describe(p)):
+        compare_steps(f"seq2seq {name}", run, adamw_replay(c, W, micro))
+
+
+# fw's span corruption: Hugging Face's run_t5_mlm_flax functions, transcribed,
+# with numpy's shuffle replaced by fw's documented one (tasks.h, seq2seq.c).
+
+def mix(x):
+    x = (x + 0x9e3779b97f4a7c15) & M64
+    x = ((x ^ (x >> 30)) * 0xbf58476d1ce4e5b9) & M64
+    x = ((x ^ (x >> 27)) * 0x94d049bb133111eb) & M64
+    return x ^ (x >> 31)
+
+
+def fw_shuffle(a, key):
+    for i in range(len(a) - 1, 0, -1):
+        j = mix(key ^ i) % (i + 1)
+        a[i], a[j] = a[j], a[i]
+
+
+def compute_input_and_target_lengths(inputs_length, noise_density, mean_noise_span_length):
+    def _tokens_length_to_inputs_length_targets_length(tokens_length):
+        num_noise_tokens = int(round(tokens_length * noise_density))
+        num_nonnoise_tokens = tokens_length - num_noise_tokens
+        num_noise_spans = int(round(num_noise_tokens / mean_noise_span_length))
+        return num_nonnoise_tokens + num_noise_spans + 1, num_noise_tokens + num_noise_spans + 1
+
+    tokens_length = inputs_length
+    while _tokens_length_to_inputs_length_targets_length(tokens_length + 1)[0] <= inputs_length:
+        tokens_length += 1
+    return tokens_length
+
+
+def random_spans_noise_mask(length, noise_density, mean_noise_span_length, key):
+    num_noise_tokens = int(np.round(length * noise_density))
+    num_noise_tokens = min(max(num_noise_tokens, 1), length - 1)
+    num_noise_spans = int(np.round(num_noise_tokens / mean_noise_span_length))
+    num_noise_spans = max(num_noise_spans, 1)
+    num_nonnoise_tokens = length - num_noise_tokens
+
+    def _random_segmentation(num_items, num_segments, k):
+        mask_indices = list(np.arange(num_items - 1) < (num_segments - 1))
+        fw_shuffle(mask_indices, k)                      # np.random.shuffle in HF
+        first_in_segment = np.pad(np.array(mask_indices, dtype=bool), [[1, 0]])
+        segment_id = np.cumsum(first_in_segment)
+        _, segment_length = np.unique(segment_id, return_counts=True)
+        return segment_length
+
+    noise_span_lengths = _random_segmentation(num_noise_tokens, num_noise_spans, mix(key ^ 1))
+    nonnoise_span_lengths = _random_segmentation(num_nonnoise_tokens, num_noise_spans,
+                                                 mix(key ^ 2))
+    interleaved_span_lengths = np.reshape(
+        np.stack([nonnoise_span_lengths, noise_span_lengths], axis=1), [num_noise_spans * 2])
+    span_starts = np.cumsum(interleaved_span_lengths)[:-1]
+    span_start_indicator = np.zeros((length,), dtype=np.int8)
+    span_start_indicator[span_starts] = True
+    span_num = np.cumsum(span_start_indicator)
+    return np.equal(span_num % 2, 1)
+
+
+def create_sentinel_ids(mask_indices, top):
+    start_indices = mask_indices - np.roll(mask_indices, 1, axis=-1) * mask_indices
+    start_indices[:, 0] = mask_indices[:, 0]
+    sentinel_ids = np.where(start_indices != 0, np.cumsum(start_indices, axis=-1), start_indices)
+    sentinel_ids = np.where(sentinel_ids != 0, (top - sentinel_ids), 0)
+    sentinel_ids -= mask_indices - start_indices
+    return sentinel_ids
+
+
+def filter_input_ids(input_ids, sentinel_ids):
+    input_ids_full = np.where(sentinel_ids != 0, sentinel_ids, input_ids)
+    input_ids = input_ids_full[input_ids_full >= 0].reshape((input_ids.shape[0], -1))
+    return np.concatenate([input_ids, np.full((input_ids.shape[0], 1), EOS)], axis=-1)
+
+
+def span_rows(texts, index, seed):
+    """The corrupted rows of micro-batch index of text documents (no shuffle)."""
+    L = compute_input_and_target_lengths(TT, 0.15, 3.0)
+    stream = [t for d in texts for t in list(d.encode()) + [EOS]]
+    raw = [stream[k:k + L] for k in range(0, len(stream) - L + 1, L)]
+    per = (len(raw) + TB - 1) // TB
+    base = mix(mix(seed) ^ index)
+    out = []
+    for b, row in enumerate(raw[(index % per) * TB:(index % per + 1) * TB]):
+        ids = np.array([row])
+        mask = random_spans_noise_mask(L, 0.15, 3.0, mix(base ^ b))[None].astype(np.int8)
+        enc = filter_input_ids(ids, create_sentinel_ids(mask, SEQ_V))[0].tolist()
+        tgt = filter_input_ids(ids, create_sentinel_ids(1 - mask, SEQ_V))[0].tolist()
+        out.append((enc, [START] + tgt[:-1], tgt))
+    return out, per
+
+
+def check_bad_data(fw, work):
+    """{"input", "target"} records for a decoder-only arch: one line naming the
+    file and line, exit 2, no run directory."""
+    path, run = os.path.join(work, "pairs_bad.jsonl"), os.path.join(work, "gpt2_on_pairs")
+    with open(path, "w") as f:
+        f.write(json.dumps({"input": "abc", "target": "cba"}) + "\n")
+    p = fw("train", "--plugins=arch/decoder,attention/mha,optim/adamw", "--n-layer=1",
+           "--n-head=2", "--n-embd=16", "--vocab-size=300", "--n-positions=32",
+           f"--data={path}", "--tokenizer=byte", "--micro-batch-size=1", "--seq-length=8",
+           "--train-iters=1", f"--run-dir={run}")
+    lines = p.stderr.strip().splitlines()
+    R.check("seq2seq records for a decoder-only arch: one line naming file:line, exit 2, "
+            "nothing written", p.returncode == 2 and len(lines) == 1 and
+            f"{path}:1:" in lines[0] and "encoder-decoder" in lines[0] and
+            not os.path.exists(run), g2.describe(p))
+
+
+def check_noise_masks(args):
+    """fw_rt_span_noise_mask against HF's random_spans_noise_mask (with fw's
+    shuffle) for many lengths and keys; the densities and span lengths."""
+    bad, noise, spans, total = [], 0, 0, 0
+    for length in list(range(20, 120, 7)) + [568]:
+        for key in (1, 99, 2 ** 63 + 5):
+            for dens, mean in ((0.15, 3.0), (0.3, 5.0)):
+                p = subprocess.run([args.driver, "--spans", str(length), str(key), str(dens),
+                                    str(mean)], capture_output=True, text=True, timeout=30)
+                ref = "".join("1" if x else "0" for x in
+                              random_spans_noise_mask(length, dens, mean, key))
+                if p.stdout.strip() != ref:
+                    bad.append((length, key, dens))
+                if dens == 0.15:
+                    noise += ref.count("1")
+                    spans += ref.count("01") + ref.startswith("1")
+                    total += length
+    R.check("span corruption: the noise masks equal HF's random_spans_noise_mask (fw's "
+            "shuffle) for 16 lengths, 3 keys, 2 settings", not bad, f"differ: {bad[:4]}")
+    R.check("span corruption: noise density 0.15 and mean span 3 over those masks",
+            abs(noise / total - 0.15) < 0.01 and abs(noise / spans - 3.0) < 0.3,
+            f"density {noise / total:.4f}, mean span {noise / spans:.2f}")
+
+
+def check_span(fw, work):
+    rng = np.random.RandomState(4)
+    texts = [" ".join("".join(chr(97 + rng.randint(10)) for _ in range(rng.randint(2, 7)))
+                      for _ in range(rng.randint(3, 12))) for _ in range(14)]
+    path = os.path.join(work, "docs.jsonl")
+    with open(path, "w") as f:
+        f.writelines(json.dumps({"text": t}) + "\n" for t in texts)
+    c = SEQ
+    W = random_weights(c, 31)
+    ck = os.path.join(work, "span.h5")
+    write_ckpt(ck, c, W)
+    _, per = span_rows(texts, 0, SEED)
+    with torch.no_grad():
+        s, n = 0.0, 0
+        for k in range(per):
+            l, cnt = batch_loss(c, {k2: v.double() for k2, v in W.items()}, span_rows(texts, k, SEED)[0])
+            s, n = s + l.item(), n + cnt
+    p = fw("eval", "--plugins=arch/encdec,attention/mha", f"--load={ck}",
+           f"--valid-data={path}", "--tokenizer=byte", f"--micro-batch-size={TB}",
+           f"--seq-length={TT}", "--threads=2", f"--seed={SEED}")
+    got = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
+    if R.check("span corruption: fwrun eval runs", got is not None, g2.describe(p)):
+        r = g2.rel(got["eval_loss"], s / n)
+        R.check(f"span corruption: eval loss over {n} targets (HF's noise mask, sentinels, "
+                f"filter) fw {got['eval_loss']:.9g} vs torch {s / n:.9g}",
+                r <= TOL_LOSS and got["targets"] == n, f"rel {r:.2e}")
+    run = os.path.join(work, "span_run")
+    p = fw_train(fw, run, ck, path, "--no-shuffle", f"--train-iters={TRAIN['ITERS']}")
+    if R.check("span corruption: fwrun train runs", p.returncode == 0, g2.describe(p)):
+        compare_steps("span corruption", run,
+                      adamw_replay(c, W, lambda k: span_rows(texts, k, SEED)[0]))
+    # resume: 4 steps then --load the run to 10, shuffled: the corruption of
+    # each micro-batch comes back with the loader's position
+    runs = {}
+    for tag, legs in (("straight", [TRAIN["ITERS"]]), ("resumed", [4, TRAIN["ITERS"]])):
+        d = os.path.join(work, f"span_{tag}")
+        for it in legs:
+            first = it == legs[0]
+            p = fw("train", "--plugins=arch/encdec,attention/mha,optim/adamw",
+                   f"--load={ck}" if first else f"--load={d}", f"--data={path}",
+                   *(["--tokenizer=byte"] if first else []), f"--micro-batch-size={TB}",
+                   f"--seq-length={TT}", f"--train-iters={it}", "--lr=2e-3",
+                   "--lr-decay-style=constant", "--save-interval=4", f"--run-dir={d}",
+                   f"--seed={SEED + 1}", "--threads=2")
+            if not R.check(f"span corruption: {tag} run to step {it}", p.returncode == 0,
+                           g2.describe(p)):
+                return
+        runs[tag] = {o["step"]: o["loss"] for o in map(json.loads, open(os.path.join(
+            d, "metrics.jsonl"))) if "lr" in o}
+    same = [runs["resumed"].get(k) == runs["straight"][k] for k in range(5, TRAIN["ITERS"] + 1)]
+    R.check("span corruption: a resumed run corrupts and trains exactly as the uninterrupted "
+            "one (steps 5-10 bit-identical)", all(same), f"{runs}")
 
 
 # --- checks -------------------------------------------------------------------------------
@@ -446,6 +769,11 @@ def main():
         check_hf(args, fw, work, "gated-gelu, untied (Flan-T5 layout)", GATED_UNTIED, 22, False)
         check_hf(args, fw, work, "gated-gelu, 3 decoder blocks", GATED_ODD, 23, False)
         check_hf_refusals(fw, work)
+        check_sft(fw, work, SEQ, "relu, tied", 41)
+        check_sft(fw, work, SEQ_GATED, "gated-gelu, untied", 42)
+        check_bad_data(fw, work)
+        check_noise_masks(args)
+        check_span(fw, work)
     finally:
         if args.keep:
             print(f"work directory kept: {work}")

@@ -39,7 +39,9 @@ enum fw_status fw_rt_model_build(const struct fw_rt_model_spec *spec, struct fw_
 				 src->msg[0] ? src->msg : decode ? "build gave no logits" :
 				 "build gave no loss or inputs");
 	}
-	if (spec->segmented && (!m->positions || !m->attn_bias))
+	/* an encoder-decoder takes its padding from seq2seq rows (enc_tokens,
+	 * enc_bias: fw_rt_encoder_fill) */
+	if (spec->segmented && !m->enc_tokens && (!m->positions || !m->attn_bias))
 		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s cannot train on SFT examples: it "
 				 "gives no positions/attn_bias inputs for packed or padded rows", an);
 	if (!slots->peft)

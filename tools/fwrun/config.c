@@ -155,6 +155,10 @@ static const struct fw_option_def run_defs[] = {
 	{ "mlm-probability", FW_OPT_FLOAT, "0.15", 0.001, 1, NULL,
 	  "arch/encoder --head=mlm: share of tokens masked (BERT: 0.15; 80% [MASK], 10% random, "
 	  "10% kept)" },
+	{ "noise-density", FW_OPT_FLOAT, "0.15", 0.001, 0.999, NULL,
+	  "arch/encdec span corruption (text data): share of tokens in noise spans (T5: 0.15)" },
+	{ "mean-noise-span-length", FW_OPT_FLOAT, "3.0", 1, 1000, NULL,
+	  "arch/encdec span corruption: mean length of a noise span (T5: 3)" },
 	{ "output", FW_OPT_STRING, "", 0, -1, NULL,
 	  "eval, arch/encoder classification: JSONL of each record's predicted label and "
 	  "probabilities" },
@@ -194,6 +198,7 @@ static const struct {
 	{ "attention-softmax-in-fp32", C_TRAIN }, { "accumulate-allreduce-grads-in-fp32", C_TRAIN },
 	{ "debug-inject-overflow", C_TRAIN },
 	{ "labels", C_TRAIN | C_EVAL }, { "mlm-probability", C_TRAIN | C_EVAL },
+	{ "noise-density", C_TRAIN | C_EVAL }, { "mean-noise-span-length", C_TRAIN | C_EVAL },
 	{ "output", C_EVAL },
 };
 
@@ -583,7 +588,8 @@ static bool is_bool(struct config *c, const char *name)
  * the run is in the checkpoint's weights already). */
 static const char *const shape_options[] = {
 	"micro-batch-size", "seq-length", "packing", "chat-template", "too-long",
-	"calculate-per-token-loss", "labels", "mlm-probability",
+	"calculate-per-token-loss", "labels", "mlm-probability", "noise-density",
+	"mean-noise-span-length",
 };
 static const char *const not_resumed[] = {
 	"plugins", "load", "finetune", "overwrite", "base-only", "adapter", "adapter-name",

@@ -315,9 +315,6 @@ static enum fw_status encdec_build(void *state, struct fw_model *m, struct fw_er
 	if (m->caches)
 		return h->errorf(err, FW_ERR_UNSUPPORTED, "arch/encdec: decoding with caches is not "
 				 "available for T5");
-	if (m->segmented)
-		return h->errorf(err, FW_ERR_UNSUPPORTED, "arch/encdec: packed or padded decoder-only "
-				 "rows are not T5's input (use seq2seq data)");
 	m->head = FW_HEAD_SEQ2SEQ;
 	int64_t bt[2] = { B, T }, b11t[4] = { B, 1, 1, T };
 	m->enc_tokens = h->input(m->ctx, "enc_tokens", FW_I32, 2, bt);
