@@ -8,6 +8,12 @@
  * DIR/loss.f32, logits.f32 (B, T, V), grads.f32 (every parameter's gradient
  * in creation order) and names.txt ("name elements" a line).
  *
+ *   t5_driver --generate ARCH.so ATTENTION.so DIR [OPTION=VALUE ...]
+ *
+ * DIR/gen.txt "beams enc_len max_new length_penalty start eos pad" and
+ * DIR/src.i32 (the source ids); writes DIR/out.i32 (fw_rt_s2s_generate's
+ * ids). Weights from DIR/weights.h5.
+ *
  *   t5_driver --buckets LO HI BIDIRECTIONAL NUM_BUCKETS MAX_DISTANCE
  *
  * prints the bucket of each relative position in [LO, HI], one a line.
@@ -22,6 +28,7 @@
 
 #include "fw/loader.h"
 #include "fw/runtime/model.h"
+#include "fw/runtime/seq2seq.h"
 #include "fw/runtime/tasks.h"
 #include "../plugins/arch/encdec/t5_bucket.h"
 
@@ -84,8 +91,56 @@ static enum fw_status open_arch(const char *so, char **opts, int n, struct fw_lo
 	return st == FW_OK ? fw_plugin_init(*p, NULL, err) : st;
 }
 
+static int generate(char **argv, int argc)
+{
+	const char *dir = argv[4];
+	char path[4200];
+	snprintf(path, sizeof(path), "%s/gen.txt", dir);
+	FILE *f = fopen(path, "r");
+	long long beams, enc_len, max_new, start, eos, pad;
+	double lp;
+	if (!f || fscanf(f, "%lld %lld %lld %lf %lld %lld %lld", &beams, &enc_len, &max_new, &lp,
+			 &start, &eos, &pad) != 7) {
+		fprintf(stderr, "t5_driver: %s: bad case file\n", path);
+		return 1;
+	}
+	fclose(f);
+	snprintf(path, sizeof(path), "%s/src.i32", dir);
+	f = fopen(path, "rb");
+	int32_t src[4096], out[4096];
+	int64_t n_src = f ? (int64_t)fread(src, 4, 4096, f) : 0, n_out = 0;
+	if (f)
+		fclose(f);
+	struct fw_err err = { 0 };
+	struct fw_plugin_slots slots = { 0 };
+	struct fw_rt_s2s_decoder d = { 0 };
+	struct fw_tensor **params = NULL;
+	int n = 0, n_new = 0, rc = 1;
+	struct fw_rt_s2s_opts o = { .max_new = max_new, .num_beams = (int)beams,
+				    .length_penalty = lp, .start = (int32_t)start,
+				    .eos = (int32_t)eos, .pad = (int32_t)pad };
+	snprintf(path, sizeof(path), "%s/weights.h5", dir);
+	if (open_arch(argv[2], argv + 5, argc - 5, &slots.arch, &err) != FW_OK ||
+	    fw_plugin_open(argv[3], FW_KIND_ATTENTION, &slots.attention, &err) != FW_OK ||
+	    fw_plugin_init(slots.attention, NULL, &err) != FW_OK ||
+	    fw_rt_s2s_decoder_open(&d, &slots, beams, enc_len, max_new, 1, &err) != FW_OK ||
+	    (n = fw_rt_model_params(d.ctx, &params)) < 0 ||
+	    fw_rt_model_load_weights(path, params, n, &slots, false, &n_new, NULL, &err) ||
+	    fw_rt_s2s_generate(&d, src, n_src, &o, out, &n_out, &err) != FW_OK)
+		fprintf(stderr, "t5_driver: %s\n", err.msg);
+	else
+		rc = io(dir, "out.i32", out, (size_t)n_out * 4, true) ? 1 : 0;
+	free(params);
+	fw_rt_s2s_decoder_close(&d);
+	fw_plugin_close(slots.arch);
+	fw_plugin_close(slots.attention);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc >= 5 && !strcmp(argv[1], "--generate"))
+		return generate(argv, argc);
 	if (argc == 7 && !strcmp(argv[1], "--buckets"))
 		return buckets(argv);
 	if (argc == 6 && !strcmp(argv[1], "--spans"))

@@ -688,6 +688,148 @@ def check_span(fw, work):
             "one (steps 5-10 bit-identical)", all(same), f"{runs}")
 
 
+# --- generation -----------------------------------------------------------------------------
+
+GEN_EOS = 1
+
+
+def ref_greedy(c, W, src, max_new):
+    """Hugging Face's greedy search, the decoder rerun on the whole prefix each step."""
+    enc = torch.tensor([src])
+    seq = [START]
+    with torch.no_grad():
+        for _ in range(max_new):
+            t = int(t5_forward(c, W, enc, torch.ones_like(enc), torch.tensor([seq]))[0, -1].argmax())
+            seq.append(t)
+            if t == GEN_EOS:
+                break
+    return seq[1:]
+
+
+def ref_beam(c, W, src, N, max_new, lp):
+    """Hugging Face's beam search (BeamSearchScorer, BeamHypotheses; early_stopping
+    false, one sequence), transcribed, without caches."""
+    V = c["vocab_size"]
+    enc = torch.tensor([src] * N)
+    seqs, beam_scores = [[START] for _ in range(N)], [0.0] + [-1e9] * (N - 1)
+    hyps, worst = [], [1e9]
+    max_length, cur, done = max_new + 1, 1, False
+
+    def add(seq, sum_logprobs):
+        score = sum_logprobs / (len(seq) ** lp)
+        if len(hyps) < N or score > worst[0]:
+            hyps.append((score, seq))
+            if len(hyps) > N:
+                ranked = sorted([(s, i) for i, (s, _) in enumerate(hyps)])
+                del hyps[ranked[0][1]]
+                worst[0] = ranked[1][0]
+            else:
+                worst[0] = min(score, worst[0])
+
+    with torch.no_grad():
+        while True:
+            logits = t5_forward(c, W, enc, torch.ones_like(enc), torch.tensor(seqs))[:, -1]
+            scores = F.log_softmax(logits.double(), -1) + torch.tensor(beam_scores)[:, None]
+            top_s, top_i = torch.topk(scores.reshape(-1), 2 * N)
+            new = []
+            for r, (sc, i) in enumerate(zip(top_s.tolist(), top_i.tolist())):
+                b, t = i // V, i % V
+                if t == GEN_EOS:
+                    if r < N:
+                        add(seqs[b], sc)
+                else:
+                    new.append((sc, seqs[b] + [t]))
+                if len(new) == N:
+                    break
+            done = done or (len(hyps) >= N and worst[0] >= max(top_s.tolist()) / cur ** lp)
+            beam_scores, seqs = [x for x, _ in new], [q for _, q in new]
+            cur += 1
+            if done or cur >= max_length:
+                break
+    if not done:
+        for b in range(N):
+            add(seqs[b], beam_scores[b])
+    best = sorted(hyps, key=lambda x: x[0])[-1][1]
+    return best[1:] + ([GEN_EOS] if len(best) < max_length else [])
+
+
+def fw_generate(args, work, c, h5, src, beams, enc_len, max_new, lp):
+    d = tempfile.mkdtemp(dir=work)
+    shutil.copy(h5, os.path.join(d, "weights.h5"))
+    with open(os.path.join(d, "gen.txt"), "w") as f:
+        f.write(f"{beams} {enc_len} {max_new} {lp} {START} {GEN_EOS} 0\n")
+    np.array(src, np.int32).tofile(os.path.join(d, "src.i32"))
+    p = subprocess.run([args.driver, "--generate", os.path.join(args.plugin_path, "arch", "encdec.so"),
+                        os.path.join(args.plugin_path, "attention", "mha.so"), d] + flags(c),
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, OMP_NUM_THREADS="2"))
+    if p.returncode != 0:
+        return p
+    return np.fromfile(os.path.join(d, "out.i32"), np.int32).tolist()
+
+
+def check_generate_cli(fw, work):
+    """fwrun generate on an arch/encdec checkpoint: --prompt-tokens is the
+    source, the ids printed are the target (greedy, then --num-beams with
+    --length-penalty), against the torch transcriptions."""
+    c = GATED_UNTIED
+    W = random_weights(c, 52)
+    W["lm_head.weight"] = W["lm_head.weight"].clone()
+    W["lm_head.weight"][GEN_EOS] *= 2.5
+    ck = os.path.join(work, "gen_cli.h5")
+    write_ckpt(ck, c, W)
+    Wd = {k: v.double() for k, v in W.items()}
+    src = [35, 7, 18, 13, 48, 44]
+    for extra, ref in (([], ref_greedy(c, Wd, src, 10)),
+                       (["--num-beams=3", "--length-penalty=0.6"], ref_beam(c, Wd, src, 3, 10, 0.6))):
+        p = fw("generate", "--plugins=arch/encdec,attention/mha", f"--load={ck}",
+               "--prompt-tokens=" + ",".join(map(str, src)),
+               "--max-new-tokens=10", "--threads=2", *extra)
+        got = p.stdout.strip()
+        R.check(f"fwrun generate {' '.join(extra) or 'greedy'}: the ids torch generates",
+                p.returncode == 0 and got == ",".join(map(str, ref)),
+                f"fw {got!r} torch {ref}; {g2.describe(p) if p.returncode else ''}")
+
+
+def check_generation(args, work):
+    """fw_rt_s2s_generate (encoder once, cross K/V once, KV caches, beams as
+    rows with reordered caches) against the transcriptions above on random
+    models whose </s> is made likely, so that hypotheses end at different
+    steps."""
+    for name, c, seed in (("relu, tied", RELU_TIED, 51), ("gated-gelu, untied", GATED_UNTIED, 52),
+                          ("3 decoder blocks, 8 buckets", GATED_ODD, 53)):
+        W = random_weights(c, seed)
+        head = "shared.weight" if c["tie_word_embeddings"] else "lm_head.weight"
+        W[head] = W[head].clone()
+        W[head][GEN_EOS] *= 2.5
+        h5 = os.path.join(work, f"gen_{seed}.h5")
+        write_weights(h5, c, W)
+        Wd = {k: v.double() for k, v in W.items()}
+        rng = np.random.RandomState(seed)
+        srcs = [rng.randint(2, c["vocab_size"], rng.randint(3, 9)).tolist() for _ in range(4)]
+        greedy_ok, beam_ok, ended, runs, bad = 0, 0, 0, 0, []
+        for src in srcs:
+            got = fw_generate(args, work, c, h5, src, 1, 10, 12, 1.0)
+            ref = ref_greedy(c, Wd, src, 12)
+            greedy_ok += got == ref
+            if got != ref:
+                bad.append(("greedy", src, got if isinstance(got, list) else g2.describe(got), ref))
+            for N, lp in ((2, 1.0), (4, 0.6), (3, 2.0)):
+                got = fw_generate(args, work, c, h5, src, N, 10, 12, lp)
+                ref = ref_beam(c, Wd, src, N, 12, lp)
+                beam_ok += got == ref
+                runs += 1
+                ended += ref[-1:] == [GEN_EOS] and len(ref) < 12
+                if got != ref:
+                    bad.append((f"beams {N} lp {lp}", src, got if isinstance(got, list) else
+                                g2.describe(got), ref))
+        R.check(f"generation {name}: greedy ids identical to torch for {len(srcs)} sources",
+                greedy_ok == len(srcs), f"{bad[:2]}")
+        R.check(f"generation {name}: beam search (2/4/3 beams, length penalty 1/0.6/2) ids "
+                f"identical to HF's algorithm in torch, {runs} runs ({ended} ended by </s>)",
+                beam_ok == runs, f"{bad[:2]}")
+
+
 # --- checks -------------------------------------------------------------------------------
 
 def check_buckets(args):
@@ -771,6 +913,8 @@ def main():
         check_hf_refusals(fw, work)
         check_sft(fw, work, SEQ, "relu, tied", 41)
         check_sft(fw, work, SEQ_GATED, "gated-gelu, untied", 42)
+        check_generation(args, work)
+        check_generate_cli(fw, work)
         check_bad_data(fw, work)
         check_noise_masks(args)
         check_span(fw, work)

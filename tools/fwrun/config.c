@@ -127,6 +127,10 @@ static const struct fw_option_def run_defs[] = {
 	{ "top-p", FW_OPT_FLOAT, "1.0", 0, 1, NULL, "generate: nucleus sampling mass" },
 	{ "prompt", FW_OPT_STRING, "", 0, -1, NULL, "generate: prompt text (needs a tokenizer)" },
 	{ "prompt-file", FW_OPT_STRING, "", 0, -1, NULL, "generate: read the prompt text from a file" },
+	{ "num-beams", FW_OPT_INT, "1", 1, 64, NULL,
+	  "generate, arch/encdec: beam search with this many beams (1 = greedy)" },
+	{ "length-penalty", FW_OPT_FLOAT, "1.0", -10, 10, NULL,
+	  "generate, arch/encdec beam search: scores are log-likelihood / length^this" },
 	{ "repetition-penalty", FW_OPT_FLOAT, "1.0", 0.01, 100, NULL,
 	  "generate: divide positive (multiply negative) logits of tokens already in the "
 	  "context by this (CTRL; 1 = off)" },
@@ -189,7 +193,8 @@ static const struct {
 	{ "threads", C_ALL }, { "log-interval", C_TRAIN }, { "prompt-tokens", C_GEN },
 	{ "max-new-tokens", C_GEN }, { "temperature", C_GEN }, { "top-k", C_GEN },
 	{ "top-p", C_GEN }, { "prompt", C_GEN }, { "prompt-file", C_GEN },
-	{ "repetition-penalty", C_GEN }, { "stop", C_GEN }, { "interactive", C_GEN }, { "chat", C_GEN },
+	{ "repetition-penalty", C_GEN }, { "num-beams", C_GEN }, { "length-penalty", C_GEN },
+	{ "stop", C_GEN }, { "interactive", C_GEN }, { "chat", C_GEN },
 	{ "score-data", C_EVAL }, { "adapter", C_ALL }, { "adapter-name", C_ALL },
 	{ "merge-adapter", C_ALL },       /* train refuses it with its own error */
 	{ "bf16", C_TRAIN | C_EVAL }, { "fp16", C_TRAIN | C_EVAL }, { "loss-scale", C_TRAIN },

@@ -24,6 +24,11 @@
  * sees the real tokens only). Decoder padding follows the targets, so the
  * causal mask already keeps it from every real position. Parameter names
  * are Hugging Face's keys.
+ * Decoding (m->caches, fw_model.enc_len; fw/runtime/seq2seq.h): the encoder
+ * pass over enc_len positions ends in each decoder layer's cross-attention K
+ * and V (m->cross_out); the one-token decoder step reads them from inputs
+ * (m->cross_in), keeps its self-attention keys and values in the caches and
+ * takes the relative bias of the query at the cache length.
  */
 #include <math.h>
 #include <stdio.h>
@@ -173,7 +178,7 @@ static struct fw_tensor *dropout(const struct encdec *e, struct fw_model *m, str
  * first block. */
 static struct fw_tensor *position_bias(const struct encdec *e, struct fw_model *m,
 				       const char *stack, bool bidirectional, int64_t Tq,
-				       int64_t Tk)
+				       int64_t Tk, struct fw_tensor *offset)
 {
 	char n[FW_NAME_MAX];
 	snprintf(n, sizeof(n), "%s.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
@@ -182,35 +187,51 @@ static struct fw_tensor *position_bias(const struct encdec *e, struct fw_model *
 				       1.0f / sqrtf((float)e->d_model));
 	union fw_param p[4] = { { .i = (int32_t)Tq }, { .i = (int32_t)Tk },
 				{ .i = bidirectional }, { .i = (int32_t)e->max_distance } };
-	return e->host->op(m->ctx, e->relbias_op, &tab, 1, p, 4);
+	struct fw_tensor *src[2] = { tab, offset };
+	return e->host->op(m->ctx, e->relbias_op, src, offset ? 2 : 1, p, 4);
+}
+
+/* K or V ("k", "v") of T5Attention at prefix from kv (B, Tk, C), as heads
+ * (B, Tk, H, D). */
+static struct fw_tensor *kv_heads(const struct encdec *e, struct fw_model *m,
+				  struct fw_tensor *kv, const char *prefix, const char *which)
+{
+	int64_t C = e->d_model, H = e->n_head, D = e->d_kv;
+	int64_t shape[4] = { kv->ne[0], kv->ne[1], H, D };
+	char n[FW_NAME_MAX];
+	snprintf(n, sizeof(n), "%s.%s", prefix, which);
+	return e->host->reshape(m->ctx, linear(e, m, kv, C, H * D, n, 1.0f / sqrtf((float)C)), 4,
+				shape);
 }
 
 /* T5Attention at <prefix> (".SelfAttention" or ".EncDecAttention"): queries
- * from x (B, Tq, C), keys and values from kv (B, Tk, C). */
+ * from x (B, Tq, C); keys and values from kv (B, Tk, C), or given as heads
+ * (k, v: the cross-attention K/V a decoding model reads); cache while
+ * decoding. */
 static struct fw_tensor *attention(const struct encdec *e, struct fw_model *m,
-				   struct fw_tensor *x, struct fw_tensor *kv, const char *prefix,
-				   int layer, enum fw_mask_kind mask, struct fw_tensor *bias,
-				   struct fw_tensor *pos_bias)
+				   struct fw_tensor *x, struct fw_tensor *kv, struct fw_tensor *k,
+				   struct fw_tensor *v, const char *prefix, int layer,
+				   enum fw_mask_kind mask, struct fw_tensor *bias,
+				   struct fw_tensor *pos_bias, struct fw_kv_cache *cache)
 {
 	const struct fw_host *h = e->host;
-	int64_t B = m->batch, Tq = x->ne[1], Tk = kv->ne[1], C = e->d_model, H = e->n_head;
+	int64_t B = x->ne[0], Tq = x->ne[1], C = e->d_model, H = e->n_head;
 	int64_t D = e->d_kv, inner = H * D;
-	float sd = 1.0f / sqrtf((float)C);
 	char n[FW_NAME_MAX];
-	int64_t q_shape[4] = { B, Tq, H, D }, kv_shape[4] = { B, Tk, H, D }, flat[3] = { B, Tq, inner };
+	int64_t q_shape[4] = { B, Tq, H, D }, flat[3] = { B, Tq, inner };
 	snprintf(n, sizeof(n), "%s.q", prefix);
 	struct fw_tensor *q = h->reshape(m->ctx, linear(e, m, x, C, inner, n,
 							 1.0f / sqrtf((float)(C * D))), 4, q_shape);
-	snprintf(n, sizeof(n), "%s.k", prefix);
-	struct fw_tensor *k = h->reshape(m->ctx, linear(e, m, kv, C, inner, n, sd), 4, kv_shape);
-	snprintf(n, sizeof(n), "%s.v", prefix);
-	struct fw_tensor *v = h->reshape(m->ctx, linear(e, m, kv, C, inner, n, sd), 4, kv_shape);
+	if (!k) {
+		k = kv_heads(e, m, kv, prefix, "k");
+		v = kv_heads(e, m, kv, prefix, "v");
+	}
 	struct fw_attn_spec spec = {
 		.size = sizeof(spec), .name = prefix, .layer = layer, .n_head = (int)H,
 		.n_kv_head = (int)H, .head_dim = (int)D, .mask = mask, .bias = bias,
 		.pos = pos_bias ? FW_POS_RELATIVE : FW_POS_NONE, .pos_bias = pos_bias,
 		.rope_base = 10000.0f, .dropout = m->training ? e->dropout : 0.0f,
-		.seed = m->seed * 7919u + (uint64_t)layer, .scale = 1.0f,
+		.seed = m->seed * 7919u + (uint64_t)layer, .scale = 1.0f, .cache = cache,
 	};
 	struct fw_tensor *y = h->reshape(m->ctx, h->attention(m, &spec, q, k, v), 3, flat);
 	snprintf(n, sizeof(n), "%s.o", prefix);
@@ -255,7 +276,7 @@ static struct fw_tensor *encoder(const struct encdec *e, struct fw_model *m, str
 {
 	const struct fw_host *h = e->host;
 	int64_t T = x->ne[1];
-	struct fw_tensor *pb = position_bias(e, m, "encoder", true, T, T);
+	struct fw_tensor *pb = position_bias(e, m, "encoder", true, T, T, NULL);
 	char p[64], n[96];
 	for (int l = 0; l < e->n_enc; l++) {
 		if (e->recompute)
@@ -264,8 +285,8 @@ static struct fw_tensor *encoder(const struct encdec *e, struct fw_model *m, str
 		snprintf(n, sizeof(n), "%s.0.layer_norm", p);
 		struct fw_tensor *y = norm(e, m, x, n);
 		snprintf(n, sizeof(n), "%s.0.SelfAttention", p);
-		x = residual(e, m, x, attention(e, m, y, y, n, l, FW_MASK_BIDIRECTIONAL, enc_bias, pb),
-			     10 * l);
+		x = residual(e, m, x, attention(e, m, y, y, NULL, NULL, n, l, FW_MASK_BIDIRECTIONAL,
+						enc_bias, pb, NULL), 10 * l);
 		snprintf(n, sizeof(n), "%s.1.layer_norm", p);
 		y = norm(e, m, x, n);
 		snprintf(n, sizeof(n), "%s.1", p);
@@ -276,12 +297,20 @@ static struct fw_tensor *encoder(const struct encdec *e, struct fw_model *m, str
 	return dropout(e, m, norm(e, m, x, "encoder.final_layer_norm"), -3);
 }
 
+/* The decoder over x (B, T, C). Training: cross-attention K/V from the
+ * encoder output enc. Decoding (m->caches, T = 1): self-attention through
+ * the caches, the position bias of the query at the cache length, and the
+ * cross-attention K/V read from cross[2l], cross[2l + 1]. */
 static struct fw_tensor *decoder(const struct encdec *e, struct fw_model *m, struct fw_tensor *x,
-				 struct fw_tensor *enc, struct fw_tensor *enc_bias)
+				 struct fw_tensor *enc, struct fw_tensor *const *cross,
+				 struct fw_tensor *enc_bias)
 {
 	const struct fw_host *h = e->host;
 	int64_t T = x->ne[1];
-	struct fw_tensor *pb = position_bias(e, m, "decoder", false, T, T);
+	struct fw_kv_cache *caches = m->caches;
+	struct fw_tensor *pb = caches ?
+		position_bias(e, m, "decoder", false, T, caches[0].max_len, caches[0].len) :
+		position_bias(e, m, "decoder", false, T, T, NULL);
 	char p[64], n[96];
 	for (int l = 0; l < e->n_dec; l++) {
 		int layer = (int)e->n_enc + 2 * l, salt = 10 * layer;
@@ -291,12 +320,14 @@ static struct fw_tensor *decoder(const struct encdec *e, struct fw_model *m, str
 		snprintf(n, sizeof(n), "%s.0.layer_norm", p);
 		struct fw_tensor *y = norm(e, m, x, n);
 		snprintf(n, sizeof(n), "%s.0.SelfAttention", p);
-		x = residual(e, m, x, attention(e, m, y, y, n, layer, FW_MASK_CAUSAL, NULL, pb), salt);
+		x = residual(e, m, x, attention(e, m, y, y, NULL, NULL, n, layer, FW_MASK_CAUSAL, NULL,
+						pb, caches ? &caches[l] : NULL), salt);
 		snprintf(n, sizeof(n), "%s.1.layer_norm", p);
 		y = norm(e, m, x, n);
 		snprintf(n, sizeof(n), "%s.1.EncDecAttention", p);
-		x = residual(e, m, x, attention(e, m, y, enc, n, layer + 1, FW_MASK_CROSS, enc_bias,
-						NULL), salt + 1);
+		x = residual(e, m, x, attention(e, m, y, enc, cross ? cross[2 * l] : NULL,
+						cross ? cross[2 * l + 1] : NULL, n, layer + 1,
+						FW_MASK_CROSS, enc_bias, NULL, NULL), salt + 1);
 		snprintf(n, sizeof(n), "%s.2.layer_norm", p);
 		y = norm(e, m, x, n);
 		snprintf(n, sizeof(n), "%s.2", p);
@@ -307,33 +338,71 @@ static struct fw_tensor *decoder(const struct encdec *e, struct fw_model *m, str
 	return dropout(e, m, norm(e, m, x, "decoder.final_layer_norm"), -4);
 }
 
+/* A decoding model's encoder pass and cross-attention inputs (fw_model's
+ * enc_len, cross_out, cross_in): each decoder layer's K and V of the
+ * encoder output, and inputs "cross.<l>.k" / ".v" of their shape. */
+static enum fw_status cross_kv(const struct encdec *e, struct fw_model *m, struct fw_tensor *enc,
+			       struct fw_err *err)
+{
+	const struct fw_host *h = e->host;
+	int n = 2 * (int)e->n_dec;
+	m->cross_out = h->ctx_alloc(m->ctx, sizeof(struct fw_tensor *) * (size_t)n,
+				    FW_MEM_INPUTS);
+	m->cross_in = h->ctx_alloc(m->ctx, sizeof(struct fw_tensor *) * (size_t)n,
+				   FW_MEM_INPUTS);
+	if (!m->cross_out || !m->cross_in)
+		return h->errorf(err, FW_ERR_NOMEM, "arch/encdec: out of memory");
+	m->n_cross = n;
+	char p[96], name[FW_NAME_MAX];
+	for (int i = 0; i < n; i++) {
+		snprintf(p, sizeof(p), "decoder.block.%d.layer.1.EncDecAttention", i / 2);
+		m->cross_out[i] = kv_heads(e, m, enc, p, i % 2 ? "v" : "k");
+		snprintf(name, sizeof(name), "cross.%d.%s", i / 2, i % 2 ? "v" : "k");
+		m->cross_in[i] = h->input(m->ctx, name, FW_F32, 4, m->cross_out[i]->ne);
+	}
+	return FW_OK;
+}
+
+static int encdec_layers(void *state, const struct fw_model *m)
+{
+	const struct encdec *e = state;
+	(void)m;
+	return (int)e->n_dec;
+}
+
 static enum fw_status encdec_build(void *state, struct fw_model *m, struct fw_err *err)
 {
 	const struct encdec *e = state;
 	const struct fw_host *h = e->host;
 	int64_t B = m->batch, T = m->seq_len, C = e->d_model;
-	if (m->caches)
-		return h->errorf(err, FW_ERR_UNSUPPORTED, "arch/encdec: decoding with caches is not "
-				 "available for T5");
+	/* decoding: the encoder runs over enc_len positions, the decoder one */
+	int64_t Te = m->caches && FW_HAS(m, enc_len) ? m->enc_len : T;
+	if (m->caches && (!FW_HAS(m, n_cross) || Te <= 0))
+		return h->errorf(err, FW_ERR_UNSUPPORTED, "arch/encdec: decoding needs a host that "
+				 "sets enc_len and runs the encoder (fw_rt_s2s_decoder)");
 	m->head = FW_HEAD_SEQ2SEQ;
-	int64_t bt[2] = { B, T }, b11t[4] = { B, 1, 1, T };
-	m->enc_tokens = h->input(m->ctx, "enc_tokens", FW_I32, 2, bt);
+	int64_t bt[2] = { B, T }, bte[2] = { B, Te }, b11t[4] = { B, 1, 1, Te };
+	m->enc_tokens = h->input(m->ctx, "enc_tokens", FW_I32, 2, bte);
 	m->tokens = h->input(m->ctx, "tokens", FW_I32, 2, bt);
-	m->targets = h->input(m->ctx, "targets", FW_I32, 2, bt);
 	struct fw_tensor *enc_bias = h->input(m->ctx, "enc_bias", FW_F32, 4, b11t);
 	struct fw_tensor *shared = weight(e, m, 2, e->vocab, C, "shared.weight", 1.0f);
 
 	struct fw_tensor *x = dropout(e, m, h->embedding(m->ctx, shared, m->enc_tokens), -1);
 	struct fw_tensor *enc = encoder(e, m, x, enc_bias);
+	if (m->caches && cross_kv(e, m, enc, err) != FW_OK)
+		return err->status;
 	x = dropout(e, m, h->embedding(m->ctx, shared, m->tokens), -2);
-	x = decoder(e, m, x, enc, enc_bias);
+	x = decoder(e, m, x, enc, m->caches ? m->cross_in : NULL, enc_bias);
 	if (e->tie)     /* Mesh TensorFlow's rescaling before the tied projection */
 		m->logits = h->matmul(m->ctx, h->scale(m->ctx, x, 1.0f / sqrtf((float)C)), shared,
 				      false, true);
 	else
 		m->logits = linear(e, m, x, C, e->vocab, "lm_head", 1.0f);
-	m->loss = h->cross_entropy(m->ctx, m->logits, m->targets, NULL, FW_IGNORE_INDEX);
-	if (!m->loss) {
+	if (!m->caches) {
+		m->targets = h->input(m->ctx, "targets", FW_I32, 2, bt);
+		m->loss = h->cross_entropy(m->ctx, m->logits, m->targets, NULL, FW_IGNORE_INDEX);
+	}
+	if (!(m->caches ? m->logits : m->loss)) {
 		struct fw_err *ce = h->ctx_err(m->ctx);
 		return h->errorf(err, ce->status ? ce->status : FW_ERR_INTERNAL, "arch/encdec: %s",
 				 ce->msg);
@@ -421,6 +490,7 @@ static const struct fw_option_def options[] = {
 static const struct fw_arch_i iface = {
 	.size = sizeof(struct fw_arch_i),
 	.build = encdec_build,
+	.n_layers = encdec_layers,
 	.hf_maps = (const struct fw_hf_map *const[]){ &encdec_hf_t5, NULL },
 };
 

@@ -29,5 +29,6 @@
 #include "fw/runtime/score.h"
 #include "fw/runtime/sweep.h"
 #include "fw/runtime/tasks.h"
+#include "fw/runtime/seq2seq.h"
 
 #endif
