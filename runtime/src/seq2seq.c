@@ -61,7 +61,7 @@ static void segmentation(int64_t num_items, int64_t num_segments, uint64_t key, 
 	}
 }
 
-void fw_rt_span_noise_mask(int64_t n, double noise_density, double mean_span, uint64_t key,
+bool fw_rt_span_noise_mask(int64_t n, double noise_density, double mean_span, uint64_t key,
 			   uint8_t *noise)
 {
 	int64_t num_noise = (int64_t)rint((double)n * noise_density);
@@ -74,8 +74,9 @@ void fw_rt_span_noise_mask(int64_t n, double noise_density, double mean_span, ui
 	uint8_t *cut = malloc((size_t)n + 1);
 	int64_t *noise_len = malloc(sizeof(int64_t) * (size_t)(spans + 1));
 	int64_t *keep_len = malloc(sizeof(int64_t) * (size_t)(spans + 1));
+	bool ok = cut && noise_len && keep_len;
 	memset(noise, 0, (size_t)n);
-	if (cut && noise_len && keep_len) {
+	if (ok) {
 		segmentation(num_noise, spans, mix(key ^ 1), cut, noise_len);
 		segmentation(num_keep, spans, mix(key ^ 2), cut, keep_len);
 		int64_t at = 0;     /* kept run, noise run, kept run, ..., ending in noise */
@@ -88,6 +89,7 @@ void fw_rt_span_noise_mask(int64_t n, double noise_density, double mean_span, ui
 	free(cut);
 	free(noise_len);
 	free(keep_len);
+	return ok;
 }
 
 /* HF's filter_input_ids: raw with each run of replaced positions (noise,
@@ -116,20 +118,20 @@ void fw_rt_span_corrupt(const struct fw_rt_seq2seq *c, uint64_t index, int32_t *
 	uint8_t *noise = malloc((size_t)n);
 	int32_t *raw = malloc(sizeof(int32_t) * (size_t)n), *buf = malloc(sizeof(int32_t) * (size_t)(n + 1));
 	uint64_t base = mix(mix(c->seed) ^ index);
-	for (int64_t b = 0; seg && noise && raw && buf && b < B; b++) {
+	bool ok = noise && raw && buf;   /* else every row becomes padding: no loss */
+	for (int64_t b = 0; seg && b < B; b++) {
 		int32_t *tk = tokens + b * T, *tg = targets + b * T, *sg = seg + b * T;
 		bool fill = sg[0] == 0;       /* the loader's padding rows */
-		for (int64_t i = 0; i < n; i++)         /* raw_len may exceed T */
+		for (int64_t i = 0; ok && i < n; i++)   /* raw_len may exceed T */
 			raw[i] = i < T ? tk[i] : tg[i - T];
 		for (int64_t i = 0; i < T; i++) {
 			tk[i] = c->pad;
 			tg[i] = -1;
 			sg[i] = 0;
 		}
-		if (fill)
+		if (fill || !ok || !fw_rt_span_noise_mask(n, c->noise_density, c->mean_span,
+							   mix(base ^ (uint64_t)b), noise))
 			continue;
-		fw_rt_span_noise_mask(n, c->noise_density, c->mean_span, mix(base ^ (uint64_t)b),
-				      noise);
 		int64_t m = filter(c, raw, noise, n, true, buf);      /* the encoder's input */
 		for (int64_t i = 0; i < m && i < T; i++)
 			sg[i] = buf[i] + 1;

@@ -25,6 +25,34 @@ static void json_text(const json_t *v, char *out, size_t len)
 	free(t);
 }
 
+/* For a parse error at byte pos of the file at path: the key whose value
+ * is at or just before it ("KEY": <pos>), so that a value JSON cannot hold (Python's
+ * NaN) is named; "" when the error is not at a value. */
+static void key_at(const char *path, int pos, char *key, size_t len)
+{
+	FILE *f = fopen(path, "rb");
+	char buf[4096];
+	size_t n = f && pos > 0 ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+	if (f)
+		fclose(f);
+	*key = 0;
+	if ((size_t)pos > n)
+		return;                   /* past what was read */
+	n = (size_t)pos;
+	while (n > 0 && !strchr(",{}[]\":", buf[n - 1]))   /* the bad value itself */
+		n--;
+	if (n < 3 || buf[n - 1] != ':')
+		return;
+	n--;
+	while (n > 0 && strchr(" \t\r\n", buf[n - 1]))
+		n--;
+	size_t end = n > 0 && buf[n - 1] == '"' ? n - 1 : 0, start = end;
+	while (start > 0 && buf[start - 1] != '"')
+		start--;
+	if (end > start)
+		snprintf(key, len, "%.*s: ", (int)(end - start), buf + start);
+}
+
 /* An integer key when present; *out keeps its default otherwise. */
 static bool int_key(const json_t *root, const char *key, int64_t *out)
 {
@@ -43,9 +71,12 @@ static enum fw_status t5_check_config(const char *path, struct fw_err *err)
 	json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je), *v;
 	char t[64];
 	enum fw_status s = FW_OK;
-	if (!root)
-		return fw_errorf(err, FW_ERR_FORMAT, "%s:%d:%d: %s", path, je.line, je.column,
+	if (!root) {
+		char key[80];
+		key_at(path, je.position, key, sizeof(key));
+		return fw_errorf(err, FW_ERR_FORMAT, "%s:%d:%d: %s%s", path, je.line, je.column, key,
 				 je.text);
+	}
 	int64_t buckets = 32, distance = 128;
 	if (!json_is_object(root)) {
 		s = fw_errorf(err, FW_ERR_FORMAT, "%s: not a JSON object", path);

@@ -93,8 +93,8 @@ int64_t fw_rt_span_raw_length(int64_t T, double noise_density, double mean_span)
 /* random_spans_noise_mask of Hugging Face's run_t5_mlm_flax for one row of
  * n tokens: noise[i] 1 on the noise tokens. Its two shuffles are
  * Fisher-Yates with draws of splitmix64 keyed by key (see seq2seq.c), in
- * place of numpy's. */
-void fw_rt_span_noise_mask(int64_t n, double noise_density, double mean_span, uint64_t key,
+ * place of numpy's. false: out of memory. */
+bool fw_rt_span_noise_mask(int64_t n, double noise_density, double mean_span, uint64_t key,
 			   uint8_t *noise);
 
 /* Span corruption of a micro-batch of B rows (index: the micro-batch's
