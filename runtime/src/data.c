@@ -238,6 +238,8 @@ void fw_rt_loader_next(struct fw_rt_loader *l, int32_t *tokens, int32_t *targets
 		rows_next(l, tokens, targets, seg);
 		if (l->mlm)
 			fw_rt_mlm_mask(l->mlm, index, tokens, targets, seg, l->B * l->T);
+		if (l->span)
+			fw_rt_span_corrupt(l->span, index, tokens, targets, seg, l->B, l->T);
 		return;
 	}
 	int64_t m = l->order[l->cursor++], BT = l->B * l->T;

@@ -477,6 +477,7 @@ bool fw_rt_example_from_json(const struct fw_rt_encoder *enc, const void *record
 /* --- reading files ----------------------------------------------------------------------- */
 
 struct collect {
+	const char *path;                /* the file being read */
 	struct fw_rt_example *ex;
 	int64_t n, cap;
 	bool sft;                        /* some record is prompt/response or messages */
@@ -629,8 +630,12 @@ static enum fw_status collect_record(void *arg, const void *rec, long line, cons
 {
 	struct collect *c = arg;
 	struct fw_rt_example ex;
-	(void)line;
 	c->records++;
+	if (json_object_get((json_t *)rec, "input") && json_object_get((json_t *)rec, "target") &&
+	    !json_object_get((json_t *)rec, "prompt"))
+		return fw_errorf(err, FW_ERR_INVALID, "%s:%ld: an {\"input\", \"target\"} record is "
+				 "seq2seq data, for an encoder-decoder arch (arch/encdec); this model "
+				 "reads prompt/response, messages or text records", c->path, line);
 	if (!fw_rt_example_from_json(&c->enc, rec, &ex, why))
 		return FW_OK;
 	if (json_object_get((json_t *)rec, "prompt") || json_object_get((json_t *)rec, "messages"))
@@ -810,9 +815,11 @@ enum fw_status fw_rt_dataset_open(struct fw_rt_loader *l, const struct fw_rt_dat
 	copy = strdup(paths);
 	if (!copy)
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	for (char *p = strtok_r(copy, ",", &save); p && st == FW_OK; p = strtok_r(NULL, ",", &save))
+	for (char *p = strtok_r(copy, ",", &save); p && st == FW_OK; p = strtok_r(NULL, ",", &save)) {
+		c.path = p;
 		st = strcmp(file_format(p, fmt_opt), "jsonl") ? read_text(&c, tok, p, err) :
 			fw_rt_jsonl_foreach(p, c.max_bad, &c.bad, collect_record, &c, log, err);
+	}
 	if (st == FW_OK && !c.sft) {
 		/* Plain text only: JSONL text records join the stream as documents. */
 		for (int64_t k = 0; k < c.n && st == FW_OK; k++) {

@@ -22,11 +22,12 @@ enum fw_status fw_rt_model_build(const struct fw_rt_model_spec *spec, struct fw_
 	bool decode = spec->caches != NULL;
 	*m = (struct fw_model){
 		.size = sizeof(struct fw_model), .ctx = ctx, .host = fw_host_table(),
-		.opts = slots->arch->opts, .batch = decode ? 1 : spec->batch,
+		.opts = slots->arch->opts,
+		.batch = decode && spec->batch <= 0 ? 1 : spec->batch,
 		.seq_len = decode ? 1 : spec->seq_len, .head = FW_HEAD_LM,
 		.training = spec->training, .seed = spec->seed,
 		.host_private = (void *)slots, .segmented = spec->segmented,
-		.caches = spec->caches, .n_caches = spec->n_caches,
+		.caches = spec->caches, .n_caches = spec->n_caches, .enc_len = spec->enc_len,
 	};
 	const struct fw_arch_i *arch = slots->arch->desc->iface;
 	const char *an = slots->arch->desc->name;
@@ -39,7 +40,9 @@ enum fw_status fw_rt_model_build(const struct fw_rt_model_spec *spec, struct fw_
 				 src->msg[0] ? src->msg : decode ? "build gave no logits" :
 				 "build gave no loss or inputs");
 	}
-	if (spec->segmented && (!m->positions || !m->attn_bias))
+	/* an encoder-decoder takes its padding from seq2seq rows (enc_tokens,
+	 * enc_bias: fw_rt_encoder_fill) */
+	if (spec->segmented && !m->enc_tokens && (!m->positions || !m->attn_bias))
 		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s cannot train on SFT examples: it "
 				 "gives no positions/attn_bias inputs for packed or padded rows", an);
 	if (!slots->peft)

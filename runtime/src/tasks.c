@@ -22,6 +22,8 @@ enum fw_rt_task_kind fw_rt_task_of_head(enum fw_head_kind head)
 		return FW_RT_TASK_SEQ_CLS;
 	case FW_HEAD_TOKEN_CLASSIFY:
 		return FW_RT_TASK_TOKEN_CLS;
+	case FW_HEAD_SEQ2SEQ:
+		return FW_RT_TASK_SEQ2SEQ;
 	default:
 		return 0;
 	}
@@ -150,6 +152,10 @@ struct builder {
 	struct fw_rt_rows rows;
 	int64_t cap, truncated, records;
 	const char *path;
+	/* seq2seq: pairs laid out, and span corruption's token stream */
+	int64_t pairs;
+	int32_t *stream;
+	int64_t n_stream, cap_stream;
 };
 
 /* A new row of T positions, all padding; NULL when out of memory. */
@@ -213,6 +219,115 @@ static enum fw_status mlm_document(struct builder *b, const char *text, struct f
 	return FW_OK;
 }
 
+/* Span corruption: a document's tokens and </s> onto the stream (HF's T5
+ * tokenizer ends each text with </s>; the stream is cut into rows later). */
+static enum fw_status span_document(struct builder *b, const char *text, struct fw_err *err)
+{
+	struct fw_token_buf tb = { 0 };
+	if (!encode(b, text, &tb))
+		return fw_errorf(err, FW_ERR_NOMEM, "%s: cannot tokenize", b->path);
+	if (b->n_stream + (int64_t)tb.n + 1 > b->cap_stream) {
+		int64_t cap = 2 * (b->n_stream + (int64_t)tb.n + 1);
+		int32_t *p = realloc(b->stream, sizeof(int32_t) * (size_t)cap);
+		if (!p) {
+			fw_token_buf_free(&tb);
+			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		}
+		b->stream = p;
+		b->cap_stream = cap;
+	}
+	for (size_t i = 0; i < tb.n; i++)
+		b->stream[b->n_stream++] = tb.ids[i];
+	b->stream[b->n_stream++] = b->task->s2s.eos;
+	fw_token_buf_free(&tb);
+	return FW_OK;
+}
+
+/* A document of the task: MLM rows, or span corruption's stream. */
+static enum fw_status document(struct builder *b, const char *text, struct fw_err *err)
+{
+	if (b->task->kind == FW_RT_TASK_SEQ2SEQ)
+		return span_document(b, text, err);
+	return mlm_document(b, text, err);
+}
+
+/* ids + </s>, cut to T (the last kept token replaced by </s>). */
+static int64_t with_eos(struct builder *b, const struct fw_token_buf *tb, int32_t *out)
+{
+	int64_t n = (int64_t)tb->n + 1 > b->T ? b->T - 1 : (int64_t)tb->n;
+	for (int64_t i = 0; i < n; i++)
+		out[i] = tb->ids[i];
+	out[n] = b->task->s2s.eos;
+	return n + 1;
+}
+
+/* {"input", "target"}: one row; {"text"}: a span-corruption document. */
+static enum fw_status seq2seq_record(struct builder *b, json_t *r, const char **why,
+				     struct fw_err *err)
+{
+	json_t *in = json_object_get(r, "input"), *out = json_object_get(r, "target");
+	json_t *text = json_object_get(r, "text");
+	if (!in && !out && json_is_string(text))
+		return span_document(b, json_string_value(text), err);
+	if (!json_is_string(in) || !json_is_string(out)) {
+		*why = "'input' and 'target' must both be strings (or 'text' alone for span "
+		       "corruption)";
+		return FW_OK;
+	}
+	struct fw_token_buf ti = { 0 }, to = { 0 };
+	int32_t *ids = malloc(sizeof(int32_t) * (size_t)b->T);
+	int64_t at = ids ? new_row(b) : -1;
+	if (at < 0 || !encode(b, json_string_value(in), &ti) ||
+	    !encode(b, json_string_value(out), &to)) {
+		free(ids);
+		fw_token_buf_free(&ti);
+		fw_token_buf_free(&to);
+		return fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", b->path);
+	}
+	b->truncated += (int64_t)ti.n + 1 > b->T || (int64_t)to.n + 1 > b->T;
+	int64_t n = with_eos(b, &ti, ids);
+	for (int64_t i = 0; i < n; i++)
+		b->rows.seg[at + i] = ids[i] + 1;
+	n = with_eos(b, &to, ids);
+	for (int64_t i = 0; i < n; i++) {
+		b->rows.targets[at + i] = ids[i];
+		b->rows.tokens[at + i] = i ? ids[i - 1] : b->task->s2s.start;
+	}
+	b->pairs++;
+	free(ids);
+	fw_token_buf_free(&ti);
+	fw_token_buf_free(&to);
+	return FW_OK;
+}
+
+/* The stream cut into rows of raw_len tokens (seg 1), the rest dropped, as
+ * run_t5_mlm_flax's group_texts; tokens past T go to the row's targets. */
+static enum fw_status span_rows(struct builder *b, const char *label, struct fw_err *err)
+{
+	int64_t L = b->task->s2s.raw_len;
+	if (L < 2 || L > 2 * b->T)
+		return fw_errorf(err, FW_ERR_INVALID, "--seq-length %lld is too short for span "
+				 "corruption at this noise density and span length",
+				 (long long)b->T);
+	if (b->pairs)
+		return fw_errorf(err, FW_ERR_INVALID, "--%s: text for span corruption and "
+				 "{\"input\", \"target\"} records cannot share a data set", label);
+	for (int64_t k = 0; k + L <= b->n_stream; k += L) {
+		int64_t at = new_row(b);
+		if (at < 0)
+			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		for (int64_t i = 0; i < L; i++) {     /* past T: in targets (L < 2T) */
+			if (i < b->T)
+				b->rows.tokens[at + i] = b->stream[k + i];
+			else
+				b->rows.targets[at + i - b->T] = b->stream[k + i];
+		}
+		for (int64_t i = 0; i < b->T; i++)
+			b->rows.seg[at + i] = 1;
+	}
+	return FW_OK;
+}
+
 /* A text file: documents separated by blank lines (or lines of "%", as
  * fortune files). */
 static enum fw_status mlm_text(struct builder *b, struct fw_err *err)
@@ -235,7 +350,7 @@ static enum fw_status mlm_text(struct builder *b, struct fw_err *err)
 			char keep = *stop;
 			*stop = 0;
 			if (strspn(doc, " \t\r\n") < strlen(doc))
-				st = mlm_document(b, doc, err);
+				st = document(b, doc, err);
 			*stop = keep;
 			doc = end + 1;
 		}
@@ -450,6 +565,8 @@ static enum fw_status task_record(void *arg, const void *rec, long line, const c
 		return seq_record(b, r, line, why, err);
 	if (b->task->kind == FW_RT_TASK_TOKEN_CLS)
 		return token_record(b, r, line, why, err);
+	if (b->task->kind == FW_RT_TASK_SEQ2SEQ)
+		return seq2seq_record(b, r, why, err);
 	json_t *text = json_object_get(r, "text");
 	if (!json_is_string(text)) {
 		*why = "'text' missing or not a string";
@@ -523,10 +640,12 @@ enum fw_status fw_rt_task_open(struct fw_rt_loader *l, struct fw_rt_task *task, 
 	if (!tok)
 		return fw_errorf(err, FW_ERR_INVALID, "--%s: an encoder task needs a tokenizer "
 				 "(--tokenizer, or a checkpoint that stores one)", label);
+	bool s2s = task->kind == FW_RT_TASK_SEQ2SEQ;
 	if (T < 4)
-		return fw_errorf(err, FW_ERR_INVALID, "--seq-length %lld is too short for [CLS] and "
-				 "[SEP] around text", (long long)T);
-	bool sorted_before = task->labels && task->labels->n == 0 && !task->fixed;
+		return fw_errorf(err, FW_ERR_INVALID, "--seq-length %lld is too short for %s",
+				 (long long)T, s2s ? "a sequence and </s>" : "[CLS] and [SEP] around text");
+	bool cls = task->kind == FW_RT_TASK_SEQ_CLS || task->kind == FW_RT_TASK_TOKEN_CLS;
+	bool sorted_before = cls && task->labels && task->labels->n == 0 && !task->fixed;
 	struct builder b = { .task = task, .tok = tok, .T = T };
 	char *copy = strdup(paths);
 	if (!copy)
@@ -540,7 +659,7 @@ enum fw_status fw_rt_task_open(struct fw_rt_loader *l, struct fw_rt_task *task, 
 			break;
 		if (is_jsonl(p))
 			st = fw_rt_jsonl_foreach(p, max_bad, &bad, task_record, &b, log, err);
-		else if (task->kind == FW_RT_TASK_MLM)
+		else if (task->kind == FW_RT_TASK_MLM || s2s)
 			st = mlm_text(&b, err);
 		else
 			st = fw_errorf(err, FW_ERR_INVALID, "--%s: %s: classification data must be JSONL "
@@ -548,20 +667,27 @@ enum fw_status fw_rt_task_open(struct fw_rt_loader *l, struct fw_rt_task *task, 
 	}
 	if (st == FW_OK && sorted_before)
 		st = sort_labels(&b, err);
+	bool span = s2s && b.n_stream > 0;
+	if (st == FW_OK && span)
+		st = span_rows(&b, label, err);
 	if (st == FW_OK && b.rows.n == 0)
 		st = fw_errorf(err, FW_ERR_FORMAT, "--%s: no usable records in %s", label, paths);
 	if (st == FW_OK) {
 		static const char *const kinds[] = { "", "masked-LM", "classification",
-						     "token-classification" };
+						     "token-classification", "seq2seq" };
 		fw_rt_logf(log, FW_LOG_INFO, "%s: %lld %s rows of %lld (%lld records, %lld bad, %lld "
-			   "truncated)", label, (long long)b.rows.n, kinds[task->kind], (long long)T,
+			   "truncated)", label, (long long)b.rows.n,
+			   span ? "span-corruption" : kinds[task->kind], (long long)T,
 			   (long long)b.records, (long long)bad, (long long)b.truncated);
 		b.rows.T = T;
 		st = fw_rt_loader_from_rows(l, &b.rows, B, shuffle, seed, err);
 		memset(&b.rows, 0, sizeof(b.rows));
 		if (task->kind == FW_RT_TASK_MLM)
 			l->mlm = &task->mlm;
+		if (span)
+			l->span = &task->s2s;
 	}
+	free(b.stream);
 	free(b.rows.tokens);
 	free(b.rows.targets);
 	free(b.rows.seg);
@@ -595,6 +721,10 @@ void fw_rt_encoder_masks(const int32_t *seg, int64_t B, int64_t T, int32_t *posi
 
 void fw_rt_encoder_fill(struct fw_model *m, const int32_t *seg)
 {
+	if (m->enc_tokens) {
+		fw_rt_seq2seq_fill(m, seg);
+		return;
+	}
 	struct fw_tensor *types = fw_ctx_find(m->ctx, "token_types");
 	struct fw_tensor *pool = fw_ctx_find(m->ctx, "pool_weights");
 	fw_rt_encoder_masks(seg, m->batch, m->seq_len, m->positions ? m->positions->data : NULL,
@@ -623,7 +753,8 @@ enum fw_status fw_rt_task_evaluate(const struct fw_rt_eval *e, struct fw_rt_task
 	if (!kind || !m->logits || !e->data || e->n <= 0)
 		return FW_OK;
 	int64_t B = m->batch, T = m->seq_len, V = m->logits->ne[m->logits->ndim - 1];
-	int L = kind == FW_RT_TASK_MLM ? 0 : (int)V;
+	/* MLM and seq2seq: token accuracy over the targets, no confusion matrix */
+	int L = kind == FW_RT_TASK_MLM || kind == FW_RT_TASK_SEQ2SEQ ? 0 : (int)V;
 	if (L && !(out->confusion = calloc((size_t)L * (size_t)L, sizeof(int64_t))))
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	out->n_labels = L;

@@ -126,6 +126,10 @@ static const struct fw_option_def run_defs[] = {
 	{ "top-p", FW_OPT_FLOAT, "1.0", 0, 1, NULL, "generate: nucleus sampling mass" },
 	{ "prompt", FW_OPT_STRING, "", 0, -1, NULL, "generate: prompt text (needs a tokenizer)" },
 	{ "prompt-file", FW_OPT_STRING, "", 0, -1, NULL, "generate: read the prompt text from a file" },
+	{ "num-beams", FW_OPT_INT, "1", 1, 64, NULL,
+	  "generate, arch/encdec: beam search with this many beams (1 = greedy)" },
+	{ "length-penalty", FW_OPT_FLOAT, "1.0", -10, 10, NULL,
+	  "generate, arch/encdec beam search: scores are log-likelihood / length^this" },
 	{ "repetition-penalty", FW_OPT_FLOAT, "1.0", 0.01, 100, NULL,
 	  "generate: divide positive (multiply negative) logits of tokens already in the "
 	  "context by this (CTRL; 1 = off)" },
@@ -154,6 +158,10 @@ static const struct fw_option_def run_defs[] = {
 	{ "mlm-probability", FW_OPT_FLOAT, "0.15", 0.001, 1, NULL,
 	  "arch/encoder --head=mlm: share of tokens masked (BERT: 0.15; 80% [MASK], 10% random, "
 	  "10% kept)" },
+	{ "noise-density", FW_OPT_FLOAT, "0.15", 0.001, 0.999, NULL,
+	  "arch/encdec span corruption (text data): share of tokens in noise spans (T5: 0.15)" },
+	{ "mean-noise-span-length", FW_OPT_FLOAT, "3.0", 1, 1000, NULL,
+	  "arch/encdec span corruption: mean length of a noise span (T5: 3)" },
 	{ "output", FW_OPT_STRING, "", 0, -1, NULL,
 	  "eval, arch/encoder classification: JSONL of each record's predicted label and "
 	  "probabilities" },
@@ -184,7 +192,8 @@ static const struct {
 	{ "threads", C_ALL }, { "log-interval", C_TRAIN }, { "prompt-tokens", C_GEN },
 	{ "max-new-tokens", C_GEN }, { "temperature", C_GEN }, { "top-k", C_GEN },
 	{ "top-p", C_GEN }, { "prompt", C_GEN }, { "prompt-file", C_GEN },
-	{ "repetition-penalty", C_GEN }, { "stop", C_GEN }, { "interactive", C_GEN }, { "chat", C_GEN },
+	{ "repetition-penalty", C_GEN }, { "num-beams", C_GEN }, { "length-penalty", C_GEN },
+	{ "stop", C_GEN }, { "interactive", C_GEN }, { "chat", C_GEN },
 	{ "score-data", C_EVAL }, { "adapter", C_ALL }, { "adapter-name", C_ALL },
 	{ "merge-adapter", C_ALL },       /* train refuses it with its own error */
 	{ "bf16", C_TRAIN | C_EVAL }, { "fp16", C_TRAIN | C_EVAL }, { "loss-scale", C_TRAIN },
@@ -193,6 +202,7 @@ static const struct {
 	{ "attention-softmax-in-fp32", C_TRAIN }, { "accumulate-allreduce-grads-in-fp32", C_TRAIN },
 	{ "debug-inject-overflow", C_TRAIN },
 	{ "labels", C_TRAIN | C_EVAL }, { "mlm-probability", C_TRAIN | C_EVAL },
+	{ "noise-density", C_TRAIN | C_EVAL }, { "mean-noise-span-length", C_TRAIN | C_EVAL },
 	{ "output", C_EVAL },
 };
 
@@ -598,7 +608,8 @@ static bool is_bool(struct config *c, const char *name)
  * the run is in the checkpoint's weights already). */
 static const char *const shape_options[] = {
 	"micro-batch-size", "seq-length", "packing", "chat-template", "too-long",
-	"calculate-per-token-loss", "labels", "mlm-probability",
+	"calculate-per-token-loss", "labels", "mlm-probability", "noise-density",
+	"mean-noise-span-length",
 };
 static const char *const not_resumed[] = {
 	"plugins", "load", "finetune", "overwrite", "base-only", "adapter", "adapter-name",

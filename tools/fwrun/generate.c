@@ -586,6 +586,10 @@ int cmd_generate(int argc, char **argv)
 			rc = fail(err.status, "%s", err.msg);
 			goto out;
 		}
+	if (seq2seq_arch(&slots)) {     /* an encoder-decoder: seq2seq_gen.c */
+		rc = seq2seq_generate(&cfg, &slots, path, s.tok, prompt, n_prompt, interactive);
+		goto out;
+	}
 	/* Virtual tokens (prompt tuning) take positions of their own. */
 	int64_t n_virtual = 0;
 	if (slots.peft && fw_rt_decoder_virtual(&slots, &n_virtual, &err) != FW_OK) {

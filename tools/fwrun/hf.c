@@ -522,7 +522,8 @@ int cmd_import(int argc, char **argv)
 		       "config.json must describe a model the arch computes; nothing is written\n"
 		       "otherwise. A BERT or RoBERTa folder (BertModel, BertForMaskedLM,\n"
 		       "BertForSequenceClassification, BertForTokenClassification, RobertaForMaskedLM)\n"
-		       "becomes an arch/encoder file (plugins/arch/encoder/README.md).\n");
+		       "becomes an arch/encoder file (plugins/arch/encoder/README.md); a T5 folder\n"
+		       "(T5ForConditionalGeneration) an arch/encdec file (plugins/arch/encdec/README.md).\n");
 		return EXIT_OK;
 	}
 	if (argc != 2)

@@ -27,6 +27,34 @@ static enum fw_status settle_labels(struct session *s, bool collected, struct fw
 	return st;
 }
 
+/* T5's special ids: <pad> (0 when the tokenizer has none: the byte
+ * tokenizer's NUL, which text does not hold) as padding and decoder start,
+ * </s> (added to a tokenizer without it), sentinels down from <extra_id_0>,
+ * else from the top of the model's vocabulary; the span corruption's
+ * lengths from --seq-length. */
+static enum fw_status seq2seq_specials(struct session *s, struct fw_rt_task *t,
+				       struct fw_err *err)
+{
+	int64_t vocab = fw_opt_int(s->cfg.plugin[FW_KIND_ARCH]->opts, "vocab-size");
+	int32_t pad = fw_tokenizer_find(s->tok, "<pad>", 5);
+	int32_t eos = fw_tokenizer_find(s->tok, "</s>", 4);
+	int32_t x0 = fw_tokenizer_find(s->tok, "<extra_id_0>", 12);
+	if (eos < 0 && fw_tokenizer_add_special(s->tok, "</s>", 4, &eos, err) != FW_OK)
+		return err->status;
+	double density = opt_f(s, "noise-density"), mean = opt_f(s, "mean-noise-span-length");
+	t->s2s = (struct fw_rt_seq2seq){
+		.pad = pad < 0 ? 0 : pad, .eos = eos, .start = pad < 0 ? 0 : pad,
+		.sentinel_top = x0 >= 0 ? x0 + 1 : (int32_t)vocab, .noise_density = density,
+		.mean_span = mean, .raw_len = fw_rt_span_raw_length(s->T, density, mean),
+		.seed = (uint64_t)opt_i(s, "seed"),
+	};
+	t->sp = (struct fw_rt_specials){ .cls = -1, .sep = -1, .mask = -1, .pad = t->s2s.pad };
+	if (eos >= vocab)
+		return fw_errorf(err, FW_ERR_INVALID, "--vocab-size=%lld has no room for </s> (id "
+				 "%d in the tokenizer)", (long long)vocab, eos);
+	return FW_OK;
+}
+
 enum fw_status task_open_data(struct session *s, bool train, const char *data,
 			      const char *valid, struct fw_err *err)
 {
@@ -37,13 +65,18 @@ enum fw_status task_open_data(struct session *s, bool train, const char *data,
 				 "one", s->cfg.plugin[FW_KIND_ARCH]->desc->name);
 	if ((st = fw_rt_labels_parse(&s->labels, opt_s(s, "labels"), err)) != FW_OK)
 		return st;
-	bool cls = s->task != FW_RT_TASK_MLM, given = s->labels.n > 0;
+	bool cls = s->task == FW_RT_TASK_SEQ_CLS || s->task == FW_RT_TASK_TOKEN_CLS;
+	bool given = s->labels.n > 0;
 	if (cls && !train && !given)
 		return fw_errorf(err, FW_ERR_INVALID, "eval of a classifier needs its label list: "
 				 "--labels, or a checkpoint trained with one (--load)");
 	struct fw_rt_task *t = &s->task_cfg;
 	*t = (struct fw_rt_task){ .kind = s->task, .labels = &s->labels, .fixed = given };
-	if ((st = fw_rt_specials_find(s->tok, &t->sp, err)) != FW_OK)
+	if (s->task == FW_RT_TASK_SEQ2SEQ)
+		st = seq2seq_specials(s, t, err);
+	else
+		st = fw_rt_specials_find(s->tok, &t->sp, err);
+	if (st != FW_OK)
 		return st;
 	t->mlm = (struct fw_rt_mlm){
 		.prob = opt_f(s, "mlm-probability"), .sp = t->sp,
@@ -178,9 +211,9 @@ static enum fw_status predictions(struct session *s, const char *path, struct fw
 int task_eval(struct session *s, int64_t iters)
 {
 	const char *out = opt_s(s, "output");
-	if (*out && s->task == FW_RT_TASK_MLM)
+	if (*out && (s->task == FW_RT_TASK_MLM || s->task == FW_RT_TASK_SEQ2SEQ))
 		return fail(FW_ERR_INVALID, "--output: predictions are for classification heads, not "
-			   "--head=mlm");
+			    "%s", s->task == FW_RT_TASK_MLM ? "--head=mlm" : "seq2seq");
 	struct fw_rt_task_metrics mt;
 	struct fw_rt_eval ev = eval_of(s, iters);
 	if (fw_rt_task_evaluate(&ev, &mt, &s->err) != FW_OK)

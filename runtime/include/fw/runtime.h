@@ -30,5 +30,6 @@
 #include "fw/runtime/sweep.h"
 #include "fw/runtime/tasks.h"
 #include "fw/runtime/genconfig.h"
+#include "fw/runtime/seq2seq.h"
 
 #endif

@@ -275,6 +275,19 @@ struct fw_model {
 	int64_t n_virtual;
 	struct fw_tensor *virtual_select;
 	int64_t virtual_at;
+	/* Appended for 1.4 sizes (the ABI minor stays 3; read only when
+	 * FW_HAS(m, member)). Encoder-decoder generation: the host sets enc_len,
+	 * the encoder positions of a decoding model (m->caches set). The arch
+	 * then builds, besides the one-token decoder step, the encoder pass over
+	 * enc_tokens (B, enc_len) and gives n_cross pairs: cross_out[i], what
+	 * the decoder needs of the encoder (each layer's cross-attention K and
+	 * V), and cross_in[i], an input of the same shape the decoder step reads
+	 * instead. The host runs a graph of cross_out once per source sequence
+	 * and copies each into its cross_in; the step's graph (logits) never
+	 * recomputes the encoder. Arrays in m->ctx's memory (host->ctx_alloc). */
+	int64_t enc_len;
+	struct fw_tensor **cross_out, **cross_in;
+	int n_cross;
 };
 
 struct fw_arch_i {
@@ -549,6 +562,7 @@ struct fw_plugin {
 #define FW_MODEL_SIZE_1_0       FW_SIZE_THROUGH(struct fw_model, host_private)
 #define FW_MODEL_SIZE_1_1       FW_SIZE_THROUGH(struct fw_model, attn_bias)
 #define FW_MODEL_SIZE_1_3       FW_SIZE_THROUGH(struct fw_model, virtual_at)
+#define FW_MODEL_SIZE_1_4       FW_SIZE_THROUGH(struct fw_model, n_cross)
 #define FW_ATTN_SPEC_SIZE_1_0   FW_SIZE_THROUGH(struct fw_attn_spec, scale)
 #define FW_ATTN_SPEC_SIZE_1_2   FW_SIZE_THROUGH(struct fw_attn_spec, rope_scale_orig_max_pos)
 #define FW_OP_I_SIZE_1_0        FW_SIZE_THROUGH(struct fw_op_i, saved)

@@ -52,6 +52,7 @@ uint64_t fw_rt_tokenizer_fingerprint(const struct fw_tokenizer *t, int32_t n);
 /* SFT examples laid out in rows of T positions: tokens and targets (targets
  * -1 = not in the loss: prompt and padding) and seg (above). */
 struct fw_rt_mlm;
+struct fw_rt_seq2seq;
 
 struct fw_rt_rows {
 	int64_t n, T;
@@ -72,6 +73,9 @@ struct fw_rt_loader {
 	/* Masked-LM rows: each micro-batch is masked (fw_rt_mlm_mask, keyed by
 	 * its index epoch * n_micro + cursor) as it is served. */
 	const struct fw_rt_mlm *mlm;
+	/* Span-corruption rows (tasks.h): each micro-batch corrupted as it is
+	 * served (fw_rt_span_corrupt), keyed by the same index. */
+	const struct fw_rt_seq2seq *span;
 };
 
 /* Token shards (comma-separated paths), micro-batches of B rows of T. */

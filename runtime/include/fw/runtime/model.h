@@ -42,6 +42,10 @@ struct fw_rt_model_spec {
 	 * the model is (1, 1) and only logits are required. */
 	struct fw_kv_cache *caches;
 	int n_caches;
+	/* Decoding an encoder-decoder (fw/runtime/seq2seq.h): the encoder's
+	 * positions (fw_model.enc_len); batch, when set, is the decoding
+	 * model's rows (beams; else 1). */
+	int64_t enc_len;
 };
 
 /* Builds the arch's model in ctx, then the peft plugin's freeze and extra loss

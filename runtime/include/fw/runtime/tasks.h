@@ -19,7 +19,8 @@
 extern "C" {
 #endif
 
-enum fw_rt_task_kind { FW_RT_TASK_MLM = 1, FW_RT_TASK_SEQ_CLS, FW_RT_TASK_TOKEN_CLS };
+enum fw_rt_task_kind { FW_RT_TASK_MLM = 1, FW_RT_TASK_SEQ_CLS, FW_RT_TASK_TOKEN_CLS,
+		       FW_RT_TASK_SEQ2SEQ };
 
 /* Token classification records without "labels" (input to predict): the
  * target of each word's first sub-token, outside every label id, so outside
@@ -64,6 +65,49 @@ struct fw_rt_mlm {
 void fw_rt_mlm_mask(const struct fw_rt_mlm *c, uint64_t index, int32_t *tokens,
 		    int32_t *targets, const int32_t *seg, int64_t n);
 
+/* Encoder-decoder (arch/encdec, T5) rows. A seq2seq row is two aligned
+ * sequences of T: the decoder's in tokens (the start token, then the target
+ * shifted right) and targets (-1 on padding), the encoder's in seg, as id +
+ * 1 (0 = padding), so that the loader, its shuffling and resume, and the
+ * trainer's per-token weighting serve it as any row. fw_rt_encoder_fill
+ * turns seg into the model's enc_tokens and enc_bias.
+ * Span corruption (T5's pretraining objective, as Hugging Face's
+ * run_t5_mlm_flax): rows of raw_len text tokens (more than T: the corrupted
+ * input is shorter) in tokens and, past T, in targets, seg 1; replaced as
+ * each micro-batch is served by fw_rt_span_corrupt. */
+struct fw_rt_seq2seq {
+	int32_t pad, eos, start;          /* T5: <pad> 0, </s> 1, decoder start = pad */
+	int32_t sentinel_top;             /* span k (0, 1, ...) becomes sentinel_top - 1 - k */
+	double noise_density;             /* 0.15 */
+	double mean_span;                 /* 3 */
+	int64_t raw_len;                  /* text tokens a span-corruption row */
+	uint64_t seed;
+};
+
+/* Hugging Face's compute_input_and_target_lengths: the most text tokens
+ * whose corrupted input (kept tokens, a sentinel a span, </s>) fits T, made
+ * smaller until the target (noise tokens, a sentinel a span, </s>) fits T
+ * too; 0 when none does. */
+int64_t fw_rt_span_raw_length(int64_t T, double noise_density, double mean_span);
+
+/* random_spans_noise_mask of Hugging Face's run_t5_mlm_flax for one row of
+ * n tokens: noise[i] 1 on the noise tokens. Its two shuffles are
+ * Fisher-Yates with draws of splitmix64 keyed by key (see seq2seq.c), in
+ * place of numpy's. false: out of memory. */
+bool fw_rt_span_noise_mask(int64_t n, double noise_density, double mean_span, uint64_t key,
+			   uint8_t *noise);
+
+/* Span corruption of a micro-batch of B rows (index: the micro-batch's
+ * index, epoch * n_micro + cursor; row b's mask keyed by (seed, index, b)):
+ * each row's raw_len tokens (tokens, then targets past T) become the encoder's input in seg (the
+ * kept tokens, noise span k replaced by sentinel k, then </s>) and the
+ * target in targets (HF's filter_input_ids on the labels: kept span k
+ * replaced by sentinel k, the noise tokens, </s>), with tokens the target
+ * shifted right behind the start token. A row whose first token is padding
+ * (the loader's fill rows) becomes all padding. */
+void fw_rt_span_corrupt(const struct fw_rt_seq2seq *c, uint64_t index, int32_t *tokens,
+			int32_t *targets, int32_t *seg, int64_t B, int64_t T);
+
 struct fw_rt_task {
 	enum fw_rt_task_kind kind;
 	struct fw_rt_specials sp;
@@ -73,6 +117,7 @@ struct fw_rt_task {
 	struct fw_rt_labels *labels;
 	bool fixed;
 	struct fw_rt_mlm mlm;             /* MLM: the masking the loader applies */
+	struct fw_rt_seq2seq s2s;         /* seq2seq: special ids, span corruption */
 };
 
 /* Opens paths (comma-separated; label names the option) as rows of task:
@@ -96,8 +141,11 @@ enum fw_status fw_rt_task_open(struct fw_rt_loader *l, struct fw_rt_task *task, 
  * (may be NULL). */
 void fw_rt_encoder_masks(const int32_t *seg, int64_t B, int64_t T, int32_t *positions,
 			 float *bias, int32_t *token_types, float *pool_weights);
-/* fw_rt_encoder_masks into m's inputs (those it has). */
+/* fw_rt_encoder_masks into m's inputs (those it has); for an
+ * encoder-decoder (m->enc_tokens), seg's encoder side (id + 1, 0 = padding)
+ * into enc_tokens (padding: id 0, T5's <pad>) and enc_bias (B, 1, 1, T). */
 void fw_rt_encoder_fill(struct fw_model *m, const int32_t *seg);
+void fw_rt_seq2seq_fill(struct fw_model *m, const int32_t *seg);
 
 /* Evaluation of a task over the first n micro-batches of e->data: the
  * per-target mean loss, accuracy, macro-F1 over the labels present in the
