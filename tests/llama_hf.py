@@ -75,7 +75,8 @@ def hf_names(c):
     """Hugging Face's tensors of the model: [(key, shape)]."""
     C, H = c["hidden_size"], c["num_attention_heads"]
     G, Fd, D = c["num_key_value_heads"], c["intermediate_size"], C // H
-    out = [("model.embed_tokens.weight", (VOCAB, C))]
+    V = c["vocab_size"]
+    out = [("model.embed_tokens.weight", (V, C))]
     for l in range(c["num_hidden_layers"]):
         p = f"model.layers.{l}."
         out += [(p + "input_layernorm.weight", (C,)),
@@ -91,7 +92,7 @@ def hf_names(c):
                     for x, n in (("q", H * D), ("k", G * D), ("v", G * D))]
     out.append(("model.norm.weight", (C,)))
     if not c["tie_word_embeddings"]:
-        out.append(("lm_head.weight", (VOCAB, C)))
+        out.append(("lm_head.weight", (V, C)))
     return out
 
 
@@ -330,6 +331,26 @@ def wrong_shard(d):
         json.dump(idx, f)
 
 
+def check_eos_export(fw, work):
+    """A Llama without a tokenizer whose vocabulary holds id 50256: export
+    names no end-of-text id (GPT-2's 50256 is not Llama's)."""
+    c = dict(MODELS["llama"], vocab_size=50300, hidden_size=16, num_attention_heads=2,
+             num_key_value_heads=1, intermediate_size=16, num_hidden_layers=1,
+             tie_word_embeddings=True, rope_scaling=None)
+    d = os.path.join(work, "llama_v50300")
+    write_hf(d, c, random_hf(c, 7))
+    h5 = os.path.join(work, "llama_v50300.h5")
+    ex = os.path.join(work, "llama_v50300_export")
+    p = fw("import", d, h5)
+    if R.check("llama, vocabulary 50300, no tokenizer: import runs", p.returncode == 0,
+               g2.describe(p)):
+        p = fw("export", h5, ex)
+        cfg = json.load(open(os.path.join(ex, "config.json"))) if p.returncode == 0 else {}
+        R.check("llama, vocabulary 50300, no tokenizer: export writes no eos/bos id (not "
+                "GPT-2's 50256)", p.returncode == 0 and "eos_token_id" not in cfg and
+                "bos_token_id" not in cfg, f"{g2.describe(p)}; eos {cfg.get('eos_token_id')}")
+
+
 def check_bad(fw, work):
     yarn = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=32)
     cases = [
@@ -377,6 +398,7 @@ def main():
         for i, (name, c) in enumerate(MODELS.items()):
             print(f"{name}:")
             check_model(fw, work, name, c, 500 + i, val, val_path)
+        check_eos_export(fw, work)
         check_bad(fw, work)
 
     return R.run("llama_hf", a.keep, body)
