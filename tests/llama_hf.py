@@ -14,11 +14,14 @@ modeling_mistral), LlamaRMSNorm, rotate_half RoPE with rope_theta and llama3
 rope_scaling, repeat_kv), written from the published code, not from fw.
 Checks: fwrun import; fwrun eval against torch's mean cross-entropy (1e-5
 relative; Mistral also under attention/sparse's equal window, and refused by
-attention/flash); fwrun generate greedy ids identical to torch's; fwrun export
+attention/flash); fwrun generate greedy ids identical to torch's; Llama and
+Qwen2: 10 AdamW steps of fwrun train from the imported file against
+torch.optim.AdamW on the transcription (per-step loss 1e-4); fwrun export
 (Hugging Face's names and shapes, values bit-exact, config.json keys that
 transformers reads back) and import of the export bit-exact to the first
 import; bad folders (rope_scaling yarn, a missing shard, an index that puts
-a tensor in the wrong shard, sliding_window 0, attention_bias):
+a tensor in the wrong shard, sliding_window 0, attention_bias); a Llama of 50300
+ids without a tokenizer exports no end-of-text id (not GPT-2's 50256):
 one "fwrun:" line naming the file, a non-zero exit, no output file.
 Ends with "llama_hf: N passed, M failed"; exit 0 only when none failed.
 """
@@ -224,7 +227,50 @@ def check_model(fw, work, name, c, seed, val, val_path):
                 f"fw {got} torch {want}; smallest torch top-2 margin {margin:.2e}")
     if c.get("sliding_window") and name == "mistral":
         check_window_plugins(fw, name, c, h5, ref, val_path)
+    if name in ("llama", "qwen2"):
+        check_train(fw, work, name, c, Wr, h5)
     check_export(fw, work, name, c, Wr, h5)
+
+
+def check_train(fw, work, name, c, Wr, h5):
+    """lp.TRAIN's AdamW steps from the imported folder's weights: fwrun train
+    against torch.optim.AdamW on hf_forward under Hugging Face's names (decay on
+    matrices, none on norms and biases, as fw's groups)."""
+    t = lp.TRAIN
+    tokens = np.random.RandomState(12).randint(0, VOCAB, size=t["ITERS"] * t["B"] * t["T"] +
+                                               40).astype(np.uint16)
+    path = os.path.join(work, name + "_train.bin")
+    g2.write_shard(path, tokens)
+    run = os.path.join(work, name + "_train")
+    p = fw("train", PLUG + ",optim/adamw", f"--load={h5}", f"--data={path}", "--no-shuffle",
+           f"--micro-batch-size={t['B']}", f"--seq-length={t['T']}",
+           f"--train-iters={t['ITERS']}", f"--lr={t['LR']}", "--lr-decay-style=constant",
+           f"--weight-decay={t['WD']}", "--clip-grad=0", f"--adam-beta1={t['BETA1']}",
+           f"--adam-beta2={t['BETA2']}", f"--adam-eps={t['ADAM_EPS']}", f"--run-dir={run}",
+           "--threads=2")
+    if not R.check(f"{name}: train from the imported folder runs", p.returncode == 0,
+                   g2.describe(p)):
+        return
+    P = {n: w.clone().requires_grad_(True) for n, w in Wr.items()}
+    opt = torch.optim.AdamW([{"params": [w for w in P.values() if w.dim() >= 2],
+                              "weight_decay": t["WD"]},
+                             {"params": [w for w in P.values() if w.dim() < 2],
+                              "weight_decay": 0.0}],
+                            lr=t["LR"], betas=(t["BETA1"], t["BETA2"]), eps=t["ADAM_EPS"])
+    ref = []
+    for k in range(t["ITERS"]):
+        x, y = g2.micro_batch(tokens, k, t["B"], t["T"])
+        opt.zero_grad()
+        loss = F.cross_entropy(hf_forward(c, P, x).reshape(-1, VOCAB), y.reshape(-1))
+        loss.backward()
+        ref.append(loss.item())
+        opt.step()
+    got = [o["loss"] for o in map(json.loads, open(os.path.join(run, "metrics.jsonl")))
+           if "lr" in o]
+    w = max(g2.rel(a, b) for a, b in zip(got, ref)) if len(got) == len(ref) else float("inf")
+    R.check(f"{name}: {t['ITERS']} AdamW steps from the import, per-step loss within "
+            f"{lp.TOL_STEP:g} of torch's", w <= lp.TOL_STEP,
+            f"max rel {w:.2e}; fw {[round(v, 6) for v in got]} torch {[round(v, 6) for v in ref]}")
 
 
 def check_window_plugins(fw, name, c, h5, ref, val_path):
