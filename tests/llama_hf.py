@@ -20,9 +20,9 @@ torch.optim.AdamW on the transcription (per-step loss 1e-4); fwrun export
 (Hugging Face's names and shapes, values bit-exact, config.json keys that
 transformers reads back) and import of the export bit-exact to the first
 import; bad folders (rope_scaling yarn, a missing shard, an index that puts
-a tensor in the wrong shard, sliding_window 0, attention_bias); a Llama of 50300
-ids without a tokenizer exports no end-of-text id (not GPT-2's 50256):
-one "fwrun:" line naming the file, a non-zero exit, no output file.
+a tensor in the wrong shard, sliding_window 0, attention_bias):
+one "fwrun:" line naming the file, a non-zero exit, no output file. A Llama
+of 50300 ids without a tokenizer exports no end-of-text id (not GPT-2's 50256).
 Ends with "llama_hf: N passed, M failed"; exit 0 only when none failed.
 """
 import json
