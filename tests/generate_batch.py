@@ -17,12 +17,14 @@ from Hugging Face folders. Each under attention/mha and attention/flash:
   2. sampling (temperature, top-k, top-p, repetition penalty, one seed):
      each row equals the batch-1 run of its prompt (the sampler's draws
      depend on the key and the position, never on the row);
-  3. per-row stops (GPT-2, byte tokenizer, text prompts): a stop string that
+  3. GPT-2 under attention/sparse (window 4): rows equal their batch-1 runs;
+  4. per-row stops (GPT-2, byte tokenizer, text prompts): a stop string that
      occurs in one row's torch greedy continuation ends that row there
      ("stop", text cut before it) while the other row runs to its length,
      equal to torch;
-  4. bad input: a broken JSON line, an id outside the vocabulary, a record
-     with no prompt, --prompts with --prompt, --batch-size 0, an empty file:
+  5. bad input: a broken JSON line, an id outside the vocabulary, a record
+     with no prompt, text without a tokenizer, --prompts with --prompt,
+     --batch-size 0, an empty file:
      one "fwrun:" line naming the problem (and the file:line), exit 2.
 Ends with "generate_batch: N passed, M failed"; exit 0 only when none failed.
 """
@@ -122,6 +124,23 @@ def check_model(fw, work, name, h5, logits_of, plug):
     R.check(f"{tag}: sampling differs from greedy", [r["tokens"] for r in rows] != greedy)
 
 
+def check_sparse(fw, work, h5):
+    """attention/sparse (a window of 4 keys): rows = their batch-1 runs."""
+    plugins = ["--plugins=arch/decoder,attention/sparse", "--sparse-window=4"]
+    path = os.path.join(work, "prompts.jsonl")
+    write_prompts(path, [{"tokens": t} for t in PROMPTS])
+    p = fw("generate", *plugins, f"--load={h5}", f"--prompts={path}", "--batch-size=5",
+           f"--max-new-tokens={N_NEW}", "--temperature=0", "--threads=2")
+    if not R.check("gpt2 sparse window 4: --prompts runs", p.returncode == 0, gp.describe(p)):
+        return
+    rows = [r["tokens"] for r in rows_of(p)]
+    alone = [ids_of(fw("generate", *plugins, f"--load={h5}",
+                       "--prompt-tokens=" + ",".join(map(str, t)), f"--max-new-tokens={N_NEW}",
+                       "--temperature=0", "--threads=2")) for t in PROMPTS]
+    R.check("gpt2 sparse window 4: rows = their batch-1 runs", rows == alone,
+            f"batch {rows} alone {alone}")
+
+
 def check_stops(fw, work, h5, W):
     """Per-row stop strings, through the byte tokenizer (ids are bytes)."""
     texts = ["The cat ", "Zebras and quokkas, "]
@@ -198,6 +217,7 @@ def main():
             if p.returncode == 0:
                 check_model(fw, work, "llama", hl, lambda idx: lh.hf_forward(c, Wl, idx), plug)
         if h5:
+            check_sparse(fw, work, h5)
             check_stops(fw, work, h5, W)
             check_bad(fw, work, h5)
 
