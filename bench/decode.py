@@ -22,12 +22,12 @@ implementation's best round per position. Prints the CPU and load first
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import machine  # noqa: E402
+from attention import run  # noqa: E402  (one process, its last JSON line)
 
 
 def torch_worker(a):
@@ -74,13 +74,6 @@ def torch_worker(a):
             t.sort()
             ms[str(p)] = t[len(t) // 2] * 1e3
     print(json.dumps({"plugin": "torch", "max_len": a.max_len, "ms": ms}))
-
-
-def run(cmd, env):
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-    if p.returncode != 0:
-        return {"error": (p.stderr.strip().splitlines() or ["exit %d" % p.returncode])[-1]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
 
 
 def main():
