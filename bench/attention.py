@@ -1,10 +1,12 @@
 #!/usr/bin/python3
-"""attention.py - exact attention (attention/mha) vs attention/flash vs torch
-1.13's plain attention: forward+backward time and memory per sequence length.
+"""attention.py - exact attention (attention/mha) vs attention/flash vs
+attention/sparse (sliding window) vs torch 1.13's plain attention:
+forward+backward time and memory per sequence length.
 
 Usage (from the repository root, after a Release build):
     /usr/bin/python3 bench/attention.py [--build build] [--T 512,1024,2048,4096,8192]
         [--B 1] [--H 12] [--D 64] [--rounds 3] [--iters 3] [--threads N] [--no-torch]
+        [--sparse-window 256 (0: no sparse column)] [--impls mha,flash,sparse,torch]
 
 Each (T, implementation, round) runs in its own process, so that its peak RSS
 is its own: build/attention (bench/attention.c) for the fw plugins, this
@@ -95,6 +97,9 @@ def main():
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--sparse-window", type=int, default=256)
+    ap.add_argument("--impls", default="mha,flash,sparse,torch",
+                    help="which columns, comma-separated")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -105,7 +110,10 @@ def main():
     env = dict(os.environ, FW_PLUGIN_PATH=os.path.join(a.build, "plugins"),
                OMP_NUM_THREADS=str(a.threads),
                OPENBLAS_CORETYPE=machine.openblas_coretype())
-    impls = ["attention/mha", "attention/flash"] + ([] if a.no_torch else ["torch"])
+    want = a.impls.split(",")
+    impls = [f"attention/{n}" for n in ("mha", "flash", "sparse") if n in want and
+             (n != "sparse" or a.sparse_window > 0)] + \
+        ([] if a.no_torch or "torch" not in want else ["torch"])
     print(f"B={a.B} H={a.H} D={a.D} causal, f32, {a.threads} threads, {a.rounds} rounds "
           f"(order rotates), best round kept; times in ms, memory in MiB")
     print(f"{'T':>6} {'impl':>6} {'fwd':>9} {'fwd+bwd':>9} {'cpu':>9} {'plan':>9} {'rss':>9}")
@@ -123,6 +131,8 @@ def main():
                     cmd = [exe, "--plugin", im, "--T", str(T), "--B", str(a.B), "--H",
                            str(a.H), "--D", str(a.D), "--iters", str(a.iters), "--threads",
                            str(a.threads)]
+                    if im == "attention/sparse":
+                        cmd += ["--opt", f"sparse-window={a.sparse_window}"]
                 r = run(cmd, env)
                 if "error" in r:
                     best[im] = r
@@ -140,11 +150,13 @@ def main():
                 continue
             print(f"{T:>6} {name:>6} {r['fwd_ms']:>9.1f} {r['fwd_bwd_ms']:>9.1f} {r['cpu_ms']:>9.1f} "
                   f"{r['plan'] / 2**20:>9.1f} {r['peak_rss'] / 2**20:>9.1f}")
-        m, f = best.get("attention/mha", {}), best.get("attention/flash", {})
-        if "plan" in m and "plan" in f:
-            print(f"{T:>6} mha/flash: fwd+bwd time {m['fwd_bwd_ms'] / f['fwd_bwd_ms']:.2f}, "
-                  f"cpu {m['cpu_ms'] / f['cpu_ms']:.2f} (> 1: flash faster), planned memory "
-                  f"{m['plan'] / f['plan']:.1f}")
+        m = best.get("attention/mha", {})
+        for other in ("flash", "sparse"):
+            f = best.get("attention/" + other, {})
+            if "plan" in m and "plan" in f:
+                print(f"{T:>6} mha/{other}: fwd+bwd time {m['fwd_bwd_ms'] / f['fwd_bwd_ms']:.2f}, "
+                      f"cpu {m['cpu_ms'] / f['cpu_ms']:.2f} (> 1: {other} faster), planned "
+                      f"memory {m['plan'] / f['plan']:.1f}")
         sys.stdout.flush()
     load = os.getloadavg()
     print(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")

@@ -3,7 +3,9 @@
  *
  * Usage: flash_eval PLUGIN.so DIR OUT_PREFIX [BLOCK_Q BLOCK_K]
  * DIR/case.txt: "B Tq Tk Hq Hkv D causal pos rope_dim interleaved masks"
- * (pos: 0 none, 1 RoPE, 2 ALiBi; masks 1: the host's bias and positions).
+ * (pos: 0 none, 1 RoPE, 2 ALiBi; masks 1: the host's bias and positions),
+ * optionally followed by "dropout seed step training": the spec's attention
+ * dropout and seed, the graph step, and whether the graph trains.
  * Reads DIR/q.f32 (B, Tq, Hq, D), k.f32 and v.f32 (B, Tk, Hkv, D), dy.f32
  * (B, Tq, Hq, D), with masks bias.f32 (B, 1, Tq, Tq) and pos.i32 (B, Tq);
  * writes DIR/OUT_PREFIX{y,dq,dk,dv}.f32: the output and the gradients of
@@ -45,10 +47,18 @@ int main(int argc, char **argv)
 	snprintf(path, sizeof(path), "%s/case.txt", dir);
 	FILE *f = fopen(path, "r");
 	long long B, Tq, Tk, Hq, Hkv, D;
-	int causal, pos, rope_dim, inter, masks;
+	int causal, pos, rope_dim, inter, masks, training = 1;
+	float dropout = 0.0f;
+	unsigned long long seed = 0;
+	long long step = 0;
+	int extra = 0;
 	if (!f || fscanf(f, "%lld %lld %lld %lld %lld %lld %d %d %d %d %d", &B, &Tq, &Tk, &Hq,
-			 &Hkv, &D, &causal, &pos, &rope_dim, &inter, &masks) != 11) {
+			 &Hkv, &D, &causal, &pos, &rope_dim, &inter, &masks) != 11 ||
+	    ((extra = fscanf(f, "%f %llu %lld %d", &dropout, &seed, &step, &training)) != EOF &&
+	     extra != 4)) {
 		fprintf(stderr, "flash_eval: %s: bad case file\n", path);
+		if (f)
+			fclose(f);
 		return 1;
 	}
 	fclose(f);
@@ -86,6 +96,7 @@ int main(int argc, char **argv)
 		.mask = causal ? FW_MASK_CAUSAL : FW_MASK_BIDIRECTIONAL, .bias = bias,
 		.pos = pos == 1 ? FW_POS_ROPE : pos == 2 ? FW_POS_ALIBI : FW_POS_NONE,
 		.rope_base = 10000.0f, .rope_dim = rope_dim, .rope_interleaved = inter != 0,
+		.dropout = dropout, .seed = seed,
 	};
 	const struct fw_attention_i *ai = p->desc->iface;
 	struct fw_tensor *y = ai->attend(p->state, &m, &spec, q, k, v, &err);
@@ -95,12 +106,13 @@ int main(int argc, char **argv)
 	}
 	struct fw_tensor *loss = fw_sum(ctx, fw_mul(ctx, y, dy), FW_AXIS_ALL, false);
 	g = loss ? fw_graph_new(ctx, (struct fw_tensor *[]){ loss, y }, 2,
-				&(struct fw_graph_opts){ .backward = true, .training = true })
+				&(struct fw_graph_opts){ .backward = true, .training = training != 0 })
 		 : NULL;
 	if (!g) {
 		fprintf(stderr, "flash_eval: %s\n", fw_ctx_err(ctx)->msg);
 		goto out;
 	}
+	fw_graph_set_step(g, step);
 	size_t nq = (size_t)(B * Tq * Hq * D) * 4, nk = (size_t)(B * Tk * Hkv * D) * 4;
 	if (io(dir, "q.f32", q->data, nq, false) || io(dir, "k.f32", k->data, nk, false) ||
 	    io(dir, "v.f32", v->data, nk, false) || io(dir, "dy.f32", dy->data, nq, false) ||

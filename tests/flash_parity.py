@@ -23,7 +23,16 @@ Usage: /usr/bin/python3 tests/flash_parity.py --fwrun PATH --plugin-path DIR --e
    with --recompute-activations, then greedy generation (identical ids); SFT
    on packed and on padded prompt/response rows (segments and padding from
    the host's mask) trained 6 steps (1e-4).
-4. Bad input: attention dropout with flash, a tile size of 0: exit 2, one line.
+4. Dropout (counter-based, regenerated in the backward): the mask is
+   computed here from the documented rule (fw_rng_u32, a splitmix64
+   finaliser, keyed by the seed and the graph step, counter = the element's
+   index in (B, H, Tq, Tk)) in numpy, and torch computes (softmax o Z) v with
+   Z = mask / (1 - p) and autograd: forward 1e-5, gradients 1e-4 (a backward
+   that drew another mask would fail them), causal GQA, packed + RoPE,
+   ALiBi cross, at both tile sizes; with q = k = 0 and v = I the output is
+   Z / Tk itself: equal to the numpy mask, kept fraction within 4.5 sigma
+   of 1 - p, another step gives another mask; an eval graph has no dropout.
+5. Bad input: a sliding window with flash, a tile size of 0: exit 2, one line.
 Ends with "flash_parity: N passed, M failed"; exit 0 only when none failed.
 """
 import argparse
@@ -72,8 +81,29 @@ def host_masks(seg):
     return pos, bias
 
 
-def reference(c, q, k, v, pos, bias):
-    """Exact attention in float64: q (B, Tq, Hq, D), k, v (B, Tk, Hkv, D)."""
+def rng_u32(key, counter):
+    """fw_rng_u32 (fw/graph.h) on numpy uint64 arrays: splitmix64's finaliser of
+    key ^ counter * golden, high 32 bits."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(key) ^ (np.asarray(counter, np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return z >> np.uint64(32)
+
+
+def dropout_mask(p, seed, step, shape):
+    """attention/flash's keep mask (B, H, Tq, Tk) as its README states it."""
+    hi = int(rng_u32(seed, np.uint64(2 * step)))
+    lo = int(rng_u32(seed, np.uint64(2 * step + 1)))
+    key = (hi << 32) | lo
+    thr = min(int(p * 4294967296.0), 0xFFFFFFFF)
+    return rng_u32(key, np.arange(int(np.prod(shape)), dtype=np.uint64)).reshape(shape) >= thr
+
+
+def reference(c, q, k, v, pos, bias, keep=None):
+    """Exact attention in float64: q (B, Tq, Hq, D), k, v (B, Tk, Hkv, D);
+    keep (B, Hq, Tq, Tk) times 1/(1 - p): dropout on the probabilities."""
     B, Tq, Hq, D = q.shape
     Tk, Hkv = k.shape[1], k.shape[2]
     qh, kh, vh = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -103,6 +133,8 @@ def reference(c, q, k, v, pos, bias):
     allowed = allowed | (~valid & (j == 0)[None, None])
     att = att.masked_fill(~allowed, float("-inf"))
     p = torch.softmax(att, dim=-1) * valid
+    if keep is not None:
+        p = p * keep
     return (p @ vh).transpose(1, 2)
 
 
@@ -127,25 +159,31 @@ def rel_err(a, b):
     return float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-30))
 
 
+def op_inputs(rng, d, B, Tq, Tk, Hq, Hkv, D, spans):
+    """Random q, k, v, dy and, with spans, the host's positions and bias,
+    written into the new folder d for tests/flash_eval."""
+    os.makedirs(d)
+    q = rng.uniform(-2, 2, (B, Tq, Hq, D)).astype(np.float32)
+    k = rng.uniform(-2, 2, (B, Tk, Hkv, D)).astype(np.float32)
+    v = rng.uniform(-1, 1, (B, Tk, Hkv, D)).astype(np.float32)
+    dy = rng.uniform(-1, 1, (B, Tq, Hq, D)).astype(np.float32)
+    positions = bias = None
+    if spans:
+        positions, bias = host_masks(np.stack([segments_row(Tq, s) for s in spans]))
+        bias.tofile(os.path.join(d, "bias.f32"))
+        positions.tofile(os.path.join(d, "pos.i32"))
+    for a, nm in ((q, "q"), (k, "k"), (v, "v"), (dy, "dy")):
+        a.tofile(os.path.join(d, nm + ".f32"))
+    return q, k, v, dy, positions, bias
+
+
 def check_op(evaluate, plugin, work):
     rng = np.random.RandomState(11)
     for n, (name, B, Tq, Tk, Hq, Hkv, D, causal, pos, rope_dim, inter, spans) in \
             enumerate(OP_CASES):
         c = dict(causal=causal, pos=pos, rope_dim=rope_dim, inter=inter)
         d = os.path.join(work, f"op{n}")
-        os.makedirs(d)
-        q = rng.uniform(-2, 2, (B, Tq, Hq, D)).astype(np.float32)
-        k = rng.uniform(-2, 2, (B, Tk, Hkv, D)).astype(np.float32)
-        v = rng.uniform(-1, 1, (B, Tk, Hkv, D)).astype(np.float32)
-        dy = rng.uniform(-1, 1, (B, Tq, Hq, D)).astype(np.float32)
-        positions = bias = None
-        if spans:
-            seg = np.stack([segments_row(Tq, s) for s in spans])
-            positions, bias = host_masks(seg)
-            bias.tofile(os.path.join(d, "bias.f32"))
-            positions.tofile(os.path.join(d, "pos.i32"))
-        for a, nm in ((q, "q"), (k, "k"), (v, "v"), (dy, "dy")):
-            a.tofile(os.path.join(d, nm + ".f32"))
+        q, k, v, dy, positions, bias = op_inputs(rng, d, B, Tq, Tk, Hq, Hkv, D, spans)
         with open(os.path.join(d, "case.txt"), "w") as f:
             f.write(f"{B} {Tq} {Tk} {Hq} {Hkv} {D} {causal} {pos} {rope_dim} {inter} "
                     f"{1 if spans else 0}\n")
@@ -165,6 +203,92 @@ def check_op(evaluate, plugin, work):
             R.check(f"op {label}: y {errs[0]:.1e} <= {TOL_FWD:g}, dq {errs[1]:.1e} dk "
                     f"{errs[2]:.1e} dv {errs[3]:.1e} <= {TOL_GRAD:g}",
                     errs[0] <= TOL_FWD and max(errs[1:]) <= TOL_GRAD)
+
+
+DROP_CASES = [
+    # name, B, Tq, Tk, Hq, Hkv, D, causal, pos, rope_dim, inter, spans, p, seed, step
+    ("dropout 0.3, causal, GQA 6/2, D 40, T 77", 2, 77, 77, 6, 2, 40, 1, 0, 0, 0, None,
+     0.3, 1234, 5),
+    ("dropout 0.1, packed + padding, causal, RoPE, D 64", 2, 53, 53, 3, 3, 64, 1, 1, 0, 0,
+     [[(0, 20), (20, 41), (41, 53)], [(0, 33)]], 0.1, 99, 0),
+    ("dropout 0.5, ALiBi, 29 queries after 16 prepended keys", 1, 29, 45, 5, 5, 40, 1, 2, 0,
+     0, None, 0.5, 2 ** 40 + 7, 12),
+]
+
+
+def write_case(d, B, Tq, Tk, Hq, Hkv, D, causal, pos, rope_dim, inter, spans, extra=""):
+    with open(os.path.join(d, "case.txt"), "w") as f:
+        f.write(f"{B} {Tq} {Tk} {Hq} {Hkv} {D} {causal} {pos} {rope_dim} {inter} "
+                f"{1 if spans else 0} {extra}\n")
+
+
+def run_eval(evaluate, plugin, d, tiles, shapes):
+    p = subprocess.run([evaluate, plugin, d, "out_", *tiles], capture_output=True, text=True,
+                       timeout=120)
+    if p.returncode:
+        return p, None
+    return p, [np.fromfile(os.path.join(d, f"out_{nm}.f32"), np.float32).reshape(sh)
+               for nm, sh in zip(("y", "dq", "dk", "dv"), shapes)]
+
+
+def check_dropout(evaluate, plugin, work):
+    rng = np.random.RandomState(21)
+    for n, (name, B, Tq, Tk, Hq, Hkv, D, causal, pos, rope_dim, inter, spans, pd, seed,
+            step) in enumerate(DROP_CASES):
+        c = dict(causal=causal, pos=pos, rope_dim=rope_dim, inter=inter)
+        d = os.path.join(work, f"drop{n}")
+        q, k, v, dy, positions, bias = op_inputs(rng, d, B, Tq, Tk, Hq, Hkv, D, spans)
+        write_case(d, B, Tq, Tk, Hq, Hkv, D, causal, pos, rope_dim, inter, spans,
+                   f"{pd} {seed} {step} 1")
+        keep = torch.from_numpy(dropout_mask(pd, seed, step, (B, Hq, Tq, Tk))).double() / (1 - pd)
+        T = [torch.from_numpy(a.astype(np.float64)).requires_grad_(True) for a in (q, k, v)]
+        y = reference(c, *T, positions, bias, keep)
+        (y * torch.from_numpy(dy.astype(np.float64))).sum().backward()
+        want = [y.detach().numpy()] + [t.grad.numpy() for t in T]
+        for tiles in ([], SMALL_TILES):
+            label = f"{name}, tiles {'x'.join(tiles) or 'default'}"
+            p, got = run_eval(evaluate, plugin, d, tiles, [w.shape for w in want])
+            if not R.check(f"op {label}: runs", p.returncode == 0, p.stderr.strip()):
+                continue
+            errs = [rel_err(g, w) for g, w in zip(got, want)]
+            R.check(f"op {label}: y {errs[0]:.1e} <= {TOL_FWD:g}, dq {errs[1]:.1e} dk "
+                    f"{errs[2]:.1e} dv {errs[3]:.1e} <= {TOL_GRAD:g} (torch with the mask)",
+                    errs[0] <= TOL_FWD and max(errs[1:]) <= TOL_GRAD)
+    # The mask itself: q = k = 0 (uniform P over Tk keys), v = I (Tk = D), so
+    # y[b, i, h, :] = Z[b, h, i, :] / Tk.
+    B, T, H, pd, seed = 2, 64, 4, 0.3, 77
+    d = os.path.join(work, "drop_mask")
+    os.makedirs(d)
+    zero = np.zeros((B, T, H, T), np.float32)
+    eye = np.broadcast_to(np.eye(T, dtype=np.float32)[None, :, None, :], (B, T, H, T)).copy()
+    for a, nm in ((zero, "q"), (zero, "k"), (eye, "v"), (zero, "dy")):
+        a.tofile(os.path.join(d, nm + ".f32"))
+    shapes = [zero.shape] * 4
+    masks = {}
+    for step in (3, 4):
+        write_case(d, B, T, T, H, H, T, 0, 0, 0, 0, None, f"{pd} {seed} {step} 1")
+        p, got = run_eval(evaluate, plugin, d, SMALL_TILES, shapes)
+        if not R.check(f"dropout mask (q = k = 0, v = I), step {step}: runs", p.returncode == 0,
+                       p.stderr.strip()):
+            return
+        z = got[0].transpose(0, 2, 1, 3) * T * (1 - pd)          # (B, H, Tq, Tk): 1 or 0
+        masks[step] = z > 0.5
+        want = dropout_mask(pd, seed, step, (B, H, T, T))
+        R.check(f"dropout mask, step {step}: kept entries equal the rule's, values 1/(1-p)",
+                np.array_equal(masks[step], want) and
+                np.abs(z - want).max() < 1e-5, f"{int((masks[step] != want).sum())} differ")
+        n, frac = masks[step].size, masks[step].mean()
+        sigma = math.sqrt(pd * (1 - pd) / n)
+        R.check(f"dropout mask, step {step}: kept fraction {frac:.4f} within 4.5 sigma "
+                f"({4.5 * sigma:.4f}) of 1 - p = {1 - pd}", abs(frac - (1 - pd)) <= 4.5 * sigma)
+    R.check("dropout mask: another graph step draws another mask",
+            not np.array_equal(masks[3], masks[4]),
+            f"{float((masks[3] == masks[4]).mean()):.3f} equal")
+    write_case(d, B, T, T, H, H, T, 0, 0, 0, 0, None, f"{pd} {seed} 3 0")
+    p, got = run_eval(evaluate, plugin, d, [], shapes)
+    R.check("dropout in an eval graph: none (y = uniform attention = 1/Tk everywhere)",
+            p.returncode == 0 and got is not None and np.abs(got[0] - 1.0 / T).max() < 1e-6,
+            p.stderr.strip())
 
 
 # --- 2. llama_parity's models with flash -------------------------------------------------
@@ -292,7 +416,7 @@ def check_vs_mha(fw, work):
 
 def check_bad(fw, work, path):
     cases = [
-        ("attention dropout while training", ["--dropout=0.1"], "attention dropout 0.1"),
+        ("a sliding window", ["--sliding-window=4"], "a sliding window (4) is not supported"),
         ("a tile of 0 queries", ["--flash-block-q=0"], "flash-block-q"),
     ]
     for what, extra, expect in cases:
@@ -318,6 +442,7 @@ def main():
 
     def body(work):
         check_op(os.path.abspath(a.eval), plugin, work)
+        check_dropout(os.path.abspath(a.eval), plugin, work)
         check_llama_models(fw, work)
         check_vs_mha(fw, work)
         check_bad(fw, work, os.path.join(work, "gpt.bin"))

@@ -14,12 +14,15 @@ modeling_mistral), LlamaRMSNorm, rotate_half RoPE with rope_theta and llama3
 rope_scaling, repeat_kv), written from the published code, not from fw.
 Checks: fwrun import; fwrun eval against torch's mean cross-entropy (1e-5
 relative; Mistral also under attention/sparse's equal window, and refused by
-attention/flash); fwrun generate greedy ids identical to torch's; fwrun export
+attention/flash); fwrun generate greedy ids identical to torch's; Llama and
+Qwen2: 10 AdamW steps of fwrun train from the imported file against
+torch.optim.AdamW on the transcription (per-step loss 1e-4); fwrun export
 (Hugging Face's names and shapes, values bit-exact, config.json keys that
 transformers reads back) and import of the export bit-exact to the first
 import; bad folders (rope_scaling yarn, a missing shard, an index that puts
 a tensor in the wrong shard, sliding_window 0, attention_bias):
-one "fwrun:" line naming the file, a non-zero exit, no output file.
+one "fwrun:" line naming the file, a non-zero exit, no output file. A Llama
+of 50300 ids without a tokenizer exports no end-of-text id (not GPT-2's 50256).
 Ends with "llama_hf: N passed, M failed"; exit 0 only when none failed.
 """
 import json
@@ -75,7 +78,8 @@ def hf_names(c):
     """Hugging Face's tensors of the model: [(key, shape)]."""
     C, H = c["hidden_size"], c["num_attention_heads"]
     G, Fd, D = c["num_key_value_heads"], c["intermediate_size"], C // H
-    out = [("model.embed_tokens.weight", (VOCAB, C))]
+    V = c["vocab_size"]
+    out = [("model.embed_tokens.weight", (V, C))]
     for l in range(c["num_hidden_layers"]):
         p = f"model.layers.{l}."
         out += [(p + "input_layernorm.weight", (C,)),
@@ -91,7 +95,7 @@ def hf_names(c):
                     for x, n in (("q", H * D), ("k", G * D), ("v", G * D))]
     out.append(("model.norm.weight", (C,)))
     if not c["tie_word_embeddings"]:
-        out.append(("lm_head.weight", (VOCAB, C)))
+        out.append(("lm_head.weight", (V, C)))
     return out
 
 
@@ -223,7 +227,50 @@ def check_model(fw, work, name, c, seed, val, val_path):
                 f"fw {got} torch {want}; smallest torch top-2 margin {margin:.2e}")
     if c.get("sliding_window") and name == "mistral":
         check_window_plugins(fw, name, c, h5, ref, val_path)
+    if name in ("llama", "qwen2"):
+        check_train(fw, work, name, c, Wr, h5)
     check_export(fw, work, name, c, Wr, h5)
+
+
+def check_train(fw, work, name, c, Wr, h5):
+    """lp.TRAIN's AdamW steps from the imported folder's weights: fwrun train
+    against torch.optim.AdamW on hf_forward under Hugging Face's names (decay on
+    matrices, none on norms and biases, as fw's groups)."""
+    t = lp.TRAIN
+    tokens = np.random.RandomState(12).randint(0, VOCAB, size=t["ITERS"] * t["B"] * t["T"] +
+                                               40).astype(np.uint16)
+    path = os.path.join(work, name + "_train.bin")
+    g2.write_shard(path, tokens)
+    run = os.path.join(work, name + "_train")
+    p = fw("train", PLUG + ",optim/adamw", f"--load={h5}", f"--data={path}", "--no-shuffle",
+           f"--micro-batch-size={t['B']}", f"--seq-length={t['T']}",
+           f"--train-iters={t['ITERS']}", f"--lr={t['LR']}", "--lr-decay-style=constant",
+           f"--weight-decay={t['WD']}", "--clip-grad=0", f"--adam-beta1={t['BETA1']}",
+           f"--adam-beta2={t['BETA2']}", f"--adam-eps={t['ADAM_EPS']}", f"--run-dir={run}",
+           "--threads=2")
+    if not R.check(f"{name}: train from the imported folder runs", p.returncode == 0,
+                   g2.describe(p)):
+        return
+    P = {n: w.clone().requires_grad_(True) for n, w in Wr.items()}
+    opt = torch.optim.AdamW([{"params": [w for w in P.values() if w.dim() >= 2],
+                              "weight_decay": t["WD"]},
+                             {"params": [w for w in P.values() if w.dim() < 2],
+                              "weight_decay": 0.0}],
+                            lr=t["LR"], betas=(t["BETA1"], t["BETA2"]), eps=t["ADAM_EPS"])
+    ref = []
+    for k in range(t["ITERS"]):
+        x, y = g2.micro_batch(tokens, k, t["B"], t["T"])
+        opt.zero_grad()
+        loss = F.cross_entropy(hf_forward(c, P, x).reshape(-1, VOCAB), y.reshape(-1))
+        loss.backward()
+        ref.append(loss.item())
+        opt.step()
+    got = [o["loss"] for o in map(json.loads, open(os.path.join(run, "metrics.jsonl")))
+           if "lr" in o]
+    w = max(g2.rel(a, b) for a, b in zip(got, ref)) if len(got) == len(ref) else float("inf")
+    R.check(f"{name}: {t['ITERS']} AdamW steps from the import, per-step loss within "
+            f"{lp.TOL_STEP:g} of torch's", w <= lp.TOL_STEP,
+            f"max rel {w:.2e}; fw {[round(v, 6) for v in got]} torch {[round(v, 6) for v in ref]}")
 
 
 def check_window_plugins(fw, name, c, h5, ref, val_path):
@@ -330,6 +377,26 @@ def wrong_shard(d):
         json.dump(idx, f)
 
 
+def check_eos_export(fw, work):
+    """A Llama without a tokenizer whose vocabulary holds id 50256: export
+    names no end-of-text id (GPT-2's 50256 is not Llama's)."""
+    c = dict(MODELS["llama"], vocab_size=50300, hidden_size=16, num_attention_heads=2,
+             num_key_value_heads=1, intermediate_size=16, num_hidden_layers=1,
+             tie_word_embeddings=True, rope_scaling=None)
+    d = os.path.join(work, "llama_v50300")
+    write_hf(d, c, random_hf(c, 7))
+    h5 = os.path.join(work, "llama_v50300.h5")
+    ex = os.path.join(work, "llama_v50300_export")
+    p = fw("import", d, h5)
+    if R.check("llama, vocabulary 50300, no tokenizer: import runs", p.returncode == 0,
+               g2.describe(p)):
+        p = fw("export", h5, ex)
+        cfg = json.load(open(os.path.join(ex, "config.json"))) if p.returncode == 0 else {}
+        R.check("llama, vocabulary 50300, no tokenizer: export writes no eos/bos id (not "
+                "GPT-2's 50256)", p.returncode == 0 and "eos_token_id" not in cfg and
+                "bos_token_id" not in cfg, f"{g2.describe(p)}; eos {cfg.get('eos_token_id')}")
+
+
 def check_bad(fw, work):
     yarn = dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=32)
     cases = [
@@ -377,6 +444,7 @@ def main():
         for i, (name, c) in enumerate(MODELS.items()):
             print(f"{name}:")
             check_model(fw, work, name, c, 500 + i, val, val_path)
+        check_eos_export(fw, work)
         check_bad(fw, work)
 
     return R.run("llama_hf", a.keep, body)

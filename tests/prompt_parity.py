@@ -270,6 +270,29 @@ def check_train(fw, work, base, W, tokens, train_path, val_tokens, val_path):
     return last
 
 
+def check_generate_rows(fw, work, h5, ap, ref):
+    """--prompts: the virtual tokens in front of every row; rows of other
+    lengths decoded together give torch's ids and their own batch-1 runs."""
+    short = g2.PROMPT[:2]
+    path = os.path.join(work, "rows.jsonl")
+    with open(path, "w") as f:
+        for t in (short, g2.PROMPT, short):
+            f.write(json.dumps({"tokens": t}) + "\n")
+    p = fw("generate", EVAL, f"--load={h5}", f"--adapter={ap}", f"--prompts={path}",
+           "--batch-size=3", f"--max-new-tokens={g2.GEN_NEW}", "--temperature=0", "--threads=2")
+    if not R.check("[generate] --prompts with the prompt adapter runs", p.returncode == 0,
+                   g2.describe(p)):
+        return
+    rows = [json.loads(line)["tokens"] for line in p.stdout.splitlines()]
+    q = fw("generate", EVAL, f"--load={h5}", f"--adapter={ap}",
+           "--prompt-tokens=" + ",".join(map(str, short)), f"--max-new-tokens={g2.GEN_NEW}",
+           "--temperature=0", "--threads=2")
+    alone = [int(t) for t in q.stdout.strip().split(",")] if q.returncode == 0 else None
+    R.check("[generate] --prompts rows of 2, 6, 2 ids: torch's ids for the long one, the "
+            "batch-1 run for the short ones", len(rows) == 3 and rows[1] == ref and
+            rows[0] == rows[2] == alone, f"rows {rows} torch {ref} alone {alone}")
+
+
 def check_generate(fw, work, train_path):
     """Greedy decoding with the virtual tokens through the KV cache against
     torch's full forward of [prompt; word embeddings]."""
@@ -315,6 +338,7 @@ def check_generate(fw, work, train_path):
         got = got[len(g2.PROMPT):]
     R.check(f"[{tag}] greedy {g2.GEN_NEW} tokens identical to torch's (virtual tokens at "
             "positions 0..nvt-1)", got == ref, f"fw {got} torch {ref}")
+    check_generate_rows(fw, work, h5, ap, ref)
     n = g2.N_POS - NVT - 3
     p = fw("generate", EVAL, f"--load={h5}", f"--adapter={ap}",
            "--prompt-tokens=" + ",".join(["5"] * n), "--max-new-tokens=4", "--threads=2")

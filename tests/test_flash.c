@@ -104,7 +104,7 @@ static struct fw_tensor *attend(struct fw_ctx *c, struct fw_tensor *const *in,
 		.n_kv_head = a->n_kv_head, .head_dim = a->head_dim,
 		.mask = a->causal ? FW_MASK_CAUSAL : FW_MASK_BIDIRECTIONAL, .pos = a->pos,
 		.rope_base = 10000.0f, .rope_dim = a->rope_dim, .rope_interleaved = a->interleaved,
-		.dropout = a->dropout,
+		.dropout = a->dropout, .seed = 4242,
 	};
 	int k = 3;
 	if (a->with_bias)
@@ -164,6 +164,9 @@ static const struct acase grad_cases[] = {
 	  AA(FS, 3, 3, 40, FW_POS_ALIBI, .with_bias = true, .with_positions = true), 5,
 	  { F("q", 2, 37, 3, 40), F("k", 2, 37, 3, 40), F("v", 2, 37, 3, 40),
 	    CONSTF("bias", seg_bias, 2, 1, 37, 37), INT("pos", seg_pos, 2, 37) } },
+	{ "GQA 6/2 + dropout 0.3 (counter RNG), D 40, T 37, causal",
+	  AA(FS, 6, 2, 40, FW_POS_NONE, .causal = true, .dropout = 0.3f, .training = true), 3,
+	  { F("q", 1, 37, 6, 40), F("k", 1, 37, 2, 40), F("v", 1, 37, 2, 40) } },
 	{ "MQA 3/1 + RoPE GPT-J partial 24, D 40, T 37, causal",
 	  AA(FS, 3, 1, 40, FW_POS_ROPE, .rope_dim = 24, .interleaved = true, .causal = true), 3,
 	  { F("q", 1, 37, 3, 40), F("k", 1, 37, 1, 40), F("v", 1, 37, 1, 40) } },
@@ -343,8 +346,8 @@ START_TEST(test_bad_specs)
 		{ AA(NULL, 4, 4, 40, FW_POS_ROPE, .rope_dim = 5), 4, 4, 40, "rotary dim 5 must be even" },
 		{ AA(NULL, 4, 4, 40, FW_POS_ROPE, .rope_dim = 48), 4, 4, 40, "at most the head dim 40" },
 		{ AA(NULL, 4, 4, 8, FW_POS_RELATIVE), 4, 4, 8, "relative position bias" },
-		{ AA(NULL, 4, 4, 8, FW_POS_NONE, .dropout = 0.1f, .training = true), 4, 4, 8,
-		  "attention dropout 0.1 is not supported" },
+		{ AA(NULL, 4, 4, 8, FW_POS_NONE, .dropout = 1.0f, .training = true), 4, 4, 8,
+		  "attention dropout 1 is not in [0, 1)" },
 	};
 	load_all();
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {

@@ -448,6 +448,86 @@ START_TEST(test_decoder_matches_forward)
 }
 END_TEST
 
+/* Rows of different lengths decoded together: each row's greedy ids and
+ * log-probabilities are those of the full (uncached) forward of its own
+ * sequence, row r of the batch; a callback's stop and a row's max_new end
+ * that row only. */
+struct row_tokens {
+	struct tokens t[B];
+	float lp[B][16];
+};
+
+static enum fw_rt_action keep_row_token(void *user, int row, int32_t tok, float logprob)
+{
+	struct row_tokens *r = user;
+	struct tokens *t = &r->t[row];
+	r->lp[row][t->n] = logprob;
+	return keep_token(t, tok);
+}
+
+START_TEST(test_decoder_rows)
+{
+	struct net n;
+	struct fw_err err = { 0 };
+	net_open(&n, NULL, NULL, NULL, false);
+	n.g = fw_graph_new(n.ctx, &n.m.logits, 1, &(struct fw_graph_opts){ 0 });
+	ck_assert_msg(n.g != NULL, "%s", fw_ctx_err(n.ctx)->msg);
+	ck_assert_int_eq(fw_ctx_init_params(n.ctx, 13), FW_OK);
+	struct fw_rt_decoder d;
+	ck_assert_msg(fw_rt_decoder_open_rows(&d, &n.slots, B, T, 1, &err) == FW_OK, "%s",
+		      err.msg);
+	ck_assert_int_eq(fw_rt_model_copy_weights(d.ctx, n.ctx, NULL, &err), FW_OK);
+	const int32_t p0[1] = { 9 }, p1[4] = { 5, 17, 3, 41 };
+	struct fw_rt_gen_row rows[B] = { { p0, 1, 0 }, { p1, 4, 0 } };
+	struct fw_rt_gen_opts o = { .max_new = T - 4, .temperature = 0, .top_p = 1, .penalty = 1 };
+	struct row_tokens got = { 0 };
+	ck_assert_msg(fw_rt_generate_rows(&d, rows, B, &o, keep_row_token, &got, &err) == FW_OK,
+		      "%s", err.msg);
+	ck_assert(got.t[0].n == T - 4 && got.t[1].n == T - 4);
+	int32_t *tok = n.m.tokens->data;
+	memset(tok, 0, sizeof(int32_t) * B * T);
+	for (int r = 0; r < B; r++) {
+		memcpy(tok + r * T, rows[r].prompt, sizeof(int32_t) * (size_t)rows[r].n);
+		memcpy(tok + r * T + rows[r].n, got.t[r].ids, sizeof(int32_t) * (size_t)(T - 4));
+	}
+	ck_assert_int_eq(fw_graph_forward(n.g), FW_OK);
+	for (int r = 0; r < B; r++)
+		for (int k = 0; k < T - 4; k++) {
+			const float *row = (const float *)n.m.logits->data +
+					   ((int64_t)r * T + rows[r].n - 1 + k) * V;
+			int best = 0;
+			double sum = 0;
+			for (int v = 1; v < V; v++)
+				best = row[v] > row[best] ? v : best;
+			for (int v = 0; v < V; v++)
+				sum += exp((double)row[v] - row[best]);
+			double lp = -log(sum);
+			ck_assert_msg(best == got.t[r].ids[k] && fabs(lp - got.lp[r][k]) < 1e-4,
+				      "row %d step %d: decoded %d (log p %g), full forward %d (%g)", r,
+				      k, got.t[r].ids[k], got.lp[r][k], best, lp);
+		}
+	/* row 0 stops after 2 (callback), row 1 after 3 (its max_new): the
+	 * other row's ids do not change */
+	struct row_tokens cut = { .t = { { .stop_after = 2 }, { .stop_after = 0 } } };
+	rows[1].max_new = 3;
+	ck_assert_int_eq(fw_rt_generate_rows(&d, rows, B, &o, keep_row_token, &cut, &err), FW_OK);
+	ck_assert(cut.t[0].n == 2 && cut.t[1].n == 3);
+	ck_assert(!memcmp(cut.t[0].ids, got.t[0].ids, 2 * sizeof(int32_t)) &&
+		  !memcmp(cut.t[1].ids, got.t[1].ids, 3 * sizeof(int32_t)));
+	/* one row of a two-row decoder; three rows; a row past the cache */
+	ck_assert_int_eq(fw_rt_generate_rows(&d, rows + 1, 1, &o, keep_row_token, &cut, &err),
+			 FW_OK);
+	ck_assert_int_eq(fw_rt_generate_rows(&d, rows, 3, &o, keep_row_token, &cut, &err),
+			 FW_ERR_INVALID);
+	rows[0].max_new = T;
+	ck_assert_int_eq(fw_rt_generate_rows(&d, rows, B, &o, keep_row_token, &cut, &err),
+			 FW_ERR_INVALID);
+	ck_assert_msg(strstr(err.msg, "row 0: ") != NULL, "%s", err.msg);
+	fw_rt_decoder_close(&d);
+	net_close(&n);
+}
+END_TEST
+
 /* Weights by name: a LoRA model takes a base file and keeps its new adapter
  * tensors; a base model refuses a LoRA checkpoint's adapter tensors (named,
  * with the plugin they need) unless base_only drops them, with a warning. */
@@ -678,6 +758,7 @@ int main(void)
 	tcase_add_test(tc, test_clip_and_state);
 	tcase_add_test(tc, test_trainer_callbacks);
 	tcase_add_test(tc, test_decoder_matches_forward);
+	tcase_add_test(tc, test_decoder_rows);
 	tcase_add_test(tc, test_load_weights);
 	tcase_add_test(tc, test_build_errors);
 	tcase_add_test(tc, test_peft_rebuild_same_address);

@@ -130,6 +130,12 @@ static const struct fw_option_def run_defs[] = {
 	  "generate, arch/encdec: beam search with this many beams (1 = greedy)" },
 	{ "length-penalty", FW_OPT_FLOAT, "1.0", -10, 10, NULL,
 	  "generate, arch/encdec beam search: scores are log-likelihood / length^this" },
+	{ "prompts", FW_OPT_STRING, "", 0, -1, NULL,
+	  "generate: JSONL of prompts, {\"prompt\": TEXT}, {\"messages\": [...]} (--chat) or "
+	  "{\"tokens\": [IDS]} a line, decoded --batch-size at a time; prints one JSON line "
+	  "per prompt with its tokens, log-probabilities and text" },
+	{ "batch-size", FW_OPT_INT, "8", 1, 4096, NULL,
+	  "generate --prompts: prompts decoded together (each row as if alone)" },
 	{ "repetition-penalty", FW_OPT_FLOAT, "1.0", 0.01, 100, NULL,
 	  "generate: divide positive (multiply negative) logits of tokens already in the "
 	  "context by this (CTRL; 1 = off)" },
@@ -194,6 +200,7 @@ static const struct {
 	{ "top-p", C_GEN }, { "prompt", C_GEN }, { "prompt-file", C_GEN },
 	{ "repetition-penalty", C_GEN }, { "num-beams", C_GEN }, { "length-penalty", C_GEN },
 	{ "stop", C_GEN }, { "interactive", C_GEN }, { "chat", C_GEN },
+	{ "prompts", C_GEN }, { "batch-size", C_GEN },
 	{ "score-data", C_EVAL }, { "adapter", C_ALL }, { "adapter-name", C_ALL },
 	{ "merge-adapter", C_ALL },       /* train refuses it with its own error */
 	{ "bf16", C_TRAIN | C_EVAL }, { "fp16", C_TRAIN | C_EVAL }, { "loss-scale", C_TRAIN },

@@ -114,13 +114,37 @@ struct text_out {
 	const struct stops *stops;
 	char *buf;
 	size_t n, cap;
+	struct bytes *kept;               /* non-NULL: text goes here, not to stdout (--prompts) */
 };
+
+struct bytes {
+	char *p;
+	size_t n, cap;
+};
+
+/* Appends b[0..n); out of memory drops them. */
+static void keep_bytes(struct bytes *k, const char *b, size_t n)
+{
+	if (k->n + n > k->cap) {
+		size_t cap = 2 * (k->n + n) + 64;
+		char *p = realloc(k->p, cap);
+		if (!p)
+			return;
+		k->p = p;
+		k->cap = cap;
+	}
+	memcpy(k->p + k->n, b, n);
+	k->n += n;
+}
 
 static void text_print(struct text_out *t, size_t n)
 {
 	if (n == 0)
 		return;
-	fwrite(t->buf, 1, n, stdout);
+	if (t->kept)
+		keep_bytes(t->kept, t->buf, n);
+	else
+		fwrite(t->buf, 1, n, stdout);
 	memmove(t->buf, t->buf + n, t->n - n);
 	t->n -= n;
 }
@@ -134,7 +158,10 @@ static bool text_push(struct text_out *t, const char *bytes, size_t n)
 		char *b = realloc(t->buf, cap);
 		if (!b) {               /* out of memory: print it all, stop matching */
 			text_print(t, t->n);
-			fwrite(bytes, 1, n, stdout);
+			if (t->kept)
+				keep_bytes(t->kept, bytes, n);
+			else
+				fwrite(bytes, 1, n, stdout);
 			return false;
 		}
 		t->buf = b;
@@ -210,6 +237,24 @@ static enum fw_status fits(const struct gen *s, int64_t n_prompt, struct fw_err 
 	return FW_OK;
 }
 
+/* The tokenizer's end of text or turn (with a tokenizer only). */
+static void stop_ids(struct gen *s)
+{
+	s->eos = s->tok ? fw_tokenizer_eos(s->tok) : -1;
+	s->turn_end = s->tok ? fw_tokenizer_find(s->tok, "<|im_end|>", 10) : -1;
+	if (s->turn_end >= 0 && !fw_tokenizer_is_special(s->tok, s->turn_end))
+		s->turn_end = -1;       /* ChatML's end of turn stops like EOS */
+}
+
+/* The bytes of generated token tok, or NULL when it ends the text (EOS, an
+ * end of turn, an id without bytes). */
+static const char *token_text(const struct gen *s, int32_t tok, size_t *nb)
+{
+	*nb = 0;
+	return tok == s->eos || tok == s->turn_end || fw_rt_chat_is_stop(&s->chat, tok) ? NULL :
+	       fw_tokenizer_token(s->tok, tok, nb);
+}
+
 /* Each generated token: its id, or its text up to a stop string or EOS. */
 static enum fw_rt_action print_token(void *user, int32_t tok)
 {
@@ -224,10 +269,8 @@ static enum fw_rt_action print_token(void *user, int32_t tok)
 		if (stop)
 			return FW_RT_STOP;
 	} else {
-		size_t nb = 0;
-		const char *b = tok == s->eos || tok == s->turn_end ||
-				fw_rt_chat_is_stop(&s->chat, tok) ? NULL :
-				fw_tokenizer_token(s->tok, tok, &nb);
+		size_t nb;
+		const char *b = token_text(s, tok, &nb);
 		if (!b || text_push(&s->text, b, nb))
 			return FW_RT_STOP;      /* EOS or a stop string */
 	}
@@ -251,10 +294,6 @@ static enum fw_status complete(struct gen *s, const int32_t *prompt, int64_t n,
 					 prompt[i], s->d.V);
 	s->text.n = 0;
 	s->printed = 0;
-	s->eos = s->tok ? fw_tokenizer_eos(s->tok) : -1;
-	s->turn_end = s->tok ? fw_tokenizer_find(s->tok, "<|im_end|>", 10) : -1;
-	if (s->turn_end >= 0 && !fw_tokenizer_is_special(s->tok, s->turn_end))
-		s->turn_end = -1;       /* ChatML's end of turn stops like EOS */
 	s->opts.max_new = s->max_new;
 	enum fw_status st = fw_rt_generate(&s->d, prompt, n, &s->opts, print_token, s, err);
 	if (st != FW_OK)
@@ -406,6 +445,260 @@ static enum fw_status encode(struct gen *s, const char *text, size_t len,
 	return FW_OK;
 }
 
+/* --- --prompts: several prompts decoded together ----------------------------------- */
+
+struct prompt_list {
+	int32_t **ids;
+	int64_t *n;
+	int *line;                        /* in the file */
+	int count;
+	int64_t longest;                  /* the most positions one needs (prompt + new) */
+};
+
+static void prompt_list_free(struct prompt_list *pl)
+{
+	for (int i = 0; i < pl->count; i++)
+		free(pl->ids[i]);
+	free(pl->ids);
+	free(pl->n);
+	free(pl->line);
+	memset(pl, 0, sizeof(*pl));
+}
+
+/* One JSONL record's ids: "tokens" (ids), "prompt" (text) or, with --chat,
+ * "messages" (an array); malloc'd into *ids. */
+static enum fw_status record_ids(struct gen *s, json_t *rec, int32_t **ids, int64_t *n,
+				 struct fw_err *err)
+{
+	json_t *toks = json_object_get(rec, "tokens"), *text = json_object_get(rec, "prompt");
+	json_t *msgs = json_object_get(rec, "messages");
+	if (!json_is_object(rec) || !!toks + !!text + !!msgs != 1)
+		return fw_errorf(err, FW_ERR_INVALID, "expected an object with one of \"prompt\", "
+				 "\"messages\" and \"tokens\"");
+	if (toks) {
+		size_t k = json_array_size(toks);
+		if (!json_is_array(toks) || k == 0)
+			return fw_errorf(err, FW_ERR_INVALID, "\"tokens\" must be a non-empty array "
+					 "of ids");
+		if (!(*ids = malloc(sizeof(**ids) * k)))
+			return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+		for (size_t i = 0; i < k; i++) {
+			json_t *v = json_array_get(toks, i);
+			if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+			    json_integer_value(v) > INT32_MAX)
+				return fw_errorf(err, FW_ERR_INVALID, "\"tokens\"[%zu] is not a token "
+						 "id", i);
+			(*ids)[i] = (int32_t)json_integer_value(v);
+		}
+		*n = (int64_t)k;
+		return FW_OK;
+	}
+	if (!s->tok)
+		return fw_errorf(err, FW_ERR_INVALID, "\"%s\" needs a tokenizer: pass --tokenizer or "
+				 "use a checkpoint that stores one", text ? "prompt" : "messages");
+	if (msgs && !s->chat_prompts)
+		return fw_errorf(err, FW_ERR_INVALID, "\"messages\" needs --chat");
+	if (text && !json_is_string(text))
+		return fw_errorf(err, FW_ERR_INVALID, "\"prompt\" must be a string");
+	if (msgs && !json_is_array(msgs))
+		return fw_errorf(err, FW_ERR_INVALID, "\"messages\" must be an array");
+	char *m = msgs ? json_dumps(msgs, 0) : NULL;
+	struct fw_token_buf buf = { 0 };
+	enum fw_status st = msgs && !m ? fw_errorf(err, FW_ERR_NOMEM, "out of memory") :
+		encode(s, m ? m : json_string_value(text), m ? strlen(m) : json_string_length(text),
+		       &buf, err);
+	free(m);
+	if (st == FW_OK && !(*ids = malloc(sizeof(**ids) * buf.n)))
+		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	if (st == FW_OK) {
+		memcpy(*ids, buf.ids, sizeof(**ids) * buf.n);
+		*n = (int64_t)buf.n;
+	}
+	fw_token_buf_free(&buf);
+	return st;
+}
+
+/* --prompts=PATH: one record a non-empty line. */
+static enum fw_status read_prompts(struct gen *s, const char *path, struct prompt_list *pl,
+				   struct fw_err *err)
+{
+	size_t len;
+	char *text = fw_rt_read_file(path, &len, err);
+	if (!text)
+		return fw_errorf(err, err->status, "--prompts: %s", err->msg);
+	enum fw_status st = FW_OK;
+	int line = 0, cap = 0;
+	for (char *at = text, *end; st == FW_OK && at < text + len; at = end + 1) {
+		end = memchr(at, '\n', (size_t)(text + len - at));
+		if (!end)
+			end = text + len;
+		line++;
+		if (strspn(at, " \t\r") >= (size_t)(end - at))
+			continue;
+		if (pl->count == cap) {
+			cap = cap ? 2 * cap : 16;
+			int32_t **ids = realloc(pl->ids, sizeof(*ids) * (size_t)cap);
+			int64_t *n = ids ? realloc(pl->n, sizeof(*n) * (size_t)cap) : NULL;
+			int *at_line = n ? realloc(pl->line, sizeof(*at_line) * (size_t)cap) : NULL;
+			if (ids)
+				pl->ids = ids;
+			if (n)
+				pl->n = n;
+			if (!at_line) {
+				st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+				break;
+			}
+			pl->line = at_line;
+		}
+		json_error_t je;
+		json_t *rec = json_loadb(at, (size_t)(end - at), 0, &je);
+		struct fw_err e = { 0 };
+		pl->ids[pl->count] = NULL;
+		pl->line[pl->count] = line;
+		if (!rec)
+			st = fw_errorf(err, FW_ERR_INVALID, "--prompts: %s:%d: %s", path, line, je.text);
+		else if (record_ids(s, rec, &pl->ids[pl->count], &pl->n[pl->count], &e) != FW_OK)
+			st = fw_errorf(err, e.status, "--prompts: %s:%d: %s", path, line, e.msg);
+		else if (fits(s, pl->n[pl->count], &e) != FW_OK)
+			st = fw_errorf(err, e.status, "--prompts: %s:%d: %s", path, line, e.msg);
+		pl->count++;
+		if (st == FW_OK && pl->n[pl->count - 1] + s->max_new > pl->longest)
+			pl->longest = pl->n[pl->count - 1] + s->max_new;
+		json_decref(rec);
+	}
+	free(text);
+	if (st == FW_OK && pl->count == 0)
+		st = fw_errorf(err, FW_ERR_INVALID, "--prompts: %s has no prompts", path);
+	return st;
+}
+
+/* Each prompt's ids in the model's vocabulary (known once it is built). */
+static enum fw_status prompts_in_vocab(const struct gen *s, const char *path,
+				       const struct prompt_list *pl, struct fw_err *err)
+{
+	for (int i = 0; i < pl->count; i++)
+		for (int64_t k = 0; k < pl->n[i]; k++)
+			if (pl->ids[i][k] >= s->d.V)
+				return fw_errorf(err, FW_ERR_INVALID, "--prompts: %s:%d: token %d is "
+						 "outside the vocabulary (%d)", path, pl->line[i],
+						 pl->ids[i][k], s->d.V);
+	return FW_OK;
+}
+
+/* The JSON string of b[0..n), each byte that does not begin a well-formed
+ * UTF-8 sequence as U+FFFD (a completion may end inside a character). */
+static json_t *text_json(const char *b, size_t n)
+{
+	json_t *j = json_stringn(b, n);
+	if (j)
+		return j;
+	struct bytes out = { 0 };
+	for (size_t i = 0; i < n;) {
+		size_t k = 1;
+		for (; k <= 4 && i + k <= n; k++)
+			if ((j = json_stringn(b + i, k)))
+				break;
+		if (j) {
+			keep_bytes(&out, b + i, k);
+			json_decref(j);
+			j = NULL;
+			i += k;
+		} else {
+			keep_bytes(&out, "\xef\xbf\xbd", 3);
+			i++;
+		}
+	}
+	j = json_stringn(out.p ? out.p : "", out.n);
+	free(out.p);
+	return j;
+}
+
+struct row_out {
+	json_t *tokens, *logprobs;
+	const char *finish;               /* "eos", "stop"; NULL: "length" */
+	struct bytes text;
+	struct text_out out;
+};
+
+struct rows {
+	struct gen *s;
+	struct row_out *row;
+};
+
+static enum fw_rt_action row_token(void *user, int r, int32_t tok, float logprob)
+{
+	struct rows *b = user;
+	struct row_out *o = &b->row[r];
+	json_array_append_new(o->tokens, json_integer(tok));
+	json_array_append_new(o->logprobs, json_real(logprob));
+	if (!b->s->tok)
+		return FW_RT_CONTINUE;
+	size_t nb;
+	const char *bytes = token_text(b->s, tok, &nb);
+	if (!bytes || text_push(&o->out, bytes, nb)) {
+		o->finish = bytes ? "stop" : "eos";
+		return FW_RT_STOP;
+	}
+	return FW_RT_CONTINUE;
+}
+
+/* Decodes the prompts d.rows at a time; one JSON line each, in order:
+ * {"index", "tokens", "logprobs", "finish" ("eos", "stop", "length"), and
+ * with a tokenizer "text" (up to a stop string or EOS)}. */
+static enum fw_status run_prompts(struct gen *s, const struct prompt_list *pl,
+				  struct fw_err *err)
+{
+	int R = s->d.rows;
+	struct row_out *row = calloc((size_t)R, sizeof(*row));
+	struct fw_rt_gen_row *gr = calloc((size_t)R, sizeof(*gr));
+	enum fw_status st = row && gr ? FW_OK : fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	s->opts.max_new = s->max_new;
+	for (int first = 0; st == FW_OK && first < pl->count; first += R) {
+		int n = pl->count - first < R ? pl->count - first : R;
+		for (int r = 0; r < n; r++) {
+			row[r].tokens = json_array();
+			row[r].logprobs = json_array();
+			row[r].finish = NULL;
+			row[r].text.n = 0;
+			row[r].out = (struct text_out){ .stops = s->text.stops, .kept = &row[r].text };
+			gr[r] = (struct fw_rt_gen_row){ pl->ids[first + r], pl->n[first + r], 0 };
+		}
+		st = fw_rt_generate_rows(&s->d, gr, n, &s->opts, row_token,
+					 &(struct rows){ s, row }, err);
+		for (int r = 0; r < n; r++) {
+			if (st == FW_OK) {
+				json_t *j = json_pack("{s:i, s:O, s:O, s:s}", "index", first + r,
+						      "tokens", row[r].tokens, "logprobs",
+						      row[r].logprobs, "finish",
+						      row[r].finish ? row[r].finish : "length");
+				if (j && s->tok) {
+					text_print(&row[r].out, row[r].out.n);
+					json_object_set_new(j, "text",
+							    text_json(row[r].text.p, row[r].text.n));
+				}
+				char *line = j ? json_dumps(j, JSON_PRESERVE_ORDER | JSON_COMPACT) :
+						 NULL;
+				if (line)
+					printf("%s\n", line);
+				else
+					st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+				free(line);
+				json_decref(j);
+			}
+			json_decref(row[r].tokens);
+			json_decref(row[r].logprobs);
+		}
+		fflush(stdout);
+	}
+	for (int r = 0; row && r < R; r++) {
+		free(row[r].text.p);
+		free(row[r].out.buf);
+	}
+	free(row);
+	free(gr);
+	return st;
+}
+
 /* --interactive: a completion for each non-empty line of stdin. A prompt
  * that fails is reported and skipped; returns the number that failed. */
 static int interact(struct gen *s)
@@ -452,12 +745,14 @@ int cmd_generate(int argc, char **argv)
 	struct fw_tensor **params = NULL;
 	struct stops stops = { 0 };
 	struct gen s = { 0 };
+	struct prompt_list pl = { 0 };
 
 	for (int i = 0; i < argc; i++) {
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
 			printf("usage: fwrun generate --plugins=arch/X,attention/Y --load=CKPT\n"
 			       "         (--prompt=TEXT | --prompt-file=PATH | "
-			       "--prompt-tokens=1,2,3 | --interactive)\n"
+			       "--prompt-tokens=1,2,3 | --interactive |\n"
+			       "          --prompts=FILE.jsonl [--batch-size=N])\n"
 			       "         [--max-new-tokens=N] [--temperature=T] [--top-k=K] "
 			       "[--top-p=P] [--repetition-penalty=R] [--seed=S]\n"
 			       "         [--stop=STRING | --stop='[\"A\", \"B\"]'] "
@@ -469,7 +764,12 @@ int cmd_generate(int argc, char **argv)
 			       "checkpoint's tokenizer or --tokenizer. --prompt-tokens prints the "
 			       "generated ids,\ncomma-separated. --temperature=0 is greedy. --chat: the prompt is a user "
 			       "message\n(or a JSON array of messages) in the chat template's format "
-			       "(auto: the tokenizer's own),\nanswered until its end of turn.\n");
+			       "(auto: the tokenizer's own),\nanswered until its end of turn.\n"
+			       "--prompts: one {\"prompt\": TEXT}, {\"messages\": [...]} (--chat) or "
+			       "{\"tokens\": [IDS]} a line;\n--batch-size of them are decoded "
+			       "together, each as if alone, and each gives one JSON line\n"
+			       "{\"index\", \"tokens\", \"logprobs\", \"finish\": "
+			       "\"eos\"|\"stop\"|\"length\", \"text\" (with a tokenizer)}.\n");
 			return command_help("generate", "", argc, argv);
 		}
 	}
@@ -481,18 +781,19 @@ int cmd_generate(int argc, char **argv)
 	const struct fw_options *o = cfg.run;
 	const char *text = fw_opt_str(o, "prompt"), *file = fw_opt_str(o, "prompt-file");
 	const char *token_list = fw_opt_str(o, "prompt-tokens");
+	const char *prompts = fw_opt_str(o, "prompts");
 	bool interactive = fw_opt_bool(o, "interactive");
-	int n_given = !!*text + !!*file + !!*token_list;
+	int n_given = !!*text + !!*file + !!*token_list + !!*prompts;
 	if (!*fw_opt_str(o, "load")) {
 		rc = fail(FW_ERR_INVALID, "generate needs --load=CKPT");
 		goto out;
 	}
 	if (interactive ? n_given > 0 : n_given != 1) {
 		rc = fail(FW_ERR_INVALID, "%s", interactive ? "--interactive reads the prompts from "
-			 "stdin; leave out --prompt, --prompt-file and --prompt-tokens" : n_given ?
-			 "give only one of --prompt, --prompt-file and --prompt-tokens" :
-			 "generate needs a prompt: --prompt=TEXT, --prompt-file=PATH, "
-			 "--prompt-tokens=ID,ID,... or --interactive");
+			 "stdin; leave out --prompt, --prompt-file, --prompt-tokens and --prompts" :
+			 n_given ? "give only one of --prompt, --prompt-file, --prompt-tokens and "
+			 "--prompts" : "generate needs a prompt: --prompt=TEXT, --prompt-file=PATH, "
+			 "--prompt-tokens=ID,ID,..., --prompts=FILE.jsonl or --interactive");
 		goto out;
 	}
 	if (*token_list && (parse_tokens(token_list, &prompt, &n_prompt) != 0 || n_prompt == 0)) {
@@ -520,7 +821,12 @@ int cmd_generate(int argc, char **argv)
 				 err.msg);
 			goto out;
 		}
-		if (!s.tok) {
+		if (!s.tok && *prompts && *fw_opt_str(o, "stop")) {
+			rc = fail(FW_ERR_INVALID, "--stop needs a tokenizer, and %s stores none: pass "
+				  "--tokenizer", path);
+			goto out;
+		}
+		if (!s.tok && !*prompts) {
 			rc = fail(FW_ERR_INVALID, "%s needs a tokenizer and %s stores none: pass "
 				 "--tokenizer=byte (or gpt2 with --vocab-file and --merge-file), "
 				 "or use a checkpoint that stores one", *text ? "--prompt" :
@@ -545,7 +851,7 @@ int cmd_generate(int argc, char **argv)
 		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
-	if (!interactive && s.tok) {
+	if (!interactive && !*prompts && s.tok) {
 		if (encode(&s, text, text_len, &ids, &err) != FW_OK) {
 			rc = fail(FW_ERR_INVALID, "%s%s%s", *file ? file : "", *file ? ": " : "",
 				 err.msg);
@@ -601,14 +907,26 @@ int cmd_generate(int argc, char **argv)
 	/* The cache: one prompt gets just the positions it needs (each step
 	 * attends over the whole cache); --interactive, whose prompts come
 	 * later, gets the arch's n-positions, the most any prompt may use. */
+	/* --prompts: the longest prompt's, for every row. */
 	s.d.max_len = interactive ? s.n_pos : n_prompt + s.max_new;
-	if (!interactive && fits(&s, n_prompt, &err) != FW_OK) {
+	if (*prompts) {
+		s.d.max_len = s.n_pos > 0 ? s.n_pos : INT64_MAX / 4;  /* what fits checks */
+		if (read_prompts(&s, prompts, &pl, &err) != FW_OK) {
+			rc = fail(err.status, "%s", err.msg);
+			goto out;
+		}
+		s.d.max_len = pl.longest;
+	}
+	if (!interactive && !*prompts && fits(&s, n_prompt, &err) != FW_OK) {
 		rc = fail(FW_ERR_INVALID, "%s", err.msg);
 		goto out;
 	}
+	int rows = *prompts ? (int)(fw_opt_int(o, "batch-size") < pl.count ?
+				    fw_opt_int(o, "batch-size") : pl.count) : 1;
 	/* the peft plugin checks its options and marks its own tensors (freeze) */
-	if (fw_rt_decoder_open(&s.d, &slots, s.d.max_len, (uint64_t)fw_opt_int(o, "seed"),
-			       &err) != FW_OK) {
+	if (fw_rt_decoder_open_rows(&s.d, &slots, rows, s.d.max_len,
+				    (uint64_t)fw_opt_int(o, "seed"), &err) != FW_OK ||
+	    (*prompts && prompts_in_vocab(&s, prompts, &pl, &err) != FW_OK)) {
 		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
@@ -636,7 +954,11 @@ int cmd_generate(int argc, char **argv)
 	}
 	s.opts.key = fw_hash_str("generate", (uint64_t)fw_opt_int(o, "seed"));
 	s.text.stops = &stops;
-	if (interactive) {
+	stop_ids(&s);
+	if (*prompts) {
+		rc = run_prompts(&s, &pl, &err) == FW_OK ? EXIT_OK :
+		     fail(err.status, "%s", err.msg);
+	} else if (interactive) {
 		rc = interact(&s) ? EXIT_RUNTIME : EXIT_OK;
 	} else if (complete(&s, prompt, n_prompt, &err) != FW_OK) {
 		rc = fail(err.status, "%s", err.msg);
@@ -652,6 +974,7 @@ out:
 	if (prompt != ids.ids)
 		free(prompt);
 	fw_token_buf_free(&ids);
+	prompt_list_free(&pl);
 	free(file_text);
 	stops_free(&stops);
 	config_free(&cfg);

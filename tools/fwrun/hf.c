@@ -729,10 +729,11 @@ static enum fw_status export_tokenizer(const char *h5, const char *dir, bool *do
 	return st;
 }
 
-/* The end-of-text id config.json names: the stored tokenizer's, GPT-2's
- * 50256 for a file without one (an imported GPT-2), and -1 (left out) when
- * the model's vocabulary has no such id. */
-static json_int_t export_eos(const char *h5, int64_t vocab)
+/* The end-of-text id config.json names: the stored tokenizer's; for a
+ * file without one, GPT-2's 50256 when the model is a GPT-2 (an imported
+ * one) and none otherwise (another family's id is not GPT-2's); -1 (left
+ * out) when the model's vocabulary has no such id. */
+static json_int_t export_eos(const char *h5, const char *model_type, int64_t vocab)
 {
 	char *stored = NULL;
 	struct fw_err e = { 0 };
@@ -743,7 +744,7 @@ static json_int_t export_eos(const char *h5, int64_t vocab)
 			eos = fw_tokenizer_eos(t);
 		fw_tokenizer_free(t);
 		fw_free(stored);
-	} else if (e.status == FW_ERR_NOT_FOUND) {
+	} else if (e.status == FW_ERR_NOT_FOUND && !strcmp(model_type, "gpt2")) {
 		eos = 50256;
 	}
 	return eos >= 0 && eos < vocab ? eos : -1;
@@ -889,7 +890,7 @@ int cmd_export(int argc, char **argv)
 	}
 	int64_t vocab = fw_options_has(h.arch->opts, "vocab-size") ?
 			fw_opt_int(h.arch->opts, "vocab-size") : INT64_MAX;
-	json_t *cfg = export_config(&h, export_eos(in, vocab));
+	json_t *cfg = export_config(&h, export_eos(in, h.map->model_type, vocab));
 	snprintf(path, sizeof(path), "%s/config.json", dir);
 	if (cfg)
 		json_object_set_new(cfg, "torch_dtype", json_string(dt == FW_BF16 ? "bfloat16" :

@@ -73,15 +73,4 @@ void fw_matmul_fail_primitives(bool fail);
  * graph, not from inside a parallel region. */
 void fw_kernel_fail(const struct fw_err *e);
 
-/* Counter-based RNG: a 32-bit random value for (key, counter), the same on
- * every thread count (Philox-like mixing, splitmix64 finaliser). */
-static inline uint32_t fw_rng_u32(uint64_t key, uint64_t counter)
-{
-	uint64_t z = key ^ (counter * 0x9E3779B97F4A7C15ull);
-	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-	z ^= z >> 31;
-	return (uint32_t)(z >> 32);
-}
-
 #endif

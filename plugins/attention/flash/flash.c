@@ -24,6 +24,15 @@
  *                 per (b, query head, query tile), owns dQ:
  *                 dQ += scale dS K. No atomics, no (T, T) buffer: the only
  *                 extra memory is the logsumexp and per-thread tiles.
+ *                 Dropout (training graphs, p4.f > 0): P's element (b, h, i, j)
+ *                 is kept, times 1/(1 - p), iff fw_rng_u32(key, ((b Hq + h)
+ *                 Tq + i) Tk + j) >= p 2^32 (the core dropout op's rule on
+ *                 mha's (B, H, Tq, Tk) probabilities), with key = u32(seed,
+ *                 2 step) << 32 | u32(seed, 2 step + 1) for the spec's seed
+ *                 (p5, p6) and the graph step: the backward regenerates the
+ *                 mask per tile, nothing is stored. The row sums l and the
+ *                 logsumexp are of the undropped P; O = (P o Z) V / l,
+ *                 dV += (P o Z)^T dO, dS = P o (Z o dO V^T - D).
  *   flash.out     view of the first B*Tq*Hq*D elements: O (B, Tq, Hq, D).
  * RoPE, the cache write and ALiBi's slopes are the core's (fw_attn_rope,
  * fw_attn_cache_write, fw_alibi_slope), as for attention/mha.
@@ -245,6 +254,10 @@ struct dims {
 	int64_t Dp, BQp, BKp;        /* padded to NR (16) */
 	float scale;
 	bool alibi;
+	bool drop;                   /* dropout in this run (training, p > 0) */
+	uint32_t drop_thr;           /* kept iff the draw >= this */
+	float drop_scale;            /* 1 / (1 - p) */
+	uint64_t drop_key;
 };
 
 #define MR 4                    /* micro-kernel rows */
@@ -265,6 +278,23 @@ static struct dims dims_of(const struct fw_tensor *out)
 	d.BQp = UP(d.BQ, NR);
 	d.BKp = UP(d.BK, NR);
 	return d;
+}
+
+/* Dropout's factor for 8 probabilities with RNG counters c0 + t * stride:
+ * 1/(1 - p) kept, 0 dropped. */
+static inline v8 keep8(const struct dims *d, uint64_t c0, int64_t stride)
+{
+	float z[8];
+	for (int t = 0; t < 8; t++)
+		z[t] = fw_rng_u32(d->drop_key, c0 + (uint64_t)(t * stride)) >= d->drop_thr ?
+		       d->drop_scale : 0.0f;
+	return ld8(z);
+}
+
+/* The RNG counter of probability (b, h, i, j): its index in (B, Hq, Tq, Tk). */
+static uint64_t drop_counter(const struct dims *d, int64_t b, int64_t h, int64_t i, int64_t j)
+{
+	return (uint64_t)(((b * d->Hq + h) * d->Tq + i) * d->Tk + j);
 }
 
 /* Floats of one thread's tiles, the most any pass uses: three BQp x Dp
@@ -293,6 +323,9 @@ static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 		return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: ranges must be i32 (B, Tq, 3)");
 	if (out->params[2].i < 1 || out->params[3].i < 1)
 		return fw_errorf(err, FW_ERR_INVALID, "flash.attn: tile sizes must be positive");
+	if (!(out->params[4].f >= 0.0f && out->params[4].f < 1.0f))
+		return fw_errorf(err, FW_ERR_INVALID, "flash.attn: dropout %g is not in [0, 1)",
+				 (double)out->params[4].f);
 	int64_t n = fw_nelem(q);
 	out->dtype = FW_F32;
 	out->ndim = 1;
@@ -533,6 +566,12 @@ static void task_forward(const struct attn_job *j, float *w, int64_t task)
 				sm += ld8(St + c * BQp + r);
 			st8(l + r, ld8(al + r) * ld8(l + r) + sm);
 		}
+		for (int64_t c = 0; d->drop && c < nc; c++) {      /* P o Z for the values */
+			uint64_t c0 = drop_counter(d, b, h, r0, j0 + c);
+			for (int64_t r = 0; r < nrq; r += 8)
+				st8(St + c * BQp + r,
+				    ld8(St + c * BQp + r) * keep8(d, c0 + (uint64_t)(r * d->Tk), d->Tk));
+		}
 		for (int64_t r = 0; r < nr; r++) {
 			float *a = acc + r * Dp, f = al[r];
 			if (f != 1.0f)
@@ -553,10 +592,12 @@ static void task_forward(const struct attn_job *j, float *w, int64_t task)
 
 /* One (query tile, key tile) step of the backward: P = exp(S - lse) into
  * S, dS = P o (dP - Dv) into dP, with dP = dO V^T. Q, dO (nr x Dp), KT, VT
- * (D x BKp). Columns >= nc of P and dS are 0. */
+ * (D x BKp). Columns >= nc of P and dS are 0. With dropout (c0: the RNG
+ * counter of the tile's first row and key) S holds P o Z and dS = P o (Z o
+ * dP - Dv). */
 static void tile_ds(const struct dims *d, const float *Q, const float *dO, const float *KT,
 		    const float *VT, const float *lse, const float *Dv, int64_t nr, int64_t nc,
-		    int64_t j0, const int32_t *rg, float slope, float *S, float *dP)
+		    int64_t j0, const int32_t *rg, float slope, uint64_t c0, float *S, float *dP)
 {
 	int64_t BKp = d->BKp, nrp = UP(nr, MR), ncp = UP(nc, NR);
 	scores(d, Q, KT, nr, nc, j0, rg, slope, S);
@@ -572,8 +613,9 @@ static void tile_ds(const struct dims *d, const float *Q, const float *dO, const
 		float dv = Dv[r];
 		for (int64_t c = 0; c < ncp; c += 8) {
 			v8 p = fexp8(ld8(s + c) - L);
-			st8(s + c, p);
-			st8(dp + c, p * (ld8(dp + c) - dv));
+			v8 z = d->drop ? keep8(d, c0 + (uint64_t)(r * d->Tk + c), 1) : splat(1.0f);
+			st8(s + c, p * z);
+			st8(dp + c, p * (z * ld8(dp + c) - dv));
 		}
 	}
 }
@@ -639,7 +681,8 @@ static void task_dkv(const struct attn_job *j, float *w, int64_t task)
 				continue;
 			any = true;
 			load_query_side(j, b, h, r0, nr, Q, dO, lse, Dv);
-			tile_ds(d, Q, dO, KT, VT, lse, Dv, nr, nc, j0, rg, slope, S, dP);
+			tile_ds(d, Q, dO, KT, VT, lse, Dv, nr, nc, j0, rg, slope,
+				drop_counter(d, b, h, r0, j0), S, dP);
 			mm(ncr, Dp, nr, S, 1, BKp, dO, Dp, dV, Dp);     /* dV += P^T dO */
 			mm(ncr, Dp, nr, dP, 1, BKp, Q, Dp, dK, Dp);     /* dK += dS^T Q */
 		}
@@ -692,12 +735,16 @@ static void task_dq(const struct attn_job *j, float *w, int64_t task)
 		scores_t(d, K, QT, nc, nrq, j0, lo, hi, qp, slope, St);
 		zero_rows(dPt, ncr, nrq, BQp);
 		mm(ncr, nrq, D, V, Dp, 1, dOT, BQp, dPt, BQp);          /* dPt = V dO^T */
-		for (int64_t c = 0; c < ncr; c++)
+		for (int64_t c = 0; c < ncr; c++) {
+			uint64_t c0 = drop_counter(d, b, h, r0, j0 + c);
 			for (int64_t r = 0; r < nrq; r += 8) {
 				v8 p = fexp8(ld8(St + c * BQp + r) - ld8(Ls + r));
+				v8 z = d->drop ? keep8(d, c0 + (uint64_t)(r * d->Tk), d->Tk) :
+					 splat(1.0f);
 				float *dp = dPt + c * BQp + r;
-				st8(dp, p * (ld8(dp) - ld8(Dv + r)));
+				st8(dp, p * (z * ld8(dp) - ld8(Dv + r)));
 			}
+		}
 		mm(nrq, Dp, nc, dPt, 1, BQp, K, Dp, dQ, Dp);            /* dQ += dS K */
 	}
 	add_rows(q->grad, b, h, r0, nr, D, dQ, Dp, d->scale);
@@ -723,6 +770,17 @@ static void attn_worker(void *arg, int64_t s0, int64_t s1)
 static void attn_run(struct fw_tensor *out, const struct fw_exec *ex, int pass)
 {
 	struct attn_job j = { .out = out, .d = dims_of(out), .ws = ex->ws, .pass = pass };
+	float p = out->params[4].f;
+	if (ex->training && p > 0.0f) {
+		uint64_t seed = (uint64_t)(uint32_t)out->params[5].i |
+				(uint64_t)(uint32_t)out->params[6].i << 32;
+		double thr = (double)p * 4294967296.0;
+		j.d.drop = true;
+		j.d.drop_thr = thr >= 4294967295.0 ? UINT32_MAX : (uint32_t)thr;
+		j.d.drop_scale = (float)(1.0 / (1.0 - (double)p));
+		j.d.drop_key = (uint64_t)fw_rng_u32(seed, 2 * (uint64_t)ex->step) << 32 |
+			       fw_rng_u32(seed, 2 * (uint64_t)ex->step + 1);
+	}
 	j.slot = slot_floats(&j.d);
 	int64_t slots = (int64_t)(ex->ws_size / (j.slot * sizeof(float)));
 	FW_ASSERT(slots >= 1 && ex->ws);       /* the planner always asks workspace() */
@@ -844,10 +902,10 @@ static enum fw_status check_spec(const struct fw_host *h, const struct fw_model 
 	if (spec->mask < FW_MASK_CAUSAL || spec->mask > FW_MASK_CROSS)
 		return h->errorf(err, FW_ERR_INVALID, "attention/flash: %s: unknown mask kind %d",
 				 n, (int)spec->mask);
-	if (spec->dropout > 0.0f && m->training)
+	if (!(spec->dropout >= 0.0f && spec->dropout < 1.0f))
 		return h->errorf(err, FW_ERR_INVALID,
-				 "attention/flash: %s: attention dropout %g is not supported (set "
-				 "dropout to 0, or use attention/mha)", n, (double)spec->dropout);
+				 "attention/flash: %s: attention dropout %g is not in [0, 1)", n,
+				 (double)spec->dropout);
 	if (FW_HAS(spec, window) && spec->window)
 		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/flash: %s: a sliding window (%lld) is not supported; use "
@@ -916,10 +974,12 @@ static struct fw_tensor *flash_attend(void *state, struct fw_model *m,
 	int64_t Tk = k ? k->ne[1] : 0;
 	union fw_param rp[3] = { { .i = flags }, { .i = causal }, { .i = (int32_t)Tk } };
 	struct fw_tensor *rg = q && k ? h->op(ctx, g_ranges_op, rsrc, nr, rp, 3) : NULL;
-	union fw_param ap[4] = { { .f = scale }, { .i = spec->pos == FW_POS_ALIBI },
-				 { .i = s->bq }, { .i = s->bk } };
+	union fw_param ap[7] = { { .f = scale }, { .i = spec->pos == FW_POS_ALIBI },
+				 { .i = s->bq }, { .i = s->bk }, { .f = spec->dropout },
+				 { .i = (int32_t)(uint32_t)spec->seed },
+				 { .i = (int32_t)(uint32_t)(spec->seed >> 32) } };
 	struct fw_tensor *asrc[4] = { q, k, v, rg };
-	struct fw_tensor *f = rg ? h->op(ctx, g_attn_op, asrc, 4, ap, 4) : NULL;
+	struct fw_tensor *f = rg ? h->op(ctx, g_attn_op, asrc, 4, ap, 7) : NULL;
 	union fw_param op[4] = { { .i = (int32_t)B }, { .i = (int32_t)Tq }, { .i = (int32_t)Hq },
 				 { .i = (int32_t)D } };
 	struct fw_tensor *y = f ? h->op(ctx, g_out_op, &f, 1, op, 4) : NULL;

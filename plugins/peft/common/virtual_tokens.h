@@ -14,7 +14,8 @@
 /* The word embeddings x (B, T, C) with the virtual tokens v (P, C) before
  * token at (0: in front): (B, P + T, C). While decoding (T = 1) the shape
  * stays and the host picks the row with m->virtual_select (1, P + 1),
- * created here: v[p] for column p, x for column P. NULL with err set on
+ * created here, for every row of the batch (all at one step): v[p] for
+ * column p, x for column P. NULL with err set on
  * failure. */
 static inline struct fw_tensor *vt_insert(const struct fw_host *h, const char *kind,
 					  struct fw_model *m, struct fw_tensor *x,
@@ -35,7 +36,7 @@ static inline struct fw_tensor *vt_insert(const struct fw_host *h, const char *k
 	}
 	m->virtual_at = at;
 	if (m->caches) {
-		if (x->ne[0] != 1 || x->ne[1] != 1) {
+		if (x->ne[1] != 1) {    /* rows of a batch are all at one step */
 			h->errorf(err, FW_ERR_UNSUPPORTED, "%s: decoding with virtual tokens needs "
 				  "one token a step", kind);
 			return NULL;

@@ -80,6 +80,17 @@ void fw_param_set_init(struct fw_tensor *p, enum fw_init kind, float value);
  * (seed, parameter name): the values do not depend on creation order or
  * thread count. NORMAL: N(0, value^2); UNIFORM: U(-value, value). */
 enum fw_status fw_ctx_init_params(struct fw_ctx *ctx, uint64_t seed);
+/* Counter-based RNG: a 32-bit random value for (key, counter), the same on
+ * every thread count (Philox-like mixing, splitmix64 finaliser). Inline, so
+ * that kernels (dropout, attention/flash's dropout) draw one per element. */
+static inline uint32_t fw_rng_u32(uint64_t key, uint64_t counter)
+{
+	uint64_t z = key ^ (counter * 0x9E3779B97F4A7C15ull);
+	z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+	z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+	z ^= z >> 31;
+	return (uint32_t)(z >> 32);
+}
 /* A standard normal / uniform [0,1) sample for (key, counter). */
 float fw_rng_normal(uint64_t key, uint64_t counter);
 double fw_rng_uniform(uint64_t key, uint64_t counter);

@@ -294,8 +294,9 @@ struct fw_arch_i {
 	size_t size;
 	/* Required. Builds inputs, parameters and the forward graph up to
 	 * m->loss and m->logits. With m->caches set, builds the incremental
-	 * decoding graph (B = 1, T = 1, position caches[0].len, attention given
-	 * spec.cache = &m->caches[layer]). */
+	 * decoding graph (B = m->batch rows, all at one position, T = 1,
+	 * position caches[0].len, attention given spec.cache =
+	 * &m->caches[layer]). */
 	enum fw_status (*build)(void *state, struct fw_model *m, struct fw_err *err);
 	/* Optional: number of attention layers, for cache allocation; NULL or 0
 	 * = the arch cannot generate. */

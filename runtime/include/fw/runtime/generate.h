@@ -8,6 +8,16 @@
  * (fw/runtime/sample.h), with the position as the RNG counter, so a prompt
  * and a key always give the same completion.
  *
+ * Batches: a decoder opened for R rows runs up to R prompts of different
+ * lengths together (fw_rt_generate_rows). Every row starts at cache
+ * position 0 and takes one token a step, its prompt's while it lasts, then
+ * its own samples: a short prompt starts generating while a longer one is
+ * still being read. So row r sees exactly the positions, cache slots and
+ * mask of a batch-1 run of its prompt (nothing is padded), and with the
+ * same key its sampler draws the same numbers: each row's completion is
+ * the batch-1 completion of its prompt. A row stops on its own (its
+ * max_new, or FW_RT_STOP from the callback); the others go on.
+ *
  *     struct fw_rt_decoder d;
  *     fw_rt_decoder_open(&d, &slots, 256, seed, &err);     // then load weights:
  *     n = fw_rt_model_params(d.ctx, &params); fw_rt_model_load_weights(...);
@@ -31,13 +41,14 @@ struct fw_rt_decoder {
 	struct fw_graph *g;               /* tokens -> logits */
 	struct fw_kv_cache *caches;
 	int n_layers;
+	int rows;                         /* prompts decoded together */
 	struct fw_tensor *len, *mask;     /* the position, and which cache slots are seen */
 	int64_t max_len;                  /* cache positions for real tokens */
 	int64_t n_virtual;                /* virtual tokens (prompt tuning) in front of them */
 	int V;                            /* the logits' vocabulary */
 	struct fw_rt_cand *cands;         /* scratch of V */
 	float *scores;
-	uint8_t *seen;                    /* ids in the context so far */
+	uint8_t *seen;                    /* rows x V: ids in each row's context so far */
 };
 
 /* Builds the decoding model of plugins (arch, attention, optional peft:
@@ -48,6 +59,11 @@ struct fw_rt_decoder {
  * FW_ERR_UNSUPPORTED: the arch cannot generate (no n_layers). */
 enum fw_status fw_rt_decoder_open(struct fw_rt_decoder *d, const struct fw_plugin_slots *plugins,
 				  int64_t max_len, uint64_t seed, struct fw_err *err);
+/* The same for rows prompts decoded together (fw_rt_generate_rows); the
+ * caches hold rows x max_len positions. FW_ERR_INVALID: rows < 1. */
+enum fw_status fw_rt_decoder_open_rows(struct fw_rt_decoder *d,
+				       const struct fw_plugin_slots *plugins, int rows,
+				       int64_t max_len, uint64_t seed, struct fw_err *err);
 void fw_rt_decoder_close(struct fw_rt_decoder *d);
 /* The virtual tokens a decoder of plugins runs first (0 without a
  * prompt-tuning peft plugin): positions the prompt cannot use. */
@@ -74,6 +90,28 @@ typedef enum fw_rt_action (*fw_rt_token_fn)(void *user, int32_t token);
 enum fw_status fw_rt_generate(struct fw_rt_decoder *d, const int32_t *prompt, int64_t n,
 			      const struct fw_rt_gen_opts *o, fw_rt_token_fn on_token, void *user,
 			      struct fw_err *err);
+
+/* One prompt of a batch. */
+struct fw_rt_gen_row {
+	const int32_t *prompt;
+	int64_t n;
+	int64_t max_new;                  /* this row's limit; 0: the options' max_new */
+};
+
+/* Called with each token generated for row (0..n_rows), and its
+ * log-probability under the model: the log-softmax of the step's logits
+ * over the whole vocabulary, before the penalty and the temperature.
+ * FW_RT_STOP ends that row only. Per row, the calls come in order. */
+typedef enum fw_rt_action (*fw_rt_row_token_fn)(void *user, int row, int32_t token,
+						 float logprob);
+
+/* Runs rows[0..n_rows) together (n_rows at most the decoder's rows), each
+ * from an empty cache as fw_rt_generate runs one prompt, until every row
+ * has stopped. FW_ERR_INVALID as fw_rt_generate's, naming the row, or
+ * n_rows outside 1..d->rows; FW_ERR_INTERNAL: a kernel failed. */
+enum fw_status fw_rt_generate_rows(struct fw_rt_decoder *d, const struct fw_rt_gen_row *rows,
+				   int n_rows, const struct fw_rt_gen_opts *o,
+				   fw_rt_row_token_fn on_token, void *user, struct fw_err *err);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,141 @@
+/* decode.c - time per generated token against the position, one attention
+ * plugin (bench/decode.py runs it per plugin, interleaved with torch, and
+ * prints the table).
+ *
+ * A GPT-2-style arch/decoder with random weights, decoded through the
+ * runtime's decoder (fw/runtime/generate.h: one token a step over KV caches
+ * of --max-len positions). For each --at position p the step's inputs say
+ * p tokens are cached (the cache contents do not change the work), and the
+ * median of --steps forwards after two warm-ups is that position's time.
+ *
+ *   decode --plugin attention/flash [--max-len 4096] [--at 128,1024,4000]
+ *          [--n-layer 4] [--n-head 8] [--n-embd 512] [--vocab 4096]
+ *          [--steps 16] [--threads N]
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fw/fw.h"
+#include "fw/loader.h"
+#include "fw/runtime/generate.h"
+
+static double now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static struct fw_loaded *open_plugin(const char *name, enum fw_plugin_kind kind,
+				     const char *const *opts, struct fw_err *err)
+{
+	struct fw_loaded *p = NULL;
+	if (fw_plugin_open(name, kind, &p, err) != FW_OK)
+		return NULL;
+	for (int i = 0; opts && opts[i]; i += 2)
+		if (fw_options_set(p->opts, opts[i], opts[i + 1], err) != FW_OK)
+			goto fail;
+	if (fw_options_resolve(p->opts, err) == FW_OK && fw_plugin_init(p, NULL, err) == FW_OK)
+		return p;
+fail:
+	fw_plugin_close(p);
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	const char *plugin = "attention/flash", *at = "128,512,1024,2048,4000";
+	const char *layers = "4", *heads = "8", *embd = "512", *vocab = "4096";
+	long long max_len = 4096;
+	int steps = 16, threads = 0;
+	for (int i = 1; i + 1 < argc; i += 2) {
+		const char *a = argv[i], *v = argv[i + 1];
+		if (!strcmp(a, "--plugin"))
+			plugin = v;
+		else if (!strcmp(a, "--max-len"))
+			max_len = atoll(v);
+		else if (!strcmp(a, "--at"))
+			at = v;
+		else if (!strcmp(a, "--n-layer"))
+			layers = v;
+		else if (!strcmp(a, "--n-head"))
+			heads = v;
+		else if (!strcmp(a, "--n-embd"))
+			embd = v;
+		else if (!strcmp(a, "--vocab"))
+			vocab = v;
+		else if (!strcmp(a, "--steps"))
+			steps = atoi(v);
+		else if (!strcmp(a, "--threads"))
+			threads = atoi(v);
+		else
+			argc = -1;
+	}
+	if (argc < 0 || argc % 2 == 0 || steps < 1 || steps > 1000 || max_len < 2) {
+		fprintf(stderr, "usage: decode --plugin KIND/NAME [--max-len N] [--at P,P,...] "
+			"[--n-layer N] [--n-head N] [--n-embd N] [--vocab N] [--steps N] "
+			"[--threads N]\n");
+		return 2;
+	}
+	if (threads > 0)
+		fw_set_num_threads(threads);
+	char npos[32];
+	snprintf(npos, sizeof(npos), "%lld", max_len);
+	const char *arch_opts[] = { "n-layer", layers, "n-head", heads, "n-embd", embd,
+				    "vocab-size", vocab, "n-positions", npos, NULL };
+	struct fw_err err = { 0 };
+	struct fw_loaded *arch = open_plugin("arch/decoder", FW_KIND_ARCH, arch_opts, &err);
+	struct fw_loaded *att = arch ? open_plugin(plugin, FW_KIND_ATTENTION, NULL, &err) : NULL;
+	struct fw_plugin_slots slots = { .arch = arch, .attention = att };
+	struct fw_rt_decoder d;
+	memset(&d, 0, sizeof(d));
+	if (!att || fw_rt_decoder_open(&d, &slots, max_len, 1, &err) != FW_OK ||
+	    fw_ctx_init_params(d.ctx, 1) != FW_OK) {
+		fprintf(stderr, "decode: %s\n", err.msg[0] ? err.msg : fw_ctx_err(d.ctx)->msg);
+		return 1;
+	}
+	float *mask = d.mask->data;
+	double t[1000];
+	printf("{\"plugin\": \"%s\", \"max_len\": %lld, \"threads\": %d, \"ms\": {", plugin,
+	       max_len, fw_get_num_threads());
+	int first = 1;
+	for (const char *s = at; *s;) {
+		char *end;
+		long long p = strtoll(s, &end, 10);
+		if (end == s || p < 0 || p >= max_len) {
+			fprintf(stderr, "decode: --at %s: positions 0..%lld\n", at, max_len - 1);
+			return 2;
+		}
+		s = *end == ',' ? end + 1 : end;
+		*(int32_t *)d.len->data = (int32_t)p;
+		for (long long j = 0; j < max_len; j++)
+			mask[j] = j <= p ? 0.0f : -INFINITY;
+		*(int32_t *)d.m.tokens->data = 1;
+		for (int i = -2; i < steps; i++) {
+			double t0 = now();
+			if (fw_graph_forward(d.g) != FW_OK) {
+				fprintf(stderr, "decode: %s\n", fw_ctx_err(d.ctx)->msg);
+				return 1;
+			}
+			if (i >= 0)
+				t[i] = now() - t0;
+		}
+		qsort(t, (size_t)steps, sizeof(double), cmp);
+		printf("%s\"%lld\": %.4f", first ? "" : ", ", p, t[steps / 2] * 1e3);
+		first = 0;
+	}
+	printf("}}\n");
+	fw_rt_decoder_close(&d);
+	fw_plugin_close(att);
+	fw_plugin_close(arch);
+	return 0;
+}
