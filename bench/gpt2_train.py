@@ -176,12 +176,18 @@ def wait_for_quiet(args):
     return os.getloadavg()[0]
 
 
-def step_stats(step_s, warmup):
+def step_stats(step_s, warmup, cpu_s=None):
     """ms/step: the median of the steps after warm-up, and the fastest of them
-    (the steadier estimate when other jobs share the machine)."""
-    rest = step_s[warmup:] if len(step_s) > warmup else step_s[-1:]
-    return {"ms_step": statistics.median(rest) * 1000.0, "ms_min": min(rest) * 1000.0,
-            "step_ms": [round(x * 1000, 1) for x in step_s]}
+    (the steadier estimate when other jobs share the machine); cpu_ms_step:
+    the median CPU time (all threads) of those steps, where recorded."""
+    def after(v):
+        return v[warmup:] if len(v) > warmup else v[-1:]
+    rest = after(step_s)
+    r = {"ms_step": statistics.median(rest) * 1000.0, "ms_min": min(rest) * 1000.0,
+         "step_ms": [round(x * 1000, 1) for x in step_s], "cpu_ms_step": None}
+    if cpu_s:
+        r["cpu_ms_step"] = statistics.median(after(cpu_s)) * 1000.0
+    return r
 
 
 def measured(args, what, fn):
@@ -254,9 +260,13 @@ def run_fw(args, shard, work, dtype="f32", flags=(), extra_env=None):
                 rows.append(r)
     el = [r["elapsed_s"] for r in rows]
     step_s = [el[0]] + [b - a for a, b in zip(el, el[1:])]
+    cp = [r.get("cpu_s") for r in rows]
+    cpu_s = [b - a for a, b in zip(cp, cp[1:])] if None not in cp and len(cp) > 1 else None
+    if cpu_s:
+        cpu_s = [cpu_s[0]] + cpu_s       # step 1 has no start mark; never in the median
     m = re.search(r"peak memory \(RSS\) ([0-9.]+) MiB; planned ([0-9.]+) MiB", err_text)
     n = re.search(r"fwrun: (\d+) parameters", err_text)
-    res.update(step_stats(step_s, args.warmup))
+    res.update(step_stats(step_s, args.warmup, cpu_s))
     res.update(loss0=rows[0]["loss"], loss_last=rows[-1]["loss"],
                losses=[r["loss"] for r in rows],
                self_peak_mib=float(m.group(1)) if m else None,
@@ -291,7 +301,7 @@ def run_torch(args, shard, work, config):
     with open(out) as f:
         r = json.loads(f.read().strip().splitlines()[-1])
     r.update(res)
-    r.update(step_stats(r["step_s"], args.warmup))
+    r.update(step_stats(r["step_s"], args.warmup, r.get("cpu_s")))
     return r
 
 
@@ -391,9 +401,9 @@ def torch_worker(config, data, steps, threads):
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=6e-4, betas=(0.9, 0.999), eps=1e-8, foreach=opts["foreach"])
     toks = torch.from_numpy(read_shard(data).astype(np.int64))
-    step_s, losses = [], []
+    step_s, cpu_s, losses = [], [], []
     for k in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         chunk = toks[k * B * T: k * B * T + B * T + 1]
         x, y = chunk[:-1].view(B, T), chunk[1:].view(B, T)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.get("bf16", False)):
@@ -404,6 +414,7 @@ def torch_worker(config, data, steps, threads):
         opt.step()
         lv = loss.item()
         step_s.append(time.perf_counter() - t0)
+        cpu_s.append(time.process_time() - c0)
         losses.append(lv)
         print(f"torch step {k + 1}/{steps} loss {lv:.6f} {step_s[-1] * 1000:.0f} ms",
               file=sys.stderr, flush=True)
@@ -412,7 +423,7 @@ def torch_worker(config, data, steps, threads):
         "config": config, "torch": torch.__version__, "n_params": n_params,
         "threads": torch.get_num_threads(), "mkldnn": torch.backends.mkldnn.enabled,
         "foreach": opts["foreach"], "bf16_autocast": opts.get("bf16", False),
-        "step_s": step_s, "loss0": losses[0], "loss_last": losses[-1], "losses": losses,
+        "step_s": step_s, "cpu_s": cpu_s, "loss0": losses[0], "loss_last": losses[-1], "losses": losses,
         "libs": libs, "openblas_core": openblas_core(libs),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
     }))
@@ -452,6 +463,7 @@ def print_table(run, fw, th, load):
     g = (lambda d, k: d.get(k) if d else None)
     row("ms/step (median)", g(fw, "ms_step"), g(th, "ms_step"), ".1f")
     row("ms/step (fastest)", g(fw, "ms_min"), g(th, "ms_min"), ".1f")
+    row("CPU ms/step (median)", g(fw, "cpu_ms_step"), g(th, "cpu_ms_step"), ".1f")
     row("peak RSS MiB", g(fw, "peak_rss_mib"), g(th, "peak_rss_mib"), ".1f")
     row("first-step loss", g(fw, "loss0"), g(th, "loss0"), ".4f", False)
     row("last-step loss", g(fw, "loss_last"), g(th, "loss_last"), ".4f", False)
@@ -501,6 +513,11 @@ def summarize(dtype, rounds, peak):
     print(f"torch {fmt(th, '.1f')} ms/step (round medians "
           f"{[round(t['ms_step'], 1) for t in ths]}), peak RSS min "
           f"{fmt(min((t['peak_rss_mib'] for t in ths), default=None), '.0f')} MiB")
+    fwc = min((f["cpu_ms_step"] for f in fws if f.get("cpu_ms_step")), default=None)
+    thc = min((t["cpu_ms_step"] for t in ths if t.get("cpu_ms_step")), default=None)
+    print(f"CPU time (all threads) per step, min over rounds of the medians: fw "
+          f"{fmt(fwc, '.1f')} ms, torch {fmt(thc, '.1f')} ms"
+          + (f", fw/torch {fwc / thc:.3f}" if fwc and thc else ""))
     if fw and th:
         print(f"step time fw/torch: {fw / th:.3f} (issue target <= 0.6)")
         rss = min(f["peak_rss_mib"] for f in fws) / min(t["peak_rss_mib"] for t in ths)
@@ -521,6 +538,14 @@ def summarize(dtype, rounds, peak):
                 g = flops / (ms / 1000) / 1e9
                 print(f"  {name:5s} {g:.1f} GFLOP/s = {100 * g / pk:.1f}% of peak"
                       + (" (issue target >= 80%)" if name == "fw" else ""))
+        # Per CPU second against one core's peak: what the step would reach on
+        # cores of its own (spin-waiting counts as CPU time, so this is low).
+        pk1 = peak["dpbf16_gflops"] / peak["threads"] if dp else peak["fma_1t_gflops"]
+        for name, ms in (("fw", fwc), ("torch", thc)):
+            if ms:
+                g = flops / (ms / 1000) / 1e9
+                print(f"  {name:5s} {g:.1f} GFLOP per CPU second = {100 * g / pk1:.1f}% of one "
+                      f"core's peak {pk1:.1f}")
 
 
 def main():
@@ -630,7 +655,7 @@ def main():
                                  lambda: run_fw(args, shard, work, dtype, flags, env))
                     var_rounds.setdefault(name, []).append(r)
                     print(f"fw [{name}]: {r['ms_step']:.1f} ms/step median, {r['ms_min']:.1f} "
-                          f"fastest, peak RSS {r['peak_rss_mib']:.0f} MiB, planned "
+                          f"fastest, CPU {fmt(r['cpu_ms_step'], '.1f')} ms/step, peak RSS {r['peak_rss_mib']:.0f} MiB, planned "
                           f"{fmt(r['planned_mib'], '.0f')} MiB, others' load "
                           f"{r['others_cores']:.2f} cores, losses "
                           + " ".join(f"{x:.4f}" for x in r["losses"]))
@@ -640,10 +665,14 @@ def main():
             base = min((f["ms_step"] for f, _ in rounds if f), default=None)
             for name, rs in var_rounds.items():
                 ms = min(r["ms_step"] for r in rs)
+                cpu = min((r["cpu_ms_step"] for r in rs if r.get("cpu_ms_step")), default=None)
+                base_cpu = min((f["cpu_ms_step"] for f, _ in rounds
+                                if f and f.get("cpu_ms_step")), default=None)
                 print(f"fw [{name}]: {ms:.1f} ms/step (min of round medians "
-                      f"{[round(r['ms_step'], 1) for r in rs]}), peak RSS "
-                      f"{min(r['peak_rss_mib'] for r in rs):.0f} MiB"
-                      + (f"; / plain fw {ms / base:.3f}" if base else ""))
+                      f"{[round(r['ms_step'], 1) for r in rs]}), CPU {fmt(cpu, '.1f')} ms/step, "
+                      f"peak RSS {min(r['peak_rss_mib'] for r in rs):.0f} MiB"
+                      + (f"; / plain fw: time {ms / base:.3f}" if base else "")
+                      + (f", CPU {cpu / base_cpu:.3f}" if cpu and base_cpu else ""))
             th = next((t for _, t in rounds if t), None)
             if th:
                 print(f"torch BLAS: OPENBLAS_CORETYPE={th['OPENBLAS_CORETYPE']}, "
