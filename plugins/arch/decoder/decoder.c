@@ -277,10 +277,9 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 	m->logits = h->matmul(m->ctx, x, head, false, true);      /* (B, T, V) */
 	if (decode)
 		return m->logits ? FW_OK : fail(d, m, err);
-	if (d->fused_head)
-		m->loss = h->op(m->ctx, FW_OP_LMHEAD_CE,
-				(struct fw_tensor *[]){ x, head, m->targets, m->loss_mask }, 4,
-				(const union fw_param[]){ { .i = FW_IGNORE_INDEX }, { .i = 0 } }, 2);
+	if (d->fused_head && FW_HAS(h, lm_head_cross_entropy))
+		m->loss = h->lm_head_cross_entropy(m->ctx, x, head, m->targets, m->loss_mask,
+						   FW_IGNORE_INDEX, 0);
 	else
 		m->loss = h->cross_entropy(m->ctx, m->logits, m->targets, m->loss_mask,
 					   FW_IGNORE_INDEX);
