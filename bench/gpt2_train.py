@@ -301,7 +301,7 @@ def run_torch(args, shard, work, config):
     with open(out) as f:
         r = json.loads(f.read().strip().splitlines()[-1])
     r.update(res)
-    r.update(step_stats(r["step_s"], args.warmup, r.get("cpu_s")))
+    r.update(step_stats(r["step_s"], args.warmup, r.get("step_cpu_s")))
     return r
 
 
@@ -423,7 +423,7 @@ def torch_worker(config, data, steps, threads):
         "config": config, "torch": torch.__version__, "n_params": n_params,
         "threads": torch.get_num_threads(), "mkldnn": torch.backends.mkldnn.enabled,
         "foreach": opts["foreach"], "bf16_autocast": opts.get("bf16", False),
-        "step_s": step_s, "cpu_s": cpu_s, "loss0": losses[0], "loss_last": losses[-1], "losses": losses,
+        "step_s": step_s, "step_cpu_s": cpu_s, "loss0": losses[0], "loss_last": losses[-1], "losses": losses,
         "libs": libs, "openblas_core": openblas_core(libs),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
     }))
