@@ -98,16 +98,19 @@ static struct {
 	bool quick;
 	bool slow;           /* time products that fall back to oneDNN's ref kernel */
 	bool do_f32, do_bf16;
+	bool peak_only;      /* print the peaks as one JSON line and exit */
 	double case_s;       /* timed seconds per case */
 	int rounds;          /* interleaved timed repetitions per case */
 } opt = { .do_f32 = true, .do_bf16 = true };
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: gemm [--threads N] [--quick] [--dtype f32|bf16|all] [--slow]\n"
+	fprintf(f, "usage: gemm [--threads N] [--quick] [--dtype f32|bf16|all] [--slow] [--peak-only]\n"
 		   "  --threads N   OpenMP threads (default: all cores)\n"
 		   "  --quick       shorter timing (about 0.1 s a case instead of 0.4 s)\n"
 		   "  --dtype D     f32, bf16 or all (default all)\n"
+		   "  --peak-only   only measure the FMA (and dpbf16) peaks; print them as one\n"
+		   "                JSON line (bench/gpt2_train.py reads it)\n"
 		   "  --slow        also time (one call each) what runs on oneDNN's reference\n"
 		   "                kernel: the diag row, and a graph backward found that slow\n"
 		   "                on attn-proj, on every shape (minutes)\n");
@@ -122,6 +125,8 @@ static void parse_args(int argc, char **argv)
 				die("--threads", "needs a positive count");
 		} else if (!strcmp(argv[i], "--quick")) {
 			opt.quick = true;
+		} else if (!strcmp(argv[i], "--peak-only")) {
+			opt.peak_only = true;
 		} else if (!strcmp(argv[i], "--slow")) {
 			opt.slow = true;
 		} else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) {
@@ -1029,6 +1034,15 @@ int main(int argc, char **argv)
 		printf("bf16: SKIPPED, this CPU has neither avx512_bf16 nor amx_bf16 (fw widens bf16 "
 		       "products to f32 there; --dtype f32 measures that kernel)\n");
 		opt.do_bf16 = false;
+	}
+	if (opt.peak_only) {
+		double fma = peak_gflops(fma_loop, fma_flops, nt);
+		double one = peak_gflops(fma_loop, fma_flops, 1);
+		double dp = dpbf16 ? peak_gflops(dpbf16_loop, DP_FLOPS_PER_ITER, nt) : 0;
+		printf("{\"threads\": %d, \"fma_gflops\": %.2f, \"fma_1t_gflops\": %.2f, "
+		       "\"dpbf16_gflops\": %.2f, \"fma_isa\": \"%s\"}\n",
+		       nt, fma, one, dp, fma512 ? "avx512" : "avx2");
+		return 0;
 	}
 	fw_machine_report(stdout);
 	printf("fw gemm benchmark: GPT-2 124M linears, M = B*T = 1024\n");

@@ -32,7 +32,23 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from machine import machine_line, openblas_coretype  # noqa: E402
 
 MAGIC, VERSION = 20240520, 1
-VOCAB, N_POS, N_LAYER, N_HEAD, N_EMBD = 50257, 1024, 12, 12, 768
+# --model: the shape. gpt2 is GPT-2 124M at the issue's B=4, T=256; small is
+# the issue's 6-layer, 384-wide, 8192-vocab model at B=8 (for iterating).
+MODELS = {
+    "gpt2": dict(vocab=50257, n_pos=1024, n_layer=12, n_head=12, n_embd=768, B=4, T=256),
+    "small": dict(vocab=8192, n_pos=1024, n_layer=6, n_head=6, n_embd=384, B=8, T=256),
+}
+M = MODELS["gpt2"]      # set from --model in main() and in the torch worker
+
+
+def step_flops(m):
+    """Model FLOPs of one training step (forward + backward = 3x forward):
+    the linears 2*BT*12*L*C^2, the head 2*BT*V*C and attention's two
+    products 2*2*B*L*T*T*C, as counted for MFU (PaLM appendix B, without
+    causal halving since both sides compute the full T x T scores)."""
+    bt, c, l = m["B"] * m["T"], m["n_embd"], m["n_layer"]
+    fwd = 2 * bt * 12 * l * c * c + 2 * bt * m["vocab"] * c + 4 * m["B"] * l * m["T"] ** 2 * c
+    return 3 * fwd
 OPENBLAS_OMP_DIR = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
 REF_BLAS_DIR = "/usr/lib/x86_64-linux-gnu/blas"
 
@@ -66,13 +82,13 @@ def log(msg):
 
 # --------------------------------------------------------------------------- data
 
-def write_shard(path, n_tokens, seed=1234):
+def write_shard(path, n_tokens, vocab, seed=1234):
     """An llm.c shard of n_tokens random tokens (standard library only)."""
     import array
     import random
     rng = random.Random(seed)
     header = array.array("i", [MAGIC, VERSION, n_tokens] + [0] * 253)
-    toks = array.array("H", (rng.randrange(VOCAB) for _ in range(n_tokens)))
+    toks = array.array("H", (rng.randrange(vocab) for _ in range(n_tokens)))
     if sys.byteorder != "little":
         header.byteswap()
         toks.byteswap()
@@ -160,12 +176,18 @@ def wait_for_quiet(args):
     return os.getloadavg()[0]
 
 
-def step_stats(step_s, warmup):
+def step_stats(step_s, warmup, cpu_s=None):
     """ms/step: the median of the steps after warm-up, and the fastest of them
-    (the steadier estimate when other jobs share the machine)."""
-    rest = step_s[warmup:] if len(step_s) > warmup else step_s[-1:]
-    return {"ms_step": statistics.median(rest) * 1000.0, "ms_min": min(rest) * 1000.0,
-            "step_ms": [round(x * 1000, 1) for x in step_s]}
+    (the steadier estimate when other jobs share the machine); cpu_ms_step:
+    the median CPU time (all threads) of those steps, where recorded."""
+    def after(v):
+        return v[warmup:] if len(v) > warmup else v[-1:]
+    rest = after(step_s)
+    r = {"ms_step": statistics.median(rest) * 1000.0, "ms_min": min(rest) * 1000.0,
+         "step_ms": [round(x * 1000, 1) for x in step_s], "cpu_ms_step": None}
+    if cpu_s:
+        r["cpu_ms_step"] = statistics.median(after(cpu_s)) * 1000.0
+    return r
 
 
 def measured(args, what, fn):
@@ -189,7 +211,19 @@ def measured(args, what, fn):
 
 # --------------------------------------------------------------------------- fw
 
-def run_fw(args, shard, work, flags=()):
+def parse_variant(text):
+    """NAME=ARGS, ARGS being fwrun options and KEY=VALUE environment settings
+    separated by spaces, e.g. 'unfused=--fused-head-loss=false' or
+    'bt0=KMP_BLOCKTIME=0'."""
+    name, _, rest = text.partition("=")
+    if not name or not rest:
+        raise SystemExit(f"--fw-variant {text}: expected NAME=ARGS")
+    flags = [a for a in rest.split() if a.startswith("--")]
+    env = dict(a.split("=", 1) for a in rest.split() if not a.startswith("--") and "=" in a)
+    return name, flags, env
+
+
+def run_fw(args, shard, work, dtype="f32", flags=(), extra_env=None):
     build = os.path.abspath(args.build)
     fwrun = os.path.join(build, "tools", "fwrun")
     if os.path.isdir(fwrun):          # some generators put the binary in a folder
@@ -197,15 +231,19 @@ def run_fw(args, shard, work, flags=()):
     run_dir = os.path.join(work, "fw-run")
     shutil.rmtree(run_dir, ignore_errors=True)
     cmd = [fwrun, "train", "--plugins=arch/decoder,attention/mha,optim/adamw",
-           f"--data={shard}", "--micro-batch-size=4", "--seq-length=256",
+           f"--data={shard}", f"--micro-batch-size={M['B']}", f"--seq-length={M['T']}",
+           f"--n-layer={M['n_layer']}", f"--n-head={M['n_head']}", f"--n-embd={M['n_embd']}",
+           f"--vocab-size={M['vocab']}", f"--n-positions={M['n_pos']}",
            f"--train-iters={args.steps}", "--lr=6e-4", "--lr-warmup-iters=0",
            "--lr-decay-style=constant", "--weight-decay=0.1", "--clip-grad=1.0",
-           "--no-shuffle", f"--threads={args.threads}", f"--run-dir={run_dir}", *flags]
+           "--no-shuffle", f"--threads={args.threads}", f"--run-dir={run_dir}",
+           *(["--bf16"] if dtype == "bf16" else []), *flags]
     if not os.access(fwrun, os.X_OK):
         raise SystemExit(f"{fwrun}: not built (see bench/README.md, gpt2_train)")
     env = dict(os.environ, FW_PLUGIN_PATH=os.path.join(build, "plugins"),
-               OMP_NUM_THREADS=str(args.threads))
+               OMP_NUM_THREADS=str(args.threads), **(extra_env or {}))
     log(f"  fw: FW_PLUGIN_PATH={env['FW_PLUGIN_PATH']} OMP_NUM_THREADS={args.threads} " +
+        "".join(f"{k}={v} " for k, v in (extra_env or {}).items()) +
         " ".join(cmd))
     res = run_child(cmd, env, os.path.join(work, "fw.out"), os.path.join(work, "fw.err"))
     rc = res["rc"]
@@ -222,10 +260,15 @@ def run_fw(args, shard, work, flags=()):
                 rows.append(r)
     el = [r["elapsed_s"] for r in rows]
     step_s = [el[0]] + [b - a for a, b in zip(el, el[1:])]
+    cp = [r.get("cpu_s") for r in rows]
+    cpu_s = [b - a for a, b in zip(cp, cp[1:])] if None not in cp and len(cp) > 1 else None
+    if cpu_s:
+        cpu_s = [cpu_s[0]] + cpu_s       # step 1 has no start mark; never in the median
     m = re.search(r"peak memory \(RSS\) ([0-9.]+) MiB; planned ([0-9.]+) MiB", err_text)
     n = re.search(r"fwrun: (\d+) parameters", err_text)
-    res.update(step_stats(step_s, args.warmup))
+    res.update(step_stats(step_s, args.warmup, cpu_s))
     res.update(loss0=rows[0]["loss"], loss_last=rows[-1]["loss"],
+               losses=[r["loss"] for r in rows],
                self_peak_mib=float(m.group(1)) if m else None,
                planned_mib=float(m.group(2)) if m else None,
                n_params=int(n.group(1)) if n else None)
@@ -245,6 +288,7 @@ def run_torch(args, shard, work, config):
               "with --setup-blas, as root); skipped", flush=True)
         return None
     cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", config,
+           "--model", args.model,
            "--data", shard, "--steps", str(args.steps), "--threads", str(args.threads)]
     log(f"  torch [{config}]: " + " ".join(f"{k}={v}" for k, v in extra.items()) +
         f" OMP_NUM_THREADS={args.threads}")
@@ -257,7 +301,7 @@ def run_torch(args, shard, work, config):
     with open(out) as f:
         r = json.loads(f.read().strip().splitlines()[-1])
     r.update(res)
-    r.update(step_stats(r["step_s"], args.warmup))
+    r.update(step_stats(r["step_s"], args.warmup, r.get("step_cpu_s")))
     return r
 
 
@@ -296,7 +340,8 @@ def torch_worker(config, data, steps, threads):
     torch.set_num_threads(threads)
     torch.backends.mkldnn.enabled = opts["mkldnn"]
     torch.manual_seed(1234)
-    B, T, C, H, L = 4, 256, N_EMBD, N_HEAD, N_LAYER
+    B, T, C, H, L = M["B"], M["T"], M["n_embd"], M["n_head"], M["n_layer"]
+    VOCAB, N_POS = M["vocab"], M["n_pos"]
 
     class Block(nn.Module):
         def __init__(self):
@@ -356,9 +401,9 @@ def torch_worker(config, data, steps, threads):
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=6e-4, betas=(0.9, 0.999), eps=1e-8, foreach=opts["foreach"])
     toks = torch.from_numpy(read_shard(data).astype(np.int64))
-    step_s, losses = [], []
+    step_s, cpu_s, losses = [], [], []
     for k in range(steps):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         chunk = toks[k * B * T: k * B * T + B * T + 1]
         x, y = chunk[:-1].view(B, T), chunk[1:].view(B, T)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=opts.get("bf16", False)):
@@ -369,6 +414,7 @@ def torch_worker(config, data, steps, threads):
         opt.step()
         lv = loss.item()
         step_s.append(time.perf_counter() - t0)
+        cpu_s.append(time.process_time() - c0)
         losses.append(lv)
         print(f"torch step {k + 1}/{steps} loss {lv:.6f} {step_s[-1] * 1000:.0f} ms",
               file=sys.stderr, flush=True)
@@ -377,7 +423,7 @@ def torch_worker(config, data, steps, threads):
         "config": config, "torch": torch.__version__, "n_params": n_params,
         "threads": torch.get_num_threads(), "mkldnn": torch.backends.mkldnn.enabled,
         "foreach": opts["foreach"], "bf16_autocast": opts.get("bf16", False),
-        "step_s": step_s, "loss0": losses[0], "loss_last": losses[-1],
+        "step_s": step_s, "step_cpu_s": cpu_s, "loss0": losses[0], "loss_last": losses[-1], "losses": losses,
         "libs": libs, "openblas_core": openblas_core(libs),
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
     }))
@@ -417,13 +463,17 @@ def print_table(run, fw, th, load):
     g = (lambda d, k: d.get(k) if d else None)
     row("ms/step (median)", g(fw, "ms_step"), g(th, "ms_step"), ".1f")
     row("ms/step (fastest)", g(fw, "ms_min"), g(th, "ms_min"), ".1f")
+    row("CPU ms/step (median)", g(fw, "cpu_ms_step"), g(th, "cpu_ms_step"), ".1f")
     row("peak RSS MiB", g(fw, "peak_rss_mib"), g(th, "peak_rss_mib"), ".1f")
     row("first-step loss", g(fw, "loss0"), g(th, "loss0"), ".4f", False)
     row("last-step loss", g(fw, "loss_last"), g(th, "loss_last"), ".4f", False)
     row("parameters", g(fw, "n_params"), g(th, "n_params"), "d", False)
     row("others' load (cores)", g(fw, "others_cores"), g(th, "others_cores"), ".2f", False)
     row("attempts", g(fw, "attempts"), g(th, "attempts"), "d", False)
-    print(f"(ln(50257) = {math.log(VOCAB):.4f})")
+    print(f"(ln({M['vocab']}) = {math.log(M['vocab']):.4f})")
+    if fw and th:
+        print("per-step loss fw:    " + " ".join(f"{x:.4f}" for x in fw["losses"]))
+        print("per-step loss torch: " + " ".join(f"{x:.4f}" for x in th["losses"]))
     if fw:
         print(f"fw    per-step ms: {fw['step_ms']}  wall {fw['wall_s']:.1f} s; "
               f"fwrun's own peak {fmt(fw['self_peak_mib'], '.1f')} MiB, planned "
@@ -436,13 +486,84 @@ def print_table(run, fw, th, load):
     sys.stdout.flush()
 
 
+def measure_peak(args):
+    """The FMA (and AVX512-BF16 dpbf16) peak of this run: bench/gemm's
+    --peak-only loops on --threads threads (None when it is not built)."""
+    exe = os.path.join(os.path.abspath(args.build), "gemm")
+    if not os.access(exe, os.X_OK):
+        log(f"  {exe}: not built (cmake --build {args.build} --target gemm); no peak")
+        return None
+    out = subprocess.run([exe, "--peak-only", "--threads", str(args.threads)], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def summarize(dtype, rounds, peak):
+    """The min over rounds of each side's median step, their ratio, and the
+    whole step's model FLOP/s against the run's measured peak."""
+    fws = [f for f, _ in rounds if f]
+    ths = [t for _, t in rounds if t]
+    fw = min((f["ms_step"] for f in fws), default=None)
+    th = min((t["ms_step"] for t in ths), default=None)
+    flops = step_flops(M)
+    print(f"\n== summary {dtype}: min over {len(rounds)} rounds of each side's median step")
+    print(f"fw    {fmt(fw, '.1f')} ms/step (round medians "
+          f"{[round(f['ms_step'], 1) for f in fws]}), peak RSS min "
+          f"{fmt(min((f['peak_rss_mib'] for f in fws), default=None), '.0f')} MiB")
+    print(f"torch {fmt(th, '.1f')} ms/step (round medians "
+          f"{[round(t['ms_step'], 1) for t in ths]}), peak RSS min "
+          f"{fmt(min((t['peak_rss_mib'] for t in ths), default=None), '.0f')} MiB")
+    fwc = min((f["cpu_ms_step"] for f in fws if f.get("cpu_ms_step")), default=None)
+    thc = min((t["cpu_ms_step"] for t in ths if t.get("cpu_ms_step")), default=None)
+    print(f"CPU time (all threads) per step, min over rounds of the medians: fw "
+          f"{fmt(fwc, '.1f')} ms, torch {fmt(thc, '.1f')} ms"
+          + (f", fw/torch {fwc / thc:.3f}" if fwc and thc else ""))
+    if fw and th:
+        print(f"step time fw/torch: {fw / th:.3f} (issue target <= 0.6)")
+        rss = min(f["peak_rss_mib"] for f in fws) / min(t["peak_rss_mib"] for t in ths)
+        print(f"peak RSS fw/torch: {rss:.3f} (issue target <= 0.6)")
+    if peak:
+        dp = dtype == "bf16" and peak["dpbf16_gflops"] > 0
+        # On a shared machine the all-thread loop rarely finds every core
+        # free: threads x the one-thread peak is the higher, truer bound.
+        fma = max(peak["fma_gflops"], peak["threads"] * peak["fma_1t_gflops"])
+        pk = peak["dpbf16_gflops"] if dp else fma
+        what = "AVX512-BF16 dpbf16 (all threads)" if dp else \
+            f"FMA ({peak['fma_isa']}; max of all threads {peak['fma_gflops']:.1f} and " \
+            f"{peak['threads']} x one thread {peak['fma_1t_gflops']:.1f})"
+        print(f"step model FLOPs {flops / 1e9:.1f} GFLOP; {what} peak of this run "
+              f"{pk:.1f} GFLOP/s on {peak['threads']} threads")
+        for name, ms in (("fw", fw), ("torch", th)):
+            if ms:
+                g = flops / (ms / 1000) / 1e9
+                print(f"  {name:5s} {g:.1f} GFLOP/s = {100 * g / pk:.1f}% of peak"
+                      + (" (issue target >= 80%)" if name == "fw" else ""))
+        # Per CPU second against one core's peak: what the step would reach on
+        # cores of its own (spin-waiting counts as CPU time, so this is low).
+        pk1 = peak["dpbf16_gflops"] / peak["threads"] if dp else peak["fma_1t_gflops"]
+        for name, ms in (("fw", fwc), ("torch", thc)):
+            if ms:
+                g = flops / (ms / 1000) / 1e9
+                print(f"  {name:5s} {g:.1f} GFLOP per CPU second = {100 * g / pk1:.1f}% of one "
+                      f"core's peak {pk1:.1f}")
+
+
 def main():
+    global M
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", choices=MODELS, default="gpt2",
+                    help="gpt2 (124M, B=4 T=256) or small (6 layers, 384 wide, vocab 8192, B=8)")
+    ap.add_argument("--dtype", default="f32",
+                    help="comma-separated, of f32 and bf16 (fw --bf16, torch autocast bf16)")
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     ap.add_argument("--build", default="build", help="fw build directory")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=2, help="fw+torch pairs")
+    ap.add_argument("--runs", type=int, default=3,
+                    help="rounds; each runs torch and fw once, alternating which goes first")
+    ap.add_argument("--fw-variant", action="append", default=[], metavar="NAME=ARGS",
+                    help="also run fw with these fwrun options / KEY=VALUE environment "
+                    "settings in every round (repeatable), e.g. unfused=--fused-head-loss=false")
     ap.add_argument("--skip-torch", action="store_true")
     ap.add_argument("--skip-fw", action="store_true")
     ap.add_argument("--torch-config", default=DEFAULT_TORCH_CONFIG,
@@ -451,15 +572,16 @@ def main():
     ap.add_argument("--setup-blas", action="store_true",
                     help="as root: apt-get install libopenblas0-openmp and select it as "
                     "libblas.so.3, then exit")
-    ap.add_argument("--max-wait", type=int, default=600, help="seconds to wait for a quiet machine")
+    ap.add_argument("--max-wait", type=int, default=60, help="seconds to wait for a quiet machine")
     ap.add_argument("--max-others", type=float, default=0.3,
                     help="before measuring, wait while other processes keep more cores busy than "
                     "this; remeasure a process when they did during it")
-    ap.add_argument("--retries", type=int, default=2, help="remeasurements per process")
+    ap.add_argument("--retries", type=int, default=0, help="remeasurements per process")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--torch-worker", metavar="CONFIG", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    M = MODELS[args.model]
 
     if args.torch_worker:
         return torch_worker(args.torch_worker, args.data, args.steps, args.threads)
@@ -474,51 +596,95 @@ def main():
     for c in configs:
         if c not in TORCH_CONFIGS:
             raise SystemExit(f"unknown --torch-config {c}; one of {', '.join(TORCH_CONFIGS)}")
+    variants = [parse_variant(v) for v in args.fw_variant]
+    dtypes = [d for d in args.dtype.split(",") if d]
+    for d in dtypes:
+        if d not in ("f32", "bf16"):
+            raise SystemExit(f"--dtype {d}: expected f32 or bf16")
 
     work = tempfile.mkdtemp(prefix="fw-gpt2-bench-")
     shard = os.path.join(work, "train.bin")
-    write_shard(shard, (args.steps + 1) * 4 * 256 + 1)
+    write_shard(shard, (args.steps + 1) * M["B"] * M["T"] + 1, M["vocab"])
     print(machine_line())
-    print(f"GPT-2 124M fp32, B=4 T=256, {args.steps} steps (median of steps "
-          f"{args.warmup + 1}..{args.steps}), {args.threads} threads, {os.cpu_count()} CPUs")
-    summary = []
+    print(f"model {args.model}: {M}; {args.steps} steps (median of steps "
+          f"{args.warmup + 1}..{args.steps}), {args.threads} threads, {os.cpu_count()} CPUs, "
+          f"{args.runs} interleaved rounds")
+    peaks = []
     try:
-        for run in range(1, args.runs + 1):
-            log(f"run {run}/{args.runs}")
-            before = wait_for_quiet(args)
-            fw = None if args.skip_fw else measured(args, "fw", lambda: run_fw(args, shard, work))
-            th = None
-            for c in ([] if args.skip_torch else configs):
-                r = measured(args, f"torch [{c}]",
-                             lambda c=c: run_torch(args, shard, work, c))
-                if r:
-                    log(f"  torch [{c}]: {r['ms_step']:.1f} ms/step, libs {r['libs']}, "
-                        f"OpenBLAS core {r['openblas_core']}")
-                if r and len(configs) > 1:
-                    print(f"  torch [{c}]: {r['ms_step']:.1f} ms/step median, "
-                          f"{r['ms_min']:.1f} fastest, peak {r['peak_rss_mib']:.0f} MiB, "
-                          f"others' load {r['others_cores']:.2f} cores")
-                if r and (th is None or r["ms_step"] < th["ms_step"]):
-                    th = r
-            after = os.getloadavg()[0]
-            print_table(run, fw, th, (before, after))
-            summary.append((fw, th))
-        if summary and summary[0][1]:
-            th = summary[0][1]
-            print(f"\ntorch BLAS: OPENBLAS_CORETYPE={th['OPENBLAS_CORETYPE']}, "
-                  f"OpenBLAS core {th['openblas_core']}")
-            for lib in th["libs"]:
-                print(f"  loaded: {lib}")
-        ratios = [f["ms_step"] / t["ms_step"] for f, t in summary if f and t]
-        if ratios:
-            print(f"ms/step ratio fw/torch per run: {', '.join(f'{r:.3f}' for r in ratios)}"
-                  f" -> goal < 1.0: {'met' if max(ratios) < 1.0 else 'NOT met'}")
-        rmin = [f["ms_min"] / t["ms_min"] for f, t in summary if f and t]
-        if rmin:
-            print(f"fastest-step ratio fw/torch per run: {', '.join(f'{r:.3f}' for r in rmin)}")
-        mr = [f["peak_rss_mib"] / t["peak_rss_mib"] for f, t in summary if f and t]
-        if mr:
-            print(f"peak RSS ratio fw/torch per run: {', '.join(f'{r:.3f}' for r in mr)}")
+        for dtype in dtypes:
+            rounds, var_rounds = [], {}
+            for run in range(1, args.runs + 1):
+                log(f"{dtype} round {run}/{args.runs}")
+                before = wait_for_quiet(args)
+                pk = measure_peak(args)
+                if pk:
+                    peaks.append(pk)
+                fw = th = None
+
+                def do_fw():
+                    return None if args.skip_fw else measured(
+                        args, "fw", lambda: run_fw(args, shard, work, dtype))
+
+                def do_torch():
+                    best = None
+                    for c in ([] if args.skip_torch else configs):
+                        c = c + "-bf16" if dtype == "bf16" and not c.endswith("-bf16") else c
+                        if c not in TORCH_CONFIGS:
+                            raise SystemExit(f"no bf16 torch configuration for {c}")
+                        r = measured(args, f"torch [{c}]",
+                                     lambda c=c: run_torch(args, shard, work, c))
+                        if r:
+                            log(f"  torch [{c}]: {r['ms_step']:.1f} ms/step, libs {r['libs']}, "
+                                f"OpenBLAS core {r['openblas_core']}")
+                        if r and (best is None or r["ms_step"] < best["ms_step"]):
+                            best = r
+                    return best
+                if run % 2:          # torch first in odd rounds, fw first in even ones
+                    th = do_torch()
+                    fw = do_fw()
+                else:
+                    fw = do_fw()
+                    th = do_torch()
+                after = os.getloadavg()[0]
+                print(f"\n[{dtype}] order: {'torch, fw' if run % 2 else 'fw, torch'}; peak "
+                      f"{fmt(pk and pk['fma_gflops'], '.1f')} GFLOP/s FMA")
+                print_table(run, fw, th, (before, after))
+                rounds.append((fw, th))
+                for name, flags, env in variants:
+                    r = measured(args, f"fw [{name}]",
+                                 lambda: run_fw(args, shard, work, dtype, flags, env))
+                    var_rounds.setdefault(name, []).append(r)
+                    print(f"fw [{name}]: {r['ms_step']:.1f} ms/step median, {r['ms_min']:.1f} "
+                          f"fastest, CPU {fmt(r['cpu_ms_step'], '.1f')} ms/step, peak RSS {r['peak_rss_mib']:.0f} MiB, planned "
+                          f"{fmt(r['planned_mib'], '.0f')} MiB, others' load "
+                          f"{r['others_cores']:.2f} cores, losses "
+                          + " ".join(f"{x:.4f}" for x in r["losses"]))
+            best_peak = dict(peaks[0], **{k: max(p[k] for p in peaks) for k in (
+                "fma_gflops", "fma_1t_gflops", "dpbf16_gflops")}) if peaks else None
+            summarize(dtype, rounds, best_peak)
+            base = min((f["ms_step"] for f, _ in rounds if f), default=None)
+            for name, rs in var_rounds.items():
+                ms = min(r["ms_step"] for r in rs)
+                cpu = min((r["cpu_ms_step"] for r in rs if r.get("cpu_ms_step")), default=None)
+                base_cpu = min((f["cpu_ms_step"] for f, _ in rounds
+                                if f and f.get("cpu_ms_step")), default=None)
+                print(f"fw [{name}]: {ms:.1f} ms/step (min of round medians "
+                      f"{[round(r['ms_step'], 1) for r in rs]}), CPU {fmt(cpu, '.1f')} ms/step, "
+                      f"peak RSS {min(r['peak_rss_mib'] for r in rs):.0f} MiB"
+                      + (f"; / plain fw: time {ms / base:.3f}" if base else "")
+                      + (f", CPU {cpu / base_cpu:.3f}" if cpu and base_cpu else ""))
+            th = next((t for _, t in rounds if t), None)
+            if th:
+                print(f"torch BLAS: OPENBLAS_CORETYPE={th['OPENBLAS_CORETYPE']}, "
+                      f"OpenBLAS core {th['openblas_core']}")
+                for lib in th["libs"]:
+                    print(f"  loaded: {lib}")
+        if peaks:
+            print("peaks measured (FMA GFLOP/s): " +
+                  ", ".join(f"{p['fma_gflops']:.1f}" for p in peaks) +
+                  f"; one thread alone {max(p['fma_1t_gflops'] for p in peaks):.1f}")
+        la = os.getloadavg()
+        print(f"load average at the end: {la[0]:.2f} {la[1]:.2f} {la[2]:.2f}")
     finally:
         if args.keep:
             print(f"work directory kept: {work}")

@@ -33,6 +33,7 @@ PACKAGES=(
 	gnuplot-nox         # fwrun report's plots (SVG, inlined in report.html); 6 s to install here
 	chromium            # tests/sweep_cli.py loads report.html headless: console, screenshot, series; 21 s here
 	openmpi-bin         # mpirun: fwrun sweep --launcher=mpi spreads trials over ranks (tests/sweep_cli.py); 24 s to install here
+	libopenblas0-openmp # bench/gpt2_train.py: torch's fp32 BLAS (OpenMP OpenBLAS, loaded by LD_LIBRARY_PATH), the fair baseline
 )
 
 missing=()

@@ -296,7 +296,7 @@ static double field_f(const char *line, const char *key)
 static void check_train_lines(const struct metrics *m, int first, int n)
 {
 	static const char *const keys[] = { "step", "loss", "lr", "grad_norm", "loss_scale",
-					    "tokens", "tokens_per_s", "elapsed_s" };
+					    "tokens", "tokens_per_s", "elapsed_s", "cpu_s" };
 	ck_assert_int_eq(m->n_train, n);
 	for (int i = 0; i < n; i++) {
 		for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {

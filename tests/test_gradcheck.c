@@ -14,7 +14,7 @@
 /* Arguments of the op under test, passed to the builders as user data. */
 struct args {
 	bool ta, tb, causal, keepdim, reverse;
-	int axis, form, ignore, nd;
+	int axis, form, ignore, nd, chunk;
 	float s, eps, p;
 	int64_t start, len;
 	int perm[FW_MAX_DIMS];
@@ -117,6 +117,12 @@ static struct fw_tensor *b_dropout(struct fw_ctx *c, struct fw_tensor *const *in
 static struct fw_tensor *b_ce(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
 {
 	return fw_cross_entropy(c, in[0], in[1], in[2], ARGS(u)->ignore);
+}
+
+static struct fw_tensor *b_lmce(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_lm_head_cross_entropy(c, in[0], in[1], in[2], in[3], ARGS(u)->ignore,
+					ARGS(u)->chunk);
 }
 
 static struct fw_tensor *b_concat(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
@@ -295,6 +301,14 @@ static struct gentry cases[] = {
 	  { FR("logits", -3, 3, 2, 3, 7), INT("targets", tgt_2x3, 2, 3), NONE }, 0 },
 	{ "cross_entropy_ignore_mask", b_ce, { .ignore = FW_IGNORE_INDEX }, 3,
 	  { FR("logits", -3, 3, 8, 6), INT("targets", tgt_ign, 8), CONST("mask", ce_mask, 8) }, 0 },
+	/* x @ w^T and cross-entropy fused, in chunks of 2 and 3 rows and one chunk */
+	{ "lm_head_ce_chunk2", b_lmce, { .ignore = FW_IGNORE_INDEX, .chunk = 2 }, 4,
+	  { FR("x", -1, 1, 2, 3, 4), FR("w", -1, 1, 7, 4), INT("targets", tgt_2x3, 2, 3), NONE }, 0 },
+	{ "lm_head_ce_ignore_mask_chunk3", b_lmce, { .ignore = FW_IGNORE_INDEX, .chunk = 3 }, 4,
+	  { FR("x", -1, 1, 8, 5), FR("w", -1, 1, 6, 5), INT("targets", tgt_ign, 8),
+	    CONST("mask", ce_mask, 8) }, 0 },
+	{ "lm_head_ce_auto", b_lmce, { .ignore = FW_IGNORE_INDEX }, 4,
+	  { FR("x", -1, 1, 2, 3, 4), FR("w", -1, 1, 7, 4), INT("targets", tgt_2x3, 2, 3), NONE }, 0 },
 	{ "concat_axis0", b_concat, { .axis = 0 }, 2, { F("a", 2, 3), F("b", 4, 3) }, 0 },
 	{ "concat_last", b_concat, { .axis = 2 }, 2, { F("a", 2, 3, 2), F("b", 2, 3, 4) }, 0 },
 	{ "concat_neg", b_concat, { .axis = -2 }, 2, { F("a", 2, 2, 3), F("b", 2, 1, 3) }, 0 },
@@ -675,6 +689,111 @@ START_TEST(test_ce_ignored_zero_grad)
 }
 END_TEST
 
+/* --- the fused LM head: the same loss and gradients as matmul + cross-entropy ------ */
+
+struct lmce_run {
+	float loss;
+	float *dx, *dw;          /* NULL when that input has no gradient */
+	size_t act_ws;           /* planned activations + workspace */
+};
+
+/* One forward + backward of the head, fused (chunk >= 0) or not (chunk < 0). */
+static struct lmce_run lmce_run(int chunk, bool w_grad, enum fw_dtype autocast, int64_t N,
+				int64_t C, int64_t V, const float *xv, const float *wv,
+				const int32_t *tv, const float *mv)
+{
+	struct fw_ctx *ctx = fw_ctx_new();
+	ck_assert_int_eq(fw_ctx_set_autocast(ctx, autocast), FW_OK);
+	struct fw_tensor *x = fw_param(ctx, "x", FW_F32, 2, (int64_t[]){ N, C }, true);
+	struct fw_tensor *w = fw_param(ctx, "w", FW_F32, 2, (int64_t[]){ V, C }, w_grad);
+	struct fw_tensor *t = fw_input(ctx, "t", FW_I32, 1, (int64_t[]){ N });
+	struct fw_tensor *m = fw_input(ctx, "m", FW_F32, 1, (int64_t[]){ N });
+	struct fw_tensor *loss = chunk >= 0 ?
+		fw_lm_head_cross_entropy(ctx, x, w, t, m, FW_IGNORE_INDEX, chunk) :
+		fw_cross_entropy(ctx, fw_matmul(ctx, x, w, false, true), t, m, FW_IGNORE_INDEX);
+	ck_assert_msg(loss != NULL, "%s", fw_ctx_err(ctx)->msg);
+	struct fw_graph *g = fw_graph_new(ctx, &loss, 1, &(struct fw_graph_opts){
+		.backward = true, .training = true });
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+	memcpy(x->data, xv, (size_t)(N * C) * sizeof(float));
+	memcpy(w->data, wv, (size_t)(V * C) * sizeof(float));
+	fwt_write(t, tv);
+	fwt_write(m, mv);
+	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+	ck_assert_int_eq(fw_graph_backward(g), FW_OK);
+	struct fw_memory_report r;
+	fw_graph_memory(g, &r);
+	struct lmce_run out = { .loss = fw_f32(loss)[0],
+				.act_ws = r.bytes[FW_MEM_ACTIVATIONS] + r.bytes[FW_MEM_WORKSPACE] };
+	out.dx = malloc((size_t)(N * C) * sizeof(float));
+	memcpy(out.dx, x->grad->data, (size_t)(N * C) * sizeof(float));
+	ck_assert(w_grad == (w->grad != NULL));
+	if (w->grad) {
+		out.dw = malloc((size_t)(V * C) * sizeof(float));
+		memcpy(out.dw, w->grad->data, (size_t)(V * C) * sizeof(float));
+	}
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+	return out;
+}
+
+static void close_all(const char *what, const float *a, const float *b, int64_t n, float tol)
+{
+	for (int64_t i = 0; i < n; i++)
+		ck_assert_msg(fabsf(a[i] - b[i]) <= 1e-2f * tol + tol * fabsf(b[i]),
+			      "%s[%lld]: fused %.9g, unfused %.9g", what, (long long)i,
+			      (double)a[i], (double)b[i]);
+}
+
+/* 74 rows in chunks of 16 (the last one short) and in one automatic chunk,
+ * with ignored, masked and out-of-range targets, with w frozen (LoRA), in f32
+ * and under bf16 autocast (both sides round x, w and dlogits to bf16 alike;
+ * only the summation order differs): the unfused graph, each of whose ops
+ * passes the finite-difference and PyTorch checks, is the reference. The fused plan drops the logits and
+ * their gradient (2 N V floats) but for one chunk of logits in the workspace. */
+START_TEST(test_lmce_matches_unfused)
+{
+	enum { N = 74, C = 24, V = 300 };
+	static float xv[N * C], wv[V * C], mv[N];
+	static int32_t tv[N];
+	struct fwt_rng r = fwt_rng_new(11);
+	fwt_fill_uniform(xv, N * C, &r, -1, 1);
+	fwt_fill_uniform(wv, V * C, &r, -1, 1);
+	for (int i = 0; i < N; i++) {
+		tv[i] = (int32_t)((i * 37 + 5) % V);
+		mv[i] = i % 9 == 4 ? 0.0f : 1.0f;
+	}
+	tv[3] = FW_IGNORE_INDEX;
+	tv[10] = V + 2;
+	for (int run = 0; run < 4; run++) {
+		bool frozen = run & 1;
+		enum fw_dtype ac = run & 2 ? FW_BF16 : FW_F32;
+		float tol = ac == FW_F32 ? 1e-4f : 2e-3f;
+		struct lmce_run ref = lmce_run(-1, !frozen, ac, N, C, V, xv, wv, tv, mv);
+		for (int k = 0; k < 2; k++) {
+			int chunk = k ? 0 : 16;
+			struct lmce_run f = lmce_run(chunk, !frozen, ac, N, C, V, xv, wv, tv, mv);
+			ck_assert_msg(fabsf(f.loss - ref.loss) <= 0.1f * tol * fabsf(ref.loss),
+				      "%s chunk %d: loss %.9g, unfused %.9g", fw_dtype_name(ac),
+				      chunk, (double)f.loss, (double)ref.loss);
+			close_all("dx", f.dx, ref.dx, N * C, tol);
+			if (!frozen)
+				close_all("dw", f.dw, ref.dw, V * C, tol);
+			/* a chunk of f32 logits, and of bf16 dlogits under autocast */
+			size_t chunk_bytes = (size_t)(chunk ? chunk : N) * V * (ac == FW_F32 ? 4 : 6);
+			ck_assert_msg(f.act_ws + 2 * N * V * sizeof(float) <=
+				      ref.act_ws + chunk_bytes + 4096,
+				      "%s chunk %d: planned %zu bytes, unfused %zu", fw_dtype_name(ac),
+				      chunk, f.act_ws, ref.act_ws);
+			free(f.dx);
+			free(f.dw);
+		}
+		free(ref.dx);
+		free(ref.dw);
+	}
+}
+END_TEST
+
 /* kv_write has no gradient: a value check. Rows land at [len, len + Tq) of
  * every batch row, the rest of the cache is kept, a reader of the result sees
  * the write, and a len past the end is clamped (never writes outside). */
@@ -739,6 +858,7 @@ int main(void)
 	suite_add_tcase(s, drop);
 	TCase *ce = fwt_tcase("cross_entropy", 120);
 	tcase_add_test(ce, test_ce_ignored_zero_grad);
+	tcase_add_test(ce, test_lmce_matches_unfused);
 	suite_add_tcase(s, ce);
 	return fwt_run_suite(s);
 }

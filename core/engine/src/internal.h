@@ -37,7 +37,8 @@ extern const struct fw_op_i fw_op_matmul_i, fw_op_add_i, fw_op_sub_i, fw_op_mul_
 	fw_op_gelu_i, fw_op_relu_i, fw_op_silu_i, fw_op_tanh_i, fw_op_sigmoid_i,
 	fw_op_softmax_i, fw_op_dropout_i, fw_op_cross_entropy_i, fw_op_concat_i,
 	fw_op_slice_i, fw_op_reshape_i, fw_op_permute_i, fw_op_cont_i, fw_op_sum_i,
-	fw_op_mean_i, fw_op_cast_i, fw_op_rope_i, fw_op_kv_write_i, fw_op_lstm_i;
+	fw_op_mean_i, fw_op_cast_i, fw_op_rope_i, fw_op_kv_write_i, fw_op_lstm_i,
+	fw_op_lmhead_ce_i;
 
 /* Creates a bare tensor in ctx (no op); NULL with ctx->err set on failure. */
 struct fw_tensor *fw_tensor_new(struct fw_ctx *ctx, enum fw_dtype dt, int ndim,

@@ -34,8 +34,9 @@ static const struct fw_op_i *builtin_ops[FW_OP_COUNT] = {
 	[FW_OP_ROPE] = &fw_op_rope_i,
 	[FW_OP_KV_WRITE] = &fw_op_kv_write_i,
 	[FW_OP_LSTM] = &fw_op_lstm_i,
+	[FW_OP_LMHEAD_CE] = &fw_op_lmhead_ce_i,
 };
-_Static_assert(FW_OP_COUNT == 28, "update builtin_ops when adding an op");
+_Static_assert(FW_OP_COUNT == 29, "update builtin_ops when adding an op");
 
 static const struct fw_op_i *plugin_ops[FW_MAX_PLUGIN_OPS];
 static int n_plugin_ops;
@@ -253,6 +254,22 @@ struct fw_tensor *fw_cross_entropy(struct fw_ctx *ctx, struct fw_tensor *logits,
 		return NULL;
 	return node(ctx, FW_OP_CROSS_ENTROPY, 3, logits, targets, mask, 1,
 		    P({ .i = ignore_index }));
+}
+
+struct fw_tensor *fw_lm_head_cross_entropy(struct fw_ctx *ctx, struct fw_tensor *x,
+					   struct fw_tensor *w, struct fw_tensor *targets,
+					   struct fw_tensor *mask, int ignore_index,
+					   int chunk_rows)
+{
+	if (!x || !w || !targets)
+		return NULL;
+	if (ctx->autocast != FW_F32 && x->dtype == FW_F32 && w->dtype == FW_F32) {
+		x = fw_cast(ctx, x, ctx->autocast);
+		w = fw_cast(ctx, w, ctx->autocast);
+	}
+	struct fw_tensor *src[4] = { x, w, targets, mask };
+	return fw_op_custom(ctx, FW_OP_LMHEAD_CE, src, 4,
+			    P({ .i = ignore_index }, { .i = chunk_rows }), 2);
 }
 
 struct fw_tensor *fw_concat(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_tensor *b,

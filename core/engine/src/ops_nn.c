@@ -785,7 +785,7 @@ static int64_t lse_blocks(int64_t V)
 	return (V + LSE_BLOCK - 1) / LSE_BLOCK;
 }
 
-static double row_logsumexp(const float *x, int64_t V, float *e, float *bm)
+double fw_row_logsumexp(const float *x, int64_t V, float *e, float *bm)
 {
 	double m = -INFINITY, s = 0.0;
 	for (int64_t j0 = 0, b = 0; j0 < V; j0 += LSE_BLOCK, b++) {
@@ -832,7 +832,7 @@ static void cross_entropy_forward(struct fw_tensor *out, const struct fw_exec *e
 		if (!ce_counted(&c, n))
 			continue;
 		const float *xr = c.x + n * c.V;
-		loss += row_logsumexp(xr, c.V, NULL, NULL) - (double)xr[c.t[n]];
+		loss += fw_row_logsumexp(xr, c.V, NULL, NULL) - (double)xr[c.t[n]];
 		k++;
 	}
 	fw_f32(out)[0] = k ? (float)(loss / (double)k) : 0.0f;
@@ -878,7 +878,7 @@ static void cross_entropy_backward(struct fw_tensor *out, const struct fw_exec *
 				continue;
 			const float *xr = c.x + n * V;
 			float *d = dx + n * V;
-			double lse = row_logsumexp(xr, V, e, bm);
+			double lse = fw_row_logsumexp(xr, V, e, bm);
 			if (e) {
 				/* softmax = e * exp(block max - lse) */
 				for (int64_t j0 = 0, b = 0; j0 < V; j0 += LSE_BLOCK, b++) {

@@ -213,6 +213,7 @@ static const struct fw_host host = {
 	.embed = host_embed,
 	.init_normal = host_init_normal,
 	.init_const = host_init_const,
+	.lm_head_cross_entropy = fw_lm_head_cross_entropy,
 };
 
 const struct fw_host *fw_host_table(void)

@@ -28,7 +28,7 @@ struct decoder {
 	const struct fw_host *host;
 	int64_t n_layer, n_head, n_kv_head, n_embd, vocab, n_pos, ffn;
 	float dropout, eps;
-	bool rmsnorm, bias, qkv_bias, tie, recompute, swiglu;
+	bool rmsnorm, bias, qkv_bias, tie, recompute, swiglu, fused_head;
 	enum pos_type pos;
 	float rope_base;
 	int rope_dim;
@@ -272,10 +272,17 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 		head = param(d, m, 2, d->vocab, C, "lm_head.weight", 0);
 		h->init_normal(m, head, 0.02f);
 	}
+	/* The logits for whoever asks (generate, scoring); a training graph asks
+	 * only for the loss, which the fused op computes without them. */
 	m->logits = h->matmul(m->ctx, x, head, false, true);      /* (B, T, V) */
 	if (decode)
 		return m->logits ? FW_OK : fail(d, m, err);
-	m->loss = h->cross_entropy(m->ctx, m->logits, m->targets, m->loss_mask, FW_IGNORE_INDEX);
+	if (d->fused_head && FW_HAS(h, lm_head_cross_entropy))
+		m->loss = h->lm_head_cross_entropy(m->ctx, x, head, m->targets, m->loss_mask,
+						   FW_IGNORE_INDEX, 0);
+	else
+		m->loss = h->cross_entropy(m->ctx, m->logits, m->targets, m->loss_mask,
+					   FW_IGNORE_INDEX);
 	return m->loss ? FW_OK : fail(d, m, err);
 }
 
@@ -372,6 +379,7 @@ static enum fw_status decoder_init(const struct fw_host *host, const struct fw_o
 		.tie = fw_opt_bool(o, "tie-embeddings") &&
 		       !fw_opt_bool(o, "untie-embeddings-and-output-weights"),
 		.recompute = fw_opt_bool(o, "recompute-activations"),
+		.fused_head = fw_opt_bool(o, "fused-head-loss"),
 		.swiglu = fw_opt_bool(o, "swiglu"), .pos = (enum pos_type)pos,
 		.rope_base = (float)fw_opt_float(o, "rotary-base"),
 		.rope_interleaved = fw_opt_bool(o, "rotary-interleaved"),
@@ -423,6 +431,9 @@ static const struct fw_option_def options[] = {
 	  "output head shares the token embedding" },
 	{ "recompute-activations", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "recompute each block's activations in backward (less memory, ~1.3x compute)" },
+	{ "fused-head-loss", FW_OPT_BOOL, "true", 0, -1, NULL,
+	  "the head's product and the loss in row chunks: no (B, T, V) logits or gradient "
+	  "in training (false: matmul + cross_entropy)" },
 	/* Megatron-LM's names for the Llama family */
 	{ "normalization", FW_OPT_CHOICE, "LayerNorm", 0, -1, normalizations,
 	  "LayerNorm or RMSNorm (RMSNorm here or --norm=rmsnorm selects RMSNorm)" },

@@ -54,6 +54,8 @@ enum fw_op {
 			       p2.f base, p3..p6.f llama3 scaling, p7.i enum fw_rope_pos */
 	FW_OP_KV_WRITE,     /* view of src0 cache; src1 new rows, src2 len i32 [1] */
 	FW_OP_LSTM,         /* src1 w_ih, src2 w_hh, src3 bias; p0.i reverse */
+	FW_OP_LMHEAD_CE,    /* src0 x, src1 w (V, C), src2 targets i32, src3 mask f32|NULL;
+			       p0.i ignore_index, p1.i rows per chunk (0 = auto) */
 	FW_OP_COUNT
 };
 
@@ -118,6 +120,16 @@ struct fw_tensor *fw_dropout(struct fw_ctx *ctx, struct fw_tensor *x, float p,
 struct fw_tensor *fw_cross_entropy(struct fw_ctx *ctx, struct fw_tensor *logits,
 				   struct fw_tensor *targets, struct fw_tensor *mask,
 				   int ignore_index);
+/* cross_entropy(x (..., C) @ w (V, C)^T, targets, mask, ignore_index) without
+ * the (..., V) logits or their gradient: forward and backward compute the
+ * logits of chunk_rows rows at a time in the workspace (backward recomputes
+ * them), so the graph never holds more than chunk_rows x V of them.
+ * chunk_rows 0 picks about 64 MiB of logits a chunk. Under autocast x and w
+ * are cast as for fw_matmul. */
+struct fw_tensor *fw_lm_head_cross_entropy(struct fw_ctx *ctx, struct fw_tensor *x,
+					   struct fw_tensor *w, struct fw_tensor *targets,
+					   struct fw_tensor *mask, int ignore_index,
+					   int chunk_rows);
 
 struct fw_tensor *fw_concat(struct fw_ctx *ctx, struct fw_tensor *a,
 			    struct fw_tensor *b, int axis);

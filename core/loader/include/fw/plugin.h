@@ -525,6 +525,12 @@ struct fw_host {
 	/* Deterministic parameter init helpers (seeded by the run). */
 	void (*init_normal)(struct fw_model *m, struct fw_tensor *p, float std);
 	void (*init_const)(struct fw_model *m, struct fw_tensor *p, float value);
+	/* Since 1.4 (FW_HAS(host, lm_head_cross_entropy)): fw_lm_head_cross_entropy,
+	 * the head's product and the loss in row chunks, cast under autocast. */
+	struct fw_tensor *(*lm_head_cross_entropy)(struct fw_ctx *ctx, struct fw_tensor *x,
+						   struct fw_tensor *w, struct fw_tensor *targets,
+						   struct fw_tensor *mask, int ignore_index,
+						   int chunk_rows);
 	/* Append new members here only. */
 };
 
@@ -560,6 +566,7 @@ struct fw_plugin {
 #define FW_PEFT_I_SIZE_1_3      FW_SIZE_THROUGH(struct fw_peft_i, init_from_base)
 #define FW_OPTIM_I_SIZE_1_0     FW_SIZE_THROUGH(struct fw_optim_i, step)
 #define FW_HOST_SIZE_1_0        FW_SIZE_THROUGH(struct fw_host, init_const)
+#define FW_HOST_SIZE_1_4        FW_SIZE_THROUGH(struct fw_host, lm_head_cross_entropy)
 #define FW_MODEL_SIZE_1_0       FW_SIZE_THROUGH(struct fw_model, host_private)
 #define FW_MODEL_SIZE_1_1       FW_SIZE_THROUGH(struct fw_model, attn_bias)
 #define FW_MODEL_SIZE_1_3       FW_SIZE_THROUGH(struct fw_model, virtual_at)
