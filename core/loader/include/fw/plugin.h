@@ -77,7 +77,7 @@ extern "C" {
  * built before it ignores the field); virtual tokens (fw_model.n_virtual,
  * virtual_select, virtual_at; fw_peft_i.init_from_base). */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
-#define FW_ABI_MINOR 3   /* additions at the end of size-stamped structs */
+#define FW_ABI_MINOR 4   /* additions at the end of size-stamped structs */
 
 /* Layouts that cannot grow without breaking plugins: a plugin built against
  * other ones is refused ("rebuild against this fw"). */
@@ -275,9 +275,8 @@ struct fw_model {
 	int64_t n_virtual;
 	struct fw_tensor *virtual_select;
 	int64_t virtual_at;
-	/* Appended for 1.4 sizes (the ABI minor stays 3; read only when
-	 * FW_HAS(m, member)). Encoder-decoder generation: the host sets enc_len,
-	 * the encoder positions of a decoding model (m->caches set). The arch
+	/* Since ABI 1.4 (read only when FW_HAS(m, member)). Encoder-decoder
+	 * generation: the host sets enc_len, the encoder positions of a decoding model (m->caches set). The arch
 	 * then builds, besides the one-token decoder step, the encoder pass over
 	 * enc_tokens (B, enc_len) and gives n_cross pairs: cross_out[i], what
 	 * the decoder needs of the encoder (each layer's cross-attention K and
