@@ -734,6 +734,19 @@ def _(c):
     return lambda a, b: a + bf16(b)
 
 
+@case("mul_row_bf16")
+def _(c):
+    # bf16 * bf16 (SwiGLU's gate * up; here a broadcast row): a bf16 result
+    c.p("a", (4, 600), -3, 3); c.p("b", (600,), -3, 3)
+    return lambda a, b: bf16(bf16(a) * bf16(b))
+
+
+@case("mul_mixed_f16")
+def _(c):
+    c.p("a", (3, 5, 8), -3, 3); c.p("b", (5, 8), -3, 3)
+    return lambda a, b: a * f16(b)
+
+
 @case("sub_col_f16")
 def _(c):
     c.p("a", (6, 5), -3, 3); c.p("b", (6, 1), -3, 3)

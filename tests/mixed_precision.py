@@ -36,7 +36,9 @@ fp32). Checks, per step:
      and differs from fw fp32;
   6. fwrun eval --bf16: one micro-batch's loss within 2e-3 of torch autocast's
      forward, and not the fp32 number;
-  7. fwrun export --dtype=bf16|f16 of the --bf16 run: every tensor is
+  7. fwrun generate --bf16 (greedy) against torch autocast's greedy
+     decoding (check_generate), and --bf16 --fp16 exits 2;
+  8. fwrun export --dtype=bf16|f16 of the --bf16 run: every tensor is
      torch's .to(dtype) of the --dtype=f32 export, bit for bit, and
      config.json's torch_dtype names it; a bad --dtype exits 2.
 Ends with "mixed_precision: N passed, M failed"; exit 0 only without failures.
@@ -44,6 +46,7 @@ Ends with "mixed_precision: N passed, M failed"; exit 0 only without failures.
 import json
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -59,6 +62,7 @@ C = dict(B=2, GBS=2, T=32, ITERS=10, LR=5e-3, MIN_LR=5e-4, WARMUP=2, WD=0.1, CLI
 TOL_FP32 = 1e-4
 TOL_BF16 = 2e-3
 TOL_FP16 = 1e-3
+GEN_TOL = 2 ** -5
 GAP_SLACK = 1.25
 SEEDS = (7, 8, 9, 10)     # data; one trajectory is too few to compare rounding noise
 
@@ -164,6 +168,62 @@ def check_eval(fw, h5, W, work):
             f"{got['']:.7f}")
 
 
+def check_generate(fw, work):
+    """fwrun generate --bf16, greedy, against torch autocast's greedy decoding.
+
+    fw decodes through its KV cache, torch runs the whole prefix each step
+    (gpt2_parity's reference), both under bf16 with bf16 logits, so a step
+    whose top two bf16 logits are within a few roundings of each other may
+    go either way. The test therefore scores fw's tokens with torch: at
+    every step fw's token must be within GEN_TOL of torch's best logit for
+    fw's own prefix (GEN_TOL: 4 bf16 roundings, 2^-5 relative, of the
+    largest logit), and the run must agree with torch's greedy tokens up
+    to the first step where torch's own top-2 margin is below GEN_TOL."""
+    W = gp.random_weights(99, linear_std=0.2)     # gpt2_parity's generation model
+    gp.write_hf_dir(os.path.join(work, "hf_gen"), W, "F32")
+    h5 = os.path.join(work, "gen.h5")
+    p = fw("import", os.path.join(work, "hf_gen"), h5)
+    if not R.check("import of the generation model", p.returncode == 0, gp.describe(p)):
+        return
+
+    def logits(ids):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            return gp.forward(W, torch.tensor([ids]))[0, -1].float()
+
+    prompt, n_new = gp.PROMPT, gp.GEN_NEW
+    ref = list(prompt)
+    for _ in range(n_new):
+        ref.append(int(torch.argmax(logits(ref))))
+    ref = ref[len(prompt):]
+    args = ["generate", "--plugins=arch/decoder,attention/mha", f"--load={h5}",
+            "--prompt-tokens=" + ",".join(map(str, prompt)), f"--max-new-tokens={n_new}",
+            "--temperature=0", "--seed=1", "--threads=2"]
+    p = fw(*args, "--bf16")
+    if not R.check("fwrun generate --bf16 runs", p.returncode == 0, gp.describe(p)):
+        return
+    got = [int(t) for t in re.findall(r"-?\d+", p.stdout)]
+    if len(got) == len(prompt) + n_new and got[:len(prompt)] == prompt:
+        got = got[len(prompt):]
+    worst, tied_at, ids = 0.0, None, list(prompt)
+    for k, t in enumerate(got):
+        lg = logits(ids)
+        tol = GEN_TOL * max(1.0, float(lg.abs().max()))
+        top = torch.topk(lg, 2).values
+        if tied_at is None and float(top[0] - top[1]) < tol:
+            tied_at = k
+        worst = max(worst, (float(top[0]) - float(lg[t])) / tol)
+        ids.append(t)
+    agree = len(got) == n_new and (got == ref or got[:tied_at] == ref[:tied_at])
+    R.check(f"generate --bf16: {n_new} greedy tokens, each within {GEN_TOL:g} (relative) of "
+            "torch bf16 autocast's best logit, and torch's greedy tokens up to its first "
+            "near-tie", agree and worst <= 1.0,
+            f"fw {got} torch {ref}; identical {got == ref}, first near-tie "
+            f"{tied_at}, worst shortfall {worst:.2f} of the tolerance")
+    p = fw(*args, "--bf16", "--fp16")
+    R.check("generate --bf16 --fp16: exit 2, one line", p.returncode == 2 and
+            len(p.stderr.strip().splitlines()) == 1 and "--fp16" in p.stderr, p.stderr.strip())
+
+
 def check_export(fw, work, run):
     """fwrun export --dtype: each tensor is torch's rounding of the f32 export."""
     outs = {}
@@ -224,6 +284,7 @@ def main():
                 print(f"  {k + 1:>4} " + " ".join(f"{r[k]:>11.7f}" for r in runs[-1]))
 
         check_eval(fw, h5, W, work)
+        check_generate(fw, work)
         check_export(fw, work, os.path.join(work, f"bf16-{SEEDS[0]}"))
 
         def worst(i, j):

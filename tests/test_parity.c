@@ -383,6 +383,16 @@ static struct fw_tensor *b_add_mixed(struct pcase *c)
 	return fw_add(c->ctx, in(c, "a"), hin(c, "b"));
 }
 
+static struct fw_tensor *b_mul_half(struct pcase *c)
+{
+	return to_f32(c, fw_mul(c->ctx, hin(c, "a"), hin(c, "b")));
+}
+
+static struct fw_tensor *b_mul_mixed(struct pcase *c)
+{
+	return fw_mul(c->ctx, in(c, "a"), hin(c, "b"));
+}
+
 static struct fw_tensor *b_sub_half(struct pcase *c)
 {
 	return to_f32(c, fw_sub(c->ctx, hin(c, "a"), hin(c, "b")));
@@ -584,6 +594,8 @@ static const struct hentry half_cases[] = {
 	{ { "add_row_bf16", b_add_half, 0, 0 }, BF16_ULP },
 	{ { "add_mixed_bf16", b_add_mixed, 0, 0 }, 0 },
 	{ { "sub_col_f16", b_sub_half, 0, 0 }, F16_ULP },
+	{ { "mul_row_bf16", b_mul_half, 0, 0 }, BF16_ULP },
+	{ { "mul_mixed_f16", b_mul_mixed, 0, 0 }, 0 },
 	{ { "softmax_causal_bias_bf16", b_softmax_half, 0, 0 }, BF16_ULP },
 	{ { "softmax_rowmask_f16", b_softmax_half, 0, 0 }, F16_ULP },
 	{ { "softmax_wide_bf16", b_softmax_half, 0, 0 }, BF16_ULP },

@@ -390,16 +390,15 @@ static void bin_grad(const struct fw_tensor *out, const struct fw_tensor *x,
 	}
 }
 
-/* half_ok (add, sub): a and b may also be bf16 or f16; the result is in
- * their dtype when they share a half one, else f32 (PyTorch's promotion). */
-static enum fw_status bin_infer(struct fw_tensor *out, struct fw_err *err, const char *op,
-				bool half_ok)
+/* a and b are f32, bf16 or f16; the result is in their dtype when they
+ * share a half one, else f32 (PyTorch's promotion). */
+static enum fw_status bin_infer(struct fw_tensor *out, struct fw_err *err, const char *op)
 {
 	const struct fw_tensor *a = out->src[0], *b = out->src[1];
 	char sa[64], sb[64];
 	enum fw_status st;
 
-	bool half = half_ok && a && b && (is_half(a->dtype) || is_half(b->dtype)) &&
+	bool half = a && b && (is_half(a->dtype) || is_half(b->dtype)) &&
 		    (is_half(a->dtype) || a->dtype == FW_F32) &&
 		    (is_half(b->dtype) || b->dtype == FW_F32);
 	if (!half && ((st = check_f32(op, "a", a, err)) != FW_OK ||
@@ -507,9 +506,20 @@ static size_t addsub_workspace(const struct fw_tensor *out)
 	return bin_workspace(out, false);
 }
 
+/* A bf16/f16 operand weighs the other's gradient through an f32 copy at
+ * the start of the workspace (backward only: nothing of it is kept). */
+static size_t half_copy_bytes(const struct fw_tensor *t)
+{
+	return t->dtype == FW_F32 ? 0 : align64((size_t)fw_nelem(t) * sizeof(float));
+}
+
 static size_t mul_workspace(const struct fw_tensor *out)
 {
-	return bin_workspace(out, true);
+	size_t copy = 0;
+	for (int k = 0; k < 2; k++)
+		if (out->src[1 - k]->grad && half_copy_bytes(out->src[k]) > copy)
+			copy = half_copy_bytes(out->src[k]);
+	return copy + bin_workspace(out, true);
 }
 
 /* add and sub read no values in backward. */
@@ -521,7 +531,7 @@ static uint32_t saved_none(const struct fw_tensor *out)
 /* Matches torch.add(a, b) with broadcasting. */
 static enum fw_status add_infer(struct fw_tensor *out, struct fw_err *err)
 {
-	return bin_infer(out, err, "add", true);
+	return bin_infer(out, err, "add");
 }
 
 static void add_forward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -548,7 +558,7 @@ const struct fw_op_i fw_op_add_i = {
 /* Matches torch.sub(a, b) with broadcasting. */
 static enum fw_status sub_infer(struct fw_tensor *out, struct fw_err *err)
 {
-	return bin_infer(out, err, "sub", true);
+	return bin_infer(out, err, "sub");
 }
 
 static void sub_forward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -575,7 +585,7 @@ const struct fw_op_i fw_op_sub_i = {
 /* Matches torch.mul(a, b) with broadcasting. */
 static enum fw_status mul_infer(struct fw_tensor *out, struct fw_err *err)
 {
-	return bin_infer(out, err, "mul", false);
+	return bin_infer(out, err, "mul");
 }
 
 static void mul_forward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -584,13 +594,28 @@ static void mul_forward(struct fw_tensor *out, const struct fw_exec *ex)
 }
 
 /* da += dy b, db += dy a, each reduced to its operand's shape. */
+/* dx += dy w for x = src[k], w = src[1 - k]. */
+static void mul_grad(struct fw_tensor *out, int k, const struct fw_exec *ex)
+{
+	const struct fw_tensor *x = out->src[k], *w = out->src[1 - k];
+	size_t copy = half_copy_bytes(w);
+	if (!copy) {
+		bin_grad(out, x, w, fw_f32(w), ex);
+		return;
+	}
+	FW_ASSERT(ex->ws_size >= copy);
+	fw_convert(ex->ws, FW_F32, w->data, w->dtype, fw_nelem(w));
+	struct fw_exec rest = *ex;
+	rest.ws = (char *)ex->ws + copy;
+	rest.ws_size = ex->ws_size - copy;
+	bin_grad(out, x, w, ex->ws, &rest);
+}
+
 static void mul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	const struct fw_tensor *a = out->src[0], *b = out->src[1];
-	if (a->grad)
-		bin_grad(out, a, b, fw_f32(b), ex);
-	if (b->grad)
-		bin_grad(out, b, a, fw_f32(a), ex);
+	for (int k = 0; k < 2; k++)
+		if (out->src[k]->grad)
+			mul_grad(out, k, ex);
 }
 
 /* da needs b, db needs a. */
@@ -607,6 +632,7 @@ static uint32_t mul_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_mul_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "mul",
+	.flags = FW_OPF_HALF,
 	.infer = mul_infer,
 	.forward = mul_forward,
 	.backward = mul_backward,
