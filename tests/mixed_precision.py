@@ -36,6 +36,8 @@ fp32). Checks, per step:
      and differs from fw fp32;
   6. fwrun eval --bf16: one micro-batch's loss within 2e-3 of torch autocast's
      forward, and not the fp32 number;
+     The same with attention/flash (its fused f32 kernel on bf16 q, k, v)
+     for the first data seed, within 2e-3 of torch autocast;
   7. fwrun generate --bf16 (greedy) against torch autocast's greedy
      decoding (check_generate), and --bf16 --fp16 exits 2;
   8. fwrun export --dtype=bf16|f16 of the --bf16 run: every tensor is
@@ -124,9 +126,9 @@ def replay(W, tokens, autocast):
     return out
 
 
-def fw_losses(fw, work, h5, data, name, *flags):
+def fw_losses(fw, work, h5, data, name, *flags, attention="attention/mha"):
     run = os.path.join(work, name)
-    p = fw("train", "--plugins=arch/decoder,attention/mha,optim/adamw", f"--load={h5}",
+    p = fw("train", f"--plugins=arch/decoder,{attention},optim/adamw", f"--load={h5}",
            f"--data={data}", "--no-shuffle", f"--micro-batch-size={C['B']}",
            f"--seq-length={C['T']}", f"--train-iters={C['ITERS']}", f"--lr={C['LR']}",
            f"--min-lr={C['MIN_LR']}", "--lr-decay-style=cosine",
@@ -278,6 +280,14 @@ def main():
             if not (f32 and fb16 and ff16):
                 return
             runs.append((t32, f32, t16, fb16, ff16, tr))
+            if seed == SEEDS[0]:      # attention/flash's f32 kernel on autocast's bf16 q, k, v
+                fl16 = fw_losses(fw, work, h5, data, f"flash-bf16-{seed}", "--bf16",
+                                 attention="attention/flash")
+                wf = max(gp.rel(a, b) for a, b in zip(fl16 or [], t16)) if fl16 else 1.0
+                R.check(f"fw --bf16 with attention/flash vs torch bf16 autocast: "
+                        f"{C['ITERS']} steps within {TOL_BF16:g} relative",
+                        fl16 is not None and len(fl16) == C["ITERS"] and wf <= TOL_BF16,
+                        f"max rel {wf:.2e}")
             print(f"  data seed {seed}\n  {'step':>4} {'torch fp32':>11} {'fw fp32':>11} "
                   f"{'torch bf16':>11} {'fw bf16':>11} {'fw fp16':>11} {'torch rule':>11}")
             for k in range(C["ITERS"]):
@@ -304,7 +314,7 @@ def main():
                 f"autocast is (RMS over {n} steps)",
                 rms(FB16, T32) <= GAP_SLACK * rms(T16, T32),
                 f"fw bf16 {rms(FB16, T32):.2e}, torch bf16 {rms(T16, T32):.2e}, torch with "
-                f"fw's matmul rule {rms(TR, T32):.2e}")
+                f"matmul rounding alone {rms(TR, T32):.2e}")
         R.check("fw --bf16 computes in bf16 (its losses differ from fw fp32's)",
                 worst(FB16, F32) > 1e-6, f"max rel {worst(FB16, F32):.2e}")
         R.check(f"fw --fp16 vs torch fp32: {n} steps within {TOL_FP16:g} relative, and not "
