@@ -17,6 +17,8 @@ fp32). Checks, per step:
      most a loss should move when both sides round the same operands a
      little differently (both round matmul, GELU and softmax outputs to
      bf16; torch also its layer norm outputs); the measured worst is ~1.8e-4;
+     the same with attention/flash (its fused f32 kernel on bf16 q, k, v)
+     for the first data seed;
   3. fw --bf16 is about as far from torch fp32 as torch's own bf16 autocast
      is: RMS over 4 data seeds x 10 steps of (fw bf16 - torch fp32) at most
      1.25x that of (torch bf16 - torch fp32). Not 1x: the trajectories
@@ -36,11 +38,11 @@ fp32). Checks, per step:
      and differs from fw fp32;
   6. fwrun eval --bf16: one micro-batch's loss within 2e-3 of torch autocast's
      forward, and not the fp32 number;
-     The same with attention/flash (its fused f32 kernel on bf16 q, k, v)
-     for the first data seed, within 2e-3 of torch autocast;
-  7. fwrun generate --bf16 (greedy) against torch autocast's greedy
+  7. fwrun plan --bf16: the activations less the weight copies at most
+     0.7x fp32's (check_plan);
+  8. fwrun generate --bf16 (greedy) against torch autocast's greedy
      decoding (check_generate), and --bf16 --fp16 exits 2;
-  8. fwrun export --dtype=bf16|f16 of the --bf16 run: every tensor is
+  9. fwrun export --dtype=bf16|f16 of the --bf16 run: every tensor is
      torch's .to(dtype) of the --dtype=f32 export, bit for bit, and
      config.json's torch_dtype names it; a bad --dtype exits 2.
 Ends with "mixed_precision: N passed, M failed"; exit 0 only without failures.
@@ -226,6 +228,27 @@ def check_generate(fw, work):
             len(p.stderr.strip().splitlines()) == 1 and "--fp16" in p.stderr, p.stderr.strip())
 
 
+def check_plan(fw, h5):
+    """fwrun plan --bf16 plans the activations mostly in bf16: without the
+    bf16 weight copies they take at most 0.7x fp32's (all-bf16 saved values
+    would give 0.5x; the f32 residual stream, layer norm inputs and the f32
+    gradients live at the peak keep it above)."""
+    acts = {}
+    for mode in ("", "--bf16"):
+        p = fw("plan", "--plugins=arch/decoder,attention/mha,optim/adamw", f"--load={h5}",
+               "--micro-batch-size=16", "--seq-length=64", *([mode] if mode else []))
+        a = re.search(r"^\s*activations\s+([0-9.]+) MiB", p.stdout, re.M)
+        c = re.search(r"weights the matmuls read: ([0-9.]+) MiB", p.stdout)
+        if not R.check(f"fwrun plan {mode or '(fp32)'} prints the activations",
+                       p.returncode == 0 and a is not None, gp.describe(p)):
+            return
+        acts[mode] = float(a.group(1)) - (float(c.group(1)) if c else 0.0)
+    R.check("fwrun plan --bf16: activations (less the weight copies) at most 0.7x fp32's",
+            acts["--bf16"] <= 0.7 * acts[""],
+            f"{acts['--bf16']:.2f} MiB against {acts['']:.2f} MiB "
+            f"({acts['--bf16'] / acts[''] if acts[''] else 0:.2f}x)")
+
+
 def check_export(fw, work, run):
     """fwrun export --dtype: each tensor is torch's rounding of the f32 export."""
     outs = {}
@@ -295,6 +318,7 @@ def main():
 
         check_eval(fw, h5, W, work)
         check_generate(fw, work)
+        check_plan(fw, h5)
         check_export(fw, work, os.path.join(work, f"bf16-{SEEDS[0]}"))
 
         def worst(i, j):
