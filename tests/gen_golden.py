@@ -775,6 +775,25 @@ def _(c):
     return lambda x: softmax_half_ref(x, bf16)
 
 
+@case("layernorm_wb_bf16", eps=1e-5)
+def _(c):
+    # bf16 x, f32 statistics; 36000 elements: rows split across threads
+    c.p("x", (60, 600), -2, 2); c.p("w", (600,), 0.5, 1.5); c.p("b", (600,))
+    return lambda x, w, b: bf16(layernorm_ref(bf16(x), w, b, 1e-5))
+
+
+@case("layernorm_none_f16", eps=1e-5)
+def _(c):
+    c.p("x", (4, 33), -2, 2)
+    return lambda x: f16(layernorm_ref(f16(x), None, None, 1e-5))
+
+
+@case("rmsnorm_w_bf16", eps=1e-6)
+def _(c):
+    c.p("x", (2, 3, 40), -2, 2); c.p("w", (40,), 0.5, 1.5)
+    return lambda x, w: bf16(rmsnorm_ref(bf16(x), w, 1e-6))
+
+
 @case("ce_wide_bf16", ignore_index=IGNORE)
 def _(c):
     # bf16 logits, computed in f32: the loss of the rounded logits

@@ -407,6 +407,17 @@ static struct fw_tensor *b_softmax_half(struct pcase *c)
 				    (float)attr_f(c, "scale")));
 }
 
+static struct fw_tensor *b_layernorm_half(struct pcase *c)
+{
+	return to_f32(c, fw_layernorm(c->ctx, hin(c, "x"), in_opt(c, "w"), in_opt(c, "b"),
+				      (float)attr_f(c, "eps")));
+}
+
+static struct fw_tensor *b_rmsnorm_half(struct pcase *c)
+{
+	return to_f32(c, fw_rmsnorm(c->ctx, hin(c, "x"), in_opt(c, "w"), (float)attr_f(c, "eps")));
+}
+
 static struct fw_tensor *b_cross_entropy_half(struct pcase *c)
 {
 	return fw_cross_entropy(c->ctx, hin(c, "logits"), in(c, "targets"), in_opt(c, "mask"),
@@ -599,6 +610,9 @@ static const struct hentry half_cases[] = {
 	{ { "softmax_causal_bias_bf16", b_softmax_half, 0, 0 }, BF16_ULP },
 	{ { "softmax_rowmask_f16", b_softmax_half, 0, 0 }, F16_ULP },
 	{ { "softmax_wide_bf16", b_softmax_half, 0, 0 }, BF16_ULP },
+	{ { "layernorm_wb_bf16", b_layernorm_half, 0, 0 }, BF16_ULP },
+	{ { "layernorm_none_f16", b_layernorm_half, 0, 0 }, F16_ULP },
+	{ { "rmsnorm_w_bf16", b_rmsnorm_half, 0, 0 }, BF16_ULP },
 	{ { "ce_wide_bf16", b_cross_entropy_half, 0, 0 }, 0 },
 	{ { "ce_mask_f16", b_cross_entropy_half, 0, 0 }, 0 },
 	/* Under autocast: chains of bf16 roundings, and matmul backward rounds

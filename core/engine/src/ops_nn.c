@@ -170,8 +170,9 @@ static enum fw_status norm_infer(struct fw_tensor *out, struct fw_err *err,
 	float eps = out->params[0].f;
 	enum fw_status st;
 
-	if (x->dtype != FW_F32)
-		return fw_errorf(err, FW_ERR_SHAPE, "%s: x is %s, expected f32", op, dt_name(x));
+	if (x->dtype != FW_F32 && !is_half(x->dtype))
+		return fw_errorf(err, FW_ERR_SHAPE, "%s: x is %s, expected f32, bf16 or f16", op,
+				 dt_name(x));
 	int64_t C = x->ne[x->ndim - 1];
 	if ((st = norm_check_vec(op, "weight", out->src[1], C, err)) != FW_OK)
 		return st;
@@ -180,7 +181,7 @@ static enum fw_status norm_infer(struct fw_tensor *out, struct fw_err *err,
 	if (!(eps >= 0.0f) || isinf(eps))
 		return fw_errorf(err, FW_ERR_INVALID, "%s: eps %g must be finite and >= 0",
 				 op, (double)eps);
-	out->dtype = FW_F32;
+	out->dtype = x->dtype;
 	out->ndim = x->ndim;
 	for (int i = 0; i < x->ndim; i++)
 		out->ne[i] = x->ne[i];
@@ -216,7 +217,39 @@ static void norm_stats(const float *x, int64_t C, float eps, bool center,
 	*rstd = 1.0f / sqrtf(v / (float)C + eps);
 }
 
-static void norm_forward(struct fw_tensor *out, bool center)
+/* Per-thread workspace: the dweight/dbias partials (when there is a weight
+ * or a bias), then, for a bf16/f16 x, one row of it as f32. */
+static size_t norm_part_bytes(int64_t C);
+
+static size_t norm_row_bytes(const struct fw_tensor *out)
+{
+	const struct fw_tensor *x = out->src[0];
+	return x->dtype == FW_F32 ? 0 : align64((size_t)x->ne[x->ndim - 1] * sizeof(float));
+}
+
+static size_t norm_stride(const struct fw_tensor *out)
+{
+	const struct fw_tensor *x = out->src[0];
+	size_t parts = out->src[1] || out->src[2] ? norm_part_bytes(x->ne[x->ndim - 1]) : 0;
+	return parts + norm_row_bytes(out);
+}
+
+/* Thread it's f32 row, or NULL for an f32 x. */
+static float *norm_row_buf(const struct fw_tensor *out, const struct fw_exec *ex, int it)
+{
+	size_t stride = norm_stride(out), row = norm_row_bytes(out);
+	return row ? (float *)((char *)ex->ws + (size_t)it * stride + (stride - row)) : NULL;
+}
+
+/* Threads for a norm kernel: as many as have a row buffer. */
+static int norm_threads(const struct fw_tensor *out, const struct fw_exec *ex)
+{
+	int T = norm_row_bytes(out) ? ws_threads(ex, norm_stride(out)) : omp_get_max_threads();
+	FW_ASSERT(T >= 1);   /* workspace() asked for it */
+	return T;
+}
+
+static void norm_forward(struct fw_tensor *out, const struct fw_exec *ex, bool center)
 {
 	const struct fw_tensor *x = out->src[0];
 	const float *w = out->src[1] ? fw_f32(out->src[1]) : NULL;            /* (C) */
@@ -224,28 +257,40 @@ static void norm_forward(struct fw_tensor *out, bool center)
 	float eps = out->params[0].f;
 	int64_t C = x->ne[x->ndim - 1], N = fw_nelem(x) / C;
 
-	#pragma omp parallel for schedule(static) if (N * C > PAR_MIN)
-	for (int64_t n = 0; n < N; n++) {
-		const float *xr = fw_f32(x) + n * C;   /* x is (N, C) */
-		float *y = fw_f32(out) + n * C;        /* y is (N, C) */
-		float m, rs;
-		norm_stats(xr, C, eps, center, &m, &rs);
-		if (w && b) {
-			#pragma omp simd
-			for (int64_t c = 0; c < C; c++)
-				y[c] = (xr[c] - m) * rs * w[c] + b[c];
-		} else if (w) {
-			#pragma omp simd
-			for (int64_t c = 0; c < C; c++)
-				y[c] = (xr[c] - m) * rs * w[c];
-		} else if (b) {
-			#pragma omp simd
-			for (int64_t c = 0; c < C; c++)
-				y[c] = (xr[c] - m) * rs + b[c];
-		} else {
-			#pragma omp simd
-			for (int64_t c = 0; c < C; c++)
-				y[c] = (xr[c] - m) * rs;
+	#pragma omp parallel num_threads(norm_threads(out, ex)) if (N * C > PAR_MIN)
+	{
+		float *buf = norm_row_buf(out, ex, omp_get_thread_num());
+		#pragma omp for schedule(static)
+		for (int64_t n = 0; n < N; n++) {
+			const float *xr = buf;                 /* x is (N, C) */
+			float *y = buf;                        /* y is (N, C) */
+			if (buf)                               /* bf16/f16: the row as f32, in place */
+				half_load(buf, elem_ptr(x->data, x->dtype, n * C), x->dtype, C);
+			else {
+				xr = fw_f32(x) + n * C;
+				y = fw_f32(out) + n * C;
+			}
+			float m, rs;
+			norm_stats(xr, C, eps, center, &m, &rs);
+			if (w && b) {
+				#pragma omp simd
+				for (int64_t c = 0; c < C; c++)
+					y[c] = (xr[c] - m) * rs * w[c] + b[c];
+			} else if (w) {
+				#pragma omp simd
+				for (int64_t c = 0; c < C; c++)
+					y[c] = (xr[c] - m) * rs * w[c];
+			} else if (b) {
+				#pragma omp simd
+				for (int64_t c = 0; c < C; c++)
+					y[c] = (xr[c] - m) * rs + b[c];
+			} else {
+				#pragma omp simd
+				for (int64_t c = 0; c < C; c++)
+					y[c] = (xr[c] - m) * rs;
+			}
+			if (buf)
+				half_store(elem_ptr(out->data, out->dtype, n * C), out->dtype, buf, C);
 		}
 	}
 }
@@ -307,9 +352,9 @@ static size_t norm_part_bytes(int64_t C)
 	return 2 * align64((size_t)C * sizeof(float)) + 2 * align64((size_t)C * sizeof(double));
 }
 
-static struct norm_part norm_part_of(void *ws, int t, int64_t C)
+static struct norm_part norm_part_of(void *ws, int t, int64_t C, size_t stride)
 {
-	char *p = (char *)ws + (size_t)t * norm_part_bytes(C);
+	char *p = (char *)ws + (size_t)t * stride;
 	size_t fs = align64((size_t)C * sizeof(float)), ds = align64((size_t)C * sizeof(double));
 	return (struct norm_part){
 		.fw = (float *)p, .fb = (float *)(p + fs),
@@ -319,10 +364,16 @@ static struct norm_part norm_part_of(void *ws, int t, int64_t C)
 
 static size_t norm_workspace(const struct fw_tensor *out)
 {
-	const struct fw_tensor *x = out->src[0];
-	if (!out->src[1] && !out->src[2])
-		return 0;
-	return (size_t)omp_get_max_threads() * norm_part_bytes(x->ne[x->ndim - 1]);
+	return (size_t)omp_get_max_threads() * norm_stride(out);
+}
+
+/* Row n of x as f32: in place, or converted into buf. */
+static const float *norm_row(const struct fw_tensor *x, int64_t n, int64_t C, float *buf)
+{
+	if (!buf)
+		return fw_f32(x) + n * C;
+	half_load(buf, elem_ptr(x->data, x->dtype, n * C), x->dtype, C);
+	return buf;
 }
 
 static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool center)
@@ -340,23 +391,29 @@ static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool 
 	if (!dw && !db) {
 		if (!dx)
 			return;
-		#pragma omp parallel for schedule(static) if (N * C > PAR_MIN)
-		for (int64_t n = 0; n < N; n++)
-			norm_backward_row(fw_f32(x) + n * C, dy + n * C, w, dx + n * C,
-					  NULL, NULL, C, eps, center);
+		#pragma omp parallel num_threads(norm_threads(out, ex)) if (N * C > PAR_MIN)
+		{
+			float *buf = norm_row_buf(out, ex, omp_get_thread_num());
+			#pragma omp for schedule(static)
+			for (int64_t n = 0; n < N; n++)
+				norm_backward_row(norm_row(x, n, C, buf), dy + n * C, w, dx + n * C,
+						  NULL, NULL, C, eps, center);
+		}
 		return;
 	}
 
-	int T = ws_threads(ex, norm_part_bytes(C));
+	size_t stride = norm_stride(out);
+	int T = ws_threads(ex, stride);
 	FW_ASSERT(T >= 1);   /* workspace() asked for it */
 	#pragma omp parallel num_threads(T) if (N * C > PAR_MIN)
 	{
 		int nt = omp_get_num_threads(), it = omp_get_thread_num();
-		struct norm_part p = norm_part_of(ex->ws, it, C);
+		struct norm_part p = norm_part_of(ex->ws, it, C, stride);
+		float *buf = norm_row_buf(out, ex, it);
 		memset(p.fw, 0, norm_part_bytes(C));
 		int64_t n0 = N * it / nt, n1 = N * (it + 1) / nt;
 		for (int64_t n = n0; n < n1; n++) {
-			norm_backward_row(fw_f32(x) + n * C, dy + n * C, w,
+			norm_backward_row(norm_row(x, n, C, buf), dy + n * C, w,
 					  dx ? dx + n * C : NULL, dw ? p.fw : NULL,
 					  db ? p.fb : NULL, C, eps, center);
 			if ((n - n0) % NORM_FLUSH != NORM_FLUSH - 1 && n != n1 - 1)
@@ -374,7 +431,7 @@ static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool 
 		for (int64_t c = c0; c < c1; c++) {
 			double sw = 0.0, sb = 0.0;
 			for (int t = 0; t < nt; t++) {
-				struct norm_part q = norm_part_of(ex->ws, t, C);
+				struct norm_part q = norm_part_of(ex->ws, t, C, stride);
 				sw += q.dw[c];
 				sb += q.db[c];
 			}
@@ -389,7 +446,7 @@ static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool 
 /* Matches torch.nn.functional.layer_norm(x, (C,), w, b, eps). */
 static void layernorm_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	norm_forward(out, true);
+	norm_forward(out, ex, true);
 }
 
 static void layernorm_backward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -406,6 +463,7 @@ static uint32_t norm_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_layernorm_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "layernorm",
+	.flags = FW_OPF_HALF,
 	.infer = layernorm_infer,
 	.forward = layernorm_forward,
 	.backward = layernorm_backward,
@@ -416,7 +474,7 @@ const struct fw_op_i fw_op_layernorm_i = {
 /* Matches Llama/T5 RMSNorm: x * rsqrt(mean(x^2) + eps) * w. */
 static void rmsnorm_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	norm_forward(out, false);
+	norm_forward(out, ex, false);
 }
 
 static void rmsnorm_backward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -427,6 +485,7 @@ static void rmsnorm_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_rmsnorm_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "rmsnorm",
+	.flags = FW_OPF_HALF,
 	.infer = rmsnorm_infer,
 	.forward = rmsnorm_forward,
 	.backward = rmsnorm_backward,
