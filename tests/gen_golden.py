@@ -84,7 +84,7 @@ def bf16(x):
 
 # --- references that differ from plain torch calls ---------------------------------
 
-def softmax_ref(x, bias=None, causal=False, scale=1.0):
+def masked_scores(x, bias=None, causal=False, scale=1.0):
     z = scale * x
     if bias is not None:
         z = z + bias
@@ -93,6 +93,11 @@ def softmax_ref(x, bias=None, causal=False, scale=1.0):
         i = torch.arange(tq)[:, None]
         j = torch.arange(tk)[None, :]
         z = z.masked_fill(j > i + (tk - tq), -math.inf)
+    return z
+
+
+def softmax_ref(x, bias=None, causal=False, scale=1.0):
+    z = masked_scores(x, bias, causal, scale)
     full = torch.isneginf(z).all(-1, keepdim=True)      # fully masked rows
     z = torch.where(full, torch.zeros_like(z), z)
     y = torch.softmax(z, -1)
@@ -626,6 +631,220 @@ def _(c):
     # fw: cast(cast(x, bf16), f32); forward rounds to bf16, gradient passes
     c.p("x", (3, 7), -3, 3)
     return bf16
+
+
+# --- half-precision activations (autocast) ----------------------------------------
+#
+# fw's f32/bf16/f16 ops read half inputs, compute in f32 and round the output
+# once; gradients stay f32. The references do the same math in float64 on the
+# rounded inputs and round the output with bf16()/f16() (the gradient passing
+# through), so out differs from fw by at most one half-precision rounding and
+# the gradients only by fw's f32 arithmetic. Ops whose backward reads their
+# own output (softmax) read the rounded output, as torch's bf16 kernels do.
+
+def f16(x):
+    """Rounds to f16 in forward, the gradient passing through (see bf16)."""
+    return x + (x.to(torch.float16).to(F64) - x).detach()
+
+
+class _RoundedOut(torch.autograd.Function):
+    """y = rnd(f(x)) whose backward reads the rounded y: dx = g dfdx(y)."""
+
+    @staticmethod
+    def forward(ctx, x, f, dfdx, rnd):
+        y = rnd(f(x))
+        ctx.save_for_backward(y)
+        ctx.dfdx = dfdx
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, = ctx.saved_tensors
+        return g * ctx.dfdx(y), None, None, None
+
+
+class _RoundedSoftmax(torch.autograd.Function):
+    """softmax over the last axis (fully masked rows give zeros), its output
+    rounded by rnd; backward reads the rounded output y: y (g - sum(g y))."""
+
+    @staticmethod
+    def forward(ctx, z, rnd):
+        y = rnd(softmax_ref(z))
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        y, = ctx.saved_tensors
+        return y * (g - (g * y).sum(-1, keepdim=True)), None
+
+
+def softmax_half_ref(x, rnd, bias=None, causal=False, scale=1.0):
+    return _RoundedSoftmax.apply(masked_scores(rnd(x), bias, causal, scale), rnd)
+
+
+def gelu_tanh(x):
+    return torch.nn.functional.gelu(x, approximate="tanh")
+
+
+# 1100 and 700 elements per row: blocks of 512 and a partial one.
+@case("gelu_tanh_bf16", form=1)
+def _(c):
+    # within +-3: further out, f32's 1 + tanh cancels in gelu_tanh's gradient
+    c.p("x", (3, 700), -3, 3)
+    return lambda x: bf16(gelu_tanh(bf16(x)))
+
+
+@case("gelu_erf_f16", form=0)
+def _(c):
+    c.p("x", (3, 700), -5, 5)
+    return lambda x: f16(torch.nn.functional.gelu(f16(x)))
+
+
+@case("silu_bf16")
+def _(c):
+    c.p("x", (2, 600), -6, 6)
+    return lambda x: bf16(torch.nn.functional.silu(bf16(x)))
+
+
+@case("tanh_f16")
+def _(c):
+    c.p("x", (2, 600), -3, 3)
+    # backward reads the rounded output: 1 - y^2
+    return lambda x: _RoundedOut.apply(f16(x), torch.tanh, lambda y: 1 - y * y, f16)
+
+
+@case("scale_bf16", s=-0.37)
+def _(c):
+    c.p("x", (5, 9), -3, 3)
+    return lambda x: bf16(-0.37 * bf16(x))
+
+
+@case("add_row_bf16")
+def _(c):
+    # bf16 + bf16 (a broadcast row): a bf16 result
+    c.p("a", (4, 600), -3, 3); c.p("b", (600,), -3, 3)
+    return lambda a, b: bf16(bf16(a) + bf16(b))
+
+
+@case("add_mixed_bf16")
+def _(c):
+    # f32 + bf16 (the residual stream plus a branch): an f32 result
+    c.p("a", (3, 5, 8), -3, 3); c.p("b", (3, 5, 8), -3, 3)
+    return lambda a, b: a + bf16(b)
+
+
+@case("mul_row_bf16")
+def _(c):
+    # bf16 * bf16 (SwiGLU's gate * up; here a broadcast row): a bf16 result
+    c.p("a", (4, 600), -3, 3); c.p("b", (600,), -3, 3)
+    return lambda a, b: bf16(bf16(a) * bf16(b))
+
+
+@case("mul_mixed_f16")
+def _(c):
+    c.p("a", (3, 5, 8), -3, 3); c.p("b", (5, 8), -3, 3)
+    return lambda a, b: a * f16(b)
+
+
+@case("sub_col_f16")
+def _(c):
+    c.p("a", (6, 5), -3, 3); c.p("b", (6, 1), -3, 3)
+    return lambda a, b: f16(f16(a) - f16(b))
+
+
+@case("softmax_causal_bias_bf16", causal=1, scale=0.8)
+def _(c):
+    c.p("x", (2, 3, 5), -3, 3); c.p("bias", (3, 5))
+    return lambda x, bias: softmax_half_ref(x, bf16, bias, causal=True, scale=0.8)
+
+
+@case("softmax_rowmask_f16", causal=1, scale=1.0)
+def _(c):
+    c.p("x", (2, 4, 4), -2, 2)
+    m = np.zeros((4, 4), np.float32)
+    m[1, :] = -np.inf
+    m[3, 0] = -np.inf
+    c.c("mask", m)
+    return lambda x, mask: softmax_half_ref(x, f16, mask, causal=True)
+
+
+@case("softmax_wide_bf16", causal=0, scale=1.0)
+def _(c):
+    c.p("x", (3, 1100), -8, 8)
+    return lambda x: softmax_half_ref(x, bf16)
+
+
+@case("layernorm_wb_bf16", eps=1e-5)
+def _(c):
+    # bf16 x, f32 statistics; 36000 elements: rows split across threads
+    c.p("x", (60, 600), -2, 2); c.p("w", (600,), 0.5, 1.5); c.p("b", (600,))
+    return lambda x, w, b: bf16(layernorm_ref(bf16(x), w, b, 1e-5))
+
+
+@case("layernorm_none_f16", eps=1e-5)
+def _(c):
+    c.p("x", (4, 33), -2, 2)
+    return lambda x: f16(layernorm_ref(f16(x), None, None, 1e-5))
+
+
+@case("rmsnorm_w_bf16", eps=1e-6)
+def _(c):
+    c.p("x", (2, 3, 40), -2, 2); c.p("w", (40,), 0.5, 1.5)
+    return lambda x, w: bf16(rmsnorm_ref(bf16(x), w, 1e-6))
+
+
+@case("ce_wide_bf16", ignore_index=IGNORE)
+def _(c):
+    # bf16 logits, computed in f32: the loss of the rounded logits
+    c.p("logits", (3, 2500), -6, 6); c.i("targets", [17, 2499, 1300])
+    return lambda x, t: ce_ref(bf16(x), t)
+
+
+@case("ce_mask_f16", ignore_index=IGNORE)
+def _(c):
+    c.p("logits", (2, 4, 600), -3, 3)
+    c.i("targets", [[1, 4, 599, 0], [3, 2, 2, 1]])
+    c.c("mask", [[1, 1, 0, 1], [0, 1, 1, 0]])
+    return lambda x, t, m: ce_ref(f16(x), t, m)
+
+
+@case("linear_autocast_bf16")
+def _(c):
+    # torch.autocast's linear: bf16 x, w and b; the product rounded, then
+    # the bias added and rounded again (fw: matmul then add, each in bf16)
+    c.p("x", (2, 3, 24), -1, 1); c.p("w", (10, 24), -0.5, 0.5); c.p("b", (10,))
+    return lambda x, w, b: bf16(bf16(bf16(x) @ bf16(w).T) + bf16(b))
+
+
+@case("mlp_block_autocast_bf16", eps=1e-5)
+def _(c):
+    # mlp_block under autocast: layer norm and the residual in f32, linears,
+    # their bias adds and GELU in bf16 (torch.autocast's placement)
+    c.pn("x", (2, 3, 8)); c.p("g", (8,), 0.5, 1.5); c.p("beta", (8,))
+    c.p("w1", (16, 8), -0.5, 0.5); c.p("b1", (16,)); c.p("w2", (8, 16), -0.5, 0.5)
+    c.p("b2", (8,))
+
+    def lin(h, w, b):
+        return bf16(bf16(bf16(h) @ bf16(w).T) + bf16(b))
+
+    def f(x, g, beta, w1, b1, w2, b2):
+        h = layernorm_ref(x, g, beta, 1e-5)
+        h = bf16(gelu_tanh(lin(h, w1, b1)))
+        return lin(h, w2, b2) + x
+    return f
+
+
+@case("attention_autocast_bf16", scale=0.5)
+def _(c):
+    # scores, probabilities and output in bf16; softmax computed in f32
+    c.p("q", (2, 5, 4)); c.p("k", (2, 5, 4)); c.p("v", (2, 5, 4))
+
+    def f(q, k, v):
+        s = bf16(bf16(q) @ bf16(k).transpose(-1, -2))
+        p = softmax_half_ref(s, bf16, causal=True, scale=0.5)
+        return bf16(p @ bf16(v))
+    return f
 
 
 # --- small compositions ------------------------------------------------------------

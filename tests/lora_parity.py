@@ -25,6 +25,8 @@ Checks, each counted as passed or failed:
      alpha patterns and bias=lora_only; all-linear with rsLoRA, bias=all and
      gaussian init): every step's loss and grad norm within 1e-4 relative,
      the final adapter tensors, the adapter files next to the checkpoints;
+     the same adapter with --bf16 against the torch LoRA under bf16
+     autocast (loss 2e-3, grad norm 5e-3 relative per step);
   3. eval with --adapter (unmerged) against torch (1e-5), fwrun merge then
      eval without a peft plugin (1e-5 of the unmerged loss), the merged
      weights against W + scaling B A, --merge-adapter in memory (1e-5);
@@ -74,6 +76,8 @@ TOL_NORM = 1e-4
 TOL_EVAL = 1e-5
 TOL_FINAL = 1e-5         # final adapter tensors, absolute (as gpt2_parity's weights)
 TOL_KBIAS = 1e-4         # the k third of c_attn.bias: zero exact gradient (gpt2_parity)
+TOL_BF16 = 2e-3          # --bf16 vs torch autocast, per-step loss (one bf16 rounding)
+TOL_BF16_NORM = 5e-3     # and grad norm (norms of sums of bf16-rounded gradients; measured 3e-4)
 
 CONFIGS = [
     dict(name="suffix", opts=["--lora-r=4", "--lora-alpha=8", "--lora-target-modules=c_attn,mlp.c_proj",
@@ -171,8 +175,9 @@ def with_biases(W, adapter):
     return W2
 
 
-def torch_train(W, init, cfg, tokens):
-    """Replays fwrun train from the initial adapter: per-step loss and grad norm."""
+def torch_train(W, init, cfg, tokens, autocast=False):
+    """Replays fwrun train from the initial adapter: per-step loss and grad norm
+    (autocast: the forward under torch.autocast('cpu', dtype=torch.bfloat16))."""
     c = TRAIN
     pl = plan(cfg)
     P = {k: torch.from_numpy(v.copy()).requires_grad_(True) for k, v in init.items()}
@@ -194,7 +199,8 @@ def torch_train(W, init, cfg, tokens):
         for _ in range(accum):
             x, y = g2.micro_batch(tokens, k, c["B"], c["T"])
             k += 1
-            l = ce(Wt, L, x, y)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                l = ce(Wt, L, x, y)
             (l / accum).backward()
             loss += l.item()
         norm = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params))
@@ -398,7 +404,35 @@ def check_train(fw, work, cfg, base, init_path, init, W, tokens, train_path):
     if cfg is CONFIGS[0]:
         check_resume(fw, work, run, base, train_path, got)
         check_dropout(fw, work, base, init_path, train_path, got)
+        check_train_bf16(fw, work, cfg, base, init_path, init, W, tokens, train_path, got)
     return last, dict(loss=worst_l, grad_norm=worst_n, final=worst)
+
+
+def check_train_bf16(fw, work, cfg, base, init_path, init, W, tokens, train_path, fp32):
+    """fwrun train --bf16 of the same adapter (LoRA on a base whose matmuls and
+    activations run in bf16) against the same torch LoRA under bf16 autocast:
+    every step's loss within TOL_BF16 (one bf16 rounding, 2^-9, as
+    mixed_precision.py argues), its grad norm within TOL_BF16_NORM, and not
+    the fp32 run's losses (it does compute in bf16)."""
+    name, c = cfg["name"], TRAIN
+    run = os.path.join(work, f"run_{name}_bf16")
+    p = fw("train", PLUGINS, f"--load={base}", f"--adapter={init_path}", f"--data={train_path}",
+           f"--train-iters={c['ITERS']}", f"--run-dir={run}", "--bf16", *common_train_args())
+    if not R.check(f"[{name}] train --bf16 --adapter runs", p.returncode == 0, g2.describe(p)):
+        return
+    got = metrics(run)
+    ref, _ = torch_train(W, init, cfg, tokens, autocast=True)
+    ref32, _ = torch_train(W, init, cfg, tokens)
+    wl = max((rel(g["loss"], r["loss"]) for g, r in zip(got, ref)), default=1.0)
+    wn = max((rel(g["grad_norm"], r["grad_norm"]) for g, r in zip(got, ref)), default=1.0)
+    t_gap = max(rel(a["loss"], b["loss"]) for a, b in zip(ref, ref32))
+    f_gap = max((rel(g["loss"], f["loss"]) for g, f in zip(got, fp32)), default=0.0)
+    R.check(f"[{name}] --bf16: every step's loss within {TOL_BF16:g} and grad norm within "
+            f"{TOL_BF16_NORM:g} relative of torch autocast's",
+            len(got) == c["ITERS"] and wl <= TOL_BF16 and wn <= TOL_BF16_NORM,
+            f"max rel loss {wl:.2e}, grad norm {wn:.2e} (torch bf16 vs fp32 loss {t_gap:.2e})")
+    R.check(f"[{name}] --bf16 computes in bf16 (its losses differ from the fp32 run's)",
+            f_gap > 1e-6, f"max rel {f_gap:.2e}")
 
 
 def common_train_args():

@@ -25,6 +25,7 @@ struct pcase {
 	struct fwt_h5 *h5;
 	const char *name;
 	struct fw_ctx *ctx;
+	double out_rtol;         /* the output's rtol, if not the entry's */
 	int n_in;
 	struct {
 		char name[64];
@@ -332,6 +333,121 @@ static struct fw_tensor *b_mlp_block(struct pcase *c)
 	return fw_add(x, h, in(c, "x"));
 }
 
+/* --- half-precision activations: cases named *_bf16 or *_f16 --------------------- */
+
+static enum fw_dtype case_half(struct pcase *c)
+{
+	size_t n = strlen(c->name);
+	return n > 5 && !strcmp(c->name + n - 5, "_bf16") ? FW_BF16 : FW_F16;
+}
+
+/* Input name rounded to the case's half dtype. */
+static struct fw_tensor *hin(struct pcase *c, const char *name)
+{
+	return fw_cast(c->ctx, in(c, name), case_half(c));
+}
+
+static struct fw_tensor *to_f32(struct pcase *c, struct fw_tensor *t)
+{
+	return t && t->dtype != FW_F32 ? fw_cast(c->ctx, t, FW_F32) : t;
+}
+
+static struct fw_tensor *b_gelu_half(struct pcase *c)
+{
+	return to_f32(c, fw_gelu(c->ctx, hin(c, "x"), attr_i(c, "form")));
+}
+
+static struct fw_tensor *b_silu_half(struct pcase *c)
+{
+	return to_f32(c, fw_silu(c->ctx, hin(c, "x")));
+}
+
+static struct fw_tensor *b_tanh_half(struct pcase *c)
+{
+	return to_f32(c, fw_tanh(c->ctx, hin(c, "x")));
+}
+
+static struct fw_tensor *b_scale_half(struct pcase *c)
+{
+	return to_f32(c, fw_scale(c->ctx, hin(c, "x"), (float)attr_f(c, "s")));
+}
+
+static struct fw_tensor *b_add_half(struct pcase *c)
+{
+	return to_f32(c, fw_add(c->ctx, hin(c, "a"), hin(c, "b")));
+}
+
+/* f32 + bf16: the result is f32 itself (checked by the harness). */
+static struct fw_tensor *b_add_mixed(struct pcase *c)
+{
+	return fw_add(c->ctx, in(c, "a"), hin(c, "b"));
+}
+
+static struct fw_tensor *b_mul_half(struct pcase *c)
+{
+	return to_f32(c, fw_mul(c->ctx, hin(c, "a"), hin(c, "b")));
+}
+
+static struct fw_tensor *b_mul_mixed(struct pcase *c)
+{
+	return fw_mul(c->ctx, in(c, "a"), hin(c, "b"));
+}
+
+static struct fw_tensor *b_sub_half(struct pcase *c)
+{
+	return to_f32(c, fw_sub(c->ctx, hin(c, "a"), hin(c, "b")));
+}
+
+static struct fw_tensor *b_softmax_half(struct pcase *c)
+{
+	struct fw_tensor *bias = in_opt(c, "bias");
+	if (!bias)
+		bias = in_opt(c, "mask");
+	return to_f32(c, fw_softmax(c->ctx, hin(c, "x"), bias, attr_i(c, "causal"),
+				    (float)attr_f(c, "scale")));
+}
+
+static struct fw_tensor *b_layernorm_half(struct pcase *c)
+{
+	return to_f32(c, fw_layernorm(c->ctx, hin(c, "x"), in_opt(c, "w"), in_opt(c, "b"),
+				      (float)attr_f(c, "eps")));
+}
+
+static struct fw_tensor *b_rmsnorm_half(struct pcase *c)
+{
+	return to_f32(c, fw_rmsnorm(c->ctx, hin(c, "x"), in_opt(c, "w"), (float)attr_f(c, "eps")));
+}
+
+static struct fw_tensor *b_cross_entropy_half(struct pcase *c)
+{
+	return fw_cross_entropy(c->ctx, hin(c, "logits"), in(c, "targets"), in_opt(c, "mask"),
+				attr_i(c, "ignore_index"));
+}
+
+/* The f32 builder b under fw_ctx_set_autocast(ctx, the case's dtype). */
+static struct fw_tensor *autocast(struct pcase *c, pbuild_fn b)
+{
+	ck_assert_int_eq(fw_ctx_set_autocast(c->ctx, case_half(c)), FW_OK);
+	struct fw_tensor *y = b(c);
+	ck_assert_int_eq(fw_ctx_set_autocast(c->ctx, FW_F32), FW_OK);
+	return to_f32(c, y);
+}
+
+static struct fw_tensor *b_linear_autocast(struct pcase *c)
+{
+	return autocast(c, b_linear);
+}
+
+static struct fw_tensor *b_mlp_block_autocast(struct pcase *c)
+{
+	return autocast(c, b_mlp_block);
+}
+
+static struct fw_tensor *b_attention_autocast(struct pcase *c)
+{
+	return autocast(c, b_attention);
+}
+
 /* One direction of torch.nn.LSTM: the golden case names torch's parameters
  * (weight_ih_l0, ..., _reverse); fw's bias is b_ih + b_hh. */
 static struct fw_tensor *lstm_dir(struct pcase *c, struct fw_tensor *x, int layer,
@@ -371,6 +487,8 @@ struct pentry {
 #define RTOL 1e-5
 #define ATOL 1e-6
 #define EXACT -1.0           /* rtol = atol = 0 */
+#define BF16_ULP 0x1p-7
+#define F16_ULP 0x1p-10
 
 static const struct pentry cases[] = {
 	{ "matmul_plain", b_matmul, 0, 0 },
@@ -467,6 +585,45 @@ static const struct pentry cases[] = {
 
 #define N_CASES ((int)(sizeof(cases) / sizeof(cases[0])))
 
+/* Half-precision activations (autocast); out_rtol bounds the output. */
+struct hentry {
+	struct pentry e;
+	double out_rtol;
+};
+
+static const struct hentry half_cases[] = {
+	/* Half-precision activations: the output may differ from the correctly
+	 * rounded one by one rounding (2^-7 relative in bf16, 2^-10 in f16);
+	 * gradients are f32 arithmetic on the same half values (defaults). */
+	{ { "gelu_tanh_bf16", b_gelu_half, 0, 0 }, BF16_ULP },
+	{ { "gelu_erf_f16", b_gelu_half, 0, 0 }, F16_ULP },
+	{ { "silu_bf16", b_silu_half, 0, 0 }, BF16_ULP },
+	/* backward reads the rounded y: where fw's f32 tanh rounds to the other
+	 * neighbour, 1 - y^2 moves by up to 2 ulp(y) = 2^-10 */
+	{ { "tanh_f16", b_tanh_half, 0, 0x1p-10 }, F16_ULP },
+	{ { "scale_bf16", b_scale_half, 0, 0 }, BF16_ULP },
+	{ { "add_row_bf16", b_add_half, 0, 0 }, BF16_ULP },
+	{ { "add_mixed_bf16", b_add_mixed, 0, 0 }, 0 },
+	{ { "sub_col_f16", b_sub_half, 0, 0 }, F16_ULP },
+	{ { "mul_row_bf16", b_mul_half, 0, 0 }, BF16_ULP },
+	{ { "mul_mixed_f16", b_mul_mixed, 0, 0 }, 0 },
+	{ { "softmax_causal_bias_bf16", b_softmax_half, 0, 0 }, BF16_ULP },
+	{ { "softmax_rowmask_f16", b_softmax_half, 0, 0 }, F16_ULP },
+	{ { "softmax_wide_bf16", b_softmax_half, 0, 0 }, BF16_ULP },
+	{ { "layernorm_wb_bf16", b_layernorm_half, 0, 0 }, BF16_ULP },
+	{ { "layernorm_none_f16", b_layernorm_half, 0, 0 }, F16_ULP },
+	{ { "rmsnorm_w_bf16", b_rmsnorm_half, 0, 0 }, BF16_ULP },
+	{ { "ce_wide_bf16", b_cross_entropy_half, 0, 0 }, 0 },
+	{ { "ce_mask_f16", b_cross_entropy_half, 0, 0 }, 0 },
+	/* Under autocast: chains of bf16 roundings, and matmul backward rounds
+	 * the output gradient to bf16 (as matmul_bf16). */
+	{ { "linear_autocast_bf16", b_linear_autocast, 1e-2, 1e-2 }, 0 },
+	{ { "mlp_block_autocast_bf16", b_mlp_block_autocast, 1e-2, 1e-2 }, 0 },
+	{ { "attention_autocast_bf16", b_attention_autocast, 1e-2, 1e-2 }, 0 },
+};
+
+#define N_HALF_CASES ((int)(sizeof(half_cases) / sizeof(half_cases[0])))
+
 /* Compares fw's f32 values with the golden dataset at path. */
 static int64_t compare(struct pcase *c, const struct pentry *e, const char *what,
 		       const float *got, const char *path)
@@ -474,6 +631,8 @@ static int64_t compare(struct pcase *c, const struct pentry *e, const char *what
 	struct fwt_array a;
 	ck_assert_msg(fwt_h5_read(c->h5, path, &a) == 0, "cannot read %s", path);
 	double rtol = e->rtol ? e->rtol : RTOL, atol = e->atol ? e->atol : ATOL;
+	if (c->out_rtol && !strcmp(what, "output"))
+		rtol = c->out_rtol;
 	if (e->rtol == EXACT) {
 		rtol = 0;
 		atol = 0;
@@ -511,10 +670,9 @@ static bool check_shape(struct pcase *c, const struct fw_tensor *t, const char *
 	return same;
 }
 
-START_TEST(test_case)
+static void run_case(const struct pentry *e, double out_rtol)
 {
-	const struct pentry *e = &cases[_i];
-	struct pcase c = { .name = e->name };
+	struct pcase c = { .name = e->name, .out_rtol = out_rtol };
 	char path[256];
 
 	golden_open();
@@ -604,6 +762,17 @@ START_TEST(test_case)
 	ck_assert_msg(shape_ok, "%s: values match torch but the output shape differs "
 		      "(details on stderr)", e->name);
 }
+
+START_TEST(test_case)
+{
+	run_case(&cases[_i], 0);
+}
+END_TEST
+
+START_TEST(test_half_case)
+{
+	run_case(&half_cases[_i].e, half_cases[_i].out_rtol);
+}
 END_TEST
 
 /* The golden file and this table cover the same cases. */
@@ -617,6 +786,8 @@ START_TEST(test_coverage)
 		bool found = false;
 		for (int k = 0; k < N_CASES && !found; k++)
 			found = strcmp(cases[k].name, names[i]) == 0;
+		for (int k = 0; k < N_HALF_CASES && !found; k++)
+			found = strcmp(half_cases[k].e.name, names[i]) == 0;
 		if (!found) {
 			fprintf(stderr, "golden case %s has no builder in test_parity.c\n",
 				names[i]);
@@ -626,8 +797,9 @@ START_TEST(test_coverage)
 	}
 	fwt_h5_close(golden);
 	ck_assert_msg(missing == 0, "%d golden cases are not tested", missing);
-	ck_assert_msg(n >= N_CASES, "the golden file has %d cases, the table %d: regenerate it",
-		      n, N_CASES);
+	ck_assert_msg(n >= N_CASES + N_HALF_CASES,
+		      "the golden file has %d cases, the tables %d: regenerate it", n,
+		      N_CASES + N_HALF_CASES);
 }
 END_TEST
 
@@ -638,6 +810,7 @@ int main(void)
 	TCase *tc = fwt_tcase("golden", 120);
 	tcase_add_test(tc, test_coverage);
 	tcase_add_loop_test(tc, test_case, 0, N_CASES);
+	tcase_add_loop_test(tc, test_half_case, 0, N_HALF_CASES);
 	suite_add_tcase(s, tc);
 	return fwt_run_suite(s);
 }

@@ -528,6 +528,49 @@ START_TEST(test_decoder_rows)
 }
 END_TEST
 
+/* fw_rt_decoder_open_as(FW_BF16) decodes under autocast: its logits are
+ * f32 (cast from the bf16 head), close to the f32 decoder's but not the same. */
+START_TEST(test_decoder_bf16)
+{
+	struct net n;
+	struct fw_err err = { 0 };
+	net_open(&n, NULL, NULL, NULL, false);
+	ck_assert_int_eq(fw_ctx_alloc_params(n.ctx), FW_OK);
+	ck_assert_int_eq(fw_ctx_init_params(n.ctx, 11), FW_OK);
+	struct fw_rt_decoder d[2];
+	float *last[2];
+	const int32_t prompt[3] = { 5, 17, 3 };
+	struct fw_rt_gen_opts o = { .max_new = 1, .temperature = 0, .top_p = 1, .penalty = 1 };
+	for (int i = 0; i < 2; i++) {
+		int copied = 0;
+		struct tokens got = { .n = 0 };
+		ck_assert_msg(fw_rt_decoder_open_as(&d[i], &n.slots, 1, T, 1,
+						    i ? FW_BF16 : FW_F32, &err) == FW_OK, "%s", err.msg);
+		ck_assert_int_eq(fw_rt_model_copy_weights(d[i].ctx, n.ctx, &copied, &err), FW_OK);
+		ck_assert_msg(fw_rt_generate(&d[i], prompt, 3, &o, keep_token, &got, &err) == FW_OK,
+			      "%s", err.msg);
+		ck_assert_int_eq(d[i].m.logits->dtype, FW_F32);
+		last[i] = d[i].m.logits->data;
+	}
+	ck_assert_int_eq(d[1].m.logits->src[0]->dtype, FW_BF16);
+	double worst = 0, big = 0, diff = 0;
+	for (int v = 0; v < V; v++) {
+		double e = fabs((double)last[1][v] - last[0][v]);
+		worst = e > worst ? e : worst;
+		big = fabs(last[0][v]) > big ? fabs(last[0][v]) : big;
+		diff += e;
+	}
+	/* a few bf16 roundings (2^-8 each) of the largest logit */
+	ck_assert_msg(worst <= 0x1p-5 * fmax(1.0, big) && diff > 0, "worst %g of max %g", worst,
+		      big);
+	fw_rt_decoder_close(&d[0]);
+	fw_rt_decoder_close(&d[1]);
+	ck_assert_int_eq(fw_rt_decoder_open_as(&d[0], &n.slots, 1, T, 1, FW_I32, &err),
+			 FW_ERR_INVALID);
+	net_close(&n);
+}
+END_TEST
+
 /* Weights by name: a LoRA model takes a base file and keeps its new adapter
  * tensors; a base model refuses a LoRA checkpoint's adapter tensors (named,
  * with the plugin they need) unless base_only drops them, with a warning. */
@@ -759,6 +802,7 @@ int main(void)
 	tcase_add_test(tc, test_trainer_callbacks);
 	tcase_add_test(tc, test_decoder_matches_forward);
 	tcase_add_test(tc, test_decoder_rows);
+	tcase_add_test(tc, test_decoder_bf16);
 	tcase_add_test(tc, test_load_weights);
 	tcase_add_test(tc, test_build_errors);
 	tcase_add_test(tc, test_peft_rebuild_same_address);

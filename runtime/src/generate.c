@@ -19,7 +19,8 @@ void fw_rt_decoder_close(struct fw_rt_decoder *d)
 
 /* The decoding model with caches of cache_len positions, up to its graph. */
 static enum fw_status build(struct fw_rt_decoder *d, const struct fw_plugin_slots *plugins,
-			    int rows, int64_t cache_len, uint64_t seed, struct fw_err *err)
+			    int rows, int64_t cache_len, uint64_t seed, enum fw_dtype precision,
+			    struct fw_err *err)
 {
 	d->rows = rows;
 	d->n_layers = fw_rt_model_n_layers(plugins);
@@ -30,6 +31,8 @@ static enum fw_status build(struct fw_rt_decoder *d, const struct fw_plugin_slot
 	d->caches = calloc((size_t)d->n_layers, sizeof(*d->caches));
 	if (!d->ctx || !d->caches)
 		return fw_errorf(err, FW_ERR_NOMEM, "generate: out of memory");
+	if (fw_ctx_set_autocast(d->ctx, precision) != FW_OK)
+		return fw_errorf(err, FW_ERR_INVALID, "generate: %s", fw_ctx_err(d->ctx)->msg);
 	d->len = fw_input(d->ctx, "gen.len", FW_I32, 1, (int64_t[]){ 1 });
 	d->mask = fw_input(d->ctx, "gen.mask", FW_F32, 1, (int64_t[]){ cache_len });
 	for (int l = 0; l < d->n_layers; l++)
@@ -46,7 +49,7 @@ enum fw_status fw_rt_decoder_virtual(const struct fw_plugin_slots *plugins, int6
 {
 	struct fw_rt_decoder d;
 	memset(&d, 0, sizeof(d));
-	enum fw_status st = build(&d, plugins, 1, 1, 0, err);
+	enum fw_status st = build(&d, plugins, 1, 1, 0, FW_F32, err);
 	*n_virtual = st == FW_OK && d.m.virtual_select ? d.m.virtual_select->ne[1] - 1 : 0;
 	fw_rt_decoder_close(&d);
 	return st;
@@ -55,24 +58,32 @@ enum fw_status fw_rt_decoder_virtual(const struct fw_plugin_slots *plugins, int6
 enum fw_status fw_rt_decoder_open(struct fw_rt_decoder *d, const struct fw_plugin_slots *plugins,
 				  int64_t max_len, uint64_t seed, struct fw_err *err)
 {
-	return fw_rt_decoder_open_rows(d, plugins, 1, max_len, seed, err);
+	return fw_rt_decoder_open_as(d, plugins, 1, max_len, seed, FW_F32, err);
 }
 
 enum fw_status fw_rt_decoder_open_rows(struct fw_rt_decoder *d,
 				       const struct fw_plugin_slots *plugins, int rows,
 				       int64_t max_len, uint64_t seed, struct fw_err *err)
 {
+	return fw_rt_decoder_open_as(d, plugins, rows, max_len, seed, FW_F32, err);
+}
+
+enum fw_status fw_rt_decoder_open_as(struct fw_rt_decoder *d,
+				     const struct fw_plugin_slots *plugins, int rows,
+				     int64_t max_len, uint64_t seed, enum fw_dtype precision,
+				     struct fw_err *err)
+{
 	memset(d, 0, sizeof(*d));
 	if (rows < 1)
 		return fw_errorf(err, FW_ERR_INVALID, "generate: %d rows (at least 1)", rows);
-	enum fw_status st = build(d, plugins, rows, max_len, seed, err);
+	enum fw_status st = build(d, plugins, rows, max_len, seed, precision, err);
 	/* Virtual tokens (prompt tuning) take the first cache positions: the
 	 * model is built again with room for them. */
 	int64_t P = st == FW_OK && d->m.virtual_select ? d->m.virtual_select->ne[1] - 1 : 0;
 	if (P > 0) {
 		fw_rt_decoder_close(d);
 		struct fw_err e = { 0 };
-		if ((st = build(d, plugins, rows, max_len + P, seed, &e)) != FW_OK)
+		if ((st = build(d, plugins, rows, max_len + P, seed, precision, &e)) != FW_OK)
 			fw_errorf(err, st, "generate: %lld virtual tokens and %lld positions: %s",
 				  (long long)P, (long long)max_len, e.msg);
 	}

@@ -45,6 +45,12 @@ enum fw_status fw_rt_model_build(const struct fw_rt_model_spec *spec, struct fw_
 	if (spec->segmented && !m->enc_tokens && (!m->positions || !m->attn_bias))
 		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s cannot train on SFT examples: it "
 				 "gives no positions/attn_bias inputs for packed or padded rows", an);
+	/* Under autocast the head's logits are bf16/f16; their readers (sampling,
+	 * classification metrics) get f32. Graphs that do not output the
+	 * logits never run this cast. */
+	if (m->logits && m->logits->dtype != FW_F32 &&
+	    !(m->logits = fw_cast(ctx, m->logits, FW_F32)))
+		return named_err(err, fw_ctx_err(ctx)->status, an, fw_ctx_err(ctx)->msg);
 	if (!slots->peft)
 		return FW_OK;
 	const struct fw_peft_i *pi = slots->peft->desc->iface;

@@ -203,7 +203,8 @@ static const struct {
 	{ "prompts", C_GEN }, { "batch-size", C_GEN },
 	{ "score-data", C_EVAL }, { "adapter", C_ALL }, { "adapter-name", C_ALL },
 	{ "merge-adapter", C_ALL },       /* train refuses it with its own error */
-	{ "bf16", C_TRAIN | C_EVAL }, { "fp16", C_TRAIN | C_EVAL }, { "loss-scale", C_TRAIN },
+	{ "bf16", C_TRAIN | C_EVAL | C_GEN }, { "fp16", C_TRAIN | C_EVAL | C_GEN },
+	{ "loss-scale", C_TRAIN },
 	{ "initial-loss-scale", C_TRAIN }, { "min-loss-scale", C_TRAIN },
 	{ "loss-scale-window", C_TRAIN }, { "hysteresis", C_TRAIN },
 	{ "attention-softmax-in-fp32", C_TRAIN }, { "accumulate-allreduce-grads-in-fp32", C_TRAIN },

@@ -94,6 +94,9 @@ enum fw_status resolve_adapter(const char *arg, char *out, size_t len, struct fw
 /* The arch plugin of an fw file: its run configuration's, else its
  * fw_arch attribute (an imported file); FORMAT when it names none. */
 enum fw_status file_arch_name(const char *path, char *out, size_t len, struct fw_err *err);
+/* --bf16/--fp16 into the autocast dtype (FW_F32 without either); INVALID
+ * when both are given. */
+enum fw_status precision_choice(bool bf16, bool fp16, enum fw_dtype *dt, struct fw_err *err);
 /* config_dump's INI text without the peft plugin's section and plugins
  * entry (malloc'd; NULL when out of memory). */
 char *config_without_peft(const char *text);

@@ -788,6 +788,12 @@ int cmd_generate(int argc, char **argv)
 		rc = fail(FW_ERR_INVALID, "generate needs --load=CKPT");
 		goto out;
 	}
+	enum fw_dtype precision;       /* --bf16/--fp16: autocast, as train and eval */
+	if (precision_choice(fw_opt_bool(o, "bf16"), fw_opt_bool(o, "fp16"), &precision,
+			     &err) != FW_OK) {
+		rc = fail(err.status, "%s", err.msg);
+		goto out;
+	}
 	if (interactive ? n_given > 0 : n_given != 1) {
 		rc = fail(FW_ERR_INVALID, "%s", interactive ? "--interactive reads the prompts from "
 			 "stdin; leave out --prompt, --prompt-file, --prompt-tokens and --prompts" :
@@ -924,8 +930,8 @@ int cmd_generate(int argc, char **argv)
 	int rows = *prompts ? (int)(fw_opt_int(o, "batch-size") < pl.count ?
 				    fw_opt_int(o, "batch-size") : pl.count) : 1;
 	/* the peft plugin checks its options and marks its own tensors (freeze) */
-	if (fw_rt_decoder_open_rows(&s.d, &slots, rows, s.d.max_len,
-				    (uint64_t)fw_opt_int(o, "seed"), &err) != FW_OK ||
+	if (fw_rt_decoder_open_as(&s.d, &slots, rows, s.d.max_len,
+				  (uint64_t)fw_opt_int(o, "seed"), precision, &err) != FW_OK ||
 	    (*prompts && prompts_in_vocab(&s, prompts, &pl, &err) != FW_OK)) {
 		rc = fail(err.status, "%s", err.msg);
 		goto out;

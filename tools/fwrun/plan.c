@@ -55,7 +55,8 @@ int cmd_plan(int argc, char **argv)
 	printf("parameters: %lld total, %lld trainable (%.2f%%)\n", (long long)mr.n_params,
 	       (long long)mr.n_trainable, P > 0 ? 100.0 * Tr / P : 0.0);
 	const char *mode = s.precision == FW_F32 ? "f32" : s.precision == FW_BF16 ?
-			   "--bf16 (fp32 master, bf16 matmuls)" : "--fp16 (fp32 master, f16 matmuls)";
+			   "--bf16 (fp32 master, bf16 matmuls and activations)" :
+			   "--fp16 (fp32 master, f16 matmuls and activations)";
 	printf("memory plan for training, %s, micro-batch %lld x %lld tokens, from the real "
 	       "graph:\n", mode, (long long)s.B, (long long)s.T);
 	printf("  %-12s %14s   %-26s %14s  %7s\n", "category", "planned", "rule of thumb", "",

@@ -31,18 +31,25 @@ static enum fw_status parse_steps(struct session *s, const char *text, struct fw
 	}
 }
 
-enum fw_status precision_setup(struct session *s, struct fw_err *err)
+enum fw_status precision_choice(bool bf16, bool fp16, enum fw_dtype *dt, struct fw_err *err)
 {
-	bool bf16 = opt_b(s, "bf16"), fp16 = opt_b(s, "fp16");
-	const char *ls = opt_s(s, "loss-scale");
-	double init = opt_f(s, "initial-loss-scale"), min = opt_f(s, "min-loss-scale");
 	if (bf16 && fp16)
 		return fw_errorf(err, FW_ERR_INVALID, "--bf16 and --fp16 exclude each other: "
 				 "choose one");
+	*dt = bf16 ? FW_BF16 : fp16 ? FW_F16 : FW_F32;
+	return FW_OK;
+}
+
+enum fw_status precision_setup(struct session *s, struct fw_err *err)
+{
+	bool fp16 = opt_b(s, "fp16");
+	const char *ls = opt_s(s, "loss-scale");
+	double init = opt_f(s, "initial-loss-scale"), min = opt_f(s, "min-loss-scale");
+	if (precision_choice(opt_b(s, "bf16"), fp16, &s->precision, err) != FW_OK)
+		return err->status;
 	if (min > init)
 		return fw_errorf(err, FW_ERR_INVALID, "--min-loss-scale %g is above "
 				 "--initial-loss-scale %g", min, init);
-	s->precision = bf16 ? FW_BF16 : fp16 ? FW_F16 : FW_F32;
 	if (*ls) {
 		char *end;
 		double v = strtod(ls, &end);

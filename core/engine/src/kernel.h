@@ -53,9 +53,10 @@ static inline enum fw_status check_f32(const char *op, const char *what,
 	return FW_OK;
 }
 
-/* log(sum(exp(x))) of a row of V floats, read once (ops_nn.c); with e and bm
- * non-NULL it also leaves exp(x - block max) in e and the block maxima in bm. */
-double fw_row_logsumexp(const float *x, int64_t V, float *e, float *bm);
+/* log(sum(exp(x))) of a row of V values of dtype dt (f32, bf16, f16), read
+ * once (ops_nn.c); with e and bm non-NULL it also leaves exp(x - block max)
+ * in e and the block maxima in bm. */
+double fw_row_logsumexp(const void *x, enum fw_dtype dt, int64_t V, float *e, float *bm);
 
 /* Axis in [0, ndim), or -1 when out of range; negative counts from the end. */
 static inline int axis_of(int axis, int ndim)

@@ -556,7 +556,11 @@ static enum fw_status matmul_infer(struct fw_tensor *out, struct fw_err *err)
 						 fw_shape_str(b, sb, sizeof(sb)));
 	if (!rows_unit_stride(a) || !rows_unit_stride(b))
 		return fw_errorf(err, FW_ERR_SHAPE, "matmul: operand without a unit stride");
-	out->dtype = FW_F32;
+	int dt_out = out->params[2].i;
+	if (dt_out != FW_F32 && dt_out != FW_BF16 && dt_out != FW_F16)
+		return fw_errorf(err, FW_ERR_INVALID, "matmul: output dtype %d is not f32, bf16 or f16",
+				 dt_out);
+	out->dtype = (enum fw_dtype)dt_out;
 	out->ndim = na;
 	for (int i = 0; i < na - 2; i++)
 		out->ne[i] = a->ne[i];
@@ -565,10 +569,66 @@ static enum fw_status matmul_infer(struct fw_tensor *out, struct fw_err *err)
 	return FW_OK;
 }
 
+/* A half-precision output is the f32 product, in the workspace, rounded.
+ * When a's rows fold and b is 2-D (a linear layer), the product is done
+ * in blocks of rows whose f32 values fit in what backward's rounded output
+ * gradient takes anyway (nelem * 2 bytes, or 16 MiB when that is smaller),
+ * so the LM head's logits never exist in f32. */
+#define HALF_OUT_MIN_BYTES ((int64_t)16 << 20)
+
+static int64_t half_out_rows(const struct fw_tensor *out, struct mm_operand *fa)
+{
+	const struct fw_tensor *b = out->src[1];
+	*fa = operand(out->src[0], out->params[0].i);
+	if (b->ndim != 2 || !fold_rows(fa))
+		return 0;
+	int64_t N = out->ne[out->ndim - 1];
+	int64_t budget = fw_nelem(out) * 2 > HALF_OUT_MIN_BYTES ? fw_nelem(out) * 2
+								  : HALF_OUT_MIN_BYTES;
+	int64_t rows = budget / (N * 4);
+	return rows < 1 ? 1 : rows < fa->ne[0] ? rows : fa->ne[0];
+}
+
+static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	const struct fw_tensor *a = out->src[0], *b = out->src[1];
+	struct mm_operand fa, ob = operand(b, out->params[1].i);
+	int64_t rows = half_out_rows(out, &fa), N = out->ne[out->ndim - 1];
+	size_t ea = fw_dtype_size(a->dtype), eo = fw_dtype_size(out->dtype);
+	struct fw_err err;
+	enum fw_status s = FW_OK;
+
+	if (!rows) {
+		FW_ASSERT(ex->ws_size >= (size_t)fw_nelem(out) * 4);
+		s = mm_product(operand(a, out->params[0].i), ob, operand(out, false), a->dtype,
+			       false, a->data, b->data, ex->ws, &err);
+		if (s == FW_OK)
+			fw_convert(out->data, out->dtype, ex->ws, FW_F32, fw_nelem(out));
+	}
+	for (int64_t r0 = 0; rows && r0 < fa.ne[0] && s == FW_OK; r0 += rows) {
+		int64_t m = rows < fa.ne[0] - r0 ? rows : fa.ne[0] - r0;
+		struct mm_operand ca = fa, cc = { .ndim = 2, .ne = { m, N }, .nb = { N, 1 } };
+		ca.ne[0] = m;
+		FW_ASSERT(ex->ws_size >= (size_t)(m * N) * 4);
+		s = mm_product(ca, ob, cc, a->dtype, false,
+			       (const char *)a->data + (size_t)(r0 * fa.nb[0]) * ea, b->data,
+			       ex->ws, &err);
+		if (s == FW_OK)
+			fw_convert((char *)out->data + (size_t)(r0 * N) * eo, out->dtype, ex->ws,
+				   FW_F32, m * N);
+	}
+	if (s != FW_OK)
+		fw_kernel_fail(&err);
+}
+
 static void matmul_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *a = out->src[0], *b = out->src[1];
 	struct fw_err err;
+	if (out->dtype != FW_F32) {
+		matmul_forward_half(out, ex);
+		return;
+	}
 	enum fw_status s = mm_product(operand(a, out->params[0].i), operand(b, out->params[1].i),
 				      operand(out, false), a->dtype, false, a->data, b->data,
 				      out->data, &err);
@@ -619,6 +679,12 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 
 static size_t matmul_workspace(const struct fw_tensor *out)
 {
+	struct mm_operand fa;
+	if (out->dtype != FW_F32) {
+		int64_t rows = half_out_rows(out, &fa), N = out->ne[out->ndim - 1];
+		size_t fwd = rows ? (size_t)(rows * N) * 4 : (size_t)fw_nelem(out) * 4;
+		return fwd > (size_t)fw_nelem(out) * 2 ? fwd : (size_t)fw_nelem(out) * 2;
+	}
 	return out->src[0]->dtype != FW_F32 ? (size_t)fw_nelem(out) * 2 : 0;
 }
 
@@ -635,7 +701,7 @@ static uint32_t matmul_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_matmul_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "matmul",
-	.flags = FW_OPF_STRIDED,
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF,
 	.infer = matmul_infer,
 	.forward = matmul_forward,
 	.backward = matmul_backward,

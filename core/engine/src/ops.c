@@ -110,6 +110,12 @@ struct fw_tensor *fw_op_custom(struct fw_ctx *ctx, int op, struct fw_tensor **sr
 	struct fw_tensor *in[FW_MAX_SRC] = { 0 };
 	for (int i = 0; i < n_src; i++) {
 		in[i] = src[i];
+		if (in[i] && ctx->autocast != FW_F32 && !(vt->flags & FW_OPF_HALF) &&
+		    (in[i]->dtype == FW_BF16 || in[i]->dtype == FW_F16)) {
+			in[i] = fw_cast(ctx, in[i], FW_F32);   /* an op with f32 kernels only */
+			if (!in[i])
+				return NULL;
+		}
 		if (in[i] && !(vt->flags & FW_OPF_STRIDED) && !fw_is_contiguous(in[i])) {
 			in[i] = fw_cont(ctx, in[i]);
 			if (!in[i])
@@ -166,17 +172,24 @@ struct fw_tensor *fw_matmul(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_t
 {
 	if (!a || !b)
 		return NULL;
-	if (ctx->autocast != FW_F32 && a->dtype == FW_F32 && b->dtype == FW_F32) {
-		a = fw_cast(ctx, a, ctx->autocast);
-		b = fw_cast(ctx, b, ctx->autocast);
-	}
-	return node(ctx, FW_OP_MATMUL, 2, a, b, NULL, 2, P({ .i = ta }, { .i = tb }));
+	enum fw_dtype ac = ctx->autocast;
+	if (ac == FW_F32)
+		return node(ctx, FW_OP_MATMUL, 2, a, b, NULL, 2, P({ .i = ta }, { .i = tb }));
+	/* Autocast: operands in ac (f32 ones cast), the result in ac too. */
+	if (a->dtype == FW_F32)
+		a = fw_cast(ctx, a, ac);
+	if (b->dtype == FW_F32)
+		b = fw_cast(ctx, b, ac);
+	return node(ctx, FW_OP_MATMUL, 2, a, b, NULL, 3,
+		    P({ .i = ta }, { .i = tb }, { .i = ac }));
 }
 
 struct fw_tensor *fw_linear(struct fw_ctx *ctx, struct fw_tensor *x, struct fw_tensor *w,
 			    struct fw_tensor *bias)
 {
 	struct fw_tensor *y = fw_matmul(ctx, x, w, false, true);
+	if (bias && ctx->autocast != FW_F32 && bias->dtype == FW_F32)
+		bias = fw_cast(ctx, bias, ctx->autocast);   /* as torch's autocast linear */
 	return bias ? fw_add(ctx, y, bias) : y;
 }
 
@@ -263,10 +276,10 @@ struct fw_tensor *fw_lm_head_cross_entropy(struct fw_ctx *ctx, struct fw_tensor 
 {
 	if (!x || !w || !targets)
 		return NULL;
-	if (ctx->autocast != FW_F32 && x->dtype == FW_F32 && w->dtype == FW_F32) {
+	if (ctx->autocast != FW_F32 && x->dtype == FW_F32)
 		x = fw_cast(ctx, x, ctx->autocast);
+	if (ctx->autocast != FW_F32 && w->dtype == FW_F32)
 		w = fw_cast(ctx, w, ctx->autocast);
-	}
 	struct fw_tensor *src[4] = { x, w, targets, mask };
 	return fw_op_custom(ctx, FW_OP_LMHEAD_CE, src, 4,
 			    P({ .i = ignore_index }, { .i = chunk_rows }), 2);

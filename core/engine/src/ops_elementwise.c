@@ -1,6 +1,7 @@
 /* ops_elementwise.c - broadcasting add/sub/mul, scale, activations, dropout.
  *
- * All sources and outputs are contiguous f32. Binary ops follow PyTorch
+ * Sources and outputs are contiguous f32, or bf16/f16 for the ops flagged
+ * FW_OPF_HALF (computing in f32 on blocks, half.h). Binary ops follow PyTorch
  * broadcasting: shapes are right-aligned and a dim of size 1 stretches.
  * Kernels first collapse the broadcast geometry (struct bc): dims of size 1
  * go, and neighbouring dims that every operand steps through alike merge.
@@ -15,6 +16,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "half.h"
 #include "kernel.h"
 #include "vmath.h"
 
@@ -388,28 +390,83 @@ static void bin_grad(const struct fw_tensor *out, const struct fw_tensor *x,
 	}
 }
 
+/* a and b are f32, bf16 or f16; the result is in their dtype when they
+ * share a half one, else f32 (PyTorch's promotion). */
 static enum fw_status bin_infer(struct fw_tensor *out, struct fw_err *err, const char *op)
 {
 	const struct fw_tensor *a = out->src[0], *b = out->src[1];
 	char sa[64], sb[64];
 	enum fw_status st;
 
-	if ((st = check_f32(op, "a", a, err)) != FW_OK ||
-	    (st = check_f32(op, "b", b, err)) != FW_OK)
+	bool half = a && b && (is_half(a->dtype) || is_half(b->dtype)) &&
+		    (is_half(a->dtype) || a->dtype == FW_F32) &&
+		    (is_half(b->dtype) || b->dtype == FW_F32);
+	if (!half && ((st = check_f32(op, "a", a, err)) != FW_OK ||
+		      (st = check_f32(op, "b", b, err)) != FW_OK))
 		return st;
 	if (!fw_broadcastable(a, b, &out->ndim, out->ne))
 		return fw_errorf(err, FW_ERR_SHAPE, "%s: shapes %s and %s do not broadcast",
 				 op, fw_shape_str(a, sa, sizeof(sa)),
 				 fw_shape_str(b, sb, sizeof(sb)));
-	out->dtype = FW_F32;
+	out->dtype = a->dtype == b->dtype ? a->dtype : FW_F32;
 	return FW_OK;
+}
+
+/* bin_row on operands and a result of any float dtype, through f32 blocks. */
+static void bin_row_half(enum bin_op op, void *y, enum fw_dtype ty, const void *a,
+			 enum fw_dtype ta, int64_t sa, const void *b, enum fw_dtype tb,
+			 int64_t sb, int64_t n)
+{
+	float ab[BLK], bb[BLK], yb[BLK];
+	if (!sa)
+		ab[0] = half_get(a, ta, 0);
+	if (!sb)
+		bb[0] = half_get(b, tb, 0);
+	for (int64_t j0 = 0; j0 < n; j0 += BLK) {
+		int64_t m = min64(BLK, n - j0);
+		if (sa)
+			half_load(ab, elem_ptr(a, ta, j0), ta, m);
+		if (sb)
+			half_load(bb, elem_ptr(b, tb, j0), tb, m);
+		bin_row(op, yb, ab, sa, bb, sb, m);
+		half_store(elem_ptr(y, ty, j0), ty, yb, m);
+	}
+}
+
+/* bc_apply when some tensor is bf16 or f16. */
+static void bc_apply_half(const struct bc *g, enum bin_op op, const struct fw_tensor *out,
+			  const struct fw_tensor *a, const struct fw_tensor *b)
+{
+	int64_t L = g->d[g->nd - 1], sa = g->s[1][g->nd - 1], sb = g->s[2][g->nd - 1];
+
+	#pragma omp parallel if (g->n > PAR_MIN)
+	{
+		int nt = omp_get_num_threads(), it = omp_get_thread_num();
+		int64_t e0 = split_at(g->n, it, nt), e1 = split_at(g->n, it + 1, nt);
+		int64_t r = e0 / L, j = e0 % L;
+		while (e0 < e1) {
+			int64_t len = L - j < e1 - e0 ? L - j : e1 - e0;
+			bin_row_half(op, elem_ptr(out->data, out->dtype, e0), out->dtype,
+				     elem_ptr(a->data, a->dtype, bc_row_off(g, 1, r) + j * sa),
+				     a->dtype, sa,
+				     elem_ptr(b->data, b->dtype, bc_row_off(g, 2, r) + j * sb),
+				     b->dtype, sb, len);
+			e0 += len;
+			r++;
+			j = 0;
+		}
+	}
 }
 
 static void bin_forward(struct fw_tensor *out, enum bin_op op)
 {
 	struct bc g;
-	bc_init(&g, out, out->src[0], out->src[1]);
-	bc_apply(&g, op, fw_f32(out), fw_f32(out->src[0]), fw_f32(out->src[1]));
+	const struct fw_tensor *a = out->src[0], *b = out->src[1];
+	bc_init(&g, out, a, b);
+	if (out->dtype != FW_F32 || a->dtype != FW_F32 || b->dtype != FW_F32)
+		bc_apply_half(&g, op, out, a, b);
+	else
+		bc_apply(&g, op, fw_f32(out), fw_f32(a), fw_f32(b));
 }
 
 /* add and sub: da += dy, db += +-dy, each reduced to its operand's shape. */
@@ -449,9 +506,20 @@ static size_t addsub_workspace(const struct fw_tensor *out)
 	return bin_workspace(out, false);
 }
 
+/* A bf16/f16 operand weighs the other's gradient through an f32 copy at
+ * the start of the workspace (backward only: nothing of it is kept). */
+static size_t half_copy_bytes(const struct fw_tensor *t)
+{
+	return t->dtype == FW_F32 ? 0 : align64((size_t)fw_nelem(t) * sizeof(float));
+}
+
 static size_t mul_workspace(const struct fw_tensor *out)
 {
-	return bin_workspace(out, true);
+	size_t copy = 0;
+	for (int k = 0; k < 2; k++)
+		if (out->src[1 - k]->grad && half_copy_bytes(out->src[k]) > copy)
+			copy = half_copy_bytes(out->src[k]);
+	return copy + bin_workspace(out, true);
 }
 
 /* add and sub read no values in backward. */
@@ -479,6 +547,7 @@ static void add_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_add_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "add",
+	.flags = FW_OPF_HALF,
 	.infer = add_infer,
 	.forward = add_forward,
 	.backward = add_backward,
@@ -505,6 +574,7 @@ static void sub_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_sub_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "sub",
+	.flags = FW_OPF_HALF,
 	.infer = sub_infer,
 	.forward = sub_forward,
 	.backward = sub_backward,
@@ -524,13 +594,28 @@ static void mul_forward(struct fw_tensor *out, const struct fw_exec *ex)
 }
 
 /* da += dy b, db += dy a, each reduced to its operand's shape. */
+/* dx += dy w for x = src[k], w = src[1 - k]. */
+static void mul_grad(struct fw_tensor *out, int k, const struct fw_exec *ex)
+{
+	const struct fw_tensor *x = out->src[k], *w = out->src[1 - k];
+	size_t copy = half_copy_bytes(w);
+	if (!copy) {
+		bin_grad(out, x, w, fw_f32(w), ex);
+		return;
+	}
+	FW_ASSERT(ex->ws_size >= copy);
+	fw_convert(ex->ws, FW_F32, w->data, w->dtype, fw_nelem(w));
+	struct fw_exec rest = *ex;
+	rest.ws = (char *)ex->ws + copy;
+	rest.ws_size = ex->ws_size - copy;
+	bin_grad(out, x, w, ex->ws, &rest);
+}
+
 static void mul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	const struct fw_tensor *a = out->src[0], *b = out->src[1];
-	if (a->grad)
-		bin_grad(out, a, b, fw_f32(b), ex);
-	if (b->grad)
-		bin_grad(out, b, a, fw_f32(a), ex);
+	for (int k = 0; k < 2; k++)
+		if (out->src[k]->grad)
+			mul_grad(out, k, ex);
 }
 
 /* da needs b, db needs a. */
@@ -547,6 +632,7 @@ static uint32_t mul_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_mul_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "mul",
+	.flags = FW_OPF_HALF,
 	.infer = mul_infer,
 	.forward = mul_forward,
 	.backward = mul_backward,
@@ -554,85 +640,87 @@ const struct fw_op_i fw_op_mul_i = {
 	.saved = mul_saved,
 };
 
-/* --- scale ----------------------------------------------------------------------- */
+/* --- element-wise drivers: f32 in place, half through blocks ----------------------- */
 
-/* Matches x * s for a Python float s. */
-static enum fw_status scale_infer(struct fw_tensor *out, struct fw_err *err)
-{
-	enum fw_status st = check_f32("scale", "x", out->src[0], err);
-	if (st != FW_OK)
-		return st;
-	if (!isfinite(out->params[0].f))
-		return fw_errorf(err, FW_ERR_INVALID, "scale: factor %g is not finite",
-				 (double)out->params[0].f);
-	copy_shape(out, out->src[0]);
-	return FW_OK;
-}
+/* Each element-wise op is a pair of row functions over n elements starting
+ * at element i0: forward y = f(x), backward dx += dy f'(v) with v = x or y,
+ * whichever saved() keeps. The drivers run them on the tensors directly when
+ * those are f32, and otherwise on BLK-element f32 blocks converted from and
+ * to bf16/f16 on the stack (computing in f32, as autocast's f32 ops do). */
+typedef void (*fwd_row_fn)(const struct fw_tensor *out, const struct fw_exec *ex, float *y,
+			   const float *x, int64_t i0, int64_t n);
+typedef void (*bwd_row_fn)(const struct fw_tensor *out, const struct fw_exec *ex, float *dx,
+			   const float *dy, const float *v, int64_t i0, int64_t n);
 
-static void scale_forward(struct fw_tensor *out, const struct fw_exec *ex)
-{
-	const float *x = fw_f32(out->src[0]);
-	float *y = fw_f32(out), s = out->params[0].f;
-	int64_t n = fw_nelem(out);
+enum bwd_reads { READS_X, READS_Y, READS_NONE };
 
-	#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
-	for (int64_t i = 0; i < n; i++)
-		y[i] = x[i] * s;
-}
+#define CHUNK 4096   /* elements per call on f32 data (a multiple of 16) */
 
-static void scale_backward(struct fw_tensor *out, const struct fw_exec *ex)
-{
-	const struct fw_tensor *xt = out->src[0];
-	if (!xt->grad)
-		return;
-	const float *dy = fw_f32(out->grad);
-	float *dx = fw_f32(xt->grad), s = out->params[0].f;
-	int64_t n = fw_nelem(out);
-
-	#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
-	for (int64_t i = 0; i < n; i++)
-		dx[i] += dy[i] * s;
-}
-
-const struct fw_op_i fw_op_scale_i = {
-	.size = sizeof(struct fw_op_i),
-	.name = "scale",
-	.infer = scale_infer,
-	.forward = scale_forward,
-	.backward = scale_backward,
-	.saved = saved_none,
-};
-
-/* --- activations ------------------------------------------------------------------ */
-
-/* Each activation is a pair of loops over n elements: forward y = f(x) and
- * backward dx += dy f'(.), where f' reads x or y, whichever saved() keeps. */
-
-static enum fw_status unary_infer(struct fw_tensor *out, struct fw_err *err, const char *op)
-{
-	enum fw_status st = check_f32(op, "x", out->src[0], err);
-	if (st != FW_OK)
-		return st;
-	copy_shape(out, out->src[0]);
-	return FW_OK;
-}
-
-/* x, y, dy, dx are (n); backward reads x or y, whichever saved() keeps. */
-struct unary {
-	const float *x, *dy;
-	float *y, *dx;
-	int64_t n;
-};
-
-static struct unary unary_of(struct fw_tensor *out, bool backward)
+static void unary_forward(struct fw_tensor *out, const struct fw_exec *ex, fwd_row_fn row)
 {
 	const struct fw_tensor *x = out->src[0];
-	return (struct unary){
-		.x = fw_f32(x), .y = fw_f32(out),
-		.dy = backward ? fw_f32(out->grad) : NULL,
-		.dx = backward && x->grad ? fw_f32(x->grad) : NULL,
-		.n = fw_nelem(out),
-	};
+	int64_t n = fw_nelem(out);
+
+	if (x->dtype == FW_F32 && out->dtype == FW_F32) {
+		const float *xp = fw_f32(x);
+		float *yp = fw_f32(out);
+		#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+		for (int64_t i0 = 0; i0 < n; i0 += CHUNK)
+			row(out, ex, yp + i0, xp + i0, i0, min64(CHUNK, n - i0));
+		return;
+	}
+	#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+	for (int64_t i0 = 0; i0 < n; i0 += BLK) {
+		float xb[BLK], yb[BLK];
+		int64_t m = min64(BLK, n - i0);
+		half_load(xb, elem_ptr(x->data, x->dtype, i0), x->dtype, m);
+		row(out, ex, yb, xb, i0, m);
+		half_store(elem_ptr(out->data, out->dtype, i0), out->dtype, yb, m);
+	}
+}
+
+static void unary_backward(struct fw_tensor *out, const struct fw_exec *ex, bwd_row_fn row,
+			   enum bwd_reads reads)
+{
+	const struct fw_tensor *x = out->src[0];
+	if (!x->grad)
+		return;
+	const struct fw_tensor *v = reads == READS_X ? x : reads == READS_Y ? out : NULL;
+	float *dx = fw_f32(x->grad);
+	const float *dy = fw_f32(out->grad);
+	int64_t n = fw_nelem(out);
+
+	if (!v || v->dtype == FW_F32) {
+		const float *vp = v ? fw_f32(v) : NULL;
+		#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+		for (int64_t i0 = 0; i0 < n; i0 += CHUNK)
+			row(out, ex, dx + i0, dy + i0, vp ? vp + i0 : NULL, i0,
+			    min64(CHUNK, n - i0));
+		return;
+	}
+	#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+	for (int64_t i0 = 0; i0 < n; i0 += BLK) {
+		float vb[BLK];
+		int64_t m = min64(BLK, n - i0);
+		half_load(vb, elem_ptr(v->data, v->dtype, i0), v->dtype, m);
+		row(out, ex, dx + i0, dy + i0, vb, i0, m);
+	}
+}
+
+/* Output like x: its shape, and its dtype when that is f32, bf16 or f16. */
+static enum fw_status unary_infer(struct fw_tensor *out, struct fw_err *err, const char *op)
+{
+	const struct fw_tensor *x = out->src[0];
+	if (x && is_half(x->dtype)) {
+		copy_shape(out, x);
+		out->dtype = x->dtype;
+		return FW_OK;
+	}
+	enum fw_status st = check_f32(op, "x", x, err);
+	if (st != FW_OK)
+		return st;
+	copy_shape(out, x);
+	return FW_OK;
 }
 
 static uint32_t saved_x(const struct fw_tensor *out)
@@ -644,6 +732,57 @@ static uint32_t saved_y(const struct fw_tensor *out)
 {
 	return FW_SAVE_OUT;
 }
+
+/* --- scale ----------------------------------------------------------------------- */
+
+/* Matches x * s for a Python float s. */
+static enum fw_status scale_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	if (!isfinite(out->params[0].f))
+		return fw_errorf(err, FW_ERR_INVALID, "scale: factor %g is not finite",
+				 (double)out->params[0].f);
+	return unary_infer(out, err, "scale");
+}
+
+static void scale_row(const struct fw_tensor *out, const struct fw_exec *ex, float *y,
+		      const float *x, int64_t i0, int64_t n)
+{
+	float s = out->params[0].f;
+	#pragma omp simd
+	for (int64_t i = 0; i < n; i++)
+		y[i] = x[i] * s;
+}
+
+static void scale_grad_row(const struct fw_tensor *out, const struct fw_exec *ex, float *dx,
+			   const float *dy, const float *v, int64_t i0, int64_t n)
+{
+	float s = out->params[0].f;
+	#pragma omp simd
+	for (int64_t i = 0; i < n; i++)
+		dx[i] += dy[i] * s;
+}
+
+static void scale_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	unary_forward(out, ex, scale_row);
+}
+
+static void scale_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	unary_backward(out, ex, scale_grad_row, READS_NONE);
+}
+
+const struct fw_op_i fw_op_scale_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "scale",
+	.flags = FW_OPF_HALF,
+	.infer = scale_infer,
+	.forward = scale_forward,
+	.backward = scale_backward,
+	.saved = saved_none,
+};
+
+/* --- activations ------------------------------------------------------------------ */
 
 /* gelu: matches torch.nn.functional.gelu(x, approximate='none' | 'tanh'). */
 #define GELU_BETA 0.7978845608028654f      /* sqrt(2 / pi) */
@@ -661,57 +800,64 @@ static enum fw_status gelu_infer(struct fw_tensor *out, struct fw_err *err)
 	return unary_infer(out, err, "gelu");
 }
 
-static void gelu_forward(struct fw_tensor *out, const struct fw_exec *ex)
+static void gelu_row(const struct fw_tensor *out, const struct fw_exec *ex, float *y,
+		     const float *xs, int64_t i0, int64_t n)
 {
-	struct unary u = unary_of(out, false);
-
 	if (out->params[0].i == FW_GELU_TANH) {
-		#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-		for (int64_t i = 0; i < u.n; i++) {
-			float x = u.x[i];
+		#pragma omp simd
+		for (int64_t i = 0; i < n; i++) {
+			float x = xs[i];
 			float in = GELU_BETA * (x + GELU_KAPPA * (x * x * x));
-			u.y[i] = 0.5f * x * (1.0f + vtanh(in));
+			y[i] = 0.5f * x * (1.0f + vtanh(in));
 		}
 	} else {
-		#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-		for (int64_t i = 0; i < u.n; i++) {
-			float x = u.x[i];
-			u.y[i] = x * 0.5f * (1.0f + verf(x * GELU_SQRT1_2));
+		#pragma omp simd
+		for (int64_t i = 0; i < n; i++) {
+			float x = xs[i];
+			y[i] = x * 0.5f * (1.0f + verf(x * GELU_SQRT1_2));
 		}
 	}
 }
 
 /* erf form: d/dx = Phi(x) + x phi(x); tanh form: 0.5 (1 + t) +
  * 0.5 x (1 - t^2) beta (1 + 3 kappa x^2), as in ATen's GeluBackward. */
-static void gelu_backward(struct fw_tensor *out, const struct fw_exec *ex)
+static void gelu_grad_row(const struct fw_tensor *out, const struct fw_exec *ex, float *dx,
+			  const float *dy, const float *xs, int64_t i0, int64_t n)
 {
-	struct unary u = unary_of(out, true);
-	if (!u.dx)
-		return;
-
 	if (out->params[0].i == FW_GELU_TANH) {
-		#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-		for (int64_t i = 0; i < u.n; i++) {
-			float x = u.x[i], x2 = x * x;
+		#pragma omp simd
+		for (int64_t i = 0; i < n; i++) {
+			float x = xs[i], x2 = x * x;
 			float t = vtanh(GELU_BETA * (x + GELU_KAPPA * (x2 * x)));
 			float dt = 0.5f * x * (1.0f - t * t) *
 				   (GELU_BETA * (1.0f + 3.0f * GELU_KAPPA * x2));
-			u.dx[i] += u.dy[i] * (0.5f * (1.0f + t) + dt);
+			dx[i] += dy[i] * (0.5f * (1.0f + t) + dt);
 		}
 	} else {
-		#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-		for (int64_t i = 0; i < u.n; i++) {
-			float x = u.x[i];
+		#pragma omp simd
+		for (int64_t i = 0; i < n; i++) {
+			float x = xs[i];
 			float cdf = 0.5f * (1.0f + verf(x * GELU_SQRT1_2));
 			float pdf = GELU_PDF * vexp_neg(-0.5f * x * x);
-			u.dx[i] += u.dy[i] * (cdf + x * pdf);
+			dx[i] += dy[i] * (cdf + x * pdf);
 		}
 	}
+}
+
+static void gelu_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	unary_forward(out, ex, gelu_row);
+}
+
+static void gelu_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	unary_backward(out, ex, gelu_grad_row, READS_X);
 }
 
 const struct fw_op_i fw_op_gelu_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "gelu",
+	.flags = FW_OPF_HALF,
 	.infer = gelu_infer,
 	.forward = gelu_forward,
 	.backward = gelu_backward,
@@ -725,29 +871,36 @@ static enum fw_status relu_infer(struct fw_tensor *out, struct fw_err *err)
 	return unary_infer(out, err, "relu");
 }
 
+static void relu_row(const struct fw_tensor *out, const struct fw_exec *ex, float *y,
+		     const float *x, int64_t i0, int64_t n)
+{
+	#pragma omp simd
+	for (int64_t i = 0; i < n; i++)
+		y[i] = x[i] < 0.0f ? 0.0f : x[i];
+}
+
+static void relu_grad_row(const struct fw_tensor *out, const struct fw_exec *ex, float *dx,
+			  const float *dy, const float *y, int64_t i0, int64_t n)
+{
+	#pragma omp simd
+	for (int64_t i = 0; i < n; i++)
+		dx[i] += y[i] <= 0.0f ? 0.0f : dy[i];
+}
+
 static void relu_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	struct unary u = unary_of(out, false);
-
-	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-	for (int64_t i = 0; i < u.n; i++)
-		u.y[i] = u.x[i] < 0.0f ? 0.0f : u.x[i];
+	unary_forward(out, ex, relu_row);
 }
 
 static void relu_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	struct unary u = unary_of(out, true);
-	if (!u.dx)
-		return;
-
-	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-	for (int64_t i = 0; i < u.n; i++)
-		u.dx[i] += u.y[i] <= 0.0f ? 0.0f : u.dy[i];
+	unary_backward(out, ex, relu_grad_row, READS_Y);
 }
 
 const struct fw_op_i fw_op_relu_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "relu",
+	.flags = FW_OPF_HALF,
 	.infer = relu_infer,
 	.forward = relu_forward,
 	.backward = relu_backward,
@@ -760,32 +913,39 @@ static enum fw_status silu_infer(struct fw_tensor *out, struct fw_err *err)
 	return unary_infer(out, err, "silu");
 }
 
-static void silu_forward(struct fw_tensor *out, const struct fw_exec *ex)
+static void silu_row(const struct fw_tensor *out, const struct fw_exec *ex, float *y,
+		     const float *x, int64_t i0, int64_t n)
 {
-	struct unary u = unary_of(out, false);
-
-	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-	for (int64_t i = 0; i < u.n; i++)
-		u.y[i] = u.x[i] * vsigmoid(u.x[i]);
+	#pragma omp simd
+	for (int64_t i = 0; i < n; i++)
+		y[i] = x[i] * vsigmoid(x[i]);
 }
 
 /* d/dx = s (1 + x (1 - s)), s = sigmoid(x). */
+static void silu_grad_row(const struct fw_tensor *out, const struct fw_exec *ex, float *dx,
+			  const float *dy, const float *xs, int64_t i0, int64_t n)
+{
+	#pragma omp simd
+	for (int64_t i = 0; i < n; i++) {
+		float x = xs[i], s = vsigmoid(x);
+		dx[i] += dy[i] * (s * (1.0f + x * (1.0f - s)));
+	}
+}
+
+static void silu_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	unary_forward(out, ex, silu_row);
+}
+
 static void silu_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	struct unary u = unary_of(out, true);
-	if (!u.dx)
-		return;
-
-	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-	for (int64_t i = 0; i < u.n; i++) {
-		float x = u.x[i], s = vsigmoid(x);
-		u.dx[i] += u.dy[i] * (s * (1.0f + x * (1.0f - s)));
-	}
+	unary_backward(out, ex, silu_grad_row, READS_X);
 }
 
 const struct fw_op_i fw_op_silu_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "silu",
+	.flags = FW_OPF_HALF,
 	.infer = silu_infer,
 	.forward = silu_forward,
 	.backward = silu_backward,
@@ -798,30 +958,37 @@ static enum fw_status tanh_infer(struct fw_tensor *out, struct fw_err *err)
 	return unary_infer(out, err, "tanh");
 }
 
-static void tanh_forward(struct fw_tensor *out, const struct fw_exec *ex)
+static void tanh_row(const struct fw_tensor *out, const struct fw_exec *ex, float *y,
+		     const float *x, int64_t i0, int64_t n)
 {
-	struct unary u = unary_of(out, false);
-
-	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-	for (int64_t i = 0; i < u.n; i++)
-		u.y[i] = vtanh(u.x[i]);
+	#pragma omp simd
+	for (int64_t i = 0; i < n; i++)
+		y[i] = vtanh(x[i]);
 }
 
 /* d/dx = 1 - y^2. */
+static void tanh_grad_row(const struct fw_tensor *out, const struct fw_exec *ex, float *dx,
+			  const float *dy, const float *y, int64_t i0, int64_t n)
+{
+	#pragma omp simd
+	for (int64_t i = 0; i < n; i++)
+		dx[i] += dy[i] * (1.0f - y[i] * y[i]);
+}
+
+static void tanh_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	unary_forward(out, ex, tanh_row);
+}
+
 static void tanh_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	struct unary u = unary_of(out, true);
-	if (!u.dx)
-		return;
-
-	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-	for (int64_t i = 0; i < u.n; i++)
-		u.dx[i] += u.dy[i] * (1.0f - u.y[i] * u.y[i]);
+	unary_backward(out, ex, tanh_grad_row, READS_Y);
 }
 
 const struct fw_op_i fw_op_tanh_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "tanh",
+	.flags = FW_OPF_HALF,
 	.infer = tanh_infer,
 	.forward = tanh_forward,
 	.backward = tanh_backward,
@@ -834,30 +1001,37 @@ static enum fw_status sigmoid_infer(struct fw_tensor *out, struct fw_err *err)
 	return unary_infer(out, err, "sigmoid");
 }
 
-static void sigmoid_forward(struct fw_tensor *out, const struct fw_exec *ex)
+static void sigmoid_row(const struct fw_tensor *out, const struct fw_exec *ex, float *y,
+			const float *x, int64_t i0, int64_t n)
 {
-	struct unary u = unary_of(out, false);
-
-	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-	for (int64_t i = 0; i < u.n; i++)
-		u.y[i] = vsigmoid(u.x[i]);
+	#pragma omp simd
+	for (int64_t i = 0; i < n; i++)
+		y[i] = vsigmoid(x[i]);
 }
 
 /* d/dx = (1 - y) y. */
+static void sigmoid_grad_row(const struct fw_tensor *out, const struct fw_exec *ex, float *dx,
+			     const float *dy, const float *y, int64_t i0, int64_t n)
+{
+	#pragma omp simd
+	for (int64_t i = 0; i < n; i++)
+		dx[i] += dy[i] * (1.0f - y[i]) * y[i];
+}
+
+static void sigmoid_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	unary_forward(out, ex, sigmoid_row);
+}
+
 static void sigmoid_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	struct unary u = unary_of(out, true);
-	if (!u.dx)
-		return;
-
-	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-	for (int64_t i = 0; i < u.n; i++)
-		u.dx[i] += u.dy[i] * (1.0f - u.y[i]) * u.y[i];
+	unary_backward(out, ex, sigmoid_grad_row, READS_Y);
 }
 
 const struct fw_op_i fw_op_sigmoid_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "sigmoid",
+	.flags = FW_OPF_HALF,
 	.infer = sigmoid_infer,
 	.forward = sigmoid_forward,
 	.backward = sigmoid_backward,
@@ -916,49 +1090,55 @@ static float dropout_scale(float p)
 	return (float)(1.0 / (1.0 - (double)p));
 }
 
-static void dropout_forward(struct fw_tensor *out, const struct fw_exec *ex)
+/* y = kept(i) ? x s : 0 (dx += the same of dy); a copy when inactive. */
+static void dropout_row(const struct fw_tensor *out, const struct fw_exec *ex, float *y,
+			const float *x, int64_t i0, int64_t n)
 {
-	struct unary u = unary_of(out, false);
 	float p = out->params[0].f;
-
 	if (!dropout_active(out, ex)) {
-		#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-		for (int64_t i = 0; i < u.n; i++)
-			u.y[i] = u.x[i];
+		memcpy(y, x, (size_t)n * sizeof(float));
 		return;
 	}
 	uint64_t key = dropout_key(out, ex);
 	uint32_t thr = dropout_threshold(p);
 	float s = dropout_scale(p);
-	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN / 4)
-	for (int64_t i = 0; i < u.n; i++)
-		u.y[i] = fw_rng_u32(key, (uint64_t)i) >= thr ? u.x[i] * s : 0.0f;
+	#pragma omp simd
+	for (int64_t i = 0; i < n; i++)
+		y[i] = fw_rng_u32(key, (uint64_t)(i0 + i)) >= thr ? x[i] * s : 0.0f;
+}
+
+static void dropout_grad_row(const struct fw_tensor *out, const struct fw_exec *ex, float *dx,
+			     const float *dy, const float *v, int64_t i0, int64_t n)
+{
+	float p = out->params[0].f;
+	if (!dropout_active(out, ex)) {
+		#pragma omp simd
+		for (int64_t i = 0; i < n; i++)
+			dx[i] += dy[i];
+		return;
+	}
+	uint64_t key = dropout_key(out, ex);
+	uint32_t thr = dropout_threshold(p);
+	float s = dropout_scale(p);
+	#pragma omp simd
+	for (int64_t i = 0; i < n; i++)
+		dx[i] += fw_rng_u32(key, (uint64_t)(i0 + i)) >= thr ? dy[i] * s : 0.0f;
+}
+
+static void dropout_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	unary_forward(out, ex, dropout_row);
 }
 
 static void dropout_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	struct unary u = unary_of(out, true);
-	float p = out->params[0].f;
-	if (!u.dx)
-		return;
-
-	if (!dropout_active(out, ex)) {
-		#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN)
-		for (int64_t i = 0; i < u.n; i++)
-			u.dx[i] += u.dy[i];
-		return;
-	}
-	uint64_t key = dropout_key(out, ex);
-	uint32_t thr = dropout_threshold(p);
-	float s = dropout_scale(p);
-	#pragma omp parallel for simd schedule(static) if (u.n > PAR_MIN / 4)
-	for (int64_t i = 0; i < u.n; i++)
-		u.dx[i] += fw_rng_u32(key, (uint64_t)i) >= thr ? u.dy[i] * s : 0.0f;
+	unary_backward(out, ex, dropout_grad_row, READS_NONE);
 }
 
 const struct fw_op_i fw_op_dropout_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "dropout",
+	.flags = FW_OPF_HALF,
 	.infer = dropout_infer,
 	.forward = dropout_forward,
 	.backward = dropout_backward,

@@ -124,7 +124,8 @@ static void lmce_forward(struct fw_tensor *out, const struct fw_exec *ex)
 			if (!lmce_counted(&c, r0 + i))
 				continue;
 			const float *row = lg + i * c.V;
-			loss += fw_row_logsumexp(row, c.V, NULL, NULL) - (double)row[c.t[r0 + i]];
+			loss += fw_row_logsumexp(row, FW_F32, c.V, NULL, NULL) -
+				(double)row[c.t[r0 + i]];
 			k++;
 		}
 	}
@@ -151,7 +152,7 @@ static void chunk_grad(const struct lmce *c, int64_t r0, int64_t n, float *lg, f
 			memset(row, 0, (size_t)V * sizeof(float));
 			continue;
 		}
-		float lse = (float)fw_row_logsumexp(row, V, NULL, NULL);
+		float lse = (float)fw_row_logsumexp(row, FW_F32, V, NULL, NULL);
 		#pragma omp simd
 		for (int64_t j = 0; j < V; j++)
 			row[j] = scale * vexp_neg(row[j] - lse);
@@ -217,6 +218,7 @@ static uint32_t lmce_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_lmhead_ce_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "lm_head_ce",
+	.flags = FW_OPF_HALF,        /* x and w in bf16/f16 products, f32 accumulation */
 	.infer = lmce_infer,
 	.forward = lmce_forward,
 	.backward = lmce_backward,

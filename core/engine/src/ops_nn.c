@@ -1,6 +1,9 @@
 /* ops_nn.c - embedding, layer/RMS norm, softmax and cross-entropy.
  *
- * All sources and outputs are contiguous f32 (ids and targets i32). Rows are
+ * All sources and outputs are contiguous f32 (ids and targets i32), except
+ * that softmax's x and output and cross-entropy's logits may be bf16 or f16
+ * (autocast): those rows are read in f32 blocks (half.h) and computed in f32.
+ * Rows are
  * the last axis and independent, so forward kernels split rows across
  * threads. Backward kernels add into the gradients; reductions over rows
  * (norm weights, broadcast softmax bias, embedding table) go to per-thread
@@ -11,6 +14,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "half.h"
 #include "kernel.h"
 #include "vmath.h"
 
@@ -166,8 +170,9 @@ static enum fw_status norm_infer(struct fw_tensor *out, struct fw_err *err,
 	float eps = out->params[0].f;
 	enum fw_status st;
 
-	if (x->dtype != FW_F32)
-		return fw_errorf(err, FW_ERR_SHAPE, "%s: x is %s, expected f32", op, dt_name(x));
+	if (x->dtype != FW_F32 && !is_half(x->dtype))
+		return fw_errorf(err, FW_ERR_SHAPE, "%s: x is %s, expected f32, bf16 or f16", op,
+				 dt_name(x));
 	int64_t C = x->ne[x->ndim - 1];
 	if ((st = norm_check_vec(op, "weight", out->src[1], C, err)) != FW_OK)
 		return st;
@@ -176,7 +181,7 @@ static enum fw_status norm_infer(struct fw_tensor *out, struct fw_err *err,
 	if (!(eps >= 0.0f) || isinf(eps))
 		return fw_errorf(err, FW_ERR_INVALID, "%s: eps %g must be finite and >= 0",
 				 op, (double)eps);
-	out->dtype = FW_F32;
+	out->dtype = x->dtype;
 	out->ndim = x->ndim;
 	for (int i = 0; i < x->ndim; i++)
 		out->ne[i] = x->ne[i];
@@ -212,7 +217,39 @@ static void norm_stats(const float *x, int64_t C, float eps, bool center,
 	*rstd = 1.0f / sqrtf(v / (float)C + eps);
 }
 
-static void norm_forward(struct fw_tensor *out, bool center)
+/* Per-thread workspace: the dweight/dbias partials (when there is a weight
+ * or a bias), then, for a bf16/f16 x, one row of it as f32. */
+static size_t norm_part_bytes(int64_t C);
+
+static size_t norm_row_bytes(const struct fw_tensor *out)
+{
+	const struct fw_tensor *x = out->src[0];
+	return x->dtype == FW_F32 ? 0 : align64((size_t)x->ne[x->ndim - 1] * sizeof(float));
+}
+
+static size_t norm_stride(const struct fw_tensor *out)
+{
+	const struct fw_tensor *x = out->src[0];
+	size_t parts = out->src[1] || out->src[2] ? norm_part_bytes(x->ne[x->ndim - 1]) : 0;
+	return parts + norm_row_bytes(out);
+}
+
+/* Thread it's f32 row, or NULL for an f32 x. */
+static float *norm_row_buf(const struct fw_tensor *out, const struct fw_exec *ex, int it)
+{
+	size_t stride = norm_stride(out), row = norm_row_bytes(out);
+	return row ? (float *)((char *)ex->ws + (size_t)it * stride + (stride - row)) : NULL;
+}
+
+/* Threads for a norm kernel: as many as have a row buffer. */
+static int norm_threads(const struct fw_tensor *out, const struct fw_exec *ex)
+{
+	int T = norm_row_bytes(out) ? ws_threads(ex, norm_stride(out)) : omp_get_max_threads();
+	FW_ASSERT(T >= 1);   /* workspace() asked for it */
+	return T;
+}
+
+static void norm_forward(struct fw_tensor *out, const struct fw_exec *ex, bool center)
 {
 	const struct fw_tensor *x = out->src[0];
 	const float *w = out->src[1] ? fw_f32(out->src[1]) : NULL;            /* (C) */
@@ -220,28 +257,40 @@ static void norm_forward(struct fw_tensor *out, bool center)
 	float eps = out->params[0].f;
 	int64_t C = x->ne[x->ndim - 1], N = fw_nelem(x) / C;
 
-	#pragma omp parallel for schedule(static) if (N * C > PAR_MIN)
-	for (int64_t n = 0; n < N; n++) {
-		const float *xr = fw_f32(x) + n * C;   /* x is (N, C) */
-		float *y = fw_f32(out) + n * C;        /* y is (N, C) */
-		float m, rs;
-		norm_stats(xr, C, eps, center, &m, &rs);
-		if (w && b) {
-			#pragma omp simd
-			for (int64_t c = 0; c < C; c++)
-				y[c] = (xr[c] - m) * rs * w[c] + b[c];
-		} else if (w) {
-			#pragma omp simd
-			for (int64_t c = 0; c < C; c++)
-				y[c] = (xr[c] - m) * rs * w[c];
-		} else if (b) {
-			#pragma omp simd
-			for (int64_t c = 0; c < C; c++)
-				y[c] = (xr[c] - m) * rs + b[c];
-		} else {
-			#pragma omp simd
-			for (int64_t c = 0; c < C; c++)
-				y[c] = (xr[c] - m) * rs;
+	#pragma omp parallel num_threads(norm_threads(out, ex)) if (N * C > PAR_MIN)
+	{
+		float *buf = norm_row_buf(out, ex, omp_get_thread_num());
+		#pragma omp for schedule(static)
+		for (int64_t n = 0; n < N; n++) {
+			const float *xr = buf;                 /* x is (N, C) */
+			float *y = buf;                        /* y is (N, C) */
+			if (buf)                               /* bf16/f16: the row as f32, in place */
+				half_load(buf, elem_ptr(x->data, x->dtype, n * C), x->dtype, C);
+			else {
+				xr = fw_f32(x) + n * C;
+				y = fw_f32(out) + n * C;
+			}
+			float m, rs;
+			norm_stats(xr, C, eps, center, &m, &rs);
+			if (w && b) {
+				#pragma omp simd
+				for (int64_t c = 0; c < C; c++)
+					y[c] = (xr[c] - m) * rs * w[c] + b[c];
+			} else if (w) {
+				#pragma omp simd
+				for (int64_t c = 0; c < C; c++)
+					y[c] = (xr[c] - m) * rs * w[c];
+			} else if (b) {
+				#pragma omp simd
+				for (int64_t c = 0; c < C; c++)
+					y[c] = (xr[c] - m) * rs + b[c];
+			} else {
+				#pragma omp simd
+				for (int64_t c = 0; c < C; c++)
+					y[c] = (xr[c] - m) * rs;
+			}
+			if (buf)
+				half_store(elem_ptr(out->data, out->dtype, n * C), out->dtype, buf, C);
 		}
 	}
 }
@@ -303,9 +352,9 @@ static size_t norm_part_bytes(int64_t C)
 	return 2 * align64((size_t)C * sizeof(float)) + 2 * align64((size_t)C * sizeof(double));
 }
 
-static struct norm_part norm_part_of(void *ws, int t, int64_t C)
+static struct norm_part norm_part_of(void *ws, int t, int64_t C, size_t stride)
 {
-	char *p = (char *)ws + (size_t)t * norm_part_bytes(C);
+	char *p = (char *)ws + (size_t)t * stride;
 	size_t fs = align64((size_t)C * sizeof(float)), ds = align64((size_t)C * sizeof(double));
 	return (struct norm_part){
 		.fw = (float *)p, .fb = (float *)(p + fs),
@@ -315,10 +364,16 @@ static struct norm_part norm_part_of(void *ws, int t, int64_t C)
 
 static size_t norm_workspace(const struct fw_tensor *out)
 {
-	const struct fw_tensor *x = out->src[0];
-	if (!out->src[1] && !out->src[2])
-		return 0;
-	return (size_t)omp_get_max_threads() * norm_part_bytes(x->ne[x->ndim - 1]);
+	return (size_t)omp_get_max_threads() * norm_stride(out);
+}
+
+/* Row n of x as f32: in place, or converted into buf. */
+static const float *norm_row(const struct fw_tensor *x, int64_t n, int64_t C, float *buf)
+{
+	if (!buf)
+		return fw_f32(x) + n * C;
+	half_load(buf, elem_ptr(x->data, x->dtype, n * C), x->dtype, C);
+	return buf;
 }
 
 static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool center)
@@ -336,23 +391,29 @@ static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool 
 	if (!dw && !db) {
 		if (!dx)
 			return;
-		#pragma omp parallel for schedule(static) if (N * C > PAR_MIN)
-		for (int64_t n = 0; n < N; n++)
-			norm_backward_row(fw_f32(x) + n * C, dy + n * C, w, dx + n * C,
-					  NULL, NULL, C, eps, center);
+		#pragma omp parallel num_threads(norm_threads(out, ex)) if (N * C > PAR_MIN)
+		{
+			float *buf = norm_row_buf(out, ex, omp_get_thread_num());
+			#pragma omp for schedule(static)
+			for (int64_t n = 0; n < N; n++)
+				norm_backward_row(norm_row(x, n, C, buf), dy + n * C, w, dx + n * C,
+						  NULL, NULL, C, eps, center);
+		}
 		return;
 	}
 
-	int T = ws_threads(ex, norm_part_bytes(C));
+	size_t stride = norm_stride(out);
+	int T = ws_threads(ex, stride);
 	FW_ASSERT(T >= 1);   /* workspace() asked for it */
 	#pragma omp parallel num_threads(T) if (N * C > PAR_MIN)
 	{
 		int nt = omp_get_num_threads(), it = omp_get_thread_num();
-		struct norm_part p = norm_part_of(ex->ws, it, C);
+		struct norm_part p = norm_part_of(ex->ws, it, C, stride);
+		float *buf = norm_row_buf(out, ex, it);
 		memset(p.fw, 0, norm_part_bytes(C));
 		int64_t n0 = N * it / nt, n1 = N * (it + 1) / nt;
 		for (int64_t n = n0; n < n1; n++) {
-			norm_backward_row(fw_f32(x) + n * C, dy + n * C, w,
+			norm_backward_row(norm_row(x, n, C, buf), dy + n * C, w,
 					  dx ? dx + n * C : NULL, dw ? p.fw : NULL,
 					  db ? p.fb : NULL, C, eps, center);
 			if ((n - n0) % NORM_FLUSH != NORM_FLUSH - 1 && n != n1 - 1)
@@ -370,7 +431,7 @@ static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool 
 		for (int64_t c = c0; c < c1; c++) {
 			double sw = 0.0, sb = 0.0;
 			for (int t = 0; t < nt; t++) {
-				struct norm_part q = norm_part_of(ex->ws, t, C);
+				struct norm_part q = norm_part_of(ex->ws, t, C, stride);
 				sw += q.dw[c];
 				sb += q.db[c];
 			}
@@ -385,7 +446,7 @@ static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool 
 /* Matches torch.nn.functional.layer_norm(x, (C,), w, b, eps). */
 static void layernorm_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	norm_forward(out, true);
+	norm_forward(out, ex, true);
 }
 
 static void layernorm_backward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -402,6 +463,7 @@ static uint32_t norm_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_layernorm_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "layernorm",
+	.flags = FW_OPF_HALF,
 	.infer = layernorm_infer,
 	.forward = layernorm_forward,
 	.backward = layernorm_backward,
@@ -412,7 +474,7 @@ const struct fw_op_i fw_op_layernorm_i = {
 /* Matches Llama/T5 RMSNorm: x * rsqrt(mean(x^2) + eps) * w. */
 static void rmsnorm_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	norm_forward(out, false);
+	norm_forward(out, ex, false);
 }
 
 static void rmsnorm_backward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -423,6 +485,7 @@ static void rmsnorm_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_rmsnorm_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "rmsnorm",
+	.flags = FW_OPF_HALF,
 	.infer = rmsnorm_infer,
 	.forward = rmsnorm_forward,
 	.backward = rmsnorm_backward,
@@ -490,8 +553,9 @@ static enum fw_status softmax_infer(struct fw_tensor *out, struct fw_err *err)
 	const struct fw_tensor *x = out->src[0], *b = out->src[1];
 	char sx[64], sb[64];
 
-	if (x->dtype != FW_F32)
-		return fw_errorf(err, FW_ERR_SHAPE, "softmax: x is %s, expected f32", dt_name(x));
+	if (x->dtype != FW_F32 && !is_half(x->dtype))
+		return fw_errorf(err, FW_ERR_SHAPE, "softmax: x is %s, expected f32, bf16 or f16",
+				 dt_name(x));
 	if (out->params[0].i && x->ndim < 2)
 		return fw_errorf(err, FW_ERR_SHAPE,
 				 "softmax: causal needs x of at least 2 dims (Tq, Tk), got %s",
@@ -514,7 +578,7 @@ static enum fw_status softmax_infer(struct fw_tensor *out, struct fw_err *err)
 					 fw_shape_str(b, sb, sizeof(sb)),
 					 fw_shape_str(x, sx, sizeof(sx)));
 	}
-	out->dtype = FW_F32;
+	out->dtype = x->dtype;
 	out->ndim = x->ndim;
 	for (int i = 0; i < x->ndim; i++)
 		out->ne[i] = x->ne[i];
@@ -557,13 +621,78 @@ static void softmax_row(float *y, const float *x, const float *b, int64_t Tkb,
 		y[j] *= inv;
 }
 
+/* z (n) = scale x[j0, j0 + n) + b, from a row of dtype dt. */
+static void sm_z_block(float *z, const void *x, enum fw_dtype dt, const float *b, int64_t Tkb,
+		       int64_t j0, int64_t n, float scale)
+{
+	half_load(z, elem_ptr(x, dt, j0), dt, n);
+	if (b && Tkb > 1) {
+		#pragma omp simd
+		for (int64_t j = 0; j < n; j++)
+			z[j] = scale * z[j] + b[j0 + j];
+	} else {
+		float bv = b ? b[0] : 0.0f;
+		#pragma omp simd
+		for (int64_t j = 0; j < n; j++)
+			z[j] = scale * z[j] + bv;
+	}
+}
+
+/* softmax_row for a bf16/f16 row x and y: z is rebuilt block by block in
+ * each of three passes (max, sum of exps, output), all in f32. */
+static void softmax_row_half(void *y, const void *x, enum fw_dtype dt, const float *b,
+			     int64_t Tkb, int64_t Tk, int64_t nv, float scale)
+{
+	float z[BLK], m = -INFINITY, s = 0.0f;
+	for (int64_t j0 = 0; j0 < nv; j0 += BLK) {
+		int64_t n = min64(BLK, nv - j0);
+		sm_z_block(z, x, dt, b, Tkb, j0, n, scale);
+		float mb = row_max(z, n);
+		m = mb > m ? mb : m;
+	}
+	for (int64_t j0 = 0; j0 < nv && m != -INFINITY; j0 += BLK) {
+		int64_t n = min64(BLK, nv - j0);
+		sm_z_block(z, x, dt, b, Tkb, j0, n, scale);
+		#pragma omp simd reduction(+:s)
+		for (int64_t j = 0; j < n; j++)
+			s += vexp_neg(z[j] - m);
+	}
+	float inv = 1.0f / s;
+	for (int64_t j0 = 0; j0 < Tk; j0 += BLK) {
+		int64_t n = min64(BLK, Tk - j0), nz = min64(n, nv - j0 > 0 ? nv - j0 : 0);
+		sm_z_block(z, x, dt, b, Tkb, j0, nz, scale);
+		if (m == -INFINITY) {
+			/* Fully masked (all -inf): zeros; a NaN input stays NaN. */
+			for (int64_t j = 0; j < nz; j++)
+				z[j] = isnan(z[j]) ? z[j] : 0.0f;
+		} else {
+			#pragma omp simd
+			for (int64_t j = 0; j < nz; j++)
+				z[j] = vexp_neg(z[j] - m) * inv;
+		}
+		for (int64_t j = nz; j < n; j++)
+			z[j] = 0.0f;
+		half_store(elem_ptr(y, dt, j0), dt, z, n);
+	}
+}
+
 static void softmax_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	struct sm_geom g = sm_geom_of(out);
-	const float *x = fw_f32(out->src[0]);                            /* (R, Tk) */
+	const struct fw_tensor *xt = out->src[0];
 	const float *b = out->src[1] ? fw_f32(out->src[1]) : NULL;       /* (nbr, Tkb) */
-	float *y = fw_f32(out);                                          /* (R, Tk) */
 
+	if (out->dtype != FW_F32) {
+		#pragma omp parallel for schedule(static) if (g.R * g.Tk > PAR_MIN)
+		for (int64_t r = 0; r < g.R; r++)
+			softmax_row_half(elem_ptr(out->data, out->dtype, r * g.Tk),
+					 elem_ptr(xt->data, xt->dtype, r * g.Tk), out->dtype,
+					 b ? b + sm_bias_row(&g, r) * g.Tkb : NULL, g.Tkb, g.Tk,
+					 sm_valid(&g, r), g.scale);
+		return;
+	}
+	const float *x = fw_f32(xt);                                     /* (R, Tk) */
+	float *y = fw_f32(out);                                          /* (R, Tk) */
 	#pragma omp parallel for schedule(static) if (g.R * g.Tk > PAR_MIN)
 	for (int64_t r = 0; r < g.R; r++)
 		softmax_row(y + r * g.Tk, x + r * g.Tk,
@@ -598,6 +727,52 @@ static void softmax_backward_row(float *dx, float *db, int64_t Tkb, const float 
 	}
 }
 
+/* softmax_backward_row for a bf16/f16 y, read in f32 blocks twice. */
+static void softmax_backward_row_half(float *dx, float *db, int64_t Tkb, const void *y,
+				      enum fw_dtype dt, const float *dy, int64_t nv, float scale)
+{
+	float yb[BLK], dot = 0.0f, s = 0.0f;
+	for (int64_t j0 = 0; j0 < nv; j0 += BLK) {
+		int64_t n = min64(BLK, nv - j0);
+		half_load(yb, elem_ptr(y, dt, j0), dt, n);
+		#pragma omp simd reduction(+:dot)
+		for (int64_t j = 0; j < n; j++)
+			dot += yb[j] * dy[j0 + j];
+	}
+	for (int64_t j0 = 0; j0 < nv; j0 += BLK) {
+		int64_t n = min64(BLK, nv - j0);
+		half_load(yb, elem_ptr(y, dt, j0), dt, n);
+		if (dx) {
+			#pragma omp simd
+			for (int64_t j = 0; j < n; j++)
+				dx[j0 + j] += scale * (yb[j] * (dy[j0 + j] - dot));
+		}
+		if (db && Tkb > 1) {
+			#pragma omp simd
+			for (int64_t j = 0; j < n; j++)
+				db[j0 + j] += yb[j] * (dy[j0 + j] - dot);
+		} else if (db) {
+			#pragma omp simd reduction(+:s)
+			for (int64_t j = 0; j < n; j++)
+				s += yb[j] * (dy[j0 + j] - dot);
+		}
+	}
+	if (db && Tkb == 1)
+		db[0] += s;
+}
+
+/* Row r's backward, for y of any float dtype. */
+static void sm_grad_row(const struct fw_tensor *out, const struct sm_geom *g, int64_t r,
+			float *dx, float *db, const float *dy)
+{
+	int64_t Tk = g->Tk, nv = sm_valid(g, r);
+	if (out->dtype == FW_F32)
+		softmax_backward_row(dx, db, g->Tkb, fw_f32(out) + r * Tk, dy, nv, g->scale);
+	else
+		softmax_backward_row_half(dx, db, g->Tkb, elem_ptr(out->data, out->dtype, r * Tk),
+					  out->dtype, dy, nv, g->scale);
+}
+
 /* When the bias has fewer rows than there are threads (a (Tk) or (B, 1, 1, Tk)
  * bias), each thread sums its rows' dbias into private partials; otherwise
  * threads own disjoint bias rows. */
@@ -622,7 +797,6 @@ static void softmax_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	struct sm_geom g = sm_geom_of(out);
 	const struct fw_tensor *xt = out->src[0], *bt = out->src[1];
-	const float *y = fw_f32(out);                           /* (R, Tk) */
 	const float *dy = fw_f32(out->grad);                    /* (R, Tk) */
 	float *dx = xt->grad ? fw_f32(xt->grad) : NULL;         /* (R, Tk) */
 	float *db = bt && bt->grad ? fw_f32(bt->grad) : NULL;   /* (nbr, Tkb) */
@@ -635,9 +809,8 @@ static void softmax_backward(struct fw_tensor *out, const struct fw_exec *ex)
 		/* Rows map to distinct bias rows (or no dbias): plain row split. */
 		#pragma omp parallel for schedule(static) if (par)
 		for (int64_t r = 0; r < g.R; r++)
-			softmax_backward_row(dx ? dx + r * Tk : NULL,
-					     db ? db + sm_bias_row(&g, r) * Tkb : NULL, Tkb,
-					     y + r * Tk, dy + r * Tk, sm_valid(&g, r), g.scale);
+			sm_grad_row(out, &g, r, dx ? dx + r * Tk : NULL,
+				    db ? db + sm_bias_row(&g, r) * Tkb : NULL, dy + r * Tk);
 		return;
 	}
 
@@ -652,10 +825,8 @@ static void softmax_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			memset(p, 0, (size_t)E * sizeof(float));
 			int64_t r0 = g.R * it / nt, r1 = g.R * (it + 1) / nt;
 			for (int64_t r = r0; r < r1; r++)
-				softmax_backward_row(dx ? dx + r * Tk : NULL,
-						     p + sm_bias_row(&g, r) * Tkb, Tkb,
-						     y + r * Tk, dy + r * Tk, sm_valid(&g, r),
-						     g.scale);
+				sm_grad_row(out, &g, r, dx ? dx + r * Tk : NULL,
+					    p + sm_bias_row(&g, r) * Tkb, dy + r * Tk);
 			#pragma omp barrier
 			int64_t e0 = E * it / nt, e1 = E * (it + 1) / nt;
 			for (int t = 0; t < nt; t++) {
@@ -677,8 +848,8 @@ static void softmax_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			int64_t q = sm_bias_row(&g, r);
 			if (q < q0 || q >= q1)
 				continue;
-			softmax_backward_row(dx ? dx + r * Tk : NULL, db + q * Tkb, Tkb,
-					     y + r * Tk, dy + r * Tk, sm_valid(&g, r), g.scale);
+			sm_grad_row(out, &g, r, dx ? dx + r * Tk : NULL, db + q * Tkb,
+				    dy + r * Tk);
 		}
 	}
 }
@@ -692,6 +863,7 @@ static uint32_t softmax_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_softmax_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "softmax",
+	.flags = FW_OPF_HALF,
 	.infer = softmax_infer,
 	.forward = softmax_forward,
 	.backward = softmax_backward,
@@ -713,8 +885,9 @@ static enum fw_status cross_entropy_infer(struct fw_tensor *out, struct fw_err *
 
 	if (!t)
 		return fw_errorf(err, FW_ERR_INVALID, "cross_entropy: targets are missing");
-	if (x->dtype != FW_F32)
-		return fw_errorf(err, FW_ERR_SHAPE, "cross_entropy: logits are %s, expected f32",
+	if (x->dtype != FW_F32 && !is_half(x->dtype))
+		return fw_errorf(err, FW_ERR_SHAPE,
+				 "cross_entropy: logits are %s, expected f32, bf16 or f16",
 				 dt_name(x));
 	if (t->dtype != FW_I32)
 		return fw_errorf(err, FW_ERR_SHAPE, "cross_entropy: targets are %s, expected i32",
@@ -741,7 +914,8 @@ static enum fw_status cross_entropy_infer(struct fw_tensor *out, struct fw_err *
 }
 
 struct ce_rows {
-	const float *x;        /* logits (N, V) */
+	const void *x;         /* logits (N, V) */
+	enum fw_dtype dt;      /* the logits' f32, bf16 or f16 */
 	const int32_t *t;      /* targets (N) */
 	const float *mask;     /* (N) or NULL */
 	int64_t N, V;
@@ -753,7 +927,7 @@ static struct ce_rows ce_rows_of(const struct fw_tensor *out)
 	const struct fw_tensor *x = out->src[0];
 	int64_t V = x->ne[x->ndim - 1];
 	return (struct ce_rows){
-		.x = fw_f32(x), .t = fw_i32(out->src[1]),
+		.x = x->data, .dt = x->dtype, .t = fw_i32(out->src[1]),
 		.mask = out->src[2] ? fw_f32(out->src[2]) : NULL,
 		.N = fw_nelem(x) / V, .V = V, .ignore = out->params[0].i,
 	};
@@ -785,12 +959,17 @@ static int64_t lse_blocks(int64_t V)
 	return (V + LSE_BLOCK - 1) / LSE_BLOCK;
 }
 
-double fw_row_logsumexp(const float *x, int64_t V, float *e, float *bm)
+double fw_row_logsumexp(const void *x, enum fw_dtype dt, int64_t V, float *e, float *bm)
 {
 	double m = -INFINITY, s = 0.0;
+	float cb[LSE_BLOCK];                /* a bf16/f16 block as f32 */
 	for (int64_t j0 = 0, b = 0; j0 < V; j0 += LSE_BLOCK, b++) {
 		int64_t n = min64(LSE_BLOCK, V - j0);
-		const float *xb = x + j0;
+		const float *xb = (const float *)x + j0;
+		if (dt != FW_F32) {
+			half_load(cb, elem_ptr(x, dt, j0), dt, n);
+			xb = cb;
+		}
 		float mb = row_max(xb, n), sb = 0.0f;
 		if (bm)
 			bm[b] = mb;
@@ -831,8 +1010,8 @@ static void cross_entropy_forward(struct fw_tensor *out, const struct fw_exec *e
 	for (int64_t n = 0; n < c.N; n++) {
 		if (!ce_counted(&c, n))
 			continue;
-		const float *xr = c.x + n * c.V;
-		loss += fw_row_logsumexp(xr, c.V, NULL, NULL) - (double)xr[c.t[n]];
+		const void *xr = elem_ptr(c.x, c.dt, n * c.V);
+		loss += fw_row_logsumexp(xr, c.dt, c.V, NULL, NULL) - (double)half_get(xr, c.dt, c.t[n]);
 		k++;
 	}
 	fw_f32(out)[0] = k ? (float)(loss / (double)k) : 0.0f;
@@ -876,9 +1055,9 @@ static void cross_entropy_backward(struct fw_tensor *out, const struct fw_exec *
 		for (int64_t n = 0; n < c.N; n++) {
 			if (!ce_counted(&c, n))
 				continue;
-			const float *xr = c.x + n * V;
+			const void *xr = elem_ptr(c.x, c.dt, n * V);
 			float *d = dx + n * V;
-			double lse = fw_row_logsumexp(xr, V, e, bm);
+			double lse = fw_row_logsumexp(xr, c.dt, V, e, bm);
 			if (e) {
 				/* softmax = e * exp(block max - lse) */
 				for (int64_t j0 = 0, b = 0; j0 < V; j0 += LSE_BLOCK, b++) {
@@ -889,10 +1068,14 @@ static void cross_entropy_backward(struct fw_tensor *out, const struct fw_exec *
 						d[j] += e[j] * f;
 				}
 			} else {
-				float l = (float)lse;
-				#pragma omp simd
-				for (int64_t j = 0; j < V; j++)
-					d[j] += scale * vexp_neg(xr[j] - l);
+				float l = (float)lse, xb[BLK];
+				for (int64_t j0 = 0; j0 < V; j0 += BLK) {
+					int64_t nb = min64(BLK, V - j0);
+					half_load(xb, elem_ptr(xr, c.dt, j0), c.dt, nb);
+					#pragma omp simd
+					for (int64_t j = 0; j < nb; j++)
+						d[j0 + j] += scale * vexp_neg(xb[j] - l);
+				}
 			}
 			d[c.t[n]] -= scale;
 		}
@@ -908,6 +1091,7 @@ static uint32_t cross_entropy_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_cross_entropy_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "cross_entropy",
+	.flags = FW_OPF_HALF,
 	.infer = cross_entropy_infer,
 	.forward = cross_entropy_forward,
 	.backward = cross_entropy_backward,

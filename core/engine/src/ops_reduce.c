@@ -491,7 +491,7 @@ static void cast_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_cast_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "cast",
-	.flags = FW_OPF_STRIDED,
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF,
 	.infer = cast_infer,
 	.forward = cast_forward,
 	.backward = cast_backward,

@@ -62,6 +62,13 @@ static void walk_bytes(const struct walk *w, char *dst, const char *src, size_t 
 		int64_t i2 = o % w->ne[2];
 		char *d = dst + (i0 * w->da[0] + i1 * w->da[1] + i2 * w->da[2]) * es;
 		const char *s = src + (i0 * w->sa[0] + i1 * w->sa[1] + i2 * w->sa[2]) * es;
+		if (es == 2) {          /* bf16/f16 activations under autocast */
+			uint16_t *d2 = (uint16_t *)(void *)d;
+			const uint16_t *s2 = (const uint16_t *)(const void *)s;
+			for (int64_t i = 0; i < w->ne[3]; i++)
+				d2[i * w->da[3]] = s2[i * w->sa[3]];
+			continue;
+		}
 		for (int64_t i = 0; i < w->ne[3]; i++)
 			memcpy(d + i * w->da[3] * es, s + i * w->sa[3] * es, es);
 	}
@@ -134,7 +141,7 @@ static uint32_t no_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_reshape_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "reshape",
-	.flags = FW_OPF_VIEW,
+	.flags = FW_OPF_VIEW | FW_OPF_HALF,
 	.infer = reshape_infer,
 	.forward = view_forward,
 	.backward = reshape_backward,
@@ -181,7 +188,7 @@ static void permute_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_permute_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "permute",
-	.flags = FW_OPF_VIEW | FW_OPF_STRIDED,
+	.flags = FW_OPF_VIEW | FW_OPF_STRIDED | FW_OPF_HALF,
 	.infer = permute_infer,
 	.forward = view_forward,
 	.backward = permute_backward,
@@ -236,7 +243,7 @@ static void slice_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_slice_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "slice",
-	.flags = FW_OPF_VIEW | FW_OPF_STRIDED,
+	.flags = FW_OPF_VIEW | FW_OPF_STRIDED | FW_OPF_HALF,
 	.infer = slice_infer,
 	.forward = view_forward,
 	.backward = slice_backward,
@@ -283,7 +290,7 @@ static void cont_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_cont_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "cont",
-	.flags = FW_OPF_STRIDED,
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF,
 	.infer = cont_infer,
 	.forward = cont_forward,
 	.backward = cont_backward,

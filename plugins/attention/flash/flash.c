@@ -942,7 +942,13 @@ static struct fw_tensor *flash_attend(void *state, struct fw_model *m,
 	struct flash *s = state;
 	const struct fw_host *h = s->host;
 	struct fw_ctx *ctx = m->ctx;
+	struct fw_tensor **qkv[3] = { &q, &k, &v };
 
+	/* Under --bf16/--fp16 (autocast) the projections arrive in half
+	 * precision; this kernel reads f32, so they are cast first. */
+	for (int i = 0; i < 3; i++)
+		if (*qkv[i] && ((*qkv[i])->dtype == FW_BF16 || (*qkv[i])->dtype == FW_F16))
+			*qkv[i] = h->op(ctx, FW_OP_CAST, qkv[i], 1, &(union fw_param){ .i = FW_F32 }, 1);
 	if (check_spec(h, m, spec, q, k, v, err) != FW_OK)
 		return NULL;
 	int64_t B = q->ne[0], Tq = q->ne[1], Hq = spec->n_head, D = spec->head_dim;

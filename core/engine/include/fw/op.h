@@ -29,6 +29,10 @@ struct fw_exec {
 enum {
 	FW_OPF_STRIDED = 1u << 0,  /* forward accepts non-contiguous sources */
 	FW_OPF_VIEW = 1u << 1,     /* output aliases src[0]; forward only sets data */
+	/* Kernels read bf16/f16 float sources (computing in f32) and write the
+	 * dtype infer picks. Under autocast (fw_ctx_set_autocast), the half
+	 * sources of an op without this flag are cast to f32 first. */
+	FW_OPF_HALF = 1u << 2,
 };
 
 struct fw_op_i {

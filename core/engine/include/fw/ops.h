@@ -26,7 +26,7 @@ struct fw_ctx;
 /* The closed set of built-in ops. Plugin ops get ids >= FW_OP_COUNT. */
 enum fw_op {
 	FW_OP_NONE = 0,     /* leaf: parameter, input or constant */
-	FW_OP_MATMUL,       /* p0 trans_a, p1 trans_b */
+	FW_OP_MATMUL,       /* p0 trans_a, p1 trans_b, p2.i output dtype (0 = f32) */
 	FW_OP_ADD,          /* broadcasting, PyTorch rules */
 	FW_OP_SUB,
 	FW_OP_MUL,

@@ -64,6 +64,13 @@ enum fw_status fw_rt_decoder_open(struct fw_rt_decoder *d, const struct fw_plugi
 enum fw_status fw_rt_decoder_open_rows(struct fw_rt_decoder *d,
 				       const struct fw_plugin_slots *plugins, int rows,
 				       int64_t max_len, uint64_t seed, struct fw_err *err);
+/* Either with the model built under fw_ctx_set_autocast(precision):
+ * FW_BF16 or FW_F16 runs its matmuls and activations in that dtype
+ * (docs/mixed-precision.md), FW_F32 is fw_rt_decoder_open_rows. */
+enum fw_status fw_rt_decoder_open_as(struct fw_rt_decoder *d,
+				     const struct fw_plugin_slots *plugins, int rows,
+				     int64_t max_len, uint64_t seed, enum fw_dtype precision,
+				     struct fw_err *err);
 void fw_rt_decoder_close(struct fw_rt_decoder *d);
 /* The virtual tokens a decoder of plugins runs first (0 without a
  * prompt-tuning peft plugin): positions the prompt cannot use. */
