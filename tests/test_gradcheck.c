@@ -747,10 +747,11 @@ static void close_all(const char *what, const float *a, const float *b, int64_t 
 
 /* 74 rows in chunks of 16 (the last one short) and in one automatic chunk,
  * with ignored, masked and out-of-range targets, with w frozen (LoRA), in f32
- * and under bf16 autocast (both sides round x, w and dlogits to bf16 alike;
- * only the summation order differs): the unfused graph, each of whose ops
- * passes the finite-difference and PyTorch checks, is the reference. The fused plan drops the logits and
- * their gradient (2 N V floats) but for one chunk of logits in the workspace. */
+ * and under bf16 autocast (both sides round x, w, the logits and dlogits to
+ * bf16 alike; only the summation order differs): the unfused graph, each of
+ * whose ops passes the finite-difference and PyTorch checks, is the
+ * reference. The fused plan drops the logits and their gradient (2 N V
+ * floats) but for one chunk of logits in the workspace. */
 START_TEST(test_lmce_matches_unfused)
 {
 	enum { N = 74, C = 24, V = 300 };

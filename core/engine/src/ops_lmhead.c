@@ -94,27 +94,36 @@ static const void *rows_at(const void *p, enum fw_dtype dt, int64_t offset)
 	return (const char *)p + offset * (int64_t)fw_dtype_size(dt);
 }
 
-/* logits (n, V) = x[r0 .. r0+n) w^T into lg. */
-static enum fw_status chunk_logits(const struct lmce *c, int64_t r0, int64_t n, float *lg)
+/* logits (n, V) = x[r0 .. r0+n) w^T into lg. In a half dtype they are
+ * rounded to it, as an autocast matmul returns them to cross-entropy
+ * (half: the workspace's half area, n V elements). */
+static enum fw_status chunk_logits(const struct lmce *c, int64_t r0, int64_t n, float *lg,
+				   void *half)
 {
 	struct fw_gemm g = {
 		.batch = 1, .M = n, .N = c->V, .K = c->C, .trans_b = true,
 		.lda = c->C, .ldb = c->C, .ldc = c->V, .dt_ab = c->dt,
 	};
-	return fw_gemm_run(&g, rows_at(c->x, c->dt, r0 * c->C), c->w, lg);
+	enum fw_status st = fw_gemm_run(&g, rows_at(c->x, c->dt, r0 * c->C), c->w, lg);
+	if (st == FW_OK && c->dt != FW_F32) {
+		fw_convert(half, c->dt, lg, FW_F32, n * c->V);
+		fw_convert(lg, FW_F32, half, c->dt, n * c->V);
+	}
+	return st;
 }
 
 static void lmce_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	struct lmce c = lmce_of(out);
 	float *lg = ex->ws;
+	void *half = (char *)ex->ws + align64((size_t)(c.R * c.V) * sizeof(float));
 	double loss = 0.0;
 	int64_t k = 0;
 
 	for (int64_t r0 = 0; r0 < c.N; r0 += c.R) {
 		int64_t n = min64(c.R, c.N - r0);
 		struct fw_err err;
-		if (chunk_logits(&c, r0, n, lg) != FW_OK) {
+		if (chunk_logits(&c, r0, n, lg, half) != FW_OK) {
 			fw_errorf(&err, FW_ERR_INTERNAL, "lm_head_ce: the logits product failed");
 			fw_kernel_fail(&err);
 			return;
@@ -179,7 +188,7 @@ static void lmce_backward(struct fw_tensor *out, const struct fw_exec *ex)
 
 	for (int64_t r0 = 0; r0 < c.N; r0 += c.R) {
 		int64_t n = min64(c.R, c.N - r0);
-		if (chunk_logits(&c, r0, n, lg) != FW_OK)
+		if (chunk_logits(&c, r0, n, lg, half) != FW_OK)
 			goto fail;
 		chunk_grad(&c, r0, n, lg, scale);
 		if (c.dt != FW_F32)
