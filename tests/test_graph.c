@@ -6,6 +6,7 @@
  * output.
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -174,6 +175,62 @@ START_TEST(test_frozen)
 	ck_assert_uint_eq(r1.bytes[FW_MEM_GRADIENTS], (32 * 16 + 32 + 16 * 32) * 4);
 	for (int k = 0; k < 2; k++) {
 		fw_graph_free(g[k]);
+		fw_ctx_free(ctx[k]);
+	}
+}
+END_TEST
+
+/* --- two models on two threads ------------------------------------------------------ */
+
+struct model_thread {
+	struct fw_graph *g;
+	struct fw_tensor *loss;
+	float want;                 /* the loss computed alone */
+	int bad;                    /* runs that failed or differed */
+};
+
+static void *run_model(void *arg)
+{
+	struct model_thread *m = arg;
+	for (int i = 0; i < 200; i++) {
+		if (fw_graph_forward(m->g) != FW_OK || fw_graph_backward(m->g) != FW_OK ||
+		    fabsf(fw_f32(m->loss)[0] - m->want) > 1e-6f * fabsf(m->want))
+			m->bad++;
+	}
+	return NULL;
+}
+
+/* Graphs of two contexts, run from two threads at once, compute what each
+ * computes alone: the matmuls of both share the primitive cache (the same
+ * shapes: the same entries), which a lock guards (fw/graph.h). */
+START_TEST(test_two_threads)
+{
+	struct fw_ctx *ctx[2];
+	struct model_thread m[2];
+	pthread_t th[2];
+	for (int k = 0; k < 2; k++) {
+		struct fw_tensor *w1, *w2, *x;
+		ctx[k] = fw_ctx_new();
+		m[k] = (struct model_thread){ .loss = two_layer(ctx[k], true, &w1, &w2, &x) };
+		ck_assert_msg(m[k].loss != NULL, "%s", fw_ctx_err(ctx[k])->msg);
+		m[k].g = fw_graph_new(ctx[k], &m[k].loss, 1, &(struct fw_graph_opts){
+			.backward = true, .training = true });
+		ck_assert_msg(m[k].g != NULL, "%s", fw_ctx_err(ctx[k])->msg);
+		ck_assert_int_eq(fw_ctx_init_params(ctx[k], 9 + (uint64_t)k), FW_OK);
+		struct fwt_rng r = fwt_rng_new(4 + (uint64_t)k);
+		fwt_fill_uniform(fw_f32(x), 8 * 16, &r, -1, 1);
+		ck_assert_int_eq(fw_graph_forward(m[k].g), FW_OK);
+		m[k].want = fw_f32(m[k].loss)[0];
+	}
+	ck_assert_msg(m[0].want != m[1].want, "the two models compute the same loss");
+	for (int k = 0; k < 2; k++)
+		ck_assert_int_eq(pthread_create(&th[k], NULL, run_model, &m[k]), 0);
+	for (int k = 0; k < 2; k++)
+		ck_assert_int_eq(pthread_join(th[k], NULL), 0);
+	for (int k = 0; k < 2; k++) {
+		ck_assert_msg(m[k].bad == 0, "model %d: %d of 200 runs failed or differed", k,
+			      m[k].bad);
+		fw_graph_free(m[k].g);
 		fw_ctx_free(ctx[k]);
 	}
 }
@@ -650,6 +707,7 @@ int main(void)
 	Suite *s = suite_create("graph");
 	TCase *tc = fwt_tcase("engine", 120);
 	tcase_add_test(tc, test_frozen);
+	tcase_add_test(tc, test_two_threads);
 	tcase_add_test(tc, test_accumulate);
 	tcase_add_test(tc, test_recompute);
 	tcase_add_test(tc, test_memory_report);

@@ -15,6 +15,7 @@
  * environment (or fw_matmul_force_fallback) forces the widening path on any
  * CPU, so that it is tested everywhere.
  */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -65,6 +66,11 @@ static struct {
 	size_t scratch_floats;
 } mm;
 
+/* Guards mm: graphs of different contexts may run from different threads,
+ * and an entry's memory objects get each call's data pointers. Taken by the
+ * public entry points only. */
+static pthread_mutex_t mm_lock = PTHREAD_MUTEX_INITIALIZER;
+
 static enum fw_status dnnl_ready(struct fw_err *err)
 {
 	if (mm.ready)
@@ -92,7 +98,7 @@ static void entry_release(struct mm_entry *e)
 	memset(e, 0, sizeof(*e));
 }
 
-void fw_gemm_cache_clear(void)
+static void cache_clear(void)
 {
 	for (int i = 0; i < MM_CACHE_SIZE; i++)
 		if (mm.entries[i].used)
@@ -103,20 +109,31 @@ void fw_gemm_cache_clear(void)
 	mm.scratch_floats = 0;
 }
 
+void fw_gemm_cache_clear(void)
+{
+	pthread_mutex_lock(&mm_lock);
+	cache_clear();
+	pthread_mutex_unlock(&mm_lock);
+}
+
 void fw_matmul_force_fallback(bool force)
 {
 	struct fw_err err;
-	if (dnnl_ready(&err) != FW_OK)
-		return;
-	if (mm.force_fallback != force)
-		fw_gemm_cache_clear();
-	mm.force_fallback = force;
+	pthread_mutex_lock(&mm_lock);
+	if (dnnl_ready(&err) == FW_OK) {
+		if (mm.force_fallback != force)
+			cache_clear();
+		mm.force_fallback = force;
+	}
+	pthread_mutex_unlock(&mm_lock);
 }
 
 void fw_matmul_fail_primitives(bool fail)
 {
-	fw_gemm_cache_clear();
+	pthread_mutex_lock(&mm_lock);
+	cache_clear();
 	mm.fail_primitives = fail;
+	pthread_mutex_unlock(&mm_lock);
 }
 
 static uint64_t key_hash(const struct mm_key *k)
@@ -324,7 +341,7 @@ static struct mm_entry *entry_get(const struct mm_key *k, struct fw_err *err)
 			return e;
 		if (!e->used) {
 			if (mm.n_entries >= MM_CACHE_SIZE * 3 / 4) {
-				fw_gemm_cache_clear();   /* rare: many shapes; start over */
+				cache_clear();   /* rare: many shapes; start over */
 				return entry_get(k, err);
 			}
 			if (entry_create(e, k, err) != FW_OK)
@@ -337,9 +354,8 @@ static struct mm_entry *entry_get(const struct mm_key *k, struct fw_err *err)
 	return NULL;
 }
 
-/* c (+)= a b for strided operands of one descriptor. */
-static enum fw_status mm_run(const struct mm_key *k, const void *a, const void *b, float *c,
-			     struct fw_err *err)
+static enum fw_status mm_run_locked(const struct mm_key *k, const void *a, const void *b,
+				    float *c, struct fw_err *err)
 {
 	if (dnnl_ready(err) != FW_OK)
 		return err->status;
@@ -368,6 +384,16 @@ static enum fw_status mm_run(const struct mm_key *k, const void *a, const void *
 	    dnnl_stream_wait(mm.stream) != dnnl_success)
 		return fw_errorf(err, FW_ERR_INTERNAL, "matmul: oneDNN execution failed");
 	return FW_OK;
+}
+
+/* c (+)= a b for strided operands of one descriptor. */
+static enum fw_status mm_run(const struct mm_key *k, const void *a, const void *b, float *c,
+			     struct fw_err *err)
+{
+	pthread_mutex_lock(&mm_lock);
+	enum fw_status st = mm_run_locked(k, a, b, c, err);
+	pthread_mutex_unlock(&mm_lock);
+	return st;
 }
 
 /* --- operands from tensors ---------------------------------------------------- */
@@ -749,7 +775,9 @@ const char *fw_matmul_kernel(enum fw_dtype dt, char *buf, size_t len)
 	dnnl_primitive_t prim = NULL;
 	char impl[128];
 
+	pthread_mutex_lock(&mm_lock);
 	if (dnnl_ready(&err) != FW_OK) {
+		pthread_mutex_unlock(&mm_lock);
 		snprintf(buf, len, "none (no oneDNN CPU engine)");
 		return buf;
 	}
@@ -766,5 +794,6 @@ const char *fw_matmul_kernel(enum fw_dtype dt, char *buf, size_t len)
 	}
 	if (prim)
 		dnnl_primitive_destroy(prim);
+	pthread_mutex_unlock(&mm_lock);
 	return buf;
 }
