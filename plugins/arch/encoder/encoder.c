@@ -16,13 +16,15 @@
  *   token-cls  BertForTokenClassification: a classifier at every position.
  * Parameter names are HF's without the "bert." prefix; linear weights are
  * torch's (out, in). RoBERTa: --position-offset=2 (positions start after
- * padding_idx), --type-vocab-size=1.
+ * padding_idx), --type-vocab-size=1. The Hugging Face classes: hf_bert.c.
  */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "fw/plugin.h"
+
+#include "hf_bert.h"
 
 enum head { HEAD_MLM = 0, HEAD_SEQ_CLS, HEAD_TOKEN_CLS };
 
@@ -293,6 +295,9 @@ static const struct fw_option_def options[] = {
 static const struct fw_arch_i iface = {
 	.size = sizeof(struct fw_arch_i),
 	.build = encoder_build,
+	.hf_maps = (const struct fw_hf_map *const[]){ &encoder_hf_bert_mlm, &encoder_hf_bert_seq,
+						      &encoder_hf_bert_tok, &encoder_hf_bert_base,
+						      &encoder_hf_roberta_mlm, NULL },
 };
 
 static const struct fw_plugin plugin = {
