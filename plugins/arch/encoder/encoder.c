@@ -12,7 +12,9 @@
  *   seq-cls    BertForSequenceClassification: tanh pooler on the first token
  *              ([CLS]) and a classifier (--pooling=cls), or the mean of the
  *              non-padding positions and the classifier (--pooling=mean);
- *              the label is targets[:, 0];
+ *              --seq-cls-head=roberta: RobertaClassificationHead on the first
+ *              token (dropout, classifier.dense, tanh, dropout,
+ *              classifier.out_proj); the label is targets[:, 0];
  *   token-cls  BertForTokenClassification: a classifier at every position.
  * Parameter names are HF's without the "bert." prefix; linear weights are
  * torch's (out, in). RoBERTa: --position-offset=2 (positions start after
@@ -33,7 +35,7 @@ struct encoder {
 	int64_t n_layer, n_head, hidden, vocab, n_pos, n_types, ffn, pos_offset, labels;
 	float dropout, attn_dropout, eps;
 	enum head head;
-	bool mean_pool, recompute;
+	bool mean_pool, roberta_head, recompute;
 };
 
 static struct fw_tensor *param(const struct encoder *e, struct fw_model *m, int nd, int64_t d0,
@@ -164,12 +166,16 @@ static void head(const struct encoder *e, struct fw_model *m, struct fw_tensor *
 			x = h->matmul(m->ctx, w, x, false, false);          /* (B, 1, C) */
 		} else if (e->mean_pool) {   /* no padding: every position is a token */
 			x = h->scale(m->ctx, h->sum(m->ctx, x, 1, true), 1.0f / (float)T);
+		} else if (e->roberta_head) {  /* RobertaClassificationHead on <s> */
+			x = dropout(e, m, h->cont(m->ctx, h->slice(m->ctx, x, 1, 0, 1)), -3);
+			x = h->tanh(m->ctx, linear(e, m, x, C, C, "classifier.dense"));
 		} else {
 			x = h->slice(m->ctx, x, 1, 0, 1);                   /* [CLS]: (B, 1, C) */
 			x = h->tanh(m->ctx, linear(e, m, x, C, C, "pooler.dense"));
 		}
 		x = dropout(e, m, x, -2);
-		m->logits = linear(e, m, x, C, e->labels, "classifier");    /* (B, 1, L) */
+		m->logits = linear(e, m, x, C, e->labels, e->roberta_head ? "classifier.out_proj" :
+				   "classifier");                            /* (B, 1, L) */
 		targets = h->cont(m->ctx, h->slice(m->ctx, targets, 1, 0, 1));
 	} else {
 		x = dropout(e, m, x, -2);
@@ -221,6 +227,7 @@ static enum fw_status encoder_build(void *state, struct fw_model *m, struct fw_e
 
 static const char *const heads[] = { "mlm", "seq-cls", "token-cls", NULL };
 static const char *const poolings[] = { "cls", "mean", NULL };
+static const char *const seq_cls_heads[] = { "pooler", "roberta", NULL };
 
 static enum fw_status encoder_init(const struct fw_host *host, const struct fw_options *o,
 				   void **state, struct fw_err *err)
@@ -241,6 +248,7 @@ static enum fw_status encoder_init(const struct fw_host *host, const struct fw_o
 		.attn_dropout = (float)fw_opt_float(o, "attention-probs-dropout-prob"),
 		.eps = (float)fw_opt_float(o, "layer-norm-eps"), .head = (enum head)hd,
 		.mean_pool = !strcmp(fw_opt_str(o, "pooling"), "mean"),
+		.roberta_head = !strcmp(fw_opt_str(o, "seq-cls-head"), "roberta"),
 		.recompute = fw_opt_bool(o, "recompute-activations"),
 	};
 	const char *why = NULL;
@@ -250,6 +258,8 @@ static enum fw_status encoder_init(const struct fw_host *host, const struct fw_o
 		why = "--position-offset leaves no position below --max-position-embeddings";
 	else if (!(e->eps > 0))
 		why = "--layer-norm-eps is 0 in float32";
+	else if (e->roberta_head && e->mean_pool)
+		why = "--seq-cls-head=roberta takes the first token: it needs --pooling=cls";
 	if (why) {
 		host->free(e);
 		return host->errorf(err, FW_ERR_INVALID, "arch/encoder: %s", why);
@@ -288,6 +298,9 @@ static const struct fw_option_def options[] = {
 	{ "num-labels", FW_OPT_INT, "2", 2, 1 << 16, NULL, "classes of seq-cls and token-cls" },
 	{ "pooling", FW_OPT_CHOICE, "cls", 0, -1, poolings,
 	  "seq-cls: cls (tanh pooler on the first token) or mean (mean of non-padding tokens)" },
+	{ "seq-cls-head", FW_OPT_CHOICE, "pooler", 0, -1, seq_cls_heads,
+	  "seq-cls with --pooling=cls: pooler (BERT's pooler.dense + tanh, then classifier) or "
+	  "roberta (RobertaClassificationHead: classifier.dense + tanh, then classifier.out_proj)" },
 	{ "recompute-activations", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "recompute each block's activations in backward" },
 };
@@ -297,7 +310,8 @@ static const struct fw_arch_i iface = {
 	.build = encoder_build,
 	.hf_maps = (const struct fw_hf_map *const[]){ &encoder_hf_bert_mlm, &encoder_hf_bert_seq,
 						      &encoder_hf_bert_tok, &encoder_hf_bert_base,
-						      &encoder_hf_roberta_mlm, NULL },
+						      &encoder_hf_roberta_mlm, &encoder_hf_roberta_seq,
+						      NULL },
 };
 
 static const struct fw_plugin plugin = {

@@ -2,9 +2,10 @@
  * map a class (fw_arch_i.hf_maps), which fwrun import and export read.
  *
  * BertModel, BertForMaskedLM, BertForSequenceClassification,
- * BertForTokenClassification (model_type "bert"), RobertaForMaskedLM
- * (model_type "roberta": positions start at pad_token_id + 1, one token
- * type, the MLM head named lm_head.*). fw's names are HF's without the
+ * BertForTokenClassification (model_type "bert"), RobertaForMaskedLM and
+ * RobertaForSequenceClassification (model_type "roberta": positions start at
+ * pad_token_id + 1, one token type, the MLM head named lm_head.*, the
+ * classifier --seq-cls-head=roberta's classifier.dense / out_proj). fw's names are HF's without the
  * "bert." / "roberta." prefix; RoBERTa's lm_head.dense / layer_norm / bias
  * are fw's cls.predictions.transform.dense / LayerNorm / bias. The decoder
  * tied to the word embeddings (cls.predictions.decoder.*, lm_head.decoder.*)
@@ -22,7 +23,7 @@
 
 #include "hf_bert.h"
 
-enum bert_class { BERT_BASE, BERT_MLM, BERT_SEQ, BERT_TOK, ROBERTA_MLM, N_CLASSES };
+enum bert_class { BERT_BASE, BERT_MLM, BERT_SEQ, BERT_TOK, ROBERTA_MLM, ROBERTA_SEQ, N_CLASSES };
 
 static const struct {
 	const char *name, *model_type, *head;
@@ -32,6 +33,7 @@ static const struct {
 	[BERT_SEQ] = { "BertForSequenceClassification", "bert", "seq-cls" },
 	[BERT_TOK] = { "BertForTokenClassification", "bert", "token-cls" },
 	[ROBERTA_MLM] = { "RobertaForMaskedLM", "roberta", "mlm" },
+	[ROBERTA_SEQ] = { "RobertaForSequenceClassification", "roberta", "seq-cls" },
 };
 
 static bool roberta(enum bert_class c)
@@ -50,19 +52,21 @@ static enum bert_class class_named(const json_t *root)
 }
 
 /* The class export writes for these options (BERT_SEQ also stands for a
- * BertModel); N_CLASSES: none (mean pooling, RoBERTa's positions with a
- * classifier head). */
+ * BertModel); N_CLASSES: none (mean pooling, RoBERTa's positions with
+ * token classification or BERT's pooler, RoBERTa's classifier on BERT's
+ * positions). */
 static enum bert_class class_of(const struct fw_options *o)
 {
 	const char *head = fw_opt_str(o, "head");
-	if (fw_opt_int(o, "position-offset") > 0)
-		return !strcmp(head, "mlm") && fw_opt_int(o, "type-vocab-size") == 1 ? ROBERTA_MLM :
-		       N_CLASSES;
+	bool rob_pos = fw_opt_int(o, "position-offset") > 0 && fw_opt_int(o, "type-vocab-size") == 1;
+	bool rob_head = !strcmp(fw_opt_str(o, "seq-cls-head"), "roberta");
 	if (!strcmp(head, "mlm"))
-		return BERT_MLM;
+		return rob_pos ? ROBERTA_MLM : fw_opt_int(o, "position-offset") ? N_CLASSES : BERT_MLM;
 	if (!strcmp(head, "token-cls"))
-		return BERT_TOK;
-	return strcmp(fw_opt_str(o, "pooling"), "cls") ? N_CLASSES : BERT_SEQ;
+		return fw_opt_int(o, "position-offset") ? N_CLASSES : BERT_TOK;
+	if (strcmp(fw_opt_str(o, "pooling"), "cls") || rob_pos != rob_head)
+		return N_CLASSES;
+	return rob_head ? ROBERTA_SEQ : fw_opt_int(o, "position-offset") ? N_CLASSES : BERT_SEQ;
 }
 
 /* The model.safetensors key of fw parameter name in class c; false for a
@@ -115,7 +119,8 @@ static enum fw_status bert_check_config(const char *path, struct fw_err *err)
 		json_text(json_array_get(json_object_get(root, "architectures"), 0), t, sizeof(t));
 		s = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: architectures[0] %s is not one arch/encoder "
 			      "imports (BertModel, BertForMaskedLM, BertForSequenceClassification, "
-			      "BertForTokenClassification, RobertaForMaskedLM)", path, t);
+			      "BertForTokenClassification, RobertaForMaskedLM, "
+			      "RobertaForSequenceClassification)", path, t);
 	} else if (!json_is_string(mt) || strcmp(json_string_value(mt), classes[c].model_type)) {
 		json_text(mt, t, sizeof(t));
 		s = fw_errorf(err, FW_ERR_INVALID, "%s: model_type %s disagrees with architectures[0] "
@@ -167,7 +172,9 @@ static bool bert_import_options(const char *path, char *ini, size_t len)
 	if (roberta(c))
 		PUT("position-offset = %lld\n",
 		    (long long)json_integer_value(json_object_get(root, "pad_token_id")) + 1);
-	if ((c == BERT_SEQ || c == BERT_TOK) && json_is_object(labels))
+	if (c == ROBERTA_SEQ)
+		PUT("seq-cls-head = roberta\n");
+	if ((c == BERT_SEQ || c == BERT_TOK || c == ROBERTA_SEQ) && json_is_object(labels))
 		PUT("num-labels = %zu\n", json_object_size(labels));
 	if (!json_object_get(root, "hidden_dropout_prob"))
 		PUT("hidden-dropout-prob = 0.1\n");
@@ -188,7 +195,7 @@ static bool class_export_keys(enum bert_class c, const struct fw_options *o, cha
 	if (roberta(c))
 		json_object_set_new(x, "pad_token_id",
 				    json_integer(fw_opt_int(o, "position-offset") - 1));
-	if (c == BERT_SEQ || c == BERT_TOK) {
+	if (c == BERT_SEQ || c == BERT_TOK || c == ROBERTA_SEQ) {
 		json_t *id2 = json_object(), *l2 = json_object();
 		for (int64_t i = 0; i < fw_opt_int(o, "num-labels"); i++) {
 			char k[32], name[48];
@@ -262,3 +269,5 @@ BERT_MAP(encoder_hf_bert_seq, BERT_SEQ, "bert", "BertForSequenceClassification",
 BERT_MAP(encoder_hf_bert_tok, BERT_TOK, "bert", "BertForTokenClassification", NULL);
 BERT_MAP(encoder_hf_bert_base, BERT_BASE, "bert", "BertModel", base_prefixes);
 BERT_MAP(encoder_hf_roberta_mlm, ROBERTA_MLM, "roberta", "RobertaForMaskedLM", NULL);
+BERT_MAP(encoder_hf_roberta_seq, ROBERTA_SEQ, "roberta", "RobertaForSequenceClassification",
+	 NULL);

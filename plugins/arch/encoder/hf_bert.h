@@ -5,6 +5,6 @@
 #include "fw/plugin.h"
 
 extern const struct fw_hf_map encoder_hf_bert_mlm, encoder_hf_bert_seq, encoder_hf_bert_tok,
-	encoder_hf_bert_base, encoder_hf_roberta_mlm;
+	encoder_hf_bert_base, encoder_hf_roberta_mlm, encoder_hf_roberta_seq;
 
 #endif
