@@ -59,17 +59,37 @@ static struct fw_tensor *norm(const struct encoder *e, struct fw_model *m, struc
 }
 
 /* A named linear layer with bias (BERT's init: normal 0.02, bias 0), routed
- * through the host so that a PEFT plugin can wrap it. */
-static struct fw_tensor *linear(const struct encoder *e, struct fw_model *m, struct fw_tensor *x,
-				int64_t in, int64_t out, const char *name)
+ * through the host so that a PEFT plugin can wrap it; flags on both
+ * parameters (FW_FLAG_TASK_HEAD). */
+static struct fw_tensor *linear_flagged(const struct encoder *e, struct fw_model *m,
+					struct fw_tensor *x, int64_t in, int64_t out,
+					const char *name, uint32_t flags)
 {
 	char w[FW_NAME_MAX], b[FW_NAME_MAX];
 	snprintf(w, sizeof(w), "%s.weight", name);
 	snprintf(b, sizeof(b), "%s.bias", name);
 	struct fw_tensor *wt = param(e, m, 2, out, in, w), *bt = param(e, m, 1, out, 0, b);
+	if (!wt || !bt)
+		return NULL;
+	wt->flags |= flags;
+	bt->flags |= flags;
 	e->host->init_normal(m, wt, 0.02f);
 	e->host->init_const(m, bt, 0.0f);
 	return e->host->linear(m, name, x, wt, bt);
+}
+
+static struct fw_tensor *linear(const struct encoder *e, struct fw_model *m, struct fw_tensor *x,
+				int64_t in, int64_t out, const char *name)
+{
+	return linear_flagged(e, m, x, in, out, name, 0);
+}
+
+/* A task head's linear (pooler, classifier): a weights file without it
+ * (a BertModel, an MLM model fine-tuned to classify) leaves its init. */
+static struct fw_tensor *head_linear(const struct encoder *e, struct fw_model *m,
+				     struct fw_tensor *x, int64_t in, int64_t out, const char *name)
+{
+	return linear_flagged(e, m, x, in, out, name, FW_FLAG_TASK_HEAD);
 }
 
 static struct fw_tensor *dropout(const struct encoder *e, struct fw_model *m, struct fw_tensor *x,
@@ -168,18 +188,19 @@ static void head(const struct encoder *e, struct fw_model *m, struct fw_tensor *
 			x = h->scale(m->ctx, h->sum(m->ctx, x, 1, true), 1.0f / (float)T);
 		} else if (e->roberta_head) {  /* RobertaClassificationHead on <s> */
 			x = dropout(e, m, h->cont(m->ctx, h->slice(m->ctx, x, 1, 0, 1)), -3);
-			x = h->tanh(m->ctx, linear(e, m, x, C, C, "classifier.dense"));
+			x = h->tanh(m->ctx, head_linear(e, m, x, C, C, "classifier.dense"));
 		} else {
 			x = h->slice(m->ctx, x, 1, 0, 1);                   /* [CLS]: (B, 1, C) */
-			x = h->tanh(m->ctx, linear(e, m, x, C, C, "pooler.dense"));
+			x = h->tanh(m->ctx, head_linear(e, m, x, C, C, "pooler.dense"));
 		}
 		x = dropout(e, m, x, -2);
-		m->logits = linear(e, m, x, C, e->labels, e->roberta_head ? "classifier.out_proj" :
+		m->logits = head_linear(e, m, x, C, e->labels, e->roberta_head ?
+					"classifier.out_proj" :
 				   "classifier");                            /* (B, 1, L) */
 		targets = h->cont(m->ctx, h->slice(m->ctx, targets, 1, 0, 1));
 	} else {
 		x = dropout(e, m, x, -2);
-		m->logits = linear(e, m, x, C, e->labels, "classifier");    /* (B, T, L) */
+		m->logits = head_linear(e, m, x, C, e->labels, "classifier");   /* (B, T, L) */
 	}
 	m->loss = h->cross_entropy(m->ctx, m->logits, targets, NULL, FW_IGNORE_INDEX);
 }
