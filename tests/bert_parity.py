@@ -29,7 +29,8 @@ Checks:
     while changing a real token's does;
   - --seq-cls-head=roberta (RobertaClassificationHead) on RoBERTa's options:
     eval loss and logits within 1e-5, 10 AdamW steps (loss, gradient norm)
-    within 1e-4;
+    within 1e-4, and 10 LoRA steps with the whole classifier (dense and
+    out_proj) in modules_to_save;
   - Hugging Face folders (HF keys, the tied decoder included, config.json
     with id2label) of BertForSequenceClassification, BertForTokenClassification,
     BertForMaskedLM, RobertaForMaskedLM, RobertaForSequenceClassification and
@@ -404,6 +405,9 @@ def check_roberta_seq(fw, work, rng):
         return F.cross_entropy(seq_reference(m, P, rs, head=roberta_seq_logits),
                                torch.tensor([r["label"] for r in rs]))
     check_train(fw, work, "roberta seq-cls", m, head, W, ck, train_path, step)
+    check_lora(fw, work, m, W, ck, train, train_path, recs, path, roberta_seq_logits,
+               [n for n, _ in names(m, head) if n.startswith("classifier.")], " roberta",
+               export=False)
 
 
 def check_tok_eval(fw, work, m, W, ck, recs, path):
@@ -608,20 +612,22 @@ LORA_R, LORA_ALPHA = 4, 8.0
 LORA_PLUG = TRAIN_PLUG + ",peft/lora"
 
 
-def check_lora(fw, work, m, W, ck, train_recs, train_path, recs, path):
+def check_lora(fw, work, m, W, ck, train_recs, train_path, recs, path, head=seq_logits,
+               cls=("classifier.weight", "classifier.bias"), tag="", export=True):
     """fw's initial adapter (A random, B = 0, the classifier as the base has it),
     then 10 AdamW steps replayed in torch on A, B of query and value and the
-    whole classifier (modules_to_save); the PEFT export re-applied in torch."""
+    whole classifier (modules_to_save: cls, RoBERTa's classifier.dense and
+    .out_proj too); the PEFT export re-applied in torch."""
     c = TRAIN
     common = [f"--load={ck}", f"--data={train_path}", "--no-shuffle", "--tokenizer=byte",
               f"--micro-batch-size={B}", f"--seq-length={T}", "--labels=0,1,2", "--threads=2",
               "--clip-grad=0", f"--adam-beta1={c['BETA1']}", f"--adam-beta2={c['BETA2']}",
               f"--adam-eps={c['ADAM_EPS']}", "--lr-decay-style=constant"]
-    init_run = os.path.join(work, "lora_init")
+    init_run = os.path.join(work, "lora_init" + tag)
     p = fw("train", LORA_PLUG, *common, "--train-iters=1", "--lr=0", "--weight-decay=0",
            f"--lora-r={LORA_R}", f"--lora-alpha={LORA_ALPHA}", f"--run-dir={init_run}")
     init = os.path.join(init_run, "adapter-00000001.h5")
-    if not R.check("lora: the initial adapter", p.returncode == 0 and os.path.exists(init),
+    if not R.check(f"lora{tag}: the initial adapter", p.returncode == 0 and os.path.exists(init),
                    g2.describe(p)):
         return
     with h5py.File(init, "r") as f:
@@ -629,24 +635,26 @@ def check_lora(fw, work, m, W, ck, train_recs, train_path, recs, path):
     mods = sorted({k.rsplit(".lora_", 1)[0] for k in A0 if ".lora_" in k})
     want = [f"encoder.layer.{l}.attention.self.{n}" for l in range(m["L"])
             for n in ("query", "value")]
-    R.check("lora on BERT: PEFT's default targets query, value; the classifier carried",
-            mods == sorted(want) and "classifier.weight" in A0 and "classifier.bias" in A0,
+    R.check(f"lora{tag}: PEFT's default targets query, value; the classifier carried ({cls})",
+            mods == sorted(want) and all(n in A0 for n in cls),
             f"{mods}, {sorted(k for k in A0 if '.lora_' not in k)}")
-    run = os.path.join(work, "lora_run")
+    run = os.path.join(work, "lora_run" + tag)
     p = fw("train", LORA_PLUG, *common, f"--adapter={init}", f"--train-iters={c['ITERS']}",
            f"--lr={c['LR']}", f"--weight-decay={c['WD']}", f"--run-dir={run}")
-    if not R.check("lora: train runs", p.returncode == 0, g2.describe(p)):
+    if not R.check(f"lora{tag}: train runs", p.returncode == 0, g2.describe(p)):
         return
     s = LORA_ALPHA / LORA_R
     P = {k: t.clone().requires_grad_(True) for k, t in A0.items()}
 
     def step_loss(P, k):
-        Wk = dict(W, **{n: P[n] for n in ("classifier.weight", "classifier.bias")})
+        Wk = dict(W, **{n: P[n] for n in cls})
         lora = {md: (P[md + ".lora_A.weight"], P[md + ".lora_B.weight"], s) for md in mods}
         batch = train_recs[k * B:(k + 1) * B]
-        return F.cross_entropy(seq_reference(m, Wk, batch, lora),
+        return F.cross_entropy(seq_reference(m, Wk, batch, lora, head),
                                torch.tensor([r["label"] for r in batch]))
-    compare_steps("lora seq-cls", run, adamw_replay(P, list(P), step_loss))
+    compare_steps(f"lora{tag} seq-cls", run, adamw_replay(P, list(P), step_loss))
+    if not export:
+        return
     # the PEFT export, applied in torch to the HF-named base
     final = os.path.join(run, "adapter-00000010.h5")
     out = os.path.join(work, "peft_export")
