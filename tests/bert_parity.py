@@ -27,9 +27,14 @@ Checks:
     which tokens are masked and how;
   - padding: changing [PAD]'s embedding changes no logit of a real token,
     while changing a real token's does;
+  - --seq-cls-head=roberta (RobertaClassificationHead) on RoBERTa's options:
+    eval loss and logits within 1e-5, 10 AdamW steps (loss, gradient norm)
+    within 1e-4, and 10 LoRA steps with the whole classifier (dense and
+    out_proj) in modules_to_save;
   - Hugging Face folders (HF keys, the tied decoder included, config.json
     with id2label) of BertForSequenceClassification, BertForTokenClassification,
-    BertForMaskedLM, RobertaForMaskedLM and BertModel: fwrun import, eval
+    BertForMaskedLM, RobertaForMaskedLM, RobertaForSequenceClassification and
+    BertModel: fwrun import, eval
     against the transcription on the folder's weights (1e-5), export back bit
     for bit with the same config values; BertModel fine-tunes as a classifier;
   - bad input: a label outside the stored list, tokens and labels of
@@ -69,6 +74,8 @@ ROBERTA = dict(L=2, H=2, C=24, F=48, P=40, types=1, offset=2, eps=1e-5)
 def flags(m, head, labels=3):
     if head == "seq-cls-mean":
         return flags(m, "seq-cls", labels) + ["--pooling=mean"]
+    if head == "seq-cls-roberta":
+        return flags(m, "seq-cls", labels) + ["--seq-cls-head=roberta"]
     return [f"--num-hidden-layers={m['L']}", f"--num-attention-heads={m['H']}",
             f"--hidden-size={m['C']}", f"--intermediate-size={m['F']}",
             f"--max-position-embeddings={m['P']}", f"--type-vocab-size={m['types']}",
@@ -103,6 +110,9 @@ def names(m, head, labels=3):
                 ("classifier.weight", (labels, C)), ("classifier.bias", (labels,))]
     elif head == "seq-cls-mean":               # mean pooling: no pooler
         out += [("classifier.weight", (labels, C)), ("classifier.bias", (labels,))]
+    elif head == "seq-cls-roberta":            # RobertaClassificationHead
+        out += [("classifier.dense.weight", (C, C)), ("classifier.dense.bias", (C,)),
+                ("classifier.out_proj.weight", (labels, C)), ("classifier.out_proj.bias", (labels,))]
     else:
         out += [("classifier.weight", (labels, C)), ("classifier.bias", (labels,))]
     return out
@@ -180,6 +190,12 @@ def mlm_logits(m, W, x):
 def seq_logits(W, x):
     pooled = torch.tanh(F.linear(x[:, 0], W["pooler.dense.weight"], W["pooler.dense.bias"]))
     return F.linear(pooled, W["classifier.weight"], W["classifier.bias"])
+
+
+def roberta_seq_logits(W, x):
+    """RobertaClassificationHead (dropout off): out_proj(tanh(dense(x[:, 0])))."""
+    h = torch.tanh(F.linear(x[:, 0], W["classifier.dense.weight"], W["classifier.dense.bias"]))
+    return F.linear(h, W["classifier.out_proj.weight"], W["classifier.out_proj.bias"])
 
 
 def tok_logits(W, x):
@@ -296,8 +312,8 @@ def fw_eval(fw, ck, data, *extra, plug=PLUG):
     return p, (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None)
 
 
-def seq_reference(m, W, recs, lora=None):
-    logits = [seq_logits(W, one(m, W, *seq_inputs(r), lora))[0] for r in recs]
+def seq_reference(m, W, recs, lora=None, head=seq_logits):
+    logits = [head(W, one(m, W, *seq_inputs(r), lora))[0] for r in recs]
     return torch.stack(logits)
 
 
@@ -350,6 +366,48 @@ def tok_reference(m, W, recs, lora=None):
             logits.append(x[j])
             labels.append(y)
     return torch.stack(logits), torch.tensor(labels)
+
+
+def single_records(rng, n):
+    """Sequence-classification records without a pair (RoBERTa has one token type)."""
+    return [{"text": words(rng, rng.randint(1, 4)), "label": int(rng.randint(3))}
+            for _ in range(n)]
+
+
+def check_roberta_seq(fw, work, rng):
+    """--seq-cls-head=roberta on RoBERTa's options: eval loss and logits, then
+    10 AdamW steps (loss, gradient norm) against torch's RobertaClassificationHead."""
+    m, head = ROBERTA, "seq-cls-roberta"
+    recs = single_records(rng, 8)
+    path = os.path.join(work, "rseq.jsonl")
+    write_jsonl(path, recs)
+    W = random_weights(m, head, 16)
+    ck = os.path.join(work, "rseq.h5")
+    write_ckpt(ck, m, head, W)
+    y = torch.tensor([r["label"] for r in recs])
+    with torch.no_grad():
+        ref = seq_reference(m, W, recs, head=roberta_seq_logits)
+        loss = F.cross_entropy(ref, y).item()
+    out = os.path.join(work, "rseq_pred.jsonl")
+    p, got = fw_eval(fw, ck, path, "--labels=0,1,2", f"--output={out}")
+    if R.check("roberta seq-cls: eval runs", got is not None, g2.describe(p)):
+        r = g2.rel(got["eval_loss"], loss)
+        err = logit_err([q["logits"] for q in map(json.loads, open(out))], ref)
+        R.check(f"roberta seq-cls (padding): eval loss fw {got['eval_loss']:.9g} vs torch "
+                f"{loss:.9g}, logits within {TOL_EVAL:g}", r <= TOL_EVAL and err <= TOL_EVAL,
+                f"rel {r:.2e}, max err / max |logit| {err:.2e}")
+    train = single_records(rng, B * TRAIN["ITERS"])
+    train_path = os.path.join(work, "rseq_train.jsonl")
+    write_jsonl(train_path, train)
+
+    def step(P, k):
+        rs = train[k * B:(k + 1) * B]
+        return F.cross_entropy(seq_reference(m, P, rs, head=roberta_seq_logits),
+                               torch.tensor([r["label"] for r in rs]))
+    check_train(fw, work, "roberta seq-cls", m, head, W, ck, train_path, step)
+    check_lora(fw, work, m, W, ck, train, train_path, recs, path, roberta_seq_logits,
+               [n for n, _ in names(m, head) if n.startswith("classifier.")], " roberta",
+               export=False)
 
 
 def check_tok_eval(fw, work, m, W, ck, recs, path):
@@ -554,20 +612,22 @@ LORA_R, LORA_ALPHA = 4, 8.0
 LORA_PLUG = TRAIN_PLUG + ",peft/lora"
 
 
-def check_lora(fw, work, m, W, ck, train_recs, train_path, recs, path):
+def check_lora(fw, work, m, W, ck, train_recs, train_path, recs, path, head=seq_logits,
+               cls=("classifier.weight", "classifier.bias"), tag="", export=True):
     """fw's initial adapter (A random, B = 0, the classifier as the base has it),
     then 10 AdamW steps replayed in torch on A, B of query and value and the
-    whole classifier (modules_to_save); the PEFT export re-applied in torch."""
+    whole classifier (modules_to_save: cls, RoBERTa's classifier.dense and
+    .out_proj too); the PEFT export re-applied in torch."""
     c = TRAIN
     common = [f"--load={ck}", f"--data={train_path}", "--no-shuffle", "--tokenizer=byte",
               f"--micro-batch-size={B}", f"--seq-length={T}", "--labels=0,1,2", "--threads=2",
               "--clip-grad=0", f"--adam-beta1={c['BETA1']}", f"--adam-beta2={c['BETA2']}",
               f"--adam-eps={c['ADAM_EPS']}", "--lr-decay-style=constant"]
-    init_run = os.path.join(work, "lora_init")
+    init_run = os.path.join(work, "lora_init" + tag)
     p = fw("train", LORA_PLUG, *common, "--train-iters=1", "--lr=0", "--weight-decay=0",
            f"--lora-r={LORA_R}", f"--lora-alpha={LORA_ALPHA}", f"--run-dir={init_run}")
     init = os.path.join(init_run, "adapter-00000001.h5")
-    if not R.check("lora: the initial adapter", p.returncode == 0 and os.path.exists(init),
+    if not R.check(f"lora{tag}: the initial adapter", p.returncode == 0 and os.path.exists(init),
                    g2.describe(p)):
         return
     with h5py.File(init, "r") as f:
@@ -575,24 +635,26 @@ def check_lora(fw, work, m, W, ck, train_recs, train_path, recs, path):
     mods = sorted({k.rsplit(".lora_", 1)[0] for k in A0 if ".lora_" in k})
     want = [f"encoder.layer.{l}.attention.self.{n}" for l in range(m["L"])
             for n in ("query", "value")]
-    R.check("lora on BERT: PEFT's default targets query, value; the classifier carried",
-            mods == sorted(want) and "classifier.weight" in A0 and "classifier.bias" in A0,
+    R.check(f"lora{tag}: PEFT's default targets query, value; the classifier carried ({cls})",
+            mods == sorted(want) and all(n in A0 for n in cls),
             f"{mods}, {sorted(k for k in A0 if '.lora_' not in k)}")
-    run = os.path.join(work, "lora_run")
+    run = os.path.join(work, "lora_run" + tag)
     p = fw("train", LORA_PLUG, *common, f"--adapter={init}", f"--train-iters={c['ITERS']}",
            f"--lr={c['LR']}", f"--weight-decay={c['WD']}", f"--run-dir={run}")
-    if not R.check("lora: train runs", p.returncode == 0, g2.describe(p)):
+    if not R.check(f"lora{tag}: train runs", p.returncode == 0, g2.describe(p)):
         return
     s = LORA_ALPHA / LORA_R
     P = {k: t.clone().requires_grad_(True) for k, t in A0.items()}
 
     def step_loss(P, k):
-        Wk = dict(W, **{n: P[n] for n in ("classifier.weight", "classifier.bias")})
+        Wk = dict(W, **{n: P[n] for n in cls})
         lora = {md: (P[md + ".lora_A.weight"], P[md + ".lora_B.weight"], s) for md in mods}
         batch = train_recs[k * B:(k + 1) * B]
-        return F.cross_entropy(seq_reference(m, Wk, batch, lora),
+        return F.cross_entropy(seq_reference(m, Wk, batch, lora, head),
                                torch.tensor([r["label"] for r in batch]))
-    compare_steps("lora seq-cls", run, adamw_replay(P, list(P), step_loss))
+    compare_steps(f"lora{tag} seq-cls", run, adamw_replay(P, list(P), step_loss))
+    if not export:
+        return
     # the PEFT export, applied in torch to the HF-named base
     final = os.path.join(run, "adapter-00000010.h5")
     out = os.path.join(work, "peft_export")
@@ -679,6 +741,7 @@ HF_CLASSES = {          # class: (model_type, fw head, config of the test model)
     "BertForTokenClassification": ("bert", "token-cls", BERT),
     "BertForMaskedLM": ("bert", "mlm", BERT),
     "RobertaForMaskedLM": ("roberta", "mlm", ROBERTA),
+    "RobertaForSequenceClassification": ("roberta", "seq-cls-roberta", ROBERTA),
     "BertModel": ("bert", "base", BERT),
 }
 LABEL_NAMES = ["neg", "neutral", "pos"]
@@ -720,7 +783,8 @@ def hf_config(cls, m):
          "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
     if mt == "roberta":
         c["pad_token_id"] = 1                  # positions start at padding_idx + 1 = 2
-    if cls in ("BertForSequenceClassification", "BertForTokenClassification"):
+    if cls in ("BertForSequenceClassification", "BertForTokenClassification",
+               "RobertaForSequenceClassification"):
         c["id2label"] = {str(i): n for i, n in enumerate(LABEL_NAMES)}
         c["label2id"] = {n: i for i, n in enumerate(LABEL_NAMES)}
     return c
@@ -740,6 +804,9 @@ def check_hf(fw, work, rng):
     seq = [dict(r, label=LABEL_NAMES[r["label"]]) for r in seq_records(rng, 8)]
     seq_path = os.path.join(work, "hf_seq.jsonl")
     write_jsonl(seq_path, seq)
+    seq_single = [r for r in seq if "text_pair" not in r]
+    seq_single_path = os.path.join(work, "hf_seq_single.jsonl")
+    write_jsonl(seq_single_path, seq_single)
     tok = [dict(r, labels=[LABEL_NAMES[y] for y in r["labels"]]) for r in tok_records(rng, 8)]
     tok_path = os.path.join(work, "hf_tok.jsonl")
     write_jsonl(tok_path, tok)
@@ -761,6 +828,11 @@ def check_hf(fw, work, rng):
                 ref = F.cross_entropy(seq_reference(m, W, seq),
                                       torch.tensor([LABEL_NAMES.index(r["label"]) for r in seq]))
                 q, got = fw_eval(fw, h5, seq_path)
+            elif head == "seq-cls-roberta":   # one token type: no pairs
+                ref = F.cross_entropy(seq_reference(m, W, seq_single, head=roberta_seq_logits),
+                                      torch.tensor([LABEL_NAMES.index(r["label"])
+                                                    for r in seq_single]))
+                q, got = fw_eval(fw, h5, seq_single_path)
             elif head == "token-cls":
                 lg, y = tok_reference(m, W, [dict(r, labels=[LABEL_NAMES.index(x) for x in
                                                              r["labels"]]) for r in tok])
@@ -888,6 +960,7 @@ def main():
             return sum(float(x) for x, _ in tot) / sum(c for _, c in tot)
         check_lora_export(fw, work, "mlm", ck, train_mlm, mlm_path,
                           [f"--mlm-probability={MLM_PROB}", f"--seed={SEED}"], None, None, mlm_ref)
+        check_roberta_seq(fw, work, rng)
         check_bad(fw, work, ck_seq, ck_tok)
         check_hf(fw, work, rng)
 

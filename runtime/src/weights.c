@@ -186,7 +186,9 @@ enum fw_status fw_rt_model_load_weights(const char *path, struct fw_tensor *cons
 	enum fw_status st = fw_rt_check_foreign_tensors(path, params, n, slots, base_only, log, err);
 	if (st != FW_OK)
 		return st;
-	bool heads = slots->arch && !strcmp(slots->arch->desc->name, "arch/encoder");
+	bool heads = false;       /* task head parameters (FW_FLAG_TASK_HEAD) */
+	for (int i = 0; i < n && !heads; i++)
+		heads = params[i]->flags & FW_FLAG_TASK_HEAD;
 	if (!slots->peft && !heads)
 		return fw_h5_load(path, params, n, err);
 	struct fw_h5_entry *ents = NULL;
@@ -212,10 +214,9 @@ enum fw_status fw_rt_model_load_weights(const char *path, struct fw_tensor *cons
 		/* A trainable tensor the file lacks is new (an adapter's): it keeps
 		 * its initialisation, as does a plugin's state tensor. Anything else goes to fw_h5_load, which names
 		 * what is missing. */
-		/* So is an encoder's task head (HF's classifier / pooler) on a
-		 * model the file has no head for (a BertModel, an MLM model). */
-		bool head = heads && (!strncmp(params[i]->name, "classifier.", 11) ||
-				      !strncmp(params[i]->name, "pooler.", 7));
+		/* So is a task head the arch marks (BERT's classifier and pooler)
+		 * on a model the file has no head for (a BertModel, an MLM model). */
+		bool head = params[i]->flags & FW_FLAG_TASK_HEAD;
 		if (in_file || !(params[i]->flags & (FW_FLAG_TRAINABLE | FW_FLAG_STATE)) ||
 		    (!slots->peft && !head))
 			have[nh++] = params[i];

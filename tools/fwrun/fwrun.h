@@ -115,7 +115,6 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_sweep(int argc, char **argv);      /* sweep.c */
 int cmd_report(int argc, char **argv);     /* report_sweep.c */
 
-/* Hugging Face BERT / RoBERTa folders <-> arch/encoder files (hf_bert.c). */
 /* seq2seq_gen.c: whether the arch of slots is an encoder-decoder (its
  * model has enc_tokens), and fwrun generate for one: the prompt is the
  * source (its ids and </s>), the target printed; greedy or --num-beams. */
@@ -123,16 +122,6 @@ bool seq2seq_arch(const struct fw_plugin_slots *slots);
 int seq2seq_generate(struct config *cfg, const struct fw_plugin_slots *slots, const char *path,
 		     struct fw_tokenizer *tok, const int32_t *prompt, int64_t n_prompt,
 		     bool interactive);
-bool hf_is_encoder_folder(const char *dir);
-int bert_import(const char *dir, const char *out);
-/* config: IN's stored configuration (config_dump's INI text). */
-int bert_export(const char *in, const char *dir, const char *config, bool base_only);
-/* An adapter's base_tensors list (lora_format.h) of an arch/encoder model:
- * its head, "seq-cls", "token-cls" or "mlm"; NULL for another arch. */
-const char *bert_adapter_task(const char *base_list);
-/* Hugging Face's module path of fw name in the BERT class of task (PEFT's
- * key without "base_model.model."). */
-void bert_peft_name(const char *task, const char *name, char *out, size_t len);
 
 /* --- PEFT adapters (adapter.c) ------------------------------------------------------- */
 

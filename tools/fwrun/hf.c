@@ -35,50 +35,46 @@ static void hf_model_free(struct hf_model *h)
 	memset(h, 0, sizeof(*h));
 }
 
-/* p's map of model_type (NULL: the first that describes opts). */
-static const struct fw_hf_map *map_of(const struct fw_loaded *p, const char *model_type,
-				      const struct fw_options *opts)
-{
-	const struct fw_arch_i *ai = p->desc->iface;
-	for (const struct fw_hf_map *const *m = ai->hf_maps; m && *m; m++)
-		if (model_type ? !strcmp((*m)->model_type, model_type) :
-		    !(*m)->describes || (*m)->describes(opts))
-			return *m;
-	return NULL;
-}
-
 /* The first arch plugin found (fw_plugin_discover's order) with a map of
- * model_type; with model_type NULL, the first whose map's check accepts
- * path (for a config.json that names none), else that check's error. */
-static enum fw_status find_arch(const char *model_type, const char *path, struct hf_model *h,
-				struct fw_err *err)
+ * model_type, the map of config.json's architectures[0] (architecture)
+ * first; with model_type NULL, the first whose map's check accepts path
+ * (for a config.json that names none), else that check's error. */
+static enum fw_status find_arch(const char *model_type, const char *architecture,
+				const char *path, struct hf_model *h, struct fw_err *err)
 {
 	char **paths = NULL, types[512] = "";
 	int n = 0;
 	enum fw_status st = fw_plugin_discover(&paths, &n, err);
 	struct fw_err first = { 0 };
-	for (int i = 0; st == FW_OK && i < n && !h->map; i++) {
-		struct fw_loaded *p = NULL;
-		struct fw_err e = { 0 };
-		if (fw_plugin_open(paths[i], FW_KIND_ARCH, &p, &e) != FW_OK)
-			continue;
-		const struct fw_arch_i *ai = p->desc->iface;
-		for (const struct fw_hf_map *const *m = ai->hf_maps; m && *m && !h->map; m++) {
-			snprintf(types + strlen(types), sizeof(types) - strlen(types), "%s\"%s\"",
-				 types[0] ? ", " : "", (*m)->model_type);
-			if (model_type && strcmp((*m)->model_type, model_type))
+	for (int pass = architecture ? 0 : 1; pass < 2 && st == FW_OK && !h->map; pass++) {
+		for (int i = 0; i < n && !h->map; i++) {
+			struct fw_loaded *p = NULL;
+			struct fw_err e = { 0 };
+			if (fw_plugin_open(paths[i], FW_KIND_ARCH, &p, &e) != FW_OK)
 				continue;
-			if (!model_type && (*m)->check_config && (*m)->check_config(path, &e) != FW_OK) {
-				if (!first.status)
-					first = e;
-				continue;
+			const struct fw_arch_i *ai = p->desc->iface;
+			for (const struct fw_hf_map *const *m = ai->hf_maps; m && *m && !h->map; m++) {
+				char quoted[80];
+				snprintf(quoted, sizeof(quoted), "\"%s\"", (*m)->model_type);
+				if (pass == 1 && !strstr(types, quoted))
+					snprintf(types + strlen(types), sizeof(types) - strlen(types),
+						 "%s%s", types[0] ? ", " : "", quoted);
+				if ((model_type && strcmp((*m)->model_type, model_type)) ||
+				    (pass == 0 && strcmp((*m)->architecture, architecture)))
+					continue;
+				if (!model_type && (*m)->check_config &&
+				    (*m)->check_config(path, &e) != FW_OK) {
+					if (!first.status)
+						first = e;
+					continue;
+				}
+				h->map = *m;
 			}
-			h->map = *m;
+			if (h->map)
+				h->arch = p;
+			else
+				fw_plugin_close(p);
 		}
-		if (h->map)
-			h->arch = p;
-		else
-			fw_plugin_close(p);
 	}
 	fw_plugin_paths_free(paths, n);
 	if (st != FW_OK || h->map)
@@ -490,6 +486,44 @@ static json_t *load_config(const char *path, struct fw_err *err)
 	return root;
 }
 
+/* config.json's id2label ({"0": "neg", ...}: Hugging Face's class names)
+ * as the file's label list, "[run] labels = neg,..." in id order, put
+ * before the arch's section of *ini. */
+static enum fw_status import_labels(const char *path, json_t *root, char **ini,
+				    struct fw_err *err)
+{
+	json_t *m = json_object_get(root, "id2label");
+	if (!m)
+		return FW_OK;
+	size_t n = json_is_object(m) ? json_object_size(m) : 0, len = strlen(*ini) + 32;
+	for (size_t i = 0; i < n; i++) {
+		char k[32];
+		snprintf(k, sizeof(k), "%zu", i);
+		const char *v = json_string_value(json_object_get(m, k));
+		if (!v || !*v || strpbrk(v, ",\n"))
+			return fw_errorf(err, FW_ERR_FORMAT, "%s: id2label has no name for id %s (or one "
+					 "with a comma or a line break)", path, k);
+		len += strlen(v) + 1;
+	}
+	if (!n)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: id2label is not an object of class names",
+				 path);
+	char *out = malloc(len);
+	if (!out)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	size_t at = (size_t)sprintf(out, "[run]\nlabels = ");
+	for (size_t i = 0; i < n; i++) {
+		char k[32];
+		snprintf(k, sizeof(k), "%zu", i);
+		at += (size_t)sprintf(out + at, "%s%s", i ? "," : "",
+				      json_string_value(json_object_get(m, k)));
+	}
+	sprintf(out + at, "\n\n%s", *ini);
+	free(*ini);
+	*ini = out;
+	return FW_OK;
+}
+
 /* dir/generation_config.json as read, checked (fw/runtime/genconfig.h);
  * NULL with err clear when the folder has none. */
 static char *folder_genconfig(const char *dir, struct fw_err *err)
@@ -515,7 +549,8 @@ int cmd_import(int argc, char **argv)
 		       "model.safetensors, or shards named by\nmodel.safetensors.index.json; "
 		       "F32/F16/BF16) into an fw weights file usable with\nfwrun train/eval/generate "
 		       "--load=OUT.h5. The arch plugin whose Hugging Face map\nhas config.json's "
-		       "model_type reads it (arch/decoder: gpt2, llama, mistral, qwen2).\nThe folder's "
+		       "model_type reads it (arch/decoder: gpt2, llama, mistral, qwen2;\narch/encoder: bert, "
+		       "roberta; arch/encdec: t5), the map of its architectures[0] first.\nThe folder's "
 		       "tokenizer (tokenizer.json, or vocab.json + merges.txt), if any, is stored with\n"
 		       "it, with tokenizer_config.json (its chat_template) when the folder has one,\n"
 		       "and generation_config.json (fwrun generate's defaults) likewise.\n"
@@ -523,19 +558,18 @@ int cmd_import(int argc, char **argv)
 		       "otherwise. A BERT or RoBERTa folder (BertModel, BertForMaskedLM,\n"
 		       "BertForSequenceClassification, BertForTokenClassification, RobertaForMaskedLM)\n"
 		       "becomes an arch/encoder file (plugins/arch/encoder/README.md); a T5 folder\n"
-		       "(T5ForConditionalGeneration) an arch/encdec file (plugins/arch/encdec/README.md).\n");
+		       "(T5ForConditionalGeneration) an arch/encdec file (plugins/arch/encdec/README.md).\n"
+		       "config.json's id2label becomes the file's label list (--labels).\n");
 		return EXIT_OK;
 	}
 	if (argc != 2)
 		return fail(FW_ERR_INVALID, "import: usage: fwrun import HF_DIR OUT.h5");
-	if (hf_is_encoder_folder(argv[0]))          /* BERT, RoBERTa: hf_bert.c */
-		return bert_import(argv[0], argv[1]);
 	struct fw_err err = { 0 }, perr = { 0 };
 	struct hf_weights w = { 0 };
 	struct hf_model h = { 0 };
 	struct fw_tokenizer *tok = NULL;
 	char *tok_json = NULL, *gen_json = NULL, *config = NULL, cpath[4200];
-	const char *model_type = NULL;
+	const char *model_type = NULL, *architecture = NULL;
 	int rc = EXIT_RUNTIME;
 	json_t *root, *v;
 	/* Everything is checked before the output is written (fw_h5_save
@@ -552,13 +586,17 @@ int cmd_import(int argc, char **argv)
 		}
 		model_type = json_string_value(v);
 	}
+	if (root)
+		architecture = json_string_value(json_array_get(json_object_get(root, "architectures"),
+								0));
 	/* A file that does not parse goes to the archs' checks, which name the
 	 * key of a value JSON cannot read (NaN); config.json without a
 	 * model_type to the first arch whose check accepts it. */
-	if (find_arch(root ? model_type : NULL, cpath, &h, &err) != FW_OK ||
+	if (find_arch(root ? model_type : NULL, architecture, cpath, &h, &err) != FW_OK ||
 	    (!root && (err = perr).status) ||
 	    (h.map->check_config && h.map->check_config(cpath, &err) != FW_OK) ||
-	    set_options(&h, cpath, root, &config, &err) != FW_OK) {
+	    set_options(&h, cpath, root, &config, &err) != FW_OK ||
+	    import_labels(cpath, root, &config, &err) != FW_OK) {
 		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
@@ -624,34 +662,90 @@ out:
 
 /* --- fwrun export --------------------------------------------------------------------------- */
 
+/* The arch's section of an fw file's configuration into its options, and
+ * its [run] labels. */
+struct file_options {
+	struct fw_loaded *arch;
+	char labels[4096];
+};
+
 static int set_arch_option(void *user, const char *section, const char *name, const char *value,
 			   int line)
 {
-	struct fw_loaded *p = user;
+	struct file_options *fo = user;
 	if (!name)
 		return 1;        /* a section line */
 	(void)line;
-	if (!strcmp(section, p->desc->name))
-		fw_options_set(p->opts, name, value, NULL);    /* another fw's keys: ignored */
+	if (!strcmp(section, fo->arch->desc->name))
+		fw_options_set(fo->arch->opts, name, value, NULL);    /* another fw's keys: ignored */
+	else if (!strcmp(section, "run") && !strcmp(name, "labels"))
+		snprintf(fo->labels, sizeof(fo->labels), "%s", value);
 	return 1;
 }
 
 /* The arch of an fw file (its run's, or its fw_arch attribute) with the
- * file's options, and its Hugging Face map for them. */
-static enum fw_status file_arch(const char *path, struct hf_model *h, struct fw_err *err)
+ * file's options, and its label list (labels, "" when it has none). */
+static enum fw_status file_arch(const char *path, struct hf_model *h, char *labels, size_t len,
+				struct fw_err *err)
 {
 	char *config = NULL, arch[256];
 	enum fw_status st = fw_rt_ckpt_read_config(path, &config, err);
 	if (st == FW_OK && (st = file_arch_name(path, arch, sizeof(arch), err)) == FW_OK &&
 	    (st = fw_plugin_open(arch, FW_KIND_ARCH, &h->arch, err)) == FW_OK) {
-		fw_rt_ini_parse(config, set_arch_option, h->arch);
-		if ((st = fw_options_resolve(h->arch->opts, err)) == FW_OK &&
-		    !(h->map = map_of(h->arch, NULL, h->arch->opts)))
-			st = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: %s has no Hugging Face form for "
-				       "these options (see its README)", path, arch);
+		struct file_options fo = { .arch = h->arch };
+		fw_rt_ini_parse(config, set_arch_option, &fo);
+		snprintf(labels, len, "%s", fo.labels);
+		st = fw_options_resolve(h->arch->opts, err);
 	}
 	fw_free(config);
 	return st;
+}
+
+/* The built model's map for the file at path: the first that describes
+ * its options and whose parameters with a Hugging Face key the file has
+ * (a classifier's class before the base model's, which has none). */
+static enum fw_status file_map(const char *path, struct hf_model *h, struct fw_err *err)
+{
+	struct fw_h5_entry *e = NULL;
+	int ne = 0;
+	enum fw_status st = fw_h5_list(path, &e, &ne, err);
+	const struct fw_arch_i *ai = h->arch->desc->iface;
+	for (const struct fw_hf_map *const *m = ai->hf_maps; st == FW_OK && m && *m && !h->map;
+	     m++) {
+		if ((*m)->describes && !(*m)->describes(h->arch->opts))
+			continue;
+		h->map = *m;
+		for (int i = 0; i < h->n && h->map; i++) {
+			struct hf_part parts[HF_PARTS_MAX];
+			bool tr, in_file = false;
+			for (int k = 0; k < ne && !in_file; k++)
+				in_file = !strcmp(e[k].name, h->params[i]->name);
+			if (!in_file && parts_of(h, h->params[i], parts, &tr))
+				h->map = NULL;
+		}
+	}
+	fw_free(e);
+	if (st == FW_OK && !h->map)
+		st = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: %s has no Hugging Face form for these "
+			       "options (see its README)", path, h->arch->desc->name);
+	return st;
+}
+
+/* id2label and label2id of a file's label list ("neg,neutral,pos"). */
+static void export_labels(json_t *cfg, const char *labels)
+{
+	char buf[4096], *save = NULL;
+	json_t *id2 = json_object(), *l2 = json_object();
+	int id = 0;
+	snprintf(buf, sizeof(buf), "%s", labels);
+	for (char *p = strtok_r(buf, ",", &save); p; p = strtok_r(NULL, ",", &save), id++) {
+		char k[32];
+		snprintf(k, sizeof(k), "%d", id);
+		json_object_set_new(id2, k, json_string(p));
+		json_object_set_new(l2, p, json_integer(id));
+	}
+	json_object_set_new(cfg, "id2label", id2);
+	json_object_set_new(cfg, "label2id", l2);
 }
 
 /* config.json: the map's keys from the arch's options, its constants, and
@@ -775,7 +869,8 @@ int cmd_export(int argc, char **argv)
 		       "trained tensors (a LoRA run's adapter: fwrun merge it first) is refused unless\n"
 		       "--base-only drops them. --dtype=bf16 or f16 rounds the (fp32 master) weights to\n"
 		       "that dtype (nearest even) and sets config.json's torch_dtype (default f32).\n"
-		       "An arch/encoder file becomes the BERT (or RoBERTa) class of its head (f32).\n");
+		       "An arch/encoder file becomes the BERT (or RoBERTa) class of its head; a\n"
+		       "label list (--labels) becomes id2label.\n");
 		return EXIT_OK;
 	}
 	bool base_only = false;
@@ -805,25 +900,32 @@ int cmd_export(int argc, char **argv)
 	if (resolve_load(pos[0], in, sizeof(in), &err) != FW_OK)
 		return fail(err.status, "%s", err.msg);
 	const char *dir = pos[1];
-	char *config = NULL;
-	if (fw_rt_ckpt_read_config(in, &config, &err) != FW_OK)
-		return fail(err.status, "%s", err.msg);
-	if (!strncmp(config, "[arch/encoder]", 14) || strstr(config, "\n[arch/encoder]")) {
-		/* BERT, RoBERTa: hf_bert.c (not yet an arch hf_maps hook) */
-		rc = dt != FW_F32 ? fail(FW_ERR_UNSUPPORTED, "export: --dtype=%s: arch/encoder "
-					 "files export in f32 only", fw_dtype_name(dt)) :
-		     bert_export(in, dir, config, base_only);
-		fw_free(config);
-		return rc;
-	}
-	fw_free(config);
-	if (file_arch(in, &h, &err) != FW_OK || build(&h, &err) != FW_OK ||
+	char labels[4096];
+	if (file_arch(in, &h, labels, sizeof(labels), &err) != FW_OK || build(&h, &err) != FW_OK ||
+	    file_map(in, &h, &err) != FW_OK ||
 	    fw_rt_check_foreign_tensors(in, h.params, h.n, NULL, base_only, &fwrun_log,
-					&err) != FW_OK ||
-	    fw_h5_load(in, h.params, h.n, &err) != FW_OK) {
+					&err) != FW_OK) {
 		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
+	/* the parameters with a Hugging Face key (a BertModel has no classifier) */
+	if (!(op = calloc((size_t)h.n + 1, sizeof(*op)))) {
+		rc = fail(FW_ERR_NOMEM, "export: out of memory");
+		goto out;
+	}
+	for (int i = 0; i < h.n; i++) {
+		struct hf_part parts[HF_PARTS_MAX];
+		bool tr;
+		if (parts_of(&h, h.params[i], parts, &tr))
+			op[n++] = h.params[i];
+	}
+	if (fw_h5_load(in, op, n, &err) != FW_OK) {
+		rc = fail(err.status, "%s", err.msg);
+		goto out;
+	}
+	free(op);
+	op = NULL;
+	n = 0;
 	/* Under the map's keys, transposed where Hugging Face stores (in, out),
 	 * a parameter of parts as one tensor each. */
 	out = calloc((size_t)h.n * HF_PARTS_MAX + 1, sizeof(*out));
@@ -891,6 +993,8 @@ int cmd_export(int argc, char **argv)
 	int64_t vocab = fw_options_has(h.arch->opts, "vocab-size") ?
 			fw_opt_int(h.arch->opts, "vocab-size") : INT64_MAX;
 	json_t *cfg = export_config(&h, export_eos(in, h.map->model_type, vocab));
+	if (cfg && labels[0])
+		export_labels(cfg, labels);
 	snprintf(path, sizeof(path), "%s/config.json", dir);
 	if (cfg)
 		json_object_set_new(cfg, "torch_dtype", json_string(dt == FW_BF16 ? "bfloat16" :

@@ -12,17 +12,21 @@
  *   seq-cls    BertForSequenceClassification: tanh pooler on the first token
  *              ([CLS]) and a classifier (--pooling=cls), or the mean of the
  *              non-padding positions and the classifier (--pooling=mean);
- *              the label is targets[:, 0];
+ *              --seq-cls-head=roberta: RobertaClassificationHead on the first
+ *              token (dropout, classifier.dense, tanh, dropout,
+ *              classifier.out_proj); the label is targets[:, 0];
  *   token-cls  BertForTokenClassification: a classifier at every position.
  * Parameter names are HF's without the "bert." prefix; linear weights are
  * torch's (out, in). RoBERTa: --position-offset=2 (positions start after
- * padding_idx), --type-vocab-size=1.
+ * padding_idx), --type-vocab-size=1. The Hugging Face classes: hf_bert.c.
  */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "fw/plugin.h"
+
+#include "hf_bert.h"
 
 enum head { HEAD_MLM = 0, HEAD_SEQ_CLS, HEAD_TOKEN_CLS };
 
@@ -31,7 +35,7 @@ struct encoder {
 	int64_t n_layer, n_head, hidden, vocab, n_pos, n_types, ffn, pos_offset, labels;
 	float dropout, attn_dropout, eps;
 	enum head head;
-	bool mean_pool, recompute;
+	bool mean_pool, roberta_head, recompute;
 };
 
 static struct fw_tensor *param(const struct encoder *e, struct fw_model *m, int nd, int64_t d0,
@@ -55,17 +59,37 @@ static struct fw_tensor *norm(const struct encoder *e, struct fw_model *m, struc
 }
 
 /* A named linear layer with bias (BERT's init: normal 0.02, bias 0), routed
- * through the host so that a PEFT plugin can wrap it. */
-static struct fw_tensor *linear(const struct encoder *e, struct fw_model *m, struct fw_tensor *x,
-				int64_t in, int64_t out, const char *name)
+ * through the host so that a PEFT plugin can wrap it; flags on both
+ * parameters (FW_FLAG_TASK_HEAD). */
+static struct fw_tensor *linear_flagged(const struct encoder *e, struct fw_model *m,
+					struct fw_tensor *x, int64_t in, int64_t out,
+					const char *name, uint32_t flags)
 {
 	char w[FW_NAME_MAX], b[FW_NAME_MAX];
 	snprintf(w, sizeof(w), "%s.weight", name);
 	snprintf(b, sizeof(b), "%s.bias", name);
 	struct fw_tensor *wt = param(e, m, 2, out, in, w), *bt = param(e, m, 1, out, 0, b);
+	if (!wt || !bt)
+		return NULL;
+	wt->flags |= flags;
+	bt->flags |= flags;
 	e->host->init_normal(m, wt, 0.02f);
 	e->host->init_const(m, bt, 0.0f);
 	return e->host->linear(m, name, x, wt, bt);
+}
+
+static struct fw_tensor *linear(const struct encoder *e, struct fw_model *m, struct fw_tensor *x,
+				int64_t in, int64_t out, const char *name)
+{
+	return linear_flagged(e, m, x, in, out, name, 0);
+}
+
+/* A task head's linear (pooler, classifier): a weights file without it
+ * (a BertModel, an MLM model fine-tuned to classify) leaves its init. */
+static struct fw_tensor *head_linear(const struct encoder *e, struct fw_model *m,
+				     struct fw_tensor *x, int64_t in, int64_t out, const char *name)
+{
+	return linear_flagged(e, m, x, in, out, name, FW_FLAG_TASK_HEAD);
 }
 
 static struct fw_tensor *dropout(const struct encoder *e, struct fw_model *m, struct fw_tensor *x,
@@ -162,16 +186,21 @@ static void head(const struct encoder *e, struct fw_model *m, struct fw_tensor *
 			x = h->matmul(m->ctx, w, x, false, false);          /* (B, 1, C) */
 		} else if (e->mean_pool) {   /* no padding: every position is a token */
 			x = h->scale(m->ctx, h->sum(m->ctx, x, 1, true), 1.0f / (float)T);
+		} else if (e->roberta_head) {  /* RobertaClassificationHead on <s> */
+			x = dropout(e, m, h->cont(m->ctx, h->slice(m->ctx, x, 1, 0, 1)), -3);
+			x = h->tanh(m->ctx, head_linear(e, m, x, C, C, "classifier.dense"));
 		} else {
 			x = h->slice(m->ctx, x, 1, 0, 1);                   /* [CLS]: (B, 1, C) */
-			x = h->tanh(m->ctx, linear(e, m, x, C, C, "pooler.dense"));
+			x = h->tanh(m->ctx, head_linear(e, m, x, C, C, "pooler.dense"));
 		}
 		x = dropout(e, m, x, -2);
-		m->logits = linear(e, m, x, C, e->labels, "classifier");    /* (B, 1, L) */
+		m->logits = head_linear(e, m, x, C, e->labels, e->roberta_head ?
+					"classifier.out_proj" :
+				   "classifier");                            /* (B, 1, L) */
 		targets = h->cont(m->ctx, h->slice(m->ctx, targets, 1, 0, 1));
 	} else {
 		x = dropout(e, m, x, -2);
-		m->logits = linear(e, m, x, C, e->labels, "classifier");    /* (B, T, L) */
+		m->logits = head_linear(e, m, x, C, e->labels, "classifier");   /* (B, T, L) */
 	}
 	m->loss = h->cross_entropy(m->ctx, m->logits, targets, NULL, FW_IGNORE_INDEX);
 }
@@ -219,6 +248,7 @@ static enum fw_status encoder_build(void *state, struct fw_model *m, struct fw_e
 
 static const char *const heads[] = { "mlm", "seq-cls", "token-cls", NULL };
 static const char *const poolings[] = { "cls", "mean", NULL };
+static const char *const seq_cls_heads[] = { "pooler", "roberta", NULL };
 
 static enum fw_status encoder_init(const struct fw_host *host, const struct fw_options *o,
 				   void **state, struct fw_err *err)
@@ -239,6 +269,7 @@ static enum fw_status encoder_init(const struct fw_host *host, const struct fw_o
 		.attn_dropout = (float)fw_opt_float(o, "attention-probs-dropout-prob"),
 		.eps = (float)fw_opt_float(o, "layer-norm-eps"), .head = (enum head)hd,
 		.mean_pool = !strcmp(fw_opt_str(o, "pooling"), "mean"),
+		.roberta_head = !strcmp(fw_opt_str(o, "seq-cls-head"), "roberta"),
 		.recompute = fw_opt_bool(o, "recompute-activations"),
 	};
 	const char *why = NULL;
@@ -248,6 +279,8 @@ static enum fw_status encoder_init(const struct fw_host *host, const struct fw_o
 		why = "--position-offset leaves no position below --max-position-embeddings";
 	else if (!(e->eps > 0))
 		why = "--layer-norm-eps is 0 in float32";
+	else if (e->roberta_head && e->mean_pool)
+		why = "--seq-cls-head=roberta takes the first token: it needs --pooling=cls";
 	if (why) {
 		host->free(e);
 		return host->errorf(err, FW_ERR_INVALID, "arch/encoder: %s", why);
@@ -286,6 +319,9 @@ static const struct fw_option_def options[] = {
 	{ "num-labels", FW_OPT_INT, "2", 2, 1 << 16, NULL, "classes of seq-cls and token-cls" },
 	{ "pooling", FW_OPT_CHOICE, "cls", 0, -1, poolings,
 	  "seq-cls: cls (tanh pooler on the first token) or mean (mean of non-padding tokens)" },
+	{ "seq-cls-head", FW_OPT_CHOICE, "pooler", 0, -1, seq_cls_heads,
+	  "seq-cls with --pooling=cls: pooler (BERT's pooler.dense + tanh, then classifier) or "
+	  "roberta (RobertaClassificationHead: classifier.dense + tanh, then classifier.out_proj)" },
 	{ "recompute-activations", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "recompute each block's activations in backward" },
 };
@@ -293,6 +329,10 @@ static const struct fw_option_def options[] = {
 static const struct fw_arch_i iface = {
 	.size = sizeof(struct fw_arch_i),
 	.build = encoder_build,
+	.hf_maps = (const struct fw_hf_map *const[]){ &encoder_hf_bert_mlm, &encoder_hf_bert_seq,
+						      &encoder_hf_bert_tok, &encoder_hf_bert_base,
+						      &encoder_hf_roberta_mlm, &encoder_hf_roberta_seq,
+						      NULL },
 };
 
 static const struct fw_plugin plugin = {

@@ -425,21 +425,23 @@ static bool carried_bias(const struct lora *l, const struct fw_tensor *t)
 }
 
 /* A parameter of a module that trains fully next to the adapter (PEFT's
- * modules_to_save): its module is the name without ".weight" / ".bias". auto
- * is what PEFT adds for SEQ_CLS and TOKEN_CLS: classifier and score. */
+ * modules_to_save): its module (the name without ".weight" / ".bias") or a
+ * module above it matches, as PEFT wraps a whole module (RoBERTa's
+ * classifier holds dense and out_proj). auto is what PEFT adds for SEQ_CLS
+ * and TOKEN_CLS: classifier and score. */
 static bool saved_module(const struct lora *l, const struct fw_tensor *t)
 {
 	char mod[FW_NAME_MAX];
-	const char *dot = strrchr(t->name, '.');
-	if (!dot)
-		return false;
-	snprintf(mod, sizeof(mod), "%.*s", (int)(dot - t->name), t->name);
-	if (l->auto_saves)
-		return !strcmp(last_part(mod), "classifier") || !strcmp(last_part(mod), "score");
 	bool hit = false;
-	for (int i = 0; i < l->n_saves; i++)
-		if (match(l->saves[i].key, mod))
-			hit = l->saves[i].matched = true;
+	snprintf(mod, sizeof(mod), "%s", t->name);
+	for (char *dot; !hit && (dot = strrchr(mod, '.'));) {
+		*dot = '\0';
+		if (l->auto_saves)
+			hit = !strcmp(last_part(mod), "classifier") || !strcmp(last_part(mod), "score");
+		for (int i = 0; !l->auto_saves && i < l->n_saves; i++)
+			if (match(l->saves[i].key, mod))
+				hit = l->saves[i].matched = true;
+	}
 	return hit;
 }
 

@@ -45,6 +45,10 @@ enum {
 					  state (AdaLoRA's importance EMAs): checkpointed and
 					  restored, but no model weight: a weights file may
 					  lack it (it keeps its init), no base fingerprint */
+	FW_FLAG_TASK_HEAD = 1u << 10,  /* set by the arch: a task head's parameter (a
+					  classifier, BERT's pooler) that a weights file may lack
+					  (a base model fine-tuned for the task): it keeps its
+					  init */
 };
 
 /* Initialisation recipe of a parameter, kept in params[0] (kind) and

@@ -325,7 +325,10 @@ struct fw_hf_const {
 struct fw_hf_map {
 	size_t size;
 	const char *model_type;      /* config.json "model_type" */
-	const char *architecture;    /* "architectures": ["GPT2LMHeadModel"] on export */
+	/* "architectures": ["GPT2LMHeadModel"] on export; import prefers the
+	 * map of model_type whose architecture is config.json's
+	 * architectures[0] (one map a class), else the first of model_type. */
+	const char *architecture;
 	/* Options from config.json, in order; a key listed again for the same
 	 * option is an older alias (n_ctx after n_positions): the first
 	 * present is read, and export writes every one. */
@@ -345,7 +348,8 @@ struct fw_hf_map {
 	 * key and value. NULL: only the keys' types and options' ranges. */
 	enum fw_status (*check_config)(const char *path, struct fw_err *err);
 	/* Whether a model with these (resolved) options is this model_type:
-	 * export picks the first map that says yes. NULL: always. */
+	 * export picks the first map that says yes and whose parameters with
+	 * a key (tensor_key, tensor_part) the file has all of. NULL: always. */
 	bool (*describes)(const struct fw_options *opts);
 	/* The model.safetensors key of the arch's parameter param ("h.0.attn.
 	 * c_attn.weight"), and *transpose when Hugging Face stores it as
