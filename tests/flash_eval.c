@@ -17,23 +17,11 @@
 
 #include "fw/loader.h"
 #include "fw/plugin.h"
+#include "driver_io.h"
 
 static int io(const char *dir, const char *name, void *data, size_t bytes, bool write)
 {
-	char path[4200];
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	FILE *f = fopen(path, write ? "wb" : "rb");
-	size_t n = 0;
-	if (f) {
-		n = write ? fwrite(data, 1, bytes, f) : fread(data, 1, bytes, f);
-		fclose(f);
-	}
-	if (n != bytes) {
-		fprintf(stderr, "flash_eval: %s: cannot %s %zu bytes\n", path,
-			write ? "write" : "read", bytes);
-		return -1;
-	}
-	return 0;
+	return driver_io("flash_eval", dir, name, data, bytes, write);
 }
 
 int main(int argc, char **argv)

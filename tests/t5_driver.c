@@ -31,23 +31,11 @@
 #include "fw/runtime/seq2seq.h"
 #include "fw/runtime/tasks.h"
 #include "../plugins/arch/encdec/t5_bucket.h"
+#include "driver_io.h"
 
 static int io(const char *dir, const char *name, void *data, size_t bytes, bool write)
 {
-	char path[4200];
-	snprintf(path, sizeof(path), "%s/%s", dir, name);
-	FILE *f = fopen(path, write ? "wb" : "rb");
-	size_t n = 0;
-	if (f) {
-		n = write ? fwrite(data, 1, bytes, f) : fread(data, 1, bytes, f);
-		fclose(f);
-	}
-	if (n != bytes) {
-		fprintf(stderr, "t5_driver: %s: cannot %s %zu bytes\n", path,
-			write ? "write" : "read", bytes);
-		return -1;
-	}
-	return 0;
+	return driver_io("t5_driver", dir, name, data, bytes, write);
 }
 
 static int buckets(char **argv)
