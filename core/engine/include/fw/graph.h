@@ -38,8 +38,8 @@ struct fw_graph;
 /* A context owns tensors and parameters; its graphs (fw_graph_new) are freed
  * before it. Graphs of one context share its tensors, so they run one at a
  * time; graphs of different contexts are independent (two models in one
- * process). All graphs of a process run from one thread at a time: they
- * share the OpenMP pool and the oneDNN primitive cache, which is not locked. */
+ * process) and may run from different threads: their matmuls share oneDNN's
+ * primitive cache under a lock, and each run's kernels use the OpenMP pool. */
 struct fw_ctx *fw_ctx_new(void);
 void fw_ctx_free(struct fw_ctx *ctx);
 /* The context's last error; never NULL. */
