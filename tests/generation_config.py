@@ -128,6 +128,12 @@ def main():
         t_greedy = text(fw, h5, "--seed=11", "--max-new-tokens=20", "--temperature=0")
         R.check("a flag wins over the file (--temperature=0 is greedy)",
                 t_greedy == ref[:20], f"{t_greedy!r} vs {ref[:20]!r}")
+        ini = os.path.join(work, "greedy.ini")
+        with open(ini, "w") as f:
+            f.write("[run]\ntemperature = 0\n")
+        t_ini = text(fw, h5, "--seed=11", "--max-new-tokens=20", f"--config={ini}")
+        R.check("... and so does a --config file's value",
+                t_ini == ref[:20], f"{t_ini!r} vs {ref[:20]!r}")
         # 5. a file beside a checkpoint without the attribute
         side = os.path.join(work, "side")
         os.makedirs(side)

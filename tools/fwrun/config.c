@@ -738,6 +738,7 @@ static enum fw_status vocab_from_tokenizer(struct config *c, struct fw_err *err)
 
 static enum fw_status apply_argv(struct config *c, int argc, char **argv, char **pos,
 				 int max_pos, int *n_pos, struct fw_err *err);
+static enum fw_status note_user_set(struct config *c, struct fw_err *err);
 
 enum fw_status config_load(struct config *c, const char *cmd, int argc, char **argv,
 			   bool need_plugins, char **pos, int max_pos, int *n_pos,
@@ -818,7 +819,7 @@ enum fw_status config_load(struct config *c, const char *cmd, int argc, char **a
 	s = c->config_path ? ini_apply(c, c->config_path, err) : FW_OK;
 	if (s == FW_OK)
 		s = apply_argv(c, argc, argv, pos, max_pos, n_pos, err);
-	if (s == FW_OK && ckpt_config)
+	if (s == FW_OK && (s = note_user_set(c, err)) == FW_OK && ckpt_config)
 		inherit_run_options(c, cmd, ckpt, ckpt_config, took_plugins ? ckpt_plugins : NULL);
 	free(ckpt_plugins);
 	fw_free(ckpt_config);
@@ -887,8 +888,30 @@ static enum fw_status apply_argv(struct config *c, int argc, char **argv, char *
 	return FW_OK;
 }
 
+/* Which run options the user set, before checkpoints and defaults fill
+ * the rest. */
+static enum fw_status note_user_set(struct config *c, struct fw_err *err)
+{
+	int n = fw_options_count(c->run);
+	free(c->user_set);
+	if (!(c->user_set = calloc((size_t)n + 1, sizeof(bool))))
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	for (int i = 0; i < n; i++)
+		c->user_set[i] = fw_options_has(c->run, fw_options_def(c->run, i)->name);
+	return FW_OK;
+}
+
+bool config_user_set(const struct config *c, const char *name)
+{
+	for (int i = 0; c->user_set && i < fw_options_count(c->run); i++)
+		if (!strcmp(fw_options_def(c->run, i)->name, name))
+			return c->user_set[i];
+	return false;
+}
+
 void config_free(struct config *c)
 {
+	free(c->user_set);
 	fw_options_free(c->run);
 	free(c->taken);
 	for (int k = 1; k < FW_KIND_COUNT; k++)

@@ -17,6 +17,7 @@ struct config {
 	struct fw_loaded *plugin[FW_KIND_COUNT];
 	char *config_path;
 	char *taken;                      /* what --load's checkpoint filled in, or NULL */
+	bool *user_set;                   /* per run option: on the command line or in --config */
 };
 
 /* Parses argv (after the subcommand) and an optional --config INI file,
@@ -34,6 +35,9 @@ enum fw_status config_load(struct config *c, const char *cmd, int argc, char **a
 			   bool need_plugins, char **pos, int max_pos, int *n_pos,
 			   struct fw_err *err);
 void config_free(struct config *c);
+/* Whether the user set fwrun option name, on the command line or in the
+ * --config file (not a checkpoint's value, not a default). */
+bool config_user_set(const struct config *c, const char *name);
 /* Says on stderr what config_load took from --load's checkpoint, if anything;
  * called once the command is set up, so that an error stays one line. */
 void config_report(const struct config *c);

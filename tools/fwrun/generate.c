@@ -339,67 +339,36 @@ static enum fw_status genconfig_load(const char *ckpt, struct fw_rt_genconfig *g
 	return st;
 }
 
-struct given {
-	const char *name;
-	bool found;
-};
-
-static int ini_given(void *user, const char *section, const char *name, const char *value,
-		     int line)
-{
-	struct given *g = user;
-	(void)value;
-	(void)line;
-	if (!name)
-		return 1;        /* a section line */
-	g->found |= (!*section || !strcmp(section, "run")) && !strcmp(name, g->name);
-	return 1;
-}
-
-/* Whether the user set option name: on the command line or in --config. */
-static bool given(const struct config *c, int argc, char **argv, const char *name)
-{
-	size_t n = strlen(name);
-	for (int i = 0; i < argc; i++)
-		if (!strncmp(argv[i], "--", 2) && !strncmp(argv[i] + 2, name, n) &&
-		    (argv[i][2 + n] == '=' || argv[i][2 + n] == '\0'))
-			return true;
-	struct given g = { name, false };
-	if (c->config_path)
-		fw_rt_ini_parse_file(c->config_path, ini_given, &g);
-	return g.found;
-}
-
 /* Hugging Face's generate on that file: do_sample false (or absent) is
  * greedy; sampling takes its temperature, top_k and top_p, else 1.0, 50 and
  * 1.0; max_new_tokens, else max_length less the prompt; eos_token_id stops.
- * Only for what the command line leaves out. */
+ * Only for what the command line and --config leave out. */
 static void genconfig_apply(struct gen *s, const struct fw_rt_genconfig *g,
-			    const struct config *c, int argc, char **argv, int64_t n_prompt,
-			    const char *where)
+			    const struct config *c, int64_t n_prompt, const char *where)
 {
 	char said[256] = "";
 	size_t k = 0;
-	if (!given(c, argc, argv, "max-new-tokens") && (g->max_new_tokens >= 0 || g->max_length >= 0)) {
+	if (!config_user_set(c, "max-new-tokens") &&
+	    (g->max_new_tokens >= 0 || g->max_length >= 0)) {
 		s->max_new = g->max_new_tokens >= 0 ? g->max_new_tokens :
 			     g->max_length > n_prompt ? g->max_length - n_prompt : 0;
 		k += (size_t)snprintf(said + k, sizeof(said) - k, " --max-new-tokens=%lld",
 				      (long long)s->max_new);
 	}
-	if (!given(c, argc, argv, "temperature")) {
+	if (!config_user_set(c, "temperature")) {
 		s->opts.temperature = !g->do_sample ? 0 : g->has_temperature ? g->temperature : 1.0;
 		k += (size_t)snprintf(said + k, sizeof(said) - k, " --temperature=%g",
 				      s->opts.temperature);
 	}
-	if (g->do_sample && !given(c, argc, argv, "top-k")) {
+	if (g->do_sample && !config_user_set(c, "top-k")) {
 		s->opts.top_k = g->has_top_k ? g->top_k : 50;
 		k += (size_t)snprintf(said + k, sizeof(said) - k, " --top-k=%d", s->opts.top_k);
 	}
-	if (g->do_sample && !given(c, argc, argv, "top-p")) {
+	if (g->do_sample && !config_user_set(c, "top-p")) {
 		s->opts.top_p = g->has_top_p ? g->top_p : 1.0;
 		k += (size_t)snprintf(said + k, sizeof(said) - k, " --top-p=%g", s->opts.top_p);
 	}
-	if (g->has_penalty && !given(c, argc, argv, "repetition-penalty")) {
+	if (g->has_penalty && !config_user_set(c, "repetition-penalty")) {
 		s->opts.penalty = g->penalty;
 		k += (size_t)snprintf(said + k, sizeof(said) - k, " --repetition-penalty=%g",
 				      g->penalty);
@@ -884,7 +853,7 @@ int cmd_generate(int argc, char **argv)
 		goto out;
 	}
 	if (have_gc)
-		genconfig_apply(&s, &gc, &cfg, argc, argv, n_prompt, gc_where);
+		genconfig_apply(&s, &gc, &cfg, n_prompt, gc_where);
 	s.n_pos = arch_positions(slots.arch->opts);
 	if (interactive && s.n_pos <= 0) {
 		rc = fail(FW_ERR_INVALID, "--interactive sizes its cache by the arch's n-positions, "
