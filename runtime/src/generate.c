@@ -138,13 +138,7 @@ static enum fw_status check_row(const struct fw_rt_decoder *d, const struct fw_r
 /* log softmax(x[0..n))[at] */
 static float log_prob(const float *x, int n, int at)
 {
-	float mx = x[0];
-	for (int i = 1; i < n; i++)
-		mx = x[i] > mx ? x[i] : mx;
-	double sum = 0;
-	for (int i = 0; i < n; i++)
-		sum += exp((double)x[i] - mx);
-	return (float)((double)x[at] - mx - log(sum));
+	return (float)((double)x[at] - fw_rt_logsumexp(x, n));
 }
 
 enum fw_status fw_rt_generate_rows(struct fw_rt_decoder *d, const struct fw_rt_gen_row *rows,

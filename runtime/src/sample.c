@@ -11,13 +11,27 @@ static int by_prob(const void *a, const void *b)
 	return x->p < y->p ? 1 : x->p > y->p ? -1 : x->id - y->id;
 }
 
+int64_t fw_rt_argmax(const float *x, int64_t n)
+{
+	int64_t best = 0;
+	for (int64_t i = 1; i < n; i++)
+		if (x[i] > x[best])
+			best = i;
+	return best;
+}
+
+double fw_rt_logsumexp(const float *x, int64_t n)
+{
+	double m = x[fw_rt_argmax(x, n)], s = 0;
+	for (int64_t i = 0; i < n; i++)
+		s += exp((double)x[i] - m);
+	return m + log(s);
+}
+
 int fw_rt_sample(const float *logits, int V, double temp, int top_k, double top_p,
 		 uint64_t key, uint64_t counter, struct fw_rt_cand *c)
 {
-	int best = 0;
-	for (int i = 1; i < V; i++)
-		if (logits[i] > logits[best])
-			best = i;
+	int best = (int)fw_rt_argmax(logits, V);
 	if (temp <= 0)
 		return best;
 	for (int i = 0; i < V; i++)

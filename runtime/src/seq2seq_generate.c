@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fw/runtime/sample.h"
 #include "fw/runtime/seq2seq.h"
 
 void fw_rt_s2s_decoder_close(struct fw_rt_s2s_decoder *d)
@@ -101,22 +102,10 @@ static enum fw_status step(struct fw_rt_s2s_decoder *d, int64_t q, const int32_t
 	return FW_OK;
 }
 
-static int32_t argmax(const float *x, int n)
-{
-	int32_t best = 0;
-	for (int32_t i = 1; i < n; i++)
-		if (x[i] > x[best])
-			best = i;
-	return best;
-}
-
 /* log_softmax of a row into out (double). */
 static void log_softmax(const float *x, int n, double *out)
 {
-	double m = x[argmax(x, n)], s = 0;
-	for (int i = 0; i < n; i++)
-		s += exp((double)x[i] - m);
-	double lse = m + log(s);
+	double lse = fw_rt_logsumexp(x, n);
 	for (int i = 0; i < n; i++)
 		out[i] = (double)x[i] - lse;
 }
@@ -320,7 +309,7 @@ enum fw_status fw_rt_s2s_generate(struct fw_rt_s2s_decoder *d, const int32_t *sr
 	for (int64_t q = 0; q < o->max_new && st == FW_OK; q++) {
 		if ((st = step(d, q, tok, err)) != FW_OK)
 			break;
-		tok[0] = argmax(d->m.logits->data, d->V);
+		tok[0] = (int32_t)fw_rt_argmax(d->m.logits->data, d->V);
 		out[(*n_out)++] = tok[0];
 		if (tok[0] == o->eos)
 			break;

@@ -10,6 +10,7 @@
 
 #include <jansson.h>
 
+#include "fw/runtime/sample.h"
 #include "fw/runtime/tasks.h"
 #include "fw/runtime/trainer.h"
 
@@ -734,15 +735,6 @@ void fw_rt_encoder_fill(struct fw_model *m, const int32_t *seg)
 
 /* --- metrics ------------------------------------------------------------------------------- */
 
-static int64_t argmax(const float *x, int64_t n)
-{
-	int64_t best = 0;
-	for (int64_t i = 1; i < n; i++)
-		if (x[i] > x[best])
-			best = i;
-	return best;
-}
-
 enum fw_status fw_rt_task_evaluate(const struct fw_rt_eval *e, struct fw_rt_task_metrics *out,
 				   struct fw_err *err)
 {
@@ -777,7 +769,7 @@ enum fw_status fw_rt_task_evaluate(const struct fw_rt_eval *e, struct fw_rt_task
 				if (y < 0 || y >= V)
 					continue;
 				int64_t row = kind == FW_RT_TASK_SEQ_CLS ? b : b * T + t;
-				int64_t p = argmax(lg + row * V, V);
+				int64_t p = fw_rt_argmax(lg + row * V, V);
 				here++;
 				right += p == y;
 				if (L)

@@ -21,6 +21,11 @@ struct fw_rt_cand {
 	int id;
 };
 
+/* The first index of the largest of x[0..n) (greedy decoding, accuracy). */
+int64_t fw_rt_argmax(const float *x, int64_t n);
+/* log(sum(exp(x[0..n)))), in double, shifted by the maximum. */
+double fw_rt_logsumexp(const float *x, int64_t n);
+
 /* The sampled id of logits[0..V). */
 int fw_rt_sample(const float *logits, int V, double temperature, int top_k, double top_p,
 		 uint64_t key, uint64_t counter, struct fw_rt_cand *scratch);
