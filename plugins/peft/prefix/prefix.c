@@ -4,7 +4,10 @@
  * its own (wrap_kv): k' = [P_k(l); k], v' = [P_v(l); v], (B, nvt + T, Hkv,
  * D), with kv_dim = Hkv * D (GQA and MQA work). The causal mask of the
  * attention plugin lets query i see keys j <= i + nvt, so every query sees
- * the whole prefix; the real tokens keep positions 0..T-1.
+ * the whole prefix. Positions are PEFT's (it passes the prefix as
+ * past_key_values): the real tokens stand at nvt..nvt+T-1 (fw_model.
+ * n_prefix, set in wrap_embed); RoPE leaves the prefix keys unrotated and
+ * ALiBi puts them at 0..nvt-1.
  *
  * PEFT's table is one (nvt, layers * 2 * kv_dim) tensor whose column block
  * 2l is layer l's keys and 2l + 1 its values. fw keeps it per layer (the
@@ -18,8 +21,7 @@
  * PEFT's prompt_embeddings (with projection: the projected table, as PEFT
  * saves it in inference mode).
  *
- * Refused in one line: RoPE and ALiBi (the prefix would need positions),
- * an attention bias (packed or padded SFT rows), generation (the KV cache
+ * Refused in one line: an attention bias (packed or padded SFT rows), generation (the KV cache
  * has no room for a prefix), an arch that routes no attention through the
  * host.
  */
@@ -84,10 +86,11 @@ static enum fw_status prefix_wrap_kv(void *state, struct fw_model *m,
 		s->n_layers = s->n_own = 0;
 		s->emb = s->w0 = s->b0 = s->hid = NULL;
 	}
-	if (spec->pos == FW_POS_ROPE || spec->pos == FW_POS_ALIBI)
-		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: prefix tuning with %s "
-				 "positions is not supported (the prefix keys have no position); "
-				 "use learned absolute positions", spec->name,
+	if ((spec->pos == FW_POS_ROPE || spec->pos == FW_POS_ALIBI) &&
+	    !(FW_HAS(m, n_prefix) && m->n_prefix == s->nvt))
+		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: the arch does not "
+				 "number positions after the prefix (host->embed), so %s would not "
+				 "see it as past keys", spec->name,
 				 spec->pos == FW_POS_ROPE ? "RoPE" : "ALiBi");
 	if (spec->bias)
 		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: an attention bias "
@@ -158,6 +161,19 @@ static enum fw_status prefix_wrap_kv(void *state, struct fw_model *m,
 	*v = nv;
 	s->n_layers++;
 	return FW_OK;
+}
+
+/* The arch's word embeddings pass here before it makes positions: the
+ * real tokens stand after the prefix, at positions nvt.. (PEFT's
+ * past_key_values). */
+static struct fw_tensor *prefix_wrap_embed(void *state, struct fw_model *m, struct fw_tensor *x,
+					   struct fw_err *err)
+{
+	const struct prefix *s = state;
+	(void)x, (void)err;
+	if (FW_HAS(m, n_prefix))
+		m->n_prefix = s->nvt;
+	return NULL;
 }
 
 static enum fw_status prefix_freeze(void *state, struct fw_model *m, struct fw_err *err)
@@ -363,6 +379,7 @@ static enum fw_status prefix_init(const struct fw_host *host, const struct fw_op
 
 static const struct fw_peft_i iface = {
 	.size = sizeof(struct fw_peft_i),
+	.wrap_embed = prefix_wrap_embed,
 	.wrap_kv = prefix_wrap_kv,
 	.freeze = prefix_freeze,
 	.save = prefix_save,
