@@ -25,6 +25,7 @@ Ends with "prefix_positions: N passed, M failed"; exit 0 only when none failed.
 """
 import math
 import os
+import re
 import sys
 
 import numpy as np
@@ -148,6 +149,38 @@ def check_model(fw, work, name, m, tokens, train_path, val_tokens, val_path):
           f"final tensors (abs) {wf if wf is not None else float('nan'):.2e}")
 
 
+def check_generate(fw, work, name, m, train_path):
+    """Greedy generation with a prefix: fw's KV caches start with the prefix
+    rows, torch recomputes the whole sequence with the prefix as past."""
+    W = lm.random_weights(m, 99, std=0.25)      # blocks that matter for the argmax
+    base = os.path.join(work, f"{name}_gen.h5")
+    lm.write_ckpt(base, m, W)
+    run = os.path.join(work, f"gen_{name}")
+    p = fw("train", plugins(train=True), f"--load={base}", f"--data={train_path}",
+           f"--run-dir={run}", f"--prefix-num-virtual-tokens={NVT}", "--train-iters=1",
+           "--lr=0", "--micro-batch-size=1", "--seq-length=16", "--threads=2")
+    adapter = os.path.join(run, "adapter-00000001.h5")
+    if not R.check(f"{name}: a prefix for generation", p.returncode == 0 and
+                   os.path.exists(adapter), g2.describe(p)):
+        return
+    table = table_of({k: torch.from_numpy(v) for k, v in g2.h5_tensors(adapter).items()}, m)
+    ref, margin = lm.greedy(lambda idx: forward(m, W, idx, table), lm.PROMPT, lm.GEN_NEW)
+    plain, _ = lm.greedy(lambda idx: lm.forward(m, W, idx), lm.PROMPT, lm.GEN_NEW)
+    R.check(f"{name}: the prefix changes torch's greedy ids (the check can fail)",
+            ref != plain, f"{ref}")
+    p = fw("generate", plugins(), f"--load={base}", f"--adapter={adapter}",
+           "--prompt-tokens=" + ",".join(map(str, lm.PROMPT)),
+           f"--max-new-tokens={lm.GEN_NEW}", "--temperature=0", "--threads=2")
+    if not R.check(f"{name}: generate with a prefix runs", p.returncode == 0, g2.describe(p)):
+        return
+    got = [int(t) for t in re.findall(r"-?\d+", p.stdout)]
+    if got[:len(lm.PROMPT)] == lm.PROMPT and len(got) == len(lm.PROMPT) + lm.GEN_NEW:
+        got = got[len(lm.PROMPT):]
+    R.check(f"{name}: greedy {lm.GEN_NEW} tokens with the prefix in the KV cache identical "
+            f"to torch", got == ref, f"fw {got} torch {ref}; smallest torch top-2 margin "
+            f"{margin:.2e}")
+
+
 def check_too_long(fw, work, train_path):
     """Learned positions: nvt + T must fit in n-positions."""
     T = pp.TRAIN["T"]
@@ -183,6 +216,7 @@ def main():
         for name in ("llama", "alibi"):
             check_model(fw, work, name, lm.MODELS[name], tokens, train_path, val_tokens,
                         val_path)
+            check_generate(fw, work, name, lm.MODELS[name], train_path)
         check_too_long(fw, work, train_path)
 
     return R.run("prefix_positions", a.keep, body)
