@@ -301,6 +301,7 @@ def check_merge(fw, work, base, ckpt, adapter, fin, ck, Wq, W, val_tokens, E):
         gen.append(p.stdout.strip() if p.returncode == 0 else f"failed: {g2.describe(p)}")
     R.check("generate: unmerged, merged in memory and the merged file give the same greedy "
             "tokens", gen[0] == gen[1] == gen[2] and not gen[0].startswith("failed"), f"{gen}")
+    check_merge_dtype(fw, work, ckpt, sp, mw, val_tokens, E)
     # The f32 base quantizes at load to the same 4-bit weights: the fingerprint
     # matches and the merge is the same file's weights.
     merged2 = os.path.join(work, "merged_from_f32.h5")
@@ -321,6 +322,47 @@ def check_merge(fw, work, base, ckpt, adapter, fin, ck, Wq, W, val_tokens, E):
             "(fingerprint of the 4-bit weights) and writes nothing",
             p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and
             "fingerprint" in p.stderr and not os.path.exists(merged3), g2.describe(p))
+
+
+def check_merge_dtype(fw, work, ckpt, adapter, mw, val_tokens, E):
+    """fwrun merge --dtype=bf16|f16: every tensor of the f32 merge rounded as
+    torch's .to(dtype) rounds it (nearest even), and the bf16 file evaluates as
+    torch does on those weights."""
+    for dt, tdt in (("bf16", torch.bfloat16), ("f16", torch.float16)):
+        out = os.path.join(work, f"merged_{dt}.h5")
+        p = fw("merge", ckpt, adapter, out, f"--dtype={dt}")
+        if not R.check(f"fwrun merge --dtype={dt} runs", p.returncode == 0, g2.describe(p)):
+            continue
+        got = g2.h5_tensors(out)
+        bad = []
+        for k, v in mw.items():
+            g = got.get(k)
+            if dt == "bf16" and g is not None and g.dtype == np.uint16:   # bf16 as u16
+                g = (g.astype(np.uint32) << 16).view(np.float32)
+            elif g is not None and g.dtype == np.float16:
+                g = g.astype(np.float32)
+            else:
+                bad.append(f"{k}: {None if g is None else g.dtype}")
+                continue
+            want = torch.from_numpy(v).to(tdt).float().numpy()
+            if not np.array_equal(g, want):
+                bad.append(k)
+        R.check(f"merge --dtype={dt}: every tensor is torch's {tdt} rounding of the f32 merge "
+                f"(bit for bit)", not bad and set(got) == set(mw), f"{bad[:4]}")
+        if dt != "bf16" or bad:
+            continue
+        Wr = {k: torch.from_numpy(mw[k]).to(tdt).float() for k in mw}
+        Wr = {k: v.t().contiguous() if g2.is_conv1d(k) else v for k, v in Wr.items()}
+        want = lp.eval_loss(Wr, {}, val_tokens)
+        loss, p = lp.eval_fw(fw, "--plugins=arch/decoder,attention/mha", f"--load={out}", *E)
+        R.check(f"eval of the bf16 merge (--load, no peft plugin) within {pp.TOL_EVAL:g} of "
+                f"torch on the rounded weights", loss is not None and
+                rel(loss, want) <= pp.TOL_EVAL, f"fw {loss} torch {want}; {g2.describe(p)[-200:]}")
+    out = os.path.join(work, "merged_bad.h5")
+    p = fw("merge", ckpt, adapter, out, "--dtype=f8")
+    R.check("merge --dtype=f8 is refused in one line (exit 2) and writes nothing",
+            p.returncode == 2 and "--dtype" in p.stderr and
+            len(p.stderr.strip().splitlines()) == 1 and not os.path.exists(out), g2.describe(p))
 
 
 def dequantized(W):

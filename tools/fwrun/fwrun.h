@@ -130,6 +130,9 @@ int seq2seq_generate(struct config *cfg, const struct fw_plugin_slots *slots, co
 /* --- PEFT adapters (adapter.c) ------------------------------------------------------- */
 
 int cmd_merge(int argc, char **argv);
+/* --dtype's value (export, merge): f32, bf16 or f16 (Hugging Face's names
+ * too); -1 otherwise. */
+int export_dtype(const char *v, enum fw_dtype *dt);
 int cmd_export_adapter(int argc, char **argv);
 /* Fills the peft plugin's unset options from the config of the adapter that
  * --adapter (spec) and --adapter-name (name) choose; silent on bad files. */

@@ -844,8 +844,7 @@ static json_int_t export_eos(const char *h5, const char *model_type, int64_t voc
 	return eos >= 0 && eos < vocab ? eos : -1;
 }
 
-/* --dtype's value: f32, bf16 or f16 (Hugging Face's names too); -1 otherwise. */
-static int export_dtype(const char *v, enum fw_dtype *dt)
+int export_dtype(const char *v, enum fw_dtype *dt)
 {
 	if (!strcmp(v, "f32") || !strcmp(v, "float32"))
 		*dt = FW_F32;
