@@ -30,6 +30,7 @@ the unmerged QLoRA model's, and eval/generate agree unmerged, merged in
 memory and merged into a file; another base is refused by the fingerprint.
 Ends with "qlora_parity: N passed, M failed"; exit 0 only when nothing failed.
 """
+import json
 import os
 import re
 import sys
@@ -365,6 +366,125 @@ def check_merge_dtype(fw, work, ckpt, adapter, mw, val_tokens, E):
             len(p.stderr.strip().splitlines()) == 1 and not os.path.exists(out), g2.describe(p))
 
 
+def read_safetensors(path):
+    """{name: numpy array} of a safetensors file (U8, F32, F16, BF16 as f32)."""
+    import struct
+    with open(path, "rb") as f:
+        raw = f.read()
+    hl = struct.unpack("<Q", raw[:8])[0]
+    head = json.loads(raw[8:8 + hl])
+    out = {}
+    for k, v in head.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        buf = raw[8 + hl + a:8 + hl + b]
+        if v["dtype"] == "BF16":
+            arr = (np.frombuffer(buf, np.uint16).astype(np.uint32) << 16).view(np.float32)
+        else:
+            arr = np.frombuffer(buf, {"U8": np.uint8, "F32": np.float32, "F16": np.float16}
+                                [v["dtype"]])
+        out[k] = arr.reshape(v["shape"])
+    return out
+
+
+def bnb_dequantize(st, key):
+    """bitsandbytes: QuantState.from_dict(the "<key>." tensors), then
+    dequantize_4bit(st[key], quant_state), in plain torch."""
+    qs = json.loads(bytes(st[key + ".quant_state.bitsandbytes__nf4"]).decode("utf-8"))
+    A = torch.from_numpy(st[key].copy())
+    absmax = torch.from_numpy(st[key + ".absmax"].copy())
+    code = torch.from_numpy(st[key + ".quant_map"].copy())
+    if key + ".nested_absmax" in st:            # from_dict: state2 and the offset
+        offset = torch.tensor(float(qs["nested_offset"]))
+        absmax2 = torch.from_numpy(st[key + ".nested_absmax"].copy())
+        code2 = torch.from_numpy(st[key + ".nested_quant_map"].copy())
+        # dequantize_blockwise(absmax, state2): code2[q] * absmax2[block of 256]
+        a = code2[absmax.long()] * absmax2.repeat_interleave(qs["nested_blocksize"])[
+            :absmax.numel()]
+        absmax = (a + offset).float()
+    shape = qs["shape"]
+    n = int(np.prod(shape))
+    b = A.reshape(-1).long()
+    q = torch.stack([b >> 4, b & 15], dim=1).reshape(-1)[:n]        # high nibble first
+    out = code[q] * absmax.repeat_interleave(qs["blocksize"])[:n]
+    return out.reshape(shape).to(getattr(torch, qs["dtype"])), qs
+
+
+def check_bnb_export(fw, work, ckpt, adapter, ck):
+    """fwrun export of the QLoRA checkpoint (--base-only: the adapter goes by
+    export-adapter) in bitsandbytes' serialization: the bytes are fw's 4-bit
+    storage (ck), and bitsandbytes' dequantization of each weight equals fw's
+    (a zero-B merge) within 2 ulp: bitsandbytes rounds code2[q] * absmax2
+    before adding the offset, fw's fw_nf4_absmax contracts the two into one
+    fused multiply-add on FMA machines (x86-64-v3), which rounds once (1 ulp
+    of the absmax, carried through the product's rounding; computing the
+    absmax fused in the transcription gives fw's weights bit for bit)."""
+    zero = os.path.join(work, "merged_zero.h5")
+    p = fw("merge", ckpt, adapter, zero)
+    if not R.check("fwrun merge of the zero-B initial adapter (fw's dequantized weights)",
+                   p.returncode == 0, g2.describe(p)):
+        return
+    fwq = g2.h5_tensors(zero)
+    out = os.path.join(work, "bnb")
+    p = fw("export", ckpt, out, "--base-only")
+    if not R.check("fwrun export --base-only of the QLoRA checkpoint runs", p.returncode == 0,
+                   g2.describe(p)):
+        return
+    st = read_safetensors(os.path.join(out, "model.safetensors"))
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
+    qc = cfg.get("quantization_config", {})
+    R.check("config.json's quantization_config: bitsandbytes nf4, double quantization",
+            qc.get("quant_method") == "bitsandbytes" and qc.get("load_in_4bit") is True and
+            qc.get("bnb_4bit_quant_type") == "nf4" and
+            qc.get("bnb_4bit_use_double_quant") is True, json.dumps(qc))
+    bad, shapes, worst, map_ulps = [], [], 0.0, 0.0
+    for m in modules():
+        key = m + ".weight"
+        want = fwq[key]                                        # fw layout (out, in)
+        names = [key + s for s in ("", ".absmax", ".quant_map", ".nested_absmax",
+                                   ".nested_quant_map", ".quant_state.bitsandbytes__nf4")]
+        if not all(k in st for k in names):
+            bad.append(f"{key}: missing {[k for k in names if k not in st]}")
+            continue
+        shapes.append((st[key].shape, st[key].dtype, st[key + ".absmax"].dtype))
+        if st[key].shape != ((want.size + 1) // 2, 1) or st[key].dtype != np.uint8 or \
+                st[key + ".absmax"].dtype != np.uint8:
+            bad.append(f"{key}: {st[key].shape} {st[key].dtype}")
+            continue
+        got, qs = bnb_dequantize(st, key)
+        stats = ck[key + ".nf4_stats"]
+        if not (np.array_equal(st[key].reshape(-1), ck[key]) and
+                np.array_equal(st[key + ".absmax"], ck[key + ".nf4_absmax"]) and
+                np.array_equal(st[key + ".nested_absmax"], stats[:-1]) and
+                np.float32(qs["nested_offset"]) == stats[-1]):
+            bad.append(f"{key}: the bytes are not fw's 4-bit storage")
+            continue
+        dmap, want_map = st[key + ".nested_quant_map"], create_dynamic_map()
+        map_ulps = max(map_ulps, float((np.abs(dmap - want_map) /
+                                        np.spacing(np.maximum(np.abs(dmap),
+                                                              np.abs(want_map)))).max()))
+        ulps = np.abs(got.numpy() - want) / np.spacing(np.maximum(np.abs(got.numpy()),
+                                                                  np.abs(want)))
+        worst = max(worst, float(ulps.max()))
+        if list(qs["shape"]) != list(want.shape) or ulps.max() > 2:
+            bad.append(f"{key}: {float(ulps.max()):.1f} ulp")
+    R.check("every 4-bit weight in bitsandbytes' Params4bit serialization (U8 (n/2, 1), "
+            "absmax U8, quant_map, nested_absmax, nested_quant_map, quant_state JSON) "
+            "holds fw's codes and statistics, and bitsandbytes' dequantize_4bit gives fw's "
+            "weights within 2 ulp", not bad, f"{bad[:4]}; worst {worst:.1f} ulp")
+    R.check("nested_quant_map (fw's 8-bit map, which fw dequantizes with) within 2 ulp of "
+            "bitsandbytes' create_dynamic_map()", map_ulps <= 2, f"{map_ulps:.1f} ulp")
+    R.check("the NF4 quant_map is REFERENCE.md's table",
+            all(np.array_equal(st[m + ".weight.quant_map"], NF4) for m in modules()
+                if m + ".weight.quant_map" in st), "")
+    plain = {k for k in fwq if not any(k.startswith(m + ".weight") for m in modules())}
+    R.check("the other tensors (embeddings, norms, biases) in f32 as the checkpoint has them",
+            all(k in st and np.array_equal(st[k], fwq[k].T if g2.is_conv1d(k) else fwq[k])
+                for k in plain), f"{sorted(plain - set(st))[:4]}")
+
+
 def dequantized(W):
     """W with every linear weight through the transcription's quantize/dequantize."""
     Wq = dict(W)
@@ -504,6 +624,7 @@ def main():
                 loss is not None and rel(loss, want) <= pp.TOL_EVAL,
                 f"fw {loss} torch {want}; {g2.describe(p)[-300:]}")
         check_merge(fw, work, base, ckpt, last, fin, ck, Wq, W, val_tokens, E)
+        check_bnb_export(fw, work, ckpt, os.path.join(init_run, "adapter-00000001.h5"), ck)
         p = fw("plan", PLUGINS, Q, f"--load={base}", "--micro-batch-size=2",
                "--seq-length=32")
         mb = re.search(r"4-bit weights: (\d+) in [\d.]+ MiB with their statistics: "
