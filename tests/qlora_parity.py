@@ -485,6 +485,67 @@ def check_bnb_export(fw, work, ckpt, adapter, ck):
                 for k in plain), f"{sorted(plain - set(st))[:4]}")
 
 
+def check_bnb_export_fused(fw, work):
+    """A Llama (fw fuses q, k, v into c_attn and gate, up into c_fc): each part
+    exported as a bitsandbytes weight of its own, without nesting, whose
+    dequantization is fw's rows of the fused weight bit for bit."""
+    import llama_parity as lm
+    m = lm.MODELS["llama"]
+    base = os.path.join(work, "llama.h5")
+    lm.write_ckpt(base, m, lm.random_weights(m, 3))
+    data = os.path.join(work, "llama_train.bin")
+    g2.write_shard(data, np.random.RandomState(3).randint(0, lm.VOCAB, 200).astype(np.uint16))
+    run = os.path.join(work, "llama_q")
+    p = fw("train", PLUGINS, Q, f"--load={base}", f"--data={data}", f"--run-dir={run}",
+           "--micro-batch-size=1", "--seq-length=16", "--train-iters=1", "--lr=0",
+           "--threads=2")
+    ckpt, adapter = os.path.join(run, "ckpt-00000001.h5"), os.path.join(run, "adapter-00000001.h5")
+    zero, out = os.path.join(work, "llama_zero.h5"), os.path.join(work, "llama_bnb")
+    if p.returncode == 0:
+        p = fw("merge", ckpt, adapter, zero)
+    if p.returncode == 0:
+        p = fw("export", ckpt, out, "--base-only")
+    if not R.check("Llama QLoRA: train, zero-B merge and export --base-only run",
+                   p.returncode == 0, g2.describe(p)):
+        return
+    fwq = g2.h5_tensors(zero)
+    st = read_safetensors(os.path.join(out, "model.safetensors"))
+    H, G, C, Fd = m["n_head"], m["n_kv"], m["C"], m["ffn"]
+    D = C // H
+    parts = {"self_attn.q_proj": ("attn.c_attn", 0, H * D),
+             "self_attn.k_proj": ("attn.c_attn", H * D, G * D),
+             "self_attn.v_proj": ("attn.c_attn", (H + G) * D, G * D),
+             "self_attn.o_proj": ("attn.c_proj", 0, C),
+             "mlp.gate_proj": ("mlp.c_fc", 0, Fd), "mlp.up_proj": ("mlp.c_fc", Fd, Fd),
+             "mlp.down_proj": ("mlp.c_proj", 0, C)}
+    bad, nested = [], []
+    for l in range(m["n_layer"]):
+        for hf, (name, r0, rows) in parts.items():
+            key = f"model.layers.{l}.{hf}.weight"
+            if key + ".quant_state.bitsandbytes__nf4" not in st:
+                bad.append(f"{key}: missing")
+                continue
+            got, _ = bnb_dequantize(st, key)
+            want = fwq[f"h.{l}.{name}.weight"][r0:r0 + rows]
+            if got.shape != want.shape:
+                bad.append(f"{key}: {tuple(got.shape)} vs {want.shape}")
+                continue
+            ulps = np.abs(got.numpy() - want) / np.spacing(np.maximum(np.abs(got.numpy()),
+                                                                      np.abs(want)))
+            if key + ".nested_absmax" in st:      # fw's fused multiply-add: 2 ulp
+                nested.append(key)
+                if ulps.max() > 2:
+                    bad.append(f"{key}: {ulps.max():.1f} ulp")
+            elif not np.array_equal(got.numpy(), want):
+                bad.append(f"{key}: {ulps.max():.1f} ulp, not bit for bit")
+    whole = {f"model.layers.{l}.{hf}.weight" for l in range(m["n_layer"])
+             for hf in ("self_attn.o_proj", "mlp.down_proj")}
+    R.check("Llama: every part of a fused 4-bit weight (q, k, v_proj; gate, up_proj) is a "
+            "bitsandbytes weight without nesting (f32 absmax) whose dequantize_4bit gives "
+            "fw's rows bit for bit; the unfused ones nested (within 2 ulp, as GPT-2's)",
+            not bad and set(nested) == whole, f"{bad[:4]}; nested {sorted(nested)[:4]}")
+
+
 def dequantized(W):
     """W with every linear weight through the transcription's quantize/dequantize."""
     Wq = dict(W)
@@ -625,6 +686,7 @@ def main():
                 f"fw {loss} torch {want}; {g2.describe(p)[-300:]}")
         check_merge(fw, work, base, ckpt, last, fin, ck, Wq, W, val_tokens, E)
         check_bnb_export(fw, work, ckpt, os.path.join(init_run, "adapter-00000001.h5"), ck)
+        check_bnb_export_fused(fw, work)
         p = fw("plan", PLUGINS, Q, f"--load={base}", "--micro-batch-size=2",
                "--seq-length=32")
         mb = re.search(r"4-bit weights: (\d+) in [\d.]+ MiB with their statistics: "
