@@ -132,13 +132,7 @@ def torch_train(P, loss_fn, tokens, after_step=None):
     accum, steps, k = c["GBS"] // c["B"], [], 0
     for n in range(1, c["ITERS"] + 1):
         opt.zero_grad(set_to_none=False)
-        loss = 0.0
-        for _ in range(accum):
-            x, y = g2.micro_batch(tokens, k, c["B"], c["T"])
-            k += 1
-            l = loss_fn(x, y)
-            (l / accum).backward()
-            loss += l.item()
+        loss, k = backward_micro_batches(loss_fn, tokens, k, accum)
         norm = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params))
         torch.nn.utils.clip_grad_norm_(params, c["CLIP"])
         for gr in opt.param_groups:
@@ -146,8 +140,21 @@ def torch_train(P, loss_fn, tokens, after_step=None):
         opt.step()
         if after_step:
             after_step(n)
-        steps.append(dict(step=n, loss=loss / accum, grad_norm=norm))
+        steps.append(dict(step=n, loss=loss, grad_norm=norm))
     return steps, {k: v.detach().numpy().copy() for k, v in P.items()}
+
+
+def backward_micro_batches(loss_fn, tokens, k, accum, seed=1.0):
+    """One step's accum micro-batches from micro-batch k on: backward of each
+    loss times seed / accum (a loss scale); (their mean loss, the next k)."""
+    c, loss = TRAIN, 0.0
+    for _ in range(accum):
+        x, y = g2.micro_batch(tokens, k, c["B"], c["T"])
+        k += 1
+        l = loss_fn(x, y)
+        (l * (seed / accum)).backward()
+        loss += l.item()
+    return loss / accum, k
 
 
 def train_args():

@@ -28,9 +28,15 @@ quantized checkpoint; fwrun plan counts 4.127 bits a weight; fwrun merge
 a torch NF4 dequantization (REFERENCE.md's table) + B A, whose logits equal
 the unmerged QLoRA model's, and eval/generate agree unmerged, merged in
 memory and merged into a file; another base is refused by the fingerprint.
+--fp16 with dynamic loss scaling against a torch replay of the f16 matmul
+rule and Megatron's scaler (same skips and scales, loss and grad norm 1e-3);
+fwrun merge --dtype=bf16|f16 against torch's rounding; fwrun export of the
+4-bit weights in bitsandbytes' serialization, read back by a transcription
+of QuantState.from_dict + dequantize_4bit (GPT-2, and a Llama's fused parts).
 Ends with "qlora_parity: N passed, M failed"; exit 0 only when nothing failed.
 """
 import json
+import math
 import os
 import re
 import sys
@@ -620,6 +626,133 @@ def check_bf16(fw, work, train_path, tokens):
                 f"step 1 {l1:.2e}; all steps: loss {wl:.2e}, grad norm {wn:.2e}")
 
 
+def f16(t):
+    return t.to(torch.float16).float()
+
+
+class RoundedMatmul16(torch.autograd.Function):
+    """docs/mixed-precision.md's matmul rule under --fp16: operands rounded to
+    f16, products and result in f32; the backward rounds the (scaled) output
+    gradient to f16, where a loss scale too large overflows to inf."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        a, b = f16(a), f16(b)
+        ctx.save_for_backward(a, b)
+        return mp.MATMUL(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        g = f16(g)
+        return mp.MATMUL(g, b.transpose(-1, -2)), mp.MATMUL(a.transpose(-1, -2), g)
+
+
+FP16_SCALER = dict(initial=2.0 ** 26, window=1000, hysteresis=1, min_scale=1.0)
+
+
+def torch_train_fp16(P, loss_fn, tokens, sc, rounded=True, skips=None):
+    """fwrun train --fp16's loop in torch: the backward seeded with the loss
+    scale (RoundedMatmul16 everywhere), the gradients unscaled (times the f32
+    1/scale), a non-finite norm skips the optimizer and scheduler steps, and
+    Megatron's DynamicGradScaler updates the f32 scale (tests/loss_scaling.py).
+    rounded=False: plain f32 matmuls, the steps in skips skipped."""
+    c = pp.TRAIN
+    params = list(P.values())
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2],
+                              "weight_decay": c["WD"]},
+                             {"params": [p for p in params if p.dim() < 2],
+                              "weight_decay": 0.0}],
+                            lr=c["LR"], betas=(c["BETA1"], c["BETA2"]), eps=c["ADAM_EPS"])
+    scale, growth, hyst = np.float32(sc["initial"]), 0, sc["hysteresis"]
+    accum, steps, k, updates = c["GBS"] // c["B"], [], 0, 0
+    if rounded:
+        torch.Tensor.__matmul__ = lambda x, y: RoundedMatmul16.apply(x, y)
+    try:
+        for n in range(1, c["ITERS"] + 1):
+            opt.zero_grad(set_to_none=False)
+            loss, k = pp.backward_micro_batches(loss_fn, tokens, k, accum, float(scale))
+            inv = np.float32(1.0 / float(scale))
+            for p in params:
+                p.grad.mul_(float(inv))
+            norm = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params))
+            found_inf = not math.isfinite(norm) if skips is None else skips[n - 1]
+            if not found_inf:
+                torch.nn.utils.clip_grad_norm_(params, c["CLIP"])
+                for gr in opt.param_groups:
+                    gr["lr"] = g2.lr_at(updates + 1, c)
+                opt.step()
+                updates += 1
+            if found_inf:                      # DynamicGradScaler.update
+                growth, hyst = 0, hyst - 1
+                if hyst <= 0:
+                    scale = max(np.float32(scale * np.float32(0.5)), np.float32(sc["min_scale"]))
+            else:
+                growth += 1
+                if growth == sc["window"]:
+                    growth, hyst, scale = 0, sc["hysteresis"], np.float32(scale * 2)
+            steps.append(dict(step=n, loss=loss, grad_norm=None if found_inf else norm,
+                              skipped=found_inf, loss_scale=float(scale)))
+    finally:
+        torch.Tensor.__matmul__ = mp.MATMUL
+    return steps
+
+
+def check_fp16(fw, work, base, init_path, Wq, tokens, train_path):
+    """QLoRA under --fp16 with dynamic loss scaling against torch_train_fp16 on
+    the dequantized weights: from 2^26 the scaled f16 output gradients
+    overflow, so the first steps are skipped while the scale halves (growth
+    is tests/loss_scaling.py's); fw must skip the same steps with the same
+    scales. Loss and grad norm within 1e-3: f16 keeps 11 bits (2^-11 = 4.9e-4
+    a rounding), the fp32 QLoRA run of this base is within 8e-8 of torch, so
+    what remains is f16 rounding noise of the same operands."""
+    sc = FP16_SCALER
+    P = {k: torch.from_numpy(v.copy()).requires_grad_(True)
+         for k, v in g2.h5_tensors(init_path).items()}
+    L = {m[:-len(".lora_A.weight")]: (P[m], P[m.replace("lora_A", "lora_B")], 1.0)
+         for m in P if m.endswith("lora_A.weight")}
+    ref = torch_train_fp16(P, lambda x, y: lp.ce(Wq, L, x, y), tokens, sc)
+    run = os.path.join(work, "fp16")
+    p = fw("train", PLUGINS, Q, "--fp16", f"--initial-loss-scale={int(sc['initial'])}",
+           f"--loss-scale-window={sc['window']}", f"--hysteresis={sc['hysteresis']}",
+           f"--min-loss-scale={sc['min_scale']:g}", f"--load={base}", f"--data={train_path}",
+           f"--run-dir={run}", f"--adapter={init_path}", *pp.train_args())
+    if not R.check("[fp16] fwrun train --fp16 (QLoRA, dynamic loss scaling) runs",
+                   p.returncode == 0, g2.describe(p)):
+        return
+    got = lp.metrics(run)
+    sk_fw = [bool(g.get("skipped")) for g in got]
+    sk_t = [r["skipped"] for r in ref]
+    sc_fw = [g.get("loss_scale") for g in got]
+    sc_t = [r["loss_scale"] for r in ref]
+    R.check("[fp16] the same steps skipped (scaled f16 gradients overflow) and the same loss "
+            "scale after each step as torch with Megatron's scaler, some skipped and some not",
+            sk_fw == sk_t and sc_fw == sc_t and any(sk_t) and not all(sk_t),
+            f"fw skipped {sk_fw} scales {sc_fw}; torch {sk_t} {sc_t}")
+    wl = max((rel(g["loss"], r["loss"]) for g, r in zip(got, ref)), default=np.inf)
+    wn = max((rel(g["grad_norm"], r["grad_norm"]) for g, r in zip(got, ref)
+              if r["grad_norm"] is not None and g.get("grad_norm") is not None),
+             default=np.inf)
+    R.check("[fp16] every step's loss and (unskipped) grad norm within 1e-3 of torch's fp16 "
+            "rule", len(got) == len(ref) and wl <= 1e-3 and wn <= 1e-3,
+            f"loss {wl:.2e}, grad norm {wn:.2e}")
+    # the same steps in f32 (no f16 rounding): fw's fp16 run must be closer to
+    # the fp16 rule than to it, or the check above would pass for an f32 run
+    P32 = {k: torch.from_numpy(v.copy()).requires_grad_(True)
+           for k, v in g2.h5_tensors(init_path).items()}
+    L32 = {m[:-len(".lora_A.weight")]: (P32[m], P32[m.replace("lora_A", "lora_B")], 1.0)
+           for m in P32 if m.endswith("lora_A.weight")}
+    f32 = torch_train_fp16(P32, lambda x, y: lp.ce(Wq, L32, x, y), tokens, sc, rounded=False,
+                           skips=sk_t)
+    wn32 = max((rel(g["grad_norm"], r["grad_norm"]) for g, r in zip(got, f32)
+                if r["grad_norm"] is not None and g.get("grad_norm") is not None),
+               default=0.0)
+    R.check("[fp16] fw's grad norms are closer to torch's fp16 rule than to the same steps in "
+            "f32 (the f16 rounding is there)", wn < wn32, f"fp16 rule {wn:.2e}, f32 {wn32:.2e}")
+    print(f"  [qlora fp16] against torch's fp16 rule with loss scaling: loss max rel {wl:.2e}, "
+          f"grad norm {wn:.2e}; skipped {sum(sk_t)} of {len(sk_t)}")
+
+
 def main():
     a, fw = g2.cli(__doc__)
 
@@ -674,6 +807,8 @@ def main():
         pp.check_resume("qlora", fw, work, run, PLUGINS, train_path, got)
 
         check_bf16(fw, work, train_path, tokens)
+        check_fp16(fw, work, base, os.path.join(init_run, "adapter-00000001.h5"), Wq, tokens,
+                   train_path)
         E = [f"--valid-data={val_path}"]
         ckpt = os.path.join(run, f"ckpt-{c['ITERS']:08d}.h5")
         Lf = {m: (torch.from_numpy(fin[m + ".lora_A.weight"]),
