@@ -185,6 +185,10 @@ static enum fw_status prefix_wrap_kv(void *state, struct fw_model *m,
 	pv = h->add(ctx, zero, pv);
 	s->n_layers++;
 	(void)B;
+	if (spec->cache && m->enc_tokens)
+		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: generation with a "
+				 "prefix on an encoder-decoder model is not supported (its decoder's "
+				 "caches have no prefix rows)", spec->name);
 	if (spec->cache)        /* decoding: the prefix fills the cache's first rows */
 		return cache_prefix(s, m, spec, &spec->cache->k, pk, "k", err) != FW_OK ? err->status :
 		       cache_prefix(s, m, spec, &spec->cache->v, pv, "v", err);
