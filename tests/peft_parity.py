@@ -18,7 +18,10 @@ transformers package):
   Prefix tuning (peft_model.get_prompt, tuners/prefix_tuning/model.py): a table
     (nvt, L*2*C) (or Embedding -> Linear -> tanh -> Linear with projection),
     viewed (1, nvt, 2L, H, D), permuted [2, 0, 3, 1, 4], pairs (key, value) per
-    layer prepended to k and v; every query sees the prefix; positions 0..T-1.
+    layer prepended to k and v; every query sees the prefix. Through PEFT's
+    forward the prefix is past_key_values, and HF GPT2Model numbers the real
+    tokens from the past length (position_ids = arange(past_length,
+    past_length + T)): positions nvt..nvt+T-1.
 
 Checks per method: 10 AdamW steps (every step's loss and grad norm within
 1e-4 relative, the final trainable tensors within 1e-4), the trainable count
@@ -59,10 +62,11 @@ rel = g2.rel
 
 # --- the reference: GPT-2 with PEFT methods in plain torch ---------------------------
 
-def forward(W, idx, ia3=None, prefix=None):
+def forward(W, idx, ia3=None, prefix=None, first_position=None):
     """GPT2LMHeadModel logits. ia3 maps a module ("h.0.attn.c_attn") to (l, ff);
     prefix is a list of (keys, values) per layer, each (B or 1, H, P, D), as PEFT's
-    past_key_values; the real tokens keep positions 0..T-1 and see every prefix row."""
+    past_key_values: as HF GPT2Model, the real tokens take positions past_length..
+    (past_length = the prefix length) and see every prefix row."""
     ia3 = ia3 or {}
     B, T = idx.shape
     C, H = N_EMBD, N_HEAD
@@ -76,7 +80,9 @@ def forward(W, idx, ia3=None, prefix=None):
             return (x @ W[name + ".weight"] + W[name + ".bias"]) * l.flatten()
         return x @ W[name + ".weight"] + W[name + ".bias"]
 
-    x = W["wte.weight"][idx] + W["wpe.weight"][:T]
+    past = prefix[0][0].shape[2] if prefix else 0
+    past = past if first_position is None else first_position
+    x = W["wte.weight"][idx] + W["wpe.weight"][past:past + T]
     causal = torch.ones(T, T, dtype=torch.bool).tril()
     for l in range(N_LAYER):
         p = f"h.{l}."
@@ -126,13 +132,7 @@ def torch_train(P, loss_fn, tokens, after_step=None):
     accum, steps, k = c["GBS"] // c["B"], [], 0
     for n in range(1, c["ITERS"] + 1):
         opt.zero_grad(set_to_none=False)
-        loss = 0.0
-        for _ in range(accum):
-            x, y = g2.micro_batch(tokens, k, c["B"], c["T"])
-            k += 1
-            l = loss_fn(x, y)
-            (l / accum).backward()
-            loss += l.item()
+        loss, k = backward_micro_batches(loss_fn, tokens, k, accum)
         norm = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params))
         torch.nn.utils.clip_grad_norm_(params, c["CLIP"])
         for gr in opt.param_groups:
@@ -140,8 +140,21 @@ def torch_train(P, loss_fn, tokens, after_step=None):
         opt.step()
         if after_step:
             after_step(n)
-        steps.append(dict(step=n, loss=loss / accum, grad_norm=norm))
+        steps.append(dict(step=n, loss=loss, grad_norm=norm))
     return steps, {k: v.detach().numpy().copy() for k, v in P.items()}
+
+
+def backward_micro_batches(loss_fn, tokens, k, accum, seed=1.0):
+    """One step's accum micro-batches from micro-batch k on: backward of each
+    loss times seed / accum (a loss scale); (their mean loss, the next k)."""
+    c, loss = TRAIN, 0.0
+    for _ in range(accum):
+        x, y = g2.micro_batch(tokens, k, c["B"], c["T"])
+        k += 1
+        l = loss_fn(x, y)
+        (l * (seed / accum)).backward()
+        loss += l.item()
+    return loss / accum, k
 
 
 def train_args():
@@ -453,18 +466,52 @@ def check_prefix(fw, work, base, W, tokens, train_path, val_tokens, val_path, cf
           f"final tensors (abs) {wf if wf is not None else float('nan'):.2e}")
 
 
+def check_prefix_generate(fw, work, train_path):
+    """Greedy ids of fwrun generate (the prefix in the KV caches' first rows, the
+    tokens at positions nvt..) against torch's full forward with the prefix, on
+    a GPT-2 whose blocks and positions matter for the argmax."""
+    W = g2.random_weights(99, linear_std=0.25)
+    d, base = os.path.join(work, "gen_hf"), os.path.join(work, "gen_base.h5")
+    g2.write_hf_dir(d, W, "F32")
+    p = fw("import", d, base)
+    run = os.path.join(work, "gen_prefix")
+    if p.returncode == 0:
+        p = fw("train", PREFIX_PLUGINS, f"--load={base}", f"--data={train_path}",
+               f"--run-dir={run}", "--prefix-num-virtual-tokens=4", "--train-iters=1", "--lr=0",
+               "--micro-batch-size=1", "--seq-length=16", "--threads=2")
+    adapter = os.path.join(run, "adapter-00000001.h5")
+    if not R.check("[prefix] a prefix for generation", p.returncode == 0 and
+                   os.path.exists(adapter), g2.describe(p)):
+        return
+    A = {k: torch.from_numpy(v) for k, v in g2.h5_tensors(adapter).items()}
+    prefix = past_key_values(prefix_table(A, dict(proj=False)), 4)
+    prompt, n = [5, 17, 42, 300, 7], 12
+
+    def greedy(**kw):
+        with torch.no_grad():
+            ids, margin = list(prompt), 1e9
+            for _ in range(n):
+                top = torch.topk(forward(W, torch.tensor([ids]), **kw)[0, -1], 2)
+                margin = min(margin, float(top.values[0] - top.values[1]))
+                ids.append(int(top.indices[0]))
+        return ids[len(prompt):], margin
+    ref, margin = greedy(prefix=prefix)
+    from_zero, _ = greedy(prefix=prefix, first_position=0)
+    R.check("[prefix] torch's greedy ids depend on the positions after the prefix (the "
+            "check can fail)", ref != from_zero, f"{ref}")
+    p = fw("generate", PREFIX_EVAL, f"--load={base}", f"--adapter={adapter}",
+           "--prompt-tokens=" + ",".join(map(str, prompt)), f"--max-new-tokens={n}",
+           "--temperature=0", "--threads=2")
+    got = [int(t) for t in re.findall(r"-?\d+", p.stdout)]
+    R.check("[prefix] greedy generation with the prefix in the KV cache = torch",
+            p.returncode == 0 and got[-n:] == ref,
+            f"fw {got[-n:]} torch {ref}; smallest torch top-2 margin {margin:.2e}; "
+            f"{g2.describe(p)[-200:]}")
+
+
 def check_prefix_refusals(fw, work, base, train_path):
     E = [f"--data={train_path}", "--micro-batch-size=2", "--seq-length=32", "--train-iters=1",
          "--lr=0", "--threads=2", "--prefix-num-virtual-tokens=2"]
-    p = fw("train", PREFIX_PLUGINS, "--position-embedding-type=rope",
-           f"--run-dir={os.path.join(work, 'rope')}", *E, "--n-layer=2", "--n-head=4",
-           "--n-embd=64", "--vocab-size=500")
-    R.check("[prefix] RoPE is refused in one line", p.returncode != 0 and "RoPE" in p.stderr and
-            len(p.stderr.strip().splitlines()) <= 2, p.stderr[-300:])
-    p = fw("generate", "--plugins=arch/decoder,attention/mha,peft/prefix", f"--load={base}",
-           "--prefix-num-virtual-tokens=2", "--prompt-tokens=1,2,3", "--max-new-tokens=2")
-    R.check("[prefix] generation is refused in one line (no room in the KV cache)",
-            p.returncode != 0 and "generation" in p.stderr, p.stderr[-300:])
     p = fw("train", PREFIX_PLUGINS, f"--load={base}", f"--run-dir={os.path.join(work, 'noopt')}",
            *E[:-1])
     R.check("[prefix] --prefix-num-virtual-tokens is required", p.returncode != 0 and
@@ -511,6 +558,7 @@ def main():
         if not only or "prefix" in only:
             for cfg in PREFIX_CONFIGS:
                 check_prefix(fw, work, base, W, tokens, train_path, val_tokens, val_path, cfg)
+            check_prefix_generate(fw, work, train_path)
             check_prefix_refusals(fw, work, base, train_path)
 
     return R.run("peft_parity", a.keep, body)

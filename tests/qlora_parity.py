@@ -28,8 +28,15 @@ quantized checkpoint; fwrun plan counts 4.127 bits a weight; fwrun merge
 a torch NF4 dequantization (REFERENCE.md's table) + B A, whose logits equal
 the unmerged QLoRA model's, and eval/generate agree unmerged, merged in
 memory and merged into a file; another base is refused by the fingerprint.
+--fp16 with dynamic loss scaling against a torch replay of the f16 matmul
+rule and Megatron's scaler (same skips and scales, loss and grad norm 1e-3);
+fwrun merge --dtype=bf16|f16 against torch's rounding; fwrun export of the
+4-bit weights in bitsandbytes' serialization, read back by a transcription
+of QuantState.from_dict + dequantize_4bit (GPT-2, and a Llama's fused parts).
 Ends with "qlora_parity: N passed, M failed"; exit 0 only when nothing failed.
 """
+import json
+import math
 import os
 import re
 import sys
@@ -301,6 +308,7 @@ def check_merge(fw, work, base, ckpt, adapter, fin, ck, Wq, W, val_tokens, E):
         gen.append(p.stdout.strip() if p.returncode == 0 else f"failed: {g2.describe(p)}")
     R.check("generate: unmerged, merged in memory and the merged file give the same greedy "
             "tokens", gen[0] == gen[1] == gen[2] and not gen[0].startswith("failed"), f"{gen}")
+    check_merge_dtype(fw, work, ckpt, sp, mw, val_tokens, E)
     # The f32 base quantizes at load to the same 4-bit weights: the fingerprint
     # matches and the merge is the same file's weights.
     merged2 = os.path.join(work, "merged_from_f32.h5")
@@ -321,6 +329,227 @@ def check_merge(fw, work, base, ckpt, adapter, fin, ck, Wq, W, val_tokens, E):
             "(fingerprint of the 4-bit weights) and writes nothing",
             p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and
             "fingerprint" in p.stderr and not os.path.exists(merged3), g2.describe(p))
+
+
+def check_merge_dtype(fw, work, ckpt, adapter, mw, val_tokens, E):
+    """fwrun merge --dtype=bf16|f16: every tensor of the f32 merge rounded as
+    torch's .to(dtype) rounds it (nearest even), and the bf16 file evaluates as
+    torch does on those weights."""
+    for dt, tdt in (("bf16", torch.bfloat16), ("f16", torch.float16)):
+        out = os.path.join(work, f"merged_{dt}.h5")
+        p = fw("merge", ckpt, adapter, out, f"--dtype={dt}")
+        if not R.check(f"fwrun merge --dtype={dt} runs", p.returncode == 0, g2.describe(p)):
+            continue
+        got = g2.h5_tensors(out)
+        bad = []
+        for k, v in mw.items():
+            g = got.get(k)
+            if dt == "bf16" and g is not None and g.dtype == np.uint16:   # bf16 as u16
+                g = (g.astype(np.uint32) << 16).view(np.float32)
+            elif g is not None and g.dtype == np.float16:
+                g = g.astype(np.float32)
+            else:
+                bad.append(f"{k}: {None if g is None else g.dtype}")
+                continue
+            want = torch.from_numpy(v).to(tdt).float().numpy()
+            if not np.array_equal(g, want):
+                bad.append(k)
+        R.check(f"merge --dtype={dt}: every tensor is torch's {tdt} rounding of the f32 merge "
+                f"(bit for bit)", not bad and set(got) == set(mw), f"{bad[:4]}")
+        if dt != "bf16" or bad:
+            continue
+        Wr = {k: torch.from_numpy(mw[k]).to(tdt).float() for k in mw}
+        Wr = {k: v.t().contiguous() if g2.is_conv1d(k) else v for k, v in Wr.items()}
+        want = lp.eval_loss(Wr, {}, val_tokens)
+        loss, p = lp.eval_fw(fw, "--plugins=arch/decoder,attention/mha", f"--load={out}", *E)
+        R.check(f"eval of the bf16 merge (--load, no peft plugin) within {pp.TOL_EVAL:g} of "
+                f"torch on the rounded weights", loss is not None and
+                rel(loss, want) <= pp.TOL_EVAL, f"fw {loss} torch {want}; {g2.describe(p)[-200:]}")
+    out = os.path.join(work, "merged_bad.h5")
+    p = fw("merge", ckpt, adapter, out, "--dtype=f8")
+    R.check("merge --dtype=f8 is refused in one line (exit 2) and writes nothing",
+            p.returncode == 2 and "--dtype" in p.stderr and
+            len(p.stderr.strip().splitlines()) == 1 and not os.path.exists(out), g2.describe(p))
+
+
+def read_safetensors(path):
+    """{name: numpy array} of a safetensors file (U8, F32, F16, BF16 as f32)."""
+    import struct
+    with open(path, "rb") as f:
+        raw = f.read()
+    hl = struct.unpack("<Q", raw[:8])[0]
+    head = json.loads(raw[8:8 + hl])
+    out = {}
+    for k, v in head.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        buf = raw[8 + hl + a:8 + hl + b]
+        if v["dtype"] == "BF16":
+            arr = (np.frombuffer(buf, np.uint16).astype(np.uint32) << 16).view(np.float32)
+        else:
+            arr = np.frombuffer(buf, {"U8": np.uint8, "F32": np.float32, "F16": np.float16}
+                                [v["dtype"]])
+        out[k] = arr.reshape(v["shape"])
+    return out
+
+
+def bnb_dequantize(st, key):
+    """bitsandbytes: QuantState.from_dict(the "<key>." tensors), then
+    dequantize_4bit(st[key], quant_state), in plain torch."""
+    qs = json.loads(bytes(st[key + ".quant_state.bitsandbytes__nf4"]).decode("utf-8"))
+    A = torch.from_numpy(st[key].copy())
+    absmax = torch.from_numpy(st[key + ".absmax"].copy())
+    code = torch.from_numpy(st[key + ".quant_map"].copy())
+    if key + ".nested_absmax" in st:            # from_dict: state2 and the offset
+        offset = torch.tensor(float(qs["nested_offset"]))
+        absmax2 = torch.from_numpy(st[key + ".nested_absmax"].copy())
+        code2 = torch.from_numpy(st[key + ".nested_quant_map"].copy())
+        # dequantize_blockwise(absmax, state2): code2[q] * absmax2[block of 256]
+        a = code2[absmax.long()] * absmax2.repeat_interleave(qs["nested_blocksize"])[
+            :absmax.numel()]
+        absmax = (a + offset).float()
+    shape = qs["shape"]
+    n = int(np.prod(shape))
+    b = A.reshape(-1).long()
+    q = torch.stack([b >> 4, b & 15], dim=1).reshape(-1)[:n]        # high nibble first
+    out = code[q] * absmax.repeat_interleave(qs["blocksize"])[:n]
+    return out.reshape(shape).to(getattr(torch, qs["dtype"])), qs
+
+
+def check_bnb_export(fw, work, ckpt, adapter, ck):
+    """fwrun export of the QLoRA checkpoint (--base-only: the adapter goes by
+    export-adapter) in bitsandbytes' serialization: the bytes are fw's 4-bit
+    storage (ck), and bitsandbytes' dequantization of each weight equals fw's
+    (a zero-B merge) within 2 ulp: bitsandbytes rounds code2[q] * absmax2
+    before adding the offset, fw's fw_nf4_absmax contracts the two into one
+    fused multiply-add on FMA machines (x86-64-v3), which rounds once (1 ulp
+    of the absmax, carried through the product's rounding; computing the
+    absmax fused in the transcription gives fw's weights bit for bit)."""
+    zero = os.path.join(work, "merged_zero.h5")
+    p = fw("merge", ckpt, adapter, zero)
+    if not R.check("fwrun merge of the zero-B initial adapter (fw's dequantized weights)",
+                   p.returncode == 0, g2.describe(p)):
+        return
+    fwq = g2.h5_tensors(zero)
+    out = os.path.join(work, "bnb")
+    p = fw("export", ckpt, out, "--base-only")
+    if not R.check("fwrun export --base-only of the QLoRA checkpoint runs", p.returncode == 0,
+                   g2.describe(p)):
+        return
+    st = read_safetensors(os.path.join(out, "model.safetensors"))
+    with open(os.path.join(out, "config.json")) as f:
+        cfg = json.load(f)
+    qc = cfg.get("quantization_config", {})
+    R.check("config.json's quantization_config: bitsandbytes nf4, double quantization",
+            qc.get("quant_method") == "bitsandbytes" and qc.get("load_in_4bit") is True and
+            qc.get("bnb_4bit_quant_type") == "nf4" and
+            qc.get("bnb_4bit_use_double_quant") is True, json.dumps(qc))
+    bad, shapes, worst, map_ulps = [], [], 0.0, 0.0
+    for m in modules():
+        key = m + ".weight"
+        want = fwq[key]                                        # fw layout (out, in)
+        names = [key + s for s in ("", ".absmax", ".quant_map", ".nested_absmax",
+                                   ".nested_quant_map", ".quant_state.bitsandbytes__nf4")]
+        if not all(k in st for k in names):
+            bad.append(f"{key}: missing {[k for k in names if k not in st]}")
+            continue
+        shapes.append((st[key].shape, st[key].dtype, st[key + ".absmax"].dtype))
+        if st[key].shape != ((want.size + 1) // 2, 1) or st[key].dtype != np.uint8 or \
+                st[key + ".absmax"].dtype != np.uint8:
+            bad.append(f"{key}: {st[key].shape} {st[key].dtype}")
+            continue
+        got, qs = bnb_dequantize(st, key)
+        stats = ck[key + ".nf4_stats"]
+        if not (np.array_equal(st[key].reshape(-1), ck[key]) and
+                np.array_equal(st[key + ".absmax"], ck[key + ".nf4_absmax"]) and
+                np.array_equal(st[key + ".nested_absmax"], stats[:-1]) and
+                np.float32(qs["nested_offset"]) == stats[-1]):
+            bad.append(f"{key}: the bytes are not fw's 4-bit storage")
+            continue
+        dmap, want_map = st[key + ".nested_quant_map"], create_dynamic_map()
+        map_ulps = max(map_ulps, float((np.abs(dmap - want_map) /
+                                        np.spacing(np.maximum(np.abs(dmap),
+                                                              np.abs(want_map)))).max()))
+        ulps = np.abs(got.numpy() - want) / np.spacing(np.maximum(np.abs(got.numpy()),
+                                                                  np.abs(want)))
+        worst = max(worst, float(ulps.max()))
+        if list(qs["shape"]) != list(want.shape) or ulps.max() > 2:
+            bad.append(f"{key}: {float(ulps.max()):.1f} ulp")
+    R.check("every 4-bit weight in bitsandbytes' Params4bit serialization (U8 (n/2, 1), "
+            "absmax U8, quant_map, nested_absmax, nested_quant_map, quant_state JSON) "
+            "holds fw's codes and statistics, and bitsandbytes' dequantize_4bit gives fw's "
+            "weights within 2 ulp", not bad, f"{bad[:4]}; worst {worst:.1f} ulp")
+    R.check("nested_quant_map (fw's 8-bit map, which fw dequantizes with) within 2 ulp of "
+            "bitsandbytes' create_dynamic_map()", map_ulps <= 2, f"{map_ulps:.1f} ulp")
+    R.check("the NF4 quant_map is REFERENCE.md's table",
+            all(np.array_equal(st[m + ".weight.quant_map"], NF4) for m in modules()
+                if m + ".weight.quant_map" in st), "")
+    plain = {k for k in fwq if not any(k.startswith(m + ".weight") for m in modules())}
+    R.check("the other tensors (embeddings, norms, biases) in f32 as the checkpoint has them",
+            all(k in st and np.array_equal(st[k], fwq[k].T if g2.is_conv1d(k) else fwq[k])
+                for k in plain), f"{sorted(plain - set(st))[:4]}")
+
+
+def check_bnb_export_fused(fw, work):
+    """A Llama (fw fuses q, k, v into c_attn and gate, up into c_fc): each part
+    exported as a bitsandbytes weight of its own, without nesting, whose
+    dequantization is fw's rows of the fused weight bit for bit."""
+    import llama_parity as lm
+    m = lm.MODELS["llama"]
+    base = os.path.join(work, "llama.h5")
+    lm.write_ckpt(base, m, lm.random_weights(m, 3))
+    data = os.path.join(work, "llama_train.bin")
+    g2.write_shard(data, np.random.RandomState(3).randint(0, lm.VOCAB, 200).astype(np.uint16))
+    run = os.path.join(work, "llama_q")
+    p = fw("train", PLUGINS, Q, f"--load={base}", f"--data={data}", f"--run-dir={run}",
+           "--micro-batch-size=1", "--seq-length=16", "--train-iters=1", "--lr=0",
+           "--threads=2")
+    ckpt, adapter = os.path.join(run, "ckpt-00000001.h5"), os.path.join(run, "adapter-00000001.h5")
+    zero, out = os.path.join(work, "llama_zero.h5"), os.path.join(work, "llama_bnb")
+    if p.returncode == 0:
+        p = fw("merge", ckpt, adapter, zero)
+    if p.returncode == 0:
+        p = fw("export", ckpt, out, "--base-only")
+    if not R.check("Llama QLoRA: train, zero-B merge and export --base-only run",
+                   p.returncode == 0, g2.describe(p)):
+        return
+    fwq = g2.h5_tensors(zero)
+    st = read_safetensors(os.path.join(out, "model.safetensors"))
+    H, G, C, Fd = m["n_head"], m["n_kv"], m["C"], m["ffn"]
+    D = C // H
+    parts = {"self_attn.q_proj": ("attn.c_attn", 0, H * D),
+             "self_attn.k_proj": ("attn.c_attn", H * D, G * D),
+             "self_attn.v_proj": ("attn.c_attn", (H + G) * D, G * D),
+             "self_attn.o_proj": ("attn.c_proj", 0, C),
+             "mlp.gate_proj": ("mlp.c_fc", 0, Fd), "mlp.up_proj": ("mlp.c_fc", Fd, Fd),
+             "mlp.down_proj": ("mlp.c_proj", 0, C)}
+    bad, nested = [], []
+    for l in range(m["n_layer"]):
+        for hf, (name, r0, rows) in parts.items():
+            key = f"model.layers.{l}.{hf}.weight"
+            if key + ".quant_state.bitsandbytes__nf4" not in st:
+                bad.append(f"{key}: missing")
+                continue
+            got, _ = bnb_dequantize(st, key)
+            want = fwq[f"h.{l}.{name}.weight"][r0:r0 + rows]
+            if got.shape != want.shape:
+                bad.append(f"{key}: {tuple(got.shape)} vs {want.shape}")
+                continue
+            ulps = np.abs(got.numpy() - want) / np.spacing(np.maximum(np.abs(got.numpy()),
+                                                                      np.abs(want)))
+            if key + ".nested_absmax" in st:      # fw's fused multiply-add: 2 ulp
+                nested.append(key)
+                if ulps.max() > 2:
+                    bad.append(f"{key}: {ulps.max():.1f} ulp")
+            elif not np.array_equal(got.numpy(), want):
+                bad.append(f"{key}: {ulps.max():.1f} ulp, not bit for bit")
+    whole = {f"model.layers.{l}.{hf}.weight" for l in range(m["n_layer"])
+             for hf in ("self_attn.o_proj", "mlp.down_proj")}
+    R.check("Llama: every part of a fused 4-bit weight (q, k, v_proj; gate, up_proj) is a "
+            "bitsandbytes weight without nesting (f32 absmax) whose dequantize_4bit gives "
+            "fw's rows bit for bit; the unfused ones nested (within 2 ulp, as GPT-2's)",
+            not bad and set(nested) == whole, f"{bad[:4]}; nested {sorted(nested)[:4]}")
 
 
 def dequantized(W):
@@ -397,6 +626,133 @@ def check_bf16(fw, work, train_path, tokens):
                 f"step 1 {l1:.2e}; all steps: loss {wl:.2e}, grad norm {wn:.2e}")
 
 
+def f16(t):
+    return t.to(torch.float16).float()
+
+
+class RoundedMatmul16(torch.autograd.Function):
+    """docs/mixed-precision.md's matmul rule under --fp16: operands rounded to
+    f16, products and result in f32; the backward rounds the (scaled) output
+    gradient to f16, where a loss scale too large overflows to inf."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        a, b = f16(a), f16(b)
+        ctx.save_for_backward(a, b)
+        return mp.MATMUL(a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        a, b = ctx.saved_tensors
+        g = f16(g)
+        return mp.MATMUL(g, b.transpose(-1, -2)), mp.MATMUL(a.transpose(-1, -2), g)
+
+
+FP16_SCALER = dict(initial=2.0 ** 26, window=1000, hysteresis=1, min_scale=1.0)
+
+
+def torch_train_fp16(P, loss_fn, tokens, sc, rounded=True, skips=None):
+    """fwrun train --fp16's loop in torch: the backward seeded with the loss
+    scale (RoundedMatmul16 everywhere), the gradients unscaled (times the f32
+    1/scale), a non-finite norm skips the optimizer and scheduler steps, and
+    Megatron's DynamicGradScaler updates the f32 scale (tests/loss_scaling.py).
+    rounded=False: plain f32 matmuls, the steps in skips skipped."""
+    c = pp.TRAIN
+    params = list(P.values())
+    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2],
+                              "weight_decay": c["WD"]},
+                             {"params": [p for p in params if p.dim() < 2],
+                              "weight_decay": 0.0}],
+                            lr=c["LR"], betas=(c["BETA1"], c["BETA2"]), eps=c["ADAM_EPS"])
+    scale, growth, hyst = np.float32(sc["initial"]), 0, sc["hysteresis"]
+    accum, steps, k, updates = c["GBS"] // c["B"], [], 0, 0
+    if rounded:
+        torch.Tensor.__matmul__ = lambda x, y: RoundedMatmul16.apply(x, y)
+    try:
+        for n in range(1, c["ITERS"] + 1):
+            opt.zero_grad(set_to_none=False)
+            loss, k = pp.backward_micro_batches(loss_fn, tokens, k, accum, float(scale))
+            inv = np.float32(1.0 / float(scale))
+            for p in params:
+                p.grad.mul_(float(inv))
+            norm = math.sqrt(sum(float((p.grad.double() ** 2).sum()) for p in params))
+            found_inf = not math.isfinite(norm) if skips is None else skips[n - 1]
+            if not found_inf:
+                torch.nn.utils.clip_grad_norm_(params, c["CLIP"])
+                for gr in opt.param_groups:
+                    gr["lr"] = g2.lr_at(updates + 1, c)
+                opt.step()
+                updates += 1
+            if found_inf:                      # DynamicGradScaler.update
+                growth, hyst = 0, hyst - 1
+                if hyst <= 0:
+                    scale = max(np.float32(scale * np.float32(0.5)), np.float32(sc["min_scale"]))
+            else:
+                growth += 1
+                if growth == sc["window"]:
+                    growth, hyst, scale = 0, sc["hysteresis"], np.float32(scale * 2)
+            steps.append(dict(step=n, loss=loss, grad_norm=None if found_inf else norm,
+                              skipped=found_inf, loss_scale=float(scale)))
+    finally:
+        torch.Tensor.__matmul__ = mp.MATMUL
+    return steps
+
+
+def check_fp16(fw, work, base, init_path, Wq, tokens, train_path):
+    """QLoRA under --fp16 with dynamic loss scaling against torch_train_fp16 on
+    the dequantized weights: from 2^26 the scaled f16 output gradients
+    overflow, so the first steps are skipped while the scale halves (growth
+    is tests/loss_scaling.py's); fw must skip the same steps with the same
+    scales. Loss and grad norm within 1e-3: f16 keeps 11 bits (2^-11 = 4.9e-4
+    a rounding), the fp32 QLoRA run of this base is within 8e-8 of torch, so
+    what remains is f16 rounding noise of the same operands."""
+    sc = FP16_SCALER
+    P = {k: torch.from_numpy(v.copy()).requires_grad_(True)
+         for k, v in g2.h5_tensors(init_path).items()}
+    L = {m[:-len(".lora_A.weight")]: (P[m], P[m.replace("lora_A", "lora_B")], 1.0)
+         for m in P if m.endswith("lora_A.weight")}
+    ref = torch_train_fp16(P, lambda x, y: lp.ce(Wq, L, x, y), tokens, sc)
+    run = os.path.join(work, "fp16")
+    p = fw("train", PLUGINS, Q, "--fp16", f"--initial-loss-scale={int(sc['initial'])}",
+           f"--loss-scale-window={sc['window']}", f"--hysteresis={sc['hysteresis']}",
+           f"--min-loss-scale={sc['min_scale']:g}", f"--load={base}", f"--data={train_path}",
+           f"--run-dir={run}", f"--adapter={init_path}", *pp.train_args())
+    if not R.check("[fp16] fwrun train --fp16 (QLoRA, dynamic loss scaling) runs",
+                   p.returncode == 0, g2.describe(p)):
+        return
+    got = lp.metrics(run)
+    sk_fw = [bool(g.get("skipped")) for g in got]
+    sk_t = [r["skipped"] for r in ref]
+    sc_fw = [g.get("loss_scale") for g in got]
+    sc_t = [r["loss_scale"] for r in ref]
+    R.check("[fp16] the same steps skipped (scaled f16 gradients overflow) and the same loss "
+            "scale after each step as torch with Megatron's scaler, some skipped and some not",
+            sk_fw == sk_t and sc_fw == sc_t and any(sk_t) and not all(sk_t),
+            f"fw skipped {sk_fw} scales {sc_fw}; torch {sk_t} {sc_t}")
+    wl = max((rel(g["loss"], r["loss"]) for g, r in zip(got, ref)), default=np.inf)
+    wn = max((rel(g["grad_norm"], r["grad_norm"]) for g, r in zip(got, ref)
+              if r["grad_norm"] is not None and g.get("grad_norm") is not None),
+             default=np.inf)
+    R.check("[fp16] every step's loss and (unskipped) grad norm within 1e-3 of torch's fp16 "
+            "rule", len(got) == len(ref) and wl <= 1e-3 and wn <= 1e-3,
+            f"loss {wl:.2e}, grad norm {wn:.2e}")
+    # the same steps in f32 (no f16 rounding): fw's fp16 run must be closer to
+    # the fp16 rule than to it, or the check above would pass for an f32 run
+    P32 = {k: torch.from_numpy(v.copy()).requires_grad_(True)
+           for k, v in g2.h5_tensors(init_path).items()}
+    L32 = {m[:-len(".lora_A.weight")]: (P32[m], P32[m.replace("lora_A", "lora_B")], 1.0)
+           for m in P32 if m.endswith("lora_A.weight")}
+    f32 = torch_train_fp16(P32, lambda x, y: lp.ce(Wq, L32, x, y), tokens, sc, rounded=False,
+                           skips=sk_t)
+    wn32 = max((rel(g["grad_norm"], r["grad_norm"]) for g, r in zip(got, f32)
+                if r["grad_norm"] is not None and g.get("grad_norm") is not None),
+               default=0.0)
+    R.check("[fp16] fw's grad norms are closer to torch's fp16 rule than to the same steps in "
+            "f32 (the f16 rounding is there)", wn < wn32, f"fp16 rule {wn:.2e}, f32 {wn32:.2e}")
+    print(f"  [qlora fp16] against torch's fp16 rule with loss scaling: loss max rel {wl:.2e}, "
+          f"grad norm {wn:.2e}; skipped {sum(sk_t)} of {len(sk_t)}")
+
+
 def main():
     a, fw = g2.cli(__doc__)
 
@@ -451,6 +807,8 @@ def main():
         pp.check_resume("qlora", fw, work, run, PLUGINS, train_path, got)
 
         check_bf16(fw, work, train_path, tokens)
+        check_fp16(fw, work, base, os.path.join(init_run, "adapter-00000001.h5"), Wq, tokens,
+                   train_path)
         E = [f"--valid-data={val_path}"]
         ckpt = os.path.join(run, f"ckpt-{c['ITERS']:08d}.h5")
         Lf = {m: (torch.from_numpy(fin[m + ".lora_A.weight"]),
@@ -462,6 +820,8 @@ def main():
                 loss is not None and rel(loss, want) <= pp.TOL_EVAL,
                 f"fw {loss} torch {want}; {g2.describe(p)[-300:]}")
         check_merge(fw, work, base, ckpt, last, fin, ck, Wq, W, val_tokens, E)
+        check_bnb_export(fw, work, ckpt, os.path.join(init_run, "adapter-00000001.h5"), ck)
+        check_bnb_export_fused(fw, work)
         p = fw("plan", PLUGINS, Q, f"--load={base}", "--micro-batch-size=2",
                "--seq-length=32")
         mb = re.search(r"4-bit weights: (\d+) in [\d.]+ MiB with their statistics: "

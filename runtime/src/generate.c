@@ -44,6 +44,13 @@ static enum fw_status build(struct fw_rt_decoder *d, const struct fw_plugin_slot
 		d->ctx, &d->m, err);
 }
 
+/* Key/value prefix rows (prefix tuning) in front of every cache: the
+ * plugin writes them each step, the tokens come after them. */
+static int64_t prefix_rows(const struct fw_model *m)
+{
+	return FW_HAS(m, n_prefix) ? m->n_prefix : 0;
+}
+
 enum fw_status fw_rt_decoder_virtual(const struct fw_plugin_slots *plugins, int64_t *n_virtual,
 				     struct fw_err *err)
 {
@@ -51,6 +58,7 @@ enum fw_status fw_rt_decoder_virtual(const struct fw_plugin_slots *plugins, int6
 	memset(&d, 0, sizeof(d));
 	enum fw_status st = build(&d, plugins, 1, 1, 0, FW_F32, err);
 	*n_virtual = st == FW_OK && d.m.virtual_select ? d.m.virtual_select->ne[1] - 1 : 0;
+	*n_virtual += st == FW_OK ? prefix_rows(&d.m) : 0;
 	fw_rt_decoder_close(&d);
 	return st;
 }
@@ -80,12 +88,14 @@ enum fw_status fw_rt_decoder_open_as(struct fw_rt_decoder *d,
 	/* Virtual tokens (prompt tuning) take the first cache positions: the
 	 * model is built again with room for them. */
 	int64_t P = st == FW_OK && d->m.virtual_select ? d->m.virtual_select->ne[1] - 1 : 0;
-	if (P > 0) {
+	int64_t S = st == FW_OK ? prefix_rows(&d->m) : 0;
+	if (P + S > 0) {
 		fw_rt_decoder_close(d);
 		struct fw_err e = { 0 };
-		if ((st = build(d, plugins, rows, max_len + P, seed, precision, &e)) != FW_OK)
-			fw_errorf(err, st, "generate: %lld virtual tokens and %lld positions: %s",
-				  (long long)P, (long long)max_len, e.msg);
+		if ((st = build(d, plugins, rows, max_len + P + S, seed, precision, &e)) != FW_OK)
+			fw_errorf(err, st, "generate: %lld %s and %lld positions: %s",
+				  (long long)(P + S), P ? "virtual tokens" : "prefix rows",
+				  (long long)max_len, e.msg);
 	}
 	if (st != FW_OK) {
 		fw_rt_decoder_close(d);
@@ -168,8 +178,9 @@ enum fw_status fw_rt_generate_rows(struct fw_rt_decoder *d, const struct fw_rt_g
 	int64_t P = d->n_virtual;
 	float *sel = P ? d->m.virtual_select->data : NULL;
 	int32_t *tokens = d->m.tokens->data;
-	for (int64_t j = 0; j < d->max_len + P; j++)    /* an empty cache */
-		mk[j] = -INFINITY;
+	int64_t S = prefix_rows(&d->m);                 /* cache rows 0..S-1, seen by all */
+	for (int64_t j = 0; j < d->mask->ne[0]; j++)    /* an empty cache */
+		mk[j] = j < S ? 0.0f : -INFINITY;
 	memset(d->seen, 0, (size_t)V * (size_t)R);
 	for (int r = 0; r < R; r++) {
 		done[r] = r >= n_rows;          /* rows past n_rows idle on token 0 */
@@ -188,8 +199,8 @@ enum fw_status fw_rt_generate_rows(struct fw_rt_decoder *d, const struct fw_rt_g
 	for (int64_t q = 0; active > 0; q++) {
 		bool virt = q >= K && q < K + P;
 		int64_t p = q < K ? q : q - P;           /* the real token's position */
-		*(int32_t *)d->len->data = (int32_t)q;
-		mk[q] = 0.0f;
+		*(int32_t *)d->len->data = (int32_t)(S + q);
+		mk[S + q] = 0.0f;
 		for (int r = 0; r < R; r++)
 			tokens[r] = virt || done[r] ? 0 : p < rows[r].n ? rows[r].prompt[p] : next[r];
 		if (P) {

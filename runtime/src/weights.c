@@ -178,6 +178,39 @@ static enum fw_status quantize_at_load(const char *path, const struct fw_h5_entr
 	return FW_OK;
 }
 
+/* An f32 parameter that the file holds in bf16 or f16 (fwrun merge
+ * --dtype=bf16) is read and widened; done[] marks it. */
+static enum fw_status widen_at_load(const char *path, const struct fw_h5_entry *ents, int ne,
+				    struct fw_tensor *const *params, int n, bool *done,
+				    struct fw_err *err)
+{
+	for (int i = 0; i < n; i++) {
+		struct fw_tensor *c = params[i];
+		const struct fw_h5_entry *e = NULL;
+		for (int k = 0; k < ne && !e; k++)
+			e = !strcmp(ents[k].name, c->name) ? &ents[k] : NULL;
+		if (done[i] || c->dtype != FW_F32 || !e ||
+		    (e->dtype != FW_BF16 && e->dtype != FW_F16))
+			continue;
+		struct fw_tensor tmp = { .dtype = e->dtype, .ndim = e->ndim };
+		memcpy(tmp.ne, e->ne, sizeof(tmp.ne));
+		snprintf(tmp.name, sizeof(tmp.name), "%s", e->name);
+		fw_set_contiguous_strides(&tmp);
+		if (!fw_same_shape(&tmp, c))
+			continue;               /* fw_h5_load names the mismatch */
+		tmp.data = malloc(fw_nbytes(&tmp) + 1);
+		enum fw_status s = !tmp.data ? fw_errorf(err, FW_ERR_NOMEM, "out of memory") :
+				   fw_h5_load(path, (struct fw_tensor *[]){ &tmp }, 1, err);
+		if (s == FW_OK)
+			fw_convert(c->data, FW_F32, tmp.data, tmp.dtype, fw_nelem(c));
+		free(tmp.data);
+		if (s != FW_OK)
+			return s;
+		done[i] = true;
+	}
+	return FW_OK;
+}
+
 enum fw_status fw_rt_model_load_weights(const char *path, struct fw_tensor *const *params,
 					int n, const struct fw_plugin_slots *slots, bool base_only,
 					int *n_new, const struct fw_rt_log *log, struct fw_err *err)
@@ -186,11 +219,6 @@ enum fw_status fw_rt_model_load_weights(const char *path, struct fw_tensor *cons
 	enum fw_status st = fw_rt_check_foreign_tensors(path, params, n, slots, base_only, log, err);
 	if (st != FW_OK)
 		return st;
-	bool heads = false;       /* task head parameters (FW_FLAG_TASK_HEAD) */
-	for (int i = 0; i < n && !heads; i++)
-		heads = params[i]->flags & FW_FLAG_TASK_HEAD;
-	if (!slots->peft && !heads)
-		return fw_h5_load(path, params, n, err);
 	struct fw_h5_entry *ents = NULL;
 	int ne = 0;
 	if ((st = fw_h5_list(path, &ents, &ne, err)) != FW_OK)
@@ -198,7 +226,8 @@ enum fw_status fw_rt_model_load_weights(const char *path, struct fw_tensor *cons
 	struct fw_tensor **have = malloc(sizeof(*have) * (size_t)(n + 1));
 	bool *done = calloc((size_t)n + 1, sizeof(bool));
 	if (!have || !done ||
-	    (st = quantize_at_load(path, ents, ne, params, n, done, err)) != FW_OK) {
+	    (st = quantize_at_load(path, ents, ne, params, n, done, err)) != FW_OK ||
+	    (st = widen_at_load(path, ents, ne, params, n, done, err)) != FW_OK) {
 		free(have);
 		free(done);
 		fw_free(ents);

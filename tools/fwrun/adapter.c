@@ -269,13 +269,14 @@ static enum fw_status merge_plugins(const char *base, const char *kind, char *ou
 }
 
 static const char merge_usage[] =
-	"usage: fwrun merge BASE.h5 ADAPTER.h5 OUT.h5\n"
+	"usage: fwrun merge BASE.h5 ADAPTER.h5 OUT.h5 [--dtype=f32|bf16|f16]\n"
 	"BASE and ADAPTER may be run directories: the newest ckpt-N.h5 and adapter-N.h5 in them.\n"
 	"Folds an adapter into the base model it was trained on with its peft plugin's merge\n"
 	"(LoRA: W += scaling * B A for every adapted layer, and the adapter's biases, if it\n"
 	"trained some; QLoRA: every 4-bit weight dequantized to f32 first, so OUT is all f32).\n"
 	"OUT.h5 is a weights file for --load, without a peft plugin. A base with\n"
-	"other tensors or other weights than the adapter's is refused.\n";
+	"other tensors or other weights than the adapter's is refused. --dtype=bf16 or f16\n"
+	"rounds the merged f32 weights to that dtype (nearest even), as fwrun export does.\n";
 
 int cmd_merge(int argc, char **argv)
 {
@@ -283,20 +284,36 @@ int cmd_merge(int argc, char **argv)
 		fputs(merge_usage, stdout);
 		return EXIT_OK;
 	}
-	if (argc != 3)
-		return fail(FW_ERR_INVALID, "merge: usage: fwrun merge BASE.h5 ADAPTER.h5 OUT.h5");
+	static const char usage[] = "merge: usage: fwrun merge BASE.h5 ADAPTER.h5 OUT.h5 "
+				    "[--dtype=f32|bf16|f16]";
+	const char *file[3];
+	int n_file = 0;
+	enum fw_dtype dt = FW_F32;
+	for (int i = 0; i < argc; i++) {
+		if (!strncmp(argv[i], "--dtype=", 8)) {
+			if (export_dtype(argv[i] + 8, &dt) != 0)
+				return fail(FW_ERR_INVALID, "merge: --dtype=%s: expected f32, bf16 or "
+					    "f16", argv[i] + 8);
+		} else if (!strncmp(argv[i], "--", 2) || n_file == 3) {
+			return fail(FW_ERR_INVALID, "%s", usage);
+		} else {
+			file[n_file++] = argv[i];
+		}
+	}
+	if (n_file != 3)
+		return fail(FW_ERR_INVALID, "%s", usage);
 	char base_path[4200], ad_path[4200], plugins[800], load[4300], adapter[4300];
 	struct fw_err err = { 0 };
 	char *kind = NULL;
-	if (resolve_load(argv[0], base_path, sizeof(base_path), &err) != FW_OK ||
-	    resolve_adapter(argv[1], ad_path, sizeof(ad_path), &err) != FW_OK ||
+	if (resolve_load(file[0], base_path, sizeof(base_path), &err) != FW_OK ||
+	    resolve_adapter(file[1], ad_path, sizeof(ad_path), &err) != FW_OK ||
 	    adapter_kind(ad_path, &kind, &err) != FW_OK ||
 	    merge_plugins(base_path, kind, plugins, sizeof(plugins), &err) != FW_OK) {
 		fw_free(kind);
 		return fail(err.status, "%s", err.msg);
 	}
 	fw_free(kind);
-	const char *out_path = argv[2];
+	const char *out_path = file[2];
 	snprintf(load, sizeof(load), "--load=%s", base_path);
 	snprintf(adapter, sizeof(adapter), "--adapter=%s", ad_path);
 	char *args[] = { plugins, load, adapter, "--merge-adapter" }, *pos[1];
@@ -304,7 +321,7 @@ int cmd_merge(int argc, char **argv)
 	struct fw_plugin_slots slots = { 0 };
 	struct fw_ctx *ctx = NULL;
 	struct fw_model m;
-	struct fw_tensor **params = NULL, **out = NULL;
+	struct fw_tensor **params = NULL, **out = NULL, *rounded = NULL;   /* --dtype copies */
 	char *tok = NULL, *plain = NULL, *conf = NULL, *arch = NULL, *source = NULL;
 	int np = 0, n_params = 0, n = 0, n_new, rc;
 	enum fw_status st = config_load(&cfg, "eval", 4, args, true, pos, 0, &np, &err);
@@ -335,6 +352,22 @@ int cmd_merge(int argc, char **argv)
 	for (int i = 0; st == FW_OK && i < n_params; i++)
 		if (!(params[i]->flags & FW_FLAG_BY_PEFT))
 			out[n++] = params[i];
+	if (st == FW_OK && dt != FW_F32 && !(rounded = calloc((size_t)n + 1, sizeof(*rounded))))
+		st = fw_errorf(&err, FW_ERR_NOMEM, "out of memory");
+	for (int i = 0; st == FW_OK && rounded && i < n; i++) {
+		if (out[i]->dtype != FW_F32)
+			continue;
+		struct fw_tensor *r = &rounded[i];
+		*r = *out[i];
+		r->dtype = dt;
+		fw_set_contiguous_strides(r);
+		if (!(r->data = malloc(fw_nbytes(r) + 1))) {
+			st = fw_errorf(&err, FW_ERR_NOMEM, "out of memory");
+			break;
+		}
+		fw_convert(r->data, dt, out[i]->data, FW_F32, fw_nelem(r));
+		out[i] = r;
+	}
 	if (st == FW_OK) {
 		fw_rt_ckpt_read_config(base_path, &conf, NULL);
 		fw_h5_read_attr(base_path, "fw_arch", &arch, NULL);
@@ -368,6 +401,9 @@ int cmd_merge(int argc, char **argv)
 	fw_free(conf);
 	fw_free(arch);
 	fw_free(source);
+	for (int i = 0; rounded && i < n; i++)
+		free(rounded[i].data);
+	free(rounded);
 	free(out);
 	free(params);
 	fw_ctx_free(ctx);

@@ -130,6 +130,19 @@ int seq2seq_generate(struct config *cfg, const struct fw_plugin_slots *slots, co
 /* --- PEFT adapters (adapter.c) ------------------------------------------------------- */
 
 int cmd_merge(int argc, char **argv);
+/* --dtype's value (export, merge): f32, bf16 or f16 (Hugging Face's names
+ * too); -1 otherwise. */
+int export_dtype(const char *v, enum fw_dtype *dt);
+/* export_nf4.c: rows [row0, row0 + rows) of the NF4 weight (codes, qabsmax,
+ * stats as fw/quant.h) as bitsandbytes serializes a Params4bit under key:
+ * the tensors (at most 6, FW_Q4 ones written as U8 bytes) into out, their
+ * count returned; -1 with err set when the rows do not fall on blocks. */
+int export_nf4_part(const char *key, const struct fw_tensor *codes,
+		    const struct fw_tensor *qabsmax, const struct fw_tensor *stats, int64_t row0,
+		    int64_t rows, struct fw_tensor *out, struct fw_err *err);
+/* config.json's quantization_config for those weights (transformers'
+ * BitsAndBytesConfig: nf4, double quantization, compute in dt). */
+struct json_t *export_nf4_config(enum fw_dtype compute);
 int cmd_export_adapter(int argc, char **argv);
 /* Fills the peft plugin's unset options from the config of the adapter that
  * --adapter (spec) and --adapter-name (name) choose; silent on bad files. */

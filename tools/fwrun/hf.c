@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 
+#include "fw/quant.h"
 #include "fwrun.h"
 
 /* An arch plugin, its map and its model at the smallest shape: the
@@ -844,8 +845,106 @@ static json_int_t export_eos(const char *h5, const char *model_type, int64_t voc
 	return eos >= 0 && eos < vocab ? eos : -1;
 }
 
-/* --dtype's value: f32, bf16 or f16 (Hugging Face's names too); -1 otherwise. */
-static int export_dtype(const char *v, enum fw_dtype *dt)
+/* The file's 4-bit weights (fw/quant.h: codes, qabsmax, stats) among h's
+ * parameters: w[i].codes.data set for each (the three tensors allocated
+ * for loading); known lists the parameters and those statistics tensors,
+ * which the file holds beside them. */
+#define NF4_TENSORS_MAX 6       /* export_nf4_part's tensors a part */
+struct nf4_set {
+	struct nf4_weight {
+		struct fw_tensor codes, qabsmax, stats;
+	} *w;
+	int n_w;
+	struct fw_tensor **known;
+	int n_known;
+};
+
+static void nf4_weights_free(struct nf4_set *s)
+{
+	for (int i = 0; s->w && i < s->n_w; i++) {
+		free(s->w[i].codes.data);
+		free(s->w[i].qabsmax.data);
+		free(s->w[i].stats.data);
+	}
+	free(s->known);
+	free(s->w);
+	memset(s, 0, sizeof(*s));
+}
+
+/* t (name, dtype, shape) with storage for loading it; false: out of memory,
+ * or the name is too long. */
+static bool nf4_tensor(struct fw_tensor *t, const char *name, const char *suffix,
+		       enum fw_dtype dt, int nd, const int64_t *ne)
+{
+	if (snprintf(t->name, sizeof(t->name), "%s%s", name, suffix) >= (int)sizeof(t->name))
+		return false;
+	t->dtype = dt;
+	t->ndim = nd;
+	memcpy(t->ne, ne, sizeof(int64_t) * (size_t)nd);
+	fw_set_contiguous_strides(t);
+	return (t->data = calloc(fw_nbytes(t) + 1, 1)) != NULL;
+}
+
+static enum fw_status nf4_weights(const char *path, const struct hf_model *h,
+				  struct nf4_set *s, struct fw_err *err)
+{
+	struct fw_h5_entry *ents = NULL;
+	int ne = 0;
+	enum fw_status st = fw_h5_list(path, &ents, &ne, err);
+	if (st != FW_OK)
+		return st;
+	s->w = calloc((size_t)h->n + 1, sizeof(*s->w));
+	s->known = calloc((size_t)h->n * 3 + 1, sizeof(*s->known));
+	if (!s->w || !s->known)
+		st = fw_errorf(err, FW_ERR_NOMEM, "export: out of memory");
+	else
+		s->n_w = h->n;
+	for (int i = 0; st == FW_OK && i < h->n; i++) {
+		struct fw_tensor *p = h->params[i];
+		s->known[s->n_known++] = p;
+		const struct fw_h5_entry *e = NULL;
+		for (int k = 0; k < ne && !e; k++)
+			e = !strcmp(ents[k].name, p->name) && ents[k].dtype == FW_Q4 ? &ents[k] : NULL;
+		if (!e)
+			continue;
+		int64_t n = fw_nelem(p), qa[1] = { 2 * fw_nf4_n_blocks(n) };
+		int64_t ns[1] = { fw_nf4_n_stats(n) };
+		struct nf4_weight *w = &s->w[i];
+		if (!nf4_tensor(&w->codes, p->name, "", FW_Q4, p->ndim, p->ne) ||
+		    !nf4_tensor(&w->qabsmax, p->name, FW_NF4_ABSMAX_SUFFIX, FW_Q4, 1, qa) ||
+		    !nf4_tensor(&w->stats, p->name, FW_NF4_STATS_SUFFIX, FW_F32, 1, ns))
+			st = fw_errorf(err, FW_ERR_NOMEM, "export: %s: out of memory, or its "
+				       "statistics' names are over %d bytes", p->name, FW_NAME_MAX - 1);
+		s->known[s->n_known++] = &w->qabsmax;
+		s->known[s->n_known++] = &w->stats;
+	}
+	fw_free(ents);
+	return st;
+}
+
+/* Whether name is one of the bitsandbytes tensors export_nf4_part made
+ * (which keep their dtypes under --dtype): a U8 tensor, or a name with its
+ * statistics' suffixes. */
+static bool is_nf4_output(const char *name, const struct fw_tensor *out, int n)
+{
+	static const char *const stats[] = { ".absmax", ".quant_map", ".nested_absmax",
+					     ".nested_quant_map" };
+	size_t ln = strlen(name);
+	for (int i = 0; i < n; i++) {
+		if (strcmp(out[i].name, name))
+			continue;
+		if (out[i].dtype == FW_Q4)
+			return true;
+		for (size_t k = 0; k < sizeof(stats) / sizeof(stats[0]); k++) {
+			size_t ls = strlen(stats[k]);
+			if (ln > ls && !strcmp(name + ln - ls, stats[k]))
+				return true;
+		}
+	}
+	return false;
+}
+
+int export_dtype(const char *v, enum fw_dtype *dt)
 {
 	if (!strcmp(v, "f32") || !strcmp(v, "float32"))
 		*dt = FW_F32;
@@ -870,7 +969,9 @@ int cmd_export(int argc, char **argv)
 		       "--base-only drops them. --dtype=bf16 or f16 rounds the (fp32 master) weights to\n"
 		       "that dtype (nearest even) and sets config.json's torch_dtype (default f32).\n"
 		       "An arch/encoder file becomes the BERT (or RoBERTa) class of its head; a\n"
-		       "label list (--labels) becomes id2label.\n");
+		       "label list (--labels) becomes id2label. 4-bit (NF4, QLoRA) weights are written\n"
+		       "as bitsandbytes serializes them (KEY, KEY.absmax, KEY.quant_map, KEY.nested_*,\n"
+		       "KEY.quant_state.bitsandbytes__nf4) with config.json's quantization_config.\n");
 		return EXIT_OK;
 	}
 	bool base_only = false;
@@ -896,28 +997,37 @@ int cmd_export(int argc, char **argv)
 	struct fw_err err = { 0 };
 	struct hf_model h = { 0 };
 	struct fw_tensor *out = NULL, **op = NULL;
-	int rc = EXIT_RUNTIME, n = 0;
+	struct nf4_set nf4 = { 0 };
+	int rc = EXIT_RUNTIME, n = 0, n_nf4 = 0;
 	if (resolve_load(pos[0], in, sizeof(in), &err) != FW_OK)
 		return fail(err.status, "%s", err.msg);
 	const char *dir = pos[1];
 	char labels[4096];
 	if (file_arch(in, &h, labels, sizeof(labels), &err) != FW_OK || build(&h, &err) != FW_OK ||
-	    file_map(in, &h, &err) != FW_OK ||
-	    fw_rt_check_foreign_tensors(in, h.params, h.n, NULL, base_only, &fwrun_log,
+	    file_map(in, &h, &err) != FW_OK || nf4_weights(in, &h, &nf4, &err) != FW_OK ||
+	    fw_rt_check_foreign_tensors(in, nf4.known, nf4.n_known, NULL, base_only, &fwrun_log,
 					&err) != FW_OK) {
 		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
-	/* the parameters with a Hugging Face key (a BertModel has no classifier) */
-	if (!(op = calloc((size_t)h.n + 1, sizeof(*op)))) {
+	/* the parameters with a Hugging Face key (a BertModel has no classifier),
+	 * the 4-bit ones as their three tensors */
+	if (!(op = calloc((size_t)h.n * 3 + 1, sizeof(*op)))) {
 		rc = fail(FW_ERR_NOMEM, "export: out of memory");
 		goto out;
 	}
 	for (int i = 0; i < h.n; i++) {
 		struct hf_part parts[HF_PARTS_MAX];
 		bool tr;
-		if (parts_of(&h, h.params[i], parts, &tr))
+		if (!parts_of(&h, h.params[i], parts, &tr))
+			continue;
+		if (nf4.w[i].codes.data) {
+			op[n++] = &nf4.w[i].codes;
+			op[n++] = &nf4.w[i].qabsmax;
+			op[n++] = &nf4.w[i].stats;
+		} else {
 			op[n++] = h.params[i];
+		}
 	}
 	if (fw_h5_load(in, op, n, &err) != FW_OK) {
 		rc = fail(err.status, "%s", err.msg);
@@ -928,8 +1038,9 @@ int cmd_export(int argc, char **argv)
 	n = 0;
 	/* Under the map's keys, transposed where Hugging Face stores (in, out),
 	 * a parameter of parts as one tensor each. */
-	out = calloc((size_t)h.n * HF_PARTS_MAX + 1, sizeof(*out));
-	op = calloc((size_t)h.n * HF_PARTS_MAX + 1, sizeof(*op));
+	size_t cap = (size_t)h.n * HF_PARTS_MAX * NF4_TENSORS_MAX + 1;
+	out = calloc(cap, sizeof(*out));
+	op = calloc(cap, sizeof(*op));
 	if (!out || !op) {
 		rc = fail(FW_ERR_NOMEM, "export: out of memory");
 		goto out;
@@ -940,7 +1051,19 @@ int cmd_export(int argc, char **argv)
 		bool tr;
 		int np = parts_of(&h, t, parts, &tr);
 		const float *from = t->data;
-		for (int j = 0; j < np; j++) {
+		for (int j = 0, row0 = 0; nf4.w[i].codes.data && j < np; row0 += (int)parts[j++].rows) {
+			/* bitsandbytes' layout, (out, in) as Linear4bit holds it */
+			int k = export_nf4_part(parts[j].key, &nf4.w[i].codes, &nf4.w[i].qabsmax,
+						&nf4.w[i].stats, row0, parts[j].rows, &out[n], &err);
+			if (k < 0) {
+				rc = fail(err.status, "%s", err.msg);
+				goto out;
+			}
+			for (int e = 0; e < k; e++, n++)
+				op[n] = &out[n];
+			n_nf4 += k;
+		}
+		for (int j = 0; !nf4.w[i].codes.data && j < np; j++) {
 			struct fw_tensor *o = &out[n];
 			size_t kl = strlen(parts[j].key);
 			if (kl >= sizeof(o->name)) {
@@ -970,6 +1093,8 @@ int cmd_export(int argc, char **argv)
 	}
 	for (int i = 0; dt != FW_F32 && i < n; i++) {
 		struct fw_tensor *t = op[i];
+		if (is_nf4_output(t->name, out, n))
+			continue;       /* bitsandbytes' statistics stay f32 */
 		void *half = malloc((size_t)fw_nelem(t) * 2 + 1);
 		if (!half) {
 			rc = fail(FW_ERR_NOMEM, "export: out of memory");
@@ -1000,6 +1125,8 @@ int cmd_export(int argc, char **argv)
 		json_object_set_new(cfg, "torch_dtype", json_string(dt == FW_BF16 ? "bfloat16" :
 								      dt == FW_F16 ? "float16" :
 								      "float32"));
+	if (cfg && n_nf4)
+		json_object_set_new(cfg, "quantization_config", export_nf4_config(dt));
 	struct fw_err werr = { 0 };
 	enum fw_status wst = write_json_file(path, cfg, &werr);
 	json_decref(cfg);
@@ -1031,6 +1158,7 @@ out:
 		free(out[i].data);
 	free(out);
 	free(op);
+	nf4_weights_free(&nf4);
 	hf_model_free(&h);
 	return rc;
 }

@@ -28,6 +28,7 @@ static const char *st_dtype_name(enum fw_dtype t)
 	case FW_F16: return "F16";
 	case FW_BF16: return "BF16";
 	case FW_I32: return "I32";
+	case FW_Q4: return "U8";        /* written only: bytes, ne counting them */
 	default: return NULL;
 	}
 }
@@ -193,6 +194,12 @@ const struct fw_st_entry *fw_st_find(const struct fw_st_file *f, const char *nam
 	return NULL;
 }
 
+/* Bytes of t in the file: an FW_Q4 tensor is bytes (U8), one an element. */
+static size_t st_nbytes(const struct fw_tensor *t)
+{
+	return t->dtype == FW_Q4 ? (size_t)fw_nelem(t) : fw_nbytes(t);
+}
+
 enum fw_status fw_st_save(const char *path, struct fw_tensor *const *tensors, int n,
 			  const char *const *metadata, struct fw_err *err)
 {
@@ -216,7 +223,7 @@ enum fw_status fw_st_save(const char *path, struct fw_tensor *const *tensors, in
 		const char *dt = st_dtype_name(t->dtype);
 		if (!dt || !fw_is_contiguous(t) || !t->data) {
 			s = fw_errorf(err, FW_ERR_INVALID,
-				      "%s: tensor '%s' is not a contiguous f32/f16/bf16/i32 tensor",
+				      "%s: tensor '%s' is not a contiguous f32/f16/bf16/i32/u8 tensor",
 				      path, t->name);
 			goto out;
 		}
@@ -224,7 +231,7 @@ enum fw_status fw_st_save(const char *path, struct fw_tensor *const *tensors, in
 		for (int d = 0; d < t->ndim; d++)
 			json_array_append_new(shape, json_integer(t->ne[d]));
 		json_array_append_new(offs, json_integer((json_int_t)off));
-		off += fw_nbytes(t);
+		off += st_nbytes(t);
 		json_array_append_new(offs, json_integer((json_int_t)off));
 		json_object_set_new(root, t->name,
 				    json_pack("{s:s, s:o, s:o}", "dtype", dt, "shape", shape,
@@ -249,7 +256,7 @@ enum fw_status fw_st_save(const char *path, struct fw_tensor *const *tensors, in
 	for (size_t i = hl; ok && i < padded; i++)
 		ok = fputc(' ', out) != EOF;
 	for (int i = 0; ok && i < n; i++)
-		ok = fwrite(tensors[i]->data, 1, fw_nbytes(tensors[i]), out) == fw_nbytes(tensors[i]);
+		ok = fwrite(tensors[i]->data, 1, st_nbytes(tensors[i]), out) == st_nbytes(tensors[i]);
 	ok = ok && fflush(out) == 0 && fsync(fileno(out)) == 0;
 	ok = (fclose(out) == 0) && ok;
 	out = NULL;

@@ -21,7 +21,8 @@ enum fw_status fw_attn_check_rope(const struct fw_attn_spec *spec, const struct 
 	if (!(spec->rope_base >= 0) || isinf(spec->rope_base))
 		return fw_errorf(err, FW_ERR_INVALID, "%s: %s: rope base %g", plugin, n,
 				 (double)spec->rope_base);
-	if (!spec->cache && k->ne[1] != q->ne[1])
+	int64_t prefix = FW_HAS(spec, n_prefix) ? spec->n_prefix : 0;
+	if (!spec->cache && k->ne[1] != q->ne[1] + prefix)
 		return fw_errorf(err, prepended,
 				 "%s: %s: RoPE needs as many keys as queries (%lld vs %lld): "
 				 "prepended keys are not supported", plugin, n, (long long)k->ne[1],
@@ -36,8 +37,25 @@ enum fw_status fw_attn_check_rope(const struct fw_attn_spec *spec, const struct 
 	return FW_OK;
 }
 
-struct fw_tensor *fw_attn_rope(struct fw_model *m, const struct fw_attn_spec *spec,
-			       struct fw_tensor *x)
+/* i32 [1] holding P, one per context: the RoPE offset of the tokens after a
+ * prefix of P keys. */
+static struct fw_tensor *prefix_offset(struct fw_model *m, int64_t P)
+{
+	static const char name[] = "rope_prefix_offset";
+	struct fw_tensor *t = fw_ctx_find(m->ctx, name);
+	if (t)
+		return t;
+	int32_t *at = fw_ctx_alloc(m->ctx, sizeof(int32_t), FW_MEM_INPUTS);
+	if (!at || !(t = fw_input(m->ctx, name, FW_I32, 1, (int64_t[]){ 1 })))
+		return NULL;
+	*at = (int32_t)P;
+	t->data = at;
+	return t;
+}
+
+/* fw_rope of x as spec asks, at positions pos (mode). */
+static struct fw_tensor *rope_at(struct fw_model *m, const struct fw_attn_spec *spec,
+				 struct fw_tensor *x, struct fw_tensor *pos, enum fw_rope_pos mode)
 {
 	struct fw_rope_llama3 l3 = { 0 };
 	bool scaled = FW_HAS(spec, rope_scale_orig_max_pos) && spec->rope_scale_factor > 0;
@@ -45,18 +63,30 @@ struct fw_tensor *fw_attn_rope(struct fw_model *m, const struct fw_attn_spec *sp
 		l3 = (struct fw_rope_llama3){ spec->rope_scale_factor, spec->rope_scale_low_freq,
 					      spec->rope_scale_high_freq,
 					      (float)spec->rope_scale_orig_max_pos };
-	struct fw_tensor *pos = NULL;
-	enum fw_rope_pos mode = FW_ROPE_ARANGE;
-	if (spec->cache) {
-		pos = spec->cache->len;
-		mode = FW_ROPE_OFFSET;
-	} else if (FW_HAS(m, positions) && m->positions) {
-		pos = m->positions;
-		mode = FW_ROPE_POSITIONS;
-	}
 	return fw_rope(m->ctx, x, pos, mode, spec->rope_dim ? spec->rope_dim : spec->head_dim,
 		       spec->rope_interleaved, spec->rope_base > 0 ? spec->rope_base : 10000.0f,
 		       scaled ? &l3 : NULL);
+}
+
+struct fw_tensor *fw_attn_rope(struct fw_model *m, const struct fw_attn_spec *spec,
+			       struct fw_tensor *x)
+{
+	if (spec->cache)
+		return rope_at(m, spec, x, spec->cache->len, FW_ROPE_OFFSET);
+	if (FW_HAS(m, positions) && m->positions)
+		return rope_at(m, spec, x, m->positions, FW_ROPE_POSITIONS);
+	/* After P prefix keys (prefix tuning): the queries and the real keys
+	 * from position P on, as cached keys the prefix keys unrotated. */
+	int64_t P = FW_HAS(spec, n_prefix) && x ? spec->n_prefix : 0;
+	if (P <= 0)
+		return rope_at(m, spec, x, NULL, FW_ROPE_ARANGE);
+	struct fw_tensor *off = prefix_offset(m, P);
+	if (x->ne[1] != m->seq_len + P)         /* the queries */
+		return off ? rope_at(m, spec, x, off, FW_ROPE_OFFSET) : NULL;
+	struct fw_tensor *real = fw_cont(m->ctx, fw_slice(m->ctx, x, 1, P, x->ne[1] - P));
+	real = off ? rope_at(m, spec, real, off, FW_ROPE_OFFSET) : NULL;
+	return real ? fw_concat(m->ctx, fw_cont(m->ctx, fw_slice(m->ctx, x, 1, 0, P)), real, 1) :
+	       NULL;
 }
 
 struct fw_tensor *fw_attn_cache_write(struct fw_model *m, const struct fw_attn_spec *spec,

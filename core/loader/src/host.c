@@ -111,14 +111,24 @@ static struct fw_tensor *host_attention(struct fw_model *m, const struct fw_attn
 			  spec->name);
 		return fail(m, &e);
 	}
+	struct fw_attn_spec prefixed;           /* spec with the rows wrap_kv prepended */
 	if (ps->peft) {
 		const struct fw_peft_i *pi = ps->peft->desc->iface;
 		int t0 = fw_ctx_n_tensors(m->ctx);
+		int64_t rows = k->ne[1];
 		enum fw_status st = pi->wrap_kv ? pi->wrap_kv(ps->peft->state, m, spec, &k, &v, &e) :
 				    FW_OK;
 		owned_since(m, t0, FW_FLAG_BY_PEFT);
 		if (st != FW_OK)
 			return fail(m, &e);
+		if (k && k->ne[1] != rows) {
+			memset(&prefixed, 0, sizeof(prefixed));
+			memcpy(&prefixed, spec, spec->size < sizeof(prefixed) ? spec->size :
+			       sizeof(prefixed));
+			prefixed.size = sizeof(prefixed);
+			prefixed.n_prefix = k->ne[1] - rows;
+			spec = &prefixed;
+		}
 	}
 	const struct fw_attention_i *ai = ps->attention->desc->iface;
 	int t0 = fw_ctx_n_tensors(m->ctx);

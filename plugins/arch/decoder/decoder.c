@@ -231,6 +231,14 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 		return h->errorf(err, FW_ERR_INVALID, "arch/decoder: --seq-length %lld plus %lld "
 				 "virtual tokens exceeds --n-positions %lld", (long long)T,
 				 (long long)P, (long long)d->n_pos);
+	/* a key/value prefix (prefix tuning) stands as past tokens: the real
+	 * ones are at positions S.., as Hugging Face numbers them after
+	 * past_key_values */
+	int64_t S = FW_HAS(m, n_prefix) && !decode ? m->n_prefix : 0;
+	if (S && d->pos == POS_LEARNED && T + S > d->n_pos)
+		return h->errorf(err, FW_ERR_INVALID, "arch/decoder: --seq-length %lld plus the "
+				 "%lld prefix positions exceeds --n-positions %lld", (long long)T,
+				 (long long)S, (long long)d->n_pos);
 	if (d->pos == POS_LEARNED) {    /* RoPE and ALiBi act inside attention */
 		struct fw_tensor *wpe = param(d, m, 2, d->n_pos, C, "wpe.weight", 0);
 		h->init_normal(m, wpe, 0.01f);
@@ -244,7 +252,7 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 					   h->embedding(m->ctx, h->slice(m->ctx, wpe, 0, P, d->n_pos - P),
 							m->positions));
 		else
-			pos = T + P == d->n_pos ? wpe : h->slice(m->ctx, wpe, 0, 0, T + P);
+			pos = !S && T + P == d->n_pos ? wpe : h->slice(m->ctx, wpe, 0, S, T + P);
 		x = h->add(m->ctx, x, pos);
 	} else if (P && d->pos == POS_ROPE && m->positions) {
 		return h->errorf(err, FW_ERR_UNSUPPORTED, "arch/decoder: virtual tokens with RoPE "

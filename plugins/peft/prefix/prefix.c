@@ -4,7 +4,10 @@
  * its own (wrap_kv): k' = [P_k(l); k], v' = [P_v(l); v], (B, nvt + T, Hkv,
  * D), with kv_dim = Hkv * D (GQA and MQA work). The causal mask of the
  * attention plugin lets query i see keys j <= i + nvt, so every query sees
- * the whole prefix; the real tokens keep positions 0..T-1.
+ * the whole prefix. Positions are PEFT's (it passes the prefix as
+ * past_key_values): the real tokens stand at nvt..nvt+T-1 (fw_model.
+ * n_prefix, set in wrap_embed); RoPE leaves the prefix keys unrotated and
+ * ALiBi puts them at 0..nvt-1.
  *
  * PEFT's table is one (nvt, layers * 2 * kv_dim) tensor whose column block
  * 2l is layer l's keys and 2l + 1 its values. fw keeps it per layer (the
@@ -18,10 +21,9 @@
  * PEFT's prompt_embeddings (with projection: the projected table, as PEFT
  * saves it in inference mode).
  *
- * Refused in one line: RoPE and ALiBi (the prefix would need positions),
- * an attention bias (packed or padded SFT rows), generation (the KV cache
- * has no room for a prefix), an arch that routes no attention through the
- * host.
+ * Generation: the prefix fills the first nvt rows of each KV cache.
+ * Refused in one line: an attention bias (packed or padded SFT rows), an
+ * arch that routes no attention through the host.
  */
 #include <math.h>
 #include <stdio.h>
@@ -72,6 +74,39 @@ static enum fw_status ctx_fail(const struct prefix *s, struct fw_ctx *ctx, struc
 			       ce->msg);
 }
 
+/* Decoding: the cache *slot (created here as fw_attn_cache_write would,
+ * "kv_cache.<layer>.<what>" (B, max_len, Hkv, D)) with the prefix rows x
+ * (B, nvt, Hkv, D) written at rows 0..nvt-1 before each step; the host
+ * starts the cache length at nvt (fw_model.n_prefix) and builds again with
+ * room for them when the first cache has none. */
+static enum fw_status cache_prefix(const struct prefix *s, struct fw_model *m,
+				   const struct fw_attn_spec *spec, struct fw_tensor **slot,
+				   struct fw_tensor *x, const char *what, struct fw_err *err)
+{
+	const struct fw_host *h = s->host;
+	static const char row0_name[] = "prefix.cache_row0";
+	struct fw_tensor *row0 = fw_ctx_find(m->ctx, row0_name);
+	if (!x)
+		return ctx_fail(s, m->ctx, err);
+	if (!row0) {
+		int32_t *at = h->ctx_alloc(m->ctx, sizeof(int32_t), FW_MEM_INPUTS);
+		if (!at || !(row0 = h->input(m->ctx, row0_name, FW_I32, 1, (int64_t[]){ 1 })))
+			return ctx_fail(s, m->ctx, err);
+		row0->data = at;                /* zeroed: row 0 */
+	}
+	if (!*slot) {
+		char name[FW_NAME_MAX];
+		int64_t shape[4] = { x->ne[0], spec->cache->max_len, x->ne[2], x->ne[3] };
+		snprintf(name, sizeof(name), "kv_cache.%s.%s", spec->name, what);
+		if (!(*slot = h->input(m->ctx, name, FW_F32, 4, shape)))
+			return ctx_fail(s, m->ctx, err);
+	}
+	if (spec->cache->max_len <= x->ne[1])    /* a probe that learns n_prefix: no room */
+		return FW_OK;
+	*slot = fw_kv_write(m->ctx, *slot, x, row0);
+	return *slot ? FW_OK : ctx_fail(s, m->ctx, err);
+}
+
 static enum fw_status prefix_wrap_kv(void *state, struct fw_model *m,
 				     const struct fw_attn_spec *spec, struct fw_tensor **k,
 				     struct fw_tensor **v, struct fw_err *err)
@@ -84,19 +119,16 @@ static enum fw_status prefix_wrap_kv(void *state, struct fw_model *m,
 		s->n_layers = s->n_own = 0;
 		s->emb = s->w0 = s->b0 = s->hid = NULL;
 	}
-	if (spec->pos == FW_POS_ROPE || spec->pos == FW_POS_ALIBI)
-		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: prefix tuning with %s "
-				 "positions is not supported (the prefix keys have no position); "
-				 "use learned absolute positions", spec->name,
+	if ((spec->pos == FW_POS_ROPE || spec->pos == FW_POS_ALIBI) &&
+	    !(FW_HAS(m, n_prefix) && m->n_prefix == s->nvt))
+		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: the arch does not "
+				 "number positions after the prefix (host->embed), so %s would not "
+				 "see it as past keys", spec->name,
 				 spec->pos == FW_POS_ROPE ? "RoPE" : "ALiBi");
 	if (spec->bias)
 		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: an attention bias "
 				 "(packed or padded SFT rows) does not cover the prefix; use plain "
 				 "text or --packing with one sequence a row", spec->name);
-	if (spec->cache)
-		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: generation with a "
-				 "prefix is not supported yet (the KV cache has no room for it)",
-				 spec->name);
 	if (spec->mask != FW_MASK_CAUSAL && spec->mask != FW_MASK_BIDIRECTIONAL)
 		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: cross-attention takes "
 				 "no prefix", spec->name);
@@ -149,15 +181,37 @@ static enum fw_status prefix_wrap_kv(void *state, struct fw_model *m,
 	struct fw_tensor *zero = h->scale(ctx, h->slice(ctx, *k, 1, 0, 1), 0.0f);
 	struct fw_tensor *pk = h->reshape(ctx, h->cont(ctx, h->slice(ctx, blk, 1, 0, KV)), 4, one);
 	struct fw_tensor *pv = h->reshape(ctx, h->cont(ctx, h->slice(ctx, blk, 1, KV, KV)), 4, one);
-	struct fw_tensor *nk = h->concat(ctx, h->add(ctx, zero, pk), *k, 1);
-	struct fw_tensor *nv = h->concat(ctx, h->add(ctx, zero, pv), *v, 1);
+	pk = h->add(ctx, zero, pk);
+	pv = h->add(ctx, zero, pv);
+	s->n_layers++;
+	(void)B;
+	if (spec->cache && m->enc_tokens)
+		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: generation with a "
+				 "prefix on an encoder-decoder model is not supported (its decoder's "
+				 "caches have no prefix rows)", spec->name);
+	if (spec->cache)        /* decoding: the prefix fills the cache's first rows */
+		return cache_prefix(s, m, spec, &spec->cache->k, pk, "k", err) != FW_OK ? err->status :
+		       cache_prefix(s, m, spec, &spec->cache->v, pv, "v", err);
+	struct fw_tensor *nk = h->concat(ctx, pk, *k, 1);
+	struct fw_tensor *nv = h->concat(ctx, pv, *v, 1);
 	if (!nk || !nv)
 		return ctx_fail(s, ctx, err);
-	(void)B;
 	*k = nk;
 	*v = nv;
-	s->n_layers++;
 	return FW_OK;
+}
+
+/* The arch's word embeddings pass here before it makes positions: the
+ * real tokens stand after the prefix, at positions nvt.. (PEFT's
+ * past_key_values). */
+static struct fw_tensor *prefix_wrap_embed(void *state, struct fw_model *m, struct fw_tensor *x,
+					   struct fw_err *err)
+{
+	const struct prefix *s = state;
+	(void)x, (void)err;
+	if (FW_HAS(m, n_prefix))
+		m->n_prefix = s->nvt;
+	return NULL;
 }
 
 static enum fw_status prefix_freeze(void *state, struct fw_model *m, struct fw_err *err)
@@ -363,6 +417,7 @@ static enum fw_status prefix_init(const struct fw_host *host, const struct fw_op
 
 static const struct fw_peft_i iface = {
 	.size = sizeof(struct fw_peft_i),
+	.wrap_embed = prefix_wrap_embed,
 	.wrap_kv = prefix_wrap_kv,
 	.freeze = prefix_freeze,
 	.save = prefix_save,

@@ -39,7 +39,9 @@ void fw_st_close(struct fw_st_file *f);
 const struct fw_st_entry *fw_st_find(const struct fw_st_file *f, const char *name);
 
 /* Writes tensors (contiguous; f32/f16/bf16/i32) atomically. metadata may be
- * NULL or pairs of strings (key, value) ending with NULL. */
+ * NULL or pairs of strings (key, value) ending with NULL. An FW_Q4 tensor is
+ * written as bytes (U8) whose shape is its ne, one byte an element
+ * (bitsandbytes' packed 4-bit weights and byte tensors); reading takes no U8. */
 enum fw_status fw_st_save(const char *path, struct fw_tensor *const *tensors, int n,
 			  const char *const *metadata, struct fw_err *err);
 

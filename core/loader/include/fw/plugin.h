@@ -77,7 +77,7 @@ extern "C" {
  * built before it ignores the field); virtual tokens (fw_model.n_virtual,
  * virtual_select, virtual_at; fw_peft_i.init_from_base). */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
-#define FW_ABI_MINOR 4   /* additions at the end of size-stamped structs */
+#define FW_ABI_MINOR 5   /* additions at the end of size-stamped structs */
 
 /* Layouts that cannot grow without breaking plugins: a plugin built against
  * other ones is refused ("rebuild against this fw"). */
@@ -188,6 +188,13 @@ struct fw_attn_spec {
 	 * i - window < j <= i, while generating too; 0 = none. A plugin that
 	 * cannot honour it fails attend (FW_ERR_INVALID, one line). */
 	int64_t window;
+	/* Since ABI 1.5 (FW_HAS(spec, n_prefix)); the host sets it. Key/value
+	 * rows the peft plugin put in front of k and v (prefix tuning), which
+	 * stand as past keys, as Hugging Face takes PEFT's past_key_values: the
+	 * queries and the other keys are at positions n_prefix.. (fw_attn_rope
+	 * rotates them from there and leaves the prefix keys as they are), and
+	 * key j at position j for ALiBi (the causal alignment, i + Tk - Tq). */
+	int64_t n_prefix;
 };
 
 struct fw_attention_i {
@@ -204,13 +211,16 @@ struct fw_attention_i {
 
 /* With spec->pos == FW_POS_ROPE: checks the rotary dim (even, positive, at
  * most head_dim), rope_base, the Llama-3 scaling fields, and that k has as
- * many positions as q unless generating. FW_OK, or FW_ERR_INVALID (status
+ * many positions as q (plus spec->n_prefix) unless generating. FW_OK, or FW_ERR_INVALID (status
  * `prepended` for the last rule) with "<plugin>: <spec name>: ..." in err. */
 enum fw_status fw_attn_check_rope(const struct fw_attn_spec *spec, const struct fw_tensor *q,
 				  const struct fw_tensor *k, const char *plugin,
 				  enum fw_status prepended, struct fw_err *err);
 /* fw_rope of x (B, T, H, D) as spec asks: positions from the cache length
- * while generating, else m->positions when the arch made them, else 0..T-1. */
+ * while generating, else m->positions when the arch made them, else 0..T-1;
+ * after spec->n_prefix = P prefix keys, the queries (m->seq_len rows) at
+ * P..P+T-1 and keys (P + m->seq_len rows) the same but the first P rows,
+ * which stay unrotated. */
 struct fw_tensor *fw_attn_rope(struct fw_model *m, const struct fw_attn_spec *spec,
 			       struct fw_tensor *x);
 /* Generation: writes x (B, Tq, H, D) into *slot (&spec->cache->k or ->v) at
@@ -287,6 +297,13 @@ struct fw_model {
 	int64_t enc_len;
 	struct fw_tensor **cross_out, **cross_in;
 	int n_cross;
+	/* Since ABI 1.5 (FW_HAS(m, n_prefix)). Key/value rows the peft plugin
+	 * puts in front of every self-attention (prefix tuning), set from its
+	 * wrap_embed, before the arch makes positions: as PEFT passes them as
+	 * past_key_values, the real tokens stand at positions n_prefix.., so an
+	 * arch's learned positions start there (n_prefix + T must fit). While
+	 * decoding, the caches hold the prefix in their first n_prefix rows. */
+	int64_t n_prefix;
 };
 
 struct fw_arch_i {
