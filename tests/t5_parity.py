@@ -693,7 +693,7 @@ def check_span(fw, work):
 GEN_EOS = 1
 
 
-def ref_greedy(c, W, src, max_new):
+def ref_greedy(c, W, src, max_new, eos=GEN_EOS):
     """Hugging Face's greedy search, the decoder rerun on the whole prefix each step."""
     enc = torch.tensor([src])
     seq = [START]
@@ -701,14 +701,25 @@ def ref_greedy(c, W, src, max_new):
         for _ in range(max_new):
             t = int(t5_forward(c, W, enc, torch.ones_like(enc), torch.tensor([seq]))[0, -1].argmax())
             seq.append(t)
-            if t == GEN_EOS:
+            if t == eos:
                 break
     return seq[1:]
 
 
-def ref_beam(c, W, src, N, max_new, lp):
+def length_normed(score, n, lp):
+    """score / n ** lp in IEEE arithmetic (Python raises at n = 0, which only a
+    first-step </s> hypothesis reaches)."""
+    d = float(n) ** lp if n > 0 else (1.0 if lp == 0 else math.inf if lp < 0 else 0.0)
+    return score / d if d != 0 else (-math.inf if score < 0 else math.inf)
+
+
+def ref_beam(c, W, src, N, max_new, lp, prompt_len=1):
     """Hugging Face's beam search (BeamSearchScorer, BeamHypotheses; early_stopping
-    false, one sequence), transcribed, without caches."""
+    false, one sequence) as transformers 4.34-4.4x has it, transcribed, without
+    caches: a hypothesis is scored by its sum of log-probabilities / generated_len
+    ** lp, generated_len = its length less the decoder prompt (the start token),
+    and is_done divides by cur_len - decoder_prompt_len. prompt_len=0 counts the
+    start token as releases before 4.34 did."""
     V = c["vocab_size"]
     enc = torch.tensor([src] * N)
     seqs, beam_scores = [[START] for _ in range(N)], [0.0] + [-1e9] * (N - 1)
@@ -716,7 +727,7 @@ def ref_beam(c, W, src, N, max_new, lp):
     max_length, cur, done = max_new + 1, 1, False
 
     def add(seq, sum_logprobs):
-        score = sum_logprobs / (len(seq) ** lp)
+        score = length_normed(sum_logprobs, len(seq) - prompt_len, lp)
         if len(hyps) < N or score > worst[0]:
             hyps.append((score, seq))
             if len(hyps) > N:
@@ -741,7 +752,8 @@ def ref_beam(c, W, src, N, max_new, lp):
                     new.append((sc, seqs[b] + [t]))
                 if len(new) == N:
                     break
-            done = done or (len(hyps) >= N and worst[0] >= max(top_s.tolist()) / cur ** lp)
+            done = done or (len(hyps) >= N and worst[0] >= length_normed(max(top_s.tolist()),
+                                                                      cur - prompt_len, lp))
             beam_scores, seqs = [x for x, _ in new], [q for _, q in new]
             cur += 1
             if done or cur >= max_length:
