@@ -98,4 +98,16 @@ int64_t model_vocab(const struct session *s);
 /* A /proc/self/status field in bytes ("VmHWM: %zu kB"); 0 if unknown. */
 size_t proc_status_kb(const char *format);
 
+/* s2s_eval.c: fwrun eval --predict-with-generate on an encoder-decoder:
+ * each {"input", "target"} record of --valid-data (else --data) generated
+ * from sources of enc_len tokens (</s> included) into targets of up to
+ * dec_len, and SQuAD v1.1's exact match and F1 (percent, averaged over the
+ * records); --output (non-empty) gets one JSON line a record. */
+struct s2s_scores {
+	double exact_match, f1;
+	int64_t records;
+};
+enum fw_status s2s_eval_generate(struct session *s, int64_t enc_len, int64_t dec_len,
+				 const char *output, struct s2s_scores *out, struct fw_err *err);
+
 #endif

@@ -211,14 +211,25 @@ static enum fw_status predictions(struct session *s, const char *path, struct fw
 int task_eval(struct session *s, int64_t iters)
 {
 	const char *out = opt_s(s, "output");
-	if (*out && (s->task == FW_RT_TASK_MLM || s->task == FW_RT_TASK_SEQ2SEQ))
-		return fail(FW_ERR_INVALID, "--output: predictions are for classification heads, not "
-			    "%s", s->task == FW_RT_TASK_MLM ? "--head=mlm" : "seq2seq");
+	bool generate = opt_b(s, "predict-with-generate");
+	if (generate && s->task != FW_RT_TASK_SEQ2SEQ)
+		return fail(FW_ERR_INVALID, "--predict-with-generate is for encoder-decoder archs "
+			    "(seq2seq data)");
+	if (*out && (s->task == FW_RT_TASK_MLM || (s->task == FW_RT_TASK_SEQ2SEQ && !generate)))
+		return fail(FW_ERR_INVALID, "--output: predictions are for classification heads%s, "
+			    "not %s", s->task == FW_RT_TASK_MLM ? "" : " and --predict-with-generate",
+			    s->task == FW_RT_TASK_MLM ? "--head=mlm" : "seq2seq");
 	struct fw_rt_task_metrics mt;
 	struct fw_rt_eval ev = eval_of(s, iters);
 	if (fw_rt_task_evaluate(&ev, &mt, &s->err) != FW_OK)
 		return fail(s->err.status ? s->err.status : FW_ERR_FORMAT, "%s", s->err.msg);
-	if (*out && predictions(s, out, &s->err) != FW_OK) {
+	struct s2s_scores gen = { 0 };
+	if (generate && s2s_eval_generate(s, s->T, s->T, out, &gen,
+					  &s->err) != FW_OK) {
+		free(mt.confusion);
+		return fail(s->err.status ? s->err.status : FW_ERR_FORMAT, "%s", s->err.msg);
+	}
+	if (*out && !generate && predictions(s, out, &s->err) != FW_OK) {
 		free(mt.confusion);
 		return fail(s->err.status ? s->err.status : FW_ERR_FORMAT, "%s", s->err.msg);
 	}
@@ -227,6 +238,13 @@ int task_eval(struct session *s, int64_t iters)
 	fputs(", \"accuracy\": ", stdout);
 	put_num(stdout, mt.accuracy);
 	printf(", \"eval_iters\": %lld, \"targets\": %lld", (long long)iters, (long long)mt.targets);
+	if (generate) {
+		fputs(", \"exact_match\": ", stdout);
+		put_num(stdout, gen.exact_match);
+		fputs(", \"f1\": ", stdout);
+		put_num(stdout, gen.f1);
+		printf(", \"generated\": %lld", (long long)gen.records);
+	}
 	if (mt.n_labels) {
 		fputs(", \"macro_f1\": ", stdout);
 		put_num(stdout, mt.macro_f1);
