@@ -18,6 +18,11 @@
  * PEFT's prompt_embeddings (with projection: the projected table, as PEFT
  * saves it in inference mode).
  *
+ * An encoder-decoder (m->enc_tokens, T5) as PEFT's PeftModelForSeq2SeqLM:
+ * the decoder's self-attention layers get prefixes, the encoder's
+ * self-attention and cross-attention none; fw_model.kv_prefix tells the
+ * arch the prefix length, for its relative position bias.
+ *
  * Refused in one line: RoPE and ALiBi (the prefix would need positions),
  * an attention bias (packed or padded SFT rows), generation (the KV cache
  * has no room for a prefix), an arch that routes no attention through the
@@ -84,6 +89,13 @@ static enum fw_status prefix_wrap_kv(void *state, struct fw_model *m,
 		s->n_layers = s->n_own = 0;
 		s->emb = s->w0 = s->b0 = s->hid = NULL;
 	}
+	if (FW_HAS(m, kv_prefix))       /* an arch's relative position bias counts it */
+		m->kv_prefix = s->nvt;
+	/* An encoder-decoder: PeftModelForSeq2SeqLM hands its past_key_values to
+	 * the decoder alone, and starts its cross-attention cache empty: only the
+	 * decoder's (causal) self-attention gets a prefix. */
+	if (m->enc_tokens && spec->mask != FW_MASK_CAUSAL)
+		return FW_OK;
 	if (spec->pos == FW_POS_ROPE || spec->pos == FW_POS_ALIBI)
 		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: prefix tuning with %s "
 				 "positions is not supported (the prefix keys have no position); "

@@ -75,9 +75,11 @@ extern "C" {
  * 1.3: fw_peft_i.check; fw_arch_i.hf_maps (struct fw_hf_map, with
  * tensor_part, import_options, export_keys); fw_attn_spec.window (a plugin
  * built before it ignores the field); virtual tokens (fw_model.n_virtual,
- * virtual_select, virtual_at; fw_peft_i.init_from_base). */
+ * virtual_select, virtual_at; fw_peft_i.init_from_base).
+ * 1.4: fw_model.enc_len, cross_out, cross_in, n_cross;
+ * fw_host.lm_head_cross_entropy. 1.5: fw_model.kv_prefix. */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
-#define FW_ABI_MINOR 4   /* additions at the end of size-stamped structs */
+#define FW_ABI_MINOR 5   /* additions at the end of size-stamped structs */
 
 /* Layouts that cannot grow without breaking plugins: a plugin built against
  * other ones is refused ("rebuild against this fw"). */
@@ -287,6 +289,15 @@ struct fw_model {
 	int64_t enc_len;
 	struct fw_tensor **cross_out, **cross_in;
 	int n_cross;
+	/* Since ABI 1.5 (FW_HAS(m, kv_prefix)). Prefix tuning: the keys a peft
+	 * plugin prepends in wrap_kv to each attention it prefixes, set by the
+	 * plugin from its first wrap_kv on (0: none). An arch that makes its
+	 * own position bias (T5's relative bias, FW_POS_RELATIVE) reads it
+	 * after its first attention and builds the bias of a prefixed
+	 * attention over kv_prefix + Tk keys, the prefix at key positions
+	 * 0..kv_prefix-1 and the real tokens after it (Hugging Face's
+	 * past_key_values of that length). */
+	int64_t kv_prefix;
 };
 
 struct fw_arch_i {
@@ -574,6 +585,7 @@ struct fw_plugin {
 #define FW_MODEL_SIZE_1_1       FW_SIZE_THROUGH(struct fw_model, attn_bias)
 #define FW_MODEL_SIZE_1_3       FW_SIZE_THROUGH(struct fw_model, virtual_at)
 #define FW_MODEL_SIZE_1_4       FW_SIZE_THROUGH(struct fw_model, n_cross)
+#define FW_MODEL_SIZE_1_5       FW_SIZE_THROUGH(struct fw_model, kv_prefix)
 #define FW_ATTN_SPEC_SIZE_1_0   FW_SIZE_THROUGH(struct fw_attn_spec, scale)
 #define FW_ATTN_SPEC_SIZE_1_2   FW_SIZE_THROUGH(struct fw_attn_spec, rope_scale_orig_max_pos)
 #define FW_OP_I_SIZE_1_0        FW_SIZE_THROUGH(struct fw_op_i, saved)
