@@ -480,19 +480,24 @@ def adapter_tensors(path):
         return {k: np.array(v) for k, v in f["tensors"].items()}
 
 
-def check_peft(fw, work):
-    c = t5.SEQ
-    rng = np.random.RandomState(91)
-    recs = t5.pair_records(rng, 12)
-    data = os.path.join(work, "peft_pairs.jsonl")
+def pairs_setup(work, name, seed, n, te=t5.TT, td=t5.TT):
+    """n random {"input", "target"} records in a JSONL file, a random t5.SEQ
+    checkpoint, and micro(k): the rows (cut to te, td) of micro-batch k."""
+    recs = t5.pair_records(np.random.RandomState(seed), n)
+    data = os.path.join(work, f"{name}_pairs.jsonl")
     with open(data, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in recs)
-    W = t5.random_weights(c, 91)
-    ck = os.path.join(work, "peft_base.h5")
-    t5.write_ckpt(ck, c, W)
-    rows = [t5.pair_row(r) for r in recs]
+    W = t5.random_weights(t5.SEQ, seed)
+    ck = os.path.join(work, f"{name}_base.h5")
+    t5.write_ckpt(ck, t5.SEQ, W)
+    rows = [t5.pair_row(r, te, td) for r in recs]
     per = (len(rows) + t5.TB - 1) // t5.TB
-    micro = lambda k: rows[(k % per) * t5.TB:(k % per + 1) * t5.TB]  # noqa: E731
+    return recs, rows, data, W, ck, lambda k: rows[(k % per) * t5.TB:(k % per + 1) * t5.TB]
+
+
+def check_peft(fw, work):
+    c = t5.SEQ
+    _, _, data, W, ck, micro = pairs_setup(work, "peft", 91, 12)
     tr = t5.TRAIN
     common = [f"--load={ck}", f"--data={data}", "--tokenizer=byte", "--no-shuffle",
               f"--micro-batch-size={t5.TB}", f"--seq-length={t5.TT}", "--threads=2",
@@ -540,6 +545,63 @@ def check_peft(fw, work):
                 f"{ref[-1][0]:.7f} (first {ref[0][0]:.7f})")
 
 
+# --- separate encoder and decoder lengths ---------------------------------------------------
+
+def check_lengths(fw, work):
+    """--encoder-seq-length 12, --decoder-seq-length 6 (inputs cut to 11 tokens
+    and </s>, targets to 5 and </s>): 10 AdamW steps against the torch replay
+    of rows cut that way; the checkpoint keeps the lengths for eval."""
+    c, te, td = t5.SEQ, 12, 6
+    recs, rows, data, W, ck, micro = pairs_setup(work, "len", 97, 10, te, td)
+    run = os.path.join(work, "len_run")
+    p = t5.fw_train(fw, run, ck, data, "--no-shuffle", f"--train-iters={t5.TRAIN['ITERS']}",
+                    f"--encoder-seq-length={te}", f"--decoder-seq-length={td}")
+    if not R.check("--encoder-seq-length/--decoder-seq-length: fwrun train runs",
+                   p.returncode == 0, g2.describe(p)):
+        return
+    ref = t5.adamw_replay(c, W, micro, te, td)
+    got = [o for o in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if "lr" in o]
+    wl = max(g2.rel(g["loss"], r[0]) for g, r in zip(got, ref))
+    wn = max(g2.rel(g["grad_norm"], r[1]) for g, r in zip(got, ref))
+    R.check(f"--encoder-seq-length={te} --decoder-seq-length={td}: {len(ref)} AdamW steps within "
+            f"1e-4 of torch on rows cut to those lengths", len(got) == len(ref) and wl <= 1e-4
+            and wn <= 1e-4, f"max rel loss {wl:.2e}, norm {wn:.2e}")
+    n_targets = sum(len(r[2]) for r in rows)
+    n_full = sum(len(t5.pair_row(r)[2]) for r in recs)
+    last = os.path.join(run, f"ckpt-{t5.TRAIN['ITERS']:08d}.h5")
+    evals = [fw("eval", "--plugins=arch/encdec,attention/mha", f"--load={last}",
+                f"--valid-data={data}", "--threads=2", *extra)
+             for extra in ([], [f"--encoder-seq-length={te}", f"--decoder-seq-length={td}"])]
+    outs = [json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
+            for p in evals]
+    R.check(f"eval of the checkpoint takes its encoder/decoder lengths: {n_targets} target tokens "
+            f"(not the {n_full} of --seq-length rows), as with the flags given",
+            outs[0] is not None and outs[0] == outs[1] and outs[0]["targets"] == n_targets and
+            n_targets != n_full, f"{outs}; {g2.describe(evals[0])}")
+    # the read-ahead of --calculate-per-token-loss holds the longer encoder rows
+    run = os.path.join(work, "len_per_token")
+    p = t5.fw_train(fw, run, ck, data, "--no-shuffle", "--train-iters=1",
+                    f"--global-batch-size={2 * t5.TB}", "--calculate-per-token-loss",
+                    f"--encoder-seq-length={te}", f"--decoder-seq-length={td}")
+    with torch.no_grad():
+        tot, cnt = t5.batch_loss(c, {k: v.double() for k, v in W.items()}, rows[:2 * t5.TB],
+                                 te, td)
+    got = [o for o in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if "lr" in o] \
+        if p.returncode == 0 else []
+    R.check("--calculate-per-token-loss with a longer encoder: the first step's loss is torch's "
+            "mean over both micro-batches' targets", len(got) == 1 and
+            g2.rel(got[0]["loss"], tot.item() / cnt) <= 1e-5,
+            f"{got} torch {tot.item() / cnt}; {g2.describe(p)}")
+    p = fw("train", "--plugins=arch/decoder,attention/mha,optim/adamw", "--n-layer=1",
+           "--n-embd=16", "--n-head=2", "--vocab-size=300", "--n-positions=32",
+           f"--data={data}", "--tokenizer=byte", "--seq-length=16", "--encoder-seq-length=8",
+           "--train-iters=1",
+           f"--run-dir={os.path.join(work, 'len_dec')}", "--threads=2")
+    R.check("--encoder-seq-length with a decoder arch: one-line refusal (exit 2)",
+            p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and
+            "--encoder-seq-length" in p.stderr, g2.describe(p))
+
+
 # --- attention plugins ----------------------------------------------------------------------
 
 def check_attention_plugins(fw, work):
@@ -582,6 +644,7 @@ def main():
         check_text_generation(fw, work)
         check_beam_length(args, work)
         check_peft(fw, work)
+        check_lengths(fw, work)
         check_attention_plugins(fw, work)
     finally:
         if args.keep:

@@ -405,33 +405,33 @@ def pair_records(rng, n):
     return [{"input": words() + " " + words(), "target": words()} for _ in range(n)]
 
 
-def pair_row(r):
-    """fw's documented seq2seq row: ids + </s> (cut to TT), the decoder's
+def pair_row(r, te=TT, td=TT):
+    """fw's documented seq2seq row: ids + </s> (cut to te, td), the decoder's
     input = start + target shifted right."""
-    enc = (list(r["input"].encode())[:TT - 1]) + [EOS]
-    tgt = (list(r["target"].encode())[:TT - 1]) + [EOS]
+    enc = (list(r["input"].encode())[:te - 1]) + [EOS]
+    tgt = (list(r["target"].encode())[:td - 1]) + [EOS]
     return enc, [START] + tgt[:-1], tgt
 
 
-def padded(rows):
-    """[(enc, dec, tgt)] as padded arrays (pad 0, targets -1)."""
+def padded(rows, te=TT, td=TT):
+    """[(enc, dec, tgt)] as padded arrays (pad 0, targets -1), te and td wide."""
     n = len(rows)
-    enc, mask = np.zeros((n, TT), np.int64), np.zeros((n, TT), np.int64)
-    dec, tgt = np.zeros((n, TT), np.int64), np.full((n, TT), -1, np.int64)
+    enc, mask = np.zeros((n, te), np.int64), np.zeros((n, te), np.int64)
+    dec, tgt = np.zeros((n, td), np.int64), np.full((n, td), -1, np.int64)
     for i, (e, d, t) in enumerate(rows):
         enc[i, :len(e)], mask[i, :len(e)] = e, 1
         dec[i, :len(d)], tgt[i, :len(t)] = d, t
     return enc, mask, dec, tgt
 
 
-def batch_loss(c, P, rows):
-    enc, mask, dec, tgt = padded(rows)
+def batch_loss(c, P, rows, te=TT, td=TT):
+    enc, mask, dec, tgt = padded(rows, te, td)
     logits = t5_forward(c, P, torch.tensor(enc), torch.tensor(mask), torch.tensor(dec))
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.tensor(tgt).reshape(-1),
                            ignore_index=-1, reduction="sum"), int((tgt >= 0).sum())
 
 
-def adamw_replay(c, W, micro):
+def adamw_replay(c, W, micro, te=TT, td=TT):
     """torch.optim.AdamW with Megatron's groups (no decay on 1-D tensors), as
     fwrun sets it up: [(loss, gradient norm)] a step; micro(k) the rows of step k."""
     P = {n: t.double().clone().requires_grad_(True) for n, t in W.items()}
@@ -445,7 +445,7 @@ def adamw_replay(c, W, micro):
     out = []
     for k in range(TRAIN["ITERS"]):
         opt.zero_grad()
-        total, count = batch_loss(c, P, micro(k))
+        total, count = batch_loss(c, P, micro(k), te, td)
         loss = total / count
         loss.backward()
         out.append((loss.item(), math.sqrt(sum(float((P[n].grad ** 2).sum()) for n in order))))

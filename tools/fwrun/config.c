@@ -56,7 +56,11 @@ static const struct fw_option_def run_defs[] = {
 	  "sequences per optimizer step; a multiple of micro-batch-size (0 = micro-batch-size)" },
 	{ "seq-length", FW_OPT_INT, "64", 1, 1 << 24, NULL, "tokens per sequence" },
 	{ "encoder-seq-length", FW_OPT_INT, "0", 0, 1 << 24, NULL,
-	  "arch/encdec generate --interactive: the longest source, in tokens (0 = seq-length)" },
+	  "arch/encdec: encoder tokens per sequence, </s> included (Megatron's T5 flag; HF's "
+	  "max_source_length); 0 = seq-length. generate --interactive: the longest source" },
+	{ "decoder-seq-length", FW_OPT_INT, "0", 0, 1 << 24, NULL,
+	  "arch/encdec: decoder (target) tokens per sequence, </s> included (Megatron's T5 "
+	  "flag; HF's max_target_length); 0 = seq-length" },
 	{ "train-iters", FW_OPT_INT, "100", 1, 1e12, NULL, "optimizer steps" },
 	{ "lr", FW_OPT_FLOAT, "3e-4", 0, 10, NULL, "peak learning rate" },
 	{ "min-lr", FW_OPT_FLOAT, "0.0", 0, 10, NULL, "learning-rate floor after decay" },
@@ -193,7 +197,7 @@ static const struct {
 	{ "calculate-per-token-loss", C_TRAIN | C_EVAL }, { "max-bad-records", C_TRAIN | C_EVAL },
 	{ "micro-batch-size", C_TRAIN | C_EVAL }, { "global-batch-size", C_TRAIN },
 	{ "seq-length", C_TRAIN | C_EVAL }, { "train-iters", C_TRAIN }, { "lr", C_TRAIN },
-	{ "encoder-seq-length", C_GEN },
+	{ "encoder-seq-length", C_ALL }, { "decoder-seq-length", C_TRAIN | C_EVAL },
 	{ "min-lr", C_TRAIN }, { "lr-decay-style", C_TRAIN }, { "lr-decay-iters", C_TRAIN },
 	{ "lr-warmup-iters", C_TRAIN }, { "lr-warmup-fraction", C_TRAIN },
 	{ "lr-warmup-init", C_TRAIN }, { "lr-wsd-decay-style", C_TRAIN },
@@ -623,7 +627,7 @@ static bool is_bool(struct config *c, const char *name)
  * these, which belong to this invocation (an adapter applied at the start of
  * the run is in the checkpoint's weights already). */
 static const char *const shape_options[] = {
-	"micro-batch-size", "seq-length", "packing", "chat-template", "too-long",
+	"micro-batch-size", "seq-length", "encoder-seq-length", "decoder-seq-length", "packing", "chat-template", "too-long",
 	"calculate-per-token-loss", "labels", "mlm-probability", "noise-density",
 	"mean-noise-span-length",
 };

@@ -882,10 +882,12 @@ int cmd_generate(int argc, char **argv)
 				  slots.arch->desc->name);
 			goto out;
 		}
-		/* --interactive: sources up to --encoder-seq-length (else --seq-length) */
+		/* --interactive: sources up to --encoder-seq-length (else --seq-length)
+		 * positions, </s> included */
 		int64_t enc_max = fw_opt_int(o, "encoder-seq-length");
-		int64_t max_source = !interactive ? n_prompt :
-				     enc_max > 0 ? enc_max : fw_opt_int(o, "seq-length");
+		enc_max = enc_max > 0 ? enc_max : fw_opt_int(o, "seq-length");
+		int64_t max_source = !interactive ? n_prompt : s.tok && enc_max > 1 ? enc_max - 1 :
+				     enc_max;
 		/* greedy unless sampling was asked for, as Hugging Face's generate */
 		if (!have_gc && !config_user_set(&cfg, "temperature"))
 			s.opts.temperature = 0;

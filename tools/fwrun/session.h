@@ -22,7 +22,8 @@ struct session {
 	char load_path[4200];         /* --load resolved, or "" */
 	int32_t *seg;                 /* (B, T) sequence ids of the batch, when segmented */
 	struct fw_lr_schedule sched;
-	int64_t B, T, accum, iters;
+	int64_t B, T, accum, iters;   /* T: an encoder-decoder's decoder length */
+	int64_t enc_T;                /* an encoder-decoder's encoder length; 0: none */
 	int64_t step;                 /* completed optimizer steps */
 	int64_t tokens;               /* tokens consumed so far */
 	int64_t skipped;              /* steps skipped on overflow so far */

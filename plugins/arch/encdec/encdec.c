@@ -428,8 +428,10 @@ static enum fw_status encdec_build(void *state, struct fw_model *m, struct fw_er
 	const struct encdec *e = state;
 	const struct fw_host *h = e->host;
 	int64_t B = m->batch, T = m->seq_len, C = e->d_model;
-	/* decoding: the encoder runs over enc_len positions, the decoder one */
-	int64_t Te = m->caches && FW_HAS(m, enc_len) ? m->enc_len : T;
+	/* the encoder runs over enc_len positions when the host sets it (its
+	 * --encoder-seq-length; decoding: the source), else T; decoding: the
+	 * decoder one */
+	int64_t Te = FW_HAS(m, enc_len) && m->enc_len > 0 ? m->enc_len : m->caches ? 0 : T;
 	if (m->caches && (!FW_HAS(m, n_cross) || Te <= 0))
 		return h->errorf(err, FW_ERR_UNSUPPORTED, "arch/encdec: decoding needs a host that "
 				 "sets enc_len and runs the encoder (fw_rt_s2s_decoder)");
