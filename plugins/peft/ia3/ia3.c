@@ -562,7 +562,7 @@ static const struct fw_option_def options[] = {
 	  "GPT-2; k_proj, v_proj, down_proj for Llama; k, v, wo for T5) (PEFT target_modules)" },
 	{ "ia3-feedforward-modules", FW_OPT_STRING, "auto", 0, -1, NULL,
 	  "targeted layers whose input is scaled instead of their output, matched the same "
-	  "way; auto: mlp.c_proj (GPT-2), down_proj (Llama) (PEFT feedforward_modules)" },
+	  "way; auto: mlp.c_proj (GPT-2), down_proj (Llama), wo (T5) (PEFT feedforward_modules)" },
 };
 
 static const struct fw_plugin plugin = {
