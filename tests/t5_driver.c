@@ -21,6 +21,11 @@
  *   t5_driver --spans LENGTH KEY DENSITY MEAN
  *
  * prints fw_rt_span_noise_mask of a row of LENGTH tokens as 0s and 1s.
+ *
+ *   t5_driver --squad FILE
+ *
+ * FILE holds NUL-terminated texts, prediction then reference, pair after
+ * pair; prints fw_rt_squad_score's "EM F1" of each pair, one a line.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +34,7 @@
 #include "fw/loader.h"
 #include "fw/runtime/model.h"
 #include "fw/runtime/seq2seq.h"
+#include "fw/runtime/squad.h"
 #include "fw/runtime/tasks.h"
 #include "../plugins/arch/encdec/t5_bucket.h"
 #include "driver_io.h"
@@ -125,8 +131,39 @@ static int generate(char **argv, int argc)
 	return rc;
 }
 
+static int squad(const char *path)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	size_t len = 0, cap = 0;
+	int c;
+	while (f && (c = fgetc(f)) != EOF) {
+		if (len == cap && !(buf = realloc(buf, cap = 2 * cap + 4096)))
+			return 1;
+		buf[len++] = (char)c;
+	}
+	if (f)
+		fclose(f);
+	int rc = f ? 0 : 1;
+	for (size_t at = 0; !rc && at < len;) {
+		const char *p = buf + at, *r = p + strlen(p) + 1;
+		double em, f1;
+		struct fw_err err = { 0 };
+		if (fw_rt_squad_score(p, strlen(p), r, strlen(r), &em, &f1, &err) != FW_OK) {
+			fprintf(stderr, "t5_driver: %s\n", err.msg);
+			rc = 1;
+		}
+		printf("%.0f %.17g\n", em, f1);
+		at = (size_t)(r - buf) + strlen(r) + 1;
+	}
+	free(buf);
+	return rc;
+}
+
 int main(int argc, char **argv)
 {
+	if (argc == 3 && !strcmp(argv[1], "--squad"))
+		return squad(argv[2]);
 	if (argc >= 5 && !strcmp(argv[1], "--generate"))
 		return generate(argv, argc);
 	if (argc == 7 && !strcmp(argv[1], "--buckets"))

@@ -405,33 +405,33 @@ def pair_records(rng, n):
     return [{"input": words() + " " + words(), "target": words()} for _ in range(n)]
 
 
-def pair_row(r):
-    """fw's documented seq2seq row: ids + </s> (cut to TT), the decoder's
+def pair_row(r, te=TT, td=TT):
+    """fw's documented seq2seq row: ids + </s> (cut to te, td), the decoder's
     input = start + target shifted right."""
-    enc = (list(r["input"].encode())[:TT - 1]) + [EOS]
-    tgt = (list(r["target"].encode())[:TT - 1]) + [EOS]
+    enc = (list(r["input"].encode())[:te - 1]) + [EOS]
+    tgt = (list(r["target"].encode())[:td - 1]) + [EOS]
     return enc, [START] + tgt[:-1], tgt
 
 
-def padded(rows):
-    """[(enc, dec, tgt)] as padded arrays (pad 0, targets -1)."""
+def padded(rows, te=TT, td=TT):
+    """[(enc, dec, tgt)] as padded arrays (pad 0, targets -1), te and td wide."""
     n = len(rows)
-    enc, mask = np.zeros((n, TT), np.int64), np.zeros((n, TT), np.int64)
-    dec, tgt = np.zeros((n, TT), np.int64), np.full((n, TT), -1, np.int64)
+    enc, mask = np.zeros((n, te), np.int64), np.zeros((n, te), np.int64)
+    dec, tgt = np.zeros((n, td), np.int64), np.full((n, td), -1, np.int64)
     for i, (e, d, t) in enumerate(rows):
         enc[i, :len(e)], mask[i, :len(e)] = e, 1
         dec[i, :len(d)], tgt[i, :len(t)] = d, t
     return enc, mask, dec, tgt
 
 
-def batch_loss(c, P, rows):
-    enc, mask, dec, tgt = padded(rows)
+def batch_loss(c, P, rows, te=TT, td=TT):
+    enc, mask, dec, tgt = padded(rows, te, td)
     logits = t5_forward(c, P, torch.tensor(enc), torch.tensor(mask), torch.tensor(dec))
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), torch.tensor(tgt).reshape(-1),
                            ignore_index=-1, reduction="sum"), int((tgt >= 0).sum())
 
 
-def adamw_replay(c, W, micro):
+def adamw_replay(c, W, micro, te=TT, td=TT):
     """torch.optim.AdamW with Megatron's groups (no decay on 1-D tensors), as
     fwrun sets it up: [(loss, gradient norm)] a step; micro(k) the rows of step k."""
     P = {n: t.double().clone().requires_grad_(True) for n, t in W.items()}
@@ -445,7 +445,7 @@ def adamw_replay(c, W, micro):
     out = []
     for k in range(TRAIN["ITERS"]):
         opt.zero_grad()
-        total, count = batch_loss(c, P, micro(k))
+        total, count = batch_loss(c, P, micro(k), te, td)
         loss = total / count
         loss.backward()
         out.append((loss.item(), math.sqrt(sum(float((P[n].grad ** 2).sum()) for n in order))))
@@ -693,7 +693,7 @@ def check_span(fw, work):
 GEN_EOS = 1
 
 
-def ref_greedy(c, W, src, max_new):
+def ref_greedy(c, W, src, max_new, eos=GEN_EOS):
     """Hugging Face's greedy search, the decoder rerun on the whole prefix each step."""
     enc = torch.tensor([src])
     seq = [START]
@@ -701,14 +701,25 @@ def ref_greedy(c, W, src, max_new):
         for _ in range(max_new):
             t = int(t5_forward(c, W, enc, torch.ones_like(enc), torch.tensor([seq]))[0, -1].argmax())
             seq.append(t)
-            if t == GEN_EOS:
+            if t == eos:
                 break
     return seq[1:]
 
 
-def ref_beam(c, W, src, N, max_new, lp):
+def length_normed(score, n, lp):
+    """score / n ** lp in IEEE arithmetic (Python raises at n = 0, which only a
+    first-step </s> hypothesis reaches)."""
+    d = float(n) ** lp if n > 0 else (1.0 if lp == 0 else math.inf if lp < 0 else 0.0)
+    return score / d if d != 0 else (-math.inf if score < 0 else math.inf)
+
+
+def ref_beam(c, W, src, N, max_new, lp, prompt_len=1):
     """Hugging Face's beam search (BeamSearchScorer, BeamHypotheses; early_stopping
-    false, one sequence), transcribed, without caches."""
+    false, one sequence) as transformers 4.34-4.4x has it, transcribed, without
+    caches: a hypothesis is scored by its sum of log-probabilities / generated_len
+    ** lp, generated_len = its length less the decoder prompt (the start token),
+    and is_done divides by cur_len - decoder_prompt_len. prompt_len=0 counts the
+    start token as releases before 4.34 did."""
     V = c["vocab_size"]
     enc = torch.tensor([src] * N)
     seqs, beam_scores = [[START] for _ in range(N)], [0.0] + [-1e9] * (N - 1)
@@ -716,7 +727,7 @@ def ref_beam(c, W, src, N, max_new, lp):
     max_length, cur, done = max_new + 1, 1, False
 
     def add(seq, sum_logprobs):
-        score = sum_logprobs / (len(seq) ** lp)
+        score = length_normed(sum_logprobs, len(seq) - prompt_len, lp)
         if len(hyps) < N or score > worst[0]:
             hyps.append((score, seq))
             if len(hyps) > N:
@@ -741,7 +752,8 @@ def ref_beam(c, W, src, N, max_new, lp):
                     new.append((sc, seqs[b] + [t]))
                 if len(new) == N:
                     break
-            done = done or (len(hyps) >= N and worst[0] >= max(top_s.tolist()) / cur ** lp)
+            done = done or (len(hyps) >= N and worst[0] >= length_normed(max(top_s.tolist()),
+                                                                      cur - prompt_len, lp))
             beam_scores, seqs = [x for x, _ in new], [q for _, q in new]
             cur += 1
             if done or cur >= max_length:

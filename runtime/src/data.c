@@ -210,22 +210,23 @@ int64_t fw_rt_loader_left(const struct fw_rt_loader *l)
 static void rows_next(struct fw_rt_loader *l, int32_t *tokens, int32_t *targets, int32_t *seg)
 {
 	int64_t T = l->T, first = l->cursor++ * l->B;
+	int64_t To = l->out_T > 0 ? l->out_T : T, Ts = l->seg_T > 0 ? l->seg_T : T;
 	for (int64_t b = 0; b < l->B; b++) {
-		int64_t k = first + b, at = b * T;
+		int64_t k = first + b;
 		if (k >= l->rows.n) {                   /* filler row: all padding */
-			for (int64_t i = 0; i < T; i++) {
-				tokens[at + i] = 0;
-				targets[at + i] = -1;
-				if (seg)
-					seg[at + i] = 0;
+			for (int64_t i = 0; i < To; i++) {
+				tokens[b * To + i] = 0;
+				targets[b * To + i] = -1;
 			}
+			for (int64_t i = 0; seg && i < Ts; i++)
+				seg[b * Ts + i] = 0;
 			continue;
 		}
 		int64_t r = l->order[k] * T;
-		memcpy(tokens + at, l->rows.tokens + r, sizeof(int32_t) * (size_t)T);
-		memcpy(targets + at, l->rows.targets + r, sizeof(int32_t) * (size_t)T);
+		memcpy(tokens + b * To, l->rows.tokens + r, sizeof(int32_t) * (size_t)To);
+		memcpy(targets + b * To, l->rows.targets + r, sizeof(int32_t) * (size_t)To);
 		if (seg)
-			memcpy(seg + at, l->rows.seg + r, sizeof(int32_t) * (size_t)T);
+			memcpy(seg + b * Ts, l->rows.seg + r, sizeof(int32_t) * (size_t)Ts);
 	}
 }
 

@@ -151,7 +151,7 @@ void fw_rt_seq2seq_fill(struct fw_model *m, const int32_t *seg)
 	struct fw_tensor *bias = fw_ctx_find(m->ctx, "enc_bias");
 	int32_t *enc = m->enc_tokens->data;
 	float *eb = bias ? bias->data : NULL;
-	for (int64_t i = 0; i < m->batch * m->seq_len; i++) {
+	for (int64_t i = 0; i < fw_nelem(m->enc_tokens); i++) {      /* (B, Te) */
 		enc[i] = seg[i] > 0 ? seg[i] - 1 : 0;
 		if (eb)
 			eb[i] = seg[i] > 0 ? 0.0f : -INFINITY;

@@ -141,10 +141,13 @@ struct hyps {
 	int64_t width;
 };
 
+/* A hypothesis of len tokens (the start token included, not the eos that
+ * ends it) scored as BeamHypotheses.add with generated_len = len - 1: the
+ * start token is the decoder's prompt (transformers >= 4.34). */
 static void hyps_add(struct hyps *h, const int32_t *tok, int64_t len, double sum_logprobs,
 		     double length_penalty)
 {
-	double score = sum_logprobs / pow((double)len, length_penalty);
+	double score = sum_logprobs / pow((double)(len - 1), length_penalty);
 	if (h->n >= h->cap - 1 && !(score > h->worst))
 		return;
 	int k = h->n++;
@@ -249,7 +252,8 @@ static enum fw_status beam_search(struct fw_rt_s2s_decoder *d, const struct fw_r
 			kept++;
 		}
 		/* is_done, early_stopping false: no open beam can beat the worst kept */
-		done = h.n >= N && h.worst >= top[0].score / pow((double)cur, o->length_penalty);
+		done = h.n >= N && h.worst >= top[0].score / pow((double)(cur - 1),
+								  o->length_penalty);
 		memcpy(seq, next, sizeof(int32_t) * (size_t)(N * W));
 		st = reorder(d, from, err);
 		cur++;
@@ -267,6 +271,11 @@ static enum fw_status beam_search(struct fw_rt_s2s_decoder *d, const struct fw_r
 			out[(*n_out)++] = h.tok[best * W + i];
 		if (n < W)                        /* finished: the eos it ended with */
 			out[(*n_out)++] = o->eos;
+		for (int64_t i = 0; o->on_token && i < *n_out; i++)
+			if (o->on_token(o->user, out[i]) == FW_RT_STOP) {
+				*n_out = i + 1;
+				break;
+			}
 	}
 	free(scores);
 	free(beam_scores);
@@ -278,6 +287,48 @@ static enum fw_status beam_search(struct fw_rt_s2s_decoder *d, const struct fw_r
 	free(h.score);
 	free(h.len);
 	free(h.tok);
+	return st;
+}
+
+/* Greedy decoding or sampling in row 0 (fw/runtime/seq2seq.h). */
+static enum fw_status one_beam(struct fw_rt_s2s_decoder *d, const struct fw_rt_s2s_opts *o,
+			       int32_t *out, int64_t *n_out, struct fw_err *err)
+{
+	int V = d->V, ns = o->n_sample > 0 && o->n_sample < V ? o->n_sample : V;
+	double penalty = o->penalty > 0 ? o->penalty : 1.0;
+	int32_t *tok = calloc((size_t)d->beams, sizeof(int32_t));
+	struct fw_rt_cand *cands = malloc(sizeof(*cands) * (size_t)V);
+	float *scores = malloc(sizeof(float) * (size_t)V);
+	uint8_t *seen = calloc((size_t)V, 1);
+	enum fw_status st = FW_OK;
+	if (!tok || !cands || !scores || !seen)
+		st = fw_errorf(err, FW_ERR_NOMEM, "generate: out of memory");
+	if (st == FW_OK) {
+		tok[0] = o->start;
+		if (o->start >= 0 && o->start < V)
+			seen[o->start] = 1;
+	}
+	for (int64_t q = 0; st == FW_OK && q < o->max_new; q++) {
+		if ((st = step(d, q, tok, err)) != FW_OK)
+			break;
+		const float *lg = d->m.logits->data;
+		if (penalty != 1.0) {
+			fw_rt_repetition_penalty(lg, seen, ns, penalty, scores);
+			lg = scores;
+		}
+		tok[0] = fw_rt_sample(lg, ns, o->temperature, o->top_k,
+				      o->top_p > 0 ? o->top_p : 1.0, o->key, (uint64_t)q, cands);
+		seen[tok[0]] = 1;
+		out[(*n_out)++] = tok[0];
+		if (o->on_token && o->on_token(o->user, tok[0]) == FW_RT_STOP)
+			break;
+		if (tok[0] == o->eos)
+			break;
+	}
+	free(tok);
+	free(cands);
+	free(scores);
+	free(seen);
 	return st;
 }
 
@@ -302,18 +353,5 @@ enum fw_status fw_rt_s2s_generate(struct fw_rt_s2s_decoder *d, const int32_t *sr
 	enum fw_status st = encode(d, src, n_src, o->pad, err);
 	if (st != FW_OK || o->num_beams > 1)
 		return st != FW_OK ? st : beam_search(d, o, out, n_out, err);
-	int32_t *tok = calloc((size_t)d->beams, sizeof(int32_t));
-	if (!tok)
-		return fw_errorf(err, FW_ERR_NOMEM, "generate: out of memory");
-	tok[0] = o->start;
-	for (int64_t q = 0; q < o->max_new && st == FW_OK; q++) {
-		if ((st = step(d, q, tok, err)) != FW_OK)
-			break;
-		tok[0] = (int32_t)fw_rt_argmax(d->m.logits->data, d->V);
-		out[(*n_out)++] = tok[0];
-		if (tok[0] == o->eos)
-			break;
-	}
-	free(tok);
-	return st;
+	return one_beam(d, o, out, n_out, err);
 }

@@ -252,10 +252,10 @@ static enum fw_status document(struct builder *b, const char *text, struct fw_er
 	return mlm_document(b, text, err);
 }
 
-/* ids + </s>, cut to T (the last kept token replaced by </s>). */
-static int64_t with_eos(struct builder *b, const struct fw_token_buf *tb, int32_t *out)
+/* ids + </s>, cut to T tokens (the last kept token replaced by </s>). */
+static int64_t with_eos(struct builder *b, const struct fw_token_buf *tb, int64_t T, int32_t *out)
 {
-	int64_t n = (int64_t)tb->n + 1 > b->T ? b->T - 1 : (int64_t)tb->n;
+	int64_t n = (int64_t)tb->n + 1 > T ? T - 1 : (int64_t)tb->n;
 	for (int64_t i = 0; i < n; i++)
 		out[i] = tb->ids[i];
 	out[n] = b->task->s2s.eos;
@@ -285,11 +285,13 @@ static enum fw_status seq2seq_record(struct builder *b, json_t *r, const char **
 		fw_token_buf_free(&to);
 		return fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", b->path);
 	}
-	b->truncated += (int64_t)ti.n + 1 > b->T || (int64_t)to.n + 1 > b->T;
-	int64_t n = with_eos(b, &ti, ids);
+	const struct fw_rt_seq2seq *c = &b->task->s2s;
+	int64_t Te = c->enc_len > 0 ? c->enc_len : b->T, Td = c->dec_len > 0 ? c->dec_len : b->T;
+	b->truncated += (int64_t)ti.n + 1 > Te || (int64_t)to.n + 1 > Td;
+	int64_t n = with_eos(b, &ti, Te, ids);
 	for (int64_t i = 0; i < n; i++)
 		b->rows.seg[at + i] = ids[i] + 1;
-	n = with_eos(b, &to, ids);
+	n = with_eos(b, &to, Td, ids);
 	for (int64_t i = 0; i < n; i++) {
 		b->rows.targets[at + i] = ids[i];
 		b->rows.tokens[at + i] = i ? ids[i - 1] : b->task->s2s.start;

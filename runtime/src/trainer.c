@@ -29,14 +29,23 @@ void fw_rt_batch_next(struct fw_rt_loader *l, struct fw_model *m, int32_t *seg)
 	masks(m, seg);
 }
 
-/* A micro-batch read ahead (tokens, targets, seg of B*T each) into m. */
+/* seg's elements: B x T, or B x the encoder's length when an
+ * encoder-decoder's is longer (tasks.h). */
+static size_t seg_elems(const struct fw_model *m)
+{
+	int64_t T = m->enc_tokens && m->enc_tokens->ne[1] > m->seq_len ? m->enc_tokens->ne[1] :
+		    m->seq_len;
+	return (size_t)(m->batch * T);
+}
+
+/* A micro-batch read ahead (tokens, targets of B*T, seg) into m. */
 static void use_batch(struct fw_model *m, int32_t *seg, const int32_t *staged)
 {
 	size_t bt = (size_t)(m->batch * m->seq_len);
 	memcpy(m->tokens->data, staged, sizeof(int32_t) * bt);
 	memcpy(m->targets->data, staged + bt, sizeof(int32_t) * bt);
 	if (seg) {
-		memcpy(seg, staged + 2 * bt, sizeof(int32_t) * bt);
+		memcpy(seg, staged + 2 * bt, sizeof(int32_t) * seg_elems(m));
 		masks(m, seg);
 	}
 }
@@ -98,12 +107,12 @@ static enum fw_status one_step(struct fw_rt_trainer *t, int64_t it, int64_t n_mi
 			       struct fw_err *err)
 {
 	struct fw_model *m = t->m;
-	size_t bt = (size_t)(m->batch * m->seq_len);
+	size_t bt = (size_t)(m->batch * m->seq_len), each = 2 * bt + seg_elems(m);
 	int64_t total = 0;
 	/* Per-token loss: the step's micro-batches are read ahead to count their
 	 * loss tokens, and micro-batch k's mean is weighted count[k] / total. */
 	for (int64_t k = 0; staged && k < n_micro; k++) {
-		int32_t *b = staged + 3 * bt * (size_t)k;
+		int32_t *b = staged + each * (size_t)k;
 		fw_rt_loader_next(t->data, b, b + bt, b + 2 * bt);
 		count[k] = 0;
 		for (size_t j = 0; j < bt; j++)
@@ -115,7 +124,7 @@ static enum fw_status one_step(struct fw_rt_trainer *t, int64_t it, int64_t n_mi
 		double w = staged && total ? (double)count[k] / (double)total :
 			   1.0 / (double)n_micro;
 		if (staged)
-			use_batch(m, t->seg, staged + 3 * bt * (size_t)k);
+			use_batch(m, t->seg, staged + each * (size_t)k);
 		else
 			fw_rt_batch_next(t->data, m, t->seg);
 		fw_graph_set_loss_scale(t->g, (float)(w * scale));
@@ -143,7 +152,7 @@ enum fw_status fw_rt_train(struct fw_rt_trainer *t, bool *stopped, struct fw_err
 	struct fw_rt_loader *d = t->data;
 	const struct fw_loaded *pp = t->plugins ? t->plugins->peft : NULL;
 	const struct fw_peft_i *peft = pp ? pp->desc->iface : NULL;
-	size_t bt = (size_t)(t->m->batch * t->m->seq_len);
+	size_t bt = (size_t)(t->m->batch * t->m->seq_len), each = 2 * bt + seg_elems(t->m);
 	if (stopped)
 		*stopped = false;
 	if (d->n_micro < t->accum && t->drop_last)
@@ -151,7 +160,7 @@ enum fw_status fw_rt_train(struct fw_rt_trainer *t, bool *stopped, struct fw_err
 				 "batch (%lld) with --drop-last", t->data_label ? t->data_label :
 				 d->n_shards ? d->shards[0].path : "the data", (long long)d->n_micro,
 				 (long long)t->accum);
-	int32_t *staged = t->per_token ? malloc(sizeof(int32_t) * 3 * bt * (size_t)t->accum) : NULL;
+	int32_t *staged = t->per_token ? malloc(sizeof(int32_t) * each * (size_t)t->accum) : NULL;
 	int64_t *count = t->per_token ? malloc(sizeof(int64_t) * (size_t)t->accum) : NULL;
 	if (t->per_token && (!staged || !count)) {
 		free(staged);

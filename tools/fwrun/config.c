@@ -55,6 +55,12 @@ static const struct fw_option_def run_defs[] = {
 	{ "global-batch-size", FW_OPT_INT, "0", 0, 1 << 30, NULL,
 	  "sequences per optimizer step; a multiple of micro-batch-size (0 = micro-batch-size)" },
 	{ "seq-length", FW_OPT_INT, "64", 1, 1 << 24, NULL, "tokens per sequence" },
+	{ "encoder-seq-length", FW_OPT_INT, "0", 0, 1 << 24, NULL,
+	  "arch/encdec: encoder tokens per sequence, </s> included (Megatron's T5 flag; HF's "
+	  "max_source_length); 0 = seq-length. generate --interactive: the longest source" },
+	{ "decoder-seq-length", FW_OPT_INT, "0", 0, 1 << 24, NULL,
+	  "arch/encdec: decoder (target) tokens per sequence, </s> included (Megatron's T5 "
+	  "flag; HF's max_target_length); 0 = seq-length" },
 	{ "train-iters", FW_OPT_INT, "100", 1, 1e12, NULL, "optimizer steps" },
 	{ "lr", FW_OPT_FLOAT, "3e-4", 0, 10, NULL, "peak learning rate" },
 	{ "min-lr", FW_OPT_FLOAT, "0.0", 0, 10, NULL, "learning-rate floor after decay" },
@@ -170,7 +176,11 @@ static const struct fw_option_def run_defs[] = {
 	  "arch/encdec span corruption: mean length of a noise span (T5: 3)" },
 	{ "output", FW_OPT_STRING, "", 0, -1, NULL,
 	  "eval, arch/encoder classification: JSONL of each record's predicted label and "
-	  "probabilities" },
+	  "probabilities; arch/encdec with --predict-with-generate: each record's prediction, "
+	  "exact match and F1" },
+	{ "predict-with-generate", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "eval, arch/encdec: generate each {\"input\", \"target\"} record's target (greedy, or "
+	  "--num-beams) and report SQuAD v1.1's exact match and token F1 (percent)" },
 };
 
 /* Which commands each of fwrun's options does something in (plan takes
@@ -187,6 +197,7 @@ static const struct {
 	{ "calculate-per-token-loss", C_TRAIN | C_EVAL }, { "max-bad-records", C_TRAIN | C_EVAL },
 	{ "micro-batch-size", C_TRAIN | C_EVAL }, { "global-batch-size", C_TRAIN },
 	{ "seq-length", C_TRAIN | C_EVAL }, { "train-iters", C_TRAIN }, { "lr", C_TRAIN },
+	{ "encoder-seq-length", C_ALL }, { "decoder-seq-length", C_TRAIN | C_EVAL },
 	{ "min-lr", C_TRAIN }, { "lr-decay-style", C_TRAIN }, { "lr-decay-iters", C_TRAIN },
 	{ "lr-warmup-iters", C_TRAIN }, { "lr-warmup-fraction", C_TRAIN },
 	{ "lr-warmup-init", C_TRAIN }, { "lr-wsd-decay-style", C_TRAIN },
@@ -198,7 +209,8 @@ static const struct {
 	{ "threads", C_ALL }, { "log-interval", C_TRAIN }, { "prompt-tokens", C_GEN },
 	{ "max-new-tokens", C_GEN }, { "temperature", C_GEN }, { "top-k", C_GEN },
 	{ "top-p", C_GEN }, { "prompt", C_GEN }, { "prompt-file", C_GEN },
-	{ "repetition-penalty", C_GEN }, { "num-beams", C_GEN }, { "length-penalty", C_GEN },
+	{ "repetition-penalty", C_GEN }, { "num-beams", C_GEN | C_EVAL },
+	{ "length-penalty", C_GEN | C_EVAL },
 	{ "stop", C_GEN }, { "interactive", C_GEN }, { "chat", C_GEN },
 	{ "prompts", C_GEN }, { "batch-size", C_GEN },
 	{ "score-data", C_EVAL }, { "adapter", C_ALL }, { "adapter-name", C_ALL },
@@ -211,7 +223,7 @@ static const struct {
 	{ "debug-inject-overflow", C_TRAIN },
 	{ "labels", C_TRAIN | C_EVAL }, { "mlm-probability", C_TRAIN | C_EVAL },
 	{ "noise-density", C_TRAIN | C_EVAL }, { "mean-noise-span-length", C_TRAIN | C_EVAL },
-	{ "output", C_EVAL },
+	{ "output", C_EVAL }, { "predict-with-generate", C_EVAL },
 };
 
 static unsigned cmd_bit(const char *cmd)
@@ -615,7 +627,7 @@ static bool is_bool(struct config *c, const char *name)
  * these, which belong to this invocation (an adapter applied at the start of
  * the run is in the checkpoint's weights already). */
 static const char *const shape_options[] = {
-	"micro-batch-size", "seq-length", "packing", "chat-template", "too-long",
+	"micro-batch-size", "seq-length", "encoder-seq-length", "decoder-seq-length", "packing", "chat-template", "too-long",
 	"calculate-per-token-loss", "labels", "mlm-probability", "noise-density",
 	"mean-noise-span-length",
 };

@@ -120,12 +120,28 @@ int cmd_sweep(int argc, char **argv);      /* sweep.c */
 int cmd_report(int argc, char **argv);     /* report_sweep.c */
 
 /* seq2seq_gen.c: whether the arch of slots is an encoder-decoder (its
- * model has enc_tokens), and fwrun generate for one: the prompt is the
- * source (its ids and </s>), the target printed; greedy or --num-beams. */
+ * model has enc_tokens), and its decoding model for fwrun generate: the
+ * prompt is the source (its ids and </s> with a tokenizer), the target is
+ * generated greedily, sampled or by --num-beams (fw/runtime/seq2seq.h). */
 bool seq2seq_arch(const struct fw_plugin_slots *slots);
-int seq2seq_generate(struct config *cfg, const struct fw_plugin_slots *slots, const char *path,
-		     struct fw_tokenizer *tok, const int32_t *prompt, int64_t n_prompt,
-		     bool interactive);
+struct s2s_gen {
+	struct fw_rt_s2s_decoder d;
+	struct fw_rt_s2s_opts o;          /* sampling fields set by the caller */
+	int64_t max_source;               /* prompt tokens at most */
+	bool add_eos;
+	int32_t *src, *out;
+};
+/* Opens the decoding model for sources of up to max_source prompt tokens
+ * and targets of up to max_new, and loads path's weights; --num-beams and
+ * --length-penalty from cfg. A peft plugin is refused (FW_ERR_UNSUPPORTED). */
+enum fw_status s2s_gen_open(struct s2s_gen *g, const struct config *cfg,
+			    const struct fw_plugin_slots *slots, const char *path,
+			    struct fw_tokenizer *tok, int64_t max_source, int64_t max_new,
+			    struct fw_err *err);
+/* Generates the target of prompt[0..n), each token to on_token. */
+enum fw_status s2s_gen_complete(struct s2s_gen *g, const int32_t *prompt, int64_t n,
+				fw_rt_token_fn on_token, void *user, struct fw_err *err);
+void s2s_gen_close(struct s2s_gen *g);
 
 /* --- PEFT adapters (adapter.c) ------------------------------------------------------- */
 

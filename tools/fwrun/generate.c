@@ -206,6 +206,7 @@ struct gen {
 	struct text_out text;
 	int32_t stop_ids[FW_RT_GENCONFIG_MAX_EOS];      /* generation_config's eos_token_id */
 	int n_stop_ids;
+	struct s2s_gen *s2s;              /* an encoder-decoder's model, in place of d */
 	/* one completion's output: */
 	int32_t eos, turn_end;
 	int printed;
@@ -285,17 +286,20 @@ static enum fw_rt_action print_token(void *user, int32_t tok)
 static enum fw_status complete(struct gen *s, const int32_t *prompt, int64_t n,
 			       struct fw_err *err)
 {
-	if (fits(s, n, err) != FW_OK)
+	s->text.n = 0;
+	s->printed = 0;
+	if (s->s2s && s2s_gen_complete(s->s2s, prompt, n, print_token, s, err) != FW_OK)
 		return err->status;
-	for (int64_t i = 0; i < n; i++)
+	if (!s->s2s && fits(s, n, err) != FW_OK)
+		return err->status;
+	for (int64_t i = 0; !s->s2s && i < n; i++)
 		if (prompt[i] >= s->d.V)
 			return fw_errorf(err, FW_ERR_INVALID, "%s: token %d is outside the "
 					 "vocabulary (%d)", s->tok ? "prompt" : "--prompt-tokens",
 					 prompt[i], s->d.V);
-	s->text.n = 0;
-	s->printed = 0;
 	s->opts.max_new = s->max_new;
-	enum fw_status st = fw_rt_generate(&s->d, prompt, n, &s->opts, print_token, s, err);
+	enum fw_status st = s->s2s ? FW_OK :
+			    fw_rt_generate(&s->d, prompt, n, &s->opts, print_token, s, err);
 	if (st != FW_OK)
 		return st;
 	if (s->tok)
@@ -714,6 +718,7 @@ int cmd_generate(int argc, char **argv)
 	struct fw_tensor **params = NULL;
 	struct stops stops = { 0 };
 	struct gen s = { 0 };
+	struct s2s_gen s2s = { 0 };
 	struct prompt_list pl = { 0 };
 
 	for (int i = 0; i < argc; i++) {
@@ -855,11 +860,6 @@ int cmd_generate(int argc, char **argv)
 	if (have_gc)
 		genconfig_apply(&s, &gc, &cfg, n_prompt, gc_where);
 	s.n_pos = arch_positions(slots.arch->opts);
-	if (interactive && s.n_pos <= 0) {
-		rc = fail(FW_ERR_INVALID, "--interactive sizes its cache by the arch's n-positions, "
-			 "and %s has none", slots.arch->desc->name);
-		goto out;
-	}
 	if (fw_opt_int(o, "threads") > 0)
 		fw_set_num_threads((int)fw_opt_int(o, "threads"));
 	for (int k = 1; k < FW_KIND_COUNT; k++)
@@ -868,7 +868,45 @@ int cmd_generate(int argc, char **argv)
 			goto out;
 		}
 	if (seq2seq_arch(&slots)) {     /* an encoder-decoder: seq2seq_gen.c */
-		rc = seq2seq_generate(&cfg, &slots, path, s.tok, prompt, n_prompt, interactive);
+		if (*prompts) {
+			rc = fail(FW_ERR_UNSUPPORTED, "generate: --prompts is for decoder archs; give "
+				  "%s one source (--prompt, --prompt-file, --prompt-tokens or "
+				  "--interactive)", slots.arch->desc->name);
+			goto out;
+		}
+		if (s.chat_prompts && !s.chat.jinja &&
+		    !strcmp(fw_opt_str(o, "chat-template"), "auto")) {
+			rc = fail(FW_ERR_UNSUPPORTED, "generate: --chat: the tokenizer has no chat "
+				  "template (tokenizer_config.json chat_template), and %s takes a "
+				  "plain source; leave out --chat or pass --chat-template",
+				  slots.arch->desc->name);
+			goto out;
+		}
+		/* --interactive: sources up to --encoder-seq-length (else --seq-length)
+		 * positions, </s> included */
+		int64_t enc_max = fw_opt_int(o, "encoder-seq-length");
+		enc_max = enc_max > 0 ? enc_max : fw_opt_int(o, "seq-length");
+		int64_t max_source = !interactive ? n_prompt : s.tok && enc_max > 1 ? enc_max - 1 :
+				     enc_max;
+		/* greedy unless sampling was asked for, as Hugging Face's generate */
+		if (!have_gc && !config_user_set(&cfg, "temperature"))
+			s.opts.temperature = 0;
+		if (fw_opt_int(o, "num-beams") > 1 && s.opts.temperature > 0) {
+			rc = fail(FW_ERR_INVALID, "generate: --num-beams is beam search; sampling "
+				  "(--temperature > 0) takes one beam");
+			goto out;
+		}
+		if (s2s_gen_open(&s2s, &cfg, &slots, path, s.tok, max_source, s.max_new,
+				 &err) != FW_OK) {
+			rc = fail(err.status, "%s", err.msg);
+			goto out;
+		}
+		s.s2s = &s2s;
+		goto ready;
+	}
+	if (interactive && s.n_pos <= 0) {
+		rc = fail(FW_ERR_INVALID, "--interactive sizes its cache by the arch's n-positions, "
+			 "and %s has none", slots.arch->desc->name);
 		goto out;
 	}
 	/* Virtual tokens (prompt tuning) take positions of their own. */
@@ -915,14 +953,16 @@ int cmd_generate(int argc, char **argv)
 		rc = fail(params ? err.status : FW_ERR_NOMEM, "%s", params ? err.msg : "out of memory");
 		goto out;
 	}
+ready:
 	config_report(&cfg);                                  /* once generation is possible */
 	warn_unused_options(&cfg, "generate", argc, argv);
-	s.opts.n_sample = s.d.V;
+	int model_vocab = s.s2s ? s2s.d.V : s.d.V;
+	s.opts.n_sample = model_vocab;
 	if (s.tok) {            /* a padded vocabulary: ids past the tokenizer's never come */
 		int nv = fw_tokenizer_vocab_size(s.tok);
-		if (nv > s.d.V) {
+		if (nv > model_vocab) {
 			rc = fail(FW_ERR_INVALID, "the tokenizer has %d tokens, more than the model's "
-				 "vocabulary (%d)", nv, s.d.V);
+				 "vocabulary (%d)", nv, model_vocab);
 			goto out;
 		}
 		s.opts.n_sample = nv;
@@ -930,6 +970,15 @@ int cmd_generate(int argc, char **argv)
 	s.opts.key = fw_hash_str("generate", (uint64_t)fw_opt_int(o, "seed"));
 	s.text.stops = &stops;
 	stop_ids(&s);
+	if (s.s2s) {            /* </s> ends the target; the decoder's sampler */
+		s.eos = s2s.o.eos;
+		s2s.o.temperature = s.opts.temperature;
+		s2s.o.top_k = s.opts.top_k;
+		s2s.o.top_p = s.opts.top_p;
+		s2s.o.penalty = s.opts.penalty;
+		s2s.o.n_sample = s.opts.n_sample;
+		s2s.o.key = s.opts.key;
+	}
 	if (*prompts) {
 		rc = run_prompts(&s, &pl, &err) == FW_OK ? EXIT_OK :
 		     fail(err.status, "%s", err.msg);
@@ -941,6 +990,7 @@ int cmd_generate(int argc, char **argv)
 		rc = EXIT_OK;
 	}
 out:
+	s2s_gen_close(&s2s);
 	fw_rt_decoder_close(&s.d);
 	free(s.text.buf);
 	fw_rt_chat_close(&s.chat);

@@ -53,7 +53,7 @@ static struct fw_rt_model_spec model_spec(const struct session *s,
 {
 	return (struct fw_rt_model_spec){
 		.plugins = slots, .batch = s->B, .seq_len = s->T, .training = training,
-		.seed = (uint64_t)opt_i(s, "seed"),
+		.seed = (uint64_t)opt_i(s, "seed"), .enc_len = s->enc_T,
 	};
 }
 
@@ -80,6 +80,24 @@ static enum fw_status check_model(struct session *s, bool training, struct fw_er
 	return st;
 }
 
+/* An encoder-decoder's lengths (Megatron's T5 flags): the encoder's
+ * --encoder-seq-length and the decoder's --decoder-seq-length, each 0 =
+ * --seq-length; the flags are refused for other archs. */
+static enum fw_status seq2seq_lengths(struct session *s, struct fw_err *err)
+{
+	int64_t te = opt_i(s, "encoder-seq-length"), td = opt_i(s, "decoder-seq-length");
+	if (s->task != FW_RT_TASK_SEQ2SEQ) {
+		if (te || td)
+			return fw_errorf(err, FW_ERR_INVALID, "--%s-seq-length is for encoder-decoder "
+					 "archs (arch/encdec); %s has one --seq-length", te ?
+					 "encoder" : "decoder", s->cfg.plugin[FW_KIND_ARCH]->desc->name);
+		return FW_OK;
+	}
+	s->enc_T = te > 0 ? te : s->T;
+	s->T = td > 0 ? td : s->T;
+	return FW_OK;
+}
+
 static enum fw_status build_model(struct session *s, bool training, struct fw_err *err)
 {
 	s->ctx = fw_ctx_new();
@@ -91,7 +109,8 @@ static enum fw_status build_model(struct session *s, bool training, struct fw_er
 	enum fw_status st = fw_rt_model_build(&spec, s->ctx, &s->model, err);
 	if (st != FW_OK)
 		return st;
-	if (spec.segmented && !(s->seg = malloc(sizeof(int32_t) * (size_t)(s->B * s->T))))
+	int64_t seg_T = s->enc_T > s->T ? s->enc_T : s->T;      /* an encoder's may be longer */
+	if (spec.segmented && !(s->seg = malloc(sizeof(int32_t) * (size_t)(s->B * seg_T))))
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	return FW_OK;
 }
@@ -327,7 +346,8 @@ int session_open(struct session *s, const char *cmd, int argc, char **argv, bool
 	s->base_rss = rss_now();
 	s->B = opt_i(s, "micro-batch-size");
 	s->T = opt_i(s, "seq-length");
-	if (init_plugins(s, &s->err) != FW_OK || check_model(s, train, &s->err) != FW_OK) {
+	if (init_plugins(s, &s->err) != FW_OK || check_model(s, train, &s->err) != FW_OK ||
+	    seq2seq_lengths(s, &s->err) != FW_OK) {
 		*rc = fail(s->err.status, "%s",
 			  s->err.msg);
 		return -1;

@@ -22,7 +22,8 @@ struct session {
 	char load_path[4200];         /* --load resolved, or "" */
 	int32_t *seg;                 /* (B, T) sequence ids of the batch, when segmented */
 	struct fw_lr_schedule sched;
-	int64_t B, T, accum, iters;
+	int64_t B, T, accum, iters;   /* T: an encoder-decoder's decoder length */
+	int64_t enc_T;                /* an encoder-decoder's encoder length; 0: none */
 	int64_t step;                 /* completed optimizer steps */
 	int64_t tokens;               /* tokens consumed so far */
 	int64_t skipped;              /* steps skipped on overflow so far */
@@ -97,5 +98,17 @@ struct fw_rt_eval eval_of(struct session *s, int64_t n);
 int64_t model_vocab(const struct session *s);
 /* A /proc/self/status field in bytes ("VmHWM: %zu kB"); 0 if unknown. */
 size_t proc_status_kb(const char *format);
+
+/* s2s_eval.c: fwrun eval --predict-with-generate on an encoder-decoder:
+ * each {"input", "target"} record of --valid-data (else --data) generated
+ * from sources of enc_len tokens (</s> included) into targets of up to
+ * dec_len, and SQuAD v1.1's exact match and F1 (percent, averaged over the
+ * records); --output (non-empty) gets one JSON line a record. */
+struct s2s_scores {
+	double exact_match, f1;
+	int64_t records;
+};
+enum fw_status s2s_eval_generate(struct session *s, int64_t enc_len, int64_t dec_len,
+				 const char *output, struct s2s_scores *out, struct fw_err *err);
 
 #endif

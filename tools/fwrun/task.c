@@ -55,6 +55,23 @@ static enum fw_status seq2seq_specials(struct session *s, struct fw_rt_task *t,
 	return FW_OK;
 }
 
+/* An encoder-decoder's rows served as the model takes them: tokens and
+ * targets of the decoder's length, seg of the encoder's. Span corruption
+ * derives its target length from --seq-length (run_t5_mlm_flax), so it
+ * takes no other lengths. */
+static enum fw_status narrow_rows(struct session *s, struct fw_rt_loader *l, struct fw_err *err)
+{
+	if (s->task != FW_RT_TASK_SEQ2SEQ || (s->enc_T == s->T && l->T == s->T))
+		return FW_OK;
+	if (l->span)
+		return fw_errorf(err, FW_ERR_INVALID, "--encoder-seq-length/--decoder-seq-length: "
+				 "span corruption (text data) derives its target length from "
+				 "--seq-length, as run_t5_mlm_flax does; give --seq-length alone");
+	l->out_T = s->T;
+	l->seg_T = s->enc_T;
+	return FW_OK;
+}
+
 enum fw_status task_open_data(struct session *s, bool train, const char *data,
 			      const char *valid, struct fw_err *err)
 {
@@ -85,11 +102,15 @@ enum fw_status task_open_data(struct session *s, bool train, const char *data,
 	};
 	int64_t max_bad = opt_i(s, "max-bad-records");
 	uint64_t seed = (uint64_t)opt_i(s, "seed");
+	/* seq2seq rows hold the encoder's and the decoder's lengths */
+	int64_t W = s->enc_T > s->T ? s->enc_T : s->T;
+	t->s2s.enc_len = s->enc_T;
+	t->s2s.dec_len = s->T;
 	if (train) {
 		s->have_train = true;
-		st = fw_rt_task_open(&s->train, t, data, "data", s->tok, s->B, s->T,
+		st = fw_rt_task_open(&s->train, t, data, "data", s->tok, s->B, W,
 				     fw_opt_bool(s->cfg.run, "shuffle"), seed, max_bad, &fwrun_log, err);
-		if (st != FW_OK)
+		if (st != FW_OK || (st = narrow_rows(s, &s->train, err)) != FW_OK)
 			return st;
 	}
 	if (cls && (st = settle_labels(s, train && !given, err)) != FW_OK)
@@ -98,8 +119,10 @@ enum fw_status task_open_data(struct session *s, bool train, const char *data,
 	if (*valid || (!train && *data)) {
 		s->have_valid = true;
 		st = fw_rt_task_open(&s->valid, t, *valid ? valid : data,
-				     *valid ? "valid-data" : "data", s->tok, s->B, s->T, false, seed,
+				     *valid ? "valid-data" : "data", s->tok, s->B, W, false, seed,
 				     max_bad, &fwrun_log, err);
+		if (st == FW_OK)
+			st = narrow_rows(s, &s->valid, err);
 	}
 	return st;
 }
@@ -211,14 +234,25 @@ static enum fw_status predictions(struct session *s, const char *path, struct fw
 int task_eval(struct session *s, int64_t iters)
 {
 	const char *out = opt_s(s, "output");
-	if (*out && (s->task == FW_RT_TASK_MLM || s->task == FW_RT_TASK_SEQ2SEQ))
-		return fail(FW_ERR_INVALID, "--output: predictions are for classification heads, not "
-			    "%s", s->task == FW_RT_TASK_MLM ? "--head=mlm" : "seq2seq");
+	bool generate = opt_b(s, "predict-with-generate");
+	if (generate && s->task != FW_RT_TASK_SEQ2SEQ)
+		return fail(FW_ERR_INVALID, "--predict-with-generate is for encoder-decoder archs "
+			    "(seq2seq data)");
+	if (*out && (s->task == FW_RT_TASK_MLM || (s->task == FW_RT_TASK_SEQ2SEQ && !generate)))
+		return fail(FW_ERR_INVALID, "--output: predictions are for classification heads%s, "
+			    "not %s", s->task == FW_RT_TASK_MLM ? "" : " and --predict-with-generate",
+			    s->task == FW_RT_TASK_MLM ? "--head=mlm" : "seq2seq");
 	struct fw_rt_task_metrics mt;
 	struct fw_rt_eval ev = eval_of(s, iters);
 	if (fw_rt_task_evaluate(&ev, &mt, &s->err) != FW_OK)
 		return fail(s->err.status ? s->err.status : FW_ERR_FORMAT, "%s", s->err.msg);
-	if (*out && predictions(s, out, &s->err) != FW_OK) {
+	struct s2s_scores gen = { 0 };
+	if (generate && s2s_eval_generate(s, s->enc_T, s->T, out, &gen,
+					  &s->err) != FW_OK) {
+		free(mt.confusion);
+		return fail(s->err.status ? s->err.status : FW_ERR_FORMAT, "%s", s->err.msg);
+	}
+	if (*out && !generate && predictions(s, out, &s->err) != FW_OK) {
 		free(mt.confusion);
 		return fail(s->err.status ? s->err.status : FW_ERR_FORMAT, "%s", s->err.msg);
 	}
@@ -227,6 +261,13 @@ int task_eval(struct session *s, int64_t iters)
 	fputs(", \"accuracy\": ", stdout);
 	put_num(stdout, mt.accuracy);
 	printf(", \"eval_iters\": %lld, \"targets\": %lld", (long long)iters, (long long)mt.targets);
+	if (generate) {
+		fputs(", \"exact_match\": ", stdout);
+		put_num(stdout, gen.exact_match);
+		fputs(", \"f1\": ", stdout);
+		put_num(stdout, gen.f1);
+		printf(", \"generated\": %lld", (long long)gen.records);
+	}
 	if (mt.n_labels) {
 		fputs(", \"macro_f1\": ", stdout);
 		put_num(stdout, mt.macro_f1);

@@ -55,8 +55,9 @@ static const struct fw_host *g_host;
 /* --- encdec.relbias ---------------------------------------------------------------
  *
  * src0 the table (buckets, H) f32, optional src1 the cache length i32 [1]
- * (query i sits at position len + i; else i); p0.i Tq, p1.i Tk, p2.i
- * bidirectional, p3.i max_distance. out (H, Tq, Tk) = table[bucket(j - i'),
+ * (query i sits at position len + i + p4.i; else i + p4.i); p0.i Tq, p1.i
+ * Tk, p2.i bidirectional, p3.i max_distance, p4.i a fixed query offset (a
+ * prefix's keys in front of the real ones). out (H, Tq, Tk) = table[bucket(j - i'),
  * h]; backward adds each out gradient into its bucket's row. */
 
 static enum fw_status relbias_infer(struct fw_tensor *out, struct fw_err *err)
@@ -77,7 +78,7 @@ static enum fw_status relbias_infer(struct fw_tensor *out, struct fw_err *err)
 
 static int relbias_bucket(const struct fw_tensor *out, int64_t i, int64_t j)
 {
-	int64_t off = out->src[1] ? fw_i32(out->src[1])[0] : 0;
+	int64_t off = (out->src[1] ? fw_i32(out->src[1])[0] : 0) + out->params[4].i;
 	return t5_relative_bucket(j - (i + off), out->params[2].i != 0,
 				  (int)out->src[0]->ne[0], out->params[3].i);
 }
@@ -178,17 +179,18 @@ static struct fw_tensor *dropout(const struct encdec *e, struct fw_model *m, str
  * first block. */
 static struct fw_tensor *position_bias(const struct encdec *e, struct fw_model *m,
 				       const char *stack, bool bidirectional, int64_t Tq,
-				       int64_t Tk, struct fw_tensor *offset)
+				       int64_t Tk, struct fw_tensor *offset, int64_t prefix)
 {
 	char n[FW_NAME_MAX];
 	snprintf(n, sizeof(n), "%s.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
 		 stack);
 	struct fw_tensor *tab = weight(e, m, 2, e->buckets, e->n_head, n,
 				       1.0f / sqrtf((float)e->d_model));
-	union fw_param p[4] = { { .i = (int32_t)Tq }, { .i = (int32_t)Tk },
-				{ .i = bidirectional }, { .i = (int32_t)e->max_distance } };
+	union fw_param p[5] = { { .i = (int32_t)Tq }, { .i = (int32_t)(Tk + prefix) },
+				{ .i = bidirectional }, { .i = (int32_t)e->max_distance },
+				{ .i = (int32_t)prefix } };
 	struct fw_tensor *src[2] = { tab, offset };
-	return e->host->op(m->ctx, e->relbias_op, src, offset ? 2 : 1, p, 4);
+	return e->host->op(m->ctx, e->relbias_op, src, offset ? 2 : 1, p, 5);
 }
 
 /* K or V ("k", "v") of T5Attention at prefix from kv (B, Tk, C), as heads
@@ -197,6 +199,8 @@ static struct fw_tensor *kv_heads(const struct encdec *e, struct fw_model *m,
 				  struct fw_tensor *kv, const char *prefix, const char *which)
 {
 	int64_t C = e->d_model, H = e->n_head, D = e->d_kv;
+	if (!kv)
+		return NULL;
 	int64_t shape[4] = { kv->ne[0], kv->ne[1], H, D };
 	char n[FW_NAME_MAX];
 	snprintf(n, sizeof(n), "%s.%s", prefix, which);
@@ -215,6 +219,8 @@ static struct fw_tensor *attention(const struct encdec *e, struct fw_model *m,
 				   struct fw_tensor *pos_bias, struct fw_kv_cache *cache)
 {
 	const struct fw_host *h = e->host;
+	if (!x || (!kv && !k))
+		return NULL;            /* an earlier step failed: ctx_err has it */
 	int64_t B = x->ne[0], Tq = x->ne[1], C = e->d_model, H = e->n_head;
 	int64_t D = e->d_kv, inner = H * D;
 	char n[FW_NAME_MAX];
@@ -275,8 +281,10 @@ static struct fw_tensor *encoder(const struct encdec *e, struct fw_model *m, str
 				 struct fw_tensor *enc_bias)
 {
 	const struct fw_host *h = e->host;
+	if (!x)
+		return NULL;
 	int64_t T = x->ne[1];
-	struct fw_tensor *pb = position_bias(e, m, "encoder", true, T, T, NULL);
+	struct fw_tensor *pb = position_bias(e, m, "encoder", true, T, T, NULL, 0);
 	char p[64], n[96];
 	for (int l = 0; l < e->n_enc; l++) {
 		if (e->recompute)
@@ -306,11 +314,16 @@ static struct fw_tensor *decoder(const struct encdec *e, struct fw_model *m, str
 				 struct fw_tensor *enc_bias)
 {
 	const struct fw_host *h = e->host;
+	if (!x)
+		return NULL;
 	int64_t T = x->ne[1];
 	struct fw_kv_cache *caches = m->caches;
+	/* a peft prefix (its wrap_embed ran on the encoder's inputs) takes key
+	 * positions 0..P-1 of each self-attention, the targets P.. */
+	int64_t P = FW_HAS(m, n_prefix) && m->n_prefix > 0 ? m->n_prefix : 0;
 	struct fw_tensor *pb = caches ?
-		position_bias(e, m, "decoder", false, T, caches[0].max_len, caches[0].len) :
-		position_bias(e, m, "decoder", false, T, T, NULL);
+		position_bias(e, m, "decoder", false, T, caches[0].max_len, caches[0].len, P) :
+		position_bias(e, m, "decoder", false, T, T, NULL, P);
 	char p[64], n[96];
 	for (int l = 0; l < e->n_dec; l++) {
 		int layer = (int)e->n_enc + 2 * l, salt = 10 * layer;
@@ -357,10 +370,50 @@ static enum fw_status cross_kv(const struct encdec *e, struct fw_model *m, struc
 	for (int i = 0; i < n; i++) {
 		snprintf(p, sizeof(p), "decoder.block.%d.layer.1.EncDecAttention", i / 2);
 		m->cross_out[i] = kv_heads(e, m, enc, p, i % 2 ? "v" : "k");
+		if (!m->cross_out[i]) {         /* the encoder failed (an attention plugin) */
+			struct fw_err *ce = h->ctx_err(m->ctx);
+			return h->errorf(err, ce->status ? ce->status : FW_ERR_INTERNAL,
+					 "arch/encdec: %s", ce->msg);
+		}
 		snprintf(name, sizeof(name), "cross.%d.%s", i / 2, i % 2 ? "v" : "k");
 		m->cross_in[i] = h->input(m->ctx, name, FW_F32, 4, m->cross_out[i]->ne);
 	}
 	return FW_OK;
+}
+
+/* The encoder's input embeddings through host->embed, where a peft plugin
+ * may add P virtual tokens (prompt tuning, P-tuning: fw_model.n_virtual, at
+ * virtual_at), as PEFT's PeftModelForSeq2SeqLM puts them before the
+ * encoder's inputs_embeds: the encoder then runs over P + T rows, its
+ * relative positions count them, and *enc_bias gains P zero columns where
+ * they are (PEFT's prefix_attention_mask of ones), for the encoder and for
+ * cross-attention. A decoding model's encoder pass is a whole sequence, so
+ * the caches are hidden from host->embed meanwhile. */
+static struct fw_tensor *encoder_input(const struct encdec *e, struct fw_model *m,
+				       struct fw_tensor *shared, struct fw_tensor **enc_bias)
+{
+	const struct fw_host *h = e->host;
+	struct fw_tensor *w = h->embedding(m->ctx, shared, m->enc_tokens);
+	struct fw_kv_cache *caches = m->caches;
+	m->caches = NULL;
+	struct fw_tensor *x = h->embed(m, w);
+	m->caches = caches;
+	int64_t P = x && w && FW_HAS(m, n_virtual) ? x->ne[1] - w->ne[1] : 0;
+	if (P <= 0)
+		return x;
+	int64_t B = x->ne[0], T = w->ne[1], at = m->virtual_at > 0 ? m->virtual_at : 0;
+	/* zeros (B, 1, 1, P) from the virtual rows' first column */
+	int64_t shape[4] = { B, 1, 1, P };
+	struct fw_tensor *zero = h->reshape(m->ctx, h->cont(m->ctx, h->scale(m->ctx,
+		h->slice(m->ctx, h->slice(m->ctx, x, 1, at, P), 2, 0, 1), 0.0f)), 4, shape);
+	struct fw_tensor *b = *enc_bias;
+	if (at == 0)
+		b = h->concat(m->ctx, zero, b, 3);
+	else
+		b = h->concat(m->ctx, h->concat(m->ctx, h->slice(m->ctx, b, 3, 0, at), zero, 3),
+			      h->slice(m->ctx, b, 3, at, T - at), 3);
+	*enc_bias = b;
+	return x;
 }
 
 static int encdec_layers(void *state, const struct fw_model *m)
@@ -375,8 +428,10 @@ static enum fw_status encdec_build(void *state, struct fw_model *m, struct fw_er
 	const struct encdec *e = state;
 	const struct fw_host *h = e->host;
 	int64_t B = m->batch, T = m->seq_len, C = e->d_model;
-	/* decoding: the encoder runs over enc_len positions, the decoder one */
-	int64_t Te = m->caches && FW_HAS(m, enc_len) ? m->enc_len : T;
+	/* the encoder runs over enc_len positions when the host sets it (its
+	 * --encoder-seq-length; decoding: the source), else T; decoding: the
+	 * decoder one */
+	int64_t Te = FW_HAS(m, enc_len) && m->enc_len > 0 ? m->enc_len : m->caches ? 0 : T;
 	if (m->caches && (!FW_HAS(m, n_cross) || Te <= 0))
 		return h->errorf(err, FW_ERR_UNSUPPORTED, "arch/encdec: decoding needs a host that "
 				 "sets enc_len and runs the encoder (fw_rt_s2s_decoder)");
@@ -387,8 +442,8 @@ static enum fw_status encdec_build(void *state, struct fw_model *m, struct fw_er
 	struct fw_tensor *enc_bias = h->input(m->ctx, "enc_bias", FW_F32, 4, b11t);
 	struct fw_tensor *shared = weight(e, m, 2, e->vocab, C, "shared.weight", 1.0f);
 
-	struct fw_tensor *x = dropout(e, m, h->embedding(m->ctx, shared, m->enc_tokens), -1);
-	struct fw_tensor *enc = encoder(e, m, x, enc_bias);
+	struct fw_tensor *x = encoder_input(e, m, shared, &enc_bias);
+	struct fw_tensor *enc = encoder(e, m, dropout(e, m, x, -1), enc_bias);
 	if (m->caches && cross_kv(e, m, enc, err) != FW_OK)
 		return err->status;
 	x = dropout(e, m, h->embedding(m->ctx, shared, m->tokens), -2);

@@ -59,10 +59,12 @@ struct ia3 {
 };
 
 /* PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING and
- * ..._FEEDFORWARD_MODULES_MAPPING for gpt2 and llama. */
+ * ..._FEEDFORWARD_MODULES_MAPPING for gpt2, llama and t5. */
 static const char *const auto_targets[] = { "c_attn", "mlp.c_proj", "k_proj", "v_proj",
-					    "down_proj" };
-static const char *const auto_ffs[] = { "mlp.c_proj", "down_proj" };
+					    "down_proj", "SelfAttention.k", "SelfAttention.v",
+					    "EncDecAttention.k", "EncDecAttention.v",
+					    "DenseReluDense.wo" };
+static const char *const auto_ffs[] = { "mlp.c_proj", "down_proj", "DenseReluDense.wo" };
 
 /* PEFT's list matching: the whole name or a dotted suffix; with *, ? or [ a
  * glob over the whole name. */
@@ -193,7 +195,8 @@ static enum fw_status ia3_freeze(void *state, struct fw_model *m, struct fw_err 
 		return h->errorf(err, FW_ERR_INVALID, "peft/ia3: no linear layer matches %s (%d "
 				 "linear layers routed); set --ia3-target-modules",
 				 s->auto_targets ? "the default targets (GPT-2 c_attn, mlp.c_proj; "
-				 "Llama k_proj, v_proj, down_proj)" : "the targets", s->n_linears);
+				 "Llama k_proj, v_proj, down_proj; T5 k, v, wo)" : "the targets",
+				 s->n_linears);
 	int64_t n_train = 0;
 	for (int i = 0; i < fw_ctx_n_tensors(m->ctx); i++) {
 		struct fw_tensor *t = fw_ctx_tensor(m->ctx, i);
@@ -556,10 +559,10 @@ static const struct fw_option_def options[] = {
 	{ "ia3-target-modules", FW_OPT_STRING, "auto", 0, -1, NULL,
 	  "layers that get a vector: comma-separated names or dotted suffixes (c_attn, "
 	  "mlp.c_proj), globs (h.*.attn.*), or auto (PEFT's defaults: c_attn, mlp.c_proj for "
-	  "GPT-2; k_proj, v_proj, down_proj for Llama) (PEFT target_modules)" },
+	  "GPT-2; k_proj, v_proj, down_proj for Llama; k, v, wo for T5) (PEFT target_modules)" },
 	{ "ia3-feedforward-modules", FW_OPT_STRING, "auto", 0, -1, NULL,
 	  "targeted layers whose input is scaled instead of their output, matched the same "
-	  "way; auto: mlp.c_proj (GPT-2), down_proj (Llama) (PEFT feedforward_modules)" },
+	  "way; auto: mlp.c_proj (GPT-2), down_proj (Llama), wo (T5) (PEFT feedforward_modules)" },
 };
 
 static const struct fw_plugin plugin = {

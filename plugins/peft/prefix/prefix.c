@@ -21,9 +21,15 @@
  * PEFT's prompt_embeddings (with projection: the projected table, as PEFT
  * saves it in inference mode).
  *
+ * An encoder-decoder (m->enc_tokens, T5) as PEFT's PeftModelForSeq2SeqLM:
+ * the decoder's self-attention layers get prefixes, the encoder's
+ * self-attention and cross-attention none; fw_model.n_prefix tells the
+ * arch the prefix length, for its relative position bias.
+ *
  * Generation: the prefix fills the first nvt rows of each KV cache.
  * Refused in one line: an attention bias (packed or padded SFT rows), an
- * arch that routes no attention through the host.
+ * arch that routes no attention through the host, generation on an
+ * encoder-decoder.
  */
 #include <math.h>
 #include <stdio.h>
@@ -119,6 +125,11 @@ static enum fw_status prefix_wrap_kv(void *state, struct fw_model *m,
 		s->n_layers = s->n_own = 0;
 		s->emb = s->w0 = s->b0 = s->hid = NULL;
 	}
+	/* An encoder-decoder: PeftModelForSeq2SeqLM hands its past_key_values to
+	 * the decoder alone, and starts its cross-attention cache empty: only the
+	 * decoder's (causal) self-attention gets a prefix. */
+	if (m->enc_tokens && spec->mask != FW_MASK_CAUSAL)
+		return FW_OK;
 	if ((spec->pos == FW_POS_ROPE || spec->pos == FW_POS_ALIBI) &&
 	    !(FW_HAS(m, n_prefix) && m->n_prefix == s->nvt))
 		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: the arch does not "

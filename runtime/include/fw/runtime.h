@@ -31,5 +31,6 @@
 #include "fw/runtime/tasks.h"
 #include "fw/runtime/genconfig.h"
 #include "fw/runtime/seq2seq.h"
+#include "fw/runtime/squad.h"
 
 #endif

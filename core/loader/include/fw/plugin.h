@@ -75,7 +75,9 @@ extern "C" {
  * 1.3: fw_peft_i.check; fw_arch_i.hf_maps (struct fw_hf_map, with
  * tensor_part, import_options, export_keys); fw_attn_spec.window (a plugin
  * built before it ignores the field); virtual tokens (fw_model.n_virtual,
- * virtual_select, virtual_at; fw_peft_i.init_from_base). */
+ * virtual_select, virtual_at; fw_peft_i.init_from_base).
+ * 1.4: fw_model.enc_len, cross_out, cross_in, n_cross;
+ * fw_host.lm_head_cross_entropy. 1.5: fw_model.n_prefix, fw_attn_spec.n_prefix. */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
 #define FW_ABI_MINOR 5   /* additions at the end of size-stamped structs */
 
@@ -302,7 +304,10 @@ struct fw_model {
 	 * wrap_embed, before the arch makes positions: as PEFT passes them as
 	 * past_key_values, the real tokens stand at positions n_prefix.., so an
 	 * arch's learned positions start there (n_prefix + T must fit). While
-	 * decoding, the caches hold the prefix in their first n_prefix rows. */
+	 * decoding, the caches hold the prefix in their first n_prefix rows.
+	 * An arch that makes its own position bias (T5's relative bias) builds
+	 * a prefixed attention's bias over n_prefix + Tk keys, the prefix at key
+	 * positions 0..n_prefix-1. */
 	int64_t n_prefix;
 };
 
@@ -591,8 +596,10 @@ struct fw_plugin {
 #define FW_MODEL_SIZE_1_1       FW_SIZE_THROUGH(struct fw_model, attn_bias)
 #define FW_MODEL_SIZE_1_3       FW_SIZE_THROUGH(struct fw_model, virtual_at)
 #define FW_MODEL_SIZE_1_4       FW_SIZE_THROUGH(struct fw_model, n_cross)
+#define FW_MODEL_SIZE_1_5       FW_SIZE_THROUGH(struct fw_model, n_prefix)
 #define FW_ATTN_SPEC_SIZE_1_0   FW_SIZE_THROUGH(struct fw_attn_spec, scale)
 #define FW_ATTN_SPEC_SIZE_1_2   FW_SIZE_THROUGH(struct fw_attn_spec, rope_scale_orig_max_pos)
+#define FW_ATTN_SPEC_SIZE_1_5   FW_SIZE_THROUGH(struct fw_attn_spec, n_prefix)
 #define FW_OP_I_SIZE_1_0        FW_SIZE_THROUGH(struct fw_op_i, saved)
 
 #define FW_PLUGIN_HEADER \

@@ -76,6 +76,10 @@ struct fw_rt_loader {
 	/* Span-corruption rows (tasks.h): each micro-batch corrupted as it is
 	 * served (fw_rt_span_corrupt), keyed by the same index. */
 	const struct fw_rt_seq2seq *span;
+	/* Rows (rows.n > 0) served narrower than T: tokens and targets the first
+	 * out_T of each row, seg the first seg_T (an encoder-decoder's decoder
+	 * and encoder lengths, tasks.h); 0 = T. */
+	int64_t out_T, seg_T;
 };
 
 /* Token shards (comma-separated paths), micro-batches of B rows of T. */

@@ -3,10 +3,13 @@
  * The source runs through the encoder once (the arch's cross_out graph:
  * each decoder layer's cross-attention K and V), copied into the decoding
  * model's cross_in inputs; the decoder then takes one token a step with
- * self-attention KV caches. Greedy decoding or beam search as Hugging
- * Face's generate (num_beams, length_penalty; early_stopping false): the
- * beams are the decoding model's rows, and their caches are reordered as
- * beams are kept.
+ * self-attention KV caches. Greedy decoding, sampling (the decoder's
+ * sampler), or beam search as Hugging Face's generate (num_beams,
+ * length_penalty; early_stopping false; a hypothesis scored by its
+ * log-likelihood / generated length^length_penalty, the decoder start
+ * token not counted, as BeamHypotheses.add with generated_len since
+ * transformers 4.34): the beams are the decoding model's rows, and their
+ * caches are reordered as beams are kept.
  *
  *     struct fw_rt_s2s_decoder d;
  *     fw_rt_s2s_decoder_open(&d, &slots, beams, enc_len, max_len, seed, &err);
@@ -17,6 +20,7 @@
 #ifndef FW_RUNTIME_SEQ2SEQ_H
 #define FW_RUNTIME_SEQ2SEQ_H
 
+#include "fw/runtime/generate.h"
 #include "fw/runtime/model.h"
 
 #ifdef __cplusplus
@@ -50,6 +54,22 @@ struct fw_rt_s2s_opts {
 	int num_beams;                    /* 1: greedy; at most the decoder's beams */
 	double length_penalty;            /* beam scores: sum of log-probs / length^this */
 	int32_t start, eos, pad;          /* T5: 0, 1, 0 */
+	/* One beam: the next token as the decoder's fw_rt_generate picks it
+	 * (fw/runtime/sample.h): the repetition penalty over the start token
+	 * and the tokens generated so far, then the sampler over the first
+	 * n_sample ids (0: all) at temperature (0: greedy), with the decoder
+	 * position (0 for the first generated token) as the RNG counter. */
+	double temperature;
+	int top_k;
+	double top_p;                     /* 0 is taken as 1 */
+	double penalty;                   /* 0 is taken as 1 (none) */
+	int n_sample;
+	uint64_t key;
+	/* Each generated token in order, the eos included (one beam: as it is
+	 * chosen; beams: the best hypothesis once the search ends); FW_RT_STOP
+	 * ends the output there. NULL: none. */
+	fw_rt_token_fn on_token;
+	void *user;
 };
 
 /* Generates the target of src[0..n_src) (n_src <= enc_len, padded with

@@ -82,6 +82,11 @@ struct fw_rt_seq2seq {
 	double mean_span;                 /* 3 */
 	int64_t raw_len;                  /* text tokens a span-corruption row */
 	uint64_t seed;
+	/* {"input", "target"} rows: the encoder's input cut to enc_len tokens
+	 * and the target to dec_len (each </s> included; 0 = the row width T,
+	 * which must hold both); the loader serves the first dec_len of tokens
+	 * and targets and the first enc_len of seg (fw_rt_loader out_T, seg_T). */
+	int64_t enc_len, dec_len;
 };
 
 /* Hugging Face's compute_input_and_target_lengths: the most text tokens
@@ -143,7 +148,9 @@ void fw_rt_encoder_masks(const int32_t *seg, int64_t B, int64_t T, int32_t *posi
 			 float *bias, int32_t *token_types, float *pool_weights);
 /* fw_rt_encoder_masks into m's inputs (those it has); for an
  * encoder-decoder (m->enc_tokens), seg's encoder side (id + 1, 0 = padding)
- * into enc_tokens (padding: id 0, T5's <pad>) and enc_bias (B, 1, 1, T). */
+ * into enc_tokens (padding: id 0, T5's <pad>) and enc_bias (B, 1, 1, Te),
+ * seg then (B, Te) with Te the encoder's length (enc_tokens' second
+ * dimension). */
 void fw_rt_encoder_fill(struct fw_model *m, const int32_t *seg);
 void fw_rt_seq2seq_fill(struct fw_model *m, const int32_t *seg);
 
