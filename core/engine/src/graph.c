@@ -9,6 +9,7 @@
  * buffer gets a fixed offset in one arena. Nothing is allocated while running.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <omp.h>
@@ -60,6 +61,16 @@ struct fw_graph {
 	int64_t step;
 	float loss_scale;
 	bool forward_done;
+	struct op_time *prof;       /* FW_OP_PROFILE set: per op id, else NULL */
+	int n_prof;
+	double prof_zero;           /* zeroing gradient slots */
+};
+
+/* FW_OP_PROFILE=1: wall time per op and pass, printed to stderr when the
+ * graph is freed (for finding where a step's time goes; bench/README.md). */
+struct op_time {
+	double s[3];                /* forward, recompute, backward */
+	int64_t calls[3];
 };
 
 static size_t align_up(size_t n)
@@ -492,6 +503,15 @@ struct fw_graph *fw_graph_new(struct fw_ctx *ctx, struct fw_tensor **outputs, in
 	}
 	for (int o = 0; o < n_outputs; o++)
 		outputs[o]->flags |= FW_FLAG_OUTPUT;
+	const char *prof = getenv("FW_OP_PROFILE");
+	if (prof && *prof && strcmp(prof, "0")) {
+		int n_ops = FW_OP_COUNT;
+		for (int i = 0; i < g->n_nodes; i++)
+			if (g->nodes[i]->op >= n_ops)
+				n_ops = g->nodes[i]->op + 1;
+		g->prof = fw_calloc((size_t)n_ops, sizeof(*g->prof));
+		g->n_prof = g->prof ? n_ops : 0;
+	}
 	fw_free(pos);
 	fw_free(has_grad);
 	return g;
@@ -504,10 +524,31 @@ fail:
 	return NULL;
 }
 
+static void profile_print(const struct fw_graph *g)
+{
+	static const char *pass[3] = { "forward", "recompute", "backward" };
+	double total = 0.0;
+	for (int op = 0; op < g->n_prof; op++)
+		total += g->prof[op].s[0] + g->prof[op].s[1] + g->prof[op].s[2];
+	fprintf(stderr, "fw op profile (%d nodes, %.3f s in kernels, %.3f s zeroing gradients):\n",
+		g->n_nodes, total, g->prof_zero);
+	for (int op = 0; op < g->n_prof; op++)
+		for (int k = 0; k < 3; k++)
+			if (g->prof[op].calls[k])
+				fprintf(stderr, "  %-14s %-9s %10.3f s %5.1f%% %8lld calls\n",
+					fw_op_get(op)->name, pass[k], g->prof[op].s[k],
+					total > 0 ? 100.0 * g->prof[op].s[k] / total : 0.0,
+					(long long)g->prof[op].calls[k]);
+}
+
 void fw_graph_free(struct fw_graph *g)
 {
 	if (!g)
 		return;
+	if (g->prof) {
+		profile_print(g);
+		fw_free(g->prof);
+	}
 	if (g->ctx->bound == g)
 		g->ctx->bound = NULL;
 	fw_free(g->nodes);
@@ -576,12 +617,18 @@ static enum fw_status run_step(struct fw_graph *g, int si, bool backward,
 	struct fw_tensor *t = g->nodes[g->steps[si].node];
 	const struct fw_op_i *vt = fw_op_get(t->op);
 	struct fw_err e = { 0 };
+	double t0 = g->prof ? omp_get_wtime() : 0.0;
 	kernel_err = &e;
 	if (backward)
 		vt->backward(t, ex);
 	else
 		vt->forward(t, ex);
 	kernel_err = NULL;
+	if (g->prof) {
+		int k = backward ? 2 : g->steps[si].kind == STEP_RECOMP ? 1 : 0;
+		g->prof[t->op].s[k] += omp_get_wtime() - t0;
+		g->prof[t->op].calls[k]++;
+	}
 	if (e.status == FW_OK)
 		return FW_OK;
 	return fw_errorf(&g->ctx->err, e.status, "graph: %s of '%s' (%s): %s",
@@ -620,10 +667,13 @@ enum fw_status fw_graph_backward(struct fw_graph *g)
 	int z = 0;
 	struct fw_tensor *loss = g->outputs[0];
 	for (int si = g->n_fwd_steps; si < g->n_steps; si++) {
+		double t0 = g->prof ? omp_get_wtime() : 0.0;
 		while (z < g->n_zero && g->slots[g->zero_order[z]].first <= si) {
 			struct slot *s = &g->slots[g->zero_order[z++]];
 			memset(g->arena + s->offset, 0, s->bytes);
 		}
+		if (g->prof)
+			g->prof_zero += omp_get_wtime() - t0;
 		if (si == g->n_fwd_steps && loss->grad)
 			*(float *)loss->grad->data = g->loss_scale;
 		struct step *st = &g->steps[si];
