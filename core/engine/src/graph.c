@@ -49,6 +49,7 @@ struct fw_graph {
 	int n_slots;
 	int *val_slot, *rec_slot;   /* per node: forward and recompute value slots */
 	int *grad_slot;             /* per node: gradient slot, -1 if none */
+	int *stash_slot;            /* per node: what forward keeps for backward, -1 if none */
 	struct fw_tensor **grads;   /* per node: gradient tensor or NULL */
 	int *zero_order;            /* grad slots sorted by first step */
 	int n_zero;
@@ -257,12 +258,14 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 	int n = g->n_nodes;
 	struct fw_ctx *ctx = g->ctx;
 	int *bound = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
-	g->slots = fw_calloc((size_t)3 * n + 1, sizeof(*g->slots));
+	g->slots = fw_calloc((size_t)4 * n + 1, sizeof(*g->slots));
 	g->val_slot = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
 	g->rec_slot = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
 	g->grad_slot = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
+	g->stash_slot = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
 	g->grads = fw_calloc((size_t)(n ? n : 1), sizeof(*g->grads));
-	if (!bound || !g->slots || !g->val_slot || !g->rec_slot || !g->grad_slot || !g->grads) {
+	if (!bound || !g->slots || !g->val_slot || !g->rec_slot || !g->grad_slot ||
+	    !g->stash_slot || !g->grads) {
 		fw_free(bound);
 		return fw_errorf(&ctx->err, FW_ERR_NOMEM, "graph: out of memory");
 	}
@@ -280,6 +283,7 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 					 slot_new(g, fw_nbytes(t), false) : -1;
 		}
 		g->grad_slot[i] = -1;
+		g->stash_slot[i] = -1;
 	}
 	/* Gradient tensors and slots (reshape shares its source's gradient). */
 	for (int i = 0; i < n && g->opts.backward; i++) {
@@ -307,6 +311,12 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 	for (int i = 0; i < n; i++)
 		g->nodes[i]->grad = g->grads[i];
 	g->ctx->bound = NULL;
+	/* Stashes: kept from a node's forward (and recompute) to its backward. */
+	for (int i = 0; i < n && g->opts.backward; i++) {
+		size_t bytes = has_grad[i] ? fw_op_stash_bytes(g->nodes[i]) : 0;
+		if (bytes)
+			g->stash_slot[i] = slot_new(g, bytes, false);
+	}
 
 	/* Walk the schedule exactly as the executor will. */
 	for (int i = 0; i < n; i++)
@@ -321,6 +331,7 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 		struct fw_tensor *t = g->nodes[st->node];
 		const struct fw_op_i *vt = fw_op_get(t->op);
 		int i = st->node;
+		touch(g, g->stash_slot[i], si);
 		if (st->kind != STEP_BWD) {
 			for (int k = 0; k < FW_MAX_SRC; k++)
 				if (t->src[k])
@@ -560,6 +571,7 @@ void fw_graph_free(struct fw_graph *g)
 	fw_free(g->val_slot);
 	fw_free(g->rec_slot);
 	fw_free(g->grad_slot);
+	fw_free(g->stash_slot);
 	fw_free(g->grads);
 	fw_free(g->zero_order);
 	fw_free(g->arena);
@@ -602,6 +614,12 @@ static struct fw_exec exec_of(const struct fw_graph *g)
  * otherwise): kernels report from the thread that runs the graph, outside
  * their parallel regions. */
 static _Thread_local struct fw_err *kernel_err;
+static _Thread_local void *kernel_stash;
+
+void *fw_kernel_stash(void)
+{
+	return kernel_stash;
+}
 
 void fw_kernel_fail(const struct fw_err *e)
 {
@@ -618,12 +636,15 @@ static enum fw_status run_step(struct fw_graph *g, int si, bool backward,
 	const struct fw_op_i *vt = fw_op_get(t->op);
 	struct fw_err e = { 0 };
 	double t0 = g->prof ? omp_get_wtime() : 0.0;
+	int stash = g->stash_slot[g->steps[si].node];
 	kernel_err = &e;
+	kernel_stash = stash >= 0 ? g->arena + g->slots[stash].offset : NULL;
 	if (backward)
 		vt->backward(t, ex);
 	else
 		vt->forward(t, ex);
 	kernel_err = NULL;
+	kernel_stash = NULL;
 	if (g->prof) {
 		int k = backward ? 2 : g->steps[si].kind == STEP_RECOMP ? 1 : 0;
 		g->prof[t->op].s[k] += omp_get_wtime() - t0;

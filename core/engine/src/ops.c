@@ -50,6 +50,11 @@ const struct fw_op_i *fw_op_get(int op)
 	return NULL;
 }
 
+size_t fw_op_stash_bytes(const struct fw_tensor *out)
+{
+	return out->op == FW_OP_LMHEAD_CE ? fw_lmce_stash_bytes(out) : 0;
+}
+
 const char *fw_op_name(int op)
 {
 	if (op == FW_OP_NONE)

@@ -121,11 +121,14 @@ struct fw_tensor *fw_cross_entropy(struct fw_ctx *ctx, struct fw_tensor *logits,
 				   struct fw_tensor *targets, struct fw_tensor *mask,
 				   int ignore_index);
 /* cross_entropy(x (..., C) @ w (V, C)^T, targets, mask, ignore_index) without
- * the (..., V) logits or their gradient: forward and backward compute the
- * logits of chunk_rows rows at a time in the workspace (backward recomputes
- * them), so the graph never holds more than chunk_rows x V of them.
- * chunk_rows 0 picks about 64 MiB of logits a chunk. Under autocast x and w
- * are cast as for fw_matmul. */
+ * the (..., V) logits or their gradient: forward computes the logits of
+ * chunk_rows rows at a time in the workspace, so the graph never holds more
+ * than chunk_rows x V of them. In a graph with a backward, forward also
+ * computes the gradients of x and w (for a unit loss gradient) into a buffer
+ * the plan keeps until backward, which scales them by the loss gradient
+ * (under f16 autocast backward recomputes the logits instead). chunk_rows 0
+ * picks about 64 MiB of logits a chunk. Under autocast x and w are cast as
+ * for fw_matmul. */
 struct fw_tensor *fw_lm_head_cross_entropy(struct fw_ctx *ctx, struct fw_tensor *x,
 					   struct fw_tensor *w, struct fw_tensor *targets,
 					   struct fw_tensor *mask, int ignore_index,
