@@ -44,6 +44,13 @@ static struct fw_tensor *b_linear(struct fw_ctx *c, struct fw_tensor *const *in,
 	return fw_linear(c, in[0], in[1], in[2]);
 }
 
+/* x (3, 2, 4) permuted to (2, 3, 4): rows that do not fold into one
+ * matrix, so the bias is added to a batched product. */
+static struct fw_tensor *b_linear_perm(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_linear(c, fw_permute(c, in[0], (const int[]){ 1, 0, 2 }), in[1], in[2]);
+}
+
 static struct fw_tensor *b_add(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
 {
 	return fw_add(c, in[0], in[1]);
@@ -252,6 +259,8 @@ static struct gentry cases[] = {
 	{ "matmul_bcast", b_matmul, { 0 }, 2, { F("a", 2, 3, 4), F("b", 4, 3) }, 0 },
 	{ "matmul_bcast_ta", b_matmul, { .ta = true }, 2, { F("a", 2, 4, 3), F("b", 4, 3) }, 0 },
 	{ "linear", b_linear, { 0 }, 3, { F("x", 2, 3, 4), F("w", 5, 4), F("bias", 5) }, 0 },
+	{ "linear_strided", b_linear_perm, { 0 }, 3,
+	  { F("x", 3, 2, 4), F("w", 5, 4), F("bias", 5) }, 0 },
 	{ "add", b_add, { 0 }, 2, { F("a", 3, 4), F("b", 3, 4) }, 0 },
 	{ "add_row", b_add, { 0 }, 2, { F("a", 2, 3, 4), F("b", 4) }, 0 },
 	{ "add_gen", b_add, { 0 }, 2, { F("a", 2, 1, 4), F("b", 3, 1) }, 0 },

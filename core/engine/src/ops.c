@@ -192,6 +192,11 @@ struct fw_tensor *fw_matmul(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_t
 struct fw_tensor *fw_linear(struct fw_ctx *ctx, struct fw_tensor *x, struct fw_tensor *w,
 			    struct fw_tensor *bias)
 {
+	/* An f32 product takes an f32 bias in the same oneDNN call (one pass
+	 * over the output less, and its gradient straight from dy). */
+	if (x && w && bias && ctx->autocast == FW_F32 && bias->dtype == FW_F32 &&
+	    bias->ndim == 1 && fw_is_contiguous(bias))
+		return node(ctx, FW_OP_MATMUL, 3, x, w, bias, 2, P({ .i = false }, { .i = true }));
 	struct fw_tensor *y = fw_matmul(ctx, x, w, false, true);
 	if (bias && ctx->autocast != FW_F32 && bias->dtype == FW_F32)
 		bias = fw_cast(ctx, bias, ctx->autocast);   /* as torch's autocast linear */
