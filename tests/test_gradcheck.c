@@ -777,8 +777,8 @@ static void close_all(const char *what, const float *a, const float *b, int64_t 
  * drops the logits and their gradient (2 N V floats) but for one chunk of
  * logits in the workspace and, in f32 and bf16, the gradients forward
  * computes for backward (the stash: N C floats of dx, V C of dw when w
- * trains); f16 recomputes the logits in backward instead. A forward-only
- * graph of the same loss plans no stash. */
+ * trains), which the plan counts; f16 recomputes the logits in backward
+ * instead. A forward-only graph of the same loss plans no stash. */
 START_TEST(test_lmce_matches_unfused)
 {
 	enum { N = 74, C = 24, V = 300 };
@@ -816,6 +816,10 @@ START_TEST(test_lmce_matches_unfused)
 				      ref.act_ws + chunk_bytes + stash + 4096,
 				      "%s chunk %d: planned %zu bytes, unfused %zu", fw_dtype_name(ac),
 				      chunk, f.act_ws, ref.act_ws);
+			ck_assert_msg(f.act_ws >= f.eval_act_ws + stash,
+				      "%s chunk %d: planned %zu bytes, forward-only %zu: the stash "
+				      "(%zu) is not planned", fw_dtype_name(ac), chunk, f.act_ws,
+				      f.eval_act_ws, stash);
 			size_t half_copies = ac == FW_F32 ? 0 : (N * C + V * C) * 2;   /* x, w */
 			ck_assert_msg(f.eval_act_ws <= chunk_bytes + half_copies + 4096,
 				      "%s chunk %d: the forward-only graph plans %zu bytes",
