@@ -128,7 +128,7 @@ int main(int argc, char **argv)
 			step(&vs[(i + r) % nv], r);
 	double fl = 3.0 * 2.0 * (double)N * (double)C * (double)V;
 	printf("lm head fwd+bwd, N=%lld C=%lld V=%lld, %d threads, median of %d rounds; "
-	       "useful head FLOPs %.1f GFLOP (fused does 4/3 of it)\n",
+	       "head FLOPs %.1f GFLOP (3 products, fused or not)\n",
 	       (long long)N, (long long)C, (long long)V, threads, rounds, fl * 1e-9);
 	printf("%-24s %10s %10s %12s %14s\n", "variant", "wall ms", "cpu ms", "GFLOP/s wall",
 	       "plan act+ws MiB");

@@ -44,6 +44,13 @@ static struct fw_tensor *b_linear(struct fw_ctx *c, struct fw_tensor *const *in,
 	return fw_linear(c, in[0], in[1], in[2]);
 }
 
+/* x (3, 2, 4) permuted to (2, 3, 4): rows that do not fold into one
+ * matrix, so the bias is added to a batched product. */
+static struct fw_tensor *b_linear_perm(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	return fw_linear(c, fw_permute(c, in[0], (const int[]){ 1, 0, 2 }), in[1], in[2]);
+}
+
 static struct fw_tensor *b_add(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
 {
 	return fw_add(c, in[0], in[1]);
@@ -252,6 +259,8 @@ static struct gentry cases[] = {
 	{ "matmul_bcast", b_matmul, { 0 }, 2, { F("a", 2, 3, 4), F("b", 4, 3) }, 0 },
 	{ "matmul_bcast_ta", b_matmul, { .ta = true }, 2, { F("a", 2, 4, 3), F("b", 4, 3) }, 0 },
 	{ "linear", b_linear, { 0 }, 3, { F("x", 2, 3, 4), F("w", 5, 4), F("bias", 5) }, 0 },
+	{ "linear_strided", b_linear_perm, { 0 }, 3,
+	  { F("x", 3, 2, 4), F("w", 5, 4), F("bias", 5) }, 0 },
 	{ "add", b_add, { 0 }, 2, { F("a", 3, 4), F("b", 3, 4) }, 0 },
 	{ "add_row", b_add, { 0 }, 2, { F("a", 2, 3, 4), F("b", 4) }, 0 },
 	{ "add_gen", b_add, { 0 }, 2, { F("a", 2, 1, 4), F("b", 3, 1) }, 0 },
@@ -695,6 +704,8 @@ struct lmce_run {
 	float loss;
 	float *dx, *dw;          /* NULL when that input has no gradient */
 	size_t act_ws;           /* planned activations + workspace */
+	float eval_loss;         /* of a forward-only graph */
+	size_t eval_act_ws;      /* its plan */
 };
 
 /* One forward + backward of the head, fused (chunk >= 0) or not (chunk < 0). */
@@ -719,12 +730,24 @@ static struct lmce_run lmce_run(int chunk, bool w_grad, enum fw_dtype autocast, 
 	memcpy(w->data, wv, (size_t)(V * C) * sizeof(float));
 	fwt_write(t, tv);
 	fwt_write(m, mv);
+	/* A loss gradient other than 1, as loss scaling gives. The fused head
+	 * rounds dlogits to a half dtype before it scales them by the loss
+	 * gradient, the unfused one after: a power of two keeps the two
+	 * roundings alike. */
+	fw_graph_set_loss_scale(g, autocast == FW_F32 ? 3.0f : 4.0f);
 	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
 	ck_assert_int_eq(fw_graph_backward(g), FW_OK);
 	struct fw_memory_report r;
 	fw_graph_memory(g, &r);
 	struct lmce_run out = { .loss = fw_f32(loss)[0],
 				.act_ws = r.bytes[FW_MEM_ACTIVATIONS] + r.bytes[FW_MEM_WORKSPACE] };
+	struct fw_graph *ge = fw_graph_new(ctx, &loss, 1, &(struct fw_graph_opts){ 0 });
+	ck_assert_msg(ge != NULL, "%s", fw_ctx_err(ctx)->msg);
+	ck_assert_int_eq(fw_graph_forward(ge), FW_OK);
+	fw_graph_memory(ge, &r);
+	out.eval_loss = fw_f32(loss)[0];
+	out.eval_act_ws = r.bytes[FW_MEM_ACTIVATIONS] + r.bytes[FW_MEM_WORKSPACE];
+	fw_graph_free(ge);
 	out.dx = malloc((size_t)(N * C) * sizeof(float));
 	memcpy(out.dx, x->grad->data, (size_t)(N * C) * sizeof(float));
 	ck_assert(w_grad == (w->grad != NULL));
@@ -747,11 +770,15 @@ static void close_all(const char *what, const float *a, const float *b, int64_t 
 
 /* 74 rows in chunks of 16 (the last one short) and in one automatic chunk,
  * with ignored, masked and out-of-range targets, with w frozen (LoRA), in f32
- * and under bf16 autocast (both sides round x, w, the logits and dlogits to
- * bf16 alike; only the summation order differs): the unfused graph, each of
- * whose ops passes the finite-difference and PyTorch checks, is the
- * reference. The fused plan drops the logits and their gradient (2 N V
- * floats) but for one chunk of logits in the workspace. */
+ * and under bf16 and f16 autocast (both sides round x, w, the logits and
+ * dlogits to the half dtype alike; only the summation order differs), with a
+ * loss gradient of 3 (4 under autocast): the unfused graph, each of whose ops passes the
+ * finite-difference and PyTorch checks, is the reference. The fused plan
+ * drops the logits and their gradient (2 N V floats) but for one chunk of
+ * logits in the workspace and, in f32 and bf16, the gradients forward
+ * computes for backward (the stash: N C floats of dx, V C of dw when w
+ * trains), which the plan counts; f16 recomputes the logits in backward
+ * instead. A forward-only graph of the same loss plans no stash. */
 START_TEST(test_lmce_matches_unfused)
 {
 	enum { N = 74, C = 24, V = 300 };
@@ -766,9 +793,9 @@ START_TEST(test_lmce_matches_unfused)
 	}
 	tv[3] = FW_IGNORE_INDEX;
 	tv[10] = V + 2;
-	for (int run = 0; run < 4; run++) {
+	for (int run = 0; run < 6; run++) {
 		bool frozen = run & 1;
-		enum fw_dtype ac = run & 2 ? FW_BF16 : FW_F32;
+		enum fw_dtype ac = run < 2 ? FW_F32 : run < 4 ? FW_BF16 : FW_F16;
 		float tol = ac == FW_F32 ? 1e-4f : 2e-3f;
 		struct lmce_run ref = lmce_run(-1, !frozen, ac, N, C, V, xv, wv, tv, mv);
 		for (int k = 0; k < 2; k++) {
@@ -780,12 +807,23 @@ START_TEST(test_lmce_matches_unfused)
 			close_all("dx", f.dx, ref.dx, N * C, tol);
 			if (!frozen)
 				close_all("dw", f.dw, ref.dw, V * C, tol);
-			/* a chunk of f32 logits, and of bf16 dlogits under autocast */
+			ck_assert_msg(f.eval_loss == f.loss, "%s chunk %d: eval loss %.9g, training %.9g",
+				      fw_dtype_name(ac), chunk, (double)f.eval_loss, (double)f.loss);
+			/* a chunk of f32 logits, and of half dlogits under autocast */
 			size_t chunk_bytes = (size_t)(chunk ? chunk : N) * V * (ac == FW_F32 ? 4 : 6);
+			size_t stash = ac == FW_F16 ? 0 : (N * C + (frozen ? 0 : V * C)) * sizeof(float);
 			ck_assert_msg(f.act_ws + 2 * N * V * sizeof(float) <=
-				      ref.act_ws + chunk_bytes + 4096,
+				      ref.act_ws + chunk_bytes + stash + 4096,
 				      "%s chunk %d: planned %zu bytes, unfused %zu", fw_dtype_name(ac),
 				      chunk, f.act_ws, ref.act_ws);
+			ck_assert_msg(f.act_ws >= f.eval_act_ws + stash,
+				      "%s chunk %d: planned %zu bytes, forward-only %zu: the stash "
+				      "(%zu) is not planned", fw_dtype_name(ac), chunk, f.act_ws,
+				      f.eval_act_ws, stash);
+			size_t half_copies = ac == FW_F32 ? 0 : (N * C + V * C) * 2;   /* x, w */
+			ck_assert_msg(f.eval_act_ws <= chunk_bytes + half_copies + 4096,
+				      "%s chunk %d: the forward-only graph plans %zu bytes",
+				      fw_dtype_name(ac), chunk, f.eval_act_ws);
 			free(f.dx);
 			free(f.dw);
 		}

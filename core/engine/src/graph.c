@@ -9,6 +9,7 @@
  * buffer gets a fixed offset in one arena. Nothing is allocated while running.
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <omp.h>
@@ -48,6 +49,7 @@ struct fw_graph {
 	int n_slots;
 	int *val_slot, *rec_slot;   /* per node: forward and recompute value slots */
 	int *grad_slot;             /* per node: gradient slot, -1 if none */
+	int *stash_slot;            /* per node: what forward keeps for backward, -1 if none */
 	struct fw_tensor **grads;   /* per node: gradient tensor or NULL */
 	int *zero_order;            /* grad slots sorted by first step */
 	int n_zero;
@@ -60,6 +62,16 @@ struct fw_graph {
 	int64_t step;
 	float loss_scale;
 	bool forward_done;
+	struct op_time *prof;       /* FW_OP_PROFILE set: per op id, else NULL */
+	int n_prof;
+	double prof_zero;           /* zeroing gradient slots */
+};
+
+/* FW_OP_PROFILE=1: wall time per op and pass, printed to stderr when the
+ * graph is freed (for finding where a step's time goes; bench/README.md). */
+struct op_time {
+	double s[3];                /* forward, recompute, backward */
+	int64_t calls[3];
 };
 
 static size_t align_up(size_t n)
@@ -246,12 +258,14 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 	int n = g->n_nodes;
 	struct fw_ctx *ctx = g->ctx;
 	int *bound = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
-	g->slots = fw_calloc((size_t)3 * n + 1, sizeof(*g->slots));
+	g->slots = fw_calloc((size_t)4 * n + 1, sizeof(*g->slots));
 	g->val_slot = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
 	g->rec_slot = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
 	g->grad_slot = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
+	g->stash_slot = fw_malloc((size_t)(n ? n : 1) * sizeof(int));
 	g->grads = fw_calloc((size_t)(n ? n : 1), sizeof(*g->grads));
-	if (!bound || !g->slots || !g->val_slot || !g->rec_slot || !g->grad_slot || !g->grads) {
+	if (!bound || !g->slots || !g->val_slot || !g->rec_slot || !g->grad_slot ||
+	    !g->stash_slot || !g->grads) {
 		fw_free(bound);
 		return fw_errorf(&ctx->err, FW_ERR_NOMEM, "graph: out of memory");
 	}
@@ -269,6 +283,7 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 					 slot_new(g, fw_nbytes(t), false) : -1;
 		}
 		g->grad_slot[i] = -1;
+		g->stash_slot[i] = -1;
 	}
 	/* Gradient tensors and slots (reshape shares its source's gradient). */
 	for (int i = 0; i < n && g->opts.backward; i++) {
@@ -296,6 +311,12 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 	for (int i = 0; i < n; i++)
 		g->nodes[i]->grad = g->grads[i];
 	g->ctx->bound = NULL;
+	/* Stashes: kept from a node's forward (and recompute) to its backward. */
+	for (int i = 0; i < n && g->opts.backward; i++) {
+		size_t bytes = has_grad[i] ? fw_op_stash_bytes(g->nodes[i]) : 0;
+		if (bytes)
+			g->stash_slot[i] = slot_new(g, bytes, false);
+	}
 
 	/* Walk the schedule exactly as the executor will. */
 	for (int i = 0; i < n; i++)
@@ -310,6 +331,7 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 		struct fw_tensor *t = g->nodes[st->node];
 		const struct fw_op_i *vt = fw_op_get(t->op);
 		int i = st->node;
+		touch(g, g->stash_slot[i], si);
 		if (st->kind != STEP_BWD) {
 			for (int k = 0; k < FW_MAX_SRC; k++)
 				if (t->src[k])
@@ -492,6 +514,15 @@ struct fw_graph *fw_graph_new(struct fw_ctx *ctx, struct fw_tensor **outputs, in
 	}
 	for (int o = 0; o < n_outputs; o++)
 		outputs[o]->flags |= FW_FLAG_OUTPUT;
+	const char *prof = getenv("FW_OP_PROFILE");
+	if (prof && *prof && strcmp(prof, "0")) {
+		int n_ops = FW_OP_COUNT;
+		for (int i = 0; i < g->n_nodes; i++)
+			if (g->nodes[i]->op >= n_ops)
+				n_ops = g->nodes[i]->op + 1;
+		g->prof = fw_calloc((size_t)n_ops, sizeof(*g->prof));
+		g->n_prof = g->prof ? n_ops : 0;
+	}
 	fw_free(pos);
 	fw_free(has_grad);
 	return g;
@@ -504,10 +535,31 @@ fail:
 	return NULL;
 }
 
+static void profile_print(const struct fw_graph *g)
+{
+	static const char *pass[3] = { "forward", "recompute", "backward" };
+	double total = 0.0;
+	for (int op = 0; op < g->n_prof; op++)
+		total += g->prof[op].s[0] + g->prof[op].s[1] + g->prof[op].s[2];
+	fprintf(stderr, "fw op profile (%d nodes, %.3f s in kernels, %.3f s zeroing gradients):\n",
+		g->n_nodes, total, g->prof_zero);
+	for (int op = 0; op < g->n_prof; op++)
+		for (int k = 0; k < 3; k++)
+			if (g->prof[op].calls[k])
+				fprintf(stderr, "  %-14s %-9s %10.3f s %5.1f%% %8lld calls\n",
+					fw_op_get(op)->name, pass[k], g->prof[op].s[k],
+					total > 0 ? 100.0 * g->prof[op].s[k] / total : 0.0,
+					(long long)g->prof[op].calls[k]);
+}
+
 void fw_graph_free(struct fw_graph *g)
 {
 	if (!g)
 		return;
+	if (g->prof) {
+		profile_print(g);
+		fw_free(g->prof);
+	}
 	if (g->ctx->bound == g)
 		g->ctx->bound = NULL;
 	fw_free(g->nodes);
@@ -519,6 +571,7 @@ void fw_graph_free(struct fw_graph *g)
 	fw_free(g->val_slot);
 	fw_free(g->rec_slot);
 	fw_free(g->grad_slot);
+	fw_free(g->stash_slot);
 	fw_free(g->grads);
 	fw_free(g->zero_order);
 	fw_free(g->arena);
@@ -561,6 +614,12 @@ static struct fw_exec exec_of(const struct fw_graph *g)
  * otherwise): kernels report from the thread that runs the graph, outside
  * their parallel regions. */
 static _Thread_local struct fw_err *kernel_err;
+static _Thread_local void *kernel_stash;
+
+void *fw_kernel_stash(void)
+{
+	return kernel_stash;
+}
 
 void fw_kernel_fail(const struct fw_err *e)
 {
@@ -576,12 +635,21 @@ static enum fw_status run_step(struct fw_graph *g, int si, bool backward,
 	struct fw_tensor *t = g->nodes[g->steps[si].node];
 	const struct fw_op_i *vt = fw_op_get(t->op);
 	struct fw_err e = { 0 };
+	double t0 = g->prof ? omp_get_wtime() : 0.0;
+	int stash = g->stash_slot[g->steps[si].node];
 	kernel_err = &e;
+	kernel_stash = stash >= 0 ? g->arena + g->slots[stash].offset : NULL;
 	if (backward)
 		vt->backward(t, ex);
 	else
 		vt->forward(t, ex);
 	kernel_err = NULL;
+	kernel_stash = NULL;
+	if (g->prof) {
+		int k = backward ? 2 : g->steps[si].kind == STEP_RECOMP ? 1 : 0;
+		g->prof[t->op].s[k] += omp_get_wtime() - t0;
+		g->prof[t->op].calls[k]++;
+	}
 	if (e.status == FW_OK)
 		return FW_OK;
 	return fw_errorf(&g->ctx->err, e.status, "graph: %s of '%s' (%s): %s",
@@ -620,10 +688,13 @@ enum fw_status fw_graph_backward(struct fw_graph *g)
 	int z = 0;
 	struct fw_tensor *loss = g->outputs[0];
 	for (int si = g->n_fwd_steps; si < g->n_steps; si++) {
+		double t0 = g->prof ? omp_get_wtime() : 0.0;
 		while (z < g->n_zero && g->slots[g->zero_order[z]].first <= si) {
 			struct slot *s = &g->slots[g->zero_order[z++]];
 			memset(g->arena + s->offset, 0, s->bytes);
 		}
+		if (g->prof)
+			g->prof_zero += omp_get_wtime() - t0;
 		if (si == g->n_fwd_steps && loss->grad)
 			*(float *)loss->grad->data = g->loss_scale;
 		struct step *st = &g->steps[si];

@@ -74,4 +74,15 @@ void fw_matmul_fail_primitives(bool fail);
  * graph, not from inside a parallel region. */
 void fw_kernel_fail(const struct fw_err *e);
 
+/* Bytes a built-in op keeps from its forward to its backward besides its
+ * output (lm_head_ce: the gradients it computes in forward); 0 for most.
+ * Asked at plan time, for nodes with a backward, gradients attached. The
+ * graph plans them as a buffer that lives from the node's forward (and
+ * recompute) step to its backward step. */
+size_t fw_op_stash_bytes(const struct fw_tensor *out);
+/* That buffer, while the node's forward or backward kernel runs in a graph
+ * that planned one; NULL otherwise (no backward, no gradient to compute). */
+void *fw_kernel_stash(void);
+size_t fw_lmce_stash_bytes(const struct fw_tensor *out);
+
 #endif

@@ -34,6 +34,7 @@ struct mm_key {
 	struct mm_operand a, b, c;
 	int dt;                      /* enum fw_dtype of a and b; c is f32 */
 	int accumulate;
+	int bias;                    /* an f32 row vector (c's last dim) added to c */
 };
 
 /* How a half-precision operand reaches an f32 kernel. */
@@ -49,7 +50,7 @@ struct mm_entry {
 	bool widen;                  /* operands widened to f32 (no native kernel) */
 	struct mm_widen wa, wb;
 	dnnl_primitive_t prim;
-	dnnl_memory_t mem_a, mem_b, mem_c;
+	dnnl_memory_t mem_a, mem_b, mem_c, mem_bias;
 };
 
 #define MM_CACHE_SIZE 512
@@ -95,6 +96,8 @@ static void entry_release(struct mm_entry *e)
 		dnnl_memory_destroy(e->mem_b);
 	if (e->mem_c)
 		dnnl_memory_destroy(e->mem_c);
+	if (e->mem_bias)
+		dnnl_memory_destroy(e->mem_bias);
 	memset(e, 0, sizeof(*e));
 }
 
@@ -164,6 +167,17 @@ static bool md_init(dnnl_memory_desc_t *md, const struct mm_operand *o, int dt)
 			nb[i] = i == o->ndim - 1 ? 1 : nb[i + 1] * ne[i + 1];
 	}
 	return dnnl_memory_desc_init_by_strides(md, o->ndim, ne, dnnl_dt(dt), nb) == dnnl_success;
+}
+
+/* The f32 bias of destination c: (1, .., 1, N), contiguous. */
+static bool bias_md_init(dnnl_memory_desc_t *md, const struct mm_operand *c)
+{
+	struct mm_operand o = { .ndim = c->ndim };
+	for (int i = 0; i < c->ndim; i++) {
+		o.ne[i] = i == c->ndim - 1 ? c->ne[i] : 1;
+		o.nb[i] = i == c->ndim - 1 ? 1 : c->ne[c->ndim - 1];
+	}
+	return md_init(md, &o, FW_F32);
 }
 
 /* --- widening half-precision operands to f32 ------------------------------------ */
@@ -255,9 +269,9 @@ static bool scratch_reserve(size_t floats)
  * none for them on this CPU. */
 static bool primitive_create(dnnl_primitive_t *prim, const struct mm_operand *a,
 			     const struct mm_operand *b, const struct mm_operand *c, int dt,
-			     bool accumulate, char *impl, size_t impl_len)
+			     bool accumulate, bool bias, char *impl, size_t impl_len)
 {
-	dnnl_memory_desc_t a_md, b_md, c_md;
+	dnnl_memory_desc_t a_md, b_md, c_md, bias_md;
 	dnnl_matmul_desc_t desc;
 	dnnl_primitive_attr_t attr = NULL;
 	dnnl_post_ops_t po = NULL;
@@ -267,9 +281,11 @@ static bool primitive_create(dnnl_primitive_t *prim, const struct mm_operand *a,
 	*prim = NULL;
 	if (mm.fail_primitives)
 		return false;
-	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, c, FW_F32))
+	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, c, FW_F32) ||
+	    (bias && !bias_md_init(&bias_md, c)))
 		goto out;
-	if (dnnl_matmul_desc_init(&desc, &a_md, &b_md, NULL, &c_md) != dnnl_success)
+	if (dnnl_matmul_desc_init(&desc, &a_md, &b_md, bias ? &bias_md : NULL, &c_md) !=
+	    dnnl_success)
 		goto out;
 	if (dnnl_primitive_attr_create(&attr) != dnnl_success)
 		goto out;
@@ -301,12 +317,13 @@ static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
 				   struct fw_err *err)
 {
 	const struct mm_operand *a = &k->a, *b = &k->b;
-	dnnl_memory_desc_t a_md, b_md, c_md;
+	dnnl_memory_desc_t a_md, b_md, c_md, bias_md;
 
 	memset(e, 0, sizeof(*e));
 	e->key = *k;
 	bool native = k->dt == FW_F32 || !mm.force_fallback;
-	if (!native || !primitive_create(&e->prim, a, b, &k->c, k->dt, k->accumulate, NULL, 0)) {
+	if (!native || !primitive_create(&e->prim, a, b, &k->c, k->dt, k->accumulate, k->bias,
+					  NULL, 0)) {
 		if (k->dt == FW_F32)
 			goto fail;
 		e->widen = true;
@@ -314,7 +331,8 @@ static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
 		e->wb = widen_plan(&k->b);
 		a = &e->wa.f32;
 		b = &e->wb.f32;
-		if (!primitive_create(&e->prim, a, b, &k->c, FW_F32, k->accumulate, NULL, 0))
+		if (!primitive_create(&e->prim, a, b, &k->c, FW_F32, k->accumulate, k->bias, NULL,
+				      0))
 			goto fail;
 	}
 	int dt = e->widen ? FW_F32 : k->dt;
@@ -322,6 +340,10 @@ static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
 	    dnnl_memory_create(&e->mem_a, &a_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success ||
 	    dnnl_memory_create(&e->mem_b, &b_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success ||
 	    dnnl_memory_create(&e->mem_c, &c_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success)
+		goto fail;
+	if (k->bias && (!bias_md_init(&bias_md, &k->c) ||
+			dnnl_memory_create(&e->mem_bias, &bias_md, mm.engine, DNNL_MEMORY_NONE) !=
+			dnnl_success))
 		goto fail;
 	e->used = true;
 	return FW_OK;
@@ -355,7 +377,7 @@ static struct mm_entry *entry_get(const struct mm_key *k, struct fw_err *err)
 }
 
 static enum fw_status mm_run_locked(const struct mm_key *k, const void *a, const void *b,
-				    float *c, struct fw_err *err)
+				    float *c, const float *bias, struct fw_err *err)
 {
 	if (dnnl_ready(err) != FW_OK)
 		return err->status;
@@ -375,23 +397,26 @@ static enum fw_status mm_run_locked(const struct mm_key *k, const void *a, const
 	dnnl_memory_set_data_handle(e->mem_a, (void *)a);
 	dnnl_memory_set_data_handle(e->mem_b, (void *)b);
 	dnnl_memory_set_data_handle(e->mem_c, c);
-	dnnl_exec_arg_t args[3] = {
+	if (k->bias)
+		dnnl_memory_set_data_handle(e->mem_bias, (void *)bias);
+	dnnl_exec_arg_t args[4] = {
 		{ DNNL_ARG_SRC, e->mem_a },
 		{ DNNL_ARG_WEIGHTS, e->mem_b },
 		{ DNNL_ARG_DST, e->mem_c },
+		{ DNNL_ARG_BIAS, e->mem_bias },
 	};
-	if (dnnl_primitive_execute(e->prim, mm.stream, 3, args) != dnnl_success ||
+	if (dnnl_primitive_execute(e->prim, mm.stream, k->bias ? 4 : 3, args) != dnnl_success ||
 	    dnnl_stream_wait(mm.stream) != dnnl_success)
 		return fw_errorf(err, FW_ERR_INTERNAL, "matmul: oneDNN execution failed");
 	return FW_OK;
 }
 
-/* c (+)= a b for strided operands of one descriptor. */
+/* c (+)= a b (+ bias) for strided operands of one descriptor. */
 static enum fw_status mm_run(const struct mm_key *k, const void *a, const void *b, float *c,
-			     struct fw_err *err)
+			     const float *bias, struct fw_err *err)
 {
 	pthread_mutex_lock(&mm_lock);
-	enum fw_status st = mm_run_locked(k, a, b, c, err);
+	enum fw_status st = mm_run_locked(k, a, b, c, bias, err);
 	pthread_mutex_unlock(&mm_lock);
 	return st;
 }
@@ -467,19 +492,21 @@ static struct mm_operand pad_batch(struct mm_operand o, int nd)
 	return p;
 }
 
-/* c (+)= a b where b may lack a's batch dims (then broadcast). */
-static enum fw_status mm_product(struct mm_operand a, struct mm_operand b, struct mm_operand c,
-				 int dt, bool accumulate, const void *pa, const void *pb,
-				 float *pc, struct fw_err *err)
+/* c (+)= a b (+ bias, f32 (N) for c (.., M, N)) where b may lack a's batch
+ * dims (then broadcast). */
+static enum fw_status mm_product_bias(struct mm_operand a, struct mm_operand b,
+				      struct mm_operand c, int dt, bool accumulate, const void *pa,
+				      const void *pb, float *pc, const float *bias,
+				      struct fw_err *err)
 {
 	struct mm_key k;
 	int last = c.ndim - 1;
 	/* oneDNN has fast kernels for row-major destinations only (a column-major
 	 * one falls back to its reference code, ~100x slower): compute
-	 * C^T = B^T A^T instead. */
-	if (c.nb[last] != 1 && c.nb[last - 1] == 1)
-		return mm_product(transposed(b), transposed(a), transposed(c), dt, accumulate,
-				  pb, pa, pc, err);
+	 * C^T = B^T A^T instead (not with a bias, which is along c's rows). */
+	if (c.nb[last] != 1 && c.nb[last - 1] == 1 && !bias)
+		return mm_product_bias(transposed(b), transposed(a), transposed(c), dt,
+				       accumulate, pb, pa, pc, NULL, err);
 	memset(&k, 0, sizeof(k));
 	if (a.ndim == 2 && b.ndim > 2)
 		a = pad_batch(a, b.ndim);
@@ -497,7 +524,15 @@ static enum fw_status mm_product(struct mm_operand a, struct mm_operand b, struc
 	k.c = c;
 	k.dt = dt;
 	k.accumulate = accumulate;
-	return mm_run(&k, pa, pb, pc, err);
+	k.bias = bias != NULL;
+	return mm_run(&k, pa, pb, pc, bias, err);
+}
+
+static enum fw_status mm_product(struct mm_operand a, struct mm_operand b, struct mm_operand c,
+				 int dt, bool accumulate, const void *pa, const void *pb,
+				 float *pc, struct fw_err *err)
+{
+	return mm_product_bias(a, b, c, dt, accumulate, pa, pb, pc, NULL, err);
 }
 
 /* dB (K, N) += sum over batches of A_i^T dC_i, for b broadcast over a's batch. */
@@ -586,6 +621,12 @@ static enum fw_status matmul_infer(struct fw_tensor *out, struct fw_err *err)
 	if (dt_out != FW_F32 && dt_out != FW_BF16 && dt_out != FW_F16)
 		return fw_errorf(err, FW_ERR_INVALID, "matmul: output dtype %d is not f32, bf16 or f16",
 				 dt_out);
+	const struct fw_tensor *bias = out->src[2];
+	if (bias && (bias->dtype != FW_F32 || bias->ndim != 1 || bias->ne[0] != N ||
+		     dt_out != FW_F32))
+		return fw_errorf(err, FW_ERR_SHAPE, "matmul: the bias is %s %s, expected f32 [%lld] "
+				 "and an f32 product", fw_dtype_name(bias->dtype),
+				 fw_shape_str(bias, sa, sizeof(sa)), (long long)N);
 	out->dtype = (enum fw_dtype)dt_out;
 	out->ndim = na;
 	for (int i = 0; i < na - 2; i++)
@@ -655,11 +696,37 @@ static void matmul_forward(struct fw_tensor *out, const struct fw_exec *ex)
 		matmul_forward_half(out, ex);
 		return;
 	}
-	enum fw_status s = mm_product(operand(a, out->params[0].i), operand(b, out->params[1].i),
-				      operand(out, false), a->dtype, false, a->data, b->data,
-				      out->data, &err);
+	const float *bias = out->src[2] ? fw_f32(out->src[2]) : NULL;
+	enum fw_status s = mm_product_bias(operand(a, out->params[0].i),
+					   operand(b, out->params[1].i), operand(out, false),
+					   a->dtype, false, a->data, b->data, out->data, bias, &err);
 	if (s != FW_OK)
 		fw_kernel_fail(&err);
+}
+
+/* Bytes at the start of the workspace that backward's rounded output
+ * gradient takes (a half-precision product). */
+static size_t half_grad_bytes(const struct fw_tensor *out)
+{
+	size_t n = (size_t)fw_nelem(out) * 2;
+	return out->src[0]->dtype != FW_F32 ? (n + FW_ALIGN - 1) & ~(size_t)(FW_ALIGN - 1) : 0;
+}
+
+/* dbias (N) += the sum of dC's rows, as the product ones (1, rows) dC (rows,
+ * N); the ones go in the workspace after the rounded gradient. */
+static enum fw_status bias_backward(struct fw_tensor *out, const struct fw_exec *ex,
+				    struct fw_err *err)
+{
+	int64_t N = out->ne[out->ndim - 1], rows = fw_nelem(out) / N;
+	float *ones = (float *)((char *)ex->ws + half_grad_bytes(out));
+	FW_ASSERT(ex->ws_size >= half_grad_bytes(out) + (size_t)rows * sizeof(float));
+	for (int64_t i = 0; i < rows; i++)
+		ones[i] = 1.0f;
+	struct mm_operand o = { .ndim = 2, .ne = { 1, rows }, .nb = { rows, 1 } };
+	struct mm_operand dc = { .ndim = 2, .ne = { rows, N }, .nb = { N, 1 } };
+	struct mm_operand db = { .ndim = 2, .ne = { 1, N }, .nb = { N, 1 } };
+	return mm_product(o, dc, db, FW_F32, true, ones, out->grad->data,
+			  fw_f32(out->src[2]->grad), err);
 }
 
 static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -689,6 +756,10 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			return;
 		}
 	}
+	if (out->src[2] && out->src[2]->grad && bias_backward(out, ex, &err) != FW_OK) {
+		fw_kernel_fail(&err);
+		return;
+	}
 	if (b->grad) {
 		/* dB (.., K, N) += A^T (.., K, M) dC (.., M, N) */
 		struct mm_operand at = operand(a, ta);
@@ -711,9 +782,13 @@ static size_t matmul_workspace(const struct fw_tensor *out)
 		size_t fwd = rows ? (size_t)(rows * N) * 4 : (size_t)fw_nelem(out) * 4;
 		return fwd > (size_t)fw_nelem(out) * 2 ? fwd : (size_t)fw_nelem(out) * 2;
 	}
-	return out->src[0]->dtype != FW_F32 ? (size_t)fw_nelem(out) * 2 : 0;
+	const struct fw_tensor *bias = out->src[2];
+	size_t ones = bias && bias->grad ?
+		      (size_t)(fw_nelem(out) / out->ne[out->ndim - 1]) * sizeof(float) : 0;
+	return half_grad_bytes(out) + ones;
 }
 
+/* The bias gradient reads only dC. */
 static uint32_t matmul_saved(const struct fw_tensor *out)
 {
 	uint32_t m = 0;
@@ -763,7 +838,7 @@ enum fw_status fw_gemm_run(const struct fw_gemm *g, const void *a, const void *b
 	}
 	k.dt = g->dt_ab;
 	k.accumulate = g->accumulate;
-	return mm_run(&k, a, b, c, &err);
+	return mm_run(&k, a, b, c, NULL, &err);
 }
 
 /* --- which kernel a dtype gets on this CPU ---------------------------------------- */
@@ -782,10 +857,10 @@ const char *fw_matmul_kernel(enum fw_dtype dt, char *buf, size_t len)
 		return buf;
 	}
 	bool native = dt == FW_F32 || !mm.force_fallback;
-	if (native && primitive_create(&prim, &a, &a, &a, dt, false, impl, sizeof(impl))) {
+	if (native && primitive_create(&prim, &a, &a, &a, dt, false, false, impl, sizeof(impl))) {
 		snprintf(buf, len, "oneDNN %s", impl);
 	} else if (dt != FW_F32 &&
-		   primitive_create(&prim, &a, &a, &a, FW_F32, false, impl, sizeof(impl))) {
+		   primitive_create(&prim, &a, &a, &a, FW_F32, false, false, impl, sizeof(impl))) {
 		snprintf(buf, len, "widened to f32, then oneDNN %s (%s)", impl,
 			 mm.force_fallback ? "forced by FW_MATMUL_FALLBACK"
 					   : "oneDNN has no kernel for this CPU");

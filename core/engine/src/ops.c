@@ -50,6 +50,11 @@ const struct fw_op_i *fw_op_get(int op)
 	return NULL;
 }
 
+size_t fw_op_stash_bytes(const struct fw_tensor *out)
+{
+	return out->op == FW_OP_LMHEAD_CE ? fw_lmce_stash_bytes(out) : 0;
+}
+
 const char *fw_op_name(int op)
 {
 	if (op == FW_OP_NONE)
@@ -187,6 +192,11 @@ struct fw_tensor *fw_matmul(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_t
 struct fw_tensor *fw_linear(struct fw_ctx *ctx, struct fw_tensor *x, struct fw_tensor *w,
 			    struct fw_tensor *bias)
 {
+	/* An f32 product takes an f32 bias in the same oneDNN call (one pass
+	 * over the output less, and its gradient straight from dy). */
+	if (x && w && bias && ctx->autocast == FW_F32 && bias->dtype == FW_F32 &&
+	    bias->ndim == 1 && fw_is_contiguous(bias))
+		return node(ctx, FW_OP_MATMUL, 3, x, w, bias, 2, P({ .i = false }, { .i = true }));
 	struct fw_tensor *y = fw_matmul(ctx, x, w, false, true);
 	if (bias && ctx->autocast != FW_F32 && bias->dtype == FW_F32)
 		bias = fw_cast(ctx, bias, ctx->autocast);   /* as torch's autocast linear */

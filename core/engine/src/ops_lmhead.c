@@ -3,11 +3,18 @@
  * loss = cross_entropy(x @ w^T, targets, mask, ignore_index), the same value
  * and gradients as fw_matmul + fw_cross_entropy, without the (N, V) logits
  * or their gradient in the graph. Forward computes the logits of R rows at a
- * time into the workspace and keeps only the loss; backward computes each
- * chunk's logits again, turns them into their gradient in place and adds
- * dx += dlogits w and dw += dlogits^T x. The price is one more head product
- * (the recomputation) for R x V floats of memory instead of two (N, V)
- * tensors. The idea is Liger-Kernel's and Unsloth's fused cross-entropy.
+ * time into the workspace, the loss, and, in a graph with a backward, turns
+ * each chunk's logits into their gradient in place and computes the
+ * gradients for a unit loss gradient into the node's stash (graph.c):
+ * dx = dlogits w and dw = sum of the chunks' dlogits^T x. The loss is a
+ * graph's end, so backward only adds dloss times them: three head products
+ * in all, as unfused, for R x V floats of workspace and an (N + V) x C stash
+ * instead of two (N, V) tensors. The idea is Liger-Kernel's and Unsloth's
+ * fused cross-entropy.
+ *
+ * Under f16 autocast the gradient is rounded to f16 for its products, and it
+ * must be scaled by the loss scale first (it would underflow unscaled): there
+ * is no stash, and backward computes the logits again with the scale known.
  */
 #include <math.h>
 #include <string.h>
@@ -47,6 +54,45 @@ static struct lmce lmce_of(const struct fw_tensor *out)
 		.N = N, .C = C, .V = V, .R = chunk_rows(N, V, out->params[1].i),
 		.ignore = out->params[0].i, .dt = x->dtype,
 	};
+}
+
+/* The stash: the count of rows in the loss, then dx (N, C) when x has a
+ * gradient and dw (V, C) when w has one, f32. */
+struct lmce_stash {
+	int64_t *k;
+	float *dx, *dw;
+};
+
+static size_t stash_header(void)
+{
+	return align64(sizeof(int64_t));
+}
+
+size_t fw_lmce_stash_bytes(const struct fw_tensor *out)
+{
+	const struct fw_tensor *x = out->src[0], *w = out->src[1];
+	int64_t C = x->ne[x->ndim - 1], N = fw_nelem(x) / C, V = w->ne[0];
+	if (x->dtype == FW_F16 || (!x->grad && !w->grad))
+		return 0;
+	return stash_header() + (x->grad ? align64((size_t)(N * C) * sizeof(float)) : 0) +
+	       (w->grad ? align64((size_t)(V * C) * sizeof(float)) : 0);
+}
+
+static struct lmce_stash stash_of(const struct fw_tensor *out, const struct lmce *c)
+{
+	char *p = fw_kernel_stash();
+	struct lmce_stash s = { 0 };
+	if (!p)
+		return s;
+	s.k = (int64_t *)p;
+	p += stash_header();
+	if (out->src[0]->grad) {
+		s.dx = (float *)p;
+		p += align64((size_t)(c->N * c->C) * sizeof(float));
+	}
+	if (out->src[1]->grad)
+		s.dw = (float *)p;
+	return s;
 }
 
 static bool lmce_counted(const struct lmce *c, int64_t n)
@@ -112,33 +158,101 @@ static enum fw_status chunk_logits(const struct lmce *c, int64_t r0, int64_t n, 
 	return st;
 }
 
+static int64_t lmce_count(const struct lmce *c)
+{
+	int64_t k = 0;
+	for (int64_t n = 0; n < c->N; n++)
+		k += lmce_counted(c, n);
+	return k;
+}
+
+/* dx rows [r0, r0 + n) = dlogits w and dw (+)= dlogits^T x, for the chunk's
+ * gradient dl (n, V) in x's dtype. */
+static enum fw_status chunk_products(const struct lmce *c, int64_t r0, int64_t n,
+				     const void *dl, float *dx, float *dw, bool dx_add,
+				     bool dw_add)
+{
+	if (dx) {         /* dx (n, C) (+)= dlogits (n, V) w (V, C) */
+		struct fw_gemm g = {
+			.batch = 1, .M = n, .N = c->C, .K = c->V, .lda = c->V, .ldb = c->C,
+			.ldc = c->C, .dt_ab = c->dt, .accumulate = dx_add,
+		};
+		if (fw_gemm_run(&g, dl, c->w, dx + r0 * c->C) != FW_OK)
+			return FW_ERR_INTERNAL;
+	}
+	if (dw) {         /* dw (V, C) (+)= dlogits^T (V, n) x (n, C) */
+		struct fw_gemm g = {
+			.batch = 1, .M = c->V, .N = c->C, .K = n, .trans_a = true,
+			.lda = c->V, .ldb = c->C, .ldc = c->C, .dt_ab = c->dt,
+			.accumulate = dw_add,
+		};
+		if (fw_gemm_run(&g, dl, rows_at(c->x, c->dt, r0 * c->C), dw) != FW_OK)
+			return FW_ERR_INTERNAL;
+	}
+	return FW_OK;
+}
+
+/* The chunk's loss terms; with grad, its logits also become their gradient
+ * in place: (softmax - onehot) * scale on counted rows, 0 on the others. */
+static double chunk_loss_grad(const struct lmce *c, int64_t r0, int64_t n, float *lg,
+			      bool grad, float scale)
+{
+	int64_t V = c->V;
+	double loss = 0.0;
+	#pragma omp parallel for schedule(static) reduction(+:loss) if (n * V > PAR_MIN)
+	for (int64_t i = 0; i < n; i++) {
+		float *row = lg + i * V;
+		if (!lmce_counted(c, r0 + i)) {
+			if (grad)
+				memset(row, 0, (size_t)V * sizeof(float));
+			continue;
+		}
+		int32_t t = c->t[r0 + i];
+		float lse = (float)fw_row_logsumexp(row, FW_F32, V, NULL, NULL);
+		loss += (double)lse - (double)row[t];
+		if (grad) {
+			#pragma omp simd
+			for (int64_t j = 0; j < V; j++)
+				row[j] = scale * vexp_neg(row[j] - lse);
+			row[t] -= scale;
+		}
+	}
+	return loss;
+}
+
 static void lmce_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	struct lmce c = lmce_of(out);
+	struct lmce_stash st = stash_of(out, &c);
 	float *lg = ex->ws;
 	void *half = (char *)ex->ws + align64((size_t)(c.R * c.V) * sizeof(float));
+	const void *dl = c.dt == FW_F32 ? (const void *)lg : half;
 	double loss = 0.0;
-	int64_t k = 0;
+	int64_t k = lmce_count(&c);
+	/* the gradients of a unit loss gradient, when backward will want them */
+	bool grad = st.k != NULL;
+	float scale = k ? (float)(1.0 / (double)k) : 0.0f;
+	struct fw_err err;
 
-	for (int64_t r0 = 0; r0 < c.N; r0 += c.R) {
+	if (st.k)
+		*st.k = k;
+	for (int64_t r0 = 0; r0 < c.N && k; r0 += c.R) {
 		int64_t n = min64(c.R, c.N - r0);
-		struct fw_err err;
-		if (chunk_logits(&c, r0, n, lg, half) != FW_OK) {
-			fw_errorf(&err, FW_ERR_INTERNAL, "lm_head_ce: the logits product failed");
-			fw_kernel_fail(&err);
-			return;
-		}
-		#pragma omp parallel for schedule(static) reduction(+:loss, k) if (n * c.V > PAR_MIN)
-		for (int64_t i = 0; i < n; i++) {
-			if (!lmce_counted(&c, r0 + i))
-				continue;
-			const float *row = lg + i * c.V;
-			loss += fw_row_logsumexp(row, FW_F32, c.V, NULL, NULL) -
-				(double)row[c.t[r0 + i]];
-			k++;
-		}
+		if (chunk_logits(&c, r0, n, lg, half) != FW_OK)
+			goto fail;
+		loss += chunk_loss_grad(&c, r0, n, lg, grad, scale);
+		if (!grad)
+			continue;
+		if (c.dt != FW_F32)
+			fw_convert(half, c.dt, lg, FW_F32, n * c.V);
+		if (chunk_products(&c, r0, n, dl, st.dx, st.dw, false, r0 > 0) != FW_OK)
+			goto fail;
 	}
 	fw_f32(out)[0] = k ? (float)(loss / (double)k) : 0.0f;
+	return;
+fail:
+	fw_errorf(&err, FW_ERR_INTERNAL, "lm_head_ce: a head product failed in forward");
+	fw_kernel_fail(&err);
 }
 
 static size_t lmce_workspace(const struct fw_tensor *out)
@@ -149,24 +263,12 @@ static size_t lmce_workspace(const struct fw_tensor *out)
 	return align64(n * sizeof(float)) + (c.dt != FW_F32 ? align64(n * 2) : 0);
 }
 
-/* The chunk's logits become their gradient: (softmax - onehot) * scale on
- * counted rows, 0 on the others. */
-static void chunk_grad(const struct lmce *c, int64_t r0, int64_t n, float *lg, float scale)
+/* g += s * d over n floats */
+static void add_scaled(float *g, const float *d, float s, int64_t n)
 {
-	int64_t V = c->V;
-	#pragma omp parallel for schedule(static) if (n * V > PAR_MIN)
-	for (int64_t i = 0; i < n; i++) {
-		float *row = lg + i * V;
-		if (!lmce_counted(c, r0 + i)) {
-			memset(row, 0, (size_t)V * sizeof(float));
-			continue;
-		}
-		float lse = (float)fw_row_logsumexp(row, FW_F32, V, NULL, NULL);
-		#pragma omp simd
-		for (int64_t j = 0; j < V; j++)
-			row[j] = scale * vexp_neg(row[j] - lse);
-		row[c->t[r0 + i]] -= scale;
-	}
+	#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
+	for (int64_t i = 0; i < n; i++)
+		g[i] += s * d[i];
 }
 
 static void lmce_backward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -175,12 +277,21 @@ static void lmce_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	if (!xt->grad && !wt->grad)
 		return;
 	struct lmce c = lmce_of(out);
-	int64_t k = 0;
-	for (int64_t n = 0; n < c.N; n++)
-		k += lmce_counted(&c, n);
+	struct lmce_stash st = stash_of(out, &c);
+	float dloss = fw_f32(out->grad)[0];
+	if (st.k) {             /* forward computed the gradients of a unit dloss */
+		if (!*st.k)
+			return;
+		if (st.dx)
+			add_scaled(fw_f32(xt->grad), st.dx, dloss, c.N * c.C);
+		if (st.dw)
+			add_scaled(fw_f32(wt->grad), st.dw, dloss, c.V * c.C);
+		return;
+	}
+	int64_t k = lmce_count(&c);
 	if (!k)
 		return;
-	float scale = (float)((double)fw_f32(out->grad)[0] / (double)k);
+	float scale = (float)((double)dloss / (double)k);
 	float *lg = ex->ws;
 	void *half = (char *)ex->ws + align64((size_t)(c.R * c.V) * sizeof(float));
 	const void *dl = c.dt == FW_F32 ? (const void *)lg : half;
@@ -190,27 +301,12 @@ static void lmce_backward(struct fw_tensor *out, const struct fw_exec *ex)
 		int64_t n = min64(c.R, c.N - r0);
 		if (chunk_logits(&c, r0, n, lg, half) != FW_OK)
 			goto fail;
-		chunk_grad(&c, r0, n, lg, scale);
+		chunk_loss_grad(&c, r0, n, lg, true, scale);
 		if (c.dt != FW_F32)
 			fw_convert(half, c.dt, lg, FW_F32, n * c.V);
-		if (xt->grad) {         /* dx (n, C) += dlogits (n, V) w (V, C) */
-			struct fw_gemm g = {
-				.batch = 1, .M = n, .N = c.C, .K = c.V, .lda = c.V, .ldb = c.C,
-				.ldc = c.C, .dt_ab = c.dt, .accumulate = true,
-			};
-			if (fw_gemm_run(&g, dl, c.w, fw_f32(xt->grad) + r0 * c.C) != FW_OK)
-				goto fail;
-		}
-		if (wt->grad) {         /* dw (V, C) += dlogits^T (V, n) x (n, C) */
-			struct fw_gemm g = {
-				.batch = 1, .M = c.V, .N = c.C, .K = n, .trans_a = true,
-				.lda = c.V, .ldb = c.C, .ldc = c.C, .dt_ab = c.dt,
-				.accumulate = true,
-			};
-			if (fw_gemm_run(&g, dl, rows_at(c.x, c.dt, r0 * c.C), fw_f32(wt->grad)) !=
-			    FW_OK)
-				goto fail;
-		}
+		if (chunk_products(&c, r0, n, dl, xt->grad ? fw_f32(xt->grad) : NULL,
+				   wt->grad ? fw_f32(wt->grad) : NULL, true, true) != FW_OK)
+			goto fail;
 	}
 	return;
 fail:
@@ -218,9 +314,12 @@ fail:
 	fw_kernel_fail(&err);
 }
 
-/* Backward recomputes the logits: every source. */
+/* With a stash backward reads nothing else; without, it recomputes the
+ * logits from every source. */
 static uint32_t lmce_saved(const struct fw_tensor *out)
 {
+	if (fw_lmce_stash_bytes(out))
+		return 0;
 	return 0xfu & ~(out->src[3] ? 0u : 1u << 3);
 }
 

@@ -77,7 +77,10 @@ struct fw_tensor *fw_input(struct fw_ctx *ctx, const char *name, enum fw_dtype d
  * a and b are both f32 or both bf16. */
 struct fw_tensor *fw_matmul(struct fw_ctx *ctx, struct fw_tensor *a,
 			    struct fw_tensor *b, bool trans_a, bool trans_b);
-/* x (..., in) @ w(out, in)^T + bias(out); bias may be NULL. Like torch Linear. */
+/* x (..., in) @ w(out, in)^T + bias(out); bias may be NULL. Like torch Linear.
+ * Without autocast an f32 bias is the matmul node's third source (added by
+ * oneDNN in the product); under autocast it is a separate add, as torch's
+ * autocast linear rounds it to the half dtype. */
 struct fw_tensor *fw_linear(struct fw_ctx *ctx, struct fw_tensor *x,
 			    struct fw_tensor *w, struct fw_tensor *bias);
 
@@ -121,11 +124,14 @@ struct fw_tensor *fw_cross_entropy(struct fw_ctx *ctx, struct fw_tensor *logits,
 				   struct fw_tensor *targets, struct fw_tensor *mask,
 				   int ignore_index);
 /* cross_entropy(x (..., C) @ w (V, C)^T, targets, mask, ignore_index) without
- * the (..., V) logits or their gradient: forward and backward compute the
- * logits of chunk_rows rows at a time in the workspace (backward recomputes
- * them), so the graph never holds more than chunk_rows x V of them.
- * chunk_rows 0 picks about 64 MiB of logits a chunk. Under autocast x and w
- * are cast as for fw_matmul. */
+ * the (..., V) logits or their gradient: forward computes the logits of
+ * chunk_rows rows at a time in the workspace, so the graph never holds more
+ * than chunk_rows x V of them. In a graph with a backward, forward also
+ * computes the gradients of x and w (for a unit loss gradient) into a buffer
+ * the plan keeps until backward, which scales them by the loss gradient
+ * (under f16 autocast backward recomputes the logits instead). chunk_rows 0
+ * picks about 64 MiB of logits a chunk. Under autocast x and w are cast as
+ * for fw_matmul. */
 struct fw_tensor *fw_lm_head_cross_entropy(struct fw_ctx *ctx, struct fw_tensor *x,
 					   struct fw_tensor *w, struct fw_tensor *targets,
 					   struct fw_tensor *mask, int ignore_index,
