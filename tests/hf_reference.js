@@ -3,7 +3,8 @@
 //
 //   node hf_reference.js MODULE_DIR encode TOKENIZER_JSON IN.jsonl OUT.jsonl
 //       one line per {"text": ...} of IN: {"plain": ids without special
-//       tokens, "special": ids with them, "decoded": decode(special, false)}
+//       tokens, "special": ids with them, "decoded": decode(special, false),
+//       "offsets": special's offsets, in characters}
 //   node hf_reference.js MODULE_DIR pairs TOKENIZER_JSON IN.jsonl OUT.jsonl
 //       one line per {"a", "b" (null: single), "add", "trunc": null or
 //       {"max", "strategy", "direction"}, "pad": null or {"max",
@@ -35,9 +36,10 @@ async function encode(file, inp, out) {
 	for (const l of lines) {
 		const text = JSON.parse(l).text;
 		const plain = (await t.encode(text, null, { addSpecialTokens: false })).getIds();
-		const special = (await t.encode(text, null, { addSpecialTokens: true })).getIds();
+		const enc = await t.encode(text, null, { addSpecialTokens: true });
+		const special = enc.getIds();
 		const decoded = await t.decode(special, false);
-		res.push(JSON.stringify({ plain, special, decoded }));
+		res.push(JSON.stringify({ plain, special, decoded, offsets: enc.getOffsets() }));
 	}
 	fs.writeFileSync(out, res.join('\n') + '\n');
 }

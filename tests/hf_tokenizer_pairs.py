@@ -13,8 +13,9 @@ Each gets --count random cases: single texts and pairs, with and without
 special tokens, truncation (longest_first, only_first, only_second; right
 and left; max_length from 0 up past the length), and padding (a fixed
 length or the encoding's own, a multiple, left or right, a pad id and type
-id). ids, type_ids, attention_mask and special_tokens_mask must be
-identical, and where the reference refuses (a text too short to cut), fw
+id). ids, type_ids, attention_mask, special_tokens_mask and offsets
+(fw's bytes of each token's own text, converted to the reference's
+characters) must be identical, and where the reference refuses (a text too short to cut), fw
 must refuse too. A max_length below the number of special tokens, where
 the reference wraps around and truncates nothing, must be refused by fw.
 Two documented exceptions are counted and printed, not failed (odd_token,
@@ -148,6 +149,11 @@ def compare(name, cases, ref, fw, n_added, lines):
             ok = "error" in g
         else:
             ok = all(g.get(k) == w[k] for k in KEYS)
+            if ok:
+                chars = [ht.byte_to_char_offsets(c["b"] if q == 1 else c["a"], [o])[0]
+                         for o, q in zip(g["offsets"], w["seq"])]
+                ok = chars == w["offsets"]
+                g["offsets"] = chars
             n["truncated"] += bool(c["trunc"])
             n["padded"] += bool(c["pad"])
             if not ok and odd_token(c, w, g, n_added):

@@ -1491,7 +1491,7 @@ enum fw_status fw_tokenizer_encode_ex(struct fw_tokenizer *t, const char *text, 
 	bool allow_special = flags & FW_TOKENIZE_SPLIT_SPECIAL;
 	if (t->hf)
 		return hf_encode(t->hf, &t->cache, text ? text : "", len, allow_special,
-				 flags & FW_TOKENIZE_ADD_SPECIAL, out, err);
+				 flags & FW_TOKENIZE_ADD_SPECIAL, out, NULL, err);
 	size_t start = out->n;
 	enum fw_status s = FW_OK;
 	while (len > 0 && s == FW_OK) {
@@ -1511,6 +1511,49 @@ enum fw_status fw_tokenizer_encode_ex(struct fw_tokenizer *t, const char *text, 
 		len -= at;
 	}
 	if (s != FW_OK)
+		out->n = start;
+	return s;
+}
+
+/* The end of the character (or ill-formed subpart) that starts at u[c]. */
+static size_t char_end(const unsigned char *u, size_t len, size_t c)
+{
+	size_t bad = 1, v = u8_valid(u + c, len - c, &bad);
+	return c + (v ? u8_len(u[c]) : bad);
+}
+
+enum fw_status tok_encode_offsets(struct fw_tokenizer *t, const char *text, size_t len,
+				  unsigned flags, struct fw_token_buf *out, struct albuf *offs,
+				  struct fw_err *err)
+{
+	if (t && t->hf)
+		return hf_encode(t->hf, &t->cache, text ? text : "", len,
+				 flags & FW_TOKENIZE_SPLIT_SPECIAL, flags & FW_TOKENIZE_ADD_SPECIAL, out,
+				 offs, err);
+	size_t start = out ? out->n : 0;
+	enum fw_status s = fw_tokenizer_encode_ex(t, text, len, flags, out, err);
+	if (!offs || s != FW_OK)
+		return s;
+	/* byte and gpt2 tokens are the text's bytes in order: each token's
+	 * bytes, widened to whole characters (an ill-formed subpart is one) */
+	const unsigned char *u = (const unsigned char *)text;
+	size_t at = 0, cs = 0, ce = 0;  /* the character [cs, ce) that holds byte at */
+	for (size_t i = start; s == FW_OK && i < out->n; i++) {
+		size_t n = t->tok[out->ids[i]].len;
+		struct tspan sp = { at, at };
+		if (n) {
+			while (ce <= at)
+				cs = ce, ce = char_end(u, len, cs);
+			size_t xe = ce;
+			while (xe < at + n)
+				xe = char_end(u, len, xe);
+			sp = (struct tspan){ cs, xe };
+		}
+		if (!al_put(offs, &sp, 1))
+			s = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		at += n;
+	}
+	if (s != FW_OK && out)
 		out->n = start;
 	return s;
 }
