@@ -18,7 +18,8 @@
  * For each {"a", "b" (null: single), "add", "trunc": null or {"max",
  * "strategy": "LongestFirst"|"OnlyFirst"|"OnlySecond", "direction":
  * "left"|"right"}, "pad": null or {"max" (absent: longest), "direction",
- * "multiple", "id", "type_id"}} line: fw_tokenizer_encode_pair's
+ * "multiple", "id", "type_id"}, "file": true for the tokenizer.json's own
+ * truncation and padding instead} line: fw_tokenizer_encode_pair's
  * {"ids", "type_ids", "attention_mask", "special_tokens_mask"}, or
  * {"error": message}.
  */
@@ -69,6 +70,7 @@ static json_t *pair_line(struct fw_tokenizer *t, json_t *rec)
 	json_t *a = json_object_get(rec, "a"), *b = json_object_get(rec, "b");
 	json_t *tr = json_object_get(rec, "trunc"), *pd = json_object_get(rec, "pad");
 	o.flags = FW_TOKENIZE_SPLIT_SPECIAL | FW_TOKENIZE_OFFSETS |
+		  (json_is_true(json_object_get(rec, "file")) ? FW_TOKENIZE_FILE_OPTIONS : 0) |
 		  (json_is_true(json_object_get(rec, "add")) ? FW_TOKENIZE_ADD_SPECIAL : 0);
 	if (json_is_object(tr)) {
 		const char *s = json_string_value(json_object_get(tr, "strategy"));

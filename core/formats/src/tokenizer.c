@@ -780,6 +780,9 @@ static const char *not_gpt2_bpe(json_t *root, json_t *model)
 		return "BPE dropout is not supported";
 	if (norm && !json_is_null(norm))
 		return "a normalizer is not supported";
+	json_t *tr = json_object_get(root, "truncation"), *pd = json_object_get(root, "padding");
+	if ((tr && !json_is_null(tr)) || (pd && !json_is_null(pd)))
+		return "truncation or padding is set";
 	if (!json_is_object(pre) || strcmp(str_field(pre, "type"), "ByteLevel"))
 		return "the pre-tokenizer is not GPT-2's ByteLevel (another regex, or Metaspace)";
 	if (json_is_true(json_object_get(pre, "add_prefix_space")))

@@ -755,6 +755,78 @@ static bool set_special(struct hf_tok *h, int32_t id)
 	return true;
 }
 
+/* A non-negative integer field of j into *v (absent or null: def). */
+static bool size_field(json_t *j, const char *k, size_t def, size_t *v)
+{
+	json_t *x = json_object_get(j, k);
+	*v = def;
+	if (!x || json_is_null(x))
+		return true;
+	if (!json_is_integer(x) || json_integer_value(x) < 0)
+		return false;
+	*v = (size_t)json_integer_value(x);
+	return true;
+}
+
+/* "Left" or "Right" (absent: Right) into *left. */
+static bool dir_field(json_t *j, bool *left)
+{
+	const char *d = json_string_value(json_object_get(j, "direction"));
+	*left = d && !strcmp(d, "Left");
+	return !json_object_get(j, "direction") || (d && (*left || !strcmp(d, "Right")));
+}
+
+/* The file's "truncation": {"max_length", "strategy", "direction", "stride"}.
+ * stride only shapes the overflowing encodings, which fw does not return. */
+static enum fw_status trunc_parse(json_t *tr, struct fw_encode_options *o, const char *path,
+				  struct fw_err *err)
+{
+	static const char *const names[] = { "LongestFirst", "OnlyFirst", "OnlySecond" };
+	if (!tr || json_is_null(tr))
+		return FW_OK;
+	const char *s = json_string_value(json_object_get(tr, "strategy"));
+	int k = s ? name_index(names, 3, s) : 0;
+	size_t stride;
+	if (!json_is_object(tr) || !json_is_integer(json_object_get(tr, "max_length")) ||
+	    !size_field(tr, "max_length", 0, &o->max_length) || !size_field(tr, "stride", 0, &stride) ||
+	    !dir_field(tr, &o->truncate_left) || k < 0)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: truncation: needs max_length >= 0, strategy "
+				 "LongestFirst, OnlyFirst or OnlySecond, direction Left or Right, "
+				 "stride >= 0", path);
+	o->truncation = (enum fw_truncation)(FW_TRUNCATE_LONGEST_FIRST + k);
+	return FW_OK;
+}
+
+/* The file's "padding": {"strategy": "BatchLongest" or {"Fixed": n},
+ * "direction", "pad_to_multiple_of", "pad_id", "pad_type_id", "pad_token"}. */
+static enum fw_status pad_parse(json_t *pd, struct fw_encode_options *o, const char *path,
+				struct fw_err *err)
+{
+	if (!pd || json_is_null(pd))
+		return FW_OK;
+	json_t *st = json_object_get(pd, "strategy");
+	size_t id, type;
+	bool ok = json_is_object(pd) && dir_field(pd, &o->pad_left) &&
+		  size_field(pd, "pad_to_multiple_of", 0, &o->pad_multiple) &&
+		  size_field(pd, "pad_id", 0, &id) && id < INT32_MAX &&
+		  size_field(pd, "pad_type_id", 0, &type) && type <= UINT32_MAX;
+	if (ok && json_is_string(st))
+		ok = !strcmp(json_string_value(st), "BatchLongest");   /* one text: its own length */
+	else if (ok)
+		ok = json_is_object(st) && json_object_size(st) == 1 &&
+		     size_field(st, "Fixed", 0, &o->pad_length) &&
+		     json_is_integer(json_object_get(st, "Fixed"));
+	if (!ok)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: padding: needs strategy \"BatchLongest\" or "
+				 "{\"Fixed\": n}, direction Left or Right, pad_to_multiple_of, pad_id "
+				 "and pad_type_id >= 0", path);
+	o->pad_id = (int32_t)id;
+	o->pad_type_id = (uint32_t)type;
+	/* the reference's Fixed(0) pads nothing, even to a multiple */
+	o->pad = !(json_is_object(st) && o->pad_length == 0);
+	return FW_OK;
+}
+
 struct hf_tok *hf_load(const char *path, const char *text, size_t len, json_t *parsed,
 			struct fw_err *err)
 {
@@ -778,11 +850,9 @@ struct hf_tok *hf_load(const char *path, const char *text, size_t len, json_t *p
 	json_t *n = json_object_get(root, "normalizer"), *p = json_object_get(root, "pre_tokenizer");
 	json_t *pp = json_object_get(root, "post_processor"), *d = json_object_get(root, "decoder");
 	json_t *tr = json_object_get(root, "truncation"), *pad = json_object_get(root, "padding");
-	if ((tr && !json_is_null(tr)) || (pad && !json_is_null(pad))) {
-		st = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: %s is not supported (set it to null)", path,
-			       tr && !json_is_null(tr) ? "truncation" : "padding");
+	if ((st = trunc_parse(tr, &h->file, path, err)) != FW_OK ||
+	    (st = pad_parse(pad, &h->file, path, err)) != FW_OK)
 		goto out;
-	}
 	if (n && !json_is_null(n)) {
 		if (!(h->norm = fw_calloc(1, sizeof(*h->norm))))
 			st = NOMEM(err);

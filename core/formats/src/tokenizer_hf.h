@@ -323,6 +323,7 @@ struct hf_tok {
 	struct hf_tmpl tmpl[2];         /* the first adding processor's single and pair */
 	int n_adders;                   /* post-processors that add tokens */
 	bool trim, trim_prefix;         /* trim_offsets, with add_prefix_space */
+	struct fw_encode_options file;  /* the file's truncation and padding (flags 0) */
 	struct hf_added *added;
 	size_t n_added, cap_added;
 	/* Finding added tokens in text (z: 1 for the normalized ones, matched in

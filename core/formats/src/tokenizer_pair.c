@@ -182,6 +182,16 @@ enum fw_status fw_tokenizer_encode_pair(struct fw_tokenizer *t, const char *a, s
 		return fw_errorf(err, FW_ERR_INVALID, "tokenizer: encode_pair needs a tokenizer, text "
 				 "and an output");
 	o = o ? o : &none;
+	struct hf_tok *h = tok_hf(t);
+	struct fw_encode_options fo;
+	if ((o->flags & FW_TOKENIZE_FILE_OPTIONS) && h) {
+		fo = h->file;
+		fo.flags = o->flags;
+		o = &fo;
+	} else if (o->flags & FW_TOKENIZE_FILE_OPTIONS) {
+		fo = (struct fw_encode_options){ .flags = o->flags };
+		o = &fo;
+	}
 	if (o->truncation > FW_TRUNCATE_ONLY_SECOND)
 		return fw_errorf(err, FW_ERR_INVALID, "tokenizer: unknown truncation strategy %d",
 				 (int)o->truncation);
@@ -189,7 +199,6 @@ enum fw_status fw_tokenizer_encode_pair(struct fw_tokenizer *t, const char *a, s
 	bool add = o->flags & FW_TOKENIZE_ADD_SPECIAL;
 	unsigned flags = o->flags & FW_TOKENIZE_SPLIT_SPECIAL;
 	const struct hf_tmpl *tm = NULL;
-	struct hf_tok *h = tok_hf(t);
 	enum fw_status st = h ? hf_template(h, b != NULL, &tm, err) : FW_OK;
 	if (st != FW_OK)
 		return st;
@@ -230,4 +239,10 @@ enum fw_status fw_tokenizer_encode_pair(struct fw_tokenizer *t, const char *a, s
 		al_free(&q[k].o);
 	}
 	return st;
+}
+
+void fw_tokenizer_file_options(const struct fw_tokenizer *t, struct fw_encode_options *o)
+{
+	struct hf_tok *h = tok_hf(t);
+	*o = h ? h->file : (struct fw_encode_options){ 0 };
 }

@@ -105,8 +105,9 @@ struct fw_tokenizer *fw_tokenizer_load_bpe(const char *vocab_json, const char *m
 					   struct fw_err *err);
 /* A Hugging Face tokenizer.json. GPT-2's byte-level BPE (model BPE, merges
  * as "A B" or ["A", "B"], ByteLevel pre-tokenizer with GPT-2's regex and no
- * prefix space, no normalizer, a ByteLevel or no post-processor, plain
- * special added tokens) is a gpt2 tokenizer, its added_tokens specials at
+ * prefix space, no normalizer, a ByteLevel or no post-processor, no
+ * truncation or padding, plain special added tokens) is a gpt2 tokenizer,
+ * its added_tokens specials at
  * their ids; every other file is an hf tokenizer. A component fw does not
  * implement is FW_ERR_UNSUPPORTED, damaged content FW_ERR_FORMAT, in one
  * line naming the file and the component. The hf kind's EOS token is the
@@ -147,8 +148,14 @@ enum fw_status fw_tokenizer_encode(struct fw_tokenizer *t, const char *text, siz
  * ADD_SPECIAL: a tokenizer.json's post-processor adds its tokens (BOS/EOS,
  * [CLS]/[SEP]), Hugging Face's add_special_tokens. fw_tokenizer_encode with
  * allow_special is both flags, without it neither. OFFSETS (encode_pair
- * only): fill fw_encoding's offsets. */
-enum { FW_TOKENIZE_SPLIT_SPECIAL = 1, FW_TOKENIZE_ADD_SPECIAL = 2, FW_TOKENIZE_OFFSETS = 4 };
+ * only): fill fw_encoding's offsets. FILE_OPTIONS (encode_pair only): the
+ * truncation and padding of the tokenizer.json (its "truncation" and
+ * "padding", as Hugging Face's Tokenizer.encode applies them; none for the
+ * byte and gpt2 kinds) instead of the options' own. */
+enum {
+	FW_TOKENIZE_SPLIT_SPECIAL = 1, FW_TOKENIZE_ADD_SPECIAL = 2, FW_TOKENIZE_OFFSETS = 4,
+	FW_TOKENIZE_FILE_OPTIONS = 8
+};
 enum fw_status fw_tokenizer_encode_ex(struct fw_tokenizer *t, const char *text, size_t len,
 				      unsigned flags, struct fw_token_buf *out,
 				      struct fw_err *err);
@@ -221,6 +228,11 @@ enum fw_status fw_tokenizer_encode_pair(struct fw_tokenizer *t, const char *a, s
 					const char *b, size_t nb,
 					const struct fw_encode_options *o,
 					struct fw_encoding *out, struct fw_err *err);
+/* The tokenizer.json's truncation and padding as options (flags 0; all
+ * zero when it sets neither, and for the byte and gpt2 kinds). Its
+ * "stride" only shapes Hugging Face's overflowing encodings, which fw does
+ * not return; "pad_token" is not read (pad_id is the token). */
+void fw_tokenizer_file_options(const struct fw_tokenizer *t, struct fw_encode_options *o);
 /* The number of tokens the post-processor adds to a single text or a pair
  * (Hugging Face's num_special_tokens_to_add), or -1 where encode_pair
  * refuses. */
