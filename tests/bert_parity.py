@@ -449,10 +449,16 @@ def check_roberta_pairs(fw, work, rng, node_tokenizers):
            f"--vocab-file={tok}", f"--micro-batch-size={B}", f"--seq-length={T}", "--threads=2",
            "--labels=0,1,2", f"--output={out}")
     got = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
-    if R.check("roberta pairs: eval runs", got is not None, g2.describe(p)):
+    check_eval_logits("roberta pairs", "roberta seq-cls pairs", p, got, out, ref, loss)
+
+
+def check_eval_logits(what, which, p, got, out, ref, loss):
+    """fw's eval (process p, its metrics got, its --output file out) against
+    torch's logits ref and loss."""
+    if R.check(f"{what}: eval runs", got is not None, g2.describe(p)):
         r = g2.rel(got["eval_loss"], loss)
         err = logit_err([q["logits"] for q in map(json.loads, open(out))], ref)
-        R.check(f"roberta seq-cls pairs: eval loss fw {got['eval_loss']:.9g} vs torch "
+        R.check(f"{which}: eval loss fw {got['eval_loss']:.9g} vs torch "
                 f"{loss:.9g}, logits within {TOL_EVAL:g}", r <= TOL_EVAL and err <= TOL_EVAL,
                 f"rel {r:.2e}, max err / max |logit| {err:.2e}")
 
@@ -473,12 +479,7 @@ def check_roberta_seq(fw, work, rng):
         loss = F.cross_entropy(ref, y).item()
     out = os.path.join(work, "rseq_pred.jsonl")
     p, got = fw_eval(fw, ck, path, "--labels=0,1,2", f"--output={out}")
-    if R.check("roberta seq-cls: eval runs", got is not None, g2.describe(p)):
-        r = g2.rel(got["eval_loss"], loss)
-        err = logit_err([q["logits"] for q in map(json.loads, open(out))], ref)
-        R.check(f"roberta seq-cls (padding): eval loss fw {got['eval_loss']:.9g} vs torch "
-                f"{loss:.9g}, logits within {TOL_EVAL:g}", r <= TOL_EVAL and err <= TOL_EVAL,
-                f"rel {r:.2e}, max err / max |logit| {err:.2e}")
+    check_eval_logits("roberta seq-cls", "roberta seq-cls (padding)", p, got, out, ref, loss)
     train = single_records(rng, B * TRAIN["ITERS"])
     train_path = os.path.join(work, "rseq_train.jsonl")
     write_jsonl(train_path, train)
