@@ -183,7 +183,8 @@ def file_check(a, tk_mod, tok_json, name, rs, strings, n_added, tmp, lines):
     with open(tok_json, encoding="utf-8") as f:
         base = json.load(f)
     bad, total = 0, 0
-    for k in range(4):
+    # two files: both set, then one of them (drop: 2 padding, 3 truncation)
+    for k in (0, rs.choice([2, 3])):
         c0 = random_case(rs, strings, n_added)
         trunc = {"max": n_added[1] + rs.randint(0, 30),
                  "strategy": rs.choice(["LongestFirst", "LongestFirst", "OnlyFirst", "OnlySecond"]),
@@ -204,7 +205,7 @@ def file_check(a, tk_mod, tok_json, name, rs, strings, n_added, tmp, lines):
         with open(path, "w", encoding="utf-8") as f:
             json.dump(j, f, ensure_ascii=False)
         cases = []
-        for _ in range(50):
+        for _ in range(80):
             c = random_case(rs, strings, n_added)
             c.update(file=True, trunc=trunc if j["truncation"] else None,
                      pad=pad if j["padding"] else None)
