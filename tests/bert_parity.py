@@ -27,6 +27,11 @@ Checks:
     which tokens are masked and how;
   - padding: changing [PAD]'s embedding changes no logit of a real token,
     while changing a real token's does;
+  - RoBERTa sentence pairs with a RobertaProcessing tokenizer.json (<s> a </s></s>
+    b </s>, one token type): eval loss and logits against torch on the ids npm
+    tokenizers (Hugging Face's library) gives encode(a, b);
+  - --tokenizer=byte with an MLM head: --vocab-size becomes 261 (the task's four
+    specials), a smaller one is refused in one line;
   - --seq-cls-head=roberta (RobertaClassificationHead) on RoBERTa's options:
     eval loss and logits within 1e-5, 10 AdamW steps (loss, gradient norm)
     within 1e-4, and 10 LoRA steps with the whole classifier (dense and
@@ -374,6 +379,90 @@ def single_records(rng, n):
             for _ in range(n)]
 
 
+def roberta_tokenizer(path):
+    """A RoBERTa-style tokenizer.json of VOCAB tokens: GPT-2's 256 byte
+    characters, <s> </s> <pad> <mask>, one merge ("Ġ a"); RobertaProcessing."""
+    import bpe_reference as br
+    vocab = {br.BYTE_ENC[b]: b for b in range(256)}
+    specials = ["<s>", "</s>", "<pad>", "<mask>"]
+    vocab.update({t: 256 + i for i, t in enumerate(specials)})
+    vocab[br.BYTE_ENC[32] + "a"] = VOCAB - 1
+    assert len(vocab) == VOCAB
+    added = [{"id": vocab[t], "content": t, "single_word": False, "lstrip": t == "<mask>",
+              "rstrip": False, "normalized": False, "special": True} for t in specials]
+    bl = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True}
+    j = {"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+         "normalizer": None, "pre_tokenizer": bl,
+         "post_processor": {"type": "RobertaProcessing", "sep": ["</s>", vocab["</s>"]],
+                            "cls": ["<s>", vocab["<s>"]], "trim_offsets": True,
+                            "add_prefix_space": True},
+         "decoder": bl,
+         "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                   "continuing_subword_prefix": "", "end_of_word_suffix": "", "fuse_unk": False,
+                   "byte_fallback": False, "ignore_merges": False, "vocab": vocab,
+                   "merges": [br.BYTE_ENC[32] + " a"]}}
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(j, f, ensure_ascii=False)
+
+
+def check_roberta_pairs(fw, work, rng, node_tokenizers):
+    """RoBERTa sentence pairs (<s> a </s></s> b </s>, one token type) with a
+    RobertaProcessing tokenizer.json: fw's eval loss and logits against torch's
+    RobertaClassificationHead on the ids Hugging Face's tokenizers library
+    (npm tokenizers) gives encode(a, b)."""
+    m, head = ROBERTA, "seq-cls-roberta"
+    tok = os.path.join(work, "roberta_tokenizer.json")
+    roberta_tokenizer(tok)
+    recs = [{"text": words(rng, rng.randint(1, 3)), "text_pair": words(rng, rng.randint(1, 3)),
+             "label": int(rng.randint(3))} for _ in range(8)]
+    path = os.path.join(work, "rpairs.jsonl")
+    write_jsonl(path, recs)
+    cases, ref_out = os.path.join(work, "rpairs.cases"), os.path.join(work, "rpairs.ref")
+    with open(cases, "w") as f:
+        for r in recs:
+            f.write(json.dumps({"a": r["text"], "b": r["text_pair"], "add": True, "trunc": None,
+                                "pad": None}) + "\n")
+    if not R.check("roberta pairs: the reference tokenizer (npm tokenizers; hf_tokenizers.py "
+                   "--fetch-only installs it) is there", os.path.isdir(node_tokenizers),
+                   node_tokenizers):
+        return
+    import subprocess
+    p = subprocess.run(["node", os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                             "hf_reference.js"), node_tokenizers, "pairs", tok,
+                        cases, ref_out], capture_output=True, text=True)
+    if not R.check("roberta pairs: the reference encodes them", p.returncode == 0, p.stderr[-400:]):
+        return
+    ref_rows = [json.loads(l) for l in open(ref_out)]
+    sep = json.load(open(tok))["model"]["vocab"]["</s>"]
+    R.check("roberta pairs: the reference's rows are <s> a </s></s> b </s>, type ids 0",
+            all(x["ids"].count(sep) == 3 and set(x["type_ids"]) == {0} and len(x["ids"]) <= T
+                for x in ref_rows), str(ref_rows[0])[:200])
+    W = random_weights(m, head, 17)
+    ck = os.path.join(work, "rpairs.h5")
+    write_ckpt(ck, m, head, W)
+    with torch.no_grad():
+        ref = torch.stack([roberta_seq_logits(W, one(m, W, x["ids"], x["type_ids"]))[0]
+                           for x in ref_rows])
+        loss = F.cross_entropy(ref, torch.tensor([r["label"] for r in recs])).item()
+    out = os.path.join(work, "rpairs_pred.jsonl")
+    p = fw("eval", PLUG, f"--load={ck}", f"--valid-data={path}", "--tokenizer=gpt2",
+           f"--vocab-file={tok}", f"--micro-batch-size={B}", f"--seq-length={T}", "--threads=2",
+           "--labels=0,1,2", f"--output={out}")
+    got = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
+    check_eval_logits("roberta pairs", "roberta seq-cls pairs", p, got, out, ref, loss)
+
+
+def check_eval_logits(what, which, p, got, out, ref, loss):
+    """fw's eval (process p, its metrics got, its --output file out) against
+    torch's logits ref and loss."""
+    if R.check(f"{what}: eval runs", got is not None, g2.describe(p)):
+        r = g2.rel(got["eval_loss"], loss)
+        err = logit_err([q["logits"] for q in map(json.loads, open(out))], ref)
+        R.check(f"{which}: eval loss fw {got['eval_loss']:.9g} vs torch "
+                f"{loss:.9g}, logits within {TOL_EVAL:g}", r <= TOL_EVAL and err <= TOL_EVAL,
+                f"rel {r:.2e}, max err / max |logit| {err:.2e}")
+
+
 def check_roberta_seq(fw, work, rng):
     """--seq-cls-head=roberta on RoBERTa's options: eval loss and logits, then
     10 AdamW steps (loss, gradient norm) against torch's RobertaClassificationHead."""
@@ -390,12 +479,7 @@ def check_roberta_seq(fw, work, rng):
         loss = F.cross_entropy(ref, y).item()
     out = os.path.join(work, "rseq_pred.jsonl")
     p, got = fw_eval(fw, ck, path, "--labels=0,1,2", f"--output={out}")
-    if R.check("roberta seq-cls: eval runs", got is not None, g2.describe(p)):
-        r = g2.rel(got["eval_loss"], loss)
-        err = logit_err([q["logits"] for q in map(json.loads, open(out))], ref)
-        R.check(f"roberta seq-cls (padding): eval loss fw {got['eval_loss']:.9g} vs torch "
-                f"{loss:.9g}, logits within {TOL_EVAL:g}", r <= TOL_EVAL and err <= TOL_EVAL,
-                f"rel {r:.2e}, max err / max |logit| {err:.2e}")
+    check_eval_logits("roberta seq-cls", "roberta seq-cls (padding)", p, got, out, ref, loss)
     train = single_records(rng, B * TRAIN["ITERS"])
     train_path = os.path.join(work, "rseq_train.jsonl")
     write_jsonl(train_path, train)
@@ -604,6 +688,26 @@ def check_bad(fw, work, ck_seq, ck_tok):
                 p.returncode in (1, 2) and len(lines) == 1 and lines[0].startswith("fwrun:") and
                 os.path.basename(path) + ":" in lines[0] and needle in lines[0] and
                 not os.path.exists(out), g2.describe(p))
+    # --tokenizer=byte from scratch: the vocabulary holds the 257 byte tokens and the
+    # four the head's task adds (BERT's [CLS] [SEP] [MASK] [PAD]), whatever the arch's name
+    docs = os.path.join(work, "vocab_docs.jsonl")
+    write_jsonl(docs, [{"text": "abc de"}] * (2 * B))
+    small = flags(BERT, "mlm")[:-3]                # no --vocab-size, --head, --num-labels
+    for vocab, ok in ((None, True), (VOCAB - 1, False)):
+        run = os.path.join(work, "vocab_run%s" % (vocab or ""))
+        p = fw("train", TRAIN_PLUG, *small, "--head=mlm", "--tokenizer=byte", f"--data={docs}",
+               f"--micro-batch-size={B}", f"--seq-length={T}", "--train-iters=1", "--threads=2",
+               f"--run-dir={run}", *([f"--vocab-size={vocab}"] if vocab else []))
+        if ok:
+            cfg = open(os.path.join(run, "config.ini")).read() if p.returncode == 0 else ""
+            R.check(f"--tokenizer=byte with an MLM head: --vocab-size={VOCAB} (257 + 4)",
+                    p.returncode == 0 and f"--vocab-size={VOCAB} " in p.stderr and
+                    f"vocab-size = {VOCAB}\n" in cfg, g2.describe(p))
+        else:
+            lines = [l for l in p.stderr.strip().splitlines() if l]
+            R.check(f"--vocab-size={vocab} with the MLM head's specials: exit 2, one line",
+                    p.returncode == 2 and len(lines) == 1 and f"--vocab-size={vocab}" in lines[0]
+                    and f"get {VOCAB}" in lines[0], g2.describe(p))
 
 
 # --- LoRA (PEFT's) on sequence classification ---------------------------------------------
@@ -961,6 +1065,9 @@ def main():
         check_lora_export(fw, work, "mlm", ck, train_mlm, mlm_path,
                           [f"--mlm-probability={MLM_PROB}", f"--seed={SEED}"], None, None, mlm_ref)
         check_roberta_seq(fw, work, rng)
+        check_roberta_pairs(fw, work, rng, os.path.join(
+            os.path.dirname(os.path.abspath(a.plugin_path)), "node-hf", "node_modules",
+            "tokenizers"))
         check_bad(fw, work, ck_seq, ck_tok)
         check_hf(fw, work, rng)
 

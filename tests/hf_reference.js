@@ -3,11 +3,13 @@
 //
 //   node hf_reference.js MODULE_DIR encode TOKENIZER_JSON IN.jsonl OUT.jsonl
 //       one line per {"text": ...} of IN: {"plain": ids without special
-//       tokens, "special": ids with them, "decoded": decode(special, false)}
+//       tokens, "special": ids with them, "decoded": decode(special, false),
+//       "offsets": special's offsets, in characters}
 //   node hf_reference.js MODULE_DIR pairs TOKENIZER_JSON IN.jsonl OUT.jsonl
 //       one line per {"a", "b" (null: single), "add", "trunc": null or
 //       {"max", "strategy", "direction"}, "pad": null or {"max",
-//       "direction", "multiple", "id", "type_id", "token"}} of IN:
+//       "direction", "multiple", "id", "type_id", "token"}, "file": true
+//       to use the file's own truncation and padding instead} of IN:
 //       {"ids", "type_ids", "attention_mask", "special_tokens_mask",
 //       "offsets", "seq": sequence ids, "full": {"ids", "type_ids", "seq",
 //       "special_tokens_mask"} untruncated and unpadded}, or {"error":
@@ -35,9 +37,10 @@ async function encode(file, inp, out) {
 	for (const l of lines) {
 		const text = JSON.parse(l).text;
 		const plain = (await t.encode(text, null, { addSpecialTokens: false })).getIds();
-		const special = (await t.encode(text, null, { addSpecialTokens: true })).getIds();
+		const enc = await t.encode(text, null, { addSpecialTokens: true });
+		const special = enc.getIds();
 		const decoded = await t.decode(special, false);
-		res.push(JSON.stringify({ plain, special, decoded }));
+		res.push(JSON.stringify({ plain, special, decoded, offsets: enc.getOffsets() }));
 	}
 	fs.writeFileSync(out, res.join('\n') + '\n');
 }
@@ -46,6 +49,7 @@ async function pairs(file, inp, out) {
 	const lines = fs.readFileSync(inp, 'utf8').split('\n').filter((l) => l);
 	const res = [];
 	const t = tk.Tokenizer.fromFile(file);
+	const asFile = tk.Tokenizer.fromFile(file);     // its own truncation and padding
 	for (const l of lines) {
 		const r = JSON.parse(l);
 		t.disableTruncation();
@@ -55,14 +59,14 @@ async function pairs(file, inp, out) {
 			const f = await t.encode(r.a, r.b, { addSpecialTokens: r.add });
 			const full = { ids: f.getIds(), type_ids: f.getTypeIds(), seq: f.getSequenceIds(),
 				special_tokens_mask: f.getSpecialTokensMask() };
-			if (r.trunc)
+			if (r.trunc && !r.file)
 				t.setTruncation(r.trunc.max, { strategy: r.trunc.strategy,
 					direction: r.trunc.direction });
-			if (r.pad)
+			if (r.pad && !r.file)
 				t.setPadding({ maxLength: r.pad.max, direction: r.pad.direction,
 					padToMultipleOf: r.pad.multiple, padId: r.pad.id,
 					padTypeId: r.pad.type_id, padToken: r.pad.token });
-			const e = await t.encode(r.a, r.b, { addSpecialTokens: r.add });
+			const e = await (r.file ? asFile : t).encode(r.a, r.b, { addSpecialTokens: r.add });
 			res.push(JSON.stringify({ ids: e.getIds(), type_ids: e.getTypeIds(),
 				attention_mask: e.getAttentionMask(),
 				special_tokens_mask: e.getSpecialTokensMask(), offsets: e.getOffsets(), seq: e.getSequenceIds(), full }));

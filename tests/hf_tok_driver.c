@@ -5,17 +5,21 @@
  * Loads the tokenizer with fw_tokenizer_load_hf_json (with --roundtrip:
  * then through fw_tokenizer_serialize/deserialize, as a checkpoint stores
  * it) and, for each {"text": ...} line of IN, writes one line
- * {"plain": ids, "special": ids, "decoded": text}: plain is Hugging Face's
- * encode(text, add_special_tokens=False) (specials matched, no
- * post-processor), special is add_special_tokens=True, decoded is
- * decode(special, skip_special_tokens=False). Exit 1 with one line on error.
+ * {"plain": ids, "special": ids, "decoded": text, "offsets": [[start, end],
+ * ...]}: plain is Hugging Face's encode(text, add_special_tokens=False)
+ * (specials matched, no post-processor), special is add_special_tokens=True,
+ * decoded is decode(special, skip_special_tokens=False), offsets are the
+ * byte offsets of special's tokens from fw_tokenizer_encode_pair with
+ * FW_TOKENIZE_OFFSETS, and "offsets_ids" its ids. Exit 1 with one line on
+ * error.
  *
  *   hf_tok_driver TOKENIZER_JSON IN.jsonl OUT.jsonl --pairs
  *
  * For each {"a", "b" (null: single), "add", "trunc": null or {"max",
  * "strategy": "LongestFirst"|"OnlyFirst"|"OnlySecond", "direction":
  * "left"|"right"}, "pad": null or {"max" (absent: longest), "direction",
- * "multiple", "id", "type_id"}} line: fw_tokenizer_encode_pair's
+ * "multiple", "id", "type_id"}, "file": true for the tokenizer.json's own
+ * truncation and padding instead} line: fw_tokenizer_encode_pair's
  * {"ids", "type_ids", "attention_mask", "special_tokens_mask"}, or
  * {"error": message}.
  */
@@ -51,12 +55,22 @@ static json_t *u8_json(const uint8_t *v, size_t n)
 	return a;
 }
 
+static json_t *offsets_json(const struct fw_encoding *e)
+{
+	json_t *a = json_array();
+	for (size_t i = 0; a && i < e->n; i++)
+		json_array_append_new(a, json_pack("[II]", (json_int_t)e->offsets[i].start,
+						   (json_int_t)e->offsets[i].end));
+	return a;
+}
+
 static json_t *pair_line(struct fw_tokenizer *t, json_t *rec)
 {
 	struct fw_encode_options o = { 0 };
 	json_t *a = json_object_get(rec, "a"), *b = json_object_get(rec, "b");
 	json_t *tr = json_object_get(rec, "trunc"), *pd = json_object_get(rec, "pad");
-	o.flags = FW_TOKENIZE_SPLIT_SPECIAL |
+	o.flags = FW_TOKENIZE_SPLIT_SPECIAL | FW_TOKENIZE_OFFSETS |
+		  (json_is_true(json_object_get(rec, "file")) ? FW_TOKENIZE_FILE_OPTIONS : 0) |
 		  (json_is_true(json_object_get(rec, "add")) ? FW_TOKENIZE_ADD_SPECIAL : 0);
 	if (json_is_object(tr)) {
 		const char *s = json_string_value(json_object_get(tr, "strategy"));
@@ -92,6 +106,7 @@ static json_t *pair_line(struct fw_tokenizer *t, json_t *rec)
 	json_object_set_new(res, "type_ids", u32_json(e.type_ids, e.n));
 	json_object_set_new(res, "attention_mask", u8_json(e.attention_mask, e.n));
 	json_object_set_new(res, "special_tokens_mask", u8_json(e.special_tokens_mask, e.n));
+	json_object_set_new(res, "offsets", offsets_json(&e));
 	fw_encoding_free(&e);
 	return res;
 }
@@ -148,9 +163,14 @@ int main(int argc, char **argv)
 			break;
 		}
 		struct fw_token_buf a = { 0 }, b = { 0 };
+		struct fw_encoding e = { 0 };
+		const struct fw_encode_options eo = { .flags = FW_TOKENIZE_SPLIT_SPECIAL |
+			FW_TOKENIZE_ADD_SPECIAL | FW_TOKENIZE_OFFSETS };
 		char *dec = NULL;
 		size_t dl = 0;
-		if (fw_tokenizer_encode_ex(t, json_string_value(tx), json_string_length(tx),
+		if (fw_tokenizer_encode_pair(t, json_string_value(tx), json_string_length(tx), NULL, 0,
+					     &eo, &e, &err) != FW_OK ||
+		    fw_tokenizer_encode_ex(t, json_string_value(tx), json_string_length(tx),
 					   FW_TOKENIZE_SPLIT_SPECIAL, &a, &err) != FW_OK ||
 		    fw_tokenizer_encode_ex(t, json_string_value(tx), json_string_length(tx),
 					   FW_TOKENIZE_SPLIT_SPECIAL | FW_TOKENIZE_ADD_SPECIAL, &b,
@@ -164,6 +184,9 @@ int main(int argc, char **argv)
 		json_object_set_new(o, "special", ids_json(&b));
 		json_t *d = dec ? json_stringn(dec, dl) : NULL;
 		json_object_set_new(o, "decoded", d ? d : json_string("<invalid UTF-8>"));
+		json_object_set_new(o, "offsets", offsets_json(&e));
+		json_object_set_new(o, "offsets_ids", ids_json(&(struct fw_token_buf){ e.ids, e.n, e.n }));
+		fw_encoding_free(&e);
 		char *txt = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
 		fprintf(out, "%s\n", txt ? txt : "{}");
 		free(txt);

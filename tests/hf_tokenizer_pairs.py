@@ -13,15 +13,20 @@ Each gets --count random cases: single texts and pairs, with and without
 special tokens, truncation (longest_first, only_first, only_second; right
 and left; max_length from 0 up past the length), and padding (a fixed
 length or the encoding's own, a multiple, left or right, a pad id and type
-id). ids, type_ids, attention_mask and special_tokens_mask must be
-identical, and where the reference refuses (a text too short to cut), fw
+id). ids, type_ids, attention_mask, special_tokens_mask and offsets
+(fw's bytes of each token's own text, converted to the reference's
+characters) must be identical, and where the reference refuses (a text too short to cut), fw
 must refuse too. A max_length below the number of special tokens, where
 the reference wraps around and truncates nothing, must be refused by fw.
 Two documented exceptions are counted and printed, not failed (odd_token,
 empty_target below). For the tokenizers whose post-processor adds tokens,
 classification rows built by runtime/src/tasks.c (tests/task_rows_driver.c)
 must equal the reference's encode(text, text_pair) with longest_first
-truncation to the row length.
+truncation to the row length. Copies of each tokenizer.json with
+"truncation" and "padding" set (random strategies, directions, stride,
+Fixed or BatchLongest padding, multiples) must give the reference's
+encode(a, b), which applies them as it reads them, with
+FW_TOKENIZE_FILE_OPTIONS.
 
 usage: hf_tokenizer_pairs.py --driver PATH --rows-driver PATH --build-dir DIR [--count N] [--only NAME]
 """
@@ -148,6 +153,11 @@ def compare(name, cases, ref, fw, n_added, lines):
             ok = "error" in g
         else:
             ok = all(g.get(k) == w[k] for k in KEYS)
+            if ok:
+                chars = [ht.byte_to_char_offsets(c["b"] if q == 1 else c["a"], [o])[0]
+                         for o, q in zip(g["offsets"], w["seq"])]
+                ok = chars == w["offsets"]
+                g["offsets"] = chars
             n["truncated"] += bool(c["trunc"])
             n["padded"] += bool(c["pad"])
             if not ok and odd_token(c, w, g, n_added):
@@ -164,6 +174,49 @@ def compare(name, cases, ref, fw, n_added, lines):
                               json.dumps(g)[:300],
                               json.dumps({k: w.get(k) for k in KEYS + ["error"]})[:300]))
     return n
+
+
+def file_check(a, tk_mod, tok_json, name, rs, strings, n_added, tmp, lines):
+    """tokenizer.json with "truncation" and "padding" set: the reference
+    applies them in encode(a, b) as it reads them; fw with
+    FW_TOKENIZE_FILE_OPTIONS. Returns the mismatches."""
+    with open(tok_json, encoding="utf-8") as f:
+        base = json.load(f)
+    bad, total = 0, 0
+    # two files: both set, then one of them (drop: 2 padding, 3 truncation)
+    for k in (0, rs.choice([2, 3])):
+        c0 = random_case(rs, strings, n_added)
+        trunc = {"max": n_added[1] + rs.randint(0, 30),
+                 "strategy": rs.choice(["LongestFirst", "LongestFirst", "OnlyFirst", "OnlySecond"]),
+                 "direction": rs.choice(["right", "left"])}
+        pad = c0["pad"] or {"direction": "left", "id": 1, "type_id": 2, "token": "[PAD]",
+                            "multiple": 4, "max": 48}
+        j = dict(base)
+        j["truncation"] = None if k == 3 else {
+            "direction": trunc["direction"].capitalize(), "max_length": trunc["max"],
+            "strategy": trunc["strategy"],
+            "stride": 1 if trunc["strategy"] == "LongestFirst" and trunc["max"] >= 12 else 0}
+        j["padding"] = None if k == 2 else {
+            "strategy": {"Fixed": pad["max"]} if "max" in pad else "BatchLongest",
+            "direction": pad["direction"].capitalize(),
+            "pad_to_multiple_of": pad["multiple"] or None, "pad_id": pad["id"],
+            "pad_type_id": pad["type_id"], "pad_token": pad["token"]}
+        path = os.path.join(tmp, "%s.file%d.json" % (name, k))
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(j, f, ensure_ascii=False)
+        cases = []
+        for _ in range(80):
+            c = random_case(rs, strings, n_added)
+            c.update(file=True, trunc=trunc if j["truncation"] else None,
+                     pad=pad if j["padding"] else None)
+            cases.append(c)
+        ref, fw = run_both(a.driver, tk_mod, path, cases, tmp, "%s.file%d" % (name, k))
+        n = compare(name + " (file)", cases, ref, fw, n_added, lines)
+        bad += n["bad"]
+        total += len(cases)
+    lines.insert(0, "hf_tokenizer_pairs: %-16s %4d cases with the file's truncation and padding: "
+                 "%d mismatches" % (name, total, bad))
+    return bad
 
 
 def rows_check(a, tk_mod, tok_json, name, rs, n_added, tmp, lines):
@@ -261,6 +314,7 @@ def main():
                          (name, len(cases), sum(c["b"] is not None for c in cases), n["truncated"],
                           n["padded"], n["errors"], n["refused"], n["odd"], n["empty"], n["bad"]))
             total_bad += n["bad"]
+            total_bad += file_check(a, tk_mod, files[name], name, rs, strings, n_added, tmp, lines)
             if n_added[1]:
                 total_bad += rows_check(a, tk_mod, files[name], name, rs, n_added, tmp, lines)
     finally:

@@ -17,9 +17,12 @@ and the reference give:
   plain    encode(text, add_special_tokens=False)
   special  encode(text, add_special_tokens=True)
   decoded  decode(special, skip_special_tokens=False)
-and all three must be identical. A subset goes through fw's checkpoint
+  offsets  special's offsets (fw's are in bytes of the UTF-8 text, as the
+           reference's Rust library computes them; the bindings report
+           characters: fw's are converted the way they convert theirs)
+and all four must be identical. A subset goes through fw's checkpoint
 serialisation first (--roundtrip), and another through `fwrun tokenize
---print-ids --allow-special` (the special ids).
+--print-ids --offsets --allow-special` (the special ids and their offsets).
 
 usage: hf_tokenizers.py --driver PATH --fwrun PATH --build-dir DIR [--count N] [--only NAME]
        hf_tokenizers.py --fetch-only --build-dir DIR
@@ -231,6 +234,30 @@ def read_jsonl(path, n, who):
     return rows
 
 
+def byte_to_char_offsets(s, offsets):
+    """fw's offsets (bytes of s's UTF-8, as the reference's Rust library
+    gives them) in characters, as the bindings convert them
+    (BytesToCharOffsetConverter: a byte maps to the character that holds
+    it; an end past the last byte to the last character's index + 1; a
+    start with no character stays as it is)."""
+    m = {}
+    at = 0
+    for ci, c in enumerate(s):
+        for _ in c.encode("utf-8", "surrogatepass"):
+            m[at] = ci
+            at += 1
+    m[at] = len(s)  # the end: an empty span there counts as a character index too
+    out = []
+    for a, b in offsets:
+        if a not in m:
+            out.append([a, b])
+        elif b in m:
+            out.append([m[a], m[b]])
+        else:
+            out.append([m[a], m.get(b - 1, m[a] + 1) + 1])
+    return out
+
+
 def run(cmd, who):
     r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
@@ -337,7 +364,10 @@ def main():
             bad = collections.Counter()
             shown = 0
             for i, (s, g, w) in enumerate(zip(strings, got, ref)):
-                for k in ("plain", "special", "decoded"):
+                g["offsets"] = byte_to_char_offsets(s, g["offsets"])
+                if g.pop("offsets_ids") != w["special"]:
+                    g["offsets"] = "encode_pair's ids differ from encode_ex's"
+                for k in ("plain", "special", "decoded", "offsets"):
                     if g[k] != w[k]:
                         bad[k] += 1
                         if shown < 6:
@@ -355,18 +385,25 @@ def main():
             rt_out = os.path.join(tmp, name + ".rt")
             run([a.driver, files[name], sinp, rt_out, "--roundtrip"], "fw (round trip) on " + name)
             rt = read_jsonl(rt_out, len(sub), "fw (round trip)")
+            for s, g in zip(sub, rt):
+                g.pop("offsets_ids")
+                g["offsets"] = byte_to_char_offsets(s, g["offsets"])
             rt_bad = sum(1 for g, w in zip(rt, ref) if g != w)
             cli = run([a.fwrun, "tokenize", "--tokenizer=gpt2", "--vocab-file=" + files[name],
-                       "--print-ids", "--allow-special", "--progress=false", sinp],
+                       "--print-ids", "--offsets", "--allow-special", "--progress=false", sinp],
                       "fwrun tokenize on " + name).stdout.split("\n")
-            cli_ids = [[int(x) for x in l.split()] for l in cli[: len(sub)]]
-            cli_bad = sum(1 for g, w in zip(cli_ids, ref) if g != w["special"])
+            cli_tok = [[x.replace("@", ":").split(":") for x in l.split()] for l in cli[: len(sub)]]
+            cli_bad = sum(1 for s, g, w in zip(sub, cli_tok, ref)
+                          if [int(x[0]) for x in g] != w["special"] or
+                          byte_to_char_offsets(s, [(int(x[1]), int(x[2])) for x in g]) !=
+                          w["offsets"])
             n_tok = sum(len(w["special"]) for w in ref)
             nbytes = sum(len(s.encode()) for s in strings)
             lines.insert(0, "hf_tokenizers: %-16s %5d strings, %7d bytes, %7d tokens: mismatches "
-                         "plain %d, special %d, decoded %d; round trip %d/%d; fwrun tokenize %d/%d" %
+                         "plain %d, special %d, decoded %d, offsets %d; round trip %d/%d; "
+                         "fwrun tokenize %d/%d" %
                          (name, len(strings), nbytes, n_tok, bad["plain"], bad["special"],
-                          bad["decoded"], rt_bad, len(sub), cli_bad, len(sub)))
+                          bad["decoded"], bad["offsets"], rt_bad, len(sub), cli_bad, len(sub)))
             total_bad += sum(bad.values()) + rt_bad + cli_bad
         if "llama2" in names:
             total_bad += export_check(a.fwrun, files["llama2"], tmp, lines)

@@ -410,8 +410,16 @@ START_TEST(test_refusals)
 			    "\"single\": [{\"Sequence\": {\"id\": \"A\"}}]"),
 		  "single[0] is not a Sequence or a SpecialToken with an id and a type_id",
 		  FW_ERR_FORMAT },
-		{ bert_with("\"truncation\": null", "\"truncation\": {\"max_length\": 5}"),
-		  "truncation", FW_ERR_UNSUPPORTED },
+		{ bert_with("\"truncation\": null", "\"truncation\": {\"max_length\": -5}"),
+		  "truncation: needs max_length >= 0", FW_ERR_FORMAT },
+		{ bert_with("\"truncation\": null", "\"truncation\": {\"max_length\": 5, "
+			    "\"strategy\": \"Sideways\"}"),
+		  "truncation: needs max_length >= 0, strategy", FW_ERR_FORMAT },
+		{ bert_with("\"padding\": null", "\"padding\": {\"strategy\": \"Longest\"}"),
+		  "padding: needs strategy", FW_ERR_FORMAT },
+		{ bert_with("\"padding\": null", "\"padding\": {\"strategy\": {\"Fixed\": 4}, "
+			    "\"direction\": \"Up\"}"),
+		  "padding: needs strategy", FW_ERR_FORMAT },
 		{ bert_with("{\"id\": 9, \"content\": \"<ent>\"", "{\"id\": 3, \"content\": \"<ent>\""),
 		  "added_tokens[3] (id 3) is another token", FW_ERR_FORMAT },
 		{ bert_with("{\"id\": 9, \"content\": \"<ent>\"", "{\"id\": \"9\", \"content\": \"<ent>\""),

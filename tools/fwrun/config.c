@@ -730,9 +730,7 @@ static enum fw_status vocab_from_tokenizer(struct config *c, struct fw_err *err)
 	if (!d || d->type != FW_OPT_INT || strcmp(value_of(c->run, "tokenizer"), "byte"))
 		return FW_OK;
 	bool chatml = !strcmp(value_of(c->run, "chat-template"), "chatml");
-	/* arch/encoder adds [CLS], [SEP], [MASK] and [PAD] */
-	bool encoder = !strcmp(arch->desc->name, "arch/encoder");
-	long need = 257 + (chatml ? 2 : 0) + (encoder ? 4 : 0);
+	long need = 257 + (chatml ? 2 : 0);     /* the task's own: session_open */
 	if (fw_options_has(arch->opts, "vocab-size")) {
 		long have = strtol(value_of(arch->opts, "vocab-size"), NULL, 10);
 		if (have < need)
@@ -743,8 +741,7 @@ static enum fw_status vocab_from_tokenizer(struct config *c, struct fw_err *err)
 	}
 	char v[16];
 	snprintf(v, sizeof(v), "%ld", need);
-	fprintf(stderr, "fwrun: --vocab-size=%s for --tokenizer=byte%s (give --vocab-size to "
-		"override)\n", v, chatml ? " with chatml's two special tokens" : "");
+	c->vocab_auto = need;
 	return fw_options_set(arch->opts, "vocab-size", v, err);
 }
 

@@ -18,6 +18,7 @@ struct config {
 	char *config_path;
 	char *taken;                      /* what --load's checkpoint filled in, or NULL */
 	bool *user_set;                   /* per run option: on the command line or in --config */
+	long vocab_auto;                  /* the vocab-size --tokenizer=byte set, or 0 */
 };
 
 /* Parses argv (after the subcommand) and an optional --config INI file,
@@ -30,7 +31,9 @@ struct config {
  * (micro-batch-size, seq-length, packing, chat-template, too-long,
  * calculate-per-token-loss), or, for a resumed training run (no
  * --finetune), every option but load, finetune, overwrite, base-only and
- * the adapter options. --tokenizer=byte sets vocab-size unless it is set. */
+ * the adapter options. --tokenizer=byte sets vocab-size unless it is set
+ * (to its 257 tokens and chatml's two; session_open adds those the model's
+ * task adds, once the model says which task it has). */
 enum fw_status config_load(struct config *c, const char *cmd, int argc, char **argv,
 			   bool need_plugins, char **pos, int max_pos, int *n_pos,
 			   struct fw_err *err);

@@ -98,6 +98,56 @@ static enum fw_status seq2seq_lengths(struct session *s, struct fw_err *err)
 	return FW_OK;
 }
 
+/* Special tokens the task of the model's head adds to a tokenizer that
+ * lacks them (tools/fwrun/task.c): [CLS] [SEP] [MASK] [PAD] for the
+ * encoder tasks, </s> for seq2seq. */
+static long task_specials(enum fw_rt_task_kind k)
+{
+	return k == FW_RT_TASK_MLM || k == FW_RT_TASK_SEQ_CLS || k == FW_RT_TASK_TOKEN_CLS ? 4 :
+	       k == FW_RT_TASK_SEQ2SEQ ? 1 : 0;
+}
+
+/* --tokenizer=byte: the vocab-size config_load set grows by the task's
+ * special tokens (one the user set must hold them). */
+static enum fw_status vocab_for_task(struct session *s, struct fw_err *err)
+{
+	struct fw_loaded *arch = s->cfg.plugin[FW_KIND_ARCH];
+	if (strcmp(opt_s(s, "tokenizer"), "byte") || !arch ||
+	    !fw_options_has(arch->opts, "vocab-size"))
+		return FW_OK;
+	bool chatml = !strcmp(opt_s(s, "chat-template"), "chatml");
+	long extra = task_specials(s->task), need = 257 + (chatml ? 2 : 0) + extra;
+	const char *what = extra == 4 ? "the task's [CLS] [SEP] [MASK] [PAD]" :
+			   extra ? "the task's </s>" : "";
+	char with[96];
+	snprintf(with, sizeof(with), "%s%s%s", chatml ? "chatml's two special tokens" : "",
+		 chatml && extra ? " and " : "", what);
+	if (!s->cfg.vocab_auto) {
+		long have = (long)fw_opt_int(arch->opts, "vocab-size");
+		if (extra && have < need)
+			return fw_errorf(err, FW_ERR_INVALID, "the byte tokenizer's %ld tokens (with %s) "
+					 "do not fit --vocab-size=%ld; leave --vocab-size out to get %ld",
+					 need, with, have, need);
+		return FW_OK;
+	}
+	char v[16];
+	snprintf(v, sizeof(v), "%ld", need);
+	fprintf(stderr, "fwrun: --vocab-size=%s for --tokenizer=byte%s%s (give --vocab-size to "
+		"override)\n", v, *with ? " with " : "", with);
+	if (!extra)
+		return FW_OK;
+	/* the arch read its options at init: a twin takes the new size */
+	struct fw_loaded *twin = NULL;
+	enum fw_status st = fw_options_set(arch->opts, "vocab-size", v, err);
+	if (st == FW_OK)
+		st = fw_rt_plugin_twin(arch, &twin, err);
+	if (st != FW_OK)
+		return st;
+	fw_plugin_close(arch);
+	s->cfg.plugin[FW_KIND_ARCH] = s->slots.arch = twin;
+	return FW_OK;
+}
+
 static enum fw_status build_model(struct session *s, bool training, struct fw_err *err)
 {
 	s->ctx = fw_ctx_new();
@@ -347,7 +397,7 @@ int session_open(struct session *s, const char *cmd, int argc, char **argv, bool
 	s->B = opt_i(s, "micro-batch-size");
 	s->T = opt_i(s, "seq-length");
 	if (init_plugins(s, &s->err) != FW_OK || check_model(s, train, &s->err) != FW_OK ||
-	    seq2seq_lengths(s, &s->err) != FW_OK) {
+	    seq2seq_lengths(s, &s->err) != FW_OK || vocab_for_task(s, &s->err) != FW_OK) {
 		*rc = fail(s->err.status, "%s",
 			  s->err.msg);
 		return -1;

@@ -54,6 +54,9 @@ static const struct fw_option_def tok_defs[] = {
 	  "turn special-token text in the input (<|endoftext|>) into the special token" },
 	{ "print-ids", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "print each document's token ids (no EOS) on stdout, one line each; no shards" },
+	{ "offsets", FW_OPT_BOOL, "false", 0, -1, NULL,
+	  "with --print-ids: each id as ID@START:END, the token's byte offsets in the document "
+	  "(Hugging Face's offsets in bytes; (0, 0) for tokens the post-processor adds)" },
 	{ "progress", FW_OPT_BOOL, "true", 0, -1, NULL, "progress bar when stderr is a terminal" },
 };
 #define N_DEFS ((int)(sizeof(tok_defs) / sizeof(tok_defs[0])))
@@ -74,7 +77,7 @@ struct job {
 	int width;                       /* bytes per token: 2 or 4 */
 	int64_t shard_tokens;
 	double valid;
-	bool allow_special, print, bar;
+	bool allow_special, print, offsets, bar;
 	struct stream st[2];             /* 0 train, 1 val */
 	char **tmps, **finals;           /* completed shards, renamed at the end */
 	int n_done, cap_done;
@@ -252,6 +255,20 @@ static int document(struct job *j, const char *text, size_t len, const char *whe
 			return fail(FW_ERR_NOMEM, "tokenize: out of memory");
 		j->ids.cap = j->ids.cap ? j->ids.cap : 64;
 		j->ids.ids[j->ids.n++] = fw_tokenizer_eos(j->tok);
+	}
+	if (j->offsets) {
+		struct fw_encoding e = { 0 };
+		const struct fw_encode_options eo = { .flags = FW_TOKENIZE_OFFSETS |
+			(j->allow_special ? FW_TOKENIZE_SPLIT_SPECIAL | FW_TOKENIZE_ADD_SPECIAL : 0) };
+		if (fw_tokenizer_encode_pair(j->tok, text, len, NULL, 0, &eo, &e, &err) != FW_OK)
+			return fail(err.status, "%s: %s", where, err.msg);
+		j->doc++;
+		for (size_t k = 0; k < e.n; k++)
+			printf(k ? " %d@%zu:%zu" : "%d@%zu:%zu", e.ids[k], e.offsets[k].start,
+			       e.offsets[k].end);
+		putchar('\n');
+		fw_encoding_free(&e);
+		return ferror(stdout) ? fail(FW_ERR_IO, "stdout: write error") : EXIT_OK;
 	}
 	if (fw_tokenizer_encode(j->tok, text, len, j->allow_special, &j->ids, &err) != FW_OK)
 		return fail(err.status, "%s: %s", where, err.msg);
@@ -488,6 +505,11 @@ int cmd_tokenize(int argc, char **argv)
 	if ((rc = parse(o, argc, argv, files, &n_files)) != EXIT_OK)
 		goto out;
 	j.print = fw_opt_bool(o, "print-ids");
+	j.offsets = fw_opt_bool(o, "offsets");
+	if (j.offsets && !j.print) {
+		rc = fail(FW_ERR_INVALID, "tokenize: --offsets needs --print-ids");
+		goto out;
+	}
 	j.out = fw_opt_str(o, "out");
 	if (n_files == 0 || (!*j.out && !j.print)) {
 		rc = fail(FW_ERR_INVALID, "tokenize: needs --out=PREFIX and at least one input file (see "

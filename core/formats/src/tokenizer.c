@@ -780,6 +780,9 @@ static const char *not_gpt2_bpe(json_t *root, json_t *model)
 		return "BPE dropout is not supported";
 	if (norm && !json_is_null(norm))
 		return "a normalizer is not supported";
+	json_t *tr = json_object_get(root, "truncation"), *pd = json_object_get(root, "padding");
+	if ((tr && !json_is_null(tr)) || (pd && !json_is_null(pd)))
+		return "truncation or padding is set";
 	if (!json_is_object(pre) || strcmp(str_field(pre, "type"), "ByteLevel"))
 		return "the pre-tokenizer is not GPT-2's ByteLevel (another regex, or Metaspace)";
 	if (json_is_true(json_object_get(pre, "add_prefix_space")))
@@ -1491,7 +1494,7 @@ enum fw_status fw_tokenizer_encode_ex(struct fw_tokenizer *t, const char *text, 
 	bool allow_special = flags & FW_TOKENIZE_SPLIT_SPECIAL;
 	if (t->hf)
 		return hf_encode(t->hf, &t->cache, text ? text : "", len, allow_special,
-				 flags & FW_TOKENIZE_ADD_SPECIAL, out, err);
+				 flags & FW_TOKENIZE_ADD_SPECIAL, out, NULL, err);
 	size_t start = out->n;
 	enum fw_status s = FW_OK;
 	while (len > 0 && s == FW_OK) {
@@ -1511,6 +1514,49 @@ enum fw_status fw_tokenizer_encode_ex(struct fw_tokenizer *t, const char *text, 
 		len -= at;
 	}
 	if (s != FW_OK)
+		out->n = start;
+	return s;
+}
+
+/* The end of the character (or ill-formed subpart) that starts at u[c]. */
+static size_t char_end(const unsigned char *u, size_t len, size_t c)
+{
+	size_t bad = 1, v = u8_valid(u + c, len - c, &bad);
+	return c + (v ? u8_len(u[c]) : bad);
+}
+
+enum fw_status tok_encode_offsets(struct fw_tokenizer *t, const char *text, size_t len,
+				  unsigned flags, struct fw_token_buf *out, struct albuf *offs,
+				  struct fw_err *err)
+{
+	if (t && t->hf)
+		return hf_encode(t->hf, &t->cache, text ? text : "", len,
+				 flags & FW_TOKENIZE_SPLIT_SPECIAL, flags & FW_TOKENIZE_ADD_SPECIAL, out,
+				 offs, err);
+	size_t start = out ? out->n : 0;
+	enum fw_status s = fw_tokenizer_encode_ex(t, text, len, flags, out, err);
+	if (!offs || s != FW_OK)
+		return s;
+	/* byte and gpt2 tokens are the text's bytes in order: each token's
+	 * bytes, widened to whole characters (an ill-formed subpart is one) */
+	const unsigned char *u = (const unsigned char *)text;
+	size_t at = 0, cs = 0, ce = 0;  /* the character [cs, ce) that holds byte at */
+	for (size_t i = start; s == FW_OK && i < out->n; i++) {
+		size_t n = t->tok[out->ids[i]].len;
+		struct tspan sp = { at, at };
+		if (n) {
+			while (ce <= at)
+				cs = ce, ce = char_end(u, len, cs);
+			size_t xe = ce;
+			while (xe < at + n)
+				xe = char_end(u, len, xe);
+			sp = (struct tspan){ cs, xe };
+		}
+		if (!al_put(offs, &sp, 1))
+			s = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		at += n;
+	}
+	if (s != FW_OK && out)
 		out->n = start;
 	return s;
 }

@@ -143,8 +143,16 @@ static enum fw_status post_parse(json_t *j, struct hf_tok *h, const char *path,
 		return json_is_array(a) ? FW_OK : fw_errorf(err, FW_ERR_FORMAT, "%s: post_processor "
 							       "Sequence without \"processors\"", path);
 	}
-	if (!strcmp(t, "ByteLevel"))
-		return FW_OK;           /* offsets only */
+	bool roberta = !strcmp(t, "RobertaProcessing");
+	if (roberta || !strcmp(t, "ByteLevel")) {
+		json_t *tr = json_object_get(j, "trim_offsets"), *ap = json_object_get(j, "add_prefix_space");
+		if (!json_is_boolean(tr) || json_is_true(tr)) {
+			h->trim = true;
+			h->trim_prefix = !json_is_boolean(ap) || json_is_true(ap);
+		}
+		if (!roberta)
+			return FW_OK;   /* offsets only */
+	}
 	struct hf_tmpl tm[2] = { { 0 }, { 0 } };
 	enum fw_status st = FW_OK;
 	if (!strcmp(t, "BertProcessing") || !strcmp(t, "RobertaProcessing")) {
@@ -526,7 +534,7 @@ static enum fw_status added_push(struct hf_tok *h, int32_t id, const char *s, si
 	h->n_added++;
 	if (normalized && h->norm) {
 		struct sbuf o = { 0 };
-		enum fw_status st = norm_apply(h->norm, s, n, &o, NULL, err);
+		enum fw_status st = norm_apply(h->norm, s, n, NULL, &o, NULL, NULL, err);
 		if (st != FW_OK) {
 			sb_free(&o);
 			return st;
@@ -688,13 +696,16 @@ static bool added_split(const struct hf_tok *h, const struct piece *p, bool norm
 				stop = k;
 			}
 		}
-		if (done < start && !plist_push(out, s + done, start - done, -1, p->first && done == 0))
+		const struct tspan *al = p->al;
+		if (done < start && !plist_push(out, s + done, start - done, al ? al + done : NULL, -1,
+						p->first && done == 0))
 			return false;
-		if (!plist_push(out, s + start, stop - start, best->id, false))
+		if (!plist_push(out, s + start, stop - start, al ? al + start : NULL, best->id, false))
 			return false;
 		done = stop;
 	}
-	return done >= n || plist_push(out, s + done, n - done, -1, p->first && done == 0);
+	return done >= n || plist_push(out, s + done, n - done, p->al ? p->al + done : NULL, -1,
+				       p->first && done == 0);
 }
 
 /* --- loading -------------------------------------------------------------------------------- */
@@ -744,6 +755,78 @@ static bool set_special(struct hf_tok *h, int32_t id)
 	return true;
 }
 
+/* A non-negative integer field of j into *v (absent or null: def). */
+static bool size_field(json_t *j, const char *k, size_t def, size_t *v)
+{
+	json_t *x = json_object_get(j, k);
+	*v = def;
+	if (!x || json_is_null(x))
+		return true;
+	if (!json_is_integer(x) || json_integer_value(x) < 0)
+		return false;
+	*v = (size_t)json_integer_value(x);
+	return true;
+}
+
+/* "Left" or "Right" (absent: Right) into *left. */
+static bool dir_field(json_t *j, bool *left)
+{
+	const char *d = json_string_value(json_object_get(j, "direction"));
+	*left = d && !strcmp(d, "Left");
+	return !json_object_get(j, "direction") || (d && (*left || !strcmp(d, "Right")));
+}
+
+/* The file's "truncation": {"max_length", "strategy", "direction", "stride"}.
+ * stride only shapes the overflowing encodings, which fw does not return. */
+static enum fw_status trunc_parse(json_t *tr, struct fw_encode_options *o, const char *path,
+				  struct fw_err *err)
+{
+	static const char *const names[] = { "LongestFirst", "OnlyFirst", "OnlySecond" };
+	if (!tr || json_is_null(tr))
+		return FW_OK;
+	const char *s = json_string_value(json_object_get(tr, "strategy"));
+	int k = s ? name_index(names, 3, s) : 0;
+	size_t stride;
+	if (!json_is_object(tr) || !json_is_integer(json_object_get(tr, "max_length")) ||
+	    !size_field(tr, "max_length", 0, &o->max_length) || !size_field(tr, "stride", 0, &stride) ||
+	    !dir_field(tr, &o->truncate_left) || k < 0)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: truncation: needs max_length >= 0, strategy "
+				 "LongestFirst, OnlyFirst or OnlySecond, direction Left or Right, "
+				 "stride >= 0", path);
+	o->truncation = (enum fw_truncation)(FW_TRUNCATE_LONGEST_FIRST + k);
+	return FW_OK;
+}
+
+/* The file's "padding": {"strategy": "BatchLongest" or {"Fixed": n},
+ * "direction", "pad_to_multiple_of", "pad_id", "pad_type_id", "pad_token"}. */
+static enum fw_status pad_parse(json_t *pd, struct fw_encode_options *o, const char *path,
+				struct fw_err *err)
+{
+	if (!pd || json_is_null(pd))
+		return FW_OK;
+	json_t *st = json_object_get(pd, "strategy");
+	size_t id, type;
+	bool ok = json_is_object(pd) && dir_field(pd, &o->pad_left) &&
+		  size_field(pd, "pad_to_multiple_of", 0, &o->pad_multiple) &&
+		  size_field(pd, "pad_id", 0, &id) && id < INT32_MAX &&
+		  size_field(pd, "pad_type_id", 0, &type) && type <= UINT32_MAX;
+	if (ok && json_is_string(st))
+		ok = !strcmp(json_string_value(st), "BatchLongest");   /* one text: its own length */
+	else if (ok)
+		ok = json_is_object(st) && json_object_size(st) == 1 &&
+		     size_field(st, "Fixed", 0, &o->pad_length) &&
+		     json_is_integer(json_object_get(st, "Fixed"));
+	if (!ok)
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: padding: needs strategy \"BatchLongest\" or "
+				 "{\"Fixed\": n}, direction Left or Right, pad_to_multiple_of, pad_id "
+				 "and pad_type_id >= 0", path);
+	o->pad_id = (int32_t)id;
+	o->pad_type_id = (uint32_t)type;
+	/* the reference's Fixed(0) pads nothing, even to a multiple */
+	o->pad = !(json_is_object(st) && o->pad_length == 0);
+	return FW_OK;
+}
+
 struct hf_tok *hf_load(const char *path, const char *text, size_t len, json_t *parsed,
 			struct fw_err *err)
 {
@@ -767,11 +850,9 @@ struct hf_tok *hf_load(const char *path, const char *text, size_t len, json_t *p
 	json_t *n = json_object_get(root, "normalizer"), *p = json_object_get(root, "pre_tokenizer");
 	json_t *pp = json_object_get(root, "post_processor"), *d = json_object_get(root, "decoder");
 	json_t *tr = json_object_get(root, "truncation"), *pad = json_object_get(root, "padding");
-	if ((tr && !json_is_null(tr)) || (pad && !json_is_null(pad))) {
-		st = fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: %s is not supported (set it to null)", path,
-			       tr && !json_is_null(tr) ? "truncation" : "padding");
+	if ((st = trunc_parse(tr, &h->file, path, err)) != FW_OK ||
+	    (st = pad_parse(pad, &h->file, path, err)) != FW_OK)
 		goto out;
-	}
 	if (n && !json_is_null(n)) {
 		if (!(h->norm = fw_calloc(1, sizeof(*h->norm))))
 			st = NOMEM(err);
@@ -897,37 +978,121 @@ int32_t hf_eos(const struct hf_tok *h)
 
 /* --- encoding and decoding ------------------------------------------------------------------ */
 
+/* Per byte of the text Hugging Face's library sees (text with U+FFFD for
+ * each ill-formed subpart, appended to clean), the range of the character
+ * of text[0..len) it comes from. */
+static bool text_spans(const char *text, size_t len, struct sbuf *clean, struct albuf *al)
+{
+	const unsigned char *u = (const unsigned char *)text;
+	for (size_t i = 0; i < len;) {
+		size_t bad = 1, v = u8_valid(u + i, len - i, &bad);
+		for (size_t e = i + v; i < e;) {
+			size_t k = u8_len(u[i]);
+			if (!al_to(al, al->n + k, (struct tspan){ i, i + k }))
+				return false;
+			i += k;
+		}
+		if (!sb_put(clean, text + (i - v), v))
+			return false;
+		if (i < len) {
+			if (!sb_cp(clean, 0xFFFD) || !al_to(al, al->n + 3, (struct tspan){ i, i + bad }))
+				return false;
+			i += bad;
+		}
+	}
+	return sb_put(clean, NULL, 0);
+}
+
+/* Offsets of tokens [a, b) of piece p: Hugging Face's convert_offsets. */
+static struct tspan piece_span(const struct piece *p, size_t a, size_t b)
+{
+	if (!p->n)
+		return (struct tspan){ 0, 0 };
+	a = a < p->n ? a : p->n - 1;
+	b = b > a ? b : a + 1;
+	return (struct tspan){ p->al[a].a, p->al[b - 1].b };
+}
+
+/* Hugging Face's process_offsets (ByteLevel and RobertaProcessing with
+ * trim_offsets) on one token of text t[0..tn), offsets o into text[0..len):
+ * its leading and trailing spaces leave its offsets, but for a first
+ * token's one prefix space with add_prefix_space. The Python and Node
+ * bindings (and transformers' offset_mapping) trim offsets already in
+ * characters, so a space counts one character of text here, not one byte
+ * (they differ where a prefix space stands for a longer character). */
+static void trim_span(const struct hf_tok *h, const char *t, size_t tn, bool first,
+		      const char *text, size_t len, struct tspan *o)
+{
+	size_t lead = 0, trail = 0, j = 0;
+	bool all = true;
+	while (h->trim && t && j < tn) {
+		uint32_t cp = u8_next(t, tn, &j);
+		bool sp = cp == 0x120 || u_whitespace(cp);
+		if (sp && all)
+			lead++;
+		all = all && sp;
+		trail = sp ? trail + 1 : 0;
+	}
+	if (lead && (first || o->a == 0) && h->trim_prefix && lead == 1)
+		lead = 0;
+	const unsigned char *u = (const unsigned char *)text;
+	for (; lead && o->a < o->b; lead--)
+		o->a += o->a < len ? u8_len(u[o->a]) : 1;
+	o->a = o->a < o->b ? o->a : o->b;
+	size_t b = o->b, k = trail;
+	for (; k && b > 0; k--)
+		while (--b > 0 && b < len && (u[b] & 0xC0) == 0x80)
+			;
+	if (trail && !k)        /* the reference: only when trail characters precede the end */
+		o->b = b > o->a ? b : o->a;
+}
+
+void hf_trim_offsets(const struct hf_tok *h, const int32_t *ids, struct tspan *offs, size_t n,
+		     const char *text, size_t len)
+{
+	for (size_t i = 0; h->trim && i < n; i++) {
+		size_t tn;
+		const char *t = vocab_str(&h->vocab, ids[i], &tn);
+		trim_span(h, t, tn, i == 0, text, len, &offs[i]);
+	}
+}
+
 enum fw_status hf_encode(struct hf_tok *h, struct piece_cache *cache, const char *text,
 			 size_t len, bool split_special, bool add_special, struct fw_token_buf *out,
-			 struct fw_err *err)
+			 struct albuf *offs, struct fw_err *err)
 {
 	struct sbuf clean = { 0 };
+	struct albuf cal = { 0 }, nal = { 0 }, wo = { 0 };
 	struct plist a = { 0 }, b = { 0 };
 	enum fw_status st = FW_OK;
-	size_t mark = out->n;
+	size_t mark = out->n, omark = offs ? offs->n : 0;
+	const struct tspan none = { 0, 0 };
 	/* Invalid UTF-8 becomes U+FFFD, as text reaching the reference would. */
-	if (!sb_put_lossy(&clean, text, len) || !sb_put(&clean, NULL, 0)) {
+	if (offs ? !text_spans(text, len, &clean, &cal) :
+	    !sb_put_lossy(&clean, text, len) || !sb_put(&clean, NULL, 0)) {
 		st = NOMEM(err);
 		goto out;
 	}
-	struct piece whole = { clean.b, clean.n, -1, true };
+	struct piece whole = { clean.b, clean.n, -1, true, offs ? cal.v : NULL };
 	if (!added_split(h, &whole, false, split_special, &a)) {
 		st = NOMEM(err);
 		goto out;
 	}
 	for (size_t i = 0; i < a.n && st == FW_OK; i++) {
 		if (a.v[i].id >= 0) {
-			if (!plist_push(&b, a.v[i].s, a.v[i].n, a.v[i].id, false))
+			if (!plist_push(&b, a.v[i].s, a.v[i].n, a.v[i].al, a.v[i].id, false))
 				st = NOMEM(err);
 			continue;
 		}
 		struct sbuf nz = { 0 };
 		bool first = a.v[i].first;
+		nal.n = 0;
 		if (h->norm)
-			st = norm_apply(h->norm, a.v[i].s, a.v[i].n, &nz, &first, err);
-		else if (!sb_put(&nz, a.v[i].s, a.v[i].n))
+			st = norm_apply(h->norm, a.v[i].s, a.v[i].n, a.v[i].al, &nz, &nal, &first, err);
+		else if (!sb_put(&nz, a.v[i].s, a.v[i].n) ||
+			 (offs && !al_put(&nal, a.v[i].al, a.v[i].n)))
 			st = NOMEM(err);
-		struct piece q = { nz.b ? nz.b : "", nz.n, -1, first };
+		struct piece q = { nz.b ? nz.b : "", nz.n, -1, first, offs ? nal.v : NULL };
 		if (st == FW_OK && !added_split(h, &q, true, split_special, &b))
 			st = NOMEM(err);
 		sb_free(&nz);
@@ -935,21 +1100,38 @@ enum fw_status hf_encode(struct hf_tok *h, struct piece_cache *cache, const char
 	if (st == FW_OK && h->pre)
 		st = pre_apply(h->pre, &b, err);
 	for (size_t k = 0; st == FW_OK && add_special && k < h->n_bos; k++)
-		if (!ids_append(out, h->bos[k]))
+		if (!ids_append(out, h->bos[k]) || (offs && !al_put(offs, &none, 1)))
 			st = NOMEM(err);
 	for (size_t i = 0; i < b.n && st == FW_OK; i++) {
-		if (b.v[i].id < 0)
-			st = model_encode(h, cache, b.v[i].s, b.v[i].n, out, err);
-		else if (!ids_append(out, b.v[i].id))
+		const struct piece *p = &b.v[i];
+		wo.n = 0;
+		if (p->id < 0)
+			st = model_encode(h, cache, p->s, p->n, out, offs ? &wo : NULL, err);
+		else if (!ids_append(out, p->id) || (offs && !al_to(&wo, 1, (struct tspan){ 0, p->n })))
 			st = NOMEM(err);
+		for (size_t k = 0; st == FW_OK && offs && k < wo.n; k++) {
+			struct tspan sp = piece_span(p, wo.v[k].a, wo.v[k].b);
+			/* an added token's text there is what it matched, with the
+			 * spaces lstrip and rstrip took */
+			if (p->id >= 0)
+				trim_span(h, p->s, p->n, out->n == mark + 1, text, len, &sp);
+			if (!al_put(offs, &sp, 1))
+				st = NOMEM(err);
+		}
 	}
 	for (size_t k = 0; st == FW_OK && add_special && k < h->n_eos; k++)
-		if (!ids_append(out, h->eos[k]))
+		if (!ids_append(out, h->eos[k]) || (offs && !al_put(offs, &none, 1)))
 			st = NOMEM(err);
 out:
-	if (st != FW_OK)
+	if (st != FW_OK) {
 		out->n = mark;
+		if (offs)
+			offs->n = omark;
+	}
 	sb_free(&clean);
+	al_free(&cal);
+	al_free(&nal);
+	al_free(&wo);
 	plist_free(&a);
 	plist_free(&b);
 	return st;

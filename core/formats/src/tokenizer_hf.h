@@ -1,7 +1,7 @@
 /* tokenizer_hf.h - the Hugging Face tokenizer.json pipeline (private to core/formats/src/tokenizer*.c).
  *
  * normalizer -> pre-tokenizer -> model -> post-processor, and the decoder, as
- * Hugging Face's tokenizers library (Rust, 0.2x) runs them, without offsets:
+ * Hugging Face's tokenizers library (Rust, 0.2x) runs them, with its offsets:
  *
  *   tokenizer_hf.c         loading tokenizer.json, added tokens, post-processors,
  *                          decoders, encode/decode
@@ -79,6 +79,12 @@ int name_index(const char *const *names, size_t n, const char *t);
 
 /* The hf pipeline of an hf tokenizer, else NULL (tokenizer.c). */
 struct hf_tok *tok_hf(const struct fw_tokenizer *t);
+struct tspan;
+struct albuf;
+/* fw_tokenizer_encode_ex, and each token's byte range in text to offs. */
+enum fw_status tok_encode_offsets(struct fw_tokenizer *t, const char *text, size_t len,
+				  unsigned flags, struct fw_token_buf *out, struct albuf *offs,
+				  struct fw_err *err);
 
 /* --- strings ------------------------------------------------------------------ */
 
@@ -134,13 +140,32 @@ static inline uint32_t u8_next(const char *s, size_t n, size_t *i)
 	return u8_next_slow(s, n, i);
 }
 
+/* Where a byte of text came from: the byte range [a, b) of the original
+ * input (Hugging Face's NormalizedString alignments: each byte of a
+ * character gets the range of the original character it stands for). */
+struct tspan {
+	size_t a, b;
+};
+/* A growable array of them, one per byte of a string being built. */
+struct albuf {
+	struct tspan *v;
+	size_t n, cap;
+};
+/* Extends a to n entries, the new ones sp. */
+bool al_to(struct albuf *a, size_t n, struct tspan sp);
+/* Appends v[0..n). */
+bool al_put(struct albuf *a, const struct tspan *v, size_t n);
+void al_free(struct albuf *a);
+
 /* A piece of text on its way through the pipeline. id >= 0: an added token,
- * already final. first: it starts at offset 0 of the original input. */
+ * already final. first: it starts at offset 0 of the original input. al:
+ * per byte, where it came from (NULL when offsets are not wanted). */
 struct piece {
 	char *s;
 	size_t n;
 	int32_t id;
 	bool first;
+	struct tspan *al;
 };
 struct pblock;                          /* the pieces' bytes, in blocks that never move */
 struct plist {
@@ -148,10 +173,13 @@ struct plist {
 	size_t n, cap;
 	struct pblock *blk;
 };
-bool plist_push(struct plist *l, const char *s, size_t n, int32_t id, bool first);
-/* Room for n bytes (and a NUL) at the end of l's current block: fill them,
- * then plist_push the same pointer to keep them without a copy. */
-char *plist_room(struct plist *l, size_t n);
+/* Appends a copy of s[0..n) and, unless NULL, of its alignments al[0..n). */
+bool plist_push(struct plist *l, const char *s, size_t n, const struct tspan *al, int32_t id,
+		bool first);
+/* Room for n bytes (and a NUL, and with al n alignments) at the end of l's
+ * current block: fill the bytes, then plist_push the same pointer to keep
+ * them without a copy. */
+char *plist_room(struct plist *l, size_t n, bool al);
 /* Empties l, keeping its memory for reuse. */
 void plist_clear(struct plist *l);
 void plist_free(struct plist *l);
@@ -294,6 +322,8 @@ struct hf_tok {
 	size_t n_bos, n_eos;
 	struct hf_tmpl tmpl[2];         /* the first adding processor's single and pair */
 	int n_adders;                   /* post-processors that add tokens */
+	bool trim, trim_prefix;         /* trim_offsets, with add_prefix_space */
+	struct fw_encode_options file;  /* the file's truncation and padding (flags 0) */
 	struct hf_added *added;
 	size_t n_added, cap_added;
 	/* Finding added tokens in text (z: 1 for the normalized ones, matched in
@@ -315,9 +345,14 @@ struct hf_tok *hf_load(const char *path, const char *text, size_t len, json_t *p
 		       struct fw_err *err);
 void hf_free(struct hf_tok *h);
 /* cache: the tokenizer's piece cache (model ids per pre-token). */
+/* With offs, each token's byte range in text[0..len) is appended to it
+ * ((0, 0) for the post-processor's tokens). */
 enum fw_status hf_encode(struct hf_tok *h, struct piece_cache *cache, const char *text,
 			 size_t len, bool split_special, bool add_special, struct fw_token_buf *out,
-			 struct fw_err *err);
+			 struct albuf *offs, struct fw_err *err);
+/* Trims the offsets of text[0..len)'s tokens as the post-processor says. */
+void hf_trim_offsets(const struct hf_tok *h, const int32_t *ids, struct tspan *offs, size_t n,
+		     const char *text, size_t len);
 /* raw: one token's bytes for fw_tokenizer_token (no UTF-8 repair, not stripped
  * as a first token). */
 enum fw_status hf_decode(const struct hf_tok *h, const int32_t *ids, size_t n, bool raw,
@@ -334,9 +369,11 @@ enum fw_status hf_template(const struct hf_tok *h, bool pair, const struct hf_tm
 enum fw_status norm_parse(json_t *j, struct hf_norm *n, const char *path, const char *at,
 			  struct fw_err *err);
 void norm_free(struct hf_norm *n);
-/* *keep0 (may be NULL) becomes false when the start of s is removed. */
-enum fw_status norm_apply(const struct hf_norm *n, const char *s, size_t len, struct sbuf *out,
-			  bool *keep0, struct fw_err *err);
+/* *keep0 (may be NULL) becomes false when the start of s is removed. With
+ * al (s's alignments), alo gets those of out (alo->n == out->n after). */
+enum fw_status norm_apply(const struct hf_norm *n, const char *s, size_t len,
+			  const struct tspan *al, struct sbuf *out, struct albuf *alo, bool *keep0,
+			  struct fw_err *err);
 enum fw_status pre_parse(json_t *j, struct hf_pre *p, const char *path, const char *at,
 			 struct fw_err *err);
 void pre_free(struct hf_pre *p);
@@ -350,8 +387,10 @@ bool sb_put_lossy(struct sbuf *out, const char *s, size_t n);
 enum fw_status model_parse(json_t *j, struct hf_tok *h, const char *path, struct fw_err *err);
 void model_free(struct hf_model *m);
 bool ids_append(struct fw_token_buf *out, int32_t id);
-/* The model's ids for one pre-token, through the piece cache c. */
+/* The model's ids for one pre-token, through the piece cache c; with offs,
+ * each token's byte range in s[0..n) too. */
 enum fw_status model_encode(const struct hf_tok *h, struct piece_cache *c, const char *s,
-			    size_t n, struct fw_token_buf *out, struct fw_err *err);
+			    size_t n, struct fw_token_buf *out, struct albuf *offs,
+			    struct fw_err *err);
 
 #endif

@@ -502,22 +502,33 @@ bool ids_append(struct fw_token_buf *out, int32_t id)
 	return true;
 }
 
-/* All bytes of s as <0xXX> tokens, if the vocabulary has them all. */
-static bool byte_tokens(const struct hf_model *m, const char *s, size_t n,
-			struct fw_token_buf *out, bool *nomem)
+/* All bytes of s as <0xXX> tokens, if the vocabulary has them all; with
+ * offs, each token's offsets are sp. */
+static bool has_byte_tokens(const struct hf_model *m, const char *s, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
 		if (m->byte_tok[(unsigned char)s[i]] < 0)
 			return false;
+	return true;
+}
+
+static bool byte_tokens(const struct hf_model *m, const char *s, size_t n,
+			struct fw_token_buf *out, struct albuf *offs, struct tspan sp, bool *nomem)
+{
+	if (!has_byte_tokens(m, s, n))
+		return false;
 	for (size_t i = 0; i < n; i++)
-		if (!ids_append(out, m->byte_tok[(unsigned char)s[i]]))
+		if (!ids_append(out, m->byte_tok[(unsigned char)s[i]]) ||
+		    (offs && !al_to(offs, offs->n + 1, sp)))
 			return !(*nomem = true);
 	return true;
 }
 
-/* Word::merge_all over sym[0..n); the survivors are appended to out. */
-static enum fw_status bpe_merge(const struct hf_model *m, int32_t *sym, size_t n,
-				struct fw_token_buf *out, struct fw_err *err)
+/* Word::merge_all over sym[0..n); the survivors are appended to out (with
+ * offs, their offsets: the spans sp[0..n) of the symbols they merge). */
+static enum fw_status bpe_merge(const struct hf_model *m, int32_t *sym, struct tspan *sp,
+				size_t n, struct fw_token_buf *out, struct albuf *offs,
+				struct fw_err *err)
 {
 	uint32_t *next = fw_malloc((n + 1) * sizeof(uint32_t)), *prev = fw_malloc((n + 1) * sizeof(uint32_t));
 	uint8_t *dead = fw_calloc(n + 1, 1);
@@ -545,6 +556,8 @@ static enum fw_status bpe_merge(const struct hf_model *m, int32_t *sym, size_t n
 		if (dead[l] || r == END || merge_get(m, sym[l], sym[r], &id) < 0 || id != t.id)
 			continue;
 		sym[l] = t.id;
+		if (sp)
+			sp[l].b = sp[r].b;
 		dead[r] = 1;
 		next[l] = next[r];
 		if (next[r] != END)
@@ -560,7 +573,7 @@ static enum fw_status bpe_merge(const struct hf_model *m, int32_t *sym, size_t n
 		}
 	}
 	for (uint32_t i = 0; n && i != END; i = next[i])
-		if (!ids_append(out, sym[i])) {
+		if (!ids_append(out, sym[i]) || (offs && !al_put(offs, &sp[i], 1))) {
 			st = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 			break;
 		}
@@ -572,19 +585,31 @@ out:
 	return st;
 }
 
+/* Appends symbol id of len bytes at *pos (its span to wo, if any). */
+static bool sym_add(struct fw_token_buf *w, struct albuf *wo, int32_t id, size_t len, size_t *pos)
+{
+	struct tspan sp = { *pos, *pos + len };
+	*pos += len;
+	return ids_append(w, id) && (!wo || al_put(wo, &sp, 1));
+}
+
 static enum fw_status bpe_encode(const struct hf_tok *h, const char *s, size_t n,
-				 struct fw_token_buf *out, struct fw_err *err)
+				 struct fw_token_buf *out, struct albuf *offs, struct fw_err *err)
 {
 	const struct hf_model *m = &h->model;
 	if (m->ignore_merges) {
 		int32_t id = model_get(h, s, n);
 		if (id >= 0)
-			return ids_append(out, id) ? FW_OK :
+			return ids_append(out, id) && (!offs || al_to(offs, offs->n + 1,
+								     (struct tspan){ 0, n })) ? FW_OK :
 				fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 	}
 	struct fw_token_buf w = { 0 };
+	struct albuf ws = { 0 };        /* with offs: each symbol's span */
+	struct albuf *wo = offs ? &ws : NULL;
 	struct sbuf c = { 0 };
 	int32_t unk = -1;
+	size_t unk_len = 0, pos = 0;
 	bool nomem = false;
 	for (size_t i = 0; i < n && !nomem;) {
 		size_t a = i;
@@ -595,38 +620,47 @@ static enum fw_status bpe_encode(const struct hf_tok *h, const char *s, size_t n
 			  (i < n || !m->suffix || sb_put(&c, m->suffix, m->n_suffix)));
 		if (nomem)
 			break;
+		/* offsets as the reference's Word gives them: each symbol the next
+		 * len bytes (a byte token one, a pending unk when it is added) */
 		int32_t id = model_get(h, c.b, c.n);
 		if (id >= 0) {
 			if (unk >= 0)
-				nomem = !ids_append(&w, unk);
+				nomem = !sym_add(&w, wo, unk, unk_len, &pos);
 			unk = -1;
-			nomem = nomem || !ids_append(&w, id);
+			nomem = nomem || !sym_add(&w, wo, id, i - a, &pos);
 			continue;
 		}
-		if (m->byte_fallback && byte_tokens(m, c.b, c.n, &w, &nomem))
+		if (m->byte_fallback && has_byte_tokens(m, c.b, c.n)) {
+			for (size_t k = 0; k < c.n && !nomem; k++)
+				nomem = !sym_add(&w, wo, m->byte_tok[(unsigned char)c.b[k]], 1, &pos);
 			continue;
+		}
 		if (m->unk >= 0) {
-			if (unk >= 0 && !m->fuse_unk)
-				nomem = !ids_append(&w, unk);
+			if (unk >= 0 && !m->fuse_unk) {
+				nomem = !sym_add(&w, wo, unk, unk_len, &pos);
+				unk = -1;
+			}
+			unk_len = unk >= 0 ? unk_len + (i - a) : i - a;
 			unk = m->unk;
 		}
 	}
 	if (unk >= 0 && !nomem)
-		nomem = !ids_append(&w, unk);
+		nomem = !sym_add(&w, wo, unk, unk_len, &pos);
 	sb_free(&c);
 	enum fw_status st = nomem ? fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory") :
-		bpe_merge(m, w.ids, w.n, out, err);
+		bpe_merge(m, w.ids, wo ? ws.v : NULL, w.n, out, offs, err);
 	fw_token_buf_free(&w);
+	al_free(&ws);
 	return st;
 }
 
 /* --- WordPiece ------------------------------------------------------------------------------ */
 
 static enum fw_status wordpiece_encode(const struct hf_tok *h, const char *s, size_t n,
-				       struct fw_token_buf *out, struct fw_err *err)
+				       struct fw_token_buf *out, struct albuf *offs, struct fw_err *err)
 {
 	const struct hf_model *m = &h->model;
-	size_t chars = 0, start = 0, mark = out->n;
+	size_t chars = 0, start = 0, mark = out->n, omark = offs ? offs->n : 0;
 	for (size_t i = 0; i < n; i += u8_len((unsigned char)s[i]))
 		chars++;
 	bool bad = chars > m->max_chars, nomem = false;
@@ -651,14 +685,18 @@ static enum fw_status wordpiece_encode(const struct hf_tok *h, const char *s, si
 			break;
 		if (found < 0)
 			bad = true;
-		else if (!ids_append(out, found))
+		else if (!ids_append(out, found) ||
+			 (offs && !al_to(offs, offs->n + 1, (struct tspan){ start, end })))
 			nomem = true;
 		start = end;
 	}
 	sb_free(&c);
 	if (bad) {
 		out->n = mark;
-		nomem = !ids_append(out, m->unk);
+		if (offs)
+			offs->n = omark;
+		nomem = !ids_append(out, m->unk) ||
+			(offs && !al_to(offs, offs->n + 1, (struct tspan){ 0, n }));
 	}
 	return nomem ? fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory") : FW_OK;
 }
@@ -677,7 +715,7 @@ struct node {
 };
 
 static enum fw_status unigram_encode(const struct hf_tok *h, const char *s, size_t n,
-				     struct fw_token_buf *out, struct fw_err *err)
+				     struct fw_token_buf *out, struct albuf *offs, struct fw_err *err)
 {
 	const struct hf_model *m = &h->model;
 	struct node *best = fw_malloc((n + 1) * sizeof(*best));
@@ -738,9 +776,12 @@ static enum fw_status unigram_encode(const struct hf_tok *h, const char *s, size
 		bool nomem = false;
 		if (id >= m->n_score)
 			id = -1;
-		if (id < 0 && m->byte_fallback && byte_tokens(m, s + a, b - a, out, &nomem))
+		/* byte tokens: each with the whole piece's offsets */
+		if (id < 0 && m->byte_fallback &&
+		    byte_tokens(m, s + a, b - a, out, offs, (struct tspan){ a, b }, &nomem))
 			continue;
-		if (nomem || !ids_append(out, id >= 0 ? id : m->unk))
+		if (nomem || !ids_append(out, id >= 0 ? id : m->unk) ||
+		    (offs && !al_to(offs, offs->n + 1, (struct tspan){ a, b })))
 			st = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 	}
 out:
@@ -750,23 +791,34 @@ out:
 }
 
 static enum fw_status model_word(const struct hf_tok *h, const char *s, size_t n,
-				 struct fw_token_buf *out, struct fw_err *err)
+				 struct fw_token_buf *out, struct albuf *offs, struct fw_err *err)
 {
 	switch (h->model.kind) {
 	case MODEL_BPE:
-		return bpe_encode(h, s, n, out, err);
+		return bpe_encode(h, s, n, out, offs, err);
 	case MODEL_WORDPIECE:
-		return wordpiece_encode(h, s, n, out, err);
+		return wordpiece_encode(h, s, n, out, offs, err);
 	default:
-		return unigram_encode(h, s, n, out, err);
+		return unigram_encode(h, s, n, out, offs, err);
 	}
 }
 
+/* (The cache holds ids only: with offsets, the model runs.) */
 static enum fw_status model_cached(const struct hf_tok *h, struct piece_cache *c, const char *s,
-				   size_t n, struct fw_token_buf *out, struct fw_err *err)
+				   size_t n, struct fw_token_buf *out, struct albuf *offs,
+				   size_t base, struct fw_err *err)
 {
+	if (offs) {
+		size_t k = offs->n;
+		enum fw_status st = model_word(h, s, n, out, offs, err);
+		for (; st == FW_OK && k < offs->n; k++) {
+			offs->v[k].a += base;
+			offs->v[k].b += base;
+		}
+		return st;
+	}
 	if (n > CACHE_KEY_MAX || !c || !c->max)
-		return model_word(h, s, n, out, err);
+		return model_word(h, s, n, out, NULL, err);
 	uint64_t hs = hash_bytes(s, n);
 	size_t k;
 	const int32_t *ids = pcache_get(c, s, n, hs, &k);
@@ -778,14 +830,14 @@ static enum fw_status model_cached(const struct hf_tok *h, struct piece_cache *c
 		return FW_OK;
 	}
 	size_t mark = out->n;
-	enum fw_status st = model_word(h, s, n, out, err);
+	enum fw_status st = model_word(h, s, n, out, NULL, err);
 	if (st == FW_OK)
 		pcache_put(c, s, n, hs, out->ids + mark, out->n - mark);
 	return st;
 }
 
 enum fw_status model_encode(const struct hf_tok *h, struct piece_cache *c, const char *s,
-			    size_t n, struct fw_token_buf *out, struct fw_err *err)
+			    size_t n, struct fw_token_buf *out, struct albuf *offs, struct fw_err *err)
 {
 	size_t a = 0;
 	uint32_t prev = UINT32_MAX;
@@ -793,12 +845,12 @@ enum fw_status model_encode(const struct hf_tok *h, struct piece_cache *c, const
 		size_t at = i;
 		uint32_t cp = u8_next(s, n, &i);
 		if (at > a && cut_between(&h->model, prev, cp)) {
-			enum fw_status st = model_cached(h, c, s + a, at - a, out, err);
+			enum fw_status st = model_cached(h, c, s + a, at - a, out, offs, a, err);
 			if (st != FW_OK)
 				return st;
 			a = at;
 		}
 		prev = cp;
 	}
-	return n > a ? model_cached(h, c, s + a, n - a, out, err) : FW_OK;
+	return n > a ? model_cached(h, c, s + a, n - a, out, offs, a, err) : FW_OK;
 }

@@ -70,12 +70,20 @@ struct pblock {
 	char b[];
 };
 
-char *plist_room(struct plist *l, size_t n)
+/* Bytes of a piece of n bytes in a block (blocks hold 8-aligned pieces). */
+static size_t room_of(size_t n, bool al)
+{
+	size_t b = (n + 8) & ~(size_t)7;
+	return al ? b + n * sizeof(struct tspan) : b;
+}
+
+char *plist_room(struct plist *l, size_t n, bool al)
 {
 	struct pblock *k = l->blk;
-	if (k && k->cap - k->used > n)
+	size_t need = room_of(n, al);
+	if (k && k->cap - k->used >= need)
 		return k->b + k->used;
-	size_t cap = n + 1 > 65536 ? n + 1 : 65536;
+	size_t cap = need > 65536 ? need : 65536;
 	for (struct pblock **q = &l->blk; *q; q = &(*q)->next)    /* a cleared block that fits */
 		if ((*q)->used == 0 && (*q)->cap >= cap) {
 			struct pblock *f = *q;
@@ -91,19 +99,50 @@ char *plist_room(struct plist *l, size_t n)
 	return k->b;
 }
 
-bool plist_push(struct plist *l, const char *s, size_t n, int32_t id, bool first)
+bool plist_push(struct plist *l, const char *s, size_t n, const struct tspan *al, int32_t id,
+		bool first)
 {
 	if (!tok_grow((void **)&l->v, &l->cap, l->n + 1, sizeof(*l->v)))
 		return false;
-	char *c = plist_room(l, n);
+	char *c = plist_room(l, n, al != NULL);
 	if (!c)
 		return false;
 	if (c != s)
 		memmove(c, s, n);
 	c[n] = '\0';
-	l->blk->used += n + 1;
-	l->v[l->n++] = (struct piece){ c, n, id, first };
+	struct tspan *ca = NULL;
+	if (al) {
+		ca = (struct tspan *)(void *)(c + room_of(n, false));
+		memmove(ca, al, n * sizeof(*ca));
+	}
+	l->blk->used += room_of(n, al != NULL);
+	l->v[l->n++] = (struct piece){ c, n, id, first, ca };
 	return true;
+}
+
+bool al_to(struct albuf *a, size_t n, struct tspan sp)
+{
+	if (n > a->n && !tok_grow((void **)&a->v, &a->cap, n, sizeof(*a->v)))
+		return false;
+	while (a->n < n)
+		a->v[a->n++] = sp;
+	return true;
+}
+
+bool al_put(struct albuf *a, const struct tspan *v, size_t n)
+{
+	if (!tok_grow((void **)&a->v, &a->cap, a->n + n, sizeof(*a->v)))
+		return false;
+	if (n)
+		memcpy(a->v + a->n, v, n * sizeof(*v));
+	a->n += n;
+	return true;
+}
+
+void al_free(struct albuf *a)
+{
+	fw_free(a->v);
+	memset(a, 0, sizeof(*a));
 }
 
 void plist_clear(struct plist *l)
@@ -416,7 +455,8 @@ static bool split_by(const struct piece *p, struct spans *sp, enum behavior bh, 
 	}
 	for (size_t i = 0; i < w; i++)
 		if (!v[i].m && v[i].b > v[i].a &&
-		    !plist_push(out, p->s + v[i].a, v[i].b - v[i].a, -1, p->first && v[i].a == 0))
+		    !plist_push(out, p->s + v[i].a, v[i].b - v[i].a, p->al ? p->al + v[i].a : NULL, -1,
+				p->first && v[i].a == 0))
 			return false;
 	return true;
 }
@@ -598,12 +638,161 @@ out:
 	return st;
 }
 
+static bool u_new(uint32_t cp)
+{
+	UVersionInfo v;
+	u_charAge((UChar32)cp, v);
+	return v[0] >= 12;
+}
+
+/* One output character of a stretch and its change: 0 stands for an input
+ * character, n > 0 is the n-th inserted after one, -n also stands for the
+ * n input characters after its own (unicode-normalization-alignments). */
+struct uchg {
+	UChar32 c;
+	int change;
+};
+
+/* The reference's (char, change) pairs for s[0..len) (no new characters):
+ * each character's full decomposition (0 for the first, 1 for the rest),
+ * marks reordered by combining class with their changes, then for NFC and
+ * NFKC canonical composition, where a composite's change is its parts'
+ * added less one. Returns the count, or -1 when v (room for cap) is short. */
+static int32_t unorm_changes(const UNormalizer2 *dec, bool compose, const char *s, size_t len,
+			     struct uchg *v, int32_t cap)
+{
+	int32_t n = 0;
+	for (size_t i = 0; i < len;) {
+		UChar in[2], d[32];
+		int32_t ni = 0, nd, k = 0;
+		UErrorCode ec = U_ZERO_ERROR;
+		UChar32 cp = (UChar32)u8_next(s, len, &i);   /* (the macro reads it twice) */
+		U16_APPEND_UNSAFE(in, ni, cp);
+		nd = unorm2_normalize(dec, in, ni, d, 32, &ec);
+		if (U_FAILURE(ec))
+			return -1;
+		for (int first = 1; k < nd; first = 0) {
+			UChar32 c;
+			U16_NEXT(d, k, nd, c);
+			if (n >= cap)
+				return -1;
+			v[n++] = (struct uchg){ c, first ? 0 : 1 };
+		}
+	}
+	for (int32_t i = 1; i < n; i++) {       /* stable: insertion sort within mark runs */
+		uint8_t cc = u_getCombiningClass(v[i].c);
+		for (int32_t j = i; cc && j > 0; j--) {
+			uint8_t pc = u_getCombiningClass(v[j - 1].c);
+			if (!pc || pc <= cc)
+				break;
+			struct uchg t = v[j];
+			v[j] = v[j - 1];
+			v[j - 1] = t;
+		}
+	}
+	if (!compose)
+		return n;
+	UErrorCode ec = U_ZERO_ERROR;
+	const UNormalizer2 *nfc = unorm2_getNFCInstance(&ec);
+	if (U_FAILURE(ec))
+		return -1;
+	int32_t w = 0, st = -1, last = -1;     /* starter index in v[0..w); last class, -1 none */
+	for (int32_t i = 0; i < n; i++) {
+		struct uchg x = v[i];
+		int cc = u_getCombiningClass(x.c);
+		if (st >= 0 && (last < 0 || last < cc)) {
+			UChar32 r = unorm2_composePair(nfc, v[st].c, x.c);
+			if (r >= 0) {
+				v[st].c = r;
+				v[st].change += x.change - 1;
+				continue;
+			}
+		}
+		if (cc == 0) {
+			st = w;
+			last = -1;
+		} else if (st >= 0) {
+			last = cc;
+		}
+		v[w++] = x;
+	}
+	return w;
+}
+
+/* unorm with alignments: each stretch that normalizes on its own (it
+ * starts at a normalization boundary) is normalized by itself, and its
+ * output characters take the ranges of the input characters as the
+ * reference's changes say (unorm_changes; where its characters are not
+ * ICU's, the k-th output character takes the k-th input's range). */
+static enum fw_status unorm_al(enum norm_kind k, const char *s, size_t len,
+			       const struct tspan *al, struct sbuf *out, struct albuf *alo,
+			       struct fw_err *err)
+{
+	UErrorCode ec = U_ZERO_ERROR;
+	const UNormalizer2 *nz = k == NORM_NFC ? unorm2_getNFCInstance(&ec) :
+		k == NORM_NFD ? unorm2_getNFDInstance(&ec) : k == NORM_NFKC ?
+		unorm2_getNFKCInstance(&ec) : unorm2_getNFKDInstance(&ec);
+	const UNormalizer2 *dec = k == NORM_NFC || k == NORM_NFD ? unorm2_getNFDInstance(&ec) :
+		unorm2_getNFKDInstance(&ec);
+	if (U_FAILURE(ec))
+		return fw_errorf(err, FW_ERR_INTERNAL, "tokenizer: ICU normalizer: %s",
+				 u_errorName(ec));
+	struct uchg v[64];
+	for (size_t i = 0; i < len;) {
+		size_t a = i;
+		bool fresh = u_new(u8_next(s, len, &i));
+		while (!fresh && i < len) {
+			size_t q = i;
+			uint32_t cp = u8_next(s, len, &q);
+			if (unorm2_hasBoundaryBefore(nz, (UChar32)cp) || u_new(cp))
+				break;
+			i = q;
+		}
+		size_t o = out->n;
+		enum fw_status st = fresh ? (sb_put(out, s + a, i - a) ? FW_OK :
+			fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory")) :
+			unorm_run(k, s + a, i - a, out, err);
+		if (st != FW_OK)
+			return st;
+		int32_t nv = fresh ? -1 : unorm_changes(dec, k == NORM_NFC || k == NORM_NFKC, s + a,
+							 i - a, v, 64);
+		for (size_t q = o, j = 0; nv >= 0 && q < out->n; j++) {
+			if ((int32_t)j >= nv || u8_next(out->b, out->n, &q) != (uint32_t)v[j].c)
+				nv = -1;
+			else if (q == out->n && (int32_t)j + 1 != nv)
+				nv = -1;
+		}
+		size_t src = a, last = i - 1;   /* the next input character; the last one */
+		while (last > a && ((unsigned char)s[last] & 0xC0) == 0x80)
+			last--;
+		for (size_t j = 0; o < out->n; j++) {
+			o += u8_len((unsigned char)out->b[o]);
+			int ch = nv >= 0 ? v[j].change : 0;
+			struct tspan sp;
+			if (ch > 0) {
+				sp = src > 0 ? al[src - 1] : (struct tspan){ 0, 0 };
+			} else {
+				sp = al[src < i ? src : i - 1];
+				for (int e = 0; e <= -ch && src < i; e++)
+					src += u8_len((unsigned char)s[src]);
+				if (nv < 0 && src >= i)   /* positional: the last one repeats */
+					src = last;
+			}
+			if (!al_to(alo, o, sp))
+				return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		}
+	}
+	return FW_OK;
+}
+
 /* The reference's normalization tables are Unicode 11.0's: a character
  * assigned later has no decomposition there and blocks composition across
  * it. Runs of older characters are normalized by ICU, newer ones copied. */
-static enum fw_status unorm(enum norm_kind k, const char *s, size_t len, struct sbuf *out,
-			    struct fw_err *err)
+static enum fw_status unorm(enum norm_kind k, const char *s, size_t len, const struct tspan *al,
+			    struct sbuf *out, struct albuf *alo, struct fw_err *err)
 {
+	if (al)
+		return unorm_al(k, s, len, al, out, alo, err);
 	size_t run = 0;
 	for (size_t i = 0; i < len;) {
 		size_t a = i;
@@ -657,13 +846,15 @@ static bool is_chinese(uint32_t c)
 /* Applies one code-point filter/map of BertNormalizer or StripAccents.
  * *keep0 becomes false when characters at the start are removed (the text
  * then no longer starts at its original offset 0). */
-static enum fw_status map_cps(int step, const char *s, size_t len, struct sbuf *out,
-			      bool *keep0, struct fw_err *err)
+static enum fw_status map_cps(int step, const char *s, size_t len, const struct tspan *al,
+			      struct sbuf *out, struct albuf *alo, bool *keep0, struct fw_err *err)
 {
 	bool ok = true;
 	size_t start = out->n;
 	for (size_t i = 0; ok && i < len;) {
 		bool first_cp = i == 0;
+		if (al && i && !al_to(alo, out->n, al[i - 1]))
+			ok = false;     /* the previous character's output */
 		unsigned char c = (unsigned char)s[i];
 		if (c < 0x80) {         /* ASCII: no marks, Chinese or non-ASCII case */
 			i++;
@@ -703,45 +894,57 @@ static enum fw_status map_cps(int step, const char *s, size_t len, struct sbuf *
 		if (first_cp && out->n == start && keep0)
 			*keep0 = false;         /* the first character went */
 	}
+	if (ok && al && len && !al_to(alo, out->n, al[len - 1]))
+		ok = false;
 	return ok ? FW_OK : fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 }
 
 static enum fw_status replace_all(const struct hf_re *re, const char *s, size_t len,
-				  const char *with, size_t nw, struct sbuf *out, bool *keep0,
-				  struct fw_err *err)
+				  const struct tspan *al, const char *with, size_t nw,
+				  struct sbuf *out, struct albuf *alo, bool *keep0, struct fw_err *err)
 {
 	struct spans sp = { 0 };
 	enum fw_status st = find_regex(re, s, len, &sp, err);
 	if (st == FW_OK && sp.n && sp.v[0].m && nw == 0 && keep0)
 		*keep0 = false;                 /* the start was replaced by nothing */
-	for (size_t i = 0; st == FW_OK && i < sp.n; i++)
-		if (!(sp.v[i].m ? sb_put(out, with, nw) : sb_put(out, s + sp.v[i].a,
-								 sp.v[i].b - sp.v[i].a)))
+	for (size_t i = 0; st == FW_OK && i < sp.n; i++) {
+		size_t a = sp.v[i].a, b = sp.v[i].b;
+		/* the replacement takes the range of the match's last character */
+		if (!(sp.v[i].m ? sb_put(out, with, nw) : sb_put(out, s + a, b - a)) ||
+		    (al && !(sp.v[i].m ? nw == 0 || al_to(alo, out->n, b > 0 ? al[b - 1] :
+							   (struct tspan){ 0, 0 }) :
+			     al_put(alo, al + a, b - a))))
 			st = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+	}
 	if (st == FW_OK && !sb_put(out, NULL, 0))
 		st = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 	fw_free(sp.v);
 	return st;
 }
 
-enum fw_status norm_apply(const struct hf_norm *n, const char *s, size_t len, struct sbuf *out,
-			  bool *keep0, struct fw_err *err)
+#define NOMEM_ST fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory")
+
+enum fw_status norm_apply(const struct hf_norm *n, const char *s, size_t len,
+			  const struct tspan *al, struct sbuf *out, struct albuf *alo, bool *keep0,
+			  struct fw_err *err)
 {
 	struct sbuf a = { 0 }, b = { 0 };
+	struct albuf aa = { 0 }, ab = { 0 };
 	enum fw_status st = FW_OK;
 	switch (n->kind) {
 	case NORM_NFC: case NORM_NFD: case NORM_NFKC: case NORM_NFKD:
-		return unorm(n->kind, s, len, out, err);
+		return unorm(n->kind, s, len, al, out, alo, err);
 	case NORM_LOWER:
-		return map_cps(4, s, len, out, keep0, err);
+		return map_cps(4, s, len, al, out, alo, keep0, err);
 	case NORM_STRIP_ACCENTS:
-		return map_cps(3, s, len, out, keep0, err);
+		return map_cps(3, s, len, al, out, alo, keep0, err);
 	case NORM_REPLACE:
-		return replace_all(n->re, s, len, n->b, n->nb, out, keep0, err);
+		return replace_all(n->re, s, len, al, n->b, n->nb, out, alo, keep0, err);
 	case NORM_PREPEND:
-		if (len && !sb_put(out, n->a, n->na))
-			return fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
-		return sb_put(out, s, len) ? FW_OK : fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		/* the prefix takes the first character's range */
+		if (len && (!sb_put(out, n->a, n->na) || (al && !al_to(alo, out->n, al[0]))))
+			return NOMEM_ST;
+		return sb_put(out, s, len) && (!al || al_put(alo, al, len)) ? FW_OK : NOMEM_ST;
 	case NORM_STRIP: {
 		size_t i = 0, e = len;
 		while (n->left && i < len) {
@@ -761,61 +964,70 @@ enum fw_status norm_apply(const struct hf_norm *n, const char *s, size_t len, st
 		}
 		if (i > 0 && keep0)
 			*keep0 = false;
-		return sb_put(out, s + i, e - i) ? FW_OK :
-			fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		return sb_put(out, s + i, e - i) && (!al || al_put(alo, al + i, e - i)) ? FW_OK :
+			NOMEM_ST;
 	}
 	case NORM_BERT: {
 		const char *cur = s;
+		const struct tspan *cal = al;
 		size_t cn = len;
 		struct sbuf *bufs[2] = { &a, &b };
+		struct albuf *als[2] = { &aa, &ab };
 		int k = 0;
-		bool steps[5] = { n->clean, n->chinese, false, false, false };
+		bool steps[2] = { n->clean, n->chinese };
 		for (int step = 0; step < 2 && st == FW_OK; step++) {
 			if (!steps[step])
 				continue;
-			bufs[k]->n = 0;
-			st = map_cps(step, cur, cn, bufs[k], keep0, err);
+			bufs[k]->n = als[k]->n = 0;
+			st = map_cps(step, cur, cn, cal, bufs[k], als[k], keep0, err);
 			cur = bufs[k]->b ? bufs[k]->b : "";
+			cal = al ? als[k]->v : NULL;
 			cn = bufs[k]->n;
 			k ^= 1;
 		}
 		if (st == FW_OK && n->strip_accents) {
-			bufs[k]->n = 0;
-			st = unorm(NORM_NFD, cur, cn, bufs[k], err);
+			bufs[k]->n = als[k]->n = 0;
+			st = unorm(NORM_NFD, cur, cn, cal, bufs[k], als[k], err);
 			struct sbuf *d = bufs[k];
+			const struct tspan *dal = al ? als[k]->v : NULL;
 			k ^= 1;
-			bufs[k]->n = 0;
+			bufs[k]->n = als[k]->n = 0;
 			if (st == FW_OK)
-				st = map_cps(2, d->b ? d->b : "", d->n, bufs[k], keep0, err);
+				st = map_cps(2, d->b ? d->b : "", d->n, dal, bufs[k], als[k], keep0, err);
 			cur = bufs[k]->b ? bufs[k]->b : "";
+			cal = al ? als[k]->v : NULL;
 			cn = bufs[k]->n;
 			k ^= 1;
 		}
 		if (st == FW_OK)
-			st = n->lower ? map_cps(4, cur, cn, out, keep0, err) :
-				sb_put(out, cur, cn) ? FW_OK :
-				fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+			st = n->lower ? map_cps(4, cur, cn, cal, out, alo, keep0, err) :
+				sb_put(out, cur, cn) && (!al || al_put(alo, cal, cn)) ? FW_OK : NOMEM_ST;
 		break;
 	}
 	case NORM_SEQ: {
 		const char *cur = s;
+		const struct tspan *cal = al;
 		size_t cn = len;
 		int k = 0;
 		struct sbuf *bufs[2] = { &a, &b };
+		struct albuf *als[2] = { &aa, &ab };
 		for (size_t i = 0; i < n->n_sub && st == FW_OK; i++) {
-			bufs[k]->n = 0;
-			st = norm_apply(&n->sub[i], cur, cn, bufs[k], keep0, err);
+			bufs[k]->n = als[k]->n = 0;
+			st = norm_apply(&n->sub[i], cur, cn, cal, bufs[k], als[k], keep0, err);
 			cur = bufs[k]->b ? bufs[k]->b : "";
+			cal = al ? als[k]->v : NULL;
 			cn = bufs[k]->n;
 			k ^= 1;
 		}
-		if (st == FW_OK && !sb_put(out, cur, cn))
-			st = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
+		if (st == FW_OK && !(sb_put(out, cur, cn) && (!al || al_put(alo, cal, cn))))
+			st = NOMEM_ST;
 		break;
 	}
 	}
 	sb_free(&a);
 	sb_free(&b);
+	al_free(&aa);
+	al_free(&ab);
 	return st;
 }
 
@@ -964,23 +1176,27 @@ struct pre_scratch {
 	struct spans sp;
 	struct sbuf t;
 	struct plist tmp;
+	struct albuf al, bal;           /* t's alignments; byte_level's */
 };
 
 /* Appends s[0..n) to out in GPT-2's byte alphabet. */
-static bool byte_level(const struct hf_pre *p, const char *s, size_t n, bool first,
-		       struct plist *out)
+static bool byte_level(const struct hf_pre *p, const char *s, size_t n, const struct tspan *al,
+		       bool first, struct plist *out, struct albuf *bal)
 {
-	char *d = plist_room(out, 2 * n);
+	char *d = plist_room(out, 2 * n, al != NULL);
 	if (!d)
 		return false;
 	size_t m = 0;
+	bal->n = 0;
 	for (size_t k = 0; k < n; k++) {
 		unsigned char c = (unsigned char)s[k];
 		d[m] = p->bytes[c][0];
 		d[m + 1] = p->bytes[c][1];
 		m += p->bytes_n[c];
+		if (al && !al_to(bal, m, al[k]))
+			return false;
 	}
-	return plist_push(out, d, m, -1, first);
+	return plist_push(out, d, m, al ? bal->v : NULL, -1, first);
 }
 
 /* One pre-tokenizer (not Sequence) on one piece, appending to out. */
@@ -991,24 +1207,32 @@ static enum fw_status pre_one(const struct hf_pre *p, const struct piece *pc, st
 	struct sbuf *t = &x->t;
 	enum fw_status st = FW_OK;
 	bool ok = true;
+	struct albuf *ta = &x->al;
+	const struct tspan *al = pc->al;
+	/* prepended characters take the range of the first one */
+	struct tspan al0 = al && pc->n ? al[0] : (struct tspan){ 0, 0 };
 	sp->n = 0;
 	t->n = 0;
+	ta->n = 0;
 	switch (p->kind) {
 	case PRE_BYTELEVEL: {
 		struct piece q = *pc;
 		if (p->add_prefix_space && (pc->n == 0 || pc->s[0] != ' ')) {
-			ok = sb_put(t, " ", 1) && sb_put(t, pc->s, pc->n);
+			ok = sb_put(t, " ", 1) && sb_put(t, pc->s, pc->n) &&
+			     (!al || (al_to(ta, 1, al0) && al_put(ta, al, pc->n)));
 			q.s = t->b;
 			q.n = t->n;
+			q.al = al ? ta->v : NULL;
 		}
 		if (ok && p->use_regex) {
 			st = find_regex(p->re, q.s, q.n, sp, err);
 			for (size_t i = 0; ok && st == FW_OK && i < sp->n; i++)
 				if (sp->v[i].b > sp->v[i].a)
 					ok = byte_level(p, q.s + sp->v[i].a, sp->v[i].b - sp->v[i].a,
-							q.first && sp->v[i].a == 0, out);
+							q.al ? q.al + sp->v[i].a : NULL,
+							q.first && sp->v[i].a == 0, out, &x->bal);
 		} else if (ok && q.n) {
-			ok = byte_level(p, q.s, q.n, q.first, out);
+			ok = byte_level(p, q.s, q.n, q.al, q.first, out, &x->bal);
 		}
 		break;
 	}
@@ -1018,17 +1242,18 @@ static enum fw_status pre_one(const struct hf_pre *p, const struct piece *pc, st
 		bool pre = p->prepend == 0 || (p->prepend == 1 && pc->first);
 		if (pre && !(pc->n && pc->s[0] == ' ') &&
 		    !(pc->n >= p->repl_n && !memcmp(pc->s, p->repl, p->repl_n)))
-			ok = sb_put(t, p->repl, p->repl_n);
+			ok = sb_put(t, p->repl, p->repl_n) && (!al || al_to(ta, t->n, al0));
 		for (size_t i = 0; ok && i < pc->n; i++)
-			ok = pc->s[i] == ' ' ? sb_put(t, p->repl, p->repl_n) : sb_put(t, pc->s + i, 1);
-		struct piece q = { t->b ? t->b : "", t->n, -1, pc->first };
+			ok = (pc->s[i] == ' ' ? sb_put(t, p->repl, p->repl_n) : sb_put(t, pc->s + i, 1)) &&
+			     (!al || al_to(ta, t->n, al[i]));
+		struct piece q = { t->b ? t->b : "", t->n, -1, pc->first, al ? ta->v : NULL };
 		if (!ok)
 			break;
 		if (p->split) {
 			ok = find_char(pred_eq, &p->repl_cp, q.s, q.n, sp) &&
 			     split_by(&q, sp, B_NEXT, false, out);
 		} else {
-			ok = q.n == 0 || plist_push(out, q.s, q.n, -1, q.first);
+			ok = q.n == 0 || plist_push(out, q.s, q.n, q.al, -1, q.first);
 		}
 		break;
 	}
@@ -1090,7 +1315,8 @@ static enum fw_status pre_run(const struct hf_pre *p, struct plist *l, struct pl
 	plist_clear(&out);
 	for (size_t i = 0; i < l->n && st == FW_OK; i++) {
 		if (l->v[i].id >= 0) {
-			if (!plist_push(&out, l->v[i].s, l->v[i].n, l->v[i].id, l->v[i].first))
+			if (!plist_push(&out, l->v[i].s, l->v[i].n, l->v[i].al, l->v[i].id,
+					l->v[i].first))
 				st = fw_errorf(err, FW_ERR_NOMEM, "tokenizer: out of memory");
 		} else {
 			st = pre_one(p, &l->v[i], &out, x, err);
@@ -1108,6 +1334,8 @@ enum fw_status pre_apply(const struct hf_pre *p, struct plist *l, struct fw_err 
 	enum fw_status st = pre_run(p, l, &spare, &x, err);
 	plist_free(&spare);
 	plist_free(&x.tmp);
+	al_free(&x.al);
+	al_free(&x.bal);
 	fw_free(x.sp.v);
 	sb_free(&x.t);
 	return st;

@@ -105,8 +105,9 @@ struct fw_tokenizer *fw_tokenizer_load_bpe(const char *vocab_json, const char *m
 					   struct fw_err *err);
 /* A Hugging Face tokenizer.json. GPT-2's byte-level BPE (model BPE, merges
  * as "A B" or ["A", "B"], ByteLevel pre-tokenizer with GPT-2's regex and no
- * prefix space, no normalizer, a ByteLevel or no post-processor, plain
- * special added tokens) is a gpt2 tokenizer, its added_tokens specials at
+ * prefix space, no normalizer, a ByteLevel or no post-processor, no
+ * truncation or padding, plain special added tokens) is a gpt2 tokenizer,
+ * its added_tokens specials at
  * their ids; every other file is an hf tokenizer. A component fw does not
  * implement is FW_ERR_UNSUPPORTED, damaged content FW_ERR_FORMAT, in one
  * line naming the file and the component. The hf kind's EOS token is the
@@ -146,21 +147,47 @@ enum fw_status fw_tokenizer_encode(struct fw_tokenizer *t, const char *text, siz
  * that are not special are always matched, as in Hugging Face's library).
  * ADD_SPECIAL: a tokenizer.json's post-processor adds its tokens (BOS/EOS,
  * [CLS]/[SEP]), Hugging Face's add_special_tokens. fw_tokenizer_encode with
- * allow_special is both flags, without it neither. */
-enum { FW_TOKENIZE_SPLIT_SPECIAL = 1, FW_TOKENIZE_ADD_SPECIAL = 2 };
+ * allow_special is both flags, without it neither. OFFSETS (encode_pair
+ * only): fill fw_encoding's offsets. FILE_OPTIONS (encode_pair only): the
+ * truncation and padding of the tokenizer.json (its "truncation" and
+ * "padding", as Hugging Face's Tokenizer.encode applies them; none for the
+ * byte and gpt2 kinds) instead of the options' own. */
+enum {
+	FW_TOKENIZE_SPLIT_SPECIAL = 1, FW_TOKENIZE_ADD_SPECIAL = 2, FW_TOKENIZE_OFFSETS = 4,
+	FW_TOKENIZE_FILE_OPTIONS = 8
+};
 enum fw_status fw_tokenizer_encode_ex(struct fw_tokenizer *t, const char *text, size_t len,
 				      unsigned flags, struct fw_token_buf *out,
 				      struct fw_err *err);
+/* A token's place in the text it came from: bytes [start, end). */
+struct fw_token_span {
+	size_t start, end;
+};
 /* Hugging Face's Encoding of a text or a pair of texts: n tokens, each with
  * its id, type id (segment), attention mask bit (0 on padding) and special
  * tokens mask bit (1 on what the post-processor or padding added; special
  * tokens found in the text are 0, as in the reference). Zero-initialise it;
- * encoding replaces what it held. */
+ * encoding replaces what it held.
+ *
+ * offsets (with FW_TOKENIZE_OFFSETS; else all (0, 0)): Hugging Face's
+ * Encoding.offsets in bytes of the token's own text (a or b) as given,
+ * through normalizers that change its length, pre-tokenizers and
+ * byte_fallback: a token covers the original characters that its
+ * normalized bytes came from, from the first one's start to the last one's
+ * end (a piece of a character, as a byte-level or <0xXX> token, covers the
+ * whole character; an inserted character, as Metaspace's or Prepend's
+ * "\u2581", the character it was inserted at). The post-processor's tokens
+ * and padding are (0, 0); a ByteLevel or RobertaProcessing post-processor
+ * with trim_offsets leaves spaces out as the reference does. The Python and
+ * Node bindings report the same offsets in characters (Unicode scalar
+ * values), not bytes. byte and gpt2 tokenizers: each token's bytes, widened
+ * to whole characters. */
 struct fw_encoding {
 	int32_t *ids;                /* fw_malloc'd, as the others */
 	uint32_t *type_ids;
 	uint8_t *attention_mask, *special_tokens_mask;
 	size_t n, cap;
+	struct fw_token_span *offsets;
 };
 void fw_encoding_free(struct fw_encoding *e);
 
@@ -201,6 +228,11 @@ enum fw_status fw_tokenizer_encode_pair(struct fw_tokenizer *t, const char *a, s
 					const char *b, size_t nb,
 					const struct fw_encode_options *o,
 					struct fw_encoding *out, struct fw_err *err);
+/* The tokenizer.json's truncation and padding as options (flags 0; all
+ * zero when it sets neither, and for the byte and gpt2 kinds). Its
+ * "stride" only shapes Hugging Face's overflowing encodings, which fw does
+ * not return; "pad_token" is not read (pad_id is the token). */
+void fw_tokenizer_file_options(const struct fw_tokenizer *t, struct fw_encode_options *o);
 /* The number of tokens the post-processor adds to a single text or a pair
  * (Hugging Face's num_special_tokens_to_add), or -1 where encode_pair
  * refuses. */
