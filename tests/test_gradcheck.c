@@ -751,7 +751,7 @@ static void close_all(const char *what, const float *a, const float *b, int64_t 
  * bf16 alike; only the summation order differs): the unfused graph, each of
  * whose ops passes the finite-difference and PyTorch checks, is the
  * reference. The fused plan drops the logits and their gradient (2 N V
- * floats) but for one chunk of logits in the workspace. */
+ * values) but for one chunk of logits in the workspace. */
 START_TEST(test_lmce_matches_unfused)
 {
 	enum { N = 74, C = 24, V = 300 };
@@ -780,9 +780,12 @@ START_TEST(test_lmce_matches_unfused)
 			close_all("dx", f.dx, ref.dx, N * C, tol);
 			if (!frozen)
 				close_all("dw", f.dw, ref.dw, V * C, tol);
-			/* a chunk of f32 logits, and of bf16 dlogits under autocast */
+			/* a chunk of f32 logits, and of bf16 dlogits under autocast;
+			 * the unfused logits and their gradient are f32, or bf16
+			 * under autocast (as torch keeps a bf16 tensor's gradient) */
 			size_t chunk_bytes = (size_t)(chunk ? chunk : N) * V * (ac == FW_F32 ? 4 : 6);
-			ck_assert_msg(f.act_ws + 2 * N * V * sizeof(float) <=
+			size_t logit_bytes = ac == FW_F32 ? sizeof(float) : 2;
+			ck_assert_msg(f.act_ws + 2 * N * V * logit_bytes <=
 				      ref.act_ws + chunk_bytes + 4096,
 				      "%s chunk %d: planned %zu bytes, unfused %zu", fw_dtype_name(ac),
 				      chunk, f.act_ws, ref.act_ws);

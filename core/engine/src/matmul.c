@@ -21,6 +21,7 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
+#include "half.h"
 #include "internal.h"
 
 /* A strided operand, logical shape (..., rows, cols), ndim 2..4. */
@@ -597,10 +598,9 @@ static enum fw_status matmul_infer(struct fw_tensor *out, struct fw_err *err)
 
 /* A half-precision output is the f32 product, in the workspace, rounded.
  * When a's rows fold and b is 2-D (a linear layer), the product is done
- * in blocks of rows whose f32 values fit in what backward's rounded output
- * gradient takes anyway (nelem * 2 bytes, or 16 MiB when that is smaller),
- * so the LM head's logits never exist in f32. */
-#define HALF_OUT_MIN_BYTES ((int64_t)16 << 20)
+ * in blocks of rows whose f32 values fit in 16 MiB (or the whole output
+ * when it is smaller), so the LM head's logits never exist in f32. */
+#define HALF_OUT_MAX_BYTES ((int64_t)16 << 20)
 
 static int64_t half_out_rows(const struct fw_tensor *out, struct mm_operand *fa)
 {
@@ -609,9 +609,7 @@ static int64_t half_out_rows(const struct fw_tensor *out, struct mm_operand *fa)
 	if (b->ndim != 2 || !fold_rows(fa))
 		return 0;
 	int64_t N = out->ne[out->ndim - 1];
-	int64_t budget = fw_nelem(out) * 2 > HALF_OUT_MIN_BYTES ? fw_nelem(out) * 2
-								  : HALF_OUT_MIN_BYTES;
-	int64_t rows = budget / (N * 4);
+	int64_t rows = HALF_OUT_MAX_BYTES / (N * 4);
 	return rows < 1 ? 1 : rows < fa->ne[0] ? rows : fa->ne[0];
 }
 
@@ -662,56 +660,83 @@ static void matmul_forward(struct fw_tensor *out, const struct fw_exec *ex)
 		fw_kernel_fail(&err);
 }
 
+/* Bytes of the f32 product a half gradient of t takes before it is
+ * rounded into it (0 for an f32 gradient, which products add into). */
+static size_t half_grad_bytes(const struct fw_tensor *t)
+{
+	return t->grad && t->grad->dtype != FW_F32 ? align64((size_t)fw_nelem(t) * 4) : 0;
+}
+
+/* Under autocast the output gradient is already in the operands' half
+ * dtype (as torch's autograd hands it to a bf16 mm); an f32 one is rounded
+ * first. The products accumulate in f32; a source gradient that is half
+ * (an activation's) gets the product rounded into it, an f32 one (a cast
+ * weight's, bound for the fp32 main gradient) gets it added directly. */
 static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *a = out->src[0], *b = out->src[1];
 	bool ta = out->params[0].i, tb = out->params[1].i;
 	struct mm_operand dc = operand(out->grad, false);
 	const void *pdc = out->grad->data;
+	char *ws = ex->ws;
 	int dt = a->dtype;
 	struct fw_err err;
 	enum fw_status s;
 
-	/* Half-precision products take the output gradient rounded to their
-	 * dtype (as autocast does); the products still accumulate in f32. */
-	if (dt != FW_F32) {
-		FW_ASSERT(ex->ws_size >= (size_t)fw_nelem(out) * 2);
-		fw_convert(ex->ws, dt, out->grad->data, FW_F32, fw_nelem(out));
-		pdc = ex->ws;
+	if (dt != FW_F32 && out->grad->dtype == FW_F32) {
+		FW_ASSERT(ex->ws_size >= align64((size_t)fw_nelem(out) * 2));
+		fw_convert(ws, dt, out->grad->data, FW_F32, fw_nelem(out));
+		pdc = ws;
+		ws += align64((size_t)fw_nelem(out) * 2);
 	}
 	if (a->grad) {
 		/* dA (.., M, K) += dC (.., M, N) B^T (.., N, K) */
 		struct mm_operand bt = transposed(operand(b, tb));
-		s = mm_product(dc, bt, grad_operand(a, ta), dt, true, pdc, b->data,
-			       a->grad->data, &err);
+		bool half = a->grad->dtype != FW_F32;
+		s = mm_product(dc, bt, grad_operand(a, ta), dt, !half, pdc, b->data,
+			       half ? (void *)ws : a->grad->data, &err);
 		if (s != FW_OK) {
 			fw_kernel_fail(&err);
 			return;
 		}
+		if (half)
+			half_accumulate(a->grad->data, a->grad->dtype, (const float *)ws,
+					fw_nelem(a));
 	}
 	if (b->grad) {
 		/* dB (.., K, N) += A^T (.., K, M) dC (.., M, N) */
 		struct mm_operand at = operand(a, ta);
 		struct mm_operand db = grad_operand(b, tb);
+		bool half = b->grad->dtype != FW_F32;
+		float *pdb = half ? (float *)ws : b->grad->data;
+		if (half)
+			memset(ws, 0, (size_t)fw_nelem(b) * 4);
 		if (b->ndim == a->ndim)
-			s = mm_product(transposed(at), dc, db, dt, true, a->data, pdc,
-				       b->grad->data, &err);
+			s = mm_product(transposed(at), dc, db, dt, true, a->data, pdc, pdb, &err);
 		else
-			s = mm_reduce_batches(at, dc, db, a->data, pdc, b->grad->data, dt, &err);
-		if (s != FW_OK)
+			s = mm_reduce_batches(at, dc, db, a->data, pdc, pdb, dt, &err);
+		if (s != FW_OK) {
 			fw_kernel_fail(&err);
+			return;
+		}
+		if (half)
+			half_accumulate(b->grad->data, b->grad->dtype, pdb, fw_nelem(b));
 	}
 }
 
 static size_t matmul_workspace(const struct fw_tensor *out)
 {
 	struct mm_operand fa;
+	size_t fwd = 0, bwd = 0;
 	if (out->dtype != FW_F32) {
 		int64_t rows = half_out_rows(out, &fa), N = out->ne[out->ndim - 1];
-		size_t fwd = rows ? (size_t)(rows * N) * 4 : (size_t)fw_nelem(out) * 4;
-		return fwd > (size_t)fw_nelem(out) * 2 ? fwd : (size_t)fw_nelem(out) * 2;
+		fwd = rows ? (size_t)(rows * N) * 4 : (size_t)fw_nelem(out) * 4;
 	}
-	return out->src[0]->dtype != FW_F32 ? (size_t)fw_nelem(out) * 2 : 0;
+	if (out->src[0]->dtype != FW_F32 && out->grad && out->grad->dtype == FW_F32)
+		bwd = align64((size_t)fw_nelem(out) * 2);
+	size_t ga = half_grad_bytes(out->src[0]), gb = half_grad_bytes(out->src[1]);
+	bwd += ga > gb ? ga : gb;
+	return fwd > bwd ? fwd : bwd;
 }
 
 static uint32_t matmul_saved(const struct fw_tensor *out)
@@ -727,7 +752,7 @@ static uint32_t matmul_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_matmul_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "matmul",
-	.flags = FW_OPF_STRIDED | FW_OPF_HALF,
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = matmul_infer,
 	.forward = matmul_forward,
 	.backward = matmul_backward,
