@@ -71,6 +71,19 @@ static void walk_add_half(const struct walk *w, void *dst, enum fw_dtype dd, con
 	for (int64_t o = 0; o < outer; o++) {
 		int64_t d, s;
 		walk_row(w, o, &d, &s);
+		if (w->da[3] == 1 && w->sa[3] == 1) {     /* rows: blocks of f32 */
+			for (int64_t j0 = 0; j0 < w->ne[3]; j0 += BLK) {
+				float db[BLK], sb[BLK];
+				int64_t m = min64(BLK, w->ne[3] - j0);
+				half_load(db, elem_ptr(dst, dd, d + j0), dd, m);
+				half_load(sb, elem_ptr(src, sd, s + j0), sd, m);
+				#pragma omp simd
+				for (int64_t j = 0; j < m; j++)
+					db[j] += sb[j];
+				half_store(elem_ptr(dst, dd, d + j0), dd, db, m);
+			}
+			continue;
+		}
 		for (int64_t i = 0; i < w->ne[3]; i++) {
 			float v = half_get(dst, dd, d + i * w->da[3]) +
 				  half_get(src, sd, s + i * w->sa[3]);
