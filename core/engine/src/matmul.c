@@ -33,7 +33,8 @@ struct mm_operand {
 
 struct mm_key {
 	struct mm_operand a, b, c;
-	int dt;                      /* enum fw_dtype of a and b; c is f32 */
+	int dt;                      /* enum fw_dtype of a and b */
+	int cdt;                     /* of c: f32, or a and b's half dtype */
 	int accumulate;
 };
 
@@ -48,6 +49,7 @@ struct mm_entry {
 	struct mm_key key;
 	bool used;
 	bool widen;                  /* operands widened to f32 (no native kernel) */
+	bool unsupported;            /* no kernel writes this half c: callers round f32 */
 	struct mm_widen wa, wb;
 	dnnl_primitive_t prim;
 	dnnl_memory_t mem_a, mem_b, mem_c;
@@ -256,7 +258,7 @@ static bool scratch_reserve(size_t floats)
  * none for them on this CPU. */
 static bool primitive_create(dnnl_primitive_t *prim, const struct mm_operand *a,
 			     const struct mm_operand *b, const struct mm_operand *c, int dt,
-			     bool accumulate, char *impl, size_t impl_len)
+			     int cdt, bool accumulate, char *impl, size_t impl_len)
 {
 	dnnl_memory_desc_t a_md, b_md, c_md;
 	dnnl_matmul_desc_t desc;
@@ -268,7 +270,7 @@ static bool primitive_create(dnnl_primitive_t *prim, const struct mm_operand *a,
 	*prim = NULL;
 	if (mm.fail_primitives)
 		return false;
-	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, c, FW_F32))
+	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, c, cdt))
 		goto out;
 	if (dnnl_matmul_desc_init(&desc, &a_md, &b_md, NULL, &c_md) != dnnl_success)
 		goto out;
@@ -307,7 +309,8 @@ static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
 	memset(e, 0, sizeof(*e));
 	e->key = *k;
 	bool native = k->dt == FW_F32 || !mm.force_fallback;
-	if (!native || !primitive_create(&e->prim, a, b, &k->c, k->dt, k->accumulate, NULL, 0)) {
+	if (!native || !primitive_create(&e->prim, a, b, &k->c, k->dt, k->cdt, k->accumulate,
+					 NULL, 0)) {
 		if (k->dt == FW_F32)
 			goto fail;
 		e->widen = true;
@@ -315,11 +318,11 @@ static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
 		e->wb = widen_plan(&k->b);
 		a = &e->wa.f32;
 		b = &e->wb.f32;
-		if (!primitive_create(&e->prim, a, b, &k->c, FW_F32, k->accumulate, NULL, 0))
+		if (!primitive_create(&e->prim, a, b, &k->c, FW_F32, k->cdt, k->accumulate, NULL, 0))
 			goto fail;
 	}
 	int dt = e->widen ? FW_F32 : k->dt;
-	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, &k->c, FW_F32) ||
+	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, &k->c, k->cdt) ||
 	    dnnl_memory_create(&e->mem_a, &a_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success ||
 	    dnnl_memory_create(&e->mem_b, &b_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success ||
 	    dnnl_memory_create(&e->mem_c, &c_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success)
@@ -328,6 +331,11 @@ static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
 	return FW_OK;
 fail:
 	entry_release(e);
+	if (k->cdt != FW_F32) {      /* remembered: the caller rounds an f32 product */
+		e->key = *k;
+		e->used = e->unsupported = true;
+		return FW_OK;
+	}
 	return fw_errorf(err, FW_ERR_INTERNAL, "matmul: oneDNN rejected a %dx%dx%d %s product",
 			 (int)k->c.ne[k->c.ndim - 2], (int)k->c.ne[k->c.ndim - 1],
 			 (int)k->a.ne[k->a.ndim - 1], fw_dtype_name(k->dt));
@@ -356,13 +364,15 @@ static struct mm_entry *entry_get(const struct mm_key *k, struct fw_err *err)
 }
 
 static enum fw_status mm_run_locked(const struct mm_key *k, const void *a, const void *b,
-				    float *c, struct fw_err *err)
+				    void *c, struct fw_err *err)
 {
 	if (dnnl_ready(err) != FW_OK)
 		return err->status;
 	struct mm_entry *e = entry_get(k, err);
 	if (!e)
 		return err->status;
+	if (e->unsupported)
+		return FW_ERR_UNSUPPORTED;
 	if (e->widen) {
 		if (!scratch_reserve((size_t)(e->wa.n + e->wb.n)))
 			return fw_errorf(err, FW_ERR_NOMEM, "matmul: no memory to widen a %s product",
@@ -388,7 +398,7 @@ static enum fw_status mm_run_locked(const struct mm_key *k, const void *a, const
 }
 
 /* c (+)= a b for strided operands of one descriptor. */
-static enum fw_status mm_run(const struct mm_key *k, const void *a, const void *b, float *c,
+static enum fw_status mm_run(const struct mm_key *k, const void *a, const void *b, void *c,
 			     struct fw_err *err)
 {
 	pthread_mutex_lock(&mm_lock);
@@ -470,8 +480,8 @@ static struct mm_operand pad_batch(struct mm_operand o, int nd)
 
 /* c (+)= a b where b may lack a's batch dims (then broadcast). */
 static enum fw_status mm_product(struct mm_operand a, struct mm_operand b, struct mm_operand c,
-				 int dt, bool accumulate, const void *pa, const void *pb,
-				 float *pc, struct fw_err *err)
+				 int dt, int cdt, bool accumulate, const void *pa, const void *pb,
+				 void *pc, struct fw_err *err)
 {
 	struct mm_key k;
 	int last = c.ndim - 1;
@@ -479,8 +489,8 @@ static enum fw_status mm_product(struct mm_operand a, struct mm_operand b, struc
 	 * one falls back to its reference code, ~100x slower): compute
 	 * C^T = B^T A^T instead. */
 	if (c.nb[last] != 1 && c.nb[last - 1] == 1)
-		return mm_product(transposed(b), transposed(a), transposed(c), dt, accumulate,
-				  pb, pa, pc, err);
+		return mm_product(transposed(b), transposed(a), transposed(c), dt, cdt,
+				  accumulate, pb, pa, pc, err);
 	memset(&k, 0, sizeof(k));
 	if (a.ndim == 2 && b.ndim > 2)
 		a = pad_batch(a, b.ndim);
@@ -497,6 +507,7 @@ static enum fw_status mm_product(struct mm_operand a, struct mm_operand b, struc
 	k.b = b;
 	k.c = c;
 	k.dt = dt;
+	k.cdt = cdt;
 	k.accumulate = accumulate;
 	return mm_run(&k, pa, pb, pc, err);
 }
@@ -504,11 +515,11 @@ static enum fw_status mm_product(struct mm_operand a, struct mm_operand b, struc
 /* dB (K, N) += sum over batches of A_i^T dC_i, for b broadcast over a's batch. */
 static enum fw_status mm_reduce_batches(struct mm_operand a, struct mm_operand dc,
 					struct mm_operand db, const void *pa, const void *pdc,
-					float *pdb, int dt, struct fw_err *err)
+					void *pdb, int dt, int cdt, struct fw_err *err)
 {
 	struct mm_operand fa = a, fc = dc;
 	if (fold_rows(&fa) && fold_rows(&fc))
-		return mm_product(transposed(fa), fc, db, dt, true, pa, pdc, pdb, err);
+		return mm_product(transposed(fa), fc, db, dt, cdt, true, pa, pdc, pdb, err);
 	/* Fallback: one product per batch entry, accumulating. */
 	int nd = a.ndim;
 	int64_t nbatch = 1;
@@ -530,7 +541,7 @@ static enum fw_status mm_reduce_batches(struct mm_operand a, struct mm_operand d
 			oa += idx * a.nb[i];
 			oc += idx * dc.nb[i];
 		}
-		enum fw_status s = mm_product(transposed(a2), c2, db, dt, true,
+		enum fw_status s = mm_product(transposed(a2), c2, db, dt, cdt, true,
 					      (const char *)pa + oa * es,
 					      (const char *)pdc + oc * es, pdb, err);
 		if (s != FW_OK)
@@ -620,12 +631,20 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 	int64_t rows = half_out_rows(out, &fa), N = out->ne[out->ndim - 1];
 	size_t ea = fw_dtype_size(a->dtype), eo = fw_dtype_size(out->dtype);
 	struct fw_err err;
-	enum fw_status s = FW_OK;
-
+	/* oneDNN writes the half output itself where it has such a kernel */
+	enum fw_status s = mm_product(operand(a, out->params[0].i), ob, operand(out, false),
+				      a->dtype, out->dtype, false, a->data, b->data, out->data,
+				      &err);
+	if (s != FW_ERR_UNSUPPORTED) {
+		if (s != FW_OK)
+			fw_kernel_fail(&err);
+		return;
+	}
+	s = FW_OK;
 	if (!rows) {
 		FW_ASSERT(ex->ws_size >= (size_t)fw_nelem(out) * 4);
 		s = mm_product(operand(a, out->params[0].i), ob, operand(out, false), a->dtype,
-			       false, a->data, b->data, ex->ws, &err);
+			       FW_F32, false, a->data, b->data, ex->ws, &err);
 		if (s == FW_OK)
 			fw_convert(out->data, out->dtype, ex->ws, FW_F32, fw_nelem(out));
 	}
@@ -634,7 +653,7 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 		struct mm_operand ca = fa, cc = { .ndim = 2, .ne = { m, N }, .nb = { N, 1 } };
 		ca.ne[0] = m;
 		FW_ASSERT(ex->ws_size >= (size_t)(m * N) * 4);
-		s = mm_product(ca, ob, cc, a->dtype, false,
+		s = mm_product(ca, ob, cc, a->dtype, FW_F32, false,
 			       (const char *)a->data + (size_t)(r0 * fa.nb[0]) * ea, b->data,
 			       ex->ws, &err);
 		if (s == FW_OK)
@@ -654,7 +673,7 @@ static void matmul_forward(struct fw_tensor *out, const struct fw_exec *ex)
 		return;
 	}
 	enum fw_status s = mm_product(operand(a, out->params[0].i), operand(b, out->params[1].i),
-				      operand(out, false), a->dtype, false, a->data, b->data,
+				      operand(out, false), a->dtype, FW_F32, false, a->data, b->data,
 				      out->data, &err);
 	if (s != FW_OK)
 		fw_kernel_fail(&err);
@@ -665,6 +684,23 @@ static void matmul_forward(struct fw_tensor *out, const struct fw_exec *ex)
 static size_t half_grad_bytes(const struct fw_tensor *t)
 {
 	return t->grad && t->grad->dtype != FW_F32 ? align64((size_t)fw_nelem(t) * 4) : 0;
+}
+
+/* g (+)= the product, for a half gradient g: oneDNN adds into it itself
+ * (in f32, rounded once) where it has such a kernel, else the f32 product
+ * goes through ws. */
+static enum fw_status product_into_half(struct mm_operand x, struct mm_operand y,
+					struct mm_operand c, int dt, const void *px,
+					const void *py, struct fw_tensor *g, float *ws,
+					struct fw_err *err)
+{
+	enum fw_status s = mm_product(x, y, c, dt, g->dtype, true, px, py, g->data, err);
+	if (s != FW_ERR_UNSUPPORTED)
+		return s;
+	s = mm_product(x, y, c, dt, FW_F32, false, px, py, ws, err);
+	if (s == FW_OK)
+		half_accumulate(g->data, g->dtype, ws, fw_nelem(g));
+	return s;
 }
 
 /* Under autocast the output gradient is already in the operands' half
@@ -692,35 +728,40 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	if (a->grad) {
 		/* dA (.., M, K) += dC (.., M, N) B^T (.., N, K) */
 		struct mm_operand bt = transposed(operand(b, tb));
-		bool half = a->grad->dtype != FW_F32;
-		s = mm_product(dc, bt, grad_operand(a, ta), dt, !half, pdc, b->data,
-			       half ? (void *)ws : a->grad->data, &err);
+		if (a->grad->dtype != FW_F32)
+			s = product_into_half(dc, bt, grad_operand(a, ta), dt, pdc, b->data,
+					      a->grad, (float *)ws, &err);
+		else
+			s = mm_product(dc, bt, grad_operand(a, ta), dt, FW_F32, true, pdc,
+				       b->data, a->grad->data, &err);
 		if (s != FW_OK) {
 			fw_kernel_fail(&err);
 			return;
 		}
-		if (half)
-			half_accumulate(a->grad->data, a->grad->dtype, (const float *)ws,
-					fw_nelem(a));
 	}
 	if (b->grad) {
 		/* dB (.., K, N) += A^T (.., K, M) dC (.., M, N) */
 		struct mm_operand at = operand(a, ta);
 		struct mm_operand db = grad_operand(b, tb);
 		bool half = b->grad->dtype != FW_F32;
-		float *pdb = half ? (float *)ws : b->grad->data;
-		if (half)
+		if (half && b->ndim == a->ndim) {
+			s = product_into_half(transposed(at), dc, db, dt, a->data, pdc, b->grad,
+					      (float *)ws, &err);
+		} else if (half) {   /* a batch-reducing sum, in f32 */
 			memset(ws, 0, (size_t)fw_nelem(b) * 4);
-		if (b->ndim == a->ndim)
-			s = mm_product(transposed(at), dc, db, dt, true, a->data, pdc, pdb, &err);
-		else
-			s = mm_reduce_batches(at, dc, db, a->data, pdc, pdb, dt, &err);
-		if (s != FW_OK) {
-			fw_kernel_fail(&err);
-			return;
+			s = mm_reduce_batches(at, dc, db, a->data, pdc, ws, dt, FW_F32, &err);
+			if (s == FW_OK)
+				half_accumulate(b->grad->data, b->grad->dtype, (float *)ws,
+						fw_nelem(b));
+		} else if (b->ndim == a->ndim) {
+			s = mm_product(transposed(at), dc, db, dt, FW_F32, true, a->data, pdc,
+				       b->grad->data, &err);
+		} else {
+			s = mm_reduce_batches(at, dc, db, a->data, pdc, b->grad->data, dt,
+					      FW_F32, &err);
 		}
-		if (half)
-			half_accumulate(b->grad->data, b->grad->dtype, pdb, fw_nelem(b));
+		if (s != FW_OK)
+			fw_kernel_fail(&err);
 	}
 }
 
@@ -787,6 +828,7 @@ enum fw_status fw_gemm_run(const struct fw_gemm *g, const void *a, const void *b
 		k.c.nb[0] = g->M * g->N;
 	}
 	k.dt = g->dt_ab;
+	k.cdt = FW_F32;
 	k.accumulate = g->accumulate;
 	return mm_run(&k, a, b, c, &err);
 }
@@ -807,10 +849,10 @@ const char *fw_matmul_kernel(enum fw_dtype dt, char *buf, size_t len)
 		return buf;
 	}
 	bool native = dt == FW_F32 || !mm.force_fallback;
-	if (native && primitive_create(&prim, &a, &a, &a, dt, false, impl, sizeof(impl))) {
+	if (native && primitive_create(&prim, &a, &a, &a, dt, FW_F32, false, impl, sizeof(impl))) {
 		snprintf(buf, len, "oneDNN %s", impl);
 	} else if (dt != FW_F32 &&
-		   primitive_create(&prim, &a, &a, &a, FW_F32, false, impl, sizeof(impl))) {
+		   primitive_create(&prim, &a, &a, &a, FW_F32, FW_F32, false, impl, sizeof(impl))) {
 		snprintf(buf, len, "widened to f32, then oneDNN %s (%s)", impl,
 			 mm.force_fallback ? "forced by FW_MATMUL_FALLBACK"
 					   : "oneDNN has no kernel for this CPU");
