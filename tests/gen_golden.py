@@ -636,15 +636,42 @@ def _(c):
 # --- half-precision activations (autocast) ----------------------------------------
 #
 # fw's f32/bf16/f16 ops read half inputs, compute in f32 and round the output
-# once; gradients stay f32. The references do the same math in float64 on the
-# rounded inputs and round the output with bf16()/f16() (the gradient passing
-# through), so out differs from fw by at most one half-precision rounding and
-# the gradients only by fw's f32 arithmetic. Ops whose backward reads their
-# own output (softmax) read the rounded output, as torch's bf16 kernels do.
+# once. As under torch.autocast, a half output's gradient is half too: the
+# gradient arriving at it is rounded (bf16o/f16o), while the casts of the f32
+# inputs pass theirs through (bf16/f16: fw's cast keeps an f32 gradient for
+# the fp32 main gradients). The references do the math in float64 on the
+# rounded inputs and round outputs and their gradients where fw does, so out
+# differs from fw by at most one half-precision rounding and the gradients
+# only by fw's f32 arithmetic. Ops whose backward reads their own output
+# (softmax) read the rounded output, as torch's bf16 kernels do.
+
+class _GradRound(torch.autograd.Function):
+    """Identity whose backward rounds the gradient to dtype (what autograd
+    does to the gradient of a bf16/f16 tensor)."""
+
+    @staticmethod
+    def forward(ctx, x, dtype):
+        ctx.dtype = dtype
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        return g.to(ctx.dtype).to(F64), None
+
 
 def f16(x):
     """Rounds to f16 in forward, the gradient passing through (see bf16)."""
     return x + (x.to(torch.float16).to(F64) - x).detach()
+
+
+def bf16o(x):
+    """A bf16 op output: the value and its gradient rounded to bf16."""
+    return _GradRound.apply(bf16(x), torch.bfloat16)
+
+
+def f16o(x):
+    """An f16 op output: the value and its gradient rounded to f16."""
+    return _GradRound.apply(f16(x), torch.float16)
 
 
 class _RoundedOut(torch.autograd.Function):
@@ -680,7 +707,9 @@ class _RoundedSoftmax(torch.autograd.Function):
 
 
 def softmax_half_ref(x, rnd, bias=None, causal=False, scale=1.0):
-    return _RoundedSoftmax.apply(masked_scores(rnd(x), bias, causal, scale), rnd)
+    dt = torch.bfloat16 if rnd is bf16 else torch.float16
+    return _GradRound.apply(_RoundedSoftmax.apply(masked_scores(rnd(x), bias, causal, scale),
+                                                  rnd), dt)
 
 
 def gelu_tanh(x):
@@ -692,39 +721,40 @@ def gelu_tanh(x):
 def _(c):
     # within +-3: further out, f32's 1 + tanh cancels in gelu_tanh's gradient
     c.p("x", (3, 700), -3, 3)
-    return lambda x: bf16(gelu_tanh(bf16(x)))
+    return lambda x: bf16o(gelu_tanh(bf16(x)))
 
 
 @case("gelu_erf_f16", form=0)
 def _(c):
     c.p("x", (3, 700), -5, 5)
-    return lambda x: f16(torch.nn.functional.gelu(f16(x)))
+    return lambda x: f16o(torch.nn.functional.gelu(f16(x)))
 
 
 @case("silu_bf16")
 def _(c):
     c.p("x", (2, 600), -6, 6)
-    return lambda x: bf16(torch.nn.functional.silu(bf16(x)))
+    return lambda x: bf16o(torch.nn.functional.silu(bf16(x)))
 
 
 @case("tanh_f16")
 def _(c):
     c.p("x", (2, 600), -3, 3)
     # backward reads the rounded output: 1 - y^2
-    return lambda x: _RoundedOut.apply(f16(x), torch.tanh, lambda y: 1 - y * y, f16)
+    return lambda x: _GradRound.apply(_RoundedOut.apply(f16(x), torch.tanh, lambda y: 1 - y * y, f16),
+                                     torch.float16)
 
 
 @case("scale_bf16", s=-0.37)
 def _(c):
     c.p("x", (5, 9), -3, 3)
-    return lambda x: bf16(-0.37 * bf16(x))
+    return lambda x: bf16o(-0.37 * bf16(x))
 
 
 @case("add_row_bf16")
 def _(c):
     # bf16 + bf16 (a broadcast row): a bf16 result
     c.p("a", (4, 600), -3, 3); c.p("b", (600,), -3, 3)
-    return lambda a, b: bf16(bf16(a) + bf16(b))
+    return lambda a, b: bf16o(bf16(a) + bf16(b))
 
 
 @case("add_mixed_bf16")
@@ -738,7 +768,7 @@ def _(c):
 def _(c):
     # bf16 * bf16 (SwiGLU's gate * up; here a broadcast row): a bf16 result
     c.p("a", (4, 600), -3, 3); c.p("b", (600,), -3, 3)
-    return lambda a, b: bf16(bf16(a) * bf16(b))
+    return lambda a, b: bf16o(bf16(a) * bf16(b))
 
 
 @case("mul_mixed_f16")
@@ -750,7 +780,7 @@ def _(c):
 @case("sub_col_f16")
 def _(c):
     c.p("a", (6, 5), -3, 3); c.p("b", (6, 1), -3, 3)
-    return lambda a, b: f16(f16(a) - f16(b))
+    return lambda a, b: f16o(f16(a) - f16(b))
 
 
 @case("softmax_causal_bias_bf16", causal=1, scale=0.8)
@@ -779,19 +809,19 @@ def _(c):
 def _(c):
     # bf16 x, f32 statistics; 36000 elements: rows split across threads
     c.p("x", (60, 600), -2, 2); c.p("w", (600,), 0.5, 1.5); c.p("b", (600,))
-    return lambda x, w, b: bf16(layernorm_ref(bf16(x), w, b, 1e-5))
+    return lambda x, w, b: bf16o(layernorm_ref(bf16(x), w, b, 1e-5))
 
 
 @case("layernorm_none_f16", eps=1e-5)
 def _(c):
     c.p("x", (4, 33), -2, 2)
-    return lambda x: f16(layernorm_ref(f16(x), None, None, 1e-5))
+    return lambda x: f16o(layernorm_ref(f16(x), None, None, 1e-5))
 
 
 @case("rmsnorm_w_bf16", eps=1e-6)
 def _(c):
     c.p("x", (2, 3, 40), -2, 2); c.p("w", (40,), 0.5, 1.5)
-    return lambda x, w: bf16(rmsnorm_ref(bf16(x), w, 1e-6))
+    return lambda x, w: bf16o(rmsnorm_ref(bf16(x), w, 1e-6))
 
 
 @case("ce_wide_bf16", ignore_index=IGNORE)
@@ -814,7 +844,7 @@ def _(c):
     # torch.autocast's linear: bf16 x, w and b; the product rounded, then
     # the bias added and rounded again (fw: matmul then add, each in bf16)
     c.p("x", (2, 3, 24), -1, 1); c.p("w", (10, 24), -0.5, 0.5); c.p("b", (10,))
-    return lambda x, w, b: bf16(bf16(bf16(x) @ bf16(w).T) + bf16(b))
+    return lambda x, w, b: bf16o(bf16o(bf16(x) @ bf16(w).T) + bf16(b))
 
 
 @case("mlp_block_autocast_bf16", eps=1e-5)
@@ -826,11 +856,11 @@ def _(c):
     c.p("b2", (8,))
 
     def lin(h, w, b):
-        return bf16(bf16(bf16(h) @ bf16(w).T) + bf16(b))
+        return bf16o(bf16o(bf16(h) @ bf16(w).T) + bf16(b))
 
     def f(x, g, beta, w1, b1, w2, b2):
         h = layernorm_ref(x, g, beta, 1e-5)
-        h = bf16(gelu_tanh(lin(h, w1, b1)))
+        h = bf16o(gelu_tanh(lin(h, w1, b1)))
         return lin(h, w2, b2) + x
     return f
 
@@ -841,9 +871,9 @@ def _(c):
     c.p("q", (2, 5, 4)); c.p("k", (2, 5, 4)); c.p("v", (2, 5, 4))
 
     def f(q, k, v):
-        s = bf16(bf16(q) @ bf16(k).transpose(-1, -2))
+        s = bf16o(bf16(q) @ bf16(k).transpose(-1, -2))
         p = softmax_half_ref(s, bf16, causal=True, scale=0.5)
-        return bf16(p @ bf16(v))
+        return bf16o(p @ bf16(v))
     return f
 
 

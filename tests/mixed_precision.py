@@ -39,7 +39,7 @@ fp32). Checks, per step:
   6. fwrun eval --bf16: one micro-batch's loss within 2e-3 of torch autocast's
      forward, and not the fp32 number;
   7. fwrun plan --bf16: the activations less the weight copies at most
-     0.7x fp32's (check_plan);
+     0.6x fp32's (check_plan);
   8. fwrun generate --bf16 (greedy) against torch autocast's greedy
      decoding (check_generate), and --bf16 --fp16 exits 2;
   9. fwrun export --dtype=bf16|f16 of the --bf16 run: every tensor is
@@ -229,10 +229,10 @@ def check_generate(fw, work):
 
 
 def check_plan(fw, h5):
-    """fwrun plan --bf16 plans the activations mostly in bf16: without the
-    bf16 weight copies they take at most 0.7x fp32's (all-bf16 saved values
-    would give 0.5x; the f32 residual stream, layer norm inputs and the f32
-    gradients live at the peak keep it above)."""
+    """fwrun plan --bf16 plans the activations and their gradients mostly in
+    bf16: without the bf16 weight copies they take at most 0.6x fp32's
+    (all-bf16 values would give 0.5x; the f32 residual stream, as under
+    torch's autocast, keeps it above)."""
     acts = {}
     for mode in ("", "--bf16"):
         p = fw("plan", "--plugins=arch/decoder,attention/mha,optim/adamw", f"--load={h5}",
@@ -243,8 +243,8 @@ def check_plan(fw, h5):
                        p.returncode == 0 and a is not None, gp.describe(p)):
             return
         acts[mode] = float(a.group(1)) - (float(c.group(1)) if c else 0.0)
-    R.check("fwrun plan --bf16: activations (less the weight copies) at most 0.7x fp32's",
-            acts["--bf16"] <= 0.7 * acts[""],
+    R.check("fwrun plan --bf16: activations (less the weight copies) at most 0.6x fp32's",
+            acts["--bf16"] <= 0.6 * acts[""],
             f"{acts['--bf16']:.2f} MiB against {acts['']:.2f} MiB "
             f"({acts['--bf16'] / acts[''] if acts[''] else 0:.2f}x)")
 

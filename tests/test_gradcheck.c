@@ -778,7 +778,9 @@ static void close_all(const char *what, const float *a, const float *b, int64_t 
  * logits in the workspace and, in f32 and bf16, the gradients forward
  * computes for backward (the stash: N C floats of dx, V C of dw when w
  * trains), which the plan counts; f16 recomputes the logits in backward
- * instead. A forward-only graph of the same loss plans no stash. */
+ * instead. The unfused logits and their gradient are f32, or half under
+ * autocast (as torch keeps a bf16 tensor's gradient). A forward-only graph
+ * of the same loss plans no stash. */
 START_TEST(test_lmce_matches_unfused)
 {
 	enum { N = 74, C = 24, V = 300 };
@@ -812,7 +814,8 @@ START_TEST(test_lmce_matches_unfused)
 			/* a chunk of f32 logits, and of half dlogits under autocast */
 			size_t chunk_bytes = (size_t)(chunk ? chunk : N) * V * (ac == FW_F32 ? 4 : 6);
 			size_t stash = ac == FW_F16 ? 0 : (N * C + (frozen ? 0 : V * C)) * sizeof(float);
-			ck_assert_msg(f.act_ws + 2 * N * V * sizeof(float) <=
+			size_t logit_bytes = ac == FW_F32 ? sizeof(float) : 2;
+			ck_assert_msg(f.act_ws + 2 * N * V * logit_bytes <=
 				      ref.act_ws + chunk_bytes + stash + 4096,
 				      "%s chunk %d: planned %zu bytes, unfused %zu", fw_dtype_name(ac),
 				      chunk, f.act_ws, ref.act_ws);

@@ -583,6 +583,54 @@ START_TEST(test_views_reshaped_param)
 }
 END_TEST
 
+/* Under autocast a half node's gradient is half (torch's autograd keeps a
+ * bf16 tensor's gradient in bf16); the f32 residual-like output keeps an
+ * f32 one, and the weight's bf16 copy passes its gradient straight into the
+ * fp32 parameter's buffer (no gradient buffer of its own). */
+START_TEST(test_autocast_gradient_dtypes)
+{
+	struct fw_ctx *ctx = fw_ctx_new();
+	ck_assert_int_eq(fw_ctx_set_autocast(ctx, FW_BF16), FW_OK);
+	struct fw_tensor *x = fw_param(ctx, "x", FW_F32, 2, (int64_t[]){ 4, 8 }, true);
+	struct fw_tensor *w = fw_param(ctx, "w", FW_F32, 2, (int64_t[]){ 6, 8 }, true);
+	struct fw_tensor *r = fw_input(ctx, "R", FW_F32, 2, (int64_t[]){ 4, 6 });
+	struct fw_tensor *h = fw_linear(ctx, x, w, NULL);
+	struct fw_tensor *a = fw_gelu(ctx, h, FW_GELU_TANH);
+	struct fw_tensor *y = fw_mul(ctx, a, r);          /* bf16 * f32: f32 */
+	struct fw_tensor *loss = fw_sum(ctx, y, FW_AXIS_ALL, false);
+	struct fw_graph *g = loss_graph(ctx, loss, NULL);
+	float xv[32], wv[48], rv[24];
+	struct fwt_rng rng = fwt_rng_new(12);
+	fwt_fill_uniform(xv, 32, &rng, -1, 1);
+	fwt_fill_uniform(wv, 48, &rng, -1, 1);
+	fwt_fill_uniform(rv, 24, &rng, -1, 1);
+	fwt_write(x, xv);
+	fwt_write(w, wv);
+	fwt_write(r, rv);
+	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+	ck_assert_int_eq(fw_graph_backward(g), FW_OK);
+	ck_assert_int_eq(h->dtype, FW_BF16);
+	ck_assert_int_eq(h->grad->dtype, FW_BF16);
+	ck_assert_int_eq(a->grad->dtype, FW_BF16);
+	ck_assert_int_eq(y->grad->dtype, FW_F32);
+	int copies = 0;
+	for (int i = 0; i < fw_graph_n_nodes(g); i++) {
+		struct fw_tensor *t = fw_graph_node(g, i);
+		if (t->op != FW_OP_CAST || t->src[0] != w)
+			continue;
+		copies++;
+		ck_assert_int_eq(t->dtype, FW_BF16);
+		ck_assert_ptr_eq(t->grad->data, w->grad->data);
+	}
+	ck_assert_int_eq(copies, 1);
+	for (int i = 0; i < 48; i++)
+		ck_assert_msg(isfinite(fw_f32(w->grad)[i]) && fw_f32(w->grad)[i] != 0.0f,
+			      "grad w[%d] = %g", i, (double)fw_f32(w->grad)[i]);
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+}
+END_TEST
+
 /* --- constructor errors ------------------------------------------------------------------ */
 
 #define EXPECT_SHAPE_ERROR(ctx, expr, opname) do { \
@@ -715,6 +763,7 @@ int main(void)
 	tcase_add_test(tc, test_views_chain);
 	tcase_add_test(tc, test_views_overlap);
 	tcase_add_test(tc, test_views_reshaped_param);
+	tcase_add_test(tc, test_autocast_gradient_dtypes);
 	tcase_add_test(tc, test_shape_errors);
 	tcase_add_test(tc, test_null_propagation);
 	tcase_add_test(tc, test_graph_misuse);

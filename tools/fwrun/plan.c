@@ -19,15 +19,25 @@ static void plan_row(const char *name, double planned, const char *rule, double 
 	printf("\n");
 }
 
+static bool is_weight_copy(const struct fw_tensor *t)
+{
+	return t->op == FW_OP_CAST && t->src[0] && (t->src[0]->flags & FW_FLAG_PARAM);
+}
+
 /* Bytes of the half-precision copies of parameters that --bf16/--fp16's
  * matmuls cast (planned with the activations: they live from the forward to
- * the backward). */
+ * the backward), each parameter once (the eval graph casts tied ones too). */
 static double half_weight_copies(const struct fw_ctx *ctx)
 {
 	double bytes = 0;
 	for (int i = 0; i < fw_ctx_n_tensors(ctx); i++) {
 		const struct fw_tensor *t = fw_ctx_tensor(ctx, i);
-		if (t->op == FW_OP_CAST && t->src[0] && (t->src[0]->flags & FW_FLAG_PARAM))
+		bool seen = false;
+		for (int j = 0; j < i && is_weight_copy(t) && !seen; j++) {
+			const struct fw_tensor *u = fw_ctx_tensor(ctx, j);
+			seen = is_weight_copy(u) && u->src[0] == t->src[0];
+		}
+		if (is_weight_copy(t) && !seen)
 			bytes += (double)fw_nbytes(t);
 	}
 	return bytes;

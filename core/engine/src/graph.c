@@ -14,6 +14,7 @@
 
 #include <omp.h>
 
+#include "half.h"
 #include "internal.h"
 
 enum step_kind { STEP_FWD, STEP_RECOMP, STEP_BWD };
@@ -50,6 +51,7 @@ struct fw_graph {
 	int *val_slot, *rec_slot;   /* per node: forward and recompute value slots */
 	int *grad_slot;             /* per node: gradient slot, -1 if none */
 	int *stash_slot;            /* per node: what forward keeps for backward, -1 if none */
+	size_t *widen_bytes;        /* per node: f32 gradient copies its backward needs */
 	struct fw_tensor **grads;   /* per node: gradient tensor or NULL */
 	int *zero_order;            /* grad slots sorted by first step */
 	int n_zero;
@@ -253,6 +255,57 @@ static int grad_slot_of(const struct fw_graph *g, const int *pos, const struct f
 	return p < 0 ? -1 : g->grad_slot[p];
 }
 
+/* A node's gradient dtype: its own when half (a matmul's, GELU's or
+ * softmax's output under autocast, as torch's autograd keeps it), else f32.
+ * A cast's gradient is f32 (it feeds the fp32 main gradients or an f32
+ * op's), and a reshape shares its source's. */
+static enum fw_dtype grad_dtype(const struct fw_graph *g, const int *pos,
+				const struct fw_tensor *t)
+{
+	if (t->op == FW_OP_CAST)
+		return FW_F32;
+	if (t->op == FW_OP_RESHAPE) {
+		int p = pos[t->src[0]->id];
+		return p >= 0 && g->grads[p] ? g->grads[p]->dtype : FW_F32;
+	}
+	return is_half(t->dtype) ? t->dtype : FW_F32;
+}
+
+/* A cast to half of an f32 tensor with an f32 gradient (autocast's copy of
+ * a weight or of a layer norm's output) passes its gradient through
+ * unchanged: it shares its source's buffer (a parameter's persistent
+ * gradient, or the source node's slot), as a reshape does, and its
+ * backward has nothing to add. */
+static bool shares_grad(const struct fw_graph *g, const int *pos, const struct fw_tensor *t)
+{
+	if (t->op != FW_OP_CAST || t->src[0]->dtype != FW_F32)
+		return false;
+	int p = pos[t->src[0]->id];
+	return p < 0 ? t->src[0]->grad != NULL : g->grads[p] && g->grads[p]->dtype == FW_F32;
+}
+
+/* The f32 gradient copies node t's backward gets in front of its workspace
+ * (0 when its op reads and writes half gradients itself): its own output
+ * gradient, and a zeroed buffer per source whose gradient is half. */
+static size_t widen_bytes_of(const struct fw_tensor *t)
+{
+	const struct fw_op_i *vt = fw_op_get(t->op);
+	size_t n = 0;
+	if (!t->grad || !vt->backward || (vt->flags & FW_OPF_HALF_GRAD))
+		return 0;
+	if (is_half(t->grad->dtype))
+		n += align64((size_t)fw_nelem(t) * sizeof(float));
+	for (int k = 0; k < FW_MAX_SRC; k++) {
+		const struct fw_tensor *x = t->src[k];
+		bool seen = false;
+		for (int j = 0; j < k; j++)
+			seen |= t->src[j] == x;
+		if (x && !seen && x->grad && is_half(x->grad->dtype))
+			n += align64((size_t)fw_nelem(x) * sizeof(float));
+	}
+	return n;
+}
+
 static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_grad)
 {
 	int n = g->n_nodes;
@@ -290,7 +343,7 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 		struct fw_tensor *t = g->nodes[i];
 		if (!has_grad[i])
 			continue;
-		struct fw_tensor *gt = fw_tensor_new(ctx, FW_F32, t->ndim, t->ne);
+		struct fw_tensor *gt = fw_tensor_new(ctx, grad_dtype(g, pos, t), t->ndim, t->ne);
 		if (!gt) {
 			fw_free(bound);
 			return ctx->err.status;
@@ -300,7 +353,7 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 		snprintf(gt->name, sizeof(gt->name), "%.80s.grad", t->name);
 		g->grads[i] = gt;
 		struct fw_tensor *src = t->src[0];
-		if (t->op == FW_OP_RESHAPE)
+		if (t->op == FW_OP_RESHAPE || shares_grad(g, pos, t))
 			g->grad_slot[i] = grad_slot_of(g, pos, src);   /* -1: a param's grad */
 		else
 			g->grad_slot[i] = slot_new(g, fw_nbytes(gt), true);
@@ -498,9 +551,13 @@ struct fw_graph *fw_graph_new(struct fw_ctx *ctx, struct fw_tensor **outputs, in
 	if (plan(g, pos, has_grad) != FW_OK)
 		goto fail;
 
+	g->widen_bytes = fw_calloc((size_t)g->n_nodes + 1, sizeof(size_t));
+	if (!g->widen_bytes)
+		goto nomem;
 	for (int i = 0; i < g->n_nodes; i++) {
 		const struct fw_op_i *vt = fw_op_get(g->nodes[i]->op);
-		size_t w = vt->workspace ? vt->workspace(g->nodes[i]) : 0;
+		g->widen_bytes[i] = g->opts.backward ? widen_bytes_of(g->nodes[i]) : 0;
+		size_t w = g->widen_bytes[i] + (vt->workspace ? vt->workspace(g->nodes[i]) : 0);
 		if (w > g->ws_bytes)
 			g->ws_bytes = w;
 	}
@@ -572,6 +629,7 @@ void fw_graph_free(struct fw_graph *g)
 	fw_free(g->rec_slot);
 	fw_free(g->grad_slot);
 	fw_free(g->stash_slot);
+	fw_free(g->widen_bytes);
 	fw_free(g->grads);
 	fw_free(g->zero_order);
 	fw_free(g->arena);
@@ -595,7 +653,7 @@ static void bind(struct fw_graph *g)
 			int s = g->grad_slot[i];
 			if (s >= 0)
 				t->grad->data = g->arena + g->slots[s].offset;
-			else   /* reshape of a parameter: share its persistent gradient */
+			else   /* reshape or cast of a parameter: share its persistent gradient */
 				t->grad->data = t->src[0]->grad->data;
 		}
 	}
@@ -674,6 +732,50 @@ enum fw_status fw_graph_forward(struct fw_graph *g)
 	return FW_OK;
 }
 
+/* Backward of an op that knows only f32 gradients, on a node whose own or
+ * whose sources' gradients are half: the kernel sees f32 copies in the
+ * workspace, and what it added is rounded into the half gradients after. */
+static enum fw_status run_backward_widened(struct fw_graph *g, int si, const struct fw_exec *ex)
+{
+	struct fw_tensor *t = g->nodes[g->steps[si].node];
+	struct fw_tensor *y = t->grad, gy, gx[FW_MAX_SRC], *x[FW_MAX_SRC] = { NULL };
+	char *p = ex->ws;
+
+	if (is_half(y->dtype)) {
+		gy = *y;
+		gy.dtype = FW_F32;
+		gy.data = p;
+		half_widen((float *)p, y->data, y->dtype, fw_nelem(t));
+		p += align64((size_t)fw_nelem(t) * sizeof(float));
+		t->grad = &gy;
+	}
+	for (int k = 0; k < FW_MAX_SRC; k++) {
+		struct fw_tensor *s = t->src[k];
+		if (!s || !s->grad || !is_half(s->grad->dtype))
+			continue;       /* a repeated source already points at its copy */
+		size_t bytes = (size_t)fw_nelem(s) * sizeof(float);
+		x[k] = s->grad;
+		gx[k] = *s->grad;
+		gx[k].dtype = FW_F32;
+		gx[k].data = p;
+		memset(p, 0, bytes);
+		p += align64(bytes);
+		s->grad = &gx[k];
+	}
+	struct fw_exec e = *ex;
+	e.ws = p;
+	e.ws_size = ex->ws_size - (size_t)(p - (char *)ex->ws);
+	enum fw_status rc = run_step(g, si, true, &e);
+	t->grad = y;
+	for (int k = 0; k < FW_MAX_SRC; k++) {
+		if (!x[k])
+			continue;
+		half_accumulate(x[k]->data, x[k]->dtype, gx[k].data, fw_nelem(t->src[k]));
+		t->src[k]->grad = x[k];
+	}
+	return rc;
+}
+
 enum fw_status fw_graph_backward(struct fw_graph *g)
 {
 	if (!g->opts.backward)
@@ -696,12 +798,15 @@ enum fw_status fw_graph_backward(struct fw_graph *g)
 		if (g->prof)
 			g->prof_zero += omp_get_wtime() - t0;
 		if (si == g->n_fwd_steps && loss->grad)
-			*(float *)loss->grad->data = g->loss_scale;
+			half_store(loss->grad->data, loss->grad->dtype, &g->loss_scale, 1);
 		struct step *st = &g->steps[si];
 		struct fw_tensor *t = g->nodes[st->node];
 		if (st->kind != STEP_BWD && !is_view(t))
 			t->data = g->arena + g->slots[g->rec_slot[st->node]].offset;
-		rc = run_step(g, si, st->kind == STEP_BWD, &ex);
+		if (st->kind == STEP_BWD && g->widen_bytes[st->node])
+			rc = run_backward_widened(g, si, &ex);
+		else
+			rc = run_step(g, si, st->kind == STEP_BWD, &ex);
 		if (rc != FW_OK)
 			break;
 	}

@@ -86,6 +86,31 @@ static inline void half_store(void *dst, enum fw_dtype dt, const float *src, int
 		h[i] = fw_f32_to_f16(src[i]);
 }
 
+/* dst (n, dtype dt) += src (n, f32), rounded once per element. */
+static inline void half_accumulate(void *dst, enum fw_dtype dt, const float *src, int64_t n)
+{
+	int64_t nb = (n + BLK - 1) / BLK;
+	#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+	for (int64_t b = 0; b < nb; b++) {
+		float buf[BLK];
+		int64_t i0 = b * BLK, m = min64(BLK, n - i0);
+		half_load(buf, elem_ptr(dst, dt, i0), dt, m);
+		#pragma omp simd
+		for (int64_t j = 0; j < m; j++)
+			buf[j] += src[i0 + j];
+		half_store(elem_ptr(dst, dt, i0), dt, buf, m);
+	}
+}
+
+/* dst (n, f32) = src (n, dtype dt), in parallel blocks. */
+static inline void half_widen(float *dst, const void *src, enum fw_dtype dt, int64_t n)
+{
+	int64_t nb = (n + BLK - 1) / BLK;
+	#pragma omp parallel for schedule(static) if (n > PAR_MIN)
+	for (int64_t b = 0; b < nb; b++)
+		half_load(dst + b * BLK, elem_ptr(src, dt, b * BLK), dt, min64(BLK, n - b * BLK));
+}
+
 /* One element as f32. */
 static inline float half_get(const void *p, enum fw_dtype dt, int64_t i)
 {

@@ -21,6 +21,7 @@
 
 #include <oneapi/dnnl/dnnl.h>
 
+#include "half.h"
 #include "internal.h"
 
 /* A strided operand, logical shape (..., rows, cols), ndim 2..4. */
@@ -32,7 +33,8 @@ struct mm_operand {
 
 struct mm_key {
 	struct mm_operand a, b, c;
-	int dt;                      /* enum fw_dtype of a and b; c is f32 */
+	int dt;                      /* enum fw_dtype of a and b */
+	int cdt;                     /* of c: f32, or a and b's half dtype */
 	int accumulate;
 	int bias;                    /* an f32 row vector (c's last dim) added to c */
 };
@@ -48,6 +50,7 @@ struct mm_entry {
 	struct mm_key key;
 	bool used;
 	bool widen;                  /* operands widened to f32 (no native kernel) */
+	bool unsupported;            /* no kernel writes this half c: callers round f32 */
 	struct mm_widen wa, wb;
 	dnnl_primitive_t prim;
 	dnnl_memory_t mem_a, mem_b, mem_c, mem_bias;
@@ -269,7 +272,7 @@ static bool scratch_reserve(size_t floats)
  * none for them on this CPU. */
 static bool primitive_create(dnnl_primitive_t *prim, const struct mm_operand *a,
 			     const struct mm_operand *b, const struct mm_operand *c, int dt,
-			     bool accumulate, bool bias, char *impl, size_t impl_len)
+			     int cdt, bool accumulate, bool bias, char *impl, size_t impl_len)
 {
 	dnnl_memory_desc_t a_md, b_md, c_md, bias_md;
 	dnnl_matmul_desc_t desc;
@@ -281,7 +284,7 @@ static bool primitive_create(dnnl_primitive_t *prim, const struct mm_operand *a,
 	*prim = NULL;
 	if (mm.fail_primitives)
 		return false;
-	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, c, FW_F32) ||
+	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, c, cdt) ||
 	    (bias && !bias_md_init(&bias_md, c)))
 		goto out;
 	if (dnnl_matmul_desc_init(&desc, &a_md, &b_md, bias ? &bias_md : NULL, &c_md) !=
@@ -322,8 +325,8 @@ static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
 	memset(e, 0, sizeof(*e));
 	e->key = *k;
 	bool native = k->dt == FW_F32 || !mm.force_fallback;
-	if (!native || !primitive_create(&e->prim, a, b, &k->c, k->dt, k->accumulate, k->bias,
-					  NULL, 0)) {
+	if (!native || !primitive_create(&e->prim, a, b, &k->c, k->dt, k->cdt, k->accumulate,
+					 k->bias, NULL, 0)) {
 		if (k->dt == FW_F32)
 			goto fail;
 		e->widen = true;
@@ -331,12 +334,12 @@ static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
 		e->wb = widen_plan(&k->b);
 		a = &e->wa.f32;
 		b = &e->wb.f32;
-		if (!primitive_create(&e->prim, a, b, &k->c, FW_F32, k->accumulate, k->bias, NULL,
-				      0))
+		if (!primitive_create(&e->prim, a, b, &k->c, FW_F32, k->cdt, k->accumulate, k->bias,
+				      NULL, 0))
 			goto fail;
 	}
 	int dt = e->widen ? FW_F32 : k->dt;
-	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, &k->c, FW_F32) ||
+	if (!md_init(&a_md, a, dt) || !md_init(&b_md, b, dt) || !md_init(&c_md, &k->c, k->cdt) ||
 	    dnnl_memory_create(&e->mem_a, &a_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success ||
 	    dnnl_memory_create(&e->mem_b, &b_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success ||
 	    dnnl_memory_create(&e->mem_c, &c_md, mm.engine, DNNL_MEMORY_NONE) != dnnl_success)
@@ -349,6 +352,11 @@ static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
 	return FW_OK;
 fail:
 	entry_release(e);
+	if (k->cdt != FW_F32) {      /* remembered: the caller rounds an f32 product */
+		e->key = *k;
+		e->used = e->unsupported = true;
+		return FW_OK;
+	}
 	return fw_errorf(err, FW_ERR_INTERNAL, "matmul: oneDNN rejected a %dx%dx%d %s product",
 			 (int)k->c.ne[k->c.ndim - 2], (int)k->c.ne[k->c.ndim - 1],
 			 (int)k->a.ne[k->a.ndim - 1], fw_dtype_name(k->dt));
@@ -377,13 +385,15 @@ static struct mm_entry *entry_get(const struct mm_key *k, struct fw_err *err)
 }
 
 static enum fw_status mm_run_locked(const struct mm_key *k, const void *a, const void *b,
-				    float *c, const float *bias, struct fw_err *err)
+				    void *c, const float *bias, struct fw_err *err)
 {
 	if (dnnl_ready(err) != FW_OK)
 		return err->status;
 	struct mm_entry *e = entry_get(k, err);
 	if (!e)
 		return err->status;
+	if (e->unsupported)
+		return FW_ERR_UNSUPPORTED;
 	if (e->widen) {
 		if (!scratch_reserve((size_t)(e->wa.n + e->wb.n)))
 			return fw_errorf(err, FW_ERR_NOMEM, "matmul: no memory to widen a %s product",
@@ -412,7 +422,7 @@ static enum fw_status mm_run_locked(const struct mm_key *k, const void *a, const
 }
 
 /* c (+)= a b (+ bias) for strided operands of one descriptor. */
-static enum fw_status mm_run(const struct mm_key *k, const void *a, const void *b, float *c,
+static enum fw_status mm_run(const struct mm_key *k, const void *a, const void *b, void *c,
 			     const float *bias, struct fw_err *err)
 {
 	pthread_mutex_lock(&mm_lock);
@@ -492,11 +502,11 @@ static struct mm_operand pad_batch(struct mm_operand o, int nd)
 	return p;
 }
 
-/* c (+)= a b (+ bias, f32 (N) for c (.., M, N)) where b may lack a's batch
- * dims (then broadcast). */
+/* c (+)= a b (+ bias, f32 (N) for an f32 c (.., M, N)) where b may lack a's
+ * batch dims (then broadcast). */
 static enum fw_status mm_product_bias(struct mm_operand a, struct mm_operand b,
-				      struct mm_operand c, int dt, bool accumulate, const void *pa,
-				      const void *pb, float *pc, const float *bias,
+				      struct mm_operand c, int dt, int cdt, bool accumulate,
+				      const void *pa, const void *pb, void *pc, const float *bias,
 				      struct fw_err *err)
 {
 	struct mm_key k;
@@ -505,7 +515,7 @@ static enum fw_status mm_product_bias(struct mm_operand a, struct mm_operand b,
 	 * one falls back to its reference code, ~100x slower): compute
 	 * C^T = B^T A^T instead (not with a bias, which is along c's rows). */
 	if (c.nb[last] != 1 && c.nb[last - 1] == 1 && !bias)
-		return mm_product_bias(transposed(b), transposed(a), transposed(c), dt,
+		return mm_product_bias(transposed(b), transposed(a), transposed(c), dt, cdt,
 				       accumulate, pb, pa, pc, NULL, err);
 	memset(&k, 0, sizeof(k));
 	if (a.ndim == 2 && b.ndim > 2)
@@ -523,26 +533,27 @@ static enum fw_status mm_product_bias(struct mm_operand a, struct mm_operand b,
 	k.b = b;
 	k.c = c;
 	k.dt = dt;
+	k.cdt = cdt;
 	k.accumulate = accumulate;
 	k.bias = bias != NULL;
 	return mm_run(&k, pa, pb, pc, bias, err);
 }
 
 static enum fw_status mm_product(struct mm_operand a, struct mm_operand b, struct mm_operand c,
-				 int dt, bool accumulate, const void *pa, const void *pb,
-				 float *pc, struct fw_err *err)
+				 int dt, int cdt, bool accumulate, const void *pa, const void *pb,
+				 void *pc, struct fw_err *err)
 {
-	return mm_product_bias(a, b, c, dt, accumulate, pa, pb, pc, NULL, err);
+	return mm_product_bias(a, b, c, dt, cdt, accumulate, pa, pb, pc, NULL, err);
 }
 
 /* dB (K, N) += sum over batches of A_i^T dC_i, for b broadcast over a's batch. */
 static enum fw_status mm_reduce_batches(struct mm_operand a, struct mm_operand dc,
 					struct mm_operand db, const void *pa, const void *pdc,
-					float *pdb, int dt, struct fw_err *err)
+					void *pdb, int dt, int cdt, struct fw_err *err)
 {
 	struct mm_operand fa = a, fc = dc;
 	if (fold_rows(&fa) && fold_rows(&fc))
-		return mm_product(transposed(fa), fc, db, dt, true, pa, pdc, pdb, err);
+		return mm_product(transposed(fa), fc, db, dt, cdt, true, pa, pdc, pdb, err);
 	/* Fallback: one product per batch entry, accumulating. */
 	int nd = a.ndim;
 	int64_t nbatch = 1;
@@ -564,7 +575,7 @@ static enum fw_status mm_reduce_batches(struct mm_operand a, struct mm_operand d
 			oa += idx * a.nb[i];
 			oc += idx * dc.nb[i];
 		}
-		enum fw_status s = mm_product(transposed(a2), c2, db, dt, true,
+		enum fw_status s = mm_product(transposed(a2), c2, db, dt, cdt, true,
 					      (const char *)pa + oa * es,
 					      (const char *)pdc + oc * es, pdb, err);
 		if (s != FW_OK)
@@ -638,10 +649,9 @@ static enum fw_status matmul_infer(struct fw_tensor *out, struct fw_err *err)
 
 /* A half-precision output is the f32 product, in the workspace, rounded.
  * When a's rows fold and b is 2-D (a linear layer), the product is done
- * in blocks of rows whose f32 values fit in what backward's rounded output
- * gradient takes anyway (nelem * 2 bytes, or 16 MiB when that is smaller),
- * so the LM head's logits never exist in f32. */
-#define HALF_OUT_MIN_BYTES ((int64_t)16 << 20)
+ * in blocks of rows whose f32 values fit in 16 MiB (or the whole output
+ * when it is smaller), so the LM head's logits never exist in f32. */
+#define HALF_OUT_MAX_BYTES ((int64_t)16 << 20)
 
 static int64_t half_out_rows(const struct fw_tensor *out, struct mm_operand *fa)
 {
@@ -650,9 +660,7 @@ static int64_t half_out_rows(const struct fw_tensor *out, struct mm_operand *fa)
 	if (b->ndim != 2 || !fold_rows(fa))
 		return 0;
 	int64_t N = out->ne[out->ndim - 1];
-	int64_t budget = fw_nelem(out) * 2 > HALF_OUT_MIN_BYTES ? fw_nelem(out) * 2
-								  : HALF_OUT_MIN_BYTES;
-	int64_t rows = budget / (N * 4);
+	int64_t rows = HALF_OUT_MAX_BYTES / (N * 4);
 	return rows < 1 ? 1 : rows < fa->ne[0] ? rows : fa->ne[0];
 }
 
@@ -663,12 +671,20 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 	int64_t rows = half_out_rows(out, &fa), N = out->ne[out->ndim - 1];
 	size_t ea = fw_dtype_size(a->dtype), eo = fw_dtype_size(out->dtype);
 	struct fw_err err;
-	enum fw_status s = FW_OK;
-
+	/* oneDNN writes the half output itself where it has such a kernel */
+	enum fw_status s = mm_product(operand(a, out->params[0].i), ob, operand(out, false),
+				      a->dtype, out->dtype, false, a->data, b->data, out->data,
+				      &err);
+	if (s != FW_ERR_UNSUPPORTED) {
+		if (s != FW_OK)
+			fw_kernel_fail(&err);
+		return;
+	}
+	s = FW_OK;
 	if (!rows) {
 		FW_ASSERT(ex->ws_size >= (size_t)fw_nelem(out) * 4);
 		s = mm_product(operand(a, out->params[0].i), ob, operand(out, false), a->dtype,
-			       false, a->data, b->data, ex->ws, &err);
+			       FW_F32, false, a->data, b->data, ex->ws, &err);
 		if (s == FW_OK)
 			fw_convert(out->data, out->dtype, ex->ws, FW_F32, fw_nelem(out));
 	}
@@ -677,7 +693,7 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 		struct mm_operand ca = fa, cc = { .ndim = 2, .ne = { m, N }, .nb = { N, 1 } };
 		ca.ne[0] = m;
 		FW_ASSERT(ex->ws_size >= (size_t)(m * N) * 4);
-		s = mm_product(ca, ob, cc, a->dtype, false,
+		s = mm_product(ca, ob, cc, a->dtype, FW_F32, false,
 			       (const char *)a->data + (size_t)(r0 * fa.nb[0]) * ea, b->data,
 			       ex->ws, &err);
 		if (s == FW_OK)
@@ -699,58 +715,97 @@ static void matmul_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	const float *bias = out->src[2] ? fw_f32(out->src[2]) : NULL;
 	enum fw_status s = mm_product_bias(operand(a, out->params[0].i),
 					   operand(b, out->params[1].i), operand(out, false),
-					   a->dtype, false, a->data, b->data, out->data, bias, &err);
+					   a->dtype, FW_F32, false, a->data, b->data, out->data, bias,
+					   &err);
 	if (s != FW_OK)
 		fw_kernel_fail(&err);
 }
 
-/* Bytes at the start of the workspace that backward's rounded output
- * gradient takes (a half-precision product). */
-static size_t half_grad_bytes(const struct fw_tensor *out)
+/* Bytes of the f32 product a half gradient of t takes before it is
+ * rounded into it (0 for an f32 gradient, which products add into). */
+static size_t half_grad_bytes(const struct fw_tensor *t)
 {
-	size_t n = (size_t)fw_nelem(out) * 2;
-	return out->src[0]->dtype != FW_F32 ? (n + FW_ALIGN - 1) & ~(size_t)(FW_ALIGN - 1) : 0;
+	return t->grad && t->grad->dtype != FW_F32 ? align64((size_t)fw_nelem(t) * 4) : 0;
+}
+
+/* Backward's workspace: the output gradient rounded to the operands' half
+ * dtype (when it is f32), then the f32 product a half source gradient takes. */
+static size_t backward_ws_bytes(const struct fw_tensor *out)
+{
+	size_t bwd = 0;
+	if (out->src[0]->dtype != FW_F32 && out->grad && out->grad->dtype == FW_F32)
+		bwd = align64((size_t)fw_nelem(out) * 2);
+	size_t ga = half_grad_bytes(out->src[0]), gb = half_grad_bytes(out->src[1]);
+	return bwd + (ga > gb ? ga : gb);
 }
 
 /* dbias (N) += the sum of dC's rows, as the product ones (1, rows) dC (rows,
- * N); the ones go in the workspace after the rounded gradient. */
+ * N); the ones go in the workspace after backward's own bytes. A bias rides
+ * on f32 products only (under autocast it is a separate add). */
 static enum fw_status bias_backward(struct fw_tensor *out, const struct fw_exec *ex,
 				    struct fw_err *err)
 {
 	int64_t N = out->ne[out->ndim - 1], rows = fw_nelem(out) / N;
-	float *ones = (float *)((char *)ex->ws + half_grad_bytes(out));
-	FW_ASSERT(ex->ws_size >= half_grad_bytes(out) + (size_t)rows * sizeof(float));
+	size_t at = backward_ws_bytes(out);
+	float *ones = (float *)((char *)ex->ws + at);
+	FW_ASSERT(out->grad->dtype == FW_F32 && ex->ws_size >= at + (size_t)rows * sizeof(float));
 	for (int64_t i = 0; i < rows; i++)
 		ones[i] = 1.0f;
 	struct mm_operand o = { .ndim = 2, .ne = { 1, rows }, .nb = { rows, 1 } };
 	struct mm_operand dc = { .ndim = 2, .ne = { rows, N }, .nb = { N, 1 } };
 	struct mm_operand db = { .ndim = 2, .ne = { 1, N }, .nb = { N, 1 } };
-	return mm_product(o, dc, db, FW_F32, true, ones, out->grad->data,
+	return mm_product(o, dc, db, FW_F32, FW_F32, true, ones, out->grad->data,
 			  fw_f32(out->src[2]->grad), err);
 }
 
+/* g (+)= the product, for a half gradient g: oneDNN adds into it itself
+ * (in f32, rounded once) where it has such a kernel, else the f32 product
+ * goes through ws. */
+static enum fw_status product_into_half(struct mm_operand x, struct mm_operand y,
+					struct mm_operand c, int dt, const void *px,
+					const void *py, struct fw_tensor *g, float *ws,
+					struct fw_err *err)
+{
+	enum fw_status s = mm_product(x, y, c, dt, g->dtype, true, px, py, g->data, err);
+	if (s != FW_ERR_UNSUPPORTED)
+		return s;
+	s = mm_product(x, y, c, dt, FW_F32, false, px, py, ws, err);
+	if (s == FW_OK)
+		half_accumulate(g->data, g->dtype, ws, fw_nelem(g));
+	return s;
+}
+
+/* Under autocast the output gradient is already in the operands' half
+ * dtype (as torch's autograd hands it to a bf16 mm); an f32 one is rounded
+ * first. The products accumulate in f32; a source gradient that is half
+ * (an activation's) gets the product rounded into it, an f32 one (a cast
+ * weight's, bound for the fp32 main gradient) gets it added directly. */
 static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *a = out->src[0], *b = out->src[1];
 	bool ta = out->params[0].i, tb = out->params[1].i;
 	struct mm_operand dc = operand(out->grad, false);
 	const void *pdc = out->grad->data;
+	char *ws = ex->ws;
 	int dt = a->dtype;
 	struct fw_err err;
 	enum fw_status s;
 
-	/* Half-precision products take the output gradient rounded to their
-	 * dtype (as autocast does); the products still accumulate in f32. */
-	if (dt != FW_F32) {
-		FW_ASSERT(ex->ws_size >= (size_t)fw_nelem(out) * 2);
-		fw_convert(ex->ws, dt, out->grad->data, FW_F32, fw_nelem(out));
-		pdc = ex->ws;
+	if (dt != FW_F32 && out->grad->dtype == FW_F32) {
+		FW_ASSERT(ex->ws_size >= align64((size_t)fw_nelem(out) * 2));
+		fw_convert(ws, dt, out->grad->data, FW_F32, fw_nelem(out));
+		pdc = ws;
+		ws += align64((size_t)fw_nelem(out) * 2);
 	}
 	if (a->grad) {
 		/* dA (.., M, K) += dC (.., M, N) B^T (.., N, K) */
 		struct mm_operand bt = transposed(operand(b, tb));
-		s = mm_product(dc, bt, grad_operand(a, ta), dt, true, pdc, b->data,
-			       a->grad->data, &err);
+		if (a->grad->dtype != FW_F32)
+			s = product_into_half(dc, bt, grad_operand(a, ta), dt, pdc, b->data,
+					      a->grad, (float *)ws, &err);
+		else
+			s = mm_product(dc, bt, grad_operand(a, ta), dt, FW_F32, true, pdc,
+				       b->data, a->grad->data, &err);
 		if (s != FW_OK) {
 			fw_kernel_fail(&err);
 			return;
@@ -764,11 +819,23 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 		/* dB (.., K, N) += A^T (.., K, M) dC (.., M, N) */
 		struct mm_operand at = operand(a, ta);
 		struct mm_operand db = grad_operand(b, tb);
-		if (b->ndim == a->ndim)
-			s = mm_product(transposed(at), dc, db, dt, true, a->data, pdc,
+		bool half = b->grad->dtype != FW_F32;
+		if (half && b->ndim == a->ndim) {
+			s = product_into_half(transposed(at), dc, db, dt, a->data, pdc, b->grad,
+					      (float *)ws, &err);
+		} else if (half) {   /* a batch-reducing sum, in f32 */
+			memset(ws, 0, (size_t)fw_nelem(b) * 4);
+			s = mm_reduce_batches(at, dc, db, a->data, pdc, ws, dt, FW_F32, &err);
+			if (s == FW_OK)
+				half_accumulate(b->grad->data, b->grad->dtype, (float *)ws,
+						fw_nelem(b));
+		} else if (b->ndim == a->ndim) {
+			s = mm_product(transposed(at), dc, db, dt, FW_F32, true, a->data, pdc,
 				       b->grad->data, &err);
-		else
-			s = mm_reduce_batches(at, dc, db, a->data, pdc, b->grad->data, dt, &err);
+		} else {
+			s = mm_reduce_batches(at, dc, db, a->data, pdc, b->grad->data, dt,
+					      FW_F32, &err);
+		}
 		if (s != FW_OK)
 			fw_kernel_fail(&err);
 	}
@@ -777,15 +844,16 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 static size_t matmul_workspace(const struct fw_tensor *out)
 {
 	struct mm_operand fa;
+	size_t fwd = 0;
 	if (out->dtype != FW_F32) {
 		int64_t rows = half_out_rows(out, &fa), N = out->ne[out->ndim - 1];
-		size_t fwd = rows ? (size_t)(rows * N) * 4 : (size_t)fw_nelem(out) * 4;
-		return fwd > (size_t)fw_nelem(out) * 2 ? fwd : (size_t)fw_nelem(out) * 2;
+		fwd = rows ? (size_t)(rows * N) * 4 : (size_t)fw_nelem(out) * 4;
 	}
 	const struct fw_tensor *bias = out->src[2];
 	size_t ones = bias && bias->grad ?
 		      (size_t)(fw_nelem(out) / out->ne[out->ndim - 1]) * sizeof(float) : 0;
-	return half_grad_bytes(out) + ones;
+	size_t bwd = backward_ws_bytes(out) + ones;
+	return fwd > bwd ? fwd : bwd;
 }
 
 /* The bias gradient reads only dC. */
@@ -802,7 +870,7 @@ static uint32_t matmul_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_matmul_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "matmul",
-	.flags = FW_OPF_STRIDED | FW_OPF_HALF,
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = matmul_infer,
 	.forward = matmul_forward,
 	.backward = matmul_backward,
@@ -837,6 +905,7 @@ enum fw_status fw_gemm_run(const struct fw_gemm *g, const void *a, const void *b
 		k.c.nb[0] = g->M * g->N;
 	}
 	k.dt = g->dt_ab;
+	k.cdt = FW_F32;
 	k.accumulate = g->accumulate;
 	return mm_run(&k, a, b, c, NULL, &err);
 }
@@ -857,10 +926,11 @@ const char *fw_matmul_kernel(enum fw_dtype dt, char *buf, size_t len)
 		return buf;
 	}
 	bool native = dt == FW_F32 || !mm.force_fallback;
-	if (native && primitive_create(&prim, &a, &a, &a, dt, false, false, impl, sizeof(impl))) {
+	if (native && primitive_create(&prim, &a, &a, &a, dt, FW_F32, false, false, impl,
+				       sizeof(impl))) {
 		snprintf(buf, len, "oneDNN %s", impl);
-	} else if (dt != FW_F32 &&
-		   primitive_create(&prim, &a, &a, &a, FW_F32, false, false, impl, sizeof(impl))) {
+	} else if (dt != FW_F32 && primitive_create(&prim, &a, &a, &a, FW_F32, FW_F32, false, false,
+						    impl, sizeof(impl))) {
 		snprintf(buf, len, "widened to f32, then oneDNN %s (%s)", impl,
 			 mm.force_fallback ? "forced by FW_MATMUL_FALLBACK"
 					   : "oneDNN has no kernel for this CPU");

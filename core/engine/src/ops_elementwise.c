@@ -686,24 +686,30 @@ static void unary_backward(struct fw_tensor *out, const struct fw_exec *ex, bwd_
 	if (!x->grad)
 		return;
 	const struct fw_tensor *v = reads == READS_X ? x : reads == READS_Y ? out : NULL;
-	float *dx = fw_f32(x->grad);
-	const float *dy = fw_f32(out->grad);
+	const struct fw_tensor *gx = x->grad, *gy = out->grad;
 	int64_t n = fw_nelem(out);
 
-	if (!v || v->dtype == FW_F32) {
-		const float *vp = v ? fw_f32(v) : NULL;
+	if ((!v || v->dtype == FW_F32) && gx->dtype == FW_F32 && gy->dtype == FW_F32) {
+		float *dx = fw_f32(gx);
+		const float *dy = fw_f32(gy), *vp = v ? fw_f32(v) : NULL;
 		#pragma omp parallel for schedule(static) if (n > PAR_MIN)
 		for (int64_t i0 = 0; i0 < n; i0 += CHUNK)
 			row(out, ex, dx + i0, dy + i0, vp ? vp + i0 : NULL, i0,
 			    min64(CHUNK, n - i0));
 		return;
 	}
+	/* half values or gradients (autocast): dx's block read, added to and
+	 * rounded back once */
 	#pragma omp parallel for schedule(static) if (n > PAR_MIN)
 	for (int64_t i0 = 0; i0 < n; i0 += BLK) {
-		float vb[BLK];
+		float vb[BLK], dyb[BLK], dxb[BLK];
 		int64_t m = min64(BLK, n - i0);
-		half_load(vb, elem_ptr(v->data, v->dtype, i0), v->dtype, m);
-		row(out, ex, dx + i0, dy + i0, vb, i0, m);
+		if (v)
+			half_load(vb, elem_ptr(v->data, v->dtype, i0), v->dtype, m);
+		half_load(dyb, elem_ptr(gy->data, gy->dtype, i0), gy->dtype, m);
+		half_load(dxb, elem_ptr(gx->data, gx->dtype, i0), gx->dtype, m);
+		row(out, ex, dxb, dyb, v ? vb : NULL, i0, m);
+		half_store(elem_ptr(gx->data, gx->dtype, i0), gx->dtype, dxb, m);
 	}
 }
 
@@ -775,7 +781,7 @@ static void scale_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_scale_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "scale",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = scale_infer,
 	.forward = scale_forward,
 	.backward = scale_backward,
@@ -857,7 +863,7 @@ static void gelu_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_gelu_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "gelu",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = gelu_infer,
 	.forward = gelu_forward,
 	.backward = gelu_backward,
@@ -900,7 +906,7 @@ static void relu_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_relu_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "relu",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = relu_infer,
 	.forward = relu_forward,
 	.backward = relu_backward,
@@ -945,7 +951,7 @@ static void silu_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_silu_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "silu",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = silu_infer,
 	.forward = silu_forward,
 	.backward = silu_backward,
@@ -988,7 +994,7 @@ static void tanh_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_tanh_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "tanh",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = tanh_infer,
 	.forward = tanh_forward,
 	.backward = tanh_backward,
@@ -1031,7 +1037,7 @@ static void sigmoid_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_sigmoid_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "sigmoid",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = sigmoid_infer,
 	.forward = sigmoid_forward,
 	.backward = sigmoid_backward,
@@ -1138,7 +1144,7 @@ static void dropout_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_dropout_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "dropout",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = dropout_infer,
 	.forward = dropout_forward,
 	.backward = dropout_backward,

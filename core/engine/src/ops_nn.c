@@ -1017,17 +1017,27 @@ static void cross_entropy_forward(struct fw_tensor *out, const struct fw_exec *e
 	fw_f32(out)[0] = k ? (float)(loss / (double)k) : 0.0f;
 }
 
-/* Per-thread scratch for backward: one row of exps and its block maxima. */
-static size_t ce_part_bytes(int64_t V)
+static bool half_grad(const struct fw_tensor *x)
 {
-	return align64((size_t)V * sizeof(float)) + align64((size_t)lse_blocks(V) * sizeof(float));
+	return x->grad && x->grad->dtype != FW_F32;
+}
+
+/* Per-thread scratch for backward: one row of exps and its block maxima,
+ * and for a half gradient (bf16/f16 logits under autocast) an f32 row of
+ * it. */
+static size_t ce_part_bytes(int64_t V, bool half)
+{
+	return align64((size_t)V * sizeof(float)) * (half ? 2 : 1) +
+	       align64((size_t)lse_blocks(V) * sizeof(float));
 }
 
 static size_t cross_entropy_workspace(const struct fw_tensor *out)
 {
 	const struct fw_tensor *x = out->src[0];
-	size_t bytes = (size_t)omp_get_max_threads() * ce_part_bytes(x->ne[x->ndim - 1]);
-	return bytes <= WS_MAX ? bytes : 0;   /* without it, backward recomputes exp */
+	bool half = half_grad(x);
+	size_t bytes = (size_t)omp_get_max_threads() * ce_part_bytes(x->ne[x->ndim - 1], half);
+	/* without it, backward recomputes exp (an f32 gradient only) */
+	return bytes <= WS_MAX || half ? bytes : 0;
 }
 
 /* dlogits += (softmax - onehot(target)) dloss / count on counted rows. */
@@ -1041,22 +1051,27 @@ static void cross_entropy_backward(struct fw_tensor *out, const struct fw_exec *
 	if (!k)
 		return;
 	float scale = (float)((double)fw_f32(out->grad)[0] / (double)k);
-	float *dx = fw_f32(xt->grad);   /* (N, V) */
-	size_t each = ce_part_bytes(V);
+	bool half = half_grad(xt);
+	enum fw_dtype gdt = xt->grad->dtype;
+	size_t each = ce_part_bytes(V, half), row = align64((size_t)V * sizeof(float));
 	int T = ws_threads(ex, each);
+	FW_ASSERT(!half || T > 0);
 
 	#pragma omp parallel num_threads(T > 0 ? T : 1) if (c.N * V > PAR_MIN)
 	{
 		int it = omp_get_thread_num();
 		char *p = T > 0 ? (char *)ex->ws + (size_t)it * each : NULL;
 		float *e = p ? (float *)p : NULL;
-		float *bm = p ? (float *)(p + align64((size_t)V * sizeof(float))) : NULL;
+		float *bm = p ? (float *)(p + row * (half ? 2 : 1)) : NULL;
 		#pragma omp for schedule(static)
 		for (int64_t n = 0; n < c.N; n++) {
 			if (!ce_counted(&c, n))
 				continue;
 			const void *xr = elem_ptr(c.x, c.dt, n * V);
-			float *d = dx + n * V;
+			void *dr = elem_ptr(xt->grad->data, gdt, n * V);
+			float *d = half ? (float *)(p + row) : dr;
+			if (half)
+				half_load(d, dr, gdt, V);
 			double lse = fw_row_logsumexp(xr, c.dt, V, e, bm);
 			if (e) {
 				/* softmax = e * exp(block max - lse) */
@@ -1078,6 +1093,8 @@ static void cross_entropy_backward(struct fw_tensor *out, const struct fw_exec *
 				}
 			}
 			d[c.t[n]] -= scale;
+			if (half)
+				half_store(dr, gdt, d, V);
 		}
 	}
 }
@@ -1091,7 +1108,7 @@ static uint32_t cross_entropy_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_cross_entropy_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "cross_entropy",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = cross_entropy_infer,
 	.forward = cross_entropy_forward,
 	.backward = cross_entropy_backward,

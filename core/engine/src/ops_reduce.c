@@ -473,11 +473,12 @@ static void cast_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	}
 }
 
-/* dx += dy, both f32. */
+/* dx += dy, both f32; nothing when the graph gave the cast its source's
+ * gradient buffer (an f32 source: graph.c's shares_grad). */
 static void cast_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *xt = out->src[0];
-	if (!xt->grad)
+	if (!xt->grad || xt->grad->data == out->grad->data)
 		return;
 	const float *dy = fw_f32(out->grad);
 	float *dx = fw_f32(xt->grad);

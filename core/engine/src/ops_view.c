@@ -7,6 +7,7 @@
  */
 #include <string.h>
 
+#include "half.h"
 #include "internal.h"
 
 /* Calls fn(dst_off, src_off) over a 4-D index space of shape ne, with
@@ -29,17 +30,26 @@ static struct walk walk_of(const struct fw_tensor *shape, const int64_t *dst_nb,
 	return w;
 }
 
+/* Element offsets of outer row o (a row is the last dim) in dst and src. */
+static inline void walk_row(const struct walk *w, int64_t o, int64_t *d, int64_t *s)
+{
+	int64_t i0 = o / (w->ne[1] * w->ne[2]);
+	int64_t i1 = (o / w->ne[2]) % w->ne[1];
+	int64_t i2 = o % w->ne[2];
+	*d = i0 * w->da[0] + i1 * w->da[1] + i2 * w->da[2];
+	*s = i0 * w->sa[0] + i1 * w->sa[1] + i2 * w->sa[2];
+}
+
 /* dst[d] (+)= src[s] for f32 data. */
 static void walk_f32(const struct walk *w, float *dst, const float *src, bool add)
 {
 	int64_t outer = w->ne[0] * w->ne[1] * w->ne[2];
 	#pragma omp parallel for schedule(static) if (outer * w->ne[3] > 32768)
 	for (int64_t o = 0; o < outer; o++) {
-		int64_t i0 = o / (w->ne[1] * w->ne[2]);
-		int64_t i1 = (o / w->ne[2]) % w->ne[1];
-		int64_t i2 = o % w->ne[2];
-		float *d = dst + i0 * w->da[0] + i1 * w->da[1] + i2 * w->da[2];
-		const float *s = src + i0 * w->sa[0] + i1 * w->sa[1] + i2 * w->sa[2];
+		int64_t od, os;
+		walk_row(w, o, &od, &os);
+		float *d = dst + od;
+		const float *s = src + os;
 		int64_t dd = w->da[3], ss = w->sa[3];
 		if (add) {
 			for (int64_t i = 0; i < w->ne[3]; i++)
@@ -51,17 +61,57 @@ static void walk_f32(const struct walk *w, float *dst, const float *src, bool ad
 	}
 }
 
+/* dst[d] += src[s] where either is bf16/f16 (half gradients under
+ * autocast): each sum in f32, rounded once. */
+static void walk_add_half(const struct walk *w, void *dst, enum fw_dtype dd, const void *src,
+			  enum fw_dtype sd)
+{
+	int64_t outer = w->ne[0] * w->ne[1] * w->ne[2];
+	#pragma omp parallel for schedule(static) if (outer * w->ne[3] > 32768)
+	for (int64_t o = 0; o < outer; o++) {
+		int64_t d, s;
+		walk_row(w, o, &d, &s);
+		if (w->da[3] == 1 && w->sa[3] == 1) {     /* rows: blocks of f32 */
+			for (int64_t j0 = 0; j0 < w->ne[3]; j0 += BLK) {
+				float db[BLK], sb[BLK];
+				int64_t m = min64(BLK, w->ne[3] - j0);
+				half_load(db, elem_ptr(dst, dd, d + j0), dd, m);
+				half_load(sb, elem_ptr(src, sd, s + j0), sd, m);
+				#pragma omp simd
+				for (int64_t j = 0; j < m; j++)
+					db[j] += sb[j];
+				half_store(elem_ptr(dst, dd, d + j0), dd, db, m);
+			}
+			continue;
+		}
+		for (int64_t i = 0; i < w->ne[3]; i++) {
+			float v = half_get(dst, dd, d + i * w->da[3]) +
+				  half_get(src, sd, s + i * w->sa[3]);
+			half_store(elem_ptr(dst, dd, d + i * w->da[3]), dd, &v, 1);
+		}
+	}
+}
+
+/* dst[d] += src[s] for gradients of any float dtype. */
+static void walk_add(const struct walk *w, void *dst, enum fw_dtype dd, const void *src,
+		     enum fw_dtype sd)
+{
+	if (dd == FW_F32 && sd == FW_F32)
+		walk_f32(w, dst, src, true);
+	else
+		walk_add_half(w, dst, dd, src, sd);
+}
+
 /* Byte copy for any element size (cont of bf16/i32 views). */
 static void walk_bytes(const struct walk *w, char *dst, const char *src, size_t es)
 {
 	int64_t outer = w->ne[0] * w->ne[1] * w->ne[2];
 	#pragma omp parallel for schedule(static) if (outer * w->ne[3] > 32768)
 	for (int64_t o = 0; o < outer; o++) {
-		int64_t i0 = o / (w->ne[1] * w->ne[2]);
-		int64_t i1 = (o / w->ne[2]) % w->ne[1];
-		int64_t i2 = o % w->ne[2];
-		char *d = dst + (i0 * w->da[0] + i1 * w->da[1] + i2 * w->da[2]) * es;
-		const char *s = src + (i0 * w->sa[0] + i1 * w->sa[1] + i2 * w->sa[2]) * es;
+		int64_t od, os;
+		walk_row(w, o, &od, &os);
+		char *d = dst + od * es;
+		const char *s = src + os * es;
 		if (es == 2) {          /* bf16/f16 activations under autocast */
 			uint16_t *d2 = (uint16_t *)(void *)d;
 			const uint16_t *s2 = (const uint16_t *)(const void *)s;
@@ -141,7 +191,7 @@ static uint32_t no_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_reshape_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "reshape",
-	.flags = FW_OPF_VIEW | FW_OPF_HALF,
+	.flags = FW_OPF_VIEW | FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = reshape_infer,
 	.forward = view_forward,
 	.backward = reshape_backward,
@@ -182,13 +232,13 @@ static void permute_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	for (int i = 0; i < out->ndim; i++)
 		dst[i] = xs[out->params[i].i];
 	struct walk w = walk_of(out, dst, srcs);
-	walk_f32(&w, x->grad->data, out->grad->data, true);
+	walk_add(&w, x->grad->data, x->grad->dtype, out->grad->data, out->grad->dtype);
 }
 
 const struct fw_op_i fw_op_permute_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "permute",
-	.flags = FW_OPF_VIEW | FW_OPF_STRIDED | FW_OPF_HALF,
+	.flags = FW_OPF_VIEW | FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = permute_infer,
 	.forward = view_forward,
 	.backward = permute_backward,
@@ -236,14 +286,14 @@ static void slice_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	contiguous_strides(x, xs);
 	contiguous_strides(out, gs);
 	struct walk w = walk_of(out, xs, gs);
-	float *dst = (float *)x->grad->data + out->params[1].i * xs[axis];
-	walk_f32(&w, dst, out->grad->data, true);
+	void *dst = elem_ptr(x->grad->data, x->grad->dtype, out->params[1].i * xs[axis]);
+	walk_add(&w, dst, x->grad->dtype, out->grad->data, out->grad->dtype);
 }
 
 const struct fw_op_i fw_op_slice_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "slice",
-	.flags = FW_OPF_VIEW | FW_OPF_STRIDED | FW_OPF_HALF,
+	.flags = FW_OPF_VIEW | FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = slice_infer,
 	.forward = view_forward,
 	.backward = slice_backward,
@@ -279,6 +329,14 @@ static void cont_forward(struct fw_tensor *out, const struct fw_exec *ex)
 /* Both gradients are contiguous in the same shape: a plain add. */
 static void cont_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
+	const struct fw_tensor *gx = out->src[0]->grad, *gy = out->grad;
+	if (gx->dtype != FW_F32 || gy->dtype != FW_F32) {
+		int64_t os[FW_MAX_DIMS];
+		contiguous_strides(out, os);
+		struct walk w = walk_of(out, os, os);
+		walk_add(&w, gx->data, gx->dtype, gy->data, gy->dtype);
+		return;
+	}
 	float *dx = out->src[0]->grad->data;
 	const float *dy = out->grad->data;
 	int64_t n = fw_nelem(out);
@@ -290,7 +348,7 @@ static void cont_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_cont_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "cont",
-	.flags = FW_OPF_STRIDED | FW_OPF_HALF,
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = cont_infer,
 	.forward = cont_forward,
 	.backward = cont_backward,

@@ -54,10 +54,11 @@ void fw_tensor_set_name(struct fw_tensor *t, const char *fmt, ...)
 enum fw_status fw_param_set_trainable(struct fw_ctx *ctx, struct fw_tensor *p, bool on);
 
 /* Mixed precision, like torch.autocast: every fw_matmul (and fw_linear)
- * built on ctx from now on whose operands are both f32 gets them cast to dt
+ * built on ctx from now on whose operands are f32 gets them cast to dt
  * (FW_BF16 or FW_F16; FW_F32 turns it off). The product then runs in dt with
- * f32 accumulation and an f32 result, its backward takes the output
- * gradient rounded to dt, and the casts pass f32 gradients through, so
+ * f32 accumulation and a dt result; ops flagged FW_OPF_HALF read it as is,
+ * others get it cast to f32. A dt node's gradient is dt (as torch's autograd
+ * keeps it); a cast's is f32 and shares its f32 source's buffer, so
  * parameters and their gradients stay f32 (docs/mixed-precision.md). The
  * operands a matmul keeps for its backward are the dt copies. */
 enum fw_status fw_ctx_set_autocast(struct fw_ctx *ctx, enum fw_dtype dt);

@@ -33,6 +33,11 @@ enum {
 	 * dtype infer picks. Under autocast (fw_ctx_set_autocast), the half
 	 * sources of an op without this flag are cast to f32 first. */
 	FW_OPF_HALF = 1u << 2,
+	/* Backward reads and adds into bf16/f16 gradients itself. Under
+	 * autocast a half node's gradient is in its dtype (as torch's autograd
+	 * keeps it); for an op without this flag the graph hands backward f32
+	 * copies in the workspace and rounds what it added back (graph.c). */
+	FW_OPF_HALF_GRAD = 1u << 3,
 };
 
 struct fw_op_i {
