@@ -5,7 +5,8 @@
  * A GPT-2-style arch/decoder with random weights, decoded through the
  * runtime's decoder (fw/runtime/generate.h: one token a step over KV caches
  * of --max-len positions). For each --at position p the step's inputs say
- * p tokens are cached (the cache contents do not change the work), and the
+ * p tokens are cached (the row's slot is p; the cache contents do not change
+ * the work), and the
  * median of --steps forwards after two warm-ups is that position's time.
  *
  *   decode --plugin attention/flash [--max-len 4096] [--at 128,1024,4000]
@@ -103,7 +104,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "decode: %s\n", err.msg[0] ? err.msg : fw_ctx_err(d.ctx)->msg);
 		return 1;
 	}
-	float *mask = d.mask->data;
 	double t[1000];
 	printf("{\"plugin\": \"%s\", \"max_len\": %lld, \"threads\": %d, \"ms\": {", plugin,
 	       max_len, fw_get_num_threads());
@@ -116,9 +116,7 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		s = *end == ',' ? end + 1 : end;
-		*(int32_t *)d.len->data = (int32_t)p;
-		for (long long j = 0; j < max_len; j++)
-			mask[j] = j <= p ? 0.0f : -INFINITY;
+		*(int32_t *)d.slots->data = (int32_t)p;     /* the row's position */
 		*(int32_t *)d.m.tokens->data = 1;
 		for (int i = -2; i < steps; i++) {
 			double t0 = now();

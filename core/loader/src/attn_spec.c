@@ -36,6 +36,12 @@ enum fw_status fw_attn_check_rope(const struct fw_attn_spec *spec, const struct 
 	return FW_OK;
 }
 
+struct fw_tensor *fw_attn_cache_slots(const struct fw_attn_spec *spec)
+{
+	struct fw_tensor *len = spec->cache ? spec->cache->len : NULL;
+	return len && len->ndim == 2 ? len : NULL;
+}
+
 struct fw_tensor *fw_attn_rope(struct fw_model *m, const struct fw_attn_spec *spec,
 			       struct fw_tensor *x)
 {
@@ -47,9 +53,9 @@ struct fw_tensor *fw_attn_rope(struct fw_model *m, const struct fw_attn_spec *sp
 					      (float)spec->rope_scale_orig_max_pos };
 	struct fw_tensor *pos = NULL;
 	enum fw_rope_pos mode = FW_ROPE_ARANGE;
-	if (spec->cache) {
+	if (spec->cache) {      /* the cache length, or each token's slot (B, T) */
 		pos = spec->cache->len;
-		mode = FW_ROPE_OFFSET;
+		mode = fw_attn_cache_slots(spec) ? FW_ROPE_POSITIONS : FW_ROPE_OFFSET;
 	} else if (FW_HAS(m, positions) && m->positions) {
 		pos = m->positions;
 		mode = FW_ROPE_POSITIONS;

@@ -263,11 +263,12 @@ static const struct abi_sizes frozen[FW_ABI_MINOR + 1] = {
 	[3] = SIZES_1_3,             /* 1.3: fw_peft_i.check, init_from_base; fw_arch_i.hf_maps; fw_model.n_virtual */
 	[4] = SIZES_1_3,             /* 1.4 appended to host-owned structs only: fw_model.enc_len..n_cross,
 					fw_host.lm_head_cross_entropy */
+	[5] = SIZES_1_3,             /* 1.5 added no member: per-row cache slots (fw_kv_cache.len) */
 };
 #undef SIZES_1_0
 #undef SIZES_1_2
 #undef SIZES_1_3
-_Static_assert(FW_ABI_MINOR == 4, "a new minor needs its row in frozen[] and, if it "
+_Static_assert(FW_ABI_MINOR == 5, "a new minor needs its row in frozen[] and, if it "
 	       "changes the fingerprint, a case in fingerprint_of()");
 
 /* The fingerprint a plugin of this minor carries. 1.0 and 1.1 hashed the

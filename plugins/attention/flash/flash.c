@@ -60,10 +60,11 @@ static int g_ranges_op = -1, g_attn_op = -1, g_out_op = -1;
 /* --- ranges ----------------------------------------------------------------------------
  *
  * src0 q (shape only), then by p0.i bits: 1 positions (B, T) i32, 2 bias
- * (B, 1, T, T) f32, 4 cache length i32 [1], in that order. p1.i causal,
- * p2.i Tk. Out (B, Tq, 3) i32: lo, hi, qpos. Query i sits at qpos = i + len
- * (cache) or i + Tk - Tq (the causal mask's alignment, as mha's). Keys
- * visible: [0, Tk), or [0, len + Tq) with a cache; with a bias, the row's
+ * (B, 1, T, T) f32, 4 cache length i32 [1] or per-row slots (B, Tq), in that
+ * order. p1.i causal, p2.i Tk. Out (B, Tq, 3) i32: lo, hi, qpos. Query i
+ * sits at qpos = i + len or slots[b, i] (cache) or i + Tk - Tq (the causal
+ * mask's alignment, as mha's). Keys visible: [0, Tk), or [0, len + Tq) with
+ * a cache, [0, qpos] with slots; with a bias, the row's
  * interval of zeros (its example): from the positions in O(1) per row
  * (start = i - pos[i], checked against the bias at the interval's edges),
  * else by scanning the row; a row whose diagonal is -inf (padding) sees
@@ -90,9 +91,10 @@ static enum fw_status ranges_infer(struct fw_tensor *out, struct fw_err *err)
 	}
 	if (f & RG_LEN) {
 		const struct fw_tensor *l = out->src[k++];
-		if (!l || l->dtype != FW_I32 || fw_nelem(l) != 1)
+		if (!l || l->dtype != FW_I32 || !fw_is_contiguous(l) ||
+		    (l->ndim == 2 ? l->ne[0] != B || l->ne[1] != Tq : fw_nelem(l) != 1))
 			return fw_errorf(err, FW_ERR_SHAPE, "flash.ranges: the cache length must be "
-					 "i32 [1]");
+					 "i32 [1] or per-row slots (B, Tq)");
 	}
 	out->dtype = FW_I32;
 	out->ndim = 3;
@@ -126,12 +128,14 @@ static void ranges_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	if (valid < 0)
 		valid = 0;
 	int32_t *rg = fw_i32(out);
+	const int32_t *slots = len && len->ndim == 2 ? fw_i32(len) : NULL;
 	for (int64_t b = 0; b < B; b++) {
 		int32_t *r = rg + b * Tq * 3;
 		for (int64_t i = 0; i < Tq; i++) {
-			r[3 * i] = 0;
-			r[3 * i + 1] = (int32_t)valid;
-			r[3 * i + 2] = (int32_t)(i + off);
+			int64_t at = slots ? slots[b * Tq + i] : i + off;
+			r[3 * i] = 0;         /* per-row slots: keys [0, slot] of the row */
+			r[3 * i + 1] = (int32_t)(slots ? (at < Tk ? at + 1 : Tk) : valid);
+			r[3 * i + 2] = (int32_t)at;
 		}
 		if (!bias)
 			continue;
