@@ -22,18 +22,23 @@ For each under attention/mha and attention/flash:
      same kernels, a row never sees another's slots);
   3. sampling (temperature, top-k, top-p, repetition penalty) in 2 rows equals
      the batch-1 runs with the same seed.
+Then --eos-token-id (Llama, mha), as Hugging Face's eos_token_id: with the
+4th torch greedy id of prompt 0 (not earlier in it), and then that id and
+another, prompt 0 stops right after generating it (the id kept, finish "eos")
+while a prompt whose greedy ids lack both runs to its length; the same for
+the batch-1 --prompt-tokens run. Bad values (not ids, an id outside the
+vocabulary): one fwrun line naming the option, exit 2.
 Ends with "generate_prefill: N passed, M failed"; exit 0 only when none failed.
 """
 import json
 import os
 import sys
 
-import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import generate_batch as gb  # noqa: E402
 import gpt2_parity as gp  # noqa: E402
 import llama_parity as lp  # noqa: E402
 
@@ -56,38 +61,9 @@ def ini(m):
     return "\n".join(lines) + "\n"
 
 
-def write_ckpt(path, m, W):
-    with h5py.File(path, "w") as f:
-        f.attrs["fw_format"] = "fw-tensors"
-        f.attrs["fw_format_version"] = np.int32(1)
-        f.attrs["fw_arch"] = "arch/decoder"
-        f.attrs["config"] = ini(m)
-        t = f.create_group("tensors", track_order=True)
-        for n, _ in lp.names(m):
-            t[n] = W[n].numpy()
-
-
 def greedy_ref(m, W, prompt, n):
     """torch greedy ids, log-probabilities, smallest top-2 margin."""
-    ids, lps, margin = list(prompt), [], 1e9
-    with torch.no_grad():
-        for _ in range(n):
-            lg = lp.forward(m, W, torch.tensor([ids]))[0, -1].double()
-            top = torch.topk(lg, 2)
-            margin = min(margin, float(top.values[0] - top.values[1]))
-            t = int(top.indices[0])
-            lps.append(float(F.log_softmax(lg, -1)[t]))
-            ids.append(t)
-    return ids[len(prompt):], lps, margin
-
-
-def rows_of(p):
-    out = [json.loads(line) for line in p.stdout.strip().splitlines()]
-    return sorted(out, key=lambda r: r["index"])
-
-
-def ids_of(p):
-    return [int(t) for t in p.stdout.strip().split(",")] if p.returncode == 0 else None
+    return gb.greedy_ref(lambda idx: lp.forward(m, W, idx), prompt, n)
 
 
 def check(fw, work, name, m, W, ck, prompts, refs, att):
@@ -101,7 +77,7 @@ def check(fw, work, name, m, W, ck, prompts, refs, att):
            f"--max-new-tokens={N_NEW}", "--temperature=0", "--threads=2")
     if not R.check(f"{tag}: --prompts greedy runs", p.returncode == 0, gp.describe(p)):
         return
-    rows = rows_of(p)
+    rows = gb.rows_of(p)
     R.check(f"{tag}: one line per prompt", [r["index"] for r in rows] ==
             list(range(len(prompts))), str([r["index"] for r in rows]))
     for i, (prompt, row, (want, lps, margin)) in enumerate(zip(prompts, rows, refs)):
@@ -113,7 +89,7 @@ def check(fw, work, name, m, W, ck, prompts, refs, att):
         R.check(f"{tag}: prompt {i} log-probabilities (prefill's first) = torch's "
                 f"log_softmax within {TOL_LOGPROB:g}", err <= TOL_LOGPROB,
                 f"max |diff| {err:.2e}")
-        one = ids_of(fw("generate", plugins, f"--load={ck}",
+        one = gb.ids_of(fw("generate", plugins, f"--load={ck}",
                         "--prompt-tokens=" + ",".join(map(str, prompt)),
                         f"--max-new-tokens={N_NEW}", "--temperature=0", "--threads=2"))
         R.check(f"{tag}: prompt {i} = its batch-1 run", row["tokens"] == one,
@@ -124,12 +100,55 @@ def check(fw, work, name, m, W, ck, prompts, refs, att):
            f"--max-new-tokens={N_NEW}", "--threads=2", *sample)
     if not R.check(f"{tag}: --prompts sampling runs", p.returncode == 0, gp.describe(p)):
         return
-    got = [r["tokens"] for r in rows_of(p)]
-    alone = [ids_of(fw("generate", plugins, f"--load={ck}",
+    got = [r["tokens"] for r in gb.rows_of(p)]
+    alone = [gb.ids_of(fw("generate", plugins, f"--load={ck}",
                        "--prompt-tokens=" + ",".join(map(str, t)), f"--max-new-tokens={N_NEW}",
                        "--threads=2", *sample)) for t in prompts]
     R.check(f"{tag}: sampled rows = their batch-1 runs (same seed)", got == alone,
             f"batch {got} alone {alone}")
+
+
+def check_eos(fw, work, ck, prompts, refs):
+    plugins = "--plugins=arch/decoder,attention/mha"
+    want = refs[0][0]
+    eos = want[3]
+    stop_at = want.index(eos) + 1
+    other = next((i for i in range(1, len(prompts)) if eos not in refs[i][0]), None)
+    extra = next(t for t in range(lp.VOCAB) if t not in want and
+                 (other is None or t not in refs[other][0]))
+    if not R.check("eos: torch continuations fit the check", other is not None,
+                   f"{[r[0] for r in refs]}"):
+        return
+    path = os.path.join(work, "eos.jsonl")
+    with open(path, "w") as f:
+        for i in (0, other):
+            f.write(json.dumps({"tokens": prompts[i]}) + "\n")
+    for ids in (f"{eos}", f"{extra},{eos}"):
+        p = fw("generate", plugins, f"--load={ck}", f"--prompts={path}", "--batch-size=2",
+               f"--max-new-tokens={N_NEW}", "--temperature=0", "--threads=2",
+               f"--eos-token-id={ids}")
+        if not R.check(f"eos {ids}: --prompts runs", p.returncode == 0, gp.describe(p)):
+            continue
+        rows = gb.rows_of(p)
+        R.check(f"eos {ids}: prompt 0 stops at id {eos} (kept), finish eos",
+                rows[0]["tokens"] == want[:stop_at] and rows[0]["finish"] == "eos",
+                f"{rows[0]['tokens']} {rows[0]['finish']}; torch {want}")
+        R.check(f"eos {ids}: the other prompt runs to its length",
+                rows[1]["tokens"] == refs[other][0] and rows[1]["finish"] == "length",
+                f"{rows[1]['tokens']} {rows[1]['finish']}; torch {refs[other][0]}")
+        one = gb.ids_of(fw("generate", plugins, f"--load={ck}",
+                        "--prompt-tokens=" + ",".join(map(str, prompts[0])),
+                        f"--max-new-tokens={N_NEW}", "--temperature=0", "--threads=2",
+                        f"--eos-token-id={ids}"))
+        R.check(f"eos {ids}: the --prompt-tokens run stops there too", one == want[:stop_at],
+                f"{one}; torch {want}")
+    for bad, expect in (("x,2", "--eos-token-id: 'x,2' is not"),
+                        (str(lp.VOCAB), f"--eos-token-id: id {lp.VOCAB} is outside")):
+        p = fw("generate", plugins, f"--load={ck}", "--prompt-tokens=1,2",
+               "--max-new-tokens=2", f"--eos-token-id={bad}")
+        lines = p.stderr.strip().splitlines()
+        R.check(f"eos bad {bad!r}: one fwrun line, exit 2", p.returncode == 2 and
+                len(lines) == 1 and expect in lines[0] and not p.stdout, gp.describe(p))
 
 
 def main():
@@ -142,10 +161,12 @@ def main():
             m = lp.MODELS[name]
             W = lp.random_weights(m, 99, std=0.25)
             ck = os.path.join(work, name + ".h5")
-            write_ckpt(ck, m, W)
+            lp.write_ckpt(ck, m, W, ini(m))
             refs = [greedy_ref(m, W, t, N_NEW) for t in prompts]
             for att in ("mha", "flash"):
                 check(fw, work, name, m, W, ck, prompts, refs, att)
+            if name == "llama":
+                check_eos(fw, work, ck, prompts, refs)
 
     return R.run("generate_prefill", a.keep, body)
 

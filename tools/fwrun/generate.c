@@ -237,6 +237,36 @@ static enum fw_status fits(const struct gen *s, int64_t n_prompt, struct fw_err 
 	return FW_OK;
 }
 
+/* --eos-token-id: ids, comma-separated, at most FW_RT_GENCONFIG_MAX_EOS. */
+static enum fw_status eos_ids_parse(struct gen *s, const char *arg, struct fw_err *err)
+{
+	int32_t *ids = NULL;
+	int64_t n = 0;
+	enum fw_status st = FW_OK;
+	if (parse_tokens(arg, &ids, &n) != 0 || n == 0)
+		st = fw_errorf(err, FW_ERR_INVALID, "--eos-token-id: '%s' is not a comma-separated "
+			       "list of token ids", arg);
+	else if (n > FW_RT_GENCONFIG_MAX_EOS)
+		st = fw_errorf(err, FW_ERR_INVALID, "--eos-token-id: %lld ids, at most %d",
+			       (long long)n, FW_RT_GENCONFIG_MAX_EOS);
+	for (int64_t i = 0; st == FW_OK && i < n; i++)
+		s->stop_ids[i] = ids[i];
+	if (st == FW_OK)
+		s->n_stop_ids = (int)n;
+	free(ids);
+	return st;
+}
+
+/* Whether tok is one of the end-of-sequence ids (generation_config.json's
+ * or --eos-token-id). */
+static bool is_stop_id(const struct gen *s, int32_t tok)
+{
+	for (int i = 0; i < s->n_stop_ids; i++)
+		if (tok == s->stop_ids[i])
+			return true;
+	return false;
+}
+
 /* The tokenizer's end of text or turn (with a tokenizer only). */
 static void stop_ids(struct gen *s)
 {
@@ -259,9 +289,7 @@ static const char *token_text(const struct gen *s, int32_t tok, size_t *nb)
 static enum fw_rt_action print_token(void *user, int32_t tok)
 {
 	struct gen *s = user;
-	bool stop = false;              /* ids: printed, as Hugging Face keeps it; text: not */
-	for (int i = 0; i < s->n_stop_ids; i++)
-		stop = stop || tok == s->stop_ids[i];
+	bool stop = is_stop_id(s, tok); /* ids: printed, as Hugging Face keeps it; text: not */
 	if (stop && s->tok)
 		return FW_RT_STOP;
 	if (!s->tok) {
@@ -629,9 +657,10 @@ static enum fw_rt_action row_token(void *user, int r, int32_t tok, float logprob
 	enum fw_rt_action act = FW_RT_CONTINUE;
 	json_array_append_new(o->tokens, json_integer(tok));
 	json_array_append_new(o->logprobs, json_real(logprob));
-	size_t nb;
-	const char *bytes = b->s->tok ? token_text(b->s, tok, &nb) : "";
-	if (b->s->tok && (!bytes || text_push(&o->out, bytes, nb))) {
+	bool eos = is_stop_id(b->s, tok);
+	size_t nb = 0;
+	const char *bytes = b->s->tok && !eos ? token_text(b->s, tok, &nb) : NULL;
+	if (eos || (b->s->tok && (!bytes || text_push(&o->out, bytes, nb)))) {
 		o->finish = bytes ? "stop" : "eos";
 		act = FW_RT_STOP;
 	}
@@ -863,6 +892,11 @@ int cmd_generate(int argc, char **argv)
 	}
 	if (have_gc)
 		genconfig_apply(&s, &gc, &cfg, n_prompt, gc_where);
+	if (*fw_opt_str(o, "eos-token-id") && eos_ids_parse(&s, fw_opt_str(o, "eos-token-id"),
+							    &err) != FW_OK) {
+		rc = fail(FW_ERR_INVALID, "%s", err.msg);
+		goto out;
+	}
 	s.n_pos = arch_positions(slots.arch->opts);
 	if (interactive && s.n_pos <= 0) {
 		rc = fail(FW_ERR_INVALID, "--interactive sizes its cache by the arch's n-positions, "
@@ -927,6 +961,12 @@ int cmd_generate(int argc, char **argv)
 	config_report(&cfg);                                  /* once generation is possible */
 	warn_unused_options(&cfg, "generate", argc, argv);
 	s.opts.n_sample = s.d.V;
+	for (int i = 0; *fw_opt_str(o, "eos-token-id") && i < s.n_stop_ids; i++)
+		if (s.stop_ids[i] >= s.d.V) {
+			rc = fail(FW_ERR_INVALID, "--eos-token-id: id %d is outside the vocabulary "
+				  "(%d)", s.stop_ids[i], s.d.V);
+			goto out;
+		}
 	if (s.tok) {            /* a padded vocabulary: ids past the tokenizer's never come */
 		int nv = fw_tokenizer_vocab_size(s.tok);
 		if (nv > s.d.V) {
