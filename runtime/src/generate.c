@@ -329,8 +329,9 @@ static void mark_seen(struct fw_rt_decoder *d, int r, const struct fw_rt_gen_row
 		d->seen[(size_t)r * d->V + row->prompt[t]] = 1;
 }
 
-/* Continuous batching: each free row takes the next prompt and prefills it;
- * then one step for every row that still runs. */
+/* Continuous batching: each free row takes the next prompt and prefills it
+ * (with a peft plugin: reads it a token a step, below); then one step for
+ * every row that still runs. */
 static enum fw_status run_batched(struct run *u, int n_rows, struct fw_err *err)
 {
 	struct fw_rt_decoder *d = u->d;
@@ -348,6 +349,10 @@ static enum fw_status run_batched(struct run *u, int n_rows, struct fw_err *err)
 	int32_t *tokens = d->m.tokens->data, *slots = d->slots->data;
 	enum fw_status st = FW_OK;
 	int pending = 0;
+	/* A peft plugin keeps per-model state (LoRA's merge switches a node of
+	 * the model it built), which a prefill model would not share: its
+	 * prompts go through the step graph, a token a step per row. */
+	bool pre = !d->plugins->peft;
 	for (int r = 0; r < R; r++)
 		who[r] = -1;
 	for (;;) {
@@ -360,10 +365,12 @@ static enum fw_status run_batched(struct run *u, int n_rows, struct fw_err *err)
 				if (max_new_of(u, i) <= 0)
 					continue;
 				mark_seen(d, r, row);
-				if ((st = prefill(d, r, row->prompt, row->n, &lg, err)) != FW_OK)
+				len[r] = pre ? row->n : 0;
+				if (!pre)
+					who[r] = i;
+				else if ((st = prefill(d, r, row->prompt, row->n, &lg, err)) != FW_OK)
 					break;
-				len[r] = row->n;
-				if (!emit(u, r, i, lg, row->n - 1, &next[r]))
+				else if (!emit(u, r, i, lg, row->n - 1, &next[r]))
 					who[r] = i;
 			}
 			active += who[r] >= 0;
@@ -371,18 +378,21 @@ static enum fw_status run_batched(struct run *u, int n_rows, struct fw_err *err)
 		if (st != FW_OK || !active)
 			break;
 		for (int r = 0; r < R; r++) {   /* a free row writes the last slot, unread */
-			tokens[r] = who[r] >= 0 ? next[r] : 0;
-			slots[r] = (int32_t)(who[r] >= 0 ? len[r] : L - 1);
+			const struct fw_rt_gen_row *row = who[r] >= 0 ? &u->rows[who[r]] : NULL;
+			tokens[r] = !row ? 0 : len[r] < row->n ? row->prompt[len[r]] : next[r];
+			slots[r] = (int32_t)(row ? len[r] : L - 1);
 		}
 		if (fw_graph_forward(d->g) != FW_OK) {
 			st = fw_errorf(err, FW_ERR_INTERNAL, "generate: %s", fw_ctx_err(d->ctx)->msg);
 			break;
 		}
 		const float *logits = d->m.logits->data;     /* (rows, 1, V) */
-		for (int r = 0; r < R; r++)
-			if (who[r] >= 0 && emit(u, r, who[r], logits + (size_t)r * d->V, len[r]++,
-						&next[r]))
+		for (int r = 0; r < R; r++) {
+			if (who[r] < 0 || ++len[r] < u->rows[who[r]].n)    /* still reading */
+				continue;
+			if (emit(u, r, who[r], logits + (size_t)r * d->V, len[r] - 1, &next[r]))
 				who[r] = -1;
+		}
 	}
 	free(who);
 	free(len);

@@ -12,7 +12,11 @@
  * writes every layer's cache; its rows then move into the prompt's row of
  * the decoding caches, and decoding goes on one token a step for all rows.
  * The prefill models share the decoder's weights; they are built on the
- * first generation (the weights must be loaded by then).
+ * first generation (the weights must be loaded by then). With a peft plugin
+ * there is no prefill model (a peft instance keeps per-model state, e.g.
+ * LoRA's merge switches a node of the model it built): a prompt goes
+ * through the decoding graph a token a step, in its own row, while the
+ * other rows decode.
  * Each step's logits get the repetition penalty and the sampler
  * (fw/runtime/sample.h), with the position as the RNG counter, so a prompt
  * and a key always give the same completion.
