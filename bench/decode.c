@@ -5,7 +5,8 @@
  * A GPT-2-style arch/decoder with random weights, decoded through the
  * runtime's decoder (fw/runtime/generate.h: one token a step over KV caches
  * of --max-len positions). For each --at position p the step's inputs say
- * p tokens are cached (the cache contents do not change the work), and the
+ * p tokens are cached (the row's slot is p; the cache contents do not change
+ * the work), and the
  * median of --steps forwards after two warm-ups is that position's time.
  *
  *   decode --plugin attention/flash [--max-len 4096] [--at 128,1024,4000]
@@ -16,40 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
-#include "fw/fw.h"
-#include "fw/loader.h"
 #include "fw/runtime/generate.h"
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int cmp(const void *a, const void *b)
-{
-	double x = *(const double *)a, y = *(const double *)b;
-	return x < y ? -1 : x > y;
-}
-
-static struct fw_loaded *open_plugin(const char *name, enum fw_plugin_kind kind,
-				     const char *const *opts, struct fw_err *err)
-{
-	struct fw_loaded *p = NULL;
-	if (fw_plugin_open(name, kind, &p, err) != FW_OK)
-		return NULL;
-	for (int i = 0; opts && opts[i]; i += 2)
-		if (fw_options_set(p->opts, opts[i], opts[i + 1], err) != FW_OK)
-			goto fail;
-	if (fw_options_resolve(p->opts, err) == FW_OK && fw_plugin_init(p, NULL, err) == FW_OK)
-		return p;
-fail:
-	fw_plugin_close(p);
-	return NULL;
-}
+#include "runtime_bench.h"
 
 int main(int argc, char **argv)
 {
@@ -93,8 +63,8 @@ int main(int argc, char **argv)
 	const char *arch_opts[] = { "n-layer", layers, "n-head", heads, "n-embd", embd,
 				    "vocab-size", vocab, "n-positions", npos, NULL };
 	struct fw_err err = { 0 };
-	struct fw_loaded *arch = open_plugin("arch/decoder", FW_KIND_ARCH, arch_opts, &err);
-	struct fw_loaded *att = arch ? open_plugin(plugin, FW_KIND_ATTENTION, NULL, &err) : NULL;
+	struct fw_loaded *arch = bench_plugin("arch/decoder", FW_KIND_ARCH, arch_opts, &err);
+	struct fw_loaded *att = arch ? bench_plugin(plugin, FW_KIND_ATTENTION, NULL, &err) : NULL;
 	struct fw_plugin_slots slots = { .arch = arch, .attention = att };
 	struct fw_rt_decoder d;
 	memset(&d, 0, sizeof(d));
@@ -103,7 +73,6 @@ int main(int argc, char **argv)
 		fprintf(stderr, "decode: %s\n", err.msg[0] ? err.msg : fw_ctx_err(d.ctx)->msg);
 		return 1;
 	}
-	float *mask = d.mask->data;
 	double t[1000];
 	printf("{\"plugin\": \"%s\", \"max_len\": %lld, \"threads\": %d, \"ms\": {", plugin,
 	       max_len, fw_get_num_threads());
@@ -116,21 +85,18 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		s = *end == ',' ? end + 1 : end;
-		*(int32_t *)d.len->data = (int32_t)p;
-		for (long long j = 0; j < max_len; j++)
-			mask[j] = j <= p ? 0.0f : -INFINITY;
+		*(int32_t *)d.slots->data = (int32_t)p;     /* the row's position */
 		*(int32_t *)d.m.tokens->data = 1;
 		for (int i = -2; i < steps; i++) {
-			double t0 = now();
+			double t0 = bench_now();
 			if (fw_graph_forward(d.g) != FW_OK) {
 				fprintf(stderr, "decode: %s\n", fw_ctx_err(d.ctx)->msg);
 				return 1;
 			}
 			if (i >= 0)
-				t[i] = now() - t0;
+				t[i] = bench_now() - t0;
 		}
-		qsort(t, (size_t)steps, sizeof(double), cmp);
-		printf("%s\"%lld\": %.4f", first ? "" : ", ", p, t[steps / 2] * 1e3);
+		printf("%s\"%lld\": %.4f", first ? "" : ", ", p, bench_median(t, steps) * 1e3);
 		first = 0;
 	}
 	printf("}}\n");

@@ -18,6 +18,9 @@ generate --chat) against the references.
    --prompt-tokens with npm's prompt ids prints STOP and "Oops" after them
    (the model does go on: the stop set ended it); the same prompt without
    --chat does not give "Hello world" (the template made the prompt).
+   --chat --prompts with "messages" and "prompt" records in 2 rows: every
+   row's text is "Hello world", finish "eos"; "messages" without --chat is
+   refused (exit 2, one line naming the record).
 
 usage: chat_generate.py --driver PATH --fwrun PATH --plugin-path DIR --build-dir DIR
 """
@@ -163,6 +166,21 @@ def check_generate(a, tmp, hf_mods, jinja_mods):
                        capture_output=True, env=env)
     check("generate --chat with a plain-text user message", r.returncode == 0 and
           r.stdout == b"Hello world\n", "%r %r" % (r.stdout, r.stderr[-300:]))
+    prompts = os.path.join(tmp, "chat_prompts.jsonl")
+    jsonl(prompts, [{"messages": conv}, {"prompt": "Name a colour."}, {"messages": conv}])
+    r = subprocess.run(base + ["--load=" + ck, "--chat", "--prompts=" + prompts, "--batch-size=2"],
+                       capture_output=True, env=env)
+    rows = [json.loads(x) for x in r.stdout.decode().splitlines()] if r.returncode == 0 else []
+    check("generate --chat --prompts (messages and text records, 2 rows): each row is "
+          "\"Hello world\", ends at <|end_of_text|> (finish eos, the id kept)",
+          [(x["index"], x["text"], x["finish"], x["tokens"]) for x in rows] ==
+          [(i, "Hello world", "eos", hello_world + [128001]) for i in range(3)],
+          "%r %r" % (r.stdout[-400:], r.stderr[-300:]))
+    r = subprocess.run(base + ["--load=" + ck, "--prompts=" + prompts], capture_output=True, env=env)
+    err = r.stderr.decode(errors="replace").strip().splitlines()
+    check("--prompts with \"messages\" and no --chat: exit 2, one line naming the record",
+          r.returncode == 2 and len(err) == 1 and ":1:" in err[0] and "--chat" in err[0] and
+          not r.stdout, "%d %s" % (r.returncode, err))
     r = subprocess.run(base + ["--load=" + ck, "--prompt=Name a colour."], capture_output=True, env=env)
     check("without --chat the prompt is not the template's", r.returncode == 0 and
           not r.stdout.startswith(b"Hello world"), "%r" % r.stdout)

@@ -139,12 +139,14 @@ def random_weights(m, seed, std=0.02):
     return W
 
 
-def write_ckpt(path, m, W):
+def write_ckpt(path, m, W, config=None):
+    """An fw checkpoint of m's weights W; config: its [arch/decoder] section
+    (default ini(m))."""
     with h5py.File(path, "w") as f:
         f.attrs["fw_format"] = "fw-tensors"
         f.attrs["fw_format_version"] = np.int32(1)
         f.attrs["fw_arch"] = "arch/decoder"
-        f.attrs["config"] = ini(m)
+        f.attrs["config"] = config or ini(m)
         t = f.create_group("tensors", track_order=True)
         for n, _ in names(m):
             t[n] = W[n].numpy()

@@ -21,7 +21,9 @@ Checks per encoder: 10 AdamW steps (every step's loss and grad norm within
 1e-4 relative, final encoder tensors within 1e-4), the trainable count, the
 adapter file, eval (inference: the frozen encoder output) against torch, the
 export's prompt_embeddings against torch's encoder output and re-applied in
-torch; MLP: resume bit-exact.
+torch; MLP: resume bit-exact. Generation (MLP, virtual tokens after token 3;
+prompt_parity.py has them in front): greedy ids through the KV cache = torch's full forward, for one
+prompt and for three prompts of different lengths in two rows (--prompts).
 Ends with "ptuning_parity: N passed, M failed"; exit 0 only when nothing failed.
 """
 import argparse
@@ -209,6 +211,40 @@ def check(fw, work, base, W, tokens, train_path, val_tokens, val_path, cfg):
           f"final tensors (abs) {wf if wf is not None else float('nan'):.2e}")
 
 
+def torch_greedy(W, enc, prompt, at, n):
+    """n greedy ids after prompt with the virtual tokens enc before token at
+    (torch's full forward each step), and the smallest top-2 margin."""
+    ids, margin = list(prompt), 1e9
+    with torch.no_grad():
+        for _ in range(n):
+            logits = prp.gpt2(W, insert(W["wte.weight"][torch.tensor([ids])], enc, at))
+            top = torch.topk(logits[0, -1], 2)
+            margin = min(margin, float(top.values[0] - top.values[1]))
+            ids.append(int(top.indices[0]))
+    return ids[len(prompt):], margin
+
+
+def check_rows(fw, work, cfg, W, enc, h5, strong):
+    """--prompts: three prompts of different lengths in two rows (the virtual
+    tokens after token at of each), each = torch's greedy ids."""
+    tag = cfg["name"]
+    prompts = [list(g2.PROMPT), [5, 9, 300, 41], [7, 8, 9, 77, 78, 79, 80, 81, 82, 3]]
+    path = os.path.join(work, f"rows_{tag}.jsonl")
+    with open(path, "w") as f:
+        for t in prompts:
+            f.write(json.dumps({"tokens": t}) + "\n")
+    p = fw("generate", EVAL, f"--load={h5}", f"--adapter={strong}", f"--prompts={path}",
+           "--batch-size=2", f"--max-new-tokens={g2.GEN_NEW}", "--temperature=0", "--threads=2")
+    rows = sorted((json.loads(x) for x in p.stdout.split("\n") if x.strip()),
+                  key=lambda r: r["index"]) if p.returncode == 0 else []
+    for i, t in enumerate(prompts):
+        ref, margin = torch_greedy(W, enc, t, cfg["at"], g2.GEN_NEW)
+        got = rows[i]["tokens"] if i < len(rows) else None
+        R.check(f"[{tag}] --prompts in 2 rows: prompt {i} ({len(t)} ids) = torch's greedy ids "
+                f"(virtual tokens after token {cfg['at']})", got == ref and margin >= 1e-4,
+                f"fw {got} torch {ref}; margin {margin:.2e}; {g2.describe(p)}")
+
+
 def check_generate(fw, work, cfg, W_unused, train_path):
     """Greedy decoding through the KV cache, the virtual tokens (the frozen
     encoder output) after prompt token at, against torch's full forward."""
@@ -226,7 +262,6 @@ def check_generate(fw, work, cfg, W_unused, train_path):
                    g2.describe(p)):
         return
     P = {k: torch.from_numpy(v) for k, v in g2.h5_tensors(ap).items()}
-    ids, margins = list(g2.PROMPT), []
     with torch.no_grad():
         enc = 3 * prompt_encoder(P, cfg)
         P["ptuning.mlp_head.4.weight"] = 3 * P["ptuning.mlp_head.4.weight"]
@@ -235,16 +270,12 @@ def check_generate(fw, work, cfg, W_unused, train_path):
         lp.write_adapter(ap, strong, {k: v.numpy() for k, v in P.items()})
         plain = list(g2.PROMPT)
         for _ in range(g2.GEN_NEW):
-            logits = prp.gpt2(W, insert(W["wte.weight"][torch.tensor([ids])], enc, cfg["at"]))
-            top = torch.topk(logits[0, -1], 2)
-            margins.append(float(top.values[0] - top.values[1]))
-            ids.append(int(top.indices[0]))
             plain.append(int(torch.argmax(g2.forward(W, torch.tensor([plain]))[0, -1])))
-    ref = ids[len(g2.PROMPT):]
+    ref, margin = torch_greedy(W, enc, g2.PROMPT, cfg["at"], g2.GEN_NEW)
     R.check(f"[{tag}] the torch reference is usable (>= 8 distinct tokens, margins >= 1e-4, "
             "differs from the model without virtual tokens)", len(set(ref)) >= 8 and
-            min(margins) >= 1e-4 and ref != plain[len(g2.PROMPT):],
-            f"{len(set(ref))} distinct, margin {min(margins):.2e}")
+            margin >= 1e-4 and ref != plain[len(g2.PROMPT):],
+            f"{len(set(ref))} distinct, margin {margin:.2e}")
     p = fw("generate", EVAL, f"--load={h5}", f"--adapter={strong}",
            "--prompt-tokens=" + ",".join(map(str, g2.PROMPT)), f"--max-new-tokens={g2.GEN_NEW}",
            "--temperature=0", "--seed=1", "--threads=2")
@@ -252,6 +283,7 @@ def check_generate(fw, work, cfg, W_unused, train_path):
     R.check(f"[{tag}] greedy {g2.GEN_NEW} tokens identical to torch's (virtual tokens after "
             f"prompt token {cfg['at']}, through the KV cache)", got == ref,
             f"fw {got} torch {ref}; {g2.describe(p)}")
+    check_rows(fw, work, cfg, W, enc, h5, strong)
     # Without --adapter the frozen encoder output would be empty: refused.
     for cmd in (["generate", EVAL, f"--load={h5}", "--prompt-tokens=1,2", "--max-new-tokens=2",
                  *opts(cfg)],

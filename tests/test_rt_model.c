@@ -453,8 +453,8 @@ END_TEST
  * sequence, row r of the batch; a callback's stop and a row's max_new end
  * that row only. */
 struct row_tokens {
-	struct tokens t[B];
-	float lp[B][16];
+	struct tokens t[B + 1];
+	float lp[B + 1][16];
 };
 
 static enum fw_rt_action keep_row_token(void *user, int row, int32_t tok, float logprob)
@@ -514,10 +514,21 @@ START_TEST(test_decoder_rows)
 	ck_assert(cut.t[0].n == 2 && cut.t[1].n == 3);
 	ck_assert(!memcmp(cut.t[0].ids, got.t[0].ids, 2 * sizeof(int32_t)) &&
 		  !memcmp(cut.t[1].ids, got.t[1].ids, 3 * sizeof(int32_t)));
-	/* one row of a two-row decoder; three rows; a row past the cache */
+	/* three prompts in two rows: row 0 stops after 2 (its max_new) and takes
+	 * the third prompt (p0 again), which decodes as it did in a row of its
+	 * own; the callback's row is the prompt's index */
+	struct fw_rt_gen_row three[B + 1] = { { p0, 1, 2 }, { p1, 4, 0 }, { p0, 1, 0 } };
+	struct row_tokens q = { 0 };
+	ck_assert_msg(fw_rt_generate_rows(&d, three, B + 1, &o, keep_row_token, &q, &err) == FW_OK,
+		      "%s", err.msg);
+	ck_assert(q.t[0].n == 2 && q.t[1].n == T - 4 && q.t[2].n == T - 4);
+	ck_assert(!memcmp(q.t[0].ids, got.t[0].ids, 2 * sizeof(int32_t)) &&
+		  !memcmp(q.t[1].ids, got.t[1].ids, (T - 4) * sizeof(int32_t)) &&
+		  !memcmp(q.t[2].ids, got.t[0].ids, (T - 4) * sizeof(int32_t)));
+	/* one row of a two-row decoder; no prompt; a row past the cache */
 	ck_assert_int_eq(fw_rt_generate_rows(&d, rows + 1, 1, &o, keep_row_token, &cut, &err),
 			 FW_OK);
-	ck_assert_int_eq(fw_rt_generate_rows(&d, rows, 3, &o, keep_row_token, &cut, &err),
+	ck_assert_int_eq(fw_rt_generate_rows(&d, rows, 0, &o, keep_row_token, &cut, &err),
 			 FW_ERR_INVALID);
 	rows[0].max_new = T;
 	ck_assert_int_eq(fw_rt_generate_rows(&d, rows, B, &o, keep_row_token, &cut, &err),
@@ -528,8 +539,29 @@ START_TEST(test_decoder_rows)
 }
 END_TEST
 
-/* fw_rt_decoder_open_as(FW_BF16) decodes under autocast: its logits are
- * f32 (cast from the bf16 head), close to the f32 decoder's but not the same. */
+/* An attention plugin built for ABI 1.4 knows only the shared cache length:
+ * the decoder, which gives per-row slots, refuses it in one line. */
+START_TEST(test_decoder_old_abi)
+{
+	struct net n;
+	struct fw_err err = { 0 };
+	net_open(&n, NULL, NULL, NULL, false);
+	struct fw_rt_decoder d;
+	n.slots.attention->desc_full.abi_minor = 4;
+	ck_assert_int_eq(fw_rt_decoder_open(&d, &n.slots, T, 1, &err), FW_ERR_UNSUPPORTED);
+	ck_assert_msg(strstr(err.msg, "attention/mha is built for ABI 1.4") &&
+		      strstr(err.msg, "per-row cache slots (1.5)") && !strchr(err.msg, '\n'),
+		      "%s", err.msg);
+	n.slots.attention->desc_full.abi_minor = FW_ABI_MINOR;
+	ck_assert_msg(fw_rt_decoder_open(&d, &n.slots, T, 1, &err) == FW_OK, "%s", err.msg);
+	fw_rt_decoder_close(&d);
+	net_close(&n);
+}
+END_TEST
+
+/* fw_rt_decoder_open_as(FW_BF16) decodes under autocast, its prefill model
+ * too: their logits are f32 (cast from the bf16 head), the prompt's close to
+ * the f32 decoder's but not the same. */
 START_TEST(test_decoder_bf16)
 {
 	struct net n;
@@ -549,10 +581,14 @@ START_TEST(test_decoder_bf16)
 		ck_assert_int_eq(fw_rt_model_copy_weights(d[i].ctx, n.ctx, &copied, &err), FW_OK);
 		ck_assert_msg(fw_rt_generate(&d[i], prompt, 3, &o, keep_token, &got, &err) == FW_OK,
 			      "%s", err.msg);
-		ck_assert_int_eq(d[i].m.logits->dtype, FW_F32);
-		last[i] = d[i].m.logits->data;
+		/* the prompt's prefill gave the token: its model's last row */
+		const struct fw_rt_prefill *p = &d[i].pre[0];
+		ck_assert(d[i].n_pre == 1 && p->m.logits->dtype == FW_F32 &&
+			  d[i].m.logits->dtype == FW_F32);
+		last[i] = (float *)p->m.logits->data + (p->T - 1) * V;
 	}
 	ck_assert_int_eq(d[1].m.logits->src[0]->dtype, FW_BF16);
+	ck_assert_int_eq(d[1].pre[0].m.logits->src[0]->dtype, FW_BF16);
 	double worst = 0, big = 0, diff = 0;
 	for (int v = 0; v < V; v++) {
 		double e = fabs((double)last[1][v] - last[0][v]);
@@ -803,6 +839,7 @@ int main(void)
 	tcase_add_test(tc, test_decoder_matches_forward);
 	tcase_add_test(tc, test_decoder_rows);
 	tcase_add_test(tc, test_decoder_bf16);
+	tcase_add_test(tc, test_decoder_old_abi);
 	tcase_add_test(tc, test_load_weights);
 	tcase_add_test(tc, test_build_errors);
 	tcase_add_test(tc, test_peft_rebuild_same_address);

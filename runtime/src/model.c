@@ -24,7 +24,7 @@ enum fw_status fw_rt_model_build(const struct fw_rt_model_spec *spec, struct fw_
 		.size = sizeof(struct fw_model), .ctx = ctx, .host = fw_host_table(),
 		.opts = slots->arch->opts,
 		.batch = decode && spec->batch < 1 ? 1 : spec->batch,
-		.seq_len = decode ? 1 : spec->seq_len, .head = FW_HEAD_LM,
+		.seq_len = decode && spec->seq_len < 1 ? 1 : spec->seq_len, .head = FW_HEAD_LM,
 		.training = spec->training, .seed = spec->seed,
 		.host_private = (void *)slots, .segmented = spec->segmented,
 		.caches = spec->caches, .n_caches = spec->n_caches, .enc_len = spec->enc_len,

@@ -148,6 +148,10 @@ static const struct fw_option_def run_defs[] = {
 	{ "stop", FW_OPT_STRING, "", 0, -1, NULL,
 	  "generate: stop when the text produced contains this string (a JSON array of "
 	  "strings for several); the EOS token always stops" },
+	{ "eos-token-id", FW_OPT_STRING, "", 0, -1, NULL,
+	  "generate: end-of-sequence ids, comma-separated (Hugging Face's eos_token_id; "
+	  "replaces generation_config.json's): a row that generates one stops there, the id "
+	  "kept in its ids" },
 	{ "interactive", FW_OPT_BOOL, "false", 0, -1, NULL,
 	  "generate: read prompts from stdin, one a line, and answer each" },
 	{ "chat", FW_OPT_BOOL, "false", 0, -1, NULL,
@@ -212,7 +216,7 @@ static const struct {
 	{ "repetition-penalty", C_GEN }, { "num-beams", C_GEN | C_EVAL },
 	{ "length-penalty", C_GEN | C_EVAL },
 	{ "stop", C_GEN }, { "interactive", C_GEN }, { "chat", C_GEN },
-	{ "prompts", C_GEN }, { "batch-size", C_GEN },
+	{ "prompts", C_GEN }, { "batch-size", C_GEN }, { "eos-token-id", C_GEN },
 	{ "score-data", C_EVAL }, { "adapter", C_ALL }, { "adapter-name", C_ALL },
 	{ "merge-adapter", C_ALL },       /* train refuses it with its own error */
 	{ "bf16", C_TRAIN | C_EVAL | C_GEN }, { "fp16", C_TRAIN | C_EVAL | C_GEN },

@@ -238,6 +238,36 @@ static enum fw_status fits(const struct gen *s, int64_t n_prompt, struct fw_err 
 	return FW_OK;
 }
 
+/* --eos-token-id: ids, comma-separated, at most FW_RT_GENCONFIG_MAX_EOS. */
+static enum fw_status eos_ids_parse(struct gen *s, const char *arg, struct fw_err *err)
+{
+	int32_t *ids = NULL;
+	int64_t n = 0;
+	enum fw_status st = FW_OK;
+	if (parse_tokens(arg, &ids, &n) != 0 || n == 0)
+		st = fw_errorf(err, FW_ERR_INVALID, "--eos-token-id: '%s' is not a comma-separated "
+			       "list of token ids", arg);
+	else if (n > FW_RT_GENCONFIG_MAX_EOS)
+		st = fw_errorf(err, FW_ERR_INVALID, "--eos-token-id: %lld ids, at most %d",
+			       (long long)n, FW_RT_GENCONFIG_MAX_EOS);
+	for (int64_t i = 0; st == FW_OK && i < n; i++)
+		s->stop_ids[i] = ids[i];
+	if (st == FW_OK)
+		s->n_stop_ids = (int)n;
+	free(ids);
+	return st;
+}
+
+/* Whether tok is one of the end-of-sequence ids (generation_config.json's
+ * or --eos-token-id). */
+static bool is_stop_id(const struct gen *s, int32_t tok)
+{
+	for (int i = 0; i < s->n_stop_ids; i++)
+		if (tok == s->stop_ids[i])
+			return true;
+	return false;
+}
+
 /* The tokenizer's end of text or turn (with a tokenizer only). */
 static void stop_ids(struct gen *s)
 {
@@ -260,9 +290,7 @@ static const char *token_text(const struct gen *s, int32_t tok, size_t *nb)
 static enum fw_rt_action print_token(void *user, int32_t tok)
 {
 	struct gen *s = user;
-	bool stop = false;              /* ids: printed, as Hugging Face keeps it; text: not */
-	for (int i = 0; i < s->n_stop_ids; i++)
-		stop = stop || tok == s->stop_ids[i];
+	bool stop = is_stop_id(s, tok); /* ids: printed, as Hugging Face keeps it; text: not */
 	if (stop && s->tok)
 		return FW_RT_STOP;
 	if (!s->tok) {
@@ -591,85 +619,95 @@ struct row_out {
 	const char *finish;               /* "eos", "stop"; NULL: "length" */
 	struct bytes text;
 	struct text_out out;
+	bool done;
 };
 
 struct rows {
 	struct gen *s;
 	struct row_out *row;
+	int count, printed;               /* prompts; lines written */
+	enum fw_status st;
+	struct fw_err *err;
 };
+
+/* Prints the finished prompts that follow the last line written, in
+ * order; with all, the rest too. */
+static void print_rows(struct rows *b, bool all)
+{
+	for (; b->printed < b->count && (all || b->row[b->printed].done); b->printed++) {
+		struct row_out *o = &b->row[b->printed];
+		json_t *j = json_pack("{s:i, s:O, s:O, s:s}", "index", b->printed, "tokens",
+				      o->tokens, "logprobs", o->logprobs, "finish",
+				      o->finish ? o->finish : "length");
+		if (j && b->s->tok) {
+			text_print(&o->out, o->out.n);
+			json_object_set_new(j, "text", text_json(o->text.p, o->text.n));
+		}
+		char *line = j ? json_dumps(j, JSON_PRESERVE_ORDER | JSON_COMPACT) : NULL;
+		if (line)
+			printf("%s\n", line);
+		else if (b->st == FW_OK)
+			b->st = fw_errorf(b->err, FW_ERR_NOMEM, "out of memory");
+		free(line);
+		json_decref(j);
+		fflush(stdout);
+	}
+}
 
 static enum fw_rt_action row_token(void *user, int r, int32_t tok, float logprob)
 {
 	struct rows *b = user;
 	struct row_out *o = &b->row[r];
+	enum fw_rt_action act = FW_RT_CONTINUE;
 	json_array_append_new(o->tokens, json_integer(tok));
 	json_array_append_new(o->logprobs, json_real(logprob));
-	if (!b->s->tok)
-		return FW_RT_CONTINUE;
-	size_t nb;
-	const char *bytes = token_text(b->s, tok, &nb);
-	if (!bytes || text_push(&o->out, bytes, nb)) {
+	bool eos = is_stop_id(b->s, tok);
+	size_t nb = 0;
+	const char *bytes = b->s->tok && !eos ? token_text(b->s, tok, &nb) : NULL;
+	if (eos || (b->s->tok && (!bytes || text_push(&o->out, bytes, nb)))) {
 		o->finish = bytes ? "stop" : "eos";
-		return FW_RT_STOP;
+		act = FW_RT_STOP;
 	}
-	return FW_RT_CONTINUE;
+	o->done = act == FW_RT_STOP || (int64_t)json_array_size(o->tokens) >= b->s->max_new;
+	print_rows(b, false);
+	return act;
 }
 
-/* Decodes the prompts d.rows at a time; one JSON line each, in order:
- * {"index", "tokens", "logprobs", "finish" ("eos", "stop", "length"), and
- * with a tokenizer "text" (up to a stop string or EOS)}. */
+/* Decodes the prompts, d.rows at a time (a finished row takes the next
+ * prompt); one JSON line each, in order, as soon as it and those before it
+ * are done: {"index", "tokens", "logprobs", "finish" ("eos", "stop",
+ * "length"), and with a tokenizer "text" (up to a stop string or EOS)}. */
 static enum fw_status run_prompts(struct gen *s, const struct prompt_list *pl,
 				  struct fw_err *err)
 {
-	int R = s->d.rows;
-	struct row_out *row = calloc((size_t)R, sizeof(*row));
-	struct fw_rt_gen_row *gr = calloc((size_t)R, sizeof(*gr));
-	enum fw_status st = row && gr ? FW_OK : fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-	s->opts.max_new = s->max_new;
-	for (int first = 0; st == FW_OK && first < pl->count; first += R) {
-		int n = pl->count - first < R ? pl->count - first : R;
-		for (int r = 0; r < n; r++) {
-			row[r].tokens = json_array();
-			row[r].logprobs = json_array();
-			row[r].finish = NULL;
-			row[r].text.n = 0;
-			row[r].out = (struct text_out){ .stops = s->text.stops, .kept = &row[r].text };
-			gr[r] = (struct fw_rt_gen_row){ pl->ids[first + r], pl->n[first + r], 0 };
-		}
-		st = fw_rt_generate_rows(&s->d, gr, n, &s->opts, row_token,
-					 &(struct rows){ s, row }, err);
-		for (int r = 0; r < n; r++) {
-			if (st == FW_OK) {
-				json_t *j = json_pack("{s:i, s:O, s:O, s:s}", "index", first + r,
-						      "tokens", row[r].tokens, "logprobs",
-						      row[r].logprobs, "finish",
-						      row[r].finish ? row[r].finish : "length");
-				if (j && s->tok) {
-					text_print(&row[r].out, row[r].out.n);
-					json_object_set_new(j, "text",
-							    text_json(row[r].text.p, row[r].text.n));
-				}
-				char *line = j ? json_dumps(j, JSON_PRESERVE_ORDER | JSON_COMPACT) :
-						 NULL;
-				if (line)
-					printf("%s\n", line);
-				else
-					st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
-				free(line);
-				json_decref(j);
-			}
-			json_decref(row[r].tokens);
-			json_decref(row[r].logprobs);
-		}
-		fflush(stdout);
+	int N = pl->count;
+	struct row_out *row = calloc((size_t)N, sizeof(*row));
+	struct fw_rt_gen_row *gr = calloc((size_t)N, sizeof(*gr));
+	struct rows b = { .s = s, .row = row, .count = N, .err = err };
+	for (int i = 0; row && i < N; i++) {
+		row[i] = (struct row_out){ .tokens = json_array(), .logprobs = json_array() };
+		row[i].out = (struct text_out){ .stops = s->text.stops, .kept = &row[i].text };
+		if (!row[i].tokens || !row[i].logprobs)
+			b.st = FW_ERR_NOMEM;
+		gr[i] = (struct fw_rt_gen_row){ pl->ids[i], pl->n[i], 0 };
 	}
-	for (int r = 0; row && r < R; r++) {
-		free(row[r].text.p);
-		free(row[r].out.buf);
+	if (!row || !gr || b.st != FW_OK)
+		b.st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	s->opts.max_new = s->max_new;
+	if (b.st == FW_OK) {
+		b.st = fw_rt_generate_rows(&s->d, gr, N, &s->opts, row_token, &b, err);
+		if (b.st == FW_OK)
+			print_rows(&b, true);
+	}
+	for (int i = 0; row && i < N; i++) {
+		json_decref(row[i].tokens);
+		json_decref(row[i].logprobs);
+		free(row[i].text.p);
+		free(row[i].out.buf);
 	}
 	free(row);
 	free(gr);
-	return st;
+	return b.st;
 }
 
 /* --interactive: a completion for each non-empty line of stdin. A prompt
@@ -859,6 +897,11 @@ int cmd_generate(int argc, char **argv)
 	}
 	if (have_gc)
 		genconfig_apply(&s, &gc, &cfg, n_prompt, gc_where);
+	if (*fw_opt_str(o, "eos-token-id") && eos_ids_parse(&s, fw_opt_str(o, "eos-token-id"),
+							    &err) != FW_OK) {
+		rc = fail(FW_ERR_INVALID, "%s", err.msg);
+		goto out;
+	}
 	s.n_pos = arch_positions(slots.arch->opts);
 	if (fw_opt_int(o, "threads") > 0)
 		fw_set_num_threads((int)fw_opt_int(o, "threads"));
@@ -958,6 +1001,12 @@ ready:
 	warn_unused_options(&cfg, "generate", argc, argv);
 	int model_vocab = s.s2s ? s2s.d.V : s.d.V;
 	s.opts.n_sample = model_vocab;
+	for (int i = 0; *fw_opt_str(o, "eos-token-id") && i < s.n_stop_ids; i++)
+		if (s.stop_ids[i] >= model_vocab) {
+			rc = fail(FW_ERR_INVALID, "--eos-token-id: id %d is outside the vocabulary "
+				  "(%d)", s.stop_ids[i], model_vocab);
+			goto out;
+		}
 	if (s.tok) {            /* a padded vocabulary: ids past the tokenizer's never come */
 		int nv = fw_tokenizer_vocab_size(s.tok);
 		if (nv > model_vocab) {

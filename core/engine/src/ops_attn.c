@@ -11,15 +11,18 @@
 
 /* --- kv_write -------------------------------------------------------------------
  *
- * src0 cache (B, Tmax, H, D), src1 new (B, Tq, H, D), src2 len i32 [1].
- * Copies new into cache rows [len, len + Tq) and returns the cache itself (a
- * view), so readers run after the write. No gradient. */
+ * src0 cache (B, Tmax, H, D), src1 new (B, Tq, H, D), src2 len i32 [1] or
+ * slots i32 (B, Tq). Copies new into cache rows [len, len + Tq), or row
+ * (b, t) into slot slots[b, t], and returns the cache itself (a view), so
+ * readers run after the write. No gradient. */
 static enum fw_status kv_write_infer(struct fw_tensor *out, struct fw_err *err)
 {
 	const struct fw_tensor *c = out->src[0], *x = out->src[1], *len = out->src[2];
 	if (!x || !len || c->ndim != 4 || x->ndim != 4 || c->ne[0] != x->ne[0] ||
 	    c->ne[2] != x->ne[2] || c->ne[3] != x->ne[3] || x->ne[1] > c->ne[1] ||
-	    c->dtype != FW_F32 || x->dtype != FW_F32 || len->dtype != FW_I32)
+	    c->dtype != FW_F32 || x->dtype != FW_F32 || len->dtype != FW_I32 ||
+	    (len->ndim == 2 ? len->ne[0] != x->ne[0] || len->ne[1] != x->ne[1] ||
+				!fw_is_contiguous(len) : fw_nelem(len) != 1))
 		return fw_errorf(err, FW_ERR_SHAPE, "kv_write: cache and new rows do not fit");
 	out->dtype = FW_F32;
 	out->ndim = 4;
@@ -34,8 +37,21 @@ static enum fw_status kv_write_infer(struct fw_tensor *out, struct fw_err *err)
 static void kv_write_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *c = out->src[0], *x = out->src[1];
-	int64_t pos = *(const int32_t *)out->src[2]->data;
+	const int32_t *slots = out->src[2]->data;
+	int64_t pos = slots[0];
 	int64_t B = c->ne[0], Tmax = c->ne[1], Tq = x->ne[1], row = c->ne[2] * c->ne[3];
+	if (out->src[2]->ndim == 2) {
+		for (int64_t b = 0; b < B; b++)         /* per-row slots */
+			for (int64_t t = 0; t < Tq; t++) {
+				int64_t at = slots[b * Tq + t];
+				at = at < 0 ? 0 : at >= Tmax ? Tmax - 1 : at;
+				memcpy((float *)c->data + (b * Tmax + at) * row,
+				       (const float *)x->data + (b * Tq + t) * row,
+				       sizeof(float) * (size_t)row);
+			}
+		out->data = c->data;
+		return;
+	}
 	if (pos < 0 || pos + Tq > Tmax)
 		pos = pos < 0 ? 0 : Tmax - Tq;      /* the host checks; never write outside */
 	for (int64_t b = 0; b < B; b++)

@@ -37,6 +37,12 @@ enum fw_status fw_attn_check_rope(const struct fw_attn_spec *spec, const struct 
 	return FW_OK;
 }
 
+struct fw_tensor *fw_attn_cache_slots(const struct fw_attn_spec *spec)
+{
+	struct fw_tensor *len = spec->cache ? spec->cache->len : NULL;
+	return len && len->ndim == 2 ? len : NULL;
+}
+
 /* i32 [1] holding P, one per context: the RoPE offset of the tokens after a
  * prefix of P keys. */
 static struct fw_tensor *prefix_offset(struct fw_model *m, int64_t P)
@@ -71,8 +77,9 @@ static struct fw_tensor *rope_at(struct fw_model *m, const struct fw_attn_spec *
 struct fw_tensor *fw_attn_rope(struct fw_model *m, const struct fw_attn_spec *spec,
 			       struct fw_tensor *x)
 {
-	if (spec->cache)
-		return rope_at(m, spec, x, spec->cache->len, FW_ROPE_OFFSET);
+	if (spec->cache)        /* the cache length, or each token's slot (B, T) */
+		return rope_at(m, spec, x, spec->cache->len,
+			       fw_attn_cache_slots(spec) ? FW_ROPE_POSITIONS : FW_ROPE_OFFSET);
 	if (FW_HAS(m, positions) && m->positions)
 		return rope_at(m, spec, x, m->positions, FW_ROPE_POSITIONS);
 	/* After P prefix keys (prefix tuning): the queries and the real keys

@@ -264,7 +264,7 @@ static const struct abi_sizes frozen[FW_ABI_MINOR + 1] = {
 	[4] = SIZES_1_3,             /* 1.4 appended to host-owned structs only: fw_model.enc_len..n_cross,
 					fw_host.lm_head_cross_entropy */
 	[5] = SIZES_1_3,             /* 1.5 appended to host-owned structs only: fw_model.n_prefix,
-					fw_attn_spec.n_prefix */
+					fw_attn_spec.n_prefix; per-row cache slots (fw_kv_cache.len) */
 };
 #undef SIZES_1_0
 #undef SIZES_1_2

@@ -201,7 +201,10 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 				 "arch/decoder: --seq-length %lld exceeds --n-positions %lld",
 				 (long long)T, (long long)d->n_pos);
 	bool decode = m->caches != NULL;
-	if (decode && (m->n_caches != d->n_layer || m->caches[0].max_len > d->n_pos || T != 1))
+	/* per-row cache slots (B, T) take a prefill chunk; a shared length one token */
+	bool slots = decode && m->caches[0].len && m->caches[0].len->ndim == 2;
+	if (decode && (m->n_caches != d->n_layer || m->caches[0].max_len > d->n_pos ||
+		       (T != 1 && !slots)))
 		return h->errorf(err, FW_ERR_INVALID,
 				 "arch/decoder: generating needs %lld caches of at most %lld positions "
 				 "and one token a step", (long long)d->n_layer, (long long)d->n_pos);
@@ -243,7 +246,7 @@ static enum fw_status decoder_build(void *state, struct fw_model *m, struct fw_e
 		struct fw_tensor *wpe = param(d, m, 2, d->n_pos, C, "wpe.weight", 0);
 		h->init_normal(m, wpe, 0.01f);
 		struct fw_tensor *pos;
-		if (decode)             /* the position of this step's token: cache length */
+		if (decode)             /* the cache length, or each token's slot (B, T) */
 			pos = h->embedding(m->ctx, wpe, m->caches[0].len);
 		else if (m->positions && !P)    /* each token's place in its own sequence */
 			pos = h->embedding(m->ctx, wpe, m->positions);

@@ -60,10 +60,11 @@ static int g_ranges_op = -1, g_attn_op = -1, g_out_op = -1;
 /* --- ranges ----------------------------------------------------------------------------
  *
  * src0 q (shape only), then by p0.i bits: 1 positions (B, T) i32, 2 bias
- * (B, 1, T, T) f32, 4 cache length i32 [1], in that order. p1.i causal,
- * p2.i Tk. Out (B, Tq, 3) i32: lo, hi, qpos. Query i sits at qpos = i + len
- * (cache) or i + Tk - Tq (the causal mask's alignment, as mha's). Keys
- * visible: [0, Tk), or [0, len + Tq) with a cache; with a bias, the row's
+ * (B, 1, T, T) f32, 4 cache length i32 [1] or per-row slots (B, Tq), in that
+ * order. p1.i causal, p2.i Tk. Out (B, Tq, 3) i32: lo, hi, qpos. Query i
+ * sits at qpos = i + len or slots[b, i] (cache) or i + Tk - Tq (the causal
+ * mask's alignment, as mha's). Keys visible: [0, Tk), or [0, len + Tq) with
+ * a cache, [0, qpos] with slots; with a bias, the row's
  * interval of zeros (its example): from the positions in O(1) per row
  * (start = i - pos[i], checked against the bias at the interval's edges),
  * else by scanning the row; a row whose diagonal is -inf (padding) sees
@@ -90,9 +91,10 @@ static enum fw_status ranges_infer(struct fw_tensor *out, struct fw_err *err)
 	}
 	if (f & RG_LEN) {
 		const struct fw_tensor *l = out->src[k++];
-		if (!l || l->dtype != FW_I32 || fw_nelem(l) != 1)
+		if (!l || l->dtype != FW_I32 || !fw_is_contiguous(l) ||
+		    (l->ndim == 2 ? l->ne[0] != B || l->ne[1] != Tq : fw_nelem(l) != 1))
 			return fw_errorf(err, FW_ERR_SHAPE, "flash.ranges: the cache length must be "
-					 "i32 [1]");
+					 "i32 [1] or per-row slots (B, Tq)");
 	}
 	out->dtype = FW_I32;
 	out->ndim = 3;
@@ -126,12 +128,14 @@ static void ranges_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	if (valid < 0)
 		valid = 0;
 	int32_t *rg = fw_i32(out);
+	const int32_t *slots = len && len->ndim == 2 ? fw_i32(len) : NULL;
 	for (int64_t b = 0; b < B; b++) {
 		int32_t *r = rg + b * Tq * 3;
 		for (int64_t i = 0; i < Tq; i++) {
-			r[3 * i] = 0;
-			r[3 * i + 1] = (int32_t)valid;
-			r[3 * i + 2] = (int32_t)(i + off);
+			int64_t at = slots ? slots[b * Tq + i] : i + off;
+			r[3 * i] = 0;         /* per-row slots: keys [0, slot] of the row */
+			r[3 * i + 1] = (int32_t)(slots ? (at < Tk ? at + 1 : Tk) : valid);
+			r[3 * i + 2] = (int32_t)at;
 		}
 		if (!bias)
 			continue;
@@ -251,6 +255,7 @@ static inline v8 fexp8(v8 x)
 
 struct dims {
 	int64_t B, Tq, Tk, Hq, Hkv, G, D, BQ, BK, nqt, nkt;
+	int64_t DB, nblk;            /* decoding (Tq = 1): keys a block, blocks a row */
 	int64_t Dp, BQp, BKp;        /* padded to NR (16) */
 	float scale;
 	bool alibi;
@@ -277,6 +282,8 @@ static struct dims dims_of(const struct fw_tensor *out)
 	d.Dp = UP(d.D, NR);
 	d.BQp = UP(d.BQ, NR);
 	d.BKp = UP(d.BK, NR);
+	d.DB = 256;
+	d.nblk = d.Tq == 1 ? (d.Tk + d.DB - 1) / d.DB : 0;
 	return d;
 }
 
@@ -304,7 +311,16 @@ static size_t slot_floats(const struct dims *d)
 {
 	size_t n = (size_t)(3 * d->BQp * d->Dp + 4 * d->BKp * d->Dp + 2 * d->BQp * d->BKp +
 			    8 * d->BQp);
+	size_t dec = (size_t)(d->Hq * (d->DB + d->Dp) + d->Dp);   /* task_decode */
+	n = d->Tq == 1 && dec > n ? dec : n;
 	return (n + 15) & ~(size_t)15;                  /* 64-byte slots */
+}
+
+/* Floats of the decoding partials (task_decode), in front of the slots. */
+static size_t partial_floats(const struct dims *d)
+{
+	size_t n = (size_t)(d->B * d->nblk * d->Hq * (d->D + 2));
+	return (n + 15) & ~(size_t)15;
 }
 
 static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
@@ -338,7 +354,7 @@ static size_t attn_workspace(const struct fw_tensor *out)
 	struct dims d = dims_of(out);
 	int t = fw_get_num_threads();
 	t = t < 1 ? 1 : t > MAX_SLOTS ? MAX_SLOTS : t;
-	return (size_t)t * slot_floats(&d) * sizeof(float);
+	return ((size_t)t * slot_floats(&d) + partial_floats(&d)) * sizeof(float);
 }
 
 /* C[i][j] += sum_k A(i, k) B[k][j] for i < M (a multiple of MR), j < N (a
@@ -506,12 +522,13 @@ static void tile_keys(const int32_t *rg, int64_t nr, int64_t *lo, int64_t *hi)
 		*lo = *hi = 0;
 }
 
-enum { PASS_FWD, PASS_DKV, PASS_DQ };
+enum { PASS_FWD, PASS_DKV, PASS_DQ, PASS_DEC, PASS_DEC_SUM };
 
 struct attn_job {
 	struct fw_tensor *out;
 	struct dims d;
 	float *ws;
+	float *part;                 /* decoding partials */
 	size_t slot;
 	int pass;
 	int64_t n_tasks, next;
@@ -588,6 +605,122 @@ static void task_forward(const struct attn_job *j, float *w, int64_t task)
 			dst[e] = acc[r * Dp + e] * inv;
 		lse[(b * d->Hq + h) * d->Tq + r0 + r] = l[r] > 0.0f ? m[r] + logf(l[r]) : -INFINITY;
 	}
+}
+
+/* x's row t of head h in batch b (B, T, H, D), contiguous in D, or gathered
+ * into tmp. */
+static const float *head_row(const struct fw_tensor *x, int64_t b, int64_t t, int64_t h,
+			     int64_t D, float *tmp)
+{
+	const float *src = fw_f32(x) + b * x->nb[0] + t * x->nb[1] + h * x->nb[2];
+	if (x->nb[3] == 1)
+		return src;
+	for (int64_t e = 0; e < D; e++)
+		tmp[e] = src[e * x->nb[3]];
+	return tmp;
+}
+
+/* Decoding (one query a row, Flash-Decoding's split over keys): task (b,
+ * block) scores keys [blk DB, (blk + 1) DB) of row b's interval for every
+ * query head, reading each key's row of all heads once, in order, and
+ * leaves per head the block's max m, sum l and unnormalised P V (D) in the
+ * partials; decode_sum then merges a row's blocks per head. The cost follows
+ * the cache length, and every thread has blocks even at batch 1. */
+static float *dec_partial(const struct attn_job *j, int64_t b, int64_t blk, int64_t h)
+{
+	const struct dims *d = &j->d;
+	return j->part + ((b * d->nblk + blk) * d->Hq + h) * (d->D + 2);
+}
+
+static void task_decode(const struct attn_job *j, float *w, int64_t task)
+{
+	const struct dims *d = &j->d;
+	const struct fw_tensor *out = j->out, *q = out->src[0], *k = out->src[1], *v = out->src[2];
+	int64_t D = d->D, Dp = d->Dp, DB = d->DB, Hq = d->Hq, D8 = D - D % 8;
+	int64_t b = task / d->nblk, blk = task % d->nblk;
+	const int32_t *rg = fw_i32(out->src[3]) + b * 3;
+	int64_t a = blk * DB > rg[0] ? blk * DB : rg[0];
+	int64_t e = (blk + 1) * DB < rg[1] ? (blk + 1) * DB : rg[1], qpos = rg[2];
+	e = e < d->Tk ? e : d->Tk;
+	int64_t n = e - a, n8 = UP(n > 0 ? n : 0, 8);
+	float *S = w, *Q = S + Hq * DB, *tmp = Q + Hq * Dp;    /* S: Hq x DB, Q: Hq x Dp */
+	for (int64_t h = 0; h < Hq; h++) {
+		float *P = dec_partial(j, b, blk, h);
+		P[0] = -INFINITY;
+		P[1] = 0.0f;
+		memset(P + 2, 0, sizeof(float) * (size_t)D);
+		if (n > 0)
+			memcpy(Q + h * Dp, head_row(q, b, 0, h, D, tmp), sizeof(float) * (size_t)D);
+	}
+	if (n <= 0)
+		return;
+	for (int64_t c = 0; c < n; c++)
+		for (int64_t h = 0; h < Hq; h++) {
+			const float *kr = head_row(k, b, a + c, h / d->G, D, tmp), *qv = Q + h * Dp;
+			v8 dv = splat(0.0f);
+			for (int64_t x = 0; x < D8; x += 8)
+				dv += ld8(qv + x) * ld8(kr + x);
+			float dot = 0.0f;
+			for (int x = 0; x < 8; x++)
+				dot += dv[x];
+			for (int64_t x = D8; x < D; x++)
+				dot += qv[x] * kr[x];
+			float slope = d->alibi ? fw_alibi_slope(Hq, h) : 0.0f;
+			S[h * DB + c] = d->scale * dot - slope * (float)(qpos - (a + c));
+		}
+	for (int64_t h = 0; h < Hq; h++) {
+		float *s = S + h * DB, mx = -INFINITY, *P = dec_partial(j, b, blk, h);
+		for (int64_t c = 0; c < n; c++)
+			mx = s[c] > mx ? s[c] : mx;
+		for (int64_t c = n; c < n8; c++)
+			s[c] = -INFINITY;
+		v8 sum = splat(0.0f);
+		for (int64_t c = 0; c < n8; c += 8) {
+			v8 p = fexp8(ld8(s + c) - mx);
+			st8(s + c, p);
+			sum += p;
+		}
+		P[0] = mx;
+		for (int x = 0; x < 8; x++)
+			P[1] += sum[x];
+	}
+	for (int64_t c = 0; c < n; c++)
+		for (int64_t h = 0; h < Hq; h++) {
+			const float *vr = head_row(v, b, a + c, h / d->G, D, tmp);
+			float *acc = dec_partial(j, b, blk, h) + 2;
+			v8 pv = splat(S[h * DB + c]);
+			for (int64_t x = 0; x < D8; x += 8)
+				st8(acc + x, ld8(acc + x) + pv * ld8(vr + x));
+			for (int64_t x = D8; x < D; x++)
+				acc[x] += S[h * DB + c] * vr[x];
+		}
+}
+
+/* Task (b, h): O and lse from the blocks' partials. */
+static void task_decode_sum(const struct attn_job *j, int64_t task)
+{
+	const struct dims *d = &j->d;
+	int64_t D = d->D, b = task / d->Hq, h = task % d->Hq;
+	float M = -INFINITY, L = 0.0f;
+	for (int64_t blk = 0; blk < d->nblk; blk++) {
+		float m = dec_partial(j, b, blk, h)[0];
+		M = m > M ? m : M;
+	}
+	float *o = fw_f32(j->out) + (b * d->Hq + h) * D, *lse = fw_f32(j->out) + d->B * d->Hq * D;
+	memset(o, 0, sizeof(float) * (size_t)D);
+	for (int64_t blk = 0; M > -INFINITY && blk < d->nblk; blk++) {
+		const float *P = dec_partial(j, b, blk, h);
+		if (P[0] == -INFINITY)
+			continue;
+		float f = expf(P[0] - M);
+		L += f * P[1];
+		for (int64_t x = 0; x < D; x++)
+			o[x] += f * P[2 + x];
+	}
+	float inv = L > 0.0f ? 1.0f / L : 0.0f;
+	for (int64_t x = 0; x < D; x++)
+		o[x] *= inv;
+	lse[b * d->Hq + h] = L > 0.0f ? M + logf(L) : -INFINITY;
 }
 
 /* One (query tile, key tile) step of the backward: P = exp(S - lse) into
@@ -757,7 +890,11 @@ static void attn_worker(void *arg, int64_t s0, int64_t s1)
 		float *w = j->ws + (size_t)s * j->slot;
 		int64_t t;
 		while ((t = __atomic_fetch_add(&j->next, 1, __ATOMIC_RELAXED)) < j->n_tasks) {
-			if (j->pass == PASS_FWD)
+			if (j->pass == PASS_DEC)
+				task_decode(j, w, t);
+			else if (j->pass == PASS_DEC_SUM)
+				task_decode_sum(j, t);
+			else if (j->pass == PASS_FWD)
 				task_forward(j, w, t);
 			else if (j->pass == PASS_DKV)
 				task_dkv(j, w, t);
@@ -782,12 +919,20 @@ static void attn_run(struct fw_tensor *out, const struct fw_exec *ex, int pass)
 			       fw_rng_u32(seed, 2 * (uint64_t)ex->step + 1);
 	}
 	j.slot = slot_floats(&j.d);
-	int64_t slots = (int64_t)(ex->ws_size / (j.slot * sizeof(float)));
+	j.part = ex->ws;
+	j.ws = j.part + partial_floats(&j.d);
+	int64_t slots = (int64_t)((ex->ws_size / sizeof(float) - partial_floats(&j.d)) / j.slot);
 	FW_ASSERT(slots >= 1 && ex->ws);       /* the planner always asks workspace() */
-	j.n_tasks = pass == PASS_DKV ? j.d.B * j.d.Hkv * j.d.nkt : j.d.B * j.d.Hq * j.d.nqt;
-	if (slots > j.n_tasks)
-		slots = j.n_tasks;
-	g_host->parallel_for(slots, attn_worker, &j);
+	bool decode = pass == PASS_FWD && j.d.Tq == 1 && !j.d.drop;   /* one query a row */
+	for (int step = 0; step < (decode ? 2 : 1); step++) {
+		if (decode)
+			j.pass = step ? PASS_DEC_SUM : PASS_DEC;
+		j.n_tasks = j.pass == PASS_DKV ? j.d.B * j.d.Hkv * j.d.nkt :
+			    j.pass == PASS_DEC ? j.d.B * j.d.nblk :
+			    j.pass == PASS_DEC_SUM ? j.d.B * j.d.Hq : j.d.B * j.d.Hq * j.d.nqt;
+		j.next = 0;
+		g_host->parallel_for(slots < j.n_tasks ? slots : j.n_tasks, attn_worker, &j);
+	}
 }
 
 static void attn_forward(struct fw_tensor *out, const struct fw_exec *ex)

@@ -32,9 +32,10 @@ static const struct fw_host *g_host;
 
 /* --- alibi -------------------------------------------------------------------------
  *
- * mha.alibi: src0 scores (B, H, Tq, Tk), optional src1 cache length i32 [1];
- * p0.f scale. out = scale * x - slope_h * (i' - j) with i' = i + len (cache)
- * or i + Tk - Tq (the causal mask's alignment) and BLOOM's slopes. */
+ * mha.alibi: src0 scores (B, H, Tq, Tk), optional src1 cache length i32 [1]
+ * or per-row cache slots i32 (B, Tq); p0.f scale. out = scale * x - slope_h *
+ * (i' - j) with i' = i + len or slots[b, i] (cache) or i + Tk - Tq (the
+ * causal mask's alignment) and BLOOM's slopes. */
 
 /* mha.alibi and mha.window: scores (B, H, Tq, Tk) in and out. */
 static enum fw_status scores_infer(struct fw_tensor *out, struct fw_err *err)
@@ -42,8 +43,11 @@ static enum fw_status scores_infer(struct fw_tensor *out, struct fw_err *err)
 	const struct fw_tensor *x = out->src[0], *len = out->src[1];
 	if (x->ndim != 4 || x->dtype != FW_F32)
 		return fw_errorf(err, FW_ERR_SHAPE, "mha: scores must be f32 (B, H, Tq, Tk)");
-	if (len && (len->dtype != FW_I32 || fw_nelem(len) != 1))
-		return fw_errorf(err, FW_ERR_SHAPE, "mha: the offset must be i32 [1]");
+	if (len && (len->dtype != FW_I32 || !fw_is_contiguous(len) ||
+		    (len->ndim == 2 ? len->ne[0] != x->ne[0] || len->ne[1] != x->ne[2] :
+				      fw_nelem(len) != 1)))
+		return fw_errorf(err, FW_ERR_SHAPE, "mha: the offset must be i32 [1] or slots "
+				 "(B, Tq)");
 	out->dtype = FW_F32;
 	out->ndim = 4;
 	for (int i = 0; i < 4; i++)
@@ -56,15 +60,24 @@ struct alibi_job {
 	bool backward;
 };
 
+/* Score row r's query position: the cache slot, or row + offset. */
+static int64_t query_pos(const struct fw_tensor *out, int64_t r)
+{
+	const struct fw_tensor *len = out->src[1];
+	int64_t H = out->ne[1], Tq = out->ne[2], Tk = out->ne[3];
+	if (len && len->ndim == 2)
+		return fw_i32(len)[(r / (H * Tq)) * Tq + r % Tq];
+	return r % Tq + (len ? fw_i32(len)[0] : Tk - Tq);
+}
+
 static void alibi_rows(void *arg, int64_t r0, int64_t r1)
 {
 	const struct alibi_job *j = arg;
 	struct fw_tensor *out = j->out;
 	int64_t H = out->ne[1], Tq = out->ne[2], Tk = out->ne[3];
 	float scale = out->params[0].f;
-	int64_t off = out->src[1] ? fw_i32(out->src[1])[0] : Tk - Tq;
 	for (int64_t r = r0; r < r1; r++) {
-		int64_t h = (r / Tq) % H, i = r % Tq + off;
+		int64_t h = (r / Tq) % H, i = query_pos(out, r);
 		if (j->backward) {
 			const float *dy = fw_f32(out->grad) + r * Tk;
 			float *dx = fw_f32(out->src[0]->grad) + r * Tk;
@@ -115,22 +128,23 @@ static const struct fw_op_i alibi_op = {
 
 /* --- sliding window -----------------------------------------------------------------
  *
- * mha.window: src0 scores (B, H, Tq, Tk), optional src1 cache length i32 [1];
- * p0.i the window w. out = x where i' - j < w, -inf elsewhere (i' as in
- * mha.alibi); the gradient flows through the kept scores only. */
+ * mha.window: src0 scores (B, H, Tq, Tk), optional src1 cache length i32 [1]
+ * or slots (B, Tq); p0.i the window w (0: none). out = x where i' - j < w
+ * and, with slots, j <= i' (per-row caches have no mask), -inf elsewhere
+ * (i' as in mha.alibi); the gradient flows through the kept scores only. */
 
 static void window_rows(void *arg, int64_t r0, int64_t r1)
 {
 	const struct alibi_job *j = arg;
 	struct fw_tensor *out = j->out;
-	int64_t Tq = out->ne[2], Tk = out->ne[3], w = out->params[0].i;
-	int64_t off = out->src[1] ? fw_i32(out->src[1])[0] : Tk - Tq;
+	int64_t Tk = out->ne[3], w = out->params[0].i;
+	bool slots = out->src[1] && out->src[1]->ndim == 2;
 	for (int64_t r = r0; r < r1; r++) {
-		int64_t i = r % Tq + off;
+		int64_t i = query_pos(out, r);
 		const float *x = fw_f32(j->backward ? out->grad : out->src[0]) + r * Tk;
 		float *y = fw_f32(j->backward ? out->src[0]->grad : out) + r * Tk;
 		for (int64_t k = 0; k < Tk; k++) {
-			bool kept = i - k < w;
+			bool kept = (w <= 0 || i - k < w) && (!slots || k <= i);
 			if (j->backward)
 				y[k] += kept ? x[k] : 0.0f;
 			else
@@ -214,10 +228,11 @@ static struct fw_tensor *mha_attend(void *state, struct fw_model *m,
 	}
 	struct fw_tensor *mask = spec->bias;     /* (B, 1, Tq, Tk): broadcast over heads */
 	bool causal = spec->mask == FW_MASK_CAUSAL;
+	struct fw_tensor *slots = fw_attn_cache_slots(spec);
 	if (spec->cache) {      /* generating: attend over the whole cache */
 		k = fw_attn_cache_write(m, spec, &spec->cache->k, k, "k");
 		v = fw_attn_cache_write(m, spec, &spec->cache->v, v, "v");
-		mask = spec->cache->mask;
+		mask = slots ? NULL : spec->cache->mask;  /* per-row slots: mha.window masks */
 		causal = false;         /* the mask already hides future positions */
 	}
 	if (spec->pos == FW_POS_RELATIVE)        /* (Hq, Tq, Tk), learned by the arch */
@@ -240,10 +255,10 @@ static struct fw_tensor *mha_attend(void *state, struct fw_model *m,
 		att = h->op(ctx, s->alibi_op, src, spec->cache ? 2 : 1, &p, 1);
 		scale = 1.0f;
 	}
-	if (FW_HAS(spec, window) && spec->window > 0) {
+	if ((FW_HAS(spec, window) && spec->window > 0) || slots) {
 		struct fw_tensor *src[2] = { att, spec->cache ? spec->cache->len : NULL };
-		union fw_param p = { .i = (int32_t)(spec->window < INT32_MAX ? spec->window :
-						     INT32_MAX) };
+		int64_t w = FW_HAS(spec, window) ? spec->window : 0;
+		union fw_param p = { .i = (int32_t)(w < INT32_MAX ? w : INT32_MAX) };
 		att = h->op(ctx, s->window_op, src, spec->cache ? 2 : 1, &p, 1);
 	}
 	att = h->softmax(ctx, att, mask, causal, scale);

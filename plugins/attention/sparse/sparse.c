@@ -203,7 +203,8 @@ static void visit_row(const struct sparse *s, int64_t i, int64_t n, bool causal,
  *     each head's row), src2 bias (B, 1, Tq, Tk) f32 or NULL, src3 positions
  *     (B, Tq) i32 or NULL (then Tq == Tk).
  *   SA_DECODE: src0 q (B, Tq, Hq, D), src1 k cache and src2 v cache (B, Tk,
- *     Hkv, D), src3 len i32 [1]: query t sits at position len + t, causal.
+ *     Hkv, D), src3 len i32 [1] or per-row slots (B, Tq): query t sits at
+ *     position len + t or slots[b, t], causal.
  * p0, p1 the plugin state (struct sparse *, low and high 32 bits), p2
  * causal, p3.f scale, p4 alibi, p5 layer. Out (B, Tq, Hq, D). Query head h
  * uses KV head h / (Hq / Hkv). Query i sits at position i + Tk - Tq (mha's
@@ -236,9 +237,11 @@ static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 			return fw_errorf(err, FW_ERR_SHAPE,
 					 "sparse.attn: positions must be i32 (B, T) with Tq == Tk");
 	} else if (!x2 || !x3 || x2->ndim != 4 || x2->dtype != FW_F32 ||
-		   memcmp(x2->ne, k->ne, sizeof(k->ne)) || x3->dtype != FW_I32 || fw_nelem(x3) != 1) {
+		   memcmp(x2->ne, k->ne, sizeof(k->ne)) || x3->dtype != FW_I32 ||
+		   !fw_is_contiguous(x3) ||
+		   (x3->ndim == 2 ? x3->ne[0] != B || x3->ne[1] != Tq : fw_nelem(x3) != 1)) {
 		return fw_errorf(err, FW_ERR_SHAPE, "sparse.attn: decoding needs k, v caches of one "
-				 "shape and the length i32 [1]");
+				 "shape and the length i32 [1] or per-row slots (B, Tq)");
 	}
 	out->dtype = FW_F32;
 	out->ndim = 4;
@@ -394,7 +397,10 @@ static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, i
 	} else {
 		r->v = fw_f32(out->src[2]) + b * Tk * r->rs + hk * kw;
 	}
-	int64_t off = mode == SA_DECODE ? fw_i32(out->src[3])[0] : Tk - Tq, pos = i + off;
+	const struct fw_tensor *len = out->src[3];
+	int64_t off = mode == SA_DECODE ? fw_i32(len)[0] : Tk - Tq, pos = i + off;
+	if (mode == SA_DECODE && len->ndim == 2)     /* per-row slots */
+		pos = fw_i32(len)[b * Tq + i];
 	r->ipos = pos;
 	if (out->params[4].i)
 		r->slope = fw_alibi_slope(Hq, h);

@@ -77,7 +77,9 @@ extern "C" {
  * built before it ignores the field); virtual tokens (fw_model.n_virtual,
  * virtual_select, virtual_at; fw_peft_i.init_from_base).
  * 1.4: fw_model.enc_len, cross_out, cross_in, n_cross;
- * fw_host.lm_head_cross_entropy. 1.5: fw_model.n_prefix, fw_attn_spec.n_prefix. */
+ * fw_host.lm_head_cross_entropy. 1.5: fw_model.n_prefix, fw_attn_spec.n_prefix;
+ * fw_kv_cache.len may hold per-row slots (B, Tq), which the host gives only to
+ * plugins built for 1.5 (fw_attn_cache_slots). */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
 #define FW_ABI_MINOR 5   /* additions at the end of size-stamped structs */
 
@@ -152,7 +154,15 @@ enum fw_pos_kind { FW_POS_NONE = 0, FW_POS_ROPE, FW_POS_ALIBI, FW_POS_RELATIVE }
  * (f32 [max_len]: 0 up to and including the new positions, -inf after). The
  * attention plugin creates k and v itself, as persistent inputs of shape
  * (B, max_len, Hkv, D), writes the step's keys and values at len, and
- * attends over all max_len positions under the mask: O(max_len) a token. */
+ * attends over all max_len positions under the mask: O(max_len) a token.
+ * Since ABI 1.5, per-row slots: len may instead be i32 (B, Tq), the cache
+ * slot of each new token, which is also its position (RoPE, ALiBi, learned
+ * positions); mask is then NULL. Query (b, t) sees the keys at slots
+ * 0..len[b, t] of row b (causal by slot; a sliding window counts back from
+ * len[b, t]); later slots hold stale values and must not be read. Rows are
+ * at different positions, and Tq > 1 is a prefill chunk. The host gives
+ * per-row slots only to plugins built for 1.5 or later (fw_attn_cache_slots
+ * tells the two forms apart). */
 struct fw_kv_cache {
 	struct fw_tensor *k, *v;
 	struct fw_tensor *len;
@@ -225,6 +235,8 @@ enum fw_status fw_attn_check_rope(const struct fw_attn_spec *spec, const struct 
  * which stay unrotated. */
 struct fw_tensor *fw_attn_rope(struct fw_model *m, const struct fw_attn_spec *spec,
 			       struct fw_tensor *x);
+/* spec->cache->len when it holds per-row slots (B, Tq) (ABI 1.5), else NULL. */
+struct fw_tensor *fw_attn_cache_slots(const struct fw_attn_spec *spec);
 /* Generation: writes x (B, Tq, H, D) into *slot (&spec->cache->k or ->v) at
  * the cache length with fw_kv_write and returns the whole cache. Creates
  * *slot on first use: the input "kv_cache.<spec name>.<what>" of shape
@@ -317,7 +329,8 @@ struct fw_arch_i {
 	 * m->loss and m->logits. With m->caches set, builds the incremental
 	 * decoding graph (B = m->batch rows, all at one position, T = 1,
 	 * position caches[0].len, attention given spec.cache =
-	 * &m->caches[layer]). */
+	 * &m->caches[layer]; since 1.5, with per-row slots in caches[0].len
+	 * (B, T), T tokens a row at positions len[b, t]). */
 	enum fw_status (*build)(void *state, struct fw_model *m, struct fw_err *err);
 	/* Optional: number of attention layers, for cache allocation; NULL or 0
 	 * = the arch cannot generate. */

@@ -1,22 +1,38 @@
 /* fw/runtime/generate.h - decoding with a KV cache.
  *
- * The arch builds a one-token decoding graph whose attention layers keep
- * their keys and values in per-layer caches of max_len positions, so each
- * new token costs one step over the cache, not a forward over the whole
- * sequence. The prompt is run through the cache (prefill) one position at a
- * time; then each step's logits get the repetition penalty and the sampler
+ * The arch builds a decoding graph whose attention layers keep their keys
+ * and values in per-layer caches of max_len positions, so each new token
+ * costs one step over the cache, not a forward over the whole sequence.
+ * Every row has its own cache slots (fw_kv_cache.len of shape (rows, T),
+ * ABI 1.5): a row's position is its own, and rows of different prompt
+ * lengths never wait for each other.
+ *
+ * Prefill: a prompt runs through a batch-1 model of T tokens in one forward
+ * (chunks of up to FW_RT_PREFILL_MAX tokens, causal inside the chunk), which
+ * writes every layer's cache; its rows then move into the prompt's row of
+ * the decoding caches, and decoding goes on one token a step for all rows.
+ * The prefill models share the decoder's weights; they are built on the
+ * first generation (the weights must be loaded by then). With a peft plugin
+ * there is no prefill model (a peft instance keeps per-model state, e.g.
+ * LoRA's merge switches a node of the model it built): a prompt goes
+ * through the decoding graph a token a step, in its own row, while the
+ * other rows decode.
+ * Each step's logits get the repetition penalty and the sampler
  * (fw/runtime/sample.h), with the position as the RNG counter, so a prompt
  * and a key always give the same completion.
  *
- * Batches: a decoder opened for R rows runs up to R prompts of different
- * lengths together (fw_rt_generate_rows). Every row starts at cache
- * position 0 and takes one token a step, its prompt's while it lasts, then
- * its own samples: a short prompt starts generating while a longer one is
- * still being read. So row r sees exactly the positions, cache slots and
- * mask of a batch-1 run of its prompt (nothing is padded), and with the
- * same key its sampler draws the same numbers: each row's completion is
- * the batch-1 completion of its prompt. A row stops on its own (its
- * max_new, or FW_RT_STOP from the callback); the others go on.
+ * Batches: fw_rt_generate_rows takes any number of prompts; a decoder
+ * opened for R rows decodes up to R together, and a row that stops (its
+ * max_new, or FW_RT_STOP from the callback) takes the next prompt at once
+ * (continuous batching): the newcomer's prefill runs between two steps of
+ * the others. Each prompt's prefill is the batch-1 one, and its decoding
+ * row sees only its own slots, so its completion is the batch-1 completion
+ * of that prompt with the same key.
+ * Virtual tokens (prompt tuning, P-tuning): the peft plugin takes them one
+ * token a step for all rows together (fw_model.virtual_select), so such a
+ * decoder reads prompts one token a step, R prompts at a time, every row
+ * from position 0 (a short prompt starts generating while a longer one is
+ * still being read); the completions are still the batch-1 ones.
  *
  *     struct fw_rt_decoder d;
  *     fw_rt_decoder_open(&d, &slots, 256, seed, &err);     // then load weights:
@@ -35,24 +51,46 @@
 extern "C" {
 #endif
 
+#define FW_RT_PREFILL_MAX 512             /* prompt tokens one prefill forward reads */
+#define FW_RT_PREFILL_SIZES 4             /* chunk lengths: 16, 64, 256, 512 */
+
+/* A batch-1 model reading T prompt tokens a forward into its own caches
+ * (one prompt's worth, shared by every chunk length). */
+struct fw_rt_prefill {
+	struct fw_ctx *ctx;
+	struct fw_model m;
+	struct fw_graph *g;
+	struct fw_kv_cache *caches;
+	struct fw_tensor *slots;          /* (1, T) i32: each token's position */
+	int64_t T;
+};
+
 struct fw_rt_decoder {
 	struct fw_ctx *ctx;               /* owns the model's tensors */
-	struct fw_model m;                /* batch 1, one token a step */
+	struct fw_model m;                /* rows, one token a step */
 	struct fw_graph *g;               /* tokens -> logits */
 	struct fw_kv_cache *caches;
 	int n_layers;
 	int rows;                         /* prompts decoded together */
-	struct fw_tensor *len, *mask;     /* the position, and which cache slots are seen */
+	struct fw_tensor *slots;          /* (rows, 1) i32: each row's position this step */
 	int64_t max_len;                  /* cache positions for real tokens */
 	int64_t n_virtual;                /* virtual tokens (prompt tuning) in front of them */
+	int64_t n_prefix;                 /* prefix tuning's key/value rows before those */
 	int V;                            /* the logits' vocabulary */
 	struct fw_rt_cand *cands;         /* scratch of V */
 	float *scores;
 	uint8_t *seen;                    /* rows x V: ids in each row's context so far */
+	/* prefill models, built on first use from these (plugins must outlive d) */
+	const struct fw_plugin_slots *plugins;
+	uint64_t seed;
+	enum fw_dtype precision;
+	struct fw_rt_prefill pre[FW_RT_PREFILL_SIZES];
+	int n_pre;
 };
 
 /* Builds the decoding model of plugins (arch, attention, optional peft:
- * its freeze runs) with caches of max_len positions, plus the virtual
+ * its freeze runs; arch and attention built for ABI 1.5 or later, else
+ * FW_ERR_UNSUPPORTED naming the plugin) with caches of max_len positions, plus the virtual
  * tokens of a prompt-tuning peft plugin (fw_model.n_virtual), which
  * fw_rt_generate runs first. Its parameters are
  * uninitialised: load them (fw_rt_model_load_weights) or init them.
@@ -112,10 +150,11 @@ struct fw_rt_gen_row {
 typedef enum fw_rt_action (*fw_rt_row_token_fn)(void *user, int row, int32_t token,
 						 float logprob);
 
-/* Runs rows[0..n_rows) together (n_rows at most the decoder's rows), each
- * from an empty cache as fw_rt_generate runs one prompt, until every row
- * has stopped. FW_ERR_INVALID as fw_rt_generate's, naming the row, or
- * n_rows outside 1..d->rows; FW_ERR_INTERNAL: a kernel failed. */
+/* Runs the prompts rows[0..n_rows), up to d->rows at a time, each from an
+ * empty cache as fw_rt_generate runs one prompt, until every one has
+ * stopped; a stopped row takes the next prompt. on_token's row is the
+ * prompt's index in rows. FW_ERR_INVALID as fw_rt_generate's, naming the
+ * row, or n_rows < 1; FW_ERR_INTERNAL: a kernel failed. */
 enum fw_status fw_rt_generate_rows(struct fw_rt_decoder *d, const struct fw_rt_gen_row *rows,
 				   int n_rows, const struct fw_rt_gen_opts *o,
 				   fw_rt_row_token_fn on_token, void *user, struct fw_err *err);

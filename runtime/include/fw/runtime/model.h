@@ -39,7 +39,9 @@ struct fw_rt_model_spec {
 	 * positions and attn_bias inputs (fw_rt_data_masks fills them). */
 	bool segmented;
 	/* Decoding: one KV cache per attention layer (fw_rt_model_n_layers);
-	 * the model is (batch, 1) (batch 0: 1) and only logits are required. */
+	 * the model is (batch, seq_len) (0: 1; more than 1 is a prefill chunk,
+	 * which needs per-row cache slots, ABI 1.5) and only logits are
+	 * required. */
 	struct fw_kv_cache *caches;
 	int n_caches;
 	/* Decoding an encoder-decoder (fw/runtime/seq2seq.h): the encoder's
