@@ -101,6 +101,15 @@ enum fw_status fw_rt_decoder_virtual(const struct fw_plugin_slots *plugins, int6
 	return st;
 }
 
+/* The cache's own tensor under the writes chained on it: a peft plugin's
+ * write (prefix tuning's rows) may stand before the attention's. */
+static struct fw_tensor *cache_tensor(struct fw_tensor *t)
+{
+	while (t->op == FW_OP_KV_WRITE)
+		t = t->src[0];
+	return t;
+}
+
 enum fw_status fw_rt_decoder_open(struct fw_rt_decoder *d, const struct fw_plugin_slots *plugins,
 				  int64_t max_len, uint64_t seed, struct fw_err *err)
 {
@@ -158,8 +167,9 @@ enum fw_status fw_rt_decoder_open_as(struct fw_rt_decoder *d,
 		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	}
 	for (int l = 0; l < d->n_layers; l++) {         /* never-written slots read as 0 */
-		memset(d->caches[l].k->data, 0, fw_nbytes(d->caches[l].k));
-		memset(d->caches[l].v->data, 0, fw_nbytes(d->caches[l].v));
+		struct fw_tensor *k = cache_tensor(d->caches[l].k), *v = cache_tensor(d->caches[l].v);
+		memset(k->data, 0, fw_nbytes(k));
+		memset(v->data, 0, fw_nbytes(v));
 	}
 	return FW_OK;
 }
