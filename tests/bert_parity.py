@@ -35,7 +35,9 @@ Checks:
   - --seq-cls-head=roberta (RobertaClassificationHead) on RoBERTa's options:
     eval loss and logits within 1e-5, 10 AdamW steps (loss, gradient norm)
     within 1e-4, and 10 LoRA steps with the whole classifier (dense and
-    out_proj) in modules_to_save;
+    out_proj) in modules_to_save; --hidden-dropout-prob=0.3 in training
+    (the head's two dropouts and the encoder's): the loss moves from p = 0
+    (torch's), repeats bit for bit with the same --seed, moves with another;
   - Hugging Face folders (HF keys, the tied decoder included, config.json
     with id2label) of BertForSequenceClassification, BertForTokenClassification,
     BertForMaskedLM, RobertaForMaskedLM, RobertaForSequenceClassification and
@@ -489,9 +491,42 @@ def check_roberta_seq(fw, work, rng):
         return F.cross_entropy(seq_reference(m, P, rs, head=roberta_seq_logits),
                                torch.tensor([r["label"] for r in rs]))
     check_train(fw, work, "roberta seq-cls", m, head, W, ck, train_path, step)
+    check_roberta_dropout(fw, work, ck, train_path, lambda: step(W, 0))
     check_lora(fw, work, m, W, ck, train, train_path, recs, path, roberta_seq_logits,
                [n for n, _ in names(m, head) if n.startswith("classifier.")], " roberta",
                export=False)
+
+
+def check_roberta_dropout(fw, work, ck, train_path, first_ref):
+    """--hidden-dropout-prob in training with RobertaClassificationHead (its
+    two dropouts, the encoder's too): p = 0 is torch's loss without dropout,
+    p = 0.3 changes the first step's loss and repeats bit for bit with the
+    same --seed, and another seed draws another loss."""
+    def first_loss(tag, prob, seed):
+        run = os.path.join(work, f"rdrop_{tag}")
+        p = fw("train", TRAIN_PLUG, f"--load={ck}", f"--data={train_path}", "--no-shuffle",
+               "--tokenizer=byte", f"--micro-batch-size={B}", f"--seq-length={T}",
+               "--train-iters=1", "--lr=0", "--lr-decay-style=constant", "--labels=0,1,2",
+               f"--hidden-dropout-prob={prob}", f"--seed={seed}", "--threads=2",
+               f"--run-dir={run}")
+        if not R.check(f"roberta dropout {tag}: train runs", p.returncode == 0, g2.describe(p)):
+            return None
+        got = [o for o in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if "lr" in o]
+        return (got[0]["loss"], got[0]["grad_norm"]) if got else None
+    with torch.no_grad():
+        ref = first_ref().item()
+    l0 = first_loss("p0", 0.0, SEED)
+    a, b, c = (first_loss(t, 0.3, sd) for t, sd in (("a", SEED), ("b", SEED), ("c", SEED + 1)))
+    if not all((l0, a, b, c)):
+        return
+    R.check(f"roberta dropout p=0: first loss fw {l0[0]:.9g} vs torch {ref:.9g}",
+            g2.rel(l0[0], ref) <= TOL_STEP, f"rel {g2.rel(l0[0], ref):.2e}")
+    R.check(f"roberta dropout p=0.3: the loss moves from p=0 ({a[0]:.7f} vs {l0[0]:.7f})",
+            g2.rel(a[0], l0[0]) > 1e-4, f"rel {g2.rel(a[0], l0[0]):.2e}")
+    R.check("roberta dropout p=0.3: the same --seed gives the same loss and gradient norm "
+            "bit for bit", a == b, f"{a} vs {b}")
+    R.check("roberta dropout p=0.3: another --seed draws another loss", a[0] != c[0],
+            f"{a} vs {c}")
 
 
 def check_tok_eval(fw, work, m, W, ck, recs, path):
