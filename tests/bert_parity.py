@@ -21,7 +21,11 @@ Checks:
   - LoRA on token classification and MLM: 3 trained steps exported with
     export-adapter (task_type TOKEN_CLS with the classifier in
     modules_to_save; none for MLM) and re-applied in torch: eval loss
-    within 1e-5 of fw's with the adapter;
+    within 1e-5 of fw's with the adapter; the same for the sequence
+    classifiers' 10-step LoRA (BERT: bert.* keys; RoBERTa with
+    export-adapter --base: roberta.encoder.layer.N... keys, task_type
+    SEQ_CLS, classifier.dense / out_proj saved), and --base naming a missing
+    file refused in one line with no folder left;
   - the MLM masking: fw's documented draw (splitmix64 of seed, micro-batch
     index, position; tasks.h) replayed here, so the MLM losses above also pin
     which tokens are masked and how;
