@@ -21,7 +21,11 @@ Checks:
   - LoRA on token classification and MLM: 3 trained steps exported with
     export-adapter (task_type TOKEN_CLS with the classifier in
     modules_to_save; none for MLM) and re-applied in torch: eval loss
-    within 1e-5 of fw's with the adapter;
+    within 1e-5 of fw's with the adapter; the same for the sequence
+    classifiers' 10-step LoRA (BERT: bert.* keys; RoBERTa with
+    export-adapter --base: roberta.encoder.layer.N... keys, task_type
+    SEQ_CLS, classifier.dense / out_proj saved), and --base naming a missing
+    file refused in one line with no folder left;
   - the MLM masking: fw's documented draw (splitmix64 of seed, micro-batch
     index, position; tasks.h) replayed here, so the MLM losses above also pin
     which tokens are masked and how;
@@ -35,7 +39,9 @@ Checks:
   - --seq-cls-head=roberta (RobertaClassificationHead) on RoBERTa's options:
     eval loss and logits within 1e-5, 10 AdamW steps (loss, gradient norm)
     within 1e-4, and 10 LoRA steps with the whole classifier (dense and
-    out_proj) in modules_to_save;
+    out_proj) in modules_to_save; --hidden-dropout-prob=0.3 in training
+    (the head's two dropouts and the encoder's): the loss moves from p = 0
+    (torch's), repeats bit for bit with the same --seed, moves with another;
   - Hugging Face folders (HF keys, the tied decoder included, config.json
     with id2label) of BertForSequenceClassification, BertForTokenClassification,
     BertForMaskedLM, RobertaForMaskedLM, RobertaForSequenceClassification and
@@ -489,9 +495,41 @@ def check_roberta_seq(fw, work, rng):
         return F.cross_entropy(seq_reference(m, P, rs, head=roberta_seq_logits),
                                torch.tensor([r["label"] for r in rs]))
     check_train(fw, work, "roberta seq-cls", m, head, W, ck, train_path, step)
+    check_roberta_dropout(fw, work, ck, train_path, lambda: step(W, 0))
     check_lora(fw, work, m, W, ck, train, train_path, recs, path, roberta_seq_logits,
-               [n for n, _ in names(m, head) if n.startswith("classifier.")], " roberta",
-               export=False)
+               [n for n, _ in names(m, head) if n.startswith("classifier.")], " roberta")
+
+
+def check_roberta_dropout(fw, work, ck, train_path, first_ref):
+    """--hidden-dropout-prob in training with RobertaClassificationHead (its
+    two dropouts, the encoder's too): p = 0 is torch's loss without dropout,
+    p = 0.3 changes the first step's loss and repeats bit for bit with the
+    same --seed, and another seed draws another loss."""
+    def first_loss(tag, prob, seed):
+        run = os.path.join(work, f"rdrop_{tag}")
+        p = fw("train", TRAIN_PLUG, f"--load={ck}", f"--data={train_path}", "--no-shuffle",
+               "--tokenizer=byte", f"--micro-batch-size={B}", f"--seq-length={T}",
+               "--train-iters=1", "--lr=0", "--lr-decay-style=constant", "--labels=0,1,2",
+               f"--hidden-dropout-prob={prob}", f"--seed={seed}", "--threads=2",
+               f"--run-dir={run}")
+        if not R.check(f"roberta dropout {tag}: train runs", p.returncode == 0, g2.describe(p)):
+            return None
+        got = [o for o in map(json.loads, open(os.path.join(run, "metrics.jsonl"))) if "lr" in o]
+        return (got[0]["loss"], got[0]["grad_norm"]) if got else None
+    with torch.no_grad():
+        ref = first_ref().item()
+    l0 = first_loss("p0", 0.0, SEED)
+    a, b, c = (first_loss(t, 0.3, sd) for t, sd in (("a", SEED), ("b", SEED), ("c", SEED + 1)))
+    if not all((l0, a, b, c)):
+        return
+    R.check(f"roberta dropout p=0: first loss fw {l0[0]:.9g} vs torch {ref:.9g}",
+            g2.rel(l0[0], ref) <= TOL_STEP, f"rel {g2.rel(l0[0], ref):.2e}")
+    R.check(f"roberta dropout p=0.3: the loss moves from p=0 ({a[0]:.7f} vs {l0[0]:.7f})",
+            g2.rel(a[0], l0[0]) > 1e-4, f"rel {g2.rel(a[0], l0[0]):.2e}")
+    R.check("roberta dropout p=0.3: the same --seed gives the same loss and gradient norm "
+            "bit for bit", a == b, f"{a} vs {b}")
+    R.check("roberta dropout p=0.3: another --seed draws another loss", a[0] != c[0],
+            f"{a} vs {c}")
 
 
 def check_tok_eval(fw, work, m, W, ck, recs, path):
@@ -759,40 +797,54 @@ def check_lora(fw, work, m, W, ck, train_recs, train_path, recs, path, head=seq_
     compare_steps(f"lora{tag} seq-cls", run, adamw_replay(P, list(P), step_loss))
     if not export:
         return
-    # the PEFT export, applied in torch to the HF-named base
+    # the PEFT export, applied in torch to the HF-named base: BertForSequence-
+    # Classification's modules under bert. (no --base), RobertaForSequence-
+    # Classification's under roberta. (--base names the RoBERTa checkpoint)
     final = os.path.join(run, "adapter-00000010.h5")
-    out = os.path.join(work, "peft_export")
-    p = fw("export-adapter", final, out)
-    if not R.check("lora: export-adapter", p.returncode == 0, g2.describe(p)):
+    out = os.path.join(work, "peft_export" + tag.strip())
+    mt = "roberta" if m is ROBERTA else "bert"
+    p = fw("export-adapter", final, out, *([f"--base={ck}"] if mt == "roberta" else []))
+    if not R.check(f"lora{tag}: export-adapter", p.returncode == 0, g2.describe(p)):
         return
     cfg = json.load(open(os.path.join(out, "adapter_config.json")))
-    R.check("lora export: task_type SEQ_CLS, targets query/value, modules_to_save classifier, "
+    saves = sorted({n.rsplit(".", 1)[0] for n in cls})
+    R.check(f"lora{tag} export: task_type SEQ_CLS, targets query/value, modules_to_save {saves}, "
             "fan_in_fan_out false", cfg["task_type"] == "SEQ_CLS" and
             sorted(cfg["target_modules"]) == ["query", "value"] and
-            cfg["modules_to_save"] == ["classifier"] and cfg["fan_in_fan_out"] is False and
-            cfg["r"] == LORA_R and cfg["lora_alpha"] == LORA_ALPHA, json.dumps(cfg)[:300])
+            sorted(cfg["modules_to_save"]) == saves and cfg["fan_in_fan_out"] is False and
+            cfg["r"] == LORA_R and cfg["lora_alpha"] == LORA_ALPHA,
+            json.dumps({k: cfg[k] for k in ("task_type", "target_modules", "modules_to_save")}))
     _, st = g2.read_st(os.path.join(out, "adapter_model.safetensors"))
     pre = "base_model.model."
-    keys_ok = all(k.startswith(pre + "bert.encoder.layer.") or k.startswith(pre + "classifier.")
+    keys_ok = all(k.startswith(f"{pre}{mt}.encoder.layer.") or k.startswith(pre + "classifier.")
                   for k in st)
-    R.check("lora export: PEFT's keys (base_model.model.bert.encoder.layer.N....lora_A.weight, "
-            "base_model.model.classifier.weight)", keys_ok and len(st) == 2 * len(mods) + 2,
-            f"{sorted(st)[:3]}")
+    R.check(f"lora{tag} export: PEFT's keys (base_model.model.{mt}.encoder.layer.N....lora_A."
+            "weight, base_model.model.classifier....weight)",
+            keys_ok and len(st) == 2 * len(mods) + len(cls), f"{sorted(st)[:3]}")
     T2 = {k[len(pre):]: torch.from_numpy(v[2].copy()) for k, v in st.items()}
-    lora = {md: (T2[f"bert.{md}.lora_A.weight"], T2[f"bert.{md}.lora_B.weight"],
-                 cfg["lora_alpha"] / cfg["r"]) for md in mods if f"bert.{md}.lora_A.weight" in T2}
-    We = dict(W, **{n: T2[n] for n in ("classifier.weight", "classifier.bias") if n in T2})
+    lora = {md: (T2[f"{mt}.{md}.lora_A.weight"], T2[f"{mt}.{md}.lora_B.weight"],
+                 cfg["lora_alpha"] / cfg["r"]) for md in mods if f"{mt}.{md}.lora_A.weight" in T2}
+    We = dict(W, **{n: T2[n] for n in cls if n in T2})
+    R.check(f"lora{tag} export: every adapted module and saved tensor re-applied",
+            len(lora) == len(mods) and all(n in T2 for n in cls), f"{sorted(T2)[:4]}")
     with torch.no_grad():
-        ref_loss = F.cross_entropy(seq_reference(m, We, recs, lora),
+        ref_loss = F.cross_entropy(seq_reference(m, We, recs, lora, head),
                                    torch.tensor([r["label"] for r in recs])).item()
     q = fw("eval", PLUG + ",peft/lora", f"--load={ck}", f"--adapter={final}",
            f"--valid-data={path}", "--tokenizer=byte", f"--micro-batch-size={B}",
            f"--seq-length={T}", "--labels=0,1,2", "--threads=2")
-    if R.check("lora: eval with the adapter runs", q.returncode == 0, g2.describe(q)):
+    if R.check(f"lora{tag}: eval with the adapter runs", q.returncode == 0, g2.describe(q)):
         got = json.loads(q.stdout.strip().splitlines()[-1])["eval_loss"]
         r = g2.rel(got, ref_loss)
-        R.check(f"lora: the PEFT export applied in torch {ref_loss:.9g} vs fw eval {got:.9g}",
+        R.check(f"lora{tag}: the PEFT export applied in torch {ref_loss:.9g} vs fw eval {got:.9g}",
                 r <= TOL_EVAL, f"rel {r:.2e}")
+    if mt == "roberta":
+        bad = os.path.join(work, "peft_export_bad")
+        p = fw("export-adapter", final, bad, f"--base={os.path.join(work, 'missing.h5')}")
+        lines = [l for l in p.stderr.strip().splitlines() if l]
+        R.check("lora export --base=missing.h5: one line naming it, no folder left",
+                p.returncode != 0 and len(lines) == 1 and "missing.h5" in lines[0] and
+                not os.path.exists(bad), g2.describe(p))
 
 
 def check_lora_export(fw, work, name, ck, train_path, eval_path, flags_, task_type, saves,

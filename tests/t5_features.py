@@ -18,7 +18,10 @@ Oracles (none of them fw's output):
     penalty and of the sampler fw/runtime/sample.h documents (the draws from
     the counter RNG fw_rng_uniform, splitmix64, transcribed); --stop against
     the torch greedy text cut at the stop string; --interactive line by line
-    against torch; --chat without a template refused in one line.
+    against torch; --chat without a template refused in one line;
+    generation_config.json's max_length as Hugging Face's for an
+    encoder-decoder (max_length - 1 new tokens, not less the source) against
+    torch greedy with that many tokens.
   - beam search scored as transformers 4.34+ BeamHypotheses.add
     (generated_len without the decoder start token): fw against the
     transcription on sources where the older count (start token included)
@@ -334,6 +337,27 @@ def check_text_generation(fw, work):
                        text=True, timeout=120)
     R.check("generate --interactive: a source beyond --encoder-seq-length is reported",
             p.returncode == 1 and "--encoder-seq-length" in p.stderr, g2.describe(p))
+    # generation_config.json's max_length bounds the decoder's ids, its start
+    # token included (Hugging Face's MaxLengthCriteria): max_length - 1 new
+    # tokens, whatever the source's length
+    side = os.path.join(work, "max_length")
+    os.makedirs(side, exist_ok=True)
+    shutil.copy(ck, os.path.join(side, "model.h5"))
+    L = 6
+    with open(os.path.join(side, "generation_config.json"), "w") as f:
+        json.dump({"max_length": L}, f)
+    src = list(prompts[0].encode()) + [BYTE_EOS]
+    W = {k: v.double() for k, v in ascii_weights(62).items()}
+    want = byte_text(t5.ref_greedy(ASCII, W, src, L - 1, BYTE_EOS))
+    if R.check(f"generation_config max_length={L}: torch's greedy target is longer than "
+               f"{L - 1} tokens and the source than {L} (the check can fail)",
+               len(refs[0]) > L - 1 and len(src) > L and len(want) == L - 1, repr(refs[0])):
+        p = fw("generate", "--plugins=arch/encdec,attention/mha",
+               f"--load={os.path.join(side, 'model.h5')}", "--tokenizer=byte",
+               f"--prompt={prompts[0]}", "--threads=2")
+        R.check(f"generate with generation_config max_length={L} on T5: max_length - 1 "
+                f"tokens, torch's greedy text", p.returncode == 0 and p.stdout == want + "\n",
+                f"fw {p.stdout!r} torch {want!r}; {g2.describe(p)}")
     p = fw(*base, "--prompt=hi", "--chat")
     R.check("generate --chat on a T5 without a chat template: one-line refusal",
             p.returncode != 0 and len(p.stderr.strip().splitlines()) == 1 and

@@ -414,13 +414,16 @@ int cmd_merge(int argc, char **argv)
 /* --- fwrun export-adapter --------------------------------------------------------------------- */
 
 static const char export_usage[] =
-	"usage: fwrun export-adapter ADAPTER.h5 OUT_DIR [--base-model=NAME]\n"
+	"usage: fwrun export-adapter ADAPTER.h5 OUT_DIR [--base-model=NAME] [--base=BASE.h5]\n"
 	"ADAPTER may be a run directory: its newest adapter-N.h5.\n"
 	"Writes the adapter in Hugging Face PEFT's layout with its peft plugin's export_peft:\n"
 	"OUT_DIR/adapter_config.json and OUT_DIR/adapter_model.safetensors with PEFT's key\n"
 	"names (peft/lora for GPT-2: base_model.model.transformer.h.N.attn.c_attn.lora_A.weight\n"
 	"(r, in), lora_B.weight (out, r); fan_in_fan_out true). --base-model fills\n"
-	"base_model_name_or_path.\n";
+	"base_model_name_or_path. --base names the model the adapter was trained on: the\n"
+	"keys take the module paths of the Hugging Face class fwrun export writes for it\n"
+	"(a RoBERTa base: base_model.model.roberta.encoder.layer.N...; without --base an\n"
+	"arch/encoder adapter is named for BERT's classes, bert.*).\n";
 
 /* A directory this command made, with what a failed export left in it. */
 static void remove_made_dir(const char *dir)
@@ -439,7 +442,8 @@ static void remove_made_dir(const char *dir)
 
 /* The adapter's own plugin writes it (export_peft); a directory this made
  * is removed again when that fails. */
-static int export_by_plugin(const char *path, const char *dir, const char *base_model)
+static int export_by_plugin(const char *path, const char *dir, const char *base_model,
+			    const char *base)
 {
 	char *kind = NULL;
 	struct fw_loaded *p = NULL;
@@ -456,7 +460,8 @@ static int export_by_plugin(const char *path, const char *dir, const char *base_
 			  kind);
 	else if (!(made = mkdir(dir, 0777) == 0) && errno != EEXIST)
 		rc = fail(FW_ERR_IO, "%s: %s", dir, strerror(errno));
-	else if (pi->export_peft(fw_host_table(), path, dir, base_model, &err) != FW_OK) {
+	else if (pi->export_peft(fw_host_table(), path, dir, base_model, &err) != FW_OK ||
+		 (base && adapter_hf_keys(base, dir, &err) != FW_OK)) {
 		rc = fail(err.status, "%s", err.msg);
 		if (made)
 			remove_made_dir(dir);
@@ -472,7 +477,7 @@ static int export_by_plugin(const char *path, const char *dir, const char *base_
 
 int cmd_export_adapter(int argc, char **argv)
 {
-	const char *pos[2], *base_model = NULL;
+	const char *pos[2], *base_model = NULL, *base = NULL;
 	int np = 0;
 	for (int i = 0; i < argc; i++) {
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -481,9 +486,11 @@ int cmd_export_adapter(int argc, char **argv)
 		}
 		if (!strncmp(argv[i], "--base-model=", 13))
 			base_model = argv[i] + 13;
+		else if (!strncmp(argv[i], "--base=", 7) && argv[i][7])
+			base = argv[i] + 7;
 		else if (!strncmp(argv[i], "--", 2))
 			return fail(FW_ERR_INVALID, "export-adapter: unknown option '%s' (only "
-				   "--base-model=NAME)", argv[i]);
+				   "--base-model=NAME, --base=BASE.h5)", argv[i]);
 		else if (np < 2)
 			pos[np++] = argv[i];
 		else
@@ -491,10 +498,10 @@ int cmd_export_adapter(int argc, char **argv)
 	}
 	if (np != 2)
 		return fail(FW_ERR_INVALID, "export-adapter: usage: fwrun export-adapter ADAPTER.h5 "
-			   "OUT_DIR [--base-model=NAME]");
+			   "OUT_DIR [--base-model=NAME] [--base=BASE.h5]");
 	char ad_buf[4200];
 	struct fw_err err = { 0 };
 	if (resolve_adapter(pos[0], ad_buf, sizeof(ad_buf), &err) != FW_OK)
 		return fail(err.status, "%s", err.msg);
-	return export_by_plugin(ad_buf, pos[1], base_model);
+	return export_by_plugin(ad_buf, pos[1], base_model, base);
 }

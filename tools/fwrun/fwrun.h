@@ -118,6 +118,10 @@ int cmd_plan(int argc, char **argv);
 int cmd_import(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_export(int argc, char **argv);
+/* fwrun export-adapter --base (hf.c): DIR/adapter_model.safetensors's keys
+ * renamed to the modules of base's Hugging Face class (its arch's map, the
+ * class fwrun export writes for base): RoBERTa's roberta.* and lm_head.*. */
+enum fw_status adapter_hf_keys(const char *base, const char *dir, struct fw_err *err);
 int cmd_tokenize(int argc, char **argv);
 int cmd_sweep(int argc, char **argv);      /* sweep.c */
 int cmd_report(int argc, char **argv);     /* report_sweep.c */

@@ -373,7 +373,8 @@ static enum fw_status genconfig_load(const char *ckpt, struct fw_rt_genconfig *g
 
 /* Hugging Face's generate on that file: do_sample false (or absent) is
  * greedy; sampling takes its temperature, top_k and top_p, else 1.0, 50 and
- * 1.0; max_new_tokens, else max_length less the prompt; eos_token_id stops.
+ * 1.0; max_new_tokens, else max_length less the prompt (n_prompt < 0: an
+ * encoder-decoder, less the decoder's start token); eos_token_id stops.
  * Only for what the command line and --config leave out. */
 static void genconfig_apply(struct gen *s, const struct fw_rt_genconfig *g,
 			    const struct config *c, int64_t n_prompt, const char *where)
@@ -382,8 +383,11 @@ static void genconfig_apply(struct gen *s, const struct fw_rt_genconfig *g,
 	size_t k = 0;
 	if (!config_user_set(c, "max-new-tokens") &&
 	    (g->max_new_tokens >= 0 || g->max_length >= 0)) {
+		/* an encoder-decoder's max_length counts the decoder's ids, its
+		 * start token included (Hugging Face's MaxLengthCriteria) */
+		int64_t taken = n_prompt < 0 ? 1 : n_prompt;
 		s->max_new = g->max_new_tokens >= 0 ? g->max_new_tokens :
-			     g->max_length > n_prompt ? g->max_length - n_prompt : 0;
+			     g->max_length > taken ? g->max_length - taken : 0;
 		k += (size_t)snprintf(said + k, sizeof(said) - k, " --max-new-tokens=%lld",
 				      (long long)s->max_new);
 	}
@@ -895,13 +899,6 @@ int cmd_generate(int argc, char **argv)
 		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
-	if (have_gc)
-		genconfig_apply(&s, &gc, &cfg, n_prompt, gc_where);
-	if (*fw_opt_str(o, "eos-token-id") && eos_ids_parse(&s, fw_opt_str(o, "eos-token-id"),
-							    &err) != FW_OK) {
-		rc = fail(FW_ERR_INVALID, "%s", err.msg);
-		goto out;
-	}
 	s.n_pos = arch_positions(slots.arch->opts);
 	if (fw_opt_int(o, "threads") > 0)
 		fw_set_num_threads((int)fw_opt_int(o, "threads"));
@@ -910,7 +907,15 @@ int cmd_generate(int argc, char **argv)
 			rc = fail(err.status, "%s", err.msg);
 			goto out;
 		}
-	if (seq2seq_arch(&slots)) {     /* an encoder-decoder: seq2seq_gen.c */
+	bool encdec = seq2seq_arch(&slots);
+	if (have_gc)
+		genconfig_apply(&s, &gc, &cfg, encdec ? -1 : n_prompt, gc_where);
+	if (*fw_opt_str(o, "eos-token-id") && eos_ids_parse(&s, fw_opt_str(o, "eos-token-id"),
+							    &err) != FW_OK) {
+		rc = fail(FW_ERR_INVALID, "%s", err.msg);
+		goto out;
+	}
+	if (encdec) {     /* an encoder-decoder: seq2seq_gen.c */
 		if (*prompts) {
 			rc = fail(FW_ERR_UNSUPPORTED, "generate: --prompts is for decoder archs; give "
 				  "%s one source (--prompt, --prompt-file, --prompt-tokens or "

@@ -1162,3 +1162,80 @@ out:
 	hf_model_free(&h);
 	return rc;
 }
+
+/* --- fwrun export-adapter --base ------------------------------------------------------------ */
+
+/* rest, a PEFT key less "base_model.model." as the peft plugin wrote it
+ * ([PREFIX.]MODULE.TAIL, MODULE an fw parameter's module), with MODULE at its
+ * path in h's map (RoBERTa's roberta.encoder..., lm_head.dense); where the
+ * map adds no prefix the plugin's path stands (GPT-2's transformer.h...).
+ * 0: no parameter's module is in rest; -1: out is too short. */
+static int adapter_key(const struct hf_model *h, const char *rest, char *out, size_t len)
+{
+	const char *dot = strchr(rest, '.');
+	size_t best = 0;
+	int n = 0;
+	for (int i = 0; i < h->n; i++) {
+		const char *name = h->params[i]->name, *last = strrchr(name, '.'), *at = NULL;
+		struct hf_part parts[HF_PARTS_MAX];
+		bool tr;
+		if (!last || parts_of(h, h->params[i], parts, &tr) != 1 || !ends_with(parts[0].key, last))
+			continue;
+		size_t ml = (size_t)(last - name), hm = strlen(parts[0].key) - strlen(last);
+		if (!strncmp(rest, name, ml) && rest[ml] == '.')
+			at = rest;
+		else if (dot && !strncmp(dot + 1, name, ml) && dot[1 + ml] == '.')
+			at = dot + 1;
+		if (!at || ml <= best)
+			continue;
+		best = ml;
+		n = hm == ml && !strncmp(parts[0].key, name, ml) ?
+		    snprintf(out, len, "%s", rest) :
+		    snprintf(out, len, "%.*s%s", (int)hm, parts[0].key, at + ml);
+	}
+	return !best ? 0 : n < 0 || (size_t)n >= len ? -1 : 1;
+}
+
+enum fw_status adapter_hf_keys(const char *base, const char *dir, struct fw_err *err)
+{
+	static const char pre[] = "base_model.model.";
+	const size_t pl = sizeof(pre) - 1;
+	struct hf_model h = { 0 };
+	struct fw_st_file f = { 0 };
+	struct fw_tensor *t = NULL, **tp = NULL;
+	char labels[4096], path[4400];
+	enum fw_status st = file_arch(base, &h, labels, sizeof(labels), err);
+	if (st == FW_OK && (st = build(&h, err)) == FW_OK && (st = file_map(base, &h, err)) == FW_OK) {
+		snprintf(path, sizeof(path), "%s/adapter_model.safetensors", dir);
+		st = fw_st_open(path, &f, err);
+	}
+	if (st == FW_OK && (!(t = calloc((size_t)f.n + 1, sizeof(*t))) ||
+			    !(tp = calloc((size_t)f.n + 1, sizeof(*tp)))))
+		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	for (int i = 0; st == FW_OK && i < f.n; i++) {
+		const struct fw_st_entry *e = &f.entries[i];
+		int k = strncmp(e->name, pre, pl) ? 0 :
+			adapter_key(&h, e->name + pl, t[i].name + pl, sizeof(t[i].name) - pl);
+		if (k <= 0) {
+			st = fw_errorf(err, FW_ERR_INVALID, "%s: key '%s' %s", path, e->name,
+				       k ? "is too long under the base's Hugging Face names" :
+				       "names no module of --base's model");
+			break;
+		}
+		memcpy(t[i].name, pre, pl);
+		t[i].dtype = e->dtype;
+		t[i].ndim = e->ndim;
+		memcpy(t[i].ne, e->ne, sizeof(t[i].ne));
+		fw_set_contiguous_strides(&t[i]);
+		t[i].data = (void *)e->data;
+		tp[i] = &t[i];
+	}
+	const char *meta[] = { "format", "pt", NULL };
+	if (st == FW_OK)
+		st = fw_st_save(path, tp, f.n, meta, err);
+	free(tp);
+	free(t);
+	fw_st_close(&f);
+	hf_model_free(&h);
+	return st;
+}

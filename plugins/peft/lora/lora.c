@@ -1080,17 +1080,23 @@ static void export_targets(const struct lora_module_entry *mods, int n, const ch
 
 /* An arch/encoder (BERT) base, from its adapter's base list: PEFT's task
  * ("mlm", "seq-cls", "token-cls"); NULL for a decoder (GPT-2) base. */
-static const char *encoder_task(const char *base_list)
+static const char *encoder_task(const char *base_list, const struct peft_tensors *ts)
 {
+	bool out_proj = peft_listed(base_list, "classifier.out_proj.weight");
+	for (int i = 0; i < ts->n && !out_proj; i++)
+		out_proj = !strcmp(ts->t[i].name, "classifier.out_proj.weight");
 	if (!peft_listed(base_list, "embeddings.word_embeddings.weight"))
 		return NULL;
 	if (peft_listed(base_list, "cls.predictions.bias"))
 		return "mlm";
-	return peft_listed(base_list, "pooler.dense.weight") ? "seq-cls" : "token-cls";
+	/* BERT's pooler, or RobertaClassificationHead's out_proj (the base's
+	 * or, in modules_to_save, the adapter's) */
+	return out_proj || peft_listed(base_list, "pooler.dense.weight") ? "seq-cls" : "token-cls";
 }
 
 /* Hugging Face's name of an fw parameter: GPT-2's (peft_hf_name), or BERT's
- * ("bert." + name, heads as they are). */
+ * ("bert." + name, heads as they are; fwrun export-adapter --base renames
+ * them through the base's Hugging Face map, RoBERTa's "roberta."). */
 static void hf_param_name(const char *task, const char *fw, char *out, size_t len)
 {
 	if (!task)
@@ -1147,7 +1153,7 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 	peft_ini_get(cfg_ini, LORA_KIND, "lora-init", init_s, sizeof(init_s));
 	int64_t r = strtoll(r_s, NULL, 10);
 	double alpha = strtod(alpha_s, NULL), drop = strtod(drop_s, NULL);
-	const char *task = encoder_task(base_list);
+	const char *task = encoder_task(base_list, &ts);
 
 	tp = h->malloc(sizeof(*tp) * (size_t)(ts.n + 1));
 	keys = h->malloc(sizeof(*keys) * (size_t)(ts.n + 1));
