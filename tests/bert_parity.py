@@ -377,11 +377,13 @@ def check_seq_eval(fw, work, m, W, ck, recs, path):
     R.check("seq-cls: confusion matrix", got["confusion"] == cm.tolist(), f"{got['confusion']}")
 
 
-def tok_reference(m, W, recs, lora=None):
+def tok_reference(m, W, recs, lora=None, **peft):
+    """First sub-tokens' logits and labels; with virtual tokens (peft) those of
+    the real positions, the last len(ids)."""
     logits, labels = [], []
     for r in recs:
         ids, first = tok_inputs(r)
-        x = tok_logits(W, one(m, W, ids, [0] * len(ids), lora))[0]
+        x = tok_logits(W, one(m, W, ids, [0] * len(ids), lora, **peft))[0][-len(ids):]
         for j, y in first:
             logits.append(x[j])
             labels.append(y)

@@ -127,6 +127,43 @@ def check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method):
     return A0
 
 
+def check_token_cls(fw, work, rng):
+    """Token classification: fw's eval loss with each method's initial
+    adapter against torch on the real positions."""
+    m = bp.BERT
+    W = bp.random_weights(m, "token-cls", 33)
+    ck = os.path.join(work, "tok.h5")
+    bp.write_ckpt(ck, m, "token-cls", W)
+    recs = bp.tok_records(rng, 8)
+    path = os.path.join(work, "tok.jsonl")
+    bp.write_jsonl(path, recs)
+    for method, opts in METHODS.items():
+        run = os.path.join(work, f"tok_{method}_init")
+        p = fw("train", *opts, *common(ck, path), "--train-iters=1", "--lr=0",
+               "--weight-decay=0", f"--run-dir={run}")
+        init = os.path.join(run, "adapter-00000001.h5")
+        if not R.check(f"token-cls {method}: the initial adapter", p.returncode == 0 and
+                       os.path.exists(init), g2.describe(p)):
+            continue
+        with torch.no_grad():
+            ref = F.cross_entropy(*bp.tok_reference(m, W, recs, **peft_inputs(
+                method, adapter(init), m))).item()
+        p, got = bp.fw_eval(fw, ck, path, "--labels=0,1,2", f"--adapter={init}",
+                            plug=opts[0].replace(",optim/adamw", ""))
+        if R.check(f"token-cls {method}: eval runs", got is not None, g2.describe(p)):
+            r = g2.rel(got["eval_loss"], ref)
+            R.check(f"token-cls {method}: eval loss fw {got['eval_loss']:.9g} vs torch "
+                    f"{ref:.9g} (real positions)", r <= bp.TOL_EVAL, f"rel {r:.2e}")
+    # 32 tokens and 9 virtual ones pass BERT's 40 positions
+    p = fw("train", METHODS["prompt"][0], "--prompt-num-virtual-tokens=9", *common(ck, path),
+           "--train-iters=1", f"--run-dir={os.path.join(work, 'tok_too_long')}")
+    lines = [l for l in p.stderr.strip().splitlines() if l.startswith("fwrun:")]
+    R.check("bad input: --seq-length plus the virtual tokens past --max-position-embeddings: "
+            "one 'fwrun:' line naming both, exit 1 or 2", p.returncode in (1, 2) and
+            len(lines) == 1 and "virtual tokens" in lines[0] and
+            "--max-position-embeddings" in lines[0], g2.describe(p))
+
+
 def main():
     a, fw = g2.cli(__doc__)
 
@@ -144,6 +181,7 @@ def main():
             bp.write_jsonl(train_path, train)
             for method in METHODS:
                 check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method)
+        check_token_cls(fw, work, rng)
 
     return R.run("encoder_peft", a.keep, body)
 
