@@ -6,7 +6,10 @@
  * (FW_MASK_BIDIRECTIONAL) through the attention plugin; with segmented rows
  * (task batches: padding, sentence pairs) the host fills positions, the
  * padding mask attn_bias (B, 1, T, T) and token_types (B, T) per batch
- * (fw_rt_encoder_masks). Heads (--head):
+ * (fw_rt_encoder_masks). Prompt learning as PEFT feeds BertModel: virtual
+ * rows (fw_model.n_virtual) in front of the word embeddings, positions over
+ * the whole row, type 0 for them, the mask widened; a prefix
+ * (fw_model.n_prefix) moves the tokens' positions after it. Heads (--head):
  *   mlm        BertForMaskedLM: dense + GELU + LayerNorm, then a decoder tied
  *              to the word embeddings plus a bias; loss on targets >= 0;
  *   seq-cls    BertForSequenceClassification: tanh pooler on the first token
