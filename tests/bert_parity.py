@@ -158,15 +158,27 @@ def write_ckpt(path, m, head, W):
 
 # --- the reference: Hugging Face modeling_bert, transcribed -----------------------------
 
-def encoder(m, W, ids, types, mask, lora=None):
+def encoder(m, W, ids, types, mask, lora=None, virtual=None, prefix=None):
     """BertModel's sequence output for ids (N, S), types (N, S), mask (N, S) 1/0;
-    lora: {module: (A, B, scaling)} adds PEFT's scaling * B(A(x)) to those."""
+    lora: {module: (A, B, scaling)} adds PEFT's scaling * B(A(x)) to those.
+    PEFT's prompt learning: virtual (P, C) prompt tuning's embeddings, which
+    PeftModelForSequenceClassification puts in front of the word embeddings
+    (inputs_embeds), with P zeros in front of token_type_ids and P ones of
+    attention_mask (output (N, P + S, C), positions 0..P+S-1 as BertEmbeddings
+    numbers inputs_embeds); prefix [(P, 2C)] per layer, keys then values, as
+    past_key_values: P ones in front of the mask, the tokens at positions
+    P.. (past_key_values_length)."""
     N, S = ids.shape
     C, H = m["C"], m["H"]
     D = C // H
-    pos = torch.arange(S) + m["offset"]
-    x = (W["embeddings.word_embeddings.weight"][ids] +
-         W["embeddings.position_embeddings.weight"][pos][None] +
+    x = W["embeddings.word_embeddings.weight"][ids]
+    past = 0 if prefix is None else prefix[0].shape[0]
+    if virtual is not None:
+        x = torch.cat([virtual[None].expand(N, -1, -1), x], 1)
+        types = torch.cat([torch.zeros(N, virtual.shape[0], dtype=types.dtype), types], 1)
+    mask = torch.cat([torch.ones(N, x.shape[1] - S + past, dtype=mask.dtype), mask], 1)
+    pos = torch.arange(past, past + x.shape[1]) + m["offset"]
+    x = (x + W["embeddings.position_embeddings.weight"][pos][None] +
          W["embeddings.token_type_embeddings.weight"][types])
     ln = lambda x, n: F.layer_norm(x, (C,), W[n + ".weight"], W[n + ".bias"], m["eps"])  # noqa
     def lin(x, n):
@@ -177,12 +189,15 @@ def encoder(m, W, ids, types, mask, lora=None):
         return y
     x = ln(x, "embeddings.LayerNorm")
     ext = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    heads = lambda t: t.view(t.shape[0], -1, H, D).permute(0, 2, 1, 3)  # noqa
     for l in range(m["L"]):
         p = f"encoder.layer.{l}."
-        heads = lambda t: t.view(N, S, H, D).permute(0, 2, 1, 3)  # noqa
         q, k, v = (heads(lin(x, p + "attention.self." + n)) for n in ("query", "key", "value"))
+        if prefix is not None:
+            pk, pv = (heads(t[None]).expand(N, -1, -1, -1) for t in prefix[l].split(C, 1))
+            k, v = torch.cat([pk, k], 2), torch.cat([pv, v], 2)
         scores = q @ k.transpose(-1, -2) / math.sqrt(D) + ext
-        ctx = (scores.softmax(-1) @ v).permute(0, 2, 1, 3).reshape(N, S, C)
+        ctx = (scores.softmax(-1) @ v).permute(0, 2, 1, 3).reshape(N, -1, C)
         x = ln(lin(ctx, p + "attention.output.dense") + x, p + "attention.output.LayerNorm")
         h = F.gelu(lin(x, p + "intermediate.dense"))
         x = ln(lin(h, p + "output.dense") + x, p + "output.LayerNorm")
@@ -213,10 +228,10 @@ def tok_logits(W, x):
     return F.linear(x, W["classifier.weight"], W["classifier.bias"])
 
 
-def one(m, W, ids, types, lora=None):
+def one(m, W, ids, types, lora=None, **peft):
     """The encoder on one record alone: no padding."""
     t = torch.tensor([ids])
-    return encoder(m, W, t, torch.tensor([types]), torch.ones_like(t), lora)
+    return encoder(m, W, t, torch.tensor([types]), torch.ones_like(t), lora, **peft)
 
 
 # --- records and their inputs, as BERT lays them out ------------------------------------
@@ -323,8 +338,8 @@ def fw_eval(fw, ck, data, *extra, plug=PLUG):
     return p, (json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None)
 
 
-def seq_reference(m, W, recs, lora=None, head=seq_logits):
-    logits = [head(W, one(m, W, *seq_inputs(r), lora))[0] for r in recs]
+def seq_reference(m, W, recs, lora=None, head=seq_logits, **peft):
+    logits = [head(W, one(m, W, *seq_inputs(r), lora, **peft))[0] for r in recs]
     return torch.stack(logits)
 
 
@@ -368,11 +383,13 @@ def check_seq_eval(fw, work, m, W, ck, recs, path):
     R.check("seq-cls: confusion matrix", got["confusion"] == cm.tolist(), f"{got['confusion']}")
 
 
-def tok_reference(m, W, recs, lora=None):
+def tok_reference(m, W, recs, lora=None, **peft):
+    """First sub-tokens' logits and labels; with virtual tokens (peft) those of
+    the real positions, the last len(ids)."""
     logits, labels = [], []
     for r in recs:
         ids, first = tok_inputs(r)
-        x = tok_logits(W, one(m, W, ids, [0] * len(ids), lora))[0]
+        x = tok_logits(W, one(m, W, ids, [0] * len(ids), lora, **peft))[0][-len(ids):]
         for j, y in first:
             logits.append(x[j])
             labels.append(y)

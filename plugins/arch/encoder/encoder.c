@@ -6,7 +6,10 @@
  * (FW_MASK_BIDIRECTIONAL) through the attention plugin; with segmented rows
  * (task batches: padding, sentence pairs) the host fills positions, the
  * padding mask attn_bias (B, 1, T, T) and token_types (B, T) per batch
- * (fw_rt_encoder_masks). Heads (--head):
+ * (fw_rt_encoder_masks). Prompt learning as PEFT feeds BertModel: virtual
+ * rows (fw_model.n_virtual) in front of the word embeddings, positions over
+ * the whole row, type 0 for them, the mask widened; a prefix
+ * (fw_model.n_prefix) moves the tokens' positions after it. Heads (--head):
  *   mlm        BertForMaskedLM: dense + GELU + LayerNorm, then a decoder tied
  *              to the word embeddings plus a bias; loss on targets >= 0;
  *   seq-cls    BertForSequenceClassification: tanh pooler on the first token
@@ -100,11 +103,12 @@ static struct fw_tensor *dropout(const struct encoder *e, struct fw_model *m, st
 	return e->host->dropout(m->ctx, x, e->dropout, m->seed * 1000003u + (uint64_t)salt);
 }
 
+/* One block over x (B, N, C): N = T, or P + T with virtual tokens. */
 static struct fw_tensor *block(const struct encoder *e, struct fw_model *m, struct fw_tensor *x,
-			       int l)
+			       struct fw_tensor *bias, int l)
 {
 	const struct fw_host *h = e->host;
-	int64_t B = m->batch, T = m->seq_len, C = e->hidden, H = e->n_head, D = C / H;
+	int64_t B = m->batch, T = x ? x->ne[1] : 0, C = e->hidden, H = e->n_head, D = C / H;
 	char p[32], n[96], an[64];
 	snprintf(p, sizeof(p), "encoder.layer.%d", l);
 	int64_t heads[4] = { B, T, H, D }, flat[3] = { B, T, C };
@@ -117,7 +121,7 @@ static struct fw_tensor *block(const struct encoder *e, struct fw_model *m, stru
 	snprintf(an, sizeof(an), "%s.attention.self", p);
 	struct fw_attn_spec spec = {
 		.size = sizeof(spec), .name = an, .layer = l, .n_head = (int)H, .n_kv_head = (int)H,
-		.head_dim = (int)D, .mask = FW_MASK_BIDIRECTIONAL, .bias = m->attn_bias,
+		.head_dim = (int)D, .mask = FW_MASK_BIDIRECTIONAL, .bias = bias,
 		.pos = FW_POS_NONE, .rope_base = 10000.0f,
 		.dropout = m->training ? e->attn_dropout : 0.0f, .seed = m->seed * 7919u + (uint64_t)l,
 	};
@@ -136,33 +140,102 @@ static struct fw_tensor *block(const struct encoder *e, struct fw_model *m, stru
 	return norm(e, m, h->add(m->ctx, x, f), n);
 }
 
-/* Word + position (+ token type) embeddings, LayerNorm, dropout. */
-static struct fw_tensor *embeddings(const struct encoder *e, struct fw_model *m,
-				    struct fw_tensor **wte)
+/* Zeros (B, 1, a, b) from finite tensors: x (B, >= a, C) and the
+ * position table wpe (>= b, C). */
+static struct fw_tensor *zeros4(const struct fw_host *h, struct fw_ctx *c, struct fw_tensor *x,
+				struct fw_tensor *wpe, int64_t a, int64_t b)
+{
+	int64_t B = x->ne[0];
+	struct fw_tensor *col = h->reshape(c, h->cont(c, h->slice(c, h->slice(c, x, 1, 0, a), 2, 0, 1)),
+					   4, (int64_t[]){ B, 1, a, 1 });
+	struct fw_tensor *row = h->reshape(c, h->cont(c, h->slice(c, h->slice(c, wpe, 0, 0, b), 1, 0,
+								   1)), 4, (int64_t[]){ 1, 1, 1, b });
+	return h->scale(c, h->add(c, col, row), 0.0f);
+}
+
+/* v (P, C) as rows of every batch row: (B, P, C), x (B, >= P, C) finite. */
+static struct fw_tensor *batch_rows(const struct fw_host *h, struct fw_ctx *c, struct fw_tensor *x,
+				    struct fw_tensor *v)
+{
+	return h->add(c, h->scale(c, h->slice(c, x, 1, 0, v->ne[0]), 0.0f), v);
+}
+
+/* The padding mask (B, 1, T, T) over P virtual and S prefix rows, as PEFT
+ * extends attention_mask with ones: every query sees the P + S extra keys;
+ * a virtual query sees what a real one does (the mask is per key). */
+static struct fw_tensor *widen_bias(const struct encoder *e, struct fw_model *m,
+				    struct fw_tensor *x, struct fw_tensor *wpe, int64_t P, int64_t S)
 {
 	const struct fw_host *h = e->host;
+	struct fw_ctx *c = m->ctx;
+	int64_t T = m->seq_len;
+	struct fw_tensor *bias = m->attn_bias;
+	if (P + S > 0)           /* the keys: (B, 1, T, P + S + T) */
+		bias = h->concat(c, zeros4(h, c, x, wpe, T, P + S), bias, 3);
+	if (P > 0)               /* the virtual queries: row 0's keys */
+		bias = h->concat(c, h->add(c, zeros4(h, c, x, wpe, P, 1), h->slice(c, bias, 2, 0, 1)),
+				 bias, 2);
+	return bias;
+}
+
+/* Word embeddings through host->embed (PEFT's inputs_embeds: P virtual
+ * tokens in front, or an S-row key/value prefix), then position and token
+ * type embeddings as BertEmbeddings adds them to inputs_embeds: positions
+ * S..S+P+T-1 from --position-offset on, type 0 for the virtual rows (PEFT
+ * prepends zeros to token_type_ids); LayerNorm, dropout. *bias: the
+ * attention mask widened over the extra rows. NULL with err set. */
+static struct fw_tensor *embeddings(const struct encoder *e, struct fw_model *m,
+				    struct fw_tensor **wte, struct fw_tensor **bias,
+				    struct fw_err *err)
+{
+	const struct fw_host *h = e->host;
+	struct fw_ctx *c = m->ctx;
 	int64_t T = m->seq_len, C = e->hidden;
 	*wte = param(e, m, 2, e->vocab, C, "embeddings.word_embeddings.weight");
 	h->init_normal(m, *wte, 0.02f);
-	struct fw_tensor *x = h->embedding(m->ctx, *wte, m->tokens);
+	struct fw_tensor *x = h->embed(m, h->embedding(c, *wte, m->tokens));
+	if (!x)
+		return NULL;
+	int64_t P = FW_HAS(m, n_virtual) ? m->n_virtual : 0;
+	int64_t S = FW_HAS(m, n_prefix) ? m->n_prefix : 0;
+	if (P && m->virtual_at)
+		return h->errorf(err, FW_ERR_UNSUPPORTED, "arch/encoder: virtual tokens before token "
+				 "%lld: an encoder takes them only in front (PEFT's "
+				 "inputs_embeds)", (long long)m->virtual_at), NULL;
+	int64_t avail = e->n_pos - e->pos_offset;
+	if (P + S > 0 && S + P + T > avail)
+		return h->errorf(err, FW_ERR_INVALID, "arch/encoder: --seq-length %lld plus %lld %s "
+				 "with --position-offset %lld exceeds --max-position-embeddings %lld",
+				 (long long)T, (long long)(P + S), P ? "virtual tokens" :
+				 "prefix positions", (long long)e->pos_offset, (long long)e->n_pos),
+		       NULL;
 	struct fw_tensor *wpe = param(e, m, 2, e->n_pos, C, "embeddings.position_embeddings.weight");
 	h->init_normal(m, wpe, 0.02f);
 	/* RoBERTa: positions start at padding_idx + 1 = 2 */
-	struct fw_tensor *pe = h->slice(m->ctx, wpe, 0, e->pos_offset, e->n_pos - e->pos_offset);
+	struct fw_tensor *pe = h->slice(c, wpe, 0, e->pos_offset, avail);
+	struct fw_tensor *real;                  /* the real tokens' addend: (T, C) or (B, T, C) */
 	if (m->positions)
-		pe = h->embedding(m->ctx, pe, m->positions);
-	else if (T != e->n_pos - e->pos_offset)
-		pe = h->slice(m->ctx, pe, 0, 0, T);
-	x = h->add(m->ctx, x, pe);
+		real = h->embedding(c, h->slice(c, pe, 0, S + P, avail - S - P), m->positions);
+	else
+		real = S + P + T == avail ? pe : h->slice(c, pe, 0, S + P, T);
+	struct fw_tensor *tte = NULL;
 	if (e->n_types > 0) {
-		struct fw_tensor *tte = param(e, m, 2, e->n_types, C,
-					      "embeddings.token_type_embeddings.weight");
+		tte = param(e, m, 2, e->n_types, C, "embeddings.token_type_embeddings.weight");
 		h->init_normal(m, tte, 0.02f);
 		int64_t bt[2] = { m->batch, T };
-		struct fw_tensor *types = h->input(m->ctx, "token_types", FW_I32, 2, bt);
-		x = h->add(m->ctx, x, h->embedding(m->ctx, tte, types));
+		struct fw_tensor *types = h->input(c, "token_types", FW_I32, 2, bt);
+		real = h->add(c, real, h->embedding(c, tte, types));
 	}
-	x = norm(e, m, h->embed(m, x), "embeddings.LayerNorm");
+	if (P > 0) {             /* the virtual rows: positions S..S+P-1, type 0 */
+		struct fw_tensor *v = h->slice(c, pe, 0, S, P);
+		if (tte)
+			v = h->add(c, v, h->slice(c, tte, 0, 0, 1));
+		if (real && real->ndim == 2)
+			real = batch_rows(h, c, h->slice(c, x, 1, P, T), real);
+		real = h->concat(c, batch_rows(h, c, x, v), real, 1);
+	}
+	*bias = m->attn_bias ? widen_bias(e, m, x, wpe, P, S) : NULL;
+	x = norm(e, m, h->add(c, x, real), "embeddings.LayerNorm");
 	return dropout(e, m, x, -1);
 }
 
@@ -173,6 +246,13 @@ static void head(const struct encoder *e, struct fw_model *m, struct fw_tensor *
 	const struct fw_host *h = e->host;
 	int64_t B = m->batch, T = m->seq_len, C = e->hidden;
 	struct fw_tensor *targets = m->targets;
+	/* P virtual rows in front: the first-token heads take row 0 (BertPooler's
+	 * hidden_states[:, 0], the first virtual token under PEFT), the others
+	 * the real rows only (PEFT's labels padded with -100 for them) */
+	int64_t P = x ? x->ne[1] - T : 0;
+	bool first_token = e->head == HEAD_SEQ_CLS && !e->mean_pool;
+	if (P > 0 && !first_token)
+		x = h->cont(m->ctx, h->slice(m->ctx, x, 1, P, T));
 	if (e->head == HEAD_MLM) {
 		x = linear(e, m, x, C, C, "cls.predictions.transform.dense");
 		x = norm(e, m, h->gelu(m->ctx, x, FW_GELU_ERF), "cls.predictions.transform.LayerNorm");
@@ -228,12 +308,14 @@ static enum fw_status encoder_build(void *state, struct fw_model *m, struct fw_e
 		m->positions = h->input(m->ctx, "positions", FW_I32, 2, bt);
 		m->attn_bias = h->input(m->ctx, "attn_bias", FW_F32, 4, bqk);
 	}
-	struct fw_tensor *wte;
-	struct fw_tensor *x = embeddings(e, m, &wte);
+	struct fw_tensor *wte = NULL, *bias = NULL;
+	struct fw_tensor *x = embeddings(e, m, &wte, &bias, err);
+	if (!x && err->status)
+		return err->status;
 	for (int l = 0; l < e->n_layer; l++) {
 		if (e->recompute)
 			h->checkpoint_begin(m->ctx);
-		x = block(e, m, x, l);
+		x = block(e, m, x, bias, l);
 		if (e->recompute)
 			h->checkpoint_end(m->ctx);
 	}

@@ -136,7 +136,9 @@ static enum fw_status prefix_wrap_kv(void *state, struct fw_model *m,
 				 "number positions after the prefix (host->embed), so %s would not "
 				 "see it as past keys", spec->name,
 				 spec->pos == FW_POS_ROPE ? "RoPE" : "ALiBi");
-	if (spec->bias)
+	/* a bias the arch widened over the prefix keys (arch/encoder's padding
+	 * mask, as PEFT extends attention_mask with ones) is kept */
+	if (spec->bias && spec->bias->ne[3] != (*k)->ne[1] + s->nvt)
 		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: an attention bias "
 				 "(packed or padded SFT rows) does not cover the prefix; use plain "
 				 "text or --packing with one sequence a row", spec->name);
