@@ -249,9 +249,9 @@ static enum fw_status prompt_export(const struct fw_host *h, const char *adapter
 		peft_put_json(&cfg, text);
 	else
 		peft_put(&cfg, "null");
-	peft_put(&cfg, ",\n  \"revision\": null,\n  \"task_type\": \"CAUSAL_LM\",\n"
+	peft_put(&cfg, ",\n  \"revision\": null,\n  \"task_type\": \"%s\",\n"
 		 "  \"token_dim\": %lld,\n  \"tokenizer_kwargs\": null,\n"
-		 "  \"tokenizer_name_or_path\": ", C);
+		 "  \"tokenizer_name_or_path\": ", peft_task_type(adapter), C);
 	if (*tok)
 		peft_put_json(&cfg, tok);
 	else

@@ -375,9 +375,9 @@ static enum fw_status pt_export(const struct fw_host *h, const char *adapter, co
 		 "  \"inference_mode\": true,\n  \"num_attention_heads\": %lld,\n"
 		 "  \"num_layers\": %d,\n  \"num_transformer_submodules\": 1,\n"
 		 "  \"num_virtual_tokens\": %lld,\n  \"peft_type\": \"P_TUNING\",\n"
-		 "  \"revision\": null,\n  \"task_type\": \"CAUSAL_LM\",\n  \"token_dim\": %lld\n}\n",
+		 "  \"revision\": null,\n  \"task_type\": \"%s\",\n  \"token_dim\": %lld\n}\n",
 		 (long long)g.h, g.kind == ENC_LSTM ? g.layers : 2, enc_names[g.kind], NH, L,
-		 (long long)g.nvt, (long long)g.c);
+		 (long long)g.nvt, peft_task_type(adapter), (long long)g.c);
 	if (cfg.oom) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/ptuning: out of memory");
 		goto out;
