@@ -446,8 +446,15 @@ static enum fw_status encdec_build(void *state, struct fw_model *m, struct fw_er
 	struct fw_tensor *enc = encoder(e, m, dropout(e, m, x, -1), enc_bias);
 	if (m->caches && cross_alloc(e, m, err) != FW_OK)
 		return err->status;
-	x = dropout(e, m, h->embedding(m->ctx, shared, m->tokens), -2);
-	x = decoder(e, m, x, enc, enc_bias);
+	/* PEFT's num_transformer_submodules 2 (prompt tuning, P-tuning): P2
+	 * virtual tokens before the decoder's inputs in training and eval; their
+	 * logits are not in the loss (PEFT's labels of -100) */
+	x = h->embedding(m->ctx, shared, m->tokens);
+	x = m->caches ? x : h->embed(m, x);
+	int64_t P2 = x ? x->ne[1] - T : 0;
+	x = decoder(e, m, dropout(e, m, x, -2), enc, enc_bias);
+	if (P2 > 0)
+		x = h->cont(m->ctx, h->slice(m->ctx, x, 1, P2, T));
 	if (e->tie)     /* Mesh TensorFlow's rescaling before the tied projection */
 		m->logits = h->matmul(m->ctx, h->scale(m->ctx, x, 1.0f / sqrtf((float)C)), shared,
 				      false, true);
