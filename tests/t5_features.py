@@ -400,11 +400,13 @@ def check_beam_length(args, work):
 
 # --- PEFT on T5 -----------------------------------------------------------------------------
 
-def peft_forward(c, W, A, kind, enc_ids, enc_mask, dec_ids, nvt=0):
+def peft_forward(c, W, A, kind, enc_ids, enc_mask, dec_ids, nvt=0, dec_virtual=None):
     """t5_parity's T5ForConditionalGeneration with PEFT's method on top, from its
     formulas: lin() is every linear layer (LoRA, IA3), prompt tuning prepends to
     the encoder's inputs_embeds, prefix tuning hands past_key_values to the
-    decoder's self-attention."""
+    decoder's self-attention. dec_virtual (P2, C): PeftModelForSeq2SeqLM's
+    num_transformer_submodules 2, virtual tokens before the decoder's
+    inputs_embeds, their logits dropped (its labels of -100 there)."""
     eps, H, D = c["layer_norm_epsilon"], c["num_heads"], c["d_kv"]
     fmin = torch.finfo(torch.float64).min
 
@@ -458,6 +460,13 @@ def peft_forward(c, W, A, kind, enc_ids, enc_mask, dec_ids, nvt=0):
     causal = torch.tril(torch.ones(Td, P + Td), diagonal=P)[None, None]
     dpb = full + (1.0 - causal.double()) * fmin
     y = W["shared.weight"][dec_ids]
+    P2 = 0 if dec_virtual is None else dec_virtual.shape[0]
+    if P2:
+        y = torch.cat([dec_virtual.expand(y.shape[0], -1, -1), y], 1)
+        Td = y.shape[1]
+        full = t5.compute_bias(c, W["decoder.block.0.layer.0.SelfAttention.relative_attention_bias"
+                                    ".weight"], Td, Td, False)
+        dpb = full + (1.0 - torch.tril(torch.ones(Td, Td)).double()[None, None]) * fmin
     for l in range(c["num_decoder_layers"]):
         p = f"decoder.block.{l}.layer"
         pre = None
@@ -470,7 +479,7 @@ def peft_forward(c, W, A, kind, enc_ids, enc_mask, dec_ids, nvt=0):
         y = y + attention(p + ".1.EncDecAttention", t5.layer_norm(y, W[p + ".1.layer_norm.weight"],
                                                                  eps), enc, ext)
         y = y + ffn(p + ".2", t5.layer_norm(y, W[p + ".2.layer_norm.weight"], eps))
-    y = t5.layer_norm(y, W["decoder.final_layer_norm.weight"], eps)
+    y = t5.layer_norm(y, W["decoder.final_layer_norm.weight"], eps)[:, P2:]
     if c["tie_word_embeddings"]:
         return (y * c["d_model"] ** -0.5) @ W["shared.weight"].t()
     return y @ W["lm_head.weight"].t()
@@ -530,7 +539,8 @@ def check_peft(fw, work):
             ("lora", "peft/lora", [], 0, ["SelfAttention.q.lora_A", "EncDecAttention.v.lora_B"]),
             ("ia3", "peft/ia3", [], 0, ["SelfAttention.k.ia3_l", "EncDecAttention.v.ia3_l",
                                         "DenseReluDense.wo.ia3_l"]),
-            ("prompt", "peft/prompt", ["--prompt-num-virtual-tokens=3"], 3,
+            ("prompt", "peft/prompt", ["--prompt-num-virtual-tokens=3",
+                                       "--prompt-num-transformer-submodules=1"], 3,
              ["prompt.embedding.weight"]),
             ("prefix", "peft/prefix", ["--prefix-num-virtual-tokens=2"], 2, ["prefix.h.1.kv"])):
         plugins = f"--plugins=arch/encdec,attention/mha,optim/adamw,{plugin}"

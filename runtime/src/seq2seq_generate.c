@@ -16,6 +16,21 @@ void fw_rt_s2s_decoder_close(struct fw_rt_s2s_decoder *d)
 	memset(d, 0, sizeof(*d));
 }
 
+/* The decoding model in d->ctx with caches of cache_len rows. */
+static enum fw_status build(struct fw_rt_s2s_decoder *d, const struct fw_plugin_slots *plugins,
+			    int64_t beams, int64_t enc_len, int64_t cache_len, uint64_t seed,
+			    struct fw_err *err)
+{
+	d->len = fw_input(d->ctx, "gen.len", FW_I32, 1, (int64_t[]){ 1 });
+	d->mask = fw_input(d->ctx, "gen.mask", FW_F32, 1, (int64_t[]){ cache_len });
+	for (int l = 0; l < d->n_layers; l++)
+		d->caches[l] = (struct fw_kv_cache){ .len = d->len, .mask = d->mask,
+						     .max_len = cache_len };
+	return fw_rt_model_build(&(struct fw_rt_model_spec){
+		.plugins = plugins, .seed = seed, .caches = d->caches, .n_caches = d->n_layers,
+		.batch = beams, .enc_len = enc_len }, d->ctx, &d->m, err);
+}
+
 enum fw_status fw_rt_s2s_decoder_open(struct fw_rt_s2s_decoder *d,
 				      const struct fw_plugin_slots *plugins, int64_t beams,
 				      int64_t enc_len, int64_t max_len, uint64_t seed,
@@ -35,14 +50,18 @@ enum fw_status fw_rt_s2s_decoder_open(struct fw_rt_s2s_decoder *d,
 		fw_rt_s2s_decoder_close(d);
 		return fw_errorf(err, FW_ERR_NOMEM, "generate: out of memory");
 	}
-	d->len = fw_input(d->ctx, "gen.len", FW_I32, 1, (int64_t[]){ 1 });
-	d->mask = fw_input(d->ctx, "gen.mask", FW_F32, 1, (int64_t[]){ max_len });
-	for (int l = 0; l < d->n_layers; l++)
-		d->caches[l] = (struct fw_kv_cache){ .len = d->len, .mask = d->mask,
-						     .max_len = max_len };
-	enum fw_status st = fw_rt_model_build(&(struct fw_rt_model_spec){
-		.plugins = plugins, .seed = seed, .caches = d->caches, .n_caches = d->n_layers,
-		.batch = beams, .enc_len = enc_len }, d->ctx, &d->m, err);
+	enum fw_status st = build(d, plugins, beams, enc_len, max_len, seed, err);
+	/* prefix tuning: the prefix rows take the first cache slots of every
+	 * decoder layer; built again with room for them */
+	int64_t S = st == FW_OK && FW_HAS(&d->m, n_prefix) ? d->m.n_prefix : 0;
+	if (S > 0) {
+		fw_ctx_free(d->ctx);
+		memset(&d->m, 0, sizeof(d->m));
+		if (!(d->ctx = fw_ctx_new()))
+			st = fw_errorf(err, FW_ERR_NOMEM, "generate: out of memory");
+		else
+			st = build(d, plugins, beams, enc_len, max_len + S, seed, err);
+	}
 	if (st == FW_OK && (d->m.n_cross <= 0 || !d->m.enc_tokens))
 		st = fw_errorf(err, FW_ERR_UNSUPPORTED, "generate: %s has no encoder to run",
 			       plugins->arch->desc->name);
@@ -63,6 +82,7 @@ enum fw_status fw_rt_s2s_decoder_open(struct fw_rt_s2s_decoder *d,
 	d->beams = beams;
 	d->enc_len = enc_len;
 	d->max_len = max_len;
+	d->n_prefix = S;
 	d->V = (int)d->m.logits->ne[d->m.logits->ndim - 1];
 	return FW_OK;
 }
@@ -85,17 +105,18 @@ static enum fw_status encode(struct fw_rt_s2s_decoder *d, const int32_t *src, in
 	for (int i = 0; i < d->m.n_cross; i++)
 		memcpy(d->m.cross_in[i]->data, d->m.cross_out[i]->data, fw_nbytes(d->m.cross_in[i]));
 	float *mk = d->mask->data;
-	for (int64_t j = 0; j < d->max_len; j++)
-		mk[j] = -INFINITY;
+	for (int64_t j = 0; j < d->n_prefix + d->max_len; j++)
+		mk[j] = j < d->n_prefix ? 0.0f : -INFINITY;   /* the prefix rows are seen */
 	return FW_OK;
 }
 
-/* One decoder step at position q with tokens[b] in row b: logits (B, V). */
+/* One decoder step at position q (cache slot n_prefix + q) with tokens[b]
+ * in row b: logits (B, V). */
 static enum fw_status step(struct fw_rt_s2s_decoder *d, int64_t q, const int32_t *tokens,
 			   struct fw_err *err)
 {
-	*(int32_t *)d->len->data = (int32_t)q;
-	((float *)d->mask->data)[q] = 0.0f;
+	*(int32_t *)d->len->data = (int32_t)(d->n_prefix + q);
+	((float *)d->mask->data)[d->n_prefix + q] = 0.0f;
 	memcpy(d->m.tokens->data, tokens, sizeof(int32_t) * (size_t)d->beams);
 	if (fw_graph_forward(d->step_g) != FW_OK)
 		return fw_errorf(err, FW_ERR_INTERNAL, "generate: %s", fw_ctx_err(d->ctx)->msg);

@@ -44,10 +44,6 @@ enum fw_status s2s_gen_open(struct s2s_gen *g, const struct config *cfg,
 {
 	const struct fw_options *o = cfg->run;
 	memset(g, 0, sizeof(*g));
-	if (slots->peft)
-		return fw_errorf(err, FW_ERR_UNSUPPORTED, "generate: %s with a peft plugin is not "
-				 "supported yet (merge the adapter with fwrun merge first)",
-				 slots->arch->desc->name);
 	g->add_eos = tok != NULL;
 	g->max_source = max_source;
 	g->o = (struct fw_rt_s2s_opts){ .max_new = max_new,
@@ -57,10 +53,13 @@ enum fw_status s2s_gen_open(struct s2s_gen *g, const struct config *cfg,
 	g->o.start = g->o.pad;
 	int64_t enc_len = max_source + (g->add_eos ? 1 : 0);
 	if (st == FW_OK && (!(g->src = malloc(sizeof(int32_t) * (size_t)enc_len)) ||
-			    !(g->out = malloc(sizeof(int32_t) * (size_t)g->o.max_new))))
+			    !(g->out = malloc(sizeof(int32_t) * (size_t)(max_new > 0 ? max_new : 1)))))
 		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	/* no new token (generation_config.json's max_length 1): the model is
+	 * still opened and loaded, so that a bad one fails as it would */
 	if (st == FW_OK)
-		st = fw_rt_s2s_decoder_open(&g->d, slots, g->o.num_beams, enc_len, g->o.max_new,
+		st = fw_rt_s2s_decoder_open(&g->d, slots, g->o.num_beams, enc_len,
+					    max_new > 0 ? max_new : 1,
 					    (uint64_t)fw_opt_int(o, "seed"), err);
 	struct fw_tensor **params = NULL;
 	int n_params = 0, n_new;
@@ -70,6 +69,8 @@ enum fw_status s2s_gen_open(struct s2s_gen *g, const struct config *cfg,
 		st = fw_rt_model_load_weights(path, params, n_params, slots,
 					      fw_opt_bool(o, "base-only"), &n_new, &fwrun_log, err);
 	free(params);
+	if (st == FW_OK)        /* --adapter: a peft plugin's tensors, as the decoder's */
+		st = adapter_apply(cfg, slots, &g->d.m, true, err);
 	return st;
 }
 
@@ -80,6 +81,14 @@ enum fw_status s2s_gen_complete(struct s2s_gen *g, const int32_t *prompt, int64_
 		return fw_errorf(err, FW_ERR_INVALID, "the source is %lld tokens, more than the %lld "
 				 "the encoder was opened for (--encoder-seq-length)", (long long)n,
 				 (long long)g->max_source);
+	/* max_length 1: Hugging Face returns the decoder start token alone, an
+	 * empty target */
+	for (int64_t i = 0; g->o.max_new == 0 && i < n; i++)
+		if (prompt[i] < 0 || prompt[i] >= g->d.V)
+			return fw_errorf(err, FW_ERR_INVALID, "source: token %d is outside the "
+					 "vocabulary (%d)", prompt[i], g->d.V);
+	if (g->o.max_new == 0)
+		return FW_OK;
 	memcpy(g->src, prompt, sizeof(int32_t) * (size_t)n);
 	if (g->add_eos)
 		g->src[n++] = g->o.eos;   /* the source as T5's tokenizer ends it */

@@ -208,18 +208,34 @@ static struct fw_tensor *kv_heads(const struct encdec *e, struct fw_model *m,
 				shape);
 }
 
+/* A decoding model's cross-attention K/V of one decoder layer: the encoder
+ * pass ends in *k, *v (cross_out[2l], [2l + 1]); the one-token steps read
+ * inputs "cross.<l>.k" / ".v" of their shape (cross_in) instead. */
+static void cross_inputs(const struct encdec *e, struct fw_model *m, int l,
+			 struct fw_tensor **k, struct fw_tensor **v)
+{
+	char name[FW_NAME_MAX];
+	m->cross_out[2 * l] = *k;
+	m->cross_out[2 * l + 1] = *v;
+	snprintf(name, sizeof(name), "cross.%d.k", l);
+	*k = m->cross_in[2 * l] = e->host->input(m->ctx, name, FW_F32, 4, (*k)->ne);
+	snprintf(name, sizeof(name), "cross.%d.v", l);
+	*v = m->cross_in[2 * l + 1] = e->host->input(m->ctx, name, FW_F32, 4, (*v)->ne);
+}
+
 /* T5Attention at <prefix> (".SelfAttention" or ".EncDecAttention"): queries
- * from x (B, Tq, C); keys and values from kv (B, Tk, C), or given as heads
- * (k, v: the cross-attention K/V a decoding model reads); cache while
- * decoding. */
+ * from x (B, Tq, C); keys and values from kv (B, Tk, C); cache while
+ * decoding; cross >= 0: decoder layer cross's cross-attention of a decoding
+ * model (cross_inputs). Its linears come in the training model's order,
+ * which a peft plugin's adapter file follows. */
 static struct fw_tensor *attention(const struct encdec *e, struct fw_model *m,
-				   struct fw_tensor *x, struct fw_tensor *kv, struct fw_tensor *k,
-				   struct fw_tensor *v, const char *prefix, int layer,
-				   enum fw_mask_kind mask, struct fw_tensor *bias,
-				   struct fw_tensor *pos_bias, struct fw_kv_cache *cache)
+				   struct fw_tensor *x, struct fw_tensor *kv, int cross,
+				   const char *prefix, int layer, enum fw_mask_kind mask,
+				   struct fw_tensor *bias, struct fw_tensor *pos_bias,
+				   struct fw_kv_cache *cache)
 {
 	const struct fw_host *h = e->host;
-	if (!x || (!kv && !k))
+	if (!x || !kv)
 		return NULL;            /* an earlier step failed: ctx_err has it */
 	int64_t B = x->ne[0], Tq = x->ne[1], C = e->d_model, H = e->n_head;
 	int64_t D = e->d_kv, inner = H * D;
@@ -228,10 +244,9 @@ static struct fw_tensor *attention(const struct encdec *e, struct fw_model *m,
 	snprintf(n, sizeof(n), "%s.q", prefix);
 	struct fw_tensor *q = h->reshape(m->ctx, linear(e, m, x, C, inner, n,
 							 1.0f / sqrtf((float)(C * D))), 4, q_shape);
-	if (!k) {
-		k = kv_heads(e, m, kv, prefix, "k");
-		v = kv_heads(e, m, kv, prefix, "v");
-	}
+	struct fw_tensor *k = kv_heads(e, m, kv, prefix, "k"), *v = kv_heads(e, m, kv, prefix, "v");
+	if (cross >= 0 && k && v)
+		cross_inputs(e, m, cross, &k, &v);
 	struct fw_attn_spec spec = {
 		.size = sizeof(spec), .name = prefix, .layer = layer, .n_head = (int)H,
 		.n_kv_head = (int)H, .head_dim = (int)D, .mask = mask, .bias = bias,
@@ -293,7 +308,7 @@ static struct fw_tensor *encoder(const struct encdec *e, struct fw_model *m, str
 		snprintf(n, sizeof(n), "%s.0.layer_norm", p);
 		struct fw_tensor *y = norm(e, m, x, n);
 		snprintf(n, sizeof(n), "%s.0.SelfAttention", p);
-		x = residual(e, m, x, attention(e, m, y, y, NULL, NULL, n, l, FW_MASK_BIDIRECTIONAL,
+		x = residual(e, m, x, attention(e, m, y, y, -1, n, l, FW_MASK_BIDIRECTIONAL,
 						enc_bias, pb, NULL), 10 * l);
 		snprintf(n, sizeof(n), "%s.1.layer_norm", p);
 		y = norm(e, m, x, n);
@@ -305,13 +320,12 @@ static struct fw_tensor *encoder(const struct encdec *e, struct fw_model *m, str
 	return dropout(e, m, norm(e, m, x, "encoder.final_layer_norm"), -3);
 }
 
-/* The decoder over x (B, T, C). Training: cross-attention K/V from the
- * encoder output enc. Decoding (m->caches, T = 1): self-attention through
- * the caches, the position bias of the query at the cache length, and the
- * cross-attention K/V read from cross[2l], cross[2l + 1]. */
+/* The decoder over x (B, T, C), cross-attention K/V from the encoder
+ * output enc. Decoding (m->caches, T = 1): self-attention through the
+ * caches, the position bias of the query at the cache length, and the
+ * cross-attention K/V read from inputs (cross_inputs). */
 static struct fw_tensor *decoder(const struct encdec *e, struct fw_model *m, struct fw_tensor *x,
-				 struct fw_tensor *enc, struct fw_tensor *const *cross,
-				 struct fw_tensor *enc_bias)
+				 struct fw_tensor *enc, struct fw_tensor *enc_bias)
 {
 	const struct fw_host *h = e->host;
 	if (!x)
@@ -319,10 +333,11 @@ static struct fw_tensor *decoder(const struct encdec *e, struct fw_model *m, str
 	int64_t T = x->ne[1];
 	struct fw_kv_cache *caches = m->caches;
 	/* a peft prefix (its wrap_embed ran on the encoder's inputs) takes key
-	 * positions 0..P-1 of each self-attention, the targets P.. */
+	 * positions 0..P-1 of each self-attention, the targets P..; decoding, it
+	 * fills the caches' first rows and the cache length counts it */
 	int64_t P = FW_HAS(m, n_prefix) && m->n_prefix > 0 ? m->n_prefix : 0;
 	struct fw_tensor *pb = caches ?
-		position_bias(e, m, "decoder", false, T, caches[0].max_len, caches[0].len, P) :
+		position_bias(e, m, "decoder", false, T, caches[0].max_len, caches[0].len, 0) :
 		position_bias(e, m, "decoder", false, T, T, NULL, P);
 	char p[64], n[96];
 	for (int l = 0; l < e->n_dec; l++) {
@@ -333,13 +348,12 @@ static struct fw_tensor *decoder(const struct encdec *e, struct fw_model *m, str
 		snprintf(n, sizeof(n), "%s.0.layer_norm", p);
 		struct fw_tensor *y = norm(e, m, x, n);
 		snprintf(n, sizeof(n), "%s.0.SelfAttention", p);
-		x = residual(e, m, x, attention(e, m, y, y, NULL, NULL, n, layer, FW_MASK_CAUSAL, NULL,
-						pb, caches ? &caches[l] : NULL), salt);
+		x = residual(e, m, x, attention(e, m, y, y, -1, n, layer, FW_MASK_CAUSAL, NULL, pb,
+						caches ? &caches[l] : NULL), salt);
 		snprintf(n, sizeof(n), "%s.1.layer_norm", p);
 		y = norm(e, m, x, n);
 		snprintf(n, sizeof(n), "%s.1.EncDecAttention", p);
-		x = residual(e, m, x, attention(e, m, y, enc, cross ? cross[2 * l] : NULL,
-						cross ? cross[2 * l + 1] : NULL, n, layer + 1,
+		x = residual(e, m, x, attention(e, m, y, enc, caches ? l : -1, n, layer + 1,
 						FW_MASK_CROSS, enc_bias, NULL, NULL), salt + 1);
 		snprintf(n, sizeof(n), "%s.2.layer_norm", p);
 		y = norm(e, m, x, n);
@@ -351,11 +365,9 @@ static struct fw_tensor *decoder(const struct encdec *e, struct fw_model *m, str
 	return dropout(e, m, norm(e, m, x, "decoder.final_layer_norm"), -4);
 }
 
-/* A decoding model's encoder pass and cross-attention inputs (fw_model's
- * enc_len, cross_out, cross_in): each decoder layer's K and V of the
- * encoder output, and inputs "cross.<l>.k" / ".v" of their shape. */
-static enum fw_status cross_kv(const struct encdec *e, struct fw_model *m, struct fw_tensor *enc,
-			       struct fw_err *err)
+/* A decoding model's cross_out and cross_in arrays (fw_model's n_cross),
+ * filled by cross_inputs. */
+static enum fw_status cross_alloc(const struct encdec *e, struct fw_model *m, struct fw_err *err)
 {
 	const struct fw_host *h = e->host;
 	int n = 2 * (int)e->n_dec;
@@ -366,18 +378,6 @@ static enum fw_status cross_kv(const struct encdec *e, struct fw_model *m, struc
 	if (!m->cross_out || !m->cross_in)
 		return h->errorf(err, FW_ERR_NOMEM, "arch/encdec: out of memory");
 	m->n_cross = n;
-	char p[96], name[FW_NAME_MAX];
-	for (int i = 0; i < n; i++) {
-		snprintf(p, sizeof(p), "decoder.block.%d.layer.1.EncDecAttention", i / 2);
-		m->cross_out[i] = kv_heads(e, m, enc, p, i % 2 ? "v" : "k");
-		if (!m->cross_out[i]) {         /* the encoder failed (an attention plugin) */
-			struct fw_err *ce = h->ctx_err(m->ctx);
-			return h->errorf(err, ce->status ? ce->status : FW_ERR_INTERNAL,
-					 "arch/encdec: %s", ce->msg);
-		}
-		snprintf(name, sizeof(name), "cross.%d.%s", i / 2, i % 2 ? "v" : "k");
-		m->cross_in[i] = h->input(m->ctx, name, FW_F32, 4, m->cross_out[i]->ne);
-	}
 	return FW_OK;
 }
 
@@ -444,10 +444,17 @@ static enum fw_status encdec_build(void *state, struct fw_model *m, struct fw_er
 
 	struct fw_tensor *x = encoder_input(e, m, shared, &enc_bias);
 	struct fw_tensor *enc = encoder(e, m, dropout(e, m, x, -1), enc_bias);
-	if (m->caches && cross_kv(e, m, enc, err) != FW_OK)
+	if (m->caches && cross_alloc(e, m, err) != FW_OK)
 		return err->status;
-	x = dropout(e, m, h->embedding(m->ctx, shared, m->tokens), -2);
-	x = decoder(e, m, x, enc, m->caches ? m->cross_in : NULL, enc_bias);
+	/* PEFT's num_transformer_submodules 2 (prompt tuning, P-tuning): P2
+	 * virtual tokens before the decoder's inputs in training and eval; their
+	 * logits are not in the loss (PEFT's labels of -100) */
+	x = h->embedding(m->ctx, shared, m->tokens);
+	x = m->caches ? x : h->embed(m, x);
+	int64_t P2 = x ? x->ne[1] - T : 0;
+	x = decoder(e, m, dropout(e, m, x, -2), enc, enc_bias);
+	if (P2 > 0)
+		x = h->cont(m->ctx, h->slice(m->ctx, x, 1, P2, T));
 	if (e->tie)     /* Mesh TensorFlow's rescaling before the tied projection */
 		m->logits = h->matmul(m->ctx, h->scale(m->ctx, x, 1.0f / sqrtf((float)C)), shared,
 				      false, true);

@@ -651,6 +651,7 @@ static enum fw_status ada_export(const struct fw_host *h, const char *adapter, c
 	int n = 0;
 	enum fw_status st;
 	char path[4300];
+	bool s2s = peft_seq2seq_file(adapter);      /* T5: PEFT's names are fw's */
 	if ((st = peft_check_kind(h, ADALORA_KIND, adapter, err)) != FW_OK ||
 	    (st = peft_attr(h, ADALORA_KIND, adapter, "adalora_modules", &mods, err)) != FW_OK ||
 	    (st = peft_attr(h, ADALORA_KIND, adapter, "config", &cfgtext, err)) != FW_OK ||
@@ -687,7 +688,7 @@ static enum fw_status ada_export(const struct fw_host *h, const char *adapter, c
 				       "export", adapter);
 			goto out;
 		}
-		peft_hf_name(name, hf, sizeof(hf));
+		peft_module_name(s2s, name, hf, sizeof(hf));
 		const float *keep = fw_f32(t[N_PARTS]);
 		peft_put(&rp, "%s\n    \"%s.lora_E\": [", rp.n ? "," : "", hf);
 		for (long long q = 0; q < r; q++)
@@ -722,14 +723,15 @@ static enum fw_status ada_export(const struct fw_host *h, const char *adapter, c
 	else
 		peft_put(&cfg, "null");
 	peft_put(&cfg, ",\n  \"beta1\": %s,\n  \"beta2\": %s,\n  \"bias\": \"none\",\n"
-		 "  \"deltaT\": %s,\n  \"fan_in_fan_out\": true,\n  \"inference_mode\": true,\n"
+		 "  \"deltaT\": %s,\n  \"fan_in_fan_out\": %s,\n  \"inference_mode\": true,\n"
 		 "  \"init_lora_weights\": true,\n  \"init_r\": %s,\n  \"lora_alpha\": %s,\n"
 		 "  \"lora_dropout\": 0.0,\n  \"modules_to_save\": null,\n"
 		 "  \"orth_reg_weight\": %s,\n  \"peft_type\": \"ADALORA\",\n  \"r\": %s,\n"
 		 "  \"rank_pattern\": {%s\n  },\n  \"revision\": null,\n  \"target_modules\": [%s],\n"
-		 "  \"target_r\": %s,\n  \"task_type\": \"CAUSAL_LM\",\n  \"tfinal\": %s,\n"
-		 "  \"tinit\": %s,\n  \"total_step\": %s\n}\n", v[5], v[6], v[4], v[0], v[9], v[7],
-		 v[0], rp.s ? rp.s : "", tg.s ? tg.s : "", v[1], v[3], v[2], v[8]);
+		 "  \"target_r\": %s,\n  \"task_type\": \"%s\",\n  \"tfinal\": %s,\n"
+		 "  \"tinit\": %s,\n  \"total_step\": %s\n}\n", v[5], v[6], v[4],
+		 s2s ? "false" : "true", v[0], v[9], v[7], v[0], rp.s ? rp.s : "", tg.s ? tg.s : "",
+		 v[1], s2s ? "SEQ_2_SEQ_LM" : "CAUSAL_LM", v[3], v[2], v[8]);
 	if (cfg.oom || tg.oom || rp.oom) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/adalora: out of memory");
 		goto out;

@@ -578,4 +578,33 @@ static inline void peft_hf_name(const char *fw, char *out, size_t len)
 	snprintf(out, len, "%s%s", strncmp(fw, "lm_head", 7) ? "transformer." : "", fw);
 }
 
+/* Whether the adapter file was made for a T5 (arch/encdec) base, from its
+ * base_tensors: PEFT's task_type SEQ_2_SEQ_LM, and the base's fw names are
+ * Hugging Face's as they are. */
+static inline bool peft_seq2seq_file(const char *path)
+{
+	char *list = NULL;
+	struct fw_err e = { 0 };
+	bool yes = fw_h5_read_attr(path, "base_tensors", &list, &e) == FW_OK &&
+		   peft_listed(list, "shared.weight") &&
+		   peft_listed(list, "decoder.final_layer_norm.weight");
+	fw_free(list);
+	return yes;
+}
+
+/* The task_type string of an adapter file that is not an encoder's. */
+static inline const char *peft_task_type(const char *path)
+{
+	return peft_seq2seq_file(path) ? "SEQ_2_SEQ_LM" : "CAUSAL_LM";
+}
+
+/* PEFT's module name of fw's: GPT-2's (peft_hf_name), or a T5's as it is. */
+static inline void peft_module_name(bool seq2seq, const char *fw, char *out, size_t len)
+{
+	if (seq2seq)
+		snprintf(out, len, "%s", fw);
+	else
+		peft_hf_name(fw, out, len);
+}
+
 #endif

@@ -69,6 +69,46 @@ static inline struct fw_tensor *vt_insert(const struct fw_host *h, const char *k
 	return y;
 }
 
+/* PEFT's num_transformer_submodules: opt when given (> 0), else its
+ * default, 2 on an encoder-decoder (task_type SEQ_2_SEQ_LM), 1 otherwise;
+ * 0 with err set for 2 without an encoder-decoder. */
+static inline int vt_submodules(const struct fw_host *h, const char *kind, const char *option,
+				const struct fw_model *m, int64_t opt, struct fw_err *err)
+{
+	if (opt == 2 && !m->enc_tokens)
+		return h->errorf(err, FW_ERR_INVALID, "%s: --%s=2 puts virtual tokens before a "
+				 "decoder's inputs too, and the arch has no encoder-decoder", kind,
+				 option), 0;
+	return opt > 0 ? (int)opt : m->enc_tokens ? 2 : 1;
+}
+
+/* Whether x is the lookup of an encoder-decoder's decoder ids (arch/encdec
+ * embeds them through host->embed after the encoder's). */
+static inline bool vt_decoder_input(const struct fw_model *m, const struct fw_tensor *x)
+{
+	return m->enc_tokens && x && x->op == FW_OP_EMBEDDING && x->src[1] == m->tokens;
+}
+
+/* PEFT's second submodule (PeftModelForSeq2SeqLM.forward): the virtual
+ * tokens v (P, C) before the decoder's word embeddings x (B, T, C), in
+ * training and eval; none while decoding, as its generate passes the
+ * encoder's alone. NULL: x unchanged (err set on failure). */
+static inline struct fw_tensor *vt_decoder(const struct fw_host *h, const char *kind,
+					   struct fw_model *m, struct fw_tensor *x,
+					   struct fw_tensor *v, struct fw_err *err)
+{
+	struct fw_ctx *c = m->ctx;
+	if (!v || m->caches)
+		return NULL;
+	struct fw_tensor *zero = h->scale(c, h->slice(c, x, 1, 0, 1), 0.0f);
+	struct fw_tensor *y = h->concat(c, h->add(c, zero, v), x, 1);
+	if (!y) {
+		const struct fw_err *ce = h->ctx_err(c);
+		h->errorf(err, ce->status ? ce->status : FW_ERR_INTERNAL, "%s: %s", kind, ce->msg);
+	}
+	return y;
+}
+
 /* The table the word embeddings x were looked up in (its embedding op's
  * source), or NULL when x is not an embedding lookup. */
 static inline struct fw_tensor *vt_word_table(struct fw_tensor *x)

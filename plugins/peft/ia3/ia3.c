@@ -368,6 +368,7 @@ static enum fw_status ia3_export(const struct fw_host *h, const char *adapter, c
 	int n = 0;
 	enum fw_status st;
 	char path[4300];
+	bool s2s = peft_seq2seq_file(adapter);      /* T5: PEFT's names are fw's */
 	if ((st = peft_check_kind(h, IA3_KIND, adapter, err)) != FW_OK ||
 	    (st = peft_attr(h, IA3_KIND, adapter, "ia3_modules", &mods, err)) != FW_OK ||
 	    (st = peft_tensors_read(h, IA3_KIND, adapter, &ts, err)) != FW_OK)
@@ -401,7 +402,7 @@ static enum fw_status ia3_export(const struct fw_host *h, const char *adapter, c
 				       "not (%lld, %lld)", adapter, tn, ff ? 1LL : out, ff ? in : 1LL);
 			goto out;
 		}
-		peft_hf_name(name, hf, sizeof(hf));
+		peft_module_name(s2s, name, hf, sizeof(hf));
 		size_t kl = strlen(hf) + 32;
 		if (!(keys[n] = h->malloc(kl))) {
 			st = h->errorf(err, FW_ERR_NOMEM, "peft/ia3: out of memory");
@@ -428,10 +429,12 @@ static enum fw_status ia3_export(const struct fw_host *h, const char *adapter, c
 		peft_put_json(&cfg, base_model);
 	else
 		peft_put(&cfg, "null");
-	peft_put(&cfg, ",\n  \"fan_in_fan_out\": true,\n  \"feedforward_modules\": [%s],\n"
+	peft_put(&cfg, ",\n  \"fan_in_fan_out\": %s,\n  \"feedforward_modules\": [%s],\n"
 		 "  \"inference_mode\": true,\n  \"init_ia3_weights\": true,\n"
 		 "  \"modules_to_save\": null,\n  \"peft_type\": \"IA3\",\n  \"revision\": null,\n"
-		 "  \"target_modules\": [%s],\n  \"task_type\": \"CAUSAL_LM\"\n}\n", ffl.s, tg.s);
+		 "  \"target_modules\": [%s],\n  \"task_type\": \"%s\"\n}\n", s2s ? "false" : "true",
+		 ffl.s, tg.s,
+		 s2s ? "SEQ_2_SEQ_LM" : "CAUSAL_LM");
 	if (cfg.oom || tg.oom || ffl.oom) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/ia3: out of memory");
 		goto out;

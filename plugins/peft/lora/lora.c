@@ -1079,9 +1079,13 @@ static void export_targets(const struct lora_module_entry *mods, int n, const ch
 }
 
 /* An arch/encoder (BERT) base, from its adapter's base list: PEFT's task
- * ("mlm", "seq-cls", "token-cls"); NULL for a decoder (GPT-2) base. */
+ * ("mlm", "seq-cls", "token-cls"); "seq2seq" for a T5 base; NULL for a
+ * decoder (GPT-2) base. */
 static const char *encoder_task(const char *base_list, const struct peft_tensors *ts)
 {
+	if (peft_listed(base_list, "shared.weight") &&
+	    peft_listed(base_list, "decoder.final_layer_norm.weight"))
+		return "seq2seq";
 	bool out_proj = peft_listed(base_list, "classifier.out_proj.weight");
 	for (int i = 0; i < ts->n && !out_proj; i++)
 		out_proj = !strcmp(ts->t[i].name, "classifier.out_proj.weight");
@@ -1099,8 +1103,8 @@ static const char *encoder_task(const char *base_list, const struct peft_tensors
  * them through the base's Hugging Face map, RoBERTa's "roberta."). */
 static void hf_param_name(const char *task, const char *fw, char *out, size_t len)
 {
-	if (!task)
-		peft_hf_name(fw, out, len);
+	if (!task || !strcmp(task, "seq2seq"))
+		peft_module_name(task != NULL, fw, out, len);
 	else if (!strncmp(fw, "cls.", 4) || !strncmp(fw, "classifier", 10))
 		snprintf(out, len, "%s", fw);
 	else
@@ -1214,6 +1218,7 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 		 drop, drop == floor(drop) ? ".0" : "", saves.n ? "[" : "null",
 		 saves.n ? saves.s : "", saves.n ? "]" : "", (long long)r, rp.s, tg.s,
 		 !task ? "\"CAUSAL_LM\"" : !strcmp(task, "mlm") ? "null" :
+		 !strcmp(task, "seq2seq") ? "\"SEQ_2_SEQ_LM\"" :
 		 !strcmp(task, "seq-cls") ? "\"SEQ_CLS\"" : "\"TOKEN_CLS\"",
 		 !strcmp(rs_s, "true") ? "true" : "false");
 	if (cfg.oom || tg.oom || rp.oom || ap.oom || saves.oom) {

@@ -26,10 +26,10 @@
  * self-attention and cross-attention none; fw_model.n_prefix tells the
  * arch the prefix length, for its relative position bias.
  *
- * Generation: the prefix fills the first nvt rows of each KV cache.
+ * Generation: the prefix fills the first nvt rows of each KV cache (an
+ * encoder-decoder's: its decoder self-attention caches).
  * Refused in one line: an attention bias (packed or padded SFT rows), an
- * arch that routes no attention through the host, generation on an
- * encoder-decoder.
+ * arch that routes no attention through the host.
  */
 #include <math.h>
 #include <stdio.h>
@@ -198,10 +198,6 @@ static enum fw_status prefix_wrap_kv(void *state, struct fw_model *m,
 	pv = h->add(ctx, zero, pv);
 	s->n_layers++;
 	(void)B;
-	if (spec->cache && m->enc_tokens)
-		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prefix: %s: generation with a "
-				 "prefix on an encoder-decoder model is not supported (its decoder's "
-				 "caches have no prefix rows)", spec->name);
 	if (spec->cache)        /* decoding: the prefix fills the cache's first rows */
 		return cache_prefix(s, m, spec, &spec->cache->k, pk, "k", err) != FW_OK ? err->status :
 		       cache_prefix(s, m, spec, &spec->cache->v, pv, "v", err);
@@ -294,6 +290,9 @@ static enum fw_status prefix_export(const struct fw_host *h, const char *adapter
 	long long P = 0, KV = 0, C = 0, Hd = 0, NH = 0;
 	char path[4300];
 	enum fw_status st;
+	/* T5: PEFT's SEQ_2_SEQ_LM default of two submodules, one table whose
+	 * copy for cross-attention T5 leaves unused (fw's decoder-only prefix) */
+	bool s2s = peft_seq2seq_file(adapter);
 	if ((st = peft_check_kind(h, PREFIX_KIND, adapter, err)) != FW_OK ||
 	    (st = peft_attr(h, PREFIX_KIND, adapter, "prefix_layers", &lay, err)) != FW_OK ||
 	    (st = peft_tensors_read(h, PREFIX_KIND, adapter, &ts, err)) != FW_OK)
@@ -372,10 +371,11 @@ static enum fw_status prefix_export(const struct fw_host *h, const char *adapter
 		peft_put(&cfg, "null");
 	peft_put(&cfg, ",\n  \"encoder_hidden_size\": %lld,\n  \"inference_mode\": true,\n"
 		 "  \"num_attention_heads\": %lld,\n  \"num_layers\": %d,\n"
-		 "  \"num_transformer_submodules\": 1,\n  \"num_virtual_tokens\": %lld,\n"
+		 "  \"num_transformer_submodules\": %d,\n  \"num_virtual_tokens\": %lld,\n"
 		 "  \"peft_type\": \"PREFIX_TUNING\",\n  \"prefix_projection\": %s,\n"
-		 "  \"revision\": null,\n  \"task_type\": \"CAUSAL_LM\",\n  \"token_dim\": %lld\n}\n",
-		 proj ? Hd : C, NH, L, P, proj ? "true" : "false", C);
+		 "  \"revision\": null,\n  \"task_type\": \"%s\",\n  \"token_dim\": %lld\n}\n",
+		 proj ? Hd : C, NH, L, s2s ? 2 : 1, P, proj ? "true" : "false",
+		 s2s ? "SEQ_2_SEQ_LM" : "CAUSAL_LM", C);
 	if (cfg.oom) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/prefix: out of memory");
 		goto out;

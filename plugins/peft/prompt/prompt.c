@@ -38,7 +38,9 @@ struct prompt {
 	enum init_kind init;
 
 	struct fw_ctx *ctx;                  /* the model the tensors below belong to */
-	struct fw_tensor *emb;               /* (nvt, C) */
+	int subs;                            /* PEFT's num_transformer_submodules */
+	struct fw_tensor *emb;               /* (subs * nvt, C) */
+	struct fw_tensor *second;            /* the decoder's rows (subs 2), (nvt, C) */
 	struct fw_tensor *words;             /* the word embedding table (V, C) */
 	int layers;                          /* attention layers seen (for the export) */
 	int64_t heads;
@@ -50,21 +52,37 @@ static struct fw_tensor *prompt_wrap_embed(void *state, struct fw_model *m, stru
 	struct prompt *s = state;
 	const struct fw_host *h = s->host;
 	/* by name: a new model's context may reuse a freed one's address */
-	if (fw_ctx_find(m->ctx, "prompt.embedding.weight"))
-		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prompt: the arch embeds twice "
-				 "(an encoder-decoder); prompt tuning supports one input"), NULL;
+	if (fw_ctx_find(m->ctx, "prompt.embedding.weight")) {
+		if (s->ctx == m->ctx && vt_decoder_input(m, x))
+			return vt_decoder(h, PROMPT_KIND, m, x, s->second, err);
+		return h->errorf(err, FW_ERR_UNSUPPORTED, "peft/prompt: the arch embeds twice; "
+				 "prompt tuning supports one input (or an encoder-decoder's)"), NULL;
+	}
 	s->ctx = m->ctx;
 	s->layers = 0;
 	s->heads = 0;
+	s->second = NULL;
 	s->words = vt_word_table(x);
-	int64_t shape[2] = { s->nvt, x->ne[x->ndim - 1] };
+	if (!(s->subs = vt_submodules(h, PROMPT_KIND, "prompt-num-transformer-submodules", m,
+				      fw_opt_int(s->opts, "prompt-num-transformer-submodules"), err)))
+		return NULL;
+	int64_t shape[2] = { s->subs * s->nvt, x->ne[x->ndim - 1] };
 	s->emb = h->param(m->ctx, "prompt.embedding.weight", FW_F32, 2, shape, true);
 	if (!s->emb) {
 		const struct fw_err *ce = h->ctx_err(m->ctx);
 		return h->errorf(err, ce->status, "peft/prompt: %s", ce->msg), NULL;
 	}
 	h->init_normal(m, s->emb, 1.0f);          /* nn.Embedding: N(0, 1) */
-	return vt_insert(h, PROMPT_KIND, m, x, s->emb, 0, err);
+	if (s->subs == 1)
+		return vt_insert(h, PROMPT_KIND, m, x, s->emb, 0, err);
+	/* PEFT's first nvt rows go to the encoder, the next nvt to the decoder */
+	struct fw_tensor *first = h->cont(m->ctx, h->slice(m->ctx, s->emb, 0, 0, s->nvt));
+	s->second = h->cont(m->ctx, h->slice(m->ctx, s->emb, 0, s->nvt, s->nvt));
+	if (!first || !s->second) {
+		const struct fw_err *ce = h->ctx_err(m->ctx);
+		return h->errorf(err, ce->status, "peft/prompt: %s", ce->msg), NULL;
+	}
+	return vt_insert(h, PROMPT_KIND, m, x, first, 0, err);
 }
 
 /* Nothing changes in attention: the layers and heads are counted for the
@@ -152,8 +170,8 @@ static enum fw_status prompt_init_from_base(void *state, struct fw_model *m, str
 		}
 	}
 	uint64_t key = fw_hash_str("peft/prompt sample_vocab", m->seed);
-	for (int64_t p = 0; p < s->nvt; p++) {
-		/* text: repeated, then truncated to nvt, as PEFT */
+	for (int64_t p = 0; p < s->emb->ne[0]; p++) {
+		/* text: repeated, then truncated to PEFT's total_virtual_tokens */
 		int64_t id = s->init == INIT_TEXT ? ids.ids[p % (int64_t)ids.n] :
 			     (int64_t)(fw_rng_uniform(key, (uint64_t)p) * (double)V) % V;
 		if (id < 0 || id >= V) {
@@ -172,8 +190,10 @@ static enum fw_status prompt_init_from_base(void *state, struct fw_model *m, str
 /* "nvt P\ntoken_dim C\nlayers L\nheads H\n" */
 static void structure(const struct prompt *s, char *out, size_t len)
 {
-	snprintf(out, len, "nvt %lld\ntoken_dim %lld\nlayers %d\nheads %lld\n", (long long)s->nvt,
-		 (long long)s->emb->ne[1], s->layers, (long long)s->heads);
+	int k = snprintf(out, len, "nvt %lld\ntoken_dim %lld\nlayers %d\nheads %lld\n",
+			 (long long)s->nvt, (long long)s->emb->ne[1], s->layers, (long long)s->heads);
+	if (s->subs == 2 && k > 0 && (size_t)k < len)      /* one submodule: as before */
+		snprintf(out + k, len - (size_t)k, "submodules 2\n");
 }
 
 static enum fw_status file_io(struct prompt *s, struct fw_model *m, const char *path,
@@ -222,8 +242,9 @@ static enum fw_status prompt_export(const struct fw_host *h, const char *adapter
 	    (st = peft_tensors_read(h, PROMPT_KIND, adapter, &ts, err)) != FW_OK)
 		goto out;
 	struct fw_tensor *e = peft_tensors_find(&ts, "prompt.embedding.weight");
+	int subs = strstr(lay, "submodules 2\n") ? 2 : 1;    /* PEFT's total_virtual_tokens rows */
 	if (sscanf(lay, "nvt %lld\ntoken_dim %lld\nlayers %d\nheads %lld", &P, &C, &L, &NH) != 4 ||
-	    P <= 0 || C <= 0 || !e || e->ndim != 2 || e->ne[0] != P || e->ne[1] != C) {
+	    P <= 0 || C <= 0 || !e || e->ndim != 2 || e->ne[0] != subs * P || e->ne[1] != C) {
 		st = h->errorf(err, FW_ERR_FORMAT, "peft/prompt: %s: attribute 'prompt_layers' or "
 			       "tensor 'prompt.embedding.weight' is malformed", adapter);
 		goto out;
@@ -241,17 +262,17 @@ static enum fw_status prompt_export(const struct fw_host *h, const char *adapter
 	else
 		peft_put(&cfg, "null");
 	peft_put(&cfg, ",\n  \"inference_mode\": true,\n  \"num_attention_heads\": %lld,\n"
-		 "  \"num_layers\": %d,\n  \"num_transformer_submodules\": 1,\n"
+		 "  \"num_layers\": %d,\n  \"num_transformer_submodules\": %d,\n"
 		 "  \"num_virtual_tokens\": %lld,\n  \"peft_type\": \"PROMPT_TUNING\",\n"
-		 "  \"prompt_tuning_init\": \"%s\",\n  \"prompt_tuning_init_text\": ", NH, L, P,
+		 "  \"prompt_tuning_init\": \"%s\",\n  \"prompt_tuning_init_text\": ", NH, L, subs, P,
 		 init_peft[init_names[ik] ? ik : 0]);
 	if (*text)
 		peft_put_json(&cfg, text);
 	else
 		peft_put(&cfg, "null");
-	peft_put(&cfg, ",\n  \"revision\": null,\n  \"task_type\": \"CAUSAL_LM\",\n"
+	peft_put(&cfg, ",\n  \"revision\": null,\n  \"task_type\": \"%s\",\n"
 		 "  \"token_dim\": %lld,\n  \"tokenizer_kwargs\": null,\n"
-		 "  \"tokenizer_name_or_path\": ", C);
+		 "  \"tokenizer_name_or_path\": ", peft_task_type(adapter), C);
 	if (*tok)
 		peft_put_json(&cfg, tok);
 	else
@@ -326,6 +347,10 @@ static const struct fw_peft_i iface = {
 static const struct fw_option_def options[] = {
 	{ "prompt-num-virtual-tokens", FW_OPT_INT, NULL, 1, 4096, NULL,
 	  "virtual tokens in front of the input (PEFT num_virtual_tokens; required)" },
+	{ "prompt-num-transformer-submodules", FW_OPT_INT, "0", 0, 2, NULL,
+	  "PEFT num_transformer_submodules: 2 puts a second set of virtual tokens before an "
+	  "encoder-decoder's decoder inputs (training and eval; PEFT's generate leaves them out); "
+	  "0 = PEFT's default, 2 on an encoder-decoder (SEQ_2_SEQ_LM), else 1" },
 	{ "prompt-tuning-init", FW_OPT_CHOICE, "random", 0, -1, init_names,
 	  "random (N(0,1)), text (the init text's word embeddings) or sample_vocab (word "
 	  "embeddings of random ids) (PEFT prompt_tuning_init)" },

@@ -39,7 +39,10 @@ struct enc_cfg {
 struct ptuning {
 	const struct fw_host *host;
 	const struct fw_options *opts;
-	struct enc_cfg cfg;
+	struct enc_cfg cfg;                   /* cfg.nvt: PEFT's total_virtual_tokens */
+	int64_t nvt;                          /* num_virtual_tokens */
+	int subs;                             /* PEFT's num_transformer_submodules */
+	struct fw_tensor *second;             /* the decoder's rows (subs 2), (nvt, C) */
 	int64_t at;                           /* the virtual tokens stand before token at */
 
 	struct fw_ctx *ctx;
@@ -179,13 +182,21 @@ static struct fw_tensor *pt_wrap_embed(void *state, struct fw_model *m, struct f
 	const struct fw_host *h = s->host;
 	/* by name: a new model's context may reuse a freed one's address */
 	if (fw_ctx_find(m->ctx, "ptuning.embedding.weight")) {
-		h->errorf(err, FW_ERR_UNSUPPORTED, "peft/ptuning: the arch embeds twice (an "
-			  "encoder-decoder); P-tuning supports one input");
+		if (s->ctx == m->ctx && vt_decoder_input(m, x))
+			return vt_decoder(h, PT_KIND, m, x, s->second, err);
+		h->errorf(err, FW_ERR_UNSUPPORTED, "peft/ptuning: the arch embeds twice; P-tuning "
+			  "supports one input (or an encoder-decoder's)");
 		return NULL;
 	}
 	s->ctx = m->ctx;
 	s->n_own = s->layers = 0;
-	s->frozen = NULL;
+	s->frozen = s->second = NULL;
+	if (!(s->subs = vt_submodules(h, PT_KIND, "ptuning-num-transformer-submodules", m,
+				      fw_opt_int(s->opts, "ptuning-num-transformer-submodules"), err)))
+		return NULL;
+	/* PEFT's PromptEncoder runs over all subs * nvt tokens (the LSTM as one
+	 * sequence); the encoder takes the first nvt, the decoder the rest */
+	s->cfg.nvt = s->subs * s->nvt;
 	s->cfg.c = x->ne[x->ndim - 1];
 	int n = enc_param(&s->cfg, -1, NULL, 0, NULL, NULL, NULL);
 	for (int i = 0; i < n; i++) {
@@ -209,6 +220,10 @@ static struct fw_tensor *pt_wrap_embed(void *state, struct fw_model *m, struct f
 	} else {            /* inference: the frozen output, filled when the adapter loads */
 		v = s->frozen = h->input(m->ctx, "ptuning.prompt_embeddings", FW_F32, 2,
 					 (int64_t[]){ s->cfg.nvt, s->cfg.c });
+	}
+	if (v && s->subs == 2) {
+		s->second = h->cont(m->ctx, h->slice(m->ctx, v, 0, s->nvt, s->nvt));
+		v = s->second ? h->cont(m->ctx, h->slice(m->ctx, v, 0, 0, s->nvt)) : NULL;
 	}
 	if (!v)
 		return ctx_fail(s, m->ctx, err);
@@ -248,10 +263,12 @@ static enum fw_status pt_freeze(void *state, struct fw_model *m, struct fw_err *
 /* "nvt P\ntoken_dim C\nencoder MLP|LSTM H L\nlayers N\nheads H\n" */
 static void structure(const struct ptuning *s, char *out, size_t len)
 {
-	snprintf(out, len, "nvt %lld\ntoken_dim %lld\nencoder %s %lld %d\nlayers %d\nheads %lld\n",
-		 (long long)s->cfg.nvt, (long long)s->cfg.c, enc_names[s->cfg.kind],
-		 (long long)s->cfg.h, s->cfg.kind == ENC_LSTM ? s->cfg.layers : 0, s->layers,
-		 (long long)s->heads);
+	int k = snprintf(out, len, "nvt %lld\ntoken_dim %lld\nencoder %s %lld %d\nlayers %d\n"
+			 "heads %lld\n", (long long)s->cfg.nvt, (long long)s->cfg.c,
+			 enc_names[s->cfg.kind], (long long)s->cfg.h,
+			 s->cfg.kind == ENC_LSTM ? s->cfg.layers : 0, s->layers, (long long)s->heads);
+	if (s->subs == 2 && k > 0 && (size_t)k < len)      /* one submodule: as before */
+		snprintf(out + k, len - (size_t)k, "submodules 2\n");
 }
 
 static bool parse_structure(const char *t, struct enc_cfg *g, int *layers, long long *heads)
@@ -336,7 +353,8 @@ static enum fw_status pt_export(const struct fw_host *h, const char *adapter, co
 			       "there is no PEFT equivalent to export", adapter, at);
 		goto out;
 	}
-	if (!parse_structure(lay, &g, &L, &NH)) {
+	int subs = strstr(lay, "submodules 2\n") ? 2 : 1;    /* g.nvt: all of them */
+	if (!parse_structure(lay, &g, &L, &NH) || g.nvt % subs) {
 		st = h->errorf(err, FW_ERR_FORMAT, "peft/ptuning: %s: attribute 'ptuning_layers' is "
 			       "malformed", adapter);
 		goto out;
@@ -373,11 +391,11 @@ static enum fw_status pt_export(const struct fw_host *h, const char *adapter, co
 	peft_put(&cfg, ",\n  \"encoder_dropout\": 0.0,\n  \"encoder_hidden_size\": %lld,\n"
 		 "  \"encoder_num_layers\": %d,\n  \"encoder_reparameterization_type\": \"%s\",\n"
 		 "  \"inference_mode\": true,\n  \"num_attention_heads\": %lld,\n"
-		 "  \"num_layers\": %d,\n  \"num_transformer_submodules\": 1,\n"
+		 "  \"num_layers\": %d,\n  \"num_transformer_submodules\": %d,\n"
 		 "  \"num_virtual_tokens\": %lld,\n  \"peft_type\": \"P_TUNING\",\n"
-		 "  \"revision\": null,\n  \"task_type\": \"CAUSAL_LM\",\n  \"token_dim\": %lld\n}\n",
+		 "  \"revision\": null,\n  \"task_type\": \"%s\",\n  \"token_dim\": %lld\n}\n",
 		 (long long)g.h, g.kind == ENC_LSTM ? g.layers : 2, enc_names[g.kind], NH, L,
-		 (long long)g.nvt, (long long)g.c);
+		 subs, (long long)g.nvt / subs, peft_task_type(adapter), (long long)g.c);
 	if (cfg.oom) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/ptuning: out of memory");
 		goto out;
@@ -417,7 +435,7 @@ static enum fw_status pt_init(const struct fw_host *host, const struct fw_option
 	s->opts = opts;
 	s->cfg.kind = strcmp(fw_opt_str(opts, "ptuning-encoder-reparameterization-type"), "LSTM") ?
 		      ENC_MLP : ENC_LSTM;
-	s->cfg.nvt = fw_opt_int(opts, "ptuning-num-virtual-tokens");
+	s->nvt = s->cfg.nvt = fw_opt_int(opts, "ptuning-num-virtual-tokens");
 	s->cfg.h = fw_opt_int(opts, "ptuning-encoder-hidden-size");
 	s->cfg.layers = (int)fw_opt_int(opts, "ptuning-encoder-num-layers");
 	s->at = fw_opt_int(opts, "ptuning-insert-position");
@@ -445,6 +463,10 @@ static const struct fw_option_def options[] = {
 	  "the encoder's hidden size h (PEFT encoder_hidden_size; required)" },
 	{ "ptuning-encoder-num-layers", FW_OPT_INT, "2", 1, 16, NULL,
 	  "LSTM layers (PEFT encoder_num_layers; the MLP always has 3 linears, as PEFT)" },
+	{ "ptuning-num-transformer-submodules", FW_OPT_INT, "0", 0, 2, NULL,
+	  "PEFT num_transformer_submodules: 2 encodes twice the virtual tokens and puts the "
+	  "second half before an encoder-decoder's decoder inputs (training and eval; PEFT's "
+	  "generate leaves them out); 0 = PEFT's default, 2 on an encoder-decoder, else 1" },
 	{ "ptuning-insert-position", FW_OPT_INT, "0", 0, 1 << 20, NULL,
 	  "the virtual tokens stand before this token of each sequence: 0 = in front (PEFT); "
 	  "K > 0 = after the first K tokens, as the P-tuning paper's templates (no PEFT export)" },

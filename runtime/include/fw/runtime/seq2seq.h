@@ -36,6 +36,7 @@ struct fw_rt_s2s_decoder {
 	int n_layers;
 	struct fw_tensor *len, *mask, *enc_bias;
 	int64_t beams, enc_len, max_len;
+	int64_t n_prefix;                 /* prefix tuning's rows before each cache's tokens */
 	int V;
 };
 
