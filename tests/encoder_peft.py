@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""encoder_peft.py - prompt and prefix tuning on arch/encoder with PEFT's semantics.
+"""encoder_peft.py - prompt, prefix and P-tuning on arch/encoder with PEFT's semantics.
 
 Usage: /usr/bin/python3 tests/encoder_peft.py --fwrun PATH --plugin-path DIR
 
@@ -13,13 +13,26 @@ modeling_bert, not from fw):
     the real tokens P..; BertPooler takes hidden_states[:, 0], the first
     virtual token;
   - prefix tuning: past_key_values of P rows per layer, attention_mask with
-    P ones in front, the tokens at positions P.. (past_key_values_length).
+    P ones in front, the tokens at positions P.. (past_key_values_length);
+  - P-tuning: prompt tuning's inputs with the virtual tokens from PEFT's
+    PromptEncoder (MLP; ptuning_parity.prompt_encoder);
+  - the task head trains: PeftModelForSequenceClassification and
+    ...ForTokenClassification add "classifier" and "score" to
+    modules_to_save (peft_model.py), so classifier.* (BERT's Linear,
+    RoBERTa's dense and out_proj) is a trained tensor of the adapter file and
+    of the torch replay; the pooler stays frozen.
 fw trains padded batches (the padding mask widened over the extra rows); the
 reference runs every record alone, unpadded.
-Checks, for BERT (two token types) and RoBERTa's options (position offset 2):
-  - 10 AdamW steps of the prompt / prefix (fw's initial adapter from a --lr=0
-    run): per-step loss and gradient norm within 1e-4 relative, the trained
-    tensors within 1e-4 (max |fw - torch| / max |torch|);
+Checks, for BERT (two token types) and RoBERTa's options (position offset 2),
+sequence classification, and BERT token classification:
+  - 10 AdamW steps of each method (fw's initial adapter from a --lr=0 run):
+    per-step loss and gradient norm within 1e-4 relative, the trained tensors
+    (the method's and the head's) within 1e-4 (max |fw - torch| / max |torch|);
+  - export-adapter: task_type SEQ_CLS / TOKEN_CLS, modules_to_save
+    ["classifier"], keys prompt_embeddings and base_model.classifier.* (PEFT's
+    save_and_load: a modules_to_save module's parameters saved without
+    modules_to_save.default), and the export re-applied in torch gives fw's
+    eval loss within 1e-5;
   - the check can fail: the reference with fw's former numbering (virtual
     tokens without position and type embeddings, real tokens from position
     0) is off by more than 1e-3 in the first step's loss;
@@ -41,13 +54,19 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bert_parity as bp  # noqa: E402  (the transcription, records, replay)
 import gpt2_parity as g2  # noqa: E402
+import ptuning_parity as ptp  # noqa: E402  (PEFT's PromptEncoder, transcribed)
 
 R = bp.R
 NVT = 4
+PT = dict(kind="MLP", hidden=16)         # ptuning_parity.prompt_encoder's cfg
 METHODS = {"prompt": ["--plugins=arch/encoder,attention/mha,optim/adamw,peft/prompt",
                       f"--prompt-num-virtual-tokens={NVT}"],
            "prefix": ["--plugins=arch/encoder,attention/mha,optim/adamw,peft/prefix",
-                      f"--prefix-num-virtual-tokens={NVT}"]}
+                      f"--prefix-num-virtual-tokens={NVT}"],
+           "ptuning": ["--plugins=arch/encoder,attention/mha,optim/adamw,peft/ptuning",
+                       f"--ptuning-num-virtual-tokens={NVT}",
+                       "--ptuning-encoder-reparameterization-type=MLP",
+                       f"--ptuning-encoder-hidden-size={PT['hidden']}"]}
 
 
 def common(ck, data):
@@ -68,25 +87,51 @@ def peft_inputs(method, A, m):
     """bert_parity.encoder's keyword arguments for adapter tensors A."""
     if method == "prompt":
         return {"virtual": A["prompt.embedding.weight"]}
+    if method == "ptuning":
+        return {"virtual": ptp.prompt_encoder(A, PT)}
     return {"prefix": [A[f"prefix.h.{l}.kv"] for l in range(m["L"])]}
 
 
-def former(m, W, recs, head_fn, method, A):
+def with_heads(W, P):
+    """The base weights with the trained head tensors of P in place."""
+    return dict(W, **{k: v for k, v in P.items() if k in W})
+
+
+def export_inputs(method, m, emb):
+    """bert_parity.encoder's keyword arguments from PEFT's prompt_embeddings:
+    prefix tuning's row (P, L*2*C) holds layer l's keys and values at
+    [2lC, 2(l+1)C) (get_prompt's view(..., L*2, H, D).permute.split(2))."""
+    if method != "prefix":
+        return {"virtual": emb}
+    C = m["C"]
+    return {"prefix": [emb[:, 2 * l * C:2 * (l + 1) * C] for l in range(m["L"])]}
+
+
+def former_inputs(m, W, method, A):
     """The reference under fw's former numbering: the real tokens from
     position 0 and, under prompt tuning, the virtual rows without position
     or type embedding (the table shifted by P rows; the virtual rows' type 0
-    taken off their embeddings)."""
+    taken off their embeddings). W is changed in place; the caller passes a copy."""
     pe = W["embeddings.position_embeddings.weight"]
     o, C = m["offset"], pe.shape[1]
-    Wf = dict(W, **{"embeddings.position_embeddings.weight":
-                    torch.cat([pe[:o], torch.zeros(NVT, C), pe[o:]])})
+    W["embeddings.position_embeddings.weight"] = torch.cat([pe[:o], torch.zeros(NVT, C), pe[o:]])
     kw = peft_inputs(method, A, m)
     if method == "prompt":
         kw["virtual"] = kw["virtual"] - W["embeddings.token_type_embeddings.weight"][0]
-    return bp.seq_reference(m, Wf, recs, head=head_fn, **kw)
+    return kw
 
 
-def check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method):
+def seq_loss(m, W, batch, head_fn, kw):
+    return F.cross_entropy(bp.seq_reference(m, W, batch, head=head_fn, **kw),
+                           torch.tensor([r["label"] for r in batch]))
+
+
+def tok_loss(m, W, batch, head_fn, kw):
+    return F.cross_entropy(*bp.tok_reference(m, W, batch, **kw))
+
+
+def check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method, loss_fn=seq_loss,
+                 task="SEQ_CLS"):
     c = bp.TRAIN
     name = f"{tag} {method}"
     init_run = os.path.join(work, f"{tag}_{method}_init")
@@ -97,6 +142,10 @@ def check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method):
                    g2.describe(p)):
         return None
     A0 = adapter(init)
+    heads = sorted(k for k in W if k.startswith("classifier."))
+    R.check(f"{name}: the adapter carries the task head {heads} (PEFT's modules_to_save), "
+            f"not the pooler", [k for k in sorted(A0) if k in W] == heads and
+            all(A0[k].equal(W[k]) for k in heads), f"{sorted(A0)}")
     run = os.path.join(work, f"{tag}_{method}_run")
     p = fw("train", *METHODS[method], *common(ck, train_path), f"--adapter={init}",
            f"--train-iters={c['ITERS']}", f"--lr={c['LR']}", f"--weight-decay={c['WD']}",
@@ -107,53 +156,78 @@ def check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method):
 
     def step_loss(P, k):
         batch = train[k * bp.B:(k + 1) * bp.B]
-        return F.cross_entropy(bp.seq_reference(m, W, batch, head=head_fn,
-                                                **peft_inputs(method, P, m)),
-                               torch.tensor([r["label"] for r in batch]))
-    bp.compare_steps(f"{name} seq-cls", run, bp.adamw_replay(P, sorted(P), step_loss))
-    batch = train[:bp.B]
-    with torch.no_grad():
-        old = F.cross_entropy(former(m, W, batch, head_fn, method, A0),
-                              torch.tensor([r["label"] for r in batch])).item()
-    got = json.loads(open(os.path.join(run, "metrics.jsonl")).readline())
-    R.check(f"{name}: the former numbering's first loss {old:.7f} is off fw's "
-            f"{got.get('loss', 0):.7f} by more than 1e-3 (the check can fail)",
-            g2.rel(got.get("loss", 0), old) > 1e-3)
-    A = adapter(os.path.join(run, f"adapter-{c['ITERS']:08d}.h5"))
+        return loss_fn(m, with_heads(W, P), batch, head_fn, peft_inputs(method, P, m))
+    bp.compare_steps(f"{name} {task}", run, bp.adamw_replay(P, sorted(P), step_loss))
+    if method != "ptuning":
+        batch = train[:bp.B]
+        with torch.no_grad():
+            Wf = dict(W)
+            old = loss_fn(m, Wf, batch, head_fn, former_inputs(m, Wf, method, A0)).item()
+        got = json.loads(open(os.path.join(run, "metrics.jsonl")).readline())
+        R.check(f"{name}: the former numbering's first loss {old:.7f} is off fw's "
+                f"{got.get('loss', 0):.7f} by more than 1e-3 (the check can fail)",
+                g2.rel(got.get("loss", 0), old) > 1e-3)
+    final = os.path.join(run, f"adapter-{c['ITERS']:08d}.h5")
+    A = adapter(final)
     err = max(((A[k] - P[k].detach()).abs().max() / P[k].detach().abs().max()).item()
               for k in P) if sorted(A) == sorted(P) else float("inf")
     R.check(f"{name}: the trained tensors ({', '.join(sorted(P))}) within {bp.TOL_STEP:g}",
             err <= bp.TOL_STEP, f"max rel {err:.2e}")
+    moved = max(float((A[k] - W[k]).abs().max()) for k in heads) if sorted(A) == sorted(P) else 0
+    R.check(f"{name}: the head moved from the base's (it trains)", moved > 1e-4,
+            f"max |change| {moved:.2e}")
+    check_export(fw, work, name, m, head_fn, W, ck, train[:2 * bp.B], method, final, A,
+                 loss_fn, task, heads, tag == "roberta")
     return A0
 
 
+def check_export(fw, work, name, m, head_fn, W, ck, recs, method, final, A, loss_fn, task,
+                 heads, with_base):
+    """export-adapter's PEFT files, re-applied in torch, against fw's eval with the adapter."""
+    out = os.path.join(work, name.replace(" ", "_") + "_peft")
+    extra = [f"--base={ck}"] if with_base else []
+    p = fw("export-adapter", final, out, *extra)
+    if not R.check(f"{name}: export-adapter{' --base' if with_base else ''} runs",
+                   p.returncode == 0, g2.describe(p)):
+        return
+    cfg = json.load(open(os.path.join(out, "adapter_config.json")))
+    peft_type = {"prompt": "PROMPT_TUNING", "prefix": "PREFIX_TUNING", "ptuning": "P_TUNING"}
+    R.check(f"{name} export: peft_type {peft_type[method]}, task_type {task}, modules_to_save "
+            f"['classifier']", cfg.get("peft_type") == peft_type[method] and
+            cfg.get("task_type") == task and cfg.get("modules_to_save") == ["classifier"],
+            json.dumps(cfg)[:400])
+    _, st = g2.read_st(os.path.join(out, "adapter_model.safetensors"))
+    T2 = {k: torch.from_numpy(v[2].copy()) for k, v in st.items()}
+    want = sorted(["prompt_embeddings"] + ["base_model." + k for k in heads])
+    if not R.check(f"{name} export: keys {want}", sorted(T2) == want, f"{sorted(T2)}"):
+        return
+    head_w = {k[len("base_model."):]: t for k, t in T2.items() if k != "prompt_embeddings"}
+    data = os.path.join(work, name.replace(" ", "_") + "_eval.jsonl")
+    bp.write_jsonl(data, recs)
+    with torch.no_grad():
+        ref = loss_fn(m, dict(W, **head_w), recs, head_fn,
+                      export_inputs(method, m, T2["prompt_embeddings"])).item()
+    q, got = bp.fw_eval(fw, ck, data, "--labels=0,1,2", f"--adapter={final}",
+                        plug=METHODS[method][0].replace(",optim/adamw", ""))
+    if R.check(f"{name}: eval with the adapter runs", got is not None, g2.describe(q)):
+        r = g2.rel(got["eval_loss"], ref)
+        R.check(f"{name}: the PEFT export applied in torch {ref:.9g} vs fw eval "
+                f"{got['eval_loss']:.9g}", r <= bp.TOL_EVAL, f"rel {r:.2e}")
+
+
 def check_token_cls(fw, work, rng):
-    """Token classification: fw's eval loss with each method's initial
-    adapter against torch on the real positions."""
+    """Token classification: each method's 10 steps and export, the loss on
+    the real positions' first sub-tokens (PEFT's labels -100 elsewhere)."""
     m = bp.BERT
     W = bp.random_weights(m, "token-cls", 33)
     ck = os.path.join(work, "tok.h5")
     bp.write_ckpt(ck, m, "token-cls", W)
-    recs = bp.tok_records(rng, 8)
+    recs = bp.tok_records(rng, bp.B * bp.TRAIN["ITERS"])
     path = os.path.join(work, "tok.jsonl")
     bp.write_jsonl(path, recs)
-    for method, opts in METHODS.items():
-        run = os.path.join(work, f"tok_{method}_init")
-        p = fw("train", *opts, *common(ck, path), "--train-iters=1", "--lr=0",
-               "--weight-decay=0", f"--run-dir={run}")
-        init = os.path.join(run, "adapter-00000001.h5")
-        if not R.check(f"token-cls {method}: the initial adapter", p.returncode == 0 and
-                       os.path.exists(init), g2.describe(p)):
-            continue
-        with torch.no_grad():
-            ref = F.cross_entropy(*bp.tok_reference(m, W, recs, **peft_inputs(
-                method, adapter(init), m))).item()
-        p, got = bp.fw_eval(fw, ck, path, "--labels=0,1,2", f"--adapter={init}",
-                            plug=opts[0].replace(",optim/adamw", ""))
-        if R.check(f"token-cls {method}: eval runs", got is not None, g2.describe(p)):
-            r = g2.rel(got["eval_loss"], ref)
-            R.check(f"token-cls {method}: eval loss fw {got['eval_loss']:.9g} vs torch "
-                    f"{ref:.9g} (real positions)", r <= bp.TOL_EVAL, f"rel {r:.2e}")
+    for method in METHODS:
+        check_method(fw, work, "bert-tok", m, None, W, ck, recs, path, method, tok_loss,
+                     "TOKEN_CLS")
     # 32 tokens and 9 virtual ones pass BERT's 40 positions
     p = fw("train", METHODS["prompt"][0], "--prompt-num-virtual-tokens=9", *common(ck, path),
            "--train-iters=1", f"--run-dir={os.path.join(work, 'tok_too_long')}")

@@ -1196,10 +1196,12 @@ static int adapter_key(const struct hf_model *h, const char *rest, char *out, si
 	return !best ? 0 : n < 0 || (size_t)n >= len ? -1 : 1;
 }
 
+/* An export's keys under --base's Hugging Face names: LoRA's
+ * base_model.model.MODULE..., prompt learning's base_model.MODULE... (PEFT's
+ * PeftModel holds the model itself there); prompt_embeddings stays. */
 enum fw_status adapter_hf_keys(const char *base, const char *dir, struct fw_err *err)
 {
-	static const char pre[] = "base_model.model.";
-	const size_t pl = sizeof(pre) - 1;
+	static const char lora_pre[] = "base_model.model.", prompt_pre[] = "base_model.";
 	struct hf_model h = { 0 };
 	struct fw_st_file f = { 0 };
 	struct fw_tensor *t = NULL, **tp = NULL;
@@ -1214,8 +1216,13 @@ enum fw_status adapter_hf_keys(const char *base, const char *dir, struct fw_err 
 		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	for (int i = 0; st == FW_OK && i < f.n; i++) {
 		const struct fw_st_entry *e = &f.entries[i];
-		int k = strncmp(e->name, pre, pl) ? 0 :
-			adapter_key(&h, e->name + pl, t[i].name + pl, sizeof(t[i].name) - pl);
+		const char *pre = !strncmp(e->name, lora_pre, sizeof(lora_pre) - 1) ? lora_pre :
+				  !strncmp(e->name, prompt_pre, sizeof(prompt_pre) - 1) ? prompt_pre : "";
+		size_t pl = strlen(pre);
+		int k = !pl && !strchr(e->name, '.') ? snprintf(t[i].name, sizeof(t[i].name), "%s",
+								e->name) > 0 :
+			!pl ? 0 : adapter_key(&h, e->name + pl, t[i].name + pl,
+					      sizeof(t[i].name) - pl);
 		if (k <= 0) {
 			st = fw_errorf(err, FW_ERR_INVALID, "%s: key '%s' %s", path, e->name,
 				       k ? "is too long under the base's Hugging Face names" :

@@ -433,12 +433,12 @@ static bool saved_module(const struct lora *l, const struct fw_tensor *t)
 {
 	char mod[FW_NAME_MAX];
 	bool hit = false;
+	if (l->auto_saves)
+		return peft_head_name(t->name);
 	snprintf(mod, sizeof(mod), "%s", t->name);
 	for (char *dot; !hit && (dot = strrchr(mod, '.'));) {
 		*dot = '\0';
-		if (l->auto_saves)
-			hit = !strcmp(last_part(mod), "classifier") || !strcmp(last_part(mod), "score");
-		for (int i = 0; !l->auto_saves && i < l->n_saves; i++)
+		for (int i = 0; i < l->n_saves; i++)
 			if (match(l->saves[i].key, mod))
 				hit = l->saves[i].matched = true;
 	}
@@ -1078,22 +1078,6 @@ static void export_targets(const struct lora_module_entry *mods, int n, const ch
 	peft_put(ap, "%s", "");
 }
 
-/* An arch/encoder (BERT) base, from its adapter's base list: PEFT's task
- * ("mlm", "seq-cls", "token-cls"); NULL for a decoder (GPT-2) base. */
-static const char *encoder_task(const char *base_list, const struct peft_tensors *ts)
-{
-	bool out_proj = peft_listed(base_list, "classifier.out_proj.weight");
-	for (int i = 0; i < ts->n && !out_proj; i++)
-		out_proj = !strcmp(ts->t[i].name, "classifier.out_proj.weight");
-	if (!peft_listed(base_list, "embeddings.word_embeddings.weight"))
-		return NULL;
-	if (peft_listed(base_list, "cls.predictions.bias"))
-		return "mlm";
-	/* BERT's pooler, or RobertaClassificationHead's out_proj (the base's
-	 * or, in modules_to_save, the adapter's) */
-	return out_proj || peft_listed(base_list, "pooler.dense.weight") ? "seq-cls" : "token-cls";
-}
-
 /* Hugging Face's name of an fw parameter: GPT-2's (peft_hf_name), or BERT's
  * ("bert." + name, heads as they are; fwrun export-adapter --base renames
  * them through the base's Hugging Face map, RoBERTa's "roberta."). */
@@ -1153,7 +1137,7 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 	peft_ini_get(cfg_ini, LORA_KIND, "lora-init", init_s, sizeof(init_s));
 	int64_t r = strtoll(r_s, NULL, 10);
 	double alpha = strtod(alpha_s, NULL), drop = strtod(drop_s, NULL);
-	const char *task = encoder_task(base_list, &ts);
+	const char *task = peft_encoder_task(base_list, &ts);
 
 	tp = h->malloc(sizeof(*tp) * (size_t)(ts.n + 1));
 	keys = h->malloc(sizeof(*keys) * (size_t)(ts.n + 1));
@@ -1213,8 +1197,7 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 		 "  \"task_type\": %s,\n  \"use_dora\": false,\n  \"use_rslora\": %s\n}\n",
 		 drop, drop == floor(drop) ? ".0" : "", saves.n ? "[" : "null",
 		 saves.n ? saves.s : "", saves.n ? "]" : "", (long long)r, rp.s, tg.s,
-		 !task ? "\"CAUSAL_LM\"" : !strcmp(task, "mlm") ? "null" :
-		 !strcmp(task, "seq-cls") ? "\"SEQ_CLS\"" : "\"TOKEN_CLS\"",
+		 peft_task_json(task),
 		 !strcmp(rs_s, "true") ? "true" : "false");
 	if (cfg.oom || tg.oom || rp.oom || ap.oom || saves.oom) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");
