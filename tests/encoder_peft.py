@@ -69,10 +69,14 @@ METHODS = {"prompt": ["--plugins=arch/encoder,attention/mha,optim/adamw,peft/pro
                        f"--ptuning-encoder-hidden-size={PT['hidden']}"]}
 
 
-def common(ck, data):
+CLS_FLAGS = ["--labels=0,1,2"]
+MLM_FLAGS = [f"--mlm-probability={bp.MLM_PROB}", f"--seed={bp.SEED}"]
+
+
+def common(ck, data, flags=CLS_FLAGS):
     c = bp.TRAIN
     return [f"--load={ck}", f"--data={data}", "--no-shuffle", "--tokenizer=byte",
-            f"--micro-batch-size={bp.B}", f"--seq-length={bp.T}", "--labels=0,1,2",
+            f"--micro-batch-size={bp.B}", f"--seq-length={bp.T}", *flags,
             "--threads=2", "--clip-grad=0", f"--adam-beta1={c['BETA1']}",
             f"--adam-beta2={c['BETA2']}", f"--adam-eps={c['ADAM_EPS']}",
             "--lr-decay-style=constant"]
@@ -130,13 +134,28 @@ def tok_loss(m, W, batch, head_fn, kw):
     return F.cross_entropy(*bp.tok_reference(m, W, batch, **kw))
 
 
+def mlm_loss(m, W, batch, index, kw):
+    """bert_parity.mlm_loss with PEFT's inputs: the MLM head on the real rows
+    (the last len(ids) of each record's output), the masking as fw draws it."""
+    logits, targets = [], []
+    for x, y in bp.mlm_mask(batch, index):
+        lg = bp.mlm_logits(m, W, bp.one(m, W, x, [0] * len(x), **kw))[0][-len(x):]
+        for j, t in enumerate(y):
+            if t >= 0:
+                logits.append(lg[j])
+                targets.append(t)
+    return F.cross_entropy(torch.stack(logits), torch.tensor(targets))
+
+
 def check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method, loss_fn=seq_loss,
-                 task="SEQ_CLS"):
+                 task="SEQ_CLS", flags=CLS_FLAGS, batches=None):
+    """batches: the micro-batches of the steps (MLM: their rows, masked by
+    step index in loss_fn's head_fn argument place)."""
     c = bp.TRAIN
     name = f"{tag} {method}"
     init_run = os.path.join(work, f"{tag}_{method}_init")
-    p = fw("train", *METHODS[method], *common(ck, train_path), "--train-iters=1", "--lr=0",
-           "--weight-decay=0", f"--run-dir={init_run}")
+    p = fw("train", *METHODS[method], *common(ck, train_path, flags), "--train-iters=1",
+           "--lr=0", "--weight-decay=0", f"--run-dir={init_run}")
     init = os.path.join(init_run, "adapter-00000001.h5")
     if not R.check(f"{name}: the initial adapter", p.returncode == 0 and os.path.exists(init),
                    g2.describe(p)):
@@ -147,7 +166,7 @@ def check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method, lo
             f"not the pooler", [k for k in sorted(A0) if k in W] == heads and
             all(A0[k].equal(W[k]) for k in heads), f"{sorted(A0)}")
     run = os.path.join(work, f"{tag}_{method}_run")
-    p = fw("train", *METHODS[method], *common(ck, train_path), f"--adapter={init}",
+    p = fw("train", *METHODS[method], *common(ck, train_path, flags), f"--adapter={init}",
            f"--train-iters={c['ITERS']}", f"--lr={c['LR']}", f"--weight-decay={c['WD']}",
            f"--run-dir={run}")
     if not R.check(f"{name}: train runs", p.returncode == 0, g2.describe(p)):
@@ -155,10 +174,12 @@ def check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method, lo
     P = {k: t.clone().requires_grad_(True) for k, t in A0.items()}
 
     def step_loss(P, k):
+        if batches:
+            return loss_fn(m, with_heads(W, P), batches[k], k, peft_inputs(method, P, m))
         batch = train[k * bp.B:(k + 1) * bp.B]
         return loss_fn(m, with_heads(W, P), batch, head_fn, peft_inputs(method, P, m))
     bp.compare_steps(f"{name} {task}", run, bp.adamw_replay(P, sorted(P), step_loss))
-    if method != "ptuning":
+    if method != "ptuning" and not batches:
         batch = train[:bp.B]
         with torch.no_grad():
             Wf = dict(W)
@@ -173,9 +194,13 @@ def check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method, lo
               for k in P) if sorted(A) == sorted(P) else float("inf")
     R.check(f"{name}: the trained tensors ({', '.join(sorted(P))}) within {bp.TOL_STEP:g}",
             err <= bp.TOL_STEP, f"max rel {err:.2e}")
-    moved = max(float((A[k] - W[k]).abs().max()) for k in heads) if sorted(A) == sorted(P) else 0
-    R.check(f"{name}: the head moved from the base's (it trains)", moved > 1e-4,
-            f"max |change| {moved:.2e}")
+    if heads:
+        moved = max(float((A[k] - W[k]).abs().max()) for k in heads) \
+            if sorted(A) == sorted(P) else 0
+        R.check(f"{name}: the head moved from the base's (it trains)", moved > 1e-4,
+                f"max |change| {moved:.2e}")
+    if batches:
+        return A0
     check_export(fw, work, name, m, head_fn, W, ck, train[:2 * bp.B], method, final, A,
                  loss_fn, task, heads, tag == "roberta")
     return A0
@@ -238,6 +263,33 @@ def check_token_cls(fw, work, rng):
             "--max-position-embeddings" in lines[0], g2.describe(p))
 
 
+def check_mlm(fw, work, rng):
+    """BERT's MLM head under each method: 10 AdamW steps with fw's dynamic
+    masking (seeded by (seed, step), bert_parity.mlm_mask) on the real rows;
+    the export has no task head and no PEFT task type (null)."""
+    m = bp.BERT
+    W = bp.random_weights(m, "mlm", 34)
+    ck = os.path.join(work, "mlm.h5")
+    bp.write_ckpt(ck, m, "mlm", W)
+    docs = bp.mlm_docs(rng, bp.B * bp.TRAIN["ITERS"])
+    path = os.path.join(work, "mlm.jsonl")
+    bp.write_jsonl(path, [{"text": d} for d in docs])
+    batches = bp.mlm_micro_batches(docs, bp.TRAIN["ITERS"])
+    for method in METHODS:
+        check_method(fw, work, "bert-mlm", m, None, W, ck, docs, path, method, mlm_loss,
+                     "MLM", MLM_FLAGS, batches)
+        final = os.path.join(work, f"bert-mlm_{method}_run", "adapter-00000010.h5")
+        out = os.path.join(work, f"bert-mlm_{method}_peft")
+        p = fw("export-adapter", final, out)
+        if R.check(f"bert-mlm {method}: export-adapter runs", p.returncode == 0, g2.describe(p)):
+            cfg = json.load(open(os.path.join(out, "adapter_config.json")))
+            _, st = g2.read_st(os.path.join(out, "adapter_model.safetensors"))
+            R.check(f"bert-mlm {method} export: task_type null, modules_to_save null, only "
+                    f"prompt_embeddings", cfg.get("task_type", 0) is None and
+                    cfg.get("modules_to_save", 0) is None and sorted(st) == ["prompt_embeddings"],
+                    f"{sorted(st)} {json.dumps(cfg)[:300]}")
+
+
 def main():
     a, fw = g2.cli(__doc__)
 
@@ -256,6 +308,7 @@ def main():
             for method in METHODS:
                 check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method)
         check_token_cls(fw, work, rng)
+        check_mlm(fw, work, rng)
 
     return R.run("encoder_peft", a.keep, body)
 
