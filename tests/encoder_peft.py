@@ -31,13 +31,24 @@ sequence classification, and BERT token classification:
   - export-adapter: task_type SEQ_CLS / TOKEN_CLS, modules_to_save
     ["classifier"], keys prompt_embeddings and base_model.classifier.* (PEFT's
     save_and_load: a modules_to_save module's parameters saved without
-    modules_to_save.default), and the export re-applied in torch gives fw's
-    eval loss within 1e-5;
+    modules_to_save.default; a RoBERTa export with --base), and the export
+    re-applied in torch gives fw's eval loss within 1e-5 (prefix tuning's
+    prompt_embeddings split per layer as PEFT's get_prompt does);
   - the check can fail: the reference with fw's former numbering (virtual
     tokens without position and type embeddings, real tokens from position
     0) is off by more than 1e-3 in the first step's loss;
-  - token classification with a prompt: eval loss within 1e-5 (the logits of
-    the real positions; PEFT's labels padded with -100 for the virtual ones);
+  - token classification: the loss on the real positions (PEFT's labels
+    padded with -100 for the virtual ones);
+  - BERT's MLM head under each method: 10 AdamW steps with fw's (seed, step)
+    masking (bert_parity.mlm_mask) on the real rows; the export has
+    task_type null and no head;
+  - LoRA on a RoBERTa MLM base (two named layers, a rank pattern, the MLM
+    transform in modules_to_save): export-adapter --base gives
+    RobertaForMaskedLM's paths in keys, target_modules, rank_pattern and
+    modules_to_save (roberta.encoder..., lm_head.dense), the export re-applied
+    in torch gives fw's eval within 1e-5; without --base BERT's names and one
+    warning line naming --base;
+  - export-adapter --base with a GPT-2 base: transformer.h.N... as without it;
   - a sequence that with the virtual tokens passes --max-position-embeddings:
     one "fwrun:" line, exit 1 or 2.
 Ends with "encoder_peft: N passed, M failed"; exit 0 only when none failed.
@@ -240,16 +251,21 @@ def check_export(fw, work, name, m, head_fn, W, ck, recs, method, final, A, loss
                 f"{got['eval_loss']:.9g}", r <= bp.TOL_EVAL, f"rel {r:.2e}")
 
 
+def setup(work, name, m, head, seed, rows):
+    """Random base weights written as NAME.h5, rows as NAME.jsonl."""
+    W = bp.random_weights(m, head, seed)
+    ck, path = (os.path.join(work, name + ext) for ext in (".h5", ".jsonl"))
+    bp.write_ckpt(ck, m, head, W)
+    bp.write_jsonl(path, rows)
+    return W, ck, path
+
+
 def check_token_cls(fw, work, rng):
     """Token classification: each method's 10 steps and export, the loss on
     the real positions' first sub-tokens (PEFT's labels -100 elsewhere)."""
     m = bp.BERT
-    W = bp.random_weights(m, "token-cls", 33)
-    ck = os.path.join(work, "tok.h5")
-    bp.write_ckpt(ck, m, "token-cls", W)
     recs = bp.tok_records(rng, bp.B * bp.TRAIN["ITERS"])
-    path = os.path.join(work, "tok.jsonl")
-    bp.write_jsonl(path, recs)
+    W, ck, path = setup(work, "tok", m, "token-cls", 33, recs)
     for method in METHODS:
         check_method(fw, work, "bert-tok", m, None, W, ck, recs, path, method, tok_loss,
                      "TOKEN_CLS")
@@ -268,12 +284,8 @@ def check_mlm(fw, work, rng):
     masking (seeded by (seed, step), bert_parity.mlm_mask) on the real rows;
     the export has no task head and no PEFT task type (null)."""
     m = bp.BERT
-    W = bp.random_weights(m, "mlm", 34)
-    ck = os.path.join(work, "mlm.h5")
-    bp.write_ckpt(ck, m, "mlm", W)
     docs = bp.mlm_docs(rng, bp.B * bp.TRAIN["ITERS"])
-    path = os.path.join(work, "mlm.jsonl")
-    bp.write_jsonl(path, [{"text": d} for d in docs])
+    W, ck, path = setup(work, "mlm", m, "mlm", 34, [{"text": d} for d in docs])
     batches = bp.mlm_micro_batches(docs, bp.TRAIN["ITERS"])
     for method in METHODS:
         check_method(fw, work, "bert-mlm", m, None, W, ck, docs, path, method, mlm_loss,
@@ -288,6 +300,109 @@ def check_mlm(fw, work, rng):
                     f"prompt_embeddings", cfg.get("task_type", 0) is None and
                     cfg.get("modules_to_save", 0) is None and sorted(st) == ["prompt_embeddings"],
                     f"{sorted(st)} {json.dumps(cfg)[:300]}")
+
+
+def check_lora_renames(fw, work, rng):
+    """LoRA on a RoBERTa MLM base with a partial choice of layers, a rank
+    pattern and the MLM head's transform in modules_to_save: export-adapter
+    --base gives Hugging Face's RobertaForMaskedLM paths in the keys and in
+    adapter_config.json (target_modules, rank_pattern, modules_to_save:
+    roberta.encoder..., lm_head.dense); without --base BERT's (bert.*, cls.*).
+    The --base export re-applied in torch (keys mapped back through
+    bert_parity.hf_key) gives fw's eval loss within 1e-5."""
+    m = bp.ROBERTA
+    docs = bp.mlm_docs(rng, 2 * bp.B)
+    W, ck, path = setup(work, "rmlm", m, "mlm", 35, [{"text": d} for d in docs])
+    q, v = "encoder.layer.1.attention.self.query", "encoder.layer.0.attention.self.value"
+    run = os.path.join(work, "rmlm_lora")
+    p = fw("train", "--plugins=arch/encoder,attention/mha,optim/adamw,peft/lora",
+           *common(ck, path, MLM_FLAGS), "--train-iters=2", "--lr=0.05", "--lora-r=4",
+           "--lora-alpha=8", f"--lora-target-modules={q},{v}", f"--lora-rank-pattern={q}=2",
+           "--lora-modules-to-save=cls.predictions.transform.dense", f"--run-dir={run}")
+    final = os.path.join(run, "adapter-00000002.h5")
+    if not R.check("roberta mlm lora: train runs", p.returncode == 0 and os.path.exists(final),
+                   g2.describe(p)):
+        return
+    names = {bp.hf_key("RobertaForMaskedLM", n): n for n in W}
+    for base, pre, head in ((True, "roberta.", "lm_head.dense"),
+                            (False, "bert.", "cls.predictions.transform.dense")):
+        out = os.path.join(work, f"rmlm_peft_{base}")
+        p = fw("export-adapter", final, out, *([f"--base={ck}"] if base else []))
+        tag = "--base" if base else "no --base"
+        if not R.check(f"roberta mlm lora export ({tag}) runs", p.returncode == 0,
+                       g2.describe(p)):
+            continue
+        warn = [l for l in p.stderr.splitlines() if l.startswith("fwrun: warning:")]
+        R.check(f"roberta mlm lora export ({tag}): "
+                f"{'no warning' if base else 'one warning line naming --base'}",
+                warn == [] if base else len(warn) == 1 and "--base" in warn[0], f"{warn}")
+        cfg = json.load(open(os.path.join(out, "adapter_config.json")))
+        R.check(f"roberta mlm lora export ({tag}): target_modules, rank_pattern and "
+                f"modules_to_save under {pre}* / {head}",
+                sorted(cfg["target_modules"]) == sorted([pre + v, pre + q]) and
+                cfg["rank_pattern"] == {pre + q: 2} and cfg["modules_to_save"] == [head] and
+                cfg["task_type"] is None,
+                json.dumps({k: cfg[k] for k in ("target_modules", "rank_pattern",
+                                                "modules_to_save", "task_type")}))
+        _, st = g2.read_st(os.path.join(out, "adapter_model.safetensors"))
+        want = sorted([f"base_model.model.{pre}{md}.lora_{x}.weight" for md in (q, v)
+                       for x in "AB"] + [f"base_model.model.{head}.{x}" for x in ("weight",
+                                                                               "bias")])
+        R.check(f"roberta mlm lora export ({tag}): keys {want}", sorted(st) == want,
+                f"{sorted(st)}")
+        if not base or sorted(st) != want:
+            continue
+        T2 = {k[len("base_model.model."):]: torch.from_numpy(a[2].copy()) for k, a in st.items()}
+        lora = {md: (T2[f"{pre}{md}.lora_A.weight"], T2[f"{pre}{md}.lora_B.weight"],
+                     cfg["lora_alpha"] / (2 if md == q else cfg["r"])) for md in (q, v)}
+        We = dict(W, **{names[k]: t for k, t in T2.items() if ".lora_" not in k})
+        with torch.no_grad():
+            tot = [bp.mlm_loss(m, We, b, k, lora)
+                   for k, b in enumerate(bp.mlm_micro_batches(docs, len(docs) // bp.B))]
+        ref = sum(float(x) for x, _ in tot) / sum(c for _, c in tot)
+        e, got = bp.fw_eval(fw, ck, path, *MLM_FLAGS, f"--adapter={final}",
+                            plug=bp.PLUG + ",peft/lora")
+        if R.check("roberta mlm lora: eval with the adapter runs", got is not None,
+                   g2.describe(e)):
+            r = g2.rel(got["eval_loss"], ref)
+            R.check(f"roberta mlm lora: the --base export applied in torch {ref:.9g} vs fw "
+                    f"eval {got['eval_loss']:.9g}", r <= bp.TOL_EVAL, f"rel {r:.2e}")
+
+
+def check_gpt2_base(fw, work, rng):
+    """export-adapter --base with a GPT-2 base: the map adds transformer. to
+    what the plugin wrote already; a partial choice of layers under
+    Hugging Face's path, the keys as without --base."""
+    d = os.path.join(work, "gpt2")
+    os.makedirs(d, exist_ok=True)
+    h5 = g2.import_random(fw, d, g2.random_weights(3), R)
+    if not h5:
+        return
+    data = os.path.join(d, "train.bin")
+    g2.write_shard(data, rng.randint(0, g2.VOCAB, size=200).astype(np.uint16))
+    run = os.path.join(d, "lora")
+    p = fw("train", "--plugins=arch/decoder,attention/mha,optim/adamw,peft/lora", f"--load={h5}",
+           f"--data={data}", "--micro-batch-size=2", "--seq-length=16", "--train-iters=1",
+           "--lr=0.01", "--lora-target-modules=h.1.attn.c_attn", f"--run-dir={run}",
+           "--threads=2")
+    final = os.path.join(run, "adapter-00000001.h5")
+    if not R.check("gpt2 lora: train runs", p.returncode == 0 and os.path.exists(final),
+                   g2.describe(p)):
+        return
+    got = {}
+    for tag, extra in (("--base", [f"--base={h5}"]), ("no --base", [])):
+        out = os.path.join(d, tag.replace(" ", "_"))
+        p = fw("export-adapter", final, out, *extra)
+        if not R.check(f"gpt2 lora export ({tag}) runs, no warning", p.returncode == 0 and
+                       "warning" not in p.stderr, g2.describe(p)):
+            return
+        cfg = json.load(open(os.path.join(out, "adapter_config.json")))
+        _, st = g2.read_st(os.path.join(out, "adapter_model.safetensors"))
+        got[tag] = (cfg["target_modules"], sorted(st))
+    want = (["transformer.h.1.attn.c_attn"],
+            [f"base_model.model.transformer.h.1.attn.c_attn.lora_{x}.weight" for x in "AB"])
+    R.check(f"gpt2 lora export: target_modules and keys {want}, with and without --base",
+            got.get("--base") == want and got.get("no --base") == want, f"{got}")
 
 
 def main():
@@ -309,6 +424,8 @@ def main():
                 check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method)
         check_token_cls(fw, work, rng)
         check_mlm(fw, work, rng)
+        check_lora_renames(fw, work, rng)
+        check_gpt2_base(fw, work, rng)
 
     return R.run("encoder_peft", a.keep, body)
 

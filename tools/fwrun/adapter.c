@@ -440,6 +440,21 @@ static void remove_made_dir(const char *dir)
 	rmdir(dir);
 }
 
+/* An adapter file does not record its base's arch options, so an encoder
+ * adapter exported without --base takes BERT's names: one warning line. */
+static void warn_encoder_names(const char *path)
+{
+	char *list = NULL;
+	struct fw_err e = { 0 };
+	if (fw_h5_read_attr(path, "base_tensors", &list, &e) == FW_OK &&
+	    (!strncmp(list, "embeddings.word_embeddings.weight\t", 34) ||
+	     strstr(list, "\nembeddings.word_embeddings.weight\t")))
+		fprintf(stderr, "fwrun: warning: %s: an encoder adapter exported without --base takes "
+			"BERT's module names (bert.*, cls.*); for a RoBERTa base give "
+			"--base=BASE.h5\n", path);
+	fw_free(list);
+}
+
 /* The adapter's own plugin writes it (export_peft); a directory this made
  * is removed again when that fails. */
 static int export_by_plugin(const char *path, const char *dir, const char *base_model,
@@ -466,6 +481,8 @@ static int export_by_plugin(const char *path, const char *dir, const char *base_
 		if (made)
 			remove_made_dir(dir);
 	} else {
+		if (!base)
+			warn_encoder_names(path);
 		fprintf(stderr, "fwrun: exported %s (%s) to %s\n", path, kind, dir);
 		rc = EXIT_OK;
 	}

@@ -1033,15 +1033,31 @@ static enum fw_status factor(const struct fw_host *h, const char *path,
 	return FW_OK;
 }
 
+/* Hugging Face's name of an fw parameter: GPT-2's (peft_hf_name), or BERT's
+ * ("bert." + name, heads as they are; fwrun export-adapter --base renames
+ * them through the base's Hugging Face map, RoBERTa's "roberta."). */
+static void hf_param_name(const char *task, const char *fw, char *out, size_t len)
+{
+	if (!task)
+		peft_hf_name(fw, out, len);
+	else if (!strncmp(fw, "cls.", 4) || !strncmp(fw, "classifier", 10))
+		snprintf(out, len, "%s", fw);
+	else
+		snprintf(out, len, "bert.%s", fw);
+}
+
 /* target_modules: a layer kind adapted everywhere in the base is named by
- * its last part ("c_attn"), a partial choice by the layers' names; with
- * the layers whose rank or alpha differ from the options' in the patterns. */
+ * its last part ("c_attn"), a partial choice by the layers' Hugging Face
+ * paths; with the layers whose rank or alpha differ from the options' in
+ * the patterns. */
 static void export_targets(const struct lora_module_entry *mods, int n, const char *base_list,
-			   int64_t r, double alpha, struct peft_text *tg, struct peft_text *rp,
-			   struct peft_text *ap)
+			   const char *task, int64_t r, double alpha, struct peft_text *tg,
+			   struct peft_text *rp, struct peft_text *ap)
 {
 	for (int i = 0; i < n; i++) {
-		const char *nm = mods[i].name, *dot = strrchr(nm, '.');
+		char nm[2 * FW_NAME_MAX];
+		hf_param_name(task, mods[i].name, nm, sizeof(nm));
+		const char *dot = strrchr(nm, '.');
 		const char *last = dot ? dot + 1 : nm;
 		int adapted = 0, total = 0;
 		for (int k = 0; k < n; k++) {
@@ -1056,7 +1072,7 @@ static void export_targets(const struct lora_module_entry *mods, int n, const ch
 				 !strncmp(e.name + el - 7 - ll, last, ll) && e.name[el - 8 - ll] == '.';
 		}
 		const char *entry = adapted == total ? last : nm;
-		char quoted[FW_NAME_MAX + 4];
+		char quoted[2 * FW_NAME_MAX + 4];
 		snprintf(quoted, sizeof(quoted), "\"%s\"", entry);
 		if (!tg->s || !strstr(tg->s, quoted)) {
 			peft_put(tg, "%s", tg->n ? ", " : "");
@@ -1076,19 +1092,6 @@ static void export_targets(const struct lora_module_entry *mods, int n, const ch
 	peft_put(tg, "%s", "");
 	peft_put(rp, "%s", "");
 	peft_put(ap, "%s", "");
-}
-
-/* Hugging Face's name of an fw parameter: GPT-2's (peft_hf_name), or BERT's
- * ("bert." + name, heads as they are; fwrun export-adapter --base renames
- * them through the base's Hugging Face map, RoBERTa's "roberta."). */
-static void hf_param_name(const char *task, const char *fw, char *out, size_t len)
-{
-	if (!task)
-		peft_hf_name(fw, out, len);
-	else if (!strncmp(fw, "cls.", 4) || !strncmp(fw, "classifier", 10))
-		snprintf(out, len, "%s", fw);
-	else
-		snprintf(out, len, "bert.%s", fw);
 }
 
 static bool is_factor(const char *name)
@@ -1174,7 +1177,7 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 			 adapted_bias ? ".base_layer.bias" : "");
 		tp[i] = &ts.t[i];
 	}
-	export_targets(mods, n_mods, base_list, r, alpha, &tg, &rp, &ap);
+	export_targets(mods, n_mods, base_list, task, r, alpha, &tg, &rp, &ap);
 	peft_put(&cfg, "{\n  \"alpha_pattern\": {%s},\n  \"base_model_name_or_path\": ", ap.s);
 	if (base_model)
 		peft_put_json(&cfg, base_model);
