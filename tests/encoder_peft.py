@@ -49,12 +49,14 @@ sequence classification, and BERT token classification:
     in torch gives fw's eval within 1e-5; without --base BERT's names and one
     warning line naming --base;
   - export-adapter --base with a GPT-2 base: transformer.h.N... as without it;
-  - a sequence that with the virtual tokens passes --max-position-embeddings:
-    one "fwrun:" line, exit 1 or 2.
+  - a sequence that with the virtual tokens passes --max-position-embeddings,
+    and an adapter file from before heads trained: one "fwrun:" line, exit 1
+    or 2.
 Ends with "encoder_peft: N passed, M failed"; exit 0 only when none failed.
 """
 import json
 import os
+import shutil
 import sys
 
 import h5py
@@ -260,6 +262,31 @@ def setup(work, name, m, head, seed, rows):
     return W, ck, path
 
 
+def check_old_adapter(fw, work, ck, data):
+    """An adapter file from before heads trained (the head in its base list,
+    not among its tensors): one "fwrun:" line naming the head, exit 1 or 2."""
+    new = os.path.join(work, "bert_prompt_init", "adapter-00000001.h5")
+    old = os.path.join(work, "old_prompt.h5")
+    shutil.copy(new, old)
+    with h5py.File(old, "r+") as f:
+        heads = [n for n in f["tensors"] if n.startswith("classifier.")]
+        dt = f.attrs["base_tensors"].split("\t")[1]
+        lines = "".join(f"{n}\t{dt}\t{','.join(map(str, f['tensors'][n].shape))}\n"
+                        for n in heads)
+        for n in heads:
+            del f["tensors"][n]
+        f.attrs["base_tensors"] = f.attrs["base_tensors"] + lines
+    with open(old, "r+b") as f:      # fw's seal no longer holds: read it as another writer's
+        f.write(bytes(8))
+    p, _ = bp.fw_eval(fw, ck, data, "--labels=0,1,2", f"--adapter={old}",
+                      plug=METHODS["prompt"][0].replace(",optim/adamw", ""))
+    lines = [l for l in p.stderr.strip().splitlines()
+             if l.startswith("fwrun:") and "valid-data:" not in l]
+    R.check("bad input: an adapter file whose base holds the task head: one 'fwrun:' line "
+            "naming it, exit 1 or 2", p.returncode in (1, 2) and len(lines) == 1 and
+            "classifier." in lines[0] and "train it again" in lines[0], g2.describe(p))
+
+
 def check_token_cls(fw, work, rng):
     """Token classification: each method's 10 steps and export, the loss on
     the real positions' first sub-tokens (PEFT's labels -100 elsewhere)."""
@@ -422,6 +449,8 @@ def main():
             bp.write_jsonl(train_path, train)
             for method in METHODS:
                 check_method(fw, work, tag, m, head_fn, W, ck, train, train_path, method)
+            if tag == "bert":
+                check_old_adapter(fw, work, ck, train_path)
         check_token_cls(fw, work, rng)
         check_mlm(fw, work, rng)
         check_lora_renames(fw, work, rng)

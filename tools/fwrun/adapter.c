@@ -421,9 +421,10 @@ static const char export_usage[] =
 	"names (peft/lora for GPT-2: base_model.model.transformer.h.N.attn.c_attn.lora_A.weight\n"
 	"(r, in), lora_B.weight (out, r); fan_in_fan_out true). --base-model fills\n"
 	"base_model_name_or_path. --base names the model the adapter was trained on: the\n"
-	"keys take the module paths of the Hugging Face class fwrun export writes for it\n"
-	"(a RoBERTa base: base_model.model.roberta.encoder.layer.N...; without --base an\n"
-	"arch/encoder adapter is named for BERT's classes, bert.*).\n";
+	"keys and adapter_config.json's module paths take those of the Hugging Face class\n"
+	"fwrun export writes for it (a RoBERTa base: base_model.model.roberta.encoder.layer.N...;\n"
+	"without --base an arch/encoder adapter is named for BERT's classes, bert.*, with one\n"
+	"warning line).\n";
 
 /* A directory this command made, with what a failed export left in it. */
 static void remove_made_dir(const char *dir)
