@@ -421,9 +421,10 @@ static const char export_usage[] =
 	"names (peft/lora for GPT-2: base_model.model.transformer.h.N.attn.c_attn.lora_A.weight\n"
 	"(r, in), lora_B.weight (out, r); fan_in_fan_out true). --base-model fills\n"
 	"base_model_name_or_path. --base names the model the adapter was trained on: the\n"
-	"keys take the module paths of the Hugging Face class fwrun export writes for it\n"
-	"(a RoBERTa base: base_model.model.roberta.encoder.layer.N...; without --base an\n"
-	"arch/encoder adapter is named for BERT's classes, bert.*).\n";
+	"keys and adapter_config.json's module paths take those of the Hugging Face class\n"
+	"fwrun export writes for it (a RoBERTa base: base_model.model.roberta.encoder.layer.N...;\n"
+	"without --base an arch/encoder adapter is named for BERT's classes, bert.*, with one\n"
+	"warning line).\n";
 
 /* A directory this command made, with what a failed export left in it. */
 static void remove_made_dir(const char *dir)
@@ -438,6 +439,21 @@ static void remove_made_dir(const char *dir)
 	if (d)
 		closedir(d);
 	rmdir(dir);
+}
+
+/* An adapter file does not record its base's arch options, so an encoder
+ * adapter exported without --base takes BERT's names: one warning line. */
+static void warn_encoder_names(const char *path)
+{
+	char *list = NULL;
+	struct fw_err e = { 0 };
+	if (fw_h5_read_attr(path, "base_tensors", &list, &e) == FW_OK &&
+	    (!strncmp(list, "embeddings.word_embeddings.weight\t", 34) ||
+	     strstr(list, "\nembeddings.word_embeddings.weight\t")))
+		fprintf(stderr, "fwrun: warning: %s: an encoder adapter exported without --base takes "
+			"BERT's module names (bert.*, cls.*); for a RoBERTa base give "
+			"--base=BASE.h5\n", path);
+	fw_free(list);
 }
 
 /* The adapter's own plugin writes it (export_peft); a directory this made
@@ -466,6 +482,8 @@ static int export_by_plugin(const char *path, const char *dir, const char *base_
 		if (made)
 			remove_made_dir(dir);
 	} else {
+		if (!base)
+			warn_encoder_names(path);
 		fprintf(stderr, "fwrun: exported %s (%s) to %s\n", path, kind, dir);
 		rc = EXIT_OK;
 	}

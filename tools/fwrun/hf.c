@@ -1196,10 +1196,67 @@ static int adapter_key(const struct hf_model *h, const char *rest, char *out, si
 	return !best ? 0 : n < 0 || (size_t)n >= len ? -1 : 1;
 }
 
+/* A module path of adapter_config.json (target_modules, modules_to_save,
+ * rank_pattern...) at its Hugging Face path: its weight's key through
+ * adapter_key, less ".weight"; a module without a weight of its own (a
+ * suffix such as "query", RoBERTa's classifier) stays. */
+static json_t *module_hf(const struct hf_model *h, const char *mod)
+{
+	char in[2 * FW_NAME_MAX], out[2 * FW_NAME_MAX];
+	size_t n;
+	if (!strchr(mod, '.') || snprintf(in, sizeof(in), "%s.weight", mod) >= (int)sizeof(in) ||
+	    adapter_key(h, in, out, sizeof(out)) <= 0 || (n = strlen(out)) < 7)
+		return json_string(mod);
+	out[n - 7] = '\0';
+	return json_string(out);
+}
+
+/* adapter_config.json's module names under h's Hugging Face paths. */
+static enum fw_status config_hf_modules(const struct hf_model *h, const char *dir,
+					struct fw_err *err)
+{
+	char path[4400];
+	snprintf(path, sizeof(path), "%s/adapter_config.json", dir);
+	json_error_t je;
+	json_t *cfg = json_load_file(path, 0, &je);
+	if (!json_is_object(cfg)) {
+		json_decref(cfg);
+		return fw_errorf(err, FW_ERR_FORMAT, "%s: not a JSON object (%s)", path, je.text);
+	}
+	static const char *const lists[] = { "target_modules", "modules_to_save" };
+	for (size_t k = 0; k < 2; k++) {
+		json_t *a = json_object_get(cfg, lists[k]), *v;
+		size_t i;
+		json_array_foreach(a, i, v)
+			if (json_is_string(v))
+				json_array_set_new(a, i, module_hf(h, json_string_value(v)));
+	}
+	static const char *const maps[] = { "rank_pattern", "alpha_pattern" };
+	for (size_t k = 0; k < 2; k++) {
+		json_t *o = json_object_get(cfg, maps[k]), *renamed = json_object(), *v;
+		const char *key;
+		if (!json_is_object(o) || !renamed) {
+			json_decref(renamed);
+			continue;
+		}
+		json_object_foreach(o, key, v) {
+			json_t *hk = module_hf(h, key);
+			json_object_set(renamed, json_string_value(hk), v);
+			json_decref(hk);
+		}
+		json_object_set_new(cfg, maps[k], renamed);
+	}
+	enum fw_status st = write_json_file(path, cfg, err);
+	json_decref(cfg);
+	return st;
+}
+
+/* An export's keys under --base's Hugging Face names: LoRA's
+ * base_model.model.MODULE..., prompt learning's base_model.MODULE... (PEFT's
+ * PeftModel holds the model itself there); prompt_embeddings stays. */
 enum fw_status adapter_hf_keys(const char *base, const char *dir, struct fw_err *err)
 {
-	static const char pre[] = "base_model.model.";
-	const size_t pl = sizeof(pre) - 1;
+	static const char lora_pre[] = "base_model.model.", prompt_pre[] = "base_model.";
 	struct hf_model h = { 0 };
 	struct fw_st_file f = { 0 };
 	struct fw_tensor *t = NULL, **tp = NULL;
@@ -1214,8 +1271,13 @@ enum fw_status adapter_hf_keys(const char *base, const char *dir, struct fw_err 
 		st = fw_errorf(err, FW_ERR_NOMEM, "out of memory");
 	for (int i = 0; st == FW_OK && i < f.n; i++) {
 		const struct fw_st_entry *e = &f.entries[i];
-		int k = strncmp(e->name, pre, pl) ? 0 :
-			adapter_key(&h, e->name + pl, t[i].name + pl, sizeof(t[i].name) - pl);
+		const char *pre = !strncmp(e->name, lora_pre, sizeof(lora_pre) - 1) ? lora_pre :
+				  !strncmp(e->name, prompt_pre, sizeof(prompt_pre) - 1) ? prompt_pre : "";
+		size_t pl = strlen(pre);
+		int k = !pl && !strchr(e->name, '.') ? snprintf(t[i].name, sizeof(t[i].name), "%s",
+								e->name) > 0 :
+			!pl ? 0 : adapter_key(&h, e->name + pl, t[i].name + pl,
+					      sizeof(t[i].name) - pl);
 		if (k <= 0) {
 			st = fw_errorf(err, FW_ERR_INVALID, "%s: key '%s' %s", path, e->name,
 				       k ? "is too long under the base's Hugging Face names" :
@@ -1233,6 +1295,8 @@ enum fw_status adapter_hf_keys(const char *base, const char *dir, struct fw_err 
 	const char *meta[] = { "format", "pt", NULL };
 	if (st == FW_OK)
 		st = fw_st_save(path, tp, f.n, meta, err);
+	if (st == FW_OK)
+		st = config_hf_modules(&h, dir, err);
 	free(tp);
 	free(t);
 	fw_st_close(&f);

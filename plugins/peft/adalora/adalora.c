@@ -316,7 +316,7 @@ static enum fw_status ada_freeze(void *state, struct fw_model *m, struct fw_err 
 		struct fw_tensor *t = fw_ctx_tensor(m->ctx, i);
 		if (!(t->flags & FW_FLAG_PARAM))
 			continue;
-		bool on = is_param(s, t);
+		bool on = is_param(s, t) || peft_head_param(t);
 		if (fw_param_set_trainable(m->ctx, t, on) != FW_OK)
 			return h->errorf(err, FW_ERR_INVALID, "peft/adalora: %s",
 					 h->ctx_err(m->ctx)->msg);
@@ -655,7 +655,8 @@ static enum fw_status ada_export(const struct fw_host *h, const char *adapter, c
 	if ((st = peft_check_kind(h, ADALORA_KIND, adapter, err)) != FW_OK ||
 	    (st = peft_attr(h, ADALORA_KIND, adapter, "adalora_modules", &mods, err)) != FW_OK ||
 	    (st = peft_attr(h, ADALORA_KIND, adapter, "config", &cfgtext, err)) != FW_OK ||
-	    (st = peft_tensors_read(h, ADALORA_KIND, adapter, &ts, err)) != FW_OK)
+	    (st = peft_tensors_read(h, ADALORA_KIND, adapter, &ts, err)) != FW_OK ||
+	    (st = peft_no_heads(h, ADALORA_KIND, adapter, &ts, err)) != FW_OK)
 		goto out;
 	for (const char *s = mods; *s; s = strchr(s, '\n') ? strchr(s, '\n') + 1 : s + strlen(s)) {
 		char name[FW_NAME_MAX], tn[FW_NAME_MAX + 32], hf[2 * FW_NAME_MAX];

@@ -177,10 +177,70 @@ static inline bool peft_grow(const struct fw_host *h, void **arr, int n, int *ca
 	return true;
 }
 
-/* A base model parameter: neither the adapter's nor a plugin's state. */
+/* A task head's parameter name, PEFT's modules_to_save for SEQ_CLS and
+ * TOKEN_CLS: PeftModelForSequenceClassification and ...ForTokenClassification
+ * add "classifier" and "score", matched as a module (any dotted component
+ * above the leaf: RoBERTa's classifier.out_proj.weight). Under every peft
+ * method such a head trains fully and is saved with the adapter. */
+static inline bool peft_head_part(const char *s, size_t n)
+{
+	return (n == 10 && !strncmp(s, "classifier", 10)) || (n == 5 && !strncmp(s, "score", 5));
+}
+
+/* The length of name's head module (through its classifier / score part);
+ * 0 when name is no task head's parameter. */
+static inline size_t peft_head_module(const char *name)
+{
+	for (const char *s = name;;) {
+		size_t n = strcspn(s, ".");
+		if (!s[n])
+			return 0;
+		if (peft_head_part(s, n))
+			return (size_t)(s - name) + n;
+		s += n + 1;
+	}
+}
+
+static inline bool peft_head_name(const char *name)
+{
+	return peft_head_module(name) > 0;
+}
+
+static inline bool peft_head_param(const struct fw_tensor *t)
+{
+	return (t->flags & FW_FLAG_PARAM) && !(t->flags & FW_FLAG_STATE) && peft_head_name(t->name);
+}
+
+/* What a peft plugin trains: its own tensors and the task heads. */
+static inline bool peft_trains(struct fw_tensor *const *own, int n, const struct fw_tensor *t)
+{
+	return peft_in(own, n, t) || peft_head_param(t);
+}
+
+/* A base model parameter: neither the adapter's, a task head nor a plugin's state. */
 static inline bool peft_is_base(struct fw_tensor *const *own, int n, const struct fw_tensor *t)
 {
-	return (t->flags & FW_FLAG_PARAM) && !(t->flags & FW_FLAG_STATE) && !peft_in(own, n, t);
+	return (t->flags & FW_FLAG_PARAM) && !(t->flags & FW_FLAG_STATE) && !peft_in(own, n, t) &&
+	       !peft_head_name(t->name);
+}
+
+/* own[0..n) then the model's task-head parameters: what an adapter file
+ * holds. NULL when out of memory (h->free it). */
+static inline struct fw_tensor **peft_with_heads(const struct fw_host *h, struct fw_ctx *ctx,
+						 struct fw_tensor *const *own, int n, int *n_out)
+{
+	int nt = fw_ctx_n_tensors(ctx);
+	struct fw_tensor **all = h->malloc(sizeof(*all) * (size_t)(n + nt + 1));
+	if (!all)
+		return NULL;
+	memcpy(all, own, sizeof(*all) * (size_t)n);
+	*n_out = n;
+	for (int i = 0; i < nt; i++) {
+		struct fw_tensor *t = fw_ctx_tensor(ctx, i);
+		if (peft_head_param(t) && !peft_in(own, n, t))
+			all[(*n_out)++] = t;
+	}
+	return all;
 }
 
 /* PEFT's list matching: the whole name or a dotted suffix ("c_attn" matches
@@ -193,7 +253,7 @@ static inline bool peft_match(const char *pat, const char *name)
 	return !strcmp(name, pat) || (n > m && name[n - m - 1] == '.' && !strcmp(name + n - m, pat));
 }
 
-/* Writes the adapter: own[0..n) and the attributes above. */
+/* Writes the adapter: own[0..n), the task heads and the attributes above. */
 static inline enum fw_status peft_save(const struct fw_host *h, struct fw_ctx *ctx,
 				       const char *path, const char *kind,
 				       const struct fw_options *opts, struct fw_tensor *const *own,
@@ -202,6 +262,8 @@ static inline enum fw_status peft_save(const struct fw_host *h, struct fw_ctx *c
 {
 	struct peft_text cfg = { .h = h }, list = { .h = h };
 	uint64_t hh = LORA_HASH_SEED;
+	int n_all = 0;
+	struct fw_tensor **all = peft_with_heads(h, ctx, own, n_own, &n_all);
 	peft_put(&cfg, "[%s]\n", kind);
 	for (int i = 0; i < fw_options_count(opts); i++)
 		peft_put(&cfg, "%s = %s\n", fw_options_def(opts, i)->name, fw_options_value(opts, i));
@@ -218,7 +280,7 @@ static inline enum fw_status peft_save(const struct fw_host *h, struct fw_ctx *c
 	char hex[24];
 	snprintf(hex, sizeof(hex), "%016llx", (unsigned long long)hh);
 	enum fw_status st;
-	if (cfg.oom || list.oom) {
+	if (cfg.oom || list.oom || !all) {
 		st = h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind);
 	} else {
 		struct fw_h5_attr attrs[] = {
@@ -226,9 +288,11 @@ static inline enum fw_status peft_save(const struct fw_host *h, struct fw_ctx *c
 			{ "config", cfg.s }, { mod_attr, mod_text }, { "base_tensors", list.s },
 			{ "base_hash", hex },
 		};
-		st = fw_h5_save(path, own, n_own, attrs, (int)(sizeof(attrs) / sizeof(attrs[0])),
+		st = fw_h5_save(path, all, n_all, attrs, (int)(sizeof(attrs) / sizeof(attrs[0])),
 				err);
 	}
+	if (all)
+		h->free(all);
 	peft_text_free(&cfg);
 	peft_text_free(&list);
 	return st;
@@ -286,6 +350,11 @@ static inline enum fw_status peft_check_base(const struct fw_host *h, const char
 		if (!next)
 			break;
 		struct fw_tensor *t = fw_ctx_find(ctx, e.name);
+		if (t && peft_head_param(t))
+			return h->errorf(err, FW_ERR_FORMAT, "%s: %s: the adapter keeps the task head "
+					 "%s frozen in its base (a file from before heads trained "
+					 "with every peft method, PEFT's modules_to_save); train it "
+					 "again", kind, path, e.name);
 		if (!t || !peft_is_base(own, n_own, t))
 			return h->errorf(err, FW_ERR_SHAPE, "%s: %s: the adapter was trained on a "
 					 "different base model: its base has %s, this model has no "
@@ -324,7 +393,8 @@ static inline enum fw_status peft_check_base(const struct fw_host *h, const char
 	return FW_OK;
 }
 
-/* Checks an adapter file against this model and loads own[0..n) from it:
+/* Checks an adapter file against this model and loads own[0..n) and the
+ * task heads from it:
  * the kind, the options named in structural[] (as this run resolved them:
  * fwrun fills unset ones from the file), the base, the structure attribute
  * (text equality with what this model would write), the tensor list. */
@@ -338,9 +408,12 @@ static inline enum fw_status peft_load(const struct fw_host *h, struct fw_ctx *c
 {
 	char *cfg = NULL, *mods = NULL, *list = NULL, *hash = NULL;
 	struct fw_h5_entry *ents = NULL;
-	int n_ents = 0;
+	int n_ents = 0, n_all = 0;
 	struct fw_err e = { 0 };
 	enum fw_status st;
+	struct fw_tensor **all = peft_with_heads(h, ctx, own, n_own, &n_all);
+	if (!all)
+		return h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind);
 	if ((st = peft_check_kind(h, kind, path, err)) != FW_OK ||
 	    (st = peft_attr(h, kind, path, "config", &cfg, err)) != FW_OK ||
 	    (st = peft_attr(h, kind, path, mod_attr, &mods, err)) != FW_OK ||
@@ -388,17 +461,18 @@ static inline enum fw_status peft_load(const struct fw_host *h, struct fw_ctx *c
 	}
 	for (int i = 0; i < n_ents; i++) {
 		bool known = false;
-		for (int k = 0; k < n_own && !known; k++)
-			known = !strcmp(own[k]->name, ents[i].name);
+		for (int k = 0; k < n_all && !known; k++)
+			known = !strcmp(all[k]->name, ents[i].name);
 		if (!known) {
 			st = h->errorf(err, FW_ERR_SHAPE, "%s: %s: tensor '%s' is not a parameter of "
 				       "this adapter", kind, path, ents[i].name);
 			goto out;
 		}
 	}
-	if ((st = fw_h5_load(path, own, n_own, &e)) != FW_OK)
+	if ((st = fw_h5_load(path, all, n_all, &e)) != FW_OK)
 		st = h->errorf(err, st, "%s: %s", kind, e.msg);
 out:
+	h->free(all);
 	fw_free(cfg);
 	fw_free(mods);
 	fw_free(list);
@@ -572,6 +646,143 @@ static inline enum fw_status peft_join(const struct fw_host *h, const char *kind
 	return FW_OK;
 }
 
+/* An arch/encoder (BERT) base, from its adapter's base list and tensors:
+ * PEFT's task ("mlm", "seq-cls", "token-cls"); "seq2seq" for a T5 base; NULL
+ * for a decoder base. */
+static inline const char *peft_encoder_task(const char *base_list, const struct peft_tensors *ts)
+{
+	if (peft_listed(base_list, "shared.weight") &&
+	    peft_listed(base_list, "decoder.final_layer_norm.weight"))
+		return "seq2seq";
+	bool out_proj = peft_listed(base_list, "classifier.out_proj.weight");
+	for (int i = 0; i < ts->n && !out_proj; i++)
+		out_proj = !strcmp(ts->t[i].name, "classifier.out_proj.weight");
+	if (!peft_listed(base_list, "embeddings.word_embeddings.weight"))
+		return NULL;
+	if (peft_listed(base_list, "cls.predictions.bias"))
+		return "mlm";
+	/* BERT's pooler, or RobertaClassificationHead's out_proj (the base's
+	 * or, as a trained task head, the adapter's) */
+	return out_proj || peft_listed(base_list, "pooler.dense.weight") ? "seq-cls" : "token-cls";
+}
+
+/* adapter_config.json's task_type of a task (peft_encoder_task): a decoder
+ * CAUSAL_LM; MLM has no PEFT task type (null). */
+static inline const char *peft_task_json(const char *task)
+{
+	return !task ? "\"CAUSAL_LM\"" : !strcmp(task, "mlm") ? "null" :
+	       !strcmp(task, "seq2seq") ? "\"SEQ_2_SEQ_LM\"" :
+	       !strcmp(task, "seq-cls") ? "\"SEQ_CLS\"" : "\"TOKEN_CLS\"";
+}
+
+/* The task heads an adapter file carries (peft_head_name), for a prompt
+ * learning export: PEFT's PeftModel holds the Hugging Face model itself as
+ * base_model, and saves a modules_to_save module's parameters as
+ * base_model.MODULE.PARAM (save_and_load.py: the wrapper's
+ * modules_to_save.default is taken out of the key); the heads sit at the top
+ * of Hugging Face's task classes under fw's names. mods: the modules as a
+ * JSON list, or null. */
+struct peft_heads {
+	const struct fw_tensor **t;
+	char (*keys)[2 * FW_NAME_MAX];
+	int n;
+	struct peft_text mods;
+};
+
+static inline void peft_heads_free(const struct fw_host *h, struct peft_heads *o)
+{
+	if (o->t)
+		h->free(o->t);
+	if (o->keys)
+		h->free(o->keys);
+	peft_text_free(&o->mods);
+}
+
+static inline enum fw_status peft_heads_collect(const struct fw_host *h, const char *kind,
+						const struct peft_tensors *ts,
+						struct peft_heads *o, struct fw_err *err)
+{
+	*o = (struct peft_heads){ .mods = { .h = h } };
+	o->t = h->malloc(sizeof(*o->t) * (size_t)(ts->n + 1));
+	o->keys = h->malloc(sizeof(*o->keys) * (size_t)(ts->n + 1));
+	if (!o->t || !o->keys)
+		return h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind);
+	struct peft_text seen = { .h = h };
+	peft_put(&seen, "\n");
+	for (int i = 0; i < ts->n; i++) {
+		const char *name = ts->t[i].name;
+		if (!peft_head_name(name))
+			continue;
+		o->t[o->n] = &ts->t[i];
+		snprintf(o->keys[o->n++], sizeof(o->keys[0]), "base_model.%s", name);
+		size_t ml = peft_head_module(name);
+		char mod[FW_NAME_MAX + 2];
+		snprintf(mod, sizeof(mod), "\n%.*s\n", (int)ml, name);
+		if (seen.s && strstr(seen.s, mod))
+			continue;
+		peft_put(&seen, "%s", mod + 1);
+		peft_put(&o->mods, "%s", o->mods.n ? ", " : "[");
+		mod[ml + 1] = '\0';
+		peft_put_json(&o->mods, mod + 1);
+	}
+	peft_put(&o->mods, "%s", o->mods.n ? "]" : "null");
+	bool oom = seen.oom || o->mods.oom;
+	peft_text_free(&seen);
+	return oom ? h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind) : FW_OK;
+}
+
+/* Refuses an export of trained task heads where a plugin's export names
+ * GPT-2's modules only (peft/ia3, peft/adalora). */
+static inline enum fw_status peft_no_heads(const struct fw_host *h, const char *kind,
+					   const char *adapter, const struct peft_tensors *ts,
+					   struct fw_err *err)
+{
+	for (int i = 0; i < ts->n; i++)
+		if (peft_head_name(ts->t[i].name))
+			return h->errorf(err, FW_ERR_UNSUPPORTED, "%s: %s: the adapter carries the "
+					 "trained task head %s; %s's PEFT export names GPT-2 "
+					 "modules only (export of heads is built for peft/lora, "
+					 "peft/prompt, peft/prefix and peft/ptuning)", kind, adapter,
+					 ts->t[i].name, kind);
+	return FW_OK;
+}
+
+/* A prompt learning export's files: adapter_model.safetensors with
+ * prompt_embeddings (emb) and the task heads, adapter_config.json cfg. */
+static inline enum fw_status peft_write_prompt_export(const struct fw_host *h, const char *kind,
+						      const char *dir, const struct fw_tensor *emb,
+						      const struct peft_heads *heads,
+						      const struct peft_text *cfg,
+						      struct fw_err *err)
+{
+	char path[4300];
+	const struct fw_tensor **tp = h->malloc(sizeof(*tp) * (size_t)(heads->n + 1));
+	const char **keys = h->malloc(sizeof(*keys) * (size_t)(heads->n + 1));
+	enum fw_status st;
+	if (!tp || !keys) {
+		st = h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind);
+		goto out;
+	}
+	tp[0] = emb;
+	keys[0] = "prompt_embeddings";
+	for (int i = 0; i < heads->n; i++) {
+		tp[i + 1] = heads->t[i];
+		keys[i + 1] = heads->keys[i];
+	}
+	if ((st = peft_join(h, kind, path, sizeof(path), dir, "adapter_model.safetensors",
+			    err)) != FW_OK ||
+	    (st = peft_write_safetensors(h, kind, path, tp, keys, heads->n + 1, err)) != FW_OK ||
+	    (st = peft_join(h, kind, path, sizeof(path), dir, "adapter_config.json", err)) != FW_OK)
+		goto out;
+	st = peft_write_file(h, kind, path, cfg->s, cfg->n, NULL, NULL, 0, err);
+out:
+	if (tp)
+		h->free(tp);
+	if (keys)
+		h->free(keys);
+	return st;
+}
+
 /* fw's GPT-2 names (arch/decoder) to Hugging Face GPT2LMHeadModel's modules. */
 static inline void peft_hf_name(const char *fw, char *out, size_t len)
 {
@@ -590,12 +801,6 @@ static inline bool peft_seq2seq_file(const char *path)
 		   peft_listed(list, "decoder.final_layer_norm.weight");
 	fw_free(list);
 	return yes;
-}
-
-/* The task_type string of an adapter file that is not an encoder's. */
-static inline const char *peft_task_type(const char *path)
-{
-	return peft_seq2seq_file(path) ? "SEQ_2_SEQ_LM" : "CAUSAL_LM";
 }
 
 /* PEFT's module name of fw's: GPT-2's (peft_hf_name), or a T5's as it is. */

@@ -202,7 +202,7 @@ static enum fw_status ia3_freeze(void *state, struct fw_model *m, struct fw_err 
 		struct fw_tensor *t = fw_ctx_tensor(m->ctx, i);
 		if (!(t->flags & FW_FLAG_PARAM))
 			continue;
-		bool on = is_own(s, t);
+		bool on = is_own(s, t) || peft_head_param(t);
 		if (fw_param_set_trainable(m->ctx, t, on) != FW_OK)
 			return h->errorf(err, FW_ERR_INVALID, "peft/ia3: %s", h->ctx_err(m->ctx)->msg);
 		n_train += on ? fw_nelem(t) : 0;
@@ -417,6 +417,8 @@ static enum fw_status ia3_export(const struct fw_host *h, const char *adapter, c
 			peft_put_json(&ffl, name);
 		}
 	}
+	if ((st = peft_no_heads(h, IA3_KIND, adapter, &ts, err)) != FW_OK)
+		goto out;
 	if (n != ts.n) {
 		st = h->errorf(err, FW_ERR_FORMAT, "peft/ia3: %s: %d tensors but %d layers in "
 			       "ia3_modules", adapter, ts.n, n);

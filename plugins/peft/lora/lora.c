@@ -433,12 +433,12 @@ static bool saved_module(const struct lora *l, const struct fw_tensor *t)
 {
 	char mod[FW_NAME_MAX];
 	bool hit = false;
+	if (l->auto_saves)
+		return peft_head_name(t->name);
 	snprintf(mod, sizeof(mod), "%s", t->name);
 	for (char *dot; !hit && (dot = strrchr(mod, '.'));) {
 		*dot = '\0';
-		if (l->auto_saves)
-			hit = !strcmp(last_part(mod), "classifier") || !strcmp(last_part(mod), "score");
-		for (int i = 0; !l->auto_saves && i < l->n_saves; i++)
+		for (int i = 0; i < l->n_saves; i++)
 			if (match(l->saves[i].key, mod))
 				hit = l->saves[i].matched = true;
 	}
@@ -1033,15 +1033,32 @@ static enum fw_status factor(const struct fw_host *h, const char *path,
 	return FW_OK;
 }
 
+/* Hugging Face's name of an fw parameter: GPT-2's (peft_hf_name), T5's (fw's
+ * own), or BERT's
+ * ("bert." + name, heads as they are; fwrun export-adapter --base renames
+ * them through the base's Hugging Face map, RoBERTa's "roberta."). */
+static void hf_param_name(const char *task, const char *fw, char *out, size_t len)
+{
+	if (!task || !strcmp(task, "seq2seq"))
+		peft_module_name(task != NULL, fw, out, len);
+	else if (!strncmp(fw, "cls.", 4) || !strncmp(fw, "classifier", 10))
+		snprintf(out, len, "%s", fw);
+	else
+		snprintf(out, len, "bert.%s", fw);
+}
+
 /* target_modules: a layer kind adapted everywhere in the base is named by
- * its last part ("c_attn"), a partial choice by the layers' names; with
- * the layers whose rank or alpha differ from the options' in the patterns. */
+ * its last part ("c_attn"), a partial choice by the layers' Hugging Face
+ * paths; with the layers whose rank or alpha differ from the options' in
+ * the patterns. */
 static void export_targets(const struct lora_module_entry *mods, int n, const char *base_list,
-			   int64_t r, double alpha, struct peft_text *tg, struct peft_text *rp,
-			   struct peft_text *ap)
+			   const char *task, int64_t r, double alpha, struct peft_text *tg,
+			   struct peft_text *rp, struct peft_text *ap)
 {
 	for (int i = 0; i < n; i++) {
-		const char *nm = mods[i].name, *dot = strrchr(nm, '.');
+		char nm[2 * FW_NAME_MAX];
+		hf_param_name(task, mods[i].name, nm, sizeof(nm));
+		const char *dot = strrchr(nm, '.');
 		const char *last = dot ? dot + 1 : nm;
 		int adapted = 0, total = 0;
 		for (int k = 0; k < n; k++) {
@@ -1056,7 +1073,7 @@ static void export_targets(const struct lora_module_entry *mods, int n, const ch
 				 !strncmp(e.name + el - 7 - ll, last, ll) && e.name[el - 8 - ll] == '.';
 		}
 		const char *entry = adapted == total ? last : nm;
-		char quoted[FW_NAME_MAX + 4];
+		char quoted[2 * FW_NAME_MAX + 4];
 		snprintf(quoted, sizeof(quoted), "\"%s\"", entry);
 		if (!tg->s || !strstr(tg->s, quoted)) {
 			peft_put(tg, "%s", tg->n ? ", " : "");
@@ -1076,39 +1093,6 @@ static void export_targets(const struct lora_module_entry *mods, int n, const ch
 	peft_put(tg, "%s", "");
 	peft_put(rp, "%s", "");
 	peft_put(ap, "%s", "");
-}
-
-/* An arch/encoder (BERT) base, from its adapter's base list: PEFT's task
- * ("mlm", "seq-cls", "token-cls"); "seq2seq" for a T5 base; NULL for a
- * decoder (GPT-2) base. */
-static const char *encoder_task(const char *base_list, const struct peft_tensors *ts)
-{
-	if (peft_listed(base_list, "shared.weight") &&
-	    peft_listed(base_list, "decoder.final_layer_norm.weight"))
-		return "seq2seq";
-	bool out_proj = peft_listed(base_list, "classifier.out_proj.weight");
-	for (int i = 0; i < ts->n && !out_proj; i++)
-		out_proj = !strcmp(ts->t[i].name, "classifier.out_proj.weight");
-	if (!peft_listed(base_list, "embeddings.word_embeddings.weight"))
-		return NULL;
-	if (peft_listed(base_list, "cls.predictions.bias"))
-		return "mlm";
-	/* BERT's pooler, or RobertaClassificationHead's out_proj (the base's
-	 * or, in modules_to_save, the adapter's) */
-	return out_proj || peft_listed(base_list, "pooler.dense.weight") ? "seq-cls" : "token-cls";
-}
-
-/* Hugging Face's name of an fw parameter: GPT-2's (peft_hf_name), or BERT's
- * ("bert." + name, heads as they are; fwrun export-adapter --base renames
- * them through the base's Hugging Face map, RoBERTa's "roberta."). */
-static void hf_param_name(const char *task, const char *fw, char *out, size_t len)
-{
-	if (!task || !strcmp(task, "seq2seq"))
-		peft_module_name(task != NULL, fw, out, len);
-	else if (!strncmp(fw, "cls.", 4) || !strncmp(fw, "classifier", 10))
-		snprintf(out, len, "%s", fw);
-	else
-		snprintf(out, len, "bert.%s", fw);
 }
 
 static bool is_factor(const char *name)
@@ -1157,7 +1141,7 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 	peft_ini_get(cfg_ini, LORA_KIND, "lora-init", init_s, sizeof(init_s));
 	int64_t r = strtoll(r_s, NULL, 10);
 	double alpha = strtod(alpha_s, NULL), drop = strtod(drop_s, NULL);
-	const char *task = encoder_task(base_list, &ts);
+	const char *task = peft_encoder_task(base_list, &ts);
 
 	tp = h->malloc(sizeof(*tp) * (size_t)(ts.n + 1));
 	keys = h->malloc(sizeof(*keys) * (size_t)(ts.n + 1));
@@ -1194,7 +1178,7 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 			 adapted_bias ? ".base_layer.bias" : "");
 		tp[i] = &ts.t[i];
 	}
-	export_targets(mods, n_mods, base_list, r, alpha, &tg, &rp, &ap);
+	export_targets(mods, n_mods, base_list, task, r, alpha, &tg, &rp, &ap);
 	peft_put(&cfg, "{\n  \"alpha_pattern\": {%s},\n  \"base_model_name_or_path\": ", ap.s);
 	if (base_model)
 		peft_put_json(&cfg, base_model);
@@ -1217,9 +1201,7 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 		 "  \"task_type\": %s,\n  \"use_dora\": false,\n  \"use_rslora\": %s\n}\n",
 		 drop, drop == floor(drop) ? ".0" : "", saves.n ? "[" : "null",
 		 saves.n ? saves.s : "", saves.n ? "]" : "", (long long)r, rp.s, tg.s,
-		 !task ? "\"CAUSAL_LM\"" : !strcmp(task, "mlm") ? "null" :
-		 !strcmp(task, "seq2seq") ? "\"SEQ_2_SEQ_LM\"" :
-		 !strcmp(task, "seq-cls") ? "\"SEQ_CLS\"" : "\"TOKEN_CLS\"",
+		 peft_task_json(task),
 		 !strcmp(rs_s, "true") ? "true" : "false");
 	if (cfg.oom || tg.oom || rp.oom || ap.oom || saves.oom) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/lora: out of memory");

@@ -234,7 +234,7 @@ static enum fw_status prefix_freeze(void *state, struct fw_model *m, struct fw_e
 	for (int i = 0; i < fw_ctx_n_tensors(m->ctx); i++) {
 		struct fw_tensor *t = fw_ctx_tensor(m->ctx, i);
 		if ((t->flags & FW_FLAG_PARAM) &&
-		    fw_param_set_trainable(m->ctx, t, peft_in(s->own, s->n_own, t)) != FW_OK)
+		    fw_param_set_trainable(m->ctx, t, peft_trains(s->own, s->n_own, t)) != FW_OK)
 			return h->errorf(err, FW_ERR_INVALID, "peft/prefix: %s",
 					 h->ctx_err(m->ctx)->msg);
 	}
@@ -281,21 +281,23 @@ static enum fw_status prefix_load(void *state, struct fw_model *m, const char *p
 static enum fw_status prefix_export(const struct fw_host *h, const char *adapter,
 				    const char *dir, const char *base_model, struct fw_err *err)
 {
-	char *lay = NULL;
+	char *lay = NULL, *base_list = NULL;
 	struct peft_tensors ts = { .h = h };
 	struct fw_tensor out = { .dtype = FW_F32, .ndim = 2 };
 	struct peft_text cfg = { .h = h };
+	struct peft_heads heads = { .mods = { .h = h } };
 	float *hid = NULL;
 	int L = 0, proj = 0;
 	long long P = 0, KV = 0, C = 0, Hd = 0, NH = 0;
-	char path[4300];
 	enum fw_status st;
 	/* T5: PEFT's SEQ_2_SEQ_LM default of two submodules, one table whose
 	 * copy for cross-attention T5 leaves unused (fw's decoder-only prefix) */
 	bool s2s = peft_seq2seq_file(adapter);
 	if ((st = peft_check_kind(h, PREFIX_KIND, adapter, err)) != FW_OK ||
 	    (st = peft_attr(h, PREFIX_KIND, adapter, "prefix_layers", &lay, err)) != FW_OK ||
-	    (st = peft_tensors_read(h, PREFIX_KIND, adapter, &ts, err)) != FW_OK)
+	    (st = peft_attr(h, PREFIX_KIND, adapter, "base_tensors", &base_list, err)) != FW_OK ||
+	    (st = peft_tensors_read(h, PREFIX_KIND, adapter, &ts, err)) != FW_OK ||
+	    (st = peft_heads_collect(h, PREFIX_KIND, &ts, &heads, err)) != FW_OK)
 		goto out;
 	if (sscanf(lay, "layers %d\nnvt %lld\nkv_dim %lld\ntoken_dim %lld\nheads %lld\n"
 		   "projection %d %lld", &L, &P, &KV, &C, &NH, &proj, &Hd) != 7 || L <= 0 || P <= 0 || KV <= 0 || C <= 0 ||
@@ -370,26 +372,21 @@ static enum fw_status prefix_export(const struct fw_host *h, const char *adapter
 	else
 		peft_put(&cfg, "null");
 	peft_put(&cfg, ",\n  \"encoder_hidden_size\": %lld,\n  \"inference_mode\": true,\n"
+		 "  \"modules_to_save\": %s,\n"
 		 "  \"num_attention_heads\": %lld,\n  \"num_layers\": %d,\n"
 		 "  \"num_transformer_submodules\": %d,\n  \"num_virtual_tokens\": %lld,\n"
 		 "  \"peft_type\": \"PREFIX_TUNING\",\n  \"prefix_projection\": %s,\n"
-		 "  \"revision\": null,\n  \"task_type\": \"%s\",\n  \"token_dim\": %lld\n}\n",
-		 proj ? Hd : C, NH, L, s2s ? 2 : 1, P, proj ? "true" : "false",
-		 s2s ? "SEQ_2_SEQ_LM" : "CAUSAL_LM", C);
+		 "  \"revision\": null,\n  \"task_type\": %s,\n  \"token_dim\": %lld\n}\n",
+		 proj ? Hd : C, heads.mods.s, NH, L, s2s ? 2 : 1, P, proj ? "true" : "false",
+		 peft_task_json(peft_encoder_task(base_list, &ts)), C);
 	if (cfg.oom) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/prefix: out of memory");
 		goto out;
 	}
-	const struct fw_tensor *tp[1] = { &out };
-	const char *keys[1] = { "prompt_embeddings" };
-	if ((st = peft_join(h, PREFIX_KIND, path, sizeof(path), dir, "adapter_model.safetensors",
-			    err)) != FW_OK ||
-	    (st = peft_write_safetensors(h, PREFIX_KIND, path, tp, keys, 1, err)) != FW_OK ||
-	    (st = peft_join(h, PREFIX_KIND, path, sizeof(path), dir, "adapter_config.json",
-			    err)) != FW_OK)
-		goto out;
-	st = peft_write_file(h, PREFIX_KIND, path, cfg.s, cfg.n, NULL, NULL, 0, err);
+	st = peft_write_prompt_export(h, PREFIX_KIND, dir, &out, &heads, &cfg, err);
 out:
+	peft_heads_free(h, &heads);
+	fw_free(base_list);
 	if (out.data)
 		h->free(out.data);
 	if (hid)

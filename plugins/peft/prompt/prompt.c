@@ -115,7 +115,7 @@ static enum fw_status prompt_freeze(void *state, struct fw_model *m, struct fw_e
 	for (int i = 0; i < fw_ctx_n_tensors(m->ctx); i++) {
 		struct fw_tensor *t = fw_ctx_tensor(m->ctx, i);
 		if ((t->flags & FW_FLAG_PARAM) &&
-		    fw_param_set_trainable(m->ctx, t, t == s->emb) != FW_OK)
+		    fw_param_set_trainable(m->ctx, t, peft_trains(&s->emb, 1, t)) != FW_OK)
 			return h->errorf(err, FW_ERR_INVALID, "peft/prompt: %s",
 					 h->ctx_err(m->ctx)->msg);
 	}
@@ -229,17 +229,20 @@ static enum fw_status prompt_load(void *state, struct fw_model *m, const char *p
 static enum fw_status prompt_export(const struct fw_host *h, const char *adapter,
 				    const char *dir, const char *base_model, struct fw_err *err)
 {
-	char *lay = NULL, *cfg_text = NULL;
+	char *lay = NULL, *cfg_text = NULL, *base_list = NULL;
 	struct peft_tensors ts = { .h = h };
 	struct peft_text cfg = { .h = h };
+	struct peft_heads heads = { .mods = { .h = h } };
 	long long P = 0, C = 0, NH = 0;
 	int L = 0;
-	char path[4300], init[64] = "random", text[2048] = "", tok[2048] = "";
+	char init[64] = "random", text[2048] = "", tok[2048] = "";
 	enum fw_status st;
 	if ((st = peft_check_kind(h, PROMPT_KIND, adapter, err)) != FW_OK ||
 	    (st = peft_attr(h, PROMPT_KIND, adapter, "prompt_layers", &lay, err)) != FW_OK ||
 	    (st = peft_attr(h, PROMPT_KIND, adapter, "config", &cfg_text, err)) != FW_OK ||
-	    (st = peft_tensors_read(h, PROMPT_KIND, adapter, &ts, err)) != FW_OK)
+	    (st = peft_attr(h, PROMPT_KIND, adapter, "base_tensors", &base_list, err)) != FW_OK ||
+	    (st = peft_tensors_read(h, PROMPT_KIND, adapter, &ts, err)) != FW_OK ||
+	    (st = peft_heads_collect(h, PROMPT_KIND, &ts, &heads, err)) != FW_OK)
 		goto out;
 	struct fw_tensor *e = peft_tensors_find(&ts, "prompt.embedding.weight");
 	int subs = strstr(lay, "submodules 2\n") ? 2 : 1;    /* PEFT's total_virtual_tokens rows */
@@ -261,18 +264,21 @@ static enum fw_status prompt_export(const struct fw_host *h, const char *adapter
 		peft_put_json(&cfg, base_model);
 	else
 		peft_put(&cfg, "null");
-	peft_put(&cfg, ",\n  \"inference_mode\": true,\n  \"num_attention_heads\": %lld,\n"
+	peft_put(&cfg, ",\n  \"inference_mode\": true,\n  \"modules_to_save\": %s,\n"
+		 "  \"num_attention_heads\": %lld,\n"
 		 "  \"num_layers\": %d,\n  \"num_transformer_submodules\": %d,\n"
 		 "  \"num_virtual_tokens\": %lld,\n  \"peft_type\": \"PROMPT_TUNING\",\n"
-		 "  \"prompt_tuning_init\": \"%s\",\n  \"prompt_tuning_init_text\": ", NH, L, subs, P,
+		 "  \"prompt_tuning_init\": \"%s\",\n  \"prompt_tuning_init_text\": ", heads.mods.s,
+		 NH, L, subs, P,
 		 init_peft[init_names[ik] ? ik : 0]);
 	if (*text)
 		peft_put_json(&cfg, text);
 	else
 		peft_put(&cfg, "null");
-	peft_put(&cfg, ",\n  \"revision\": null,\n  \"task_type\": \"%s\",\n"
+	peft_put(&cfg, ",\n  \"revision\": null,\n  \"task_type\": %s,\n"
 		 "  \"token_dim\": %lld,\n  \"tokenizer_kwargs\": null,\n"
-		 "  \"tokenizer_name_or_path\": ", peft_task_type(adapter), C);
+		 "  \"tokenizer_name_or_path\": ", peft_task_json(peft_encoder_task(base_list, &ts)),
+		 C);
 	if (*tok)
 		peft_put_json(&cfg, tok);
 	else
@@ -282,16 +288,10 @@ static enum fw_status prompt_export(const struct fw_host *h, const char *adapter
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/prompt: out of memory");
 		goto out;
 	}
-	const struct fw_tensor *tp[1] = { e };
-	const char *keys[1] = { "prompt_embeddings" };
-	if ((st = peft_join(h, PROMPT_KIND, path, sizeof(path), dir, "adapter_model.safetensors",
-			    err)) != FW_OK ||
-	    (st = peft_write_safetensors(h, PROMPT_KIND, path, tp, keys, 1, err)) != FW_OK ||
-	    (st = peft_join(h, PROMPT_KIND, path, sizeof(path), dir, "adapter_config.json",
-			    err)) != FW_OK)
-		goto out;
-	st = peft_write_file(h, PROMPT_KIND, path, cfg.s, cfg.n, NULL, NULL, 0, err);
+	st = peft_write_prompt_export(h, PROMPT_KIND, dir, e, &heads, &cfg, err);
 out:
+	peft_heads_free(h, &heads);
+	fw_free(base_list);
 	peft_text_free(&cfg);
 	peft_tensors_free(&ts);
 	fw_free(lay);

@@ -253,7 +253,7 @@ static enum fw_status pt_freeze(void *state, struct fw_model *m, struct fw_err *
 	for (int i = 0; i < fw_ctx_n_tensors(m->ctx); i++) {
 		struct fw_tensor *t = fw_ctx_tensor(m->ctx, i);
 		if ((t->flags & FW_FLAG_PARAM) &&
-		    fw_param_set_trainable(m->ctx, t, peft_in(s->own, s->n_own, t)) != FW_OK)
+		    fw_param_set_trainable(m->ctx, t, peft_trains(s->own, s->n_own, t)) != FW_OK)
 			return h->errorf(err, FW_ERR_INVALID, "peft/ptuning: %s",
 					 h->ctx_err(m->ctx)->msg);
 	}
@@ -329,9 +329,10 @@ static enum fw_status pt_load(void *state, struct fw_model *m, const char *path,
 static enum fw_status pt_export(const struct fw_host *h, const char *adapter, const char *dir,
 				const char *base_model, struct fw_err *err)
 {
-	char *lay = NULL, path[4300];
+	char *lay = NULL, *base_list = NULL;
 	struct peft_tensors ts = { .h = h };
 	struct peft_text cfg = { .h = h };
+	struct peft_heads heads = { .mods = { .h = h } };
 	struct fw_tensor out = { .dtype = FW_F32, .ndim = 2 };
 	struct enc_cfg g = { 0 };
 	int L = 0;
@@ -340,7 +341,9 @@ static enum fw_status pt_export(const struct fw_host *h, const char *adapter, co
 	enum fw_status st;
 	if ((st = peft_check_kind(h, PT_KIND, adapter, err)) != FW_OK ||
 	    (st = peft_attr(h, PT_KIND, adapter, "ptuning_layers", &lay, err)) != FW_OK ||
-	    (st = peft_tensors_read(h, PT_KIND, adapter, &ts, err)) != FW_OK)
+	    (st = peft_attr(h, PT_KIND, adapter, "base_tensors", &base_list, err)) != FW_OK ||
+	    (st = peft_tensors_read(h, PT_KIND, adapter, &ts, err)) != FW_OK ||
+	    (st = peft_heads_collect(h, PT_KIND, &ts, &heads, err)) != FW_OK)
 		goto out;
 	char *cfg_text = NULL, at[32] = "0";
 	if ((st = peft_attr(h, PT_KIND, adapter, "config", &cfg_text, err)) != FW_OK)
@@ -390,25 +393,22 @@ static enum fw_status pt_export(const struct fw_host *h, const char *adapter, co
 		peft_put(&cfg, "null");
 	peft_put(&cfg, ",\n  \"encoder_dropout\": 0.0,\n  \"encoder_hidden_size\": %lld,\n"
 		 "  \"encoder_num_layers\": %d,\n  \"encoder_reparameterization_type\": \"%s\",\n"
-		 "  \"inference_mode\": true,\n  \"num_attention_heads\": %lld,\n"
+		 "  \"inference_mode\": true,\n  \"modules_to_save\": %s,\n"
+		 "  \"num_attention_heads\": %lld,\n"
 		 "  \"num_layers\": %d,\n  \"num_transformer_submodules\": %d,\n"
 		 "  \"num_virtual_tokens\": %lld,\n  \"peft_type\": \"P_TUNING\",\n"
-		 "  \"revision\": null,\n  \"task_type\": \"%s\",\n  \"token_dim\": %lld\n}\n",
-		 (long long)g.h, g.kind == ENC_LSTM ? g.layers : 2, enc_names[g.kind], NH, L,
-		 subs, (long long)g.nvt / subs, peft_task_type(adapter), (long long)g.c);
+		 "  \"revision\": null,\n  \"task_type\": %s,\n  \"token_dim\": %lld\n}\n",
+		 (long long)g.h, g.kind == ENC_LSTM ? g.layers : 2, enc_names[g.kind], heads.mods.s,
+		 NH, L, subs, (long long)g.nvt / subs, peft_task_json(peft_encoder_task(base_list, &ts)),
+		 (long long)g.c);
 	if (cfg.oom) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/ptuning: out of memory");
 		goto out;
 	}
-	const struct fw_tensor *tp[1] = { &out };
-	const char *keys[1] = { "prompt_embeddings" };
-	if ((st = peft_join(h, PT_KIND, path, sizeof(path), dir, "adapter_model.safetensors",
-			    err)) != FW_OK ||
-	    (st = peft_write_safetensors(h, PT_KIND, path, tp, keys, 1, err)) != FW_OK ||
-	    (st = peft_join(h, PT_KIND, path, sizeof(path), dir, "adapter_config.json", err)) != FW_OK)
-		goto out;
-	st = peft_write_file(h, PT_KIND, path, cfg.s, cfg.n, NULL, NULL, 0, err);
+	st = peft_write_prompt_export(h, PT_KIND, dir, &out, &heads, &cfg, err);
 out:
+	peft_heads_free(h, &heads);
+	fw_free(base_list);
 	if (out.data)
 		h->free(out.data);
 	peft_text_free(&cfg);
