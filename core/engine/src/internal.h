@@ -74,6 +74,13 @@ void fw_matmul_fail_primitives(bool fail);
  * graph, not from inside a parallel region. */
 void fw_kernel_fail(const struct fw_err *e);
 
+/* Whether fw's own AVX-512 kernel copies run: the CPU has AVX-512 F, BW,
+ * VL and DQ, FW_KERNEL_ISA is not "avx2" in the environment, and the test
+ * hook below has not turned them off. Detected once. */
+bool fw_kernel_avx512(void);
+/* Test hook: false runs the build's ISA copies even on an AVX-512 CPU. */
+void fw_kernel_allow_avx512(bool allow);
+
 /* Bytes a built-in op keeps from its forward to its backward besides its
  * output (lm_head_ce: the gradients it computes in forward); 0 for most.
  * Asked at plan time, for nodes with a backward, gradients attached. The

@@ -14,6 +14,20 @@
 #endif
 #endif
 
+/* AVX-512 copies of hot loops (GELU), compiled beside the build's ISA
+ * (x86-64-v3 by default) and chosen at run time by fw_kernel_avx512(). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX512F__)
+#define FW_HAVE_AVX512_KERNELS 1
+#if defined(__clang__)
+#define FW_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq")))
+#else
+#define FW_TARGET_AVX512 \
+	__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,prefer-vector-width=512")))
+#endif
+#else
+#define FW_HAVE_AVX512_KERNELS 0
+#endif
+
 #define PAR_MIN 32768   /* elements below which a kernel runs on one thread */
 
 static inline int64_t min64(int64_t a, int64_t b)

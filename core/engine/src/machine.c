@@ -11,6 +11,38 @@
 
 #include "internal.h"
 
+static int kernel_avx512 = -1;          /* -1: not detected yet */
+static int kernel_avx512_allowed = 1;
+
+static int detect_avx512(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__)
+	const char *isa = getenv("FW_KERNEL_ISA");
+	if (isa && !strcmp(isa, "avx2"))
+		return 0;
+	__builtin_cpu_init();
+	return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+	       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+	return 0;
+#endif
+}
+
+bool fw_kernel_avx512(void)
+{
+	int s = __atomic_load_n(&kernel_avx512, __ATOMIC_RELAXED);
+	if (s < 0) {
+		s = detect_avx512();
+		__atomic_store_n(&kernel_avx512, s, __ATOMIC_RELAXED);
+	}
+	return s && __atomic_load_n(&kernel_avx512_allowed, __ATOMIC_RELAXED);
+}
+
+void fw_kernel_allow_avx512(bool allow)
+{
+	__atomic_store_n(&kernel_avx512_allowed, allow ? 1 : 0, __ATOMIC_RELAXED);
+}
+
 static bool has_flag(const char *flags, const char *name)
 {
 	size_t n = strlen(name);

@@ -633,10 +633,9 @@ static enum fw_status matmul_infer(struct fw_tensor *out, struct fw_err *err)
 		return fw_errorf(err, FW_ERR_INVALID, "matmul: output dtype %d is not f32, bf16 or f16",
 				 dt_out);
 	const struct fw_tensor *bias = out->src[2];
-	if (bias && (bias->dtype != FW_F32 || bias->ndim != 1 || bias->ne[0] != N ||
-		     dt_out != FW_F32))
-		return fw_errorf(err, FW_ERR_SHAPE, "matmul: the bias is %s %s, expected f32 [%lld] "
-				 "and an f32 product", fw_dtype_name(bias->dtype),
+	if (bias && (bias->dtype != FW_F32 || bias->ndim != 1 || bias->ne[0] != N))
+		return fw_errorf(err, FW_ERR_SHAPE, "matmul: the bias is %s %s, expected f32 [%lld]",
+				 fw_dtype_name(bias->dtype),
 				 fw_shape_str(bias, sa, sizeof(sa)), (long long)N);
 	out->dtype = (enum fw_dtype)dt_out;
 	out->ndim = na;
@@ -670,11 +669,13 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 	struct mm_operand fa, ob = operand(b, out->params[1].i);
 	int64_t rows = half_out_rows(out, &fa), N = out->ne[out->ndim - 1];
 	size_t ea = fw_dtype_size(a->dtype), eo = fw_dtype_size(out->dtype);
+	const float *bias = out->src[2] ? fw_f32(out->src[2]) : NULL;
 	struct fw_err err;
-	/* oneDNN writes the half output itself where it has such a kernel */
-	enum fw_status s = mm_product(operand(a, out->params[0].i), ob, operand(out, false),
-				      a->dtype, out->dtype, false, a->data, b->data, out->data,
-				      &err);
+	/* oneDNN writes the half output itself where it has such a kernel,
+	 * adding the f32 bias before it rounds */
+	enum fw_status s = mm_product_bias(operand(a, out->params[0].i), ob,
+					   operand(out, false), a->dtype, out->dtype, false,
+					   a->data, b->data, out->data, bias, &err);
 	if (s != FW_ERR_UNSUPPORTED) {
 		if (s != FW_OK)
 			fw_kernel_fail(&err);
@@ -683,8 +684,9 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 	s = FW_OK;
 	if (!rows) {
 		FW_ASSERT(ex->ws_size >= (size_t)fw_nelem(out) * 4);
-		s = mm_product(operand(a, out->params[0].i), ob, operand(out, false), a->dtype,
-			       FW_F32, false, a->data, b->data, ex->ws, &err);
+		s = mm_product_bias(operand(a, out->params[0].i), ob, operand(out, false),
+				    a->dtype, FW_F32, false, a->data, b->data, ex->ws, bias,
+				    &err);
 		if (s == FW_OK)
 			fw_convert(out->data, out->dtype, ex->ws, FW_F32, fw_nelem(out));
 	}
@@ -693,9 +695,9 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 		struct mm_operand ca = fa, cc = { .ndim = 2, .ne = { m, N }, .nb = { N, 1 } };
 		ca.ne[0] = m;
 		FW_ASSERT(ex->ws_size >= (size_t)(m * N) * 4);
-		s = mm_product(ca, ob, cc, a->dtype, FW_F32, false,
-			       (const char *)a->data + (size_t)(r0 * fa.nb[0]) * ea, b->data,
-			       ex->ws, &err);
+		s = mm_product_bias(ca, ob, cc, a->dtype, FW_F32, false,
+				    (const char *)a->data + (size_t)(r0 * fa.nb[0]) * ea, b->data,
+				    ex->ws, bias, &err);
 		if (s == FW_OK)
 			fw_convert((char *)out->data + (size_t)(r0 * N) * eo, out->dtype, ex->ws,
 				   FW_F32, m * N);
@@ -739,23 +741,29 @@ static size_t backward_ws_bytes(const struct fw_tensor *out)
 	return bwd + (ga > gb ? ga : gb);
 }
 
-/* dbias (N) += the sum of dC's rows, as the product ones (1, rows) dC (rows,
- * N); the ones go in the workspace after backward's own bytes. A bias rides
- * on f32 products only (under autocast it is a separate add). */
+/* dbias (N, f32) += the sum of dC's rows, as the product ones (1, rows)
+ * dC (rows, N) in dC's dtype dt (pdc: dC as the products read it); the
+ * ones go in the workspace after backward's own bytes. */
 static enum fw_status bias_backward(struct fw_tensor *out, const struct fw_exec *ex,
-				    struct fw_err *err)
+				    const void *pdc, int dt, struct fw_err *err)
 {
 	int64_t N = out->ne[out->ndim - 1], rows = fw_nelem(out) / N;
 	size_t at = backward_ws_bytes(out);
-	float *ones = (float *)((char *)ex->ws + at);
-	FW_ASSERT(out->grad->dtype == FW_F32 && ex->ws_size >= at + (size_t)rows * sizeof(float));
-	for (int64_t i = 0; i < rows; i++)
-		ones[i] = 1.0f;
+	void *ones = (char *)ex->ws + at;
+	FW_ASSERT(ex->ws_size >= at + (size_t)rows * sizeof(float));
+	if (dt == FW_F32) {
+		for (int64_t i = 0; i < rows; i++)
+			((float *)ones)[i] = 1.0f;
+	} else {
+		uint16_t one = dt == FW_BF16 ? fw_f32_to_bf16(1.0f) : fw_f32_to_f16(1.0f);
+		for (int64_t i = 0; i < rows; i++)
+			((uint16_t *)ones)[i] = one;
+	}
 	struct mm_operand o = { .ndim = 2, .ne = { 1, rows }, .nb = { rows, 1 } };
 	struct mm_operand dc = { .ndim = 2, .ne = { rows, N }, .nb = { N, 1 } };
 	struct mm_operand db = { .ndim = 2, .ne = { 1, N }, .nb = { N, 1 } };
-	return mm_product(o, dc, db, FW_F32, FW_F32, true, ones, out->grad->data,
-			  fw_f32(out->src[2]->grad), err);
+	return mm_product(o, dc, db, dt, FW_F32, true, ones, pdc, fw_f32(out->src[2]->grad),
+			  err);
 }
 
 /* g (+)= the product, for a half gradient g: oneDNN adds into it itself
@@ -811,7 +819,7 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			return;
 		}
 	}
-	if (out->src[2] && out->src[2]->grad && bias_backward(out, ex, &err) != FW_OK) {
+	if (out->src[2] && out->src[2]->grad && bias_backward(out, ex, pdc, dt, &err) != FW_OK) {
 		fw_kernel_fail(&err);
 		return;
 	}

@@ -172,6 +172,16 @@ static struct fw_tensor *node(struct fw_ctx *ctx, int op, int n_src,
 
 #define P(...) ((const union fw_param[]){ __VA_ARGS__ })
 
+/* Autocast's product operands: f32 ones cast to ac. */
+static void cast_operands(struct fw_ctx *ctx, struct fw_tensor **a, struct fw_tensor **b,
+			  enum fw_dtype ac)
+{
+	if ((*a)->dtype == FW_F32)
+		*a = fw_cast(ctx, *a, ac);
+	if ((*b)->dtype == FW_F32)
+		*b = fw_cast(ctx, *b, ac);
+}
+
 struct fw_tensor *fw_matmul(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_tensor *b,
 			    bool ta, bool tb)
 {
@@ -181,10 +191,7 @@ struct fw_tensor *fw_matmul(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_t
 	if (ac == FW_F32)
 		return node(ctx, FW_OP_MATMUL, 2, a, b, NULL, 2, P({ .i = ta }, { .i = tb }));
 	/* Autocast: operands in ac (f32 ones cast), the result in ac too. */
-	if (a->dtype == FW_F32)
-		a = fw_cast(ctx, a, ac);
-	if (b->dtype == FW_F32)
-		b = fw_cast(ctx, b, ac);
+	cast_operands(ctx, &a, &b, ac);
 	return node(ctx, FW_OP_MATMUL, 2, a, b, NULL, 3,
 		    P({ .i = ta }, { .i = tb }, { .i = ac }));
 }
@@ -192,14 +199,22 @@ struct fw_tensor *fw_matmul(struct fw_ctx *ctx, struct fw_tensor *a, struct fw_t
 struct fw_tensor *fw_linear(struct fw_ctx *ctx, struct fw_tensor *x, struct fw_tensor *w,
 			    struct fw_tensor *bias)
 {
-	/* An f32 product takes an f32 bias in the same oneDNN call (one pass
-	 * over the output less, and its gradient straight from dy). */
-	if (x && w && bias && ctx->autocast == FW_F32 && bias->dtype == FW_F32 &&
-	    bias->ndim == 1 && fw_is_contiguous(bias))
-		return node(ctx, FW_OP_MATMUL, 3, x, w, bias, 2, P({ .i = false }, { .i = true }));
+	/* An f32 bias rides in the product's oneDNN call (one pass over the
+	 * output less, and its gradient straight from dy). Under autocast it
+	 * is added in f32 before the product is rounded to half. */
+	enum fw_dtype ac = ctx->autocast;
+	if (x && w && bias && bias->dtype == FW_F32 && bias->ndim == 1 &&
+	    fw_is_contiguous(bias)) {
+		if (ac == FW_F32)
+			return node(ctx, FW_OP_MATMUL, 3, x, w, bias, 2,
+				    P({ .i = false }, { .i = true }));
+		cast_operands(ctx, &x, &w, ac);
+		return node(ctx, FW_OP_MATMUL, 3, x, w, bias, 3,
+			    P({ .i = false }, { .i = true }, { .i = ac }));
+	}
 	struct fw_tensor *y = fw_matmul(ctx, x, w, false, true);
-	if (bias && ctx->autocast != FW_F32 && bias->dtype == FW_F32)
-		bias = fw_cast(ctx, bias, ctx->autocast);   /* as torch's autocast linear */
+	if (bias && ac != FW_F32 && bias->dtype == FW_F32)
+		bias = fw_cast(ctx, bias, ac);      /* as torch's autocast linear */
 	return bias ? fw_add(ctx, y, bias) : y;
 }
 

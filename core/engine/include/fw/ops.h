@@ -78,9 +78,10 @@ struct fw_tensor *fw_input(struct fw_ctx *ctx, const char *name, enum fw_dtype d
 struct fw_tensor *fw_matmul(struct fw_ctx *ctx, struct fw_tensor *a,
 			    struct fw_tensor *b, bool trans_a, bool trans_b);
 /* x (..., in) @ w(out, in)^T + bias(out); bias may be NULL. Like torch Linear.
- * Without autocast an f32 bias is the matmul node's third source (added by
- * oneDNN in the product); under autocast it is a separate add, as torch's
- * autocast linear rounds it to the half dtype. */
+ * A contiguous f32 bias is the matmul node's third source, added by oneDNN
+ * in the product; under autocast it is added in f32 before the product is
+ * rounded to the half dtype (one rounding; torch rounds the bias to half
+ * first). Another bias is a separate add. */
 struct fw_tensor *fw_linear(struct fw_ctx *ctx, struct fw_tensor *x,
 			    struct fw_tensor *w, struct fw_tensor *bias);
 

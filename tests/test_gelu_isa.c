@@ -1,0 +1,156 @@
+/* test_gelu_isa.c - GELU's forward and backward on each ISA copy this CPU
+ * can run: the build's (x86-64-v3, AVX2) always, and the AVX-512 copy
+ * (core/engine/src/ops_elementwise.c, chosen at run time) where the CPU has
+ * AVX-512; the log says which ran. Both forms (erf, tanh), f32 and bf16
+ * autocast, through a graph: loss = sum(gelu(x) * r), so dx = r gelu'(x).
+ *
+ * The oracle is the formula in double with libm's erf, tanh and exp
+ * (torch.nn.functional.gelu's definition and ATen's GeluBackward), on the
+ * values the kernel saw (x and r rounded to bf16 under autocast). Bounds:
+ * vmath.h's erf/tanh are within 2.5 float ulps, and 1 + tanh cancels for
+ * x << 0, so an f32 result may differ by 8 eps32 (|x| + |y|) for y, and
+ * 16 eps32 |r| (1 + |x|) for dx; a bf16 output adds its own rounding
+ * (eps16 |y|, eps16 = 2^-8). The x values span [-9, 9] (both tails, where
+ * erf is 1 and e^(-x^2/2) underflows), over more elements than one thread's
+ * share (the parallel path), in a length that is no multiple of a vector.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+#include "internal.h"
+
+#define ROWS 37
+#define COLS 1031
+#define N ((int64_t)ROWS * COLS)
+#define EPS32 0x1p-24
+#define EPS16 0x1p-8
+
+static double gelu_ref(int form, double x)
+{
+	if (form == FW_GELU_TANH)
+		return 0.5 * x * (1.0 + tanh(sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x)));
+	return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+}
+
+static double gelu_grad_ref(int form, double x)
+{
+	if (form == FW_GELU_TANH) {
+		double b = sqrt(2.0 / M_PI), t = tanh(b * (x + 0.044715 * x * x * x));
+		return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * b * (1.0 + 3 * 0.044715 * x * x);
+	}
+	return 0.5 * (1.0 + erf(x / sqrt(2.0))) + x * exp(-0.5 * x * x) / sqrt(2.0 * M_PI);
+}
+
+static double as_dtype(enum fw_dtype dt, float v)
+{
+	return dt == FW_BF16 ? fw_bf16_to_f32(fw_f32_to_bf16(v)) : v;
+}
+
+/* One form and dtype on the current ISA copy; returns the elements out of bounds. */
+static int64_t run(int form, enum fw_dtype dt, const char *isa)
+{
+	struct fw_ctx *ctx = fw_ctx_new();
+	if (dt != FW_F32)
+		ck_assert_int_eq(fw_ctx_set_autocast(ctx, dt), FW_OK);
+	struct fw_tensor *x = fw_param(ctx, "x", FW_F32, 2, (int64_t[]){ ROWS, COLS }, true);
+	struct fw_tensor *r = fw_input(ctx, "r", FW_F32, 2, (int64_t[]){ ROWS, COLS });
+	struct fw_tensor *xin = dt == FW_F32 ? x : fw_cast(ctx, x, dt);
+	struct fw_tensor *y = fw_gelu(ctx, xin, form);
+	struct fw_tensor *loss = fw_sum(ctx, fw_mul(ctx, y, r), FW_AXIS_ALL, false);
+	ck_assert_msg(loss != NULL, "%s", fw_ctx_err(ctx)->msg);
+	ck_assert_int_eq(y->dtype, dt);
+	struct fw_tensor *outs[2] = { loss, y };
+	struct fw_graph *g = fw_graph_new(ctx, outs, 2, &(struct fw_graph_opts){
+		.backward = true, .training = true });
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+
+	float *xv = malloc(sizeof(float) * N), *rv = malloc(sizeof(float) * N);
+	float *yv = malloc(sizeof(float) * N), *dx = malloc(sizeof(float) * N);
+	ck_assert(xv && rv && yv && dx);
+	struct fwt_rng rng = fwt_rng_new(31 + (uint64_t)form);
+	fwt_fill_uniform(xv, N, &rng, -9, 9);
+	fwt_fill_uniform(rv, N, &rng, -2, 2);
+	xv[0] = 0.0f; xv[1] = -0.0f; xv[2] = 1e-30f; xv[3] = -1e-30f; xv[4] = 30.0f; xv[5] = -30.0f;
+	fwt_write(x, xv);
+	fwt_write(r, rv);
+	fw_graph_zero_grad(g);
+	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+	ck_assert_int_eq(fw_graph_backward(g), FW_OK);
+	fwt_read_f32(y, yv);
+	fwt_read_f32(x->grad, dx);
+
+	int64_t bad = 0;
+	double worst_y = 0, worst_dx = 0;
+	for (int64_t i = 0; i < N; i++) {
+		double xi = as_dtype(dt, xv[i]), ri = as_dtype(dt, rv[i]);
+		double want = gelu_ref(form, xi);
+		double tol_y = 8 * EPS32 * (fabs(xi) + fabs(want)) + (dt == FW_F32 ? 0 : EPS16 * fabs(want));
+		double want_dx = ri * gelu_grad_ref(form, xi);
+		double tol_dx = 16 * EPS32 * fabs(ri) * (1 + fabs(xi));
+		double ey = fabs(yv[i] - want), ed = fabs(dx[i] - want_dx);
+		worst_y = fmax(worst_y, tol_y > 0 ? ey / tol_y : ey);
+		worst_dx = fmax(worst_dx, tol_dx > 0 ? ed / tol_dx : ed);
+		if (!(ey <= tol_y) || !(ed <= tol_dx)) {
+			if (bad++ < 5)
+				fprintf(stderr, "%s %s %s: x %.9g r %.9g: y %.9g want %.9g, dx %.9g want %.9g\n",
+					isa, form == FW_GELU_TANH ? "tanh" : "erf", fw_dtype_name(dt),
+					xi, ri, (double)yv[i], want, (double)dx[i], want_dx);
+		}
+	}
+	printf("gelu %s %-4s %-4s: worst error / bound: y %.3f, dx %.3f\n", isa,
+	       form == FW_GELU_TANH ? "tanh" : "erf", fw_dtype_name(dt), worst_y, worst_dx);
+	free(xv);
+	free(rv);
+	free(yv);
+	free(dx);
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+	return bad;
+}
+
+static void run_all(const char *isa)
+{
+	static const enum fw_dtype dts[] = { FW_F32, FW_BF16 };
+	for (int form = FW_GELU_ERF; form <= FW_GELU_TANH; form++)
+		for (int d = 0; d < 2; d++)
+			ck_assert_int_eq(run(form, dts[d], isa), 0);
+}
+
+START_TEST(test_gelu_build_isa)
+{
+	fw_kernel_allow_avx512(false);
+	ck_assert(!fw_kernel_avx512());
+	run_all("avx2");
+	fw_kernel_allow_avx512(true);
+}
+END_TEST
+
+START_TEST(test_gelu_avx512)
+{
+	fw_kernel_allow_avx512(true);
+	struct fw_cpu cpu;
+	fw_cpu_detect(&cpu);
+	const char *env = getenv("FW_KERNEL_ISA");
+	if (cpu.avx512f && cpu.avx512bw && cpu.avx512vl && !(env && !strcmp(env, "avx2")))
+		ck_assert_msg(fw_kernel_avx512(), "an AVX-512 CPU did not get the AVX-512 copy");
+	if (!fw_kernel_avx512()) {
+		printf("gelu avx512: this CPU (or FW_KERNEL_ISA=avx2) runs the build's copy only; "
+		       "the AVX-512 copy is not run here\n");
+		return;
+	}
+	run_all("avx512");
+}
+END_TEST
+
+int main(void)
+{
+	Suite *s = suite_create("gelu_isa");
+	TCase *tc = fwt_tcase("core", 120);
+	tcase_add_test(tc, test_gelu_build_isa);
+	tcase_add_test(tc, test_gelu_avx512);
+	suite_add_tcase(s, tc);
+	return fwt_run_suite(s);
+}
