@@ -36,14 +36,33 @@ static inline void *elem_ptr(const void *p, enum fw_dtype dt, int64_t i)
 	return (char *)p + i * (dt == FW_F32 ? 4 : 2);
 }
 
+/* One bf16 as f32, and one f32 rounded to bf16 (as fw_f32_to_bf16). */
+static inline float bf16_value(uint16_t h)
+{
+	uint32_t u = (uint32_t)h << 16;
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+static inline uint16_t bf16_round(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	if ((u & 0x7fffffffu) > 0x7f800000u)          /* NaN: keep it quiet */
+		return (uint16_t)((u >> 16) | 0x40u);
+	return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 /* dst (n) = src (n) as f32. */
 static inline void half_load(float *dst, const void *src, enum fw_dtype dt, int64_t n)
 {
 	if (dt == FW_F32)
 		memcpy(dst, src, (size_t)n * sizeof(float));
+	else if (n == 1 && dt == FW_BF16)      /* one element (half_get): inline */
+		dst[0] = bf16_value(*(const uint16_t *)src);
 	else if (n == 1)
-		dst[0] = dt == FW_BF16 ? fw_bf16_to_f32(*(const uint16_t *)src) :
-			 fw_f16_to_f32(*(const uint16_t *)src);
+		dst[0] = fw_f16_to_f32(*(const uint16_t *)src);
 	else if (dt == FW_BF16)
 		fw_half_ops.bf16_to_f32(dst, src, n);
 	else
@@ -55,8 +74,10 @@ static inline void half_store(void *dst, enum fw_dtype dt, const float *src, int
 {
 	if (dt == FW_F32)
 		memcpy(dst, src, (size_t)n * sizeof(float));
+	else if (n == 1 && dt == FW_BF16)
+		*(uint16_t *)dst = bf16_round(src[0]);
 	else if (n == 1)
-		*(uint16_t *)dst = dt == FW_BF16 ? fw_f32_to_bf16(src[0]) : fw_f32_to_f16(src[0]);
+		*(uint16_t *)dst = fw_f32_to_f16(src[0]);
 	else if (dt == FW_BF16)
 		fw_half_ops.f32_to_bf16(dst, src, n);
 	else

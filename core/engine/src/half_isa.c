@@ -14,6 +14,7 @@
  * environment, fw_half_isa_force from a test. */
 #include <cpuid.h>
 #include <immintrin.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -243,10 +244,16 @@ const char *fw_half_isa(void)
 	return isa_names[current];
 }
 
-/* At load: the CPU's best path, or FW_HALF_ISA's if it names one it runs. */
+/* At load: the CPU's best path, or FW_HALF_ISA's if it names one it runs
+ * (else one line on stderr, and the best path). */
 __attribute__((constructor)) static void half_isa_init(void)
 {
 	const char *env = getenv("FW_HALF_ISA");
-	if (!env || fw_half_isa_force(env) != FW_OK)
+	enum fw_status st = env ? fw_half_isa_force(env) : FW_OK;
+	if (!env || st != FW_OK)
 		fw_half_isa_force(NULL);
+	if (st != FW_OK)
+		fprintf(stderr, "fw: FW_HALF_ISA=%s: %s; using %s\n", env,
+			st == FW_ERR_INVALID ? "not scalar, avx2, avx512 or avx512bf16" :
+			"this CPU cannot run it", fw_half_isa());
 }
