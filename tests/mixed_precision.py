@@ -41,7 +41,10 @@ fp32). Checks, per step:
   7. fwrun plan --bf16: the activations less the weight copies at most
      0.6x fp32's (check_plan);
   8. fwrun generate --bf16 (greedy) against torch autocast's greedy
-     decoding (check_generate), and --bf16 --fp16 exits 2;
+     decoding (check_generate), with attention/mha and attention/flash, both
+     reading a bf16 KV cache (as torch's autocast keeps bf16 keys and
+     values): the cache fwrun reports is bf16 and half the bytes of the
+     fp32 run's; --fp16 reports an f16 cache; --bf16 --fp16 exits 2;
   9. fwrun export --dtype=bf16|f16 of the --bf16 run: every tensor is
      torch's .to(dtype) of the --dtype=f32 export, bit for bit, and
      config.json's torch_dtype names it; a bad --dtype exits 2.
@@ -199,12 +202,30 @@ def check_generate(fw, work):
     for _ in range(n_new):
         ref.append(int(torch.argmax(logits(ref))))
     ref = ref[len(prompt):]
-    args = ["generate", "--plugins=arch/decoder,attention/mha", f"--load={h5}",
+    for attention in ("attention/mha", "attention/flash"):
+        check_greedy(fw, h5, attention, logits, prompt, n_new, ref)
+
+
+def cache_line(p):
+    """fwrun generate's "KV cache N bytes (X MiB, dtype, ...)" line: (N, dtype)."""
+    m = re.search(r"^fwrun: KV cache (\d+) bytes \([0-9.]+ MiB, (\w+),", p.stderr, re.M)
+    return (int(m.group(1)), m.group(2)) if m else (None, None)
+
+
+def check_greedy(fw, h5, attention, logits, prompt, n_new, ref):
+    args = ["generate", f"--plugins=arch/decoder,{attention}", f"--load={h5}",
             "--prompt-tokens=" + ",".join(map(str, prompt)), f"--max-new-tokens={n_new}",
             "--temperature=0", "--seed=1", "--threads=2"]
     p = fw(*args, "--bf16")
-    if not R.check("fwrun generate --bf16 runs", p.returncode == 0, gp.describe(p)):
+    if not R.check(f"fwrun generate --bf16 ({attention}) runs", p.returncode == 0,
+                   gp.describe(p)):
         return
+    p32, p16 = fw(*args), fw(*args, "--fp16")
+    (mb, db), (m32, d32), (mh, dh) = cache_line(p), cache_line(p32), cache_line(p16)
+    R.check(f"generate ({attention}): the KV cache is bf16 under --bf16, f16 under --fp16, "
+            "f32 without, and the half caches take half the f32 bytes",
+            (db, d32, dh) == ("bf16", "f32", "f16") and m32 and mb == mh and
+            2 * mb == m32, f"{mb} bytes {db}, {mh} bytes {dh}, {m32} bytes {d32}")
     got = [int(t) for t in re.findall(r"-?\d+", p.stdout)]
     if len(got) == len(prompt) + n_new and got[:len(prompt)] == prompt:
         got = got[len(prompt):]
@@ -218,7 +239,8 @@ def check_generate(fw, work):
         worst = max(worst, (float(top[0]) - float(lg[t])) / tol)
         ids.append(t)
     agree = len(got) == n_new and (got == ref or got[:tied_at] == ref[:tied_at])
-    R.check(f"generate --bf16: {n_new} greedy tokens, each within {GEN_TOL:g} (relative) of "
+    R.check(f"generate --bf16 ({attention}): {n_new} greedy tokens, each within {GEN_TOL:g} "
+            "(relative) of "
             "torch bf16 autocast's best logit, and torch's greedy tokens up to its first "
             "near-tie", agree and worst <= 1.0,
             f"fw {got} torch {ref}; identical {got == ref}, first near-tie "

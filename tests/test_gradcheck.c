@@ -883,6 +883,53 @@ START_TEST(test_kv_write)
 }
 END_TEST
 
+/* A half cache (--bf16/--fp16 generation): f32 rows are rounded to the
+ * cache's dtype on the way in (nearest even; the values are picked so the
+ * answer is known by hand: 1 + 2^-9 is a bf16 tie that goes down to 1,
+ * 1 + 3 * 2^-9 one that goes up to 1 + 2^-7, 1 + 2^-12 an f16 tie down to
+ * 1, 1 + 3 * 2^-12 up to 1 + 2^-10), half rows are copied bit for bit, and
+ * the view a reader gets is the cache's dtype. */
+START_TEST(test_kv_write_half)
+{
+	static const float in[4] = { 1.0f + 0x1p-9f, 1.0f + 0x3p-9f, 1.0f + 0x1p-12f, -2.5f };
+	static const float bf[4] = { 1.0f, 1.0f + 0x1p-7f, 1.0f, -2.5f };
+	static const float hf[4] = { 1.0f + 0x1p-9f, 1.0f + 0x3p-9f, 1.0f, -2.5f };
+	for (int k = 0; k < 2; k++) {
+		enum fw_dtype dt = k ? FW_F16 : FW_BF16;
+		const float *want = k ? hf : bf;
+		struct fw_ctx *ctx = fw_ctx_new();
+		struct fw_tensor *cache = fw_input(ctx, "cache", dt, 4, (int64_t[]){ 1, 3, 1, 4 });
+		struct fw_tensor *x = fw_input(ctx, "x", FW_F32, 4, (int64_t[]){ 1, 1, 1, 4 });
+		struct fw_tensor *xh = fw_input(ctx, "xh", dt, 4, (int64_t[]){ 1, 1, 1, 4 });
+		struct fw_tensor *len = fw_input(ctx, "len", FW_I32, 1, (int64_t[]){ 1 });
+		struct fw_tensor *one = fw_input(ctx, "one", FW_I32, 1, (int64_t[]){ 1 });
+		struct fw_tensor *w = fw_kv_write(ctx, fw_kv_write(ctx, cache, x, len), xh, one);
+		ck_assert_msg(w != NULL, "%s", fw_ctx_err(ctx)->msg);
+		ck_assert_int_eq(w->dtype, dt);
+		struct fw_graph *g = fw_graph_new(ctx, &w, 1, &(struct fw_graph_opts){ 0 });
+		ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+		uint16_t *c = cache->data, *h = xh->data;
+		memset(c, 0xff, 12 * sizeof(uint16_t));          /* NaN: untouched rows */
+		for (int i = 0; i < 4; i++) {
+			fw_f32(x)[i] = in[i];
+			h[i] = (uint16_t)(0x1234 + i);
+		}
+		fw_i32(len)[0] = 0;
+		fw_i32(one)[0] = 1;
+		ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+		for (int i = 0; i < 4; i++) {
+			float got = dt == FW_BF16 ? fw_bf16_to_f32(c[i]) : fw_f16_to_f32(c[i]);
+			ck_assert_msg(got == want[i], "%s: row 0 [%d] %a, want %a",
+				      fw_dtype_name(dt), i, (double)got, (double)want[i]);
+			ck_assert_uint_eq(c[4 + i], 0x1234 + i);
+			ck_assert_uint_eq(c[8 + i], 0xffff);
+		}
+		fw_graph_free(g);
+		fw_ctx_free(ctx);
+	}
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("gradcheck");
@@ -890,6 +937,7 @@ int main(void)
 	tcase_add_loop_test(ops, test_op, 0, N_CASES);
 	tcase_add_test(ops, test_plugin_op);
 	tcase_add_test(ops, test_kv_write);
+	tcase_add_test(ops, test_kv_write_half);
 	suite_add_tcase(s, ops);
 	TCase *drop = fwt_tcase("dropout", 120);
 	tcase_add_test(drop, test_dropout_stats);

@@ -110,6 +110,22 @@ static struct fw_tensor *cache_tensor(struct fw_tensor *t)
 	return t;
 }
 
+size_t fw_rt_decoder_cache_bytes(const struct fw_rt_decoder *d, enum fw_dtype *dtype)
+{
+	size_t bytes = 0;
+	*dtype = FW_F32;
+	for (int l = 0; d->caches && l < d->n_layers; l++) {
+		struct fw_tensor *kv[2] = { d->caches[l].k, d->caches[l].v };
+		for (int w = 0; w < 2; w++)
+			if (kv[w]) {
+				const struct fw_tensor *c = cache_tensor(kv[w]);
+				bytes += fw_nbytes(c);
+				*dtype = c->dtype;
+			}
+	}
+	return bytes;
+}
+
 enum fw_status fw_rt_decoder_open(struct fw_rt_decoder *d, const struct fw_plugin_slots *plugins,
 				  int64_t max_len, uint64_t seed, struct fw_err *err)
 {

@@ -1043,6 +1043,12 @@ ready:
 	} else {
 		rc = EXIT_OK;
 	}
+	if (rc == EXIT_OK && !s.s2s) {
+		enum fw_dtype dt;
+		size_t kv = fw_rt_decoder_cache_bytes(&s.d, &dt);
+		fprintf(stderr, "fwrun: KV cache %zu bytes (%.1f MiB, %s, %d layers, %d rows)\n",
+			kv, (double)kv / 1048576.0, fw_dtype_name(dt), s.d.n_layers, s.d.rows);
+	}
 out:
 	s2s_gen_close(&s2s);
 	fw_rt_decoder_close(&s.d);

@@ -3,20 +3,25 @@
  *
  * Kernels convert a block of BLK elements at a time into an f32 buffer on
  * their stack, so no full-size f32 copy of a tensor is ever made. Both
- * directions round as fw_convert does (nearest even). The ISA is the
- * build's: F16C (in x86-64-v3, the portable build's target) converts f16
- * eight at a time; without it, scalar code. bf16 is integer arithmetic in
- * `omp simd` loops, which vectorise on AVX2 and AVX-512 alike.
+ * directions round as fw_convert does (nearest even). The instruction set
+ * is picked at run time (half_isa.c: AVX512-BF16, AVX-512, AVX2 + F16C or
+ * scalar; fw_half_isa in fw/machine.h).
  */
 #ifndef FW_HALF_H
 #define FW_HALF_H
 
 #include <string.h>
-#if defined(__F16C__)
-#include <immintrin.h>
-#endif
 
 #include "kernel.h"
+
+/* The conversions of the instruction set picked at load (half_isa.c). */
+struct fw_half_ops {
+	void (*bf16_to_f32)(float *dst, const uint16_t *src, int64_t n);
+	void (*f32_to_bf16)(uint16_t *dst, const float *src, int64_t n);
+	void (*f16_to_f32)(float *dst, const uint16_t *src, int64_t n);
+	void (*f32_to_f16)(uint16_t *dst, const float *src, int64_t n);
+};
+extern struct fw_half_ops fw_half_ops;
 
 #define BLK 512                   /* elements per converted block */
 
@@ -31,59 +36,52 @@ static inline void *elem_ptr(const void *p, enum fw_dtype dt, int64_t i)
 	return (char *)p + i * (dt == FW_F32 ? 4 : 2);
 }
 
+/* One bf16 as f32, and one f32 rounded to bf16 (as fw_f32_to_bf16). */
+static inline float bf16_value(uint16_t h)
+{
+	uint32_t u = (uint32_t)h << 16;
+	float f;
+	memcpy(&f, &u, 4);
+	return f;
+}
+
+static inline uint16_t bf16_round(float f)
+{
+	uint32_t u;
+	memcpy(&u, &f, 4);
+	if ((u & 0x7fffffffu) > 0x7f800000u)          /* NaN: keep it quiet */
+		return (uint16_t)((u >> 16) | 0x40u);
+	return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
 /* dst (n) = src (n) as f32. */
 static inline void half_load(float *dst, const void *src, enum fw_dtype dt, int64_t n)
 {
-	if (dt == FW_F32) {
+	if (dt == FW_F32)
 		memcpy(dst, src, (size_t)n * sizeof(float));
-		return;
-	}
-	const uint16_t *h = src;
-	if (dt == FW_BF16) {
-		#pragma omp simd
-		for (int64_t i = 0; i < n; i++) {
-			uint32_t u = (uint32_t)h[i] << 16;
-			memcpy(dst + i, &u, 4);
-		}
-		return;
-	}
-	int64_t i = 0;
-#if defined(__F16C__)
-	for (; i + 8 <= n; i += 8)
-		_mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
-#endif
-	for (; i < n; i++)
-		dst[i] = fw_f16_to_f32(h[i]);
+	else if (n == 1 && dt == FW_BF16)      /* one element (half_get): inline */
+		dst[0] = bf16_value(*(const uint16_t *)src);
+	else if (n == 1)
+		dst[0] = fw_f16_to_f32(*(const uint16_t *)src);
+	else if (dt == FW_BF16)
+		fw_half_ops.bf16_to_f32(dst, src, n);
+	else
+		fw_half_ops.f16_to_f32(dst, src, n);
 }
 
 /* dst (n) = src (n) rounded to dt. */
 static inline void half_store(void *dst, enum fw_dtype dt, const float *src, int64_t n)
 {
-	if (dt == FW_F32) {
+	if (dt == FW_F32)
 		memcpy(dst, src, (size_t)n * sizeof(float));
-		return;
-	}
-	uint16_t *h = dst;
-	if (dt == FW_BF16) {
-		#pragma omp simd
-		for (int64_t i = 0; i < n; i++) {
-			uint32_t u;
-			memcpy(&u, src + i, 4);
-			uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-			uint32_t q = (u >> 16) | 0x40u;               /* NaN stays quiet */
-			h[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
-		}
-		return;
-	}
-	int64_t i = 0;
-#if defined(__F16C__)
-	for (; i + 8 <= n; i += 8)
-		_mm_storeu_si128((__m128i *)(h + i),
-				 _mm256_cvtps_ph(_mm256_loadu_ps(src + i),
-						 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-#endif
-	for (; i < n; i++)
-		h[i] = fw_f32_to_f16(src[i]);
+	else if (n == 1 && dt == FW_BF16)
+		*(uint16_t *)dst = bf16_round(src[0]);
+	else if (n == 1)
+		*(uint16_t *)dst = fw_f32_to_f16(src[0]);
+	else if (dt == FW_BF16)
+		fw_half_ops.f32_to_bf16(dst, src, n);
+	else
+		fw_half_ops.f32_to_f16(dst, src, n);
 }
 
 /* dst (n, dtype dt) += src (n, f32), rounded once per element. */

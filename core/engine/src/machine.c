@@ -165,4 +165,5 @@ void fw_machine_report(FILE *f)
 	char buf[256];
 	for (enum fw_dtype dt = FW_F32; dt <= FW_F16; dt++)
 		fprintf(f, "matmul %s: %s\n", fw_dtype_name(dt), fw_matmul_kernel(dt, buf, sizeof(buf)));
+	fprintf(f, "half conversions: %s\n", fw_half_isa());
 }

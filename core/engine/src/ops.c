@@ -436,8 +436,10 @@ struct fw_tensor *fw_rope(struct fw_ctx *ctx, struct fw_tensor *x, struct fw_ten
 struct fw_tensor *fw_kv_write(struct fw_ctx *ctx, struct fw_tensor *cache,
 			      struct fw_tensor *rows, struct fw_tensor *len)
 {
-	if (!rows || !len)
+	if (!rows || !len || !cache)
 		return NULL;
+	if (rows->dtype != cache->dtype)        /* e.g. f32 keys into a bf16 cache */
+		rows = fw_cast(ctx, rows, cache->dtype);
 	return node(ctx, FW_OP_KV_WRITE, 3, cache, rows, len, 0, NULL);
 }
 

@@ -14,17 +14,20 @@
  * src0 cache (B, Tmax, H, D), src1 new (B, Tq, H, D), src2 len i32 [1] or
  * slots i32 (B, Tq). Copies new into cache rows [len, len + Tq), or row
  * (b, t) into slot slots[b, t], and returns the cache itself (a view), so
- * readers run after the write. No gradient. */
+ * readers run after the write. cache and new share one float dtype: f32, or
+ * bf16/f16 under autocast (fw_kv_write casts new to the cache's). No
+ * gradient. */
 static enum fw_status kv_write_infer(struct fw_tensor *out, struct fw_err *err)
 {
 	const struct fw_tensor *c = out->src[0], *x = out->src[1], *len = out->src[2];
 	if (!x || !len || c->ndim != 4 || x->ndim != 4 || c->ne[0] != x->ne[0] ||
 	    c->ne[2] != x->ne[2] || c->ne[3] != x->ne[3] || x->ne[1] > c->ne[1] ||
-	    c->dtype != FW_F32 || x->dtype != FW_F32 || len->dtype != FW_I32 ||
+	    c->dtype != x->dtype || (c->dtype != FW_F32 && c->dtype != FW_BF16 && c->dtype != FW_F16) ||
+	    len->dtype != FW_I32 ||
 	    (len->ndim == 2 ? len->ne[0] != x->ne[0] || len->ne[1] != x->ne[1] ||
 				!fw_is_contiguous(len) : fw_nelem(len) != 1))
 		return fw_errorf(err, FW_ERR_SHAPE, "kv_write: cache and new rows do not fit");
-	out->dtype = FW_F32;
+	out->dtype = c->dtype;
 	out->ndim = 4;
 	for (int i = 0; i < 4; i++) {
 		out->ne[i] = c->ne[i];
@@ -39,15 +42,17 @@ static void kv_write_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	const struct fw_tensor *c = out->src[0], *x = out->src[1];
 	const int32_t *slots = out->src[2]->data;
 	int64_t pos = slots[0];
-	int64_t B = c->ne[0], Tmax = c->ne[1], Tq = x->ne[1], row = c->ne[2] * c->ne[3];
+	int64_t B = c->ne[0], Tmax = c->ne[1], Tq = x->ne[1];
+	size_t row = (size_t)(c->ne[2] * c->ne[3]) * fw_dtype_size(c->dtype);   /* bytes */
+	char *cd = c->data;
+	const char *xd = x->data;
 	if (out->src[2]->ndim == 2) {
 		for (int64_t b = 0; b < B; b++)         /* per-row slots */
 			for (int64_t t = 0; t < Tq; t++) {
 				int64_t at = slots[b * Tq + t];
 				at = at < 0 ? 0 : at >= Tmax ? Tmax - 1 : at;
-				memcpy((float *)c->data + (b * Tmax + at) * row,
-				       (const float *)x->data + (b * Tq + t) * row,
-				       sizeof(float) * (size_t)row);
+				memcpy(cd + (size_t)(b * Tmax + at) * row,
+				       xd + (size_t)(b * Tq + t) * row, row);
 			}
 		out->data = c->data;
 		return;
@@ -55,15 +60,15 @@ static void kv_write_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	if (pos < 0 || pos + Tq > Tmax)
 		pos = pos < 0 ? 0 : Tmax - Tq;      /* the host checks; never write outside */
 	for (int64_t b = 0; b < B; b++)
-		memcpy((float *)c->data + (b * Tmax + pos) * row,
-		       (const float *)x->data + b * Tq * row, sizeof(float) * (size_t)(Tq * row));
+		memcpy(cd + (size_t)(b * Tmax + pos) * row, xd + (size_t)(b * Tq) * row,
+		       (size_t)Tq * row);
 	out->data = c->data;
 }
 
 const struct fw_op_i fw_op_kv_write_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "kv_write",
-	.flags = FW_OPF_VIEW,
+	.flags = FW_OPF_VIEW | FW_OPF_HALF,   /* a half cache holds half rows */
 	.infer = kv_write_infer,
 	.forward = kv_write_forward,
 };

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "half.h"
 #include "internal.h"
 
 static const struct {
@@ -141,8 +142,8 @@ uint16_t fw_f32_to_f16(float f)
 float fw_f16_to_f32(uint16_t h)
 {
 	uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1f, m = h & 0x3ffu, x;
-	if (e == 0x1f) {
-		x = sign | 0x7f800000u | (m << 13);
+	if (e == 0x1f) {        /* inf, or a NaN made quiet (as F16C's vcvtph2ps) */
+		x = sign | 0x7f800000u | (m << 13) | (m ? 0x400000u : 0);
 	} else if (e) {
 		x = sign | ((e + 112u) << 23) | (m << 13);
 	} else if (m) {                               /* subnormal: normalise */
@@ -177,26 +178,19 @@ void fw_convert(void *dst, enum fw_dtype dt, const void *src, enum fw_dtype st, 
 		memcpy(dst, src, (size_t)n * fw_dtype_size(dt));
 		return;
 	}
-	/* The mixed-precision paths, as branch-free loops the compiler vectorises
-	 * (same rounding as fw_f32_to_bf16: nearest even, NaN kept quiet). */
-	if (st == FW_F32 && dt == FW_BF16) {
-		const uint32_t *in = src;
-		uint16_t *out = dst;
-		#pragma omp parallel for simd schedule(static) if (n > 65536)
-		for (int64_t i = 0; i < n; i++) {
-			uint32_t u = in[i];
-			uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-			uint32_t q = (u >> 16) | 0x40u;
-			out[i] = (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
+	/* The mixed-precision paths: half.h's conversions of the CPU's
+	 * instruction set (half_isa.c), in parallel blocks. */
+	if ((st == FW_F32 && is_half(dt)) || (is_half(st) && dt == FW_F32)) {
+		enum { CHUNK = 16384 };
+		int64_t nb = (n + CHUNK - 1) / CHUNK;
+		#pragma omp parallel for schedule(static) if (n > 65536)
+		for (int64_t b = 0; b < nb; b++) {
+			int64_t i0 = b * CHUNK, m = n - i0 < CHUNK ? n - i0 : CHUNK;
+			if (st == FW_F32)
+				half_store(elem_ptr(dst, dt, i0), dt, (const float *)src + i0, m);
+			else
+				half_load((float *)dst + i0, elem_ptr(src, st, i0), st, m);
 		}
-		return;
-	}
-	if (st == FW_BF16 && dt == FW_F32) {
-		const uint16_t *in = src;
-		uint32_t *out = dst;
-		#pragma omp parallel for simd schedule(static) if (n > 65536)
-		for (int64_t i = 0; i < n; i++)
-			out[i] = (uint32_t)in[i] << 16;
 		return;
 	}
 	#pragma omp parallel for schedule(static) if (n > 65536)

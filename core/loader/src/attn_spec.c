@@ -106,7 +106,7 @@ struct fw_tensor *fw_attn_cache_write(struct fw_model *m, const struct fw_attn_s
 		char name[FW_NAME_MAX];
 		int64_t shape[4] = { x->ne[0], spec->cache->max_len, x->ne[2], x->ne[3] };
 		snprintf(name, sizeof(name), "kv_cache.%s.%s", spec->name, what);
-		*slot = fw_input(m->ctx, name, FW_F32, 4, shape);
+		*slot = fw_input(m->ctx, name, fw_ctx_autocast(m->ctx), 4, shape);
 	}
 	return *slot ? fw_kv_write(m->ctx, *slot, x, spec->cache->len) : NULL;
 }

@@ -316,6 +316,20 @@ static size_t slot_floats(const struct dims *d)
 	return (n + 15) & ~(size_t)15;                  /* 64-byte slots */
 }
 
+/* Keys and values are f32, or under --bf16/--fp16 a half KV cache, which
+ * is read (widened) in place while decoding. */
+static bool kv_dtype(enum fw_dtype dt)
+{
+	return dt == FW_F32 || dt == FW_BF16 || dt == FW_F16;
+}
+
+/* Element i of half tensor x, as f32. */
+static inline float half_at(const struct fw_tensor *x, int64_t i)
+{
+	uint16_t h = ((const uint16_t *)x->data)[i];
+	return x->dtype == FW_BF16 ? fw_bf16_to_f32(h) : fw_f16_to_f32(h);
+}
+
 /* Floats of the decoding partials (task_decode), in front of the slots. */
 static size_t partial_floats(const struct dims *d)
 {
@@ -328,7 +342,7 @@ static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 	const struct fw_tensor *q = out->src[0], *k = out->src[1], *v = out->src[2],
 			       *rg = out->src[3];
 	if (!k || !v || !rg || q->ndim != 4 || k->ndim != 4 || v->ndim != 4 ||
-	    q->dtype != FW_F32 || k->dtype != FW_F32 || v->dtype != FW_F32 ||
+	    q->dtype != FW_F32 || !kv_dtype(k->dtype) || v->dtype != k->dtype ||
 	    k->ne[0] != q->ne[0] || k->ne[3] != q->ne[3] || v->ne[0] != k->ne[0] ||
 	    v->ne[1] != k->ne[1] || v->ne[2] != k->ne[2] || v->ne[3] != k->ne[3] ||
 	    k->ne[2] <= 0 || q->ne[2] % k->ne[2])
@@ -401,9 +415,13 @@ static void load_rows(const struct fw_tensor *x, int64_t b, int64_t h, int64_t t
 		      int64_t np, int64_t D, int64_t ld, float *dst)
 {
 	for (int64_t r = 0; r < n; r++) {
-		const float *src = fw_f32(x) + b * x->nb[0] + (t0 + r) * x->nb[1] + h * x->nb[2];
+		int64_t at = b * x->nb[0] + (t0 + r) * x->nb[1] + h * x->nb[2];
+		const float *src = fw_f32(x) + at;
 		float *o = dst + r * ld;
-		if (x->nb[3] == 1) {
+		if (x->dtype != FW_F32) {
+			for (int64_t e = 0; e < D; e++)
+				o[e] = half_at(x, at + e * x->nb[3]);
+		} else if (x->nb[3] == 1) {
 			memcpy(o, src, sizeof(float) * (size_t)D);
 		} else {
 			for (int64_t e = 0; e < D; e++)
@@ -430,6 +448,15 @@ static void gather_t(const float *src, int64_t rs, int64_t es, int64_t n, int64_
 static void load_rows_t(const struct fw_tensor *x, int64_t b, int64_t h, int64_t t0, int64_t n,
 			int64_t np, int64_t D, int64_t ld, float *dst)
 {
+	if (x->dtype != FW_F32) {
+		int64_t at = b * x->nb[0] + t0 * x->nb[1] + h * x->nb[2];
+		for (int64_t r = 0; r < n; r++)
+			for (int64_t e = 0; e < D; e++)
+				dst[e * ld + r] = half_at(x, at + r * x->nb[1] + e * x->nb[3]);
+		for (int64_t e = 0; e < D; e++)
+			memset(dst + e * ld + n, 0, sizeof(float) * (size_t)(np - n));
+		return;
+	}
 	gather_t(fw_f32(x) + b * x->nb[0] + t0 * x->nb[1] + h * x->nb[2], x->nb[1], x->nb[3], n,
 		 np, D, ld, dst);
 }
@@ -608,11 +635,17 @@ static void task_forward(const struct attn_job *j, float *w, int64_t task)
 }
 
 /* x's row t of head h in batch b (B, T, H, D), contiguous in D, or gathered
- * into tmp. */
+ * (a half cache: widened) into tmp. */
 static const float *head_row(const struct fw_tensor *x, int64_t b, int64_t t, int64_t h,
 			     int64_t D, float *tmp)
 {
-	const float *src = fw_f32(x) + b * x->nb[0] + t * x->nb[1] + h * x->nb[2];
+	int64_t at = b * x->nb[0] + t * x->nb[1] + h * x->nb[2];
+	const float *src = fw_f32(x) + at;
+	if (x->dtype != FW_F32) {
+		for (int64_t e = 0; e < D; e++)
+			tmp[e] = half_at(x, at + e * x->nb[3]);
+		return tmp;
+	}
 	if (x->nb[3] == 1)
 		return src;
 	for (int64_t e = 0; e < D; e++)
@@ -951,7 +984,7 @@ static void attn_backward(struct fw_tensor *out, const struct fw_exec *ex)
 static const struct fw_op_i attn_op = {
 	.size = sizeof(struct fw_op_i),
 	.name = "flash.attn",
-	.flags = FW_OPF_STRIDED,
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF,      /* q is f32; k, v may be a half cache */
 	.infer = attn_infer,
 	.forward = attn_forward,
 	.backward = attn_backward,

@@ -104,7 +104,7 @@ static enum fw_status cache_prefix(const struct prefix *s, struct fw_model *m,
 		char name[FW_NAME_MAX];
 		int64_t shape[4] = { x->ne[0], spec->cache->max_len, x->ne[2], x->ne[3] };
 		snprintf(name, sizeof(name), "kv_cache.%s.%s", spec->name, what);
-		if (!(*slot = h->input(m->ctx, name, FW_F32, 4, shape)))
+		if (!(*slot = h->input(m->ctx, name, fw_ctx_autocast(m->ctx), 4, shape)))
 			return ctx_fail(s, m->ctx, err);
 	}
 	if (spec->cache->max_len <= x->ne[1])    /* a probe that learns n_prefix: no room */

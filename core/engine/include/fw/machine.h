@@ -30,6 +30,17 @@ const char *fw_matmul_kernel(enum fw_dtype dt, char *buf, size_t len);
  * from the environment. Clears the primitive cache. */
 void fw_matmul_force_fallback(bool force);
 
+/* The instruction set of the f32 <-> bf16/f16 conversions (autocast's
+ * kernels, fw_convert), picked when libfw loads from what the CPU runs:
+ * "avx512bf16", "avx512", "avx2" (with F16C) or "scalar"; every one rounds
+ * the same (nearest even, NaN kept quiet). FW_HALF_ISA=NAME picks a lower
+ * one from the environment. */
+const char *fw_half_isa(void);
+/* Forces path name (tests), NULL = back to the CPU's best. FW_ERR_INVALID:
+ * no such path; FW_ERR_UNSUPPORTED: this CPU cannot run it. Not thread-safe:
+ * call it while no graph runs. */
+enum fw_status fw_half_isa_force(const char *name);
+
 /* Writes the whole report, one "key: value" a line. */
 void fw_machine_report(FILE *f);
 

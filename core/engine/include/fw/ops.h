@@ -187,7 +187,8 @@ struct fw_tensor *fw_rope(struct fw_ctx *ctx, struct fw_tensor *x, struct fw_ten
  * rows [len, len + Tq) (len i32 [1], read when the graph runs; clamped so
  * nothing is written outside), or, with len i32 (B, Tq) of slots, row (b, t)
  * at slot len[b, t] (clamped the same way), and returns a view of the cache, so that its
- * readers run after the write. cache is an f32 input that outlives graphs.
+ * readers run after the write. cache is an input that outlives graphs, f32
+ * or (under autocast) bf16/f16; rows of another dtype are cast to it.
  * No gradient. */
 struct fw_tensor *fw_kv_write(struct fw_ctx *ctx, struct fw_tensor *cache,
 			      struct fw_tensor *rows, struct fw_tensor *len);

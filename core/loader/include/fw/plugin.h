@@ -240,7 +240,8 @@ struct fw_tensor *fw_attn_cache_slots(const struct fw_attn_spec *spec);
 /* Generation: writes x (B, Tq, H, D) into *slot (&spec->cache->k or ->v) at
  * the cache length with fw_kv_write and returns the whole cache. Creates
  * *slot on first use: the input "kv_cache.<spec name>.<what>" of shape
- * (B, max_len, H, D) in m->ctx. */
+ * (B, max_len, H, D) in m->ctx, in the ctx's autocast dtype (f32, or bf16/f16
+ * under --bf16/--fp16; x is cast to it). */
 struct fw_tensor *fw_attn_cache_write(struct fw_model *m, const struct fw_attn_spec *spec,
 				      struct fw_tensor **slot, struct fw_tensor *x,
 				      const char *what);

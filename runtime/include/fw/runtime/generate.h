@@ -110,6 +110,10 @@ enum fw_status fw_rt_decoder_open_as(struct fw_rt_decoder *d,
 				     int64_t max_len, uint64_t seed, enum fw_dtype precision,
 				     struct fw_err *err);
 void fw_rt_decoder_close(struct fw_rt_decoder *d);
+/* Bytes of d's key/value caches (all layers, rows and positions) at their
+ * dtype, which *dtype gets (f32, or the precision's bf16/f16); 0 before
+ * the first layer's cache exists. */
+size_t fw_rt_decoder_cache_bytes(const struct fw_rt_decoder *d, enum fw_dtype *dtype);
 /* The virtual tokens a decoder of plugins runs first (0 without a
  * prompt-tuning peft plugin): positions the prompt cannot use. */
 enum fw_status fw_rt_decoder_virtual(const struct fw_plugin_slots *plugins, int64_t *n_virtual,
