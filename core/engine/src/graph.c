@@ -336,31 +336,39 @@ static const struct fw_tensor *view_root(const struct fw_tensor *t)
 	return t;
 }
 
-/* A cheap op (FW_OPF_REMAT) whose own backward keeps every source that is
- * a node: running it again in backward keeps nothing extra alive. */
+/* A cheap op (FW_OPF_REMAT, or a node flagged FW_FLAG_REMAT) whose own
+ * backward keeps every source that is a node, or whose other sources are
+ * recomputed too: running it again in backward keeps nothing extra alive.
+ * Nodes are visited in order, so a source's verdict is known. */
 static bool remat_ok(const struct fw_graph *g, const int *pos, const bool *has_grad, int i)
 {
 	const struct fw_tensor *t = g->nodes[i];
 	const struct fw_op_i *vt = fw_op_get(t->op);
-	if (!(vt->flags & FW_OPF_REMAT) || is_view(t) || !has_grad[i] || !vt->saved ||
+	if (!(vt->flags & FW_OPF_REMAT) && !(t->flags & FW_FLAG_REMAT))
+		return false;
+	if (is_view(t) || !has_grad[i] || !vt->saved ||
 	    g->rec_slot[i] >= 0)      /* a checkpointed segment's: recomputed anyway */
 		return false;
 	uint32_t saved = vt->saved(t);
-	for (int k = 0; k < FW_MAX_SRC; k++)
-		if (t->src[k] && pos[t->src[k]->id] >= 0 && !(saved & (1u << k)))
+	for (int k = 0; k < FW_MAX_SRC; k++) {
+		int p = t->src[k] ? pos[t->src[k]->id] : -1;
+		if (p >= 0 && !(saved & (1u << k)) && !g->remat[p])
 			return false;
+	}
 	return true;
 }
 
-/* Appends the RECOMP steps that node i (and, for a view, its chain) needs
- * before a backward step reads it, once. */
+/* Appends the RECOMP steps that node i needs before a backward step reads
+ * it, once: first those of its recomputed sources (a view's chain, or what
+ * its forward reads), then its own. */
 static void remat_step(struct fw_graph *g, const int *pos, struct step *steps, int *ns, int i)
 {
 	struct fw_tensor *t = g->nodes[i];
 	if (g->remat[i] != 1)
 		return;
-	if (is_view(t) && pos[t->view_src->id] >= 0)
-		remat_step(g, pos, steps, ns, pos[t->view_src->id]);
+	for (int k = 0; k < FW_MAX_SRC; k++)
+		if (t->src[k] && pos[t->src[k]->id] >= 0)
+			remat_step(g, pos, steps, ns, pos[t->src[k]->id]);
 	steps[(*ns)++] = (struct step){ STEP_RECOMP, i };
 	g->remat[i] = 2;
 }
@@ -377,17 +385,16 @@ static enum fw_status add_remat(struct fw_graph *g, const int *pos, const bool *
 		return fw_errorf(&g->ctx->err, FW_ERR_NOMEM, "graph: out of memory");
 	if (!g->opts.backward || (env && !strcmp(env, "0")))
 		return FW_OK;
-	for (int i = 0; i < n; i++)
-		g->remat[i] = remat_ok(g, pos, has_grad, i);
-	for (int o = 0; o < g->n_outputs; o++) {       /* outputs stay readable */
-		int p = pos[view_root(g->outputs[o])->id];
-		if (p >= 0)
-			g->remat[p] = 0;
-	}
 	for (int i = 0; i < n; i++) {
-		int p = pos[view_root(g->nodes[i])->id];
-		if (is_view(g->nodes[i]) && p >= 0 && g->remat[p])
-			g->remat[i] = 1;
+		const struct fw_tensor *t = g->nodes[i];
+		int root = pos[view_root(t)->id];
+		bool out = false;                       /* outputs stay readable */
+		for (int o = 0; o < g->n_outputs; o++)
+			out |= view_root(g->outputs[o]) == t;
+		if (is_view(t))
+			g->remat[i] = root >= 0 && g->remat[root];
+		else
+			g->remat[i] = !out && remat_ok(g, pos, has_grad, i);
 	}
 	struct step *steps = fw_malloc((size_t)(g->n_steps + n + 1) * sizeof(*steps));
 	if (!steps)

@@ -246,7 +246,8 @@ static struct fw_tensor *mha_attend(void *state, struct fw_model *m,
 	int64_t per_kv[4] = { B, Hkv, G * Tq, Tk }, per_q[4] = { B, Hq, Tq, Tk };
 	if (G > 1)
 		qh = h->reshape(ctx, h->cont(ctx, qh), 4, grouped);
-	struct fw_tensor *att = h->matmul(ctx, qh, kh, false, true);      /* (B, Hkv, G*Tq, Tk) */
+	struct fw_tensor *scores = h->matmul(ctx, qh, kh, false, true);   /* (B, Hkv, G*Tq, Tk) */
+	struct fw_tensor *att = scores;
 	if (G > 1)
 		att = h->reshape(ctx, att, 4, per_q);                     /* (B, Hq, Tq, Tk) */
 	if (spec->pos == FW_POS_ALIBI) {
@@ -262,6 +263,14 @@ static struct fw_tensor *mha_attend(void *state, struct fw_model *m,
 		att = h->op(ctx, s->window_op, src, spec->cache ? 2 : 1, &p, 1);
 	}
 	att = h->softmax(ctx, att, mask, causal, scale);
+	/* Backward recomputes the scores and the softmax from q and k, which
+	 * it keeps anyway, instead of keeping the (B, Hq, Tq, Tk) probabilities
+	 * (the chain breaks, and they are kept, where ALiBi or a window sits
+	 * between). */
+	if (att && !spec->cache) {
+		scores->flags |= FW_FLAG_REMAT;
+		att->flags |= FW_FLAG_REMAT;
+	}
 	if (spec->dropout > 0.0f)
 		att = h->dropout(ctx, att, spec->dropout, spec->seed);
 	if (G > 1)

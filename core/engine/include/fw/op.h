@@ -38,10 +38,11 @@ enum {
 	 * keeps it); for an op without this flag the graph hands backward f32
 	 * copies in the workspace and rounds what it added back (graph.c). */
 	FW_OPF_HALF_GRAD = 1u << 3,
-	/* Cheap to run again (norms, activations): when a later op's backward
-	 * reads the output and this op's own backward keeps its sources anyway
-	 * (saved()), a graph with a backward recomputes the output just before
-	 * that backward step instead of keeping it from the forward (graph.c). */
+	/* Cheap to run again (norms, activations): when a backward step reads
+	 * the output and every source that is an op node is kept for this op's
+	 * own backward (saved()) or is recomputed itself (FW_FLAG_REMAT), a
+	 * graph with a backward recomputes the output just before that step
+	 * instead of keeping it from the forward (graph.c). */
 	FW_OPF_REMAT = 1u << 4,
 };
 
