@@ -278,27 +278,9 @@ static size_t remat_attend(const struct attend_args *a, bool on, float *grads)
 	struct fw_tensor *y = b_attend(ctx, (struct fw_tensor *[]){ q, k, v }, (void *)a);
 	y = b_attend(ctx, (struct fw_tensor *[]){ y, k, v }, (void *)a);
 	struct fw_tensor *loss = fw_sum(ctx, fw_mul(ctx, y, y), FW_AXIS_ALL, false);
-	ck_assert_msg(loss != NULL, "%s", fw_ctx_err(ctx)->msg);
-	setenv("FW_REMAT", on ? "1" : "0", 1);
-	struct fw_graph *g = fw_graph_new(ctx, &loss, 1, &(struct fw_graph_opts){
-		.backward = true, .training = true, .recompute = true });
-	unsetenv("FW_REMAT");
-	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
-	struct fwt_rng r = fwt_rng_new(9);
-	struct fw_tensor *p[3] = { q, k, v };
-	for (int i = 0; i < 3; i++)
-		fwt_fill_uniform(fw_f32(p[i]), fw_nelem(p[i]), &r, -1, 1);
-	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
-	ck_assert_int_eq(fw_graph_backward(g), FW_OK);
-	for (int i = 0; i < 3; i++) {
-		memcpy(grads, p[i]->grad->data, (size_t)fw_nelem(p[i]) * sizeof(float));
-		grads += fw_nelem(p[i]);
-	}
-	struct fw_memory_report m;
-	fw_graph_memory(g, &m);
-	fw_graph_free(g);
+	size_t bytes = fwt_remat_run(ctx, loss, on, (struct fw_tensor *[]){ q, k, v }, 3, 9, grads);
 	fw_ctx_free(ctx);
-	return m.bytes[FW_MEM_ACTIVATIONS];
+	return bytes;
 }
 
 /* Backward recomputes q k^T and the softmax (FW_FLAG_REMAT) instead of
@@ -328,6 +310,23 @@ START_TEST(test_attend_remat)
 			ck_assert_msg(b_on < b_off, "case %d: planned %zu bytes recomputing, %zu "
 				      "keeping the probabilities", c, b_on, b_off);
 	}
+	/* --mha-recompute=false: an instance that keeps them plans as FW_REMAT=0 */
+	struct fw_loaded *dflt = mha, *keep = NULL;
+	struct fw_err err = { 0 };
+	char path[4200];
+	const char *b = getenv("FW_BUILD_DIR");
+	snprintf(path, sizeof(path), "%s/plugins/attention/mha.so", b ? b : ".");
+	ck_assert_msg(fw_plugin_open(path, FW_KIND_ATTENTION, &keep, &err) == FW_OK &&
+		      fw_options_set(keep->opts, "mha-recompute", "false", &err) == FW_OK &&
+		      fw_options_resolve(keep->opts, &err) == FW_OK &&
+		      fw_plugin_init(keep, NULL, &err) == FW_OK, "%s", err.msg);
+	mha = keep;
+	size_t kept = remat_attend(&cases[0], true, on);
+	mha = dflt;
+	size_t b_off = remat_attend(&cases[0], false, off);
+	ck_assert_msg(kept == b_off, "--mha-recompute=false planned %zu bytes, FW_REMAT=0 %zu",
+		      kept, b_off);
+	fw_plugin_close(keep);
 }
 END_TEST
 

@@ -856,36 +856,16 @@ static size_t remat_run(bool on, float *grads)
 {
 	static const int64_t shapes[4][3] = { { 2, 3, 6 }, { 6 }, { 5, 6 }, { 4, 5 } };
 	static const int ndims[4] = { 3, 1, 2, 2 };
+	static const char *names[4] = { "x", "w", "W1", "W2" };
 	struct fw_ctx *ctx = fw_ctx_new();
 	struct fw_tensor *in[4];
-	struct fwt_rng r = fwt_rng_new(3);
-	static const char *names[4] = { "x", "w", "W1", "W2" };
 	for (int k = 0; k < 4; k++)
 		in[k] = fw_param(ctx, names[k], FW_F32, ndims[k], shapes[k], true);
 	struct fw_tensor *y = b_remat(ctx, in, NULL);
 	struct fw_tensor *loss = fw_sum(ctx, fw_mul(ctx, y, y), FW_AXIS_ALL, false);
-	ck_assert_msg(loss != NULL, "%s", fw_ctx_err(ctx)->msg);
-	setenv("FW_REMAT", on ? "1" : "0", 1);
-	struct fw_graph *g = fw_graph_new(ctx, &loss, 1, &(struct fw_graph_opts){
-		.backward = true, .training = true, .recompute = true });
-	unsetenv("FW_REMAT");
-	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
-	for (int k = 0; k < 4; k++)
-		fwt_fill_uniform(fw_f32(in[k]), fw_nelem(in[k]), &r, -1.0f, 1.0f);
-	for (int pass = 0; pass < 2; pass++) {      /* the second sees a reused arena */
-		fw_graph_zero_grad(g);
-		ck_assert_int_eq(fw_graph_forward(g), FW_OK);
-		ck_assert_int_eq(fw_graph_backward(g), FW_OK);
-	}
-	for (int k = 0; k < 4; k++) {
-		memcpy(grads, in[k]->grad->data, (size_t)fw_nelem(in[k]) * sizeof(float));
-		grads += fw_nelem(in[k]);
-	}
-	struct fw_memory_report m;
-	fw_graph_memory(g, &m);
-	fw_graph_free(g);
+	size_t bytes = fwt_remat_run(ctx, loss, on, in, 4, 3, grads);
 	fw_ctx_free(ctx);
-	return m.bytes[FW_MEM_ACTIVATIONS];
+	return bytes;
 }
 
 /* Recomputing the norms' and activations' outputs in backward gives the
