@@ -70,6 +70,33 @@ void fwt_write(struct fw_tensor *t, const void *src)
 	memcpy(t->data, src, fw_nbytes(t));
 }
 
+size_t fwt_remat_run(struct fw_ctx *ctx, struct fw_tensor *loss, bool remat,
+		     struct fw_tensor *const *params, int n, uint64_t seed, float *grads)
+{
+	ck_assert_msg(loss != NULL, "%s", fw_ctx_err(ctx)->msg);
+	setenv("FW_REMAT", remat ? "1" : "0", 1);
+	struct fw_graph *g = fw_graph_new(ctx, &loss, 1, &(struct fw_graph_opts){
+		.backward = true, .training = true, .recompute = true });
+	unsetenv("FW_REMAT");
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+	struct fwt_rng r = fwt_rng_new(seed);
+	for (int i = 0; i < n; i++)
+		fwt_fill_uniform(fw_f32(params[i]), fw_nelem(params[i]), &r, -1.0f, 1.0f);
+	for (int pass = 0; pass < 2; pass++) {
+		fw_graph_zero_grad(g);
+		ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+		ck_assert_int_eq(fw_graph_backward(g), FW_OK);
+	}
+	for (int i = 0; i < n; i++) {
+		memcpy(grads, params[i]->grad->data, (size_t)fw_nelem(params[i]) * sizeof(float));
+		grads += fw_nelem(params[i]);
+	}
+	struct fw_memory_report m;
+	fw_graph_memory(g, &m);
+	fw_graph_free(g);
+	return m.bytes[FW_MEM_ACTIVATIONS];
+}
+
 double fwt_maxabs(const float *x, int64_t n)
 {
 	double m = 0;

@@ -42,6 +42,13 @@ void fwt_fill_uniform(float *x, int64_t n, struct fwt_rng *r, float lo, float hi
 void fwt_read_f32(const struct fw_tensor *t, float *dst);
 /* Writes n contiguous values of t's dtype into t->data (a leaf). */
 void fwt_write(struct fw_tensor *t, const void *src);
+/* Builds loss's backward graph with FW_REMAT on or off (graph.c's
+ * recomputation of cheap outputs), fills the n f32 parameters with uniform
+ * values in [-1, 1) from seed, runs forward and backward twice (the second
+ * on a reused arena), copies their gradients one after another into grads,
+ * frees the graph and returns its planned activation bytes. */
+size_t fwt_remat_run(struct fw_ctx *ctx, struct fw_tensor *loss, bool remat,
+		     struct fw_tensor *const *params, int n, uint64_t seed, float *grads);
 
 /* Compares got against exp element-wise: passes where
  * |got - exp| <= atol + rtol * |exp| (and both are finite, or both the same

@@ -126,6 +126,18 @@ static struct fw_tensor *b_ce(struct fw_ctx *c, struct fw_tensor *const *in, voi
 	return fw_cross_entropy(c, in[0], in[1], in[2], ARGS(u)->ignore);
 }
 
+/* A block whose norm and activation outputs backward recomputes instead of
+ * keeping (graph.c add_remat): layernorm -> reshape (a view) -> matmul ->
+ * gelu -> rmsnorm -> silu -> matmul, x (2, 3, 6), w (6), W1 (5, 6), W2 (4, 5). */
+static struct fw_tensor *b_remat(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	struct fw_tensor *ln = fw_layernorm(c, in[0], in[1], NULL, 1e-5f);
+	struct fw_tensor *h = fw_matmul(c, fw_reshape(c, ln, 2, (int64_t[]){ 6, 6 }), in[2],
+					false, true);
+	struct fw_tensor *s = fw_silu(c, fw_rmsnorm(c, fw_gelu(c, h, FW_GELU_TANH), NULL, 1e-6f));
+	return fw_matmul(c, s, in[3], false, true);
+}
+
 static struct fw_tensor *b_lmce(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
 {
 	return fw_lm_head_cross_entropy(c, in[0], in[1], in[2], in[3], ARGS(u)->ignore,
@@ -311,6 +323,8 @@ static struct gentry cases[] = {
 	{ "cross_entropy_ignore_mask", b_ce, { .ignore = FW_IGNORE_INDEX }, 3,
 	  { FR("logits", -3, 3, 8, 6), INT("targets", tgt_ign, 8), CONST("mask", ce_mask, 8) }, 0 },
 	/* x @ w^T and cross-entropy fused, in chunks of 2 and 3 rows and one chunk */
+	{ "remat_block", b_remat, { 0 }, 4,
+	  { FR("x", -2, 2, 2, 3, 6), FR("w", 0.5f, 1.5f, 6), F("W1", 5, 6), F("W2", 4, 5) }, 0 },
 	{ "lm_head_ce_chunk2", b_lmce, { .ignore = FW_IGNORE_INDEX, .chunk = 2 }, 4,
 	  { FR("x", -1, 1, 2, 3, 4), FR("w", -1, 1, 7, 4), INT("targets", tgt_2x3, 2, 3), NONE }, 0 },
 	{ "lm_head_ce_ignore_mask_chunk3", b_lmce, { .ignore = FW_IGNORE_INDEX, .chunk = 3 }, 4,
@@ -775,10 +789,10 @@ static void close_all(const char *what, const float *a, const float *b, int64_t 
  * loss gradient of 3 (4 under autocast): the unfused graph, each of whose ops passes the
  * finite-difference and PyTorch checks, is the reference. The fused plan
  * drops the logits and their gradient (2 N V floats) but for one chunk of
- * logits in the workspace and, in f32 and bf16, the gradients forward
- * computes for backward (the stash: N C floats of dx, V C of dw when w
- * trains), which the plan counts; f16 recomputes the logits in backward
- * instead. The unfused logits and their gradient are f32, or half under
+ * logits in the workspace and, in f32 and bf16, the dx forward computes for
+ * backward (the stash: N C floats; w's gradient, a parameter's, forward adds
+ * straight in, so no V C floats of dw), which the plan counts; f16
+ * recomputes the logits in backward instead. The unfused logits and their gradient are f32, or half under
  * autocast (as torch keeps a bf16 tensor's gradient). A forward-only graph
  * of the same loss plans no stash. */
 START_TEST(test_lmce_matches_unfused)
@@ -813,7 +827,7 @@ START_TEST(test_lmce_matches_unfused)
 				      fw_dtype_name(ac), chunk, (double)f.eval_loss, (double)f.loss);
 			/* a chunk of f32 logits, and of half dlogits under autocast */
 			size_t chunk_bytes = (size_t)(chunk ? chunk : N) * V * (ac == FW_F32 ? 4 : 6);
-			size_t stash = ac == FW_F16 ? 0 : (N * C + (frozen ? 0 : V * C)) * sizeof(float);
+			size_t stash = ac == FW_F16 ? 0 : N * C * sizeof(float);
 			size_t logit_bytes = ac == FW_F32 ? sizeof(float) : 2;
 			ck_assert_msg(f.act_ws + 2 * N * V * logit_bytes <=
 				      ref.act_ws + chunk_bytes + stash + 4096,
@@ -833,6 +847,155 @@ START_TEST(test_lmce_matches_unfused)
 		free(ref.dx);
 		free(ref.dw);
 	}
+}
+END_TEST
+
+/* Gradients of x, w, W1, W2 of b_remat's block under loss = sum(y * y),
+ * and the planned activation bytes, with recomputation on or off. */
+static size_t remat_run(bool on, float *grads)
+{
+	static const int64_t shapes[4][3] = { { 2, 3, 6 }, { 6 }, { 5, 6 }, { 4, 5 } };
+	static const int ndims[4] = { 3, 1, 2, 2 };
+	static const char *names[4] = { "x", "w", "W1", "W2" };
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_tensor *in[4];
+	for (int k = 0; k < 4; k++)
+		in[k] = fw_param(ctx, names[k], FW_F32, ndims[k], shapes[k], true);
+	struct fw_tensor *y = b_remat(ctx, in, NULL);
+	struct fw_tensor *loss = fw_sum(ctx, fw_mul(ctx, y, y), FW_AXIS_ALL, false);
+	size_t bytes = fwt_remat_run(ctx, loss, on, in, 4, 3, grads);
+	fw_ctx_free(ctx);
+	return bytes;
+}
+
+/* Recomputing the norms' and activations' outputs in backward gives the
+ * same bits as keeping them (the same kernels on the same inputs; the
+ * remat_block gradient check compares with finite differences), and the
+ * plan drops what was kept: of the 5 x 6 block sizes the norms, gelu and
+ * silu write, at least the layernorm's and gelu's (both read by matmuls). */
+START_TEST(test_remat_matches_kept)
+{
+	enum { N_GRAD = 36 + 6 + 30 + 20 };
+	float on[N_GRAD], off[N_GRAD];
+	size_t bytes_on = remat_run(true, on), bytes_off = remat_run(false, off);
+	ck_assert(memcmp(on, off, sizeof(on)) == 0);
+	ck_assert_msg(bytes_on < bytes_off, "planned %zu bytes with recomputation, %zu without",
+		      bytes_on, bytes_off);
+}
+END_TEST
+
+/* The head's graph for test_lmce_grad_in_forward: fused as the loss itself
+ * (forward adds dw into w's gradient), fused under a scale by 1 (not the
+ * loss: dw goes through the stash), or unfused. */
+enum lmce_kind { LMCE_LOSS, LMCE_SCALED, LMCE_UNFUSED };
+
+struct lmce_graph {
+	struct fw_ctx *ctx;
+	struct fw_tensor *x, *w, *t, *loss;
+	struct fw_graph *g;
+};
+
+static struct lmce_graph lmce_graph(enum lmce_kind kind, int64_t N, int64_t C, int64_t V,
+				    const float *xv, const float *wv)
+{
+	struct lmce_graph h = { .ctx = fw_ctx_new() };
+	h.x = fw_param(h.ctx, "x", FW_F32, 2, (int64_t[]){ N, C }, true);
+	h.w = fw_param(h.ctx, "w", FW_F32, 2, (int64_t[]){ V, C }, true);
+	h.t = fw_input(h.ctx, "t", FW_I32, 1, (int64_t[]){ N });
+	h.loss = kind == LMCE_UNFUSED ?
+		 fw_cross_entropy(h.ctx, fw_matmul(h.ctx, h.x, h.w, false, true), h.t, NULL,
+				  FW_IGNORE_INDEX) :
+		 fw_lm_head_cross_entropy(h.ctx, h.x, h.w, h.t, NULL, FW_IGNORE_INDEX, 16);
+	if (kind == LMCE_SCALED)
+		h.loss = fw_scale(h.ctx, h.loss, 1.0f);
+	ck_assert_msg(h.loss != NULL, "%s", fw_ctx_err(h.ctx)->msg);
+	h.g = fw_graph_new(h.ctx, &h.loss, 1, &(struct fw_graph_opts){
+		.backward = true, .training = true });
+	ck_assert_msg(h.g != NULL, "%s", fw_ctx_err(h.ctx)->msg);
+	memcpy(h.x->data, xv, (size_t)(N * C) * sizeof(float));
+	memcpy(h.w->data, wv, (size_t)(V * C) * sizeof(float));
+	return h;
+}
+
+/* One micro-batch: targets tv, loss gradient scale. */
+static void lmce_micro(struct lmce_graph *h, const int32_t *tv, float scale)
+{
+	fwt_write(h->t, tv);
+	fw_graph_set_loss_scale(h->g, scale);
+	ck_assert_int_eq(fw_graph_forward(h->g), FW_OK);
+	ck_assert_int_eq(fw_graph_backward(h->g), FW_OK);
+}
+
+static void lmce_graph_free(struct lmce_graph *h)
+{
+	fw_graph_free(h->g);
+	fw_ctx_free(h->ctx);
+}
+
+/* When the fused head is the loss and w a parameter, forward adds dw into
+ * w's gradient for the loss scale it is given (no (V, C) stash):
+ * - one micro-batch at scale 1 gives the same bits as the stash path (the
+ *   same head under a scale by 1), which adds the same sums in backward;
+ * - two micro-batches at 1/3 and 2/3 (the trainer's gradient accumulation)
+ *   match the unfused graph, each of whose ops passes the finite-difference
+ *   and PyTorch checks, at test_lmce_matches_unfused's f32 tolerance;
+ * - a second forward before backward, or a loss scale changed between
+ *   forward and backward, is refused with one line, not a wrong gradient. */
+START_TEST(test_lmce_grad_in_forward)
+{
+	enum { N = 40, C = 16, V = 200 };
+	static float xv[N * C], wv[V * C];
+	static int32_t t1[N], t2[N];
+	struct fwt_rng r = fwt_rng_new(5);
+	fwt_fill_uniform(xv, N * C, &r, -1, 1);
+	fwt_fill_uniform(wv, V * C, &r, -1, 1);
+	for (int i = 0; i < N; i++) {
+		t1[i] = (int32_t)((i * 37 + 5) % V);
+		t2[i] = (int32_t)((i * 11 + 3) % V);
+	}
+	t1[7] = FW_IGNORE_INDEX;
+
+	struct lmce_graph a = lmce_graph(LMCE_LOSS, N, C, V, xv, wv);
+	struct lmce_graph b = lmce_graph(LMCE_SCALED, N, C, V, xv, wv);
+	struct fw_memory_report ra, rb;
+	fw_graph_memory(a.g, &ra);
+	fw_graph_memory(b.g, &rb);
+	ck_assert_msg(ra.bytes[FW_MEM_ACTIVATIONS] + V * C * sizeof(float) <=
+		      rb.bytes[FW_MEM_ACTIVATIONS],
+		      "the loss's plan (%zu bytes) keeps the dw stash (%zu with it)",
+		      ra.bytes[FW_MEM_ACTIVATIONS], rb.bytes[FW_MEM_ACTIVATIONS]);
+	lmce_micro(&a, t1, 1.0f);
+	lmce_micro(&b, t1, 1.0f);
+	ck_assert(memcmp(a.w->grad->data, b.w->grad->data, V * C * sizeof(float)) == 0);
+	ck_assert(memcmp(a.x->grad->data, b.x->grad->data, N * C * sizeof(float)) == 0);
+	lmce_graph_free(&b);
+
+	fw_graph_zero_grad(a.g);
+	struct lmce_graph u = lmce_graph(LMCE_UNFUSED, N, C, V, xv, wv);
+	lmce_micro(&a, t1, 1.0f / 3.0f);
+	lmce_micro(&a, t2, 2.0f / 3.0f);
+	lmce_micro(&u, t1, 1.0f / 3.0f);
+	lmce_micro(&u, t2, 2.0f / 3.0f);
+	close_all("dw", fw_f32(a.w->grad), fw_f32(u.w->grad), V * C, 1e-4f);
+	close_all("dx", fw_f32(a.x->grad), fw_f32(u.x->grad), N * C, 1e-4f);
+	lmce_graph_free(&u);
+
+	ck_assert_int_eq(fw_graph_forward(a.g), FW_OK);
+	ck_assert_int_eq(fw_graph_forward(a.g), FW_ERR_INVALID);
+	ck_assert_str_eq(fw_ctx_err(a.ctx)->msg, "graph: forward again before backward: the "
+			 "loss's forward already added its weight's gradient");
+	fw_graph_set_loss_scale(a.g, 2.0f);
+	ck_assert_int_eq(fw_graph_forward(a.g), FW_ERR_INVALID);   /* still pending */
+	lmce_graph_free(&a);
+
+	a = lmce_graph(LMCE_LOSS, N, C, V, xv, wv);
+	fwt_write(a.t, t1);
+	ck_assert_int_eq(fw_graph_forward(a.g), FW_OK);
+	fw_graph_set_loss_scale(a.g, 2.0f);
+	ck_assert_int_ne(fw_graph_backward(a.g), FW_OK);
+	ck_assert_msg(strstr(fw_ctx_err(a.ctx)->msg, "set the loss scale before forward"),
+		      "%s", fw_ctx_err(a.ctx)->msg);
+	lmce_graph_free(&a);
 }
 END_TEST
 
@@ -949,6 +1112,8 @@ int main(void)
 	TCase *ce = fwt_tcase("cross_entropy", 120);
 	tcase_add_test(ce, test_ce_ignored_zero_grad);
 	tcase_add_test(ce, test_lmce_matches_unfused);
+	tcase_add_test(ce, test_lmce_grad_in_forward);
+	tcase_add_test(ce, test_remat_matches_kept);
 	suite_add_tcase(s, ce);
 	return fwt_run_suite(s);
 }

@@ -3,11 +3,14 @@
  * The schedule is a list of steps: FWD(node) for every node in topological
  * order, then for the backward pass BWD(node) in reverse order, preceded by
  * RECOMP(node) steps that rerun a checkpointed segment's forward just before
- * its backward needs it. Walking the schedule once tells, for every buffer
- * (node value, recomputed value, node gradient), the first and last step that
- * touches it; buffers whose lifetimes do not overlap share memory, and every
- * buffer gets a fixed offset in one arena. Nothing is allocated while running.
+ * its backward needs it, or that recompute one cheap output (a norm's, an
+ * activation's) that a backward step reads (add_remat). Walking the schedule
+ * once tells, for every buffer (node value, recomputed value, node gradient),
+ * the first and last step that touches it; buffers whose lifetimes do not
+ * overlap share memory, and every buffer gets a fixed offset in one arena.
+ * Nothing is allocated while running.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +54,9 @@ struct fw_graph {
 	int *val_slot, *rec_slot;   /* per node: forward and recompute value slots */
 	int *grad_slot;             /* per node: gradient slot, -1 if none */
 	int *stash_slot;            /* per node: what forward keeps for backward, -1 if none */
+	char *remat;                /* per node: recomputed for backward (add_remat) */
+	char *grad_in_fwd;          /* per node: forward adds its weight's gradient */
+	bool any_grad_in_fwd;
 	size_t *widen_bytes;        /* per node: f32 gradient copies its backward needs */
 	struct fw_tensor **grads;   /* per node: gradient tensor or NULL */
 	int *zero_order;            /* grad slots sorted by first step */
@@ -218,6 +224,20 @@ static enum fw_status build_schedule(struct fw_graph *g, const bool *has_grad)
 	return FW_OK;
 }
 
+/* Whether node i's forward may add its weight's (src[1]) gradient, as
+ * fw_kernel_dloss describes: the node is the loss, runs once per forward
+ * (not in a recomputed segment), and that gradient is a parameter's
+ * persistent buffer (its own, or the one a cast or reshape of it shares). */
+static bool grad_in_forward(const struct fw_graph *g, const int *pos, const bool *has_grad,
+			    int i)
+{
+	const struct fw_tensor *t = g->nodes[i], *w = t->src[1];
+	if (i != pos[g->outputs[0]->id] || !has_grad[i] || !w || !w->grad ||
+	    (g->opts.recompute && t->segment > 0))
+		return false;
+	return pos[w->id] < 0 || g->grad_slot[pos[w->id]] < 0;
+}
+
 /* --- lifetimes and offsets ------------------------------------------------------ */
 
 static int slot_new(struct fw_graph *g, size_t bytes, bool is_grad)
@@ -306,6 +326,103 @@ static size_t widen_bytes_of(const struct fw_tensor *t)
 	return n;
 }
 
+/* --- recomputing cheap outputs ------------------------------------------------------ */
+
+/* The node or leaf whose buffer a view chain aliases. */
+static const struct fw_tensor *view_root(const struct fw_tensor *t)
+{
+	while (is_view(t) && t->view_src)
+		t = t->view_src;
+	return t;
+}
+
+/* A cheap op (FW_OPF_REMAT, or a node flagged FW_FLAG_REMAT) whose own
+ * backward keeps every source that is a node, or whose other sources are
+ * recomputed too: running it again in backward keeps nothing extra alive.
+ * Nodes are visited in order, so a source's verdict is known. */
+static bool remat_ok(const struct fw_graph *g, const int *pos, const bool *has_grad, int i)
+{
+	const struct fw_tensor *t = g->nodes[i];
+	const struct fw_op_i *vt = fw_op_get(t->op);
+	if (!(vt->flags & FW_OPF_REMAT) && !(t->flags & FW_FLAG_REMAT))
+		return false;
+	if (is_view(t) || !has_grad[i] || !vt->saved ||
+	    g->rec_slot[i] >= 0)      /* a checkpointed segment's: recomputed anyway */
+		return false;
+	uint32_t saved = vt->saved(t);
+	for (int k = 0; k < FW_MAX_SRC; k++) {
+		int p = t->src[k] ? pos[t->src[k]->id] : -1;
+		if (p >= 0 && !(saved & (1u << k)) && !g->remat[p])
+			return false;
+	}
+	return true;
+}
+
+/* Appends the RECOMP steps that node i needs before a backward step reads
+ * it, once: first those of its recomputed sources (a view's chain, or what
+ * its forward reads), then its own. */
+static void remat_step(struct fw_graph *g, const int *pos, struct step *steps, int *ns, int i)
+{
+	struct fw_tensor *t = g->nodes[i];
+	if (g->remat[i] != 1)
+		return;
+	for (int k = 0; k < FW_MAX_SRC; k++)
+		if (t->src[k] && pos[t->src[k]->id] >= 0)
+			remat_step(g, pos, steps, ns, pos[t->src[k]->id]);
+	steps[(*ns)++] = (struct step){ STEP_RECOMP, i };
+	g->remat[i] = 2;
+}
+
+/* Outputs of cheap ops (and views of them) that a later backward step reads
+ * are computed again just before the first such step, into a second slot,
+ * instead of living from the forward to the backward (FW_REMAT=0: off). */
+static enum fw_status add_remat(struct fw_graph *g, const int *pos, const bool *has_grad)
+{
+	int n = g->n_nodes;
+	const char *env = getenv("FW_REMAT");
+	g->remat = fw_calloc((size_t)n + 1, 1);     /* 1: recompute, 2: scheduled */
+	if (!g->remat)
+		return fw_errorf(&g->ctx->err, FW_ERR_NOMEM, "graph: out of memory");
+	if (!g->opts.backward || (env && !strcmp(env, "0")))
+		return FW_OK;
+	for (int i = 0; i < n; i++) {
+		const struct fw_tensor *t = g->nodes[i];
+		int root = pos[view_root(t)->id];
+		bool out = false;                       /* outputs stay readable */
+		for (int o = 0; o < g->n_outputs; o++)
+			out |= view_root(g->outputs[o]) == t;
+		if (is_view(t))
+			g->remat[i] = root >= 0 && g->remat[root];
+		else
+			g->remat[i] = !out && remat_ok(g, pos, has_grad, i);
+	}
+	struct step *steps = fw_malloc((size_t)(g->n_steps + n + 1) * sizeof(*steps));
+	if (!steps)
+		return fw_errorf(&g->ctx->err, FW_ERR_NOMEM, "graph: out of memory");
+	int ns = 0;
+	for (int si = 0; si < g->n_steps; si++) {
+		struct step st = g->steps[si];
+		struct fw_tensor *t = g->nodes[st.node];
+		const struct fw_op_i *vt = fw_op_get(t->op);
+		/* what the step reads: a segment's recompute reads every source */
+		uint32_t saved = st.kind == STEP_FWD ? 0 : st.kind == STEP_RECOMP ?
+				 FW_SAVE_OUT - 1 : vt->saved ? vt->saved(t) : 0xffffffffu;
+		for (int k = 0; k < FW_MAX_SRC; k++)
+			if (t->src[k] && (saved & (1u << k)) && pos[t->src[k]->id] >= 0)
+				remat_step(g, pos, steps, &ns, pos[t->src[k]->id]);
+		if (saved & FW_SAVE_OUT)
+			remat_step(g, pos, steps, &ns, st.node);
+		steps[ns++] = st;
+	}
+	fw_free(g->steps);
+	g->steps = steps;
+	g->n_steps = ns;
+	for (int i = 0; i < n; i++)
+		if (g->remat[i] == 2 && !is_view(g->nodes[i]))
+			g->rec_slot[i] = slot_new(g, fw_nbytes(g->nodes[i]), false);
+	return FW_OK;
+}
+
 static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_grad)
 {
 	int n = g->n_nodes;
@@ -364,9 +481,21 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 	for (int i = 0; i < n; i++)
 		g->nodes[i]->grad = g->grads[i];
 	g->ctx->bound = NULL;
+	if (add_remat(g, pos, has_grad) != FW_OK) {
+		fw_free(bound);
+		return g->ctx->err.status;
+	}
 	/* Stashes: kept from a node's forward (and recompute) to its backward. */
+	g->grad_in_fwd = fw_calloc((size_t)n + 1, 1);
+	if (!g->grad_in_fwd) {
+		fw_free(bound);
+		return fw_errorf(&ctx->err, FW_ERR_NOMEM, "graph: out of memory");
+	}
 	for (int i = 0; i < n && g->opts.backward; i++) {
-		size_t bytes = has_grad[i] ? fw_op_stash_bytes(g->nodes[i]) : 0;
+		bool direct = grad_in_forward(g, pos, has_grad, i);
+		size_t bytes = has_grad[i] ? fw_op_stash_bytes(g->nodes[i], direct) : 0;
+		g->grad_in_fwd[i] = direct && bytes;
+		g->any_grad_in_fwd |= direct && bytes;
 		if (bytes)
 			g->stash_slot[i] = slot_new(g, bytes, false);
 	}
@@ -629,6 +758,8 @@ void fw_graph_free(struct fw_graph *g)
 	fw_free(g->rec_slot);
 	fw_free(g->grad_slot);
 	fw_free(g->stash_slot);
+	fw_free(g->remat);
+	fw_free(g->grad_in_fwd);
 	fw_free(g->widen_bytes);
 	fw_free(g->grads);
 	fw_free(g->zero_order);
@@ -673,6 +804,12 @@ static struct fw_exec exec_of(const struct fw_graph *g)
  * their parallel regions. */
 static _Thread_local struct fw_err *kernel_err;
 static _Thread_local void *kernel_stash;
+static _Thread_local float kernel_dloss = NAN;
+
+float fw_kernel_dloss(void)
+{
+	return kernel_dloss;
+}
 
 void *fw_kernel_stash(void)
 {
@@ -697,12 +834,14 @@ static enum fw_status run_step(struct fw_graph *g, int si, bool backward,
 	int stash = g->stash_slot[g->steps[si].node];
 	kernel_err = &e;
 	kernel_stash = stash >= 0 ? g->arena + g->slots[stash].offset : NULL;
+	kernel_dloss = !backward && g->grad_in_fwd[g->steps[si].node] ? g->loss_scale : NAN;
 	if (backward)
 		vt->backward(t, ex);
 	else
 		vt->forward(t, ex);
 	kernel_err = NULL;
 	kernel_stash = NULL;
+	kernel_dloss = NAN;
 	if (g->prof) {
 		int k = backward ? 2 : g->steps[si].kind == STEP_RECOMP ? 1 : 0;
 		g->prof[t->op].s[k] += omp_get_wtime() - t0;
@@ -717,6 +856,10 @@ static enum fw_status run_step(struct fw_graph *g, int si, bool backward,
 
 enum fw_status fw_graph_forward(struct fw_graph *g)
 {
+	if (g->forward_done && g->any_grad_in_fwd)
+		return fw_errorf(&g->ctx->err, FW_ERR_INVALID,
+				 "graph: forward again before backward: the loss's forward "
+				 "already added its weight's gradient");
 	bind(g);
 	struct fw_exec ex = exec_of(g);
 	g->forward_done = false;
@@ -814,6 +957,9 @@ enum fw_status fw_graph_backward(struct fw_graph *g)
 	for (int i = 0; i < g->n_nodes; i++)
 		if (g->rec_slot[i] >= 0)
 			g->nodes[i]->data = g->arena + g->slots[g->val_slot[i]].offset;
+	for (int i = 0; i < g->n_nodes; i++)         /* views of recomputed nodes */
+		if (g->remat[i] && is_view(g->nodes[i]))
+			fw_op_get(g->nodes[i]->op)->forward(g->nodes[i], &ex);
 	g->forward_done = false;
 	return rc;
 }

@@ -86,10 +86,16 @@ void fw_kernel_allow_avx512(bool allow);
  * Asked at plan time, for nodes with a backward, gradients attached. The
  * graph plans them as a buffer that lives from the node's forward (and
  * recompute) step to its backward step. */
-size_t fw_op_stash_bytes(const struct fw_tensor *out);
+size_t fw_op_stash_bytes(const struct fw_tensor *out, bool grad_in_forward);
 /* That buffer, while the node's forward or backward kernel runs in a graph
  * that planned one; NULL otherwise (no backward, no gradient to compute). */
 void *fw_kernel_stash(void);
-size_t fw_lmce_stash_bytes(const struct fw_tensor *out);
+size_t fw_lmce_stash_bytes(const struct fw_tensor *out, bool grad_in_forward);
+/* grad_in_forward: the node is the graph's loss, run once per forward, and
+ * its weight's gradient is a parameter's persistent buffer, which nothing
+ * else writes before the node's backward. Its forward may then add that
+ * gradient straight in, for the loss gradient backward will seed, which
+ * fw_kernel_dloss gives while the forward kernel runs (NaN otherwise). */
+float fw_kernel_dloss(void);
 
 #endif

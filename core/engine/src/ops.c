@@ -50,9 +50,9 @@ const struct fw_op_i *fw_op_get(int op)
 	return NULL;
 }
 
-size_t fw_op_stash_bytes(const struct fw_tensor *out)
+size_t fw_op_stash_bytes(const struct fw_tensor *out, bool grad_in_forward)
 {
-	return out->op == FW_OP_LMHEAD_CE ? fw_lmce_stash_bytes(out) : 0;
+	return out->op == FW_OP_LMHEAD_CE ? fw_lmce_stash_bytes(out, grad_in_forward) : 0;
 }
 
 const char *fw_op_name(int op)

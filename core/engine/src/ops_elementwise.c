@@ -907,7 +907,7 @@ static void gelu_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_gelu_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "gelu",
-	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_REMAT,
 	.infer = gelu_infer,
 	.forward = gelu_forward,
 	.backward = gelu_backward,
@@ -995,7 +995,7 @@ static void silu_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_silu_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "silu",
-	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_REMAT,
 	.infer = silu_infer,
 	.forward = silu_forward,
 	.backward = silu_backward,

@@ -10,7 +10,12 @@
  * graph's end, so backward only adds dloss times them: three head products
  * in all, as unfused, for R x V floats of workspace and an (N + V) x C stash
  * instead of two (N, V) tensors. The idea is Liger-Kernel's and Unsloth's
- * fused cross-entropy.
+ * fused cross-entropy. Where the graph allows it (fw_kernel_dloss: the node
+ * is the loss of a training graph and w's gradient a parameter's), forward
+ * scales dlogits by the loss gradient backward will seed and adds dw
+ * straight into w's gradient, and the stash keeps only dx: (V, C) floats
+ * less, the same sums as backward's (the gradient is zero or last
+ * micro-batch's, and nothing else writes it before this node's backward).
  *
  * Under f16 autocast the gradient is rounded to f16 for its products, and it
  * must be scaled by the loss scale first (it would underflow unscaled): there
@@ -56,41 +61,52 @@ static struct lmce lmce_of(const struct fw_tensor *out)
 	};
 }
 
-/* The stash: the count of rows in the loss, then dx (N, C) when x has a
- * gradient and dw (V, C) when w has one, f32. */
+/* The stash: the count of rows in the loss, whether forward added dw into
+ * w's gradient and for which loss gradient (its dx is then scaled by it),
+ * then dx (N, C) when x has a gradient and dw (V, C) when w has one and
+ * forward does not add it, f32. */
+struct lmce_stash_head {
+	int64_t k;
+	float dloss;
+	bool dw_added;
+};
+
 struct lmce_stash {
-	int64_t *k;
+	struct lmce_stash_head *h;
 	float *dx, *dw;
 };
 
 static size_t stash_header(void)
 {
-	return align64(sizeof(int64_t));
+	return align64(sizeof(struct lmce_stash_head));
 }
 
-size_t fw_lmce_stash_bytes(const struct fw_tensor *out)
+size_t fw_lmce_stash_bytes(const struct fw_tensor *out, bool grad_in_forward)
 {
 	const struct fw_tensor *x = out->src[0], *w = out->src[1];
 	int64_t C = x->ne[x->ndim - 1], N = fw_nelem(x) / C, V = w->ne[0];
 	if (x->dtype == FW_F16 || (!x->grad && !w->grad))
 		return 0;
 	return stash_header() + (x->grad ? align64((size_t)(N * C) * sizeof(float)) : 0) +
-	       (w->grad ? align64((size_t)(V * C) * sizeof(float)) : 0);
+	       (w->grad && !grad_in_forward ? align64((size_t)(V * C) * sizeof(float)) : 0);
 }
 
-static struct lmce_stash stash_of(const struct fw_tensor *out, const struct lmce *c)
+/* dw_stashed: forward did not add dw into w's gradient (fw_kernel_dloss is
+ * NaN in forward; in backward the header tells). */
+static struct lmce_stash stash_of(const struct fw_tensor *out, const struct lmce *c,
+				  bool dw_stashed)
 {
 	char *p = fw_kernel_stash();
 	struct lmce_stash s = { 0 };
 	if (!p)
 		return s;
-	s.k = (int64_t *)p;
+	s.h = (struct lmce_stash_head *)p;
 	p += stash_header();
 	if (out->src[0]->grad) {
 		s.dx = (float *)p;
 		p += align64((size_t)(c->N * c->C) * sizeof(float));
 	}
-	if (out->src[1]->grad)
+	if (out->src[1]->grad && dw_stashed)
 		s.dw = (float *)p;
 	return s;
 }
@@ -223,19 +239,24 @@ static double chunk_loss_grad(const struct lmce *c, int64_t r0, int64_t n, float
 static void lmce_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	struct lmce c = lmce_of(out);
-	struct lmce_stash st = stash_of(out, &c);
+	float dloss = fw_kernel_dloss();
+	bool direct = !isnan(dloss) && out->src[1]->grad;
+	struct lmce_stash st = stash_of(out, &c, !direct);
 	float *lg = ex->ws;
 	void *half = (char *)ex->ws + align64((size_t)(c.R * c.V) * sizeof(float));
 	const void *dl = c.dt == FW_F32 ? (const void *)lg : half;
 	double loss = 0.0;
 	int64_t k = lmce_count(&c);
-	/* the gradients of a unit loss gradient, when backward will want them */
-	bool grad = st.k != NULL;
-	float scale = k ? (float)(1.0 / (double)k) : 0.0f;
+	/* the gradients of a unit loss gradient (of dloss when direct), when
+	 * backward will want them */
+	bool grad = st.h != NULL;
+	direct &= grad;
+	float scale = k ? (float)((direct ? (double)dloss : 1.0) / (double)k) : 0.0f;
+	float *dw = direct ? fw_f32(out->src[1]->grad) : st.dw;
 	struct fw_err err;
 
-	if (st.k)
-		*st.k = k;
+	if (st.h)
+		*st.h = (struct lmce_stash_head){ .k = k, .dloss = dloss, .dw_added = direct };
 	for (int64_t r0 = 0; r0 < c.N && k; r0 += c.R) {
 		int64_t n = min64(c.R, c.N - r0);
 		if (chunk_logits(&c, r0, n, lg, half) != FW_OK)
@@ -245,7 +266,7 @@ static void lmce_forward(struct fw_tensor *out, const struct fw_exec *ex)
 			continue;
 		if (c.dt != FW_F32)
 			fw_convert(half, c.dt, lg, FW_F32, n * c.V);
-		if (chunk_products(&c, r0, n, dl, st.dx, st.dw, false, r0 > 0) != FW_OK)
+		if (chunk_products(&c, r0, n, dl, st.dx, dw, false, direct || r0 > 0) != FW_OK)
 			goto fail;
 	}
 	fw_f32(out)[0] = k ? (float)(loss / (double)k) : 0.0f;
@@ -277,10 +298,23 @@ static void lmce_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	if (!xt->grad && !wt->grad)
 		return;
 	struct lmce c = lmce_of(out);
-	struct lmce_stash st = stash_of(out, &c);
 	float dloss = fw_f32(out->grad)[0];
-	if (st.k) {             /* forward computed the gradients of a unit dloss */
-		if (!*st.k)
+	struct lmce_stash st = stash_of(out, &c, true);
+	struct fw_err err;
+	if (st.h) {             /* forward computed the gradients (of a unit dloss) */
+		if (st.h->dw_added) {   /* and added dw, for its dloss, into w's gradient */
+			st.dw = NULL;
+			if (st.h->dloss != dloss) {
+				fw_errorf(&err, FW_ERR_INVALID, "lm_head_ce: forward added the "
+					  "weight's gradient for a loss gradient of %g, backward "
+					  "seeds %g (set the loss scale before forward)",
+					  (double)st.h->dloss, (double)dloss);
+				fw_kernel_fail(&err);
+				return;
+			}
+			dloss = 1.0f;
+		}
+		if (!st.h->k)
 			return;
 		if (st.dx)
 			add_scaled(fw_f32(xt->grad), st.dx, dloss, c.N * c.C);
@@ -295,7 +329,6 @@ static void lmce_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	float *lg = ex->ws;
 	void *half = (char *)ex->ws + align64((size_t)(c.R * c.V) * sizeof(float));
 	const void *dl = c.dt == FW_F32 ? (const void *)lg : half;
-	struct fw_err err;
 
 	for (int64_t r0 = 0; r0 < c.N; r0 += c.R) {
 		int64_t n = min64(c.R, c.N - r0);
@@ -318,7 +351,7 @@ fail:
  * logits from every source. */
 static uint32_t lmce_saved(const struct fw_tensor *out)
 {
-	if (fw_lmce_stash_bytes(out))
+	if (fw_lmce_stash_bytes(out, false))
 		return 0;
 	return 0xfu & ~(out->src[3] ? 0u : 1u << 3);
 }

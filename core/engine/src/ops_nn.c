@@ -463,7 +463,7 @@ static uint32_t norm_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_layernorm_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "layernorm",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_REMAT,
 	.infer = layernorm_infer,
 	.forward = layernorm_forward,
 	.backward = layernorm_backward,
@@ -485,7 +485,7 @@ static void rmsnorm_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_rmsnorm_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "rmsnorm",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_REMAT,
 	.infer = rmsnorm_infer,
 	.forward = rmsnorm_forward,
 	.backward = rmsnorm_backward,

@@ -25,6 +25,7 @@
 struct mha {
 	const struct fw_host *host;
 	int alibi_op, window_op;
+	bool recompute;          /* --mha-recompute */
 };
 
 /* Kernels run without state; the host table of the process (one fw). */
@@ -246,7 +247,8 @@ static struct fw_tensor *mha_attend(void *state, struct fw_model *m,
 	int64_t per_kv[4] = { B, Hkv, G * Tq, Tk }, per_q[4] = { B, Hq, Tq, Tk };
 	if (G > 1)
 		qh = h->reshape(ctx, h->cont(ctx, qh), 4, grouped);
-	struct fw_tensor *att = h->matmul(ctx, qh, kh, false, true);      /* (B, Hkv, G*Tq, Tk) */
+	struct fw_tensor *scores = h->matmul(ctx, qh, kh, false, true);   /* (B, Hkv, G*Tq, Tk) */
+	struct fw_tensor *att = scores;
 	if (G > 1)
 		att = h->reshape(ctx, att, 4, per_q);                     /* (B, Hq, Tq, Tk) */
 	if (spec->pos == FW_POS_ALIBI) {
@@ -262,6 +264,14 @@ static struct fw_tensor *mha_attend(void *state, struct fw_model *m,
 		att = h->op(ctx, s->window_op, src, spec->cache ? 2 : 1, &p, 1);
 	}
 	att = h->softmax(ctx, att, mask, causal, scale);
+	/* Backward recomputes the scores and the softmax from q and k, which
+	 * it keeps anyway, instead of keeping the (B, Hq, Tq, Tk) probabilities
+	 * (the chain breaks, and they are kept, where ALiBi or a window sits
+	 * between). */
+	if (att && !spec->cache && s->recompute) {
+		scores->flags |= FW_FLAG_REMAT;
+		att->flags |= FW_FLAG_REMAT;
+	}
 	if (spec->dropout > 0.0f)
 		att = h->dropout(ctx, att, spec->dropout, spec->seed);
 	if (G > 1)
@@ -298,7 +308,8 @@ static enum fw_status mha_init(const struct fw_host *host, const struct fw_optio
 	struct mha *s = host->malloc(sizeof(*s));
 	if (!s)
 		return host->errorf(err, FW_ERR_NOMEM, "attention/mha: out of memory");
-	*s = (struct mha){ .host = host, .alibi_op = alibi_id, .window_op = window_id };
+	*s = (struct mha){ .host = host, .alibi_op = alibi_id, .window_op = window_id,
+			   .recompute = !o || fw_opt_bool(o, "mha-recompute") };
 	*state = s;
 	return FW_OK;
 }
@@ -309,6 +320,12 @@ static void mha_fini(void *state)
 	if (s)
 		s->host->free(s);
 }
+
+static const struct fw_option_def options[] = {
+	{ "mha-recompute", FW_OPT_BOOL, "true", 0, -1, NULL,
+	  "training: recompute q k^T and the softmax in backward instead of keeping the "
+	  "(B, H, T, T) probabilities (less memory, one more q k^T and softmax per layer)" },
+};
 
 static const struct fw_attention_i iface = {
 	.size = sizeof(struct fw_attention_i),
@@ -322,6 +339,8 @@ static const struct fw_plugin plugin = {
 	.version = "1.1.0",
 	.description = "exact attention (MHA/GQA/MQA; RoPE, ALiBi, relative bias), fused "
 		       "mask+softmax",
+	.options = options,
+	.n_options = 1,
 	.iface = &iface,
 	.init = mha_init,
 	.fini = mha_fini,

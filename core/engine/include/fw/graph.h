@@ -129,7 +129,12 @@ void fw_graph_free(struct fw_graph *g);
  * cannot be created or executed for its shape, dtype or CPU) stops the run:
  * the status comes back (FW_ERR_INTERNAL, FW_ERR_NOMEM) with one line in
  * fw_ctx_err naming the node and op, outputs are not valid, and backward
- * refuses to run until a forward succeeds. The process never aborts. */
+ * refuses to run until a forward succeeds. The process never aborts.
+ * In a graph with a backward whose loss is a fused LM head
+ * (fw_lm_head_cross_entropy) on a trainable weight, forward already adds
+ * that weight's gradient for the loss scale set now: pair each forward with
+ * one backward (a second forward first is refused with FW_ERR_INVALID), and
+ * set the loss scale before forward. */
 enum fw_status fw_graph_forward(struct fw_graph *g);
 /* Seeds d(loss) = 1 (or the value set by fw_graph_set_loss_scale) and adds
  * parameter gradients into their grad buffers: call once per micro-batch to

@@ -38,6 +38,12 @@ enum {
 	 * keeps it); for an op without this flag the graph hands backward f32
 	 * copies in the workspace and rounds what it added back (graph.c). */
 	FW_OPF_HALF_GRAD = 1u << 3,
+	/* Cheap to run again (norms, activations): when a backward step reads
+	 * the output and every source that is an op node is kept for this op's
+	 * own backward (saved()) or is recomputed itself (FW_FLAG_REMAT), a
+	 * graph with a backward recomputes the output just before that step
+	 * instead of keeping it from the forward (graph.c). */
+	FW_OPF_REMAT = 1u << 4,
 };
 
 struct fw_op_i {

@@ -49,6 +49,11 @@ enum {
 					  classifier, BERT's pooler) that a weights file may lack
 					  (a base model fine-tuned for the task): it keeps its
 					  init */
+	FW_FLAG_REMAT = 1u << 11,      /* set on an op node: a graph with a backward
+					  recomputes its output just before a backward
+					  step reads it instead of keeping it from the
+					  forward, as for FW_OPF_REMAT ops (op.h), where
+					  its sources are kept or recomputed anyway */
 };
 
 /* Initialisation recipe of a parameter, kept in params[0] (kind) and
