@@ -18,6 +18,7 @@ static int st_dtype(const char *s)
 	if (!strcmp(s, "F16")) return FW_F16;
 	if (!strcmp(s, "BF16")) return FW_BF16;
 	if (!strcmp(s, "I32")) return FW_I32;
+	if (!strcmp(s, "U8")) return FW_Q4;     /* bytes, ne counting them */
 	return -1;
 }
 
@@ -28,7 +29,7 @@ static const char *st_dtype_name(enum fw_dtype t)
 	case FW_F16: return "F16";
 	case FW_BF16: return "BF16";
 	case FW_I32: return "I32";
-	case FW_Q4: return "U8";        /* written only: bytes, ne counting them */
+	case FW_Q4: return "U8";        /* bytes, ne counting them */
 	default: return NULL;
 	}
 }
