@@ -324,27 +324,33 @@ static enum fw_status check_tensors(const struct fw_st_file *st, const char *pat
 						 "");
 		}
 	}
-	for (int i = 0; i < st->n; i++) {
-		const struct fw_st_entry *e = &st->entries[i];
-		bool known = false;
-		for (const char *const *b = h->map->buffer_suffixes; b && *b && !known; b++)
-			known = ends_with(e->name, *b);
-		for (int k = 0; k < h->n && !known; k++) {
-			int np = parts_of(h, h->params[k], parts, &tr);
-			for (int j = 0; j < np && !known; j++) {
-				struct bnb_part bp;
-				bool q4 = bnb_part_of(st, h->map, parts[j].key, &bp);
-				for (int b = 0; b < (q4 ? BNB_N : 1) && !known; b++)
-					known = (q4 ? bp.t[b] : find_key(st, h->map, parts[j].key)) == e;
-			}
-		}
-		if (!known) {
-			sizes_from(root, h->map, NULL, 0, why, sizeof(why));
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' is not one of the model "
-					 "%s describes (%s)", path, e->name, config, why);
+	/* the parameters' tensors (with their bitsandbytes statistics) marked once */
+	bool *known = calloc((size_t)st->n + 1, sizeof(bool));
+	if (!known)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	for (int k = 0; k < h->n; k++) {
+		int np = parts_of(h, h->params[k], parts, &tr);
+		for (int j = 0; j < np; j++) {
+			struct bnb_part bp;      /* t[BNB_WEIGHT]: the key's own tensor */
+			bool q4 = bnb_part_of(st, h->map, parts[j].key, &bp);
+			for (int b = 0; b < (q4 ? BNB_N : 1); b++)
+				if (bp.t[b])
+					known[bp.t[b] - st->entries] = true;
 		}
 	}
-	return FW_OK;
+	enum fw_status s = FW_OK;
+	for (int i = 0; i < st->n && s == FW_OK; i++) {
+		const struct fw_st_entry *e = &st->entries[i];
+		for (const char *const *b = h->map->buffer_suffixes; b && *b && !known[i]; b++)
+			known[i] = ends_with(e->name, *b);
+		if (!known[i]) {
+			sizes_from(root, h->map, NULL, 0, why, sizeof(why));
+			s = fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' is not one of the model %s "
+				      "describes (%s)", path, e->name, config, why);
+		}
+	}
+	free(known);
+	return s;
 }
 
 /* out (R, Cc) = in^T where in is (Cc, R), any float dtype in, f32 out. */
