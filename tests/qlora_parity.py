@@ -32,7 +32,13 @@ memory and merged into a file; another base is refused by the fingerprint.
 rule and Megatron's scaler (same skips and scales, loss and grad norm 1e-3);
 fwrun merge --dtype=bf16|f16 against torch's rounding; fwrun export of the
 4-bit weights in bitsandbytes' serialization, read back by a transcription
-of QuantState.from_dict + dequantize_4bit (GPT-2, and a Llama's fused parts).
+of QuantState.from_dict + dequantize_4bit bit for bit (GPT-2, and a Llama's
+fused parts), the 8-bit map equal to torch's create_dynamic_map(); fwrun
+import of those folders: codes and statistics bit for bit, export -> import
+-> export byte for byte (f32 and a bfloat16 quant-state dtype), eval against
+torch on the file's dequantization, the unnested and fused variants (codes
+exact, absmax double-quantized as the transcription does), a foreign 8-bit
+map (warning), and malformed folders refused in one line.
 Ends with "qlora_parity: N passed, M failed"; exit 0 only when nothing failed.
 """
 import json
@@ -686,11 +692,26 @@ def check_bnb_import(fw, work, out, ckpt, ck, Wq, val_tokens, E):
     R.check("import without double quantization (f32 absmax): the 4-bit codes bit for bit, "
             "the absmax double-quantized as bitsandbytes' transcription does (8-bit codes "
             "equal, scales and offset within 4 ulp), with a warning", ok, detail)
+    # another CPU's torch.linspace: one map value 1 ulp off, used as fw's map
+    def nudge(st):
+        qm = st[key0 + ".nested_quant_map"].copy()
+        qm[3] = np.nextafter(qm[3], np.float32(0))
+        st[key0 + ".nested_quant_map"] = qm
+    d, o = variant(work, out, "bnb_map", nudge), os.path.join(work, "bnb_map.h5")
+    p = fw("import", d, o)
+    g = g2.h5_tensors(o) if p.returncode == 0 else {}
+    R.check("a nested_quant_map 1 ulp off fw's map: imported with a warning, the codes and "
+            "statistics copied", p.returncode == 0 and "nested_quant_map unlike" in p.stderr
+            and all(np.array_equal(g.get(key0 + x, np.zeros(0)).reshape(-1),
+                                   ck[key0 + x].reshape(-1)) for x in ("", FW_ABSMAX, FW_STATS)),
+            g2.describe(p))
     # malformed files: one line naming the file, non-zero exit, no output
     cases = [
         ("bad JSON", lambda st: st.__setitem__(key0 + QS, np.frombuffer(b"{oops", np.uint8)),
          None, "not a JSON object"),
         ("fp4", lambda st: set_state(st, key0, quant_type="fp4"), None, "fp4"),
+        ("fp4 state", lambda st: st.__setitem__(key0 + ".quant_state.bitsandbytes__fp4",
+                                                st.pop(key0 + QS)), None, "fp4"),
         ("unknown quant_type", lambda st: set_state(st, key0, quant_type="int4"), None,
          "quant_type"),
         ("blocksize 128", lambda st: set_state(st, key0, blocksize=128), None, "blocksize"),
@@ -718,7 +739,7 @@ def check_bnb_import(fw, work, out, ckpt, ck, Wq, val_tokens, E):
         if p.returncode in (0, 2) or len(lines) != 1 or word not in lines[0] or \
                 d not in lines[0] or os.path.exists(o):
             bad.append(f"{what}: rc {p.returncode} {lines[:2]}")
-    R.check(f"{len(cases)} malformed bitsandbytes folders (bad JSON, fp4, unknown quant_type, "
+    R.check(f"{len(cases)} malformed bitsandbytes folders (bad JSON, fp4 (two ways), unknown quant_type, "
             "blocksize, shape, dtype, missing/short absmax, short codes, another quant_map, "
             "8-bit config) refused in one line naming the file, no output", not bad,
             f"{bad[:4]}")

@@ -723,10 +723,20 @@ int cmd_import(int argc, char **argv)
 		}
 		for (int j = 0; j < np; j++) {
 			const struct fw_st_entry *e = find_key(&w.all, h.map, parts[j].key);
+			const void *from = e->data;
+			void *copy = NULL;      /* a file whose data is not aligned to its dtype */
+			if ((uintptr_t)from % fw_dtype_size(e->dtype)) {
+				if (!(copy = malloc(e->nbytes + 1))) {
+					rc = fail(FW_ERR_NOMEM, "import: out of memory");
+					goto out;
+				}
+				from = memcpy(copy, from, e->nbytes);
+			}
 			if (tr && t->ndim == 2)
-				transpose_to_f32(to, e->data, e->dtype, e->ne[0], e->ne[1]);
+				transpose_to_f32(to, from, e->dtype, e->ne[0], e->ne[1]);
 			else
-				fw_convert(to, FW_F32, e->data, e->dtype, row_elems(t, parts[j].rows));
+				fw_convert(to, FW_F32, from, e->dtype, row_elems(t, parts[j].rows));
+			free(copy);
 			to += row_elems(t, parts[j].rows);
 		}
 		if (np)

@@ -146,9 +146,13 @@ static void part_absmax(const struct bnb_part *p, const struct qstate *q, int64_
 		return;
 	}
 	const uint8_t *code8 = p->t[BNB_ABSMAX]->data;
-	const float *map = p->t[BNB_NESTED_MAP]->data, *scale = p->t[BNB_NESTED_ABSMAX]->data;
+	const char *scales = p->t[BNB_NESTED_ABSMAX]->data;
+	float map[256], scale;          /* copied: the file's floats may be unaligned */
+	memcpy(map, p->t[BNB_NESTED_MAP]->data, sizeof(map));
 	for (int64_t b = 0; b < nb; b++) {
-		float scaled = map[code8[b]] * scale[b / FW_NF4_STATS_BLOCK];
+		memcpy(&scale, scales + sizeof(float) * (size_t)(b / FW_NF4_STATS_BLOCK),
+		       sizeof(float));
+		float scaled = map[code8[b]] * scale;
 		out[b] = scaled + q->offset;
 	}
 }
