@@ -32,7 +32,13 @@ memory and merged into a file; another base is refused by the fingerprint.
 rule and Megatron's scaler (same skips and scales, loss and grad norm 1e-3);
 fwrun merge --dtype=bf16|f16 against torch's rounding; fwrun export of the
 4-bit weights in bitsandbytes' serialization, read back by a transcription
-of QuantState.from_dict + dequantize_4bit (GPT-2, and a Llama's fused parts).
+of QuantState.from_dict + dequantize_4bit bit for bit (GPT-2, and a Llama's
+fused parts), the 8-bit map equal to torch's create_dynamic_map(); fwrun
+import of those folders: codes and statistics bit for bit, export -> import
+-> export byte for byte (f32 and a bfloat16 quant-state dtype), eval against
+torch on the file's dequantization, the unnested and fused variants (codes
+exact, absmax double-quantized as the transcription does), a foreign 8-bit
+map (warning), and malformed folders refused in one line.
 Ends with "qlora_parity: N passed, M failed"; exit 0 only when nothing failed.
 """
 import json
@@ -147,7 +153,12 @@ def quantize_4bit(a, blocksize=64):
     if n % 2:
         q = np.append(q, 0)
     packed = ((q[0::2] << 4) | q[1::2]).astype(np.uint8)
-    # compress_statistics
+    return (packed,) + compress_statistics(absmax)
+
+
+def compress_statistics(absmax):
+    """(qabsmax, absmax2, offset): quantize_4bit's double quantization."""
+    nb = absmax.size
     offset = np.float32(torch.from_numpy(absmax).mean().item())
     absmax = (absmax - offset).astype(np.float32)
     code = create_dynamic_map()
@@ -161,7 +172,7 @@ def quantize_4bit(a, blocksize=64):
         for k, v in enumerate(blk):
             with np.errstate(invalid="ignore"):
                 qabs[j * 256 + k] = dquantize8(code, np.float32(v * inv))
-    return packed, qabs, absmax2, offset
+    return qabs, absmax2, offset
 
 
 def dequantize_absmax(qabs, absmax2, offset):
@@ -421,11 +432,9 @@ def check_bnb_export(fw, work, ckpt, adapter, ck):
     """fwrun export of the QLoRA checkpoint (--base-only: the adapter goes by
     export-adapter) in bitsandbytes' serialization: the bytes are fw's 4-bit
     storage (ck), and bitsandbytes' dequantization of each weight equals fw's
-    (a zero-B merge) within 2 ulp: bitsandbytes rounds code2[q] * absmax2
-    before adding the offset, fw's fw_nf4_absmax contracts the two into one
-    fused multiply-add on FMA machines (x86-64-v3), which rounds once (1 ulp
-    of the absmax, carried through the product's rounding; computing the
-    absmax fused in the transcription gives fw's weights bit for bit)."""
+    (a zero-B merge) bit for bit: fw rounds code2[q] * absmax2 before adding
+    the offset, as bitsandbytes does (no FMA), and its 8-bit map is torch's
+    create_dynamic_map() here bit for bit. Returns the output folder."""
     zero = os.path.join(work, "merged_zero.h5")
     p = fw("merge", ckpt, adapter, zero)
     if not R.check("fwrun merge of the zero-B initial adapter (fw's dequantized weights)",
@@ -474,14 +483,15 @@ def check_bnb_export(fw, work, ckpt, adapter, ck):
         ulps = np.abs(got.numpy() - want) / np.spacing(np.maximum(np.abs(got.numpy()),
                                                                   np.abs(want)))
         worst = max(worst, float(ulps.max()))
-        if list(qs["shape"]) != list(want.shape) or ulps.max() > 2:
+        if list(qs["shape"]) != list(want.shape) or not np.array_equal(got.numpy(), want):
             bad.append(f"{key}: {float(ulps.max()):.1f} ulp")
     R.check("every 4-bit weight in bitsandbytes' Params4bit serialization (U8 (n/2, 1), "
             "absmax U8, quant_map, nested_absmax, nested_quant_map, quant_state JSON) "
             "holds fw's codes and statistics, and bitsandbytes' dequantize_4bit gives fw's "
-            "weights within 2 ulp", not bad, f"{bad[:4]}; worst {worst:.1f} ulp")
-    R.check("nested_quant_map (fw's 8-bit map, which fw dequantizes with) within 2 ulp of "
-            "bitsandbytes' create_dynamic_map()", map_ulps <= 2, f"{map_ulps:.1f} ulp")
+            "weights bit for bit", not bad, f"{bad[:4]}; worst {worst:.1f} ulp")
+    R.check("nested_quant_map (fw's 8-bit map, which fw dequantizes with) is bitsandbytes' "
+            "create_dynamic_map() (torch.linspace here) bit for bit", map_ulps == 0,
+            f"{map_ulps:.1f} ulp")
     R.check("the NF4 quant_map is REFERENCE.md's table",
             all(np.array_equal(st[m + ".weight.quant_map"], NF4) for m in modules()
                 if m + ".weight.quant_map" in st), "")
@@ -489,6 +499,7 @@ def check_bnb_export(fw, work, ckpt, adapter, ck):
     R.check("the other tensors (embeddings, norms, biases) in f32 as the checkpoint has them",
             all(k in st and np.array_equal(st[k], fwq[k].T if g2.is_conv1d(k) else fwq[k])
                 for k in plain), f"{sorted(plain - set(st))[:4]}")
+    return out
 
 
 def check_bnb_export_fused(fw, work):
@@ -538,18 +549,218 @@ def check_bnb_export_fused(fw, work):
                 continue
             ulps = np.abs(got.numpy() - want) / np.spacing(np.maximum(np.abs(got.numpy()),
                                                                       np.abs(want)))
-            if key + ".nested_absmax" in st:      # fw's fused multiply-add: 2 ulp
+            if key + ".nested_absmax" in st:
                 nested.append(key)
-                if ulps.max() > 2:
-                    bad.append(f"{key}: {ulps.max():.1f} ulp")
-            elif not np.array_equal(got.numpy(), want):
+            if not np.array_equal(got.numpy(), want):
                 bad.append(f"{key}: {ulps.max():.1f} ulp, not bit for bit")
     whole = {f"model.layers.{l}.{hf}.weight" for l in range(m["n_layer"])
              for hf in ("self_attn.o_proj", "mlp.down_proj")}
     R.check("Llama: every part of a fused 4-bit weight (q, k, v_proj; gate, up_proj) is a "
             "bitsandbytes weight without nesting (f32 absmax) whose dequantize_4bit gives "
-            "fw's rows bit for bit; the unfused ones nested (within 2 ulp, as GPT-2's)",
+            "fw's rows bit for bit; the unfused ones nested (bit for bit too)",
             not bad and set(nested) == whole, f"{bad[:4]}; nested {sorted(nested)[:4]}")
+    return out, ckpt
+
+
+def write_safetensors(path, tensors):
+    """tensors ({name: numpy uint8 or float32 array}) as a safetensors file."""
+    import struct
+    head, off, blobs = {}, 0, []
+    for k, a in tensors.items():
+        b = np.ascontiguousarray(a).tobytes()
+        head[k] = {"dtype": "U8" if a.dtype == np.uint8 else "F32", "shape": list(a.shape),
+                   "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    hj = json.dumps(head).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(hj)) + hj + b"".join(blobs))
+
+
+def variant(work, src, name, edit, cfg_edit=None):
+    """A copy of the bitsandbytes folder src with edit(tensors) applied."""
+    import shutil
+    dst = os.path.join(work, name)
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    st = dict(read_safetensors(os.path.join(src, "model.safetensors")))
+    edit(st)
+    write_safetensors(os.path.join(dst, "model.safetensors"), st)
+    if cfg_edit:
+        with open(os.path.join(dst, "config.json")) as f:
+            cfg = json.load(f)
+        cfg_edit(cfg)
+        with open(os.path.join(dst, "config.json"), "w") as f:
+            json.dump(cfg, f)
+    return dst
+
+
+QS = ".quant_state.bitsandbytes__nf4"
+
+
+def set_state(st, key, **kw):
+    qs = json.loads(bytes(st[key + QS]).decode("utf-8"))
+    qs.update(kw)
+    for k in [k for k, v in kw.items() if v is None]:
+        del qs[k]
+    st[key + QS] = np.frombuffer(json.dumps(qs).encode(), np.uint8).copy()
+
+
+def check_bnb_import(fw, work, out, ckpt, ck, Wq, val_tokens, E):
+    """fwrun import of the bitsandbytes folder check_bnb_export wrote: fw's
+    4-bit storage comes back bit for bit (codes, 8-bit absmax, scales,
+    offset), export of the import is the same file byte for byte, eval equals
+    torch GPT-2 on bitsandbytes' dequantize_4bit of the file; quant state
+    dtype bfloat16 written and read back; a file without double quantization
+    keeps its codes (the absmax double-quantized as the transcription does);
+    malformed files are refused in one line."""
+    imp = os.path.join(work, "bnb_imported.h5")
+    p = fw("import", out, imp)
+    if not R.check("fwrun import of a bitsandbytes 4-bit folder runs", p.returncode == 0,
+                   g2.describe(p)):
+        return
+    got = g2.h5_tensors(imp)
+    names = [m + ".weight" + s for m in modules() for s in ("", FW_ABSMAX, FW_STATS)]
+    bad = [k for k in names if k not in got or
+           not np.array_equal(got[k].reshape(-1), ck[k].reshape(-1))]
+    R.check("import: every 4-bit weight's codes, 8-bit absmax codes, scales and offset are "
+            "the checkpoint's bit for bit (no dequantize-requantize)", not bad, f"{bad[:4]}")
+    again = os.path.join(work, "bnb_again")
+    p = fw("export", imp, again)
+
+    def same_file(a, b, name="model.safetensors"):
+        pa, pb = os.path.join(a, name), os.path.join(b, name)
+        if not (os.path.exists(pa) and os.path.exists(pb)):
+            return False
+        with open(pa, "rb") as fa, open(pb, "rb") as fb:
+            return fa.read() == fb.read()
+    R.check("export -> import -> export: model.safetensors byte for byte",
+            p.returncode == 0 and same_file(out, again), g2.describe(p))
+    st = read_safetensors(os.path.join(out, "model.safetensors"))
+    Wb = dict(Wq)
+    for m in modules():
+        Wb[m + ".weight"] = bnb_dequantize(st, m + ".weight")[0].T.contiguous()
+    want = lp.eval_loss(Wb, {}, val_tokens)
+    loss, p = lp.eval_fw(fw, EVAL, Q, f"--load={imp}", *E)
+    R.check(f"eval of the import within {pp.TOL_EVAL:g} of torch on bitsandbytes' "
+            "dequantize_4bit of the file", loss is not None and rel(loss, want) <= pp.TOL_EVAL,
+            f"fw {loss} torch {want}; {g2.describe(p)[-300:]}")
+    # quant state dtype: the model's (export --dtype), kept by import for export
+    bf, bf2, imp16 = (os.path.join(work, n) for n in ("bnb_bf16", "bnb_bf16_again",
+                                                       "bnb_bf16.h5"))
+    p = fw("export", ckpt, bf, "--base-only", "--dtype=bf16")
+    if p.returncode == 0:
+        p = fw("import", bf, imp16)
+    if p.returncode == 0:
+        p = fw("export", imp16, bf2)
+    dts = set()
+    if p.returncode == 0:
+        s16 = read_safetensors(os.path.join(bf, "model.safetensors"))
+        dts = {json.loads(bytes(v).decode("utf-8"))["dtype"] for k, v in s16.items()
+               if k.endswith(QS)}
+    R.check("--dtype=bf16: every quant state's dtype is \"bfloat16\"; import keeps it, and "
+            "export of the import (no --dtype) is the same file byte for byte",
+            p.returncode == 0 and dts == {"bfloat16"} and same_file(bf, bf2),
+            f"{dts}; {g2.describe(p)[-300:]}")
+    # without double quantization: f32 absmax (bitsandbytes' dequantized ones)
+    key0 = modules()[0] + ".weight"
+
+    def unnest(st):
+        for m in modules():
+            k = m + ".weight"
+            qs = json.loads(bytes(st[k + QS]).decode("utf-8"))
+            a = dequantize_absmax(st[k + ".absmax"], st[k + ".nested_absmax"],
+                                  np.float32(qs["nested_offset"]))
+            st[k + ".absmax"] = a
+            del st[k + ".nested_absmax"], st[k + ".nested_quant_map"]
+            set_state(st, k, nested_blocksize=None, nested_dtype=None, nested_offset=None)
+    plain = variant(work, out, "bnb_plain", unnest)
+    imp2 = os.path.join(work, "bnb_plain.h5")
+    p = fw("import", plain, imp2)
+    ok, detail = p.returncode == 0 and "double-quantized again" in p.stderr, g2.describe(p)
+    if ok:
+        g = g2.h5_tensors(imp2)
+        sp = read_safetensors(os.path.join(plain, "model.safetensors"))
+        for m in modules():
+            k = m + ".weight"
+            qabs, a2, off = compress_statistics(sp[k + ".absmax"].astype(np.float32))
+            want_stats = np.append(a2, off)
+            if not (np.array_equal(g[k].reshape(-1), ck[k].reshape(-1)) and
+                    np.array_equal(g[k + FW_ABSMAX], qabs) and
+                    np.max(np.abs(g[k + FW_STATS] - want_stats) / np.abs(want_stats)) <= ULP4):
+                ok, detail = False, f"{k}: codes or double quantization differ"
+    R.check("import without double quantization (f32 absmax): the 4-bit codes bit for bit, "
+            "the absmax double-quantized as bitsandbytes' transcription does (8-bit codes "
+            "equal, scales and offset within 4 ulp), with a warning", ok, detail)
+    # another CPU's torch.linspace: one map value 1 ulp off, used as fw's map
+    def nudge(st):
+        qm = st[key0 + ".nested_quant_map"].copy()
+        qm[3] = np.nextafter(qm[3], np.float32(0))
+        st[key0 + ".nested_quant_map"] = qm
+    d, o = variant(work, out, "bnb_map", nudge), os.path.join(work, "bnb_map.h5")
+    p = fw("import", d, o)
+    g = g2.h5_tensors(o) if p.returncode == 0 else {}
+    R.check("a nested_quant_map 1 ulp off fw's map: imported with a warning, the codes and "
+            "statistics copied", p.returncode == 0 and "nested_quant_map unlike" in p.stderr
+            and all(np.array_equal(g.get(key0 + x, np.zeros(0)).reshape(-1),
+                                   ck[key0 + x].reshape(-1)) for x in ("", FW_ABSMAX, FW_STATS)),
+            g2.describe(p))
+    # malformed files: one line naming the file, non-zero exit, no output
+    cases = [
+        ("bad JSON", lambda st: st.__setitem__(key0 + QS, np.frombuffer(b"{oops", np.uint8)),
+         None, "not a JSON object"),
+        ("fp4", lambda st: set_state(st, key0, quant_type="fp4"), None, "fp4"),
+        ("fp4 state", lambda st: st.__setitem__(key0 + ".quant_state.bitsandbytes__fp4",
+                                                st.pop(key0 + QS)), None, "fp4"),
+        ("unknown quant_type", lambda st: set_state(st, key0, quant_type="int4"), None,
+         "quant_type"),
+        ("blocksize 128", lambda st: set_state(st, key0, blocksize=128), None, "blocksize"),
+        ("shape", lambda st: set_state(st, key0, shape=[3, 5]), None, "shape"),
+        ("dtype", lambda st: set_state(st, key0, dtype="int8"), None, "dtype"),
+        ("missing absmax", lambda st: st.pop(key0 + ".absmax"), None, "lacks"),
+        ("absmax shape", lambda st: st.__setitem__(key0 + ".absmax",
+                                                   st[key0 + ".absmax"][:-1].copy()),
+         None, "elements"),
+        ("codes shape", lambda st: st.__setitem__(key0, st[key0][:-2].copy()), None,
+         "elements"),
+        ("quant_map", lambda st: st.__setitem__(key0 + ".quant_map",
+                                                st[key0 + ".quant_map"][::-1].copy()),
+         None, "NF4 table"),
+        ("8-bit config", lambda st: None,
+         lambda c: c["quantization_config"].update(load_in_8bit=True, load_in_4bit=False),
+         "8-bit"),
+    ]
+    bad = []
+    for i, (what, edit, cedit, word) in enumerate(cases):
+        d = variant(work, out, f"bnb_bad{i}", edit, cedit)
+        o = os.path.join(work, f"bnb_bad{i}.h5")
+        p = fw("import", d, o)
+        lines = [x for x in p.stderr.strip().splitlines() if x]
+        if p.returncode in (0, 2) or len(lines) != 1 or word not in lines[0] or \
+                d not in lines[0] or os.path.exists(o):
+            bad.append(f"{what}: rc {p.returncode} {lines[:2]}")
+    R.check(f"{len(cases)} malformed bitsandbytes folders (bad JSON, fp4 (two ways), unknown quant_type, "
+            "blocksize, shape, dtype, missing/short absmax, short codes, another quant_map, "
+            "8-bit config) refused in one line naming the file, no output", not bad,
+            f"{bad[:4]}")
+
+
+def check_bnb_import_fused(fw, work, out, ckpt):
+    """The Llama folder (q/k/v, gate/up as weights of their own) imported into
+    fw's fused c_attn / c_fc: the 4-bit codes bit for bit, with a warning."""
+    imp = os.path.join(work, "llama_bnb.h5")
+    p = fw("import", out, imp)
+    ok = p.returncode == 0 and "double-quantized again" in p.stderr
+    bad = []
+    if ok:
+        g, c = g2.h5_tensors(imp), g2.h5_tensors(ckpt)
+        bad = [k for k in c if k.endswith(("c_attn.weight", "c_fc.weight", "c_proj.weight"))
+               and not np.array_equal(g.get(k, np.zeros(0)).reshape(-1), c[k].reshape(-1))]
+        bad += [k for k in c if k.endswith("c_proj.weight" + FW_ABSMAX) and
+                not np.array_equal(g.get(k), c[k])]
+    R.check("Llama: import fuses the 4-bit parts: codes of c_attn, c_fc and c_proj bit for "
+            "bit (c_proj's 8-bit absmax too), a warning for the fused ones",
+            ok and not bad, f"{bad[:4]}; {g2.describe(p)[-300:]}")
 
 
 def dequantized(W):
@@ -820,8 +1031,13 @@ def main():
                 loss is not None and rel(loss, want) <= pp.TOL_EVAL,
                 f"fw {loss} torch {want}; {g2.describe(p)[-300:]}")
         check_merge(fw, work, base, ckpt, last, fin, ck, Wq, W, val_tokens, E)
-        check_bnb_export(fw, work, ckpt, os.path.join(init_run, "adapter-00000001.h5"), ck)
-        check_bnb_export_fused(fw, work)
+        bnb = check_bnb_export(fw, work, ckpt, os.path.join(init_run, "adapter-00000001.h5"),
+                               ck)
+        if bnb:
+            check_bnb_import(fw, work, bnb, ckpt, ck, Wq, val_tokens, E)
+        fused = check_bnb_export_fused(fw, work)
+        if fused:
+            check_bnb_import_fused(fw, work, *fused)
         p = fw("plan", PLUGINS, Q, f"--load={base}", "--micro-batch-size=2",
                "--seq-length=32")
         mb = re.search(r"4-bit weights: (\d+) in [\d.]+ MiB with their statistics: "

@@ -10,7 +10,9 @@
  *   weight.nested_absmax                    F32 (ceil(blocks / 256))
  *   weight.nested_quant_map                 F32 (256): create_dynamic_map()
  *   weight.quant_state.bitsandbytes__nf4    U8: JSON of quant_type,
- *                                           blocksize, dtype, shape and the
+ *                                           blocksize, dtype (the model's:
+ *                                           float32, bfloat16 or float16,
+ *                                           export's --dtype), shape and the
  *                                           nested blocksize, dtype, offset
  *
  * fw stores NF4 exactly so (fw/quant.h), so a whole weight is copied. A part
@@ -51,9 +53,14 @@ static enum fw_status new_tensor(struct fw_tensor *out, const char *key, const c
 	return FW_OK;
 }
 
+static const char *torch_dtype_name(enum fw_dtype dt)
+{
+	return dt == FW_BF16 ? "bfloat16" : dt == FW_F16 ? "float16" : "float32";
+}
+
 int export_nf4_part(const char *key, const struct fw_tensor *codes,
 		    const struct fw_tensor *qabsmax, const struct fw_tensor *stats, int64_t row0,
-		    int64_t rows, struct fw_tensor *out, struct fw_err *err)
+		    int64_t rows, enum fw_dtype dtype, struct fw_tensor *out, struct fw_err *err)
 {
 	int64_t n = fw_nelem(codes), cols = n / codes->ne[0];
 	int64_t e0 = row0 * cols, m = rows * cols, nb = fw_nf4_n_blocks(n);
@@ -92,8 +99,8 @@ int export_nf4_part(const char *key, const struct fw_tensor *codes,
 	/* QuantState.as_dict's non-tensor items, json.dumps'd in its order */
 	char js[512];
 	int len = snprintf(js, sizeof(js), "{\"quant_type\": \"nf4\", \"blocksize\": %d, "
-			   "\"dtype\": \"float32\", \"shape\": [%lld, %lld]", FW_NF4_BLOCK,
-			   (long long)rows, (long long)cols);
+			   "\"dtype\": \"%s\", \"shape\": [%lld, %lld]", FW_NF4_BLOCK,
+			   torch_dtype_name(dtype), (long long)rows, (long long)cols);
 	if (whole)
 		len += snprintf(js + len, sizeof(js) - (size_t)len, ", \"nested_blocksize\": %d, "
 				"\"nested_dtype\": \"float32\", \"nested_offset\": %.17g",
@@ -107,8 +114,7 @@ int export_nf4_part(const char *key, const struct fw_tensor *codes,
 
 json_t *export_nf4_config(enum fw_dtype compute)
 {
-	const char *cd = compute == FW_BF16 ? "bfloat16" : compute == FW_F16 ? "float16" :
-			 "float32";
+	const char *cd = torch_dtype_name(compute);
 	return json_pack("{s:b, s:b, s:s, s:s, s:s, s:b, s:b, s:b, s:n, s:f, s:b, s:b, s:s}",
 			 "_load_in_4bit", 1, "_load_in_8bit", 0, "bnb_4bit_compute_dtype", cd,
 			 "bnb_4bit_quant_storage", "uint8", "bnb_4bit_quant_type", "nf4",

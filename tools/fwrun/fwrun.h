@@ -157,15 +157,46 @@ int cmd_merge(int argc, char **argv);
  * too); -1 otherwise. */
 int export_dtype(const char *v, enum fw_dtype *dt);
 /* export_nf4.c: rows [row0, row0 + rows) of the NF4 weight (codes, qabsmax,
- * stats as fw/quant.h) as bitsandbytes serializes a Params4bit under key:
- * the tensors (at most 6, FW_Q4 ones written as U8 bytes) into out, their
- * count returned; -1 with err set when the rows do not fall on blocks. */
+ * stats as fw/quant.h) as bitsandbytes serializes a Params4bit under key,
+ * of a model whose weights are dtype: the tensors (at most 6, FW_Q4 ones
+ * written as U8 bytes) into out, their count returned; -1 with err set
+ * when the rows do not fall on blocks. */
 int export_nf4_part(const char *key, const struct fw_tensor *codes,
 		    const struct fw_tensor *qabsmax, const struct fw_tensor *stats, int64_t row0,
-		    int64_t rows, struct fw_tensor *out, struct fw_err *err);
+		    int64_t rows, enum fw_dtype dtype, struct fw_tensor *out, struct fw_err *err);
 /* config.json's quantization_config for those weights (transformers'
  * BitsAndBytesConfig: nf4, double quantization, compute in dt). */
 struct json_t *export_nf4_config(enum fw_dtype compute);
+/* import_nf4.c: the tensors of one bitsandbytes 4-bit weight (KEY +
+ * BNB_SUFFIX[i]; NULL where the file lacks one), the rows of the fw weight
+ * it is (all, or a part fw fuses) and that weight's columns. */
+enum { BNB_WEIGHT, BNB_ABSMAX, BNB_QUANT_MAP, BNB_NESTED_ABSMAX, BNB_NESTED_MAP, BNB_STATE,
+       BNB_STATE_FP4, BNB_N };
+extern const char *const BNB_SUFFIX[BNB_N];
+#define HF_NF4_PARTS_MAX 8
+struct fw_st_entry;
+struct bnb_part {
+	const char *key;
+	int64_t rows, cols;
+	const struct fw_st_entry *t[BNB_N];
+};
+struct import_nf4_info {
+	enum fw_dtype dtype;            /* the quant state's: the model's weights' */
+	bool requantized;               /* the absmax was double-quantized again */
+	int map_differs;                /* nested_quant_map values unlike fw's map */
+};
+/* Weight t from its parts (checked: shapes, dtypes, quant state) as fw's
+ * three NF4 tensors, allocated into out (codes, qabsmax, stats). */
+enum fw_status import_nf4_weight(const char *path, const struct fw_tensor *t,
+				 const struct bnb_part *parts, int np, struct fw_tensor out[3],
+				 struct import_nf4_info *info, struct fw_err *err);
+/* t named name + suffix, of dtype dt and shape ne[0..nd), with zeroed
+ * storage; false: out of memory, or the name is too long. */
+bool nf4_tensor_new(struct fw_tensor *t, const char *name, const char *suffix, enum fw_dtype dt,
+		    int nd, const int64_t *ne);
+/* The attribute in which import keeps the bitsandbytes weights' dtype
+ * (fwrun export's default --dtype for that file). */
+#define BNB_DTYPE_ATTR "bnb_4bit_dtype"
 int cmd_export_adapter(int argc, char **argv);
 /* Fills the peft plugin's unset options from the config of the adapter that
  * --adapter (spec) and --adapter-name (name) choose; silent on bad files. */

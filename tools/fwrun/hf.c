@@ -228,6 +228,21 @@ static const struct fw_st_entry *find_key(const struct fw_st_file *f, const stru
 	return e;
 }
 
+/* The bitsandbytes tensors of key (import_nf4.c), found as find_key
+ * finds them; whether it is a 4-bit weight (it has a quant state). */
+static bool bnb_part_of(const struct fw_st_file *f, const struct fw_hf_map *map, const char *key,
+			struct bnb_part *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->key = key;
+	for (int i = 0; i < BNB_N; i++) {
+		char k[3 * FW_NAME_MAX];
+		if (snprintf(k, sizeof(k), "%s%s", key, BNB_SUFFIX[i]) < (int)sizeof(k))
+			p->t[i] = find_key(f, map, k);
+	}
+	return p->t[BNB_STATE] || p->t[BNB_STATE_FP4];
+}
+
 static bool ends_with(const char *s, const char *end)
 {
 	size_t n = strlen(s), m = strlen(end);
@@ -279,6 +294,9 @@ static enum fw_status check_tensors(const struct fw_st_file *st, const char *pat
 		for (int j = 0; j < np; j++) {
 			const char *key = parts[j].key;
 			const struct fw_st_entry *e = find_key(st, h->map, key);
+			struct bnb_part bp;
+			if (bnb_part_of(st, h->map, key, &bp))
+				continue;       /* import_nf4_weight checks it */
 			if (!e)
 				return fw_errorf(err, FW_ERR_FORMAT, "%s: missing tensor '%s'", path,
 						 key);
@@ -300,27 +318,39 @@ static enum fw_status check_tensors(const struct fw_st_file *st, const char *pat
 			}
 			if (e->dtype != FW_F32 && e->dtype != FW_F16 && e->dtype != FW_BF16)
 				return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' has dtype %s, not a "
-						 "float type (F32, F16, BF16)", path, e->name,
-						 fw_dtype_name(e->dtype));
+						 "float type (F32, F16, BF16)%s", path, e->name,
+						 e->dtype == FW_Q4 ? "U8" : fw_dtype_name(e->dtype),
+						 e->dtype == FW_Q4 ? ", and no bitsandbytes quant state" :
+						 "");
 		}
 	}
-	for (int i = 0; i < st->n; i++) {
+	/* the parameters' tensors (with their bitsandbytes statistics) marked once */
+	bool *known = calloc((size_t)st->n + 1, sizeof(bool));
+	if (!known)
+		return fw_errorf(err, FW_ERR_NOMEM, "out of memory");
+	for (int k = 0; k < h->n; k++) {
+		int np = parts_of(h, h->params[k], parts, &tr);
+		for (int j = 0; j < np; j++) {
+			struct bnb_part bp;      /* t[BNB_WEIGHT]: the key's own tensor */
+			bool q4 = bnb_part_of(st, h->map, parts[j].key, &bp);
+			for (int b = 0; b < (q4 ? BNB_N : 1); b++)
+				if (bp.t[b])
+					known[bp.t[b] - st->entries] = true;
+		}
+	}
+	enum fw_status s = FW_OK;
+	for (int i = 0; i < st->n && s == FW_OK; i++) {
 		const struct fw_st_entry *e = &st->entries[i];
-		bool known = false;
-		for (const char *const *b = h->map->buffer_suffixes; b && *b && !known; b++)
-			known = ends_with(e->name, *b);
-		for (int k = 0; k < h->n && !known; k++) {
-			int np = parts_of(h, h->params[k], parts, &tr);
-			for (int j = 0; j < np && !known; j++)
-				known = find_key(st, h->map, parts[j].key) == e;
-		}
-		if (!known) {
+		for (const char *const *b = h->map->buffer_suffixes; b && *b && !known[i]; b++)
+			known[i] = ends_with(e->name, *b);
+		if (!known[i]) {
 			sizes_from(root, h->map, NULL, 0, why, sizeof(why));
-			return fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' is not one of the model "
-					 "%s describes (%s)", path, e->name, config, why);
+			s = fw_errorf(err, FW_ERR_FORMAT, "%s: tensor '%s' is not one of the model %s "
+				      "describes (%s)", path, e->name, config, why);
 		}
 	}
-	return FW_OK;
+	free(known);
+	return s;
 }
 
 /* out (R, Cc) = in^T where in is (Cc, R), any float dtype in, f32 out. */
@@ -543,6 +573,29 @@ static char *folder_genconfig(const char *dir, struct fw_err *err)
 	return text;
 }
 
+/* config.json's quantization_config, if any: bitsandbytes 4-bit (the
+ * tensors say the rest), nothing fw cannot read. */
+static enum fw_status import_quant_config(const char *path, json_t *root, struct fw_err *err)
+{
+	json_t *qc = json_object_get(root, "quantization_config");
+	if (!qc)
+		return FW_OK;
+	const char *m = json_string_value(json_object_get(qc, "quant_method"));
+	const char *qt = json_string_value(json_object_get(qc, "bnb_4bit_quant_type"));
+	if (!json_is_object(qc) || !m || strcmp(m, "bitsandbytes"))
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: quantization_config's quant_method "
+				 "is %s; fw imports bitsandbytes 4-bit weights only", path,
+				 m ? m : "missing");
+	if (json_is_true(json_object_get(qc, "load_in_8bit")) ||
+	    !json_is_true(json_object_get(qc, "load_in_4bit")))
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: quantization_config is not "
+				 "load_in_4bit (8-bit bitsandbytes weights are not supported)", path);
+	if (qt && strcmp(qt, "nf4"))
+		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s: quantization_config's "
+				 "bnb_4bit_quant_type is %s; fw's 4-bit weights are NF4 only", path, qt);
+	return FW_OK;
+}
+
 int cmd_import(int argc, char **argv)
 {
 	if (argc >= 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"))) {
@@ -560,7 +613,10 @@ int cmd_import(int argc, char **argv)
 		       "BertForSequenceClassification, BertForTokenClassification, RobertaForMaskedLM)\n"
 		       "becomes an arch/encoder file (plugins/arch/encoder/README.md); a T5 folder\n"
 		       "(T5ForConditionalGeneration) an arch/encdec file (plugins/arch/encdec/README.md).\n"
-		       "config.json's id2label becomes the file's label list (--labels).\n");
+		       "config.json's id2label becomes the file's label list (--labels).\n"
+		       "bitsandbytes 4-bit (nf4) weights are kept 4-bit, their codes bit for bit:\n"
+		       "load the file with peft/lora --lora-quantize-base=nf4\n"
+		       "(plugins/peft/lora/README.md).\n");
 		return EXIT_OK;
 	}
 	if (argc != 2)
@@ -571,7 +627,9 @@ int cmd_import(int argc, char **argv)
 	struct fw_tokenizer *tok = NULL;
 	char *tok_json = NULL, *gen_json = NULL, *config = NULL, cpath[4200];
 	const char *model_type = NULL, *architecture = NULL;
-	int rc = EXIT_RUNTIME;
+	int rc = EXIT_RUNTIME, n_q4 = 0, n_requant = 0, n_map = 0;
+	struct fw_tensor *q4 = NULL, **save = NULL;
+	enum fw_dtype q_dtype = FW_F32;
 	json_t *root, *v;
 	/* Everything is checked before the output is written (fw_h5_save
 	 * writes a temporary file and renames it). */
@@ -617,6 +675,13 @@ int cmd_import(int argc, char **argv)
 		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
+	if (import_quant_config(cpath, root, &err) != FW_OK ||
+	    !(q4 = calloc((size_t)h.n * 3 + 3, sizeof(*q4))) ||
+	    !(save = calloc((size_t)h.n * 3 + 1, sizeof(*save)))) {
+		rc = fail(err.status ? err.status : FW_ERR_NOMEM, "%s", err.status ? err.msg :
+			  "import: out of memory");
+		goto out;
+	}
 	int n = 0;
 	for (int i = 0; i < h.n; i++) {
 		struct fw_tensor *t = h.params[i];
@@ -624,33 +689,94 @@ int cmd_import(int argc, char **argv)
 		bool tr;
 		int np = parts_of(&h, t, parts, &tr);
 		float *to = t->data;
+		struct bnb_part bp[HF_PARTS_MAX];
+		int nq = 0;
+		for (int j = 0; j < np; j++) {
+			nq += bnb_part_of(&w.all, h.map, parts[j].key, &bp[j]);
+			bp[j].rows = parts[j].rows;
+			bp[j].cols = t->ne[0] ? fw_nelem(t) / t->ne[0] : 0;
+		}
+		if (nq && (nq != np || t->ndim != 2)) {
+			rc = fail(FW_ERR_FORMAT, "%s: '%s' is a 4-bit weight but '%s' %s", w.all.path,
+				  bp[0].t[BNB_WEIGHT] ? parts[0].key : parts[np - 1].key, t->name,
+				  t->ndim != 2 ? "is not a matrix" : "has parts that are not");
+			goto out;
+		}
+		if (nq) {
+			struct import_nf4_info info;
+			if (import_nf4_weight(w.all.path, t, bp, np, &q4[n_q4], &info, &err) != FW_OK) {
+				rc = fail(err.status, "%s", err.msg);
+				goto out;
+			}
+			if (n_q4 && info.dtype != q_dtype) {
+				rc = fail(FW_ERR_FORMAT, "%s: the 4-bit weight '%s' has dtype %s, another "
+					  "has %s", w.all.path, parts[0].key,
+					  fw_dtype_name(info.dtype), fw_dtype_name(q_dtype));
+				goto out;
+			}
+			q_dtype = info.dtype;
+			n_requant += info.requantized;
+			n_map += info.map_differs != 0;
+			for (int k = 0; k < 3; k++)
+				save[n++] = &q4[n_q4++];
+			continue;
+		}
 		for (int j = 0; j < np; j++) {
 			const struct fw_st_entry *e = find_key(&w.all, h.map, parts[j].key);
+			const void *from = e->data;
+			void *copy = NULL;      /* a file whose data is not aligned to its dtype */
+			if ((uintptr_t)from % fw_dtype_size(e->dtype)) {
+				if (!(copy = malloc(e->nbytes + 1))) {
+					rc = fail(FW_ERR_NOMEM, "import: out of memory");
+					goto out;
+				}
+				from = memcpy(copy, from, e->nbytes);
+			}
 			if (tr && t->ndim == 2)
-				transpose_to_f32(to, e->data, e->dtype, e->ne[0], e->ne[1]);
+				transpose_to_f32(to, from, e->dtype, e->ne[0], e->ne[1]);
 			else
-				fw_convert(to, FW_F32, e->data, e->dtype, row_elems(t, parts[j].rows));
+				fw_convert(to, FW_F32, from, e->dtype, row_elems(t, parts[j].rows));
+			free(copy);
 			to += row_elems(t, parts[j].rows);
 		}
 		if (np)
-			h.params[n++] = t;
+			save[n++] = t;
 	}
-	struct fw_h5_attr attrs[5] = { { "fw_arch", h.arch->desc->name }, { "config", config },
+	struct fw_h5_attr attrs[6] = { { "fw_arch", h.arch->desc->name }, { "config", config },
 				       { "source", argv[0] } };
 	int n_attrs = 3;
 	if (tok_json)
 		attrs[n_attrs++] = (struct fw_h5_attr){ TOKENIZER_ATTR, tok_json };
 	if (gen_json)
 		attrs[n_attrs++] = (struct fw_h5_attr){ GENCONFIG_ATTR, gen_json };
-	if (fw_h5_save(argv[1], h.params, n, attrs, n_attrs, &err) != FW_OK) {
+	if (n_q4)
+		attrs[n_attrs++] = (struct fw_h5_attr){ BNB_DTYPE_ATTR, fw_dtype_name(q_dtype) };
+	if (n_requant)
+		fw_rt_logf(&fwrun_log, FW_LOG_WARN, "%s: %d 4-bit weight%s without double "
+			   "quantization or fused from several: 4-bit codes kept, absmax "
+			   "double-quantized again by fw", w.all.path, n_requant,
+			   n_requant == 1 ? "" : "s");
+	if (n_map)
+		fw_rt_logf(&fwrun_log, FW_LOG_WARN, "%s: %d 4-bit weight%s with a nested_quant_map "
+			   "unlike fw's create_dynamic_map (torch's linspace on another CPU?): fw "
+			   "dequantizes their 8-bit absmax codes with its own map", w.all.path, n_map,
+			   n_map == 1 ? "" : "s");
+	if (fw_h5_save(argv[1], save, n, attrs, n_attrs, &err) != FW_OK) {
 		rc = fail(err.status, "%s", err.msg);
 		goto out;
 	}
 	fprintf(stderr, "fwrun: imported %d tensors (%s %s as %s)%s to %s\n", n,
 		h.map->model_type, h.map->architecture, h.arch->desc->name,
 		tok ? " and the folder's tokenizer" : "", argv[1]);
+	if (n_q4)
+		fprintf(stderr, "fwrun: %d weights are 4-bit (NF4): load %s with peft/lora "
+			"--lora-quantize-base=nf4\n", n_q4 / 3, argv[1]);
 	rc = EXIT_OK;
 out:
+	for (int i = 0; q4 && i < n_q4 + 3; i++)
+		free(q4[i].data);
+	free(q4);
+	free(save);
 	json_decref(root);
 	fw_free(tok_json);
 	free(gen_json);
@@ -871,20 +997,6 @@ static void nf4_weights_free(struct nf4_set *s)
 	memset(s, 0, sizeof(*s));
 }
 
-/* t (name, dtype, shape) with storage for loading it; false: out of memory,
- * or the name is too long. */
-static bool nf4_tensor(struct fw_tensor *t, const char *name, const char *suffix,
-		       enum fw_dtype dt, int nd, const int64_t *ne)
-{
-	if (snprintf(t->name, sizeof(t->name), "%s%s", name, suffix) >= (int)sizeof(t->name))
-		return false;
-	t->dtype = dt;
-	t->ndim = nd;
-	memcpy(t->ne, ne, sizeof(int64_t) * (size_t)nd);
-	fw_set_contiguous_strides(t);
-	return (t->data = calloc(fw_nbytes(t) + 1, 1)) != NULL;
-}
-
 static enum fw_status nf4_weights(const char *path, const struct hf_model *h,
 				  struct nf4_set *s, struct fw_err *err)
 {
@@ -910,9 +1022,9 @@ static enum fw_status nf4_weights(const char *path, const struct hf_model *h,
 		int64_t n = fw_nelem(p), qa[1] = { 2 * fw_nf4_n_blocks(n) };
 		int64_t ns[1] = { fw_nf4_n_stats(n) };
 		struct nf4_weight *w = &s->w[i];
-		if (!nf4_tensor(&w->codes, p->name, "", FW_Q4, p->ndim, p->ne) ||
-		    !nf4_tensor(&w->qabsmax, p->name, FW_NF4_ABSMAX_SUFFIX, FW_Q4, 1, qa) ||
-		    !nf4_tensor(&w->stats, p->name, FW_NF4_STATS_SUFFIX, FW_F32, 1, ns))
+		if (!nf4_tensor_new(&w->codes, p->name, "", FW_Q4, p->ndim, p->ne) ||
+		    !nf4_tensor_new(&w->qabsmax, p->name, FW_NF4_ABSMAX_SUFFIX, FW_Q4, 1, qa) ||
+		    !nf4_tensor_new(&w->stats, p->name, FW_NF4_STATS_SUFFIX, FW_F32, 1, ns))
 			st = fw_errorf(err, FW_ERR_NOMEM, "export: %s: out of memory, or its "
 				       "statistics' names are over %d bytes", p->name, FW_NAME_MAX - 1);
 		s->known[s->n_known++] = &w->qabsmax;
@@ -978,6 +1090,7 @@ int cmd_export(int argc, char **argv)
 	char *pos[2];
 	int np = 0;
 	enum fw_dtype dt = FW_F32;
+	bool dt_given = false;
 	for (int i = 0; i < argc; i++) {
 		if (!strcmp(argv[i], "--base-only"))
 			base_only = true;
@@ -985,7 +1098,7 @@ int cmd_export(int argc, char **argv)
 			return fail(FW_ERR_INVALID, "export: --dtype=%s: expected f32, bf16 or f16",
 				    argv[i] + 8);
 		else if (!strncmp(argv[i], "--dtype=", 8))
-			continue;
+			dt_given = true;
 		else if (!strncmp(argv[i], "--", 2) || np == 2)
 			return fail(FW_ERR_INVALID, "export: usage: fwrun export IN.h5 OUT_DIR [--base-only] [--dtype=f32|bf16|f16]");
 		else
@@ -1001,6 +1114,12 @@ int cmd_export(int argc, char **argv)
 	int rc = EXIT_RUNTIME, n = 0, n_nf4 = 0;
 	if (resolve_load(pos[0], in, sizeof(in), &err) != FW_OK)
 		return fail(err.status, "%s", err.msg);
+	char *bnb_dt = NULL;                  /* an import's bitsandbytes dtype: the default */
+	if (!dt_given && fw_h5_read_attr(in, BNB_DTYPE_ATTR, &bnb_dt, &err) == FW_OK &&
+	    export_dtype(bnb_dt, &dt) != 0)
+		dt = FW_F32;
+	fw_free(bnb_dt);
+	err = (struct fw_err){ 0 };
 	const char *dir = pos[1];
 	char labels[4096];
 	if (file_arch(in, &h, labels, sizeof(labels), &err) != FW_OK || build(&h, &err) != FW_OK ||
@@ -1054,7 +1173,8 @@ int cmd_export(int argc, char **argv)
 		for (int j = 0, row0 = 0; nf4.w[i].codes.data && j < np; row0 += (int)parts[j++].rows) {
 			/* bitsandbytes' layout, (out, in) as Linear4bit holds it */
 			int k = export_nf4_part(parts[j].key, &nf4.w[i].codes, &nf4.w[i].qabsmax,
-						&nf4.w[i].stats, row0, parts[j].rows, &out[n], &err);
+						&nf4.w[i].stats, row0, parts[j].rows, dt, &out[n],
+						&err);
 			if (k < 0) {
 				rc = fail(err.status, "%s", err.msg);
 				goto out;

@@ -26,12 +26,30 @@ int64_t fw_nf4_n_stats(int64_t n)
 	return (fw_nf4_n_blocks(n) + FW_NF4_STATS_BLOCK - 1) / FW_NF4_STATS_BLOCK + 1;
 }
 
-/* torch.linspace(0.1, 1, steps)[k] in float32 (ATen's CPU kernel: from the
- * start up to half way, from the end after). */
-static float linspace_at(int64_t steps, int64_t k)
+/* torch.linspace(0.1, 1, steps) in float32 as ATen's CPU kernel computes it
+ * under its AVX2 build (the one bitsandbytes' map gets on most x86 CPUs):
+ * step = (end - start) / (steps - 1); below half way start + step * k, from
+ * there end - step * (steps - k - 1), each one FMA; in vectors of 8 (two a
+ * round, while 16 remain) the first lane so and lane j that plus j * step,
+ * rounded apart; the rest one by one. */
+static void torch_linspace(int64_t steps, float *out)
 {
+	const int64_t lanes = 8;
 	float start = 0.1f, end = 1.0f, step = (end - start) / (float)(steps - 1);
-	return k < steps / 2 ? start + step * (float)k : end - step * (float)(steps - k - 1);
+	int64_t half = steps / 2, k = 0;
+	for (; k <= steps - 2 * lanes; k += 2 * lanes) {
+		for (int64_t v = k; v < k + 2 * lanes; v += lanes) {
+			float base = v < half ? fmaf(step, (float)v, start) :
+				     fmaf(-step, (float)(steps - v - 1), end);
+			for (int64_t j = 0; j < lanes; j++) {
+				float dj = (float)j * step;     /* no FMA: fp-contract is off here */
+				out[v + j] = base + dj;
+			}
+		}
+	}
+	for (; k < steps; k++)
+		out[k] = k < half ? fmaf(step, (float)k, start) :
+			 fmaf(-step, (float)(steps - k - 1), end);
 }
 
 static int cmp_float(const void *a, const void *b)
@@ -45,9 +63,10 @@ void fw_nf4_dynamic_map(float map[256])
 	int n = 0;
 	for (int i = 0; i < 7; i++) {            /* max_exponent_bits 7, signed */
 		int64_t items = ((int64_t)1 << i) + 1;
-		float p10 = (float)pow(10.0, -6 + i);
+		float p10 = (float)pow(10.0, -6 + i), bounds[65];
+		torch_linspace(items, bounds);
 		for (int64_t k = 0; k + 1 < items; k++) {
-			float mean = (linspace_at(items, k) + linspace_at(items, k + 1)) / 2.0f;
+			float mean = (bounds[k] + bounds[k + 1]) / 2.0f;
 			map[n++] = p10 * mean;
 			map[n++] = -(p10 * mean);
 		}
@@ -99,25 +118,33 @@ static unsigned map_index(const float *map, float x)
 void fw_nf4_quantize(const float *w, int64_t n, uint8_t *codes, uint8_t *qabsmax,
 		     float *stats)
 {
-	int64_t nb = fw_nf4_n_blocks(n), nb2 = fw_nf4_n_stats(n) - 1;
+	int64_t nb = fw_nf4_n_blocks(n);
 	float *absmax = malloc(sizeof(float) * (size_t)(nb + 1));
 	FW_ASSERT(absmax);
 	memset(codes, 0, (size_t)(n + 1) / 2);
-	double sum = 0;
 	for (int64_t b = 0; b < nb; b++) {
 		int64_t lo = b * FW_NF4_BLOCK, hi = min64(n, lo + FW_NF4_BLOCK);
 		float m = 0.0f;
 		for (int64_t i = lo; i < hi; i++)
 			m = fmaxf(m, fabsf(w[i]));
 		absmax[b] = m;
-		sum += m;
 		float inv = 1.0f / m;
 		for (int64_t i = lo; i < hi; i++) {
 			unsigned q = nf4_index(w[i] * inv);
 			codes[i / 2] |= (uint8_t)(i % 2 ? q : q << 4);
 		}
 	}
-	/* Double quantization: absmax - mean, 8-bit dynamic map in blocks of 256. */
+	fw_nf4_quantize_absmax(absmax, nb, qabsmax, stats);
+	free(absmax);
+}
+
+void fw_nf4_quantize_absmax(float *absmax, int64_t nb, uint8_t *qabsmax, float *stats)
+{
+	/* absmax - mean, coded with the 8-bit dynamic map in blocks of 256 */
+	int64_t nb2 = (nb + FW_NF4_STATS_BLOCK - 1) / FW_NF4_STATS_BLOCK;
+	double sum = 0;
+	for (int64_t b = 0; b < nb; b++)
+		sum += absmax[b];
 	const float *map = map8();
 	float offset = (float)(sum / (double)nb);
 	for (int64_t b = 0; b < nb; b++)
@@ -133,7 +160,6 @@ void fw_nf4_quantize(const float *w, int64_t n, uint8_t *codes, uint8_t *qabsmax
 			qabsmax[b] = (uint8_t)map_index(map, absmax[b] * inv);
 	}
 	stats[nb2] = offset;
-	free(absmax);
 }
 
 void fw_nf4_absmax(const uint8_t *qabsmax, const float *stats, int64_t n, int64_t b0,
@@ -141,8 +167,12 @@ void fw_nf4_absmax(const uint8_t *qabsmax, const float *stats, int64_t n, int64_
 {
 	const float *map = map8();
 	float offset = stats[fw_nf4_n_stats(n) - 1];
-	for (int64_t b = b0; b < b0 + nb; b++)
-		absmax[b - b0] = map[qabsmax[b]] * stats[b / FW_NF4_STATS_BLOCK] + offset;
+	/* two roundings, as bitsandbytes' dequantize_blockwise and then += offset
+	 * (fp-contract is off for this file: no FMA) */
+	for (int64_t b = b0; b < b0 + nb; b++) {
+		float scaled = map[qabsmax[b]] * stats[b / FW_NF4_STATS_BLOCK];
+		absmax[b - b0] = scaled + offset;
+	}
 }
 
 void fw_nf4_dequantize(const uint8_t *codes, const uint8_t *qabsmax, const float *stats,

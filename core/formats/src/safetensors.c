@@ -18,6 +18,7 @@ static int st_dtype(const char *s)
 	if (!strcmp(s, "F16")) return FW_F16;
 	if (!strcmp(s, "BF16")) return FW_BF16;
 	if (!strcmp(s, "I32")) return FW_I32;
+	if (!strcmp(s, "U8")) return FW_Q4;     /* bytes, ne counting them */
 	return -1;
 }
 
@@ -28,7 +29,7 @@ static const char *st_dtype_name(enum fw_dtype t)
 	case FW_F16: return "F16";
 	case FW_BF16: return "BF16";
 	case FW_I32: return "I32";
-	case FW_Q4: return "U8";        /* written only: bytes, ne counting them */
+	case FW_Q4: return "U8";        /* bytes, ne counting them */
 	default: return NULL;
 	}
 }
@@ -200,6 +201,12 @@ static size_t st_nbytes(const struct fw_tensor *t)
 	return t->dtype == FW_Q4 ? (size_t)fw_nelem(t) : fw_nbytes(t);
 }
 
+/* Bytes of one element of t in the file. */
+static size_t st_elem(const struct fw_tensor *t)
+{
+	return t->dtype == FW_Q4 ? 1 : fw_dtype_size(t->dtype);
+}
+
 enum fw_status fw_st_save(const char *path, struct fw_tensor *const *tensors, int n,
 			  const char *const *metadata, struct fw_err *err)
 {
@@ -208,18 +215,32 @@ enum fw_status fw_st_save(const char *path, struct fw_tensor *const *tensors, in
 	FILE *out = NULL;
 	enum fw_status s = FW_OK;
 	uint64_t off = 0;
+	/* The data in order of element size, widest first (as the safetensors
+	 * library sorts it), so every tensor is aligned to its element. */
+	int *order = malloc(sizeof(int) * (size_t)(n + 1)), k = 0;
 
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
-	if (!root)
+	if (!root || !order) {
+		json_decref(root);
+		free(order);
 		return fw_errorf(err, FW_ERR_NOMEM, "%s: out of memory", path);
+	}
+	for (size_t size = 8; size >= 1; size /= 2)
+		for (int i = 0; i < n; i++)
+			if (st_elem(tensors[i]) == size)
+				order[k++] = i;
+	for (int i = 0; i < n && k < n; i++)
+		if (st_elem(tensors[i]) > 8 || st_elem(tensors[i]) == 0 ||
+		    (st_elem(tensors[i]) & (st_elem(tensors[i]) - 1)))
+			order[k++] = i;
 	if (metadata && metadata[0]) {
 		json_t *md = json_object();
 		for (int i = 0; metadata[i] && metadata[i + 1]; i += 2)
 			json_object_set_new(md, metadata[i], json_string(metadata[i + 1]));
 		json_object_set_new(root, "__metadata__", md);
 	}
-	for (int i = 0; i < n; i++) {
-		const struct fw_tensor *t = tensors[i];
+	for (int j = 0; j < n; j++) {
+		const struct fw_tensor *t = tensors[order[j]];
 		const char *dt = st_dtype_name(t->dtype);
 		if (!dt || !fw_is_contiguous(t) || !t->data) {
 			s = fw_errorf(err, FW_ERR_INVALID,
@@ -255,8 +276,10 @@ enum fw_status fw_st_save(const char *path, struct fw_tensor *const *tensors, in
 	bool ok = fwrite(len8, 1, 8, out) == 8 && fwrite(header, 1, hl, out) == hl;
 	for (size_t i = hl; ok && i < padded; i++)
 		ok = fputc(' ', out) != EOF;
-	for (int i = 0; ok && i < n; i++)
-		ok = fwrite(tensors[i]->data, 1, st_nbytes(tensors[i]), out) == st_nbytes(tensors[i]);
+	for (int j = 0; ok && j < n; j++) {
+		const struct fw_tensor *t = tensors[order[j]];
+		ok = fwrite(t->data, 1, st_nbytes(t), out) == st_nbytes(t);
+	}
 	ok = ok && fflush(out) == 0 && fsync(fileno(out)) == 0;
 	ok = (fclose(out) == 0) && ok;
 	out = NULL;
@@ -270,6 +293,7 @@ out:
 		unlink(tmp);
 	}
 	free(header);
+	free(order);
 	json_decref(root);
 	return s;
 }

@@ -45,6 +45,9 @@ void fw_nf4_dynamic_map(float map[256]);
  * one, as bitsandbytes' decision tree); an all-zero block gets code 0. */
 void fw_nf4_quantize(const float *w, int64_t n, uint8_t *codes, uint8_t *qabsmax,
 		     float *stats);
+/* The double quantization alone: nb block absmax values (overwritten)
+ * into qabsmax (nb bytes) and stats (ceil(nb / 256) + 1 floats). */
+void fw_nf4_quantize_absmax(float *absmax, int64_t nb, uint8_t *qabsmax, float *stats);
 /* The absmax of blocks [b0, b0 + nb) of an n-weight tensor. */
 void fw_nf4_absmax(const uint8_t *qabsmax, const float *stats, int64_t n, int64_t b0,
 		   int64_t nb, float *absmax);

@@ -16,7 +16,7 @@ extern "C" {
 
 struct fw_st_entry {
 	char name[FW_NAME_MAX * 2];
-	enum fw_dtype dtype;        /* F32, F16, BF16 (I32 for "I32") */
+	enum fw_dtype dtype;        /* F32, F16, BF16 (I32 for "I32", Q4 for "U8": bytes) */
 	int ndim;
 	int64_t ne[FW_MAX_DIMS];
 	const void *data;           /* inside the mapped file */
@@ -41,7 +41,8 @@ const struct fw_st_entry *fw_st_find(const struct fw_st_file *f, const char *nam
 /* Writes tensors (contiguous; f32/f16/bf16/i32) atomically. metadata may be
  * NULL or pairs of strings (key, value) ending with NULL. An FW_Q4 tensor is
  * written as bytes (U8) whose shape is its ne, one byte an element
- * (bitsandbytes' packed 4-bit weights and byte tensors); reading takes no U8. */
+ * (bitsandbytes' packed 4-bit weights and byte tensors); a U8 tensor is read
+ * so too. */
 enum fw_status fw_st_save(const char *path, struct fw_tensor *const *tensors, int n,
 			  const char *const *metadata, struct fw_err *err);
 
