@@ -78,6 +78,18 @@ static void fill_masks(void)
 	}
 }
 
+/* T5's key mask (B, 1, 1, T): row 0 pads [30, 37); row 1 hides keys 10, 11
+ * (a hole) and pads [25, 37). */
+static float key_mask[MB * MT];
+
+static void fill_key_mask(void)
+{
+	for (int j = 0; j < MT; j++) {
+		key_mask[j] = j < 30 ? 0.0f : -INFINITY;
+		key_mask[MT + j] = j < 25 && j != 10 && j != 11 ? 0.0f : -INFINITY;
+	}
+}
+
 /* --- attend ------------------------------------------------------------------------- */
 
 struct attend_args {
@@ -85,7 +97,7 @@ struct attend_args {
 	int n_head, n_kv_head, head_dim;
 	enum fw_pos_kind pos;
 	int rope_dim;
-	bool interleaved, causal, with_bias, with_positions;
+	bool interleaved, causal, with_bias, with_positions, cross;
 	float dropout;
 	bool training;
 };
@@ -102,7 +114,8 @@ static struct fw_tensor *attend(struct fw_ctx *c, struct fw_tensor *const *in,
 	struct fw_attn_spec spec = {
 		.size = sizeof(spec), .name = "test.attn", .n_head = a->n_head,
 		.n_kv_head = a->n_kv_head, .head_dim = a->head_dim,
-		.mask = a->causal ? FW_MASK_CAUSAL : FW_MASK_BIDIRECTIONAL, .pos = a->pos,
+		.mask = a->causal ? FW_MASK_CAUSAL : a->cross ? FW_MASK_CROSS : FW_MASK_BIDIRECTIONAL,
+		.pos = a->pos,
 		.rope_base = 10000.0f, .rope_dim = a->rope_dim, .rope_interleaved = a->interleaved,
 		.dropout = a->dropout, .seed = 4242,
 	};
@@ -170,12 +183,31 @@ static const struct acase grad_cases[] = {
 	{ "MQA 3/1 + RoPE GPT-J partial 24, D 40, T 37, causal",
 	  AA(FS, 3, 1, 40, FW_POS_ROPE, .rope_dim = 24, .interleaved = true, .causal = true), 3,
 	  { F("q", 1, 37, 3, 40), F("k", 1, 37, 1, 40), F("v", 1, 37, 1, 40) } },
+	/* T5: a relative bias (Hq, Tq, Tk) that trains (its gradient sums over
+	 * the batch), with the encoder's key mask, causal, and GQA */
+	{ "MHA 3 + relative bias + key mask (a hole), bidirectional, B 2, D 16",
+	  AA(FS, 3, 3, 16, FW_POS_RELATIVE, .with_bias = true), 5,
+	  { F("q", 2, 37, 3, 16), F("k", 2, 37, 3, 16), F("v", 2, 37, 3, 16),
+	    CONSTF("keys", key_mask, 2, 1, 1, 37), F("pos_bias", 3, 37, 37) } },
+	{ "MHA 3 + relative bias, causal, B 2, D 16, T 37",
+	  AA(FS, 3, 3, 16, FW_POS_RELATIVE, .causal = true), 4,
+	  { F("q", 2, 37, 3, 16), F("k", 2, 37, 3, 16), F("v", 2, 37, 3, 16),
+	    F("pos_bias", 3, 37, 37) } },
+	{ "GQA 6/2 + relative bias + dropout 0.2, causal, D 16, T 37",
+	  AA(FS, 6, 2, 16, FW_POS_RELATIVE, .causal = true, .dropout = 0.2f, .training = true), 4,
+	  { F("q", 1, 37, 6, 16), F("k", 1, 37, 2, 16), F("v", 1, 37, 2, 16),
+	    F("pos_bias", 6, 37, 37) } },
+	{ "cross-attention, 21 queries over 37 keys, key mask, MHA 3, D 16",
+	  AA(FS, 3, 3, 16, FW_POS_NONE, .cross = true, .with_bias = true), 4,
+	  { F("q", 2, 21, 3, 16), F("k", 2, 37, 3, 16), F("v", 2, 37, 3, 16),
+	    CONSTF("keys", key_mask, 2, 1, 1, 37) } },
 };
 
 START_TEST(test_attend_grad)
 {
 	const struct acase *c = &grad_cases[_i];
 	fill_masks();
+	fill_key_mask();
 	struct fwt_gc_opts o = { .seed = (uint64_t)_i + 200 };
 	int r = fwt_gradcheck_ex(c->name, c->n, c->in, b_attend, (void *)&c->a, &o);
 	ck_assert_msg(r == 0, "%s: gradient check failed (%d elements)", c->name, r);
@@ -345,7 +377,8 @@ START_TEST(test_bad_specs)
 		{ AA(NULL, 6, 4, 40, FW_POS_NONE), 6, 4, 40, "not a multiple of 4 KV heads" },
 		{ AA(NULL, 4, 4, 40, FW_POS_ROPE, .rope_dim = 5), 4, 4, 40, "rotary dim 5 must be even" },
 		{ AA(NULL, 4, 4, 40, FW_POS_ROPE, .rope_dim = 48), 4, 4, 40, "at most the head dim 40" },
-		{ AA(NULL, 4, 4, 8, FW_POS_RELATIVE), 4, 4, 8, "relative position bias" },
+		{ AA(NULL, 2, 2, 8, FW_POS_RELATIVE), 2, 2, 8,
+		  "the relative position bias must be f32 (2, 3, 3)" },
 		{ AA(NULL, 4, 4, 8, FW_POS_NONE, .dropout = 1.0f, .training = true), 4, 4, 8,
 		  "attention dropout 1 is not in [0, 1)" },
 	};
