@@ -23,7 +23,12 @@ Checks:
     window (|i - j| < 3 in the encoder, i - j < 3 in the decoder);
   - fwrun generate (KV cache, the relative bias of the query at the cache
     length, cross-attention over the encoder's keys): greedy and 3-beam ids
-    identical to torch's, flash and sparse (window 3).
+    identical to torch's, flash and sparse (window 3);
+  - flash under PEFT's prompt tuning (3 virtual tokens in front of the
+    encoder: a wider key mask and relative bias) and prefix tuning (2 prefix
+    keys in the decoder's self-attention: Tk = Tq + 2, the bias shifted):
+    10 AdamW steps within 1e-4 of t5_features' torch transcription of
+    PEFT's formulas.
 Ends with "t5_attention: N passed, M failed"; exit 0 only when none failed.
 """
 import argparse
@@ -36,6 +41,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpt2_parity as g2  # noqa: E402
+import t5_features as tf  # noqa: E402  (PEFT on T5 against PEFT's formulas)
 import t5_parity as t5  # noqa: E402
 
 R = t5.R
@@ -99,6 +105,7 @@ def main():
         t5.check_sft(fw, work, t5.SEQ, "flash, relu, tied", 41, "attention/flash")
         t5.check_sft(fw, work, t5.SEQ_GATED, "flash, gated-gelu, untied", 42, "attention/flash")
         check_generate(fw, work, "attention/flash", (), "flash")
+        tf.check_peft(fw, work, "attention/flash", ("prompt", "prefix"))
         sparse = ("--sparse-pattern=window", f"--sparse-window={WINDOW}")
         t5.compute_bias = windowed_bias
         try:
@@ -112,8 +119,9 @@ def main():
             print(f"work directory kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"t5_attention: {R.passed} passed, {R.failed} failed")
-    sys.exit(1 if R.failed else 0)
+    passed, failed = R.passed + tf.R.passed, R.failed + tf.R.failed
+    print(f"t5_attention: {passed} passed, {failed} failed")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
  *  - the same values as attention/mha (forward 1e-5, every gradient 1e-4,
  *    relative) for every mask kind, with the default and with odd tiles;
  *  - thread-count independence of forward and backward (race-free tasks);
+ *  - bf16 and f16 q, k, v read by the kernel: bit-identical to f32 inputs
+ *    holding the same values (relative bias, key mask);
  *  - no (T, T) buffer: the planned activations grow linearly in T;
  *  - one-line refusals of what flash does not support.
  * flash against torch itself is tests/flash_parity.py's job.
@@ -306,6 +308,76 @@ START_TEST(test_equals_mha)
 }
 END_TEST
 
+/* --- half precision in -------------------------------------------------------------- */
+
+/* bf16 and f16 q, k, v (autocast's projections) are read by the kernel
+ * as they are (with a relative bias, q; k and v are cast for their concat):
+ * the same output and gradients, bit for bit, as f32 q, k, v holding the
+ * same (rounded) values, under a key mask. */
+static void run_half(enum fw_dtype dt, enum fw_pos_kind pos)
+{
+	enum { B = 2, T = 37, H = 3, D = 20 };
+	int64_t nq = (int64_t)B * T * H * D;
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_tensor *x[2][3], *y[2], *loss = NULL;
+	struct fw_tensor *r = fw_input(ctx, "r", FW_F32, 4, (int64_t[]){ B, T, H, D });
+	struct fw_tensor *keys = fw_input(ctx, "keys", FW_F32, 4, (int64_t[]){ B, 1, 1, T });
+	struct fw_tensor *pb = fw_param(ctx, "pb", FW_F32, 3, (int64_t[]){ H, T, T }, true);
+	struct attend_args a = AA(NULL, H, H, D, pos, .with_bias = true);
+	for (int s = 0; s < 2; s++) {
+		struct fw_tensor *in[5];
+		for (int i = 0; i < 3; i++) {
+			char nm[8];
+			snprintf(nm, sizeof(nm), "%c%d", "qkv"[i], s);
+			x[s][i] = fw_param(ctx, nm, FW_F32, 4, (int64_t[]){ B, T, H, D }, true);
+			in[i] = s ? x[s][i] : fw_cast(ctx, x[s][i], dt);
+		}
+		in[3] = keys;
+		in[4] = pb;
+		struct fw_err err = { 0 };
+		y[s] = attend(ctx, in, &a, flash_small, &err);
+		ck_assert_msg(y[s] != NULL, "%s", err.msg);
+		struct fw_tensor *l = fw_sum(ctx, fw_mul(ctx, y[s], r), FW_AXIS_ALL, false);
+		loss = loss ? fw_add(ctx, loss, l) : l;
+	}
+	struct fw_graph *g = fw_graph_new(ctx, (struct fw_tensor *[]){ loss, y[0], y[1] }, 3,
+					  &(struct fw_graph_opts){ .backward = true,
+								   .training = true });
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+	struct fwt_rng rng = fwt_rng_new(23);
+	for (int i = 0; i < 3; i++) {
+		float *v0 = fw_f32(x[0][i]);
+		fwt_fill_uniform(v0, nq, &rng, -2, 2);
+		for (int64_t e = 0; e < nq; e++)       /* values the half type holds exactly */
+			v0[e] = dt == FW_BF16 ? fw_bf16_to_f32(fw_f32_to_bf16(v0[e])) :
+				fw_f16_to_f32(fw_f32_to_f16(v0[e]));
+		memcpy(fw_f32(x[1][i]), v0, sizeof(float) * (size_t)nq);
+	}
+	fwt_fill_uniform(fw_f32(r), nq, &rng, -1, 1);
+	fwt_fill_uniform(fw_f32(pb), (int64_t)H * T * T, &rng, -1, 1);
+	fill_key_mask();
+	memcpy(fw_f32(keys), key_mask, sizeof(key_mask));
+	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+	ck_assert_int_eq(fw_graph_backward(g), FW_OK);
+	ck_assert_msg(!memcmp(fw_f32(y[0]), fw_f32(y[1]), sizeof(float) * (size_t)nq),
+		      "%s q, k, v: another output than f32", fw_dtype_name(dt));
+	for (int i = 0; i < 3; i++)
+		ck_assert_msg(!memcmp(fw_f32(x[0][i]->grad), fw_f32(x[1][i]->grad),
+				      sizeof(float) * (size_t)nq),
+			      "%s q, k, v: d%c differs from f32's", fw_dtype_name(dt), "qkv"[i]);
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+}
+
+START_TEST(test_half_inputs)
+{
+	load_all();
+	run_half(FW_BF16, FW_POS_NONE);
+	run_half(FW_F16, FW_POS_NONE);
+	run_half(FW_BF16, FW_POS_RELATIVE);
+}
+END_TEST
+
 /* --- threads, memory ------------------------------------------------------------------- */
 
 START_TEST(test_threads)
@@ -432,6 +504,7 @@ int main(void)
 	TCase *vs = fwt_tcase("mha", 300);
 	tcase_add_loop_test(vs, test_equals_mha, 0, (int)(sizeof(vs_cases) / sizeof(vs_cases[0])));
 	tcase_add_test(vs, test_threads);
+	tcase_add_test(vs, test_half_inputs);
 	tcase_add_test(vs, test_memory_linear);
 	tcase_add_test(vs, test_bad_specs);
 	suite_add_tcase(s, vs);

@@ -369,6 +369,11 @@ static size_t partial_floats(const struct dims *d)
 	return (n + 15) & ~(size_t)15;
 }
 
+static bool is_float(const struct fw_tensor *x)
+{
+	return x->dtype == FW_F32 || x->dtype == FW_BF16 || x->dtype == FW_F16;
+}
+
 static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 {
 	const struct fw_tensor *q = out->src[0], *k = out->src[1], *v = out->src[2],
@@ -376,11 +381,11 @@ static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 	int fa = out->params[7].i;
 	if (fa & FA_POS) {      /* q, kv, bias, ranges: k and v as kv's halves */
 		const struct fw_tensor *pb = v;
-		if (!k || !pb || q->ndim != 4 || k->ndim != 4 || q->dtype != FW_F32 ||
-		    k->dtype != FW_F32 || k->ne[0] != q->ne[0] || k->ne[3] != 2 * q->ne[3] ||
+		if (!k || !pb || q->ndim != 4 || k->ndim != 4 || !is_float(q) || !is_float(k) ||
+		    k->ne[0] != q->ne[0] || k->ne[3] != 2 * q->ne[3] ||
 		    k->ne[2] <= 0 || q->ne[2] % k->ne[2])
-			return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: q must be f32 (B, Tq, Hq, D) "
-					 "and kv (B, Tk, Hkv, 2D) with Hq a multiple of Hkv");
+			return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: q must be f32, bf16 or f16 (B, "
+					 "Tq, Hq, D) and kv (B, Tk, Hkv, 2D) with Hq a multiple of Hkv");
 		if (pb->dtype != FW_F32 || pb->ndim != 3 || pb->ne[0] != q->ne[2] ||
 		    pb->ne[1] != q->ne[1] || pb->ne[2] != k->ne[1])
 			return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: the relative bias must be f32 "
@@ -388,13 +393,14 @@ static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 		v = k;
 	}
 	if (!k || !v || !rg || q->ndim != 4 || k->ndim != 4 || v->ndim != 4 ||
-	    q->dtype != FW_F32 || k->dtype != FW_F32 || v->dtype != FW_F32 ||
+	    !is_float(q) || !is_float(k) || v->dtype != k->dtype ||
 	    k->ne[0] != q->ne[0] || k->ne[3] != (fa & FA_POS ? 2 : 1) * q->ne[3] ||
 	    v->ne[0] != k->ne[0] ||
 	    v->ne[1] != k->ne[1] || v->ne[2] != k->ne[2] || v->ne[3] != k->ne[3] ||
 	    k->ne[2] <= 0 || q->ne[2] % k->ne[2])
-		return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: q must be f32 (B, Tq, Hq, D) and k, "
-				 "v (B, Tk, Hkv, D) with Hq a multiple of Hkv");
+		return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: q must be f32, bf16 or f16 (B, Tq, "
+				 "Hq, D) and k, v of one dtype (B, Tk, Hkv, D) with Hq a multiple "
+				 "of Hkv");
 	if (rg->dtype != FW_I32 || rg->ndim != 2 || rg->ne[0] != q->ne[0] ||
 	    rg->ne[1] != 3 * q->ne[1] + (fa & FA_KEYS ? k->ne[1] : 0))
 		return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: ranges must be i32 (B, 3 Tq "
@@ -457,20 +463,37 @@ static void zero_rows(float *x, int64_t rows, int64_t cols, int64_t ld)
 		memset(x + r * ld, 0, sizeof(float) * (size_t)cols);
 }
 
+/* Element at (element) offset i of a f32, bf16 or f16 tensor, as f32: q,
+ * k and v may arrive in half precision (autocast); tiles are f32. */
+static inline float elem(const struct fw_tensor *x, int64_t i)
+{
+	if (x->dtype == FW_F32)
+		return fw_f32(x)[i];
+	uint16_t u = ((const uint16_t *)x->data)[i];
+	return x->dtype == FW_BF16 ? fw_bf16_to_f32(u) : fw_f16_to_f32(u);
+}
+
+/* D elements of x from offset at, stride es, into o (f32) */
+static void read_row(const struct fw_tensor *x, int64_t at, int64_t es, int64_t D, float *o)
+{
+	if (x->dtype == FW_F32 && es == 1)
+		memcpy(o, fw_f32(x) + at, sizeof(float) * (size_t)D);
+	else if (es == 1)
+		fw_convert(o, FW_F32, (const char *)x->data + at * (int64_t)fw_dtype_size(x->dtype),
+			   x->dtype, D);
+	else
+		for (int64_t e = 0; e < D; e++)
+			o[e] = elem(x, at + e * es);
+}
+
 /* rows [t0, t0 + n) of head h of x (B, T, H, D), any strides -> dst[n][ld];
  * columns D..ld and rows n..np are zeroed */
 static void load_rows(const struct fw_tensor *x, int64_t b, int64_t h, int64_t t0, int64_t n,
 		      int64_t np, int64_t D, int64_t ld, float *dst)
 {
 	for (int64_t r = 0; r < n; r++) {
-		const float *src = fw_f32(x) + b * x->nb[0] + (t0 + r) * x->nb[1] + h * x->nb[2];
 		float *o = dst + r * ld;
-		if (x->nb[3] == 1) {
-			memcpy(o, src, sizeof(float) * (size_t)D);
-		} else {
-			for (int64_t e = 0; e < D; e++)
-				o[e] = src[e * x->nb[3]];
-		}
+		read_row(x, b * x->nb[0] + (t0 + r) * x->nb[1] + h * x->nb[2], x->nb[3], D, o);
 		memset(o + D, 0, sizeof(float) * (size_t)(ld - D));
 	}
 	zero_rows(dst + n * ld, np - n, ld, ld);
@@ -492,8 +515,16 @@ static void gather_t(const float *src, int64_t rs, int64_t es, int64_t n, int64_
 static void load_rows_t(const struct fw_tensor *x, int64_t b, int64_t h, int64_t t0, int64_t n,
 			int64_t np, int64_t D, int64_t ld, float *dst)
 {
-	gather_t(fw_f32(x) + b * x->nb[0] + t0 * x->nb[1] + h * x->nb[2], x->nb[1], x->nb[3], n,
-		 np, D, ld, dst);
+	int64_t at = b * x->nb[0] + t0 * x->nb[1] + h * x->nb[2];
+	if (x->dtype == FW_F32) {
+		gather_t(fw_f32(x) + at, x->nb[1], x->nb[3], n, np, D, ld, dst);
+		return;
+	}
+	for (int64_t r = 0; r < n; r++)
+		for (int64_t e = 0; e < D; e++)
+			dst[e * ld + r] = elem(x, at + r * x->nb[1] + e * x->nb[3]);
+	for (int64_t e = 0; e < D; e++)
+		memset(dst + e * ld + n, 0, sizeof(float) * (size_t)(np - n));
 }
 
 static inline v8i ld8i(const int32_t *p)
@@ -710,11 +741,10 @@ static void task_forward(const struct attn_job *j, float *w, int64_t task)
 static const float *head_row(const struct fw_tensor *x, int64_t b, int64_t t, int64_t h,
 			     int64_t D, float *tmp)
 {
-	const float *src = fw_f32(x) + b * x->nb[0] + t * x->nb[1] + h * x->nb[2];
-	if (x->nb[3] == 1)
-		return src;
-	for (int64_t e = 0; e < D; e++)
-		tmp[e] = src[e * x->nb[3]];
+	int64_t at = b * x->nb[0] + t * x->nb[1] + h * x->nb[2];
+	if (x->dtype == FW_F32 && x->nb[3] == 1)
+		return fw_f32(x) + at;
+	read_row(x, at, x->nb[3], D, tmp);
 	return tmp;
 }
 
@@ -1053,7 +1083,8 @@ static void set_kv(struct attn_job *j)
 			continue;
 		j->kv_view[i] = *x;
 		j->kv_view[i].ne[3] = j->d.D;
-		j->kv_view[i].data = fw_f32(x) + (i % 2) * j->d.D * x->nb[3];
+		j->kv_view[i].data = (char *)x->data + (i % 2) * j->d.D * x->nb[3] *
+						      (int64_t)fw_dtype_size(x->dtype);
 	}
 	j->k = &j->kv_view[0];
 	j->v = &j->kv_view[1];
@@ -1112,7 +1143,7 @@ static void attn_backward(struct fw_tensor *out, const struct fw_exec *ex)
 static const struct fw_op_i attn_op = {
 	.size = sizeof(struct fw_op_i),
 	.name = "flash.attn",
-	.flags = FW_OPF_STRIDED,
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF,     /* reads bf16/f16 q, k, v; f32 out */
 	.infer = attn_infer,
 	.forward = attn_forward,
 	.backward = attn_backward,
@@ -1191,11 +1222,11 @@ static enum fw_status check_spec(const struct fw_host *h, const struct fw_model 
 		return h->errorf(err, FW_ERR_SHAPE,
 				 "attention/flash: %s: q must be (B, T, %d, %d) and k, v (B, T, %d, %d)",
 				 n, spec->n_head, spec->head_dim, spec->n_kv_head, spec->head_dim);
-	if (q->dtype != FW_F32 || k->dtype != FW_F32 || v->dtype != FW_F32)
+	if (!is_float(q) || !is_float(k) || !is_float(v))
 		return h->errorf(err, FW_ERR_INVALID,
-				 "attention/flash: %s: q, k, v in %s: only f32 is supported", n,
-				 fw_dtype_name(q->dtype != FW_F32 ? q->dtype : k->dtype != FW_F32 ?
-					       k->dtype : v->dtype));
+				 "attention/flash: %s: q, k, v in %s: f32, bf16 or f16 are supported",
+				 n, fw_dtype_name(!is_float(q) ? q->dtype : !is_float(k) ? k->dtype :
+						  v->dtype));
 	if (fw_attn_check_rope(spec, q, k, "attention/flash", FW_ERR_INVALID, err) != FW_OK)
 		return err->status;
 	int64_t Tk = spec->cache ? spec->cache->max_len : k->ne[1];
@@ -1259,9 +1290,15 @@ static struct fw_tensor *flash_attend(void *state, struct fw_model *m,
 	struct fw_tensor **qkv[3] = { &q, &k, &v };
 
 	/* Under --bf16/--fp16 (autocast) the projections arrive in half
-	 * precision; this kernel reads f32, so they are cast first. */
+	 * precision: the kernel reads them as they are (f32 tiles and
+	 * accumulation). Generating, or k and v of two dtypes: cast to f32
+	 * first (the cache's dtype is f32); with a relative bias k and v are
+	 * cast (their concat is f32). */
+	bool cast = spec->cache || (k && v && k->dtype != v->dtype);
+	bool cast_kv = cast || spec->pos == FW_POS_RELATIVE;
 	for (int i = 0; i < 3; i++)
-		if (*qkv[i] && ((*qkv[i])->dtype == FW_BF16 || (*qkv[i])->dtype == FW_F16))
+		if ((i ? cast_kv : cast) && *qkv[i] &&
+		    ((*qkv[i])->dtype == FW_BF16 || (*qkv[i])->dtype == FW_F16))
 			*qkv[i] = h->op(ctx, FW_OP_CAST, qkv[i], 1, &(union fw_param){ .i = FW_F32 }, 1);
 	if (check_spec(h, m, spec, q, k, v, err) != FW_OK)
 		return NULL;
