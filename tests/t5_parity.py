@@ -250,9 +250,9 @@ def batch(seed):
     return enc, mask, dec, tgt
 
 
-def run_fw(args, work, c, W, enc, mask, dec, tgt, h5=None):
+def run_fw(args, work, c, W, enc, mask, dec, tgt, h5=None, attn="mha"):
     """fw's loss, logits (B, T, V) and {name: gradient}, or None; the weights
-    W, or the fw file h5."""
+    W, or the fw file h5; attn: the attention plugin."""
     d = tempfile.mkdtemp(dir=work)
     if h5:
         shutil.copy(h5, os.path.join(d, "weights.h5"))
@@ -266,7 +266,7 @@ def run_fw(args, work, c, W, enc, mask, dec, tgt, h5=None):
     np.where(mask[:, None, None, :] > 0, 0.0, -np.inf).astype(np.float32).tofile(
         os.path.join(d, "enc_bias.f32"))
     p = subprocess.run([args.driver, os.path.join(args.plugin_path, "arch", "encdec.so"),
-                        os.path.join(args.plugin_path, "attention", "mha.so"), d] + flags(c),
+                        os.path.join(args.plugin_path, "attention", attn + ".so"), d] + flags(c),
                        capture_output=True, text=True, timeout=120,
                        env=dict(os.environ, OMP_NUM_THREADS="2"))
     if not R.check("t5_driver runs", p.returncode == 0, g2.describe(p)):
@@ -453,8 +453,8 @@ def adamw_replay(c, W, micro, te=TT, td=TT):
     return out
 
 
-def fw_train(fw, run, ck, data, *extra):
-    return fw("train", "--plugins=arch/encdec,attention/mha,optim/adamw", f"--load={ck}",
+def fw_train(fw, run, ck, data, *extra, attn="attention/mha"):
+    return fw("train", f"--plugins=arch/encdec,{attn},optim/adamw", f"--load={ck}",
               f"--data={data}", "--tokenizer=byte", f"--micro-batch-size={TB}",
               f"--seq-length={TT}", f"--lr={TRAIN['LR']}", "--lr-decay-style=constant",
               f"--weight-decay={TRAIN['WD']}", "--clip-grad=0", f"--adam-beta1={TRAIN['BETA1']}",
@@ -473,8 +473,9 @@ def compare_steps(name, run, ref):
             f"fw {got[-1]['loss']:.7f} torch {ref[-1][0]:.7f}")
 
 
-def check_sft(fw, work, c, name, seed):
-    """fwrun train on {"input", "target"} JSONL vs the torch replay; fwrun eval."""
+def check_sft(fw, work, c, name, seed, attn="attention/mha", opts=()):
+    """fwrun train on {"input", "target"} JSONL vs the torch replay; fwrun eval;
+    attn: the attention plugin, opts: its options."""
     rng = np.random.RandomState(seed)
     recs = pair_records(rng, 18)         # 5 micro-batches a pass, the last one padded
     path = os.path.join(work, f"pairs_{seed}.jsonl")
@@ -491,16 +492,17 @@ def check_sft(fw, work, c, name, seed):
         for k in range(per):
             l, cnt = batch_loss(c, {k2: v.double() for k2, v in W.items()}, micro(k))
             s, n = s + l.item(), n + cnt
-    p = fw("eval", "--plugins=arch/encdec,attention/mha", f"--load={ck}",
+    p = fw("eval", f"--plugins=arch/encdec,{attn}", f"--load={ck}",
            f"--valid-data={path}", "--tokenizer=byte", f"--micro-batch-size={TB}",
-           f"--seq-length={TT}", "--threads=2")
+           f"--seq-length={TT}", "--threads=2", *opts)
     got = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else None
     if R.check(f"seq2seq {name}: fwrun eval runs", got is not None, g2.describe(p)):
         r = g2.rel(got["eval_loss"], s / n)
         R.check(f"seq2seq {name}: eval loss over {n} target tokens fw {got['eval_loss']:.9g} "
                 f"vs torch {s / n:.9g}", r <= TOL_LOSS and got["targets"] == n, f"rel {r:.2e}")
-    run = os.path.join(work, f"sft_{seed}")
-    p = fw_train(fw, run, ck, path, "--no-shuffle", f"--train-iters={TRAIN['ITERS']}")
+    run = os.path.join(work, f"sft_{seed}_{attn.replace('/', '_')}")
+    p = fw_train(fw, run, ck, path, "--no-shuffle", f"--train-iters={TRAIN['ITERS']}", *opts,
+                 attn=attn)
     if R.check(f"seq2seq {name}: fwrun train runs", p.returncode == 0, g2.describe(p)):
         compare_steps(f"seq2seq {name}", run, adamw_replay(c, W, micro))
 
@@ -857,10 +859,10 @@ def check_buckets(args):
                     p.returncode == 0 and got == ref, f"differs at {bad[:5]}" if bad else "")
 
 
-def check_model(args, work, name, c, seed):
+def check_model(args, work, name, c, seed, attn="mha"):
     W = random_weights(c, seed)
     enc, mask, dec, tgt = batch(seed)
-    got = run_fw(args, work, c, W, enc, mask, dec, tgt)
+    got = run_fw(args, work, c, W, enc, mask, dec, tgt, attn=attn)
     if got is None:
         return None
     loss, logits, grads = got
@@ -880,7 +882,7 @@ def check_model(args, work, name, c, seed):
     return W, logits
 
 
-def check_padding(args, work, c, W, base):
+def check_padding(args, work, c, W, base, attn="mha"):
     enc, mask, dec, tgt = batch(5)
     real = tgt >= 0
     g = torch.Generator().manual_seed(7)
@@ -889,7 +891,7 @@ def check_padding(args, work, c, W, base):
         E = W["shared.weight"].clone()
         E[row] += 3.0 * torch.randn(E.shape[1], generator=g)
         W2["shared.weight"] = E
-        got = run_fw(args, work, c, W2, enc, mask, dec, tgt)
+        got = run_fw(args, work, c, W2, enc, mask, dec, tgt, attn=attn)
         if got is None:
             return
         diff = float(np.abs(got[1][real] - base[real]).max())

@@ -7,6 +7,8 @@
  *  - the same values as attention/mha (forward 1e-5, every gradient 1e-4,
  *    relative) for every mask kind, with the default and with odd tiles;
  *  - thread-count independence of forward and backward (race-free tasks);
+ *  - bf16 and f16 q, k, v read by the kernel: bit-identical to f32 inputs
+ *    holding the same values (relative bias, key mask);
  *  - no (T, T) buffer: the planned activations grow linearly in T;
  *  - one-line refusals of what flash does not support.
  * flash against torch itself is tests/flash_parity.py's job.
@@ -78,6 +80,18 @@ static void fill_masks(void)
 	}
 }
 
+/* T5's key mask (B, 1, 1, T): row 0 pads [30, 37); row 1 hides keys 10, 11
+ * (a hole) and pads [25, 37). */
+static float key_mask[MB * MT];
+
+static void fill_key_mask(void)
+{
+	for (int j = 0; j < MT; j++) {
+		key_mask[j] = j < 30 ? 0.0f : -INFINITY;
+		key_mask[MT + j] = j < 25 && j != 10 && j != 11 ? 0.0f : -INFINITY;
+	}
+}
+
 /* --- attend ------------------------------------------------------------------------- */
 
 struct attend_args {
@@ -85,7 +99,7 @@ struct attend_args {
 	int n_head, n_kv_head, head_dim;
 	enum fw_pos_kind pos;
 	int rope_dim;
-	bool interleaved, causal, with_bias, with_positions;
+	bool interleaved, causal, with_bias, with_positions, cross;
 	float dropout;
 	bool training;
 };
@@ -102,7 +116,8 @@ static struct fw_tensor *attend(struct fw_ctx *c, struct fw_tensor *const *in,
 	struct fw_attn_spec spec = {
 		.size = sizeof(spec), .name = "test.attn", .n_head = a->n_head,
 		.n_kv_head = a->n_kv_head, .head_dim = a->head_dim,
-		.mask = a->causal ? FW_MASK_CAUSAL : FW_MASK_BIDIRECTIONAL, .pos = a->pos,
+		.mask = a->causal ? FW_MASK_CAUSAL : a->cross ? FW_MASK_CROSS : FW_MASK_BIDIRECTIONAL,
+		.pos = a->pos,
 		.rope_base = 10000.0f, .rope_dim = a->rope_dim, .rope_interleaved = a->interleaved,
 		.dropout = a->dropout, .seed = 4242,
 	};
@@ -170,12 +185,31 @@ static const struct acase grad_cases[] = {
 	{ "MQA 3/1 + RoPE GPT-J partial 24, D 40, T 37, causal",
 	  AA(FS, 3, 1, 40, FW_POS_ROPE, .rope_dim = 24, .interleaved = true, .causal = true), 3,
 	  { F("q", 1, 37, 3, 40), F("k", 1, 37, 1, 40), F("v", 1, 37, 1, 40) } },
+	/* T5: a relative bias (Hq, Tq, Tk) that trains (its gradient sums over
+	 * the batch), with the encoder's key mask, causal, and GQA */
+	{ "MHA 3 + relative bias + key mask (a hole), bidirectional, B 2, D 16",
+	  AA(FS, 3, 3, 16, FW_POS_RELATIVE, .with_bias = true), 5,
+	  { F("q", 2, 37, 3, 16), F("k", 2, 37, 3, 16), F("v", 2, 37, 3, 16),
+	    CONSTF("keys", key_mask, 2, 1, 1, 37), F("pos_bias", 3, 37, 37) } },
+	{ "MHA 3 + relative bias, causal, B 2, D 16, T 37",
+	  AA(FS, 3, 3, 16, FW_POS_RELATIVE, .causal = true), 4,
+	  { F("q", 2, 37, 3, 16), F("k", 2, 37, 3, 16), F("v", 2, 37, 3, 16),
+	    F("pos_bias", 3, 37, 37) } },
+	{ "GQA 6/2 + relative bias + dropout 0.2, causal, D 16, T 37",
+	  AA(FS, 6, 2, 16, FW_POS_RELATIVE, .causal = true, .dropout = 0.2f, .training = true), 4,
+	  { F("q", 1, 37, 6, 16), F("k", 1, 37, 2, 16), F("v", 1, 37, 2, 16),
+	    F("pos_bias", 6, 37, 37) } },
+	{ "cross-attention, 21 queries over 37 keys, key mask, MHA 3, D 16",
+	  AA(FS, 3, 3, 16, FW_POS_NONE, .cross = true, .with_bias = true), 4,
+	  { F("q", 2, 21, 3, 16), F("k", 2, 37, 3, 16), F("v", 2, 37, 3, 16),
+	    CONSTF("keys", key_mask, 2, 1, 1, 37) } },
 };
 
 START_TEST(test_attend_grad)
 {
 	const struct acase *c = &grad_cases[_i];
 	fill_masks();
+	fill_key_mask();
 	struct fwt_gc_opts o = { .seed = (uint64_t)_i + 200 };
 	int r = fwt_gradcheck_ex(c->name, c->n, c->in, b_attend, (void *)&c->a, &o);
 	ck_assert_msg(r == 0, "%s: gradient check failed (%d elements)", c->name, r);
@@ -274,6 +308,76 @@ START_TEST(test_equals_mha)
 }
 END_TEST
 
+/* --- half precision in -------------------------------------------------------------- */
+
+/* bf16 and f16 q, k, v (autocast's projections) are read by the kernel
+ * as they are (with a relative bias, q; k and v are cast for their concat):
+ * the same output and gradients, bit for bit, as f32 q, k, v holding the
+ * same (rounded) values, under a key mask. */
+static void run_half(enum fw_dtype dt, enum fw_pos_kind pos)
+{
+	enum { B = 2, T = 37, H = 3, D = 20 };
+	int64_t nq = (int64_t)B * T * H * D;
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_tensor *x[2][3], *y[2], *loss = NULL;
+	struct fw_tensor *r = fw_input(ctx, "r", FW_F32, 4, (int64_t[]){ B, T, H, D });
+	struct fw_tensor *keys = fw_input(ctx, "keys", FW_F32, 4, (int64_t[]){ B, 1, 1, T });
+	struct fw_tensor *pb = fw_param(ctx, "pb", FW_F32, 3, (int64_t[]){ H, T, T }, true);
+	struct attend_args a = AA(NULL, H, H, D, pos, .with_bias = true);
+	for (int s = 0; s < 2; s++) {
+		struct fw_tensor *in[5];
+		for (int i = 0; i < 3; i++) {
+			char nm[8];
+			snprintf(nm, sizeof(nm), "%c%d", "qkv"[i], s);
+			x[s][i] = fw_param(ctx, nm, FW_F32, 4, (int64_t[]){ B, T, H, D }, true);
+			in[i] = s ? x[s][i] : fw_cast(ctx, x[s][i], dt);
+		}
+		in[3] = keys;
+		in[4] = pb;
+		struct fw_err err = { 0 };
+		y[s] = attend(ctx, in, &a, flash_small, &err);
+		ck_assert_msg(y[s] != NULL, "%s", err.msg);
+		struct fw_tensor *l = fw_sum(ctx, fw_mul(ctx, y[s], r), FW_AXIS_ALL, false);
+		loss = loss ? fw_add(ctx, loss, l) : l;
+	}
+	struct fw_graph *g = fw_graph_new(ctx, (struct fw_tensor *[]){ loss, y[0], y[1] }, 3,
+					  &(struct fw_graph_opts){ .backward = true,
+								   .training = true });
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+	struct fwt_rng rng = fwt_rng_new(23);
+	for (int i = 0; i < 3; i++) {
+		float *v0 = fw_f32(x[0][i]);
+		fwt_fill_uniform(v0, nq, &rng, -2, 2);
+		for (int64_t e = 0; e < nq; e++)       /* values the half type holds exactly */
+			v0[e] = dt == FW_BF16 ? fw_bf16_to_f32(fw_f32_to_bf16(v0[e])) :
+				fw_f16_to_f32(fw_f32_to_f16(v0[e]));
+		memcpy(fw_f32(x[1][i]), v0, sizeof(float) * (size_t)nq);
+	}
+	fwt_fill_uniform(fw_f32(r), nq, &rng, -1, 1);
+	fwt_fill_uniform(fw_f32(pb), (int64_t)H * T * T, &rng, -1, 1);
+	fill_key_mask();
+	memcpy(fw_f32(keys), key_mask, sizeof(key_mask));
+	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+	ck_assert_int_eq(fw_graph_backward(g), FW_OK);
+	ck_assert_msg(!memcmp(fw_f32(y[0]), fw_f32(y[1]), sizeof(float) * (size_t)nq),
+		      "%s q, k, v: another output than f32", fw_dtype_name(dt));
+	for (int i = 0; i < 3; i++)
+		ck_assert_msg(!memcmp(fw_f32(x[0][i]->grad), fw_f32(x[1][i]->grad),
+				      sizeof(float) * (size_t)nq),
+			      "%s q, k, v: d%c differs from f32's", fw_dtype_name(dt), "qkv"[i]);
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+}
+
+START_TEST(test_half_inputs)
+{
+	load_all();
+	run_half(FW_BF16, FW_POS_NONE);
+	run_half(FW_F16, FW_POS_NONE);
+	run_half(FW_BF16, FW_POS_RELATIVE);
+}
+END_TEST
+
 /* --- threads, memory ------------------------------------------------------------------- */
 
 START_TEST(test_threads)
@@ -345,7 +449,8 @@ START_TEST(test_bad_specs)
 		{ AA(NULL, 6, 4, 40, FW_POS_NONE), 6, 4, 40, "not a multiple of 4 KV heads" },
 		{ AA(NULL, 4, 4, 40, FW_POS_ROPE, .rope_dim = 5), 4, 4, 40, "rotary dim 5 must be even" },
 		{ AA(NULL, 4, 4, 40, FW_POS_ROPE, .rope_dim = 48), 4, 4, 40, "at most the head dim 40" },
-		{ AA(NULL, 4, 4, 8, FW_POS_RELATIVE), 4, 4, 8, "relative position bias" },
+		{ AA(NULL, 2, 2, 8, FW_POS_RELATIVE), 2, 2, 8,
+		  "the relative position bias must be f32 (2, 3, 3)" },
 		{ AA(NULL, 4, 4, 8, FW_POS_NONE, .dropout = 1.0f, .training = true), 4, 4, 8,
 		  "attention dropout 1 is not in [0, 1)" },
 	};
@@ -399,6 +504,7 @@ int main(void)
 	TCase *vs = fwt_tcase("mha", 300);
 	tcase_add_loop_test(vs, test_equals_mha, 0, (int)(sizeof(vs_cases) / sizeof(vs_cases[0])));
 	tcase_add_test(vs, test_threads);
+	tcase_add_test(vs, test_half_inputs);
 	tcase_add_test(vs, test_memory_linear);
 	tcase_add_test(vs, test_bad_specs);
 	suite_add_tcase(s, vs);

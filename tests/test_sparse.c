@@ -12,6 +12,10 @@
  *  - decoding with the KV cache, one token at a time, equals the full causal
  *    forward row by row, for every pattern;
  *  - 1 and 2 threads give the same values, bit for bit;
+ *  - T5's relative bias (H, Tq, Tk), trained: finite-difference checks of
+ *    its gradient (summed over the batch) with q, k, v, under a window and
+ *    BigBird, with a key mask (B, 1, 1, Tk) holding a hole; cross-attention
+ *    (dense: every key, 7 queries over 13 keys) under a key mask;
  *  - refusals: one line naming the layer or the option.
  * tests/sparse_parity.py checks the same patterns through fwrun against torch.
  */
@@ -317,6 +321,73 @@ START_TEST(test_attend_grad)
 }
 END_TEST
 
+/* --- T5: relative bias, key mask, cross-attention ----------------------------------- */
+
+struct rcase {
+	const char *name;
+	struct pat p;
+	int hq, hkv, d;
+	enum fw_mask_kind mask;
+	bool rel;
+	int64_t B, Tq, Tk;
+};
+
+static const struct rcase rel_cases[] = {
+	{ "relative bias + key mask, window 3, bidirectional, 3 heads, D 16",
+	  W(.w = 3), 3, 3, 16, FW_MASK_BIDIRECTIONAL, true, 2, 13, 13 },
+	{ "relative bias, bigbird block 2, 1 random, causal, GQA 6/2, D 16",
+	  BB(.bs = 2, .r = 1, .g = 1, .seed = 5), 6, 2, 16, FW_MASK_CAUSAL, true, 2, 13, 13 },
+	{ "cross-attention (every key), 7 queries over 13 keys, key mask, GQA 4/2, D 16",
+	  S(.l = 2), 4, 2, 16, FW_MASK_CROSS, false, 2, 7, 13 },
+};
+
+struct rcall {
+	struct fw_loaded *plugin;
+	const struct rcase *c;
+};
+
+/* in: q, k, v, the key mask, then the relative bias */
+static struct fw_tensor *b_rel(struct fw_ctx *ctx, struct fw_tensor *const *in, void *u)
+{
+	const struct rcall *cl = u;
+	const struct rcase *c = cl->c;
+	struct fw_err err = { 0 };
+	struct fw_model m = { .size = sizeof(m), .ctx = ctx, .host = fw_host_table(),
+			      .batch = c->B, .seq_len = c->Tq, .training = true };
+	struct fw_attn_spec spec = {
+		.size = sizeof(spec), .name = "t5.attn", .n_head = c->hq, .n_kv_head = c->hkv,
+		.head_dim = c->d, .mask = c->mask, .bias = in[3], .scale = 1.0f,
+		.pos = c->rel ? FW_POS_RELATIVE : FW_POS_NONE, .pos_bias = c->rel ? in[4] : NULL,
+	};
+	const struct fw_attention_i *ai = cl->plugin->desc->iface;
+	struct fw_tensor *y = ai->attend(cl->plugin->state, &m, &spec, in[0], in[1], in[2], &err);
+	if (!y)
+		fprintf(stderr, "attend: %s\n", err.msg);
+	return y;
+}
+
+START_TEST(test_relative_grad)
+{
+	const struct rcase *c = &rel_cases[_i];
+	static float keys[2 * 13];
+	for (int j = 0; j < 13; j++) {      /* row 0 pads [10, 13); row 1 hides key 4 */
+		keys[j] = j < 10 ? 0.0f : -INFINITY;
+		keys[13 + j] = j == 4 ? -INFINITY : 0.0f;
+	}
+	struct rcall cl = { open_sparse(&c->p), c };
+	struct fwt_input in[5] = {
+		{ .name = "q", .ndim = 4, .ne = { c->B, c->Tq, c->hq, c->d }, .grad = true },
+		{ .name = "k", .ndim = 4, .ne = { c->B, c->Tk, c->hkv, c->d }, .grad = true },
+		{ .name = "v", .ndim = 4, .ne = { c->B, c->Tk, c->hkv, c->d }, .grad = true },
+		{ .name = "keys", .ndim = 4, .ne = { c->B, 1, 1, c->Tk }, .data = keys },
+		{ .name = "pos_bias", .ndim = 3, .ne = { c->hq, c->Tq, c->Tk }, .grad = true },
+	};
+	struct fwt_gc_opts o = { .seed = (uint64_t)_i + 300 };
+	int r = fwt_gradcheck_ex(c->name, c->rel ? 5 : 4, in, b_rel, &cl, &o);
+	ck_assert_msg(r == 0, "%s: gradient check failed (%d elements)", c->name, r);
+}
+END_TEST
+
 /* The kernels split rows (forward) and KV heads (backward) across threads,
  * each output and gradient element written by one: the same values with 1
  * and 2 threads, bit for bit. */
@@ -564,8 +635,7 @@ START_TEST(test_bad_specs)
 		{ W(.w = 2), 6, 4, FW_MASK_CAUSAL, FW_POS_NONE, 0, false,
 		  "not a multiple of 4 KV heads" },
 		{ S(.l = 2), 4, 4, FW_MASK_CAUSAL, FW_POS_RELATIVE, 0, false,
-		  "relative position bias" },
-		{ S(.l = 2), 4, 4, FW_MASK_CROSS, FW_POS_NONE, 0, false, "cross-attention" },
+		  "the relative position bias must be f32 (4, 7, 7)" },
 		{ W(.w = 2), 4, 4, FW_MASK_CAUSAL, FW_POS_NONE, 0.1f, false, "dropout" },
 		{ W(.w = 2), 4, 4, FW_MASK_BIDIRECTIONAL, FW_POS_NONE, 0, true,
 		  "generating with a cache needs causal attention" },
@@ -597,6 +667,25 @@ START_TEST(test_bad_specs)
 			      bad[i].expect);
 		fw_ctx_free(ctx);
 	}
+	/* a relative bias with packed rows: the op has no source left for both */
+	struct pat wp = W(.w = 2);
+	struct fw_loaded *l = open_sparse(&wp);
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_err err = { 0 };
+	struct fw_model m = { .size = sizeof(m), .ctx = ctx, .host = fw_host_table(),
+			      .positions = fw_input(ctx, "pos", FW_I32, 2, (int64_t[]){ 1, 7 }) };
+	struct fw_tensor *q = fw_input(ctx, "q", FW_F32, 4, (int64_t[]){ 1, 7, 2, 8 });
+	struct fw_attn_spec spec = {
+		.size = sizeof(spec), .name = "bad.attn", .n_head = 2, .n_kv_head = 2,
+		.head_dim = 8, .pos = FW_POS_RELATIVE,
+		.pos_bias = fw_input(ctx, "pb", FW_F32, 3, (int64_t[]){ 2, 7, 7 }),
+	};
+	const struct fw_attention_i *ai = l->desc->iface;
+	ck_assert(ai->attend(l->state, &m, &spec, q, q, q, &err) == NULL);
+	ck_assert_msg(err.status == FW_ERR_INVALID && strstr(err.msg, "bad.attn") &&
+		      strstr(err.msg, "relative position bias with packed rows") &&
+		      !strchr(err.msg, '\n'), "got '%s'", err.msg);
+	fw_ctx_free(ctx);
 }
 END_TEST
 
@@ -641,6 +730,8 @@ int main(void)
 	Suite *s = suite_create("sparse");
 	TCase *gc = fwt_tcase("gradcheck", 600);
 	tcase_add_loop_test(gc, test_attend_grad, 0, NCASES);
+	tcase_add_loop_test(gc, test_relative_grad, 0,
+			    (int)(sizeof(rel_cases) / sizeof(rel_cases[0])));
 	tcase_add_test(gc, test_threads);
 	tcase_add_checked_fixture(gc, NULL, close_opened);
 	suite_add_tcase(s, gc);

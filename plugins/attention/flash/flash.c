@@ -1,14 +1,16 @@
 /* attention/flash - fused CPU flash attention, forward and backward
  * (FlashAttention-2: Dao 2023, Algorithms 1 and 2), for MHA, GQA and MQA,
  * with ALiBi in the kernel, RoPE before it, segment masks without a dense
- * mask, and the generation cache.
+ * mask, key masks, T5's relative bias (trained) added per tile, and the
+ * generation cache.
  *
  * Ops (registered once per process):
  *   flash.ranges  q (B, Tq, Hq, D) for its shape, then optional positions
- *                 (B, T) i32, the host's sequence bias (B, 1, T, T) f32 and
- *                 the cache length i32 [1] -> (B, Tq, 3) i32: for each query
- *                 row the key interval [lo, hi) it may see and its absolute
- *                 position (ALiBi, causal alignment). O(T), no gradient.
+ *                 (B, T) i32, the host's sequence bias (B, 1, T, T) or a key
+ *                 mask (B, 1, 1, Tk) f32 and the cache length i32 [1] ->
+ *                 (B, 3 Tq [+ Tk]) i32: for each query row the key interval
+ *                 [lo, hi) it may see and its absolute position (ALiBi,
+ *                 causal alignment), then the key mask. O(T), no gradient.
  *   flash.attn    q, k (B, Tk, Hkv, D), v, ranges -> one f32 buffer holding
  *                 O (B, Tq, Hq, D) followed by the logsumexp (B, Hq, Tq).
  *                 Forward: tiles of BQ queries x BK keys, online softmax
@@ -68,8 +70,13 @@ static int g_ranges_op = -1, g_attn_op = -1, g_out_op = -1;
  * interval of zeros (its example): from the positions in O(1) per row
  * (start = i - pos[i], checked against the bias at the interval's edges),
  * else by scanning the row; a row whose diagonal is -inf (padding) sees
- * nothing. Causal: hi <= qpos + 1. */
-enum { RG_POS = 1, RG_BIAS = 2, RG_LEN = 4 };
+ * nothing. Causal: hi <= qpos + 1. RG_KEYS (in the bias's place): a key
+ * mask (B, 1, 1, Tk), padding of keys for every query (T5's encoder and
+ * cross-attention): each row's interval shrinks to the first and last
+ * visible key, and the mask's values follow the triples, B rows of
+ * 3 Tq + Tk i32 (the floats' bits), for the kernel to add. Out (B, 3 Tq
+ * [+ Tk]) i32. */
+enum { RG_POS = 1, RG_BIAS = 2, RG_LEN = 4, RG_KEYS = 8 };
 
 static enum fw_status ranges_infer(struct fw_tensor *out, struct fw_err *err)
 {
@@ -82,7 +89,13 @@ static enum fw_status ranges_infer(struct fw_tensor *out, struct fw_err *err)
 			return fw_errorf(err, FW_ERR_SHAPE, "flash.ranges: positions must be i32 "
 					 "(B, T) of q");
 	}
-	if (f & RG_BIAS) {
+	if (f & RG_KEYS) {
+		const struct fw_tensor *b = out->src[k++];
+		if (!b || b->dtype != FW_F32 || b->ndim != 4 || b->ne[0] != B || b->ne[1] != 1 ||
+		    b->ne[2] != 1 || b->ne[3] != out->params[2].i)
+			return fw_errorf(err, FW_ERR_SHAPE, "flash.ranges: the key mask must be f32 "
+					 "(B, 1, 1, Tk)");
+	} else if (f & RG_BIAS) {
 		const struct fw_tensor *b = out->src[k++];
 		if (!b || b->dtype != FW_F32 || b->ndim != 4 || b->ne[0] != B || b->ne[1] != 1 ||
 		    b->ne[2] != Tq || b->ne[3] != Tq || out->params[2].i != Tq)
@@ -97,10 +110,9 @@ static enum fw_status ranges_infer(struct fw_tensor *out, struct fw_err *err)
 					 "i32 [1] or per-row slots (B, Tq)");
 	}
 	out->dtype = FW_I32;
-	out->ndim = 3;
+	out->ndim = 2;
 	out->ne[0] = B;
-	out->ne[1] = Tq;
-	out->ne[2] = 3;
+	out->ne[1] = 3 * Tq + (f & RG_KEYS ? out->params[2].i : 0);
 	return FW_OK;
 }
 
@@ -112,11 +124,14 @@ static bool seen(const float *row, int64_t s, int64_t j)
 static void ranges_forward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *q = out->src[0], *pos = NULL, *bias = NULL, *len = NULL;
+	const struct fw_tensor *keys = NULL;
 	int f = out->params[0].i, k = 1;
 	bool causal = out->params[1].i != 0;
 	if (f & RG_POS)
 		pos = out->src[k++];
-	if (f & RG_BIAS)
+	if (f & RG_KEYS)
+		keys = out->src[k++];
+	else if (f & RG_BIAS)
 		bias = out->src[k++];
 	if (f & RG_LEN)
 		len = out->src[k++];
@@ -129,8 +144,9 @@ static void ranges_forward(struct fw_tensor *out, const struct fw_exec *ex)
 		valid = 0;
 	int32_t *rg = fw_i32(out);
 	const int32_t *slots = len && len->ndim == 2 ? fw_i32(len) : NULL;
+	int64_t rs = out->ne[1];
 	for (int64_t b = 0; b < B; b++) {
-		int32_t *r = rg + b * Tq * 3;
+		int32_t *r = rg + b * rs;
 		for (int64_t i = 0; i < Tq; i++) {
 			int64_t at = slots ? slots[b * Tq + i] : i + off;
 			r[3 * i] = 0;         /* per-row slots: keys [0, slot] of the row */
@@ -171,13 +187,31 @@ static void ranges_forward(struct fw_tensor *out, const struct fw_exec *ex)
 			r[3 * i + 1] = (int32_t)hi;
 		}
 	}
-	for (int64_t n = 0; n < B * Tq; n++) {
-		int32_t *r = rg + n * 3;
-		if (causal && r[1] > r[2] + 1)
-			r[1] = r[2] + 1;
-		if (r[1] < r[0])
-			r[1] = r[0];
+	for (int64_t b = 0; keys && b < B; b++) {
+		const float *kr = fw_f32(keys) + b * keys->nb[0];
+		int64_t s = keys->nb[3], first = Tk, last = -1;
+		float *kb = (float *)(rg + b * rs + 3 * Tq);
+		for (int64_t j = 0; j < Tk; j++) {
+			kb[j] = kr[j * s];
+			if (kb[j] != -INFINITY) {
+				first = first < j ? first : j;
+				last = j;
+			}
+		}
+		for (int64_t i = 0; i < Tq; i++) {
+			int32_t *r = rg + b * rs + 3 * i;
+			r[0] = r[0] > first ? r[0] : (int32_t)first;
+			r[1] = r[1] < last + 1 ? r[1] : (int32_t)(last + 1);
+		}
 	}
+	for (int64_t b = 0; b < B; b++)
+		for (int64_t i = 0; i < Tq; i++) {
+			int32_t *r = rg + b * rs + 3 * i;
+			if (causal && r[1] > r[2] + 1)
+				r[1] = r[2] + 1;
+			if (r[1] < r[0])
+				r[1] = r[0];
+		}
 }
 
 static const struct fw_op_i ranges_op = {
@@ -191,9 +225,16 @@ static const struct fw_op_i ranges_op = {
 /* --- the fused kernel ------------------------------------------------------------------
  *
  * flash.attn: src q (B, Tq, Hq, D), k, v (B, Tk, Hkv, D), any strides;
- * ranges (B, Tq, 3) i32. p0.f scale, p1.i ALiBi, p2.i BQ, p3.i BK. Out: f32
+ * ranges (B, 3 Tq [+ Tk]) i32. p0.f scale, p1.i ALiBi, p2.i BQ, p3.i BK,
+ * p4.f dropout, p5, p6 its seed, p7.i bits: FA_POS a relative bias, FA_KEYS
+ * the ranges carry a key mask. With FA_POS the sources are q, kv (B, Tk,
+ * Hkv, 2D) (k then v in each head's row), the bias (Hq, Tq, Tk) f32 (any
+ * strides) and the ranges: S = scale q k^T + bias + key mask, and the
+ * bias's gradient is dS summed over the batch (one dQ task per (head,
+ * query tile) runs every batch row, so it owns those bias rows). Out: f32
  * [B*Tq*Hq*D + B*Hq*Tq]: O (B, Tq, Hq, D), then lse (B, Hq, Tq) (-inf for a
  * row that sees no key; its O is 0). */
+enum { FA_POS = 1, FA_KEYS = 2 };
 
 /* Vectors of 8 floats (GNU vector extensions: gcc and clang both keep them
  * in registers, AVX2 ymm at -march=x86-64-v3). */
@@ -263,6 +304,8 @@ struct dims {
 	uint32_t drop_thr;           /* kept iff the draw >= this */
 	float drop_scale;            /* 1 / (1 - p) */
 	uint64_t drop_key;
+	int64_t rgs;                 /* i32 a batch row of the ranges */
+	bool pos, keys;              /* FA_POS, FA_KEYS */
 };
 
 #define MR 4                    /* micro-kernel rows */
@@ -284,6 +327,9 @@ static struct dims dims_of(const struct fw_tensor *out)
 	d.BKp = UP(d.BK, NR);
 	d.DB = 256;
 	d.nblk = d.Tq == 1 ? (d.Tk + d.DB - 1) / d.DB : 0;
+	d.pos = (out->params[7].i & FA_POS) != 0;
+	d.keys = (out->params[7].i & FA_KEYS) != 0;
+	d.rgs = 3 * d.Tq + (d.keys ? d.Tk : 0);
 	return d;
 }
 
@@ -316,20 +362,6 @@ static size_t slot_floats(const struct dims *d)
 	return (n + 15) & ~(size_t)15;                  /* 64-byte slots */
 }
 
-/* Keys and values are f32, or under --bf16/--fp16 a half KV cache, which
- * is read (widened) in place while decoding. */
-static bool kv_dtype(enum fw_dtype dt)
-{
-	return dt == FW_F32 || dt == FW_BF16 || dt == FW_F16;
-}
-
-/* Element i of half tensor x, as f32. */
-static inline float half_at(const struct fw_tensor *x, int64_t i)
-{
-	uint16_t h = ((const uint16_t *)x->data)[i];
-	return x->dtype == FW_BF16 ? fw_bf16_to_f32(h) : fw_f16_to_f32(h);
-}
-
 /* Floats of the decoding partials (task_decode), in front of the slots. */
 static size_t partial_floats(const struct dims *d)
 {
@@ -337,20 +369,42 @@ static size_t partial_floats(const struct dims *d)
 	return (n + 15) & ~(size_t)15;
 }
 
+static bool is_float(const struct fw_tensor *x)
+{
+	return x->dtype == FW_F32 || x->dtype == FW_BF16 || x->dtype == FW_F16;
+}
+
 static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 {
 	const struct fw_tensor *q = out->src[0], *k = out->src[1], *v = out->src[2],
 			       *rg = out->src[3];
+	int fa = out->params[7].i;
+	if (fa & FA_POS) {      /* q, kv, bias, ranges: k and v as kv's halves */
+		const struct fw_tensor *pb = v;
+		if (!k || !pb || q->ndim != 4 || k->ndim != 4 || !is_float(q) || !is_float(k) ||
+		    k->ne[0] != q->ne[0] || k->ne[3] != 2 * q->ne[3] ||
+		    k->ne[2] <= 0 || q->ne[2] % k->ne[2])
+			return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: q must be f32, bf16 or f16 (B, "
+					 "Tq, Hq, D) and kv (B, Tk, Hkv, 2D) with Hq a multiple of Hkv");
+		if (pb->dtype != FW_F32 || pb->ndim != 3 || pb->ne[0] != q->ne[2] ||
+		    pb->ne[1] != q->ne[1] || pb->ne[2] != k->ne[1])
+			return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: the relative bias must be f32 "
+					 "(Hq, Tq, Tk)");
+		v = k;
+	}
 	if (!k || !v || !rg || q->ndim != 4 || k->ndim != 4 || v->ndim != 4 ||
-	    q->dtype != FW_F32 || !kv_dtype(k->dtype) || v->dtype != k->dtype ||
-	    k->ne[0] != q->ne[0] || k->ne[3] != q->ne[3] || v->ne[0] != k->ne[0] ||
+	    !is_float(q) || !is_float(k) || v->dtype != k->dtype ||
+	    k->ne[0] != q->ne[0] || k->ne[3] != (fa & FA_POS ? 2 : 1) * q->ne[3] ||
+	    v->ne[0] != k->ne[0] ||
 	    v->ne[1] != k->ne[1] || v->ne[2] != k->ne[2] || v->ne[3] != k->ne[3] ||
 	    k->ne[2] <= 0 || q->ne[2] % k->ne[2])
-		return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: q must be f32 (B, Tq, Hq, D) and k, "
-				 "v (B, Tk, Hkv, D) with Hq a multiple of Hkv");
-	if (rg->dtype != FW_I32 || rg->ndim != 3 || rg->ne[0] != q->ne[0] ||
-	    rg->ne[1] != q->ne[1] || rg->ne[2] != 3)
-		return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: ranges must be i32 (B, Tq, 3)");
+		return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: q must be f32, bf16 or f16 (B, Tq, "
+				 "Hq, D) and k, v of one dtype (B, Tk, Hkv, D) with Hq a multiple "
+				 "of Hkv");
+	if (rg->dtype != FW_I32 || rg->ndim != 2 || rg->ne[0] != q->ne[0] ||
+	    rg->ne[1] != 3 * q->ne[1] + (fa & FA_KEYS ? k->ne[1] : 0))
+		return fw_errorf(err, FW_ERR_SHAPE, "flash.attn: ranges must be i32 (B, 3 Tq "
+				 "[+ Tk])");
 	if (out->params[2].i < 1 || out->params[3].i < 1)
 		return fw_errorf(err, FW_ERR_INVALID, "flash.attn: tile sizes must be positive");
 	if (!(out->params[4].f >= 0.0f && out->params[4].f < 1.0f))
@@ -409,24 +463,37 @@ static void zero_rows(float *x, int64_t rows, int64_t cols, int64_t ld)
 		memset(x + r * ld, 0, sizeof(float) * (size_t)cols);
 }
 
+/* Element at (element) offset i of a f32, bf16 or f16 tensor, as f32: q,
+ * k and v may arrive in half precision (autocast); tiles are f32. */
+static inline float elem(const struct fw_tensor *x, int64_t i)
+{
+	if (x->dtype == FW_F32)
+		return fw_f32(x)[i];
+	uint16_t u = ((const uint16_t *)x->data)[i];
+	return x->dtype == FW_BF16 ? fw_bf16_to_f32(u) : fw_f16_to_f32(u);
+}
+
+/* D elements of x from offset at, stride es, into o (f32) */
+static void read_row(const struct fw_tensor *x, int64_t at, int64_t es, int64_t D, float *o)
+{
+	if (x->dtype == FW_F32 && es == 1)
+		memcpy(o, fw_f32(x) + at, sizeof(float) * (size_t)D);
+	else if (es == 1)
+		fw_convert(o, FW_F32, (const char *)x->data + at * (int64_t)fw_dtype_size(x->dtype),
+			   x->dtype, D);
+	else
+		for (int64_t e = 0; e < D; e++)
+			o[e] = elem(x, at + e * es);
+}
+
 /* rows [t0, t0 + n) of head h of x (B, T, H, D), any strides -> dst[n][ld];
  * columns D..ld and rows n..np are zeroed */
 static void load_rows(const struct fw_tensor *x, int64_t b, int64_t h, int64_t t0, int64_t n,
 		      int64_t np, int64_t D, int64_t ld, float *dst)
 {
 	for (int64_t r = 0; r < n; r++) {
-		int64_t at = b * x->nb[0] + (t0 + r) * x->nb[1] + h * x->nb[2];
-		const float *src = fw_f32(x) + at;
 		float *o = dst + r * ld;
-		if (x->dtype != FW_F32) {
-			for (int64_t e = 0; e < D; e++)
-				o[e] = half_at(x, at + e * x->nb[3]);
-		} else if (x->nb[3] == 1) {
-			memcpy(o, src, sizeof(float) * (size_t)D);
-		} else {
-			for (int64_t e = 0; e < D; e++)
-				o[e] = src[e * x->nb[3]];
-		}
+		read_row(x, b * x->nb[0] + (t0 + r) * x->nb[1] + h * x->nb[2], x->nb[3], D, o);
 		memset(o + D, 0, sizeof(float) * (size_t)(ld - D));
 	}
 	zero_rows(dst + n * ld, np - n, ld, ld);
@@ -448,17 +515,16 @@ static void gather_t(const float *src, int64_t rs, int64_t es, int64_t n, int64_
 static void load_rows_t(const struct fw_tensor *x, int64_t b, int64_t h, int64_t t0, int64_t n,
 			int64_t np, int64_t D, int64_t ld, float *dst)
 {
-	if (x->dtype != FW_F32) {
-		int64_t at = b * x->nb[0] + t0 * x->nb[1] + h * x->nb[2];
-		for (int64_t r = 0; r < n; r++)
-			for (int64_t e = 0; e < D; e++)
-				dst[e * ld + r] = half_at(x, at + r * x->nb[1] + e * x->nb[3]);
-		for (int64_t e = 0; e < D; e++)
-			memset(dst + e * ld + n, 0, sizeof(float) * (size_t)(np - n));
+	int64_t at = b * x->nb[0] + t0 * x->nb[1] + h * x->nb[2];
+	if (x->dtype == FW_F32) {
+		gather_t(fw_f32(x) + at, x->nb[1], x->nb[3], n, np, D, ld, dst);
 		return;
 	}
-	gather_t(fw_f32(x) + b * x->nb[0] + t0 * x->nb[1] + h * x->nb[2], x->nb[1], x->nb[3], n,
-		 np, D, ld, dst);
+	for (int64_t r = 0; r < n; r++)
+		for (int64_t e = 0; e < D; e++)
+			dst[e * ld + r] = elem(x, at + r * x->nb[1] + e * x->nb[3]);
+	for (int64_t e = 0; e < D; e++)
+		memset(dst + e * ld + n, 0, sizeof(float) * (size_t)(np - n));
 }
 
 static inline v8i ld8i(const int32_t *p)
@@ -554,6 +620,11 @@ enum { PASS_FWD, PASS_DKV, PASS_DQ, PASS_DEC, PASS_DEC_SUM };
 struct attn_job {
 	struct fw_tensor *out;
 	struct dims d;
+	const struct fw_tensor *k, *v;   /* src 1, 2, or kv's halves (FA_POS) */
+	struct fw_tensor *kg, *vg;       /* their gradients, or NULL */
+	struct fw_tensor kv_view[4];     /* the halves of kv and of its gradient */
+	const struct fw_tensor *pb;      /* the relative bias (Hq, Tq, Tk), or NULL */
+	struct fw_tensor *pbg;           /* its gradient, or NULL */
 	float *ws;
 	float *part;                 /* decoding partials */
 	size_t slot;
@@ -561,13 +632,43 @@ struct attn_job {
 	int64_t n_tasks, next;
 };
 
+/* Row b's ranges: the triples, then (FA_KEYS) the key mask's floats. */
+static const int32_t *ranges_row(const struct attn_job *j, int64_t b)
+{
+	return fw_i32(j->out->src[3]) + b * j->d.rgs;
+}
+
+static const float *key_mask(const struct attn_job *j, int64_t b)
+{
+	return j->d.keys ? (const float *)(ranges_row(j, b) + 3 * j->d.Tq) : NULL;
+}
+
+/* The relative bias and key mask of rows [r0, r0 + nr) of head h, keys
+ * [j0, j0 + nc), added to a score tile: S[r * rs + c * cs]. */
+static void add_bias(const struct attn_job *j, int64_t b, int64_t h, int64_t r0, int64_t nr,
+		     int64_t j0, int64_t nc, float *S, int64_t rs, int64_t cs)
+{
+	const struct fw_tensor *pb = j->pb;
+	const float *km = key_mask(j, b);
+	if (!pb && !km)
+		return;
+	for (int64_t r = 0; r < nr; r++)
+		for (int64_t c = 0; c < nc; c++) {
+			float x = km ? km[j0 + c] : 0.0f;
+			if (pb)
+				x += fw_f32(pb)[h * pb->nb[0] + (r0 + r) * pb->nb[1] +
+						(j0 + c) * pb->nb[2]];
+			S[r * rs + c * cs] += x;
+		}
+}
+
 /* Forward of one (b, h, query tile), on transposed scores St (keys x
  * queries): Q^T is gathered once, K and V rows are copied per key tile, and
  * the row statistics run 8 query rows a vector. */
 static void task_forward(const struct attn_job *j, float *w, int64_t task)
 {
 	const struct dims *d = &j->d;
-	const struct fw_tensor *out = j->out, *q = out->src[0], *k = out->src[1], *v = out->src[2];
+	const struct fw_tensor *out = j->out, *q = out->src[0], *k = j->k, *v = j->v;
 	int64_t D = d->D, Dp = d->Dp, BQ = d->BQ, BK = d->BK, BKp = d->BKp, BQp = d->BQp;
 	int64_t qt = d->nqt - 1 - task % d->nqt, bh = task / d->nqt;
 	int64_t b = bh / d->Hq, h = bh % d->Hq, hk = h / d->G;
@@ -575,7 +676,7 @@ static void task_forward(const struct attn_job *j, float *w, int64_t task)
 	float *QT = w, *acc = QT + Dp * BQp, *K = acc + BQp * Dp, *V = K + BKp * Dp;
 	float *St = V + BKp * Dp, *m = St + BKp * BQp, *l = m + BQp, *al = l + BQp, *ms = al + BQp;
 	int32_t *lo = (int32_t *)(ms + BQp), *hi = lo + BQp, *qp = hi + BQp;
-	const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
+	const int32_t *rg = ranges_row(j, b) + r0 * 3;
 	float slope = d->alibi ? fw_alibi_slope(d->Hq, h) : 0.0f;
 	int64_t klo, khi;
 	tile_keys(rg, nr, &klo, &khi);
@@ -591,6 +692,7 @@ static void task_forward(const struct attn_job *j, float *w, int64_t task)
 		load_rows(k, b, hk, j0, nc, ncr, D, Dp, K);
 		load_rows(v, b, hk, j0, nc, nc, D, Dp, V);
 		scores_t(d, K, QT, nc, nrq, j0, lo, hi, qp, slope, St);
+		add_bias(j, b, h, r0, nr, j0, nc, St, 1, BQp);
 		for (int64_t r = 0; r < nrq; r += 8) {
 			v8 mx = splat(-INFINITY);
 			for (int64_t c = 0; c < ncr; c++)
@@ -640,16 +742,9 @@ static const float *head_row(const struct fw_tensor *x, int64_t b, int64_t t, in
 			     int64_t D, float *tmp)
 {
 	int64_t at = b * x->nb[0] + t * x->nb[1] + h * x->nb[2];
-	const float *src = fw_f32(x) + at;
-	if (x->dtype != FW_F32) {
-		for (int64_t e = 0; e < D; e++)
-			tmp[e] = half_at(x, at + e * x->nb[3]);
-		return tmp;
-	}
-	if (x->nb[3] == 1)
-		return src;
-	for (int64_t e = 0; e < D; e++)
-		tmp[e] = src[e * x->nb[3]];
+	if (x->dtype == FW_F32 && x->nb[3] == 1)
+		return fw_f32(x) + at;
+	read_row(x, at, x->nb[3], D, tmp);
 	return tmp;
 }
 
@@ -668,10 +763,10 @@ static float *dec_partial(const struct attn_job *j, int64_t b, int64_t blk, int6
 static void task_decode(const struct attn_job *j, float *w, int64_t task)
 {
 	const struct dims *d = &j->d;
-	const struct fw_tensor *out = j->out, *q = out->src[0], *k = out->src[1], *v = out->src[2];
+	const struct fw_tensor *out = j->out, *q = out->src[0], *k = j->k, *v = j->v;
 	int64_t D = d->D, Dp = d->Dp, DB = d->DB, Hq = d->Hq, D8 = D - D % 8;
 	int64_t b = task / d->nblk, blk = task % d->nblk;
-	const int32_t *rg = fw_i32(out->src[3]) + b * 3;
+	const int32_t *rg = ranges_row(j, b);
 	int64_t a = blk * DB > rg[0] ? blk * DB : rg[0];
 	int64_t e = (blk + 1) * DB < rg[1] ? (blk + 1) * DB : rg[1], qpos = rg[2];
 	e = e < d->Tk ? e : d->Tk;
@@ -701,10 +796,16 @@ static void task_decode(const struct attn_job *j, float *w, int64_t task)
 			float slope = d->alibi ? fw_alibi_slope(Hq, h) : 0.0f;
 			S[h * DB + c] = d->scale * dot - slope * (float)(qpos - (a + c));
 		}
+	for (int64_t h = 0; h < Hq; h++)
+		add_bias(j, b, h, 0, 1, a, n, S + h * DB, 0, 1);
 	for (int64_t h = 0; h < Hq; h++) {
 		float *s = S + h * DB, mx = -INFINITY, *P = dec_partial(j, b, blk, h);
 		for (int64_t c = 0; c < n; c++)
 			mx = s[c] > mx ? s[c] : mx;
+		if (mx == -INFINITY) {          /* every key of the block masked */
+			memset(s, 0, sizeof(float) * (size_t)n);
+			continue;
+		}
 		for (int64_t c = n; c < n8; c++)
 			s[c] = -INFINITY;
 		v8 sum = splat(0.0f);
@@ -761,12 +862,15 @@ static void task_decode_sum(const struct attn_job *j, int64_t task)
  * (D x BKp). Columns >= nc of P and dS are 0. With dropout (c0: the RNG
  * counter of the tile's first row and key) S holds P o Z and dS = P o (Z o
  * dP - Dv). */
-static void tile_ds(const struct dims *d, const float *Q, const float *dO, const float *KT,
-		    const float *VT, const float *lse, const float *Dv, int64_t nr, int64_t nc,
-		    int64_t j0, const int32_t *rg, float slope, uint64_t c0, float *S, float *dP)
+static void tile_ds(const struct attn_job *j, int64_t b, int64_t h, int64_t r0,
+		    const float *Q, const float *dO, const float *KT, const float *VT,
+		    const float *lse, const float *Dv, int64_t nr, int64_t nc, int64_t j0,
+		    const int32_t *rg, float slope, uint64_t c0, float *S, float *dP)
 {
+	const struct dims *d = &j->d;
 	int64_t BKp = d->BKp, nrp = UP(nr, MR), ncp = UP(nc, NR);
 	scores(d, Q, KT, nr, nc, j0, rg, slope, S);
+	add_bias(j, b, h, r0, nr, j0, nc, S, BKp, 1);
 	zero_rows(dP, nrp, ncp, BKp);
 	mm(nrp, ncp, d->D, dO, d->Dp, 1, VT, BKp, dP, BKp);
 	for (int64_t r = 0; r < nrp; r++) {
@@ -823,7 +927,7 @@ static void add_rows(struct fw_tensor *g, int64_t b, int64_t h, int64_t t0, int6
 static void task_dkv(const struct attn_job *j, float *w, int64_t task)
 {
 	const struct dims *d = &j->d;
-	const struct fw_tensor *out = j->out, *k = out->src[1], *v = out->src[2];
+	const struct fw_tensor *k = j->k, *v = j->v;
 	int64_t D = d->D, Dp = d->Dp, BQ = d->BQ, BK = d->BK, BKp = d->BKp, BQp = d->BQp;
 	int64_t kt = task % d->nkt, bh = task / d->nkt;
 	int64_t b = bh / d->Hkv, hk = bh % d->Hkv;
@@ -841,13 +945,13 @@ static void task_dkv(const struct attn_job *j, float *w, int64_t task)
 		float slope = d->alibi ? fw_alibi_slope(d->Hq, h) : 0.0f;
 		for (int64_t qt = 0; qt < d->nqt; qt++) {
 			int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, klo, khi;
-			const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
+			const int32_t *rg = ranges_row(j, b) + r0 * 3;
 			tile_keys(rg, nr, &klo, &khi);
 			if (khi <= j0 || klo >= j0 + nc)
 				continue;
 			any = true;
 			load_query_side(j, b, h, r0, nr, Q, dO, lse, Dv);
-			tile_ds(d, Q, dO, KT, VT, lse, Dv, nr, nc, j0, rg, slope,
+			tile_ds(j, b, h, r0, Q, dO, KT, VT, lse, Dv, nr, nc, j0, rg, slope,
 				drop_counter(d, b, h, r0, j0), S, dP);
 			mm(ncr, Dp, nr, S, 1, BKp, dO, Dp, dV, Dp);     /* dV += P^T dO */
 			mm(ncr, Dp, nr, dP, 1, BKp, Q, Dp, dK, Dp);     /* dK += dS^T Q */
@@ -855,27 +959,27 @@ static void task_dkv(const struct attn_job *j, float *w, int64_t task)
 	}
 	if (!any)
 		return;
-	if (k->grad)
-		add_rows(k->grad, b, hk, j0, nc, D, dK, Dp, d->scale);
-	if (v->grad)
-		add_rows(v->grad, b, hk, j0, nc, D, dV, Dp, 1.0f);
+	if (j->kg)
+		add_rows(j->kg, b, hk, j0, nc, D, dK, Dp, d->scale);
+	if (j->vg)
+		add_rows(j->vg, b, hk, j0, nc, D, dV, Dp, 1.0f);
 }
 
 /* dQ of one (b, h, query tile), on transposed scores as the forward:
- * St = K Q^T, dPt = V dO^T, dSt = Pt o (dPt - D), dQ += dS K. */
-static void task_dq(const struct attn_job *j, float *w, int64_t task)
+ * St = K Q^T, dPt = V dO^T, dSt = Pt o (dPt - D), dQ += dS K; the
+ * relative bias's gradient += dS. */
+static void dq_tile(const struct attn_job *j, float *w, int64_t b, int64_t h, int64_t qt)
 {
 	const struct dims *d = &j->d;
-	const struct fw_tensor *out = j->out, *q = out->src[0], *k = out->src[1], *v = out->src[2];
+	const struct fw_tensor *out = j->out, *q = out->src[0], *k = j->k, *v = j->v;
 	int64_t D = d->D, Dp = d->Dp, BQ = d->BQ, BK = d->BK, BKp = d->BKp, BQp = d->BQp;
-	int64_t qt = d->nqt - 1 - task % d->nqt, bh = task / d->nqt;
-	int64_t b = bh / d->Hq, h = bh % d->Hq, hk = h / d->G;
+	int64_t hk = h / d->G;
 	int64_t r0 = qt * BQ, nr = d->Tq - r0 < BQ ? d->Tq - r0 : BQ, nrq = UP(nr, NR), klo, khi;
 	float *QT = w, *dOT = QT + Dp * BQp, *dQ = dOT + Dp * BQp, *K = dQ + BQp * Dp;
 	float *V = K + BKp * Dp, *St = V + BKp * Dp, *dPt = St + BKp * BQp, *Ls = dPt + BKp * BQp;
 	float *Dv = Ls + BQp;
 	int32_t *lo = (int32_t *)(Dv + BQp), *hi = lo + BQp, *qp = hi + BQp;
-	const int32_t *rg = fw_i32(out->src[3]) + (b * d->Tq + r0) * 3;
+	const int32_t *rg = ranges_row(j, b) + r0 * 3;
 	float slope = d->alibi ? fw_alibi_slope(d->Hq, h) : 0.0f;
 	tile_keys(rg, nr, &klo, &khi);
 	if (khi <= klo)
@@ -899,6 +1003,7 @@ static void task_dq(const struct attn_job *j, float *w, int64_t task)
 		load_rows(k, b, hk, j0, nc, ncr, D, Dp, K);
 		load_rows(v, b, hk, j0, nc, ncr, D, Dp, V);
 		scores_t(d, K, QT, nc, nrq, j0, lo, hi, qp, slope, St);
+		add_bias(j, b, h, r0, nr, j0, nc, St, 1, BQp);
 		zero_rows(dPt, ncr, nrq, BQp);
 		mm(ncr, nrq, D, V, Dp, 1, dOT, BQp, dPt, BQp);          /* dPt = V dO^T */
 		for (int64_t c = 0; c < ncr; c++) {
@@ -911,9 +1016,31 @@ static void task_dq(const struct attn_job *j, float *w, int64_t task)
 				st8(dp, p * (z * ld8(dp) - ld8(Dv + r)));
 			}
 		}
+		if (j->pbg)             /* dbias[h, i, j] += dS (bias rows this task owns) */
+			for (int64_t r = 0; r < nr; r++) {
+				float *g = fw_f32(j->pbg) + h * j->pbg->nb[0] +
+					   (r0 + r) * j->pbg->nb[1];
+				for (int64_t c = 0; c < nc; c++)
+					g[(j0 + c) * j->pbg->nb[2]] += dPt[c * BQp + r];
+			}
 		mm(nrq, Dp, nc, dPt, 1, BQp, K, Dp, dQ, Dp);            /* dQ += dS K */
 	}
-	add_rows(q->grad, b, h, r0, nr, D, dQ, Dp, d->scale);
+	if (q->grad)
+		add_rows(q->grad, b, h, r0, nr, D, dQ, Dp, d->scale);
+}
+
+/* Task (b, h, query tile); with the bias's gradient, (h, query tile) over
+ * every b. */
+static void task_dq(const struct attn_job *j, float *w, int64_t task)
+{
+	const struct dims *d = &j->d;
+	int64_t qt = d->nqt - 1 - task % d->nqt, bh = task / d->nqt;
+	if (!j->pbg) {
+		dq_tile(j, w, bh / d->Hq, bh % d->Hq, qt);
+		return;
+	}
+	for (int64_t b = 0; b < d->B; b++)
+		dq_tile(j, w, b, bh, qt);
 }
 
 static void attn_worker(void *arg, int64_t s0, int64_t s1)
@@ -937,10 +1064,39 @@ static void attn_worker(void *arg, int64_t s0, int64_t s1)
 	}
 }
 
+/* k, v and their gradients: the sources, or the halves of kv (FA_POS). */
+static void set_kv(struct attn_job *j)
+{
+	struct fw_tensor *out = j->out, *k = out->src[1];
+	if (!j->d.pos) {
+		j->k = k;
+		j->v = out->src[2];
+		j->kg = k->grad;
+		j->vg = out->src[2]->grad;
+		return;
+	}
+	j->pb = out->src[2];
+	j->pbg = out->src[2]->grad;
+	for (int i = 0; i < 4; i++) {
+		const struct fw_tensor *x = i < 2 ? k : k->grad;
+		if (!x)
+			continue;
+		j->kv_view[i] = *x;
+		j->kv_view[i].ne[3] = j->d.D;
+		j->kv_view[i].data = (char *)x->data + (i % 2) * j->d.D * x->nb[3] *
+						      (int64_t)fw_dtype_size(x->dtype);
+	}
+	j->k = &j->kv_view[0];
+	j->v = &j->kv_view[1];
+	j->kg = k->grad ? &j->kv_view[2] : NULL;
+	j->vg = k->grad ? &j->kv_view[3] : NULL;
+}
+
 static void attn_run(struct fw_tensor *out, const struct fw_exec *ex, int pass)
 {
 	struct attn_job j = { .out = out, .d = dims_of(out), .ws = ex->ws, .pass = pass };
 	float p = out->params[4].f;
+	set_kv(&j);
 	if (ex->training && p > 0.0f) {
 		uint64_t seed = (uint64_t)(uint32_t)out->params[5].i |
 				(uint64_t)(uint32_t)out->params[6].i << 32;
@@ -962,7 +1118,9 @@ static void attn_run(struct fw_tensor *out, const struct fw_exec *ex, int pass)
 			j.pass = step ? PASS_DEC_SUM : PASS_DEC;
 		j.n_tasks = j.pass == PASS_DKV ? j.d.B * j.d.Hkv * j.d.nkt :
 			    j.pass == PASS_DEC ? j.d.B * j.d.nblk :
-			    j.pass == PASS_DEC_SUM ? j.d.B * j.d.Hq : j.d.B * j.d.Hq * j.d.nqt;
+			    j.pass == PASS_DEC_SUM ? j.d.B * j.d.Hq :
+			    j.pass == PASS_DQ && j.pbg ? j.d.Hq * j.d.nqt :
+			    j.d.B * j.d.Hq * j.d.nqt;
 		j.next = 0;
 		g_host->parallel_for(slots < j.n_tasks ? slots : j.n_tasks, attn_worker, &j);
 	}
@@ -975,16 +1133,17 @@ static void attn_forward(struct fw_tensor *out, const struct fw_exec *ex)
 
 static void attn_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
-	if (out->src[1]->grad || out->src[2]->grad)
+	bool pos = (out->params[7].i & FA_POS) != 0;
+	if (out->src[1]->grad || (!pos && out->src[2]->grad))
 		attn_run(out, ex, PASS_DKV);
-	if (out->src[0]->grad)
+	if (out->src[0]->grad || (pos && out->src[2]->grad))
 		attn_run(out, ex, PASS_DQ);
 }
 
 static const struct fw_op_i attn_op = {
 	.size = sizeof(struct fw_op_i),
 	.name = "flash.attn",
-	.flags = FW_OPF_STRIDED | FW_OPF_HALF,      /* q is f32; k, v may be a half cache */
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF,     /* reads bf16/f16 q, k, v; f32 out */
 	.infer = attn_infer,
 	.forward = attn_forward,
 	.backward = attn_backward,
@@ -1063,17 +1222,22 @@ static enum fw_status check_spec(const struct fw_host *h, const struct fw_model 
 		return h->errorf(err, FW_ERR_SHAPE,
 				 "attention/flash: %s: q must be (B, T, %d, %d) and k, v (B, T, %d, %d)",
 				 n, spec->n_head, spec->head_dim, spec->n_kv_head, spec->head_dim);
-	if (q->dtype != FW_F32 || k->dtype != FW_F32 || v->dtype != FW_F32)
+	if (!is_float(q) || !is_float(k) || !is_float(v))
 		return h->errorf(err, FW_ERR_INVALID,
-				 "attention/flash: %s: q, k, v in %s: only f32 is supported", n,
-				 fw_dtype_name(q->dtype != FW_F32 ? q->dtype : k->dtype != FW_F32 ?
-					       k->dtype : v->dtype));
+				 "attention/flash: %s: q, k, v in %s: f32, bf16 or f16 are supported",
+				 n, fw_dtype_name(!is_float(q) ? q->dtype : !is_float(k) ? k->dtype :
+						  v->dtype));
 	if (fw_attn_check_rope(spec, q, k, "attention/flash", FW_ERR_INVALID, err) != FW_OK)
 		return err->status;
-	if (spec->pos == FW_POS_RELATIVE)
+	int64_t Tk = spec->cache ? spec->cache->max_len : k->ne[1];
+	const struct fw_tensor *pb = spec->pos_bias;
+	if (spec->pos == FW_POS_RELATIVE && (!pb || pb->dtype != FW_F32 || pb->ndim != 3 ||
+					     pb->ne[0] != spec->n_head || pb->ne[1] != q->ne[1] ||
+					     pb->ne[2] != Tk))
 		return h->errorf(err, FW_ERR_INVALID,
-				 "attention/flash: %s: a relative position bias (a dense (H, T, T) "
-				 "pos_bias, T5) is not supported; use attention/mha", n);
+				 "attention/flash: %s: the relative position bias must be f32 (%d, "
+				 "%lld, %lld): (heads, queries, keys)", n, spec->n_head,
+				 (long long)q->ne[1], (long long)Tk);
 	if (spec->pos < FW_POS_NONE || spec->pos > FW_POS_RELATIVE)
 		return h->errorf(err, FW_ERR_INVALID, "attention/flash: %s: unknown position kind %d",
 				 n, (int)spec->pos);
@@ -1093,17 +1257,20 @@ static enum fw_status check_spec(const struct fw_host *h, const struct fw_model 
 		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/flash: %s: a sequence mask while generating with a cache "
 				 "is not supported", n);
-	if (spec->bias && k->ne[1] != q->ne[1])
+	const struct fw_tensor *sb = spec->bias;
+	bool key_mask = sb && sb->ndim == 4 && sb->ne[2] == 1 && sb->ne[3] == k->ne[1];
+	if (sb && !key_mask && k->ne[1] != q->ne[1])
 		return h->errorf(err, FW_ERR_INVALID,
-				 "attention/flash: %s: a sequence mask with %lld keys for %lld "
-				 "queries (prepended keys) is not supported", n,
-				 (long long)k->ne[1], (long long)q->ne[1]);
-	if (spec->bias && (spec->bias->ndim != 4 || spec->bias->dtype != FW_F32 ||
-			   spec->bias->ne[0] != q->ne[0] || spec->bias->ne[1] != 1 ||
-			   spec->bias->ne[2] != q->ne[1] || spec->bias->ne[3] != q->ne[1]))
+				 "attention/flash: %s: a (B, 1, Tq, Tk) sequence mask with %lld keys "
+				 "for %lld queries (prepended keys) is not supported; a key mask (B, 1, "
+				 "1, Tk) is", n, (long long)k->ne[1], (long long)q->ne[1]);
+	if (sb && (sb->ndim != 4 || sb->dtype != FW_F32 || sb->ne[0] != q->ne[0] ||
+		   sb->ne[1] != 1 || (!key_mask && (sb->ne[2] != q->ne[1] ||
+						    sb->ne[3] != q->ne[1]))))
 		return h->errorf(err, FW_ERR_INVALID,
-				 "attention/flash: %s: the sequence mask must be the host's f32 (B, "
-				 "1, T, T) segment mask; per-head or other shapes are not supported", n);
+				 "attention/flash: %s: the sequence mask must be f32 (B, 1, T, T) (a "
+				 "segment mask) or (B, 1, 1, Tk) (a key mask); per-head or other "
+				 "shapes are not supported", n);
 	if (m->positions && (m->positions->dtype != FW_I32 || m->positions->ndim != 2 ||
 			     m->positions->ne[0] != q->ne[0] || m->positions->ne[1] != q->ne[1]))
 		return h->errorf(err, FW_ERR_SHAPE,
@@ -1123,9 +1290,16 @@ static struct fw_tensor *flash_attend(void *state, struct fw_model *m,
 	struct fw_tensor **qkv[3] = { &q, &k, &v };
 
 	/* Under --bf16/--fp16 (autocast) the projections arrive in half
-	 * precision; this kernel reads f32, so they are cast first. */
+	 * precision: the kernel reads them as they are (f32 tiles and
+	 * accumulation). Generating, or k and v of two dtypes: cast to f32
+	 * first (the cache write rounds them into the cache's autocast dtype,
+	 * which the kernel reads in place); with a relative bias k and v are
+	 * cast (their concat is f32). */
+	bool cast = spec->cache || (k && v && k->dtype != v->dtype);
+	bool cast_kv = cast || spec->pos == FW_POS_RELATIVE;
 	for (int i = 0; i < 3; i++)
-		if (*qkv[i] && ((*qkv[i])->dtype == FW_BF16 || (*qkv[i])->dtype == FW_F16))
+		if ((i ? cast_kv : cast) && *qkv[i] &&
+		    ((*qkv[i])->dtype == FW_BF16 || (*qkv[i])->dtype == FW_F16))
 			*qkv[i] = h->op(ctx, FW_OP_CAST, qkv[i], 1, &(union fw_param){ .i = FW_F32 }, 1);
 	if (check_spec(h, m, spec, q, k, v, err) != FW_OK)
 		return NULL;
@@ -1142,14 +1316,15 @@ static struct fw_tensor *flash_attend(void *state, struct fw_model *m,
 	float scale = spec->scale > 0 ? spec->scale : 1.0f / sqrtf((float)D);
 	struct fw_tensor *rsrc[4] = { q };
 	int nr = 1, flags = 0;
-	bool use_pos = spec->bias && m->positions && !spec->cache;
+	bool key_mask = spec->bias && spec->bias->ne[2] == 1 && spec->bias->ne[3] == k->ne[1];
+	bool use_pos = spec->bias && !key_mask && m->positions && !spec->cache;
 	if (use_pos) {
 		rsrc[nr++] = m->positions;
 		flags |= RG_POS;
 	}
 	if (spec->bias) {
 		rsrc[nr++] = spec->bias;
-		flags |= RG_BIAS;
+		flags |= key_mask ? RG_KEYS : RG_BIAS;
 	}
 	if (spec->cache) {
 		rsrc[nr++] = spec->cache->len;
@@ -1158,12 +1333,17 @@ static struct fw_tensor *flash_attend(void *state, struct fw_model *m,
 	int64_t Tk = k ? k->ne[1] : 0;
 	union fw_param rp[3] = { { .i = flags }, { .i = causal }, { .i = (int32_t)Tk } };
 	struct fw_tensor *rg = q && k ? h->op(ctx, g_ranges_op, rsrc, nr, rp, 3) : NULL;
-	union fw_param ap[7] = { { .f = scale }, { .i = spec->pos == FW_POS_ALIBI },
+	bool rel = spec->pos == FW_POS_RELATIVE;
+	union fw_param ap[8] = { { .f = scale }, { .i = spec->pos == FW_POS_ALIBI },
 				 { .i = s->bq }, { .i = s->bk }, { .f = spec->dropout },
 				 { .i = (int32_t)(uint32_t)spec->seed },
-				 { .i = (int32_t)(uint32_t)(spec->seed >> 32) } };
-	struct fw_tensor *asrc[4] = { q, k, v, rg };
-	struct fw_tensor *f = rg ? h->op(ctx, g_attn_op, asrc, 4, ap, 7) : NULL;
+				 { .i = (int32_t)(uint32_t)(spec->seed >> 32) },
+				 { .i = (rel ? FA_POS : 0) | (key_mask ? FA_KEYS : 0) } };
+	/* with a relative bias, k and v travel as one (B, Tk, Hkv, 2D) tensor:
+	 * an op has four sources */
+	struct fw_tensor *asrc[4] = { q, rel ? h->concat(ctx, k, v, 3) : k,
+				      rel ? spec->pos_bias : v, rg };
+	struct fw_tensor *f = rg && asrc[1] ? h->op(ctx, g_attn_op, asrc, 4, ap, 8) : NULL;
 	union fw_param op[4] = { { .i = (int32_t)B }, { .i = (int32_t)Tq }, { .i = (int32_t)Hq },
 				 { .i = (int32_t)D } };
 	struct fw_tensor *y = f ? h->op(ctx, g_out_op, &f, 1, op, 4) : NULL;

@@ -20,7 +20,10 @@
  * bias (B, 1, T, T) is read only at the pairs computed. RoPE and the KV
  * cache write are the core's (fw_attn_rope, fw_attn_cache_write, as for
  * attention/mha); ALiBi uses the core's fw_alibi_slope and mha's alignment
- * inside the kernel.
+ * inside the kernel. T5 (arch/encdec): its relative bias (Hq, Tq, Tk) is
+ * added at the pairs computed and trains; its padding is a key mask (B, 1,
+ * 1, Tk); cross-attention visits every key (a pattern over two sequences'
+ * positions means nothing).
  */
 #include <math.h>
 #include <stddef.h>
@@ -200,16 +203,33 @@ static void visit_row(const struct sparse *s, int64_t i, int64_t n, bool causal,
  *
  * sparse.attn, p6 mode:
  *   SA_TRAIN: src0 q (B, Tq, Hq, D), src1 kv (B, Tk, Hkv, 2D) (k then v in
- *     each head's row), src2 bias (B, 1, Tq, Tk) f32 or NULL, src3 positions
- *     (B, Tq) i32 or NULL (then Tq == Tk).
+ *     each head's row), src2 bias (B, 1, Tq, Tk) or a key mask (B, 1, 1,
+ *     Tk) f32 or NULL, src3 positions (B, Tq) i32 or NULL (then Tq == Tk),
+ *     or with SP_REL the relative bias (Hq, Tq, Tk) f32.
  *   SA_DECODE: src0 q (B, Tq, Hq, D), src1 k cache and src2 v cache (B, Tk,
  *     Hkv, D), src3 len i32 [1] or per-row slots (B, Tq): query t sits at
- *     position len + t or slots[b, t], causal.
+ *     position len + t or slots[b, t], causal. With SP_REL: src1 the caches
+ *     as one kv (B, Tk, Hkv, 2D), src2 the relative bias (Hq, Tq, Tk).
  * p0, p1 the plugin state (struct sparse *, low and high 32 bits), p2
- * causal, p3.f scale, p4 alibi, p5 layer. Out (B, Tq, Hq, D). Query head h
- * uses KV head h / (Hq / Hkv). Query i sits at position i + Tk - Tq (mha's
- * alignment) unless positions or a cache say otherwise. */
+ * causal, p3.f scale, p4 alibi, p5 layer, p7 bits SP_REL (a relative bias:
+ * added to the scores; its gradient is dS summed over the batch, so one
+ * backward task per KV head runs every batch row) and SP_DENSE (every key
+ * of [0, Tk): cross-attention, where a pattern over positions of two
+ * sequences means nothing). Out (B, Tq, Hq, D). Query head h uses KV head
+ * h / (Hq / Hkv). Query i sits at position i + Tk - Tq (mha's alignment)
+ * unless positions or a cache say otherwise. */
 enum { SA_TRAIN = 0, SA_DECODE = 1 };
+enum { SP_REL = 1, SP_DENSE = 2 };
+
+/* The keys query i visits: the pattern's, or all n (SP_DENSE). */
+static void visit_keys(const struct fw_tensor *out, const struct sparse *s, int64_t i,
+		       int64_t n, bool causal, int layer, int64_t h, visit_fn fn, void *arg)
+{
+	if (out->params[7].i & SP_DENSE)
+		fn(arg, 0, n);
+	else
+		visit_row(s, i, n, causal, layer, h, fn, arg);
+}
 
 static const struct sparse *op_state(const struct fw_tensor *out)
 {
@@ -222,22 +242,32 @@ static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 	const struct fw_tensor *q = out->src[0], *k = out->src[1], *x2 = out->src[2],
 			       *x3 = out->src[3];
 	int mode = out->params[6].i;
+	bool rel = (out->params[7].i & SP_REL) != 0;
+	const struct fw_tensor *pb = mode == SA_TRAIN ? x3 : x2;
 	if (!q || !k || q->ndim != 4 || k->ndim != 4 || q->dtype != FW_F32 || k->dtype != FW_F32 ||
 	    k->ne[0] != q->ne[0] || k->ne[2] <= 0 || q->ne[2] % k->ne[2] ||
-	    q->ne[3] > SPARSE_MAX_D || k->ne[3] != (mode == SA_TRAIN ? 2 : 1) * q->ne[3])
+	    q->ne[3] > SPARSE_MAX_D ||
+	    k->ne[3] != (mode == SA_TRAIN || rel ? 2 : 1) * q->ne[3])
 		return fw_errorf(err, FW_ERR_SHAPE, "sparse.attn: q must be f32 (B, Tq, Hq, D) and "
 				 "k, v (B, Tk, Hkv, D) with Hkv dividing Hq, D <= %d", SPARSE_MAX_D);
 	int64_t B = q->ne[0], Tq = q->ne[1], Tk = k->ne[1];
+	if (rel && (!pb || pb->dtype != FW_F32 || pb->ndim != 3 || !fw_is_contiguous(pb) ||
+		    pb->ne[0] != q->ne[2] || pb->ne[1] != Tq || pb->ne[2] != Tk))
+		return fw_errorf(err, FW_ERR_SHAPE, "sparse.attn: the relative bias must be f32 "
+				 "(Hq, Tq, Tk)");
 	if (mode == SA_TRAIN) {
 		if (x2 && (x2->dtype != FW_F32 || x2->ndim != 4 || x2->ne[0] != B || x2->ne[1] != 1 ||
-			   x2->ne[2] != Tq || x2->ne[3] != Tk))
-			return fw_errorf(err, FW_ERR_SHAPE, "sparse.attn: the bias must be f32 (B, 1, Tq, Tk)");
-		if (x3 && (x3->dtype != FW_I32 || x3->ndim != 2 || x3->ne[0] != B || x3->ne[1] != Tq ||
-			   Tq != Tk))
+			   (x2->ne[2] != Tq && x2->ne[2] != 1) || x2->ne[3] != Tk ||
+			   !fw_is_contiguous(x2)))
+			return fw_errorf(err, FW_ERR_SHAPE, "sparse.attn: the bias must be f32 (B, 1, "
+					 "Tq, Tk) or (B, 1, 1, Tk)");
+		if (x3 && !rel && (x3->dtype != FW_I32 || x3->ndim != 2 || x3->ne[0] != B ||
+				   x3->ne[1] != Tq || Tq != Tk))
 			return fw_errorf(err, FW_ERR_SHAPE,
 					 "sparse.attn: positions must be i32 (B, T) with Tq == Tk");
-	} else if (!x2 || !x3 || x2->ndim != 4 || x2->dtype != FW_F32 ||
-		   memcmp(x2->ne, k->ne, sizeof(k->ne)) || x3->dtype != FW_I32 ||
+	} else if (!x2 || !x3 || (!rel && (x2->ndim != 4 || x2->dtype != FW_F32 ||
+					   memcmp(x2->ne, k->ne, sizeof(k->ne)))) ||
+		   x3->dtype != FW_I32 ||
 		   !fw_is_contiguous(x3) ||
 		   (x3->ndim == 2 ? x3->ne[0] != B || x3->ne[1] != Tq : fw_nelem(x3) != 1)) {
 		return fw_errorf(err, FW_ERR_SHAPE, "sparse.attn: decoding needs k, v caches of one "
@@ -259,6 +289,8 @@ struct row {
 	int64_t rs;                   /* floats from key j to key j + 1 */
 	int64_t D;
 	const float *bias;            /* (Tk) bias row, or NULL */
+	const float *pb;              /* (Tk) relative bias row, or NULL */
+	float *dpb;                   /* its gradient, or NULL */
 	int64_t shift;                /* row index of the example's position 0 */
 	int64_t ipos;                 /* the query's position in the row (ALiBi) */
 	float scale, slope;
@@ -311,6 +343,8 @@ static inline float score(const struct row *r, int64_t j)
 		sc -= r->slope * (float)(r->ipos - j);
 	if (r->bias)
 		sc += r->bias[j];
+	if (r->pb)
+		sc += r->pb[j];
 	return sc;
 }
 
@@ -360,7 +394,9 @@ static void bwd_visit(void *arg, int64_t a, int64_t b)
 			continue;
 		float p = expf(sc - r->lse);
 		const float *kj = r->k + j * r->rs, *vj = r->v + j * r->rs;
-		float ds = p * (dot(r->dout, vj, D) - r->dsum) * r->scale;
+		float dsu = p * (dot(r->dout, vj, D) - r->dsum), ds = dsu * r->scale;
+		if (r->dpb)
+			r->dpb[j] += dsu;         /* the bias enters unscaled */
 		axpy(r->dq, ds, kj, D);
 		if (r->dk)
 			axpy(r->dk + j * r->rs, ds, r->q, D);
@@ -373,6 +409,13 @@ struct attn_job {
 	struct fw_tensor *out;
 };
 
+/* The relative bias's gradient (training), or NULL. */
+static const struct fw_tensor *bias_grad(const struct fw_tensor *out)
+{
+	bool rel = (out->params[7].i & SP_REL) && out->params[6].i == SA_TRAIN;
+	return rel && out->src[3] ? out->src[3]->grad : NULL;
+}
+
 /* Sets up query row (b, i, h): everything but the pass state. Returns the
  * query's position in its example and the example's key count in *n. */
 static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, int64_t i,
@@ -380,8 +423,9 @@ static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, i
 {
 	const struct fw_tensor *q = out->src[0], *k = out->src[1];
 	int mode = out->params[6].i;
+	bool rel = (out->params[7].i & SP_REL) != 0;
 	int64_t Tq = q->ne[1], Hq = q->ne[2], D = q->ne[3], Tk = k->ne[1], Hkv = k->ne[2];
-	int64_t hk = h / (Hq / Hkv), kw = mode == SA_TRAIN ? 2 * D : D;
+	int64_t hk = h / (Hq / Hkv), kw = mode == SA_TRAIN || rel ? 2 * D : D;
 	*r = (struct row){ .s = op_state(out), .D = D, .scale = out->params[3].f, .m = -INFINITY };
 	r->q = fw_f32(q) + ((b * Tq + i) * Hq + h) * D;
 	r->rs = Hkv * kw;
@@ -392,10 +436,17 @@ static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, i
 			r->dk = fw_f32(k->grad) + b * Tk * r->rs + hk * kw;
 			r->dv = r->dk + D;
 		}
-		if (out->src[2])
-			r->bias = fw_f32(out->src[2]) + (b * Tq + i) * Tk;
+		const struct fw_tensor *bias = out->src[2];
+		if (bias)       /* (B, 1, Tq, Tk), or a key mask (B, 1, 1, Tk) */
+			r->bias = fw_f32(bias) + (b * bias->ne[2] + (bias->ne[2] > 1 ? i : 0)) * Tk;
 	} else {
-		r->v = fw_f32(out->src[2]) + b * Tk * r->rs + hk * kw;
+		r->v = rel ? r->k + D : fw_f32(out->src[2]) + b * Tk * r->rs + hk * kw;
+	}
+	const struct fw_tensor *pb = rel ? out->src[mode == SA_TRAIN ? 3 : 2] : NULL;
+	if (pb) {
+		r->pb = fw_f32(pb) + (h * Tq + i) * Tk;
+		if (grads && pb->grad)
+			r->dpb = fw_f32(pb->grad) + (h * Tq + i) * Tk;
 	}
 	const struct fw_tensor *len = out->src[3];
 	int64_t off = mode == SA_DECODE ? fw_i32(len)[0] : Tk - Tq, pos = i + off;
@@ -405,7 +456,7 @@ static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, i
 	if (out->params[4].i)
 		r->slope = fw_alibi_slope(Hq, h);
 	*n = Tk;
-	if (mode == SA_TRAIN && out->src[3]) {       /* SFT rows: the example's coordinates */
+	if (mode == SA_TRAIN && out->src[3] && !rel) {   /* SFT rows: the example's coordinates */
 		pos = fw_i32(out->src[3])[b * Tq + i];
 		if (pos < 0 || pos > i)
 			pos = i;                  /* not a position in this row: the row's own */
@@ -430,7 +481,7 @@ static void attn_fwd_rows(void *arg, int64_t r0, int64_t r1)
 		int64_t pos = row_init(&r, out, b, i, h, false, &n);
 		memset(acc, 0, sizeof(float) * (size_t)D);
 		r.acc = acc;
-		visit_row(r.s, pos, n, causal, layer, h, fwd_visit, &r);
+		visit_keys(out, r.s, pos, n, causal, layer, h, fwd_visit, &r);
 		float *y = fw_f32(out) + ((b * Tq + i) * Hq + h) * D;
 		float inv = r.l > 0 ? 1.0f / r.l : 0.0f;     /* no visible key: zeros, as mha */
 		for (int64_t d = 0; d < D; d++)
@@ -444,48 +495,63 @@ static void attn_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	g_host->parallel_for(out->ne[0] * out->ne[1] * out->ne[2], attn_fwd_rows, &j);
 }
 
+/* The backward of batch row b's query heads of KV head hk. */
+static void bwd_rows(struct fw_tensor *out, int64_t b, int64_t hk)
+{
+	const struct fw_tensor *q = out->src[0], *k = out->src[1];
+	int64_t Tq = out->ne[1], Hq = out->ne[2], D = out->ne[3], G = Hq / k->ne[2];
+	bool causal = out->params[2].i != 0;
+	int layer = out->params[5].i;
+	float dq[SPARSE_MAX_D];
+	for (int64_t h = hk * G; h < (hk + 1) * G; h++)
+		for (int64_t i = 0; i < Tq; i++) {
+			struct row r;
+			int64_t n, pos = row_init(&r, out, b, i, h, true, &n);
+			int64_t o = ((b * Tq + i) * Hq + h) * D;
+			visit_keys(out, r.s, pos, n, causal, layer, h, fwd_visit, &r);
+			if (!(r.l > 0))
+				continue;             /* no visible key: output 0, no gradient */
+			r.lse = r.m + logf(r.l);
+			r.dout = fw_f32(out->grad) + o;
+			r.dsum = dot(r.dout, fw_f32(out) + o, D);
+			memset(dq, 0, sizeof(float) * (size_t)D);
+			r.dq = dq;
+			visit_keys(out, r.s, pos, n, causal, layer, h, bwd_visit, &r);
+			if (q->grad) {
+				float *g = fw_f32(q->grad) + o;
+				for (int64_t d = 0; d < D; d++)
+					g[d] += dq[d];
+			}
+		}
+}
+
 /* One task per (b, kv head): it owns dK and dV of that head and dQ of its
- * query heads, so no two threads write the same gradient. */
+ * query heads, so no two threads write the same gradient. With the relative
+ * bias's gradient, one task per kv head over every b: it owns the bias rows
+ * of its query heads too. */
 static void attn_bwd_tasks(void *arg, int64_t t0, int64_t t1)
 {
 	const struct attn_job *jb = arg;
 	struct fw_tensor *out = jb->out;
-	const struct fw_tensor *q = out->src[0], *k = out->src[1];
-	int64_t Tq = out->ne[1], Hq = out->ne[2], D = out->ne[3], Hkv = k->ne[2], G = Hq / Hkv;
-	bool causal = out->params[2].i != 0;
-	int layer = out->params[5].i;
-	float dq[SPARSE_MAX_D];
+	int64_t B = out->ne[0], Hkv = out->src[1]->ne[2];
 	for (int64_t t = t0; t < t1; t++) {
-		int64_t b = t / Hkv, hk = t % Hkv;
-		for (int64_t h = hk * G; h < (hk + 1) * G; h++)
-			for (int64_t i = 0; i < Tq; i++) {
-				struct row r;
-				int64_t n, pos = row_init(&r, out, b, i, h, true, &n);
-				int64_t o = ((b * Tq + i) * Hq + h) * D;
-				visit_row(r.s, pos, n, causal, layer, h, fwd_visit, &r);
-				if (!(r.l > 0))
-					continue;             /* no visible key: output 0, no gradient */
-				r.lse = r.m + logf(r.l);
-				r.dout = fw_f32(out->grad) + o;
-				r.dsum = dot(r.dout, fw_f32(out) + o, D);
-				memset(dq, 0, sizeof(float) * (size_t)D);
-				r.dq = dq;
-				visit_row(r.s, pos, n, causal, layer, h, bwd_visit, &r);
-				if (q->grad) {
-					float *g = fw_f32(q->grad) + o;
-					for (int64_t d = 0; d < D; d++)
-						g[d] += dq[d];
-				}
-			}
+		if (!bias_grad(out)) {
+			bwd_rows(out, t / Hkv, t % Hkv);
+			continue;
+		}
+		for (int64_t b = 0; b < B; b++)
+			bwd_rows(out, b, t);
 	}
 }
 
 static void attn_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	struct attn_job j = { out };
-	if (out->params[6].i != SA_TRAIN || (!out->src[0]->grad && !out->src[1]->grad))
+	if (out->params[6].i != SA_TRAIN ||
+	    (!out->src[0]->grad && !out->src[1]->grad && !bias_grad(out)))
 		return;
-	g_host->parallel_for(out->ne[0] * out->src[1]->ne[2], attn_bwd_tasks, &j);
+	g_host->parallel_for((bias_grad(out) ? 1 : out->ne[0]) * out->src[1]->ne[2],
+			     attn_bwd_tasks, &j);
 }
 
 static const struct fw_op_i attn_op = {
@@ -523,18 +589,32 @@ static enum fw_status check_spec(const struct sparse *s, const struct fw_model *
 				 spec->head_dim, SPARSE_MAX_D);
 	if (fw_attn_check_rope(spec, q, k, "attention/sparse", FW_ERR_INVALID, err) != FW_OK)
 		return err->status;
-	if (spec->pos == FW_POS_RELATIVE)
+	int64_t Tk = spec->cache ? spec->cache->max_len : k->ne[1];
+	const struct fw_tensor *pb = spec->pos_bias;
+	if (spec->pos == FW_POS_RELATIVE && (!pb || pb->dtype != FW_F32 || pb->ndim != 3 ||
+					     pb->ne[0] != spec->n_head || pb->ne[1] != q->ne[1] ||
+					     pb->ne[2] != Tk))
 		return h->errorf(err, FW_ERR_INVALID,
-				 "attention/sparse: %s: a relative position bias (pos_bias) is not "
-				 "supported: use attention/mha", n);
+				 "attention/sparse: %s: the relative position bias must be f32 (%d, "
+				 "%lld, %lld): (heads, queries, keys)", n, spec->n_head,
+				 (long long)q->ne[1], (long long)Tk);
+	if (spec->pos == FW_POS_RELATIVE && FW_HAS(m, positions) && m->positions && !spec->cache)
+		return h->errorf(err, FW_ERR_INVALID,
+				 "attention/sparse: %s: a relative position bias with packed rows "
+				 "(positions) is not supported", n);
 	if (spec->pos < FW_POS_NONE || spec->pos > FW_POS_RELATIVE)
 		return h->errorf(err, FW_ERR_INVALID, "attention/sparse: %s: unknown position kind %d",
 				 n, (int)spec->pos);
-	if (spec->mask == FW_MASK_CROSS || (spec->mask != FW_MASK_CAUSAL &&
-					    spec->mask != FW_MASK_BIDIRECTIONAL))
+	if (spec->mask != FW_MASK_CAUSAL && spec->mask != FW_MASK_BIDIRECTIONAL &&
+	    spec->mask != FW_MASK_CROSS)
+		return h->errorf(err, FW_ERR_INVALID, "attention/sparse: %s: unknown mask kind %d",
+				 n, (int)spec->mask);
+	const struct fw_tensor *sb = spec->bias;
+	if (sb && (sb->ndim != 4 || sb->ne[0] != q->ne[0] || sb->ne[1] != 1 ||
+		   (sb->ne[2] != q->ne[1] && sb->ne[2] != 1) || sb->ne[3] != k->ne[1]))
 		return h->errorf(err, FW_ERR_INVALID,
-				 "attention/sparse: %s: cross-attention is not supported (a sparse "
-				 "pattern needs queries and keys of one sequence)", n);
+				 "attention/sparse: %s: the sequence mask must be (B, 1, Tq, Tk) or a "
+				 "key mask (B, 1, 1, Tk)", n);
 	if (spec->cache && spec->mask != FW_MASK_CAUSAL)
 		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/sparse: %s: generating with a cache needs causal attention", n);
@@ -558,8 +638,8 @@ static enum fw_status check_spec(const struct sparse *s, const struct fw_model *
 				 "attention/sparse: %s: the model's sliding window (%lld) needs "
 				 "--sparse-pattern=window --sparse-window=%lld without global tokens",
 				 n, (long long)spec->window, (long long)spec->window);
-	int64_t Tk = spec->cache ? spec->cache->max_len : k->ne[1];
-	if (s->pat == PAT_WINDOW && s->n_global && s->global[s->n_global - 1] >= Tk)
+	if (s->pat == PAT_WINDOW && s->n_global && s->global[s->n_global - 1] >= Tk &&
+	    spec->mask != FW_MASK_CROSS)
 		return h->errorf(err, FW_ERR_INVALID,
 				 "attention/sparse: %s: global token %lld is beyond the sequence "
 				 "(T = %lld): --sparse-global and --sparse-global-first must stay "
@@ -583,26 +663,33 @@ static struct fw_tensor *sparse_attend(void *state, struct fw_model *m,
 	}
 	float scale = spec->scale > 0 ? spec->scale : 1.0f / sqrtf((float)spec->head_dim);
 	uintptr_t p = (uintptr_t)s;
-	union fw_param par[7] = { { .i = (int32_t)(uint32_t)p },
+	bool rel = spec->pos == FW_POS_RELATIVE;
+	union fw_param par[8] = { { .i = (int32_t)(uint32_t)p },
 				  { .i = (int32_t)(uint32_t)(p >> 16 >> 16) },
 				  { .i = spec->mask == FW_MASK_CAUSAL || spec->cache }, { .f = scale },
-				  { .i = spec->pos == FW_POS_ALIBI }, { .i = spec->layer } };
+				  { .i = spec->pos == FW_POS_ALIBI }, { .i = spec->layer }, { .i = 0 },
+				  { .i = (rel ? SP_REL : 0) |
+					 (spec->mask == FW_MASK_CROSS ? SP_DENSE : 0) } };
 	struct fw_tensor *src[4];
 	if (spec->cache) {      /* generating: the causal pattern at position len */
 		src[0] = q;
 		src[1] = fw_attn_cache_write(m, spec, &spec->cache->k, k, "k");
 		src[2] = fw_attn_cache_write(m, spec, &spec->cache->v, v, "v");
 		src[3] = spec->cache->len;
+		if (rel && src[1] && src[2]) {  /* four sources: the caches as one kv */
+			src[1] = h->concat(ctx, src[1], src[2], 3);
+			src[2] = spec->pos_bias;
+		}
 		par[6].i = SA_DECODE;
 	} else {
 		src[0] = q;
 		src[1] = k && v ? h->concat(ctx, k, v, 3) : NULL;       /* (B, Tk, Hkv, 2D) */
 		src[2] = spec->bias;
-		src[3] = FW_HAS(m, positions) ? m->positions : NULL;
+		src[3] = rel ? spec->pos_bias : FW_HAS(m, positions) ? m->positions : NULL;
 		par[6].i = SA_TRAIN;
 	}
 	bool built = q && src[1] && (!spec->cache || src[2]);
-	struct fw_tensor *y = built ? h->op(ctx, s->attn_op, src, 4, par, 7) : NULL;
+	struct fw_tensor *y = built ? h->op(ctx, s->attn_op, src, 4, par, 8) : NULL;
 	if (!y) {
 		struct fw_err *e = h->ctx_err(ctx);
 		return h->errorf(err, e->status ? e->status : FW_ERR_INTERNAL,
