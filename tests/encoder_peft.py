@@ -50,11 +50,13 @@ sequence classification, and BERT token classification:
     warning line naming --base;
   - export-adapter --base with a GPT-2 base: transformer.h.N... as without it;
   - IA3 (key, value, output.dense; feedforward output.dense) and AdaLoRA
-    (query, value; the budget falling 4 -> 2) on BERT seq-cls, 6 fwrun steps
-    with the head training: export-adapter gives task_type SEQ_CLS,
-    modules_to_save ["classifier"], fan_in_fan_out false, BERT's paths in
-    target_modules (PEFT's suffix matching over BERT's layers) and keys, the
-    head under base_model.model.classifier.*; the export applied as PEFT's
+    (query, value; the budget falling 4 -> 2) on BERT and RoBERTa seq-cls
+    (RoBERTa exported with --base), 6 fwrun steps with the head training:
+    export-adapter gives task_type SEQ_CLS, modules_to_save ["classifier"],
+    fan_in_fan_out false, bert.* / roberta.* paths in target_modules,
+    feedforward_modules, rank_pattern (PEFT's suffix matching over the
+    layers) and keys, the head under base_model.model.classifier.*; the
+    export applied as PEFT's
     IA3 / SVDLinear forward gives fw's eval loss within 1e-5, and the base's
     loss is off it by more than 1e-3;
   - a sequence that with the virtual tokens passes --max-position-embeddings,
@@ -448,32 +450,34 @@ TUNERS = {"ia3": ["--plugins=arch/encoder,attention/mha,optim/adamw,peft/ia3",
                       "--adalora-tfinal=1", "--adalora-lora-alpha=8"]}
 
 
-def suffix_targets(m, keys):
-    """BERT's Linear layers PEFT's suffix matching picks for keys (the full
-    name equal to a key or ending in "." + key), under BertModel's "bert."."""
-    mods = [f"bert.encoder.layer.{l}.{n}" for l in range(m["L"])
+def suffix_targets(m, keys, pre="bert."):
+    """The encoder's Linear layers PEFT's suffix matching picks for keys (the
+    full name equal to a key or ending in "." + key), under BertModel's
+    "bert." or RobertaModel's "roberta."."""
+    mods = [f"{pre}encoder.layer.{l}.{n}" for l in range(m["L"])
             for n in ("attention.self.query", "attention.self.key", "attention.self.value",
                       "attention.output.dense", "intermediate.dense", "output.dense")]
     return sorted(md for md in mods if any(md == k or md.endswith("." + k) for k in keys))
 
 
-def tuner_weights(method, cfg, T2, W):
+def tuner_weights(method, cfg, T2, W, arch="bert."):
     """The export applied as PEFT applies it, on W's names: IA3
     (tuners/ia3/layer.py Linear.forward) y = base(x) * l for a target, y =
     base(x * l) for a feedforward one, folded into the layer's weight and
     bias (exact: l scales W's rows and b, or W's columns); AdaLoRA
     (tuners/adalora/layer.py SVDLinear.forward) y = base(x) + x (A * E)^T B^T
     * lora_alpha / (ranknum + 1e-5), ranknum = init_r (the cut tensors loaded
-    as adalora_parity takes them). Returns (weights, lora)."""
+    as adalora_parity takes them). arch: the model's prefix ("bert.",
+    "roberta."), fw's names without it. Returns (weights, lora)."""
     We = dict(W, **{k[len("base_model.model."):]: t for k, t in T2.items()
                     if k.startswith("base_model.model.classifier.")})
-    pre = "base_model.model.bert."
+    pre = "base_model.model." + arch
     if method == "ia3":
         for k, l in T2.items():
             if not k.endswith(".ia3_l"):
                 continue
             md = k[len(pre):-len(".ia3_l")]
-            if "bert." + md in cfg["feedforward_modules"]:
+            if arch + md in cfg["feedforward_modules"]:
                 We[md + ".weight"] = W[md + ".weight"] * l.reshape(1, -1)
             else:
                 We[md + ".weight"] = W[md + ".weight"] * l.reshape(-1, 1)
@@ -486,33 +490,43 @@ def tuner_weights(method, cfg, T2, W):
 
 
 def check_tuner_export(fw, work, rng):
-    """IA3 and AdaLoRA on a BERT seq-cls base: a few fwrun steps (the head
-    trains as modules_to_save), export-adapter, the export re-applied in
-    torch (tuner_weights) against fwrun eval with the adapter."""
-    m = bp.BERT
-    recs = bp.seq_records(rng, bp.B * 6)
-    W, ck, path = setup(work, "tuner", m, "seq-cls", 34, recs)
+    """IA3 and AdaLoRA on a BERT and a RoBERTa seq-cls base (the latter
+    exported with --base): a few fwrun steps (the head trains as
+    modules_to_save), export-adapter, the export re-applied in torch
+    (tuner_weights) against fwrun eval with the adapter."""
+    for tag, m, head, head_fn, records, arch in (
+            ("bert", bp.BERT, "seq-cls", bp.seq_logits, bp.seq_records, "bert."),
+            ("roberta", bp.ROBERTA, "seq-cls-roberta", bp.roberta_seq_logits,
+             bp.single_records, "roberta.")):
+        check_tuner_base(fw, work, rng, tag, m, head, head_fn, records, arch)
+
+
+def check_tuner_base(fw, work, rng, tag, m, head, head_fn, records, arch):
+    recs = records(rng, bp.B * 6)
+    W, ck, path = setup(work, f"tuner_{tag}", m, head, 34, recs)
     heads = sorted(k for k in W if k.startswith("classifier."))
-    want_targets = {"ia3": suffix_targets(m, ["key", "value", "output.dense"]),
-                    "adalora": suffix_targets(m, ["query", "value"])}
+    want_targets = {"ia3": suffix_targets(m, ["key", "value", "output.dense"], arch),
+                    "adalora": suffix_targets(m, ["query", "value"], arch)}
+    extra = [f"--base={ck}"] if arch != "bert." else []
     for method, flags in TUNERS.items():
-        name = f"bert {method}"
-        run = os.path.join(work, f"tuner_{method}")
+        name = f"{tag} {method}"
+        run = os.path.join(work, f"tuner_{tag}_{method}")
         p = fw("train", *flags, *common(ck, path), "--train-iters=6", "--lr=0.05",
                "--weight-decay=0", f"--run-dir={run}")
         final = os.path.join(run, "adapter-00000006.h5")
         if not R.check(f"{name}: train runs", p.returncode == 0 and os.path.exists(final),
                        g2.describe(p)):
             continue
-        out = os.path.join(work, f"tuner_{method}_peft")
-        p = fw("export-adapter", final, out)
-        if not R.check(f"{name}: export-adapter of an adapter with a task head runs",
+        out = os.path.join(work, f"tuner_{tag}_{method}_peft")
+        p = fw("export-adapter", final, out, *extra)
+        if not R.check(f"{name}: export-adapter {' '.join(extra)} of an adapter with a task "
+                       "head runs",
                        p.returncode == 0, g2.describe(p)):
             continue
         cfg = json.load(open(os.path.join(out, "adapter_config.json")))
         tg = sorted(cfg.get("target_modules") or [])
         ff = sorted(cfg.get("feedforward_modules") or [])
-        want_ff = suffix_targets(m, ["output.dense"]) if method == "ia3" else []
+        want_ff = suffix_targets(m, ["output.dense"], arch) if method == "ia3" else []
         R.check(f"{name} export: peft_type {method.upper()}, task_type SEQ_CLS, "
                 f"modules_to_save ['classifier'], fan_in_fan_out false, target_modules "
                 f"{want_targets[method]}", cfg.get("peft_type") == method.upper() and
@@ -535,19 +549,19 @@ def check_tuner_export(fw, work, rng):
                     sum(kept) < 4 * len(kept) and
                     all(T2[f"base_model.model.{t}.lora_E"].shape[0] == k
                         for t, k in zip(want_targets[method], kept)), json.dumps(rp))
-        We, lora = tuner_weights(method, cfg, T2, W)
+        We, lora = tuner_weights(method, cfg, T2, W, arch)
         A = adapter(final)
         moved = max(float((A[k] - W[k]).abs().max()) for k in heads)
         R.check(f"{name}: the head trained (moved {moved:.2e}) and is exported as it is",
                 moved > 1e-4 and all(We[k].equal(A[k]) for k in heads))
-        extra = ["--adalora-orth-reg-weight=0"] if method == "adalora" else []
-        q, got = bp.fw_eval(fw, ck, path, "--labels=0,1,2", f"--adapter={final}", *extra,
+        no_orth = ["--adalora-orth-reg-weight=0"] if method == "adalora" else []
+        q, got = bp.fw_eval(fw, ck, path, "--labels=0,1,2", f"--adapter={final}", *no_orth,
                             plug=flags[0].replace(",optim/adamw", ""))
         if not R.check(f"{name}: eval with the adapter runs", got is not None, g2.describe(q)):
             continue
         with torch.no_grad():
-            ref = seq_loss(m, We, recs, bp.seq_logits, {"lora": lora}).item()
-            base = seq_loss(m, W, recs, bp.seq_logits, {}).item()
+            ref = seq_loss(m, We, recs, head_fn, {"lora": lora}).item()
+            base = seq_loss(m, W, recs, head_fn, {}).item()
         r = g2.rel(got["eval_loss"], ref)
         R.check(f"{name}: the PEFT export applied in torch {ref:.9g} vs fw eval "
                 f"{got['eval_loss']:.9g}", r <= bp.TOL_EVAL, f"rel {r:.2e}")
