@@ -49,6 +49,16 @@ sequence classification, and BERT token classification:
     in torch gives fw's eval within 1e-5; without --base BERT's names and one
     warning line naming --base;
   - export-adapter --base with a GPT-2 base: transformer.h.N... as without it;
+  - IA3 (key, value, output.dense; feedforward output.dense) and AdaLoRA
+    (query, value; the budget falling 4 -> 2) on BERT and RoBERTa seq-cls
+    (RoBERTa exported with --base), 6 fwrun steps with the head training:
+    export-adapter gives task_type SEQ_CLS, modules_to_save ["classifier"],
+    fan_in_fan_out false, bert.* / roberta.* paths in target_modules,
+    feedforward_modules, rank_pattern (PEFT's suffix matching over the
+    layers) and keys, the head under base_model.model.classifier.*; the
+    export applied as PEFT's
+    IA3 / SVDLinear forward gives fw's eval loss within 1e-5, and the base's
+    loss is off it by more than 1e-3;
   - a sequence that with the virtual tokens passes --max-position-embeddings,
     and an adapter file from before heads trained: one "fwrun:" line, exit 1
     or 2.
@@ -432,6 +442,133 @@ def check_gpt2_base(fw, work, rng):
             got.get("--base") == want and got.get("no --base") == want, f"{got}")
 
 
+TUNERS = {"ia3": ["--plugins=arch/encoder,attention/mha,optim/adamw,peft/ia3",
+                  "--ia3-target-modules=key,value,output.dense",
+                  "--ia3-feedforward-modules=output.dense"],
+          "adalora": ["--plugins=arch/encoder,attention/mha,optim/adamw,peft/adalora",
+                      "--adalora-init-r=4", "--adalora-target-r=2", "--adalora-tinit=1",
+                      "--adalora-tfinal=1", "--adalora-lora-alpha=8"]}
+
+
+def suffix_targets(m, keys, pre="bert."):
+    """The encoder's Linear layers PEFT's suffix matching picks for keys (the
+    full name equal to a key or ending in "." + key), under BertModel's
+    "bert." or RobertaModel's "roberta."."""
+    mods = [f"{pre}encoder.layer.{l}.{n}" for l in range(m["L"])
+            for n in ("attention.self.query", "attention.self.key", "attention.self.value",
+                      "attention.output.dense", "intermediate.dense", "output.dense")]
+    return sorted(md for md in mods if any(md == k or md.endswith("." + k) for k in keys))
+
+
+def tuner_weights(method, cfg, T2, W, arch="bert."):
+    """The export applied as PEFT applies it, on W's names: IA3
+    (tuners/ia3/layer.py Linear.forward) y = base(x) * l for a target, y =
+    base(x * l) for a feedforward one, folded into the layer's weight and
+    bias (exact: l scales W's rows and b, or W's columns); AdaLoRA
+    (tuners/adalora/layer.py SVDLinear.forward) y = base(x) + x (A * E)^T B^T
+    * lora_alpha / (ranknum + 1e-5), ranknum = init_r (the cut tensors loaded
+    as adalora_parity takes them). arch: the model's prefix ("bert.",
+    "roberta."), fw's names without it. Returns (weights, lora)."""
+    We = dict(W, **{k[len("base_model.model."):]: t for k, t in T2.items()
+                    if k.startswith("base_model.model.classifier.")})
+    pre = "base_model.model." + arch
+    if method == "ia3":
+        for k, l in T2.items():
+            if not k.endswith(".ia3_l"):
+                continue
+            md = k[len(pre):-len(".ia3_l")]
+            if arch + md in cfg["feedforward_modules"]:
+                We[md + ".weight"] = W[md + ".weight"] * l.reshape(1, -1)
+            else:
+                We[md + ".weight"] = W[md + ".weight"] * l.reshape(-1, 1)
+                We[md + ".bias"] = W[md + ".bias"] * l.reshape(-1)
+        return We, None
+    s = cfg["lora_alpha"] / (float(cfg["init_r"]) + 1e-5)
+    mods = sorted({k[len(pre):].rsplit(".lora_", 1)[0] for k in T2 if ".lora_" in k})
+    return We, {md: (T2[f"{pre}{md}.lora_A"] * T2[f"{pre}{md}.lora_E"],
+                     T2[f"{pre}{md}.lora_B"], s) for md in mods}
+
+
+def check_tuner_export(fw, work, rng):
+    """IA3 and AdaLoRA on a BERT and a RoBERTa seq-cls base (the latter
+    exported with --base): a few fwrun steps (the head trains as
+    modules_to_save), export-adapter, the export re-applied in torch
+    (tuner_weights) against fwrun eval with the adapter."""
+    for tag, m, head, head_fn, records, arch in (
+            ("bert", bp.BERT, "seq-cls", bp.seq_logits, bp.seq_records, "bert."),
+            ("roberta", bp.ROBERTA, "seq-cls-roberta", bp.roberta_seq_logits,
+             bp.single_records, "roberta.")):
+        check_tuner_base(fw, work, rng, tag, m, head, head_fn, records, arch)
+
+
+def check_tuner_base(fw, work, rng, tag, m, head, head_fn, records, arch):
+    recs = records(rng, bp.B * 6)
+    W, ck, path = setup(work, f"tuner_{tag}", m, head, 34, recs)
+    heads = sorted(k for k in W if k.startswith("classifier."))
+    want_targets = {"ia3": suffix_targets(m, ["key", "value", "output.dense"], arch),
+                    "adalora": suffix_targets(m, ["query", "value"], arch)}
+    extra = [f"--base={ck}"] if arch != "bert." else []
+    for method, flags in TUNERS.items():
+        name = f"{tag} {method}"
+        run = os.path.join(work, f"tuner_{tag}_{method}")
+        p = fw("train", *flags, *common(ck, path), "--train-iters=6", "--lr=0.05",
+               "--weight-decay=0", f"--run-dir={run}")
+        final = os.path.join(run, "adapter-00000006.h5")
+        if not R.check(f"{name}: train runs", p.returncode == 0 and os.path.exists(final),
+                       g2.describe(p)):
+            continue
+        out = os.path.join(work, f"tuner_{tag}_{method}_peft")
+        p = fw("export-adapter", final, out, *extra)
+        if not R.check(f"{name}: export-adapter {' '.join(extra)} of an adapter with a task "
+                       "head runs",
+                       p.returncode == 0, g2.describe(p)):
+            continue
+        cfg = json.load(open(os.path.join(out, "adapter_config.json")))
+        tg = sorted(cfg.get("target_modules") or [])
+        ff = sorted(cfg.get("feedforward_modules") or [])
+        want_ff = suffix_targets(m, ["output.dense"], arch) if method == "ia3" else []
+        R.check(f"{name} export: peft_type {method.upper()}, task_type SEQ_CLS, "
+                f"modules_to_save ['classifier'], fan_in_fan_out false, target_modules "
+                f"{want_targets[method]}", cfg.get("peft_type") == method.upper() and
+                cfg.get("task_type") == "SEQ_CLS" and cfg.get("modules_to_save") ==
+                ["classifier"] and cfg.get("fan_in_fan_out") is False and
+                tg == want_targets[method] and ff == want_ff, json.dumps(cfg)[:600])
+        _, st = g2.read_st(os.path.join(out, "adapter_model.safetensors"))
+        T2 = {k: torch.from_numpy(v[2].copy()) for k, v in st.items()}
+        parts = ["ia3_l"] if method == "ia3" else ["lora_A", "lora_B", "lora_E"]
+        want = sorted([f"base_model.model.{t}.{x}" for t in want_targets[method]
+                       for x in parts] + ["base_model.model." + k for k in heads])
+        if not R.check(f"{name} export: keys {want}", sorted(T2) == want, f"{sorted(T2)}"):
+            continue
+        if method == "adalora":
+            rp = cfg.get("rank_pattern") or {}
+            kept = [sum(rp.get(t + ".lora_E", [])) for t in want_targets[method]]
+            R.check(f"{name} export: rank_pattern per layer, the tensors cut to the kept "
+                    f"ranks {kept} (budget fell from 4 to 2 on average)",
+                    sorted(rp) == [t + ".lora_E" for t in want_targets[method]] and
+                    sum(kept) < 4 * len(kept) and
+                    all(T2[f"base_model.model.{t}.lora_E"].shape[0] == k
+                        for t, k in zip(want_targets[method], kept)), json.dumps(rp))
+        We, lora = tuner_weights(method, cfg, T2, W, arch)
+        A = adapter(final)
+        moved = max(float((A[k] - W[k]).abs().max()) for k in heads)
+        R.check(f"{name}: the head trained (moved {moved:.2e}) and is exported as it is",
+                moved > 1e-4 and all(We[k].equal(A[k]) for k in heads))
+        no_orth = ["--adalora-orth-reg-weight=0"] if method == "adalora" else []
+        q, got = bp.fw_eval(fw, ck, path, "--labels=0,1,2", f"--adapter={final}", *no_orth,
+                            plug=flags[0].replace(",optim/adamw", ""))
+        if not R.check(f"{name}: eval with the adapter runs", got is not None, g2.describe(q)):
+            continue
+        with torch.no_grad():
+            ref = seq_loss(m, We, recs, head_fn, {"lora": lora}).item()
+            base = seq_loss(m, W, recs, head_fn, {}).item()
+        r = g2.rel(got["eval_loss"], ref)
+        R.check(f"{name}: the PEFT export applied in torch {ref:.9g} vs fw eval "
+                f"{got['eval_loss']:.9g}", r <= bp.TOL_EVAL, f"rel {r:.2e}")
+        R.check(f"{name}: the base's loss {base:.9g} is off fw's by more than 1e-3 (the "
+                f"check can fail)", g2.rel(got["eval_loss"], base) > 1e-3)
+
+
 def main():
     a, fw = g2.cli(__doc__)
 
@@ -455,6 +592,7 @@ def main():
         check_mlm(fw, work, rng)
         check_lora_renames(fw, work, rng)
         check_gpt2_base(fw, work, rng)
+        check_tuner_export(fw, work, rng)
 
     return R.run("encoder_peft", a.keep, body)
 

@@ -1317,7 +1317,7 @@ static int adapter_key(const struct hf_model *h, const char *rest, char *out, si
 }
 
 /* A module path of adapter_config.json (target_modules, modules_to_save,
- * rank_pattern...) at its Hugging Face path: its weight's key through
+ * IA3's feedforward_modules, rank_pattern...) at its Hugging Face path: its weight's key through
  * adapter_key, less ".weight"; a module without a weight of its own (a
  * suffix such as "query", RoBERTa's classifier) stays. */
 static json_t *module_hf(const struct hf_model *h, const char *mod)
@@ -1343,8 +1343,9 @@ static enum fw_status config_hf_modules(const struct hf_model *h, const char *di
 		json_decref(cfg);
 		return fw_errorf(err, FW_ERR_FORMAT, "%s: not a JSON object (%s)", path, je.text);
 	}
-	static const char *const lists[] = { "target_modules", "modules_to_save" };
-	for (size_t k = 0; k < 2; k++) {
+	static const char *const lists[] = { "target_modules", "modules_to_save",
+					     "feedforward_modules" };
+	for (size_t k = 0; k < 3; k++) {
 		json_t *a = json_object_get(cfg, lists[k]), *v;
 		size_t i;
 		json_array_foreach(a, i, v)

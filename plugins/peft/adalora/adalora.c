@@ -643,21 +643,26 @@ static struct fw_tensor *kept(const struct fw_host *h, const struct fw_tensor *t
 static enum fw_status ada_export(const struct fw_host *h, const char *adapter, const char *dir,
 				 const char *base_model, struct fw_err *err)
 {
-	char *mods = NULL, *cfgtext = NULL;
+	char *mods = NULL, *cfgtext = NULL, *base_list = NULL;
 	struct peft_tensors ts = { .h = h };
 	struct peft_text cfg = { .h = h }, tg = { .h = h }, rp = { .h = h };
+	struct peft_heads heads = { .mods = { .h = h } };
 	struct fw_tensor *tp[64] = { 0 };
 	char *keys[64] = { 0 };
 	int n = 0;
 	enum fw_status st;
-	char path[4300];
-	bool s2s = peft_seq2seq_file(adapter);      /* T5: PEFT's names are fw's */
 	if ((st = peft_check_kind(h, ADALORA_KIND, adapter, err)) != FW_OK ||
 	    (st = peft_attr(h, ADALORA_KIND, adapter, "adalora_modules", &mods, err)) != FW_OK ||
 	    (st = peft_attr(h, ADALORA_KIND, adapter, "config", &cfgtext, err)) != FW_OK ||
+	    (st = peft_attr(h, ADALORA_KIND, adapter, "base_tensors", &base_list, err)) != FW_OK ||
 	    (st = peft_tensors_read(h, ADALORA_KIND, adapter, &ts, err)) != FW_OK ||
-	    (st = peft_no_heads(h, ADALORA_KIND, adapter, &ts, err)) != FW_OK)
+	    (st = peft_heads_collect_as(h, ADALORA_KIND, &ts, "base_model.model.", &heads,
+					err)) != FW_OK)
 		goto out;
+	/* a T5's names are PEFT's as they are; an encoder's Linear layers are
+	 * not GPT-2's Conv1D (fan_in_fan_out) */
+	const char *task = peft_encoder_task(base_list, &ts);
+	bool encoder = task && strcmp(task, "seq2seq");
 	for (const char *s = mods; *s; s = strchr(s, '\n') ? strchr(s, '\n') + 1 : s + strlen(s)) {
 		char name[FW_NAME_MAX], tn[FW_NAME_MAX + 32], hf[2 * FW_NAME_MAX];
 		long long in, out, r;
@@ -689,14 +694,14 @@ static enum fw_status ada_export(const struct fw_host *h, const char *adapter, c
 				       "export", adapter);
 			goto out;
 		}
-		peft_module_name(s2s, name, hf, sizeof(hf));
+		peft_hf_param_name(task, name, hf, sizeof(hf));
 		const float *keep = fw_f32(t[N_PARTS]);
 		peft_put(&rp, "%s\n    \"%s.lora_E\": [", rp.n ? "," : "", hf);
 		for (long long q = 0; q < r; q++)
 			peft_put(&rp, "%s%s", q ? ", " : "", keep[q] != 0.0f ? "true" : "false");
 		peft_put(&rp, "]");
 		peft_put(&tg, "%s", tg.n ? ", " : "");
-		peft_put_json(&tg, name);
+		peft_put_json(&tg, encoder ? hf : name);
 		for (int k = 0; k < N_PARTS; k++) {
 			size_t kl = strlen(hf) + 32;
 			if (!(keys[n] = h->malloc(kl)) ||
@@ -726,26 +731,19 @@ static enum fw_status ada_export(const struct fw_host *h, const char *adapter, c
 	peft_put(&cfg, ",\n  \"beta1\": %s,\n  \"beta2\": %s,\n  \"bias\": \"none\",\n"
 		 "  \"deltaT\": %s,\n  \"fan_in_fan_out\": %s,\n  \"inference_mode\": true,\n"
 		 "  \"init_lora_weights\": true,\n  \"init_r\": %s,\n  \"lora_alpha\": %s,\n"
-		 "  \"lora_dropout\": 0.0,\n  \"modules_to_save\": null,\n"
+		 "  \"lora_dropout\": 0.0,\n  \"modules_to_save\": %s,\n"
 		 "  \"orth_reg_weight\": %s,\n  \"peft_type\": \"ADALORA\",\n  \"r\": %s,\n"
 		 "  \"rank_pattern\": {%s\n  },\n  \"revision\": null,\n  \"target_modules\": [%s],\n"
-		 "  \"target_r\": %s,\n  \"task_type\": \"%s\",\n  \"tfinal\": %s,\n"
+		 "  \"target_r\": %s,\n  \"task_type\": %s,\n  \"tfinal\": %s,\n"
 		 "  \"tinit\": %s,\n  \"total_step\": %s\n}\n", v[5], v[6], v[4],
-		 s2s ? "false" : "true", v[0], v[9], v[7], v[0], rp.s ? rp.s : "", tg.s ? tg.s : "",
-		 v[1], s2s ? "SEQ_2_SEQ_LM" : "CAUSAL_LM", v[3], v[2], v[8]);
+		 task ? "false" : "true", v[0], v[9], heads.mods.s, v[7], v[0], rp.s ? rp.s : "",
+		 tg.s ? tg.s : "", v[1], peft_task_json(task), v[3], v[2], v[8]);
 	if (cfg.oom || tg.oom || rp.oom) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/adalora: out of memory");
 		goto out;
 	}
-	if ((st = peft_join(h, ADALORA_KIND, path, sizeof(path), dir,
-			    "adapter_model.safetensors", err)) != FW_OK ||
-	    (st = peft_write_safetensors(h, ADALORA_KIND, path,
-					 (const struct fw_tensor *const *)tp,
-					 (const char *const *)keys, n, err)) != FW_OK ||
-	    (st = peft_join(h, ADALORA_KIND, path, sizeof(path), dir, "adapter_config.json",
-			    err)) != FW_OK)
-		goto out;
-	st = peft_write_file(h, ADALORA_KIND, path, cfg.s, cfg.n, NULL, NULL, 0, err);
+	st = peft_write_export(h, ADALORA_KIND, dir, (const struct fw_tensor *const *)tp,
+			       (const char *const *)keys, n, &heads, &cfg, err);
 out:
 	for (int i = 0; i < n; i++) {
 		if (keys[i])
@@ -758,9 +756,11 @@ out:
 	peft_text_free(&cfg);
 	peft_text_free(&tg);
 	peft_text_free(&rp);
+	peft_heads_free(h, &heads);
 	peft_tensors_free(&ts);
 	fw_free(mods);
 	fw_free(cfgtext);
+	fw_free(base_list);
 	return st;
 }
 

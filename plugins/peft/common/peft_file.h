@@ -698,9 +698,11 @@ static inline void peft_heads_free(const struct fw_host *h, struct peft_heads *o
 	peft_text_free(&o->mods);
 }
 
-static inline enum fw_status peft_heads_collect(const struct fw_host *h, const char *kind,
-						const struct peft_tensors *ts,
-						struct peft_heads *o, struct fw_err *err)
+/* prefix: "base_model." for prompt learning, "base_model.model." for the
+ * tuners (LoRA, IA3, AdaLoRA: PeftModel.base_model is the tuner model there). */
+static inline enum fw_status peft_heads_collect_as(const struct fw_host *h, const char *kind,
+						   const struct peft_tensors *ts, const char *prefix,
+						   struct peft_heads *o, struct fw_err *err)
 {
 	*o = (struct peft_heads){ .mods = { .h = h } };
 	o->t = h->malloc(sizeof(*o->t) * (size_t)(ts->n + 1));
@@ -714,7 +716,7 @@ static inline enum fw_status peft_heads_collect(const struct fw_host *h, const c
 		if (!peft_head_name(name))
 			continue;
 		o->t[o->n] = &ts->t[i];
-		snprintf(o->keys[o->n++], sizeof(o->keys[0]), "base_model.%s", name);
+		snprintf(o->keys[o->n++], sizeof(o->keys[0]), "%s%s", prefix, name);
 		size_t ml = peft_head_module(name);
 		char mod[FW_NAME_MAX + 2];
 		snprintf(mod, sizeof(mod), "\n%.*s\n", (int)ml, name);
@@ -731,56 +733,61 @@ static inline enum fw_status peft_heads_collect(const struct fw_host *h, const c
 	return oom ? h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind) : FW_OK;
 }
 
-/* Refuses an export of trained task heads where a plugin's export names
- * GPT-2's modules only (peft/ia3, peft/adalora). */
-static inline enum fw_status peft_no_heads(const struct fw_host *h, const char *kind,
-					   const char *adapter, const struct peft_tensors *ts,
-					   struct fw_err *err)
+static inline enum fw_status peft_heads_collect(const struct fw_host *h, const char *kind,
+						const struct peft_tensors *ts,
+						struct peft_heads *o, struct fw_err *err)
 {
-	for (int i = 0; i < ts->n; i++)
-		if (peft_head_name(ts->t[i].name))
-			return h->errorf(err, FW_ERR_UNSUPPORTED, "%s: %s: the adapter carries the "
-					 "trained task head %s; %s's PEFT export names GPT-2 "
-					 "modules only (export of heads is built for peft/lora, "
-					 "peft/prompt, peft/prefix and peft/ptuning)", kind, adapter,
-					 ts->t[i].name, kind);
-	return FW_OK;
+	return peft_heads_collect_as(h, kind, ts, "base_model.", o, err);
 }
 
-/* A prompt learning export's files: adapter_model.safetensors with
- * prompt_embeddings (emb) and the task heads, adapter_config.json cfg. */
+/* An export's files: adapter_model.safetensors with the n tensors tp under
+ * keys and the task heads, adapter_config.json cfg. */
+static inline enum fw_status peft_write_export(const struct fw_host *h, const char *kind,
+					       const char *dir, const struct fw_tensor *const *tp,
+					       const char *const *keys, int n,
+					       const struct peft_heads *heads,
+					       const struct peft_text *cfg, struct fw_err *err)
+{
+	char path[4300];
+	const struct fw_tensor **all = h->malloc(sizeof(*all) * (size_t)(n + heads->n + 1));
+	const char **all_keys = h->malloc(sizeof(*all_keys) * (size_t)(n + heads->n + 1));
+	enum fw_status st;
+	if (!all || !all_keys) {
+		st = h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind);
+		goto out;
+	}
+	for (int i = 0; i < n; i++) {
+		all[i] = tp[i];
+		all_keys[i] = keys[i];
+	}
+	for (int i = 0; i < heads->n; i++) {
+		all[n + i] = heads->t[i];
+		all_keys[n + i] = heads->keys[i];
+	}
+	if ((st = peft_join(h, kind, path, sizeof(path), dir, "adapter_model.safetensors",
+			    err)) != FW_OK ||
+	    (st = peft_write_safetensors(h, kind, path, all, all_keys, n + heads->n,
+					 err)) != FW_OK ||
+	    (st = peft_join(h, kind, path, sizeof(path), dir, "adapter_config.json", err)) != FW_OK)
+		goto out;
+	st = peft_write_file(h, kind, path, cfg->s, cfg->n, NULL, NULL, 0, err);
+out:
+	if (all)
+		h->free(all);
+	if (all_keys)
+		h->free(all_keys);
+	return st;
+}
+
+/* A prompt learning export's files: prompt_embeddings (emb) and the heads. */
 static inline enum fw_status peft_write_prompt_export(const struct fw_host *h, const char *kind,
 						      const char *dir, const struct fw_tensor *emb,
 						      const struct peft_heads *heads,
 						      const struct peft_text *cfg,
 						      struct fw_err *err)
 {
-	char path[4300];
-	const struct fw_tensor **tp = h->malloc(sizeof(*tp) * (size_t)(heads->n + 1));
-	const char **keys = h->malloc(sizeof(*keys) * (size_t)(heads->n + 1));
-	enum fw_status st;
-	if (!tp || !keys) {
-		st = h->errorf(err, FW_ERR_NOMEM, "%s: out of memory", kind);
-		goto out;
-	}
-	tp[0] = emb;
-	keys[0] = "prompt_embeddings";
-	for (int i = 0; i < heads->n; i++) {
-		tp[i + 1] = heads->t[i];
-		keys[i + 1] = heads->keys[i];
-	}
-	if ((st = peft_join(h, kind, path, sizeof(path), dir, "adapter_model.safetensors",
-			    err)) != FW_OK ||
-	    (st = peft_write_safetensors(h, kind, path, tp, keys, heads->n + 1, err)) != FW_OK ||
-	    (st = peft_join(h, kind, path, sizeof(path), dir, "adapter_config.json", err)) != FW_OK)
-		goto out;
-	st = peft_write_file(h, kind, path, cfg->s, cfg->n, NULL, NULL, 0, err);
-out:
-	if (tp)
-		h->free(tp);
-	if (keys)
-		h->free(keys);
-	return st;
+	const char *key = "prompt_embeddings";
+	return peft_write_export(h, kind, dir, &emb, &key, 1, heads, cfg, err);
 }
 
 /* fw's GPT-2 names (arch/decoder) to Hugging Face GPT2LMHeadModel's modules. */
@@ -810,6 +817,20 @@ static inline void peft_module_name(bool seq2seq, const char *fw, char *out, siz
 		snprintf(out, len, "%s", fw);
 	else
 		peft_hf_name(fw, out, len);
+}
+
+/* Hugging Face's name of an fw parameter or module for a base of task
+ * (peft_encoder_task): GPT-2's (peft_hf_name), T5's (fw's own), or BERT's
+ * ("bert." + name, heads as they are; fwrun export-adapter --base renames
+ * them through the base's Hugging Face map, RoBERTa's "roberta."). */
+static inline void peft_hf_param_name(const char *task, const char *fw, char *out, size_t len)
+{
+	if (!task || !strcmp(task, "seq2seq"))
+		peft_module_name(task != NULL, fw, out, len);
+	else if (!strncmp(fw, "cls.", 4) || !strncmp(fw, "classifier", 10))
+		snprintf(out, len, "%s", fw);
+	else
+		snprintf(out, len, "bert.%s", fw);
 }
 
 #endif

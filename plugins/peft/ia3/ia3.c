@@ -360,19 +360,25 @@ static enum fw_status ia3_unmerge(void *state, struct fw_model *m, struct fw_err
 static enum fw_status ia3_export(const struct fw_host *h, const char *adapter, const char *dir,
 				 const char *base_model, struct fw_err *err)
 {
-	char *mods = NULL;
+	char *mods = NULL, *base_list = NULL;
 	struct peft_tensors ts = { .h = h };
 	struct peft_text cfg = { .h = h }, tg = { .h = h }, ffl = { .h = h };
+	struct peft_heads heads = { .mods = { .h = h } };
 	const struct fw_tensor **tp = NULL;
 	char **keys = NULL;
 	int n = 0;
 	enum fw_status st;
-	char path[4300];
-	bool s2s = peft_seq2seq_file(adapter);      /* T5: PEFT's names are fw's */
 	if ((st = peft_check_kind(h, IA3_KIND, adapter, err)) != FW_OK ||
 	    (st = peft_attr(h, IA3_KIND, adapter, "ia3_modules", &mods, err)) != FW_OK ||
-	    (st = peft_tensors_read(h, IA3_KIND, adapter, &ts, err)) != FW_OK)
+	    (st = peft_attr(h, IA3_KIND, adapter, "base_tensors", &base_list, err)) != FW_OK ||
+	    (st = peft_tensors_read(h, IA3_KIND, adapter, &ts, err)) != FW_OK ||
+	    (st = peft_heads_collect_as(h, IA3_KIND, &ts, "base_model.model.", &heads,
+					err)) != FW_OK)
 		goto out;
+	/* a T5's names are PEFT's as they are; an encoder's Linear layers are
+	 * not GPT-2's Conv1D (fan_in_fan_out) */
+	const char *task = peft_encoder_task(base_list, &ts);
+	bool encoder = task && strcmp(task, "seq2seq");
 	tp = h->malloc(sizeof(*tp) * (size_t)(ts.n + 1));
 	keys = h->malloc(sizeof(*keys) * (size_t)(ts.n + 1));
 	if (!tp || !keys) {
@@ -402,7 +408,7 @@ static enum fw_status ia3_export(const struct fw_host *h, const char *adapter, c
 				       "not (%lld, %lld)", adapter, tn, ff ? 1LL : out, ff ? in : 1LL);
 			goto out;
 		}
-		peft_module_name(s2s, name, hf, sizeof(hf));
+		peft_hf_param_name(task, name, hf, sizeof(hf));
 		size_t kl = strlen(hf) + 32;
 		if (!(keys[n] = h->malloc(kl))) {
 			st = h->errorf(err, FW_ERR_NOMEM, "peft/ia3: out of memory");
@@ -411,17 +417,15 @@ static enum fw_status ia3_export(const struct fw_host *h, const char *adapter, c
 		snprintf(keys[n], kl, "base_model.model.%s.ia3_l", hf);
 		tp[n++] = t;
 		peft_put(&tg, "%s", tg.n ? ", " : "");
-		peft_put_json(&tg, name);
+		peft_put_json(&tg, encoder ? hf : name);
 		if (ff) {
 			peft_put(&ffl, "%s", ffl.n ? ", " : "");
-			peft_put_json(&ffl, name);
+			peft_put_json(&ffl, encoder ? hf : name);
 		}
 	}
-	if ((st = peft_no_heads(h, IA3_KIND, adapter, &ts, err)) != FW_OK)
-		goto out;
-	if (n != ts.n) {
+	if (n + heads.n != ts.n) {
 		st = h->errorf(err, FW_ERR_FORMAT, "peft/ia3: %s: %d tensors but %d layers in "
-			       "ia3_modules", adapter, ts.n, n);
+			       "ia3_modules and %d task head tensors", adapter, ts.n, n, heads.n);
 		goto out;
 	}
 	peft_put(&tg, "%s", "");
@@ -433,22 +437,15 @@ static enum fw_status ia3_export(const struct fw_host *h, const char *adapter, c
 		peft_put(&cfg, "null");
 	peft_put(&cfg, ",\n  \"fan_in_fan_out\": %s,\n  \"feedforward_modules\": [%s],\n"
 		 "  \"inference_mode\": true,\n  \"init_ia3_weights\": true,\n"
-		 "  \"modules_to_save\": null,\n  \"peft_type\": \"IA3\",\n  \"revision\": null,\n"
-		 "  \"target_modules\": [%s],\n  \"task_type\": \"%s\"\n}\n", s2s ? "false" : "true",
-		 ffl.s, tg.s,
-		 s2s ? "SEQ_2_SEQ_LM" : "CAUSAL_LM");
+		 "  \"modules_to_save\": %s,\n  \"peft_type\": \"IA3\",\n  \"revision\": null,\n"
+		 "  \"target_modules\": [%s],\n  \"task_type\": %s\n}\n", task ? "false" : "true",
+		 ffl.s, heads.mods.s, tg.s, peft_task_json(task));
 	if (cfg.oom || tg.oom || ffl.oom) {
 		st = h->errorf(err, FW_ERR_NOMEM, "peft/ia3: out of memory");
 		goto out;
 	}
-	if ((st = peft_join(h, IA3_KIND, path, sizeof(path), dir, "adapter_model.safetensors",
-			    err)) != FW_OK ||
-	    (st = peft_write_safetensors(h, IA3_KIND, path, tp, (const char *const *)keys, n,
-					 err)) != FW_OK ||
-	    (st = peft_join(h, IA3_KIND, path, sizeof(path), dir, "adapter_config.json",
-			    err)) != FW_OK)
-		goto out;
-	st = peft_write_file(h, IA3_KIND, path, cfg.s, cfg.n, NULL, NULL, 0, err);
+	st = peft_write_export(h, IA3_KIND, dir, tp, (const char *const *)keys, n, &heads, &cfg,
+			       err);
 out:
 	for (int i = 0; keys && i < n; i++)
 		h->free(keys[i]);
@@ -459,8 +456,10 @@ out:
 	peft_text_free(&cfg);
 	peft_text_free(&tg);
 	peft_text_free(&ffl);
+	peft_heads_free(h, &heads);
 	peft_tensors_free(&ts);
 	fw_free(mods);
+	fw_free(base_list);
 	return st;
 }
 

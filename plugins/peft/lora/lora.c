@@ -1033,20 +1033,6 @@ static enum fw_status factor(const struct fw_host *h, const char *path,
 	return FW_OK;
 }
 
-/* Hugging Face's name of an fw parameter: GPT-2's (peft_hf_name), T5's (fw's
- * own), or BERT's
- * ("bert." + name, heads as they are; fwrun export-adapter --base renames
- * them through the base's Hugging Face map, RoBERTa's "roberta."). */
-static void hf_param_name(const char *task, const char *fw, char *out, size_t len)
-{
-	if (!task || !strcmp(task, "seq2seq"))
-		peft_module_name(task != NULL, fw, out, len);
-	else if (!strncmp(fw, "cls.", 4) || !strncmp(fw, "classifier", 10))
-		snprintf(out, len, "%s", fw);
-	else
-		snprintf(out, len, "bert.%s", fw);
-}
-
 /* target_modules: a layer kind adapted everywhere in the base is named by
  * its last part ("c_attn"), a partial choice by the layers' Hugging Face
  * paths; with the layers whose rank or alpha differ from the options' in
@@ -1057,7 +1043,7 @@ static void export_targets(const struct lora_module_entry *mods, int n, const ch
 {
 	for (int i = 0; i < n; i++) {
 		char nm[2 * FW_NAME_MAX];
-		hf_param_name(task, mods[i].name, nm, sizeof(nm));
+		peft_hf_param_name(task, mods[i].name, nm, sizeof(nm));
 		const char *dot = strrchr(nm, '.');
 		const char *last = dot ? dot + 1 : nm;
 		int adapted = 0, total = 0;
@@ -1160,12 +1146,12 @@ static enum fw_status lora_export(const struct fw_host *h, const char *adapter, 
 			for (int k = 0; k < n_mods && !adapted_bias; k++)
 				adapted_bias = !strcmp(mods[k].name, mod);
 		}
-		hf_param_name(task, adapted_bias ? mod : tn, hf, sizeof(hf));
+		peft_hf_param_name(task, adapted_bias ? mod : tn, hf, sizeof(hf));
 		if (l > 7 && !strcmp(tn + l - 7, ".weight") && !is_factor(tn)) {
 			/* a module trained in full next to the adapter (a classifier) */
 			char m2[FW_NAME_MAX], hm[2 * FW_NAME_MAX];
 			snprintf(m2, sizeof(m2), "%.*s", (int)(l - 7), tn);
-			hf_param_name(task, m2, hm, sizeof(hm));
+			peft_hf_param_name(task, m2, hm, sizeof(hm));
 			peft_put(&saves, "%s", saves.n ? ", " : "");
 			peft_put_json(&saves, hm);
 		}
