@@ -7,7 +7,6 @@
 #include <hdf5.h>
 
 #include "harness.h"
-#include "internal.h"
 
 /* --- random data ------------------------------------------------------------- */
 
@@ -724,18 +723,4 @@ struct fw_loaded *fwt_plugin_open(const char *name, int kind, const char *const 
 	ck_assert_msg(fw_options_resolve(p->opts, &err) == FW_OK, "%s", err.msg);
 	ck_assert_msg(fw_plugin_init(p, NULL, &err) == FW_OK, "%s", err.msg);
 	return p;
-}
-
-bool fwt_avx512_copy_runs(const char *what)
-{
-	fw_kernel_allow_avx512(true);
-	struct fw_cpu cpu;
-	fw_cpu_detect(&cpu);
-	const char *env = getenv("FW_KERNEL_ISA");
-	if (cpu.avx512f && cpu.avx512bw && cpu.avx512vl && !(env && !strcmp(env, "avx2")))
-		ck_assert_msg(fw_kernel_avx512(), "an AVX-512 CPU did not get the AVX-512 copy");
-	if (!fw_kernel_avx512())
-		printf("%s avx512: this CPU (or FW_KERNEL_ISA=avx2) runs the build's copy only; "
-		       "the AVX-512 copy is not run here\n", what);
-	return fw_kernel_avx512();
 }

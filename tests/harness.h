@@ -177,12 +177,6 @@ int fwt_run_suite(Suite *s);
 /* A TCase with the given timeout in seconds. */
 TCase *fwt_tcase(const char *name, double timeout_s);
 
-/* Whether the AVX-512 kernel copies (fw_kernel_avx512) run here, after
- * allowing them: fails the test when a CPU with AVX-512 F/BW/VL does not get
- * them (unless FW_KERNEL_ISA=avx2), and prints (naming what) that the copy is not run
- * when they do not. */
-bool fwt_avx512_copy_runs(const char *what);
-
 /* Allocation-failure injection through fw_set_allocator: allocation number n
  * (from 1, counted from this call) fails, every other succeeds and is
  * counted until freed. fwt_alloc_restore() puts malloc/free back. */

@@ -23,7 +23,7 @@
 /* max(x[0..n)), -inf when n == 0 or all are -inf; NaN entries are skipped
  * (they reach the result through exp anyway). Sixteen running maxima,
  * because clang does not vectorise a `reduction(max:)` over floats. */
-static inline __attribute__((always_inline)) float row_max(const float *x, int64_t n)
+static float row_max(const float *x, int64_t n)
 {
 	float l[16], m = -INFINITY;
 	int64_t j = 0;
@@ -495,12 +495,6 @@ const struct fw_op_i fw_op_rmsnorm_i = {
 
 /* --- softmax ------------------------------------------------------------------ */
 
-/* Row kernels, one copy per ISA (softmax_row_isa, softmax_grad_isa). */
-typedef void sm_row_fn(float *y, const float *x, const float *b, int64_t Tkb, int64_t Tk,
-		       int64_t nv, float scale);
-typedef void sm_grad_fn(float *dx, float *db, int64_t Tkb, const float *y, const float *dy,
-			int64_t nv, float scale);
-
 /* y = softmax(scale * x + bias + causal mask) over the last axis.
  * Matches torch.softmax(scale * x + bias (+ -inf above the causal diagonal), -1),
  * except that fully masked rows give zeros instead of NaN.
@@ -515,7 +509,6 @@ struct sm_geom {
 	int64_t nbr;               /* bias rows */
 	bool causal;
 	float scale;
-	sm_grad_fn *grad;          /* backward's f32 row kernel */
 };
 
 static struct sm_geom sm_geom_of(const struct fw_tensor *out)
@@ -593,11 +586,9 @@ static enum fw_status softmax_infer(struct fw_tensor *out, struct fw_err *err)
 }
 
 /* y (Tk) = softmax(scale x + b) over the first nv entries, 0 after them.
- * b is NULL, a full row (Tkb == Tk) or one value (Tkb == 1). Inlined into a
- * copy per ISA (softmax_row_isa). */
-static inline __attribute__((always_inline)) void
-softmax_row(float *y, const float *x, const float *b, int64_t Tkb, int64_t Tk, int64_t nv,
-	    float scale)
+ * b is NULL, a full row (Tkb == Tk) or one value (Tkb == 1). */
+static void softmax_row(float *y, const float *x, const float *b, int64_t Tkb,
+			int64_t Tk, int64_t nv, float scale)
 {
 	float s = 0.0f;
 	if (b && Tkb > 1) {
@@ -628,82 +619,6 @@ softmax_row(float *y, const float *x, const float *b, int64_t Tkb, int64_t Tk, i
 	#pragma omp simd
 	for (int64_t j = 0; j < nv; j++)
 		y[j] *= inv;
-}
-
-/* One row, over its nv unmasked keys: dS = y (dy - sum(dy y));
- * dx += scale dS; db += dS (summed to one value when Tkb == 1). */
-static inline __attribute__((always_inline)) void
-softmax_backward_row(float *dx, float *db, int64_t Tkb, const float *y, const float *dy,
-		     int64_t nv, float scale)
-{
-	float dot = 0.0f;
-	#pragma omp simd reduction(+:dot)
-	for (int64_t j = 0; j < nv; j++)
-		dot += y[j] * dy[j];
-	if (dx) {
-		#pragma omp simd
-		for (int64_t j = 0; j < nv; j++)
-			dx[j] += scale * (y[j] * (dy[j] - dot));
-	}
-	if (db && Tkb > 1) {
-		#pragma omp simd
-		for (int64_t j = 0; j < nv; j++)
-			db[j] += y[j] * (dy[j] - dot);
-	} else if (db) {
-		float s = 0.0f;
-		#pragma omp simd reduction(+:s)
-		for (int64_t j = 0; j < nv; j++)
-			s += y[j] * (dy[j] - dot);
-		db[0] += s;
-	}
-}
-
-static void softmax_row_base(float *y, const float *x, const float *b, int64_t Tkb,
-			     int64_t Tk, int64_t nv, float scale)
-{
-	softmax_row(y, x, b, Tkb, Tk, nv, scale);
-}
-
-static void softmax_grad_base(float *dx, float *db, int64_t Tkb, const float *y,
-			      const float *dy, int64_t nv, float scale)
-{
-	softmax_backward_row(dx, db, Tkb, y, dy, nv, scale);
-}
-
-#if FW_HAVE_AVX512_KERNELS
-/* The f32 rows in AVX-512 (bench/README.md, softmax). */
-static FW_TARGET_AVX512 void softmax_row_avx512(float *y, const float *x, const float *b,
-						int64_t Tkb, int64_t Tk, int64_t nv,
-						float scale)
-{
-	softmax_row(y, x, b, Tkb, Tk, nv, scale);
-}
-
-static FW_TARGET_AVX512 void softmax_grad_avx512(float *dx, float *db, int64_t Tkb,
-						 const float *y, const float *dy, int64_t nv,
-						 float scale)
-{
-	softmax_backward_row(dx, db, Tkb, y, dy, nv, scale);
-}
-#endif
-
-/* The f32 row kernels for this CPU (fw_kernel_avx512). */
-static sm_row_fn *softmax_row_isa(void)
-{
-#if FW_HAVE_AVX512_KERNELS
-	if (fw_kernel_avx512())
-		return softmax_row_avx512;
-#endif
-	return softmax_row_base;
-}
-
-static sm_grad_fn *softmax_grad_isa(void)
-{
-#if FW_HAVE_AVX512_KERNELS
-	if (fw_kernel_avx512())
-		return softmax_grad_avx512;
-#endif
-	return softmax_grad_base;
 }
 
 /* z (n) = scale x[j0, j0 + n) + b, from a row of dtype dt. */
@@ -778,12 +693,38 @@ static void softmax_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	}
 	const float *x = fw_f32(xt);                                     /* (R, Tk) */
 	float *y = fw_f32(out);                                          /* (R, Tk) */
-	sm_row_fn *row = softmax_row_isa();
 	#pragma omp parallel for schedule(static) if (g.R * g.Tk > PAR_MIN)
 	for (int64_t r = 0; r < g.R; r++)
-		row(y + r * g.Tk, x + r * g.Tk,
+		softmax_row(y + r * g.Tk, x + r * g.Tk,
 			    b ? b + sm_bias_row(&g, r) * g.Tkb : NULL, g.Tkb, g.Tk,
 			    sm_valid(&g, r), g.scale);
+}
+
+/* One row, over its nv unmasked keys: dS = y (dy - sum(dy y));
+ * dx += scale dS; db += dS (summed to one value when Tkb == 1). */
+static void softmax_backward_row(float *dx, float *db, int64_t Tkb, const float *y,
+				 const float *dy, int64_t nv, float scale)
+{
+	float dot = 0.0f;
+	#pragma omp simd reduction(+:dot)
+	for (int64_t j = 0; j < nv; j++)
+		dot += y[j] * dy[j];
+	if (dx) {
+		#pragma omp simd
+		for (int64_t j = 0; j < nv; j++)
+			dx[j] += scale * (y[j] * (dy[j] - dot));
+	}
+	if (db && Tkb > 1) {
+		#pragma omp simd
+		for (int64_t j = 0; j < nv; j++)
+			db[j] += y[j] * (dy[j] - dot);
+	} else if (db) {
+		float s = 0.0f;
+		#pragma omp simd reduction(+:s)
+		for (int64_t j = 0; j < nv; j++)
+			s += y[j] * (dy[j] - dot);
+		db[0] += s;
+	}
 }
 
 /* softmax_backward_row for a bf16/f16 y, read in f32 blocks twice. */
@@ -826,7 +767,7 @@ static void sm_grad_row(const struct fw_tensor *out, const struct sm_geom *g, in
 {
 	int64_t Tk = g->Tk, nv = sm_valid(g, r);
 	if (out->dtype == FW_F32)
-		g->grad(dx, db, g->Tkb, fw_f32(out) + r * Tk, dy, nv, g->scale);
+		softmax_backward_row(dx, db, g->Tkb, fw_f32(out) + r * Tk, dy, nv, g->scale);
 	else
 		softmax_backward_row_half(dx, db, g->Tkb, elem_ptr(out->data, out->dtype, r * Tk),
 					  out->dtype, dy, nv, g->scale);
@@ -855,7 +796,6 @@ static size_t softmax_workspace(const struct fw_tensor *out)
 static void softmax_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	struct sm_geom g = sm_geom_of(out);
-	g.grad = softmax_grad_isa();
 	const struct fw_tensor *xt = out->src[0], *bt = out->src[1];
 	const float *dy = fw_f32(out->grad);                    /* (R, Tk) */
 	float *dx = xt->grad ? fw_f32(xt->grad) : NULL;         /* (R, Tk) */
