@@ -185,6 +185,32 @@ static struct fw_tensor *b_reshape_views(struct fw_ctx *c, struct fw_tensor *con
 	return fw_concat(c, fw_tanh(c, a), fw_sigmoid(c, b), 0);
 }
 
+/* q-like (B, T, 12) split as attention splits its fused qkv projection: a
+ * slice of the last dim reshaped to (B, T, H, D) is a strided view (no
+ * copy), permuted heads-first. */
+static struct fw_tensor *b_reshape_heads(struct fw_ctx *c, struct fw_tensor *const *in,
+					 void *u)
+{
+	struct fw_tensor *q = fw_reshape(c, fw_slice(c, in[0], 2, 2, 8), 4,
+					 (int64_t[]){ 2, 3, 2, 4 });
+	return fw_sigmoid(c, fw_permute(c, q, (const int[]){ 0, 2, 1, 3 }));
+}
+
+/* The matmul's heads-major output (p3): a (B, H, M, K) b (B, H, K, N) gives
+ * (B, M, H, N); with ARGS(u)->tb both come as attention's permuted views of
+ * (B, M, H, K) and (B, N, H, K) inputs, b transposed. */
+static struct fw_tensor *b_matmul_heads(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
+{
+	static const int swap[4] = { 0, 2, 1, 3 };
+	struct fw_tensor *src[2] = { in[0], in[1] };
+	if (ARGS(u)->tb) {
+		src[0] = fw_permute(c, in[0], swap);
+		src[1] = fw_permute(c, in[1], swap);
+	}
+	union fw_param p[4] = { { .i = 0 }, { .i = ARGS(u)->tb }, { .i = FW_F32 }, { .i = 1 } };
+	return fw_op_custom(c, FW_OP_MATMUL, src, 2, p, 4);
+}
+
 static struct fw_tensor *b_sum(struct fw_ctx *c, struct fw_tensor *const *in, void *u)
 {
 	return fw_sum(c, in[0], ARGS(u)->axis, ARGS(u)->keepdim);
@@ -270,6 +296,10 @@ static struct gentry cases[] = {
 	  { F("a", 2, 2, 3, 4), F("b", 2, 2, 5, 4) }, 0 },
 	{ "matmul_bcast", b_matmul, { 0 }, 2, { F("a", 2, 3, 4), F("b", 4, 3) }, 0 },
 	{ "matmul_bcast_ta", b_matmul, { .ta = true }, 2, { F("a", 2, 4, 3), F("b", 4, 3) }, 0 },
+	{ "matmul_heads_out", b_matmul_heads, { 0 }, 2,
+	  { F("a", 2, 3, 4, 5), F("b", 2, 3, 5, 2) }, 0 },
+	{ "matmul_heads_out_views", b_matmul_heads, { .tb = true }, 2,
+	  { F("q", 2, 4, 3, 5), F("k", 2, 2, 3, 5) }, 0 },
 	{ "linear", b_linear, { 0 }, 3, { F("x", 2, 3, 4), F("w", 5, 4), F("bias", 5) }, 0 },
 	{ "linear_strided", b_linear_perm, { 0 }, 3,
 	  { F("x", 3, 2, 4), F("w", 5, 4), F("bias", 5) }, 0 },
@@ -339,6 +369,7 @@ static struct gentry cases[] = {
 	{ "slice_first", b_slice, { .axis = 0, .start = 1, .len = 2 }, 1, { F("x", 4, 3, 2) }, 0 },
 	{ "reshape", b_reshape, { .nd = 2, .shape = { 4, -1 } }, 1, { F("x", 2, 3, 4) }, 0 },
 	{ "reshape_of_views", b_reshape_views, { 0 }, 1, { F("x", 4, 3) }, 0 },
+	{ "reshape_heads", b_reshape_heads, { 0 }, 1, { F("qkv", 2, 3, 12) }, 0 },
 	{ "permute", b_permute, { .perm = { 2, 0, 1 } }, 1, { F("x", 2, 3, 4) }, 0 },
 	{ "transpose_cont", b_transpose_cont, { 0 }, 1, { F("x", 3, 2, 5) }, 0 },
 	{ "transpose_matmul", b_transpose_mm, { 0 }, 2, { F("q", 2, 3, 4), F("k", 2, 5, 4) }, 0 },
@@ -1093,6 +1124,74 @@ START_TEST(test_kv_write_half)
 }
 END_TEST
 
+/* A reshape that splits or merges dims contiguous in memory is a strided
+ * view (torch's view rule); one that cuts across strides copies first. */
+START_TEST(test_reshape_strided_view)
+{
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_tensor *x = fw_input(ctx, "x", FW_F32, 3, (int64_t[]){ 2, 3, 12 });
+	struct fw_tensor *k = fw_slice(ctx, x, 2, 4, 4);
+	struct fw_tensor *kh = fw_reshape(ctx, k, 4, (int64_t[]){ 2, 3, 2, 2 });
+	ck_assert_msg(kh != NULL, "%s", fw_ctx_err(ctx)->msg);
+	ck_assert_ptr_eq(kh->src[0], k);                   /* no copy between */
+	static const int64_t want[4] = { 36, 12, 2, 1 };
+	for (int i = 0; i < 4; i++)
+		ck_assert_int_eq(kh->nb[i], want[i]);
+	struct fw_tensor *rows = fw_reshape(ctx, k, 2, (int64_t[]){ -1, 4 });   /* (6, 4) */
+	ck_assert_ptr_eq(rows->src[0], k);
+	ck_assert_int_eq(rows->nb[0], 12);
+	struct fw_tensor *flat = fw_reshape(ctx, k, 1, (int64_t[]){ 24 });
+	ck_assert_int_eq(flat->src[0]->op, FW_OP_CONT);    /* the rows are 12 apart */
+	struct fw_tensor *t = fw_transpose(ctx, x, 0, 1);    /* (3, 2, 12) */
+	struct fw_tensor *m = fw_reshape(ctx, t, 2, (int64_t[]){ 6, 12 });
+	ck_assert_int_eq(m->src[0]->op, FW_OP_CONT);
+	struct fw_tensor *s = fw_reshape(ctx, t, 4, (int64_t[]){ 3, 2, 3, 4 });
+	ck_assert_ptr_eq(s->src[0], t);
+	static const int64_t ws[4] = { 12, 36, 4, 1 };
+	for (int i = 0; i < 4; i++)
+		ck_assert_int_eq(s->nb[i], ws[i]);
+	fw_ctx_free(ctx);
+}
+END_TEST
+
+/* The heads-major product's values against a plain loop over
+ * y[b, m, h, n] = sum_k q[b, m, h, k] kt[b, n, h, k] (attention's scores
+ * layout, read through permuted views). */
+START_TEST(test_matmul_heads_values)
+{
+	enum { B = 2, M = 5, H = 3, N = 4, K = 6 };
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_tensor *q = fw_input(ctx, "q", FW_F32, 4, (int64_t[]){ B, M, H, K });
+	struct fw_tensor *kt = fw_input(ctx, "k", FW_F32, 4, (int64_t[]){ B, N, H, K });
+	struct args a = { .tb = true };
+	struct fw_tensor *in[2] = { q, kt };
+	struct fw_tensor *y = b_matmul_heads(ctx, in, &a);
+	ck_assert_msg(y != NULL, "%s", fw_ctx_err(ctx)->msg);
+	ck_assert_int_eq(y->ne[1], M);
+	ck_assert_int_eq(y->ne[2], H);
+	struct fw_graph *g = fw_graph_new(ctx, &y, 1, &(struct fw_graph_opts){ 0 });
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+	struct fwt_rng r = fwt_rng_new(7);
+	fwt_fill_uniform(fw_f32(q), B * M * H * K, &r, -1, 1);
+	fwt_fill_uniform(fw_f32(kt), B * N * H * K, &r, -1, 1);
+	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+	static float want[B * M * H * N];
+	for (int b = 0; b < B; b++)
+		for (int m = 0; m < M; m++)
+			for (int h = 0; h < H; h++)
+				for (int n = 0; n < N; n++) {
+					double acc = 0;
+					for (int k = 0; k < K; k++)
+						acc += (double)fw_f32(q)[((b * M + m) * H + h) * K + k] *
+						       fw_f32(kt)[((b * N + n) * H + h) * K + k];
+					want[((b * M + m) * H + h) * N + n] = (float)acc;
+				}
+	ck_assert_int_eq(fwt_allclose("heads", fw_f32(y), want, B * M * H * N, 1e-6, 1e-5), 0);
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("gradcheck");
@@ -1101,6 +1200,8 @@ int main(void)
 	tcase_add_test(ops, test_plugin_op);
 	tcase_add_test(ops, test_kv_write);
 	tcase_add_test(ops, test_kv_write_half);
+	tcase_add_test(ops, test_reshape_strided_view);
+	tcase_add_test(ops, test_matmul_heads_values);
 	suite_add_tcase(s, ops);
 	TCase *drop = fwt_tcase("dropout", 120);
 	tcase_add_test(drop, test_dropout_stats);

@@ -48,6 +48,10 @@ struct fw_tensor *fw_tensor_new(struct fw_ctx *ctx, enum fw_dtype dt, int ndim,
 bool fw_broadcastable(const struct fw_tensor *a, const struct fw_tensor *b,
 		      int *ndim, int64_t *shape);
 
+/* Strides of x's elements viewed as shape ne (torch's view rule); false when
+ * only a copy has that shape (ops_view.c). */
+bool fw_view_strides(const struct fw_tensor *x, int nd, const int64_t *ne, int64_t *nb);
+
 /* oneDNN matmul: C[b] (M,N) (+)= op(A[b]) op(B[b]) for row-major operands with
  * leading dims lda/ldb/ldc and batch strides (0 = broadcast). dt_ab is FW_F32
  * or FW_BF16; C is f32. accumulate adds into C. Primitives are cached. */

@@ -3,6 +3,9 @@
  * Every product is C (..., M, N) (+)= A (..., M, K) B (..., K, N) on strided
  * operands: transposes and permuted views are only strides, so attention's
  * q @ k^T runs on the views of the fused qkv projection without a copy.
+ * With p3.i set, a 4-D product batched over (B, H) writes its output
+ * heads-major, (B, M, H, N): attention's P v lands in (B, T, H, D), the
+ * output projection's layout, and its gradient is read back the same way.
  * oneDNN primitives are cached by their full descriptor.
  *
  * Kernels are chosen per product when its primitive is created: oneDNN's own
@@ -448,6 +451,18 @@ static struct mm_operand operand(const struct fw_tensor *t, bool trans)
 	return o;
 }
 
+/* The product's destination: out itself, or with p3.i set (heads-major
+ * output) out (B, M, H, N) viewed as the product's (B, H, M, N). */
+static struct mm_operand out_operand(const struct fw_tensor *out, const struct fw_tensor *t)
+{
+	struct mm_operand o = operand(t, false);
+	if (out->params[3].i) {
+		int64_t x = o.ne[1]; o.ne[1] = o.ne[2]; o.ne[2] = x;
+		x = o.nb[1]; o.nb[1] = o.nb[2]; o.nb[2] = x;
+	}
+	return o;
+}
+
 /* Same shape and layout as t, but the contiguous strides of a gradient. */
 static struct mm_operand grad_operand(const struct fw_tensor *t, bool trans)
 {
@@ -637,12 +652,21 @@ static enum fw_status matmul_infer(struct fw_tensor *out, struct fw_err *err)
 		return fw_errorf(err, FW_ERR_SHAPE, "matmul: the bias is %s %s, expected f32 [%lld]",
 				 fw_dtype_name(bias->dtype),
 				 fw_shape_str(bias, sa, sizeof(sa)), (long long)N);
+	bool heads = out->params[3].i != 0;
+	if (heads && (na != 4 || nbd != 4 || bias))
+		return fw_errorf(err, FW_ERR_SHAPE, "matmul: a heads-major output needs 4-D "
+				 "operands and no bias, got %s and %s",
+				 fw_shape_str(a, sa, sizeof(sa)), fw_shape_str(b, sb, sizeof(sb)));
 	out->dtype = (enum fw_dtype)dt_out;
 	out->ndim = na;
 	for (int i = 0; i < na - 2; i++)
 		out->ne[i] = a->ne[i];
 	out->ne[na - 2] = M;
 	out->ne[na - 1] = N;
+	if (heads) {                            /* (B, M, H, N) */
+		out->ne[1] = M;
+		out->ne[2] = a->ne[1];
+	}
 	return FW_OK;
 }
 
@@ -674,7 +698,7 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 	/* oneDNN writes the half output itself where it has such a kernel,
 	 * adding the f32 bias before it rounds */
 	enum fw_status s = mm_product_bias(operand(a, out->params[0].i), ob,
-					   operand(out, false), a->dtype, out->dtype, false,
+					   out_operand(out, out), a->dtype, out->dtype, false,
 					   a->data, b->data, out->data, bias, &err);
 	if (s != FW_ERR_UNSUPPORTED) {
 		if (s != FW_OK)
@@ -684,7 +708,7 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 	s = FW_OK;
 	if (!rows) {
 		FW_ASSERT(ex->ws_size >= (size_t)fw_nelem(out) * 4);
-		s = mm_product_bias(operand(a, out->params[0].i), ob, operand(out, false),
+		s = mm_product_bias(operand(a, out->params[0].i), ob, out_operand(out, out),
 				    a->dtype, FW_F32, false, a->data, b->data, ex->ws, bias,
 				    &err);
 		if (s == FW_OK)
@@ -716,7 +740,7 @@ static void matmul_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	}
 	const float *bias = out->src[2] ? fw_f32(out->src[2]) : NULL;
 	enum fw_status s = mm_product_bias(operand(a, out->params[0].i),
-					   operand(b, out->params[1].i), operand(out, false),
+					   operand(b, out->params[1].i), out_operand(out, out),
 					   a->dtype, FW_F32, false, a->data, b->data, out->data, bias,
 					   &err);
 	if (s != FW_OK)
@@ -792,7 +816,7 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *a = out->src[0], *b = out->src[1];
 	bool ta = out->params[0].i, tb = out->params[1].i;
-	struct mm_operand dc = operand(out->grad, false);
+	struct mm_operand dc = out_operand(out, out->grad);
 	const void *pdc = out->grad->data;
 	char *ws = ex->ws;
 	int dt = a->dtype;

@@ -349,6 +349,23 @@ enum fw_status fw_split(struct fw_ctx *ctx, struct fw_tensor *x, int axis, int n
 	return FW_OK;
 }
 
+/* Whether x (any strides) reshaped to shape (one -1 allowed) is a view. */
+static bool reshape_is_view(const struct fw_tensor *x, int ndim, const int64_t *shape)
+{
+	int64_t ne[FW_MAX_DIMS], nb[FW_MAX_DIMS], known = 1;
+	int at = -1;
+	for (int i = 0; i < ndim; i++) {
+		ne[i] = shape[i];
+		if (shape[i] == -1)
+			at = i;
+		else
+			known *= shape[i];
+	}
+	if (at >= 0)
+		ne[at] = fw_nelem(x) / known;
+	return fw_view_strides(x, ndim, ne, nb);
+}
+
 struct fw_tensor *fw_reshape(struct fw_ctx *ctx, struct fw_tensor *x, int ndim,
 			     const int64_t *shape)
 {
@@ -365,6 +382,8 @@ struct fw_tensor *fw_reshape(struct fw_ctx *ctx, struct fw_tensor *x, int ndim,
 		}
 		p[1 + i].i = (int32_t)shape[i];
 	}
+	if (x && !fw_is_contiguous(x) && !reshape_is_view(x, ndim, shape))
+		x = fw_cont(ctx, x);             /* the new shape cuts across x's strides */
 	return node(ctx, FW_OP_RESHAPE, 1, x, NULL, NULL, 1 + ndim, p);
 }
 

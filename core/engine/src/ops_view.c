@@ -2,7 +2,8 @@
  *
  * A view shares its source's memory: forward only sets its data pointer.
  * Gradients are always contiguous in the view's own shape; reshape's gradient
- * aliases its source's gradient (the planner arranges it), permute and slice
+ * aliases its source's gradient (the planner arranges it: both are in the same
+ * row-major element order whatever the source's strides), permute and slice
  * scatter theirs back with a strided add.
  */
 #include <string.h>
@@ -141,6 +142,32 @@ static void view_forward(struct fw_tensor *out, const struct fw_exec *ex)
 
 /* --- reshape --------------------------------------------------------------- */
 
+/* Strides nb of x's elements, in row-major order, viewed as shape ne (nd
+ * dims), as torch's view computes them: each run of x's dims that is
+ * contiguous in memory may be split or merged freely. False when the shape
+ * cuts across two runs (then only a copy has it). */
+bool fw_view_strides(const struct fw_tensor *x, int nd, const int64_t *ne, int64_t *nb)
+{
+	int vd = nd - 1;
+	int64_t base = x->nb[x->ndim - 1], run = 1, view = 1;
+	for (int d = x->ndim - 1; d >= 0; d--) {
+		run *= x->ne[d];
+		if (d > 0 && (x->ne[d - 1] == 1 || x->nb[d - 1] == run * base))
+			continue;                   /* the run goes on */
+		while (vd >= 0 && (view < run || ne[vd] == 1)) {
+			nb[vd] = view * base;
+			view *= ne[vd--];
+		}
+		if (view != run)
+			return false;
+		if (d > 0) {
+			base = x->nb[d - 1];
+			run = view = 1;
+		}
+	}
+	return vd < 0;
+}
+
 static enum fw_status reshape_infer(struct fw_tensor *out, struct fw_err *err)
 {
 	const struct fw_tensor *x = out->src[0];
@@ -173,8 +200,10 @@ static enum fw_status reshape_infer(struct fw_tensor *out, struct fw_err *err)
 				 fw_shape_str(x, sx, sizeof(sx)), (long long)n, (long long)known);
 	out->ndim = nd;
 	out->dtype = x->dtype;
-	fw_set_contiguous_strides(out);
 	out->view_offset = 0;
+	if (!fw_view_strides(x, nd, out->ne, out->nb))
+		return fw_errorf(err, FW_ERR_SHAPE, "reshape: %s's strides allow no view of "
+				 "this shape", fw_shape_str(x, sx, sizeof(sx)));
 	return FW_OK;
 }
 
@@ -191,7 +220,7 @@ static uint32_t no_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_reshape_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "reshape",
-	.flags = FW_OPF_VIEW | FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_VIEW | FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD,
 	.infer = reshape_infer,
 	.forward = view_forward,
 	.backward = reshape_backward,

@@ -2,11 +2,14 @@
  * ALiBi or a relative bias.
  *
  * q (B, Tq, Hq, D), k and v (B, Tk, Hkv, D) are permuted to heads-first
- * views. With G = Hq / Hkv > 1 (GQA, MQA) the queries of a KV head's G heads
- * are copied next to each other, (B, Hkv, G*Tq, D), so one product per KV
- * head scores all of them: the repeated K/V are never materialised and the
- * products' backward sums dK and dV over each group. The scores are viewed as
- * (B, Hq, Tq, Tk) for the fused mask+softmax, then back for P v.
+ * views (strided views of the fused qkv projection: no copy). Without
+ * groups, P v is written heads-major straight into (B, Tq, Hq, D) (the
+ * matmul's p3), so the output needs no copy either. With G = Hq / Hkv > 1
+ * (GQA, MQA) the queries of a KV head's G heads are copied next to each
+ * other, (B, Hkv, G*Tq, D), so one product per KV head scores all of them:
+ * the repeated K/V are never materialised and the products' backward sums
+ * dK and dV over each group. The scores are viewed as (B, Hq, Tq, Tk) for
+ * the fused mask+softmax, then back for P v.
  * Position hooks: RoPE rotates q and k (the core's fw_rope, NeoX halves or
  * GPT-J pairs, partial rotary dim, Llama-3 frequency scaling); ALiBi adds
  * -slope_h (i - j) to the scaled scores (op mha.alibi, BLOOM's slopes from
@@ -274,13 +277,22 @@ static struct fw_tensor *mha_attend(void *state, struct fw_model *m,
 	}
 	if (spec->dropout > 0.0f)
 		att = h->dropout(ctx, att, spec->dropout, spec->seed);
-	if (G > 1)
-		att = h->reshape(ctx, att, 4, per_kv);
-	struct fw_tensor *y = h->matmul(ctx, att, vh, false, false);      /* (B, Hkv, G*Tq, D) */
-	int64_t heads[4] = { B, Hq, Tq, D };
-	if (G > 1)
-		y = h->reshape(ctx, y, 4, heads);
-	y = h->cont(ctx, h->permute(ctx, y, to_heads));                   /* (B, Tq, Hq, D) */
+	struct fw_tensor *y;
+	if (G == 1 && att && vh && att->dtype == vh->dtype) {
+		/* P v written heads-major: (B, Tq, Hq, D) without a copy */
+		struct fw_tensor *src[2] = { att, vh };
+		union fw_param p[4] = { { .i = 0 }, { .i = 0 }, { .i = (int32_t)att->dtype },
+					{ .i = 1 } };
+		y = h->op(ctx, FW_OP_MATMUL, src, 2, p, 4);
+	} else {
+		if (G > 1)
+			att = h->reshape(ctx, att, 4, per_kv);
+		y = h->matmul(ctx, att, vh, false, false);                /* (B, Hkv, G*Tq, D) */
+		int64_t heads[4] = { B, Hq, Tq, D };
+		if (G > 1)
+			y = h->reshape(ctx, y, 4, heads);
+		y = h->cont(ctx, h->permute(ctx, y, to_heads));           /* (B, Tq, Hq, D) */
+	}
 	if (!y) {
 		struct fw_err *e = h->ctx_err(ctx);
 		return h->errorf(err, e->status ? e->status : FW_ERR_INTERNAL,

@@ -26,7 +26,8 @@ struct fw_ctx;
 /* The closed set of built-in ops. Plugin ops get ids >= FW_OP_COUNT. */
 enum fw_op {
 	FW_OP_NONE = 0,     /* leaf: parameter, input or constant */
-	FW_OP_MATMUL,       /* p0 trans_a, p1 trans_b, p2.i output dtype (0 = f32) */
+	FW_OP_MATMUL,       /* p0 trans_a, p1 trans_b, p2.i output dtype (0 = f32),
+			       p3.i heads-major output: 4-D (B, H, M, N) product as (B, M, H, N) */
 	FW_OP_ADD,          /* broadcasting, PyTorch rules */
 	FW_OP_SUB,
 	FW_OP_MUL,
@@ -44,7 +45,7 @@ enum fw_op {
 	FW_OP_CROSS_ENTROPY,/* src1 targets i32, src2 mask f32|NULL, p0.i ignore_index */
 	FW_OP_CONCAT,       /* p0.i axis */
 	FW_OP_SLICE,        /* view; p0.i axis, p1.i start, p2.i length */
-	FW_OP_RESHAPE,      /* view of a contiguous tensor */
+	FW_OP_RESHAPE,      /* view; strided where torch's view rule allows */
 	FW_OP_PERMUTE,      /* view; p0..p3 permutation */
 	FW_OP_CONT,         /* contiguous copy */
 	FW_OP_SUM,          /* p0.i axis or FW_AXIS_ALL, p1.i keepdim */
@@ -145,7 +146,9 @@ struct fw_tensor *fw_slice(struct fw_ctx *ctx, struct fw_tensor *x, int axis,
 /* Splits x along axis into n equal parts written to out[0..n-1]. */
 enum fw_status fw_split(struct fw_ctx *ctx, struct fw_tensor *x, int axis, int n,
 			struct fw_tensor **out);
-/* One dim of shape may be -1. */
+/* One dim of shape may be -1. A view of x, strided when x is (splitting or
+ * merging dims that are contiguous in memory, as torch's view); a copy of x
+ * reshaped when its strides allow no view. */
 struct fw_tensor *fw_reshape(struct fw_ctx *ctx, struct fw_tensor *x, int ndim,
 			     const int64_t *shape);
 struct fw_tensor *fw_permute(struct fw_ctx *ctx, struct fw_tensor *x, const int *perm);
