@@ -219,7 +219,8 @@ static enum fw_status build_schedule(struct fw_graph *g, const bool *has_grad)
 			done[seg] = true;
 			for (int j = 0; j < n; j++)
 				if (g->nodes[j]->segment == seg)
-					g->steps[g->n_steps++] = (struct step){ .kind = STEP_RECOMP, .node = j };
+					g->steps[g->n_steps++] =
+						(struct step){ .kind = STEP_RECOMP, .node = j };
 		}
 		if (t->op != FW_OP_RESHAPE)   /* its gradient aliases its source's */
 			g->steps[g->n_steps++] = (struct step){ .kind = STEP_BWD, .node = i };
@@ -451,7 +452,8 @@ static void mark_overwrites(struct fw_graph *g, const int *pos)
 				continue;
 			bool repeated = false;
 			for (int j = 0; j < FW_MAX_SRC; j++)
-				repeated |= j != k && t->src[j] && grad_slot_of(g, pos, t->src[j]) == s;
+				repeated |= j != k && t->src[j] &&
+					    grad_slot_of(g, pos, t->src[j]) == s;
 			if (repeated)
 				continue;
 			st->overwrite |= 1u << k;

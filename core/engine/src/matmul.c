@@ -825,7 +825,8 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			return;
 		}
 	}
-	if (out->src[2] && out->src[2]->grad && bias_backward(out, ex, pdc, dt, add_bias, &err) != FW_OK) {
+	if (out->src[2] && out->src[2]->grad &&
+	    bias_backward(out, ex, pdc, dt, add_bias, &err) != FW_OK) {
 		fw_kernel_fail(&err);
 		return;
 	}
@@ -844,7 +845,8 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 				half_accumulate(b->grad->data, b->grad->dtype, (float *)ws,
 						fw_nelem(b));
 			else if (s == FW_OK)
-				half_store(b->grad->data, b->grad->dtype, (float *)ws, fw_nelem(b));
+				half_store(b->grad->data, b->grad->dtype, (float *)ws,
+					   fw_nelem(b));
 		} else if (b->ndim == a->ndim) {
 			s = mm_product(transposed(at), dc, db, dt, FW_F32, add_b, a->data, pdc,
 				       b->grad->data, &err);

@@ -1050,7 +1050,9 @@ static size_t cross_entropy_workspace(const struct fw_tensor *out)
 	return bytes <= WS_MAX || half ? bytes : 0;
 }
 
-/* dlogits += (softmax - onehot(target)) dloss / count on counted rows. */
+/* dlogits += (softmax - onehot(target)) dloss / count on counted rows;
+ * when the graph did not zero dlogits (fw_exec.grad_overwrite) each row is
+ * zeroed here first, in cache, and rows not counted are zeroed. */
 static void cross_entropy_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *xt = out->src[0];
@@ -1058,8 +1060,13 @@ static void cross_entropy_backward(struct fw_tensor *out, const struct fw_exec *
 		return;
 	struct ce_rows c = ce_rows_of(out);
 	int64_t k = ce_count(&c), V = c.V;
-	if (!k)
+	bool write = ex->grad_overwrite & 1u;
+	size_t gsize = fw_dtype_size(xt->grad->dtype);
+	if (!k) {
+		if (write)
+			memset(xt->grad->data, 0, (size_t)fw_nelem(xt) * gsize);
 		return;
+	}
 	float scale = (float)((double)fw_f32(out->grad)[0] / (double)k);
 	bool half = half_grad(xt);
 	enum fw_dtype gdt = xt->grad->dtype;
@@ -1075,12 +1082,17 @@ static void cross_entropy_backward(struct fw_tensor *out, const struct fw_exec *
 		float *bm = p ? (float *)(p + row * (half ? 2 : 1)) : NULL;
 		#pragma omp for schedule(static)
 		for (int64_t n = 0; n < c.N; n++) {
-			if (!ce_counted(&c, n))
-				continue;
-			const void *xr = elem_ptr(c.x, c.dt, n * V);
 			void *dr = elem_ptr(xt->grad->data, gdt, n * V);
+			if (!ce_counted(&c, n)) {
+				if (write)
+					memset(dr, 0, (size_t)V * gsize);
+				continue;
+			}
+			const void *xr = elem_ptr(c.x, c.dt, n * V);
 			float *d = half ? (float *)(p + row) : dr;
-			if (half)
+			if (write)
+				memset(d, 0, (size_t)V * sizeof(float));
+			else if (half)
 				half_load(d, dr, gdt, V);
 			double lse = fw_row_logsumexp(xr, c.dt, V, e, bm);
 			if (e) {
@@ -1118,7 +1130,7 @@ static uint32_t cross_entropy_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_cross_entropy_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "cross_entropy",
-	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_GRAD_OVERWRITE,
 	.infer = cross_entropy_infer,
 	.forward = cross_entropy_forward,
 	.backward = cross_entropy_backward,
