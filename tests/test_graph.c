@@ -531,6 +531,56 @@ START_TEST(test_views_overlap)
 }
 END_TEST
 
+/* Gradient slots the graph must still zero although their first writer
+ * can overwrite (FW_OPF_GRAD_OVERWRITE): one node twice among an op's
+ * sources (add(h, h), h h^T), and a slice's source (written in part).
+ * x (4, 6), h_k = 2 x; loss = sum((h1 + h1) R1) + sum(h2[:, 0:4] R2)
+ * + sum(h3 h3^T R3), so dx = 4 R1 + 2 [R2, 0] + 2 (R3 + R3^T) h3. */
+START_TEST(test_grad_shared_slots)
+{
+	struct fw_ctx *ctx = fw_ctx_new();
+	struct fw_tensor *x = fw_param(ctx, "x", FW_F32, 2, (int64_t[]){ 4, 6 }, true);
+	struct fw_tensor *r1 = fw_input(ctx, "R1", FW_F32, 2, (int64_t[]){ 4, 6 });
+	struct fw_tensor *r2 = fw_input(ctx, "R2", FW_F32, 2, (int64_t[]){ 4, 4 });
+	struct fw_tensor *r3 = fw_input(ctx, "R3", FW_F32, 2, (int64_t[]){ 4, 4 });
+	struct fw_tensor *h1 = fw_scale(ctx, x, 2.0f), *h2 = fw_scale(ctx, x, 2.0f);
+	struct fw_tensor *h3 = fw_scale(ctx, x, 2.0f);
+	struct fw_tensor *a = fw_mul(ctx, fw_add(ctx, h1, h1), r1);
+	struct fw_tensor *b = fw_mul(ctx, fw_slice(ctx, h2, 1, 0, 4), r2);
+	struct fw_tensor *c = fw_mul(ctx, fw_matmul(ctx, h3, h3, false, true), r3);
+	struct fw_tensor *loss = fw_add(ctx, fw_add(ctx, fw_sum(ctx, a, FW_AXIS_ALL, false),
+						    fw_sum(ctx, b, FW_AXIS_ALL, false)),
+					fw_sum(ctx, c, FW_AXIS_ALL, false));
+	struct fw_graph *g = loss_graph(ctx, loss, NULL);
+	float v1[24], v2[16], v3[16], xv[24], want[24];
+	struct fwt_rng rng = fwt_rng_new(11);
+	fwt_fill_uniform(v1, 24, &rng, -1, 1);
+	fwt_fill_uniform(v2, 16, &rng, -1, 1);
+	fwt_fill_uniform(v3, 16, &rng, -1, 1);
+	fwt_fill_uniform(xv, 24, &rng, -1, 1);
+	fwt_write(r1, v1);
+	fwt_write(r2, v2);
+	fwt_write(r3, v3);
+	fwt_write(x, xv);
+	for (int rep = 0; rep < 2; rep++) {     /* a second pass reuses the arena */
+		fw_graph_zero_grad(g);
+		ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+		ck_assert_int_eq(fw_graph_backward(g), FW_OK);
+		for (int i = 0; i < 4; i++)
+			for (int j = 0; j < 6; j++) {
+				double w = 4.0 * v1[i * 6 + j] + (j < 4 ? 2.0 * v2[i * 4 + j] : 0.0);
+				for (int k = 0; k < 4; k++)
+					w += 2.0 * (v3[i * 4 + k] + v3[k * 4 + i]) * 2.0 * xv[k * 6 + j];
+				want[i * 6 + j] = (float)w;
+			}
+		ck_assert_int_eq(fwt_allclose("grad through shared gradient slots",
+					      fw_f32(x->grad), want, 24, 1e-5, 1e-6), 0);
+	}
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_views_reshaped_param)
 {
 	/* a flat parameter reshaped into a matmul weight: y = x (2,3) @ W (3,4),
@@ -763,6 +813,7 @@ int main(void)
 	tcase_add_test(tc, test_views_chain);
 	tcase_add_test(tc, test_views_overlap);
 	tcase_add_test(tc, test_views_reshaped_param);
+	tcase_add_test(tc, test_grad_shared_slots);
 	tcase_add_test(tc, test_autocast_gradient_dtypes);
 	tcase_add_test(tc, test_shape_errors);
 	tcase_add_test(tc, test_null_propagation);

@@ -25,6 +25,7 @@ enum step_kind { STEP_FWD, STEP_RECOMP, STEP_BWD };
 struct step {
 	enum step_kind kind;
 	int node;                   /* index into g->nodes */
+	uint32_t overwrite;         /* BWD: fw_exec.grad_overwrite (mark_overwrites) */
 };
 
 struct slot {                      /* one planned buffer */
@@ -32,6 +33,7 @@ struct slot {                      /* one planned buffer */
 	int first, last;            /* steps that touch it */
 	size_t offset;
 	bool is_grad;               /* zeroed before its first step */
+	bool overwritten;           /* is_grad, but its first step writes it all */
 };
 
 struct fw_graph {
@@ -61,6 +63,8 @@ struct fw_graph {
 	struct fw_tensor **grads;   /* per node: gradient tensor or NULL */
 	int *zero_order;            /* grad slots sorted by first step */
 	int n_zero;
+	bool poison;                /* FW_GRAD_POISON: overwritten slots start NaN */
+	size_t zero_bytes, overwrite_bytes;   /* per backward, for the profile */
 
 	char *arena;
 	size_t arena_bytes, unplanned_bytes;
@@ -194,7 +198,7 @@ static enum fw_status build_schedule(struct fw_graph *g, const bool *has_grad)
 	if (!g->steps)
 		return fw_errorf(&g->ctx->err, FW_ERR_NOMEM, "graph: out of memory");
 	for (int i = 0; i < n; i++)
-		g->steps[g->n_steps++] = (struct step){ STEP_FWD, i };
+		g->steps[g->n_steps++] = (struct step){ .kind = STEP_FWD, .node = i };
 	g->n_fwd_steps = g->n_steps;
 	if (!g->opts.backward)
 		return FW_OK;
@@ -215,10 +219,11 @@ static enum fw_status build_schedule(struct fw_graph *g, const bool *has_grad)
 			done[seg] = true;
 			for (int j = 0; j < n; j++)
 				if (g->nodes[j]->segment == seg)
-					g->steps[g->n_steps++] = (struct step){ STEP_RECOMP, j };
+					g->steps[g->n_steps++] =
+						(struct step){ .kind = STEP_RECOMP, .node = j };
 		}
 		if (t->op != FW_OP_RESHAPE)   /* its gradient aliases its source's */
-			g->steps[g->n_steps++] = (struct step){ STEP_BWD, i };
+			g->steps[g->n_steps++] = (struct step){ .kind = STEP_BWD, .node = i };
 	}
 	fw_free(done);
 	return FW_OK;
@@ -369,7 +374,7 @@ static void remat_step(struct fw_graph *g, const int *pos, struct step *steps, i
 	for (int k = 0; k < FW_MAX_SRC; k++)
 		if (t->src[k] && pos[t->src[k]->id] >= 0)
 			remat_step(g, pos, steps, ns, pos[t->src[k]->id]);
-	steps[(*ns)++] = (struct step){ STEP_RECOMP, i };
+	steps[(*ns)++] = (struct step){ .kind = STEP_RECOMP, .node = i };
 	g->remat[i] = 2;
 }
 
@@ -421,6 +426,40 @@ static enum fw_status add_remat(struct fw_graph *g, const int *pos, const bool *
 		if (g->remat[i] == 2 && !is_view(g->nodes[i]))
 			g->rec_slot[i] = slot_new(g, fw_nbytes(g->nodes[i]), false);
 	return FW_OK;
+}
+
+/* A gradient slot needs no zeroing when the first step that touches it is
+ * the backward of an op that can overwrite (FW_OPF_GRAD_OVERWRITE) and it
+ * is exactly one source's gradient there (not repeated, not the node's own
+ * gradient shared through a cast): that step writes it instead of adding
+ * (fw_exec.grad_overwrite). Parameters' gradients are persistent, not
+ * slots, and keep accumulating. FW_GRAD_ZERO_ALL=1 zeroes every slot. */
+static void mark_overwrites(struct fw_graph *g, const int *pos)
+{
+	const char *env = getenv("FW_GRAD_ZERO_ALL");
+	if (env && *env && strcmp(env, "0"))
+		return;
+	int loss = g->grad_slot[pos[g->outputs[0]->id]];
+	for (int si = g->n_fwd_steps; si < g->n_steps; si++) {
+		struct step *st = &g->steps[si];
+		const struct fw_tensor *t = g->nodes[st->node];
+		if (st->kind != STEP_BWD || !(fw_op_get(t->op)->flags & FW_OPF_GRAD_OVERWRITE))
+			continue;
+		for (int k = 0; k < FW_MAX_SRC; k++) {
+			int s = t->src[k] ? grad_slot_of(g, pos, t->src[k]) : -1;
+			if (s < 0 || s == loss || s == g->grad_slot[st->node] ||
+			    !g->slots[s].is_grad || g->slots[s].first != si)
+				continue;
+			bool repeated = false;
+			for (int j = 0; j < FW_MAX_SRC; j++)
+				repeated |= j != k && t->src[j] &&
+					    grad_slot_of(g, pos, t->src[j]) == s;
+			if (repeated)
+				continue;
+			st->overwrite |= 1u << k;
+			g->slots[s].overwritten = true;
+		}
+	}
 }
 
 static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_grad)
@@ -596,11 +635,23 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 		placed[n_placed++] = order[a];
 	}
 	/* Gradient slots in order of their first step, for zeroing. */
+	if (g->opts.backward)
+		mark_overwrites(g, pos);
+	const char *poison = getenv("FW_GRAD_POISON");
+	g->poison = poison && *poison && strcmp(poison, "0");
 	g->zero_order = order;
 	g->n_zero = 0;
-	for (int s = 0; s < ns; s++)
-		if (g->slots[s].is_grad && g->slots[s].first >= 0)
+	for (int s = 0; s < ns; s++) {
+		struct slot *sl = &g->slots[s];
+		if (!sl->is_grad || sl->first < 0)
+			continue;
+		if (sl->overwritten)
+			g->overwrite_bytes += sl->bytes;
+		else
+			g->zero_bytes += sl->bytes;
+		if (!sl->overwritten || g->poison)
 			g->zero_order[g->n_zero++] = s;
+	}
 	for (int a = 1; a < g->n_zero; a++) {
 		int v = g->zero_order[a], b = a - 1;
 		while (b >= 0 && g->slots[g->zero_order[b]].first > g->slots[v].first) {
@@ -727,8 +778,10 @@ static void profile_print(const struct fw_graph *g)
 	double total = 0.0;
 	for (int op = 0; op < g->n_prof; op++)
 		total += g->prof[op].s[0] + g->prof[op].s[1] + g->prof[op].s[2];
-	fprintf(stderr, "fw op profile (%d nodes, %.3f s in kernels, %.3f s zeroing gradients):\n",
-		g->n_nodes, total, g->prof_zero);
+	fprintf(stderr, "fw op profile (%d nodes, %.3f s in kernels, %.3f s zeroing gradients;\n"
+		"  a backward zeroes %.1f MiB of gradients and overwrites %.1f MiB unzeroed):\n",
+		g->n_nodes, total, g->prof_zero, g->zero_bytes / 1048576.0,
+		g->overwrite_bytes / 1048576.0);
 	for (int op = 0; op < g->n_prof; op++)
 		for (int k = 0; k < 3; k++)
 			if (g->prof[op].calls[k])
@@ -884,6 +937,7 @@ static enum fw_status run_backward_widened(struct fw_graph *g, int si, const str
 	struct fw_tensor *y = t->grad, gy, gx[FW_MAX_SRC], *x[FW_MAX_SRC] = { NULL };
 	char *p = ex->ws;
 
+	uint32_t ow = ex->grad_overwrite;
 	if (is_half(y->dtype)) {
 		gy = *y;
 		gy.dtype = FW_F32;
@@ -901,7 +955,10 @@ static enum fw_status run_backward_widened(struct fw_graph *g, int si, const str
 		gx[k] = *s->grad;
 		gx[k].dtype = FW_F32;
 		gx[k].data = p;
-		memset(p, 0, bytes);
+		if (!(ow & (1u << k)))
+			memset(p, 0, bytes);
+		else if (g->poison)
+			memset(p, 0xff, bytes);
 		p += align64(bytes);
 		s->grad = &gx[k];
 	}
@@ -913,7 +970,10 @@ static enum fw_status run_backward_widened(struct fw_graph *g, int si, const str
 	for (int k = 0; k < FW_MAX_SRC; k++) {
 		if (!x[k])
 			continue;
-		half_accumulate(x[k]->data, x[k]->dtype, gx[k].data, fw_nelem(t->src[k]));
+		if (ow & (1u << k))
+			half_store(x[k]->data, x[k]->dtype, gx[k].data, fw_nelem(t->src[k]));
+		else
+			half_accumulate(x[k]->data, x[k]->dtype, gx[k].data, fw_nelem(t->src[k]));
 		t->src[k]->grad = x[k];
 	}
 	return rc;
@@ -936,7 +996,8 @@ enum fw_status fw_graph_backward(struct fw_graph *g)
 		double t0 = g->prof ? omp_get_wtime() : 0.0;
 		while (z < g->n_zero && g->slots[g->zero_order[z]].first <= si) {
 			struct slot *s = &g->slots[g->zero_order[z++]];
-			memset(g->arena + s->offset, 0, s->bytes);
+			/* all-ones bytes are NaN in f32, bf16 and f16 */
+			memset(g->arena + s->offset, s->overwritten ? 0xff : 0, s->bytes);
 		}
 		if (g->prof)
 			g->prof_zero += omp_get_wtime() - t0;
@@ -946,6 +1007,7 @@ enum fw_status fw_graph_backward(struct fw_graph *g)
 		struct fw_tensor *t = g->nodes[st->node];
 		if (st->kind != STEP_BWD && !is_view(t))
 			t->data = g->arena + g->slots[g->rec_slot[st->node]].offset;
+		ex.grad_overwrite = st->kind == STEP_BWD ? st->overwrite : 0;
 		if (st->kind == STEP_BWD && g->widen_bytes[st->node])
 			rc = run_backward_widened(g, si, &ex);
 		else

@@ -561,14 +561,15 @@ static enum fw_status mm_product(struct mm_operand a, struct mm_operand b, struc
 	return mm_product_bias(a, b, c, dt, cdt, accumulate, pa, pb, pc, NULL, err);
 }
 
-/* dB (K, N) += sum over batches of A_i^T dC_i, for b broadcast over a's batch. */
+/* dB (K, N) (+)= sum over batches of A_i^T dC_i, for b broadcast over a's batch. */
 static enum fw_status mm_reduce_batches(struct mm_operand a, struct mm_operand dc,
 					struct mm_operand db, const void *pa, const void *pdc,
-					void *pdb, int dt, int cdt, struct fw_err *err)
+					void *pdb, int dt, int cdt, bool accumulate,
+					struct fw_err *err)
 {
 	struct mm_operand fa = a, fc = dc;
 	if (fold_rows(&fa) && fold_rows(&fc))
-		return mm_product(transposed(fa), fc, db, dt, cdt, true, pa, pdc, pdb, err);
+		return mm_product(transposed(fa), fc, db, dt, cdt, accumulate, pa, pdc, pdb, err);
 	/* Fallback: one product per batch entry, accumulating. */
 	int nd = a.ndim;
 	int64_t nbatch = 1;
@@ -590,7 +591,7 @@ static enum fw_status mm_reduce_batches(struct mm_operand a, struct mm_operand d
 			oa += idx * a.nb[i];
 			oc += idx * dc.nb[i];
 		}
-		enum fw_status s = mm_product(transposed(a2), c2, db, dt, cdt, true,
+		enum fw_status s = mm_product(transposed(a2), c2, db, dt, cdt, accumulate || bi,
 					      (const char *)pa + oa * es,
 					      (const char *)pdc + oc * es, pdb, err);
 		if (s != FW_OK)
@@ -765,11 +766,11 @@ static size_t backward_ws_bytes(const struct fw_tensor *out)
 	return bwd + (ga > gb ? ga : gb);
 }
 
-/* dbias (N, f32) += the sum of dC's rows, as the product ones (1, rows)
+/* dbias (N, f32) (+)= the sum of dC's rows, as the product ones (1, rows)
  * dC (rows, N) in dC's dtype dt (pdc: dC as the products read it); the
  * ones go in the workspace after backward's own bytes. */
 static enum fw_status bias_backward(struct fw_tensor *out, const struct fw_exec *ex,
-				    const void *pdc, int dt, struct fw_err *err)
+				    const void *pdc, int dt, bool accumulate, struct fw_err *err)
 {
 	int64_t N = out->ne[out->ndim - 1], rows = fw_nelem(out) / N;
 	size_t at = backward_ws_bytes(out);
@@ -786,24 +787,26 @@ static enum fw_status bias_backward(struct fw_tensor *out, const struct fw_exec 
 	struct mm_operand o = { .ndim = 2, .ne = { 1, rows }, .nb = { rows, 1 } };
 	struct mm_operand dc = { .ndim = 2, .ne = { rows, N }, .nb = { N, 1 } };
 	struct mm_operand db = { .ndim = 2, .ne = { 1, N }, .nb = { N, 1 } };
-	return mm_product(o, dc, db, dt, FW_F32, true, ones, pdc, fw_f32(out->src[2]->grad),
-			  err);
+	return mm_product(o, dc, db, dt, FW_F32, accumulate, ones, pdc,
+			  fw_f32(out->src[2]->grad), err);
 }
 
-/* g (+)= the product, for a half gradient g: oneDNN adds into it itself
- * (in f32, rounded once) where it has such a kernel, else the f32 product
- * goes through ws. */
+/* g (+)= the product, for a half gradient g: oneDNN adds into (or
+ * writes) it itself (in f32, rounded once) where it has such a kernel,
+ * else the f32 product goes through ws. */
 static enum fw_status product_into_half(struct mm_operand x, struct mm_operand y,
 					struct mm_operand c, int dt, const void *px,
 					const void *py, struct fw_tensor *g, float *ws,
-					struct fw_err *err)
+					bool accumulate, struct fw_err *err)
 {
-	enum fw_status s = mm_product(x, y, c, dt, g->dtype, true, px, py, g->data, err);
+	enum fw_status s = mm_product(x, y, c, dt, g->dtype, accumulate, px, py, g->data, err);
 	if (s != FW_ERR_UNSUPPORTED)
 		return s;
 	s = mm_product(x, y, c, dt, FW_F32, false, px, py, ws, err);
-	if (s == FW_OK)
+	if (s == FW_OK && accumulate)
 		half_accumulate(g->data, g->dtype, ws, fw_nelem(g));
+	else if (s == FW_OK)
+		half_store(g->data, g->dtype, ws, fw_nelem(g));
 	return s;
 }
 
@@ -820,6 +823,9 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	const void *pdc = out->grad->data;
 	char *ws = ex->ws;
 	int dt = a->dtype;
+	/* a source whose gradient the graph did not zero is written (beta 0) */
+	bool add_a = !(ex->grad_overwrite & 1u), add_b = !(ex->grad_overwrite & 2u);
+	bool add_bias = !(ex->grad_overwrite & 4u);
 	struct fw_err err;
 	enum fw_status s;
 
@@ -834,16 +840,17 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 		struct mm_operand bt = transposed(operand(b, tb));
 		if (a->grad->dtype != FW_F32)
 			s = product_into_half(dc, bt, grad_operand(a, ta), dt, pdc, b->data,
-					      a->grad, (float *)ws, &err);
+					      a->grad, (float *)ws, add_a, &err);
 		else
-			s = mm_product(dc, bt, grad_operand(a, ta), dt, FW_F32, true, pdc,
+			s = mm_product(dc, bt, grad_operand(a, ta), dt, FW_F32, add_a, pdc,
 				       b->data, a->grad->data, &err);
 		if (s != FW_OK) {
 			fw_kernel_fail(&err);
 			return;
 		}
 	}
-	if (out->src[2] && out->src[2]->grad && bias_backward(out, ex, pdc, dt, &err) != FW_OK) {
+	if (out->src[2] && out->src[2]->grad &&
+	    bias_backward(out, ex, pdc, dt, add_bias, &err) != FW_OK) {
 		fw_kernel_fail(&err);
 		return;
 	}
@@ -854,19 +861,22 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 		bool half = b->grad->dtype != FW_F32;
 		if (half && b->ndim == a->ndim) {
 			s = product_into_half(transposed(at), dc, db, dt, a->data, pdc, b->grad,
-					      (float *)ws, &err);
+					      (float *)ws, add_b, &err);
 		} else if (half) {   /* a batch-reducing sum, in f32 */
-			memset(ws, 0, (size_t)fw_nelem(b) * 4);
-			s = mm_reduce_batches(at, dc, db, a->data, pdc, ws, dt, FW_F32, &err);
-			if (s == FW_OK)
+			s = mm_reduce_batches(at, dc, db, a->data, pdc, ws, dt, FW_F32, false,
+					      &err);
+			if (s == FW_OK && add_b)
 				half_accumulate(b->grad->data, b->grad->dtype, (float *)ws,
 						fw_nelem(b));
+			else if (s == FW_OK)
+				half_store(b->grad->data, b->grad->dtype, (float *)ws,
+					   fw_nelem(b));
 		} else if (b->ndim == a->ndim) {
-			s = mm_product(transposed(at), dc, db, dt, FW_F32, true, a->data, pdc,
+			s = mm_product(transposed(at), dc, db, dt, FW_F32, add_b, a->data, pdc,
 				       b->grad->data, &err);
 		} else {
 			s = mm_reduce_batches(at, dc, db, a->data, pdc, b->grad->data, dt,
-					      FW_F32, &err);
+					      FW_F32, add_b, &err);
 		}
 		if (s != FW_OK)
 			fw_kernel_fail(&err);
@@ -902,7 +912,7 @@ static uint32_t matmul_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_matmul_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "matmul",
-	.flags = FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_GRAD_OVERWRITE,
 	.infer = matmul_infer,
 	.forward = matmul_forward,
 	.backward = matmul_backward,

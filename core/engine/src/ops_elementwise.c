@@ -363,18 +363,23 @@ static void bc_grad_generic(const struct bc *g, float *dx, const float *dy, cons
 }
 
 /* dx += dy w reduced over the dims along which x is broadcast, where w is
- * the tensor wt or, when wt is NULL, the constant *w. */
+ * the tensor wt or, when wt is NULL, the constant *w; dx = ... when write
+ * (its buffer was not zeroed: fw_exec.grad_overwrite). */
 static void bin_grad(const struct fw_tensor *out, const struct fw_tensor *x,
-		     const struct fw_tensor *wt, const float *w, const struct fw_exec *ex)
+		     const struct fw_tensor *wt, const float *w, const struct fw_exec *ex,
+		     bool write)
 {
 	struct bc g;
 	float *dx = fw_f32(x->grad);
 	const float *dy = fw_f32(out->grad);
 
 	bc_init(&g, out, x, wt);
-	switch (bc_kind_of(&g)) {
+	enum bc_kind kind = bc_kind_of(&g);
+	if (write && kind != BC_FULL)   /* a reduction: small, zeroed here */
+		memset(dx, 0, (size_t)fw_nelem(x) * sizeof(float));
+	switch (kind) {
 	case BC_FULL:       /* dx is laid out like dy (s[1] == s[0]) */
-		bc_apply(&g, BIN_ACC, dx, dy, w);
+		bc_apply(&g, write ? BIN_MUL : BIN_ACC, dx, dy, w);
 		break;
 	case BC_SCALAR:
 		bc_grad_scalar(&g, dx, dy, w);
@@ -475,9 +480,9 @@ static void addsub_backward(struct fw_tensor *out, const struct fw_exec *ex, flo
 	static const float one = 1.0f;
 	const struct fw_tensor *a = out->src[0], *b = out->src[1];
 	if (a->grad)
-		bin_grad(out, a, NULL, &one, ex);
+		bin_grad(out, a, NULL, &one, ex, ex->grad_overwrite & 1u);
 	if (b->grad)
-		bin_grad(out, b, NULL, &sign_b, ex);
+		bin_grad(out, b, NULL, &sign_b, ex, ex->grad_overwrite & 2u);
 }
 
 /* Bytes of scratch for the gradient of every row-vector operand with a
@@ -547,7 +552,7 @@ static void add_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_add_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "add",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_GRAD_OVERWRITE,
 	.infer = add_infer,
 	.forward = add_forward,
 	.backward = add_backward,
@@ -574,7 +579,7 @@ static void sub_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_sub_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "sub",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_GRAD_OVERWRITE,
 	.infer = sub_infer,
 	.forward = sub_forward,
 	.backward = sub_backward,
@@ -599,8 +604,9 @@ static void mul_grad(struct fw_tensor *out, int k, const struct fw_exec *ex)
 {
 	const struct fw_tensor *x = out->src[k], *w = out->src[1 - k];
 	size_t copy = half_copy_bytes(w);
+	bool write = ex->grad_overwrite & (1u << k);
 	if (!copy) {
-		bin_grad(out, x, w, fw_f32(w), ex);
+		bin_grad(out, x, w, fw_f32(w), ex, write);
 		return;
 	}
 	FW_ASSERT(ex->ws_size >= copy);
@@ -608,7 +614,7 @@ static void mul_grad(struct fw_tensor *out, int k, const struct fw_exec *ex)
 	struct fw_exec rest = *ex;
 	rest.ws = (char *)ex->ws + copy;
 	rest.ws_size = ex->ws_size - copy;
-	bin_grad(out, x, w, ex->ws, &rest);
+	bin_grad(out, x, w, ex->ws, &rest, write);
 }
 
 static void mul_backward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -632,7 +638,7 @@ static uint32_t mul_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_mul_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "mul",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_GRAD_OVERWRITE,
 	.infer = mul_infer,
 	.forward = mul_forward,
 	.backward = mul_backward,
@@ -688,14 +694,18 @@ static void unary_backward(struct fw_tensor *out, const struct fw_exec *ex, bwd_
 	const struct fw_tensor *v = reads == READS_X ? x : reads == READS_Y ? out : NULL;
 	const struct fw_tensor *gx = x->grad, *gy = out->grad;
 	int64_t n = fw_nelem(out);
+	bool write = ex->grad_overwrite & 1u;   /* dx not zeroed: zero each chunk in cache */
 
 	if ((!v || v->dtype == FW_F32) && gx->dtype == FW_F32 && gy->dtype == FW_F32) {
 		float *dx = fw_f32(gx);
 		const float *dy = fw_f32(gy), *vp = v ? fw_f32(v) : NULL;
 		#pragma omp parallel for schedule(static) if (n > PAR_MIN)
-		for (int64_t i0 = 0; i0 < n; i0 += CHUNK)
-			row(out, ex, dx + i0, dy + i0, vp ? vp + i0 : NULL, i0,
-			    min64(CHUNK, n - i0));
+		for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {
+			int64_t m = min64(CHUNK, n - i0);
+			if (write)
+				memset(dx + i0, 0, (size_t)m * sizeof(float));
+			row(out, ex, dx + i0, dy + i0, vp ? vp + i0 : NULL, i0, m);
+		}
 		return;
 	}
 	/* half values or gradients (autocast): dx's block read, added to and
@@ -707,7 +717,10 @@ static void unary_backward(struct fw_tensor *out, const struct fw_exec *ex, bwd_
 		if (v)
 			half_load(vb, elem_ptr(v->data, v->dtype, i0), v->dtype, m);
 		half_load(dyb, elem_ptr(gy->data, gy->dtype, i0), gy->dtype, m);
-		half_load(dxb, elem_ptr(gx->data, gx->dtype, i0), gx->dtype, m);
+		if (write)
+			memset(dxb, 0, (size_t)m * sizeof(float));
+		else
+			half_load(dxb, elem_ptr(gx->data, gx->dtype, i0), gx->dtype, m);
 		row(out, ex, dxb, dyb, v ? vb : NULL, i0, m);
 		half_store(elem_ptr(gx->data, gx->dtype, i0), gx->dtype, dxb, m);
 	}
@@ -781,7 +794,7 @@ static void scale_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_scale_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "scale",
-	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_GRAD_OVERWRITE,
 	.infer = scale_infer,
 	.forward = scale_forward,
 	.backward = scale_backward,
@@ -907,7 +920,7 @@ static void gelu_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_gelu_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "gelu",
-	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_REMAT,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_REMAT | FW_OPF_GRAD_OVERWRITE,
 	.infer = gelu_infer,
 	.forward = gelu_forward,
 	.backward = gelu_backward,
@@ -950,7 +963,7 @@ static void relu_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_relu_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "relu",
-	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_GRAD_OVERWRITE,
 	.infer = relu_infer,
 	.forward = relu_forward,
 	.backward = relu_backward,
@@ -995,7 +1008,7 @@ static void silu_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_silu_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "silu",
-	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_REMAT,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_REMAT | FW_OPF_GRAD_OVERWRITE,
 	.infer = silu_infer,
 	.forward = silu_forward,
 	.backward = silu_backward,
@@ -1038,7 +1051,7 @@ static void tanh_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_tanh_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "tanh",
-	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_GRAD_OVERWRITE,
 	.infer = tanh_infer,
 	.forward = tanh_forward,
 	.backward = tanh_backward,
@@ -1081,7 +1094,7 @@ static void sigmoid_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_sigmoid_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "sigmoid",
-	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_GRAD_OVERWRITE,
 	.infer = sigmoid_infer,
 	.forward = sigmoid_forward,
 	.backward = sigmoid_backward,
@@ -1188,7 +1201,7 @@ static void dropout_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_dropout_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "dropout",
-	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_GRAD_OVERWRITE,
 	.infer = dropout_infer,
 	.forward = dropout_forward,
 	.backward = dropout_backward,

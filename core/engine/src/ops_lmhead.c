@@ -284,12 +284,12 @@ static size_t lmce_workspace(const struct fw_tensor *out)
 	return align64(n * sizeof(float)) + (c.dt != FW_F32 ? align64(n * 2) : 0);
 }
 
-/* g += s * d over n floats */
-static void add_scaled(float *g, const float *d, float s, int64_t n)
+/* g += s * d over n floats (g = s * d when write) */
+static void add_scaled(float *g, const float *d, float s, int64_t n, bool write)
 {
 	#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
 	for (int64_t i = 0; i < n; i++)
-		g[i] += s * d[i];
+		g[i] = write ? s * d[i] : g[i] + s * d[i];
 }
 
 static void lmce_backward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -301,6 +301,9 @@ static void lmce_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	float dloss = fw_f32(out->grad)[0];
 	struct lmce_stash st = stash_of(out, &c, true);
 	struct fw_err err;
+	/* gradients the graph did not zero (fw_exec.grad_overwrite) */
+	float *gx = xt->grad && (ex->grad_overwrite & 1u) ? fw_f32(xt->grad) : NULL;
+	float *gw = wt->grad && (ex->grad_overwrite & 2u) ? fw_f32(wt->grad) : NULL;
 	if (st.h) {             /* forward computed the gradients (of a unit dloss) */
 		if (st.h->dw_added) {   /* and added dw, for its dloss, into w's gradient */
 			st.dw = NULL;
@@ -314,14 +317,20 @@ static void lmce_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			}
 			dloss = 1.0f;
 		}
-		if (!st.h->k)
-			return;
-		if (st.dx)
-			add_scaled(fw_f32(xt->grad), st.dx, dloss, c.N * c.C);
-		if (st.dw)
-			add_scaled(fw_f32(wt->grad), st.dw, dloss, c.V * c.C);
+		if (st.dx && st.h->k)
+			add_scaled(fw_f32(xt->grad), st.dx, dloss, c.N * c.C, gx != NULL);
+		else if (gx)
+			memset(gx, 0, (size_t)(c.N * c.C) * sizeof(float));
+		if (st.dw && st.h->k)
+			add_scaled(fw_f32(wt->grad), st.dw, dloss, c.V * c.C, gw != NULL);
+		else if (gw)
+			memset(gw, 0, (size_t)(c.V * c.C) * sizeof(float));
 		return;
 	}
+	if (gx)
+		memset(gx, 0, (size_t)(c.N * c.C) * sizeof(float));
+	if (gw)
+		memset(gw, 0, (size_t)(c.V * c.C) * sizeof(float));
 	int64_t k = lmce_count(&c);
 	if (!k)
 		return;
@@ -359,7 +368,8 @@ static uint32_t lmce_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_lmhead_ce_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "lm_head_ce",
-	.flags = FW_OPF_HALF,        /* x and w in bf16/f16 products, f32 accumulation */
+	/* x and w in bf16/f16 products, f32 accumulation */
+	.flags = FW_OPF_HALF | FW_OPF_GRAD_OVERWRITE,
 	.infer = lmce_infer,
 	.forward = lmce_forward,
 	.backward = lmce_backward,

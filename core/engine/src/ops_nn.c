@@ -301,7 +301,7 @@ static void norm_forward(struct fw_tensor *out, const struct fw_exec *ex, bool c
  * dw += dy xhat, db += dy into the partials pw, pb. */
 static void norm_backward_row(const float *x, const float *dy, const float *w,
 			      float *dx, float *pw, float *pb, int64_t C,
-			      float eps, bool center)
+			      float eps, bool center, bool write_dx)
 {
 	float m, rs, sg = 0.0f, sgx = 0.0f;
 	norm_stats(x, C, eps, center, &m, &rs);
@@ -317,7 +317,8 @@ static void norm_backward_row(const float *x, const float *dy, const float *w,
 		#pragma omp simd
 		for (int64_t c = 0; c < C; c++) {
 			float g = w ? dy[c] * w[c] : dy[c];
-			dx[c] += rs * (g - sg - (x[c] - m) * rs * sgx);
+			float v = rs * (g - sg - (x[c] - m) * rs * sgx);
+			dx[c] = write_dx ? v : dx[c] + v;
 		}
 	}
 	if (pw && pb) {
@@ -387,6 +388,9 @@ static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool 
 	float *dw = wt && wt->grad ? fw_f32(wt->grad) : NULL;  /* (C) */
 	float *db = bt && bt->grad ? fw_f32(bt->grad) : NULL;  /* (C) */
 	const float *dy = fw_f32(out->grad);                   /* (N, C) */
+	/* gradients the graph did not zero (fw_exec.grad_overwrite) are written */
+	bool wx = ex->grad_overwrite & 1u, ww = ex->grad_overwrite & 2u;
+	bool wb = ex->grad_overwrite & 4u;
 
 	if (!dw && !db) {
 		if (!dx)
@@ -397,7 +401,7 @@ static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool 
 			#pragma omp for schedule(static)
 			for (int64_t n = 0; n < N; n++)
 				norm_backward_row(norm_row(x, n, C, buf), dy + n * C, w, dx + n * C,
-						  NULL, NULL, C, eps, center);
+						  NULL, NULL, C, eps, center, wx);
 		}
 		return;
 	}
@@ -415,7 +419,7 @@ static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool 
 		for (int64_t n = n0; n < n1; n++) {
 			norm_backward_row(norm_row(x, n, C, buf), dy + n * C, w,
 					  dx ? dx + n * C : NULL, dw ? p.fw : NULL,
-					  db ? p.fb : NULL, C, eps, center);
+					  db ? p.fb : NULL, C, eps, center, wx);
 			if ((n - n0) % NORM_FLUSH != NORM_FLUSH - 1 && n != n1 - 1)
 				continue;
 			#pragma omp simd
@@ -436,9 +440,9 @@ static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool 
 				sb += q.db[c];
 			}
 			if (dw)
-				dw[c] += (float)sw;
+				dw[c] = ww ? (float)sw : dw[c] + (float)sw;
 			if (db)
-				db[c] += (float)sb;
+				db[c] = wb ? (float)sb : db[c] + (float)sb;
 		}
 	}
 }
@@ -463,7 +467,7 @@ static uint32_t norm_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_layernorm_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "layernorm",
-	.flags = FW_OPF_HALF | FW_OPF_REMAT,
+	.flags = FW_OPF_HALF | FW_OPF_REMAT | FW_OPF_GRAD_OVERWRITE,
 	.infer = layernorm_infer,
 	.forward = layernorm_forward,
 	.backward = layernorm_backward,
@@ -485,7 +489,7 @@ static void rmsnorm_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_rmsnorm_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "rmsnorm",
-	.flags = FW_OPF_HALF | FW_OPF_REMAT,
+	.flags = FW_OPF_HALF | FW_OPF_REMAT | FW_OPF_GRAD_OVERWRITE,
 	.infer = rmsnorm_infer,
 	.forward = rmsnorm_forward,
 	.backward = rmsnorm_backward,
@@ -761,11 +765,14 @@ static void softmax_backward_row_half(float *dx, float *db, int64_t Tkb, const v
 		db[0] += s;
 }
 
-/* Row r's backward, for y of any float dtype. */
+/* Row r's backward, for y of any float dtype; write_dx: dx's row was not
+ * zeroed (fw_exec.grad_overwrite), so it is here, in cache. */
 static void sm_grad_row(const struct fw_tensor *out, const struct sm_geom *g, int64_t r,
-			float *dx, float *db, const float *dy)
+			float *dx, float *db, const float *dy, bool write_dx)
 {
 	int64_t Tk = g->Tk, nv = sm_valid(g, r);
+	if (dx && write_dx)
+		memset(dx, 0, (size_t)Tk * sizeof(float));
 	if (out->dtype == FW_F32)
 		softmax_backward_row(dx, db, g->Tkb, fw_f32(out) + r * Tk, dy, nv, g->scale);
 	else
@@ -802,15 +809,18 @@ static void softmax_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	float *db = bt && bt->grad ? fw_f32(bt->grad) : NULL;   /* (nbr, Tkb) */
 	int64_t Tk = g.Tk, Tkb = g.Tkb;
 	bool par = g.R * Tk > PAR_MIN;
+	bool wx = ex->grad_overwrite & 1u;
 
 	if (!dx && !db)
 		return;
+	if (db && (ex->grad_overwrite & 2u))
+		memset(db, 0, (size_t)fw_nelem(bt) * sizeof(float));
 	if (!db || g.nbr == g.R) {
 		/* Rows map to distinct bias rows (or no dbias): plain row split. */
 		#pragma omp parallel for schedule(static) if (par)
 		for (int64_t r = 0; r < g.R; r++)
 			sm_grad_row(out, &g, r, dx ? dx + r * Tk : NULL,
-				    db ? db + sm_bias_row(&g, r) * Tkb : NULL, dy + r * Tk);
+				    db ? db + sm_bias_row(&g, r) * Tkb : NULL, dy + r * Tk, wx);
 		return;
 	}
 
@@ -826,7 +836,7 @@ static void softmax_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			int64_t r0 = g.R * it / nt, r1 = g.R * (it + 1) / nt;
 			for (int64_t r = r0; r < r1; r++)
 				sm_grad_row(out, &g, r, dx ? dx + r * Tk : NULL,
-					    p + sm_bias_row(&g, r) * Tkb, dy + r * Tk);
+					    p + sm_bias_row(&g, r) * Tkb, dy + r * Tk, wx);
 			#pragma omp barrier
 			int64_t e0 = E * it / nt, e1 = E * (it + 1) / nt;
 			for (int t = 0; t < nt; t++) {
@@ -849,7 +859,7 @@ static void softmax_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			if (q < q0 || q >= q1)
 				continue;
 			sm_grad_row(out, &g, r, dx ? dx + r * Tk : NULL, db + q * Tkb,
-				    dy + r * Tk);
+				    dy + r * Tk, wx);
 		}
 	}
 }
@@ -863,7 +873,7 @@ static uint32_t softmax_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_softmax_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "softmax",
-	.flags = FW_OPF_HALF,
+	.flags = FW_OPF_HALF | FW_OPF_GRAD_OVERWRITE,
 	.infer = softmax_infer,
 	.forward = softmax_forward,
 	.backward = softmax_backward,
@@ -1040,7 +1050,9 @@ static size_t cross_entropy_workspace(const struct fw_tensor *out)
 	return bytes <= WS_MAX || half ? bytes : 0;
 }
 
-/* dlogits += (softmax - onehot(target)) dloss / count on counted rows. */
+/* dlogits += (softmax - onehot(target)) dloss / count on counted rows;
+ * when the graph did not zero dlogits (fw_exec.grad_overwrite) each row is
+ * zeroed here first, in cache, and rows not counted are zeroed. */
 static void cross_entropy_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *xt = out->src[0];
@@ -1048,8 +1060,13 @@ static void cross_entropy_backward(struct fw_tensor *out, const struct fw_exec *
 		return;
 	struct ce_rows c = ce_rows_of(out);
 	int64_t k = ce_count(&c), V = c.V;
-	if (!k)
+	bool write = ex->grad_overwrite & 1u;
+	size_t gsize = fw_dtype_size(xt->grad->dtype);
+	if (!k) {
+		if (write)
+			memset(xt->grad->data, 0, (size_t)fw_nelem(xt) * gsize);
 		return;
+	}
 	float scale = (float)((double)fw_f32(out->grad)[0] / (double)k);
 	bool half = half_grad(xt);
 	enum fw_dtype gdt = xt->grad->dtype;
@@ -1065,12 +1082,17 @@ static void cross_entropy_backward(struct fw_tensor *out, const struct fw_exec *
 		float *bm = p ? (float *)(p + row * (half ? 2 : 1)) : NULL;
 		#pragma omp for schedule(static)
 		for (int64_t n = 0; n < c.N; n++) {
-			if (!ce_counted(&c, n))
-				continue;
-			const void *xr = elem_ptr(c.x, c.dt, n * V);
 			void *dr = elem_ptr(xt->grad->data, gdt, n * V);
+			if (!ce_counted(&c, n)) {
+				if (write)
+					memset(dr, 0, (size_t)V * gsize);
+				continue;
+			}
+			const void *xr = elem_ptr(c.x, c.dt, n * V);
 			float *d = half ? (float *)(p + row) : dr;
-			if (half)
+			if (write)
+				memset(d, 0, (size_t)V * sizeof(float));
+			else if (half)
 				half_load(d, dr, gdt, V);
 			double lse = fw_row_logsumexp(xr, c.dt, V, e, bm);
 			if (e) {
@@ -1108,7 +1130,7 @@ static uint32_t cross_entropy_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_cross_entropy_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "cross_entropy",
-	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_GRAD_OVERWRITE,
 	.infer = cross_entropy_infer,
 	.forward = cross_entropy_forward,
 	.backward = cross_entropy_backward,

@@ -473,8 +473,9 @@ static void cast_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	}
 }
 
-/* dx += dy, both f32; nothing when the graph gave the cast its source's
- * gradient buffer (an f32 source: graph.c's shares_grad). */
+/* dx += dy, both f32 (dx = dy when the graph did not zero it:
+ * fw_exec.grad_overwrite); nothing when the graph gave the cast its
+ * source's gradient buffer (an f32 source: graph.c's shares_grad). */
 static void cast_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *xt = out->src[0];
@@ -484,6 +485,10 @@ static void cast_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	float *dx = fw_f32(xt->grad);
 	int64_t n = fw_nelem(out);
 
+	if (ex->grad_overwrite & 1u) {
+		memcpy(dx, dy, (size_t)n * sizeof(float));
+		return;
+	}
 	#pragma omp parallel for simd schedule(static) if (n > PAR_MIN)
 	for (int64_t i = 0; i < n; i++)
 		dx[i] += dy[i];
@@ -492,7 +497,7 @@ static void cast_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_cast_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "cast",
-	.flags = FW_OPF_STRIDED | FW_OPF_HALF,
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_GRAD_OVERWRITE,
 	.infer = cast_infer,
 	.forward = cast_forward,
 	.backward = cast_backward,

@@ -62,10 +62,10 @@ static void walk_f32(const struct walk *w, float *dst, const float *src, bool ad
 	}
 }
 
-/* dst[d] += src[s] where either is bf16/f16 (half gradients under
+/* dst[d] (+)= src[s] where either is bf16/f16 (half gradients under
  * autocast): each sum in f32, rounded once. */
 static void walk_add_half(const struct walk *w, void *dst, enum fw_dtype dd, const void *src,
-			  enum fw_dtype sd)
+			  enum fw_dtype sd, bool add)
 {
 	int64_t outer = w->ne[0] * w->ne[1] * w->ne[2];
 	#pragma omp parallel for schedule(static) if (outer * w->ne[3] > 32768)
@@ -76,7 +76,10 @@ static void walk_add_half(const struct walk *w, void *dst, enum fw_dtype dd, con
 			for (int64_t j0 = 0; j0 < w->ne[3]; j0 += BLK) {
 				float db[BLK], sb[BLK];
 				int64_t m = min64(BLK, w->ne[3] - j0);
-				half_load(db, elem_ptr(dst, dd, d + j0), dd, m);
+				if (add)
+					half_load(db, elem_ptr(dst, dd, d + j0), dd, m);
+				else
+					memset(db, 0, (size_t)m * sizeof(float));
 				half_load(sb, elem_ptr(src, sd, s + j0), sd, m);
 				#pragma omp simd
 				for (int64_t j = 0; j < m; j++)
@@ -86,21 +89,21 @@ static void walk_add_half(const struct walk *w, void *dst, enum fw_dtype dd, con
 			continue;
 		}
 		for (int64_t i = 0; i < w->ne[3]; i++) {
-			float v = half_get(dst, dd, d + i * w->da[3]) +
+			float v = (add ? half_get(dst, dd, d + i * w->da[3]) : 0.0f) +
 				  half_get(src, sd, s + i * w->sa[3]);
 			half_store(elem_ptr(dst, dd, d + i * w->da[3]), dd, &v, 1);
 		}
 	}
 }
 
-/* dst[d] += src[s] for gradients of any float dtype. */
+/* dst[d] += src[s] (or = when !add) for gradients of any float dtype. */
 static void walk_add(const struct walk *w, void *dst, enum fw_dtype dd, const void *src,
-		     enum fw_dtype sd)
+		     enum fw_dtype sd, bool add)
 {
 	if (dd == FW_F32 && sd == FW_F32)
-		walk_f32(w, dst, src, true);
+		walk_f32(w, dst, src, add);
 	else
-		walk_add_half(w, dst, dd, src, sd);
+		walk_add_half(w, dst, dd, src, sd, add);
 }
 
 /* Byte copy for any element size (cont of bf16/i32 views). */
@@ -251,7 +254,8 @@ static enum fw_status permute_infer(struct fw_tensor *out, struct fw_err *err)
 	return FW_OK;
 }
 
-/* x->grad (contiguous, x's shape) += permuted-back out->grad. */
+/* x->grad (contiguous, x's shape) += permuted-back out->grad; = when the
+ * graph did not zero it (fw_exec.grad_overwrite): a permutation covers it. */
 static void permute_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *x = out->src[0];
@@ -261,13 +265,15 @@ static void permute_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	for (int i = 0; i < out->ndim; i++)
 		dst[i] = xs[out->params[i].i];
 	struct walk w = walk_of(out, dst, srcs);
-	walk_add(&w, x->grad->data, x->grad->dtype, out->grad->data, out->grad->dtype);
+	walk_add(&w, x->grad->data, x->grad->dtype, out->grad->data, out->grad->dtype,
+		 !(ex->grad_overwrite & 1u));
 }
 
 const struct fw_op_i fw_op_permute_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "permute",
-	.flags = FW_OPF_VIEW | FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_VIEW | FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD |
+		 FW_OPF_GRAD_OVERWRITE,
 	.infer = permute_infer,
 	.forward = view_forward,
 	.backward = permute_backward,
@@ -316,7 +322,7 @@ static void slice_backward(struct fw_tensor *out, const struct fw_exec *ex)
 	contiguous_strides(out, gs);
 	struct walk w = walk_of(out, xs, gs);
 	void *dst = elem_ptr(x->grad->data, x->grad->dtype, out->params[1].i * xs[axis]);
-	walk_add(&w, dst, x->grad->dtype, out->grad->data, out->grad->dtype);
+	walk_add(&w, dst, x->grad->dtype, out->grad->data, out->grad->dtype, true);
 }
 
 const struct fw_op_i fw_op_slice_i = {
@@ -355,20 +361,28 @@ static void cont_forward(struct fw_tensor *out, const struct fw_exec *ex)
 		walk_bytes(&w, out->data, x->data, fw_dtype_size(x->dtype));
 }
 
-/* Both gradients are contiguous in the same shape: a plain add. */
+/* Both gradients are contiguous in the same shape: a plain add (a copy
+ * when the graph did not zero dx: fw_exec.grad_overwrite). */
 static void cont_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	const struct fw_tensor *gx = out->src[0]->grad, *gy = out->grad;
+	bool add = !(ex->grad_overwrite & 1u);
 	if (gx->dtype != FW_F32 || gy->dtype != FW_F32) {
 		int64_t os[FW_MAX_DIMS];
 		contiguous_strides(out, os);
 		struct walk w = walk_of(out, os, os);
-		walk_add(&w, gx->data, gx->dtype, gy->data, gy->dtype);
+		walk_add(&w, gx->data, gx->dtype, gy->data, gy->dtype, add);
 		return;
 	}
 	float *dx = out->src[0]->grad->data;
 	const float *dy = out->grad->data;
 	int64_t n = fw_nelem(out);
+	if (!add) {
+		#pragma omp parallel for simd schedule(static) if (n > 65536)
+		for (int64_t i = 0; i < n; i++)
+			dx[i] = dy[i];
+		return;
+	}
 	#pragma omp parallel for simd schedule(static) if (n > 65536)
 	for (int64_t i = 0; i < n; i++)
 		dx[i] += dy[i];
@@ -377,7 +391,7 @@ static void cont_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_cont_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "cont",
-	.flags = FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_GRAD_OVERWRITE,
 	.infer = cont_infer,
 	.forward = cont_forward,
 	.backward = cont_backward,

@@ -265,11 +265,12 @@ static const struct abi_sizes frozen[FW_ABI_MINOR + 1] = {
 					fw_host.lm_head_cross_entropy */
 	[5] = SIZES_1_3,             /* 1.5 appended to host-owned structs only: fw_model.n_prefix,
 					fw_attn_spec.n_prefix; per-row cache slots (fw_kv_cache.len) */
+	[6] = SIZES_1_3,             /* 1.6 appended to host-owned fw_exec only: grad_overwrite */
 };
 #undef SIZES_1_0
 #undef SIZES_1_2
 #undef SIZES_1_3
-_Static_assert(FW_ABI_MINOR == 5, "a new minor needs its row in frozen[] and, if it "
+_Static_assert(FW_ABI_MINOR == 6, "a new minor needs its row in frozen[] and, if it "
 	       "changes the fingerprint, a case in fingerprint_of()");
 
 /* The fingerprint a plugin of this minor carries. 1.0 and 1.1 hashed the

@@ -22,6 +22,11 @@ struct fw_exec {
 	size_t ws_size;
 	int64_t step;       /* graph step counter (dropout RNG) */
 	bool training;      /* false in forward-only/eval graphs */
+	/* Since ABI 1.6, backward only, for ops with FW_OPF_GRAD_OVERWRITE:
+	 * bit k = src[k]'s gradient buffer was not zeroed and this call is its
+	 * first writer, so backward must WRITE every element of it (its own
+	 * contribution, as if added to zeros) instead of adding. */
+	uint32_t grad_overwrite;
 };
 
 #define FW_SAVE_OUT (1u << FW_MAX_SRC)   /* bit for the output in saved() */
@@ -44,6 +49,12 @@ enum {
 	 * graph with a backward recomputes the output just before that step
 	 * instead of keeping it from the forward (graph.c). */
 	FW_OPF_REMAT = 1u << 4,
+	/* Backward honours fw_exec.grad_overwrite: the graph then skips zeroing
+	 * a source's gradient slot that this node's backward writes first (an
+	 * activation's, never a parameter's), and tells the kernel to store
+	 * instead of add (graph.c). A kernel that cannot write every element
+	 * of such a source zeroes it itself first. */
+	FW_OPF_GRAD_OVERWRITE = 1u << 5,
 };
 
 struct fw_op_i {
@@ -56,7 +67,8 @@ struct fw_op_i {
 	/* Required: compute out->data from the sources. */
 	void (*forward)(struct fw_tensor *out, const struct fw_exec *ex);
 	/* Optional (NULL = no gradient flows through): ADD into src[i]->grad->data
-	 * for every src[i] whose grad is non-NULL, reading out->grad->data. */
+	 * for every src[i] whose grad is non-NULL, reading out->grad->data
+	 * (write instead where ex->grad_overwrite says so, FW_OPF_GRAD_OVERWRITE). */
 	void (*backward)(struct fw_tensor *out, const struct fw_exec *ex);
 	/* Optional: scratch bytes forward or backward need (0 if NULL). Asked
 	 * once at plan time (threads = fw_get_num_threads() then, gradients of

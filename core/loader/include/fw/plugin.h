@@ -79,9 +79,11 @@ extern "C" {
  * 1.4: fw_model.enc_len, cross_out, cross_in, n_cross;
  * fw_host.lm_head_cross_entropy. 1.5: fw_model.n_prefix, fw_attn_spec.n_prefix;
  * fw_kv_cache.len may hold per-row slots (B, Tq), which the host gives only to
- * plugins built for 1.5 (fw_attn_cache_slots). */
+ * plugins built for 1.5 (fw_attn_cache_slots).
+ * 1.6: fw_exec.grad_overwrite, read by ops that declare
+ * FW_OPF_GRAD_OVERWRITE (op.h). */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
-#define FW_ABI_MINOR 5   /* additions at the end of size-stamped structs */
+#define FW_ABI_MINOR 6   /* additions at the end of size-stamped structs */
 
 /* Layouts that cannot grow without breaking plugins: a plugin built against
  * other ones is refused ("rebuild against this fw"). */
