@@ -825,12 +825,17 @@ static void close_all(const char *what, const float *a, const float *b, int64_t 
  * straight in, so no V C floats of dw), which the plan counts; f16
  * recomputes the logits in backward instead. The unfused logits and their gradient are f32, or half under
  * autocast (as torch keeps a bf16 tensor's gradient). A forward-only graph
- * of the same loss plans no stash. */
+ * of the same loss plans no stash. The second shape is wider than its
+ * vocabulary (C > V, as a small classifier's): f16 backward computes dx's
+ * chunk transposed, (C, rows), where the chunk's f32 logits (rows, V) were,
+ * so the workspace must hold the larger of the two. */
+static const struct { int64_t N, C, V; } lmce_shapes[] = { { 74, 24, 300 }, { 20, 40, 6 } };
+
 START_TEST(test_lmce_matches_unfused)
 {
-	enum { N = 74, C = 24, V = 300 };
-	static float xv[N * C], wv[V * C], mv[N];
-	static int32_t tv[N];
+	const int64_t N = lmce_shapes[_i].N, C = lmce_shapes[_i].C, V = lmce_shapes[_i].V;
+	static float xv[74 * 300], wv[300 * 40], mv[74];
+	static int32_t tv[74];
 	struct fwt_rng r = fwt_rng_new(11);
 	fwt_fill_uniform(xv, N * C, &r, -1, 1);
 	fwt_fill_uniform(wv, V * C, &r, -1, 1);
@@ -1212,7 +1217,8 @@ int main(void)
 	suite_add_tcase(s, drop);
 	TCase *ce = fwt_tcase("cross_entropy", 120);
 	tcase_add_test(ce, test_ce_ignored_zero_grad);
-	tcase_add_test(ce, test_lmce_matches_unfused);
+	tcase_add_loop_test(ce, test_lmce_matches_unfused, 0,
+			    (int)(sizeof(lmce_shapes) / sizeof(lmce_shapes[0])));
 	tcase_add_test(ce, test_lmce_grad_in_forward);
 	tcase_add_test(ce, test_remat_matches_kept);
 	suite_add_tcase(s, ce);

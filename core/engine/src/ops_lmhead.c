@@ -24,6 +24,7 @@
 #include <math.h>
 #include <string.h>
 
+#include "half.h"
 #include "kernel.h"
 #include "vmath.h"
 
@@ -61,10 +62,19 @@ static struct lmce lmce_of(const struct fw_tensor *out)
 	};
 }
 
+/* The workspace: the chunk's f32 logits (R, V), then in a half dtype their
+ * gradient rounded to it (R, V). Under f16 (no stash) backward computes dx's
+ * chunk transposed, (C, R), in the f32 area once the gradient is rounded. */
+static size_t f32_area(const struct lmce *c)
+{
+	int64_t cols = c->dt == FW_F16 && c->C > c->V ? c->C : c->V;
+	return align64((size_t)(c->R * cols) * sizeof(float));
+}
+
 /* The stash: the count of rows in the loss, whether forward added dw into
  * w's gradient and for which loss gradient (its dx is then scaled by it),
- * then dx (N, C) when x has a gradient and dw (V, C) when w has one and
- * forward does not add it, f32. */
+ * then dx transposed (C, N) when x has a gradient and dw (V, C) when w has
+ * one and forward does not add it, f32. */
 struct lmce_stash_head {
 	int64_t k;
 	float dloss;
@@ -156,22 +166,15 @@ static const void *rows_at(const void *p, enum fw_dtype dt, int64_t offset)
 	return (const char *)p + offset * (int64_t)fw_dtype_size(dt);
 }
 
-/* logits (n, V) = x[r0 .. r0+n) w^T into lg. In a half dtype they are
- * rounded to it, as an autocast matmul returns them to cross-entropy
- * (half: the workspace's half area, n V elements). */
-static enum fw_status chunk_logits(const struct lmce *c, int64_t r0, int64_t n, float *lg,
-				   void *half)
+/* logits (n, V) = x[r0 .. r0+n) w^T into lg, f32 (chunk_loss_grad rounds
+ * them to a half dtype). */
+static enum fw_status chunk_logits(const struct lmce *c, int64_t r0, int64_t n, float *lg)
 {
 	struct fw_gemm g = {
 		.batch = 1, .M = n, .N = c->V, .K = c->C, .trans_b = true,
 		.lda = c->C, .ldb = c->C, .ldc = c->V, .dt_ab = c->dt,
 	};
-	enum fw_status st = fw_gemm_run(&g, rows_at(c->x, c->dt, r0 * c->C), c->w, lg);
-	if (st == FW_OK && c->dt != FW_F32) {
-		fw_convert(half, c->dt, lg, FW_F32, n * c->V);
-		fw_convert(lg, FW_F32, half, c->dt, n * c->V);
-	}
-	return st;
+	return fw_gemm_run(&g, rows_at(c->x, c->dt, r0 * c->C), c->w, lg);
 }
 
 static int64_t lmce_count(const struct lmce *c)
@@ -182,18 +185,35 @@ static int64_t lmce_count(const struct lmce *c)
 	return k;
 }
 
-/* dx rows [r0, r0 + n) = dlogits w and dw (+)= dlogits^T x, for the chunk's
- * gradient dl (n, V) in x's dtype. */
+/* dx (n, C) += s dxt^T (= when write), dxt (C, n) at leading dim ld. */
+static void add_transposed(float *dx, const float *dxt, float s, int64_t ld, int64_t n,
+			   int64_t C, bool write)
+{
+	enum { T = 32 };
+	#pragma omp parallel for schedule(static) if (n * C > PAR_MIN)
+	for (int64_t i0 = 0; i0 < n; i0 += T)
+		for (int64_t c0 = 0; c0 < C; c0 += T)
+			for (int64_t i = i0; i < min64(i0 + T, n); i++)
+				for (int64_t j = c0; j < min64(c0 + T, C); j++)
+					dx[i * C + j] = (write ? 0.0f : dx[i * C + j]) +
+							s * dxt[j * ld + i];
+}
+
+/* dx's chunk transposed, dxt (C, n) at leading dim ldt, = dlogits w, and dw
+ * (+)= dlogits^T x, for the chunk's gradient dl (n, V) in x's dtype. dx is
+ * computed as w^T dlogits^T: with both operands transposed oneDNN runs
+ * gemm:jit, which is faster than its brgemm on dlogits w (bench/README.md,
+ * "The LM head's products"). */
 static enum fw_status chunk_products(const struct lmce *c, int64_t r0, int64_t n,
-				     const void *dl, float *dx, float *dw, bool dx_add,
+				     const void *dl, float *dxt, int64_t ldt, float *dw,
 				     bool dw_add)
 {
-	if (dx) {         /* dx (n, C) (+)= dlogits (n, V) w (V, C) */
+	if (dxt) {        /* dxt (C, n) = w^T (C, V) dlogits^T (V, n) */
 		struct fw_gemm g = {
-			.batch = 1, .M = n, .N = c->C, .K = c->V, .lda = c->V, .ldb = c->C,
-			.ldc = c->C, .dt_ab = c->dt, .accumulate = dx_add,
+			.batch = 1, .M = c->C, .N = n, .K = c->V, .trans_a = true,
+			.trans_b = true, .lda = c->C, .ldb = c->V, .ldc = ldt, .dt_ab = c->dt,
 		};
-		if (fw_gemm_run(&g, dl, c->w, dx + r0 * c->C) != FW_OK)
+		if (fw_gemm_run(&g, c->w, dl, dxt) != FW_OK)
 			return FW_ERR_INTERNAL;
 	}
 	if (dw) {         /* dw (V, C) (+)= dlogits^T (V, n) x (n, C) */
@@ -209,19 +229,29 @@ static enum fw_status chunk_products(const struct lmce *c, int64_t r0, int64_t n
 }
 
 /* The chunk's loss terms; with grad, its logits also become their gradient
- * in place: (softmax - onehot) * scale on counted rows, 0 on the others. */
+ * in place: (softmax - onehot) * scale on counted rows, 0 on the others. In
+ * a half dtype the logits are first rounded to it, as an autocast matmul
+ * returns them to cross-entropy, and the gradient is also written rounded to
+ * half (n, V) for the products. Each row is done while it is in cache. */
 static double chunk_loss_grad(const struct lmce *c, int64_t r0, int64_t n, float *lg,
-			      bool grad, float scale)
+			      void *half, bool grad, float scale)
 {
 	int64_t V = c->V;
+	bool rounded = c->dt != FW_F32;
 	double loss = 0.0;
 	#pragma omp parallel for schedule(static) reduction(+:loss) if (n * V > PAR_MIN)
 	for (int64_t i = 0; i < n; i++) {
 		float *row = lg + i * V;
+		void *hrow = rounded ? elem_ptr(half, c->dt, i * V) : NULL;
 		if (!lmce_counted(c, r0 + i)) {
 			if (grad)
-				memset(row, 0, (size_t)V * sizeof(float));
+				memset(rounded ? hrow : (void *)row, 0,
+				       (size_t)V * fw_dtype_size(c->dt));
 			continue;
+		}
+		if (rounded) {
+			half_store(hrow, c->dt, row, V);
+			half_load(row, hrow, c->dt, V);
 		}
 		int32_t t = c->t[r0 + i];
 		float lse = (float)fw_row_logsumexp(row, FW_F32, V, NULL, NULL);
@@ -231,6 +261,8 @@ static double chunk_loss_grad(const struct lmce *c, int64_t r0, int64_t n, float
 			for (int64_t j = 0; j < V; j++)
 				row[j] = scale * vexp_neg(row[j] - lse);
 			row[t] -= scale;
+			if (rounded)
+				half_store(hrow, c->dt, row, V);
 		}
 	}
 	return loss;
@@ -243,7 +275,7 @@ static void lmce_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	bool direct = !isnan(dloss) && out->src[1]->grad;
 	struct lmce_stash st = stash_of(out, &c, !direct);
 	float *lg = ex->ws;
-	void *half = (char *)ex->ws + align64((size_t)(c.R * c.V) * sizeof(float));
+	void *half = (char *)ex->ws + f32_area(&c);
 	const void *dl = c.dt == FW_F32 ? (const void *)lg : half;
 	double loss = 0.0;
 	int64_t k = lmce_count(&c);
@@ -259,14 +291,11 @@ static void lmce_forward(struct fw_tensor *out, const struct fw_exec *ex)
 		*st.h = (struct lmce_stash_head){ .k = k, .dloss = dloss, .dw_added = direct };
 	for (int64_t r0 = 0; r0 < c.N && k; r0 += c.R) {
 		int64_t n = min64(c.R, c.N - r0);
-		if (chunk_logits(&c, r0, n, lg, half) != FW_OK)
+		if (chunk_logits(&c, r0, n, lg) != FW_OK)
 			goto fail;
-		loss += chunk_loss_grad(&c, r0, n, lg, grad, scale);
-		if (!grad)
-			continue;
-		if (c.dt != FW_F32)
-			fw_convert(half, c.dt, lg, FW_F32, n * c.V);
-		if (chunk_products(&c, r0, n, dl, st.dx, dw, false, direct || r0 > 0) != FW_OK)
+		loss += chunk_loss_grad(&c, r0, n, lg, half, grad, scale);
+		if (grad && chunk_products(&c, r0, n, dl, st.dx ? st.dx + r0 : NULL, c.N, dw,
+					   direct || r0 > 0) != FW_OK)
 			goto fail;
 	}
 	fw_f32(out)[0] = k ? (float)(loss / (double)k) : 0.0f;
@@ -279,9 +308,7 @@ fail:
 static size_t lmce_workspace(const struct fw_tensor *out)
 {
 	struct lmce c = lmce_of(out);
-	size_t n = (size_t)(c.R * c.V);
-	/* f32 logits, and their gradient rounded to x's dtype for a half product */
-	return align64(n * sizeof(float)) + (c.dt != FW_F32 ? align64(n * 2) : 0);
+	return f32_area(&c) + (c.dt != FW_F32 ? align64((size_t)(c.R * c.V) * 2) : 0);
 }
 
 /* g += s * d over n floats (g = s * d when write) */
@@ -318,7 +345,7 @@ static void lmce_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			dloss = 1.0f;
 		}
 		if (st.dx && st.h->k)
-			add_scaled(fw_f32(xt->grad), st.dx, dloss, c.N * c.C, gx != NULL);
+			add_transposed(fw_f32(xt->grad), st.dx, dloss, c.N, c.N, c.C, gx != NULL);
 		else if (gx)
 			memset(gx, 0, (size_t)(c.N * c.C) * sizeof(float));
 		if (st.dw && st.h->k)
@@ -336,19 +363,21 @@ static void lmce_backward(struct fw_tensor *out, const struct fw_exec *ex)
 		return;
 	float scale = (float)((double)dloss / (double)k);
 	float *lg = ex->ws;
-	void *half = (char *)ex->ws + align64((size_t)(c.R * c.V) * sizeof(float));
-	const void *dl = c.dt == FW_F32 ? (const void *)lg : half;
+	void *half = (char *)ex->ws + f32_area(&c);
+	const void *dl = half;
 
+	FW_ASSERT(c.dt == FW_F16);      /* f32 and bf16 always have a stash here */
 	for (int64_t r0 = 0; r0 < c.N; r0 += c.R) {
 		int64_t n = min64(c.R, c.N - r0);
-		if (chunk_logits(&c, r0, n, lg, half) != FW_OK)
+		if (chunk_logits(&c, r0, n, lg) != FW_OK)
 			goto fail;
-		chunk_loss_grad(&c, r0, n, lg, true, scale);
-		if (c.dt != FW_F32)
-			fw_convert(half, c.dt, lg, FW_F32, n * c.V);
-		if (chunk_products(&c, r0, n, dl, xt->grad ? fw_f32(xt->grad) : NULL,
-				   wt->grad ? fw_f32(wt->grad) : NULL, true, true) != FW_OK)
+		chunk_loss_grad(&c, r0, n, lg, half, true, scale);
+		/* dl is the half area: the f32 logits' area holds dx's chunk */
+		if (chunk_products(&c, r0, n, dl, xt->grad ? lg : NULL, n,
+				   wt->grad ? fw_f32(wt->grad) : NULL, true) != FW_OK)
 			goto fail;
+		if (xt->grad)
+			add_transposed(fw_f32(xt->grad) + r0 * c.C, lg, 1.0f, n, n, c.C, false);
 	}
 	return;
 fail:
