@@ -516,11 +516,13 @@ int main(void)
 	tcase_add_loop_test(gc, test_attend_grad, 0,
 			    (int)(sizeof(grad_cases) / sizeof(grad_cases[0])));
 	suite_add_tcase(s, gc);
+	TCase *half = fwt_tcase("half", 300);
+	tcase_add_test(half, test_half_inputs);
+	tcase_add_test(half, test_half_cache);
+	suite_add_tcase(s, half);
 	TCase *vs = fwt_tcase("mha", 300);
 	tcase_add_loop_test(vs, test_equals_mha, 0, (int)(sizeof(vs_cases) / sizeof(vs_cases[0])));
 	tcase_add_test(vs, test_threads);
-	tcase_add_test(vs, test_half_inputs);
-	tcase_add_test(vs, test_half_cache);
 	tcase_add_test(vs, test_memory_linear);
 	tcase_add_test(vs, test_bad_specs);
 	suite_add_tcase(s, vs);

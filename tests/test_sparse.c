@@ -831,10 +831,13 @@ int main(void)
 	tcase_add_test(ref, test_full_window_is_mha);
 	tcase_add_loop_test(ref, test_decode_equals_full, 0,
 			    (int)(sizeof(decode_cases) / sizeof(decode_cases[0])));
-	tcase_add_test(ref, test_half_inputs);
-	tcase_add_test(ref, test_half_cache);
 	tcase_add_checked_fixture(ref, NULL, close_opened);
 	suite_add_tcase(s, ref);
+	TCase *half = fwt_tcase("half", 300);
+	tcase_add_test(half, test_half_inputs);
+	tcase_add_test(half, test_half_cache);
+	tcase_add_checked_fixture(half, NULL, close_opened);
+	suite_add_tcase(s, half);
 	TCase *bad = fwt_tcase("refusals", 60);
 	tcase_add_test(bad, test_bad_specs);
 	tcase_add_test(bad, test_bad_options);
