@@ -119,11 +119,11 @@ int main(int argc, char **argv)
 				double t[2][64];
 				for (int r = 0; r < rounds; r++) {
 					for (int isa = 0; isa < (has512 ? 2 : 1); isa++) {
-						fw_kernel_allow_avx512(isa == 1);
+						fw_kernel_isa_force(isa == 1 ? NULL : "avx2");
 						t[isa][r] = time_pass(&c, pass, calls);
 					}
 				}
-				fw_kernel_allow_avx512(true);
+				fw_kernel_isa_force(NULL);
 				qsort(t[0], (size_t)rounds, sizeof(double), cmp_double);
 				qsort(t[1], (size_t)rounds, sizeof(double), cmp_double);
 				double a = t[0][rounds / 2] * 1e3, b = has512 ? t[1][rounds / 2] * 1e3 : 0;

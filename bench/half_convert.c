@@ -45,7 +45,7 @@ int main(int argc, char **argv)
 	printf("%-11s %9s %12s %12s %12s %12s\n", "path", "elements", "f32->bf16", "bf16->f32",
 	       "f32->f16", "f16->f32");
 	for (int p = 0; p < 4; p++) {
-		if (fw_half_isa_force(paths[p]) != FW_OK)
+		if (fw_kernel_isa_force(paths[p]) != FW_OK)
 			continue;
 		for (int s = 0; s < 2; s++) {
 			int64_t n = sizes[s], reps = nmax / n;
@@ -70,8 +70,8 @@ int main(int argc, char **argv)
 			       best[0], best[1], best[2], best[3]);
 		}
 	}
-	fw_half_isa_force(NULL);
-	printf("picked at load: %s\n", fw_half_isa());
+	fw_kernel_isa_force(NULL);
+	printf("picked at load: %s\n", fw_kernel_isa());
 	free(f);
 	free(h);
 	return 0;

@@ -724,6 +724,111 @@ void fwt_alloc_restore(void)
 	fw_set_allocator(NULL, NULL, NULL);
 }
 
+/* Whether a node below x casts a cache (a kv_write's result) to another dtype. */
+static bool widens_cache(const struct fw_tensor *x, int depth)
+{
+	if (!x || depth > 64)
+		return false;
+	if (x->op == FW_OP_CAST && x->src[0] && x->src[0]->op == FW_OP_KV_WRITE)
+		return true;
+	for (int i = 0; i < FW_MAX_SRC; i++)
+		if (widens_cache(x->src[i], depth + 1))
+			return true;
+	return false;
+}
+
+enum fw_dtype fwt_decode_run(const struct fwt_decode *d, const float *q, const float *k,
+			     const float *v, float *y, float *kc, float *vc)
+{
+	int64_t T = d->T, nq = (int64_t)d->H * d->D, nkv = (int64_t)d->G * d->D;
+	struct fw_ctx *ctx = fw_ctx_new();
+	if (d->autocast != FW_F32)
+		ck_assert_int_eq(fw_ctx_set_autocast(ctx, d->autocast), FW_OK);
+	struct fw_kv_cache cache = {
+		.len = fw_input(ctx, "len", FW_I32, 1, (int64_t[]){ 1 }),
+		.mask = fw_input(ctx, "mask", FW_F32, 1, (int64_t[]){ T }), .max_len = T };
+	struct fw_tensor *in[3] = {
+		fw_input(ctx, "q", d->in_dt, 4, (int64_t[]){ 1, 1, d->H, d->D }),
+		fw_input(ctx, "k", d->in_dt, 4, (int64_t[]){ 1, 1, d->G, d->D }),
+		fw_input(ctx, "v", d->in_dt, 4, (int64_t[]){ 1, 1, d->G, d->D }) };
+	struct fw_model m = { .size = sizeof(m), .ctx = ctx, .host = fw_host_table(),
+			      .batch = 1, .seq_len = 1, .caches = &cache, .n_caches = 1 };
+	struct fw_attn_spec spec = { .size = sizeof(spec), .name = "dec.attn", .n_head = d->H,
+				     .n_kv_head = d->G, .head_dim = d->D,
+				     .mask = FW_MASK_CAUSAL, .pos = d->pos, .rope_base = 10000.0f,
+				     .cache = &cache };
+	struct fw_err err = { 0 };
+	const struct fw_attention_i *ai = d->plugin->desc->iface;
+	struct fw_tensor *y1 = ai->attend(d->plugin->state, &m, &spec, in[0], in[1], in[2], &err);
+	ck_assert_msg(y1 != NULL, "%s", err.msg);
+	ck_assert_msg(!widens_cache(y1, 0), "the KV cache is cast before attention reads it");
+	struct fw_graph *g = fw_graph_new(ctx, &y1, 1, &(struct fw_graph_opts){ 0 });
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+	memset(cache.k->data, 0, fw_nbytes(cache.k));
+	memset(cache.v->data, 0, fw_nbytes(cache.v));
+	const float *src[3] = { q, k, v };
+	for (int64_t t = 0; t < T; t++) {
+		fw_i32(cache.len)[0] = (int32_t)t;
+		for (int64_t j = 0; j < T; j++)
+			fw_f32(cache.mask)[j] = j <= t ? 0.0f : -INFINITY;
+		for (int i = 0; i < 3; i++) {
+			int64_t n = i ? nkv : nq;
+			fw_convert(in[i]->data, d->in_dt, src[i] + t * n, FW_F32, n);
+		}
+		ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+		fwt_read_f32(y1, y + t * nq);
+	}
+	fwt_read_f32(cache.k, kc);
+	fwt_read_f32(cache.v, vc);
+	enum fw_dtype dt = cache.k->dtype;
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+	return dt;
+}
+
+double fwt_round_to(enum fw_dtype dt, double x)
+{
+	if (dt == FW_F32)
+		return (float)x;
+	if (x == 0 || !isfinite(x))
+		return x;
+	int bits = dt == FW_BF16 ? 8 : 11, lo = dt == FW_BF16 ? -125 : -13, e;
+	frexp(x, &e);                   /* |x| in [2^(e-1), 2^e) */
+	double ulp = ldexp(1.0, (e < lo ? lo : e) - bits);   /* subnormals: fixed */
+	return nearbyint(x / ulp) * ulp;
+}
+
+void fwt_check_half_decode(struct fw_loaded *plugin, enum fw_dtype dt, enum fw_pos_kind pos)
+{
+	enum { T = 11, H = 6, G = 2, D = 40, NQ = T * H * D, NKV = T * G * D };
+	static float x[3][NQ], y[3][NQ], kc[3][NKV], vc[3][NKV];
+	struct fwt_rng r = fwt_rng_new(77 + (uint64_t)dt);
+	for (int i = 0; i < 3; i++) {
+		fwt_fill_uniform(x[i], i ? NKV : NQ, &r, -1.5f, 1.5f);
+		for (int64_t e = 0; e < (i ? NKV : NQ); e++)
+			x[i][e] = (float)fwt_round_to(dt, x[i][e]);
+	}
+	const enum fw_dtype ac[3] = { FW_F32, dt, dt }, in[3] = { FW_F32, dt, FW_F32 };
+	for (int w = 0; w < 3; w++) {
+		struct fwt_decode d = { plugin, ac[w], in[w], pos, T, H, G, D };
+		ck_assert_int_eq(fwt_decode_run(&d, x[0], x[1], x[2], y[w], kc[w], vc[w]), ac[w]);
+	}
+	const char *n = fw_dtype_name(dt);
+	for (int w = 1; w < 3; w++)
+		for (int64_t e = 0; e < NKV; e++)
+			ck_assert_msg(kc[w][e] == (float)fwt_round_to(dt, kc[0][e]) &&
+				      vc[w][e] == (float)fwt_round_to(dt, vc[0][e]),
+				      "%s cache (%s inputs), element %lld: k %.9g v %.9g, f32 cache "
+				      "k %.9g v %.9g", n, fw_dtype_name(in[w]), (long long)e,
+				      (double)kc[w][e], (double)vc[w][e], (double)kc[0][e],
+				      (double)vc[0][e]);
+	ck_assert_msg(!memcmp(y[1], y[2], sizeof(y[1])),
+		      "%s cache: %s inputs give other outputs than f32 inputs", n, n);
+	if (pos != FW_POS_ROPE)
+		ck_assert_msg(!memcmp(y[1], y[0], sizeof(y[0])),
+			      "%s cache: other outputs than an f32 cache of the same values", n);
+}
+
 struct fw_loaded *fwt_plugin_open(const char *name, int kind, const char *const *opts)
 {
 	struct fw_loaded *p = NULL;

@@ -167,6 +167,39 @@ int fwt_h5_attr_str(struct fwt_h5 *f, const char *obj, const char *name, char *b
  * malloc'd strings (free() them), returns the count, -1 if no such group. */
 int fwt_h5_list(struct fwt_h5 *f, const char *group, char **names, int max);
 
+/* --- decoding through an attention plugin ---------------------------------------- */
+
+struct fwt_decode {
+	struct fw_loaded *plugin;    /* an attention plugin */
+	enum fw_dtype autocast;      /* the context's (FW_F32: none): the cache's dtype */
+	enum fw_dtype in_dt;         /* the dtype of the q, k, v inputs */
+	enum fw_pos_kind pos;
+	int T, H, G, D;              /* steps (the cache's length), heads, KV heads, head dim */
+};
+/* Decodes T tokens, one a step, over a KV cache of T positions (as
+ * fw_rt_decoder does, batch 1): step t's q, k, v are rows t of q (T, H, D),
+ * k and v (T, G, D), converted to in_dt. y (T, H, D) gets each step's
+ * output, kc and vc (T, G, D) the cache's values after the last step, as
+ * f32. Returns the cache's dtype. Fails if the graph casts the cache (the
+ * kernel must read it in place). */
+enum fw_dtype fwt_decode_run(const struct fwt_decode *d, const float *q, const float *k,
+			     const float *v, float *y, float *kc, float *vc);
+
+/* x rounded to dt (f32, bf16, f16) to nearest, ties to even, in double
+ * arithmetic (frexp, nearbyint): an oracle independent of fw's bit tricks,
+ * for values inside dt's range. */
+double fwt_round_to(enum fw_dtype dt, double x);
+
+/* An attention plugin's decoding with a half KV cache (autocast dt, RoPE or
+ * not), three ways over the same values (q, k, v random, rounded to dt): an
+ * f32 cache with f32 inputs, a dt cache with dt inputs (written as they
+ * are) and a dt cache with f32 inputs (kv_write rounds them). Asserts that
+ * both dt caches hold every value of the f32 cache rounded once to dt
+ * (fwt_round_to), that the two dt runs give the same outputs bit for bit,
+ * and without RoPE that these equal the f32 run's bit for bit (the kernel
+ * reads the cache's half rows widened, exactly). */
+void fwt_check_half_decode(struct fw_loaded *plugin, enum fw_dtype dt, enum fw_pos_kind pos);
+
 /* --- running ----------------------------------------------------------------------- */
 
 /* Runs s in fork mode with CK_NORMAL output; returns 0 if all passed, else 1. */

@@ -18,6 +18,7 @@ fp32). Checks, per step:
      little differently (both round matmul, GELU and softmax outputs to
      bf16; torch also its layer norm outputs); the measured worst is ~1.8e-4;
      the same with attention/flash (its fused f32 kernel on bf16 q, k, v)
+     and attention/sparse (q read in bf16; its window covers T)
      for the first data seed;
   3. fw --bf16 is about as far from torch fp32 as torch's own bf16 autocast
      is: RMS over 4 data seeds x 10 steps of (fw bf16 - torch fp32) at most
@@ -42,8 +43,9 @@ fp32). Checks, per step:
      0.6x fp32's, without recomputation (FW_REMAT=0), and fewer with it,
      in both modes (check_plan);
   8. fwrun generate --bf16 (greedy) against torch autocast's greedy
-     decoding (check_generate), with attention/mha and attention/flash, both
-     reading a bf16 KV cache (as torch's autocast keeps bf16 keys and
+     decoding (check_generate), with attention/mha, attention/flash and
+     attention/sparse (its window covering the sequence), all reading a
+     bf16 KV cache in place (as torch's autocast keeps bf16 keys and
      values): the cache fwrun reports is bf16 and half the bytes of the
      fp32 run's; --fp16 reports an f16 cache; --bf16 --fp16 exits 2;
   9. fwrun export --dtype=bf16|f16 of the --bf16 run: every tensor is
@@ -203,7 +205,8 @@ def check_generate(fw, work):
     for _ in range(n_new):
         ref.append(int(torch.argmax(logits(ref))))
     ref = ref[len(prompt):]
-    for attention in ("attention/mha", "attention/flash"):
+    # attention/sparse's default window (256 keys) covers the whole sequence
+    for attention in ("attention/mha", "attention/flash", "attention/sparse"):
         check_greedy(fw, h5, attention, logits, prompt, n_new, ref)
 
 
@@ -338,11 +341,15 @@ def main():
             if not (f32 and fb16 and ff16):
                 return
             runs.append((t32, f32, t16, fb16, ff16, tr))
-            if seed == SEEDS[0]:      # attention/flash's f32 kernel on autocast's bf16 q, k, v
-                fl16 = fw_losses(fw, work, h5, data, f"flash-bf16-{seed}", "--bf16",
-                                 attention="attention/flash")
+            # attention/flash's and attention/sparse's f32 kernels on
+            # autocast's bf16 q (and flash's k, v); sparse's default window
+            # covers the sequence, so it is causal attention here
+            for attention in ("attention/flash", "attention/sparse") if seed == SEEDS[0] else ():
+                name = attention.split("/")[1]
+                fl16 = fw_losses(fw, work, h5, data, f"{name}-bf16-{seed}", "--bf16",
+                                 attention=attention)
                 wf = max(gp.rel(a, b) for a, b in zip(fl16 or [], t16)) if fl16 else 1.0
-                R.check(f"fw --bf16 with attention/flash vs torch bf16 autocast: "
+                R.check(f"fw --bf16 with {attention} vs torch bf16 autocast: "
                         f"{C['ITERS']} steps within {TOL_BF16:g} relative",
                         fl16 is not None and len(fl16) == C["ITERS"] and wf <= TOL_BF16,
                         f"max rel {wf:.2e}")

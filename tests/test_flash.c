@@ -8,7 +8,9 @@
  *    relative) for every mask kind, with the default and with odd tiles;
  *  - thread-count independence of forward and backward (race-free tasks);
  *  - bf16 and f16 q, k, v read by the kernel: bit-identical to f32 inputs
- *    holding the same values (relative bias, key mask);
+ *    holding the same values (relative bias, key mask); decoding, the half
+ *    cache holds each f32 value rounded once (an oracle in double), half k
+ *    and v written as they are;
  *  - no (T, T) buffer: the planned activations grow linearly in T;
  *  - one-line refusals of what flash does not support.
  * flash against torch itself is tests/flash_parity.py's job.
@@ -378,6 +380,19 @@ START_TEST(test_half_inputs)
 }
 END_TEST
 
+/* Decoding under --bf16/--fp16: new half k and v go into the half cache
+ * as they are (no f32 round trip), f32 ones (after RoPE) rounded once; the
+ * cache holds what rounding an f32 cache's values gives, and the outputs
+ * are those of f32 inputs of the same values (fwt_check_half_decode). */
+START_TEST(test_half_cache)
+{
+	load_all();
+	fwt_check_half_decode(flash_def, FW_BF16, FW_POS_NONE);
+	fwt_check_half_decode(flash_def, FW_F16, FW_POS_NONE);
+	fwt_check_half_decode(flash_small, FW_BF16, FW_POS_ROPE);
+}
+END_TEST
+
 /* --- threads, memory ------------------------------------------------------------------- */
 
 START_TEST(test_threads)
@@ -501,10 +516,13 @@ int main(void)
 	tcase_add_loop_test(gc, test_attend_grad, 0,
 			    (int)(sizeof(grad_cases) / sizeof(grad_cases[0])));
 	suite_add_tcase(s, gc);
+	TCase *half = fwt_tcase("half", 300);
+	tcase_add_test(half, test_half_inputs);
+	tcase_add_test(half, test_half_cache);
+	suite_add_tcase(s, half);
 	TCase *vs = fwt_tcase("mha", 300);
 	tcase_add_loop_test(vs, test_equals_mha, 0, (int)(sizeof(vs_cases) / sizeof(vs_cases[0])));
 	tcase_add_test(vs, test_threads);
-	tcase_add_test(vs, test_half_inputs);
 	tcase_add_test(vs, test_memory_linear);
 	tcase_add_test(vs, test_bad_specs);
 	suite_add_tcase(s, vs);

@@ -1,8 +1,11 @@
-/* test_gelu_isa.c - GELU's forward and backward on each ISA copy this CPU
- * can run: the build's (x86-64-v3, AVX2) always, and the AVX-512 copy
- * (core/engine/src/ops_elementwise.c, chosen at run time) where the CPU has
- * AVX-512; the log says which ran. Both forms (erf, tanh), f32 and bf16
- * autocast, through a graph: loss = sum(gelu(x) * r), so dx = r gelu'(x).
+/* test_gelu_isa.c - GELU's forward and backward at each kernel level this
+ * CPU runs (core/engine/src/isa.c): scalar and avx2 run the build's copy
+ * (x86-64-v3) with those levels' half conversions, avx512 and avx512bf16
+ * the AVX-512 copy (ops_elementwise.c) with theirs (avx512bf16: f32 -> bf16
+ * through vcvtneps2bf16, whose flush of f32 subnormals half_isa.c works
+ * around: x = 1e-39 gives a subnormal output); the log says which ran. Both
+ * forms (erf, tanh), f32, and bf16 and f16 autocast, through a graph: loss =
+ * sum(gelu(x) * r), so dx = r gelu'(x).
  *
  * The oracle is the formula in double with libm's erf, tanh and exp
  * (torch.nn.functional.gelu's definition and ATen's GeluBackward), on the
@@ -10,7 +13,7 @@
  * vmath.h's erf/tanh are within 2.5 float ulps, and 1 + tanh cancels for
  * x << 0, so an f32 result may differ by 8 eps32 (|x| + |y|) for y, and
  * 16 eps32 |r| (1 + |x|) for dx; a bf16 output adds its own rounding
- * (eps16 |y|, eps16 = 2^-8). The x values span [-9, 9] (both tails, where
+ * (eps16 |y|, eps16 = 2^-8, plus half the spacing of its subnormals). The x values span [-9, 9] (both tails, where
  * erf is 1 and e^(-x^2/2) underflows), over more elements than one thread's
  * share (the parallel path), in a length that is no multiple of a vector.
  */
@@ -19,8 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "half.h"
 #include "harness.h"
-#include "internal.h"
 
 #define ROWS 37
 #define COLS 1031
@@ -46,7 +49,15 @@ static double gelu_grad_ref(int form, double x)
 
 static double as_dtype(enum fw_dtype dt, float v)
 {
-	return dt == FW_BF16 ? fw_bf16_to_f32(fw_f32_to_bf16(v)) : v;
+	return dt == FW_BF16 ? fw_bf16_to_f32(fw_f32_to_bf16(v)) :
+	       dt == FW_F16 ? fw_f16_to_f32(fw_f32_to_f16(v)) : v;
+}
+
+/* Half the spacing of dt's subnormals: the most correct rounding can
+ * move a value there (bf16 2^-133, f16 2^-24 apart). */
+static double half_spacing(enum fw_dtype dt)
+{
+	return dt == FW_BF16 ? 0x1p-134 : dt == FW_F16 ? 0x1p-25 : 0;
 }
 
 /* One form and dtype on the current ISA copy; returns the elements out of bounds. */
@@ -74,6 +85,7 @@ static int64_t run(int form, enum fw_dtype dt, const char *isa)
 	fwt_fill_uniform(xv, N, &rng, -9, 9);
 	fwt_fill_uniform(rv, N, &rng, -2, 2);
 	xv[0] = 0.0f; xv[1] = -0.0f; xv[2] = 1e-30f; xv[3] = -1e-30f; xv[4] = 30.0f; xv[5] = -30.0f;
+	xv[6] = 1e-39f; xv[7] = -3e-39f;
 	fwt_write(x, xv);
 	fwt_write(r, rv);
 	fw_graph_zero_grad(g);
@@ -87,7 +99,8 @@ static int64_t run(int form, enum fw_dtype dt, const char *isa)
 	for (int64_t i = 0; i < N; i++) {
 		double xi = as_dtype(dt, xv[i]), ri = as_dtype(dt, rv[i]);
 		double want = gelu_ref(form, xi);
-		double tol_y = 8 * EPS32 * (fabs(xi) + fabs(want)) + (dt == FW_F32 ? 0 : EPS16 * fabs(want));
+		double tol_y = 8 * EPS32 * (fabs(xi) + fabs(want)) +
+			       (dt == FW_F32 ? 0 : EPS16 * fabs(want) + half_spacing(dt));
 		double want_dx = ri * gelu_grad_ref(form, xi);
 		double tol_dx = 16 * EPS32 * fabs(ri) * (1 + fabs(xi));
 		double ey = fabs(yv[i] - want), ed = fabs(dx[i] - want_dx);
@@ -113,35 +126,67 @@ static int64_t run(int form, enum fw_dtype dt, const char *isa)
 
 static void run_all(const char *isa)
 {
-	static const enum fw_dtype dts[] = { FW_F32, FW_BF16 };
+	static const enum fw_dtype dts[] = { FW_F32, FW_BF16, FW_F16 };
 	for (int form = FW_GELU_ERF; form <= FW_GELU_TANH; form++)
-		for (int d = 0; d < 2; d++)
+		for (int d = 0; d < 3; d++)
 			ck_assert_int_eq(run(form, dts[d], isa), 0);
 }
 
-START_TEST(test_gelu_build_isa)
+static const char *const levels[] = { "scalar", "avx2", "avx512", "avx512bf16" };
+
+/* What level isa turns on: the AVX-512 GELU copy from avx512 up, and
+ * exactly that level's half conversions (half_isa.c's row). */
+static void check_kernels(enum fw_isa isa)
 {
-	fw_kernel_allow_avx512(false);
-	ck_assert(!fw_kernel_avx512());
-	run_all("avx2");
-	fw_kernel_allow_avx512(true);
+	ck_assert_str_eq(fw_kernel_isa(), levels[isa]);
+	ck_assert_int_eq(fw_kernel_avx512(), isa >= FW_ISA_AVX512);
+	ck_assert(!memcmp(&fw_half_ops, &fw_half_ops_isa[isa], sizeof(fw_half_ops)));
+}
+
+/* Each level this CPU runs (isa.c): GELU and its half conversions; a CPU
+ * with every AVX-512 subset that level needs must get it. */
+START_TEST(test_gelu_level)
+{
+	struct fw_cpu cpu;
+	fw_cpu_detect(&cpu);
+	bool has512 = cpu.avx512f && cpu.avx512bw && cpu.avx512vl && cpu.avx512dq;
+	bool can[] = { true, cpu.avx2 && cpu.fma && cpu.f16c, has512, has512 && cpu.avx512_bf16 };
+	enum fw_status st = fw_kernel_isa_force(levels[_i]);
+	ck_assert_int_eq(st, can[_i] ? FW_OK : FW_ERR_UNSUPPORTED);
+	if (st != FW_OK) {
+		printf("gelu %s: this CPU cannot run it; not run here\n", levels[_i]);
+		return;
+	}
+	check_kernels((enum fw_isa)_i);
+	run_all(levels[_i]);
+	ck_assert_int_eq(fw_kernel_isa_force(NULL), FW_OK);
 }
 END_TEST
 
-START_TEST(test_gelu_avx512)
+/* The level picked at load (each test runs in a fork of that process):
+ * the one FW_KERNEL_ISA or FW_HALF_ISA names (ctest runs this suite with
+ * FW_KERNEL_ISA=avx2 and FW_HALF_ISA=avx2: then no AVX-512 kernel runs),
+ * else the CPU's best. */
+START_TEST(test_level_at_load)
 {
-	fw_kernel_allow_avx512(true);
-	struct fw_cpu cpu;
-	fw_cpu_detect(&cpu);
-	const char *env = getenv("FW_KERNEL_ISA");
-	if (cpu.avx512f && cpu.avx512bw && cpu.avx512vl && !(env && !strcmp(env, "avx2")))
-		ck_assert_msg(fw_kernel_avx512(), "an AVX-512 CPU did not get the AVX-512 copy");
-	if (!fw_kernel_avx512()) {
-		printf("gelu avx512: this CPU (or FW_KERNEL_ISA=avx2) runs the build's copy only; "
-		       "the AVX-512 copy is not run here\n");
-		return;
+	const char *env = getenv("FW_KERNEL_ISA") ? getenv("FW_KERNEL_ISA") : getenv("FW_HALF_ISA");
+	const char *want = env ? env : fw_kernel_isa_best();
+	int at = 0;
+	while (at < FW_ISA_N && strcmp(levels[at], want))
+		at++;
+	ck_assert_msg(at < FW_ISA_N, "no level %s", want);
+	check_kernels((enum fw_isa)at);
+	if (env && !strcmp(env, "avx2")) {
+		ck_assert(!fw_kernel_avx512());
+		ck_assert(fw_half_ops.f32_to_bf16 != fw_half_ops_isa[FW_ISA_AVX512].f32_to_bf16 &&
+			  fw_half_ops.f32_to_bf16 != fw_half_ops_isa[FW_ISA_AVX512BF16].f32_to_bf16 &&
+			  fw_half_ops.bf16_to_f32 != fw_half_ops_isa[FW_ISA_AVX512].bf16_to_f32 &&
+			  fw_half_ops.f16_to_f32 != fw_half_ops_isa[FW_ISA_AVX512].f16_to_f32 &&
+			  fw_half_ops.f32_to_f16 != fw_half_ops_isa[FW_ISA_AVX512].f32_to_f16);
 	}
-	run_all("avx512");
+	run_all(want);
+	ck_assert_int_eq(fw_kernel_isa_force("avx3"), FW_ERR_INVALID);
+	ck_assert_str_eq(fw_kernel_isa(), want);
 }
 END_TEST
 
@@ -149,8 +194,8 @@ int main(void)
 {
 	Suite *s = suite_create("gelu_isa");
 	TCase *tc = fwt_tcase("core", 120);
-	tcase_add_test(tc, test_gelu_build_isa);
-	tcase_add_test(tc, test_gelu_avx512);
+	tcase_add_loop_test(tc, test_gelu_level, 0, 4);
+	tcase_add_test(tc, test_level_at_load);
 	suite_add_tcase(s, tc);
 	return fwt_run_suite(s);
 }

@@ -1,5 +1,6 @@
 /* test_half_isa.c - every instruction-set path of the f32 <-> bf16/f16
- * conversions this CPU runs (half_isa.c: scalar, avx2, avx512, avx512bf16)
+ * conversions this CPU runs (half_isa.c's row for each of isa.c's levels:
+ * scalar, avx2, avx512, avx512bf16)
  * against references computed here in double arithmetic, independent of
  * fw's bit tricks:
  *
@@ -16,7 +17,8 @@
  * Each conversion runs as one call over an odd length (vector body and
  * scalar tail) through the path's kernels (fw_half_ops) and once through
  * fw_convert. Paths the CPU lacks are reported as not run (the scalar one
- * always runs); FW_HALF_ISA in the environment is checked to pick its path.
+ * always runs); FW_KERNEL_ISA (or its old name FW_HALF_ISA) in the
+ * environment is checked to pick its path.
  */
 #include <check.h>
 #include <math.h>
@@ -172,35 +174,37 @@ static int64_t check_path(const char *path)
 START_TEST(test_each_path)
 {
 	const char *path = paths[_i];
-	enum fw_status st = fw_half_isa_force(path);
+	enum fw_status st = fw_kernel_isa_force(path);
 	if (st == FW_ERR_UNSUPPORTED && _i > 0) {
 		printf("half conversions: %s: not run (this CPU lacks it)\n", path);
 		return;
 	}
 	ck_assert_int_eq(st, FW_OK);
-	ck_assert_str_eq(fw_half_isa(), path);
+	ck_assert_str_eq(fw_kernel_isa(), path);
 	int64_t bad = check_path(path);
 	printf("half conversions: %s: %s\n", path, bad ? "WRONG" : "exact");
 	ck_assert_msg(bad == 0, "%s: %lld wrong conversions", path, (long long)bad);
-	fw_half_isa_force(NULL);
+	fw_kernel_isa_force(NULL);
 }
 END_TEST
 
-/* FW_HALF_ISA (ctest runs this suite again with FW_HALF_ISA=avx2) picked
- * its path when libfw loaded (each test runs in a fork of that process);
+/* FW_KERNEL_ISA or FW_HALF_ISA (ctest runs this suite again with
+ * FW_HALF_ISA=avx2) picked its path when libfw loaded (each test runs in a fork of that process);
  * without it, the CPU's best was picked, which forcing NULL gives again.
  * Unknown names are refused. */
 START_TEST(test_choice)
 {
-	const char *env = getenv("FW_HALF_ISA"), *at_load = fw_half_isa();
-	ck_assert_int_eq(fw_half_isa_force(NULL), FW_OK);
-	const char *best = fw_half_isa();
+	const char *env = getenv("FW_KERNEL_ISA") ? getenv("FW_KERNEL_ISA") : getenv("FW_HALF_ISA");
+	const char *at_load = fw_kernel_isa();
+	ck_assert_int_eq(fw_kernel_isa_force(NULL), FW_OK);
+	const char *best = fw_kernel_isa();
 	if (env)
 		ck_assert_str_eq(at_load, env);
 	else
 		ck_assert_str_eq(at_load, best);
-	ck_assert_int_eq(fw_half_isa_force("sse9"), FW_ERR_INVALID);
-	ck_assert_str_eq(fw_half_isa(), best);
+	ck_assert_int_eq(fw_kernel_isa_force("sse9"), FW_ERR_INVALID);
+	ck_assert_str_eq(fw_kernel_isa(), best);
+	ck_assert_str_eq(fw_kernel_isa_best(), best);
 	printf("half conversions: this CPU's best path is %s\n", best);
 }
 END_TEST

@@ -12,6 +12,9 @@
  *  - decoding with the KV cache, one token at a time, equals the full causal
  *    forward row by row, for every pattern;
  *  - 1 and 2 threads give the same values, bit for bit;
+ *  - bf16 and f16 under autocast: q read in half, and decoding's half KV
+ *    cache read in place, bit-identical to f32 inputs of the same values,
+ *    the cache holding each f32 value rounded once (an oracle in double);
  *  - T5's relative bias (H, Tq, Tk), trained: finite-difference checks of
  *    its gradient (summed over the batch) with q, k, v, under a window and
  *    BigBird, with a key mask (B, 1, 1, Tk) holding a hole; cross-attention
@@ -318,6 +321,94 @@ START_TEST(test_attend_grad)
 	struct fwt_gc_opts o = { .seed = (uint64_t)_i + 1 };
 	int r = fwt_gradcheck_ex(c->name, a->packed ? 5 : 3, in, b_sparse, &cl, &o);
 	ck_assert_msg(r == 0, "%s: gradient check failed (%d elements)", c->name, r);
+}
+END_TEST
+
+/* --- half precision in ------------------------------------------------------------- */
+
+/* Training under --bf16/--fp16 (autocast): q, k, v arrive in half and the
+ * kernel reads q as it is (k and v go through their concat, which widens
+ * them): the same output and gradients, bit for bit, as f32 inputs
+ * holding the same (rounded) values. */
+static void run_half(enum fw_dtype dt, const struct ccase *c)
+{
+	const struct acfg *a = &c->a;
+	struct call cl = { open_sparse(&a->p), a, NULL };
+	static int32_t pos[2 * 64];
+	static float bias[2 * 64 * 64];
+	packed_masks(c->T, pos, bias);
+	struct fw_ctx *ctx = fw_ctx_new();
+	ck_assert_int_eq(fw_ctx_set_autocast(ctx, dt), FW_OK);
+	int64_t ne[3][4] = { { c->B, c->T, a->hq, a->d }, { c->B, c->T, a->hkv, a->d },
+			     { c->B, c->T, a->hkv, a->d } };
+	int64_t nq = c->B * c->T * a->hq * a->d;
+	struct fw_tensor *x[2][3], *y[2], *loss = NULL;
+	struct fw_tensor *r = fw_input(ctx, "r", FW_F32, 4, ne[0]);
+	struct fw_tensor *tb = fw_input(ctx, "bias", FW_F32, 4, (int64_t[]){ c->B, 1, c->T, c->T });
+	struct fw_tensor *tp = fw_input(ctx, "pos", FW_I32, 2, (int64_t[]){ c->B, c->T });
+	for (int s = 0; s < 2; s++) {
+		struct fw_tensor *in[5] = { NULL, NULL, NULL, tb, tp };
+		for (int i = 0; i < 3; i++) {
+			char nm[8];
+			snprintf(nm, sizeof(nm), "%c%d", "qkv"[i], s);
+			x[s][i] = fw_param(ctx, nm, FW_F32, 4, ne[i], true);
+			in[i] = s ? x[s][i] : fw_cast(ctx, x[s][i], dt);
+		}
+		y[s] = b_sparse(ctx, in, &cl);
+		ck_assert(y[s] != NULL);
+		struct fw_tensor *l = fw_sum(ctx, fw_mul(ctx, y[s], r), FW_AXIS_ALL, false);
+		loss = loss ? fw_add(ctx, loss, l) : l;
+	}
+	ck_assert_int_eq(y[0]->src[0]->dtype, dt);   /* q read in half */
+	struct fw_graph *g = fw_graph_new(ctx, (struct fw_tensor *[]){ loss, y[0], y[1] }, 3,
+					  &(struct fw_graph_opts){ .backward = true,
+								   .training = true });
+	ck_assert_msg(g != NULL, "%s", fw_ctx_err(ctx)->msg);
+	struct fwt_rng rng = fwt_rng_new(29);
+	for (int i = 0; i < 3; i++) {
+		int64_t n = fw_nelem(x[0][i]);
+		float *v0 = fw_f32(x[0][i]);
+		fwt_fill_uniform(v0, n, &rng, -2, 2);
+		for (int64_t e = 0; e < n; e++)
+			v0[e] = (float)fwt_round_to(dt, v0[e]);
+		memcpy(fw_f32(x[1][i]), v0, sizeof(float) * (size_t)n);
+	}
+	fwt_fill_uniform(fw_f32(r), nq, &rng, -1, 1);
+	if (a->packed) {
+		memcpy(fw_f32(tb), bias, sizeof(float) * (size_t)(c->B * c->T * c->T));
+		memcpy(fw_i32(tp), pos, sizeof(int32_t) * (size_t)(c->B * c->T));
+	}
+	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
+	ck_assert_int_eq(fw_graph_backward(g), FW_OK);
+	ck_assert_msg(!memcmp(fw_f32(y[0]), fw_f32(y[1]), sizeof(float) * (size_t)nq),
+		      "%s: %s q, k, v: another output than f32", c->name, fw_dtype_name(dt));
+	for (int i = 0; i < 3; i++)
+		ck_assert_msg(!memcmp(fw_f32(x[0][i]->grad), fw_f32(x[1][i]->grad),
+				      sizeof(float) * (size_t)fw_nelem(x[0][i])),
+			      "%s: %s q, k, v: d%c differs from f32's", c->name,
+			      fw_dtype_name(dt), "qkv"[i]);
+	fw_graph_free(g);
+	fw_ctx_free(ctx);
+}
+
+START_TEST(test_half_inputs)
+{
+	run_half(FW_BF16, &cases[2]);       /* strided, 3 heads, D 64 */
+	run_half(FW_F16, &cases[3]);        /* strided, bidirectional, GQA, ALiBi */
+	run_half(FW_BF16, &cases[11]);      /* packed rows, BigBird */
+}
+END_TEST
+
+/* Decoding under --bf16/--fp16: the kernel reads the half KV cache in
+ * place, and it holds the f32 values rounded once (fwt_check_half_decode):
+ * the window pattern with a global token, and BigBird. */
+START_TEST(test_half_cache)
+{
+	static const struct pat w = W(.w = 3, .glob = { 5 }, .n_glob = 1, .first = 1);
+	static const struct pat bb = BB(.bs = 2, .r = 2, .g = 1, .seed = 5);
+	fwt_check_half_decode(open_sparse(&w), FW_BF16, FW_POS_NONE);
+	fwt_check_half_decode(open_sparse(&w), FW_F16, FW_POS_ALIBI);
+	fwt_check_half_decode(open_sparse(&bb), FW_BF16, FW_POS_ROPE);
 }
 END_TEST
 
@@ -742,6 +833,11 @@ int main(void)
 			    (int)(sizeof(decode_cases) / sizeof(decode_cases[0])));
 	tcase_add_checked_fixture(ref, NULL, close_opened);
 	suite_add_tcase(s, ref);
+	TCase *half = fwt_tcase("half", 300);
+	tcase_add_test(half, test_half_inputs);
+	tcase_add_test(half, test_half_cache);
+	tcase_add_checked_fixture(half, NULL, close_opened);
+	suite_add_tcase(s, half);
 	TCase *bad = fwt_tcase("refusals", 60);
 	tcase_add_test(bad, test_bad_specs);
 	tcase_add_test(bad, test_bad_options);

@@ -10,8 +10,11 @@ int cmd_info(int argc, char **argv)
 		     "\n"
 		     "Prints fw's version and plugin ABI, the CPU and its features, the ISA\n"
 		     "oneDNN dispatches to, the OpenMP runtime and its threads, and the matmul\n"
-		     "kernel each dtype gets. ONEDNN_MAX_CPU_ISA limits oneDNN's ISA;\n"
-		     "FW_MATMUL_FALLBACK=1 forces bf16/f16 products through f32.");
+		     "kernel each dtype gets, and the level of fw's own kernels (half\n"
+		     "conversions, GELU's AVX-512 copy). ONEDNN_MAX_CPU_ISA limits oneDNN's\n"
+		     "ISA; FW_KERNEL_ISA=scalar|avx2|avx512|avx512bf16 fw's own (a lower\n"
+		     "level than the CPU's best); FW_MATMUL_FALLBACK=1 forces bf16/f16\n"
+		     "products through f32.");
 		return EXIT_OK;
 	}
 	if (argc > 0)

@@ -4,8 +4,8 @@
  * Kernels convert a block of BLK elements at a time into an f32 buffer on
  * their stack, so no full-size f32 copy of a tensor is ever made. Both
  * directions round as fw_convert does (nearest even). The instruction set
- * is picked at run time (half_isa.c: AVX512-BF16, AVX-512, AVX2 + F16C or
- * scalar; fw_half_isa in fw/machine.h).
+ * is picked at run time (isa.c's level: AVX512-BF16, AVX-512, AVX2 + F16C
+ * or scalar; fw_kernel_isa in fw/machine.h).
  */
 #ifndef FW_HALF_H
 #define FW_HALF_H
@@ -14,7 +14,7 @@
 
 #include "kernel.h"
 
-/* The conversions of the instruction set picked at load (half_isa.c). */
+/* The conversions of the level in use (isa.c), and of each level. */
 struct fw_half_ops {
 	void (*bf16_to_f32)(float *dst, const uint16_t *src, int64_t n);
 	void (*f32_to_bf16)(uint16_t *dst, const float *src, int64_t n);
@@ -22,6 +22,7 @@ struct fw_half_ops {
 	void (*f32_to_f16)(uint16_t *dst, const float *src, int64_t n);
 };
 extern struct fw_half_ops fw_half_ops;
+extern const struct fw_half_ops fw_half_ops_isa[FW_ISA_N];
 
 #define BLK 512                   /* elements per converted block */
 

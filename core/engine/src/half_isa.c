@@ -1,5 +1,5 @@
 /* half_isa.c - the f32 <-> bf16/f16 block conversions (half.h, fw_convert),
- * one set of kernels per instruction set, picked at run time from cpuid:
+ * one set of kernels per level of isa.c's dispatcher:
  *
  *   avx512bf16  AVX512-BF16's vcvtneps2bf16 rounds f32 to bf16 (a block
  *               with an input below 2^-126, which it flushes to zero, is
@@ -10,15 +10,10 @@
  *
  * Every path rounds to nearest even and keeps NaNs quiet and signed, as
  * fw_f32_to_bf16/fw_f32_to_f16 do; tests/test_half_isa.c checks each one the
- * CPU has against exact references. FW_HALF_ISA=NAME forces a path from the
- * environment, fw_half_isa_force from a test. */
-#include <cpuid.h>
+ * CPU has against exact references. */
 #include <immintrin.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
-#include "fw/machine.h"
 #include "half.h"
 
 /* --- scalar ------------------------------------------------------------------ */
@@ -182,78 +177,18 @@ AVX512BF16 static void f32_to_bf16_avx512bf16(uint16_t *dst, const float *src, i
 	f32_to_bf16_scalar(dst + i, src + i, n - i);
 }
 
-/* --- dispatch ----------------------------------------------------------------- */
+/* --- one row per level (isa.c picks it) ---------------------------------------- */
 
-enum isa { ISA_SCALAR, ISA_AVX2, ISA_AVX512, ISA_AVX512BF16, N_ISA };
-
-static const char *const isa_names[N_ISA] = { "scalar", "avx2", "avx512", "avx512bf16" };
-
-static const struct fw_half_ops isa_ops[N_ISA] = {
-	[ISA_SCALAR] = { bf16_to_f32_scalar, f32_to_bf16_scalar, f16_to_f32_scalar,
-			 f32_to_f16_scalar },
-	[ISA_AVX2] = { bf16_to_f32_avx2, f32_to_bf16_avx2, f16_to_f32_avx2, f32_to_f16_avx2 },
-	[ISA_AVX512] = { bf16_to_f32_avx512, f32_to_bf16_avx512, f16_to_f32_avx512,
-			 f32_to_f16_avx512 },
-	[ISA_AVX512BF16] = { bf16_to_f32_avx512, f32_to_bf16_avx512bf16, f16_to_f32_avx512,
-			     f32_to_f16_avx512 },
+const struct fw_half_ops fw_half_ops_isa[FW_ISA_N] = {
+	[FW_ISA_SCALAR] = { bf16_to_f32_scalar, f32_to_bf16_scalar, f16_to_f32_scalar,
+			    f32_to_f16_scalar },
+	[FW_ISA_AVX2] = { bf16_to_f32_avx2, f32_to_bf16_avx2, f16_to_f32_avx2, f32_to_f16_avx2 },
+	[FW_ISA_AVX512] = { bf16_to_f32_avx512, f32_to_bf16_avx512, f16_to_f32_avx512,
+			    f32_to_f16_avx512 },
+	[FW_ISA_AVX512BF16] = { bf16_to_f32_avx512, f32_to_bf16_avx512bf16, f16_to_f32_avx512,
+				f32_to_f16_avx512 },
 };
 
+/* Scalar until isa.c's constructor picks the level. */
 struct fw_half_ops fw_half_ops = { bf16_to_f32_scalar, f32_to_bf16_scalar, f16_to_f32_scalar,
 				   f32_to_f16_scalar };
-static enum isa current = ISA_SCALAR;
-
-/* The best path this CPU and OS run: cpuid's feature bits, and XCR0 for the
- * AVX (bits 1-2) and AVX-512 (bits 5-7) register state the OS saves. */
-static enum isa best_isa(void)
-{
-	unsigned a, b, c, d;
-	if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & bit_OSXSAVE) || !(c & bit_AVX) ||
-	    !(c & bit_F16C))
-		return ISA_SCALAR;
-	unsigned lo, hi;
-	__asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-	if ((lo & 0x6) != 0x6 || !__get_cpuid_count(7, 0, &a, &b, &c, &d) || !(b & bit_AVX2))
-		return ISA_SCALAR;
-	if ((lo & 0xe0) != 0xe0 || !(b & bit_AVX512F) || !(b & bit_AVX512BW))
-		return ISA_AVX2;
-	if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 5)))   /* AVX512_BF16 */
-		return ISA_AVX512BF16;
-	return ISA_AVX512;
-}
-
-enum fw_status fw_half_isa_force(const char *name)
-{
-	enum isa best = best_isa(), want = best;
-	if (name) {
-		int i = 0;
-		while (i < N_ISA && strcmp(name, isa_names[i]))
-			i++;
-		if (i == N_ISA)
-			return FW_ERR_INVALID;
-		if (i > (int)best)
-			return FW_ERR_UNSUPPORTED;
-		want = (enum isa)i;
-	}
-	current = want;
-	fw_half_ops = isa_ops[want];
-	return FW_OK;
-}
-
-const char *fw_half_isa(void)
-{
-	return isa_names[current];
-}
-
-/* At load: the CPU's best path, or FW_HALF_ISA's if it names one it runs
- * (else one line on stderr, and the best path). */
-__attribute__((constructor)) static void half_isa_init(void)
-{
-	const char *env = getenv("FW_HALF_ISA");
-	enum fw_status st = env ? fw_half_isa_force(env) : FW_OK;
-	if (!env || st != FW_OK)
-		fw_half_isa_force(NULL);
-	if (st != FW_OK)
-		fprintf(stderr, "fw: FW_HALF_ISA=%s: %s; using %s\n", env,
-			st == FW_ERR_INVALID ? "not scalar, avx2, avx512 or avx512bf16" :
-			"this CPU cannot run it", fw_half_isa());
-}

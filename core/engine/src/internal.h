@@ -78,12 +78,17 @@ void fw_matmul_fail_primitives(bool fail);
  * graph, not from inside a parallel region. */
 void fw_kernel_fail(const struct fw_err *e);
 
-/* Whether fw's own AVX-512 kernel copies run: the CPU has AVX-512 F, BW,
- * VL and DQ, FW_KERNEL_ISA is not "avx2" in the environment, and the test
- * hook below has not turned them off. Detected once. */
-bool fw_kernel_avx512(void);
-/* Test hook: false runs the build's ISA copies even on an AVX-512 CPU. */
-void fw_kernel_allow_avx512(bool allow);
+/* The instruction-set level of fw's own kernels (isa.c; fw_kernel_isa in
+ * fw/machine.h names it): picked once at load, lowered by FW_KERNEL_ISA or
+ * fw_kernel_isa_force. */
+enum fw_isa { FW_ISA_SCALAR, FW_ISA_AVX2, FW_ISA_AVX512, FW_ISA_AVX512BF16, FW_ISA_N };
+extern enum fw_isa fw_isa_current;
+
+/* Whether fw's own AVX-512 kernel copies run (GELU's): level avx512 or up. */
+static inline bool fw_kernel_avx512(void)
+{
+	return fw_isa_current >= FW_ISA_AVX512;
+}
 
 /* Bytes a built-in op keeps from its forward to its backward besides its
  * output (lm_head_ce: the gradients it computes in forward); 0 for most.

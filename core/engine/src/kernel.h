@@ -15,7 +15,9 @@
 #endif
 
 /* AVX-512 copies of hot loops (GELU), compiled beside the build's ISA
- * (x86-64-v3 by default) and chosen at run time by fw_kernel_avx512(). */
+ * (x86-64-v3 by default) and chosen at run time by fw_kernel_avx512()
+ * (isa.c's level). A build for an AVX-512 -march has no separate copy:
+ * its own code is AVX-512 already, whatever the level. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX512F__)
 #define FW_HAVE_AVX512_KERNELS 1
 #if defined(__clang__)

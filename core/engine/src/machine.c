@@ -1,5 +1,6 @@
-/* machine.c - the CPU's features, oneDNN's ISA, the OpenMP runtime and the
- * kernel per dtype, for `fwrun info` and the benchmarks' headers. */
+/* machine.c - the CPU's features (isa.c detects them), fw's kernel level,
+ * oneDNN's ISA, the OpenMP runtime and the kernel per dtype, for `fwrun
+ * info` and the benchmarks' headers. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <link.h>
@@ -10,85 +11,6 @@
 #include <oneapi/dnnl/dnnl.h>
 
 #include "internal.h"
-
-static int kernel_avx512 = -1;          /* -1: not detected yet */
-static int kernel_avx512_allowed = 1;
-
-static int detect_avx512(void)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-	const char *isa = getenv("FW_KERNEL_ISA");
-	if (isa && !strcmp(isa, "avx2"))
-		return 0;
-	__builtin_cpu_init();
-	return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-	       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-#else
-	return 0;
-#endif
-}
-
-bool fw_kernel_avx512(void)
-{
-	int s = __atomic_load_n(&kernel_avx512, __ATOMIC_RELAXED);
-	if (s < 0) {
-		s = detect_avx512();
-		__atomic_store_n(&kernel_avx512, s, __ATOMIC_RELAXED);
-	}
-	return s && __atomic_load_n(&kernel_avx512_allowed, __ATOMIC_RELAXED);
-}
-
-void fw_kernel_allow_avx512(bool allow)
-{
-	__atomic_store_n(&kernel_avx512_allowed, allow ? 1 : 0, __ATOMIC_RELAXED);
-}
-
-static bool has_flag(const char *flags, const char *name)
-{
-	size_t n = strlen(name);
-	for (const char *p = flags; (p = strstr(p, name)); p += n)
-		if ((p == flags || p[-1] == ' ' || p[-1] == '\t') &&
-		    (p[n] == ' ' || p[n] == '\n' || p[n] == '\0'))
-			return true;
-	return false;
-}
-
-void fw_cpu_detect(struct fw_cpu *cpu)
-{
-	memset(cpu, 0, sizeof(*cpu));
-	snprintf(cpu->model, sizeof(cpu->model), "unknown");
-	FILE *f = fopen("/proc/cpuinfo", "r");
-	if (!f)
-		return;
-	char line[8192];
-	bool have_model = false, have_flags = false;
-	while ((!have_model || !have_flags) && fgets(line, sizeof(line), f)) {
-		char *colon = strchr(line, ':');
-		if (!colon)
-			continue;
-		char *v = colon + 1 + (colon[1] == ' ');
-		if (!have_model && !strncmp(line, "model name", 10)) {
-			snprintf(cpu->model, sizeof(cpu->model), "%s", v);
-			cpu->model[strcspn(cpu->model, "\n")] = '\0';
-			have_model = true;
-		} else if (!have_flags && !strncmp(line, "flags", 5)) {
-			cpu->avx2 = has_flag(v, "avx2");
-			cpu->fma = has_flag(v, "fma");
-			cpu->f16c = has_flag(v, "f16c");
-			cpu->avx512f = has_flag(v, "avx512f");
-			cpu->avx512bw = has_flag(v, "avx512bw");
-			cpu->avx512vl = has_flag(v, "avx512vl");
-			cpu->avx512_vnni = has_flag(v, "avx512_vnni");
-			cpu->avx512_bf16 = has_flag(v, "avx512_bf16");
-			cpu->avx512_fp16 = has_flag(v, "avx512_fp16");
-			cpu->amx_tile = has_flag(v, "amx_tile");
-			cpu->amx_bf16 = has_flag(v, "amx_bf16");
-			cpu->amx_int8 = has_flag(v, "amx_int8");
-			have_flags = true;
-		}
-	}
-	fclose(f);
-}
 
 static const char *isa_name(dnnl_cpu_isa_t isa)
 {
@@ -136,7 +58,7 @@ void fw_machine_report(FILE *f)
 	const struct { const char *name; bool on; } feats[] = {
 		{ "avx2", c.avx2 }, { "fma", c.fma }, { "f16c", c.f16c },
 		{ "avx512f", c.avx512f }, { "avx512bw", c.avx512bw }, { "avx512vl", c.avx512vl },
-		{ "avx512_vnni", c.avx512_vnni }, { "avx512_bf16", c.avx512_bf16 },
+		{ "avx512dq", c.avx512dq }, { "avx512_vnni", c.avx512_vnni }, { "avx512_bf16", c.avx512_bf16 },
 		{ "avx512_fp16", c.avx512_fp16 }, { "amx_tile", c.amx_tile },
 		{ "amx_bf16", c.amx_bf16 }, { "amx_int8", c.amx_int8 },
 	};
@@ -165,5 +87,10 @@ void fw_machine_report(FILE *f)
 	char buf[256];
 	for (enum fw_dtype dt = FW_F32; dt <= FW_F16; dt++)
 		fprintf(f, "matmul %s: %s\n", fw_dtype_name(dt), fw_matmul_kernel(dt, buf, sizeof(buf)));
-	fprintf(f, "half conversions: %s\n", fw_half_isa());
+	const char *env = getenv("FW_KERNEL_ISA") ? "FW_KERNEL_ISA" :
+			  getenv("FW_HALF_ISA") ? "FW_HALF_ISA" : NULL;
+	fprintf(f, "fw kernels: %s (this CPU: %s%s%s%s%s)\n", fw_kernel_isa(), fw_kernel_isa_best(),
+		env ? "; " : "", env ? env : "", env ? "=" : "", env ? getenv(env) : "");
+	fprintf(f, "half conversions: %s\n", fw_kernel_isa());
+	fprintf(f, "GELU: %s copy\n", fw_kernel_avx512() ? "the AVX-512" : "the build's (-march)");
 }

@@ -47,6 +47,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "fw/halfrow.h"
 #include "fw/plugin.h"
 
 struct flash {
@@ -463,27 +464,16 @@ static void zero_rows(float *x, int64_t rows, int64_t cols, int64_t ld)
 		memset(x + r * ld, 0, sizeof(float) * (size_t)cols);
 }
 
-/* Element at (element) offset i of a f32, bf16 or f16 tensor, as f32: q,
- * k and v may arrive in half precision (autocast); tiles are f32. */
+/* q, k and v may arrive in half precision (autocast); tiles are f32:
+ * fw/halfrow.h widens what is read. */
 static inline float elem(const struct fw_tensor *x, int64_t i)
 {
-	if (x->dtype == FW_F32)
-		return fw_f32(x)[i];
-	uint16_t u = ((const uint16_t *)x->data)[i];
-	return x->dtype == FW_BF16 ? fw_bf16_to_f32(u) : fw_f16_to_f32(u);
+	return fw_elem_f32(x->data, x->dtype, i);
 }
 
-/* D elements of x from offset at, stride es, into o (f32) */
 static void read_row(const struct fw_tensor *x, int64_t at, int64_t es, int64_t D, float *o)
 {
-	if (x->dtype == FW_F32 && es == 1)
-		memcpy(o, fw_f32(x) + at, sizeof(float) * (size_t)D);
-	else if (es == 1)
-		fw_convert(o, FW_F32, (const char *)x->data + at * (int64_t)fw_dtype_size(x->dtype),
-			   x->dtype, D);
-	else
-		for (int64_t e = 0; e < D; e++)
-			o[e] = elem(x, at + e * es);
+	fw_row_f32(x->data, x->dtype, at, es, D, o);
 }
 
 /* rows [t0, t0 + n) of head h of x (B, T, H, D), any strides -> dst[n][ld];
@@ -742,10 +732,7 @@ static const float *head_row(const struct fw_tensor *x, int64_t b, int64_t t, in
 			     int64_t D, float *tmp)
 {
 	int64_t at = b * x->nb[0] + t * x->nb[1] + h * x->nb[2];
-	if (x->dtype == FW_F32 && x->nb[3] == 1)
-		return fw_f32(x) + at;
-	read_row(x, at, x->nb[3], D, tmp);
-	return tmp;
+	return fw_row_as_f32(x->data, x->dtype, at, x->nb[3], D, tmp);
 }
 
 /* Decoding (one query a row, Flash-Decoding's split over keys): task (b,
@@ -1291,12 +1278,13 @@ static struct fw_tensor *flash_attend(void *state, struct fw_model *m,
 
 	/* Under --bf16/--fp16 (autocast) the projections arrive in half
 	 * precision: the kernel reads them as they are (f32 tiles and
-	 * accumulation). Generating, or k and v of two dtypes: cast to f32
-	 * first (the cache write rounds them into the cache's autocast dtype,
-	 * which the kernel reads in place); with a relative bias k and v are
-	 * cast (their concat is f32). */
-	bool cast = spec->cache || (k && v && k->dtype != v->dtype);
-	bool cast_kv = cast || spec->pos == FW_POS_RELATIVE;
+	 * accumulation). Generating, the cache write stores half k and v as
+	 * they are (f32 ones, e.g. after RoPE, rounded once into the cache's
+	 * dtype) and the kernel reads the cache in place. Otherwise k and v of
+	 * two dtypes are cast to f32 first, and so are they with a relative bias
+	 * (their concat is f32). */
+	bool cast = !spec->cache && k && v && k->dtype != v->dtype;
+	bool cast_kv = cast || (!spec->cache && spec->pos == FW_POS_RELATIVE);
 	for (int i = 0; i < 3; i++)
 		if ((i ? cast_kv : cast) && *qkv[i] &&
 		    ((*qkv[i])->dtype == FW_BF16 || (*qkv[i])->dtype == FW_F16))

@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fw/halfrow.h"
 #include "fw/plugin.h"
 
 #define SPARSE_MAX_D 1024          /* head dim: per-thread row buffers live on the stack */
@@ -237,6 +238,11 @@ static const struct sparse *op_state(const struct fw_tensor *out)
 	return (const struct sparse *)(lo | (hi << 16 << 16));
 }
 
+static bool is_float(const struct fw_tensor *x)
+{
+	return x->dtype == FW_F32 || x->dtype == FW_BF16 || x->dtype == FW_F16;
+}
+
 static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 {
 	const struct fw_tensor *q = out->src[0], *k = out->src[1], *x2 = out->src[2],
@@ -244,12 +250,13 @@ static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 	int mode = out->params[6].i;
 	bool rel = (out->params[7].i & SP_REL) != 0;
 	const struct fw_tensor *pb = mode == SA_TRAIN ? x3 : x2;
-	if (!q || !k || q->ndim != 4 || k->ndim != 4 || q->dtype != FW_F32 || k->dtype != FW_F32 ||
+	if (!q || !k || q->ndim != 4 || k->ndim != 4 || !is_float(q) || !is_float(k) ||
 	    k->ne[0] != q->ne[0] || k->ne[2] <= 0 || q->ne[2] % k->ne[2] ||
 	    q->ne[3] > SPARSE_MAX_D ||
 	    k->ne[3] != (mode == SA_TRAIN || rel ? 2 : 1) * q->ne[3])
-		return fw_errorf(err, FW_ERR_SHAPE, "sparse.attn: q must be f32 (B, Tq, Hq, D) and "
-				 "k, v (B, Tk, Hkv, D) with Hkv dividing Hq, D <= %d", SPARSE_MAX_D);
+		return fw_errorf(err, FW_ERR_SHAPE, "sparse.attn: q must be f32, bf16 or f16 (B, Tq, "
+				 "Hq, D) and k, v (B, Tk, Hkv, D) with Hkv dividing Hq, D <= %d",
+				 SPARSE_MAX_D);
 	int64_t B = q->ne[0], Tq = q->ne[1], Tk = k->ne[1];
 	if (rel && (!pb || pb->dtype != FW_F32 || pb->ndim != 3 || !fw_is_contiguous(pb) ||
 		    pb->ne[0] != q->ne[2] || pb->ne[1] != Tq || pb->ne[2] != Tk))
@@ -265,13 +272,13 @@ static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 				   x3->ne[1] != Tq || Tq != Tk))
 			return fw_errorf(err, FW_ERR_SHAPE,
 					 "sparse.attn: positions must be i32 (B, T) with Tq == Tk");
-	} else if (!x2 || !x3 || (!rel && (x2->ndim != 4 || x2->dtype != FW_F32 ||
+	} else if (!x2 || !x3 || (!rel && (x2->ndim != 4 || x2->dtype != k->dtype ||
 					   memcmp(x2->ne, k->ne, sizeof(k->ne)))) ||
 		   x3->dtype != FW_I32 ||
 		   !fw_is_contiguous(x3) ||
 		   (x3->ndim == 2 ? x3->ne[0] != B || x3->ne[1] != Tq : fw_nelem(x3) != 1)) {
 		return fw_errorf(err, FW_ERR_SHAPE, "sparse.attn: decoding needs k, v caches of one "
-				 "shape and the length i32 [1] or per-row slots (B, Tq)");
+				 "shape and dtype and the length i32 [1] or per-row slots (B, Tq)");
 	}
 	out->dtype = FW_F32;
 	out->ndim = 4;
@@ -280,13 +287,18 @@ static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 	return FW_OK;
 }
 
-/* What one query row needs while its keys are visited. */
+/* What one query row needs while its keys are visited. q, k and v may be
+ * bf16 or f16 (autocast's projections, a half KV cache): they are read in
+ * place, a row at a time widened to f32 (fw/halfrow.h). */
 struct row {
 	const struct sparse *s;
-	const float *q;               /* (D) */
-	const float *k, *v;           /* key/value rows of this (b, kv head) at j = 0 */
-	float *dk, *dv;               /* their gradients, or NULL */
-	int64_t rs;                   /* floats from key j to key j + 1 */
+	const float *q;               /* (D), f32 */
+	const void *kd, *vd;          /* the key and value tensors' data */
+	enum fw_dtype kdt, vdt;
+	int64_t k0, v0;               /* elements: row j = 0 of this (b, kv head) */
+	float *kt, *vt;               /* (D) each: a half row widened */
+	float *dk, *dv;               /* the gradients at row j = 0, or NULL */
+	int64_t rs;                   /* elements from key j to key j + 1 */
 	int64_t D;
 	const float *bias;            /* (Tk) bias row, or NULL */
 	const float *pb;              /* (Tk) relative bias row, or NULL */
@@ -336,9 +348,21 @@ static inline void axpy(float *y, float a, const float *x, int64_t n)
 		y[d] += a * x[d];
 }
 
-static inline float score(const struct row *r, int64_t j)
+/* Key and value row j as f32. */
+static inline const float *key_row(const struct row *r, int64_t j)
 {
-	float sc = r->scale * dot(r->q, r->k + j * r->rs, r->D);
+	return fw_row_as_f32(r->kd, r->kdt, r->k0 + j * r->rs, 1, r->D, r->kt);
+}
+
+static inline const float *value_row(const struct row *r, int64_t j)
+{
+	return fw_row_as_f32(r->vd, r->vdt, r->v0 + j * r->rs, 1, r->D, r->vt);
+}
+
+/* The score of key j, whose row is kj. */
+static inline float score(const struct row *r, const float *kj, int64_t j)
+{
+	float sc = r->scale * dot(r->q, kj, r->D);
 	if (r->slope != 0.0f)
 		sc -= r->slope * (float)(r->ipos - j);
 	if (r->bias)
@@ -360,7 +384,7 @@ static void fwd_visit(void *arg, int64_t a, int64_t b)
 		int n = end - j0 < CHUNK ? (int)(end - j0) : CHUNK;
 		float mx = -INFINITY;
 		for (int t = 0; t < n; t++) {
-			sc[t] = score(r, j0 + t);
+			sc[t] = score(r, key_row(r, j0 + t), j0 + t);
 			mx = sc[t] > mx ? sc[t] : mx;
 		}
 		if (!(mx > -INFINITY))
@@ -379,7 +403,7 @@ static void fwd_visit(void *arg, int64_t a, int64_t b)
 			float p = expf(sc[t] - r->m);
 			r->l += p;
 			if (r->acc)
-				axpy(r->acc, p, r->v + (j0 + t) * r->rs, D);
+				axpy(r->acc, p, value_row(r, j0 + t), D);
 		}
 	}
 }
@@ -389,11 +413,12 @@ static void bwd_visit(void *arg, int64_t a, int64_t b)
 	struct row *r = arg;
 	int64_t D = r->D;
 	for (int64_t j = a + r->shift; j < b + r->shift; j++) {
-		float sc = score(r, j);
+		const float *kj = key_row(r, j);
+		float sc = score(r, kj, j);
 		if (!(sc > -INFINITY))
 			continue;
 		float p = expf(sc - r->lse);
-		const float *kj = r->k + j * r->rs, *vj = r->v + j * r->rs;
+		const float *vj = value_row(r, j);
 		float dsu = p * (dot(r->dout, vj, D) - r->dsum), ds = dsu * r->scale;
 		if (r->dpb)
 			r->dpb[j] += dsu;         /* the bias enters unscaled */
@@ -416,10 +441,11 @@ static const struct fw_tensor *bias_grad(const struct fw_tensor *out)
 	return rel && out->src[3] ? out->src[3]->grad : NULL;
 }
 
-/* Sets up query row (b, i, h): everything but the pass state. Returns the
- * query's position in its example and the example's key count in *n. */
+/* Sets up query row (b, i, h): everything but the pass state; buf holds
+ * 3 D floats (q, a key and a value row widened). Returns the query's
+ * position in its example and the example's key count in *n. */
 static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, int64_t i,
-			int64_t h, bool grads, int64_t *n)
+			int64_t h, bool grads, float *buf, int64_t *n)
 {
 	const struct fw_tensor *q = out->src[0], *k = out->src[1];
 	int mode = out->params[6].i;
@@ -427,11 +453,15 @@ static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, i
 	int64_t Tq = q->ne[1], Hq = q->ne[2], D = q->ne[3], Tk = k->ne[1], Hkv = k->ne[2];
 	int64_t hk = h / (Hq / Hkv), kw = mode == SA_TRAIN || rel ? 2 * D : D;
 	*r = (struct row){ .s = op_state(out), .D = D, .scale = out->params[3].f, .m = -INFINITY };
-	r->q = fw_f32(q) + ((b * Tq + i) * Hq + h) * D;
+	r->q = fw_row_as_f32(q->data, q->dtype, ((b * Tq + i) * Hq + h) * D, 1, D, buf);
+	r->kt = buf + D;
+	r->vt = buf + 2 * D;
 	r->rs = Hkv * kw;
-	r->k = fw_f32(k) + b * Tk * r->rs + hk * kw;
+	r->kd = r->vd = k->data;
+	r->kdt = r->vdt = k->dtype;
+	r->k0 = r->v0 = b * Tk * r->rs + hk * kw;
 	if (mode == SA_TRAIN) {
-		r->v = r->k + D;
+		r->v0 += D;
 		if (grads && k->grad) {
 			r->dk = fw_f32(k->grad) + b * Tk * r->rs + hk * kw;
 			r->dv = r->dk + D;
@@ -439,8 +469,11 @@ static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, i
 		const struct fw_tensor *bias = out->src[2];
 		if (bias)       /* (B, 1, Tq, Tk), or a key mask (B, 1, 1, Tk) */
 			r->bias = fw_f32(bias) + (b * bias->ne[2] + (bias->ne[2] > 1 ? i : 0)) * Tk;
+	} else if (rel) {
+		r->v0 += D;
 	} else {
-		r->v = rel ? r->k + D : fw_f32(out->src[2]) + b * Tk * r->rs + hk * kw;
+		r->vd = out->src[2]->data;
+		r->vdt = out->src[2]->dtype;
 	}
 	const struct fw_tensor *pb = rel ? out->src[mode == SA_TRAIN ? 3 : 2] : NULL;
 	if (pb) {
@@ -473,12 +506,12 @@ static void attn_fwd_rows(void *arg, int64_t r0, int64_t r1)
 	int64_t Tq = out->ne[1], Hq = out->ne[2], D = out->ne[3];
 	bool causal = out->params[2].i != 0;
 	int layer = out->params[5].i;
-	float acc[SPARSE_MAX_D];
+	float acc[SPARSE_MAX_D], buf[3 * SPARSE_MAX_D];
 	for (int64_t rr = r0; rr < r1; rr++) {
 		/* rows in (b, h, i) order: neighbours share most of their keys */
 		int64_t i = rr % Tq, h = (rr / Tq) % Hq, b = rr / (Hq * Tq), n;
 		struct row r;
-		int64_t pos = row_init(&r, out, b, i, h, false, &n);
+		int64_t pos = row_init(&r, out, b, i, h, false, buf, &n);
 		memset(acc, 0, sizeof(float) * (size_t)D);
 		r.acc = acc;
 		visit_keys(out, r.s, pos, n, causal, layer, h, fwd_visit, &r);
@@ -502,11 +535,11 @@ static void bwd_rows(struct fw_tensor *out, int64_t b, int64_t hk)
 	int64_t Tq = out->ne[1], Hq = out->ne[2], D = out->ne[3], G = Hq / k->ne[2];
 	bool causal = out->params[2].i != 0;
 	int layer = out->params[5].i;
-	float dq[SPARSE_MAX_D];
+	float dq[SPARSE_MAX_D], buf[3 * SPARSE_MAX_D];
 	for (int64_t h = hk * G; h < (hk + 1) * G; h++)
 		for (int64_t i = 0; i < Tq; i++) {
 			struct row r;
-			int64_t n, pos = row_init(&r, out, b, i, h, true, &n);
+			int64_t n, pos = row_init(&r, out, b, i, h, true, buf, &n);
 			int64_t o = ((b * Tq + i) * Hq + h) * D;
 			visit_keys(out, r.s, pos, n, causal, layer, h, fwd_visit, &r);
 			if (!(r.l > 0))
@@ -557,6 +590,7 @@ static void attn_backward(struct fw_tensor *out, const struct fw_exec *ex)
 static const struct fw_op_i attn_op = {
 	.size = sizeof(struct fw_op_i),
 	.name = "sparse.attn",
+	.flags = FW_OPF_HALF,      /* reads bf16/f16 q, k, v and caches; f32 out */
 	.infer = attn_infer,
 	.forward = attn_forward,
 	.backward = attn_backward,

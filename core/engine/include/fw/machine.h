@@ -12,12 +12,14 @@
 extern "C" {
 #endif
 
-/* The CPU as /proc/cpuinfo describes it (its first processor). */
+/* The CPU as cpuid describes it (the brand string; a feature is set when
+ * the CPU has it and XCR0 says the OS saves its registers). */
 struct fw_cpu {
 	char model[128];
 	bool avx2, fma, f16c;
 	bool avx512f, avx512bw, avx512vl, avx512_vnni, avx512_bf16, avx512_fp16;
 	bool amx_tile, amx_bf16, amx_int8;
+	bool avx512dq;
 };
 void fw_cpu_detect(struct fw_cpu *cpu);
 
@@ -30,16 +32,20 @@ const char *fw_matmul_kernel(enum fw_dtype dt, char *buf, size_t len);
  * from the environment. Clears the primitive cache. */
 void fw_matmul_force_fallback(bool force);
 
-/* The instruction set of the f32 <-> bf16/f16 conversions (autocast's
- * kernels, fw_convert), picked when libfw loads from what the CPU runs:
- * "avx512bf16", "avx512", "avx2" (with F16C) or "scalar"; every one rounds
- * the same (nearest even, NaN kept quiet). FW_HALF_ISA=NAME picks a lower
- * one from the environment. */
-const char *fw_half_isa(void);
-/* Forces path name (tests), NULL = back to the CPU's best. FW_ERR_INVALID:
- * no such path; FW_ERR_UNSUPPORTED: this CPU cannot run it. Not thread-safe:
- * call it while no graph runs. */
-enum fw_status fw_half_isa_force(const char *name);
+/* The instruction-set level of fw's own kernels (core/engine/src/isa.c):
+ * "avx512bf16" (AVX512-BF16's vcvtneps2bf16 for f32 -> bf16), "avx512"
+ * (AVX-512 F/BW/VL/DQ: the half conversions and GELU's AVX-512 copy),
+ * "avx2" (AVX2 + FMA + F16C) or "scalar" (conversions an element at a
+ * time). Picked when libfw loads: the best this CPU runs, or a lower one
+ * named by FW_KERNEL_ISA (FW_HALF_ISA is read too, its old name). Every
+ * level rounds the same (nearest even, NaN kept quiet). */
+const char *fw_kernel_isa(void);
+/* The best level this CPU and OS run. */
+const char *fw_kernel_isa_best(void);
+/* Forces level name (tests, benches), NULL = back to the CPU's best.
+ * FW_ERR_INVALID: no such level; FW_ERR_UNSUPPORTED: this CPU cannot run
+ * it. Not thread-safe: call it while no graph runs. */
+enum fw_status fw_kernel_isa_force(const char *name);
 
 /* Writes the whole report, one "key: value" a line. */
 void fw_machine_report(FILE *f);
