@@ -88,8 +88,8 @@ int cmd_plan(int argc, char **argv)
 	double kept = s.precision == FW_F32 ? 0 : kept_copies(s.ctx, mr.bytes[FW_MEM_WEIGHTS]);
 	plan_row("weights", (double)mr.bytes[FW_MEM_WEIGHTS], "4 B/param (fp32)", 4 * P);
 	if (kept > 0)
-		printf("  (weights hold the %s copies of the frozen weights the matmuls read, kept "
-		       "across steps: %.2f MiB)\n", fw_dtype_name(s.precision), kept / 1048576.0);
+		printf("  (weights hold the %s copies of the frozen parameters, kept across steps: "
+		       "%.2f MiB)\n", fw_dtype_name(s.precision), kept / 1048576.0);
 	plan_row("gradients", (double)mr.bytes[FW_MEM_GRADIENTS], "4 B/trainable param", 4 * Tr);
 	char rule[64];
 	snprintf(rule, sizeof(rule), "%d x 4 B/trainable param", n_state);
@@ -98,8 +98,8 @@ int cmd_plan(int argc, char **argv)
 	double copies = s.precision == FW_F32 ? 0 : half_weight_copies(s.ctx, true) +
 			half_weight_copies(s.ctx, false);
 	if (copies - kept > 0)
-		printf("  (activations hold the %s copies of the weights the matmuls read, cast each "
-		       "step: %.2f MiB)\n", fw_dtype_name(s.precision), (copies - kept) / 1048576.0);
+		printf("  (activations hold the %s copies of the weights the matmuls read: %.2f MiB, "
+		       "cast each step)\n", fw_dtype_name(s.precision), (copies - kept) / 1048576.0);
 	if (s.eval_g)
 		plan_row("eval acts", (double)me.bytes[FW_MEM_ACTIVATIONS], NULL, 0);
 	plan_row("inputs", (double)mr.bytes[FW_MEM_INPUTS], NULL, 0);
