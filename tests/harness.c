@@ -68,6 +68,7 @@ void fwt_read_f32(const struct fw_tensor *t, float *dst)
 void fwt_write(struct fw_tensor *t, const void *src)
 {
 	memcpy(t->data, src, fw_nbytes(t));
+	fw_tensor_mark_written(t);
 }
 
 size_t fwt_remat_run(struct fw_ctx *ctx, struct fw_tensor *loss, bool remat,

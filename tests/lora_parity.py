@@ -416,10 +416,14 @@ def check_train_bf16(fw, work, cfg, base, init_path, init, W, tokens, train_path
     the fp32 run's losses (it does compute in bf16)."""
     name, c = cfg["name"], TRAIN
     run = os.path.join(work, f"run_{name}_bf16")
+    saved_env = fw.env
+    fw.env = dict(saved_env, FW_OP_PROFILE="1")
     p = fw("train", PLUGINS, f"--load={base}", f"--adapter={init_path}", f"--data={train_path}",
            f"--train-iters={c['ITERS']}", f"--run-dir={run}", "--bf16", *common_train_args())
+    fw.env = saved_env
     if not R.check(f"[{name}] train --bf16 --adapter runs", p.returncode == 0, g2.describe(p)):
         return
+    check_kept_copies(fw, work, name, c, base, init_path, train_path, run, p)
     got = metrics(run)
     ref, _ = torch_train(W, init, cfg, tokens, autocast=True)
     ref32, _ = torch_train(W, init, cfg, tokens)
@@ -433,6 +437,46 @@ def check_train_bf16(fw, work, cfg, base, init_path, init, W, tokens, train_path
             f"max rel loss {wl:.2e}, grad norm {wn:.2e} (torch bf16 vs fp32 loss {t_gap:.2e})")
     R.check(f"[{name}] --bf16 computes in bf16 (its losses differ from the fp32 run's)",
             f_gap > 1e-6, f"max rel {f_gap:.2e}")
+
+
+def cast_calls(stderr):
+    """The forward cast count of FW_OP_PROFILE's table (None if absent)."""
+    m = re.search(r"^\s*cast\s+forward\s+\S+ s\s+\S+%\s+(\d+) calls", stderr, re.M)
+    return int(m.group(1)) if m else None
+
+
+def check_kept_copies(fw, work, name, c, base, init_path, train_path, run, p):
+    """The bf16 copies of the frozen base kept across steps (fw/graph.h)
+    against FW_HALF_SHADOW=0, which casts every weight every step: the same
+    losses, grad norms and final adapter bit for bit, with fewer casts."""
+    run0 = os.path.join(work, f"run_{name}_bf16_recast")
+    saved_env = fw.env
+    fw.env = dict(saved_env, FW_OP_PROFILE="1", FW_HALF_SHADOW="0")
+    p0 = fw("train", PLUGINS, f"--load={base}", f"--adapter={init_path}",
+            f"--data={train_path}", f"--train-iters={c['ITERS']}", f"--run-dir={run0}",
+            "--bf16", *common_train_args())
+    fw.env = saved_env
+    if not R.check(f"[{name}] train --bf16 with FW_HALF_SHADOW=0 runs", p0.returncode == 0,
+                   g2.describe(p0)):
+        return
+    kept, recast = metrics(run), metrics(run0)
+    pairs = [(k[f], r[f]) for k, r in zip(kept, recast) for f in ("loss", "grad_norm")]
+    R.check(f"[{name}] --bf16 kept base copies: every loss and grad norm bit-identical to "
+            "casting every step", len(kept) == c["ITERS"] == len(recast) and
+            all(a == b for a, b in pairs), f"{pairs[:4]}")
+    diff = []
+    fa, fb = (os.path.join(d, f"adapter-{c['ITERS']:08d}.h5") for d in (run, run0))
+    with h5py.File(fa, "r") as a, h5py.File(fb, "r") as b:
+        names = []
+        a.visit(lambda k: names.append(k) if isinstance(a[k], h5py.Dataset) else None)
+        for k in names:
+            if k not in b or a[k][()].tobytes() != b[k][()].tobytes():
+                diff.append(k)
+    R.check(f"[{name}] --bf16 kept base copies: final adapter bit-identical",
+            names and not diff, f"{len(names)} tensors, differing: {diff[:3]}")
+    nk, nr = cast_calls(p.stderr), cast_calls(p0.stderr)
+    R.check(f"[{name}] --bf16 kept base copies are reused (fewer forward casts)",
+            nk is not None and nr is not None and nk < nr, f"casts {nk} kept vs {nr} recast")
 
 
 def common_train_args():

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "fw/io.h"
 #include "fw/runtime/model.h"
 
 static char plugin_path[4200];
@@ -29,8 +30,9 @@ struct rig {
 	const struct fw_peft_i *pi;
 };
 
-/* A 2-layer GPT-2 of width 16 with LoRA options lopts (name, value, ..., NULL). */
-static void rig_open(struct rig *r, const char *const *lopts)
+/* A 2-layer GPT-2 of width 16 with LoRA options lopts (name, value, ..., NULL),
+ * under autocast ac (FW_F32: off). */
+static void rig_open_as(struct rig *r, const char *const *lopts, enum fw_dtype ac)
 {
 	static const char *const arch_opts[] = { "n-layer", "2", "n-head", "2", "n-embd", "16",
 						 "vocab-size", "50", "n-positions", "16", NULL };
@@ -42,6 +44,7 @@ static void rig_open(struct rig *r, const char *const *lopts)
 	r->peft = fwt_plugin_open("peft/lora", FW_KIND_PEFT, lopts);
 	r->slots = (struct fw_plugin_slots){ .arch = r->arch, .attention = r->att, .peft = r->peft };
 	r->ctx = fw_ctx_new();
+	ck_assert(fw_ctx_set_autocast(r->ctx, ac) == FW_OK);
 	r->pi = r->peft->desc->iface;
 	/* the runtime's build: the arch, then peft/lora's freeze */
 	struct fw_rt_model_spec spec = { .plugins = &r->slots, .batch = 2, .seq_len = 8,
@@ -56,6 +59,11 @@ static void rig_open(struct rig *r, const char *const *lopts)
 		tok[i] = (i * 7 + 3) % 50;
 		tgt[i] = (i * 11 + 5) % 50;
 	}
+}
+
+static void rig_open(struct rig *r, const char *const *lopts)
+{
+	rig_open_as(r, lopts, FW_F32);
 }
 
 static void rig_close(struct rig *r)
@@ -291,6 +299,70 @@ START_TEST(test_bad_options)
 }
 END_TEST
 
+/* The bf16 copies the graph keeps of the frozen base (fw/graph.h) after
+ * merge, unmerge and the runtime's weight load: the next forward's loss
+ * equals that of a graph built then (fresh casts) bit for bit. */
+static float expect_fresh(struct rig *r, const char *what)
+{
+	float kept = loss_of(r);
+	struct fw_graph *g = fw_graph_new(r->ctx, &r->m.loss, 1, &(struct fw_graph_opts){ 0 });
+	ck_assert(g != NULL);
+	ck_assert(fw_graph_forward(g) == FW_OK);
+	float now = *(float *)r->m.loss->data;
+	fw_graph_free(g);
+	ck_assert_msg(memcmp(&kept, &now, sizeof(kept)) == 0, "%s: loss %.9g, fresh graph %.9g",
+		      what, (double)kept, (double)now);
+	return kept;
+}
+
+START_TEST(test_merge_load_bf16)
+{
+	static const char *const o[] = { "lora-r", "4", "lora-alpha", "12",
+					 "lora-target-modules", "c_attn,c_fc", NULL };
+	struct rig r;
+	struct fw_err err = { 0 };
+	unsetenv("FW_HALF_SHADOW_CHECK");      /* the kept copies as they run */
+	rig_open_as(&r, o, FW_BF16);
+	randomize_b(&r, 0.5f);
+	struct fw_tensor *w = find(&r, "h.1.mlp.c_fc.weight");
+	ck_assert(!(w->flags & FW_FLAG_TRAINABLE));
+	float l0 = expect_fresh(&r, "first forward");
+
+	ck_assert_msg(r.pi->merge(r.peft->state, &r.m, &err) == FW_OK, "%s", err.msg);
+	float l1 = expect_fresh(&r, "after merge");
+	ck_assert_msg(l1 != l0, "the merged bf16 loss is bit-identical: W's change not seen");
+	ck_assert_msg(fabsf(l1 - l0) <= 2e-2f * fabsf(l0), "merged loss %g vs %g", l1, l0);
+	ck_assert_msg(r.pi->unmerge(r.peft->state, &r.m, &err) == FW_OK, "%s", err.msg);
+	float l2 = expect_fresh(&r, "after unmerge");
+	ck_assert_msg(fabsf(l2 - l0) <= 1e-5f * fabsf(l0), "unmerged loss %g vs %g", l2, l0);
+
+	/* the runtime's weight load: a file holding the base with W scaled */
+	int np = 0, n_new = 0;
+	struct fw_tensor **ps = malloc(sizeof(*ps) * (size_t)fw_ctx_n_tensors(r.ctx));
+	for (int i = 0; i < fw_ctx_n_tensors(r.ctx); i++) {
+		struct fw_tensor *t = fw_ctx_tensor(r.ctx, i);
+		if ((t->flags & FW_FLAG_PARAM) && !(t->flags & FW_FLAG_BY_PEFT))
+			ps[np++] = t;
+	}
+	for (int64_t i = 0; i < fw_nelem(w); i++)
+		fw_f32(w)[i] *= 4.0f;
+	char path[4400];
+	snprintf(path, sizeof(path), "%s/base.h5", scratch);
+	ck_assert_msg(fw_h5_save(path, ps, np, NULL, 0, &err) == FW_OK, "%s", err.msg);
+	for (int64_t i = 0; i < fw_nelem(w); i++)
+		fw_f32(w)[i] *= 0.25f;
+	fw_tensor_mark_written(w);
+	ck_assert(expect_fresh(&r, "restored") == l2);
+	ck_assert_msg(fw_rt_model_load_weights(path, ps, np, &r.slots, true, &n_new, NULL, &err) ==
+		      FW_OK, "%s", err.msg);
+	ck_assert_msg(expect_fresh(&r, "after fw_rt_model_load_weights") != l2,
+		      "the loaded W changed nothing");
+	free(ps);
+	unlink(path);
+	rig_close(&r);
+}
+END_TEST
+
 static Suite *lora_suite(void)
 {
 	Suite *s = suite_create("lora");
@@ -298,6 +370,7 @@ static Suite *lora_suite(void)
 	tcase_add_test(tc, test_freeze);
 	tcase_add_test(tc, test_init_values);
 	tcase_add_test(tc, test_merge_unmerge);
+	tcase_add_test(tc, test_merge_load_bf16);
 	tcase_add_test(tc, test_save_load);
 	tcase_add_test(tc, test_bad_options);
 	suite_add_tcase(s, tc);

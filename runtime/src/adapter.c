@@ -1,5 +1,6 @@
 /* adapter.c - adapters through the peft plugin's hooks (fw/runtime/adapter.h). */
 #include "fw/runtime/adapter.h"
+#include "fw/runtime/model.h"
 
 enum fw_status fw_rt_adapter_save(const struct fw_plugin_slots *plugins, struct fw_model *m,
 				  const char *path, bool *saved, struct fw_err *err)
@@ -33,9 +34,11 @@ enum fw_status fw_rt_adapter_load(const struct fw_plugin_slots *plugins, struct 
 		return fw_errorf(err, FW_ERR_UNSUPPORTED, "%s cannot %s adapters",
 				 plugins->peft->desc->name, pi->load ? "merge" : "load");
 	struct fw_err e = { 0 };
-	if (pi->load(plugins->peft->state, m, path, &e) != FW_OK)
-		return fw_errorf(err, e.status ? e.status : FW_ERR_INTERNAL, "%s", e.msg);
-	if (merge && pi->merge(plugins->peft->state, m, &e) != FW_OK)
+	enum fw_status st = pi->load(plugins->peft->state, m, path, &e);
+	if (st == FW_OK && merge)
+		st = pi->merge(plugins->peft->state, m, &e);
+	fw_rt_mark_params_written(m->ctx, 0);
+	if (st != FW_OK)
 		return fw_errorf(err, e.status ? e.status : FW_ERR_INTERNAL, "%s", e.msg);
 	return FW_OK;
 }

@@ -159,6 +159,15 @@ static enum fw_status share_one(struct fw_ctx *dst, struct fw_tensor *p,
 	return FW_OK;
 }
 
+void fw_rt_mark_params_written(struct fw_ctx *ctx, uint32_t need)
+{
+	for (int i = 0; i < fw_ctx_n_tensors(ctx); i++) {
+		struct fw_tensor *t = fw_ctx_tensor(ctx, i);
+		if ((t->flags & FW_FLAG_PARAM) && (t->flags & need) == need)
+			fw_tensor_mark_written(t);
+	}
+}
+
 static enum fw_status copy_one(struct fw_ctx *dst, struct fw_tensor *p,
 			       const struct fw_tensor *q, struct fw_err *err)
 {
@@ -166,6 +175,7 @@ static enum fw_status copy_one(struct fw_ctx *dst, struct fw_tensor *p,
 		return fw_errorf(err, FW_ERR_INVALID, "copy weights: %s is not allocated", p->name);
 	if (p->data != q->data)
 		memcpy(p->data, q->data, fw_nbytes(p));
+	fw_tensor_mark_written(p);
 	return FW_OK;
 }
 

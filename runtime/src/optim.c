@@ -205,6 +205,9 @@ enum fw_status fw_rt_optim_step(struct fw_rt_optim *o, double lr, int64_t step,
 	}
 	struct fw_err oe = { 0 };
 	enum fw_status st = o->iface->step(o->plugin->state, o->groups, o->n_groups, step, &oe);
+	for (int k = 0; k < o->n_groups; k++)
+		for (int i = 0; i < o->groups[k].n_params; i++)
+			fw_tensor_mark_written(o->groups[k].params[i]);
 	if (st != FW_OK)
 		return fw_errorf(err, oe.status ? oe.status : st, "%s: %s", o->plugin->desc->name,
 				 oe.msg);

@@ -4,6 +4,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "fw/runtime/model.h"
 #include "fw/runtime/tasks.h"
 #include "fw/runtime/trainer.h"
 
@@ -201,10 +202,13 @@ enum fw_status fw_rt_train(struct fw_rt_trainer *t, bool *stopped, struct fw_err
 				break;
 		}
 		struct fw_err pe = { 0 };
-		if (!skip && peft && peft->after_backward &&
-		    peft->after_backward(pp->state, t->m, update, &pe) != FW_OK) {
-			st = fw_errorf(err, pe.status, "%s: %s", pp->desc->name, pe.msg);
-			break;
+		if (!skip && peft && peft->after_backward) {
+			st = peft->after_backward(pp->state, t->m, update, &pe);
+			fw_rt_mark_params_written(t->m->ctx, FW_FLAG_BY_PEFT);
+			if (st != FW_OK) {
+				st = fw_errorf(err, pe.status, "%s: %s", pp->desc->name, pe.msg);
+				break;
+			}
 		}
 		fw_graph_zero_grad(t->g);
 		t->step = it;

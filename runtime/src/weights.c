@@ -203,6 +203,7 @@ static enum fw_status widen_at_load(const char *path, const struct fw_h5_entry *
 				   fw_h5_load(path, (struct fw_tensor *[]){ &tmp }, 1, err);
 		if (s == FW_OK)
 			fw_convert(c->data, FW_F32, tmp.data, tmp.dtype, fw_nelem(c));
+		fw_tensor_mark_written(c);
 		free(tmp.data);
 		if (s != FW_OK)
 			return s;

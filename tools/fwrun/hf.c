@@ -739,6 +739,7 @@ int cmd_import(int argc, char **argv)
 			free(copy);
 			to += row_elems(t, parts[j].rows);
 		}
+		fw_tensor_mark_written(t);
 		if (np)
 			save[n++] = t;
 	}

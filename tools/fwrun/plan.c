@@ -19,28 +19,42 @@ static void plan_row(const char *name, double planned, const char *rule, double 
 	printf("\n");
 }
 
-static bool is_weight_copy(const struct fw_tensor *t)
+static bool is_weight_copy(const struct fw_tensor *t, bool trainable)
 {
-	return t->op == FW_OP_CAST && t->src[0] && (t->src[0]->flags & FW_FLAG_PARAM);
+	return t->op == FW_OP_CAST && t->src[0] && (t->src[0]->flags & FW_FLAG_PARAM) &&
+	       !!(t->src[0]->flags & FW_FLAG_TRAINABLE) == trainable;
 }
 
-/* Bytes of the half-precision copies of parameters that --bf16/--fp16's
- * matmuls cast (planned with the activations: they live from the forward to
- * the backward), each parameter once (the eval graph casts tied ones too). */
-static double half_weight_copies(const struct fw_ctx *ctx)
+/* Bytes of the half-precision copies of the trainable (or frozen)
+ * parameters that --bf16/--fp16's matmuls cast, each parameter once (the
+ * eval graph casts tied ones too). */
+static double half_weight_copies(const struct fw_ctx *ctx, bool trainable)
 {
 	double bytes = 0;
 	for (int i = 0; i < fw_ctx_n_tensors(ctx); i++) {
 		const struct fw_tensor *t = fw_ctx_tensor(ctx, i);
 		bool seen = false;
-		for (int j = 0; j < i && is_weight_copy(t) && !seen; j++) {
+		for (int j = 0; j < i && is_weight_copy(t, trainable) && !seen; j++) {
 			const struct fw_tensor *u = fw_ctx_tensor(ctx, j);
-			seen = is_weight_copy(u) && u->src[0] == t->src[0];
+			seen = is_weight_copy(u, trainable) && u->src[0] == t->src[0];
 		}
-		if (is_weight_copy(t) && !seen)
+		if (is_weight_copy(t, trainable) && !seen)
 			bytes += (double)fw_nbytes(t);
 	}
 	return bytes;
+}
+
+/* Bytes of ctx's weights category beyond the parameters themselves: the
+ * copies of frozen parameters its graphs keep across steps (fw/graph.h). */
+static double kept_copies(const struct fw_ctx *ctx, size_t weights)
+{
+	double params = 0;
+	for (int i = 0; i < fw_ctx_n_tensors(ctx); i++) {
+		const struct fw_tensor *t = fw_ctx_tensor(ctx, i);
+		if ((t->flags & FW_FLAG_PARAM) && t->data)
+			params += (double)((fw_nbytes(t) + 63) / 64 * 64);
+	}
+	return (double)weights > params ? (double)weights - params : 0;
 }
 
 int cmd_plan(int argc, char **argv)
@@ -71,17 +85,21 @@ int cmd_plan(int argc, char **argv)
 	       "graph:\n", mode, (long long)s.B, (long long)s.T);
 	printf("  %-12s %14s   %-26s %14s  %7s\n", "category", "planned", "rule of thumb", "",
 	       "diff");
+	double kept = s.precision == FW_F32 ? 0 : kept_copies(s.ctx, mr.bytes[FW_MEM_WEIGHTS]);
 	plan_row("weights", (double)mr.bytes[FW_MEM_WEIGHTS], "4 B/param (fp32)", 4 * P);
+	if (kept > 0)
+		printf("  (weights hold the %s copies of the frozen parameters, kept across steps: "
+		       "%.2f MiB)\n", fw_dtype_name(s.precision), kept / 1048576.0);
 	plan_row("gradients", (double)mr.bytes[FW_MEM_GRADIENTS], "4 B/trainable param", 4 * Tr);
 	char rule[64];
 	snprintf(rule, sizeof(rule), "%d x 4 B/trainable param", n_state);
 	plan_row("optimizer", (double)mr.bytes[FW_MEM_OPTIMIZER], rule, 4.0 * n_state * Tr);
 	plan_row("activations", (double)mr.bytes[FW_MEM_ACTIVATIONS], NULL, 0);
-	double copies = s.precision == FW_F32 ? 0 : half_weight_copies(s.ctx);
-	if (copies > 0)
+	double copies = s.precision == FW_F32 ? 0 : half_weight_copies(s.ctx, true) +
+			half_weight_copies(s.ctx, false);
+	if (copies - kept > 0)
 		printf("  (activations hold the %s copies of the weights the matmuls read: %.2f MiB, "
-		       "%.1f B/param)\n", fw_dtype_name(s.precision), copies / 1048576.0,
-		       P > 0 ? copies / P : 0.0);
+		       "cast each step)\n", fw_dtype_name(s.precision), (copies - kept) / 1048576.0);
 	if (s.eval_g)
 		plan_row("eval acts", (double)me.bytes[FW_MEM_ACTIVATIONS], NULL, 0);
 	plan_row("inputs", (double)mr.bytes[FW_MEM_INPUTS], NULL, 0);

@@ -33,6 +33,12 @@ void fw_ctx_free(struct fw_ctx *ctx)
 	for (int i = 0; i < ctx->n_tensors; i++)
 		fw_free(ctx->tensors[i]);
 	fw_free(ctx->tensors);
+	fw_free(ctx->version);
+	while (ctx->kept) {
+		struct fw_kept *next = ctx->kept->next;
+		fw_free(ctx->kept);
+		ctx->kept = next;
+	}
 	struct fw_block *b = ctx->blocks;
 	while (b) {
 		struct fw_block *next = b->next;
@@ -41,6 +47,49 @@ void fw_ctx_free(struct fw_ctx *ctx)
 		b = next;
 	}
 	fw_free(ctx);
+}
+
+uint64_t fw_ctx_version(struct fw_ctx *ctx, struct fw_tensor *t)
+{
+	if (t->id >= ctx->n_version) {
+		int n = ctx->n_tensors > t->id ? ctx->n_tensors : t->id + 1;
+		uint64_t *v = fw_calloc((size_t)n, sizeof(*v));
+		if (!v)
+			return ++ctx->clock;   /* untracked: a new version each time */
+		if (ctx->n_version)
+			memcpy(v, ctx->version, (size_t)ctx->n_version * sizeof(*v));
+		fw_free(ctx->version);
+		ctx->version = v;
+		ctx->n_version = n;
+	}
+	if (t->flags & FW_FLAG_WRITTEN) {
+		t->flags &= ~(uint32_t)FW_FLAG_WRITTEN;
+		ctx->version[t->id] = ++ctx->clock;
+	}
+	return ctx->version[t->id];
+}
+
+struct fw_kept *fw_ctx_kept(struct fw_ctx *ctx, const struct fw_tensor *param,
+			    enum fw_dtype dt)
+{
+	for (struct fw_kept *k = ctx->kept; k; k = k->next)
+		if (k->param == param && k->dtype == dt)
+			return k;
+	struct fw_kept *k = fw_calloc(1, sizeof(*k));
+	if (!k) {
+		fw_errorf(&ctx->err, FW_ERR_NOMEM, "graph: out of memory");
+		return NULL;
+	}
+	k->data = fw_ctx_alloc(ctx, (size_t)fw_nelem(param) * fw_dtype_size(dt), FW_MEM_WEIGHTS);
+	if (!k->data) {
+		fw_free(k);
+		return NULL;
+	}
+	k->param = param;
+	k->dtype = dt;
+	k->next = ctx->kept;
+	ctx->kept = k;
+	return k;
 }
 
 struct fw_err *fw_ctx_err(struct fw_ctx *ctx)
@@ -306,6 +355,7 @@ enum fw_status fw_ctx_init_params(struct fw_ctx *ctx, uint64_t seed)
 					 "init: parameter '%s' is not allocated", t->name);
 		if (t->dtype != FW_F32)
 			continue;      /* quantised/bf16 weights come from files */
+		fw_tensor_mark_written(t);
 		float *d = t->data;
 		int64_t n = fw_nelem(t);
 		uint64_t key = fw_hash_str(t->name, seed);

@@ -60,6 +60,8 @@ struct fw_graph {
 	char *grad_in_fwd;          /* per node: forward adds its weight's gradient */
 	bool any_grad_in_fwd;
 	size_t *widen_bytes;        /* per node: f32 gradient copies its backward needs */
+	struct fw_kept **kept;      /* per node: the kept half copy it stands for, or NULL */
+	bool kept_check;            /* FW_HALF_SHADOW_CHECK=1 */
 	struct fw_tensor **grads;   /* per node: gradient tensor or NULL */
 	int *zero_order;            /* grad slots sorted by first step */
 	int n_zero;
@@ -99,6 +101,28 @@ static bool is_leaf(const struct fw_tensor *t)
 static bool is_view(const struct fw_tensor *t)
 {
 	return t->flags & FW_FLAG_VIEW;
+}
+
+/* Whether p lies in one of ctx's own weight blocks (not a parameter that
+ * shares another context's storage, whose writes that context marks). */
+static bool owns_weight(const struct fw_ctx *ctx, const void *p)
+{
+	for (const struct fw_block *b = ctx->blocks; b; b = b->next)
+		if (b->cat == FW_MEM_WEIGHTS && (const char *)p >= (const char *)b->ptr &&
+		    (const char *)p < (const char *)b->ptr + b->bytes)
+			return true;
+	return false;
+}
+
+/* A cast to half of a frozen f32 parameter stored in ctx: its output is
+ * kept across forwards and cast again only when the parameter changed
+ * (fw/graph.h). */
+static bool keeps_copy(const struct fw_ctx *ctx, const struct fw_tensor *t)
+{
+	const struct fw_tensor *x = t->src[0];
+	return t->op == FW_OP_CAST && !is_view(t) && t->dtype != FW_F32 && is_leaf(x) &&
+	       (x->flags & FW_FLAG_PARAM) && !(x->flags & FW_FLAG_TRAINABLE) &&
+	       x->dtype == FW_F32 && x->data && owns_weight(ctx, x->data);
 }
 
 /* --- collecting nodes -------------------------------------------------------- */
@@ -218,7 +242,7 @@ static enum fw_status build_schedule(struct fw_graph *g, const bool *has_grad)
 		if (recompute && seg > 0 && !done[seg]) {
 			done[seg] = true;
 			for (int j = 0; j < n; j++)
-				if (g->nodes[j]->segment == seg)
+				if (g->nodes[j]->segment == seg && !g->kept[j])
 					g->steps[g->n_steps++] =
 						(struct step){ .kind = STEP_RECOMP, .node = j };
 		}
@@ -488,7 +512,7 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 			g->rec_slot[i] = -1;
 		} else {
 			g->val_slot[i] = slot_new(g, fw_nbytes(t), false);
-			g->rec_slot[i] = recompute && t->segment > 0 ?
+			g->rec_slot[i] = recompute && t->segment > 0 && !g->kept[i] ?
 					 slot_new(g, fw_nbytes(t), false) : -1;
 		}
 		g->grad_slot[i] = -1;
@@ -559,6 +583,8 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 					touch(g, value_slot(pos, bound, t->src[k]), si);
 			if (is_view(t))
 				bound[i] = value_slot(pos, bound, t->view_src);
+			else if (g->kept[i])         /* the context's copy, no slot */
+				bound[i] = -1;
 			else
 				bound[i] = st->kind == STEP_RECOMP ? g->rec_slot[i] : g->val_slot[i];
 			touch(g, bound[i], si);
@@ -724,6 +750,15 @@ struct fw_graph *fw_graph_new(struct fw_ctx *ctx, struct fw_tensor **outputs, in
 			g->params[g->n_params++] = g->leaves[i];
 	if (opts->backward)
 		mark_grad_nodes(g, pos, has_grad);
+	g->kept = fw_calloc((size_t)g->n_nodes + 1, sizeof(*g->kept));
+	if (!g->kept)
+		goto nomem;
+	const char *keep = getenv("FW_HALF_SHADOW"), *check = getenv("FW_HALF_SHADOW_CHECK");
+	g->kept_check = check && *check && strcmp(check, "0");
+	for (int i = 0; i < g->n_nodes && !(keep && !strcmp(keep, "0")); i++)
+		if (keeps_copy(ctx, g->nodes[i]) &&
+		    !(g->kept[i] = fw_ctx_kept(ctx, g->nodes[i]->src[0], g->nodes[i]->dtype)))
+			goto fail;
 	if (build_schedule(g, has_grad) != FW_OK)
 		goto fail;
 	/* The tensor list may grow (gradient tensors): pos covers old ids only,
@@ -814,6 +849,7 @@ void fw_graph_free(struct fw_graph *g)
 	fw_free(g->remat);
 	fw_free(g->grad_in_fwd);
 	fw_free(g->widen_bytes);
+	fw_free(g->kept);
 	fw_free(g->grads);
 	fw_free(g->zero_order);
 	fw_free(g->arena);
@@ -830,7 +866,9 @@ static void bind(struct fw_graph *g)
 		return;
 	for (int i = 0; i < g->n_nodes; i++) {
 		struct fw_tensor *t = g->nodes[i];
-		if (!is_view(t))
+		if (g->kept[i])
+			t->data = g->kept[i]->data;
+		else if (!is_view(t))
 			t->data = g->arena + g->slots[g->val_slot[i]].offset;
 		t->grad = g->grads[i];
 		if (t->grad) {
@@ -907,6 +945,26 @@ static enum fw_status run_step(struct fw_graph *g, int si, bool backward,
 			 vt->name, e.msg);
 }
 
+/* FW_HALF_SHADOW_CHECK=1: the kept half copy t must equal a fresh cast of
+ * its parameter; one that does not was written without
+ * fw_tensor_mark_written. */
+static enum fw_status check_kept(struct fw_graph *g, const struct fw_tensor *t)
+{
+	size_t bytes = fw_nbytes(t);
+	void *fresh = fw_malloc(bytes ? bytes : 1);
+	if (!fresh)
+		return fw_errorf(&g->ctx->err, FW_ERR_NOMEM, "graph: out of memory");
+	fw_convert(fresh, t->dtype, t->src[0]->data, FW_F32, fw_nelem(t));
+	bool same = memcmp(fresh, t->data, bytes) == 0;
+	fw_free(fresh);
+	if (same)
+		return FW_OK;
+	return fw_errorf(&g->ctx->err, FW_ERR_INTERNAL,
+			 "graph: the kept %s copy of '%s' is stale: its data changed without "
+			 "fw_tensor_mark_written (FW_HALF_SHADOW_CHECK)", fw_dtype_name(t->dtype),
+			 t->src[0]->name);
+}
+
 enum fw_status fw_graph_forward(struct fw_graph *g)
 {
 	if (g->forward_done && g->any_grad_in_fwd)
@@ -917,12 +975,28 @@ enum fw_status fw_graph_forward(struct fw_graph *g)
 	struct fw_exec ex = exec_of(g);
 	g->forward_done = false;
 	for (int si = 0; si < g->n_fwd_steps; si++) {
-		struct fw_tensor *t = g->nodes[g->steps[si].node];
-		if (!is_view(t))
-			t->data = g->arena + g->slots[g->val_slot[g->steps[si].node]].offset;
+		int i = g->steps[si].node;
+		struct fw_tensor *t = g->nodes[i];
+		struct fw_kept *k = g->kept[i];
+		if (k)
+			t->data = k->data;
+		else if (!is_view(t))
+			t->data = g->arena + g->slots[g->val_slot[i]].offset;
+		uint64_t ver = k ? fw_ctx_version(g->ctx, t->src[0]) : 0;
+		if (k && k->valid && k->version == ver && k->src == t->src[0]->data) {
+			enum fw_status s = g->kept_check ? check_kept(g, t) : FW_OK;
+			if (s != FW_OK)
+				return s;
+			continue;             /* the copy is current: no cast */
+		}
 		enum fw_status s = run_step(g, si, false, &ex);
 		if (s != FW_OK)
 			return s;
+		if (k) {
+			k->valid = true;
+			k->version = ver;
+			k->src = t->src[0]->data;
+		}
 	}
 	g->forward_done = true;
 	return FW_OK;

@@ -19,6 +19,18 @@ struct fw_block {                /* one persistent allocation owned by a ctx */
 	void *ptr;
 };
 
+/* The half copy of a frozen f32 parameter that autocast's casts read,
+ * kept across forwards and shared by every graph of the context. */
+struct fw_kept {
+	struct fw_kept *next;
+	const struct fw_tensor *param;
+	enum fw_dtype dtype;
+	void *data;                  /* FW_MEM_WEIGHTS storage of the context */
+	bool valid;                  /* data holds param cast at version, from src */
+	uint64_t version;
+	const void *src;
+};
+
 struct fw_ctx {
 	struct fw_err err;
 	struct fw_tensor **tensors;  /* every tensor, in creation order */
@@ -29,7 +41,21 @@ struct fw_ctx {
 	int segment_cur;             /* 0 outside checkpoint_begin/end */
 	enum fw_dtype autocast;      /* fw_ctx_set_autocast: F32 = off */
 	struct fw_graph *bound;      /* whose buffers the tensors point at now */
+	uint64_t *version;           /* per tensor id: bumped when a write is seen */
+	int n_version;
+	uint64_t clock;              /* the last version handed out */
+	struct fw_kept *kept;
 };
+
+/* param's kept copy in dt, made (storage counted as weights) on first use;
+ * NULL with ctx's error set when out of memory. */
+struct fw_kept *fw_ctx_kept(struct fw_ctx *ctx, const struct fw_tensor *param,
+			    enum fw_dtype dt);
+
+/* Tensor t's data version in ctx: a parameter marked written
+ * (fw_tensor_mark_written) gets a new one here and its mark is cleared, so
+ * every graph of ctx sees the change. 0 until the first mark. */
+uint64_t fw_ctx_version(struct fw_ctx *ctx, struct fw_tensor *t);
 
 /* Built-in op vtables, one per enum fw_op (defined in the ops_*.c files). */
 extern const struct fw_op_i fw_op_matmul_i, fw_op_add_i, fw_op_sub_i, fw_op_mul_i,

@@ -872,6 +872,7 @@ enum fw_status fw_h5_load(const char *path, struct fw_tensor *const *tensors, in
 		}
 		mt = dtype_h5(t->dtype, false);
 		rc = mt < 0 ? -1 : H5Dread(dset, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, t->data);
+		fw_tensor_mark_written(t);
 		if (rc < 0)
 			s = corrupt(path, "tensor", t->name, err);
 		if (mt >= 0)

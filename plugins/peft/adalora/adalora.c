@@ -593,6 +593,7 @@ static enum fw_status fold_all(struct ada *s, struct fw_model *m, bool merging,
 	for (int i = 0; i < s->n_layers; i++) {
 		struct fold f = { &s->layers[i], merging ? 1.0f : -1.0f };
 		h->parallel_for(s->layers[i].out, fold_rows, &f);
+		fw_tensor_mark_written(s->layers[i].w);
 		s->layers[i].gate->params[0].f = merging ? 0.0f : s->layers[i].factor;
 	}
 	s->merged = merging;

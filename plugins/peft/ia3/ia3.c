@@ -333,11 +333,14 @@ static enum fw_status fold_all(struct ia3 *s, struct fw_model *m, bool merging,
 			memcpy(ly->saved, l, sizeof(float) * (size_t)n);
 		struct fold f = { ly, ly->saved, !merging };
 		h->parallel_for(ly->out, fold_rows, &f);
+		fw_tensor_mark_written(ly->w);
 		if (ly->bias && !ly->ff) {
 			float *b = fw_f32(ly->bias);
 			for (int64_t o = 0; o < ly->out; o++)
 				b[o] = merging ? b[o] * ly->saved[o] : b[o] / ly->saved[o];
+			fw_tensor_mark_written(ly->bias);
 		}
+		fw_tensor_mark_written(ly->l);
 		for (int64_t k = 0; k < n; k++)
 			l[k] = merging ? 1.0f : ly->saved[k];
 	}

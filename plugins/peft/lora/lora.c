@@ -963,6 +963,7 @@ static enum fw_status fold_all(struct lora *l, struct fw_model *m, float sign, b
 		struct fold f = { &l->layers[i], sign };
 		if (merging || !l->layers[i].nf4)    /* a 4-bit weight unmerges by its codes */
 			l->host->parallel_for(l->layers[i].out, fold_rows, &f);
+		fw_tensor_mark_written(l->layers[i].w);
 		l->layers[i].gate->params[0].f = merging ? 0.0f : l->layers[i].scaling;
 	}
 	if (l->nf4 && !merging)

@@ -60,7 +60,14 @@ enum fw_status fw_param_set_trainable(struct fw_ctx *ctx, struct fw_tensor *p, b
  * others get it cast to f32. A dt node's gradient is dt (as torch's autograd
  * keeps it); a cast's is f32 and shares its f32 source's buffer, so
  * parameters and their gradients stay f32 (docs/mixed-precision.md). The
- * operands a matmul keeps for its backward are the dt copies. */
+ * operands a matmul keeps for its backward are the dt copies.
+ * A cast of a frozen f32 parameter (not trainable: a LoRA/IA3 base weight)
+ * keeps its output across forwards: the context holds that copy (counted
+ * as FW_MEM_WEIGHTS, shared by its graphs), the first forward casts it and
+ * a later one again only when the parameter was marked written
+ * (fw_tensor_mark_written, fw/tensor.h) or its data pointer changed. FW_HALF_SHADOW=0 in the environment casts every
+ * forward; FW_HALF_SHADOW_CHECK=1 casts every forward and fails it when a
+ * kept copy differs (a write that was not marked). */
 enum fw_status fw_ctx_set_autocast(struct fw_ctx *ctx, enum fw_dtype dt);
 enum fw_dtype fw_ctx_autocast(const struct fw_ctx *ctx);
 

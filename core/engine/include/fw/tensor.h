@@ -54,6 +54,9 @@ enum {
 					  step reads it instead of keeping it from the
 					  forward, as for FW_OPF_REMAT ops (op.h), where
 					  its sources are kept or recomputed anyway */
+	FW_FLAG_WRITTEN = 1u << 12,    /* a parameter's data changed since a graph last
+					  read it: set by fw_tensor_mark_written, consumed
+					  by the graphs (their cached half copies) */
 };
 
 /* Initialisation recipe of a parameter, kept in params[0] (kind) and
@@ -105,6 +108,20 @@ float fw_f16_to_f32(uint16_t h);
 /* Converts n elements between any two of f32/bf16/f16. */
 void fw_convert(void *dst, enum fw_dtype dt, const void *src, enum fw_dtype st,
 		int64_t n);
+
+/* The rule for writing a parameter's data: whoever changes the values (or
+ * the data pointer) of a parameter once a graph may have read it calls
+ * fw_tensor_mark_written(t) after the write. Graphs keep the half copy of
+ * a frozen f32 parameter that autocast's matmuls read across forwards
+ * (cast once, reused until the parameter is written: graph.h), and this
+ * mark is what makes them cast it again. The engine's and runtime's own
+ * writers do it (fw_ctx_init_params, fw_h5_load, the runtime's weight,
+ * checkpoint and adapter loads, merges, optimizer steps, peft hooks);
+ * a plugin or tool that writes t->data itself must too. */
+static inline void fw_tensor_mark_written(struct fw_tensor *t)
+{
+	t->flags |= FW_FLAG_WRITTEN;
+}
 
 static inline float *fw_f32(const struct fw_tensor *t) { return (float *)t->data; }
 static inline int32_t *fw_i32(const struct fw_tensor *t) { return (int32_t *)t->data; }

@@ -91,6 +91,12 @@ enum fw_status fw_rt_model_share_weights(struct fw_ctx *dst, const struct fw_ctx
 enum fw_status fw_rt_model_copy_weights(struct fw_ctx *dst, const struct fw_ctx *src,
 					int *n_copied, struct fw_err *err);
 
+/* fw_tensor_mark_written (fw/tensor.h) on every parameter of ctx whose
+ * flags include all of need (0: every parameter), after a hook that may
+ * have written their data (an adapter load or merge, a peft plugin's
+ * after_backward). */
+void fw_rt_mark_params_written(struct fw_ctx *ctx, uint32_t need);
+
 /* Loads every parameter of params[0..n) by name from path (an fw HDF5 file:
  * a checkpoint or weights). With a peft plugin in plugins, trainable
  * parameters the file lacks (a new adapter's) keep their initialisation and
