@@ -30,15 +30,20 @@ Checks:
      rounding comes before the head's: fwrun eval --fp16 on 6 batches within
      TOL_EVAL (1e-6) relative of the transcription, and SEPARATION (20x)
      closer to it than to the transcription without the logits' rounding or
-     to float64; fwrun eval fp32 within TOL_EVAL of float64;
+     to float64; fwrun eval fp32 within TOL_EVAL of float64; the first step
+     of fwrun train --fp16 (loss scale 1024): its gradient norm within
+     TOL_GRAD (3e-6) of the transcription's, and 10x closer than to it with
+     the head's f16 gradient left unrounded;
   2. the whole model: two correct implementations sum in different orders,
      which flips some f16 roundings, and a flip in a branch moves the
-     residual stream, so they cannot agree to an ulp. The tolerance is
-     NOISE_X (4) times the transcription's own spread, the same roundings in
-     float32 arithmetic against float64: fwrun eval --fp16 on 6 batches,
-     and fwrun train --fp16 (dynamic scaling from 1024, no skip), 10 AdamW
-     steps with warmup, cosine decay, weight decay and clipping: every
-     step's loss and unscaled gradient norm, and the final master weights;
+     residual stream, so after one layer most f16 values differ by an ulp
+     and the losses by 1e-6 to 5e-5 (the transcription in float32 against
+     float64 shows it; so does fw built with gcc against clang). Within
+     TOL_WHOLE (1e-4), a sanity check that does not tell rounding points
+     apart: fwrun eval --fp16 on 6 batches (and not fp32's numbers), and
+     fwrun train --fp16 (dynamic scaling from 1024, no skip), 10 AdamW steps
+     with warmup, cosine decay, weight decay and clipping: every step's loss
+     and unscaled gradient norm;
   3. fwrun generate --fp16 (greedy, f16 KV cache) with attention/mha: the
      token ids equal the transcription's greedy ids up to its first near-tie
      (top two f16 logits within NEAR_TIE of the largest), which is reported.
@@ -66,7 +71,11 @@ C = mp.C                  # mixed_precision's 10 AdamW steps: B=2, T=32, warmup,
 SCALE = 1024.0            # --initial-loss-scale: a power of two
 EVAL_BATCHES = 6
 TOL_EVAL = 1e-6
-NOISE_X = 4.0
+TOL_GRAD = 3e-6
+# The whole model: the transcription's float32-vs-float64 spread and fw's
+# distance were measured at 2e-6 to 5e-5 (gcc and clang builds); 1e-4 is
+# 2x the largest, a fifth of one f16 rounding (2^-11).
+TOL_WHOLE = 1e-4
 NEAR_TIE = 2 ** -9        # relative to the largest logit: two f16 roundings
 SEPARATION = 20.0
 
@@ -102,11 +111,12 @@ class HeadLoss16(torch.autograd.Function):
     loss-scaled domain) and return unrounded gradients."""
 
     @staticmethod
-    def forward(ctx, x, w, y, round_logits=True):
+    def forward(ctx, x, w, y, round_logits=True, round_grad=True):
         logits = x @ w.t()
         if round_logits:
             logits = r16(logits)
         ctx.save_for_backward(x, w, logits, y)
+        ctx.round_grad = round_grad
         return F.cross_entropy(logits, y)
 
     @staticmethod
@@ -114,14 +124,17 @@ class HeadLoss16(torch.autograd.Function):
         x, w, logits, y = ctx.saved_tensors
         d = torch.softmax(logits, -1)
         d[torch.arange(len(y)), y] -= 1
-        d = r16(d * (g / len(y)))
-        return d @ w, d.t() @ x, None, None
+        d = d * (g / len(y))
+        if ctx.round_grad:
+            d = r16(d)
+        return d @ w, d.t() @ x, None, None, None
 
 
-def forward16(W, idx, y=None, rounding=True, round_logits=True):
+def forward16(W, idx, y=None, rounding=True, round_logits=True, round_head_grad=True):
     """GPT-2 under --fp16's rounding (rounding=False: none, plain float64;
-    round_logits=False: all but the head's). With y: the fused head's mean
-    loss; without: the f16 logits of the last position."""
+    round_logits / round_head_grad False: all but the head's logits' / their
+    gradient's). With y: the fused head's mean loss; without: the f16 logits
+    of the last position."""
     cast = Cast16.apply if rounding else (lambda t: t)
     out = Out16.apply if rounding else (lambda t: t)
 
@@ -152,7 +165,8 @@ def forward16(W, idx, y=None, rounding=True, round_logits=True):
         return out(cast(x[:, -1]) @ cast(W["wte.weight"]).t())
     x, y = x.reshape(-1, Cn), y.reshape(-1)
     if rounding:
-        return HeadLoss16.apply(cast(x), cast(W["wte.weight"]), y, round_logits)
+        return HeadLoss16.apply(cast(x), cast(W["wte.weight"]), y, round_logits,
+                                round_head_grad)
     return F.cross_entropy(x @ W["wte.weight"].t(), y)
 
 
@@ -164,17 +178,17 @@ def as64(W):
     return cast_all(W, torch.float64)
 
 
-def replay(W, tokens, rounding=True, dtype=torch.float64):
+def replay(W, tokens, rounding=True, dtype=torch.float64, iters=C["ITERS"], **forward):
     """10 AdamW steps as fwrun trains them (gpt2_parity's replay), the
     backward seeded with SCALE and the gradients unscaled by 1/SCALE: per step
-    (loss, grad_norm), and the final weights."""
+    (loss, grad_norm)."""
     P = {n: t.clone().requires_grad_(True) for n, t in cast_all(W, dtype).items()}
     opt = mp.adamw(P)
     steps = []
-    for n in range(1, C["ITERS"] + 1):
+    for n in range(1, iters + 1):
         opt.zero_grad()
         x, y = gp.micro_batch(tokens, n - 1, C["B"], C["T"])
-        loss = forward16(P, x, y, rounding)
+        loss = forward16(P, x, y, rounding, **forward)
         (loss * SCALE).backward()
         for t in P.values():
             t.grad /= SCALE
@@ -184,7 +198,7 @@ def replay(W, tokens, rounding=True, dtype=torch.float64):
             g["lr"] = gp.lr_at(n, C)
         opt.step()
         steps.append((float(loss), norm))
-    return steps, {n: t.detach().double() for n, t in P.items()}
+    return steps
 
 
 def fw_eval(fw, h5, data, *flags):
@@ -249,6 +263,23 @@ def check_head(fw, work):
             f"transcription, {SEPARATION:g}x closer than to it with f32 logits or to float64",
             d16 <= TOL_EVAL and SEPARATION * d16 <= min(dun, d64),
             f"max rel {d16:.2e}; with f32 logits {dun:.2e}, float64 {d64:.2e}")
+    # The first step's gradient: where the head's f16 gradient rounds.
+    tokens = np.random.RandomState(7).randint(0, 40, size=C["ITERS"] * C["B"] * C["T"] + 1)
+    data = os.path.join(work, "head.bin")
+    gp.write_shard(data, tokens.astype(np.uint16))
+    recs, _ = mp.fw_train(fw, work, h5, data, "head", "--fp16",
+                          f"--initial-loss-scale={SCALE:g}", results=R)
+    if recs is None:
+        return
+    tokens = tokens.astype(np.uint16)
+    norm = recs[0]["grad_norm"]
+    n16, n64, nun = (replay(W, tokens, iters=1, **kw)[0][1] for kw in
+                     ({}, {"rounding": False}, {"round_head_grad": False}))
+    d16, d64, dun = gp.rel(norm, n16), gp.rel(norm, n64), gp.rel(norm, nun)
+    R.check(f"head-only model: fwrun train --fp16's first gradient norm within {TOL_GRAD:g} "
+            f"relative of the transcription's, {SEPARATION / 2:g}x closer than to it with the "
+            "logits' gradient unrounded", d16 <= TOL_GRAD and SEPARATION / 2 * d16 <= dun,
+            f"rel {d16:.2e}; with the gradient unrounded {dun:.2e}, float64 {d64:.2e}")
 
 
 def import_model(fw, work, W, name):
@@ -281,10 +312,11 @@ def check_eval(fw, work):
     for k in range(EVAL_BATCHES):
         print(f"  {k:>10} " + " ".join(f"{got[n][k]:>13.8f}"
                                        for n in ("fw16", "t16", "t16_32", "t64", "fw32")))
-    R.check(f"fwrun eval --fp16, {EVAL_BATCHES} batches: within {NOISE_X:g}x the "
-            "transcription's float32-vs-float64 spread of it, and not fp32's numbers",
-            d16 <= NOISE_X * spread and got["fw16"] != got["fw32"],
-            f"max rel {d16:.2e}, spread {spread:.2e}; to float64 {d64:.2e}")
+    R.check(f"fwrun eval --fp16, {EVAL_BATCHES} batches: within {TOL_WHOLE:g} relative of the "
+            "transcription, and not fp32's numbers",
+            d16 <= TOL_WHOLE and got["fw16"] != got["fw32"],
+            f"max rel {d16:.2e}; the transcription's float32-vs-float64 spread {spread:.2e}, "
+            f"fw to float64 {d64:.2e}")
 
 
 def check_train(fw, work):
@@ -296,21 +328,18 @@ def check_train(fw, work):
     tokens = rng.randint(0, 40, size=C["ITERS"] * C["B"] * C["T"] + 1).astype(np.uint16)
     data = os.path.join(work, "train.bin")
     gp.write_shard(data, tokens)
-    recs, run = mp.fw_train(fw, work, h5, data, "fp16", "--fp16",
-                            f"--initial-loss-scale={SCALE:g}", results=R)
+    recs, _ = mp.fw_train(fw, work, h5, data, "fp16", "--fp16",
+                          f"--initial-loss-scale={SCALE:g}", results=R)
     if recs is None:
         return
-    ck = os.path.join(run, f"ckpt-{C['ITERS']:08d}.h5")
-    final = gp.h5_tensors(ck) if os.path.exists(ck) else None
     R.check(f"train --fp16: {C['ITERS']} steps, none skipped, loss scale {SCALE:g}",
             len(recs) == C["ITERS"] and all(not r["skipped"] and r["loss_scale"] == SCALE
                                             for r in recs),
             f"{[(r['step'], r['skipped'], r['loss_scale']) for r in recs]}")
     if len(recs) != C["ITERS"]:
         return
-    t16, w16 = replay(W, tokens)
-    t32, w32 = replay(W, tokens, dtype=torch.float32)
-    t64, _ = replay(W, tokens, rounding=False)
+    t16, t32 = replay(W, tokens), replay(W, tokens, dtype=torch.float32)
+    t64 = replay(W, tokens, rounding=False)
     print(f"  {'step':>4} {'loss fw16':>11} {'transcr.':>11} {'(float32)':>11} {'float64':>11}"
           f" | {'norm fw16':>10} {'transcr.':>10} {'(float32)':>10} {'float64':>10}")
     for r, a, b, c in zip(recs, t16, t32, t64):
@@ -321,25 +350,10 @@ def check_train(fw, work):
         d16 = max(gp.rel(r[key], a[i]) for r, a in zip(recs, t16))
         d64 = max(gp.rel(r[key], a[i]) for r, a in zip(recs, t64))
         spread = max(gp.rel(b[i], a[i]) for a, b in zip(t16, t32))
-        R.check(f"train --fp16: every step's {what} within {NOISE_X:g}x the transcription's "
-                "float32-vs-float64 spread of it", d16 <= NOISE_X * spread,
-                f"max rel {d16:.2e}, spread {spread:.2e}; to float64 {d64:.2e}")
-    if R.check("train --fp16 wrote the final checkpoint", final is not None):
-        def worst(ws):
-            # the k third of c_attn.bias has a zero exact gradient (gpt2_parity)
-            out = 0.0
-            for n, _ in gp.hf_names():
-                d = np.abs(final[n].astype(np.float64) -
-                           (ws[n].t() if gp.is_conv1d(n) else ws[n]).numpy())
-                if n.endswith("attn.c_attn.bias"):
-                    d = np.concatenate([d[:gp.N_EMBD], d[2 * gp.N_EMBD:]])
-                out = max(out, float(d.max()))
-            return out
-        spread = max(float((w32[n] - w16[n]).abs().max()) for n in w16
-                     if not n.endswith("attn.c_attn.bias"))
-        R.check(f"train --fp16: final fp32 master weights within {NOISE_X:g}x the "
-                "transcription's float32-vs-float64 spread", worst(w16) <= NOISE_X * spread,
-                f"max |diff| {worst(w16):.2e}, spread {spread:.2e}")
+        R.check(f"train --fp16: every step's {what} within {TOL_WHOLE:g} relative of the "
+                "transcription's", d16 <= TOL_WHOLE,
+                f"max rel {d16:.2e}; the transcription's float32-vs-float64 spread "
+                f"{spread:.2e}, fw to float64 {d64:.2e}")
 
 
 def check_generate(fw, work):
