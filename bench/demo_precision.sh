@@ -8,15 +8,17 @@
 # usage: bench/demo_precision.sh [BUILD_DIR] [OUT_PREFIX]
 #   BUILD_DIR  a Release build (default build-gcc)
 #   OUT_PREFIX runs go to OUT_PREFIX-{fp32,bf16,fp16} (default /var/tmp/mp-demo)
-# Environment: THREADS (default 1), ITERS (default 2000), PARALLEL=1 to run the
-# three trainings at once (each with THREADS threads), EVAL_ONLY=1 to score
-# the runs already there.
+# Environment: THREADS (default 1), ITERS (default 2000), SEED (default 1234:
+# the init and data order; another one measures seed noise), PARALLEL=1 to
+# run the three trainings at once (each with THREADS threads), EVAL_ONLY=1 to
+# score the runs already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-gcc}
 prefix=${2:-/var/tmp/mp-demo}
 threads=${THREADS:-1}
 iters=${ITERS:-2000}
+seed=${SEED:-1234}
 fwrun=$build/tools/fwrun
 [ -x "$fwrun" ] || { echo "demo_precision: $fwrun: not built" >&2; exit 2; }
 
@@ -35,7 +37,7 @@ train() {  # precision
 		--seq-length=128 --micro-batch-size=16 --train-iters="$iters" \
 		--lr=2e-3 --min-lr=2e-4 --lr-warmup-iters=100 --lr-decay-style=cosine \
 		--weight-decay=0.1 --eval-interval=500 --eval-iters=20 --log-interval=100 \
-		--seed=1234 --threads="$threads" --run-dir="$run" >"$run.train.log" 2>&1
+		--seed="$seed" --threads="$threads" --run-dir="$run" >"$run.train.log" 2>&1
 }
 
 evaluate() {  # precision, eval flags -> the eval_loss

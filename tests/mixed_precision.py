@@ -112,13 +112,19 @@ def torch_losses(W, tokens, autocast, rounded=False):
         torch.Tensor.__matmul__ = MATMUL
 
 
-def replay(W, tokens, autocast):
-    P = {n: t.clone().requires_grad_(True) for n, t in W.items()}
+def adamw(P):
+    """torch AdamW over the parameters P as fwrun's optim/adamw groups them:
+    weight decay on the matrices only."""
     names = [n for n, _ in gp.hf_names()]
-    opt = torch.optim.AdamW(
+    return torch.optim.AdamW(
         [{"params": [P[n] for n in names if P[n].dim() >= 2], "weight_decay": C["WD"]},
          {"params": [P[n] for n in names if P[n].dim() < 2], "weight_decay": 0.0}],
         lr=C["LR"], betas=(C["BETA1"], C["BETA2"]), eps=C["ADAM_EPS"])
+
+
+def replay(W, tokens, autocast):
+    P = {n: t.clone().requires_grad_(True) for n, t in W.items()}
+    opt = adamw(P)
     out = []
     for n in range(1, C["ITERS"] + 1):
         opt.zero_grad()
@@ -135,6 +141,13 @@ def replay(W, tokens, autocast):
 
 
 def fw_losses(fw, work, h5, data, name, *flags, attention="attention/mha"):
+    recs, _ = fw_train(fw, work, h5, data, name, *flags, attention=attention)
+    return [r["loss"] for r in recs] if recs is not None else None
+
+
+def fw_train(fw, work, h5, data, name, *flags, attention="attention/mha", results=None):
+    """fwrun train with C's settings into work/name: (its metrics.jsonl train
+    records, the run directory), or (None, None) after a failed check."""
     run = os.path.join(work, name)
     p = fw("train", f"--plugins=arch/decoder,{attention},optim/adamw", f"--load={h5}",
            f"--data={data}", "--no-shuffle", f"--micro-batch-size={C['B']}",
@@ -144,12 +157,12 @@ def fw_losses(fw, work, h5, data, name, *flags, attention="attention/mha"):
            f"--clip-grad={C['CLIP']}", f"--adam-beta1={C['BETA1']}",
            f"--adam-beta2={C['BETA2']}", f"--adam-eps={C['ADAM_EPS']}", f"--run-dir={run}",
            "--threads=2", *flags)
-    if not R.check(f"fwrun train {' '.join(flags) or '(fp32)'} exits 0", p.returncode == 0,
-                   gp.describe(p) if p.returncode else ""):
-        return None
+    if not (results or R).check(f"fwrun train {' '.join(flags) or '(fp32)'} exits 0",
+                                p.returncode == 0, gp.describe(p) if p.returncode else ""):
+        return None, None
     with open(os.path.join(run, "metrics.jsonl")) as f:
         recs = [json.loads(line) for line in f]
-    return [r["loss"] for r in recs if r.get("type") == "train"]
+    return [r for r in recs if r.get("type") == "train"], run
 
 
 def check_eval(fw, h5, W, work):
