@@ -110,7 +110,7 @@ int main(int argc, char **argv)
 {
 	int threads = 1, rounds = 7, iters = 5;
 	int64_t T = 256;
-	for (int i = 1; i < argc; i++) {
+	for (int i = 1; i < argc; i += 2) {     /* --option value pairs */
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (!strcmp(argv[i], "--threads") && v)
 			threads = atoi(v);
@@ -125,7 +125,6 @@ int main(int argc, char **argv)
 				argv[i]);
 			return 2;
 		}
-		i++;
 	}
 	if (threads < 1 || rounds < 1 || rounds > 99 || iters < 1 || T < 1) {
 		fprintf(stderr, "attn_layout: --threads, --rounds (<= 99), --iters and --T must "
