@@ -28,7 +28,7 @@
 #include "kernel.h"
 #include "vmath.h"
 
-#define CHUNK_BYTES (64u << 20)   /* logits a chunk holds when chunk_rows is 0 */
+#define CHUNK_BYTES (64u << 20)   /* f32 logits a chunk holds when chunk_rows is 0 */
 
 struct lmce {
 	const void *x, *w;       /* (N, C) and (V, C), dtype dt */
@@ -39,11 +39,16 @@ struct lmce {
 	enum fw_dtype dt;
 };
 
-static int64_t chunk_rows(int64_t N, int64_t V, int asked)
+/* Auto rows: CHUNK_BYTES of f32 logits, twice that in a half dtype. Each
+ * chunk reads and writes the f32 dw (V, C) once; with products twice as
+ * fast that pass weighs twice as much (bf16, 2 threads: 512 rows took 0.94
+ * of 256's time, bench/README.md "lmhead"). */
+static int64_t chunk_rows(int64_t N, int64_t V, enum fw_dtype dt, int asked)
 {
 	if (asked > 0)
 		return min64(asked, N);
-	int64_t most = (int64_t)(CHUNK_BYTES / ((size_t)V * sizeof(float)));
+	size_t budget = dt == FW_F32 ? CHUNK_BYTES : 2 * (size_t)CHUNK_BYTES;
+	int64_t most = (int64_t)(budget / ((size_t)V * sizeof(float)));
 	most = most < 16 ? 16 : most;
 	int64_t n_chunks = (N + most - 1) / most;
 	int64_t r = (N + n_chunks - 1) / n_chunks;     /* even chunks, multiples of 16 */
@@ -57,7 +62,7 @@ static struct lmce lmce_of(const struct fw_tensor *out)
 	return (struct lmce){
 		.x = x->data, .w = w->data, .t = fw_i32(out->src[2]),
 		.mask = out->src[3] ? fw_f32(out->src[3]) : NULL,
-		.N = N, .C = C, .V = V, .R = chunk_rows(N, V, out->params[1].i),
+		.N = N, .C = C, .V = V, .R = chunk_rows(N, V, x->dtype, out->params[1].i),
 		.ignore = out->params[0].i, .dt = x->dtype,
 	};
 }
