@@ -216,6 +216,9 @@ enum fw_status fw_rt_model_load_weights(const char *path, struct fw_tensor *cons
 					int n, const struct fw_plugin_slots *slots, bool base_only,
 					int *n_new, const struct fw_rt_log *log, struct fw_err *err)
 {
+	int not_asked;
+	if (!n_new)
+		n_new = &not_asked;
 	*n_new = 0;
 	enum fw_status st = fw_rt_check_foreign_tensors(path, params, n, slots, base_only, log, err);
 	if (st != FW_OK)

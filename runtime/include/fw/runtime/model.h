@@ -100,9 +100,9 @@ void fw_rt_mark_params_written(struct fw_ctx *ctx, uint32_t need);
 /* Loads every parameter of params[0..n) by name from path (an fw HDF5 file:
  * a checkpoint or weights). With a peft plugin in plugins, trainable
  * parameters the file lacks (a new adapter's) keep their initialisation and
- * are counted in *n_new; so do task head parameters (FW_FLAG_TASK_HEAD,
- * which the arch sets: arch/encoder's classifier and pooler) that a file
- * without that head lacks. Tensors of the file that no parameter takes, other
+ * are counted in *n_new (when n_new is not NULL); so do task head
+ * parameters (FW_FLAG_TASK_HEAD, which the arch sets: arch/encoder's
+ * classifier and pooler) that a file without that head lacks. Tensors of the file that no parameter takes, other
  * than optimizer state, are refused (fw_rt_check_foreign_tensors).
  * Errors: fw_h5_load's (a missing tensor, a shape) and FW_ERR_INVALID. */
 enum fw_status fw_rt_model_load_weights(const char *path, struct fw_tensor *const *params,
