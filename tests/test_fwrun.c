@@ -4,12 +4,13 @@
  * plugins (tests/plugins) on synthetic llm.c token shards, metrics, config
  * round trip, exact resume from a checkpoint, SIGINT, and an out-of-tree
  * plugin (examples/hello-optim) built against an installed fw. */
-#define _GNU_SOURCE            /* nftw */
+#define _GNU_SOURCE            /* nftw, sched_setaffinity */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <math.h>
+#include <sched.h>
 #include <signal.h>
 #include <spawn.h>
 #include <stdarg.h>
@@ -507,6 +508,32 @@ START_TEST(test_plan)
 	plan_counts(r.out, &total2, &trainable2);
 	ck_assert(trainable2 > 0 && trainable2 < total && total2 == total + trainable2);
 	result_free(&r);
+}
+END_TEST
+
+/* --threads wider than the CPU affinity mask (set here through the kernel,
+ * as taskset or a library's OMP_PROC_BIND would) gets one warning line and
+ * still runs; a mask wide enough gets none. */
+START_TEST(test_narrow_affinity)
+{
+	cpu_set_t all, one;
+	ck_assert_int_eq(sched_getaffinity(0, sizeof(all), &all), 0);
+	int first = 0;
+	while (!CPU_ISSET(first, &all))
+		first++;
+	CPU_ZERO(&one);
+	CPU_SET(first, &one);
+	ck_assert_int_eq(sched_setaffinity(0, sizeof(one), &one), 0);
+	struct result r;
+	run(&r, "plan", PLUGS, SMALL, NULL);                  /* SMALL: --threads=2 */
+	expect_ok(&r);
+	ck_has(r.err, "warning: --threads=2, but this process may run on 1 CPU (its affinity");
+	result_free(&r);
+	run(&r, "plan", PLUGS, "--micro-batch-size=4", "--seq-length=16", "--threads=1", NULL);
+	expect_ok(&r);
+	ck_assert_msg(!strstr(r.err, "affinity"), "warned at --threads=1:\n%s", r.err);
+	result_free(&r);
+	ck_assert_int_eq(sched_setaffinity(0, sizeof(all), &all), 0);
 }
 END_TEST
 
@@ -1162,6 +1189,7 @@ static Suite *fwrun_suite(void)
 		{ "exit_codes", test_exit_codes },
 		{ "list", test_list },
 		{ "plan", test_plan },
+		{ "narrow_affinity", test_narrow_affinity },
 		{ "bad_plugins", test_bad_plugins_cli },
 		{ "bad_data", test_bad_data },
 		{ "bad_checkpoints", test_bad_checkpoints },

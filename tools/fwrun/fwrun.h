@@ -228,6 +228,14 @@ int fail(enum fw_status st, const char *fmt, ...) __attribute__((format(printf, 
 /* Prints "fwrun: MSG" on stderr: an error the command goes on after. */
 void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* The CPUs this process may run on (its affinity mask). */
+int allowed_cpus(void);
+/* --threads: sets the OpenMP thread count (threads > 0) and warns when the
+ * affinity mask allows fewer CPUs, as OMP_PROC_BIND=close with libgomp
+ * (which Debian's libdnnl links) does to the main thread: every thread then
+ * shares one core and a step takes twice as long (bench/README.md). */
+void set_threads(int threads);
+
 /* The log of runtime calls: "fwrun: LINE" on stderr. */
 extern const struct fw_rt_log fwrun_log;
 

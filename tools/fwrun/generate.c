@@ -900,8 +900,7 @@ int cmd_generate(int argc, char **argv)
 		goto out;
 	}
 	s.n_pos = arch_positions(slots.arch->opts);
-	if (fw_opt_int(o, "threads") > 0)
-		fw_set_num_threads((int)fw_opt_int(o, "threads"));
+	set_threads((int)fw_opt_int(o, "threads"));
 	for (int k = 1; k < FW_KIND_COUNT; k++)
 		if (cfg.plugin[k] && fw_plugin_init(cfg.plugin[k], NULL, &err) != FW_OK) {
 			rc = fail(err.status, "%s", err.msg);

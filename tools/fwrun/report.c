@@ -2,9 +2,12 @@
  * log lines with ("fwrun: MSG" on stderr), and the one map from a status to
  * an exit code. Not a command: main.c dispatches, the command files call
  * these, and nothing here calls back into either. */
+#define _GNU_SOURCE
+#include <sched.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fwrun.h"
 
@@ -70,4 +73,26 @@ const char *num_text(double x, char *buf, size_t len)
 	else
 		snprintf(buf, len, "%g", x);
 	return buf;
+}
+
+int allowed_cpus(void)
+{
+	cpu_set_t set;
+	if (sched_getaffinity(0, sizeof(set), &set) == 0)
+		return CPU_COUNT(&set);
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n > 0 ? (int)n : 1;
+}
+
+void set_threads(int threads)
+{
+	if (threads <= 0)
+		return;
+	fw_set_num_threads(threads);
+	int cpus = allowed_cpus();
+	if (cpus < threads)
+		say("warning: --threads=%d, but this process may run on %d CPU%s (its affinity "
+		    "mask: taskset, or OMP_PROC_BIND/OMP_PLACES applied by a library's OpenMP "
+		    "runtime), so its threads will share %s", threads, cpus, cpus == 1 ? "" : "s",
+		    cpus == 1 ? "it" : "them");
 }

@@ -390,9 +390,7 @@ int session_open(struct session *s, const char *cmd, int argc, char **argv, bool
 		*rc = fail(s->err.status, "%s", s->err.msg);
 		return -1;
 	}
-	int threads = (int)opt_i(s, "threads");
-	if (threads > 0)
-		fw_set_num_threads(threads);
+	set_threads((int)opt_i(s, "threads"));
 	s->base_rss = rss_now();
 	s->B = opt_i(s, "micro-batch-size");
 	s->T = opt_i(s, "seq-length");

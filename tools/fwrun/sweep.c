@@ -683,15 +683,6 @@ static int run_trials(struct sweep_run *r, const int64_t *pending, int64_t n_pen
 
 /* --- launchers -------------------------------------------------------------------------------- */
 
-static int cores(void)
-{
-	cpu_set_t set;
-	if (sched_getaffinity(0, sizeof(set), &set) == 0)
-		return CPU_COUNT(&set);
-	long n = sysconf(_SC_NPROCESSORS_ONLN);
-	return n > 0 ? (int)n : 1;
-}
-
 static int env_int(const char *a, const char *b, int dflt)
 {
 	const char *v = getenv(a);
@@ -844,7 +835,7 @@ int cmd_sweep(int argc, char **argv)
 	}
 	if (mpi)
 		r.rank = rank;
-	int ncores = cores() / (local > 0 ? local : 1);
+	int ncores = allowed_cpus() / (local > 0 ? local : 1);
 	if (ncores < 1)
 		ncores = 1;
 	r.threads = threads ? (int)threads : (int)(ncores / jobs > 0 ? ncores / jobs : 1);
