@@ -230,7 +230,11 @@ def run_fw(args, shard, work, dtype="f32", flags=(), extra_env=None):
         fwrun = os.path.join(fwrun, "fwrun")
     run_dir = os.path.join(work, "fw-run")
     shutil.rmtree(run_dir, ignore_errors=True)
-    cmd = [fwrun, "train", "--plugins=arch/decoder,attention/mha,optim/adamw",
+    # a variant's own --plugins replaces the default one (not a second flag)
+    plugins = [f for f in flags if f.startswith("--plugins=")] or \
+        ["--plugins=arch/decoder,attention/mha,optim/adamw"]
+    flags = [f for f in flags if not f.startswith("--plugins=")]
+    cmd = [fwrun, "train", plugins[-1],
            f"--data={shard}", f"--micro-batch-size={M['B']}", f"--seq-length={M['T']}",
            f"--n-layer={M['n_layer']}", f"--n-head={M['n_head']}", f"--n-embd={M['n_embd']}",
            f"--vocab-size={M['vocab']}", f"--n-positions={M['n_pos']}",
