@@ -10,8 +10,9 @@
 #   OUT_PREFIX runs go to OUT_PREFIX-{fp32,bf16,fp16} (default /var/tmp/mp-demo)
 # Environment: THREADS (default 1), ITERS (default 2000), SEED (default 1234:
 # the init and data order; another one measures seed noise), PARALLEL=1 to
-# run the three trainings at once (each with THREADS threads), EVAL_ONLY=1 to
-# score the runs already there.
+# run the trainings at once (each with THREADS threads), EVAL_ONLY=1 to
+# score the runs already there, MODES (default "fp32 bf16 fp16"; fp32 must be
+# among them) to train and score fewer.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-gcc}
@@ -19,6 +20,8 @@ prefix=${2:-/var/tmp/mp-demo}
 threads=${THREADS:-1}
 iters=${ITERS:-2000}
 seed=${SEED:-1234}
+modes=${MODES:-fp32 bf16 fp16}
+[[ " $modes " == *" fp32 "* ]] || { echo "demo_precision: MODES must include fp32" >&2; exit 2; }
 fwrun=$build/tools/fwrun
 [ -x "$fwrun" ] || { echo "demo_precision: $fwrun: not built" >&2; exit 2; }
 
@@ -52,14 +55,14 @@ if [ "${EVAL_ONLY:-0}" = 1 ]; then
 	:
 elif [ "${PARALLEL:-0}" = 1 ]; then
 	pids=()
-	for p in fp32 bf16 fp16; do mkdir -p "$prefix-$p"; train "$p" & pids+=($!); done
+	for p in $modes; do mkdir -p "$prefix-$p"; train "$p" & pids+=($!); done
 	for pid in "${pids[@]}"; do wait "$pid"; done
 else
-	for p in fp32 bf16 fp16; do mkdir -p "$prefix-$p"; train "$p"; done
+	for p in $modes; do mkdir -p "$prefix-$p"; train "$p"; done
 fi
 
 declare -A f32 own
-for p in fp32 bf16 fp16; do
+for p in $modes; do
 	f32[$p]=$(evaluate "$p" "")
 	own[$p]=$(evaluate "$p" "$(flags_of "$p")")
 	last=$(grep '"type": "train"' "$prefix-$p/metrics.jsonl" | tail -1)
@@ -68,11 +71,13 @@ for p in fp32 bf16 fp16; do
 	printf '%s: held-out loss %s (fp32 eval) %s (own-precision eval); skipped %s; final loss scale %s\n' \
 		"$p" "${f32[$p]}" "${own[$p]}" "$skipped" "$scale"
 done
-for p in bf16 fp16; do
+for p in $modes; do
+	[ "$p" = fp32 ] && continue
 	awk -v p="$p" -v a="${f32[$p]}" -v b="${own[$p]}" -v r="${f32[fp32]}" 'BEGIN {
 		printf "%s/fp32 - 1: %+.3f%% (fp32 eval), %+.3f%% (own-precision eval)\n",
 			p, 100 * (a / r - 1), 100 * (b / r - 1) }'
 done
 # The fp16 run's first steps: where the scale fell from 2^32 through skips.
+[[ " $modes " == *" fp16 "* ]] || exit 0
 grep -m 40 '"skipped": true' "$prefix-fp16/metrics.jsonl" |
 	sed -n 's/.*"step": \([0-9]*\).*"loss_scale": \([0-9.e+-]*\).*/fp16 skipped step \1 (scale after: \2)/p' | head -40
