@@ -60,17 +60,29 @@ static double half_spacing(enum fw_dtype dt)
 	return dt == FW_BF16 ? 0x1p-134 : dt == FW_F16 ? 0x1p-25 : 0;
 }
 
+/* How GELU's input gets its gradient: from a cast (f32), or, under
+ * autocast, as a half node's (a scale by 1 between: GELU's backward then
+ * writes the half gradient, or adds to what sum(x r2) wrote there first). */
+enum grad_mode { GRAD_F32, GRAD_HALF, GRAD_HALF_ADDED };
+
+static const char *const mode_names[] = { "", " (half dx)", " (half dx, added)" };
+
 /* One form and dtype on the current ISA copy; returns the elements out of bounds. */
-static int64_t run(int form, enum fw_dtype dt, const char *isa)
+static int64_t run(int form, enum fw_dtype dt, enum grad_mode mode, const char *isa)
 {
 	struct fw_ctx *ctx = fw_ctx_new();
 	if (dt != FW_F32)
 		ck_assert_int_eq(fw_ctx_set_autocast(ctx, dt), FW_OK);
 	struct fw_tensor *x = fw_param(ctx, "x", FW_F32, 2, (int64_t[]){ ROWS, COLS }, true);
 	struct fw_tensor *r = fw_input(ctx, "r", FW_F32, 2, (int64_t[]){ ROWS, COLS });
+	struct fw_tensor *r2 = fw_input(ctx, "r2", FW_F32, 2, (int64_t[]){ ROWS, COLS });
 	struct fw_tensor *xin = dt == FW_F32 ? x : fw_cast(ctx, x, dt);
+	if (mode != GRAD_F32)
+		xin = fw_scale(ctx, xin, 1.0f);
 	struct fw_tensor *y = fw_gelu(ctx, xin, form);
 	struct fw_tensor *loss = fw_sum(ctx, fw_mul(ctx, y, r), FW_AXIS_ALL, false);
+	if (mode == GRAD_HALF_ADDED)      /* created last: its backward runs first */
+		loss = fw_add(ctx, loss, fw_sum(ctx, fw_mul(ctx, xin, r2), FW_AXIS_ALL, false));
 	ck_assert_msg(loss != NULL, "%s", fw_ctx_err(ctx)->msg);
 	ck_assert_int_eq(y->dtype, dt);
 	struct fw_tensor *outs[2] = { loss, y };
@@ -80,14 +92,19 @@ static int64_t run(int form, enum fw_dtype dt, const char *isa)
 
 	float *xv = malloc(sizeof(float) * N), *rv = malloc(sizeof(float) * N);
 	float *yv = malloc(sizeof(float) * N), *dx = malloc(sizeof(float) * N);
-	ck_assert(xv && rv && yv && dx);
+	float *r2v = malloc(sizeof(float) * N);
+	ck_assert(xv && rv && yv && dx && r2v);
 	struct fwt_rng rng = fwt_rng_new(31 + (uint64_t)form);
 	fwt_fill_uniform(xv, N, &rng, -9, 9);
 	fwt_fill_uniform(rv, N, &rng, -2, 2);
+	fwt_fill_uniform(r2v, N, &rng, -2, 2);
+	for (int64_t i = 0; i < N; i++)       /* what the half gradient holds exactly */
+		r2v[i] = (float)as_dtype(dt, r2v[i]);
 	xv[0] = 0.0f; xv[1] = -0.0f; xv[2] = 1e-30f; xv[3] = -1e-30f; xv[4] = 30.0f; xv[5] = -30.0f;
 	xv[6] = 1e-39f; xv[7] = -3e-39f;
 	fwt_write(x, xv);
 	fwt_write(r, rv);
+	fwt_write(r2, r2v);
 	fw_graph_zero_grad(g);
 	ck_assert_int_eq(fw_graph_forward(g), FW_OK);
 	ck_assert_int_eq(fw_graph_backward(g), FW_OK);
@@ -101,21 +118,27 @@ static int64_t run(int form, enum fw_dtype dt, const char *isa)
 		double want = gelu_ref(form, xi);
 		double tol_y = 8 * EPS32 * (fabs(xi) + fabs(want)) +
 			       (dt == FW_F32 ? 0 : EPS16 * fabs(want) + half_spacing(dt));
-		double want_dx = ri * gelu_grad_ref(form, xi);
-		double tol_dx = 16 * EPS32 * fabs(ri) * (1 + fabs(xi));
+		double want_dx = ri * gelu_grad_ref(form, xi) +
+				 (mode == GRAD_HALF_ADDED ? r2v[i] : 0.0);
+		double tol_dx = 16 * EPS32 * fabs(ri) * (1 + fabs(xi)) +
+				(mode == GRAD_F32 ? 0 : EPS16 * fabs(want_dx) + half_spacing(dt));
 		double ey = fabs(yv[i] - want), ed = fabs(dx[i] - want_dx);
 		worst_y = fmax(worst_y, tol_y > 0 ? ey / tol_y : ey);
 		worst_dx = fmax(worst_dx, tol_dx > 0 ? ed / tol_dx : ed);
 		if (!(ey <= tol_y) || !(ed <= tol_dx)) {
 			if (bad++ < 5)
-				fprintf(stderr, "%s %s %s: x %.9g r %.9g: y %.9g want %.9g, dx %.9g want %.9g\n",
-					isa, form == FW_GELU_TANH ? "tanh" : "erf", fw_dtype_name(dt),
-					xi, ri, (double)yv[i], want, (double)dx[i], want_dx);
+				fprintf(stderr, "%s %s %s%s: x %.9g r %.9g: y %.9g want %.9g, "
+					"dx %.9g want %.9g\n", isa,
+					form == FW_GELU_TANH ? "tanh" : "erf", fw_dtype_name(dt),
+					mode_names[mode], xi, ri, (double)yv[i], want, (double)dx[i],
+					want_dx);
 		}
 	}
-	printf("gelu %s %-4s %-4s: worst error / bound: y %.3f, dx %.3f\n", isa,
-	       form == FW_GELU_TANH ? "tanh" : "erf", fw_dtype_name(dt), worst_y, worst_dx);
+	printf("gelu %s %-4s %-4s: worst error / bound: y %.3f, dx %.3f%s\n", isa,
+	       form == FW_GELU_TANH ? "tanh" : "erf", fw_dtype_name(dt), worst_y, worst_dx,
+	       mode_names[mode]);
 	free(xv);
+	free(r2v);
 	free(rv);
 	free(yv);
 	free(dx);
@@ -129,7 +152,8 @@ static void run_all(const char *isa)
 	static const enum fw_dtype dts[] = { FW_F32, FW_BF16, FW_F16 };
 	for (int form = FW_GELU_ERF; form <= FW_GELU_TANH; form++)
 		for (int d = 0; d < 3; d++)
-			ck_assert_int_eq(run(form, dts[d], isa), 0);
+			for (int m = GRAD_F32; m <= (d ? GRAD_HALF_ADDED : GRAD_F32); m++)
+				ck_assert_int_eq(run(form, dts[d], (enum grad_mode)m, isa), 0);
 }
 
 static const char *const levels[] = { "scalar", "avx2", "avx512", "avx512bf16" };
