@@ -125,6 +125,10 @@ static void walk_bytes(const struct walk *w, char *dst, const char *src, size_t 
 		walk_row(w, o, &od, &os);
 		char *d = dst + od * es;
 		const char *s = src + os * es;
+		if (w->da[3] == 1 && w->sa[3] == 1) {     /* contiguous rows */
+			memcpy(d, s, (size_t)w->ne[3] * es);
+			continue;
+		}
 		if (es == 2) {          /* bf16/f16 activations under autocast */
 			uint16_t *d2 = (uint16_t *)(void *)d;
 			const uint16_t *s2 = (const uint16_t *)(const void *)s;
