@@ -461,17 +461,20 @@ static void bwd_visit(void *arg, int64_t a, int64_t b)
 {
 	struct row *r = arg;
 	int64_t D = r->D;
+	bool kh = r->kdt == FW_BF16, vh = r->vdt == FW_BF16;   /* read in place */
 	for (int64_t j = a + r->shift; j < b + r->shift; j++) {
-		const float *kj = key_row(r, j);
+		const float *kj = kh ? NULL : key_row(r, j);
 		float sc = score(r, kj, j);
 		if (!(sc > -INFINITY))
 			continue;
 		float p = expf(sc - r->lse);
-		const float *vj = value_row(r, j);
-		float dsu = p * (dot(r->dout, vj, D) - r->dsum), ds = dsu * r->scale;
+		const void *kp = kh ? (const uint16_t *)r->kd + r->k0 + j * r->rs : (const void *)kj;
+		const void *vp = vh ? (const uint16_t *)r->vd + r->v0 + j * r->rs :
+				      (const void *)value_row(r, j);
+		float dsu = p * (dot_as(r->dout, vp, vh, D) - r->dsum), ds = dsu * r->scale;
 		if (r->dpb)
 			r->dpb[j] += dsu;         /* the bias enters unscaled */
-		axpy(r->dq, ds, kj, D);
+		axpy_as(r->dq, ds, kp, kh, D);
 		if (r->dk)
 			axpy(r->dk + j * r->rs, ds, r->q, D);
 		if (r->dv)
