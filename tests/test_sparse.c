@@ -326,10 +326,23 @@ END_TEST
 
 /* --- half precision in ------------------------------------------------------------- */
 
+/* Casts to f32 among ctx's nodes, and concats of dtype dt. */
+static void count_copies(struct fw_ctx *ctx, enum fw_dtype dt, int *casts_f32, int *cats_dt)
+{
+	*casts_f32 = *cats_dt = 0;
+	for (int i = 0; i < fw_ctx_n_tensors(ctx); i++) {
+		const struct fw_tensor *t = fw_ctx_tensor(ctx, i);
+		*casts_f32 += t->op == FW_OP_CAST && t->dtype == FW_F32;
+		*cats_dt += t->op == FW_OP_CONCAT && t->dtype == dt;
+	}
+}
+
 /* Training under --bf16/--fp16 (autocast): q, k, v arrive in half and the
- * kernel reads q as it is (k and v go through their concat, which widens
- * them): the same output and gradients, bit for bit, as f32 inputs
- * holding the same (rounded) values. */
+ * kernel reads them as they are (k and v through their concat, which keeps
+ * them half: no f32 copy, no cast in the graph): the same output and dq,
+ * bit for bit, as f32 inputs holding the same (rounded) values; dk and dv
+ * are the f32 run's rounded once to the half dtype (the concat's gradient
+ * is half, as torch's autograd keeps k's and v's under autocast). */
 static void run_half(enum fw_dtype dt, const struct ccase *c)
 {
 	const struct acfg *a = &c->a;
@@ -360,6 +373,12 @@ static void run_half(enum fw_dtype dt, const struct ccase *c)
 		loss = loss ? fw_add(ctx, loss, l) : l;
 	}
 	ck_assert_int_eq(y[0]->src[0]->dtype, dt);   /* q read in half */
+	ck_assert_int_eq(y[0]->src[1]->op, FW_OP_CONCAT);
+	ck_assert_int_eq(y[0]->src[1]->dtype, dt);   /* k and v too */
+	int casts_f32, cats_dt;
+	count_copies(ctx, dt, &casts_f32, &cats_dt);
+	ck_assert_msg(casts_f32 == 0 && cats_dt == 1, "%s: %d casts to f32, %d %s concats",
+		      c->name, casts_f32, cats_dt, fw_dtype_name(dt));
 	struct fw_graph *g = fw_graph_new(ctx, (struct fw_tensor *[]){ loss, y[0], y[1] }, 3,
 					  &(struct fw_graph_opts){ .backward = true,
 								   .training = true });
@@ -382,11 +401,17 @@ static void run_half(enum fw_dtype dt, const struct ccase *c)
 	ck_assert_int_eq(fw_graph_backward(g), FW_OK);
 	ck_assert_msg(!memcmp(fw_f32(y[0]), fw_f32(y[1]), sizeof(float) * (size_t)nq),
 		      "%s: %s q, k, v: another output than f32", c->name, fw_dtype_name(dt));
-	for (int i = 0; i < 3; i++)
-		ck_assert_msg(!memcmp(fw_f32(x[0][i]->grad), fw_f32(x[1][i]->grad),
-				      sizeof(float) * (size_t)fw_nelem(x[0][i])),
-			      "%s: %s q, k, v: d%c differs from f32's", c->name,
-			      fw_dtype_name(dt), "qkv"[i]);
+	ck_assert_msg(!memcmp(fw_f32(x[0][0]->grad), fw_f32(x[1][0]->grad),
+			      sizeof(float) * (size_t)nq),
+		      "%s: %s q, k, v: dq differs from f32's", c->name, fw_dtype_name(dt));
+	for (int i = 1; i < 3; i++) {
+		const float *gh = fw_f32(x[0][i]->grad), *gf = fw_f32(x[1][i]->grad);
+		for (int64_t e = 0; e < fw_nelem(x[0][i]); e++)
+			ck_assert_msg(gh[e] == (float)fwt_round_to(dt, gf[e]),
+				      "%s: %s d%c[%lld] %.9g, want %.9g (f32's rounded once)",
+				      c->name, fw_dtype_name(dt), "qkv"[i], (long long)e,
+				      (double)gh[e], fwt_round_to(dt, gf[e]));
+	}
 	fw_graph_free(g);
 	fw_ctx_free(ctx);
 }

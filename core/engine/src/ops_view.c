@@ -1,4 +1,5 @@
-/* ops_view.c - reshape, permute and slice views, and the contiguous copy.
+/* ops_view.c - reshape, permute and slice views, the contiguous copy and
+ * concat.
  *
  * A view shares its source's memory: forward only sets its data pointer.
  * Gradients are always contiguous in the view's own shape; reshape's gradient
@@ -52,7 +53,13 @@ static void walk_f32(const struct walk *w, float *dst, const float *src, bool ad
 		float *d = dst + od;
 		const float *s = src + os;
 		int64_t dd = w->da[3], ss = w->sa[3];
-		if (add) {
+		if (dd == 1 && ss == 1 && !add) {       /* contiguous rows */
+			memcpy(d, s, sizeof(float) * (size_t)w->ne[3]);
+		} else if (dd == 1 && ss == 1) {
+			#pragma omp simd
+			for (int64_t i = 0; i < w->ne[3]; i++)
+				d[i] += s[i];
+		} else if (add) {
 			for (int64_t i = 0; i < w->ne[3]; i++)
 				d[i * dd] += s[i * ss];
 		} else {
@@ -76,21 +83,23 @@ static void walk_add_half(const struct walk *w, void *dst, enum fw_dtype dd, con
 			for (int64_t j0 = 0; j0 < w->ne[3]; j0 += BLK) {
 				float db[BLK], sb[BLK];
 				int64_t m = min64(BLK, w->ne[3] - j0);
-				if (add)
+				if (add) {
 					half_load(db, elem_ptr(dst, dd, d + j0), dd, m);
-				else
-					memset(db, 0, (size_t)m * sizeof(float));
-				half_load(sb, elem_ptr(src, sd, s + j0), sd, m);
-				#pragma omp simd
-				for (int64_t j = 0; j < m; j++)
-					db[j] += sb[j];
+					half_load(sb, elem_ptr(src, sd, s + j0), sd, m);
+					#pragma omp simd
+					for (int64_t j = 0; j < m; j++)
+						db[j] += sb[j];
+				} else {        /* a copy (-0 stays -0) */
+					half_load(db, elem_ptr(src, sd, s + j0), sd, m);
+				}
 				half_store(elem_ptr(dst, dd, d + j0), dd, db, m);
 			}
 			continue;
 		}
 		for (int64_t i = 0; i < w->ne[3]; i++) {
-			float v = (add ? half_get(dst, dd, d + i * w->da[3]) : 0.0f) +
-				  half_get(src, sd, s + i * w->sa[3]);
+			float v = half_get(src, sd, s + i * w->sa[3]);
+			if (add)
+				v += half_get(dst, dd, d + i * w->da[3]);
 			half_store(elem_ptr(dst, dd, d + i * w->da[3]), dd, &v, 1);
 		}
 	}
@@ -116,6 +125,10 @@ static void walk_bytes(const struct walk *w, char *dst, const char *src, size_t 
 		walk_row(w, o, &od, &os);
 		char *d = dst + od * es;
 		const char *s = src + os * es;
+		if (w->da[3] == 1 && w->sa[3] == 1) {     /* contiguous rows */
+			memcpy(d, s, (size_t)w->ne[3] * es);
+			continue;
+		}
 		if (es == 2) {          /* bf16/f16 activations under autocast */
 			uint16_t *d2 = (uint16_t *)(void *)d;
 			const uint16_t *s2 = (const uint16_t *)(const void *)s;
@@ -395,5 +408,94 @@ const struct fw_op_i fw_op_cont_i = {
 	.infer = cont_infer,
 	.forward = cont_forward,
 	.backward = cont_backward,
+	.saved = no_saved,
+};
+
+/* --- concat ------------------------------------------------------------------------ */
+
+/* Matches torch.cat((a, b), axis), with torch's type promotion: a and b of
+ * one float dtype give that dtype (bf16/f16 under autocast stay half: no
+ * f32 copy), two dtypes give f32. The sources may be strided views (read in
+ * place); out is contiguous. */
+static enum fw_status concat_infer(struct fw_tensor *out, struct fw_err *err)
+{
+	const struct fw_tensor *a = out->src[0], *b = out->src[1];
+	int axis = out->params[0].i, ax;
+	char sa[64], sb[64];
+
+	if (!a || !b)
+		return fw_errorf(err, FW_ERR_INVALID, "concat: %s is missing", a ? "b" : "a");
+	if (!is_half(a->dtype) && a->dtype != FW_F32)
+		return fw_errorf(err, FW_ERR_SHAPE, "concat: a is %s, expected f32, bf16 or f16",
+				 fw_dtype_name(a->dtype));
+	if (!is_half(b->dtype) && b->dtype != FW_F32)
+		return fw_errorf(err, FW_ERR_SHAPE, "concat: b is %s, expected f32, bf16 or f16",
+				 fw_dtype_name(b->dtype));
+	if (a->ndim != b->ndim)
+		return fw_errorf(err, FW_ERR_SHAPE, "concat: shapes %s and %s differ in rank",
+				 fw_shape_str(a, sa, sizeof(sa)), fw_shape_str(b, sb, sizeof(sb)));
+	if ((ax = axis_of(axis, a->ndim)) < 0)
+		return fw_errorf(err, FW_ERR_SHAPE, "concat: axis %d is out of range for shape %s",
+				 axis, fw_shape_str(a, sa, sizeof(sa)));
+	for (int i = 0; i < a->ndim; i++)
+		if (i != ax && a->ne[i] != b->ne[i])
+			return fw_errorf(err, FW_ERR_SHAPE,
+					 "concat: shapes %s and %s differ outside axis %d",
+					 fw_shape_str(a, sa, sizeof(sa)),
+					 fw_shape_str(b, sb, sizeof(sb)), axis);
+	out->dtype = a->dtype == b->dtype ? a->dtype : FW_F32;
+	out->ndim = a->ndim;
+	for (int i = 0; i < a->ndim; i++)
+		out->ne[i] = i == ax ? a->ne[i] + b->ne[i] : a->ne[i];
+	return FW_OK;
+}
+
+/* Element offset in out (contiguous) where source k's block starts. */
+static int64_t concat_at(const struct fw_tensor *out, const int64_t *os, int k)
+{
+	return k ? out->src[0]->ne[axis_of(out->params[0].i, out->ndim)] *
+		   os[axis_of(out->params[0].i, out->ndim)] : 0;
+}
+
+static void concat_forward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	int64_t os[FW_MAX_DIMS];
+	contiguous_strides(out, os);
+	for (int k = 0; k < 2; k++) {
+		const struct fw_tensor *x = out->src[k];
+		struct walk w = walk_of(x, os, x->nb);
+		void *y = elem_ptr(out->data, out->dtype, concat_at(out, os, k));
+		if (x->dtype == out->dtype && x->dtype == FW_F32)
+			walk_f32(&w, y, x->data, false);
+		else if (x->dtype == out->dtype)
+			walk_bytes(&w, y, x->data, fw_dtype_size(x->dtype));
+		else
+			walk_add(&w, y, out->dtype, x->data, x->dtype, false);   /* widened */
+	}
+}
+
+/* da += dy's a block, db += its b block, in each gradient's dtype. */
+static void concat_backward(struct fw_tensor *out, const struct fw_exec *ex)
+{
+	int64_t os[FW_MAX_DIMS], xs[FW_MAX_DIMS];
+	contiguous_strides(out, os);
+	for (int k = 0; k < 2; k++) {
+		const struct fw_tensor *x = out->src[k], *gx = x->grad, *gy = out->grad;
+		if (!gx)
+			continue;
+		contiguous_strides(x, xs);
+		struct walk w = walk_of(x, xs, os);
+		walk_add(&w, gx->data, gx->dtype, elem_ptr(gy->data, gy->dtype, concat_at(out, os, k)),
+			 gy->dtype, true);
+	}
+}
+
+const struct fw_op_i fw_op_concat_i = {
+	.size = sizeof(struct fw_op_i),
+	.name = "concat",
+	.flags = FW_OPF_STRIDED | FW_OPF_HALF | FW_OPF_HALF_GRAD,
+	.infer = concat_infer,
+	.forward = concat_forward,
+	.backward = concat_backward,
 	.saved = no_saved,
 };

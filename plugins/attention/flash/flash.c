@@ -1281,12 +1281,11 @@ static struct fw_tensor *flash_attend(void *state, struct fw_model *m,
 	 * accumulation). Generating, the cache write stores half k and v as
 	 * they are (f32 ones, e.g. after RoPE, rounded once into the cache's
 	 * dtype) and the kernel reads the cache in place. Otherwise k and v of
-	 * two dtypes are cast to f32 first, and so are they with a relative bias
-	 * (their concat is f32). */
+	 * two dtypes are cast to f32 first. With a relative bias their concat
+	 * keeps the half dtype. */
 	bool cast = !spec->cache && k && v && k->dtype != v->dtype;
-	bool cast_kv = cast || (!spec->cache && spec->pos == FW_POS_RELATIVE);
 	for (int i = 0; i < 3; i++)
-		if ((i ? cast_kv : cast) && *qkv[i] &&
+		if (cast && *qkv[i] &&
 		    ((*qkv[i])->dtype == FW_BF16 || (*qkv[i])->dtype == FW_F16))
 			*qkv[i] = h->op(ctx, FW_OP_CAST, qkv[i], 1, &(union fw_param){ .i = FW_F32 }, 1);
 	if (check_spec(h, m, spec, q, k, v, err) != FW_OK)

@@ -325,27 +325,71 @@ static inline v8f ld8(const float *p)
 	return v;
 }
 
-static inline float dot(const float *a, const float *b, int64_t n)
+/* 8 bf16 widened in registers (a shift), so that a bf16 key or value row
+ * is read in place, without a widened copy per query. */
+typedef uint16_t v8h __attribute__((vector_size(16)));
+typedef uint32_t v8u __attribute__((vector_size(32)));
+
+static inline v8f ld8_bf16(const uint16_t *p)
+{
+	v8h h;
+	memcpy(&h, p, sizeof(h));
+	v8u u = __builtin_convertvector(h, v8u) << 16;
+	v8f f;
+	memcpy(&f, &u, sizeof(f));
+	return f;
+}
+
+/* 8 elements of b (f32, or bf16 when bf) from element d as f32, and one. */
+static inline v8f ld8_as(const void *b, bool bf, int64_t d)
+{
+	return bf ? ld8_bf16((const uint16_t *)b + d) : ld8((const float *)b + d);
+}
+
+static inline float at_as(const void *b, bool bf, int64_t d)
+{
+	if (!bf)
+		return ((const float *)b)[d];
+	uint32_t u = (uint32_t)((const uint16_t *)b)[d] << 16;
+	float f;
+	memcpy(&f, &u, sizeof(f));
+	return f;
+}
+
+/* a . b with b f32 or bf16 (a constant at each call: two copies, the
+ * same operations in the same order, so the same bits for the same
+ * values). */
+static inline float dot_as(const float *a, const void *b, bool bf, int64_t n)
 {
 	v8f s0 = { 0 }, s1 = { 0 };
 	int64_t d = 0;
 	for (; d + 16 <= n; d += 16) {
-		s0 += ld8(a + d) * ld8(b + d);
-		s1 += ld8(a + d + 8) * ld8(b + d + 8);
+		s0 += ld8(a + d) * ld8_as(b, bf, d);
+		s1 += ld8(a + d + 8) * ld8_as(b, bf, d + 8);
 	}
 	for (; d + 8 <= n; d += 8)
-		s0 += ld8(a + d) * ld8(b + d);
+		s0 += ld8(a + d) * ld8_as(b, bf, d);
 	s0 += s1;
 	float r = ((s0[0] + s0[1]) + (s0[2] + s0[3])) + ((s0[4] + s0[5]) + (s0[6] + s0[7]));
 	for (; d < n; d++)
-		r += a[d] * b[d];
+		r += a[d] * at_as(b, bf, d);
 	return r;
+}
+
+static inline void axpy_as(float *y, float a, const void *x, bool bf, int64_t n)
+{
+	for (int64_t d = 0; d < n; d++)
+		y[d] += a * at_as(x, bf, d);
+}
+
+static inline float dot(const float *a, const float *b, int64_t n)
+{
+	return dot_as(a, b, false, n);
 }
 
 static inline void axpy(float *y, float a, const float *x, int64_t n)
 {
-	for (int64_t d = 0; d < n; d++)
-		y[d] += a * x[d];
+	axpy_as(y, a, x, false, n);
 }
 
 /* Key and value row j as f32. */
@@ -359,10 +403,11 @@ static inline const float *value_row(const struct row *r, int64_t j)
 	return fw_row_as_f32(r->vd, r->vdt, r->v0 + j * r->rs, 1, r->D, r->vt);
 }
 
-/* The score of key j, whose row is kj. */
+/* The score of key j, whose row is kj (NULL: read it in place, bf16). */
 static inline float score(const struct row *r, const float *kj, int64_t j)
 {
-	float sc = r->scale * dot(r->q, kj, r->D);
+	float sc = r->scale * (kj ? dot(r->q, kj, r->D) :
+			       dot_as(r->q, (const uint16_t *)r->kd + r->k0 + j * r->rs, true, r->D));
 	if (r->slope != 0.0f)
 		sc -= r->slope * (float)(r->ipos - j);
 	if (r->bias)
@@ -383,8 +428,9 @@ static void fwd_visit(void *arg, int64_t a, int64_t b)
 	for (int64_t j0 = a + r->shift, end = b + r->shift; j0 < end; j0 += CHUNK) {
 		int n = end - j0 < CHUNK ? (int)(end - j0) : CHUNK;
 		float mx = -INFINITY;
+		bool kh = r->kdt == FW_BF16;
 		for (int t = 0; t < n; t++) {
-			sc[t] = score(r, key_row(r, j0 + t), j0 + t);
+			sc[t] = score(r, kh ? NULL : key_row(r, j0 + t), j0 + t);
 			mx = sc[t] > mx ? sc[t] : mx;
 		}
 		if (!(mx > -INFINITY))
@@ -402,7 +448,10 @@ static void fwd_visit(void *arg, int64_t a, int64_t b)
 				continue;
 			float p = expf(sc[t] - r->m);
 			r->l += p;
-			if (r->acc)
+			if (r->acc && r->vdt == FW_BF16)
+				axpy_as(r->acc, p, (const uint16_t *)r->vd + r->v0 + (j0 + t) * r->rs,
+					true, D);
+			else if (r->acc)
 				axpy(r->acc, p, value_row(r, j0 + t), D);
 		}
 	}
@@ -412,17 +461,20 @@ static void bwd_visit(void *arg, int64_t a, int64_t b)
 {
 	struct row *r = arg;
 	int64_t D = r->D;
+	bool kh = r->kdt == FW_BF16, vh = r->vdt == FW_BF16;   /* read in place */
 	for (int64_t j = a + r->shift; j < b + r->shift; j++) {
-		const float *kj = key_row(r, j);
+		const float *kj = kh ? NULL : key_row(r, j);
 		float sc = score(r, kj, j);
 		if (!(sc > -INFINITY))
 			continue;
 		float p = expf(sc - r->lse);
-		const float *vj = value_row(r, j);
-		float dsu = p * (dot(r->dout, vj, D) - r->dsum), ds = dsu * r->scale;
+		const void *kp = kh ? (const uint16_t *)r->kd + r->k0 + j * r->rs : (const void *)kj;
+		const void *vp = vh ? (const uint16_t *)r->vd + r->v0 + j * r->rs :
+				      (const void *)value_row(r, j);
+		float dsu = p * (dot_as(r->dout, vp, vh, D) - r->dsum), ds = dsu * r->scale;
 		if (r->dpb)
 			r->dpb[j] += dsu;         /* the bias enters unscaled */
-		axpy(r->dq, ds, kj, D);
+		axpy_as(r->dq, ds, kp, kh, D);
 		if (r->dk)
 			axpy(r->dk + j * r->rs, ds, r->q, D);
 		if (r->dv)
