@@ -7,12 +7,17 @@
  *   copies:  q, k, v sliced, copied (cont) and reshaped, P v permuted back
  *            and copied (what fw did before strided reshape views);
  *   strided: q, k, v as strided views of qkv, P v written heads-major
- *            (matmul p3), as attention/mha now builds it.
+ *            (matmul p3), as attention/mha built it before causal blocks;
+ *   causal:  strided, with q k^T, P v and their backward over the lower
+ *            triangle's blocks only (matmul p4), as attention/mha builds it.
+ * As in attention/mha, backward recomputes q k^T and the softmax
+ * (FW_FLAG_REMAT). --dtype bf16 casts qkv to bf16 first, as autocast does.
  * Printed: per way the median over interleaved rounds of CPU time (user +
  * system, all threads) per forward+backward, steadier than wall time on a
  * shared machine; with --threads 1 no thread spins.
  *
  *   attn_layout [--threads N (1)] [--rounds R (7)] [--iters I (5)] [--T 256]
+ *               [--dtype f32|bf16]
  */
 #include <math.h>
 #include <stdio.h>
@@ -48,26 +53,42 @@ static struct fw_tensor *heads(struct fw_ctx *c, struct fw_tensor *qkv, int64_t 
 	return fw_permute(c, fw_reshape(c, x, 4, (int64_t[]){ B, T, H, D }), to_heads);
 }
 
-static struct way build(int64_t T, bool copy)
+enum { COPIES, STRIDED, CAUSAL };
+
+static struct way build(int64_t T, int how, enum fw_dtype dt)
 {
 	struct way w = { .ctx = fw_ctx_new() };
 	struct fw_ctx *c = w.ctx;
+	bool copy = how == COPIES, tri = how == CAUSAL;
 	w.qkv = fw_param(c, "qkv", FW_F32, 3, (int64_t[]){ B, T, 3 * C }, true);
 	w.r = fw_input(c, "r", FW_F32, 3, (int64_t[]){ B, T, C });
-	struct fw_tensor *q = heads(c, w.qkv, T, 0, copy), *k = heads(c, w.qkv, T, 1, copy);
-	struct fw_tensor *v = heads(c, w.qkv, T, 2, copy);
-	struct fw_tensor *p = fw_softmax(c, fw_matmul(c, q, k, false, true), NULL, true,
-					 1.0f / sqrtf((float)D));
+	struct fw_tensor *xh = dt == FW_F32 ? w.qkv : fw_cast(c, w.qkv, dt);
+	struct fw_tensor *q = heads(c, xh, T, 0, copy), *k = heads(c, xh, T, 1, copy);
+	struct fw_tensor *v = heads(c, xh, T, 2, copy);
+	struct fw_tensor *src[2] = { q, k };
+	union fw_param pm[5] = { { .i = 0 }, { .i = 1 }, { .i = (int32_t)dt }, { .i = 0 },
+				 { .i = tri ? FW_MM_CAUSAL_OUT : FW_MM_CAUSAL_NONE } };
+	struct fw_tensor *s = fw_op_custom(c, FW_OP_MATMUL, src, 2, pm, 5);
+	struct fw_tensor *p = fw_softmax(c, s, NULL, true, 1.0f / sqrtf((float)D));
+	if (p) {
+		s->flags |= FW_FLAG_REMAT;
+		p->flags |= FW_FLAG_REMAT;
+	}
 	struct fw_tensor *y;
 	if (copy) {
 		y = fw_cont(c, fw_permute(c, fw_matmul(c, p, v, false, false),
 					  (const int[]){ 0, 2, 1, 3 }));
 	} else {
-		struct fw_tensor *src[2] = { p, v };
-		union fw_param pm[4] = { { .i = 0 }, { .i = 0 }, { .i = FW_F32 }, { .i = 1 } };
-		y = fw_op_custom(c, FW_OP_MATMUL, src, 2, pm, 4);
+		src[0] = p;
+		src[1] = v;
+		pm[1].i = 0;
+		pm[3].i = 1;
+		pm[4].i = tri ? FW_MM_CAUSAL_A : FW_MM_CAUSAL_NONE;
+		y = fw_op_custom(c, FW_OP_MATMUL, src, 2, pm, 5);
 	}
 	y = fw_reshape(c, y, 3, (int64_t[]){ B, T, C });
+	if (dt != FW_F32)
+		y = fw_cast(c, y, FW_F32);
 	struct fw_tensor *loss = fw_sum(c, fw_mul(c, y, w.r), FW_AXIS_ALL, false);
 	if (!loss) {
 		fprintf(stderr, "attn_layout: %s\n", fw_ctx_err(c)->msg);
@@ -110,6 +131,7 @@ int main(int argc, char **argv)
 {
 	int threads = 1, rounds = 7, iters = 5;
 	int64_t T = 256;
+	enum fw_dtype dt = FW_F32;
 	for (int i = 1; i < argc; i += 2) {     /* --option value pairs */
 		const char *v = i + 1 < argc ? argv[i + 1] : NULL;
 		if (!strcmp(argv[i], "--threads") && v)
@@ -120,6 +142,8 @@ int main(int argc, char **argv)
 			iters = atoi(v);
 		else if (!strcmp(argv[i], "--T") && v)
 			T = atoll(v);
+		else if (!strcmp(argv[i], "--dtype") && v && (!strcmp(v, "f32") || !strcmp(v, "bf16")))
+			dt = strcmp(v, "f32") ? FW_BF16 : FW_F32;
 		else {
 			fprintf(stderr, "attn_layout: unknown option %s (see the file's header)\n",
 				argv[i]);
@@ -132,26 +156,27 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	fw_set_num_threads(threads);
-	struct way w[2] = { build(T, true), build(T, false) };
-	double t[2][99];
-	for (int k = 0; k < 2; k++)
+	struct way w[3] = { build(T, COPIES, dt), build(T, STRIDED, dt), build(T, CAUSAL, dt) };
+	double t[3][99];
+	for (int k = 0; k < 3; k++)
 		step_cpu(&w[k], 1);                                   /* warm-up */
 	for (int r = 0; r < rounds; r++)
-		for (int j = 0; j < 2; j++) {
-			int k = (r + j) % 2;                          /* alternate the order */
+		for (int j = 0; j < 3; j++) {
+			int k = (r + j) % 3;                          /* rotate the order */
 			t[k][r] = step_cpu(&w[k], iters);
 		}
-	static const char *name[2] = { "copies", "strided" };
-	double med[2];
-	for (int k = 0; k < 2; k++) {
+	static const char *name[3] = { "copies", "strided", "causal" };
+	double med[3];
+	for (int k = 0; k < 3; k++) {
 		qsort(t[k], (size_t)rounds, sizeof(double), cmp);
 		med[k] = t[k][rounds / 2];
 		printf("%-8s %8.2f CPU ms per forward+backward (min %.2f, max %.2f)\n", name[k],
 		       med[k] * 1e3, t[k][0] * 1e3, t[k][rounds - 1] * 1e3);
 	}
-	printf("B %d T %lld H %d D %d, %d threads, %d rounds x %d iters: strided / copies %.3f\n",
-	       B, (long long)T, H, D, threads, rounds, iters, med[1] / med[0]);
-	for (int k = 0; k < 2; k++) {
+	printf("B %d T %lld H %d D %d %s, %d threads, %d rounds x %d iters: strided / copies "
+	       "%.3f, causal / strided %.3f\n", B, (long long)T, H, D, fw_dtype_name(dt), threads,
+	       rounds, iters, med[1] / med[0], med[2] / med[1]);
+	for (int k = 0; k < 3; k++) {
 		fw_graph_free(w[k].g);
 		fw_ctx_free(w[k].ctx);
 	}

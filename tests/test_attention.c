@@ -192,6 +192,14 @@ static const struct acase attend_cases[] = {
 	    CONSTF("bias", seg_bias, 2, 1, 5, 5) } },
 	{ "relative bias (H, T, T), 3 heads, learned", AA(3, 3, 8, FW_POS_RELATIVE, .causal = true),
 	  4, { F("q", 1, 5, 3, 8), F("k", 1, 5, 3, 8), F("v", 1, 5, 3, 8), F("pb", 3, 5, 5) } },
+	/* MHA, causal: the products over the lower triangle's blocks (test_attn_causal.c) */
+	{ "MHA 4 heads, D 8, T 9, causal", AA(4, 4, 8, FW_POS_NONE, .causal = true), 3,
+	  { F("q", 1, 9, 4, 8), F("k", 1, 9, 4, 8), F("v", 1, 9, 4, 8) } },
+	{ "MHA 4 heads + RoPE + packed mask, D 8", AA(4, 4, 8, FW_POS_ROPE, .causal = true,
+	  .with_bias = true), 4, { F("q", 2, 5, 4, 8), F("k", 2, 5, 4, 8), F("v", 2, 5, 4, 8),
+				   CONSTF("bias", seg_bias, 2, 1, 5, 5) } },
+	{ "MHA 3 heads + ALiBi + window 4, D 8, T 9", AA(3, 3, 8, FW_POS_ALIBI, .causal = true,
+	  .window = 4), 3, { F("q", 1, 9, 3, 8), F("k", 1, 9, 3, 8), F("v", 1, 9, 3, 8) } },
 };
 
 START_TEST(test_attend_grad)

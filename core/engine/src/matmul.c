@@ -561,6 +561,105 @@ static enum fw_status mm_product(struct mm_operand a, struct mm_operand b, struc
 	return mm_product_bias(a, b, c, dt, cdt, accumulate, pa, pb, pc, NULL, err);
 }
 
+/* --- causal blocks ---------------------------------------------------------------
+ *
+ * Causal attention's products over the lower triangle only (p4.i): the
+ * square (.., T, T) side is cut into row blocks of tri_block(T) rows, and
+ * row block [i0, i1) runs one product over the keys it can see:
+ *   TRI_OUT       c's columns [0, i1) (the scores q k^T; c above its
+ *                 diagonal is not needed: zeroed when c is written; added
+ *                 to, it gets the diagonal blocks' products there);
+ *   TRI_IN_LOWER  a's columns (the inner dim) [0, i1): a is zero after them
+ *                 (P v; dQ = dS k);
+ *   TRI_IN_UPPER  a's columns [i0, K): a is zero before them (dV = P^T dO;
+ *                 dK = dS^T q).
+ * The skipped entries are exact zeros of a, so only the summation's split
+ * into blocks changes (each block is its own product). A product that is
+ * not square on that side runs whole. */
+enum { TRI_NONE, TRI_OUT, TRI_IN_LOWER, TRI_IN_UPPER };
+
+static int64_t tri_block(int64_t T)
+{
+	return T >= 256 ? 64 : (T + 3) / 4;
+}
+
+/* rows [r0, r0 + nr) and columns [c0, c0 + nc) of o, at element *off */
+static struct mm_operand sub_block(struct mm_operand o, int64_t r0, int64_t nr, int64_t c0,
+				   int64_t nc, int64_t *off)
+{
+	int r = o.ndim - 2, c = o.ndim - 1;
+	*off = r0 * o.nb[r] + c0 * o.nb[c];
+	o.ne[r] = nr;
+	o.ne[c] = nc;
+	return o;
+}
+
+/* zeroes c above its diagonal in rows [r0, r1), in every batch */
+static void zero_above(struct mm_operand c, void *pc, size_t es, int64_t r0, int64_t r1)
+{
+	int r = c.ndim - 2, l = c.ndim - 1;
+	int64_t nbatch = 1;
+	for (int i = 0; i < r; i++)
+		nbatch *= c.ne[i];
+	for (int64_t bi = 0; bi < nbatch; bi++) {
+		int64_t rem = bi, off = 0;
+		for (int i = r - 1; i >= 0; i--) {
+			off += (rem % c.ne[i]) * c.nb[i];
+			rem /= c.ne[i];
+		}
+		for (int64_t i = r0; i < r1; i++) {
+			char *row = (char *)pc + (size_t)(off + i * c.nb[r]) * es;
+			if (c.nb[l] == 1)            /* one run per row */
+				memset(row + (size_t)(i + 1) * es, 0,
+				       (size_t)(c.ne[l] - i - 1) * es);
+			else
+				for (int64_t j = i + 1; j < c.ne[l]; j++)
+					memset(row + (size_t)(j * c.nb[l]) * es, 0, es);
+		}
+	}
+}
+
+static enum fw_status mm_tri(int tri, struct mm_operand a, struct mm_operand b,
+			     struct mm_operand c, int dt, int cdt, bool accumulate, const void *pa,
+			     const void *pb, void *pc, struct fw_err *err)
+{
+	int r = c.ndim - 2, l = c.ndim - 1;
+	int64_t M = c.ne[r], N = c.ne[l], K = a.ne[l];
+	if (tri == TRI_NONE || M != (tri == TRI_OUT ? N : K) || M < 2)
+		return mm_product(a, b, c, dt, cdt, accumulate, pa, pb, pc, err);
+	int64_t bs = tri_block(M);
+	size_t ea = fw_dtype_size(dt), ec = fw_dtype_size(cdt);
+	for (int64_t i0 = 0; i0 < M; i0 += bs) {
+		int64_t m = bs < M - i0 ? bs : M - i0, i1 = i0 + m;
+		int64_t k0 = tri == TRI_IN_UPPER ? i0 : 0;
+		int64_t k1 = tri == TRI_IN_LOWER ? i1 : K, n1 = tri == TRI_OUT ? i1 : N;
+		int64_t oa, ob, oc;
+		struct mm_operand sa = sub_block(a, i0, m, k0, k1 - k0, &oa);
+		struct mm_operand sb = sub_block(b, k0, k1 - k0, 0, n1, &ob);
+		struct mm_operand sc = sub_block(c, i0, m, 0, n1, &oc);
+		enum fw_status s = mm_product(sa, sb, sc, dt, cdt, accumulate,
+					      (const char *)pa + (size_t)oa * ea,
+					      (const char *)pb + (size_t)ob * ea,
+					      (char *)pc + (size_t)oc * ec, err);
+		if (s != FW_OK)
+			return s;
+		if (tri == TRI_OUT && !accumulate)
+			zero_above(c, pc, ec, i0, i1);
+	}
+	return FW_OK;
+}
+
+/* The triangle of forward (which 0), dA (1) or dB^T (2) under the op's p4. */
+static int tri_of(const struct fw_tensor *out, int which)
+{
+	static const int tri[3][3] = {
+		[FW_MM_CAUSAL_OUT] = { TRI_OUT, TRI_IN_LOWER, TRI_IN_UPPER },
+		[FW_MM_CAUSAL_A] = { TRI_IN_LOWER, TRI_OUT, TRI_IN_UPPER },
+	};
+	int p = out->params[4].i;
+	return p == FW_MM_CAUSAL_OUT || p == FW_MM_CAUSAL_A ? tri[p][which] : TRI_NONE;
+}
+
 /* dB (K, N) (+)= sum over batches of A_i^T dC_i, for b broadcast over a's batch. */
 static enum fw_status mm_reduce_batches(struct mm_operand a, struct mm_operand dc,
 					struct mm_operand db, const void *pa, const void *pdc,
@@ -653,6 +752,10 @@ static enum fw_status matmul_infer(struct fw_tensor *out, struct fw_err *err)
 		return fw_errorf(err, FW_ERR_SHAPE, "matmul: the bias is %s %s, expected f32 [%lld]",
 				 fw_dtype_name(bias->dtype),
 				 fw_shape_str(bias, sa, sizeof(sa)), (long long)N);
+	int causal = out->params[4].i;
+	if (causal != FW_MM_CAUSAL_NONE && causal != FW_MM_CAUSAL_OUT && causal != FW_MM_CAUSAL_A)
+		return fw_errorf(err, FW_ERR_INVALID, "matmul: causal mode %d is not 0, 1 or 2",
+				 causal);
 	bool heads = out->params[3].i != 0;
 	if (heads && (na != 4 || nbd != 4 || bias))
 		return fw_errorf(err, FW_ERR_SHAPE, "matmul: a heads-major output needs 4-D "
@@ -698,9 +801,12 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 	struct fw_err err;
 	/* oneDNN writes the half output itself where it has such a kernel,
 	 * adding the f32 bias before it rounds */
-	enum fw_status s = mm_product_bias(operand(a, out->params[0].i), ob,
-					   out_operand(out, out), a->dtype, out->dtype, false,
-					   a->data, b->data, out->data, bias, &err);
+	enum fw_status s = bias ? mm_product_bias(operand(a, out->params[0].i), ob,
+						  out_operand(out, out), a->dtype, out->dtype,
+						  false, a->data, b->data, out->data, bias, &err)
+				: mm_tri(tri_of(out, 0), operand(a, out->params[0].i), ob,
+					 out_operand(out, out), a->dtype, out->dtype, false, a->data,
+					 b->data, out->data, &err);
 	if (s != FW_ERR_UNSUPPORTED) {
 		if (s != FW_OK)
 			fw_kernel_fail(&err);
@@ -712,8 +818,12 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 		s = mm_product_bias(operand(a, out->params[0].i), ob, out_operand(out, out),
 				    a->dtype, FW_F32, false, a->data, b->data, ex->ws, bias,
 				    &err);
+		struct mm_operand oc = out_operand(out, out);
+		int64_t M = oc.ne[oc.ndim - 2];
 		if (s == FW_OK)
 			fw_convert(out->data, out->dtype, ex->ws, FW_F32, fw_nelem(out));
+		if (s == FW_OK && tri_of(out, 0) == TRI_OUT && M == oc.ne[oc.ndim - 1])
+			zero_above(oc, out->data, eo, 0, M);    /* as mm_tri leaves it */
 	}
 	for (int64_t r0 = 0; rows && r0 < fa.ne[0] && s == FW_OK; r0 += rows) {
 		int64_t m = rows < fa.ne[0] - r0 ? rows : fa.ne[0] - r0;
@@ -740,10 +850,11 @@ static void matmul_forward(struct fw_tensor *out, const struct fw_exec *ex)
 		return;
 	}
 	const float *bias = out->src[2] ? fw_f32(out->src[2]) : NULL;
-	enum fw_status s = mm_product_bias(operand(a, out->params[0].i),
-					   operand(b, out->params[1].i), out_operand(out, out),
-					   a->dtype, FW_F32, false, a->data, b->data, out->data, bias,
-					   &err);
+	struct mm_operand oa = operand(a, out->params[0].i), ob = operand(b, out->params[1].i);
+	enum fw_status s = bias ? mm_product_bias(oa, ob, out_operand(out, out), a->dtype, FW_F32,
+						  false, a->data, b->data, out->data, bias, &err)
+				: mm_tri(tri_of(out, 0), oa, ob, out_operand(out, out), a->dtype,
+					 FW_F32, false, a->data, b->data, out->data, &err);
 	if (s != FW_OK)
 		fw_kernel_fail(&err);
 }
@@ -794,12 +905,12 @@ static enum fw_status bias_backward(struct fw_tensor *out, const struct fw_exec 
 /* g (+)= the product, for a half gradient g: oneDNN adds into (or
  * writes) it itself (in f32, rounded once) where it has such a kernel,
  * else the f32 product goes through ws. */
-static enum fw_status product_into_half(struct mm_operand x, struct mm_operand y,
+static enum fw_status product_into_half(int tri, struct mm_operand x, struct mm_operand y,
 					struct mm_operand c, int dt, const void *px,
 					const void *py, struct fw_tensor *g, float *ws,
 					bool accumulate, struct fw_err *err)
 {
-	enum fw_status s = mm_product(x, y, c, dt, g->dtype, accumulate, px, py, g->data, err);
+	enum fw_status s = mm_tri(tri, x, y, c, dt, g->dtype, accumulate, px, py, g->data, err);
 	if (s != FW_ERR_UNSUPPORTED)
 		return s;
 	s = mm_product(x, y, c, dt, FW_F32, false, px, py, ws, err);
@@ -839,11 +950,11 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 		/* dA (.., M, K) += dC (.., M, N) B^T (.., N, K) */
 		struct mm_operand bt = transposed(operand(b, tb));
 		if (a->grad->dtype != FW_F32)
-			s = product_into_half(dc, bt, grad_operand(a, ta), dt, pdc, b->data,
-					      a->grad, (float *)ws, add_a, &err);
+			s = product_into_half(tri_of(out, 1), dc, bt, grad_operand(a, ta), dt,
+					      pdc, b->data, a->grad, (float *)ws, add_a, &err);
 		else
-			s = mm_product(dc, bt, grad_operand(a, ta), dt, FW_F32, add_a, pdc,
-				       b->data, a->grad->data, &err);
+			s = mm_tri(tri_of(out, 1), dc, bt, grad_operand(a, ta), dt, FW_F32, add_a,
+				   pdc, b->data, a->grad->data, &err);
 		if (s != FW_OK) {
 			fw_kernel_fail(&err);
 			return;
@@ -859,9 +970,14 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 		struct mm_operand at = operand(a, ta);
 		struct mm_operand db = grad_operand(b, tb);
 		bool half = b->grad->dtype != FW_F32;
-		if (half && b->ndim == a->ndim) {
-			s = product_into_half(transposed(at), dc, db, dt, a->data, pdc, b->grad,
-					      (float *)ws, add_b, &err);
+		int tri = tri_of(out, 2);
+		bool scores = out->params[4].i == FW_MM_CAUSAL_OUT && b->ndim == a->ndim;
+		if (half && scores) {           /* dB^T = dC^T A, row blocks of dC^T */
+			s = product_into_half(tri, transposed(dc), at, transposed(db), dt, pdc,
+					      a->data, b->grad, (float *)ws, add_b, &err);
+		} else if (half && b->ndim == a->ndim) {
+			s = product_into_half(tri, transposed(at), dc, db, dt, a->data, pdc,
+					      b->grad, (float *)ws, add_b, &err);
 		} else if (half) {   /* a batch-reducing sum, in f32 */
 			s = mm_reduce_batches(at, dc, db, a->data, pdc, ws, dt, FW_F32, false,
 					      &err);
@@ -871,9 +987,12 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			else if (s == FW_OK)
 				half_store(b->grad->data, b->grad->dtype, (float *)ws,
 					   fw_nelem(b));
+		} else if (scores) {
+			s = mm_tri(tri, transposed(dc), at, transposed(db), dt, FW_F32, add_b, pdc,
+				   a->data, b->grad->data, &err);
 		} else if (b->ndim == a->ndim) {
-			s = mm_product(transposed(at), dc, db, dt, FW_F32, add_b, a->data, pdc,
-				       b->grad->data, &err);
+			s = mm_tri(tri, transposed(at), dc, db, dt, FW_F32, add_b, a->data, pdc,
+				   b->grad->data, &err);
 		} else {
 			s = mm_reduce_batches(at, dc, db, a->data, pdc, b->grad->data, dt,
 					      FW_F32, add_b, &err);

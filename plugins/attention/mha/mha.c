@@ -9,7 +9,8 @@
  * other, (B, Hkv, G*Tq, D), so one product per KV head scores all of them:
  * the repeated K/V are never materialised and the products' backward sums
  * dK and dV over each group. The scores are viewed as (B, Hq, Tq, Tk) for
- * the fused mask+softmax, then back for P v.
+ * the fused mask+softmax, then back for P v. Causal MHA runs q k^T, P v and
+ * their backward over the lower triangle's row blocks only (matmul p4).
  * Position hooks: RoPE rotates q and k (the core's fw_rope, NeoX halves or
  * GPT-J pairs, partial rotary dim, Llama-3 frequency scaling); ALiBi adds
  * -slope_h (i - j) to the scaled scores (op mha.alibi, BLOOM's slopes from
@@ -266,6 +267,12 @@ static struct fw_tensor *mha_attend(void *state, struct fw_model *m,
 		union fw_param p = { .i = (int32_t)(w < INT32_MAX ? w : INT32_MAX) };
 		att = h->op(ctx, s->window_op, src, spec->cache ? 2 : 1, &p, 1);
 	}
+	/* Causal self-attention: the products run over the lower triangle's
+	 * blocks only (FW_MATMUL's p4): q k^T where its scores go straight to
+	 * the causal softmax, P v (and their backward) always. */
+	bool tri = causal && !spec->cache && G == 1 && Tq == Tk && scores;
+	if (tri && att == scores)
+		scores->params[4].i = FW_MM_CAUSAL_OUT;
 	att = h->softmax(ctx, att, mask, causal, scale);
 	/* Backward recomputes the scores and the softmax from q and k, which
 	 * it keeps anyway, instead of keeping the (B, Hq, Tq, Tk) probabilities
@@ -281,9 +288,9 @@ static struct fw_tensor *mha_attend(void *state, struct fw_model *m,
 	if (G == 1 && att && vh && att->dtype == vh->dtype) {
 		/* P v written heads-major: (B, Tq, Hq, D) without a copy */
 		struct fw_tensor *src[2] = { att, vh };
-		union fw_param p[4] = { { .i = 0 }, { .i = 0 }, { .i = (int32_t)att->dtype },
-					{ .i = 1 } };
-		y = h->op(ctx, FW_OP_MATMUL, src, 2, p, 4);
+		union fw_param p[5] = { { .i = 0 }, { .i = 0 }, { .i = (int32_t)att->dtype },
+					{ .i = 1 }, { .i = tri ? FW_MM_CAUSAL_A : FW_MM_CAUSAL_NONE } };
+		y = h->op(ctx, FW_OP_MATMUL, src, 2, p, 5);
 	} else {
 		if (G > 1)
 			att = h->reshape(ctx, att, 4, per_kv);

@@ -27,7 +27,8 @@ struct fw_ctx;
 enum fw_op {
 	FW_OP_NONE = 0,     /* leaf: parameter, input or constant */
 	FW_OP_MATMUL,       /* p0 trans_a, p1 trans_b, p2.i output dtype (0 = f32),
-			       p3.i heads-major output: 4-D (B, H, M, N) product as (B, M, H, N) */
+			       p3.i heads-major output: 4-D (B, H, M, N) product as (B, M, H, N),
+			       p4.i enum fw_matmul_causal */
 	FW_OP_ADD,          /* broadcasting, PyTorch rules */
 	FW_OP_SUB,
 	FW_OP_MUL,
@@ -58,6 +59,21 @@ enum fw_op {
 	FW_OP_LMHEAD_CE,    /* src0 x, src1 w (V, C), src2 targets i32, src3 mask f32|NULL;
 			       p0.i ignore_index, p1.i rows per chunk (0 = auto) */
 	FW_OP_COUNT
+};
+
+/* FW_OP_MATMUL's p4: a causal attention product over the lower triangle of its
+ * square (.., T, T) side, in row blocks (the host falls back to the whole
+ * product where that side is not square). The caller promises:
+ * FW_MM_CAUSAL_OUT  the output is the scores of a causal softmax, which reads
+ *                   entries j <= i only (the others are written 0), and its
+ *                   gradient is 0 above the diagonal;
+ * FW_MM_CAUSAL_A    a is causal probabilities, exactly 0 above its diagonal;
+ *                   a's gradient there is not meaningful (0 where written;
+ *                   added to, some entries near the diagonal get products). */
+enum fw_matmul_causal {
+	FW_MM_CAUSAL_NONE = 0,
+	FW_MM_CAUSAL_OUT = 1,
+	FW_MM_CAUSAL_A = 2,
 };
 
 #define FW_AXIS_ALL INT32_MIN
