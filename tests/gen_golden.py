@@ -805,6 +805,18 @@ def _(c):
     return lambda x: softmax_half_ref(x, bf16)
 
 
+@case("softmax_shared_bf16", causal=0, scale=1.0)
+def _(c):
+    # h = gelu(x) in bf16 feeds softmax and the add: the add's backward
+    # writes h's bf16 gradient first, softmax's adds to it (one rounding)
+    c.p("x", (3, 40), -2, 2)
+
+    def f(x):
+        h = bf16o(gelu_tanh(bf16(x)))
+        return bf16o(softmax_half_ref(h, bf16) + h)
+    return f
+
+
 @case("layernorm_wb_bf16", eps=1e-5)
 def _(c):
     # bf16 x, f32 statistics; 36000 elements: rows split across threads

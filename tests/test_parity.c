@@ -407,6 +407,13 @@ static struct fw_tensor *b_softmax_half(struct pcase *c)
 				    (float)attr_f(c, "scale")));
 }
 
+static struct fw_tensor *b_softmax_shared_half(struct pcase *c)
+{
+	struct fw_tensor *h = fw_gelu(c->ctx, hin(c, "x"), 1);
+	return to_f32(c, fw_add(c->ctx, fw_softmax(c->ctx, h, NULL, attr_i(c, "causal"),
+						   (float)attr_f(c, "scale")), h));
+}
+
 static struct fw_tensor *b_layernorm_half(struct pcase *c)
 {
 	return to_f32(c, fw_layernorm(c->ctx, hin(c, "x"), in_opt(c, "w"), in_opt(c, "b"),
@@ -610,6 +617,7 @@ static const struct hentry half_cases[] = {
 	{ { "softmax_causal_bias_bf16", b_softmax_half, 0, 0 }, BF16_ULP },
 	{ { "softmax_rowmask_f16", b_softmax_half, 0, 0 }, F16_ULP },
 	{ { "softmax_wide_bf16", b_softmax_half, 0, 0 }, BF16_ULP },
+	{ { "softmax_shared_bf16", b_softmax_shared_half, 0, 0 }, BF16_ULP },
 	{ { "layernorm_wb_bf16", b_layernorm_half, 0, 0 }, BF16_ULP },
 	{ { "layernorm_none_f16", b_layernorm_half, 0, 0 }, F16_ULP },
 	{ { "rmsnorm_w_bf16", b_rmsnorm_half, 0, 0 }, BF16_ULP },

@@ -648,6 +648,29 @@ static void softmax_row_half(void *y, const void *x, enum fw_dtype dt, const flo
 			     int64_t Tkb, int64_t Tk, int64_t nv, float scale)
 {
 	float z[BLK], m = -INFINITY, s = 0.0f;
+	if (Tk <= BLK && nv > 0) {
+		/* the row fits one block: z built once, each exp taken once */
+		sm_z_block(z, x, dt, b, Tkb, 0, nv, scale);
+		m = row_max(z, nv);
+		if (m == -INFINITY) {
+			for (int64_t j = 0; j < nv; j++)
+				z[j] = isnan(z[j]) ? z[j] : 0.0f;
+		} else {
+			#pragma omp simd reduction(+:s)
+			for (int64_t j = 0; j < nv; j++) {
+				z[j] = vexp_neg(z[j] - m);
+				s += z[j];
+			}
+			float inv = 1.0f / s;
+			#pragma omp simd
+			for (int64_t j = 0; j < nv; j++)
+				z[j] *= inv;
+		}
+		for (int64_t j = nv; j < Tk; j++)
+			z[j] = 0.0f;
+		half_store(y, dt, z, Tk);
+		return;
+	}
 	for (int64_t j0 = 0; j0 < nv; j0 += BLK) {
 		int64_t n = min64(BLK, nv - j0);
 		sm_z_block(z, x, dt, b, Tkb, j0, n, scale);
@@ -765,19 +788,75 @@ static void softmax_backward_row_half(float *dx, float *db, int64_t Tkb, const v
 		db[0] += s;
 }
 
-/* Row r's backward, for y of any float dtype; write_dx: dx's row was not
- * zeroed (fw_exec.grad_overwrite), so it is here, in cache. */
+/* softmax_backward_row_half with a half dy and/or dx (dydt, dxdt): each is
+ * read in the same f32 blocks, and dx's row rounded once, to the value the
+ * graph's f32 copies would give; write: dx's row is not added to. The dot
+ * is summed block by block as there, so the bits are the same. */
+static void softmax_backward_row_halfgrad(void *dx, enum fw_dtype dxdt, float *db, int64_t Tkb,
+					  const void *y, enum fw_dtype ydt, const void *dy,
+					  enum fw_dtype dydt, int64_t Tk, int64_t nv, float scale,
+					  bool write)
+{
+	float yb[BLK], gb[BLK], xb[BLK], dot = 0.0f, s = 0.0f;
+	for (int64_t j0 = 0; j0 < nv; j0 += BLK) {
+		int64_t n = min64(BLK, nv - j0);
+		half_load(yb, elem_ptr(y, ydt, j0), ydt, n);
+		half_load(gb, elem_ptr(dy, dydt, j0), dydt, n);
+		#pragma omp simd reduction(+:dot)
+		for (int64_t j = 0; j < n; j++)
+			dot += yb[j] * gb[j];
+	}
+	for (int64_t j0 = 0; j0 < Tk; j0 += BLK) {
+		int64_t n = min64(BLK, Tk - j0), nz = min64(n, nv - j0 > 0 ? nv - j0 : 0);
+		if (nz > 0) {
+			half_load(yb, elem_ptr(y, ydt, j0), ydt, nz);
+			half_load(gb, elem_ptr(dy, dydt, j0), dydt, nz);
+		}
+		if (dx) {
+			if (write)
+				memset(xb, 0, (size_t)n * sizeof(float));
+			else
+				half_load(xb, elem_ptr(dx, dxdt, j0), dxdt, n);
+			#pragma omp simd
+			for (int64_t j = 0; j < nz; j++)
+				xb[j] += scale * (yb[j] * (gb[j] - dot));
+			half_store(elem_ptr(dx, dxdt, j0), dxdt, xb, n);
+		}
+		if (db && Tkb > 1) {
+			#pragma omp simd
+			for (int64_t j = 0; j < nz; j++)
+				db[j0 + j] += yb[j] * (gb[j] - dot);
+		} else if (db) {
+			#pragma omp simd reduction(+:s)
+			for (int64_t j = 0; j < nz; j++)
+				s += yb[j] * (gb[j] - dot);
+		}
+	}
+	if (db && Tkb == 1)
+		db[0] += s;
+}
+
+/* Row r's backward, for y, dy and dx of any float dtype (dx, dy: the row's
+ * start); write_dx: dx's row was not zeroed (fw_exec.grad_overwrite), so it
+ * is here, in cache. */
 static void sm_grad_row(const struct fw_tensor *out, const struct sm_geom *g, int64_t r,
-			float *dx, float *db, const float *dy, bool write_dx)
+			void *dx, float *db, const void *dy, bool write_dx)
 {
 	int64_t Tk = g->Tk, nv = sm_valid(g, r);
+	enum fw_dtype dydt = out->grad->dtype;
+	enum fw_dtype dxdt = out->src[0]->grad ? out->src[0]->grad->dtype : FW_F32;
+	const void *y = elem_ptr(out->data, out->dtype, r * Tk);
+	if (dydt != FW_F32 || dxdt != FW_F32) {
+		softmax_backward_row_halfgrad(dx, dxdt, db, g->Tkb, y, out->dtype, dy, dydt, Tk,
+					      nv, g->scale, write_dx);
+		return;
+	}
 	if (dx && write_dx)
 		memset(dx, 0, (size_t)Tk * sizeof(float));
 	if (out->dtype == FW_F32)
-		softmax_backward_row(dx, db, g->Tkb, fw_f32(out) + r * Tk, dy, nv, g->scale);
+		softmax_backward_row(dx, db, g->Tkb, y, dy, nv, g->scale);
 	else
-		softmax_backward_row_half(dx, db, g->Tkb, elem_ptr(out->data, out->dtype, r * Tk),
-					  out->dtype, dy, nv, g->scale);
+		softmax_backward_row_half(dx, db, g->Tkb, y, out->dtype, dy, nv, g->scale);
 }
 
 /* When the bias has fewer rows than there are threads (a (Tk) or (B, 1, 1, Tk)
@@ -804,14 +883,15 @@ static void softmax_backward(struct fw_tensor *out, const struct fw_exec *ex)
 {
 	struct sm_geom g = sm_geom_of(out);
 	const struct fw_tensor *xt = out->src[0], *bt = out->src[1];
-	const float *dy = fw_f32(out->grad);                    /* (R, Tk) */
-	float *dx = xt->grad ? fw_f32(xt->grad) : NULL;         /* (R, Tk) */
+	const void *dy0 = out->grad->data;                      /* (R, Tk), any float dtype */
+	void *dx0 = xt->grad ? xt->grad->data : NULL;           /* (R, Tk), any float dtype */
+	enum fw_dtype dydt = out->grad->dtype, dxdt = xt->grad ? xt->grad->dtype : FW_F32;
 	float *db = bt && bt->grad ? fw_f32(bt->grad) : NULL;   /* (nbr, Tkb) */
 	int64_t Tk = g.Tk, Tkb = g.Tkb;
 	bool par = g.R * Tk > PAR_MIN;
 	bool wx = ex->grad_overwrite & 1u;
 
-	if (!dx && !db)
+	if (!dx0 && !db)
 		return;
 	if (db && (ex->grad_overwrite & 2u))
 		memset(db, 0, (size_t)fw_nelem(bt) * sizeof(float));
@@ -819,8 +899,8 @@ static void softmax_backward(struct fw_tensor *out, const struct fw_exec *ex)
 		/* Rows map to distinct bias rows (or no dbias): plain row split. */
 		#pragma omp parallel for schedule(static) if (par)
 		for (int64_t r = 0; r < g.R; r++)
-			sm_grad_row(out, &g, r, dx ? dx + r * Tk : NULL,
-				    db ? db + sm_bias_row(&g, r) * Tkb : NULL, dy + r * Tk, wx);
+			sm_grad_row(out, &g, r, dx0 ? elem_ptr(dx0, dxdt, r * Tk) : NULL,
+				    db ? db + sm_bias_row(&g, r) * Tkb : NULL, elem_ptr(dy0, dydt, r * Tk), wx);
 		return;
 	}
 
@@ -835,8 +915,8 @@ static void softmax_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			memset(p, 0, (size_t)E * sizeof(float));
 			int64_t r0 = g.R * it / nt, r1 = g.R * (it + 1) / nt;
 			for (int64_t r = r0; r < r1; r++)
-				sm_grad_row(out, &g, r, dx ? dx + r * Tk : NULL,
-					    p + sm_bias_row(&g, r) * Tkb, dy + r * Tk, wx);
+				sm_grad_row(out, &g, r, dx0 ? elem_ptr(dx0, dxdt, r * Tk) : NULL,
+					    p + sm_bias_row(&g, r) * Tkb, elem_ptr(dy0, dydt, r * Tk), wx);
 			#pragma omp barrier
 			int64_t e0 = E * it / nt, e1 = E * (it + 1) / nt;
 			for (int t = 0; t < nt; t++) {
@@ -858,8 +938,8 @@ static void softmax_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			int64_t q = sm_bias_row(&g, r);
 			if (q < q0 || q >= q1)
 				continue;
-			sm_grad_row(out, &g, r, dx ? dx + r * Tk : NULL, db + q * Tkb,
-				    dy + r * Tk, wx);
+			sm_grad_row(out, &g, r, dx0 ? elem_ptr(dx0, dxdt, r * Tk) : NULL, db + q * Tkb,
+				    elem_ptr(dy0, dydt, r * Tk), wx);
 		}
 	}
 }
@@ -873,7 +953,7 @@ static uint32_t softmax_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_softmax_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "softmax",
-	.flags = FW_OPF_HALF | FW_OPF_GRAD_OVERWRITE,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_GRAD_OVERWRITE,
 	.infer = softmax_infer,
 	.forward = softmax_forward,
 	.backward = softmax_backward,
