@@ -22,6 +22,16 @@ trains 3 steps three ways:
 
 FW_OP_PROFILE's summary shows that run 2 overwrote gradient bytes and run 1
 none (so the check is not vacuous).
+
+Parameter gradients too: fw_graph_zero_grad only marks them cleared and
+their first writer in the next step overwrites them (fw/graph.h). The cases
+cover tied embeddings (the fused head's forward writes wte's gradient first,
+the embedding adds), the untied Llama (the embedding cannot overwrite: its
+gradient is zeroed just before), LoRA, SGD, --fp16 (the head's gradient
+from its backward; skipped steps), several micro-batches; the profile's
+"cleared parameter gradients" line shows run 2 overwrote parameter
+gradients and run 1 none; under FW_GRAD_POISON=1 cleared parameter
+gradients start as NaN.
 """
 import json
 import os
@@ -35,7 +45,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpt2_parity as gp  # noqa: E402  (Results, the fwrun driver, cli)
 
 R = gp.Results()
-COMMON = ["--plugins=arch/decoder,attention/mha,optim/adamw", "--tokenizer=byte",
+PLUGINS = "arch/decoder,attention/mha,optim/adamw"
+COMMON = ["--tokenizer=byte",
           "--vocab-size=257", "--n-positions=32", "--micro-batch-size=2", "--seq-length=32",
           "--threads=2", "--weight-decay=0.1", "--lr=3e-3", "--clip-grad=1.0",
           "--train-iters=3", "--save-interval=3"]
@@ -53,9 +64,16 @@ CASES = [
     ("gpt2 bf16 accumulation", GPT2, ["--bf16", "--global-batch-size=4"], {}),
     ("llama f32", LLAMA, [], {}),
     ("llama bf16 accumulation", LLAMA, ["--bf16", "--global-batch-size=4"], {}),
+    ("gpt2 sgd 3 micro-batches", GPT2, ["--global-batch-size=6", "--sgd-momentum=0.9"], {},
+     "arch/decoder,attention/mha,optim/sgd"),
+    ("gpt2 lora bf16", GPT2, ["--bf16", "--lora-r=4"], {},
+     "arch/decoder,attention/mha,optim/adamw,peft/lora"),
+    ("gpt2 fp16 dynamic scale", GPT2, ["--fp16", "--initial-loss-scale=65536"], {}),
 ]
 PROFILE = re.compile(r"a backward zeroes ([0-9.]+) MiB of gradients and overwrites "
                      r"([0-9.]+) MiB unzeroed")
+PARAMS = re.compile(r"cleared parameter gradients, all runs: ([0-9.]+) MiB zeroed, "
+                    r"([0-9.]+) MiB overwritten")
 
 
 def write_text(path):
@@ -79,30 +97,35 @@ def train_records(run):
     return [(r["loss"], r["grad_norm"]) for r in recs if r.get("type") == "train"]
 
 
-def run_case(fw, work, data, name, model, extra, env):
+def run_case(fw, work, data, name, model, extra, env, plugins=PLUGINS):
     results = {}
     for mode, menv in (("zero-all", {"FW_GRAD_ZERO_ALL": "1"}), ("default", {}),
                        ("poison", {"FW_GRAD_POISON": "1"})):
         run = os.path.join(work, re.sub(r"\W+", "_", name) + "_" + mode)
         saved = dict(fw.env)
         fw.env.update(env, FW_OP_PROFILE="1", **menv)
-        p = fw("train", *COMMON, *model, *extra, f"--data={data}", f"--run-dir={run}")
+        p = fw("train", f"--plugins={plugins}", *COMMON, *model, *extra, f"--data={data}",
+               f"--run-dir={run}")
         fw.env = saved
         if not R.check(f"{name} [{mode}]: fwrun train exits 0", p.returncode == 0,
                        gp.describe(p) if p.returncode else ""):
             return
-        m = PROFILE.search(p.stderr)
-        if not R.check(f"{name} [{mode}]: the profile reports the gradient bytes", m is not None,
-                       p.stderr[-300:] if m is None else ""):
+        m, mp = PROFILE.search(p.stderr), PARAMS.search(p.stderr)
+        if not R.check(f"{name} [{mode}]: the profile reports the gradient bytes",
+                       m is not None and mp is not None,
+                       p.stderr[-300:] if m is None or mp is None else ""):
             return
         results[mode] = (train_records(run), all_datasets(os.path.join(run, "ckpt-00000003.h5")),
-                         float(m.group(1)), float(m.group(2)))
-    ref_recs, ref_t, _, ref_ow = results["zero-all"]
-    R.check(f"{name}: FW_GRAD_ZERO_ALL=1 overwrites nothing", ref_ow == 0.0, f"{ref_ow} MiB")
+                         float(m.group(1)), float(m.group(2)), float(mp.group(2)))
+    ref_recs, ref_t, _, ref_ow, ref_pw = results["zero-all"]
+    R.check(f"{name}: FW_GRAD_ZERO_ALL=1 overwrites nothing", ref_ow == 0.0 and ref_pw == 0.0,
+            f"{ref_ow} MiB, parameters {ref_pw} MiB")
     R.check(f"{name}: the default overwrites instead of zeroing", results["default"][3] > 0.0,
             f"{results['default'][2]} MiB zeroed, {results['default'][3]} MiB overwritten")
+    R.check(f"{name}: the default overwrites cleared parameter gradients",
+            results["default"][4] > 0.0, f"{results['default'][4]} MiB")
     for mode in ("default", "poison"):
-        recs, t, _, _ = results[mode]
+        recs, t, _, _, _ = results[mode]
         R.check(f"{name} [{mode}]: losses and grad norms equal the zeroing run's",
                 len(recs) == 3 and recs == ref_recs, f"{recs} vs {ref_recs}")
         bad = [k for k in ref_t if k not in t or t[k].dtype != ref_t[k].dtype or
@@ -117,8 +140,8 @@ def main():
     def body(work):
         data = os.path.join(work, "train.txt")
         write_text(data)
-        for name, model, extra, env in CASES:
-            run_case(fw, work, data, name, model, extra, env)
+        for case in CASES:
+            run_case(fw, work, data, *case)
 
     return R.run("grad_overwrite", a.keep, body)
 

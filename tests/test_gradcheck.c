@@ -301,6 +301,10 @@ static struct gentry cases[] = {
 	{ "matmul_heads_out_views", b_matmul_heads, { .tb = true }, 2,
 	  { F("q", 2, 4, 3, 5), F("k", 2, 2, 3, 5) }, 0 },
 	{ "linear", b_linear, { 0 }, 3, { F("x", 2, 3, 4), F("w", 5, 4), F("bias", 5) }, 0 },
+	/* the bias gradient's column sum: two tiles of 128 columns (one
+	 * partial), two blocks of 64 rows (one partial) */
+	{ "linear_wide", b_linear, { 0 }, 3, { F("x", 2, 40, 3), F("w", 133, 3), F("bias", 133) },
+	  0 },
 	{ "linear_strided", b_linear_perm, { 0 }, 3,
 	  { F("x", 3, 2, 4), F("w", 5, 4), F("bias", 5) }, 0 },
 	{ "add", b_add, { 0 }, 2, { F("a", 3, 4), F("b", 3, 4) }, 0 },

@@ -26,6 +26,9 @@ struct step {
 	enum step_kind kind;
 	int node;                   /* index into g->nodes */
 	uint32_t overwrite;         /* BWD: fw_exec.grad_overwrite (mark_overwrites) */
+	int param[FW_MAX_SRC];      /* per source: the g->params index whose gradient
+				       this step writes, or -1 (mark_param_writers) */
+	uint32_t param_ow;          /* of those, the sources it can overwrite */
 };
 
 struct slot {                      /* one planned buffer */
@@ -66,7 +69,10 @@ struct fw_graph {
 	int *zero_order;            /* grad slots sorted by first step */
 	int n_zero;
 	bool poison;                /* FW_GRAD_POISON: overwritten slots start NaN */
+	bool zero_all;              /* FW_GRAD_ZERO_ALL: zero_grad zeroes eagerly */
 	size_t zero_bytes, overwrite_bytes;   /* per backward, for the profile */
+	double param_zeroed, param_written;   /* bytes of cleared parameter gradients,
+					         all runs: zeroed, overwritten */
 
 	char *arena;
 	size_t arena_bytes, unplanned_bytes;
@@ -486,6 +492,57 @@ static void mark_overwrites(struct fw_graph *g, const int *pos)
 	}
 }
 
+/* The g->params index of the trainable parameter whose persistent gradient
+ * is t's gradient (t itself, or a reshape or sharing cast of it), or -1. */
+static int grad_param_of(const struct fw_graph *g, const int *pos, const struct fw_tensor *t)
+{
+	for (int p; (p = pos[t->id]) >= 0; t = t->src[0])
+		if (!g->grads[p] || g->grad_slot[p] >= 0)
+			return -1;
+	for (int i = 0; i < g->n_params; i++)
+		if (g->params[i] == t)
+			return i;
+	return -1;
+}
+
+/* Which parameter gradients each step writes (a backward step, and the
+ * forward of a loss that adds its weight's gradient there), and which of
+ * them it can overwrite: an op with FW_OPF_GRAD_OVERWRITE on a source that
+ * it does not also see through another source or as its own gradient. At
+ * run time the first writer of a cleared gradient (FW_FLAG_GRAD_CLEARED)
+ * overwrites it, or zeroes it first when it cannot (claim_params). */
+static void mark_param_writers(struct fw_graph *g, const int *pos)
+{
+	for (int si = 0; si < g->n_steps; si++) {
+		struct step *st = &g->steps[si];
+		const struct fw_tensor *t = g->nodes[st->node];
+		bool fwd_writer = st->kind == STEP_FWD && g->grad_in_fwd[st->node];
+		for (int k = 0; k < FW_MAX_SRC; k++)
+			st->param[k] = -1;
+		st->param_ow = 0;
+		if (st->kind != STEP_BWD && !fwd_writer)
+			continue;
+		int self = grad_param_of(g, pos, t);
+		for (int k = 0; k < FW_MAX_SRC; k++) {
+			/* the loss's backward does not write what its forward wrote */
+			bool in_fwd = g->grad_in_fwd[st->node] && k == 1;
+			if (t->src[k] && in_fwd == fwd_writer)
+				st->param[k] = grad_param_of(g, pos, t->src[k]);
+			if (st->param[k] == self)
+				st->param[k] = -1;
+		}
+		if (!(fw_op_get(t->op)->flags & FW_OPF_GRAD_OVERWRITE))
+			continue;
+		for (int k = 0; k < FW_MAX_SRC; k++) {
+			bool repeated = false;
+			for (int j = 0; j < FW_MAX_SRC; j++)
+				repeated |= j != k && st->param[j] == st->param[k];
+			if (st->param[k] >= 0 && !repeated)
+				st->param_ow |= 1u << k;
+		}
+	}
+}
+
 static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_grad)
 {
 	int n = g->n_nodes;
@@ -663,6 +720,9 @@ static enum fw_status plan(struct fw_graph *g, const int *pos, const bool *has_g
 	/* Gradient slots in order of their first step, for zeroing. */
 	if (g->opts.backward)
 		mark_overwrites(g, pos);
+	mark_param_writers(g, pos);
+	const char *zero_all = getenv("FW_GRAD_ZERO_ALL");
+	g->zero_all = zero_all && *zero_all && strcmp(zero_all, "0");
 	const char *poison = getenv("FW_GRAD_POISON");
 	g->poison = poison && *poison && strcmp(poison, "0");
 	g->zero_order = order;
@@ -817,6 +877,9 @@ static void profile_print(const struct fw_graph *g)
 		"  a backward zeroes %.1f MiB of gradients and overwrites %.1f MiB unzeroed):\n",
 		g->n_nodes, total, g->prof_zero, g->zero_bytes / 1048576.0,
 		g->overwrite_bytes / 1048576.0);
+	fprintf(stderr, "  cleared parameter gradients, all runs: %.4f MiB zeroed, "
+		"%.4f MiB overwritten\n", g->param_zeroed / 1048576.0,
+		g->param_written / 1048576.0);
 	for (int op = 0; op < g->n_prof; op++)
 		for (int k = 0; k < 3; k++)
 			if (g->prof[op].calls[k])
@@ -965,6 +1028,46 @@ static enum fw_status check_kept(struct fw_graph *g, const struct fw_tensor *t)
 			 t->src[0]->name);
 }
 
+static void grad_fill(struct fw_graph *g, struct fw_tensor *p, int byte)
+{
+	double t0 = g->prof ? omp_get_wtime() : 0.0;
+	memset(p->grad->data, byte, (size_t)fw_nelem(p) * sizeof(float));
+	g->param_zeroed += (double)fw_nelem(p) * sizeof(float);
+	if (g->prof)
+		g->prof_zero += omp_get_wtime() - t0;
+}
+
+/* Claims the cleared parameter gradients step si writes: the bits of
+ * those it overwrites (fw_exec.grad_overwrite); the others are zeroed now,
+ * as it adds into them. */
+static uint32_t claim_params(struct fw_graph *g, int si)
+{
+	const struct step *st = &g->steps[si];
+	uint32_t ow = 0;
+	for (int k = 0; k < FW_MAX_SRC; k++) {
+		struct fw_tensor *p = st->param[k] >= 0 ? g->params[st->param[k]] : NULL;
+		if (!p || !(p->flags & FW_FLAG_GRAD_CLEARED))
+			continue;
+		p->flags &= ~FW_FLAG_GRAD_CLEARED;
+		if (st->param_ow & (1u << k)) {
+			ow |= 1u << k;
+			g->param_written += (double)fw_nelem(p) * sizeof(float);
+		} else {
+			grad_fill(g, p, 0);
+		}
+	}
+	return ow;
+}
+
+void fw_graph_grads_materialize(struct fw_graph *g)
+{
+	for (int i = 0; i < g->n_params; i++)
+		if (g->params[i]->flags & FW_FLAG_GRAD_CLEARED) {
+			g->params[i]->flags &= ~FW_FLAG_GRAD_CLEARED;
+			grad_fill(g, g->params[i], 0);
+		}
+}
+
 enum fw_status fw_graph_forward(struct fw_graph *g)
 {
 	if (g->forward_done && g->any_grad_in_fwd)
@@ -989,6 +1092,7 @@ enum fw_status fw_graph_forward(struct fw_graph *g)
 				return s;
 			continue;             /* the copy is current: no cast */
 		}
+		ex.grad_overwrite = g->grad_in_fwd[i] ? claim_params(g, si) : 0;
 		enum fw_status s = run_step(g, si, false, &ex);
 		if (s != FW_OK)
 			return s;
@@ -1081,7 +1185,7 @@ enum fw_status fw_graph_backward(struct fw_graph *g)
 		struct fw_tensor *t = g->nodes[st->node];
 		if (st->kind != STEP_BWD && !is_view(t))
 			t->data = g->arena + g->slots[g->rec_slot[st->node]].offset;
-		ex.grad_overwrite = st->kind == STEP_BWD ? st->overwrite : 0;
+		ex.grad_overwrite = st->kind == STEP_BWD ? st->overwrite | claim_params(g, si) : 0;
 		if (st->kind == STEP_BWD && g->widen_bytes[st->node])
 			rc = run_backward_widened(g, si, &ex);
 		else
@@ -1089,6 +1193,7 @@ enum fw_status fw_graph_backward(struct fw_graph *g)
 		if (rc != FW_OK)
 			break;
 	}
+	fw_graph_grads_materialize(g);   /* those no step wrote */
 	/* Leave value pointers at their forward buffers for reading outputs. */
 	for (int i = 0; i < g->n_nodes; i++)
 		if (g->rec_slot[i] >= 0)
@@ -1104,7 +1209,14 @@ void fw_graph_zero_grad(struct fw_graph *g)
 {
 	for (int i = 0; i < g->n_params; i++) {
 		struct fw_tensor *p = g->params[i];
-		memset(p->grad->data, 0, (size_t)fw_nelem(p) * 4);
+		if (g->zero_all) {
+			p->flags &= ~FW_FLAG_GRAD_CLEARED;
+			grad_fill(g, p, 0);
+			continue;
+		}
+		p->flags |= FW_FLAG_GRAD_CLEARED;
+		if (g->poison)   /* all-ones bytes are NaN */
+			memset(p->grad->data, 0xff, (size_t)fw_nelem(p) * sizeof(float));
 	}
 }
 

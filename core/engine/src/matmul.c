@@ -877,29 +877,41 @@ static size_t backward_ws_bytes(const struct fw_tensor *out)
 	return bwd + (ga > gb ? ga : gb);
 }
 
-/* dbias (N, f32) (+)= the sum of dC's rows, as the product ones (1, rows)
- * dC (rows, N) in dC's dtype dt (pdc: dC as the products read it); the
- * ones go in the workspace after backward's own bytes. */
-static enum fw_status bias_backward(struct fw_tensor *out, const struct fw_exec *ex,
-				    const void *pdc, int dt, bool accumulate, struct fw_err *err)
+/* dbias (N, f32) (+)= the sum of dC's rows (rows, N, contiguous, in its
+ * own dtype dt; = when write). Each thread sums whole columns of a tile in
+ * f32, 64-row blocks first and then the blocks, in the same order on every
+ * thread count (a product ones (1, rows) dC ran at 10-18 GFLOP/s). */
+static void bias_backward(float *db, const void *dc, enum fw_dtype dt, int64_t rows,
+			  int64_t N, bool write)
 {
-	int64_t N = out->ne[out->ndim - 1], rows = fw_nelem(out) / N;
-	size_t at = backward_ws_bytes(out);
-	void *ones = (char *)ex->ws + at;
-	FW_ASSERT(ex->ws_size >= at + (size_t)rows * sizeof(float));
-	if (dt == FW_F32) {
-		for (int64_t i = 0; i < rows; i++)
-			((float *)ones)[i] = 1.0f;
-	} else {
-		uint16_t one = dt == FW_BF16 ? fw_f32_to_bf16(1.0f) : fw_f32_to_f16(1.0f);
-		for (int64_t i = 0; i < rows; i++)
-			((uint16_t *)ones)[i] = one;
+	enum { TW = 128, RB = 64 };
+	int64_t nt = (N + TW - 1) / TW;
+	#pragma omp parallel for schedule(static) if (rows * N > PAR_MIN)
+	for (int64_t tile = 0; tile < nt; tile++) {
+		int64_t c0 = tile * TW, w = min64(TW, N - c0);
+		float acc[TW], blk[TW], row[TW];
+		for (int64_t j = 0; j < w; j++)
+			acc[j] = write ? 0.0f : db[c0 + j];
+		for (int64_t r0 = 0; r0 < rows; r0 += RB) {
+			for (int64_t j = 0; j < w; j++)
+				blk[j] = 0.0f;
+			for (int64_t r = r0; r < min64(r0 + RB, rows); r++) {
+				const float *x = row;
+				if (dt == FW_F32)
+					x = (const float *)dc + r * N + c0;
+				else
+					half_load(row, elem_ptr(dc, dt, r * N + c0), dt, w);
+				#pragma omp simd
+				for (int64_t j = 0; j < w; j++)
+					blk[j] += x[j];
+			}
+			#pragma omp simd
+			for (int64_t j = 0; j < w; j++)
+				acc[j] += blk[j];
+		}
+		for (int64_t j = 0; j < w; j++)
+			db[c0 + j] = acc[j];
 	}
-	struct mm_operand o = { .ndim = 2, .ne = { 1, rows }, .nb = { rows, 1 } };
-	struct mm_operand dc = { .ndim = 2, .ne = { rows, N }, .nb = { N, 1 } };
-	struct mm_operand db = { .ndim = 2, .ne = { 1, N }, .nb = { N, 1 } };
-	return mm_product(o, dc, db, dt, FW_F32, accumulate, ones, pdc,
-			  fw_f32(out->src[2]->grad), err);
 }
 
 /* g (+)= the product, for a half gradient g: oneDNN adds into (or
@@ -960,10 +972,10 @@ static void matmul_backward(struct fw_tensor *out, const struct fw_exec *ex)
 			return;
 		}
 	}
-	if (out->src[2] && out->src[2]->grad &&
-	    bias_backward(out, ex, pdc, dt, add_bias, &err) != FW_OK) {
-		fw_kernel_fail(&err);
-		return;
+	if (out->src[2] && out->src[2]->grad) {
+		int64_t N = out->ne[out->ndim - 1];
+		bias_backward(fw_f32(out->src[2]->grad), out->grad->data, out->grad->dtype,
+			      fw_nelem(out) / N, N, !add_bias);
 	}
 	if (b->grad) {
 		/* dB (.., K, N) += A^T (.., K, M) dC (.., M, N) */
@@ -1010,10 +1022,7 @@ static size_t matmul_workspace(const struct fw_tensor *out)
 		int64_t rows = half_out_rows(out, &fa), N = out->ne[out->ndim - 1];
 		fwd = rows ? (size_t)(rows * N) * 4 : (size_t)fw_nelem(out) * 4;
 	}
-	const struct fw_tensor *bias = out->src[2];
-	size_t ones = bias && bias->grad ?
-		      (size_t)(fw_nelem(out) / out->ne[out->ndim - 1]) * sizeof(float) : 0;
-	size_t bwd = backward_ws_bytes(out) + ones;
+	size_t bwd = backward_ws_bytes(out);
 	return fwd > bwd ? fwd : bwd;
 }
 

@@ -290,6 +290,8 @@ static void lmce_forward(struct fw_tensor *out, const struct fw_exec *ex)
 	direct &= grad;
 	float scale = k ? (float)((direct ? (double)dloss : 1.0) / (double)k) : 0.0f;
 	float *dw = direct ? fw_f32(out->src[1]->grad) : st.dw;
+	/* a cleared gradient of w is written (fw_exec.grad_overwrite) */
+	bool dw_write = !direct || (ex->grad_overwrite & 2u);
 	struct fw_err err;
 
 	if (st.h)
@@ -300,9 +302,11 @@ static void lmce_forward(struct fw_tensor *out, const struct fw_exec *ex)
 			goto fail;
 		loss += chunk_loss_grad(&c, r0, n, lg, half, grad, scale);
 		if (grad && chunk_products(&c, r0, n, dl, st.dx ? st.dx + r0 : NULL, c.N, dw,
-					   direct || r0 > 0) != FW_OK)
+					   !dw_write || r0 > 0) != FW_OK)
 			goto fail;
 	}
+	if (direct && dw_write && !k)
+		memset(dw, 0, (size_t)(c.V * c.C) * sizeof(float));
 	fw_f32(out)[0] = k ? (float)(loss / (double)k) : 0.0f;
 	return;
 fail:

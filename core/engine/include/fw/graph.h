@@ -12,7 +12,7 @@
  *             fill x->data;
  *             fw_graph_forward(g);
  *             fw_graph_backward(g);   // adds into w->grad->data
- *             optimizer step; fw_graph_zero_grad(g);
+ *             optimizer step; fw_graph_zero_grad(g);   // lazy: see below
  *     }
  *
  * fw_graph_new derives the backward schedule, decides which activations must
@@ -148,7 +148,22 @@ enum fw_status fw_graph_forward(struct fw_graph *g);
  * accumulate, and fw_graph_zero_grad after the optimizer step. Errors as for
  * fw_graph_forward; after a failed backward the gradients are partial. */
 enum fw_status fw_graph_backward(struct fw_graph *g);
+/* Clears the gradients of g's trainable parameters without touching their
+ * memory (as torch's zero_grad(set_to_none=True)): each gets
+ * FW_FLAG_GRAD_CLEARED, and the first kernel of the next forward/backward
+ * (of any graph of the context) that writes it overwrites it (a product
+ * with beta 0, no oneDNN sum post-op), or zeroes it just before when the
+ * kernel can only add; later writers and later micro-batches add as before.
+ * A backward returns with every one of g's gradients written (those no step
+ * wrote are zeroed). Between zero_grad and the next backward the grad
+ * buffers hold stale values: a reader there (nothing in the runtime reads
+ * them; tests that check the zeroing do) calls fw_graph_grads_materialize,
+ * which zeroes the cleared ones. Zeroing on demand, not on read, because a
+ * grad's data is a plain pointer that kernels and plugins read directly.
+ * FW_GRAD_ZERO_ALL=1 zeroes eagerly here (the old path); FW_GRAD_POISON=1
+ * fills cleared gradients with NaN, so a kernel that adds into one fails. */
 void fw_graph_zero_grad(struct fw_graph *g);
+void fw_graph_grads_materialize(struct fw_graph *g);
 void fw_graph_set_step(struct fw_graph *g, int64_t step);
 void fw_graph_set_loss_scale(struct fw_graph *g, float scale);
 

@@ -25,7 +25,10 @@ struct fw_exec {
 	/* Since ABI 1.6, backward only, for ops with FW_OPF_GRAD_OVERWRITE:
 	 * bit k = src[k]'s gradient buffer was not zeroed and this call is its
 	 * first writer, so backward must WRITE every element of it (its own
-	 * contribution, as if added to zeros) instead of adding. */
+	 * contribution, as if added to zeros) instead of adding. The buffer
+	 * is an activation's slot or a parameter's gradient cleared by
+	 * fw_graph_zero_grad. (The fused LM head's forward, which writes its
+	 * weight's gradient, gets bit 1 too.) */
 	uint32_t grad_overwrite;
 };
 
@@ -50,8 +53,8 @@ enum {
 	 * instead of keeping it from the forward (graph.c). */
 	FW_OPF_REMAT = 1u << 4,
 	/* Backward honours fw_exec.grad_overwrite: the graph then skips zeroing
-	 * a source's gradient slot that this node's backward writes first (an
-	 * activation's, never a parameter's), and tells the kernel to store
+	 * a source's gradient slot, or a parameter's cleared gradient, that
+	 * this node's backward writes first, and tells the kernel to store
 	 * instead of add (graph.c). A kernel that cannot write every element
 	 * of such a source zeroes it itself first. */
 	FW_OPF_GRAD_OVERWRITE = 1u << 5,

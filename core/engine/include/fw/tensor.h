@@ -57,6 +57,11 @@ enum {
 	FW_FLAG_WRITTEN = 1u << 12,    /* a parameter's data changed since a graph last
 					  read it: set by fw_tensor_mark_written, consumed
 					  by the graphs (their cached half copies) */
+	FW_FLAG_GRAD_CLEARED = 1u << 14,/* a trainable parameter whose gradient
+					  fw_graph_zero_grad cleared without writing
+					  it: the memory is stale until the first
+					  writer of the next backward (or
+					  fw_graph_grads_materialize) */
 };
 
 /* Initialisation recipe of a parameter, kept in params[0] (kind) and
