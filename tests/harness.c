@@ -359,13 +359,17 @@ int fwt_gradcheck_ex(const char *name, int n_inputs, const struct fwt_input *inp
 			float x0 = xd[i];
 			float xp = (float)(x0 + h), xm = (float)(x0 - h);
 			double mp, mm;
+			/* marked: a trainable parameter's kept half copy is cast again */
 			xd[i] = xp;
+			fw_tensor_mark_written(x);
 			fw_graph_forward(s.g);
 			double lp = host_loss(&s, &mp);
 			xd[i] = xm;
+			fw_tensor_mark_written(x);
 			fw_graph_forward(s.g);
 			double lm = host_loss(&s, &mm);
 			xd[i] = x0;
+			fw_tensor_mark_written(x);
 			num[i] = (float)((lp - lm) / ((double)xp - (double)xm));
 			if (fabs(num[i]) > gmax)
 				gmax = fabs(num[i]);

@@ -107,7 +107,7 @@ START_TEST(test_bad_plugins)
 {
 	char abi_major[64], abi_minor[64], size_big[96], iface_small[96];
 	snprintf(iface_small, sizeof(iface_small), "optim interface is %zu bytes, fw expects %zu",
-		 offsetof(struct fw_optim_i, step), (size_t)FW_OPTIM_I_SIZE_1_0);
+		 offsetof(struct fw_optim_i, step), (size_t)FW_OPTIM_I_SIZE_1_7);
 	snprintf(abi_major, sizeof(abi_major), "built for ABI %d.%d, fw is %d.%d",
 		 FW_ABI_MAJOR + 1, FW_ABI_MINOR, FW_ABI_MAJOR, FW_ABI_MINOR);
 	snprintf(abi_minor, sizeof(abi_minor), "built for ABI %d.%d, fw is %d.%d",
@@ -281,18 +281,23 @@ START_TEST(test_abi_sizes)
 	d.size = FW_PLUGIN_SIZE_1_0;
 	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_OK);
 	struct fw_optim_i small = check_oi;
-	small.size = FW_OPTIM_I_SIZE_1_0;
+	small.size = FW_OPTIM_I_SIZE_1_7;
 	d.iface = &small;
 	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_OK);
 	/* one byte short of a member is refused, naming the sizes and the minor */
-	small.size = FW_OPTIM_I_SIZE_1_0 - 1;
+	small.size = FW_OPTIM_I_SIZE_1_7 - 1;
 	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_ERR_UNSUPPORTED);
 	ck_one_line(err.msg);
 	char want[160];
 	snprintf(want, sizeof(want), "x.so: optim interface is %zu bytes, fw expects %zu to %zu "
-		 "for ABI %d.%d", (size_t)FW_OPTIM_I_SIZE_1_0 - 1, (size_t)FW_OPTIM_I_SIZE_1_0,
+		 "for ABI %d.%d", (size_t)FW_OPTIM_I_SIZE_1_7 - 1, (size_t)FW_OPTIM_I_SIZE_1_7,
 		 sizeof(struct fw_optim_i), FW_ABI_MAJOR, FW_ABI_MINOR);
 	ck_assert_str_eq(err.msg, want);
+	/* 1.6 had no step_fused: an optimizer of 1.6 without it is accepted */
+	d.abi_minor = 6;
+	small.size = FW_OPTIM_I_SIZE_1_0;
+	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_OK);
+	d.abi_minor = FW_ABI_MINOR;
 	d.iface = &check_oi;
 	d.size = FW_PLUGIN_SIZE_1_0 - 1;
 	ck_assert_int_eq(fw_plugin_check(&d, "x.so", 0, &err), FW_ERR_UNSUPPORTED);

@@ -9,8 +9,10 @@
 struct fw_rt_optim {
 	const struct fw_loaded *plugin;
 	const struct fw_optim_i *iface;
+	struct fw_ctx *ctx;
 	struct fw_graph *g;
 	int n_params, n_state, n_groups;
+	bool fuse;                        /* the plugin's step_fused is used */
 	struct fw_tensor *state_t;        /* n_params * n_state records */
 	struct fw_tensor **state;         /* pointers to them, as checkpoints take them */
 	int *group_of;                    /* per parameter */
@@ -19,6 +21,8 @@ struct fw_rt_optim {
 	struct fw_tensor **params;        /* groups' params, n_params in all */
 	float ***slots;                   /* groups' state, n_params in all */
 	float **data;                     /* n_params * n_state state pointers */
+	void **half;                      /* n_params kept half copies, in groups' runs */
+	void ***half_of;                  /* per group: its run of half */
 };
 
 void fw_rt_optim_free(struct fw_rt_optim *o)
@@ -33,6 +37,8 @@ void fw_rt_optim_free(struct fw_rt_optim *o)
 	free(o->params);
 	free(o->slots);
 	free(o->data);
+	free(o->half);
+	free(o->half_of);
 	free(o);
 }
 
@@ -55,7 +61,12 @@ struct fw_rt_optim *fw_rt_optim_new(struct fw_ctx *ctx, struct fw_graph *g,
 		goto nomem;
 	o->plugin = optim;
 	o->iface = optim->desc->iface;
+	o->ctx = ctx;
 	o->g = g;
+	/* FW_OPTIM_FUSE=0: the plugin's plain step, as a plugin built before
+	 * ABI 1.7 gets (a separate clipping pass; copies cast in the forward) */
+	const char *fuse = getenv("FW_OPTIM_FUSE");
+	o->fuse = o->iface->step_fused && !(fuse && !strcmp(fuse, "0"));
 	int np = o->n_params = fw_graph_n_params(g), ns = o->n_state = o->iface->n_state;
 	struct fw_rt_param_group two[2] = { { cfg->weight_decay, 1 }, { 0, 1 } };
 	const struct fw_rt_param_group *groups = cfg->groups ? cfg->groups : two;
@@ -70,8 +81,10 @@ struct fw_rt_optim *fw_rt_optim_new(struct fw_ctx *ctx, struct fw_graph *g,
 	o->params = calloc((size_t)np + 1, sizeof(*o->params));
 	o->slots = calloc((size_t)np + 1, sizeof(*o->slots));
 	o->data = calloc((size_t)(np * ns) + 1, sizeof(*o->data));
+	o->half = calloc((size_t)np + 1, sizeof(*o->half));
+	o->half_of = calloc((size_t)ng + 1, sizeof(*o->half_of));
 	if (!o->state_t || !o->state || !o->group_of || !o->cfg || !o->groups || !o->params ||
-	    !o->slots || !o->data)
+	    !o->slots || !o->data || !o->half || !o->half_of)
 		goto nomem;
 	if (ng < 1) {
 		fw_errorf(err, FW_ERR_INVALID, "optimizer: no parameter groups");
@@ -92,6 +105,7 @@ struct fw_rt_optim *fw_rt_optim_new(struct fw_ctx *ctx, struct fw_graph *g,
 	for (int k = 0, at = 0; k < ng; k++) {
 		o->groups[k].params = o->params + at;
 		o->groups[k].state = o->slots + at;
+		o->half_of[k] = o->half + at;
 		at += o->groups[k].n_params;
 		o->groups[k].n_params = 0;
 	}
@@ -189,14 +203,54 @@ void fw_rt_optim_scale_grads(struct fw_rt_optim *o, float c)
 	}
 }
 
+float fw_rt_optim_clip_coef(double max_norm, double norm)
+{
+	return max_norm > 0 && max_norm / (norm + 1e-6) < 1.0 ? (float)(max_norm / (norm + 1e-6)) :
+	       1.0f;
+}
+
 void fw_rt_optim_clip(struct fw_rt_optim *o, double max_norm, double norm)
 {
-	if (max_norm > 0 && max_norm / (norm + 1e-6) < 1.0)
-		fw_rt_optim_scale_grads(o, (float)(max_norm / (norm + 1e-6)));
+	float c = fw_rt_optim_clip_coef(max_norm, norm);
+	if (c != 1.0f)
+		fw_rt_optim_scale_grads(o, c);
+}
+
+/* The fused step: the kept half copies of the autocast dtype as the plugin
+ * sees them, and after it each written copy current (fw/graph.h). */
+static enum fw_status step_fused(struct fw_rt_optim *o, int64_t step, float grad_scale,
+				 struct fw_err *oe)
+{
+	enum fw_dtype dt = fw_ctx_autocast(o->ctx);
+	bool half = dt != FW_F32;
+	for (int k = 0; k < o->n_groups; k++)
+		for (int i = 0; i < o->groups[k].n_params; i++)
+			o->half_of[k][i] = half ? fw_ctx_kept_copy(o->ctx, o->groups[k].params[i], dt) :
+					   NULL;
+	struct fw_optim_fused f = {
+		.size = sizeof(f), .step = step, .grad_scale = grad_scale, .half_dtype = dt,
+		.half = half ? (void *const *const *)o->half_of : NULL,
+	};
+	enum fw_status st = o->iface->step_fused(o->plugin->state, o->groups, o->n_groups, &f, oe);
+	for (int k = 0; k < o->n_groups; k++)
+		for (int i = 0; i < o->groups[k].n_params; i++) {
+			struct fw_tensor *p = o->groups[k].params[i];
+			if (st == FW_OK && o->half_of[k][i])
+				fw_ctx_kept_written(o->ctx, p, dt);
+			else
+				fw_tensor_mark_written(p);
+		}
+	return st;
 }
 
 enum fw_status fw_rt_optim_step(struct fw_rt_optim *o, double lr, int64_t step,
 				struct fw_err *err)
+{
+	return fw_rt_optim_step_scaled(o, lr, step, 1.0f, err);
+}
+
+enum fw_status fw_rt_optim_step_scaled(struct fw_rt_optim *o, double lr, int64_t step,
+				       float grad_scale, struct fw_err *err)
 {
 	for (int k = 0; k < o->n_groups; k++) {
 		double scale = o->cfg[k].lr_scale ? o->cfg[k].lr_scale : 1.0;
@@ -204,10 +258,17 @@ enum fw_status fw_rt_optim_step(struct fw_rt_optim *o, double lr, int64_t step,
 		o->groups[k].weight_decay = (float)o->cfg[k].weight_decay;
 	}
 	struct fw_err oe = { 0 };
-	enum fw_status st = o->iface->step(o->plugin->state, o->groups, o->n_groups, step, &oe);
-	for (int k = 0; k < o->n_groups; k++)
-		for (int i = 0; i < o->groups[k].n_params; i++)
-			fw_tensor_mark_written(o->groups[k].params[i]);
+	enum fw_status st;
+	if (o->fuse)
+		st = step_fused(o, step, grad_scale, &oe);
+	else {
+		if (grad_scale != 1.0f)
+			fw_rt_optim_scale_grads(o, grad_scale);
+		st = o->iface->step(o->plugin->state, o->groups, o->n_groups, step, &oe);
+		for (int k = 0; k < o->n_groups; k++)
+			for (int i = 0; i < o->groups[k].n_params; i++)
+				fw_tensor_mark_written(o->groups[k].params[i]);
+	}
 	if (st != FW_OK)
 		return fw_errorf(err, oe.status ? oe.status : st, "%s: %s", o->plugin->desc->name,
 				 oe.msg);

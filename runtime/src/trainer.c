@@ -197,8 +197,15 @@ enum fw_status fw_rt_train(struct fw_rt_trainer *t, bool *stopped, struct fw_err
 			t->skipped++;
 			norm = NAN;
 		} else {
-			fw_rt_optim_clip(t->optim, t->clip, norm);
-			if ((st = fw_rt_optim_step(t->optim, lr, update, err)) != FW_OK)
+			/* The clip factor is folded into the update; a peft
+			 * after_backward may read the gradients (AdaLoRA's
+			 * importance), so there they are clipped in place first. */
+			float coef = fw_rt_optim_clip_coef(t->clip, norm);
+			if (peft && peft->after_backward && coef != 1.0f) {
+				fw_rt_optim_scale_grads(t->optim, coef);
+				coef = 1.0f;
+			}
+			if ((st = fw_rt_optim_step_scaled(t->optim, lr, update, coef, err)) != FW_OK)
 				break;
 		}
 		struct fw_err pe = { 0 };

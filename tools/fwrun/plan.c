@@ -45,7 +45,7 @@ static double half_weight_copies(const struct fw_ctx *ctx, bool trainable)
 }
 
 /* Bytes of ctx's weights category beyond the parameters themselves: the
- * copies of frozen parameters its graphs keep across steps (fw/graph.h). */
+ * half copies of parameters its graphs keep across steps (fw/graph.h). */
 static double kept_copies(const struct fw_ctx *ctx, size_t weights)
 {
 	double params = 0;
@@ -88,8 +88,8 @@ int cmd_plan(int argc, char **argv)
 	double kept = s.precision == FW_F32 ? 0 : kept_copies(s.ctx, mr.bytes[FW_MEM_WEIGHTS]);
 	plan_row("weights", (double)mr.bytes[FW_MEM_WEIGHTS], "4 B/param (fp32)", 4 * P);
 	if (kept > 0)
-		printf("  (weights hold the %s copies of the frozen parameters, kept across steps: "
-		       "%.2f MiB)\n", fw_dtype_name(s.precision), kept / 1048576.0);
+		printf("  (weights hold the %s copies of the parameters the matmuls read, kept "
+		       "across steps: %.2f MiB)\n", fw_dtype_name(s.precision), kept / 1048576.0);
 	plan_row("gradients", (double)mr.bytes[FW_MEM_GRADIENTS], "4 B/trainable param", 4 * Tr);
 	char rule[64];
 	snprintf(rule, sizeof(rule), "%d x 4 B/trainable param", n_state);

@@ -92,6 +92,26 @@ struct fw_kept *fw_ctx_kept(struct fw_ctx *ctx, const struct fw_tensor *param,
 	return k;
 }
 
+void *fw_ctx_kept_copy(struct fw_ctx *ctx, const struct fw_tensor *p, enum fw_dtype dt)
+{
+	for (struct fw_kept *k = ctx->kept; k; k = k->next)
+		if (k->param == p && k->dtype == dt)
+			return k->data;
+	return NULL;
+}
+
+void fw_ctx_kept_written(struct fw_ctx *ctx, struct fw_tensor *p, enum fw_dtype dt)
+{
+	fw_tensor_mark_written(p);
+	uint64_t ver = fw_ctx_version(ctx, p);    /* other copies of p go stale */
+	for (struct fw_kept *k = ctx->kept; k; k = k->next)
+		if (k->param == p && k->dtype == dt) {
+			k->valid = true;
+			k->version = ver;
+			k->src = p->data;
+		}
+}
+
 struct fw_err *fw_ctx_err(struct fw_ctx *ctx)
 {
 	return &ctx->err;

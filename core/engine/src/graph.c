@@ -120,15 +120,15 @@ static bool owns_weight(const struct fw_ctx *ctx, const void *p)
 	return false;
 }
 
-/* A cast to half of a frozen f32 parameter stored in ctx: its output is
- * kept across forwards and cast again only when the parameter changed
- * (fw/graph.h). */
+/* A cast to half of an f32 parameter (frozen or trainable) stored in ctx:
+ * its output is kept across forwards and cast again only when the parameter
+ * changed without its copy (fw/graph.h). */
 static bool keeps_copy(const struct fw_ctx *ctx, const struct fw_tensor *t)
 {
 	const struct fw_tensor *x = t->src[0];
 	return t->op == FW_OP_CAST && !is_view(t) && t->dtype != FW_F32 && is_leaf(x) &&
-	       (x->flags & FW_FLAG_PARAM) && !(x->flags & FW_FLAG_TRAINABLE) &&
-	       x->dtype == FW_F32 && x->data && owns_weight(ctx, x->data);
+	       (x->flags & FW_FLAG_PARAM) && x->dtype == FW_F32 && x->data &&
+	       owns_weight(ctx, x->data);
 }
 
 /* --- collecting nodes -------------------------------------------------------- */

@@ -256,6 +256,9 @@ struct abi_sizes {
 #define SIZES_1_3 { FW_PLUGIN_SIZE_1_0, { \
 	[FW_KIND_ARCH] = FW_ARCH_I_SIZE_1_3, [FW_KIND_ATTENTION] = FW_ATTENTION_I_SIZE_1_0, \
 	[FW_KIND_PEFT] = FW_PEFT_I_SIZE_1_3, [FW_KIND_OPTIM] = FW_OPTIM_I_SIZE_1_0 } }
+#define SIZES_1_7 { FW_PLUGIN_SIZE_1_0, { \
+	[FW_KIND_ARCH] = FW_ARCH_I_SIZE_1_3, [FW_KIND_ATTENTION] = FW_ATTENTION_I_SIZE_1_0, \
+	[FW_KIND_PEFT] = FW_PEFT_I_SIZE_1_3, [FW_KIND_OPTIM] = FW_OPTIM_I_SIZE_1_7 } }
 static const struct abi_sizes frozen[FW_ABI_MINOR + 1] = {
 	[0] = SIZES_1_0,
 	[1] = SIZES_1_0,             /* 1.1 appended to fw_model only */
@@ -266,11 +269,13 @@ static const struct abi_sizes frozen[FW_ABI_MINOR + 1] = {
 	[5] = SIZES_1_3,             /* 1.5 appended to host-owned structs only: fw_model.n_prefix,
 					fw_attn_spec.n_prefix; per-row cache slots (fw_kv_cache.len) */
 	[6] = SIZES_1_3,             /* 1.6 appended to host-owned fw_exec only: grad_overwrite */
+	[7] = SIZES_1_7,             /* 1.7: fw_optim_i.step_fused (struct fw_optim_fused) */
 };
 #undef SIZES_1_0
 #undef SIZES_1_2
 #undef SIZES_1_3
-_Static_assert(FW_ABI_MINOR == 6, "a new minor needs its row in frozen[] and, if it "
+#undef SIZES_1_7
+_Static_assert(FW_ABI_MINOR == 7, "a new minor needs its row in frozen[] and, if it "
 	       "changes the fingerprint, a case in fingerprint_of()");
 
 /* The fingerprint a plugin of this minor carries. 1.0 and 1.1 hashed the

@@ -14,18 +14,21 @@ struct adamw {
 struct update {
 	float *p, *g, *m, *v;
 	float lr, wd, b1, b2, eps, c1, c2;
+	float grad_scale;                 /* 1: g as is */
+	void *half;                       /* the kept half copy to write, or NULL */
+	enum fw_dtype half_dtype;
 };
 
-static void update_range(void *arg, int64_t begin, int64_t end)
+/* n elements from at of p, m, v with gradients g (bandwidth-bound):
+ * vectorises */
+static void update_block(void *arg, int64_t at, const float *restrict g, int64_t n)
 {
 	const struct update *u = arg;
-	float *restrict p = u->p, *restrict m = u->m, *restrict v = u->v;
-	const float *restrict g = u->g;
+	float *restrict p = u->p + at, *restrict m = u->m + at, *restrict v = u->v + at;
 	const float decay = 1.0f - u->lr * u->wd, b1 = u->b1, b2 = u->b2;
 	const float lr_c1 = u->lr / u->c1, inv_c2 = 1.0f / u->c2, eps = u->eps;
-	/* one fused pass over p, g, m, v (bandwidth-bound): vectorises */
 	#pragma omp simd
-	for (int64_t i = begin; i < end; i++) {
+	for (int64_t i = 0; i < n; i++) {
 		float mi = b1 * m[i] + (1.0f - b1) * g[i];
 		float vi = b2 * v[i] + (1.0f - b2) * g[i] * g[i];
 		m[i] = mi;
@@ -34,13 +37,23 @@ static void update_range(void *arg, int64_t begin, int64_t end)
 	}
 }
 
-static enum fw_status adamw_step(void *state, const struct fw_optim_group *groups, int n_groups,
-				 int64_t step, struct fw_err *err)
+static void update_range(void *arg, int64_t begin, int64_t end)
 {
-	const struct adamw *a = state;
+	const struct update *u = arg;
+	fw_optim_fused_range(u->g, u->grad_scale, u->p, u->half, u->half_dtype, begin, end,
+			     update_block, arg);
+}
+
+/* One update; f NULL: the plain step (gradients as they are, no copies). */
+static enum fw_status adamw_update(const struct adamw *a, const struct fw_optim_group *groups,
+				   int n_groups, int64_t step, const struct fw_optim_fused *f)
+{
 	/* Like torch: bias corrections as 1 - beta^t, sqrt(1 - b2^t) on v. */
 	float c1 = 1.0f - powf(a->beta1, (float)step);
 	float c2 = sqrtf(1.0f - powf(a->beta2, (float)step));
+#ifdef ADAMW_MUTANT_SKIP_COPY
+	bool mutated = false;
+#endif
 	for (int gi = 0; gi < n_groups; gi++) {
 		const struct fw_optim_group *grp = &groups[gi];
 		for (int i = 0; i < grp->n_params; i++) {
@@ -49,12 +62,36 @@ static enum fw_status adamw_step(void *state, const struct fw_optim_group *group
 				.p = p->data, .g = p->grad->data, .m = grp->state[i][0],
 				.v = grp->state[i][1], .lr = grp->lr, .wd = grp->weight_decay,
 				.b1 = a->beta1, .b2 = a->beta2, .eps = a->eps, .c1 = c1, .c2 = c2,
+				.grad_scale = f ? f->grad_scale : 1.0f,
+				.half = f && f->half ? f->half[gi][i] : NULL,
+				.half_dtype = f ? f->half_dtype : FW_F32,
 			};
+#ifdef ADAMW_MUTANT_SKIP_COPY
+			if (u.half && !mutated) {   /* tests/optim_fused.py's mutant */
+				u.half = NULL;
+				mutated = true;
+			}
+#endif
 			a->host->parallel_for(fw_nelem(p), update_range, &u);
 		}
 	}
 	return FW_OK;
 }
+
+static enum fw_status adamw_step(void *state, const struct fw_optim_group *groups, int n_groups,
+				 int64_t step, struct fw_err *err)
+{
+	return adamw_update(state, groups, n_groups, step, NULL);
+}
+
+#ifndef ADAMW_ABI_1_6
+static enum fw_status adamw_step_fused(void *state, const struct fw_optim_group *groups,
+				       int n_groups, const struct fw_optim_fused *f,
+				       struct fw_err *err)
+{
+	return adamw_update(state, groups, n_groups, f->step, f);
+}
+#endif
 
 static enum fw_status adamw_init(const struct fw_host *host, const struct fw_options *opts,
 				 void **state, struct fw_err *err)
@@ -79,12 +116,23 @@ static void adamw_fini(void *state)
 
 static const char *const state_names[] = { "exp_avg", "exp_avg_sq" };
 
+#ifdef ADAMW_ABI_1_6
+/* tests/optim_fused.py's plugin of ABI 1.6: the same update, no step_fused */
+static const struct fw_optim_i iface = {
+	.size = FW_OPTIM_I_SIZE_1_0,
+	.n_state = 2,
+	.state_names = state_names,
+	.step = adamw_step,
+};
+#else
 static const struct fw_optim_i iface = {
 	.size = sizeof(struct fw_optim_i),
 	.n_state = 2,
 	.state_names = state_names,
 	.step = adamw_step,
+	.step_fused = adamw_step_fused,
 };
+#endif
 
 static const struct fw_option_def options[] = {
 	{ "adam-beta1", FW_OPT_FLOAT, "0.9", 0, 1, NULL, "first-moment decay" },
@@ -92,10 +140,24 @@ static const struct fw_option_def options[] = {
 	{ "adam-eps", FW_OPT_FLOAT, "1e-8", 0, 1, NULL, "added to the denominator" },
 };
 
+/* Test builds (tests/plugins): built for ABI 1.6, or skipping one copy. */
+#if defined(ADAMW_ABI_1_6)
+#define ADAMW_NAME "optim/abi16adamw"
+#elif defined(ADAMW_MUTANT_SKIP_COPY)
+#define ADAMW_NAME "optim/mutadamw"
+#else
+#define ADAMW_NAME "optim/adamw"
+#endif
+
 static const struct fw_plugin plugin = {
+#ifdef ADAMW_ABI_1_6
+	.size = sizeof(struct fw_plugin), .abi_major = 1, .abi_minor = 6,
+	.abi_fingerprint = FW_ABI_FINGERPRINT,
+#else
 	FW_PLUGIN_HEADER,
+#endif
 	.kind = FW_KIND_OPTIM,
-	.name = "optim/adamw",
+	.name = ADAMW_NAME,
 	.version = "1.0.0",
 	.description = "AdamW: Adam with decoupled weight decay (torch.optim.AdamW semantics)",
 	.options = options,

@@ -14,26 +14,37 @@ struct update {
 	float *p, *g, *buf;
 	float lr, wd, mom;
 	bool nesterov, first;
+	float grad_scale;                 /* 1: g as is */
+	void *half;                       /* the kept half copy to write, or NULL */
+	enum fw_dtype half_dtype;
 };
+
+static void update_block(void *arg, int64_t at, const float *g, int64_t n)
+{
+	const struct update *u = arg;
+	float *p = u->p + at, *buf = u->buf + at;
+	for (int64_t i = 0; i < n; i++) {
+		float gi = g[i] + u->wd * p[i];
+		if (u->mom != 0.0f) {
+			float b = u->first ? gi : u->mom * buf[i] + gi;
+			buf[i] = b;
+			gi = u->nesterov ? gi + u->mom * b : b;
+		}
+		p[i] -= u->lr * gi;
+	}
+}
 
 static void update_range(void *arg, int64_t begin, int64_t end)
 {
 	const struct update *u = arg;
-	for (int64_t i = begin; i < end; i++) {
-		float g = u->g[i] + u->wd * u->p[i];
-		if (u->mom != 0.0f) {
-			float b = u->first ? g : u->mom * u->buf[i] + g;
-			u->buf[i] = b;
-			g = u->nesterov ? g + u->mom * b : b;
-		}
-		u->p[i] -= u->lr * g;
-	}
+	fw_optim_fused_range(u->g, u->grad_scale, u->p, u->half, u->half_dtype, begin, end,
+			     update_block, arg);
 }
 
-static enum fw_status sgd_step(void *state, const struct fw_optim_group *groups, int n_groups,
-			       int64_t step, struct fw_err *err)
+/* One update; f NULL: the plain step (gradients as they are, no copies). */
+static enum fw_status sgd_update(const struct sgd *s, const struct fw_optim_group *groups,
+				 int n_groups, int64_t step, const struct fw_optim_fused *f)
 {
-	const struct sgd *s = state;
 	for (int gi = 0; gi < n_groups; gi++) {
 		for (int i = 0; i < groups[gi].n_params; i++) {
 			struct fw_tensor *p = groups[gi].params[i];
@@ -41,11 +52,27 @@ static enum fw_status sgd_step(void *state, const struct fw_optim_group *groups,
 				.p = p->data, .g = p->grad->data, .buf = groups[gi].state[i][0],
 				.lr = groups[gi].lr, .wd = groups[gi].weight_decay,
 				.mom = s->momentum, .nesterov = s->nesterov, .first = step == 1,
+				.grad_scale = f ? f->grad_scale : 1.0f,
+				.half = f && f->half ? f->half[gi][i] : NULL,
+				.half_dtype = f ? f->half_dtype : FW_F32,
 			};
 			s->host->parallel_for(fw_nelem(p), update_range, &u);
 		}
 	}
 	return FW_OK;
+}
+
+static enum fw_status sgd_step(void *state, const struct fw_optim_group *groups, int n_groups,
+			       int64_t step, struct fw_err *err)
+{
+	return sgd_update(state, groups, n_groups, step, NULL);
+}
+
+static enum fw_status sgd_step_fused(void *state, const struct fw_optim_group *groups,
+				     int n_groups, const struct fw_optim_fused *f,
+				     struct fw_err *err)
+{
+	return sgd_update(state, groups, n_groups, f->step, f);
 }
 
 static enum fw_status sgd_init(const struct fw_host *host, const struct fw_options *opts,
@@ -80,6 +107,7 @@ static const struct fw_optim_i iface = {
 	.n_state = 1,
 	.state_names = state_names,
 	.step = sgd_step,
+	.step_fused = sgd_step_fused,
 };
 
 static const struct fw_option_def options[] = {

@@ -14,7 +14,7 @@ bad_step(void *state, const struct fw_optim_group *groups, int n_groups, int64_t
 
 static const struct fw_optim_i iface __attribute__((unused)) = {
 #if defined(BAD_IFACE_SMALL)
-	.size = offsetof(struct fw_optim_i, step),      /* lacks a member of ABI 1.0 */
+	.size = offsetof(struct fw_optim_i, step),      /* lacks a member of ABI 1.0 (and 1.7) */
 #else
 	.size = sizeof(struct fw_optim_i),
 #endif

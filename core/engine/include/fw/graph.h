@@ -61,15 +61,26 @@ enum fw_status fw_param_set_trainable(struct fw_ctx *ctx, struct fw_tensor *p, b
  * keeps it); a cast's is f32 and shares its f32 source's buffer, so
  * parameters and their gradients stay f32 (docs/mixed-precision.md). The
  * operands a matmul keeps for its backward are the dt copies.
- * A cast of a frozen f32 parameter (not trainable: a LoRA/IA3 base weight)
- * keeps its output across forwards: the context holds that copy (counted
- * as FW_MEM_WEIGHTS, shared by its graphs), the first forward casts it and
- * a later one again only when the parameter was marked written
- * (fw_tensor_mark_written, fw/tensor.h) or its data pointer changed. FW_HALF_SHADOW=0 in the environment casts every
- * forward; FW_HALF_SHADOW_CHECK=1 casts every forward and fails it when a
- * kept copy differs (a write that was not marked). */
+ * A cast of an f32 parameter (frozen or trainable) keeps its output across
+ * forwards: the context holds that copy (counted as FW_MEM_WEIGHTS, shared
+ * by its graphs), the first forward casts it and a later one again only
+ * when the parameter was marked written (fw_tensor_mark_written,
+ * fw/tensor.h) or its data pointer changed, unless the writer wrote the
+ * copy too (fw_ctx_kept_written: the optimizer's step). FW_HALF_SHADOW=0 in
+ * the environment casts every forward; FW_HALF_SHADOW_CHECK=1 fails a
+ * forward that finds a current kept copy different from a fresh cast (a
+ * write that was not marked, or a copy written wrong). */
 enum fw_status fw_ctx_set_autocast(struct fw_ctx *ctx, enum fw_dtype dt);
 enum fw_dtype fw_ctx_autocast(const struct fw_ctx *ctx);
+/* The kept dt copy of parameter p that ctx's graphs read (fw_nelem(p)
+ * elements of dt), or NULL when they keep none (no graph casts p to dt, or
+ * FW_HALF_SHADOW=0). */
+void *fw_ctx_kept_copy(struct fw_ctx *ctx, const struct fw_tensor *p, enum fw_dtype dt);
+/* p's data was written and its kept dt copy with it, exactly as
+ * fw_convert(copy, dt, p->data, FW_F32, n) writes it: p is marked written
+ * (its other copies are cast again) and the next forward casts nothing for
+ * this one. */
+void fw_ctx_kept_written(struct fw_ctx *ctx, struct fw_tensor *p, enum fw_dtype dt);
 
 /* Nodes created between begin and end form one recompute segment: with
  * fw_graph_opts.recompute their activations are dropped after forward and

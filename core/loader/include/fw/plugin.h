@@ -81,9 +81,12 @@ extern "C" {
  * fw_kv_cache.len may hold per-row slots (B, Tq), which the host gives only to
  * plugins built for 1.5 (fw_attn_cache_slots).
  * 1.6: fw_exec.grad_overwrite, read by ops that declare
- * FW_OPF_GRAD_OVERWRITE (op.h). */
+ * FW_OPF_GRAD_OVERWRITE (op.h).
+ * 1.7: fw_optim_i.step_fused with struct fw_optim_fused (the clip factor
+ * folded into the update; the kept half copies of the parameters written by
+ * the optimizer). */
 #define FW_ABI_MAJOR 1   /* incompatible changes */
-#define FW_ABI_MINOR 6   /* additions at the end of size-stamped structs */
+#define FW_ABI_MINOR 7   /* additions at the end of size-stamped structs */
 
 /* Layouts that cannot grow without breaking plugins: a plugin built against
  * other ones is refused ("rebuild against this fw"). */
@@ -478,6 +481,54 @@ struct fw_optim_group {
 	float ***state;              /* state[i][s]: param i's state tensor s */
 };
 
+/* Since 1.7: what the host gives step_fused. Host-owned and size-stamped:
+ * FW_HAS(f, member) before reading a later member. */
+struct fw_optim_fused {
+	size_t size;
+	int64_t step;                /* as step's */
+	/* Each gradient is read as g * grad_scale rounded to f32 (clipping;
+	 * 1: as is), exactly what a scaling pass would have stored. The
+	 * gradients themselves are left unchanged. */
+	float grad_scale;
+	enum fw_dtype half_dtype;    /* of the copies in half: FW_BF16 or FW_F16 */
+	/* half[group][i]: the kept half copy of groups[group].params[i], which
+	 * the step overwrites with its new value exactly as
+	 * fw_convert(copy, half_dtype, p->data, FW_F32, n) would (call it on
+	 * each block just updated); NULL: none (the host casts). half itself
+	 * is NULL in an f32 run. */
+	void *const *const *half;
+};
+
+/* For step_fused: block(arg, at, g, n) over elements [begin, end) of a
+ * parameter with data p and gradient grad, in blocks that stay in L1. g is
+ * grad + at, or, when grad_scale is not 1, grad times grad_scale rounded
+ * into a buffer first (what a scaling pass stores: no FMA contracts the
+ * product into the update). After each block, its part of half (NULL:
+ * none) is written from p with fw_convert. */
+static inline void fw_optim_fused_range(const float *grad, float grad_scale, const float *p,
+					void *half, enum fw_dtype half_dtype, int64_t begin,
+					int64_t end,
+					void (*block)(void *arg, int64_t at, const float *g,
+						      int64_t n),
+					void *arg)
+{
+	float scaled[2048];
+	const int64_t block_n = (int64_t)(sizeof(scaled) / sizeof(scaled[0]));
+	for (int64_t at = begin; at < end; at += block_n) {
+		int64_t n = end - at < block_n ? end - at : block_n;
+		const float *g = grad + at;
+		if (grad_scale != 1.0f) {
+			for (int64_t i = 0; i < n; i++)
+				scaled[i] = g[i] * grad_scale;
+			g = scaled;
+		}
+		block(arg, at, g, n);
+		if (half)
+			fw_convert((char *)half + at * (int64_t)fw_dtype_size(half_dtype), half_dtype,
+				   p + at, FW_F32, n);
+	}
+}
+
 struct fw_optim_i {
 	size_t size;
 	int n_state;                 /* >= 0 */
@@ -486,6 +537,13 @@ struct fw_optim_i {
 	 * the count). Gradients are already unscaled and clipped by the host. */
 	enum fw_status (*step)(void *state, const struct fw_optim_group *groups, int n_groups,
 			       int64_t step, struct fw_err *err);
+	/* Since 1.7, optional: the same update reading the gradients times
+	 * f->grad_scale and writing every non-NULL f->half copy; the host calls
+	 * it instead of step. Without it the host scales the gradients in a
+	 * pass of its own and casts the copies in the next forward. */
+	enum fw_status (*step_fused)(void *state, const struct fw_optim_group *groups,
+				     int n_groups, const struct fw_optim_fused *f,
+				     struct fw_err *err);
 };
 
 /* --- host services --------------------------------------------------------------- */
@@ -606,6 +664,7 @@ struct fw_plugin {
 #define FW_PEFT_I_SIZE_1_2      FW_SIZE_THROUGH(struct fw_peft_i, export_peft)
 #define FW_PEFT_I_SIZE_1_3      FW_SIZE_THROUGH(struct fw_peft_i, init_from_base)
 #define FW_OPTIM_I_SIZE_1_0     FW_SIZE_THROUGH(struct fw_optim_i, step)
+#define FW_OPTIM_I_SIZE_1_7     FW_SIZE_THROUGH(struct fw_optim_i, step_fused)
 #define FW_HOST_SIZE_1_0        FW_SIZE_THROUGH(struct fw_host, init_const)
 #define FW_HOST_SIZE_1_4        FW_SIZE_THROUGH(struct fw_host, lm_head_cross_entropy)
 #define FW_MODEL_SIZE_1_0       FW_SIZE_THROUGH(struct fw_model, host_private)

@@ -5,8 +5,7 @@
  *             .weight_decay = 0.1 }, &err);
  *     ... forward/backward ...
  *     double norm = fw_rt_optim_grad_norm(o);
- *     fw_rt_optim_clip(o, 1.0, norm);
- *     fw_rt_optim_step(o, lr, step, &err);
+ *     fw_rt_optim_step_scaled(o, lr, step, fw_rt_optim_clip_coef(1.0, norm), &err);
  *     fw_graph_zero_grad(g);
  *
  * State: n_state tensors per trainable parameter, named
@@ -14,6 +13,13 @@
  * parameter's shape, zero at the start. Their data lives in ctx's optimizer
  * arena (FW_MEM_OPTIMIZER, counted in the memory report and freed with ctx);
  * the tensor records belong to the fw_rt_optim and are freed with it.
+ *
+ * A plugin with step_fused (ABI 1.7) reads the clip factor in its update
+ * and writes the kept half copies of the parameters (fw/graph.h) from the
+ * new values, so the next forward casts none of them. FW_OPTIM_FUSE=0 in
+ * the environment calls its plain step instead, as for an older plugin: the
+ * gradients scaled in a pass of their own, the copies cast in the forward.
+ * Both give the same bits.
  */
 #ifndef FW_RUNTIME_OPTIM_H
 #define FW_RUNTIME_OPTIM_H
@@ -67,8 +73,11 @@ double fw_rt_optim_grad_norm(const struct fw_rt_optim *o);
  * gradient is (an f32's square always fits a double, so only a non-finite
  * gradient makes the sum non-finite). */
 double fw_rt_optim_unscale_norm(struct fw_rt_optim *o, float inv_scale);
-/* Scales the gradients by max_norm / (norm + 1e-6) when that is below 1
- * (Megatron's clip_grad); max_norm <= 0 does nothing. */
+/* max_norm / (norm + 1e-6) as a float when that is below 1 (Megatron's
+ * clip_grad), else 1; max_norm <= 0 gives 1. */
+float fw_rt_optim_clip_coef(double max_norm, double norm);
+/* Scales the gradients by fw_rt_optim_clip_coef(max_norm, norm) in place
+ * when that is not 1. */
 void fw_rt_optim_clip(struct fw_rt_optim *o, double max_norm, double norm);
 /* Multiplies every gradient by c. */
 void fw_rt_optim_scale_grads(struct fw_rt_optim *o, float c);
@@ -77,6 +86,13 @@ void fw_rt_optim_scale_grads(struct fw_rt_optim *o, float c);
  * The plugin's error comes back named: "optim/adamw: ...". */
 enum fw_status fw_rt_optim_step(struct fw_rt_optim *o, double lr, int64_t step,
 				struct fw_err *err);
+/* The same update on the gradients times grad_scale (the clip factor), bit
+ * for bit what fw_rt_optim_scale_grads(o, grad_scale) then fw_rt_optim_step
+ * give. With a fused plugin the gradients are left unscaled; otherwise they
+ * are scaled in place. Every parameter is marked written, its kept half
+ * copy current when the plugin wrote it. */
+enum fw_status fw_rt_optim_step_scaled(struct fw_rt_optim *o, double lr, int64_t step,
+				       float grad_scale, struct fw_err *err);
 
 #ifdef __cplusplus
 }

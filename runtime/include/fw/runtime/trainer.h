@@ -3,7 +3,9 @@
  * The loop: for each step, the micro-batches of one global batch (gradient
  * accumulation; with per_token, each micro-batch's mean weighted by its
  * loss tokens), the gradient norm, clipping, the optimizer step at the
- * schedule's lr, the peft plugin's after_backward; then on_step with the
+ * schedule's lr (the clip factor folded into it: fw_rt_optim_step_scaled;
+ * with a peft after_backward the gradients are clipped in place first, so
+ * the hook sees them clipped), the peft plugin's after_backward; then on_step with the
  * step's metrics, an evaluation when due (every eval_every steps and at the
  * last) reported to on_eval, and a save when due (every save_every steps,
  * the last, or when a callback asked to stop) through on_save. With a loss
