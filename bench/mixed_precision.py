@@ -37,6 +37,8 @@ def main():
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2, help="steps left out of the median")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default="gpt2", choices=sorted(gt.MODELS),
+                    help="bench/gpt2_train.py's model table")
     ap.add_argument("--max-wait", type=int, default=0, help="seconds to wait for a quiet machine")
     ap.add_argument("--max-others", type=float, default=0.3)
     ap.add_argument("--retries", type=int, default=0, help="remeasurements of a busy run")
@@ -44,6 +46,7 @@ def main():
                     help="the OpenMP OpenBLAS folder torch loads (libopenblas0-openmp's; "
                     "'apt-get download' + 'dpkg -x' give one without installing it)")
     args = ap.parse_args()
+    gt.M = gt.MODELS[args.model]
     env, opts = gt.TORCH_CONFIGS[TORCH]
     gt.TORCH_CONFIGS[TORCH] = (dict(env, LD_LIBRARY_PATH=os.path.abspath(args.openblas_dir)), opts)
 
@@ -58,10 +61,10 @@ def main():
           f"{args.rounds} rounds")
     work = tempfile.mkdtemp(prefix="fw-mp-bench-")
     shard = os.path.join(work, "train.bin")
-    gt.write_shard(shard, (args.steps + 1) * 4 * 256 + 1)
+    gt.write_shard(shard, (args.steps + 1) * 4 * 256 + 1, gt.M["vocab"])
     runners = {
         "fw fp32": lambda: gt.run_fw(args, shard, work),
-        "fw bf16": lambda: gt.run_fw(args, shard, work, ("--bf16",)),
+        "fw bf16": lambda: gt.run_fw(args, shard, work, "bf16"),
         "torch bf16": lambda: gt.run_torch(args, shard, work, TORCH),
     }
     names = list(runners)
