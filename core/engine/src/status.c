@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "internal.h"
 
@@ -45,12 +46,35 @@ void fw_err_clear(struct fw_err *err)
 
 /* --- allocator ------------------------------------------------------------ */
 
+#define HUGE_PAGE (2u << 20)
+#define HUGE_MIN (8u << 20)    /* blocks from here on ask for huge pages */
+
+/* FW_HUGEPAGES=0 turns the advice off. */
+static bool huge_pages_wanted(void)
+{
+	static int wanted = -1;
+	if (wanted < 0) {
+		const char *e = getenv("FW_HUGEPAGES");
+		wanted = !(e && !strcmp(e, "0"));
+	}
+	return wanted;
+}
+
+/* Big blocks (arenas, weights, optimizer state) start on a 2 MiB boundary
+ * and ask for transparent huge pages, which the default madvise mode of
+ * /sys/kernel/mm/transparent_hugepage gives only on request: fewer TLB
+ * misses in the products and fewer page faults on first touch. */
 static void *default_alloc(void *user, size_t size, size_t align)
 {
 	void *p = NULL;
 	(void)user;
-	if (posix_memalign(&p, align, size ? size : align) != 0)
+	bool huge = size >= HUGE_MIN && huge_pages_wanted();
+	if (posix_memalign(&p, huge ? HUGE_PAGE : align, size ? size : align) != 0)
 		return NULL;
+#ifdef MADV_HUGEPAGE
+	if (huge)
+		madvise(p, size & ~(size_t)(HUGE_PAGE - 1), MADV_HUGEPAGE);
+#endif
 	return p;
 }
 
