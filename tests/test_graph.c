@@ -7,6 +7,7 @@
  */
 #include <math.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -801,11 +802,29 @@ START_TEST(test_graph_misuse)
 }
 END_TEST
 
+/* Blocks of 8 MiB and more start on a 2 MiB boundary (so MADV_HUGEPAGE can
+ * back them with huge pages); smaller ones keep the 64-byte alignment. */
+START_TEST(test_big_blocks_aligned)
+{
+	size_t sizes[] = { 8u << 20, (16u << 20) + 12345, 1u << 20, 100 };
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		char *p = fw_malloc(sizes[i]);
+		ck_assert_ptr_nonnull(p);
+		size_t want = sizes[i] >= (8u << 20) ? 2u << 20 : 64;
+		ck_assert_msg(((uintptr_t)p & (want - 1)) == 0, "%zu bytes at %p: not %zu-aligned",
+			      sizes[i], (void *)p, want);
+		memset(p, 1, sizes[i]);             /* the whole block is usable */
+		fw_free(p);
+	}
+}
+END_TEST
+
 int main(void)
 {
 	Suite *s = suite_create("graph");
 	TCase *tc = fwt_tcase("engine", 120);
 	tcase_add_test(tc, test_frozen);
+	tcase_add_test(tc, test_big_blocks_aligned);
 	tcase_add_test(tc, test_two_threads);
 	tcase_add_test(tc, test_accumulate);
 	tcase_add_test(tc, test_recompute);

@@ -649,26 +649,11 @@ static void softmax_row_half(void *y, const void *x, enum fw_dtype dt, const flo
 {
 	float z[BLK], m = -INFINITY, s = 0.0f;
 	if (Tk <= BLK && nv > 0) {
-		/* the row fits one block: z built once, each exp taken once */
-		sm_z_block(z, x, dt, b, Tkb, 0, nv, scale);
-		m = row_max(z, nv);
-		if (m == -INFINITY) {
-			for (int64_t j = 0; j < nv; j++)
-				z[j] = isnan(z[j]) ? z[j] : 0.0f;
-		} else {
-			#pragma omp simd reduction(+:s)
-			for (int64_t j = 0; j < nv; j++) {
-				z[j] = vexp_neg(z[j] - m);
-				s += z[j];
-			}
-			float inv = 1.0f / s;
-			#pragma omp simd
-			for (int64_t j = 0; j < nv; j++)
-				z[j] *= inv;
-		}
-		for (int64_t j = nv; j < Tk; j++)
-			z[j] = 0.0f;
-		half_store(y, dt, z, Tk);
+		/* the row fits one block: widened once, then softmax_row's passes */
+		float yf[BLK];
+		half_load(z, x, dt, nv);
+		softmax_row(yf, z, b, Tkb, Tk, nv, scale);
+		half_store(y, dt, yf, Tk);
 		return;
 	}
 	for (int64_t j0 = 0; j0 < nv; j0 += BLK) {
