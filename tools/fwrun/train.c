@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -20,11 +21,31 @@
 
 #include "session.h"
 
-static volatile sig_atomic_t stop_requested;
+/* SIGINT/SIGTERM have no handler: cmd_train blocks them before the session
+ * starts any thread (the threads inherit the mask) and on_step takes them
+ * with sigtimedwait. A handler's signal frame is pushed at the interrupted
+ * thread's rsp, and oneDNN's f32 JIT GEMM (jit_avx512_common_gemm_f32,
+ * jit_avx_gemm_f32; up to 3.11.0, Debian has 2.6) runs with rsp pointing
+ * into a malloc'd workspace, so a frame pushed there corrupts the heap:
+ * uxlfoundation/oneDNN#4845, fixed upstream by #4855. */
+static sigset_t stop_signals;
+static int stop_requested;
 
-static void on_signal(int sig)
+static void block_stop_signals(void)
 {
-	stop_requested = sig;
+	sigemptyset(&stop_signals);
+	sigaddset(&stop_signals, SIGINT);
+	sigaddset(&stop_signals, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &stop_signals, NULL);
+}
+
+static bool stop_pending(void)
+{
+	static const struct timespec no_wait = { 0 };
+	int sig = sigtimedwait(&stop_signals, NULL, &no_wait);
+	if (sig > 0 && !stop_requested)
+		stop_requested = sig;
+	return stop_requested != 0;
 }
 
 static double now_s(void)
@@ -371,7 +392,7 @@ static enum fw_rt_action on_step(void *user, const struct fw_rt_step_info *in)
 	s->step = in->step;
 	s->tokens = in->tokens;
 	progress(s, &tl->iv, tl->first_step, in->lr, tl->t0 + in->elapsed_s, in->elapsed_s);
-	return stop_requested ? FW_RT_STOP : FW_RT_CONTINUE;
+	return stop_pending() ? FW_RT_STOP : FW_RT_CONTINUE;
 }
 
 static enum fw_rt_action on_eval(void *user, int64_t step, double vl)
@@ -385,7 +406,7 @@ static enum fw_rt_action on_eval(void *user, int64_t step, double vl)
 		fprintf(stderr, "%sstep %lld: eval loss %.4f\n",
 			isatty(fileno(stderr)) && step != s->iters ? "\n" : "", (long long)step, vl);
 	}
-	return stop_requested ? FW_RT_STOP : FW_RT_CONTINUE;
+	return stop_pending() ? FW_RT_STOP : FW_RT_CONTINUE;
 }
 
 static enum fw_status on_save(void *user, int64_t step, struct fw_err *err)
@@ -421,11 +442,7 @@ static enum fw_status train_loop(struct session *s, struct fw_err *err)
 		.step = s->step, .skipped = s->skipped, .tokens = s->tokens,
 	};
 	bool stopped = false;
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
 	enum fw_status st = fw_rt_train(&t, &stopped, err);
-	signal(SIGINT, SIG_DFL);
-	signal(SIGTERM, SIG_DFL);
 	s->step = t.step;
 	s->tokens = t.tokens;
 	s->skipped = t.skipped;
@@ -471,6 +488,7 @@ int cmd_train(int argc, char **argv)
 	int rc = EXIT_RUNTIME;
 	if (wants_help(argc, argv))
 		return command_help("train", train_usage, argc, argv);
+	block_stop_signals();   /* before session_open starts threads */
 	if (session_open(&s, "train", argc, argv, true, DATA_REQUIRED, &rc) != 0)
 		goto out;
 	set_schedule(&s);
