@@ -10,9 +10,12 @@
  *
  * Kernels are chosen per product when its primitive is created: oneDNN's own
  * for the operands' dtype where it has one for this CPU (f32 everywhere; bf16
- * with AVX512-BF16 or AMX, or emulated on AVX-512; f16 with AVX512-FP16).
- * Otherwise, as for bf16 on an AVX2-only CPU, the half-precision operands are
- * widened to f32 and multiplied by oneDNN's f32 kernel. A product of two
+ * with AVX512-BF16 or AMX; f16 with AVX512-FP16). Otherwise, as for bf16 on
+ * an AVX2-only CPU, the half-precision operands are widened to f32 and
+ * multiplied by oneDNN's f32 kernel. On AVX-512 without BF16 oneDNN has a
+ * bf16 kernel that emulates the instructions: it is not used, as it took
+ * 2.5x the CPU time of f32 for a GPT-2 step where widening takes 1.2x
+ * (bench/half_fallback.py). A product of two
  * bf16 or two f16 values is exact in f32, and both paths accumulate in f32,
  * so the two differ only in summation order. FW_MATMUL_FALLBACK=1 in the
  * environment (or fw_matmul_force_fallback) forces the widening path on any
@@ -64,6 +67,7 @@ struct mm_entry {
 static struct {
 	bool ready;
 	bool force_fallback;
+	bool bf16_native;            /* oneDNN's ISA has AVX512-BF16 (or AMX) */
 	bool fail_primitives;        /* test hook */
 	dnnl_engine_t engine;
 	dnnl_stream_t stream;
@@ -88,6 +92,9 @@ static enum fw_status dnnl_ready(struct fw_err *err)
 	const char *env = getenv("FW_MATMUL_FALLBACK");
 	if (env && *env && strcmp(env, "0"))
 		mm.force_fallback = true;
+	/* the ISA oneDNN dispatches to (ONEDNN_MAX_CPU_ISA caps it) */
+	dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+	mm.bf16_native = (isa & dnnl_cpu_isa_avx512_core_bf16) == dnnl_cpu_isa_avx512_core_bf16;
 	mm.ready = true;
 	return FW_OK;
 }
@@ -271,6 +278,15 @@ static bool scratch_reserve(size_t floats)
 
 /* --- primitives -------------------------------------------------------------------- */
 
+/* Whether dtype dt's products may use oneDNN's kernel for dt (else f32 on
+ * widened operands): not when forced, nor bf16 that oneDNN would emulate. */
+static bool native_dtype(int dt)
+{
+	if (dt == FW_F32)
+		return true;
+	return !mm.force_fallback && (dt != FW_BF16 || mm.bf16_native);
+}
+
 /* The matmul primitive for a, b (dtype dt) and c (f32); false if oneDNN has
  * none for them on this CPU. */
 static bool primitive_create(dnnl_primitive_t *prim, const struct mm_operand *a,
@@ -327,8 +343,7 @@ static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
 
 	memset(e, 0, sizeof(*e));
 	e->key = *k;
-	bool native = k->dt == FW_F32 || !mm.force_fallback;
-	if (!native || !primitive_create(&e->prim, a, b, &k->c, k->dt, k->cdt, k->accumulate,
+	if (!native_dtype(k->dt) || !primitive_create(&e->prim, a, b, &k->c, k->dt, k->cdt, k->accumulate,
 					 k->bias, NULL, 0)) {
 		if (k->dt == FW_F32)
 			goto fail;
@@ -1095,15 +1110,16 @@ const char *fw_matmul_kernel(enum fw_dtype dt, char *buf, size_t len)
 		snprintf(buf, len, "none (no oneDNN CPU engine)");
 		return buf;
 	}
-	bool native = dt == FW_F32 || !mm.force_fallback;
+	bool native = native_dtype(dt);
 	if (native && primitive_create(&prim, &a, &a, &a, dt, FW_F32, false, false, impl,
 				       sizeof(impl))) {
 		snprintf(buf, len, "oneDNN %s", impl);
 	} else if (dt != FW_F32 && primitive_create(&prim, &a, &a, &a, FW_F32, FW_F32, false, false,
 						    impl, sizeof(impl))) {
 		snprintf(buf, len, "widened to f32, then oneDNN %s (%s)", impl,
-			 mm.force_fallback ? "forced by FW_MATMUL_FALLBACK"
-					   : "oneDNN has no kernel for this CPU");
+			 mm.force_fallback ? "forced by FW_MATMUL_FALLBACK" :
+			 native ? "oneDNN has no kernel for this CPU" :
+			 "oneDNN would emulate bf16 on this CPU");
 	} else {
 		snprintf(buf, len, "none: oneDNN rejected a %s product", fw_dtype_name(dt));
 	}
