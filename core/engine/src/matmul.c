@@ -49,6 +49,7 @@ struct mm_key {
 struct mm_widen {
 	int64_t n;                   /* elements */
 	bool dense;                  /* a permutation of a packed block: one linear pass */
+	int inner;                   /* else: the dim of the smallest stride, packed first */
 	struct mm_operand f32;       /* the widened operand's layout */
 };
 
@@ -195,12 +196,15 @@ static bool bias_md_init(dnnl_memory_desc_t *md, const struct mm_operand *c)
 
 /* --- widening half-precision operands to f32 ------------------------------------ */
 
-/* The layout an operand takes in f32: the same strides when its elements
- * fill a packed block in some dimension order (weights, plain or transposed,
- * and contiguous activations), else row-major. */
+/* The layout an operand takes in f32: its dims in the order of their
+ * strides, packed. An operand whose elements fill a packed block (weights,
+ * plain or transposed, and contiguous activations) keeps its strides; a
+ * strided view (attention's q, k and v in the fused qkv) is packed in its
+ * own dim order, so that each run along its unit-stride dim is one block
+ * conversion, and oneDNN gets the layout f32 views of it have. */
 static struct mm_widen widen_plan(const struct mm_operand *o)
 {
-	struct mm_widen w = { .n = 1, .f32 = *o };
+	struct mm_widen w = { .n = 1, .inner = o->ndim - 1, .f32 = *o };
 	int order[FW_MAX_DIMS], m = 0;
 	for (int i = 0; i < o->ndim; i++) {
 		w.n *= o->ne[i];
@@ -216,41 +220,42 @@ static struct mm_widen widen_plan(const struct mm_operand *o)
 	for (int i = 0; i < m; i++) {
 		if (o->nb[order[i]] != want)
 			w.dense = false;
+		w.f32.nb[order[i]] = want;
 		want *= o->ne[order[i]];
 	}
-	if (!w.dense) {
-		int64_t st = 1;
-		for (int i = o->ndim - 1; i >= 0; i--) {
-			w.f32.nb[i] = st;
-			st *= o->ne[i];
-		}
-	}
+	if (m)
+		w.inner = order[0];
 	return w;
 }
 
-static float half_to_f32(const void *p, int dt, int64_t i)
+/* dst (w's f32 layout) = o's elements at src, widened to f32: a block
+ * conversion per run along w->inner when its stride is 1. */
+static void widen_gather(float *dst, const struct mm_widen *w, const struct mm_operand *o,
+			 const void *src, int dt)
 {
-	uint16_t h = ((const uint16_t *)p)[i];
-	return dt == FW_BF16 ? fw_bf16_to_f32(h) : fw_f16_to_f32(h);
-}
-
-/* dst (row-major, o's shape) = o's elements at src, widened to f32. */
-static void widen_gather(float *dst, const struct mm_operand *o, const void *src, int dt)
-{
-	int64_t ne[4] = { 1, 1, 1, 1 }, nb[4] = { 0, 0, 0, 0 };
-	int off = 4 - o->ndim;
-	for (int i = 0; i < o->ndim; i++) {
-		ne[off + i] = o->ne[i];
-		nb[off + i] = o->nb[i];
-	}
-	int64_t rows = ne[0] * ne[1] * ne[2];
-	#pragma omp parallel for schedule(static) if (rows * ne[3] > 65536)
-	for (int64_t r = 0; r < rows; r++) {
-		int64_t i2 = r % ne[2], i1 = (r / ne[2]) % ne[1], i0 = r / (ne[2] * ne[1]);
-		int64_t base = i0 * nb[0] + i1 * nb[1] + i2 * nb[2];
-		float *out = dst + r * ne[3];
-		for (int64_t c = 0; c < ne[3]; c++)
-			out[c] = half_to_f32(src, dt, base + c * nb[3]);
+	const uint16_t *s16 = src;
+	void (*conv)(float *, const uint16_t *, int64_t) =
+		dt == FW_BF16 ? fw_half_ops.bf16_to_f32 : fw_half_ops.f16_to_f32;
+	int in = w->inner;
+	int64_t len = o->ne[in], step = o->nb[in], runs = w->n / len;
+	#pragma omp parallel for schedule(static) if (w->n > 65536)
+	for (int64_t r = 0; r < runs; r++) {
+		int64_t rem = r, so = 0, d = 0;
+		for (int i = o->ndim - 1; i >= 0; i--) {
+			if (i == in)
+				continue;
+			int64_t idx = rem % o->ne[i];
+			rem /= o->ne[i];
+			so += idx * o->nb[i];
+			d += idx * w->f32.nb[i];
+		}
+		if (step == 1) {
+			conv(dst + d, s16 + so, len);
+			continue;
+		}
+		for (int64_t c = 0; c < len; c++)
+			dst[d + c] = dt == FW_BF16 ? fw_bf16_to_f32(s16[so + c * step])
+						   : fw_f16_to_f32(s16[so + c * step]);
 	}
 }
 
@@ -260,7 +265,7 @@ static void widen(float *dst, const struct mm_widen *w, const struct mm_operand 
 	if (w->dense)
 		fw_convert(dst, FW_F32, src, dt, w->n);
 	else
-		widen_gather(dst, o, src, dt);
+		widen_gather(dst, w, o, src, dt);
 }
 
 static bool scratch_reserve(size_t floats)
@@ -1119,7 +1124,7 @@ const char *fw_matmul_kernel(enum fw_dtype dt, char *buf, size_t len)
 		snprintf(buf, len, "widened to f32, then oneDNN %s (%s)", impl,
 			 mm.force_fallback ? "forced by FW_MATMUL_FALLBACK" :
 			 native ? "oneDNN has no kernel for this CPU" :
-			 "oneDNN would emulate bf16 on this CPU");
+			 "no native bf16 in oneDNN here: its emulation is slower");
 	} else {
 		snprintf(buf, len, "none: oneDNN rejected a %s product", fw_dtype_name(dt));
 	}
