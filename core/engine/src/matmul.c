@@ -833,11 +833,14 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 		return;
 	}
 	s = FW_OK;
-	if (!rows) {
+	if (!rows) {           /* causal products keep their triangle */
 		FW_ASSERT(ex->ws_size >= (size_t)fw_nelem(out) * 4);
-		s = mm_product_bias(operand(a, out->params[0].i), ob, out_operand(out, out),
-				    a->dtype, FW_F32, false, a->data, b->data, ex->ws, bias,
-				    &err);
+		s = bias ? mm_product_bias(operand(a, out->params[0].i), ob, out_operand(out, out),
+					   a->dtype, FW_F32, false, a->data, b->data, ex->ws, bias,
+					   &err)
+			 : mm_tri(tri_of(out, 0), operand(a, out->params[0].i), ob,
+				  out_operand(out, out), a->dtype, FW_F32, false, a->data, b->data,
+				  ex->ws, &err);
 		struct mm_operand oc = out_operand(out, out);
 		int64_t M = oc.ne[oc.ndim - 2];
 		if (s == FW_OK)
@@ -936,7 +939,7 @@ static void bias_backward(float *db, const void *dc, enum fw_dtype dt, int64_t r
 
 /* g (+)= the product, for a half gradient g: oneDNN adds into (or
  * writes) it itself (in f32, rounded once) where it has such a kernel,
- * else the f32 product goes through ws. */
+ * else the f32 product goes through ws (a causal one over its triangle). */
 static enum fw_status product_into_half(int tri, struct mm_operand x, struct mm_operand y,
 					struct mm_operand c, int dt, const void *px,
 					const void *py, struct fw_tensor *g, float *ws,
@@ -945,7 +948,7 @@ static enum fw_status product_into_half(int tri, struct mm_operand x, struct mm_
 	enum fw_status s = mm_tri(tri, x, y, c, dt, g->dtype, accumulate, px, py, g->data, err);
 	if (s != FW_ERR_UNSUPPORTED)
 		return s;
-	s = mm_product(x, y, c, dt, FW_F32, false, px, py, ws, err);
+	s = mm_tri(tri, x, y, c, dt, FW_F32, false, px, py, ws, err);
 	if (s == FW_OK && accumulate)
 		half_accumulate(g->data, g->dtype, ws, fw_nelem(g));
 	else if (s == FW_OK)
@@ -1124,7 +1127,7 @@ const char *fw_matmul_kernel(enum fw_dtype dt, char *buf, size_t len)
 		snprintf(buf, len, "widened to f32, then oneDNN %s (%s)", impl,
 			 mm.force_fallback ? "forced by FW_MATMUL_FALLBACK" :
 			 native ? "oneDNN has no kernel for this CPU" :
-			 "no native bf16 in oneDNN here: its emulation is slower");
+			 "oneDNN has no native bf16 kernel for this CPU");
 	} else {
 		snprintf(buf, len, "none: oneDNN rejected a %s product", fw_dtype_name(dt));
 	}
