@@ -187,6 +187,7 @@ def step_stats(step_s, warmup, cpu_s=None):
          "step_ms": [round(x * 1000, 1) for x in step_s], "cpu_ms_step": None}
     if cpu_s:
         r["cpu_ms_step"] = statistics.median(after(cpu_s)) * 1000.0
+        r["cpu_steps_ms"] = [x * 1000.0 for x in cpu_s]
     return r
 
 

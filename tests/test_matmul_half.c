@@ -128,10 +128,15 @@ static int run_case(const struct gcase *g, enum fw_dtype dt, const char *path)
 START_TEST(test_native_path)
 {
 	char kern[256];
+	/* set by the ctest variants that cap oneDNN's ISA (CMakeLists.txt) */
+	const char *want_bf16 = getenv("FW_TEST_BF16_KERNEL");
 	for (int d = 0; d < 2; d++) {
 		fw_matmul_force_fallback(false);
-		printf("matmul %s as found: %s\n", fw_dtype_name(half_types[d]),
-		       fw_matmul_kernel(half_types[d], kern, sizeof(kern)));
+		const char *k = fw_matmul_kernel(half_types[d], kern, sizeof(kern));
+		printf("matmul %s as found: %s\n", fw_dtype_name(half_types[d]), k);
+		if (want_bf16 && half_types[d] == FW_BF16)
+			ck_assert_msg(strstr(k, want_bf16) != NULL, "bf16 kernel %s, expected %s", k,
+				      want_bf16);
 		int bad = run_case(&gcases[_i], half_types[d], "native");
 		ck_assert_msg(bad == 0, "%s %s: %d elements off", gcases[_i].name,
 			      fw_dtype_name(half_types[d]), bad);

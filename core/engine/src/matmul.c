@@ -10,9 +10,12 @@
  *
  * Kernels are chosen per product when its primitive is created: oneDNN's own
  * for the operands' dtype where it has one for this CPU (f32 everywhere; bf16
- * with AVX512-BF16 or AMX, or emulated on AVX-512; f16 with AVX512-FP16).
- * Otherwise, as for bf16 on an AVX2-only CPU, the half-precision operands are
- * widened to f32 and multiplied by oneDNN's f32 kernel. A product of two
+ * with AVX512-BF16 or AMX; f16 with AVX512-FP16). Otherwise, as for bf16 on
+ * an AVX2-only CPU, the half-precision operands are widened to f32 and
+ * multiplied by oneDNN's f32 kernel. On AVX-512 without BF16 oneDNN has a
+ * bf16 kernel that emulates the instructions: it is not used, as it took
+ * 2.5x the CPU time of f32 for a GPT-2 step where widening takes 1.2x
+ * (bench/half_fallback.py). A product of two
  * bf16 or two f16 values is exact in f32, and both paths accumulate in f32,
  * so the two differ only in summation order. FW_MATMUL_FALLBACK=1 in the
  * environment (or fw_matmul_force_fallback) forces the widening path on any
@@ -46,6 +49,7 @@ struct mm_key {
 struct mm_widen {
 	int64_t n;                   /* elements */
 	bool dense;                  /* a permutation of a packed block: one linear pass */
+	int inner;                   /* else: the dim of the smallest stride, packed first */
 	struct mm_operand f32;       /* the widened operand's layout */
 };
 
@@ -64,6 +68,7 @@ struct mm_entry {
 static struct {
 	bool ready;
 	bool force_fallback;
+	bool bf16_native;            /* oneDNN's ISA has AVX512-BF16 (or AMX) */
 	bool fail_primitives;        /* test hook */
 	dnnl_engine_t engine;
 	dnnl_stream_t stream;
@@ -88,6 +93,9 @@ static enum fw_status dnnl_ready(struct fw_err *err)
 	const char *env = getenv("FW_MATMUL_FALLBACK");
 	if (env && *env && strcmp(env, "0"))
 		mm.force_fallback = true;
+	/* the ISA oneDNN dispatches to (ONEDNN_MAX_CPU_ISA caps it) */
+	dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+	mm.bf16_native = (isa & dnnl_cpu_isa_avx512_core_bf16) == dnnl_cpu_isa_avx512_core_bf16;
 	mm.ready = true;
 	return FW_OK;
 }
@@ -188,12 +196,15 @@ static bool bias_md_init(dnnl_memory_desc_t *md, const struct mm_operand *c)
 
 /* --- widening half-precision operands to f32 ------------------------------------ */
 
-/* The layout an operand takes in f32: the same strides when its elements
- * fill a packed block in some dimension order (weights, plain or transposed,
- * and contiguous activations), else row-major. */
+/* The layout an operand takes in f32: its dims in the order of their
+ * strides, packed. An operand whose elements fill a packed block (weights,
+ * plain or transposed, and contiguous activations) keeps its strides; a
+ * strided view (attention's q, k and v in the fused qkv) is packed in its
+ * own dim order, so that each run along its unit-stride dim is one block
+ * conversion, and oneDNN gets the layout f32 views of it have. */
 static struct mm_widen widen_plan(const struct mm_operand *o)
 {
-	struct mm_widen w = { .n = 1, .f32 = *o };
+	struct mm_widen w = { .n = 1, .inner = o->ndim - 1, .f32 = *o };
 	int order[FW_MAX_DIMS], m = 0;
 	for (int i = 0; i < o->ndim; i++) {
 		w.n *= o->ne[i];
@@ -209,41 +220,42 @@ static struct mm_widen widen_plan(const struct mm_operand *o)
 	for (int i = 0; i < m; i++) {
 		if (o->nb[order[i]] != want)
 			w.dense = false;
+		w.f32.nb[order[i]] = want;
 		want *= o->ne[order[i]];
 	}
-	if (!w.dense) {
-		int64_t st = 1;
-		for (int i = o->ndim - 1; i >= 0; i--) {
-			w.f32.nb[i] = st;
-			st *= o->ne[i];
-		}
-	}
+	if (m)
+		w.inner = order[0];
 	return w;
 }
 
-static float half_to_f32(const void *p, int dt, int64_t i)
+/* dst (w's f32 layout) = o's elements at src, widened to f32: a block
+ * conversion per run along w->inner when its stride is 1. */
+static void widen_gather(float *dst, const struct mm_widen *w, const struct mm_operand *o,
+			 const void *src, int dt)
 {
-	uint16_t h = ((const uint16_t *)p)[i];
-	return dt == FW_BF16 ? fw_bf16_to_f32(h) : fw_f16_to_f32(h);
-}
-
-/* dst (row-major, o's shape) = o's elements at src, widened to f32. */
-static void widen_gather(float *dst, const struct mm_operand *o, const void *src, int dt)
-{
-	int64_t ne[4] = { 1, 1, 1, 1 }, nb[4] = { 0, 0, 0, 0 };
-	int off = 4 - o->ndim;
-	for (int i = 0; i < o->ndim; i++) {
-		ne[off + i] = o->ne[i];
-		nb[off + i] = o->nb[i];
-	}
-	int64_t rows = ne[0] * ne[1] * ne[2];
-	#pragma omp parallel for schedule(static) if (rows * ne[3] > 65536)
-	for (int64_t r = 0; r < rows; r++) {
-		int64_t i2 = r % ne[2], i1 = (r / ne[2]) % ne[1], i0 = r / (ne[2] * ne[1]);
-		int64_t base = i0 * nb[0] + i1 * nb[1] + i2 * nb[2];
-		float *out = dst + r * ne[3];
-		for (int64_t c = 0; c < ne[3]; c++)
-			out[c] = half_to_f32(src, dt, base + c * nb[3]);
+	const uint16_t *s16 = src;
+	void (*conv)(float *, const uint16_t *, int64_t) =
+		dt == FW_BF16 ? fw_half_ops.bf16_to_f32 : fw_half_ops.f16_to_f32;
+	int in = w->inner;
+	int64_t len = o->ne[in], step = o->nb[in], runs = w->n / len;
+	#pragma omp parallel for schedule(static) if (w->n > 65536)
+	for (int64_t r = 0; r < runs; r++) {
+		int64_t rem = r, so = 0, d = 0;
+		for (int i = o->ndim - 1; i >= 0; i--) {
+			if (i == in)
+				continue;
+			int64_t idx = rem % o->ne[i];
+			rem /= o->ne[i];
+			so += idx * o->nb[i];
+			d += idx * w->f32.nb[i];
+		}
+		if (step == 1) {
+			conv(dst + d, s16 + so, len);
+			continue;
+		}
+		for (int64_t c = 0; c < len; c++)
+			dst[d + c] = dt == FW_BF16 ? fw_bf16_to_f32(s16[so + c * step])
+						   : fw_f16_to_f32(s16[so + c * step]);
 	}
 }
 
@@ -253,7 +265,7 @@ static void widen(float *dst, const struct mm_widen *w, const struct mm_operand 
 	if (w->dense)
 		fw_convert(dst, FW_F32, src, dt, w->n);
 	else
-		widen_gather(dst, o, src, dt);
+		widen_gather(dst, w, o, src, dt);
 }
 
 static bool scratch_reserve(size_t floats)
@@ -270,6 +282,15 @@ static bool scratch_reserve(size_t floats)
 }
 
 /* --- primitives -------------------------------------------------------------------- */
+
+/* Whether dtype dt's products may use oneDNN's kernel for dt (else f32 on
+ * widened operands): not when forced, nor bf16 that oneDNN would emulate. */
+static bool native_dtype(int dt)
+{
+	if (dt == FW_F32)
+		return true;
+	return !mm.force_fallback && (dt != FW_BF16 || mm.bf16_native);
+}
 
 /* The matmul primitive for a, b (dtype dt) and c (f32); false if oneDNN has
  * none for them on this CPU. */
@@ -327,8 +348,7 @@ static enum fw_status entry_create(struct mm_entry *e, const struct mm_key *k,
 
 	memset(e, 0, sizeof(*e));
 	e->key = *k;
-	bool native = k->dt == FW_F32 || !mm.force_fallback;
-	if (!native || !primitive_create(&e->prim, a, b, &k->c, k->dt, k->cdt, k->accumulate,
+	if (!native_dtype(k->dt) || !primitive_create(&e->prim, a, b, &k->c, k->dt, k->cdt, k->accumulate,
 					 k->bias, NULL, 0)) {
 		if (k->dt == FW_F32)
 			goto fail;
@@ -813,11 +833,14 @@ static void matmul_forward_half(struct fw_tensor *out, const struct fw_exec *ex)
 		return;
 	}
 	s = FW_OK;
-	if (!rows) {
+	if (!rows) {           /* causal products keep their triangle */
 		FW_ASSERT(ex->ws_size >= (size_t)fw_nelem(out) * 4);
-		s = mm_product_bias(operand(a, out->params[0].i), ob, out_operand(out, out),
-				    a->dtype, FW_F32, false, a->data, b->data, ex->ws, bias,
-				    &err);
+		s = bias ? mm_product_bias(operand(a, out->params[0].i), ob, out_operand(out, out),
+					   a->dtype, FW_F32, false, a->data, b->data, ex->ws, bias,
+					   &err)
+			 : mm_tri(tri_of(out, 0), operand(a, out->params[0].i), ob,
+				  out_operand(out, out), a->dtype, FW_F32, false, a->data, b->data,
+				  ex->ws, &err);
 		struct mm_operand oc = out_operand(out, out);
 		int64_t M = oc.ne[oc.ndim - 2];
 		if (s == FW_OK)
@@ -916,7 +939,7 @@ static void bias_backward(float *db, const void *dc, enum fw_dtype dt, int64_t r
 
 /* g (+)= the product, for a half gradient g: oneDNN adds into (or
  * writes) it itself (in f32, rounded once) where it has such a kernel,
- * else the f32 product goes through ws. */
+ * else the f32 product goes through ws (a causal one over its triangle). */
 static enum fw_status product_into_half(int tri, struct mm_operand x, struct mm_operand y,
 					struct mm_operand c, int dt, const void *px,
 					const void *py, struct fw_tensor *g, float *ws,
@@ -925,7 +948,7 @@ static enum fw_status product_into_half(int tri, struct mm_operand x, struct mm_
 	enum fw_status s = mm_tri(tri, x, y, c, dt, g->dtype, accumulate, px, py, g->data, err);
 	if (s != FW_ERR_UNSUPPORTED)
 		return s;
-	s = mm_product(x, y, c, dt, FW_F32, false, px, py, ws, err);
+	s = mm_tri(tri, x, y, c, dt, FW_F32, false, px, py, ws, err);
 	if (s == FW_OK && accumulate)
 		half_accumulate(g->data, g->dtype, ws, fw_nelem(g));
 	else if (s == FW_OK)
@@ -1095,15 +1118,16 @@ const char *fw_matmul_kernel(enum fw_dtype dt, char *buf, size_t len)
 		snprintf(buf, len, "none (no oneDNN CPU engine)");
 		return buf;
 	}
-	bool native = dt == FW_F32 || !mm.force_fallback;
+	bool native = native_dtype(dt);
 	if (native && primitive_create(&prim, &a, &a, &a, dt, FW_F32, false, false, impl,
 				       sizeof(impl))) {
 		snprintf(buf, len, "oneDNN %s", impl);
 	} else if (dt != FW_F32 && primitive_create(&prim, &a, &a, &a, FW_F32, FW_F32, false, false,
 						    impl, sizeof(impl))) {
 		snprintf(buf, len, "widened to f32, then oneDNN %s (%s)", impl,
-			 mm.force_fallback ? "forced by FW_MATMUL_FALLBACK"
-					   : "oneDNN has no kernel for this CPU");
+			 mm.force_fallback ? "forced by FW_MATMUL_FALLBACK" :
+			 native ? "oneDNN has no kernel for this CPU" :
+			 "oneDNN has no native bf16 kernel for this CPU");
 	} else {
 		snprintf(buf, len, "none: oneDNN rejected a %s product", fw_dtype_name(dt));
 	}
