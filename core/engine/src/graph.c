@@ -184,6 +184,49 @@ out:
 	return s;
 }
 
+/* Folds autocast's cast to half of a norm's f32 output (pre-LN blocks:
+ * norm -> cast -> matmul) into the norm (FW_OPF_NARROW_OUT): the norm
+ * rounds its f32 result to the half dtype as it stores it, bit for bit
+ * what the cast wrote, and the cast becomes a view of it, so no f32 copy
+ * is written and the half one stays recomputable. Only when every reader
+ * of the norm in ctx is such a cast to that dtype (a head may cast the
+ * final norm twice: logits and loss) and the norm is not an output: BERT's
+ * post-LN norm, also the residual, keeps its cast. A second graph over ctx
+ * finds the casts already folded. FW_CAST_FOLD=0: off. */
+static void fold_casts(struct fw_graph *g)
+{
+	const char *env = getenv("FW_CAST_FOLD");
+	struct fw_ctx *ctx = g->ctx;
+	if (env && !strcmp(env, "0"))
+		return;
+	for (int i = 0; i < g->n_nodes; i++) {
+		struct fw_tensor *c = g->nodes[i], *x = c->src[0];
+		if (c->op != FW_OP_CAST || is_view(c) || !is_half(c->dtype) || is_leaf(x) ||
+		    is_view(x) || x->dtype != FW_F32 ||
+		    !(fw_op_get(x->op)->flags & FW_OPF_NARROW_OUT))
+			continue;
+		bool only_casts = !(x->flags & FW_FLAG_OUTPUT);
+		for (int o = 0; o < g->n_outputs; o++)
+			only_casts &= g->outputs[o] != x;
+		for (int j = 0; j < ctx->n_tensors && only_casts; j++) {
+			const struct fw_tensor *r = ctx->tensors[j];
+			for (int k = 0; k < FW_MAX_SRC; k++)
+				only_casts &= r->src[k] != x || (r->op == FW_OP_CAST && k == 0 &&
+								 r->dtype == c->dtype);
+		}
+		if (!only_casts)
+			continue;
+		x->dtype = c->dtype;
+		for (int j = 0; j < ctx->n_tensors; j++) {
+			struct fw_tensor *r = ctx->tensors[j];
+			if (r->src[0] == x) {
+				r->flags |= FW_FLAG_VIEW;
+				r->view_src = x;
+			}
+		}
+	}
+}
+
 /* --- schedule ------------------------------------------------------------------ */
 
 /* Marks nodes on a path from a trainable parameter to the loss. */
@@ -319,6 +362,9 @@ static enum fw_dtype grad_dtype(const struct fw_graph *g, const int *pos,
 {
 	if (t->op == FW_OP_CAST)
 		return FW_F32;
+	if (t->src[0] && t->src[0]->dtype == FW_F32 &&
+	    (fw_op_get(t->op)->flags & FW_OPF_NARROW_OUT))
+		return FW_F32;          /* a folded cast's source: it shares the cast's */
 	if (t->op == FW_OP_RESHAPE) {
 		int p = pos[t->src[0]->id];
 		return p >= 0 && g->grads[p] ? g->grads[p]->dtype : FW_F32;
@@ -327,13 +373,13 @@ static enum fw_dtype grad_dtype(const struct fw_graph *g, const int *pos,
 }
 
 /* A cast to half of an f32 tensor with an f32 gradient (autocast's copy of
- * a weight or of a layer norm's output) passes its gradient through
- * unchanged: it shares its source's buffer (a parameter's persistent
- * gradient, or the source node's slot), as a reshape does, and its
- * backward has nothing to add. */
+ * a weight or of a layer norm's output, or a folded cast: fold_casts)
+ * passes its gradient through unchanged: it shares its source's buffer (a
+ * parameter's persistent gradient, or the source node's slot), as a
+ * reshape does, and its backward has nothing to add. */
 static bool shares_grad(const struct fw_graph *g, const int *pos, const struct fw_tensor *t)
 {
-	if (t->op != FW_OP_CAST || t->src[0]->dtype != FW_F32)
+	if (t->op != FW_OP_CAST || (t->src[0]->dtype != FW_F32 && !is_view(t)))
 		return false;
 	int p = pos[t->src[0]->id];
 	return p < 0 ? t->src[0]->grad != NULL : g->grads[p] && g->grads[p]->dtype == FW_F32;
@@ -801,6 +847,7 @@ struct fw_graph *fw_graph_new(struct fw_ctx *ctx, struct fw_tensor **outputs, in
 		goto nomem;
 	if (collect(g, pos) != FW_OK)
 		goto fail;
+	fold_casts(g);
 	has_grad = fw_calloc((size_t)g->n_nodes + 1, 1);
 	g->params = fw_malloc((size_t)(g->n_leaves + 1) * sizeof(*g->params));
 	if (!has_grad || !g->params)

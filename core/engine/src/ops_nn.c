@@ -1,8 +1,9 @@
 /* ops_nn.c - embedding, layer/RMS norm, softmax and cross-entropy.
  *
  * All sources and outputs are contiguous f32 (ids and targets i32), except
- * that softmax's x and output and cross-entropy's logits may be bf16 or f16
- * (autocast): those rows are read in f32 blocks (half.h) and computed in f32.
+ * that a norm's x, output and gradients, softmax's x and output and
+ * cross-entropy's logits may be bf16 or f16 (autocast): those rows are read
+ * in f32 blocks (half.h) and computed in f32.
  * Rows are
  * the last axis and independent, so forward kernels split rows across
  * threads. Backward kernels add into the gradients; reductions over rows
@@ -218,13 +219,20 @@ static void norm_stats(const float *x, int64_t C, float eps, bool center,
 }
 
 /* Per-thread workspace: the dweight/dbias partials (when there is a weight
- * or a bias), then, for a bf16/f16 x, one row of it as f32. */
+ * or a bias), then, when x, the output or a gradient is bf16/f16, three f32
+ * rows: x, the output or dy, and dx. */
 static size_t norm_part_bytes(int64_t C);
+
+static bool grad_half(const struct fw_tensor *t)
+{
+	return t->grad && is_half(t->grad->dtype);
+}
 
 static size_t norm_row_bytes(const struct fw_tensor *out)
 {
 	const struct fw_tensor *x = out->src[0];
-	return x->dtype == FW_F32 ? 0 : align64((size_t)x->ne[x->ndim - 1] * sizeof(float));
+	bool half = is_half(x->dtype) || is_half(out->dtype) || grad_half(x) || grad_half(out);
+	return half ? 3 * align64((size_t)x->ne[x->ndim - 1] * sizeof(float)) : 0;
 }
 
 static size_t norm_stride(const struct fw_tensor *out)
@@ -234,11 +242,17 @@ static size_t norm_stride(const struct fw_tensor *out)
 	return parts + norm_row_bytes(out);
 }
 
-/* Thread it's f32 row, or NULL for an f32 x. */
+/* Thread it's first f32 row, or NULL when everything is f32. */
 static float *norm_row_buf(const struct fw_tensor *out, const struct fw_exec *ex, int it)
 {
 	size_t stride = norm_stride(out), row = norm_row_bytes(out);
 	return row ? (float *)((char *)ex->ws + (size_t)it * stride + (stride - row)) : NULL;
+}
+
+/* Row k of the three in buf. */
+static float *norm_buf_row(float *buf, int k, int64_t C)
+{
+	return buf ? buf + (size_t)k * (align64((size_t)C * sizeof(float)) / sizeof(float)) : NULL;
 }
 
 /* Threads for a norm kernel: as many as have a row buffer. */
@@ -249,6 +263,18 @@ static int norm_threads(const struct fw_tensor *out, const struct fw_exec *ex)
 	return T;
 }
 
+/* Row n of an (N, C) float tensor's data as f32: in place, or converted into buf. */
+static const float *norm_row(const void *p, enum fw_dtype dt, int64_t n, int64_t C, float *buf)
+{
+	if (dt == FW_F32)
+		return (const float *)p + n * C;
+	half_load(buf, elem_ptr(p, dt, n * C), dt, C);
+	return buf;
+}
+
+/* The output is x's dtype, or bf16/f16 from an f32 x when the graph folded
+ * the cast that read it (FW_OPF_NARROW_OUT): either way the f32 result is
+ * rounded once as it is stored. */
 static void norm_forward(struct fw_tensor *out, const struct fw_exec *ex, bool center)
 {
 	const struct fw_tensor *x = out->src[0];
@@ -262,14 +288,9 @@ static void norm_forward(struct fw_tensor *out, const struct fw_exec *ex, bool c
 		float *buf = norm_row_buf(out, ex, omp_get_thread_num());
 		#pragma omp for schedule(static)
 		for (int64_t n = 0; n < N; n++) {
-			const float *xr = buf;                 /* x is (N, C) */
-			float *y = buf;                        /* y is (N, C) */
-			if (buf)                               /* bf16/f16: the row as f32, in place */
-				half_load(buf, elem_ptr(x->data, x->dtype, n * C), x->dtype, C);
-			else {
-				xr = fw_f32(x) + n * C;
-				y = fw_f32(out) + n * C;
-			}
+			const float *xr = norm_row(x->data, x->dtype, n, C, buf);  /* x is (N, C) */
+			float *y = out->dtype == FW_F32 ? fw_f32(out) + n * C      /* y is (N, C) */
+							: norm_buf_row(buf, 1, C);
 			float m, rs;
 			norm_stats(xr, C, eps, center, &m, &rs);
 			if (w && b) {
@@ -289,8 +310,8 @@ static void norm_forward(struct fw_tensor *out, const struct fw_exec *ex, bool c
 				for (int64_t c = 0; c < C; c++)
 					y[c] = (xr[c] - m) * rs;
 			}
-			if (buf)
-				half_store(elem_ptr(out->data, out->dtype, n * C), out->dtype, buf, C);
+			if (out->dtype != FW_F32)
+				half_store(elem_ptr(out->data, out->dtype, n * C), out->dtype, y, C);
 		}
 	}
 }
@@ -368,40 +389,55 @@ static size_t norm_workspace(const struct fw_tensor *out)
 	return (size_t)omp_get_max_threads() * norm_stride(out);
 }
 
-/* Row n of x as f32: in place, or converted into buf. */
-static const float *norm_row(const struct fw_tensor *x, int64_t n, int64_t C, float *buf)
+/* One row's backward with x, dy and dx each f32 or bf16/f16 (FW_OPF_HALF_GRAD):
+ * half rows go through buf's three f32 rows, and a half dx is rounded once
+ * after its row's contribution is added (written when wx). */
+struct norm_bwd {
+	const struct fw_tensor *x, *dy, *dx;   /* dx: x's gradient, or NULL */
+	const float *w;
+	int64_t C;
+	float eps;
+	bool center, wx;
+};
+
+static void norm_bwd_row(const struct norm_bwd *b, int64_t n, float *buf, float *pw, float *pb)
 {
-	if (!buf)
-		return fw_f32(x) + n * C;
-	half_load(buf, elem_ptr(x->data, x->dtype, n * C), x->dtype, C);
-	return buf;
+	int64_t C = b->C;
+	const float *x = norm_row(b->x->data, b->x->dtype, n, C, norm_buf_row(buf, 0, C));
+	const float *dy = norm_row(b->dy->data, b->dy->dtype, n, C, norm_buf_row(buf, 1, C));
+	void *dxp = b->dx ? elem_ptr(b->dx->data, b->dx->dtype, n * C) : NULL;
+	bool half = dxp && b->dx->dtype != FW_F32;
+	float *dx = half ? norm_buf_row(buf, 2, C) : dxp;
+	if (half && !b->wx)
+		half_load(dx, dxp, b->dx->dtype, C);
+	norm_backward_row(x, dy, b->w, dx, pw, pb, C, b->eps, b->center, b->wx);
+	if (half)
+		half_store(dxp, b->dx->dtype, dx, C);
 }
 
 static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool center)
 {
 	const struct fw_tensor *x = out->src[0], *wt = out->src[1];
 	const struct fw_tensor *bt = center ? out->src[2] : NULL;
-	float eps = out->params[0].f;
 	int64_t C = x->ne[x->ndim - 1], N = fw_nelem(x) / C;
-	const float *w = wt ? fw_f32(wt) : NULL;
-	float *dx = x->grad ? fw_f32(x->grad) : NULL;          /* (N, C) */
 	float *dw = wt && wt->grad ? fw_f32(wt->grad) : NULL;  /* (C) */
 	float *db = bt && bt->grad ? fw_f32(bt->grad) : NULL;  /* (C) */
-	const float *dy = fw_f32(out->grad);                   /* (N, C) */
 	/* gradients the graph did not zero (fw_exec.grad_overwrite) are written */
-	bool wx = ex->grad_overwrite & 1u, ww = ex->grad_overwrite & 2u;
-	bool wb = ex->grad_overwrite & 4u;
+	bool ww = ex->grad_overwrite & 2u, wb = ex->grad_overwrite & 4u;
+	const struct norm_bwd nb = {
+		.x = x, .dy = out->grad, .dx = x->grad, .w = wt ? fw_f32(wt) : NULL, .C = C,
+		.eps = out->params[0].f, .center = center, .wx = ex->grad_overwrite & 1u,
+	};
 
 	if (!dw && !db) {
-		if (!dx)
+		if (!x->grad)
 			return;
 		#pragma omp parallel num_threads(norm_threads(out, ex)) if (N * C > PAR_MIN)
 		{
 			float *buf = norm_row_buf(out, ex, omp_get_thread_num());
 			#pragma omp for schedule(static)
 			for (int64_t n = 0; n < N; n++)
-				norm_backward_row(norm_row(x, n, C, buf), dy + n * C, w, dx + n * C,
-						  NULL, NULL, C, eps, center, wx);
+				norm_bwd_row(&nb, n, buf, NULL, NULL);
 		}
 		return;
 	}
@@ -417,9 +453,7 @@ static void norm_backward(struct fw_tensor *out, const struct fw_exec *ex, bool 
 		memset(p.fw, 0, norm_part_bytes(C));
 		int64_t n0 = N * it / nt, n1 = N * (it + 1) / nt;
 		for (int64_t n = n0; n < n1; n++) {
-			norm_backward_row(norm_row(x, n, C, buf), dy + n * C, w,
-					  dx ? dx + n * C : NULL, dw ? p.fw : NULL,
-					  db ? p.fb : NULL, C, eps, center, wx);
+			norm_bwd_row(&nb, n, buf, dw ? p.fw : NULL, db ? p.fb : NULL);
 			if ((n - n0) % NORM_FLUSH != NORM_FLUSH - 1 && n != n1 - 1)
 				continue;
 			#pragma omp simd
@@ -467,7 +501,8 @@ static uint32_t norm_saved(const struct fw_tensor *out)
 const struct fw_op_i fw_op_layernorm_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "layernorm",
-	.flags = FW_OPF_HALF | FW_OPF_REMAT | FW_OPF_GRAD_OVERWRITE,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_REMAT | FW_OPF_GRAD_OVERWRITE |
+		 FW_OPF_NARROW_OUT,
 	.infer = layernorm_infer,
 	.forward = layernorm_forward,
 	.backward = layernorm_backward,
@@ -489,7 +524,8 @@ static void rmsnorm_backward(struct fw_tensor *out, const struct fw_exec *ex)
 const struct fw_op_i fw_op_rmsnorm_i = {
 	.size = sizeof(struct fw_op_i),
 	.name = "rmsnorm",
-	.flags = FW_OPF_HALF | FW_OPF_REMAT | FW_OPF_GRAD_OVERWRITE,
+	.flags = FW_OPF_HALF | FW_OPF_HALF_GRAD | FW_OPF_REMAT | FW_OPF_GRAD_OVERWRITE |
+		 FW_OPF_NARROW_OUT,
 	.infer = rmsnorm_infer,
 	.forward = rmsnorm_forward,
 	.backward = rmsnorm_backward,

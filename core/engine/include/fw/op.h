@@ -58,6 +58,12 @@ enum {
 	 * instead of add (graph.c). A kernel that cannot write every element
 	 * of such a source zeroes it itself first. */
 	FW_OPF_GRAD_OVERWRITE = 1u << 5,
+	/* Forward can write a bf16/f16 output from an f32 src[0], rounding its
+	 * f32 result once on store (norms): a graph with autocast's cast of
+	 * such an output as its one reader folds the cast into the op, which
+	 * then writes the cast's dtype itself; the cast becomes a view of it
+	 * and the output's gradient stays f32 (graph.c's fold_casts). */
+	FW_OPF_NARROW_OUT = 1u << 6,
 };
 
 struct fw_op_i {
