@@ -287,9 +287,23 @@ static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 	return FW_OK;
 }
 
+/* Training's half key and value rows widened once for the queries that
+ * share them: a direct-mapped per-thread cache of 2D-float rows (k then v),
+ * key j in slot j mod cap, tagged with the row's element offset in kv (so
+ * it tells batch rows and KV heads apart). Rows run in (b, h, i) order and
+ * neighbouring queries share most of their keys: a window widens each key
+ * about once per KV head, not once per query that visits it. cap is a power
+ * of two >= CHUNK, so one chunk's keys never evict each other. */
+struct tile {
+	float *f;                     /* (cap, 2D) */
+	int64_t *tag;                 /* (cap) element offset of the cached row, or -1 */
+	int64_t cap;
+};
+
 /* What one query row needs while its keys are visited. q, k and v may be
- * bf16 or f16 (autocast's projections, a half KV cache): they are read in
- * place, a row at a time widened to f32 (fw/halfrow.h). */
+ * bf16 or f16 (autocast's projections, a half KV cache): in training k and
+ * v go through the tile, elsewhere they are read in place, a row at a time
+ * widened to f32 (fw/halfrow.h). */
 struct row {
 	const struct sparse *s;
 	const float *q;               /* (D), f32 */
@@ -297,6 +311,7 @@ struct row {
 	enum fw_dtype kdt, vdt;
 	int64_t k0, v0;               /* elements: row j = 0 of this (b, kv head) */
 	float *kt, *vt;               /* (D) each: a half row widened */
+	struct tile *tile;            /* half k and v in training, or NULL */
 	float *dk, *dv;               /* the gradients at row j = 0, or NULL */
 	int64_t rs;                   /* elements from key j to key j + 1 */
 	int64_t D;
@@ -392,15 +407,38 @@ static inline void axpy(float *y, float a, const float *x, int64_t n)
 	axpy_as(y, a, x, false, n);
 }
 
+/* Key j's k and v (2D floats) from the tile, widened on a miss. */
+static inline const float *tile_row(const struct row *r, int64_t j)
+{
+	struct tile *t = r->tile;
+	int64_t off = r->k0 + j * r->rs, slot = j & (t->cap - 1);
+	float *p = t->f + slot * 2 * r->D;
+	if (t->tag[slot] != off) {
+		fw_row_f32(r->kd, r->kdt, off, 1, 2 * r->D, p);
+		t->tag[slot] = off;
+	}
+	return p;
+}
+
 /* Key and value row j as f32. */
 static inline const float *key_row(const struct row *r, int64_t j)
 {
+	if (r->tile)
+		return tile_row(r, j);
 	return fw_row_as_f32(r->kd, r->kdt, r->k0 + j * r->rs, 1, r->D, r->kt);
 }
 
 static inline const float *value_row(const struct row *r, int64_t j)
 {
+	if (r->tile)
+		return tile_row(r, j) + r->D;
 	return fw_row_as_f32(r->vd, r->vdt, r->v0 + j * r->rs, 1, r->D, r->vt);
+}
+
+/* bf16 k or v read in place, widened in registers (decoding's cache). */
+static inline bool in_place(const struct row *r, enum fw_dtype dt)
+{
+	return !r->tile && dt == FW_BF16;
 }
 
 /* The score of key j, whose row is kj (NULL: read it in place, bf16). */
@@ -428,7 +466,7 @@ static void fwd_visit(void *arg, int64_t a, int64_t b)
 	for (int64_t j0 = a + r->shift, end = b + r->shift; j0 < end; j0 += CHUNK) {
 		int n = end - j0 < CHUNK ? (int)(end - j0) : CHUNK;
 		float mx = -INFINITY;
-		bool kh = r->kdt == FW_BF16;
+		bool kh = in_place(r, r->kdt);
 		for (int t = 0; t < n; t++) {
 			sc[t] = score(r, kh ? NULL : key_row(r, j0 + t), j0 + t);
 			mx = sc[t] > mx ? sc[t] : mx;
@@ -448,7 +486,7 @@ static void fwd_visit(void *arg, int64_t a, int64_t b)
 				continue;
 			float p = expf(sc[t] - r->m);
 			r->l += p;
-			if (r->acc && r->vdt == FW_BF16)
+			if (r->acc && in_place(r, r->vdt))
 				axpy_as(r->acc, p, (const uint16_t *)r->vd + r->v0 + (j0 + t) * r->rs,
 					true, D);
 			else if (r->acc)
@@ -461,7 +499,7 @@ static void bwd_visit(void *arg, int64_t a, int64_t b)
 {
 	struct row *r = arg;
 	int64_t D = r->D;
-	bool kh = r->kdt == FW_BF16, vh = r->vdt == FW_BF16;   /* read in place */
+	bool kh = in_place(r, r->kdt), vh = in_place(r, r->vdt);
 	for (int64_t j = a + r->shift; j < b + r->shift; j++) {
 		const float *kj = kh ? NULL : key_row(r, j);
 		float sc = score(r, kj, j);
@@ -486,6 +524,37 @@ struct attn_job {
 	struct fw_tensor *out;
 };
 
+/* A tile for out's half k and v in training (a thread's, freed by
+ * tile_free), or an empty one (f32 or decoding: read in place; or no
+ * memory: read in place too, the same values). */
+static struct tile tile_new(const struct fw_tensor *out)
+{
+	struct tile t = { 0 };
+	const struct fw_tensor *kv = out->src[1];
+	if (out->params[6].i != SA_TRAIN || kv->dtype == FW_F32)
+		return t;
+	int64_t row = sizeof(float) * kv->ne[3], cap = CHUNK;
+	while (cap < 1024 && 2 * cap * row <= (256 << 10))
+		cap *= 2;                 /* 256 KiB: stays in L2 */
+	t.f = g_host->malloc((size_t)(cap * row));
+	t.tag = g_host->malloc(sizeof(int64_t) * (size_t)cap);
+	if (!t.f || !t.tag) {
+		g_host->free(t.f);
+		g_host->free(t.tag);
+		return (struct tile){ 0 };
+	}
+	for (int64_t s = 0; s < cap; s++)
+		t.tag[s] = -1;
+	t.cap = cap;
+	return t;
+}
+
+static void tile_free(struct tile *t)
+{
+	g_host->free(t->f);
+	g_host->free(t->tag);
+}
+
 /* The relative bias's gradient (training), or NULL. */
 static const struct fw_tensor *bias_grad(const struct fw_tensor *out)
 {
@@ -497,7 +566,7 @@ static const struct fw_tensor *bias_grad(const struct fw_tensor *out)
  * 3 D floats (q, a key and a value row widened). Returns the query's
  * position in its example and the example's key count in *n. */
 static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, int64_t i,
-			int64_t h, bool grads, float *buf, int64_t *n)
+			int64_t h, bool grads, float *buf, struct tile *tile, int64_t *n)
 {
 	const struct fw_tensor *q = out->src[0], *k = out->src[1];
 	int mode = out->params[6].i;
@@ -513,6 +582,7 @@ static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, i
 	r->kdt = r->vdt = k->dtype;
 	r->k0 = r->v0 = b * Tk * r->rs + hk * kw;
 	if (mode == SA_TRAIN) {
+		r->tile = tile->cap ? tile : NULL;
 		r->v0 += D;
 		if (grads && k->grad) {
 			r->dk = fw_f32(k->grad) + b * Tk * r->rs + hk * kw;
@@ -559,11 +629,12 @@ static void attn_fwd_rows(void *arg, int64_t r0, int64_t r1)
 	bool causal = out->params[2].i != 0;
 	int layer = out->params[5].i;
 	float acc[SPARSE_MAX_D], buf[3 * SPARSE_MAX_D];
+	struct tile tile = tile_new(out);
 	for (int64_t rr = r0; rr < r1; rr++) {
 		/* rows in (b, h, i) order: neighbours share most of their keys */
 		int64_t i = rr % Tq, h = (rr / Tq) % Hq, b = rr / (Hq * Tq), n;
 		struct row r;
-		int64_t pos = row_init(&r, out, b, i, h, false, buf, &n);
+		int64_t pos = row_init(&r, out, b, i, h, false, buf, &tile, &n);
 		memset(acc, 0, sizeof(float) * (size_t)D);
 		r.acc = acc;
 		visit_keys(out, r.s, pos, n, causal, layer, h, fwd_visit, &r);
@@ -572,6 +643,7 @@ static void attn_fwd_rows(void *arg, int64_t r0, int64_t r1)
 		for (int64_t d = 0; d < D; d++)
 			y[d] = acc[d] * inv;
 	}
+	tile_free(&tile);
 }
 
 static void attn_forward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -581,7 +653,7 @@ static void attn_forward(struct fw_tensor *out, const struct fw_exec *ex)
 }
 
 /* The backward of batch row b's query heads of KV head hk. */
-static void bwd_rows(struct fw_tensor *out, int64_t b, int64_t hk)
+static void bwd_rows(struct fw_tensor *out, int64_t b, int64_t hk, struct tile *tile)
 {
 	const struct fw_tensor *q = out->src[0], *k = out->src[1];
 	int64_t Tq = out->ne[1], Hq = out->ne[2], D = out->ne[3], G = Hq / k->ne[2];
@@ -591,7 +663,7 @@ static void bwd_rows(struct fw_tensor *out, int64_t b, int64_t hk)
 	for (int64_t h = hk * G; h < (hk + 1) * G; h++)
 		for (int64_t i = 0; i < Tq; i++) {
 			struct row r;
-			int64_t n, pos = row_init(&r, out, b, i, h, true, buf, &n);
+			int64_t n, pos = row_init(&r, out, b, i, h, true, buf, tile, &n);
 			int64_t o = ((b * Tq + i) * Hq + h) * D;
 			visit_keys(out, r.s, pos, n, causal, layer, h, fwd_visit, &r);
 			if (!(r.l > 0))
@@ -619,14 +691,16 @@ static void attn_bwd_tasks(void *arg, int64_t t0, int64_t t1)
 	const struct attn_job *jb = arg;
 	struct fw_tensor *out = jb->out;
 	int64_t B = out->ne[0], Hkv = out->src[1]->ne[2];
+	struct tile tile = tile_new(out);
 	for (int64_t t = t0; t < t1; t++) {
 		if (!bias_grad(out)) {
-			bwd_rows(out, t / Hkv, t % Hkv);
+			bwd_rows(out, t / Hkv, t % Hkv, &tile);
 			continue;
 		}
 		for (int64_t b = 0; b < B; b++)
-			bwd_rows(out, b, t);
+			bwd_rows(out, b, t, &tile);
 	}
+	tile_free(&tile);
 }
 
 static void attn_backward(struct fw_tensor *out, const struct fw_exec *ex)
