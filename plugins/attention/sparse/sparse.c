@@ -10,9 +10,10 @@
  * exists. One fused op, sparse.attn, computes
  *     y_i = sum_j softmax_j(scale q_i.k_j - alibi + bias_ij) v_j
  * over the listed keys with an online softmax (running max and sum, as
- * FlashAttention); the backward recomputes each row's scores twice (once
- * for the log-sum-exp, once for the gradients) and keeps nothing but the
- * output: extra memory O(D) a thread.
+ * FlashAttention); the backward recomputes each row's scores once (for
+ * its log-sum-exp) and keeps them for the gradient pass; nothing is saved
+ * but the output: extra memory O(Tk + D) a thread, and in training under
+ * autocast a 256 KiB tile of half k and v rows widened once (struct tile).
  *
  * Positions: with m->positions (SFT rows) each row's pattern is evaluated in
  * its own example's coordinates (position p = positions[b, i], example start
@@ -324,7 +325,8 @@ struct row {
 	/* forward: running max, sum and output; backward: */
 	float m, l;
 	float *acc;
-	int pass;                     /* 0: max and sum; 1: gradients */
+	float *scores;                /* backward: the row's scores, kept by the first pass */
+	int64_t n_scores;             /* for the second, which reads them in the same order */
 	float lse, dsum;
 	const float *dout;            /* (D) */
 	float *dq;                    /* (D), accumulated */
@@ -391,6 +393,41 @@ static inline float dot_as(const float *a, const void *b, bool bf, int64_t n)
 	return r;
 }
 
+/* The dots of a with 4 f32 rows b[0..3], each the same bits as dot(a,
+ * b[k], n): the same two accumulators, then the same sum tree
+ * ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) for the 4 rows at once
+ * (two pairwise-add levels and the two halves added; a + b == b + a). */
+static inline void dot4(const float *a, const float *const *b, int64_t n, float *out)
+{
+	v8f s[4];
+	int64_t d0 = n & ~(int64_t)7;
+	for (int k = 0; k < 4; k++) {
+		v8f s0 = { 0 }, s1 = { 0 };
+		int64_t d = 0;
+		for (; d + 16 <= n; d += 16) {
+			s0 += ld8(a + d) * ld8(b[k] + d);
+			s1 += ld8(a + d + 8) * ld8(b[k] + d + 8);
+		}
+		for (; d + 8 <= n; d += 8)
+			s0 += ld8(a + d) * ld8(b[k] + d);
+		s[k] = s0 + s1;
+	}
+	v8f p01 = __builtin_shufflevector(s[0], s[1], 0, 2, 8, 10, 4, 6, 12, 14) +
+		  __builtin_shufflevector(s[0], s[1], 1, 3, 9, 11, 5, 7, 13, 15);
+	v8f p23 = __builtin_shufflevector(s[2], s[3], 0, 2, 8, 10, 4, 6, 12, 14) +
+		  __builtin_shufflevector(s[2], s[3], 1, 3, 9, 11, 5, 7, 13, 15);
+	/* p01: s0's (0+1) (2+3), s1's (0+1) (2+3), s0's (4+5) (6+7), s1's ... */
+	v8f q = __builtin_shufflevector(p01, p23, 0, 2, 8, 10, 4, 6, 12, 14) +
+		__builtin_shufflevector(p01, p23, 1, 3, 9, 11, 5, 7, 13, 15);
+	/* q: rows 0..3's (0+1)+(2+3), then their (4+5)+(6+7) */
+	for (int k = 0; k < 4; k++) {
+		float r = q[k] + q[k + 4];
+		for (int64_t d = d0; d < n; d++)
+			r += a[d] * b[k][d];
+		out[k] = r;
+	}
+}
+
 static inline void axpy_as(float *y, float a, const void *x, bool bf, int64_t n)
 {
 	for (int64_t d = 0; d < n; d++)
@@ -441,11 +478,10 @@ static inline bool in_place(const struct row *r, enum fw_dtype dt)
 	return !r->tile && dt == FW_BF16;
 }
 
-/* The score of key j, whose row is kj (NULL: read it in place, bf16). */
-static inline float score(const struct row *r, const float *kj, int64_t j)
+/* The score of key j from its dot with the query. */
+static inline float score_of(const struct row *r, float qk, int64_t j)
 {
-	float sc = r->scale * (kj ? dot(r->q, kj, r->D) :
-			       dot_as(r->q, (const uint16_t *)r->kd + r->k0 + j * r->rs, true, r->D));
+	float sc = r->scale * qk;
 	if (r->slope != 0.0f)
 		sc -= r->slope * (float)(r->ipos - j);
 	if (r->bias)
@@ -453,6 +489,13 @@ static inline float score(const struct row *r, const float *kj, int64_t j)
 	if (r->pb)
 		sc += r->pb[j];
 	return sc;
+}
+
+/* The score of key j, whose row is kj (NULL: read it in place, bf16). */
+static inline float score(const struct row *r, const float *kj, int64_t j)
+{
+	return score_of(r, kj ? dot(r->q, kj, r->D) :
+			dot_as(r->q, (const uint16_t *)r->kd + r->k0 + j * r->rs, true, r->D), j);
 }
 
 /* Keys are scored CHUNK at a time; the running max moves once a chunk. */
@@ -467,9 +510,23 @@ static void fwd_visit(void *arg, int64_t a, int64_t b)
 		int n = end - j0 < CHUNK ? (int)(end - j0) : CHUNK;
 		float mx = -INFINITY;
 		bool kh = in_place(r, r->kdt);
-		for (int t = 0; t < n; t++) {
+		int t = 0;
+		if (r->tile || r->kdt == FW_F32)       /* rows stay put: 4 at a time */
+			for (; t + 4 <= n; t += 4) {
+				const float *kr[4];
+				for (int u = 0; u < 4; u++)
+					kr[u] = key_row(r, j0 + t + u);
+				dot4(r->q, kr, D, sc + t);
+				for (int u = 0; u < 4; u++)
+					sc[t + u] = score_of(r, sc[t + u], j0 + t + u);
+			}
+		for (; t < n; t++)
 			sc[t] = score(r, kh ? NULL : key_row(r, j0 + t), j0 + t);
+		for (t = 0; t < n; t++)
 			mx = sc[t] > mx ? sc[t] : mx;
+		if (r->scores) {
+			memcpy(r->scores + r->n_scores, sc, sizeof(float) * (size_t)n);
+			r->n_scores += n;
 		}
 		if (!(mx > -INFINITY))
 			continue;                 /* all masked by the bias */
@@ -502,7 +559,7 @@ static void bwd_visit(void *arg, int64_t a, int64_t b)
 	bool kh = in_place(r, r->kdt), vh = in_place(r, r->vdt);
 	for (int64_t j = a + r->shift; j < b + r->shift; j++) {
 		const float *kj = kh ? NULL : key_row(r, j);
-		float sc = score(r, kj, j);
+		float sc = r->scores ? r->scores[r->n_scores++] : score(r, kj, j);
 		if (!(sc > -INFINITY))
 			continue;
 		float p = expf(sc - r->lse);
@@ -653,7 +710,8 @@ static void attn_forward(struct fw_tensor *out, const struct fw_exec *ex)
 }
 
 /* The backward of batch row b's query heads of KV head hk. */
-static void bwd_rows(struct fw_tensor *out, int64_t b, int64_t hk, struct tile *tile)
+static void bwd_rows(struct fw_tensor *out, int64_t b, int64_t hk, struct tile *tile,
+		     float *scores)
 {
 	const struct fw_tensor *q = out->src[0], *k = out->src[1];
 	int64_t Tq = out->ne[1], Hq = out->ne[2], D = out->ne[3], G = Hq / k->ne[2];
@@ -665,7 +723,9 @@ static void bwd_rows(struct fw_tensor *out, int64_t b, int64_t hk, struct tile *
 			struct row r;
 			int64_t n, pos = row_init(&r, out, b, i, h, true, buf, tile, &n);
 			int64_t o = ((b * Tq + i) * Hq + h) * D;
+			r.scores = scores;
 			visit_keys(out, r.s, pos, n, causal, layer, h, fwd_visit, &r);
+			r.n_scores = 0;
 			if (!(r.l > 0))
 				continue;             /* no visible key: output 0, no gradient */
 			r.lse = r.m + logf(r.l);
@@ -692,14 +752,17 @@ static void attn_bwd_tasks(void *arg, int64_t t0, int64_t t1)
 	struct fw_tensor *out = jb->out;
 	int64_t B = out->ne[0], Hkv = out->src[1]->ne[2];
 	struct tile tile = tile_new(out);
+	/* a row visits each key at most once: Tk scores (NULL: recomputed) */
+	float *scores = g_host->malloc(sizeof(float) * (size_t)out->src[1]->ne[1]);
 	for (int64_t t = t0; t < t1; t++) {
 		if (!bias_grad(out)) {
-			bwd_rows(out, t / Hkv, t % Hkv, &tile);
+			bwd_rows(out, t / Hkv, t % Hkv, &tile, scores);
 			continue;
 		}
 		for (int64_t b = 0; b < B; b++)
-			bwd_rows(out, b, t, &tile);
+			bwd_rows(out, b, t, &tile, scores);
 	}
+	g_host->free(scores);
 	tile_free(&tile);
 }
 
