@@ -13,6 +13,10 @@
  *
  *   attention --plugin attention/flash --T 1024 [--B 1] [--H 12] [--D 64]
  *             [--iters 5] [--threads N] [--bidirectional] [--opt name=value]...
+ *             [--dtype f32|bf16|f16]
+ * --dtype bf16/f16: autocast's graph, q, k, v cast to the half dtype before
+ * attend (the cast is in the timed forward, as a projection's half output
+ * would be written there).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,6 +60,7 @@ int main(int argc, char **argv)
 	long long B = 1, T = 1024, H = 12, D = 64;
 	int iters = 5, threads = 0;
 	bool causal = true;
+	enum fw_dtype dt = FW_F32;
 	const char *opts[16];
 	int n_opts = 0;
 	for (int i = 1; i < argc; i++) {
@@ -76,12 +81,15 @@ int main(int argc, char **argv)
 			threads = atoi(argv[++i]);
 		else if (!strcmp(a, "--bidirectional"))
 			causal = false;
+		else if (!strcmp(a, "--dtype") && v && (!strcmp(v, "f32") || !strcmp(v, "bf16") ||
+							!strcmp(v, "f16")))
+			dt = !strcmp(argv[++i], "f32") ? FW_F32 : v[0] == 'b' ? FW_BF16 : FW_F16;
 		else if (!strcmp(a, "--opt") && v && n_opts < 16)
 			opts[n_opts++] = argv[++i];
 		else {
 			fprintf(stderr, "usage: attention --plugin KIND/NAME --T N [--B N] [--H N] "
 				"[--D N] [--iters N] [--threads N] [--bidirectional] "
-				"[--opt name=value]...\n");
+				"[--opt name=value]... [--dtype f32|bf16|f16]\n");
 			return 2;
 		}
 	}
@@ -123,7 +131,14 @@ int main(int argc, char **argv)
 		.head_dim = (int)D, .mask = causal ? FW_MASK_CAUSAL : FW_MASK_BIDIRECTIONAL,
 	};
 	const struct fw_attention_i *ai = p->desc->iface;
-	struct fw_tensor *y = ai->attend(p->state, &m, &spec, q, k, v, &err);
+	struct fw_tensor *y = NULL;
+	if (dt != FW_F32 && fw_ctx_set_autocast(ctx, dt) != FW_OK)
+		goto run_fail;
+	if (dt == FW_F32)
+		y = ai->attend(p->state, &m, &spec, q, k, v, &err);
+	else
+		y = ai->attend(p->state, &m, &spec, fw_cast(ctx, q, dt), fw_cast(ctx, k, dt),
+			       fw_cast(ctx, v, dt), &err);
 	if (!y)
 		goto fail;
 	struct fw_tensor *loss = fw_sum(ctx, fw_mul(ctx, y, r), FW_AXIS_ALL, false);
@@ -165,10 +180,10 @@ int main(int argc, char **argv)
 	fw_graph_memory(g, &mr);
 	struct rusage ru;
 	getrusage(RUSAGE_SELF, &ru);
-	printf("{\"plugin\": \"%s\", \"B\": %lld, \"T\": %lld, \"H\": %lld, \"D\": %lld, "
+	printf("{\"plugin\": \"%s\", \"dtype\": \"%s\", \"B\": %lld, \"T\": %lld, \"H\": %lld, \"D\": %lld, "
 	       "\"threads\": %d, \"fwd_ms\": %.3f, \"fwd_bwd_ms\": %.3f, \"cpu_ms\": %.3f, "
 	       "\"planned_activations\": %zu, \"workspace\": %zu, \"peak_rss\": %ld}\n",
-	       plugin, B, T, H, D, fw_get_num_threads(), median(fwd, iters) * 1e3,
+	       plugin, fw_dtype_name(dt), B, T, H, D, fw_get_num_threads(), median(fwd, iters) * 1e3,
 	       median(all, iters) * 1e3, cpu * 1e3, mr.bytes[FW_MEM_ACTIVATIONS],
 	       mr.bytes[FW_MEM_WORKSPACE], ru.ru_maxrss * 1024L);
 	fw_graph_free(g);

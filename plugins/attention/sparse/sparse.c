@@ -10,9 +10,10 @@
  * exists. One fused op, sparse.attn, computes
  *     y_i = sum_j softmax_j(scale q_i.k_j - alibi + bias_ij) v_j
  * over the listed keys with an online softmax (running max and sum, as
- * FlashAttention); the backward recomputes each row's scores twice (once
- * for the log-sum-exp, once for the gradients) and keeps nothing but the
- * output: extra memory O(D) a thread.
+ * FlashAttention); the backward recomputes each row's scores once (for
+ * its log-sum-exp) and keeps them for the gradient pass; nothing is saved
+ * but the output: extra memory O(Tk + D) a thread, and in training under
+ * autocast a 256 KiB tile of half k and v rows widened once (struct tile).
  *
  * Positions: with m->positions (SFT rows) each row's pattern is evaluated in
  * its own example's coordinates (position p = positions[b, i], example start
@@ -287,9 +288,23 @@ static enum fw_status attn_infer(struct fw_tensor *out, struct fw_err *err)
 	return FW_OK;
 }
 
+/* Training's half key and value rows widened once for the queries that
+ * share them: a direct-mapped per-thread cache of 2D-float rows (k then v),
+ * key j in slot j mod cap, tagged with the row's element offset in kv (so
+ * it tells batch rows and KV heads apart). Rows run in (b, h, i) order and
+ * neighbouring queries share most of their keys: a window widens each key
+ * about once per KV head, not once per query that visits it. cap is a power
+ * of two >= CHUNK, so one chunk's keys never evict each other. */
+struct tile {
+	float *f;                     /* (cap, 2D) */
+	int64_t *tag;                 /* (cap) element offset of the cached row, or -1 */
+	int64_t cap;
+};
+
 /* What one query row needs while its keys are visited. q, k and v may be
- * bf16 or f16 (autocast's projections, a half KV cache): they are read in
- * place, a row at a time widened to f32 (fw/halfrow.h). */
+ * bf16 or f16 (autocast's projections, a half KV cache): in training k and
+ * v go through the tile, elsewhere they are read in place, a row at a time
+ * widened to f32 (fw/halfrow.h). */
 struct row {
 	const struct sparse *s;
 	const float *q;               /* (D), f32 */
@@ -297,6 +312,7 @@ struct row {
 	enum fw_dtype kdt, vdt;
 	int64_t k0, v0;               /* elements: row j = 0 of this (b, kv head) */
 	float *kt, *vt;               /* (D) each: a half row widened */
+	struct tile *tile;            /* half k and v in training, or NULL */
 	float *dk, *dv;               /* the gradients at row j = 0, or NULL */
 	int64_t rs;                   /* elements from key j to key j + 1 */
 	int64_t D;
@@ -309,7 +325,8 @@ struct row {
 	/* forward: running max, sum and output; backward: */
 	float m, l;
 	float *acc;
-	int pass;                     /* 0: max and sum; 1: gradients */
+	float *scores;                /* backward: the row's scores, kept by the first pass */
+	int64_t n_scores;             /* for the second, which reads them in the same order */
 	float lse, dsum;
 	const float *dout;            /* (D) */
 	float *dq;                    /* (D), accumulated */
@@ -376,6 +393,41 @@ static inline float dot_as(const float *a, const void *b, bool bf, int64_t n)
 	return r;
 }
 
+/* The dots of a with 4 f32 rows b[0..3], each the same bits as dot(a,
+ * b[k], n): the same two accumulators, then the same sum tree
+ * ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) for the 4 rows at once
+ * (two pairwise-add levels and the two halves added; a + b == b + a). */
+static inline void dot4(const float *a, const float *const *b, int64_t n, float *out)
+{
+	v8f s[4];
+	int64_t d0 = n & ~(int64_t)7;
+	for (int k = 0; k < 4; k++) {
+		v8f s0 = { 0 }, s1 = { 0 };
+		int64_t d = 0;
+		for (; d + 16 <= n; d += 16) {
+			s0 += ld8(a + d) * ld8(b[k] + d);
+			s1 += ld8(a + d + 8) * ld8(b[k] + d + 8);
+		}
+		for (; d + 8 <= n; d += 8)
+			s0 += ld8(a + d) * ld8(b[k] + d);
+		s[k] = s0 + s1;
+	}
+	v8f p01 = __builtin_shufflevector(s[0], s[1], 0, 2, 8, 10, 4, 6, 12, 14) +
+		  __builtin_shufflevector(s[0], s[1], 1, 3, 9, 11, 5, 7, 13, 15);
+	v8f p23 = __builtin_shufflevector(s[2], s[3], 0, 2, 8, 10, 4, 6, 12, 14) +
+		  __builtin_shufflevector(s[2], s[3], 1, 3, 9, 11, 5, 7, 13, 15);
+	/* p01: s0's (0+1) (2+3), s1's (0+1) (2+3), s0's (4+5) (6+7), s1's ... */
+	v8f q = __builtin_shufflevector(p01, p23, 0, 2, 8, 10, 4, 6, 12, 14) +
+		__builtin_shufflevector(p01, p23, 1, 3, 9, 11, 5, 7, 13, 15);
+	/* q: rows 0..3's (0+1)+(2+3), then their (4+5)+(6+7) */
+	for (int k = 0; k < 4; k++) {
+		float r = q[k] + q[k + 4];
+		for (int64_t d = d0; d < n; d++)
+			r += a[d] * b[k][d];
+		out[k] = r;
+	}
+}
+
 static inline void axpy_as(float *y, float a, const void *x, bool bf, int64_t n)
 {
 	for (int64_t d = 0; d < n; d++)
@@ -392,22 +444,44 @@ static inline void axpy(float *y, float a, const float *x, int64_t n)
 	axpy_as(y, a, x, false, n);
 }
 
+/* Key j's k and v (2D floats) from the tile, widened on a miss. */
+static inline const float *tile_row(const struct row *r, int64_t j)
+{
+	struct tile *t = r->tile;
+	int64_t off = r->k0 + j * r->rs, slot = j & (t->cap - 1);
+	float *p = t->f + slot * 2 * r->D;
+	if (t->tag[slot] != off) {
+		fw_row_f32(r->kd, r->kdt, off, 1, 2 * r->D, p);
+		t->tag[slot] = off;
+	}
+	return p;
+}
+
 /* Key and value row j as f32. */
 static inline const float *key_row(const struct row *r, int64_t j)
 {
+	if (r->tile)
+		return tile_row(r, j);
 	return fw_row_as_f32(r->kd, r->kdt, r->k0 + j * r->rs, 1, r->D, r->kt);
 }
 
 static inline const float *value_row(const struct row *r, int64_t j)
 {
+	if (r->tile)
+		return tile_row(r, j) + r->D;
 	return fw_row_as_f32(r->vd, r->vdt, r->v0 + j * r->rs, 1, r->D, r->vt);
 }
 
-/* The score of key j, whose row is kj (NULL: read it in place, bf16). */
-static inline float score(const struct row *r, const float *kj, int64_t j)
+/* bf16 k or v read in place, widened in registers (decoding's cache). */
+static inline bool in_place(const struct row *r, enum fw_dtype dt)
 {
-	float sc = r->scale * (kj ? dot(r->q, kj, r->D) :
-			       dot_as(r->q, (const uint16_t *)r->kd + r->k0 + j * r->rs, true, r->D));
+	return !r->tile && dt == FW_BF16;
+}
+
+/* The score of key j from its dot with the query. */
+static inline float score_of(const struct row *r, float qk, int64_t j)
+{
+	float sc = r->scale * qk;
 	if (r->slope != 0.0f)
 		sc -= r->slope * (float)(r->ipos - j);
 	if (r->bias)
@@ -415,6 +489,13 @@ static inline float score(const struct row *r, const float *kj, int64_t j)
 	if (r->pb)
 		sc += r->pb[j];
 	return sc;
+}
+
+/* The score of key j, whose row is kj (NULL: read it in place, bf16). */
+static inline float score(const struct row *r, const float *kj, int64_t j)
+{
+	return score_of(r, kj ? dot(r->q, kj, r->D) :
+			dot_as(r->q, (const uint16_t *)r->kd + r->k0 + j * r->rs, true, r->D), j);
 }
 
 /* Keys are scored CHUNK at a time; the running max moves once a chunk. */
@@ -428,10 +509,24 @@ static void fwd_visit(void *arg, int64_t a, int64_t b)
 	for (int64_t j0 = a + r->shift, end = b + r->shift; j0 < end; j0 += CHUNK) {
 		int n = end - j0 < CHUNK ? (int)(end - j0) : CHUNK;
 		float mx = -INFINITY;
-		bool kh = r->kdt == FW_BF16;
-		for (int t = 0; t < n; t++) {
+		bool kh = in_place(r, r->kdt);
+		int t = 0;
+		if (r->tile || r->kdt == FW_F32)       /* rows stay put: 4 at a time */
+			for (; t + 4 <= n; t += 4) {
+				const float *kr[4];
+				for (int u = 0; u < 4; u++)
+					kr[u] = key_row(r, j0 + t + u);
+				dot4(r->q, kr, D, sc + t);
+				for (int u = 0; u < 4; u++)
+					sc[t + u] = score_of(r, sc[t + u], j0 + t + u);
+			}
+		for (; t < n; t++)
 			sc[t] = score(r, kh ? NULL : key_row(r, j0 + t), j0 + t);
+		for (t = 0; t < n; t++)
 			mx = sc[t] > mx ? sc[t] : mx;
+		if (r->scores) {
+			memcpy(r->scores + r->n_scores, sc, sizeof(float) * (size_t)n);
+			r->n_scores += n;
 		}
 		if (!(mx > -INFINITY))
 			continue;                 /* all masked by the bias */
@@ -448,7 +543,7 @@ static void fwd_visit(void *arg, int64_t a, int64_t b)
 				continue;
 			float p = expf(sc[t] - r->m);
 			r->l += p;
-			if (r->acc && r->vdt == FW_BF16)
+			if (r->acc && in_place(r, r->vdt))
 				axpy_as(r->acc, p, (const uint16_t *)r->vd + r->v0 + (j0 + t) * r->rs,
 					true, D);
 			else if (r->acc)
@@ -461,10 +556,10 @@ static void bwd_visit(void *arg, int64_t a, int64_t b)
 {
 	struct row *r = arg;
 	int64_t D = r->D;
-	bool kh = r->kdt == FW_BF16, vh = r->vdt == FW_BF16;   /* read in place */
+	bool kh = in_place(r, r->kdt), vh = in_place(r, r->vdt);
 	for (int64_t j = a + r->shift; j < b + r->shift; j++) {
 		const float *kj = kh ? NULL : key_row(r, j);
-		float sc = score(r, kj, j);
+		float sc = r->scores ? r->scores[r->n_scores++] : score(r, kj, j);
 		if (!(sc > -INFINITY))
 			continue;
 		float p = expf(sc - r->lse);
@@ -486,6 +581,37 @@ struct attn_job {
 	struct fw_tensor *out;
 };
 
+/* A tile for out's half k and v in training (a thread's, freed by
+ * tile_free), or an empty one (f32 or decoding: read in place; or no
+ * memory: read in place too, the same values). */
+static struct tile tile_new(const struct fw_tensor *out)
+{
+	struct tile t = { 0 };
+	const struct fw_tensor *kv = out->src[1];
+	if (out->params[6].i != SA_TRAIN || kv->dtype == FW_F32)
+		return t;
+	int64_t row = sizeof(float) * kv->ne[3], cap = CHUNK;
+	while (cap < 1024 && 2 * cap * row <= (256 << 10))
+		cap *= 2;                 /* 256 KiB: stays in L2 */
+	t.f = g_host->malloc((size_t)(cap * row));
+	t.tag = g_host->malloc(sizeof(int64_t) * (size_t)cap);
+	if (!t.f || !t.tag) {
+		g_host->free(t.f);
+		g_host->free(t.tag);
+		return (struct tile){ 0 };
+	}
+	for (int64_t s = 0; s < cap; s++)
+		t.tag[s] = -1;
+	t.cap = cap;
+	return t;
+}
+
+static void tile_free(struct tile *t)
+{
+	g_host->free(t->f);
+	g_host->free(t->tag);
+}
+
 /* The relative bias's gradient (training), or NULL. */
 static const struct fw_tensor *bias_grad(const struct fw_tensor *out)
 {
@@ -497,7 +623,7 @@ static const struct fw_tensor *bias_grad(const struct fw_tensor *out)
  * 3 D floats (q, a key and a value row widened). Returns the query's
  * position in its example and the example's key count in *n. */
 static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, int64_t i,
-			int64_t h, bool grads, float *buf, int64_t *n)
+			int64_t h, bool grads, float *buf, struct tile *tile, int64_t *n)
 {
 	const struct fw_tensor *q = out->src[0], *k = out->src[1];
 	int mode = out->params[6].i;
@@ -513,6 +639,7 @@ static int64_t row_init(struct row *r, const struct fw_tensor *out, int64_t b, i
 	r->kdt = r->vdt = k->dtype;
 	r->k0 = r->v0 = b * Tk * r->rs + hk * kw;
 	if (mode == SA_TRAIN) {
+		r->tile = tile->cap ? tile : NULL;
 		r->v0 += D;
 		if (grads && k->grad) {
 			r->dk = fw_f32(k->grad) + b * Tk * r->rs + hk * kw;
@@ -559,11 +686,12 @@ static void attn_fwd_rows(void *arg, int64_t r0, int64_t r1)
 	bool causal = out->params[2].i != 0;
 	int layer = out->params[5].i;
 	float acc[SPARSE_MAX_D], buf[3 * SPARSE_MAX_D];
+	struct tile tile = tile_new(out);
 	for (int64_t rr = r0; rr < r1; rr++) {
 		/* rows in (b, h, i) order: neighbours share most of their keys */
 		int64_t i = rr % Tq, h = (rr / Tq) % Hq, b = rr / (Hq * Tq), n;
 		struct row r;
-		int64_t pos = row_init(&r, out, b, i, h, false, buf, &n);
+		int64_t pos = row_init(&r, out, b, i, h, false, buf, &tile, &n);
 		memset(acc, 0, sizeof(float) * (size_t)D);
 		r.acc = acc;
 		visit_keys(out, r.s, pos, n, causal, layer, h, fwd_visit, &r);
@@ -572,6 +700,7 @@ static void attn_fwd_rows(void *arg, int64_t r0, int64_t r1)
 		for (int64_t d = 0; d < D; d++)
 			y[d] = acc[d] * inv;
 	}
+	tile_free(&tile);
 }
 
 static void attn_forward(struct fw_tensor *out, const struct fw_exec *ex)
@@ -581,7 +710,8 @@ static void attn_forward(struct fw_tensor *out, const struct fw_exec *ex)
 }
 
 /* The backward of batch row b's query heads of KV head hk. */
-static void bwd_rows(struct fw_tensor *out, int64_t b, int64_t hk)
+static void bwd_rows(struct fw_tensor *out, int64_t b, int64_t hk, struct tile *tile,
+		     float *scores)
 {
 	const struct fw_tensor *q = out->src[0], *k = out->src[1];
 	int64_t Tq = out->ne[1], Hq = out->ne[2], D = out->ne[3], G = Hq / k->ne[2];
@@ -591,9 +721,11 @@ static void bwd_rows(struct fw_tensor *out, int64_t b, int64_t hk)
 	for (int64_t h = hk * G; h < (hk + 1) * G; h++)
 		for (int64_t i = 0; i < Tq; i++) {
 			struct row r;
-			int64_t n, pos = row_init(&r, out, b, i, h, true, buf, &n);
+			int64_t n, pos = row_init(&r, out, b, i, h, true, buf, tile, &n);
 			int64_t o = ((b * Tq + i) * Hq + h) * D;
+			r.scores = scores;
 			visit_keys(out, r.s, pos, n, causal, layer, h, fwd_visit, &r);
+			r.n_scores = 0;
 			if (!(r.l > 0))
 				continue;             /* no visible key: output 0, no gradient */
 			r.lse = r.m + logf(r.l);
@@ -619,14 +751,19 @@ static void attn_bwd_tasks(void *arg, int64_t t0, int64_t t1)
 	const struct attn_job *jb = arg;
 	struct fw_tensor *out = jb->out;
 	int64_t B = out->ne[0], Hkv = out->src[1]->ne[2];
+	struct tile tile = tile_new(out);
+	/* a row visits each key at most once: Tk scores (NULL: recomputed) */
+	float *scores = g_host->malloc(sizeof(float) * (size_t)out->src[1]->ne[1]);
 	for (int64_t t = t0; t < t1; t++) {
 		if (!bias_grad(out)) {
-			bwd_rows(out, t / Hkv, t % Hkv);
+			bwd_rows(out, t / Hkv, t % Hkv, &tile, scores);
 			continue;
 		}
 		for (int64_t b = 0; b < B; b++)
-			bwd_rows(out, b, t);
+			bwd_rows(out, b, t, &tile, scores);
 	}
+	g_host->free(scores);
+	tile_free(&tile);
 }
 
 static void attn_backward(struct fw_tensor *out, const struct fw_exec *ex)
